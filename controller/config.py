@@ -1,0 +1,543 @@
+"""Configuration: YAML files validated at the edge into frozen, typed objects.
+
+Three kinds of file are read here:
+
+* ``configs/plants/<name>.yaml``: a plant model's parameter values (with units), nominal
+  start and bound overrides -> :class:`plant_models.ParameterSet`;
+* ``configs/controllers/<name>.yaml``: the MPC, estimator and safety limits ->
+  :class:`ControllerConfig`;
+* ``configs/scenarios/<name>.yaml``: a run of the closed or open loop against a "true"
+  plant -> :class:`ScenarioConfig`.
+
+Unknown keys are rejected. Every problem (schema and cross-references against the plant
+model) is collected and raised at once as one :class:`~controller.errors.ConfigError` whose
+problems each name the file, the key path, the bad value and what is allowed. Validation
+never uses ``assert``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from controller.errors import ConfigError, Problem
+from plant_models import MODELS, Parameter, ParameterSet, PlantModel
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+PositiveFinite = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class Strict(BaseModel):
+    """Base of every config object: frozen, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------- plant files
+class ParameterEntry(Strict):
+    value: Finite
+    unit: str
+    description: str = ""
+    range: tuple[Finite, Finite] | None = None
+
+    @model_validator(mode="after")
+    def _range_contains_value(self) -> ParameterEntry:
+        if self.range is not None:
+            lo, hi = self.range
+            if lo > hi:
+                raise ValueError(f"range lower {lo} is above upper {hi}")
+            if not lo <= self.value <= hi:
+                raise ValueError(f"value {self.value} is outside its plausible range [{lo}, {hi}]")
+        return self
+
+
+class PlantFile(Strict):
+    model: str
+    description: str = ""
+    parameters: dict[str, ParameterEntry]
+    initial_state: dict[str, Finite]
+    nominal_inputs: dict[str, Finite]
+    initial_algebraic: dict[str, Finite] = Field(default_factory=dict)
+    bounds: dict[str, tuple[Finite, Finite]] = Field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------- controller files
+class Collocation(Strict):
+    type: Literal["radau", "legendre"] = "radau"
+    degree: Annotated[int, Field(ge=1, le=5)] = 2
+    finite_elements: Annotated[int, Field(ge=1, le=5)] = 1
+
+
+class EconomicTerm(Strict):
+    """Maximize or minimize a named expression (state, output or model expression)."""
+
+    expression: str
+    sense: Literal["maximize", "minimize"]
+    where: Literal["terminal", "stage", "both"] = "terminal"
+    weight: PositiveFinite = 1.0
+
+
+class TrackingTerm(Strict):
+    """Track a named variable or expression to a setpoint with a weight."""
+
+    variable: str
+    setpoint: Finite
+    weight: PositiveFinite = 1.0
+    terminal_weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+
+
+class Objective(Strict):
+    economic: tuple[EconomicTerm, ...] = ()
+    tracking: tuple[TrackingTerm, ...] = ()
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Objective:
+        if not self.economic and not self.tracking:
+            raise ValueError("give at least one 'economic' or 'tracking' term")
+        return self
+
+
+class InputSpec(Strict):
+    """Operating limits of a manipulated input, shared by the MPC and the safety layer."""
+
+    lower: Finite
+    upper: Finite
+    max_move: PositiveFinite
+    max_rise: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    max_fall: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    move_penalty: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+
+    @model_validator(mode="after")
+    def _ordered(self) -> InputSpec:
+        if self.lower > self.upper:
+            raise ValueError(f"lower {self.lower} is above upper {self.upper}")
+        return self
+
+
+class Constraint(Strict):
+    """A bound on a named variable or expression; soft ones carry a penalty."""
+
+    expression: str
+    lower: Finite | None = None
+    upper: Finite | None = None
+    soft: bool = False
+    penalty: PositiveFinite = 1e3
+
+    @model_validator(mode="after")
+    def _some_bound(self) -> Constraint:
+        if self.lower is None and self.upper is None:
+            raise ValueError("give 'lower', 'upper' or both")
+        if self.lower is not None and self.upper is not None and self.lower > self.upper:
+            raise ValueError(f"lower {self.lower} is above upper {self.upper}")
+        return self
+
+
+class EstimatorSpec(Strict):
+    """State (and parameter) estimation. Standard deviations are in physical units."""
+
+    kind: Literal["ekf", "full_state"] = "ekf"
+    parameters: tuple[str, ...] = ()
+    process_noise_std: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
+        default_factory=dict
+    )
+    measurement_noise_std: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = (
+        Field(default_factory=dict)
+    )
+    initial_std: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
+        default_factory=dict
+    )
+    default_relative_std: PositiveFinite = 0.01
+
+
+class ControllerConfig(Strict):
+    """An MPC strategy for one plant model (times in the model's time unit)."""
+
+    plant: str
+    description: str = ""
+    sample_time: PositiveFinite
+    horizon: Annotated[int, Field(ge=1, le=500)]
+    collocation: Collocation = Collocation()
+    objective: Objective
+    inputs: dict[str, InputSpec]
+    state_bounds: dict[str, tuple[Finite | None, Finite | None]] = Field(default_factory=dict)
+    constraints: tuple[Constraint, ...] = ()
+    estimator: EstimatorSpec = EstimatorSpec()
+    ipopt: dict[str, str | int | float] = Field(default_factory=dict)
+    history_limit: Annotated[int, Field(ge=1, le=100_000)] = 200
+
+
+# ---------------------------------------------------------------------- scenario files
+class RecipeRow(Strict):
+    t: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    inputs: dict[str, Finite]
+
+
+class Recipe(Strict):
+    """An open-loop input table; values between rows are interpolated."""
+
+    interpolation: Literal["linear", "previous"] = "linear"
+    table: tuple[RecipeRow, ...]
+
+    @model_validator(mode="after")
+    def _sorted(self) -> Recipe:
+        times = [r.t for r in self.table]
+        if not times or times[0] != 0.0:
+            raise ValueError("the table must start at t: 0")
+        if any(b <= a for a, b in zip(times, times[1:], strict=False)):
+            raise ValueError(f"times must increase strictly, got {times}")
+        return self
+
+
+class Disturbance(Strict):
+    """An additive input disturbance acting on the true plant from ``start`` to ``end``."""
+
+    input: str
+    start: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    end: Finite = math.inf
+    offset: Finite
+
+
+class TruePlant(Strict):
+    parameters: dict[str, Finite] = Field(default_factory=dict)
+    initial_state: dict[str, Finite] = Field(default_factory=dict)
+    noise_std: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
+        default_factory=dict
+    )
+    disturbances: tuple[Disturbance, ...] = ()
+    seed: Annotated[int, Field(ge=0)] = 0
+
+
+class ScenarioConfig(Strict):
+    """A closed-loop (``controller``) or open-loop (``recipe``) run against a true plant."""
+
+    name: str
+    description: str = ""
+    plant: str
+    controller: str | None = None
+    recipe: Recipe | None = None
+    sample_time: PositiveFinite | None = None
+    duration: PositiveFinite
+    true_plant: TruePlant = TruePlant()
+    cqas: tuple[str, ...] = ()
+    stop_when_finished: bool = True
+
+    @model_validator(mode="after")
+    def _one_driver(self) -> ScenarioConfig:
+        if (self.controller is None) == (self.recipe is None):
+            raise ValueError("give exactly one of 'controller' (closed loop) or 'recipe'")
+        if self.recipe is not None and self.sample_time is None:
+            raise ValueError("an open-loop recipe needs 'sample_time'")
+        return self
+
+
+# ---------------------------------------------------------------------- loading
+S = TypeVar("S", bound=BaseModel)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read one YAML mapping; raise ConfigError naming the file (and line) on failure."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([Problem(str(path), "", f"cannot read file: {exc.strerror}")]) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([Problem(str(path), where, f"invalid YAML: {exc}")]) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [Problem(str(path), "", "the file must hold a YAML mapping", type(data).__name__)]
+        )
+    return data
+
+
+def _problems_from(exc: ValidationError, source: str) -> list[Problem]:
+    problems = []
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (not allowed here)"
+        problems.append(Problem(source, loc, msg, err.get("input")))
+    return problems
+
+
+def parse(schema: type[S], data: Mapping[str, Any], source: str) -> S:
+    """Validate ``data`` against ``schema``; every problem goes into one ConfigError."""
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_problems_from(exc, source)) from exc
+
+
+def load_parameter_set(path: Path) -> ParameterSet:
+    """Load ``configs/plants/<name>.yaml`` and check it against its model's declaration."""
+    pf = parse(PlantFile, read_yaml(path), str(path))
+    problems: list[Problem] = []
+    cls = MODELS.get(pf.model)
+    if cls is None:
+        raise ConfigError(
+            [Problem(str(path), "model", f"unknown model; allowed: {sorted(MODELS)}", pf.model)]
+        )
+    for name, entry in pf.parameters.items():
+        unit = cls.parameter_units.get(name)
+        if unit is None:
+            problems.append(
+                Problem(
+                    str(path),
+                    f"parameters.{name}",
+                    f"unknown parameter; allowed: {sorted(cls.parameter_units)}",
+                    name,
+                )
+            )
+        elif entry.unit != unit:
+            problems.append(
+                Problem(str(path), f"parameters.{name}.unit", f"unit must be {unit!r}", entry.unit)
+            )
+    for name in sorted(set(cls.parameter_units) - set(pf.parameters)):
+        problems.append(Problem(str(path), f"parameters.{name}", "missing parameter", None))
+    problems += _check_names(
+        path, cls, "initial_state", pf.initial_state, cls.names(_role("state")), exact=True
+    )
+    problems += _check_names(
+        path, cls, "nominal_inputs", pf.nominal_inputs, cls.names(_role("input")), exact=True
+    )
+    problems += _check_names(
+        path, cls, "initial_algebraic", pf.initial_algebraic, cls.names(_role("algebraic"))
+    )
+    all_vars = tuple(v.name for v in cls.variables)
+    problems += _check_names(path, cls, "bounds", pf.bounds, all_vars)
+    if problems:
+        raise ConfigError(problems)
+    params = {
+        name: Parameter(
+            name,
+            e.value,
+            e.unit,
+            e.description,
+            e.range[0] if e.range else -math.inf,
+            e.range[1] if e.range else math.inf,
+        )
+        for name, e in pf.parameters.items()
+    }
+    return ParameterSet(
+        pf.model,
+        params,
+        dict(pf.initial_state),
+        dict(pf.nominal_inputs),
+        dict(pf.initial_algebraic),
+        dict(pf.bounds),
+        str(path),
+    )
+
+
+def _role(value: str) -> Any:
+    from plant_models import Role
+
+    return Role(value)
+
+
+def _check_names(
+    path: Path,
+    cls: type[PlantModel],
+    key: str,
+    given: Mapping[str, Any],
+    allowed: tuple[str, ...],
+    *,
+    exact: bool = False,
+) -> list[Problem]:
+    problems = [
+        Problem(str(path), f"{key}.{name}", f"unknown name; allowed: {list(allowed)}", name)
+        for name in given
+        if name not in allowed
+    ]
+    if exact:
+        problems += [
+            Problem(str(path), f"{key}.{name}", f"missing value for {cls.name}", None)
+            for name in allowed
+            if name not in given
+        ]
+    return problems
+
+
+# ---------------------------------------------------------------------- cross-checks
+def resolve(base: Path, ref: str) -> Path:
+    """A path written in a config file, relative to that file's folder."""
+    p = Path(ref)
+    return p if p.is_absolute() else (base.parent / p)
+
+
+def check_controller(cfg: ControllerConfig, model: PlantModel, source: str) -> list[Problem]:
+    """Every name in a controller config must exist in its plant model."""
+    from plant_models import Role
+
+    states, inputs = model.state_names, model.input_names
+    named = set(states) | set(inputs) | set(model.algebraic_names) | set(model.expression_names)
+    problems: list[Problem] = []
+
+    def need(loc: str, name: str, allowed: set[str] | tuple[str, ...], what: str) -> None:
+        if name not in allowed:
+            problems.append(Problem(source, loc, f"unknown {what}; allowed: {sorted(allowed)}", name))
+
+    for i, e in enumerate(cfg.objective.economic):
+        need(f"objective.economic.{i}.expression", e.expression, named, "expression")
+    for i, t in enumerate(cfg.objective.tracking):
+        need(f"objective.tracking.{i}.variable", t.variable, named, "variable")
+    for name, spec in cfg.inputs.items():
+        need(f"inputs.{name}", name, inputs, "input")
+        if name in inputs:
+            v = model.variable(name)
+            if spec.lower < v.lower or spec.upper > v.upper:
+                problems.append(
+                    Problem(
+                        source,
+                        f"inputs.{name}",
+                        f"limits must lie within the model's physical bounds [{v.lower}, {v.upper}]"
+                        f" {v.unit}",
+                        [spec.lower, spec.upper],
+                    )
+                )
+    for name in inputs:
+        if name not in cfg.inputs:
+            problems.append(
+                Problem(source, f"inputs.{name}", "every model input needs limits", None)
+            )
+    for name in cfg.state_bounds:
+        need(f"state_bounds.{name}", name, states, "state")
+    for i, c in enumerate(cfg.constraints):
+        need(f"constraints.{i}.expression", c.expression, named, "expression")
+    est = cfg.estimator
+    params = model.parameter_names
+    for i, pname in enumerate(est.parameters):
+        need(f"estimator.parameters.{i}", pname, params, "parameter")
+    for key, allowed in (
+        ("process_noise_std", (*states, *est.parameters)),
+        ("initial_std", (*states, *est.parameters)),
+        ("measurement_noise_std", model.names(Role.OUTPUT)),
+    ):
+        for name in getattr(est, key):
+            need(f"estimator.{key}.{name}", name, allowed, "name")
+    return problems
+
+
+def check_scenario(
+    sc: ScenarioConfig, model: PlantModel, source: str
+) -> list[Problem]:
+    """Every name in a scenario must exist in its plant model."""
+    from plant_models import Role
+
+    problems: list[Problem] = []
+    tp = sc.true_plant
+    named = (
+        set(model.state_names)
+        | set(model.input_names)
+        | set(model.algebraic_names)
+        | set(model.expression_names)
+    )
+    for name in tp.parameters:
+        if name not in model.parameter_names:
+            problems.append(
+                Problem(
+                    source,
+                    f"true_plant.parameters.{name}",
+                    f"unknown parameter; allowed: {list(model.parameter_names)}",
+                    name,
+                )
+            )
+    for name in tp.initial_state:
+        if name not in model.state_names:
+            problems.append(
+                Problem(
+                    source,
+                    f"true_plant.initial_state.{name}",
+                    f"unknown state; allowed: {list(model.state_names)}",
+                    name,
+                )
+            )
+    for name in tp.noise_std:
+        if name not in model.names(Role.OUTPUT):
+            problems.append(
+                Problem(
+                    source,
+                    f"true_plant.noise_std.{name}",
+                    f"unknown measured output; allowed: {list(model.output_names)}",
+                    name,
+                )
+            )
+    for i, d in enumerate(tp.disturbances):
+        if d.input not in model.input_names:
+            problems.append(
+                Problem(
+                    source,
+                    f"true_plant.disturbances.{i}.input",
+                    f"unknown input; allowed: {list(model.input_names)}",
+                    d.input,
+                )
+            )
+    for i, name in enumerate(sc.cqas):
+        if name not in named:
+            problems.append(
+                Problem(source, f"cqas.{i}", f"unknown name; allowed: {sorted(named)}", name)
+            )
+    if sc.recipe is not None:
+        for j, row in enumerate(sc.recipe.table):
+            if set(row.inputs) != set(model.input_names):
+                problems.append(
+                    Problem(
+                        source,
+                        f"recipe.table.{j}.inputs",
+                        f"each row must give exactly the inputs {list(model.input_names)}",
+                        sorted(row.inputs),
+                    )
+                )
+    return problems
+
+
+def build_model(path: Path, *, smooth: bool = False) -> PlantModel:
+    """Load a plant YAML file and bind it to its model class."""
+    ps = load_parameter_set(path)
+    return MODELS[ps.model](ps, smooth=smooth)
+
+
+def load_controller(path: Path) -> tuple[ControllerConfig, PlantModel]:
+    """Load a controller config and its plant model (the optimizer's smooth copy)."""
+    cfg = parse(ControllerConfig, read_yaml(path), str(path))
+    model = build_model(resolve(path, cfg.plant), smooth=True)
+    problems = check_controller(cfg, model, str(path))
+    if problems:
+        raise ConfigError(problems)
+    return cfg, model
+
+
+def load_scenario(path: Path) -> ScenarioConfig:
+    """Load a scenario and check every name it uses against its plant model."""
+    sc = parse(ScenarioConfig, read_yaml(path), str(path))
+    model = build_model(resolve(path, sc.plant))
+    problems = check_scenario(sc, model, str(path))
+    if sc.controller is not None:
+        ctrl_path = resolve(path, sc.controller)
+        try:
+            cfg, cmodel = load_controller(ctrl_path)
+        except ConfigError as exc:
+            problems += list(exc.problems)
+        else:
+            if cmodel.name != model.name:
+                problems.append(
+                    Problem(
+                        str(path),
+                        "controller",
+                        f"controller is for model {cmodel.name!r}, scenario plant is "
+                        f"{model.name!r}",
+                        sc.controller,
+                    )
+                )
+    if problems:
+        raise ConfigError(problems)
+    return sc

@@ -1,0 +1,390 @@
+"""Nonlinear MPC on do-mpc, built once from a controller config and called every sample.
+
+:class:`ModelPredictiveController` wraps a do-mpc ``MPC`` (orthogonal collocation) and fixes
+what do-mpc leaves to the caller (see shared/FIELD-NOTES.md):
+
+* IPOPT options are passed explicitly (do-mpc's own defaults are dropped), with MUMPS;
+* an initial guess is always set, so ``make_step`` never sleeps 5 s;
+* the previous solution is shifted one interval as the warm start;
+* per-cycle move limits (``max_move``/``max_rise``/``max_fall``) are hard constraints of the
+  NLP, so the plan is one the safety layer will not have to cut;
+* ``solver_stats`` are read after every solve: a failed solve becomes a :class:`Decision`
+  with ``status`` FAILED (never a silently returned input);
+* do-mpc's in-memory history is reset every ``history_limit`` steps.
+
+Pure computing: no I/O. Times are in the plant model's time unit; values are physical.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import casadi as ca
+import numpy as np
+
+from controller.config import ControllerConfig
+from controller.errors import ConfigError, Problem, SolverError
+from plant_models import PlantModel, Role
+
+#: IPOPT return statuses that count as a usable solution.
+ACCEPTED_STATUSES = frozenset({"Solve_Succeeded", "Solved_To_Acceptable_Level"})
+
+DEFAULT_IPOPT: dict[str, Any] = {
+    "ipopt.linear_solver": "mumps",
+    "ipopt.print_level": 0,
+    "ipopt.sb": "yes",
+    "ipopt.max_iter": 300,
+    "ipopt.tol": 1e-8,
+    "ipopt.acceptable_tol": 1e-5,
+    "print_time": False,
+}
+
+
+class SolveStatus(StrEnum):
+    SUCCESS = "success"
+    FAILED = "failed"  # the solver reported failure (infeasible, max_iter, ...)
+    INVALID = "invalid"  # the solver claimed success but the input is unusable
+    ERROR = "error"  # the solver raised
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One MPC result.
+
+    ``inputs`` is the first move of the plan (physical units). When ``status`` is not
+    SUCCESS the inputs must not be applied; the safety layer holds instead.
+    ``predicted_states[name]`` has ``horizon + 1`` entries, ``predicted_inputs[name]``
+    ``horizon``; ``soft_slack`` gives the planned slack of every soft constraint (> 0 means
+    the plan violates it).
+    """
+
+    t: float
+    inputs: Mapping[str, float]
+    status: SolveStatus
+    return_status: str
+    iterations: int
+    solve_time_s: float
+    objective: float = math.nan
+    predicted_states: Mapping[str, np.ndarray] = field(default_factory=dict)
+    predicted_inputs: Mapping[str, np.ndarray] = field(default_factory=dict)
+    soft_slack: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status is SolveStatus.SUCCESS
+
+
+class ModelPredictiveController:
+    """A do-mpc MPC built from a :class:`ControllerConfig` for one plant model."""
+
+    def __init__(self, config: ControllerConfig, model: PlantModel, source: str = "<config>"):
+        import do_mpc
+
+        self.config = config
+        self.model = model
+        self.source = source
+        self._dm_model = model.do_mpc_model()
+        self._params = model.parameters
+        self._steps_since_reset = 0
+        mpc = do_mpc.controller.MPC(self._dm_model)
+        self._configure(mpc)
+        self._set_objective(mpc)
+        self._set_bounds(mpc)
+        self._soft_names = self._set_constraints(mpc)
+        self._set_parameters(mpc)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mpc.prepare_nlp()
+            self._add_move_limits(mpc)
+            mpc.create_nlp()
+        self.mpc = mpc
+        self._u_prev = model.vector(Role.INPUT, model.nominal_inputs)
+        self._z_guess = model.vector(Role.ALGEBRAIC, model.initial_algebraic)
+        self._needs_guess = True
+
+    # ------------------------------------------------------------------ building
+    def _configure(self, mpc: Any) -> None:
+        cfg, s = self.config, self.mpc_settings(self.config)
+        for key, value in s.items():
+            setattr(mpc.settings, key, value)
+        opts = dict(DEFAULT_IPOPT)
+        opts.update({f"ipopt.{k}" if "." not in k and k != "print_time" else k: v
+                     for k, v in cfg.ipopt.items()})
+        mpc.settings.nlpsol_opts = opts
+        for role, key in ((Role.STATE, "_x"), (Role.INPUT, "_u"), (Role.ALGEBRAIC, "_z")):
+            for name in self.model.names(role):
+                mpc.scaling[key, name] = self.model.variable(name).scale
+
+    @staticmethod
+    def mpc_settings(cfg: ControllerConfig) -> dict[str, Any]:
+        return {
+            "n_horizon": cfg.horizon,
+            "t_step": cfg.sample_time,
+            "n_robust": 0,
+            "open_loop": False,
+            "state_discretization": "collocation",
+            "collocation_type": cfg.collocation.type,
+            "collocation_deg": cfg.collocation.degree,
+            "collocation_ni": cfg.collocation.finite_elements,
+            "store_full_solution": False,
+            "store_lagr_multiplier": False,
+            "store_solver_stats": [],
+        }
+
+    def _symbol(self, name: str) -> Any:
+        m = self._dm_model
+        if name in self.model.state_names:
+            return m.x[name]
+        if name in self.model.input_names:
+            return m.u[name]
+        if name in self.model.algebraic_names:
+            return m.z[name]
+        return m.aux[name]
+
+    def _depends_on_u_or_z(self, expr: Any) -> bool:
+        m = self._dm_model
+        uz = ca.vertcat(m.u.cat, m.z.cat) if self.model.is_dae else m.u.cat
+        return bool(ca.depends_on(expr, uz))
+
+    def _set_objective(self, mpc: Any) -> None:
+        obj = self.config.objective
+        lterm: Any = ca.SX(0)
+        mterm: Any = ca.SX(0)
+        problems: list[Problem] = []
+        for i, e in enumerate(obj.economic):
+            expr = self._symbol(e.expression)
+            sign = -1.0 if e.sense == "maximize" else 1.0
+            if e.where in ("stage", "both"):
+                lterm += sign * e.weight * expr
+            if e.where in ("terminal", "both"):
+                if self._depends_on_u_or_z(expr):
+                    problems.append(
+                        Problem(
+                            self.source,
+                            f"objective.economic.{i}.where",
+                            "a terminal term may only depend on states and parameters; "
+                            "use where: stage",
+                            e.expression,
+                        )
+                    )
+                    continue
+                mterm += sign * e.weight * expr
+        for i, t in enumerate(obj.tracking):
+            expr = self._symbol(t.variable)
+            scale = self.model.all_variables.get(t.variable)
+            err = (expr - t.setpoint) / (scale.scale if scale else 1.0)
+            lterm += t.weight * err**2
+            if t.terminal_weight > 0:
+                if self._depends_on_u_or_z(expr):
+                    problems.append(
+                        Problem(
+                            self.source,
+                            f"objective.tracking.{i}.terminal_weight",
+                            "a terminal term may only depend on states and parameters",
+                            t.variable,
+                        )
+                    )
+                    continue
+                mterm += t.terminal_weight * err**2
+        if problems:
+            raise ConfigError(problems)
+        mpc.set_objective(mterm=mterm, lterm=lterm)
+        penalties = {n: s.move_penalty for n, s in self.config.inputs.items() if s.move_penalty}
+        if penalties:
+            mpc.set_rterm(**penalties)
+
+    def _set_bounds(self, mpc: Any) -> None:
+        for name, spec in self.config.inputs.items():
+            mpc.bounds["lower", "_u", name] = spec.lower
+            mpc.bounds["upper", "_u", name] = spec.upper
+        for name, (lo, hi) in self.config.state_bounds.items():
+            if lo is not None:
+                mpc.bounds["lower", "_x", name] = lo
+            if hi is not None:
+                mpc.bounds["upper", "_x", name] = hi
+
+    def _set_constraints(self, mpc: Any) -> list[str]:
+        soft: list[str] = []
+        for i, c in enumerate(self.config.constraints):
+            expr = self._symbol(c.expression)
+            for side, bound in (("upper", c.upper), ("lower", c.lower)):
+                if bound is None:
+                    continue
+                name = f"{c.expression}_{side}_{i}"
+                sign = 1.0 if side == "upper" else -1.0
+                mpc.set_nl_cons(
+                    name,
+                    sign * expr,
+                    ub=sign * bound,
+                    soft_constraint=c.soft,
+                    penalty_term_cons=c.penalty,
+                )
+                if c.soft:
+                    soft.append(name)
+        return soft
+
+    def _set_parameters(self, mpc: Any) -> None:
+        template = mpc.get_p_template(1)
+
+        def p_fun(t_now: float) -> Any:
+            for name in self.model.parameter_names:
+                template["_p", 0, name] = self._params[name]
+            return template
+
+        mpc.set_p_fun(p_fun)
+
+    def _add_move_limits(self, mpc: Any) -> None:
+        """Hard per-cycle move limits on the first and every later move of the plan."""
+        opt_x, opt_p = mpc.opt_x, mpc.opt_p
+        u_scale = self.model.scales(Role.INPUT)
+        for j, name in enumerate(self.model.input_names):
+            spec = self.config.inputs[name]
+            up = min(spec.max_move, spec.max_rise if spec.max_rise is not None else math.inf)
+            down = min(spec.max_move, spec.max_fall if spec.max_fall is not None else math.inf)
+            if not (math.isfinite(up) or math.isfinite(down)):
+                continue
+            for k in range(self.config.horizon):
+                now = opt_x["_u", k, 0][j] * u_scale[j]
+                before = opt_p["_u_prev"][j] if k == 0 else opt_x["_u", k - 1, 0][j] * u_scale[j]
+                mpc.nlp_cons.append(now - before)
+                mpc.nlp_cons_lb.append(np.array([-down if math.isfinite(down) else -np.inf]))
+                mpc.nlp_cons_ub.append(np.array([up if math.isfinite(up) else np.inf]))
+
+    # ------------------------------------------------------------------ running
+    def reset(self, u_prev: Mapping[str, float]) -> None:
+        """Forget the warm start; the next step starts from the working setpoints ``u_prev``."""
+        self._u_prev = self.model.vector(Role.INPUT, u_prev)
+        self._needs_guess = True
+
+    def set_parameters(self, values: Mapping[str, float]) -> None:
+        """Use new parameter values (e.g. online estimates) from the next solve on."""
+        unknown = sorted(set(values) - set(self.model.parameter_names))
+        if unknown:
+            raise SolverError(f"unknown parameter(s) {unknown}; known {self.model.parameter_names}")
+        self._params = {**self._params, **{k: float(v) for k, v in values.items()}}
+
+    def _initial_guess(self, x0: np.ndarray) -> None:
+        mpc = self.mpc
+        mpc.x0 = x0
+        mpc.u0 = self._u_prev
+        if self.model.is_dae:
+            mpc.z0 = self._z_guess
+        mpc.set_initial_guess()
+        self._needs_guess = False
+
+    def _shift_warm_start(self) -> None:
+        """Move the previous solution one interval earlier (the last interval is repeated)."""
+        num = self.mpc.opt_x_num
+        n = self.config.horizon
+        for k in range(n):
+            nxt = min(k + 1, n - 1)
+            num["_u", k] = num["_u", nxt]
+            if self.model.is_dae:
+                num["_z", k] = num["_z", nxt]
+        for k in range(n):
+            num["_x", k] = num["_x", k + 1]
+
+    def step(
+        self,
+        t: float,
+        x_hat: Mapping[str, float],
+        params: Mapping[str, float] | None = None,
+        u_prev: Mapping[str, float] | None = None,
+    ) -> Decision:
+        """Solve the MPC from state ``x_hat`` at time ``t``.
+
+        ``u_prev`` is the setpoint in force (defaults to the last planned input); the move
+        limits and move penalties are relative to it. Never raises on a failed solve.
+        """
+        x0 = self.model.vector(Role.STATE, x_hat)
+        if not np.all(np.isfinite(x0)):
+            return self._failed(t, SolveStatus.INVALID, f"non-finite state estimate {x0}")
+        if params:
+            self.set_parameters(params)
+        if u_prev is not None:
+            self._u_prev = self.model.vector(Role.INPUT, u_prev)
+        mpc = self.mpc
+        if self._needs_guess:
+            self._initial_guess(x0)
+        else:
+            self._shift_warm_start()
+        mpc.t0 = t
+        mpc.u0 = self._u_prev
+        started = time.perf_counter()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                u = np.asarray(mpc.make_step(x0), dtype=float).ravel()
+        except (RuntimeError, AssertionError) as exc:
+            self._needs_guess = True
+            return self._failed(t, SolveStatus.ERROR, f"{type(exc).__name__}: {exc}")
+        elapsed = time.perf_counter() - started
+        stats = mpc.solver_stats
+        self._bound_history()
+        decision = self._decision(t, u, stats, elapsed)
+        if decision.ok:
+            self._u_prev = u
+            if self.model.is_dae:
+                self._z_guess = np.asarray(mpc.opt_x_num_unscaled["_z", 0, 0, 0]).ravel()
+        else:
+            self._needs_guess = True
+        return decision
+
+    def _decision(self, t: float, u: np.ndarray, stats: Mapping[str, Any], elapsed: float) -> Decision:
+        status_text = str(stats.get("return_status", "unknown"))
+        iterations = int(stats.get("iter_count", -1))
+        inputs = self.model.as_dict(Role.INPUT, u)
+        status = SolveStatus.SUCCESS
+        if not stats.get("success", False) and status_text not in ACCEPTED_STATUSES:
+            status = SolveStatus.FAILED
+        elif not np.all(np.isfinite(u)) or not self._within_input_limits(inputs):
+            status, status_text = SolveStatus.INVALID, f"{status_text}; input outside limits {inputs}"
+        sol = self.mpc.opt_x_num_unscaled
+        n = self.config.horizon
+        xs = np.array([np.asarray(sol["_x", k, 0, -1]).ravel() for k in range(n + 1)])
+        us = np.array([np.asarray(sol["_u", k, 0]).ravel() for k in range(n)])
+        slack: dict[str, float] = {}
+        if self._soft_names:
+            eps = np.array([np.asarray(sol["_eps", k, 0]).ravel() for k in range(n)])
+            slack = {name: float(eps[:, i].max()) for i, name in enumerate(self._soft_names)}
+        return Decision(
+            t=t,
+            inputs=inputs,
+            status=status,
+            return_status=status_text,
+            iterations=iterations,
+            solve_time_s=elapsed,
+            objective=_objective(self.mpc),
+            predicted_states={n_: xs[:, i] for i, n_ in enumerate(self.model.state_names)},
+            predicted_inputs={n_: us[:, i] for i, n_ in enumerate(self.model.input_names)},
+            soft_slack=slack,
+        )
+
+    def _within_input_limits(self, inputs: Mapping[str, float], tol: float = 1e-6) -> bool:
+        for name, value in inputs.items():
+            spec = self.config.inputs[name]
+            span = max(1.0, abs(spec.upper - spec.lower))
+            if value < spec.lower - tol * span or value > spec.upper + tol * span:
+                return False
+        return True
+
+    def _failed(self, t: float, status: SolveStatus, why: str) -> Decision:
+        return Decision(t, {}, status, why, 0, 0.0)
+
+    def _bound_history(self) -> None:
+        self._steps_since_reset += 1
+        if self._steps_since_reset >= self.config.history_limit:
+            self.mpc.reset_history()
+            self._steps_since_reset = 0
+
+
+def _objective(mpc: Any) -> float:
+    stats = mpc.solver_stats
+    value = stats.get("iterations", {}).get("obj", [math.nan])
+    return float(value[-1]) if len(value) else math.nan

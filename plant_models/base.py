@@ -1,0 +1,452 @@
+"""Declarative plant models: variables with units, bounds and roles; parameters as data.
+
+A plant model is a small class that declares its variables (states, algebraic states, inputs,
+measured outputs, parameters) and writes its right-hand side once, in CasADi symbols, in the
+units of its source. Parameter *values* never live in code: they come from
+``configs/plants/<name>.yaml`` through :class:`ParameterSet`.
+
+Everything here is pure: no I/O, no clocks, no networking. The base class turns the
+declaration into
+
+* ``functions``: one CasADi ``Function`` ``(x, z, u, p) -> (xdot, alg, y, expr)``;
+* :meth:`PlantModel.integrator`: a one-sample-step CasADi integrator (cvodes for ODEs, idas
+  for DAEs) working on scaled states, with physical values at its boundary;
+* :meth:`PlantModel.do_mpc_model`: a do-mpc ``Model`` with every parameter as ``_p``.
+
+Vectors are ordered as the declaration (``state_names``, ``input_names``, ...).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import cached_property
+from typing import Any, ClassVar
+
+import casadi as ca
+import numpy as np
+
+from plant_models.errors import ModelError
+
+Sym = ca.SX
+SymMap = Mapping[str, Any]
+
+
+class Role(StrEnum):
+    """What a variable is to the model."""
+
+    STATE = "state"
+    ALGEBRAIC = "algebraic"
+    INPUT = "input"
+    OUTPUT = "output"
+    PARAMETER = "parameter"
+
+
+@dataclass(frozen=True)
+class Variable:
+    """A named quantity of a plant model.
+
+    ``lower``/``upper`` are physical bounds (validity of the model), not operating limits;
+    the controller config narrows them. ``scale`` is a typical magnitude used to scale the
+    variable inside integrators and optimizers (the crystallizer's moments span 1e0..1e9).
+    """
+
+    name: str
+    unit: str
+    role: Role
+    lower: float = -math.inf
+    upper: float = math.inf
+    description: str = ""
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A parameter value with its unit, as loaded from a plant YAML file.
+
+    ``lower``/``upper`` give the plausible range (used for estimation bounds and for
+    plant-model mismatch in scenarios).
+    """
+
+    name: str
+    value: float
+    unit: str
+    description: str = ""
+    lower: float = -math.inf
+    upper: float = math.inf
+
+
+@dataclass(frozen=True)
+class ParameterSet:
+    """The data half of a plant model: parameter values, nominal start and bound overrides."""
+
+    model: str
+    parameters: Mapping[str, Parameter]
+    initial_state: Mapping[str, float]
+    nominal_inputs: Mapping[str, float]
+    initial_algebraic: Mapping[str, float] = field(default_factory=dict)
+    bounds: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    source: str = "<memory>"
+
+    def values(self) -> dict[str, float]:
+        return {name: p.value for name, p in self.parameters.items()}
+
+    def with_values(self, overrides: Mapping[str, float]) -> ParameterSet:
+        """A copy with some parameter values replaced (plant-model mismatch)."""
+        unknown = sorted(set(overrides) - set(self.parameters))
+        if unknown:
+            raise ModelError(
+                f"{self.source}: unknown parameter(s) {unknown} for model {self.model!r}; "
+                f"known: {sorted(self.parameters)}"
+            )
+        params = {
+            name: (
+                Parameter(p.name, float(overrides[name]), p.unit, p.description, p.lower, p.upper)
+                if name in overrides
+                else p
+            )
+            for name, p in self.parameters.items()
+        }
+        return ParameterSet(
+            self.model,
+            params,
+            self.initial_state,
+            self.nominal_inputs,
+            self.initial_algebraic,
+            self.bounds,
+            self.source,
+        )
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Numeric values of one model evaluation, keyed by variable or expression name."""
+
+    xdot: dict[str, float]
+    alg: list[float]
+    outputs: dict[str, float]
+    expressions: dict[str, float]
+
+
+class PlantModel(ABC):
+    """Base class of every unit-operation model.
+
+    Subclasses declare ``name``, ``time_unit``, ``variables`` (states, algebraics, inputs,
+    outputs) and ``parameters`` (name -> unit), and implement :meth:`ode`, :meth:`outputs`
+    and optionally :meth:`algebraic` and :meth:`expressions`. Symbols arrive as dicts of
+    CasADi ``SX`` keyed by variable name, in physical units.
+    """
+
+    name: ClassVar[str]
+    time_unit: ClassVar[str]
+    description: ClassVar[str] = ""
+    variables: ClassVar[tuple[Variable, ...]]
+    parameter_units: ClassVar[Mapping[str, str]]
+
+    def __init__(self, parameter_set: ParameterSet, *, smooth: bool = False) -> None:
+        """Bind the declaration to parameter data.
+
+        ``smooth`` asks for smooth approximations of non-smooth terms (for optimizers); the
+        "true plant" uses the exact equations. Raises :class:`ModelError` when the data do
+        not match the declaration (missing/unknown parameters, wrong units).
+        """
+        self.parameter_set = parameter_set
+        self.smooth = smooth
+        self._check_parameter_set()
+        overrides = parameter_set.bounds
+        self._vars: dict[str, Variable] = {}
+        for v in self.variables:
+            if v.name in overrides:
+                lo, hi = overrides[v.name]
+                v = Variable(v.name, v.unit, v.role, lo, hi, v.description, v.scale)
+            self._vars[v.name] = v
+
+    # ----------------------------------------------------------------- declaration
+    def _check_parameter_set(self) -> None:
+        ps = self.parameter_set
+        problems: list[str] = []
+        if ps.model != self.name:
+            problems.append(f"parameter set is for model {ps.model!r}, not {self.name!r}")
+        missing = sorted(set(self.parameter_units) - set(ps.parameters))
+        unknown = sorted(set(ps.parameters) - set(self.parameter_units))
+        if missing:
+            problems.append(f"missing parameter(s): {missing}")
+        if unknown:
+            problems.append(f"unknown parameter(s): {unknown}; known: {sorted(self.parameter_units)}")
+        for pname, unit in self.parameter_units.items():
+            p = ps.parameters.get(pname)
+            if p is not None and p.unit != unit:
+                problems.append(f"parameter {pname!r} has unit {p.unit!r}, expected {unit!r}")
+            if p is not None and not math.isfinite(p.value):
+                problems.append(f"parameter {pname!r} is not finite: {p.value!r}")
+        names = {v.name for v in self.variables}
+        for key, group in (("initial_state", ps.initial_state), ("nominal_inputs", ps.nominal_inputs)):
+            for vname in group:
+                if vname not in names:
+                    problems.append(f"{key}: unknown variable {vname!r}")
+        for vname in ps.bounds:
+            if vname not in names:
+                problems.append(f"bounds: unknown variable {vname!r}")
+        if set(ps.initial_state) != set(self.names(Role.STATE)):
+            problems.append(
+                f"initial_state must give every state {list(self.names(Role.STATE))}, "
+                f"got {sorted(ps.initial_state)}"
+            )
+        if set(ps.nominal_inputs) != set(self.names(Role.INPUT)):
+            problems.append(
+                f"nominal_inputs must give every input {list(self.names(Role.INPUT))}, "
+                f"got {sorted(ps.nominal_inputs)}"
+            )
+        if problems:
+            raise ModelError(f"{ps.source}: " + "; ".join(problems))
+
+    @classmethod
+    def names(cls, role: Role) -> tuple[str, ...]:
+        return tuple(v.name for v in cls.variables if v.role is role)
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return self.names(Role.STATE)
+
+    @property
+    def algebraic_names(self) -> tuple[str, ...]:
+        return self.names(Role.ALGEBRAIC)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return self.names(Role.INPUT)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return self.names(Role.OUTPUT)
+
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        return tuple(self.parameter_units)
+
+    @property
+    def is_dae(self) -> bool:
+        return bool(self.algebraic_names)
+
+    def variable(self, name: str) -> Variable:
+        try:
+            return self._vars[name]
+        except KeyError as exc:
+            raise ModelError(
+                f"model {self.name!r} has no variable {name!r}; known: {sorted(self._vars)}"
+            ) from exc
+
+    @property
+    def all_variables(self) -> Mapping[str, Variable]:
+        return dict(self._vars)
+
+    def scales(self, role: Role) -> np.ndarray:
+        return np.array([self._vars[n].scale for n in self.names(role)], dtype=float)
+
+    @property
+    def parameters(self) -> dict[str, float]:
+        return self.parameter_set.values()
+
+    def parameter_vector(self, values: Mapping[str, float] | None = None) -> np.ndarray:
+        merged = {**self.parameters, **(values or {})}
+        return np.array([merged[n] for n in self.parameter_names], dtype=float)
+
+    def vector(self, role: Role, values: Mapping[str, float]) -> np.ndarray:
+        """Order a mapping as the declaration; raises ModelError naming missing entries."""
+        names = self.names(role)
+        missing = [n for n in names if n not in values]
+        if missing:
+            raise ModelError(f"model {self.name!r}: missing {role.value} value(s) {missing}")
+        return np.array([float(values[n]) for n in names], dtype=float)
+
+    def as_dict(self, role: Role, vector: Sequence[float] | np.ndarray) -> dict[str, float]:
+        arr = np.asarray(vector, dtype=float).ravel()
+        return {n: float(v) for n, v in zip(self.names(role), arr, strict=True)}
+
+    @property
+    def initial_state(self) -> dict[str, float]:
+        return dict(self.parameter_set.initial_state)
+
+    @property
+    def nominal_inputs(self) -> dict[str, float]:
+        return dict(self.parameter_set.nominal_inputs)
+
+    @property
+    def initial_algebraic(self) -> dict[str, float]:
+        base = {n: 0.0 for n in self.algebraic_names}
+        return {**base, **self.parameter_set.initial_algebraic}
+
+    # ----------------------------------------------------------------- equations
+    @abstractmethod
+    def ode(self, x: SymMap, z: SymMap, u: SymMap, p: SymMap) -> dict[str, Any]:
+        """Time derivatives of every state, in state units per ``time_unit``."""
+
+    def algebraic(self, x: SymMap, z: SymMap, u: SymMap, p: SymMap) -> list[Any]:
+        """Residuals of the algebraic equations (0 = r); one per algebraic state."""
+        return []
+
+    @abstractmethod
+    def outputs(self, x: SymMap, z: SymMap, u: SymMap, p: SymMap) -> dict[str, Any]:
+        """Measured outputs, keyed by output name."""
+
+    def expressions(self, x: SymMap, z: SymMap, u: SymMap, p: SymMap) -> dict[str, Any]:
+        """Named expressions usable in objectives, constraints and KPIs (outputs included)."""
+        return {}
+
+    def finished(self, x: Mapping[str, float], p: Mapping[str, float]) -> bool:
+        """Whether the batch has reached its natural end (e.g. primary drying complete)."""
+        return False
+
+    # ----------------------------------------------------------------- CasADi views
+    @cached_property
+    def symbols(self) -> dict[Role, Any]:
+        return {
+            Role.STATE: ca.SX.sym("x", len(self.state_names)),
+            Role.ALGEBRAIC: ca.SX.sym("z", len(self.algebraic_names)),
+            Role.INPUT: ca.SX.sym("u", len(self.input_names)),
+            Role.PARAMETER: ca.SX.sym("p", len(self.parameter_names)),
+        }
+
+    def _split(self, role: Role, vec: Any) -> dict[str, Any]:
+        names = self.parameter_names if role is Role.PARAMETER else self.names(role)
+        return {n: vec[i] for i, n in enumerate(names)}
+
+    def evaluate_symbolic(self, x: Any, z: Any, u: Any, p: Any) -> tuple[Any, Any, Any, Any]:
+        """(xdot, alg, y, expr) as CasADi column vectors for the given symbol vectors."""
+        xd, zd = self._split(Role.STATE, x), self._split(Role.ALGEBRAIC, z)
+        ud, pd = self._split(Role.INPUT, u), self._split(Role.PARAMETER, p)
+        rhs = self.ode(xd, zd, ud, pd)
+        missing = [n for n in self.state_names if n not in rhs]
+        if missing:
+            raise ModelError(f"model {self.name!r}: ode() gives no derivative for {missing}")
+        xdot = ca.vertcat(*[rhs[n] for n in self.state_names])
+        alg = self.algebraic(xd, zd, ud, pd)
+        y = self.outputs(xd, zd, ud, pd)
+        expr = {**y, **self.expressions(xd, zd, ud, pd)}
+        return (
+            xdot,
+            ca.vertcat(*alg) if alg else ca.SX(0, 1),
+            ca.vertcat(*[y[n] for n in self.output_names]) if y else ca.SX(0, 1),
+            ca.vertcat(*expr.values()) if expr else ca.SX(0, 1),
+        )
+
+    @cached_property
+    def expression_names(self) -> tuple[str, ...]:
+        s = self.symbols
+        xd, zd = self._split(Role.STATE, s[Role.STATE]), self._split(Role.ALGEBRAIC, s[Role.ALGEBRAIC])
+        ud, pd = self._split(Role.INPUT, s[Role.INPUT]), self._split(Role.PARAMETER, s[Role.PARAMETER])
+        y = self.outputs(xd, zd, ud, pd)
+        return tuple({**y, **self.expressions(xd, zd, ud, pd)})
+
+    @cached_property
+    def function(self) -> ca.Function:
+        """``f(x, z, u, p) -> (xdot, alg, y, expr)`` in physical units."""
+        s = self.symbols
+        args = [s[Role.STATE], s[Role.ALGEBRAIC], s[Role.INPUT], s[Role.PARAMETER]]
+        outs = self.evaluate_symbolic(*args)
+        return ca.Function(
+            f"{self.name}_f", args, list(outs), ["x", "z", "u", "p"], ["xdot", "alg", "y", "expr"]
+        )
+
+    def evaluate(
+        self,
+        x: Mapping[str, float],
+        u: Mapping[str, float],
+        z: Mapping[str, float] | None = None,
+        p: Mapping[str, float] | None = None,
+    ) -> Evaluation:
+        """Evaluate the model numerically at one point (physical units)."""
+        zz = z if z is not None else self.initial_algebraic
+        res = self.function(
+            self.vector(Role.STATE, x),
+            self.vector(Role.ALGEBRAIC, zz) if self.is_dae else np.zeros(0),
+            self.vector(Role.INPUT, u),
+            self.parameter_vector(p),
+        )
+        xdot, alg, y, expr = (np.asarray(r, dtype=float).ravel() for r in res)
+        return Evaluation(
+            xdot=dict(zip(self.state_names, map(float, xdot), strict=True)),
+            alg=[float(a) for a in alg],
+            outputs=dict(zip(self.output_names, map(float, y), strict=True)),
+            expressions=dict(zip(self.expression_names, map(float, expr), strict=True)),
+        )
+
+    def integrator(self, dt: float, *, rtol: float = 1e-8, atol: float = 1e-10) -> ca.Function:
+        """A CasADi integrator over one sample step ``dt`` (in ``time_unit``).
+
+        Returns ``F(x0, z0, u, p) -> (xf, zf)`` with physical values; inside, states are
+        divided by their ``scale``. cvodes for ODEs, idas for DAEs (``z0`` is only a guess:
+        idas computes consistent algebraic values).
+        """
+        if not (math.isfinite(dt) and dt > 0):
+            raise ModelError(f"model {self.name!r}: sample step must be > 0, got {dt!r}")
+        s = self.symbols
+        xs = ca.SX.sym("xs", len(self.state_names))
+        zs = ca.SX.sym("zs", len(self.algebraic_names))
+        u, p = s[Role.INPUT], s[Role.PARAMETER]
+        xsc, zsc = self.scales(Role.STATE), self.scales(Role.ALGEBRAIC)
+        xdot, alg, _, _ = self.evaluate_symbolic(xs * xsc, zs * zsc, u, p)
+        dae: dict[str, Any] = {"x": xs, "p": ca.vertcat(u, p), "ode": xdot / xsc}
+        opts: dict[str, Any] = {"reltol": rtol, "abstol": atol}
+        if self.is_dae:
+            dae.update(z=zs, alg=alg)
+            plugin = "idas"
+        else:
+            plugin = "cvodes"
+        raw = ca.integrator(f"{self.name}_F", plugin, dae, 0.0, float(dt), opts)
+        x0, z0 = ca.MX.sym("x0", len(self.state_names)), ca.MX.sym("z0", len(self.algebraic_names))
+        uu, pp = ca.MX.sym("u", len(self.input_names)), ca.MX.sym("p", len(self.parameter_names))
+        call: dict[str, Any] = {"x0": x0 / xsc, "p": ca.vertcat(uu, pp)}
+        if self.is_dae:
+            call["z0"] = z0 / zsc
+        r = raw(**call)
+        zf = r["zf"] * zsc if self.is_dae else ca.MX(0, 1)
+        return ca.Function(
+            f"{self.name}_step", [x0, z0, uu, pp], [r["xf"] * xsc, zf],
+            ["x0", "z0", "u", "p"], ["xf", "zf"],
+        )
+
+    def algebraic_solver(self) -> ca.Function | None:
+        """``Z(z_guess, x, u, p) -> z`` solving the algebraic equations (None for ODEs)."""
+        if not self.is_dae:
+            return None
+        s = self.symbols
+        zs = ca.SX.sym("zs", len(self.algebraic_names))
+        xup = ca.vertcat(s[Role.STATE], s[Role.INPUT], s[Role.PARAMETER])
+        _, alg, _, _ = self.evaluate_symbolic(
+            s[Role.STATE], zs * self.scales(Role.ALGEBRAIC), s[Role.INPUT], s[Role.PARAMETER]
+        )
+        g = ca.Function("g", [zs, xup], [alg])
+        rf = ca.rootfinder(f"{self.name}_alg", "newton", g, {"abstol": 1e-10})
+        zg, x = ca.MX.sym("zg", len(self.algebraic_names)), ca.MX.sym("x", len(self.state_names))
+        u, p = ca.MX.sym("u", len(self.input_names)), ca.MX.sym("p", len(self.parameter_names))
+        zsol = rf(zg / self.scales(Role.ALGEBRAIC), ca.vertcat(x, u, p)) * self.scales(Role.ALGEBRAIC)
+        return ca.Function(f"{self.name}_Z", [zg, x, u, p], [zsol], ["z_guess", "x", "u", "p"], ["z"])
+
+    # ----------------------------------------------------------------- do-mpc
+    def do_mpc_model(self) -> Any:
+        """A do-mpc continuous ``Model`` (every parameter is a ``_p`` so estimates flow in).
+
+        All named expressions are registered as aux expressions.
+        """
+        import do_mpc  # local import: do-mpc is slow to import and only the MPC needs it
+
+        m = do_mpc.model.Model("continuous", "SX")
+        x = ca.vertcat(*[m.set_variable("_x", n) for n in self.state_names])
+        z = ca.vertcat(*[m.set_variable("_z", n) for n in self.algebraic_names])
+        u = ca.vertcat(*[m.set_variable("_u", n) for n in self.input_names])
+        p = ca.vertcat(*[m.set_variable("_p", n) for n in self.parameter_names])
+        if not self.is_dae:
+            z = ca.SX(0, 1)
+        xdot, alg, _, expr = self.evaluate_symbolic(x, z, u, p)
+        for i, n in enumerate(self.state_names):
+            m.set_rhs(n, xdot[i])
+        for i in range(alg.shape[0]):
+            m.set_alg(f"alg_{i}", alg[i])
+        for i, n in enumerate(self.expression_names):
+            m.set_expression(n, expr[i])
+        m.setup()
+        return m
