@@ -17,6 +17,7 @@ never uses ``assert``.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -145,8 +146,8 @@ class EstimatorSpec(Strict):
     process_noise_std: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
         default_factory=dict
     )
-    measurement_noise_std: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = (
-        Field(default_factory=dict)
+    measurement_noise_std: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
+        default_factory=dict
     )
     initial_std: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
         default_factory=dict
@@ -188,7 +189,7 @@ class Recipe(Strict):
         times = [r.t for r in self.table]
         if not times or times[0] != 0.0:
             raise ValueError("the table must start at t: 0")
-        if any(b <= a for a, b in zip(times, times[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(times)):
             raise ValueError(f"times must increase strictly, got {times}")
         return self
 
@@ -224,6 +225,7 @@ class ScenarioConfig(Strict):
     duration: PositiveFinite
     true_plant: TruePlant = TruePlant()
     cqas: tuple[str, ...] = ()
+    checks: tuple[Constraint, ...] = ()
     stop_when_finished: bool = True
 
     @model_validator(mode="after")
@@ -314,6 +316,11 @@ def load_parameter_set(path: Path) -> ParameterSet:
     )
     all_vars = tuple(v.name for v in cls.variables)
     problems += _check_names(path, cls, "bounds", pf.bounds, all_vars)
+    for name, (lo, hi) in pf.bounds.items():
+        if lo > hi:
+            problems.append(
+                Problem(str(path), f"bounds.{name}", "lower must not exceed upper", [lo, hi])
+            )
     if problems:
         raise ConfigError(problems)
     params = {
@@ -384,7 +391,9 @@ def check_controller(cfg: ControllerConfig, model: PlantModel, source: str) -> l
 
     def need(loc: str, name: str, allowed: set[str] | tuple[str, ...], what: str) -> None:
         if name not in allowed:
-            problems.append(Problem(source, loc, f"unknown {what}; allowed: {sorted(allowed)}", name))
+            problems.append(
+                Problem(source, loc, f"unknown {what}; allowed: {sorted(allowed)}", name)
+            )
 
     for i, e in enumerate(cfg.objective.economic):
         need(f"objective.economic.{i}.expression", e.expression, named, "expression")
@@ -409,8 +418,12 @@ def check_controller(cfg: ControllerConfig, model: PlantModel, source: str) -> l
             problems.append(
                 Problem(source, f"inputs.{name}", "every model input needs limits", None)
             )
-    for name in cfg.state_bounds:
+    for name, (lo, hi) in cfg.state_bounds.items():
         need(f"state_bounds.{name}", name, states, "state")
+        if lo is not None and hi is not None and lo > hi:
+            problems.append(
+                Problem(source, f"state_bounds.{name}", "lower must not exceed upper", [lo, hi])
+            )
     for i, c in enumerate(cfg.constraints):
         need(f"constraints.{i}.expression", c.expression, named, "expression")
     est = cfg.estimator
@@ -427,9 +440,7 @@ def check_controller(cfg: ControllerConfig, model: PlantModel, source: str) -> l
     return problems
 
 
-def check_scenario(
-    sc: ScenarioConfig, model: PlantModel, source: str
-) -> list[Problem]:
+def check_scenario(sc: ScenarioConfig, model: PlantModel, source: str) -> list[Problem]:
     """Every name in a scenario must exist in its plant model."""
     from plant_models import Role
 
@@ -481,6 +492,16 @@ def check_scenario(
                     d.input,
                 )
             )
+    for i, c in enumerate(sc.checks):
+        if c.expression not in named:
+            problems.append(
+                Problem(
+                    source,
+                    f"checks.{i}.expression",
+                    f"unknown expression; allowed: {sorted(named)}",
+                    c.expression,
+                )
+            )
     for i, name in enumerate(sc.cqas):
         if name not in named:
             problems.append(
@@ -506,9 +527,46 @@ def build_model(path: Path, *, smooth: bool = False) -> PlantModel:
     return MODELS[ps.model](ps, smooth=smooth)
 
 
+def _raw_name_problems(data: Mapping[str, Any], model: PlantModel, source: str) -> list[Problem]:
+    """Name checks on a file that failed its schema, so that one error lists everything."""
+    problems: list[Problem] = []
+    sections = (
+        ("inputs", model.input_names, "input"),
+        ("state_bounds", model.state_names, "state"),
+    )
+    for key, allowed, what in sections:
+        section = data.get(key)
+        if isinstance(section, Mapping):
+            for name in section:
+                if name not in allowed:
+                    problems.append(
+                        Problem(
+                            source,
+                            f"{key}.{name}",
+                            f"unknown {what}; allowed: {list(allowed)}",
+                            name,
+                        )
+                    )
+    return problems
+
+
 def load_controller(path: Path) -> tuple[ControllerConfig, PlantModel]:
-    """Load a controller config and its plant model (the optimizer's smooth copy)."""
-    cfg = parse(ControllerConfig, read_yaml(path), str(path))
+    """Load a controller config and its plant model (the optimizer's smooth copy).
+
+    Schema problems and problems against the plant model are reported in one ConfigError.
+    """
+    data = read_yaml(path)
+    try:
+        cfg = parse(ControllerConfig, data, str(path))
+    except ConfigError as exc:
+        extra: list[Problem] = []
+        plant_ref = data.get("plant")
+        if isinstance(plant_ref, str):
+            try:
+                extra = _raw_name_problems(data, build_model(resolve(path, plant_ref)), str(path))
+            except ConfigError as inner:
+                extra = list(inner.problems)
+        raise ConfigError([*exc.problems, *extra]) from exc
     model = build_model(resolve(path, cfg.plant), smooth=True)
     problems = check_controller(cfg, model, str(path))
     if problems:
@@ -524,7 +582,7 @@ def load_scenario(path: Path) -> ScenarioConfig:
     if sc.controller is not None:
         ctrl_path = resolve(path, sc.controller)
         try:
-            cfg, cmodel = load_controller(ctrl_path)
+            _, cmodel = load_controller(ctrl_path)
         except ConfigError as exc:
             problems += list(exc.problems)
         else:

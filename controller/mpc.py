@@ -84,7 +84,9 @@ class ModelPredictiveController:
     """A do-mpc MPC built from a :class:`ControllerConfig` for one plant model."""
 
     def __init__(self, config: ControllerConfig, model: PlantModel, source: str = "<config>"):
-        import do_mpc
+        with warnings.catch_warnings():  # do-mpc warns about optional extras on import
+            warnings.simplefilter("ignore")
+            import do_mpc
 
         self.config = config
         self.model = model
@@ -114,8 +116,12 @@ class ModelPredictiveController:
         for key, value in s.items():
             setattr(mpc.settings, key, value)
         opts = dict(DEFAULT_IPOPT)
-        opts.update({f"ipopt.{k}" if "." not in k and k != "print_time" else k: v
-                     for k, v in cfg.ipopt.items()})
+        opts.update(
+            {
+                f"ipopt.{k}" if "." not in k and k != "print_time" else k: v
+                for k, v in cfg.ipopt.items()
+            }
+        )
         mpc.settings.nlpsol_opts = opts
         for role, key in ((Role.STATE, "_x"), (Role.INPUT, "_u"), (Role.ALGEBRAIC, "_z")):
             for name in self.model.names(role):
@@ -336,7 +342,9 @@ class ModelPredictiveController:
             self._needs_guess = True
         return decision
 
-    def _decision(self, t: float, u: np.ndarray, stats: Mapping[str, Any], elapsed: float) -> Decision:
+    def _decision(
+        self, t: float, u: np.ndarray, stats: Mapping[str, Any], elapsed: float
+    ) -> Decision:
         status_text = str(stats.get("return_status", "unknown"))
         iterations = int(stats.get("iter_count", -1))
         inputs = self.model.as_dict(Role.INPUT, u)
@@ -344,7 +352,10 @@ class ModelPredictiveController:
         if not stats.get("success", False) and status_text not in ACCEPTED_STATUSES:
             status = SolveStatus.FAILED
         elif not np.all(np.isfinite(u)) or not self._within_input_limits(inputs):
-            status, status_text = SolveStatus.INVALID, f"{status_text}; input outside limits {inputs}"
+            status, status_text = (
+                SolveStatus.INVALID,
+                f"{status_text}; input outside limits {inputs}",
+            )
         sol = self.mpc.opt_x_num_unscaled
         n = self.config.horizon
         xs = np.array([np.asarray(sol["_x", k, 0, -1]).ravel() for k in range(n + 1)])

@@ -27,6 +27,6 @@ __all__ = [
     "ParameterSet",
     "PlantModel",
     "Role",
-    "Variable",
     "VanDeVusseCSTR",
+    "Variable",
 ]

@@ -19,6 +19,7 @@ Vectors are ordered as the declaration (``state_names``, ``input_names``, ...).
 from __future__ import annotations
 
 import math
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -175,7 +176,9 @@ class PlantModel(ABC):
         if missing:
             problems.append(f"missing parameter(s): {missing}")
         if unknown:
-            problems.append(f"unknown parameter(s): {unknown}; known: {sorted(self.parameter_units)}")
+            problems.append(
+                f"unknown parameter(s): {unknown}; known: {sorted(self.parameter_units)}"
+            )
         for pname, unit in self.parameter_units.items():
             p = ps.parameters.get(pname)
             if p is not None and p.unit != unit:
@@ -183,7 +186,10 @@ class PlantModel(ABC):
             if p is not None and not math.isfinite(p.value):
                 problems.append(f"parameter {pname!r} is not finite: {p.value!r}")
         names = {v.name for v in self.variables}
-        for key, group in (("initial_state", ps.initial_state), ("nominal_inputs", ps.nominal_inputs)):
+        for key, group in (
+            ("initial_state", ps.initial_state),
+            ("nominal_inputs", ps.nominal_inputs),
+        ):
             for vname in group:
                 if vname not in names:
                     problems.append(f"{key}: unknown variable {vname!r}")
@@ -336,8 +342,14 @@ class PlantModel(ABC):
     @cached_property
     def expression_names(self) -> tuple[str, ...]:
         s = self.symbols
-        xd, zd = self._split(Role.STATE, s[Role.STATE]), self._split(Role.ALGEBRAIC, s[Role.ALGEBRAIC])
-        ud, pd = self._split(Role.INPUT, s[Role.INPUT]), self._split(Role.PARAMETER, s[Role.PARAMETER])
+        xd, zd = (
+            self._split(Role.STATE, s[Role.STATE]),
+            self._split(Role.ALGEBRAIC, s[Role.ALGEBRAIC]),
+        )
+        ud, pd = (
+            self._split(Role.INPUT, s[Role.INPUT]),
+            self._split(Role.PARAMETER, s[Role.PARAMETER]),
+        )
         y = self.outputs(xd, zd, ud, pd)
         return tuple({**y, **self.expressions(xd, zd, ud, pd)})
 
@@ -405,8 +417,11 @@ class PlantModel(ABC):
         r = raw(**call)
         zf = r["zf"] * zsc if self.is_dae else ca.MX(0, 1)
         return ca.Function(
-            f"{self.name}_step", [x0, z0, uu, pp], [r["xf"] * xsc, zf],
-            ["x0", "z0", "u", "p"], ["xf", "zf"],
+            f"{self.name}_step",
+            [x0, z0, uu, pp],
+            [r["xf"] * xsc, zf],
+            ["x0", "z0", "u", "p"],
+            ["xf", "zf"],
         )
 
     def algebraic_solver(self) -> ca.Function | None:
@@ -423,8 +438,12 @@ class PlantModel(ABC):
         rf = ca.rootfinder(f"{self.name}_alg", "newton", g, {"abstol": 1e-10})
         zg, x = ca.MX.sym("zg", len(self.algebraic_names)), ca.MX.sym("x", len(self.state_names))
         u, p = ca.MX.sym("u", len(self.input_names)), ca.MX.sym("p", len(self.parameter_names))
-        zsol = rf(zg / self.scales(Role.ALGEBRAIC), ca.vertcat(x, u, p)) * self.scales(Role.ALGEBRAIC)
-        return ca.Function(f"{self.name}_Z", [zg, x, u, p], [zsol], ["z_guess", "x", "u", "p"], ["z"])
+        zsol = rf(zg / self.scales(Role.ALGEBRAIC), ca.vertcat(x, u, p)) * self.scales(
+            Role.ALGEBRAIC
+        )
+        return ca.Function(
+            f"{self.name}_Z", [zg, x, u, p], [zsol], ["z_guess", "x", "u", "p"], ["z"]
+        )
 
     # ----------------------------------------------------------------- do-mpc
     def do_mpc_model(self) -> Any:
@@ -432,7 +451,9 @@ class PlantModel(ABC):
 
         All named expressions are registered as aux expressions.
         """
-        import do_mpc  # local import: do-mpc is slow to import and only the MPC needs it
+        with warnings.catch_warnings():  # do-mpc warns about optional extras on import
+            warnings.simplefilter("ignore")
+            import do_mpc
 
         m = do_mpc.model.Model("continuous", "SX")
         x = ca.vertcat(*[m.set_variable("_x", n) for n in self.state_names])

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from plant_models.base import PlantModel, Role
+from plant_models.base import Evaluation, PlantModel, Role
 from plant_models.errors import ModelError
 
 
@@ -21,8 +21,15 @@ def check_model(model: PlantModel) -> None:
     """
     problems: list[str] = []
     problems += _check_declaration(model)
-    if not problems:
+    # The equations are checked even when the declaration has problems (bad bounds do not
+    # stop an evaluation), so that one run reports everything; only if a broken declaration
+    # makes the evaluation itself impossible is that reported instead of raised.
+    try:
         problems += _check_equations(model)
+    except Exception as exc:
+        if not problems:
+            raise
+        problems.append(f"the equations cannot be checked: {type(exc).__name__}: {exc}")
     if problems:
         raise ModelError(
             f"model {model.name!r} fails its conformance check:\n"
@@ -89,10 +96,22 @@ def _check_equations(model: PlantModel) -> list[str]:
                 problems.append(f"{group} {name} is not finite at nominal: {value}")
     if not all(math.isfinite(a) for a in ev1.alg):
         problems.append(f"algebraic residuals are not finite at nominal: {ev1.alg}")
-    if ev1 != ev2:
+    if not _same_evaluation(ev1, ev2):
         problems.append("two evaluations at the same point differ: the model is not deterministic")
     problems += _check_step(model)
     return problems
+
+
+def _same_evaluation(a: Evaluation, b: Evaluation) -> bool:
+    """Exact equality with NaN equal to NaN (a NaN is already reported as non-finite)."""
+
+    def flat(ev: Evaluation) -> tuple[list[str], np.ndarray]:
+        groups = (ev.xdot, ev.outputs, ev.expressions)
+        keys = [k for g in groups for k in g]
+        return keys, np.array([v for g in groups for v in g.values()] + list(ev.alg), float)
+
+    (ka, va), (kb, vb) = flat(a), flat(b)
+    return ka == kb and np.array_equal(va, vb, equal_nan=True)
 
 
 def _check_step(model: PlantModel) -> list[str]:

@@ -97,8 +97,15 @@ class Lyophilizer(PlantModel):
         Qsh = self.kv(Pch, p) * p["Av"] * (Tsh - Tbot)
         drive = positive_part(Psub - Pch, smooth=self.smooth, eps=1e-4)
         dmdt = p["Ap"] / Rp / _G_PER_KG * drive
-        return {"Psub": Psub, "Rp": Rp, "Lpr0": Lpr0, "Qsub": Qsub, "Qsh": Qsh, "Tbot": Tbot,
-                "dmdt": dmdt}
+        return {
+            "Psub": Psub,
+            "Rp": Rp,
+            "Lpr0": Lpr0,
+            "Qsub": Qsub,
+            "Qsh": Qsh,
+            "Tbot": Tbot,
+            "dmdt": dmdt,
+        }
 
     # ------------------------------------------------------------------ equations
     def ode(self, x: SymMap, z: SymMap, u: SymMap, p: SymMap) -> dict[str, Any]:
@@ -124,7 +131,7 @@ class Lyophilizer(PlantModel):
             "Kv": self.kv(u["Pch"], p),
             "Rp": b["Rp"],
             "Lpr0": b["Lpr0"],
-            "percent_dried": 100.0 * x["Lck"] / b["Lpr0"],
+            "percent_dried": 100.0 * ca.fmin(x["Lck"] / b["Lpr0"], 1.0),
             "sublimation_rate": rate,
             "capability_margin": capability - rate,
             "margin_to_collapse": p["T_crit"] - b["Tbot"],

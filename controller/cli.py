@@ -1,0 +1,120 @@
+"""``pharmatwin``: edge and commissioning commands (thin: parse argv, then call the library).
+
+Examples::
+
+    pharmatwin check-config configs/controllers/bioreactor.yaml configs/scenarios/cstr-mpc.yaml
+    pharmatwin describe configs/plants/lyophilizer.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from controller.config import (
+    build_model,
+    load_controller,
+    load_parameter_set,
+    load_scenario,
+    read_yaml,
+)
+from controller.errors import ConfigError, PharmaTwinError
+
+EPILOG = """examples:
+  pharmatwin check-config configs/controllers/bioreactor.yaml configs/scenarios/cstr-mpc.yaml
+  pharmatwin describe configs/plants/lyophilizer.yaml
+"""
+
+
+def _kind(path: Path) -> str:
+    """Tell a plant, controller or scenario file apart by its keys."""
+    data = read_yaml(path)
+    if "parameters" in data and "model" in data:
+        return "plant"
+    if "controller" in data or "recipe" in data:
+        return "scenario"
+    return "controller"
+
+
+def check_config(paths: Sequence[Path], console: Console) -> int:
+    """Validate each file (and every file it names); print every problem at once."""
+    problems = 0
+    for path in paths:
+        try:
+            kind = _kind(path)
+            if kind == "plant":
+                load_parameter_set(path)
+            elif kind == "scenario":
+                load_scenario(path)
+            else:
+                load_controller(path)
+        except ConfigError as exc:
+            problems += len(exc.problems)
+            console.print(f"[red]FAIL[/red] {path}", highlight=False)
+            for p in exc.problems:
+                console.print(f"  - {p}", highlight=False, markup=False)
+        except PharmaTwinError as exc:
+            problems += 1
+            console.print(f"[red]FAIL[/red] {path}: {exc}", highlight=False)
+        else:
+            console.print(f"[green]ok[/green]   {path} ({kind})", highlight=False)
+    return 1 if problems else 0
+
+
+def describe(path: Path, console: Console) -> int:
+    """Print a plant model's variables with units, bounds and roles, and its parameters."""
+    model = build_model(path)
+    table = Table(title=f"{model.name}: {model.description} (time in {model.time_unit})")
+    for col in ("name", "role", "unit", "lower", "upper", "description"):
+        table.add_column(col)
+    for v in model.all_variables.values():
+        table.add_row(v.name, v.role.value, v.unit, f"{v.lower:g}", f"{v.upper:g}", v.description)
+    for p in model.parameter_set.parameters.values():
+        table.add_row(
+            p.name,
+            "parameter",
+            p.unit,
+            f"{p.lower:g}",
+            f"{p.upper:g}",
+            f"{p.value:g}: {p.description}",
+        )
+    console.print(table)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pharmatwin",
+        description="PharmaTwin edge and commissioning commands.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("check-config", help="validate config files and print every problem")
+    c.add_argument("files", type=Path, nargs="+")
+    d = sub.add_parser("describe", help="show a plant model's variables and parameters")
+    d.add_argument("plant", type=Path, help="configs/plants/<name>.yaml")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    console = Console()
+    try:
+        if args.command == "check-config":
+            return check_config(args.files, console)
+        if args.command == "describe":
+            return describe(args.plant, console)
+    except PharmaTwinError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

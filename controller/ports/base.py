@@ -1,0 +1,133 @@
+"""One small port for every PLC: ``read(tags) -> Snapshot`` and ``write(values) -> WriteReport``.
+
+A port is an async context manager. The supervisor (or the offline loop) is handed a port and
+never builds one, as httpx's ``Client(transport=...)`` is handed a transport. Three
+implementations share this interface: in-memory (offline and tests), Modbus TCP and OPC UA.
+
+Times are process times in seconds from the one :class:`~controller.clock.Clock`.
+Failures raise the :class:`~controller.errors.PortError` tree; a refused write of one tag is a
+:class:`WriteResult` with status REJECTED, not an exception.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import TracebackType
+
+
+class Quality(StrEnum):
+    """OPC UA-style data quality of one value."""
+
+    GOOD = "good"
+    UNCERTAIN = "uncertain"
+    BAD = "bad"
+
+
+@dataclass(frozen=True)
+class TagValue:
+    """One value as read: engineering value, quality, source and read timestamps [s]."""
+
+    value: float
+    quality: Quality
+    source_time: float
+    read_time: float
+
+    def age(self, now: float) -> float:
+        return now - self.source_time
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every tag of one read, taken together."""
+
+    values: Mapping[str, TagValue]
+    read_time: float
+
+    def __getitem__(self, tag: str) -> TagValue:
+        return self.values[tag]
+
+    def numbers(self, tags: Iterable[str] | None = None) -> dict[str, float]:
+        names = self.values if tags is None else tags
+        return {t: self.values[t].value for t in names}
+
+    def bad(self, tags: Iterable[str]) -> list[str]:
+        """Tags that are missing, not GOOD, or not finite."""
+        out = []
+        for t in tags:
+            v = self.values.get(t)
+            if v is None or v.quality is not Quality.GOOD or not math.isfinite(v.value):
+                out.append(t)
+        return out
+
+    def stale(self, max_age: Mapping[str, float], now: float) -> list[str]:
+        """Tags whose source timestamp is older than their allowed age [s]."""
+        return [
+            t
+            for t, limit in max_age.items()
+            if t in self.values and self.values[t].age(now) > limit
+        ]
+
+
+class WriteStatus(StrEnum):
+    OK = "ok"
+    REJECTED = "rejected"  # refused by the port (read-only, unknown) or by the PLC (range)
+    FAILED = "failed"  # sent, but the write or its read-back did not succeed
+    MISMATCH = "mismatch"  # written, but the read-back differs from the request
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    tag: str
+    requested: float
+    status: WriteStatus
+    readback: float | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class WriteReport:
+    """The status of every tag of one write, with the value read back after it."""
+
+    results: Mapping[str, WriteResult] = field(default_factory=dict)
+    write_time: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status is WriteStatus.OK for r in self.results.values())
+
+    def failed(self) -> list[WriteResult]:
+        return [r for r in self.results.values() if r.status is not WriteStatus.OK]
+
+
+class Port(ABC):
+    """The interface every PLC connection implements."""
+
+    async def __aenter__(self) -> Port:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:  # noqa: B027 - optional hook
+        """Open the connection (raises PortConnectError)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Close the connection; never raises."""
+
+    @abstractmethod
+    async def read(self, tags: Iterable[str]) -> Snapshot:
+        """Read ``tags`` together; unknown tags raise PortError naming them."""
+
+    @abstractmethod
+    async def write(self, values: Mapping[str, float]) -> WriteReport:
+        """Write ``values`` and read each back; refused tags are REJECTED before sending."""

@@ -1,0 +1,108 @@
+"""The in-memory port: a tag table shared by a "PLC side" and the controller, no network.
+
+The offline digital model (``pharmatwin-hil simulate``) and the tests use it, so the offline
+loop goes through the same :class:`~controller.ports.base.Port` interface as the networked
+one. The PLC side (the plant runner) calls :meth:`TagTable.publish`; the controller side reads
+and writes through :class:`MemoryPort`. Writes to tags that are not writable are refused
+before anything changes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from controller.clock import Clock
+from controller.errors import PortConnectError, PortError
+from controller.ports.base import (
+    Port,
+    Quality,
+    Snapshot,
+    TagValue,
+    WriteReport,
+    WriteResult,
+    WriteStatus,
+)
+
+
+@dataclass
+class TagTable:
+    """The PLC's tag table: current values, quality, source times and writable limits."""
+
+    values: dict[str, TagValue] = field(default_factory=dict)
+    writable: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def publish(
+        self, now: float, values: Mapping[str, float], quality: Quality = Quality.GOOD
+    ) -> None:
+        """The PLC side updates tag values (e.g. new measurements) at process time ``now``."""
+        for tag, v in values.items():
+            self.values[tag] = TagValue(float(v), quality, now, now)
+
+    def allow_writes(self, tag: str, lower: float = -math.inf, upper: float = math.inf) -> None:
+        """Make ``tag`` writable within [lower, upper] (the PLC's own range check)."""
+        self.writable[tag] = (lower, upper)
+
+    def current(self, tag: str) -> float:
+        return self.values[tag].value
+
+
+class MemoryPort(Port):
+    """A :class:`Port` onto a :class:`TagTable`."""
+
+    def __init__(self, table: TagTable, clock: Clock) -> None:
+        self.table = table
+        self.clock = clock
+        self._open = False
+
+    async def connect(self) -> None:
+        self._open = True
+
+    async def close(self) -> None:
+        self._open = False
+
+    def _require_open(self) -> None:
+        if not self._open:
+            raise PortConnectError("memory port is not open; use 'async with MemoryPort(...)'")
+
+    async def read(self, tags: Iterable[str]) -> Snapshot:
+        self._require_open()
+        now = self.clock.now()
+        names = list(tags)
+        unknown = [t for t in names if t not in self.table.values]
+        if unknown:
+            raise PortError(f"unknown tag(s) {unknown}; the table has {sorted(self.table.values)}")
+        values = {
+            t: TagValue(v.value, v.quality, v.source_time, now)
+            for t in names
+            for v in (self.table.values[t],)
+        }
+        return Snapshot(values, now)
+
+    async def write(self, values: Mapping[str, float]) -> WriteReport:
+        self._require_open()
+        now = self.clock.now()
+        results: dict[str, WriteResult] = {}
+        for tag, requested in values.items():
+            limits = self.table.writable.get(tag)
+            if limits is None:
+                results[tag] = WriteResult(
+                    tag, requested, WriteStatus.REJECTED, None, f"tag {tag!r} is not writable"
+                )
+                continue
+            lo, hi = limits
+            if not (math.isfinite(requested) and lo <= requested <= hi):
+                results[tag] = WriteResult(
+                    tag,
+                    requested,
+                    WriteStatus.REJECTED,
+                    self.table.values[tag].value if tag in self.table.values else None,
+                    f"{tag}={requested} outside the PLC range [{lo}, {hi}]",
+                )
+                continue
+            self.table.values[tag] = TagValue(float(requested), Quality.GOOD, now, now)
+            readback = self.table.values[tag].value
+            status = WriteStatus.OK if readback == requested else WriteStatus.MISMATCH
+            results[tag] = WriteResult(tag, requested, status, readback)
+        return WriteReport(results, now)

@@ -1,0 +1,162 @@
+"""Key performance indicators of a finished run, computed from the true-plant trajectory.
+
+The objective is re-evaluated on what the plant really did (not on the MPC's predictions):
+economic terms at the end and/or summed per sample, tracking terms as weighted squared error
+per sample. Constraint violations are counted on the true trajectory against the controller's
+constraints, its state bounds, the scenario's checks and the input limits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hil.simulate import ScenarioRun
+
+_TOL = 1e-6
+
+
+@dataclass(frozen=True)
+class Violation:
+    what: str
+    count: int
+    worst: float
+
+
+@dataclass(frozen=True)
+class Kpis:
+    scenario: str
+    steps: int
+    simulated_time: float
+    time_unit: str
+    finished_at: float | None
+    objective: float
+    objective_terms: dict[str, float]
+    violations: tuple[Violation, ...]
+    solve_time_median_ms: float
+    solve_time_p95_ms: float
+    failed_solves: int
+    longest_failed_run: int
+    safety_interventions: int
+    cqas: dict[str, float]
+    wall_time_s: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def violation_count(self) -> int:
+        return sum(v.count for v in self.violations)
+
+    @property
+    def worst_violation(self) -> float:
+        return max((v.worst for v in self.violations), default=0.0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "scenario": self.scenario,
+            "steps": self.steps,
+            f"simulated_time_{self.time_unit}": self.simulated_time,
+            f"finished_at_{self.time_unit}": self.finished_at,
+            "objective": self.objective,
+            **{f"objective.{k}": v for k, v in self.objective_terms.items()},
+            "constraint_violations": self.violation_count,
+            "worst_violation": self.worst_violation,
+            **{f"violation.{v.what}": f"{v.count} (worst {v.worst:.4g})" for v in self.violations},
+            "solve_time_median_ms": self.solve_time_median_ms,
+            "solve_time_p95_ms": self.solve_time_p95_ms,
+            "failed_solves": self.failed_solves,
+            "longest_failed_run": self.longest_failed_run,
+            "safety_interventions": self.safety_interventions,
+            **{f"cqa.{k}": v for k, v in self.cqas.items()},
+            "wall_time_s": self.wall_time_s,
+        }
+
+
+def _series(run: ScenarioRun, name: str, rows: list[dict[str, Any]]) -> np.ndarray:
+    for prefix in ("x.", "u.", "z.", "e.", "y."):
+        key = prefix + name
+        if any(key in r for r in rows):
+            return np.array([float(r.get(key, math.nan)) for r in rows])
+    return np.full(len(rows), math.nan)
+
+
+def _violations(run: ScenarioRun, rows: list[dict[str, Any]]) -> list[Violation]:
+    checks: list[tuple[str, str, float | None, float | None]] = []
+    for c in run.constraints:
+        kind = "soft" if c.soft else "hard"
+        checks.append((f"{c.expression} ({kind})", c.expression, c.lower, c.upper))
+    for c in run.scenario.checks:
+        checks.append((f"{c.expression} (check)", c.expression, c.lower, c.upper))
+    if run.controller is not None:
+        for name, (lo, hi) in run.controller.state_bounds.items():
+            checks.append((f"{name} bound", name, lo, hi))
+    for name, lim in run.limits.items():
+        checks.append((f"{name} limit", name, lim.lower, lim.upper))
+    out = []
+    for label, name, lo, hi in checks:
+        values = _series(run, name, rows)
+        excess = np.zeros_like(values)
+        if hi is not None:
+            excess = np.maximum(excess, values - hi)
+        if lo is not None:
+            excess = np.maximum(excess, lo - values)
+        excess = np.nan_to_num(excess, nan=0.0)
+        scale = max(abs(hi or 0.0), abs(lo or 0.0), 1.0)
+        count = int(np.sum(excess > _TOL * scale))
+        out.append(Violation(label, count, float(excess.max(initial=0.0))))
+    return out
+
+
+def compute_kpis(run: ScenarioRun) -> Kpis:
+    rows = [r for r in run.rows if r.get("solve.status") != "end"]
+    final = run.rows[-1]
+    terms: dict[str, float] = {}
+    if run.controller is not None:
+        obj = run.controller.objective
+        for e in obj.economic:
+            sign = -1.0 if e.sense == "maximize" else 1.0
+            series = _series(run, e.expression, run.rows)
+            if e.where in ("terminal", "both"):
+                terms[f"{e.sense} {e.expression} (end)"] = float(series[-1])
+            value = 0.0
+            if e.where in ("stage", "both"):
+                value += sign * e.weight * float(np.nansum(series[1:]))
+            if e.where in ("terminal", "both"):
+                value += sign * e.weight * float(series[-1])
+            terms[f"{e.sense} {e.expression} (cost)"] = value
+        for tr in obj.tracking:
+            series = _series(run, tr.variable, run.rows)[1:]
+            scale = run.model.all_variables.get(tr.variable)
+            err = (series - tr.setpoint) / (scale.scale if scale else 1.0)
+            terms[f"track {tr.variable} (cost)"] = float(tr.weight * np.nansum(err**2))
+            terms[f"track {tr.variable} IAE"] = float(np.nansum(np.abs(series - tr.setpoint)))
+    objective = (
+        float(sum(v for k, v in terms.items() if k.endswith("(cost)"))) if terms else math.nan
+    )
+    times = np.array([r["solve.time_s"] for r in rows if r.get("solve.status") != "end"]) * 1e3
+    solved = times[times > 0]
+    failed = [r.get("solve.status") != "success" for r in rows]
+    longest = run_len = 0
+    for f in failed:
+        run_len = run_len + 1 if f else 0
+        longest = max(longest, run_len)
+    cqas = {name: float(_series(run, name, run.rows)[-1]) for name in run.scenario.cqas}
+    return Kpis(
+        scenario=run.scenario.name,
+        steps=len(rows),
+        simulated_time=float(final["t"]),
+        time_unit=run.model.time_unit,
+        finished_at=run.finished_at,
+        objective=objective,
+        objective_terms=terms,
+        violations=tuple(_violations(run, run.rows)),
+        solve_time_median_ms=float(np.median(solved)) if solved.size else 0.0,
+        solve_time_p95_ms=float(np.percentile(solved, 95)) if solved.size else 0.0,
+        failed_solves=int(sum(failed)),
+        longest_failed_run=longest,
+        safety_interventions=int(sum(r.get("safety.interventions", 0) for r in rows)),
+        cqas=cqas,
+        wall_time_s=run.wall_time_s,
+    )

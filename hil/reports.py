@@ -1,0 +1,101 @@
+"""Run outputs: the trajectory as Parquet, a PNG with one panel per variable, KPIs as JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from hil.kpis import Kpis
+from hil.simulate import ScenarioRun
+
+
+def write_parquet(run: ScenarioRun, path: Path) -> Path:
+    """One row per sample; columns ``t``, ``x.*``, ``y.*``, ``u.*``, ``xhat.*``, ``solve.*``..."""
+    columns: list[str] = []
+    for row in run.rows:
+        columns += [c for c in row if c not in columns]
+    data: dict[str, list[Any]] = {c: [row.get(c) for row in run.rows] for c in columns}
+    table = pa.Table.from_pydict(data)
+    meta = {
+        b"scenario": run.scenario.name.encode(),
+        b"model": run.model.name.encode(),
+        b"time_unit": run.model.time_unit.encode(),
+    }
+    table = table.replace_schema_metadata(meta)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+    return path
+
+
+def write_kpis(kpis: Kpis, path: Path) -> Path:
+    def clean(v: Any) -> Any:
+        return None if isinstance(v, float) and not math.isfinite(v) else v
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({k: clean(v) for k, v in kpis.as_dict().items()}, indent=2))
+    return path
+
+
+def _bounds(run: ScenarioRun, name: str) -> tuple[float | None, float | None]:
+    if name in run.limits:
+        return run.limits[name].lower, run.limits[name].upper
+    if run.controller is not None and name in run.controller.state_bounds:
+        return run.controller.state_bounds[name]
+    for c in (*run.constraints, *run.scenario.checks):
+        if c.expression == name:
+            return c.lower, c.upper
+    var = run.model.all_variables.get(name)
+    if var is not None:
+        lo = var.lower if math.isfinite(var.lower) else None
+        hi = var.upper if math.isfinite(var.upper) else None
+        return lo, hi
+    return None, None
+
+
+def write_plot(run: ScenarioRun, path: Path) -> Path:
+    """A PNG with one panel per state, measured output and input, with bounds dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = run.model
+    panels: list[tuple[str, str, str]] = [("x." + n, n, m.variable(n).unit) for n in m.state_names]
+    panels += [("y." + n, n, m.variable(n).unit) for n in m.output_names]
+    panels += [("u." + n, n, m.variable(n).unit) for n in m.input_names]
+    cols = 3 if len(panels) > 4 else 2
+    rows_n = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 2.6 * rows_n), squeeze=False)
+    t = np.array([r["t"] for r in run.rows], dtype=float)
+    for ax, (key, name, unit) in zip(axes.flat, panels, strict=False):
+        values = np.array([float(r.get(key, math.nan) or math.nan) for r in run.rows])
+        if key.startswith("u."):
+            ax.step(t, values, where="post", color="tab:green", label="applied")
+        else:
+            ax.plot(t, values, color="tab:blue", label="true" if key.startswith("x.") else "meas")
+        est = np.array([float(r.get("xhat." + name, math.nan) or math.nan) for r in run.rows])
+        if key.startswith("x.") and np.isfinite(est).any():
+            ax.plot(t, est, "--", color="tab:orange", label="estimate")
+        lo, hi = _bounds(run, name)
+        for b in (lo, hi):
+            if b is not None:
+                ax.axhline(b, color="tab:red", ls=":", lw=1)
+        ax.set_title(f"{name} [{unit}]", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    axes.flat[0].legend(fontsize=7)
+    fig.supxlabel(f"time [{m.time_unit}]", fontsize=9)
+    fig.suptitle(f"{run.scenario.name}: {run.scenario.description}", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,186 @@
+"""The offline digital model: a scenario's closed (or open) loop, as fast as it can run.
+
+``run_scenario`` wires a true plant (:class:`~hil.plant_runner.PlantRunner`) to the control
+pipeline through the in-memory port on a :class:`~controller.clock.SteppedClock`, so the
+offline loop uses the same interfaces as the networked one. Each tick: the plant publishes
+its measurements, the controller reads a snapshot, estimates, solves, passes the result
+through safety and writes the setpoints; the plant then integrates one sample with the
+setpoints in place and the clock advances.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controller.clock import SteppedClock
+from controller.config import (
+    Constraint,
+    ControllerConfig,
+    ScenarioConfig,
+    build_model,
+    load_controller,
+    load_scenario,
+    resolve,
+)
+from controller.estimator import make_estimator
+from controller.mpc import ModelPredictiveController
+from controller.pipeline import ControlPipeline, CycleResult, Policy
+from controller.ports.memory import MemoryPort, TagTable
+from controller.recipe import RecipePlayer
+from controller.safety import InputLimit
+from hil.plant_runner import PlantRunner, PlantState
+from plant_models import PlantModel
+
+#: Seconds per model time unit; the clock runs in seconds.
+SECONDS_PER_UNIT = {"s": 1.0, "min": 60.0, "h": 3600.0}
+
+
+@dataclass
+class ScenarioRun:
+    """Everything a finished run produced (rows are per sample, true values unless named)."""
+
+    scenario: ScenarioConfig
+    model: PlantModel
+    controller: ControllerConfig | None
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    finished_at: float | None = None
+    limits: dict[str, InputLimit] = field(default_factory=dict)
+    constraints: tuple[Constraint, ...] = ()
+
+
+def _limits(model: PlantModel, cfg: ControllerConfig | None) -> dict[str, InputLimit]:
+    if cfg is not None:
+        return {
+            n: InputLimit(n, s.lower, s.upper, s.max_move, s.max_rise, s.max_fall)
+            for n, s in cfg.inputs.items()
+        }
+    return {
+        n: InputLimit(n, model.variable(n).lower, model.variable(n).upper, math.inf)
+        for n in model.input_names
+    }
+
+
+def _row(t: float, plant: PlantState, y: dict[str, float], cycle: CycleResult) -> dict[str, Any]:
+    d = cycle.decision
+    row: dict[str, Any] = {"t": t}
+    row.update({f"x.{k}": v for k, v in plant.states.items()})
+    row.update({f"z.{k}": v for k, v in plant.algebraic.items()})
+    row.update({f"y.{k}": v for k, v in y.items()})
+    row.update({f"e.{k}": v for k, v in plant.expressions.items() if k not in plant.outputs})
+    if cycle.estimate is not None:
+        row.update({f"xhat.{k}": v for k, v in cycle.estimate.states.items()})
+        row.update(
+            {f"phat.{k}": cycle.estimate.parameters[k] for k in cycle.estimate.parameter_std}
+        )
+    row.update({f"u.{k}": v for k, v in cycle.outcome.setpoints.items()})
+    row.update({f"mpc.{k}": v for k, v in d.inputs.items()})
+    row["solve.status"] = d.status.value
+    row["solve.return_status"] = d.return_status
+    row["solve.iterations"] = d.iterations
+    row["solve.time_s"] = d.solve_time_s
+    row["safety.held"] = cycle.outcome.held
+    row["safety.interventions"] = len(cycle.outcome.interventions)
+    for name, slack in d.soft_slack.items():
+        row[f"slack.{name}"] = slack
+    return row
+
+
+async def run_scenario(
+    path: Path,
+    *,
+    max_steps: int | None = None,
+    on_tick: Callable[[float, float], None] | None = None,
+) -> ScenarioRun:
+    """Run the scenario at ``path`` to its end (or ``max_steps`` samples)."""
+    sc = load_scenario(path)
+    true_model = build_model(resolve(path, sc.plant))
+    true_model = type(true_model)(true_model.parameter_set.with_values(sc.true_plant.parameters))
+    cfg: ControllerConfig | None = None
+    policy: Policy
+    if sc.controller is not None:
+        cfg, ctl_model = load_controller(resolve(path, sc.controller))
+        policy = ModelPredictiveController(cfg, ctl_model, str(resolve(path, sc.controller)))
+        dt = cfg.sample_time
+        spec = cfg.estimator
+    else:
+        ctl_model = build_model(resolve(path, sc.plant), smooth=True)
+        if sc.recipe is None or sc.sample_time is None:  # guaranteed by ScenarioConfig
+            raise ValueError("scenario without controller needs a recipe and sample_time")
+        policy = RecipePlayer(sc.recipe, ctl_model.input_names)
+        dt = sc.sample_time
+        from controller.config import EstimatorSpec
+
+        spec = EstimatorSpec(kind="ekf")
+    limits = _limits(ctl_model, cfg)
+    run = ScenarioRun(sc, true_model, cfg, limits=limits)
+    run.constraints = cfg.constraints if cfg else ()
+    plant = PlantRunner(
+        true_model,
+        dt,
+        initial_state=sc.true_plant.initial_state,
+        noise_std=sc.true_plant.noise_std,
+        disturbances=sc.true_plant.disturbances,
+        seed=sc.true_plant.seed,
+    )
+    estimator = make_estimator(ctl_model, spec, dt)
+    pipeline = ControlPipeline(ctl_model, estimator, policy, limits)
+    working = {
+        n: min(max(v, limits[n].lower), limits[n].upper)
+        for n, v in ctl_model.nominal_inputs.items()
+    }
+    pipeline.start(working)
+    clock = SteppedClock()
+    unit = SECONDS_PER_UNIT[true_model.time_unit]
+    table = TagTable()
+    for name in ctl_model.input_names:
+        table.allow_writes(name, true_model.variable(name).lower, true_model.variable(name).upper)
+    table.publish(clock.now(), working)
+    n_steps = round(sc.duration / dt)
+    if max_steps is not None:
+        n_steps = min(n_steps, max_steps)
+    output_tags = list(ctl_model.output_names)
+    started = time.perf_counter()
+    async with MemoryPort(table, clock) as port:
+        for k in range(n_steps):
+            t = k * dt
+            y_true = plant.measure()
+            table.publish(clock.now(), y_true)
+            snap = await port.read(output_tags)
+            bad = snap.bad(output_tags)
+            cycle = pipeline.step(t, snap.numbers(output_tags), data_ok=not bad)
+            if cycle.outcome.setpoints:
+                await port.write(dict(cycle.outcome.setpoints))
+            in_place = {n: table.current(n) for n in ctl_model.input_names}
+            pipeline.applied(in_place)
+            run.rows.append(
+                _row(t, plant.true_state(), y_true, cycle)
+                | {f"u.{n}": v for n, v in in_place.items()}
+            )
+            plant.advance(in_place)
+            clock.advance(dt * unit)
+            if on_tick is not None:
+                on_tick(plant.t, sc.duration)
+            if sc.stop_when_finished and plant.finished():
+                run.finished_at = plant.t
+                break
+    final = plant.true_state()
+    run.rows.append(_final_row(final))
+    run.wall_time_s = time.perf_counter() - started
+    return run
+
+
+def _final_row(plant: PlantState) -> dict[str, Any]:
+    row: dict[str, Any] = {"t": plant.t}
+    row.update({f"x.{k}": v for k, v in plant.states.items()})
+    row.update({f"z.{k}": v for k, v in plant.algebraic.items()})
+    row.update({f"y.{k}": v for k, v in plant.outputs.items()})
+    row.update({f"e.{k}": v for k, v in plant.expressions.items() if k not in plant.outputs})
+    row.update({f"u.{k}": v for k, v in plant.inputs.items()})
+    row["solve.status"] = "end"
+    return row
