@@ -72,19 +72,19 @@ async def _simulate(args: argparse.Namespace, console: Console) -> int:
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed:.4g}/{task.total:.4g} {task.fields[unit]}"),
+        TextColumn("{task.fields[sim]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
         disable=args.quiet,
     ) as progress:
-        task = progress.add_task(scenario.stem, total=None, unit="")
+        task = progress.add_task(scenario.stem, total=None, sim="loading")
 
         def tick(t: float, duration: float) -> None:
-            progress.update(task, completed=t, total=duration)
+            progress.update(task, completed=t, total=duration, sim=f"t = {t:.4g} of {duration:g}")
 
         run = await run_scenario(scenario, max_steps=args.max_steps, on_tick=tick)
-        progress.update(task, unit=run.model.time_unit)
+        progress.update(task, sim=f"t = {run.rows[-1]['t']:.4g} {run.model.time_unit}")
     kpis = compute_kpis(run)
     out: Path = args.out or Path("runs") / run.scenario.name
     console.print(kpi_table(kpis))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 import math
 from pathlib import Path
 from typing import Any
@@ -43,19 +44,21 @@ def write_kpis(kpis: Kpis, path: Path) -> Path:
 
 
 def _bounds(run: ScenarioRun, name: str) -> tuple[float | None, float | None]:
+    """The tightest operating bounds of a variable from limits, state bounds, constraints, checks."""
+    lows: list[float] = []
+    highs: list[float] = []
     if name in run.limits:
-        return run.limits[name].lower, run.limits[name].upper
+        lows.append(run.limits[name].lower)
+        highs.append(run.limits[name].upper)
     if run.controller is not None and name in run.controller.state_bounds:
-        return run.controller.state_bounds[name]
+        lo, hi = run.controller.state_bounds[name]
+        lows += [lo] if lo is not None else []
+        highs += [hi] if hi is not None else []
     for c in (*run.constraints, *run.scenario.checks):
         if c.expression == name:
-            return c.lower, c.upper
-    var = run.model.all_variables.get(name)
-    if var is not None:
-        lo = var.lower if math.isfinite(var.lower) else None
-        hi = var.upper if math.isfinite(var.upper) else None
-        return lo, hi
-    return None, None
+            lows += [c.lower] if c.lower is not None else []
+            highs += [c.upper] if c.upper is not None else []
+    return (max(lows) if lows else None), (min(highs) if highs else None)
 
 
 def write_plot(run: ScenarioRun, path: Path) -> Path:
@@ -93,7 +96,8 @@ def write_plot(run: ScenarioRun, path: Path) -> Path:
         ax.set_visible(False)
     axes.flat[0].legend(fontsize=7)
     fig.supxlabel(f"time [{m.time_unit}]", fontsize=9)
-    fig.suptitle(f"{run.scenario.name}: {run.scenario.description}", fontsize=10)
+    title = f"{run.scenario.name}: {run.scenario.description}"
+    fig.suptitle(textwrap.fill(title, width=int(38 * cols)), fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)

@@ -114,6 +114,14 @@ def test_cli_writes_parquet_plot_and_kpis(
     assert kpis["steps"] == 5 and kpis["failed_solves"] == 0
 
 
+def test_cli_progress_bar_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["simulate", str(SCENARIOS / "lyophilizer-nominal-recipe.yaml"), "--max-steps", "3"]
+    assert hil_main([*argv, "--out", str(tmp_path), "--no-plot"]) == 0
+    out = capsys.readouterr().out
+    assert "lyophilizer-nominal-recipe" in out and "t = 0.3 h" in out
+    assert not (tmp_path / "trajectory.png").exists()
+
+
 def test_cli_reports_config_errors_with_location(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
