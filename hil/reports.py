@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import textwrap
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ def write_kpis(kpis: Kpis, path: Path) -> Path:
 
 
 def _bounds(run: ScenarioRun, name: str) -> tuple[float | None, float | None]:
-    """The tightest operating bounds of a variable from limits, state bounds, constraints, checks."""
+    """Tightest operating bounds of a variable: limits, state bounds, constraints, checks."""
     lows: list[float] = []
     highs: list[float] = []
     if name in run.limits:
