@@ -35,6 +35,7 @@ class TagValue:
     quality: Quality
     source_time: float
     read_time: float
+    detail: str = ""  # why the quality is not GOOD (e.g. "Modbus exception 02 at input 100")
 
     def age(self, now: float) -> float:
         return now - self.source_time
@@ -77,6 +78,7 @@ class WriteStatus(StrEnum):
     REJECTED = "rejected"  # refused by the port (read-only, unknown) or by the PLC (range)
     FAILED = "failed"  # sent, but the write or its read-back did not succeed
     MISMATCH = "mismatch"  # written, but the read-back differs from the request
+    NOT_SENT = "not_sent"  # valid, but not sent because another tag of the write was refused
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,226 @@
+"""Site files (``configs/sites/<name>.yaml``): one deployment wired end to end.
+
+A site names the plant model, the controller config, the tag map and the connection
+(protocol, host, port, timeouts, backoff, security). :func:`load_site` validates the site and
+every file it names, and raises one :class:`~controller.errors.ConfigError` listing every
+problem with its file, key path and bad value. Relative paths (configs, certificates, trust
+lists) are relative to the site file. Passwords are never stored in the file: the site names
+the environment variable that holds it (``password_env``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from controller.config import (
+    ControllerConfig,
+    PositiveFinite,
+    Strict,
+    load_controller,
+    parse,
+    read_yaml,
+    resolve,
+)
+from controller.errors import ConfigError, Problem
+from controller.tags import TagMap, load_tag_map
+from plant_models import PlantModel
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Backoff(Strict):
+    """Capped exponential backoff between reconnect attempts [s]."""
+
+    initial_s: PositiveFinite = 0.2
+    max_s: PositiveFinite = 5.0
+    factor: Annotated[float, Field(ge=1.0, le=10.0)] = 2.0
+
+    def delays(self) -> list[float]:
+        """The first few delays, for documentation and tests."""
+        out, d = [], self.initial_s
+        for _ in range(8):
+            out.append(min(d, self.max_s))
+            d *= self.factor
+        return out
+
+
+class ModbusTls(Strict):
+    """Modbus/TCP Security: TLS with a client certificate."""
+
+    ca_file: str
+    cert_file: str
+    key_file: str
+    server_hostname: str | None = None
+
+
+class ModbusOptions(Strict):
+    tls: ModbusTls | None = None
+
+
+class OpcUaSecurity(Strict):
+    policy: Literal["None", "Basic256Sha256"] = "None"
+    mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
+    certificate: str | None = None  # client certificate (DER or PEM)
+    private_key: str | None = None  # client private key (PEM)
+    trust_list: tuple[str, ...] = ()  # server certificates (files) the client trusts
+
+    @model_validator(mode="after")
+    def _consistent(self) -> OpcUaSecurity:
+        if (self.policy == "None") != (self.mode == "None"):
+            raise ValueError(
+                "policy None goes with mode None, Basic256Sha256 with Sign/SignAndEncrypt"
+            )
+        if self.policy != "None" and not (self.certificate and self.private_key):
+            raise ValueError("a secure policy needs 'certificate' and 'private_key'")
+        if self.policy != "None" and not self.trust_list:
+            raise ValueError("a secure policy needs a 'trust_list' to check the server certificate")
+        return self
+
+
+class OpcUaOptions(Strict):
+    endpoint_path: str = "/pharmatwin/"
+    security: OpcUaSecurity = OpcUaSecurity()
+    username: str | None = None
+    password_env: str | None = None
+    subscription: bool = False
+    publishing_interval_ms: Annotated[int, Field(ge=10, le=60_000)] = 200
+
+    @model_validator(mode="after")
+    def _user(self) -> OpcUaOptions:
+        if (self.username is None) != (self.password_env is None):
+            raise ValueError("give both 'username' and 'password_env', or neither")
+        return self
+
+
+class Connection(Strict):
+    protocol: Literal["modbus", "opcua"]
+    host: str = "127.0.0.1"
+    port: Port
+    timeout_s: PositiveFinite = 1.0
+    backoff: Backoff = Backoff()
+    modbus: ModbusOptions = ModbusOptions()
+    opcua: OpcUaOptions = OpcUaOptions()
+
+    @property
+    def url(self) -> str:
+        if self.protocol == "opcua":
+            return f"opc.tcp://{self.host}:{self.port}{self.opcua.endpoint_path}"
+        return f"modbus+tcp://{self.host}:{self.port}"
+
+
+class SiteFile(Strict):
+    name: str
+    description: str = ""
+    plant: str
+    controller: str
+    tags: str
+    connection: Connection
+
+
+@dataclass(frozen=True)
+class Site:
+    """A loaded, cross-checked site."""
+
+    path: Path
+    name: str
+    description: str
+    controller: ControllerConfig
+    model: PlantModel
+    tags: TagMap
+    connection: Connection
+
+    def file(self, ref: str) -> Path:
+        """A path written in the site file, resolved against it."""
+        return resolve(self.path, ref)
+
+    def password(self) -> str | None:
+        env = self.connection.opcua.password_env
+        return os.environ.get(env) if env else None
+
+
+def load_site(path: Path) -> Site:
+    """Load a site file and every file it names; one ConfigError lists every problem."""
+    sf = parse(SiteFile, read_yaml(path), str(path))
+    problems: list[Problem] = []
+    cfg = model = tm = None
+    try:
+        cfg, model = load_controller(resolve(path, sf.controller))
+    except ConfigError as exc:
+        problems += exc.problems
+    try:
+        tm = load_tag_map(resolve(path, sf.tags))
+    except ConfigError as exc:
+        problems += exc.problems
+    if model is not None and cfg is not None:
+        plant_path = resolve(path, sf.plant).resolve()
+        ctl_plant = resolve(resolve(path, sf.controller), cfg.plant).resolve()
+        if plant_path != ctl_plant:
+            problems.append(
+                Problem(str(path), "plant", f"the controller uses {ctl_plant}", sf.plant)
+            )
+    if tm is not None:
+        problems += _check_tags(sf, tm, model, path)
+    problems += _check_files(sf, path)
+    if problems:
+        raise ConfigError(problems)
+    if cfg is None or model is None or tm is None:  # unreachable: problems were raised
+        raise ConfigError(problems)
+    return Site(path, sf.name, sf.description, cfg, model, tm, sf.connection)
+
+
+def _check_tags(sf: SiteFile, tm: TagMap, model: PlantModel | None, path: Path) -> list[Problem]:
+    problems = []
+    src = str(resolve(path, sf.tags))
+    names = set(model.all_variables) | set(model.expression_names) if model else None
+    for name, tag in tm.tags.items():
+        if names is not None and tag.binds is not None and tag.binds not in names:
+            problems.append(
+                Problem(
+                    src,
+                    f"tags.{name}.binds",
+                    f"unknown model variable; allowed: {sorted(names)}",
+                    tag.binds,
+                )
+            )
+        proto = sf.connection.protocol
+        if getattr(tag, proto) is None:
+            problems.append(
+                Problem(
+                    src,
+                    f"tags.{name}.{proto}",
+                    f"the site connects over {proto}; this tag has no {proto} address",
+                    None,
+                )
+            )
+    if model is not None:
+        for inp in model.input_names:
+            if not any(t.binds == inp and t.writable for t in tm.tags.values()):
+                problems.append(
+                    Problem(src, "tags", f"no writable tag binds the model input {inp!r}", inp)
+                )
+    return problems
+
+
+def _check_files(sf: SiteFile, path: Path) -> list[Problem]:
+    refs: list[tuple[str, str]] = []
+    tls = sf.connection.modbus.tls
+    if tls is not None:
+        refs += [("connection.modbus.tls.ca_file", tls.ca_file)]
+        refs += [("connection.modbus.tls.cert_file", tls.cert_file)]
+        refs += [("connection.modbus.tls.key_file", tls.key_file)]
+    sec = sf.connection.opcua.security
+    for key in ("certificate", "private_key"):
+        ref = getattr(sec, key)
+        if ref:
+            refs.append((f"connection.opcua.security.{key}", ref))
+    refs += [(f"connection.opcua.security.trust_list.{i}", r) for i, r in enumerate(sec.trust_list)]
+    return [
+        Problem(str(path), key, "file not found", ref)
+        for key, ref in refs
+        if not resolve(path, ref).is_file()
+    ]

@@ -1,0 +1,306 @@
+"""Tag maps (``configs/tags/*.yaml``) and the pure Modbus register codecs.
+
+A tag is a value in the plant's own words (``feed_rate_sp``, ``product_temp_bottom``) with a
+unit, a direction, engineering limits, a write rate limit and a stale-after time, plus where
+it lives on each protocol:
+
+* Modbus: unit id, table (holding/input register, coil, discrete input), address and whether
+  the map counts from 0 or 1, data type, word/byte order, scale and offset;
+* OPC UA: a node id (``ns=2;s=...``, ``ns=2;i=...``) or a browse path, and the expected
+  data type.
+
+The codecs are pure functions (in the spirit of pymodbus's framers): engineering value <->
+16-bit registers. Word/byte orders for multi-register values, with A the most significant
+byte of the value:
+
+* ``ABCD``: big-endian words, big-endian bytes (Modbus's own order);
+* ``CDAB``: words swapped (low word first), big-endian bytes in each word;
+* ``BADC``: words in order, bytes swapped inside each word;
+* ``DCBA``: words swapped and bytes swapped (little-endian).
+
+For 64-bit values the same rule applies word-wise (ABCD -> AB CD EF GH). For 16-bit values
+only the byte swap matters. Codecs never mutate their arguments and raise
+:class:`CodecError` naming the tag, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from controller.config import Finite, PositiveFinite, Strict, parse, read_yaml
+from controller.errors import ConfigError, PharmaTwinError, Problem
+
+
+class CodecError(PharmaTwinError):
+    """A value cannot be encoded into, or decoded from, its registers."""
+
+
+class Direction(StrEnum):
+    READ = "read"
+    WRITE = "write"
+    READ_WRITE = "read_write"
+
+
+class Table(StrEnum):
+    HOLDING = "holding"
+    INPUT = "input"
+    COIL = "coil"
+    DISCRETE = "discrete"
+
+
+class DataType(StrEnum):
+    BOOL = "bool"
+    INT16 = "int16"
+    UINT16 = "uint16"
+    INT32 = "int32"
+    UINT32 = "uint32"
+    FLOAT32 = "float32"
+    FLOAT64 = "float64"
+
+
+class Order(StrEnum):
+    ABCD = "ABCD"
+    CDAB = "CDAB"
+    BADC = "BADC"
+    DCBA = "DCBA"
+
+
+#: Registers per data type; struct format (big-endian) for each.
+REGISTERS = {
+    DataType.BOOL: 1,
+    DataType.INT16: 1,
+    DataType.UINT16: 1,
+    DataType.INT32: 2,
+    DataType.UINT32: 2,
+    DataType.FLOAT32: 2,
+    DataType.FLOAT64: 4,
+}
+_FORMAT = {
+    DataType.INT16: ">h",
+    DataType.UINT16: ">H",
+    DataType.INT32: ">i",
+    DataType.UINT32: ">I",
+    DataType.FLOAT32: ">f",
+    DataType.FLOAT64: ">d",
+}
+_INT_RANGE = {
+    DataType.INT16: (-(2**15), 2**15 - 1),
+    DataType.UINT16: (0, 2**16 - 1),
+    DataType.INT32: (-(2**31), 2**31 - 1),
+    DataType.UINT32: (0, 2**32 - 1),
+}
+#: Largest finite float32.
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+class ModbusSpec(Strict):
+    """Where a tag lives in a Modbus device."""
+
+    unit_id: Annotated[int, Field(ge=0, le=255)] = 1
+    table: Table
+    address: Annotated[int, Field(ge=0, le=65536)]
+    base: Literal[0, 1] = 0
+    type: DataType = DataType.FLOAT32
+    order: Order = Order.ABCD
+    scale: Annotated[float, Field(allow_inf_nan=False)] = 1.0
+    offset: Finite = 0.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModbusSpec:
+        if self.scale == 0:
+            raise ValueError("scale must not be 0")
+        bit_table = self.table in (Table.COIL, Table.DISCRETE)
+        if bit_table != (self.type is DataType.BOOL):
+            raise ValueError("coils and discrete inputs hold type bool, and only they do")
+        if self.address < self.base:
+            raise ValueError(f"address {self.address} is below the map's base {self.base}")
+        if self.protocol_address + REGISTERS[self.type] > 65536:
+            raise ValueError("the value runs past register 65535")
+        return self
+
+    @property
+    def protocol_address(self) -> int:
+        """The 0-based address sent on the wire."""
+        return self.address - self.base
+
+    @property
+    def count(self) -> int:
+        return REGISTERS[self.type]
+
+    @property
+    def writable_table(self) -> bool:
+        return self.table in (Table.HOLDING, Table.COIL)
+
+
+OpcUaType = Literal[
+    "Boolean", "Int16", "UInt16", "Int32", "UInt32", "Int64", "UInt64", "Float", "Double"
+]
+
+
+class OpcUaSpec(Strict):
+    """Where a tag lives in an OPC UA address space: a node id or a browse path."""
+
+    node_id: str | None = None
+    browse_path: tuple[str, ...] | None = None
+    data_type: OpcUaType = "Double"
+
+    @model_validator(mode="after")
+    def _one_address(self) -> OpcUaSpec:
+        if (self.node_id is None) == (self.browse_path is None):
+            raise ValueError("give exactly one of 'node_id' or 'browse_path'")
+        return self
+
+
+class Tag(Strict):
+    """One process value in the plant's own words."""
+
+    description: str = ""
+    unit: str
+    direction: Direction
+    binds: str | None = None  # the plant-model variable this tag carries, if any
+    limits: tuple[Finite, Finite] | None = None
+    max_rate: PositiveFinite | None = None  # largest allowed change per second when written
+    stale_after: PositiveFinite = 10.0  # seconds
+    modbus: ModbusSpec | None = None
+    opcua: OpcUaSpec | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Tag:
+        if self.limits is not None and self.limits[0] > self.limits[1]:
+            raise ValueError(f"limits lower {self.limits[0]} is above upper {self.limits[1]}")
+        if self.modbus is not None and self.writable and not self.modbus.writable_table:
+            raise ValueError(
+                f"a writable tag cannot live in the read-only {self.modbus.table} table"
+            )
+        return self
+
+    @property
+    def writable(self) -> bool:
+        return self.direction is not Direction.READ
+
+    @property
+    def readable(self) -> bool:
+        return self.direction is not Direction.WRITE
+
+
+class TagMap(Strict):
+    """A named set of tags, e.g. one unit operation's PLC interface."""
+
+    name: str
+    description: str = ""
+    tags: dict[str, Tag]
+
+
+def load_tag_map(path: Path) -> TagMap:
+    """Load ``configs/tags/<name>.yaml``; every problem (incl. overlaps) in one ConfigError."""
+    tm = parse(TagMap, read_yaml(path), str(path))
+    problems = overlap_problems(tm, str(path))
+    if problems:
+        raise ConfigError(problems)
+    return tm
+
+
+def overlap_problems(tm: TagMap, source: str) -> list[Problem]:
+    """Two tags that share a Modbus register (same unit, table and address) are an error."""
+    used: dict[tuple[int, Table, int], str] = {}
+    problems = []
+    for name, tag in tm.tags.items():
+        if tag.modbus is None:
+            continue
+        m = tag.modbus
+        for reg in range(m.protocol_address, m.protocol_address + m.count):
+            key = (m.unit_id, m.table, reg)
+            if key in used:
+                problems.append(
+                    Problem(
+                        source,
+                        f"tags.{name}.modbus.address",
+                        f"overlaps tag {used[key]!r} at {m.table} register {reg} "
+                        f"(0-based) of unit {m.unit_id}",
+                        m.address,
+                    )
+                )
+                break
+            used[key] = name
+    return problems
+
+
+# ---------------------------------------------------------------------- codecs
+def _bytes_to_registers(data: bytes, order: Order) -> list[int]:
+    """Big-endian bytes of a value -> registers in the wire order of ``order``."""
+    words = [data[i : i + 2] for i in range(0, len(data), 2)]
+    if order in (Order.BADC, Order.DCBA):
+        words = [w[::-1] for w in words]
+    if order in (Order.CDAB, Order.DCBA):
+        words = words[::-1]
+    return [int.from_bytes(w, "big") for w in words]
+
+
+def _registers_to_bytes(registers: Sequence[int], order: Order) -> bytes:
+    words = [int(r).to_bytes(2, "big") for r in registers]
+    if order in (Order.CDAB, Order.DCBA):
+        words = words[::-1]
+    if order in (Order.BADC, Order.DCBA):
+        words = [w[::-1] for w in words]
+    return b"".join(words)
+
+
+def encode(tag_name: str, spec: ModbusSpec, value: float) -> list[int]:
+    """Engineering value -> registers (or ``[0|1]`` for a bool) in wire order.
+
+    raw = (value - offset) / scale; integer types round to nearest and must fit their range.
+    Raises CodecError naming the tag, the value and the allowed range.
+    """
+    if not math.isfinite(value):
+        raise CodecError(f"tag {tag_name!r}: cannot encode non-finite value {value!r}")
+    if spec.type is DataType.BOOL:
+        if value not in (0, 1):
+            raise CodecError(f"tag {tag_name!r}: bool value must be 0 or 1, got {value!r}")
+        return [int(value)]
+    raw = (value - spec.offset) / spec.scale
+    if spec.type in _INT_RANGE:
+        lo, hi = _INT_RANGE[spec.type]
+        rounded = round(raw)
+        if not lo <= rounded <= hi:
+            allowed = (lo * spec.scale + spec.offset, hi * spec.scale + spec.offset)
+            raise CodecError(
+                f"tag {tag_name!r}: value {value!r} gives raw {rounded}, outside {spec.type} "
+                f"[{lo}, {hi}]; allowed engineering range [{min(allowed)}, {max(allowed)}]"
+            )
+        data = struct.pack(_FORMAT[spec.type], rounded)
+    else:
+        if spec.type is DataType.FLOAT32 and abs(raw) > _FLOAT32_MAX:
+            raise CodecError(f"tag {tag_name!r}: value {value!r} overflows float32")
+        data = struct.pack(_FORMAT[spec.type], raw)
+    return _bytes_to_registers(data, spec.order)
+
+
+def decode(tag_name: str, spec: ModbusSpec, registers: Sequence[int]) -> float:
+    """Registers in wire order (or one bit) -> engineering value (raw * scale + offset)."""
+    if len(registers) != spec.count:
+        raise CodecError(
+            f"tag {tag_name!r}: {spec.type} needs {spec.count} register(s), got {len(registers)}"
+        )
+    if spec.type is DataType.BOOL:
+        return 1.0 if registers[0] else 0.0
+    bad = [r for r in registers if not 0 <= int(r) <= 0xFFFF]
+    if bad:
+        raise CodecError(f"tag {tag_name!r}: register values must be 0..65535, got {bad}")
+    (raw,) = struct.unpack(_FORMAT[spec.type], _registers_to_bytes(registers, spec.order))
+    return float(raw) * spec.scale + spec.offset
+
+
+def tags_bound_to(tm: TagMap, names: Sequence[str]) -> Mapping[str, str]:
+    """Map model variable names to the tag that carries each (``binds``)."""
+    return {
+        tag.binds: name
+        for name, tag in tm.tags.items()
+        if tag.binds is not None and tag.binds in names
+    }
