@@ -2,13 +2,17 @@
 
 Examples::
 
-    pharmatwin check-config configs/controllers/bioreactor.yaml configs/scenarios/cstr-mpc.yaml
+    pharmatwin check-config configs/sites/bioreactor-modbus.yaml
+    pharmatwin tags read configs/sites/bioreactor-modbus.yaml --watch
+    pharmatwin tags write SITE feed_rate_sp=0.05 --reason "step test"
+    pharmatwin audit verify pharmatwin-audit.db
     pharmatwin describe configs/plants/lyophilizer.yaml
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,16 +28,26 @@ from controller.config import (
     read_yaml,
 )
 from controller.errors import ConfigError, PharmaTwinError
+from controller.site import load_site
+from controller.tags import load_tag_map
 
 EPILOG = """examples:
-  pharmatwin check-config configs/controllers/bioreactor.yaml configs/scenarios/cstr-mpc.yaml
+  pharmatwin check-config configs/sites/bioreactor-modbus.yaml configs/scenarios/cstr-mpc.yaml
+  pharmatwin tags read configs/sites/bioreactor-modbus.yaml
+  pharmatwin tags read configs/sites/lyophilizer-opcua.yaml --watch --interval 2
+  pharmatwin tags write configs/sites/bioreactor-modbus.yaml feed_rate_sp=0.05 --reason "step test"
+  pharmatwin audit verify pharmatwin-audit.db
   pharmatwin describe configs/plants/lyophilizer.yaml
 """
 
 
 def _kind(path: Path) -> str:
-    """Tell a plant, controller or scenario file apart by its keys."""
+    """Tell a plant, controller, scenario, site or tag-map file apart by its keys."""
     data = read_yaml(path)
+    if "connection" in data:
+        return "site"
+    if "tags" in data and isinstance(data["tags"], dict):
+        return "tag map"
     if "parameters" in data and "model" in data:
         return "plant"
     if "controller" in data or "recipe" in data:
@@ -47,7 +61,11 @@ def check_config(paths: Sequence[Path], console: Console) -> int:
     for path in paths:
         try:
             kind = _kind(path)
-            if kind == "plant":
+            if kind == "site":
+                load_site(path)
+            elif kind == "tag map":
+                load_tag_map(path)
+            elif kind == "plant":
                 load_parameter_set(path)
             elif kind == "scenario":
                 load_scenario(path)
@@ -99,6 +117,25 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("files", type=Path, nargs="+")
     d = sub.add_parser("describe", help="show a plant model's variables and parameters")
     d.add_argument("plant", type=Path, help="configs/plants/<name>.yaml")
+    t = sub.add_parser("tags", help="read or write PLC tags of a site (commissioning)")
+    tsub = t.add_subparsers(dest="tags_command", required=True)
+    tr = tsub.add_parser("read", help="one read of every readable tag, as a table")
+    tr.add_argument("site", type=Path)
+    tr.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    tr.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    tr.add_argument("--count", type=int, default=None, help="stop after N refreshes")
+    tw = tsub.add_parser("write", help="check limits, write, read back, audit and report")
+    tw.add_argument("site", type=Path)
+    tw.add_argument("assignments", nargs="+", metavar="TAG=VALUE")
+    tw.add_argument("--reason", required=True, help="why (goes into the audit trail)")
+    tw.add_argument("--user", default=None, help="who (default: the login name)")
+    tw.add_argument("--audit", type=Path, default=Path("pharmatwin-audit.db"))
+    a = sub.add_parser("audit", help="the audit trail")
+    asub = a.add_subparsers(dest="audit_command", required=True)
+    av = asub.add_parser("verify", help="recompute the hash chain of an audit database")
+    av.add_argument("db", type=Path)
+    ae = asub.add_parser("export", help="print the audit trail as a human-readable table")
+    ae.add_argument("db", type=Path)
     return p
 
 
@@ -110,6 +147,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             return check_config(args.files, console)
         if args.command == "describe":
             return describe(args.plant, console)
+        if args.command == "tags":
+            from controller import commissioning
+
+            if args.tags_command == "read":
+                return asyncio.run(
+                    commissioning.tags_read(
+                        args.site, console, args.watch, args.interval, args.count
+                    )
+                )
+            return asyncio.run(
+                commissioning.tags_write(
+                    args.site, args.assignments, args.reason, args.user, args.audit, console
+                )
+            )
+        if args.command == "audit":
+            from controller import commissioning
+
+            if args.audit_command == "verify":
+                return commissioning.audit_verify(args.db, console)
+            return commissioning.audit_export(args.db, console)
     except PharmaTwinError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         return 2

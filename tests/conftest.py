@@ -20,3 +20,9 @@ def free_port() -> int:
 @pytest.fixture
 def port_number() -> Iterator[int]:
     yield free_port()
+
+
+@pytest.fixture(autouse=True)
+def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """rich wraps at 80 columns under pytest; tests read whole lines."""
+    monkeypatch.setenv("COLUMNS", "240")

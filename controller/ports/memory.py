@@ -24,6 +24,7 @@ from controller.ports.base import (
     WriteResult,
     WriteStatus,
 )
+from controller.tags import TagMap
 
 
 @dataclass
@@ -106,3 +107,15 @@ class MemoryPort(Port):
             status = WriteStatus.OK if readback == requested else WriteStatus.MISMATCH
             results[tag] = WriteResult(tag, requested, status, readback)
         return WriteReport(results, now)
+
+
+def table_from_tag_map(tags: TagMap, initial: Mapping[str, float] | None = None) -> TagTable:
+    """A tag table laid out from a tag map: every tag present, writable ones with limits."""
+    table = TagTable()
+    for name, tag in tags.tags.items():
+        lo, hi = tag.limits if tag.limits is not None else (-math.inf, math.inf)
+        if tag.writable:
+            table.allow_writes(name, lo, hi)
+        start = (initial or {}).get(name, min(max(0.0, lo), hi))
+        table.values[name] = TagValue(float(start), Quality.GOOD, 0.0, 0.0)
+    return table

@@ -1,0 +1,198 @@
+"""Commissioning commands behind ``pharmatwin tags ...`` and ``pharmatwin audit ...``.
+
+``tags read`` prints every readable tag (value, unit, quality, age). ``tags write`` checks the
+tag's direction and limits, writes an audit record *before* sending, writes, reads back, and
+audits the result. Nothing here runs a control loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from controller.audit import AuditError, AuditTrail, file_hash
+from controller.clock import RealClock
+from controller.errors import ConfigError, PortError, Problem
+from controller.ports.base import Quality, Snapshot, WriteStatus
+from controller.ports.factory import make_port
+from controller.site import Site, load_site
+
+_QUALITY_STYLE = {Quality.GOOD: "green", Quality.UNCERTAIN: "yellow", Quality.BAD: "red"}
+
+
+def snapshot_table(site: Site, snap: Snapshot) -> Table:
+    table = Table(title=f"{site.name}: {site.connection.url}")
+    for col in ("tag", "value", "unit", "quality", "age [s]", "description"):
+        table.add_column(col, justify="right" if col in ("value", "age [s]") else "left")
+    for name, tv in snap.values.items():
+        tag = site.tags.tags[name]
+        style = _QUALITY_STYLE[tv.quality]
+        quality = tv.quality.value + (f" ({tv.detail})" if tv.detail else "")
+        table.add_row(
+            name,
+            f"{tv.value:.6g}",
+            tag.unit,
+            f"[{style}]{quality}[/{style}]",
+            f"{tv.age(snap.read_time):.1f}",
+            tag.description,
+        )
+    return table
+
+
+async def tags_read(
+    site_path: Path, console: Console, watch: bool, interval: float, count: int | None
+) -> int:
+    site = load_site(site_path)
+    clock = RealClock()
+    names = [n for n, t in site.tags.tags.items() if t.readable]
+    async with make_port(site, clock) as port:
+        snap = await port.read(names)
+        if not watch:
+            console.print(snapshot_table(site, snap))
+            return 0
+        done = 1
+        with Live(snapshot_table(site, snap), console=console, auto_refresh=False) as live:
+            while count is None or done < count:
+                await asyncio.sleep(interval)
+                snap = await port.read(names)
+                live.update(snapshot_table(site, snap), refresh=True)
+                done += 1
+    return 0
+
+
+def parse_assignments(site: Site, assignments: Sequence[str]) -> dict[str, float]:
+    """``TAG=VALUE`` pairs -> values; every problem (unknown, read-only, limits) at once."""
+    values: dict[str, float] = {}
+    problems: list[Problem] = []
+    for i, text in enumerate(assignments):
+        name, sep, raw = text.partition("=")
+        tag = site.tags.tags.get(name)
+        where = f"argument {i + 1}"
+        if not sep:
+            problems.append(Problem("command line", where, "expected TAG=VALUE", text))
+            continue
+        if tag is None:
+            problems.append(
+                Problem(
+                    "command line", where, f"unknown tag; known: {sorted(site.tags.tags)}", name
+                )
+            )
+            continue
+        if not tag.writable:
+            problems.append(Problem("command line", where, f"tag {name} is read-only", name))
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            problems.append(Problem("command line", where, f"{name}: not a number", raw))
+            continue
+        if not math.isfinite(value) or (
+            tag.limits is not None and not tag.limits[0] <= value <= tag.limits[1]
+        ):
+            allowed = f"[{tag.limits[0]}, {tag.limits[1]}] {tag.unit}" if tag.limits else "finite"
+            problems.append(Problem("command line", where, f"{name}: allowed {allowed}", value))
+            continue
+        values[name] = value
+    if problems:
+        raise ConfigError(problems)
+    return values
+
+
+async def tags_write(
+    site_path: Path,
+    assignments: Sequence[str],
+    reason: str,
+    user: str | None,
+    audit_path: Path,
+    console: Console,
+) -> int:
+    site = load_site(site_path)
+    values = parse_assignments(site, assignments)
+    actor = user or getpass.getuser()
+    audit = AuditTrail(audit_path, config_hash=file_hash(site.path), actor=actor)
+    try:
+        async with make_port(site, RealClock()) as port:
+            readable = [n for n in values if site.tags.tags[n].readable]
+            before = (await port.read(readable)).numbers() if readable else {}
+            for name, value in values.items():
+                audit.record(
+                    "tag.write.request",
+                    name,
+                    reason=reason,
+                    old_value=before.get(name),
+                    new_value=value,
+                    detail={"site": site.name, "url": site.connection.url},
+                )
+            report = await port.write(values)
+        for name, res in report.results.items():
+            audit.record(
+                "tag.write.result",
+                name,
+                reason=reason,
+                old_value=before.get(name),
+                new_value=res.readback,
+                detail={"status": res.status.value, "detail": res.detail},
+            )
+    finally:
+        audit.close()
+    table = Table(title=f"write to {site.name} ({site.connection.url}), audited in {audit_path}")
+    for col in ("tag", "before", "requested", "read back", "status", "detail"):
+        table.add_column(col)
+    for name, res in report.results.items():
+        style = "green" if res.status is WriteStatus.OK else "red"
+        table.add_row(
+            name,
+            f"{before[name]:.6g}" if name in before else "-",
+            f"{res.requested:.6g}",
+            "-" if res.readback is None else f"{res.readback:.6g}",
+            f"[{style}]{res.status.value}[/{style}]",
+            res.detail,
+        )
+    console.print(table)
+    return 0 if report.ok else 1
+
+
+def audit_verify(db: Path, console: Console) -> int:
+    if not db.is_file():
+        raise PortError(f"no audit database at {db}")
+    trail = AuditTrail(db)
+    try:
+        count = trail.verify()
+    except AuditError as exc:
+        console.print(f"[red]FAILED[/red] {exc}", highlight=False)
+        return 1
+    finally:
+        trail.close()
+    console.print(f"[green]ok[/green] {db}: {count} records, hash chain intact", highlight=False)
+    return 0
+
+
+def audit_export(db: Path, console: Console) -> int:
+    trail = AuditTrail(db)
+    table = Table(title=f"audit trail {db}")
+    for col in ("id", "UTC", "who", "action", "target", "old", "new", "why", "detail"):
+        table.add_column(col)
+    try:
+        for r in trail.records():
+            table.add_row(
+                str(r.id),
+                r.ts_utc,
+                r.actor,
+                r.action,
+                r.target,
+                r.old_value or "",
+                r.new_value or "",
+                r.reason,
+                r.detail,
+            )
+    finally:
+        trail.close()
+    console.print(table)
+    return 0
