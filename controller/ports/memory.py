@@ -82,31 +82,38 @@ class MemoryPort(Port):
         return Snapshot(values, now)
 
     async def write(self, values: Mapping[str, float]) -> WriteReport:
+        """Validate every value first; if any is refused, nothing changes (others NOT_SENT)."""
         self._require_open()
         now = self.clock.now()
+        refused = {tag: why for tag, v in values.items() if (why := self._refusal(tag, v))}
         results: dict[str, WriteResult] = {}
         for tag, requested in values.items():
-            limits = self.table.writable.get(tag)
-            if limits is None:
+            if tag in refused:
+                current = self.table.values.get(tag)
+                readback = current.value if current is not None else None
                 results[tag] = WriteResult(
-                    tag, requested, WriteStatus.REJECTED, None, f"tag {tag!r} is not writable"
+                    tag, requested, WriteStatus.REJECTED, readback, refused[tag]
                 )
-                continue
-            lo, hi = limits
-            if not (math.isfinite(requested) and lo <= requested <= hi):
+            elif refused:
                 results[tag] = WriteResult(
-                    tag,
-                    requested,
-                    WriteStatus.REJECTED,
-                    self.table.values[tag].value if tag in self.table.values else None,
-                    f"{tag}={requested} outside the PLC range [{lo}, {hi}]",
+                    tag, requested, WriteStatus.NOT_SENT, None, "not sent: another tag was refused"
                 )
-                continue
-            self.table.values[tag] = TagValue(float(requested), Quality.GOOD, now, now)
-            readback = self.table.values[tag].value
-            status = WriteStatus.OK if readback == requested else WriteStatus.MISMATCH
-            results[tag] = WriteResult(tag, requested, status, readback)
+            else:
+                self.table.values[tag] = TagValue(float(requested), Quality.GOOD, now, now)
+                readback = self.table.values[tag].value
+                status = WriteStatus.OK if readback == requested else WriteStatus.MISMATCH
+                results[tag] = WriteResult(tag, requested, status, readback)
         return WriteReport(results, now)
+
+    def _refusal(self, tag: str, requested: float) -> str:
+        limits = self.table.writable.get(tag)
+        if limits is None:
+            known = "read-only" if tag in self.table.values else "unknown"
+            return f"tag {tag!r} is not writable ({known})"
+        lo, hi = limits
+        if not (math.isfinite(requested) and lo <= requested <= hi):
+            return f"{tag}={requested} outside the allowed range [{lo}, {hi}]"
+        return ""
 
 
 def table_from_tag_map(tags: TagMap, initial: Mapping[str, float] | None = None) -> TagTable:
