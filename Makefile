@@ -26,7 +26,7 @@ check: setup
 	$(BIN)/mypy plant_models controller hil
 
 bench: setup
-	@echo "bench/: the benchmark suite arrives with issue 7 (speed); nothing to run yet."
+	$(BIN)/python bench/port_latency.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 import yaml
 from conftest import free_port
-from modbus_server import ModbusTestServer
-from opcua_server import OpcUaTestServer, address_space_shelf
 
 from controller.audit import AuditTrail
 from controller.cli import main as cli_main
 from controller.tags import load_tag_map
+from hil.servers.modbus import ModbusPlcServer
+from hil.servers.opcua import OpcUaPlcServer, address_space_shelf
 
 ROOT = Path(__file__).resolve().parents[1]
 TAGS = load_tag_map(ROOT / "configs" / "tags" / "lyophilizer.yaml")
@@ -55,8 +55,8 @@ def _site(tmp_path: Path, name: str, port: int) -> Path:
     return path
 
 
-async def _modbus_server() -> ModbusTestServer:
-    server = ModbusTestServer(TAGS)
+async def _modbus_server() -> ModbusPlcServer:
+    server = ModbusPlcServer(TAGS)
     for tag, value in INITIAL.items():
         server.set_value(tag, value)
     return server
@@ -95,9 +95,9 @@ def test_tags_read_over_opcua_with_a_user(
     monkeypatch.setenv("PHARMATWIN_OPCUA_PASSWORD", "s3cret")
     port = free_port()
 
-    async def make() -> OpcUaTestServer:
+    async def make() -> OpcUaPlcServer:
         shelf = await address_space_shelf(tmp_path)
-        return OpcUaTestServer(
+        return OpcUaPlcServer(
             TAGS,
             port,
             initial=INITIAL,

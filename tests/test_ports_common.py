@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port
-from modbus_server import ModbusTestServer
-from opcua_server import OpcUaTestServer, address_space_shelf
 
 from controller.clock import SteppedClock
 from controller.errors import PortError
@@ -23,6 +21,8 @@ from controller.ports.modbus import ModbusPort
 from controller.ports.opcua import OpcUaPort
 from controller.site import Backoff, Connection
 from controller.tags import load_tag_map
+from hil.servers.modbus import ModbusPlcServer
+from hil.servers.opcua import OpcUaPlcServer, address_space_shelf
 
 ROOT = Path(__file__).resolve().parents[1]
 TAGS = load_tag_map(ROOT / "configs" / "tags" / "bioreactor.yaml")
@@ -64,7 +64,7 @@ async def _memory() -> AsyncIterator[Plc]:
 
 
 async def _modbus() -> AsyncIterator[Plc]:
-    async with ModbusTestServer(TAGS) as server:
+    async with ModbusPlcServer(TAGS) as server:
         for tag, v in VALUES.items():
             server.set_value(tag, v)
         conn = Connection(protocol="modbus", port=server.port, timeout_s=1.0, backoff=BACKOFF)
@@ -78,7 +78,7 @@ async def _modbus() -> AsyncIterator[Plc]:
 
 async def _opcua(tmp: Path) -> AsyncIterator[Plc]:
     shelf = await address_space_shelf(tmp)
-    server = OpcUaTestServer(TAGS, free_port(), initial=VALUES, shelf=shelf)
+    server = OpcUaPlcServer(TAGS, free_port(), initial=VALUES, shelf=shelf)
     async with server:
         conn = Connection(protocol="opcua", port=server.port, timeout_s=2.0, backoff=BACKOFF)
 

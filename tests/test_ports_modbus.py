@@ -20,7 +20,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from modbus_server import ModbusTestServer
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.datastore import (
     ModbusDeviceContext,
@@ -35,6 +34,7 @@ from controller.ports.base import Quality, WriteStatus
 from controller.ports.modbus import ModbusPort
 from controller.site import Backoff, Connection, ModbusOptions, ModbusTls
 from controller.tags import DataType, Direction, ModbusSpec, Table, Tag, TagMap, load_tag_map
+from hil.servers.modbus import ModbusPlcServer
 
 ROOT = Path(__file__).resolve().parents[1]
 TAGS = load_tag_map(ROOT / "configs" / "tags" / "bioreactor.yaml")
@@ -57,13 +57,13 @@ def make_port(tags: TagMap, port: int) -> ModbusPort:
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[ModbusTestServer]:
-    async with ModbusTestServer(TAGS) as srv:
+async def server() -> AsyncIterator[ModbusPlcServer]:
+    async with ModbusPlcServer(TAGS) as srv:
         yield srv
 
 
 @pytest.fixture
-async def port(server: ModbusTestServer) -> AsyncIterator[ModbusPort]:
+async def port(server: ModbusPlcServer) -> AsyncIterator[ModbusPort]:
     p = make_port(TAGS, server.port)
     async with p:
         yield p
@@ -109,7 +109,7 @@ PLC_VALUES = {
 }
 
 
-async def test_reads_every_readable_tag(server: ModbusTestServer, port: ModbusPort) -> None:
+async def test_reads_every_readable_tag(server: ModbusPlcServer, port: ModbusPort) -> None:
     for tag, value in PLC_VALUES.items():
         server.set_value(tag, value)
     snap = await port.read(READABLE)
@@ -123,14 +123,14 @@ async def test_reads_every_readable_tag(server: ModbusTestServer, port: ModbusPo
 
 
 async def test_word_swapped_float_is_on_the_wire_low_word_first(
-    server: ModbusTestServer, port: ModbusPort
+    server: ModbusPlcServer, port: ModbusPort
 ) -> None:
     server.set_registers(Table.INPUT, 5, [0x0000, 0x3F40])  # 0.75 = 0x3F400000, CDAB
     assert (await port.read(["product_titer"]))["product_titer"].value == 0.75
 
 
 async def test_writes_every_writable_tag_with_readback(
-    server: ModbusTestServer, port: ModbusPort
+    server: ModbusPlcServer, port: ModbusPort
 ) -> None:
     values = {"feed_rate_sp": 0.1234, "mpc_heartbeat": 65535, "mpc_request": 1}
     assert sorted(values) == sorted(n for n, t in TAGS.tags.items() if t.writable)
@@ -147,7 +147,7 @@ async def test_duplicate_and_empty_reads(port: ModbusPort) -> None:
     assert list((await port.read(["biomass", "biomass"])).values) == ["biomass"]
 
 
-async def test_concurrent_calls_are_serialized(server: ModbusTestServer, port: ModbusPort) -> None:
+async def test_concurrent_calls_are_serialized(server: ModbusPlcServer, port: ModbusPort) -> None:
     server.set_value("biomass", 3.0)
     server.set_value("plc_heartbeat", 9)
     reads = [port.read(["biomass"] if i % 2 else ["plc_heartbeat"]) for i in range(20)]
@@ -161,7 +161,7 @@ async def test_concurrent_calls_are_serialized(server: ModbusTestServer, port: M
 # ------------------------------------------------------------------ coalescing
 async def test_reads_coalesce_into_blocks_of_at_most_125() -> None:
     tags = generated_map(300, Table.INPUT, Direction.READ)
-    async with ModbusTestServer(tags) as srv, make_port(tags, srv.port) as port:
+    async with ModbusPlcServer(tags) as srv, make_port(tags, srv.port) as port:
         for a in range(300):
             srv.set_value(f"r{a}", 1000 + a)
         snap = await port.read(list(tags.tags))
@@ -172,7 +172,7 @@ async def test_reads_coalesce_into_blocks_of_at_most_125() -> None:
 
 async def test_reads_merge_gaps_of_up_to_8_registers() -> None:
     tags = generated_map(30, Table.INPUT, Direction.READ)
-    async with ModbusTestServer(tags) as srv, make_port(tags, srv.port) as port:
+    async with ModbusPlcServer(tags) as srv, make_port(tags, srv.port) as port:
         await port.read(["r0", "r9"])  # 8 unused registers between them: one request
         await port.read(["r0", "r10"])  # 9 unused: two requests
         reads = [(r.address, r.count) for r in srv.requests if r.function_code == 4]
@@ -181,7 +181,7 @@ async def test_reads_merge_gaps_of_up_to_8_registers() -> None:
 
 async def test_writes_coalesce_into_blocks_of_at_most_123() -> None:
     tags = generated_map(200, Table.HOLDING, Direction.READ_WRITE)
-    async with ModbusTestServer(tags) as srv, make_port(tags, srv.port) as port:
+    async with ModbusPlcServer(tags) as srv, make_port(tags, srv.port) as port:
         report = await port.write({f"r{a}": 2 * a for a in range(200)})
         assert report.ok, report.failed()[:3]
         assert [srv.get_value(f"r{a}") for a in range(200)] == [2 * a for a in range(200)]
@@ -201,7 +201,7 @@ async def test_writes_coalesce_into_blocks_of_at_most_123() -> None:
     ],
 )
 async def test_refused_writes_send_nothing(
-    server: ModbusTestServer, port: ModbusPort, tag: str, value: float, why: str
+    server: ModbusPlcServer, port: ModbusPort, tag: str, value: float, why: str
 ) -> None:
     server.set_value("mpc_heartbeat", 11)
     report = await port.write({"mpc_heartbeat": 12, tag: value})
@@ -214,7 +214,7 @@ async def test_refused_writes_send_nothing(
     assert not [r for r in server.requests if r.function_code in WRITE_CODES]
 
 
-async def test_reading_unknown_or_write_only_tags_sends_nothing(server: ModbusTestServer) -> None:
+async def test_reading_unknown_or_write_only_tags_sends_nothing(server: ModbusPlcServer) -> None:
     tags = TagMap(
         name="m",
         tags={
@@ -241,7 +241,7 @@ async def test_server_absent_at_start() -> None:
 
 
 async def test_reconnects_after_restart_with_backoff(
-    server: ModbusTestServer, port: ModbusPort
+    server: ModbusPlcServer, port: ModbusPort
 ) -> None:
     server.set_value("biomass", 2.5)
     assert (await port.read(["biomass"]))["biomass"].value == 2.5
@@ -271,7 +271,7 @@ async def test_reconnects_after_restart_with_backoff(
 
 
 async def test_slow_server_times_out_and_recovers(
-    server: ModbusTestServer, port: ModbusPort
+    server: ModbusPlcServer, port: ModbusPort
 ) -> None:
     server.set_value("biomass", 4.0)
     server.latency = 0.8
@@ -284,7 +284,7 @@ async def test_slow_server_times_out_and_recovers(
 
 # ---------------------------------------------------------- exception responses
 async def test_illegal_address_on_read_is_bad_quality(
-    server: ModbusTestServer, port: ModbusPort
+    server: ModbusPlcServer, port: ModbusPort
 ) -> None:
     server.set_value("biomass", 1.5)
     server.set_illegal(Table.INPUT, 4)
@@ -300,7 +300,7 @@ async def test_illegal_address_on_read_is_bad_quality(
     assert snap.bad(["biomass", "substrate", "broth_volume"]) == ["substrate"]
 
 
-async def test_unknown_unit_id_is_bad_quality(server: ModbusTestServer) -> None:
+async def test_unknown_unit_id_is_bad_quality(server: ModbusPlcServer) -> None:
     tags = TagMap(
         name="other unit",
         tags={
@@ -318,7 +318,7 @@ async def test_unknown_unit_id_is_bad_quality(server: ModbusTestServer) -> None:
 
 
 async def test_plc_refusing_an_out_of_range_write_is_rejected(
-    server: ModbusTestServer, port: ModbusPort
+    server: ModbusPlcServer, port: ModbusPort
 ) -> None:
     server.set_value("feed_rate_sp", 0.0625)
     server.plc_range["feed_rate_sp"] = (0.0, 0.15)  # narrower than the tag's [0, 0.2]
@@ -333,7 +333,7 @@ async def test_plc_refusing_an_out_of_range_write_is_rejected(
 
 
 async def test_plc_clamping_a_write_is_a_mismatch(
-    server: ModbusTestServer, port: ModbusPort
+    server: ModbusPlcServer, port: ModbusPort
 ) -> None:
     server.plc_range["feed_rate_sp"] = (0.0, 0.125)
     server.clamp = True  # this PLC clamps remote setpoints instead of refusing them
@@ -385,7 +385,7 @@ async def test_datastore_addressing_is_pinned() -> None:
             ),
         },
     )  # fmt: skip
-    async with ModbusTestServer(tags) as srv, make_port(tags, srv.port) as port:
+    async with ModbusPlcServer(tags) as srv, make_port(tags, srv.port) as port:
         srv.set_registers(Table.HOLDING, n, [4321])
         client = AsyncModbusTcpClient(LOOPBACK, port=srv.port, retries=0, reconnect_delay=0)
         await client.connect()
@@ -401,7 +401,7 @@ async def test_datastore_addressing_is_pinned() -> None:
 
 async def test_pymodbus_limits() -> None:
     tags = generated_map(130, Table.HOLDING, Direction.READ_WRITE)
-    async with ModbusTestServer(tags) as srv:
+    async with ModbusPlcServer(tags) as srv:
         client = AsyncModbusTcpClient(LOOPBACK, port=srv.port, retries=0, reconnect_delay=0)
         await client.connect()
         try:
@@ -480,15 +480,15 @@ def tls_connection(port: int, server_hostname: str | None) -> Connection:
 
 
 @pytest.fixture
-async def tls_server(pki: Path) -> AsyncIterator[ModbusTestServer]:
+async def tls_server(pki: Path) -> AsyncIterator[ModbusPlcServer]:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki / "ca.pem"))
     ctx.load_cert_chain(str(pki / "server.pem"), str(pki / "server.key"))
     ctx.verify_mode = ssl.CERT_REQUIRED  # Modbus/TCP Security: mutual authentication
-    async with ModbusTestServer(TAGS, tls=ctx) as srv:
+    async with ModbusPlcServer(TAGS, tls=ctx) as srv:
         yield srv
 
 
-async def test_tls_read_and_write(tls_server: ModbusTestServer, pki: Path) -> None:
+async def test_tls_read_and_write(tls_server: ModbusPlcServer, pki: Path) -> None:
     tls_server.set_value("biomass", 6.5)
     conn = tls_connection(tls_server.port, "plc.example")
     async with ModbusPort(TAGS, conn, SteppedClock(NOW), base_dir=pki) as port:
@@ -496,7 +496,7 @@ async def test_tls_read_and_write(tls_server: ModbusTestServer, pki: Path) -> No
         assert (await port.write({"mpc_heartbeat": 8})).ok
 
 
-async def test_tls_checks_the_server_name(tls_server: ModbusTestServer, pki: Path) -> None:
+async def test_tls_checks_the_server_name(tls_server: ModbusPlcServer, pki: Path) -> None:
     conn = tls_connection(tls_server.port, None)  # the certificate is for plc.example only
     with pytest.raises(PortConnectError, match=f"127.0.0.1:{tls_server.port}"):
         async with ModbusPort(TAGS, conn, SteppedClock(NOW), base_dir=pki):

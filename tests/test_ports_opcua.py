@@ -22,7 +22,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from opcua_server import OpcUaTestServer, ServerSecurity, address_space_shelf
 
 from controller.clock import RealClock
 from controller.errors import PortConnectError, PortError, PortTimeoutError
@@ -30,6 +29,7 @@ from controller.ports.base import Quality, WriteStatus
 from controller.ports.opcua import OpcUaPort
 from controller.site import Backoff, Connection, OpcUaOptions, OpcUaSecurity
 from controller.tags import Direction, OpcUaSpec, Tag, TagMap, load_tag_map
+from hil.servers.opcua import OpcUaPlcServer, ServerSecurity, address_space_shelf
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -160,8 +160,8 @@ SECURE = OpcUaSecurity(
 
 
 @pytest.fixture
-async def plc(tag_map: TagMap, shelf: Path) -> AsyncIterator[OpcUaTestServer]:
-    async with OpcUaTestServer(tag_map, free_port(), initial=INITIAL, shelf=shelf) as server:
+async def plc(tag_map: TagMap, shelf: Path) -> AsyncIterator[OpcUaPlcServer]:
+    async with OpcUaPlcServer(tag_map, free_port(), initial=INITIAL, shelf=shelf) as server:
         yield server
 
 
@@ -180,7 +180,7 @@ def readable(tag_map: TagMap) -> list[str]:
 
 # ---------------------------------------------------------------------- read and write
 async def test_reads_every_tag_and_writes_every_writable_tag_with_one_call_each(
-    tag_map: TagMap, plc: OpcUaTestServer
+    tag_map: TagMap, plc: OpcUaPlcServer
 ) -> None:
     async with _port(tag_map, _connection(plc.port)) as port:
         for _cycle in range(3):
@@ -202,7 +202,7 @@ async def test_reads_every_tag_and_writes_every_writable_tag_with_one_call_each(
 
 
 async def test_subscription_mode_reads_the_same_values(
-    tag_map: TagMap, plc: OpcUaTestServer
+    tag_map: TagMap, plc: OpcUaPlcServer
 ) -> None:
     async with (
         _port(tag_map, _connection(plc.port)) as polling,
@@ -222,7 +222,7 @@ async def test_subscription_mode_reads_the_same_values(
 
 
 async def test_bad_and_uncertain_status_give_quality_and_keep_source_time(
-    tag_map: TagMap, plc: OpcUaTestServer
+    tag_map: TagMap, plc: OpcUaPlcServer
 ) -> None:
     old = datetime.now(UTC) - timedelta(seconds=120)
     await plc.set_value("biomass", 4.0, status="BadSensorFailure")
@@ -241,7 +241,7 @@ async def test_bad_and_uncertain_status_give_quality_and_keep_source_time(
 
 # ---------------------------------------------------------------------- address checks
 async def test_node_type_mismatch_is_a_port_error_at_connect(
-    tag_map: TagMap, plc: OpcUaTestServer
+    tag_map: TagMap, plc: OpcUaPlcServer
 ) -> None:
     await plc.set_data_type("biomass", "Float")
     with pytest.raises(PortError) as err:
@@ -252,7 +252,7 @@ async def test_node_type_mismatch_is_a_port_error_at_connect(
 
 
 async def test_unknown_node_and_browse_paths_are_checked_at_connect(
-    tag_map: TagMap, plc: OpcUaTestServer
+    tag_map: TagMap, plc: OpcUaPlcServer
 ) -> None:
     by_path = Tag(
         unit="g/L",
@@ -280,7 +280,7 @@ async def test_unknown_node_and_browse_paths_are_checked_at_connect(
 
 # ---------------------------------------------------------------------- refused writes
 async def test_write_outside_the_plc_range_is_rejected_with_its_status(
-    tag_map: TagMap, plc: OpcUaTestServer
+    tag_map: TagMap, plc: OpcUaPlcServer
 ) -> None:
     plc.set_range("feed_rate_sp", 0.0, 0.1)
     async with _port(tag_map, _connection(plc.port)) as port:
@@ -292,7 +292,7 @@ async def test_write_outside_the_plc_range_is_rejected_with_its_status(
 
 
 async def test_invalid_writes_are_refused_before_anything_is_sent(
-    tag_map: TagMap, plc: OpcUaTestServer
+    tag_map: TagMap, plc: OpcUaPlcServer
 ) -> None:
     async with _port(tag_map, _connection(plc.port)) as port:
         before = plc.write_requests
@@ -322,7 +322,7 @@ async def test_invalid_writes_are_refused_before_anything_is_sent(
     assert plc.value("feed_rate_sp") == INITIAL["feed_rate_sp"]
 
 
-async def test_not_representable_value_is_refused(tag_map: TagMap, plc: OpcUaTestServer) -> None:
+async def test_not_representable_value_is_refused(tag_map: TagMap, plc: OpcUaPlcServer) -> None:
     """70000 does not fit a UInt16 node, even for a tag whose limits would allow it."""
     wide = tag_map.tags["mpc_heartbeat"].model_copy(update={"limits": (0.0, 1e6)})
     loose = TagMap(name="bioreactor", tags={**tag_map.tags, "mpc_heartbeat": wide})
@@ -333,7 +333,7 @@ async def test_not_representable_value_is_refused(tag_map: TagMap, plc: OpcUaTes
 
 
 async def test_unknown_and_write_only_tags_are_not_read(
-    tag_map: TagMap, plc: OpcUaTestServer
+    tag_map: TagMap, plc: OpcUaPlcServer
 ) -> None:
     heartbeat_out = Tag(
         unit="count",
@@ -363,7 +363,7 @@ async def test_server_absent_at_start_is_a_connect_error(tag_map: TagMap) -> Non
 
 
 async def test_reconnects_with_backoff_after_the_server_comes_back(
-    tag_map: TagMap, plc: OpcUaTestServer
+    tag_map: TagMap, plc: OpcUaPlcServer
 ) -> None:
     """Backoff 0.2 s, x2: the loss, a refused attempt, a wait without I/O, the server back."""
     backoff = Backoff(initial_s=0.2, max_s=1.0, factor=2.0)
@@ -392,7 +392,7 @@ async def test_reconnects_with_backoff_after_the_server_comes_back(
 
 
 async def test_slow_server_is_a_timeout_and_the_next_cycle_works(
-    tag_map: TagMap, plc: OpcUaTestServer
+    tag_map: TagMap, plc: OpcUaPlcServer
 ) -> None:
     """The server sleeps 1 s in every Read of our nodes; the port's timeout is 0.3 s."""
     async with _port(tag_map, _connection(plc.port, timeout_s=0.3)) as port:
@@ -414,9 +414,9 @@ async def test_slow_server_is_a_timeout_and_the_next_cycle_works(
 
 # ---------------------------------------------------------------------- security
 @pytest.fixture
-async def secure_plc(tag_map: TagMap, shelf: Path, certs: Path) -> AsyncIterator[OpcUaTestServer]:
+async def secure_plc(tag_map: TagMap, shelf: Path, certs: Path) -> AsyncIterator[OpcUaPlcServer]:
     security = ServerSecurity(certs / "server.der", certs / "server-key.pem", SERVER_URI)
-    async with OpcUaTestServer(
+    async with OpcUaPlcServer(
         tag_map,
         free_port(),
         initial=INITIAL,
@@ -429,7 +429,7 @@ async def secure_plc(tag_map: TagMap, shelf: Path, certs: Path) -> AsyncIterator
 
 
 async def test_sign_and_encrypt_with_certificates_and_login_works(
-    tag_map: TagMap, secure_plc: OpcUaTestServer, certs: Path
+    tag_map: TagMap, secure_plc: OpcUaPlcServer, certs: Path
 ) -> None:
     connection = _connection(secure_plc.port, security=SECURE, username="operator")
     async with _port(tag_map, connection, password=PASSWORD, base_dir=certs) as port:
@@ -443,7 +443,7 @@ async def test_sign_and_encrypt_with_certificates_and_login_works(
 
 
 async def test_wrong_password_is_refused(
-    tag_map: TagMap, secure_plc: OpcUaTestServer, certs: Path
+    tag_map: TagMap, secure_plc: OpcUaPlcServer, certs: Path
 ) -> None:
     connection = _connection(secure_plc.port, security=SECURE, username="operator")
     with pytest.raises(PortConnectError, match="refused the user 'operator'"):
@@ -451,7 +451,7 @@ async def test_wrong_password_is_refused(
 
 
 async def test_anonymous_is_refused_when_the_server_forbids_it(
-    tag_map: TagMap, secure_plc: OpcUaTestServer, certs: Path
+    tag_map: TagMap, secure_plc: OpcUaPlcServer, certs: Path
 ) -> None:
     connection = _connection(secure_plc.port, security=SECURE)
     with pytest.raises(PortConnectError, match="refused the anonymous user"):
@@ -459,7 +459,7 @@ async def test_anonymous_is_refused_when_the_server_forbids_it(
 
 
 async def test_untrusted_server_certificate_is_refused(
-    tag_map: TagMap, secure_plc: OpcUaTestServer, certs: Path
+    tag_map: TagMap, secure_plc: OpcUaPlcServer, certs: Path
 ) -> None:
     impostor_only = SECURE.model_copy(update={"trust_list": ("impostor.der",)})
     connection = _connection(secure_plc.port, security=impostor_only, username="operator")

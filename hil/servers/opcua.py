@@ -1,6 +1,6 @@
-"""A real asyncua server for the OPC UA port tests, built from a tag map (127.0.0.1 only).
+"""The HIL OPC UA server: a real asyncua server built from a tag map (127.0.0.1 by default).
 
-``OpcUaTestServer(tags, port)`` serves ``opc.tcp://127.0.0.1:<port>/pharmatwin/``. It registers
+``OpcUaPlcServer(tags, port)`` serves ``opc.tcp://127.0.0.1:<port>/pharmatwin/``. It registers
 its namespace first (index 2) and creates one variable per tag with the tag's node id
 (``ns=2;s=bioreactor.<tag>``), browse name ``2:<tag>``, under ``Objects/2:<map name>``, with
 the tag's variant type; only writable tags are writable by clients.
@@ -117,7 +117,7 @@ class _RangeCheckedAttributes(AttributeService):
         return results
 
 
-class OpcUaTestServer:
+class OpcUaPlcServer:
     """A PLC stand-in: the tags of a :class:`TagMap` as OPC UA variables on 127.0.0.1."""
 
     def __init__(
@@ -143,7 +143,7 @@ class OpcUaTestServer:
         self.write_requests = 0
         self._built = False
 
-    async def __aenter__(self) -> OpcUaTestServer:
+    async def __aenter__(self) -> OpcUaPlcServer:
         await self.start()
         return self
 

@@ -1,4 +1,4 @@
-"""A real pymodbus TCP server for tests, laid out from a tag map, with server-side faults.
+"""The HIL Modbus TCP server: a real pymodbus server laid out from a tag map, with faults.
 
 Built on pymodbus's own datastore, the ``SimDevice``/``SimData`` API, which uses addresses as
 sent on the wire (0-based; pinned by ``test_datastore_addressing_is_pinned``). One device per
@@ -31,7 +31,6 @@ from functools import partial
 from types import TracebackType
 from typing import cast
 
-from conftest import LOOPBACK, free_port
 from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusTcpServer, ModbusTlsServer
@@ -40,6 +39,7 @@ from pymodbus.simulator.simcore import SimCore
 from pymodbus.simulator.simutils import SimUtils
 
 from controller.tags import ModbusSpec, Table, TagMap, decode, encode
+from hil.net import LOOPBACK, free_port
 
 _TABLE_KEY = {Table.COIL: "c", Table.DISCRETE: "d", Table.HOLDING: "h", Table.INPUT: "i"}
 _FC_TABLE = {1: Table.COIL, 5: Table.COIL, 15: Table.COIL, 2: Table.DISCRETE, 4: Table.INPUT}
@@ -56,7 +56,7 @@ class Received:
     count: int
 
 
-class ModbusTestServer:
+class ModbusPlcServer:
     """A Modbus TCP server on 127.0.0.1 holding the registers of ``tags``."""
 
     def __init__(
@@ -233,7 +233,7 @@ class ModbusTestServer:
             await server.shutdown()
             await asyncio.sleep(0)
 
-    async def __aenter__(self) -> ModbusTestServer:
+    async def __aenter__(self) -> ModbusPlcServer:
         await self.start()
         return self
 
