@@ -27,6 +27,10 @@ PURE_CONTROLLER_MODULES = (
     "safety.py",
     "errors.py",
     "tags.py",
+    "pipeline.py",
+    "recipe.py",
+    "site.py",
+    "audit.py",
 )
 REQUIRED_PURE_MODULES = ("config.py", "mpc.py", "safety.py")
 
@@ -182,3 +186,18 @@ def test_pure_layers_load_no_protocol_library_at_run_time() -> None:
     assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded == [], f"importing the pure layers loaded {loaded}"
+
+
+@pytest.mark.parametrize(
+    ("library", "owner"),
+    [("pymodbus", "controller/ports/modbus.py"), ("asyncua", "controller/ports/opcua.py")],
+)
+def test_each_protocol_library_is_imported_by_one_controller_module(
+    library: str, owner: str
+) -> None:
+    users = {
+        str(p.relative_to(ROOT))
+        for p in sorted((ROOT / "controller").rglob("*.py"))
+        if any(m == library or m.startswith(library + ".") for m in imported_modules(p))
+    }
+    assert users == {owner}
