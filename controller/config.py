@@ -203,6 +203,63 @@ class Disturbance(Strict):
     offset: Finite
 
 
+FaultKind = Literal[
+    # sensors (target: a measured output of the model)
+    "sensor_bias",  # magnitude: added offset
+    "sensor_drift",  # rate: offset growing per time unit from start
+    "sensor_noise",  # magnitude: extra Gaussian noise std
+    "sensor_stuck",  # the value freezes at its value at start
+    "sensor_dropout",  # the value goes bad quality
+    # actuators (target: a model input)
+    "actuator_stuck",  # the input freezes at its value at start
+    "actuator_saturation",  # magnitude: the input cannot exceed this value
+    "actuator_lag",  # magnitude: first-order time constant [model time unit]
+    # communications (target: a tag name, or "*" for the whole server)
+    "comm_latency",  # magnitude: seconds added to every answer
+    "comm_drop",  # every client connection is dropped at start
+    "comm_restart",  # the servers stop at start and come back after duration
+    "comm_bad_status",  # reads of the tag answer Modbus exception 04 / OPC UA Bad
+    # equipment degradation (target: a model parameter)
+    "parameter_drift",  # rate: relative change per time unit from start (e.g. -0.01 = -1 %/h)
+]
+
+
+class FaultSpec(Strict):
+    """One scheduled fault of the HIL simulator (times in the model's time unit)."""
+
+    kind: FaultKind
+    target: str
+    start: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    duration: PositiveFinite | None = None  # None: until the end of the run
+    magnitude: Finite = 0.0
+    rate: Finite = 0.0
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _needs(self) -> FaultSpec:
+        needs_magnitude = {
+            "sensor_bias",
+            "sensor_noise",
+            "actuator_saturation",
+            "actuator_lag",
+            "comm_latency",
+        }
+        if self.kind in needs_magnitude and self.magnitude == 0.0:
+            raise ValueError(f"a {self.kind} fault needs a non-zero 'magnitude'")
+        if self.kind in {"sensor_drift", "parameter_drift"} and self.rate == 0.0:
+            raise ValueError(f"a {self.kind} fault needs a non-zero 'rate'")
+        if self.kind in {"sensor_noise", "actuator_lag", "comm_latency"} and self.magnitude < 0:
+            raise ValueError(f"a {self.kind} fault needs a positive 'magnitude'")
+        if self.kind == "comm_restart" and self.duration is None:
+            raise ValueError(
+                "a comm_restart fault needs a 'duration' (the time the servers are down)"
+            )
+        return self
+
+    def active(self, t: float) -> bool:
+        return self.start <= t and (self.duration is None or t < self.start + self.duration)
+
+
 class TruePlant(Strict):
     parameters: dict[str, Finite] = Field(default_factory=dict)
     initial_state: dict[str, Finite] = Field(default_factory=dict)
@@ -226,6 +283,7 @@ class ScenarioConfig(Strict):
     true_plant: TruePlant = TruePlant()
     cqas: tuple[str, ...] = ()
     checks: tuple[Constraint, ...] = ()
+    faults: tuple[FaultSpec, ...] = ()
     stop_when_finished: bool = True
 
     @model_validator(mode="after")
@@ -502,6 +560,7 @@ def check_scenario(sc: ScenarioConfig, model: PlantModel, source: str) -> list[P
                     c.expression,
                 )
             )
+    problems += check_faults(sc.faults, model, source)
     for i, name in enumerate(sc.cqas):
         if name not in named:
             problems.append(
@@ -518,6 +577,28 @@ def check_scenario(sc: ScenarioConfig, model: PlantModel, source: str) -> list[P
                         sorted(row.inputs),
                     )
                 )
+    return problems
+
+
+def check_faults(faults: tuple[FaultSpec, ...], model: PlantModel, source: str) -> list[Problem]:
+    """Fault targets must name a model output, input or parameter (comm faults: any tag)."""
+    problems = []
+    allowed_by_prefix = {
+        "sensor": model.output_names,
+        "actuator": model.input_names,
+        "parameter": model.parameter_names,
+    }
+    for i, f in enumerate(faults):
+        allowed = allowed_by_prefix.get(f.kind.split("_")[0])
+        if allowed is not None and f.target not in allowed:
+            problems.append(
+                Problem(
+                    source,
+                    f"faults.{i}.target",
+                    f"a {f.kind} fault targets one of {list(allowed)}",
+                    f.target,
+                )
+            )
     return problems
 
 

@@ -40,6 +40,10 @@ VALUES = {
     "mpc_request": 0,
     "mpc_permissive": 1,
     "mpc_active": 0,
+    "mpc_fallback_alarm": 0,
+    "interlock_active": 0,
+    "operator_reset": 0,
+    "measurement_validity": 0b1111,
 }
 BACKOFF = Backoff(initial_s=0.1, factor=2.0, max_s=0.5)
 pytestmark = pytest.mark.timeout(60)

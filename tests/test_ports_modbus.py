@@ -106,6 +106,10 @@ PLC_VALUES = {
     "mpc_request": 1,
     "mpc_permissive": 1,
     "mpc_active": 0,
+    "mpc_fallback_alarm": 1,
+    "interlock_active": 0,
+    "operator_reset": 0,
+    "measurement_validity": 0b101,
 }
 
 
@@ -132,7 +136,7 @@ async def test_word_swapped_float_is_on_the_wire_low_word_first(
 async def test_writes_every_writable_tag_with_readback(
     server: ModbusPlcServer, port: ModbusPort
 ) -> None:
-    values = {"feed_rate_sp": 0.1234, "mpc_heartbeat": 65535, "mpc_request": 1}
+    values = {"feed_rate_sp": 0.1234, "mpc_heartbeat": 65535, "mpc_request": 1, "operator_reset": 1}
     assert sorted(values) == sorted(n for n, t in TAGS.tags.items() if t.writable)
     report = await port.write(values)
     assert report.ok, report.failed()

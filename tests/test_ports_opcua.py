@@ -51,6 +51,10 @@ INITIAL = {
     "mpc_request": 0,
     "mpc_permissive": 1,
     "mpc_active": 0,
+    "mpc_fallback_alarm": 1,
+    "interlock_active": 0,
+    "operator_reset": 0,
+    "measurement_validity": 0b101,
 }
 
 
@@ -189,7 +193,12 @@ async def test_reads_every_tag_and_writes_every_writable_tag_with_one_call_each(
             assert plc.read_requests - before == 1  # ONE Read service call per cycle
             assert snap.bad(readable(tag_map)) == []
             assert snap.numbers() == pytest.approx(INITIAL)
-        setpoints = {"feed_rate_sp": 0.125, "mpc_heartbeat": 42, "mpc_request": 1}
+        setpoints = {
+            "feed_rate_sp": 0.125,
+            "mpc_heartbeat": 42,
+            "mpc_request": 1,
+            "operator_reset": 1,
+        }
         assert set(setpoints) == {n for n, t in tag_map.tags.items() if t.writable}
         reads, writes = plc.read_requests, plc.write_requests
         report = await port.write(setpoints)
