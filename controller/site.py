@@ -19,6 +19,7 @@ from pydantic import Field, model_validator
 
 from controller.config import (
     ControllerConfig,
+    Finite,
     PositiveFinite,
     Strict,
     load_controller,
@@ -113,6 +114,52 @@ class Connection(Strict):
         return f"modbus+tcp://{self.host}:{self.port}"
 
 
+class Interlock(Strict):
+    """A PLC interlock: when a true-plant quantity crosses a limit, inputs are forced."""
+
+    name: str
+    expression: str  # a model output, state or named expression of the true plant
+    above: Finite | None = None
+    below: Finite | None = None
+    force: dict[str, Finite]  # model input -> forced value
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _one_side(self) -> Interlock:
+        if (self.above is None) == (self.below is None):
+            raise ValueError("give exactly one of 'above' or 'below'")
+        return self
+
+
+class PlcBehaviour(Strict):
+    """The virtual PLC's side of the MPC contract (HIL only)."""
+
+    scan_period_s: PositiveFinite = 0.05  # wall-clock seconds between PLC scans
+    heartbeat_timeout: PositiveFinite  # process seconds without a heartbeat change
+    operator_reset_required: bool = True
+    rate_tolerance: Annotated[float, Field(ge=1.0, le=10.0)] = 1.25
+    interlocks: tuple[Interlock, ...] = ()
+
+
+class ServerUser(Strict):
+    username: str
+    password_env: str
+
+
+class HilSection(Strict):
+    """How ``pharmatwin-hil serve`` stands in for this site's PLC and plant.
+
+    A deployment ignores this section; it is the test bench's, switchable off by leaving it out.
+    """
+
+    scenario: str  # true plant: mismatch, noise, disturbances, faults; its recipe is local control
+    plant_step: PositiveFinite | None = None  # model time units; default: the controller's
+    plc: PlcBehaviour
+    users: tuple[ServerUser, ...] = ()
+    allow_anonymous: bool = False
+    state_dir: str = "../../runs/hil-state"  # server certificate (made on first start), logs
+
+
 class SiteFile(Strict):
     name: str
     description: str = ""
@@ -120,6 +167,7 @@ class SiteFile(Strict):
     controller: str
     tags: str
     connection: Connection
+    hil: HilSection | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +181,7 @@ class Site:
     model: PlantModel
     tags: TagMap
     connection: Connection
+    hil: HilSection | None = None
 
     def file(self, ref: str) -> Path:
         """A path written in the site file, resolved against it."""
@@ -166,11 +215,13 @@ def load_site(path: Path) -> Site:
     if tm is not None:
         problems += _check_tags(sf, tm, model, path)
     problems += _check_files(sf, path)
+    if sf.hil is not None and model is not None and tm is not None:
+        problems += _check_hil(sf.hil, model, tm, path)
     if problems:
         raise ConfigError(problems)
     if cfg is None or model is None or tm is None:  # unreachable: problems were raised
         raise ConfigError(problems)
-    return Site(path, sf.name, sf.description, cfg, model, tm, sf.connection)
+    return Site(path, sf.name, sf.description, cfg, model, tm, sf.connection, sf.hil)
 
 
 def _check_tags(sf: SiteFile, tm: TagMap, model: PlantModel | None, path: Path) -> list[Problem]:
@@ -202,6 +253,83 @@ def _check_tags(sf: SiteFile, tm: TagMap, model: PlantModel | None, path: Path) 
             if not any(t.binds == inp and t.writable for t in tm.tags.values()):
                 problems.append(
                     Problem(src, "tags", f"no writable tag binds the model input {inp!r}", inp)
+                )
+    return problems
+
+
+#: Tags the PLC contract needs (see configs/tags/*.yaml headers).
+CONTRACT_TAGS = (
+    "mpc_request",
+    "mpc_permissive",
+    "mpc_active",
+    "mpc_heartbeat",
+    "plc_heartbeat",
+    "plc_scan_counter",
+    "mpc_fallback_alarm",
+    "interlock_active",
+    "operator_reset",
+    "measurement_validity",
+)
+
+
+def _model_of(plant_file: Path) -> str:
+    """The model name a plant YAML file is for."""
+    from controller.config import load_parameter_set
+
+    return load_parameter_set(plant_file).model
+
+
+def _check_hil(hil: HilSection, model: PlantModel, tm: TagMap, path: Path) -> list[Problem]:
+    from controller.config import load_scenario
+
+    problems: list[Problem] = []
+    src = str(path)
+    try:
+        sc = load_scenario(resolve(path, hil.scenario))
+    except ConfigError as exc:
+        problems += exc.problems
+    else:
+        if sc.plant and _model_of(resolve(resolve(path, hil.scenario), sc.plant)) != model.name:
+            problems.append(
+                Problem(
+                    src,
+                    "hil.scenario",
+                    f"the scenario is not for model {model.name!r}",
+                    hil.scenario,
+                )
+            )
+    for name in CONTRACT_TAGS:
+        if name not in tm.tags:
+            problems.append(
+                Problem(src, "hil", f"the PLC contract needs the tag {name!r} in the tag map", name)
+            )
+    for inp in model.input_names:
+        if not any(t.binds == inp and not t.writable for t in tm.tags.values()):
+            problems.append(
+                Problem(
+                    src, "hil", f"no read-only tag publishes the working setpoint of {inp!r}", inp
+                )
+            )
+    named = set(model.output_names) | set(model.state_names) | set(model.expression_names)
+    for i, lock in enumerate(hil.plc.interlocks):
+        if lock.expression not in named:
+            problems.append(
+                Problem(
+                    src,
+                    f"hil.plc.interlocks.{i}.expression",
+                    f"unknown; allowed: {sorted(named)}",
+                    lock.expression,
+                )
+            )
+        for inp in lock.force:
+            if inp not in model.input_names:
+                problems.append(
+                    Problem(
+                        src,
+                        f"hil.plc.interlocks.{i}.force.{inp}",
+                        f"unknown input; allowed: {list(model.input_names)}",
+                        inp,
+                    )
                 )
     return problems
 

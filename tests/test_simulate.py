@@ -29,6 +29,9 @@ STEPS = {
     "bioreactor-mpc": 15,
     "crystallizer-mpc": 8,
     "cstr-mpc": 15,
+    "bioreactor-hil": 10,
+    "crystallizer-hil": 8,
+    "cstr-hil": 10,
 }
 RTOL = 1e-3  # relative to each variable's scale: solver round-off may differ across CPUs
 
