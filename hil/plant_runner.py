@@ -8,6 +8,7 @@ It knows nothing of the controller; it sees only the inputs that are in place.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -85,6 +86,34 @@ class PlantRunner:
         self._z = np.asarray(zf, dtype=float).ravel()
         self._u = u
         self.t += self.sample_time
+
+    @property
+    def parameters(self) -> dict[str, float]:
+        """The true plant's current parameter values (model units), as used by ``advance``."""
+        return dict(zip(self.model.parameter_names, map(float, self._p), strict=True))
+
+    def set_parameters(self, values: Mapping[str, float]) -> None:
+        """Change some of the true plant's parameters (model units) from the next ``advance``.
+
+        Names not given keep their current values. Unknown names or non-finite values raise
+        :class:`ScenarioError` naming them; nothing is changed then.
+        """
+        names = self.model.parameter_names
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ScenarioError(
+                f"true plant {self.model.name!r}: unknown parameter(s) {unknown}; "
+                f"known: {sorted(names)}"
+            )
+        bad = {n: v for n, v in values.items() if not math.isfinite(float(v))}
+        if bad:
+            raise ScenarioError(
+                f"true plant {self.model.name!r}: parameter value(s) not finite: {bad}"
+            )
+        p = self._p.copy()
+        for name, value in values.items():
+            p[names.index(name)] = float(value)
+        self._p = p
 
     # ------------------------------------------------------------------ observing
     def true_state(self) -> PlantState:

@@ -1,0 +1,370 @@
+"""Faults of the HIL simulator: sensors, actuators, communications and equipment degradation.
+
+A :class:`FaultSet` holds the faults of one run: those scheduled in the scenario
+(:class:`~controller.config.FaultSpec`, ``faults:``) and those injected at runtime. The rig asks
+it, at the current time ``t``, what each fault does to
+
+* the measured outputs (:meth:`FaultSet.measurements`),
+* the inputs the plant really receives (:meth:`FaultSet.actuators`),
+* the true plant's parameters (:meth:`FaultSet.parameters`), and
+* the servers (:meth:`FaultSet.comms`).
+
+Units. Every time (``t``, ``now``, ``FaultSpec.start``/``duration``, ``dt``, the time
+constant of an actuator lag) is in the plant model's time unit (h for the CSTR, the
+bioreactor and the freeze dryer; s for the crystallizer). Magnitudes are in the target's own
+unit (a sensor bias in the output's unit, a saturation in the input's unit), except
+``comm_latency``, whose magnitude is in seconds of wall-clock time. A ``sensor_drift`` rate is
+in output unit per time unit; a ``parameter_drift`` rate is relative per time unit
+(``-0.01`` in a model in hours is -1 %/h).
+
+A fault is active on ``[start, start + duration)`` (``duration`` None: to the end of the run),
+as :meth:`FaultSpec.active` says. Every activation and deactivation, runtime injection and
+clear is reported to ``on_event`` as a :class:`FaultEvent`, so the rig can log and audit it.
+
+Pure logic: no I/O, no clock, no asyncio. The only randomness is ``sensor_noise``, drawn from
+the caller's seeded generator, so the same seed and the same sequence of calls give the same
+results. Fault targets are checked against the model by
+:func:`controller.config.check_faults`; a target that is absent from the mapping a method is
+given is left alone. Time should not decrease from one call to the next: transitions are
+reported once and never undone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Literal
+
+import numpy as np
+
+from controller.config import FaultKind, FaultSpec
+
+__all__ = ["CommState", "FaultAction", "FaultEvent", "FaultSet", "FaultSource"]
+
+FaultAction = Literal["start", "end", "inject", "clear"]
+FaultSource = Literal["schedule", "runtime"]
+
+
+@dataclass(frozen=True)
+class FaultEvent:
+    """One thing that happened to a fault, for the run's log and audit trail.
+
+    ``t`` is in the model's time unit: the fault's own start (``"start"``) or end (``"end"``)
+    time, or the time of the request (``"inject"``, ``"clear"``).
+    """
+
+    t: float
+    kind: FaultKind
+    target: str
+    action: FaultAction
+    source: FaultSource
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class CommState:
+    """What the communication faults do to the servers at one instant.
+
+    * ``latency_s``: seconds added to every answer (the sum of the active ``comm_latency``
+      magnitudes, whatever their target);
+    * ``bad_tags``: tags whose reads answer Modbus exception 04 / OPC UA Bad (the targets of
+      the active ``comm_bad_status`` faults; ``"*"`` means every tag);
+    * ``servers_down``: a ``comm_restart`` fault is active (the servers are stopped);
+    * ``drop_now``: a ``comm_drop`` fault has started since the previous :meth:`FaultSet.comms`
+      call; every client connection is to be dropped now. Reported once per fault.
+    """
+
+    latency_s: float = 0.0
+    bad_tags: frozenset[str] = frozenset()
+    servers_down: bool = False
+    drop_now: bool = False
+
+
+class _Phase(IntEnum):
+    PENDING = 0
+    ACTIVE = 1
+    ENDED = 2
+
+
+class _Fault:
+    """A fault with its run-time state (mutable, private to :class:`FaultSet`)."""
+
+    __slots__ = ("drop_reported", "held", "lag_y", "phase", "source", "spec")
+
+    def __init__(self, spec: FaultSpec, source: FaultSource) -> None:
+        self.spec = spec
+        self.source: FaultSource = source
+        self.phase = _Phase.PENDING
+        self.held: float | None = None  # stuck sensor / actuator: the frozen value
+        self.lag_y: float | None = None  # actuator lag: the actuator's position
+        self.drop_reported = False  # comm_drop: the edge has been reported
+
+    @property
+    def end(self) -> float:
+        """End of the active window [time unit]; ``inf`` when the fault has no duration."""
+        d = self.spec.duration
+        return math.inf if d is None else self.spec.start + d
+
+    def phase_at(self, t: float) -> _Phase:
+        if t < self.spec.start:
+            return _Phase.PENDING
+        return _Phase.ACTIVE if t < self.end else _Phase.ENDED
+
+
+def _describe(spec: FaultSpec) -> str:
+    parts = [f"start={spec.start:g}"]
+    parts.append("duration=until end" if spec.duration is None else f"duration={spec.duration:g}")
+    if spec.magnitude:
+        parts.append(f"magnitude={spec.magnitude:g}")
+    if spec.rate:
+        parts.append(f"rate={spec.rate:g}")
+    if spec.description:
+        parts.append(spec.description)
+    return ", ".join(parts)
+
+
+class FaultSet:
+    """The scheduled and runtime faults of one run, and what they do at a given time.
+
+    ``faults`` are the scenario's scheduled faults (absolute times); ``rng`` is a generator
+    seeded by the caller (used only by ``sensor_noise``); ``on_event`` receives every
+    :class:`FaultEvent`.
+    """
+
+    def __init__(
+        self,
+        faults: Iterable[FaultSpec],
+        rng: np.random.Generator,
+        *,
+        on_event: Callable[[FaultEvent], None] | None = None,
+    ) -> None:
+        self._rng = rng
+        self._on_event = on_event
+        self._faults: list[_Fault] = [_Fault(spec, "schedule") for spec in faults]
+        self._last_t = 0.0
+        self._last_applied: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ bookkeeping
+    @property
+    def faults(self) -> tuple[FaultSpec, ...]:
+        """Every fault still held, scheduled and runtime, with absolute start times."""
+        return tuple(f.spec for f in self._faults)
+
+    def _emit(self, t: float, f: _Fault, action: FaultAction, detail: str) -> None:
+        if self._on_event is not None:
+            self._on_event(FaultEvent(t, f.spec.kind, f.spec.target, action, f.source, detail))
+
+    def _step_fault(self, f: _Fault, t: float) -> None:
+        new = f.phase_at(t)
+        if new <= f.phase:
+            return
+        if f.phase is _Phase.PENDING:
+            self._emit(f.spec.start, f, "start", f"seen at t={t:g}; {_describe(f.spec)}")
+        if new is _Phase.ENDED:
+            self._emit(f.end, f, "end", f"seen at t={t:g}")
+        f.phase = new
+
+    def _advance(self, t: float) -> None:
+        """Report the transitions up to ``t`` (each one once, in the order of the faults)."""
+        self._last_t = max(self._last_t, t)
+        for f in self._faults:
+            self._step_fault(f, t)
+
+    def _active(self, t: float, prefix: str) -> list[_Fault]:
+        return [f for f in self._faults if f.spec.kind.startswith(prefix) and f.spec.active(t)]
+
+    def inject(self, spec: FaultSpec, now: float) -> FaultSpec:
+        """Add a fault at runtime; returns it as held, with its absolute start time.
+
+        Rule: the start of a runtime fault is relative to ``now`` [time unit]: it becomes
+        active at ``now + spec.start`` (``spec.start`` 0: at once) and lasts ``spec.duration``.
+        Reported as an ``"inject"`` event (source ``"runtime"``) at ``now``, followed by its
+        ``"start"`` event as soon as it is active (at once when ``spec.start`` is 0).
+        """
+        absolute = spec.model_copy(update={"start": now + spec.start})
+        f = _Fault(absolute, "runtime")
+        self._faults.append(f)
+        self._emit(now, f, "inject", _describe(absolute))
+        self._last_t = max(self._last_t, now)
+        self._step_fault(f, now)
+        return absolute
+
+    def clear(
+        self,
+        kind: FaultKind | None = None,
+        target: str | None = None,
+        *,
+        now: float | None = None,
+    ) -> list[FaultSpec]:
+        """Remove every fault (scheduled or runtime, pending, active or ended) that matches.
+
+        ``kind`` and ``target`` narrow the match (None matches all). A cleared fault stops at
+        once and entirely, as if repaired: a cleared ``parameter_drift`` no longer degrades
+        the parameter (its nominal value is back). Each removal is reported as a ``"clear"``
+        event at ``now`` [time unit] (default: the latest time the set has seen). Returns the
+        removed faults.
+        """
+        t = self._last_t if now is None else now
+        removed: list[FaultSpec] = []
+        kept: list[_Fault] = []
+        for f in self._faults:
+            if (kind is None or f.spec.kind == kind) and (target is None or f.spec.target == target):
+                self._emit(t, f, "clear", _describe(f.spec))
+                removed.append(f.spec)
+            else:
+                kept.append(f)
+        self._faults = kept
+        return removed
+
+    def active(self, t: float) -> list[FaultSpec]:
+        """The faults active at ``t`` [time unit], in the order they were added."""
+        self._advance(t)
+        return [f.spec for f in self._faults if f.spec.active(t)]
+
+    # ------------------------------------------------------------------ sensors
+    def measurements(
+        self, t: float, values: Mapping[str, float]
+    ) -> tuple[dict[str, float], set[str]]:
+        """What the sensors show at ``t``: ``(values, bad)``, never mutating ``values``.
+
+        On each targeted output, in output units:
+
+        * ``sensor_bias``: ``+ magnitude``;
+        * ``sensor_drift``: ``+ rate * (t - start)``;
+        * ``sensor_noise``: ``+ N(0, magnitude)`` (standard deviation ``magnitude``);
+        * ``sensor_stuck``: the value shown at the fault's first call after it became active
+          (with the other sensor faults of that moment applied), then held; while it is stuck
+          the other faults do not move it;
+        * ``sensor_dropout``: the name goes into ``bad`` (bad quality); the value is left as
+          the other faults make it.
+
+        When the fault ends the sensor reads true again.
+        """
+        self._advance(t)
+        out = dict(values)
+        bad: set[str] = set()
+        stuck: list[_Fault] = []
+        for f in self._active(t, "sensor_"):
+            name, kind = f.spec.target, f.spec.kind
+            if name not in out:
+                continue
+            if kind == "sensor_bias":
+                out[name] += f.spec.magnitude
+            elif kind == "sensor_drift":
+                out[name] += f.spec.rate * (t - f.spec.start)
+            elif kind == "sensor_noise":
+                out[name] += float(self._rng.normal(0.0, f.spec.magnitude))
+            elif kind == "sensor_stuck":
+                stuck.append(f)
+            elif kind == "sensor_dropout":
+                bad.add(name)
+        for f in stuck:
+            if f.held is None:
+                f.held = out[f.spec.target]
+            out[f.spec.target] = f.held
+        return out, bad
+
+    # ------------------------------------------------------------------ actuators
+    def actuators(
+        self, t: float, requested: Mapping[str, float], dt: float
+    ) -> dict[str, float]:
+        """What the plant really receives at ``t`` for the step ``dt`` [time unit].
+
+        ``requested`` are the inputs the PLC applies (input units); it is never mutated. On
+        each targeted input, in this order:
+
+        * ``actuator_lag``: a first-order lag of time constant ``magnitude`` [time unit]. Its
+          position starts at the requested value at the fault's first call after it became
+          active; at each later call it moves towards the current request by
+          ``y += (u - y) * (1 - exp(-dt / magnitude))``, ``dt`` being the time since the
+          previous call (the plant step);
+        * ``actuator_saturation``: ``min(value, magnitude)``: capped from above at
+          ``magnitude``, whatever its sign. For the CSTR's cooling duty ``Q_dot`` (<= 0) a
+          magnitude of -3000 kJ/h therefore limits cooling to 3000 kJ/h;
+        * ``actuator_stuck``: held at the value the plant was receiving when the fault started
+          (the output of the previous call; the request at the first call if there was none).
+
+        When the fault ends the plant receives the request again.
+        """
+        self._advance(t)
+        out = dict(requested)
+        active = self._active(t, "actuator_")
+        for f in active:
+            name = f.spec.target
+            if f.spec.kind != "actuator_lag" or name not in out:
+                continue
+            u = out[name]
+            if f.lag_y is None:
+                f.lag_y = u
+            else:
+                f.lag_y += (u - f.lag_y) * (1.0 - math.exp(-dt / f.spec.magnitude))
+            out[name] = f.lag_y
+        for f in active:
+            name = f.spec.target
+            if f.spec.kind == "actuator_saturation" and name in out:
+                out[name] = min(out[name], f.spec.magnitude)
+        for f in active:
+            name = f.spec.target
+            if f.spec.kind == "actuator_stuck" and name in out:
+                if f.held is None:
+                    f.held = self._last_applied.get(name, out[name])
+                out[name] = f.held
+        self._last_applied.update(out)
+        return out
+
+    # ------------------------------------------------------------------ equipment
+    def parameters(self, t: float, nominal: Mapping[str, float]) -> dict[str, float]:
+        """The true plant's parameters at ``t`` under equipment degradation.
+
+        ``nominal`` are the undegraded values (the scenario's true plant, captured once at
+        the start of the run, not the previous result: drifts would compound). A
+        ``parameter_drift`` fault gives ``value * (1 + rate * (t - start))`` on its target,
+        ``rate`` being relative per time unit. Degradation does not heal: after the fault's
+        end the parameter stays at the value it reached then (``t`` is capped at the end).
+        Several drifts on one parameter add their relative changes. The factor never goes
+        below 0 (a coefficient cannot change sign). Returns a new dict with every name of
+        ``nominal``; ``nominal`` is never mutated.
+        """
+        self._advance(t)
+        out = dict(nominal)
+        relative: dict[str, float] = {}
+        for f in self._faults:
+            spec = f.spec
+            if spec.kind != "parameter_drift" or spec.target not in out or t < spec.start:
+                continue
+            elapsed = min(t, f.end) - spec.start
+            relative[spec.target] = relative.get(spec.target, 0.0) + spec.rate * elapsed
+        for name, change in relative.items():
+            out[name] = nominal[name] * max(0.0, 1.0 + change)
+        return out
+
+    # ------------------------------------------------------------------ communications
+    def comms(self, t: float) -> CommState:
+        """The communication faults at ``t`` (see :class:`CommState`).
+
+        ``drop_now`` is an edge: true at the first call at or after a ``comm_drop`` fault's
+        start, false afterwards for that fault.
+        """
+        self._advance(t)
+        latency = 0.0
+        bad: set[str] = set()
+        down = False
+        drop = False
+        for f in self._faults:
+            spec = f.spec
+            if spec.kind == "comm_drop":
+                if t >= spec.start and not f.drop_reported:
+                    f.drop_reported = True
+                    drop = True
+                continue
+            if not spec.active(t):
+                continue
+            if spec.kind == "comm_latency":
+                latency += spec.magnitude
+            elif spec.kind == "comm_bad_status":
+                bad.add(spec.target)
+            elif spec.kind == "comm_restart":
+                down = True
+        return CommState(latency, frozenset(bad), down, drop)

@@ -1,0 +1,204 @@
+"""The HIL rig: true plant + virtual PLC + Modbus/OPC UA servers, on one clock.
+
+Every PLC scan (``scan_period_s`` of wall time) the rig
+
+1. integrates the true plant up to the clock's process time, in steps of ``plant_step``
+   (model time unit), with the inputs the PLC applied (after actuator faults) and the
+   parameters of the moment (after degradation faults);
+2. measures (seeded noise, then sensor faults), scans the virtual PLC, and
+3. publishes the PLC image to every server (bad-quality tags from dropouts and comm faults),
+   and applies communication faults (latency, dropped connections, restarts).
+
+Controller writes reach the PLC through the servers' write hook, synchronously.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from controller.clock import Clock
+from controller.config import FaultSpec, ScenarioConfig, build_model, load_scenario, resolve
+from controller.recipe import RecipePlayer
+from controller.site import Site
+from hil.faults import FaultEvent, FaultSet
+from hil.plant_runner import PlantRunner
+from hil.vplc import PlcEvent, VirtualPlc
+
+log = logging.getLogger("pharmatwin.hil.rig")
+
+SECONDS_PER_UNIT = {"s": 1.0, "min": 60.0, "h": 3600.0}
+
+
+class PlcServer(Protocol):
+    """What the rig needs of a HIL server (both hil.servers implement it)."""
+
+    write_hook: Any
+    latency: float
+    bad_tags: dict[str, str]
+
+    async def publish(
+        self, values: Mapping[str, float], *, bad: Any = (), source_time: Any = None
+    ) -> None: ...
+
+    async def drop_connections(self) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+@dataclass
+class RigLog:
+    plc_events: list[PlcEvent] = field(default_factory=list)
+    fault_events: list[FaultEvent] = field(default_factory=list)
+
+
+class HilRig:
+    """Runs one site's plant and PLC against its servers until stopped."""
+
+    def __init__(self, site: Site, clock: Clock, servers: list[PlcServer]) -> None:
+        if site.hil is None:
+            raise ValueError(f"site {site.name!r} has no 'hil' section to serve")
+        self.site = site
+        self.hil = site.hil
+        self.clock = clock
+        self.servers = servers
+        self.log = RigLog()
+        self.scenario: ScenarioConfig = load_scenario(site.file(self.hil.scenario))
+        scen_path = site.file(self.hil.scenario)
+        base = build_model(resolve(scen_path, self.scenario.plant))
+        self.model = type(base)(base.parameter_set.with_values(self.scenario.true_plant.parameters))
+        self.unit_s = SECONDS_PER_UNIT[self.model.time_unit]
+        self.plant_step = self.hil.plant_step or site.controller.sample_time
+        tp = self.scenario.true_plant
+        self.plant = PlantRunner(
+            self.model,
+            self.plant_step,
+            initial_state=tp.initial_state,
+            noise_std=tp.noise_std,
+            disturbances=tp.disturbances,
+            seed=tp.seed,
+        )
+        import numpy as np
+
+        self.faults = FaultSet(
+            self.scenario.faults,
+            np.random.default_rng(tp.seed + 1),
+            on_event=self._fault_event,
+        )
+        recipe = (
+            RecipePlayer(self.scenario.recipe, self.model.input_names)
+            if self.scenario.recipe is not None
+            else None
+        )
+        working = recipe.inputs_at(0.0) if recipe is not None else self.model.nominal_inputs
+        self.vplc = VirtualPlc(
+            site.tags,
+            self.hil.plc,
+            self.model.input_names,
+            working,
+            local_recipe=recipe.inputs_at if recipe is not None else None,
+            on_event=self.log.plc_events.append,
+        )
+        self._applied = dict(working)
+        self._nominal_params = self.model.parameters
+        self._servers_down = False
+        self._measurements: dict[str, float] = {}
+        self._bad: set[str] = set()
+        for server in servers:
+            server.write_hook = self.vplc.on_write
+
+    def _fault_event(self, ev: FaultEvent) -> None:
+        self.log.fault_events.append(ev)
+        log.info("fault %s %s %s at t=%g: %s", ev.action, ev.kind, ev.target, ev.t, ev.detail)
+
+    @property
+    def t_model(self) -> float:
+        return self.plant.t
+
+    def inject(self, spec: FaultSpec) -> None:
+        """Inject a fault at runtime (logged as a runtime injection)."""
+        self.faults.inject(spec, self.plant.t)
+
+    # ------------------------------------------------------------------ one scan
+    def _advance_plant(self, now: float) -> None:
+        target = now / self.unit_s
+        while self.plant.t + self.plant_step <= target + 1e-12:
+            params = self.faults.parameters(self.plant.t, self._nominal_params)
+            if params != self.plant.parameters:
+                self.plant.set_parameters(params)
+            actual = self.faults.actuators(self.plant.t, self._applied, self.plant_step)
+            self.plant.advance(actual)
+            self._measurements = {}  # a new sample is due
+
+    def _measure(self) -> tuple[dict[str, float], set[str], dict[str, float]]:
+        truth = self.plant.true_state()
+        if not self._measurements:
+            noisy = self.plant.measure()
+            self._measurements, self._bad = self.faults.measurements(self.plant.t, noisy)
+        plant_view = {**truth.states, **truth.expressions, **self._measurements}
+        return self._measurements, self._bad, plant_view
+
+    async def scan(self) -> None:
+        now = self.clock.now()
+        self._advance_plant(now)
+        measured, bad, plant_view = self._measure()
+        self._applied = self.vplc.scan(now, self.plant.t, plant_view)
+        image = self.vplc.image(measured, bad, self._applied)
+        await self._communications(image, bad)
+
+    async def _communications(self, image: Mapping[str, float], bad: set[str]) -> None:
+        comm = self.faults.comms(self.plant.t)
+        if comm.servers_down != self._servers_down:
+            self._servers_down = comm.servers_down
+            for server in self.servers:
+                await (server.stop() if comm.servers_down else server.start())
+        if self._servers_down:
+            return
+        binds = {t.binds: n for n, t in self.site.tags.tags.items() if t.binds and not t.writable}
+        bad_tags = {binds[v] for v in bad if v in binds}
+        for server in self.servers:
+            server.latency = comm.latency_s
+            server.bad_tags = {t: "communication fault" for t in comm.bad_tags}
+            if comm.drop_now:
+                await server.drop_connections()
+            await server.publish(image, bad=bad_tags)
+
+    async def run(self, stop: asyncio.Event, duration_s: float | None = None) -> None:
+        """Scan until ``stop`` is set (or ``duration_s`` of process time has passed)."""
+        period = self.hil.plc.scan_period_s
+        loop = asyncio.get_running_loop()
+        next_scan = loop.time()
+        while not stop.is_set():
+            await self.scan()
+            if duration_s is not None and self.clock.now() >= duration_s:
+                break
+            if self.scenario.stop_when_finished and self.plant.finished():
+                log.info("the batch ended at t=%g %s", self.plant.t, self.model.time_unit)
+                break
+            next_scan += period
+            delay = next_scan - loop.time()
+            if delay < 0:  # overrun: skip the missed scans, never run two at once
+                next_scan = loop.time()
+                delay = 0.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=max(delay, 0.0) or 1e-3)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "t_model": self.plant.t,
+            "time_unit": self.model.time_unit,
+            "mode": self.vplc.mode.value,
+            "scans": self.vplc.scan_count,
+            "applied": dict(self._applied),
+            "alarm": self.vplc.alarm,
+            "plc_events": len(self.log.plc_events),
+            "fault_events": len(self.log.fault_events),
+            "finite": all(math.isfinite(v) for v in self._applied.values()),
+        }

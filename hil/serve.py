@@ -1,0 +1,228 @@
+"""``pharmatwin-hil serve``: one site's plant and PLC on Modbus TCP and/or OPC UA, on a
+scaled clock, until SIGINT/SIGTERM; and the loopback admin channel behind
+``pharmatwin-hil fault``.
+
+The admin channel is a JSON-lines TCP server on 127.0.0.1 (a free port), announced in
+``<state_dir>/<site>.json`` together with the protocol ports and the log file. Requests::
+
+    {"cmd": "status"}
+    {"cmd": "inject", "fault": {"kind": "sensor_bias", "target": "Tbot", "start": 0, ...}}
+    {"cmd": "clear", "kind": "sensor_bias", "target": "Tbot"}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from controller.clock import ScaledClock
+from controller.config import FaultSpec
+from controller.errors import ConfigError, PharmaTwinError, Problem
+from controller.site import Site, load_site
+from hil.net import LOOPBACK, free_port, is_loopback
+from hil.rig import HilRig, PlcServer
+
+log = logging.getLogger("pharmatwin.hil.serve")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    rate: float = 1.0
+    protocol: str | None = None  # modbus | opcua | both; default: the site's
+    host: str = LOOPBACK
+    allow_remote: bool = False
+    modbus_port: int | None = None
+    opcua_port: int | None = None
+    duration: float | None = None  # process seconds
+    state_dir: Path | None = None
+
+
+def state_dir(site: Site, override: Path | None = None) -> Path:
+    if override is not None:
+        return override
+    if site.hil is None:
+        raise ConfigError([Problem(str(site.path), "hil", "the site has no 'hil' section", None)])
+    return site.file(site.hil.state_dir)
+
+
+def _ports(site: Site, opts: ServeOptions) -> dict[str, int]:
+    protocol = opts.protocol or site.connection.protocol
+    wanted = ["modbus", "opcua"] if protocol == "both" else [protocol]
+    given = {"modbus": opts.modbus_port, "opcua": opts.opcua_port}
+    out = {}
+    for proto in wanted:
+        port = given[proto]
+        if port is None:
+            port = site.connection.port if proto == site.connection.protocol else free_port()
+        out[proto] = port
+    return out
+
+
+async def _servers(site: Site, ports: dict[str, int], opts: ServeOptions) -> list[PlcServer]:
+    from hil.servers.modbus import modbus_server_for_site
+    from hil.servers.opcua import opcua_server_for_site
+
+    servers: list[PlcServer] = []
+    folder = state_dir(site, opts.state_dir)
+    if "modbus" in ports:
+        servers.append(
+            modbus_server_for_site(
+                site, port=ports["modbus"], host=opts.host, allow_remote=opts.allow_remote
+            )
+        )
+    if "opcua" in ports:
+        servers.append(
+            await opcua_server_for_site(
+                site,
+                port=ports["opcua"],
+                host=opts.host,
+                allow_remote=opts.allow_remote,
+                state_dir=folder,
+            )
+        )
+    return servers
+
+
+class Admin:
+    """The JSON-lines admin channel of a running rig (loopback only)."""
+
+    def __init__(self, rig: HilRig) -> None:
+        self.rig = rig
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                answer = self.answer(line)
+                writer.write(json.dumps(answer, default=str).encode() + b"\n")
+                await writer.drain()
+        finally:
+            writer.close()
+
+    def answer(self, line: bytes) -> dict[str, Any]:
+        try:
+            req = json.loads(line)
+            cmd = req.get("cmd")
+            if cmd == "status":
+                return {"ok": True, "status": self.rig.summary()}
+            if cmd == "inject":
+                spec = FaultSpec.model_validate(req.get("fault", {}))
+                self.rig.inject(spec)
+                log.warning("runtime fault injected: %s", spec.model_dump())
+                return {"ok": True, "injected": spec.model_dump()}
+            if cmd == "clear":
+                self.rig.faults.clear(req.get("kind"), req.get("target"))
+                return {"ok": True}
+            return {"ok": False, "error": f"unknown cmd {cmd!r}; allowed: status, inject, clear"}
+        except (ValueError, ValidationError, PharmaTwinError) as exc:
+            return {"ok": False, "error": str(exc)}
+
+
+async def serve(site_path: Path, opts: ServeOptions, announce: Any = print) -> dict[str, Any]:
+    """Run the rig until SIGINT/SIGTERM or ``opts.duration``; returns the final summary."""
+    site = load_site(site_path)
+    if not is_loopback(opts.host) and not opts.allow_remote:
+        raise ConfigError(
+            [
+                Problem(
+                    "command line",
+                    "--host",
+                    "the HIL simulator binds loopback only unless --allow-remote is given",
+                    opts.host,
+                )
+            ]
+        )
+    folder = state_dir(site, opts.state_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    log_path = folder / f"{site.name}.log"
+    handler = logging.FileHandler(log_path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("pharmatwin")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        return await _serve(site, opts, folder, log_path, announce)
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+async def _serve(
+    site: Site, opts: ServeOptions, folder: Path, log_path: Path, announce: Any
+) -> dict[str, Any]:
+    ports = _ports(site, opts)
+    servers = await _servers(site, ports, opts)
+    clock = ScaledClock(opts.rate)
+    rig = HilRig(site, clock, servers)
+    admin = Admin(rig)
+    admin_server = await asyncio.start_server(admin.handle, LOOPBACK, 0)
+    admin_port = admin_server.sockets[0].getsockname()[1]
+    state = {
+        "site": site.name,
+        "pid": os.getpid(),
+        "rate": opts.rate,
+        "host": opts.host,
+        "ports": ports,
+        "admin_port": admin_port,
+        "log": str(log_path),
+    }
+    state_file = folder / f"{site.name}.json"
+    state_file.write_text(json.dumps(state, indent=2))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    started = []
+    try:
+        for server in servers:
+            await server.start()
+            started.append(server)
+        log.info("serving %s on %s at rate %g", site.name, ports, opts.rate)
+        announce(
+            f"serving {site.name}: "
+            + ", ".join(f"{p} on {opts.host}:{n}" for p, n in ports.items())
+            + f" at rate {opts.rate:g}; admin on {LOOPBACK}:{admin_port}; log: {log_path}"
+        )
+        await rig.run(stop, opts.duration)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+        admin_server.close()
+        await admin_server.wait_closed()
+        for server in started:
+            await server.stop()
+        state_file.unlink(missing_ok=True)
+    summary = rig.summary()
+    log.info("stopped: %s", summary)
+    announce(f"stopped at t={summary['t_model']:.4g} {summary['time_unit']}; log: {log_path}")
+    return summary
+
+
+async def admin_request(
+    site_path: Path, request: dict[str, Any], folder: Path | None = None
+) -> Any:
+    """Send one admin request to the rig serving ``site_path`` (found through its state file)."""
+    site = load_site(site_path)
+    state_file = state_dir(site, folder) / f"{site.name}.json"
+    if not state_file.is_file():
+        raise PharmaTwinError(
+            f"no running 'pharmatwin-hil serve' for {site.name} (no {state_file})"
+        )
+    state = json.loads(state_file.read_text())
+    reader, writer = await asyncio.open_connection(LOOPBACK, int(state["admin_port"]))
+    try:
+        writer.write(json.dumps(request).encode() + b"\n")
+        await writer.drain()
+        return json.loads(await reader.readline())
+    finally:
+        writer.close()

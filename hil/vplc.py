@@ -1,0 +1,305 @@
+"""The virtual PLC: the PLC's side of the MPC contract, as real PLCs do it.
+
+The PLC keeps authority. It runs the plant under its own local control (the scenario's
+recipe, or a hold at the last setpoint after the MPC had control) whenever the MPC is not
+active, and accepts remote setpoints only while it is.
+
+Contract tags (names fixed by ``controller.site.CONTRACT_TAGS``):
+
+* ``mpc_request`` (written by the controller) / ``mpc_permissive`` / ``mpc_active`` (PLC);
+* ``mpc_heartbeat``: an incrementing counter from the controller. If it has not *changed*
+  within ``heartbeat_timeout`` process seconds while active, the PLC drops to local control
+  at the last good setpoint, sets ``mpc_fallback_alarm`` and clears ``mpc_active``;
+* ``plc_heartbeat`` and ``plc_scan_counter``: incremented every scan (wrap at 65535);
+* ``operator_reset``: clears the fallback alarm (the PLC resets the pushbutton bit);
+* ``interlock_active``: an interlock of the site forces inputs and drops the MPC;
+* ``measurement_validity``: bit i set while measurement tag i (tag-map order) is valid.
+
+After a fallback, re-engaging needs ``mpc_request`` to be cycled (seen False, then True), and,
+if ``operator_reset_required``, an operator reset. Remote setpoints are refused (the servers
+answer Modbus exception 03 / OPC UA BadOutOfRange) when the MPC is not active, when they are
+outside the tag's limits, or when they move faster than ``max_rate`` (per process second,
+times ``rate_tolerance``) from the working setpoint. While not active the working setpoints
+are published on both the setpoint and the working-setpoint tags (setpoint tracking), so the
+controller can start bumplessly.
+
+Pure logic: no I/O, no clock reads. Every method takes the process time ``now`` [s].
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from controller.site import PlcBehaviour
+from controller.tags import TagMap
+
+log = logging.getLogger("pharmatwin.hil.vplc")
+
+_WRAP = 65536
+
+
+class Mode(StrEnum):
+    LOCAL = "local"  # the PLC's own control (recipe or hold)
+    ACTIVE = "active"  # the MPC writes the setpoints
+    FALLBACK = "fallback"  # the PLC dropped the MPC; alarm latched until reset/cycled
+
+
+@dataclass(frozen=True)
+class PlcEvent:
+    """Something the PLC did that a person must be able to trace."""
+
+    t: float
+    what: str
+    detail: str
+
+
+@dataclass
+class _Loop:
+    """One manipulated input: its remote-setpoint tag, working-setpoint tag and state."""
+
+    input: str
+    sp_tag: str
+    pv_tag: str
+    limits: tuple[float, float]
+    max_rate: float  # per process second; inf when the tag has none
+    working: float
+    last_remote_time: float = 0.0
+
+
+@dataclass
+class _Contract:
+    request: bool = False
+    request_seen_low: bool = True
+    heartbeat: float = math.nan
+    heartbeat_changed_at: float = 0.0
+    alarm: bool = False
+    alarm_reason: str = ""
+    interlock: str = ""
+    reset_pending: bool = False
+    ever_active: bool = False
+    events: list[PlcEvent] = field(default_factory=list)
+
+
+class VirtualPlc:
+    """The PLC logic for one site's tag map and one plant model's inputs."""
+
+    def __init__(
+        self,
+        tags: TagMap,
+        behaviour: PlcBehaviour,
+        input_names: tuple[str, ...],
+        working: Mapping[str, float],
+        *,
+        local_recipe: Callable[[float], Mapping[str, float]] | None = None,
+        on_event: Callable[[PlcEvent], None] | None = None,
+    ) -> None:
+        self.tags = tags
+        self.behaviour = behaviour
+        self.local_recipe = local_recipe
+        self.on_event = on_event
+        self.mode = Mode.LOCAL
+        self.scan_count = 0
+        self._c = _Contract()
+        self._loops = {name: self._loop(name, working[name]) for name in input_names}
+        self._by_sp = {lp.sp_tag: lp for lp in self._loops.values()}
+        self.measurement_tags = [
+            n
+            for n, t in tags.tags.items()
+            if not t.writable and t.binds is not None and t.binds not in input_names
+        ]
+        self._now = 0.0
+        self._forced: dict[str, float] = {}
+
+    def _loop(self, name: str, working: float) -> _Loop:
+        sp = [n for n, t in self.tags.tags.items() if t.binds == name and t.writable]
+        pv = [n for n, t in self.tags.tags.items() if t.binds == name and not t.writable]
+        tag = self.tags.tags[sp[0]]
+        limits = tag.limits if tag.limits is not None else (-math.inf, math.inf)
+        rate = tag.max_rate if tag.max_rate is not None else math.inf
+        return _Loop(name, sp[0], pv[0], limits, rate, float(working))
+
+    # ------------------------------------------------------------------ events
+    def _event(self, what: str, detail: str) -> None:
+        ev = PlcEvent(self._now, what, detail)
+        self._c.events.append(ev)
+        log.info("PLC t=%.1f s %s: %s", ev.t, what, detail)
+        if self.on_event is not None:
+            self.on_event(ev)
+
+    @property
+    def events(self) -> list[PlcEvent]:
+        return list(self._c.events)
+
+    @property
+    def active(self) -> bool:
+        return self.mode is Mode.ACTIVE
+
+    @property
+    def alarm(self) -> bool:
+        return self._c.alarm
+
+    # ------------------------------------------------------------------ writes
+    def on_write(self, tag: str, value: float) -> str | None:
+        """The servers' write hook: None accepts; a reason refuses (exception 03/BadOutOfRange)."""
+        now = self._now
+        loop = self._by_sp.get(tag)
+        if loop is not None:
+            return self._remote_setpoint(loop, value, now)
+        if tag == "mpc_heartbeat":
+            if value != self._c.heartbeat:
+                self._c.heartbeat = value
+                self._c.heartbeat_changed_at = now
+        elif tag == "mpc_request":
+            self._c.request = bool(value)
+            if not value:
+                self._c.request_seen_low = True
+        elif tag == "operator_reset" and value:
+            self._c.reset_pending = True
+        return None
+
+    def _remote_setpoint(self, loop: _Loop, value: float, now: float) -> str | None:
+        if self.mode is not Mode.ACTIVE:
+            return f"{loop.sp_tag}: remote setpoints are accepted only while the MPC is active"
+        lo, hi = loop.limits
+        if not (math.isfinite(value) and lo <= value <= hi):
+            return f"{loop.sp_tag}={value} outside the PLC range [{lo}, {hi}]"
+        dt = max(now - loop.last_remote_time, 0.0)
+        allowed = loop.max_rate * dt * self.behaviour.rate_tolerance
+        if abs(value - loop.working) > allowed + 1e-9 * max(1.0, abs(loop.working)):
+            return (
+                f"{loop.sp_tag}: move {value - loop.working:+.6g} in {dt:.3g} s exceeds the PLC "
+                f"rate limit {loop.max_rate:g}/s"
+            )
+        loop.working = float(value)
+        loop.last_remote_time = now
+        return None
+
+    # ------------------------------------------------------------------ scan
+    def scan(self, now: float, t_model: float, plant: Mapping[str, float]) -> dict[str, float]:
+        """One PLC scan at process time ``now``; returns the inputs the plant gets.
+
+        ``plant`` holds true-plant quantities (outputs, states, expressions) for interlocks.
+        """
+        self._now = now
+        self.scan_count += 1
+        self._interlocks(plant)
+        self._watchdog(now)
+        self._operator_reset()
+        self._engage(now)
+        if self.mode is not Mode.ACTIVE:
+            self._local(t_model)
+        applied = {name: lp.working for name, lp in self._loops.items()}
+        applied.update(self._forced)
+        return applied
+
+    def _interlocks(self, plant: Mapping[str, float]) -> None:
+        tripped = ""
+        forced: dict[str, float] = {}
+        for lock in self.behaviour.interlocks:
+            value = plant.get(lock.expression, math.nan)
+            hit = (lock.above is not None and value > lock.above) or (
+                lock.below is not None and value < lock.below
+            )
+            if hit:
+                tripped = tripped or lock.name
+                forced.update(lock.force)
+        if tripped and not self._c.interlock:
+            self._event("interlock", f"{tripped} tripped; forcing {forced}")
+            if self.mode is Mode.ACTIVE:
+                self._fall_back(f"interlock {tripped}")
+        elif not tripped and self._c.interlock:
+            self._event("interlock cleared", self._c.interlock)
+        self._c.interlock = tripped
+        self._forced = forced
+
+    def _watchdog(self, now: float) -> None:
+        if self.mode is not Mode.ACTIVE:
+            return
+        silent = now - self._c.heartbeat_changed_at
+        if silent > self.behaviour.heartbeat_timeout:
+            self._fall_back(
+                f"heartbeat unchanged for {silent:.1f} s (timeout "
+                f"{self.behaviour.heartbeat_timeout:g} s)"
+            )
+
+    def _fall_back(self, reason: str) -> None:
+        self.mode = Mode.FALLBACK
+        self._c.alarm = True
+        self._c.alarm_reason = reason
+        self._c.request_seen_low = False
+        self._event("fallback", f"{reason}; local control at the last good setpoints")
+
+    def _operator_reset(self) -> None:
+        if self._c.reset_pending:
+            self._c.reset_pending = False
+            if self._c.alarm:
+                self._event("operator reset", f"alarm cleared ({self._c.alarm_reason})")
+                self._c.alarm = False
+                if self.mode is Mode.FALLBACK:
+                    self.mode = Mode.LOCAL
+
+    @property
+    def permissive(self) -> bool:
+        c = self._c
+        if c.interlock or not c.request_seen_low:
+            return False
+        return not (c.alarm and self.behaviour.operator_reset_required)
+
+    def _engage(self, now: float) -> None:
+        c = self._c
+        if self.mode is Mode.ACTIVE and not c.request:
+            self.mode = Mode.LOCAL
+            self._event("released", "the MPC released control; local control holds its setpoints")
+        elif self.mode is not Mode.ACTIVE and c.request and self.permissive:
+            if c.alarm:  # no operator reset required: cycling the request clears it
+                self._event("alarm cleared", f"request cycled ({c.alarm_reason})")
+                c.alarm = False
+            self.mode = Mode.ACTIVE
+            c.ever_active = True
+            c.heartbeat_changed_at = now
+            for lp in self._loops.values():
+                lp.last_remote_time = now
+            self._event("active", "the MPC has control")
+
+    def _local(self, t_model: float) -> None:
+        if self.local_recipe is None or self._c.ever_active:
+            return  # hold the working setpoints (bumpless after the MPC had control)
+        for name, value in self.local_recipe(t_model).items():
+            if name in self._loops:
+                self._loops[name].working = float(value)
+
+    # ------------------------------------------------------------------ image
+    def image(
+        self, measurements: Mapping[str, float], bad: set[str], applied: Mapping[str, float]
+    ) -> dict[str, float]:
+        """Tag values to publish: measurements, working setpoints and contract status."""
+        out: dict[str, float] = {}
+        binds = {t.binds: n for n, t in self.tags.tags.items() if not t.writable and t.binds}
+        for var, value in measurements.items():
+            if var in binds:
+                out[binds[var]] = value
+        for name, lp in self._loops.items():
+            out[lp.pv_tag] = applied[name]
+            if self.mode is not Mode.ACTIVE:
+                out[lp.sp_tag] = lp.working  # setpoint tracking for a bumpless start
+        validity = 0
+        for i, tag in enumerate(self.measurement_tags[:16]):
+            if self.tags.tags[tag].binds not in bad:
+                validity |= 1 << i
+        out.update(
+            {
+                "mpc_permissive": float(self.permissive),
+                "mpc_active": float(self.mode is Mode.ACTIVE),
+                "mpc_fallback_alarm": float(self._c.alarm),
+                "interlock_active": float(bool(self._c.interlock)),
+                "operator_reset": 0.0,
+                "plc_heartbeat": float(self.scan_count % _WRAP),
+                "plc_scan_counter": float(self.scan_count % _WRAP),
+                "measurement_validity": float(validity),
+            }
+        )
+        return out
