@@ -210,7 +210,9 @@ class FaultSet:
         removed: list[FaultSpec] = []
         kept: list[_Fault] = []
         for f in self._faults:
-            if (kind is None or f.spec.kind == kind) and (target is None or f.spec.target == target):
+            if (kind is None or f.spec.kind == kind) and (
+                target is None or f.spec.target == target
+            ):
                 self._emit(t, f, "clear", _describe(f.spec))
                 removed.append(f.spec)
             else:
@@ -267,9 +269,7 @@ class FaultSet:
         return out, bad
 
     # ------------------------------------------------------------------ actuators
-    def actuators(
-        self, t: float, requested: Mapping[str, float], dt: float
-    ) -> dict[str, float]:
+    def actuators(self, t: float, requested: Mapping[str, float], dt: float) -> dict[str, float]:
         """What the plant really receives at ``t`` for the step ``dt`` [time unit].
 
         ``requested`` are the inputs the PLC applies (input units); it is never mutated. On
@@ -281,8 +281,10 @@ class FaultSet:
           ``y += (u - y) * (1 - exp(-dt / magnitude))``, ``dt`` being the time since the
           previous call (the plant step);
         * ``actuator_saturation``: ``min(value, magnitude)``: capped from above at
-          ``magnitude``, whatever its sign. For the CSTR's cooling duty ``Q_dot`` (<= 0) a
-          magnitude of -3000 kJ/h therefore limits cooling to 3000 kJ/h;
+          ``magnitude``, whatever the sign (e.g. the CSTR's feed ``F`` with magnitude 20 1/h
+          cannot exceed 20 1/h). Caution for inputs that act in the negative direction: on the
+          cooling duty ``Q_dot`` (<= 0) a magnitude of -3000 kJ/h forces at least 3000 kJ/h of
+          cooling; it does not limit the cooling;
         * ``actuator_stuck``: held at the value the plant was receiving when the fault started
           (the output of the previous call; the request at the first call if there was none).
 

@@ -23,3 +23,12 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def check_bind_address(host: str, allow_remote: bool) -> None:
+    """Refuse a non-loopback bind address unless ``allow_remote`` (ValueError naming it)."""
+    if not allow_remote and not is_loopback(host):
+        raise ValueError(
+            f"refusing to bind {host!r}: not a loopback address; pass allow_remote=True to "
+            "serve other machines"
+        )

@@ -121,6 +121,7 @@ class PlantRunner:
             self.model.as_dict(Role.STATE, self._x),
             self.model.as_dict(Role.INPUT, self._u),
             self.model.as_dict(Role.ALGEBRAIC, self._z),
+            self.parameters,
         )
         return PlantState(
             self.t,
@@ -139,4 +140,4 @@ class PlantRunner:
         return outputs
 
     def finished(self) -> bool:
-        return self.model.finished(self.model.as_dict(Role.STATE, self._x), self.model.parameters)
+        return self.model.finished(self.model.as_dict(Role.STATE, self._x), self.parameters)

@@ -49,6 +49,11 @@ def _site(tmp_path: Path, name: str, port: int) -> Path:
     data = yaml.safe_load((ROOT / "configs" / "sites" / f"{name}.yaml").read_text())
     for key in ("plant", "controller", "tags"):
         data[key] = str((ROOT / "configs" / "sites" / data[key]).resolve())
+    if "hil" in data:  # the site is copied: its relative paths would no longer resolve
+        data["hil"]["scenario"] = str(
+            (ROOT / "configs" / "sites" / data["hil"]["scenario"]).resolve()
+        )
+        data["hil"]["state_dir"] = str(tmp_path / "hil-state")
     data["connection"]["port"] = port
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -75,12 +80,12 @@ def test_tags_read_and_write_over_modbus(
         assert cli_main([*argv, "--audit", str(audit), "--user", "eve"]) == 0
         out = capsys.readouterr().out
         assert "ok" in out and "-30" in out
-        assert server.get_value("shelf_temp_sp") == -30.0
+        assert server.value("shelf_temp_sp") == -30.0
         # refused before anything is sent: out of limits
         argv = ["tags", "write", str(site), "shelf_temp_sp=200", "--reason", "typo"]
         assert cli_main([*argv, "--audit", str(audit)]) == 2
         assert "allowed [-45.0, 120.0]" in capsys.readouterr().out
-        assert server.get_value("shelf_temp_sp") == -30.0
+        assert server.value("shelf_temp_sp") == -30.0
     trail = AuditTrail(audit)
     records = list(trail.records())
     assert [r.action for r in records] == ["tag.write.request", "tag.write.result"]

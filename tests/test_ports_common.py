@@ -74,7 +74,7 @@ async def _modbus() -> AsyncIterator[Plc]:
         conn = Connection(protocol="modbus", port=server.port, timeout_s=1.0, backoff=BACKOFF)
 
         async def value(tag: str) -> float:
-            return server.get_value(tag)
+            return server.value(tag)
 
         async with ModbusPort(TAGS, conn, SteppedClock(0.0)) as port:
             yield Plc(port, value)

@@ -143,7 +143,7 @@ async def test_writes_every_writable_tag_with_readback(
     assert report.results["feed_rate_sp"].readback == pytest.approx(0.1234, rel=1e-7)
     assert report.results["feed_rate_sp"].readback != 0.1234  # float32, as the codec holds it
     for tag, value in values.items():
-        assert server.get_value(tag) == pytest.approx(value, rel=1e-7)
+        assert server.value(tag) == pytest.approx(value, rel=1e-7)
 
 
 async def test_duplicate_and_empty_reads(port: ModbusPort) -> None:
@@ -188,7 +188,7 @@ async def test_writes_coalesce_into_blocks_of_at_most_123() -> None:
     async with ModbusPlcServer(tags) as srv, make_port(tags, srv.port) as port:
         report = await port.write({f"r{a}": 2 * a for a in range(200)})
         assert report.ok, report.failed()[:3]
-        assert [srv.get_value(f"r{a}") for a in range(200)] == [2 * a for a in range(200)]
+        assert [srv.value(f"r{a}") for a in range(200)] == [2 * a for a in range(200)]
         writes = [(r.address, r.count) for r in srv.requests if r.function_code == 16]
         assert writes == [(0, 123), (123, 77)]
 
@@ -214,7 +214,7 @@ async def test_refused_writes_send_nothing(
     assert tag in result.detail
     assert re.search(why, result.detail), result.detail
     assert report.results["mpc_heartbeat"].status is WriteStatus.NOT_SENT
-    assert server.get_value("mpc_heartbeat") == 11
+    assert server.value("mpc_heartbeat") == 11
     assert not [r for r in server.requests if r.function_code in WRITE_CODES]
 
 
@@ -331,7 +331,7 @@ async def test_plc_refusing_an_out_of_range_write_is_rejected(
     assert refused.status is WriteStatus.REJECTED
     for part in ("feed_rate_sp", "holding 0", "03", "illegal data value"):
         assert part in refused.detail
-    assert server.get_value("feed_rate_sp") == 0.0625  # unchanged
+    assert server.value("feed_rate_sp") == 0.0625  # unchanged
     assert report.results["mpc_heartbeat"].status is WriteStatus.OK
     assert [r.status for r in report.failed()] == [WriteStatus.REJECTED]
 

@@ -207,7 +207,7 @@ async def test_reads_every_tag_and_writes_every_writable_tag_with_one_call_each(
         assert (plc.write_requests - writes, plc.read_requests - reads) == (1, 1)
     assert plc.value("feed_rate_sp") == 0.125
     assert plc.value("mpc_heartbeat") == 42
-    assert plc.value("mpc_request") is True
+    assert plc.value("mpc_request") == 1
 
 
 async def test_subscription_mode_reads_the_same_values(
@@ -266,7 +266,7 @@ async def test_unknown_node_and_browse_paths_are_checked_at_connect(
     by_path = Tag(
         unit="g/L",
         direction=Direction.READ,
-        opcua=OpcUaSpec(browse_path=("0:Objects", "2:bioreactor", "2:biomass")),
+        opcua=OpcUaSpec(browse_path=("0:Objects", "2:bioreactor", "2:bioreactor", "2:biomass")),
     )
     ghost = Tag(
         unit="-", direction=Direction.READ, opcua=OpcUaSpec(node_id="ns=2;s=bioreactor.ghost")
@@ -277,14 +277,14 @@ async def test_unknown_node_and_browse_paths_are_checked_at_connect(
     lost = Tag(
         unit="-",
         direction=Direction.READ,
-        opcua=OpcUaSpec(browse_path=("0:Objects", "2:bioreactor", "2:nope")),
+        opcua=OpcUaSpec(browse_path=("0:Objects", "2:bioreactor", "2:bioreactor", "2:nope")),
     )
     broken = TagMap(name="bioreactor", tags={**tag_map.tags, "ghost": ghost, "lost": lost})
     with pytest.raises(PortError) as err:  # every problem in one error
         await _port(broken, _connection(plc.port)).connect()
     msg = str(err.value)
     assert "'ghost' (node ns=2;s=bioreactor.ghost): BadNodeIdUnknown" in msg
-    assert "'lost': browse path 0:Objects/2:bioreactor/2:nope not found" in msg
+    assert "'lost': browse path 0:Objects/2:bioreactor/2:bioreactor/2:nope not found" in msg
 
 
 # ---------------------------------------------------------------------- refused writes
@@ -403,14 +403,14 @@ async def test_reconnects_with_backoff_after_the_server_comes_back(
 async def test_slow_server_is_a_timeout_and_the_next_cycle_works(
     tag_map: TagMap, plc: OpcUaPlcServer
 ) -> None:
-    """The server sleeps 1 s in every Read of our nodes; the port's timeout is 0.3 s."""
+    """The server answers every Read 1 s late (latency); the port's timeout is 0.3 s."""
     async with _port(tag_map, _connection(plc.port, timeout_s=0.3)) as port:
-        plc.read_delay = 1.0
+        plc.latency = 1.0
         started = time.monotonic()
         with pytest.raises(PortTimeoutError, match=r"0\.3 s"):
             await port.read(["biomass"])
-        assert time.monotonic() - started < plc.read_delay
-        plc.read_delay = 0.0
+        assert time.monotonic() - started < plc.latency
+        plc.latency = 0.0
         deadline = time.monotonic() + 5.0
         while True:  # the late answer is dropped; asyncua may also have declared a loss
             try:

@@ -3,47 +3,72 @@
 Built on pymodbus's own datastore, the ``SimDevice``/``SimData`` API, which uses addresses as
 sent on the wire (0-based; pinned by ``test_datastore_addressing_is_pinned``). One device per
 unit id of the tag map, with four separate tables; each table is valid from address 0 to the
-end of its last tag (bit tables rounded up to 16 bits). Initial values are set by tag name
-through the same codecs the port uses. Binds 127.0.0.1 only.
+end of its last tag (bit tables rounded up to 16 bits). Values are set by tag name through the
+same codecs the port uses. Binds 127.0.0.1 unless another address is asked for explicitly
+(``allow_remote=True``).
 
-Faults, injected on the server side:
+The PLC side (the virtual PLC) drives it through the interface both HIL servers share:
 
-* ``set_illegal(table, address)``: that register answers exception 02 (illegal data address),
-  through the datastore's own INVALID flag (for bit tables: the 16-bit group holding it);
-* the PLC's own range check: a write that would put a writable tag outside its range answers
-  exception 03 (illegal data value); the range is the tag's ``limits`` unless ``plc_range`` is
-  set narrower. With ``clamp = True`` the PLC stores the nearest value in range instead;
-* ``latency``: seconds added to every answer (a slow server);
-* ``stop()``/``start()``: restart on the same port, keeping the register values.
+* :meth:`publish` stores engineering values in one go (Modbus has no quality: tags named
+  ``bad`` are written all the same; the PLC clears its validity bits itself);
+* :meth:`value` reads one back, e.g. what a client wrote;
+* ``write_hook(tag, value)`` is called for every tag a client write touches, with the decoded
+  engineering value, before anything is stored; a returned string refuses the whole request
+  with exception 03 (illegal data value) and is logged as the reason.
 
-With ``tls`` (a server-side :class:`ssl.SSLContext`) it speaks Modbus/TCP Security.
+The PLC's own range check sits beside the hook: a write that would put a tag outside
+``plc_range`` (the writable tags' ``limits`` unless set narrower) answers exception 03; with
+``clamp = True`` the PLC stores the nearest value in range instead.
 
-Every request received is recorded in ``requests`` (function code, unit, address, count).
+Communication faults, injected on the server side:
+
+* ``latency``: seconds added to every answer;
+* ``bad_tags`` (tag -> reason): any request touching the tag's registers, read or write,
+  answers exception 04 (server device failure);
+* :meth:`drop_connections`: every client connection is closed, the server keeps listening;
+* ``set_illegal(table, address)``: that register answers exception 02 (illegal data address);
+* :meth:`stop`/:meth:`start`: a restart on the same port, keeping the register values.
+
+With ``tls`` (a server-side :class:`ssl.SSLContext`) it speaks Modbus/TCP Security. The last
+requests received are kept in ``requests`` (function code, unit, address, count).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
+from datetime import datetime
 from types import TracebackType
-from typing import cast
+from typing import TYPE_CHECKING, Any, cast
 
 from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusTcpServer, ModbusTlsServer
+from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
-from pymodbus.simulator.simutils import SimUtils
 
 from controller.tags import ModbusSpec, Table, TagMap, decode, encode
-from hil.net import LOOPBACK, free_port
+from hil.net import LOOPBACK, check_bind_address, free_port
+
+if TYPE_CHECKING:
+    from controller.site import Site
+
+log = logging.getLogger(__name__)
+
+#: Modbus port used by :func:`modbus_server_for_site` when the site itself speaks OPC UA.
+DEFAULT_PORT = 5020
+WriteHook = Callable[[str, float], "str | None"]
 
 _TABLE_KEY = {Table.COIL: "c", Table.DISCRETE: "d", Table.HOLDING: "h", Table.INPUT: "i"}
 _FC_TABLE = {1: Table.COIL, 5: Table.COIL, 15: Table.COIL, 2: Table.DISCRETE, 4: Table.INPUT}
 _FC_TABLE |= {3: Table.HOLDING, 6: Table.HOLDING, 16: Table.HOLDING, 23: Table.HOLDING}
+_BITS = (Table.COIL, Table.DISCRETE)
+_KEEP_REQUESTS = 10_000
 
 
 @dataclass(frozen=True)
@@ -57,19 +82,23 @@ class Received:
 
 
 class ModbusPlcServer:
-    """A Modbus TCP server on 127.0.0.1 holding the registers of ``tags``."""
+    """A Modbus TCP server on ``host``:``port`` (127.0.0.1 by default) holding ``tags``."""
 
     def __init__(
         self,
         tags: TagMap,
         port: int | None = None,
         *,
+        host: str = LOOPBACK,
+        allow_remote: bool = False,
         tls: ssl.SSLContext | None = None,
     ) -> None:
-        self.tags = tags
-        self.tls = tls
+        check_bind_address(host, allow_remote)
+        self.tags, self.host, self.tls = tags, host, tls
         self.port = port if port is not None else free_port()
+        self.write_hook: WriteHook | None = None
         self.latency = 0.0
+        self.bad_tags: dict[str, str] = {}
         self.clamp = False
         self.plc_range: dict[str, tuple[float, float]] = {
             name: tag.limits
@@ -78,9 +107,12 @@ class ModbusPlcServer:
         }
         self.requests: list[Received] = []
         self._specs = {n: t.modbus for n, t in tags.tags.items() if t.modbus is not None}
+        self._by_table: dict[tuple[int, Table], list[tuple[str, ModbusSpec]]] = {}
+        for name, spec in sorted(self._specs.items(), key=lambda item: item[1].protocol_address):
+            self._by_table.setdefault((spec.unit_id, spec.table), []).append((name, spec))
         units = sorted({s.unit_id for s in self._specs.values()}) or [1]
         self._devices = [self._device(unit) for unit in units]
-        self._core = SimCore(self._devices)
+        self._core = _PlcCore(self._devices, self)
         self._saved_flags: dict[tuple[int, Table, int], int] = {}
         self._server: ModbusTcpServer | None = None
 
@@ -94,13 +126,13 @@ class ModbusPlcServer:
                 if s.unit_id == unit and s.table is table
             ]
             size = max(ends, default=1)
-            if table in (Table.COIL, Table.DISCRETE):
+            if table in _BITS:
                 bits = -(-size // 16) * 16
                 tables.append([SimData(0, values=[False] * bits, datatype=DataType.BITS)])
             else:
                 tables.append([SimData(0, values=[0] * size, datatype=DataType.REGISTERS)])
         c, d, h, i = tables
-        return SimDevice(unit, simdata=(c, d, h, i), action=partial(self._action, unit))
+        return SimDevice(unit, simdata=(c, d, h, i))
 
     def _block(self, unit: int, table: Table) -> tuple[list[int], list[int]]:
         _, _, registers, flags = self._core.devices[unit].block[_TABLE_KEY[table]]
@@ -112,23 +144,24 @@ class ModbusPlcServer:
     ) -> None:
         """Store raw values (registers, or 0/1 for bits) at 0-based ``address``."""
         registers, _ = self._block(unit, table)
-        if table in (Table.COIL, Table.DISCRETE):
-            bits = SimUtils.registersToBits(registers)
-            bits[address : address + len(values)] = [bool(v) for v in values]
-            registers[:] = SimUtils.bitsToRegisters(bits)
+        if table in _BITS:
+            for at, bit in enumerate(values, start=address):
+                mask = 1 << (at % 16)
+                word = registers[at // 16]
+                registers[at // 16] = word | mask if bit else word & ~mask
         else:
             registers[address : address + len(values)] = [int(v) for v in values]
 
     def get_registers(self, table: Table, address: int, count: int, unit: int = 1) -> list[int]:
         registers, _ = self._block(unit, table)
-        if table in (Table.COIL, Table.DISCRETE):
-            return [int(b) for b in SimUtils.registersToBits(registers)[address : address + count]]
+        if table in _BITS:
+            return [(registers[a // 16] >> (a % 16)) & 1 for a in range(address, address + count)]
         return list(registers[address : address + count])
 
     def set_illegal(self, table: Table, address: int, unit: int = 1, illegal: bool = True) -> None:
         """Make ``address`` answer exception 02 (or valid again)."""
         _, flags = self._block(unit, table)
-        at = address // 16 if table in (Table.COIL, Table.DISCRETE) else address
+        at = address // 16 if table in _BITS else address
         key = (unit, table, at)
         if illegal:
             self._saved_flags.setdefault(key, flags[at])
@@ -138,91 +171,128 @@ class ModbusPlcServer:
 
     # ------------------------------------------------------ values by tag
     def set_value(self, tag: str, value: float) -> None:
+        """Store one engineering value (CodecError if it does not fit the tag's type)."""
         spec = self._specs[tag]
         self.set_registers(
             spec.table, spec.protocol_address, encode(tag, spec, value), spec.unit_id
         )
 
-    def get_value(self, tag: str) -> float:
+    def value(self, tag: str) -> float:
+        """The tag's engineering value as stored now."""
         spec = self._specs[tag]
         regs = self.get_registers(spec.table, spec.protocol_address, spec.count, spec.unit_id)
         return decode(tag, spec, regs)
 
-    # ---------------------------------------------------------- the PLC
-    async def _action(
+    async def publish(
         self,
-        unit: int,
-        function_code: int,
-        start_address: int,
-        address: int,
-        count: int,
-        registers: list[int],
-        set_values: list[int] | list[bool] | None,
-    ) -> ExcCodes | None:
-        if self.latency:
-            await asyncio.sleep(self.latency)
-        table = _FC_TABLE[function_code]
-        if set_values is None or table is not Table.HOLDING:
-            return None
-        after = list(registers)
-        after[address - start_address : address - start_address + count] = set_values
-        written = range(address, address + count)
-        refused = self._out_of_range(unit, after, start_address, written)
-        if refused and self.clamp:
-            self._clamp(refused, cast(list[int], set_values), address)
-            return None
-        return ExcCodes.ILLEGAL_VALUE if refused else None
+        values: Mapping[str, float],
+        *,
+        bad: Collection[str] = (),
+        source_time: datetime | None = None,
+    ) -> None:
+        """Store the PLC's values in one go; all are encoded before any is stored.
 
-    def _clamp(self, names: list[str], set_values: list[int], address: int) -> None:
-        """Store the nearest value inside the PLC's range instead of the requested one."""
-        for name in names:
-            spec, (lo, hi) = self._specs[name], self.plc_range[name]
-            regs = encode(name, spec, lo if self._requested(name, set_values, address) < lo else hi)
-            for j, reg in enumerate(regs):
-                set_values[spec.protocol_address - address + j] = reg
-
-    def _requested(self, name: str, set_values: list[int], address: int) -> float:
-        spec = self._specs[name]
-        at = spec.protocol_address - address
-        return decode(name, spec, set_values[at : at + spec.count])
-
-    def _out_of_range(
-        self, unit: int, registers: list[int], start: int, written: range
-    ) -> list[str]:
-        """Writable tags touched by the write whose new value is outside the PLC's range."""
-        out = []
-        for name, (lo, hi) in self.plc_range.items():
-            spec: ModbusSpec = self._specs[name]
-            touched = set(written) & set(
-                range(spec.protocol_address, spec.protocol_address + spec.count)
-            )
-            if spec.unit_id != unit or spec.table is not Table.HOLDING or not touched:
+        Modbus carries no quality or timestamp: ``source_time`` is ignored and tags in ``bad``
+        are written like the others, except a non-finite value of a bad tag, which keeps the
+        last one. Tags of the map without a Modbus address are skipped; unknown tags raise
+        KeyError, values that do not fit their type CodecError (nothing stored then).
+        """
+        encoded = []
+        for tag, v in values.items():
+            if tag not in self.tags.tags:
+                raise KeyError(f"unknown tag {tag!r}; the map {self.tags.name!r} has no such tag")
+            spec = self._specs.get(tag)
+            if spec is None or (tag in bad and not math.isfinite(v)):
                 continue
-            at = spec.protocol_address - start
-            if not lo <= decode(name, spec, registers[at : at + spec.count]) <= hi:
-                out.append(name)
-        return out
+            encoded.append((spec, encode(tag, spec, v)))
+        for spec, regs in encoded:
+            self.set_registers(spec.table, spec.protocol_address, regs, spec.unit_id)
+
+    # ---------------------------------------------------------- the PLC
+    def touched(self, unit: int, table: Table, address: int, count: int) -> list[str]:
+        """The tags with a register in ``address .. address + count - 1`` of that table."""
+        end = address + count
+        return [
+            name
+            for name, spec in self._by_table.get((unit, table), ())
+            if spec.protocol_address < end and address < spec.protocol_address + spec.count
+        ]
+
+    def _failing(self, unit: int, function_code: int, address: int, count: int) -> bool:
+        """Whether the request touches a tag in ``bad_tags`` (answer exception 04)."""
+        if not self.bad_tags:
+            return False
+        names = self.touched(unit, _FC_TABLE[function_code], address, count)
+        failing = [n for n in names if n in self.bad_tags]
+        for name in failing:
+            log.debug(
+                "fc %d touches %s: exception 04 (%s)", function_code, name, self.bad_tags[name]
+            )
+        return bool(failing)
+
+    def _refuse_write(self, unit: int, table: Table, address: int, values: list[int]) -> bool:
+        """The PLC's range check, then ``write_hook``, for the tags the write touches.
+
+        True if the request must be refused (exception 03), logged with its reason. The range
+        is checked for every tag first (clamping ``values`` in place if ``clamp``), so the
+        hook only hears of writes that pass it; the hook is then called tag by tag, in
+        address order, until one refuses.
+        """
+        writes = []
+        for name in self.touched(unit, table, address, len(values)):
+            spec = self._specs[name]
+            value = self._after_write(name, spec, address, values)
+            lo, hi = self.plc_range.get(name, (-math.inf, math.inf))
+            if not lo <= value <= hi:
+                if not self.clamp or math.isnan(value):
+                    return _refused(name, value, f"outside the PLC range [{lo}, {hi}]")
+                value = min(max(value, lo), hi)
+                self._overlay(encode(name, spec, value), spec, address, values)
+            writes.append((name, value))
+        hook = self.write_hook
+        for name, value in writes:
+            reason = hook(name, value) if hook is not None else None
+            if reason is not None:
+                return _refused(name, value, reason)
+        return False
+
+    def _after_write(self, name: str, spec: ModbusSpec, address: int, values: list[int]) -> float:
+        """The tag's value once the write of ``values`` at ``address`` is stored."""
+        regs = self.get_registers(spec.table, spec.protocol_address, spec.count, spec.unit_id)
+        for j in range(spec.count):
+            at = spec.protocol_address + j - address
+            if 0 <= at < len(values):
+                regs[j] = int(values[at])
+        return decode(name, spec, regs)
+
+    @staticmethod
+    def _overlay(regs: list[int], spec: ModbusSpec, address: int, values: list[int]) -> None:
+        for j, reg in enumerate(regs):
+            at = spec.protocol_address + j - address
+            if 0 <= at < len(values):
+                values[at] = reg
 
     def _trace(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
         if not sending:
             count = pdu.count or len(pdu.bits) or len(pdu.registers)
             self.requests.append(Received(pdu.function_code, pdu.dev_id, pdu.address, count))
+            if len(self.requests) > _KEEP_REQUESTS:
+                del self.requests[: _KEEP_REQUESTS // 2]
         return pdu
 
     # ------------------------------------------------------- start / stop
     async def start(self) -> None:
-        """Listen on 127.0.0.1:``port`` (again, after ``stop``), keeping the values."""
+        """Listen on ``host``:``port`` (again, after ``stop``), keeping the values."""
         if self._server is not None:
             return
-        where = (LOOPBACK, self.port)
-        server = (
-            ModbusTcpServer(self._devices, address=where, trace_pdu=self._trace)
+        where = (self.host, self.port)
+        server: ModbusTcpServer = (
+            _TcpServer(self._devices, address=where, trace_pdu=self._trace)
             if self.tls is None
-            else ModbusTlsServer(
-                self._devices, address=where, sslctx=self.tls, trace_pdu=self._trace
-            )
+            else _TlsServer(self._devices, address=where, sslctx=self.tls, trace_pdu=self._trace)
         )
-        server.context = self._core  # keep the registers across restarts
+        server.plc = self  # type: ignore[attr-defined]
+        server.context = self._core  # our datastore: keeps the registers across restarts
         await server.serve_forever(background=True)
         self._server = server
 
@@ -232,6 +302,13 @@ class ModbusPlcServer:
         if server is not None:
             await server.shutdown()
             await asyncio.sleep(0)
+
+    async def drop_connections(self) -> None:
+        """Close every client connection now; the server keeps listening."""
+        if self._server is not None:
+            for connection in list(self._server.active_connections.values()):
+                connection.close()
+        await asyncio.sleep(0)
 
     async def __aenter__(self) -> ModbusPlcServer:
         await self.start()
@@ -244,3 +321,80 @@ class ModbusPlcServer:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def modbus_server_for_site(
+    site: Site, port: int | None = None, *, host: str | None = None, allow_remote: bool = False
+) -> ModbusPlcServer:
+    """The Modbus server standing in for ``site``'s PLC (nothing listens before ``start()``).
+
+    ``host`` defaults to the site's; ``port`` to the site's own if it speaks Modbus, else
+    :data:`DEFAULT_PORT`.
+    """
+    if port is None:
+        port = site.connection.port if site.connection.protocol == "modbus" else DEFAULT_PORT
+    host = host if host is not None else site.connection.host
+    return ModbusPlcServer(site.tags, port, host=host, allow_remote=allow_remote)
+
+
+def _refused(tag: str, value: float, reason: str) -> bool:
+    log.info("refused a write of %s = %r: %s", tag, value, reason)
+    return True
+
+
+# ------------------------------------------------------------ pymodbus plumbing
+class _PlcCore(SimCore):
+    """pymodbus's datastore, with the PLC's checks in front of every read and write."""
+
+    def __init__(self, devices: list[SimDevice], plc: ModbusPlcServer) -> None:
+        super().__init__(devices)
+        self.plc = plc
+
+    async def async_getValues(
+        self, device_id: int, func_code: int, address: int, count: int = 1
+    ) -> list[int] | list[bool] | ExcCodes:
+        if self.plc._failing(device_id, func_code, address, count):
+            return ExcCodes.DEVICE_FAILURE
+        return await super().async_getValues(device_id, func_code, address, count)
+
+    async def async_setValues(
+        self, device_id: int, func_code: int, address: int, values: list[int] | list[bool]
+    ) -> ExcCodes | None:
+        if self.plc._failing(device_id, func_code, address, len(values)):
+            return ExcCodes.DEVICE_FAILURE
+        table = _FC_TABLE[func_code]
+        words = [int(v) for v in values]
+        if self.plc._refuse_write(device_id, table, address, words):
+            return ExcCodes.ILLEGAL_VALUE
+        stored = cast(list[Any], values)  # possibly clamped: store what was checked
+        stored[:] = [bool(w) for w in words] if table in _BITS else words
+        return await super().async_setValues(device_id, func_code, address, values)
+
+
+class _DelayedHandler(ServerRequestHandler):
+    """pymodbus's per-connection request handler, answering ``plc.latency`` seconds late."""
+
+    plc: ModbusPlcServer
+
+    async def handle_request(self) -> None:
+        pdu, addr = self.last_pdu, self.last_addr
+        if pdu is not None and self.plc.latency > 0:
+            await asyncio.sleep(self.plc.latency)
+            self.last_pdu, self.last_addr = pdu, addr  # a request may have come meanwhile
+        await super().handle_request()
+
+
+def _handler(server: ModbusTcpServer) -> ServerRequestHandler:
+    handler = _DelayedHandler(server, server.trace_packet, server.trace_pdu, server.trace_connect)
+    handler.plc = server.plc  # type: ignore[attr-defined]
+    return handler
+
+
+class _TcpServer(ModbusTcpServer):
+    def callback_new_connection(self) -> ServerRequestHandler:
+        return _handler(self)
+
+
+class _TlsServer(ModbusTlsServer):
+    def callback_new_connection(self) -> ServerRequestHandler:
+        return _handler(self)

@@ -1,23 +1,41 @@
 """The HIL OPC UA server: a real asyncua server built from a tag map (127.0.0.1 by default).
 
-``OpcUaPlcServer(tags, port)`` serves ``opc.tcp://127.0.0.1:<port>/pharmatwin/``. It registers
-its namespace first (index 2) and creates one variable per tag with the tag's node id
-(``ns=2;s=bioreactor.<tag>``), browse name ``2:<tag>``, under ``Objects/2:<map name>``, with
-the tag's variant type; only writable tags are writable by clients.
+``OpcUaPlcServer(tags, port)`` serves ``opc.tcp://127.0.0.1:<port>/pharmatwin/``; another
+bind address must be asked for with ``allow_remote=True``. It registers its namespace first
+(index 2) and lays out the address space as issue 4 asks::
 
-Server-side hooks for fault injection:
+    Objects/2:<site name>/2:<unit name>/2:<tag>      (folders; the unit is the tag map's name)
 
-* :meth:`set_value` with a StatusCode (Bad/Uncertain) and a SourceTimestamp;
-* :meth:`set_range`: writes outside a range answer ``BadOutOfRange`` (a range-checking
-  attribute service replaces asyncua's; its value setters cannot return a status);
-* :meth:`set_data_type`: change a node's DataType (and value) to another built-in type;
-* ``read_delay``: every client Read of our namespace sleeps that long (a slow PLC);
-* ``read_requests`` / ``write_requests``: client Read/Write service calls touching our nodes;
-* users: only the configured username/password pairs log in (asyncua's default user manager
-  accepts anyone); anonymous logins can be forbidden;
-* security: policy None and/or Basic256Sha256 SignAndEncrypt with a server certificate;
+Each variable keeps the tag map's node id (``ns=2;s=<map>.<tag>``) and variant type, has the
+properties ``0:EngineeringUnits`` (EUInformation, the tag's unit as DisplayName) and, where
+the tag has limits, ``0:EURange`` (Range); only writable tags are writable by clients.
+
+The PLC side (the virtual PLC) drives it through the interface both HIL servers share:
+
+* :meth:`publish` sets values in one go, with a SourceTimestamp; tags named ``bad`` get
+  ``BadSensorFailure`` (asyncua then nulls the value, as OPC UA Part 4 §7.7.1 asks);
+* :meth:`value` reads one back synchronously from the address space (NaN while it is Bad);
+* ``write_hook(tag, value)`` is called for every client write of a writable tag (with the
+  node's type, so one the server would take), before it is stored; a returned string refuses
+  it with ``BadOutOfRange`` and is logged as the reason. :meth:`set_range` sits beside it.
+
+Communication faults, injected on the server side:
+
+* ``latency``: seconds added to every client Read and Write call;
+* ``bad_tags`` (tag -> reason): Reads of the tag's Value give ``BadCommunicationError`` and
+  writes are refused with it; :meth:`publish` stores it too, so subscribers see it;
+* :meth:`drop_connections`: every client connection closed, the server keeps listening;
 * :meth:`stop` / :meth:`start`: close the listener and every connection, then listen again on
   the same port with the same address space.
+
+Other hooks: :meth:`set_value` with any StatusCode and SourceTimestamp, :meth:`set_data_type`,
+``read_requests`` / ``write_requests`` (client Read/Write calls touching our namespace).
+
+Security: users are only the configured username/password pairs (asyncua's default user
+manager accepts anyone); anonymous logins can be forbidden; with a :class:`ServerSecurity`,
+the Basic256Sha256 SignAndEncrypt endpoint (and policy None only if ``offer_none``).
+:func:`opcua_server_for_site` builds all of it from a site file, the certificate made on first
+start by :func:`hil.servers.certs.ensure_server_certificate`.
 
 asyncua builds its standard address space in about 1.4 s per server. :func:`address_space_shelf`
 caches it in a shelf file once, which cuts a server's start to about 0.1 s.
@@ -26,24 +44,51 @@ caches it in a shelf file once, which cuts a server's start to about 0.1 s.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import logging
+import math
+import os
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from asyncua import Server, ua
+from asyncua import Node, Server, ua
 from asyncua.common.callback import CallbackType, ServerItemCallback
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.address_space import AddressSpace, AttributeService
 from asyncua.server.internal_server import InternalServer
 from asyncua.server.user_managers import UserManager
 
-from controller.tags import TagMap
+from controller.errors import ConfigError, Problem
+from controller.tags import Tag, TagMap
+from hil.net import LOOPBACK, check_bind_address, free_port
+from hil.servers.certs import ensure_server_certificate
+
+if TYPE_CHECKING:
+    from controller.site import Site
+
+log = logging.getLogger(__name__)
 
 NAMESPACE = "urn:pharmatwin:test-plc"
+#: OPC UA port used by :func:`opcua_server_for_site` when the site itself speaks Modbus.
+DEFAULT_PORT = 4840
+WriteHook = Callable[[str, float], "str | None"]
+
 _ADMIN = User(role=UserRole.Admin)
+_INT_RANGE = {f"Int{b}": (-(2 ** (b - 1)), 2 ** (b - 1) - 1) for b in (16, 32, 64)}
+_INT_RANGE |= {f"UInt{b}": (0, 2**b - 1) for b in (16, 32, 64)}
+
+
+def _status(name: str) -> ua.StatusCode:
+    return ua.StatusCode(ua.UInt32(getattr(ua.StatusCodes, name)))
+
+
+_GOOD = _status("Good")
+_OUT_OF_RANGE = _status("BadOutOfRange")
+_COMMUNICATION = _status("BadCommunicationError")
+_SENSOR_FAILURE = _status("BadSensorFailure")
 
 
 @dataclass(frozen=True)
@@ -65,6 +110,7 @@ async def address_space_shelf(folder: Path) -> Path:
     """
     path = folder / "standard_address_space"
     if not path.is_file() and not path.with_suffix(".db").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
         server = Server()
         await server.iserver.load_standard_address_space(path)
         if not path.is_file() and not path.with_suffix(".db").is_file():
@@ -92,25 +138,27 @@ class _Users(UserManager):
         return None
 
 
-class _RangeCheckedAttributes(AttributeService):
-    """asyncua's attribute service, answering BadOutOfRange to Value writes out of range."""
+class _PlcAttributes(AttributeService):
+    """asyncua's attribute service with the PLC's checks on our tags' Value attribute."""
 
-    def __init__(self, aspace: AddressSpace, ranges: dict[ua.NodeId, tuple[float, float]]):
+    def __init__(self, aspace: AddressSpace, plc: OpcUaPlcServer) -> None:
         super().__init__(aspace)
-        self.ranges = ranges
+        self.plc = plc
+
+    def read(self, params: ua.ReadParameters) -> list[ua.DataValue]:
+        results = super().read(params)
+        if self.plc.bad_tags:
+            for i, item in enumerate(params.NodesToRead):
+                if item.AttributeId == ua.AttributeIds.Value and self.plc._failing(item.NodeId):
+                    results[i] = _communication_error()
+        return results
 
     async def write(self, params: ua.WriteParameters, user: User = _ADMIN) -> list[ua.StatusCode]:
         results: list[ua.StatusCode] = []
         for item in params.NodesToWrite:
-            limits = self.ranges.get(item.NodeId)
-            value = item.Value.Value.Value if item.Value and item.Value.Value else None
-            if (
-                limits is not None
-                and item.AttributeId == ua.AttributeIds.Value
-                and isinstance(value, int | float)
-                and not limits[0] <= value <= limits[1]
-            ):
-                results.append(ua.StatusCode(ua.UInt32(ua.StatusCodes.BadOutOfRange)))
+            refusal = self.plc._refusal(item) if item.AttributeId == ua.AttributeIds.Value else None
+            if refusal is not None:
+                results.append(refusal)
                 continue
             single = ua.WriteParameters(NodesToWrite=[item])
             results.extend(await super().write(single, user))
@@ -118,29 +166,43 @@ class _RangeCheckedAttributes(AttributeService):
 
 
 class OpcUaPlcServer:
-    """A PLC stand-in: the tags of a :class:`TagMap` as OPC UA variables on 127.0.0.1."""
+    """A PLC stand-in: the tags of a :class:`TagMap` as OPC UA variables on ``host``."""
 
     def __init__(
         self,
         tags: TagMap,
-        port: int,
+        port: int | None = None,
         *,
+        host: str = LOOPBACK,
+        allow_remote: bool = False,
+        site_name: str | None = None,
+        endpoint_path: str = "/pharmatwin/",
         initial: Mapping[str, float] | None = None,
         users: Mapping[str, str] | None = None,
         allow_anonymous: bool = True,
         security: ServerSecurity | None = None,
         shelf: Path | None = None,
     ) -> None:
-        self.tags, self.port, self.url = tags, port, f"opc.tcp://127.0.0.1:{port}/pharmatwin/"
+        """``shelf``: a file from :func:`address_space_shelf`, or a folder to keep one in."""
+        check_bind_address(host, allow_remote)
+        self.tags, self.host = tags, host
+        self.port = port if port is not None else free_port()
+        self.site_name = site_name or tags.name
+        where = f"[{host}]" if ":" in host else host
+        self.url = f"opc.tcp://{where}:{self.port}{endpoint_path}"
         self.initial = dict(initial or {})
         self.security, self.shelf = security, shelf
         self.server = Server(user_manager=_Users(users or {}, allow_anonymous))
         self.allow_anonymous = allow_anonymous
+        self.write_hook: WriteHook | None = None
+        self.latency = 0.0
+        self.bad_tags: dict[str, str] = {}
         self.ranges: dict[ua.NodeId, tuple[float, float]] = {}
         self.types: dict[str, ua.VariantType] = {}
-        self.read_delay = 0.0
         self.read_requests = 0
         self.write_requests = 0
+        self._node_ids = {n: _node_id(t) for n, t in tags.tags.items()}
+        self._tag_of = {nid: name for name, nid in self._node_ids.items() if nid is not None}
         self._built = False
 
     async def __aenter__(self) -> OpcUaPlcServer:
@@ -156,10 +218,10 @@ class OpcUaPlcServer:
         await self.close()
 
     def node_id(self, tag: str) -> ua.NodeId:
-        spec = self.tags.tags[tag].opcua
-        if spec is None or spec.node_id is None:
+        node = self._node_ids.get(tag)
+        if node is None:
             raise KeyError(f"tag {tag!r} has no OPC UA node id")
-        return ua.NodeId.from_string(spec.node_id)
+        return node
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -182,12 +244,37 @@ class OpcUaPlcServer:
             await self.server.stop()
             self._built = False
 
+    async def drop_connections(self) -> None:
+        """Close every client connection now; the server keeps listening."""
+        if self.server.bserver is not None:
+            for client in list(self.server.bserver.clients):
+                if client.transport is not None:
+                    client.transport.close()
+        await asyncio.sleep(0)
+
     async def _build(self) -> None:
         server = self.server
-        await server.init(self.shelf)
+        shelf = self.shelf
+        if shelf is not None and shelf.is_dir():
+            shelf = await address_space_shelf(shelf)
+        await server.init(shelf)
         server.disable_clock()  # its 1 s clock task would delay stop() by up to a second
         server.set_endpoint(self.url)
-        server.set_server_name("PharmaTwin test PLC")
+        server.set_server_name("PharmaTwin HIL PLC")
+        await self._secure()
+        idx = await server.register_namespace(NAMESPACE)
+        if idx != 2:
+            raise RuntimeError(f"namespace index {idx}, expected 2")
+        variables = await self._variables(idx)
+        for name, node in variables.items():
+            await self._properties(node, self.tags.tags[name])
+        iserver = server.iserver
+        iserver.attribute_service = _PlcAttributes(iserver.aspace, self)
+        server.subscribe_server_callback(CallbackType.PreRead, self._pre_read)
+        server.subscribe_server_callback(CallbackType.PreWrite, self._pre_write)
+
+    async def _secure(self) -> None:
+        server = self.server
         policies = [ua.SecurityPolicyType.NoSecurity]
         if self.security is not None:
             await server.load_certificate(str(self.security.certificate))
@@ -201,36 +288,99 @@ class OpcUaPlcServer:
         if self.allow_anonymous:
             tokens.append(ua.AnonymousIdentityToken)
         server.set_identity_tokens(tokens)
-        idx = await server.register_namespace(NAMESPACE)
-        assert idx == 2, f"namespace index {idx}, expected 2"
-        folder = await server.nodes.objects.add_object(
-            ua.NodeId.from_string(f"ns={idx};s={self.tags.name}"), f"{idx}:{self.tags.name}"
+
+    async def _variables(self, idx: int) -> dict[str, Node]:
+        """Objects/<site>/<unit>/<tag>: one variable per tag with an OPC UA node id."""
+        objects, site, unit = self.server.nodes.objects, self.site_name, self.tags.name
+        ns = ua.Int16(idx)
+        site_folder = await objects.add_folder(
+            ua.NodeId(ua.String(site), ns), ua.QualifiedName(site, idx)
         )
+        folder = await site_folder.add_folder(
+            ua.NodeId(ua.String(f"{site}/{unit}"), ns), ua.QualifiedName(unit, idx)
+        )
+        variables = {}
         for name, tag in self.tags.tags.items():
-            if tag.opcua is None or tag.opcua.node_id is None:
+            node_id = self._node_ids[name]
+            if node_id is None or tag.opcua is None:
                 continue
             vtype = self.types[name] = ua.VariantType[tag.opcua.data_type]
             value = _python(self.initial.get(name, 0.0), vtype)
             node = await folder.add_variable(
-                self.node_id(name), ua.QualifiedName(name, idx), value, varianttype=vtype
+                node_id, ua.QualifiedName(name, idx), value, varianttype=vtype
             )
             if tag.writable:
                 await node.set_writable()
-        iserver = server.iserver
-        iserver.attribute_service = _RangeCheckedAttributes(iserver.aspace, self.ranges)
-        server.subscribe_server_callback(CallbackType.PreRead, self._pre_read)
-        server.subscribe_server_callback(CallbackType.PreWrite, self._pre_write)
+            variables[name] = node
+        return variables
 
-    # ------------------------------------------------------------------ hooks
-    async def _pre_read(self, event: ServerItemCallback, _: Any) -> None:
-        if event.is_external and _ours(event.request_params.NodesToRead):
-            self.read_requests += 1
-            if self.read_delay > 0:
-                await asyncio.sleep(self.read_delay)
+    @staticmethod
+    async def _properties(node: Node, tag: Tag) -> None:
+        """EngineeringUnits, and EURange where the tag has limits (OPC UA Part 8 §5.3.2)."""
+        auto_id = ua.NodeId(ua.Int32(0), node.nodeid.NamespaceIndex)  # the server numbers it
+        text = ua.LocalizedText(tag.unit)
+        units = ua.EUInformation(NamespaceUri="", UnitId=-1, DisplayName=text, Description=text)
+        await node.add_property(
+            auto_id,
+            ua.QualifiedName("EngineeringUnits", 0),
+            units,
+            ua.VariantType.ExtensionObject,
+            ua.NodeId(ua.Int32(ua.ObjectIds.EUInformation)),
+        )
+        if tag.limits is not None:
+            await node.add_property(
+                auto_id,
+                ua.QualifiedName("EURange", 0),
+                ua.Range(Low=float(tag.limits[0]), High=float(tag.limits[1])),
+                ua.VariantType.ExtensionObject,
+                ua.NodeId(ua.Int32(ua.ObjectIds.Range)),
+            )
 
-    async def _pre_write(self, event: ServerItemCallback, _: Any) -> None:
-        if event.is_external and _ours(event.request_params.NodesToWrite):
-            self.write_requests += 1
+    # ------------------------------------------------------------------ the PLC side
+    async def publish(
+        self,
+        values: Mapping[str, float],
+        *,
+        bad: Collection[str] = (),
+        source_time: datetime | None = None,
+    ) -> None:
+        """Set the PLC's values in one go, stamped ``source_time`` (default: now, UTC).
+
+        Tags in ``bad`` get BadSensorFailure, tags in ``bad_tags`` BadCommunicationError (the
+        value is then null). Tags of the map without a node are skipped; unknown tags raise
+        KeyError and values the node's type cannot hold ValueError, before anything is set.
+        """
+        now = cast(ua.DateTime, datetime.now(UTC))
+        stamp = cast(ua.DateTime, source_time or now)
+        updates = []
+        for tag, v in values.items():
+            if tag not in self.tags.tags:
+                raise KeyError(f"unknown tag {tag!r}; the map {self.tags.name!r} has no such tag")
+            if tag not in self.types:
+                continue
+            if tag in self.bad_tags:
+                dv = ua.DataValue(StatusCode=_COMMUNICATION, ServerTimestamp=now)
+            elif tag in bad:
+                dv = ua.DataValue(
+                    StatusCode=_SENSOR_FAILURE, SourceTimestamp=stamp, ServerTimestamp=now
+                )
+            else:
+                variant = ua.Variant(_fitting(tag, v, self.types[tag]), self.types[tag])
+                dv = ua.DataValue(variant, _GOOD, SourceTimestamp=stamp, ServerTimestamp=now)
+            updates.append((self.node_id(tag), dv))
+        for node_id, dv in updates:
+            await self.server.write_attribute_value(node_id, dv)
+
+    def read(self, tag: str) -> ua.DataValue:
+        """The tag's current DataValue, read server-side."""
+        return self.server.read_attribute_value(self.node_id(tag))
+
+    def value(self, tag: str) -> float:
+        """The tag's engineering value as stored now (booleans 0/1; NaN while it is Bad)."""
+        dv = self.read(tag)
+        if dv.Value is None or dv.Value.Value is None:
+            return math.nan
+        return float(dv.Value.Value)
 
     async def set_value(
         self,
@@ -243,18 +393,9 @@ class OpcUaPlcServer:
         """Set a tag's value server-side with a status (e.g. ``BadSensorFailure``) and stamp."""
         node, vtype = self.node_id(tag), self.types[tag]
         variant = ua.Variant(None if value is None else _python(value, vtype), vtype)
-        code = ua.StatusCode(ua.UInt32(getattr(ua.StatusCodes, status)))
         stamp = cast(ua.DateTime, source_time or datetime.now(UTC))
-        dv = ua.DataValue(variant, code, SourceTimestamp=stamp, ServerTimestamp=stamp)
+        dv = ua.DataValue(variant, _status(status), SourceTimestamp=stamp, ServerTimestamp=stamp)
         await self.server.write_attribute_value(node, dv)
-
-    def read(self, tag: str) -> ua.DataValue:
-        """The tag's current DataValue, read server-side."""
-        return self.server.read_attribute_value(self.node_id(tag))
-
-    def value(self, tag: str) -> Any:
-        dv = self.read(tag)
-        return dv.Value.Value if dv.Value is not None else None
 
     def set_range(self, tag: str, lower: float, upper: float) -> None:
         """Client writes of ``tag`` outside [lower, upper] answer BadOutOfRange."""
@@ -270,13 +411,135 @@ class OpcUaPlcServer:
         )
         # asyncua type-checks a write against the current value, not the DataType: null it
         # first (a Bad status does that), then the new type is taken from DataType.
-        no_data = ua.StatusCode(ua.UInt32(ua.StatusCodes.BadWaitingForInitialData))
+        no_data = _status("BadWaitingForInitialData")
         await self.server.write_attribute_value(node.nodeid, ua.DataValue(StatusCode=no_data))
         await self.server.write_attribute_value(
             node.nodeid, ua.DataValue(ua.Variant(_python(0.0, vtype), vtype))
         )
         variant = self.read(tag).Value
-        assert variant is not None and variant.VariantType == vtype, "retyped value refused"
+        if variant is None or variant.VariantType != vtype:
+            raise RuntimeError(f"tag {tag!r}: the server refused the retyped value")
+
+    # ------------------------------------------------------------------ request hooks
+    def _failing(self, node_id: ua.NodeId) -> bool:
+        tag = self._tag_of.get(node_id)
+        return tag is not None and tag in self.bad_tags
+
+    def _refusal(self, item: ua.WriteValue) -> ua.StatusCode | None:
+        """The status refusing a client's Value write, or None to let asyncua handle it."""
+        tag = self._tag_of.get(item.NodeId)
+        if tag is None:
+            return None
+        if tag in self.bad_tags:
+            return _COMMUNICATION
+        variant = item.Value.Value if item.Value is not None else None
+        if variant is None or not isinstance(variant.Value, bool | int | float):
+            return None
+        value = float(variant.Value)
+        reason = None
+        limits = self.ranges.get(item.NodeId)
+        if limits is not None and not limits[0] <= value <= limits[1]:
+            reason = f"outside the PLC range [{limits[0]}, {limits[1]}]"
+        elif (
+            self.write_hook is not None
+            and self.tags.tags[tag].writable
+            and variant.VariantType == self.types.get(tag)
+        ):
+            reason = self.write_hook(tag, value)
+        if reason is None:
+            return None
+        log.info("refused a write of %s = %r: %s", tag, value, reason)
+        return _OUT_OF_RANGE
+
+    async def _pre_read(self, event: ServerItemCallback, _: Any) -> None:
+        if event.is_external:
+            if _ours(event.request_params.NodesToRead):
+                self.read_requests += 1
+            if self.latency > 0:
+                await asyncio.sleep(self.latency)
+
+    async def _pre_write(self, event: ServerItemCallback, _: Any) -> None:
+        if event.is_external:
+            if _ours(event.request_params.NodesToWrite):
+                self.write_requests += 1
+            if self.latency > 0:
+                await asyncio.sleep(self.latency)
+
+
+async def opcua_server_for_site(
+    site: Site,
+    port: int | None = None,
+    *,
+    host: str | None = None,
+    allow_remote: bool = False,
+    state_dir: Path | None = None,
+    initial: Mapping[str, float] | None = None,
+    shelf: Path | None = None,
+) -> OpcUaPlcServer:
+    """The secured OPC UA server standing in for ``site``'s PLC, from its ``hil`` section.
+
+    Endpoints None and Basic256Sha256 SignAndEncrypt, with a certificate made on first start
+    in ``<state_dir>/<site name>/`` (``state_dir`` defaults to ``hil.state_dir``; application
+    URI ``urn:pharmatwin:hil:<site name>``); the users of ``hil.users`` with the passwords
+    from their environment variables (ConfigError naming any that is not set); anonymous
+    only if ``hil.allow_anonymous``. ``host`` defaults to the site's; ``port`` to the site's
+    own if it speaks OPC UA, else :data:`DEFAULT_PORT`. The address-space shelf is kept in
+    ``state_dir`` unless ``shelf`` says otherwise. Nothing listens before ``start()``.
+    """
+    if site.hil is None:
+        raise ConfigError([Problem(str(site.path), "hil", "the site has no 'hil' section", None)])
+    host = host if host is not None else site.connection.host
+    check_bind_address(host, allow_remote)
+    users = site_users(site)
+    state = state_dir if state_dir is not None else site.file(site.hil.state_dir)
+    uri = f"urn:pharmatwin:hil:{site.name}"
+    certificate, key = await asyncio.to_thread(
+        ensure_server_certificate, state / site.name, uri, host
+    )
+    speaks = site.connection.protocol == "opcua"
+    return OpcUaPlcServer(
+        site.tags,
+        port if port is not None else (site.connection.port if speaks else DEFAULT_PORT),
+        host=host,
+        allow_remote=allow_remote,
+        site_name=site.name,
+        endpoint_path=site.connection.opcua.endpoint_path,
+        initial=initial,
+        users=users,
+        allow_anonymous=site.hil.allow_anonymous,
+        security=ServerSecurity(certificate, key, uri, offer_none=True),
+        shelf=shelf if shelf is not None else await address_space_shelf(state),
+    )
+
+
+def site_users(site: Site) -> dict[str, str]:
+    """username -> password for ``site.hil.users``, read from the named environment variables."""
+    users, problems = {}, []
+    for i, user in enumerate(site.hil.users if site.hil else ()):
+        password = os.environ.get(user.password_env)
+        if password is None:
+            message = (
+                f"the environment variable {user.password_env} is not set; "
+                f"it holds the password of user {user.username!r}"
+            )
+            problems.append(
+                Problem(str(site.path), f"hil.users.{i}.password_env", message, user.password_env)
+            )
+        else:
+            users[user.username] = password
+    if problems:
+        raise ConfigError(problems)
+    return users
+
+
+def _node_id(tag: Tag) -> ua.NodeId | None:
+    spec = tag.opcua
+    return None if spec is None or spec.node_id is None else ua.NodeId.from_string(spec.node_id)
+
+
+def _communication_error() -> ua.DataValue:
+    now = cast(ua.DateTime, datetime.now(UTC))
+    return ua.DataValue(StatusCode=_COMMUNICATION, ServerTimestamp=now)
 
 
 def _ours(items: list[Any]) -> bool:
@@ -289,3 +552,16 @@ def _python(value: float, vtype: ua.VariantType) -> bool | int | float:
     if vtype in (ua.VariantType.Float, ua.VariantType.Double):
         return float(value)
     return int(value)
+
+
+def _fitting(tag: str, value: float, vtype: ua.VariantType) -> bool | int | float:
+    """``value`` as the node's type holds it; ValueError naming the tag if it cannot."""
+    if vtype == ua.VariantType.Boolean:
+        if value not in (0, 1):
+            raise ValueError(f"tag {tag!r}: a Boolean node takes 0 or 1, got {value!r}")
+    elif vtype.name in _INT_RANGE:
+        lo, hi = _INT_RANGE[vtype.name]
+        if not (math.isfinite(value) and lo <= round(value) <= hi):
+            raise ValueError(f"tag {tag!r}: {value!r} does not fit {vtype.name} [{lo}, {hi}]")
+        return round(value)
+    return _python(value, vtype)
