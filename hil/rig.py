@@ -105,6 +105,7 @@ class HilRig:
             working,
             local_recipe=recipe.inputs_at if recipe is not None else None,
             on_event=self.log.plc_events.append,
+            now=clock.now,
         )
         self._applied = dict(working)
         self._nominal_params = self.model.parameters
@@ -201,4 +202,8 @@ class HilRig:
             "plc_events": len(self.log.plc_events),
             "fault_events": len(self.log.fault_events),
             "finite": all(math.isfinite(v) for v in self._applied.values()),
+            "recent_plc_events": [
+                {"t": e.t, "what": e.what, "detail": e.detail} for e in self.log.plc_events[-20:]
+            ],
+            "active_faults": [f.model_dump() for f in self.faults.active(self.plant.t)],
         }

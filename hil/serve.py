@@ -175,7 +175,6 @@ async def _serve(
         "log": str(log_path),
     }
     state_file = folder / f"{site.name}.json"
-    state_file.write_text(json.dumps(state, indent=2))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -186,6 +185,7 @@ async def _serve(
         for server in servers:
             await server.start()
             started.append(server)
+        state_file.write_text(json.dumps(state, indent=2))  # announced once it answers
         log.info("serving %s on %s at rate %g", site.name, ports, opts.rate)
         announce(
             f"serving {site.name}: "

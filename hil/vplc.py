@@ -96,7 +96,10 @@ class VirtualPlc:
         *,
         local_recipe: Callable[[float], Mapping[str, float]] | None = None,
         on_event: Callable[[PlcEvent], None] | None = None,
+        now: Callable[[], float] | None = None,
     ) -> None:
+        """``now`` gives the process time of a client write (the rig passes its clock);
+        without it a write is stamped with the time of the last scan."""
         self.tags = tags
         self.behaviour = behaviour
         self.local_recipe = local_recipe
@@ -112,6 +115,7 @@ class VirtualPlc:
             if not t.writable and t.binds is not None and t.binds not in input_names
         ]
         self._now = 0.0
+        self._clock = now
         self._forced: dict[str, float] = {}
 
     def _loop(self, name: str, working: float) -> _Loop:
@@ -145,7 +149,7 @@ class VirtualPlc:
     # ------------------------------------------------------------------ writes
     def on_write(self, tag: str, value: float) -> str | None:
         """The servers' write hook: None accepts; a reason refuses (exception 03/BadOutOfRange)."""
-        now = self._now
+        now = self._clock() if self._clock is not None else self._now
         loop = self._by_sp.get(tag)
         if loop is not None:
             return self._remote_setpoint(loop, value, now)
