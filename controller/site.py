@@ -153,7 +153,7 @@ class HilSection(Strict):
     """
 
     scenario: str  # true plant: mismatch, noise, disturbances, faults; its recipe is local control
-    plant_step: PositiveFinite | None = None  # model time units; default: the controller's
+    plant_step: PositiveFinite | None = None  # model time units; default: controller's / 5
     plc: PlcBehaviour
     users: tuple[ServerUser, ...] = ()
     allow_anonymous: bool = False

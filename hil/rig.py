@@ -75,7 +75,8 @@ class HilRig:
         base = build_model(resolve(scen_path, self.scenario.plant))
         self.model = type(base)(base.parameter_set.with_values(self.scenario.true_plant.parameters))
         self.unit_s = SECONDS_PER_UNIT[self.model.time_unit]
-        self.plant_step = self.hil.plant_step or site.controller.sample_time
+        # the true plant moves in finer steps than the controller samples (default: 1/5)
+        self.plant_step = self.hil.plant_step or site.controller.sample_time / 5
         tp = self.scenario.true_plant
         self.plant = PlantRunner(
             self.model,

@@ -48,10 +48,10 @@ class ServeOptions:
 
 def state_dir(site: Site, override: Path | None = None) -> Path:
     if override is not None:
-        return override
+        return override.resolve()
     if site.hil is None:
         raise ConfigError([Problem(str(site.path), "hil", "the site has no 'hil' section", None)])
-    return site.file(site.hil.state_dir)
+    return site.file(site.hil.state_dir).resolve()
 
 
 def _ports(site: Site, opts: ServeOptions) -> dict[str, int]:
