@@ -6,6 +6,8 @@ Examples::
     pharmatwin tags read configs/sites/bioreactor-modbus.yaml --watch
     pharmatwin tags write SITE feed_rate_sp=0.05 --reason "step test"
     pharmatwin audit verify pharmatwin-audit.db
+    pharmatwin audit export pharmatwin-audit.db --format json
+    pharmatwin history export pharmatwin-history.db --parquet history.parquet
     pharmatwin describe configs/plants/lyophilizer.yaml
 """
 
@@ -37,6 +39,8 @@ EPILOG = """examples:
   pharmatwin tags read configs/sites/lyophilizer-opcua.yaml --watch --interval 2
   pharmatwin tags write configs/sites/bioreactor-modbus.yaml feed_rate_sp=0.05 --reason "step test"
   pharmatwin audit verify pharmatwin-audit.db
+  pharmatwin audit export pharmatwin-audit.db --format csv --out audit.csv
+  pharmatwin history export pharmatwin-history.db --parquet history.parquet
   pharmatwin describe configs/plants/lyophilizer.yaml
 """
 
@@ -130,12 +134,39 @@ def _parser() -> argparse.ArgumentParser:
     tw.add_argument("--reason", required=True, help="why (goes into the audit trail)")
     tw.add_argument("--user", default=None, help="who (default: the login name)")
     tw.add_argument("--audit", type=Path, default=Path("pharmatwin-audit.db"))
+    r = sub.add_parser(
+        "run",
+        help="the edge runtime: shadow (advisory) or closed loop under the PLC handshake",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument("site", type=Path)
+    r.add_argument("--mode", choices=["shadow", "closed-loop"], required=True)
+    r.add_argument("--rate", type=float, default=1.0, help="process/wall time (HIL only)")
+    r.add_argument("--cycles", type=int, default=None, help="stop after N cycles")
+    r.add_argument("--duration", type=float, default=None, help="stop after S process s")
+    r.add_argument("--audit", type=Path, default=Path("pharmatwin-audit.db"))
+    r.add_argument("--historian", type=Path, default=Path("pharmatwin-history.db"))
     a = sub.add_parser("audit", help="the audit trail")
     asub = a.add_subparsers(dest="audit_command", required=True)
     av = asub.add_parser("verify", help="recompute the hash chain of an audit database")
     av.add_argument("db", type=Path)
-    ae = asub.add_parser("export", help="print the audit trail as a human-readable table")
+    ae = asub.add_parser("export", help="export the audit trail: a table, CSV or JSON")
     ae.add_argument("db", type=Path)
+    ae.add_argument(
+        "--format",
+        dest="fmt",
+        choices=("table", "csv", "json"),
+        default="table",
+        help="table (default, for reading), or csv/json of every field (for archiving)",
+    )
+    ae.add_argument("--out", type=Path, default=None, help="write to FILE (default: stdout)")
+    h = sub.add_parser("history", help="the process historian")
+    hsub = h.add_subparsers(dest="history_command", required=True)
+    he = hsub.add_parser("export", help="export a historian database to Parquet")
+    he.add_argument("db", type=Path)
+    he.add_argument("--parquet", type=Path, required=True, metavar="FILE")
+    he.add_argument("--run", default=None, metavar="RUN_ID", help="one run (default: all)")
     return p
 
 
@@ -161,12 +192,33 @@ def main(argv: Sequence[str] | None = None) -> int:
                     args.site, args.assignments, args.reason, args.user, args.audit, console
                 )
             )
+        if args.command == "run":
+            from controller.runtime import RunOptions
+            from controller.runtime import run as run_runtime
+            from controller.supervisor import Mode
+
+            opts = RunOptions(
+                mode=Mode(args.mode),
+                rate=args.rate,
+                cycles=args.cycles,
+                duration_s=args.duration,
+                audit_path=args.audit,
+                historian_path=args.historian,
+            )
+            counters = asyncio.run(run_runtime(args.site, opts))
+            console.print(f"stopped: {vars(counters)}", highlight=False)
+            console.print(f"audit trail: {args.audit}; historian: {args.historian}")
+            return 0
         if args.command == "audit":
             from controller import commissioning
 
             if args.audit_command == "verify":
                 return commissioning.audit_verify(args.db, console)
-            return commissioning.audit_export(args.db, console)
+            return commissioning.audit_export(args.db, console, args.fmt, args.out)
+        if args.command == "history":
+            from controller import commissioning
+
+            return commissioning.history_export(args.db, args.parquet, args.run, console)
     except PharmaTwinError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         return 2

@@ -1,4 +1,4 @@
-"""Commissioning commands behind ``pharmatwin tags ...`` and ``pharmatwin audit ...``.
+"""Commissioning commands behind ``pharmatwin tags|audit|history ...``.
 
 ``tags read`` prints every readable tag (value, unit, quality, age). ``tags write`` checks the
 tag's direction and limits, writes an audit record *before* sending, writes, reads back, and
@@ -8,18 +8,25 @@ audits the result. Nothing here runs a control loop.
 from __future__ import annotations
 
 import asyncio
+import csv
+import dataclasses
 import getpass
+import io
+import json
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from controller.audit import AuditError, AuditTrail, file_hash
+from controller.audit import AuditError, AuditRecord, AuditTrail, file_hash
 from controller.clock import RealClock
 from controller.errors import ConfigError, PortError, Problem
+from controller.historian import HistorianError, SqliteHistorian, export_parquet
 from controller.ports.base import Quality, Snapshot, WriteStatus
 from controller.ports.factory import make_port
 from controller.site import Site, load_site
@@ -174,7 +181,52 @@ def audit_verify(db: Path, console: Console) -> int:
     return 0
 
 
-def audit_export(db: Path, console: Console) -> int:
+AuditFormat = Literal["table", "csv", "json"]
+
+
+def audit_export(
+    db: Path, console: Console, fmt: AuditFormat = "table", out: Path | None = None
+) -> int:
+    """Export the audit trail: a rich table (default), or CSV/JSON of every field.
+
+    CSV and JSON keep each field exactly as stored (``detail`` is the JSON text the hash
+    covers), so an export can be checked against the chain. Written to ``out`` or stdout.
+    """
+    if not db.is_file():
+        raise AuditError(f"no audit database at {db}")
+    if fmt == "table":
+        return _audit_table(db, console, out)
+    trail = AuditTrail(db)
+    try:
+        rows = [dataclasses.asdict(r) for r in trail.records()]
+    finally:
+        trail.close()
+    buf = io.StringIO()
+    if fmt == "json":
+        json.dump(rows, buf, indent=2, ensure_ascii=False)
+        buf.write("\n")
+    else:
+        writer = csv.DictWriter(buf, fieldnames=[f.name for f in dataclasses.fields(AuditRecord)])
+        writer.writeheader()
+        writer.writerows(rows)
+    if out is None:
+        sys.stdout.write(buf.getvalue())
+        sys.stdout.flush()
+    else:
+        _write_text(out, buf.getvalue())
+        console.print(f"wrote {len(rows)} audit records of {db} to {out} ({fmt})", highlight=False)
+    return 0
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8", newline="")
+    except OSError as exc:
+        raise AuditError(f"cannot write the export {path}: {exc}") from exc
+
+
+def _audit_table(db: Path, console: Console, out: Path | None) -> int:
     trail = AuditTrail(db)
     table = Table(title=f"audit trail {db}")
     for col in ("id", "UTC", "who", "action", "target", "old", "new", "why", "detail"):
@@ -194,5 +246,28 @@ def audit_export(db: Path, console: Console) -> int:
             )
     finally:
         trail.close()
-    console.print(table)
+    if out is None:
+        console.print(table)
+    else:
+        buf = io.StringIO()
+        Console(file=buf, width=240).print(table)
+        _write_text(out, buf.getvalue())
+        console.print(f"wrote the audit trail of {db} to {out} (table)", highlight=False)
+    return 0
+
+
+def history_export(db: Path, parquet: Path, run_id: str | None, console: Console) -> int:
+    """Export a historian database to Parquet: one flat row per cycle, RunInfo as metadata."""
+    if not db.is_file():
+        raise HistorianError(f"no historian database at {db}")
+    import pyarrow.parquet as pq
+
+    with SqliteHistorian(db) as historian:
+        runs = [r.run_id for r in historian.runs() if run_id is None or r.run_id == run_id]
+        export_parquet(historian, parquet, run_id)
+    rows = pq.read_metadata(parquet).num_rows
+    console.print(
+        f"wrote {rows} cycles of {len(runs)} run(s) ({', '.join(runs)}) from {db} to {parquet}",
+        highlight=False,
+    )
     return 0

@@ -83,45 +83,55 @@ class ControlPipeline:
         Bad or stale data hold the last safe setpoints and skip the solve. A failed solve
         holds too. Raises SafetyOrderError when :meth:`start` was not called.
         """
+        estimate, problem = self.estimate(y, data_ok=data_ok, data_fresh=data_fresh, states=states)
+        if problem or estimate is None:
+            decision = Decision(t, {}, SolveStatus.ERROR, problem or "no estimate yet", 0, 0.0)
+            data_ok = data_ok and not problem.startswith("estimator")
+        else:
+            decision = self.decide(t, estimate)
+        outcome = self.guard(decision, data_ok=data_ok, data_fresh=data_fresh)
+        return CycleResult(t, estimate, decision, outcome, data_ok, data_fresh)
+
+    # The three stages, for callers that run the solve elsewhere: the supervisor runs
+    # :meth:`decide` in a worker thread with a deadline; the other two stay on its task.
+    def estimate(
+        self,
+        y: Mapping[str, float],
+        *,
+        data_ok: bool = True,
+        data_fresh: bool = True,
+        states: Mapping[str, float] | None = None,
+    ) -> tuple[Estimate | None, str]:
+        """Update the estimator on good, fresh data; returns (estimate, problem or "")."""
         if not self.safety.last:
-            raise SafetyOrderError("ControlPipeline.step called before start(working_setpoints)")
-        estimate = self._estimate
-        if data_ok and data_fresh:
-            try:
-                if isinstance(self.estimator, FullStateFeedback):
-                    estimate = self.estimator.update(self._applied, y, states or {})
-                else:
-                    estimate = self.estimator.update(self._applied, y)
-            except EstimatorError as exc:
-                estimate = None
-                decision = Decision(t, {}, SolveStatus.ERROR, f"estimator: {exc}", 0, 0.0)
-                return self._finish(t, estimate, decision, data_ok=False, data_fresh=data_fresh)
-        if estimate is None or not (data_ok and data_fresh):
+            raise SafetyOrderError("ControlPipeline used before start(working_setpoints)")
+        if not (data_ok and data_fresh):
             why = "bad-quality data" if not data_ok else "stale data"
-            decision = Decision(t, {}, SolveStatus.ERROR, f"no solve: {why}", 0, 0.0)
-            return self._finish(t, estimate, decision, data_ok=data_ok, data_fresh=data_fresh)
-        decision = self.policy.step(
+            return self._estimate, f"no solve: {why}"
+        try:
+            if isinstance(self.estimator, FullStateFeedback):
+                est = self.estimator.update(self._applied, y, states or {})
+            else:
+                est = self.estimator.update(self._applied, y)
+        except EstimatorError as exc:
+            return self._estimate, f"estimator: {exc}"
+        self._estimate = est
+        return est, ""
+
+    def decide(self, t: float, estimate: Estimate) -> Decision:
+        """Ask the policy (MPC or recipe); touches neither the estimator nor the safety filter."""
+        return self.policy.step(
             t, estimate.states, estimate.parameters, u_prev=dict(self.safety.last)
         )
-        return self._finish(t, estimate, decision, data_ok=True, data_fresh=True)
 
-    def _finish(
-        self,
-        t: float,
-        estimate: Estimate | None,
-        decision: Decision,
-        *,
-        data_ok: bool,
-        data_fresh: bool,
-    ) -> CycleResult:
-        outcome = self.safety.step(
+    def guard(self, decision: Decision, *, data_ok: bool, data_fresh: bool) -> SafetyOutcome:
+        """Pass a decision through the safety filter (holds on a failed decision or bad data)."""
+        return self.safety.step(
             dict(decision.inputs) if decision.inputs else None,
             solve_ok=decision.ok,
             data_ok=data_ok,
             data_fresh=data_fresh,
         )
-        self._estimate = estimate
-        return CycleResult(t, estimate, decision, outcome, data_ok, data_fresh)
 
     def applied(self, setpoints: Mapping[str, float]) -> None:
         """Tell the estimator which inputs were really in place over the coming interval."""

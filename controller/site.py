@@ -11,7 +11,7 @@ the environment variable that holds it (``password_env``).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -158,6 +158,27 @@ class HilSection(Strict):
     users: tuple[ServerUser, ...] = ()
     allow_anonymous: bool = False
     state_dir: str = "../../runs/hil-state"  # server certificate (made on first start), logs
+    # A CA (certificate DER/PEM + private key PEM): signs the server certificate made on first
+    # start, and client certificates must be issued by it. Neither: self-signed, any client.
+    ca_certificate: str | None = None
+    ca_private_key: str | None = None
+
+    @model_validator(mode="after")
+    def _ca_pair(self) -> HilSection:
+        if (self.ca_certificate is None) != (self.ca_private_key is None):
+            raise ValueError("give both 'ca_certificate' and 'ca_private_key', or neither")
+        return self
+
+
+class RuntimeSettings(Strict):
+    """How the edge runtime (``pharmatwin run``) supervises this site."""
+
+    solve_deadline_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
+    max_bad_cycles: Annotated[int, Field(ge=1, le=1000)] = 3
+    reengage: bool = True  # request control again when the PLC permits after a fallback
+    service_identity: str = "pharmatwin-service"
+    predicted_steps: Annotated[int, Field(ge=0, le=100)] = 5
+    advisory_tags: dict[str, str] = Field(default_factory=dict)  # input -> tag (shadow mode)
 
 
 class SiteFile(Strict):
@@ -167,6 +188,7 @@ class SiteFile(Strict):
     controller: str
     tags: str
     connection: Connection
+    runtime: RuntimeSettings = RuntimeSettings()
     hil: HilSection | None = None
 
 
@@ -182,6 +204,7 @@ class Site:
     tags: TagMap
     connection: Connection
     hil: HilSection | None = None
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
 
     def file(self, ref: str) -> Path:
         """A path written in the site file, resolved against it."""
@@ -221,7 +244,7 @@ def load_site(path: Path) -> Site:
         raise ConfigError(problems)
     if cfg is None or model is None or tm is None:  # unreachable: problems were raised
         raise ConfigError(problems)
-    return Site(path, sf.name, sf.description, cfg, model, tm, sf.connection, sf.hil)
+    return Site(path, sf.name, sf.description, cfg, model, tm, sf.connection, sf.hil, sf.runtime)
 
 
 def _check_tags(sf: SiteFile, tm: TagMap, model: PlantModel | None, path: Path) -> list[Problem]:
@@ -347,6 +370,11 @@ def _check_files(sf: SiteFile, path: Path) -> list[Problem]:
         if ref:
             refs.append((f"connection.opcua.security.{key}", ref))
     refs += [(f"connection.opcua.security.trust_list.{i}", r) for i, r in enumerate(sec.trust_list)]
+    if sf.hil is not None:
+        for key in ("ca_certificate", "ca_private_key"):
+            ref = getattr(sf.hil, key)
+            if ref:
+                refs.append((f"hil.{key}", ref))
     return [
         Problem(str(path), key, "file not found", ref)
         for key, ref in refs

@@ -19,11 +19,13 @@ from conftest import free_port
 
 from controller.audit import AuditTrail
 from controller.cli import main as cli_main
+from controller.site import load_site
 from controller.tags import load_tag_map
 from hil.servers.modbus import ModbusPlcServer
-from hil.servers.opcua import OpcUaPlcServer, address_space_shelf
+from hil.servers.opcua import OpcUaPlcServer, address_space_shelf, opcua_server_for_site
 
 ROOT = Path(__file__).resolve().parents[1]
+SITES = ROOT / "configs" / "sites"
 TAGS = load_tag_map(ROOT / "configs" / "tags" / "lyophilizer.yaml")
 INITIAL = {"shelf_temp_sp": -35.0, "chamber_pressure_sp": 0.15, "product_temp_bottom": -36.25}
 pytestmark = pytest.mark.timeout(90)
@@ -46,14 +48,19 @@ def server_thread(make: Any) -> Iterator[Any]:
 
 
 def _site(tmp_path: Path, name: str, port: int) -> Path:
-    data = yaml.safe_load((ROOT / "configs" / "sites" / f"{name}.yaml").read_text())
+    data = yaml.safe_load((SITES / f"{name}.yaml").read_text())
     for key in ("plant", "controller", "tags"):
-        data[key] = str((ROOT / "configs" / "sites" / data[key]).resolve())
+        data[key] = str((SITES / data[key]).resolve())
     if "hil" in data:  # the site is copied: its relative paths would no longer resolve
-        data["hil"]["scenario"] = str(
-            (ROOT / "configs" / "sites" / data["hil"]["scenario"]).resolve()
-        )
+        for key in ("scenario", "ca_certificate", "ca_private_key"):
+            if key in data["hil"]:
+                data["hil"][key] = str((SITES / data["hil"][key]).resolve())
         data["hil"]["state_dir"] = str(tmp_path / "hil-state")
+    security = data["connection"].get("opcua", {}).get("security")
+    if security:
+        for key in ("certificate", "private_key"):
+            security[key] = str((SITES / security[key]).resolve())
+        security["trust_list"] = [str((SITES / ref).resolve()) for ref in security["trust_list"]]
     data["connection"]["port"] = port
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -97,22 +104,15 @@ def test_tags_read_and_write_over_modbus(
 def test_tags_read_over_opcua_with_a_user(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The shipped secured site: SignAndEncrypt, the test CA's client certificate, a user."""
     monkeypatch.setenv("PHARMATWIN_OPCUA_PASSWORD", "s3cret")
-    port = free_port()
+    site = _site(tmp_path, "lyophilizer-opcua", free_port())
 
     async def make() -> OpcUaPlcServer:
         shelf = await address_space_shelf(tmp_path)
-        return OpcUaPlcServer(
-            TAGS,
-            port,
-            initial=INITIAL,
-            users={"operator": "s3cret"},
-            allow_anonymous=False,
-            shelf=shelf,
-        )
+        return await opcua_server_for_site(load_site(site), initial=INITIAL, shelf=shelf)
 
     with server_thread(make):
-        site = _site(tmp_path, "lyophilizer-opcua", port)
         assert (
             cli_main(["tags", "read", str(site), "--watch", "--interval", "0.1", "--count", "2"])
             == 0

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from asyncua import Client, ua
+from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from pymodbus.client import AsyncModbusTcpClient
 
 from controller.tags import decode, encode, load_tag_map
@@ -24,6 +25,7 @@ from hil.serve import ServeOptions, admin_request, serve
 ROOT = Path(__file__).resolve().parents[1]
 LYO_MODBUS = ROOT / "configs" / "sites" / "lyophilizer-modbus.yaml"
 LYO_OPCUA = ROOT / "configs" / "sites" / "lyophilizer-opcua.yaml"
+PKI = ROOT / "configs" / "pki"
 TAGS = load_tag_map(ROOT / "configs" / "tags" / "lyophilizer.yaml")
 RATE = 3600.0  # an hour per second: the 1800 s heartbeat timeout is 0.5 s of wall time
 pytestmark = pytest.mark.timeout(120)
@@ -213,7 +215,17 @@ async def test_opcua_handshake_and_out_of_range(
 ) -> None:
     monkeypatch.setenv("PHARMATWIN_OPCUA_PASSWORD", "s3cret")
     rig = await _start(LYO_OPCUA, tmp_path)
+    # The site is secured: SignAndEncrypt only, with a client certificate of the test CA; the
+    # server's own certificate was made on its first start in the state folder.
     client = Client(f"opc.tcp://127.0.0.1:{rig.port}/pharmatwin/", timeout=5)
+    client.application_uri = "urn:pharmatwin:controller"
+    await client.set_security(
+        SecurityPolicyBasic256Sha256,
+        str(PKI / "pharmatwin-client.der"),
+        str(PKI / "pharmatwin-client.key.pem"),
+        server_certificate=str(tmp_path / "lyophilizer-opcua" / "server-cert.der"),
+        mode=ua.MessageSecurityMode.SignAndEncrypt,
+    )
     client.set_user("operator")
     client.set_password("s3cret")
     try:

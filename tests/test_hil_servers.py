@@ -1,4 +1,5 @@
-"""The HIL servers seen by independent clients: plain pymodbus and asyncua, never our ports.
+"""The HIL servers seen by independent clients: plain pymodbus and asyncua; only the last
+section connects our OPC UA port, with the shipped secured site file, end to end.
 
 The tag map is the CSTR's (``configs/tags/cstr.yaml``): float32 in ABCD and DCBA order, int16
 with a scale, uint16 counters, coils and discrete inputs, and the same tags as OPC UA nodes.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import math
@@ -24,22 +26,37 @@ from asyncua import Client, ua
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from conftest import LOOPBACK, free_port
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
-from controller.errors import ConfigError
+from controller.clock import RealClock
+from controller.errors import ConfigError, PortConnectError
+from controller.ports.opcua import OpcUaPort
 from controller.site import Site, load_site
 from controller.tags import DataType, ModbusSpec, Order, Table, load_tag_map
-from hil.servers.certs import ensure_server_certificate
+from hil.servers.certs import (
+    CA_CERTIFICATE_FILE,
+    CA_KEY_FILE,
+    CLIENT_CERTIFICATE_FILE,
+    CLIENT_KEY_FILE,
+    CertificateAuthority,
+    ensure_server_certificate,
+    load_certificate,
+    make_test_pki,
+)
+from hil.servers.certs import CLIENT_URI as PKI_URI
+from hil.servers.certs import main as certs_main
 from hil.servers.modbus import ModbusPlcServer, modbus_server_for_site
 from hil.servers.opcua import OpcUaPlcServer, address_space_shelf, opcua_server_for_site
 
 pytestmark = pytest.mark.timeout(60)
 
 ROOT = Path(__file__).resolve().parents[1]
+PKI = ROOT / "configs" / "pki"
 TAGS = load_tag_map(ROOT / "configs/tags/cstr.yaml")
 SITE_NAME = "cstr-line-1"
 VALUES = {
@@ -437,10 +454,15 @@ def site() -> Site:
 
 
 async def _secure_client(
-    url: str, client_files: tuple[Path, Path], server_cert: Path, user: str | None, pwd: str
+    url: str,
+    client_files: tuple[Path, Path],
+    server_cert: Path,
+    user: str | None,
+    pwd: str,
+    uri: str = CLIENT_URI,
 ) -> Client:
     client = Client(url, timeout=3)
-    client.application_uri = CLIENT_URI
+    client.application_uri = uri
     await client.set_security(
         SecurityPolicyBasic256Sha256,
         str(client_files[0]),
@@ -463,16 +485,67 @@ async def _refused(client: Client, status: str) -> None:
             await client.disconnect()
 
 
-async def test_security_users_and_a_certificate_made_once(
+def _issued_by(cert_file: Path, ca_file: Path) -> bool:
+    try:
+        load_certificate(cert_file).verify_directly_issued_by(load_certificate(ca_file))
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+async def test_security_users_and_a_ca_signed_certificate_made_once(
     site: Site, shelf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The shipped site names the test CA: SignAndEncrypt only, clients of the CA only."""
     monkeypatch.setenv("PHARMATWIN_OPCUA_PASSWORD", PASSWORD)
     state, port = tmp_path / "state", free_port()
-    client_files = _client_certificate(tmp_path)
+    pki = (PKI / CLIENT_CERTIFICATE_FILE, PKI / CLIENT_KEY_FILE)
     server = await opcua_server_for_site(site, port, state_dir=state, shelf=shelf)
     cert_file = state / site.name / "server-cert.der"
     first = cert_file.read_bytes()
+    assert _issued_by(cert_file, PKI / CA_CERTIFICATE_FILE)
     async with server:
+        client = await _secure_client(server.url, pki, cert_file, "operator", PASSWORD, PKI_URI)
+        async with client:
+            endpoints = await client.get_endpoints()
+            assert {e.SecurityMode for e in endpoints} == {ua.MessageSecurityMode.SignAndEncrypt}
+            assert (await ua_data_value(client, "conc_a")).Value is not None
+            nodes = await client.nodes.objects.get_child([f"2:{site.name}", "2:cstr"])
+            assert nodes.nodeid.to_string() == f"ns=2;s={site.name}/cstr"
+        wrong = await _secure_client(server.url, pki, cert_file, "operator", "wrong", PKI_URI)
+        await _refused(wrong, "BadUserAccessDenied")
+        anonymous = await _secure_client(server.url, pki, cert_file, None, "", PKI_URI)
+        await _refused(anonymous, "BadIdentityTokenRejected")
+        # A self-signed client certificate (right usages and URI) is not issued by the CA.
+        stranger = _client_certificate(tmp_path)
+        client = await _secure_client(server.url, stranger, cert_file, "operator", PASSWORD)
+        await _refused(client, "BadCertificateUntrusted")
+        # The test CA's certificate, but an application URI it was not issued for.
+        liar = await _secure_client(server.url, pki, cert_file, "operator", PASSWORD, CLIENT_URI)
+        await _refused(liar, "BadCertificateUriInvalid")
+    # A restart: the same certificate, so the client's trust in it still holds.
+    again = await opcua_server_for_site(site, port, state_dir=state, shelf=shelf)
+    assert cert_file.read_bytes() == first
+    async with again:
+        client = await _secure_client(again.url, pki, cert_file, "operator", PASSWORD, PKI_URI)
+        async with client:
+            assert (await ua_data_value(client, "conc_a")).Value is not None
+
+
+async def test_a_site_without_a_ca_serves_self_signed_and_any_client(
+    site: Site, shelf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PHARMATWIN_OPCUA_PASSWORD", PASSWORD)
+    assert site.hil is not None
+    plain = dataclasses.replace(
+        site, hil=site.hil.model_copy(update={"ca_certificate": None, "ca_private_key": None})
+    )
+    server = await opcua_server_for_site(plain, free_port(), state_dir=tmp_path, shelf=shelf)
+    cert_file = tmp_path / site.name / "server-cert.der"
+    cert = load_certificate(cert_file)
+    assert cert.issuer == cert.subject
+    async with server:
+        client_files = _client_certificate(tmp_path)
         client = await _secure_client(server.url, client_files, cert_file, "operator", PASSWORD)
         async with client:
             endpoints = await client.get_endpoints()
@@ -480,19 +553,6 @@ async def test_security_users_and_a_certificate_made_once(
                 ua.MessageSecurityMode.None_,
                 ua.MessageSecurityMode.SignAndEncrypt,
             }
-            assert (await ua_data_value(client, "conc_a")).Value is not None
-            nodes = await client.nodes.objects.get_child([f"2:{site.name}", "2:cstr"])
-            assert nodes.nodeid.to_string() == f"ns=2;s={site.name}/cstr"
-        wrong = await _secure_client(server.url, client_files, cert_file, "operator", "wrong")
-        await _refused(wrong, "BadUserAccessDenied")
-        anonymous = await _secure_client(server.url, client_files, cert_file, None, "")
-        await _refused(anonymous, "BadIdentityTokenRejected")
-    # A restart: the same certificate, so the client's trust in it still holds.
-    again = await opcua_server_for_site(site, port, state_dir=state, shelf=shelf)
-    assert cert_file.read_bytes() == first
-    async with again:
-        client = await _secure_client(again.url, client_files, cert_file, "operator", PASSWORD)
-        async with client:
             assert (await ua_data_value(client, "conc_a")).Value is not None
 
 
@@ -502,6 +562,26 @@ async def test_a_missing_password_variable_is_named(
     monkeypatch.delenv("PHARMATWIN_OPCUA_PASSWORD", raising=False)
     with pytest.raises(ConfigError, match="PHARMATWIN_OPCUA_PASSWORD is not set"):
         await opcua_server_for_site(site, state_dir=tmp_path)
+
+
+async def test_an_unusable_ca_is_a_config_error(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PHARMATWIN_OPCUA_PASSWORD", PASSWORD)
+    assert site.hil is not None
+    other = make_test_pki(tmp_path / "other")
+    mixed = site.hil.model_copy(update={"ca_private_key": str(other["ca_private_key"])})
+    with pytest.raises(ConfigError, match="is not the key of") as exc:
+        await opcua_server_for_site(dataclasses.replace(site, hil=mixed), state_dir=tmp_path)
+    assert exc.value.problems[0].location == "hil.ca_certificate"
+    leaf = site.hil.model_copy(
+        update={
+            "ca_certificate": str(other["client_certificate"]),
+            "ca_private_key": str(other["client_private_key"]),
+        }
+    )
+    with pytest.raises(ConfigError, match="not a CA certificate"):
+        await opcua_server_for_site(dataclasses.replace(site, hil=leaf), state_dir=tmp_path)
 
 
 def test_server_certificate_is_self_signed_for_the_uri_and_reused(tmp_path: Path) -> None:
@@ -519,6 +599,115 @@ def test_server_certificate_is_self_signed_for_the_uri_and_reused(tmp_path: Path
     assert cert_file.read_bytes() == first  # reused
     ensure_server_certificate(tmp_path, "urn:pharmatwin:hil:other", "127.0.0.1")
     assert cert_file.read_bytes() != first  # made anew for another application URI
+
+
+def test_server_certificate_is_ca_signed_reused_and_remade_for_another_ca(
+    tmp_path: Path,
+) -> None:
+    uri = "urn:pharmatwin:hil:test"
+    files = make_test_pki(tmp_path / "pki")
+    ca = CertificateAuthority.load(files["ca_certificate"], files["ca_private_key"])
+    state = tmp_path / "state"
+    cert_file, key_file = ensure_server_certificate(state, uri, "127.0.0.1", ca)
+    first = cert_file.read_bytes()
+    cert = x509.load_der_x509_certificate(first)
+    cert.verify_directly_issued_by(ca.certificate)
+    assert cert.issuer != cert.subject
+    usages = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usages.key_encipherment and usages.data_encipherment and not usages.key_cert_sign
+    assert not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert cert.not_valid_after_utc <= ca.certificate.not_valid_after_utc
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    ensure_server_certificate(state, uri, "127.0.0.1", ca)
+    assert cert_file.read_bytes() == first  # reused: still signed by the same CA
+    # A regenerated CA: the stored certificate is no longer its; a new one is signed by it.
+    files = make_test_pki(tmp_path / "pki")
+    new_ca = CertificateAuthority.load(files["ca_certificate"], files["ca_private_key"])
+    ensure_server_certificate(state, uri, "127.0.0.1", new_ca)
+    second = cert_file.read_bytes()
+    assert second != first
+    x509.load_der_x509_certificate(second).verify_directly_issued_by(new_ca.certificate)
+    # The CA dropped: back to a self-signed one.
+    ensure_server_certificate(state, uri, "127.0.0.1")
+    third = x509.load_der_x509_certificate(cert_file.read_bytes())
+    assert third.issuer == third.subject
+    third.verify_directly_issued_by(third)
+    # A key that is not the certificate's: made anew.
+    key_file.write_bytes(files["client_private_key"].read_bytes())
+    ensure_server_certificate(state, uri, "127.0.0.1")
+    fourth = x509.load_der_x509_certificate(cert_file.read_bytes())
+    assert fourth != third
+
+
+def test_the_shipped_test_pki_is_consistent_and_in_date() -> None:
+    """configs/pki: the controller's certificate is issued by the test CA for its URI."""
+    ca = CertificateAuthority.load(PKI / CA_CERTIFICATE_FILE, PKI / CA_KEY_FILE)
+    client = load_certificate(PKI / CLIENT_CERTIFICATE_FILE)
+    client.verify_directly_issued_by(ca.certificate)
+    san = client.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == [PKI_URI]
+    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
+    eku = client.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.CLIENT_AUTH in eku
+    key = serialization.load_pem_private_key((PKI / CLIENT_KEY_FILE).read_bytes(), None)
+    public = client.public_key()
+    assert isinstance(key, rsa.RSAPrivateKey) and isinstance(public, rsa.RSAPublicKey)
+    assert key.public_key().public_numbers() == public.public_numbers()
+    soon = datetime.now(UTC) + timedelta(days=90)
+    assert client.not_valid_after_utc > soon, "regenerate configs/pki (see its README.md)"
+    assert ca.certificate.not_valid_after_utc > soon, "regenerate configs/pki"
+    assert "never for a plant" in (PKI / "README.md").read_text().lower()
+
+
+def test_regenerate_command_writes_a_new_pki(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert certs_main(["--regenerate", str(tmp_path)]) == 0
+    assert str(tmp_path / CLIENT_CERTIFICATE_FILE) in capsys.readouterr().out
+    ca = CertificateAuthority.load(tmp_path / CA_CERTIFICATE_FILE, tmp_path / CA_KEY_FILE)
+    load_certificate(tmp_path / CLIENT_CERTIFICATE_FILE).verify_directly_issued_by(ca.certificate)
+    assert stat.S_IMODE((tmp_path / CLIENT_KEY_FILE).stat().st_mode) == 0o600
+
+
+# ---------------------------------------------------------------------- our port, secured site
+def _port(site: Site, port: int, **security: object) -> OpcUaPort:
+    sec = site.connection.opcua.security.model_copy(update=security)
+    opts = site.connection.opcua.model_copy(update={"security": sec})
+    conn = site.connection.model_copy(update={"port": port, "opcua": opts})
+    return OpcUaPort(site.tags, conn, RealClock(), password=PASSWORD, base_dir=site.path.parent)
+
+
+async def test_the_site_port_connects_over_sign_and_encrypt_end_to_end(
+    site: Site, shelf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shipped site file on both sides: CA-signed server, the controller's certificate."""
+    monkeypatch.setenv("PHARMATWIN_OPCUA_PASSWORD", PASSWORD)
+    assert site.connection.opcua.security.mode == "SignAndEncrypt"
+    server = await opcua_server_for_site(
+        site, free_port(), state_dir=tmp_path, shelf=shelf, initial=VALUES
+    )
+    async with server:
+        async with _port(site, server.port) as port:
+            assert (await port.read(["conc_a"]))["conc_a"].value == VALUES["conc_a"]
+            assert (await port.write({"feed_dilution_sp": 20.0})).ok
+        assert server.value("feed_dilution_sp") == 20.0
+        # A client certificate issued by another CA (right URI and usages) is refused.
+        other = make_test_pki(tmp_path / "other-ca")
+        impostor = _port(
+            site,
+            server.port,
+            certificate=str(other["client_certificate"]),
+            private_key=str(other["client_private_key"]),
+        )
+        with pytest.raises(PortConnectError, match="BadCertificateUntrusted"):
+            await impostor.connect()
+        await impostor.close()
+        # A trust list without the test CA: the CA-signed server certificate is refused.
+        doubter = _port(site, server.port, trust_list=(str(other["ca_certificate"]),))
+        with pytest.raises(PortConnectError, match="not trusted"):
+            await doubter.connect()
+        await doubter.close()
 
 
 # ---------------------------------------------------------------------- bind address

@@ -77,3 +77,43 @@ def test_tags_write_arguments_are_checked_before_connecting() -> None:
     assert "allowed [0.0, 0.2]" in msgs and "read-only" in msgs and "unknown tag" in msgs
     assert "expected TAG=VALUE" in msgs and "not a number" in msgs
     assert parse_assignments(site, ["feed_rate_sp=0.05"]) == {"feed_rate_sp": 0.05}
+
+
+def test_every_opcua_site_is_secured_with_the_test_pki() -> None:
+    for path in SITES:
+        site = load_site(path)
+        if site.connection.protocol != "opcua":
+            continue
+        sec, hil = site.connection.opcua.security, site.hil
+        assert (sec.policy, sec.mode) == ("Basic256Sha256", "SignAndEncrypt"), path.stem
+        assert sec.certificate and sec.private_key and sec.trust_list, path.stem
+        assert site.connection.opcua.username and site.connection.opcua.password_env
+        assert hil is not None and hil.ca_certificate and hil.ca_private_key, path.stem
+        assert site.file(hil.ca_certificate) in {site.file(ref) for ref in sec.trust_list}
+
+
+def test_the_hil_ca_is_a_pair_of_existing_files(tmp_path: Path) -> None:
+    data = yaml.safe_load((ROOT / "configs/sites/cstr-opcua.yaml").read_text())
+    for key in ("plant", "controller", "tags"):
+        data[key] = str((ROOT / "configs/sites" / data[key]).resolve())
+    data["hil"]["scenario"] = str((ROOT / "configs/sites" / data["hil"]["scenario"]).resolve())
+    security = data["connection"]["opcua"]["security"]
+    for key in ("certificate", "private_key"):
+        security[key] = str((ROOT / "configs/sites" / security[key]).resolve())
+    security["trust_list"] = [
+        str((ROOT / "configs/sites" / r).resolve()) for r in security["trust_list"]
+    ]
+    path = tmp_path / "site.yaml"
+    data["hil"]["ca_certificate"] = "nowhere/ca.der"
+    data["hil"]["ca_private_key"] = "nowhere/ca.key.pem"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as exc:
+        load_site(path)
+    assert {p.location for p in exc.value.problems} == {"hil.ca_certificate", "hil.ca_private_key"}
+    del data["hil"]["ca_private_key"]
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match="'ca_certificate' and 'ca_private_key'"):
+        load_site(path)
+    del data["hil"]["ca_certificate"]
+    path.write_text(yaml.safe_dump(data))
+    assert load_site(path).hil is not None  # neither: a self-signed server, as before

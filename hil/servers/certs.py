@@ -1,23 +1,36 @@
-"""The HIL OPC UA server's application instance certificate, made on first start.
+"""Certificates of the HIL test bench: the OPC UA server's, made on first start, and a test PKI.
 
-:func:`ensure_server_certificate` writes a self-signed certificate (DER) and its private key
-(PEM, PKCS#8, mode 0600) into a state folder, and reuses them on every later start, so the
-clients' trust lists stay valid. The certificate follows OPC UA Part 6 §6.2.2: RSA 2048 with
-SHA-256, the application URI as SubjectAltName URI plus the host names and IP addresses it
-serves under, and the key usages Basic256Sha256 needs. A pair is made anew only if a file is
-missing, the certificate does not carry ``application_uri`` or it is out of date (logged).
+:func:`ensure_server_certificate` writes the server's application instance certificate (DER)
+and its private key (PEM, PKCS#8, mode 0600) into a state folder, and reuses them on every
+later start, so the clients' trust stays valid. The certificate follows OPC UA Part 6 §6.2.2:
+RSA 2048 with SHA-256, the application URI as SubjectAltName URI plus the host names and IP
+addresses it serves under, and the key usages Basic256Sha256 needs. It is self-signed, or,
+given a :class:`CertificateAuthority`, signed by that CA (so a client that trusts the CA
+trusts a certificate made on the server's first start). A pair is made anew only if a file
+is missing, the key does not match, the certificate does not carry ``application_uri``, is
+not (or no longer) signed as asked, or is out of date (logged).
+
+:func:`make_test_pki` makes the loopback test bench's CA and the controller's client
+certificate (``configs/pki/``; see the README there). Regenerate them with::
+
+    python -m hil.servers.certs --regenerate configs/pki
 """
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import logging
 import os
 import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -28,79 +41,243 @@ CERTIFICATE_FILE = "server-cert.der"
 KEY_FILE = "server-key.pem"
 VALID_FOR = timedelta(days=5 * 365)
 
+#: The test PKI's files (:func:`make_test_pki`) and the controller's application URI.
+CA_CERTIFICATE_FILE = "hil-test-ca.der"
+CA_KEY_FILE = "hil-test-ca.key.pem"
+CLIENT_CERTIFICATE_FILE = "pharmatwin-client.der"
+CLIENT_KEY_FILE = "pharmatwin-client.key.pem"
+CLIENT_URI = "urn:pharmatwin:controller"
+CA_VALID_FOR = timedelta(days=20 * 365)
+CLIENT_VALID_FOR = timedelta(days=10 * 365)
 
-def ensure_server_certificate(folder: Path, application_uri: str, host: str) -> tuple[Path, Path]:
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    """A CA certificate and its private key, which signs the server certificates."""
+
+    certificate: x509.Certificate
+    key: rsa.RSAPrivateKey
+
+    @classmethod
+    def load(cls, certificate: Path, private_key: Path) -> CertificateAuthority:
+        """Load a CA pair (certificate DER or PEM, unencrypted RSA key PEM or DER).
+
+        ValueError saying what is wrong: unreadable, not a CA, or a key of another certificate.
+        """
+        cert = load_certificate(certificate)
+        data = _read(private_key)
+        try:
+            if data.lstrip().startswith(b"-----BEGIN"):
+                key = serialization.load_pem_private_key(data, None)
+            else:
+                key = serialization.load_der_private_key(data, None)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{private_key} is not an unencrypted private key: {exc}") from exc
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError(f"{private_key} is not an RSA key")
+        if not _is_ca(cert):
+            raise ValueError(f"{certificate} is not a CA certificate (basicConstraints ca=false)")
+        if not _same_key(cert, key):
+            raise ValueError(f"{private_key} is not the key of {certificate}")
+        return cls(cert, key)
+
+
+def load_certificate(path: Path) -> x509.Certificate:
+    """A certificate file, DER or PEM; ValueError naming the file if it is neither."""
+    data = _read(path)
+    try:
+        if data.lstrip().startswith(b"-----BEGIN"):
+            return x509.load_pem_x509_certificate(data)
+        return x509.load_der_x509_certificate(data)
+    except ValueError as exc:
+        raise ValueError(f"{path} is not a PEM or DER certificate: {exc}") from exc
+
+
+def ensure_server_certificate(
+    folder: Path, application_uri: str, host: str, ca: CertificateAuthority | None = None
+) -> tuple[Path, Path]:
     """The (certificate, private key) paths in ``folder``, made on the first call.
 
     ``host`` is the address the server binds; it goes into the SubjectAltName with
-    ``localhost``, this machine's name and 127.0.0.1.
+    ``localhost``, this machine's name and 127.0.0.1. With ``ca`` the certificate is signed by
+    it, else self-signed; a stored one signed otherwise is replaced.
     """
     cert_path, key_path = folder / CERTIFICATE_FILE, folder / KEY_FILE
-    why = _unusable(cert_path, key_path, application_uri)
+    why = _unusable(cert_path, key_path, application_uri, ca)
     if why is None:
         return cert_path, key_path
     log.info("making a new OPC UA server certificate in %s: %s", folder, why)
     folder.mkdir(parents=True, exist_ok=True)
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    cert = _self_signed(key, application_uri, host)
+    key = _new_key()
+    cert = _server_certificate(key, application_uri, host, ca)
     _write(key_path, _key_pem(key), mode=0o600)
     _write(cert_path, cert.public_bytes(serialization.Encoding.DER), mode=0o644)
     return cert_path, key_path
 
 
-def _unusable(cert_path: Path, key_path: Path, application_uri: str) -> str | None:
+def make_test_pki(folder: Path) -> dict[str, Path]:
+    """Write a new test-bench CA and the controller's client certificate into ``folder``.
+
+    Returns the four files by role (``ca_certificate``, ``ca_private_key``,
+    ``client_certificate``, ``client_private_key``). The client certificate is for
+    :data:`CLIENT_URI`, on localhost / 127.0.0.1, with the clientAuth usage, signed by the CA.
+    Existing files are overwritten; the servers' certificates signed by an older CA are then
+    made anew on their next start.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(UTC)
+    ca_key = _new_key()
+    ca_name = _name("PharmaTwin HIL test CA (loopback test bench only)")
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + CA_VALID_FOR)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_CA_USAGES, critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca = CertificateAuthority(ca_cert, ca_key)
+    client_key = _new_key()
+    alt_names: list[x509.GeneralName] = [
+        x509.UniformResourceIdentifier(CLIENT_URI),
+        x509.DNSName("localhost"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
+    client_cert = _leaf(
+        client_key,
+        _name("PharmaTwin controller (test bench)"),
+        alt_names,
+        [ExtendedKeyUsageOID.CLIENT_AUTH],
+        ca,
+        now + CLIENT_VALID_FOR,
+    )
+    files = {
+        "ca_certificate": folder / CA_CERTIFICATE_FILE,
+        "ca_private_key": folder / CA_KEY_FILE,
+        "client_certificate": folder / CLIENT_CERTIFICATE_FILE,
+        "client_private_key": folder / CLIENT_KEY_FILE,
+    }
+    _write(files["ca_private_key"], _key_pem(ca_key), mode=0o600)
+    _write(files["ca_certificate"], ca_cert.public_bytes(serialization.Encoding.DER), mode=0o644)
+    _write(files["client_private_key"], _key_pem(client_key), mode=0o600)
+    der = client_cert.public_bytes(serialization.Encoding.DER)
+    _write(files["client_certificate"], der, mode=0o644)
+    return files
+
+
+# ---------------------------------------------------------------------- helpers
+def _unusable(
+    cert_path: Path, key_path: Path, application_uri: str, ca: CertificateAuthority | None
+) -> str | None:
     """Why the stored pair cannot be reused, or None if it can."""
     if not cert_path.is_file() or not key_path.is_file():
         return "none stored yet"
     try:
         cert = x509.load_der_x509_certificate(cert_path.read_bytes())
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (ValueError, x509.ExtensionNotFound) as exc:
+        key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    except (ValueError, TypeError, x509.ExtensionNotFound) as exc:
         return f"the stored one cannot be read ({exc})"
+    if not _same_key(cert, key):
+        return "the stored key is not the certificate's"
     uris = san.get_values_for_type(x509.UniformResourceIdentifier)
     if application_uri not in uris:
         return f"the stored one is for {uris}, not {application_uri!r}"
     if cert.not_valid_after_utc <= datetime.now(UTC) + timedelta(days=1):
         return f"the stored one expires {cert.not_valid_after_utc:%Y-%m-%d}"
+    issuer = ca.certificate if ca is not None else cert
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        wanted = f"the CA {issuer.subject.rfc4514_string()}" if ca is not None else "itself"
+        return f"the stored one is not signed by {wanted}"
     return None
 
 
-def _self_signed(key: rsa.RSAPrivateKey, application_uri: str, host: str) -> x509.Certificate:
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.COMMON_NAME, "PharmaTwin HIL PLC"),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "PharmaTwin"),
-        ]
-    )
+def _server_certificate(
+    key: rsa.RSAPrivateKey, application_uri: str, host: str, ca: CertificateAuthority | None
+) -> x509.Certificate:
+    name = _name("PharmaTwin HIL PLC")
+    extended = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    until = datetime.now(UTC) + VALID_FOR
+    return _leaf(key, name, _alt_names(application_uri, host), extended, ca, until)
+
+
+def _leaf(
+    key: rsa.RSAPrivateKey,
+    name: x509.Name,
+    alt_names: list[x509.GeneralName],
+    extended: list[x509.ObjectIdentifier],
+    ca: CertificateAuthority | None,
+    until: datetime,
+) -> x509.Certificate:
+    """An application instance certificate, signed by ``ca`` or self-signed."""
     now = datetime.now(UTC)
-    usages = x509.KeyUsage(
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .add_extension(x509.SubjectAlternativeName(alt_names), False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_usages(cert_sign=ca is None), critical=True)  # self-signed: signs itself
+        .add_extension(x509.ExtendedKeyUsage(extended), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+    )
+    if ca is None:
+        return builder.issuer_name(name).not_valid_after(until).sign(key, hashes.SHA256())
+    issuer_key = ca.certificate.public_key()
+    assert isinstance(issuer_key, rsa.RSAPublicKey)
+    return (
+        builder.issuer_name(ca.certificate.subject)
+        .not_valid_after(min(until, ca.certificate.not_valid_after_utc))
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key), critical=False
+        )
+        .sign(ca.key, hashes.SHA256())
+    )
+
+
+def _usages(*, cert_sign: bool) -> x509.KeyUsage:
+    """An application certificate's key usages, all four Basic256Sha256 needs (+ keyCertSign)."""
+    return x509.KeyUsage(
         digital_signature=True,
         content_commitment=True,
         key_encipherment=True,
         data_encipherment=True,
         key_agreement=False,
-        key_cert_sign=True,  # self-signed: it signs itself
+        key_cert_sign=cert_sign,
         crl_sign=False,
         encipher_only=False,
         decipher_only=False,
     )
-    extended = x509.ExtendedKeyUsage(
-        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-    )
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + VALID_FOR)
-        .add_extension(x509.SubjectAlternativeName(_alt_names(application_uri, host)), False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(usages, critical=True)
-        .add_extension(extended, critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .sign(key, hashes.SHA256())
+
+
+_CA_USAGES = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=True,
+    crl_sign=True,
+    encipher_only=False,
+    decipher_only=False,
+)
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "PharmaTwin"),
+        ]
     )
 
 
@@ -117,12 +294,40 @@ def _alt_names(application_uri: str, host: str) -> list[x509.GeneralName]:
     return names
 
 
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _same_key(cert: x509.Certificate, key: object) -> bool:
+    if not isinstance(key, rsa.RSAPrivateKey):
+        return False
+    public = cert.public_key()
+    return (
+        isinstance(public, rsa.RSAPublicKey)
+        and public.public_numbers() == key.public_key().public_numbers()
+    )
+
+
+def _new_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
 def _key_pem(key: rsa.RSAPrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
@@ -132,3 +337,29 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m hil.servers.certs",
+        description="Make the loopback HIL test bench's CA and client certificate "
+        "(test-bench credentials: never use them for a plant).",
+    )
+    parser.add_argument(
+        "--regenerate",
+        metavar="FOLDER",
+        type=Path,
+        required=True,
+        help="write a new CA and client certificate into FOLDER (e.g. configs/pki), "
+        "replacing the files there",
+    )
+    args = parser.parse_args(argv)
+    files = make_test_pki(args.regenerate)
+    for role, path in files.items():
+        print(f"{role:20} {path}")
+    print("HIL servers sign a new certificate with this CA on their next start.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -33,9 +33,11 @@ Other hooks: :meth:`set_value` with any StatusCode and SourceTimestamp, :meth:`s
 
 Security: users are only the configured username/password pairs (asyncua's default user
 manager accepts anyone); anonymous logins can be forbidden; with a :class:`ServerSecurity`,
-the Basic256Sha256 SignAndEncrypt endpoint (and policy None only if ``offer_none``).
-:func:`opcua_server_for_site` builds all of it from a site file, the certificate made on first
-start by :func:`hil.servers.certs.ensure_server_certificate`.
+the Basic256Sha256 SignAndEncrypt endpoint (and policy None only if ``offer_none``), and
+client certificates checked against CA certificates (``client_ca``; asyncua accepts any by
+default). :func:`opcua_server_for_site` builds all of it from a site file, the certificate
+made on first start by :func:`hil.servers.certs.ensure_server_certificate` (signed by the
+site's test-bench CA if it names one).
 
 asyncua builds its standard address space in about 1.4 s per server. :func:`address_space_shelf`
 caches it in a shelf file once, which cuts a server's start to about 0.1 s.
@@ -56,15 +58,23 @@ from typing import TYPE_CHECKING, Any, cast
 
 from asyncua import Node, Server, ua
 from asyncua.common.callback import CallbackType, ServerItemCallback
+from asyncua.common.utils import ServiceError
 from asyncua.crypto.permission_rules import User, UserRole
+from asyncua.crypto.truststore import TrustStore
+from asyncua.crypto.validator import (
+    CertificateValidator,
+    CertificateValidatorMethod,
+    CertificateValidatorOptions,
+)
 from asyncua.server.address_space import AddressSpace, AttributeService
 from asyncua.server.internal_server import InternalServer
 from asyncua.server.user_managers import UserManager
+from cryptography import x509
 
 from controller.errors import ConfigError, Problem
 from controller.tags import Tag, TagMap
 from hil.net import LOOPBACK, check_bind_address, free_port
-from hil.servers.certs import ensure_server_certificate
+from hil.servers.certs import CertificateAuthority, ensure_server_certificate, load_certificate
 
 if TYPE_CHECKING:
     from controller.site import Site
@@ -93,12 +103,18 @@ _SENSOR_FAILURE = _status("BadSensorFailure")
 
 @dataclass(frozen=True)
 class ServerSecurity:
-    """The server's certificate (DER or PEM by suffix) and key, and the policies it offers."""
+    """The server's certificate (DER or PEM by suffix) and key, and the policies it offers.
+
+    ``client_ca``: CA certificates (DER or PEM) a client certificate must be issued by, checked
+    at CreateSession (asyncua's TrustStore; also date, application URI, key usages, clientAuth),
+    else BadCertificateUntrusted & co. Empty: any client certificate, asyncua's default.
+    """
 
     certificate: Path
     private_key: Path
     application_uri: str
     offer_none: bool = False  # also offer the unsecured endpoint
+    client_ca: tuple[Path, ...] = ()
 
 
 async def address_space_shelf(folder: Path) -> Path:
@@ -283,6 +299,8 @@ class OpcUaPlcServer:
             policies = [ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt]
             if self.security.offer_none:
                 policies.append(ua.SecurityPolicyType.NoSecurity)
+            if self.security.client_ca:
+                server.set_certificate_validator(await _client_validator(self.security.client_ca))
         server.set_security_policy(policies)
         tokens: list[type] = [ua.UserNameIdentityToken]
         if self.allow_anonymous:
@@ -478,12 +496,17 @@ async def opcua_server_for_site(
 ) -> OpcUaPlcServer:
     """The secured OPC UA server standing in for ``site``'s PLC, from its ``hil`` section.
 
-    Endpoints None and Basic256Sha256 SignAndEncrypt, with a certificate made on first start
-    in ``<state_dir>/<site name>/`` (``state_dir`` defaults to ``hil.state_dir``; application
-    URI ``urn:pharmatwin:hil:<site name>``); the users of ``hil.users`` with the passwords
-    from their environment variables (ConfigError naming any that is not set); anonymous
-    only if ``hil.allow_anonymous``. ``host`` defaults to the site's; ``port`` to the site's
-    own if it speaks OPC UA, else :data:`DEFAULT_PORT`. The address-space shelf is kept in
+    The server certificate is made on first start in ``<state_dir>/<site name>/``
+    (``state_dir`` defaults to ``hil.state_dir``; application URI
+    ``urn:pharmatwin:hil:<site name>``) and reused after. If the site names a CA
+    (``hil.ca_certificate`` / ``hil.ca_private_key``), the certificate is signed by it (one no
+    longer signed by it is made anew), the only endpoint is Basic256Sha256 SignAndEncrypt,
+    and a client certificate not issued by that CA is refused (BadCertificateUntrusted).
+    Without a CA: self-signed, endpoints None and Basic256Sha256 SignAndEncrypt, any client
+    certificate. The users of ``hil.users`` with the passwords from their environment
+    variables (ConfigError naming any that is not set, or an unusable CA); anonymous only if
+    ``hil.allow_anonymous``. ``host`` defaults to the site's; ``port`` to the site's own if it
+    speaks OPC UA, else :data:`DEFAULT_PORT`. The address-space shelf is kept in
     ``state_dir`` unless ``shelf`` says otherwise. Nothing listens before ``start()``.
     """
     if site.hil is None:
@@ -491,10 +514,11 @@ async def opcua_server_for_site(
     host = host if host is not None else site.connection.host
     check_bind_address(host, allow_remote)
     users = site_users(site)
+    ca_files, ca = await asyncio.to_thread(_site_ca, site)
     state = state_dir if state_dir is not None else site.file(site.hil.state_dir)
     uri = f"urn:pharmatwin:hil:{site.name}"
     certificate, key = await asyncio.to_thread(
-        ensure_server_certificate, state / site.name, uri, host
+        ensure_server_certificate, state / site.name, uri, host, ca
     )
     speaks = site.connection.protocol == "opcua"
     return OpcUaPlcServer(
@@ -507,9 +531,58 @@ async def opcua_server_for_site(
         initial=initial,
         users=users,
         allow_anonymous=site.hil.allow_anonymous,
-        security=ServerSecurity(certificate, key, uri, offer_none=True),
+        security=ServerSecurity(certificate, key, uri, offer_none=ca is None, client_ca=ca_files),
         shelf=shelf if shelf is not None else await address_space_shelf(state),
     )
+
+
+def _site_ca(site: Site) -> tuple[tuple[Path, ...], CertificateAuthority | None]:
+    """The site's HIL CA: its certificate file and the loaded pair; ConfigError if unusable."""
+    hil = site.hil
+    if hil is None or hil.ca_certificate is None or hil.ca_private_key is None:
+        return (), None
+    cert = site.file(hil.ca_certificate)
+    try:
+        return (cert,), CertificateAuthority.load(cert, site.file(hil.ca_private_key))
+    except ValueError as exc:
+        raise ConfigError(
+            [Problem(str(site.path), "hil.ca_certificate", str(exc), hil.ca_certificate)]
+        ) from exc
+
+
+class _CaFiles(TrustStore):
+    """asyncua's TrustStore over certificate files (its own loads every file of a folder)."""
+
+    def __init__(self, files: Collection[Path]) -> None:
+        super().__init__([], [])
+        self.files = tuple(files)
+
+    async def load_trust(self) -> None:
+        certs = [await asyncio.to_thread(load_certificate, f) for f in self.files]
+        self._trust_store = x509.verification.Store(certs)
+
+
+async def _client_validator(ca_files: Collection[Path]) -> CertificateValidatorMethod:
+    """A CreateSession check: the client certificate issued by a CA of ``ca_files``, in date,
+    for the client's application URI, with the key usages and clientAuth; refusals logged."""
+    store = _CaFiles(ca_files)
+    await store.load()
+    options = CertificateValidatorOptions.TRUSTED_VALIDATION
+    check = CertificateValidator(options | CertificateValidatorOptions.PEER_CLIENT, store)
+
+    async def validate(cert: x509.Certificate, client: ua.ApplicationDescription) -> None:
+        try:
+            await check(cert, client)
+        except ServiceError as exc:
+            log.warning(
+                "refused the client certificate %s (application %s): %s",
+                cert.subject.rfc4514_string(),
+                client.ApplicationUri,
+                ua.StatusCode(ua.UInt32(exc.code)).name,
+            )
+            raise
+
+    return validate
 
 
 def site_users(site: Site) -> dict[str, str]:

@@ -1,0 +1,497 @@
+"""The supervisor: the one long-running loop of the edge runtime, with an explicit state.
+
+States (:class:`State`)::
+
+    INIT --(working setpoints read)--> SHADOW                      (mode shadow: never writes)
+    INIT --> REQUESTING --(PLC: mpc_active)--> RUNNING <--> HOLD   (mode closed-loop)
+    RUNNING/HOLD --(too many bad cycles | PLC dropped us)--> FALLBACK --(PLC permits)--> REQUESTING
+    any --(SIGINT/SIGTERM/stop)--> STOPPED
+
+Every cycle, on the clock: read a snapshot; check quality and staleness (OPC UA quality,
+Modbus validity bits, a frozen PLC scan counter, source age); update the estimator; solve the
+MPC in a worker thread with a deadline (never two at once: an overrun skips the cycle and
+holds); pass the result through the safety layer; write the heartbeat, then the setpoints
+(each audited *before* it is sent), and check the read-back. Bad or stale data, a failed or
+late solve, or a failed write hold the last safe setpoints and count; after
+``max_bad_cycles`` in a row the supervisor releases ``mpc_request`` so that the PLC takes over,
+and goes to FALLBACK. A lost connection holds too: no heartbeat reaches the PLC, which falls
+back by itself. Every transition is logged and audited with its cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from controller.audit import AuditTrail
+from controller.clock import Clock
+from controller.errors import PortError
+from controller.estimator import Estimate
+from controller.mpc import Decision, SolveStatus
+from controller.pipeline import ControlPipeline
+from controller.ports.base import Port, Quality, Snapshot, WriteReport
+from controller.safety import SafetyOutcome
+from controller.site import Site
+
+log = logging.getLogger("pharmatwin.supervisor")
+
+SECONDS_PER_UNIT = {"s": 1.0, "min": 60.0, "h": 3600.0}
+_WRAP = 65536
+
+
+class State(StrEnum):
+    INIT = "INIT"
+    SHADOW = "SHADOW"
+    REQUESTING = "REQUESTING"
+    RUNNING = "RUNNING"
+    HOLD = "HOLD"
+    FALLBACK = "FALLBACK"
+    STOPPED = "STOPPED"
+
+
+class Mode(StrEnum):
+    SHADOW = "shadow"
+    CLOSED_LOOP = "closed-loop"
+
+
+@dataclass
+class Counters:
+    cycles: int = 0
+    bad_in_a_row: int = 0
+    bad_data: int = 0
+    stale_data: int = 0
+    failed_solves: int = 0
+    late_solves: int = 0
+    overruns: int = 0
+    failed_writes: int = 0
+    read_failures: int = 0
+    writes: int = 0
+    fallbacks: int = 0
+
+
+@dataclass
+class CycleView:
+    """What one cycle saw and did (handed to the historian and to tests)."""
+
+    cycle: int
+    t: float
+    state: State
+    snapshot: Snapshot | None
+    estimate: Estimate | None = None
+    decision: Decision | None = None
+    outcome: SafetyOutcome | None = None
+    written: dict[str, float] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+class Supervisor:
+    """Drives one site: port -> estimator -> MPC -> safety -> port, on the clock."""
+
+    def __init__(
+        self,
+        site: Site,
+        port: Port,
+        clock: Clock,
+        pipeline: ControlPipeline,
+        *,
+        mode: Mode,
+        audit: AuditTrail,
+        historian: Callable[[Supervisor, CycleView], None] | None = None,
+        run_id: str | None = None,
+    ) -> None:
+        self.site, self.port, self.clock, self.pipeline = site, port, clock, pipeline
+        self.mode, self.audit, self.historian = mode, audit, historian
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self.settings = site.runtime
+        self.state = State.INIT
+        self.counters = Counters()
+        self.model = pipeline.model
+        self.dt_s = site.controller.sample_time * SECONDS_PER_UNIT[self.model.time_unit]
+        tags = site.tags.tags
+        self.sp_tags = {
+            i: n
+            for i in self.model.input_names
+            for n, t in tags.items()
+            if t.binds == i and t.writable
+        }
+        self.pv_tags = {
+            i: n
+            for i in self.model.input_names
+            for n, t in tags.items()
+            if t.binds == i and not t.writable
+        }
+        self.y_tags = {
+            o: n for o in self.model.output_names for n, t in tags.items() if t.binds == o
+        }
+        self.read_tags = [n for n, t in tags.items() if t.readable]
+        self._heartbeat = 0
+        self._solving: asyncio.Task[Decision] | None = None
+        self._last_scan: float | None = None
+        self._scan_frozen = 0
+        self._requested = False
+        self._pending_release = False
+        self._written: dict[str, float] = {}
+        self.views: list[CycleView] = []  # the last few cycles, for inspection
+        self.actor = self.settings.service_identity
+
+    # ------------------------------------------------------------------ transitions
+    def _to(self, state: State, cause: str) -> None:
+        if state is self.state:
+            return
+        old = self.state
+        self.state = state
+        log.info("state %s -> %s: %s", old, state, cause)
+        self.audit.record(
+            "mode.change",
+            "supervisor",
+            reason=cause,
+            old_value=old.value,
+            new_value=state.value,
+            actor=self.actor,
+            detail={"run_id": self.run_id, "site": self.site.name, "mode": self.mode.value},
+        )
+
+    # ------------------------------------------------------------------ loop
+    async def run(
+        self, stop: asyncio.Event, *, cycles: int | None = None, duration_s: float | None = None
+    ) -> Counters:
+        """Cycle on the clock until ``stop`` (or ``cycles`` / ``duration_s`` process seconds)."""
+        self.audit.record(
+            "run.start",
+            self.site.name,
+            reason=f"pharmatwin run --mode {self.mode.value}",
+            new_value=self.run_id,
+            actor=self.actor,
+            detail={"site": str(self.site.path), "sample_time_s": self.dt_s},
+        )
+        t0 = self.clock.now()
+        k = 0
+        try:
+            while not stop.is_set():
+                if cycles is not None and k >= cycles:
+                    break
+                if duration_s is not None and k * self.dt_s >= duration_s:
+                    break
+                if not await self._wait(t0 + k * self.dt_s, stop):
+                    break
+                await self.cycle(k, t0 + k * self.dt_s)
+                k += 1
+        finally:
+            await self.shutdown("stop requested" if stop.is_set() else "run complete")
+        return self.counters
+
+    async def _wait(self, t: float, stop: asyncio.Event) -> bool:
+        """Sleep until process time ``t``; False when ``stop`` was set meanwhile."""
+        sleeper = asyncio.ensure_future(self.clock.sleep_until(t))
+        stopper = asyncio.ensure_future(stop.wait())
+        done, pending = await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        return sleeper in done and not stop.is_set()
+
+    async def cycle(self, k: int, t: float) -> CycleView:
+        self.counters.cycles += 1
+        view = CycleView(k, t, self.state, None)
+        try:
+            view.snapshot = await self.port.read(self.read_tags)
+        except PortError as exc:
+            self.counters.read_failures += 1
+            self._problem(view, f"read failed: {exc}")
+            self._after_problem(view)
+            return self._done(view)
+        snap = view.snapshot
+        if self.state is State.INIT:
+            self._initialize(snap)
+        self._follow_plc(snap, view)
+        data_ok, fresh = self._check_data(snap, view)
+        y = {o: snap[tag].value for o, tag in self.y_tags.items() if tag in snap.values}
+        estimate, problem = self.pipeline.estimate(y, data_ok=data_ok, data_fresh=fresh)
+        view.estimate = estimate
+        decision = await self._solve(t, estimate, problem, view)
+        view.decision = decision
+        view.outcome = self.pipeline.guard(decision, data_ok=data_ok, data_fresh=fresh)
+        await self._act(view)
+        return self._done(view)
+
+    def _done(self, view: CycleView) -> CycleView:
+        view.state = self.state
+        self.views = [*self.views[-9:], view]
+        if self.historian is not None:
+            self.historian(self, view)
+        return view
+
+    # ------------------------------------------------------------------ steps
+    def _initialize(self, snap: Snapshot) -> None:
+        """Bumpless start: the PLC's working setpoints become the safety layer's last values."""
+        working = {}
+        for name in self.model.input_names:
+            tag = self.pv_tags.get(name) or self.sp_tags[name]
+            working[name] = snap[tag].value if tag in snap.values else math.nan
+        missing = [n for n, v in working.items() if not math.isfinite(v)]
+        if missing:
+            log.warning("working setpoints of %s unknown; staying in INIT", missing)
+            return
+        self.pipeline.start(working)
+        self.pipeline.applied(working)
+        self._written = dict(working)
+        self._to(
+            State.SHADOW if self.mode is Mode.SHADOW else State.REQUESTING,
+            f"initialized from the PLC's working setpoints {working}",
+        )
+
+    def _follow_plc(self, snap: Snapshot, view: CycleView) -> None:
+        """React to what the PLC reports: activation, or being dropped."""
+        active = self._flag(snap, "mpc_active")
+        if self.state is State.REQUESTING and active:
+            working = {
+                n: snap[self.pv_tags.get(n) or self.sp_tags[n]].value
+                for n in self.model.input_names
+            }
+            self.pipeline.start(working)  # bumpless: start from what the PLC is doing
+            self._written = dict(working)
+            self._to(State.RUNNING, "the PLC reports mpc_active")
+        elif self.state in (State.RUNNING, State.HOLD) and active is False:
+            self.counters.fallbacks += 1
+            self._to(State.FALLBACK, "the PLC dropped the MPC (mpc_active cleared)")
+            self._pending_release = True  # cycle the request, as the PLC's rules ask
+        elif self.state is State.FALLBACK and self.settings.reengage:
+            permissive = self._flag(snap, "mpc_permissive")
+            if permissive and self.counters.bad_in_a_row == 0:
+                self._to(State.REQUESTING, "the PLC permits re-engaging")
+
+    @staticmethod
+    def _flag(snap: Snapshot, tag: str) -> bool | None:
+        tv = snap.values.get(tag)
+        if tv is None or tv.quality is not Quality.GOOD:
+            return None
+        return bool(tv.value)
+
+    def _check_data(self, snap: Snapshot, view: CycleView) -> tuple[bool, bool]:
+        tags = list(self.y_tags.values())
+        bad = snap.bad(tags)
+        validity = snap.values.get("measurement_validity")
+        if validity is not None and validity.quality is Quality.GOOD:
+            order = [
+                n
+                for n, t in self.site.tags.tags.items()
+                if not t.writable and t.binds is not None and t.binds not in self.model.input_names
+            ]
+            bits = int(validity.value)
+            bad += [n for i, n in enumerate(order[:16]) if n in tags and not bits >> i & 1]
+        stale_after = {n: self.site.tags.tags[n].stale_after for n in tags}
+        stale = snap.stale(stale_after, snap.read_time)
+        scan = snap.values.get("plc_scan_counter")
+        if scan is not None and scan.quality is Quality.GOOD:
+            self._scan_frozen = self._scan_frozen + 1 if scan.value == self._last_scan else 0
+            self._last_scan = scan.value
+            if self._scan_frozen >= 2:
+                stale.append("plc_scan_counter (frozen)")
+        if bad:
+            self.counters.bad_data += 1
+            self._problem(view, f"bad-quality inputs {sorted(set(bad))}")
+        if stale:
+            self.counters.stale_data += 1
+            self._problem(view, f"stale inputs {sorted(set(stale))}")
+        return not bad, not stale
+
+    async def _solve(
+        self, t: float, estimate: Estimate | None, problem: str, view: CycleView
+    ) -> Decision:
+        t_model = t / SECONDS_PER_UNIT[self.model.time_unit]
+        if problem or estimate is None:
+            return Decision(t_model, {}, SolveStatus.ERROR, problem or "no estimate", 0, 0.0)
+        if self._solving is not None and not self._solving.done():
+            self.counters.overruns += 1
+            self._problem(view, "overrun: the previous solve is still running; cycle skipped")
+            return Decision(t_model, {}, SolveStatus.ERROR, "overrun", 0, 0.0)
+        self._solving = asyncio.ensure_future(
+            asyncio.to_thread(self.pipeline.decide, t_model, estimate)
+        )
+        deadline = self._deadline_s()
+        try:
+            decision = await asyncio.wait_for(asyncio.shield(self._solving), deadline)
+        except TimeoutError:
+            self.counters.late_solves += 1
+            self._problem(view, f"solve missed its deadline of {deadline:.3g} s")
+            return Decision(t_model, {}, SolveStatus.ERROR, "late solve", 0, 0.0)
+        except Exception as exc:  # a solver that raised is a failed decision, never a crash
+            self.counters.failed_solves += 1
+            self._problem(view, f"solver raised {type(exc).__name__}: {exc}")
+            return Decision(t_model, {}, SolveStatus.ERROR, f"solver raised: {exc}", 0, 0.0)
+        if not decision.ok:
+            self.counters.failed_solves += 1
+            self._problem(view, f"solve failed: {decision.status} {decision.return_status}")
+        return decision
+
+    def _deadline_s(self) -> float | None:
+        """The solve deadline in wall seconds (None on a stepped clock)."""
+        rate = getattr(self.clock, "rate", None)
+        if rate is None:
+            return None
+        return self.settings.solve_deadline_fraction * self.dt_s / float(rate)
+
+    # ------------------------------------------------------------------ writing
+    async def _act(self, view: CycleView) -> None:
+        if view.problems:
+            self._after_problem(view)
+        else:
+            self.counters.bad_in_a_row = 0
+            if self.state is State.HOLD:
+                self._to(State.RUNNING, "inputs, solve and writes are good again")
+        if self.mode is Mode.SHADOW or self.state in (State.INIT, State.STOPPED):
+            await self._advise(view)
+            return
+        if self.state is State.FALLBACK:
+            await self._write_request(False, view)
+            return
+        await self._write_heartbeat(view)
+        if self.state is State.REQUESTING:
+            await self._write_request(True, view)
+            return
+        if self.state is State.RUNNING and view.outcome is not None and not view.outcome.held:
+            await self._write_setpoints(view)
+        elif view.outcome is not None:
+            self.pipeline.applied(self._written)
+
+    def _problem(self, view: CycleView, text: str) -> None:
+        view.problems.append(text)
+        log.warning("cycle %d (%s): %s", view.cycle, self.state, text)
+
+    def _after_problem(self, view: CycleView) -> None:
+        self.counters.bad_in_a_row += 1
+        if self.state is State.RUNNING:
+            self._to(State.HOLD, "; ".join(view.problems))
+        if (
+            self.state in (State.HOLD, State.REQUESTING)
+            and self.counters.bad_in_a_row >= self.settings.max_bad_cycles
+        ):
+            self.counters.fallbacks += 1
+            self._to(
+                State.FALLBACK,
+                f"{self.counters.bad_in_a_row} bad cycles in a row (limit "
+                f"{self.settings.max_bad_cycles}): releasing mpc_request",
+            )
+
+    async def _write(self, values: Mapping[str, float], view: CycleView) -> WriteReport | None:
+        try:
+            report = await self.port.write(values)
+        except PortError as exc:
+            self.counters.failed_writes += 1
+            self._problem(view, f"write failed: {exc}")
+            return None
+        if not report.ok:
+            self.counters.failed_writes += 1
+            self._problem(view, f"write refused: {[r.detail for r in report.failed()]}")
+        return report
+
+    async def _write_heartbeat(self, view: CycleView) -> None:
+        self._heartbeat = (self._heartbeat + 1) % _WRAP
+        await self._write({"mpc_heartbeat": float(self._heartbeat)}, view)
+
+    async def _write_request(self, value: bool, view: CycleView) -> None:
+        if self._requested == value and not (self._pending_release and not value):
+            return
+        self.audit.record(
+            "tag.write.request",
+            "mpc_request",
+            reason=f"state {self.state.value}",
+            old_value=float(self._requested),
+            new_value=float(value),
+            actor=self.actor,
+            detail={"run_id": self.run_id, "cycle": view.cycle},
+        )
+        report = await self._write({"mpc_request": float(value)}, view)
+        if report is not None and report.ok:
+            self._requested = value
+            self._pending_release = False
+            self.counters.writes += 1
+            view.written["mpc_request"] = float(value)
+
+    async def _write_setpoints(self, view: CycleView) -> None:
+        if view.outcome is None or view.decision is None:
+            return
+        values = {self.sp_tags[n]: v for n, v in view.outcome.setpoints.items()}
+        if not values:
+            return
+        decision_id = f"{self.run_id}:{view.cycle}"
+        changes = [
+            {
+                "input": i.name,
+                "proposed": i.proposed,
+                "applied": i.applied,
+                "reason": i.reason.value,
+            }
+            for i in view.outcome.interventions
+        ]
+        for name, value in view.outcome.setpoints.items():
+            self.audit.record(
+                "setpoint.write",
+                self.sp_tags[name],
+                reason=f"MPC decision {decision_id}",
+                old_value=self._written.get(name),
+                new_value=value,
+                actor=self.actor,
+                detail={
+                    "decision_id": decision_id,
+                    "mode": self.mode.value,
+                    "state": self.state.value,
+                    "solver_status": view.decision.status.value,
+                    "return_status": view.decision.return_status,
+                    "safety_changes": changes,
+                    "config_hash": self.audit.config_hash,
+                    "model": self.model.name,
+                },
+            )
+        report = await self._write(values, view)
+        if report is None or not report.ok:
+            self._after_problem(view)
+            return
+        self.counters.writes += 1
+        for name, value in view.outcome.setpoints.items():
+            readback = report.results[self.sp_tags[name]].readback
+            self._written[name] = float(readback if readback is not None else value)
+        view.written.update(values)
+        self.pipeline.applied(self._written)
+
+    async def _advise(self, view: CycleView) -> None:
+        """Shadow mode: recommendations go to the historian and, if configured, advisory tags."""
+        if view.outcome is None or not view.outcome.setpoints:
+            return
+        advisory = {
+            tag: view.outcome.setpoints[i]
+            for i, tag in self.settings.advisory_tags.items()
+            if i in view.outcome.setpoints
+        }
+        if advisory:
+            await self._write(advisory, view)
+        log.info("cycle %d recommendation: %s", view.cycle, dict(view.outcome.setpoints))
+
+    # ------------------------------------------------------------------ stopping
+    async def shutdown(self, cause: str) -> None:
+        """Release control so the PLC takes over bumplessly; final audit record."""
+        if self.state is State.STOPPED:
+            return
+        if self._solving is not None and not self._solving.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._solving), 5.0)
+        if self.mode is Mode.CLOSED_LOOP and self._requested:
+            view = CycleView(-1, self.clock.now(), self.state, None)
+            self._pending_release = True
+            await self._write_request(False, view)
+        self._to(State.STOPPED, cause)
+        self.audit.record(
+            "run.stop",
+            self.site.name,
+            reason=cause,
+            old_value=self.run_id,
+            actor=self.actor,
+            detail={k: v for k, v in vars(self.counters).items()},
+        )
