@@ -32,6 +32,7 @@ STEPS = {
     "bioreactor-hil": 10,
     "crystallizer-hil": 8,
     "cstr-hil": 10,
+    "lyophilizer-hil": 10,
 }
 RTOL = 1e-3  # relative to each variable's scale: solver round-off may differ across CPUs
 
