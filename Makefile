@@ -1,4 +1,5 @@
 # PharmaTwin. `make demo` and `make test` create the virtual environment when it is missing.
+# `make demo`: the HIL bioreactor on Modbus (loopback) and the closed-loop runtime, a whole batch.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -15,7 +16,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: setup
-	$(BIN)/pharmatwin-hil simulate configs/scenarios/bioreactor-mpc.yaml --out runs/demo
+	$(BIN)/python -m hil.demo
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -1,0 +1,163 @@
+"""``make demo``: the main job, end to end on loopback, with nothing to set up.
+
+1. Start ``pharmatwin-hil serve`` for a site (default: the bioreactor over Modbus TCP on
+   127.0.0.1) at a high scaled rate.
+2. Run ``pharmatwin run SITE --mode closed-loop`` through a whole batch.
+3. Stop both cleanly, then print the KPIs, the paths of the historian, the audit trail and
+   a PNG plot, and the result of ``pharmatwin audit verify``.
+
+    python -m hil.demo [--site configs/sites/bioreactor-modbus.yaml] [--rate 10800]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from controller.historian import CycleRecord, SqliteHistorian
+from controller.site import Site, load_site
+
+ROOT = Path(__file__).resolve().parents[1]
+SECONDS_PER_UNIT = {"s": 1.0, "min": 60.0, "h": 3600.0}
+
+
+def _bin(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[str], seconds: float = 60.0) -> dict[str, Any]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if path.exists():
+            return dict(json.loads(path.read_text()))
+        if proc.poll() is not None:
+            raise SystemExit(
+                f"the HIL simulator exited early:\n{proc.stdout.read() if proc.stdout else ''}"
+            )
+        time.sleep(0.2)
+    raise SystemExit(f"the HIL simulator did not start within {seconds:g} s")
+
+
+def kpis(site: Site, records: list[CycleRecord]) -> dict[str, Any]:
+    """Closed-loop KPIs from the historian's cycles."""
+    solves = np.array([r.decision.get("solve_time_s", 0.0) for r in records]) * 1e3
+    solves = solves[solves > 0]
+    statuses = [r.decision.get("status") for r in records if r.decision]
+    final = records[-1].measurements if records else {}
+    out: dict[str, Any] = {
+        "cycles": len(records),
+        "cycles_running": sum(r.state == "RUNNING" for r in records),
+        "setpoint_writes": sum(bool(r.setpoints) for r in records),
+        "solve_time_median_ms": float(np.median(solves)) if solves.size else math.nan,
+        "solve_time_p95_ms": float(np.percentile(solves, 95)) if solves.size else math.nan,
+        "failed_or_skipped_solves": sum(s != "success" for s in statuses),
+        "states_seen": sorted({r.state for r in records}),
+    }
+    for tag, m in final.items():
+        if site.tags.tags[tag].binds in site.model.output_names:
+            out[f"final {tag} [{site.tags.tags[tag].unit}]"] = m.value
+    return out
+
+
+def plot(site: Site, records: list[CycleRecord], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    unit = SECONDS_PER_UNIT[site.model.time_unit]
+    t = np.array([r.t for r in records]) / unit
+    meas = [n for n, tag in site.tags.tags.items() if tag.binds in site.model.output_names]
+    sps = [
+        n
+        for n, tag in site.tags.tags.items()
+        if tag.writable and tag.binds in site.model.input_names
+    ]
+    panels = meas + sps
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.0 * len(panels)), sharex=True)
+    for ax, tag in zip(np.atleast_1d(axes), panels, strict=True):
+        values = [r.measurements[tag].value if tag in r.measurements else math.nan for r in records]
+        ax.step(t, values, where="post") if tag in sps else ax.plot(t, values)
+        lim = site.tags.tags[tag].limits
+        for b in lim or ():
+            ax.axhline(b, color="tab:red", ls=":", lw=1)
+        ax.set_ylabel(f"{tag}\n[{site.tags.tags[tag].unit}]", fontsize=8)
+        ax.grid(alpha=0.3)
+    np.atleast_1d(axes)[-1].set_xlabel(f"controller time [{site.model.time_unit}]")
+    fig.suptitle(f"{site.name}: closed loop over {site.connection.protocol} against the HIL")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--site", type=Path, default=ROOT / "configs/sites/bioreactor-modbus.yaml")
+    ap.add_argument("--rate", type=float, default=10800.0)
+    ap.add_argument("--out", type=Path, default=ROOT / "runs/demo")
+    args = ap.parse_args(argv)
+    site = load_site(args.site)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    for old in ("audit.db", "history.db"):
+        for f in out.glob(old + "*"):
+            f.unlink()
+    audit, history = out / "audit.db", out / "history.db"
+    scenario_duration = 150.0 if site.model.name == "bioreactor" else 20.0
+    duration_s = scenario_duration * SECONDS_PER_UNIT[site.model.time_unit]
+    env = dict(os.environ)
+    print(f"1. pharmatwin-hil serve {args.site} --rate {args.rate:g} (loopback)", flush=True)
+    serve = subprocess.Popen(
+        [_bin("pharmatwin-hil"), "serve", str(args.site), "--rate", str(args.rate),
+         "--state-dir", str(out / "hil")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    try:
+        state = _wait_for(out / "hil" / f"{site.name}.json", serve)
+        print(f"   serving on {state['ports']}; log: {state['log']}", flush=True)
+        print(f"2. pharmatwin run {args.site} --mode closed-loop (a whole batch)", flush=True)
+        run = subprocess.run(
+            [_bin("pharmatwin"), "run", str(args.site), "--mode", "closed-loop",
+             "--rate", str(args.rate), "--duration", str(duration_s),
+             "--audit", str(audit), "--historian", str(history)],
+            env=env, text=True, capture_output=True, check=False,
+        )  # fmt: skip
+        print(run.stdout.strip(), flush=True)
+        if run.returncode != 0:
+            print(run.stderr, file=sys.stderr)
+            return run.returncode
+    finally:
+        print("3. stopping the HIL simulator (SIGINT)", flush=True)
+        serve.send_signal(signal.SIGINT)
+        tail = serve.communicate(timeout=60)[0]
+        print("   " + (tail.strip().splitlines() or ["(no output)"])[-1], flush=True)
+    hist = SqliteHistorian(history)
+    try:
+        records = hist.cycles()
+    finally:
+        hist.close()
+    print("\nKPIs")
+    for key, value in kpis(site, records).items():
+        print(f"  {key:36s} {value:.6g}" if isinstance(value, float) else f"  {key:36s} {value}")
+    png = plot(site, records, out / "closed-loop.png")
+    print(f"\nhistorian:   {history}\naudit trail: {audit}\nplot:        {png}")
+    verify = subprocess.run(
+        [_bin("pharmatwin"), "audit", "verify", str(audit)], text=True, capture_output=True
+    )
+    print("audit verify: " + verify.stdout.strip())
+    return verify.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
