@@ -35,7 +35,7 @@ from controller.errors import PortError
 from controller.estimator import Estimate
 from controller.mpc import Decision, SolveStatus
 from controller.pipeline import ControlPipeline
-from controller.ports.base import Port, Quality, Snapshot, WriteReport
+from controller.ports.base import Port, Quality, Snapshot, WriteReport, WriteStatus
 from controller.safety import SafetyOutcome
 from controller.site import Site
 
@@ -342,10 +342,13 @@ class Supervisor:
     async def _act(self, view: CycleView) -> None:
         if view.problems:
             self._after_problem(view)
-        else:
+        elif self.state is State.HOLD:
+            self._to(State.RUNNING, "inputs and solve are good again")
+        await self._send(view)
+        if not view.problems:  # only a clean cycle ends a run of bad ones (failed writes count)
             self.counters.bad_in_a_row = 0
-            if self.state is State.HOLD:
-                self._to(State.RUNNING, "inputs, solve and writes are good again")
+
+    async def _send(self, view: CycleView) -> None:
         if self.mode is Mode.SHADOW or self.state in (State.INIT, State.STOPPED):
             await self._advise(view)
             return
@@ -451,15 +454,20 @@ class Supervisor:
                 },
             )
         report = await self._write(values, view)
+        for name, value in view.outcome.setpoints.items():
+            result = report.results.get(self.sp_tags[name]) if report is not None else None
+            if result is not None and result.status in (WriteStatus.OK, WriteStatus.MISMATCH):
+                readback = result.readback
+                self._written[name] = float(readback if readback is not None else value)
+        self.pipeline.applied(self._written)
         if report is None or not report.ok:
+            # The safety layer took its outcome as applied; it was not (or not all of it):
+            # move limits must count from what the PLC really has, or held cycles add up.
+            self.pipeline.safety.reset(self._written)
             self._after_problem(view)
             return
         self.counters.writes += 1
-        for name, value in view.outcome.setpoints.items():
-            readback = report.results[self.sp_tags[name]].readback
-            self._written[name] = float(readback if readback is not None else value)
         view.written.update(values)
-        self.pipeline.applied(self._written)
 
     async def _advise(self, view: CycleView) -> None:
         """Shadow mode: recommendations go to the historian and, if configured, advisory tags."""

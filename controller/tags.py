@@ -282,6 +282,47 @@ def encode(tag_name: str, spec: ModbusSpec, value: float) -> list[int]:
     return _bytes_to_registers(data, spec.order)
 
 
+def encode_within(
+    tag_name: str, spec: ModbusSpec, value: float, limits: tuple[float, float] | None
+) -> list[int]:
+    """Like :func:`encode`, but the value on the wire never leaves ``limits``.
+
+    A limit may not be representable (0.3 in float32 is 0.30000001, a scaled integer rounds):
+    then the nearest representable value inside the limits is sent instead.
+    """
+    registers = encode(tag_name, spec, value)
+    if limits is None or spec.type is DataType.BOOL:
+        return registers
+    lo, hi = limits
+    if lo <= decode(tag_name, spec, registers) <= hi:
+        return registers
+    raw = (value - spec.offset) / spec.scale
+    if spec.type in _INT_RANGE:
+        candidates = [float(math.floor(raw)), float(math.ceil(raw))]
+    elif spec.type is DataType.FLOAT32:
+        f = struct.unpack(">f", struct.pack(">f", raw))[0]
+        candidates = [f, *(_float32_neighbours(f))]
+    else:
+        candidates = [math.nextafter(raw, -math.inf), math.nextafter(raw, math.inf)]
+    for c in sorted(candidates, key=lambda c: abs(c - raw)):
+        regs = encode(tag_name, spec, c * spec.scale + spec.offset)
+        if lo <= decode(tag_name, spec, regs) <= hi:
+            return regs
+    raise CodecError(
+        f"tag {tag_name!r}: no {spec.type} value near {value!r} lies within {[lo, hi]}"
+    )
+
+
+def _float32_neighbours(f: float) -> list[float]:
+    """The float32 values just below and just above ``f`` (itself a float32)."""
+    (bits,) = struct.unpack(">i", struct.pack(">f", f))
+    out = []
+    for step in (-1, 1):
+        (g,) = struct.unpack(">f", struct.pack(">i", bits + step))
+        out.append(g)
+    return out
+
+
 def decode(tag_name: str, spec: ModbusSpec, registers: Sequence[int]) -> float:
     """Registers in wire order (or one bit) -> engineering value (raw * scale + offset)."""
     if len(registers) != spec.count:

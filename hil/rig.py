@@ -107,6 +107,7 @@ class HilRig:
             local_recipe=recipe.inputs_at if recipe is not None else None,
             on_event=self.log.plc_events.append,
             now=clock.now,
+            rate_window_s=site.controller.sample_time * self.unit_s,
         )
         self._applied = dict(working)
         self._nominal_params = self.model.parameters

@@ -97,9 +97,12 @@ class VirtualPlc:
         local_recipe: Callable[[float], Mapping[str, float]] | None = None,
         on_event: Callable[[PlcEvent], None] | None = None,
         now: Callable[[], float] | None = None,
+        rate_window_s: float = 0.0,
     ) -> None:
         """``now`` gives the process time of a client write (the rig passes its clock);
-        without it a write is stamped with the time of the last scan."""
+        without it a write is stamped with the time of the last scan. ``rate_window_s`` is the
+        shortest time the rate limit is measured over (the controller's sample time): one
+        controller move per sample is judged against a whole sample, whatever the jitter."""
         self.tags = tags
         self.behaviour = behaviour
         self.local_recipe = local_recipe
@@ -116,6 +119,7 @@ class VirtualPlc:
         ]
         self._now = 0.0
         self._clock = now
+        self._rate_window = rate_window_s
         self._forced: dict[str, float] = {}
 
     def _loop(self, name: str, working: float) -> _Loop:
@@ -169,9 +173,11 @@ class VirtualPlc:
         if self.mode is not Mode.ACTIVE:
             return f"{loop.sp_tag}: remote setpoints are accepted only while the MPC is active"
         lo, hi = loop.limits
-        if not (math.isfinite(value) and lo <= value <= hi):
+        tol_lo, tol_hi = (1e-6 * max(1.0, abs(b)) if math.isfinite(b) else 0.0 for b in (lo, hi))
+        if not (math.isfinite(value) and lo - tol_lo <= value <= hi + tol_hi):
             return f"{loop.sp_tag}={value} outside the PLC range [{lo}, {hi}]"
-        dt = max(now - loop.last_remote_time, 0.0)
+        value = min(max(value, lo), hi)  # a float32 0.30000001 for a limit of 0.3 is the limit
+        dt = max(now - loop.last_remote_time, self._rate_window, 0.0)
         allowed = loop.max_rate * dt * self.behaviour.rate_tolerance
         if abs(value - loop.working) > allowed + 1e-9 * max(1.0, abs(loop.working)):
             return (

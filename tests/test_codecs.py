@@ -24,6 +24,7 @@ from controller.tags import (
     TagMap,
     decode,
     encode,
+    encode_within,
     load_tag_map,
 )
 
@@ -262,3 +263,29 @@ def test_overlapping_tags_are_a_config_error_naming_both(tmp_path: Path) -> None
     assert "jacket_temp" in message
     assert "jacket_flow" in message
     assert "clash.yaml" in message
+
+
+@pytest.mark.parametrize(
+    ("type_", "scale", "value", "limits"),
+    [
+        ("float32", 1.0, 0.3, (0.05, 0.3)),  # 0.3f is 0.30000001: one step down
+        ("float32", 1.0, -45.3, (-45.3, 120.0)),  # a negative lower limit
+        ("float32", 1.0, 0.05, (0.05, 0.3)),
+        ("int16", 0.01, 0.305, (0.0, 0.305)),  # rounds to 0.31: floor instead
+        ("uint16", 0.5, 10.25, (10.25, 20.0)),  # rounds to 10.0 (below): ceil instead
+        ("float64", 1.0, 0.1, (0.0, 0.1)),
+    ],
+)
+def test_encode_within_never_leaves_the_limits(
+    type_: str, scale: float, value: float, limits: tuple[float, float]
+) -> None:
+    spec = ModbusSpec(table=Table.HOLDING, address=0, type=DataType(type_), scale=scale)
+    regs = encode_within("sp", spec, value, limits)
+    got = decode("sp", spec, regs)
+    assert limits[0] <= got <= limits[1]
+    assert abs(got - value) <= max(abs(scale), 1e-6 * max(1.0, abs(value)))
+
+
+def test_encode_within_leaves_representable_values_alone() -> None:
+    spec = ModbusSpec(table=Table.HOLDING, address=0, type=DataType.FLOAT32)
+    assert encode_within("sp", spec, 0.25, (0.0, 0.3)) == encode("sp", spec, 0.25)

@@ -50,7 +50,15 @@ from controller.ports.base import (
     WriteStatus,
 )
 from controller.site import Connection, ModbusTls
-from controller.tags import CodecError, DataType, ModbusSpec, Table, TagMap, decode, encode
+from controller.tags import (
+    CodecError,
+    DataType,
+    ModbusSpec,
+    Table,
+    TagMap,
+    decode,
+    encode_within,
+)
 
 if logging.getLogger("pymodbus").level == logging.NOTSET:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # its errors become ours
@@ -286,7 +294,7 @@ class ModbusPort(Port):
         if tag.limits is not None and not tag.limits[0] <= number <= tag.limits[1]:
             return f"tag {name!r}: value {value!r} is outside its limits {list(tag.limits)}"
         try:
-            return tag.modbus, encode(name, tag.modbus, number)
+            return tag.modbus, encode_within(name, tag.modbus, number, tag.limits)
         except CodecError as exc:
             return str(exc)
 

@@ -52,6 +52,7 @@ from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 
+from controller.tags import DataType as TagType
 from controller.tags import ModbusSpec, Table, TagMap, decode, encode
 from hil.net import LOOPBACK, check_bind_address, free_port
 
@@ -79,6 +80,18 @@ class Received:
     unit_id: int
     address: int
     count: int
+
+
+def _tolerance(spec: ModbusSpec, bound: float) -> float:
+    """What the register type cannot resolve near ``bound`` (a float32 0.3 is 0.30000001):
+    a PLC compares in its own number format, so a limit value sent as a register passes."""
+    if not math.isfinite(bound):
+        return 0.0
+    if spec.type is TagType.FLOAT32:
+        return 1e-6 * max(1.0, abs(bound))
+    if spec.type is TagType.FLOAT64:
+        return 1e-12 * max(1.0, abs(bound))
+    return abs(spec.scale) / 2
 
 
 class ModbusPlcServer:
@@ -243,7 +256,7 @@ class ModbusPlcServer:
             spec = self._specs[name]
             value = self._after_write(name, spec, address, values)
             lo, hi = self.plc_range.get(name, (-math.inf, math.inf))
-            if not lo <= value <= hi:
+            if not lo - _tolerance(spec, lo) <= value <= hi + _tolerance(spec, hi):
                 if not self.clamp or math.isnan(value):
                     return _refused(name, value, f"outside the PLC range [{lo}, {hi}]")
                 value = min(max(value, lo), hi)
