@@ -251,10 +251,14 @@ class Supervisor:
         """React to what the PLC reports: activation, or being dropped."""
         active = self._flag(snap, "mpc_active")
         if self.state is State.REQUESTING and active:
-            working = {
-                n: snap[self.pv_tags.get(n) or self.sp_tags[n]].value
-                for n in self.model.input_names
-            }
+            working = {}
+            for n in self.model.input_names:
+                tv = snap.values.get(self.pv_tags.get(n) or self.sp_tags[n])
+                working[n] = tv.value if tv is not None and tv.quality is Quality.GOOD else math.nan
+            unknown = [n for n, v in working.items() if not math.isfinite(v)]
+            if unknown:
+                self._problem(view, f"working setpoints of {unknown} unknown; not engaging yet")
+                return
             self.pipeline.start(working)  # bumpless: start from what the PLC is doing
             self._written = dict(working)
             self._to(State.RUNNING, "the PLC reports mpc_active")

@@ -116,6 +116,8 @@ class HilRig:
         self._bad: set[str] = set()
         for server in servers:
             server.write_hook = self.vplc.on_write
+            if hasattr(server, "write_check"):
+                server.write_check = self.vplc.check_write
 
     def _fault_event(self, ev: FaultEvent) -> None:
         self.log.fault_events.append(ev)

@@ -169,7 +169,15 @@ class VirtualPlc:
             self._c.reset_pending = True
         return None
 
-    def _remote_setpoint(self, loop: _Loop, value: float, now: float) -> str | None:
+    def check_write(self, tag: str, value: float) -> str | None:
+        """What :meth:`on_write` would answer, without changing anything."""
+        loop = self._by_sp.get(tag)
+        if loop is None:
+            return None
+        now = self._clock() if self._clock is not None else self._now
+        return self._refusal(loop, value, now)
+
+    def _refusal(self, loop: _Loop, value: float, now: float) -> str | None:
         if self.mode is not Mode.ACTIVE:
             return f"{loop.sp_tag}: remote setpoints are accepted only while the MPC is active"
         lo, hi = loop.limits
@@ -184,6 +192,13 @@ class VirtualPlc:
                 f"{loop.sp_tag}: move {value - loop.working:+.6g} in {dt:.3g} s exceeds the PLC "
                 f"rate limit {loop.max_rate:g}/s"
             )
+        return None
+
+    def _remote_setpoint(self, loop: _Loop, value: float, now: float) -> str | None:
+        reason = self._refusal(loop, value, now)
+        if reason is not None:
+            return reason
+        value = min(max(value, loop.limits[0]), loop.limits[1])
         loop.working = float(value)
         loop.last_remote_time = now
         return None

@@ -293,3 +293,30 @@ def test_serve_refuses_a_non_loopback_address(tmp_path: Path) -> None:
 
     argv = ["serve", str(LYO_MODBUS), "--host", "192.0.2.1", "--state-dir", str(tmp_path)]
     assert main(argv) == 2
+
+
+async def test_a_refused_multi_tag_write_changes_nothing(modbus_rig: Rig) -> None:
+    """Tsh in range and Pch out of range in ONE request: exception 03 and Tsh not applied."""
+    client = AsyncModbusTcpClient("127.0.0.1", port=modbus_rig.port, timeout=2)
+    await client.connect()
+    plc = Plc(client)
+    try:
+        beat = asyncio.Event()
+        hb = asyncio.create_task(_heartbeat(plc, beat))
+        await plc.write("mpc_request", 1)
+        await plc.until("mpc_active", True)
+        tsh = await plc.value("shelf_temp_sp")
+        t_spec, p_spec = TAGS.tags["shelf_temp_sp"].modbus, TAGS.tags["chamber_pressure_sp"].modbus
+        assert t_spec is not None and p_spec is not None
+        assert p_spec.protocol_address == t_spec.protocol_address + 2  # contiguous
+        regs = encode("shelf_temp_sp", t_spec, tsh + 0.5) + encode(
+            "chamber_pressure_sp", p_spec, 0.9
+        )
+        rr = await client.write_registers(t_spec.protocol_address, regs)
+        assert rr.isError() and rr.exception_code == 3
+        await asyncio.sleep(0.2)
+        assert await plc.value("shelf_temp_pv") == pytest.approx(tsh, abs=1e-4)
+        beat.set()
+        await hb
+    finally:
+        client.close()

@@ -145,3 +145,13 @@ def test_counters_and_validity_bits() -> None:
     assert image["plc_heartbeat"] == 2 and image["plc_scan_counter"] == 2
     assert image["measurement_validity"] == 0  # Tbot is the only measurement: bad
     assert p.image(COLD, set(), applied)["measurement_validity"] == 1
+
+
+def test_check_write_has_no_side_effects() -> None:
+    p = plc()
+    engage(p)
+    p.on_write("mpc_heartbeat", 2)
+    p.scan(20.0, 0.0, COLD)
+    assert p.check_write("shelf_temp_sp", -34.9) is None
+    assert p.scan(21.0, 0.0, COLD)["Tsh"] == -35.0  # checked, not applied
+    assert "outside the PLC range" in (p.check_write("chamber_pressure_sp", 0.9) or "")

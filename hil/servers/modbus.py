@@ -110,6 +110,9 @@ class ModbusPlcServer:
         self.tags, self.host, self.tls = tags, host, tls
         self.port = port if port is not None else free_port()
         self.write_hook: WriteHook | None = None
+        #: Side-effect-free twin of ``write_hook``: every tag of a request is checked before
+        #: any is applied, so a request refused with exception 03 changes nothing in the PLC.
+        self.write_check: WriteHook | None = None
         self.latency = 0.0
         self.bad_tags: dict[str, str] = {}
         self.clamp = False
@@ -262,6 +265,11 @@ class ModbusPlcServer:
                 value = min(max(value, lo), hi)
                 self._overlay(encode(name, spec, value), spec, address, values)
             writes.append((name, value))
+        if self.write_check is not None:
+            for name, value in writes:
+                reason = self.write_check(name, value)
+                if reason is not None:
+                    return _refused(name, value, reason)
         hook = self.write_hook
         for name, value in writes:
             reason = hook(name, value) if hook is not None else None
