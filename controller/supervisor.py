@@ -33,6 +33,7 @@ from controller.audit import AuditTrail
 from controller.clock import Clock
 from controller.errors import PortError
 from controller.estimator import Estimate
+from controller.historian import model_version
 from controller.mpc import Decision, SolveStatus
 from controller.pipeline import ControlPipeline
 from controller.ports.base import Port, Quality, Snapshot, WriteReport, WriteStatus
@@ -139,6 +140,7 @@ class Supervisor:
         self._written: dict[str, float] = {}
         self.views: list[CycleView] = []  # the last few cycles, for inspection
         self.actor = self.settings.service_identity
+        self.model_version = model_version(self.model)
 
     # ------------------------------------------------------------------ transitions
     def _to(self, state: State, cause: str) -> None:
@@ -455,6 +457,7 @@ class Supervisor:
                     "safety_changes": changes,
                     "config_hash": self.audit.config_hash,
                     "model": self.model.name,
+                    "model_version": self.model_version,
                 },
             )
         report = await self._write(values, view)

@@ -246,7 +246,7 @@ async def test_every_write_is_audited_before_it_is_sent(env: Env) -> None:
     assert setpoint_writes == 5
     last = [r for r in env.audit.records() if r.target == "shelf_temp_sp"][-1]
     detail = last.detail
-    for key in ("decision_id", "solver_status", "safety_changes", "config_hash", "model"):
+    for key in ("decision_id", "solver_status", "safety_changes", "config_hash", "model_version"):
         assert key in detail
     assert "clipped_to_move_limit" in detail  # what the safety layer changed, and why
     old, new = float(last.old_value or "nan"), float(last.new_value or "nan")
