@@ -27,7 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from controller.errors import ConfigError, Problem
-from plant_models import MODELS, Parameter, ParameterSet, PlantModel
+from plant_models import MODELS, Parameter, ParameterSet, PlantModel, Role
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 PositiveFinite = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -364,13 +364,13 @@ def load_parameter_set(path: Path) -> ParameterSet:
     for name in sorted(set(cls.parameter_units) - set(pf.parameters)):
         problems.append(Problem(str(path), f"parameters.{name}", "missing parameter", None))
     problems += _check_names(
-        path, cls, "initial_state", pf.initial_state, cls.names(_role("state")), exact=True
+        path, cls, "initial_state", pf.initial_state, cls.names(Role.STATE), exact=True
     )
     problems += _check_names(
-        path, cls, "nominal_inputs", pf.nominal_inputs, cls.names(_role("input")), exact=True
+        path, cls, "nominal_inputs", pf.nominal_inputs, cls.names(Role.INPUT), exact=True
     )
     problems += _check_names(
-        path, cls, "initial_algebraic", pf.initial_algebraic, cls.names(_role("algebraic"))
+        path, cls, "initial_algebraic", pf.initial_algebraic, cls.names(Role.ALGEBRAIC)
     )
     all_vars = tuple(v.name for v in cls.variables)
     problems += _check_names(path, cls, "bounds", pf.bounds, all_vars)
@@ -401,12 +401,6 @@ def load_parameter_set(path: Path) -> ParameterSet:
         dict(pf.bounds),
         str(path),
     )
-
-
-def _role(value: str) -> Any:
-    from plant_models import Role
-
-    return Role(value)
 
 
 def _check_names(
@@ -441,8 +435,6 @@ def resolve(base: Path, ref: str) -> Path:
 
 def check_controller(cfg: ControllerConfig, model: PlantModel, source: str) -> list[Problem]:
     """Every name in a controller config must exist in its plant model."""
-    from plant_models import Role
-
     states, inputs = model.state_names, model.input_names
     named = set(states) | set(inputs) | set(model.algebraic_names) | set(model.expression_names)
     problems: list[Problem] = []
@@ -500,8 +492,6 @@ def check_controller(cfg: ControllerConfig, model: PlantModel, source: str) -> l
 
 def check_scenario(sc: ScenarioConfig, model: PlantModel, source: str) -> list[Problem]:
     """Every name in a scenario must exist in its plant model."""
-    from plant_models import Role
-
     problems: list[Problem] = []
     tp = sc.true_plant
     named = (

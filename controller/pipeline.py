@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from controller.config import ControllerConfig
 from controller.errors import EstimatorError, SafetyOrderError
 from controller.estimator import Estimate, ExtendedKalmanFilter, FullStateFeedback
 from controller.mpc import Decision, SolveStatus
@@ -44,6 +45,14 @@ class CycleResult:
     outcome: SafetyOutcome
     data_ok: bool
     data_fresh: bool
+
+
+def input_limits(cfg: ControllerConfig) -> dict[str, InputLimit]:
+    """The safety layer's limits: the same input limits the MPC is built with."""
+    return {
+        n: InputLimit(n, s.lower, s.upper, s.max_move, s.max_rise, s.max_fall)
+        for n, s in cfg.inputs.items()
+    }
 
 
 class ControlPipeline:

@@ -23,10 +23,9 @@ from controller.errors import PortError
 from controller.estimator import make_estimator
 from controller.historian import Historian, cycle_record, open_historian, run_info
 from controller.mpc import ModelPredictiveController
-from controller.pipeline import ControlPipeline, Policy
+from controller.pipeline import ControlPipeline, Policy, input_limits
 from controller.ports.base import Port
 from controller.ports.factory import make_port
-from controller.safety import InputLimit
 from controller.site import Site, load_site
 from controller.supervisor import Counters, CycleView, Mode, Supervisor
 
@@ -59,12 +58,8 @@ def build_pipeline(site: Site, policy: Policy | None = None) -> ControlPipeline:
     """Estimator, MPC (or the given policy) and safety limits for a site."""
     cfg, model = site.controller, site.model
     mpc = policy or ModelPredictiveController(cfg, model, str(site.path))
-    limits = {
-        n: InputLimit(n, s.lower, s.upper, s.max_move, s.max_rise, s.max_fall)
-        for n, s in cfg.inputs.items()
-    }
     estimator = make_estimator(model, cfg.estimator, cfg.sample_time)
-    return ControlPipeline(model, estimator, mpc, limits)
+    return ControlPipeline(model, estimator, mpc, input_limits(cfg))
 
 
 def historian_sink(historian: Historian, predict_steps: int) -> Any:

@@ -273,7 +273,7 @@ def _check_tags(sf: SiteFile, tm: TagMap, model: PlantModel | None, path: Path) 
             )
     if model is not None:
         for inp in model.input_names:
-            if not any(t.binds == inp and t.writable for t in tm.tags.values()):
+            if tm.setpoint_tag(inp) is None:
                 problems.append(
                     Problem(src, "tags", f"no writable tag binds the model input {inp!r}", inp)
                 )
@@ -327,7 +327,7 @@ def _check_hil(hil: HilSection, model: PlantModel, tm: TagMap, path: Path) -> li
                 Problem(src, "hil", f"the PLC contract needs the tag {name!r} in the tag map", name)
             )
     for inp in model.input_names:
-        if not any(t.binds == inp and not t.writable for t in tm.tags.values()):
+        if inp not in tm.reading_tags():
             problems.append(
                 Problem(
                     src, "hil", f"no read-only tag publishes the working setpoint of {inp!r}", inp

@@ -42,7 +42,6 @@ from controller.site import Site
 
 log = logging.getLogger("pharmatwin.supervisor")
 
-SECONDS_PER_UNIT = {"s": 1.0, "min": 60.0, "h": 3600.0}
 _WRAP = 65536
 
 
@@ -113,23 +112,15 @@ class Supervisor:
         self.state = State.INIT
         self.counters = Counters()
         self.model = pipeline.model
-        self.dt_s = site.controller.sample_time * SECONDS_PER_UNIT[self.model.time_unit]
+        self.dt_s = site.controller.sample_time * self.model.seconds_per_unit
         tags = site.tags.tags
-        self.sp_tags = {
-            i: n
-            for i in self.model.input_names
-            for n, t in tags.items()
-            if t.binds == i and t.writable
-        }
-        self.pv_tags = {
-            i: n
-            for i in self.model.input_names
-            for n, t in tags.items()
-            if t.binds == i and not t.writable
-        }
-        self.y_tags = {
-            o: n for o in self.model.output_names for n, t in tags.items() if t.binds == o
-        }
+        tm = site.tags
+        readings = tm.reading_tags()
+        self.sp_tags = {i: tag for i in self.model.input_names if (tag := tm.setpoint_tag(i))}
+        self.pv_tags = {i: readings[i] for i in self.model.input_names if i in readings}
+        self.y_tags = {o: readings[o] for o in self.model.output_names if o in readings}
+        self._validity_order = tm.measurement_tags(self.model.input_names)[:16]
+        self._stale_after = {n: tags[n].stale_after for n in self.y_tags.values()}
         self.read_tags = [n for n, t in tags.items() if t.readable]
         self._heartbeat = 0
         self._solving: asyncio.Task[Decision] | None = None
@@ -285,15 +276,10 @@ class Supervisor:
         bad = snap.bad(tags)
         validity = snap.values.get("measurement_validity")
         if validity is not None and validity.quality is Quality.GOOD:
-            order = [
-                n
-                for n, t in self.site.tags.tags.items()
-                if not t.writable and t.binds is not None and t.binds not in self.model.input_names
-            ]
             bits = int(validity.value)
-            bad += [n for i, n in enumerate(order[:16]) if n in tags and not bits >> i & 1]
-        stale_after = {n: self.site.tags.tags[n].stale_after for n in tags}
-        stale = snap.stale(stale_after, snap.read_time)
+            order = self._validity_order
+            bad += [n for i, n in enumerate(order) if n in tags and not bits >> i & 1]
+        stale = snap.stale(self._stale_after, snap.read_time)
         scan = snap.values.get("plc_scan_counter")
         if scan is not None and scan.quality is Quality.GOOD:
             self._scan_frozen = self._scan_frozen + 1 if scan.value == self._last_scan else 0
@@ -311,7 +297,7 @@ class Supervisor:
     async def _solve(
         self, t: float, estimate: Estimate | None, problem: str, view: CycleView
     ) -> Decision:
-        t_model = t / SECONDS_PER_UNIT[self.model.time_unit]
+        t_model = t / self.model.seconds_per_unit
         if problem or estimate is None:
             return Decision(t_model, {}, SolveStatus.ERROR, problem or "no estimate", 0, 0.0)
         if self._solving is not None and not self._solving.done():

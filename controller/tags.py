@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
@@ -197,6 +197,23 @@ class TagMap(Strict):
     description: str = ""
     tags: dict[str, Tag]
 
+    def setpoint_tag(self, variable: str) -> str | None:
+        """The writable tag that carries ``variable`` (a model input's remote setpoint)."""
+        return next((n for n, t in self.tags.items() if t.binds == variable and t.writable), None)
+
+    def reading_tags(self) -> dict[str, str]:
+        """Model variable -> the read-only tag that publishes it (measurements, working SPs)."""
+        return {t.binds: n for n, t in self.tags.items() if t.binds is not None and not t.writable}
+
+    def measurement_tags(self, input_names: Sequence[str]) -> list[str]:
+        """Read-only tags bound to anything but an input, in map order: the order of the
+        ``measurement_validity`` bits."""
+        return [
+            n
+            for n, t in self.tags.items()
+            if not t.writable and t.binds is not None and t.binds not in input_names
+        ]
+
 
 def load_tag_map(path: Path) -> TagMap:
     """Load ``configs/tags/<name>.yaml``; every problem (incl. overlaps) in one ConfigError."""
@@ -336,12 +353,3 @@ def decode(tag_name: str, spec: ModbusSpec, registers: Sequence[int]) -> float:
         raise CodecError(f"tag {tag_name!r}: register values must be 0..65535, got {bad}")
     (raw,) = struct.unpack(_FORMAT[spec.type], _registers_to_bytes(registers, spec.order))
     return float(raw) * spec.scale + spec.offset
-
-
-def tags_bound_to(tm: TagMap, names: Sequence[str]) -> Mapping[str, str]:
-    """Map model variable names to the tag that carries each (``binds``)."""
-    return {
-        tag.binds: name
-        for name, tag in tm.tags.items()
-        if tag.binds is not None and tag.binds in names
-    }

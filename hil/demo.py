@@ -28,7 +28,6 @@ from controller.historian import CycleRecord, SqliteHistorian
 from controller.site import Site, load_site
 
 ROOT = Path(__file__).resolve().parents[1]
-SECONDS_PER_UNIT = {"s": 1.0, "min": 60.0, "h": 3600.0}
 
 
 def _bin(name: str) -> str:
@@ -75,7 +74,7 @@ def plot(site: Site, records: list[CycleRecord], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    unit = SECONDS_PER_UNIT[site.model.time_unit]
+    unit = site.model.seconds_per_unit
     t = np.array([r.t for r in records]) / unit
     meas = [n for n, tag in site.tags.tags.items() if tag.binds in site.model.output_names]
     sps = [
@@ -115,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             f.unlink()
     audit, history = out / "audit.db", out / "history.db"
     scenario_duration = 150.0 if site.model.name == "bioreactor" else 20.0
-    duration_s = scenario_duration * SECONDS_PER_UNIT[site.model.time_unit]
+    duration_s = scenario_duration * site.model.seconds_per_unit
     env = dict(os.environ)
     print(f"1. pharmatwin-hil serve {args.site} --rate {args.rate:g} (loopback)", flush=True)
     serve = subprocess.Popen(

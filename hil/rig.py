@@ -20,7 +20,7 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from controller.clock import Clock
 from controller.config import FaultSpec, ScenarioConfig, build_model, load_scenario, resolve
@@ -28,29 +28,10 @@ from controller.recipe import RecipePlayer
 from controller.site import Site
 from hil.faults import FaultEvent, FaultSet
 from hil.plant_runner import PlantRunner
+from hil.servers.base import PlcServer
 from hil.vplc import PlcEvent, VirtualPlc
 
 log = logging.getLogger("pharmatwin.hil.rig")
-
-SECONDS_PER_UNIT = {"s": 1.0, "min": 60.0, "h": 3600.0}
-
-
-class PlcServer(Protocol):
-    """What the rig needs of a HIL server (both hil.servers implement it)."""
-
-    write_hook: Any
-    latency: float
-    bad_tags: dict[str, str]
-
-    async def publish(
-        self, values: Mapping[str, float], *, bad: Any = (), source_time: Any = None
-    ) -> None: ...
-
-    async def drop_connections(self) -> None: ...
-
-    async def start(self) -> None: ...
-
-    async def stop(self) -> None: ...
 
 
 @dataclass
@@ -74,7 +55,7 @@ class HilRig:
         scen_path = site.file(self.hil.scenario)
         base = build_model(resolve(scen_path, self.scenario.plant))
         self.model = type(base)(base.parameter_set.with_values(self.scenario.true_plant.parameters))
-        self.unit_s = SECONDS_PER_UNIT[self.model.time_unit]
+        self.unit_s = self.model.seconds_per_unit
         # the true plant moves in finer steps than the controller samples (default: 1/5)
         self.plant_step = self.hil.plant_step or site.controller.sample_time / 5
         tp = self.scenario.true_plant
@@ -112,6 +93,7 @@ class HilRig:
         self._applied = dict(working)
         self._nominal_params = self.model.parameters
         self._servers_down = False
+        self._readings = site.tags.reading_tags()
         self._measurements: dict[str, float] = {}
         self._bad: set[str] = set()
         for server in servers:
@@ -166,8 +148,8 @@ class HilRig:
                 await (server.stop() if comm.servers_down else server.start())
         if self._servers_down:
             return
-        binds = {t.binds: n for n, t in self.site.tags.tags.items() if t.binds and not t.writable}
-        bad_tags = {binds[v] for v in bad if v in binds}
+        readings = self._readings
+        bad_tags = {readings[v] for v in bad if v in readings}
         for server in self.servers:
             server.latency = comm.latency_s
             server.bad_tags = {t: "communication fault" for t in comm.bad_tags}

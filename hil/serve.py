@@ -29,7 +29,8 @@ from controller.config import FaultSpec
 from controller.errors import ConfigError, PharmaTwinError, Problem
 from controller.site import Site, load_site
 from hil.net import LOOPBACK, free_port, is_loopback
-from hil.rig import HilRig, PlcServer
+from hil.rig import HilRig
+from hil.servers.base import PlcServer
 
 log = logging.getLogger("pharmatwin.hil.serve")
 

@@ -21,6 +21,7 @@ from controller.clock import SteppedClock
 from controller.config import (
     Constraint,
     ControllerConfig,
+    EstimatorSpec,
     ScenarioConfig,
     build_model,
     load_controller,
@@ -29,15 +30,12 @@ from controller.config import (
 )
 from controller.estimator import make_estimator
 from controller.mpc import ModelPredictiveController
-from controller.pipeline import ControlPipeline, CycleResult, Policy
+from controller.pipeline import ControlPipeline, CycleResult, Policy, input_limits
 from controller.ports.memory import MemoryPort, TagTable
 from controller.recipe import RecipePlayer
 from controller.safety import InputLimit
 from hil.plant_runner import PlantRunner, PlantState
 from plant_models import PlantModel
-
-#: Seconds per model time unit; the clock runs in seconds.
-SECONDS_PER_UNIT = {"s": 1.0, "min": 60.0, "h": 3600.0}
 
 
 @dataclass
@@ -56,10 +54,7 @@ class ScenarioRun:
 
 def _limits(model: PlantModel, cfg: ControllerConfig | None) -> dict[str, InputLimit]:
     if cfg is not None:
-        return {
-            n: InputLimit(n, s.lower, s.upper, s.max_move, s.max_rise, s.max_fall)
-            for n, s in cfg.inputs.items()
-        }
+        return input_limits(cfg)
     return {
         n: InputLimit(n, model.variable(n).lower, model.variable(n).upper, math.inf)
         for n in model.input_names
@@ -114,8 +109,6 @@ async def run_scenario(
             raise ValueError("scenario without controller needs a recipe and sample_time")
         policy = RecipePlayer(sc.recipe, ctl_model.input_names)
         dt = sc.sample_time
-        from controller.config import EstimatorSpec
-
         spec = EstimatorSpec(kind="ekf")
     limits = _limits(ctl_model, cfg)
     run = ScenarioRun(sc, true_model, cfg, limits=limits)
@@ -136,7 +129,7 @@ async def run_scenario(
     }
     pipeline.start(working)
     clock = SteppedClock()
-    unit = SECONDS_PER_UNIT[true_model.time_unit]
+    unit = true_model.seconds_per_unit
     table = TagTable()
     for name in ctl_model.input_names:
         table.allow_writes(name, true_model.variable(name).lower, true_model.variable(name).upper)

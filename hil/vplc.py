@@ -112,23 +112,21 @@ class VirtualPlc:
         self._c = _Contract()
         self._loops = {name: self._loop(name, working[name]) for name in input_names}
         self._by_sp = {lp.sp_tag: lp for lp in self._loops.values()}
-        self.measurement_tags = [
-            n
-            for n, t in tags.tags.items()
-            if not t.writable and t.binds is not None and t.binds not in input_names
-        ]
+        self.measurement_tags = tags.measurement_tags(input_names)[:16]
+        self._publishes = tags.reading_tags()  # model variable -> tag, looked up every scan
         self._now = 0.0
         self._clock = now
         self._rate_window = rate_window_s
         self._forced: dict[str, float] = {}
 
     def _loop(self, name: str, working: float) -> _Loop:
-        sp = [n for n, t in self.tags.tags.items() if t.binds == name and t.writable]
-        pv = [n for n, t in self.tags.tags.items() if t.binds == name and not t.writable]
-        tag = self.tags.tags[sp[0]]
+        sp, pv = self.tags.setpoint_tag(name), self.tags.reading_tags().get(name)
+        if sp is None or pv is None:
+            raise ValueError(f"input {name!r} needs a setpoint tag and a working-setpoint tag")
+        tag = self.tags.tags[sp]
         limits = tag.limits if tag.limits is not None else (-math.inf, math.inf)
         rate = tag.max_rate if tag.max_rate is not None else math.inf
-        return _Loop(name, sp[0], pv[0], limits, rate, float(working))
+        return _Loop(name, sp, pv, limits, rate, float(working))
 
     # ------------------------------------------------------------------ events
     def _event(self, what: str, detail: str) -> None:
@@ -303,16 +301,15 @@ class VirtualPlc:
     ) -> dict[str, float]:
         """Tag values to publish: measurements, working setpoints and contract status."""
         out: dict[str, float] = {}
-        binds = {t.binds: n for n, t in self.tags.tags.items() if not t.writable and t.binds}
         for var, value in measurements.items():
-            if var in binds:
-                out[binds[var]] = value
+            if var in self._publishes:
+                out[self._publishes[var]] = value
         for name, lp in self._loops.items():
             out[lp.pv_tag] = applied[name]
             if self.mode is not Mode.ACTIVE:
                 out[lp.sp_tag] = lp.working  # setpoint tracking for a bumpless start
         validity = 0
-        for i, tag in enumerate(self.measurement_tags[:16]):
+        for i, tag in enumerate(self.measurement_tags):
             if self.tags.tags[tag].binds not in bad:
                 validity |= 1 << i
         out.update(

@@ -35,6 +35,9 @@ from plant_models.errors import ModelError
 Sym = ca.SX
 SymMap = Mapping[str, Any]
 
+#: Seconds per model time unit (clocks run in seconds, models in their sources' units).
+SECONDS_PER_UNIT: Mapping[str, float] = {"s": 1.0, "min": 60.0, "h": 3600.0}
+
 
 class Role(StrEnum):
     """What a variable is to the model."""
@@ -208,6 +211,16 @@ class PlantModel(ABC):
             )
         if problems:
             raise ModelError(f"{ps.source}: " + "; ".join(problems))
+
+    @property
+    def seconds_per_unit(self) -> float:
+        """Seconds in one ``time_unit`` (ModelError for an unknown unit)."""
+        try:
+            return SECONDS_PER_UNIT[self.time_unit]
+        except KeyError as exc:
+            raise ModelError(
+                f"model {self.name!r}: time unit {self.time_unit!r} not in {list(SECONDS_PER_UNIT)}"
+            ) from exc
 
     @classmethod
     def names(cls, role: Role) -> tuple[str, ...]:

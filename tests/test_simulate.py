@@ -1,6 +1,6 @@
 """The offline digital model end to end: every shipped scenario runs, and matches its golden master.
 
-Set ``PHARMATWIN_REGEN_GOLDEN=1`` to rewrite ``tests/golden/*.json`` after an intended change.
+After an intended change, rewrite ``tests/golden/*.json`` with ``python tests/regen_golden.py``.
 """
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -37,30 +36,27 @@ STEPS = {
 RTOL = 1e-3  # relative to each variable's scale: solver round-off may differ across CPUs
 
 
-def _run(name: str) -> ScenarioRun:
+def run_short(name: str) -> ScenarioRun:
     return asyncio.run(run_scenario(SCENARIOS / f"{name}.yaml", max_steps=STEPS[name]))
 
 
 @pytest.fixture(scope="module", params=sorted(STEPS))
 def run(request: pytest.FixtureRequest) -> ScenarioRun:
-    return _run(request.param)
+    return run_short(request.param)
 
 
 def test_every_shipped_scenario_is_covered() -> None:
     assert {p.stem for p in SCENARIOS.glob("*.yaml")} == set(STEPS)
 
 
-def _trajectory(run: ScenarioRun) -> dict[str, list[float]]:
+def trajectory(run: ScenarioRun) -> dict[str, list[float]]:
     keys = [k for k in run.rows[0] if k.startswith(("x.", "u."))]
     return {k: [float(r[k]) for r in run.rows] for k in keys}
 
 
 def test_closed_loop_matches_golden_master(run: ScenarioRun) -> None:
     path = GOLDEN / f"{run.scenario.name}.json"
-    got = _trajectory(run)
-    if os.environ.get("PHARMATWIN_REGEN_GOLDEN") == "1":
-        path.write_text(json.dumps(got, indent=1))
-        pytest.skip(f"regenerated {path.name}")
+    got = trajectory(run)
     want = json.loads(path.read_text())
     assert set(got) == set(want)
     for key, values in want.items():

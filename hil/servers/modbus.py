@@ -39,10 +39,9 @@ import asyncio
 import logging
 import math
 import ssl
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
 from pymodbus.constants import ExcCodes
@@ -55,6 +54,7 @@ from pymodbus.simulator.simcore import SimCore
 from controller.tags import DataType as TagType
 from controller.tags import ModbusSpec, Table, TagMap, decode, encode
 from hil.net import LOOPBACK, check_bind_address, free_port
+from hil.servers.base import PlcServer, WriteHook
 
 if TYPE_CHECKING:
     from controller.site import Site
@@ -63,7 +63,6 @@ log = logging.getLogger(__name__)
 
 #: Modbus port used by :func:`modbus_server_for_site` when the site itself speaks OPC UA.
 DEFAULT_PORT = 5020
-WriteHook = Callable[[str, float], "str | None"]
 
 _TABLE_KEY = {Table.COIL: "c", Table.DISCRETE: "d", Table.HOLDING: "h", Table.INPUT: "i"}
 _FC_TABLE = {1: Table.COIL, 5: Table.COIL, 15: Table.COIL, 2: Table.DISCRETE, 4: Table.INPUT}
@@ -94,7 +93,7 @@ def _tolerance(spec: ModbusSpec, bound: float) -> float:
     return abs(spec.scale) / 2
 
 
-class ModbusPlcServer:
+class ModbusPlcServer(PlcServer):
     """A Modbus TCP server on ``host``:``port`` (127.0.0.1 by default) holding ``tags``."""
 
     def __init__(
@@ -330,18 +329,6 @@ class ModbusPlcServer:
             for connection in list(self._server.active_connections.values()):
                 connection.close()
         await asyncio.sleep(0)
-
-    async def __aenter__(self) -> ModbusPlcServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
 
 def modbus_server_for_site(

@@ -49,11 +49,10 @@ import asyncio
 import logging
 import math
 import os
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
 from asyncua import Node, Server, ua
@@ -74,6 +73,7 @@ from cryptography import x509
 from controller.errors import ConfigError, Problem
 from controller.tags import Tag, TagMap
 from hil.net import LOOPBACK, check_bind_address, free_port
+from hil.servers.base import PlcServer, WriteHook
 from hil.servers.certs import CertificateAuthority, ensure_server_certificate, load_certificate
 
 if TYPE_CHECKING:
@@ -84,7 +84,6 @@ log = logging.getLogger(__name__)
 NAMESPACE = "urn:pharmatwin:test-plc"
 #: OPC UA port used by :func:`opcua_server_for_site` when the site itself speaks Modbus.
 DEFAULT_PORT = 4840
-WriteHook = Callable[[str, float], "str | None"]
 
 _ADMIN = User(role=UserRole.Admin)
 _INT_RANGE = {f"Int{b}": (-(2 ** (b - 1)), 2 ** (b - 1) - 1) for b in (16, 32, 64)}
@@ -181,7 +180,7 @@ class _PlcAttributes(AttributeService):
         return results
 
 
-class OpcUaPlcServer:
+class OpcUaPlcServer(PlcServer):
     """A PLC stand-in: the tags of a :class:`TagMap` as OPC UA variables on ``host``."""
 
     def __init__(
@@ -220,18 +219,6 @@ class OpcUaPlcServer:
         self._node_ids = {n: _node_id(t) for n, t in tags.tags.items()}
         self._tag_of = {nid: name for name, nid in self._node_ids.items() if nid is not None}
         self._built = False
-
-    async def __aenter__(self) -> OpcUaPlcServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     def node_id(self, tag: str) -> ua.NodeId:
         node = self._node_ids.get(tag)

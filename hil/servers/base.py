@@ -1,0 +1,66 @@
+"""What every HIL server is to the virtual PLC and the rig: one small abstract base.
+
+``write_hook`` hears every client write (a returned reason refuses it: Modbus exception 03,
+OPC UA BadOutOfRange); ``publish`` sets the PLC's values; ``latency``, ``bad_tags``,
+``drop_connections`` and ``stop``/``start`` inject communication faults.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Self
+
+WriteHook = Callable[[str, float], "str | None"]
+
+
+class PlcServer(ABC):
+    """A PLC's protocol face, built from a tag map; an async context manager."""
+
+    write_hook: WriteHook | None
+    latency: float
+    bad_tags: dict[str, str]
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Listen (again, after :meth:`stop`), keeping the values."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Stop listening and drop every client; a later :meth:`start` resumes."""
+
+    async def close(self) -> None:
+        """Release everything for good (default: :meth:`stop`)."""
+        await self.stop()
+
+    @abstractmethod
+    async def publish(
+        self,
+        values: Mapping[str, float],
+        *,
+        bad: Collection[str] = (),
+        source_time: datetime | None = None,
+    ) -> None:
+        """Set the PLC's tag values (engineering units); ``bad`` ones get bad quality."""
+
+    @abstractmethod
+    def value(self, tag: str) -> float:
+        """The tag's current value as stored."""
+
+    @abstractmethod
+    async def drop_connections(self) -> None:
+        """Close every client connection now; keep listening."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
