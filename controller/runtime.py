@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,19 @@ def historian_sink(historian: Historian, predict_steps: int) -> Any:
     return sink
 
 
+def _sinks(
+    sink: Callable[[Supervisor, CycleView], None], observer: Callable[[CycleView], None] | None
+) -> Callable[[Supervisor, CycleView], None]:
+    if observer is None:
+        return sink
+
+    def both(sup: Supervisor, view: CycleView) -> None:
+        sink(sup, view)
+        observer(view)
+
+    return both
+
+
 async def run_site(
     site: Site,
     opts: RunOptions,
@@ -91,8 +105,12 @@ async def run_site(
     clock: Clock | None = None,
     policy: Policy | None = None,
     stop: asyncio.Event | None = None,
+    observer: Callable[[CycleView], None] | None = None,
 ) -> Supervisor:
-    """Run the supervised loop until stopped; returns the supervisor (state, counters)."""
+    """Run the supervised loop until stopped; returns the supervisor (state, counters).
+
+    ``observer`` sees every cycle after the historian (a campaign records its run there).
+    """
     clock = clock or (RealClock() if opts.rate == 1.0 else ScaledClock(opts.rate))
     files = config_files(site)
     audit = AuditTrail(
@@ -120,7 +138,7 @@ async def run_site(
         pipeline,
         mode=opts.mode,
         audit=audit,
-        historian=historian_sink(historian, site.runtime.predicted_steps),
+        historian=_sinks(historian_sink(historian, site.runtime.predicted_steps), observer),
         run_id=info.run_id,
     )
     loop = asyncio.get_running_loop()

@@ -15,6 +15,7 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -33,6 +34,10 @@ EPILOG = """examples:
   pharmatwin-hil serve configs/sites/bioreactor-opcua.yaml --protocol both --modbus-port 15020
   pharmatwin-hil fault configs/sites/lyophilizer-modbus.yaml inject sensor_bias Tbot --magnitude 2
   pharmatwin-hil fault configs/sites/lyophilizer-modbus.yaml status
+  pharmatwin-hil campaign run configs/campaigns/lyophilizer-oq.yaml --workers 2
+  pharmatwin-hil campaign run configs/campaigns/bioreactor-oq.yaml --executor dask --workers 2
+  pharmatwin-hil campaign run configs/campaigns/smoke.yaml --mode hil --out runs/smoke-hil
+  pharmatwin-hil campaign report runs/campaigns/lyophilizer-oq-fast
 """
 
 
@@ -89,6 +94,35 @@ def _parser() -> argparse.ArgumentParser:
     clr = fsub.add_parser("clear", help="remove faults")
     clr.add_argument("--kind", default=None)
     clr.add_argument("--target", default=None)
+    camp = sub.add_parser(
+        "campaign",
+        help="HIL test campaigns: a scenario matrix judged against acceptance criteria",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    csub = camp.add_subparsers(dest="campaign_command", required=True)
+    crun = csub.add_parser("run", help="run a campaign (skips cases already done)")
+    crun.add_argument("campaign", type=Path, help="configs/campaigns/<name>.yaml")
+    crun.add_argument(
+        "--out", type=Path, default=None, help="results folder (runs/campaigns/<name>-<mode>)"
+    )
+    where = crun.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=None, help="worker processes (default 1)")
+    where.add_argument(
+        "--dask-scheduler", default=None, help="run on an existing Dask cluster (tcp://HOST:PORT)"
+    )
+    crun.add_argument(
+        "--executor",
+        choices=("process", "dask"),
+        default=None,
+        help="local process pool (default) or Dask (a LocalCluster of --workers)",
+    )
+    crun.add_argument("--mode", choices=("fast", "hil"), default=None, help="default: the file's")
+    crun.add_argument("--rate", type=float, default=None, help="hil mode: process s per wall s")
+    crun.add_argument("--force", action="store_true", help="rerun cases already done")
+    crun.add_argument("--quiet", action="store_true", help="no progress bar")
+    crep = csub.add_parser("report", help="write the HTML, JUnit XML and summary.json again")
+    crep.add_argument("results", type=Path, help="a campaign's results folder")
     return p
 
 
@@ -167,6 +201,51 @@ async def _fault(args: argparse.Namespace, console: Console) -> int:
     return 0 if answer.get("ok") else 1
 
 
+def _campaign(args: argparse.Namespace, console: Console) -> int:
+    from hil.campaign.report import write_reports
+
+    if args.campaign_command == "report":
+        paths = write_reports(args.results)
+        console.print(f"wrote {paths.html}, {paths.junit}, {paths.summary}")
+        return 0
+    from hil.campaign.execute import RunSettings, run_campaign
+    from hil.campaign.spec import load_campaign
+
+    campaign = load_campaign(args.campaign)
+    mode = args.mode or campaign.spec.mode
+    executor: Literal["process", "dask"] = args.executor or (
+        "dask" if args.dask_scheduler else "process"
+    )
+    if args.dask_scheduler and executor != "dask":
+        console.print("[red]error:[/red] --dask-scheduler needs --executor dask (or none)")
+        return 2
+    settings = RunSettings(
+        out=args.out or Path("runs") / "campaigns" / f"{campaign.name}-{mode}",
+        mode=mode,
+        executor=executor,
+        workers=args.workers or 1,
+        scheduler=args.dask_scheduler,
+        force=args.force,
+        progress=not args.quiet,
+        rate=args.rate,
+    )
+    outcome = run_campaign(campaign, settings, console)
+    paths = write_reports(settings.out)
+    table = Table(title=f"campaign {campaign.name} ({mode}, {settings.executor})")
+    for col in ("passed", "failed", "errored", "skipped (done before)", "wall time"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        str(outcome.count("passed")),
+        str(outcome.count("failed")),
+        str(outcome.count("error")),
+        str(len(outcome.skipped)),
+        f"{outcome.wall_time_s:.1f} s",
+    )
+    console.print(table)
+    console.print(f"report: {paths.html}\njunit: {paths.junit}\nsummary: {paths.summary}")
+    return 0 if outcome.passed else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console()
@@ -177,6 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_serve(args, console))
         if args.command == "fault":
             return asyncio.run(_fault(args, console))
+        if args.command == "campaign":
+            return _campaign(args, console)
     except PharmaTwinError as exc:
         console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
         return 2

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +43,14 @@ class RigLog:
 class HilRig:
     """Runs one site's plant and PLC against its servers until stopped."""
 
-    def __init__(self, site: Site, clock: Clock, servers: list[PlcServer]) -> None:
+    def __init__(
+        self,
+        site: Site,
+        clock: Clock,
+        servers: list[PlcServer],
+        *,
+        on_scan: Callable[[HilRig], None] | None = None,
+    ) -> None:
         if site.hil is None:
             raise ValueError(f"site {site.name!r} has no 'hil' section to serve")
         self.site = site
@@ -51,6 +58,8 @@ class HilRig:
         self.clock = clock
         self.servers = servers
         self.log = RigLog()
+        #: called at the end of every scan (a campaign records its trajectory there)
+        self.on_scan = on_scan
         self.scenario: ScenarioConfig = load_scenario(site.file(self.hil.scenario))
         scen_path = site.file(self.hil.scenario)
         base = build_model(resolve(scen_path, self.scenario.plant))
@@ -109,6 +118,16 @@ class HilRig:
     def t_model(self) -> float:
         return self.plant.t
 
+    @property
+    def applied(self) -> dict[str, float]:
+        """The setpoints the PLC applies now (before actuator faults)."""
+        return dict(self._applied)
+
+    @property
+    def measured(self) -> tuple[dict[str, float], set[str]]:
+        """The latest measurements (after sensor faults) and the outputs of bad quality."""
+        return dict(self._measurements), set(self._bad)
+
     def inject(self, spec: FaultSpec) -> None:
         """Inject a fault at runtime (logged as a runtime injection)."""
         self.faults.inject(spec, self.plant.t)
@@ -139,6 +158,8 @@ class HilRig:
         self._applied = self.vplc.scan(now, self.plant.t, plant_view)
         image = self.vplc.image(measured, bad, self._applied)
         await self._communications(image, bad)
+        if self.on_scan is not None:
+            self.on_scan(self)
 
     async def _communications(self, image: Mapping[str, float], bad: set[str]) -> None:
         comm = self.faults.comms(self.plant.t)

@@ -10,7 +10,7 @@ before anything changes.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from controller.clock import Clock
@@ -33,6 +33,10 @@ class TagTable:
 
     values: dict[str, TagValue] = field(default_factory=dict)
     writable: dict[str, tuple[float, float]] = field(default_factory=dict)
+    #: The PLC side's own acceptance check (a returned reason refuses the write; nothing
+    #: changes), then its hook, called for every accepted value, as the HIL servers do.
+    write_check: Callable[[str, float], str | None] | None = None
+    write_hook: Callable[[str, float], str | None] | None = None
 
     def publish(
         self, now: float, values: Mapping[str, float], quality: Quality = Quality.GOOD
@@ -99,6 +103,14 @@ class MemoryPort(Port):
                     tag, requested, WriteStatus.NOT_SENT, None, "not sent: another tag was refused"
                 )
             else:
+                hook = self.table.write_hook
+                if hook is not None and (reason := hook(tag, float(requested))):
+                    current = self.table.values.get(tag)
+                    readback = current.value if current is not None else None
+                    results[tag] = WriteResult(
+                        tag, requested, WriteStatus.REJECTED, readback, reason
+                    )
+                    continue
                 self.table.values[tag] = TagValue(float(requested), Quality.GOOD, now, now)
                 readback = self.table.values[tag].value
                 status = WriteStatus.OK if readback == requested else WriteStatus.MISMATCH
@@ -113,6 +125,9 @@ class MemoryPort(Port):
         lo, hi = limits
         if not (math.isfinite(requested) and lo <= requested <= hi):
             return f"{tag}={requested} outside the allowed range [{lo}, {hi}]"
+        check = self.table.write_check
+        if check is not None and (why := check(tag, float(requested))):
+            return why
         return ""
 
 

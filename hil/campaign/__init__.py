@@ -1,0 +1,1 @@
+"""HIL test campaigns: scenario matrices, acceptance criteria, execution and reports."""

@@ -1,0 +1,225 @@
+"""Judging a recorded run against the acceptance criteria of a campaign.
+
+Pure functions over the recording: the PLC-scan trajectory (true plant, measurements, applied
+setpoints, PLC mode), the controller's cycles and every setpoint it sent. Each criterion gives
+a :class:`Verdict` with the value it was judged on and the limit, so a reviewer can see why.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hil.campaign.spec import (
+    ConsecutiveFailedSolves,
+    ControlLosses,
+    Criterion,
+    Extremum,
+    FallbackWithin,
+    SetpointsWithinLimits,
+    describe_check,
+)
+
+#: solve outcomes that count as a failed solve (bad data or a held cycle do not)
+FAILED = frozenset({"failed", "invalid"})
+TOLERANCE = 1e-9
+
+
+@dataclass
+class Recording:
+    """What a case produced, in the plant model's time unit."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)  # one per PLC scan
+    cycles: list[dict[str, Any]] = field(default_factory=list)  # one per controller cycle
+    sent: list[tuple[float, dict[str, float]]] = field(default_factory=list)  # setpoint writes
+    loss_at: float | None = None  # when the controller was lost
+    unit_s: float = 1.0  # seconds per model time unit
+    time_unit: str = "h"
+    heartbeat_timeout_s: float = math.inf
+
+    def column(self, name: str) -> np.ndarray:
+        return np.array([r.get(name, math.nan) for r in self.rows], dtype=float)
+
+    def find(self, name: str) -> str | None:
+        """The trajectory column of a model name (true state, expression, output, input)."""
+        keys = self.rows[0].keys() if self.rows else ()
+        for prefix in ("x.", "e.", "z.", "y.", "u."):
+            if prefix + name in keys:
+                return prefix + name
+        return None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    requirement: str
+    description: str
+    check: str
+    passed: bool
+    value: float | None
+    limit: float | None
+    unit: str
+    detail: str
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        for key in ("value", "limit"):
+            v = d[key]
+            if v is not None and not math.isfinite(v):
+                d[key] = None if math.isnan(v) else (1e308 if v > 0 else -1e308)
+        return d
+
+
+def _in_place(rec: Recording, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The PLC's applied setpoint of ``name`` at each scan (times, values)."""
+    return rec.column("t"), rec.column(f"u.{name}")
+
+
+def _resolution(*values: float) -> float:
+    """What a value may lose on its way through a PLC register (float32: ~6e-8 relative)."""
+    return 1e-6 * max(1.0, *(abs(v) for v in values))
+
+
+def _setpoints(check: SetpointsWithinLimits, rec: Recording) -> tuple[float, str]:
+    """Worst excess over the limits, and over ``max_move`` from the value in place (the PLC's
+    setpoint at the scan before the send) or from the previous send one sample earlier; both
+    beyond the register resolution (:func:`_resolution`)."""
+    worst, detail = 0.0, "every setpoint within its limits"
+    last: dict[str, tuple[float, float]] = {}
+    dt = rec.cycles[1]["t"] - rec.cycles[0]["t"] if len(rec.cycles) > 1 else math.inf
+    placed = {n: _in_place(rec, n) for n in check.max_move}
+    for t, values in rec.sent:
+        for name, v in values.items():
+            if name in check.limits:
+                lo, hi = check.limits[name]
+                excess = max(lo - v, v - hi) - _resolution(v) if math.isfinite(v) else math.inf
+                if excess > worst:
+                    worst, detail = excess, f"{name}={v:g} at t={t:g} outside [{lo:g}, {hi:g}]"
+            if name in check.max_move:
+                before = []
+                times, applied = placed[name]
+                i = int(np.searchsorted(times, t + 1e-9)) - 1
+                if i >= 0 and math.isfinite(applied[i]):
+                    before.append(("in place", float(applied[i])))
+                if name in last and t - last[name][0] <= dt * 1.5:
+                    before.append(("sent before", last[name][1]))
+                for what, v0 in before:
+                    excess = abs(v - v0) - check.max_move[name] - _resolution(v, v0)
+                    if excess > worst:
+                        worst = excess
+                        detail = (
+                            f"{name} sent {v:g} at t={t:g}, {v - v0:+g} from the value "
+                            f"{what} (max_move {check.max_move[name]:g})"
+                        )
+            last[name] = (t, v)
+    if not rec.sent:
+        detail = "no setpoint was sent"
+    return worst, detail
+
+
+def _extremum(check: Extremum, rec: Recording) -> tuple[float, str]:
+    col = rec.find(check.of)
+    if col is None:
+        return math.nan, f"{check.of} was not recorded"
+    t = rec.column("t")
+    values = rec.column(col)
+    keep = np.isfinite(values)
+    if check.after is not None:
+        keep &= t >= check.after
+    if check.before is not None:
+        keep &= t <= check.before
+    if not keep.any():
+        return math.nan, f"no finite value of {check.of} in the window"
+    v, tv = values[keep], t[keep]
+    i = {"max": int(np.argmax(v)), "min": int(np.argmin(v)), "final": len(v) - 1}[check.kind]
+    return float(v[i]), f"{check.kind} {check.of} = {v[i]:g} at t={tv[i]:g}"
+
+
+def _fallback(check: FallbackWithin, rec: Recording) -> tuple[float, float, str]:
+    limit = check.heartbeat_timeouts * rec.heartbeat_timeout_s
+    if rec.loss_at is None:
+        return math.nan, limit, "the controller was not lost in this case"
+    t = rec.column("t")
+    modes = [r.get("plc.mode") for r in rec.rows]
+    at_loss = [m for ti, m in zip(t, modes, strict=True) if ti <= rec.loss_at]
+    if not at_loss or at_loss[-1] != "active":
+        return math.inf, limit, f"the MPC did not have control when lost (PLC {at_loss[-1:]})"
+    for ti, m in zip(t, modes, strict=True):
+        if ti > rec.loss_at and m == "fallback":
+            delay = (ti - rec.loss_at) * rec.unit_s
+            return delay, limit, f"lost at t={rec.loss_at:g}, PLC fell back at t={ti:g}"
+    return math.inf, limit, f"lost at t={rec.loss_at:g}; the PLC never fell back"
+
+
+def longest_failed_run(cycles: Sequence[Mapping[str, Any]]) -> int:
+    run = best = 0
+    for c in cycles:
+        run = run + 1 if c.get("solve.status") in FAILED else 0
+        best = max(best, run)
+    return best
+
+
+def plc_fallbacks(rows: Sequence[Mapping[str, Any]]) -> int:
+    """How many times the PLC went into fallback."""
+    count, previous = 0, None
+    for r in rows:
+        mode = r.get("plc.mode")
+        if mode == "fallback" and previous != "fallback":
+            count += 1
+        previous = mode
+    return count
+
+
+def control_losses(rows: Sequence[Mapping[str, Any]]) -> int:
+    """How many times the MPC lost control during the run: the PLC left ``active`` (its own
+    fallback, or the controller releasing after bad cycles)."""
+    count, previous = 0, None
+    for r in rows:
+        mode = r.get("plc.mode")
+        if previous == "active" and mode != "active":
+            count += 1
+        previous = mode
+    return count
+
+
+def judge(c: Criterion, rec: Recording) -> Verdict:
+    """One criterion against one recording."""
+    check = c.check
+    unit = ""
+    match check:
+        case SetpointsWithinLimits():
+            value, detail = _setpoints(check, rec)
+            limit, passed = 0.0, value <= TOLERANCE
+            unit = "excess"
+        case Extremum():
+            value, detail = _extremum(check, rec)
+            if check.at_most is not None:
+                limit, passed = check.at_most, value <= check.at_most + TOLERANCE
+            else:
+                assert check.at_least is not None
+                limit, passed = check.at_least, value >= check.at_least - TOLERANCE
+            unit = check.unit
+        case FallbackWithin():
+            value, limit, detail = _fallback(check, rec)
+            passed = value <= limit
+            unit = "s"
+        case ConsecutiveFailedSolves():
+            value, limit = float(longest_failed_run(rec.cycles)), float(check.at_most)
+            passed, detail = value <= limit, f"longest run of failed solves: {value:g} cycles"
+            unit = "cycles"
+        case ControlLosses():
+            value, limit = float(control_losses(rec.rows)), float(check.at_most)
+            passed = value <= limit
+            detail = (
+                f"the MPC lost control {value:g} times (PLC fallbacks: {plc_fallbacks(rec.rows)})"
+            )
+    if isinstance(value, float) and math.isnan(value):
+        passed = False
+    return Verdict(c.id, c.description, describe_check(check), passed, value, limit, unit, detail)
+
+
+def judge_all(criteria: Sequence[Criterion], rec: Recording) -> list[Verdict]:
+    return [judge(c, rec) for c in criteria]

@@ -1,0 +1,362 @@
+"""Running a campaign: every case on a local process pool or on Dask, resumable, with progress.
+
+* ``process`` (default): a local :class:`~concurrent.futures.ProcessPoolExecutor` (spawned
+  workers). A worker lost mid-run breaks the pool; the pool is made again and the cases that
+  had no answer are resubmitted, each at most ``retries`` more times.
+* ``dask``: an existing cluster (``scheduler="tcp://HOST:PORT"``) or a Dask ``LocalCluster``
+  of ``workers`` single-threaded worker processes on loopback. A lost worker's task is
+  rescheduled by the Dask scheduler (``distributed.scheduler.allowed-failures`` =
+  ``retries``); a case that keeps killing workers ends as an error (``KilledWorker``).
+
+Workers receive each case as plain data and build their controller themselves (do-mpc objects
+cannot be pickled). A case whose ``result.json`` says passed or failed for the same case
+definition (its digest) and mode is skipped on a re-run unless ``force``. The results
+directory gets ``campaign.json`` (the manifest: software, machine, config hashes,
+requirements, cases, start and end), then the reports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import platform
+import socket
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from controller.historian import git_commit, library_versions
+from hil.campaign.runner import clean, run_case, utc_now
+from hil.campaign.spec import Campaign, Case, describe_check
+
+log = logging.getLogger("pharmatwin.hil.campaign")
+
+Executor = Literal["process", "dask"]
+EXTRA_LIBRARIES = ("dask", "distributed", "pyarrow", "rich", "pydantic")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    out: Path
+    mode: Literal["fast", "hil"] = "fast"
+    executor: Executor = "process"
+    workers: int = 1
+    scheduler: str | None = None  # a running Dask scheduler's address
+    force: bool = False
+    progress: bool = True
+    rate: float | None = None  # HIL mode: process seconds per wall second
+
+
+@dataclass
+class Outcome:
+    """What a campaign run did."""
+
+    out: Path
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    wall_time_s: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(r.get("status") == status for r in self.results.values())
+
+    @property
+    def passed(self) -> bool:
+        return all(r.get("status") == "passed" for r in self.results.values())
+
+
+# ---------------------------------------------------------------------- manifest
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _relative(path: Path) -> str:
+    with contextlib.suppress(ValueError):
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    return str(path)
+
+
+def software() -> dict[str, Any]:
+    try:
+        version = metadata.version("pharmatwin")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    libs = library_versions()
+    for name in EXTRA_LIBRARIES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            libs[name] = metadata.version(name)
+    return {
+        "version": version,
+        "git_commit": git_commit(Path(__file__).resolve().parent),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpus": os.cpu_count(),
+        "hostname": socket.gethostname(),
+        "libraries": libs,
+    }
+
+
+def manifest(campaign: Campaign, settings: RunSettings, started: str) -> dict[str, Any]:
+    return {
+        "campaign": campaign.name,
+        "description": campaign.spec.description,
+        "file": _relative(campaign.path),
+        "mode": settings.mode,
+        "executor": _executor_name(settings),
+        "workers": settings.workers,
+        "scheduler": settings.scheduler,
+        "rate": _rate(campaign, settings) if settings.mode == "hil" else None,
+        "started": started,
+        "ended": None,
+        "software": software(),
+        "config_hashes": {_relative(p): sha256(p) for p in campaign.files()},
+        "requirements": [
+            {"id": c.id, "description": c.description, "check": describe_check(c.check)}
+            for c in campaign.spec.criteria
+        ],
+        "cases": [c.id for c in campaign.cases],
+        "seeds": sorted({c.seed for c in campaign.cases}),
+    }
+
+
+def _executor_name(settings: RunSettings) -> str:
+    if settings.executor == "process":
+        return "process"
+    return "dask" if settings.scheduler else "dask-local"
+
+
+def _rate(campaign: Campaign, settings: RunSettings) -> float:
+    return settings.rate if settings.rate is not None else campaign.spec.hil.rate
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(clean(data), indent=2, allow_nan=False), encoding="utf-8")
+    tmp.replace(path)
+
+
+# ---------------------------------------------------------------------- resume
+def previous_result(out: Path, case: Case, mode: str) -> dict[str, Any] | None:
+    """The case's finished result if it was run with the same definition and mode."""
+    folder = out / "cases" / case.id
+    try:
+        spec = json.loads((folder / "spec.json").read_text(encoding="utf-8"))
+        result = json.loads((folder / "result.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if spec.get("digest") != case.digest or spec.get("mode") != mode:
+        return None
+    if result.get("status") not in ("passed", "failed"):
+        return None  # errored cases run again
+    return dict(result)
+
+
+# ---------------------------------------------------------------------- executors
+def _attempts(folder: Path) -> int:
+    try:
+        return int((folder / "attempts").read_text() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def _error(job: dict[str, Any], why: str) -> dict[str, Any]:
+    """The result of a case that got no answer from any worker (also written to disk)."""
+    case_id = job["case"]["id"]
+    result = {
+        "id": case_id,
+        "status": "error",
+        "error": why,
+        "attempts": _attempts(Path(job["out"]) / "cases" / case_id),
+        "kpis": {},
+        "verdicts": [],
+        "wall_time_s": 0.0,
+        "started": None,
+        "ended": utc_now(),
+    }
+    folder = Path(job["out"]) / "cases" / case_id
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_json(folder / "result.json", result)
+    return result
+
+
+def _run_pool(
+    jobs: list[dict[str, Any]],
+    workers: int,
+    retries: int,
+    on_result: Callable[[dict[str, Any]], None],
+) -> None:
+    pending = {job["case"]["id"]: job for job in jobs}
+    lost: dict[str, int] = dict.fromkeys(pending, 0)
+    ctx = multiprocessing.get_context("spawn")
+    while pending:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futures: dict[Future[dict[str, Any]], str] = {
+                pool.submit(run_case, job): cid for cid, job in pending.items()
+            }
+            broken = False
+            remaining = set(futures)
+            while remaining:
+                done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    cid = futures[fut]
+                    try:
+                        result = fut.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        continue
+                    except Exception as exc:  # the worker raised outside run_case's guard
+                        result = _error(pending[cid], f"{type(exc).__name__}: {exc}")
+                    pending.pop(cid)
+                    on_result(result)
+        if broken:
+            for cid in list(pending):
+                lost[cid] += 1
+                if lost[cid] > retries:
+                    job = pending.pop(cid)
+                    on_result(_error(job, f"worker lost {lost[cid]} times running this case"))
+                else:
+                    log.warning("a worker was lost; %s is run again (retry %d)", cid, lost[cid])
+
+
+def _run_dask(
+    jobs: list[dict[str, Any]],
+    settings: RunSettings,
+    retries: int,
+    on_result: Callable[[dict[str, Any]], None],
+) -> None:
+    import dask
+    from distributed import Client, LocalCluster, as_completed
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(dask.config.set({"distributed.scheduler.allowed-failures": retries}))
+        if settings.scheduler:
+            client = stack.enter_context(Client(settings.scheduler))
+        else:
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=settings.workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address=None,
+                    silence_logs=logging.ERROR,
+                )
+            )
+            client = stack.enter_context(Client(cluster))
+        run = uuid.uuid4().hex[:8]  # keys unique per run: a cluster may remember old ones
+        futures = {
+            client.submit(run_case, job, key=f"case-{job['case']['id']}-{run}", pure=False): job
+            for job in jobs
+        }
+        for fut in as_completed(list(futures)):
+            job = futures[fut]
+            try:
+                result = fut.result()
+            except Exception as exc:  # KilledWorker after too many lost workers, or a crash
+                result = _error(job, f"{type(exc).__name__}: {exc}")
+            on_result(result)
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int, console: Console) -> Iterator[Callable[[str], None]]:
+    counts = {"passed": 0, "failed": 0, "error": 0}
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[tally]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not enabled,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("scenarios", total=total, tally="")
+
+        def advance(status: str) -> None:
+            counts[status] = counts.get(status, 0) + 1
+            tally = (
+                f"[green]{counts['passed']} passed[/] [red]{counts['failed']} failed[/] "
+                f"[yellow]{counts['error']} errored[/]"
+            )
+            bar.update(task, advance=1, tally=tally)
+
+        yield advance
+
+
+def run_campaign(
+    campaign: Campaign, settings: RunSettings, console: Console | None = None
+) -> Outcome:
+    """Run every case not already done; write the manifest, the results and the reports."""
+    import time
+
+    console = console or Console(stderr=True)
+    out = settings.out
+    (out / "cases").mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    info = manifest(campaign, settings, utc_now())
+    _write_json(out / "campaign.json", info)
+    outcome = Outcome(out)
+    criteria = [c.model_dump(mode="json") for c in campaign.spec.criteria]
+    jobs = []
+    for case in campaign.cases:
+        if not settings.force and (prev := previous_result(out, case, settings.mode)):
+            outcome.results[case.id] = prev
+            outcome.skipped.append(case.id)
+            continue
+        (out / "cases" / case.id / "attempts").unlink(missing_ok=True)
+        jobs.append(
+            {
+                "case": case.to_json(),
+                "criteria": criteria,
+                "out": str(out.resolve()),
+                "site": str(campaign.site_path.resolve()),
+                "controller": str(campaign.controller_path) if campaign.controller_path else None,
+                "mode": settings.mode,
+                "rate": _rate(campaign, settings),
+            }
+        )
+    if outcome.skipped:
+        console.print(
+            f"{len(outcome.skipped)} case(s) already done in {out}: skipped (--force reruns them)"
+        )
+    retries = campaign.spec.retries
+    with _progress(settings.progress, len(jobs), console) as advance:
+
+        def on_result(result: dict[str, Any]) -> None:
+            outcome.results[result["id"]] = result
+            advance(result.get("status", "error"))
+
+        if jobs:
+            if settings.executor == "dask":
+                _run_dask(jobs, settings, retries, on_result)
+            else:
+                _run_pool(jobs, max(1, settings.workers), retries, on_result)
+    outcome.wall_time_s = time.perf_counter() - t0
+    info["ended"] = utc_now()
+    info["wall_time_s"] = outcome.wall_time_s
+    info["skipped"] = outcome.skipped
+    _write_json(out / "campaign.json", info)
+    return outcome

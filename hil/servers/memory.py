@@ -1,0 +1,119 @@
+"""The in-memory PLC "server": the HIL rig's PLC image as a tag table, with no network.
+
+The fast mode of a campaign (``--mode fast``) runs the same rig (true plant, virtual PLC,
+faults) and the same runtime (supervisor, estimator, MPC, safety, audit) as the HIL mode; only
+the port and the clock differ. This server is the port's other end: the rig publishes the PLC
+image into a :class:`~controller.ports.memory.TagTable`, and the controller's
+:class:`~controller.ports.memory.MemoryPort` reads and writes it. Writes go through the PLC's
+range check (``write_check``) and then its ``write_hook``, as they do over Modbus and OPC UA.
+
+Communication faults, as far as they mean anything without a network:
+
+* ``bad_tags``: the tags read with bad quality;
+* ``stop``/``start`` (``comm_restart``) and ``drop_connections`` (``comm_drop``): the port's
+  next operations fail with :class:`~controller.errors.PortConnectError`, as a client whose
+  connection was dropped would see, until the server is back (drop: the next operation);
+* ``latency``: wall-clock seconds; on a stepped clock it cannot delay process time, so it is
+  recorded but has no effect here (the HIL mode exercises it).
+
+Values are stored in engineering units, unquantized (no register codec).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Iterable, Mapping
+from datetime import datetime
+
+from controller.clock import Clock
+from controller.errors import PortConnectError
+from controller.ports.base import Quality, Snapshot, TagValue, WriteReport
+from controller.ports.memory import MemoryPort, TagTable, table_from_tag_map
+from controller.tags import TagMap
+from hil.servers.base import PlcServer, WriteHook
+
+
+class MemoryPlcServer(PlcServer):
+    """A PLC image in memory, laid out from a tag map."""
+
+    def __init__(self, tags: TagMap, clock: Clock) -> None:
+        self.tags = tags
+        self.clock = clock
+        self.table: TagTable = table_from_tag_map(tags)
+        self.write_hook: WriteHook | None = None
+        self.write_check: WriteHook | None = None
+        self.latency = 0.0
+        self.bad_tags: dict[str, str] = {}
+        self.listening = False
+        self._dropped = False
+        self.table.write_check = self._check
+        self.table.write_hook = self._hook
+
+    def _check(self, tag: str, value: float) -> str | None:
+        return self.write_check(tag, value) if self.write_check is not None else None
+
+    def _hook(self, tag: str, value: float) -> str | None:
+        return self.write_hook(tag, value) if self.write_hook is not None else None
+
+    async def start(self) -> None:
+        self.listening = True
+
+    async def stop(self) -> None:
+        self.listening = False
+        self._dropped = True
+
+    async def drop_connections(self) -> None:
+        self._dropped = True
+
+    async def publish(
+        self,
+        values: Mapping[str, float],
+        *,
+        bad: Collection[str] = (),
+        source_time: datetime | None = None,
+    ) -> None:
+        now = self.clock.now()
+        for tag, v in values.items():
+            if tag not in self.table.values:
+                continue
+            quality = Quality.BAD if tag in bad else Quality.GOOD
+            self.table.values[tag] = TagValue(float(v), quality, now, now)
+
+    def value(self, tag: str) -> float:
+        return self.table.current(tag)
+
+    def port(self) -> MemoryPort:
+        """The controller's side: a port onto this PLC image."""
+        return _ServerPort(self)
+
+    def _connection(self) -> None:
+        """Raise as a client of a stopped server, or of a dropped connection, would."""
+        if not self.listening:
+            raise PortConnectError("the PLC is not answering (server stopped)")
+        if self._dropped:
+            self._dropped = False
+            raise PortConnectError("the PLC dropped the connection")
+
+
+class _ServerPort(MemoryPort):
+    def __init__(self, server: MemoryPlcServer) -> None:
+        super().__init__(server.table, server.clock)
+        self.server = server
+
+    async def read(self, tags: Iterable[str]) -> Snapshot:
+        self.server._connection()
+        snap = await super().read(tags)
+        bad = self.server.bad_tags
+        if not bad:
+            return snap
+        values = {
+            t: TagValue(math.nan, Quality.BAD, v.source_time, v.read_time, bad[t])
+            if t in bad
+            else v
+            for t, v in snap.values.items()
+        }
+        return Snapshot(values, snap.read_time)
+
+    async def write(self, values: Mapping[str, float]) -> WriteReport:
+        self.server._connection()
+        return await super().write(values)
