@@ -155,6 +155,26 @@ class EstimatorSpec(Strict):
     default_relative_std: PositiveFinite = 0.01
 
 
+class SolverSpec(Strict):
+    """Which NMPC implementation solves the controller's problem, and its options.
+
+    ``backend: do-mpc`` (the default) is the reference: do-mpc's collocation solved by IPOPT.
+    ``backend: fast`` is :mod:`controller.fast_mpc`: SQP with the QP solver ``qpsol`` on a
+    multiple-shooting transcription (``integrator_steps`` RK4 steps per sample), compiled
+    with the system C compiler when ``jit`` (cached on disk), falling back to warm-started
+    IPOPT within the same cycle when the SQP does not converge (``fallback: ipopt``).
+    The other options are ignored by the do-mpc backend.
+    """
+
+    backend: Literal["do-mpc", "fast"] = "do-mpc"
+    qpsol: Literal["qpoases", "qrqp"] = "qpoases"
+    max_iter: Annotated[int, Field(ge=1, le=1000)] = 50
+    tol: Annotated[float, Field(gt=0, le=1e-2, allow_inf_nan=False)] = 1e-6
+    integrator_steps: Annotated[int, Field(ge=1, le=20)] = 2
+    jit: bool = True
+    fallback: Literal["ipopt", "none"] = "ipopt"
+
+
 class ControllerConfig(Strict):
     """An MPC strategy for one plant model (times in the model's time unit)."""
 
@@ -170,6 +190,7 @@ class ControllerConfig(Strict):
     estimator: EstimatorSpec = EstimatorSpec()
     ipopt: dict[str, str | int | float] = Field(default_factory=dict)
     history_limit: Annotated[int, Field(ge=1, le=100_000)] = 200
+    solver: SolverSpec = SolverSpec()
 
 
 # ---------------------------------------------------------------------- scenario files

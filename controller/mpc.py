@@ -1,6 +1,13 @@
-"""Nonlinear MPC on do-mpc, built once from a controller config and called every sample.
+"""Nonlinear MPC, built once from a controller config and called every sample.
 
-:class:`ModelPredictiveController` wraps a do-mpc ``MPC`` (orthogonal collocation) and fixes
+:class:`ModelPredictiveController` is the entry point: ``ModelPredictiveController(cfg,
+model, source)`` builds the backend that ``cfg.solver.backend`` asks for, either
+:class:`DoMpcController` (``do-mpc``, the reference) or
+:class:`controller.fast_mpc.FastController` (``fast``). Both take the same objective,
+bounds, move limits and soft constraints (built here, once, by :func:`objective_terms`,
+:func:`move_limits` and :func:`nl_constraints`) and return the same :class:`Decision`.
+
+:class:`DoMpcController` wraps a do-mpc ``MPC`` (orthogonal collocation) and fixes
 what do-mpc leaves to the caller (see shared/FIELD-NOTES.md):
 
 * IPOPT options are passed explicitly (do-mpc's own defaults are dropped), with MUMPS;
@@ -20,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -46,6 +53,15 @@ DEFAULT_IPOPT: dict[str, Any] = {
 }
 
 
+def ipopt_options(cfg: ControllerConfig) -> dict[str, Any]:
+    """IPOPT options: :data:`DEFAULT_IPOPT` updated by the config's ``ipopt`` section."""
+    opts = dict(DEFAULT_IPOPT)
+    opts.update(
+        {f"ipopt.{k}" if "." not in k and k != "print_time" else k: v for k, v in cfg.ipopt.items()}
+    )
+    return opts
+
+
 class SolveStatus(StrEnum):
     SUCCESS = "success"
     FAILED = "failed"  # the solver reported failure (infeasible, max_iter, ...)
@@ -61,7 +77,8 @@ class Decision:
     SUCCESS the inputs must not be applied; the safety layer holds instead.
     ``predicted_states[name]`` has ``horizon + 1`` entries, ``predicted_inputs[name]``
     ``horizon``; ``soft_slack`` gives the planned slack of every soft constraint (> 0 means
-    the plan violates it).
+    the plan violates it). ``fallback`` is True when the fast path's SQP did not converge
+    and IPOPT produced this result within the same cycle.
     """
 
     t: float
@@ -74,13 +91,168 @@ class Decision:
     predicted_states: Mapping[str, np.ndarray] = field(default_factory=dict)
     predicted_inputs: Mapping[str, np.ndarray] = field(default_factory=dict)
     soft_slack: Mapping[str, float] = field(default_factory=dict)
+    fallback: bool = False
 
     @property
     def ok(self) -> bool:
         return self.status is SolveStatus.SUCCESS
 
 
+@dataclass(frozen=True)
+class NlConstraint:
+    """One side of a configured constraint, as ``sign * expression <= sign * bound``."""
+
+    name: str
+    expression: str
+    sign: float
+    bound: float
+    soft: bool
+    penalty: float
+
+
+def nl_constraints(config: ControllerConfig) -> list[NlConstraint]:
+    """Every constraint side of ``config``, named as in the Decision's ``soft_slack``."""
+    out: list[NlConstraint] = []
+    for i, c in enumerate(config.constraints):
+        for side, bound in (("upper", c.upper), ("lower", c.lower)):
+            if bound is None:
+                continue
+            sign = 1.0 if side == "upper" else -1.0
+            name = f"{c.expression}_{side}_{i}"
+            out.append(NlConstraint(name, c.expression, sign, bound, c.soft, c.penalty))
+    return out
+
+
+def move_limits(config: ControllerConfig, name: str) -> tuple[float, float]:
+    """(largest fall, largest rise) per sample of input ``name``; ``inf`` when unlimited."""
+    spec = config.inputs[name]
+    up = min(spec.max_move, spec.max_rise if spec.max_rise is not None else math.inf)
+    down = min(spec.max_move, spec.max_fall if spec.max_fall is not None else math.inf)
+    return down, up
+
+
+def objective_terms(
+    config: ControllerConfig,
+    model: PlantModel,
+    source: str,
+    symbol: Callable[[str], Any],
+    depends_on_u_or_z: Callable[[Any], bool],
+) -> tuple[Any, Any]:
+    """(stage term, terminal term) of the configured objective, in the symbols ``symbol``
+    gives for a variable or expression name. Raises ConfigError when a terminal term
+    depends on inputs or algebraic states.
+    """
+    obj = config.objective
+    lterm: Any = 0
+    mterm: Any = 0
+    problems: list[Problem] = []
+    for i, e in enumerate(obj.economic):
+        expr = symbol(e.expression)
+        sign = -1.0 if e.sense == "maximize" else 1.0
+        if e.where in ("stage", "both"):
+            lterm += sign * e.weight * expr
+        if e.where in ("terminal", "both"):
+            if depends_on_u_or_z(expr):
+                problems.append(
+                    Problem(
+                        source,
+                        f"objective.economic.{i}.where",
+                        "a terminal term may only depend on states and parameters; "
+                        "use where: stage",
+                        e.expression,
+                    )
+                )
+                continue
+            mterm += sign * e.weight * expr
+    for i, t in enumerate(obj.tracking):
+        expr = symbol(t.variable)
+        scale = model.all_variables.get(t.variable)
+        err = (expr - t.setpoint) / (scale.scale if scale else 1.0)
+        lterm += t.weight * err**2
+        if t.terminal_weight > 0:
+            if depends_on_u_or_z(expr):
+                problems.append(
+                    Problem(
+                        source,
+                        f"objective.tracking.{i}.terminal_weight",
+                        "a terminal term may only depend on states and parameters",
+                        t.variable,
+                    )
+                )
+                continue
+            mterm += t.terminal_weight * err**2
+    if problems:
+        raise ConfigError(problems)
+    return lterm, mterm
+
+
 class ModelPredictiveController:
+    """The MPC a :class:`ControllerConfig` asks for (``solver.backend``), for one plant model.
+
+    ``ModelPredictiveController(cfg, model, source)`` returns a :class:`DoMpcController`
+    or a :class:`controller.fast_mpc.FastController`; both are subclasses with the same
+    interface (:meth:`step`, :meth:`reset`, :meth:`set_parameters`). ``fallbacks`` counts
+    the cycles in which the fast path handed over to IPOPT (always 0 for do-mpc).
+    """
+
+    config: ControllerConfig
+    model: PlantModel
+    source: str
+    fallbacks: int = 0
+
+    def __new__(
+        cls, config: ControllerConfig, model: PlantModel, source: str = "<config>"
+    ) -> ModelPredictiveController:
+        if cls is ModelPredictiveController:
+            if config.solver.backend == "fast":
+                from controller.fast_mpc import FastController
+
+                cls = FastController
+            else:
+                cls = DoMpcController
+        return super().__new__(cls)
+
+    def __init__(self, config: ControllerConfig, model: PlantModel, source: str = "<config>"):
+        self.config = config
+        self.model = model
+        self.source = source
+        self._params = model.parameters
+        self._u_prev = model.vector(Role.INPUT, model.nominal_inputs)
+
+    def step(
+        self,
+        t: float,
+        x_hat: Mapping[str, float],
+        params: Mapping[str, float] | None = None,
+        u_prev: Mapping[str, float] | None = None,
+    ) -> Decision:
+        """Solve the MPC from state ``x_hat`` at time ``t``; never raises on a failed solve."""
+        raise NotImplementedError
+
+    def reset(self, u_prev: Mapping[str, float]) -> None:
+        """Forget the warm start; the next step starts from the working setpoints ``u_prev``."""
+        raise NotImplementedError
+
+    def set_parameters(self, values: Mapping[str, float]) -> None:
+        """Use new parameter values (e.g. online estimates) from the next solve on."""
+        unknown = sorted(set(values) - set(self.model.parameter_names))
+        if unknown:
+            raise SolverError(f"unknown parameter(s) {unknown}; known {self.model.parameter_names}")
+        self._params = {**self._params, **{k: float(v) for k, v in values.items()}}
+
+    def _within_input_limits(self, inputs: Mapping[str, float], tol: float = 1e-6) -> bool:
+        for name, value in inputs.items():
+            spec = self.config.inputs[name]
+            span = max(1.0, abs(spec.upper - spec.lower))
+            if value < spec.lower - tol * span or value > spec.upper + tol * span:
+                return False
+        return True
+
+    def _failed(self, t: float, status: SolveStatus, why: str) -> Decision:
+        return Decision(t, {}, status, why, 0, 0.0)
+
+
+class DoMpcController(ModelPredictiveController):
     """A do-mpc MPC built from a :class:`ControllerConfig` for one plant model."""
 
     def __init__(self, config: ControllerConfig, model: PlantModel, source: str = "<config>"):
@@ -88,11 +260,8 @@ class ModelPredictiveController:
             warnings.simplefilter("ignore")
             import do_mpc
 
-        self.config = config
-        self.model = model
-        self.source = source
+        super().__init__(config, model, source)
         self._dm_model = model.do_mpc_model()
-        self._params = model.parameters
         self._steps_since_reset = 0
         mpc = do_mpc.controller.MPC(self._dm_model)
         self._configure(mpc)
@@ -106,7 +275,6 @@ class ModelPredictiveController:
             self._add_move_limits(mpc)
             mpc.create_nlp()
         self.mpc = mpc
-        self._u_prev = model.vector(Role.INPUT, model.nominal_inputs)
         self._z_guess = model.vector(Role.ALGEBRAIC, model.initial_algebraic)
         self._needs_guess = True
 
@@ -115,14 +283,7 @@ class ModelPredictiveController:
         cfg, s = self.config, self.mpc_settings(self.config)
         for key, value in s.items():
             setattr(mpc.settings, key, value)
-        opts = dict(DEFAULT_IPOPT)
-        opts.update(
-            {
-                f"ipopt.{k}" if "." not in k and k != "print_time" else k: v
-                for k, v in cfg.ipopt.items()
-            }
-        )
-        mpc.settings.nlpsol_opts = opts
+        mpc.settings.nlpsol_opts = ipopt_options(cfg)
         for role, key in ((Role.STATE, "_x"), (Role.INPUT, "_u"), (Role.ALGEBRAIC, "_z")):
             for name in self.model.names(role):
                 mpc.scaling[key, name] = self.model.variable(name).scale
@@ -159,48 +320,10 @@ class ModelPredictiveController:
         return bool(ca.depends_on(expr, uz))
 
     def _set_objective(self, mpc: Any) -> None:
-        obj = self.config.objective
-        lterm: Any = ca.SX(0)
-        mterm: Any = ca.SX(0)
-        problems: list[Problem] = []
-        for i, e in enumerate(obj.economic):
-            expr = self._symbol(e.expression)
-            sign = -1.0 if e.sense == "maximize" else 1.0
-            if e.where in ("stage", "both"):
-                lterm += sign * e.weight * expr
-            if e.where in ("terminal", "both"):
-                if self._depends_on_u_or_z(expr):
-                    problems.append(
-                        Problem(
-                            self.source,
-                            f"objective.economic.{i}.where",
-                            "a terminal term may only depend on states and parameters; "
-                            "use where: stage",
-                            e.expression,
-                        )
-                    )
-                    continue
-                mterm += sign * e.weight * expr
-        for i, t in enumerate(obj.tracking):
-            expr = self._symbol(t.variable)
-            scale = self.model.all_variables.get(t.variable)
-            err = (expr - t.setpoint) / (scale.scale if scale else 1.0)
-            lterm += t.weight * err**2
-            if t.terminal_weight > 0:
-                if self._depends_on_u_or_z(expr):
-                    problems.append(
-                        Problem(
-                            self.source,
-                            f"objective.tracking.{i}.terminal_weight",
-                            "a terminal term may only depend on states and parameters",
-                            t.variable,
-                        )
-                    )
-                    continue
-                mterm += t.terminal_weight * err**2
-        if problems:
-            raise ConfigError(problems)
-        mpc.set_objective(mterm=mterm, lterm=lterm)
+        lterm, mterm = objective_terms(
+            self.config, self.model, self.source, self._symbol, self._depends_on_u_or_z
+        )
+        mpc.set_objective(mterm=ca.SX(0) + mterm, lterm=ca.SX(0) + lterm)
         penalties = {n: s.move_penalty for n, s in self.config.inputs.items() if s.move_penalty}
         if penalties:
             mpc.set_rterm(**penalties)
@@ -217,22 +340,16 @@ class ModelPredictiveController:
 
     def _set_constraints(self, mpc: Any) -> list[str]:
         soft: list[str] = []
-        for i, c in enumerate(self.config.constraints):
-            expr = self._symbol(c.expression)
-            for side, bound in (("upper", c.upper), ("lower", c.lower)):
-                if bound is None:
-                    continue
-                name = f"{c.expression}_{side}_{i}"
-                sign = 1.0 if side == "upper" else -1.0
-                mpc.set_nl_cons(
-                    name,
-                    sign * expr,
-                    ub=sign * bound,
-                    soft_constraint=c.soft,
-                    penalty_term_cons=c.penalty,
-                )
-                if c.soft:
-                    soft.append(name)
+        for c in nl_constraints(self.config):
+            mpc.set_nl_cons(
+                c.name,
+                c.sign * self._symbol(c.expression),
+                ub=c.sign * c.bound,
+                soft_constraint=c.soft,
+                penalty_term_cons=c.penalty,
+            )
+            if c.soft:
+                soft.append(c.name)
         return soft
 
     def _set_parameters(self, mpc: Any) -> None:
@@ -250,9 +367,7 @@ class ModelPredictiveController:
         opt_x, opt_p = mpc.opt_x, mpc.opt_p
         u_scale = self.model.scales(Role.INPUT)
         for j, name in enumerate(self.model.input_names):
-            spec = self.config.inputs[name]
-            up = min(spec.max_move, spec.max_rise if spec.max_rise is not None else math.inf)
-            down = min(spec.max_move, spec.max_fall if spec.max_fall is not None else math.inf)
+            down, up = move_limits(self.config, name)
             if not (math.isfinite(up) or math.isfinite(down)):
                 continue
             for k in range(self.config.horizon):
@@ -267,13 +382,6 @@ class ModelPredictiveController:
         """Forget the warm start; the next step starts from the working setpoints ``u_prev``."""
         self._u_prev = self.model.vector(Role.INPUT, u_prev)
         self._needs_guess = True
-
-    def set_parameters(self, values: Mapping[str, float]) -> None:
-        """Use new parameter values (e.g. online estimates) from the next solve on."""
-        unknown = sorted(set(values) - set(self.model.parameter_names))
-        if unknown:
-            raise SolverError(f"unknown parameter(s) {unknown}; known {self.model.parameter_names}")
-        self._params = {**self._params, **{k: float(v) for k, v in values.items()}}
 
     def _initial_guess(self, x0: np.ndarray) -> None:
         mpc = self.mpc
@@ -376,17 +484,6 @@ class ModelPredictiveController:
             predicted_inputs={n_: us[:, i] for i, n_ in enumerate(self.model.input_names)},
             soft_slack=slack,
         )
-
-    def _within_input_limits(self, inputs: Mapping[str, float], tol: float = 1e-6) -> bool:
-        for name, value in inputs.items():
-            spec = self.config.inputs[name]
-            span = max(1.0, abs(spec.upper - spec.lower))
-            if value < spec.lower - tol * span or value > spec.upper + tol * span:
-                return False
-        return True
-
-    def _failed(self, t: float, status: SolveStatus, why: str) -> Decision:
-        return Decision(t, {}, status, why, 0, 0.0)
 
     def _bound_history(self) -> None:
         self._steps_since_reset += 1

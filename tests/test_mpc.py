@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from controller.config import load_controller
+from controller.config import SolverSpec, load_controller
 from controller.mpc import Decision, ModelPredictiveController, SolveStatus
 from controller.safety import InputLimit, Reason, SafetyFilter
 
@@ -19,6 +19,7 @@ CONTROLLERS = ROOT / "configs" / "controllers"
 def _controller(
     name: str, tmp_path: Path | None = None, **changes: object
 ) -> ModelPredictiveController:
+    """The do-mpc backend (whatever the shipped config's default is); fast: test_fast_mpc."""
     path = CONTROLLERS / f"{name}.yaml"
     if changes:
         assert tmp_path is not None
@@ -28,6 +29,7 @@ def _controller(
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(data))
     cfg, model = load_controller(path)
+    cfg = cfg.model_copy(update={"solver": SolverSpec(backend="do-mpc")})
     return ModelPredictiveController(cfg, model, str(path))
 
 

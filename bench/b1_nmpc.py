@@ -1,0 +1,184 @@
+"""B1, NMPC step time: do-mpc with its own default settings versus the production fast path.
+
+For each model the scenario ``configs/scenarios/<model>-mpc.yaml`` is run in closed loop
+twice, side by side in one process: once with the reference (a do-mpc MPC built from the
+same model, objective, bounds, move limits, horizon and collocation, but with do-mpc's
+default solver settings: no IPOPT options, no variable scaling, an unshifted warm start;
+only IPOPT's printing is silenced) and once with the fast path
+(:class:`controller.fast_mpc.FastController`). Reported: setup time, median and p95 step
+time, median iterations, failed steps, fallbacks, the closed-loop objective (re-evaluated on
+the true plant by :func:`hil.kpis.compute_kpis`) and the ratios.
+
+    python bench/b1_nmpc.py [--quick]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from a clean clone
+    sys.path.insert(0, str(ROOT))
+
+import hil.simulate as simulate  # noqa: E402
+from controller.config import ControllerConfig  # noqa: E402
+from controller.fast_mpc import FastController  # noqa: E402
+from controller.mpc import DoMpcController, ModelPredictiveController  # noqa: E402
+from hil.kpis import compute_kpis  # noqa: E402
+from plant_models import PlantModel  # noqa: E402
+
+MODELS = ("bioreactor", "crystallizer", "cstr", "lyophilizer")
+#: Closed-loop samples per model (None: the whole scenario); quick runs take 20.
+STEPS: dict[str, int | None] = {
+    "bioreactor": None,
+    "crystallizer": None,
+    "cstr": None,
+    "lyophilizer": 100,
+}
+QUIET_IPOPT = {"ipopt.print_level": 0, "ipopt.sb": "yes", "print_time": False}
+DEFAULT_SETTINGS = (
+    "n_horizon",
+    "t_step",
+    "n_robust",
+    "open_loop",
+    "state_discretization",
+    "collocation_type",
+    "collocation_deg",
+    "collocation_ni",
+)
+
+
+class DoMpcDefault(DoMpcController):
+    """The reference: the same problem, with do-mpc's own default solver settings."""
+
+    def _configure(self, mpc: Any) -> None:
+        settings = self.mpc_settings(self.config)
+        for key in DEFAULT_SETTINGS:
+            setattr(mpc.settings, key, settings[key])
+        mpc.settings.nlpsol_opts = dict(QUIET_IPOPT)
+
+    def _shift_warm_start(self) -> None:
+        """do-mpc starts from the previous solution as it is (no shift)."""
+
+
+def _run(model: str, steps: int | None, make: Callable[..., Any]) -> dict[str, Any]:
+    built: list[Any] = []
+    setup: list[float] = []
+
+    def factory(cfg: ControllerConfig, plant: PlantModel, source: str) -> Any:
+        started = time.perf_counter()
+        ctl = make(cfg, plant, source)
+        setup.append(time.perf_counter() - started)
+        built.append(ctl)
+        return ctl
+
+    original = simulate.ModelPredictiveController
+    simulate.ModelPredictiveController = factory  # type: ignore[assignment,misc]
+    try:
+        path = ROOT / "configs" / "scenarios" / f"{model}-mpc.yaml"
+        run = asyncio.run(simulate.run_scenario(path, max_steps=steps))
+    finally:
+        simulate.ModelPredictiveController = original  # type: ignore[misc]
+    rows = [r for r in run.rows if r.get("solve.status") != "end"]
+    times = np.array([r["solve.time_s"] for r in rows]) * 1e3
+    kpis = compute_kpis(run)
+    return {
+        "setup_s": setup[0],
+        "steps": len(rows),
+        "step_median_ms": float(np.median(times)),
+        "step_p95_ms": float(np.percentile(times, 95)),
+        "first_step_ms": float(times[0]),
+        "iterations_median": float(np.median([r["solve.iterations"] for r in rows])),
+        "failed_steps": kpis.failed_solves,
+        "fallbacks": int(getattr(built[0], "fallbacks", 0)),
+        "objective": kpis.objective,
+    }
+
+
+def _fast(cfg: ControllerConfig, plant: PlantModel, source: str) -> FastController:
+    solver = cfg.solver.model_copy(update={"backend": "fast"})
+    ctl = ModelPredictiveController(cfg.model_copy(update={"solver": solver}), plant, source)
+    assert isinstance(ctl, FastController)
+    return ctl
+
+
+def _rows(model: str, ref: dict[str, Any], fast: dict[str, Any]) -> list[dict[str, Any]]:
+    ratio = fast["step_median_ms"] / ref["step_median_ms"]
+    rel = abs(fast["objective"] - ref["objective"]) / max(abs(ref["objective"]), 1e-12)
+    out: list[dict[str, Any]] = []
+
+    def row(metric: str, value: Any, unit: str = "", target: str = "", met: Any = None) -> None:
+        out.append(
+            {"case": model, "metric": metric, "value": value, "unit": unit}
+            | {"target": target, "met": met}
+        )
+
+    row("steps", fast["steps"])
+    for label, r in (("do-mpc default", ref), ("fast", fast)):
+        row(f"{label} setup", round(r["setup_s"], 3), "s")
+        row(f"{label} step median", round(r["step_median_ms"], 3), "ms")
+        row(f"{label} step p95", round(r["step_p95_ms"], 3), "ms")
+        row(f"{label} first step", round(r["first_step_ms"], 3), "ms")
+        row(f"{label} iterations (median)", r["iterations_median"])
+        row(f"{label} failed steps", r["failed_steps"])
+        row(f"{label} objective", round(r["objective"], 6))
+    row("fast fallbacks to IPOPT", fast["fallbacks"])
+    row("fast setup (warm cache)", round(fast["setup_s"], 3), "s", "<= 10 s", fast["setup_s"] <= 10)
+    row("step median ratio fast/do-mpc", round(ratio, 4), "x", "<= 0.1", ratio <= 0.1)
+    row("objective relative difference", round(100 * rel, 4), "%", "<= 0.5 %", rel <= 0.005)
+    fewer = fast["failed_steps"] <= ref["failed_steps"]
+    row("failed steps fast - do-mpc", fast["failed_steps"] - ref["failed_steps"], "", "<= 0", fewer)
+    return out
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    """Run B1 on every model; ``quick`` shortens each closed loop to 20 samples."""
+    rows: list[dict[str, Any]] = []
+    raw: dict[str, Any] = {}
+    ratios = []
+    for model in MODELS:
+        steps = 20 if quick else STEPS[model]
+        _run(model, 2, _fast)  # compile (or load) the library once, outside the timing
+        ref = _run(model, steps, DoMpcDefault)
+        fast = _run(model, steps, _fast)
+        raw[model] = {"do-mpc default": ref, "fast": fast}
+        rows += _rows(model, ref, fast)
+        ratios.append(fast["step_median_ms"] / ref["step_median_ms"])
+    n_fast = sum(r <= 0.05 for r in ratios)
+    rows.append(
+        {
+            "case": "all",
+            "metric": "models with step ratio <= 0.05",
+            "value": n_fast,
+            "unit": "",
+            "target": ">= 2",
+            "met": n_fast >= 2,
+        }
+    )
+    return {"name": "B1", "title": "NMPC step time", "rows": rows, "raw": raw}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"### {result['name']}: {result['title']}",
+        "",
+        "| case | metric | value | unit | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        met = "" if r["met"] is None else ("yes" if r["met"] else "**no**")
+        lines.append(
+            f"| {r['case']} | {r['metric']} | {r['value']} | {r['unit']} | {r['target']} | {met} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown(run(quick="--quick" in sys.argv[1:])))
