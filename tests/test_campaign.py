@@ -380,3 +380,47 @@ def test_cli_report_and_exit_codes(fast_run: Path, tmp_path: Path) -> None:
     bad = _write(tmp_path, {"name": "x", "site": "nowhere.yaml", "matrix": [], "criteria": []})
     assert hil_main(["campaign", "run", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert os.environ.get(CHAOS_ENV) is None
+
+
+def _one_case_campaign(tmp_path: Path, site: str, name: str) -> Path:
+    raw = yaml.safe_load(SMOKE.read_text())
+    raw["name"] = name
+    raw["site"] = str(ROOT / "configs" / "sites" / site)
+    raw["duration"] = 1.0
+    raw["matrix"][0]["factors"]["faults"] = {"none": {}}
+    for criterion in raw["criteria"]:
+        criterion.pop("applies_to", None)
+    return _write(tmp_path, raw, f"{name}.yaml")
+
+
+def test_hil_mode_over_secured_opcua(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PHARMATWIN_OPCUA_PASSWORD", "campaign-test-password")
+    path = _one_case_campaign(tmp_path, "lyophilizer-opcua.yaml", "opcua-one")
+    out = tmp_path / "out"
+    hil_main(["campaign", "run", str(path), "--mode", "hil", "--rate", "1000", "--out", str(out)])
+    (case_dir,) = (out / "cases").iterdir()
+    result = json.loads((case_dir / "result.json").read_text())
+    assert result["status"] != "error", result.get("error")
+    site = yaml.safe_load((case_dir / "site.yaml").read_text())
+    assert site["connection"]["protocol"] == "opcua" and site["connection"]["host"] == "127.0.0.1"
+    assert result["kpis"]["plc.active_scans"] > 0 and result["kpis"]["setpoint_writes"] > 0
+    assert all(v["passed"] for v in result["verdicts"] if v["requirement"] == "REQ-SAFE-01")
+
+
+def test_an_existing_dask_scheduler(tmp_path: Path) -> None:
+    from distributed import LocalCluster
+
+    path = _one_case_campaign(tmp_path, "lyophilizer-modbus.yaml", "dask-one")
+    out = tmp_path / "out"
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    ) as cluster:
+        address = cluster.scheduler_address
+        assert address.startswith("tcp://127.0.0.1:")
+        code = hil_main(
+            ["campaign", "run", str(path), "--dask-scheduler", address, "--out", str(out)]
+        )
+    assert code == 0
+    manifest = json.loads((out / "campaign.json").read_text())
+    assert manifest["executor"] == "dask" and manifest["scheduler"] == address
+    assert _statuses(out) == {"c000-none-s7": "passed"}

@@ -202,12 +202,28 @@ def _table(rows: list[dict[str, Any]], time_unit: str) -> pa.Table:
 
 
 # ---------------------------------------------------------------------- drivers
-async def _settle(clock: SteppedClock, task: asyncio.Task[Any]) -> None:
+class DrivenClock(SteppedClock):
+    """A stepped clock that tells its driver when a task parks on it (no polling)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parked = asyncio.Event()
+
+    async def sleep_until(self, t: float) -> None:
+        if t > self.now():
+            self.parked.set()  # the sleeper registers before anything else runs
+        await super().sleep_until(t)
+
+
+async def _settle(clock: DrivenClock, task: asyncio.Task[Any]) -> None:
     """Let the runtime finish all it has to do at this instant (until it sleeps on the clock)."""
-    spins = 0
     while clock.waiting == 0 and not task.done():
-        await asyncio.sleep(0 if spins < 200 else 0.0002)
-        spins += 1
+        clock.parked.clear()
+        parked = asyncio.ensure_future(clock.parked.wait())
+        await asyncio.wait({parked, task}, return_when=asyncio.FIRST_COMPLETED)
+        parked.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await parked
 
 
 async def _lose(task: asyncio.Task[Any], port: RecordingPort) -> None:
@@ -220,7 +236,7 @@ async def _lose(task: asyncio.Task[Any], port: RecordingPort) -> None:
 
 async def _drive_stepped(
     rig: HilRig,
-    clock: SteppedClock,
+    clock: DrivenClock,
     task: asyncio.Task[Any],
     port: RecordingPort,
     loss_at: float | None,
@@ -293,12 +309,36 @@ async def _servers(site: Site, mode: str, clock: Clock, case_dir: Path) -> list[
     ]
 
 
+class Gate:
+    """A monotonic time source held at zero until :meth:`open`: the HIL clock starts once the
+    controller has connected and run its first cycle, so a slow secure handshake does not eat
+    into the batch."""
+
+    def __init__(self) -> None:
+        self._opened_at: float | None = None
+
+    def __call__(self) -> float:
+        return 0.0 if self._opened_at is None else time.monotonic() - self._opened_at
+
+    def open(self) -> None:
+        if self._opened_at is None:
+            self._opened_at = time.monotonic()
+
+
+async def _first_cycle(rec: Recording, task: asyncio.Task[Any], timeout_s: float = 60.0) -> None:
+    """Wait (wall time) until the runtime has completed a cycle, or has ended."""
+    deadline = time.monotonic() + timeout_s
+    while not rec.cycles and not task.done() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
 async def execute(
     site_path: Path, case: Case, case_dir: Path, mode: str, rate: float
 ) -> tuple[Recording, dict[str, Any]]:
     """Run one case's files to the end; return the recording and the runtime's counters."""
     site = load_site(site_path)
-    clock: Clock = SteppedClock() if mode == "fast" else ScaledClock(rate)
+    gate = Gate()
+    clock: Clock = DrivenClock() if mode == "fast" else ScaledClock(rate, monotonic=gate)
     servers = await _servers(site, mode, clock, case_dir)
     unit_s = site.model.seconds_per_unit
     recorder = Recorder(site, unit_s)
@@ -315,24 +355,28 @@ async def execute(
     )
     stop = asyncio.Event()
     counters: dict[str, Any] = {}
-    for server in servers:
-        await server.start()
     try:
+        for server in servers:
+            await server.start()
+        if not isinstance(clock, DrivenClock):
+            await rig.scan()  # the PLC image at t = 0, for the controller's first read
         task = asyncio.ensure_future(
             run_site(site, opts, port=port, clock=clock, stop=stop, observer=recorder.cycle)
         )
         try:
-            if isinstance(clock, SteppedClock):
+            if isinstance(clock, DrivenClock):
                 await _drive_stepped(
                     rig, clock, task, port, case.controller_loss_at, rig.scenario.duration
                 )
             else:
+                await _first_cycle(recorder.rec, task)
+                gate.open()
                 await _drive_scaled(
                     rig, clock, task, port, case.controller_loss_at, rig.scenario.duration
                 )
         finally:
             stop.set()
-            if not task.done() and isinstance(clock, SteppedClock):
+            if not task.done() and isinstance(clock, DrivenClock):
                 await _settle(clock, task)
             with contextlib.suppress(asyncio.CancelledError):
                 sup = await task
@@ -433,6 +477,10 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
         unit = rec.time_unit
         pq.write_table(_table(rec.rows, unit), case_dir / "trajectory.parquet")
         pq.write_table(_table(rec.cycles, unit), case_dir / "cycles.parquet")
+        if not rec.cycles:
+            raise RuntimeError(
+                "the controller never completed a cycle (see run.log): nothing to judge"
+            )
         verdicts = judge_all(criteria, rec)
         result |= {
             "status": "passed" if all(v.passed for v in verdicts) else "failed",
