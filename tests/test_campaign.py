@@ -202,6 +202,9 @@ def test_criteria_pass_and_fail_on_a_recording() -> None:
     assert final.passed and final.value == 0.3
     window = _criterion({"kind": "max", "of": "Tbot", "at_most": -6.0, "before": 0.5})
     assert judge(window, rec).passed
+    active = _criterion({"kind": "max", "of": "Tbot", "at_most": -6.0, "while_mpc_active": True})
+    judged = judge(active, rec)  # the -5.5 came after the PLC had fallen back
+    assert judged.passed and judged.value == -8.0 and "while the MPC has control" in judged.check
     runs = judge(_criterion({"kind": "consecutive_failed_solves", "at_most": 1}), rec)
     assert not runs.passed and runs.value == 2.0
     sp = {"kind": "setpoints_within_limits", "limits": {"Tsh": [-45, 120]}}

@@ -131,6 +131,8 @@ def _extremum(check: Extremum, rec: Recording) -> tuple[float, str]:
         keep &= t >= check.after
     if check.before is not None:
         keep &= t <= check.before
+    if check.while_mpc_active:
+        keep &= np.array([r.get("plc.mode") == "active" for r in rec.rows], dtype=bool)
     if not keep.any():
         return math.nan, f"no finite value of {check.of} in the window"
     v, tv = values[keep], t[keep]

@@ -643,7 +643,7 @@ def _draw_panel(
         for i, (start, end) in enumerate(spans):
             band = f"PLC {mode}" if i == 0 else None
             ax.axvspan(start, end, color=color, alpha=alpha, lw=0, label=band)
-    kind = "input: applied and written setpoint" if "u." + name in cols else "checked variable"
+    kind = "input: applied and written setpoint" if "u." + name in cols else "plant variable"
     ax.set_title(f"{name} ({kind})", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.grid(alpha=0.3)

@@ -109,7 +109,8 @@ class SetpointsWithinLimits(Strict):
 
 class Extremum(Strict):
     """The maximum, minimum or final value of a true-plant quantity (state, expression, output
-    or applied input), within ``[after, before]`` if given, against ``at_most``/``at_least``."""
+    or applied input), within ``[after, before]`` if given (and only while the MPC had control
+    if ``while_mpc_active``), against ``at_most``/``at_least``."""
 
     kind: Literal["max", "min", "final"]
     of: str
@@ -118,6 +119,8 @@ class Extremum(Strict):
     unit: str = ""
     after: Finite | None = None
     before: Finite | None = None
+    #: judge only the scans during which the MPC had control (the PLC reports it active)
+    while_mpc_active: bool = False
 
     @model_validator(mode="after")
     def _one_bound(self) -> Extremum:
@@ -178,6 +181,8 @@ def describe_check(check: Check) -> str:
             window = ""
             if check.after is not None or check.before is not None:
                 window = f" over [{check.after or 0:g}, {check.before or 'end'}]"
+            if check.while_mpc_active:
+                window += " while the MPC has control"
             return f"{check.kind}({check.of}){window} {op} {bound:g} {check.unit}".rstrip()
         case FallbackWithin():
             return f"PLC fallback within {check.heartbeat_timeouts:g} heartbeat timeouts of loss"
