@@ -163,16 +163,27 @@ class SolverSpec(Strict):
     multiple-shooting transcription (``integrator_steps`` RK4 steps per sample), compiled
     with the system C compiler when ``jit`` (cached on disk), falling back to warm-started
     IPOPT within the same cycle when the SQP does not converge (``fallback: ipopt``).
+    ``hessian``: ``gauss-newton`` (tracking residuals J'J and move penalties, no constraint
+    curvature: always convex, so the active-set QP never meets an indefinite Hessian) or
+    ``exact`` (the Lagrangian's; converges faster on economic objectives, where the
+    Gauss-Newton model has no curvature left but the move penalties). ``regularization`` is
+    added to the Gauss-Newton diagonal (scaled variables). ``cold_start: ipopt`` solves a step
+    without a warm start (the first, or after a failure) with IPOPT, whose solution then
+    warm-starts the SQP. ``line_search`` enables sqpmethod's line search (off: full steps).
     The other options are ignored by the do-mpc backend.
     """
 
     backend: Literal["do-mpc", "fast"] = "do-mpc"
-    qpsol: Literal["qpoases", "qrqp"] = "qpoases"
-    max_iter: Annotated[int, Field(ge=1, le=1000)] = 50
+    qpsol: Literal["qpoases", "qrqp"] = "qrqp"
+    max_iter: Annotated[int, Field(ge=1, le=1000)] = 20
     tol: Annotated[float, Field(gt=0, le=1e-2, allow_inf_nan=False)] = 1e-6
     integrator_steps: Annotated[int, Field(ge=1, le=20)] = 2
     jit: bool = True
     fallback: Literal["ipopt", "none"] = "ipopt"
+    hessian: Literal["gauss-newton", "exact"] = "gauss-newton"
+    regularization: Annotated[float, Field(ge=0, le=1.0, allow_inf_nan=False)] = 1e-4
+    cold_start: Literal["ipopt", "sqp"] = "ipopt"
+    line_search: bool = False
 
 
 class ControllerConfig(Strict):

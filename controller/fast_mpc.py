@@ -8,15 +8,27 @@ bounds, hard per-cycle move limits, state bounds (on the inner nodes ``1..N-1``,
 applies them), hard and soft constraints (one slack per constraint and interval with a
 linear penalty), horizon and sample time. What differs is the transcription and the solver:
 
-* one decision block per interval, ``[x_k, u_k, z_k, eps_k]`` (scaled by the variables'
-  ``scale``), then ``x_N``; the state is carried over each interval by ``integrator_steps``
-  RK4 steps. For a DAE the algebraic state of every RK4 stage is a decision variable and its
-  algebraic equation a constraint (the root-finding is lifted into the NLP);
-* the NLP is built once as CasADi SX and solved by ``sqpmethod`` with ``qpsol`` (exact
-  Hessian), warm-started from the previous primal and dual solution shifted one interval;
-* with ``jit`` its functions are compiled by the system C compiler into a shared library
-  cached on disk (:class:`LibraryCache`, the only I/O of this module); a failed compile
-  falls back to CasADi's virtual machine with a logged warning;
+* one decision block per interval, ``[x_k, u_k, v_k (copy of u_k-1), z_k, eps_k]`` (scaled by
+  the variables' ``scale``), then ``x_N``; the state is carried over each interval by
+  ``integrator_steps`` RK4 steps. For a DAE the algebraic state of every RK4 stage is a
+  decision variable and its algebraic equation a constraint (the root-finding is lifted);
+* every constraint row is scaled for the QP: move rows act on scaled moves, a soft
+  constraint's row and slack are divided by a typical magnitude (:func:`constraint_scales`),
+  and rows with Jacobian entries above :data:`ROW_MAX` are normalised. Unscaled rows (move
+  coefficients of 1000) left qrqp's KKT matrix near-singular: it cycled for its 1000
+  iterations and the SQP ended with ``Search_Direction_Becomes_Too_Small``;
+* the NLP is built once and solved by ``sqpmethod`` with ``qpsol`` (qrqp) in full steps,
+  with the exact Lagrangian Hessian or a Gauss-Newton one (``solver.hessian``: tracking
+  residuals J'J, move penalties and a small diagonal ``regularization``; always convex),
+  warm-started from the previous primal solution and its multipliers shifted one interval
+  (multipliers of inactive bounds and constraints zeroed: qrqp takes any nonzero one as an
+  active constraint);
+* a step without a warm start (the first, or after a failure) is solved by IPOPT from a
+  simulation of the model (``solver.cold_start: ipopt``); ``cold_starts`` counts them;
+* with ``jit`` the SQP's and IPOPT's functions are compiled by the system C compiler into
+  shared libraries cached on disk (:class:`LibraryCache`, the only I/O of this module) and
+  loaded at construction; a failed compile falls back to CasADi's virtual machine with a
+  logged warning;
 * when the SQP does not converge, IPOPT solves the same NLP in the same cycle from the same
   warm start (``warm_start_init_point``); ``fallbacks`` counts those cycles. When IPOPT
   fails too, the Decision is FAILED, exactly as with the do-mpc backend.
@@ -35,7 +47,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +73,23 @@ log = logging.getLogger(__name__)
 _RK4_C = (0.0, 0.5, 0.5, 1.0)
 _RK4_B = (1.0 / 6, 1.0 / 3, 1.0 / 3, 1.0 / 6)
 
+#: The solver arguments that never change.
+BOUNDS = ("lbx", "ubx", "lbg", "ubg")
+
+#: C compiler flags of the jit library.
+COMPILE_FLAGS: tuple[str, ...] = ("-O2",)
+
+#: Constraint rows with larger Jacobian entries than this are scaled to 1 (see _row_scaled).
+ROW_MAX = 10.0
+
+#: Iteration cap of one qrqp solve (a warm-started QP takes a few; a cycling one is cut off).
+QRQP_MAX_ITER = 100
+
+#: A multiplier is kept in the warm start only where its bound or constraint is active to
+#: this (scaled) tolerance; IPOPT leaves small nonzero multipliers on inactive ones, which an
+#: active-set QP would take as active.
+ACTIVE_TOL = 1e-6
+
 #: Extra IPOPT options of the fallback: start from the SQP's warm start and multipliers.
 WARM_IPOPT: dict[str, Any] = {
     "ipopt.warm_start_init_point": "yes",
@@ -81,6 +110,7 @@ class Transcription:
     """
 
     nlp: dict[str, Any]
+    gauss_newton: ca.Function  # nlp_hess_l(x, p, lam_f, lam_g) without constraint curvature
     lbx: np.ndarray
     ubx: np.ndarray
     lbg: np.ndarray
@@ -92,7 +122,9 @@ class Transcription:
     z_idx: np.ndarray  # (N, n_stage * nz)
     eps_idx: np.ndarray  # (N, n_soft)
     soft_names: tuple[str, ...]
+    eps_scale: np.ndarray  # (n_soft,) physical slack = eps_scale * scaled slack
     interval: ca.Function  # (xs, u, zs, p) -> (xs_next, alg residuals)
+    row_scale: np.ndarray | None = field(default=None)  # g = row_scale * unscaled rows
 
 
 def _named(model: PlantModel, name: str, x: Any, z: Any, u: Any, expr: Any) -> Any:
@@ -139,7 +171,7 @@ def _interval(model: PlantModel, dt: float, steps: int) -> tuple[ca.Function, in
 
 def _stage(
     config: ControllerConfig, model: PlantModel, interval: ca.Function, n_stage: int
-) -> tuple[ca.Function, ca.Function, tuple[str, ...]]:
+) -> _Stage:
     """One interval's constraints and cost, and the terminal cost, as SX Functions.
 
     ``stage(xs, us, vs, zs, eps, xs_next, vs_next, p) -> (g, f)`` on scaled variables, where
@@ -172,18 +204,20 @@ def _stage(
     for j, name in enumerate(model.input_names):
         down, up = move_limits(config, name)
         if math.isfinite(down) or math.isfinite(up):
-            g.append((us[j] - before[j]) * usc[j])
+            g.append(us[j] - before[j])  # a scaled move: unit coefficients in the QP
     f: Any = ca.SX(0) + lterm
     i_eps = 0
-    for c in cons:
-        row = c.sign * symbol(c.expression)
+    for c, scale in zip(cons, constraint_scales(config, model), strict=True):
+        # The row and its slack in units of ``scale``: eps = scale * eps_scaled.
+        row = c.sign * symbol(c.expression) / scale
         if c.soft:
             row -= eps[i_eps]
-            f += c.penalty * eps[i_eps]
+            f += c.penalty * scale * eps[i_eps]
             i_eps += 1
         g.append(row)
     penalty = np.array([config.inputs[n].move_penalty for n in model.input_names])
-    f += ca.dot(ca.DM(penalty), (us - before) ** 2)
+    moves = ca.dot(ca.DM(penalty), (us - before) ** 2)
+    f += moves
     stage = ca.Function(
         "stage", [xs, us, before, zs, eps, xs_next, vs_next, p], [ca.vertcat(*g), f]
     )
@@ -193,21 +227,79 @@ def _stage(
     terminal = ca.Function(
         "terminal", [xs_t, p], [m_fun(xs_t, ca.DM.zeros(nu), ca.DM.zeros(nz * n_stage), p)]
     )
-    return stage, terminal, tuple(c.name for c in soft)
+    # Gauss-Newton Hessian blocks: tracking residuals J'J, the (quadratic) move penalties,
+    # and ``regularization`` on the diagonal; no constraint curvature, so they are PSD.
+    reg = config.solver.regularization
+    block = ca.vertcat(xs, us, before, zs, eps)
+    res_stage: list[Any] = []
+    res_term: list[Any] = []
+    for t in config.objective.tracking:
+        var = model.all_variables.get(t.variable)
+        err = (symbol(t.variable) - t.setpoint) / (var.scale if var else 1.0)
+        res_stage.append(math.sqrt(t.weight) * err)
+        if t.terminal_weight > 0:
+            res_term.append(math.sqrt(t.terminal_weight) * err)
+    h_stage = ca.hessian(moves, block)[0] + reg * ca.SX.eye(block.shape[0])
+    if res_stage:
+        jr = ca.jacobian(ca.vertcat(*res_stage), block)
+        h_stage += 2 * ca.mtimes(jr.T, jr)
+    h_term: Any = reg * ca.SX.eye(nx)
+    if res_term:
+        jt = ca.jacobian(ca.vertcat(*res_term), xs)
+        h_term += 2 * ca.mtimes(jt.T, jt)
+    stage_hess = ca.Function("stage_hess", [xs, us, before, zs, eps, p], [h_stage])
+    terminal_hess = ca.Function("terminal_hess", [xs, p], [h_term])
+    return _Stage(stage, terminal, stage_hess, terminal_hess, tuple(c.name for c in soft))
+
+
+@dataclass(frozen=True)
+class _Stage:
+    stage: ca.Function
+    terminal: ca.Function
+    stage_hess: ca.Function
+    terminal_hess: ca.Function
+    soft_names: tuple[str, ...]
+
+
+def constraint_scales(config: ControllerConfig, model: PlantModel) -> list[float]:
+    """A typical magnitude of every constraint row (:func:`nl_constraints` order).
+
+    The variable's ``scale`` for a model variable; otherwise the power of ten nearest to the
+    expression's value at the model's initial state and nominal inputs (1 when that is 0).
+    Rows (and their slacks) are divided by it so that the QP sees unit-sized coefficients.
+    """
+    x = model.vector(Role.STATE, model.initial_state)
+    u = model.vector(Role.INPUT, model.nominal_inputs)
+    z = model.vector(Role.ALGEBRAIC, model.initial_algebraic) if model.is_dae else np.zeros(0)
+    expr = np.asarray(model.function(x, z, u, model.parameter_vector())[3], dtype=float).ravel()
+    values = dict(zip(model.expression_names, expr, strict=True))
+    out: list[float] = []
+    for c in nl_constraints(config):
+        var = model.all_variables.get(c.expression)
+        if var is not None and var.role is not Role.OUTPUT:
+            out.append(float(var.scale))
+            continue
+        value = abs(float(values.get(c.expression, 0.0)))
+        if not math.isfinite(value) or value < 1e-12:
+            out.append(1.0)
+        else:
+            out.append(float(10.0 ** min(6, max(-6, round(math.log10(value))))))
+    return out
 
 
 def _stage_bounds(config: ControllerConfig, model: PlantModel) -> tuple[list[float], list[float]]:
-    """Bounds of one interval's ``g`` rows after the defect and algebraic rows."""
+    """Bounds of one interval's ``g`` rows after the defect and algebraic rows (scaled)."""
     lo: list[float] = []
     hi: list[float] = []
-    for name in model.input_names:
+    usc = model.scales(Role.INPUT)
+    for j, name in enumerate(model.input_names):
         down, up = move_limits(config, name)
         if math.isfinite(down) or math.isfinite(up):
-            lo.append(-down)
-            hi.append(up)
-    for c in nl_constraints(config):
+            lo.append(-down / usc[j])
+            hi.append(up / usc[j])
+    for c, scale in zip(nl_constraints(config), constraint_scales(config, model), strict=True):
         lo.append(-math.inf)
-        hi.append(c.sign * c.bound)
+        hi.append(c.sign * c.bound / scale)
     return lo, hi
 
 
@@ -223,7 +315,8 @@ def transcribe(
     nx, nu, nz = len(model.state_names), len(model.input_names), len(model.algebraic_names)
     xsc, usc = model.scales(Role.STATE), model.scales(Role.INPUT)
     interval, n_stage = _interval(model, config.sample_time, steps)
-    stage, terminal, soft_names = _stage(config, model, interval, n_stage)
+    st = _stage(config, model, interval, n_stage)
+    stage, terminal, soft_names = st.stage, st.terminal, st.soft_names
     n_eps = len(soft_names)
     x0, u_prev = ca.MX.sym("x0", nx), ca.MX.sym("u_prev", nu)
     p = ca.MX.sym("p", len(model.parameter_names))
@@ -248,6 +341,26 @@ def transcribe(
     )
     g = ca.vertcat(xs[0] - x0 / xsc, vs[0] - u_prev / usc, ca.vec(g_map))
     f = ca.sum2(f_map) + terminal(xs[n], p)
+    h_map = st.stage_hess.map(n)(
+        ca.horzcat(*xs[:-1]),
+        ca.horzcat(*us),
+        ca.horzcat(*vs[:-1]),
+        ca.horzcat(*zs),
+        ca.horzcat(*eps),
+        ca.repmat(p, 1, n),
+    )
+    wb = h_map.shape[0]
+    blocks_h = [h_map[:, k * wb : (k + 1) * wb] for k in range(n)]
+    blocks_h += [st.terminal_hess(xs[n], p), config.solver.regularization * ca.MX.eye(nu)]
+    w_all, lam_f = ca.vertcat(*w), ca.MX.sym("lam_f")
+    lam_g = ca.MX.sym("lam_g", g.shape[0])
+    hess = ca.Function(
+        "nlp_hess_l",
+        [w_all, ca.vertcat(x0, u_prev, p), lam_f, lam_g],
+        [lam_f * ca.diagcat(*blocks_h)],
+        ["x", "p", "lam_f", "lam_g"],
+        ["hess_gamma_x_x"],
+    )
 
     w_block = nx + 2 * nu + nz * n_stage + n_eps
     n_w = w_block * n + nx + nu
@@ -274,7 +387,8 @@ def transcribe(
     lbg = np.concatenate([np.zeros(nx + nu), np.tile(np.r_[np.zeros(n_eq), lo_rows], n)])
     ubg = np.concatenate([np.zeros(nx + nu), np.tile(np.r_[np.zeros(n_eq), hi_rows], n)])
     return Transcription(
-        nlp={"x": ca.vertcat(*w), "p": ca.vertcat(x0, u_prev, p), "f": f, "g": g},
+        nlp={"x": w_all, "p": ca.vertcat(x0, u_prev, p), "f": f, "g": g},
+        gauss_newton=hess,
         lbx=lbw,
         ubx=ubw,
         lbg=lbg,
@@ -286,6 +400,16 @@ def transcribe(
         z_idx=z_idx,
         eps_idx=eps_idx,
         soft_names=soft_names,
+        eps_scale=np.array(
+            [
+                sc
+                for c, sc in zip(
+                    nl_constraints(config), constraint_scales(config, model), strict=True
+                )
+                if c.soft
+            ],
+            dtype=float,
+        ),
         interval=interval,
     )
 
@@ -305,9 +429,15 @@ class LibraryCache:
     problem at once both end up loading a complete file.
     """
 
-    def __init__(self, directory: Path | None = None, compiler: str = "gcc") -> None:
+    def __init__(
+        self,
+        directory: Path | None = None,
+        compiler: str = "gcc",
+        flags: tuple[str, ...] = COMPILE_FLAGS,
+    ) -> None:
         self.directory = directory if directory is not None else default_cache_dir()
         self.compiler = compiler
+        self.flags = flags
         self.compiled = 0  # compiler runs by this instance
 
     def library(self, code: str) -> Path:
@@ -315,7 +445,8 @@ class LibraryCache:
 
         Raises OSError or subprocess.CalledProcessError when it cannot be built.
         """
-        key = hashlib.sha256(f"casadi {ca.CasadiMeta.version()}\n{code}".encode()).hexdigest()[:32]
+        head = f"casadi {ca.CasadiMeta.version()} {self.compiler} {' '.join(self.flags)}\n"
+        key = hashlib.sha256(f"{head}{code}".encode()).hexdigest()[:32]
         path = self.directory / f"nlp_{key}.so"
         if path.exists():
             return path
@@ -325,7 +456,7 @@ class LibraryCache:
         with tempfile.TemporaryDirectory(dir=self.directory) as tmp:
             src, lib = Path(tmp) / "nlp.c", Path(tmp) / "nlp.so"
             src.write_text(code, encoding="utf-8")
-            cmd = [self.compiler, "-O1", "-fPIC", "-shared", str(src), "-o", str(lib)]
+            cmd = [self.compiler, *self.flags, "-fPIC", "-shared", str(src), "-o", str(lib)]
             subprocess.run(cmd, check=True, capture_output=True, timeout=600)
             self.compiled += 1
             os.replace(lib, path)
@@ -353,48 +484,110 @@ class FastController(ModelPredictiveController):
         super().__init__(config, model, source)
         spec = config.solver
         self.ocp = transcribe(config, model, source, spec.integrator_steps)
+        self._z_guess = model.vector(Role.ALGEBRAIC, model.initial_algebraic)
+        self._z_root = self._stage_solver()
+        self.ocp = self._row_scaled(self.ocp)
+        # Converted once: a numpy vector costs ~30 us to convert at every call.
+        o = self.ocp
+        self._bounds = {
+            k: ca.DM(v) for k, v in zip(BOUNDS, (o.lbx, o.ubx, o.lbg, o.ubg), strict=True)
+        }
         self.fallbacks = 0
+        self.cold_starts = 0  # steps without a warm start, solved by IPOPT (cold_start: ipopt)
         self.cache = LibraryCache()
-        self.library: Path | None = None
+        self.library: Path | None = None  # the SQP's library
+        self.libraries: list[Path] = []  # every library loaded (the SQP's, IPOPT's)
         self.sqp = self._build_sqp()
         self.ipopt: ca.Function | None = None
+        self.ipopt_cold: ca.Function | None = None
         if spec.fallback == "ipopt":
-            opts = {**ipopt_options(config), **WARM_IPOPT}
-            self.ipopt = ca.nlpsol("fast_fallback", "ipopt", self.ocp.nlp, opts)
-        self._z_guess = model.vector(Role.ALGEBRAIC, model.initial_algebraic)
+            opts = {**ipopt_options(config), "calc_lam_p": False}
+            self.ipopt = self._build("fast_fallback", "ipopt", {**opts, **WARM_IPOPT})
+            self.ipopt_cold = self._build("fast_cold", "ipopt", opts)
         self._guess: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        self._z_root = self._stage_solver()
 
     # ------------------------------------------------------------------ building
+    def _row_scaled(self, ocp: Transcription) -> Transcription:
+        """``ocp`` with every constraint row whose Jacobian entries exceed :data:`ROW_MAX`
+        (at the cold guess from the model's initial state) divided by its largest entry.
+
+        The solution is the same; the QP's KKT matrix is better conditioned (the
+        lyophilizer's algebraic rows reach several hundred per unit of ``Lck``).
+        """
+        m = self.model
+        x0 = m.vector(Role.STATE, m.initial_state)
+        p = m.parameter_vector(self._params)
+        w = self._cold_guess(x0, p, ocp)
+        jac = ca.Function(
+            "jac_g", [ocp.nlp["x"], ocp.nlp["p"]], [ca.jacobian(ocp.nlp["g"], ocp.nlp["x"])]
+        )
+        j = jac(w, np.concatenate([x0, self._u_prev, p]))
+        rows = np.asarray(j.sparsity().get_triplet()[0], dtype=int)
+        row_max = np.zeros(ocp.lbg.shape[0])
+        np.maximum.at(row_max, rows, np.abs(np.asarray(j.nonzeros(), dtype=float)))
+        d = np.ones_like(row_max)
+        big = np.isfinite(row_max) & (row_max > ROW_MAX)
+        d[big] = 1.0 / row_max[big]
+        if not big.any():
+            return ocp
+        nlp = dict(ocp.nlp)
+        nlp["g"] = ocp.nlp["g"] * ca.DM(d)
+        return replace(ocp, nlp=nlp, lbg=ocp.lbg * d, ubg=ocp.ubg * d, row_scale=d)
+
     def _sqp_options(self) -> dict[str, Any]:
         spec = self.config.solver
         quiet = {"print_header": False, "print_iter": False, "print_info": False}
         qp_opts: dict[str, Any] = {"error_on_fail": False}
         qp_opts.update(quiet if spec.qpsol == "qrqp" else {"printLevel": "none"})
+        if spec.qpsol == "qrqp":
+            qp_opts["max_iter"] = QRQP_MAX_ITER
         return {
             "qpsol": spec.qpsol,
             "qpsol_options": qp_opts,
             "max_iter": spec.max_iter,
             "tol_pr": spec.tol,
             "tol_du": spec.tol,
+            # Full steps: the multipliers stay exactly the QP's, so the QP's active set is
+            # warm-started from clean signs (a partial step leaves tiny nonzero multipliers
+            # that qrqp takes as active constraints). Warm-started MPC steps need no
+            # globalization; a cold start is solved by IPOPT (``cold_start``).
+            "max_iter_ls": 0 if not spec.line_search else 3,
+            "min_step_size": 1e-9,
             "print_header": False,
             "print_iteration": False,
             "print_status": False,
             "print_time": False,
             "error_on_fail": False,
+            "calc_lam_p": False,  # the parameters' multipliers are never used
         }
 
     def _build_sqp(self) -> ca.Function:
-        opts = self._sqp_options()
-        plain = ca.nlpsol("fast_sqp", "sqpmethod", self.ocp.nlp, opts)
+        extra = {}
+        if self.config.solver.hessian == "gauss-newton":
+            extra["hess_lag"] = self.ocp.gauss_newton
+        sqp = self._build("fast_sqp", "sqpmethod", self._sqp_options(), extra)
+        self.library = self._library
+        return sqp
+
+    def _build(
+        self, name: str, plugin: str, opts: dict[str, Any], extra: dict[str, Any] | None = None
+    ) -> ca.Function:
+        """An nlpsol of the NLP; with ``jit`` loaded from its compiled (cached) library.
+
+        ``extra`` options (such as a custom ``hess_lag``) only shape the generated code: the
+        library holds every function the solver evaluates under its standard name.
+        """
+        plain = ca.nlpsol(name, plugin, self.ocp.nlp, {**opts, **(extra or {})})
+        self._library: Path | None = None
         if not self.config.solver.jit:
             return plain
         try:
-            self.library = self.cache.library(nlp_code(plain))
-            return ca.nlpsol("fast_sqp", "sqpmethod", str(self.library), opts)
+            self._library = self.cache.library(nlp_code(plain))
+            if self._library not in self.libraries:
+                self.libraries.append(self._library)
+            return ca.nlpsol(name, plugin, str(self._library), opts)
         except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
             log.warning("%s: jit compile failed, solving without it: %s", self.source, exc)
-            self.library = None
             return plain
 
     def _stage_solver(self) -> ca.Function | None:
@@ -413,9 +606,11 @@ class FastController(ModelPredictiveController):
         self._u_prev = self.model.vector(Role.INPUT, u_prev)
         self._guess = None
 
-    def _cold_guess(self, x0: np.ndarray, p: np.ndarray) -> np.ndarray:
+    def _cold_guess(
+        self, x0: np.ndarray, p: np.ndarray, ocp: Transcription | None = None
+    ) -> np.ndarray:
         """Simulate the model with the setpoints held (the algebraic states solved)."""
-        o, m = self.ocp, self.model
+        o, m = ocp if ocp is not None else self.ocp, self.model
         xsc, usc = m.scales(Role.STATE), m.scales(Role.INPUT)
         zsc = m.scales(Role.ALGEBRAIC)
         w = np.zeros(o.lbx.shape[0])
@@ -488,20 +683,24 @@ class FastController(ModelPredictiveController):
             "lam_x0": lam_x0,
             "lam_g0": lam_g0,
             "p": np.concatenate([x0, self._u_prev, p]),
-            "lbx": self.ocp.lbx,
-            "ubx": self.ocp.ubx,
-            "lbg": self.ocp.lbg,
-            "ubg": self.ocp.ubg,
+            **self._bounds,
         }
+        cold_solver = self.ipopt_cold if self.config.solver.cold_start == "ipopt" else None
+        cold_solver = cold_solver if self._guess is None else None
         started = time.perf_counter()
+        fallback = False
         try:
-            sol, stats = self._solve(self.sqp, args)
-            fallback = not stats.get("success", False)
-            if fallback and self.ipopt is not None:
-                self.fallbacks += 1
-                iterations = int(stats.get("iter_count", 0))
-                sol, stats = self._solve(self.ipopt, args)
-                stats["iter_count"] = iterations + int(stats.get("iter_count", 0))
+            if cold_solver is not None:  # no warm start: IPOPT from the simulated guess
+                self.cold_starts += 1
+                sol, stats = self._solve(cold_solver, args)
+            else:
+                sol, stats = self._solve(self.sqp, args)
+                fallback = not stats.get("success", False)
+                if fallback and self.ipopt is not None:
+                    self.fallbacks += 1
+                    iterations = int(stats.get("iter_count", 0))
+                    sol, stats = self._solve(self.ipopt, args)
+                    stats["iter_count"] = iterations + int(stats.get("iter_count", 0))
         except RuntimeError as exc:
             self._guess = None
             return self._failed(t, SolveStatus.ERROR, f"{type(exc).__name__}: {exc}")
@@ -509,16 +708,32 @@ class FastController(ModelPredictiveController):
         decision = self._decision(t, sol, stats, elapsed, fallback and self.ipopt is not None)
         if decision.ok:
             self._u_prev = self.model.vector(Role.INPUT, decision.inputs)
-            w, lam_x, lam_g = (np.asarray(sol[k]).ravel() for k in ("x", "lam_x", "lam_g"))
-            self._guess = (w, lam_x, lam_g)
+            self._guess = self._clean(sol)
         else:
             self._guess = None
         return decision
 
+    def _clean(self, sol: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The solution with the multipliers of inactive bounds and constraints set to 0."""
+        o = self.ocp
+        w, g = np.asarray(sol["x"]).ravel(), np.asarray(sol["g"]).ravel()
+        lam_x = np.asarray(sol["lam_x"]).ravel().copy()
+        lam_g = np.asarray(sol["lam_g"]).ravel().copy()
+        for val, lo, hi, lam in ((w, o.lbx, o.ubx, lam_x), (g, o.lbg, o.ubg, lam_g)):
+            with np.errstate(invalid="ignore"):
+                tol = ACTIVE_TOL * np.maximum(1.0, np.abs(np.where(np.isfinite(lo), lo, hi)))
+                active = (val - lo <= tol) | (hi - val <= tol)
+            lam[~active | (np.abs(lam) < 1e-12)] = 0.0
+        return w, lam_x, lam_g
+
     @staticmethod
     def _solve(solver: ca.Function, args: Mapping[str, Any]) -> tuple[dict[str, Any], dict]:
         sol = solver(**args)
-        return sol, dict(solver.stats())
+        try:
+            stats = dict(solver.stats())
+        except RuntimeError as exc:  # sqpmethod leaves no status when e.g. its QP setup fails
+            stats = {"success": False, "return_status": f"no status ({exc})".splitlines()[0]}
+        return sol, stats
 
     def _decision(
         self, t: float, sol: Mapping[str, Any], stats: Mapping[str, Any], elapsed: float, fb: bool
@@ -537,7 +752,7 @@ class FastController(ModelPredictiveController):
                 SolveStatus.INVALID,
                 f"{status_text}; input outside limits {inputs}",
             )
-        eps = w[o.eps_idx]
+        eps = w[o.eps_idx] * o.eps_scale
         slack = {name: float(eps[:, i].max()) for i, name in enumerate(o.soft_names)}
         if m.is_dae and status is SolveStatus.SUCCESS:
             nz = len(m.algebraic_names)

@@ -284,6 +284,10 @@ class DoMpcController(ModelPredictiveController):
         for key, value in s.items():
             setattr(mpc.settings, key, value)
         mpc.settings.nlpsol_opts = ipopt_options(cfg)
+        self._set_scaling(mpc)
+
+    def _set_scaling(self, mpc: Any) -> None:
+        """The model's variable scales (part of the problem: move penalties act on them)."""
         for role, key in ((Role.STATE, "_x"), (Role.INPUT, "_u"), (Role.ALGEBRAIC, "_z")):
             for name in self.model.names(role):
                 mpc.scaling[key, name] = self.model.variable(name).scale
@@ -365,7 +369,8 @@ class DoMpcController(ModelPredictiveController):
     def _add_move_limits(self, mpc: Any) -> None:
         """Hard per-cycle move limits on the first and every later move of the plan."""
         opt_x, opt_p = mpc.opt_x, mpc.opt_p
-        u_scale = self.model.scales(Role.INPUT)
+        # do-mpc's own input scaling (opt_x holds u / scaling), whatever it was set to.
+        u_scale = np.asarray(mpc._u_scaling.cat, dtype=float).ravel()
         for j, name in enumerate(self.model.input_names):
             down, up = move_limits(self.config, name)
             if not (math.isfinite(up) or math.isfinite(down)):

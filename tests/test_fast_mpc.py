@@ -38,7 +38,9 @@ OBJ_RTOL = 0.02
 
 
 def _with_solver(cfg: ControllerConfig, **solver: Any) -> ControllerConfig:
-    return cfg.model_copy(update={"solver": SolverSpec(**solver)})
+    """``cfg`` with its solver section updated (the configured fast-path settings are kept)."""
+    spec = SolverSpec(**{**cfg.solver.model_dump(), **solver})
+    return cfg.model_copy(update={"solver": spec})
 
 
 @pytest.fixture(scope="module", params=MODELS)
@@ -117,7 +119,7 @@ def _cstr(tmp_path: Path | None = None, **changes: Any) -> tuple[ControllerConfi
 
 
 def test_sqp_failure_falls_back_to_ipopt_in_the_same_cycle() -> None:
-    cfg, model = _cstr(horizon=8, solver={"max_iter": 1})
+    cfg, model = _cstr(horizon=8, solver={"max_iter": 1, "cold_start": "sqp"})
     mpc = ModelPredictiveController(cfg, model)
     assert isinstance(mpc, FastController)
     u = model.nominal_inputs
@@ -132,7 +134,7 @@ def test_sqp_failure_falls_back_to_ipopt_in_the_same_cycle() -> None:
 
 def test_failed_fallback_is_a_failed_decision() -> None:
     # C_b >= 1.9 mol/L as a hard bound is unreachable from C_b = 0.5: both solvers fail.
-    cfg, model = _cstr(horizon=8, state_bounds={"C_b": (1.9, 2.0)})
+    cfg, model = _cstr(horizon=8, state_bounds={"C_b": (1.9, 2.0)}, solver={"cold_start": "sqp"})
     mpc = ModelPredictiveController(cfg, model)
     d = mpc.step(0.0, model.initial_state, u_prev=model.nominal_inputs)
     assert d.status is SolveStatus.FAILED and not d.ok and d.fallback
@@ -161,12 +163,14 @@ def test_compiled_library_is_cached_on_disk(
     cfg, model = _cstr(horizon=3)
     first = ModelPredictiveController(cfg, model)
     assert isinstance(first, FastController)
-    assert first.cache.compiled == 1 and first.library is not None
-    assert first.library.parent == tmp_path / "cache" and first.library.exists()
+    # Two libraries: the SQP's (Gauss-Newton Hessian) and IPOPT's (exact Hessian).
+    assert first.cache.compiled == 2 and first.library is not None
+    assert first.library in first.libraries and len(first.libraries) == 2
+    assert all(lib.parent == tmp_path / "cache" and lib.exists() for lib in first.libraries)
     second = ModelPredictiveController(cfg, model)
     assert isinstance(second, FastController)
-    assert second.cache.compiled == 0 and second.library == first.library
-    assert list((tmp_path / "cache").iterdir()) == [first.library]  # no temporary left
+    assert second.cache.compiled == 0 and second.libraries == first.libraries
+    assert sorted((tmp_path / "cache").iterdir()) == sorted(first.libraries)  # no temporary
     a = first.step(0.0, model.initial_state, u_prev=model.nominal_inputs)
     b = second.step(0.0, model.initial_state, u_prev=model.nominal_inputs)
     assert a.ok and b.ok and a.inputs == pytest.approx(b.inputs)
