@@ -27,7 +27,7 @@ check: setup
 	$(BIN)/mypy plant_models controller hil
 
 bench: setup
-	$(BIN)/python bench/port_latency.py
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -2,7 +2,8 @@
 
 Runs the real HIL servers (pymodbus, asyncua) and the real ports on 127.0.0.1, for each
 protocol in turn, and reports the median and p99 of the cycle time over ``--cycles`` cycles
-after a warm-up. Results are merged into ``bench/results.json`` under ``port_cycle``.
+after a warm-up. B2 (``bench/b2_cycle.py``) reports these as its "port I/O only" rows, next to
+the full runtime cycle; run alone, this script prints its table and writes no file.
 
     python bench/port_latency.py --cycles 1000
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -28,8 +28,6 @@ from controller.tags import TagMap
 from hil.net import free_port
 from hil.servers.modbus import ModbusPlcServer
 from hil.servers.opcua import OpcUaPlcServer, address_space_shelf
-
-RESULTS = Path(__file__).with_name("results.json")
 
 
 def tag_map() -> TagMap:
@@ -85,31 +83,32 @@ async def bench_opcua(tm: TagMap, n: int, warmup: int) -> np.ndarray:
                 return await cycles(port, tm, n, warmup)
 
 
+LABELS = {"modbus": "Modbus TCP", "opcua": "OPC UA, no security"}
+
+
+def measure(n: int = 1000, warmup: int = 50) -> dict[str, Any]:
+    """Median, p95, p99 and max of the cycle time [ms] per protocol (``latency_stats``)."""
+    from run import latency_stats
+
+    tm = tag_map()
+    protocols = {}
+    for name, fn in (("modbus", bench_modbus), ("opcua", bench_opcua)):
+        protocols[name] = latency_stats(asyncio.run(fn(tm, n, warmup)))
+    return {"what": "read 20 tags + write 4 with read-back, loopback", "protocols": protocols}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--cycles", type=int, default=1000)
     ap.add_argument("--warmup", type=int, default=50)
     args = ap.parse_args()
-    tm = tag_map()
-    rows = {}
-    for name, fn in (("modbus", bench_modbus), ("opcua", bench_opcua)):
-        ms = asyncio.run(fn(tm, args.cycles, args.warmup))
-        rows[name] = {
-            "cycles": int(ms.size),
-            "median_ms": float(np.median(ms)),
-            "p95_ms": float(np.percentile(ms, 95)),
-            "p99_ms": float(np.percentile(ms, 99)),
-            "max_ms": float(ms.max()),
-        }
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results["port_cycle"] = {"what": "read 20 tags + write 4 with read-back, loopback", **rows}
-    RESULTS.write_text(json.dumps(results, indent=2))
+    measured = measure(args.cycles, args.warmup)
     print("| protocol | cycles | median [ms] | p95 [ms] | p99 [ms] | max [ms] |")
     print("|---|---|---|---|---|---|")
-    for name, r in rows.items():
+    for name, r in measured["protocols"].items():
         print(
-            f"| {name} | {r['cycles']} | {r['median_ms']:.3f} | {r['p95_ms']:.3f} | "
-            f"{r['p99_ms']:.3f} | {r['max_ms']:.3f} |"
+            f"| {LABELS[name]} | {r['n']} | {r['median']:.3f} | {r['p95']:.3f} | "
+            f"{r['p99']:.3f} | {r['max']:.3f} |"
         )
 
 

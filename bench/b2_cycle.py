@@ -1,0 +1,480 @@
+"""B2: one cycle of the edge runtime without the solve, over the memory, Modbus and OPC UA ports.
+
+What one timed cycle is: :meth:`controller.supervisor.Supervisor.cycle` of the CSTR site in
+closed loop, RUNNING under the virtual PLC's handshake, exactly as ``pharmatwin run`` runs it
+(:func:`runtime_for` mirrors :func:`controller.runtime.run_site`): read every readable tag,
+check quality and staleness, EKF update, the "solve" (a worker-thread hop to a policy that
+returns a precomputed decision, so the solve itself is excluded), safety, the heartbeat write,
+one ``setpoint.write`` audit record per input (SQLite, hash-chained, ``synchronous=FULL``: an
+fsync each), the setpoint write with read-back, and the historian record (SQLite, WAL).
+
+The PLC side is the real HIL rig (true plant, virtual PLC, the Modbus server or the secured
+OPC UA server, Basic256Sha256 SignAndEncrypt with the test-bench CA in ``configs/pki``) on
+127.0.0.1 free ports, in this process. The rig scans *between* cycles on a stepped clock
+(one controller sample per cycle), outside the timed window, so the plant's integration is
+not counted; the servers' handling of the cycle's requests is (they share this process's
+event loop, as in ``bench/port_latency.py``). The memory port stands on a tag table that an
+adapter publishes the rig's image into; the PLC hears the table's writes at its next scan.
+
+The historian's cost per record grows with the rows it keeps (its retention query steps
+through all of them: about 0.8 ms per record with 10^3 rows, 7 ms with 10^4; see B5), so its
+phase here is that of a file this run filled, up to ``cycles + warmup`` rows.
+
+The precomputed decision is one real MPC solve at the plant's initial state (so it carries
+the predicted trajectories the historian stores), with its inputs set to the PLC's working
+setpoints, which hold the plant at its operating point for as many cycles as asked.
+
+    python bench/b2_cycle.py [--quick] [--cycles N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime as dt
+import functools
+import os
+import secrets
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, ParamSpec, TypeVar
+
+from run import ROOT, case_failed, git_commit, latency_stats, markdown_table, row
+
+from controller.audit import AuditTrail, file_hash, software_version
+from controller.clock import SteppedClock
+from controller.historian import (
+    DEFAULT_MAX_CYCLES,
+    Historian,
+    RunInfo,
+    SqliteHistorian,
+    library_versions,
+    model_version,
+)
+from controller.mpc import Decision, ModelPredictiveController
+from controller.ports.base import Port, Quality
+from controller.ports.factory import make_port
+from controller.ports.memory import MemoryPort, TagTable, table_from_tag_map
+from controller.runtime import build_pipeline, config_files, historian_sink
+from controller.site import Site, load_site
+from controller.supervisor import CycleView, Mode, State, Supervisor
+from hil.net import LOOPBACK, free_port
+from hil.rig import HilRig
+from hil.servers.base import PlcServer, WriteHook
+
+PortKind = Literal["memory", "modbus", "opcua"]
+SITES = ROOT / "configs" / "sites"
+MODEL = "cstr"
+PASSWORD_ENV = "PHARMATWIN_OPCUA_PASSWORD"
+TARGETS_MS: dict[PortKind, float] = {"modbus": 2.0, "opcua": 5.0}
+CASES: dict[PortKind, str] = {
+    "memory": "memory port",
+    "modbus": "Modbus TCP",
+    "opcua": "OPC UA SignAndEncrypt",
+}
+FULL = {"cycles": 2000, "warmup": 100}
+QUICK = {"cycles": 150, "warmup": 30}
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------- the fixed policy
+class FixedDecision:
+    """A :class:`controller.pipeline.Policy` that returns one precomputed decision (no solve)."""
+
+    def __init__(self, decision: Decision) -> None:
+        self.decision = decision
+        self.calls = 0
+
+    def reset(self, u_prev: Mapping[str, float]) -> None:
+        pass
+
+    def step(
+        self,
+        t: float,
+        x_hat: Mapping[str, float],
+        params: Mapping[str, float] | None = None,
+        u_prev: Mapping[str, float] | None = None,
+    ) -> Decision:
+        self.calls += 1
+        return dataclasses.replace(self.decision, t=t)
+
+
+def precomputed_decision(site: Site, hold: Mapping[str, float]) -> Decision:
+    """One real MPC solve at the model's initial state; its inputs replaced by ``hold``."""
+    model = site.model
+    mpc = ModelPredictiveController(site.controller, model, str(site.path))
+    mpc.reset(hold)
+    decision = mpc.step(0.0, model.initial_state, model.parameters, u_prev=hold)
+    if not decision.ok:
+        raise RuntimeError(f"the MPC could not solve at the initial state: {decision}")
+    return dataclasses.replace(decision, inputs=dict(hold))
+
+
+# ---------------------------------------------------------------------- the memory "server"
+class TablePlc(PlcServer):
+    """The rig's PLC image published into a :class:`TagTable` for the memory port.
+
+    Controller writes land in the table at once (the memory port's own range check); the
+    virtual PLC hears them at its next scan (:meth:`publish`), as a PLC reads its input image
+    once a scan. A write it refuses is rolled back to the PLC's value.
+    """
+
+    def __init__(self, table: TagTable, now: Callable[[], float]) -> None:
+        self.table, self.now = table, now
+        self.write_hook: WriteHook | None = None
+        self.latency = 0.0
+        self.bad_tags: dict[str, str] = {}
+        self._seen = {t: v.value for t, v in table.values.items() if t in table.writable}
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def drop_connections(self) -> None:
+        pass
+
+    def value(self, tag: str) -> float:
+        return self.table.current(tag)
+
+    def _forward_writes(self) -> None:
+        for tag, before in self._seen.items():
+            now = self.table.values[tag].value
+            if now == before or self.write_hook is None:
+                continue
+            if self.write_hook(tag, now) is not None:  # refused: the PLC keeps its value
+                self.table.values[tag] = dataclasses.replace(self.table.values[tag], value=before)
+
+    async def publish(
+        self,
+        values: Mapping[str, float],
+        *,
+        bad: Collection[str] = (),
+        source_time: datetime | None = None,
+    ) -> None:
+        self._forward_writes()
+        now = self.now()
+        good = {t: v for t, v in values.items() if t not in bad}
+        self.table.publish(now, good)
+        self.table.publish(now, {t: v for t, v in values.items() if t in bad}, Quality.BAD)
+        self._seen = {t: self.table.values[t].value for t in self._seen}
+
+
+# ---------------------------------------------------------------------- timing helpers
+class Phases:
+    """Wall time spent in named calls during the current cycle (ms), summed per cycle."""
+
+    def __init__(self) -> None:
+        self.current: dict[str, float] = {}
+        self.per_cycle: list[dict[str, float]] = []
+
+    def add(self, name: str, seconds: float) -> None:
+        self.current[name] = self.current.get(name, 0.0) + seconds * 1e3
+
+    def close_cycle(self, keep: bool) -> None:
+        if keep:
+            self.per_cycle.append(self.current)
+        self.current = {}
+
+    def wrap(self, name: str, fn: Callable[P, T]) -> Callable[P, T]:
+        @functools.wraps(fn)
+        def timed(*args: P.args, **kwargs: P.kwargs) -> T:
+            started = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.add(name, time.perf_counter() - started)
+
+        return timed
+
+    def wrap_async(
+        self, name: str, fn: Callable[P, Coroutine[Any, Any, T]]
+    ) -> Callable[P, Coroutine[Any, Any, T]]:
+        @functools.wraps(fn)
+        async def timed(*args: P.args, **kwargs: P.kwargs) -> T:
+            started = time.perf_counter()
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                self.add(name, time.perf_counter() - started)
+
+        return timed
+
+
+def filesystem_of(path: Path) -> str:
+    """``<fstype> on <mount point>`` for the filesystem holding ``path`` (from /proc/mounts)."""
+    best, fstype = "", "unknown"
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return fstype
+    target = str(path.resolve())
+    for line in mounts:
+        parts = line.split()
+        if len(parts) > 2 and target.startswith(parts[1]) and len(parts[1]) > len(best):
+            best, fstype = parts[1], parts[2]
+    return f"{fstype} on {best}"
+
+
+# ---------------------------------------------------------------------- the runtime under test
+@dataclasses.dataclass
+class Runtime:
+    """A supervisor wired as ``run_site`` wires it, plus the rig standing in for the PLC."""
+
+    site: Site
+    clock: SteppedClock
+    rig: HilRig
+    supervisor: Supervisor
+    port: Port
+    audit: AuditTrail
+    historian: Historian
+    policy: Any
+    phases: Phases
+    dt_s: float
+    scan: Callable[[], Awaitable[None]] | None = None  # the PLC's scan (default: the rig's)
+
+    async def cycle(self, k: int) -> tuple[float, CycleView]:
+        """Scan the PLC (untimed), run cycle ``k`` (timed, seconds), advance one sample."""
+        await (self.scan or self.rig.scan)()
+        t = self.clock.now()
+        started = time.perf_counter()
+        view = await self.supervisor.cycle(k, t)
+        elapsed = time.perf_counter() - started
+        self.clock.advance(self.dt_s)
+        return elapsed, view
+
+
+def site_for(kind: PortKind) -> Site:
+    protocol = "opcua" if kind == "opcua" else "modbus"
+    return load_site(SITES / f"{MODEL}-{protocol}.yaml")
+
+
+def _on_port(site: Site, port: int) -> Site:
+    return dataclasses.replace(site, connection=site.connection.model_copy(update={"port": port}))
+
+
+def _run_info(site: Site, run_id: str) -> RunInfo:
+    """The run record ``run_site`` stores (built here without running git)."""
+    import hashlib
+    import platform
+
+    hashes = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in config_files(site)}
+    return RunInfo(
+        run_id=run_id,
+        started_utc=dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
+        site=site.name,
+        mode=Mode.CLOSED_LOOP.value,
+        software_version=software_version(),
+        git_commit=git_commit(),
+        config_hashes=hashes,
+        model=site.model.name,
+        model_version=model_version(site.model),
+        python_version=f"{platform.python_implementation()} {platform.python_version()}",
+        library_versions=library_versions(),
+    )
+
+
+async def _plc_server(kind: PortKind, site: Site, tmp: Path, stack: AsyncExitStack) -> PlcServer:
+    if kind == "modbus":
+        from hil.servers.modbus import modbus_server_for_site
+
+        server: PlcServer = modbus_server_for_site(site, port=free_port(), host=LOOPBACK)
+    else:
+        from hil.servers.opcua import opcua_server_for_site
+
+        server = await opcua_server_for_site(
+            site, port=free_port(), host=LOOPBACK, state_dir=tmp / "hil", shelf=tmp
+        )
+    await stack.enter_async_context(server)
+    return server
+
+
+@asynccontextmanager
+async def runtime_for(
+    kind: PortKind,
+    tmp: Path,
+    policy: Any,
+    *,
+    plant_substeps: int | None = None,
+    historian_max_cycles: int = DEFAULT_MAX_CYCLES,
+) -> AsyncIterator[Runtime]:
+    """The CSTR site's runtime on ``kind``, its audit trail and historian in ``tmp``.
+
+    ``plant_substeps``: the rig's plant steps per sample (default: the site's, 5).
+    ``historian_max_cycles``: the historian's retention (default: the runtime's).
+    """
+    os.environ.setdefault(PASSWORD_ENV, secrets.token_hex(12))  # loopback test bench only
+    site = site_for(kind)
+    if plant_substeps is not None and site.hil is not None:
+        step = site.controller.sample_time / plant_substeps
+        site = dataclasses.replace(site, hil=site.hil.model_copy(update={"plant_step": step}))
+    clock = SteppedClock()
+    async with AsyncExitStack() as stack:
+        if kind == "memory":
+            table = table_from_tag_map(site.tags)
+            server: PlcServer = TablePlc(table, clock.now)
+            port: Port = MemoryPort(table, clock)
+        else:
+            server = await _plc_server(kind, site, tmp, stack)
+            port = make_port(_on_port(site, getattr(server, "port", 0)), clock)
+        rig = HilRig(site, clock, [server])
+        files = config_files(site)
+        audit = AuditTrail(
+            tmp / "audit.db", config_hash=file_hash(*files), actor=site.runtime.service_identity
+        )
+        stack.callback(audit.close)
+        run_id = f"bench-{uuid.uuid4().hex[:8]}"
+        historian: Historian = SqliteHistorian(tmp / "history.db", max_cycles=historian_max_cycles)
+        stack.callback(historian.close)
+        historian.start_run(_run_info(site, run_id))
+        phases = Phases()
+        pipeline = build_pipeline(site, policy)
+        pipeline.estimate = phases.wrap("estimate", pipeline.estimate)  # type: ignore[method-assign]
+        pipeline.guard = phases.wrap("safety", pipeline.guard)  # type: ignore[method-assign]
+        audit.record = phases.wrap("audit", audit.record)  # type: ignore[method-assign]
+        sink = phases.wrap("historian", historian_sink(historian, site.runtime.predicted_steps))
+        sup = Supervisor(
+            site, port, clock, pipeline, mode=Mode.CLOSED_LOOP, audit=audit, historian=sink,
+            run_id=run_id,
+        )  # fmt: skip
+        await stack.enter_async_context(port)
+        port.read = phases.wrap_async("read", port.read)  # type: ignore[method-assign]
+        port.write = phases.wrap_async("write", port.write)  # type: ignore[method-assign]
+        dt_s = site.controller.sample_time * site.model.seconds_per_unit
+        yield Runtime(site, clock, rig, sup, port, audit, historian, policy, phases, dt_s)
+
+
+def working_setpoints(kind: PortKind) -> dict[str, float]:
+    """The PLC's local setpoints at the start (the HIL scenario's recipe at t = 0)."""
+    site = site_for(kind)
+    clock = SteppedClock()
+    rig = HilRig(site, clock, [TablePlc(table_from_tag_map(site.tags), clock.now)])
+    return {k: float(v) for k, v in rig.summary()["applied"].items()}
+
+
+# ---------------------------------------------------------------------- measuring
+async def measure(kind: PortKind, cycles: int, warmup: int, decision: Decision) -> dict[str, Any]:
+    """Time ``cycles`` supervisor cycles on ``kind`` after ``warmup``; figures in ms."""
+    with tempfile.TemporaryDirectory(prefix="pharmatwin-b2-") as tmp_name:
+        tmp = Path(tmp_name)
+        async with runtime_for(kind, tmp, FixedDecision(decision)) as rt:
+            times, states, wrote = [], [], 0
+            for k in range(warmup + cycles):
+                elapsed, view = await rt.cycle(k)
+                keep = k >= warmup
+                rt.phases.close_cycle(keep)
+                if keep:
+                    times.append(elapsed * 1e3)
+                    states.append(view.state)
+                    wrote += any(tag in view.written for tag in rt.supervisor.sp_tags.values())
+            c = rt.supervisor.counters
+            counters = dataclasses.asdict(c)
+            plc_events = [(e.t, e.what, e.detail) for e in rt.rig.log.plc_events]
+            fs = filesystem_of(tmp)
+            phases = rt.phases.per_cycle
+    running = sum(s is State.RUNNING for s in states)
+    if running < 0.99 * cycles or wrote < 0.99 * cycles:
+        raise RuntimeError(
+            f"{kind}: only {running}/{cycles} timed cycles RUNNING and {wrote} with a setpoint "
+            f"write; counters {counters}; PLC events {plc_events}"
+        )
+    names = ["read", "estimate", "safety", "write", "audit", "historian"]
+    phase_stats = {n: latency_stats([p.get(n, 0.0) for p in phases]) for n in names}
+    other = [t - sum(p.values()) for t, p in zip(times, phases, strict=True)]
+    phase_stats["other"] = latency_stats(other)
+    return {
+        "port": kind,
+        "cycles": cycles,
+        "warmup": warmup,
+        "cycle_ms": latency_stats(times),
+        "phase_ms": phase_stats,
+        "running_cycles": running,
+        "cycles_with_setpoint_write": wrote,
+        "counters": counters,
+        "plc_events": plc_events,
+        "storage_filesystem": fs,
+    }
+
+
+def _breakdown(m: Mapping[str, Any]) -> str:
+    parts = [f"{n} {s['median']:.2f}" for n, s in m["phase_ms"].items()]
+    return " / ".join(parts)
+
+
+def rows_for(m: Mapping[str, Any]) -> list[dict[str, Any]]:
+    kind: PortKind = m["port"]
+    case = f"{CASES[kind]} ({m['cycles']} cycles)"
+    s = m["cycle_ms"]
+    target_ms = TARGETS_MS.get(kind)
+    target = f"p99 <= {target_ms:g} ms" if target_ms is not None else ""
+    met = s["p99"] <= target_ms if target_ms is not None else None
+    return [
+        row(case, "cycle median", s["median"], "ms"),
+        row(case, "cycle p95", s["p95"], "ms"),
+        row(case, "cycle p99", s["p99"], "ms", target, met),
+        row(case, "median per phase", _breakdown(m), "ms"),
+    ]
+
+
+def port_only_rows(quick: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The port alone (bench/port_latency.py): read 20 tags + write 4 with read-back."""
+    import port_latency
+
+    size = QUICK if quick else FULL
+    measured = port_latency.measure(size["cycles"], size["warmup"] // 2)
+    rows = []
+    for name, s in measured["protocols"].items():
+        case = f"port I/O only, {port_latency.LABELS[name]} ({s['n']} cycles)"
+        rows.append(row(case, "median", s["median"], "ms"))
+        rows.append(row(case, "p99", s["p99"], "ms"))
+    return rows, measured
+
+
+def run(quick: bool = False, kinds: Collection[PortKind] = ("memory", "modbus", "opcua")) -> dict:
+    """B2 over each port in ``kinds`` (and the port-only baseline unless quick)."""
+    size = QUICK if quick else FULL
+    decision = precomputed_decision(site_for("memory"), working_setpoints("memory"))
+    rows: list[dict[str, Any]] = []
+    raw: dict[str, Any] = {"what": (__doc__ or "").split("\n\n")[1], "measurements": {}}
+    failed = False
+    for kind in kinds:
+        try:
+            m = asyncio.run(measure(kind, size["cycles"], size["warmup"], decision))
+        except Exception as exc:
+            bad, raw["measurements"][kind] = case_failed(CASES[kind], exc)
+            rows.append(bad)
+            failed = True
+            continue
+        raw["measurements"][kind] = m
+        rows += rows_for(m)
+    if not quick:
+        more, raw["port_only"] = port_only_rows(quick)
+        rows += more
+    return {
+        "name": "B2",
+        "title": "one runtime cycle without the solve (CSTR site)",
+        "rows": rows,
+        "raw": raw,
+        **({"status": "error"} if failed else {}),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--port", choices=["memory", "modbus", "opcua"], action="append")
+    args = ap.parse_args()
+    result = run(args.quick, args.port or ("memory", "modbus", "opcua"))
+    print(markdown_table([result]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,325 @@
+"""B5: memory, the resident set size (RSS) of the runtime after 10^3 and 10^5 control cycles.
+
+The CSTR site (sample time 0.005 h = 18 s of process time, on a stepped clock: no waiting)
+runs cycle after cycle through the runtime's per-cycle path, as B2 times it
+(:mod:`b2_cycle`): memory port, the supervisor (read, quality, EKF, policy in a worker
+thread, safety, heartbeat, audited setpoint writes), the SQLite audit trail and the SQLite
+historian (retention ``max_cycles`` = 500, see below), with the HIL rig's virtual PLC and
+true plant on the other side of the tag table (the plant integrated in one step per sample
+here, to save time; the rig lives in the same process, so its memory counts too).
+
+Two cases, because 10^5 MPC solves (about 13 ms each with do-mpc) do not fit in a bench of
+under 10 minutes:
+
+* **fixed decision, 10^3 -> 10^5 cycles**: the policy returns a precomputed MPC decision
+  (:class:`b2_cycle.FixedDecision`); everything else on the controller's side is the real
+  path. This is the target. The test bench's true plant stands still at its initial state
+  (the virtual PLC still scans, counts and publishes every cycle, noise-free measurements):
+  integrating it 10^5 times would add about a minute and measure nothing of the controller.
+* **MPC solve every cycle, 10^3 -> 3*10^3 cycles** (``mpc`` case): the controller config's
+  MPC (its ``solver.backend``) solves every cycle against the moving true plant (one
+  integration step per sample), so its history bound (``history_limit``) and its solver's
+  caches are in the path.
+
+The audit trail and the historian are the runtime's own SQLite files, placed on tmpfs
+(``/dev/shm``) when there is one: the SQLite calls are the same, but an fsync there costs
+nothing, so 10^5 cycles fit in the time (on this machine's disk the audit trail's two
+``synchronous=FULL`` commits a cycle took 1.5 to 8 ms, depending on what else used the disk).
+Their pages are page cache, not this process's RSS; their sizes are reported separately.
+The historian keeps 500 cycles instead of its default 100 000: its retention query
+(``_PRUNE`` in ``controller/historian.py``, run on every insert) steps through every retained
+row, so one ``record`` costs about 0.8 ms with 10^3 rows kept, 7 ms with 10^4 and 63 ms with
+10^5 (measured here, 1.4 kB rows), and 10^5 cycles at the default would take over half an
+hour. The calls are the same; only the number of rows kept on disk differs.
+
+RSS is ``VmRSS`` from ``/proc/self/status`` (kB). At each checkpoint the raw results also
+hold RssAnon/RssFile/VmHWM, the Python objects the collector tracks, by type, the sizes of
+the audit and historian files and the supervisor's and MPC's in-memory histories. After the
+last checkpoint a short window runs under ``tracemalloc`` (so its overhead touches no RSS
+figure) and names the source lines whose allocations grew, in bytes per cycle.
+
+    python bench/b5_memory.py [--quick] [--case fixed|mpc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import gc
+import os
+import tempfile
+import time
+import tracemalloc
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from b2_cycle import (
+    FixedDecision,
+    Runtime,
+    filesystem_of,
+    precomputed_decision,
+    runtime_for,
+    site_for,
+)
+from b2_cycle import working_setpoints as plc_setpoints
+from run import case_failed, markdown_table, row
+
+from controller.mpc import ModelPredictiveController
+from controller.site import Site
+from hil.rig import HilRig
+
+TARGET_MB = 10.0
+LABELS = {
+    "fixed": "fixed precomputed decision (no solve), full per-cycle path",
+    "mpc": "MPC solve every cycle, full per-cycle path",
+}
+FULL = {"fixed": (1_000, 10_000, 30_000, 60_000, 100_000), "mpc": (1_000, 2_000, 3_000)}
+QUICK = {"fixed": (500, 2_000), "mpc": (200, 400)}
+TRACE_WINDOW = {"fixed": 500, "mpc": 200}
+TRACE_WARMUP = 100
+HISTORIAN_MAX_CYCLES = 500  # the default 100 000 makes every insert O(rows kept): see above
+TRACE_FRAMES = 12
+
+
+# ---------------------------------------------------------------------- what we look at
+def proc_status() -> dict[str, int]:
+    """VmRSS, RssAnon, RssFile, RssShmem and VmHWM of this process [kB]."""
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "RssAnon", "RssFile", "RssShmem", "VmHWM"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+def object_census() -> Counter[str]:
+    """Objects the garbage collector tracks, by type name (containers and instances)."""
+    gc.collect()
+    return Counter(type(o).__name__ for o in gc.get_objects())
+
+
+def file_sizes(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def mpc_history(policy: Any) -> int | None:
+    """Steps held in a do-mpc MPC's data history (None when the policy has none)."""
+    data = getattr(getattr(policy, "mpc", None), "data", None)
+    if data is None:
+        return None
+    try:
+        return int(data["_time"].shape[0])
+    except (KeyError, AttributeError, TypeError, IndexError):
+        return None
+
+
+def checkpoint(rt: Runtime, tmp: Path, cycles: int, wall_s: float) -> dict[str, Any]:
+    census = object_census()
+    return {
+        "cycles": cycles,
+        "wall_s": round(wall_s, 2),
+        **proc_status(),
+        "gc_objects": sum(census.values()),
+        "census": dict(census.most_common(40)),
+        "files": file_sizes(tmp),
+        "supervisor_views": len(rt.supervisor.views),
+        "plc_events": len(rt.rig.log.plc_events),
+        "mpc_history_steps": mpc_history(rt.policy),
+        "counters": dataclasses.asdict(rt.supervisor.counters),
+    }
+
+
+def census_growth(first: dict[str, Any], last: dict[str, Any], top: int = 8) -> dict[str, int]:
+    grown = Counter(last["census"])
+    grown.subtract(first["census"])
+    return {k: v for k, v in grown.most_common(top) if v > 0}
+
+
+def traced_growth(
+    snap0: tracemalloc.Snapshot, snap1: tracemalloc.Snapshot, cycles: int
+) -> list[dict[str, Any]]:
+    """Allocation sites whose live memory grew over the window, top 8, per cycle.
+
+    ``where`` is the line that allocated; ``via`` the innermost line of the project's code
+    (controller/, hil/, plant_models/) on the way to it.
+    """
+    out = []
+    for stat in snap1.compare_to(snap0, "traceback")[:8]:
+        if stat.size_diff <= 0:
+            continue
+        frames = list(reversed(stat.traceback))  # most recent call first
+        ours = next((f for f in frames if _ours(f.filename)), None)
+        out.append(
+            {
+                "where": f"{_short(frames[0].filename)}:{frames[0].lineno}",
+                "via": f"{_short(ours.filename)}:{ours.lineno}" if ours is not None else "",
+                "bytes_per_cycle": round(stat.size_diff / cycles, 1),
+                "blocks_per_cycle": round(stat.count_diff / cycles, 3),
+                "bytes_total": stat.size_diff,
+            }
+        )
+    return out
+
+
+def _ours(filename: str) -> bool:
+    return any(f"/{p}/" in filename for p in ("controller", "hil", "plant_models"))
+
+
+def _short(filename: str) -> str:
+    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    return filename
+
+
+# ---------------------------------------------------------------------- running
+def still_plant_scan(rig: HilRig) -> Callable[[], Awaitable[None]]:
+    """A PLC scan as :meth:`HilRig.scan` does it, with the true plant frozen at its state now
+    (noise-free measurements): the virtual PLC scans, counts and publishes as usual."""
+    truth = rig.plant.true_state()
+    measured = dict(truth.outputs)
+    plant_view = {**truth.states, **truth.expressions, **measured}
+
+    async def scan() -> None:
+        applied = rig.vplc.scan(rig.clock.now(), rig.plant.t, plant_view)
+        image = rig.vplc.image(measured, set(), applied)
+        for server in rig.servers:
+            await server.publish(image)
+
+    return scan
+
+
+def policy_for(case: str, site: Site, hold: dict[str, float]) -> Any:
+    if case == "fixed":
+        return FixedDecision(precomputed_decision(site, hold))
+    mpc = ModelPredictiveController(site.controller, site.model, str(site.path))
+    mpc.reset(hold)
+    return mpc
+
+
+async def measure(case: str, checkpoints: Sequence[int], trace_window: int) -> dict[str, Any]:
+    site = site_for("memory")
+    policy = policy_for(case, site, plc_setpoints("memory"))
+    points: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="pharmatwin-b5-", dir=storage_dir()) as tmp_name:
+        tmp = Path(tmp_name)
+        storage = filesystem_of(tmp)
+        async with runtime_for(
+            "memory", tmp, policy, plant_substeps=1, historian_max_cycles=HISTORIAN_MAX_CYCLES
+        ) as rt:
+            if case == "fixed":
+                rt.scan = still_plant_scan(rt.rig)
+            started = time.perf_counter()
+            k = 0
+            for target in checkpoints:
+                while k < target:
+                    await rt.cycle(k)
+                    rt.phases.close_cycle(False)
+                    k += 1
+                points.append(checkpoint(rt, tmp, k, time.perf_counter() - started))
+                print(f"B5 {case}: {k} cycles, VmRSS {points[-1]['VmRSS'] / 1024:.1f} MB",
+                      flush=True)  # fmt: skip
+            for _ in range(TRACE_WARMUP):
+                await rt.cycle(k)
+                rt.phases.close_cycle(False)
+                k += 1
+            tracemalloc.start(TRACE_FRAMES)
+            snap0 = tracemalloc.take_snapshot()
+            for _ in range(trace_window):
+                await rt.cycle(k)
+                rt.phases.close_cycle(False)
+                k += 1
+            gc.collect()
+            snap1 = tracemalloc.take_snapshot()
+            tracemalloc.stop()
+            traced = traced_growth(snap0, snap1, trace_window)
+            counters = dataclasses.asdict(rt.supervisor.counters)
+    if counters["fallbacks"] or counters["writes"] < 0.99 * k:
+        raise RuntimeError(f"B5 {case}: the loop did not stay RUNNING; counters {counters}")
+    first, last = points[0], points[-1]
+    growth_kb = last["VmRSS"] - first["VmRSS"]
+    span = last["cycles"] - first["cycles"]
+    return {
+        "case": case,
+        "checkpoints": points,
+        "rss_growth_mb": growth_kb / 1024,
+        "rss_growth_bytes_per_cycle": growth_kb * 1024 / span,
+        "gc_object_growth": census_growth(first, last),
+        "tracemalloc_window_cycles": trace_window,
+        "tracemalloc_growth": traced,
+        "counters": counters,
+        "storage_filesystem": storage,
+        "backend": str(getattr(getattr(site.controller, "solver", None), "backend", "do-mpc")),
+    }
+
+
+def storage_dir() -> str | None:
+    """``/dev/shm`` when it is a writable tmpfs, else None (the default temporary folder)."""
+    shm = Path("/dev/shm")
+    ok = shm.is_dir() and os.access(shm, os.W_OK) and filesystem_of(shm).startswith("tmpfs")
+    return str(shm) if ok else None
+
+
+def rows_for(m: dict[str, Any], quick: bool) -> list[dict[str, Any]]:
+    pts = m["checkpoints"]
+    first, last = pts[0], pts[-1]
+    label = LABELS[m["case"]]
+    if m["case"] == "mpc":
+        label += f" (backend {m['backend']})"
+    storage = m["storage_filesystem"].split()[0]
+    case = (
+        f"{label}, {first['cycles']:,} -> {last['cycles']:,} cycles, SQLite on {storage}, "
+        f"historian keeps {HISTORIAN_MAX_CYCLES}"
+    )
+    official = m["case"] == "fixed" and (first["cycles"], last["cycles"]) == (1_000, 100_000)
+    target = f"<= {TARGET_MB:g} MB from 10^3 to 10^5" if official else ""
+    met = m["rss_growth_mb"] <= TARGET_MB if official else None
+    top = m["tracemalloc_growth"][:2]
+    where = "; ".join(_site(t) for t in top) or "none"
+    return [
+        row(case, f"RSS after {first['cycles']:,}", first["VmRSS"] / 1024, "MB"),
+        row(case, f"RSS after {last['cycles']:,}", last["VmRSS"] / 1024, "MB"),
+        row(case, "RSS growth", m["rss_growth_mb"], "MB", target, met),
+        row(case, "RSS growth per cycle", m["rss_growth_bytes_per_cycle"], "B"),
+        row(case, "top traced growth per cycle", where, ""),
+    ]
+
+
+def _site(t: dict[str, Any]) -> str:
+    via = f" (via {t['via']})" if t["via"] and t["via"] != t["where"] else ""
+    return f"{t['bytes_per_cycle']:g} B at {t['where']}{via}"
+
+
+def run(quick: bool = False, cases: Sequence[str] = ("fixed", "mpc")) -> dict[str, Any]:
+    sizes = QUICK if quick else FULL
+    rows: list[dict[str, Any]] = []
+    raw: dict[str, Any] = {}
+    failed = False
+    for case in cases:
+        window = TRACE_WINDOW[case] // (5 if quick else 1)
+        try:
+            m = asyncio.run(measure(case, sizes[case], window))
+        except Exception as exc:
+            bad, raw[case] = case_failed(LABELS[case], exc)
+            rows.append(bad)
+            failed = True
+            continue
+        raw[case] = m
+        rows += rows_for(m, quick)
+    result = {"name": "B5", "title": "memory (RSS) over control cycles", "rows": rows, "raw": raw}
+    return {**result, "status": "error"} if failed else result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--case", choices=["fixed", "mpc"], action="append")
+    args = ap.parse_args()
+    print(markdown_table([run(args.quick, args.case or ("fixed", "mpc"))]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""The benchmark runner's plumbing (bench/run.py) on fake module results, and B2's memory-port
+case run for a few cycles. No timing is asserted: these check shapes, not speeds."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import sys
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import pytest
+
+from controller.mpc import Decision, SolveStatus
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def runner() -> ModuleType:
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    return importlib.import_module("run")
+
+
+def fake_result(name: str = "B9", value: Any = 1.25, met: bool | None = True) -> dict[str, Any]:
+    return {
+        "name": name,
+        "title": "a fake benchmark",
+        "rows": [
+            {
+                "case": "case a",
+                "metric": "latency p99",
+                "value": value,
+                "unit": "ms",
+                "target": "<= 2 ms",
+                "met": met,
+            },
+            {
+                "case": "case b",
+                "metric": "note",
+                "value": "x|y",
+                "unit": "",
+                "target": "",
+                "met": None,
+            },
+        ],
+        "raw": {"samples": [1.0, 1.5]},
+    }
+
+
+def test_rows_become_one_markdown_table(runner: ModuleType) -> None:
+    table = runner.markdown_table([fake_result("B2"), fake_result("B3", value=3, met=False)])
+    lines = table.splitlines()
+    assert lines[0] == "| benchmark | case | metric | value | unit | target | met |"
+    assert lines[1] == "|---|---|---|---|---|---|---|"
+    assert len(lines) == 2 + 4
+    assert lines[2] == "| B2 | case a | latency p99 | 1.25 | ms | <= 2 ms | yes |"
+    assert lines[3] == "| B2 | case b | note | x\\|y |  |  | — |"  # a pipe in a cell is escaped
+    assert lines[4] == "| B3 | case a | latency p99 | 3 | ms | <= 2 ms | **NO** |"
+
+
+def test_results_json_is_merged_per_benchmark(runner: ModuleType, tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"port_cycle": {"old": "layout"}}))  # the old layout: replaced
+    env1 = {"date_utc": "2026-11-01T00:00:00+00:00", "git_commit": "a" * 40}
+    runner.write_results([fake_result("B2"), fake_result("B3")], env1, path)
+    env2 = {"date_utc": "2026-11-02T00:00:00+00:00", "git_commit": "b" * 40}
+    merged = runner.write_results([fake_result("B3", value=9.0)], env2, path)
+    assert json.loads(path.read_text()) == merged
+    assert "port_cycle" not in merged and merged["schema"] == runner.SCHEMA
+    assert list(merged["benchmarks"]) == ["B2", "B3"]
+    assert merged["benchmarks"]["B2"]["environment"] == env1  # kept from the first run
+    assert merged["benchmarks"]["B3"]["environment"] == env2  # replaced by the second
+    assert merged["benchmarks"]["B3"]["rows"][0]["value"] == 9.0
+    assert merged["environment"] == env2
+
+
+def test_environment_names_machine_python_libraries_commit_and_date(runner: ModuleType) -> None:
+    env = runner.environment()
+    assert {"date_utc", "machine", "python", "libraries", "git_commit"} <= set(env)
+    assert env["machine"]["cores"] and env["python"].startswith("CPython 3.")
+    assert "casadi" in env["libraries"]
+    json.dumps(env)
+
+
+def test_a_missing_module_is_reported_not_present(runner: ModuleType) -> None:
+    result = runner.collect("b8_does_not_exist", quick=True)
+    assert result["status"] == "not present" and result["name"] == "B8"
+    assert "not present" in runner.markdown_table([result])
+    assert runner.collect_isolated("b8_does_not_exist", quick=True)["status"] == "not present"
+
+
+def test_a_module_that_raises_or_returns_garbage_is_an_error_row(runner: ModuleType) -> None:
+    def boom(quick: bool = False) -> dict[str, Any]:
+        raise ValueError("solver exploded")
+
+    raising = SimpleNamespace(run=boom)
+    result = runner.collect("b7_broken", quick=True, loaded=raising)
+    assert result["status"] == "error" and result["name"] == "B7"
+    assert "ValueError: solver exploded" in result["rows"][0]["value"]
+    assert result["rows"][0]["met"] is False
+    assert "solver exploded" in runner.markdown_table([result])
+
+    garbage = SimpleNamespace(run=lambda quick=False: {"name": "B7", "rows": [{"case": "c"}]})
+    result = runner.collect("b7_broken", quick=True, loaded=garbage)
+    assert result["status"] == "error" and "malformed result" in result["rows"][0]["value"]
+
+    one_case_failed = {**fake_result("B7"), "status": "error"}  # the others still have rows
+    result = runner.collect(
+        "b7_partial", quick=True, loaded=SimpleNamespace(run=lambda quick=False: one_case_failed)
+    )
+    assert result["status"] == "error" and len(result["rows"]) == 2
+
+    fine = SimpleNamespace(run=lambda quick=False: fake_result("B7"))
+    result = runner.collect("b7_fine", quick=True, loaded=fine)
+    assert result["status"] == "ok" and result["quick"] is True
+
+
+def test_a_failed_case_is_an_error_row_with_its_traceback(runner: ModuleType) -> None:
+    try:
+        raise RuntimeError("port refused")
+    except RuntimeError as exc:
+        bad, raw = runner.case_failed("Modbus TCP", exc)
+    assert bad["case"] == "Modbus TCP" and bad["met"] is False
+    assert bad["value"] == "error: RuntimeError: port refused"
+    assert "Traceback" in raw["traceback"]
+
+
+def test_only_selects_by_label_or_module_name(runner: ModuleType) -> None:
+    assert runner.select(None) == runner.MODULES
+    assert runner.select("B5,b2") == ["b2_cycle", "b5_memory"]
+    assert runner.select("b3_simulation") == ["b3_simulation"]
+    with pytest.raises(SystemExit, match="B6"):
+        runner.select("B6")
+
+
+def test_b2_memory_port_case_gives_well_formed_rows(runner: ModuleType) -> None:
+    b2 = importlib.import_module("b2_cycle")
+    site = b2.site_for("memory")
+    hold = b2.working_setpoints("memory")
+    assert set(hold) == set(site.model.input_names)
+    # a decision made here, not by the MPC: no solver build (or compilation) in this test
+    decision = Decision(0.0, hold, SolveStatus.SUCCESS, "Solve_Succeeded", 4, 1e-3)
+    measured = asyncio.run(b2.measure("memory", 12, 4, decision))
+    assert measured["cycle_ms"]["n"] == 12 and measured["running_cycles"] == 12
+    rows = b2.rows_for(measured)
+    result = {"name": "B2", "title": "t", "rows": rows, "raw": {"memory": measured}}
+    assert runner.problems_with(result) == []
+    assert {r["metric"] for r in rows} >= {"cycle median", "cycle p99"}
+    assert all(isinstance(r["value"], float) for r in rows if r["metric"].startswith("cycle"))
