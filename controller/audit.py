@@ -11,6 +11,7 @@ write the audit record *before* they send a value to a PLC.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import sqlite3
@@ -62,7 +63,9 @@ class AuditError(PharmaTwinError):
     """The audit trail cannot be written, or fails verification."""
 
 
+@functools.cache
 def software_version() -> str:
+    """The installed version (looked up once: importlib.metadata costs ~0.2 ms a call)."""
     try:
         return f"pharmatwin {metadata.version('pharmatwin')}"
     except metadata.PackageNotFoundError:
