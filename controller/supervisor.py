@@ -121,6 +121,10 @@ class Supervisor:
         self.y_tags = {o: readings[o] for o in self.model.output_names if o in readings}
         self._validity_order = tm.measurement_tags(self.model.input_names)[:16]
         self._stale_after = {n: tags[n].stale_after for n in self.y_tags.values()}
+        self._frozen_after = {
+            n: f for n in self.y_tags.values() if (f := tags[n].frozen_after) is not None
+        }
+        self._repeats: dict[str, tuple[float, int]] = {}  # tag -> (last value, reads with it)
         self.read_tags = [n for n, t in tags.items() if t.readable]
         self._heartbeat = 0
         self._solving: asyncio.Task[Decision] | None = None
@@ -286,6 +290,7 @@ class Supervisor:
             self._last_scan = scan.value
             if self._scan_frozen >= 2:
                 stale.append("plc_scan_counter (frozen)")
+        stale += self._frozen(snap)
         if bad:
             self.counters.bad_data += 1
             self._problem(view, f"bad-quality inputs {sorted(set(bad))}")
@@ -293,6 +298,21 @@ class Supervisor:
             self.counters.stale_data += 1
             self._problem(view, f"stale inputs {sorted(set(stale))}")
         return not bad, not stale
+
+    def _frozen(self, snap: Snapshot) -> list[str]:
+        """Measurements with ``frozen_after`` read that many times in a row unchanged."""
+        frozen = []
+        for tag, limit in self._frozen_after.items():
+            tv = snap.values.get(tag)
+            if tv is None or tv.quality is not Quality.GOOD:
+                self._repeats.pop(tag, None)
+                continue
+            last, count = self._repeats.get(tag, (math.nan, 0))
+            count = count + 1 if tv.value == last else 1
+            self._repeats[tag] = (tv.value, count)
+            if count >= limit:
+                frozen.append(f"{tag} (frozen at {tv.value:g} for {count} reads)")
+        return frozen
 
     async def _solve(
         self, t: float, estimate: Estimate | None, problem: str, view: CycleView

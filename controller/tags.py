@@ -168,6 +168,9 @@ class Tag(Strict):
     limits: tuple[Finite, Finite] | None = None
     max_rate: PositiveFinite | None = None  # largest allowed change per second when written
     stale_after: PositiveFinite = 10.0  # seconds
+    #: a noisy analog measurement read this many times in a row with exactly the same value is
+    #: frozen (a stuck transmitter or a PLC holding its last value): treated as stale
+    frozen_after: Annotated[int, Field(ge=2, le=1000)] | None = None
     modbus: ModbusSpec | None = None
     opcua: OpcUaSpec | None = None
 

@@ -69,6 +69,7 @@ class Plc:
         self.active = False
         self.scans = 0
         self.tbot_quality = Quality.GOOD
+        self.tbot_stuck: float | None = None
 
     def scan(self) -> None:
         t, now = self.table, self.clock.now()
@@ -92,7 +93,9 @@ class Plc:
                 "measurement_validity": 1.0,
             },
         )
-        t.publish(now, {"product_temp_bottom": -35.0}, self.tbot_quality)
+        # a live thermocouple never reads the same twice; ``tbot_stuck`` freezes it
+        tbot = self.tbot_stuck if self.tbot_stuck is not None else -35.0 + 0.01 * self.scans
+        t.publish(now, {"product_temp_bottom": tbot}, self.tbot_quality)
 
 
 class RecordingPort(MemoryPort):
@@ -352,3 +355,21 @@ async def test_sigint_releases_mpc_request_and_writes_run_stop(site: Site, tmp_p
     assert release.new_value == "0.0"
     assert port.audit.verify() == len(records)
     port.audit.close()
+
+
+async def test_a_frozen_measurement_is_stale_and_holds(env: Env, site: Site) -> None:
+    """A thermocouple stuck at one value (``frozen_after`` reads unchanged) is not trusted."""
+    limit = site.tags.tags["product_temp_bottom"].frozen_after
+    assert limit == 4
+    assert await env.cycles(3) == [State.REQUESTING, State.RUNNING, State.RUNNING]
+    env.plc.tbot_stuck = -20.0  # the transmitter freezes
+    states = await env.cycles(limit)
+    assert states == [State.RUNNING] * (limit - 1) + [State.HOLD]
+    assert "frozen at -20 for 4 reads" in env.views[-1].problems[0]
+    writes = len(env.port.setpoint_writes())
+    assert (await env.cycle()).state is State.HOLD  # still frozen: nothing written
+    assert len(env.port.setpoint_writes()) == writes
+    env.plc.tbot_stuck = None  # alive again: the next clean cycle runs
+    assert (await env.cycle()).state is State.RUNNING
+    assert len(env.port.setpoint_writes()) == writes + 1
+    assert env.sup.counters.stale_data == 2
