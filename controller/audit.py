@@ -15,7 +15,7 @@ import functools
 import hashlib
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -103,6 +103,19 @@ def _digest(prev_hash: str, values: Mapping[str, Any]) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class AuditEntry:
+    """One record to append (see :meth:`AuditTrail.record`)."""
+
+    action: str
+    target: str
+    reason: str
+    old_value: object = None
+    new_value: object = None
+    actor: str | None = None
+    detail: Mapping[str, Any] | None = None
+
+
 class AuditTrail:
     """The audit table of one SQLite database file."""
 
@@ -134,36 +147,52 @@ class AuditTrail:
         detail: Mapping[str, Any] | None = None,
     ) -> AuditRecord:
         """Append one record (durable on return). Raises AuditError; callers must not go on."""
-        if not reason.strip():
-            raise AuditError(f"audit record for {action} {target}: a reason is required")
-        values: dict[str, Any] = {
-            "ts_utc": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
-            "actor": actor or self.actor,
-            "action": action,
-            "target": target,
-            "old_value": None if old_value is None else str(old_value),
-            "new_value": None if new_value is None else str(new_value),
-            "reason": reason,
-            "software_version": software_version(),
-            "config_hash": self.config_hash,
-            "detail": json.dumps(dict(detail or {}), sort_keys=True, default=str),
-        }
+        entry = AuditEntry(action, target, reason, old_value, new_value, actor, detail)
+        return self.record_all([entry])[0]
+
+    def record_all(self, entries: Sequence[AuditEntry]) -> list[AuditRecord]:
+        """Append several records in one transaction: all are durable on return (one fsync),
+        or none is written. Raises AuditError; callers must not go on."""
+        rows: list[dict[str, Any]] = []
+        for e in entries:
+            if not e.reason.strip():
+                raise AuditError(f"audit record for {e.action} {e.target}: a reason is required")
+            rows.append(
+                {
+                    "ts_utc": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
+                    "actor": e.actor or self.actor,
+                    "action": e.action,
+                    "target": e.target,
+                    "old_value": None if e.old_value is None else str(e.old_value),
+                    "new_value": None if e.new_value is None else str(e.new_value),
+                    "reason": e.reason,
+                    "software_version": software_version(),
+                    "config_hash": self.config_hash,
+                    "detail": json.dumps(dict(e.detail or {}), sort_keys=True, default=str),
+                }
+            )
+        out = []
+        insert = (
+            f"INSERT INTO audit ({', '.join(_FIELDS)}, prev_hash, hash) "
+            f"VALUES ({', '.join('?' * (len(_FIELDS) + 2))})"
+        )
         try:
             self._db.execute("BEGIN IMMEDIATE")
             row = self._db.execute("SELECT hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
             prev = row[0] if row else GENESIS
-            digest = _digest(prev, values)
-            cur = self._db.execute(
-                f"INSERT INTO audit ({', '.join(_FIELDS)}, prev_hash, hash) "
-                f"VALUES ({', '.join('?' * (len(_FIELDS) + 2))})",
-                [*(values[f] for f in _FIELDS), prev, digest],
-            )
+            for values in rows:
+                digest = _digest(prev, values)
+                cur = self._db.execute(insert, [*(values[f] for f in _FIELDS), prev, digest])
+                out.append(
+                    AuditRecord(int(cur.lastrowid or 0), **values, prev_hash=prev, hash=digest)
+                )
+                prev = digest
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise AuditError(f"cannot append to the audit trail {self.path}: {exc}") from exc
-        return AuditRecord(int(cur.lastrowid or 0), **values, prev_hash=prev, hash=digest)
+        return out
 
     def records(self) -> Iterator[AuditRecord]:
         cols = ", ".join(("id", *_FIELDS, "prev_hash", "hash"))

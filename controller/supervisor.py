@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from controller.audit import AuditTrail
+from controller.audit import AuditEntry, AuditTrail
 from controller.clock import Clock
 from controller.errors import PortError
 from controller.estimator import Estimate
@@ -446,26 +446,30 @@ class Supervisor:
             }
             for i in view.outcome.interventions
         ]
-        for name, value in view.outcome.setpoints.items():
-            self.audit.record(
-                "setpoint.write",
-                self.sp_tags[name],
-                reason=f"MPC decision {decision_id}",
-                old_value=self._written.get(name),
-                new_value=value,
-                actor=self.actor,
-                detail={
-                    "decision_id": decision_id,
-                    "mode": self.mode.value,
-                    "state": self.state.value,
-                    "solver_status": view.decision.status.value,
-                    "return_status": view.decision.return_status,
-                    "safety_changes": changes,
-                    "config_hash": self.audit.config_hash,
-                    "model": self.model.name,
-                    "model_version": self.model_version,
-                },
-            )
+        self.audit.record_all(  # one transaction: every setpoint durable before the write
+            [
+                AuditEntry(
+                    "setpoint.write",
+                    self.sp_tags[name],
+                    f"MPC decision {decision_id}",
+                    old_value=self._written.get(name),
+                    new_value=value,
+                    actor=self.actor,
+                    detail={
+                        "decision_id": decision_id,
+                        "mode": self.mode.value,
+                        "state": self.state.value,
+                        "solver_status": view.decision.status.value,
+                        "return_status": view.decision.return_status,
+                        "safety_changes": changes,
+                        "config_hash": self.audit.config_hash,
+                        "model": self.model.name,
+                        "model_version": self.model_version,
+                    },
+                )
+                for name, value in view.outcome.setpoints.items()
+            ]
+        )
         report = await self._write(values, view)
         for name, value in view.outcome.setpoints.items():
             result = report.results.get(self.sp_tags[name]) if report is not None else None

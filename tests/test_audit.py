@@ -83,3 +83,23 @@ def test_file_hash_changes_with_content(tmp_path: Path) -> None:
     h1 = file_hash(f)
     f.write_text("a: 2\n")
     assert h1 != file_hash(f) and len(h1) == 64
+
+
+def test_record_all_is_one_transaction_in_the_chain(tmp_path: Path) -> None:
+    from controller.audit import AuditEntry
+
+    trail = AuditTrail(tmp_path / "a.db", config_hash="c")
+    trail.record("run.start", "site", reason="start")
+    out = trail.record_all(
+        [
+            AuditEntry("setpoint.write", "shelf_temp_sp", "MPC decision r:1", -20.0, -14.0),
+            AuditEntry("setpoint.write", "chamber_pressure_sp", "MPC decision r:1", 0.1, 0.15),
+        ]
+    )
+    assert [r.target for r in out] == ["shelf_temp_sp", "chamber_pressure_sp"]
+    assert out[1].prev_hash == out[0].hash
+    assert trail.verify() == 3
+    with pytest.raises(AuditError, match="reason is required"):  # nothing of the batch written
+        trail.record_all([AuditEntry("a", "t", "ok"), AuditEntry("b", "t", " ")])
+    assert trail.verify() == 3
+    trail.close()
