@@ -15,7 +15,7 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -25,6 +25,9 @@ from controller.errors import PharmaTwinError
 from hil.kpis import Kpis, compute_kpis
 from hil.reports import write_kpis, write_parquet, write_plot
 from hil.simulate import run_scenario
+
+if TYPE_CHECKING:
+    from hil.tuning.evaluate import ExecutorSettings
 
 EPILOG = """examples:
   pharmatwin-hil simulate configs/scenarios/bioreactor-mpc.yaml
@@ -38,6 +41,10 @@ EPILOG = """examples:
   pharmatwin-hil campaign run configs/campaigns/bioreactor-oq.yaml --executor dask --workers 2
   pharmatwin-hil campaign run configs/campaigns/smoke.yaml --mode hil --out runs/smoke-hil
   pharmatwin-hil campaign report runs/campaigns/lyophilizer-oq-fast
+  pharmatwin-hil tune configs/tuning/lyophilizer.yaml --trials 12 --workers 2
+  pharmatwin-hil tune configs/tuning/bioreactor.yaml --executor dask --workers 2 --out runs/tune-bio
+  pharmatwin-hil compare configs/controllers/lyophilizer.yaml \
+      runs/tuning/lyophilizer/lyophilizer-tuned.yaml --scenarios configs/tuning/lyophilizer.yaml
 """
 
 
@@ -123,6 +130,36 @@ def _parser() -> argparse.ArgumentParser:
     crun.add_argument("--quiet", action="store_true", help="no progress bar")
     crep = csub.add_parser("report", help="write the HTML, JUnit XML and summary.json again")
     crep.add_argument("results", type=Path, help="a campaign's results folder")
+    tune = sub.add_parser(
+        "tune",
+        help="tune a controller config offline with Optuna over a scenario set (resumable)",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tune.add_argument("tuning", type=Path, help="configs/tuning/<name>.yaml")
+    tune.add_argument("--trials", type=int, default=None, help="the study's total trials")
+    tune.add_argument("--out", type=Path, default=None, help="results (runs/tuning/<name>)")
+    cmp_ = sub.add_parser(
+        "compare",
+        help="run two controller configs on the same scenarios and show them side by side",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cmp_.add_argument("config_a", type=Path)
+    cmp_.add_argument("config_b", type=Path)
+    cmp_.add_argument(
+        "--scenarios",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="campaign files or tuning files (their scenario set)",
+    )
+    cmp_.add_argument("--out", type=Path, default=Path("runs") / "compare", help="results")
+    for sp in (tune, cmp_):
+        where = sp.add_mutually_exclusive_group()
+        where.add_argument("--workers", type=int, default=None, help="worker processes (1)")
+        where.add_argument("--dask-scheduler", default=None, help="an existing Dask cluster")
+        sp.add_argument("--executor", choices=("process", "dask"), default=None)
     return p
 
 
@@ -246,6 +283,49 @@ def _campaign(args: argparse.Namespace, console: Console) -> int:
     return 0 if outcome.passed else 1
 
 
+def _executor_settings(args: argparse.Namespace) -> ExecutorSettings | None:
+    from hil.tuning.evaluate import ExecutorSettings
+
+    executor: Literal["process", "dask"] = args.executor or (
+        "dask" if args.dask_scheduler else "process"
+    )
+    if args.dask_scheduler and executor != "dask":
+        return None
+    return ExecutorSettings(executor, args.workers or 1, args.dask_scheduler)
+
+
+def _tune(args: argparse.Namespace, console: Console) -> int:
+    from hil.tuning.search import TuneSettings, tune
+    from hil.tuning.spec import load_tuning
+
+    executor = _executor_settings(args)
+    if executor is None:
+        console.print("[red]error:[/red] --dask-scheduler needs --executor dask (or none)")
+        return 2
+    tuning = load_tuning(args.tuning)
+    out = args.out or Path("runs") / "tuning" / tuning.name
+    outcome = tune(tuning, TuneSettings(out, args.trials, executor), console)
+    console.print(
+        f"{len(outcome.study.trials)} trials in {out / 'study.db'} ({outcome.trials_run} run "
+        f"now, {outcome.wall_time_s:.1f} s)"
+    )
+    for key, path in outcome.files.items():
+        console.print(f"{key}: {path}", highlight=False)
+    return 0 if outcome.best is not None else 1
+
+
+def _compare(args: argparse.Namespace, console: Console) -> int:
+    from hil.tuning.compare import compare
+
+    executor = _executor_settings(args)
+    if executor is None:
+        console.print("[red]error:[/red] --dask-scheduler needs --executor dask (or none)")
+        return 2
+    result = compare(args.config_a, args.config_b, args.scenarios, args.out, executor, console)
+    console.print(f"report: {result.html}\nkpis: {result.json}", highlight=False)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console()
@@ -258,6 +338,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_fault(args, console))
         if args.command == "campaign":
             return _campaign(args, console)
+        if args.command == "tune":
+            return _tune(args, console)
+        if args.command == "compare":
+            return _compare(args, console)
     except PharmaTwinError as exc:
         console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
         return 2

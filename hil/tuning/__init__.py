@@ -1,0 +1,1 @@
+"""Offline tuning of controller configs (Optuna over campaign scenarios) and comparison."""
