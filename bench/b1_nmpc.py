@@ -15,7 +15,14 @@ cold starts of the fast path, the closed-loop objective (re-evaluated on the tru
 ``step()`` call of each controller (warm-start shift, solve, reading the solution, building
 the Decision), not the solver call alone (that one is in ``raw`` as ``solver_only_median_ms``).
 
-    python bench/b1_nmpc.py [--quick]
+Robust multi-stage rows (case ``bioreactor robust``): the bioreactor scenario run with the
+robust controller ``configs/controllers/bioreactor-robust.yaml`` (9 scenarios, n_robust 1)
+for :data:`ROBUST_STEPS` samples, by do-mpc with its default settings (its own
+``n_robust``/``set_uncertainty_values`` tree) and by the fast path, against the nominal
+do-mpc default step median of the bioreactor rows. ``--robust`` runs only these rows (the
+nominal do-mpc default then over the same samples).
+
+    python bench/b1_nmpc.py [--quick] [--robust]
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ if str(ROOT) not in sys.path:  # run as a script from a clean clone
     sys.path.insert(0, str(ROOT))
 
 import hil.simulate as simulate  # noqa: E402
-from controller.config import ControllerConfig  # noqa: E402
+from controller.config import ControllerConfig, load_controller  # noqa: E402
 from controller.fast_mpc import FastController  # noqa: E402
 from controller.mpc import DoMpcController, ModelPredictiveController  # noqa: E402
 from hil.kpis import compute_kpis  # noqa: E402
@@ -49,6 +56,9 @@ STEPS: dict[str, int | None] = {
     "cstr": None,
     "lyophilizer": 100,
 }
+#: Closed-loop samples of the robust rows (a robust do-mpc step costs ~10 nominal ones).
+ROBUST_STEPS = 60
+ROBUST_CONFIG = ROOT / "configs" / "controllers" / "bioreactor-robust.yaml"
 QUIET_IPOPT = {"ipopt.print_level": 0, "ipopt.sb": "yes", "print_time": False}
 DEFAULT_SETTINGS = (
     "n_horizon",
@@ -166,11 +176,77 @@ def _rows(model: str, ref: dict[str, Any], fast: dict[str, Any]) -> list[dict[st
     return out
 
 
-def run(quick: bool = False) -> dict[str, Any]:
-    """Run B1 on every model; ``quick`` shortens each closed loop to 20 samples."""
+def _robust(backend: str) -> Callable[..., Any]:
+    """A factory of the robust bioreactor controller on ``backend`` (do-mpc: its defaults).
+
+    The scenario's own controller is the nominal bioreactor.yaml; the robust config is the
+    same problem (objective, limits, constraints, estimator) plus its ``robust`` section.
+    """
+    robust_cfg, _ = load_controller(ROBUST_CONFIG)
+
+    def make(cfg: ControllerConfig, plant: PlantModel, source: str) -> Any:
+        if backend == "do-mpc":
+            return DoMpcDefault(robust_cfg, plant, str(ROBUST_CONFIG))
+        return _fast(robust_cfg, plant, str(ROBUST_CONFIG))
+
+    return make
+
+
+def _robust_rows(
+    nominal: dict[str, Any], ref: dict[str, Any], fast: dict[str, Any], steps: int
+) -> list[dict[str, Any]]:
+    case = f"bioreactor robust ({steps} steps)"
+    ratio = fast["step_median_ms"] / nominal["step_median_ms"]
+    rel = abs(fast["objective"] - ref["objective"]) / max(abs(ref["objective"]), 1e-12)
+    out: list[dict[str, Any]] = []
+
+    def row(metric: str, value: Any, unit: str = "", target: str = "", met: Any = None) -> None:
+        out.append(
+            {"case": case, "metric": metric, "value": value, "unit": unit}
+            | {"target": target, "met": met}
+        )
+
+    row("scenarios (n_robust 1)", 9)
+    row("do-mpc default nominal step median", round(nominal["step_median_ms"], 3), "ms")
+    for label, r in (("do-mpc default robust", ref), ("fast robust", fast)):
+        row(f"{label} setup", round(r["setup_s"], 3), "s")
+        row(f"{label} step median", round(r["step_median_ms"], 3), "ms")
+        row(f"{label} step p95", round(r["step_p95_ms"], 3), "ms")
+        row(f"{label} iterations (median)", r["iterations_median"])
+        row(f"{label} failed steps", r["failed_steps"])
+        row(f"{label} objective", round(r["objective"], 6))
+    row("fast robust fallbacks to IPOPT", fast["fallbacks"])
+    row("fast robust cold starts (IPOPT)", fast["cold_starts"])
+    row("step median ratio fast robust/do-mpc nominal", round(ratio, 4), "x", "<= 2", ratio <= 2)
+    row("objective relative difference", round(100 * rel, 4), "%", "<= 0.5 %", rel <= 0.005)
+    fewer = fast["failed_steps"] <= ref["failed_steps"]
+    row("failed steps fast - do-mpc", fast["failed_steps"] - ref["failed_steps"], "", "<= 0", fewer)
+    return out
+
+
+def run_robust(
+    quick: bool = False, nominal: dict[str, Any] | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The robust rows; ``nominal`` is the nominal do-mpc default run (measured if None)."""
+    steps = 20 if quick else ROBUST_STEPS
+    _run("bioreactor", 2, _robust("fast"))  # compile (or load) the library, untimed
+    if nominal is None:
+        nominal = _run("bioreactor", steps, DoMpcDefault)
+    ref = _run("bioreactor", steps, _robust("do-mpc"))
+    fast = _run("bioreactor", steps, _robust("fast"))
+    raw = {"do-mpc default nominal": nominal, "do-mpc default robust": ref, "fast robust": fast}
+    return _robust_rows(nominal, ref, fast, steps), raw
+
+
+def run(quick: bool = False, robust_only: bool = False) -> dict[str, Any]:
+    """Run B1 on every model, then the robust rows; ``quick`` shortens each closed loop to
+    20 samples; ``robust_only`` runs the robust rows alone."""
     rows: list[dict[str, Any]] = []
     raw: dict[str, Any] = {}
     ratios = []
+    if robust_only:
+        rows, raw["bioreactor robust"] = run_robust(quick)
+        return {"name": "B1", "title": "NMPC step time", "rows": rows, "raw": raw}
     for model in MODELS:
         steps = 20 if quick else STEPS[model]
         _run(model, 2, _fast)  # compile (or load) the library once, outside the timing
@@ -190,6 +266,8 @@ def run(quick: bool = False) -> dict[str, Any]:
             "met": n_fast >= 2,
         }
     )
+    robust_rows, raw["bioreactor robust"] = run_robust(quick, raw["bioreactor"]["do-mpc default"])
+    rows += robust_rows
     return {"name": "B1", "title": "NMPC step time", "rows": rows, "raw": raw}
 
 
@@ -209,4 +287,5 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    print(markdown(run(quick="--quick" in sys.argv[1:])))
+    args = sys.argv[1:]
+    print(markdown(run(quick="--quick" in args, robust_only="--robust" in args)))

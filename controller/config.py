@@ -186,6 +186,35 @@ class SolverSpec(Strict):
     line_search: bool = False
 
 
+#: Most scenarios (branches) a robust multi-stage MPC may have: combinations ** n_robust.
+MAX_ROBUST_SCENARIOS = 100
+
+
+class RobustSpec(Strict):
+    """Robust multi-stage NMPC (do-mpc's ``n_robust`` and ``set_uncertainty_values``).
+
+    ``parameters`` maps each uncertain model parameter to its values, the first being the
+    nominal one (as in do-mpc), or to ``range``: the plant file's value, then the low and
+    high ends of its plausible ``range`` (values equal to the nominal one are dropped). The
+    scenario tree branches on every combination of the values (their product) at each of the
+    first ``n_robust`` intervals; the inputs of those intervals are shared by every scenario
+    with the same past (non-anticipativity), and the uncertain parameters are held at their
+    scenario values (online estimates of them are not used).
+    """
+
+    parameters: dict[str, Annotated[tuple[Finite, ...], Field(min_length=1)] | Literal["range"]]
+    n_robust: Annotated[int, Field(ge=1, le=3)] = 1
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> RobustSpec:
+        if not self.parameters:
+            raise ValueError("give at least one uncertain parameter")
+        for name, values in self.parameters.items():
+            if values != "range" and len(set(values)) != len(values):
+                raise ValueError(f"the values of {name} repeat: {list(values)}")
+        return self
+
+
 class ControllerConfig(Strict):
     """An MPC strategy for one plant model (times in the model's time unit)."""
 
@@ -202,6 +231,7 @@ class ControllerConfig(Strict):
     ipopt: dict[str, str | int | float] = Field(default_factory=dict)
     history_limit: Annotated[int, Field(ge=1, le=100_000)] = 200
     solver: SolverSpec = SolverSpec()
+    robust: RobustSpec | None = None
 
 
 # ---------------------------------------------------------------------- scenario files
@@ -519,6 +549,87 @@ def check_controller(cfg: ControllerConfig, model: PlantModel, source: str) -> l
     ):
         for name in getattr(est, key):
             need(f"estimator.{key}.{name}", name, allowed, "name")
+    problems += _check_robust(cfg, model, source)
+    return problems
+
+
+def robust_values(cfg: ControllerConfig, model: PlantModel) -> dict[str, tuple[float, ...]]:
+    """The values of every uncertain parameter of ``cfg.robust`` (nominal first); ``{}`` for
+    a nominal MPC. ``range`` is resolved from the plant file (see :class:`RobustSpec`)."""
+    if cfg.robust is None:
+        return {}
+    out: dict[str, tuple[float, ...]] = {}
+    for name, values in cfg.robust.parameters.items():
+        if values == "range":
+            par = model.parameter_set.parameters[name]
+            ends = [v for v in (par.lower, par.upper) if v != par.value]
+            out[name] = (par.value, *dict.fromkeys(ends))
+        else:
+            out[name] = tuple(float(v) for v in values)
+    return out
+
+
+def robust_scenarios(cfg: ControllerConfig, model: PlantModel) -> list[dict[str, float]]:
+    """Every combination of the uncertain parameters' values, in do-mpc's order
+    (``itertools.product`` of the values in the config's order; the first is nominal)."""
+    values = robust_values(cfg, model)
+    return [dict(zip(values, combo, strict=True)) for combo in itertools.product(*values.values())]
+
+
+def _check_robust(cfg: ControllerConfig, model: PlantModel, source: str) -> list[Problem]:
+    if cfg.robust is None:
+        return []
+    problems: list[Problem] = []
+    params = model.parameter_set.parameters
+    known = True
+    for name, values in cfg.robust.parameters.items():
+        loc = f"robust.parameters.{name}"
+        par = params.get(name)
+        if par is None:
+            known = False
+            problems.append(
+                Problem(
+                    source, loc, f"unknown parameter; allowed: {list(model.parameter_names)}", name
+                )
+            )
+            continue
+        bounded = math.isfinite(par.lower) and math.isfinite(par.upper)
+        if values == "range":
+            if not bounded:
+                problems.append(
+                    Problem(
+                        source,
+                        loc,
+                        "'range' needs a plausible range for this parameter in the plant file "
+                        "(parameters.<name>.range); give the values instead",
+                        values,
+                    )
+                )
+            continue
+        outside = [v for v in values if not par.lower <= v <= par.upper]
+        if outside:
+            problems.append(
+                Problem(
+                    source,
+                    loc,
+                    f"values must lie within the plausible range [{par.lower}, {par.upper}] "
+                    f"{par.unit} of the plant file",
+                    list(values),
+                )
+            )
+    if known and not problems:
+        n_comb = math.prod(len(v) for v in robust_values(cfg, model).values())
+        n_scen = n_comb**cfg.robust.n_robust
+        if n_scen > MAX_ROBUST_SCENARIOS:
+            problems.append(
+                Problem(
+                    source,
+                    "robust.n_robust",
+                    f"{n_comb} combinations ** n_robust gives {n_scen} scenarios; at most "
+                    f"{MAX_ROBUST_SCENARIOS} are allowed",
+                    cfg.robust.n_robust,
+                )
+            )
     return problems
 
 

@@ -39,6 +39,7 @@ Times are in the plant model's time unit; values at the interface are physical.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import math
 import os
@@ -54,7 +55,7 @@ from typing import Any, cast
 import casadi as ca
 import numpy as np
 
-from controller.config import ControllerConfig
+from controller.config import ControllerConfig, robust_scenarios
 from controller.mpc import (
     ACCEPTED_STATUSES,
     Decision,
@@ -125,6 +126,24 @@ class Transcription:
     eps_scale: np.ndarray  # (n_soft,) physical slack = eps_scale * scaled slack
     interval: ca.Function  # (xs, u, zs, p) -> (xs_next, alg residuals)
     row_scale: np.ndarray | None = field(default=None)  # g = row_scale * unscaled rows
+    # Robust multi-stage (transcribe_robust): ``n_scenarios`` segments of the nominal layout
+    # (``segment`` decision entries and ``g_segment`` constraint rows each; the *_idx above
+    # are scenario 0's), then ``n_nonanticipative`` equality rows in g. ``scenario_p[s][k]``
+    # is the parameter vector of scenario ``s`` at interval ``k`` with the current values
+    # replaced by ``fixed``: one dict of uncertain values per combination, by
+    # ``scenario_combo[s][k]``.
+    n_scenarios: int = 1
+    segment: int = 0
+    g_segment: int = 0
+    n_nonanticipative: int = 0
+    fixed: tuple[dict[str, float], ...] = ({},)
+    scenario_combo: tuple[tuple[int, ...], ...] = ()
+
+    def scenario_index(self, idx: np.ndarray) -> np.ndarray:
+        """``idx`` (scenario 0's indices into the decision vector) for every scenario,
+        stacked on a new first axis."""
+        offsets = np.arange(self.n_scenarios) * self.segment
+        return offsets.reshape((-1,) + (1,) * idx.ndim) + idx[None]
 
 
 def _named(model: PlantModel, name: str, x: Any, z: Any, u: Any, expr: Any) -> Any:
@@ -170,14 +189,20 @@ def _interval(model: PlantModel, dt: float, steps: int) -> tuple[ca.Function, in
 
 
 def _stage(
-    config: ControllerConfig, model: PlantModel, interval: ca.Function, n_stage: int
+    config: ControllerConfig,
+    model: PlantModel,
+    interval: ca.Function,
+    n_stage: int,
+    eps_weight: float = 1.0,
 ) -> _Stage:
     """One interval's constraints and cost, and the terminal cost, as SX Functions.
 
     ``stage(xs, us, vs, zs, eps, xs_next, vs_next, p) -> (g, f)`` on scaled variables, where
     ``vs`` is a copy of the previous input (so the Hessian is block diagonal), with
     ``g = [shooting defect, input copy, algebraic residuals, moves, constraint rows]``;
-    ``terminal(xs, p) -> f``.
+    ``terminal(xs, p) -> f``. The soft constraints' penalties are multiplied by
+    ``eps_weight`` (a robust transcription averages the stage costs over its scenarios but
+    sums their slack penalties, as do-mpc does: see :func:`transcribe_robust`).
     """
     nx, nu, nz = len(model.state_names), len(model.input_names), len(model.algebraic_names)
     xsc, usc, zsc = (model.scales(r) for r in (Role.STATE, Role.INPUT, Role.ALGEBRAIC))
@@ -212,7 +237,7 @@ def _stage(
         row = c.sign * symbol(c.expression) / scale
         if c.soft:
             row -= eps[i_eps]
-            f += c.penalty * scale * eps[i_eps]
+            f += c.penalty * scale * eps_weight * eps[i_eps]
             i_eps += 1
         g.append(row)
     penalty = np.array([config.inputs[n].move_penalty for n in model.input_names])
@@ -310,7 +335,10 @@ def transcribe(
 
     The intervals are one SX ``stage`` Function mapped over the horizon, so the NLP's
     derivatives (and its generated C code) hold one interval's code, not ``N`` copies.
+    A config with a ``robust`` section is transcribed by :func:`transcribe_robust`.
     """
+    if config.robust is not None:
+        return transcribe_robust(config, model, source, steps)
     n = config.horizon
     nx, nu, nz = len(model.state_names), len(model.input_names), len(model.algebraic_names)
     xsc, usc = model.scales(Role.STATE), model.scales(Role.INPUT)
@@ -411,6 +439,129 @@ def transcribe(
             dtype=float,
         ),
         interval=interval,
+    )
+
+
+def transcribe_robust(
+    config: ControllerConfig, model: PlantModel, source: str, steps: int
+) -> Transcription:
+    """The multi-stage (scenario-tree) NLP of a robust ``config``, as do-mpc builds it.
+
+    Every combination of the uncertain parameters' values (:func:`robust_scenarios`, do-mpc's
+    order) is a branch; the tree branches at each of the first ``n_robust`` intervals, so a
+    scenario is a path of ``n_robust`` combinations (interval ``k`` uses the
+    ``min(k, n_robust - 1)``-th) and there are ``combinations ** n_robust`` of them. Each
+    scenario is a copy of the nominal multiple-shooting problem (same layout, its own
+    parameters), and its inputs at interval ``k < n_robust`` equal those of every scenario
+    with the same past (non-anticipativity rows at the end of ``g``; with ``n_robust = 1``
+    all scenarios share the first input). The objective is do-mpc's: the stage, terminal and
+    move terms averaged over the scenarios with equal weights, the soft constraints' slack
+    penalties summed over them (do-mpc adds its ``epsterm`` unweighted per branch). The
+    uncertain parameters are constants of the NLP; the others come from its ``p``, as in the
+    nominal problem, so the solver's interface is unchanged.
+    """
+    robust = config.robust
+    if robust is None:
+        raise ValueError("transcribe_robust needs a config with a robust section")
+    n = config.horizon
+    nx, nu, nz = len(model.state_names), len(model.input_names), len(model.algebraic_names)
+    xsc, usc = model.scales(Role.STATE), model.scales(Role.INPUT)
+    combos = robust_scenarios(config, model)
+    paths = list(itertools.product(range(len(combos)), repeat=robust.n_robust))
+    n_s = len(paths)
+    stage_combo = tuple(
+        tuple(path[min(k, robust.n_robust - 1)] for k in range(n)) for path in paths
+    )
+    # The nominal problem's layout, bounds and stage Functions (one scenario's segment).
+    nominal = transcribe(config.model_copy(update={"robust": None}), model, source, steps)
+    interval, n_stage = nominal.interval, nominal.z_idx.shape[1] // max(1, nz)
+    st = _stage(config, model, interval, n_stage, eps_weight=float(n_s))
+    n_eps = len(st.soft_names)
+    x0, u_prev = ca.MX.sym("x0", nx), ca.MX.sym("u_prev", nu)
+    p = ca.MX.sym("p", len(model.parameter_names))
+    p_combo = [
+        ca.vertcat(
+            *[
+                ca.DM(fixed[name]) if name in fixed else p[i]
+                for i, name in enumerate(model.parameter_names)
+            ]
+        )
+        for fixed in combos
+    ]
+    xs = [[ca.MX.sym(f"xs{s}_{k}", nx) for k in range(n + 1)] for s in range(n_s)]
+    us = [[ca.MX.sym(f"us{s}_{k}", nu) for k in range(n)] for s in range(n_s)]
+    vs = [[ca.MX.sym(f"vs{s}_{k}", nu) for k in range(n + 1)] for s in range(n_s)]
+    zs = [[ca.MX.sym(f"zs{s}_{k}", nz * n_stage) for k in range(n)] for s in range(n_s)]
+    eps = [[ca.MX.sym(f"eps{s}_{k}", n_eps) for k in range(n)] for s in range(n_s)]
+    w: list[Any] = []
+    for s in range(n_s):
+        for k in range(n):
+            w += [xs[s][k], us[s][k], vs[s][k], zs[s][k], eps[s][k]]
+        w += [xs[s][n], vs[s][n]]
+
+    def cols(var: list[list[Any]], lo: int, hi: int) -> Any:
+        return ca.horzcat(*[v for s in range(n_s) for v in var[s][lo:hi]])
+
+    p_cols = ca.horzcat(*[p_combo[c] for s in range(n_s) for c in stage_combo[s]])
+    g_map, f_map = st.stage.map(n_s * n)(
+        cols(xs, 0, n),
+        cols(us, 0, n),
+        cols(vs, 0, n),
+        cols(zs, 0, n),
+        cols(eps, 0, n),
+        cols(xs, 1, n + 1),
+        cols(vs, 1, n + 1),
+        p_cols,
+    )
+    g: list[Any] = []
+    for s in range(n_s):
+        g += [xs[s][0] - x0 / xsc, vs[s][0] - u_prev / usc, ca.vec(g_map[:, s * n : (s + 1) * n])]
+    n_na = 0
+    for k in range(robust.n_robust):  # non-anticipativity: one input per past at interval k
+        first: dict[tuple[int, ...], int] = {}
+        for s, path in enumerate(paths):
+            r = first.setdefault(path[:k], s)
+            if r != s:
+                g.append(us[s][k] - us[r][k])
+                n_na += nu
+    terminal = sum(st.terminal(xs[s][n], p_combo[stage_combo[s][-1]]) for s in range(n_s))
+    f = (ca.sum2(f_map) + terminal) / n_s
+    h_map = st.stage_hess.map(n_s * n)(
+        cols(xs, 0, n), cols(us, 0, n), cols(vs, 0, n), cols(zs, 0, n), cols(eps, 0, n), p_cols
+    )
+    wb = h_map.shape[0]
+    blocks_h: list[Any] = []
+    for s in range(n_s):
+        blocks_h += [h_map[:, (s * n + k) * wb : (s * n + k + 1) * wb] for k in range(n)]
+        blocks_h += [
+            st.terminal_hess(xs[s][n], p_combo[stage_combo[s][-1]]),
+            config.solver.regularization * ca.MX.eye(nu),
+        ]
+    w_all, lam_f = ca.vertcat(*w), ca.MX.sym("lam_f")
+    g_all = ca.vertcat(*g)
+    lam_g = ca.MX.sym("lam_g", g_all.shape[0])
+    hess = ca.Function(
+        "nlp_hess_l",
+        [w_all, ca.vertcat(x0, u_prev, p), lam_f, lam_g],
+        [lam_f / n_s * ca.diagcat(*blocks_h)],
+        ["x", "p", "lam_f", "lam_g"],
+        ["hess_gamma_x_x"],
+    )
+    segment, g_segment = nominal.lbx.shape[0], nominal.lbg.shape[0]
+    return replace(
+        nominal,
+        nlp={"x": w_all, "p": ca.vertcat(x0, u_prev, p), "f": f, "g": g_all},
+        gauss_newton=hess,
+        lbx=np.tile(nominal.lbx, n_s),
+        ubx=np.tile(nominal.ubx, n_s),
+        lbg=np.r_[np.tile(nominal.lbg, n_s), np.zeros(n_na)],
+        ubg=np.r_[np.tile(nominal.ubg, n_s), np.zeros(n_na)],
+        n_scenarios=n_s,
+        segment=segment,
+        g_segment=g_segment,
+        n_nonanticipative=n_na,
+        fixed=tuple(combos),
+        scenario_combo=stage_combo,
     )
 
 
@@ -523,18 +674,29 @@ def _shift_index(ocp: Transcription, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Gather indices that shift a primal (or bound multiplier) and a constraint multiplier
     vector one interval on: block ``k`` takes block ``k + 1``; the last block takes ``x_N``
     and the copy of ``u_N-1`` and keeps the rest; ``x_N``, its copy and the initial-value
-    rows stay."""
+    rows stay. A robust problem is shifted scenario by scenario; its non-anticipativity
+    rows keep their multipliers."""
     nx, nu = ocp.x_idx.shape[1], ocp.u_idx.shape[1]
-    idx = np.arange(ocp.lbx.shape[0])
+    n_w = ocp.segment or ocp.lbx.shape[0]
+    n_g = ocp.g_segment or ocp.lbg.shape[0]
+    idx = np.arange(n_w)
     blocks = idx[: ocp.w_block * n].reshape(n, ocp.w_block).copy()
     tail = idx[ocp.w_block * n :]  # x_N and the copy of u_N-1
     blocks[:-1] = blocks[1:]
     blocks[-1, :nx] = tail[:nx]
     blocks[-1, nx + nu : nx + 2 * nu] = tail[nx:]
-    gdx = np.arange(ocp.lbg.shape[0])
+    gdx = np.arange(n_g)
     gb = gdx[nx + nu :].reshape(n, ocp.g_block).copy()
     gb[:-1] = gb[1:]
-    return np.concatenate([blocks.ravel(), tail]), np.concatenate([gdx[: nx + nu], gb.ravel()])
+    w_shift = np.concatenate([blocks.ravel(), tail])
+    g_shift = np.concatenate([gdx[: nx + nu], gb.ravel()])
+    if ocp.n_scenarios == 1:
+        return w_shift, g_shift
+    n_s = ocp.n_scenarios
+    w_all = (np.arange(n_s)[:, None] * n_w + w_shift[None]).ravel()
+    g_all = (np.arange(n_s)[:, None] * n_g + g_shift[None]).ravel()
+    na = n_s * n_g + np.arange(ocp.n_nonanticipative)
+    return w_all, np.concatenate([g_all, na])
 
 
 def _input_limits(
@@ -596,6 +758,7 @@ class FastController(ModelPredictiveController):
         self._shift_w, self._shift_g = _shift_index(o, config.horizon)
         self._u_lo, self._u_hi = _input_limits(config, model)
         self._sqp_call = BufferedSolver(self.sqp, o)
+        self._eps_all = o.scenario_index(o.eps_idx).reshape(-1, o.eps_idx.shape[1])
 
     # ------------------------------------------------------------------ building
     def _row_scaled(self, ocp: Transcription) -> Transcription:
@@ -705,23 +868,32 @@ class FastController(ModelPredictiveController):
         xsc, usc = m.scales(Role.STATE), m.scales(Role.INPUT)
         zsc = m.scales(Role.ALGEBRAIC)
         w = np.zeros(o.lbx.shape[0])
-        xs, us = x0 / xsc, self._u_prev / usc
         n_stage = o.z_idx.shape[1] // max(1, len(m.algebraic_names))
-        zs = np.tile(self._z_guess / zsc, n_stage) if m.is_dae else np.zeros(0)
-        w[o.u_idx + o.u_idx.shape[1]] = us  # the copies of the previous input
-        w[-len(us) :] = us
-        for k in range(self.config.horizon):
-            w[o.x_idx[k]], w[o.u_idx[k]] = xs, np.clip(us, o.lbx[o.u_idx[k]], o.ubx[o.u_idx[k]])
-            if self._z_root is not None:
-                try:
-                    zs = np.asarray(self._z_root(zs, np.concatenate([xs, self._u_prev, p])))
-                    zs = zs.ravel()
-                except RuntimeError:
-                    pass
-                w[o.z_idx[k]] = zs
-            nxt = np.asarray(o.interval(xs, self._u_prev, zs, p)[0]).ravel()
-            xs = nxt if np.all(np.isfinite(nxt)) else xs
-        w[o.x_idx[-1]] = xs
+        names = m.parameter_names
+        for s in range(o.n_scenarios):  # a robust problem: each scenario with its parameters
+            off = s * o.segment
+            xs, us = x0 / xsc, self._u_prev / usc
+            zs = np.tile(self._z_guess / zsc, n_stage) if m.is_dae else np.zeros(0)
+            w[off + o.u_idx + o.u_idx.shape[1]] = us  # the copies of the previous input
+            end = off + (o.segment or w.shape[0])
+            w[end - len(us) : end] = us
+            for k in range(self.config.horizon):
+                pk = p
+                if o.scenario_combo:
+                    fixed = o.fixed[o.scenario_combo[s][k]]
+                    pk = np.array([fixed.get(nm, p[i]) for i, nm in enumerate(names)])
+                u_idx = off + o.u_idx[k]
+                w[off + o.x_idx[k]], w[u_idx] = xs, np.clip(us, o.lbx[u_idx], o.ubx[u_idx])
+                if self._z_root is not None:
+                    try:
+                        zs = np.asarray(self._z_root(zs, np.concatenate([xs, self._u_prev, pk])))
+                        zs = zs.ravel()
+                    except RuntimeError:
+                        pass
+                    w[off + o.z_idx[k]] = zs
+                nxt = np.asarray(o.interval(xs, self._u_prev, zs, pk)[0]).ravel()
+                xs = nxt if np.all(np.isfinite(nxt)) else xs
+            w[off + o.x_idx[-1]] = xs
         return w
 
     def _shifted(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -730,6 +902,15 @@ class FastController(ModelPredictiveController):
             raise RuntimeError("no previous solution to shift")
         w, lam_x, lam_g = self._guess
         return w[self._shift_w], lam_x[self._shift_w], lam_g[self._shift_g]
+
+    def scenario_inputs(self) -> np.ndarray:
+        """Every scenario's planned inputs of the last successful solve, physical, shaped
+        ``(n_scenarios, horizon, n_inputs)`` (one scenario when nominal). Scenarios with the
+        same past share their input (non-anticipativity): with ``n_robust = 1`` every
+        ``[:, 0, :]`` is the applied first move."""
+        if self._guess is None:
+            raise RuntimeError("no successful solve to read")
+        return self._guess[0][self.ocp.scenario_index(self.ocp.u_idx)] * self._usc
 
     def _vector(self, names: tuple[str, ...], role: Role, values: Mapping[str, float]) -> Any:
         try:
@@ -852,7 +1033,8 @@ class FastController(ModelPredictiveController):
                 SolveStatus.INVALID,
                 f"{status_text}; input outside limits {inputs}",
             )
-        eps = w[o.eps_idx] * o.eps_scale
+        eps_idx = o.eps_idx if o.n_scenarios == 1 else self._eps_all
+        eps = w[eps_idx] * o.eps_scale  # robust: the largest slack over every scenario
         slack = dict(zip(o.soft_names, eps.max(axis=0).tolist(), strict=True))
         if self.model.is_dae and status is SolveStatus.SUCCESS:
             self._z_guess = w[o.z_idx[0, : self._zsc.shape[0]]] * self._zsc

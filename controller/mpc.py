@@ -35,7 +35,7 @@ from typing import Any
 import casadi as ca
 import numpy as np
 
-from controller.config import ControllerConfig
+from controller.config import ControllerConfig, robust_scenarios, robust_values
 from controller.errors import ConfigError, Problem, SolverError
 from plant_models import PlantModel, Role
 
@@ -274,6 +274,7 @@ class DoMpcController(ModelPredictiveController):
             mpc.prepare_nlp()
             self._add_move_limits(mpc)
             mpc.create_nlp()
+        self._n_scenarios = self._scenario_tree(mpc)[0]
         self.mpc = mpc
         self._z_guess = model.vector(Role.ALGEBRAIC, model.initial_algebraic)
         self._needs_guess = True
@@ -297,7 +298,7 @@ class DoMpcController(ModelPredictiveController):
         return {
             "n_horizon": cfg.horizon,
             "t_step": cfg.sample_time,
-            "n_robust": 0,
+            "n_robust": cfg.robust.n_robust if cfg.robust is not None else 0,
             "open_loop": False,
             "state_discretization": "collocation",
             "collocation_type": cfg.collocation.type,
@@ -357,11 +358,25 @@ class DoMpcController(ModelPredictiveController):
         return soft
 
     def _set_parameters(self, mpc: Any) -> None:
-        template = mpc.get_p_template(1)
+        """The parameters of every scenario: the current values (``set_parameters``), with
+        the uncertain ones of a robust config at their scenario values.
+
+        A robust config goes through do-mpc's own ``set_uncertainty_values`` (scenario
+        combinations in its order, the first nominal); its ``p_fun`` leaves every parameter
+        that is not uncertain at 0, so it is replaced by one that fills them in.
+        """
+        scenarios: list[dict[str, float]] = [{}]
+        if self.config.robust is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                mpc.set_uncertainty_values(**robust_values(self.config, self.model))
+            scenarios = robust_scenarios(self.config, self.model)
+        template = mpc.get_p_template(len(scenarios))
 
         def p_fun(t_now: float) -> Any:
-            for name in self.model.parameter_names:
-                template["_p", 0, name] = self._params[name]
+            for s, fixed in enumerate(scenarios):
+                for name in self.model.parameter_names:
+                    template["_p", s, name] = fixed.get(name, self._params[name])
             return template
 
         mpc.set_p_fun(p_fun)
@@ -371,16 +386,31 @@ class DoMpcController(ModelPredictiveController):
         opt_x, opt_p = mpc.opt_x, mpc.opt_p
         # do-mpc's own input scaling (opt_x holds u / scaling), whatever it was set to.
         u_scale = np.asarray(mpc._u_scaling.cat, dtype=float).ravel()
+        # Robust: every scenario's move from its parent's input (one scenario when nominal).
+        n_scen, parent = self._scenario_tree(mpc)
         for j, name in enumerate(self.model.input_names):
             down, up = move_limits(self.config, name)
             if not (math.isfinite(up) or math.isfinite(down)):
                 continue
             for k in range(self.config.horizon):
-                now = opt_x["_u", k, 0][j] * u_scale[j]
-                before = opt_p["_u_prev"][j] if k == 0 else opt_x["_u", k - 1, 0][j] * u_scale[j]
-                mpc.nlp_cons.append(now - before)
-                mpc.nlp_cons_lb.append(np.array([-down if math.isfinite(down) else -np.inf]))
-                mpc.nlp_cons_ub.append(np.array([up if math.isfinite(up) else np.inf]))
+                for s in range(n_scen[k]):
+                    now = opt_x["_u", k, s][j] * u_scale[j]
+                    before = (
+                        opt_p["_u_prev"][j]
+                        if k == 0
+                        else opt_x["_u", k - 1, int(parent[k][s])][j] * u_scale[j]
+                    )
+                    mpc.nlp_cons.append(now - before)
+                    mpc.nlp_cons_lb.append(np.array([-down if math.isfinite(down) else -np.inf]))
+                    mpc.nlp_cons_ub.append(np.array([up if math.isfinite(up) else np.inf]))
+
+    def _scenario_tree(self, mpc: Any) -> tuple[list[int], Any]:
+        """do-mpc's scenarios per stage and parent scenarios (``[1] * N`` when nominal)."""
+        n = self.config.horizon
+        tree = getattr(mpc, "scenario_tree", None)
+        if self.config.robust is None or tree is None:
+            return [1] * (n + 1), np.zeros((n + 1, 1), dtype=int)
+        return list(tree["n_scenarios"]), tree["parent_scenario"]
 
     # ------------------------------------------------------------------ running
     def reset(self, u_prev: Mapping[str, float]) -> None:
@@ -475,7 +505,14 @@ class DoMpcController(ModelPredictiveController):
         us = np.array([np.asarray(sol["_u", k, 0]).ravel() for k in range(n)])
         slack: dict[str, float] = {}
         if self._soft_names:
-            eps = np.array([np.asarray(sol["_eps", k, 0]).ravel() for k in range(n)])
+            # Robust: the largest slack over every scenario of the tree.
+            n_scen = self._n_scenarios
+            eps = np.array(
+                [
+                    np.max([np.asarray(sol["_eps", k, s]).ravel() for s in range(n_scen[k])], 0)
+                    for k in range(n)
+                ]
+            )
             slack = {name: float(eps[:, i].max()) for i, name in enumerate(self._soft_names)}
         return Decision(
             t=t,
