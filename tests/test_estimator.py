@@ -180,8 +180,12 @@ LYO_INPUTS = {"Tsh": -10.0, "Pch": 0.1}
 
 @pytest.fixture(scope="module")
 def lyophilizer_run() -> Run:
+    """State estimation alone (no parameter states): from a wrong front, the EKF finds it."""
     cfg, model = controller("lyophilizer")
-    ekf = ExtendedKalmanFilter(model, cfg.estimator, cfg.sample_time, initial_state={"Lck": 0.3})
+    spec = cfg.estimator.model_copy(
+        update={"parameters": (), "process_noise_std": {"Lck": 0.002}, "initial_std": {"Lck": 0.01}}
+    )
+    ekf = ExtendedKalmanFilter(model, spec, cfg.sample_time, initial_state={"Lck": 0.3})
     plant = build_model(PLANTS / "lyophilizer.yaml")
     noise = cfg.estimator.measurement_noise_std
     return simulate(plant, ekf, cfg.sample_time, LYO_INPUTS, LYO_STEPS, noise, seed=11)
@@ -323,3 +327,20 @@ def test_integrator_failure_names_the_model_and_time(
     with pytest.raises(EstimatorError, match=r"'bioreactor'.*t=0 h") as info:
         ekf.update({"u": 0.1}, Y_OK)  # u / V with V = 0: cvodes fails on its first step
     assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_lyophilizer_shipped_ekf_tracks_the_front_and_learns_kc_under_mismatch() -> None:
+    """The shipped spec estimates KC and R0 too: from the known start (Lck = 0), with the
+    plant's KC and R0 off by +36 % and +43 %, the front stays tracked and KC moves to truth."""
+    cfg, model = controller("lyophilizer")
+    assert set(cfg.estimator.parameters) == {"KC", "R0"}
+    ekf = ExtendedKalmanFilter(model, cfg.estimator, cfg.sample_time)
+    truth = {"KC": 3.75e-4, "R0": 2.0}
+    plant = true_plant("lyophilizer", truth)
+    noise = cfg.estimator.measurement_noise_std
+    run = simulate(plant, ekf, cfg.sample_time, LYO_INPUTS, LYO_STEPS, noise, seed=11)
+    for k in range(LYO_STEPS + 1):
+        assert abs(run.error(k, "Lck")) <= 0.02, k
+    kc0 = run.estimates[0].parameters["KC"]
+    kc = run.estimates[-1].parameters["KC"]
+    assert abs(kc - truth["KC"]) < 0.5 * abs(kc0 - truth["KC"])
