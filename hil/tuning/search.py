@@ -242,7 +242,9 @@ def run_search(
     ran = 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        while (finished := len(study.get_trials(deepcopy=False))) < total:
+        done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        # the start config's enqueued (waiting) trial is not finished: it runs with the others
+        while (finished := len(study.get_trials(deepcopy=False, states=done))) < total:
             trials = [study.ask() for _ in range(min(batch, total - finished))]
             candidates = []
             for t in trials:
