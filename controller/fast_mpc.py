@@ -758,7 +758,8 @@ class FastController(ModelPredictiveController):
         self._shift_w, self._shift_g = _shift_index(o, config.horizon)
         self._u_lo, self._u_hi = _input_limits(config, model)
         self._sqp_call = BufferedSolver(self.sqp, o)
-        self._eps_all = o.scenario_index(o.eps_idx).reshape(-1, o.eps_idx.shape[1])
+        n_steps, n_soft = o.eps_idx.shape  # n_soft may be 0: no soft constraints
+        self._eps_all = o.scenario_index(o.eps_idx).reshape(o.n_scenarios * n_steps, n_soft)
 
     # ------------------------------------------------------------------ building
     def _row_scaled(self, ocp: Transcription) -> Transcription:

@@ -149,6 +149,17 @@ def test_without_fallback_a_failed_sqp_is_a_failed_decision() -> None:
     assert d.status is SolveStatus.FAILED and not d.fallback and mpc.fallbacks == 0
 
 
+def test_a_controller_without_soft_constraints_builds_and_solves() -> None:
+    cfg, model = load_controller(CONTROLLERS / "lyophilizer.yaml")
+    cfg = cfg.model_copy(update={"constraints": (), "horizon": 6})
+    mpc = ModelPredictiveController(cfg, model)
+    assert isinstance(mpc, FastController)
+    d = mpc.step(0.0, model.initial_state, u_prev=model.nominal_inputs)
+    assert d.ok and d.soft_slack == {}
+    d = mpc.step(0.1, model.initial_state, u_prev=d.inputs)  # the warm-started SQP path
+    assert d.ok, d.return_status
+
+
 def test_non_finite_state_is_refused_without_solving() -> None:
     cfg, model = _cstr(horizon=3)
     mpc = ModelPredictiveController(cfg, model)
