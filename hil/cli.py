@@ -45,6 +45,8 @@ EPILOG = """examples:
   pharmatwin-hil tune configs/tuning/bioreactor.yaml --executor dask --workers 2 --out runs/tune-bio
   pharmatwin-hil compare configs/controllers/lyophilizer.yaml \
       runs/tuning/lyophilizer/lyophilizer-tuned.yaml --scenarios configs/tuning/lyophilizer.yaml
+  pharmatwin-hil design-space configs/design-space/lyophilizer.yaml --workers 2
+  pharmatwin-hil design-space configs/design-space/lyophilizer.yaml --executor dask --workers 2
 """
 
 
@@ -160,6 +162,22 @@ def _parser() -> argparse.ArgumentParser:
         where.add_argument("--workers", type=int, default=None, help="worker processes (1)")
         where.add_argument("--dask-scheduler", default=None, help="an existing Dask cluster")
         sp.add_argument("--executor", choices=("process", "dask"), default=None)
+    ds = sub.add_parser(
+        "design-space",
+        help="sweep two recipe knobs, judge each point's CQAs, plot the acceptable region",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ds.add_argument("design_space", type=Path, help="configs/design-space/<name>.yaml")
+    ds.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    ds.add_argument(
+        "--executor",
+        choices=("process", "dask"),
+        default="process",
+        help="local process pool (default) or a Dask LocalCluster of --workers on 127.0.0.1",
+    )
+    ds.add_argument("--out", type=Path, default=None, help="results (runs/design-space/<name>)")
+    ds.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
@@ -326,6 +344,26 @@ def _compare(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _design_space(args: argparse.Namespace, console: Console) -> int:
+    from hil.design_space import load_design_space, run_design_space, summary_tables
+
+    space = load_design_space(args.design_space)
+    out = args.out or Path("runs") / "design-space" / space.name
+    outcome = run_design_space(
+        space,
+        out,
+        executor=args.executor,
+        workers=args.workers,
+        progress=not args.quiet,
+        console=console,
+    )
+    for table in summary_tables(outcome):
+        console.print(table)
+    for key, path in outcome.files.items():
+        console.print(f"{key}: {path}", highlight=False)
+    return 0 if outcome.acceptable and not outcome.errors else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console()
@@ -342,6 +380,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _tune(args, console)
         if args.command == "compare":
             return _compare(args, console)
+        if args.command == "design-space":
+            return _design_space(args, console)
     except PharmaTwinError as exc:
         console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
         return 2
