@@ -913,12 +913,6 @@ class FastController(ModelPredictiveController):
             raise RuntimeError("no successful solve to read")
         return self._guess[0][self.ocp.scenario_index(self.ocp.u_idx)] * self._usc
 
-    def _vector(self, names: tuple[str, ...], role: Role, values: Mapping[str, float]) -> Any:
-        try:
-            return np.array([float(values[n]) for n in names], dtype=float)
-        except KeyError:
-            return self.model.vector(role, values)  # raises ModelError naming the missing ones
-
     def step(
         self,
         t: float,
@@ -931,13 +925,9 @@ class FastController(ModelPredictiveController):
         ``u_prev`` is the setpoint in force (defaults to the last planned input); the move
         limits and move penalties are relative to it. Never raises on a failed solve.
         """
-        x0 = self._vector(self._x_names, Role.STATE, x_hat)
-        if not np.all(np.isfinite(x0)):
-            return self._failed(t, SolveStatus.INVALID, f"non-finite state estimate {x0}")
-        if params:
-            self.set_parameters(params)
-        if u_prev is not None:
-            self._u_prev = self._vector(self._u_names, Role.INPUT, u_prev)
+        x0 = self._begin(t, x_hat, params, u_prev)
+        if isinstance(x0, Decision):
+            return x0
         p = self.model.parameter_vector(self._params)
         if self._guess is None:
             w0 = self._cold_guess(x0, p)

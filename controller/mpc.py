@@ -251,6 +251,24 @@ class ModelPredictiveController:
     def _failed(self, t: float, status: SolveStatus, why: str) -> Decision:
         return Decision(t, {}, status, why, 0, 0.0)
 
+    def _begin(
+        self,
+        t: float,
+        x_hat: Mapping[str, float],
+        params: Mapping[str, float] | None,
+        u_prev: Mapping[str, float] | None,
+    ) -> np.ndarray | Decision:
+        """What every backend's step starts with: the state as a vector (a non-finite one is
+        an INVALID Decision, returned instead), new parameters, the setpoint in force."""
+        x0 = self.model.vector(Role.STATE, x_hat)
+        if not np.all(np.isfinite(x0)):
+            return self._failed(t, SolveStatus.INVALID, f"non-finite state estimate {x0}")
+        if params:
+            self.set_parameters(params)
+        if u_prev is not None:
+            self._u_prev = self.model.vector(Role.INPUT, u_prev)
+        return x0
+
 
 class DoMpcController(ModelPredictiveController):
     """A do-mpc MPC built from a :class:`ControllerConfig` for one plant model."""
@@ -451,13 +469,9 @@ class DoMpcController(ModelPredictiveController):
         ``u_prev`` is the setpoint in force (defaults to the last planned input); the move
         limits and move penalties are relative to it. Never raises on a failed solve.
         """
-        x0 = self.model.vector(Role.STATE, x_hat)
-        if not np.all(np.isfinite(x0)):
-            return self._failed(t, SolveStatus.INVALID, f"non-finite state estimate {x0}")
-        if params:
-            self.set_parameters(params)
-        if u_prev is not None:
-            self._u_prev = self.model.vector(Role.INPUT, u_prev)
+        x0 = self._begin(t, x_hat, params, u_prev)
+        if isinstance(x0, Decision):
+            return x0
         mpc = self.mpc
         if self._needs_guess:
             self._initial_guess(x0)

@@ -36,7 +36,6 @@ import contextlib
 import copy
 import csv
 import itertools
-import json
 import logging
 import math
 import multiprocessing
@@ -66,6 +65,8 @@ from controller.config import (
     resolve,
 )
 from controller.errors import ConfigError, Problem
+from hil.reports import json_safe
+from hil.reports import write_json as write_json_file
 from plant_models import PlantModel
 
 Executor = Literal["process", "dask"]
@@ -560,16 +561,6 @@ def run_design_space(
 
 
 # ---------------------------------------------------------------------- outputs
-def _clean(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def write_csv(outcome: Outcome, path: Path) -> Path:
     space = outcome.space
     names = [f.name for f in space.spec.factors]
@@ -580,7 +571,7 @@ def write_csv(outcome: Outcome, path: Path) -> Path:
         for r in outcome.rows:
             w.writerow(
                 [
-                    "; ".join(r[c]) if c == "reasons" else ("" if _clean(r[c]) is None else r[c])
+                    "; ".join(r[c]) if c == "reasons" else ("" if json_safe(r[c]) is None else r[c])
                     for c in cols
                 ]
             )
@@ -609,10 +600,7 @@ def write_json(outcome: Outcome, path: Path) -> Path:
         "best": outcome.best,
         "points": outcome.rows,
     }
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_clean(data), indent=2, allow_nan=False), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_json_file(path, data)
 
 
 def _grid(outcome: Outcome, key: str) -> list[list[float]]:

@@ -34,13 +34,33 @@ def write_parquet(run: ScenarioRun, path: Path) -> Path:
     return path
 
 
-def write_kpis(kpis: Kpis, path: Path) -> Path:
-    def clean(v: Any) -> Any:
-        return None if isinstance(v, float) and not math.isfinite(v) else v
+def json_safe(value: Any) -> Any:
+    """A JSON-safe copy: NaN and infinities become null (JSON has no NaN), numpy scalars plain
+    numbers, tuples lists, keys strings."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
+
+def write_json(path: Path, data: Any) -> Path:
+    """Write ``json_safe(data)`` atomically (a temporary file, then a rename): a reader never
+    sees half a file, and a file that exists is complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({k: clean(v) for k, v in kpis.as_dict().items()}, indent=2))
+    tmp = path.with_name(path.name + ".tmp")
+    text = json.dumps(json_safe(data), indent=2, allow_nan=False, default=str)
+    tmp.write_text(text + "\n", encoding="utf-8")
+    tmp.replace(path)
     return path
+
+
+def write_kpis(kpis: Kpis, path: Path) -> Path:
+    return write_json(path, kpis.as_dict())
 
 
 def _bounds(run: ScenarioRun, name: str) -> tuple[float | None, float | None]:

@@ -27,7 +27,7 @@ from controller.config import FaultSpec, ScenarioConfig, build_model, load_scena
 from controller.recipe import RecipePlayer
 from controller.site import Site
 from hil.faults import FaultEvent, FaultSet
-from hil.plant_runner import PlantRunner
+from hil.plant_runner import PlantRunner, PlantState
 from hil.servers.base import PlcServer
 from hil.vplc import PlcEvent, VirtualPlc
 
@@ -104,6 +104,7 @@ class HilRig:
         self._servers_down = False
         self._readings = site.tags.reading_tags()
         self._measurements: dict[str, float] = {}
+        self._truth: PlantState = self.plant.true_state()
         self._bad: set[str] = set()
         for server in servers:
             server.write_hook = self.vplc.on_write
@@ -117,6 +118,11 @@ class HilRig:
     @property
     def t_model(self) -> float:
         return self.plant.t
+
+    @property
+    def truth(self) -> PlantState:
+        """The true plant as of the last scan (evaluated once per scan)."""
+        return self._truth
 
     @property
     def applied(self) -> dict[str, float]:
@@ -144,7 +150,7 @@ class HilRig:
             self._measurements = {}  # a new sample is due
 
     def _measure(self) -> tuple[dict[str, float], set[str], dict[str, float]]:
-        truth = self.plant.true_state()
+        truth = self._truth = self.plant.true_state()
         if not self._measurements:
             noisy = self.plant.measure()
             self._measurements, self._bad = self.faults.measurements(self.plant.t, noisy)

@@ -24,7 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any, ClassVar
 
 import casadi as ca
@@ -135,6 +135,12 @@ class Evaluation:
     expressions: dict[str, float]
 
 
+@cache
+def _names_of(variables: tuple[Variable, ...], role: Role) -> tuple[str, ...]:
+    """The names of one role, in declaration order (declarations are class constants)."""
+    return tuple(v.name for v in variables if v.role is role)
+
+
 class PlantModel(ABC):
     """Base class of every unit-operation model.
 
@@ -224,7 +230,7 @@ class PlantModel(ABC):
 
     @classmethod
     def names(cls, role: Role) -> tuple[str, ...]:
-        return tuple(v.name for v in cls.variables if v.role is role)
+        return _names_of(cls.variables, role)
 
     @property
     def state_names(self) -> tuple[str, ...]:
@@ -274,12 +280,18 @@ class PlantModel(ABC):
         return np.array([merged[n] for n in self.parameter_names], dtype=float)
 
     def vector(self, role: Role, values: Mapping[str, float]) -> np.ndarray:
-        """Order a mapping as the declaration; raises ModelError naming missing entries."""
+        """Order a mapping as the declaration; raises ModelError naming missing entries.
+
+        Called on the control loop's every cycle: the names are cached, and the missing ones
+        are looked for only when one is missing."""
         names = self.names(role)
-        missing = [n for n in names if n not in values]
-        if missing:
-            raise ModelError(f"model {self.name!r}: missing {role.value} value(s) {missing}")
-        return np.array([float(values[n]) for n in names], dtype=float)
+        try:
+            return np.array([float(values[n]) for n in names], dtype=float)
+        except KeyError:
+            missing = [n for n in names if n not in values]
+            raise ModelError(
+                f"model {self.name!r}: missing {role.value} value(s) {missing}"
+            ) from None
 
     def as_dict(self, role: Role, vector: Sequence[float] | np.ndarray) -> dict[str, float]:
         arr = np.asarray(vector, dtype=float).ravel()

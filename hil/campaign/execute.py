@@ -46,8 +46,9 @@ from rich.progress import (
 )
 
 from controller.historian import git_commit, library_versions
-from hil.campaign.runner import clean, run_case, utc_now
+from hil.campaign.runner import run_case, utc_now
 from hil.campaign.spec import Campaign, Case, describe_check
+from hil.reports import write_json
 
 log = logging.getLogger("pharmatwin.hil.campaign")
 
@@ -150,12 +151,6 @@ def _rate(campaign: Campaign, settings: RunSettings) -> float:
     return settings.rate if settings.rate is not None else campaign.spec.hil.rate
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(clean(data), indent=2, allow_nan=False), encoding="utf-8")
-    tmp.replace(path)
-
-
 # ---------------------------------------------------------------------- resume
 def previous_result(out: Path, case: Case, mode: str) -> dict[str, Any] | None:
     """The case's finished result if it was run with the same definition and mode."""
@@ -196,7 +191,7 @@ def _error(job: dict[str, Any], why: str) -> dict[str, Any]:
     }
     folder = Path(job["out"]) / "cases" / case_id
     folder.mkdir(parents=True, exist_ok=True)
-    _write_json(folder / "result.json", result)
+    write_json(folder / "result.json", result)
     return result
 
 
@@ -317,7 +312,7 @@ def run_campaign(
     (out / "cases").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     info = manifest(campaign, settings, utc_now())
-    _write_json(out / "campaign.json", info)
+    write_json(out / "campaign.json", info)
     outcome = Outcome(out)
     criteria = [c.model_dump(mode="json") for c in campaign.spec.criteria]
     jobs = []
@@ -358,5 +353,5 @@ def run_campaign(
     info["ended"] = utc_now()
     info["wall_time_s"] = outcome.wall_time_s
     info["skipped"] = outcome.skipped
-    _write_json(out / "campaign.json", info)
+    write_json(out / "campaign.json", info)
     return outcome

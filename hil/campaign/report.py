@@ -42,6 +42,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from controller.errors import PharmaTwinError
+from hil.campaign.criteria import Verdict  # the one record of a judgement, as result.json holds it
+from hil.reports import write_json
 
 __all__ = [
     "CampaignReportError",
@@ -87,20 +89,6 @@ class Requirement:
     id: str
     description: str
     check: str
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """How one case was judged on one requirement (``value`` and ``limit`` in ``unit``)."""
-
-    requirement: str
-    description: str
-    check: str
-    passed: bool
-    value: float | None
-    limit: float | None
-    unit: str
-    detail: str
 
 
 @dataclass(frozen=True)
@@ -367,9 +355,7 @@ def write_summary(results: CampaignResults, path: Path) -> Path:
         "requirements": [_requirement_json(r) for r in results.requirement_results()],
         "cases": [_case_json(c) for c in results.cases],
     }
-    text = json.dumps(_finite(summary), indent=2, allow_nan=False)
-    path.write_text(text + "\n", encoding="utf-8")
-    return path
+    return write_json(path, summary)
 
 
 def _counts_json(counts: dict[Status, int]) -> dict[str, int]:
@@ -414,17 +400,6 @@ def _case_json(c: CaseRecord) -> dict[str, Any]:
             for v in c.verdicts
         ],
     }
-
-
-def _finite(v: Any) -> Any:
-    """JSON-safe copy: NaN and infinities become null."""
-    if isinstance(v, float):
-        return v if math.isfinite(v) else None
-    if isinstance(v, dict):
-        return {str(k): _finite(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_finite(x) for x in v]
-    return v
 
 
 def _now() -> str:

@@ -55,6 +55,7 @@ from hil.campaign.criteria import (
 )
 from hil.campaign.spec import Case, Criterion
 from hil.net import free_port
+from hil.reports import write_json
 from hil.rig import HilRig
 from hil.servers.base import PlcServer
 from hil.servers.memory import MemoryPlcServer
@@ -159,7 +160,7 @@ class Recorder:
         self._last_sent: dict[str, float] = {}
 
     def scan(self, rig: HilRig) -> None:
-        truth = rig.plant.true_state()
+        truth = rig.truth
         measured, bad = rig.measured
         row: dict[str, Any] = {"t": truth.t}
         row.update({f"x.{k}": v for k, v in truth.states.items()})
@@ -415,19 +416,6 @@ def kpis(rec: Recording, scenario: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def clean(value: Any) -> Any:
-    """JSON-safe: non-finite floats become None (JSON has no NaN), numpy scalars plain."""
-    if isinstance(value, dict):
-        return {str(k): clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [clean(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, str):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def _chaos(case: Case) -> None:
     spec = os.environ.get(CHAOS_ENV, "")
     if not spec:
@@ -507,8 +495,5 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
         "ended": utc_now(),
         "wall_time_s": time.perf_counter() - t0,
     }
-    tmp = case_dir / "result.json.tmp"
-    text = json.dumps(clean(result), indent=2, allow_nan=False, default=str)
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(case_dir / "result.json")
+    write_json(case_dir / "result.json", result)
     return result

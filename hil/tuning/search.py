@@ -27,6 +27,7 @@ from rich.console import Console
 
 from controller.config import load_controller
 from controller.errors import ConfigError
+from hil.reports import json_safe
 from hil.tuning.evaluate import CaseExecutor, ExecutorSettings, Score, case_jobs, score
 from hil.tuning.spec import ParameterSpec, Tuning, candidate_config, grid_values
 
@@ -152,22 +153,18 @@ def evaluate_many(
     return scores
 
 
-def _finite(v: float) -> float | None:
-    return v if math.isfinite(v) else None
-
-
 def _score_json(s: Score) -> dict[str, Any]:
     return {
-        "values": [_finite(v) for v in s.values],
-        "kpis": {k: _finite(v) for k, v in s.kpis.items()},
-        "per_case": {c: {k: _finite(v) for k, v in d.items()} for c, d in s.per_case.items()},
+        "values": json_safe(s.values),
+        "kpis": json_safe(s.kpis),
+        "per_case": json_safe(s.per_case),
         "rejected": s.rejected,
     }
 
 
 def _record(study: optuna.Study, trial: Trial, s: Score) -> None:
-    trial.set_user_attr("kpis", {k: _finite(v) for k, v in s.kpis.items()})
-    trial.set_user_attr("objective_values", [_finite(v) for v in s.values])
+    trial.set_user_attr("kpis", json_safe(s.kpis))
+    trial.set_user_attr("objective_values", json_safe(s.values))
     if s.rejected:
         trial.set_user_attr("rejected", s.rejected[:20])
     try:
