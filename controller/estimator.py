@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import casadi as ca
@@ -73,7 +73,9 @@ class Estimate:
 
     ``parameters`` holds every model parameter (the estimated ones replaced by their
     estimates); ``parameter_std`` only the estimated ones. ``innovation`` is ``y - y_pred``
-    per measured output (empty for full-state feedback and before the first correction);
+    per measured output (empty for full-state feedback and before the first correction),
+    ``innovation_std`` its predicted standard deviation ``sqrt(diag(H P H' + R))``, so that
+    ``innovation / innovation_std`` is a standard normal residual while the model holds;
     ``algebraic`` holds consistent algebraic states for DAEs (empty for ODEs).
     """
 
@@ -83,6 +85,7 @@ class Estimate:
     parameter_std: Mapping[str, float]
     innovation: Mapping[str, float]
     algebraic: Mapping[str, float]
+    innovation_std: Mapping[str, float] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------- input checking
@@ -187,6 +190,7 @@ class ExtendedKalmanFilter:
         self._z = model.vector(Role.ALGEBRAIC, model.initial_algebraic)
         self._predict_fn, self._measure_fn = self._build_functions()
         self._innovation: dict[str, float] = {}
+        self._innovation_std: dict[str, float] = {}
         if model.is_dae:
             self._z = _solve_algebraic(
                 model, self._algebraic_solver, self._z, physical[: self._n], self._u, self._p
@@ -274,19 +278,20 @@ class ExtendedKalmanFilter:
 
     def _correct(
         self, xi: FloatArray, P: FloatArray, z: FloatArray, u: FloatArray, y: FloatArray
-    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray, FloatArray]:
         if not len(y):
-            return xi, P, z, y
+            return xi, P, z, y, y
         y_pred, H, z = self._call(self._measure_fn, "output prediction", xi, z, u)
         innovation = y / self._y_scale - y_pred.ravel()
         S = H @ P @ H.T + self._R
+        innovation_std = np.sqrt(np.clip(np.diag(S), 0.0, None)) * self._y_scale
         K = np.linalg.solve(S, H @ P).T
         xi = np.clip(xi + K @ innovation, self._lower / self._scale, self._upper / self._scale)
         I_KH = np.eye(len(xi)) - K @ H
         P = I_KH @ P @ I_KH.T + K @ self._R @ K.T
         if self._model.is_dae:
             z = self._call(self._measure_fn, "algebraic solve", xi, z.ravel(), u)[2]
-        return xi, (P + P.T) / 2, z.ravel(), innovation * self._y_scale
+        return xi, (P + P.T) / 2, z.ravel(), innovation * self._y_scale, innovation_std
 
     def update(self, u_applied: Mapping[str, float] | None, y: Mapping[str, float]) -> Estimate:
         """Predict over one sample with ``u_applied`` (unless None), correct with ``y``."""
@@ -297,9 +302,10 @@ class ExtendedKalmanFilter:
         if u_applied is not None:
             xi, P, z = self._predict(u)
             time += self._dt
-        xi, P, z, innovation = self._correct(xi, P, z, u, y_vec)
+        xi, P, z, innovation, innovation_std = self._correct(xi, P, z, u, y_vec)
         self._xi, self._P, self._z, self._u, self._time = xi, P, z, u, time
         self._innovation = model.as_dict(Role.OUTPUT, innovation)
+        self._innovation_std = model.as_dict(Role.OUTPUT, innovation_std)
         return self.estimate
 
     @property
@@ -318,6 +324,7 @@ class ExtendedKalmanFilter:
             parameter_std=dict(zip(theta_names, std[n:].tolist(), strict=True)),
             innovation=dict(self._innovation),
             algebraic=model.as_dict(Role.ALGEBRAIC, self._z),
+            innovation_std=dict(self._innovation_std),
         )
 
     @property

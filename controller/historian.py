@@ -11,6 +11,11 @@ Records hold plain floats and strings so that both backends store the same JSON 
 records equal to the ones recorded. Retention is bounded: beyond ``max_cycles`` cycles (all
 runs together) the oldest are deleted. :func:`export_parquet` writes one flat row per cycle.
 
+Besides the cycles, a run has *events* (:class:`HistorianEvent`): what the twin noticed and a
+person should see on a timeline, e.g. a drift alarm raised or cleared. Events are few and are
+never pruned with the cycles. A cycle's ``monitor`` holds the twin's monitoring figures (drift
+chart statistics, maintenance forecasts, published soft-sensor values).
+
 Failures raise :class:`HistorianError` (storage errors are translated with ``from exc``).
 """
 
@@ -110,6 +115,24 @@ class CycleRecord:
     setpoints: dict[str, float] = field(default_factory=dict)
     safety: list[dict[str, Any]] = field(default_factory=list)
     wrote: bool = False
+    monitor: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HistorianEvent:
+    """Something the twin noticed during a run (``t`` process time [s], ``utc`` ISO 8601).
+
+    ``kind`` is a dotted category (``drift.alarm``, ``drift.clear``, ...), ``key`` what it is
+    about (e.g. a chart key), ``message`` one line for a person, ``detail`` plain JSON data.
+    """
+
+    run_id: str
+    t: float
+    kind: str
+    key: str
+    message: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    utc: str = ""
 
 
 # ---------------------------------------------------------------------- building records
@@ -218,6 +241,7 @@ def cycle_record(
     wrote: bool = False,
     utc: str | None = None,
     predict_steps: int = DEFAULT_PREDICT_STEPS,
+    monitor: Mapping[str, float] | None = None,
 ) -> CycleRecord:
     """Flatten one cycle's objects into a :class:`CycleRecord`.
 
@@ -272,6 +296,7 @@ def cycle_record(
         setpoints={k: float(v) for k, v in (setpoints or {}).items()},
         safety=interventions,
         wrote=wrote,
+        monitor={k: float(v) for k, v in (monitor or {}).items()},
     )
 
 
@@ -279,19 +304,22 @@ def cycle_record(
 # Both backends store a cycle as this row; the dict fields as JSON text.
 _SCALARS = ("run_id", "cycle", "t", "utc", "state", "wrote")
 _JSON = ("measurements", "estimates", "estimate_std", "predicted", "decision", "setpoints")
-_COLUMNS = (*_SCALARS, *_JSON, "safety")
+_COLUMNS = (*_SCALARS, *_JSON, "safety", "monitor")
 Row = tuple[Any, ...]
 
 
 def _encode(c: CycleRecord) -> Row:
     scalars = (c.run_id, int(c.cycle), float(c.t), c.utc, c.state, int(c.wrote))
-    blobs = (json.dumps(getattr(c, name), separators=(",", ":")) for name in (*_JSON, "safety"))
+    blobs = (
+        json.dumps(getattr(c, name), separators=(",", ":"))
+        for name in (*_JSON, "safety", "monitor")
+    )
     return (*scalars, *blobs)
 
 
 def _decode(row: Row) -> CycleRecord:
     values = dict(zip(_COLUMNS, row, strict=True))
-    for name in (*_JSON, "safety"):
+    for name in (*_JSON, "safety", "monitor"):
         values[name] = json.loads(values[name])
     values["measurements"] = {k: Measurement(*m) for k, m in values["measurements"].items()}
     values["wrote"] = bool(values["wrote"])
@@ -358,6 +386,37 @@ class Historian(ABC):
         with self._lock:
             return [_load_run(text) for text in self._load_runs()]
 
+    def record_event(self, event: HistorianEvent) -> None:
+        """Store one event of a started run (stamped with the UTC time if it has none)."""
+        if not event.utc:
+            event = dataclasses.replace(event, utc=utc_now())
+        row = (
+            event.run_id,
+            float(event.t),
+            event.utc,
+            event.kind,
+            event.key,
+            event.message,
+            json.dumps(event.detail, separators=(",", ":"), default=str),
+        )
+        with self._lock:
+            if not self._has_run(event.run_id):
+                raise HistorianError(
+                    f"event {event.kind!r} names run {event.run_id!r}, which was not started"
+                )
+            self._store_event(row)
+
+    def events(self, run_id: str | None = None, kind: str | None = None) -> list[HistorianEvent]:
+        """Events of one run (or all), optionally of one ``kind``, oldest first."""
+        with self._lock:
+            rows = self._load_events()
+        out = []
+        for run, t, utc, k, key, message, detail in rows:
+            if (run_id is None or run == run_id) and (kind is None or k == kind):
+                t = float("nan") if t is None else t
+                out.append(HistorianEvent(run, t, k, key, message, json.loads(detail), utc))
+        return out
+
     @abstractmethod
     def close(self) -> None:
         """Release the storage; never raises."""
@@ -377,6 +436,12 @@ class Historian(ABC):
     @abstractmethod
     def _load_runs(self) -> list[str]: ...
 
+    @abstractmethod
+    def _store_event(self, row: Row) -> None: ...
+
+    @abstractmethod
+    def _load_events(self) -> list[Row]: ...
+
 
 class MemoryHistorian(Historian):
     """In memory, for offline runs and tests: the same rows as SQLite, in a bounded deque."""
@@ -385,6 +450,7 @@ class MemoryHistorian(Historian):
         super().__init__(max_cycles=max_cycles)
         self._runs: dict[str, str] = {}
         self._cycles: deque[Row] = deque(maxlen=max_cycles)
+        self._events: list[Row] = []
 
     def close(self) -> None:
         pass
@@ -405,6 +471,12 @@ class MemoryHistorian(Historian):
     def _load_runs(self) -> list[str]:
         return list(self._runs.values())
 
+    def _store_event(self, row: Row) -> None:
+        self._events.append(row)
+
+    def _load_events(self) -> list[Row]:
+        return list(self._events)
+
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (
@@ -416,10 +488,17 @@ CREATE TABLE IF NOT EXISTS cycles (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     run_id TEXT NOT NULL, cycle INTEGER NOT NULL, t REAL, utc TEXT NOT NULL,
     state TEXT NOT NULL, wrote INTEGER NOT NULL,
-    {", ".join(f"{name} TEXT NOT NULL" for name in (*_JSON, "safety"))}
+    {", ".join(f"{name} TEXT NOT NULL" for name in (*_JSON, "safety"))},
+    monitor TEXT NOT NULL DEFAULT '{{}}'
 );
 CREATE INDEX IF NOT EXISTS cycles_run_cycle ON cycles (run_id, cycle);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL, t REAL, utc TEXT NOT NULL, kind TEXT NOT NULL, key TEXT NOT NULL,
+    message TEXT NOT NULL, detail TEXT NOT NULL
+);
 """
+_EVENT_COLUMNS = "run_id, t, utc, kind, key, message, detail"
 # Delete every cycle older than the newest max_cycles. Ids only grow, one per insert
 # (AUTOINCREMENT; a rolled-back insert rolls its id back too), so the newest max_cycles rows are
 # the ids above lastrowid - max_cycles: a range delete on the primary key, whatever the table's
@@ -443,6 +522,9 @@ class SqliteHistorian(Historian):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(cycles)")}
+            if "monitor" not in columns:  # a file written before cycles had monitor figures
+                self._db.execute("ALTER TABLE cycles ADD COLUMN monitor TEXT NOT NULL DEFAULT '{}'")
         except (OSError, sqlite3.Error) as exc:
             raise HistorianError(f"cannot open the historian {self.path}: {exc}") from exc
 
@@ -487,6 +569,14 @@ class SqliteHistorian(Historian):
     def _load_runs(self) -> list[str]:
         return [r[0] for r in self._run("read runs", "SELECT info FROM runs ORDER BY seq")]
 
+    def _store_event(self, row: Row) -> None:
+        sql = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        self._run("store an event", sql, *row)
+
+    def _load_events(self) -> list[Row]:
+        sql = f"SELECT {_EVENT_COLUMNS} FROM events ORDER BY id"
+        return [tuple(r) for r in self._run("read events", sql)]
+
 
 def open_historian(path: Path | None, max_cycles: int = DEFAULT_MAX_CYCLES) -> Historian:
     """A SQLite historian at ``path``, or a memory one when ``path`` is None."""
@@ -522,6 +612,7 @@ _GROUPS: tuple[tuple[str, str, _Getter], ...] = (
     ("mpc.", "float64", lambda c: c.decision.get("inputs", {})),
     ("u.", "float64", lambda c: c.setpoints),
     ("safety.", "string", lambda c: {i["name"]: i["reason"] for i in c.safety}),
+    ("mon.", "float64", lambda c: c.monitor),
 )
 
 

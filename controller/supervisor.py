@@ -33,7 +33,7 @@ from controller.audit import AuditEntry, AuditTrail
 from controller.clock import Clock
 from controller.errors import PortError
 from controller.estimator import Estimate
-from controller.historian import model_version
+from controller.historian import HistorianEvent, model_version
 from controller.mpc import Decision, SolveStatus
 from controller.pipeline import ControlPipeline
 from controller.ports.base import Port, Quality, Snapshot, WriteReport, WriteStatus
@@ -88,6 +88,10 @@ class CycleView:
     outcome: SafetyOutcome | None = None
     written: dict[str, float] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    #: the twin's figures this cycle (drift statistics, maintenance forecasts, publications)
+    monitor: dict[str, float] = field(default_factory=dict)
+    #: what the twin noticed this cycle (drift alarms raised and cleared), for the historian
+    events: list[HistorianEvent] = field(default_factory=list)
 
 
 class Supervisor:

@@ -29,6 +29,7 @@ from controller.historian import (
     CycleRecord,
     Historian,
     HistorianError,
+    HistorianEvent,
     Measurement,
     MemoryHistorian,
     RunInfo,
@@ -113,6 +114,7 @@ def _cycle(run_id: str, i: int) -> CycleRecord:
             }
         ],
         wrote=bool(i % 2),
+        monitor={"cusum:Kw:low": 0.25 * i, "maintenance.Kw.time_to_threshold": 31.0 - i},
     )
 
 
@@ -404,3 +406,54 @@ def test_cli_audit_export_table_stays_the_default(
     assert "audit trail" in out and "feed_rate_sp" in out and "alice" in out
     assert cli_main(["audit", "export", str(tmp_path / "none.db"), "--format", "csv"]) == 2
     assert not (tmp_path / "none.db").exists()
+
+
+def test_events_round_trip_by_run_and_kind(make_historian: Factory) -> None:
+    h = make_historian(max_cycles=2)
+    h.start_run(_info("r1"))
+    h.start_run(_info("r2"))
+    raised = HistorianEvent(
+        "r1", 3600.0, "drift.alarm", "cusum:Kw:low", "drift alarm: Kw LOW", {"statistic": 9.1}
+    )
+    h.record_event(raised)
+    h.record_event(HistorianEvent("r2", 7.0, "drift.clear", "ewma:T_R_meas:high", "cleared"))
+    for i in range(5):  # cycles are pruned; events are not
+        h.record(_cycle("r1", i))
+    events = h.events("r1")
+    assert [(e.kind, e.key, e.t, e.detail) for e in events] == [
+        ("drift.alarm", "cusum:Kw:low", 3600.0, {"statistic": 9.1})
+    ]
+    assert events[0].utc  # stamped when stored
+    assert [e.run_id for e in h.events(kind="drift.clear")] == ["r2"]
+    assert len(h.events()) == 2
+    with pytest.raises(HistorianError, match="not started"):
+        h.record_event(HistorianEvent("nope", 0.0, "drift.alarm", "k", "m"))
+
+
+def test_monitor_figures_round_trip(make_historian: Factory) -> None:
+    h = make_historian()
+    h.start_run(_info("r1"))
+    h.record(_cycle("r1", 4))
+    assert h.cycles("r1")[0].monitor == {
+        "cusum:Kw:low": 1.0,
+        "maintenance.Kw.time_to_threshold": 27.0,
+    }
+
+
+def test_sqlite_file_without_monitor_column_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """CREATE TABLE runs (seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL UNIQUE,
+        info TEXT NOT NULL);
+        CREATE TABLE cycles (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL,
+        cycle INTEGER NOT NULL, t REAL, utc TEXT NOT NULL, state TEXT NOT NULL,
+        wrote INTEGER NOT NULL, measurements TEXT NOT NULL, estimates TEXT NOT NULL,
+        estimate_std TEXT NOT NULL, predicted TEXT NOT NULL, decision TEXT NOT NULL,
+        setpoints TEXT NOT NULL, safety TEXT NOT NULL);"""
+    )
+    db.close()
+    with SqliteHistorian(path) as h:
+        h.start_run(_info("r1"))
+        h.record(_cycle("r1", 1))
+        assert h.cycles("r1")[0].monitor["cusum:Kw:low"] == 0.25

@@ -18,8 +18,11 @@ from hil.campaign.spec import (
     ConsecutiveFailedSolves,
     ControlLosses,
     Criterion,
+    DriftAlarm,
     Extremum,
     FallbackWithin,
+    MaintenanceForecast,
+    NoDriftAlarm,
     SetpointsWithinLimits,
     describe_check,
 )
@@ -40,6 +43,8 @@ class Recording:
     unit_s: float = 1.0  # seconds per model time unit
     time_unit: str = "h"
     heartbeat_timeout_s: float = math.inf
+    #: drift alarms the twin raised: (t, key, signal, side, message)
+    alarms: list[tuple[float, str, str, str, str]] = field(default_factory=list)
 
     def column(self, name: str) -> np.ndarray:
         return np.array([r.get(name, math.nan) for r in self.rows], dtype=float)
@@ -156,6 +161,74 @@ def _fallback(check: FallbackWithin, rec: Recording) -> tuple[float, float, str]
     return math.inf, limit, f"lost at t={rec.loss_at:g}; the PLC never fell back"
 
 
+def _drift_alarm(check: DriftAlarm, rec: Recording) -> tuple[float, str]:
+    """Detection delay after ``check.after``; inf if an alarm came before it or none at all."""
+    early = [a for a in rec.alarms if a[0] < check.after]
+    if early:
+        t, _, _, _, message = early[0]
+        return math.inf, f"false alarm before the drift began, at t={t:g}: {message}"
+    hits = [
+        a for a in rec.alarms if a[2] == check.signal and (check.side is None or a[3] == check.side)
+    ]
+    if not hits:
+        others = ", ".join(sorted({a[1] for a in rec.alarms})) or "none"
+        return math.inf, f"no drift alarm on {check.signal} (alarms raised: {others})"
+    t, _, _, _, message = hits[0]
+    return t - check.after, f"raised at t={t:g}: {message}"
+
+
+def true_crossing(rec: Recording, parameter: str, threshold: float) -> float:
+    """When the true ``parameter`` crosses ``threshold``: the first scan beyond it, else the
+    linear extrapolation of its last two distinct values (inf when it is not moving)."""
+    t, p = rec.column("t"), rec.column(f"p.{parameter}")
+    keep = np.isfinite(p)
+    t, p = t[keep], p[keep]
+    if len(p) < 2:
+        return math.nan
+    start = p[0]
+    beyond = np.nonzero((p - threshold) * (start - threshold) <= 0)[0]
+    if len(beyond):
+        i = int(beyond[0])
+        if i == 0:
+            return float(t[0])
+        frac = (threshold - p[i - 1]) / (p[i] - p[i - 1])
+        return float(t[i - 1] + frac * (t[i] - t[i - 1]))
+    moving = np.nonzero(np.diff(p))[0]
+    if not len(moving):
+        return math.inf
+    i = int(moving[-1]) + 1
+    j = max(int(moving[0]), i - 50)  # a straight line: any two points on it
+    slope = (p[i] - p[j]) / (t[i] - t[j])
+    return float(t[i] + (threshold - p[i]) / slope) if slope else math.inf
+
+
+def _maintenance(check: MaintenanceForecast, rec: Recording) -> tuple[float, str]:
+    """Fraction of the forecasts from ``after`` on whose interval holds the true crossing."""
+    key = f"mon.maintenance.{check.parameter}"
+    rows = [c for c in rec.cycles if c["t"] >= check.after and f"{key}.threshold" in c]
+    if not rows:
+        return math.nan, f"no maintenance forecast of {check.parameter} was recorded"
+    threshold = rows[0][f"{key}.threshold"]
+    crossing = true_crossing(rec, check.parameter, threshold)
+    if not math.isfinite(crossing):
+        return math.nan, f"the true {check.parameter} does not cross {threshold:g}"
+    issued = [c for c in rows if math.isfinite(c.get(f"{key}.time_to_threshold", math.nan))]
+    if not issued:
+        return 0.0, f"no forecast of {check.parameter} reached 'approaching' from t={check.after:g}"
+    inside, errors = 0, []
+    for c in issued:
+        lo, hi = c["t"] + c[f"{key}.low"], c["t"] + c[f"{key}.high"]
+        inside += lo <= crossing <= hi
+        errors.append(c["t"] + c[f"{key}.time_to_threshold"] - crossing)
+    frac = inside / len(issued)
+    err = np.abs(np.array(errors))
+    return frac, (
+        f"true crossing of {threshold:g} at t={crossing:g}; {inside} of {len(issued)} intervals "
+        f"contain it; point forecast error median {float(np.median(err)):.3g}, "
+        f"max {float(err.max()):.3g} {rec.time_unit}"
+    )
+
+
 def longest_failed_run(cycles: Sequence[Mapping[str, Any]]) -> int:
     run = best = 0
     for c in cycles:
@@ -218,6 +291,19 @@ def judge(c: Criterion, rec: Recording) -> Verdict:
             detail = (
                 f"the MPC lost control {value:g} times (PLC fallbacks: {plc_fallbacks(rec.rows)})"
             )
+        case DriftAlarm():
+            value, detail = _drift_alarm(check, rec)
+            limit, passed = check.within, value <= check.within
+            unit = rec.time_unit
+        case NoDriftAlarm():
+            value, limit = float(len(rec.alarms)), float(check.at_most)
+            passed = value <= limit
+            detail = "; ".join(f"t={a[0]:g}: {a[4]}" for a in rec.alarms[:3]) or "no drift alarm"
+            unit = "alarms"
+        case MaintenanceForecast():
+            value, detail = _maintenance(check, rec)
+            limit, passed = check.at_least, value >= check.at_least
+            unit = "fraction"
     if isinstance(value, float) and math.isnan(value):
         passed = False
     return Verdict(c.id, c.description, describe_check(check), passed, value, limit, unit, detail)

@@ -157,6 +157,8 @@ class Recorder:
         if site.hil is not None:
             self.rec.heartbeat_timeout_s = site.hil.plc.heartbeat_timeout
         self.inputs = site.model.input_names
+        # true values of what the twin estimates (drift and maintenance are judged on them)
+        self.tracked = site.controller.estimator.parameters
         self._last_sent: dict[str, float] = {}
 
     def scan(self, rig: HilRig) -> None:
@@ -168,6 +170,9 @@ class Recorder:
         row.update({f"e.{k}": v for k, v in truth.expressions.items()})
         row.update({f"y.{k}": (math.nan if k in bad else v) for k, v in measured.items()})
         row.update({f"u.{k}": v for k, v in rig.applied.items()})
+        if self.tracked:
+            params = rig.plant.parameters
+            row.update({f"p.{k}": params[k] for k in self.tracked})
         if self.rec.sent:
             self._last_sent.update(self.rec.sent[-1][1])
         row.update({f"sp.{k}": self._last_sent.get(k, math.nan) for k in self.inputs})
@@ -189,6 +194,12 @@ class Recorder:
         }
         if view.estimate is not None:
             row.update({f"xhat.{k}": v for k, v in view.estimate.states.items()})
+            row.update({f"phat.{k}": view.estimate.parameters[k] for k in self.tracked})
+        row.update({f"mon.{k}": v for k, v in view.monitor.items()})
+        for ev in view.events:
+            if ev.kind == "drift.alarm":
+                d = ev.detail
+                self.rec.alarms.append((row["t"], ev.key, d["signal"], d["side"], ev.message))
         if view.outcome is not None:
             row.update({f"cmd.{k}": v for k, v in view.outcome.setpoints.items()})
         self.rec.cycles.append(row)

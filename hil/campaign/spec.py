@@ -151,8 +151,45 @@ class ControlLosses(Strict):
     at_most: Annotated[int, Field(ge=0)]
 
 
+class DriftAlarm(Strict):
+    """The twin raises a drift alarm on ``signal`` (an estimated parameter or a measured
+    output; ``side`` high/low if given) within ``within`` time units of ``after`` (the onset
+    of the drift), and none on any signal before ``after``. Judged on the detection delay."""
+
+    kind: Literal["drift_alarm"]
+    signal: str
+    side: Literal["high", "low"] | None = None
+    after: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    within: PositiveFinite
+
+
+class NoDriftAlarm(Strict):
+    """The twin raises at most ``at_most`` drift alarms over the run (false-alarm check)."""
+
+    kind: Literal["no_drift_alarm"]
+    at_most: Annotated[int, Field(ge=0)] = 0
+
+
+class MaintenanceForecast(Strict):
+    """The time-to-threshold forecast of ``parameter`` brackets the true crossing: of the
+    forecasts issued from ``after`` on (status approaching), at least the fraction
+    ``at_least`` have an interval that contains the time the true parameter crosses."""
+
+    kind: Literal["maintenance_forecast"]
+    parameter: str
+    after: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    at_least: Annotated[float, Field(gt=0, le=1)] = 0.9
+
+
 Check = Annotated[
-    SetpointsWithinLimits | Extremum | FallbackWithin | ConsecutiveFailedSolves | ControlLosses,
+    SetpointsWithinLimits
+    | Extremum
+    | FallbackWithin
+    | ConsecutiveFailedSolves
+    | ControlLosses
+    | DriftAlarm
+    | NoDriftAlarm
+    | MaintenanceForecast,
     Field(discriminator="kind"),
 ]
 
@@ -190,6 +227,19 @@ def describe_check(check: Check) -> str:
             return f"longest run of failed solves <= {check.at_most} cycles"
         case ControlLosses():
             return f"times the MPC lost control <= {check.at_most}"
+        case DriftAlarm():
+            side = f" ({check.side})" if check.side else ""
+            return (
+                f"drift alarm on {check.signal}{side} within {check.within:g} of t={check.after:g},"
+                " none before"
+            )
+        case NoDriftAlarm():
+            return f"drift alarms <= {check.at_most}"
+        case MaintenanceForecast():
+            return (
+                f"time-to-threshold interval of {check.parameter} contains the true crossing in "
+                f">= {100 * check.at_least:g} % of the forecasts from t={check.after:g}"
+            )
     raise AssertionError(f"unhandled check {check!r}")  # pragma: no cover
 
 
