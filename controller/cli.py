@@ -9,6 +9,7 @@ Examples::
     pharmatwin audit export pharmatwin-audit.db --format json
     pharmatwin history export pharmatwin-history.db --parquet history.parquet
     pharmatwin describe configs/plants/lyophilizer.yaml
+    pharmatwin forecast configs/sites/lyophilizer-modbus.yaml --historian pharmatwin-history.db
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from controller.config import (
@@ -33,6 +36,9 @@ from controller.errors import ConfigError, PharmaTwinError
 from controller.site import load_site
 from controller.tags import load_tag_map
 
+if TYPE_CHECKING:
+    from controller.forecast import Forecast
+
 EPILOG = """examples:
   pharmatwin check-config configs/sites/bioreactor-modbus.yaml configs/scenarios/cstr-mpc.yaml
   pharmatwin tags read configs/sites/bioreactor-modbus.yaml
@@ -42,7 +48,16 @@ EPILOG = """examples:
   pharmatwin audit export pharmatwin-audit.db --format csv --out audit.csv
   pharmatwin history export pharmatwin-history.db --parquet history.parquet
   pharmatwin describe configs/plants/lyophilizer.yaml
+  pharmatwin forecast configs/sites/lyophilizer-modbus.yaml --historian pharmatwin-history.db
+  pharmatwin forecast configs/sites/lyophilizer-modbus.yaml --plan cooler-shelf.yaml --out runs/fc
 """
+
+#: The historian ``pharmatwin run`` writes unless told otherwise (``--historian``).
+DEFAULT_HISTORIAN = Path("pharmatwin-history.db")
+
+PLAN_HELP = """a YAML plan: name, time_base (now: t = 0 is the forecast start; batch: batch
+time), interpolation (linear|previous) and table rows {t, inputs}; inputs it does not name
+hold their current value"""
 
 
 def _kind(path: Path) -> str:
@@ -109,6 +124,73 @@ def describe(path: Path, console: Console) -> int:
     return 0
 
 
+def forecast_command(
+    site_path: Path,
+    plan: Path | None,
+    historian: Path | None,
+    run_id: str | None,
+    out: Path,
+    console: Console,
+) -> int:
+    """Forecast the batch from a runtime's historian; print the CQAs, write JSON and a plot."""
+    from controller import forecast as fc
+    from controller.errors import Problem
+
+    site = load_site(site_path)
+    if historian is None:
+        if not DEFAULT_HISTORIAN.is_file():
+            raise fc.ForecastError(
+                [
+                    Problem(
+                        str(DEFAULT_HISTORIAN),
+                        "--historian",
+                        "no historian here; give --historian DB (the file of a running "
+                        "`pharmatwin run SITE --historian DB`)",
+                        str(DEFAULT_HISTORIAN.resolve()),
+                    )
+                ]
+            )
+        historian = DEFAULT_HISTORIAN
+    start = fc.start_from_historian(site, historian, run_id)
+    plans = fc.default_plans(site, plan)
+    result = fc.forecast(site, start, plans)
+    unit = result.time_unit
+    inputs = ", ".join(f"{k}={v:.4g}" for k, v in start.inputs.items())
+    console.print(
+        f"{site.name}: forecast from t = {start.t:.4g} {unit} (inputs {inputs}) from {historian}",
+        highlight=False,
+        markup=False,
+    )
+    console.print(_forecast_table(result))
+    for row in result.table():
+        for text in (row["status"] if row["status"] != "ok" else "", row["notes"]):
+            if text:
+                console.print(f"  {row['plan']}: {text}", highlight=False, markup=False)
+    json_path = fc.write_json(result, out / "forecast.json")
+    png_path = fc.plot_forecast(result, out / "forecast.png")
+    console.print(f"wrote {json_path} and {png_path}", highlight=False, markup=False)
+    return 0
+
+
+def _forecast_table(result: Forecast) -> Table:
+    """One column per plan, one row per CQA, then the batch end, finished and status."""
+    unit = result.time_unit
+    rows = result.table()
+    table = Table(title=f"{result.site}: predicted CQAs per plan")
+    table.add_column("CQA")
+    for row in rows:
+        table.add_column(f"{row['plan']} ({row['kind']})", justify="right")
+    for c in result.cqas:
+        what = f"{c.at} of {c.expression}" if c.expression != "end_time" else f"batch end [{unit}]"
+        table.add_row(escape(f"{c.name} ({what})"), *(f"{row[c.name]:.5g}" for row in rows))
+    table.add_row(escape(f"forecast end [{unit}]"), *(f"{row['end_time']:.5g}" for row in rows))
+    table.add_row("batch finished", *("yes" if row["finished"] else "no" for row in rows))
+    table.add_row(
+        "status", *(row["status"] if row["status"] == "ok" else "[red]failed[/red]" for row in rows)
+    )
+    return table
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pharmatwin",
@@ -167,6 +249,33 @@ def _parser() -> argparse.ArgumentParser:
     he.add_argument("db", type=Path)
     he.add_argument("--parquet", type=Path, required=True, metavar="FILE")
     he.add_argument("--run", default=None, metavar="RUN_ID", help="one run (default: all)")
+    f = sub.add_parser(
+        "forecast",
+        help="what-if: predict the batch to its end from the live estimate, per plan",
+        description="Read the newest estimate from a runtime's historian (shadow or closed "
+        "loop; the PLC is never touched), predict the batch to its end under the site's MPC, "
+        "the PLC's local recipe and an optional plan, print the predicted CQAs and write "
+        "forecast.json and forecast.png.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    f.add_argument("site", type=Path, help="configs/sites/<name>.yaml (with a 'forecast' section)")
+    f.add_argument("--plan", type=Path, default=None, metavar="FILE", help=PLAN_HELP)
+    f.add_argument(
+        "--historian",
+        type=Path,
+        default=None,
+        metavar="DB",
+        help=f"the runtime's historian (default: {DEFAULT_HISTORIAN} if it exists)",
+    )
+    f.add_argument("--run-id", default=None, help="one run of the historian (default: newest)")
+    f.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/forecast"),
+        metavar="DIR",
+        help="where forecast.json and forecast.png go (default: runs/forecast)",
+    )
     return p
 
 
@@ -219,6 +328,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from controller import commissioning
 
             return commissioning.history_export(args.db, args.parquet, args.run, console)
+        if args.command == "forecast":
+            return forecast_command(
+                args.site, args.plan, args.historian, args.run_id, args.out, console
+            )
     except PharmaTwinError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         return 2

@@ -78,8 +78,11 @@ def historian_sink(historian: Historian, predict_steps: int) -> Any:
                 setpoints=view.written,
                 wrote=bool(view.written),
                 predict_steps=predict_steps,
+                monitor=view.monitor,
             )
         )
+        for event in view.events:
+            historian.record_event(event)
 
     return sink
 

@@ -5,7 +5,9 @@ A site names the plant model, the controller config, the tag map and the connect
 every file it names, and raises one :class:`~controller.errors.ConfigError` listing every
 problem with its file, key path and bad value. Relative paths (configs, certificates, trust
 lists) are relative to the site file. Passwords are never stored in the file: the site names
-the environment variable that holds it (``password_env``).
+the environment variable that holds it (``password_env``). The optional ``forecast`` section
+tells ``pharmatwin forecast`` when the batch ends, which CQAs to report and where the PLC's
+local recipe is (:class:`ForecastSection`, :mod:`controller.forecast`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from controller.config import (
     resolve,
 )
 from controller.errors import ConfigError, Problem
-from controller.tags import TagMap, load_tag_map
+from controller.tags import Direction, TagMap, load_tag_map
 from plant_models import PlantModel
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -179,6 +181,59 @@ class RuntimeSettings(Strict):
     service_identity: str = "pharmatwin-service"
     predicted_steps: Annotated[int, Field(ge=0, le=100)] = 5
     advisory_tags: dict[str, str] = Field(default_factory=dict)  # input -> tag (shadow mode)
+    #: write the soft sensors (``publish`` tags) in shadow mode too; off: shadow never writes
+    #: anything but the advisory tags
+    publish_in_shadow: bool = False
+
+
+#: Columns of a forecast's table besides the CQAs (:meth:`controller.forecast.Forecast.table`).
+FORECAST_COLUMNS = ("plan", "kind", "end_time", "finished", "status", "notes")
+
+
+class ForecastCqa(Strict):
+    """One critical quality attribute of a forecast: an expression's value at the end, or its
+    largest or smallest value over the forecast.
+
+    ``expression`` names a state, algebraic state, input or model expression, a derived
+    quantity of :mod:`controller.forecast` (e.g. ``fines_ratio``), or ``end_time``: the batch
+    time at which the forecast ends (the batch end) in the model's time unit.
+    """
+
+    name: str
+    expression: str
+    at: Literal["end", "max", "min"] = "end"
+
+
+class ForecastSection(Strict):
+    """How ``pharmatwin forecast`` predicts this site's batch (times in the model's unit).
+
+    The batch ends when the model says it is finished (e.g. primary drying complete), or at
+    ``batch_duration`` since the batch start, whichever comes first; ``max_duration`` is a
+    hard cap. For a ``continuous`` process both durations count from the forecast start (the
+    forecast horizon) instead of the batch start. ``local_recipe``: the PLC's local recipe, a
+    scenario file with a ``recipe:`` key or a bare recipe file, relative to the site file.
+    """
+
+    local_recipe: str | None = None
+    batch_duration: PositiveFinite | None = None
+    max_duration: PositiveFinite
+    continuous: bool = False
+    cqas: tuple[ForecastCqa, ...] = ()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ForecastSection:
+        if self.batch_duration is not None and self.batch_duration > self.max_duration:
+            raise ValueError(
+                f"batch_duration {self.batch_duration} is above max_duration {self.max_duration}"
+            )
+        names = [c.name for c in self.cqas]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"CQA names must be unique; repeated: {repeated}")
+        reserved = sorted(set(names) & set(FORECAST_COLUMNS))
+        if reserved:
+            raise ValueError(f"CQA names {reserved} are taken by the forecast table's columns")
+        return self
 
 
 class SiteFile(Strict):
@@ -190,6 +245,7 @@ class SiteFile(Strict):
     connection: Connection
     runtime: RuntimeSettings = RuntimeSettings()
     hil: HilSection | None = None
+    forecast: ForecastSection | None = None
 
 
 @dataclass(frozen=True)
@@ -205,6 +261,7 @@ class Site:
     connection: Connection
     hil: HilSection | None = None
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    forecast: ForecastSection | None = None
 
     def file(self, ref: str) -> Path:
         """A path written in the site file, resolved against it."""
@@ -237,14 +294,64 @@ def load_site(path: Path) -> Site:
             )
     if tm is not None:
         problems += _check_tags(sf, tm, model, path)
+    if tm is not None and model is not None and cfg is not None:
+        problems += _check_twin(sf, cfg, tm, model, path)
     problems += _check_files(sf, path)
     if sf.hil is not None and model is not None and tm is not None:
         problems += _check_hil(sf.hil, model, tm, path)
+    if sf.forecast is not None and model is not None:
+        problems += _check_forecast(sf.forecast, model, path)
     if problems:
         raise ConfigError(problems)
     if cfg is None or model is None or tm is None:  # unreachable: problems were raised
         raise ConfigError(problems)
-    return Site(path, sf.name, sf.description, cfg, model, tm, sf.connection, sf.hil, sf.runtime)
+    return Site(
+        path,
+        sf.name,
+        sf.description,
+        cfg,
+        model,
+        tm,
+        sf.connection,
+        sf.hil,
+        sf.runtime,
+        sf.forecast,
+    )
+
+
+def _check_twin(
+    sf: SiteFile, cfg: ControllerConfig, tm: TagMap, model: PlantModel, path: Path
+) -> list[Problem]:
+    """Publications valid for the model and the estimated parameters; the alarm tag exists
+    and is one the twin may write (a ``publish`` tag, not a setpoint)."""
+    from controller.publish import check_publications
+
+    estimated = cfg.estimator.parameters if cfg.estimator.kind == "ekf" else ()
+    problems = check_publications(tm, model, estimated, None, str(resolve(path, sf.tags)))
+    alarm = cfg.monitoring.alarm_tag if cfg.monitoring is not None else None
+    if alarm is not None:
+        where = str(resolve(path, sf.controller))
+        tag = tm.tags.get(alarm)
+        if tag is None:
+            problems.append(
+                Problem(
+                    where,
+                    "monitoring.alarm_tag",
+                    f"no such tag in the tag map {sf.tags}; give a tag of direction publish",
+                    alarm,
+                )
+            )
+        elif tag.direction is not Direction.PUBLISH:
+            problems.append(
+                Problem(
+                    where,
+                    "monitoring.alarm_tag",
+                    f"the tag's direction is {tag.direction.value}; the alarm tag must have "
+                    "direction publish (the twin writes it, nobody else)",
+                    alarm,
+                )
+            )
+    return problems
 
 
 def _check_tags(sf: SiteFile, tm: TagMap, model: PlantModel | None, path: Path) -> list[Problem]:
@@ -354,6 +461,30 @@ def _check_hil(hil: HilSection, model: PlantModel, tm: TagMap, path: Path) -> li
                         inp,
                     )
                 )
+    return problems
+
+
+def _check_forecast(fc: ForecastSection, model: PlantModel, path: Path) -> list[Problem]:
+    """CQA expressions must name something the forecast computes; the local recipe must be a
+    recipe of every input of the model."""
+    from controller.forecast import forecast_names, recipe_problems
+
+    problems: list[Problem] = []
+    named = forecast_names(model)
+    for i, cqa in enumerate(fc.cqas):
+        if cqa.expression not in named:
+            problems.append(
+                Problem(
+                    str(path),
+                    f"forecast.cqas.{i}.expression",
+                    f"unknown; allowed: {sorted(named)}",
+                    cqa.expression,
+                )
+            )
+    # A missing recipe file is not a load error: copies of a site elsewhere (campaign cases)
+    # still run; `pharmatwin forecast` reports it, naming the site file and the key.
+    if fc.local_recipe is not None and resolve(path, fc.local_recipe).is_file():
+        problems += recipe_problems(resolve(path, fc.local_recipe), model)[1]
     return problems
 
 

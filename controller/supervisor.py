@@ -11,7 +11,13 @@ Every cycle, on the clock: read a snapshot; check quality and staleness (OPC UA 
 Modbus validity bits, a frozen PLC scan counter, source age); update the estimator; solve the
 MPC in a worker thread with a deadline (never two at once: an overrun skips the cycle and
 holds); pass the result through the safety layer; write the heartbeat, then the setpoints
-(each audited *before* it is sent), and check the read-back. Bad or stale data, a failed or
+(each audited *before* it is sent), and check the read-back; then the twin's own work
+(:mod:`controller.twin`): drift charts and maintenance forecasts on the estimate (fed only
+with good, fresh data; an alarm raised or cleared is audited, logged with what a person needs
+to act, and handed to the historian as an event; an alarm tag, if configured, is written after
+its audit record), and the soft-sensor publications (written every cycle in closed loop; in
+shadow mode only if ``runtime.publish_in_shadow``; a failed publication is logged and
+counted, never a reason to hold control). Bad or stale data, a failed or
 late solve, or a failed write hold the last safe setpoints and count; after
 ``max_bad_cycles`` in a row the supervisor releases ``mpc_request`` so that the PLC takes over,
 and goes to FALLBACK. A lost connection holds too: no heartbeat reaches the PLC, which falls
@@ -25,20 +31,24 @@ import contextlib
 import logging
 import math
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from controller.audit import AuditEntry, AuditTrail
 from controller.clock import Clock
+from controller.config import read_yaml
 from controller.errors import PortError
 from controller.estimator import Estimate
+from controller.forecast import Forecast, Plan, default_plans, forecast, start_from_estimate
 from controller.historian import HistorianEvent, model_version
+from controller.monitoring import Alarm
 from controller.mpc import Decision, SolveStatus
 from controller.pipeline import ControlPipeline
 from controller.ports.base import Port, Quality, Snapshot, WriteReport, WriteStatus
 from controller.safety import SafetyOutcome
 from controller.site import Site
+from controller.twin import TwinCycle, TwinServices
 
 log = logging.getLogger("pharmatwin.supervisor")
 
@@ -73,6 +83,8 @@ class Counters:
     read_failures: int = 0
     writes: int = 0
     fallbacks: int = 0
+    drift_alarms: int = 0
+    publish_failures: int = 0
 
 
 @dataclass
@@ -140,6 +152,10 @@ class Supervisor:
         self.views: list[CycleView] = []  # the last few cycles, for inspection
         self.actor = self.settings.service_identity
         self.model_version = model_version(self.model)
+        self.twin = TwinServices(site, str(site.file(str(read_yaml(site.path)["controller"]))))
+        self._twin: TwinCycle | None = None
+        self._alarm_written: float | None = None
+        self._publish_warned: set[str] = set()
 
     # ------------------------------------------------------------------ transitions
     def _to(self, state: State, cause: str) -> None:
@@ -216,10 +232,12 @@ class Supervisor:
         y = {o: snap[tag].value for o, tag in self.y_tags.items() if tag in snap.values}
         estimate, problem = self.pipeline.estimate(y, data_ok=data_ok, data_fresh=fresh)
         view.estimate = estimate
+        self._watch(view, estimate, data_good=data_ok and fresh and not problem)
         decision = await self._solve(t, estimate, problem, view)
         view.decision = decision
         view.outcome = self.pipeline.guard(decision, data_ok=data_ok, data_fresh=fresh)
         await self._act(view)
+        await self._publish(view)
         return self._done(view)
 
     def _done(self, view: CycleView) -> CycleView:
@@ -354,6 +372,100 @@ class Supervisor:
             return None
         return self.settings.solve_deadline_fraction * self.dt_s / float(rate)
 
+    # ------------------------------------------------------------------ the twin
+    def _watch(self, view: CycleView, estimate: Estimate | None, *, data_good: bool) -> None:
+        """Drift charts, maintenance forecasts and publications on this cycle's estimate."""
+        if not self.twin.enabled or self.state is State.INIT:
+            return
+        inputs = self._written or self.model.nominal_inputs
+        tc = self.twin.update(
+            view.t / self.model.seconds_per_unit, estimate, inputs, data_good=data_good
+        )
+        self._twin = tc
+        view.monitor = tc.monitor
+        for kind, alarms in (("drift.alarm", tc.raised), ("drift.clear", tc.cleared)):
+            for alarm in alarms:
+                self._alarm_event(kind, alarm, view)
+        for problem in tc.publication.problems():
+            tag = problem.split(":", 1)[0]
+            if tag not in self._publish_warned:  # once per tag, not every cycle
+                self._publish_warned.add(tag)
+                log.warning("publication %s", problem)
+
+    def _alarm_event(self, kind: str, alarm: Alarm, view: CycleView) -> None:
+        detail = {
+            "run_id": self.run_id,
+            "cycle": view.cycle,
+            "signal": alarm.signal,
+            "side": alarm.side,
+            "chart": alarm.chart,
+            "statistic": alarm.statistic,
+            "limit": alarm.limit,
+            "value": alarm.value,
+            "reference": alarm.reference,
+            "raised_at": alarm.raised_at,
+            "since": alarm.since,
+        }
+        message = alarm.message
+        self.audit.record(
+            kind,
+            alarm.signal,
+            reason=message,
+            new_value=alarm.statistic,
+            actor=self.actor,
+            detail=detail,
+        )
+        if kind == "drift.alarm":
+            self.counters.drift_alarms += 1
+            log.warning("%s", message)
+        else:
+            log.info("%s", message)
+        view.events.append(HistorianEvent(self.run_id, view.t, kind, alarm.key, message, detail))
+
+    async def _publish(self, view: CycleView) -> None:
+        """Write the soft sensors and, when it changed, the alarm tag (audited first)."""
+        tc = self._twin
+        if tc is None or self.state in (State.INIT, State.STOPPED):
+            return
+        if self.mode is Mode.SHADOW and not self.settings.publish_in_shadow:
+            return
+        values = dict(tc.publication.values)
+        tag = self.twin.alarm_tag
+        if tag is not None:  # a publication too, but written only on change, audited first
+            value = values.pop(tag, None)
+            if value is not None and value != self._alarm_written:
+                self.audit.record(
+                    "tag.write.alarm",
+                    tag,
+                    reason="drift alarm state changed",
+                    old_value=self._alarm_written,
+                    new_value=value,
+                    actor=self.actor,
+                    detail={
+                        "run_id": self.run_id,
+                        "cycle": view.cycle,
+                        "active": [a.key for a in tc.active],
+                    },
+                )
+                values[tag] = value
+        if not values:
+            return
+        try:
+            report = await self.port.write(values)
+        except PortError as exc:
+            self.counters.publish_failures += 1
+            log.warning("cycle %d: publishing %s failed: %s", view.cycle, sorted(values), exc)
+            return
+        if tag is not None and tag in values:
+            result = report.results.get(tag)
+            if result is not None and result.status in (WriteStatus.OK, WriteStatus.MISMATCH):
+                self._alarm_written = values[tag]
+        if not report.ok:
+            self.counters.publish_failures += 1
+            log.warning(
+                "cycle %d: publication refused: %s", view.cycle, [r.detail for r in report.failed()]
+            )
+
     # ------------------------------------------------------------------ writing
     async def _act(self, view: CycleView) -> None:
         if view.problems:
@@ -364,15 +476,38 @@ class Supervisor:
         if not view.problems:  # only a clean cycle ends a run of bad ones (failed writes count)
             self.counters.bad_in_a_row = 0
 
+    def _follow_working(self, view: CycleView) -> None:
+        """While the PLC drives the inputs (shadow, fallback, before engaging), the estimator
+        predicts with the PLC's working setpoints as read, not with what the twin last wrote
+        (without this a shadow run's estimate drifts away: it thinks the inputs never moved).
+        In shadow mode the safety filter follows them too, so that the recommendations are
+        moves from where the plant is."""
+        snap = view.snapshot
+        if snap is None or self.state is State.INIT:
+            return
+        working = dict(self._written)
+        for name in self.model.input_names:
+            tv = snap.values.get(self.pv_tags.get(name) or self.sp_tags[name])
+            if tv is not None and tv.quality is Quality.GOOD and math.isfinite(tv.value):
+                working[name] = float(tv.value)
+        if set(working) >= set(self.model.input_names):
+            self._written = working
+            self.pipeline.applied(working)
+            if self.mode is Mode.SHADOW:
+                self.pipeline.safety.reset(working)
+
     async def _send(self, view: CycleView) -> None:
         if self.mode is Mode.SHADOW or self.state in (State.INIT, State.STOPPED):
+            self._follow_working(view)
             await self._advise(view)
             return
         if self.state is State.FALLBACK:
+            self._follow_working(view)
             await self._write_request(False, view)
             return
         await self._write_heartbeat(view)
         if self.state is State.REQUESTING:
+            self._follow_working(view)
             await self._write_request(True, view)
             return
         if self.state is State.RUNNING and view.outcome is not None and not view.outcome.held:
@@ -502,6 +637,19 @@ class Supervisor:
         if advisory:
             await self._write(advisory, view)
         log.info("cycle %d recommendation: %s", view.cycle, dict(view.outcome.setpoints))
+
+    # ------------------------------------------------------------------ what if
+    def forecast(self, plans: Sequence[Plan] | None = None) -> Forecast:
+        """What-if from the live estimate: the batch to its end under each plan (default: the
+        MPC's, the PLC's local recipe). Seconds of CPU for a whole batch: call it off the
+        control loop (``asyncio.to_thread``); it reads the estimate and changes nothing."""
+        estimate = self.pipeline.estimator.estimate
+        t = (self.views[-1].t if self.views else 0.0) / self.model.seconds_per_unit
+        inputs = self._written or self.model.nominal_inputs
+        start = start_from_estimate(t, estimate, inputs)
+        return forecast(
+            self.site, start, plans if plans is not None else default_plans(self.site, None)
+        )
 
     # ------------------------------------------------------------------ stopping
     async def shutdown(self, cause: str) -> None:

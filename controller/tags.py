@@ -9,6 +9,18 @@ it lives on each protocol:
 * OPC UA: a node id (``ns=2;s=...``, ``ns=2;i=...``) or a browse path, and the expected
   data type.
 
+Directions, as seen from the twin (the controller): ``read`` (the PLC writes, the twin
+reads: measurements, working setpoints, PLC status), ``read_write`` (setpoints and contract
+flags the twin writes and reads back), ``write`` (write-only) and ``publish``: a value the
+twin *publishes* for the PLC, the HMI and the historian to read (a soft sensor such as the
+drying-front position, an estimated parameter, a drift alarm word). A publishing tag names
+what it carries in ``publishes`` (see :mod:`controller.publish` for the names allowed); it is
+writable by the twin (a holding register or coil, an OPC UA variable) but it is not
+``readable``: the twin never reads its own publications back as inputs, so the supervisor's
+per-cycle read, the measurement list and the validity bits never include them. It never
+carries a model variable (no ``binds``): a publication is never a control input nor a
+measurement. Every problem names ``tags.<tag>.publishes``, the bad value and what is allowed.
+
 The codecs are pure functions (in the spirit of pymodbus's framers): engineering value <->
 16-bit registers. Word/byte orders for multi-register values, with A the most significant
 byte of the value:
@@ -26,13 +38,14 @@ only the byte swap matters. Codecs never mutate their arguments and raise
 from __future__ import annotations
 
 import math
+import re
 import struct
 from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from controller.config import Finite, PositiveFinite, Strict, parse, read_yaml
 from controller.errors import ConfigError, PharmaTwinError, Problem
@@ -43,9 +56,12 @@ class CodecError(PharmaTwinError):
 
 
 class Direction(StrEnum):
+    """Who writes a tag, as seen from the twin (see the module docstring)."""
+
     READ = "read"
     WRITE = "write"
     READ_WRITE = "read_write"
+    PUBLISH = "publish"  # the twin writes, the PLC / HMI / historian only read
 
 
 class Table(StrEnum):
@@ -98,6 +114,8 @@ _INT_RANGE = {
 }
 #: Largest finite float32.
 _FLOAT32_MAX = 3.4028234663852886e38
+#: What ``publishes`` may look like: a name, or dotted names (``Lck.std``, ``alarm.word``).
+_PUBLISH_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 
 
 class ModbusSpec(Strict):
@@ -173,6 +191,53 @@ class Tag(Strict):
     frozen_after: Annotated[int, Field(ge=2, le=1000)] | None = None
     modbus: ModbusSpec | None = None
     opcua: OpcUaSpec | None = None
+    #: what the twin publishes into this tag (direction ``publish`` only): a model state, an
+    #: estimated parameter, a model expression, ``<name>.std`` or a twin-intelligence value
+    #: (``alarm.word``, ``maintenance.<param>.time_to_threshold``...); checked against the
+    #: model by :func:`controller.publish.check_publications`
+    publishes: Annotated[str | None, Field(validate_default=True)] = None
+
+    @field_validator("publishes")
+    @classmethod
+    def _publication(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A publication is written by the twin and read by everyone else, never an input."""
+        direction = info.data.get("direction")
+        if value is None:
+            if direction is Direction.PUBLISH:
+                raise ValueError(
+                    "direction 'publish' needs 'publishes': the model state, estimated "
+                    "parameter, expression or twin-intelligence value the twin writes here"
+                )
+            return None
+        if not _PUBLISH_NAME.fullmatch(value):
+            raise ValueError(
+                f"publishes {value!r} is not a name; allowed: a model name, '<name>.std', or "
+                "dotted names such as 'alarm.word' and 'maintenance.Kw.time_to_threshold'"
+            )
+        if direction is not None and direction is not Direction.PUBLISH:
+            raise ValueError(
+                f"publishes {value!r} needs direction 'publish' (the twin writes, the PLC and "
+                f"HMI only read), not {direction.value!r}"
+            )
+        problems = []
+        binds = info.data.get("binds")
+        if binds is not None:
+            problems.append(
+                f"it also binds the model variable {binds!r}: a publication is written by the "
+                "twin and is never a control input or a measurement; remove 'binds'"
+            )
+        modbus = info.data.get("modbus")
+        if modbus is not None and not modbus.writable_table:
+            problems.append(
+                f"its Modbus table {modbus.table.value!r} is written only by the PLC; allowed: "
+                "'holding' (or 'coil' for a bool), which the twin can write"
+            )
+        for key in ("max_rate", "frozen_after"):
+            if info.data.get(key) is not None:
+                problems.append(f"'{key}' applies to setpoints and measurements only; remove it")
+        if problems:
+            raise ValueError(f"publishes {value!r}: " + "; ".join(problems))
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Tag:
@@ -190,7 +255,8 @@ class Tag(Strict):
 
     @property
     def readable(self) -> bool:
-        return self.direction is not Direction.WRITE
+        """Whether the twin reads this tag (never its own publications)."""
+        return self.direction not in (Direction.WRITE, Direction.PUBLISH)
 
 
 class TagMap(Strict):
@@ -207,6 +273,10 @@ class TagMap(Strict):
     def reading_tags(self) -> dict[str, str]:
         """Model variable -> the read-only tag that publishes it (measurements, working SPs)."""
         return {t.binds: n for n, t in self.tags.items() if t.binds is not None and not t.writable}
+
+    def publication_tags(self) -> dict[str, str]:
+        """Tag -> what the twin publishes into it (direction ``publish``), in map order."""
+        return {n: t.publishes for n, t in self.tags.items() if t.publishes is not None}
 
     def measurement_tags(self, input_names: Sequence[str]) -> list[str]:
         """Read-only tags bound to anything but an input, in map order: the order of the

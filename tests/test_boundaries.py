@@ -31,6 +31,9 @@ PURE_CONTROLLER_MODULES = (
     "recipe.py",
     "site.py",
     "audit.py",
+    "monitoring.py",
+    "publish.py",
+    "twin.py",
 )
 REQUIRED_PURE_MODULES = ("config.py", "mpc.py", "safety.py")
 

@@ -405,6 +405,7 @@ async def test_shadow_mode_writes_nothing_and_records_recommendations(tmp_path: 
     )
     async with rig(site, server, rate) as bench:
         sup = await run_site(on_port(site, port), opts, clock=ScaledClock(rate), policy=mpc)
+        true_front = bench.rig.truth.states["Lck"]
     writes = [r for r in server.requests if r.function_code in MODBUS_WRITES]
     reads = [r for r in server.requests if r.function_code not in MODBUS_WRITES]
     print(f"{len(reads)} read requests, {len(writes)} write requests; counters {sup.counters}")
@@ -422,6 +423,19 @@ async def test_shadow_mode_writes_nothing_and_records_recommendations(tmp_path: 
         assert -45.0 - 1e-6 <= c.decision["inputs"]["Tsh"] <= 120.0 + 1e-6  # IPOPT's tolerance
         assert 0.05 - 1e-6 <= c.decision["inputs"]["Pch"] <= 0.3 + 1e-6
     assert audit_rows(tmp_path / "audit.db", "setpoint.write") == []
+    # the EKF predicted with the PLC's working setpoints (its local recipe ramps the shelf):
+    # the estimated drying front follows the true one (a shadow run that assumed its start-up
+    # inputs forever had 0.59 cm against 0.35 cm at 3.5 h)
+    estimated_front = cycles_seen[-1].estimates["Lck"]
+    print(f"drying front: estimated {estimated_front:.4f} cm, true {true_front:.4f} cm")
+    assert estimated_front == pytest.approx(true_front, abs=0.03)
+    # what if, from the live estimate: the twin's plan against the PLC's local recipe
+    fc = sup.forecast()
+    plans = {p.plan.name: p for p in fc.plans}
+    assert set(plans) == {"mpc", "recipe"} and not any(p.failed for p in fc.plans)
+    assert all(p.finished for p in fc.plans)  # both dry the batch
+    assert plans["mpc"].end_time < plans["recipe"].end_time  # the MPC dries faster
+    assert plans["mpc"].cqas["max_Tbot"] <= site.model.parameters["T_crit"]
 
 
 # ------------------------------------------------------------------------------ 4. SIGKILL
@@ -432,6 +446,8 @@ def _site_file_for(tmp: Path, source: Path, port: int) -> Path:
         raw[key] = str((source.parent / raw[key]).resolve())
     raw["hil"]["scenario"] = str((source.parent / raw["hil"]["scenario"]).resolve())
     raw["hil"]["state_dir"] = str(tmp / "hil-state")
+    if raw.get("forecast", {}).get("local_recipe"):
+        raw["forecast"]["local_recipe"] = str(source.parent / raw["forecast"]["local_recipe"])
     raw["connection"]["port"] = port
     path = tmp / source.name
     path.write_text(yaml.safe_dump(raw))

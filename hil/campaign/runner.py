@@ -108,6 +108,9 @@ def write_case_files(
             security[key] = _absolute(site_path, security[key])
     if security.get("trust_list"):
         security["trust_list"] = [_absolute(site_path, p) for p in security["trust_list"]]
+    forecast = raw.get("forecast") or {}
+    if forecast.get("local_recipe"):
+        forecast["local_recipe"] = _absolute(site_path, forecast["local_recipe"])
     conn["host"] = LOOPBACK
     if mode == "hil":
         conn["port"] = free_port()
@@ -198,8 +201,9 @@ class Recorder:
         row.update({f"mon.{k}": v for k, v in view.monitor.items()})
         for ev in view.events:
             if ev.kind == "drift.alarm":
-                d = ev.detail
-                self.rec.alarms.append((row["t"], ev.key, d["signal"], d["side"], ev.message))
+                info = ev.detail
+                alarm = (row["t"], ev.key, info["signal"], info["side"], ev.message)
+                self.rec.alarms.append(alarm)
         if view.outcome is not None:
             row.update({f"cmd.{k}": v for k, v in view.outcome.setpoints.items()})
         self.rec.cycles.append(row)
@@ -363,7 +367,7 @@ async def execute(
         mode=Mode.CLOSED_LOOP,
         rate=rate if mode == "hil" else 1.0,
         audit_path=case_dir / "audit.db",
-        historian_path=None,
+        historian_path=case_dir / "history.db",  # cycles and the twin's events, as on site
     )
     stop = asyncio.Event()
     counters: dict[str, Any] = {}

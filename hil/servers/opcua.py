@@ -10,6 +10,14 @@ Each variable keeps the tag map's node id (``ns=2;s=<map>.<tag>``) and variant t
 properties ``0:EngineeringUnits`` (EUInformation, the tag's unit as DisplayName) and, where
 the tag has limits, ``0:EURange`` (Range); only writable tags are writable by clients.
 
+Publications (tags of direction ``publish``: soft sensors and twin-intelligence values the
+twin writes, the PLC and the HMI only read) are writable variables too, but with
+``publishers`` (user names) only those users may write them: any other client's write is
+refused with ``BadUserAccessDenied``, and its Read of the node's ``UserAccessLevel`` shows no
+CurrentWrite (``AccessLevel``, the node's own, keeps it: some user may write). Without
+``publishers`` (an anonymous test bench) every client may write them. The PLC logic hears
+these writes through ``write_hook`` like any other and ignores them.
+
 The PLC side (the virtual PLC) drives it through the interface both HIL servers share:
 
 * :meth:`publish` sets values in one go, with a SourceTimestamp; tags named ``bad`` get
@@ -98,6 +106,7 @@ _GOOD = _status("Good")
 _OUT_OF_RANGE = _status("BadOutOfRange")
 _COMMUNICATION = _status("BadCommunicationError")
 _SENSOR_FAILURE = _status("BadSensorFailure")
+_ACCESS_DENIED = _status("BadUserAccessDenied")
 
 
 @dataclass(frozen=True)
@@ -171,6 +180,10 @@ class _PlcAttributes(AttributeService):
     async def write(self, params: ua.WriteParameters, user: User = _ADMIN) -> list[ua.StatusCode]:
         results: list[ua.StatusCode] = []
         for item in params.NodesToWrite:
+            if item.NodeId in self.plc._publications and not self.plc.may_publish(user):
+                log.info("refused a write of publication %s by %s", item.NodeId, user.name)
+                results.append(_ACCESS_DENIED)
+                continue
             refusal = self.plc._refusal(item) if item.AttributeId == ua.AttributeIds.Value else None
             if refusal is not None:
                 results.append(refusal)
@@ -197,8 +210,10 @@ class OpcUaPlcServer(PlcServer):
         allow_anonymous: bool = True,
         security: ServerSecurity | None = None,
         shelf: Path | None = None,
+        publishers: Collection[str] | None = None,
     ) -> None:
-        """``shelf``: a file from :func:`address_space_shelf`, or a folder to keep one in."""
+        """``shelf``: a file from :func:`address_space_shelf`, or a folder to keep one in;
+        ``publishers``: the users who may write publication tags (None: every client)."""
         check_bind_address(host, allow_remote)
         self.tags, self.host = tags, host
         self.port = port if port is not None else free_port()
@@ -218,6 +233,10 @@ class OpcUaPlcServer(PlcServer):
         self.write_requests = 0
         self._node_ids = {n: _node_id(t) for n, t in tags.tags.items()}
         self._tag_of = {nid: name for name, nid in self._node_ids.items() if nid is not None}
+        self.publishers = None if publishers is None else frozenset(publishers)
+        self._publications = frozenset(
+            nid for nid, name in self._tag_of.items() if tags.tags[name].publishes is not None
+        )
         self._built = False
 
     def node_id(self, tag: str) -> ua.NodeId:
@@ -274,6 +293,7 @@ class OpcUaPlcServer(PlcServer):
         iserver = server.iserver
         iserver.attribute_service = _PlcAttributes(iserver.aspace, self)
         server.subscribe_server_callback(CallbackType.PreRead, self._pre_read)
+        server.subscribe_server_callback(CallbackType.PostRead, self._post_read)
         server.subscribe_server_callback(CallbackType.PreWrite, self._pre_write)
 
     async def _secure(self) -> None:
@@ -463,6 +483,25 @@ class OpcUaPlcServer(PlcServer):
             if self.latency > 0:
                 await asyncio.sleep(self.latency)
 
+    def may_publish(self, user: User) -> bool:
+        """Whether ``user`` may write publication tags (the server itself always may)."""
+        if self.publishers is None or user.role == UserRole.Admin:
+            return True
+        return user.name is not None and user.name in self.publishers
+
+    async def _post_read(self, event: ServerItemCallback, _: Any) -> None:
+        """A publication's UserAccessLevel, as the reading user has it (no write but theirs)."""
+        if not self._publications or self.may_publish(event.user):
+            return
+        results: list[ua.DataValue] = event.response_params
+        for i, item in enumerate(event.request_params.NodesToRead):
+            if item.AttributeId != ua.AttributeIds.UserAccessLevel:
+                continue
+            dv = results[i]
+            if item.NodeId in self._publications and dv.Value is not None:
+                level = ua.ua_binary.unset_bit(dv.Value.Value, ua.AccessLevel.CurrentWrite)
+                results[i] = ua.DataValue(ua.Variant(level, ua.VariantType.Byte))
+
     async def _pre_write(self, event: ServerItemCallback, _: Any) -> None:
         if event.is_external:
             if _ours(event.request_params.NodesToWrite):
@@ -492,8 +531,10 @@ async def opcua_server_for_site(
     Without a CA: self-signed, endpoints None and Basic256Sha256 SignAndEncrypt, any client
     certificate. The users of ``hil.users`` with the passwords from their environment
     variables (ConfigError naming any that is not set, or an unusable CA); anonymous only if
-    ``hil.allow_anonymous``. ``host`` defaults to the site's; ``port`` to the site's own if it
-    speaks OPC UA, else :data:`DEFAULT_PORT`. The address-space shelf is kept in
+    ``hil.allow_anonymous``. Publication tags are writable only by the twin's own user
+    (``connection.opcua.username``), by any client if the site names none. ``host``
+    defaults to the site's; ``port`` to the site's own if it speaks OPC UA, else
+    :data:`DEFAULT_PORT`. The address-space shelf is kept in
     ``state_dir`` unless ``shelf`` says otherwise. Nothing listens before ``start()``.
     """
     if site.hil is None:
@@ -508,6 +549,7 @@ async def opcua_server_for_site(
         ensure_server_certificate, state / site.name, uri, host, ca
     )
     speaks = site.connection.protocol == "opcua"
+    twin = site.connection.opcua.username
     return OpcUaPlcServer(
         site.tags,
         port if port is not None else (site.connection.port if speaks else DEFAULT_PORT),
@@ -520,6 +562,7 @@ async def opcua_server_for_site(
         allow_anonymous=site.hil.allow_anonymous,
         security=ServerSecurity(certificate, key, uri, offer_none=ca is None, client_ca=ca_files),
         shelf=shelf if shelf is not None else await address_space_shelf(state),
+        publishers=(twin,) if twin else None,
     )
 
 

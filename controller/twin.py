@@ -1,0 +1,141 @@
+"""The twin's own view of each control cycle: drift alarms, maintenance forecasts, soft sensors.
+
+:class:`TwinServices` joins the pure pieces the supervisor needs once it has an estimate:
+
+* :class:`controller.monitoring.DriftMonitor` (the controller config's ``monitoring:``
+  section): EWMA/CUSUM charts on the EKF's normalized innovations and on its parameter
+  estimates, and the time-to-threshold forecasts of degradation parameters;
+* :class:`controller.publish.Publisher` (the tag map's ``publish`` tags): the soft-sensor
+  values to write.
+
+One :meth:`TwinServices.update` per cycle with good, fresh data gives a :class:`TwinCycle`:
+the figures for the historian (``monitor``, flat name -> float), the alarms raised and cleared
+this cycle, and the publications. The monitor is not fed while the data are bad or stale
+(the estimate is then a prediction only, and a frozen sensor must not look like a drift);
+publications are still computed from the last estimate so that the HMI sees the twin's
+current belief. Names in ``monitor``:
+
+* ``chart.<chart key>``: each chart's statistic (e.g. ``chart.cusum:Kw:low``);
+* ``maintenance.<parameter>.{threshold, estimate, slope, time_to_threshold, low, high}``
+  (times from now in the model's time unit; NaN unless the parameter is approaching its
+  threshold);
+* ``alarm.active`` (how many drift alarms are active) and ``alarm.word`` (bit i: the chart i
+  of ``monitoring.charts`` has an active alarm);
+* ``pub.<tag>``: the value published into each tag this cycle.
+
+Pure computing: no I/O, no clocks. The supervisor does the audit, the historian, the log
+and the writes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from controller.estimator import Estimate
+from controller.monitoring import Alarm, DriftMonitor, MaintenanceForecast
+from controller.publish import Publication, Publisher
+from controller.site import Site
+
+__all__ = ["TwinCycle", "TwinServices"]
+
+
+@dataclass
+class TwinCycle:
+    """What the twin computed in one cycle (see the module docstring for ``monitor``)."""
+
+    monitor: dict[str, float] = field(default_factory=dict)
+    raised: list[Alarm] = field(default_factory=list)
+    cleared: list[Alarm] = field(default_factory=list)
+    active: list[Alarm] = field(default_factory=list)
+    maintenance: list[MaintenanceForecast] = field(default_factory=list)
+    publication: Publication = field(default_factory=Publication)
+    alarm_word: int = 0
+
+
+class TwinServices:
+    """Drift monitor and publisher of one site (either may be absent)."""
+
+    def __init__(self, site: Site, controller_file: str = "<controller config>") -> None:
+        cfg, model = site.controller, site.model
+        estimated = cfg.estimator.parameters if cfg.estimator.kind == "ekf" else ()
+        self.spec = cfg.monitoring
+        self.monitor = (
+            DriftMonitor(cfg.monitoring, model, estimated, source=controller_file)
+            if cfg.monitoring is not None
+            else None
+        )
+        publishes = any(t.publishes is not None for t in site.tags.tags.values())
+        self.publisher = Publisher(site.tags, model, estimated) if publishes else None
+        self.alarm_tag = cfg.monitoring.alarm_tag if cfg.monitoring is not None else None
+        self._chart_index = {
+            _chart_id(c.chart, c.signal): i
+            for i, c in enumerate(cfg.monitoring.charts if cfg.monitoring else ())
+        }
+        self._active: list[Alarm] = []
+        self._maintenance: list[MaintenanceForecast] = []
+        self._statistics: dict[str, float] = {}
+        self._t_last: float | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.monitor is not None or self.publisher is not None
+
+    def update(
+        self,
+        t: float,
+        estimate: Estimate | None,
+        inputs: Mapping[str, float],
+        *,
+        data_good: bool,
+    ) -> TwinCycle:
+        """One cycle at model time ``t``; the monitor only sees good, fresh data."""
+        out = TwinCycle()
+        if (
+            self.monitor is not None
+            and estimate is not None
+            and data_good
+            and (self._t_last is None or t > self._t_last)  # one update per estimate
+        ):
+            self._t_last = t
+            result = self.monitor.update(t, estimate)
+            out.raised, out.cleared = list(result.raised), list(result.cleared)
+            self._active = list(result.active)
+            self._maintenance = list(result.maintenance)
+            self._statistics = dict(result.statistics)
+        out.active, out.maintenance = list(self._active), list(self._maintenance)
+        out.alarm_word = self._word(out.active)
+        monitor = out.monitor
+        monitor.update({f"chart.{k}": float(v) for k, v in self._statistics.items()})
+        for m in out.maintenance:
+            approaching = m.status == "approaching"
+            prefix = f"maintenance.{m.parameter}"
+            monitor[f"{prefix}.threshold"] = float(m.threshold)
+            monitor[f"{prefix}.estimate"] = float(m.estimate)
+            monitor[f"{prefix}.slope"] = float(m.slope)
+            for name, v in (
+                ("time_to_threshold", m.time_to_threshold),
+                ("low", m.low),
+                ("high", m.high),
+            ):
+                monitor[f"{prefix}.{name}"] = float(v) if approaching else math.nan
+        if self.monitor is not None:
+            monitor["alarm.active"] = float(len(out.active))
+            monitor["alarm.word"] = float(out.alarm_word)
+        if self.publisher is not None and estimate is not None:
+            out.publication = self.publisher.publication(estimate, inputs, monitor)
+            monitor.update({f"pub.{k}": v for k, v in out.publication.values.items()})
+        return out
+
+    def _word(self, active: list[Alarm]) -> int:
+        word = 0
+        for a in active:
+            i = self._chart_index.get(_chart_id(a.chart, a.signal))
+            if i is not None and i < 32:
+                word |= 1 << i
+        return word
+
+
+def _chart_id(chart: str, signal: str) -> str:
+    return f"{chart}:{signal}"
