@@ -390,7 +390,7 @@ class Supervisor:
             tag = problem.split(":", 1)[0]
             if tag not in self._publish_warned:  # once per tag, not every cycle
                 self._publish_warned.add(tag)
-                log.warning("publication %s", problem)
+                log.info("publication %s", problem)
 
     def _alarm_event(self, kind: str, alarm: Alarm, view: CycleView) -> None:
         detail = {

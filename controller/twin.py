@@ -17,8 +17,9 @@ current belief. Names in ``monitor``:
 
 * ``chart.<chart key>``: each chart's statistic (e.g. ``chart.cusum:Kw:low``);
 * ``maintenance.<parameter>.{threshold, estimate, slope, time_to_threshold, low, high}``
-  (times from now in the model's time unit; NaN unless the parameter is approaching its
-  threshold);
+  (times from now in the model's time unit; inf when no trend toward the threshold is
+  significant, published as the tag's upper limit: "not in sight"; NaN, not published, while
+  there are too few points for a trend; 0 once crossed);
 * ``alarm.active`` (how many drift alarms are active) and ``alarm.word`` (bit i: the chart i
   of ``monitoring.charts`` has an active alarm);
 * ``pub.<tag>``: the value published into each tag this cycle.
@@ -109,17 +110,17 @@ class TwinServices:
         monitor = out.monitor
         monitor.update({f"chart.{k}": float(v) for k, v in self._statistics.items()})
         for m in out.maintenance:
-            approaching = m.status == "approaching"
             prefix = f"maintenance.{m.parameter}"
             monitor[f"{prefix}.threshold"] = float(m.threshold)
             monitor[f"{prefix}.estimate"] = float(m.estimate)
             monitor[f"{prefix}.slope"] = float(m.slope)
-            for name, v in (
-                ("time_to_threshold", m.time_to_threshold),
-                ("low", m.low),
-                ("high", m.high),
-            ):
-                monitor[f"{prefix}.{name}"] = float(v) if approaching else math.nan
+            times = (m.time_to_threshold, m.low, m.high)
+            if m.status == "no trend":  # not in sight: a tag shows its upper limit
+                times = (math.inf, math.inf, math.inf)
+            elif m.status == "insufficient data":
+                times = (math.nan, math.nan, math.nan)
+            for name, v in zip(("time_to_threshold", "low", "high"), times, strict=True):
+                monitor[f"{prefix}.{name}"] = float(v)
         if self.monitor is not None:
             monitor["alarm.active"] = float(len(out.active))
             monitor["alarm.word"] = float(out.alarm_word)
