@@ -161,6 +161,8 @@ __all__ = [
 Side = Literal["high", "low"]
 ForecastStatus = Literal["insufficient data", "no trend", "approaching", "crossed"]
 
+#: A baseline keeps collecting past its time until it has this many usable samples.
+BASELINE_MIN_SAMPLES = 3
 #: CUSUM sums stop growing at this multiple of ``h``.
 CUSUM_CAP = 2.0
 #: Largest lag-1 autocorrelation the forecaster uses (variance inflation at most 399).
@@ -256,6 +258,7 @@ class _Signal:
     unit: str
     reference: float
     sigma: float
+    offset: float = 0.0  # residual charts: the learned mean z of the baseline
 
     def sample(self, estimate: Estimate) -> tuple[float, float] | None:
         """``(z, value)`` of this cycle, or None when the estimate has no usable value."""
@@ -266,7 +269,7 @@ class _Signal:
             value, std = float(value), float(std)
             if not (math.isfinite(value) and math.isfinite(std) and std > 0):
                 return None
-            return value / std - self.reference, value  # reference: a learned z offset
+            return value / std - self.offset, value
         raw = estimate.parameters.get(self.name)
         if raw is None or not math.isfinite(float(raw)):
             return None
@@ -418,6 +421,7 @@ class _Chart:
         self._configured = signal
         self._learned = False
         self._baseline: list[float] = []
+        self.running = False
         self.reset()
 
     def learn(self, t: float, t_start: float, estimate: Estimate) -> bool:
@@ -431,7 +435,9 @@ class _Chart:
         spec = self.spec
         if spec.baseline is None or self._learned:
             return False
-        if t - t_start < spec.baseline:
+        # collect over the baseline time, and on until there are enough usable samples (bad
+        # data or a missing innovation during the window must not leave the chart dead)
+        if t - t_start < spec.baseline or len(self._baseline) < BASELINE_MIN_SAMPLES:
             sample = self._configured.sample(estimate)
             if sample is not None:
                 z, value = sample
@@ -441,14 +447,16 @@ class _Chart:
             return True  # nothing usable yet: keep learning
         reference = float(np.mean(self._baseline))
         if self._configured.kind == "residual":
-            self.signal = replace(self._configured, reference=reference)
+            self.signal = replace(self._configured, offset=reference)
             self._learned = True
             return False
         sigma = (
             spec.sigma if spec.sigma is not None else (spec.sigma_relative or 0.0) * abs(reference)
         )
+        if not sigma > 0:  # a zero mean with a relative sigma: relative to the configured one
+            sigma = (spec.sigma_relative or 0.0) * abs(self._configured.reference)
         if not sigma > 0:
-            return True
+            sigma = self._configured.sigma if self._configured.sigma > 0 else 1.0
         self.signal = replace(self._configured, reference=reference, sigma=sigma)
         self._learned = True
         return False
@@ -457,6 +465,7 @@ class _Chart:
         self.signal = self._configured
         self._learned = False
         self._baseline = []
+        self.running = False
         self.ewma = 0.0
         self.sums: dict[Side, float] = {side: 0.0 for side in self.sides}
         self.onset: dict[Side, float | None] = {side: None for side in self.sides}
@@ -467,6 +476,7 @@ class _Chart:
 
     def observe(self, t: float, z: float, value: float) -> None:
         spec = self.spec
+        self.running = True
         self.z, self.value = z, value
         if spec.chart == "ewma":
             self.ewma = spec.lam * z + (1.0 - spec.lam) * self.ewma
@@ -492,9 +502,12 @@ class _Chart:
         return -self.limit if self.spec.chart == "ewma" and side == "low" else self.limit
 
     def statistics(self) -> dict[str, float]:
+        """Each statistic; NaN while the chart is not running yet (warm-up, baseline)."""
         if self.spec.chart == "ewma":
-            return {_chart_key(self.spec): self.ewma}
-        return {self.key(side): self.sums[side] for side in self.sides}
+            return {_chart_key(self.spec): self.ewma if self.running else math.nan}
+        return {
+            self.key(side): self.sums[side] if self.running else math.nan for side in self.sides
+        }
 
 
 def _num(x: float, digits: int = 4) -> str:

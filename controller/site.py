@@ -324,13 +324,25 @@ def _check_twin(
 ) -> list[Problem]:
     """Publications valid for the model and the estimated parameters; the alarm tag exists
     and is one the twin may write (a ``publish`` tag, not a setpoint)."""
+    from controller.monitoring import check_monitoring
     from controller.publish import check_publications
 
     estimated = cfg.estimator.parameters if cfg.estimator.kind == "ekf" else ()
-    problems = check_publications(tm, model, estimated, None, str(resolve(path, sf.tags)))
-    alarm = cfg.monitoring.alarm_tag if cfg.monitoring is not None else None
+    where = str(resolve(path, sf.controller))
+    mon = cfg.monitoring
+    # the twin-intelligence values this configuration produces, and nothing else
+    extra: set[str] = set()
+    if mon is not None:
+        extra |= {"alarm.active", "alarm.word"}
+        for m in mon.maintenance:
+            extra |= {
+                f"maintenance.{m.parameter}.{k}" for k in ("time_to_threshold", "low", "high")
+            }
+    problems = check_publications(tm, model, estimated, extra, str(resolve(path, sf.tags)))
+    if mon is not None:
+        problems += check_monitoring(mon, model, estimated, where)
+    alarm = mon.alarm_tag if mon is not None else None
     if alarm is not None:
-        where = str(resolve(path, sf.controller))
         tag = tm.tags.get(alarm)
         if tag is None:
             problems.append(
@@ -341,13 +353,17 @@ def _check_twin(
                     alarm,
                 )
             )
-        elif tag.direction is not Direction.PUBLISH:
+        elif tag.direction is not Direction.PUBLISH or tag.publishes not in (
+            "alarm.word",
+            "alarm.active",
+        ):
             problems.append(
                 Problem(
                     where,
                     "monitoring.alarm_tag",
-                    f"the tag's direction is {tag.direction.value}; the alarm tag must have "
-                    "direction publish (the twin writes it, nobody else)",
+                    f"the tag has direction {tag.direction.value} and publishes "
+                    f"{tag.publishes!r}; the alarm tag must have direction publish and publish "
+                    "'alarm.word' or 'alarm.active'",
                     alarm,
                 )
             )

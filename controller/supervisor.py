@@ -35,12 +35,19 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from controller.audit import AuditEntry, AuditTrail
+from controller.audit import AuditEntry, AuditError, AuditTrail
 from controller.clock import Clock
 from controller.config import read_yaml
-from controller.errors import PortError
+from controller.errors import PortError, Problem
 from controller.estimator import Estimate
-from controller.forecast import Forecast, Plan, default_plans, forecast, start_from_estimate
+from controller.forecast import (
+    Forecast,
+    ForecastError,
+    Plan,
+    default_plans,
+    forecast,
+    start_from_estimate,
+)
 from controller.historian import HistorianEvent, model_version
 from controller.monitoring import Alarm
 from controller.mpc import Decision, SolveStatus
@@ -85,6 +92,7 @@ class Counters:
     fallbacks: int = 0
     drift_alarms: int = 0
     publish_failures: int = 0
+    twin_failures: int = 0
 
 
 @dataclass
@@ -155,6 +163,8 @@ class Supervisor:
         self.twin = TwinServices(site, str(site.file(str(read_yaml(site.path)["controller"]))))
         self._twin: TwinCycle | None = None
         self._alarm_written: float | None = None
+        self._alarm_audited: float | None = None
+        self._live: tuple[float, Estimate, dict[str, float]] | None = None  # for forecast()
         self._publish_warned: set[str] = set()
 
     # ------------------------------------------------------------------ transitions
@@ -232,12 +242,27 @@ class Supervisor:
         y = {o: snap[tag].value for o, tag in self.y_tags.items() if tag in snap.values}
         estimate, problem = self.pipeline.estimate(y, data_ok=data_ok, data_fresh=fresh)
         view.estimate = estimate
-        self._watch(view, estimate, data_good=data_ok and fresh and not problem)
+        try:
+            self._watch(view, estimate, data_good=data_ok and fresh and not problem)
+        except AuditError:
+            raise  # the audit trail is broken: nothing may go on (as for setpoints)
+        except Exception:  # the twin's own work never stops the control loop
+            self.counters.twin_failures += 1
+            self._twin = None
+            log.exception("cycle %d: drift monitor / publications failed", view.cycle)
         decision = await self._solve(t, estimate, problem, view)
         view.decision = decision
         view.outcome = self.pipeline.guard(decision, data_ok=data_ok, data_fresh=fresh)
         await self._act(view)
-        await self._publish(view)
+        try:
+            await self._publish(view)
+        except AuditError:
+            raise
+        except Exception:
+            self.counters.twin_failures += 1
+            log.exception("cycle %d: publishing failed", view.cycle)
+        if estimate is not None and not problem:
+            self._live = (t / self.model.seconds_per_unit, estimate, dict(self._written))
         return self._done(view)
 
     def _done(self, view: CycleView) -> CycleView:
@@ -423,7 +448,8 @@ class Supervisor:
         view.events.append(HistorianEvent(self.run_id, view.t, kind, alarm.key, message, detail))
 
     async def _publish(self, view: CycleView) -> None:
-        """Write the soft sensors and, when it changed, the alarm tag (audited first)."""
+        """Write the soft sensors, then (in its own request) the alarm tag when it changed,
+        audited first. The historian's ``pub.<tag>`` figures are what the PLC accepted."""
         tc = self._twin
         if tc is None or self.state in (State.INIT, State.STOPPED):
             return
@@ -431,40 +457,54 @@ class Supervisor:
             return
         values = dict(tc.publication.values)
         tag = self.twin.alarm_tag
-        if tag is not None:  # a publication too, but written only on change, audited first
-            value = values.pop(tag, None)
-            if value is not None and value != self._alarm_written:
-                self.audit.record(
-                    "tag.write.alarm",
-                    tag,
-                    reason="drift alarm state changed",
-                    old_value=self._alarm_written,
-                    new_value=value,
-                    actor=self.actor,
-                    detail={
-                        "run_id": self.run_id,
-                        "cycle": view.cycle,
-                        "active": [a.key for a in tc.active],
-                    },
-                )
-                values[tag] = value
-        if not values:
+        alarm = values.pop(tag, None) if tag is not None else None
+        if values:
+            report = await self._try_write(values, view, "publishing")
+            for name, written in report.results.items() if report is not None else ():
+                if written.status is WriteStatus.OK:
+                    view.monitor[f"pub.{name}"] = values[name]
+        if tag is None or alarm is None or alarm == self._alarm_written:
             return
+        if alarm != self._alarm_audited:  # one record per change, not one per retry
+            self.audit.record(
+                "tag.write.alarm",
+                tag,
+                reason="drift alarm state changed",
+                old_value=self._alarm_written,
+                new_value=alarm,
+                actor=self.actor,
+                detail={
+                    "run_id": self.run_id,
+                    "cycle": view.cycle,
+                    "active": [a.key for a in tc.active],
+                },
+            )
+            self._alarm_audited = alarm
+        alarm_report = await self._try_write({tag: alarm}, view, "the alarm tag")
+        result = alarm_report.results.get(tag) if alarm_report is not None else None
+        if result is not None and result.status is WriteStatus.OK:
+            self._alarm_written = alarm
+            view.monitor[f"pub.{tag}"] = alarm
+        elif result is not None and result.status is WriteStatus.MISMATCH:
+            self._alarm_written = result.readback  # retried next cycle: the PLC has another
+
+    async def _try_write(
+        self, values: Mapping[str, float], view: CycleView, what: str
+    ) -> WriteReport | None:
+        """A write of the twin's own tags: a failure is logged and counted, never a problem
+        of the control cycle."""
         try:
             report = await self.port.write(values)
         except PortError as exc:
             self.counters.publish_failures += 1
-            log.warning("cycle %d: publishing %s failed: %s", view.cycle, sorted(values), exc)
-            return
-        if tag is not None and tag in values:
-            result = report.results.get(tag)
-            if result is not None and result.status in (WriteStatus.OK, WriteStatus.MISMATCH):
-                self._alarm_written = values[tag]
+            log.warning("cycle %d: %s %s failed: %s", view.cycle, what, sorted(values), exc)
+            return None
         if not report.ok:
             self.counters.publish_failures += 1
             log.warning(
-                "cycle %d: publication refused: %s", view.cycle, [r.detail for r in report.failed()]
+                "cycle %d: %s refused: %s", view.cycle, what, [r.detail for r in report.failed()]
             )
+        return report
 
     # ------------------------------------------------------------------ writing
     async def _act(self, view: CycleView) -> None:
@@ -643,10 +683,19 @@ class Supervisor:
         """What-if from the live estimate: the batch to its end under each plan (default: the
         MPC's, the PLC's local recipe). Seconds of CPU for a whole batch: call it off the
         control loop (``asyncio.to_thread``); it reads the estimate and changes nothing."""
-        estimate = self.pipeline.estimator.estimate
-        t = (self.views[-1].t if self.views else 0.0) / self.model.seconds_per_unit
-        inputs = self._written or self.model.nominal_inputs
-        start = start_from_estimate(t, estimate, inputs)
+        if self._live is None:
+            raise ForecastError(
+                [
+                    Problem(
+                        self.site.name,
+                        "forecast",
+                        "no estimate yet: the runtime has not completed a good cycle",
+                        None,
+                    )
+                ]
+            )
+        t, estimate, inputs = self._live  # taken on the loop's thread at the end of a cycle
+        start = start_from_estimate(t, estimate, inputs or self.model.nominal_inputs)
         return forecast(
             self.site, start, plans if plans is not None else default_plans(self.site, None)
         )

@@ -22,7 +22,8 @@ current belief. Names in ``monitor``:
   there are too few points for a trend; 0 once crossed);
 * ``alarm.active`` (how many drift alarms are active) and ``alarm.word`` (bit i: the chart i
   of ``monitoring.charts`` has an active alarm);
-* ``pub.<tag>``: the value published into each tag this cycle.
+* ``pub.<tag>``: the value the PLC accepted into each publishing tag this cycle (filled in
+  by the supervisor from the write report).
 
 Pure computing: no I/O, no clocks. The supervisor does the audit, the historian, the log
 and the writes.
@@ -114,7 +115,9 @@ class TwinServices:
             monitor[f"{prefix}.threshold"] = float(m.threshold)
             monitor[f"{prefix}.estimate"] = float(m.estimate)
             monitor[f"{prefix}.slope"] = float(m.slope)
-            times = (m.time_to_threshold, m.low, m.high)
+            # a forecast made at an earlier cycle (bad data since) counts down from then on
+            elapsed = t - self._t_last if self._t_last is not None else 0.0
+            times = tuple(max(v - elapsed, 0.0) for v in (m.time_to_threshold, m.low, m.high))
             if m.status == "no trend":  # not in sight: a tag shows its upper limit
                 times = (math.inf, math.inf, math.inf)
             elif m.status == "insufficient data":
@@ -126,7 +129,6 @@ class TwinServices:
             monitor["alarm.word"] = float(out.alarm_word)
         if self.publisher is not None and estimate is not None:
             out.publication = self.publisher.publication(estimate, inputs, monitor)
-            monitor.update({f"pub.{k}": v for k, v in out.publication.values.items()})
         return out
 
     def _word(self, active: list[Alarm]) -> int:

@@ -536,7 +536,7 @@ def test_residual_alarm_message_and_description_from_the_model(model: PlantModel
 def test_residual_chart_skips_cycles_without_a_usable_innovation(model: PlantModel) -> None:
     mon = make_monitor(model, [residual_chart("cusum")])
     key = f"cusum:{OUTPUT}:high"
-    assert mon.update(0.0, estimate(model)).statistics[key] == 0.0  # no innovation yet
+    assert math.isnan(mon.update(0.0, estimate(model)).statistics[key])  # not running yet
     assert mon.update(DT, estimate(model, residual=0.3)).statistics[key] == pytest.approx(2.5)
     for i, std in enumerate([0.0, math.nan, math.inf, -0.1], start=2):
         result = mon.update(i * DT, estimate(model, residual=0.3, std=std))
@@ -553,7 +553,7 @@ def test_charts_wait_for_their_warmup_and_reset_restarts_everything(model: Plant
     low = KW_REF - 3 * KW_SIGMA
     results = [mon.update(1.0 + i * DT, estimate(model, kw=low)) for i in range(20)]
     # warm-up 0.05 h = 10 samples after the first update: samples 0-9 are not evaluated
-    assert [r.statistics["cusum:Kw:low"] for r in results[:10]] == [0.0] * 10
+    assert all(math.isnan(r.statistics["cusum:Kw:low"]) for r in results[:10])  # NaN: not running
     assert results[10].statistics["cusum:Kw:low"] == pytest.approx(2.5)
     assert results[0].statistics["ewma:Kw"] == pytest.approx(-3 * LAM)
     assert {a.key for a in mon.active} == {"cusum:Kw:low", "ewma:Kw:low"}
@@ -562,7 +562,9 @@ def test_charts_wait_for_their_warmup_and_reset_restarts_everything(model: Plant
     assert {a.key for a in dropped} == {"cusum:Kw:low", "ewma:Kw:low"}
     assert mon.active == []
     after = mon.update(2.0, estimate(model, kw=KW_REF))
-    assert after.statistics == {"cusum:Kw:high": 0.0, "cusum:Kw:low": 0.0, "ewma:Kw": 0.0}
+    assert after.statistics["ewma:Kw"] == 0.0
+    assert math.isnan(after.statistics["cusum:Kw:high"])  # warming up again
+    assert math.isnan(after.statistics["cusum:Kw:low"])
     assert after.raised == after.cleared == []
     assert after.maintenance[0].points == 1  # the trend history restarted too
 
@@ -828,3 +830,17 @@ def test_a_fouling_jacket_seen_through_the_ekf_raises_kw_low_and_a_forecast() ->
     assert forecast.status == "approaching"
     assert forecast.low <= truth <= forecast.high
     assert forecast.time_to_threshold == pytest.approx(truth, rel=0.3)
+
+
+def test_a_baseline_without_usable_samples_in_its_window_keeps_learning(model: PlantModel) -> None:
+    """Bad data (no usable sample) through the whole baseline window must not leave the chart
+    dead: it learns from the next usable samples instead."""
+    chart = kw_chart("cusum")
+    chart.pop("reference", None)
+    chart["baseline"] = 0.02
+    mon = make_monitor(model, [chart])
+    for i in range(10):  # 0.05 h of samples without a Kw estimate
+        mon.update(i * DT, estimate(model, kw=math.nan))
+    results = [mon.update((10 + i) * DT, estimate(model, kw=KW_REF)) for i in range(5)]
+    assert math.isnan(results[2].statistics["cusum:Kw:low"])  # learning from 3 samples
+    assert results[3].statistics["cusum:Kw:low"] == 0.0  # running, against the learned mean

@@ -199,7 +199,8 @@ def true_crossing(rec: Recording, parameter: str, threshold: float) -> float:
     i = int(moving[-1]) + 1
     j = max(int(moving[0]), i - 50)  # a straight line: any two points on it
     slope = (p[i] - p[j]) / (t[i] - t[j])
-    return float(t[i] + (threshold - p[i]) / slope) if slope else math.inf
+    ahead = (threshold - p[i]) / slope if slope else math.inf
+    return float(t[i] + ahead) if ahead >= 0 else math.inf  # moving away: never
 
 
 def _maintenance(check: MaintenanceForecast, rec: Recording) -> tuple[float, str]:
@@ -212,7 +213,11 @@ def _maintenance(check: MaintenanceForecast, rec: Recording) -> tuple[float, str
     crossing = true_crossing(rec, check.parameter, threshold)
     if not math.isfinite(crossing):
         return math.nan, f"the true {check.parameter} does not cross {threshold:g}"
-    issued = [c for c in rows if math.isfinite(c.get(f"{key}.time_to_threshold", math.nan))]
+    issued = [  # approaching: a finite time ahead (not "no trend": inf, nor "crossed": 0)
+        c
+        for c in rows
+        if math.isfinite(tt := c.get(f"{key}.time_to_threshold", math.nan)) and tt > 0
+    ]
     if not issued:
         return 0.0, f"no forecast of {check.parameter} reached 'approaching' from t={check.after:g}"
     inside, errors = 0, []
