@@ -24,7 +24,6 @@ Measured here (forecast minus continuation, from mid-batch, with the shipped con
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import json
@@ -68,6 +67,7 @@ from controller.runtime import RunOptions, run_site
 from controller.site import Site, load_site
 from controller.supervisor import Mode
 from hil.campaign.runner import DrivenClock
+from hil.campaign.runner import _settle as settle  # the campaign driver's own step
 from hil.plant_runner import PlantRunner, PlantState
 from hil.rig import HilRig
 from hil.servers.memory import MemoryPlcServer
@@ -446,17 +446,6 @@ def test_start_from_historian_errors_name_the_file_and_what_is_missing(tmp_path:
 
 
 # ---------------------------------------------------------------------- (f) the CLI end to end
-async def settle(clock: DrivenClock, task: asyncio.Task[Any]) -> None:
-    """Let the runtime finish what is due now (until it sleeps on the clock again)."""
-    while clock.waiting == 0 and not task.done():
-        clock.parked.clear()
-        parked = asyncio.ensure_future(clock.parked.wait())
-        await asyncio.wait({parked, task}, return_when=asyncio.FIRST_COMPLETED)
-        parked.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await parked
-
-
 async def closed_loop_with_forecast(
     site: Site, db: Path, out: Path, at: float
 ) -> tuple[int, float, float]:
