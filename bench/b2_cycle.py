@@ -14,8 +14,8 @@ OPC UA server, Basic256Sha256 SignAndEncrypt with the test-bench CA in ``configs
 127.0.0.1 free ports, in this process. The rig scans *between* cycles on a stepped clock
 (one controller sample per cycle), outside the timed window, so the plant's integration is
 not counted; the servers' handling of the cycle's requests is (they share this process's
-event loop, as in ``bench/port_latency.py``). The memory port stands on a tag table that an
-adapter publishes the rig's image into; the PLC hears the table's writes at its next scan.
+event loop, as in ``bench/port_latency.py``). The memory case uses the campaigns' fast-mode
+PLC (``hil.servers.memory``): a tag table that the PLC's range check and write hook guard.
 
 The historian prunes by id range, so its cost per record does not grow with the rows it
 keeps (it did before: 0.8 ms per record with 10^3 rows, 7 ms with 10^4).
@@ -41,7 +41,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar
 
@@ -58,15 +57,15 @@ from controller.historian import (
     model_version,
 )
 from controller.mpc import Decision, ModelPredictiveController
-from controller.ports.base import Port, Quality
+from controller.ports.base import Port
 from controller.ports.factory import make_port
-from controller.ports.memory import MemoryPort, TagTable, table_from_tag_map
 from controller.runtime import build_pipeline, config_files, historian_sink
 from controller.site import Site, load_site
 from controller.supervisor import CycleView, Mode, State, Supervisor
 from hil.net import LOOPBACK, free_port
 from hil.rig import HilRig
-from hil.servers.base import PlcServer, WriteHook
+from hil.servers.base import PlcServer
+from hil.servers.memory import MemoryPlcServer
 
 PortKind = Literal["memory", "modbus", "opcua"]
 SITES = ROOT / "configs" / "sites"
@@ -115,57 +114,6 @@ def precomputed_decision(site: Site, hold: Mapping[str, float]) -> Decision:
     if not decision.ok:
         raise RuntimeError(f"the MPC could not solve at the initial state: {decision}")
     return dataclasses.replace(decision, inputs=dict(hold))
-
-
-# ---------------------------------------------------------------------- the memory "server"
-class TablePlc(PlcServer):
-    """The rig's PLC image published into a :class:`TagTable` for the memory port.
-
-    Controller writes land in the table at once (the memory port's own range check); the
-    virtual PLC hears them at its next scan (:meth:`publish`), as a PLC reads its input image
-    once a scan. A write it refuses is rolled back to the PLC's value.
-    """
-
-    def __init__(self, table: TagTable, now: Callable[[], float]) -> None:
-        self.table, self.now = table, now
-        self.write_hook: WriteHook | None = None
-        self.latency = 0.0
-        self.bad_tags: dict[str, str] = {}
-        self._seen = {t: v.value for t, v in table.values.items() if t in table.writable}
-
-    async def start(self) -> None:
-        pass
-
-    async def stop(self) -> None:
-        pass
-
-    async def drop_connections(self) -> None:
-        pass
-
-    def value(self, tag: str) -> float:
-        return self.table.current(tag)
-
-    def _forward_writes(self) -> None:
-        for tag, before in self._seen.items():
-            now = self.table.values[tag].value
-            if now == before or self.write_hook is None:
-                continue
-            if self.write_hook(tag, now) is not None:  # refused: the PLC keeps its value
-                self.table.values[tag] = dataclasses.replace(self.table.values[tag], value=before)
-
-    async def publish(
-        self,
-        values: Mapping[str, float],
-        *,
-        bad: Collection[str] = (),
-        source_time: datetime | None = None,
-    ) -> None:
-        self._forward_writes()
-        now = self.now()
-        good = {t: v for t, v in values.items() if t not in bad}
-        self.table.publish(now, good)
-        self.table.publish(now, {t: v for t, v in values.items() if t in bad}, Quality.BAD)
-        self._seen = {t: self.table.values[t].value for t in self._seen}
 
 
 # ---------------------------------------------------------------------- timing helpers
@@ -319,9 +267,10 @@ async def runtime_for(
     clock = SteppedClock()
     async with AsyncExitStack() as stack:
         if kind == "memory":
-            table = table_from_tag_map(site.tags)
-            server: PlcServer = TablePlc(table, clock.now)
-            port: Port = MemoryPort(table, clock)
+            memory = MemoryPlcServer(site.tags, clock)  # the campaigns' fast-mode PLC
+            await memory.start()
+            server: PlcServer = memory
+            port: Port = memory.port()
         else:
             server = await _plc_server(kind, site, tmp, stack)
             port = make_port(_on_port(site, getattr(server, "port", 0)), clock)
@@ -357,7 +306,7 @@ def working_setpoints(kind: PortKind) -> dict[str, float]:
     """The PLC's local setpoints at the start (the HIL scenario's recipe at t = 0)."""
     site = site_for(kind)
     clock = SteppedClock()
-    rig = HilRig(site, clock, [TablePlc(table_from_tag_map(site.tags), clock.now)])
+    rig = HilRig(site, clock, [MemoryPlcServer(site.tags, clock)])
     return {k: float(v) for k, v in rig.summary()["applied"].items()}
 
 

@@ -50,7 +50,6 @@ historians, plan and recipe files, and writes the JSON and the plot.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +63,8 @@ from controller.config import Recipe, parse, read_yaml
 from controller.errors import ConfigError, PharmaTwinError, Problem
 from controller.estimator import Estimate
 from controller.historian import CycleRecord, HistorianError, SqliteHistorian
+from controller.jsonfile import json_safe
+from controller.jsonfile import write_json as write_json_file
 from controller.mpc import ModelPredictiveController
 from controller.pipeline import input_limits
 from controller.recipe import RecipePlayer
@@ -204,34 +205,21 @@ class Forecast:
     def to_dict(self) -> dict[str, Any]:
         """Everything as JSON-ready data (non-finite numbers become None)."""
         s = self.start
-        return {
-            "site": self.site,
-            "time_unit": self.time_unit,
-            "start": {
-                "t": _num(s.t),
-                "states": _nums(s.states),
-                "parameters": _nums(s.parameters),
-                "inputs": _nums(s.inputs),
-            },
-            "cqas": [c.model_dump() for c in self.cqas],
-            "table": [{k: _num(v) for k, v in row.items()} for row in self.table()],
-            "plans": [_plan_dict(pf) for pf in self.plans],
-        }
-
-
-def _num(v: Any) -> Any:
-    if isinstance(v, bool | str) or v is None:
-        return v
-    f = float(v)
-    return f if math.isfinite(f) else None
-
-
-def _nums(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: _num(v) for k, v in values.items()}
-
-
-def _series(values: Mapping[str, np.ndarray]) -> dict[str, list[Any]]:
-    return {k: [_num(v) for v in arr] for k, arr in values.items()}
+        return json_safe(
+            {
+                "site": self.site,
+                "time_unit": self.time_unit,
+                "start": {
+                    "t": float(s.t),
+                    "states": dict(s.states),
+                    "parameters": dict(s.parameters),
+                    "inputs": dict(s.inputs),
+                },
+                "cqas": [c.model_dump() for c in self.cqas],
+                "table": self.table(),
+                "plans": [_plan_dict(pf) for pf in self.plans],
+            }
+        )
 
 
 def _plan_dict(pf: PlanForecast) -> dict[str, Any]:
@@ -239,15 +227,15 @@ def _plan_dict(pf: PlanForecast) -> dict[str, Any]:
         "name": pf.plan.name,
         "kind": pf.plan.kind,
         "time_base": pf.plan.time_base,
-        "cqas": _nums(pf.cqas),
-        "end_time": _num(pf.end_time),
+        "cqas": dict(pf.cqas),
+        "end_time": pf.end_time,
         "finished": pf.finished,
         "failed": pf.failed,
         "notes": list(pf.notes),
-        "t": [_num(v) for v in pf.t],
-        "inputs": _series(pf.inputs),
-        "states": _series(pf.states),
-        "expressions": _series(pf.expressions),
+        "t": pf.t,
+        "inputs": dict(pf.inputs),
+        "states": dict(pf.states),
+        "expressions": dict(pf.expressions),
     }
 
 
@@ -943,10 +931,7 @@ def _start_from_record(site: Site, record: CycleRecord, src: str) -> ForecastSta
 # ---------------------------------------------------------------------- I/O: outputs
 def write_json(fc: Forecast, path: Path) -> Path:
     """Write :meth:`Forecast.to_dict` as JSON (non-finite numbers as null)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(fc.to_dict(), indent=1), encoding="utf-8")
-    return path
+    return write_json_file(Path(path), fc.to_dict())
 
 
 def _key_expressions(fc: Forecast) -> list[str]:

@@ -45,7 +45,16 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from controller.errors import ConfigError, Problem
-from controller.tags import DataType, ModbusSpec, OpcUaSpec, Tag, TagMap
+from controller.tags import (
+    FLOAT32_MAX,
+    INT_RANGE,
+    OPCUA_INT_RANGE,
+    DataType,
+    ModbusSpec,
+    OpcUaSpec,
+    Tag,
+    TagMap,
+)
 from plant_models import ModelError, PlantModel
 
 if TYPE_CHECKING:
@@ -82,16 +91,6 @@ EXTRA_PATTERNS = (
 )
 _MAINTENANCE = re.compile(r"maintenance\.([^.]+)\.(time_to_threshold|low|high)")
 _FORECAST = re.compile(r"forecast\.[A-Za-z0-9_.]+")
-
-_INT_RANGE = {
-    DataType.INT16: (-(2**15), 2**15 - 1),
-    DataType.UINT16: (0, 2**16 - 1),
-    DataType.INT32: (-(2**31), 2**31 - 1),
-    DataType.UINT32: (0, 2**32 - 1),
-}
-_OPCUA_INT_RANGE = {f"Int{b}": (-(2 ** (b - 1)), 2 ** (b - 1) - 1) for b in (16, 32, 64)}
-_OPCUA_INT_RANGE |= {f"UInt{b}": (0, 2**b - 1) for b in (16, 32, 64)}
-_FLOAT32_MAX = 3.4028234663852886e38
 
 
 # ---------------------------------------------------------------------- names
@@ -357,7 +356,7 @@ def _target(
         raise ConfigError([Problem("", f"tags.{name}.publishes", "unknown", publishes)])
     key = publishes[: -len(".std")] if source is Source.STD else publishes
     lower, upper = _holds(tag)
-    opcua_int = tag.opcua is not None and tag.opcua.data_type in _OPCUA_INT_RANGE
+    opcua_int = tag.opcua is not None and tag.opcua.data_type in OPCUA_INT_RANGE
     boolean = (tag.modbus is not None and tag.modbus.type is DataType.BOOL) or (
         tag.opcua is not None and tag.opcua.data_type == "Boolean"
     )
@@ -369,21 +368,21 @@ def _holds(tag: Tag) -> tuple[float, float]:
     """The range of values the tag can be written: its limits, its Modbus type, its node's."""
     ranges: list[tuple[float, float]] = [tag.limits] if tag.limits is not None else []
     m = tag.modbus
-    if m is not None and m.type in _INT_RANGE:
-        lo, hi = _INT_RANGE[m.type]
+    if m is not None and m.type in INT_RANGE:
+        lo, hi = INT_RANGE[m.type]
         a, b = lo * m.scale + m.offset, hi * m.scale + m.offset
         ranges.append((min(a, b), max(a, b)))
     elif m is not None and m.type is DataType.FLOAT32:
-        span = _FLOAT32_MAX * abs(m.scale)
+        span = FLOAT32_MAX * abs(m.scale)
         ranges.append((m.offset - span, m.offset + span))
     elif m is not None and m.type is DataType.BOOL:
         ranges.append((0.0, 1.0))
     o = tag.opcua
-    if o is not None and o.data_type in _OPCUA_INT_RANGE:
-        lo, hi = _OPCUA_INT_RANGE[o.data_type]
+    if o is not None and o.data_type in OPCUA_INT_RANGE:
+        lo, hi = OPCUA_INT_RANGE[o.data_type]
         ranges.append((float(lo), float(hi)))
     elif o is not None and o.data_type == "Float":
-        ranges.append((-_FLOAT32_MAX, _FLOAT32_MAX))
+        ranges.append((-FLOAT32_MAX, FLOAT32_MAX))
     elif o is not None and o.data_type == "Boolean":
         ranges.append((0.0, 1.0))
     return max((r[0] for r in ranges), default=-math.inf), min(

@@ -45,14 +45,8 @@ class RunOptions:
 
 def config_files(site: Site) -> list[Path]:
     """Every file that defines the deployment (hashed into the audit trail and the run record)."""
-    ctl = site.file(_site_ref(site, "controller"))
-    return [site.path, ctl, resolve(ctl, site.controller.plant), site.file(_site_ref(site, "tags"))]
-
-
-def _site_ref(site: Site, key: str) -> str:
-    from controller.config import read_yaml
-
-    return str(read_yaml(site.path)[key])
+    ctl = site.referenced("controller")
+    return [site.path, ctl, resolve(ctl, site.controller.plant), site.referenced("tags")]
 
 
 def build_pipeline(site: Site, policy: Policy | None = None) -> ControlPipeline:

@@ -267,6 +267,10 @@ class Site:
         """A path written in the site file, resolved against it."""
         return resolve(self.path, ref)
 
+    def referenced(self, key: Literal["plant", "controller", "tags"]) -> Path:
+        """The file the site file names under ``key``, resolved (read from the site file)."""
+        return self.file(str(read_yaml(self.path)[key]))
+
     def password(self) -> str | None:
         env = self.connection.opcua.password_env
         return os.environ.get(env) if env else None

@@ -37,7 +37,6 @@ from enum import StrEnum
 
 from controller.audit import AuditEntry, AuditError, AuditTrail
 from controller.clock import Clock
-from controller.config import read_yaml
 from controller.errors import PortError, Problem
 from controller.estimator import Estimate
 from controller.forecast import (
@@ -160,7 +159,7 @@ class Supervisor:
         self.views: list[CycleView] = []  # the last few cycles, for inspection
         self.actor = self.settings.service_identity
         self.model_version = model_version(self.model)
-        self.twin = TwinServices(site, str(site.file(str(read_yaml(site.path)["controller"]))))
+        self.twin = TwinServices(site, str(site.referenced("controller")))
         self._twin: TwinCycle | None = None
         self._alarm_written: float | None = None
         self._alarm_audited: float | None = None

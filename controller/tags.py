@@ -106,14 +106,14 @@ _FORMAT = {
     DataType.FLOAT32: ">f",
     DataType.FLOAT64: ">d",
 }
-_INT_RANGE = {
+INT_RANGE = {
     DataType.INT16: (-(2**15), 2**15 - 1),
     DataType.UINT16: (0, 2**16 - 1),
     DataType.INT32: (-(2**31), 2**31 - 1),
     DataType.UINT32: (0, 2**32 - 1),
 }
 #: Largest finite float32.
-_FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_MAX = 3.4028234663852886e38
 #: What ``publishes`` may look like: a name, or dotted names (``Lck.std``, ``alarm.word``).
 _PUBLISH_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 
@@ -160,6 +160,9 @@ class ModbusSpec(Strict):
 OpcUaType = Literal[
     "Boolean", "Int16", "UInt16", "Int32", "UInt32", "Int64", "UInt64", "Float", "Double"
 ]
+#: The range of each OPC UA integer type.
+OPCUA_INT_RANGE = {f"Int{b}": (-(2 ** (b - 1)), 2 ** (b - 1) - 1) for b in (16, 32, 64)}
+OPCUA_INT_RANGE |= {f"UInt{b}": (0, 2**b - 1) for b in (16, 32, 64)}
 
 
 class OpcUaSpec(Strict):
@@ -355,8 +358,8 @@ def encode(tag_name: str, spec: ModbusSpec, value: float) -> list[int]:
             raise CodecError(f"tag {tag_name!r}: bool value must be 0 or 1, got {value!r}")
         return [int(value)]
     raw = (value - spec.offset) / spec.scale
-    if spec.type in _INT_RANGE:
-        lo, hi = _INT_RANGE[spec.type]
+    if spec.type in INT_RANGE:
+        lo, hi = INT_RANGE[spec.type]
         rounded = round(raw)
         if not lo <= rounded <= hi:
             allowed = (lo * spec.scale + spec.offset, hi * spec.scale + spec.offset)
@@ -366,7 +369,7 @@ def encode(tag_name: str, spec: ModbusSpec, value: float) -> list[int]:
             )
         data = struct.pack(_FORMAT[spec.type], rounded)
     else:
-        if spec.type is DataType.FLOAT32 and abs(raw) > _FLOAT32_MAX:
+        if spec.type is DataType.FLOAT32 and abs(raw) > FLOAT32_MAX:
             raise CodecError(f"tag {tag_name!r}: value {value!r} overflows float32")
         data = struct.pack(_FORMAT[spec.type], raw)
     return _bytes_to_registers(data, spec.order)
@@ -387,7 +390,7 @@ def encode_within(
     if lo <= decode(tag_name, spec, registers) <= hi:
         return registers
     raw = (value - spec.offset) / spec.scale
-    if spec.type in _INT_RANGE:
+    if spec.type in INT_RANGE:
         candidates = [float(math.floor(raw)), float(math.ceil(raw))]
     elif spec.type is DataType.FLOAT32:
         f = struct.unpack(">f", struct.pack(">f", raw))[0]

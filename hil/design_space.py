@@ -65,8 +65,8 @@ from controller.config import (
     resolve,
 )
 from controller.errors import ConfigError, Problem
-from hil.reports import json_safe
-from hil.reports import write_json as write_json_file
+from controller.jsonfile import json_safe
+from controller.jsonfile import write_json as write_json_file
 from plant_models import PlantModel
 
 Executor = Literal["process", "dask"]

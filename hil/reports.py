@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import textwrap
 from pathlib import Path
@@ -12,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from controller.jsonfile import write_json
 from hil.kpis import Kpis
 from hil.simulate import ScenarioRun
 
@@ -31,31 +31,6 @@ def write_parquet(run: ScenarioRun, path: Path) -> Path:
     table = table.replace_schema_metadata(meta)
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
-    return path
-
-
-def json_safe(value: Any) -> Any:
-    """A JSON-safe copy: NaN and infinities become null (JSON has no NaN), numpy scalars plain
-    numbers, tuples lists, keys strings."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_json(path: Path, data: Any) -> Path:
-    """Write ``json_safe(data)`` atomically (a temporary file, then a rename): a reader never
-    sees half a file, and a file that exists is complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    text = json.dumps(json_safe(data), indent=2, allow_nan=False, default=str)
-    tmp.write_text(text + "\n", encoding="utf-8")
-    tmp.replace(path)
     return path
 
 

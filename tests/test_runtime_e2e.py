@@ -41,6 +41,7 @@ from controller.runtime import RunOptions, run_site
 from controller.site import Site, load_site
 from controller.supervisor import Mode, State
 from controller.tags import Table
+from hil.campaign.runner import Gate  # the rig clock held until the controller runs
 from hil.net import LOOPBACK, free_port
 from hil.plant_runner import PlantRunner
 from hil.rig import HilRig, PlcServer
@@ -68,21 +69,6 @@ class Received:
     tag: str
     value: float
     refusal: str | None  # the PLC's reason to refuse it, None when accepted
-
-
-class Gate:
-    """A monotonic time source that stands at 0 until opened: the rig's clock waits for the
-    controller (a process needs seconds to start; the plant must not run meanwhile)."""
-
-    def __init__(self) -> None:
-        self._opened_at: float | None = None
-
-    def __call__(self) -> float:
-        return 0.0 if self._opened_at is None else time.monotonic() - self._opened_at
-
-    def open(self) -> None:
-        if self._opened_at is None:
-            self._opened_at = time.monotonic()
 
 
 def _bench_site(site: Site) -> Site:

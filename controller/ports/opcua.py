@@ -60,11 +60,8 @@ from controller.ports.base import (
     WriteStatus,
 )
 from controller.site import Connection
-from controller.tags import TagMap
+from controller.tags import FLOAT32_MAX, OPCUA_INT_RANGE, TagMap
 
-_INT_RANGE = {f"Int{b}": (-(2 ** (b - 1)), 2 ** (b - 1) - 1) for b in (16, 32, 64)}
-_INT_RANGE |= {f"UInt{b}": (0, 2**b - 1) for b in (16, 32, 64)}
-_FLOAT32_MAX = 3.4028234663852886e38
 #: Write statuses meaning "the PLC refused this value" (REJECTED); other Bad ones are FAILED.
 _REFUSED = {"BadOutOfRange", "BadUserAccessDenied", "BadNotWritable", "BadTypeMismatch"}
 _REFUSED |= {"BadWriteNotSupported", "BadNodeIdUnknown", "BadNotSupported", "BadIndexRangeInvalid"}
@@ -433,11 +430,11 @@ class OpcUaPort(Port):
         typ = self._type(name)
         if typ == "Boolean" and value not in (0, 1):
             return f"{name}={value}: the node is Boolean, which takes 0 or 1"
-        if typ in _INT_RANGE:
-            lo, hi = _INT_RANGE[typ]
+        if typ in OPCUA_INT_RANGE:
+            lo, hi = OPCUA_INT_RANGE[typ]
             if value != int(value) or not lo <= value <= hi:
                 return f"{name}={value} does not fit the node's {typ}: integers in [{lo}, {hi}]"
-        if typ == "Float" and abs(value) > _FLOAT32_MAX:
+        if typ == "Float" and abs(value) > FLOAT32_MAX:
             return f"{name}={value} overflows the node's Float (float32)"
         return ""
 
@@ -445,7 +442,11 @@ class OpcUaPort(Port):
         vtype = self._points[name].vtype
         typ = vtype.name
         py: bool | int | float = (
-            bool(value) if typ == "Boolean" else int(value) if typ in _INT_RANGE else float(value)
+            bool(value)
+            if typ == "Boolean"
+            else int(value)
+            if typ in OPCUA_INT_RANGE
+            else float(value)
         )
         dv = ua.DataValue(Value=ua.Variant(py, vtype))
         return ua.WriteValue(

@@ -46,9 +46,9 @@ from rich.progress import (
 )
 
 from controller.historian import git_commit, library_versions
+from controller.jsonfile import write_json
 from hil.campaign.runner import run_case, utc_now
 from hil.campaign.spec import Campaign, Case, describe_check
-from hil.reports import write_json
 
 log = logging.getLogger("pharmatwin.hil.campaign")
 

@@ -42,8 +42,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from controller.errors import PharmaTwinError
+from controller.jsonfile import write_json
 from hil.campaign.criteria import Verdict  # the one record of a judgement, as result.json holds it
-from hil.reports import write_json
 
 __all__ = [
     "CampaignReportError",

@@ -41,6 +41,7 @@ import yaml
 from controller.clock import Clock, ScaledClock, SteppedClock
 from controller.config import read_yaml, resolve
 from controller.errors import PortConnectError
+from controller.jsonfile import write_json
 from controller.ports.base import Port, Snapshot, WriteReport
 from controller.ports.factory import make_port
 from controller.runtime import RunOptions, run_site
@@ -55,7 +56,6 @@ from hil.campaign.criteria import (
 )
 from hil.campaign.spec import Case, Criterion
 from hil.net import free_port
-from hil.reports import write_json
 from hil.rig import HilRig
 from hil.servers.base import PlcServer
 from hil.servers.memory import MemoryPlcServer

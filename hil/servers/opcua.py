@@ -79,7 +79,7 @@ from asyncua.server.user_managers import UserManager
 from cryptography import x509
 
 from controller.errors import ConfigError, Problem
-from controller.tags import Tag, TagMap
+from controller.tags import OPCUA_INT_RANGE, Tag, TagMap
 from hil.net import LOOPBACK, check_bind_address, free_port
 from hil.servers.base import PlcServer, WriteHook
 from hil.servers.certs import CertificateAuthority, ensure_server_certificate, load_certificate
@@ -94,8 +94,6 @@ NAMESPACE = "urn:pharmatwin:test-plc"
 DEFAULT_PORT = 4840
 
 _ADMIN = User(role=UserRole.Admin)
-_INT_RANGE = {f"Int{b}": (-(2 ** (b - 1)), 2 ** (b - 1) - 1) for b in (16, 32, 64)}
-_INT_RANGE |= {f"UInt{b}": (0, 2**b - 1) for b in (16, 32, 64)}
 
 
 def _status(name: str) -> ua.StatusCode:
@@ -662,8 +660,8 @@ def _fitting(tag: str, value: float, vtype: ua.VariantType) -> bool | int | floa
     if vtype == ua.VariantType.Boolean:
         if value not in (0, 1):
             raise ValueError(f"tag {tag!r}: a Boolean node takes 0 or 1, got {value!r}")
-    elif vtype.name in _INT_RANGE:
-        lo, hi = _INT_RANGE[vtype.name]
+    elif vtype.name in OPCUA_INT_RANGE:
+        lo, hi = OPCUA_INT_RANGE[vtype.name]
         if not (math.isfinite(value) and lo <= round(value) <= hi):
             raise ValueError(f"tag {tag!r}: {value!r} does not fit {vtype.name} [{lo}, {hi}]")
         return round(value)

@@ -27,7 +27,7 @@ from rich.console import Console
 
 from controller.config import load_controller
 from controller.errors import ConfigError
-from hil.reports import json_safe
+from controller.jsonfile import json_safe
 from hil.tuning.evaluate import CaseExecutor, ExecutorSettings, Score, case_jobs, score
 from hil.tuning.spec import ParameterSpec, Tuning, candidate_config, grid_values
 
