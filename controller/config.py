@@ -154,6 +154,11 @@ class EstimatorSpec(Strict):
     )
     default_relative_std: PositiveFinite = 0.01
 
+    @property
+    def estimated(self) -> tuple[str, ...]:
+        """The parameters really estimated (none with full-state feedback)."""
+        return self.parameters if self.kind == "ekf" else ()
+
 
 class SolverSpec(Strict):
     """Which NMPC implementation solves the controller's problem, and its options.
@@ -779,17 +784,25 @@ def check_scenario(sc: ScenarioConfig, model: PlantModel, source: str) -> list[P
                 Problem(source, f"cqas.{i}", f"unknown name; allowed: {sorted(named)}", name)
             )
     if sc.recipe is not None:
-        for j, row in enumerate(sc.recipe.table):
-            if set(row.inputs) != set(model.input_names):
-                problems.append(
-                    Problem(
-                        source,
-                        f"recipe.table.{j}.inputs",
-                        f"each row must give exactly the inputs {list(model.input_names)}",
-                        sorted(row.inputs),
-                    )
-                )
+        problems += recipe_input_problems(sc.recipe, model, source, "recipe.")
     return problems
+
+
+def recipe_input_problems(
+    recipe: Recipe, model: PlantModel, source: str, prefix: str = ""
+) -> list[Problem]:
+    """Every row of a recipe the PLC applies must give every input of the model."""
+    allowed = list(model.input_names)
+    return [
+        Problem(
+            source,
+            f"{prefix}table.{j}.inputs",
+            f"each row must give exactly the inputs {allowed}",
+            sorted(row.inputs),
+        )
+        for j, row in enumerate(recipe.table)
+        if set(row.inputs) != set(allowed)
+    ]
 
 
 def check_faults(faults: tuple[FaultSpec, ...], model: PlantModel, source: str) -> list[Problem]:

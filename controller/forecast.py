@@ -59,7 +59,7 @@ from typing import Any, Literal
 import casadi as ca
 import numpy as np
 
-from controller.config import Recipe, parse, read_yaml
+from controller.config import Recipe, parse, read_yaml, recipe_input_problems
 from controller.errors import ConfigError, PharmaTwinError, Problem
 from controller.estimator import Estimate
 from controller.historian import CycleRecord, HistorianError, SqliteHistorian
@@ -740,17 +740,7 @@ def recipe_problems(path: Path, model: PlantModel) -> tuple[Recipe | None, list[
         recipe = parse(Recipe, raw, str(path))
     except ConfigError as exc:
         return None, _config_problems(exc, prefix)
-    allowed = list(model.input_names)
-    problems = [
-        Problem(
-            str(path),
-            f"{prefix}table.{j}.inputs",
-            f"each row must give exactly the inputs {allowed}",
-            sorted(row.inputs),
-        )
-        for j, row in enumerate(recipe.table)
-        if set(row.inputs) != set(allowed)
-    ]
+    problems = recipe_input_problems(recipe, model, str(path), prefix)
     return (None if problems else recipe), problems
 
 

@@ -778,6 +778,17 @@ class DriftMonitor:
         """The alarms raised and not yet cleared."""
         return list(self._active.values())
 
+    def alarm_word(self, alarms: Sequence[Alarm]) -> int:
+        """Bit i set: chart i of ``spec.charts`` (either side) has an alarm in ``alarms``
+        (charts beyond the 32nd share no bit)."""
+        index = {_chart_key(c.spec): i for i, c in enumerate(self._charts) if i < 32}
+        word = 0
+        for a in alarms:
+            i = index.get(f"{a.chart}:{a.signal}")
+            if i is not None:
+                word |= 1 << i
+        return word
+
     def reset(self) -> list[Alarm]:
         """Restart every statistic, warm-up and trend history (after a maintenance action).
 

@@ -331,7 +331,7 @@ def _check_twin(
     from controller.monitoring import check_monitoring
     from controller.publish import check_publications
 
-    estimated = cfg.estimator.parameters if cfg.estimator.kind == "ekf" else ()
+    estimated = cfg.estimator.estimated
     where = str(resolve(path, sf.controller))
     mon = cfg.monitoring
     # the twin-intelligence values this configuration produces, and nothing else

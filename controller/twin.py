@@ -61,20 +61,15 @@ class TwinServices:
 
     def __init__(self, site: Site, controller_file: str = "<controller config>") -> None:
         cfg, model = site.controller, site.model
-        estimated = cfg.estimator.parameters if cfg.estimator.kind == "ekf" else ()
-        self.spec = cfg.monitoring
+        estimated = cfg.estimator.estimated
         self.monitor = (
             DriftMonitor(cfg.monitoring, model, estimated, source=controller_file)
             if cfg.monitoring is not None
             else None
         )
-        publishes = any(t.publishes is not None for t in site.tags.tags.values())
+        publishes = bool(site.tags.publication_tags())
         self.publisher = Publisher(site.tags, model, estimated) if publishes else None
         self.alarm_tag = cfg.monitoring.alarm_tag if cfg.monitoring is not None else None
-        self._chart_index = {
-            _chart_id(c.chart, c.signal): i
-            for i, c in enumerate(cfg.monitoring.charts if cfg.monitoring else ())
-        }
         self._active: list[Alarm] = []
         self._maintenance: list[MaintenanceForecast] = []
         self._statistics: dict[str, float] = {}
@@ -107,7 +102,7 @@ class TwinServices:
             self._maintenance = list(result.maintenance)
             self._statistics = dict(result.statistics)
         out.active, out.maintenance = list(self._active), list(self._maintenance)
-        out.alarm_word = self._word(out.active)
+        out.alarm_word = self.monitor.alarm_word(out.active) if self.monitor is not None else 0
         monitor = out.monitor
         monitor.update({f"chart.{k}": float(v) for k, v in self._statistics.items()})
         for m in out.maintenance:
@@ -130,15 +125,3 @@ class TwinServices:
         if self.publisher is not None and estimate is not None:
             out.publication = self.publisher.publication(estimate, inputs, monitor)
         return out
-
-    def _word(self, active: list[Alarm]) -> int:
-        word = 0
-        for a in active:
-            i = self._chart_index.get(_chart_id(a.chart, a.signal))
-            if i is not None and i < 32:
-                word |= 1 << i
-        return word
-
-
-def _chart_id(chart: str, signal: str) -> str:
-    return f"{chart}:{signal}"
