@@ -666,6 +666,10 @@ async def test_server_restart_reconnects_and_reengages_after_operator_reset(tmp_
         # the servers go down for 0.8 h (longer than the PLC's 0.5 h heartbeat timeout)
         bench.rig.inject(FaultSpec(kind="comm_restart", target="*", start=0.0, duration=0.8))
         await bench.until("servers down", lambda: _restart_events(bench) == ["start"])
+        # the scan that logged the fault awaits the servers' shutdown; a request already in
+        # flight (the cycle's publications follow its setpoints) may still land until then
+        scans = bench.rig.vplc.scan_count
+        await bench.until("servers stopped", lambda: bench.rig.vplc.scan_count > scans)
         down_writes = len(bench.received)
         await bench.until("servers back", lambda: _restart_events(bench) == ["start", "end"])
         assert len(bench.received) == down_writes  # nothing reached the PLC while down
