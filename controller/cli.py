@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,17 +108,24 @@ def describe(path: Path, console: Console) -> int:
     """Print a plant model's variables with units, bounds and roles, and its parameters."""
     model = build_model(path)
     table = Table(title=f"{model.name}: {model.description} (time in {model.time_unit})")
-    for col in ("name", "role", "unit", "lower", "upper", "description"):
+    # valid: where the equations hold (a true state outside is a plant fault); operating: what
+    # the process must respect (constraints and checks; for a parameter, its plausible range)
+    for col in ("name", "role", "unit", "valid from", "valid to", "operating", "description"):
         table.add_column(col)
     for v in model.all_variables.values():
-        table.add_row(v.name, v.role.value, v.unit, f"{v.lower:g}", f"{v.upper:g}", v.description)
+        lo, hi = v.operating
+        op = "-" if not (math.isfinite(lo) or math.isfinite(hi)) else f"[{lo:g}, {hi:g}]"
+        table.add_row(
+            v.name, v.role.value, v.unit, f"{v.lower:g}", f"{v.upper:g}", op, v.description
+        )
     for p in model.parameter_set.parameters.values():
         table.add_row(
             p.name,
             "parameter",
             p.unit,
-            f"{p.lower:g}",
-            f"{p.upper:g}",
+            "-",
+            "-",
+            f"plausible [{p.lower:g}, {p.upper:g}]",
             f"{p.value:g}: {p.description}",
         )
     console.print(table)

@@ -6,7 +6,7 @@ A tag of direction ``publish`` names in ``publishes`` what the twin writes into 
 * a model state (``Lck``, ``X``, ``C_b``): the estimate, in the state's unit;
 * an estimated parameter (``KC``, ``Kw``): the estimate, in the parameter's unit;
 * ``<state or estimated parameter>.std``: its 1-sigma standard deviation (same unit);
-* a model expression, outputs included (``percent_dried``, ``Kv``, ``titer``, ``mean_size``):
+* a model expression, outputs included (``percent_dried``, ``Kv``, ``titer``, ``seed_mean_size``):
   ``model.evaluate`` at the estimated states, algebraic states and parameters and the inputs
   in effect;
 * a twin-intelligence value handed in as ``extra`` each cycle: ``alarm.active`` (count of

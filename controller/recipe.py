@@ -6,6 +6,7 @@ recipe of a batch and its MPC can be compared on one footing. Pure computing.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 
 import numpy as np
@@ -32,6 +33,23 @@ class RecipePlayer:
         idx = int(np.searchsorted(self._times, t, side="right") - 1)
         idx = max(idx, 0)
         return {n: float(v[idx]) for n, v in self._values.items()}
+
+    def segments(
+        self, t0: float, t1: float
+    ) -> list[tuple[float, float, dict[str, float], dict[str, float]]]:
+        """The recipe over ``[t0, t1]`` as pieces along which the inputs move linearly.
+
+        Each piece is ``(t_start, t_end, inputs at t_start, inputs at t_end)``, split at the
+        table's rows, so a plant integrating them applies the recipe exactly (a ramp stays a
+        ramp inside a sample; a "previous" step switches at its row's time)."""
+        knots = [float(k) for k in self._times if t0 < k < t1]
+        cuts = [t0, *knots, t1]
+        out = []
+        for a, b in itertools.pairwise(cuts):
+            start = self.inputs_at(a)
+            end = self.inputs_at(b) if self.recipe.interpolation == "linear" else start
+            out.append((a, b, start, end))
+        return out
 
     def step(
         self,

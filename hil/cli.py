@@ -186,7 +186,9 @@ def kpi_table(kpis: Kpis) -> Table:
     table.add_column("KPI")
     table.add_column("value", justify="right")
     for key, value in kpis.as_dict().items():
-        if isinstance(value, float):
+        if value is None:
+            text = "-"
+        elif isinstance(value, float):
             text = "-" if not math.isfinite(value) else f"{value:.6g}"
         else:
             text = str(value)
@@ -219,6 +221,9 @@ async def _simulate(args: argparse.Namespace, console: Console) -> int:
     if not args.no_plot:
         files.append(write_plot(run, out / "trajectory.png"))
     console.print("wrote " + ", ".join(str(f) for f in files))
+    if run.plant_fault is not None:
+        console.print(f"[red]plant fault:[/] {run.plant_fault.describe()}", highlight=False)
+        return 1
     return 0
 
 

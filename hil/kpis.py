@@ -4,6 +4,13 @@ The objective is re-evaluated on what the plant really did (not on the MPC's pre
 economic terms at the end and/or summed per sample, tracking terms as weighted squared error
 per sample. Constraint violations are counted on the true trajectory against the controller's
 constraints, its state bounds, the scenario's checks and the input limits.
+
+Honesty rules: every figure comes from the true plant (never from the noisy measurements the
+controller saw); event times are exact or interpolated between samples, never rounded up to
+the next sample (the end of primary drying is located inside the plant's step; a limit's first
+crossing is interpolated); final CQAs are taken at the event that ends the run. An open-loop
+run has no solver, so its table shows no solver rows. A plant that left its validity domain
+is reported as such: its KPIs describe a run that stopped there.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ class Violation:
     what: str
     count: int
     worst: float
+    #: when the true trajectory first crossed the limit (interpolated between samples)
+    first_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,11 @@ class Kpis:
     cqas: dict[str, float]
     wall_time_s: float
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the largest and smallest true value of each CQA over the run (up to its end event)
+    cqa_range: dict[str, tuple[float, float]] = field(default_factory=dict)
+    open_loop: bool = False
+    #: the true plant left its validity domain: what, where and when (None if it never did)
+    plant_fault: str | None = None
 
     @property
     def violation_count(self) -> int:
@@ -54,28 +68,43 @@ class Kpis:
         return max((v.worst for v in self.violations), default=0.0)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "scenario": self.scenario,
-            "steps": self.steps,
-            f"simulated_time_{self.time_unit}": self.simulated_time,
-            f"finished_at_{self.time_unit}": self.finished_at,
-            "objective": self.objective,
-            **{f"objective.{k}": v for k, v in self.objective_terms.items()},
-            "constraint_violations": self.violation_count,
-            "worst_violation": self.worst_violation,
-            **{f"violation.{v.what}": f"{v.count} (worst {v.worst:.4g})" for v in self.violations},
+        u = self.time_unit
+        solver = {
             "solve_time_median_ms": self.solve_time_median_ms,
             "solve_time_p95_ms": self.solve_time_p95_ms,
             "failed_solves": self.failed_solves,
             "longest_failed_run": self.longest_failed_run,
+        }
+        return {
+            "scenario": self.scenario,
+            "plant_fault": self.plant_fault,
+            "steps": self.steps,
+            f"simulated_time_{u}": self.simulated_time,
+            f"finished_at_{u}": self.finished_at,
+            "objective": self.objective,
+            **{f"objective.{k}": v for k, v in self.objective_terms.items()},
+            "constraint_violations": self.violation_count,
+            "worst_violation": self.worst_violation,
+            **{f"violation.{v.what}": _describe(v, u) for v in self.violations},
+            **({} if self.open_loop else solver),
             "safety_interventions": self.safety_interventions,
             **{f"cqa.{k}": v for k, v in self.cqas.items()},
+            **{f"cqa.{k}.max": hi for k, (_, hi) in self.cqa_range.items()},
+            **{f"cqa.{k}.min": lo for k, (lo, _) in self.cqa_range.items()},
             "wall_time_s": self.wall_time_s,
         }
 
 
+def _describe(v: Violation, unit: str) -> str:
+    text = f"{v.count} (worst {v.worst:.4g})"
+    if v.first_at is not None:
+        text += f", first at {v.first_at:.6g} {unit}"
+    return text
+
+
 def _series(run: ScenarioRun, name: str, rows: list[dict[str, Any]]) -> np.ndarray:
-    for prefix in ("x.", "u.", "z.", "e.", "y."):
+    """A variable's true values (states, inputs, algebraics, expressions, true outputs)."""
+    for prefix in ("x.", "u.", "z.", "e.", "o."):
         key = prefix + name
         if any(key in r for r in rows):
             return np.array([float(r.get(key, math.nan)) for r in rows])
@@ -89,11 +118,23 @@ def _violations(run: ScenarioRun, rows: list[dict[str, Any]]) -> list[Violation]
         checks.append((f"{c.expression} ({kind})", c.expression, c.lower, c.upper))
     for c in run.scenario.checks:
         checks.append((f"{c.expression} (check)", c.expression, c.lower, c.upper))
+    bounded = set()
     if run.controller is not None:
         for name, (lo, hi) in run.controller.state_bounds.items():
             checks.append((f"{name} bound", name, lo, hi))
+            bounded.add(name)
+    # the model's own operating limits (X <= 3.7 g/L) are judged on the true, unclipped
+    # trajectory too, where the controller config does not bound that state itself
+    for name in run.model.state_names:
+        v = run.model.variable(name)
+        lo_op, hi_op = v.operating
+        if name not in bounded and (math.isfinite(lo_op) or math.isfinite(hi_op)):
+            lo_c = lo_op if math.isfinite(lo_op) else None
+            hi_c = hi_op if math.isfinite(hi_op) else None
+            checks.append((f"{name} operating limit", name, lo_c, hi_c))
     for name, lim in run.limits.items():
         checks.append((f"{name} limit", name, lim.lower, lim.upper))
+    times = np.array([float(r["t"]) for r in rows])
     out = []
     for label, name, lo, hi in checks:
         values = _series(run, name, rows)
@@ -104,9 +145,26 @@ def _violations(run: ScenarioRun, rows: list[dict[str, Any]]) -> list[Violation]
             excess = np.maximum(excess, lo - values)
         excess = np.nan_to_num(excess, nan=0.0)
         scale = max(abs(hi or 0.0), abs(lo or 0.0), 1.0)
-        count = int(np.sum(excess > _TOL * scale))
-        out.append(Violation(label, count, float(excess.max(initial=0.0))))
+        over = excess > _TOL * scale
+        count = int(np.sum(over))
+        first = _first_crossing(times, values, lo, hi, over) if count else None
+        out.append(Violation(label, count, float(excess.max(initial=0.0)), first))
     return out
+
+
+def _first_crossing(
+    times: np.ndarray, values: np.ndarray, lo: float | None, hi: float | None, over: np.ndarray
+) -> float:
+    """The time the trajectory first crossed its limit, interpolated between two samples."""
+    k = int(np.argmax(over))
+    if k == 0:
+        return float(times[0])
+    limit = hi if hi is not None and values[k] > hi else lo
+    a, b = float(values[k - 1]), float(values[k])
+    if limit is None or not math.isfinite(a) or a == b:
+        return float(times[k])
+    w = min(max((limit - a) / (b - a), 0.0), 1.0)
+    return float(times[k - 1] + w * (times[k] - times[k - 1]))
 
 
 def compute_kpis(run: ScenarioRun) -> Kpis:
@@ -142,7 +200,14 @@ def compute_kpis(run: ScenarioRun) -> Kpis:
     for f in failed:
         run_len = run_len + 1 if f else 0
         longest = max(longest, run_len)
+    # CQAs at the event that ended the run (the last row is the true state at that instant:
+    # the exact end of primary drying, or the batch's end), and their range over the run
     cqas = {name: float(_series(run, name, run.rows)[-1]) for name in run.scenario.cqas}
+    ranges = {}
+    for name in run.scenario.cqas:
+        series = _series(run, name, run.rows)
+        if np.any(np.isfinite(series)):
+            ranges[name] = (float(np.nanmin(series)), float(np.nanmax(series)))
     return Kpis(
         scenario=run.scenario.name,
         steps=len(rows),
@@ -159,4 +224,7 @@ def compute_kpis(run: ScenarioRun) -> Kpis:
         safety_interventions=int(sum(r.get("safety.interventions", 0) for r in rows)),
         cqas=cqas,
         wall_time_s=run.wall_time_s,
+        cqa_range=ranges,
+        open_loop=run.controller is None,
+        plant_fault=run.plant_fault.describe() if run.plant_fault is not None else None,
     )

@@ -1,13 +1,26 @@
 """The "true plant": the same model with its own parameters, noise and disturbances.
 
 :class:`PlantRunner` advances one sample step at a time with the model's CasADi integrator
-(cvodes or idas), using the exact (non-smoothed) equations, the scenario's parameter values
-(plant-model mismatch), seeded Gaussian measurement noise and additive input disturbances.
-It knows nothing of the controller; it sees only the inputs that are in place.
+(cvodes or idas), using the exact (non-smoothed, **unclipped**) equations, the scenario's
+parameter values (plant-model mismatch), seeded Gaussian measurement noise and additive input
+disturbances. It knows nothing of the controller; it sees only the inputs that are in place.
+
+Honesty rules (validation teams file what it says as evidence):
+
+* The state is never corrected. Operating limits (X <= 3.7 g/L, T_R <= 140 degC) are for
+  constraints, checks and campaign criteria; the plant integrates through them.
+* A state that leaves the model's physical validity domain (where the equations hold) is a
+  plant fault: it is kept as :attr:`PlantRunner.fault` and raised as
+  :class:`PlantDomainError`, naming the variable, the value and the time.
+* Inputs are applied exactly inside a step: a ramp (a recipe's, or a disturbance starting
+  mid-step) is integrated as a ramp, not sampled at the step's start.
+* The batch's natural end (the end of primary drying) is located inside the step, so its time
+  is exact; from then on the plant holds its final state.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +30,11 @@ import numpy as np
 from controller.config import Disturbance
 from controller.errors import ScenarioError
 from plant_models import PlantModel, Role
+from plant_models.base import DomainViolation
+
+#: One piece of an input profile: (t_start, t_end, inputs at t_start, inputs at t_end); the
+#: inputs move linearly in between. Times in the model's unit.
+Segment = tuple[float, float, Mapping[str, float], Mapping[str, float]]
 
 
 @dataclass(frozen=True)
@@ -29,6 +47,44 @@ class PlantState:
     inputs: Mapping[str, float]
     outputs: Mapping[str, float]
     expressions: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class PlantFault:
+    """The true plant left its validity domain: the equations no longer describe it."""
+
+    t: float
+    time_unit: str
+    violations: tuple[DomainViolation, ...]
+
+    def describe(self) -> str:
+        what = "; ".join(v.describe() for v in self.violations)
+        return f"true plant left its validity domain at t={self.t:g} {self.time_unit}: {what}"
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "t": self.t,
+            "time_unit": self.time_unit,
+            "violations": [
+                {
+                    "variable": v.name,
+                    "value": v.value,
+                    "lower": v.lower,
+                    "upper": v.upper,
+                    "unit": v.unit,
+                }
+                for v in self.violations
+            ],
+            "detail": self.describe(),
+        }
+
+
+class PlantDomainError(ScenarioError):
+    """The true plant left its physical validity domain (see :class:`PlantFault`)."""
+
+    def __init__(self, fault: PlantFault) -> None:
+        super().__init__(fault.describe())
+        self.fault = fault
 
 
 class PlantRunner:
@@ -45,9 +101,13 @@ class PlantRunner:
         seed: int = 0,
         t0: float = 0.0,
     ) -> None:
+        if not (math.isfinite(sample_time) and sample_time > 0):
+            raise ScenarioError(
+                f"true plant {model.name!r}: sample step must be > 0, got {sample_time!r}"
+            )
         self.model = model
         self.sample_time = sample_time
-        self._step = model.integrator(sample_time)
+        self._step = model.stepper()
         self._p = model.parameter_vector()
         self._x = model.vector(Role.STATE, {**model.initial_state, **(initial_state or {})})
         self._z = model.vector(Role.ALGEBRAIC, model.initial_algebraic)
@@ -55,14 +115,26 @@ class PlantRunner:
         self._noise = {name: float(s) for name, s in (noise_std or {}).items() if s > 0}
         self._disturbances = tuple(disturbances)
         self._rng = np.random.default_rng(seed)
-        self._lo = np.array([model.variable(n).lower for n in model.state_names])
-        self._hi = np.array([model.variable(n).upper for n in model.state_names])
         self.t = t0
+        #: the exact time of the batch's natural end, once reached (model time unit)
+        self.finished_at: float | None = None
+        #: the validity-domain excursion that stopped the plant, if any
+        self.fault: PlantFault | None = None
+        #: the true state at the exact time of the batch's natural end, once reached
+        self.end_state: PlantState | None = None
         if model.is_dae:
             solver = model.algebraic_solver()
             if solver is not None:
                 z = solver(self._z, self._x, self._u, self._p)
                 self._z = np.asarray(z, dtype=float).ravel()
+        start = model.validity_violations(
+            model.as_dict(Role.STATE, self._x), model.as_dict(Role.ALGEBRAIC, self._z)
+        )
+        if start:
+            raise PlantDomainError(PlantFault(t0, model.time_unit, tuple(start)))
+        margin = self._margin(self._x)
+        if margin is not None and margin <= 0:
+            self.finished_at = t0
 
     # ------------------------------------------------------------------ stepping
     def disturbed(self, inputs: Mapping[str, float], t: float) -> dict[str, float]:
@@ -72,20 +144,113 @@ class PlantRunner:
                 u[d.input] = u[d.input] + d.offset
         return u
 
-    def advance(self, inputs: Mapping[str, float]) -> None:
-        """Hold ``inputs`` (plus disturbances) for one sample step and integrate."""
-        u = self.model.vector(Role.INPUT, self.disturbed(inputs, self.t))
+    def advance(
+        self, inputs: Mapping[str, float], *, segments: Sequence[Segment] | None = None
+    ) -> None:
+        """Integrate one sample step.
+
+        Without ``segments`` the ``inputs`` are held over the step. With them (an open-loop
+        recipe's profile over ``[t, t + sample_time]``) the inputs follow the profile exactly.
+        Disturbances switch at their own start and end times, inside the step if need be.
+        Raises :class:`PlantDomainError` if a state leaves the validity domain, and
+        :class:`ScenarioError` if the integrator fails.
+        """
+        if self.fault is not None:
+            raise PlantDomainError(self.fault)
+        t0, t1 = self.t, self.t + self.sample_time
+        pieces = list(segments) if segments else [(t0, t1, inputs, inputs)]
+        for ta, tb, ua, ub in self._split_at_disturbances(pieces):
+            if self.finished_at is not None:
+                break
+            self._integrate(ta, tb, ua, ub)
+        self.t = t1
+
+    def _split_at_disturbances(self, pieces: list[Segment]) -> list[Segment]:
+        edges = sorted({e for d in self._disturbances for e in (d.start, d.end)})
+        out: list[Segment] = []
+        for ta, tb, ua, ub in pieces:
+            cuts = [ta, *(e for e in edges if ta < e < tb), tb]
+            for a, b in itertools.pairwise(cuts):
+                out.append((a, b, _lerp(ta, tb, ua, ub, a), _lerp(ta, tb, ua, ub, b)))
+        return out
+
+    def _integrate(
+        self, ta: float, tb: float, ua: Mapping[str, float], ub: Mapping[str, float]
+    ) -> None:
+        if tb - ta <= 0:
+            return
+        # a disturbance active on the piece applies to its whole length (pieces are split
+        # at the disturbances' edges)
+        mid = 0.5 * (ta + tb)
+        offsets = {n: v - ua[n] for n, v in self.disturbed(ua, mid).items() if n in ua}
+        u0 = self.model.vector(Role.INPUT, {n: ua[n] + offsets.get(n, 0.0) for n in ua})
+        u1 = self.model.vector(Role.INPUT, {n: ub[n] + offsets.get(n, 0.0) for n in ub})
+        x, z = self._solve(ta, tb - ta, u0, u1)
+        margin0, margin1 = self._margin(self._x), self._margin(x)
+        if margin0 is not None and margin1 is not None and margin0 > 0 >= margin1:
+            h = self._locate_end(tb - ta, u0, u1, margin0, margin1, ta)
+            x, z = self._solve(ta, h, u0, u0 + (u1 - u0) * (h / (tb - ta)))
+            tb, u1 = ta + h, u0 + (u1 - u0) * (h / (tb - ta))
+            self._check_domain(x, z, tb)
+            self._x, self._z, self._u = x, z, u1
+            self.finished_at = tb
+            self.end_state = self.true_state(t=tb)
+            return
+        self._check_domain(x, z, tb)
+        self._x, self._z, self._u = x, z, u1
+
+    def _solve(
+        self, ta: float, h: float, u0: np.ndarray, u1: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         try:
-            xf, zf = self._step(self._x, self._z, u, self._p)
+            xf, zf = self._step(self._x, self._z, u0, u1, self._p, h)
         except RuntimeError as exc:
             raise ScenarioError(
-                f"true plant {self.model.name!r} failed to integrate at t={self.t:g} "
-                f"{self.model.time_unit} with inputs {self.model.as_dict(Role.INPUT, u)}: {exc}"
+                f"true plant {self.model.name!r} failed to integrate at t={ta:g} "
+                f"{self.model.time_unit} with inputs {self.model.as_dict(Role.INPUT, u0)}: {exc}"
             ) from exc
-        self._x = np.clip(np.asarray(xf, dtype=float).ravel(), self._lo, self._hi)
-        self._z = np.asarray(zf, dtype=float).ravel()
-        self._u = u
-        self.t += self.sample_time
+        return np.asarray(xf, dtype=float).ravel(), np.asarray(zf, dtype=float).ravel()
+
+    def _margin(self, x: np.ndarray) -> float | None:
+        return self.model.finish_margin(self.model.as_dict(Role.STATE, x), self.parameters)
+
+    def _locate_end(
+        self, h: float, u0: np.ndarray, u1: np.ndarray, m0: float, m1: float, ta: float
+    ) -> float:
+        """The step length at which the finish margin falls through 0 (Illinois method)."""
+        lo, hi, f_lo, f_hi = 0.0, h, m0, m1
+        side = 0
+        for _ in range(60):
+            mid = hi - f_hi * (hi - lo) / (f_hi - f_lo) if f_hi != f_lo else 0.5 * (lo + hi)
+            if not lo < mid < hi:
+                mid = 0.5 * (lo + hi)
+            x, _ = self._solve(ta, mid, u0, u0 + (u1 - u0) * (mid / h))
+            f_mid = self._margin(x)
+            if f_mid is None:  # pragma: no cover - margin exists when this is called
+                return mid
+            if abs(f_mid) <= 1e-12 or hi - lo <= 1e-12 * max(h, 1.0):
+                return mid
+            if f_mid > 0:
+                lo, f_lo = mid, f_mid
+                if side == 1:
+                    f_hi /= 2
+                side = 1
+            else:
+                hi, f_hi = mid, f_mid
+                if side == -1:
+                    f_lo /= 2
+                side = -1
+        return hi
+
+    def _check_domain(self, x: np.ndarray, z: np.ndarray, t: float) -> None:
+        found = self.model.validity_violations(
+            self.model.as_dict(Role.STATE, x), self.model.as_dict(Role.ALGEBRAIC, z)
+        )
+        if found:
+            # keep the state the equations gave: the recording shows the excursion as it was
+            self._x, self._z, self.t = x, z, t
+            self.fault = PlantFault(t, self.model.time_unit, tuple(found))
+            raise PlantDomainError(self.fault)
 
     @property
     def parameters(self) -> dict[str, float]:
@@ -116,7 +281,7 @@ class PlantRunner:
         self._p = p
 
     # ------------------------------------------------------------------ observing
-    def true_state(self) -> PlantState:
+    def true_state(self, t: float | None = None) -> PlantState:
         ev = self.model.evaluate(
             self.model.as_dict(Role.STATE, self._x),
             self.model.as_dict(Role.INPUT, self._u),
@@ -124,7 +289,7 @@ class PlantRunner:
             self.parameters,
         )
         return PlantState(
-            self.t,
+            self.t if t is None else t,
             self.model.as_dict(Role.STATE, self._x),
             self.model.as_dict(Role.ALGEBRAIC, self._z),
             self.model.as_dict(Role.INPUT, self._u),
@@ -140,4 +305,15 @@ class PlantRunner:
         return outputs
 
     def finished(self) -> bool:
-        return self.model.finished(self.model.as_dict(Role.STATE, self._x), self.parameters)
+        """The batch has reached its natural end (the plant holds its final state since)."""
+        return self.finished_at is not None or self.model.finished(
+            self.model.as_dict(Role.STATE, self._x), self.parameters
+        )
+
+
+def _lerp(
+    ta: float, tb: float, ua: Mapping[str, float], ub: Mapping[str, float], t: float
+) -> dict[str, float]:
+    """Inputs at ``t`` on the straight line from ``(ta, ua)`` to ``(tb, ub)``."""
+    w = 0.0 if tb <= ta else (t - ta) / (tb - ta)
+    return {n: ua[n] + (ub[n] - ua[n]) * w for n in ua}

@@ -27,7 +27,7 @@ from controller.config import FaultSpec, ScenarioConfig, build_model, load_scena
 from controller.recipe import RecipePlayer
 from controller.site import Site
 from hil.faults import FaultEvent, FaultSet
-from hil.plant_runner import PlantRunner, PlantState
+from hil.plant_runner import PlantDomainError, PlantFault, PlantRunner, PlantState
 from hil.servers.base import PlcServer
 from hil.vplc import PlcEvent, VirtualPlc
 
@@ -38,6 +38,8 @@ log = logging.getLogger("pharmatwin.hil.rig")
 class RigLog:
     plc_events: list[PlcEvent] = field(default_factory=list)
     fault_events: list[FaultEvent] = field(default_factory=list)
+    #: the true plant left its validity domain (it stops there: the equations no longer hold)
+    plant_faults: list[PlantFault] = field(default_factory=list)
 
 
 class HilRig:
@@ -88,6 +90,7 @@ class HilRig:
             if self.scenario.recipe is not None
             else None
         )
+        self._recipe = recipe
         working = recipe.inputs_at(0.0) if recipe is not None else self.model.nominal_inputs
         self.vplc = VirtualPlc(
             site.tags,
@@ -139,15 +142,37 @@ class HilRig:
         self.faults.inject(spec, self.plant.t)
 
     # ------------------------------------------------------------------ one scan
+    @property
+    def plant_fault(self) -> PlantFault | None:
+        """The validity-domain excursion that stopped the true plant, if any."""
+        return self.plant.fault
+
     def _advance_plant(self, now: float) -> None:
         target = now / self.unit_s
-        while self.plant.t + self.plant_step <= target + 1e-12:
+        while self.plant.fault is None and self.plant.t + self.plant_step <= target + 1e-12:
             params = self.faults.parameters(self.plant.t, self._nominal_params)
             if params != self.plant.parameters:
                 self.plant.set_parameters(params)
             actual = self.faults.actuators(self.plant.t, self._applied, self.plant_step)
-            self.plant.advance(actual)
+            try:
+                self.plant.advance(actual, segments=self._recipe_segments(actual))
+            except PlantDomainError as exc:
+                self.log.plant_faults.append(exc.fault)
+                log.error("plant fault: %s", exc.fault.describe())
             self._measurements = {}  # a new sample is due
+
+    def _recipe_segments(self, actual: Mapping[str, float]) -> list[Any] | None:
+        """The PLC's local recipe over the plant step, when that is what the plant gets.
+
+        A ramp of the PLC's own recipe stays a ramp inside the step; anything else (the MPC's
+        setpoints, an actuator fault) is held over the step, as the PLC holds it."""
+        if self._recipe is None:
+            return None
+        t = self.plant.t
+        start = self._recipe.inputs_at(t)
+        if any(abs(start[n] - v) > 1e-9 * max(1.0, abs(v)) for n, v in actual.items()):
+            return None
+        return list(self._recipe.segments(t, t + self.plant_step))
 
     def _measure(self) -> tuple[dict[str, float], set[str], dict[str, float]]:
         truth = self._truth = self.plant.true_state()
@@ -193,6 +218,9 @@ class HilRig:
             await self.scan()
             if duration_s is not None and self.clock.now() >= duration_s:
                 break
+            if self.plant.fault is not None:
+                log.error("the true plant stopped: %s", self.plant.fault.describe())
+                break
             if self.scenario.stop_when_finished and self.plant.finished():
                 log.info("the batch ended at t=%g %s", self.plant.t, self.model.time_unit)
                 break
@@ -214,6 +242,7 @@ class HilRig:
             "alarm": self.vplc.alarm,
             "plc_events": len(self.log.plc_events),
             "fault_events": len(self.log.fault_events),
+            "plant_fault": self.plant.fault.describe() if self.plant.fault else None,
             "finite": all(math.isfinite(v) for v in self._applied.values()),
             "recent_plc_events": [
                 {"t": e.t, "what": e.what, "detail": e.detail} for e in self.log.plc_events[-20:]

@@ -34,7 +34,7 @@ from controller.pipeline import ControlPipeline, CycleResult, Policy, input_limi
 from controller.ports.memory import MemoryPort, TagTable
 from controller.recipe import RecipePlayer
 from controller.safety import InputLimit
-from hil.plant_runner import PlantRunner, PlantState
+from hil.plant_runner import PlantDomainError, PlantFault, PlantRunner, PlantState
 from plant_models import PlantModel
 
 
@@ -48,6 +48,8 @@ class ScenarioRun:
     rows: list[dict[str, Any]] = field(default_factory=list)
     wall_time_s: float = 0.0
     finished_at: float | None = None
+    #: the true plant left its validity domain (the run stopped there; a plant fault)
+    plant_fault: PlantFault | None = None
     limits: dict[str, InputLimit] = field(default_factory=dict)
     constraints: tuple[Constraint, ...] = ()
 
@@ -66,7 +68,8 @@ def _row(t: float, plant: PlantState, y: dict[str, float], cycle: CycleResult) -
     row: dict[str, Any] = {"t": t}
     row.update({f"x.{k}": v for k, v in plant.states.items()})
     row.update({f"z.{k}": v for k, v in plant.algebraic.items()})
-    row.update({f"y.{k}": v for k, v in y.items()})
+    row.update({f"y.{k}": v for k, v in y.items()})  # measured (noise and all)
+    row.update({f"o.{k}": v for k, v in plant.outputs.items()})  # true outputs
     row.update({f"e.{k}": v for k, v in plant.expressions.items() if k not in plant.outputs})
     if cycle.estimate is not None:
         row.update({f"xhat.{k}": v for k, v in cycle.estimate.states.items()})
@@ -155,17 +158,36 @@ async def run_scenario(
                 _row(t, plant.true_state(), y_true, cycle)
                 | {f"u.{n}": v for n, v in in_place.items()}
             )
-            plant.advance(in_place)
+            try:
+                plant.advance(in_place, segments=_recipe_segments(policy, t, dt, in_place))
+            except PlantDomainError as exc:
+                run.plant_fault = exc.fault
+                break
             clock.advance(dt * unit)
             if on_tick is not None:
                 on_tick(plant.t, sc.duration)
             if sc.stop_when_finished and plant.finished():
-                run.finished_at = plant.t
                 break
-    final = plant.true_state()
+    run.finished_at = plant.finished_at
+    final = plant.end_state or plant.true_state()
     run.rows.append(_final_row(final))
     run.wall_time_s = time.perf_counter() - started
     return run
+
+
+def _recipe_segments(
+    policy: Policy, t: float, dt: float, in_place: dict[str, float]
+) -> list[Any] | None:
+    """An open-loop recipe's exact profile over the sample, when it is what the plant got.
+
+    The recipe is applied as a ramp inside the step (not its value at the step's start). If
+    safety or the port changed the setpoint, the plant holds what is really in place."""
+    if not isinstance(policy, RecipePlayer):
+        return None
+    start = policy.inputs_at(t)
+    if any(abs(start[n] - v) > 1e-9 * max(1.0, abs(v)) for n, v in in_place.items()):
+        return None
+    return list(policy.segments(t, t + dt))
 
 
 def _final_row(plant: PlantState) -> dict[str, Any]:
@@ -173,6 +195,7 @@ def _final_row(plant: PlantState) -> dict[str, Any]:
     row.update({f"x.{k}": v for k, v in plant.states.items()})
     row.update({f"z.{k}": v for k, v in plant.algebraic.items()})
     row.update({f"y.{k}": v for k, v in plant.outputs.items()})
+    row.update({f"o.{k}": v for k, v in plant.outputs.items()})
     row.update({f"e.{k}": v for k, v in plant.expressions.items() if k not in plant.outputs})
     row.update({f"u.{k}": v for k, v in plant.inputs.items()})
     row["solve.status"] = "end"

@@ -53,9 +53,18 @@ class Role(StrEnum):
 class Variable:
     """A named quantity of a plant model.
 
-    ``lower``/``upper`` are physical bounds (validity of the model), not operating limits;
-    the controller config narrows them. ``scale`` is a typical magnitude used to scale the
-    variable inside integrators and optimizers (the crystallizer's moments span 1e0..1e9).
+    Two kinds of limit, never mixed up:
+
+    * ``lower``/``upper``: the **physical validity domain**, where the equations hold
+      (concentrations >= 0, ice below 0 degC). For inputs, the actuator's physical range. The
+      true plant never clips to it: a state that leaves it is a plant fault
+      (:meth:`PlantModel.validity_violations`).
+    * ``operating``: the **operating limits** the process must respect (X <= 3.7 g/L,
+      T_R <= 140 degC). They belong to the controller's constraints, the scenario's checks and
+      the campaign criteria, never to the plant's integration.
+
+    ``scale`` is a typical magnitude used to scale the variable inside integrators and
+    optimizers (the crystallizer's moments span 1e0..1e9).
     """
 
     name: str
@@ -65,6 +74,33 @@ class Variable:
     upper: float = math.inf
     description: str = ""
     scale: float = 1.0
+    operating: tuple[float, float] = (-math.inf, math.inf)
+
+    @property
+    def operating_lower(self) -> float:
+        return max(self.operating[0], self.lower)
+
+    @property
+    def operating_upper(self) -> float:
+        return min(self.operating[1], self.upper)
+
+
+@dataclass(frozen=True)
+class DomainViolation:
+    """A variable outside the model's physical validity domain (a plant fault)."""
+
+    name: str
+    value: float
+    lower: float
+    upper: float
+    unit: str
+
+    def describe(self) -> str:
+        side = f"below {self.lower:g}" if self.value < self.lower else f"above {self.upper:g}"
+        return (
+            f"{self.name} = {self.value:.6g} {self.unit} is {side} {self.unit}, outside the "
+            f"model's validity domain [{self.lower:g}, {self.upper:g}]"
+        )
 
 
 @dataclass(frozen=True)
@@ -171,7 +207,7 @@ class PlantModel(ABC):
         for v in self.variables:
             if v.name in overrides:
                 lo, hi = overrides[v.name]
-                v = Variable(v.name, v.unit, v.role, lo, hi, v.description, v.scale)
+                v = Variable(v.name, v.unit, v.role, lo, hi, v.description, v.scale, v.operating)
             self._vars[v.name] = v
 
     # ----------------------------------------------------------------- declaration
@@ -448,6 +484,75 @@ class PlantModel(ABC):
             ["x0", "z0", "u", "p"],
             ["xf", "zf"],
         )
+
+    def stepper(self, *, rtol: float = 1e-8, atol: float = 1e-10) -> ca.Function:
+        """An integrator over a step of any length, with inputs ramping inside it.
+
+        Returns ``S(x0, z0, u0, u1, p, h) -> (xf, zf)``: the exact (unclipped) equations are
+        integrated over ``h`` time units while the inputs move linearly from ``u0`` to ``u1``
+        (a ramp stays a ramp inside the step; ``u1 = u0`` holds them). Internally time is
+        scaled to [0, 1] and states by their ``scale``; values at the boundary are physical.
+        """
+        s = self.symbols
+        tau = ca.SX.sym("tau")
+        xs = ca.SX.sym("xs", len(self.state_names))
+        zs = ca.SX.sym("zs", len(self.algebraic_names))
+        u0 = ca.SX.sym("u0", len(self.input_names))
+        u1 = ca.SX.sym("u1", len(self.input_names))
+        h = ca.SX.sym("h")
+        p = s[Role.PARAMETER]
+        xsc, zsc = self.scales(Role.STATE), self.scales(Role.ALGEBRAIC)
+        u = u0 + (u1 - u0) * tau
+        xdot, alg, _, _ = self.evaluate_symbolic(xs * xsc, zs * zsc, u, p)
+        dae: dict[str, Any] = {"x": xs, "t": tau, "p": ca.vertcat(u0, u1, p, h)}
+        dae["ode"] = h * xdot / xsc
+        opts: dict[str, Any] = {"reltol": rtol, "abstol": atol}
+        if self.is_dae:
+            dae.update(z=zs, alg=alg)
+        raw = ca.integrator(
+            f"{self.name}_S", "idas" if self.is_dae else "cvodes", dae, 0.0, 1.0, opts
+        )
+        x0, z0 = ca.MX.sym("x0", len(self.state_names)), ca.MX.sym("z0", len(self.algebraic_names))
+        a, b = ca.MX.sym("u0", len(self.input_names)), ca.MX.sym("u1", len(self.input_names))
+        pp, hh = ca.MX.sym("p", len(self.parameter_names)), ca.MX.sym("h")
+        call: dict[str, Any] = {"x0": x0 / xsc, "p": ca.vertcat(a, b, pp, hh)}
+        if self.is_dae:
+            call["z0"] = z0 / zsc
+        r = raw(**call)
+        zf = r["zf"] * zsc if self.is_dae else ca.MX(0, 1)
+        return ca.Function(
+            f"{self.name}_stepper",
+            [x0, z0, a, b, pp, hh],
+            [r["xf"] * xsc, zf],
+            ["x0", "z0", "u0", "u1", "p", "h"],
+            ["xf", "zf"],
+        )
+
+    def validity_violations(
+        self, states: Mapping[str, float], algebraic: Mapping[str, float] | None = None
+    ) -> list[DomainViolation]:
+        """States and algebraic states outside the physical validity domain (``lower/upper``).
+
+        A margin of 1e-6 of each variable's scale absorbs the integrator's round-off (a
+        substrate at -1e-12 g/L is not a fault); anything beyond it is reported, never
+        corrected. Operating limits are not looked at here.
+        """
+        found: list[DomainViolation] = []
+        for values in (states, algebraic or {}):
+            for name, value in values.items():
+                v = self._vars[name]
+                tol = 1e-6 * v.scale
+                if not math.isfinite(value) or value < v.lower - tol or value > v.upper + tol:
+                    found.append(DomainViolation(name, float(value), v.lower, v.upper, v.unit))
+        return found
+
+    def finish_margin(self, x: Mapping[str, float], p: Mapping[str, float]) -> float | None:
+        """How far the batch is from its natural end, as a number that falls through 0 there.
+
+        ``None`` for models without such an event. The true plant locates the zero inside a
+        step, so the end time is exact, not rounded to a sample.
+        """
+        return None
 
     def algebraic_solver(self) -> ca.Function | None:
         """``Z(z_guess, x, u, p) -> z`` solving the algebraic equations (None for ODEs)."""

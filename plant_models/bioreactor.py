@@ -12,6 +12,8 @@ from typing import Any, ClassVar
 
 from plant_models.base import PlantModel, Role, SymMap, Variable
 
+_INF = float("inf")
+
 
 class Bioreactor(PlantModel):
     """Haldane-kinetics fed-batch bioreactor: states X, S, P, V; input feed u."""
@@ -20,9 +22,19 @@ class Bioreactor(PlantModel):
     time_unit: ClassVar[str] = "h"
     description: ClassVar[str] = "Fed-batch bioreactor, penicillin-type, Haldane kinetics"
     variables: ClassVar[tuple[Variable, ...]] = (
-        Variable("X", "g/L", Role.STATE, 0.0, 3.7, "biomass concentration"),
-        Variable("S", "g/L", Role.STATE, -0.01, float("inf"), "substrate concentration"),
-        Variable("P", "g/L", Role.STATE, 0.0, 3.0, "product (titer) concentration"),
+        # validity: concentrations >= 0, except S: the source's product term v*X/Y_p does not
+        # stop at S = 0, so a starved culture's S goes slightly negative, and the source
+        # (do-mpc's example) accepts S down to -0.01 g/L; below that the model is invalid (a
+        # plant fault). S < 0 is also outside the operating limits, so KPIs count it.
+        # Operating limits (do-mpc's optimizer bounds): X <= 3.7 stands in for the
+        # oxygen-transfer limit, P <= 3.0; they are constraints, not physics.
+        Variable("X", "g/L", Role.STATE, 0.0, _INF, "biomass concentration", operating=(0.0, 3.7)),
+        Variable(
+            "S", "g/L", Role.STATE, -0.01, _INF, "substrate concentration", operating=(0.0, _INF)
+        ),
+        Variable(
+            "P", "g/L", Role.STATE, 0.0, _INF, "product (titer) concentration", operating=(0.0, 3.0)
+        ),
         Variable("V", "L", Role.STATE, 0.0, float("inf"), "broth volume", scale=100.0),
         Variable("u", "L/h", Role.INPUT, 0.0, 0.2, "substrate feed flow"),
         Variable("X_meas", "g/L", Role.OUTPUT, description="biomass, online (capacitance probe)"),

@@ -113,6 +113,9 @@ class Crystallizer(PlantModel):
             "above_solubility": x["C"] - Cs,
             "below_metastable": Cm - x["C"],
             "seed_growth": x["mu3"] - x["mu3n"],
-            "mean_size": (x["mu1"] + x["mu1n"]) / (x["mu0"] + x["mu0n"]),
+            # number-mean sizes: of the seed population alone (the product), and of seeds and
+            # fines together (what an FBRM-like count sees)
+            "seed_mean_size": x["mu1"] / x["mu0"],
+            "mean_size_with_fines": (x["mu1"] + x["mu1n"]) / (x["mu0"] + x["mu0n"]),
             "fines_volume": x["mu3n"],
         }

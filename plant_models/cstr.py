@@ -15,6 +15,8 @@ import casadi as ca
 
 from plant_models.base import PlantModel, Role, SymMap, Variable
 
+_INF = float("inf")
+
 
 class VanDeVusseCSTR(PlantModel):
     """Jacketed van de Vusse CSTR: states C_a, C_b, T_R, T_K; inputs F, Q_dot."""
@@ -23,10 +25,46 @@ class VanDeVusseCSTR(PlantModel):
     time_unit: ClassVar[str] = "h"
     description: ClassVar[str] = "Jacketed CSTR, van de Vusse kinetics (Klatt & Engell)"
     variables: ClassVar[tuple[Variable, ...]] = (
-        Variable("C_a", "mol/L", Role.STATE, 0.1, 2.0, "concentration of reactant A"),
-        Variable("C_b", "mol/L", Role.STATE, 0.1, 2.0, "concentration of product B (the API)"),
-        Variable("T_R", "degC", Role.STATE, 50.0, 140.0, "reactor temperature", scale=100.0),
-        Variable("T_K", "degC", Role.STATE, 50.0, 140.0, "jacket temperature", scale=100.0),
+        # validity: concentrations >= 0, temperatures above absolute zero. The operating limits
+        # are do-mpc's optimizer bounds; the classic design point (C_a = 2.14) lies outside them.
+        Variable(
+            "C_a",
+            "mol/L",
+            Role.STATE,
+            0.0,
+            _INF,
+            "concentration of reactant A",
+            operating=(0.1, 2.0),
+        ),
+        Variable(
+            "C_b",
+            "mol/L",
+            Role.STATE,
+            0.0,
+            _INF,
+            "concentration of product B (the API)",
+            operating=(0.1, 2.0),
+        ),
+        Variable(
+            "T_R",
+            "degC",
+            Role.STATE,
+            -273.15,
+            _INF,
+            "reactor temperature",
+            scale=100.0,
+            operating=(50.0, 140.0),
+        ),
+        Variable(
+            "T_K",
+            "degC",
+            Role.STATE,
+            -273.15,
+            _INF,
+            "jacket temperature",
+            scale=100.0,
+            operating=(50.0, 140.0),
+        ),
         Variable("F", "1/h", Role.INPUT, 5.0, 100.0, "feed dilution rate", scale=10.0),
         Variable("Q_dot", "kJ/h", Role.INPUT, -8500.0, 0.0, "jacket heat duty", scale=1000.0),
         Variable("C_a_meas", "mol/L", Role.OUTPUT, description="A, online analyser"),

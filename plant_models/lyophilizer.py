@@ -36,7 +36,10 @@ class Lyophilizer(PlantModel):
     description: ClassVar[str] = "Freeze dryer, primary drying, Pikal-type vial model (LyoPRONTO)"
     variables: ClassVar[tuple[Variable, ...]] = (
         Variable("Lck", "cm", Role.STATE, 0.0, 5.0, "dried-cake thickness (sublimation front)"),
-        Variable("Tsub", "degC", Role.ALGEBRAIC, -80.0, 0.0, "sublimation-front temperature", 10.0),
+        # ice melts above 0 degC (meltback): the sublimation equations no longer hold
+        Variable(
+            "Tsub", "degC", Role.ALGEBRAIC, -273.15, 0.0, "sublimation-front temperature", 10.0
+        ),
         Variable("Tsh", "degC", Role.INPUT, -45.0, 120.0, "shelf temperature", scale=10.0),
         Variable("Pch", "Torr", Role.INPUT, 0.03, 0.5, "chamber pressure", scale=0.1),
         Variable("Tbot", "degC", Role.OUTPUT, -80.0, 40.0, "vial-bottom product temperature", 10.0),
@@ -140,3 +143,7 @@ class Lyophilizer(PlantModel):
 
     def finished(self, x: Mapping[str, float], p: Mapping[str, float]) -> bool:
         return float(x["Lck"]) >= float(self.lpr0(p))
+
+    def finish_margin(self, x: Mapping[str, float], p: Mapping[str, float]) -> float:
+        """Frozen layer left [cm]: 0 when the front reaches the vial bottom (Lck = Lpr0)."""
+        return float(self.lpr0(p)) - float(x["Lck"])

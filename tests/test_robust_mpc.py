@@ -135,6 +135,10 @@ def _scenario(tmp: Path, controller: str, backend: str | None = None) -> Path:
         ctl["solver"] = {**ctl.get("solver", {}), "backend": backend}
         if backend == "do-mpc":
             ctl["solver"] = {"backend": "do-mpc"}
+    # The source's (do-mpc example's) S >= -0.01: this test compares the two backends on the
+    # problem do-mpc defines. With the shipped S >= 0 the substrate bound is active in some
+    # branches and the backends' feeds differ by up to 0.01 L/h at 3 of the 12 samples.
+    ctl["state_bounds"]["S"] = [-0.01, None]
     # No parameter estimation: the nominal controller cannot learn the worst case's S_in and
     # Y_x from the data, so only the robust one accounts for them.
     est = ctl["estimator"]

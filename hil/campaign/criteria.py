@@ -45,6 +45,10 @@ class Recording:
     heartbeat_timeout_s: float = math.inf
     #: drift alarms the twin raised: (t, key, signal, side, message)
     alarms: list[tuple[float, str, str, str, str]] = field(default_factory=list)
+    #: events of the true plant (a validity-domain excursion: variable, value, time)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    #: the exact time of the batch's natural end (located inside the plant's step), if reached
+    finished_at: float | None = None
 
     def column(self, name: str) -> np.ndarray:
         return np.array([r.get(name, math.nan) for r in self.rows], dtype=float)

@@ -182,6 +182,10 @@ class Recorder:
         row["plc.mode"] = rig.vplc.mode.value
         row["plc.alarm"] = bool(rig.vplc.alarm)
         self.rec.rows.append(row)
+        self.rec.finished_at = rig.plant.finished_at
+        fault = rig.plant_fault
+        if fault is not None and not self.rec.events:
+            self.rec.events.append({"kind": "plant.validity"} | fault.as_dict())
 
     def cycle(self, view: CycleView) -> None:
         d = view.decision
@@ -263,6 +267,8 @@ async def _drive_stepped(
     k = 0
     while True:
         await rig.scan()
+        if rig.plant_fault is not None:
+            return
         if rig.plant.t >= end or (rig.scenario.stop_when_finished and rig.plant.finished()):
             return
         if loss_at is not None and not task.done() and rig.plant.t >= loss_at - 1e-9:
@@ -410,6 +416,7 @@ def kpis(rec: Recording, scenario: Mapping[str, Any]) -> dict[str, Any]:
     if rec.rows:
         last = rec.rows[-1]
         out["t_end"] = last["t"]
+        out["finished_at"] = rec.finished_at  # exact (not rounded up to the next scan)
         for name in scenario.get("cqas", ()):
             col = rec.find(name)
             if col is not None:
@@ -429,6 +436,10 @@ def kpis(rec: Recording, scenario: Mapping[str, Any]) -> dict[str, Any]:
     out["mpc.control_losses"] = control_losses(rec.rows)
     out["plc.active_scans"] = sum(r.get("plc.mode") == "active" for r in rec.rows)
     return out
+
+
+class PlantFaultError(RuntimeError):
+    """The case's true plant left its validity domain: its verdicts would judge fiction."""
 
 
 def _chaos(case: Case) -> None:
@@ -480,6 +491,12 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
         unit = rec.time_unit
         pq.write_table(_table(rec.rows, unit), case_dir / "trajectory.parquet")
         pq.write_table(_table(rec.cycles, unit), case_dir / "cycles.parquet")
+        if rec.events:
+            write_json(case_dir / "events.json", rec.events)
+            result["events"] = rec.events
+        plant_faults = [e for e in rec.events if e["kind"] == "plant.validity"]
+        if plant_faults:
+            raise PlantFaultError(plant_faults[0]["detail"])
         if not rec.cycles:
             raise RuntimeError(
                 "the controller never completed a cycle (see run.log): nothing to judge"
