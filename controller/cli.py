@@ -53,6 +53,12 @@ EPILOG = """examples:
   pharmatwin forecast configs/sites/lyophilizer-modbus.yaml --plan cooler-shelf.yaml --out runs/fc
 """
 
+AUDIT_EPILOG = """examples:
+  pharmatwin audit keygen /etc/pharmatwin/audit.key     # once; keep it out of the DB folder
+  export PHARMATWIN_AUDIT_KEY=/etc/pharmatwin/audit.key   # the runtime signs anchors with it
+  pharmatwin audit verify pharmatwin-audit.db --key /etc/pharmatwin/audit.key
+"""
+
 #: The historian ``pharmatwin run`` writes unless told otherwise (``--historian``).
 DEFAULT_HISTORIAN = Path("pharmatwin-history.db")
 
@@ -239,8 +245,31 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--historian", type=Path, default=Path("pharmatwin-history.db"))
     a = sub.add_parser("audit", help="the audit trail")
     asub = a.add_subparsers(dest="audit_command", required=True)
-    av = asub.add_parser("verify", help="recompute the hash chain of an audit database")
+    av = asub.add_parser(
+        "verify",
+        help="check the hash chain and its signed anchors (read-only)",
+        description="Recompute the hash chain of an audit database and check it against every "
+        "anchor in DB.anchor (a deleted tail or a recomputed chain fails). The database is "
+        "opened read-only. Exit 0: verified; 1: it does not verify; 2: it cannot be checked.",
+        epilog=AUDIT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     av.add_argument("db", type=Path)
+    av.add_argument(
+        "--key",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the anchor key file (default: the file $PHARMATWIN_AUDIT_KEY names)",
+    )
+    av.add_argument("--anchor", type=Path, default=None, metavar="FILE", help="default: DB.anchor")
+    ak = asub.add_parser(
+        "keygen",
+        help="write a new anchor key file (mode 600) for signing audit anchors",
+        epilog=AUDIT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ak.add_argument("key", type=Path, metavar="FILE")
     ae = asub.add_parser("export", help="export the audit trail: a table, CSV or JSON")
     ae.add_argument("db", type=Path)
     ae.add_argument(
@@ -287,6 +316,41 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def audit_verify(db: Path, key: Path | None, anchor: Path | None, console: Console) -> int:
+    """``audit verify``: 0 verified, 1 it does not verify, 2 it cannot be checked."""
+    from controller.audit import AuditError, AuditMismatch, resolve_key, verify_file
+
+    try:
+        report = verify_file(db, key=resolve_key(key), anchor_file=anchor)
+    except AuditMismatch as exc:
+        console.print(f"[red]FAILED[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        return 1
+    except AuditError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        return 2
+    for warning in report.warnings:
+        console.print(f"[yellow]warning[/yellow] {escape(warning)}", soft_wrap=True)
+    console.print(f"[green]ok[/green] {escape(report.summary())}", highlight=False, soft_wrap=True)
+    return 0
+
+
+def audit_keygen(path: Path, console: Console) -> int:
+    from controller.audit import KEY_ENV, AuditError, create_key
+
+    try:
+        key = create_key(path)
+    except AuditError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        return 2
+    console.print(
+        f"wrote a new anchor key to {escape(str(path))} (key {key.key_id}, mode 600); keep it "
+        f"away from the database folder and point ${KEY_ENV} (or --key) at it",
+        highlight=False,
+        soft_wrap=True,
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console()
@@ -330,7 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from controller import commissioning
 
             if args.audit_command == "verify":
-                return commissioning.audit_verify(args.db, console)
+                return audit_verify(args.db, args.key, args.anchor, console)
+            if args.audit_command == "keygen":
+                return audit_keygen(args.key, console)
             return commissioning.audit_export(args.db, console, args.fmt, args.out)
         if args.command == "history":
             from controller import commissioning

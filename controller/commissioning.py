@@ -23,9 +23,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from controller.audit import AuditError, AuditRecord, AuditTrail, file_hash
+from controller.audit import AuditError, AuditRecord, AuditTrail, file_hash, read_records
 from controller.clock import RealClock
-from controller.errors import ConfigError, PortError, Problem
+from controller.errors import ConfigError, Problem
 from controller.historian import HistorianError, SqliteHistorian, export_parquet
 from controller.ports.base import Quality, Snapshot, WriteStatus
 from controller.ports.factory import make_port
@@ -166,21 +166,6 @@ async def tags_write(
     return 0 if report.ok else 1
 
 
-def audit_verify(db: Path, console: Console) -> int:
-    if not db.is_file():
-        raise PortError(f"no audit database at {db}")
-    trail = AuditTrail(db)
-    try:
-        count = trail.verify()
-    except AuditError as exc:
-        console.print(f"[red]FAILED[/red] {exc}", highlight=False)
-        return 1
-    finally:
-        trail.close()
-    console.print(f"[green]ok[/green] {db}: {count} records, hash chain intact", highlight=False)
-    return 0
-
-
 AuditFormat = Literal["table", "csv", "json"]
 
 
@@ -196,11 +181,7 @@ def audit_export(
         raise AuditError(f"no audit database at {db}")
     if fmt == "table":
         return _audit_table(db, console, out)
-    trail = AuditTrail(db)
-    try:
-        rows = [dataclasses.asdict(r) for r in trail.records()]
-    finally:
-        trail.close()
+    rows = [dataclasses.asdict(r) for r in read_records(db)]  # read-only: never creates tables
     buf = io.StringIO()
     if fmt == "json":
         json.dump(rows, buf, indent=2, ensure_ascii=False)
@@ -227,25 +208,21 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def _audit_table(db: Path, console: Console, out: Path | None) -> int:
-    trail = AuditTrail(db)
     table = Table(title=f"audit trail {db}")
     for col in ("id", "UTC", "who", "action", "target", "old", "new", "why", "detail"):
         table.add_column(col)
-    try:
-        for r in trail.records():
-            table.add_row(
-                str(r.id),
-                r.ts_utc,
-                r.actor,
-                r.action,
-                r.target,
-                r.old_value or "",
-                r.new_value or "",
-                r.reason,
-                r.detail,
-            )
-    finally:
-        trail.close()
+    for r in read_records(db):  # read-only: never creates tables
+        table.add_row(
+            str(r.id),
+            r.ts_utc,
+            r.actor,
+            r.action,
+            r.target,
+            r.old_value or "",
+            r.new_value or "",
+            r.reason,
+            r.detail,
+        )
     if out is None:
         console.print(table)
     else:

@@ -466,7 +466,7 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
     case_dir = Path(job["out"]) / "cases" / case.id
     case_dir.mkdir(parents=True, exist_ok=True)
     (case_dir / "result.json").unlink(missing_ok=True)
-    for stale in ("audit.db", "audit.db-wal", "audit.db-shm"):
+    for stale in ("audit.db", "audit.db-wal", "audit.db-shm", "audit.db.anchor"):
         (case_dir / stale).unlink(missing_ok=True)
     spec = case.to_json() | {"mode": job["mode"], "digest": case.digest}
     (case_dir / "spec.json").write_text(json.dumps(spec, indent=2), encoding="utf-8")
