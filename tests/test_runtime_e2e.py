@@ -267,8 +267,8 @@ async def test_closed_loop_over_modbus_reaches_the_offline_kpis(
     offline_tbot: list[float] = []
 
     class Recording(PlantRunner):
-        def advance(self, inputs: Mapping[str, float]) -> None:
-            super().advance(inputs)
+        def advance(self, inputs: Mapping[str, float], **kw: Any) -> None:
+            super().advance(inputs, **kw)
             offline_tbot.append(self.true_state().outputs["Tbot"])
 
     monkeypatch.setattr(hil.simulate, "PlantRunner", Recording)
