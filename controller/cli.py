@@ -18,7 +18,7 @@ import argparse
 import asyncio
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,14 +26,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from controller import filekinds
 from controller.config import (
     build_model,
     load_controller,
-    load_parameter_set,
     load_scenario,
     read_yaml,
 )
-from controller.errors import ConfigError, PharmaTwinError
+from controller.errors import ConfigError, PharmaTwinError, Problem
 from controller.site import load_site
 from controller.tags import load_tag_map
 
@@ -67,47 +67,78 @@ time), interpolation (linear|previous) and table rows {t, inputs}; inputs it doe
 hold their current value"""
 
 
-def _kind(path: Path) -> str:
-    """Tell a plant, controller, scenario, site or tag-map file apart by its keys."""
-    data = read_yaml(path)
-    if "connection" in data:
-        return "site"
-    if "tags" in data and isinstance(data["tags"], dict):
-        return "tag map"
-    if "parameters" in data and "model" in data:
-        return "plant"
-    if "controller" in data or "recipe" in data:
-        return "scenario"
-    return "controller"
+#: What checks each kind of file the controller reads (the HIL tools add their own kinds).
+Checker = Callable[[Path], object]
+CHECKERS: dict[str, Checker] = {
+    "site": load_site,
+    "tag map": load_tag_map,
+    "plant": build_model,
+    "controller": load_controller,
+    "scenario": load_scenario,
+}
 
 
-def check_config(paths: Sequence[Path], console: Console) -> int:
-    """Validate each file (and every file it names); print every problem at once."""
-    problems = 0
+def check_config(
+    paths: Sequence[Path],
+    console: Console,
+    checkers: Mapping[str, Checker] = CHECKERS,
+    tool: str = "pharmatwin",
+) -> int:
+    """Check each file as the kind it is (and every file it names); print every problem.
+
+    0: every file checked and ok; 1: a file has problems, or is of a kind ``checkers`` does
+    not cover (it is named, with the command that checks it): never "ok" without a check.
+    """
+    counts = {"ok": 0, "failed": 0, "not checked": 0}
     for path in paths:
-        try:
-            kind = _kind(path)
-            if kind == "site":
-                load_site(path)
-            elif kind == "tag map":
-                load_tag_map(path)
-            elif kind == "plant":
-                load_parameter_set(path)
-            elif kind == "scenario":
-                load_scenario(path)
-            else:
-                load_controller(path)
-        except ConfigError as exc:
-            problems += len(exc.problems)
-            console.print(f"[red]FAIL[/red] {path}", highlight=False)
-            for p in exc.problems:
-                console.print(f"  - {p}", highlight=False, markup=False)
-        except PharmaTwinError as exc:
-            problems += 1
-            console.print(f"[red]FAIL[/red] {path}: {exc}", highlight=False)
-        else:
-            console.print(f"[green]ok[/green]   {path} ({kind})", highlight=False)
-    return 1 if problems else 0
+        outcome = _check_one(path, console, checkers, tool)
+        counts[outcome] += 1
+    if len(paths) > 1:
+        summary = ", ".join(f"{n} {what}" for what, n in counts.items() if n)
+        console.print(f"{len(paths)} files: {summary}", highlight=False)
+    return 0 if counts["ok"] == len(paths) else 1
+
+
+def _check_one(path: Path, console: Console, checkers: Mapping[str, Checker], tool: str) -> str:
+    name = escape(str(path))
+    try:
+        data = read_yaml(path)
+        kind = filekinds.detect(data)
+        if kind is None:
+            raise ConfigError([_unknown_kind(path, data)])
+        checker = checkers.get(kind.name)
+        if checker is None:
+            console.print(
+                f"[yellow]not checked[/yellow] {name}: this is a {kind.name} file; "
+                f"{tool} cannot check it: run `{escape(kind.checker.replace('FILE', str(path)))}`",
+                highlight=False,
+                soft_wrap=True,
+            )
+            return "not checked"
+        checker(path)
+    except ConfigError as exc:
+        console.print(f"[red]FAIL[/red] {name}", highlight=False)
+        for p in exc.problems:
+            console.print(f"  - {p}", highlight=False, markup=False, soft_wrap=True)
+        return "failed"
+    except PharmaTwinError as exc:
+        message = f"[red]FAIL[/red] {name}: {escape(str(exc))}"
+        console.print(message, highlight=False, soft_wrap=True)
+        return "failed"
+    console.print(f"[green]ok[/green]   {name} ({kind.name})", highlight=False)
+    return "ok"
+
+
+def _unknown_kind(path: Path, data: Mapping[str, object]) -> Problem:
+    kinds = "; ".join(
+        f"{k.name} ({', '.join(sorted(k.signature)) or 'tags: a mapping'})" for k in filekinds.KINDS
+    )
+    return Problem(
+        str(path),
+        "",
+        f"cannot tell which kind of config file this is from its top-level keys "
+        f"{sorted(data)}; each kind has one of these keys: {kinds}",
+    )
 
 
 def describe(path: Path, console: Console) -> int:
@@ -213,7 +244,14 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("check-config", help="validate config files and print every problem")
+    c = sub.add_parser(
+        "check-config",
+        help="validate config files and print every problem",
+        description="Check each file as the kind it is (site, tag map, plant, controller, "
+        "scenario: told apart by their keys), with every file it names. Campaign, tuning and "
+        "design-space files are the HIL tools': `pharmatwin-hil check-config` checks them (and "
+        "every other kind). Exit 0: every file ok; 1: a problem, or a file not checked here.",
+    )
     c.add_argument("files", type=Path, nargs="+")
     d = sub.add_parser("describe", help="show a plant model's variables and parameters")
     d.add_argument("plant", type=Path, help="configs/plants/<name>.yaml")
@@ -386,9 +424,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 audit_path=args.audit,
                 historian_path=args.historian,
             )
-            counters = asyncio.run(run_runtime(args.site, opts))
-            console.print(f"stopped: {vars(counters)}", highlight=False)
+            result = asyncio.run(run_runtime(args.site, opts))
+            console.print(f"stopped: {vars(result.counters)}", highlight=False)
             console.print(f"audit trail: {args.audit}; historian: {args.historian}")
+            console.print(result.engagement.summary(), highlight=False)
+            if result.verdict is not None:
+                verdict = f"[red]FAILED[/red] {escape(result.verdict)}"
+                console.print(verdict, highlight=False, soft_wrap=True)
+                return 1
             return 0
         if args.command == "audit":
             from controller import commissioning

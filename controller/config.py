@@ -17,16 +17,20 @@ never uses ``assert``.
 
 from __future__ import annotations
 
+import codecs
 import itertools
 import math
+import re
+import types
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from controller.errors import ConfigError, Problem
+from controller import filekinds, yamlmarks
+from controller.errors import ConfigError, Problem, suggest, unknown_name
 from plant_models import MODELS, Parameter, ParameterSet, PlantModel, Role
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
@@ -92,14 +96,42 @@ class TrackingTerm(Strict):
     terminal_weight: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
 
 
+class MinTime(Strict):
+    """Minimum time to the batch end (times in the model's time unit).
+
+    The batch ends when ``expression`` (a state, or an expression of states and parameters)
+    reaches ``target`` (a number, or the name of such an expression, e.g. ``Lpr0``): a hard
+    condition at the end of the plan. The plan's cost is ``weight`` per time unit to that
+    end, plus the other objective terms and the move penalties.
+
+    ``mode: free_end``: the time to the end is a decision of every solve; the first interval
+    lasts one sample (it is the move that is applied), the other ``horizon - 1`` share the
+    rest equally. ``max_time`` bounds the time to the end (none: unbounded).
+    ``mode: shrinking``: the plan runs on the sample grid to the batch end: every interval
+    lasts one sample but the last, which ends at the batch end, and the intervals after it
+    last nothing; sample by sample the plan's intervals shrink in number. The ``horizon``
+    must reach the batch end from the start (a plan that cannot is a failed solve).
+    """
+
+    mode: Literal["free_end", "shrinking"]
+    expression: str
+    target: Finite | str
+    weight: PositiveFinite = 1.0
+    max_time: PositiveFinite | None = None
+
+
 class Objective(Strict):
+    """What the plan minimizes: economic and tracking terms, and/or the time to the batch end
+    (``min_time``); the inputs' move penalties are added."""
+
     economic: tuple[EconomicTerm, ...] = ()
     tracking: tuple[TrackingTerm, ...] = ()
+    min_time: MinTime | None = None
 
     @model_validator(mode="after")
     def _not_empty(self) -> Objective:
-        if not self.economic and not self.tracking:
-            raise ValueError("give at least one 'economic' or 'tracking' term")
+        if not self.economic and not self.tracking and self.min_time is None:
+            raise ValueError("give at least one 'economic' or 'tracking' term, or 'min_time'")
         return self
 
 
@@ -139,9 +171,27 @@ class Constraint(Strict):
 
 
 class EstimatorSpec(Strict):
-    """State (and parameter) estimation. Standard deviations are in physical units."""
+    """State (and parameter) estimation. Standard deviations are in physical units.
 
-    kind: Literal["ekf", "full_state"] = "ekf"
+    ``kind``: ``ekf`` (extended Kalman filter), ``mhe`` (moving-horizon estimation over the
+    last ``horizon`` samples, bounded by the states' validity domain and the parameters'
+    plausible ranges, solved by SQP; the EKF's recursion carries its arrival cost) or
+    ``full_state`` (measured states passed through).
+    ``prediction``: ``compiled`` (``integrator_steps`` RK4 steps per sample, a DAE's
+    algebraic states solved by Newton inside; generated as C code and compiled when ``jit``)
+    or ``reference`` (CVODES/IDAS). Either way a failed prediction is retried with CVODES/IDAS
+    from algebraic states solved at the new input, then in substeps, before the estimate is
+    reported as failed.
+    ``innovation_gate``: a measurement whose normalized innovation ``|y - y_pred| /
+    sqrt(H P H' + R)`` exceeds this many standard deviations is not used in that cycle's
+    correction (``Estimate.rejected``); ``null`` turns the gate off. After
+    ``innovation_gate_cycles`` rejections in a row an output is used again (the filter
+    re-acquires it instead of locking itself out), and the estimate is not ``ok`` while it
+    still fails the gate.
+    ``horizon`` and ``max_iter`` (SQP iterations per sample) apply to ``mhe`` only.
+    """
+
+    kind: Literal["ekf", "full_state", "mhe"] = "ekf"
     parameters: tuple[str, ...] = ()
     process_noise_std: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
         default_factory=dict
@@ -153,11 +203,18 @@ class EstimatorSpec(Strict):
         default_factory=dict
     )
     default_relative_std: PositiveFinite = 0.01
+    prediction: Literal["compiled", "reference"] = "compiled"
+    integrator_steps: Annotated[int, Field(ge=1, le=50)] = 4
+    jit: bool = True
+    innovation_gate: PositiveFinite | None = 5.0
+    innovation_gate_cycles: Annotated[int, Field(ge=1, le=1000)] = 3
+    horizon: Annotated[int, Field(ge=2, le=100)] = 10
+    max_iter: Annotated[int, Field(ge=1, le=200)] = 20
 
     @property
     def estimated(self) -> tuple[str, ...]:
         """The parameters really estimated (none with full-state feedback)."""
-        return self.parameters if self.kind == "ekf" else ()
+        return self.parameters if self.kind != "full_state" else ()
 
 
 class SolverSpec(Strict):
@@ -299,7 +356,13 @@ class MonitoringSpec(Strict):
 
 
 class ControllerConfig(Strict):
-    """An MPC strategy for one plant model (times in the model's time unit)."""
+    """An MPC strategy for one plant model (times in the model's time unit).
+
+    ``constraints`` are path constraints: both backends hold them at the start and at the end
+    of every interval of the horizon (with that interval's input), and at
+    ``constraint_points`` equally spaced points inside it (0: none), so that the plan keeps
+    them between samples, not only at the sample instants.
+    """
 
     plant: str
     description: str = ""
@@ -310,6 +373,7 @@ class ControllerConfig(Strict):
     inputs: dict[str, InputSpec]
     state_bounds: dict[str, tuple[Finite | None, Finite | None]] = Field(default_factory=dict)
     constraints: tuple[Constraint, ...] = ()
+    constraint_points: Annotated[int, Field(ge=0, le=20)] = 0
     estimator: EstimatorSpec = EstimatorSpec()
     ipopt: dict[str, str | int | float] = Field(default_factory=dict)
     history_limit: Annotated[int, Field(ge=1, le=100_000)] = 200
@@ -360,7 +424,8 @@ FaultKind = Literal[
     "actuator_stuck",  # the input freezes at its value at start
     "actuator_saturation",  # magnitude: the input cannot exceed this value
     "actuator_lag",  # magnitude: first-order time constant [model time unit]
-    # communications (target: a tag name, or "*" for the whole server)
+    # communications: server-wide kinds target "*" (the whole server); comm_bad_status a
+    # tag name or a wildcard pattern ("*" every tag, "product_temp_*", ...)
     "comm_latency",  # magnitude: seconds added to every answer
     "comm_drop",  # every client connection is dropped at start
     "comm_restart",  # the servers stop at start and come back after duration
@@ -369,9 +434,25 @@ FaultKind = Literal[
     "parameter_drift",  # rate: relative change per time unit from start (e.g. -0.01 = -1 %/h)
 ]
 
+#: the kinds whose ``magnitude`` means something (every other kind refuses one)
+FAULT_MAGNITUDE_KINDS = frozenset(
+    {"sensor_bias", "sensor_noise", "actuator_saturation", "actuator_lag", "comm_latency"}
+)
+#: the kinds whose ``rate`` means something (every other kind refuses one)
+FAULT_RATE_KINDS = frozenset({"sensor_drift", "parameter_drift"})
+#: the kinds that act on a whole server at once: their target is "*"
+FAULT_SERVER_WIDE_KINDS = frozenset({"comm_latency", "comm_drop", "comm_restart"})
+
 
 class FaultSpec(Strict):
-    """One scheduled fault of the HIL simulator (times in the model's time unit)."""
+    """One scheduled fault of the HIL simulator (times in the model's time unit).
+
+    ``unit`` (optional) states the unit ``magnitude`` or ``rate`` is written in; the HIL rig
+    refuses the fault when it is not the unit the kind uses on its target (see
+    :func:`hil.faults.magnitude_unit`). A magnitude, rate or unit on a kind that does not use
+    it, and a duration on ``comm_drop`` (it happens once, at its start), are refused: they
+    would silently do nothing.
+    """
 
     kind: FaultKind
     target: str
@@ -379,27 +460,37 @@ class FaultSpec(Strict):
     duration: PositiveFinite | None = None  # None: until the end of the run
     magnitude: Finite = 0.0
     rate: Finite = 0.0
+    unit: str = ""
     description: str = ""
 
     @model_validator(mode="after")
     def _needs(self) -> FaultSpec:
-        needs_magnitude = {
-            "sensor_bias",
-            "sensor_noise",
-            "actuator_saturation",
-            "actuator_lag",
-            "comm_latency",
-        }
-        if self.kind in needs_magnitude and self.magnitude == 0.0:
-            raise ValueError(f"a {self.kind} fault needs a non-zero 'magnitude'")
-        if self.kind in {"sensor_drift", "parameter_drift"} and self.rate == 0.0:
-            raise ValueError(f"a {self.kind} fault needs a non-zero 'rate'")
-        if self.kind in {"sensor_noise", "actuator_lag", "comm_latency"} and self.magnitude < 0:
-            raise ValueError(f"a {self.kind} fault needs a positive 'magnitude'")
-        if self.kind == "comm_restart" and self.duration is None:
+        kind = self.kind
+        if kind in FAULT_MAGNITUDE_KINDS and self.magnitude == 0.0:
+            raise ValueError(f"a {kind} fault needs a non-zero 'magnitude'")
+        if kind not in FAULT_MAGNITUDE_KINDS and self.magnitude != 0.0:
+            raise ValueError(f"a {kind} fault takes no 'magnitude' (got {self.magnitude:g})")
+        if kind in FAULT_RATE_KINDS and self.rate == 0.0:
+            raise ValueError(f"a {kind} fault needs a non-zero 'rate'")
+        if kind not in FAULT_RATE_KINDS and self.rate != 0.0:
+            raise ValueError(f"a {kind} fault takes no 'rate' (got {self.rate:g})")
+        if self.unit and kind not in FAULT_MAGNITUDE_KINDS | FAULT_RATE_KINDS:
+            raise ValueError(f"a {kind} fault has no magnitude or rate to give a 'unit' to")
+        if kind in {"sensor_noise", "actuator_lag", "comm_latency"} and self.magnitude < 0:
+            raise ValueError(f"a {kind} fault needs a positive 'magnitude'")
+        if kind == "comm_restart" and self.duration is None:
             raise ValueError(
                 "a comm_restart fault needs a 'duration' (the time the servers are down)"
             )
+        if kind == "comm_drop" and self.duration is not None:
+            raise ValueError("a comm_drop fault happens once, at its start: it takes no 'duration'")
+        if kind in FAULT_SERVER_WIDE_KINDS and self.target != "*":
+            raise ValueError(
+                f"a {kind} fault acts on the whole server: its target must be '*' "
+                f"(got {self.target!r})"
+            )
+        if not self.target:
+            raise ValueError("a fault needs a 'target'")
         return self
 
     def active(self, t: float) -> bool:
@@ -417,7 +508,13 @@ class TruePlant(Strict):
 
 
 class ScenarioConfig(Strict):
-    """A closed-loop (``controller``) or open-loop (``recipe``) run against a true plant."""
+    """A closed-loop (``controller``) or open-loop (``recipe``) run against a true plant.
+
+    ``initial_inputs``: the setpoints the plant works with at the start (the PLC's working
+    setpoints before the controller's first write), by input name; inputs not given start at
+    the plant file's ``nominal_inputs``. They must lie within the controller's input limits
+    (the model's physical bounds for an open-loop run): they are never clamped.
+    """
 
     name: str
     description: str = ""
@@ -431,6 +528,7 @@ class ScenarioConfig(Strict):
     checks: tuple[Constraint, ...] = ()
     faults: tuple[FaultSpec, ...] = ()
     stop_when_finished: bool = True
+    initial_inputs: dict[str, Finite] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_driver(self) -> ScenarioConfig:
@@ -446,41 +544,196 @@ S = TypeVar("S", bound=BaseModel)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    """Read one YAML mapping; raise ConfigError naming the file (and line) on failure."""
+    """Read one YAML mapping; raise ConfigError naming the file, line and column on failure.
+
+    The file must be UTF-8 text: a binary file, or text in another encoding, is named with
+    the byte offset of the first byte that is not. A key given twice in one mapping is
+    refused (YAML would silently keep the last). The marks of the file's keys are kept
+    (:mod:`controller.yamlmarks`) so that later problems point at their line.
+    """
+    source = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
-        raise ConfigError([Problem(str(path), "", f"cannot read file: {exc.strerror}")]) from exc
+        raise ConfigError([Problem(source, "", f"cannot read file: {exc.strerror}")]) from exc
+    text = _decode(raw, source)
     try:
-        data = yaml.safe_load(text)
+        loaded = yamlmarks.load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError([Problem(str(path), where, f"invalid YAML: {exc}")]) from exc
+        raise ConfigError([_yaml_problem(exc, source, raw)]) from exc
+    key = yamlmarks.cache_key(path)
+    if key is not None:
+        yamlmarks.remember(key, loaded.marks)
+    if loaded.duplicates:
+        raise ConfigError(
+            Problem(
+                source,
+                ".".join(d.path),
+                f"duplicate key {d.path[-1]!r} (first given at line {d.first_line}); "
+                "YAML would silently keep only the last",
+                None,
+                d.line,
+                d.column,
+            )
+            for d in loaded.duplicates
+        )
+    data = loaded.data
     if not isinstance(data, dict):
         raise ConfigError(
-            [Problem(str(path), "", "the file must hold a YAML mapping", type(data).__name__)]
+            [Problem(source, "", "the file must hold a YAML mapping", type(data).__name__, 1, 1)]
         )
     return data
 
 
-def _problems_from(exc: ValidationError, source: str) -> list[Problem]:
-    problems = []
-    for err in exc.errors():
-        loc = ".".join(str(part) for part in err["loc"])
-        msg = err["msg"]
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key (not allowed here)"
-        problems.append(Problem(source, loc, msg, err.get("input")))
-    return problems
+def _line_column(raw: bytes, offset: int) -> tuple[int, int]:
+    """1-based line and column (in bytes) of a byte offset."""
+    return raw.count(b"\n", 0, offset) + 1, offset - (raw.rfind(b"\n", 0, offset) + 1) + 1
+
+
+def _decode(raw: bytes, source: str) -> str:
+    """The UTF-8 text of a config file (a BOM is dropped); one clear problem otherwise."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        message = "this is UTF-16 text; save the file as UTF-8"
+        raise ConfigError([Problem(source, "", message, None, 1, 1)])
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        message = (
+            f"this is a binary file, not YAML text (a NUL byte at byte offset {nul}); "
+            "give a UTF-8 YAML config file"
+        )
+        raise ConfigError([Problem(source, "", message, None, *_line_column(raw, nul))])
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        message = (
+            f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at byte offset {exc.start} is not "
+            "valid UTF-8; save the file as UTF-8"
+        )
+        where = _line_column(raw, exc.start)
+        raise ConfigError([Problem(source, "", message, None, *where)]) from exc
+
+
+def _yaml_problem(exc: yaml.YAMLError, source: str, raw: bytes) -> Problem:
+    """A YAML syntax error as one sentence at its line and column."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        text = raw.decode("utf-8-sig")
+        offset = len(text[: exc.position].encode("utf-8"))
+        message = f"invalid YAML: the character {chr(exc.character)!r} is not allowed in YAML"
+        return Problem(source, "", message, None, *_line_column(raw, offset))
+    parts = [getattr(exc, "context", None), getattr(exc, "problem", None)]
+    what = ", ".join(str(p) for p in parts if p) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return Problem(source, "", f"invalid YAML: {what}")
+    return Problem(source, "", f"invalid YAML: {what}", None, mark.line + 1, mark.column + 1)
+
+
+def _problems_from(exc: ValidationError, source: str, schema: type[BaseModel]) -> list[Problem]:
+    """pydantic's errors as plain sentences, one per problem (the value quoted briefly).
+
+    A misspelt key whose suggestion is a required key missing beside it is one problem (the
+    misspelling), not two.
+    """
+    errors = exc.errors()
+    missing = {tuple(e["loc"]) for e in errors if e["type"] == "missing"}
+    misspelt = set()
+    for e in errors:
+        loc = tuple(e["loc"])
+        if e["type"] == "extra_forbidden" and loc:
+            best = suggest(str(loc[-1]), _keys_at(schema, loc[:-1]))
+            if best is not None and (*loc[:-1], best) in missing:
+                misspelt.add((*loc[:-1], best))
+    return [
+        _problem_from(err, source, schema) for err in errors if tuple(err["loc"]) not in misspelt
+    ]
+
+
+def _problem_from(err: Any, source: str, schema: type[BaseModel]) -> Problem:
+    loc = tuple(err["loc"])
+    where = ".".join(str(part) for part in loc)
+    key = str(loc[-1]) if loc else ""
+    value = err.get("input")
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return Problem(source, where, unknown_name("key", key, _keys_at(schema, loc[:-1])), value)
+    if kind == "missing":
+        return Problem(source, where, f"missing required key {key!r}")
+    if kind in ("literal_error", "enum"):
+        expected = str(err.get("ctx", {}).get("expected", ""))
+        options = re.findall(r"'([^']*)'", expected)
+        best = suggest(value, options) if isinstance(value, str) else None
+        hint = f"; did you mean {best!r}?" if best is not None else ""
+        return Problem(source, where, f"should be {expected}{hint}", value)
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    msg = re.sub(r"a valid dictionary( or instance of \w+)?", "a mapping (key: value)", msg)
+    msg = re.sub(r"^Input should be", "should be", msg)
+    if value is None and kind != "value_error":
+        msg += " (got null)"
+    return Problem(source, where, msg, value)
+
+
+def _keys_at(schema: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
+    """The keys a mapping at ``path`` (a pydantic ``loc``) of ``schema`` allows."""
+    types: list[Any] = [schema]
+    for part in path:
+        after = [t for each in types for t in _step(each, part)]
+        types = after or types  # a union member's tag in the loc: the same mapping
+    return [
+        field.alias or name
+        for t in types
+        for m in _members(t)
+        if isinstance(m, type) and issubclass(m, BaseModel)
+        for name, field in m.model_fields.items()
+    ]
+
+
+def _members(t: Any) -> list[Any]:
+    """The types a (possibly Annotated, optional or union) annotation stands for."""
+    origin = get_origin(t)
+    if origin is Annotated:
+        return _members(get_args(t)[0])
+    if origin is Union or origin is types.UnionType:
+        return [m for a in get_args(t) for m in _members(a)]
+    return [t]
+
+
+def _step(t: Any, part: Any) -> list[Any]:
+    """The annotation one ``loc`` part below ``t`` (a field, a dict value, a list item)."""
+    out: list[Any] = []
+    for m in _members(t):
+        origin, args = get_origin(m), get_args(m)
+        if isinstance(m, type) and issubclass(m, BaseModel):
+            out += [f.annotation for n, f in m.model_fields.items() if part in (n, f.alias)]
+        elif origin is dict and isinstance(part, str) and len(args) == 2:
+            out.append(args[1])
+        elif origin in (tuple, list) and isinstance(part, int) and args:
+            fixed = origin is tuple and not (len(args) == 2 and args[1] is Ellipsis)
+            out.append(args[part] if fixed and part < len(args) else args[0])
+    return out
 
 
 def parse(schema: type[S], data: Mapping[str, Any], source: str) -> S:
-    """Validate ``data`` against ``schema``; every problem goes into one ConfigError."""
+    """Validate ``data`` against ``schema``; every problem goes into one ConfigError.
+
+    A file of another kind (a site file where a scenario is expected) is one problem that
+    names its kind and the commands that take it, not a list of missing keys.
+    """
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_problems_from(exc, source)) from exc
+        wrong = _wrong_kind(schema, data, source)
+        raise ConfigError(wrong or _problems_from(exc, source, schema)) from exc
+
+
+def _wrong_kind(schema: type[BaseModel], data: Any, source: str) -> list[Problem]:
+    expected = filekinds.kind_of_schema(schema.__name__)
+    found = filekinds.detect(data) if isinstance(data, Mapping) else None
+    if expected is None or found is None or found is expected:
+        return []
+    marks = yamlmarks.marks_for(source)
+    mark = marks.find(filekinds.signature_key(data, found)) if marks is not None else None
+    message = filekinds.wrong_kind(found, expected)
+    return [Problem(source, "", message, None, *(mark or (None, None)))]
 
 
 def load_parameter_set(path: Path) -> ParameterSet:
@@ -490,7 +743,7 @@ def load_parameter_set(path: Path) -> ParameterSet:
     cls = MODELS.get(pf.model)
     if cls is None:
         raise ConfigError(
-            [Problem(str(path), "model", f"unknown model; allowed: {sorted(MODELS)}", pf.model)]
+            [Problem(str(path), "model", unknown_name("model", pf.model, sorted(MODELS)), pf.model)]
         )
     for name, entry in pf.parameters.items():
         unit = cls.parameter_units.get(name)
@@ -499,7 +752,7 @@ def load_parameter_set(path: Path) -> ParameterSet:
                 Problem(
                     str(path),
                     f"parameters.{name}",
-                    f"unknown parameter; allowed: {sorted(cls.parameter_units)}",
+                    unknown_name("parameter", name, sorted(cls.parameter_units)),
                     name,
                 )
             )
@@ -559,7 +812,7 @@ def _check_names(
     exact: bool = False,
 ) -> list[Problem]:
     problems = [
-        Problem(str(path), f"{key}.{name}", f"unknown name; allowed: {list(allowed)}", name)
+        Problem(str(path), f"{key}.{name}", unknown_name("name", name, allowed), name)
         for name in given
         if name not in allowed
     ]
@@ -587,9 +840,7 @@ def check_controller(cfg: ControllerConfig, model: PlantModel, source: str) -> l
 
     def need(loc: str, name: str, allowed: set[str] | tuple[str, ...], what: str) -> None:
         if name not in allowed:
-            problems.append(
-                Problem(source, loc, f"unknown {what}; allowed: {sorted(allowed)}", name)
-            )
+            problems.append(Problem(source, loc, unknown_name(what, name, sorted(allowed)), name))
 
     for i, e in enumerate(cfg.objective.economic):
         need(f"objective.economic.{i}.expression", e.expression, named, "expression")
@@ -634,6 +885,34 @@ def check_controller(cfg: ControllerConfig, model: PlantModel, source: str) -> l
         for name in getattr(est, key):
             need(f"estimator.{key}.{name}", name, allowed, "name")
     problems += _check_robust(cfg, model, source)
+    problems += _check_min_time(cfg, model, source)
+    return problems
+
+
+def _check_min_time(cfg: ControllerConfig, model: PlantModel, source: str) -> list[Problem]:
+    """The names of ``objective.min_time`` and what it can be combined with."""
+    mt = cfg.objective.min_time
+    if mt is None:
+        return []
+    named = set(model.state_names) | set(model.expression_names)
+    loc = "objective.min_time"
+    problems: list[Problem] = []
+    if mt.expression not in named:
+        what = unknown_name("state or expression", mt.expression, sorted(named))
+        problems.append(Problem(source, f"{loc}.expression", what, mt.expression))
+    if isinstance(mt.target, str) and mt.target not in named:
+        what = unknown_name("state or expression", mt.target, sorted(named))
+        problems.append(Problem(source, f"{loc}.target", what, mt.target))
+    if cfg.solver.backend != "fast":
+        problems.append(
+            Problem(source, loc, "minimum time needs solver.backend: fast", cfg.solver.backend)
+        )
+    if cfg.robust is not None:
+        problems.append(Problem(source, loc, "minimum time cannot be combined with 'robust'"))
+    if mt.mode == "free_end" and cfg.horizon < 2:
+        problems.append(
+            Problem(source, "horizon", "a free end time needs a horizon of 2 or more", cfg.horizon)
+        )
     return problems
 
 
@@ -672,9 +951,7 @@ def _check_robust(cfg: ControllerConfig, model: PlantModel, source: str) -> list
         if par is None:
             known = False
             problems.append(
-                Problem(
-                    source, loc, f"unknown parameter; allowed: {list(model.parameter_names)}", name
-                )
+                Problem(source, loc, unknown_name("parameter", name, model.parameter_names), name)
             )
             continue
         bounded = math.isfinite(par.lower) and math.isfinite(par.upper)
@@ -733,7 +1010,7 @@ def check_scenario(sc: ScenarioConfig, model: PlantModel, source: str) -> list[P
                 Problem(
                     source,
                     f"true_plant.parameters.{name}",
-                    f"unknown parameter; allowed: {list(model.parameter_names)}",
+                    unknown_name("parameter", name, model.parameter_names),
                     name,
                 )
             )
@@ -743,7 +1020,7 @@ def check_scenario(sc: ScenarioConfig, model: PlantModel, source: str) -> list[P
                 Problem(
                     source,
                     f"true_plant.initial_state.{name}",
-                    f"unknown state; allowed: {list(model.state_names)}",
+                    unknown_name("state", name, model.state_names),
                     name,
                 )
             )
@@ -753,7 +1030,7 @@ def check_scenario(sc: ScenarioConfig, model: PlantModel, source: str) -> list[P
                 Problem(
                     source,
                     f"true_plant.noise_std.{name}",
-                    f"unknown measured output; allowed: {list(model.output_names)}",
+                    unknown_name("measured output", name, model.output_names),
                     name,
                 )
             )
@@ -763,7 +1040,7 @@ def check_scenario(sc: ScenarioConfig, model: PlantModel, source: str) -> list[P
                 Problem(
                     source,
                     f"true_plant.disturbances.{i}.input",
-                    f"unknown input; allowed: {list(model.input_names)}",
+                    unknown_name("input", d.input, model.input_names),
                     d.input,
                 )
             )
@@ -773,7 +1050,7 @@ def check_scenario(sc: ScenarioConfig, model: PlantModel, source: str) -> list[P
                 Problem(
                     source,
                     f"checks.{i}.expression",
-                    f"unknown expression; allowed: {sorted(named)}",
+                    unknown_name("expression", c.expression, sorted(named)),
                     c.expression,
                 )
             )
@@ -781,10 +1058,33 @@ def check_scenario(sc: ScenarioConfig, model: PlantModel, source: str) -> list[P
     for i, name in enumerate(sc.cqas):
         if name not in named:
             problems.append(
-                Problem(source, f"cqas.{i}", f"unknown name; allowed: {sorted(named)}", name)
+                Problem(source, f"cqas.{i}", unknown_name("name", name, sorted(named)), name)
             )
     if sc.recipe is not None:
         problems += recipe_input_problems(sc.recipe, model, source, "recipe.")
+    # closed loop: load_scenario checks them against the controller's input limits
+    bounds = {n: (model.variable(n).lower, model.variable(n).upper) for n in model.input_names}
+    if sc.controller is not None:
+        bounds = {n: (-math.inf, math.inf) for n in bounds}
+    problems += initial_input_problems(sc.initial_inputs, bounds, source, "physical bounds")
+    return problems
+
+
+def initial_input_problems(
+    values: Mapping[str, float],
+    limits: Mapping[str, tuple[float, float]],
+    source: str,
+    what: str,
+) -> list[Problem]:
+    """``initial_inputs`` that name no input, or lie outside ``limits`` (``what`` they are)."""
+    problems: list[Problem] = []
+    for name, value in values.items():
+        loc = f"initial_inputs.{name}"
+        if name not in limits:
+            problems.append(Problem(source, loc, unknown_name("input", name, list(limits)), name))
+        elif not limits[name][0] <= value <= limits[name][1]:
+            lo, hi = limits[name]
+            problems.append(Problem(source, loc, f"outside the {what} [{lo:g}, {hi:g}]", value))
     return problems
 
 
@@ -809,21 +1109,15 @@ def check_faults(faults: tuple[FaultSpec, ...], model: PlantModel, source: str) 
     """Fault targets must name a model output, input or parameter (comm faults: any tag)."""
     problems = []
     allowed_by_prefix = {
-        "sensor": model.output_names,
-        "actuator": model.input_names,
-        "parameter": model.parameter_names,
+        "sensor": ("measured output", model.output_names),
+        "actuator": ("input", model.input_names),
+        "parameter": ("parameter", model.parameter_names),
     }
     for i, f in enumerate(faults):
-        allowed = allowed_by_prefix.get(f.kind.split("_")[0])
-        if allowed is not None and f.target not in allowed:
-            problems.append(
-                Problem(
-                    source,
-                    f"faults.{i}.target",
-                    f"a {f.kind} fault targets one of {list(allowed)}",
-                    f.target,
-                )
-            )
+        what, allowed = allowed_by_prefix.get(f.kind.split("_")[0], ("", ()))
+        if what and f.target not in allowed:
+            message = unknown_name(what, f.target, allowed, context=f" for a {f.kind} fault")
+            problems.append(Problem(source, f"faults.{i}.target", message, f.target))
     return problems
 
 
@@ -849,7 +1143,7 @@ def _raw_name_problems(data: Mapping[str, Any], model: PlantModel, source: str) 
                         Problem(
                             source,
                             f"{key}.{name}",
-                            f"unknown {what}; allowed: {list(allowed)}",
+                            unknown_name(what, name, allowed),
                             name,
                         )
                     )
@@ -888,10 +1182,15 @@ def load_scenario(path: Path) -> ScenarioConfig:
     if sc.controller is not None:
         ctrl_path = resolve(path, sc.controller)
         try:
-            _, cmodel = load_controller(ctrl_path)
+            cfg, cmodel = load_controller(ctrl_path)
         except ConfigError as exc:
             problems += list(exc.problems)
         else:
+            limits = {n: (s.lower, s.upper) for n, s in cfg.inputs.items()}
+            known = {n: v for n, v in sc.initial_inputs.items() if n in limits}
+            problems += initial_input_problems(
+                known, limits, str(path), "controller's input limits"
+            )
             if cmodel.name != model.name:
                 problems.append(
                     Problem(

@@ -4,6 +4,10 @@ It wires a site into one supervised loop: the port the site asks for, the EKF, t
 safety limits, the audit trail and the historian; records the run (software version, git
 commit, config and model hashes, library versions); and handles SIGINT/SIGTERM by
 releasing control to the PLC and writing a final audit record.
+
+A run ends with a verdict (:class:`Engagement`): a closed-loop run that never had control
+(the PLC never permitted it, never reported it active, or could not be read) failed, and
+says why in one sentence; so did a run that never read the PLC at all.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,15 +25,15 @@ from typing import Any
 from controller.audit import AuditTrail, file_hash
 from controller.clock import Clock, RealClock, ScaledClock
 from controller.config import resolve
-from controller.errors import PortError
+from controller.errors import ConfigError, PortError, Problem
 from controller.estimator import make_estimator
 from controller.historian import Historian, cycle_record, open_historian, run_info
 from controller.mpc import ModelPredictiveController
 from controller.pipeline import ControlPipeline, Policy, input_limits
-from controller.ports.base import Port
+from controller.ports.base import Port, Quality, Snapshot
 from controller.ports.factory import make_port
 from controller.site import Site, load_site
-from controller.supervisor import Counters, CycleView, Mode, Supervisor
+from controller.supervisor import Counters, CycleView, Mode, State, Supervisor
 
 log = logging.getLogger("pharmatwin.runtime")
 
@@ -158,7 +163,119 @@ async def run_site(
     return sup
 
 
-async def run(site_path: Path, opts: RunOptions) -> Counters:
+#: the supervisor's states in which the MPC has control (HOLD: in control, holding)
+IN_CONTROL = frozenset({State.RUNNING, State.HOLD})
+
+
+@dataclass
+class Engagement:
+    """What a run saw of the PLC and its handshake, cycle by cycle, for the run's verdict."""
+
+    mode: Mode
+    where: str  # the PLC's address, for the sentences
+    cycles: int = 0
+    reads: int = 0  # cycles whose read of the PLC succeeded
+    initialized: int = 0  # cycles past INIT (the working setpoints were known)
+    in_control: int = 0  # cycles ending in RUNNING or HOLD
+    permitted: int = 0  # cycles that read mpc_permissive set (GOOD)
+    permissive_read: int = 0  # cycles that read mpc_permissive with GOOD quality
+    interlocked: int = 0  # cycles that read interlock_active set
+    alarmed: int = 0  # cycles that read mpc_fallback_alarm set
+    last_problem: str = ""
+
+    def observe(self, view: CycleView) -> None:
+        self.cycles += 1
+        self.in_control += view.state in IN_CONTROL
+        self.initialized += view.state is not State.INIT
+        if view.problems:
+            self.last_problem = view.problems[-1]
+        snap = view.snapshot
+        if snap is None:
+            return
+        self.reads += 1
+        permissive = _flag(snap, "mpc_permissive")
+        self.permissive_read += permissive is not None
+        self.permitted += bool(permissive)
+        self.interlocked += bool(_flag(snap, "interlock_active"))
+        self.alarmed += bool(_flag(snap, "mpc_fallback_alarm"))
+
+    def verdict(self) -> str | None:
+        """None when the run did what its mode promises; else one sentence saying why not."""
+        n = f"{self.cycles} cycle{'s' if self.cycles != 1 else ''}"
+        last = f" (last problem: {self.last_problem})" if self.last_problem else ""
+        if self.reads == 0:
+            return f"no read of the PLC at {self.where} succeeded in {n}{last}"
+        if self.mode is Mode.SHADOW or self.in_control:
+            return None
+        lead = f"the MPC never got control in {n}: "
+        if not self.initialized:
+            return f"{lead}the PLC's working setpoints were never readable, so it stayed in INIT"
+        if not self.permissive_read:
+            return f"{lead}mpc_permissive was never read with good quality{last}"
+        if not self.permitted:
+            why = []
+            if self.interlocked:
+                why.append("interlock_active was set")
+            if self.alarmed:
+                why.append("mpc_fallback_alarm was latched: an operator reset is needed")
+            because = f" ({'; '.join(why)})" if why else ""
+            return f"{lead}the PLC never granted mpc_permissive{because}"
+        short = " (the PLC answers a request on a later cycle)" if self.cycles < 3 else ""
+        return f"{lead}the PLC granted mpc_permissive but never reported mpc_active{short}{last}"
+
+    def summary(self) -> str:
+        if self.mode is Mode.SHADOW:
+            return f"shadow: {self.reads} of {self.cycles} cycles read the PLC"
+        return f"closed loop: the MPC had control in {self.in_control} of {self.cycles} cycles"
+
+
+def _flag(snap: Snapshot, tag: str) -> bool | None:
+    tv = snap.values.get(tag)
+    if tv is None or tv.quality is not Quality.GOOD:
+        return None
+    return bool(tv.value)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a ``pharmatwin run`` ended: its counters and its verdict (None: it did its job)."""
+
+    counters: Counters
+    engagement: Engagement
+
+    @property
+    def verdict(self) -> str | None:
+        return self.engagement.verdict()
+
+
+def check_options(site: Site, opts: RunOptions) -> list[Problem]:
+    """Options a run cannot honour: a closed loop on a shadow-only site, a rate, cycle count
+    or duration that is not a positive finite number."""
+    problems = []
+    if opts.mode is Mode.CLOSED_LOOP and site.runtime.shadow_only:
+        problems.append(
+            Problem(
+                str(site.path),
+                "runtime.shadow_only",
+                "this site is shadow-only (no PLC contract): run it with --mode shadow",
+                True,
+            )
+        )
+    for flag, value in (("--rate", opts.rate), ("--duration", opts.duration_s)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            message = "must be a positive finite number"
+            problems.append(Problem("command line", flag, message, value))
+    if opts.cycles is not None and opts.cycles < 1:
+        problems.append(Problem("command line", "--cycles", "must be 1 or more", opts.cycles))
+    return problems
+
+
+async def run(site_path: Path, opts: RunOptions) -> RunResult:
+    """Load the site, run it until stopped, and judge the run (:meth:`Engagement.verdict`)."""
     site = load_site(site_path)
-    sup = await run_site(site, opts)
-    return sup.counters
+    problems = check_options(site, opts)
+    if problems:
+        raise ConfigError(problems)
+    engagement = Engagement(opts.mode, site.connection.url)
+    sup = await run_site(site, opts, observer=engagement.observe)
+    return RunResult(sup.counters, engagement)

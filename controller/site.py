@@ -29,7 +29,7 @@ from controller.config import (
     read_yaml,
     resolve,
 )
-from controller.errors import ConfigError, Problem
+from controller.errors import ConfigError, Problem, unknown_name
 from controller.tags import Direction, TagMap, load_tag_map
 from plant_models import PlantModel
 
@@ -184,6 +184,9 @@ class RuntimeSettings(Strict):
     #: write the soft sensors (``publish`` tags) in shadow mode too; off: shadow never writes
     #: anything but the advisory tags
     publish_in_shadow: bool = False
+    #: this site only ever runs in shadow mode: its tag map needs no PLC contract
+    #: (:data:`CLOSED_LOOP_CONTRACT`), and ``pharmatwin run --mode closed-loop`` refuses it
+    shadow_only: bool = False
 
 
 #: Columns of a forecast's table besides the CQAs (:meth:`controller.forecast.Forecast.table`).
@@ -298,6 +301,7 @@ def load_site(path: Path) -> Site:
             )
     if tm is not None:
         problems += _check_tags(sf, tm, model, path)
+        problems += contract_problems(sf, tm, path)
     if tm is not None and model is not None and cfg is not None:
         problems += _check_twin(sf, cfg, tm, model, path)
     problems += _check_files(sf, path)
@@ -349,14 +353,9 @@ def _check_twin(
     if alarm is not None:
         tag = tm.tags.get(alarm)
         if tag is None:
-            problems.append(
-                Problem(
-                    where,
-                    "monitoring.alarm_tag",
-                    f"no such tag in the tag map {sf.tags}; give a tag of direction publish",
-                    alarm,
-                )
-            )
+            publish = [n for n, t in tm.tags.items() if t.direction is Direction.PUBLISH]
+            message = unknown_name("tag", alarm, publish, context=f" in the tag map {sf.tags}")
+            problems.append(Problem(where, "monitoring.alarm_tag", message, alarm))
         elif tag.direction is not Direction.PUBLISH or tag.publishes not in (
             "alarm.word",
             "alarm.active",
@@ -380,14 +379,8 @@ def _check_tags(sf: SiteFile, tm: TagMap, model: PlantModel | None, path: Path) 
     names = set(model.all_variables) | set(model.expression_names) if model else None
     for name, tag in tm.tags.items():
         if names is not None and tag.binds is not None and tag.binds not in names:
-            problems.append(
-                Problem(
-                    src,
-                    f"tags.{name}.binds",
-                    f"unknown model variable; allowed: {sorted(names)}",
-                    tag.binds,
-                )
-            )
+            message = unknown_name("model variable", tag.binds, sorted(names))
+            problems.append(Problem(src, f"tags.{name}.binds", message, tag.binds))
         proto = sf.connection.protocol
         if getattr(tag, proto) is None:
             problems.append(
@@ -404,10 +397,85 @@ def _check_tags(sf: SiteFile, tm: TagMap, model: PlantModel | None, path: Path) 
                 problems.append(
                     Problem(src, "tags", f"no writable tag binds the model input {inp!r}", inp)
                 )
+    return problems + _check_advisory(sf, tm, model, path)
+
+
+def _check_advisory(
+    sf: SiteFile, tm: TagMap, model: PlantModel | None, path: Path
+) -> list[Problem]:
+    """``runtime.advisory_tags``: a model input -> a tag of the map the twin may write."""
+    problems = []
+    writable = [n for n, t in tm.tags.items() if t.writable]
+    for inp, tag in sf.runtime.advisory_tags.items():
+        loc = f"runtime.advisory_tags.{inp}"
+        if model is not None and inp not in model.input_names:
+            problems.append(Problem(str(path), loc, unknown_name("input", inp, model.input_names)))
+        if tag not in tm.tags:
+            message = unknown_name("tag", tag, writable, context=f" in the tag map {sf.tags}")
+            problems.append(Problem(str(path), loc, message, tag))
+        elif not tm.tags[tag].writable:
+            message = f"the tag {tag!r} is read-only; an advisory tag must be writable"
+            problems.append(Problem(str(path), loc, message, tag))
     return problems
 
 
-#: Tags the PLC contract needs (see configs/tags/*.yaml headers).
+@dataclass(frozen=True)
+class ContractTag:
+    """One tag of the PLC contract the supervisor relies on in closed loop."""
+
+    tag: str
+    role: str
+    twin_writes: bool  # True: the twin writes it (a writable tag); False: the twin reads it
+
+
+#: The PLC contract of a closed-loop site (see the configs/tags/*.yaml headers and
+#: :mod:`controller.supervisor`): the twin requests control, the PLC permits and reports it
+#: active, heartbeats go both ways (the twin's counter, the PLC's scan counter, which the
+#: twin watches for a frozen PLC) and the PLC vouches for each measurement.
+CLOSED_LOOP_CONTRACT = (
+    ContractTag("mpc_request", "request: the twin asks the PLC for control", True),
+    ContractTag("mpc_permissive", "permissive: the PLC allows the MPC to take control", False),
+    ContractTag("mpc_active", "active: the PLC reports the MPC in control", False),
+    ContractTag("mpc_heartbeat", "heartbeat to the PLC: the twin's counter", True),
+    ContractTag("plc_scan_counter", "heartbeat from the PLC: its scan counter", False),
+    ContractTag("measurement_validity", "validity: the PLC's bit per measurement", False),
+)
+
+
+def contract_problems(sf: SiteFile, tm: TagMap, path: Path) -> list[Problem]:
+    """The PLC contract a closed-loop site needs in its tag map: every tag of
+    :data:`CLOSED_LOOP_CONTRACT`, each in the direction its role needs. A shadow-only site
+    (``runtime.shadow_only``) needs none of them."""
+    if sf.runtime.shadow_only:
+        return []
+    src = str(resolve(path, sf.tags))
+    problems = []
+    for c in CLOSED_LOOP_CONTRACT:
+        tag = tm.tags.get(c.tag)
+        who = "the twin writes it" if c.twin_writes else "the twin reads it"
+        if tag is None:
+            problems.append(
+                Problem(
+                    src,
+                    "tags",
+                    f"missing tag {c.tag!r} of the PLC contract ({c.role}; {who}): the "
+                    f"closed-loop site {sf.name!r} needs it (a site that never runs in closed "
+                    "loop sets runtime.shadow_only: true)",
+                    c.tag,
+                )
+            )
+        elif not (tag.writable if c.twin_writes else tag.readable):
+            allowed = ["read_write", "write"] if c.twin_writes else ["read", "read_write"]
+            message = (
+                f"the PLC contract's {c.tag!r} ({c.role}) needs a direction in which {who}; "
+                f"allowed: {allowed}"
+            )
+            problems.append(Problem(src, f"tags.{c.tag}.direction", message, tag.direction.value))
+    return problems
+
+
+#: Tags the virtual PLC of the HIL bench serves (see configs/tags/*.yaml headers): the
+#: closed-loop contract and the PLC's own status and pushbutton.
 CONTRACT_TAGS = (
     "mpc_request",
     "mpc_permissive",
@@ -448,10 +516,11 @@ def _check_hil(hil: HilSection, model: PlantModel, tm: TagMap, path: Path) -> li
                     hil.scenario,
                 )
             )
+    closed_loop = {c.tag for c in CLOSED_LOOP_CONTRACT}
     for name in CONTRACT_TAGS:
-        if name not in tm.tags:
+        if name not in tm.tags and name not in closed_loop:  # those: contract_problems
             problems.append(
-                Problem(src, "hil", f"the PLC contract needs the tag {name!r} in the tag map", name)
+                Problem(src, "hil", f"the virtual PLC needs the tag {name!r} in the tag map", name)
             )
     for inp in model.input_names:
         if inp not in tm.reading_tags():
@@ -467,7 +536,7 @@ def _check_hil(hil: HilSection, model: PlantModel, tm: TagMap, path: Path) -> li
                 Problem(
                     src,
                     f"hil.plc.interlocks.{i}.expression",
-                    f"unknown; allowed: {sorted(named)}",
+                    unknown_name("expression", lock.expression, sorted(named)),
                     lock.expression,
                 )
             )
@@ -477,7 +546,7 @@ def _check_hil(hil: HilSection, model: PlantModel, tm: TagMap, path: Path) -> li
                     Problem(
                         src,
                         f"hil.plc.interlocks.{i}.force.{inp}",
-                        f"unknown input; allowed: {list(model.input_names)}",
+                        unknown_name("input", inp, model.input_names),
                         inp,
                     )
                 )
@@ -497,7 +566,7 @@ def _check_forecast(fc: ForecastSection, model: PlantModel, path: Path) -> list[
                 Problem(
                     str(path),
                     f"forecast.cqas.{i}.expression",
-                    f"unknown; allowed: {sorted(named)}",
+                    unknown_name("expression", cqa.expression, sorted(named)),
                     cqa.expression,
                 )
             )

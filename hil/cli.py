@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from controller.errors import PharmaTwinError
+from hil import min_time
 from hil.kpis import Kpis, compute_kpis
 from hil.reports import write_kpis, write_parquet, write_plot
 from hil.simulate import run_scenario
@@ -36,7 +39,11 @@ EPILOG = """examples:
   pharmatwin-hil serve configs/sites/lyophilizer-modbus.yaml --rate 600
   pharmatwin-hil serve configs/sites/bioreactor-opcua.yaml --protocol both --modbus-port 15020
   pharmatwin-hil fault configs/sites/lyophilizer-modbus.yaml inject sensor_bias Tbot --magnitude 2
+  pharmatwin-hil fault configs/sites/lyophilizer-modbus.yaml inject sensor_bias Tbot \
+      --magnitude 2 --unit degC --duration 0.5
+  pharmatwin-hil fault configs/sites/lyophilizer-modbus.yaml inject comm_bad_status '*' --json
   pharmatwin-hil fault configs/sites/lyophilizer-modbus.yaml status
+  pharmatwin-hil fault configs/sites/lyophilizer-modbus.yaml clear --kind comm_bad_status
   pharmatwin-hil campaign run configs/campaigns/lyophilizer-oq.yaml --workers 2
   pharmatwin-hil campaign run configs/campaigns/bioreactor-oq.yaml --executor dask --workers 2
   pharmatwin-hil campaign run configs/campaigns/smoke.yaml --mode hil --out runs/smoke-hil
@@ -93,14 +100,25 @@ def _parser() -> argparse.ArgumentParser:
     flt.add_argument("site", type=Path)
     flt.add_argument("--state-dir", type=Path, default=None)
     fsub = flt.add_subparsers(dest="fault_command", required=True)
-    inj = fsub.add_parser("inject", help="inject one fault now")
+    machine = argparse.ArgumentParser(add_help=False)
+    machine.add_argument("--json", action="store_true", help="print the rig's answer as JSON")
+    inj = fsub.add_parser(
+        "inject",
+        parents=[machine],
+        help="inject one fault now (checked against the site, refused with exit code 2)",
+    )
     inj.add_argument("kind", help="e.g. sensor_bias, actuator_stuck, comm_latency, parameter_drift")
-    inj.add_argument("target", help="model output/input/parameter, or a tag for comm faults")
-    inj.add_argument("--magnitude", type=float, default=0.0)
-    inj.add_argument("--rate", type=float, default=0.0)
+    inj.add_argument(
+        "target",
+        help="a model output (sensor_*), input (actuator_*) or parameter (parameter_drift); "
+        "a tag or a wildcard such as '*' (comm_bad_status); '*' (the other comm_* kinds)",
+    )
+    inj.add_argument("--magnitude", type=float, default=0.0, help="in the target's unit")
+    inj.add_argument("--rate", type=float, default=0.0, help="per model time unit")
+    inj.add_argument("--unit", default="", help="the unit of --magnitude/--rate, checked")
     inj.add_argument("--duration", type=float, default=None, help="model time units")
-    fsub.add_parser("status", help="the rig's state")
-    clr = fsub.add_parser("clear", help="remove faults")
+    fsub.add_parser("status", parents=[machine], help="the rig's state and its active faults")
+    clr = fsub.add_parser("clear", parents=[machine], help="remove faults (all by default)")
     clr.add_argument("--kind", default=None)
     clr.add_argument("--target", default=None)
     camp = sub.add_parser(
@@ -178,6 +196,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     ds.add_argument("--out", type=Path, default=None, help="results (runs/design-space/<name>)")
     ds.add_argument("--quiet", action="store_true", help="no progress bar")
+    chk = sub.add_parser(
+        "check-config",
+        help="check config files of every kind, the HIL's (campaign, tuning, design space) too",
+    )
+    chk.add_argument("files", type=Path, nargs="+")
+    min_time.add_parser(sub)
     return p
 
 
@@ -244,21 +268,118 @@ async def _serve(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _fault_request(args: argparse.Namespace) -> dict[str, Any]:
+    """The admin request for ``args``, checked first against the site file (names, units,
+    limits); the serving rig checks it again, with its true plant and its servers."""
+    from controller.site import load_site
+    from hil.faults import FaultTargets, check_clear, check_fault, parse_fault
+
+    if args.fault_command == "status":
+        return {"cmd": "status"}
+    targets = FaultTargets.for_site(load_site(args.site))
+    if args.fault_command == "clear":
+        check_clear(args.kind, args.target, targets)
+        return {"cmd": "clear", "kind": args.kind, "target": args.target}
+    fault = {"kind": args.kind, "target": args.target, "start": 0.0, "duration": args.duration}
+    fault |= {"magnitude": args.magnitude, "rate": args.rate, "unit": args.unit}
+    check_fault(parse_fault(fault), targets)
+    return {"cmd": "inject", "fault": fault}
+
+
 async def _fault(args: argparse.Namespace, console: Console) -> int:
+    from hil.faults import FaultRefusedError
     from hil.serve import admin_request
 
-    request: dict[str, object]
-    if args.fault_command == "inject":
-        fault = {"kind": args.kind, "target": args.target, "start": 0.0}
-        fault |= {"magnitude": args.magnitude, "rate": args.rate, "duration": args.duration}
-        request = {"cmd": "inject", "fault": fault}
-    elif args.fault_command == "clear":
-        request = {"cmd": "clear", "kind": args.kind, "target": args.target}
+    try:
+        request = _fault_request(args)
+    except FaultRefusedError as exc:
+        answer = exc.answer()
     else:
-        request = {"cmd": "status"}
-    answer = await admin_request(args.site, request, args.state_dir)
-    console.print_json(data=answer)
-    return 0 if answer.get("ok") else 1
+        answer = await admin_request(args.site, request, args.state_dir)
+    if args.json:
+        print(json.dumps(answer, indent=2, default=str))
+    elif not answer.get("ok"):
+        problems = [str(p) for p in answer.get("problems") or [answer.get("error")]]
+        for problem in problems:
+            console.print(f"[red]error:[/red] {escape(problem)}", highlight=False, soft_wrap=True)
+        allowed = answer.get("allowed") or []
+        if allowed and not any("allowed: [" in p for p in problems):  # counted, not listed
+            console.print(f"allowed: {', '.join(allowed)}", highlight=False, soft_wrap=True)
+    else:
+        for table in _fault_tables(args.fault_command, answer):
+            console.print(table)
+    return 0 if answer.get("ok") else 2
+
+
+def _number(value: object, unit: str | None = None) -> str:
+    if value is None:
+        return "-"
+    text = f"{value:.6g}" if isinstance(value, float) else str(value)
+    return f"{text} {unit}" if unit else text
+
+
+def _faults_table(title: str, faults: list[dict[str, Any]], time_unit: str) -> Table:
+    table = Table(title=title)
+    for col in ("kind", "target", f"start ({time_unit})", f"duration ({time_unit})"):
+        table.add_column(col)
+    for col in ("magnitude", "rate", "unit", "description"):
+        table.add_column(col)
+    for f in faults:
+        duration = "until cleared" if f.get("duration") is None else _number(f["duration"])
+        table.add_row(
+            f["kind"],
+            f["target"],
+            _number(f["start"]),
+            duration,
+            _number(f.get("magnitude")) if f.get("magnitude") else "-",
+            _number(f.get("rate")) if f.get("rate") else "-",
+            f.get("unit") or "-",
+            f.get("description") or "",
+        )
+    return table
+
+
+def _fault_tables(command: str, answer: dict[str, Any]) -> list[Table]:
+    """The rig's answer to ``fault inject|status|clear`` as tables."""
+    if command == "inject":
+        held, unit = answer["injected"], answer.get("unit")
+        table = Table(title="fault injected")
+        table.add_column("field")
+        table.add_column("value")
+        table.add_row("injected at", _number(answer["t_model"], answer["time_unit"]))
+        table.add_row("kind", held["kind"])
+        table.add_row("target", held["target"])
+        if answer.get("tags"):
+            table.add_row(f"tags ({len(answer['tags'])})", ", ".join(answer["tags"]))
+        table.add_row("start", _number(held["start"], answer["time_unit"]))
+        duration = held.get("duration")
+        table.add_row(
+            "duration",
+            "until cleared" if duration is None else _number(duration, answer["time_unit"]),
+        )
+        if held.get("magnitude"):
+            table.add_row("magnitude", _number(held["magnitude"], unit))
+        if held.get("rate"):
+            table.add_row("rate", _number(held["rate"], unit))
+        return [table]
+    if command == "clear":
+        cleared = answer.get("cleared", [])
+        title = f"{len(cleared)} fault(s) cleared" if cleared else "no held fault matched"
+        return [_faults_table(title, cleared, answer.get("time_unit", ""))]
+    status = answer["status"]
+    unit = status.get("time_unit", "")
+    table = Table(title="rig status")
+    table.add_column("field")
+    table.add_column("value")
+    table.add_row("t", _number(status.get("t_model"), unit))
+    for key in ("mode", "scans", "alarm", "plc_events", "fault_events", "plant_fault"):
+        if key in status:
+            table.add_row(key, _number(status[key]))
+    applied = status.get("applied", {})
+    table.add_row("applied", ", ".join(f"{k} = {_number(v)}" for k, v in applied.items()))
+    active = status.get("active_faults", [])
+    title = f"{len(active)} active fault(s)" if active else "no active fault"
+    return [table, _faults_table(title, active, unit)]
 
 
 def _campaign(args: argparse.Namespace, console: Console) -> int:
@@ -369,6 +490,21 @@ def _design_space(args: argparse.Namespace, console: Console) -> int:
     return 0 if outcome.acceptable and not outcome.errors else 1
 
 
+def _check_config(files: Sequence[Path], console: Console) -> int:
+    """``pharmatwin check-config`` with the HIL tools' own kinds of file added."""
+    from controller.cli import CHECKERS, check_config
+    from hil.campaign.spec import load_campaign
+    from hil.design_space import load_design_space
+    from hil.tuning.spec import load_tuning
+
+    hil_kinds = {
+        "campaign": load_campaign,
+        "tuning": load_tuning,
+        "design space": load_design_space,
+    }
+    return check_config(files, console, {**CHECKERS, **hil_kinds}, "pharmatwin-hil")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console()
@@ -387,6 +523,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compare(args, console)
         if args.command == "design-space":
             return _design_space(args, console)
+        if args.command == "check-config":
+            return _check_config(args.files, console)
+        if args.command == "min-time":
+            return min_time.command(args, console)
     except PharmaTwinError as exc:
         console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
         return 2

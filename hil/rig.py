@@ -26,7 +26,7 @@ from controller.clock import Clock
 from controller.config import FaultSpec, ScenarioConfig, build_model, load_scenario, resolve
 from controller.recipe import RecipePlayer
 from controller.site import Site
-from hil.faults import FaultEvent, FaultSet
+from hil.faults import FaultEvent, FaultSet, FaultTargets, check_fault, check_scheduled
 from hil.plant_runner import PlantDomainError, PlantFault, PlantRunner, PlantState
 from hil.servers.base import PlcServer
 from hil.vplc import PlcEvent, VirtualPlc
@@ -80,10 +80,16 @@ class HilRig:
         )
         import numpy as np
 
+        #: what faults may target on this site, and the kinds these servers cannot carry out
+        self.fault_targets = FaultTargets.of(
+            self.model, site.tags, plant_step=self.plant_step, servers=servers
+        )
+        check_scheduled(self.scenario.faults, self.fault_targets, str(scen_path))
         self.faults = FaultSet(
             self.scenario.faults,
             np.random.default_rng(tp.seed + 1),
             on_event=self._fault_event,
+            tags=self.fault_targets.tags,
         )
         recipe = (
             RecipePlayer(self.scenario.recipe, self.model.input_names)
@@ -137,9 +143,13 @@ class HilRig:
         """The latest measurements (after sensor faults) and the outputs of bad quality."""
         return dict(self._measurements), set(self._bad)
 
-    def inject(self, spec: FaultSpec) -> None:
-        """Inject a fault at runtime (logged as a runtime injection)."""
-        self.faults.inject(spec, self.plant.t)
+    def inject(self, spec: FaultSpec) -> FaultSpec:
+        """Inject a fault at runtime (logged as a runtime injection); returns it as held.
+
+        A fault that could not act on this site or these servers raises
+        :class:`~hil.faults.FaultRefusedError` (:func:`~hil.faults.check_fault`); nothing is held.
+        """
+        return self.faults.inject(check_fault(spec, self.fault_targets), self.plant.t)
 
     # ------------------------------------------------------------------ one scan
     @property
@@ -166,7 +176,7 @@ class HilRig:
 
         A ramp of the PLC's own recipe stays a ramp inside the step; anything else (the MPC's
         setpoints, an actuator fault) is held over the step, as the PLC holds it."""
-        if self._recipe is None:
+        if self._recipe is None or self.faults.acts_on_inputs(self.plant.t):
             return None
         t = self.plant.t
         start = self._recipe.inputs_at(t)

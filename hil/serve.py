@@ -8,6 +8,13 @@ The admin channel is a JSON-lines TCP server on 127.0.0.1 (a free port), announc
     {"cmd": "status"}
     {"cmd": "inject", "fault": {"kind": "sensor_bias", "target": "Tbot", "start": 0, ...}}
     {"cmd": "clear", "kind": "sensor_bias", "target": "Tbot"}
+
+The serving process validates every injection against its site and servers itself
+(:meth:`HilRig.inject`), whatever client sent it. Answers are ``{"ok": true, ...}`` or
+``{"ok": false, "error": <plain sentences>, "problems": [...], "allowed": [...],
+"did_you_mean": <name or null>}``; a refused fault is not held. An injection's answer gives
+the fault as held (absolute start), the real ``tags`` a ``comm_bad_status`` pattern expanded
+to, the ``unit`` of its magnitude or rate, and the model time ``t_model`` it was injected at.
 """
 
 from __future__ import annotations
@@ -20,14 +27,13 @@ import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from pydantic import ValidationError
+from typing import Any, cast
 
 from controller.clock import ScaledClock
-from controller.config import FaultSpec
+from controller.config import FaultKind
 from controller.errors import ConfigError, PharmaTwinError, Problem
 from controller.site import Site, load_site
+from hil.faults import FaultRefusedError, check_clear, expand_tags, magnitude_unit, parse_fault
 from hil.net import LOOPBACK, free_port, is_loopback
 from hil.rig import HilRig
 from hil.servers.base import PlcServer
@@ -111,20 +117,50 @@ class Admin:
     def answer(self, line: bytes) -> dict[str, Any]:
         try:
             req = json.loads(line)
+            if not isinstance(req, dict):
+                raise ValueError(f"a request is a JSON object with a 'cmd', not {req!r}")
             cmd = req.get("cmd")
             if cmd == "status":
                 return {"ok": True, "status": self.rig.summary()}
             if cmd == "inject":
-                spec = FaultSpec.model_validate(req.get("fault", {}))
-                self.rig.inject(spec)
-                log.warning("runtime fault injected: %s", spec.model_dump())
-                return {"ok": True, "injected": spec.model_dump()}
+                return self._inject(req.get("fault"))
             if cmd == "clear":
-                self.rig.faults.clear(req.get("kind"), req.get("target"))
-                return {"ok": True}
+                return self._clear(req.get("kind"), req.get("target"))
             return {"ok": False, "error": f"unknown cmd {cmd!r}; allowed: status, inject, clear"}
-        except (ValueError, ValidationError, PharmaTwinError) as exc:
+        except FaultRefusedError as exc:
+            log.warning("runtime fault refused: %s", exc)
+            return exc.answer()
+        except (ValueError, PharmaTwinError) as exc:
             return {"ok": False, "error": str(exc)}
+
+    def _inject(self, raw: object) -> dict[str, Any]:
+        spec = parse_fault(raw)
+        held = self.rig.inject(spec)  # validated against the site and servers; may refuse
+        log.warning("runtime fault injected: %s", held.model_dump())
+        targets = self.rig.fault_targets
+        tags = expand_tags(held.target, targets.tags) if held.kind == "comm_bad_status" else ()
+        return {
+            "ok": True,
+            "injected": held.model_dump(),
+            "tags": list(tags),
+            "unit": magnitude_unit(held, targets),
+            "t_model": self.rig.t_model,
+            "time_unit": targets.time_unit,
+        }
+
+    def _clear(self, raw_kind: object, raw_target: object) -> dict[str, Any]:
+        kind, target = _text("kind", raw_kind), _text("target", raw_target)
+        check_clear(kind, target, self.rig.fault_targets)  # a typo would clear nothing
+        removed = self.rig.faults.clear(cast("FaultKind | None", kind), target)
+        log.warning("runtime clear (kind=%s, target=%s): %d fault(s)", kind, target, len(removed))
+        cleared = [f.model_dump() for f in removed]
+        return {"ok": True, "cleared": cleared, "time_unit": self.rig.fault_targets.time_unit}
+
+
+def _text(name: str, value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise FaultRefusedError([f"{name} must be a string, not {value!r}"])
 
 
 async def serve(site_path: Path, opts: ServeOptions, announce: Any = print) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from controller.config import (
     load_parameter_set,
     read_yaml,
 )
-from controller.errors import ConfigError, PharmaTwinError, Problem
+from controller.errors import ConfigError, PharmaTwinError, Problem, brief
 from plant_models import MODELS, ParameterSet, PlantModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,8 +89,10 @@ def _expect(
     if value is not _MISSING:
         assert problem.value == value, problem
     assert message in problem.message, problem
-    text = str(problem)  # the rendered line names file, location and the value
-    assert str(path) in text and location in text and repr(problem.value) in text
+    text = str(problem)  # the rendered line names file:line:column, location and the value
+    assert problem.line is not None and problem.column is not None, problem
+    assert text.startswith(f"{path}:{problem.line}:{problem.column}: {location}: "), text
+    assert problem.value is None or brief(problem.value) in text
 
 
 @pytest.fixture
@@ -255,7 +257,7 @@ estimator:
     by_loc = _problems(exc)
     _expect(by_loc, "objective.economic.0.expression", path, "titre", "unknown expression")
     _expect(by_loc, "objective.tracking.0.variable", path, "Xx", "unknown variable")
-    _expect(by_loc, "inputs.w", path, "w", "unknown input; allowed: ['u']")
+    _expect(by_loc, "inputs.w", path, "w", "unknown input 'w'; allowed: ['u']")
     _expect(by_loc, "inputs.u", path, None, "needs limits")
     _expect(by_loc, "state_bounds.Q", path, "Q", "unknown state")
     _expect(by_loc, "constraints.0.expression", path, "nope", "unknown expression")
@@ -358,9 +360,12 @@ def test_invalid_yaml_names_file_and_line(tmp_path: Path, loader: object) -> Non
         loader(path)  # type: ignore[operator]
     (problem,) = exc.value.problems
     assert problem.file == str(path)
-    assert re.fullmatch(r"line 2, column \d+", problem.location), problem.location
-    assert "invalid YAML" in problem.message
-    assert str(path) in str(exc.value) and "line 2" in str(exc.value)
+    assert (problem.location, problem.line, problem.column) == ("", 2, 22)
+    assert (
+        problem.message
+        == "invalid YAML: while parsing a flow sequence, expected ',' or ']', but got '}'"
+    )
+    assert f"{path}:2:22: invalid YAML" in str(exc.value)
     assert isinstance(exc.value.__cause__, yaml.YAMLError)  # the cause is kept
 
 

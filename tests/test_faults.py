@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,17 @@ import pytest
 
 from controller.config import FaultSpec, build_model
 from controller.errors import ScenarioError
-from hil.faults import CommState, FaultEvent, FaultSet
+from hil.faults import (
+    CommState,
+    FaultEvent,
+    FaultRefusedError,
+    FaultSet,
+    FaultTargets,
+    check_fault,
+    fault_problems,
+    parse_fault,
+    scheduled_fault_problems,
+)
 from hil.plant_runner import PlantRunner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +158,7 @@ def test_parameter_drift_cleared_is_repaired() -> None:
 def test_comm_state_latency_bad_tags_restart_and_drop_edge() -> None:
     fs, _ = fault_set(
         spec("comm_latency", target="*", start=1.0, duration=2.0, magnitude=0.2),
-        spec("comm_latency", target="Tbot", start=2.0, duration=2.0, magnitude=0.3),
+        spec("comm_latency", target="*", start=2.0, duration=2.0, magnitude=0.3),
         spec("comm_bad_status", target="Tbot", start=1.0, duration=1.0),
         spec("comm_restart", target="*", start=5.0, duration=1.0),
         spec("comm_drop", target="*", start=3.0),
@@ -303,3 +314,79 @@ def test_plant_runner_rejects_unknown_or_non_finite_parameters() -> None:
     with pytest.raises(ScenarioError, match="Kw"):
         runner.set_parameters({"Kw": math.nan})
     assert runner.parameters == before
+
+
+# ---------------------------------------------------------------------- validation
+def _targets(**kw: Any) -> FaultTargets:
+    base: dict[str, Any] = {
+        "time_unit": "h",
+        "outputs": {"y": "degC"},
+        "inputs": {"u": "degC"},
+        "input_limits": {"u": (-45.0, 120.0)},
+        "parameter_units": {"Kw": "W/K", "off": "1"},
+        "tags": ("y_tag", "u_sp"),
+        "parameters": {"Kw": 4000.0, "off": 0.0},
+        "plant_step": 0.02,
+    }
+    return FaultTargets(**(base | kw))
+
+
+@pytest.mark.parametrize(
+    ("fault", "sentence"),
+    [
+        (spec("parameter_drift", target="off", rate=0.1), "off is 0 in the true plant"),
+        (spec("actuator_saturation", target="u", magnitude=120.0), "can never cap u"),
+        (spec("actuator_lag", target="u", magnitude=0.004), "leaves less than 1 %"),
+        (spec("sensor_bias", magnitude=1.0, duration=0.019), "shorter than one plant step"),
+        (spec("sensor_drift", rate=1.0, unit="degC"), "is in 'degC/h', not 'degC'"),
+        (spec("parameter_drift", target="Kw", rate=0.1, unit="%/h"), "is in '1/h', not '%/h'"),
+        (spec("comm_bad_status", target="y_tagg"), "did you mean 'y_tag'?"),
+        (spec("sensor_bias", target="u", magnitude=1.0), "unknown measured output 'u'"),
+    ],
+)
+def test_faults_that_could_not_act_are_refused(fault: FaultSpec, sentence: str) -> None:
+    problems = fault_problems(fault, _targets())
+    assert len(problems) == 1 and sentence in problems[0], problems
+
+
+def test_valid_faults_pass_and_unknown_values_leave_their_check_to_the_rig() -> None:
+    assert fault_problems(spec("sensor_drift", rate=1.0, unit="degC/h"), _targets()) == []
+    assert (
+        fault_problems(spec("actuator_saturation", target="u", magnitude=119.0), _targets()) == []
+    )
+    site_only = _targets(parameters=None, plant_step=None)  # what the CLI knows
+    assert fault_problems(spec("parameter_drift", target="off", rate=0.1), site_only) == []
+    assert fault_problems(spec("actuator_lag", target="u", magnitude=0.004), site_only) == []
+
+
+def test_a_fault_scheduled_after_the_run_would_never_act() -> None:
+    late = spec("sensor_bias", start=3.0, magnitude=1.0)
+    (problem,) = scheduled_fault_problems([late], _targets(), "s.yaml", run_end=2.5)
+    assert problem.location == "faults.0"
+    assert "starts at 3 h, when the run (2.5 h) is over" in problem.message
+    assert scheduled_fault_problems([late], _targets(), "s.yaml", run_end=3.5) == []
+
+
+def test_unsupported_kinds_are_refused_with_the_servers_reason() -> None:
+    targets = _targets(unsupported={"comm_latency": "no wall clock here"})
+    latency = spec("comm_latency", target="*", magnitude=0.1)
+    with pytest.raises(FaultRefusedError) as info:
+        check_fault(latency, targets)
+    assert info.value.problems == (
+        "a comm_latency fault cannot take effect here: no wall clock here",
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "sentence"),
+    [
+        ({"kind": "sensor_stuck", "magnitude": 1.0}, "a sensor_stuck fault takes no 'magnitude'"),
+        ({"kind": "sensor_bias", "magnitude": 1.0, "rate": 1.0}, "takes no 'rate'"),
+        ({"kind": "sensor_dropout", "unit": "degC"}, "has no magnitude or rate to give a 'unit'"),
+        ({"kind": "comm_drop", "target": "*", "duration": 1.0}, "it takes no 'duration'"),
+        ({"kind": "comm_restart", "target": "Tbot", "duration": 1.0}, "its target must be '*'"),
+    ],
+)
+def test_fields_a_kind_would_ignore_are_refused(fields: dict[str, Any], sentence: str) -> None:
+    with pytest.raises(FaultRefusedError, match=re.escape(sentence)):
+        parse_fault({"target": "y", "start": 0.0} | fields)

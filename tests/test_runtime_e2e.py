@@ -110,8 +110,8 @@ class Bench:
         plant = self.rig.plant
         advance = plant.advance
 
-        def advance_and_record(inputs: Mapping[str, float]) -> None:
-            advance(inputs)
+        def advance_and_record(inputs: Mapping[str, float], **kw: Any) -> None:
+            advance(inputs, **kw)
             self.true_tbot.append((plant.t, plant.true_state().outputs["Tbot"]))
 
         plant.advance = advance_and_record  # type: ignore[method-assign]

@@ -317,7 +317,8 @@ def run_campaign(
     criteria = [c.model_dump(mode="json") for c in campaign.spec.criteria]
     jobs = []
     for case in campaign.cases:
-        if not settings.force and (prev := previous_result(out, case, settings.mode)):
+        mode = case.run_mode(settings.mode)
+        if not settings.force and (prev := previous_result(out, case, mode)):
             outcome.results[case.id] = prev
             outcome.skipped.append(case.id)
             continue
@@ -329,7 +330,7 @@ def run_campaign(
                 "out": str(out.resolve()),
                 "site": str(campaign.site_path.resolve()),
                 "controller": str(campaign.controller_path) if campaign.controller_path else None,
-                "mode": settings.mode,
+                "mode": mode,
                 "rate": _rate(campaign, settings),
             }
         )

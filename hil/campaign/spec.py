@@ -84,6 +84,9 @@ class Block(Strict):
     description: str = ""
     factors: dict[str, dict[Annotated[str, Field(pattern=NAME)], Overlay]]
     seeds: tuple[Annotated[int, Field(ge=0)], ...] = (0,)
+    #: the mode these cases need whatever the campaign's (``hil``: a fault that only real
+    #: servers can carry out, such as comm_latency); None runs them in the campaign's mode
+    mode: Literal["fast", "hil"] | None = None
 
     @model_validator(mode="after")
     def _non_empty(self) -> Block:
@@ -284,9 +287,15 @@ class Case:
     scenario: dict[str, Any]  # a complete scenario file's content (absolute plant path)
     controller_loss_at: float | None
     criteria: tuple[str, ...]  # the requirement IDs that apply
+    mode: str | None = None  # the mode this case needs (None: the campaign's)
+
+    def run_mode(self, campaign_mode: str) -> str:
+        """The mode this case runs in: its own if it needs one, else the campaign's."""
+        return self.mode or campaign_mode
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "mode": self.mode,
             "id": self.id,
             "index": self.index,
             "factors": dict(self.factors),
@@ -306,6 +315,7 @@ class Case:
             scenario=data["scenario"],
             controller_loss_at=data["controller_loss_at"],
             criteria=tuple(data["criteria"]),
+            mode=data.get("mode"),
         )
 
     @property
@@ -402,7 +412,7 @@ def _expand(
                 if spec.duration is not None:
                     sc["duration"] = spec.duration
                 applying = tuple(c.id for c in spec.criteria if _applies(c, factors, loss))
-                cases.append(Case(case_id, index, factors, seed, sc, loss, applying))
+                cases.append(Case(case_id, index, factors, seed, sc, loss, applying, block.mode))
     return cases, problems
 
 

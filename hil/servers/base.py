@@ -3,6 +3,11 @@
 ``write_hook`` hears every client write (a returned reason refuses it: Modbus exception 03,
 OPC UA BadOutOfRange); ``publish`` sets the PLC's values; ``latency``, ``bad_tags``,
 ``drop_connections`` and ``stop``/``start`` inject communication faults.
+
+``bad_tags`` takes real tag names only: a name the tag map does not have (a typo, or a
+wildcard such as ``"*"`` that was not expanded against the tag map) raises KeyError instead of
+silently matching nothing. ``unsupported_faults`` names the fault kinds a server cannot carry
+out, with the reason, so the rig refuses them instead of running them as no-ops.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from types import TracebackType
-from typing import Self
+from typing import ClassVar, Self
+
+from controller.tags import TagMap
 
 WriteHook = Callable[[str, float], "str | None"]
 
@@ -19,9 +26,27 @@ WriteHook = Callable[[str, float], "str | None"]
 class PlcServer(ABC):
     """A PLC's protocol face, built from a tag map; an async context manager."""
 
+    tags: TagMap
     write_hook: WriteHook | None
     latency: float
-    bad_tags: dict[str, str]
+    #: fault kind -> why this server cannot carry it out (the rig refuses such faults)
+    unsupported_faults: ClassVar[Mapping[str, str]] = {}
+    _bad_tags: dict[str, str]
+
+    @property
+    def bad_tags(self) -> dict[str, str]:
+        """Tag -> reason: the tags whose reads (and writes) fail with a communication fault."""
+        return self._bad_tags
+
+    @bad_tags.setter
+    def bad_tags(self, value: Mapping[str, str]) -> None:
+        unknown = sorted(set(value) - set(self.tags.tags))
+        if unknown:
+            raise KeyError(
+                f"bad_tags: unknown tag(s) {unknown} for the map {self.tags.name!r}; a wildcard "
+                "must be expanded against the tag map first (hil.faults.expand_tags)"
+            )
+        self._bad_tags = dict(value)
 
     @abstractmethod
     async def start(self) -> None:

@@ -9,12 +9,15 @@ range check (``write_check``) and then its ``write_hook``, as they do over Modbu
 
 Communication faults, as far as they mean anything without a network:
 
-* ``bad_tags``: the tags read with bad quality;
+* ``bad_tags``: the tags read with bad quality (value NaN); writes of them are refused, as
+  Modbus (exception 04) and OPC UA (BadCommunicationError) refuse them;
 * ``stop``/``start`` (``comm_restart``) and ``drop_connections`` (``comm_drop``): the port's
   next operations fail with :class:`~controller.errors.PortConnectError`, as a client whose
   connection was dropped would see, until the server is back (drop: the next operation);
-* ``latency``: wall-clock seconds; on a stepped clock it cannot delay process time, so it is
-  recorded but has no effect here (the HIL mode exercises it).
+* ``latency`` (``comm_latency``): wall-clock seconds added to every answer. The fast mode has
+  no wall clock (a stepped clock moves process time only when the driver says so), so this
+  server cannot delay anything: the kind is in :attr:`unsupported_faults` (the rig refuses
+  such a fault at load and at injection) and a non-zero ``latency`` raises ValueError.
 
 Values are stored in engineering units, unquantized (no register codec).
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Iterable, Mapping
 from datetime import datetime
+from typing import ClassVar
 
 from controller.clock import Clock
 from controller.errors import PortConnectError
@@ -36,20 +40,40 @@ from hil.servers.base import PlcServer, WriteHook
 class MemoryPlcServer(PlcServer):
     """A PLC image in memory, laid out from a tag map."""
 
+    unsupported_faults: ClassVar[Mapping[str, str]] = {
+        "comm_latency": (
+            "the in-memory PLC of the fast mode runs on a stepped clock, with no wall-clock "
+            "time to delay its answers by; run this case in hil mode (Modbus TCP or OPC UA)"
+        )
+    }
+
     def __init__(self, tags: TagMap, clock: Clock) -> None:
         self.tags = tags
         self.clock = clock
         self.table: TagTable = table_from_tag_map(tags)
         self.write_hook: WriteHook | None = None
         self.write_check: WriteHook | None = None
-        self.latency = 0.0
-        self.bad_tags: dict[str, str] = {}
+        self._latency = 0.0
+        self.bad_tags = {}
         self.listening = False
         self._dropped = False
         self.table.write_check = self._check
         self.table.write_hook = self._hook
 
+    @property
+    def latency(self) -> float:
+        """Always 0: see the module's notes on ``comm_latency``."""
+        return self._latency
+
+    @latency.setter
+    def latency(self, seconds: float) -> None:
+        if seconds != 0.0:
+            raise ValueError(f"latency {seconds:g} s: {self.unsupported_faults['comm_latency']}")
+        self._latency = 0.0
+
     def _check(self, tag: str, value: float) -> str | None:
+        if tag in self.bad_tags:
+            return f"{tag}: {self.bad_tags[tag]} (bad status)"
         return self.write_check(tag, value) if self.write_check is not None else None
 
     def _hook(self, tag: str, value: float) -> str | None:

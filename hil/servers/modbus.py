@@ -113,7 +113,7 @@ class ModbusPlcServer(PlcServer):
         #: any is applied, so a request refused with exception 03 changes nothing in the PLC.
         self.write_check: WriteHook | None = None
         self.latency = 0.0
-        self.bad_tags: dict[str, str] = {}
+        self.bad_tags = {}
         self.clamp = False
         self.plc_range: dict[str, tuple[float, float]] = {
             name: tag.limits

@@ -224,7 +224,7 @@ class OpcUaPlcServer(PlcServer):
         self.allow_anonymous = allow_anonymous
         self.write_hook: WriteHook | None = None
         self.latency = 0.0
-        self.bad_tags: dict[str, str] = {}
+        self.bad_tags = {}
         self.ranges: dict[ua.NodeId, tuple[float, float]] = {}
         self.types: dict[str, ua.VariantType] = {}
         self.read_requests = 0
