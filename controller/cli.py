@@ -212,7 +212,9 @@ def forecast_command(
             if text:
                 console.print(f"  {row['plan']}: {text}", highlight=False, markup=False)
     json_path = fc.write_json(result, out / "forecast.json")
-    png_path = fc.plot_forecast(result, out / "forecast.png")
+    m = site.model
+    names = (*m.all_variables, *m.expression_names)
+    png_path = fc.plot_forecast(result, out / "forecast.png", {n: m.unit_of(n) for n in names})
     console.print(f"wrote {json_path} and {png_path}", highlight=False, markup=False)
     return 0
 

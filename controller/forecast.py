@@ -939,12 +939,20 @@ def _label(pf: PlanForecast) -> str:
     return f"{pf.plan.name}: {values}" if values else pf.plan.name
 
 
-def plot_forecast(fc: Forecast, path: Path) -> Path:
-    """Inputs and key expressions over batch time, one colour per plan, CQAs in the legend."""
+def plot_forecast(fc: Forecast, path: Path, units: Mapping[str, str] | None = None) -> Path:
+    """Inputs and key expressions over batch time, one colour per plan, CQAs in the legend.
+
+    ``units`` (name -> unit) labels every y axis. A forecast with nothing ahead (the batch
+    has ended, or every plan failed) is drawn as a page that says why, not as empty panels.
+    """
     from matplotlib.figure import Figure
 
+    units = units or {}
     inputs = list(fc.plans[0].inputs) if fc.plans else list(fc.start.inputs)
     panels = [*inputs, *_key_expressions(fc)]
+    ahead = [pf for pf in fc.plans if len(pf.t) > 1 and not pf.failed]
+    if not ahead:
+        return _plot_nothing_ahead(fc, Path(path))
     fig = Figure(figsize=(9.0, 2.2 * max(len(panels), 1) + 0.6), layout="constrained")
     axes = fig.subplots(max(len(panels), 1), 1, sharex=True, squeeze=False)[:, 0]
     for i, pf in enumerate(fc.plans):
@@ -962,7 +970,7 @@ def plot_forecast(fc: Forecast, path: Path) -> Path:
                 label=_label(pf),
             )
     for ax, name in zip(axes, panels, strict=False):
-        ax.set_ylabel(name)
+        ax.set_ylabel(f"{name} [{units[name]}]" if units.get(name) else name)
         ax.axvline(fc.start.t, color="grey", linestyle=":", linewidth=1)
         ax.grid(True, alpha=0.3)
     axes[-1].set_xlabel(f"batch time [{fc.time_unit}]" if fc.time_unit else "batch time")
@@ -971,6 +979,26 @@ def plot_forecast(fc: Forecast, path: Path) -> Path:
         fig.legend(handles, labels, loc="outside lower center", fontsize="small")
     fig.suptitle(f"{fc.site} forecast from t = {fc.start.t:.4g} {fc.time_unit}".strip())
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _plot_nothing_ahead(fc: Forecast, path: Path) -> Path:
+    """A page saying why there is nothing to draw (never empty panels that look like data)."""
+    from matplotlib.figure import Figure
+
+    if not fc.plans:
+        why = "no plan was forecast"
+    elif all(pf.failed for pf in fc.plans):
+        why = "every plan failed: " + "; ".join(f"{pf.plan.name}: {pf.failed}" for pf in fc.plans)
+    else:
+        why = (
+            f"the batch has ended: nothing is left to forecast from t = {fc.start.t:.4g} "
+            f"{fc.time_unit}".rstrip()
+        )
+    fig = Figure(figsize=(9.0, 2.0))
+    fig.text(0.5, 0.5, f"{fc.site} forecast: {why}", ha="center", va="center", wrap=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     return path

@@ -100,6 +100,7 @@ class PlantRunner:
         disturbances: Sequence[Disturbance] = (),
         seed: int = 0,
         t0: float = 0.0,
+        initial_inputs: Mapping[str, float] | None = None,
     ) -> None:
         if not (math.isfinite(sample_time) and sample_time > 0):
             raise ScenarioError(
@@ -111,7 +112,7 @@ class PlantRunner:
         self._p = model.parameter_vector()
         self._x = model.vector(Role.STATE, {**model.initial_state, **(initial_state or {})})
         self._z = model.vector(Role.ALGEBRAIC, model.initial_algebraic)
-        self._u = model.vector(Role.INPUT, model.nominal_inputs)
+        self._u = model.vector(Role.INPUT, {**model.nominal_inputs, **(initial_inputs or {})})
         self._noise = {name: float(s) for name, s in (noise_std or {}).items() if s > 0}
         self._disturbances = tuple(disturbances)
         self._rng = np.random.default_rng(seed)
@@ -122,11 +123,10 @@ class PlantRunner:
         self.fault: PlantFault | None = None
         #: the true state at the exact time of the batch's natural end, once reached
         self.end_state: PlantState | None = None
-        if model.is_dae:
-            solver = model.algebraic_solver()
-            if solver is not None:
-                z = solver(self._z, self._x, self._u, self._p)
-                self._z = np.asarray(z, dtype=float).ravel()
+        self._alg = model.algebraic_solver()
+        if self._alg is not None:
+            z = self._alg(self._z, self._x, self._u, self._p)
+            self._z = np.asarray(z, dtype=float).ravel()
         start = model.validity_violations(
             model.as_dict(Role.STATE, self._x), model.as_dict(Role.ALGEBRAIC, self._z)
         )
@@ -199,11 +199,25 @@ class PlantRunner:
         self._check_domain(x, z, tb)
         self._x, self._z, self._u = x, z, u1
 
+    def _consistent_z(self, u0: np.ndarray) -> np.ndarray:
+        """The algebraic state consistent with the inputs at the step's start.
+
+        After a large input jump (a shelf from -35 to +120 degC) the previous algebraic value
+        is a poor guess for the integrator's own initialisation (IDACalcIC fails); a Newton
+        solve at the new inputs, from the previous value, gives it a consistent start."""
+        if self._alg is None or np.array_equal(u0, self._u):
+            return self._z
+        try:
+            z = np.asarray(self._alg(self._z, self._x, u0, self._p), dtype=float).ravel()
+        except RuntimeError:
+            return self._z  # the integrator's own initialisation has its chance
+        return z if np.all(np.isfinite(z)) else self._z
+
     def _solve(
         self, ta: float, h: float, u0: np.ndarray, u1: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         try:
-            xf, zf = self._step(self._x, self._z, u0, u1, self._p, h)
+            xf, zf = self._step(self._x, self._consistent_z(u0), u0, u1, self._p, h)
         except RuntimeError as exc:
             raise ScenarioError(
                 f"true plant {self.model.name!r} failed to integrate at t={ta:g} "

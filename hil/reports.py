@@ -81,15 +81,16 @@ def write_plot(run: ScenarioRun, path: Path) -> Path:
         if key.startswith("x.") and np.isfinite(est).any():
             ax.plot(t, est, "--", color="tab:orange", label="estimate")
         lo, hi = _bounds(run, name)
-        for b in (lo, hi):
+        for b, side in ((lo, "lower"), (hi, "upper")):
             if b is not None:
-                ax.axhline(b, color="tab:red", ls=":", lw=1)
-        ax.set_title(f"{name} [{unit}]", fontsize=9)
+                ax.axhline(b, color="tab:red", ls=":", lw=1, label=f"{side} limit {b:g} {unit}")
+        ax.set_title(name, fontsize=9)
+        ax.set_ylabel(f"[{unit}]", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="best")
     for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
-    axes.flat[0].legend(fontsize=7)
     fig.supxlabel(f"time [{m.time_unit}]", fontsize=9)
     title = f"{run.scenario.name}: {run.scenario.description}"
     fig.suptitle(textwrap.fill(title, width=int(38 * cols)), fontsize=10)

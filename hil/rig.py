@@ -77,6 +77,7 @@ class HilRig:
             noise_std=tp.noise_std,
             disturbances=tp.disturbances,
             seed=tp.seed,
+            initial_inputs=self.scenario.initial_inputs,
         )
         import numpy as np
 
@@ -98,6 +99,7 @@ class HilRig:
         )
         self._recipe = recipe
         working = recipe.inputs_at(0.0) if recipe is not None else self.model.nominal_inputs
+        working = {**working, **self.scenario.initial_inputs}
         self.vplc = VirtualPlc(
             site.tags,
             self.hil.plc,

@@ -191,6 +191,8 @@ class PlantModel(ABC):
     description: ClassVar[str] = ""
     variables: ClassVar[tuple[Variable, ...]]
     parameter_units: ClassVar[Mapping[str, str]]
+    #: the unit of every named expression (plots, KPI tables and reports label axes with it)
+    expression_units: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, parameter_set: ParameterSet, *, smooth: bool = False) -> None:
         """Bind the declaration to parameter data.
@@ -299,6 +301,19 @@ class PlantModel(ABC):
             raise ModelError(
                 f"model {self.name!r} has no variable {name!r}; known: {sorted(self._vars)}"
             ) from exc
+
+    def unit_of(self, name: str) -> str:
+        """The unit of a variable, expression or parameter (``""`` if the name is unknown)."""
+        if name in self._vars:
+            return self._vars[name].unit
+        if name in self.expression_units:
+            return self.expression_units[name]
+        return self.parameter_units.get(name, "")
+
+    def label(self, name: str) -> str:
+        """``name [unit]`` for an axis or a table column (just ``name`` when unitless)."""
+        unit = self.unit_of(name)
+        return f"{name} [{unit}]" if unit else name
 
     @property
     def all_variables(self) -> Mapping[str, Variable]:

@@ -42,6 +42,11 @@ class Bioreactor(PlantModel):
         Variable("P_meas", "g/L", Role.OUTPUT, description="product titer, online HPLC"),
         Variable("V_meas", "L", Role.OUTPUT, description="volume from load cells", scale=100.0),
     )
+    expression_units: ClassVar[Mapping[str, str]] = {
+        "growth_rate": "1/h",
+        "titer": "g/L",
+        "product_mass": "g",
+    }
     parameter_units: ClassVar[Mapping[str, str]] = {
         "mu_m": "1/h",
         "K_m": "g/L",

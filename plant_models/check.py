@@ -50,6 +50,9 @@ def _check_declaration(model: PlantModel) -> list[str]:
             problems.append(f"variable {v.name!r} has unordered bounds [{v.lower}, {v.upper}]")
         if not (math.isfinite(v.scale) and v.scale > 0):
             problems.append(f"variable {v.name!r} has a bad scale {v.scale!r}")
+    for name in model.expression_names:
+        if not model.unit_of(name):
+            problems.append(f"expression {name!r} has no unit (expression_units)")
     if not model.state_names:
         problems.append("the model declares no state")
     if not model.input_names:

@@ -46,6 +46,19 @@ class Crystallizer(PlantModel):
         Variable("C_meas", "g/g", Role.OUTPUT, description="concentration, ATR-FTIR", scale=0.1),
         Variable("count_meas", "#/g", Role.OUTPUT, description="particle count, FBRM", scale=1e2),
     )
+    expression_units: ClassVar[Mapping[str, str]] = {
+        "supersaturation": "-",
+        "growth_rate": "um/s",
+        "nucleation_rate": "#/g/s",
+        "solubility": "g/g",
+        "metastable_limit": "g/g",
+        "above_solubility": "g/g",
+        "below_metastable": "g/g",
+        "seed_growth": "um^3/g",
+        "seed_mean_size": "um",
+        "mean_size_with_fines": "um",
+        "fines_volume": "um^3/g",
+    }
     parameter_units: ClassVar[Mapping[str, str]] = {
         "cs0": "g/g",
         "cs1": "g/g/K",

@@ -72,6 +72,12 @@ class VanDeVusseCSTR(PlantModel):
         Variable("T_R_meas", "degC", Role.OUTPUT, description="reactor temperature", scale=100.0),
         Variable("T_K_meas", "degC", Role.OUTPUT, description="jacket temperature", scale=100.0),
     )
+    expression_units: ClassVar[Mapping[str, str]] = {
+        "k1": "1/h",
+        "k2": "1/h",
+        "k3": "L/mol/h",
+        "selectivity_b": "mol/L/h",
+    }
     parameter_units: ClassVar[Mapping[str, str]] = {
         "k0_ab": "1/h",
         "k0_ad": "L/mol/h",

@@ -44,6 +44,17 @@ class Lyophilizer(PlantModel):
         Variable("Pch", "Torr", Role.INPUT, 0.03, 0.5, "chamber pressure", scale=0.1),
         Variable("Tbot", "degC", Role.OUTPUT, -80.0, 40.0, "vial-bottom product temperature", 10.0),
     )
+    expression_units: ClassVar[Mapping[str, str]] = {
+        "Psub": "Torr",
+        "Kv": "cal/s/K/cm^2",
+        "Rp": "cm^2*h*Torr/g",
+        "Lpr0": "cm",
+        "percent_dried": "%",
+        "sublimation_rate": "kg/h",
+        "capability_margin": "kg/h",
+        "margin_to_collapse": "K",
+        "drying_progress": "cm",
+    }
     parameter_units: ClassVar[Mapping[str, str]] = {
         "rho_ice": "g/mL",
         "rho_solute": "g/mL",

@@ -227,3 +227,18 @@ def test_crystallizer_sizes_are_named_for_what_they_average() -> None:
     both = (x["mu1"] + x["mu1n"]) / (x["mu0"] + x["mu0n"])
     assert ev.expressions["mean_size_with_fines"] == pytest.approx(both)
     assert both < 0.5 * seeds and "mean_size" not in ev.expressions
+
+
+@pytest.mark.parametrize("step_at", [0, 3])
+def test_a_large_shelf_step_integrates_from_a_consistent_algebraic_state(step_at: int) -> None:
+    """-45 -> +120 degC in one move (at t = 0, or mid-run): the front temperature is solved at
+    the new shelf temperature before the step, so IDAS's initialisation does not fail."""
+    model = build_model(PLANTS / "lyophilizer.yaml")
+    plant = PlantRunner(model, 0.05, initial_inputs={"Tsh": -45.0, "Pch": 0.1})
+    for _ in range(step_at):
+        plant.advance({"Tsh": -45.0, "Pch": 0.1})
+    cold = plant.true_state().outputs["Tbot"]
+    plant.advance({"Tsh": 120.0, "Pch": 0.1})
+    hot = plant.true_state()
+    assert hot.inputs["Tsh"] == 120.0 and hot.outputs["Tbot"] > cold + 5.0
+    assert plant.fault is None

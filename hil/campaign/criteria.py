@@ -49,6 +49,8 @@ class Recording:
     events: list[dict[str, Any]] = field(default_factory=list)
     #: the exact time of the batch's natural end (located inside the plant's step), if reached
     finished_at: float | None = None
+    #: the unit of every model name (axes and tables are labelled with them)
+    units: dict[str, str] = field(default_factory=dict)
 
     def column(self, name: str) -> np.ndarray:
         return np.array([r.get(name, math.nan) for r in self.rows], dtype=float)

@@ -533,8 +533,16 @@ def _plot_png(trajectory: Path, checks: Iterable[str], title: str) -> bytes:
     nrows = max(1, math.ceil(len(panels) / ncols))
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 1.9 * nrows + 0.6), squeeze=False)
     try:
+        meta = schema.metadata or {}
+        try:
+            units = json.loads(meta.get(b"units", b"{}").decode())
+        except ValueError:
+            units = {}
         for ax, name in zip(axes.flat, panels, strict=False):
             _draw_panel(ax, t, cols, name, bands)
+            ax.set_ylabel(
+                f"[{units[name]}]" if units.get(name) else "(unit not recorded)", fontsize=7
+            )
         for ax in list(axes.flat)[len(panels) :]:
             ax.set_visible(False)
         unit = (schema.metadata or {}).get(b"time_unit", b"").decode(errors="replace")

@@ -157,6 +157,9 @@ class Recorder:
 
     def __init__(self, site: Site, unit_s: float) -> None:
         self.rec = Recording(unit_s=unit_s, time_unit=site.model.time_unit)
+        m = site.model
+        names = (*m.all_variables, *m.expression_names, *m.parameter_names)
+        self.rec.units = {n: m.unit_of(n) for n in names if m.unit_of(n)}
         if site.hil is not None:
             self.rec.heartbeat_timeout_s = site.hil.plc.heartbeat_timeout
         self.inputs = site.model.input_names
@@ -213,12 +216,17 @@ class Recorder:
         self.rec.cycles.append(row)
 
 
-def _table(rows: list[dict[str, Any]], time_unit: str) -> pa.Table:
+def _table(
+    rows: list[dict[str, Any]], time_unit: str, units: Mapping[str, str] | None = None
+) -> pa.Table:
+    """The rows as a table; the metadata hold the time unit and each model name's unit (the
+    reports label their axes with them)."""
     names: dict[str, None] = {}
     for r in rows:
         names.update(dict.fromkeys(r))
     table = pa.table({n: [r.get(n) for r in rows] for n in names})
-    return table.replace_schema_metadata({"time_unit": time_unit})
+    meta = {"time_unit": time_unit, "units": json.dumps(dict(units or {}))}
+    return table.replace_schema_metadata(meta)
 
 
 # ---------------------------------------------------------------------- drivers
@@ -489,8 +497,8 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
             execute(site_file, case, case_dir, job["mode"], float(job["rate"]))
         )
         unit = rec.time_unit
-        pq.write_table(_table(rec.rows, unit), case_dir / "trajectory.parquet")
-        pq.write_table(_table(rec.cycles, unit), case_dir / "cycles.parquet")
+        pq.write_table(_table(rec.rows, unit, rec.units), case_dir / "trajectory.parquet")
+        pq.write_table(_table(rec.cycles, unit, rec.units), case_dir / "cycles.parquet")
         if rec.events:
             write_json(case_dir / "events.json", rec.events)
             result["events"] = rec.events
