@@ -283,6 +283,32 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--duration", type=float, default=None, help="stop after S process s")
     r.add_argument("--audit", type=Path, default=Path("pharmatwin-audit.db"))
     r.add_argument("--historian", type=Path, default=Path("pharmatwin-history.db"))
+    r.add_argument(
+        "--ui",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve the operator web view, e.g. 127.0.0.1:8080 (read-only without a login)",
+    )
+    r.add_argument(
+        "--users",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="operator-view users (mode 0600; hashes from `python -m controller.users`)",
+    )
+    r.add_argument(
+        "--metrics",
+        default=None,
+        metavar="HOST:PORT",
+        help="Prometheus metrics, e.g. 127.0.0.1:9108",
+    )
+    r.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="let --ui/--metrics bind a non-loopback address (needs --tls-cert and --tls-key)",
+    )
+    r.add_argument("--tls-cert", type=Path, default=None, metavar="FILE", help="PEM certificate")
+    r.add_argument("--tls-key", type=Path, default=None, metavar="FILE", help="PEM private key")
     a = sub.add_parser("audit", help="the audit trail")
     asub = a.add_subparsers(dest="audit_command", required=True)
     av = asub.add_parser(
@@ -417,6 +443,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             from controller.runtime import RunOptions
             from controller.runtime import run as run_runtime
             from controller.supervisor import Mode
+            from controller.ui.bind import Bind, parse_bind
+
+            def bind(flag: str, text: str | None) -> Bind | None:
+                if text is None:
+                    return None
+                return parse_bind(
+                    flag,
+                    text,
+                    allow_remote=args.allow_remote,
+                    tls_cert=args.tls_cert,
+                    tls_key=args.tls_key,
+                )
 
             opts = RunOptions(
                 mode=Mode(args.mode),
@@ -425,6 +463,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 duration_s=args.duration,
                 audit_path=args.audit,
                 historian_path=args.historian,
+                ui=bind("--ui", args.ui),
+                users_path=args.users,
+                metrics=bind("--metrics", args.metrics),
             )
             result = asyncio.run(run_runtime(args.site, opts))
             console.print(f"stopped: {vars(result.counters)}", highlight=False)

@@ -17,10 +17,10 @@ import contextlib
 import logging
 import math
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from controller.audit import AuditTrail, file_hash
 from controller.clock import Clock, RealClock, ScaledClock
@@ -34,6 +34,7 @@ from controller.ports.base import Port, Quality, Snapshot
 from controller.ports.factory import make_port
 from controller.site import Site, load_site
 from controller.supervisor import Counters, CycleView, Mode, State, Supervisor
+from controller.ui.bind import Bind
 
 log = logging.getLogger("pharmatwin.runtime")
 
@@ -46,6 +47,27 @@ class RunOptions:
     duration_s: float | None = None  # process seconds
     audit_path: Path = Path("pharmatwin-audit.db")
     historian_path: Path | None = Path("pharmatwin-history.db")
+    #: the operator side, never on the control path (see :class:`Sink`)
+    ui: Bind | None = None  # the web view (controller.ui)
+    users_path: Path | None = None  # who may act in the web view (controller.users)
+    metrics: Bind | None = None  # Prometheus (controller.metrics)
+    sd_notify: bool = True  # READY=1 and WATCHDOG=1 when systemd gives NOTIFY_SOCKET
+
+
+class Sink(Protocol):
+    """The operator side of a run (web view, metrics, systemd watchdog): started with the
+    supervisor, handed every cycle's view after the historian, closed at the end. A sink that
+    raises is logged and counted; it never stops the control loop."""
+
+    def start(self, sup: Supervisor, stop: asyncio.Event) -> None: ...
+
+    def cycle(self, sup: Supervisor, view: CycleView) -> None: ...
+
+    def close(self) -> None: ...
+
+
+#: cycles whose sinks raised (a broken display must not touch control; it is logged)
+SINK_FAILURES: dict[str, int] = {}
 
 
 def config_files(site: Site) -> list[Path]:
@@ -87,16 +109,26 @@ def historian_sink(historian: Historian, predict_steps: int) -> Any:
 
 
 def _sinks(
-    sink: Callable[[Supervisor, CycleView], None], observer: Callable[[CycleView], None] | None
+    sink: Callable[[Supervisor, CycleView], None],
+    observer: Callable[[CycleView], None] | None,
+    sinks: Sequence[Sink] = (),
 ) -> Callable[[Supervisor, CycleView], None]:
-    if observer is None:
+    if observer is None and not sinks:
         return sink
 
-    def both(sup: Supervisor, view: CycleView) -> None:
+    def every(sup: Supervisor, view: CycleView) -> None:
         sink(sup, view)
-        observer(view)
+        if observer is not None:
+            observer(view)
+        for s in sinks:
+            try:
+                s.cycle(sup, view)
+            except Exception:
+                name = type(s).__name__
+                SINK_FAILURES[name] = SINK_FAILURES.get(name, 0) + 1
+                log.exception("cycle %d: the %s sink failed (control goes on)", view.cycle, name)
 
-    return both
+    return every
 
 
 async def run_site(
@@ -108,10 +140,12 @@ async def run_site(
     policy: Policy | None = None,
     stop: asyncio.Event | None = None,
     observer: Callable[[CycleView], None] | None = None,
+    sinks: Sequence[Sink] = (),
 ) -> Supervisor:
     """Run the supervised loop until stopped; returns the supervisor (state, counters).
 
-    ``observer`` sees every cycle after the historian (a campaign records its run there).
+    ``observer`` sees every cycle after the historian (a campaign records its run there);
+    ``sinks`` are the operator side (:class:`Sink`), started before the first cycle.
     """
     clock = clock or (RealClock() if opts.rate == 1.0 else ScaledClock(opts.rate))
     files = config_files(site)
@@ -140,14 +174,18 @@ async def run_site(
         pipeline,
         mode=opts.mode,
         audit=audit,
-        historian=_sinks(historian_sink(historian, site.runtime.predicted_steps), observer),
+        historian=_sinks(historian_sink(historian, site.runtime.predicted_steps), observer, sinks),
         run_id=info.run_id,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
+    started: list[Sink] = []
     try:
+        for s in sinks:
+            s.start(sup, stop)
+            started.append(s)
         try:
             await port.connect()
         except PortError as exc:  # the loop keeps trying, with the port's backoff
@@ -155,6 +193,11 @@ async def run_site(
         await sup.run(stop, cycles=opts.cycles, duration_s=opts.duration_s)
     finally:
         await port.close()
+        for s in started:
+            try:
+                s.close()
+            except Exception:
+                log.exception("closing the %s sink failed", type(s).__name__)
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(sig)
@@ -270,6 +313,26 @@ def check_options(site: Site, opts: RunOptions) -> list[Problem]:
     return problems
 
 
+def operator_sinks(opts: RunOptions) -> list[Sink]:
+    """The sinks ``opts`` asks for (the users file is checked here: ConfigError)."""
+    sinks: list[Sink] = []
+    if opts.sd_notify:
+        from controller.sdnotify import WatchdogSink
+
+        sinks.append(WatchdogSink.from_environment())
+    if opts.metrics is not None:
+        from controller.metrics import MetricsSink
+
+        sinks.append(MetricsSink(opts.metrics))
+    if opts.ui is not None:
+        from controller.ui import OperatorView
+        from controller.users import load_users
+
+        users = load_users(opts.users_path) if opts.users_path is not None else None
+        sinks.append(OperatorView(opts.ui, users=users))
+    return sinks
+
+
 async def run(site_path: Path, opts: RunOptions) -> RunResult:
     """Load the site, run it until stopped, and judge the run (:meth:`Engagement.verdict`)."""
     site = load_site(site_path)
@@ -277,5 +340,5 @@ async def run(site_path: Path, opts: RunOptions) -> RunResult:
     if problems:
         raise ConfigError(problems)
     engagement = Engagement(opts.mode, site.connection.url)
-    sup = await run_site(site, opts, observer=engagement.observe)
+    sup = await run_site(site, opts, observer=engagement.observe, sinks=operator_sinks(opts))
     return RunResult(sup.counters, engagement)

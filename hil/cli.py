@@ -196,6 +196,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     ds.add_argument("--out", type=Path, default=None, help="results (runs/design-space/<name>)")
     ds.add_argument("--quiet", action="store_true", help="no progress bar")
+    ds.add_argument(
+        "--monte-carlo",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N draws of the uncertain parameters at every point: the probability map",
+    )
+    ds.add_argument(
+        "--probability",
+        type=float,
+        default=0.95,
+        help="with --monte-carlo: the probability whose contour bounds the design space (0.95)",
+    )
     chk = sub.add_parser(
         "check-config",
         help="check config files of every kind, the HIL's (campaign, tuning, design space) too",
@@ -475,6 +488,8 @@ def _design_space(args: argparse.Namespace, console: Console) -> int:
 
     space = load_design_space(args.design_space)
     out = args.out or Path("runs") / "design-space" / space.name
+    if args.monte_carlo:
+        return _probabilistic_design_space(args, space, out, console)
     outcome = run_design_space(
         space,
         out,
@@ -488,6 +503,45 @@ def _design_space(args: argparse.Namespace, console: Console) -> int:
     for key, path in outcome.files.items():
         console.print(f"{key}: {path}", highlight=False)
     return 0 if outcome.acceptable and not outcome.errors else 1
+
+
+def _probabilistic_design_space(
+    args: argparse.Namespace, space: Any, out: Path, console: Console
+) -> int:
+    from hil.design_space_mc import probability_table, run_probabilistic
+
+    if args.monte_carlo < 1 or not 0.0 < args.probability < 1.0:
+        console.print(
+            f"[red]error:[/] --monte-carlo must be at least 1 (got {args.monte_carlo}) and "
+            f"--probability strictly between 0 and 1 (got {args.probability})",
+            highlight=False,
+        )
+        return 2
+    outcome = run_probabilistic(
+        space,
+        out,
+        args.monte_carlo,
+        level=args.probability,
+        executor=args.executor,
+        workers=args.workers,
+        progress=not args.quiet,
+        console=console,
+    )
+    console.print(probability_table(outcome))
+    console.print(
+        f"{len(outcome.inside)}/{len(outcome.rows)} points meet every limit with probability "
+        f">= {args.probability:g} ({outcome.wall_time_s:.1f} s)",
+        highlight=False,
+    )
+    if outcome.errors:
+        first = next(r["first_error"] for r in outcome.rows if r["first_error"])
+        console.print(
+            f"[red]{outcome.errors} run(s) failed[/] and count as not acceptable; first: {first}",
+            highlight=False,
+        )
+    for key, path in outcome.files.items():
+        console.print(f"{key}: {path}", highlight=False)
+    return 0 if outcome.inside and not outcome.errors else 1
 
 
 def _check_config(files: Sequence[Path], console: Console) -> int:

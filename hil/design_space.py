@@ -115,6 +115,20 @@ class Limit(Strict):
         return self
 
 
+class Uncertainty(Strict):
+    """What ``--monte-carlo N`` draws at every grid point (see :mod:`hil.design_space_mc`).
+
+    ``parameters``: true-plant parameters drawn over their plausible ranges in the plant file
+    (None: every parameter with a range; ``[]``: none, the zero-uncertainty limit).
+    ``distribution``: ``uniform`` (Latin hypercube over the ranges) or ``triangular`` (mode at
+    the plant file's value).
+    """
+
+    parameters: tuple[str, ...] | None = None
+    distribution: Literal["uniform", "triangular"] = "uniform"
+    seed: Annotated[int, Field(ge=0)] = 0
+
+
 class DesignSpaceFile(Strict):
     name: str | None = None  # default: the file's stem
     description: str = ""
@@ -124,6 +138,7 @@ class DesignSpaceFile(Strict):
     factors: tuple[Factor, Factor]
     cqas: CqaSpec = CqaSpec()
     limits: dict[str, Limit] = Field(default_factory=dict)
+    uncertainty: Uncertainty = Uncertainty()
 
     @model_validator(mode="after")
     def _distinct(self) -> DesignSpaceFile:

@@ -199,31 +199,64 @@ class PlantRunner:
         self._check_domain(x, z, tb)
         self._x, self._z, self._u = x, z, u1
 
-    def _consistent_z(self, u0: np.ndarray) -> np.ndarray:
-        """The algebraic state consistent with the inputs at the step's start.
+    def _consistent_z(self, x: np.ndarray, z: np.ndarray, u0: np.ndarray) -> np.ndarray:
+        """The algebraic state consistent with ``x`` and the inputs at the step's start.
 
         After a large input jump (a shelf from -35 to +120 degC) the previous algebraic value
         is a poor guess for the integrator's own initialisation (IDACalcIC fails); a Newton
         solve at the new inputs, from the previous value, gives it a consistent start."""
-        if self._alg is None or np.array_equal(u0, self._u):
-            return self._z
+        if self._alg is None:
+            return z
         try:
-            z = np.asarray(self._alg(self._z, self._x, u0, self._p), dtype=float).ravel()
+            zc = np.asarray(self._alg(z, x, u0, self._p), dtype=float).ravel()
         except RuntimeError:
-            return self._z  # the integrator's own initialisation has its chance
-        return z if np.all(np.isfinite(z)) else self._z
+            return z  # the integrator's own initialisation has its chance
+        return zc if np.all(np.isfinite(zc)) else z
 
     def _solve(
         self, ta: float, h: float, u0: np.ndarray, u1: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
+        """Integrate ``h`` from the current state, the inputs ramping from ``u0`` to ``u1``.
+
+        A step the integrator cannot take whole is retried in halves (down to 1/16 of it):
+        the stiff last moments of a drying front or a sharp input ramp. A step that still
+        fails raises :class:`ScenarioError` naming the time and the inputs."""
+        return self._solve_from(self._x, self._z, ta, h, u0, u1, depth=0)
+
+    def _solve_from(
+        self,
+        x: np.ndarray,
+        z: np.ndarray,
+        ta: float,
+        h: float,
+        u0: np.ndarray,
+        u1: np.ndarray,
+        depth: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
         try:
-            xf, zf = self._step(self._x, self._consistent_z(u0), u0, u1, self._p, h)
+            xf, zf = self._step(x, self._consistent_z(x, z, u0), u0, u1, self._p, h)
+            return np.asarray(xf, dtype=float).ravel(), np.asarray(zf, dtype=float).ravel()
         except RuntimeError as exc:
-            raise ScenarioError(
-                f"true plant {self.model.name!r} failed to integrate at t={ta:g} "
-                f"{self.model.time_unit} with inputs {self.model.as_dict(Role.INPUT, u0)}: {exc}"
-            ) from exc
-        return np.asarray(xf, dtype=float).ravel(), np.asarray(zf, dtype=float).ravel()
+            # Where the equations stop holding (the front temperature reaching 0 degC: meltback)
+            # the integrator fails before any state is returned: the algebraic state consistent
+            # with the step's start tells whether it failed on the domain's edge.
+            zc = self._consistent_z(x, z, u0)
+            edge = self.model.validity_violations(
+                self.model.as_dict(Role.STATE, x), self.model.as_dict(Role.ALGEBRAIC, zc)
+            )
+            if edge:
+                self._x, self._z, self.t = x, zc, ta
+                self.fault = PlantFault(ta, self.model.time_unit, tuple(edge))
+                raise PlantDomainError(self.fault) from exc
+            if depth >= 4:
+                raise ScenarioError(
+                    f"true plant {self.model.name!r} failed to integrate at t={ta:g} "
+                    f"{self.model.time_unit} (a step of {h:.3g}) with inputs "
+                    f"{self.model.as_dict(Role.INPUT, u0)}: {exc}"
+                ) from exc
+        um = 0.5 * (u0 + u1)
+        xm, zm = self._solve_from(x, z, ta, h / 2, u0, um, depth + 1)
+        return self._solve_from(xm, zm, ta + h / 2, h / 2, um, u1, depth + 1)
 
     def _margin(self, x: np.ndarray) -> float | None:
         return self.model.finish_margin(self.model.as_dict(Role.STATE, x), self.parameters)

@@ -521,7 +521,8 @@ class PlantModel(ABC):
         xdot, alg, _, _ = self.evaluate_symbolic(xs * xsc, zs * zsc, u, p)
         dae: dict[str, Any] = {"x": xs, "t": tau, "p": ca.vertcat(u0, u1, p, h)}
         dae["ode"] = h * xdot / xsc
-        opts: dict[str, Any] = {"reltol": rtol, "abstol": atol}
+        # the caller reports a failed step itself (with the time, the inputs, the domain)
+        opts: dict[str, Any] = {"reltol": rtol, "abstol": atol, "disable_internal_warnings": True}
         if self.is_dae:
             dae.update(z=zs, alg=alg)
         raw = ca.integrator(

@@ -1,0 +1,67 @@
+"""Where an operator-side endpoint (the web view, the metrics) listens, checked at the edge.
+
+Loopback by default. Another address needs ``--allow-remote`` *and* TLS (a certificate and
+its key): anything else is refused with one sentence naming the flag and the value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from controller.errors import ConfigError, Problem
+
+
+@dataclass(frozen=True)
+class Bind:
+    host: str
+    port: int
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @property
+    def url(self) -> str:
+        scheme = "https" if self.tls_cert else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_bind(
+    flag: str,
+    text: str,
+    *,
+    allow_remote: bool = False,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+) -> Bind:
+    """``HOST:PORT`` checked; raises ConfigError (CLI exit 2) naming ``flag`` and ``text``."""
+    host, sep, port_text = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(
+            [Problem("command line", flag, "allowed: HOST:PORT, e.g. 127.0.0.1:8080", text)]
+        )
+    if (tls_cert is None) != (tls_key is None):
+        msg = "--tls-cert and --tls-key go together"
+        raise ConfigError([Problem("command line", "--tls-cert/--tls-key", msg, text)])
+    for name, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+        if path is not None and not path.is_file():
+            raise ConfigError([Problem("command line", name, "no such file", str(path))])
+    if not is_loopback(host):
+        if not allow_remote:
+            msg = f"{host} is not a loopback address; serving other machines needs --allow-remote"
+            raise ConfigError([Problem("command line", flag, msg + " and TLS", text)])
+        if tls_cert is None:
+            msg = "a non-loopback address needs TLS: give --tls-cert and --tls-key"
+            raise ConfigError([Problem("command line", flag, msg, text)])
+    return Bind(host, int(port_text), tls_cert, tls_key)

@@ -1,0 +1,71 @@
+"""The operator view in a real browser: Debian's headless Chromium, driven by Playwright's
+async API (no browser of Playwright's own), against the in-memory HIL and the runtime.
+
+Checks that the values on the page update, that a trend draws its limit, and that an
+acknowledge without a login is refused on the page. ``.ci/run`` installs /usr/bin/chromium
+when it is missing. Set PHARMATWIN_SCREENSHOT=FILE to keep a picture of the page."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from playwright.async_api import async_playwright
+from test_ui_api import running_twin
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+pytestmark = pytest.mark.timeout(120)
+
+
+async def test_page_updates_shows_limits_and_refuses_anonymous_ack(tmp_path: Path) -> None:
+    assert Path(CHROMIUM).is_file(), f"{CHROMIUM} is missing: apt-get install -y chromium"
+    async with running_twin(tmp_path) as twin, async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 1500})
+            await page.goto(twin.view.url + "/")
+            # values update: the cycle on the page moves on, without a reload
+            await page.wait_for_function("document.body.dataset.cycle !== ''", timeout=20000)
+            first = int(await page.eval_on_selector("body", "b => b.dataset.cycle"))
+            await page.wait_for_function(
+                f"Number(document.body.dataset.cycle) > {first + 1}", timeout=20000
+            )
+            assert (await page.text_content("#state")) in ("REQUESTING", "RUNNING", "HOLD")
+            assert (await page.text_content("#handshake")).count("mpc_") >= 3
+            # a trend draws its limits: dashed lines at the tag's limits, labelled
+            tag = "feed_dilution_sp"
+            shapes = await page.evaluate(
+                f"document.getElementById('trend-{tag}').layout.shapes.map(s => s.y0)"
+            )
+            meta = next(t for t in twin.view.meta["trends"] if t["tag"] == tag)
+            assert shapes == meta["limits"]
+            label = await page.text_content(f"#trend-{tag} .annotation-text")
+            assert label is not None and "limit" in label
+            points = await page.evaluate(f"document.getElementById('trend-{tag}').data[0].x.length")
+            assert points >= 2
+            # an acknowledge without a login is refused, and says why
+            result = await page.evaluate(
+                "fetch('/api/alarms/ack', {method: 'POST', headers: {'Content-Type': "
+                "'application/json'}, body: JSON.stringify({key: 'any', reason: 'seen'})})"
+                ".then(r => r.json().then(j => [r.status, j.error]))"
+            )
+            assert result[0] == 401 and "log in" in result[1]
+            await page.click("#release")
+            await page.wait_for_function("document.getElementById('message').textContent !== ''")
+            assert "refused (401)" in (await page.text_content("#message") or "")
+            assert not twin.stop.is_set()
+            shot = os.environ.get("PHARMATWIN_SCREENSHOT")
+            if shot:
+                await page.screenshot(path=shot, full_page=True)
+        finally:
+            await browser.close()
