@@ -24,7 +24,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from controller.errors import PharmaTwinError
-from hil import min_time
 from hil.kpis import Kpis, compute_kpis
 from hil.reports import write_kpis, write_parquet, write_plot
 from hil.simulate import run_scenario
@@ -214,7 +213,6 @@ def _parser() -> argparse.ArgumentParser:
         help="check config files of every kind, the HIL's (campaign, tuning, design space) too",
     )
     chk.add_argument("files", type=Path, nargs="+")
-    min_time.add_parser(sub)
     return p
 
 
@@ -579,8 +577,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _design_space(args, console)
         if args.command == "check-config":
             return _check_config(args.files, console)
-        if args.command == "min-time":
-            return min_time.command(args, console)
     except PharmaTwinError as exc:
         console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
         return 2
