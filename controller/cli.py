@@ -20,7 +20,7 @@ import math
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -39,6 +39,7 @@ from controller.tags import load_tag_map
 
 if TYPE_CHECKING:
     from controller.forecast import Forecast
+    from controller.runtime import RunResult
 
 EPILOG = """examples:
   pharmatwin check-config configs/sites/bioreactor-modbus.yaml configs/scenarios/cstr-mpc.yaml
@@ -238,6 +239,51 @@ def _forecast_table(result: Forecast) -> Table:
     return table
 
 
+class VersionAction(argparse.Action):
+    """``--version``: the installed package version and the git commit (looked up when asked)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kw: object):
+        super().__init__(
+            option_strings,
+            dest,
+            nargs=0,
+            default=argparse.SUPPRESS,
+            help="print the version (and git commit, if known) and exit",
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        sys.stdout.write(version_text(parser.prog) + "\n")
+        parser.exit()
+
+
+def version_text(prog: str) -> str:
+    """``prog 0.1.0 (git 1a2b3c4d5e6f)``; the commit is left out when git cannot tell."""
+    from controller.audit import software_version
+    from controller.historian import git_commit
+
+    version = software_version().removeprefix("pharmatwin ")
+    commit = git_commit()
+    return f"{prog} {version}" + (f" (git {commit[:12]})" if commit else "")
+
+
+def examples(*lines: str) -> dict[str, Any]:
+    """A subcommand's own examples, as ``add_parser`` keywords (raw epilog, kept as written)."""
+    return {
+        "epilog": "examples:\n" + "\n".join(f"  {line}" for line in lines),
+        "formatter_class": argparse.RawDescriptionHelpFormatter,
+    }
+
+
+SITE_HELP = "configs/sites/<name>.yaml"
+AUDIT_DB_HELP = "the audit database (default: pharmatwin-audit.db)"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pharmatwin",
@@ -245,6 +291,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action=VersionAction)
     sub = p.add_subparsers(dest="command", required=True)
     c = sub.add_parser(
         "check-config",
@@ -253,36 +300,126 @@ def _parser() -> argparse.ArgumentParser:
         "scenario: told apart by their keys), with every file it names. Campaign, tuning and "
         "design-space files are the HIL tools': `pharmatwin-hil check-config` checks them (and "
         "every other kind). Exit 0: every file ok; 1: a problem, or a file not checked here.",
+        **examples(
+            "pharmatwin check-config configs/sites/bioreactor-modbus.yaml",
+            "pharmatwin check-config configs/sites/*.yaml configs/scenarios/cstr-mpc.yaml",
+        ),
     )
-    c.add_argument("files", type=Path, nargs="+")
-    d = sub.add_parser("describe", help="show a plant model's variables and parameters")
+    c.add_argument("files", type=Path, nargs="+", help="config files of any kind the runtime reads")
+    d = sub.add_parser(
+        "describe",
+        help="show a plant model's variables and parameters",
+        **examples(
+            "pharmatwin describe configs/plants/lyophilizer.yaml",
+            "pharmatwin describe configs/plants/bioreactor.yaml",
+        ),
+    )
     d.add_argument("plant", type=Path, help="configs/plants/<name>.yaml")
-    t = sub.add_parser("tags", help="read or write PLC tags of a site (commissioning)")
+    _tags_parser(sub)
+    _run_parser(sub)
+    _audit_parser(sub)
+    h = sub.add_parser(
+        "history",
+        help="the process historian",
+        **examples("pharmatwin history export pharmatwin-history.db --parquet history.parquet"),
+    )
+    hsub = h.add_subparsers(dest="history_command", required=True)
+    he = hsub.add_parser(
+        "export",
+        help="export a historian database to Parquet",
+        **examples(
+            "pharmatwin history export pharmatwin-history.db --parquet history.parquet",
+            "pharmatwin history export pharmatwin-history.db --parquet one.parquet --run 3f2a9c",
+        ),
+    )
+    he.add_argument("db", type=Path, help="the historian database (pharmatwin run --historian)")
+    he.add_argument(
+        "--parquet", type=Path, required=True, metavar="FILE", help="the Parquet file to write"
+    )
+    he.add_argument("--run", default=None, metavar="RUN_ID", help="one run (default: all)")
+    _forecast_parser(sub)
+    return p
+
+
+def _tags_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    t = sub.add_parser(
+        "tags",
+        help="read or write PLC tags of a site (commissioning)",
+        **examples(
+            "pharmatwin tags read configs/sites/bioreactor-modbus.yaml",
+            "pharmatwin tags write configs/sites/bioreactor-modbus.yaml feed_rate_sp=0.05 "
+            '--reason "step test"',
+        ),
+    )
     tsub = t.add_subparsers(dest="tags_command", required=True)
-    tr = tsub.add_parser("read", help="one read of every readable tag, as a table")
-    tr.add_argument("site", type=Path)
+    tr = tsub.add_parser(
+        "read",
+        help="one read of every readable tag, as a table",
+        **examples(
+            "pharmatwin tags read configs/sites/bioreactor-modbus.yaml",
+            "pharmatwin tags read configs/sites/lyophilizer-opcua.yaml --watch --interval 2",
+            "pharmatwin tags read configs/sites/cstr-modbus.yaml --watch --count 10",
+        ),
+    )
+    tr.add_argument("site", type=Path, help=SITE_HELP)
     tr.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
     tr.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     tr.add_argument("--count", type=int, default=None, help="stop after N refreshes")
-    tw = tsub.add_parser("write", help="check limits, write, read back, audit and report")
-    tw.add_argument("site", type=Path)
-    tw.add_argument("assignments", nargs="+", metavar="TAG=VALUE")
+    tw = tsub.add_parser(
+        "write",
+        help="check limits, write, read back, audit and report",
+        **examples(
+            "pharmatwin tags write configs/sites/bioreactor-modbus.yaml feed_rate_sp=0.05 "
+            '--reason "step test"',
+            "pharmatwin tags write configs/sites/lyophilizer-opcua.yaml shelf_temp_sp=-30 "
+            '--reason "OQ-12" --user jdoe --audit /var/lib/pharmatwin/audit.db',
+        ),
+    )
+    tw.add_argument("site", type=Path, help=SITE_HELP)
+    tw.add_argument(
+        "assignments", nargs="+", metavar="TAG=VALUE", help="setpoint tags and engineering values"
+    )
     tw.add_argument("--reason", required=True, help="why (goes into the audit trail)")
     tw.add_argument("--user", default=None, help="who (default: the login name)")
-    tw.add_argument("--audit", type=Path, default=Path("pharmatwin-audit.db"))
+    tw.add_argument("--audit", type=Path, default=Path("pharmatwin-audit.db"), help=AUDIT_DB_HELP)
+
+
+def _run_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from controller.logsetup import LOG_FORMATS, LOG_LEVELS
+
     r = sub.add_parser(
         "run",
         help="the edge runtime: shadow (advisory) or closed loop under the PLC handshake",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the supervised loop on a site until stopped (Ctrl-C / SIGTERM) or "
+        "--cycles/--duration. A live status table shows on a terminal (not with --quiet); "
+        "logs go to stderr and --log-file. Exit 0: the run did what its mode promises; "
+        "1: it did not (the summary says why, e.g. the MPC never got control); 2: bad input.",
+        **examples(
+            "pharmatwin run configs/sites/lyophilizer-modbus.yaml --mode shadow",
+            "pharmatwin run configs/sites/bioreactor-modbus.yaml --mode closed-loop --cycles 60",
+            "pharmatwin run configs/sites/cstr-opcua.yaml --mode shadow --ui 127.0.0.1:8080 "
+            "--metrics 127.0.0.1:9108",
+            "pharmatwin run SITE --mode closed-loop --quiet --log-format json "
+            "--log-file /var/log/pharmatwin/run.jsonl",
+        ),
     )
-    r.add_argument("site", type=Path)
-    r.add_argument("--mode", choices=["shadow", "closed-loop"], required=True)
+    r.add_argument("site", type=Path, help=SITE_HELP)
+    r.add_argument(
+        "--mode",
+        choices=["shadow", "closed-loop"],
+        required=True,
+        help="shadow: recommend only; closed-loop: write setpoints once the PLC grants control",
+    )
     r.add_argument("--rate", type=float, default=1.0, help="process/wall time (HIL only)")
     r.add_argument("--cycles", type=int, default=None, help="stop after N cycles")
     r.add_argument("--duration", type=float, default=None, help="stop after S process s")
-    r.add_argument("--audit", type=Path, default=Path("pharmatwin-audit.db"))
-    r.add_argument("--historian", type=Path, default=Path("pharmatwin-history.db"))
+    r.add_argument("--audit", type=Path, default=Path("pharmatwin-audit.db"), help=AUDIT_DB_HELP)
+    r.add_argument(
+        "--historian",
+        type=Path,
+        default=DEFAULT_HISTORIAN,
+        help=f"the process historian database (default: {DEFAULT_HISTORIAN})",
+    )
     r.add_argument(
         "--ui",
         default=None,
@@ -309,7 +446,39 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--tls-cert", type=Path, default=None, metavar="FILE", help="PEM certificate")
     r.add_argument("--tls-key", type=Path, default=None, metavar="FILE", help="PEM private key")
-    a = sub.add_parser("audit", help="the audit trail")
+    r.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="info",
+        help="the least severe record logged (default: info)",
+    )
+    r.add_argument(
+        "--log-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also log to FILE (appended); the libraries' warnings go here, not to the terminal",
+    )
+    r.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text, or json: one object per line with time, level, logger, message, extras",
+    )
+    r.add_argument(
+        "--quiet", action="store_true", help="no live status table (it shows only on a terminal)"
+    )
+
+
+def _audit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    a = sub.add_parser(
+        "audit",
+        help="the audit trail",
+        **examples(
+            "pharmatwin audit verify pharmatwin-audit.db",
+            "pharmatwin audit export pharmatwin-audit.db --last 20",
+        ),
+    )
     asub = a.add_subparsers(dest="audit_command", required=True)
     av = asub.add_parser(
         "verify",
@@ -320,7 +489,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=AUDIT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    av.add_argument("db", type=Path)
+    av.add_argument("db", type=Path, help="the audit database")
     av.add_argument(
         "--key",
         type=Path,
@@ -335,9 +504,24 @@ def _parser() -> argparse.ArgumentParser:
         epilog=AUDIT_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ak.add_argument("key", type=Path, metavar="FILE")
-    ae = asub.add_parser("export", help="export the audit trail: a table, CSV or JSON")
-    ae.add_argument("db", type=Path)
+    ak.add_argument(
+        "key", type=Path, metavar="FILE", help="where the new key goes (never replaced)"
+    )
+    ae = asub.add_parser(
+        "export",
+        help="export the audit trail: a table, CSV or JSON",
+        description="Print or write the audit trail, oldest first. The table fits 100 columns "
+        "(who, action, target, old -> new, why; the detail JSON is in csv/json). Filters "
+        "combine: --since, then --action, then --last.",
+        **examples(
+            "pharmatwin audit export pharmatwin-audit.db --last 20",
+            "pharmatwin audit export pharmatwin-audit.db --action setpoint.write "
+            "--since 2026-11-02T08:00",
+            "pharmatwin audit export pharmatwin-audit.db --action 'mode.*' --since 2026-11-02",
+            "pharmatwin audit export pharmatwin-audit.db --format csv --out audit.csv",
+        ),
+    )
+    ae.add_argument("db", type=Path, help="the audit database (opened read-only)")
     ae.add_argument(
         "--format",
         dest="fmt",
@@ -346,12 +530,25 @@ def _parser() -> argparse.ArgumentParser:
         help="table (default, for reading), or csv/json of every field (for archiving)",
     )
     ae.add_argument("--out", type=Path, default=None, help="write to FILE (default: stdout)")
-    h = sub.add_parser("history", help="the process historian")
-    hsub = h.add_subparsers(dest="history_command", required=True)
-    he = hsub.add_parser("export", help="export a historian database to Parquet")
-    he.add_argument("db", type=Path)
-    he.add_argument("--parquet", type=Path, required=True, metavar="FILE")
-    he.add_argument("--run", default=None, metavar="RUN_ID", help="one run (default: all)")
+    ae.add_argument(
+        "--since",
+        default=None,
+        metavar="UTC",
+        help="records at or after this UTC time: 2026-11-02, 2026-11-02T08:00[:00]",
+    )
+    ae.add_argument(
+        "--action",
+        action="append",
+        default=None,
+        metavar="ACTION",
+        help="only this action (repeatable; shell-style * allowed, e.g. 'mode.*')",
+    )
+    ae.add_argument(
+        "--last", type=int, default=None, metavar="N", help="only the newest N records (N >= 1)"
+    )
+
+
+def _forecast_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     f = sub.add_parser(
         "forecast",
         help="what-if: predict the batch to its end from the live estimate, per plan",
@@ -359,8 +556,12 @@ def _parser() -> argparse.ArgumentParser:
         "loop; the PLC is never touched), predict the batch to its end under the site's MPC, "
         "the PLC's local recipe and an optional plan, print the predicted CQAs and write "
         "forecast.json and forecast.png.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        **examples(
+            "pharmatwin forecast configs/sites/lyophilizer-modbus.yaml "
+            "--historian pharmatwin-history.db",
+            "pharmatwin forecast configs/sites/lyophilizer-modbus.yaml --plan cooler-shelf.yaml "
+            "--out runs/fc",
+        ),
     )
     f.add_argument("site", type=Path, help="configs/sites/<name>.yaml (with a 'forecast' section)")
     f.add_argument("--plan", type=Path, default=None, metavar="FILE", help=PLAN_HELP)
@@ -379,7 +580,6 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where forecast.json and forecast.png go (default: runs/forecast)",
     )
-    return p
 
 
 def audit_verify(db: Path, key: Path | None, anchor: Path | None, console: Console) -> int:
@@ -417,6 +617,89 @@ def audit_keygen(path: Path, console: Console) -> int:
     return 0
 
 
+def run_command(args: argparse.Namespace, console: Console) -> int:
+    """``pharmatwin run``: logs, the live status table, the run, its summary table and verdict.
+
+    0: the run did what its mode promises; 1: it did not (the verdict says why)."""
+    from controller.logsetup import setup_logging
+    from controller.runtime import RunOptions
+    from controller.runtime import run as run_runtime
+    from controller.supervisor import Mode
+    from controller.ui.bind import Bind, parse_bind
+
+    def bind(flag: str, text: str | None) -> Bind | None:
+        if text is None:
+            return None
+        return parse_bind(
+            flag,
+            text,
+            allow_remote=args.allow_remote,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+        )
+
+    terminal = Console(stderr=True)
+    show_status = not args.quiet and terminal.is_terminal
+    logs = setup_logging(
+        args.log_level, args.log_file, args.log_format, console=terminal if show_status else None
+    )
+    try:
+        opts = RunOptions(
+            mode=Mode(args.mode),
+            rate=args.rate,
+            cycles=args.cycles,
+            duration_s=args.duration,
+            audit_path=args.audit,
+            historian_path=args.historian,
+            ui=bind("--ui", args.ui),
+            users_path=args.users,
+            metrics=bind("--metrics", args.metrics),
+            status=terminal if show_status else None,
+        )
+        result = asyncio.run(run_runtime(args.site, opts))
+    finally:
+        logs.close()
+    console.print(run_summary(result, args))
+    console.print(result.engagement.summary(), highlight=False)
+    if result.verdict is not None:
+        console.print(
+            f"[red]FAILED[/red] {escape(result.verdict)}", highlight=False, soft_wrap=True
+        )
+        return 1
+    return 0
+
+
+#: the counters always shown in the summary (every other one shows when it is not 0)
+SUMMARY_COUNTERS = ("cycles", "writes", "fallbacks", "failed_solves", "read_failures")
+
+
+def run_summary(result: RunResult, args: argparse.Namespace) -> Table:
+    """The end of ``pharmatwin run`` as a table a person reads: what ran, what happened."""
+    e = result.engagement
+    verdict = "[green]did what was asked[/green]"
+    if result.verdict is not None:
+        verdict = "[red]FAILED[/red]: see below"
+    table = Table(title=f"pharmatwin run {escape(str(args.site))}", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value", overflow="fold")
+    table.add_row("mode", e.mode.value)
+    table.add_row("PLC", escape(e.where))
+    table.add_row("cycles read the PLC", f"{e.reads} of {e.cycles}")
+    if e.mode.value == "closed-loop":
+        table.add_row("MPC in control", f"{e.in_control} of {e.cycles} cycles")
+    for name, value in vars(result.counters).items():
+        if name in SUMMARY_COUNTERS or (value and name != "bad_in_a_row"):
+            table.add_row(name.replace("_", " "), str(value))
+    if e.last_problem:
+        table.add_row("last problem", escape(e.last_problem))
+    table.add_row("audit trail", escape(str(args.audit)))
+    table.add_row("historian", escape(str(args.historian)))
+    if args.log_file is not None:
+        table.add_row("log file", escape(str(args.log_file)))
+    table.add_row("verdict", verdict)
+    return table
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console()
@@ -440,42 +723,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
         if args.command == "run":
-            from controller.runtime import RunOptions
-            from controller.runtime import run as run_runtime
-            from controller.supervisor import Mode
-            from controller.ui.bind import Bind, parse_bind
-
-            def bind(flag: str, text: str | None) -> Bind | None:
-                if text is None:
-                    return None
-                return parse_bind(
-                    flag,
-                    text,
-                    allow_remote=args.allow_remote,
-                    tls_cert=args.tls_cert,
-                    tls_key=args.tls_key,
-                )
-
-            opts = RunOptions(
-                mode=Mode(args.mode),
-                rate=args.rate,
-                cycles=args.cycles,
-                duration_s=args.duration,
-                audit_path=args.audit,
-                historian_path=args.historian,
-                ui=bind("--ui", args.ui),
-                users_path=args.users,
-                metrics=bind("--metrics", args.metrics),
-            )
-            result = asyncio.run(run_runtime(args.site, opts))
-            console.print(f"stopped: {vars(result.counters)}", highlight=False)
-            console.print(f"audit trail: {args.audit}; historian: {args.historian}")
-            console.print(result.engagement.summary(), highlight=False)
-            if result.verdict is not None:
-                verdict = f"[red]FAILED[/red] {escape(result.verdict)}"
-                console.print(verdict, highlight=False, soft_wrap=True)
-                return 1
-            return 0
+            return run_command(args, console)
         if args.command == "audit":
             from controller import commissioning
 
@@ -483,7 +731,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return audit_verify(args.db, args.key, args.anchor, console)
             if args.audit_command == "keygen":
                 return audit_keygen(args.key, console)
-            return commissioning.audit_export(args.db, console, args.fmt, args.out)
+            selection = commissioning.AuditSelection.parse(args.since, args.action, args.last)
+            return commissioning.audit_export(args.db, console, args.fmt, args.out, selection)
         if args.command == "history":
             from controller import commissioning
 

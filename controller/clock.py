@@ -181,3 +181,25 @@ class SteppedClock(Clock):
             await event.wait()
         finally:
             self._waiters.pop(key, None)
+
+
+class Gate:
+    """A monotonic time source held at zero until :meth:`open`.
+
+    Handed to :class:`ScaledClock` as its ``monotonic``: a HIL clock that starts once the
+    controller has connected and run its first cycle, so a slow start (a compile, a secure
+    handshake) does not eat into the batch."""
+
+    def __init__(self) -> None:
+        self._opened_at: float | None = None
+
+    def __call__(self) -> float:
+        return 0.0 if self._opened_at is None else time.monotonic() - self._opened_at
+
+    @property
+    def is_open(self) -> bool:
+        return self._opened_at is not None
+
+    def open(self) -> None:
+        if self._opened_at is None:
+            self._opened_at = time.monotonic()

@@ -184,7 +184,9 @@ class EstimatorSpec(Strict):
     reported as failed.
     ``innovation_gate``: a measurement whose normalized innovation ``|y - y_pred| /
     sqrt(H P H' + R)`` exceeds this many standard deviations is not used in that cycle's
-    correction (``Estimate.rejected``); ``null`` turns the gate off. After
+    correction (``Estimate.rejected``); ``null`` turns the gate off. The gate is armed after
+    the first ``innovation_gate_warmup`` corrections (before, the measurements are compared
+    with the configured initial guess, not with a prediction). After
     ``innovation_gate_cycles`` rejections in a row an output is used again (the filter
     re-acquires it instead of locking itself out), and the estimate is not ``ok`` while it
     still fails the gate.
@@ -208,6 +210,7 @@ class EstimatorSpec(Strict):
     jit: bool = True
     innovation_gate: PositiveFinite | None = 5.0
     innovation_gate_cycles: Annotated[int, Field(ge=1, le=1000)] = 3
+    innovation_gate_warmup: Annotated[int, Field(ge=0, le=1000)] = 3
     horizon: Annotated[int, Field(ge=2, le=100)] = 10
     max_iter: Annotated[int, Field(ge=1, le=200)] = 20
 

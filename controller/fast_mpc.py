@@ -5,13 +5,21 @@
 reference (:class:`~controller.mpc.DoMpcController`): the same objective (stage terms at the
 start of each interval, terminal terms at the end, move penalties on scaled moves), input
 bounds, hard per-cycle move limits, state bounds (on the inner nodes ``1..N-1``, as do-mpc
-applies them), hard and soft constraints (one slack per constraint and interval with a
-linear penalty), horizon and sample time. What differs is the transcription and the solver:
+applies them), hard and soft constraints as path constraints (held at the start and the end
+of every interval and at ``constraint_points`` inner points, with the interval's input; one
+slack per constraint and interval with a linear penalty), horizon and sample time. What
+differs is the transcription and the solver:
 
 * one decision block per interval, ``[x_k, u_k, v_k (copy of u_k-1), z_k, eps_k]`` (scaled by
   the variables' ``scale``), then ``x_N``; the state is carried over each interval by
-  ``integrator_steps`` RK4 steps. For a DAE the algebraic state of every RK4 stage is a
-  decision variable and its algebraic equation a constraint (the root-finding is lifted);
+  ``integrator_steps`` RK4 steps (rounded up to a multiple of ``constraint_points + 1``, so
+  that every constraint point is a step boundary). For a DAE the algebraic state of every RK4
+  stage and of every constraint point is a decision variable and its algebraic equation a
+  constraint (the root-finding is lifted);
+* minimum time (``objective.min_time``): the time to the batch end ``T`` is one more decision
+  (after ``x_N``), interval ``k`` lasts ``a_k + b_k T`` (:class:`EndSchedule`: a free end
+  time, or a shrinking horizon on the sample grid; ``a`` and ``b`` are parameters of each
+  solve), the cost is ``weight * T`` and the batch-end condition a last constraint row;
 * every constraint row is scaled for the QP: move rows act on scaled moves, a soft
   constraint's row and slack are divided by a typical magnitude (:func:`constraint_scales`),
   and rows with Jacobian entries above :data:`ROW_MAX` are normalised. Unscaled rows (move
@@ -30,8 +38,10 @@ linear penalty), horizon and sample time. What differs is the transcription and 
   loaded at construction; a failed compile falls back to CasADi's virtual machine with a
   logged warning;
 * when the SQP does not converge, IPOPT solves the same NLP in the same cycle from the same
-  warm start (``warm_start_init_point``); ``fallbacks`` counts those cycles. When IPOPT
-  fails too, the Decision is FAILED, exactly as with the do-mpc backend.
+  warm start (``warm_start_init_point``); ``fallbacks`` counts those cycles, each is logged
+  as a warning naming the cycle, and the Decision says so (``fallback``, and a
+  ``return_status`` naming IPOPT's result and the SQP's failure). When IPOPT fails too, the
+  Decision is FAILED, exactly as with the do-mpc backend.
 
 Times are in the plant model's time unit; values at the interface are physical.
 """
@@ -50,12 +60,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import casadi as ca
 import numpy as np
 
 from controller.config import ControllerConfig, robust_scenarios
+from controller.errors import ConfigError, Problem
 from controller.mpc import (
     ACCEPTED_STATUSES,
     Decision,
@@ -126,6 +137,10 @@ class Transcription:
     eps_scale: np.ndarray  # (n_soft,) physical slack = eps_scale * scaled slack
     interval: ca.Function  # (xs, u, zs, p) -> (xs_next, alg residuals)
     row_scale: np.ndarray | None = field(default=None)  # g = row_scale * unscaled rows
+    # Minimum time: the index of the time to the batch end (scaled by the sample time) in the
+    # decision vector, and the batch-end row(s) at the end of g (after the interval blocks).
+    t_end_idx: int | None = None
+    n_end_rows: int = 0
     # Robust multi-stage (transcribe_robust): ``n_scenarios`` segments of the nominal layout
     # (``segment`` decision entries and ``g_segment`` constraint rows each; the *_idx above
     # are scenario 0's), then ``n_nonanticipative`` equality rows in g. ``scenario_p[s][k]``
@@ -158,33 +173,56 @@ def _named(model: PlantModel, name: str, x: Any, z: Any, u: Any, expr: Any) -> A
     raise KeyError(name)  # check_controller has rejected unknown names already
 
 
-def _interval(model: PlantModel, dt: float, steps: int) -> tuple[ca.Function, int]:
-    """One sample of RK4 on scaled states; for a DAE, every stage's z is an input."""
+def _interval(model: PlantModel, steps: int, segments: int = 1) -> tuple[ca.Function, int]:
+    """One interval of RK4 on scaled states, in ``segments`` equal parts (constraint points).
+
+    ``interval(xs, u, zs, p, h) -> (xs_end, alg residuals, xs at each segment's end)`` over an
+    interval of length ``h``: each segment takes ``ceil(steps / segments)`` RK4 steps, so that
+    every constraint point is a step boundary. For a DAE ``zs`` holds the algebraic state of
+    every RK4 stage, then one per segment end (its constraint point: consistent with the
+    state there and the interval's input ``u``); the residuals follow the same order. The
+    second result is the number of algebraic blocks of ``zs`` (0 for an ODE).
+    """
     nx, nz = len(model.state_names), len(model.algebraic_names)
     xsc, zsc = model.scales(Role.STATE), model.scales(Role.ALGEBRAIC)
-    n_stage = 4 * steps if nz else 0
+    per_segment = -(-steps // segments)
+    n_rk = per_segment * segments
+    n_blocks = 4 * n_rk + segments if nz else 0
     xs = ca.SX.sym("xs", nx)
     u = ca.SX.sym("u", len(model.input_names))
-    zs = ca.SX.sym("zs", nz * n_stage)
+    zs = ca.SX.sym("zs", nz * n_blocks)
     p = ca.SX.sym("p", len(model.parameter_names))
-    h = dt / steps
-    x, res, j = xs, [], 0
-    for _ in range(steps):
+    h_interval = ca.SX.sym("h")
+    h = h_interval / n_rk
+
+    def z_block(j: int) -> Any:
+        return zs[j * nz : (j + 1) * nz] * zsc if nz else ca.SX(0, 1)
+
+    x, res, points, j = xs, [], [], 0
+    for step in range(n_rk):
         k_prev: Any = None
         acc: Any = 0
         for c, b in zip(_RK4_C, _RK4_B, strict=True):
             xst = x if k_prev is None else x + c * h * k_prev
-            z = zs[j * nz : (j + 1) * nz] * zsc if nz else ca.SX(0, 1)
-            xdot, alg, _, _ = model.function(xst * xsc, z, u, p)
+            xdot, alg, _, _ = model.function(xst * xsc, z_block(j), u, p)
             if nz:
                 res.append(alg)
                 j += 1
             k_prev = xdot / xsc
             acc = acc + b * k_prev
         x = x + h * acc
+        if (step + 1) % per_segment == 0:
+            points.append(x)
+    if nz:
+        for i, xp in enumerate(points):
+            res.append(model.function(xp * xsc, z_block(4 * n_rk + i), u, p)[1])
     return (
-        ca.Function("interval", [xs, u, zs, p], [x, ca.vertcat(*res) if res else ca.SX(0, 1)]),
-        n_stage,
+        ca.Function(
+            "interval",
+            [xs, u, zs, p, h_interval],
+            [x, ca.vertcat(*res) if res else ca.SX(0, 1), ca.horzcat(*points)],
+        ),
+        n_blocks,
     )
 
 
@@ -197,12 +235,17 @@ def _stage(
 ) -> _Stage:
     """One interval's constraints and cost, and the terminal cost, as SX Functions.
 
-    ``stage(xs, us, vs, zs, eps, xs_next, vs_next, p) -> (g, f)`` on scaled variables, where
-    ``vs`` is a copy of the previous input (so the Hessian is block diagonal), with
+    ``stage(xs, us, vs, zs, eps, xs_next, vs_next, p, h) -> (g, f)`` on scaled variables,
+    where ``vs`` is a copy of the previous input (so the Hessian is block diagonal) and ``h``
+    the interval's length, with
     ``g = [shooting defect, input copy, algebraic residuals, moves, constraint rows]``;
-    ``terminal(xs, p) -> f``. The soft constraints' penalties are multiplied by
-    ``eps_weight`` (a robust transcription averages the stage costs over its scenarios but
-    sums their slack penalties, as do-mpc does: see :func:`transcribe_robust`).
+    ``terminal(xs, p) -> f``. The constraint rows hold every configured constraint at each
+    constraint point of the interval (:func:`points_per_interval`: its start, the
+    ``constraint_points`` inner points and its end, all with the interval's input), point by
+    point; a soft constraint has one slack per interval, shared by its points. The soft
+    constraints' penalties are multiplied by ``eps_weight`` (a robust transcription averages
+    the stage costs over its scenarios but sums their slack penalties, as do-mpc does: see
+    :func:`transcribe_robust`).
     """
     nx, nu, nz = len(model.state_names), len(model.input_names), len(model.algebraic_names)
     xsc, usc, zsc = (model.scales(r) for r in (Role.STATE, Role.INPUT, Role.ALGEBRAIC))
@@ -213,6 +256,7 @@ def _stage(
     xs_next, before = ca.SX.sym("xs_next", nx), ca.SX.sym("vs", nu)
     vs_next = ca.SX.sym("vs_next", nu)
     p = ca.SX.sym("p", len(model.parameter_names))
+    h = ca.SX.sym("h")
     x, u = xs * xsc, us * usc
     z = zs[:nz] * zsc if nz else ca.SX(0, 1)
     expr = model.function(x, z, u, p)[3]
@@ -224,27 +268,37 @@ def _stage(
         return bool(ca.depends_on(ca.SX(0) + e, ca.vertcat(us, zs)))
 
     lterm, mterm = objective_terms(config, model, "<fast>", symbol, depends)
-    x_end, alg = interval(xs, u, zs, p)
+    x_end, alg, x_points = interval(xs, u, zs, p, h)
     g: list[Any] = [xs_next - x_end, vs_next - us, alg]
     for j, name in enumerate(model.input_names):
         down, up = move_limits(config, name)
         if math.isfinite(down) or math.isfinite(up):
             g.append(us[j] - before[j])  # a scaled move: unit coefficients in the QP
     f: Any = ca.SX(0) + lterm
-    i_eps = 0
-    for c, scale in zip(cons, constraint_scales(config, model), strict=True):
-        # The row and its slack in units of ``scale``: eps = scale * eps_scaled.
-        row = c.sign * symbol(c.expression) / scale
+    scales = constraint_scales(config, model)
+    for c, scale in zip(cons, scales, strict=True):
         if c.soft:
-            row -= eps[i_eps]
-            f += c.penalty * scale * eps_weight * eps[i_eps]
-            i_eps += 1
-        g.append(row)
+            f += c.penalty * scale * eps_weight * eps[soft.index(c)]
+    # The constraint points: the start (the first RK4 stage's z), then each segment's end
+    # with its own algebraic block (the last blocks of zs).
+    points = [(x, z, expr)]
+    first_point = n_stage - x_points.shape[1] if nz else 0
+    for i in range(x_points.shape[1]):
+        xp = x_points[:, i] * xsc
+        zp = zs[(first_point + i) * nz : (first_point + i + 1) * nz] * zsc if nz else z
+        points.append((xp, zp, model.function(xp, zp, u, p)[3]))
+    for xp, zp, ep in points:
+        for c, scale in zip(cons, scales, strict=True):
+            # The row and its slack in units of ``scale``: eps = scale * eps_scaled.
+            row = c.sign * _named(model, c.expression, xp, zp, u, ep) / scale
+            if c.soft:
+                row -= eps[soft.index(c)]
+            g.append(row)
     penalty = np.array([config.inputs[n].move_penalty for n in model.input_names])
     moves = ca.dot(ca.DM(penalty), (us - before) ** 2)
     f += moves
     stage = ca.Function(
-        "stage", [xs, us, before, zs, eps, xs_next, vs_next, p], [ca.vertcat(*g), f]
+        "stage", [xs, us, before, zs, eps, xs_next, vs_next, p, h], [ca.vertcat(*g), f]
     )
     # A terminal term depends on states and parameters only (objective_terms checks it).
     m_fun = ca.Function("mterm_full", [xs, us, zs, p], [ca.SX(0) + mterm])
@@ -304,11 +358,7 @@ def constraint_scales(config: ControllerConfig, model: PlantModel) -> list[float
         if var is not None and var.role is not Role.OUTPUT:
             out.append(float(var.scale))
             continue
-        value = abs(float(values.get(c.expression, 0.0)))
-        if not math.isfinite(value) or value < 1e-12:
-            out.append(1.0)
-        else:
-            out.append(float(10.0 ** min(6, max(-6, round(math.log10(value))))))
+        out.append(_magnitude(float(values.get(c.expression, 0.0))))
     return out
 
 
@@ -322,10 +372,17 @@ def _stage_bounds(config: ControllerConfig, model: PlantModel) -> tuple[list[flo
         if math.isfinite(down) or math.isfinite(up):
             lo.append(-down / usc[j])
             hi.append(up / usc[j])
-    for c, scale in zip(nl_constraints(config), constraint_scales(config, model), strict=True):
-        lo.append(-math.inf)
-        hi.append(c.sign * c.bound / scale)
+    for _ in range(points_per_interval(config)):
+        for c, scale in zip(nl_constraints(config), constraint_scales(config, model), strict=True):
+            lo.append(-math.inf)
+            hi.append(c.sign * c.bound / scale)
     return lo, hi
+
+
+def points_per_interval(config: ControllerConfig) -> int:
+    """Points of every interval at which the constraints hold: its start, the configured
+    ``constraint_points`` inside it (equally spaced) and its end."""
+    return config.constraint_points + 2
 
 
 def transcribe(
@@ -342,7 +399,7 @@ def transcribe(
     n = config.horizon
     nx, nu, nz = len(model.state_names), len(model.input_names), len(model.algebraic_names)
     xsc, usc = model.scales(Role.STATE), model.scales(Role.INPUT)
-    interval, n_stage = _interval(model, config.sample_time, steps)
+    interval, n_stage = _interval(model, steps, config.constraint_points + 1)
     st = _stage(config, model, interval, n_stage)
     stage, terminal, soft_names = st.stage, st.terminal, st.soft_names
     n_eps = len(soft_names)
@@ -357,6 +414,22 @@ def transcribe(
     for k in range(n):
         w += [xs[k], us[k], vs[k], zs[k], eps[k]]
     w += [xs[n], vs[n]]
+    mt = config.objective.min_time
+    # Interval lengths: the sample time, or (minimum time) a_k + b_k * T with the time to the
+    # batch end T a decision (scaled by the sample time) and a, b parameters of each solve.
+    durations: Any = ca.DM.ones(1, n) * config.sample_time
+    p_timing: list[Any] = []
+    end_rows: list[Any] = []
+    cost_time: Any = 0
+    if mt is not None:
+        t_end = ca.MX.sym("t_end")
+        a, b = ca.MX.sym("a", n), ca.MX.sym("b", n)
+        w.append(t_end)
+        p_timing = [a, b]
+        durations = (a + b * t_end * config.sample_time).T
+        end_row, _ = end_condition(config, model, source)
+        end_rows = [end_row(xs[n], p)]
+        cost_time = mt.weight * t_end * config.sample_time
     g_map, f_map = stage.map(n)(
         ca.horzcat(*xs[:-1]),
         ca.horzcat(*us),
@@ -366,9 +439,11 @@ def transcribe(
         ca.horzcat(*xs[1:]),
         ca.horzcat(*vs[1:]),
         ca.repmat(p, 1, n),
+        durations,
     )
-    g = ca.vertcat(xs[0] - x0 / xsc, vs[0] - u_prev / usc, ca.vec(g_map))
-    f = ca.sum2(f_map) + terminal(xs[n], p)
+    g = ca.vertcat(xs[0] - x0 / xsc, vs[0] - u_prev / usc, ca.vec(g_map), *end_rows)
+    f = ca.sum2(f_map) + terminal(xs[n], p) + cost_time
+    p_all = ca.vertcat(x0, u_prev, p, *p_timing)
     h_map = st.stage_hess.map(n)(
         ca.horzcat(*xs[:-1]),
         ca.horzcat(*us),
@@ -380,18 +455,20 @@ def transcribe(
     wb = h_map.shape[0]
     blocks_h = [h_map[:, k * wb : (k + 1) * wb] for k in range(n)]
     blocks_h += [st.terminal_hess(xs[n], p), config.solver.regularization * ca.MX.eye(nu)]
+    if mt is not None:
+        blocks_h.append(config.solver.regularization * ca.MX.eye(1))
     w_all, lam_f = ca.vertcat(*w), ca.MX.sym("lam_f")
     lam_g = ca.MX.sym("lam_g", g.shape[0])
     hess = ca.Function(
         "nlp_hess_l",
-        [w_all, ca.vertcat(x0, u_prev, p), lam_f, lam_g],
+        [w_all, p_all, lam_f, lam_g],
         [lam_f * ca.diagcat(*blocks_h)],
         ["x", "p", "lam_f", "lam_g"],
         ["hess_gamma_x_x"],
     )
 
     w_block = nx + 2 * nu + nz * n_stage + n_eps
-    n_w = w_block * n + nx + nu
+    n_w = w_block * n + nx + nu + (1 if mt is not None else 0)
     idx = np.arange(n_w)
     blocks = idx[: w_block * n].reshape(n, w_block)
     x_idx = np.vstack([blocks[:, :nx], idx[w_block * n : w_block * n + nx][None, :]])
@@ -414,8 +491,11 @@ def transcribe(
     n_eq = nx + nu + n_alg
     lbg = np.concatenate([np.zeros(nx + nu), np.tile(np.r_[np.zeros(n_eq), lo_rows], n)])
     ubg = np.concatenate([np.zeros(nx + nu), np.tile(np.r_[np.zeros(n_eq), hi_rows], n)])
+    if mt is not None:  # the batch end reached (row >= 0); T's bounds are set at each step
+        lbg, ubg = np.r_[lbg, 0.0], np.r_[ubg, np.inf]
+        lbw[-1], ubw[-1] = 0.0, np.inf
     return Transcription(
-        nlp={"x": w_all, "p": ca.vertcat(x0, u_prev, p), "f": f, "g": g},
+        nlp={"x": w_all, "p": p_all, "f": f, "g": g},
         gauss_newton=hess,
         lbx=lbw,
         ubx=ubw,
@@ -439,7 +519,61 @@ def transcribe(
             dtype=float,
         ),
         interval=interval,
+        t_end_idx=n_w - 1 if mt is not None else None,
+        n_end_rows=len(end_rows),
     )
+
+
+def end_condition(
+    config: ControllerConfig, model: PlantModel, source: str
+) -> tuple[ca.Function, float]:
+    """The batch end of ``objective.min_time`` as ``end(xs_scaled, p) -> row`` (>= 0 once
+    the end is reached, in units of the returned scale: the variable's scale for a model
+    variable, else the power of ten nearest to the target's value at nominal).
+
+    Raises ConfigError when the expression or the target depends on inputs or algebraic
+    states: the end is a condition on the last node's state, where neither is defined.
+    """
+    mt = config.objective.min_time
+    if mt is None:
+        raise ValueError("end_condition needs objective.min_time")
+    nx, nu, nz = len(model.state_names), len(model.input_names), len(model.algebraic_names)
+    xs, p = ca.SX.sym("xs", nx), ca.SX.sym("p", len(model.parameter_names))
+    u, z = ca.SX.sym("u", nu), ca.SX.sym("z", nz)
+    x = xs * model.scales(Role.STATE)
+    expr = model.function(x, z, u, p)[3]
+    value = _named(model, mt.expression, x, z, u, expr)
+    target = _named(model, mt.target, x, z, u, expr) if isinstance(mt.target, str) else mt.target
+    row = ca.SX(0) + value - target
+    if ca.depends_on(row, ca.vertcat(u, z)):
+        raise ConfigError(
+            [
+                Problem(
+                    source,
+                    "objective.min_time",
+                    "the batch end may only depend on states and parameters",
+                    [mt.expression, mt.target],
+                )
+            ]
+        )
+    var = model.all_variables.get(mt.expression)
+    if var is not None and var.role is Role.STATE:
+        scale = float(var.scale)
+    else:
+        at = ca.Function("at", [xs, p], [ca.SX(0) + target])(
+            model.vector(Role.STATE, model.initial_state) / model.scales(Role.STATE),
+            model.parameter_vector(),
+        )
+        scale = _magnitude(float(at))
+    return ca.Function("batch_end", [xs, p], [row / scale]), scale
+
+
+def _magnitude(value: float) -> float:
+    """The power of ten nearest to ``|value|`` (within 1e-6..1e6); 1 for 0 or non-finite."""
+    value = abs(value)
+    if not math.isfinite(value) or value < 1e-12:
+        return 1.0
+    return float(10.0 ** min(6, max(-6, round(math.log10(value)))))
 
 
 def transcribe_robust(
@@ -512,6 +646,7 @@ def transcribe_robust(
         cols(xs, 1, n + 1),
         cols(vs, 1, n + 1),
         p_cols,
+        ca.DM.ones(1, n_s * n) * config.sample_time,
     )
     g: list[Any] = []
     for s in range(n_s):
@@ -681,15 +816,15 @@ def _shift_index(ocp: Transcription, n: int) -> tuple[np.ndarray, np.ndarray]:
     n_g = ocp.g_segment or ocp.lbg.shape[0]
     idx = np.arange(n_w)
     blocks = idx[: ocp.w_block * n].reshape(n, ocp.w_block).copy()
-    tail = idx[ocp.w_block * n :]  # x_N and the copy of u_N-1
+    tail = idx[ocp.w_block * n :]  # x_N, the copy of u_N-1 (and the time to the end)
     blocks[:-1] = blocks[1:]
     blocks[-1, :nx] = tail[:nx]
-    blocks[-1, nx + nu : nx + 2 * nu] = tail[nx:]
+    blocks[-1, nx + nu : nx + 2 * nu] = tail[nx : nx + nu]
     gdx = np.arange(n_g)
-    gb = gdx[nx + nu :].reshape(n, ocp.g_block).copy()
+    gb = gdx[nx + nu : nx + nu + n * ocp.g_block].reshape(n, ocp.g_block).copy()
     gb[:-1] = gb[1:]
     w_shift = np.concatenate([blocks.ravel(), tail])
-    g_shift = np.concatenate([gdx[: nx + nu], gb.ravel()])
+    g_shift = np.concatenate([gdx[: nx + nu], gb.ravel(), gdx[nx + nu + n * ocp.g_block :]])
     if ocp.n_scenarios == 1:
         return w_shift, g_shift
     n_s = ocp.n_scenarios
@@ -717,6 +852,94 @@ def _numpy(sol: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, dtype=float).ravel() for k, v in sol.items()}
 
 
+# ---------------------------------------------------------------------- minimum time
+#: A plan's end within this fraction of a sample of an interval's start is at that start.
+END_TOL = 1e-3
+
+
+class EndSchedule:
+    """The interval lengths of a minimum-time plan (``objective.min_time``), solve by solve.
+
+    Interval ``k`` lasts ``a[k] + b[k] * T`` with ``T`` the time to the batch end, a decision
+    of the solve within ``[lower, upper]`` (:meth:`timing`). ``free_end``: the first interval
+    lasts one sample, the others share ``T`` minus that sample equally. ``shrinking``: the
+    first ``active - 1`` intervals last one sample, the next one ends at the batch end and the
+    rest last nothing; ``T`` lies in that last interval. After each solve :meth:`advance`
+    moves on one sample (``active`` counts down with the plan's end); a plan that cannot reach
+    the end in ``active`` intervals is retried over the whole horizon (:meth:`widen`).
+    ``uniform`` (the offline optimum, :mod:`hil.min_time`): every interval lasts ``T / N``.
+    """
+
+    def __init__(
+        self,
+        mode: Literal["free_end", "shrinking", "uniform"],
+        horizon: int,
+        sample_time: float,
+        max_time: float | None = None,
+    ) -> None:
+        self.mode = mode
+        self.horizon = horizon
+        self.dt = sample_time
+        self.max_time = max_time if max_time is not None else math.inf
+        self.active = horizon
+        self.settled = False  # shrinking: one interval fewer was just found infeasible
+
+    @classmethod
+    def of(cls, config: ControllerConfig) -> EndSchedule | None:
+        """The schedule ``objective.min_time`` asks for (None without minimum time)."""
+        mt = config.objective.min_time
+        if mt is None:
+            return None
+        return cls(mt.mode, config.horizon, config.sample_time, mt.max_time)
+
+    def timing(self) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """``(a, b, lower, upper)``: interval lengths ``a + b * T`` and the bounds of ``T``."""
+        n, dt = self.horizon, self.dt
+        a, b = np.zeros(n), np.zeros(n)
+        if self.mode == "uniform":
+            b[:] = 1.0 / n
+            return a, b, 0.0, self.max_time
+        if self.mode == "free_end":
+            a[0], a[1:], b[1:] = dt, -dt / (n - 1), 1.0 / (n - 1)
+            return a, b, dt, max(dt, self.max_time)
+        m = self.active
+        a[: m - 1] = dt
+        a[m - 1], b[m - 1] = -(m - 1) * dt, 1.0
+        return a, b, (m - 1) * dt, min(m * dt, max(self.max_time, (m - 1) * dt))
+
+    def guess(self, previous: float | None) -> float:
+        """A first guess of ``T``: the last plan's one sample on, else the whole horizon at
+        one sample per interval, within the bounds."""
+        _, _, lo, hi = self.timing()
+        if previous is None:
+            return min(max(self.horizon * self.dt, lo), hi)
+        return min(max(previous - self.dt, lo), hi)
+
+    def durations(self, t_end: float) -> np.ndarray:
+        a, b, _, _ = self.timing()
+        return a + b * t_end
+
+    def advance(self, t_end: float) -> None:
+        """The plan ending ``t_end`` from now was applied for one sample."""
+        self.active = max(1, min(self.horizon, math.ceil(t_end / self.dt - END_TOL) - 1))
+        self.settled = False
+
+    def widen(self) -> bool:
+        """Plan over the whole horizon again; False when it already did."""
+        if self.mode != "shrinking" or self.active == self.horizon:
+            return False
+        self.active = self.horizon
+        self.settled = False
+        return True
+
+    def could_end_sooner(self, t_end: float) -> bool:
+        """Shrinking: the plan's end sits at the start of its last interval, so one interval
+        fewer may do (unless that was just found not to)."""
+        if self.mode != "shrinking" or self.active <= 1 or self.settled:
+            return False
+        return t_end <= (self.active - 1 + END_TOL) * self.dt
+
+
 # ---------------------------------------------------------------------- controller
 class FastController(ModelPredictiveController):
     """SQP on multiple shooting, compiled and cached; IPOPT fallback in the same cycle.
@@ -728,6 +951,9 @@ class FastController(ModelPredictiveController):
     def __init__(self, config: ControllerConfig, model: PlantModel, source: str = "<config>"):
         super().__init__(config, model, source)
         spec = config.solver
+        #: minimum time: the interval lengths of the plans (None: every one a sample)
+        self.schedule = self._schedule(config)
+        self._t_end: float | None = None  # the last plan's time to the batch end
         self.ocp = transcribe(config, model, source, spec.integrator_steps)
         self._z_guess = model.vector(Role.ALGEBRAIC, model.initial_algebraic)
         self._z_root = self._stage_solver()
@@ -738,6 +964,7 @@ class FastController(ModelPredictiveController):
             k: ca.DM(v) for k, v in zip(BOUNDS, (o.lbx, o.ubx, o.lbg, o.ubg), strict=True)
         }
         self.fallbacks = 0
+        self.cycles = 0  # step calls (the log names a fallback's cycle by it)
         self.cold_starts = 0  # steps without a warm start, solved by IPOPT (cold_start: ipopt)
         self.cache = LibraryCache()
         self.library: Path | None = None  # the SQP's library
@@ -762,6 +989,10 @@ class FastController(ModelPredictiveController):
         self._eps_all = o.scenario_index(o.eps_idx).reshape(o.n_scenarios * n_steps, n_soft)
 
     # ------------------------------------------------------------------ building
+    def _schedule(self, config: ControllerConfig) -> EndSchedule | None:
+        """The minimum-time schedule of the plans (a subclass may plan otherwise)."""
+        return EndSchedule.of(config)
+
     def _row_scaled(self, ocp: Transcription) -> Transcription:
         """``ocp`` with every constraint row whose Jacobian entries exceed :data:`ROW_MAX`
         (at the cold guess from the model's initial state) divided by its largest entry.
@@ -776,7 +1007,7 @@ class FastController(ModelPredictiveController):
         jac = ca.Function(
             "jac_g", [ocp.nlp["x"], ocp.nlp["p"]], [ca.jacobian(ocp.nlp["g"], ocp.nlp["x"])]
         )
-        j = jac(w, np.concatenate([x0, self._u_prev, p]))
+        j = jac(w, self._parameters(x0, p))
         rows = np.asarray(j.sparsity().get_triplet()[0], dtype=int)
         row_max = np.zeros(ocp.lbg.shape[0])
         np.maximum.at(row_max, rows, np.abs(np.asarray(j.nonzeros(), dtype=float)))
@@ -850,9 +1081,9 @@ class FastController(ModelPredictiveController):
         if not self.model.is_dae:
             return None
         f = self.ocp.interval
-        zs = ca.SX.sym("zs", f.size1_in(2))
+        zs, h = ca.SX.sym("zs", f.size1_in(2)), ca.SX.sym("h")
         xs, u, p = (ca.SX.sym(n, f.size1_in(i)) for i, n in ((0, "xs"), (1, "u"), (3, "p")))
-        res = ca.Function("res", [zs, ca.vertcat(xs, u, p)], [f(xs, u, zs, p)[1]])
+        res = ca.Function("res", [zs, ca.vertcat(xs, u, p, h)], [f(xs, u, zs, p, h)[1]])
         return ca.rootfinder("stage_z", "newton", res, {"error_on_fail": True})
 
     # ------------------------------------------------------------------ running
@@ -864,20 +1095,26 @@ class FastController(ModelPredictiveController):
     def _cold_guess(
         self, x0: np.ndarray, p: np.ndarray, ocp: Transcription | None = None
     ) -> np.ndarray:
-        """Simulate the model with the setpoints held (the algebraic states solved)."""
+        """Simulate the model with the setpoints held (the algebraic states solved); with
+        minimum time, over the intervals of the schedule's guessed end time."""
         o, m = ocp if ocp is not None else self.ocp, self.model
         xsc, usc = m.scales(Role.STATE), m.scales(Role.INPUT)
         zsc = m.scales(Role.ALGEBRAIC)
         w = np.zeros(o.lbx.shape[0])
         n_stage = o.z_idx.shape[1] // max(1, len(m.algebraic_names))
         names = m.parameter_names
+        durations = np.full(self.config.horizon, self.config.sample_time)
+        if self.schedule is not None and o.t_end_idx is not None:
+            t_end = self.schedule.guess(None)
+            durations = self.schedule.durations(t_end)
+            w[o.t_end_idx] = t_end / self.config.sample_time
         for s in range(o.n_scenarios):  # a robust problem: each scenario with its parameters
             off = s * o.segment
             xs, us = x0 / xsc, self._u_prev / usc
             zs = np.tile(self._z_guess / zsc, n_stage) if m.is_dae else np.zeros(0)
             w[off + o.u_idx + o.u_idx.shape[1]] = us  # the copies of the previous input
-            end = off + (o.segment or w.shape[0])
-            w[end - len(us) : end] = us
+            last = off + int(o.x_idx[-1, -1]) + 1  # the copy of u_N-1 follows x_N
+            w[last : last + len(us)] = us
             for k in range(self.config.horizon):
                 pk = p
                 if o.scenario_combo:
@@ -885,14 +1122,15 @@ class FastController(ModelPredictiveController):
                     pk = np.array([fixed.get(nm, p[i]) for i, nm in enumerate(names)])
                 u_idx = off + o.u_idx[k]
                 w[off + o.x_idx[k]], w[u_idx] = xs, np.clip(us, o.lbx[u_idx], o.ubx[u_idx])
+                h = durations[k]
                 if self._z_root is not None:
                     try:
-                        zs = np.asarray(self._z_root(zs, np.concatenate([xs, self._u_prev, pk])))
-                        zs = zs.ravel()
+                        args = np.concatenate([xs, self._u_prev, pk, [h]])
+                        zs = np.asarray(self._z_root(zs, args)).ravel()
                     except RuntimeError:
                         pass
                     w[off + o.z_idx[k]] = zs
-                nxt = np.asarray(o.interval(xs, self._u_prev, zs, pk)[0]).ravel()
+                nxt = np.asarray(o.interval(xs, self._u_prev, zs, pk, h)[0]).ravel()
                 xs = nxt if np.all(np.isfinite(nxt)) else xs
             w[off + o.x_idx[-1]] = xs
         return w
@@ -929,42 +1167,134 @@ class FastController(ModelPredictiveController):
         if isinstance(x0, Decision):
             return x0
         p = self.model.parameter_vector(self._params)
+        self.cycles += 1
+        decision = self._attempt(t, x0, p)
+        if self.schedule is None:
+            return decision
+        if not decision.ok and self.schedule.widen():  # the end is farther than planned
+            log.info(
+                "%s: cycle %d: planning to the batch end over the whole horizon again",
+                self.source,
+                self.cycles,
+            )
+            decision = self._attempt(t, x0, p)
+        while decision.ok and self.schedule.could_end_sooner(decision.end_time - t):
+            decision = self._sooner(self.schedule, t, x0, p, decision)
+        if decision.ok:
+            self.schedule.advance(decision.end_time - t)
+        return decision
+
+    def _sooner(
+        self, schedule: EndSchedule, t: float, x0: np.ndarray, p: np.ndarray, decision: Decision
+    ) -> Decision:
+        """Shrinking horizon: the plan ends at the start of its last interval, so try one
+        interval fewer from the same solution; keep ``decision`` if that fails."""
+        kept = (self._guess, self._t_end, self._u_prev.copy())
+        schedule.active -= 1
+        trial = self._attempt(t, x0, p, shift=False)
+        if trial.ok:
+            return trial
+        schedule.active += 1
+        self._guess, self._t_end, self._u_prev = kept
+        schedule.settled = True
+        return decision
+
+    def _parameters(self, x0: np.ndarray, p: np.ndarray) -> np.ndarray:
+        """The NLP's parameter vector: state, setpoint in force, model parameters and (with
+        minimum time) the schedule's interval lengths ``a``, ``b``."""
+        if self.schedule is None:
+            return np.concatenate([x0, self._u_prev, p])
+        a, b, _, _ = self.schedule.timing()
+        return np.concatenate([x0, self._u_prev, p, a, b])
+
+    def _set_end_bounds(self, shift: bool = True) -> float | None:
+        """Minimum time: the bounds of this solve's time to the batch end, in the transcription
+        and both solvers' arguments; returns its scaled guess (None without minimum time)."""
+        o, schedule = self.ocp, self.schedule
+        if schedule is None or o.t_end_idx is None:
+            return None
+        _, _, lo, hi = schedule.timing()
+        dt = self.config.sample_time
+        o.lbx[o.t_end_idx], o.ubx[o.t_end_idx] = lo / dt, hi / dt
+        self._sqp_call.args["lbx"][o.t_end_idx] = lo / dt
+        self._sqp_call.args["ubx"][o.t_end_idx] = hi / dt
+        self._bounds["lbx"], self._bounds["ubx"] = ca.DM(o.lbx), ca.DM(o.ubx)
+        if not shift and self._t_end is not None:
+            return min(max(self._t_end, lo), hi) / dt
+        return schedule.guess(self._t_end) / dt
+
+    def _attempt(self, t: float, x0: np.ndarray, p: np.ndarray, shift: bool = True) -> Decision:
+        """One solve from ``x0``, warm-started when the last one succeeded: from its solution
+        one interval on (``shift``), or as it is (a retry in the same cycle)."""
+        if self._sqp_call.solver is not self.sqp:  # the SQP was replaced after construction
+            self._sqp_call = BufferedSolver(self.sqp, self.ocp)
+        t_end = self._set_end_bounds(shift)
         if self._guess is None:
             w0 = self._cold_guess(x0, p)
             lam_x0, lam_g0 = np.zeros_like(w0), np.zeros_like(self.ocp.lbg)
-        else:
+        elif shift:
             w0, lam_x0, lam_g0 = self._shifted()
-        p_all = np.concatenate([x0, self._u_prev, p])
+        else:
+            w0, lam_x0, lam_g0 = (v.copy() for v in self._guess)
+            if t_end is not None and self.ocp.t_end_idx is not None:
+                w0[self.ocp.t_end_idx] = t_end
+        p_all = self._parameters(x0, p)
         cold_solver = self.ipopt_cold if self.config.solver.cold_start == "ipopt" else None
         cold_solver = cold_solver if self._guess is None else None
-        if self._sqp_call.solver is not self.sqp:  # the SQP was replaced after construction
-            self._sqp_call = BufferedSolver(self.sqp, self.ocp)
         started = time.perf_counter()
-        fallback = False
+        fallback: str | None = None  # the SQP's status when IPOPT took over
         try:
             if cold_solver is not None:  # no warm start: IPOPT from the simulated guess
                 self.cold_starts += 1
                 sol, stats = self._solve(cold_solver, self._args(w0, lam_x0, lam_g0, p_all))
             else:
                 sol, stats = self._sqp_call(w0, lam_x0, lam_g0, p_all)
-                fallback = not stats.get("success", False)
-                if fallback and self.ipopt is not None:
-                    self.fallbacks += 1
-                    iterations = int(stats.get("iter_count", 0))
-                    args = self._args(w0, lam_x0, lam_g0, p_all)
-                    sol, stats = self._solve(self.ipopt, args)
-                    stats["iter_count"] = iterations + int(stats.get("iter_count", 0))
+                if not stats.get("success", False) and self.ipopt is not None:
+                    fallback = str(stats.get("return_status", "unknown"))
+                    warm = (w0, lam_x0, lam_g0, p_all)
+                    sol, stats = self._fall_back(self.ipopt, t, stats, started, warm)
         except RuntimeError as exc:
             self._guess = None
             return self._failed(t, SolveStatus.ERROR, f"{type(exc).__name__}: {exc}")
         elapsed = time.perf_counter() - started
-        decision, u0 = self._decision(t, sol, stats, elapsed, fallback and self.ipopt is not None)
+        decision, u0 = self._decision(t, sol, stats, elapsed, fallback)
         if decision.ok:
             self._u_prev = u0.copy()  # decision.inputs' values, in input order
             self._guess = self._clean(sol)
+            self._t_end = decision.end_time - t if self.schedule is not None else None
         else:
             self._guess = None
+            self._t_end = None
         return decision
+
+    def _fall_back(
+        self,
+        ipopt: ca.Function,
+        t: float,
+        sqp_stats: Mapping[str, Any],
+        started: float,
+        warm: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """IPOPT from the SQP's warm start, counted in ``fallbacks`` and logged as a warning
+        naming the cycle: a fallback costs one to three orders of magnitude of solve time."""
+        self.fallbacks += 1
+        sqp_ms = 1e3 * (time.perf_counter() - started)
+        sol, stats = self._solve(ipopt, self._args(*warm))
+        stats["iter_count"] = int(sqp_stats.get("iter_count", 0)) + int(stats.get("iter_count", 0))
+        log.warning(
+            "%s: cycle %d (t=%g %s): the SQP did not converge (%s, %.3g ms); IPOPT fallback "
+            "%s (%.3g ms in all); fallbacks so far: %d",
+            self.source,
+            self.cycles,
+            t,
+            self.model.time_unit,
+            sqp_stats.get("return_status", "unknown"),
+            sqp_ms,
+            stats.get("return_status", "unknown"),
+            1e3 * (time.perf_counter() - started),
+            self.fallbacks,
+        )
+        return sol, stats
 
     def _args(
         self, x0: np.ndarray, lam_x0: np.ndarray, lam_g0: np.ndarray, p: np.ndarray
@@ -1006,9 +1336,10 @@ class FastController(ModelPredictiveController):
         sol: Mapping[str, np.ndarray],
         stats: Mapping[str, Any],
         elapsed: float,
-        fb: bool,
+        fallback: str | None,
     ) -> tuple[Decision, np.ndarray]:
-        """The Decision of a solution, and its first move as a vector (input order)."""
+        """The Decision of a solution, and its first move as a vector (input order);
+        ``fallback`` is the SQP's status when IPOPT produced the solution."""
         o = self.ocp
         w = sol["x"]
         xs = w[o.x_idx] * self._xsc
@@ -1024,6 +1355,8 @@ class FastController(ModelPredictiveController):
                 SolveStatus.INVALID,
                 f"{status_text}; input outside limits {inputs}",
             )
+        if fallback is not None:
+            status_text = f"{status_text} (IPOPT fallback; SQP: {fallback})"
         eps_idx = o.eps_idx if o.n_scenarios == 1 else self._eps_all
         eps = w[eps_idx] * o.eps_scale  # robust: the largest slack over every scenario
         slack = dict(zip(o.soft_names, eps.max(axis=0).tolist(), strict=True))
@@ -1040,6 +1373,11 @@ class FastController(ModelPredictiveController):
             predicted_states=dict(zip(self._x_names, xs.T, strict=True)),
             predicted_inputs=dict(zip(self._u_names, us.T, strict=True)),
             soft_slack=slack,
-            fallback=fb,
+            fallback=fallback is not None,
+            end_time=(
+                t + float(w[o.t_end_idx]) * self.config.sample_time
+                if o.t_end_idx is not None
+                else math.nan
+            ),
         )
         return decision, u0

@@ -15,6 +15,10 @@ what do-mpc leaves to the caller (see shared/FIELD-NOTES.md):
 * the previous solution is shifted one interval as the warm start;
 * per-cycle move limits (``max_move``/``max_rise``/``max_fall``) are hard constraints of the
   NLP, so the plan is one the safety layer will not have to cut;
+* the configured constraints are path constraints: do-mpc holds them at the start of every
+  interval, and rows added here hold them at its end and at ``constraint_points`` inner
+  points (:meth:`DoMpcController._add_path_constraints`), so the plan keeps them between
+  samples;
 * ``solver_stats`` are read after every solve: a failed solve becomes a :class:`Decision`
   with ``status`` FAILED (never a silently returned input);
 * do-mpc's in-memory history is reset every ``history_limit`` steps.
@@ -78,7 +82,9 @@ class Decision:
     ``predicted_states[name]`` has ``horizon + 1`` entries, ``predicted_inputs[name]``
     ``horizon``; ``soft_slack`` gives the planned slack of every soft constraint (> 0 means
     the plan violates it). ``fallback`` is True when the fast path's SQP did not converge
-    and IPOPT produced this result within the same cycle.
+    and IPOPT produced this result within the same cycle (its ``return_status`` then names
+    both). ``end_time`` is the planned time of the batch end (``objective.min_time``; NaN
+    otherwise), in the model's time unit.
     """
 
     t: float
@@ -92,6 +98,7 @@ class Decision:
     predicted_inputs: Mapping[str, np.ndarray] = field(default_factory=dict)
     soft_slack: Mapping[str, float] = field(default_factory=dict)
     fallback: bool = False
+    end_time: float = math.nan
 
     @property
     def ok(self) -> bool:
@@ -291,6 +298,7 @@ class DoMpcController(ModelPredictiveController):
             warnings.simplefilter("ignore")
             mpc.prepare_nlp()
             self._add_move_limits(mpc)
+            self._add_path_constraints(mpc)
             mpc.create_nlp()
         self._n_scenarios = self._scenario_tree(mpc)[0]
         self.mpc = mpc
@@ -422,6 +430,59 @@ class DoMpcController(ModelPredictiveController):
                     mpc.nlp_cons_lb.append(np.array([-down if math.isfinite(down) else -np.inf]))
                     mpc.nlp_cons_ub.append(np.array([up if math.isfinite(up) else np.inf]))
 
+    def _add_path_constraints(self, mpc: Any) -> None:
+        """The configured constraints at the end of every interval and at its
+        ``constraint_points`` inner points (do-mpc's own ``set_nl_cons`` rows hold them at its
+        start), with the interval's input and soft slack.
+
+        The state and algebraic state at a point are the collocation polynomials of its finite
+        element (Lagrange interpolation through the element's nodes). With radau collocation
+        the end of an interval is a node, so the end rows are exact; inner points (and the
+        end with legendre, which has no node there) are the polynomials' values, on which the
+        algebraic equations hold to the collocation's accuracy.
+        """
+        if not self.config.constraints:
+            return
+        col = self.config.collocation
+        deg, ni = col.degree, col.finite_elements
+        tau_root = [0.0, *ca.collocation_points(deg, col.type)]
+        points = [
+            j / (self.config.constraint_points + 1)
+            for j in range(1, self.config.constraint_points + 1)
+        ]
+        weights = [_element_weights(tau, tau_root, ni) for tau in [*points, 1.0]]
+        x_un, opt_p = mpc.opt_x_unscaled, mpc.opt_p
+        n_branches, n_scen, child, _, offset = mpc._setup_scenario_tree()
+        lb, ub = mpc._nl_cons_lb.cat, mpc._nl_cons_ub.cat
+        for k in range(self.config.horizon):
+            for s in range(n_scen[k]):
+                for b in range(n_branches[k]):
+                    c = int(child[k][s][b])
+                    scenario = b + int(offset[k][s])
+
+                    def x_node(i: int, r: int, k: int = k, s: int = s, c: int = c) -> Any:
+                        if i == 0 and r == 0:
+                            return x_un["_x", k, s, -1]
+                        return x_un[
+                            "_x", k + 1, c, (r - 1) if i == 0 else deg + (i - 1) * (deg + 1) + r
+                        ]
+
+                    for i, w in weights:
+                        x = sum(w[r] * x_node(i, r) for r in range(deg + 1))
+                        z = sum(w[r] * x_un["_z", k, c, i * (deg + 1) + r] for r in range(deg + 1))
+                        mpc.nlp_cons.append(
+                            mpc._nl_cons_fun(
+                                x,
+                                x_un["_u", k, s],
+                                z,
+                                opt_p["_tvp", k],
+                                opt_p["_p", scenario],
+                                x_un["_eps", k, s],
+                            )
+                        )
+                        mpc.nlp_cons_lb.append(lb)
+                        mpc.nlp_cons_ub.append(ub)
+
     def _scenario_tree(self, mpc: Any) -> tuple[list[int], Any]:
         """do-mpc's scenarios per stage and parent scenarios (``[1] * N`` when nominal)."""
         n = self.config.horizon
@@ -546,6 +607,21 @@ class DoMpcController(ModelPredictiveController):
         if self._steps_since_reset >= self.config.history_limit:
             self.mpc.reset_history()
             self._steps_since_reset = 0
+
+
+def _element_weights(tau: float, tau_root: list[float], elements: int) -> tuple[int, list[float]]:
+    """The finite element holding the point ``tau`` of an interval (0 < tau <= 1) and the
+    Lagrange weights of that element's collocation nodes ``tau_root`` at it."""
+    i = min(int(tau * elements), elements - 1) if tau < 1.0 else elements - 1
+    local = tau * elements - i
+    weights = []
+    for j, tj in enumerate(tau_root):
+        w = 1.0
+        for r, tr in enumerate(tau_root):
+            if r != j:
+                w *= (local - tr) / (tj - tr)
+        weights.append(w)
+    return i, weights
 
 
 def _objective(mpc: Any) -> float:

@@ -20,7 +20,7 @@ import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from controller.audit import AuditTrail, file_hash
 from controller.clock import Clock, RealClock, ScaledClock
@@ -35,6 +35,9 @@ from controller.ports.factory import make_port
 from controller.site import Site, load_site
 from controller.supervisor import Counters, CycleView, Mode, State, Supervisor
 from controller.ui.bind import Bind
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 log = logging.getLogger("pharmatwin.runtime")
 
@@ -52,6 +55,8 @@ class RunOptions:
     users_path: Path | None = None  # who may act in the web view (controller.users)
     metrics: Bind | None = None  # Prometheus (controller.metrics)
     sd_notify: bool = True  # READY=1 and WATCHDOG=1 when systemd gives NOTIFY_SOCKET
+    #: the live status table's console (controller.status); None: no table (--quiet)
+    status: Console | None = None
 
 
 class Sink(Protocol):
@@ -330,6 +335,10 @@ def operator_sinks(opts: RunOptions) -> list[Sink]:
 
         users = load_users(opts.users_path) if opts.users_path is not None else None
         sinks.append(OperatorView(opts.ui, users=users))
+    if opts.status is not None:
+        from controller.status import StatusSink
+
+        sinks.append(StatusSink(opts.status))
     return sinks
 
 

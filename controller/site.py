@@ -66,7 +66,9 @@ class ModbusOptions(Strict):
 
 
 class OpcUaSecurity(Strict):
-    policy: Literal["None", "Basic256Sha256"] = "None"
+    policy: Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"] = (
+        "None"
+    )
     mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
     certificate: str | None = None  # client certificate (DER or PEM)
     private_key: str | None = None  # client private key (PEM)
@@ -76,7 +78,7 @@ class OpcUaSecurity(Strict):
     def _consistent(self) -> OpcUaSecurity:
         if (self.policy == "None") != (self.mode == "None"):
             raise ValueError(
-                "policy None goes with mode None, Basic256Sha256 with Sign/SignAndEncrypt"
+                "policy None goes with mode None, a secure policy with Sign/SignAndEncrypt"
             )
         if self.policy != "None" and not (self.certificate and self.private_key):
             raise ValueError("a secure policy needs 'certificate' and 'private_key'")
@@ -143,9 +145,16 @@ class PlcBehaviour(Strict):
     interlocks: tuple[Interlock, ...] = ()
 
 
+#: What a user of the HIL OPC UA server may do; every role reads. ``viewer``: only reads;
+#: ``operator``: acknowledges (``operator_reset``); ``engineer``: takes control (``mpc_request``,
+#: ``mpc_heartbeat``) and writes setpoints; ``twin``: writes the publications.
+ServerRole = Literal["viewer", "operator", "engineer", "twin"]
+
+
 class ServerUser(Strict):
     username: str
     password_env: str
+    roles: tuple[ServerRole, ...] = ("viewer",)
 
 
 class HilSection(Strict):

@@ -7,21 +7,35 @@ States (:class:`State`)::
     RUNNING/HOLD --(too many bad cycles | PLC dropped us)--> FALLBACK --(PLC permits)--> REQUESTING
     any --(SIGINT/SIGTERM/stop)--> STOPPED
 
-Every cycle, on the clock: read a snapshot; check quality and staleness (OPC UA quality,
-Modbus validity bits, a frozen PLC scan counter, source age); update the estimator; solve the
-MPC in a worker thread with a deadline (never two at once: an overrun skips the cycle and
-holds); pass the result through the safety layer; write the heartbeat, then the setpoints
-(each audited *before* it is sent), and check the read-back; then the twin's own work
+Every cycle, on the clock: read a snapshot; judge every tag the decision depends on
+(:mod:`controller.trust`: measurements and working setpoints for quality, finiteness,
+engineering limits, physical ``valid_range``, validity bits, a frozen PLC scan counter, source
+age and frozen values); update the estimator with the trusted measurements only; apply each
+measurement's bad-data policy (``on_bad: hold`` or ``predict``; a measurement the estimator's
+innovation gate rejected counts as bad); solve the MPC in a worker thread with a deadline
+(never two at once: an overrun skips the cycle and holds); pass the result through the safety
+layer; write the heartbeat, then the setpoints (each audited *before* it is sent, never twice
+within ``min_write_interval``), and check the read-back (one that is not a finite number
+within the tag's limits is a problem, never the new move origin); then the twin's own work
 (:mod:`controller.twin`): drift charts and maintenance forecasts on the estimate (fed only
 with good, fresh data; an alarm raised or cleared is audited, logged with what a person needs
 to act, and handed to the historian as an event; an alarm tag, if configured, is written after
 its audit record), and the soft-sensor publications (written every cycle in closed loop; in
 shadow mode only if ``runtime.publish_in_shadow``; a failed publication is logged and
-counted, never a reason to hold control). Bad or stale data, a failed or
+counted, never a reason to hold control). Bad or stale data, a failed estimator, a failed or
 late solve, or a failed write hold the last safe setpoints and count; after
 ``max_bad_cycles`` in a row the supervisor releases ``mpc_request`` so that the PLC takes over,
 and goes to FALLBACK. A lost connection holds too: no heartbeat reaches the PLC, which falls
 back by itself. Every transition is logged and audited with its cause.
+
+Untrusted data are counted (:class:`Counters`), logged, and recorded in the historian as
+events (``data.<reason>``: the tag, its value and why); how each measurement is used
+(measured, riding on the prediction, held) is a figure of every cycle (``data.use.<tag>``: 0,
+1, 2), and a change of use is audited (``data.use``), as is the policy in force at the first
+cycle (``data.policy``). Working setpoints that cannot be trusted at start keep the supervisor
+in INIT (nothing is estimated, decided or written). After a stall (the process stopped or
+starved for more than half a sample) the missed cycles are skipped, not run back to back: the
+schedule restarts from the moment the loop wakes up.
 """
 
 from __future__ import annotations
@@ -31,13 +45,13 @@ import contextlib
 import logging
 import math
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from controller.audit import AuditEntry, AuditError, AuditTrail
 from controller.clock import Clock
-from controller.errors import PortError, Problem
+from controller.errors import ConfigError, PortError, Problem
 from controller.estimator import Estimate
 from controller.forecast import (
     Forecast,
@@ -50,10 +64,22 @@ from controller.forecast import (
 from controller.historian import HistorianEvent, model_version
 from controller.monitoring import Alarm
 from controller.mpc import Decision, SolveStatus
-from controller.pipeline import ControlPipeline
+from controller.pipeline import ESTIMATOR_FAILED, ControlPipeline, rejected_outputs
 from controller.ports.base import Port, Quality, Snapshot, WriteReport, WriteStatus
 from controller.safety import SafetyOutcome
 from controller.site import Site
+from controller.tags import bad_data_problems
+from controller.trust import (
+    USE_CODE,
+    BadMeasurementPolicy,
+    DataTrust,
+    Distrust,
+    Judgement,
+    MeasurementPolicy,
+    PolicyStep,
+    Reason,
+    Use,
+)
 from controller.twin import TwinCycle, TwinServices
 
 log = logging.getLogger("pharmatwin.supervisor")
@@ -92,6 +118,22 @@ class Counters:
     drift_alarms: int = 0
     publish_failures: int = 0
     twin_failures: int = 0
+    #: data trust (see :mod:`controller.trust`): values outside their tag's ``valid_range``,
+    #: values that are not finite numbers, measurements the innovation gate rejected, cycles
+    #: riding on the model's prediction for a measurement, working setpoints not trusted
+    implausible_values: int = 0
+    non_finite_values: int = 0
+    gate_rejections: int = 0
+    predicted_cycles: int = 0
+    untrusted_working: int = 0
+    estimator_failures: int = 0
+    #: read-backs that were not a finite number within the tag's limits
+    readback_failures: int = 0
+    #: stalls (woke up more than half a sample late), the whole cycles they skipped, and
+    #: setpoint writes held because the last one was less than ``min_write_interval`` ago
+    stalls: int = 0
+    skipped_cycles: int = 0
+    write_spacing_holds: int = 0
 
 
 @dataclass
@@ -142,17 +184,25 @@ class Supervisor:
         self.sp_tags = {i: tag for i in self.model.input_names if (tag := tm.setpoint_tag(i))}
         self.pv_tags = {i: readings[i] for i in self.model.input_names if i in readings}
         self.y_tags = {o: readings[o] for o in self.model.output_names if o in readings}
+        problems = bad_data_problems(tm, self.model.input_names, str(site.referenced("tags")))
+        if problems:
+            raise ConfigError(problems)
         self._validity_order = tm.measurement_tags(self.model.input_names)[:16]
-        self._stale_after = {n: tags[n].stale_after for n in self.y_tags.values()}
-        self._frozen_after = {
-            n: f for n in self.y_tags.values() if (f := tags[n].frozen_after) is not None
-        }
-        self._repeats: dict[str, tuple[float, int]] = {}  # tag -> (last value, reads with it)
+        working = {i: self.pv_tags.get(i) or self.sp_tags[i] for i in self.model.input_names}
+        self.trust = DataTrust(tm, self.y_tags, working, self._validity_order)
+        self.trust.rate = float(getattr(clock, "rate", 1.0))  # the wall-time staleness floor
+        self.policy = BadMeasurementPolicy(
+            {o: MeasurementPolicy.of(tags[tag]) for o, tag in self.y_tags.items()}
+        )
+        self._policy_audited = False
+        self._working_now: dict[str, float] = {}  # this cycle's trusted working setpoints
+        intervals = [tags[t].min_write_interval for t in self.sp_tags.values()]
+        given = [i for i in intervals if i is not None]
+        self.min_write_interval_s = max(given) if given else self.dt_s / 2
+        self._last_write_t: float | None = None
         self.read_tags = [n for n, t in tags.items() if t.readable]
         self._heartbeat = 0
         self._solving: asyncio.Task[Decision] | None = None
-        self._last_scan: float | None = None
-        self._scan_frozen = 0
         self._requested = False
         self._pending_release = False
         self._written: dict[str, float] = {}
@@ -196,21 +246,43 @@ class Supervisor:
             actor=self.actor,
             detail={"site": str(self.site.path), "sample_time_s": self.dt_s},
         )
-        t0 = self.clock.now()
+        start = t0 = self.clock.now()
         k = 0
         try:
             while not stop.is_set():
+                due = t0 + k * self.dt_s
                 if cycles is not None and k >= cycles:
                     break
-                if duration_s is not None and k * self.dt_s >= duration_s:
+                if duration_s is not None and due - start >= duration_s:
                     break
-                if not await self._wait(t0 + k * self.dt_s, stop):
+                if not await self._wait(due, stop):
                     break
+                t0 += self._stalled(k, due)
                 await self.cycle(k, t0 + k * self.dt_s)
                 k += 1
         finally:
             await self.shutdown("stop requested" if stop.is_set() else "run complete")
         return self.counters
+
+    def _stalled(self, k: int, due: float) -> float:
+        """How far to move the schedule: after a stall (woken more than half a sample late:
+        the process was stopped or starved) the missed cycles are skipped, not run back to
+        back, and the schedule restarts from now; 0 on time."""
+        late = self.clock.now() - due
+        if late <= self.dt_s / 2:
+            return 0.0
+        missed = int(late // self.dt_s)
+        self.counters.stalls += 1
+        self.counters.skipped_cycles += missed
+        log.warning(
+            "cycle %d: woke %.3g s late (sample %.3g s): stalled; %d missed cycle(s) skipped, "
+            "the schedule restarts now",
+            k,
+            late,
+            self.dt_s,
+            missed,
+        )
+        return late
 
     async def _wait(self, t: float, stop: asyncio.Event) -> bool:
         """Sleep until process time ``t``; False when ``stop`` was set meanwhile."""
@@ -226,20 +298,22 @@ class Supervisor:
     async def cycle(self, k: int, t: float) -> CycleView:
         self.counters.cycles += 1
         view = CycleView(k, t, self.state, None)
+        if not self._policy_audited:
+            self._audit_policy(view)
         try:
-            view.snapshot = await self.port.read(self.read_tags)
+            snap = await self.port.read(self.read_tags)
         except PortError as exc:
             self.counters.read_failures += 1
             self._problem(view, f"read failed: {exc}")
             self._after_problem(view)
             return self._done(view)
-        snap = view.snapshot
-        if self.state is State.INIT:
-            self._initialize(snap)
-        self._follow_plc(snap, view)
-        data_ok, fresh = self._check_data(snap, view)
-        y = {o: snap[tag].value for o, tag in self.y_tags.items() if tag in snap.values}
-        estimate, problem = self.pipeline.estimate(y, data_ok=data_ok, data_fresh=fresh)
+        judged = self.trust.judge(snap)
+        view.snapshot = judged.snapshot  # as judged: non-finite BAD, outside limits UNCERTAIN
+        self._working_now = judged.working
+        if self.state is State.INIT and not self._initialize(judged, view):
+            return self._done(view)
+        self._follow_plc(judged, view)
+        estimate, problem, data_ok, fresh = self._estimate(judged, view)
         view.estimate = estimate
         try:
             self._watch(view, estimate, data_good=data_ok and fresh and not problem)
@@ -272,16 +346,19 @@ class Supervisor:
         return view
 
     # ------------------------------------------------------------------ steps
-    def _initialize(self, snap: Snapshot) -> None:
-        """Bumpless start: the PLC's working setpoints become the safety layer's last values."""
-        working = {}
-        for name in self.model.input_names:
-            tag = self.pv_tags.get(name) or self.sp_tags[name]
-            working[name] = snap[tag].value if tag in snap.values else math.nan
-        missing = [n for n, v in working.items() if not math.isfinite(v)]
-        if missing:
-            log.warning("working setpoints of %s unknown; staying in INIT", missing)
-            return
+    def _initialize(self, judged: Judgement, view: CycleView) -> bool:
+        """Bumpless start: the PLC's working setpoints become the safety layer's last values.
+
+        Working setpoints that cannot be trusted (bad, not finite, implausible) keep the
+        supervisor in INIT: a problem of the cycle, nothing estimated, decided or written."""
+        if judged.inputs:
+            self.counters.untrusted_working += 1
+            self._count(judged.inputs.values())
+            why = "; ".join(str(d) for d in judged.inputs.values())
+            self._problem(view, f"working setpoints not trusted, staying in INIT: {why}")
+            self._record(view, judged.inputs.values(), {})
+            return False
+        working = dict(judged.working)
         self.pipeline.start(working)
         self.pipeline.applied(working)
         self._written = dict(working)
@@ -289,19 +366,20 @@ class Supervisor:
             State.SHADOW if self.mode is Mode.SHADOW else State.REQUESTING,
             f"initialized from the PLC's working setpoints {working}",
         )
+        return True
 
-    def _follow_plc(self, snap: Snapshot, view: CycleView) -> None:
+    def _follow_plc(self, judged: Judgement, view: CycleView) -> None:
         """React to what the PLC reports: activation, or being dropped."""
+        snap = judged.snapshot
         active = self._flag(snap, "mpc_active")
-        if self.state is State.REQUESTING and active:
-            working = {}
-            for n in self.model.input_names:
-                tv = snap.values.get(self.pv_tags.get(n) or self.sp_tags[n])
-                working[n] = tv.value if tv is not None and tv.quality is Quality.GOOD else math.nan
-            unknown = [n for n, v in working.items() if not math.isfinite(v)]
+        # "active" counts only as the answer to our own request: a PLC that claims it before
+        # we asked (a stale flag, a rogue PLC) is not handing over control
+        if self.state is State.REQUESTING and active and self._requested:
+            unknown = [n for n in self.model.input_names if n not in judged.working]
             if unknown:
-                self._problem(view, f"working setpoints of {unknown} unknown; not engaging yet")
+                self._problem(view, f"working setpoints of {unknown} not trusted; not engaging")
                 return
+            working = dict(judged.working)
             self.pipeline.start(working)  # bumpless: start from what the PLC is doing
             self._written = dict(working)
             self._to(State.RUNNING, "the PLC reports mpc_active")
@@ -316,49 +394,132 @@ class Supervisor:
 
     @staticmethod
     def _flag(snap: Snapshot, tag: str) -> bool | None:
+        """A contract flag as the PLC reports it; None when it cannot be trusted."""
         tv = snap.values.get(tag)
-        if tv is None or tv.quality is not Quality.GOOD:
+        if tv is None or tv.quality is not Quality.GOOD or tv.value not in (0.0, 1.0):
             return None
         return bool(tv.value)
 
-    def _check_data(self, snap: Snapshot, view: CycleView) -> tuple[bool, bool]:
-        tags = list(self.y_tags.values())
-        bad = snap.bad(tags)
-        validity = snap.values.get("measurement_validity")
-        if validity is not None and validity.quality is Quality.GOOD:
-            bits = int(validity.value)
-            order = self._validity_order
-            bad += [n for i, n in enumerate(order) if n in tags and not bits >> i & 1]
-        stale = snap.stale(self._stale_after, snap.read_time)
-        scan = snap.values.get("plc_scan_counter")
-        if scan is not None and scan.quality is Quality.GOOD:
-            self._scan_frozen = self._scan_frozen + 1 if scan.value == self._last_scan else 0
-            self._last_scan = scan.value
-            if self._scan_frozen >= 2:
-                stale.append("plc_scan_counter (frozen)")
-        stale += self._frozen(snap)
+    # ------------------------------------------------------------------ data trust
+    def _estimate(
+        self, judged: Judgement, view: CycleView
+    ) -> tuple[Estimate | None, str, bool, bool]:
+        """Estimate from the trusted measurements only, then apply each measurement's policy.
+
+        Returns ``(estimate, problem, data_ok, data_fresh)``; the cycle may act on the
+        estimate only when there is no problem. Untrusted measurements (and those the
+        innovation gate rejects) are left out of the correction: the estimator rides on its
+        prediction for them; one whose policy is ``hold`` (or whose ``predict_cycles`` ran
+        out) holds the cycle, as do untrusted working setpoints.
+        """
+        untrusted = set(judged.outputs)
+        estimate, problem = self.pipeline.estimate(judged.measured, exclude=sorted(untrusted))
+        rejected = () if problem else rejected_outputs(estimate)
+        gated = {
+            o: Distrust(self.y_tags[o], Reason.REJECTED, judged.measured[o], _gate(estimate, o))
+            for o in rejected
+            if o in self.y_tags and o in judged.measured
+        }
+        step = self.policy.step(untrusted | set(gated))
+        distrust = {**judged.outputs, **gated}
+        self._count([*distrust.values(), *judged.inputs.values()])
+        self.counters.gate_rejections += len(gated)
+        self._record(view, [*judged.contract, *distrust.values(), *judged.inputs.values()], step)
+        if problem.startswith(ESTIMATOR_FAILED):
+            self.counters.estimator_failures += 1
+            self._problem(view, problem)
+        stale = {
+            o: d for o in step.held if (d := distrust[o]).reason in (Reason.STALE, Reason.FROZEN)
+        }
+        bad = {o: distrust[o] for o in step.held if o not in stale}
         if bad:
             self.counters.bad_data += 1
-            self._problem(view, f"bad-quality inputs {sorted(set(bad))}")
+            self._problem(view, f"bad-quality inputs {_tags(bad.values())}")
         if stale:
             self.counters.stale_data += 1
-            self._problem(view, f"stale inputs {sorted(set(stale))}")
-        return not bad, not stale
+            self._problem(view, f"stale inputs {_tags(stale.values())}")
+        if judged.inputs:
+            self.counters.untrusted_working += 1
+            self._problem(view, f"untrusted working setpoints {_tags(judged.inputs.values())}")
+        if step.predicted:
+            self.counters.predicted_cycles += 1
+            log.warning(
+                "cycle %d: riding on the model's prediction for %s",
+                view.cycle,
+                {
+                    self.y_tags[o]: f"{n} of {self.policy.policies[o].predict_cycles}"
+                    for o, n in step.riding.items()
+                },
+            )
+        data_ok, fresh = not bad and not judged.inputs, not stale
+        if not problem and not (data_ok and fresh):
+            problem = "no solve: untrusted data"
+        return estimate, problem, data_ok, fresh
 
-    def _frozen(self, snap: Snapshot) -> list[str]:
-        """Measurements with ``frozen_after`` read that many times in a row unchanged."""
-        frozen = []
-        for tag, limit in self._frozen_after.items():
-            tv = snap.values.get(tag)
-            if tv is None or tv.quality is not Quality.GOOD:
-                self._repeats.pop(tag, None)
-                continue
-            last, count = self._repeats.get(tag, (math.nan, 0))
-            count = count + 1 if tv.value == last else 1
-            self._repeats[tag] = (tv.value, count)
-            if count >= limit:
-                frozen.append(f"{tag} (frozen at {tv.value:g} for {count} reads)")
-        return frozen
+    def _count(self, distrusted: Iterable[Distrust]) -> None:
+        for d in distrusted:
+            if d.reason is Reason.IMPLAUSIBLE:
+                self.counters.implausible_values += 1
+            elif d.reason is Reason.NON_FINITE or not math.isfinite(d.value):
+                self.counters.non_finite_values += 1
+
+    def _record(
+        self, view: CycleView, distrusted: Iterable[Distrust], step: PolicyStep | Mapping[str, Use]
+    ) -> None:
+        """Every distrusted value is a historian event; a change of use is audited too; the
+        use of every measurement is a figure of the cycle."""
+        use = step.use if isinstance(step, PolicyStep) else step
+        for d in distrusted:
+            kind = f"data.{d.reason.name.lower()}"
+            detail = {"value": d.value, "reason": d.reason.value, "detail": d.detail}
+            view.events.append(HistorianEvent(self.run_id, view.t, kind, d.tag, str(d), detail))
+            log.warning("cycle %d: not trusted: %s", view.cycle, d)
+        view.monitor = {
+            **view.monitor,
+            **{f"data.use.{self.y_tags[o]}": USE_CODE[u] for o, u in use.items()},
+        }
+        if not isinstance(step, PolicyStep):
+            return
+        for output, (old, new) in step.changes.items():
+            tag, policy = self.y_tags[output], self.policy.policies[output]
+            why = f"{tag} is now {new.value} ({policy.describe()})"
+            self.audit.record(
+                "data.use",
+                tag,
+                reason=why,
+                old_value=old.value,
+                new_value=new.value,
+                actor=self.actor,
+                detail={"run_id": self.run_id, "cycle": view.cycle, "output": output},
+            )
+            log.warning("cycle %d: %s", view.cycle, why)
+            detail = {"old": old.value, "new": new.value, "policy": policy.describe()}
+            view.events.append(HistorianEvent(self.run_id, view.t, "data.use", tag, why, detail))
+
+    def _audit_policy(self, view: CycleView) -> None:
+        """The bad-measurement policy in force, once per run (its first cycle): audited, and
+        an event for the historian."""
+        self._policy_audited = True
+        for output, policy in self.policy.policies.items():
+            tag = self.y_tags[output]
+            detail = {
+                "output": output,
+                "on_bad": policy.on_bad,
+                "predict_cycles": policy.predict_cycles,
+                "uncertain_is_good": policy.uncertain_is_good,
+            }
+            self.audit.record(
+                "data.policy",
+                tag,
+                reason=policy.describe(),
+                new_value=policy.on_bad,
+                actor=self.actor,
+                detail={"run_id": self.run_id, **detail},
+            )
+            message = f"{tag}: {policy.describe()}"
+            view.events.append(
+                HistorianEvent(self.run_id, view.t, "data.policy", tag, message, detail)
+            )
 
     async def _solve(
         self, t: float, estimate: Estimate | None, problem: str, view: CycleView
@@ -406,7 +567,7 @@ class Supervisor:
             view.t / self.model.seconds_per_unit, estimate, inputs, data_good=data_good
         )
         self._twin = tc
-        view.monitor = tc.monitor
+        view.monitor = {**view.monitor, **tc.monitor}  # after the data-trust figures
         for kind, alarms in (("drift.alarm", tc.raised), ("drift.clear", tc.cleared)):
             for alarm in alarms:
                 self._alarm_event(kind, alarm, view)
@@ -521,14 +682,9 @@ class Supervisor:
         (without this a shadow run's estimate drifts away: it thinks the inputs never moved).
         In shadow mode the safety filter follows them too, so that the recommendations are
         moves from where the plant is."""
-        snap = view.snapshot
-        if snap is None or self.state is State.INIT:
+        if view.snapshot is None or self.state is State.INIT:
             return
-        working = dict(self._written)
-        for name in self.model.input_names:
-            tv = snap.values.get(self.pv_tags.get(name) or self.sp_tags[name])
-            if tv is not None and tv.quality is Quality.GOOD and math.isfinite(tv.value):
-                working[name] = float(tv.value)
+        working = {**self._written, **self._working_now}  # the trusted ones only
         if set(working) >= set(self.model.input_names):
             self._written = working
             self.pipeline.applied(working)
@@ -550,9 +706,29 @@ class Supervisor:
             await self._write_request(True, view)
             return
         if self.state is State.RUNNING and view.outcome is not None and not view.outcome.held:
+            if self._too_soon(view):
+                return
             await self._write_setpoints(view)
         elif view.outcome is not None:
             self.pipeline.applied(self._written)
+            self.pipeline.safety.reset(self._written)  # nothing written: moves count from it
+
+    def _too_soon(self, view: CycleView) -> bool:
+        """Two setpoint writes are never closer than ``min_write_interval``: a held cycle."""
+        now = self.clock.now()
+        last = self._last_write_t
+        if last is None or now - last >= self.min_write_interval_s:
+            return False
+        self.counters.write_spacing_holds += 1
+        self._problem(
+            view,
+            f"setpoints last written {now - last:.3g} s ago, less than the minimum interval "
+            f"of {self.min_write_interval_s:.3g} s: held",
+        )
+        self.pipeline.applied(self._written)
+        self.pipeline.safety.reset(self._written)
+        self._after_problem(view)
+        return True
 
     def _problem(self, view: CycleView, text: str) -> None:
         view.problems.append(text)
@@ -648,14 +824,17 @@ class Supervisor:
                 for name, value in view.outcome.setpoints.items()
             ]
         )
+        self._last_write_t = self.clock.now()
         report = await self._write(values, view)
+        trusted = True
         for name, value in view.outcome.setpoints.items():
             result = report.results.get(self.sp_tags[name]) if report is not None else None
-            if result is not None and result.status in (WriteStatus.OK, WriteStatus.MISMATCH):
-                readback = result.readback
-                self._written[name] = float(readback if readback is not None else value)
+            if result is not None and result.status is WriteStatus.OK:
+                self._written[name] = float(value)
+            elif result is not None and result.status is WriteStatus.MISMATCH:
+                trusted = self._take_readback(name, result.readback, view) and trusted
         self.pipeline.applied(self._written)
-        if report is None or not report.ok:
+        if report is None or not report.ok or not trusted:
             # The safety layer took its outcome as applied; it was not (or not all of it):
             # move limits must count from what the PLC really has, or held cycles add up.
             self.pipeline.safety.reset(self._written)
@@ -663,6 +842,25 @@ class Supervisor:
             return
         self.counters.writes += 1
         view.written.update(values)
+
+    def _take_readback(self, name: str, readback: float | None, view: CycleView) -> bool:
+        """What the PLC reports it has (a write answered MISMATCH) becomes the move limits'
+        origin, if it can be trusted: a finite number within the setpoint tag's limits.
+        Otherwise the last trusted value stays, and the cycle has a problem."""
+        tag = self.sp_tags[name]
+        limits = self.site.tags.tags[tag].limits
+        value = math.nan if readback is None else float(readback)
+        if math.isfinite(value) and (limits is None or limits[0] <= value <= limits[1]):
+            self._written[name] = value
+            return True
+        self.counters.readback_failures += 1
+        allowed = f"within {list(limits)}" if limits is not None else "finite"
+        self._problem(
+            view,
+            f"read-back of {tag} is {value!r}, not a number the PLC can hold ({allowed}); "
+            f"keeping {self._written.get(name)!r} as its value",
+        )
+        return False
 
     async def _advise(self, view: CycleView) -> None:
         """Shadow mode: recommendations go to the historian and, if configured, advisory tags."""
@@ -720,3 +918,19 @@ class Supervisor:
             actor=self.actor,
             detail={k: v for k, v in vars(self.counters).items()},
         )
+
+
+def _tags(distrusted: Iterable[Distrust]) -> list[str]:
+    """The tags, sorted (each one's reason is logged and is a historian event)."""
+    return sorted({d.tag for d in distrusted})
+
+
+def _gate(estimate: Estimate | None, output: str) -> str:
+    """The normalized innovation that made the gate reject ``output``, in words."""
+    if estimate is None:
+        return ""
+    innovation = estimate.innovation.get(output)
+    std = estimate.innovation_std.get(output)
+    if innovation is None or not std:
+        return ""
+    return f"innovation {innovation:.4g}, {abs(innovation) / std:.3g} standard deviations"

@@ -21,6 +21,14 @@ per-cycle read, the measurement list and the validity bits never include them. I
 carries a model variable (no ``binds``): a publication is never a control input nor a
 measurement. Every problem names ``tags.<tag>.publishes``, the bad value and what is allowed.
 
+What the twin may trust of a value it reads (see :mod:`controller.trust`), per tag: ``limits``
+of a read tag is the instrument's span as the PLC scales it (a value read outside is flagged
+UNCERTAIN by every port: "outside limits: wrong word order or scale?"); ``valid_range`` is what
+the quantity can physically be (outside: bad data for that cycle); ``frozen_after`` identical
+reads of a noisy measurement are a stuck transmitter; ``on_bad`` (``hold``, or ``predict`` for
+at most ``predict_cycles`` cycles) and ``uncertain_is_good`` are the measurement's bad-data
+policy; ``min_write_interval`` is the shortest time between two writes of a setpoint.
+
 The codecs are pure functions (in the spirit of pymodbus's framers): engineering value <->
 16-bit registers. Word/byte orders for multi-register values, with A the most significant
 byte of the value:
@@ -114,6 +122,18 @@ INT_RANGE = {
 }
 #: Largest finite float32.
 FLOAT32_MAX = 3.4028234663852886e38
+#: What the runtime does with a measurement it cannot trust (see ``Tag.on_bad``).
+OnBad = Literal["hold", "predict"]
+#: Keys that mean nothing on a publication (the twin writes it and never reads it back).
+_NOT_PUBLISHED = (
+    "max_rate",
+    "frozen_after",
+    "valid_range",
+    "on_bad",
+    "predict_cycles",
+    "uncertain_is_good",
+    "min_write_interval",
+)
 #: What ``publishes`` may look like: a name, or dotted names (``Lck.std``, ``alarm.word``).
 _PUBLISH_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 
@@ -192,6 +212,22 @@ class Tag(Strict):
     #: a noisy analog measurement read this many times in a row with exactly the same value is
     #: frozen (a stuck transmitter or a PLC holding its last value): treated as stale
     frozen_after: Annotated[int, Field(ge=2, le=1000)] | None = None
+    #: the values the measured quantity can physically take (a fed batch's biomass cannot
+    #: reach 50 g/L by mass balance): a value read outside is bad data for that cycle. Not the
+    #: engineering ``limits`` (the transmitter's span, the PLC's scaling, the write range: a
+    #: value outside those is flagged uncertain by the port) and not the model's operating
+    #: limits (what the process must respect, which a true value may well break)
+    valid_range: tuple[Finite, Finite] | None = None
+    #: a measurement that cannot be trusted in a cycle: ``hold`` the setpoints (and fall back
+    #: after ``max_bad_cycles``), or ``predict``: ride on the model's prediction for at most
+    #: ``predict_cycles`` cycles in a row, then hold
+    on_bad: OnBad = "hold"
+    predict_cycles: Annotated[int, Field(ge=1, le=1000)] | None = None
+    #: an ``uncertain`` value (OPC UA Uncertain, or read outside ``limits``) counts as good
+    uncertain_is_good: bool = False
+    #: a setpoint is never written again within this many seconds of process time (the
+    #: runtime uses half the sample time when no setpoint tag gives one)
+    min_write_interval: PositiveFinite | None = None
     modbus: ModbusSpec | None = None
     opcua: OpcUaSpec | None = None
     #: what the twin publishes into this tag (direction ``publish`` only): a model state, an
@@ -235,8 +271,8 @@ class Tag(Strict):
                 f"its Modbus table {modbus.table.value!r} is written only by the PLC; allowed: "
                 "'holding' (or 'coil' for a bool), which the twin can write"
             )
-        for key in ("max_rate", "frozen_after"):
-            if info.data.get(key) is not None:
+        for key in _NOT_PUBLISHED:
+            if info.data.get(key) not in (None, False, "hold"):
                 problems.append(f"'{key}' applies to setpoints and measurements only; remove it")
         if problems:
             raise ValueError(f"publishes {value!r}: " + "; ".join(problems))
@@ -250,7 +286,37 @@ class Tag(Strict):
             raise ValueError(
                 f"a writable tag cannot live in the read-only {self.modbus.table} table"
             )
+        problems = self._trust_problems()
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+    def _trust_problems(self) -> list[str]:
+        """The data-trust keys must fit the tag: what it reads, and whether it is written."""
+        out = []
+        if self.valid_range is not None and not self.valid_range[0] < self.valid_range[1]:
+            lo, hi = self.valid_range
+            out.append(f"valid_range lower {lo} must be below upper {hi}")
+        if self.valid_range is not None and not self.readable:
+            out.append("'valid_range' applies to tags the twin reads; remove it")
+        if self.on_bad == "predict" and self.predict_cycles is None:
+            out.append(
+                "on_bad 'predict' needs 'predict_cycles': the most cycles in a row the runtime "
+                "may ride on the model's prediction before it holds"
+            )
+        if self.on_bad == "hold" and self.predict_cycles is not None:
+            out.append("'predict_cycles' applies only with on_bad 'predict'; remove it")
+        if self.on_bad == "predict" and (self.direction is not Direction.READ or not self.binds):
+            out.append(
+                "on_bad 'predict' applies to a measurement (direction 'read', binding a model "
+                "output)"
+            )
+        if self.min_write_interval is not None and self.direction not in (
+            Direction.WRITE,
+            Direction.READ_WRITE,
+        ):
+            out.append("'min_write_interval' applies to setpoints the twin writes; remove it")
+        return out
 
     @property
     def writable(self) -> bool:
@@ -298,6 +364,22 @@ def load_tag_map(path: Path) -> TagMap:
     if problems:
         raise ConfigError(problems)
     return tm
+
+
+def bad_data_problems(tm: TagMap, input_names: Sequence[str], source: str) -> list[Problem]:
+    """``on_bad: predict`` needs a measurement: a tag that reads a model input (a working
+    setpoint) has no prediction to ride on (its bad value holds the writes)."""
+    return [
+        Problem(
+            source,
+            f"tags.{name}.on_bad",
+            f"the tag reads the working setpoint of input {tag.binds!r}, which the model does "
+            "not predict; allowed here: 'hold'",
+            tag.on_bad,
+        )
+        for name, tag in tm.tags.items()
+        if tag.on_bad == "predict" and tag.binds in input_names
+    ]
 
 
 def overlap_problems(tm: TagMap, source: str) -> list[Problem]:

@@ -23,7 +23,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from controller.errors import PharmaTwinError
+from controller.errors import ConfigError, PharmaTwinError
+from hil import min_time
 from hil.kpis import Kpis, compute_kpis
 from hil.reports import write_kpis, write_parquet, write_plot
 from hil.simulate import run_scenario
@@ -37,6 +38,8 @@ EPILOG = """examples:
   pharmatwin-hil simulate configs/scenarios/cstr-mpc.yaml --max-steps 20 --no-plot
   pharmatwin-hil serve configs/sites/lyophilizer-modbus.yaml --rate 600
   pharmatwin-hil serve configs/sites/bioreactor-opcua.yaml --protocol both --modbus-port 15020
+  pharmatwin-hil serve configs/sites/lyophilizer-opcua.yaml --protocol both --modbus-tls \
+      --modbus-port 15021 --wrong-unit silent
   pharmatwin-hil fault configs/sites/lyophilizer-modbus.yaml inject sensor_bias Tbot --magnitude 2
   pharmatwin-hil fault configs/sites/lyophilizer-modbus.yaml inject sensor_bias Tbot \
       --magnitude 2 --unit degC --duration 0.5
@@ -53,7 +56,37 @@ EPILOG = """examples:
       runs/tuning/lyophilizer/lyophilizer-tuned.yaml --scenarios configs/tuning/lyophilizer.yaml
   pharmatwin-hil design-space configs/design-space/lyophilizer.yaml --workers 2
   pharmatwin-hil design-space configs/design-space/lyophilizer.yaml --executor dask --workers 2
+  pharmatwin-hil design-space configs/design-space/lyophilizer.yaml --monte-carlo 20 --workers 2
+  pharmatwin-hil check-config configs/*/*.yaml
+  pharmatwin-hil min-time configs/controllers/lyophilizer-min-time.yaml
+  pharmatwin-hil pki issue-client uaexpert --uri urn:my-pc:UnifiedAutomation:UaExpert
 """
+
+
+def _examples_of(path: Sequence[str], text: str) -> list[str]:
+    """The example lines of ``text`` that run the subcommand ``path`` (its words in order)."""
+    lines: list[str] = []
+    for entry in text.replace("\\\n", " ").splitlines():
+        words = entry.split()
+        if not words or words[0] != "pharmatwin-hil":
+            continue
+        it = iter(words[1:])
+        if all(any(w == step for w in it) for step in path):
+            lines.append("  " + " ".join(words))
+    return lines
+
+
+def _own_examples(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> None:
+    """Every subcommand's help ends with its own examples (not the whole tool's list)."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
+            continue
+        for name, sub in action.choices.items():
+            here = (*path, name)
+            own = _examples_of(here, (sub.epilog or "") + "\n" + EPILOG)
+            if own:
+                sub.epilog = "examples:\n" + "\n".join(dict.fromkeys(own)) + "\n"
+            _own_examples(sub, here)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    from controller.cli import VersionAction
+
+    p.add_argument("--version", action=VersionAction)
     sub = p.add_subparsers(dest="command", required=True)
     sim = sub.add_parser(
         "simulate",
@@ -83,21 +119,62 @@ def _parser() -> argparse.ArgumentParser:
     )
     srv.add_argument("site", type=Path, help="configs/sites/<name>.yaml (with a 'hil' section)")
     srv.add_argument("--rate", type=float, default=1.0, help="process time per wall time")
-    srv.add_argument("--protocol", choices=["modbus", "opcua", "both"], default=None)
+    srv.add_argument(
+        "--protocol",
+        choices=["modbus", "opcua", "both"],
+        default=None,
+        help="which servers to run (default: the site's connection protocol)",
+    )
     srv.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
     srv.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --host")
-    srv.add_argument("--modbus-port", type=int, default=None)
-    srv.add_argument("--opcua-port", type=int, default=None)
+    srv.add_argument(
+        "--modbus-port", type=int, default=None, help="Modbus TCP port (default: the site's)"
+    )
+    srv.add_argument(
+        "--opcua-port", type=int, default=None, help="OPC UA port (default: the site's)"
+    )
     srv.add_argument("--duration", type=float, default=None, help="stop after S process s")
+    end = srv.add_mutually_exclusive_group()
+    end.add_argument(
+        "--until-batch-end",
+        action="store_true",
+        help="exit when the batch ends (default: the plant holds its final state and the "
+        "servers go on until Ctrl-C)",
+    )
+    end.add_argument(
+        "--repeat", action="store_true", help="start the batch again each time it ends"
+    )
+    srv.add_argument(
+        "--wait-for-controller",
+        action="store_true",
+        help="hold the HIL clock at 0 until a client's first write (the controller's first "
+        "cycle), so its start-up does not eat into the batch",
+    )
     srv.add_argument("--state-dir", type=Path, default=None, help="certificates, logs, state")
+    srv.add_argument(
+        "--modbus-tls",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Modbus/TCP Security: TLS with client certificates issued by the site's "
+        "hil.ca_certificate (default: on when the site's connection has modbus.tls)",
+    )
+    srv.add_argument(
+        "--wrong-unit",
+        choices=["gateway", "silent"],
+        default="gateway",
+        help="answer a Modbus request for a unit id the tag map does not have with "
+        "exception 0B, as a gateway does (default), or not at all",
+    )
     flt = sub.add_parser(
         "fault",
         help="inject, clear or inspect faults of a running 'serve'",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    flt.add_argument("site", type=Path)
-    flt.add_argument("--state-dir", type=Path, default=None)
+    flt.add_argument("site", type=Path, help="the site a running `pharmatwin-hil serve` serves")
+    flt.add_argument(
+        "--state-dir", type=Path, default=None, help="the state folder serve was given, if any"
+    )
     fsub = flt.add_subparsers(dest="fault_command", required=True)
     machine = argparse.ArgumentParser(add_help=False)
     machine.add_argument("--json", action="store_true", help="print the rig's answer as JSON")
@@ -118,8 +195,8 @@ def _parser() -> argparse.ArgumentParser:
     inj.add_argument("--duration", type=float, default=None, help="model time units")
     fsub.add_parser("status", parents=[machine], help="the rig's state and its active faults")
     clr = fsub.add_parser("clear", parents=[machine], help="remove faults (all by default)")
-    clr.add_argument("--kind", default=None)
-    clr.add_argument("--target", default=None)
+    clr.add_argument("--kind", default=None, help="clear only faults of this kind")
+    clr.add_argument("--target", default=None, help="clear only faults on this target")
     camp = sub.add_parser(
         "campaign",
         help="HIL test campaigns: a scenario matrix judged against acceptance criteria",
@@ -164,8 +241,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    cmp_.add_argument("config_a", type=Path)
-    cmp_.add_argument("config_b", type=Path)
+    cmp_.add_argument("config_a", type=Path, help="a controller config (e.g. the shipped one)")
+    cmp_.add_argument("config_b", type=Path, help="another controller config (e.g. the tuned one)")
     cmp_.add_argument(
         "--scenarios",
         type=Path,
@@ -178,7 +255,12 @@ def _parser() -> argparse.ArgumentParser:
         where = sp.add_mutually_exclusive_group()
         where.add_argument("--workers", type=int, default=None, help="worker processes (1)")
         where.add_argument("--dask-scheduler", default=None, help="an existing Dask cluster")
-        sp.add_argument("--executor", choices=("process", "dask"), default=None)
+        sp.add_argument(
+            "--executor",
+            choices=("process", "dask"),
+            default=None,
+            help="local process pool (default) or Dask",
+        )
     ds = sub.add_parser(
         "design-space",
         help="sweep two recipe knobs, judge each point's CQAs, plot the acceptable region",
@@ -212,7 +294,11 @@ def _parser() -> argparse.ArgumentParser:
         "check-config",
         help="check config files of every kind, the HIL's (campaign, tuning, design space) too",
     )
-    chk.add_argument("files", type=Path, nargs="+")
+    chk.add_argument(
+        "files", type=Path, nargs="+", help="config files of any kind the project ships"
+    )
+    min_time.add_parser(sub)
+    _pki_parser(sub)
     return p
 
 
@@ -274,8 +360,19 @@ async def _serve(args: argparse.Namespace, console: Console) -> int:
         opcua_port=args.opcua_port,
         duration=args.duration,
         state_dir=args.state_dir,
+        modbus_tls=args.modbus_tls,
+        wrong_unit=args.wrong_unit,
+        at_batch_end="exit" if args.until_batch_end else "repeat" if args.repeat else "hold",
+        wait_for_controller=args.wait_for_controller,
     )
-    await serve(args.site, opts, announce=lambda text: console.print(text, highlight=False))
+    try:
+        await serve(args.site, opts, announce=lambda text: console.print(text, highlight=False))
+    except PharmaTwinError as exc:  # one line per problem, never wrapped
+        problems = exc.problems if isinstance(exc, ConfigError) else (exc,)
+        for problem in problems:
+            text = f"[red]error:[/red] {escape(str(problem))}"
+            console.print(text, highlight=False, soft_wrap=True)
+        return 2
     return 0
 
 
@@ -557,9 +654,51 @@ def _check_config(files: Sequence[Path], console: Console) -> int:
     return check_config(files, console, {**CHECKERS, **hil_kinds}, "pharmatwin-hil")
 
 
+PKI_EPILOG = """examples:
+  pharmatwin-hil pki issue-client uaexpert --uri urn:my-pc:UnifiedAutomation:UaExpert
+  pharmatwin-hil pki issue-client uaread --uri urn:freeopcua:client --out runs/pki
+  pharmatwin-hil pki issue-client node-opcua --uri urn:my-pc:NodeOPCUA-Client --dns my-pc
+  pharmatwin-hil pki revoke runs/pki/uaexpert.der
+
+Test-bench credentials for the loopback HIL only: never use them for a plant.
+"""
+
+
+def _pki_parser(sub: Any) -> None:
+    """``pki``: issue or revoke client certificates of the test-bench CA (hil.servers.certs)."""
+    kw: dict[str, Any] = {
+        "epilog": PKI_EPILOG,
+        "formatter_class": argparse.RawDescriptionHelpFormatter,
+    }
+    pki = sub.add_parser("pki", help="issue or revoke client certificates of the bench CA", **kw)
+    actions = pki.add_subparsers(dest="pki_command", required=True)
+    issue = actions.add_parser(
+        "issue-client", help="a client certificate (DER) and key (PEM) from the bench CA", **kw
+    )
+    issue.add_argument("name", help="file name stem and certificate common name")
+    issue.add_argument("--uri", required=True, help="the client's OPC UA application URI")
+    issue.add_argument("--out", type=Path, default=Path("runs") / "pki", help="(runs/pki)")
+    issue.add_argument("--dns", action="append", default=None, help="SAN DNS name (localhost)")
+    issue.add_argument("--ip", action="append", default=None, help="SAN IP address (127.0.0.1)")
+    rev = actions.add_parser("revoke", help="put a certificate of the CA on its CRL", **kw)
+    rev.add_argument("certificate", type=Path, help="the certificate (DER or PEM)")
+    for action in (issue, rev):
+        action.add_argument("--ca-dir", type=Path, default=Path("configs") / "pki", help="CA")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    _own_examples(parser)
+    args = parser.parse_args(argv)
     console = Console()
+    for flag in ("workers", "trials"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            console.print(
+                f"[red]error:[/] command line: --{flag}: must be 1 or more (got {value})",
+                highlight=False,
+            )
+            return 2
     try:
         if args.command == "simulate":
             return asyncio.run(_simulate(args, console))
@@ -577,6 +716,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _design_space(args, console)
         if args.command == "check-config":
             return _check_config(args.files, console)
+        if args.command == "min-time":
+            return min_time.command(args, console)
+        if args.command == "pki":
+            from hil.servers.certs import command as pki_command
+
+            return pki_command(args, console)
     except PharmaTwinError as exc:
         console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
         return 2

@@ -10,7 +10,10 @@ controller saw); event times are exact or interpolated between samples, never ro
 the next sample (the end of primary drying is located inside the plant's step; a limit's first
 crossing is interpolated); final CQAs are taken at the event that ends the run. An open-loop
 run has no solver, so its table shows no solver rows. A plant that left its validity domain
-is reported as such: its KPIs describe a run that stopped there.
+is reported as such: its KPIs describe a run that stopped there. What the loop could not
+vouch for is counted, never folded into a success: the fast path's fallbacks to IPOPT
+(``solver_fallbacks``: the solve succeeded, at many times the cost), the estimator's failures
+and the measurements its innovation gate rejected (those cycles held).
 """
 
 from __future__ import annotations
@@ -58,6 +61,12 @@ class Kpis:
     open_loop: bool = False
     #: the true plant left its validity domain: what, where and when (None if it never did)
     plant_fault: str | None = None
+    #: cycles in which the fast path's SQP did not converge and IPOPT solved instead
+    solver_fallbacks: int = 0
+    #: cycles in which the estimator failed (the loop held: no setpoint from that estimate)
+    estimator_failures: int = 0
+    #: measurements the estimator's innovation gate kept out of its correction
+    innovation_rejections: int = 0
 
     @property
     def violation_count(self) -> int:
@@ -74,6 +83,7 @@ class Kpis:
             "solve_time_p95_ms": self.solve_time_p95_ms,
             "failed_solves": self.failed_solves,
             "longest_failed_run": self.longest_failed_run,
+            "solver_fallbacks": self.solver_fallbacks,
         }
         return {
             "scenario": self.scenario,
@@ -87,6 +97,8 @@ class Kpis:
             "worst_violation": self.worst_violation,
             **{f"violation.{v.what}": _describe(v, u) for v in self.violations},
             **({} if self.open_loop else solver),
+            "estimator_failures": self.estimator_failures,
+            "innovation_rejections": self.innovation_rejections,
             "safety_interventions": self.safety_interventions,
             **{f"cqa.{k}": v for k, v in self.cqas.items()},
             **{f"cqa.{k}.max": hi for k, (_, hi) in self.cqa_range.items()},
@@ -227,4 +239,7 @@ def compute_kpis(run: ScenarioRun) -> Kpis:
         cqa_range=ranges,
         open_loop=run.controller is None,
         plant_fault=run.plant_fault.describe() if run.plant_fault is not None else None,
+        solver_fallbacks=int(sum(bool(r.get("solve.fallback", False)) for r in rows)),
+        estimator_failures=int(sum(bool(r.get("estimator.failed", False)) for r in rows)),
+        innovation_rejections=int(sum(int(r.get("estimator.rejected", 0)) for r in rows)),
     )

@@ -299,6 +299,13 @@ class PlantRunner:
             self.fault = PlantFault(t, self.model.time_unit, tuple(found))
             raise PlantDomainError(self.fault)
 
+    def hold_step(self) -> None:
+        """After the batch's end: time moves on one step, the plant holds its final state
+        (nothing is integrated: the batch is over, not the physics corrected)."""
+        if self.fault is not None:
+            raise PlantDomainError(self.fault)
+        self.t += self.sample_time
+
     @property
     def parameters(self) -> dict[str, float]:
         """The true plant's current parameter values (model units), as used by ``advance``."""

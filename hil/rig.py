@@ -20,7 +20,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from controller.clock import Clock
 from controller.config import FaultSpec, ScenarioConfig, build_model, load_scenario, resolve
@@ -32,6 +32,8 @@ from hil.servers.base import PlcServer
 from hil.vplc import PlcEvent, VirtualPlc
 
 log = logging.getLogger("pharmatwin.hil.rig")
+
+AtBatchEnd = Literal["exit", "hold", "repeat"]
 
 
 @dataclass
@@ -70,15 +72,14 @@ class HilRig:
         # the true plant moves in finer steps than the controller samples (default: 1/5)
         self.plant_step = self.hil.plant_step or site.controller.sample_time / 5
         tp = self.scenario.true_plant
-        self.plant = PlantRunner(
-            self.model,
-            self.plant_step,
-            initial_state=tp.initial_state,
-            noise_std=tp.noise_std,
-            disturbances=tp.disturbances,
-            seed=tp.seed,
-            initial_inputs=self.scenario.initial_inputs,
-        )
+        self.plant = self._new_plant()
+        #: what the rig does when the batch ends (the model's natural end, or the scenario's
+        #: duration): ``exit`` (run() returns), ``hold`` (the plant holds its final state while
+        #: the PLC and the servers go on) or ``repeat`` (a new batch from the initial state)
+        self.at_batch_end: AtBatchEnd = "exit"
+        self.batches = 1
+        self._t0_s = 0.0  # process time at which the current batch started
+        self._held_since: float | None = None
         import numpy as np
 
         #: what faults may target on this site, and the kinds these servers cannot carry out
@@ -122,6 +123,41 @@ class HilRig:
             if hasattr(server, "write_check"):
                 server.write_check = self.vplc.check_write
 
+    def _new_plant(self) -> PlantRunner:
+        tp = self.scenario.true_plant
+        return PlantRunner(
+            self.model,
+            self.plant_step,
+            initial_state=tp.initial_state,
+            noise_std=tp.noise_std,
+            disturbances=tp.disturbances,
+            seed=tp.seed,
+            initial_inputs=self.scenario.initial_inputs,
+        )
+
+    @property
+    def batch_over(self) -> bool:
+        """The batch has ended: the model's natural end, or the scenario's duration."""
+        ended = self.scenario.stop_when_finished and self.plant.finished()
+        return ended or self.plant.t >= self.scenario.duration - 1e-9
+
+    def _restart_batch(self, now: float) -> None:
+        """``repeat``: a new batch from the initial state, its time starting now."""
+        import numpy as np
+
+        self.plant = self._new_plant()
+        self.faults = FaultSet(
+            self.scenario.faults,
+            np.random.default_rng(self.scenario.true_plant.seed + self.batches + 1),
+            on_event=self._fault_event,
+            tags=self.fault_targets.tags,
+        )
+        self._t0_s = now
+        self._held_since = None
+        self.batches += 1
+        self._measurements = {}
+        log.info("batch %d starts at process time %g s (--repeat)", self.batches, now)
+
     def _fault_event(self, ev: FaultEvent) -> None:
         self.log.fault_events.append(ev)
         log.info("fault %s %s %s at t=%g: %s", ev.action, ev.kind, ev.target, ev.t, ev.detail)
@@ -160,8 +196,19 @@ class HilRig:
         return self.plant.fault
 
     def _advance_plant(self, now: float) -> None:
-        target = now / self.unit_s
+        target = (now - self._t0_s) / self.unit_s
         while self.plant.fault is None and self.plant.t + self.plant_step <= target + 1e-12:
+            if self.at_batch_end == "hold" and self.batch_over:
+                if self._held_since is None:
+                    self._held_since = self.plant.t
+                    log.info(
+                        "the batch ended at t=%g %s: the plant holds its final state",
+                        self.plant.t,
+                        self.model.time_unit,
+                    )
+                self.plant.hold_step()
+                self._measurements = {}
+                continue
             params = self.faults.parameters(self.plant.t, self._nominal_params)
             if params != self.plant.parameters:
                 self.plant.set_parameters(params)
@@ -233,9 +280,11 @@ class HilRig:
             if self.plant.fault is not None:
                 log.error("the true plant stopped: %s", self.plant.fault.describe())
                 break
-            if self.scenario.stop_when_finished and self.plant.finished():
+            if self.batch_over and self.at_batch_end == "exit":
                 log.info("the batch ended at t=%g %s", self.plant.t, self.model.time_unit)
                 break
+            if self.batch_over and self.at_batch_end == "repeat":
+                self._restart_batch(self.clock.now())
             next_scan += period
             delay = next_scan - loop.time()
             if delay < 0:  # overrun: skip the missed scans, never run two at once
@@ -247,6 +296,8 @@ class HilRig:
     def summary(self) -> dict[str, Any]:
         return {
             "t_model": self.plant.t,
+            "batches": self.batches,
+            "held_since": self._held_since,
             "time_unit": self.model.time_unit,
             "mode": self.vplc.mode.value,
             "scans": self.vplc.scan_count,

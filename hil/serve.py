@@ -15,6 +15,18 @@ The serving process validates every injection against its site and servers itsel
 "did_you_mean": <name or null>}``; a refused fault is not held. An injection's answer gives
 the fault as held (absolute start), the real ``tags`` a ``comm_bad_status`` pattern expanded
 to, the ``unit`` of its magnitude or rate, and the model time ``t_model`` it was injected at.
+
+The log file (``<state_dir>/<site>.log``) gets the rig's own messages (``pharmatwin.*``) and
+the servers' (``hil.servers.*``): refused writes with their reason, refused TLS clients and
+OPC UA certificates, connects and disconnects. Bad start-up input (a rate or duration that is
+not a finite number > 0, a busy port, an unreadable site file) is one ConfigError or
+PharmaTwinError naming what is wrong, raised before anything is served.
+
+Modbus/TCP Security: with ``modbus_tls`` (default: when the site's connection says
+``modbus.tls``) the Modbus server speaks TLS and requires a client certificate issued by the
+site's test-bench CA (``hil.ca_certificate``), which also signs the server certificate made on
+first start in ``<state_dir>/<site>/modbus/``
+(:func:`hil.servers.modbus.site_tls_context`).
 """
 
 from __future__ import annotations
@@ -23,13 +35,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
-from controller.clock import ScaledClock
+from controller.clock import Gate, ScaledClock
 from controller.config import FaultKind
 from controller.errors import ConfigError, PharmaTwinError, Problem
 from controller.site import Site, load_site
@@ -39,6 +52,8 @@ from hil.rig import HilRig
 from hil.servers.base import PlcServer
 
 log = logging.getLogger("pharmatwin.hil.serve")
+#: The loggers whose records go to the HIL log file.
+LOGGERS = ("pharmatwin", "hil.servers")
 
 
 @dataclass(frozen=True)
@@ -51,6 +66,40 @@ class ServeOptions:
     opcua_port: int | None = None
     duration: float | None = None  # process seconds
     state_dir: Path | None = None
+    modbus_tls: bool | None = None  # Modbus/TCP Security; default: the site's connection's
+    wrong_unit: Literal["gateway", "silent"] = "gateway"  # another unit id: 0B | no answer
+    #: at the batch's end: hold the final state and keep serving until stopped (default),
+    #: exit (--until-batch-end), or start the batch again (--repeat)
+    at_batch_end: Literal["hold", "exit", "repeat"] = "hold"
+    #: hold the HIL clock at 0 until a client's first write (the controller's first cycle
+    #: writes its heartbeat), so the controller's start-up does not eat into the batch
+    wait_for_controller: bool = False
+
+    def check(self) -> None:
+        """ConfigError listing every bad option (name, bad value, what is allowed)."""
+        problems = []
+        for name, value in (("--rate", self.rate), ("--duration", self.duration)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                why = "must be a finite number > 0"
+                unit = (
+                    "process seconds per wall-clock second"
+                    if name == "--rate"
+                    else "process seconds"
+                )
+                problems.append(Problem("command line", name, f"{why} ({unit})", value))
+        for name, port in (("--modbus-port", self.modbus_port), ("--opcua-port", self.opcua_port)):
+            if port is not None and not 1 <= port <= 65535:
+                problems.append(Problem("command line", name, "must be 1..65535", port))
+        from hil.servers.modbus import WRONG_UNIT_CHOICES
+
+        if self.wrong_unit not in WRONG_UNIT_CHOICES:
+            why = f"allowed: {list(WRONG_UNIT_CHOICES)}"
+            problems.append(Problem("command line", "--wrong-unit", why, self.wrong_unit))
+        if not is_loopback(self.host) and not self.allow_remote:
+            why = "the HIL simulator binds loopback only unless --allow-remote is given"
+            problems.append(Problem("command line", "--host", why, self.host))
+        if problems:
+            raise ConfigError(problems)
 
 
 def state_dir(site: Site, override: Path | None = None) -> Path:
@@ -75,15 +124,28 @@ def _ports(site: Site, opts: ServeOptions) -> dict[str, int]:
 
 
 async def _servers(site: Site, ports: dict[str, int], opts: ServeOptions) -> list[PlcServer]:
-    from hil.servers.modbus import modbus_server_for_site
+    from hil.servers.modbus import modbus_server_for_site, site_tls_context
     from hil.servers.opcua import opcua_server_for_site
 
     servers: list[PlcServer] = []
     folder = state_dir(site, opts.state_dir)
     if "modbus" in ports:
+        tls = opts.modbus_tls if opts.modbus_tls is not None else site.connection.modbus.tls
+        context = (
+            await asyncio.to_thread(
+                site_tls_context, site, folder / site.name / "modbus", opts.host
+            )
+            if tls
+            else None
+        )
         servers.append(
             modbus_server_for_site(
-                site, port=ports["modbus"], host=opts.host, allow_remote=opts.allow_remote
+                site,
+                port=ports["modbus"],
+                host=opts.host,
+                allow_remote=opts.allow_remote,
+                tls=context,
+                wrong_unit=opts.wrong_unit,
             )
         )
     if "opcua" in ports:
@@ -164,32 +226,46 @@ def _text(name: str, value: object) -> str | None:
 
 
 async def serve(site_path: Path, opts: ServeOptions, announce: Any = print) -> dict[str, Any]:
-    """Run the rig until SIGINT/SIGTERM or ``opts.duration``; returns the final summary."""
+    """Run the rig until SIGINT/SIGTERM or ``opts.duration``; returns the final summary.
+
+    ConfigError for bad options or site files, PharmaTwinError when a port cannot be listened
+    on (both before anything is served).
+    """
+    opts.check()
     site = load_site(site_path)
-    if not is_loopback(opts.host) and not opts.allow_remote:
-        raise ConfigError(
-            [
-                Problem(
-                    "command line",
-                    "--host",
-                    "the HIL simulator binds loopback only unless --allow-remote is given",
-                    opts.host,
-                )
-            ]
-        )
     folder = state_dir(site, opts.state_dir)
     folder.mkdir(parents=True, exist_ok=True)
     log_path = folder / f"{site.name}.log"
-    handler = logging.FileHandler(log_path)
+    handler = logging.FileHandler(log_path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("pharmatwin")
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
+    handler.setLevel(logging.INFO)
+    loggers = [logging.getLogger(name) for name in LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        if lg.getEffectiveLevel() > logging.INFO:
+            lg.setLevel(logging.INFO)
     try:
         return await _serve(site, opts, folder, log_path, announce)
     finally:
-        root.removeHandler(handler)
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
         handler.close()
+
+
+def _open_on_first_write(servers: list[Any], gate: Gate) -> None:
+    """Start the clock at the first write a client makes (its first cycle's heartbeat)."""
+    for server in servers:
+        hook = server.write_hook
+
+        def opening(*args: Any, _hook: Any = hook, **kw: Any) -> Any:
+            if not gate.is_open:
+                gate.open()
+                log.info("a client wrote: the HIL clock starts")
+            return _hook(*args, **kw)
+
+        server.write_hook = opening
 
 
 async def _serve(
@@ -197,8 +273,13 @@ async def _serve(
 ) -> dict[str, Any]:
     ports = _ports(site, opts)
     servers = await _servers(site, ports, opts)
-    clock = ScaledClock(opts.rate)
+    gate = Gate()
+    if not opts.wait_for_controller:
+        gate.open()
+    clock = ScaledClock(opts.rate, monotonic=gate)
     rig = HilRig(site, clock, servers)
+    if opts.wait_for_controller:
+        _open_on_first_write(servers, gate)
     admin = Admin(rig)
     admin_server = await asyncio.start_server(admin.handle, LOOPBACK, 0)
     admin_port = admin_server.sockets[0].getsockname()[1]
@@ -219,8 +300,15 @@ async def _serve(
             loop.add_signal_handler(sig, stop.set)
     started = []
     try:
-        for server in servers:
-            await server.start()
+        for server, (proto, port) in zip(servers, ports.items(), strict=True):
+            try:
+                await server.start()
+            except OSError as exc:
+                why = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+                raise PharmaTwinError(
+                    f"cannot serve {proto} on {opts.host}:{port}: {why}; is another server "
+                    f"running there? choose another port with --{proto}-port"
+                ) from exc
             started.append(server)
         state_file.write_text(json.dumps(state, indent=2))  # announced once it answers
         log.info("serving %s on %s at rate %g", site.name, ports, opts.rate)
@@ -229,6 +317,7 @@ async def _serve(
             + ", ".join(f"{p} on {opts.host}:{n}" for p, n in ports.items())
             + f" at rate {opts.rate:g}; admin on {LOOPBACK}:{admin_port}; log: {log_path}"
         )
+        rig.at_batch_end = opts.at_batch_end
         await rig.run(stop, opts.duration)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

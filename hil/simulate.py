@@ -82,11 +82,29 @@ def _row(t: float, plant: PlantState, y: dict[str, float], cycle: CycleResult) -
     row["solve.return_status"] = d.return_status
     row["solve.iterations"] = d.iterations
     row["solve.time_s"] = d.solve_time_s
+    row["solve.fallback"] = d.fallback  # the fast path's SQP handed over to IPOPT
+    row["estimator.failed"] = cycle.estimator_failed  # the cycle held
+    row["estimator.rejected"] = len(cycle.rejected)  # outputs the innovation gate kept out
     row["safety.held"] = cycle.outcome.held
     row["safety.interventions"] = len(cycle.outcome.interventions)
     for name, slack in d.soft_slack.items():
         row[f"slack.{name}"] = slack
     return row
+
+
+def initial_inputs(
+    sc: ScenarioConfig, model: PlantModel, limits: dict[str, InputLimit]
+) -> dict[str, float]:
+    """The setpoints in force at the start: the scenario's ``initial_inputs``, the others at
+    the plant file's nominal values. A nominal value outside the controller's limits starts
+    at the nearest limit (the scenario's own values are checked at load, never clamped)."""
+    out = {}
+    for name, value in model.nominal_inputs.items():
+        if name in sc.initial_inputs:
+            out[name] = float(sc.initial_inputs[name])
+        else:
+            out[name] = min(max(value, limits[name].lower), limits[name].upper)
+    return out
 
 
 async def run_scenario(
@@ -116,6 +134,7 @@ async def run_scenario(
     limits = _limits(ctl_model, cfg)
     run = ScenarioRun(sc, true_model, cfg, limits=limits)
     run.constraints = cfg.constraints if cfg else ()
+    working = initial_inputs(sc, ctl_model, limits)
     plant = PlantRunner(
         true_model,
         dt,
@@ -123,13 +142,10 @@ async def run_scenario(
         noise_std=sc.true_plant.noise_std,
         disturbances=sc.true_plant.disturbances,
         seed=sc.true_plant.seed,
+        initial_inputs=working,  # the plant's t = 0 algebraic state and outputs see them
     )
     estimator = make_estimator(ctl_model, spec, dt)
     pipeline = ControlPipeline(ctl_model, estimator, policy, limits)
-    working = {
-        n: min(max(v, limits[n].lower), limits[n].upper)
-        for n, v in ctl_model.nominal_inputs.items()
-    }
     pipeline.start(working)
     clock = SteppedClock()
     unit = true_model.seconds_per_unit

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import signal
@@ -235,7 +236,7 @@ async def test_opcua_handshake_and_out_of_range(
             units = await node("ns=2;s=lyophilizer.shelf_temp_sp").get_child("0:EngineeringUnits")
             assert (await units.read_value()).DisplayName.Text == "degC"
             sp = node("ns=2;s=lyophilizer.shelf_temp_sp")
-            with pytest.raises(ua.UaStatusCodeError, match="BadOutOfRange"):
+            with pytest.raises(ua.UaStatusCodeError, match="BadInvalidState"):
                 await sp.write_value(ua.Variant(-30.0, ua.VariantType.Double))  # not active
             await node("ns=2;s=lyophilizer.mpc_request").write_value(True)
             hb = node("ns=2;s=lyophilizer.mpc_heartbeat")
@@ -320,3 +321,69 @@ async def test_a_refused_multi_tag_write_changes_nothing(modbus_rig: Rig) -> Non
         await hb
     finally:
         client.close()
+
+
+# --------------------------------------------------- the HIL log and the serve options
+class _Heard(logging.Handler):
+    """Sets ``event`` when a record containing ``text`` is logged."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text, self.event = text, asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.event.set()
+
+
+async def _heard(text: str) -> AsyncIterator[_Heard]:
+    heard = _Heard(text)
+    logger = logging.getLogger("hil.servers.modbus")
+    logger.addHandler(heard)
+    try:
+        yield heard
+    finally:
+        logger.removeHandler(heard)
+
+
+async def test_the_hil_log_gets_refusals_connects_and_disconnects(modbus_rig: Rig) -> None:
+    async for heard in _heard("disconnected"):
+        client = AsyncModbusTcpClient("127.0.0.1", port=modbus_rig.port, timeout=2)
+        await client.connect()
+        plc = Plc(client)
+        assert await plc.write("shelf_temp_sp", -34.0) == 3  # not active
+        assert await plc.value("write_refusal_code") == 1  # the reason, for the client
+        client.close()
+        await asyncio.wait_for(heard.event.wait(), 10)
+    text = (modbus_rig.state_dir / "lyophilizer-modbus.log").read_text()
+    served = f"127.0.0.1:{modbus_rig.port}"
+    assert re.search(rf"INFO hil\.servers\.modbus: 127\.0\.0\.1:\d+ connected to {served}", text)
+    assert (
+        "WARNING hil.servers.modbus: refused a write of shelf_temp_sp = -34.0: shelf_temp_sp: "
+        "remote setpoints are accepted only while the MPC is active (not active; function 16, "
+        "unit 1, holding 0)"
+    ) in text
+    assert re.search(
+        rf"INFO hil\.servers\.modbus: 127\.0\.0\.1:\d+ disconnected from {served}", text
+    )
+
+
+async def test_serve_answers_a_wrong_unit_as_told(tmp_path: Path) -> None:
+    """``--wrong-unit silent``: a request for unit 7, handled, then one for unit 1 on the same
+    connection; the first answer back is unit 1's (TCP keeps the order)."""
+    rig = await _start(LYO_MODBUS, tmp_path, wrong_unit="silent")
+    read = bytes.fromhex("04 0015 0001")  # read input register 21 (plc_scan_counter)
+    try:
+        async for heard in _heard("asked unit 7"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", rig.port)
+            writer.write(bytes.fromhex("0001 0000 0006 07") + read)
+            await asyncio.wait_for(heard.event.wait(), 10)
+            writer.write(bytes.fromhex("0002 0000 0006 01") + read)
+            answer = await asyncio.wait_for(reader.readexactly(9), 10)
+            writer.close()
+    finally:
+        await _stop(rig)
+    assert answer[:2] == b"\x00\x02" and answer[6:9] == b"\x01\x04\x02"  # unit 1's answer
+    assert "asked unit 7, which is not here (units [1]): no answer" in (
+        (tmp_path / "lyophilizer-modbus.log").read_text()
+    )

@@ -14,7 +14,9 @@ import dataclasses
 import ipaddress
 import logging
 import math
+import os
 import stat
+import sys
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -37,7 +39,7 @@ from controller.clock import RealClock
 from controller.errors import ConfigError, PortConnectError
 from controller.ports.opcua import OpcUaPort
 from controller.site import Site, load_site
-from controller.tags import DataType, ModbusSpec, Order, Table, load_tag_map
+from controller.tags import DataType, ModbusSpec, Order, Table, TagMap, load_tag_map
 from hil.servers.certs import (
     CA_CERTIFICATE_FILE,
     CA_KEY_FILE,
@@ -51,7 +53,16 @@ from hil.servers.certs import (
 from hil.servers.certs import CLIENT_URI as PKI_URI
 from hil.servers.certs import main as certs_main
 from hil.servers.modbus import ModbusPlcServer, modbus_server_for_site
-from hil.servers.opcua import OpcUaPlcServer, address_space_shelf, opcua_server_for_site
+from hil.servers.opcua import (
+    CEFACT,
+    NAMESPACE,
+    UNECE_UNITS,
+    OpcUaPlcServer,
+    _cache_problem,
+    address_space_shelf,
+    default_cache_dir,
+    opcua_server_for_site,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -78,6 +89,10 @@ VALUES = {
     "interlock_active": 0,
     "operator_reset": 0,
     "measurement_validity": 0b1011,
+    "write_refusal_code": 2,
+    "write_refusal_function": 16,
+    "write_refusal_address": 2,
+    "write_refusal_count": 17,
 }
 WRITES = {
     "feed_dilution_sp": 20.0,
@@ -245,8 +260,8 @@ async def test_opcua_reads_and_writes_every_tag(opcua: OpcUaPlcServer, uac: Clie
     for tag, value in WRITES.items():
         await ua_write(uac, tag, value)
         assert opcua.value(tag) == pytest.approx(value), tag
-    with pytest.raises(ua.UaStatusCodeError, match="BadUserAccessDenied"):
-        await ua_write(uac, "conc_a", 1.0)  # read-only tag: no write access
+    with pytest.raises(ua.UaStatusCodeError, match="BadNotWritable"):
+        await ua_write(uac, "conc_a", 1.0)  # read-only tag
 
 
 # ---------------------------------------------------------------------- the PLC's hook
@@ -280,29 +295,39 @@ async def test_modbus_write_hook_sees_values_and_refuses_whole_requests(
     assert "jacket_duty_sp = -2600.0: rate limit" in caplog.text
 
 
-async def test_opcua_write_hook_refusal_is_bad_out_of_range(
+async def test_opcua_write_hook_refusal_status_says_why(
     opcua: OpcUaPlcServer, uac: Client, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The PLC's reason picks the status: not active, interlock, rate limit, outside limits."""
     heard: list[tuple[str, float]] = []
+    reasons = {
+        60.0: "remote setpoints are accepted only while the MPC is active",
+        61.0: "interlock runaway tripped",
+        62.0: "move +49 in 9 s exceeds the PLC rate limit 0.56/s",
+        63.0: "feed_dilution_sp=63 outside the PLC range [5, 50]",
+    }
 
     def hook(tag: str, value: float) -> str | None:
         heard.append((tag, value))
-        return "not active" if tag == "feed_dilution_sp" and value > 50 else None
+        return reasons.get(value) if tag == "feed_dilution_sp" else None
 
     opcua.write_hook = hook
     await ua_write(uac, "feed_dilution_sp", 20.0)
     await ua_write(uac, "mpc_request", 0)
     assert heard == [("feed_dilution_sp", 20.0), ("mpc_request", 0.0)]
-    with (
-        caplog.at_level(logging.INFO, logger="hil.servers.opcua"),
-        pytest.raises(ua.UaStatusCodeError, match="BadOutOfRange"),
-    ):
-        await ua_write(uac, "feed_dilution_sp", 60.0)
+    expected = ["BadInvalidState", "BadLocked", "BadOutOfRange", "BadOutOfRange"]
+    with caplog.at_level(logging.INFO, logger="pharmatwin.hil.opcua"):
+        for value, status in zip(reasons, expected, strict=True):
+            with pytest.raises(ua.UaStatusCodeError, match=status):
+                await ua_write(uac, "feed_dilution_sp", value)
     assert opcua.value("feed_dilution_sp") == 20.0  # unchanged
-    assert "feed_dilution_sp = 60.0: not active" in caplog.text
-    with pytest.raises(ua.UaStatusCodeError):
+    assert "feed_dilution_sp = 60.0 by an anonymous user: not active: remote" in caplog.text
+    assert "interlock: interlock runaway tripped (BadLocked)" in caplog.text
+    assert "over the rate limit: move +49" in caplog.text
+    assert "outside limits: feed_dilution_sp=63" in caplog.text
+    with pytest.raises(ua.UaStatusCodeError, match="BadNotWritable"):
         await ua_write(uac, "conc_a", 1.0)
-    assert heard[-1] == ("feed_dilution_sp", 60.0)  # not asked about a read-only tag
+    assert heard[-1] == ("feed_dilution_sp", 63.0)  # not asked about a read-only tag
 
 
 # ---------------------------------------------------------------------- publish and quality
@@ -408,6 +433,9 @@ async def test_opcua_nodes_sit_under_site_and_unit_with_units_and_ranges(uac: Cl
         assert node.nodeid.to_string() == node_id(name)
         units = await (await node.get_child("0:EngineeringUnits")).read_value()
         assert isinstance(units, ua.EUInformation) and units.DisplayName.Text == tag.unit
+        code = UNECE_UNITS.get(tag.unit, ("", ""))[0]  # UnitId: the code's letters, big-endian
+        assert units.UnitId == (int.from_bytes(code.encode(), "big") if code else -1), name
+        assert units.NamespaceUri == (CEFACT if code else ""), name
         if tag.limits is None:
             with pytest.raises(ua.UaStatusCodeError, match="BadNoMatch"):
                 await node.get_child("0:EURange")
@@ -416,6 +444,59 @@ async def test_opcua_nodes_sit_under_site_and_unit_with_units_and_ranges(uac: Cl
             assert (eu_range.Low, eu_range.High) == tag.limits
     site = await uac.nodes.objects.get_child([f"2:{SITE_NAME}"])
     assert await site.read_type_definition() == ua.NodeId(ua.Int32(ua.ObjectIds.FolderType))
+    # Spot checks against UNECE Recommendation 20 (the numbers OPC UA Part 8 lists).
+    expected = {"reactor_temp": 4408652, "feed_dilution_sp": 4731184, "conc_a": 4404024}
+    for name, unit_id in expected.items():
+        node = uac.get_node(node_id(name))
+        units = await (await node.get_child("0:EngineeringUnits")).read_value()
+        assert units.UnitId == unit_id, name
+
+
+async def test_client_writes_get_a_source_timestamp_and_respect_the_eurange(
+    opcua: OpcUaPlcServer, uac: Client
+) -> None:
+    """Every client write is stamped (the client's SourceTimestamp, else the server's clock);
+    a value outside the tag's EURange is refused, a publication's too."""
+    before = datetime.now(UTC)
+    await ua_write(uac, "feed_dilution_sp", 20.0)
+    stamp = (await ua_data_value(uac, "feed_dilution_sp")).SourceTimestamp
+    assert stamp is not None and before - timedelta(seconds=1) <= stamp <= datetime.now(UTC)
+    given = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    node = uac.get_node(node_id("jacket_duty_sp"))
+    await node.write_value(
+        ua.DataValue(ua.Variant(-2500.0, ua.VariantType.Double), SourceTimestamp=given)
+    )
+    assert (await ua_data_value(uac, "jacket_duty_sp")).SourceTimestamp == given
+    for tag, value in (
+        ("feed_dilution_sp", 100.5),
+        ("jacket_duty_sp", 1.0),
+        ("conc_b_estimate", 5.5),
+    ):
+        with pytest.raises(ua.UaStatusCodeError, match="BadOutOfRange"):
+            await ua_write(uac, tag, value)
+    await ua_write(uac, "conc_b_estimate", 5.0)  # the range's edge is inside
+    assert opcua.value("conc_b_estimate") == 5.0
+    assert (opcua.value("feed_dilution_sp"), opcua.value("jacket_duty_sp")) == (20.0, -2500.0)
+
+
+async def test_tag_maps_may_name_the_namespace_by_uri(shelf: Path) -> None:
+    def by_uri(uri: str) -> TagMap:
+        tags = {}
+        for name, tag in TAGS.tags.items():
+            spec = tag.opcua
+            assert spec is not None and spec.node_id is not None
+            node = spec.node_id.replace("ns=2;", f"nsu={uri};")
+            tags[name] = tag.model_copy(update={"opcua": spec.model_copy(update={"node_id": node})})
+        return TAGS.model_copy(update={"tags": tags})
+
+    server = OpcUaPlcServer(by_uri(NAMESPACE), initial=VALUES, shelf=shelf)
+    assert server.node_id("conc_a") == ua.NodeId("cstr.conc_a", 2)
+    async with server, Client(server.url, timeout=3) as client:
+        assert await client.get_node("ns=2;s=cstr.conc_a").read_value() == VALUES["conc_a"]
+    with pytest.raises(
+        ValueError, match="names the namespace 'urn:elsewhere'; the HIL server's is"
+    ):
+        OpcUaPlcServer(by_uri("urn:elsewhere"))
 
 
 # ---------------------------------------------------------------------- security
@@ -726,3 +807,109 @@ def test_binding_a_non_loopback_address_is_refused(site: Site) -> None:
     assert ModbusPlcServer(TAGS, host="0.0.0.0", allow_remote=True).host == "0.0.0.0"
     assert OpcUaPlcServer(TAGS, host="localhost").url.startswith("opc.tcp://localhost:")
     assert modbus_server_for_site(site).port == 5020  # an OPC UA site: the default Modbus port
+
+
+# ---------------------------------------------------------------------- address-space cache
+_START_ONE = """
+import asyncio, logging, sys
+from pathlib import Path
+from asyncua import Client
+from controller.tags import load_tag_map
+from hil.servers.opcua import OpcUaPlcServer
+
+async def main() -> None:
+    logging.getLogger("pharmatwin").addHandler(logging.StreamHandler())
+    logging.getLogger("pharmatwin").setLevel(logging.INFO)
+    tags = load_tag_map(Path(sys.argv[2]))
+    async with OpcUaPlcServer(tags, shelf=Path(sys.argv[1]), initial={"conc_a": 2.5}) as server:
+        async with Client(server.url, timeout=5) as client:
+            name = await client.get_node("i=2261").read_value()  # the server's ProductName
+            value = await client.get_node("ns=2;s=cstr.conc_a").read_value()
+    print("served", name, value)
+
+asyncio.run(main())
+"""
+
+
+def _shelf_entries(shelf: Path, every: int = 40) -> tuple[int, int]:
+    """(entries, entries of a sample of every ``every``-th that cannot be loaded) of an
+    address-space shelf (loading all of them takes seconds)."""
+    import shelve
+
+    bad = 0
+    with shelve.open(str(shelf), "r") as db:
+        keys = list(db.keys())
+        for key in keys[::every]:
+            try:
+                db[key]
+            except Exception:
+                bad += 1
+    return len(keys), bad
+
+
+async def test_two_servers_starting_at_once_build_one_cache(tmp_path: Path) -> None:
+    """Two processes start a server on the same empty cache folder at the same moment: one
+    builds the cache under the lock, the other waits and uses it; both serve."""
+    folder = tmp_path / "cache"
+    cmd = [sys.executable, "-c", _START_ONE, str(folder), str(ROOT / "configs/tags/cstr.yaml")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [
+        await asyncio.create_subprocess_exec(
+            *cmd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        for _ in range(2)
+    ]
+    outputs = [await p.communicate() for p in procs]
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err.decode()[-2000:]
+        assert out.decode().strip() == "served FreeOpcUa Python Server 2.5"
+    logs = b"".join(err for _, err in outputs).decode()
+    assert logs.count("building the OPC UA address-space cache") == 1, logs[-3000:]
+    shelf = await address_space_shelf(folder)
+    entries, bad = _shelf_entries(shelf)
+    assert entries > 5000 and bad == 0
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".building")] == []
+
+
+async def test_a_corrupt_cache_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    shelf = await address_space_shelf(tmp_path)
+    data = shelf.with_name(shelf.name + ".dat")
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])  # a crash mid-write
+    entries, bad = _shelf_entries(shelf)
+    assert bad > entries // 40 // 4  # asyncua would load it and fail node by node, later
+    with caplog.at_level(logging.INFO, logger="pharmatwin.hil.opcua"):
+        again = await address_space_shelf(tmp_path)
+    assert again == shelf
+    assert "standard_address_space.dat does not match its manifest" in caplog.text
+    assert _shelf_entries(again) == (entries, 0)
+    server = OpcUaPlcServer(TAGS, shelf=tmp_path, initial=VALUES)
+    async with server, Client(server.url, timeout=3) as client:
+        assert await client.get_node("ns=2;s=cstr.conc_a").read_value() == 2.5
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{not json")
+    assert "its manifest is unreadable" in str(_cache_problem(broken))
+    assert _cache_problem(tmp_path / "nothing") == "not built yet"
+
+
+async def test_the_default_cache_does_not_depend_on_where_the_site_file_lives(
+    site: Site, shelf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PHARMATWIN_OPCUA_PASSWORD", PASSWORD)
+    cache = shelf.parent.parent  # the module's cache folder, built already
+    monkeypatch.setenv("PHARMATWIN_CACHE_DIR", str(cache))
+    assert default_cache_dir() == cache
+    assert site.hil is not None
+    plain = site.hil.model_copy(update={"ca_certificate": None, "ca_private_key": None})
+    shelves = set()
+    for where in (site.path, tmp_path / "a" / "b" / "c" / "cstr-opcua.yaml", Path("site.yaml")):
+        moved = dataclasses.replace(site, path=where, hil=plain)
+        server = await opcua_server_for_site(moved, state_dir=tmp_path / "state")
+        shelves.add(server.shelf)
+    assert shelves == {shelf}
+    monkeypatch.delenv("PHARMATWIN_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "pharmatwin"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "pharmatwin"

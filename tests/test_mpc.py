@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
-from controller.config import SolverSpec, load_controller
+from controller.config import SolverSpec, load_controller, load_scenario
+from controller.errors import ConfigError
 from controller.mpc import Decision, ModelPredictiveController, SolveStatus
 from controller.safety import InputLimit, Reason, SafetyFilter
+from hil.simulate import run_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTROLLERS = ROOT / "configs" / "controllers"
@@ -147,3 +150,48 @@ def test_parameters_flow_into_the_solve(cstr: ModelPredictiveController) -> None
     cstr.set_parameters({"C_A0": 5.1})
     assert a.ok and b.ok
     assert not np.allclose(a.predicted_states["C_a"], b.predicted_states["C_a"])
+
+
+def _lyophilizer_scenario(tmp_path: Path, **changes: object) -> Path:
+    sc = yaml.safe_load((ROOT / "configs" / "scenarios" / "lyophilizer-mpc.yaml").read_text())
+    sc["plant"] = str(ROOT / "configs" / "plants" / "lyophilizer.yaml")
+    ctl = yaml.safe_load((CONTROLLERS / "lyophilizer.yaml").read_text())
+    ctl["plant"] = sc["plant"]
+    ctl["solver"] = {"backend": "do-mpc"}
+    ctl_path = tmp_path / "controller.yaml"
+    ctl_path.write_text(yaml.safe_dump(ctl))
+    sc["controller"] = str(ctl_path)
+    sc.update(changes)
+    path = tmp_path / "scenario.yaml"
+    path.write_text(yaml.safe_dump(sc))
+    return path
+
+
+def test_initial_inputs_come_from_the_scenario(tmp_path: Path) -> None:
+    """The working setpoints at the start are the scenario's, not the plant file's nominal
+    values: the first move (at most 6 degC up) starts from them."""
+    first = {}
+    for tsh in (None, -42.0):
+        changes = {} if tsh is None else {"initial_inputs": {"Tsh": tsh}}
+        run = asyncio.run(run_scenario(_lyophilizer_scenario(tmp_path, **changes), max_steps=1))
+        first[tsh] = run.rows[0]["u.Tsh"]
+    assert first[None] == pytest.approx(-35.0 + 6.0)  # nominal -35 degC, heated at once
+    assert first[-42.0] == pytest.approx(-42.0 + 6.0)
+
+
+@pytest.mark.parametrize(
+    ("initial", "location", "needle"),
+    [
+        ({"Tsh": 130.0}, "initial_inputs.Tsh", "outside the controller's input limits"),
+        ({"Tshelf": -40.0}, "initial_inputs.Tshelf", "Tshelf"),
+        ({"Tsh": "cold"}, "initial_inputs.Tsh", "valid number"),
+    ],
+)
+def test_bad_initial_inputs_are_config_errors(
+    tmp_path: Path, initial: dict[str, object], location: str, needle: str
+) -> None:
+    path = _lyophilizer_scenario(tmp_path, initial_inputs=initial)
+    with pytest.raises(ConfigError) as info:
+        load_scenario(path)
+    text = str(info.value)
+    assert str(path) in text and location in text and needle in text

@@ -44,6 +44,10 @@ VALUES = {
     "interlock_active": 0,
     "operator_reset": 0,
     "measurement_validity": 0b1111,
+    "write_refusal_code": 1,
+    "write_refusal_function": 16,
+    "write_refusal_address": 0,
+    "write_refusal_count": 2,
 }
 BACKOFF = Backoff(initial_s=0.1, factor=2.0, max_s=0.5)
 pytestmark = pytest.mark.timeout(60)

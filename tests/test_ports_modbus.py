@@ -97,7 +97,7 @@ PLC_VALUES = {
     "feed_rate_sp": 0.125,
     "feed_rate_pv": 0.0625,
     "biomass": 5.5,  # float32 ABCD
-    "substrate": -1.234,  # int16, scale 0.001
+    "substrate": -0.987,  # int16, scale 0.001 (the analyser's span reaches -1 g/L)
     "product_titer": 0.75,  # float32 CDAB
     "broth_volume": 1.57,  # uint16, scale 0.01
     "mpc_heartbeat": 65535,
@@ -110,6 +110,10 @@ PLC_VALUES = {
     "interlock_active": 0,
     "operator_reset": 0,
     "measurement_validity": 0b101,
+    "write_refusal_code": 3,
+    "write_refusal_function": 16,
+    "write_refusal_address": 0,
+    "write_refusal_count": 65535,
 }
 
 
@@ -319,7 +323,8 @@ async def test_unknown_unit_id_is_bad_quality(server: ModbusPlcServer) -> None:
     async with make_port(tags, server.port) as port:
         tv = (await port.read(["far_away"]))["far_away"]
     assert tv.quality is Quality.BAD
-    assert "unit 9" in tv.detail and "04 server device failure" in tv.detail  # pymodbus: 04
+    # as a gateway answers for a device that is not there (plain pymodbus would answer 04)
+    assert "unit 9" in tv.detail and "0B gateway target device failed to respond" in tv.detail
 
 
 async def test_plc_refusing_an_out_of_range_write_is_rejected(

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from asyncua import Client, ua
 from conftest import free_port
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -29,7 +30,7 @@ from controller.ports.base import Quality, WriteStatus
 from controller.ports.opcua import OpcUaPort
 from controller.site import Backoff, Connection, OpcUaOptions, OpcUaSecurity
 from controller.tags import Direction, OpcUaSpec, Tag, TagMap, load_tag_map
-from hil.servers.opcua import OpcUaPlcServer, ServerSecurity, address_space_shelf
+from hil.servers.opcua import NAMESPACE, OpcUaPlcServer, ServerSecurity, address_space_shelf
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -192,7 +193,9 @@ async def test_reads_every_tag_and_writes_every_writable_tag_with_one_call_each(
             snap = await port.read(readable(tag_map))
             assert plc.read_requests - before == 1  # ONE Read service call per cycle
             assert snap.bad(readable(tag_map)) == []
-            assert snap.numbers() == pytest.approx(INITIAL)
+            numbers = snap.numbers()  # tags without an initial value start at 0
+            assert numbers == pytest.approx({n: INITIAL.get(n, 0.0) for n in numbers})
+            assert set(INITIAL) <= set(numbers)
         setpoints = {
             "feed_rate_sp": 0.125,
             "mpc_heartbeat": 42,
@@ -287,6 +290,64 @@ async def test_unknown_node_and_browse_paths_are_checked_at_connect(
     msg = str(err.value)
     assert "'ghost' (node ns=2;s=bioreactor.ghost): BadNodeIdUnknown" in msg
     assert "'lost': browse path 0:Objects/2:bioreactor/2:bioreactor/2:nope not found" in msg
+
+
+def _by_uri(tag_map: TagMap, uri: str = NAMESPACE) -> TagMap:
+    """The map with every node id named by namespace URI (``nsu=``) instead of index."""
+    tags = {}
+    for name, tag in tag_map.tags.items():
+        spec = tag.opcua
+        if spec is not None and spec.node_id is not None:
+            node_id = spec.node_id.replace("ns=2;", f"nsu={uri};")
+            tag = tag.model_copy(update={"opcua": spec.model_copy(update={"node_id": node_id})})
+        tags[name] = tag
+    return tag_map.model_copy(update={"tags": tags})
+
+
+async def test_node_ids_by_namespace_uri_resolve_at_connect(
+    tag_map: TagMap, plc: OpcUaPlcServer
+) -> None:
+    by_uri = _by_uri(tag_map)
+    node = by_uri.tags["biomass"].opcua
+    assert node is not None and node.node_id == f"nsu={NAMESPACE};s=bioreactor.biomass"
+    # The failure it avoids: an nsu= node id put on the wire as it is names no node.
+    async with Client(plc.url, timeout=2) as client:
+        read = ua.ReadValueId(NodeId=ua.NodeId.from_string(node.node_id), AttributeId=13)
+        dv = (await client.uaclient.read(ua.ReadParameters(NodesToRead=[read])))[0]
+        assert dv.StatusCode is not None and dv.StatusCode.name == "BadNodeIdUnknown"
+    async with _port(by_uri, _connection(plc.port)) as port:
+        snap = await port.read(readable(by_uri))
+        assert snap.bad(readable(by_uri)) == []
+        assert snap["biomass"].value == 4.25 and snap["mpc_permissive"].value == 1.0
+        assert (await port.write({"feed_rate_sp": 0.125})).ok
+    assert plc.value("feed_rate_sp") == 0.125
+
+
+async def test_a_node_id_problem_is_reported_as_one_never_as_a_timeout(
+    tag_map: TagMap, plc: OpcUaPlcServer
+) -> None:
+    def tag(node_id: str) -> Tag:
+        return Tag(unit="-", direction=Direction.READ, opcua=OpcUaSpec(node_id=node_id))
+
+    broken = TagMap(
+        name="bioreactor",
+        tags={
+            **_by_uri(tag_map).tags,
+            "elsewhere": tag("nsu=urn:other-plc;s=bioreactor.biomass"),
+            "no_index": tag("ns=7;s=bioreactor.biomass"),
+            "garbled": tag("ns=2;x=biomass"),
+        },
+    )
+    started = time.monotonic()
+    with pytest.raises(PortError) as err:
+        await _port(broken, _connection(plc.port, timeout_s=5.0)).connect()
+    assert not isinstance(err.value, PortTimeoutError)
+    assert time.monotonic() - started < 2.5  # answered, not waited out (timeout 5 s)
+    msg = str(err.value)
+    assert "tag 'elsewhere': 'nsu=urn:other-plc;s=bioreactor.biomass': the server has no " in msg
+    assert "namespace 'urn:other-plc'; its namespaces: [" in msg and NAMESPACE in msg
+    assert "tag 'no_index': 'ns=7;s=bioreactor.biomass': the server has no namespace index 7" in msg
+    assert "tag 'garbled': 'ns=2;x=biomass' is not a node id" in msg
 
 
 # ---------------------------------------------------------------------- refused writes
@@ -447,9 +508,10 @@ async def test_sign_and_encrypt_with_certificates_and_login_works(
         assert (await port.read(["biomass"]))["biomass"].value == 4.25
         assert (await port.write({"feed_rate_sp": 0.11})).ok
     assert secure_plc.value("feed_rate_sp") == 0.11
-    # The server offers SignAndEncrypt only: the same login over policy None is refused.
+    # The server offers SignAndEncrypt only: a session over policy None is refused by the
+    # server itself (CreateSession), before the client could look at the endpoints.
     plain = _connection(secure_plc.port, username="operator")
-    with pytest.raises(PortConnectError, match="No matching endpoints"):
+    with pytest.raises(PortConnectError, match="BadSecurityPolicyRejected"):
         await _port(tag_map, plain, password=PASSWORD).connect()
 
 

@@ -9,6 +9,7 @@ always asks for a far-away target, so the safety layer's move limits decide ever
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import signal
 from collections.abc import Iterable, Mapping
@@ -40,7 +41,13 @@ pytestmark = pytest.mark.timeout(60)
 
 @pytest.fixture(scope="module")
 def site() -> Site:
-    return load_site(LYO_MODBUS)
+    """The lyophilizer site, its estimator's innovation gate off: the stand-in PLC's product
+    temperature is a ramp, not the model's, and the gate would (rightly) reject it and hold.
+    tests/test_data_trust.py runs the gate against a true plant."""
+    site = load_site(LYO_MODBUS)
+    spec = site.controller.estimator.model_copy(update={"innovation_gate": None})
+    controller = site.controller.model_copy(update={"estimator": spec})
+    return dataclasses.replace(site, controller=controller)
 
 
 class StubPolicy:
@@ -373,7 +380,8 @@ async def test_a_frozen_measurement_is_stale_and_holds(env: Env, site: Site) -> 
     env.plc.tbot_stuck = -20.0  # the transmitter freezes
     states = await env.cycles(limit)
     assert states == [State.RUNNING] * (limit - 1) + [State.HOLD]
-    assert "frozen at -20 for 4 reads" in env.views[-1].problems[0]
+    assert env.views[-1].problems == ["stale inputs ['product_temp_bottom']"]
+    assert "-20 frozen: the same value for 4 reads" in env.views[-1].events[0].message
     writes = len(env.port.setpoint_writes())
     assert (await env.cycle()).state is State.HOLD  # still frozen: nothing written
     assert len(env.port.setpoint_writes()) == writes

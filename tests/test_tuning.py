@@ -7,8 +7,11 @@ C_b at a setpoint, the integral of |C_b - 0.7| is smallest for the setpoint 0.7.
 
 from __future__ import annotations
 
+import ctypes
+import io
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ from controller.config import load_controller
 from controller.errors import ConfigError
 from hil.campaign.runner import run_case
 from hil.cli import main as hil_main
-from hil.tuning.evaluate import ExecutorSettings, case_jobs
+from hil.tuning.evaluate import TRIAL_LOG, ExecutorSettings, case_jobs, output_to
 from hil.tuning.search import TuneSettings, tune
 from hil.tuning.spec import load_tuning
 
@@ -218,3 +221,42 @@ def test_shipped_tuning_files_load(path: Path) -> None:
     assert tuning.campaign.cases and tuning.campaign.spec.mode == "fast"
     values = tuning.start_values()
     assert all(p.low <= values[p.path] <= p.high for p in tuning.spec.parameters)
+
+
+def test_zero_trials_or_workers_are_errors(
+    start: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tfile = _tuning(tmp_path, start)
+    out = tmp_path / "out"
+    # before: --trials 0 fell back to the file's trials and ran them
+    assert hil_main(["tune", str(tfile), "--trials", "0", "--out", str(out)]) == 2
+    said = capsys.readouterr().out
+    assert "command line: --trials: must be 1 or more (got 0)" in said
+    assert "Traceback" not in said and not out.exists()
+    settings = TuneSettings(out, None, ExecutorSettings("process", 0))
+    with pytest.raises(ConfigError, match="--workers: must be 1 or more"):
+        tune(load_tuning(tfile), settings, Console(file=io.StringIO()))
+    assert not out.exists()
+
+
+def test_output_from_c_goes_to_the_trial_log(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    log = tmp_path / "trial" / TRIAL_LOG
+    libc = ctypes.CDLL(None)
+    with output_to(log, "--- case c1\n"):
+        libc.printf(b"This is Ipopt (from C stdio)\n")  # buffered in C: flushed by output_to
+        os.write(2, b"EXIT: Optimal Solution Found.\n")
+    print("after the trial", flush=True)
+    shown = capfd.readouterr()
+    assert "Ipopt" not in shown.out + shown.err and "EXIT" not in shown.out + shown.err
+    assert "after the trial" in shown.out
+    kept = log.read_text()
+    assert kept.startswith("--- case c1\n")
+    for line in ("This is Ipopt (from C stdio)", "EXIT: Optimal Solution Found."):
+        assert line in kept
+
+
+def test_grid_trials_keep_their_solver_output(grid_run: Path) -> None:
+    for trial in sorted((grid_run / "trials").iterdir()):
+        assert (trial / TRIAL_LOG).read_text().startswith("--- case "), trial

@@ -11,12 +11,23 @@ Failures raise the :class:`~controller.errors.PortError` tree; a refused write o
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from controller.tags import Tag
+
+#: The detail of a value read outside its tag's engineering ``limits``: the PLC's scaling or
+#: the map's word order is the usual culprit (a CDAB value read as ABCD, a x0.01 lost).
+OUTSIDE_LIMITS = "outside limits: wrong word order or scale?"
+#: The detail of a value read as GOOD that is not a finite number (made BAD).
+NOT_FINITE = "not a finite number"
 
 
 class Quality(StrEnum):
@@ -71,6 +82,32 @@ class Snapshot:
             for t, limit in max_age.items()
             if t in self.values and self.values[t].age(now) > limit
         ]
+
+
+def flag_implausible(value: TagValue, tag: Tag | None) -> TagValue:
+    """Mark what a read cannot vouch for (every port does this to every value it reads):
+
+    * a GOOD value that is not a finite number becomes BAD (``detail`` says so);
+    * a GOOD value outside the tag's engineering ``limits`` becomes UNCERTAIN, with the
+      detail :data:`OUTSIDE_LIMITS` followed by the value and the limits.
+
+    A value that is already UNCERTAIN or BAD keeps its quality and detail.
+    """
+    if value.quality is not Quality.GOOD:
+        return value
+    if not math.isfinite(value.value):
+        why = f"{NOT_FINITE} ({value.value!r})"
+        return dataclasses.replace(value, quality=Quality.BAD, detail=why)
+    limits = tag.limits if tag is not None else None
+    if limits is not None and not limits[0] <= value.value <= limits[1]:
+        why = f"{OUTSIDE_LIMITS} (read {value.value:.6g}, limits [{limits[0]:g}, {limits[1]:g}])"
+        return dataclasses.replace(value, quality=Quality.UNCERTAIN, detail=why)
+    return value
+
+
+def flag_all(values: Mapping[str, TagValue], tags: Mapping[str, Tag]) -> dict[str, TagValue]:
+    """:func:`flag_implausible` on every value of one read."""
+    return {name: flag_implausible(v, tags.get(name)) for name, v in values.items()}
 
 
 class WriteStatus(StrEnum):

@@ -23,6 +23,7 @@ from controller.ports.base import (
     WriteReport,
     WriteResult,
     WriteStatus,
+    flag_all,
 )
 from controller.tags import TagMap
 
@@ -56,10 +57,13 @@ class TagTable:
 class MemoryPort(Port):
     """A :class:`Port` onto a :class:`TagTable`."""
 
-    def __init__(self, table: TagTable, clock: Clock) -> None:
+    def __init__(self, table: TagTable, clock: Clock, tags: TagMap | None = None) -> None:
         self.table = table
         self.clock = clock
         self._open = False
+        #: with a tag map, reads are flagged as every port flags them (not finite: BAD;
+        #: outside the engineering limits: UNCERTAIN)
+        self.tags = tags
 
     async def connect(self) -> None:
         self._open = True
@@ -79,10 +83,12 @@ class MemoryPort(Port):
         if unknown:
             raise PortError(f"unknown tag(s) {unknown}; the table has {sorted(self.table.values)}")
         values = {
-            t: TagValue(v.value, v.quality, v.source_time, now)
+            t: TagValue(v.value, v.quality, v.source_time, now, v.detail)
             for t in names
             for v in (self.table.values[t],)
         }
+        if self.tags is not None:
+            values = flag_all(values, self.tags.tags)
         return Snapshot(values, now)
 
     async def write(self, values: Mapping[str, float]) -> WriteReport:

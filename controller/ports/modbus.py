@@ -7,7 +7,10 @@ Reads: tags are grouped per (unit id, table) into block reads of at most 125 reg
 bits), merging neighbours separated by at most 8 unused registers. A block answered with a
 Modbus exception marks its tags BAD, with the exception code and name in ``detail``; exception
 02 on a merged block is retried tag by tag, because a gap register may not exist on the PLC.
-Modbus carries no timestamps: source and read time are both ``clock.now()``.
+Modbus carries no timestamps: source and read time are both ``clock.now()``. A value that
+decodes to NaN or infinity is BAD, one outside its tag's engineering ``limits`` UNCERTAIN
+("outside limits: wrong word order or scale?"), read-backs included
+(:func:`~controller.ports.base.flag_implausible`).
 
 Writes: every value is checked first (known, writable, finite, within the tag's ``limits``,
 encodable); if any is refused nothing is sent and the others are NOT_SENT. Contiguous tags are
@@ -30,6 +33,7 @@ import functools
 import logging
 import math
 import ssl
+import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +52,7 @@ from controller.ports.base import (
     WriteReport,
     WriteResult,
     WriteStatus,
+    flag_implausible,
 )
 from controller.site import Connection, ModbusTls
 from controller.tags import (
@@ -174,17 +179,31 @@ def _write_request(block: Block, payload: list[int]) -> Request:
 
 
 def _tls_context(tls: ModbusTls, base_dir: Path | None) -> ssl.SSLContext:
-    def path(ref: str) -> str:
+    """The client's TLS context; certificates in PEM or DER (as the test-bench PKI ships)."""
+
+    def path(ref: str) -> Path:
         p = Path(ref)
-        return str(p if p.is_absolute() or base_dir is None else base_dir / p)
+        return p if p.is_absolute() or base_dir is None else base_dir / p
 
     try:
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=path(tls.ca_file))
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        ctx.load_verify_locations(cadata=_pem(path(tls.ca_file)))
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(path(tls.cert_file), path(tls.key_file))
+        with tempfile.TemporaryDirectory() as folder:  # ssl loads a chain from files only
+            chain = Path(folder) / "client.pem"
+            chain.write_text(_pem(path(tls.cert_file)))
+            ctx.load_cert_chain(chain, path(tls.key_file))
     except OSError as exc:  # ssl.SSLError is an OSError
         raise PortError(f"cannot load the Modbus/TLS certificate files: {exc}") from exc
     return ctx
+
+
+def _pem(certificate: Path) -> str:
+    """A certificate file's text as PEM (a DER file is converted)."""
+    data = certificate.read_bytes()
+    if b"-----BEGIN" in data:
+        return data.decode("latin-1")
+    return ssl.DER_cert_to_PEM_cert(data)
 
 
 class ModbusPort(Port):
@@ -260,8 +279,12 @@ class ModbusPort(Port):
         data = list(answer.bits if block.bits else answer.registers)
         if len(data) < block.count:
             raise ProtocolError(f"short answer ({len(data)} values) to read of {block.describe()}")
+        tags = self._tags.tags
         return {
-            name: TagValue(decode(name, spec, data[at : at + spec.count]), Quality.GOOD, now, now)
+            name: flag_implausible(
+                TagValue(decode(name, spec, data[at : at + spec.count]), Quality.GOOD, now, now),
+                tags.get(name),
+            )
             for name, spec in block.members
             for at in (spec.protocol_address - block.start,)
         }

@@ -4,16 +4,27 @@ The only module of ours that imports asyncua; every asyncua/ua/socket exception 
 here into the :class:`~controller.errors.PortError` tree with ``raise ... from exc``.
 
 * **Connect**: an asyncua client with request timeout ``connection.timeout_s`` (asyncua's
-  own default is 60 s) and security policy None or Basic256Sha256 with Sign/SignAndEncrypt.
-  The client certificate and key are PEM or DER files relative to ``base_dir``; the client's
-  application URI is the certificate's SubjectAltName URI. The server certificate must be in
-  the ``trust_list`` files (or be issued by a CA among them) and in date, else PortConnectError.
-  Username/password if configured. Every tag's node (node id, or browse path of ``"ns:Name"``
-  elements from the Root folder) is resolved and its DataType read once: unknown nodes and
-  types other than the tag's ``data_type`` are one PortError naming tags, nodes and types.
+  own default is 60 s) and security policy None, or Basic256Sha256, Aes128_Sha256_RsaOaep or
+  Aes256_Sha256_RsaPss with Sign/SignAndEncrypt. The client certificate and key are PEM or
+  DER files relative to ``base_dir``; the client's application URI is the certificate's
+  SubjectAltName URI. The server certificate must be in the ``trust_list`` files (or be
+  issued by a CA among them) and in date, else PortConnectError. Username/password if
+  configured. Every tag's node (node id ``ns=<index>;...`` or ``nsu=<namespace URI>;...``, or
+  browse path of ``"ns:Name"`` elements from the Root folder) is resolved and its DataType
+  read once; ``nsu=`` is looked up in the server's NamespaceArray first, so a node id never
+  goes on the wire with a URI the server would have to guess. Malformed node ids, namespace
+  URIs or indexes the server does not have, unknown nodes and types other than the tag's
+  ``data_type`` are one PortError naming tags, nodes and types (never a timeout).
+* **Roles** the user (``connection.opcua.username``) needs on the HIL server (site
+  ``hil.users``): ``engineer`` to take control (``mpc_request``, ``mpc_heartbeat``) and write
+  setpoints and advisory tags, ``twin`` to write publications; shadow mode without
+  publications needs ``viewer`` only (every role reads). Without the role a write answers
+  BadUserAccessDenied (REJECTED).
 * **Read**: ONE Read service call per cycle (Value, both timestamps), or with
   ``subscription: true`` a data-change subscription cache (seeded by one Read at connect).
-  Good/Uncertain/Bad status -> :class:`Quality` with detail = status name; booleans -> 0/1.
+  Good/Uncertain/Bad status -> :class:`Quality` with detail = status name; booleans -> 0/1;
+  a Good value that is not finite is BAD, one outside the tag's engineering ``limits``
+  UNCERTAIN ("outside limits: wrong word order or scale?").
   ``source_time = read_time - (now_utc - SourceTimestamp)`` (else ServerTimestamp, else the
   notification's arrival, else ``read_time``): the process-time equivalent of the value's age.
 * **Write**: everything is validated first (unknown, read-only, not finite, outside the tag
@@ -43,7 +54,12 @@ from typing import Any
 from asyncua import Client, Node, ua
 from asyncua.client.ua_client import UaClientState
 from asyncua.common.subscription import DataChangeNotif
-from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+from asyncua.crypto.security_policies import (
+    SecurityPolicy,
+    SecurityPolicyAes128Sha256RsaOaep,
+    SecurityPolicyAes256Sha256RsaPss,
+    SecurityPolicyBasic256Sha256,
+)
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -58,6 +74,7 @@ from controller.ports.base import (
     WriteReport,
     WriteResult,
     WriteStatus,
+    flag_implausible,
 )
 from controller.site import Connection
 from controller.tags import FLOAT32_MAX, OPCUA_INT_RANGE, TagMap
@@ -65,6 +82,7 @@ from controller.tags import FLOAT32_MAX, OPCUA_INT_RANGE, TagMap
 #: Write statuses meaning "the PLC refused this value" (REJECTED); other Bad ones are FAILED.
 _REFUSED = {"BadOutOfRange", "BadUserAccessDenied", "BadNotWritable", "BadTypeMismatch"}
 _REFUSED |= {"BadWriteNotSupported", "BadNodeIdUnknown", "BadNotSupported", "BadIndexRangeInvalid"}
+_REFUSED |= {"BadInvalidState", "BadLocked"}  # not active / interlock: the PLC's refusals
 _LOGIN_REFUSED = {"BadUserAccessDenied", "BadIdentityTokenRejected", "BadIdentityTokenInvalid"}
 _TIMEOUT = {"BadTimeout", "BadRequestTimeout"}
 #: Service results meaning the session or channel is gone (reconnect).
@@ -77,6 +95,12 @@ _NO_DATA = ua.DataValue(
 _UA_ERRORS = (TimeoutError, OSError, ua.UaError)
 #: asyncua asks for 1 h; a vanished controller should free the PLC's session slot sooner.
 _SESSION_TIMEOUT_MS = 60_000
+#: The secure policies a site may name (``connection.opcua.security.policy``).
+_POLICIES: dict[str, type[SecurityPolicy]] = {
+    "Basic256Sha256": SecurityPolicyBasic256Sha256,
+    "Aes128_Sha256_RsaOaep": SecurityPolicyAes128Sha256RsaOaep,
+    "Aes256_Sha256_RsaPss": SecurityPolicyAes256Sha256RsaPss,
+}
 
 
 @dataclass(frozen=True)
@@ -247,7 +271,7 @@ class OpcUaPort(Port):
         mode = getattr(ua.MessageSecurityMode, sec.mode)
         der = cert.public_bytes(serialization.Encoding.DER)
         # No server_certificate: asyncua takes it from GetEndpoints (unsecured); checked below.
-        await client.set_security(SecurityPolicyBasic256Sha256, der, key, mode=mode)
+        await client.set_security(_POLICIES[sec.policy], der, key, mode=mode)
         peer = client.security_policy.peer_certificate
         server_cert = x509.load_der_x509_certificate(peer) if peer else None
         if server_cert is None or not _trusted(server_cert, trusted):
@@ -269,12 +293,13 @@ class OpcUaPort(Port):
         nodes: dict[str, ua.NodeId] = {}
         problems: list[str] = []
         paths = {n: spec.browse_path for n, spec in self._specs.items() if spec.browse_path}
+        namespaces = await client.get_namespace_array()
         for name, spec in self._specs.items():
             if spec.node_id is not None:
                 try:
-                    nodes[name] = ua.NodeId.from_string(spec.node_id)
-                except (ValueError, ua.UaStringParsingError):
-                    problems.append(f"tag {name!r}: {spec.node_id!r} is not a node id")
+                    nodes[name] = _in_namespace(spec.node_id, namespaces)
+                except (ValueError, ua.UaStringParsingError) as exc:
+                    problems.append(f"tag {name!r}: {exc}")
         if paths:
             found = await client.nodes.root.get_children_by_path(
                 [list(p) for p in paths.values()], raise_on_partial_error=False
@@ -349,7 +374,8 @@ class OpcUaPort(Port):
                 arrived = [c[1] if c else None for c in cached]
         now, utc = self.clock.now(), datetime.now(UTC)
         values = {
-            n: _tag_value(dv, now, utc, a) for n, dv, a in zip(names, dvs, arrived, strict=True)
+            n: flag_implausible(_tag_value(dv, now, utc, a), self.tags[n])
+            for n, dv, a in zip(names, dvs, arrived, strict=True)
         }
         return Snapshot(values, now)
 
@@ -456,8 +482,8 @@ class OpcUaPort(Port):
     def _compare(self, name: str, requested: float, dv: ua.DataValue) -> WriteResult:
         status = dv.StatusCode or ua.StatusCode()
         readback = _number(dv.Value)
-        if status.is_bad() or readback is None:
-            why = status.name if status.is_bad() else "no numeric value"
+        if status.is_bad() or readback is None or not math.isfinite(readback):
+            why = status.name if status.is_bad() else f"no finite number ({readback!r})"
             return WriteResult(
                 name,
                 requested,
@@ -501,6 +527,30 @@ def _tag_value(
     if value is None:
         quality = Quality.BAD
     return TagValue(math.nan if value is None else value, quality, source_time, read_time, detail)
+
+
+def _in_namespace(node_id: str, namespaces: list[str]) -> ua.NodeId:
+    """``node_id`` (``ns=`` or ``nsu=``) as a NodeId with an index the server has; ValueError
+    saying what is wrong (not a node id, a URI or an index the server does not have)."""
+    try:
+        node = ua.NodeId.from_string(node_id)
+    except (ValueError, ua.UaStringParsingError) as exc:
+        raise ValueError(f"{node_id!r} is not a node id ({exc})") from exc
+    uri = getattr(node, "NamespaceUri", None)
+    if uri:
+        if uri not in namespaces:
+            raise ValueError(
+                f"{node_id!r}: the server has no namespace {uri!r}; its namespaces: {namespaces}"
+            )
+        index = namespaces.index(uri)
+    else:
+        index = node.NamespaceIndex
+        if index >= len(namespaces):
+            raise ValueError(
+                f"{node_id!r}: the server has no namespace index {index}; its namespaces: "
+                f"{dict(enumerate(namespaces))}"
+            )
+    return ua.NodeId(node.Identifier, ua.Int16(index), node.NodeIdType)
 
 
 def _number(variant: ua.Variant | None) -> float | None:

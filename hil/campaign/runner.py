@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from controller.clock import Clock, ScaledClock, SteppedClock
+from controller.clock import Clock, Gate, ScaledClock, SteppedClock
 from controller.config import read_yaml, resolve
 from controller.errors import PortConnectError
 from controller.jsonfile import write_json
@@ -337,22 +337,6 @@ async def _servers(site: Site, mode: str, clock: Clock, case_dir: Path) -> list[
             site, port=site.connection.port, host=LOOPBACK, state_dir=case_dir / "hil-state"
         )
     ]
-
-
-class Gate:
-    """A monotonic time source held at zero until :meth:`open`: the HIL clock starts once the
-    controller has connected and run its first cycle, so a slow secure handshake does not eat
-    into the batch."""
-
-    def __init__(self) -> None:
-        self._opened_at: float | None = None
-
-    def __call__(self) -> float:
-        return 0.0 if self._opened_at is None else time.monotonic() - self._opened_at
-
-    def open(self) -> None:
-        if self._opened_at is None:
-            self._opened_at = time.monotonic()
 
 
 async def _first_cycle(rec: Recording, task: asyncio.Task[Any], timeout_s: float = 60.0) -> None:

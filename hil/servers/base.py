@@ -1,8 +1,9 @@
 """What every HIL server is to the virtual PLC and the rig: one small abstract base.
 
 ``write_hook`` hears every client write (a returned reason refuses it: Modbus exception 03,
-OPC UA BadOutOfRange); ``publish`` sets the PLC's values; ``latency``, ``bad_tags``,
-``drop_connections`` and ``stop``/``start`` inject communication faults.
+OPC UA a status code by :func:`refusal_kind`, with the reason as diagnostic info);
+``publish`` sets the PLC's values; ``latency``, ``bad_tags``, ``drop_connections`` and
+``stop``/``start`` inject communication faults.
 
 ``bad_tags`` takes real tag names only: a name the tag map does not have (a typo, or a
 wildcard such as ``"*"`` that was not expanded against the tag map) raises KeyError instead of
@@ -15,12 +16,38 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
+from enum import StrEnum
 from types import TracebackType
 from typing import ClassVar, Self
 
 from controller.tags import TagMap
 
 WriteHook = Callable[[str, float], "str | None"]
+
+
+class RefusalKind(StrEnum):
+    """Why the PLC refused a client's write, in the words the servers report."""
+
+    NOT_ACTIVE = "not active"
+    RATE_LIMIT = "over the rate limit"
+    OUTSIDE_LIMITS = "outside limits"
+    INTERLOCK = "interlock"
+    OTHER = "refused"
+
+
+def refusal_kind(reason: str) -> RefusalKind:
+    """The kind of a write hook's reason, from its words (:mod:`hil.vplc` words them so):
+    ``interlock``, then ``rate limit``, then ``outside``, then ``active``; else OTHER."""
+    text = reason.lower()
+    for word, kind in (
+        ("interlock", RefusalKind.INTERLOCK),
+        ("rate limit", RefusalKind.RATE_LIMIT),
+        ("outside", RefusalKind.OUTSIDE_LIMITS),
+        ("active", RefusalKind.NOT_ACTIVE),
+    ):
+        if word in text:
+            return kind
+    return RefusalKind.OTHER
 
 
 class PlcServer(ABC):

@@ -14,10 +14,14 @@ and the reasons, if any, for rejecting it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import math
 import multiprocessing
+import os
+import sys
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -59,6 +63,51 @@ def case_jobs(campaign: Campaign, controller: Path, out: Path) -> list[dict[str,
         }
         for case in campaign.cases
     ]
+
+
+#: each candidate folder's log of its cases: the solvers' prints (IPOPT, CasADi, from C) and
+#: the workers' own log lines, instead of the terminal
+TRIAL_LOG = "trial.log"
+
+
+def _flush_c_stdio() -> None:
+    """Flush C's stdio buffers (IPOPT and CasADi print through them, not through Python)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).fflush(None)
+
+
+@contextlib.contextmanager
+def output_to(path: Path, header: str) -> Iterator[None]:
+    """Send this process's file descriptors 1 and 2 to ``path`` (appended) for the block.
+
+    Solvers print from C, under ``sys.stdout``; only a ``dup2`` of the descriptors catches
+    that. Buffers are flushed before and after, so nothing leaks to the terminal late."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _flush_c_stdio()
+    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    saved = (os.dup(1), os.dup(2))
+    try:
+        os.write(target, header.encode())
+        os.dup2(target, 1)
+        os.dup2(target, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        _flush_c_stdio()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, target):
+            os.close(fd)
+
+
+def run_case_logged(job: dict[str, Any]) -> dict[str, Any]:
+    """:func:`run_case` in a worker, its output in the candidate folder's :data:`TRIAL_LOG`."""
+    case = job["case"]["id"]
+    with output_to(Path(job["out"]) / TRIAL_LOG, f"--- case {case} (pid {os.getpid()})\n"):
+        return run_case(job)
 
 
 def _lost(job: dict[str, Any], why: str) -> dict[str, Any]:
@@ -115,7 +164,7 @@ class CaseExecutor:
     def _run_dask(self, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         run = uuid.uuid4().hex[:8]
         futures = [
-            self._client.submit(run_case, j, key=f"tune-{run}-{i}", pure=False)
+            self._client.submit(run_case_logged, j, key=f"tune-{run}-{i}", pure=False)
             for i, j in enumerate(jobs)
         ]
         results = []
@@ -140,7 +189,7 @@ class CaseExecutor:
                 break
             pool = self._pool_now()
             futures: dict[Future[dict[str, Any]], int] = {
-                pool.submit(run_case, jobs[i]): i for i in todo
+                pool.submit(run_case_logged, jobs[i]): i for i in todo
             }
             wait(futures)
             for fut, i in futures.items():

@@ -24,9 +24,18 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from controller.config import load_controller
-from controller.errors import ConfigError
+from controller.errors import ConfigError, Problem
 from controller.jsonfile import json_safe
 from hil.tuning.evaluate import CaseExecutor, ExecutorSettings, Score, case_jobs, score
 from hil.tuning.spec import ParameterSpec, Tuning, candidate_config, grid_values
@@ -226,10 +235,30 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
     return min(study.best_trials, key=lambda t: (t.values[0], t.number))
 
 
+def _trial_progress(console: Console, total: int) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[tally]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _tally(counts: dict[str, int], best: float) -> str:
+    shown = f" best {best:.6g}" if math.isfinite(best) else ""
+    return f"[green]{counts['accepted']} accepted[/] [red]{counts['rejected']} rejected[/]{shown}"
+
+
 def run_search(
     tuning: Tuning, settings: TuneSettings, executor: CaseExecutor, console: Console
 ) -> tuple[optuna.Study, int]:
-    """Ask, evaluate, tell until the study holds ``trials`` finished trials."""
+    """Ask, evaluate, tell until the study holds ``trials`` finished trials; a progress bar
+    counts them (each trial's solver output is in its folder's trial.log, not here)."""
     study = open_study(tuning, settings.out)
     total = settings.trials or tuning.spec.search.trials
     if tuning.sampler == "grid":
@@ -237,9 +266,13 @@ def run_search(
     _enqueue_start(tuning, study)
     batch = max(1, settings.executor.workers)
     ran = 0
-    with warnings.catch_warnings():
+    counts = {"accepted": 0, "rejected": 0}
+    best = math.inf
+    done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    already = len(study.get_trials(deepcopy=False, states=done))
+    with warnings.catch_warnings(), _trial_progress(console, total) as bar:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        task = bar.add_task("trials", total=max(0, total - already), tally=_tally(counts, best))
         # the start config's enqueued (waiting) trial is not finished: it runs with the others
         while (finished := len(study.get_trials(deepcopy=False, states=done))) < total:
             trials = [study.ask() for _ in range(min(batch, total - finished))]
@@ -251,18 +284,38 @@ def run_search(
             for t, s in zip(trials, scores, strict=True):
                 _record(study, t, s)
                 ran += 1
+                counts["rejected" if s.rejected else "accepted"] += 1
+                if not s.rejected and s.values:
+                    best = min(best, s.values[0])
                 shown = ", ".join(f"{v:.6g}" for v in s.values)
-                verdict = f"[red]rejected[/red]: {s.rejected[0]}" if s.rejected else "accepted"
-                console.print(
-                    f"trial {t.number}: {t.params} -> {shown} ({verdict})", highlight=False
+                verdict = "accepted"
+                if s.rejected:
+                    verdict = f"[red]rejected[/red]: {escape(s.rejected[0])}"
+                bar.console.print(
+                    f"trial {t.number}: {escape(str(t.params))} -> {shown} ({verdict})",
+                    highlight=False,
                 )
+                bar.update(task, advance=1, tally=_tally(counts, best))
     return study, ran
+
+
+def check_settings(settings: TuneSettings) -> None:
+    """``--trials`` and ``--workers`` of 0 (or less) are errors, not the file's default."""
+    problems = []
+    if settings.trials is not None and settings.trials < 1:
+        problems.append(Problem("command line", "--trials", "must be 1 or more", settings.trials))
+    if settings.executor.workers < 1:
+        workers = settings.executor.workers
+        problems.append(Problem("command line", "--workers", "must be 1 or more", workers))
+    if problems:
+        raise ConfigError(problems)
 
 
 def tune(tuning: Tuning, settings: TuneSettings, console: Console | None = None) -> TuneOutcome:
     """Run (or continue) the search, then write the table, plots, tuned config and HTML."""
     from hil.tuning.report import write_outputs
 
+    check_settings(settings)
     console = console or Console(stderr=True)
     t0 = time.perf_counter()
     retries = tuning.campaign.spec.retries
