@@ -9,7 +9,12 @@
    the batch completed, the KPIs against the targets, the audit chain intact) and one line,
    PASS or FAIL, with a matching exit code (0 or 1).
 
-    python -m hil.demo [--site configs/sites/bioreactor-modbus.yaml] [--rate 10800]
+    python -m hil.demo [--site configs/sites/bioreactor-modbus.yaml] [--rate 3600] [--hours H]
+
+The rate leaves the solver half a wall second per sample (a 1 h sample at 3600 x): a busy
+machine does not turn solves late, so the verdict does not depend on the machine's load (a
+test runs the demo's path under a busy child process per core). ``--hours`` shortens the
+batch (the comparison with the PLC's own recipe is then not judged: it is about the end).
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ class Check:
     seen: str
     target: str
     passed: bool
+    judged: bool = True  # False: shown, but not part of the verdict (and said so)
 
 
 def recipe_titer(site: Site) -> tuple[str, float] | None:
@@ -112,6 +118,7 @@ def verdict(
     audit_ok: bool,
     audit_text: str,
     reference: tuple[str, float] | None,
+    whole: bool = True,
 ) -> list[Check]:
     """What the demo shows, each judged by a check that could fail."""
     checks: list[Check] = []
@@ -158,6 +165,16 @@ def verdict(
             bool(statuses) and failed <= 0.05 * len(statuses),
         )
     )
+    if not whole:
+        checks.append(
+            Check(
+                "final objective against the PLC's own recipe",
+                "not judged: a shortened batch (--hours)",
+                "the whole batch",
+                False,
+                judged=False,
+            )
+        )
     if reference is not None:
         name, ref = reference
         tag = next(
@@ -211,13 +228,12 @@ def print_verdict(checks: list[Check]) -> bool:
     for col in ("check", "seen", "target", "result"):
         table.add_column(col)
     for c in checks:
-        table.add_row(
-            c.what, c.seen, c.target, "[green]pass[/green]" if c.passed else "[red]FAIL[/red]"
-        )
+        result = "[green]pass[/green]" if c.passed else "[red]FAIL[/red]"
+        table.add_row(c.what, c.seen, c.target, result if c.judged else "n/a")
     console = Console(width=120)
     console.print(table)
-    ok = all(c.passed for c in checks)
-    failed = [c.what for c in checks if not c.passed]
+    ok = all(c.passed for c in checks if c.judged)
+    failed = [c.what for c in checks if c.judged and not c.passed]
     console.print(
         "[bold green]PASS[/bold green]: every check above passed"
         if ok
@@ -262,7 +278,10 @@ def plot(site: Site, records: list[CycleRecord], path: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--site", type=Path, default=ROOT / "configs/sites/bioreactor-modbus.yaml")
-    ap.add_argument("--rate", type=float, default=10800.0)
+    ap.add_argument("--rate", type=float, default=3600.0, help="process s per wall s (3600)")
+    ap.add_argument(
+        "--hours", type=float, default=None, help="run this much of the batch (default: all)"
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "runs/demo")
     args = ap.parse_args(argv)
     site = load_site(args.site)
@@ -272,8 +291,13 @@ def main(argv: list[str] | None = None) -> int:
         for f in out.glob(old + "*"):
             f.unlink()
     audit, history = out / "audit.db", out / "history.db"
-    scenario_duration = 150.0 if site.model.name == "bioreactor" else 20.0
-    duration_s = scenario_duration * site.model.seconds_per_unit
+    from controller.config import load_scenario
+
+    batch = load_scenario(site.file(site.hil.scenario)).duration if site.hil else 20.0
+    whole = args.hours is None or args.hours >= batch
+    duration_s = (batch if args.hours is None else min(args.hours, batch)) * (
+        site.model.seconds_per_unit
+    )
     env = dict(os.environ)
     print(f"1. pharmatwin-hil serve {args.site} --rate {args.rate:g} (loopback)", flush=True)
     serve = subprocess.Popen(
@@ -315,10 +339,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("audit verify: " + verify.stdout.strip())
     print()
-    reference = recipe_titer(site)
+    reference = recipe_titer(site) if whole else None
     text = (verify.stdout.strip() or verify.stderr.strip()).splitlines()
     checks = verdict(
-        site, records, duration_s, verify.returncode == 0, text[-1][:60] if text else "", reference
+        site,
+        records,
+        duration_s,
+        verify.returncode == 0,
+        text[-1][:60] if text else "",
+        reference,
+        whole,
     )
     return 0 if print_verdict(checks) else 1
 
