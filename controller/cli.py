@@ -712,11 +712,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             from controller import commissioning
 
             if args.tags_command == "read":
-                return asyncio.run(
-                    commissioning.tags_read(
-                        args.site, console, args.watch, args.interval, args.count
+                try:
+                    return asyncio.run(
+                        commissioning.tags_read(
+                            args.site, console, args.watch, args.interval, args.count
+                        )
                     )
-                )
+                except KeyboardInterrupt:  # Ctrl-C is how a --watch is stopped: not an error
+                    console.print("stopped", highlight=False)
+                    return 0
             return asyncio.run(
                 commissioning.tags_write(
                     args.site, args.assignments, args.reason, args.user, args.audit, console

@@ -130,7 +130,9 @@ async def run_scenario(
             raise ValueError("scenario without controller needs a recipe and sample_time")
         policy = RecipePlayer(sc.recipe, ctl_model.input_names)
         dt = sc.sample_time
-        spec = EstimatorSpec(kind="ekf")
+        # the recipe needs no estimate: a bystander EKF on the CVODES/IDAS reference prediction
+        # (no compiled step to build, valid at any sample time)
+        spec = EstimatorSpec(kind="ekf", prediction="reference")
     limits = _limits(ctl_model, cfg)
     run = ScenarioRun(sc, true_model, cfg, limits=limits)
     run.constraints = cfg.constraints if cfg else ()

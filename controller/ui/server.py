@@ -137,7 +137,8 @@ class OperatorView:
         return f"{self.bind.url.rsplit(':', 1)[0]}:{self.port}"
 
     def _serve(self) -> None:
-        assert self._server is not None
+        if not (self._server is not None):
+            raise RuntimeError("the operator view is not started: self._server is not None")
         asyncio.run(self._server.serve())
 
     # ------------------------------------------------------------------ rows (UI thread)
@@ -392,7 +393,8 @@ class OperatorView:
         the control loop. Release ends the run: the supervisor's shutdown clears
         mpc_request, so the PLC takes over bumplessly at the last setpoint."""
         sup, stop = self._sup, self._stop
-        assert sup is not None and stop is not None
+        if not (sup is not None and stop is not None):
+            raise RuntimeError("the operator view is not attached to a running supervisor")
         why = ""
         if action == "request":
             why = (
@@ -425,12 +427,14 @@ class OperatorView:
         return "control is being released to the PLC; the runtime stops"
 
     async def _audit(self, action: str, target: str, user: str, reason: str) -> str:
-        assert self._sup is not None
+        if not (self._sup is not None):
+            raise RuntimeError("the operator view is not started: self._sup is not None")
         self._sup.audit.record(action, target, reason=reason, actor=user)
         return action
 
     async def _on_control_loop(self, coro: Awaitable[str]) -> str:
-        assert self._control_loop is not None
+        if not (self._control_loop is not None):
+            raise RuntimeError("the operator view is not started: self._control_loop is not None")
         fut = asyncio.run_coroutine_threadsafe(_await(coro), self._control_loop)
         return await asyncio.wrap_future(fut)
 
