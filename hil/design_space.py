@@ -640,9 +640,11 @@ def write_plot(outcome: Outcome, path: Path) -> Path:
     x, y = np.asarray(fx.values), np.asarray(fy.values)
     acc = np.asarray(_grid(outcome, "acceptable"), dtype=float)
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.2), constrained_layout=True)
+    model = build_model(Path(space.points[0].scenario["plant"]))
+    temp = space.spec.cqas.temperature
     panels = [
-        (space.temperature_cqa, f"max {space.spec.cqas.temperature}", "coolwarm"),
-        ("drying_time", "drying time", "viridis_r"),
+        (space.temperature_cqa, f"max {temp} [{model.unit_of(temp)}]", "coolwarm"),
+        ("drying_time", f"drying time [{model.time_unit}]", "viridis_r"),
     ]
     best = outcome.best
     for ax, (key, title, cmap) in zip(axes, panels, strict=True):
@@ -672,8 +674,8 @@ def write_plot(outcome: Outcome, path: Path) -> Path:
             ax.scatter(
                 [best[fx.name]], [best[fy.name]], marker="*", s=260, c="gold", edgecolors="k"
             )
-        ax.set_xlabel(fx.label or fx.name)
-        ax.set_ylabel(fy.label or fy.name)
+        ax.set_xlabel(fx.label or model.label(fx.input))
+        ax.set_ylabel(fy.label or model.label(fy.input))
         limit = f" (limit {_limit_text(lo, hi)})" if (lo, hi) != (None, None) else ""
         ax.set_title(f"{title}{limit}")
     fig.suptitle(

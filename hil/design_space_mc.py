@@ -286,8 +286,9 @@ def write_probability_plot(outcome: ProbabilisticOutcome, path: Path) -> Path:
     xx, yy = np.meshgrid(x, y)
     for xi, yi, zi in zip(xx.ravel(), yy.ravel(), z.ravel(), strict=True):
         ax.annotate(_fmt(zi), (xi, yi), ha="center", va="center", fontsize=7)
-    ax.set_xlabel(fx.label or fx.name)
-    ax.set_ylabel(fy.label or fy.name)
+    model = _model(space)
+    ax.set_xlabel(fx.label or model.label(fx.input))
+    ax.set_ylabel(fy.label or model.label(fy.input))
     drawn = ", ".join(sorted(outcome.draws[0])) if outcome.draws and outcome.draws[0] else "none"
     ax.set_title(
         f"probabilistic design space {space.name}: {outcome.n} draws per point of "

@@ -5,6 +5,7 @@ plots embedded)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import html
 import json
@@ -135,6 +136,9 @@ def _optuna_plots(
             ax = ovm.plot_optimization_history(
                 study, target=(lambda t: t.values[0]) if several else None, target_name=names[0]
             )
+            # an objective is a weighted sum of KPIs: its unit is the tuning file's own
+            ax.set_ylabel(f"{names[0]} [weighted KPIs, see the tuning file]")
+            ax.set_xlabel("trial [-]")
             plots["history"] = _save(ax.figure, out / "history.png")
         else:
             notes.append("no accepted trial: no optimization history")
@@ -170,8 +174,14 @@ def trajectory_plot(
         if (folder / "cases" / c / "trajectory.parquet").exists()
     }
     cols: list[str] = []
+    units: dict[str, str] = {}
+    time_unit = ""
     for tbl in tables.values():
         cols += [n for n in tbl.column_names if n.startswith(("x.", "u.")) and n not in cols]
+        meta = tbl.schema.metadata or {}
+        time_unit = meta.get(b"time_unit", b"").decode(errors="replace") or time_unit
+        with contextlib.suppress(ValueError):
+            units.update(json.loads(meta.get(b"units", b"{}").decode()))
     fig, axes = plt.subplots(
         len(cols) or 1, len(cases) or 1, figsize=(4.2 * len(cases), 1.9 * len(cols)), squeeze=False
     )
@@ -182,10 +192,12 @@ def trajectory_plot(
                 tbl = tables.get((label, c))
                 if tbl is not None and col in tbl.column_names:
                     ax.plot(tbl.column("t").to_numpy(), tbl.column(col).to_numpy(), label=label)
-            ax.set_ylabel(col, fontsize=8)
+            unit = units.get(col.split(".", 1)[1], "")
+            ax.set_ylabel(f"{col} [{unit}]" if unit else f"{col} (unit not recorded)", fontsize=8)
             if i == 0:
                 ax.set_title(c, fontsize=8)
         axes[0][j].legend(fontsize=7)
+        axes[-1][j].set_xlabel(f"time [{time_unit}]" if time_unit else "time", fontsize=8)
     fig.suptitle(title, fontsize=9)
     return _save(fig, path)
 
