@@ -273,10 +273,9 @@ def _run_dask(
             on_result(result)
 
 
-@contextlib.contextmanager
-def _progress(enabled: bool, total: int, console: Console) -> Iterator[Callable[[str], None]]:
-    counts = {"passed": 0, "failed": 0, "error": 0}
-    with Progress(
+def tally_progress(console: Console, *, enabled: bool = True) -> Progress:
+    """The bar of the campaign runner and the tuner: done of total, a tally, elapsed, ETA."""
+    return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -287,7 +286,13 @@ def _progress(enabled: bool, total: int, console: Console) -> Iterator[Callable[
         console=console,
         disable=not enabled,
         transient=False,
-    ) as bar:
+    )
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool, total: int, console: Console) -> Iterator[Callable[[str], None]]:
+    counts = {"passed": 0, "failed": 0, "error": 0}
+    with tally_progress(console, enabled=enabled) as bar:
         task = bar.add_task("scenarios", total=total, tally="")
 
         def advance(status: str) -> None:

@@ -26,12 +26,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
     Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 
 from controller.config import load_controller
@@ -236,17 +231,9 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
 
 
 def _trial_progress(console: Console, total: int) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[tally]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
+    from hil.campaign.execute import tally_progress
+
+    return tally_progress(console)
 
 
 def _tally(counts: dict[str, int], best: float) -> str:
