@@ -32,6 +32,7 @@ _STATE_STYLE = {
     "HOLD": "yellow",
     "DEGRADED": "yellow",
     "FALLBACK": "red",
+    "RELEASED": "yellow",
     "STOPPED": "red",
 }
 

@@ -5,6 +5,8 @@ States (:class:`State`)::
     INIT --(working setpoints read)--> SHADOW                      (mode shadow: never writes)
     INIT --> REQUESTING --(PLC: mpc_active)--> RUNNING <--> HOLD   (mode closed-loop)
     RUNNING/HOLD --(too many bad cycles | PLC dropped us)--> FALLBACK --(PLC permits)--> REQUESTING
+    REQUESTING/RUNNING/HOLD/FALLBACK --(operator release)--> RELEASED
+    RELEASED/FALLBACK --(operator request)--> REQUESTING
     any --(SIGINT/SIGTERM/stop)--> STOPPED
 
 Every cycle, on the clock: read a snapshot; judge every tag the decision depends on
@@ -51,7 +53,7 @@ from enum import StrEnum
 
 from controller.audit import AuditEntry, AuditError, AuditTrail
 from controller.clock import Clock
-from controller.errors import ConfigError, PortError, Problem
+from controller.errors import ConfigError, PharmaTwinError, PortError, Problem
 from controller.estimator import Estimate
 from controller.forecast import (
     Forecast,
@@ -94,7 +96,14 @@ class State(StrEnum):
     RUNNING = "RUNNING"
     HOLD = "HOLD"
     FALLBACK = "FALLBACK"
+    #: an operator released control (:meth:`Supervisor.release_control`): ``mpc_request``
+    #: cleared, the PLC drives, the MPC only recommends, until an operator requests again
+    RELEASED = "RELEASED"
     STOPPED = "STOPPED"
+
+
+class ControlRefused(PharmaTwinError):
+    """An operator's request or release of control the supervisor will not carry out."""
 
 
 class Mode(StrEnum):
@@ -222,7 +231,8 @@ class Supervisor:
             return
         old = self.state
         self.state = state
-        log.info("state %s -> %s: %s", old, state, cause)
+        level = logging.WARNING if state in (State.FALLBACK, State.HOLD) else logging.INFO
+        log.log(level, "state %s -> %s: %s", old, state, cause)
         self.audit.record(
             "mode.change",
             "supervisor",
@@ -696,7 +706,7 @@ class Supervisor:
             self._follow_working(view)
             await self._advise(view)
             return
-        if self.state is State.FALLBACK:
+        if self.state in (State.FALLBACK, State.RELEASED):
             self._follow_working(view)
             await self._write_request(False, view)
             return
@@ -874,6 +884,57 @@ class Supervisor:
         if advisory:
             await self._write(advisory, view)
         log.info("cycle %d recommendation: %s", view.cycle, dict(view.outcome.setpoints))
+
+    # ------------------------------------------------------------------ operator control
+    def release_control(self, user: str, reason: str) -> str:
+        """An operator hands control back to the PLC without stopping the runtime: RELEASED,
+        ``mpc_request`` cleared on the next cycle, no setpoint written until an operator
+        requests again. Audited (``operator.release``, the user, the reason) whether carried
+        out or refused; call it on the control loop's thread. Raises :class:`ControlRefused`
+        in shadow mode, before initialization, when stopped, or when already released."""
+        why = self._operator_refusal("release", (State.RELEASED,))
+        old = self.state
+        self._operator_record("release", user, reason, old, why)
+        self._pending_release = True  # written as cleared, whatever we think the PLC has
+        self._to(State.RELEASED, f"operator {user} released control: {reason}")
+        return "control released to the PLC: mpc_request is cleared on the next cycle"
+
+    def request_control(self, user: str, reason: str) -> str:
+        """An operator asks for MPC control again after a release or a fallback: REQUESTING;
+        the supervisor engages (bumplessly, from trusted working setpoints) only when the PLC
+        reports ``mpc_active``. Audited like :meth:`release_control`; raises
+        :class:`ControlRefused` unless RELEASED or in FALLBACK in closed-loop mode."""
+        busy = (State.REQUESTING, State.RUNNING, State.HOLD)
+        why = self._operator_refusal("request", busy)
+        old = self.state
+        self._operator_record("request", user, reason, old, why)
+        self._to(State.REQUESTING, f"operator {user} requested control: {reason}")
+        return "requesting control: the MPC engages when the PLC reports mpc_active"
+
+    def _operator_refusal(self, action: str, already: tuple[State, ...]) -> str:
+        if self.mode is Mode.SHADOW:
+            return f"shadow mode: the MPC never has control to {action}"
+        if self.state in (State.INIT, State.STOPPED):
+            return f"state {self.state.value}: no control to {action}"
+        if self.state in already:
+            return f"state {self.state.value}: nothing to {action}"
+        return ""
+
+    def _operator_record(self, action: str, user: str, reason: str, old: State, why: str) -> None:
+        """The audit record of an operator's action; raises ControlRefused after a refusal."""
+        new = State.RELEASED if action == "release" else State.REQUESTING
+        self.audit.record(
+            f"operator.{action}",
+            self.site.name,
+            reason=reason,
+            old_value=old.value,
+            new_value=f"refused: {why}" if why else new.value,
+            actor=user,
+            detail={"run_id": self.run_id, "mode": self.mode.value},
+        )
+        if why:
+            log.warning("operator %s's %s refused: %s", user, action, why)
+            raise ControlRefused(why)
 
     # ------------------------------------------------------------------ what if
     def forecast(self, plans: Sequence[Plan] | None = None) -> Forecast:

@@ -37,6 +37,7 @@ EPILOG = """examples:
   pharmatwin-hil simulate configs/scenarios/lyophilizer-nominal-recipe.yaml --out runs/lyo
   pharmatwin-hil simulate configs/scenarios/cstr-mpc.yaml --max-steps 20 --no-plot
   pharmatwin-hil serve configs/sites/lyophilizer-modbus.yaml --rate 600
+  pharmatwin-hil serve configs/sites/lyophilizer-modbus.yaml --log-format json --log-file hil.log
   pharmatwin-hil serve configs/sites/bioreactor-opcua.yaml --protocol both --modbus-port 15020
   pharmatwin-hil serve configs/sites/lyophilizer-opcua.yaml --protocol both --modbus-tls \
       --modbus-port 15021 --wrong-unit silent
@@ -165,6 +166,7 @@ def _parser() -> argparse.ArgumentParser:
         help="answer a Modbus request for a unit id the tag map does not have with "
         "exception 0B, as a gateway does (default), or not at all",
     )
+    _log_flags(srv)
     flt = sub.add_parser(
         "fault",
         help="inject, clear or inspect faults of a running 'serve'",
@@ -348,7 +350,34 @@ async def _simulate(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _log_flags(parser: argparse.ArgumentParser) -> None:
+    """``--log-level``, ``--log-file``, ``--log-format`` (controller.logsetup), as on run."""
+    from controller.logsetup import LOG_FORMATS, LOG_LEVELS
+
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default="info",
+        help="the least severe record shown on the terminal and in --log-file (default: info)",
+    )
+    parser.add_argument(
+        "--log-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also log to FILE (appended); the libraries' warnings go here, not to the "
+        "terminal (the state folder's <site>.log is written as well)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text, or json: one object per line with time, level, logger, message, extras",
+    )
+
+
 async def _serve(args: argparse.Namespace, console: Console) -> int:
+    from controller.logsetup import setup_logging
     from hil.serve import ServeOptions, serve
 
     opts = ServeOptions(
@@ -365,7 +394,9 @@ async def _serve(args: argparse.Namespace, console: Console) -> int:
         at_batch_end="exit" if args.until_batch_end else "repeat" if args.repeat else "hold",
         wait_for_controller=args.wait_for_controller,
     )
+    logs = None
     try:
+        logs = setup_logging(args.log_level, args.log_file, args.log_format)
         await serve(args.site, opts, announce=lambda text: console.print(text, highlight=False))
     except PharmaTwinError as exc:  # one line per problem, never wrapped
         problems = exc.problems if isinstance(exc, ConfigError) else (exc,)
@@ -373,6 +404,9 @@ async def _serve(args: argparse.Namespace, console: Console) -> int:
             text = f"[red]error:[/red] {escape(str(problem))}"
             console.print(text, highlight=False, soft_wrap=True)
         return 2
+    finally:
+        if logs is not None:
+            logs.close()
     return 0
 
 

@@ -123,6 +123,8 @@ class PlantRunner:
         self.fault: PlantFault | None = None
         #: the true state at the exact time of the batch's natural end, once reached
         self.end_state: PlantState | None = None
+        self._truth: PlantState | None = None  # the last true_state(), and its condition
+        self._truth_key: tuple[float, bytes, bytes, bytes, bytes] | None = None
         self._alg = model.algebraic_solver()
         if self._alg is not None:
             z = self._alg(self._z, self._x, self._u, self._p)
@@ -336,19 +338,33 @@ class PlantRunner:
 
     # ------------------------------------------------------------------ observing
     def true_state(self, t: float | None = None) -> PlantState:
-        ev = self.model.evaluate(
-            self.model.as_dict(Role.STATE, self._x),
-            self.model.as_dict(Role.INPUT, self._u),
-            self.model.as_dict(Role.ALGEBRAIC, self._z),
-            self.parameters,
-        )
+        """The true state now (stamped ``t`` if given): the model evaluated at the current
+        state, inputs and parameters. Evaluated once per distinct condition: a second call
+        with nothing changed returns the same numbers without evaluating again."""
+        key = (self.t, self._x.tobytes(), self._z.tobytes(), self._u.tobytes(), self._p.tobytes())
+        if self._truth_key != key or self._truth is None:
+            self._truth, self._truth_key = self._evaluate(), key
+        truth = self._truth
+        if t is None or t == truth.t:
+            return truth
         return PlantState(
-            self.t if t is None else t,
-            self.model.as_dict(Role.STATE, self._x),
-            self.model.as_dict(Role.ALGEBRAIC, self._z),
-            self.model.as_dict(Role.INPUT, self._u),
-            ev.outputs,
-            ev.expressions,
+            t, truth.states, truth.algebraic, truth.inputs, truth.outputs, truth.expressions
+        )
+
+    def _evaluate(self) -> PlantState:
+        """The model's outputs and expressions at the current condition: the same call as
+        :meth:`PlantModel.evaluate`, on the vectors the plant holds (no dict round trip)."""
+        m = self.model
+        z = self._z if m.is_dae else np.zeros(0)
+        res = m.function(self._x, z, self._u, self._p)
+        y, expr = (np.asarray(r, dtype=float).ravel() for r in res[2:4])
+        return PlantState(
+            self.t,
+            m.as_dict(Role.STATE, self._x),
+            m.as_dict(Role.ALGEBRAIC, self._z),
+            m.as_dict(Role.INPUT, self._u),
+            dict(zip(m.output_names, map(float, y), strict=True)),
+            dict(zip(m.expression_names, map(float, expr), strict=True)),
         )
 
     def measure(self) -> dict[str, float]:

@@ -134,8 +134,8 @@ def test_only_selects_by_label_or_module_name(runner: ModuleType) -> None:
     assert runner.select(None) == runner.MODULES
     assert runner.select("B5,b2") == ["b2_cycle", "b5_memory"]
     assert runner.select("b3_simulation") == ["b3_simulation"]
-    with pytest.raises(SystemExit, match="B6"):
-        runner.select("B6")
+    with pytest.raises(SystemExit, match="B9"):
+        runner.select("B9")
 
 
 def test_b2_memory_port_case_gives_well_formed_rows(runner: ModuleType) -> None:
@@ -152,3 +152,24 @@ def test_b2_memory_port_case_gives_well_formed_rows(runner: ModuleType) -> None:
     assert runner.problems_with(result) == []
     assert {r["metric"] for r in rows} >= {"cycle median", "cycle p99"}
     assert all(isinstance(r["value"], float) for r in rows if r["metric"].startswith("cycle"))
+
+
+def test_b6_table_holds_step_budget_ratio_and_phases(runner: ModuleType) -> None:
+    b6 = importlib.import_module("b6_step")
+    # two steps of known phase times (seconds): the step medians 10 ms, solve + plant 4 ms
+    steps = [
+        {"step": 0.010, "solve": 0.001, "decide": 0.0012, "plant": 0.003, "audit": 0.002},
+        {"step": 0.010, "solve": 0.001, "decide": 0.0012, "plant": 0.003, "audit": 0.002},
+    ]
+    m = {"model": "cstr", "site": "x"} | b6.summarize(steps)
+    assert m["ratio"] == pytest.approx(2.5)
+    assert m["phase_ms"]["decide"]["median"] == pytest.approx(0.2)  # less the solve
+    assert m["phase_ms"]["other"]["median"] == pytest.approx(3.8)  # 10 - 1 - 0.2 - 3 - 2
+    rows = b6.rows_for(m)
+    result = {"name": "B6", "title": "t", "rows": rows, "raw": {"cstr": m}}
+    assert runner.problems_with(result) == []
+    ratio = next(r for r in rows if r["metric"] == "ratio")
+    assert ratio["met"] is False and ratio["target"] == "<= 2"
+    phases = next(r for r in rows if r["metric"] == "median per phase")["value"]
+    assert "audit 2.000" in phases and "other 3.800" in phases
+    assert "b6_step" in runner.MODULES

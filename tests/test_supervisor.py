@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import signal
 from collections.abc import Iterable, Mapping
@@ -25,7 +26,7 @@ from controller.ports.base import Quality, Snapshot, WriteReport, WriteResult, W
 from controller.ports.memory import MemoryPort, TagTable, table_from_tag_map
 from controller.runtime import RunOptions, build_pipeline, run_site
 from controller.site import Site, load_site
-from controller.supervisor import CycleView, Mode, State, Supervisor
+from controller.supervisor import ControlRefused, CycleView, Mode, State, Supervisor
 
 ROOT = Path(__file__).resolve().parents[1]
 LYO_MODBUS = ROOT / "configs" / "sites" / "lyophilizer-modbus.yaml"
@@ -389,3 +390,75 @@ async def test_a_frozen_measurement_is_stale_and_holds(env: Env, site: Site) -> 
     assert (await env.cycle()).state is State.RUNNING
     assert len(env.port.setpoint_writes()) == writes + 1
     assert env.sup.counters.stale_data == 2
+
+
+async def test_an_operator_release_keeps_running_writes_nothing_until_requested(
+    env: Env,
+) -> None:
+    assert await env.cycles(3) == [State.REQUESTING, State.RUNNING, State.RUNNING]
+    written_before = len(env.port.setpoint_writes())
+    assert written_before == 2
+    assert "released" in env.sup.release_control("carl", "sampling the batch")
+    n = len(env.port.writes)
+    assert await env.cycles(3) == [State.RELEASED] * 3  # the runtime goes on, released
+    after = [v for v, _ in env.port.writes[n:]]
+    assert after == [{"mpc_request": 0.0}]  # cleared once; no heartbeat, no setpoint
+    assert len(env.port.setpoint_writes()) == written_before
+    assert not env.plc.active  # the PLC took over
+    assert all(v.outcome is not None for v in env.views[-3:])  # it still recommends
+    with pytest.raises(ControlRefused, match="nothing to release"):
+        env.sup.release_control("carl", "again")
+    assert "requesting" in env.sup.request_control("carl", "sampling done")
+    with pytest.raises(ControlRefused, match="nothing to request"):
+        env.sup.request_control("carl", "again")
+    assert await env.cycles(3) == [State.REQUESTING, State.RUNNING, State.RUNNING]
+    assert len(env.port.setpoint_writes()) == written_before + 2
+    ops = [r for r in env.audit.records() if r.action.startswith("operator.")]
+    assert [(r.actor, r.action, r.reason, r.old_value, r.new_value[:8]) for r in ops] == [
+        ("carl", "operator.release", "sampling the batch", "RUNNING", "RELEASED"),
+        ("carl", "operator.release", "again", "RELEASED", "refused:"),
+        ("carl", "operator.request", "sampling done", "RELEASED", "REQUESTI"),
+        ("carl", "operator.request", "again", "REQUESTING", "refused:"),
+    ]
+    causes = [c for c in env.changes() if c[1] == "RELEASED"]
+    assert causes and "operator carl released control: sampling the batch" in causes[0][2]
+
+
+async def test_operator_control_refused_before_init_and_in_shadow(
+    env: Env, site: Site, tmp_path: Path
+) -> None:
+    with pytest.raises(ControlRefused, match="INIT"):
+        env.sup.release_control("carl", "too early")
+    assert env.sup.state is State.INIT
+    shadow = Supervisor(
+        site,
+        env.port,
+        env.clock,
+        build_pipeline(site, StubPolicy({"Tsh": 0.0, "Pch": 0.1})),
+        mode=Mode.SHADOW,
+        audit=env.audit,
+    )
+    with pytest.raises(ControlRefused, match="shadow"):
+        shadow.request_control("carl", "no")
+    refused = [r.new_value for r in env.audit.records() if r.action.startswith("operator.")]
+    assert len(refused) == 2 and all(v.startswith("refused:") for v in refused)
+
+
+async def test_fallback_and_hold_are_logged_as_warnings(
+    env: Env, site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="pharmatwin.supervisor")
+    await env.cycles(2)
+    env.plc.tbot_quality = Quality.BAD
+    await env.cycles(site.runtime.max_bad_cycles)
+    changes = {
+        r.getMessage().split(":")[0]: r.levelno
+        for r in caplog.records
+        if r.getMessage().startswith("state ")
+    }
+    assert changes == {
+        "state INIT -> REQUESTING": logging.INFO,
+        "state REQUESTING -> RUNNING": logging.INFO,
+        "state RUNNING -> HOLD": logging.WARNING,
+        "state HOLD -> FALLBACK": logging.WARNING,
+    }

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,23 +127,91 @@ async def test_read_only_without_login_and_roles_with_audit(tmp_path: Path) -> N
         missing = await c.post("/api/alarms/ack", json={"key": "nope", "reason": "seen"})
         assert missing.status_code == 404
         assert (await c.post("/api/alarms/ack", json={"key": "nope"})).status_code == 400
-        # a request is refused (the supervisor requests by itself), and audited with the user
+        # a request while requesting or in control is refused, and audited with the user
         assert (await _login(c, "carl", "carl-pass-1")).status_code == 200
         req = await c.post("/api/control", json={"action": "request", "reason": "try"})
-        assert req.status_code == 409
-        rel = await c.post("/api/control", json={"action": "release", "reason": "end of test"})
-        assert rel.status_code == 200, rel.text
-        await asyncio.wait_for(twin.stop.wait(), 5)
+        assert req.status_code == 409 and "nothing to request" in req.json()["error"]
+        await wait_state(twin, "RUNNING")
+        rel = await c.post("/api/control", json={"action": "release", "reason": "lab check"})
+        assert rel.status_code == 200 and "released" in rel.json()["result"], rel.text
+        sup = twin.sup
+        assert sup is not None and sup.state.value == "RELEASED"
+        # released: the runtime keeps cycling, clears mpc_request, and writes no setpoint
+        n = sup.counters.cycles
+        await wait_until(lambda: not sup._requested and sup.counters.cycles >= n + 2)
+        assert sup.state.value == "RELEASED"
+        assert not twin.stop.is_set()
+        again = await c.post("/api/control", json={"action": "release", "reason": "twice"})
+        assert again.status_code == 409
+        req = await c.post("/api/control", json={"action": "request", "reason": "lab done"})
+        assert req.status_code == 200, req.text
+        await wait_state(twin, "RUNNING")  # the PLC granted it again: the MPC writes again
+        n = sup.counters.cycles
+        await wait_until(lambda: sup.counters.cycles >= n + 2)
     records = read_records(twin.audit)
     ours = [(r.actor, r.action, r.reason) for r in records if r.action.startswith("operator.")]
     assert ours == [
         ("carl", "operator.request", "try"),
-        ("carl", "operator.release", "end of test"),
+        ("carl", "operator.release", "lab check"),
+        ("carl", "operator.release", "twice"),
+        ("carl", "operator.request", "lab done"),
     ]
-    # the release ended the run, and the supervisor's shutdown cleared the request
+    ops = [r for r in records if r.action.startswith("operator.")]
+    assert ops[0].new_value.startswith("refused") and ops[2].new_value.startswith("refused")
+    assert (ops[1].old_value, ops[1].new_value) == ("RUNNING", "RELEASED")
+    assert (ops[3].old_value, ops[3].new_value) == ("RELEASED", "REQUESTING")
+    between = [r for r in records if ops[1].id < r.id < ops[3].id]
+    assert not [r for r in between if r.action == "setpoint.write"], "written while released"
+    cleared = [r for r in between if r.target == "mpc_request"]
+    assert cleared and cleared[0].new_value in ("0", "0.0"), cleared
+    after = [r for r in records if r.id > ops[3].id]
+    assert [r for r in after if r.action == "setpoint.write"], "no write after the re-request"
+    # the end of the run cleared the request again
     assert records[-1].action == "run.stop"
     requests = [r.new_value for r in records if r.target == "mpc_request"]
     assert requests[-1] in ("0", "0.0"), requests
+
+
+async def test_release_in_shadow_mode_is_refused_and_audited(tmp_path: Path) -> None:
+    twin_cm = running_twin(tmp_path, mode=Mode.SHADOW)
+    async with twin_cm as twin, httpx.AsyncClient(base_url=twin.view.url) as c:
+        assert (await _login(c, "carl", "carl-pass-1")).status_code == 200
+        rel = await c.post("/api/control", json={"action": "release", "reason": "x"})
+        assert rel.status_code == 409 and "shadow" in rel.json()["error"]
+        assert not twin.stop.is_set()
+    ops = [r for r in read_records(twin.audit) if r.action.startswith("operator.")]
+    assert [(r.actor, r.new_value[:8]) for r in ops] == [("carl", "refused:")]
+
+
+async def test_what_if_forecast_on_demand_without_login(tmp_path: Path) -> None:
+    site = load_site(CSTR)
+    if not (site.forecast is not None):
+        raise AssertionError("the CSTR site has no forecast section")
+    async with running_twin(tmp_path) as twin, httpx.AsyncClient(base_url=twin.view.url) as c:
+        resp = await c.post("/api/forecast", timeout=60)
+        assert resp.status_code == 200, resp.text
+        data = resp.json()
+        assert [q["name"] for q in data["cqas"]] == [q.name for q in site.forecast.cqas]
+        plans = {r["plan"]: r for r in data["rows"]}
+        assert "mpc" in plans, plans
+        mpc = plans["mpc"]
+        assert mpc["status"] == "ok", mpc
+        assert all(isinstance(mpc[q["name"]], float) for q in data["cqas"]), mpc
+        assert data["start_t"] is not None and data["start_t"] >= 0
+        # read-only: nothing the forecast did is an operator action or a write
+        assert twin.sup is not None and twin.sup.state.value in ("REQUESTING", "RUNNING", "HOLD")
+    assert not [r for r in read_records(twin.audit) if r.action.startswith("operator.")]
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll ``cond`` every 20 ms of wall time (the twin runs on its own clock)."""
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.02)
+
+
+async def wait_state(twin: Twin, state: str) -> None:
+    await wait_until(lambda: twin.sup is not None and twin.sup.state.value == state)
 
 
 async def test_sse_pushes_new_cycles(tmp_path: Path) -> None:

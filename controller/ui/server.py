@@ -31,6 +31,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from controller.errors import PharmaTwinError
+from controller.forecast import Forecast, ForecastError
 from controller.ui.bind import Bind
 from controller.users import Users
 
@@ -85,6 +86,7 @@ class OperatorView:
         self._alarms: dict[str, dict[str, Any]] = {}  # active drift alarms by key
         self._sessions: dict[str, _Session] = {}
         self._lock = threading.Lock()
+        self._forecasting = threading.Lock()
         self._sup: Supervisor | None = None
         self._control_loop: asyncio.AbstractEventLoop | None = None
         self._server: uvicorn.Server | None = None
@@ -273,6 +275,7 @@ class OperatorView:
             Route("/api/logout", self._logout, methods=["POST"]),
             Route("/api/alarms/ack", self._ack, methods=["POST"]),
             Route("/api/control", self._control, methods=["POST"]),
+            Route("/api/forecast", self._forecast, methods=["POST"]),
         ]
         return Starlette(routes=routes)
 
@@ -310,6 +313,22 @@ class OperatorView:
 
         headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+    async def _forecast(self, request: Request) -> Response:
+        """The what-if forecast from the live estimate (read-only: no login), computed in a
+        worker thread of the UI's loop; one at a time (409 while one runs)."""
+        sup = self._sup
+        if sup is None:
+            return _refuse(503, "the operator view is not attached to a running supervisor")
+        if not self._forecasting.acquire(blocking=False):
+            return _refuse(409, "a forecast is already being computed; wait for it")
+        try:
+            fc = await asyncio.to_thread(sup.forecast)
+        except ForecastError as exc:
+            return _refuse(409, str(exc))
+        finally:
+            self._forecasting.release()
+        return JSONResponse(forecast_table(fc))
 
     # ------------------------------------------------------------------ access
     def _session(self, request: Request) -> _Session | None:
@@ -389,42 +408,20 @@ class OperatorView:
         return JSONResponse({"action": action, "by": s.user, "result": done})
 
     async def _command(self, action: str, user: str, reason: str) -> str:
-        """Carry out (or refuse) an operator's control action, audited either way; runs on
-        the control loop. Release ends the run: the supervisor's shutdown clears
-        mpc_request, so the PLC takes over bumplessly at the last setpoint."""
-        sup, stop = self._sup, self._stop
-        if not (sup is not None and stop is not None):
+        """Carry out (or refuse) an operator's control action on the control loop: the
+        supervisor audits it either way, and its own cycle honours it (a release clears
+        mpc_request and keeps the runtime recommending; a request engages only when the PLC
+        reports mpc_active)."""
+        from controller.supervisor import ControlRefused
+
+        sup = self._sup
+        if sup is None:
             raise RuntimeError("the operator view is not attached to a running supervisor")
-        why = ""
-        if action == "request":
-            why = (
-                "an operator request is not available: in closed-loop mode the supervisor "
-                "requests control by itself; start `pharmatwin run --mode closed-loop`"
-            )
-        elif sup.mode.value == "shadow":
-            why = "shadow mode: the MPC has no control to release"
-        site = sup.site.name
-        detail = {"run_id": sup.run_id, "state": sup.state.value}
-        if why:
-            sup.audit.record(
-                f"operator.{action}",
-                site,
-                reason=reason,
-                new_value=f"refused: {why}",
-                actor=user,
-                detail=detail,
-            )
-            raise Refused(why)
-        sup.audit.record(
-            "operator.release",
-            site,
-            reason=reason,
-            new_value="stopping",
-            actor=user,
-            detail=detail,
-        )
-        stop.set()
-        return "control is being released to the PLC; the runtime stops"
+        act = sup.release_control if action == "release" else sup.request_control
+        try:
+            return act(user, reason)
+        except ControlRefused as exc:
+            raise Refused(str(exc)) from exc
 
     async def _audit(self, action: str, target: str, user: str, reason: str) -> str:
         if not (self._sup is not None):
@@ -469,6 +466,21 @@ def _plotly_js() -> str:
 
         _PLOTLY.append(get_plotlyjs())
     return _PLOTLY[0]
+
+
+def forecast_table(fc: Forecast) -> dict[str, Any]:
+    """The page's what-if table: the start time, the CQAs (name, expression, at) and one row
+    per plan (its CQAs, end time, whether the batch finished, status). Non-finite numbers
+    are null."""
+    data = fc.to_dict()
+    cqas = [{k: c[k] for k in ("name", "expression", "at")} for c in data["cqas"]]
+    return {
+        "site": data["site"],
+        "time_unit": data["time_unit"],
+        "start_t": data["start"]["t"],
+        "cqas": cqas,
+        "rows": data["table"],
+    }
 
 
 def describe(sup: Supervisor) -> dict[str, Any]:

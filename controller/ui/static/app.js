@@ -83,6 +83,22 @@ function render() {
   document.body.dataset.cycle = s.cycle ?? "";
 }
 
+async function runForecast() {
+  $("forecast").disabled = true;
+  $("forecast-note").textContent = "computing…";
+  try {
+    const resp = await fetch("/api/forecast", { method: "POST" });
+    const data = await resp.json();
+    if (!resp.ok) { $("forecast-note").textContent = `refused (${resp.status}): ${data.error}`; return; }
+    const names = data.cqas.map((c) => c.name);
+    $("forecast-note").textContent = `from t = ${fmt(data.start_t)} ${data.time_unit}`;
+    table("forecast-table", ["plan", ...names, "end time", "finished", "status"], data.rows.map((r) =>
+      [r.plan, ...names.map((n) => fmt(r[n])), fmt(r.end_time), r.finished ? "yes" : "no", r.status]));
+  } finally {
+    $("forecast").disabled = false;
+  }
+}
+
 async function whoami() {
   const w = await (await fetch("/api/whoami")).json();
   $("who").textContent = w.user ? `${w.user} (${w.roles.join(", ")})` : "read-only";
@@ -95,6 +111,7 @@ async function main() {
   $("login").onclick = async () => { await post("/api/login", { user: $("user").value, password: $("password").value }); whoami(); };
   $("request").onclick = () => post("/api/control", { action: "request", reason: $("reason").value });
   $("release").onclick = () => post("/api/control", { action: "release", reason: $("reason").value });
+  $("forecast").onclick = runForecast;
   whoami();
   const source = new EventSource("/api/events");
   source.onmessage = (ev) => {
