@@ -146,6 +146,12 @@ def _parser() -> argparse.ArgumentParser:
         "--repeat", action="store_true", help="start the batch again each time it ends"
     )
     srv.add_argument(
+        "--ui",
+        default=None,
+        metavar="HOST:PORT",
+        help="a read-only web page of the rig (true plant, PLC, faults), e.g. 127.0.0.1:8081",
+    )
+    srv.add_argument(
         "--wait-for-controller",
         action="store_true",
         help="hold the HIL clock at 0 until a client's first write (the controller's first "
@@ -393,6 +399,7 @@ async def _serve(args: argparse.Namespace, console: Console) -> int:
         wrong_unit=args.wrong_unit,
         at_batch_end="exit" if args.until_batch_end else "repeat" if args.repeat else "hold",
         wait_for_controller=args.wait_for_controller,
+        ui=args.ui,
     )
     logs = None
     try:

@@ -74,6 +74,8 @@ class ServeOptions:
     #: hold the HIL clock at 0 until a client's first write (the controller's first cycle
     #: writes its heartbeat), so the controller's start-up does not eat into the batch
     wait_for_controller: bool = False
+    #: HOST:PORT of the rig's read-only web page (None: no page)
+    ui: str | None = None
 
     def check(self) -> None:
         """ConfigError listing every bad option (name, bad value, what is allowed)."""
@@ -299,7 +301,16 @@ async def _serve(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     started = []
+    view = None
     try:
+        if opts.ui is not None:
+            from controller.ui.bind import parse_bind
+            from hil.serve_ui import RigView
+
+            view = RigView(parse_bind("--ui", opts.ui, allow_remote=opts.allow_remote))
+            view.attach(rig)
+            view.start()
+            state["ui"] = view.url
         for server, (proto, port) in zip(servers, ports.items(), strict=True):
             try:
                 await server.start()
@@ -316,6 +327,7 @@ async def _serve(
             f"serving {site.name}: "
             + ", ".join(f"{p} on {opts.host}:{n}" for p, n in ports.items())
             + f" at rate {opts.rate:g}; admin on {LOOPBACK}:{admin_port}; log: {log_path}"
+            + (f"; page: {view.url}" if view is not None else "")
         )
         rig.at_batch_end = opts.at_batch_end
         await rig.run(stop, opts.duration)
@@ -325,6 +337,8 @@ async def _serve(
                 loop.remove_signal_handler(sig)
         admin_server.close()
         await admin_server.wait_closed()
+        if view is not None:
+            view.close()
         for server in started:
             await server.stop()
         state_file.unlink(missing_ok=True)

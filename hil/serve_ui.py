@@ -1,0 +1,161 @@
+"""``pharmatwin-hil serve --ui HOST:PORT``: a read-only page of the HIL rig.
+
+What the test bench really does, next to what the controller sees: the true plant's states,
+outputs and inputs over time (Plotly, served from the installed ``plotly`` package), the
+virtual PLC's mode, handshake and alarm, the batch (held, repeated), and the active faults.
+It is a sink of the rig (``on_scan``): each scan only appends a small dict to a bounded
+deque; the page's work runs in the UI's own thread (uvicorn). Read-only: nothing on it can
+change the rig (faults are injected with ``pharmatwin-hil fault``). Loopback unless
+``--allow-remote``, and then only with TLS, as the controller's view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import threading
+import time
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from controller.errors import PharmaTwinError
+from controller.ui.bind import Bind
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from hil.rig import HilRig
+
+log = logging.getLogger("pharmatwin.hil.ui")
+
+
+class RigView:
+    """Serves the rig's page; :meth:`scan` is the rig's ``on_scan`` (the only call in the
+    rig's loop)."""
+
+    def __init__(self, bind: Bind, *, history: int = 3000) -> None:
+        self.bind = bind
+        self.port = bind.port
+        self._rows: collections.deque[dict[str, Any]] = collections.deque(maxlen=history)
+        self._status: dict[str, Any] = {}
+        self._seq = 0
+        self._lock = threading.Lock()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.meta: dict[str, Any] = {}
+        self.app = Starlette(
+            routes=[
+                Route("/", self._index),
+                Route("/static/plotly.js", self._plotly),
+                Route("/api/state", self._state),
+                Route("/api/events", self._events),
+            ]
+        )
+
+    # ------------------------------------------------------------------ the rig's side
+    def attach(self, rig: HilRig) -> None:
+        m = rig.model
+        self.meta = {
+            "site": rig.site.name,
+            "time_unit": m.time_unit,
+            "series": {n: m.unit_of(n) for n in (*m.state_names, *m.output_names, *m.input_names)},
+        }
+        rig.on_scan = self.scan
+
+    def scan(self, rig: HilRig) -> None:
+        truth = rig.truth
+        row = {"t": truth.t, **truth.states, **truth.outputs, **truth.inputs}
+        status = {
+            "t": truth.t,
+            "time_unit": rig.model.time_unit,
+            "plc_mode": rig.vplc.mode.value,
+            "alarm": bool(rig.vplc.alarm),
+            "applied": dict(rig.applied),
+            "batch_over": rig.batch_over,
+            "batches": rig.batches,
+            "plant_fault": rig.plant_fault.describe() if rig.plant_fault else None,
+            "faults": [f.model_dump() for f in rig.faults.active(rig.plant.t)],
+        }
+        with self._lock:
+            self._rows.append(row)
+            self._status = status
+            self._seq += 1
+
+    # ------------------------------------------------------------------ serving
+    def start(self) -> None:
+        config = uvicorn.Config(
+            self.app,
+            host=self.bind.host,
+            port=self.bind.port,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            timeout_graceful_shutdown=2,
+            ssl_certfile=str(self.bind.tls_cert) if self.bind.tls_cert else None,
+            ssl_keyfile=str(self.bind.tls_key) if self.bind.tls_key else None,
+        )
+        server = self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(server.serve()), name="pharmatwin-hil-ui", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 15.0
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise PharmaTwinError(f"--ui {self.bind.host}:{self.bind.port}: cannot listen")
+            time.sleep(0.005)
+        self.port = int(server.servers[0].sockets[0].getsockname()[1])
+        log.info("HIL view at %s", self.url)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10.0)
+
+    @property
+    def url(self) -> str:
+        return f"{self.bind.url.rsplit(':', 1)[0]}:{self.port}"
+
+    def snapshot(self, since: int = 0) -> dict[str, Any]:
+        with self._lock:
+            rows = list(self._rows)
+            new = rows[max(0, len(rows) - (self._seq - since)) :] if since else rows
+            return {"seq": self._seq, "status": dict(self._status), "rows": new}
+
+    async def _index(self, request: Request) -> Response:
+        page = (resources.files("hil") / "ui_static" / "rig.html").read_text(encoding="utf-8")
+        return HTMLResponse(page)
+
+    async def _plotly(self, request: Request) -> Response:
+        from controller.ui.server import _plotly_js
+
+        return Response(_plotly_js(), media_type="application/javascript")
+
+    async def _state(self, request: Request) -> Response:
+        return JSONResponse({"meta": self.meta, **self.snapshot()})
+
+    async def _events(self, request: Request) -> Response:
+        try:
+            start = int(request.query_params.get("since", "0"))
+        except ValueError:
+            start = 0
+
+        async def stream() -> AsyncIterator[str]:
+            seq = start
+            while True:
+                snap = self.snapshot(seq)
+                if snap["seq"] != seq:
+                    seq = snap["seq"]
+                    yield f"data: {json.dumps(snap)}\n\n"
+                await asyncio.sleep(0.5)
+
+        return StreamingResponse(stream(), media_type="text/event-stream")
