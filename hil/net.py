@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 
 LOOPBACK = "127.0.0.1"
@@ -15,14 +14,7 @@ def free_port(host: str = LOOPBACK) -> int:
         return int(s.getsockname()[1])
 
 
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is a loopback address (127.0.0.0/8, ::1 or 'localhost')."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+from controller.ui.bind import is_loopback  # noqa: E402  (one definition, re-exported)
 
 
 def check_bind_address(host: str, allow_remote: bool) -> None:

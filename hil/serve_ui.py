@@ -16,7 +16,6 @@ import collections
 import json
 import logging
 import threading
-import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -26,8 +25,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from controller.errors import PharmaTwinError
-from controller.ui.bind import Bind
+from controller.ui.bind import Bind, start_in_thread
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -91,28 +89,9 @@ class RigView:
 
     # ------------------------------------------------------------------ serving
     def start(self) -> None:
-        config = uvicorn.Config(
-            self.app,
-            host=self.bind.host,
-            port=self.bind.port,
-            log_level="warning",
-            lifespan="off",
-            access_log=False,
-            timeout_graceful_shutdown=2,
-            ssl_certfile=str(self.bind.tls_cert) if self.bind.tls_cert else None,
-            ssl_keyfile=str(self.bind.tls_key) if self.bind.tls_key else None,
+        self._server, self._thread, self.port = start_in_thread(
+            self.app, self.bind, "pharmatwin-hil-ui"
         )
-        server = self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=lambda: asyncio.run(server.serve()), name="pharmatwin-hil-ui", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 15.0
-        while not server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise PharmaTwinError(f"--ui {self.bind.host}:{self.bind.port}: cannot listen")
-            time.sleep(0.005)
-        self.port = int(server.servers[0].sockets[0].getsockname()[1])
         log.info("HIL view at %s", self.url)
 
     def close(self) -> None:

@@ -273,7 +273,12 @@ def test_serve_command_stops_cleanly_on_sigint(tmp_path: Path) -> None:
     )
     try:
         assert proc.stdout is not None
-        first = proc.stdout.readline()
+        # the announcement (log lines on stderr, merged here, may come before it)
+        first = ""
+        for _ in range(20):
+            first = proc.stdout.readline()
+            if first.startswith("serving ") or not first:
+                break
         assert "serving lyophilizer-modbus" in first and f"127.0.0.1:{port}" in first
         state = json.loads((tmp_path / "lyophilizer-modbus.json").read_text())
         assert state["ports"] == {"modbus": port}

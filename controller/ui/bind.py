@@ -7,8 +7,11 @@ its key): anything else is refused with one sentence naming the flag and the val
 from __future__ import annotations
 
 import ipaddress
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from controller.errors import ConfigError, Problem
 
@@ -25,6 +28,38 @@ class Bind:
         scheme = "https" if self.tls_cert else "http"
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{scheme}://{host}:{self.port}"
+
+
+def start_in_thread(app: Any, bind: Bind, name: str) -> tuple[Any, threading.Thread, int]:
+    """Serve ``app`` with uvicorn in a daemon thread; returns (server, thread, bound port).
+
+    Returns once it listens; raises ConfigError naming ``--ui`` if it cannot listen there
+    within 15 s."""
+    import asyncio
+
+    import uvicorn
+
+    config = uvicorn.Config(
+        app,
+        host=bind.host,
+        port=bind.port,
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+        timeout_graceful_shutdown=2,
+        ssl_certfile=str(bind.tls_cert) if bind.tls_cert else None,
+        ssl_keyfile=str(bind.tls_key) if bind.tls_key else None,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), name=name, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15.0
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            why = "cannot listen there"
+            raise ConfigError([Problem("command line", "--ui", why, f"{bind.host}:{bind.port}")])
+        time.sleep(0.005)
+    return server, thread, int(server.servers[0].sockets[0].getsockname()[1])
 
 
 def is_loopback(host: str) -> bool:

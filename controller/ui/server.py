@@ -30,9 +30,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from controller.errors import PharmaTwinError
+from controller.errors import ConfigError, PharmaTwinError
 from controller.forecast import Forecast, ForecastError
-from controller.ui.bind import Bind
+from controller.ui.bind import Bind, start_in_thread
 from controller.users import Users
 
 if TYPE_CHECKING:
@@ -101,27 +101,12 @@ class OperatorView:
         self._sup, self._stop = sup, stop
         self._control_loop = asyncio.get_running_loop()
         self.meta = describe(sup)
-        config = uvicorn.Config(
-            self.app,
-            host=self.bind.host,
-            port=self.bind.port,
-            log_level="warning",
-            lifespan="off",
-            access_log=False,
-            timeout_graceful_shutdown=2,
-            ssl_certfile=str(self.bind.tls_cert) if self.bind.tls_cert else None,
-            ssl_keyfile=str(self.bind.tls_key) if self.bind.tls_key else None,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._serve, name="pharmatwin-ui", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 15.0
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise Refused(f"--ui {self.bind.host}:{self.bind.port}: cannot listen there")
-            time.sleep(0.005)
-        sockets = self._server.servers[0].sockets
-        self.port = int(sockets[0].getsockname()[1])
+        try:
+            self._server, self._thread, self.port = start_in_thread(
+                self.app, self.bind, "pharmatwin-ui"
+            )
+        except ConfigError as exc:
+            raise Refused(f"--ui {self.bind.host}:{self.bind.port}: cannot listen there") from exc
         log.info("operator view at %s:%d", self.bind.url.rsplit(":", 1)[0], self.port)
 
     def cycle(self, sup: Supervisor, view: CycleView) -> None:
@@ -137,11 +122,6 @@ class OperatorView:
     @property
     def url(self) -> str:
         return f"{self.bind.url.rsplit(':', 1)[0]}:{self.port}"
-
-    def _serve(self) -> None:
-        if not (self._server is not None):
-            raise RuntimeError("the operator view is not started: self._server is not None")
-        asyncio.run(self._server.serve())
 
     # ------------------------------------------------------------------ rows (UI thread)
     def drain(self) -> int:
