@@ -363,8 +363,9 @@ def _log_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log-level",
         choices=LOG_LEVELS,
-        default="info",
-        help="the least severe record shown on the terminal and in --log-file (default: info)",
+        default="warning",
+        help="the least severe record shown on the terminal and in --log-file (default: "
+        "warning: serve announces itself; the state folder's <site>.log keeps every INFO)",
     )
     parser.add_argument(
         "--log-file",

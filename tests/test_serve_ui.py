@@ -25,7 +25,8 @@ def _serve(tmp: Path, *flags: str) -> list[str]:
 
 def test_serve_logs_json_to_the_log_file(tmp_path: Path) -> None:
     log = tmp_path / "hil.log"
-    assert main(_serve(tmp_path, "--log-format", "json", "--log-file", str(log))) == 0
+    argv = _serve(tmp_path, "--log-level", "info", "--log-format", "json", "--log-file", str(log))
+    assert main(argv) == 0
     records = [json.loads(line) for line in log.read_text().splitlines()]
     serving = [r for r in records if r["message"].startswith("serving lyophilizer-modbus")]
     assert serving and serving[0]["level"] == "INFO" and serving[0]["logger"].startswith("pharma")
