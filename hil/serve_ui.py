@@ -19,13 +19,12 @@ import threading
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from controller.ui.bind import Bind, start_in_thread
+from controller.ui.bind import Bind, ThreadedServer, start_in_thread
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -46,8 +45,7 @@ class RigView:
         self._status: dict[str, Any] = {}
         self._seq = 0
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._web: ThreadedServer | None = None
         self.meta: dict[str, Any] = {}
         self.app = Starlette(
             routes=[
@@ -89,20 +87,17 @@ class RigView:
 
     # ------------------------------------------------------------------ serving
     def start(self) -> None:
-        self._server, self._thread, self.port = start_in_thread(
-            self.app, self.bind, "pharmatwin-hil-ui"
-        )
+        self._web = start_in_thread(self.app, self.bind, "pharmatwin-hil-ui")
+        self.port = self._web.port
         log.info("HIL view at %s", self.url)
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10.0)
+        if self._web is not None:
+            self._web.close()
 
     @property
     def url(self) -> str:
-        return f"{self.bind.url.rsplit(':', 1)[0]}:{self.port}"
+        return self._web.url if self._web is not None else self.bind.url
 
     def snapshot(self, since: int = 0) -> dict[str, Any]:
         with self._lock:
@@ -130,7 +125,9 @@ class RigView:
 
         async def stream() -> AsyncIterator[str]:
             seq = start
-            while True:
+            while self._web is None or not self._web.exiting:
+                if await request.is_disconnected():
+                    return
                 snap = self.snapshot(seq)
                 if snap["seq"] != seq:
                     seq = snap["seq"]

@@ -30,8 +30,31 @@ class Bind:
         return f"{scheme}://{host}:{self.port}"
 
 
-def start_in_thread(app: Any, bind: Bind, name: str) -> tuple[Any, threading.Thread, int]:
-    """Serve ``app`` with uvicorn in a daemon thread; returns (server, thread, bound port).
+@dataclass
+class ThreadedServer:
+    """A uvicorn server running in its own daemon thread (see :func:`start_in_thread`)."""
+
+    bind: Bind
+    server: Any
+    thread: threading.Thread
+    port: int  # the bound port (``bind.port`` 0 picks a free one)
+
+    @property
+    def url(self) -> str:
+        return f"{self.bind.url.rsplit(':', 1)[0]}:{self.port}"
+
+    @property
+    def exiting(self) -> bool:
+        """Shutting down: long-lived responses (event streams) end now."""
+        return bool(self.server.should_exit)
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10.0)
+
+
+def start_in_thread(app: Any, bind: Bind, name: str) -> ThreadedServer:
+    """Serve ``app`` with uvicorn in a daemon thread.
 
     Returns once it listens; raises ConfigError naming ``--ui`` if it cannot listen there
     within 15 s."""
@@ -59,7 +82,7 @@ def start_in_thread(app: Any, bind: Bind, name: str) -> tuple[Any, threading.Thr
             why = "cannot listen there"
             raise ConfigError([Problem("command line", "--ui", why, f"{bind.host}:{bind.port}")])
         time.sleep(0.005)
-    return server, thread, int(server.servers[0].sockets[0].getsockname()[1])
+    return ThreadedServer(bind, server, thread, int(server.servers[0].sockets[0].getsockname()[1]))
 
 
 def is_loopback(host: str) -> bool:

@@ -24,7 +24,6 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -32,7 +31,7 @@ from starlette.routing import Route
 
 from controller.errors import ConfigError, PharmaTwinError
 from controller.forecast import Forecast, ForecastError
-from controller.ui.bind import Bind, start_in_thread
+from controller.ui.bind import Bind, ThreadedServer, start_in_thread
 from controller.users import Users
 
 if TYPE_CHECKING:
@@ -89,8 +88,7 @@ class OperatorView:
         self._forecasting = threading.Lock()
         self._sup: Supervisor | None = None
         self._control_loop: asyncio.AbstractEventLoop | None = None
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._web: ThreadedServer | None = None
         self.meta: dict[str, Any] = {}
         self.port = bind.port
         self.app = self._app()
@@ -102,26 +100,23 @@ class OperatorView:
         self._control_loop = asyncio.get_running_loop()
         self.meta = describe(sup)
         try:
-            self._server, self._thread, self.port = start_in_thread(
-                self.app, self.bind, "pharmatwin-ui"
-            )
+            self._web = start_in_thread(self.app, self.bind, "pharmatwin-ui")
         except ConfigError as exc:
             raise Refused(f"--ui {self.bind.host}:{self.bind.port}: cannot listen there") from exc
-        log.info("operator view at %s:%d", self.bind.url.rsplit(":", 1)[0], self.port)
+        self.port = self._web.port
+        log.info("operator view at %s", self.url)
 
     def cycle(self, sup: Supervisor, view: CycleView) -> None:
         """The only call on the control path: keep a reference to the view."""
         self._views.append(view)
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10.0)
+        if self._web is not None:
+            self._web.close()
 
     @property
     def url(self) -> str:
-        return f"{self.bind.url.rsplit(':', 1)[0]}:{self.port}"
+        return self._web.url if self._web is not None else self.bind.url
 
     # ------------------------------------------------------------------ rows (UI thread)
     def drain(self) -> int:
@@ -279,7 +274,7 @@ class OperatorView:
     async def _events(self, request: Request) -> Response:
         async def stream() -> AsyncIterator[str]:
             sent = 0
-            while self._server is None or not self._server.should_exit:
+            while self._web is None or not self._web.exiting:
                 if await request.is_disconnected():
                     return
                 seq = self.drain()
