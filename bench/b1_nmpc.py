@@ -2,9 +2,9 @@
 
 For each model the scenario ``configs/scenarios/<model>-mpc.yaml`` is run in closed loop
 twice, side by side in one process: once with the reference and once with the fast path
-(:class:`controller.fast_mpc.FastController`, with the controller config's ``solver``
+(:class:`controller.core.fast_mpc.FastController`, with the controller config's ``solver``
 section). The reference is a do-mpc MPC of the same problem as the production do-mpc path
-(:class:`controller.mpc.DoMpcController`): the same model, objective, bounds, hard move
+(:class:`controller.core.mpc.DoMpcController`): the same model, objective, bounds, hard move
 limits, soft constraints, horizon, collocation, variable scaling (the move penalties act on
 scaled moves, so the scaling is part of the objective) and initial guess, solved with
 do-mpc's own default solver settings: CasADi's IPOPT defaults (only its printing silenced)
@@ -43,8 +43,8 @@ if str(ROOT) not in sys.path:  # run as a script from a clean clone
 
 import hil.simulate as simulate  # noqa: E402
 from controller.config import ControllerConfig, load_controller  # noqa: E402
-from controller.fast_mpc import FastController  # noqa: E402
-from controller.mpc import DoMpcController, ModelPredictiveController  # noqa: E402
+from controller.core.fast_mpc import FastController  # noqa: E402
+from controller.core.mpc import DoMpcController, ModelPredictiveController  # noqa: E402
 from hil.kpis import compute_kpis  # noqa: E402
 from plant_models import PlantModel  # noqa: E402
 

@@ -1,8 +1,8 @@
 """B2: one cycle of the edge runtime without the solve, over the memory, Modbus and OPC UA ports.
 
-What one timed cycle is: :meth:`controller.supervisor.Supervisor.cycle` of the CSTR site in
+What one timed cycle is: :meth:`controller.runtime.supervisor.Supervisor.cycle` of the CSTR site in
 closed loop, RUNNING under the virtual PLC's handshake, exactly as ``pharmatwin run`` runs it
-(:func:`runtime_for` mirrors :func:`controller.runtime.run_site`): read every readable tag,
+(:func:`runtime_for` mirrors :func:`controller.runtime.wiring.run_site`): read every readable tag,
 check quality and staleness, EKF update, the "solve" (a worker-thread hop to a policy that
 returns a precomputed decision, so the solve itself is excluded), safety, the heartbeat write,
 one ``setpoint.write`` audit record per input, all in one transaction (SQLite, hash-chained,
@@ -52,11 +52,15 @@ from typing import Any, Literal, ParamSpec, TypeVar
 
 from run import ROOT, case_failed, git_commit, latency_stats, markdown_table, row
 
-from controller.audit import AuditTrail, file_hash, software_version
 from controller.clock import SteppedClock
 from controller.config import build_model, load_controller
-from controller.estimator import make_estimator
-from controller.historian import (
+from controller.core.estimator import make_estimator
+from controller.core.mpc import Decision, ModelPredictiveController
+from controller.core.pipeline import ControlPipeline, input_limits
+from controller.ports.base import Port
+from controller.ports.factory import make_port
+from controller.runtime.audit import AuditTrail, file_hash, software_version
+from controller.runtime.historian import (
     DEFAULT_MAX_CYCLES,
     Historian,
     RunInfo,
@@ -64,13 +68,9 @@ from controller.historian import (
     library_versions,
     model_version,
 )
-from controller.mpc import Decision, ModelPredictiveController
-from controller.pipeline import ControlPipeline, input_limits
-from controller.ports.base import Port
-from controller.ports.factory import make_port
-from controller.runtime import build_pipeline, config_files, historian_sink
-from controller.site import Site, load_site
-from controller.supervisor import CycleView, Mode, State, Supervisor
+from controller.runtime.site import Site, load_site
+from controller.runtime.supervisor import CycleView, Mode, State, Supervisor
+from controller.runtime.wiring import build_pipeline, config_files, historian_sink
 from hil.net import LOOPBACK, free_port
 from hil.rig import HilRig
 from hil.servers.base import PlcServer
@@ -105,7 +105,7 @@ T = TypeVar("T")
 
 # ---------------------------------------------------------------------- the fixed policy
 class FixedDecision:
-    """A :class:`controller.pipeline.Policy` that returns one precomputed decision (no solve)."""
+    """A :class:`~controller.core.pipeline.Policy` returning one precomputed decision (no solve)."""
 
     def __init__(self, decision: Decision) -> None:
         self.decision = decision
@@ -472,7 +472,7 @@ def estimate_phase(name: str, cycles: int, warmup: int) -> dict[str, Any]:
 
 
 def _no_decision() -> Decision:
-    from controller.mpc import SolveStatus
+    from controller.core.mpc import SolveStatus
 
     return Decision(0.0, {}, SolveStatus.ERROR, "estimate phase only", 0, 0.0)
 

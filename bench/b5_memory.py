@@ -27,10 +27,10 @@ nothing, so 10^5 cycles fit in the time (on this machine's disk the audit trail'
 ``synchronous=FULL`` commits a cycle took 1.5 to 8 ms, depending on what else used the disk).
 Their pages are page cache, not this process's RSS; their sizes are reported separately.
 The historian keeps 500 cycles instead of its default 100 000: its retention query
-(``_PRUNE`` in ``controller/historian.py``, run on every insert) steps through every retained
-row, so one ``record`` costs about 0.8 ms with 10^3 rows kept, 7 ms with 10^4 and 63 ms with
-10^5 (measured here, 1.4 kB rows), and 10^5 cycles at the default would take over half an
-hour. The calls are the same; only the number of rows kept on disk differs.
+(``_PRUNE`` in ``controller/runtime/historian.py``, run on every insert) steps through
+every retained row, so one ``record`` costs about 0.8 ms with 10^3 rows kept, 7 ms with 10^4
+and 63 ms with 10^5 (measured here, 1.4 kB rows), and 10^5 cycles at the default would take
+over half an hour. The calls are the same; only the number of rows kept on disk differs.
 
 RSS is ``VmRSS`` from ``/proc/self/status`` (kB). At each checkpoint the raw results also
 hold RssAnon/RssFile/VmHWM, the Python objects the collector tracks, by type, the sizes of
@@ -67,8 +67,8 @@ from b2_cycle import (
 from b2_cycle import working_setpoints as plc_setpoints
 from run import case_failed, markdown_table, row
 
-from controller.mpc import ModelPredictiveController
-from controller.site import Site
+from controller.core.mpc import ModelPredictiveController
+from controller.runtime.site import Site
 from hil.rig import HilRig
 
 TARGET_MB = 10.0

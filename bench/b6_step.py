@@ -4,8 +4,8 @@ What one timed step is: one controller sample of a campaign case in ``fast`` mod
 (:mod:`hil.campaign.runner`), with the same pieces :func:`hil.campaign.runner.execute` wires:
 the site's HIL rig (true plant, virtual PLC) on the in-memory PLC image
 (:class:`~hil.servers.memory.MemoryPlcServer`) and a :class:`~hil.campaign.runner.DrivenClock`,
-the edge runtime (:func:`controller.runtime.run_site`: supervisor, EKF, the site's MPC, safety,
-the SQLite audit trail with ``synchronous=FULL`` and the SQLite historian), the campaign's
+the edge runtime (:func:`controller.runtime.wiring.run_site`: supervisor, EKF, the site's MPC,
+safety, the SQLite audit trail with ``synchronous=FULL`` and the SQLite historian), the campaign's
 :class:`~hil.campaign.runner.RecordingPort` and :class:`~hil.campaign.runner.Recorder`. The
 driver is the runner's own stepped loop (scan the PLC at each plant step, let the runtime
 settle, advance the clock), cut after a number of samples; a step is the wall time of every
@@ -108,12 +108,12 @@ class Timer:
 
 def instrument(timer: Timer) -> list[Callable[[], None]]:
     """Wrap the calls of every phase (class attributes: every instance is timed)."""
-    from controller.audit import AuditTrail
-    from controller.fast_mpc import FastController
-    from controller.historian import SqliteHistorian
-    from controller.mpc import DoMpcController
-    from controller.pipeline import ControlPipeline
+    from controller.core.fast_mpc import FastController
+    from controller.core.mpc import DoMpcController
+    from controller.core.pipeline import ControlPipeline
     from controller.ports.memory import MemoryPort
+    from controller.runtime.audit import AuditTrail
+    from controller.runtime.historian import SqliteHistorian
     from hil.campaign.runner import Recorder
     from hil.plant_runner import PlantRunner
     from hil.servers.memory import MemoryPlcServer
@@ -143,9 +143,9 @@ def instrument(timer: Timer) -> list[Callable[[], None]]:
 async def drive(model: str, samples: int, tmp: Path, timer: Timer) -> list[dict[str, float]]:
     """The campaign runner's fast mode on the model's site for ``samples`` controller
     samples; per step the wall time (``step``) and its phases, seconds."""
-    from controller.runtime import RunOptions, run_site
-    from controller.site import load_site
-    from controller.supervisor import Mode
+    from controller.runtime.site import load_site
+    from controller.runtime.supervisor import Mode
+    from controller.runtime.wiring import RunOptions, run_site
     from hil.campaign.runner import DrivenClock, Recorder, RecordingPort, _settle
     from hil.rig import HilRig
     from hil.servers.memory import MemoryPlcServer

@@ -23,8 +23,8 @@ from pathlib import Path
 import httpx
 from b2_cycle import FixedDecision, precomputed_decision, runtime_for, site_for, working_setpoints
 
-from controller.metrics import MetricsSink
-from controller.ui import OperatorView, parse_bind
+from controller.runtime.metrics import MetricsSink
+from controller.runtime.ui import OperatorView, parse_bind
 
 
 def _listen(url: str, stop: threading.Event, got: list[int]) -> None:

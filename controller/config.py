@@ -224,7 +224,7 @@ class SolverSpec(Strict):
     """Which NMPC implementation solves the controller's problem, and its options.
 
     ``backend: do-mpc`` (the default) is the reference: do-mpc's collocation solved by IPOPT.
-    ``backend: fast`` is :mod:`controller.fast_mpc`: SQP with the QP solver ``qpsol`` on a
+    ``backend: fast`` is :mod:`controller.core.fast_mpc`: SQP with the QP solver ``qpsol`` on a
     multiple-shooting transcription (``integrator_steps`` RK4 steps per sample), compiled
     with the system C compiler when ``jit`` (cached on disk), falling back to warm-started
     IPOPT within the same cycle when the SQP does not converge (``fallback: ipopt``).
@@ -285,7 +285,7 @@ _CUSUM_ONLY = frozenset({"k", "h"})
 
 
 class ChartSpec(Strict):
-    """One drift chart (see :mod:`controller.monitoring` for the statistics and defaults).
+    """One drift chart (see :mod:`controller.twin.monitoring` for the statistics and defaults).
 
     ``signal`` is a measured output (a residual chart on ``innovation / innovation_std``) or
     an estimated parameter (a parameter chart on ``(estimate - reference) / sigma``, with
@@ -346,7 +346,7 @@ class MaintenanceSpec(Strict):
 
 
 class MonitoringSpec(Strict):
-    """Drift charts and maintenance forecasts run on every estimate (controller.monitoring).
+    """Drift charts and maintenance forecasts run on every estimate (controller.twin.monitoring).
 
     An active alarm clears when its statistic falls below ``clear_fraction`` times its limit.
     ``alarm_tag`` names the tag that carries the alarm state to the PLC/SCADA.

@@ -14,20 +14,20 @@ reads: measurements, working setpoints, PLC status), ``read_write`` (setpoints a
 flags the twin writes and reads back), ``write`` (write-only) and ``publish``: a value the
 twin *publishes* for the PLC, the HMI and the historian to read (a soft sensor such as the
 drying-front position, an estimated parameter, a drift alarm word). A publishing tag names
-what it carries in ``publishes`` (see :mod:`controller.publish` for the names allowed); it is
+what it carries in ``publishes`` (see :mod:`controller.twin.publish` for the names allowed); it is
 writable by the twin (a holding register or coil, an OPC UA variable) but it is not
 ``readable``: the twin never reads its own publications back as inputs, so the supervisor's
 per-cycle read, the measurement list and the validity bits never include them. It never
 carries a model variable (no ``binds``): a publication is never a control input nor a
 measurement. Every problem names ``tags.<tag>.publishes``, the bad value and what is allowed.
 
-What the twin may trust of a value it reads (see :mod:`controller.trust`), per tag: ``limits``
-of a read tag is the instrument's span as the PLC scales it (a value read outside is flagged
-UNCERTAIN by every port: "outside limits: wrong word order or scale?"); ``valid_range`` is what
-the quantity can physically be (outside: bad data for that cycle); ``frozen_after`` identical
-reads of a noisy measurement are a stuck transmitter; ``on_bad`` (``hold``, or ``predict`` for
-at most ``predict_cycles`` cycles) and ``uncertain_is_good`` are the measurement's bad-data
-policy; ``min_write_interval`` is the shortest time between two writes of a setpoint.
+What the twin may trust of a value it reads (see :mod:`controller.runtime.trust`), per tag:
+``limits`` of a read tag is the instrument's span as the PLC scales it (a value read outside is
+flagged UNCERTAIN by every port: "outside limits: wrong word order or scale?"); ``valid_range`` is
+what the quantity can physically be (outside: bad data for that cycle); ``frozen_after`` identical
+reads of a noisy measurement are a stuck transmitter; ``on_bad`` (``hold``, or ``predict`` for at
+most ``predict_cycles`` cycles) and ``uncertain_is_good`` are the measurement's bad-data policy;
+``min_write_interval`` is the shortest time between two writes of a setpoint.
 
 The codecs are pure functions (in the spirit of pymodbus's framers): engineering value <->
 16-bit registers. Word/byte orders for multi-register values, with A the most significant
@@ -233,7 +233,7 @@ class Tag(Strict):
     #: what the twin publishes into this tag (direction ``publish`` only): a model state, an
     #: estimated parameter, a model expression, ``<name>.std`` or a twin-intelligence value
     #: (``alarm.word``, ``maintenance.<param>.time_to_threshold``...); checked against the
-    #: model by :func:`controller.publish.check_publications`
+    #: model by :func:`controller.twin.publish.check_publications`
     publishes: Annotated[str | None, Field(validate_default=True)] = None
 
     @field_validator("publishes")

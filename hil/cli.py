@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from controller.cli import VersionAction
+    from controller.runtime.cli import VersionAction
 
     p.add_argument("--version", action=VersionAction)
     sub = p.add_subparsers(dest="command", required=True)
@@ -357,8 +357,8 @@ async def _simulate(args: argparse.Namespace, console: Console) -> int:
 
 
 def _log_flags(parser: argparse.ArgumentParser) -> None:
-    """``--log-level``, ``--log-file``, ``--log-format`` (controller.logsetup), as on run."""
-    from controller.logsetup import LOG_FORMATS, LOG_LEVELS
+    """``--log-level``, ``--log-file``, ``--log-format`` (runtime.logsetup), as on run."""
+    from controller.runtime.logsetup import LOG_FORMATS, LOG_LEVELS
 
     parser.add_argument(
         "--log-level",
@@ -384,7 +384,7 @@ def _log_flags(parser: argparse.ArgumentParser) -> None:
 
 
 async def _serve(args: argparse.Namespace, console: Console) -> int:
-    from controller.logsetup import setup_logging
+    from controller.runtime.logsetup import setup_logging
     from hil.serve import ServeOptions, serve
 
     opts = ServeOptions(
@@ -421,7 +421,7 @@ async def _serve(args: argparse.Namespace, console: Console) -> int:
 def _fault_request(args: argparse.Namespace) -> dict[str, Any]:
     """The admin request for ``args``, checked first against the site file (names, units,
     limits); the serving rig checks it again, with its true plant and its servers."""
-    from controller.site import load_site
+    from controller.runtime.site import load_site
     from hil.faults import FaultTargets, check_clear, check_fault, parse_fault
 
     if args.fault_command == "status":
@@ -683,7 +683,7 @@ def _probabilistic_design_space(
 
 def _check_config(files: Sequence[Path], console: Console) -> int:
     """``pharmatwin check-config`` with the HIL tools' own kinds of file added."""
-    from controller.cli import CHECKERS, check_config
+    from controller.runtime.cli import CHECKERS, check_config
     from hil.campaign.spec import load_campaign
     from hil.design_space import load_design_space
     from hil.tuning.spec import load_tuning

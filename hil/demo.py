@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
-from controller.historian import CycleRecord, SqliteHistorian
-from controller.site import Site, load_site
+from controller.runtime.historian import CycleRecord, SqliteHistorian
+from controller.runtime.site import Site, load_site
 
 ROOT = Path(__file__).resolve().parents[1]
 

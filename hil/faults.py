@@ -66,7 +66,7 @@ from controller.config import (
 from controller.errors import ConfigError, Problem, ScenarioError, suggest, unknown_name
 
 if TYPE_CHECKING:
-    from controller.site import Site
+    from controller.runtime.site import Site
     from controller.tags import TagMap
     from hil.servers.base import PlcServer
     from plant_models import PlantModel

@@ -6,7 +6,7 @@ optimal-control problem from the start of the batch to its end: the same model, 
 limits, path constraints (held at the start and end of every interval and at the config's
 ``constraint_points``) and batch-end condition as the controller, with piecewise-constant
 inputs, minimizing the end time ``T``. It is the fast path's own transcription
-(:mod:`controller.fast_mpc`, RK4 multiple shooting), solved by IPOPT. Differences from the
+(:mod:`controller.core.fast_mpc`, RK4 multiple shooting), solved by IPOPT. Differences from the
 closed loop, all in the optimum's favour: the time to the end is the whole cost (no move
 penalties), every constraint is hard (soft ones too), and inputs may move by their whole
 range from one interval to the next (move limits are per sample, and a uniform grid is not
@@ -50,11 +50,11 @@ from controller.config import (
     read_yaml,
     resolve,
 )
+from controller.core.fast_mpc import EndSchedule, FastController
+from controller.core.mpc import Decision
+from controller.core.pipeline import input_limits
 from controller.errors import ConfigError, Problem, SolverError
-from controller.fast_mpc import EndSchedule, FastController
 from controller.filekinds import detect
-from controller.mpc import Decision
-from controller.pipeline import input_limits
 from hil.plant_runner import PlantRunner
 from hil.simulate import initial_inputs
 from plant_models import PlantModel, Role

@@ -14,7 +14,7 @@ def free_port(host: str = LOOPBACK) -> int:
         return int(s.getsockname()[1])
 
 
-from controller.ui.bind import is_loopback  # noqa: E402  (one definition, re-exported)
+from controller.runtime.ui.bind import is_loopback  # noqa: E402  (one definition, re-exported)
 
 
 def check_bind_address(host: str, allow_remote: bool) -> None:

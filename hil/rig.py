@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 from controller.clock import Clock
 from controller.config import FaultSpec, ScenarioConfig, build_model, load_scenario, resolve
-from controller.recipe import RecipePlayer
-from controller.site import Site
+from controller.core.recipe import RecipePlayer
+from controller.runtime.site import Site
 from hil.faults import FaultEvent, FaultSet, FaultTargets, check_fault, check_scheduled
 from hil.plant_runner import PlantDomainError, PlantFault, PlantRunner, PlantState
 from hil.servers.base import PlcServer

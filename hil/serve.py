@@ -45,7 +45,7 @@ from typing import Any, Literal, cast
 from controller.clock import Gate, ScaledClock
 from controller.config import FaultKind
 from controller.errors import ConfigError, PharmaTwinError, Problem
-from controller.site import Site, load_site
+from controller.runtime.site import Site, load_site
 from hil.faults import FaultRefusedError, check_clear, expand_tags, magnitude_unit, parse_fault
 from hil.net import LOOPBACK, free_port, is_loopback
 from hil.rig import HilRig
@@ -304,7 +304,7 @@ async def _serve(
     view = None
     try:
         if opts.ui is not None:
-            from controller.ui.bind import parse_bind
+            from controller.runtime.ui.bind import parse_bind
             from hil.serve_ui import RigView
 
             view = RigView(parse_bind("--ui", opts.ui, allow_remote=opts.allow_remote))

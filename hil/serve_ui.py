@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from controller.ui.bind import Bind, ThreadedServer, start_in_thread
+from controller.runtime.ui.bind import Bind, ThreadedServer, start_in_thread
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -110,7 +110,7 @@ class RigView:
         return HTMLResponse(page)
 
     async def _plotly(self, request: Request) -> Response:
-        from controller.ui.server import _plotly_js
+        from controller.runtime.ui.server import _plotly_js
 
         return Response(_plotly_js(), media_type="application/javascript")
 

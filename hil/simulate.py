@@ -28,12 +28,12 @@ from controller.config import (
     load_scenario,
     resolve,
 )
-from controller.estimator import make_estimator
-from controller.mpc import ModelPredictiveController
-from controller.pipeline import ControlPipeline, CycleResult, Policy, input_limits
+from controller.core.estimator import make_estimator
+from controller.core.mpc import ModelPredictiveController
+from controller.core.pipeline import ControlPipeline, CycleResult, Policy, input_limits
+from controller.core.recipe import RecipePlayer
+from controller.core.safety import InputLimit
 from controller.ports.memory import MemoryPort, TagTable
-from controller.recipe import RecipePlayer
-from controller.safety import InputLimit
 from hil.plant_runner import PlantDomainError, PlantFault, PlantRunner, PlantState
 from plant_models import PlantModel
 

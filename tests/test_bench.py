@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from controller.mpc import Decision, SolveStatus
+from controller.core.mpc import Decision, SolveStatus
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 pytestmark = pytest.mark.timeout(120)

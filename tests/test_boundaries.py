@@ -22,20 +22,18 @@ CONTROLLER = ROOT / "controller"
 
 PURE_CONTROLLER_MODULES = (
     "config.py",
-    "mpc.py",
-    "estimator.py",
-    "safety.py",
+    "core/mpc.py",
+    "core/estimator.py",
+    "core/safety.py",
     "errors.py",
     "tags.py",
-    "pipeline.py",
-    "recipe.py",
-    "site.py",
-    "audit.py",
-    "monitoring.py",
-    "publish.py",
-    "twin.py",
+    "core/pipeline.py",
+    "core/recipe.py",
+    "twin/monitoring.py",
+    "twin/publish.py",
+    "twin/services.py",
 )
-REQUIRED_PURE_MODULES = ("config.py", "mpc.py", "safety.py")
+REQUIRED_PURE_MODULES = ("config.py", "core/mpc.py", "core/safety.py")
 
 NETWORK_AND_ASYNC = frozenset({"asyncio", "pymodbus", "asyncua"})
 
@@ -174,7 +172,7 @@ def test_nothing_below_hil_imports_hil(path: Path) -> None:
 def test_pure_layers_load_no_protocol_library_at_run_time() -> None:
     code = (
         "import json, sys\n"
-        "import plant_models, controller.mpc, controller.safety, controller.config\n"
+        "import plant_models, controller.core.mpc, controller.core.safety, controller.config\n"
         "print(json.dumps(sorted(m for m in sys.modules "
         "if m.split('.')[0] in ('pymodbus', 'asyncua', 'hil'))))\n"
     )

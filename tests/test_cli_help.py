@@ -9,8 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from controller.cli import _parser as controller_parser
-from controller.cli import main as controller_main
+from controller.runtime.cli import _parser as controller_parser
+from controller.runtime.cli import main as controller_main
 from hil.cli import main as hil_main
 
 

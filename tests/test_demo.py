@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.historian import SqliteHistorian
+from controller.runtime.historian import SqliteHistorian
 from hil.demo import main as demo
 
 pytestmark = pytest.mark.timeout(400)

@@ -54,7 +54,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from controller.site import load_site
+from controller.runtime.site import load_site
 from hil.net import free_port
 from hil.serve import state_dir
 
@@ -72,7 +72,7 @@ MAX_STEPS = 5  # `pharmatwin-hil simulate` without --max-steps
 CYCLE_WALL_S = 1.0  # a served site the README gives no --rate: one controller cycle a second
 POLL_S = 0.05
 TIMEOUT_S = 60.0  # one command
-PASSWORD = "correct horse battery"  # typed twice into `python -m controller.users`
+PASSWORD = "correct horse battery"  # typed twice into `python -m controller.runtime.users`
 pytestmark = pytest.mark.timeout(240)
 
 COMMAND_LANGS = frozenset({"", "bash", "sh", "shell", "console", "zsh"})
@@ -401,7 +401,7 @@ PARSED_ONLY: tuple[Rule, ...] = (
     Rule(("podman",), "needs podman and a registry to pull the base image (no network here)"),
     Rule(
         ("pharmatwin-hil", "campaign", "run"),
-        "whole campaigns, up to 32 cases of MPC runs (tests/test_campaign.py runs the smoke one)",
+        "whole campaigns, up to 32 cases of MPC runs (tests/hil/test_campaign.py runs a smoke one)",
     ),
     Rule(("pharmatwin-hil", "campaign", "report"), "needs the results of a whole campaign"),
     Rule(("pharmatwin-hil", "tune"), "an Optuna study of many campaign runs (test_tuning.py)"),
@@ -421,7 +421,7 @@ RUN: dict[str, Rule] = {
         "workflow writes is signed with it",
     ),
     "users": Rule(
-        ("python*", "-m", "controller.users"),
+        ("python*", "-m", "controller.runtime.users"),
         "the password twice on stdin (no terminal); its hash, from stdout, goes into the "
         "README's users.yaml snippet, written with mode 0600 where a run's --users says (a "
         "stdout redirection of the README line is not followed: the hash is what it is for)",
@@ -497,7 +497,7 @@ def expand(command: Command, cwd: Path) -> list[str]:
     return argv
 
 
-PARSERS: dict[str, str] = {"pharmatwin": "controller.cli", "pharmatwin-hil": "hil.cli"}
+PARSERS: dict[str, str] = {"pharmatwin": "controller.runtime.cli", "pharmatwin-hil": "hil.cli"}
 
 
 def parse_problem(argv: Sequence[str], where: str) -> str | None:
@@ -676,7 +676,7 @@ def test_the_readme_reader_follows_the_shell() -> None:
             "# a comment line",
             "PASSWORD=secret pharmatwin-hil fault S inject comm_latency '*' --magnitude 0.2",
             "export KEY=/etc/k  # the runtime reads it",
-            "python -m controller.users > /dev/null 2>&1",
+            "python -m controller.runtime.users > /dev/null 2>&1",
             "sudo a && sudo b; check-config configs/*.yaml",
             "SEC=x,$KEY",
             ".venv/bin/python -c 'print(1)' -u \"opc.tcp://u:$KEY@h\" --security=$SEC",
@@ -699,7 +699,7 @@ def test_the_readme_reader_follows_the_shell() -> None:
     assert fault.env == (("PASSWORD", "secret"),) and fault.argv[5] == "*"
     assert 5 not in fault.globs  # quoted: the shell passes it as is
     assert export.argv == ("export", "KEY=/etc/k")
-    assert users.argv == ("python", "-m", "controller.users")
+    assert users.argv == ("python", "-m", "controller.runtime.users")
     assert users.redirects == ("> /dev/null", "2>&1")
     assert (a.argv, b.argv, check.globs) == (("sudo", "a"), ("sudo", "b"), frozenset({1}))
     assert tool.argv == (
@@ -1130,7 +1130,7 @@ def _opcua_tool(scratch: Scratch, c: Command) -> None:
 
 
 def _users_file(scratch: Scratch, commands: Sequence[Command], snippets: Sequence[Block]) -> None:
-    """Run `python -m controller.users` as a user would, and write the users file each run
+    """Run `python -m controller.runtime.users` as a user would, and write the users file each run
     command names from the README's own snippet, with the hash it printed."""
     hashes = []  # normally one
     for c in steps(commands, "users"):
@@ -1148,7 +1148,9 @@ def _users_file(scratch: Scratch, commands: Sequence[Command], snippets: Sequenc
         if target is None:
             continue
         assert users is not None, f"{c.where}: no users.yaml snippet in README.md to build it from"
-        assert hashes, f"{c.where}: no `python -m controller.users` in README.md to make a hash"
+        assert hashes, (
+            f"{c.where}: no `python -m controller.runtime.users` in README.md to make a hash"
+        )
         filled = {"users": {n: {**u, "password": hashes[-1]} for n, u in users["users"].items()}}
         path = scratch.root / target
         path.write_text(yaml.safe_dump(filled))

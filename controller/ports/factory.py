@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from controller.clock import Clock
 from controller.ports.base import Port
-from controller.site import Site
+from controller.runtime.site import Site
 
 
 def make_port(site: Site, clock: Clock) -> Port:

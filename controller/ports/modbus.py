@@ -54,7 +54,7 @@ from controller.ports.base import (
     WriteStatus,
     flag_implausible,
 )
-from controller.site import Connection, ModbusTls
+from controller.runtime.site import Connection, ModbusTls
 from controller.tags import (
     CodecError,
     DataType,

@@ -76,7 +76,7 @@ from controller.ports.base import (
     WriteStatus,
     flag_implausible,
 )
-from controller.site import Connection
+from controller.runtime.site import Connection
 from controller.tags import FLOAT32_MAX, OPCUA_INT_RANGE, TagMap
 
 #: Write statuses meaning "the PLC refused this value" (REJECTED); other Bad ones are FAILED.

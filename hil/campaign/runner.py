@@ -1,7 +1,7 @@
 """One campaign case, run to its end in a worker: the rig, the runtime, the recording, verdicts.
 
 Both modes run the same HIL rig (true plant, virtual PLC, faults) and the same edge runtime
-(:func:`controller.runtime.run_site`: supervisor, estimator, MPC, safety, audit trail) on one
+(:func:`controller.runtime.wiring.run_site`: supervisor, estimator, MPC, safety, audit trail) on one
 case's files; they differ only in the port and the clock:
 
 * ``fast``: a :class:`~controller.clock.SteppedClock` and the in-memory PLC image
@@ -44,9 +44,9 @@ from controller.errors import PortConnectError
 from controller.jsonfile import write_json
 from controller.ports.base import Port, Snapshot, WriteReport
 from controller.ports.factory import make_port
-from controller.runtime import RunOptions, run_site
-from controller.site import Site, load_site
-from controller.supervisor import CycleView, Mode
+from controller.runtime.site import Site, load_site
+from controller.runtime.supervisor import CycleView, Mode
+from controller.runtime.wiring import RunOptions, run_site
 from hil.campaign.criteria import (
     Recording,
     control_losses,

@@ -57,7 +57,7 @@ from controller.config import (
     resolve,
 )
 from controller.errors import ConfigError, Problem
-from controller.site import load_site
+from controller.runtime.site import load_site
 from plant_models import PlantModel
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"

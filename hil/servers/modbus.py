@@ -24,13 +24,13 @@ such gaps are answered (with 0), as many PLCs do.
 
 Every refusal is logged (logger ``hil.servers.modbus``, WARNING) with its reason, and kept in
 the PLC's diagnostic tags when the map declares them
-(:data:`~controller.commissioning.REFUSAL_TAGS`: the :class:`~controller.commissioning.
-RefusalCode` - not active, over the rate limit, outside limits, interlock, unmapped address,
-other -, the function code, the 0-based address of the refused tag and a refusal counter), so
-a Modbus client can read why. A request for a unit id the map does not have is answered as
-``wrong_unit`` says: ``"gateway"``, exception 0B (gateway target device failed to respond), as
-a Modbus gateway answers for a device that is not there; ``"silent"``, no answer at all (the
-client times out), as a device that ignores other unit ids does.
+(:data:`~controller.runtime.commissioning.REFUSAL_TAGS`: the
+:class:`~controller.runtime.commissioning.RefusalCode` - not active, over the rate limit, outside
+limits, interlock, unmapped address, other -, the function code, the 0-based address of the refused
+tag and a refusal counter), so a Modbus client can read why. A request for a unit id the map does
+not have is answered as ``wrong_unit`` says: ``"gateway"``, exception 0B (gateway target device
+failed to respond), as a Modbus gateway answers for a device that is not there; ``"silent"``, no
+answer at all (the client times out), as a device that ignores other unit ids does.
 
 Communication faults, injected on the server side:
 
@@ -69,8 +69,8 @@ from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 
-from controller.commissioning import REFUSAL_TAGS, RefusalCode
 from controller.errors import ConfigError, Problem
+from controller.runtime.commissioning import REFUSAL_TAGS, RefusalCode
 from controller.tags import DataType as TagType
 from controller.tags import ModbusSpec, Table, TagMap, decode, encode
 from hil.net import LOOPBACK, check_bind_address, free_port
@@ -78,7 +78,7 @@ from hil.servers.base import PlcServer, WriteHook
 from hil.servers.certs import CertificateAuthority, ensure_server_certificate
 
 if TYPE_CHECKING:
-    from controller.site import Site
+    from controller.runtime.site import Site
 
 log = logging.getLogger(__name__)
 if logging.getLogger("pymodbus").level == logging.NOTSET:

@@ -96,7 +96,7 @@ from asyncua.ua.ua_binary import struct_from_binary, uatcp_to_binary
 from cryptography import x509
 
 from controller.errors import ConfigError, Problem
-from controller.site import ServerRole
+from controller.runtime.site import ServerRole
 from controller.tags import OPCUA_INT_RANGE, Tag, TagMap
 from hil.net import LOOPBACK, check_bind_address, free_port
 from hil.servers.base import PlcServer, RefusalKind, WriteHook, refusal_kind
@@ -109,7 +109,7 @@ from hil.servers.certs import (
 )
 
 if TYPE_CHECKING:
-    from controller.site import Site
+    from controller.runtime.site import Site
 
 log = logging.getLogger("pharmatwin.hil.opcua")
 

@@ -1,0 +1,187 @@
+"""One control cycle as a pure step: measurements -> estimator -> policy -> safety -> setpoints.
+
+:class:`ControlPipeline` joins the computing core. It does no I/O: the caller (the offline
+loop, and later the supervisor) reads a snapshot from a port, hands the numbers and their
+quality verdict to :meth:`ControlPipeline.step`, and writes ``outcome.setpoints`` back.
+Data flow is one way: port -> estimator -> MPC (or recipe) -> safety -> port.
+
+Nothing the estimator could not vouch for reaches the policy: a failed estimator (an
+``Estimate`` with ``ok=False``, or any exception it raises) is a problem that holds the cycle,
+and so is a measurement its innovation gate rejected (``Estimate.rejected``) in
+:meth:`ControlPipeline.step`; the supervisor applies each measurement's own bad-data policy
+instead (:mod:`controller.runtime.trust`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from controller.config import ControllerConfig
+from controller.core.estimator import Estimate, ExtendedKalmanFilter, FullStateFeedback
+from controller.core.mpc import Decision, SolveStatus
+from controller.core.safety import InputLimit, SafetyFilter, SafetyOutcome
+from controller.errors import EstimatorError, SafetyOrderError
+from plant_models import PlantModel
+
+
+class Policy(Protocol):
+    """Anything that proposes inputs: the MPC or an open-loop recipe."""
+
+    def step(
+        self,
+        t: float,
+        x_hat: Mapping[str, float],
+        params: Mapping[str, float] | None = None,
+        u_prev: Mapping[str, float] | None = None,
+    ) -> Decision: ...
+
+    def reset(self, u_prev: Mapping[str, float]) -> None: ...
+
+
+#: How :meth:`ControlPipeline.estimate` words an estimator failure (the problem's start).
+ESTIMATOR_FAILED = "estimator"
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    """What one cycle saw, decided and let through.
+
+    ``rejected``: the outputs the estimator's innovation gate rejected (the cycle held);
+    ``estimator_failed``: the estimator failed (the cycle held).
+    """
+
+    t: float
+    estimate: Estimate | None
+    decision: Decision
+    outcome: SafetyOutcome
+    data_ok: bool
+    data_fresh: bool
+    rejected: tuple[str, ...] = ()
+    estimator_failed: bool = False
+
+
+def rejected_outputs(estimate: Estimate | None) -> tuple[str, ...]:
+    """The outputs the estimator's innovation gate rejected in this estimate."""
+    return tuple(getattr(estimate, "rejected", ()) or ()) if estimate is not None else ()
+
+
+def input_limits(cfg: ControllerConfig) -> dict[str, InputLimit]:
+    """The safety layer's limits: the same input limits the MPC is built with."""
+    return {
+        n: InputLimit(n, s.lower, s.upper, s.max_move, s.max_rise, s.max_fall)
+        for n, s in cfg.inputs.items()
+    }
+
+
+class ControlPipeline:
+    """Estimator, policy and safety filter for one plant model."""
+
+    def __init__(
+        self,
+        model: PlantModel,
+        estimator: ExtendedKalmanFilter | FullStateFeedback,
+        policy: Policy,
+        limits: Mapping[str, InputLimit],
+    ) -> None:
+        self.model = model
+        self.estimator = estimator
+        self.policy = policy
+        self.safety = SafetyFilter(limits)
+        self._applied: dict[str, float] | None = None
+        self._estimate: Estimate | None = None
+
+    def start(self, working_setpoints: Mapping[str, float]) -> None:
+        """Bumpless start from the setpoints the PLC is working with."""
+        self.safety.reset(working_setpoints)
+        self.policy.reset(working_setpoints)
+        self._applied = None
+
+    def step(
+        self,
+        t: float,
+        y: Mapping[str, float],
+        *,
+        data_ok: bool = True,
+        data_fresh: bool = True,
+        states: Mapping[str, float] | None = None,
+    ) -> CycleResult:
+        """Run one cycle at process time ``t`` (model time unit) on measured outputs ``y``.
+
+        Bad or stale data hold the last safe setpoints and skip the solve. A failed
+        estimator, a measurement rejected by the innovation gate and a failed solve hold too.
+        Raises SafetyOrderError when :meth:`start` was not called.
+        """
+        estimate, problem = self.estimate(y, data_ok=data_ok, data_fresh=data_fresh, states=states)
+        failed = problem.startswith(ESTIMATOR_FAILED)
+        rejected = () if problem else rejected_outputs(estimate)
+        if rejected:
+            problem = f"measurement(s) {list(rejected)} rejected by the innovation gate"
+        if problem or estimate is None:
+            decision = Decision(t, {}, SolveStatus.ERROR, problem or "no estimate yet", 0, 0.0)
+            data_ok = data_ok and not failed and not rejected
+        else:
+            decision = self.decide(t, estimate)
+        outcome = self.guard(decision, data_ok=data_ok, data_fresh=data_fresh)
+        return CycleResult(t, estimate, decision, outcome, data_ok, data_fresh, rejected, failed)
+
+    # The three stages, for callers that run the solve elsewhere: the supervisor runs
+    # :meth:`decide` in a worker thread with a deadline; the other two stay on its task.
+    def estimate(
+        self,
+        y: Mapping[str, float],
+        *,
+        data_ok: bool = True,
+        data_fresh: bool = True,
+        states: Mapping[str, float] | None = None,
+        exclude: Collection[str] = (),
+    ) -> tuple[Estimate | None, str]:
+        """Update the estimator on good, fresh data; returns (estimate, problem or "").
+
+        ``exclude`` names outputs not to correct with this cycle (untrusted: the estimator
+        rides on its prediction for them; ``y`` need not hold them). The problem starts with
+        :data:`ESTIMATOR_FAILED` when the estimator failed: an ``Estimate`` with ``ok=False``
+        (returned, for the record; it must not be acted on) or any exception (the last good
+        estimate is returned). Never raises for the estimator's sake.
+        """
+        if not self.safety.last:
+            raise SafetyOrderError("ControlPipeline used before start(working_setpoints)")
+        if not (data_ok and data_fresh):
+            why = "bad-quality data" if not data_ok else "stale data"
+            return self._estimate, f"no solve: {why}"
+        try:
+            if isinstance(self.estimator, FullStateFeedback):
+                est = self.estimator.update(self._applied, y, states or {})
+            elif exclude:
+                est = self.estimator.update(self._applied, y, exclude=exclude)
+            else:
+                est = self.estimator.update(self._applied, y)
+        except EstimatorError as exc:
+            return self._estimate, f"{ESTIMATOR_FAILED}: {exc}"
+        except Exception as exc:  # an estimator that raised fails this cycle, never the loop
+            return self._estimate, f"{ESTIMATOR_FAILED} raised {type(exc).__name__}: {exc}"
+        if not getattr(est, "ok", True):
+            return est, f"{ESTIMATOR_FAILED} failed: {getattr(est, 'reason', '') or 'no reason'}"
+        self._estimate = est
+        return est, ""
+
+    def decide(self, t: float, estimate: Estimate) -> Decision:
+        """Ask the policy (MPC or recipe); touches neither the estimator nor the safety filter."""
+        return self.policy.step(
+            t, estimate.states, estimate.parameters, u_prev=dict(self.safety.last)
+        )
+
+    def guard(self, decision: Decision, *, data_ok: bool, data_fresh: bool) -> SafetyOutcome:
+        """Pass a decision through the safety filter (holds on a failed decision or bad data)."""
+        return self.safety.step(
+            dict(decision.inputs) if decision.inputs else None,
+            solve_ok=decision.ok,
+            data_ok=data_ok,
+            data_fresh=data_fresh,
+        )
+
+    def applied(self, setpoints: Mapping[str, float]) -> None:
+        """Tell the estimator which inputs were really in place over the coming interval."""
+        self._applied = {k: float(v) for k, v in setpoints.items() if math.isfinite(v)}

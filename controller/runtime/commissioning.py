@@ -1,0 +1,462 @@
+"""Commissioning commands behind ``pharmatwin tags|audit|history ...``.
+
+``tags read`` prints every readable tag (value, unit, quality, age). ``tags write`` checks the
+tag's direction and limits, writes an audit record *before* sending, writes, reads back, and
+audits the result; a write the PLC refuses is explained in words from the PLC's last-refusal
+diagnostic tags (:data:`REFUSAL_TAGS`) when the tag map declares them. Nothing here runs a
+control loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import dataclasses
+import datetime as dt
+import fnmatch
+import getpass
+import io
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from enum import IntEnum
+from pathlib import Path
+from typing import Literal
+
+from rich import box
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from controller.clock import RealClock
+from controller.errors import ConfigError, PortError, Problem
+from controller.ports.base import Port, Quality, Snapshot, WriteReport, WriteStatus
+from controller.ports.factory import make_port
+from controller.runtime.audit import AuditError, AuditRecord, AuditTrail, file_hash, read_records
+from controller.runtime.historian import HistorianError, SqliteHistorian, export_parquet
+from controller.runtime.site import Site, load_site
+
+_QUALITY_STYLE = {Quality.GOOD: "green", Quality.UNCERTAIN: "yellow", Quality.BAD: "red"}
+
+
+def snapshot_table(site: Site, snap: Snapshot) -> Table:
+    table = Table(title=f"{site.name}: {site.connection.url}")
+    for col in ("tag", "value", "unit", "quality", "age [s]", "description"):
+        table.add_column(col, justify="right" if col in ("value", "age [s]") else "left")
+    for name, tv in snap.values.items():
+        tag = site.tags.tags[name]
+        style = _QUALITY_STYLE[tv.quality]
+        quality = tv.quality.value + (f" ({tv.detail})" if tv.detail else "")
+        table.add_row(
+            name,
+            f"{tv.value:.6g}",
+            tag.unit,
+            f"[{style}]{quality}[/{style}]",
+            f"{tv.age(snap.read_time):.1f}",
+            tag.description,
+        )
+    return table
+
+
+async def tags_read(
+    site_path: Path, console: Console, watch: bool, interval: float, count: int | None
+) -> int:
+    site = load_site(site_path)
+    clock = RealClock()
+    names = [n for n, t in site.tags.tags.items() if t.readable]
+    async with make_port(site, clock) as port:
+        snap = await port.read(names)
+        if not watch:
+            console.print(snapshot_table(site, snap))
+            return 0
+        done = 1
+        with Live(snapshot_table(site, snap), console=console, auto_refresh=False) as live:
+            while count is None or done < count:
+                await asyncio.sleep(interval)
+                snap = await port.read(names)
+                live.update(snapshot_table(site, snap), refresh=True)
+                done += 1
+    return 0
+
+
+def parse_assignments(site: Site, assignments: Sequence[str]) -> dict[str, float]:
+    """``TAG=VALUE`` pairs -> values; every problem (unknown, read-only, limits) at once."""
+    values: dict[str, float] = {}
+    problems: list[Problem] = []
+    for i, text in enumerate(assignments):
+        name, sep, raw = text.partition("=")
+        tag = site.tags.tags.get(name)
+        where = f"argument {i + 1}"
+        if not sep:
+            problems.append(Problem("command line", where, "expected TAG=VALUE", text))
+            continue
+        if tag is None:
+            problems.append(
+                Problem(
+                    "command line", where, f"unknown tag; known: {sorted(site.tags.tags)}", name
+                )
+            )
+            continue
+        if not tag.writable:
+            problems.append(Problem("command line", where, f"tag {name} is read-only", name))
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            problems.append(Problem("command line", where, f"{name}: not a number", raw))
+            continue
+        if not math.isfinite(value) or (
+            tag.limits is not None and not tag.limits[0] <= value <= tag.limits[1]
+        ):
+            allowed = f"[{tag.limits[0]}, {tag.limits[1]}] {tag.unit}" if tag.limits else "finite"
+            problems.append(Problem("command line", where, f"{name}: allowed {allowed}", value))
+            continue
+        values[name] = value
+    if problems:
+        raise ConfigError(problems)
+    return values
+
+
+class RefusalCode(IntEnum):
+    """Why the PLC refused the last client write: the value of its ``write_refusal_code`` tag.
+
+    A Modbus write refusal is a bare exception code (03 illegal data value, 02 illegal data
+    address); a PLC that declares the :data:`REFUSAL_TAGS` in its tag map keeps the reason of
+    the last refusal there (input registers; the HIL's PLC does). ``write_refusal_count``
+    counts refusals (wrapping at 65536), so a reader tells a new refusal from an old one.
+    """
+
+    NONE = 0
+    NOT_ACTIVE = 1
+    RATE_LIMIT = 2
+    OUTSIDE_LIMITS = 3
+    INTERLOCK = 4
+    UNMAPPED = 5
+    OTHER = 6
+
+
+#: The PLC's last-refusal diagnostic tags: code, function code and 0-based address of the
+#: refused register (the first register of the refused tag), and the count of refusals.
+REFUSAL_TAGS = (
+    "write_refusal_code",
+    "write_refusal_function",
+    "write_refusal_address",
+    "write_refusal_count",
+)
+
+REFUSAL_WORDS = {
+    RefusalCode.NONE: "no refusal recorded",
+    RefusalCode.NOT_ACTIVE: (
+        "not active: the PLC takes remote setpoints only while the MPC is active (request "
+        "control with mpc_request and wait for mpc_active)"
+    ),
+    RefusalCode.RATE_LIMIT: (
+        "over the rate limit: the move from the PLC's working setpoint is faster than the "
+        "tag's max_rate allows"
+    ),
+    RefusalCode.OUTSIDE_LIMITS: "outside limits: the value is outside the PLC's range for the tag",
+    RefusalCode.INTERLOCK: "interlock: a PLC interlock is active and overrides the setpoints",
+    RefusalCode.UNMAPPED: "unmapped address: no tag of the PLC's map lives at that register",
+    RefusalCode.OTHER: "refused for a reason the PLC gives only in its log",
+}
+
+#: Write function code -> the Modbus table it writes.
+_WRITE_TABLES = {5: "coil", 15: "coil", 6: "holding", 16: "holding", 23: "holding"}
+
+
+def refusal_words(code: float) -> str:
+    """The words for a ``write_refusal_code`` value (an unknown code is named as such)."""
+    try:
+        return REFUSAL_WORDS[RefusalCode(int(code))]
+    except ValueError:
+        return f"unknown refusal code {code:g}; known: {[int(c) for c in RefusalCode]}"
+
+
+def _refusal_tags(site: Site) -> tuple[str, ...]:
+    """The diagnostic tags, if the site's tag map declares all of them readable."""
+    tags = site.tags.tags
+    ok = all(name in tags and tags[name].readable for name in REFUSAL_TAGS)
+    return REFUSAL_TAGS if ok else ()
+
+
+async def _read_refusal(port: Port, diag: Sequence[str]) -> dict[str, float] | str:
+    """The diagnostic tags' values, or why they cannot be read."""
+    try:
+        snap = await port.read(diag)
+    except PortError as exc:
+        return f"the PLC's refusal diagnostics could not be read: {exc}"
+    bad = snap.bad(diag)
+    if bad:
+        return f"the PLC's refusal diagnostics could not be read: {snap[bad[0]].detail}"
+    return snap.numbers()
+
+
+def _explain(
+    site: Site, report: WriteReport, seen: dict[str, float] | str, now: dict[str, float] | str
+) -> WriteReport:
+    """``report`` with the PLC's reason, in words, added to the detail of the refused tag (of
+    every refused tag when the PLC's diagnostics name none of them or cannot be read)."""
+    rejected = [n for n, r in report.results.items() if r.status is WriteStatus.REJECTED]
+    if isinstance(seen, str) or isinstance(now, str):
+        why, named = (seen if isinstance(seen, str) else str(now)), []
+    elif now["write_refusal_count"] == seen["write_refusal_count"]:
+        return report  # the PLC recorded no refusal: the port's own words stand
+    else:
+        why = _refusal_sentence(site, now)
+        named = [n for n in rejected if _names(site, n, now)]
+    results = dict(report.results)
+    for name in named or rejected:
+        res = results[name]
+        results[name] = dataclasses.replace(res, detail=f"{res.detail}; {why}".lstrip("; "))
+    return WriteReport(results, report.write_time)
+
+
+def _where(site: Site, function: int, address: int) -> tuple[str, str | None]:
+    """The table a write function writes, and the tag starting at ``address`` there."""
+    table = _WRITE_TABLES.get(function, f"function {function}")
+    for name, tag in site.tags.tags.items():
+        spec = tag.modbus
+        if spec is not None and spec.table == table and spec.protocol_address == address:
+            return table, name
+    return table, None
+
+
+def _refusal_sentence(site: Site, diag: Mapping[str, float]) -> str:
+    address = int(diag["write_refusal_address"])
+    table, name = _where(site, int(diag["write_refusal_function"]), address)
+    at = f"{name} ({table} {address})" if name else f"{table} {address}"
+    return f"the PLC refused {at}: {refusal_words(diag['write_refusal_code'])}"
+
+
+def _names(site: Site, tag: str, diag: Mapping[str, float]) -> bool:
+    """Whether the PLC's last refusal is of ``tag``."""
+    _, name = _where(site, int(diag["write_refusal_function"]), int(diag["write_refusal_address"]))
+    return name == tag
+
+
+async def tags_write(
+    site_path: Path,
+    assignments: Sequence[str],
+    reason: str,
+    user: str | None,
+    audit_path: Path,
+    console: Console,
+) -> int:
+    site = load_site(site_path)
+    values = parse_assignments(site, assignments)
+    actor = user or getpass.getuser()
+    audit = AuditTrail(audit_path, config_hash=file_hash(site.path), actor=actor)
+    try:
+        async with make_port(site, RealClock()) as port:
+            readable = [n for n in values if site.tags.tags[n].readable]
+            before = (await port.read(readable)).numbers() if readable else {}
+            diag = _refusal_tags(site)
+            seen = await _read_refusal(port, diag) if diag else {}
+            for name, value in values.items():
+                audit.record(
+                    "tag.write.request",
+                    name,
+                    reason=reason,
+                    old_value=before.get(name),
+                    new_value=value,
+                    detail={"site": site.name, "url": site.connection.url},
+                )
+            report = await port.write(values)
+            if diag and any(r.status is WriteStatus.REJECTED for r in report.results.values()):
+                report = _explain(site, report, seen, await _read_refusal(port, diag))
+        for name, res in report.results.items():
+            audit.record(
+                "tag.write.result",
+                name,
+                reason=reason,
+                old_value=before.get(name),
+                new_value=res.readback,
+                detail={"status": res.status.value, "detail": res.detail},
+            )
+    finally:
+        audit.close()
+    table = Table(title=f"write to {site.name} ({site.connection.url}), audited in {audit_path}")
+    for col in ("tag", "before", "requested", "read back", "status", "detail"):
+        table.add_column(col)
+    for name, res in report.results.items():
+        style = "green" if res.status is WriteStatus.OK else "red"
+        table.add_row(
+            name,
+            f"{before[name]:.6g}" if name in before else "-",
+            f"{res.requested:.6g}",
+            "-" if res.readback is None else f"{res.readback:.6g}",
+            f"[{style}]{res.status.value}[/{style}]",
+            res.detail,
+        )
+    console.print(table)
+    return 0 if report.ok else 1
+
+
+AuditFormat = Literal["table", "csv", "json"]
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditSelection:
+    """Which records ``audit export`` shows: at or after ``since`` (UTC), of ``actions``
+    (shell-style patterns, any of them), then the newest ``last``. Empty: every record."""
+
+    since: dt.datetime | None = None
+    actions: tuple[str, ...] = ()
+    last: int | None = None
+
+    @classmethod
+    def parse(
+        cls, since: str | None, actions: Sequence[str] | None, last: int | None
+    ) -> AuditSelection:
+        """From the command line; ConfigError naming the flag and the bad value."""
+        problems = []
+        when = None
+        if since is not None:
+            try:
+                when = dt.datetime.fromisoformat(since.strip())
+            except ValueError:
+                allowed = "allowed: a UTC date or time, e.g. 2026-11-02 or 2026-11-02T08:00:00"
+                problems.append(Problem("command line", "--since", f"not a time; {allowed}", since))
+            else:
+                when = when.replace(tzinfo=dt.UTC) if when.tzinfo is None else when
+        if last is not None and last < 1:
+            problems.append(Problem("command line", "--last", "must be 1 or more", last))
+        if problems:
+            raise ConfigError(problems)
+        return cls(when, tuple(actions or ()), last)
+
+    def apply(self, records: Sequence[AuditRecord]) -> list[AuditRecord]:
+        chosen = [
+            r
+            for r in records
+            if (self.since is None or dt.datetime.fromisoformat(r.ts_utc) >= self.since)
+            and (not self.actions or any(fnmatch.fnmatchcase(r.action, a) for a in self.actions))
+        ]
+        return chosen[-self.last :] if self.last is not None else chosen
+
+    def describe(self) -> str:
+        """``since ..., action ..., last N`` (empty when every record is shown)."""
+        parts = []
+        if self.since is not None:
+            parts.append(f"since {self.since.isoformat()}")
+        if self.actions:
+            parts.append(f"action {' or '.join(self.actions)}")
+        if self.last is not None:
+            parts.append(f"last {self.last}")
+        return ", ".join(parts)
+
+
+def audit_export(
+    db: Path,
+    console: Console,
+    fmt: AuditFormat = "table",
+    out: Path | None = None,
+    selection: AuditSelection | None = None,
+) -> int:
+    """Export the audit trail (or the ``selection`` of it): a rich table (default), or
+    CSV/JSON of every field.
+
+    CSV and JSON keep each field exactly as stored (``detail`` is the JSON text the hash
+    covers), so an export can be checked against the chain. Written to ``out`` or stdout.
+    """
+    if not db.is_file():
+        raise AuditError(f"no audit database at {db}")
+    selection = selection or AuditSelection()
+    records = selection.apply(read_records(db))  # read-only: never creates tables
+    if fmt == "table":
+        return _audit_table(db, records, selection, console, out)
+    rows = [dataclasses.asdict(r) for r in records]
+    buf = io.StringIO()
+    if fmt == "json":
+        json.dump(rows, buf, indent=2, ensure_ascii=False)
+        buf.write("\n")
+    else:
+        writer = csv.DictWriter(buf, fieldnames=[f.name for f in dataclasses.fields(AuditRecord)])
+        writer.writeheader()
+        writer.writerows(rows)
+    if out is None:
+        sys.stdout.write(buf.getvalue())
+        sys.stdout.flush()
+    else:
+        _write_text(out, buf.getvalue())
+        console.print(f"wrote {len(rows)} audit records of {db} to {out} ({fmt})", highlight=False)
+    return 0
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8", newline="")
+    except OSError as exc:
+        raise AuditError(f"cannot write the export {path}: {exc}") from exc
+
+
+#: the width a written table is laid out for (a terminal lays it out for its own width)
+AUDIT_TABLE_WIDTH = 100
+
+
+def _change(old: str | None, new: str | None) -> str:
+    if old is None and new is None:
+        return ""
+    return f"{old if old is not None else '-'} -> {new if new is not None else '-'}"
+
+
+def audit_table(records: Sequence[AuditRecord], title: str) -> Table:
+    """One row per record, words wrapped (never cut): id; UTC time to the second over who;
+    action over target; old -> new; why. The detail JSON is left to the csv/json exports."""
+    table = Table(
+        title=title, box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left", expand=True
+    )
+    table.add_column("id", justify="right", no_wrap=True)
+    table.add_column("UTC / who", overflow="fold", max_width=19)
+    table.add_column("action / target", overflow="fold", max_width=24)
+    table.add_column("old -> new", overflow="fold", ratio=1)
+    table.add_column("why", overflow="fold", ratio=2)
+    for r in records:
+        when = r.ts_utc[:19].replace("T", " ")
+        table.add_row(
+            str(r.id),
+            f"{when}\n{r.actor}",
+            f"{r.action}\n{r.target}",
+            _change(r.old_value, r.new_value),
+            r.reason,
+        )
+    return table
+
+
+def _audit_table(
+    db: Path,
+    records: Sequence[AuditRecord],
+    selection: AuditSelection,
+    console: Console,
+    out: Path | None,
+) -> int:
+    chosen = selection.describe()
+    title = f"audit trail {db}: {len(records)} record{'s' if len(records) != 1 else ''}"
+    table = audit_table(records, title + (f" ({chosen})" if chosen else ""))
+    if out is None:
+        console.print(table)
+    else:
+        buf = io.StringIO()
+        Console(file=buf, width=AUDIT_TABLE_WIDTH).print(table)
+        _write_text(out, buf.getvalue())
+        console.print(f"wrote the audit trail of {db} to {out} (table)", highlight=False)
+    return 0
+
+
+def history_export(db: Path, parquet: Path, run_id: str | None, console: Console) -> int:
+    """Export a historian database to Parquet: one flat row per cycle, RunInfo as metadata."""
+    if not db.is_file():
+        raise HistorianError(f"no historian database at {db}")
+    import pyarrow.parquet as pq
+
+    with SqliteHistorian(db) as historian:
+        runs = [r.run_id for r in historian.runs() if run_id is None or r.run_id == run_id]
+        export_parquet(historian, parquet, run_id)
+    rows = pq.read_metadata(parquet).num_rows
+    console.print(
+        f"wrote {rows} cycles of {len(runs)} run(s) ({', '.join(runs)}) from {db} to {parquet}",
+        highlight=False,
+    )
+    return 0

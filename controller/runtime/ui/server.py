@@ -1,0 +1,489 @@
+"""The operator view: a Starlette app served by uvicorn in its own thread, fed as a sink.
+
+The control loop only appends each :class:`CycleView` to a bounded deque (:meth:`cycle`);
+everything else (turning views into rows, reading the audit trail read-only, serving pages
+and Server-Sent Events) runs in the UI thread, off the control path. Operator actions
+(acknowledging an alarm, requesting or releasing control) need a login with the role for it
+and are audited on the control loop's thread (the audit trail's own connection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import math
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from controller.errors import ConfigError, PharmaTwinError
+from controller.runtime.ui.bind import Bind, ThreadedServer, start_in_thread
+from controller.runtime.users import Users
+from controller.twin.forecast import Forecast, ForecastError
+
+if TYPE_CHECKING:
+    from controller.runtime.supervisor import CycleView, Supervisor
+
+log = logging.getLogger("pharmatwin.ui")
+
+HANDSHAKE = ("mpc_request", "mpc_permissive", "mpc_active", "mpc_heartbeat", "plc_heartbeat")
+SESSION_COOKIE = "pt_session"
+SESSION_S = 8 * 3600.0
+PUSH_PERIOD_S = 0.25  # at most four updates a second per browser
+
+
+class Refused(PharmaTwinError):
+    """An operator action the runtime will not carry out (the message says why)."""
+
+
+def _num(v: Any) -> float | None:
+    """JSON-safe number: NaN and infinities become null."""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+@dataclass
+class _Session:
+    user: str
+    roles: frozenset[str]
+    expires: float
+
+
+class OperatorView:
+    """A runtime sink that serves the operator page (see the module docstring)."""
+
+    def __init__(
+        self,
+        bind: Bind,
+        *,
+        users: Users | None = None,
+        history: int = 2000,
+    ) -> None:
+        self.bind, self.users = bind, users
+        self._stop: asyncio.Event | None = None
+        self._views: collections.deque[CycleView] = collections.deque(maxlen=history)
+        self._rows: collections.deque[dict[str, Any]] = collections.deque(maxlen=history)
+        self._seq = 0  # rows made so far
+        self._status: dict[str, Any] = {}
+        self._acked: dict[str, str] = {}  # alarm key -> who acknowledged it
+        self._alarms: dict[str, dict[str, Any]] = {}  # active drift alarms by key
+        self._sessions: dict[str, _Session] = {}
+        self._lock = threading.Lock()
+        self._forecasting = threading.Lock()
+        self._sup: Supervisor | None = None
+        self._control_loop: asyncio.AbstractEventLoop | None = None
+        self._web: ThreadedServer | None = None
+        self.meta: dict[str, Any] = {}
+        self.port = bind.port
+        self.app = self._app()
+
+    # ------------------------------------------------------------------ sink side
+    def start(self, sup: Supervisor, stop: asyncio.Event) -> None:
+        """Remember the supervisor, describe the site, and serve (returns once listening)."""
+        self._sup, self._stop = sup, stop
+        self._control_loop = asyncio.get_running_loop()
+        self.meta = describe(sup)
+        try:
+            self._web = start_in_thread(self.app, self.bind, "pharmatwin-ui")
+        except ConfigError as exc:
+            raise Refused(f"--ui {self.bind.host}:{self.bind.port}: cannot listen there") from exc
+        self.port = self._web.port
+        log.info("operator view at %s", self.url)
+
+    def cycle(self, sup: Supervisor, view: CycleView) -> None:
+        """The only call on the control path: keep a reference to the view."""
+        self._views.append(view)
+
+    def close(self) -> None:
+        if self._web is not None:
+            self._web.close()
+
+    @property
+    def url(self) -> str:
+        return self._web.url if self._web is not None else self.bind.url
+
+    # ------------------------------------------------------------------ rows (UI thread)
+    def drain(self) -> int:
+        """Turn the views appended since the last call into rows; returns the sequence."""
+        with self._lock:
+            fresh = []
+            while self._views:
+                fresh.append(self._views.popleft())
+            for view in fresh:
+                self._rows.append(self._row(view))
+                self._seq += 1
+            if fresh:
+                self._status = self._make_status(fresh[-1])
+            return self._seq
+
+    def _row(self, view: CycleView) -> dict[str, Any]:
+        spu = self.meta.get("seconds_per_unit", 1.0)
+        snap = view.snapshot
+        values: dict[str, float | None] = {}
+        if snap is not None:
+            for tag in self.meta.get("trend_tags", ()):
+                tv = snap.values.get(tag)
+                values[tag] = _num(tv.value) if tv is not None else None
+        outcome = view.outcome
+        for event in view.events:
+            if event.kind == "drift.alarm":
+                self._alarms[event.key] = {"key": event.key, "message": event.message, "t": view.t}
+                self._acked.pop(event.key, None)
+            elif event.kind == "drift.clear":
+                self._alarms.pop(event.key, None)
+        return {
+            "cycle": view.cycle,
+            "t": view.t / spu,
+            "state": view.state.value,
+            "values": values,
+            "written": {k: _num(v) for k, v in view.written.items()},
+            "recommended": (
+                {k: _num(v) for k, v in outcome.setpoints.items()} if outcome is not None else {}
+            ),
+            "held": bool(outcome.held) if outcome is not None else None,
+            "drift": {k: _num(v) for k, v in view.monitor.items() if k.startswith("chart.")},
+        }
+
+    def _make_status(self, view: CycleView) -> dict[str, Any]:
+        sup = self._sup
+        spu = self.meta.get("seconds_per_unit", 1.0)
+        status: dict[str, Any] = {
+            "cycle": view.cycle,
+            "t": view.t / spu,
+            "state": view.state.value,
+            "problems": list(view.problems),
+            "mode": sup.mode.value if sup is not None else "",
+            "counters": dict(vars(sup.counters)) if sup is not None else {},
+        }
+        snap = view.snapshot
+        status["handshake"] = {
+            tag: (_num(snap.values[tag].value) if snap is not None and tag in snap.values else None)
+            for tag in HANDSHAKE
+        }
+        est = view.estimate
+        status["parameters"] = (
+            {k: [_num(est.parameters.get(k)), _num(s)] for k, s in est.parameter_std.items()}
+            if est is not None
+            else {}
+        )
+        status["plan"] = self._plan(view)
+        status["maintenance"] = {
+            k: _num(v) for k, v in view.monitor.items() if k.startswith("maintenance.")
+        }
+        status["alarms"] = [
+            a | {"acked_by": self._acked.get(a["key"])} for a in self._alarms.values()
+        ]
+        status["why"], status["audit"] = self._audit_tail()
+        return status
+
+    def _plan(self, view: CycleView) -> dict[str, Any]:
+        d = view.decision
+        if d is None or not d.predicted_states:
+            return {}
+        dt = self.meta.get("sample_time", 1.0)
+        t0 = view.t / self.meta.get("seconds_per_unit", 1.0)
+        out: dict[str, Any] = {"status": d.status.value, "series": {}}
+        for name, arr in (*d.predicted_states.items(), *d.predicted_inputs.items()):
+            out["series"][name] = {
+                "t": [t0 + k * dt for k in range(len(arr))],
+                "v": [_num(x) for x in arr],
+            }
+        return out
+
+    def _audit_tail(self, n: int = 12) -> tuple[str, list[dict[str, Any]]]:
+        """The newest mode change's reason, and the newest ``n`` audit records (read-only)."""
+        sup = self._sup
+        if sup is None:
+            return "", []
+        path = Path(sup.audit.path)
+        try:
+            conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+            try:
+                cols = "id, ts_utc, actor, action, target, old_value, new_value, reason"
+                rows = conn.execute(f"SELECT {cols} FROM audit ORDER BY id DESC LIMIT ?", (n,))
+                names = [c.strip() for c in cols.split(",")]
+                records = [dict(zip(names, r, strict=True)) for r in rows.fetchall()]
+                why = conn.execute(
+                    "SELECT reason FROM audit WHERE action = 'mode.change' ORDER BY id DESC LIMIT 1"
+                ).fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            return f"(audit trail not readable: {exc})", []
+        return (why[0] if why else ""), records
+
+    def snapshot(self, since: int = 0) -> dict[str, Any]:
+        """Rows after sequence ``since`` (all kept ones for 0), and the newest status."""
+        seq = self.drain()
+        with self._lock:
+            rows = list(self._rows)
+            first = seq - len(rows)
+            new = rows[max(0, since - first) :]
+            return {"seq": seq, "rows": new, "status": self._status}
+
+    # ------------------------------------------------------------------ web (UI thread)
+    def _app(self) -> Starlette:
+        routes = [
+            Route("/", self._index),
+            Route("/static/{name}", self._static),
+            Route("/api/meta", self._meta),
+            Route("/api/state", self._state),
+            Route("/api/events", self._events),
+            Route("/api/whoami", self._whoami),
+            Route("/api/login", self._login, methods=["POST"]),
+            Route("/api/logout", self._logout, methods=["POST"]),
+            Route("/api/alarms/ack", self._ack, methods=["POST"]),
+            Route("/api/control", self._control, methods=["POST"]),
+            Route("/api/forecast", self._forecast, methods=["POST"]),
+        ]
+        return Starlette(routes=routes)
+
+    async def _index(self, request: Request) -> Response:
+        return HTMLResponse(_asset("index.html"))
+
+    async def _static(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        if name == "plotly.min.js":
+            return Response(_plotly_js(), media_type="text/javascript")
+        if name == "app.js":
+            return Response(_asset("app.js"), media_type="text/javascript")
+        return JSONResponse({"error": f"unknown file {name!r}"}, status_code=404)
+
+    async def _meta(self, request: Request) -> Response:
+        return JSONResponse(self.meta)
+
+    async def _state(self, request: Request) -> Response:
+        return JSONResponse(self.snapshot(0))
+
+    async def _events(self, request: Request) -> Response:
+        async def stream() -> AsyncIterator[str]:
+            sent = 0
+            while self._web is None or not self._web.exiting:
+                if await request.is_disconnected():
+                    return
+                seq = self.drain()
+                if seq != sent:
+                    data = self.snapshot(sent)
+                    sent = data["seq"]
+                    yield f"data: {json.dumps(data)}\n\n"
+                else:
+                    yield ": idle\n\n"
+                await asyncio.sleep(PUSH_PERIOD_S)
+
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+    async def _forecast(self, request: Request) -> Response:
+        """The what-if forecast from the live estimate (read-only: no login), computed in a
+        worker thread of the UI's loop; one at a time (409 while one runs)."""
+        sup = self._sup
+        if sup is None:
+            return _refuse(503, "the operator view is not attached to a running supervisor")
+        if not self._forecasting.acquire(blocking=False):
+            return _refuse(409, "a forecast is already being computed; wait for it")
+        try:
+            fc = await asyncio.to_thread(sup.forecast)
+        except ForecastError as exc:
+            return _refuse(409, str(exc))
+        finally:
+            self._forecasting.release()
+        return JSONResponse(forecast_table(fc))
+
+    # ------------------------------------------------------------------ access
+    def _session(self, request: Request) -> _Session | None:
+        token = request.cookies.get(SESSION_COOKIE, "")
+        s = self._sessions.get(token)
+        if s is None or s.expires < time.monotonic():
+            return None
+        return s
+
+    async def _whoami(self, request: Request) -> Response:
+        s = self._session(request)
+        return JSONResponse({"user": s.user, "roles": sorted(s.roles)} if s else {"user": None})
+
+    async def _login(self, request: Request) -> Response:
+        body = await _json(request)
+        if self.users is None:
+            return _refuse(403, "no users file was given (--users FILE): the view is read-only")
+        name, password = str(body.get("user", "")), str(body.get("password", ""))
+        user = await asyncio.to_thread(self.users.login, name, password)
+        if user is None:
+            return _refuse(401, "unknown user or wrong password")
+        token = secrets.token_urlsafe(32)
+        self._sessions[token] = _Session(user.name, user.roles, time.monotonic() + SESSION_S)
+        resp = JSONResponse({"user": user.name, "roles": sorted(user.roles)})
+        resp.set_cookie(
+            SESSION_COOKIE,
+            token,
+            httponly=True,
+            samesite="strict",
+            secure=self.bind.tls_cert is not None,
+            max_age=int(SESSION_S),
+        )
+        return resp
+
+    async def _logout(self, request: Request) -> Response:
+        self._sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
+        resp = JSONResponse({"user": None})
+        resp.delete_cookie(SESSION_COOKIE)
+        return resp
+
+    def _authorize(self, request: Request, role: str) -> _Session | Response:
+        s = self._session(request)
+        if s is None:
+            return _refuse(401, "log in first: this action needs a user with the role " + role)
+        if role not in s.roles:
+            return _refuse(403, f"user {s.user!r} lacks the role {role!r}")
+        return s
+
+    async def _ack(self, request: Request) -> Response:
+        s = self._authorize(request, "operator")
+        if isinstance(s, Response):
+            return s
+        body = await _json(request)
+        key, reason = str(body.get("key", "")), str(body.get("reason", "")).strip()
+        if not reason:
+            return _refuse(400, "a reason is needed (it goes into the audit trail)")
+        if key not in self._alarms:
+            return _refuse(404, f"no active alarm {key!r}; active: {sorted(self._alarms)}")
+        await self._on_control_loop(self._audit("alarm.ack", key, s.user, reason))
+        self._acked[key] = s.user
+        return JSONResponse({"acknowledged": key, "by": s.user})
+
+    async def _control(self, request: Request) -> Response:
+        s = self._authorize(request, "control")
+        if isinstance(s, Response):
+            return s
+        body = await _json(request)
+        action, reason = str(body.get("action", "")), str(body.get("reason", "")).strip()
+        if action not in ("request", "release"):
+            return _refuse(400, f"unknown action {action!r}; allowed: ['request', 'release']")
+        if not reason:
+            return _refuse(400, "a reason is needed (it goes into the audit trail)")
+        try:
+            done = await self._on_control_loop(self._command(action, s.user, reason))
+        except Refused as exc:
+            return _refuse(409, str(exc))
+        return JSONResponse({"action": action, "by": s.user, "result": done})
+
+    async def _command(self, action: str, user: str, reason: str) -> str:
+        """Carry out (or refuse) an operator's control action on the control loop: the
+        supervisor audits it either way, and its own cycle honours it (a release clears
+        mpc_request and keeps the runtime recommending; a request engages only when the PLC
+        reports mpc_active)."""
+        from controller.runtime.supervisor import ControlRefused
+
+        sup = self._sup
+        if sup is None:
+            raise RuntimeError("the operator view is not attached to a running supervisor")
+        act = sup.release_control if action == "release" else sup.request_control
+        try:
+            return act(user, reason)
+        except ControlRefused as exc:
+            raise Refused(str(exc)) from exc
+
+    async def _audit(self, action: str, target: str, user: str, reason: str) -> str:
+        if not (self._sup is not None):
+            raise RuntimeError("the operator view is not started: self._sup is not None")
+        self._sup.audit.record(action, target, reason=reason, actor=user)
+        return action
+
+    async def _on_control_loop(self, coro: Awaitable[str]) -> str:
+        if not (self._control_loop is not None):
+            raise RuntimeError("the operator view is not started: self._control_loop is not None")
+        fut = asyncio.run_coroutine_threadsafe(_await(coro), self._control_loop)
+        return await asyncio.wrap_future(fut)
+
+
+async def _await(coro: Awaitable[str]) -> str:
+    return await coro
+
+
+async def _json(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _refuse(code: int, message: str) -> Response:
+    return JSONResponse({"error": message}, status_code=code)
+
+
+def _asset(name: str) -> str:
+    return (resources.files("controller.runtime.ui") / "static" / name).read_text(encoding="utf-8")
+
+
+_PLOTLY: list[str] = []
+
+
+def _plotly_js() -> str:
+    """Plotly's own bundle, from the installed ``plotly`` package (nothing fetched)."""
+    if not _PLOTLY:
+        from plotly.offline import get_plotlyjs
+
+        _PLOTLY.append(get_plotlyjs())
+    return _PLOTLY[0]
+
+
+def forecast_table(fc: Forecast) -> dict[str, Any]:
+    """The page's what-if table: the start time, the CQAs (name, expression, at) and one row
+    per plan (its CQAs, end time, whether the batch finished, status). Non-finite numbers
+    are null."""
+    data = fc.to_dict()
+    cqas = [{k: c[k] for k in ("name", "expression", "at")} for c in data["cqas"]]
+    return {
+        "site": data["site"],
+        "time_unit": data["time_unit"],
+        "start_t": data["start"]["t"],
+        "cqas": cqas,
+        "rows": data["table"],
+    }
+
+
+def describe(sup: Supervisor) -> dict[str, Any]:
+    """What the page needs once: trends (tag, unit, limits), the estimated parameters."""
+    tags = sup.site.tags.tags
+    trends = []
+    for kind, mapping in (("CV", sup.y_tags), ("MV", sup.sp_tags)):
+        for var, tag in mapping.items():
+            spec = tags[tag]
+            trends.append(
+                {
+                    "kind": kind,
+                    "var": var,
+                    "tag": tag,
+                    "pv": sup.pv_tags.get(var) if kind == "MV" else None,
+                    "unit": spec.unit,
+                    "limits": list(spec.limits) if spec.limits else None,
+                }
+            )
+    trend_tags = sorted({str(t["tag"]) for t in trends} | {str(t["pv"]) for t in trends if t["pv"]})
+    return {
+        "site": sup.site.name,
+        "mode": sup.mode.value,
+        "run_id": sup.run_id,
+        "time_unit": sup.model.time_unit,
+        "seconds_per_unit": sup.model.seconds_per_unit,
+        "sample_time": sup.site.controller.sample_time,
+        "trends": trends,
+        "trend_tags": trend_tags,
+        "handshake": [t for t in HANDSHAKE if t in tags],
+    }

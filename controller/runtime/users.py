@@ -1,0 +1,132 @@
+"""Operator-view users: a credentials file of scrypt password hashes and roles.
+
+The file (YAML) is read once at start; it must not be readable or writable by group or others
+(like an SSH key), or it is refused::
+
+    users:
+      alice: {roles: [operator], password: "scrypt$16384$8$1$<salt b64>$<hash b64>"}
+      bob:   {roles: [operator, control], password: "scrypt$..."}
+
+Roles: ``operator`` acknowledges alarms; ``control`` requests and releases MPC control.
+Make a hash with ``python -m controller.runtime.users`` (it prompts; a password never goes in argv).
+"""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import hashlib
+import hmac
+import os
+import stat
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from controller.errors import ConfigError, Problem
+
+Role = Literal["operator", "control"]
+ROLES: tuple[Role, ...] = ("operator", "control")
+_N, _R, _P = 2**14, 8, 1
+
+
+def hash_password(password: str, *, salt: bytes | None = None) -> str:
+    """``scrypt$N$r$p$salt$hash`` (base64) of ``password``."""
+    salt = salt or os.urandom(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P, dklen=32)
+    b64 = base64.b64encode
+    return f"scrypt${_N}${_R}${_P}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def check_password(password: str, stored: str) -> bool:
+    """True when ``password`` matches the stored scrypt hash (constant-time compare)."""
+    try:
+        kind, n, r, p, salt, digest = stored.split("$")
+        if kind != "scrypt":
+            return False
+        got = hashlib.scrypt(
+            password.encode(),
+            salt=base64.b64decode(salt),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+            dklen=len(base64.b64decode(digest)),
+        )
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, base64.b64decode(digest))
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    roles: frozenset[str]
+    password_hash: str
+
+
+@dataclass(frozen=True)
+class Users:
+    by_name: dict[str, User]
+
+    def login(self, name: str, password: str) -> User | None:
+        """The user when name and password match; None otherwise (same cost either way)."""
+        user = self.by_name.get(name)
+        stored = user.password_hash if user else hash_password("x", salt=b"0" * 16)
+        ok = check_password(password, stored)
+        return user if ok and user is not None else None
+
+
+def load_users(path: Path) -> Users:
+    """Read and check a credentials file. Raises ConfigError naming the file, key and value."""
+    where = str(path)
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ConfigError([Problem(where, "", f"cannot read the users file: {exc}", None)]) from exc
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        msg = "group or others may access this credentials file; allowed: mode 0600 or 0400"
+        raise ConfigError([Problem(where, "(file mode)", msg, oct(mode & 0o777))])
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError([Problem(where, "", f"not readable YAML: {exc}", None)]) from exc
+    problems: list[Problem] = []
+    entries = data.get("users") if isinstance(data, dict) else None
+    if not isinstance(entries, dict) or not entries:
+        raise ConfigError([Problem(where, "users", "must be a mapping of user names", entries)])
+    users: dict[str, User] = {}
+    for name, entry in entries.items():
+        key = f"users.{name}"
+        if not isinstance(entry, dict) or set(entry) - {"roles", "password"}:
+            problems.append(Problem(where, key, "allowed keys: [roles, password]", entry))
+            continue
+        roles = entry.get("roles") or []
+        bad = [r for r in roles if r not in ROLES] if isinstance(roles, list) else [roles]
+        if bad:
+            problems.append(Problem(where, f"{key}.roles", f"allowed: {list(ROLES)}", bad))
+        pw = entry.get("password")
+        if not isinstance(pw, str) or not pw.startswith("scrypt$") or pw.count("$") != 5:
+            msg = "must be a scrypt hash from `python -m controller.runtime.users`"
+            problems.append(Problem(where, f"{key}.password", msg, "(not shown)"))
+            continue
+        users[str(name)] = User(str(name), frozenset(roles), pw)
+    if problems:
+        raise ConfigError(problems)
+    return Users(users)
+
+
+def main() -> int:
+    """Prompt for a password twice and print its hash for a users file."""
+    first = getpass.getpass("password: ")
+    if len(first) < 8 or first != getpass.getpass("again: "):
+        print("error: the passwords differ or are shorter than 8 characters", file=sys.stderr)
+        return 2
+    print(hash_password(first))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

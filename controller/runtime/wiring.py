@@ -1,0 +1,353 @@
+"""The edge runtime behind ``pharmatwin run SITE --mode shadow|closed-loop``.
+
+It wires a site into one supervised loop: the port the site asks for, the EKF, the MPC, the
+safety limits, the audit trail and the historian; records the run (software version, git
+commit, config and model hashes, library versions); and handles SIGINT/SIGTERM by
+releasing control to the PLC and writing a final audit record.
+
+A run ends with a verdict (:class:`Engagement`): a closed-loop run that never had control
+(the PLC never permitted it, never reported it active, or could not be read) failed, and
+says why in one sentence; so did a run that never read the PLC at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from controller.clock import Clock, RealClock, ScaledClock
+from controller.config import resolve
+from controller.core.estimator import make_estimator
+from controller.core.mpc import ModelPredictiveController
+from controller.core.pipeline import ControlPipeline, Policy, input_limits
+from controller.errors import ConfigError, PortError, Problem
+from controller.ports.base import Port, Quality, Snapshot
+from controller.ports.factory import make_port
+from controller.runtime.audit import AuditTrail, file_hash
+from controller.runtime.historian import Historian, cycle_record, open_historian, run_info
+from controller.runtime.site import Site, load_site
+from controller.runtime.supervisor import Counters, CycleView, Mode, State, Supervisor
+from controller.runtime.ui.bind import Bind
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+log = logging.getLogger("pharmatwin.runtime")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    mode: Mode
+    rate: float = 1.0  # process time per wall time; 1 on a real plant
+    cycles: int | None = None
+    duration_s: float | None = None  # process seconds
+    audit_path: Path = Path("pharmatwin-audit.db")
+    historian_path: Path | None = Path("pharmatwin-history.db")
+    #: the operator side, never on the control path (see :class:`Sink`)
+    ui: Bind | None = None  # the web view (controller.runtime.ui)
+    users_path: Path | None = None  # who may act in the web view (controller.runtime.users)
+    metrics: Bind | None = None  # Prometheus (controller.runtime.metrics)
+    sd_notify: bool = True  # READY=1 and WATCHDOG=1 when systemd gives NOTIFY_SOCKET
+    #: the live status table's console (controller.runtime.status); None: no table (--quiet)
+    status: Console | None = None
+
+
+class Sink(Protocol):
+    """The operator side of a run (web view, metrics, systemd watchdog): started with the
+    supervisor, handed every cycle's view after the historian, closed at the end. A sink that
+    raises is logged and counted; it never stops the control loop."""
+
+    def start(self, sup: Supervisor, stop: asyncio.Event) -> None: ...
+
+    def cycle(self, sup: Supervisor, view: CycleView) -> None: ...
+
+    def close(self) -> None: ...
+
+
+#: cycles whose sinks raised (a broken display must not touch control; it is logged)
+SINK_FAILURES: dict[str, int] = {}
+
+
+def config_files(site: Site) -> list[Path]:
+    """Every file that defines the deployment (hashed into the audit trail and the run record)."""
+    ctl = site.referenced("controller")
+    return [site.path, ctl, resolve(ctl, site.controller.plant), site.referenced("tags")]
+
+
+def build_pipeline(site: Site, policy: Policy | None = None) -> ControlPipeline:
+    """Estimator, MPC (or the given policy) and safety limits for a site."""
+    cfg, model = site.controller, site.model
+    mpc = policy or ModelPredictiveController(cfg, model, str(site.path))
+    estimator = make_estimator(model, cfg.estimator, cfg.sample_time)
+    return ControlPipeline(model, estimator, mpc, input_limits(cfg))
+
+
+def historian_sink(historian: Historian, predict_steps: int) -> Any:
+    def sink(sup: Supervisor, view: CycleView) -> None:
+        historian.record(
+            cycle_record(
+                sup.run_id,
+                view.cycle,
+                t=view.t,
+                state=view.state.value,
+                snapshot=view.snapshot,
+                estimate=view.estimate,
+                decision=view.decision,
+                outcome=view.outcome,
+                setpoints=view.written,
+                wrote=bool(view.written),
+                predict_steps=predict_steps,
+                monitor=view.monitor,
+            )
+        )
+        for event in view.events:
+            historian.record_event(event)
+
+    return sink
+
+
+def _sinks(
+    sink: Callable[[Supervisor, CycleView], None],
+    observer: Callable[[CycleView], None] | None,
+    sinks: Sequence[Sink] = (),
+) -> Callable[[Supervisor, CycleView], None]:
+    if observer is None and not sinks:
+        return sink
+
+    def every(sup: Supervisor, view: CycleView) -> None:
+        sink(sup, view)
+        if observer is not None:
+            observer(view)
+        for s in sinks:
+            try:
+                s.cycle(sup, view)
+            except Exception:
+                name = type(s).__name__
+                SINK_FAILURES[name] = SINK_FAILURES.get(name, 0) + 1
+                log.exception("cycle %d: the %s sink failed (control goes on)", view.cycle, name)
+
+    return every
+
+
+async def run_site(
+    site: Site,
+    opts: RunOptions,
+    *,
+    port: Port | None = None,
+    clock: Clock | None = None,
+    policy: Policy | None = None,
+    stop: asyncio.Event | None = None,
+    observer: Callable[[CycleView], None] | None = None,
+    sinks: Sequence[Sink] = (),
+) -> Supervisor:
+    """Run the supervised loop until stopped; returns the supervisor (state, counters).
+
+    ``observer`` sees every cycle after the historian (a campaign records its run there);
+    ``sinks`` are the operator side (:class:`Sink`), started before the first cycle.
+    """
+    clock = clock or (RealClock() if opts.rate == 1.0 else ScaledClock(opts.rate))
+    files = config_files(site)
+    audit = AuditTrail(
+        opts.audit_path,
+        config_hash=file_hash(*files),
+        actor=site.runtime.service_identity,
+    )
+    historian = open_historian(opts.historian_path)
+    info = run_info(site.name, opts.mode.value, files, site.model)
+    historian.start_run(info)
+    audit.record(
+        "config.load",
+        site.name,
+        reason=f"pharmatwin run --mode {opts.mode.value}",
+        new_value=info.run_id,
+        detail={"config_hashes": info.config_hashes, "model_version": info.model_version},
+    )
+    pipeline = build_pipeline(site, policy)
+    port = port or make_port(site, clock)
+    stop = stop or asyncio.Event()
+    sup = Supervisor(
+        site,
+        port,
+        clock,
+        pipeline,
+        mode=opts.mode,
+        audit=audit,
+        historian=_sinks(historian_sink(historian, site.runtime.predicted_steps), observer, sinks),
+        run_id=info.run_id,
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+    started: list[Sink] = []
+    try:
+        for s in sinks:
+            s.start(sup, stop)
+            started.append(s)
+        try:
+            await port.connect()
+        except PortError as exc:  # the loop keeps trying, with the port's backoff
+            log.warning("cannot connect at start: %s; retrying every cycle with backoff", exc)
+        await sup.run(stop, cycles=opts.cycles, duration_s=opts.duration_s)
+    finally:
+        await port.close()
+        for s in started:
+            try:
+                s.close()
+            except Exception:
+                log.exception("closing the %s sink failed", type(s).__name__)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)
+        historian.close()
+        audit.close()
+    return sup
+
+
+#: the supervisor's states in which the MPC has control (HOLD: in control, holding)
+IN_CONTROL = frozenset({State.RUNNING, State.HOLD})
+
+
+@dataclass
+class Engagement:
+    """What a run saw of the PLC and its handshake, cycle by cycle, for the run's verdict."""
+
+    mode: Mode
+    where: str  # the PLC's address, for the sentences
+    cycles: int = 0
+    reads: int = 0  # cycles whose read of the PLC succeeded
+    initialized: int = 0  # cycles past INIT (the working setpoints were known)
+    in_control: int = 0  # cycles ending in RUNNING or HOLD
+    permitted: int = 0  # cycles that read mpc_permissive set (GOOD)
+    permissive_read: int = 0  # cycles that read mpc_permissive with GOOD quality
+    interlocked: int = 0  # cycles that read interlock_active set
+    alarmed: int = 0  # cycles that read mpc_fallback_alarm set
+    last_problem: str = ""
+
+    def observe(self, view: CycleView) -> None:
+        self.cycles += 1
+        self.in_control += view.state in IN_CONTROL
+        self.initialized += view.state is not State.INIT
+        if view.problems:
+            self.last_problem = view.problems[-1]
+        snap = view.snapshot
+        if snap is None:
+            return
+        self.reads += 1
+        permissive = _flag(snap, "mpc_permissive")
+        self.permissive_read += permissive is not None
+        self.permitted += bool(permissive)
+        self.interlocked += bool(_flag(snap, "interlock_active"))
+        self.alarmed += bool(_flag(snap, "mpc_fallback_alarm"))
+
+    def verdict(self) -> str | None:
+        """None when the run did what its mode promises; else one sentence saying why not."""
+        n = f"{self.cycles} cycle{'s' if self.cycles != 1 else ''}"
+        last = f" (last problem: {self.last_problem})" if self.last_problem else ""
+        if self.reads == 0:
+            return f"no read of the PLC at {self.where} succeeded in {n}{last}"
+        if self.mode is Mode.SHADOW or self.in_control:
+            return None
+        lead = f"the MPC never got control in {n}: "
+        if not self.initialized:
+            return f"{lead}the PLC's working setpoints were never readable, so it stayed in INIT"
+        if not self.permissive_read:
+            return f"{lead}mpc_permissive was never read with good quality{last}"
+        if not self.permitted:
+            why = []
+            if self.interlocked:
+                why.append("interlock_active was set")
+            if self.alarmed:
+                why.append("mpc_fallback_alarm was latched: an operator reset is needed")
+            because = f" ({'; '.join(why)})" if why else ""
+            return f"{lead}the PLC never granted mpc_permissive{because}"
+        short = " (the PLC answers a request on a later cycle)" if self.cycles < 3 else ""
+        return f"{lead}the PLC granted mpc_permissive but never reported mpc_active{short}{last}"
+
+    def summary(self) -> str:
+        if self.mode is Mode.SHADOW:
+            return f"shadow: {self.reads} of {self.cycles} cycles read the PLC"
+        return f"closed loop: the MPC had control in {self.in_control} of {self.cycles} cycles"
+
+
+def _flag(snap: Snapshot, tag: str) -> bool | None:
+    tv = snap.values.get(tag)
+    if tv is None or tv.quality is not Quality.GOOD:
+        return None
+    return bool(tv.value)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How a ``pharmatwin run`` ended: its counters and its verdict (None: it did its job)."""
+
+    counters: Counters
+    engagement: Engagement
+
+    @property
+    def verdict(self) -> str | None:
+        return self.engagement.verdict()
+
+
+def check_options(site: Site, opts: RunOptions) -> list[Problem]:
+    """Options a run cannot honour: a closed loop on a shadow-only site, a rate, cycle count
+    or duration that is not a positive finite number."""
+    problems = []
+    if opts.mode is Mode.CLOSED_LOOP and site.runtime.shadow_only:
+        problems.append(
+            Problem(
+                str(site.path),
+                "runtime.shadow_only",
+                "this site is shadow-only (no PLC contract): run it with --mode shadow",
+                True,
+            )
+        )
+    for flag, value in (("--rate", opts.rate), ("--duration", opts.duration_s)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            message = "must be a positive finite number"
+            problems.append(Problem("command line", flag, message, value))
+    if opts.cycles is not None and opts.cycles < 1:
+        problems.append(Problem("command line", "--cycles", "must be 1 or more", opts.cycles))
+    return problems
+
+
+def operator_sinks(opts: RunOptions) -> list[Sink]:
+    """The sinks ``opts`` asks for (the users file is checked here: ConfigError)."""
+    sinks: list[Sink] = []
+    if opts.sd_notify:
+        from controller.runtime.sdnotify import WatchdogSink
+
+        sinks.append(WatchdogSink.from_environment())
+    if opts.metrics is not None:
+        from controller.runtime.metrics import MetricsSink
+
+        sinks.append(MetricsSink(opts.metrics))
+    if opts.ui is not None:
+        from controller.runtime.ui import OperatorView
+        from controller.runtime.users import load_users
+
+        users = load_users(opts.users_path) if opts.users_path is not None else None
+        sinks.append(OperatorView(opts.ui, users=users))
+    if opts.status is not None:
+        from controller.runtime.status import StatusSink
+
+        sinks.append(StatusSink(opts.status))
+    return sinks
+
+
+async def run(site_path: Path, opts: RunOptions) -> RunResult:
+    """Load the site, run it until stopped, and judge the run (:meth:`Engagement.verdict`)."""
+    site = load_site(site_path)
+    problems = check_options(site, opts)
+    if problems:
+        raise ConfigError(problems)
+    engagement = Engagement(opts.mode, site.connection.url)
+    sup = await run_site(site, opts, observer=engagement.observe, sinks=operator_sinks(opts))
+    return RunResult(sup.counters, engagement)

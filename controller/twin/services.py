@@ -1,0 +1,127 @@
+"""The twin's own view of each control cycle: drift alarms, maintenance forecasts, soft sensors.
+
+:class:`TwinServices` joins the pure pieces the supervisor needs once it has an estimate:
+
+* :class:`controller.twin.monitoring.DriftMonitor` (the controller config's ``monitoring:``
+  section): EWMA/CUSUM charts on the EKF's normalized innovations and on its parameter
+  estimates, and the time-to-threshold forecasts of degradation parameters;
+* :class:`controller.twin.publish.Publisher` (the tag map's ``publish`` tags): the soft-sensor
+  values to write.
+
+One :meth:`TwinServices.update` per cycle with good, fresh data gives a :class:`TwinCycle`:
+the figures for the historian (``monitor``, flat name -> float), the alarms raised and cleared
+this cycle, and the publications. The monitor is not fed while the data are bad or stale
+(the estimate is then a prediction only, and a frozen sensor must not look like a drift);
+publications are still computed from the last estimate so that the HMI sees the twin's
+current belief. Names in ``monitor``:
+
+* ``chart.<chart key>``: each chart's statistic (e.g. ``chart.cusum:Kw:low``);
+* ``maintenance.<parameter>.{threshold, estimate, slope, time_to_threshold, low, high}``
+  (times from now in the model's time unit; inf when no trend toward the threshold is
+  significant, published as the tag's upper limit: "not in sight"; NaN, not published, while
+  there are too few points for a trend; 0 once crossed);
+* ``alarm.active`` (how many drift alarms are active) and ``alarm.word`` (bit i: the chart i
+  of ``monitoring.charts`` has an active alarm);
+* ``pub.<tag>``: the value the PLC accepted into each publishing tag this cycle (filled in
+  by the supervisor from the write report).
+
+Pure computing: no I/O, no clocks. The supervisor does the audit, the historian, the log
+and the writes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from controller.core.estimator import Estimate
+from controller.runtime.site import Site
+from controller.twin.monitoring import Alarm, DriftMonitor, MaintenanceForecast
+from controller.twin.publish import Publication, Publisher
+
+__all__ = ["TwinCycle", "TwinServices"]
+
+
+@dataclass
+class TwinCycle:
+    """What the twin computed in one cycle (see the module docstring for ``monitor``)."""
+
+    monitor: dict[str, float] = field(default_factory=dict)
+    raised: list[Alarm] = field(default_factory=list)
+    cleared: list[Alarm] = field(default_factory=list)
+    active: list[Alarm] = field(default_factory=list)
+    maintenance: list[MaintenanceForecast] = field(default_factory=list)
+    publication: Publication = field(default_factory=Publication)
+    alarm_word: int = 0
+
+
+class TwinServices:
+    """Drift monitor and publisher of one site (either may be absent)."""
+
+    def __init__(self, site: Site, controller_file: str = "<controller config>") -> None:
+        cfg, model = site.controller, site.model
+        estimated = cfg.estimator.estimated
+        self.monitor = (
+            DriftMonitor(cfg.monitoring, model, estimated, source=controller_file)
+            if cfg.monitoring is not None
+            else None
+        )
+        publishes = bool(site.tags.publication_tags())
+        self.publisher = Publisher(site.tags, model, estimated) if publishes else None
+        self.alarm_tag = cfg.monitoring.alarm_tag if cfg.monitoring is not None else None
+        self._active: list[Alarm] = []
+        self._maintenance: list[MaintenanceForecast] = []
+        self._statistics: dict[str, float] = {}
+        self._t_last: float | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.monitor is not None or self.publisher is not None
+
+    def update(
+        self,
+        t: float,
+        estimate: Estimate | None,
+        inputs: Mapping[str, float],
+        *,
+        data_good: bool,
+    ) -> TwinCycle:
+        """One cycle at model time ``t``; the monitor only sees good, fresh data."""
+        out = TwinCycle()
+        if (
+            self.monitor is not None
+            and estimate is not None
+            and data_good
+            and (self._t_last is None or t > self._t_last)  # one update per estimate
+        ):
+            self._t_last = t
+            result = self.monitor.update(t, estimate)
+            out.raised, out.cleared = list(result.raised), list(result.cleared)
+            self._active = list(result.active)
+            self._maintenance = list(result.maintenance)
+            self._statistics = dict(result.statistics)
+        out.active, out.maintenance = list(self._active), list(self._maintenance)
+        out.alarm_word = self.monitor.alarm_word(out.active) if self.monitor is not None else 0
+        monitor = out.monitor
+        monitor.update({f"chart.{k}": float(v) for k, v in self._statistics.items()})
+        for m in out.maintenance:
+            prefix = f"maintenance.{m.parameter}"
+            monitor[f"{prefix}.threshold"] = float(m.threshold)
+            monitor[f"{prefix}.estimate"] = float(m.estimate)
+            monitor[f"{prefix}.slope"] = float(m.slope)
+            # a forecast made at an earlier cycle (bad data since) counts down from then on
+            elapsed = t - self._t_last if self._t_last is not None else 0.0
+            times = tuple(max(v - elapsed, 0.0) for v in (m.time_to_threshold, m.low, m.high))
+            if m.status == "no trend":  # not in sight: a tag shows its upper limit
+                times = (math.inf, math.inf, math.inf)
+            elif m.status == "insufficient data":
+                times = (math.nan, math.nan, math.nan)
+            for name, v in zip(("time_to_threshold", "low", "high"), times, strict=True):
+                monitor[f"{prefix}.{name}"] = float(v)
+        if self.monitor is not None:
+            monitor["alarm.active"] = float(len(out.active))
+            monitor["alarm.word"] = float(out.alarm_word)
+        if self.publisher is not None and estimate is not None:
+            out.publication = self.publisher.publication(estimate, inputs, monitor)
+        return out

@@ -1,0 +1,459 @@
+"""The historian: one interface, two backends (memory, SQLite), the same tests against both.
+
+Like asyncua's ``history`` parametrization: every behaviour is checked on each backend.
+Then the Parquet export, the run record, and the ``history export`` / ``audit export`` CLI.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import re
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from controller.config import build_model
+from controller.core.estimator import Estimate
+from controller.core.mpc import Decision, SolveStatus
+from controller.core.safety import Intervention, Reason, SafetyOutcome
+from controller.ports.base import Quality, Snapshot, TagValue
+from controller.runtime.audit import AuditTrail
+from controller.runtime.cli import main as cli_main
+from controller.runtime.historian import (
+    LIBRARIES,
+    CycleRecord,
+    Historian,
+    HistorianError,
+    HistorianEvent,
+    Measurement,
+    MemoryHistorian,
+    RunInfo,
+    SqliteHistorian,
+    cycle_record,
+    export_parquet,
+    model_version,
+    open_historian,
+    read_run_metadata,
+    run_info,
+)
+
+ROOT = Path(__file__).resolve().parents[3]
+Factory = Callable[..., Historian]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def make_historian(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
+    """Builds historians of one backend; closes them all afterwards."""
+    opened: list[Historian] = []
+
+    def make(max_cycles: int = 100_000) -> Historian:
+        path = None if request.param == "memory" else tmp_path / "history.db"
+        h = open_historian(path, max_cycles=max_cycles)
+        opened.append(h)
+        return h
+
+    yield make
+    for h in opened:
+        h.close()
+
+
+def _info(run_id: str) -> RunInfo:
+    return RunInfo(
+        run_id=run_id,
+        started_utc="2025-01-01T00:00:00.000000+00:00",
+        site="cstr-modbus",
+        mode="shadow",
+        software_version="pharmatwin 0.1.0",
+        git_commit=None,
+        config_hashes={"cstr-modbus.yaml": "ab" * 32},
+        model="cstr",
+        model_version="cd" * 32,
+        python_version="CPython 3.11.9",
+        library_versions={"casadi": "3.8.2", "numpy": "2.1.0"},
+    )
+
+
+def _cycle(run_id: str, i: int) -> CycleRecord:
+    return CycleRecord(
+        run_id=run_id,
+        cycle=i,
+        t=10.0 * i,
+        utc=f"2025-01-01T00:00:{i:02d}.000000+00:00",
+        state="RUNNING",
+        measurements={
+            "T_R_meas": Measurement(120.5 + i, "good", 10.0 * i - 0.1),
+            "C_b_meas": Measurement(0.5, "uncertain", 10.0 * i - 0.2),
+        },
+        estimates={"T_R": 120.4 + i, "C_b": 0.51, "k0_ab": 1.2e12},
+        estimate_std={"T_R": 0.1, "k0_ab": 3e10},
+        predicted={"T_R": [120.4, 120.6, 120.9], "F": [18.0, 18.5]},
+        decision={
+            "inputs": {"F": 18.0, "Q_dot": -4500.0},
+            "status": "success",
+            "return_status": "Solve_Succeeded",
+            "iterations": 12,
+            "solve_time_s": 0.0127,
+            "objective": 3.5,
+        },
+        setpoints={"F": 18.0, "Q_dot": -4000.0} if i % 2 else {},
+        safety=[
+            {
+                "name": "Q_dot",
+                "proposed": -4500.0,
+                "applied": -4000.0,
+                "reason": "clipped_to_move_limit",
+                "detail": "moved at most 500 kW",
+            }
+        ],
+        wrote=bool(i % 2),
+        monitor={"cusum:Kw:low": 0.25 * i, "maintenance.Kw.time_to_threshold": 31.0 - i},
+    )
+
+
+# ---------------------------------------------------------------------- both backends
+def test_start_run_and_runs_round_trip(make_historian: Factory) -> None:
+    h = make_historian()
+    h.start_run(_info("run-b"))
+    h.start_run(_info("run-a"))
+    assert h.runs() == [_info("run-b"), _info("run-a")]  # in start order
+    with pytest.raises(HistorianError, match="already"):
+        h.start_run(_info("run-a"))
+
+
+def test_record_and_cycles_round_trip_exactly(make_historian: Factory) -> None:
+    h = make_historian()
+    h.start_run(_info("r1"))
+    records = [_cycle("r1", i) for i in range(4)]
+    for rec in records:
+        h.record(rec)
+    assert h.cycles() == records
+    assert h.cycles(limit=2) == records[-2:]
+    assert h.cycles(limit=0) == []
+    assert isinstance(h.cycles()[0].measurements["T_R_meas"], Measurement)
+
+
+def test_a_cycle_of_an_unknown_run_is_refused(make_historian: Factory) -> None:
+    h = make_historian()
+    with pytest.raises(HistorianError, match="not started"):
+        h.record(_cycle("nobody", 0))
+
+
+def test_retention_keeps_the_newest(make_historian: Factory) -> None:
+    h = make_historian(max_cycles=5)
+    h.start_run(_info("r1"))
+    records = [_cycle("r1", i) for i in range(12)]
+    for rec in records:
+        h.record(rec)
+    assert h.cycles() == records[-5:]
+    assert h.runs() == [_info("r1")]
+
+
+def test_filter_by_run(make_historian: Factory) -> None:
+    h = make_historian()
+    h.start_run(_info("a"))
+    h.start_run(_info("b"))
+    for i in range(6):
+        h.record(_cycle("a" if i % 3 else "b", i))
+    assert [c.cycle for c in h.cycles("a")] == [1, 2, 4, 5]
+    assert [c.cycle for c in h.cycles("b")] == [0, 3]
+    assert [c.cycle for c in h.cycles("a", limit=1)] == [5]
+    assert h.cycles("unknown") == []
+
+
+def test_records_from_another_thread(make_historian: Factory) -> None:
+    h = make_historian()
+    h.start_run(_info("r1"))
+    worker = threading.Thread(target=h.record, args=(_cycle("r1", 0),))
+    worker.start()
+    worker.join()
+    assert h.cycles() == [_cycle("r1", 0)]
+
+
+def test_parquet_export_columns_and_metadata(make_historian: Factory, tmp_path: Path) -> None:
+    h = make_historian()
+    h.start_run(_info("a"))
+    h.start_run(_info("b"))
+    for i in range(4):
+        h.record(_cycle("a" if i < 3 else "b", i))
+    out = export_parquet(h, tmp_path / "out" / "a.parquet", run_id="a")
+    table = pq.read_table(out)
+    assert table.num_rows == 3
+    for col in (
+        "run_id",
+        "cycle",
+        "t",
+        "utc",
+        "state",
+        "wrote",
+        "meas.T_R_meas",
+        "quality.C_b_meas",
+        "source_time.T_R_meas",
+        "est.k0_ab",
+        "std.T_R",
+        "pred.T_R",
+        "mpc.Q_dot",
+        "u.F",
+        "safety.Q_dot",
+        "solve.status",
+        "solve.time_s",
+        "solve.iterations",
+        "solve.objective",
+        "interventions",
+    ):
+        assert col in table.column_names, col
+    rows = table.to_pylist()
+    assert rows[1]["meas.T_R_meas"] == 121.5 and rows[1]["quality.C_b_meas"] == "uncertain"
+    assert rows[1]["u.F"] == 18.0 and rows[0]["u.F"] is None  # nothing written in cycle 0
+    assert rows[2]["pred.T_R"] == [120.4, 120.6, 120.9] and rows[2]["solve.iterations"] == 12
+    assert json.loads(rows[0]["interventions"])[0]["reason"] == "clipped_to_move_limit"
+    meta = table.schema.metadata
+    assert json.loads(meta[b"pharmatwin.run"]) == dataclasses.asdict(_info("a"))
+    assert read_run_metadata(out) == [_info("a")]
+
+    everything = pq.read_table(export_parquet(h, tmp_path / "all.parquet"))
+    assert everything.column("run_id").to_pylist() == ["a", "a", "a", "b"]
+    assert read_run_metadata(tmp_path / "all.parquet") == [_info("a"), _info("b")]
+    with pytest.raises(HistorianError, match="no run 'zzz'"):
+        export_parquet(h, tmp_path / "z.parquet", run_id="zzz")
+
+
+def test_cycle_record_from_the_pipeline_objects(make_historian: Factory) -> None:
+    snap = Snapshot(
+        {"T_R_meas": TagValue(121.0, Quality.GOOD, 9.5, 10.0)},
+        read_time=10.0,
+    )
+    estimate = Estimate(
+        states={"T_R": 120.9},
+        parameters={"k0_ab": 1.1e12, "rho": 0.93},
+        state_std={"T_R": 0.2},
+        parameter_std={"k0_ab": 2e10},
+        innovation={},
+        algebraic={},
+    )
+    decision = Decision(
+        10.0,
+        {"F": 18.0},
+        SolveStatus.SUCCESS,
+        "Solve_Succeeded",
+        9,
+        0.02,
+        objective=1.5,
+        predicted_states={"T_R": np.linspace(120.9, 122.0, 21)},
+        predicted_inputs={"F": np.full(20, 18.0)},
+    )
+    outcome = SafetyOutcome(
+        {"F": 17.5},
+        held=False,
+        interventions=(Intervention("F", 18.0, 17.5, Reason.CLIPPED_TO_MOVE_LIMIT, "Δu"),),
+    )
+    rec = cycle_record(
+        "r1",
+        7,
+        t=10.0,
+        state="RUNNING",
+        snapshot=snap,
+        estimate=estimate,
+        decision=decision,
+        outcome=outcome,
+        setpoints=outcome.setpoints,
+        wrote=True,
+        predict_steps=3,
+    )
+    assert rec.measurements == {"T_R_meas": (121.0, "good", 9.5)}
+    assert rec.estimates == {"T_R": 120.9, "k0_ab": 1.1e12}  # estimated parameters only
+    assert len(rec.predicted["T_R"]) == 4 and rec.predicted["F"] == [18.0] * 3
+    assert rec.decision["status"] == "success" and rec.safety[0]["applied"] == 17.5
+    h = make_historian()
+    h.start_run(_info("r1"))
+    h.record(rec)
+    assert h.cycles() == [rec]
+
+
+# ---------------------------------------------------------------------- run record
+def test_run_info_fills_versions_and_hashes() -> None:
+    model = build_model(ROOT / "configs/plants/cstr.yaml")
+    paths = [ROOT / "configs/sites/cstr-modbus.yaml", ROOT / "configs/plants/cstr.yaml"]
+    info = run_info("cstr-modbus", "shadow", paths, model)
+    assert set(info.config_hashes) == {"cstr-modbus.yaml", "cstr.yaml"}
+    assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in info.config_hashes.values())
+    assert set(info.library_versions) == set(LIBRARIES)
+    assert info.library_versions["numpy"] == np.__version__
+    assert info.git_commit is None or re.fullmatch(r"[0-9a-f]{40}", info.git_commit)
+    assert info.software_version.startswith("pharmatwin") and info.python_version
+    assert (info.model, info.model_version) == ("cstr", model_version(model))
+    assert info.started_utc.endswith("+00:00") and info.run_id
+    changed = type(model)(model.parameter_set.with_values({"rho": 0.95}))
+    assert model_version(changed) != info.model_version
+    assert model_version(type(model)(model.parameter_set)) == info.model_version
+
+
+def test_run_info_names_an_unreadable_config(tmp_path: Path) -> None:
+    model = build_model(ROOT / "configs/plants/cstr.yaml")
+    with pytest.raises(HistorianError, match=r"missing\.yaml"):
+        run_info("s", "shadow", [tmp_path / "missing.yaml"], model)
+
+
+# ---------------------------------------------------------------------- SQLite specifics
+def test_sqlite_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    with SqliteHistorian(path) as h:
+        h.start_run(_info("r1"))
+        for i in range(6):
+            h.record(_cycle("r1", i))
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert "cycles_run_cycle" in {r[1] for r in db.execute("PRAGMA index_list(cycles)")}
+    db.close()
+    with SqliteHistorian(path, max_cycles=4) as h:  # reading deletes nothing; writing prunes
+        assert h.runs() == [_info("r1")]
+        assert h.cycles() == [_cycle("r1", i) for i in range(6)]
+        h.record(_cycle("r1", 6))
+        assert [c.cycle for c in h.cycles()] == [3, 4, 5, 6]
+
+
+def test_open_historian_picks_the_backend(tmp_path: Path) -> None:
+    assert isinstance(open_historian(None), MemoryHistorian)
+    h = open_historian(tmp_path / "x.db", max_cycles=3)
+    assert isinstance(h, SqliteHistorian) and h.max_cycles == 3
+    h.close()
+    with pytest.raises(HistorianError, match="max_cycles"):
+        open_historian(None, max_cycles=0)
+
+
+# ---------------------------------------------------------------------- CLI
+def test_cli_history_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "h.db"
+    with SqliteHistorian(db) as h:
+        h.start_run(_info("a"))
+        h.start_run(_info("b"))
+        for i in range(5):
+            h.record(_cycle("a" if i < 3 else "b", i))
+    out = tmp_path / "b.parquet"
+    assert cli_main(["history", "export", str(db), "--parquet", str(out), "--run", "b"]) == 0
+    assert "wrote 2 cycles of 1 run(s) (b)" in capsys.readouterr().out
+    assert pq.read_table(out).column("cycle").to_pylist() == [3, 4]
+    assert cli_main(["history", "export", str(db), "--parquet", str(tmp_path / "all.pq")]) == 0
+    assert pq.read_metadata(tmp_path / "all.pq").num_rows == 5
+    with SqliteHistorian(db, max_cycles=2) as h:  # exporting never pruned the file
+        assert len(h.cycles()) == 5
+    assert cli_main(["history", "export", str(db), "--parquet", str(out), "--run", "zz"]) == 2
+    assert cli_main(["history", "export", str(tmp_path / "none.db"), "--parquet", "x"]) == 2
+    assert not (tmp_path / "none.db").exists()
+
+
+def _audit_db(tmp_path: Path) -> Path:
+    trail = AuditTrail(tmp_path / "audit.db", config_hash="abc", actor="alice")
+    trail.record(
+        "tag.write.request",
+        "feed_rate_sp",
+        reason="step test, operator",
+        old_value=0.0,
+        new_value=0.05,
+        detail={"site": "bio"},
+    )
+    trail.record("mode.change", "supervisor", reason="start", new_value="SHADOW")
+    trail.close()
+    return tmp_path / "audit.db"
+
+
+def _records(db: Path) -> list[dict[str, object]]:
+    trail = AuditTrail(db)
+    try:
+        return [dataclasses.asdict(r) for r in trail.records()]
+    finally:
+        trail.close()
+
+
+def test_cli_audit_export_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = _audit_db(tmp_path)
+    assert cli_main(["audit", "export", str(db), "--format", "json"]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert exported == _records(db)
+    assert exported[0]["actor"] == "alice" and exported[1]["old_value"] is None
+    out = tmp_path / "exports" / "audit.json"
+    assert cli_main(["audit", "export", str(db), "--format", "json", "--out", str(out)]) == 0
+    assert "wrote 2 audit records" in capsys.readouterr().out
+    assert json.loads(out.read_text()) == exported
+
+
+def test_cli_audit_export_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = _audit_db(tmp_path)
+    assert cli_main(["audit", "export", str(db), "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    expected = [{k: "" if v is None else str(v) for k, v in r.items()} for r in _records(db)]
+    assert rows == expected
+    assert rows[0]["reason"] == "step test, operator" and len(rows[0]["hash"]) == 64
+    out = tmp_path / "audit.csv"
+    assert cli_main(["audit", "export", str(db), "--format", "csv", "--out", str(out)]) == 0
+    with out.open(newline="") as fh:
+        assert list(csv.DictReader(fh)) == expected
+
+
+def test_cli_audit_export_table_stays_the_default(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = _audit_db(tmp_path)
+    assert cli_main(["audit", "export", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "audit trail" in out and "feed_rate_sp" in out and "alice" in out
+    assert cli_main(["audit", "export", str(tmp_path / "none.db"), "--format", "csv"]) == 2
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_events_round_trip_by_run_and_kind(make_historian: Factory) -> None:
+    h = make_historian(max_cycles=2)
+    h.start_run(_info("r1"))
+    h.start_run(_info("r2"))
+    raised = HistorianEvent(
+        "r1", 3600.0, "drift.alarm", "cusum:Kw:low", "drift alarm: Kw LOW", {"statistic": 9.1}
+    )
+    h.record_event(raised)
+    h.record_event(HistorianEvent("r2", 7.0, "drift.clear", "ewma:T_R_meas:high", "cleared"))
+    for i in range(5):  # cycles are pruned; events are not
+        h.record(_cycle("r1", i))
+    events = h.events("r1")
+    assert [(e.kind, e.key, e.t, e.detail) for e in events] == [
+        ("drift.alarm", "cusum:Kw:low", 3600.0, {"statistic": 9.1})
+    ]
+    assert events[0].utc  # stamped when stored
+    assert [e.run_id for e in h.events(kind="drift.clear")] == ["r2"]
+    assert len(h.events()) == 2
+    with pytest.raises(HistorianError, match="not started"):
+        h.record_event(HistorianEvent("nope", 0.0, "drift.alarm", "k", "m"))
+
+
+def test_monitor_figures_round_trip(make_historian: Factory) -> None:
+    h = make_historian()
+    h.start_run(_info("r1"))
+    h.record(_cycle("r1", 4))
+    assert h.cycles("r1")[0].monitor == {
+        "cusum:Kw:low": 1.0,
+        "maintenance.Kw.time_to_threshold": 27.0,
+    }
+
+
+def test_sqlite_file_without_monitor_column_is_upgraded(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    db.executescript(
+        """CREATE TABLE runs (seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL UNIQUE,
+        info TEXT NOT NULL);
+        CREATE TABLE cycles (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL,
+        cycle INTEGER NOT NULL, t REAL, utc TEXT NOT NULL, state TEXT NOT NULL,
+        wrote INTEGER NOT NULL, measurements TEXT NOT NULL, estimates TEXT NOT NULL,
+        estimate_std TEXT NOT NULL, predicted TEXT NOT NULL, decision TEXT NOT NULL,
+        setpoints TEXT NOT NULL, safety TEXT NOT NULL);"""
+    )
+    db.close()
+    with SqliteHistorian(path) as h:
+        h.start_run(_info("r1"))
+        h.record(_cycle("r1", 1))
+        assert h.cycles("r1")[0].monitor["cusum:Kw:low"] == 0.25
