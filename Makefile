@@ -1,11 +1,23 @@
 # PharmaTwin. `make demo` and `make test` create the virtual environment when it is missing.
 # `make demo`: the HIL bioreactor on Modbus (loopback) and the closed-loop runtime, a whole batch.
+# `make test`: the whole suite; `make test-fast`: without the tests marked slow (> ~5 s each).
+# `make help` lists the targets.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+.DEFAULT_GOAL := setup
 
-.PHONY: setup demo test check bench clean
+.PHONY: help setup demo test test-fast check bench clean
+
+help:
+	@echo "make setup      create .venv and install PharmaTwin with its test and dev extras"
+	@echo "make demo       the HIL bioreactor on Modbus and the closed-loop runtime, a whole batch"
+	@echo "make test       the whole test suite (layer contracts included)"
+	@echo "make test-fast  the test suite without the tests marked slow"
+	@echo "make check      ruff format --check, ruff check, mypy"
+	@echo "make bench      the benchmarks"
+	@echo "make clean      remove .venv, runs/ and the tool caches"
 
 setup: $(STAMP)
 
@@ -20,6 +32,9 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
 
 check: setup
 	$(BIN)/ruff format --check .

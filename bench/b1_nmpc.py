@@ -4,7 +4,7 @@ For each model the scenario ``configs/scenarios/<model>-mpc.yaml`` is run in clo
 twice, side by side in one process: once with the reference and once with the fast path
 (:class:`controller.core.fast_mpc.FastController`, with the controller config's ``solver``
 section). The reference is a do-mpc MPC of the same problem as the production do-mpc path
-(:class:`controller.core.mpc.DoMpcController`): the same model, objective, bounds, hard move
+(:class:`controller.core.dompc.DoMpcController`): the same model, objective, bounds, hard move
 limits, soft constraints, horizon, collocation, variable scaling (the move penalties act on
 scaled moves, so the scaling is part of the objective) and initial guess, solved with
 do-mpc's own default solver settings: CasADi's IPOPT defaults (only its printing silenced)
@@ -42,9 +42,12 @@ if str(ROOT) not in sys.path:  # run as a script from a clean clone
     sys.path.insert(0, str(ROOT))
 
 import hil.simulate as simulate  # noqa: E402
-from controller.config import ControllerConfig, load_controller  # noqa: E402
+from controller.config import ControllerConfig  # noqa: E402
+from controller.controllerfile import load_controller  # noqa: E402
+from controller.core.dompc import DoMpcController  # noqa: E402
 from controller.core.fast_mpc import FastController  # noqa: E402
-from controller.core.mpc import DoMpcController, ModelPredictiveController  # noqa: E402
+from controller.core.policy import build_policy  # noqa: E402
+from controller.runtime.solver_cache import LibraryCache  # noqa: E402
 from hil.kpis import compute_kpis  # noqa: E402
 from plant_models import PlantModel  # noqa: E402
 
@@ -91,7 +94,9 @@ def _run(model: str, steps: int | None, make: Callable[..., Any]) -> dict[str, A
     setup: list[float] = []
     calls: list[float] = []  # wall time of each whole step() call: warm start, solve, Decision
 
-    def factory(cfg: ControllerConfig, plant: PlantModel, source: str) -> Any:
+    def factory(
+        cfg: ControllerConfig, plant: PlantModel, *, compile: Any = None, source: str = "<config>"
+    ) -> Any:
         started = time.perf_counter()
         ctl = make(cfg, plant, source)
         setup.append(time.perf_counter() - started)
@@ -107,13 +112,13 @@ def _run(model: str, steps: int | None, make: Callable[..., Any]) -> dict[str, A
         ctl.step = timed
         return ctl
 
-    original = simulate.ModelPredictiveController
-    simulate.ModelPredictiveController = factory  # type: ignore[assignment,misc]
+    original = simulate.build_policy
+    simulate.build_policy = factory  # type: ignore[assignment]
     try:
         path = ROOT / "configs" / "scenarios" / f"{model}-mpc.yaml"
         run = asyncio.run(simulate.run_scenario(path, max_steps=steps))
     finally:
-        simulate.ModelPredictiveController = original  # type: ignore[misc]
+        simulate.build_policy = original
     rows = [r for r in run.rows if r.get("solve.status") != "end"]
     solver_only = np.array([r["solve.time_s"] for r in rows]) * 1e3
     times = np.array(calls[: len(rows)]) * 1e3
@@ -141,7 +146,8 @@ def _run(model: str, steps: int | None, make: Callable[..., Any]) -> dict[str, A
 
 def _fast(cfg: ControllerConfig, plant: PlantModel, source: str) -> FastController:
     solver = cfg.solver.model_copy(update={"backend": "fast"})
-    ctl = ModelPredictiveController(cfg.model_copy(update={"solver": solver}), plant, source)
+    fast_cfg = cfg.model_copy(update={"solver": solver})
+    ctl = build_policy(fast_cfg, plant, compile=LibraryCache(), source=source)
     assert isinstance(ctl, FastController)
     return ctl
 

@@ -53,28 +53,27 @@ from typing import Any, Literal, ParamSpec, TypeVar
 from run import ROOT, case_failed, git_commit, latency_stats, markdown_table, row
 
 from controller.clock import SteppedClock
-from controller.config import build_model, load_controller
+from controller.controllerfile import load_controller
 from controller.core.estimator import make_estimator
-from controller.core.mpc import Decision, ModelPredictiveController
+from controller.core.mpc import Decision
 from controller.core.pipeline import ControlPipeline, input_limits
+from controller.core.policy import build_policy
+from controller.plantfile import build_model
 from controller.ports.base import Port
-from controller.ports.factory import make_port
-from controller.runtime.audit import AuditTrail, file_hash, software_version
-from controller.runtime.historian import (
-    DEFAULT_MAX_CYCLES,
-    Historian,
-    RunInfo,
-    SqliteHistorian,
-    library_versions,
-    model_version,
-)
-from controller.runtime.site import Site, load_site
+from controller.runtime.audit import AuditTrail
+from controller.runtime.audit_chain import file_hash, software_version
+from controller.runtime.historian import DEFAULT_MAX_CYCLES, Historian, SqliteHistorian
+from controller.runtime.historian_records import RunInfo
+from controller.runtime.historian_run import library_versions, model_version
+from controller.runtime.site import Site, load_site, port_for_site
+from controller.runtime.solver_cache import LibraryCache
 from controller.runtime.supervisor import CycleView, Mode, State, Supervisor
 from controller.runtime.wiring import build_pipeline, config_files, historian_sink
 from hil.net import LOOPBACK, free_port
 from hil.rig import HilRig
 from hil.servers.base import PlcServer
 from hil.servers.memory import MemoryPlcServer
+from hil.site import hil_section, with_hil
 
 PortKind = Literal["memory", "modbus", "opcua"]
 SITES = ROOT / "configs" / "sites"
@@ -128,7 +127,7 @@ class FixedDecision:
 def precomputed_decision(site: Site, hold: Mapping[str, float]) -> Decision:
     """One real MPC solve at the model's initial state; its inputs replaced by ``hold``."""
     model = site.model
-    mpc = ModelPredictiveController(site.controller, model, str(site.path))
+    mpc = build_policy(site.controller, model, compile=LibraryCache(), source=str(site.path))
     mpc.reset(hold)
     decision = mpc.step(0.0, model.initial_state, model.parameters, u_prev=hold)
     if not decision.ok:
@@ -281,9 +280,10 @@ async def runtime_for(
     """
     os.environ.setdefault(PASSWORD_ENV, secrets.token_hex(12))  # loopback test bench only
     site = site_for(kind)
-    if plant_substeps is not None and site.hil is not None:
+    hil = hil_section(site)
+    if plant_substeps is not None and hil is not None:
         step = site.controller.sample_time / plant_substeps
-        site = dataclasses.replace(site, hil=site.hil.model_copy(update={"plant_step": step}))
+        site = with_hil(site, hil.model_copy(update={"plant_step": step}))
     clock = SteppedClock()
     async with AsyncExitStack() as stack:
         if kind == "memory":
@@ -293,7 +293,7 @@ async def runtime_for(
             port: Port = memory.port()
         else:
             server = await _plc_server(kind, site, tmp, stack)
-            port = make_port(_on_port(site, getattr(server, "port", 0)), clock)
+            port = port_for_site(_on_port(site, getattr(server, "port", 0)), clock)
         rig = HilRig(site, clock, [server])
         files = config_files(site)
         audit = AuditTrail(
@@ -437,7 +437,7 @@ def estimate_phase(name: str, cycles: int, warmup: int) -> dict[str, Any]:
     times, problems, rejected, recovered = [], [], 0, 0
     k = 0
     while k < cycles + warmup:
-        estimator = make_estimator(model, cfg.estimator, cfg.sample_time)
+        estimator = make_estimator(model, cfg.estimator, cfg.sample_time, compile=LibraryCache())
         decision = FixedDecision(_no_decision())
         pipeline = ControlPipeline(model, estimator, decision, input_limits(cfg))
         pipeline.start(inputs)

@@ -27,7 +27,9 @@ from typing import Any
 import numpy as np
 from run import ROOT, case_failed, latency_stats, markdown_table, row
 
-from controller.config import load_controller, load_scenario, read_yaml, resolve
+from controller.configfile import read_yaml, resolve
+from controller.controllerfile import load_controller
+from hil.scenario import load_scenario
 from hil.simulate import run_scenario
 
 MODELS = ("lyophilizer", "bioreactor", "crystallizer", "cstr")

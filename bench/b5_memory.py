@@ -67,8 +67,9 @@ from b2_cycle import (
 from b2_cycle import working_setpoints as plc_setpoints
 from run import case_failed, markdown_table, row
 
-from controller.core.mpc import ModelPredictiveController
+from controller.core.policy import build_policy
 from controller.runtime.site import Site
+from controller.runtime.solver_cache import LibraryCache
 from hil.rig import HilRig
 
 TARGET_MB = 10.0
@@ -195,7 +196,7 @@ def still_plant_scan(rig: HilRig) -> Callable[[], Awaitable[None]]:
 def policy_for(case: str, site: Site, hold: dict[str, float]) -> Any:
     if case == "fixed":
         return FixedDecision(precomputed_decision(site, hold))
-    mpc = ModelPredictiveController(site.controller, site.model, str(site.path))
+    mpc = build_policy(site.controller, site.model, compile=LibraryCache(), source=str(site.path))
     mpc.reset(hold)
     return mpc
 

@@ -108,8 +108,8 @@ class Timer:
 
 def instrument(timer: Timer) -> list[Callable[[], None]]:
     """Wrap the calls of every phase (class attributes: every instance is timed)."""
+    from controller.core.dompc import DoMpcController
     from controller.core.fast_mpc import FastController
-    from controller.core.mpc import DoMpcController
     from controller.core.pipeline import ControlPipeline
     from controller.ports.memory import MemoryPort
     from controller.runtime.audit import AuditTrail

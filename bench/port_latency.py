@@ -23,7 +23,7 @@ from controller.clock import RealClock
 from controller.ports.base import Port
 from controller.ports.modbus import ModbusPort
 from controller.ports.opcua import OpcUaPort
-from controller.runtime.site import Connection
+from controller.ports.settings import Connection
 from controller.tags import TagMap
 from hil.net import free_port
 from hil.servers.modbus import ModbusPlcServer

@@ -1,7 +1,7 @@
 """The kinds of config file the project ships, told apart by their top-level keys.
 
-``configs/<folder>/*.yaml`` holds eight kinds. Five are read by the controller (site, tag
-map, plant, controller, scenario) and three by the HIL tools (campaign, tuning, design space;
+``configs/<folder>/*.yaml`` holds eight kinds. Four are read by the controller (site, tag
+map, plant, controller) and four by the HIL tools (scenario, campaign, tuning, design space;
 their loaders live in ``hil``, which nothing here imports). :func:`detect` names a file's kind
 from the keys only it has, so that a file given where another kind is expected is named for
 what it is, with the commands that take it (:func:`wrong_kind`), rather than reported as a
@@ -70,6 +70,7 @@ KINDS: tuple[FileKind, ...] = (
         frozenset({"true_plant", "recipe", "checks", "faults"}),
         ("pharmatwin-hil simulate FILE",),
         "the 'hil: scenario:' key of a site",
+        hil=True,
     ),
     FileKind(
         "campaign",

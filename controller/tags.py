@@ -55,7 +55,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from controller.config import Finite, PositiveFinite, Strict, parse, read_yaml
+from controller.configfile import Finite, PositiveFinite, Strict, parse, read_yaml
 from controller.errors import ConfigError, PharmaTwinError, Problem
 
 

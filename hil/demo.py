@@ -33,8 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from controller.runtime.historian import CycleRecord, SqliteHistorian
-from controller.runtime.site import Site, load_site
+from controller.runtime.historian import SqliteHistorian
+from controller.runtime.historian_records import CycleRecord
+from controller.runtime.site import Site
+from hil.site import hil_section, load_hil_site
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,14 +95,15 @@ def recipe_titer(site: Site) -> tuple[str, float] | None:
     offline): what the MPC must beat. None when the controller has no terminal economic term."""
     import asyncio
 
-    from controller.config import load_scenario
+    from hil.scenario import load_scenario
     from hil.simulate import run_scenario
 
     terms = [e for e in site.controller.objective.economic if e.where in ("terminal", "both")]
-    if site.hil is None or not terms:
+    hil = hil_section(site)
+    if hil is None or not terms:
         return None
     term = terms[0]
-    scenario = site.file(site.hil.scenario)
+    scenario = site.file(hil.scenario)
     if load_scenario(scenario).controller is not None:
         return None
     run = asyncio.run(run_scenario(scenario))
@@ -284,16 +287,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--out", type=Path, default=ROOT / "runs/demo")
     args = ap.parse_args(argv)
-    site = load_site(args.site)
+    site = load_hil_site(args.site)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     for old in ("audit.db", "history.db"):
         for f in out.glob(old + "*"):
             f.unlink()
     audit, history = out / "audit.db", out / "history.db"
-    from controller.config import load_scenario
+    from hil.scenario import load_scenario
 
-    batch = load_scenario(site.file(site.hil.scenario)).duration if site.hil else 20.0
+    hil = hil_section(site)
+    batch = load_scenario(site.file(hil.scenario)).duration if hil else 20.0
     whole = args.hours is None or args.hours >= batch
     duration_s = (batch if args.hours is None else min(args.hours, batch)) * (
         site.model.seconds_per_unit

@@ -31,19 +31,12 @@ from rich.console import Console
 from rich.table import Table
 from scipy.stats import qmc
 
-from controller.config import build_model
 from controller.errors import ConfigError, Problem, unknown_name
 from controller.jsonfile import write_json as write_json_file
-from hil.design_space import (
-    DesignSpace,
-    Executor,
-    _fmt,
-    _lost,
-    _progress,
-    _run_dask,
-    _run_pool,
-    judge,
-)
+from controller.plantfile import build_model
+from hil.design_space import fmt, judge
+from hil.design_space_exec import Executor, lost, progress_bar, run_dask, run_pool
+from hil.design_space_spec import DesignSpace
 from plant_models import PlantModel
 
 
@@ -184,19 +177,19 @@ def run_probabilistic(
             )
     results: dict[str, dict[str, Any]] = {}
     t0 = time.perf_counter()
-    with _progress(progress, len(jobs), console) as advance:
+    with progress_bar(progress, len(jobs), console) as advance:
 
         def on_result(result: dict[str, Any]) -> None:
             results[result["id"]] = result
             advance()
 
-        (_run_dask if executor == "dask" else _run_pool)(jobs, max(1, workers), on_result)
+        (run_dask if executor == "dask" else run_pool)(jobs, max(1, workers), on_result)
     outcome = ProbabilisticOutcome(
         space, out, n, level, executor, workers, draws, wall_time_s=time.perf_counter() - t0
     )
     for p in space.points:
         runs = [
-            results.get(f"{p.id}-d{k:03d}") or _lost(f"{p.id}-d{k:03d}", RuntimeError("no result"))
+            results.get(f"{p.id}-d{k:03d}") or lost(f"{p.id}-d{k:03d}", RuntimeError("no result"))
             for k in range(n)
         ]
         verdicts = [judge(r, space.limits) for r in runs]
@@ -285,7 +278,7 @@ def write_probability_plot(outcome: ProbabilisticOutcome, path: Path) -> Path:
         ax.clabel(line, fmt={outcome.level: f"P = {100 * outcome.level:g} %"}, fontsize=9)
     xx, yy = np.meshgrid(x, y)
     for xi, yi, zi in zip(xx.ravel(), yy.ravel(), z.ravel(), strict=True):
-        ax.annotate(_fmt(zi), (xi, yi), ha="center", va="center", fontsize=7)
+        ax.annotate(fmt(zi), (xi, yi), ha="center", va="center", fontsize=7)
     model = _model(space)
     ax.set_xlabel(fx.label or model.label(fx.input))
     ax.set_ylabel(fy.label or model.label(fy.input))

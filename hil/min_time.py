@@ -40,22 +40,18 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from controller.config import (
-    Constraint,
-    ControllerConfig,
-    InputSpec,
-    build_model,
-    load_controller,
-    load_scenario,
-    read_yaml,
-    resolve,
-)
-from controller.core.fast_mpc import EndSchedule, FastController
+from controller.config import Constraint, ControllerConfig, InputSpec
+from controller.configfile import read_yaml, resolve
+from controller.controllerfile import load_controller
+from controller.core.end_schedule import EndSchedule
+from controller.core.fast_mpc import FastController
 from controller.core.mpc import Decision
 from controller.core.pipeline import input_limits
 from controller.errors import ConfigError, Problem, SolverError
 from controller.filekinds import detect
+from controller.plantfile import build_model
 from hil.plant_runner import PlantRunner
+from hil.scenario import load_scenario
 from hil.simulate import initial_inputs
 from plant_models import PlantModel, Role
 

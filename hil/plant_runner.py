@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from controller.config import Disturbance
 from controller.errors import ScenarioError
+from hil.scenario import Disturbance
 from plant_models import PlantModel, Role
 from plant_models.base import DomainViolation
 

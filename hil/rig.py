@@ -23,12 +23,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from controller.clock import Clock
-from controller.config import FaultSpec, ScenarioConfig, build_model, load_scenario, resolve
+from controller.configfile import resolve
 from controller.core.recipe import RecipePlayer
+from controller.plantfile import build_model
 from controller.runtime.site import Site
-from hil.faults import FaultEvent, FaultSet, FaultTargets, check_fault, check_scheduled
+from hil.faultcheck import FaultTargets, check_fault, check_scheduled
+from hil.faults import FaultEvent, FaultSet
+from hil.faultspec import FaultSpec
 from hil.plant_runner import PlantDomainError, PlantFault, PlantRunner, PlantState
+from hil.scenario import ScenarioConfig, load_scenario
 from hil.servers.base import PlcServer
+from hil.site import hil_section
 from hil.vplc import PlcEvent, VirtualPlc
 
 log = logging.getLogger("pharmatwin.hil.rig")
@@ -55,10 +60,11 @@ class HilRig:
         *,
         on_scan: Callable[[HilRig], None] | None = None,
     ) -> None:
-        if site.hil is None:
+        hil = hil_section(site)
+        if hil is None:
             raise ValueError(f"site {site.name!r} has no 'hil' section to serve")
         self.site = site
-        self.hil = site.hil
+        self.hil = hil
         self.clock = clock
         self.servers = servers
         self.log = RigLog()

@@ -43,13 +43,14 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from controller.clock import Gate, ScaledClock
-from controller.config import FaultKind
 from controller.errors import ConfigError, PharmaTwinError, Problem
-from controller.runtime.site import Site, load_site
-from hil.faults import FaultRefusedError, check_clear, expand_tags, magnitude_unit, parse_fault
+from controller.runtime.site import Site
+from hil.faultcheck import FaultRefusedError, check_clear, magnitude_unit, parse_fault
+from hil.faultspec import FaultKind, expand_tags
 from hil.net import LOOPBACK, free_port, is_loopback
 from hil.rig import HilRig
 from hil.servers.base import PlcServer
+from hil.site import hil_section, load_hil_site
 
 log = logging.getLogger("pharmatwin.hil.serve")
 #: The loggers whose records go to the HIL log file.
@@ -107,9 +108,10 @@ class ServeOptions:
 def state_dir(site: Site, override: Path | None = None) -> Path:
     if override is not None:
         return override.resolve()
-    if site.hil is None:
+    hil = hil_section(site)
+    if hil is None:
         raise ConfigError([Problem(str(site.path), "hil", "the site has no 'hil' section", None)])
-    return site.file(site.hil.state_dir).resolve()
+    return site.file(hil.state_dir).resolve()
 
 
 def _ports(site: Site, opts: ServeOptions) -> dict[str, int]:
@@ -234,7 +236,7 @@ async def serve(site_path: Path, opts: ServeOptions, announce: Any = print) -> d
     on (both before anything is served).
     """
     opts.check()
-    site = load_site(site_path)
+    site = load_hil_site(site_path)
     folder = state_dir(site, opts.state_dir)
     folder.mkdir(parents=True, exist_ok=True)
     log_path = folder / f"{site.name}.log"
@@ -352,7 +354,7 @@ async def admin_request(
     site_path: Path, request: dict[str, Any], folder: Path | None = None
 ) -> Any:
     """Send one admin request to the rig serving ``site_path`` (found through its state file)."""
-    site = load_site(site_path)
+    site = load_hil_site(site_path)
     state_file = state_dir(site, folder) / f"{site.name}.json"
     if not state_file.is_file():
         raise PharmaTwinError(

@@ -110,9 +110,9 @@ class RigView:
         return HTMLResponse(page)
 
     async def _plotly(self, request: Request) -> Response:
-        from controller.runtime.ui.server import _plotly_js
+        from controller.runtime.ui.content import plotly_js
 
-        return Response(_plotly_js(), media_type="application/javascript")
+        return Response(plotly_js(), media_type="application/javascript")
 
     async def _state(self, request: Request) -> Response:
         return JSONResponse({"meta": self.meta, **self.snapshot()})

@@ -18,23 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from controller.clock import SteppedClock
-from controller.config import (
-    Constraint,
-    ControllerConfig,
-    EstimatorSpec,
-    ScenarioConfig,
-    build_model,
-    load_controller,
-    load_scenario,
-    resolve,
-)
+from controller.config import Constraint, ControllerConfig, EstimatorSpec
+from controller.configfile import resolve
+from controller.controllerfile import load_controller
 from controller.core.estimator import make_estimator
-from controller.core.mpc import ModelPredictiveController
 from controller.core.pipeline import ControlPipeline, CycleResult, Policy, input_limits
+from controller.core.policy import build_policy
 from controller.core.recipe import RecipePlayer
 from controller.core.safety import InputLimit
+from controller.plantfile import build_model
 from controller.ports.memory import MemoryPort, TagTable
+from controller.runtime.solver_cache import LibraryCache
 from hil.plant_runner import PlantDomainError, PlantFault, PlantRunner, PlantState
+from hil.scenario import ScenarioConfig, load_scenario
 from plant_models import PlantModel
 
 
@@ -121,7 +117,8 @@ async def run_scenario(
     policy: Policy
     if sc.controller is not None:
         cfg, ctl_model = load_controller(resolve(path, sc.controller))
-        policy = ModelPredictiveController(cfg, ctl_model, str(resolve(path, sc.controller)))
+        source = str(resolve(path, sc.controller))
+        policy = build_policy(cfg, ctl_model, compile=LibraryCache(), source=source)
         dt = cfg.sample_time
         spec = cfg.estimator
     else:
@@ -146,7 +143,7 @@ async def run_scenario(
         seed=sc.true_plant.seed,
         initial_inputs=working,  # the plant's t = 0 algebraic state and outputs see them
     )
-    estimator = make_estimator(ctl_model, spec, dt)
+    estimator = make_estimator(ctl_model, spec, dt, compile=LibraryCache())
     pipeline = ControlPipeline(ctl_model, estimator, policy, limits)
     pipeline.start(working)
     clock = SteppedClock()

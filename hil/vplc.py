@@ -4,7 +4,7 @@ The PLC keeps authority. It runs the plant under its own local control (the scen
 recipe, or a hold at the last setpoint after the MPC had control) whenever the MPC is not
 active, and accepts remote setpoints only while it is.
 
-Contract tags (names fixed by ``controller.runtime.site.CONTRACT_TAGS``):
+Contract tags (names fixed by ``hil.site.CONTRACT_TAGS``):
 
 * ``mpc_request`` (written by the controller) / ``mpc_permissive`` / ``mpc_active`` (PLC);
 * ``mpc_heartbeat``: an incrementing counter from the controller. If it has not *changed*
@@ -34,8 +34,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from controller.runtime.site import PlcBehaviour
 from controller.tags import TagMap
+from hil.site import PlcBehaviour
 
 log = logging.getLogger("pharmatwin.hil.vplc")
 

@@ -76,9 +76,11 @@ PASSWORD = "correct horse battery"  # typed twice into `python -m controller.run
 pytestmark = pytest.mark.timeout(240)
 
 COMMAND_LANGS = frozenset({"", "bash", "sh", "shell", "console", "zsh"})
-#: Blocks that are not commands: config and code snippets.
+#: Blocks that are not commands: config and code snippets, and text figures (README.md's layout,
+#: checked by tests/test_readme_layout.py).
 SNIPPET_LANGS = frozenset(
     {"yaml", "yml", "json", "toml", "ini", "cfg", "conf", "python", "py", "js", "javascript"}
+    | {"text"}
 )
 _YAMLISH = re.compile(r"""^\s*(#.*|-(\s.*)?|[\w.$"'-]+\s*:(\s.*)?)$""")
 _ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.S)
@@ -393,6 +395,7 @@ PARSED_ONLY: tuple[Rule, ...] = (
     Rule((), "a template: a placeholder (SITE, NAME, ...) stands where a reader fills in", True),
     Rule(("make", "demo"), "a whole 150 h bioreactor batch in closed loop: beyond this budget"),
     Rule(("make", "test"), "the whole suite, which contains this file"),
+    Rule(("make", "test-fast"), "the suite without its slow tests, which contains this file"),
     Rule(("make", "check"), "ruff and mypy over the whole tree: minutes, and others' files"),
     Rule(("make", "bench"), "every benchmark: B5 alone takes 8 to 11 minutes (README)"),
     Rule(("python*", "bench/*.py"), "a benchmark: measures for minutes on a quiet machine"),
@@ -882,6 +885,7 @@ def static_problems(command: Command, commands: Sequence[Command]) -> list[str]:
     return [f"{where}: no static check for this parse-only command in tests/test_readme.py"]
 
 
+@pytest.mark.slow
 def test_parse_only_commands_are_checked_statically(
     readme: tuple[list[Command], list[Block], list[str]],
 ) -> None:
@@ -914,6 +918,7 @@ def _written(result: Result) -> list[str]:
     return lines[-1].removeprefix("wrote ").split(", ")
 
 
+@pytest.mark.slow
 def test_readme_offline_commands_run(
     scratch: Scratch, readme: tuple[list[Command], list[Block], list[str]]
 ) -> None:
@@ -1193,6 +1198,7 @@ def _audit(scratch: Scratch, c: Command) -> None:
         assert {"run.stop", "mode.change"} <= set(actions), f"{c.where}: {sorted(set(actions))}"
 
 
+@pytest.mark.slow
 def test_readme_live_hil_workflow(
     scratch: Scratch, readme: tuple[list[Command], list[Block], list[str]]
 ) -> None:

@@ -1,7 +1,7 @@
 """Moving-horizon estimation: the last ``horizon`` samples fitted by a bounded least-squares SQP.
 
 :class:`MovingHorizonEstimator` (``estimator.kind: mhe``) is an
-:class:`~controller.core.estimator.ExtendedKalmanFilter` whose estimate is refined, every sample,
+:class:`~controller.core.ekf.ExtendedKalmanFilter` whose estimate is refined, every sample,
 by a moving-horizon problem over the window of the last ``N = horizon`` samples:
 
 * nodes ``x_0 .. x_N`` (scaled states; node 0 is the sample just before the window, node
@@ -22,8 +22,8 @@ by a moving-horizon problem over the window of the last ``N = horizon`` samples:
   through the arrival cost;
 * solved by CasADi's ``sqpmethod`` with the ``qrqp`` QP solver and a Gauss-Newton Hessian
   (``2 J' J`` of the residuals: convex QPs), warm-started from the filter's trajectory,
-  compiled by the system C compiler into the fast MPC's library cache (``jit``), like the
-  fast MPC's solver.
+  compiled (``jit``) by the :class:`~controller.core.jit.LibraryBuilder` the caller hands in
+  (``compile``; none: uncompiled), like the fast MPC's solver.
 
 Until the window is full (the first ``horizon`` samples) the estimate is the filter's.
 A failed solve (not converged within ``max_iter``, an error, or a solution whose predictions
@@ -36,7 +36,6 @@ the filter itself is an estimate with ``ok=False``, as for the EKF.
 from __future__ import annotations
 
 import logging
-import subprocess
 from collections import deque
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -46,14 +45,10 @@ import casadi as ca
 import numpy as np
 
 from controller.config import EstimatorSpec
-from controller.core.estimator import (
-    Estimate,
-    ExtendedKalmanFilter,
-    FloatArray,
-    _measured,
-    _vector_of,
-)
-from controller.core.fast_mpc import LibraryCache, nlp_code
+from controller.core.ekf import ExtendedKalmanFilter
+from controller.core.estimate import Estimate, FloatArray
+from controller.core.jit import LibraryBuilder, compiled_nlpsol
+from controller.core.named_values import measured, vector_of
 from controller.core.prediction import (
     ALGEBRAIC_TOL,
     PREDICTION_TOL,
@@ -106,15 +101,17 @@ class MovingHorizonEstimator(ExtendedKalmanFilter):
         initial_state: Mapping[str, float] | None = None,
         initial_parameters: Mapping[str, float] | None = None,
         *,
-        cache: LibraryCache | None = None,
+        compile: LibraryBuilder | None = None,
     ) -> None:
-        super().__init__(model, spec, sample_time, initial_state, initial_parameters, cache=cache)
+        super().__init__(
+            model, spec, sample_time, initial_state, initial_parameters, compile=compile
+        )
         self._horizon = spec.horizon
         self._window: deque[_Sample] = deque(maxlen=spec.horizon + 1)
         self.solves = 0
         self.fallbacks = 0
         self.mhe_library: str | None = None
-        self._solver = self._build_solver(cache if cache is not None else LibraryCache())
+        self._solver = self._build_solver(compile)
 
     # ------------------------------------------------------------------ building
     def _residuals(self) -> tuple[ca.MX, ca.MX, ca.MX, dict[str, slice]]:
@@ -132,9 +129,9 @@ class MovingHorizonEstimator(ExtendedKalmanFilter):
         u0, u, p_fixed = ca.MX.sym("u0", nu), ca.MX.sym("u", nu), ca.MX.sym("p", npar)
         y, use = ca.MX.sym("y", ny), ca.MX.sym("use", ny)
         wq, wr = ca.MX.sym("wq", n), ca.MX.sym("wr", ny)
-        x0, p = self._physical(ca.vertcat(xs0, theta), p_fixed)
+        x0, p = self._aug.physical(ca.vertcat(xs0, theta), p_fixed)
         xf, zf, res_f, error = F(x0, zg, u0, p, u)
-        x1, _ = self._physical(ca.vertcat(xs1, theta), p_fixed)
+        x1, _ = self._aug.physical(ca.vertcat(xs1, theta), p_fixed)
         z1, res_z = Z(zf, x1, u, p) if Z is not None else (ca.MX(0, 1), ca.MX(0.0))
         y1 = model.function(x1, z1, u, p)[2] / ca.DM(self._y_scale)
         args = [xs0, xs1, theta, zg, u0, u, p_fixed, y, use, wq, wr]
@@ -168,8 +165,9 @@ class MovingHorizonEstimator(ExtendedKalmanFilter):
         r_arr = L @ (ca.vertcat(X[:, 0], th) - pv[where["prior"]])
         return w, pv, ca.vertcat(r_arr, ca.vec(r_dyn), ca.vec(r_meas)), where
 
-    def _build_solver(self, cache: LibraryCache) -> ca.Function:
-        """The window's sqpmethod (Gauss-Newton Hessian), compiled when ``jit``."""
+    def _build_solver(self, builder: LibraryBuilder | None) -> ca.Function:
+        """The window's sqpmethod (Gauss-Newton Hessian), compiled by ``builder`` when
+        ``jit`` (uncompiled without a builder, or when the build fails: logged)."""
         w, pv, r, self._where = self._residuals()
         nlp = {"x": w, "p": pv, "f": ca.dot(r, r), "g": ca.MX(0, 1)}
         J = ca.jacobian(r, w)
@@ -197,12 +195,11 @@ class MovingHorizonEstimator(ExtendedKalmanFilter):
         }
         name = f"{self._model.name}_mhe"
         plain = ca.nlpsol(name, "sqpmethod", nlp, {**opts, "hess_lag": hess})
-        if not self._spec.jit:
+        if not self._spec.jit or builder is None:
             return plain
         try:
-            path = cache.library(nlp_code(plain))
-            solver = ca.nlpsol(name, "sqpmethod", str(path), opts)
-        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            solver, path = compiled_nlpsol(builder, name, "sqpmethod", plain, opts)
+        except (OSError, RuntimeError) as exc:
             log.warning("model %r MHE: jit compile failed, solving without it: %s", name, exc)
             return plain
         self.mhe_library = str(path)
@@ -213,20 +210,20 @@ class MovingHorizonEstimator(ExtendedKalmanFilter):
         self,
         u_applied: Mapping[str, float] | None,
         y: Mapping[str, float],
+        states: Mapping[str, float] | None = None,
         *,
         exclude: Collection[str] = (),
         u_end: Mapping[str, float] | None = None,
     ) -> Estimate:
-        """The filter's update, then the window's solve (see the module docstring)."""
+        """The filter's update, then the window's solve (see the module docstring);
+        ``states`` is not used (the one estimator step takes it)."""
         u0 = (
-            self._u
-            if u_applied is None
-            else _vector_of(self._model, Role.INPUT, u_applied, "input")
+            self._u if u_applied is None else vector_of(self._model, Role.INPUT, u_applied, "input")
         )
-        est = super().update(u_applied, y, exclude=exclude, u_end=u_end)
+        est = super().update(u_applied, y, states, exclude=exclude, u_end=u_end)
         if u_applied is None:
             self._window.clear()  # a first sample starts a new window
-        y_vec, _ = _measured(self._model, y, exclude)
+        y_vec, _ = measured(self._model, y, exclude)
         outputs = self._model.output_names
         use = np.array([n in est.innovation and n not in est.rejected for n in outputs], float)
         if not est.ok:

@@ -10,6 +10,12 @@ Nothing the estimator could not vouch for reaches the policy: a failed estimator
 and so is a measurement its innovation gate rejected (``Estimate.rejected``) in
 :meth:`ControlPipeline.step`; the supervisor applies each measurement's own bad-data policy
 instead (:mod:`controller.runtime.trust`).
+
+What the PLC has is one fact with one owner, the pipeline (:attr:`ControlPipeline.working`):
+:meth:`~ControlPipeline.start` and :meth:`~ControlPipeline.resync` set it, and with it the
+estimator's applied inputs and the safety filter's reference for the move limits. Between
+:meth:`~ControlPipeline.guard` and the caller's resync the safety filter's reference runs
+ahead: it counts the outcome it let through as applied.
 """
 
 from __future__ import annotations
@@ -17,10 +23,11 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Protocol
 
 from controller.config import ControllerConfig
-from controller.core.estimator import Estimate, ExtendedKalmanFilter, FullStateFeedback
+from controller.core.estimate import Estimate, Estimator
 from controller.core.mpc import Decision, SolveStatus
 from controller.core.safety import InputLimit, SafetyFilter, SafetyOutcome
 from controller.errors import EstimatorError, SafetyOrderError
@@ -82,7 +89,7 @@ class ControlPipeline:
     def __init__(
         self,
         model: PlantModel,
-        estimator: ExtendedKalmanFilter | FullStateFeedback,
+        estimator: Estimator,
         policy: Policy,
         limits: Mapping[str, InputLimit],
     ) -> None:
@@ -90,14 +97,36 @@ class ControlPipeline:
         self.estimator = estimator
         self.policy = policy
         self.safety = SafetyFilter(limits)
-        self._applied: dict[str, float] | None = None
+        #: what the PLC has (None before :meth:`start`)
+        self._working: dict[str, float] | None = None
+        #: False from :meth:`start` to the next :meth:`resync` / :meth:`applied`: no sample
+        #: with known inputs precedes the estimator's next update (it does not predict)
+        self._in_place = False
         self._estimate: Estimate | None = None
 
+    @property
+    def working(self) -> Mapping[str, float]:
+        """What the PLC has: the inputs in place by name (empty before :meth:`start`)."""
+        return MappingProxyType(dict(self._working or {}))
+
     def start(self, working_setpoints: Mapping[str, float]) -> None:
-        """Bumpless start from the setpoints the PLC is working with."""
+        """Bumpless start from the setpoints the PLC is working with: they are what the PLC
+        has and the move limits' origin, the policy starts from them, and the estimator's
+        next update does not predict (no sample under known inputs precedes it)."""
         self.safety.reset(working_setpoints)
         self.policy.reset(working_setpoints)
-        self._applied = None
+        self._working = _finite(working_setpoints)
+        self._in_place = False
+
+    def resync(self, working: Mapping[str, float]) -> None:
+        """The PLC has ``working`` (read back, written, or its own working setpoints): the
+        estimator's inputs over the coming sample and the move limits' origin.
+
+        Raises ValueError (from the safety filter) when a limited input is missing or not
+        finite; nothing changes then.
+        """
+        self.safety.reset(working)
+        self.applied(working)
 
     def step(
         self,
@@ -146,18 +175,14 @@ class ControlPipeline:
         (returned, for the record; it must not be acted on) or any exception (the last good
         estimate is returned). Never raises for the estimator's sake.
         """
-        if not self.safety.last:
+        if self._working is None:
             raise SafetyOrderError("ControlPipeline used before start(working_setpoints)")
         if not (data_ok and data_fresh):
             why = "bad-quality data" if not data_ok else "stale data"
             return self._estimate, f"no solve: {why}"
         try:
-            if isinstance(self.estimator, FullStateFeedback):
-                est = self.estimator.update(self._applied, y, states or {})
-            elif exclude:
-                est = self.estimator.update(self._applied, y, exclude=exclude)
-            else:
-                est = self.estimator.update(self._applied, y)
+            u = self._working if self._in_place else None
+            est = self.estimator.update(u, y, states, exclude=exclude)
         except EstimatorError as exc:
             return self._estimate, f"{ESTIMATOR_FAILED}: {exc}"
         except Exception as exc:  # an estimator that raised fails this cycle, never the loop
@@ -183,5 +208,13 @@ class ControlPipeline:
         )
 
     def applied(self, setpoints: Mapping[str, float]) -> None:
-        """Tell the estimator which inputs were really in place over the coming interval."""
-        self._applied = {k: float(v) for k, v in setpoints.items() if math.isfinite(v)}
+        """The inputs really in place over the coming sample (what the PLC has), for the
+        estimator; the safety filter keeps the reference it advanced in :meth:`guard` (the
+        offline loop, whose writes cannot be refused). Non-finite values are left out."""
+        self._working = _finite(setpoints)
+        self._in_place = True
+
+
+def _finite(values: Mapping[str, float]) -> dict[str, float]:
+    """The finite values as floats."""
+    return {k: float(v) for k, v in values.items() if math.isfinite(v)}

@@ -22,22 +22,22 @@
 CVODES/IDAS (:meth:`plant_models.PlantModel.integrator`) stays the reference the tests check
 this step against.
 
-:func:`compiled` generates C code for Functions, builds it with the fast MPC's
-:class:`~controller.core.fast_mpc.LibraryCache` (the one on-disk cache of compiled libraries) and
-loads it; :class:`BufferedFunction` calls a Function on preallocated numpy vectors.
+:func:`compiled` generates C code for Functions, has a handed-in
+:class:`~controller.core.jit.LibraryBuilder` build it (the runtime's one on-disk cache of
+compiled libraries; the core itself writes no file) and loads it; :class:`BufferedFunction`
+calls a Function on preallocated numpy vectors.
 """
 
 from __future__ import annotations
 
 import logging
-import subprocess
 from collections.abc import Sequence
 from typing import Any, cast
 
 import casadi as ca
 import numpy as np
 
-from controller.core.fast_mpc import LibraryCache
+from controller.core.jit import LibraryBuilder
 from plant_models import PlantModel, Role
 
 log = logging.getLogger(__name__)
@@ -169,32 +169,32 @@ def discrete_step(model: PlantModel, dt: float, steps: int, name: str = "") -> c
 
 
 def compiled(
-    functions: Sequence[ca.Function], cache: LibraryCache | None = None
+    functions: Sequence[ca.Function], builder: LibraryBuilder
 ) -> tuple[list[ca.Function], str]:
-    """``functions`` compiled to C in one shared library (cached on disk) and loaded.
+    """``functions`` compiled to C in one shared library (built by ``builder``) and loaded.
 
-    Returns the loaded Functions and the library's path. Raises OSError, RuntimeError or
-    subprocess.SubprocessError when the code cannot be built or loaded (the caller decides
-    whether CasADi's virtual machine will do instead).
+    Returns the loaded Functions and the library's path. Raises OSError (from ``builder``)
+    or RuntimeError when the code cannot be built or loaded (the caller decides whether
+    CasADi's virtual machine will do instead).
     """
-    cache = cache if cache is not None else LibraryCache()
     gen = ca.CodeGenerator("prediction.c")
     for fn in functions:
         gen.add(fn)
-    path = cache.library(str(gen.dump()))
+    path = builder.library(str(gen.dump()))
     return [ca.external(fn.name(), str(path)) for fn in functions], str(path)
 
 
 def compiled_or_plain(
-    functions: Sequence[ca.Function], jit: bool, what: str, cache: LibraryCache | None = None
+    functions: Sequence[ca.Function], jit: bool, what: str, builder: LibraryBuilder | None = None
 ) -> tuple[list[ca.Function], str | None]:
-    """:func:`compiled` when ``jit``; on a failed build a logged warning and the Functions
-    as they are (CasADi's virtual machine: same results, slower)."""
-    if not jit:
+    """:func:`compiled` when ``jit`` and a ``builder`` is handed in; otherwise, or on a
+    failed build (a logged warning), the Functions as they are (CasADi's virtual machine:
+    same results, slower). Returns the Functions and the library's path (None: uncompiled)."""
+    if not jit or builder is None:
         return list(functions), None
     try:
-        loaded, path = compiled(functions, cache)
-    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        loaded, path = compiled(functions, builder)
+    except (OSError, RuntimeError) as exc:
         log.warning("%s: compiling the prediction failed, running it uncompiled: %s", what, exc)
         return list(functions), None
     return loaded, path

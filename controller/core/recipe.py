@@ -28,6 +28,8 @@ class RecipePlayer:
         }
 
     def inputs_at(self, t: float) -> dict[str, float]:
+        """The inputs at model time ``t``: interpolated (``linear``), or the last row at or
+        before ``t`` (``previous``; the first row before the table starts)."""
         if self.recipe.interpolation == "linear":
             return {n: float(np.interp(t, self._times, v)) for n, v in self._values.items()}
         idx = int(np.searchsorted(self._times, t, side="right") - 1)
@@ -58,6 +60,7 @@ class RecipePlayer:
         params: Mapping[str, float] | None = None,
         u_prev: Mapping[str, float] | None = None,
     ) -> Decision:
+        """The recipe's inputs at ``t`` as a successful Decision (the estimate is not used)."""
         return Decision(t, self.inputs_at(t), SolveStatus.SUCCESS, "recipe", 0, 0.0)
 
     def reset(self, u_prev: Mapping[str, float]) -> None:

@@ -25,6 +25,7 @@ from controller.ports.base import (
     WriteStatus,
     flag_all,
 )
+from controller.ports.writecheck import WriteCheck, WriteRule, refused_report, unreadable
 from controller.tags import TagMap
 
 
@@ -79,9 +80,9 @@ class MemoryPort(Port):
         self._require_open()
         now = self.clock.now()
         names = list(tags)
-        unknown = [t for t in names if t not in self.table.values]
-        if unknown:
-            raise PortError(f"unknown tag(s) {unknown}; the table has {sorted(self.table.values)}")
+        problems = unreadable(dict.fromkeys(self.table.values, True), names)
+        if problems:
+            raise PortError(f"cannot read from the memory port: {'; '.join(problems)}")
         values = {
             t: TagValue(v.value, v.quality, v.source_time, now, v.detail)
             for t in names
@@ -92,49 +93,45 @@ class MemoryPort(Port):
         return Snapshot(values, now)
 
     async def write(self, values: Mapping[str, float]) -> WriteReport:
-        """Validate every value first; if any is refused, nothing changes (others NOT_SENT)."""
+        """Check every value first (:mod:`~controller.ports.writecheck`, then the PLC side's
+        own range and acceptance check); if any is refused, nothing changes (others NOT_SENT)."""
         self._require_open()
         now = self.clock.now()
-        refused = {tag: why for tag, v in values.items() if (why := self._refusal(tag, v))}
+        refused = self._write_check().refusals(values)
+        plc = {t: v for t, v in values.items() if t not in refused}
+        refused |= {t: why for t, v in plc.items() if (why := self._plc_refusal(t, v))}
+        if refused:
+            return refused_report(values, refused, now)
         results: dict[str, WriteResult] = {}
         for tag, requested in values.items():
-            if tag in refused:
-                current = self.table.values.get(tag)
-                readback = current.value if current is not None else None
-                results[tag] = WriteResult(
-                    tag, requested, WriteStatus.REJECTED, readback, refused[tag]
-                )
-            elif refused:
-                results[tag] = WriteResult(
-                    tag, requested, WriteStatus.NOT_SENT, None, "not sent: another tag was refused"
-                )
-            else:
-                hook = self.table.write_hook
-                if hook is not None and (reason := hook(tag, float(requested))):
-                    current = self.table.values.get(tag)
-                    readback = current.value if current is not None else None
-                    results[tag] = WriteResult(
-                        tag, requested, WriteStatus.REJECTED, readback, reason
-                    )
-                    continue
-                self.table.values[tag] = TagValue(float(requested), Quality.GOOD, now, now)
-                readback = self.table.values[tag].value
-                status = WriteStatus.OK if readback == requested else WriteStatus.MISMATCH
-                results[tag] = WriteResult(tag, requested, status, readback)
+            hook = self.table.write_hook
+            if hook is not None and (reason := hook(tag, float(requested))):
+                results[tag] = WriteResult(tag, requested, WriteStatus.REJECTED, None, reason)
+                continue
+            self.table.values[tag] = TagValue(float(requested), Quality.GOOD, now, now)
+            readback = self.table.values[tag].value
+            status = WriteStatus.OK if readback == requested else WriteStatus.MISMATCH
+            results[tag] = WriteResult(tag, requested, status, readback)
         return WriteReport(results, now)
 
-    def _refusal(self, tag: str, requested: float) -> str:
-        limits = self.table.writable.get(tag)
-        if limits is None:
-            known = "read-only" if tag in self.table.values else "unknown"
-            return f"tag {tag!r} is not writable ({known})"
-        lo, hi = limits
-        if not (math.isfinite(requested) and lo <= requested <= hi):
-            return f"{tag}={requested} outside the allowed range [{lo}, {hi}]"
+    def _write_check(self) -> WriteCheck:
+        """The tag map's write check; without a map, the table's (its writable tags and their
+        ranges: every other tag of the table is read-only)."""
+        if self.tags is not None:
+            return WriteCheck.of_tags(self.tags.tags)
+        rules = {t: WriteRule(False) for t in self.table.values}
+        rules |= {t: WriteRule(True, limits) for t, limits in self.table.writable.items()}
+        return WriteCheck(rules)
+
+    def _plc_refusal(self, tag: str, requested: float) -> str:
+        """The PLC side's own refusal: its write range, then its acceptance check."""
+        if tag not in self.table.writable:
+            return f"the PLC refused {tag}={requested}: the tag is not writable on the PLC"
+        lo, hi = self.table.writable[tag]
+        if not lo <= requested <= hi:
+            return f"the PLC refused {tag}={requested}: outside its write range [{lo}, {hi}]"
         check = self.table.write_check
-        if check is not None and (why := check(tag, float(requested))):
-            return why
-        return ""
+        return (check(tag, float(requested)) or "") if check is not None else ""
 
 
 def table_from_tag_map(tags: TagMap, initial: Mapping[str, float] | None = None) -> TagTable:

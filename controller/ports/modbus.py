@@ -23,7 +23,7 @@ Connection: one request at a time (an :class:`asyncio.Lock`; pymodbus does not m
 transaction ids strictly). Each request and connect has ``timeout_s``; a timeout raises
 PortTimeoutError and drops the connection, so a late answer cannot be taken for the next
 request's. A lost connection raises PortConnectError; the next call reconnects, with capped
-exponential backoff on the event loop's monotonic clock after failed attempts.
+exponential backoff on the port's clock after failed attempts (:mod:`controller.ports.retry`).
 """
 
 from __future__ import annotations
@@ -54,7 +54,9 @@ from controller.ports.base import (
     WriteStatus,
     flag_implausible,
 )
-from controller.runtime.site import Connection, ModbusTls
+from controller.ports.retry import RetrySchedule
+from controller.ports.settings import Connection, ModbusTls
+from controller.ports.writecheck import WriteCheck, refused_report, unreadable
 from controller.tags import (
     CodecError,
     DataType,
@@ -215,12 +217,12 @@ class ModbusPort(Port):
         self._tags = tags
         self._conn = connection
         self._clock = clock
+        self._check = WriteCheck.of_tags(tags.tags)
         tls = connection.modbus.tls
         self._ssl = _tls_context(tls, base_dir) if tls is not None else None
         self._lock = asyncio.Lock()
         self._client: AsyncModbusTcpClient | None = None
-        self._failures = 0
-        self._retry_at = -math.inf
+        self._retry = RetrySchedule(connection.backoff, clock)
         self._was_connected = False
         self.reconnects = 0
         self.address = f"{connection.host}:{connection.port}"
@@ -245,15 +247,13 @@ class ModbusPort(Port):
         return Snapshot(values, self._clock.now())
 
     def _readable(self, names: list[str]) -> list[Member]:
-        problems = []
-        for name in names:
-            tag = self._tags.tags.get(name)
-            if tag is None:
-                problems.append(f"unknown tag {name!r}")
-            elif not tag.readable:
-                problems.append(f"tag {name!r} is write-only")
-            elif tag.modbus is None:
-                problems.append(f"tag {name!r} has no Modbus address")
+        tags = self._tags.tags
+        problems = unreadable({n: t.readable for n, t in tags.items()}, names)
+        problems += [
+            f"tag {n!r} has no Modbus address"
+            for n in names
+            if n in tags and tags[n].readable and tags[n].modbus is None
+        ]
         if problems:
             raise PortError(f"cannot read from {self.address}: {'; '.join(problems)}")
         return [(n, s) for n in names if (s := self._tags.tags[n].modbus) is not None]
@@ -291,33 +291,25 @@ class ModbusPort(Port):
 
     # ----------------------------------------------------------------- writes
     async def write(self, values: Mapping[str, float]) -> WriteReport:
-        checked = {name: self._encode_checked(name, v) for name, v in values.items()}
-        refused = {name: why for name, why in checked.items() if isinstance(why, str)}
+        refused = self._check.refusals(values)
+        checked = {n: self._encode(n, v) for n, v in values.items() if n not in refused}
+        refused |= {name: why for name, why in checked.items() if isinstance(why, str)}
         if refused:
-            return WriteReport(_refusal(values, refused), self._clock.now())
+            return refused_report(values, refused, self._clock.now())
         encoded = {name: ok for name, ok in checked.items() if not isinstance(ok, str)}
         async with self._lock:
             await self._ensure_connected()
             results = await self._write_and_verify(values, encoded)
         return WriteReport({name: results[name] for name in values}, self._clock.now())
 
-    def _encode_checked(self, name: str, value: float) -> tuple[ModbusSpec, list[int]] | str:
-        """Where and what to write, or why the value is refused."""
-        tag = self._tags.tags.get(name)
-        if tag is None:
-            return f"unknown tag {name!r} (not in tag map {self._tags.name!r})"
-        if not tag.writable or tag.modbus is None:
-            return f"tag {name!r} is {'read-only' if not tag.writable else 'not on Modbus'}"
+    def _encode(self, name: str, value: float) -> tuple[ModbusSpec, list[int]] | str:
+        """Where and what to write, or why the value cannot be sent over Modbus (a value that
+        passed the :class:`~controller.ports.writecheck.WriteCheck`)."""
+        tag = self._tags.tags[name]
+        if tag.modbus is None:
+            return f"tag {name!r} is not on Modbus (it has no Modbus address)"
         try:
-            number = float(value)
-        except (TypeError, ValueError):
-            number = math.nan
-        if not math.isfinite(number):
-            return f"tag {name!r}: value {value!r} is not a finite number"
-        if tag.limits is not None and not tag.limits[0] <= number <= tag.limits[1]:
-            return f"tag {name!r}: value {value!r} is outside its limits {list(tag.limits)}"
-        try:
-            return tag.modbus, encode_within(name, tag.modbus, number, tag.limits)
+            return tag.modbus, encode_within(name, tag.modbus, float(value), tag.limits)
         except CodecError as exc:
             return str(exc)
 
@@ -373,8 +365,7 @@ class ModbusPort(Port):
         if self.connected:
             return
         self._drop()
-        loop = asyncio.get_running_loop()
-        wait = self._retry_at - loop.time()
+        wait = self._retry.wait()
         if wait > 0:
             raise PortConnectError(
                 f"not connected to the Modbus server at {self.address}; "
@@ -382,15 +373,13 @@ class ModbusPort(Port):
             )
         client = self._new_client()
         if not await self._open(client):
-            b = self._conn.backoff
-            delay = min(b.initial_s * b.factor**self._failures, b.max_s)
-            self._failures += 1
-            self._retry_at = loop.time() + delay
+            delay = self._retry.failed()
             raise PortConnectError(
                 f"cannot connect to the Modbus server at {self.address} ({self._conn.url}); "
                 f"next reconnect attempt in {delay:.2f} s"
             )
-        self._client, self._failures, self._retry_at = client, 0, -math.inf
+        self._client = client
+        self._retry.succeeded()
         self.reconnects += int(self._was_connected)
         self._was_connected = True
 
@@ -436,16 +425,6 @@ def _refused(name: str, spec: ModbusSpec, block: Block, answer: ModbusPDU, verb:
     return (
         f"tag {name!r} at {where}: {exception_text(answer.exception_code)} to the {verb} of {span}"
     )
-
-
-def _refusal(values: Mapping[str, float], refused: Mapping[str, str]) -> dict[str, WriteResult]:
-    others = f"not sent: nothing is sent because {sorted(refused)} were refused"
-    return {
-        name: WriteResult(name, v, WriteStatus.REJECTED, None, refused[name])
-        if name in refused
-        else WriteResult(name, v, WriteStatus.NOT_SENT, None, others)
-        for name, v in values.items()
-    }
 
 
 def _verify(name: str, requested: float, expected: float, readback: TagValue) -> WriteResult:

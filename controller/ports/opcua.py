@@ -35,8 +35,10 @@ here into the :class:`~controller.errors.PortError` tree with ``raise ... from e
 * **Failures**: timeouts -> PortTimeoutError (the connection is kept); refused or lost
   connections and refused logins or certificates -> PortConnectError naming the URL. After a
   loss the next call reconnects with capped exponential backoff (``connection.backoff``, on
-  the event loop's monotonic clock); before the delay is over it raises PortConnectError
-  "next attempt in X s" without network I/O. A write whose read-back fails raises.
+  the port's clock: :mod:`controller.ports.retry`); before the delay is over it raises
+  PortConnectError "next attempt in X s" without network I/O. A write whose read-back fails
+  raises. Certificates: :mod:`controller.ports.opcua_certs`; type fits and status names:
+  :mod:`controller.ports.opcua_types`.
 """
 
 from __future__ import annotations
@@ -44,7 +46,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import struct
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -60,9 +61,6 @@ from asyncua.crypto.security_policies import (
     SecurityPolicyAes256Sha256RsaPss,
     SecurityPolicyBasic256Sha256,
 )
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 
 from controller.clock import Clock
 from controller.errors import PortConnectError, PortError, PortTimeoutError, ProtocolError
@@ -76,19 +74,21 @@ from controller.ports.base import (
     WriteStatus,
     flag_implausible,
 )
-from controller.runtime.site import Connection
-from controller.tags import FLOAT32_MAX, OPCUA_INT_RANGE, TagMap
+from controller.ports.opcua_certs import ClientCredentials
+from controller.ports.opcua_types import (
+    LOGIN_REFUSED,
+    LOST,
+    REFUSED,
+    TIMEOUT,
+    as_stored,
+    python_value,
+    type_refusal,
+)
+from controller.ports.retry import RetrySchedule
+from controller.ports.settings import Connection
+from controller.ports.writecheck import WriteCheck, refused_report, unreadable
+from controller.tags import TagMap
 
-#: Write statuses meaning "the PLC refused this value" (REJECTED); other Bad ones are FAILED.
-_REFUSED = {"BadOutOfRange", "BadUserAccessDenied", "BadNotWritable", "BadTypeMismatch"}
-_REFUSED |= {"BadWriteNotSupported", "BadNodeIdUnknown", "BadNotSupported", "BadIndexRangeInvalid"}
-_REFUSED |= {"BadInvalidState", "BadLocked"}  # not active / interlock: the PLC's refusals
-_LOGIN_REFUSED = {"BadUserAccessDenied", "BadIdentityTokenRejected", "BadIdentityTokenInvalid"}
-_TIMEOUT = {"BadTimeout", "BadRequestTimeout"}
-#: Service results meaning the session or channel is gone (reconnect).
-_LOST = {"BadSessionIdInvalid", "BadSessionClosed", "BadSessionNotActivated", "BadShutdown"}
-_LOST |= {"BadSecureChannelClosed", "BadSecureChannelIdInvalid", "BadConnectionClosed"}
-_LOST |= {"BadServerNotConnected", "BadNoCommunication", "BadCommunicationError"}
 _NO_DATA = ua.DataValue(
     StatusCode=ua.StatusCode(ua.UInt32(ua.StatusCodes.BadWaitingForInitialData))
 )
@@ -139,6 +139,7 @@ class OpcUaPort(Port):
     ) -> None:
         self._specs = {n: t.opcua for n, t in tags.tags.items() if t.opcua is not None}
         self.tags = {n: tags.tags[n] for n in self._specs}  # the tags with an OPC UA address
+        self._check = WriteCheck.of_tags(self.tags)
         self.connection, self.clock, self.url = connection, clock, connection.url
         self._password, self._base = password, base_dir or Path.cwd()
         self._client: Client | None = None
@@ -146,7 +147,7 @@ class OpcUaPort(Port):
         self._cache: _Cache | None = None
         self._lock = asyncio.Lock()
         self._wanted = False  # connect() was called and close() was not
-        self._failures, self._next_attempt = 0, 0.0
+        self._retry = RetrySchedule(connection.backoff, clock)
 
     # ------------------------------------------------------------------ lifecycle
     async def connect(self) -> None:
@@ -171,7 +172,7 @@ class OpcUaPort(Port):
             await self._lost()
         if not self._wanted:
             raise PortConnectError(f"OPC UA port to {self.url} is not open; use 'async with'")
-        wait = self._next_attempt - asyncio.get_running_loop().time()
+        wait = self._retry.wait()
         if wait > 0:
             state = "lost the connection to" if client else "no connection to"
             raise PortConnectError(f"{state} {self.url}; next attempt in {wait:.2f} s")
@@ -190,20 +191,15 @@ class OpcUaPort(Port):
         except BaseException:
             await self._disconnect(client)
             self._cache = None
-            self._schedule_retry()
+            self._retry.failed()
             raise
-        self._client, self._failures = client, 0
+        self._client = client
+        self._retry.succeeded()
         return client
-
-    def _schedule_retry(self) -> None:
-        b = self.connection.backoff
-        delay = min(b.initial_s * b.factor**self._failures, b.max_s)
-        self._failures += 1
-        self._next_attempt = asyncio.get_running_loop().time() + delay
 
     async def _lost(self) -> None:
         await self._drop()
-        self._schedule_retry()
+        self._retry.failed()
 
     async def _drop(self) -> None:
         client, self._client, self._cache = self._client, None, None
@@ -238,13 +234,13 @@ class OpcUaPort(Port):
                 return PortConnectError(f"{doing} {self.url} ({sec.policy}/{sec.mode}): {exc}")
             return ProtocolError(f"{doing} {self.url}: {exc}")
         name = ua.StatusCode(exc.code).name
-        if name in _TIMEOUT:
+        if name in TIMEOUT:
             return PortTimeoutError(f"{doing} {self.url}: the server answered {name}")
-        if connecting and name in _LOGIN_REFUSED:
+        if connecting and name in LOGIN_REFUSED:
             user = self.connection.opcua.username
             who = f"user {user!r}" if user else "anonymous user"
             return PortConnectError(f"{self.url}: the server refused the {who} ({name})")
-        if connecting or name in _LOST or name.startswith(("BadCertificate", "BadSecurity")):
+        if connecting or name in LOST or name.startswith(("BadCertificate", "BadSecurity")):
             return PortConnectError(f"{doing} {self.url}: the server answered {name}")
         return ProtocolError(f"{doing} {self.url}: the server answered {name}")
 
@@ -262,31 +258,13 @@ class OpcUaPort(Port):
             client.set_password(self._password)
         if sec.policy == "None":
             return
-        cert = _load_cert(self._file(sec.certificate, "client certificate"))
-        key = _load_key(self._file(sec.private_key, "client private key"))
-        trusted = [_load_cert(self._file(p, "trust list certificate")) for p in sec.trust_list]
-        uris = _san_uris(cert)
-        if uris:
-            client.application_uri = uris[0]
+        creds = ClientCredentials.load(sec, self._base)
+        if creds.application_uri:
+            client.application_uri = creds.application_uri
         mode = getattr(ua.MessageSecurityMode, sec.mode)
-        der = cert.public_bytes(serialization.Encoding.DER)
         # No server_certificate: asyncua takes it from GetEndpoints (unsecured); checked below.
-        await client.set_security(_POLICIES[sec.policy], der, key, mode=mode)
-        peer = client.security_policy.peer_certificate
-        server_cert = x509.load_der_x509_certificate(peer) if peer else None
-        if server_cert is None or not _trusted(server_cert, trusted):
-            subject = server_cert.subject.rfc4514_string() if server_cert else "none"
-            raise PortConnectError(
-                f"{self.url}: the server certificate ({subject}) is not trusted: it is not in, "
-                f"nor issued by, the trust list {list(sec.trust_list)}; refusing to connect"
-            )
-
-    def _file(self, ref: str | None, what: str) -> tuple[bytes, str]:
-        path = self._base / (ref or "")
-        try:
-            return path.read_bytes(), f"the {what} {path}"
-        except OSError as exc:
-            raise PortConnectError(f"cannot read the {what} {path}: {exc}") from exc
+        await client.set_security(_POLICIES[sec.policy], creds.certificate, creds.key, mode=mode)
+        creds.check_server(client.security_policy.peer_certificate, self.url)
 
     async def _resolve(self, client: Client) -> dict[str, _Point]:
         """Resolve every tag's node and check its DataType (one Read); all problems at once."""
@@ -354,12 +332,9 @@ class OpcUaPort(Port):
     # ------------------------------------------------------------------ read
     async def read(self, tags: Iterable[str]) -> Snapshot:
         names = list(dict.fromkeys(tags))
-        bad = [n for n in names if n not in self.tags or not self.tags[n].readable]
-        if bad:
-            raise PortError(
-                f"cannot read {bad}: unknown or write-only; readable tags are "
-                f"{sorted(n for n, t in self.tags.items() if t.readable)}"
-            )
+        problems = unreadable({n: t.readable for n, t in self.tags.items()}, names)
+        if problems:
+            raise PortError(f"cannot read from {self.url}: {'; '.join(problems)}")
         if not names:
             return Snapshot({}, self.clock.now())
         async with self._lock:
@@ -396,19 +371,11 @@ class OpcUaPort(Port):
     # ------------------------------------------------------------------ write
     async def write(self, values: Mapping[str, float]) -> WriteReport:
         requested = dict(values)
-        refused = {t: why for t, v in requested.items() if (why := self._refusal(t, v))}
+        refused = self._check.refusals(requested)
+        fit = {t: v for t, v in requested.items() if t not in refused}
+        refused |= {t: why for t, v in fit.items() if (why := type_refusal(self._type(t), t, v))}
         if refused:
-            return WriteReport(
-                {
-                    t: WriteResult(t, v, WriteStatus.REJECTED, None, refused[t])
-                    if t in refused
-                    else WriteResult(
-                        t, v, WriteStatus.NOT_SENT, None, f"not sent: {sorted(refused)} refused"
-                    )
-                    for t, v in requested.items()
-                },
-                self.clock.now(),
-            )
+            return refused_report(requested, refused, self.clock.now())
         if not requested:
             return WriteReport({}, self.clock.now())
         async with self._lock:
@@ -425,7 +392,7 @@ class OpcUaPort(Port):
             results: dict[str, WriteResult] = {}
             for name, st in zip(names, statuses, strict=True):
                 if st.is_bad():
-                    kind = WriteStatus.REJECTED if st.name in _REFUSED else WriteStatus.FAILED
+                    kind = WriteStatus.REJECTED if st.name in REFUSED else WriteStatus.FAILED
                     msg = f"{name}={requested[name]} to node {self._where(name)}: {st.name}"
                     results[name] = WriteResult(name, requested[name], kind, None, msg)
             back = [n for n in names if n not in results and self.tags[n].readable]
@@ -433,48 +400,14 @@ class OpcUaPort(Port):
                 dvs = await self._read_values(client, back) if back else []
         for name, dv in zip(back, dvs, strict=True):
             results[name] = self._compare(name, requested[name], dv)
-        for name in names:
-            results.setdefault(
-                name,
-                WriteResult(
-                    name, requested[name], WriteStatus.OK, None, "write-only tag: no read-back"
-                ),
-            )
+        unread = "write-only tag: no read-back"
+        for name in (n for n in names if n not in results):
+            results[name] = WriteResult(name, requested[name], WriteStatus.OK, None, unread)
         return WriteReport({n: results[n] for n in names}, write_time)
-
-    def _refusal(self, name: str, value: float) -> str:
-        """Why ``value`` cannot be written to tag ``name`` ("" if it can)."""
-        tag = self.tags.get(name)
-        if tag is None:
-            return f"unknown tag {name!r}"
-        if not tag.writable:
-            return f"tag {name!r} is read-only (direction {tag.direction})"
-        if not math.isfinite(value):
-            return f"{name}={value!r} is not finite"
-        if tag.limits is not None and not tag.limits[0] <= value <= tag.limits[1]:
-            return f"{name}={value} is outside the tag limits [{tag.limits[0]}, {tag.limits[1]}]"
-        typ = self._type(name)
-        if typ == "Boolean" and value not in (0, 1):
-            return f"{name}={value}: the node is Boolean, which takes 0 or 1"
-        if typ in OPCUA_INT_RANGE:
-            lo, hi = OPCUA_INT_RANGE[typ]
-            if value != int(value) or not lo <= value <= hi:
-                return f"{name}={value} does not fit the node's {typ}: integers in [{lo}, {hi}]"
-        if typ == "Float" and abs(value) > FLOAT32_MAX:
-            return f"{name}={value} overflows the node's Float (float32)"
-        return ""
 
     def _write_value(self, name: str, value: float) -> ua.WriteValue:
         vtype = self._points[name].vtype
-        typ = vtype.name
-        py: bool | int | float = (
-            bool(value)
-            if typ == "Boolean"
-            else int(value)
-            if typ in OPCUA_INT_RANGE
-            else float(value)
-        )
-        dv = ua.DataValue(Value=ua.Variant(py, vtype))
+        dv = ua.DataValue(Value=ua.Variant(python_value(vtype.name, value), vtype))
         return ua.WriteValue(
             NodeId=self._points[name].node, AttributeId=ua.AttributeIds.Value, Value=dv
         )
@@ -484,19 +417,9 @@ class OpcUaPort(Port):
         readback = _number(dv.Value)
         if status.is_bad() or readback is None or not math.isfinite(readback):
             why = status.name if status.is_bad() else f"no finite number ({readback!r})"
-            return WriteResult(
-                name,
-                requested,
-                WriteStatus.FAILED,
-                None,
-                f"read-back of {self._where(name)}: {why}",
-            )
-        want = (
-            struct.unpack("<f", struct.pack("<f", requested))[0]
-            if self._type(name) == "Float"
-            else requested
-        )
-        if readback == want:
+            why = f"read-back of {self._where(name)}: {why}"
+            return WriteResult(name, requested, WriteStatus.FAILED, None, why)
+        if readback == as_stored(self._type(name), requested):
             return WriteResult(name, requested, WriteStatus.OK, readback)
         detail = f"node {self._where(name)} reads back {readback}, requested {requested}"
         return WriteResult(name, requested, WriteStatus.MISMATCH, readback, detail)
@@ -568,58 +491,3 @@ def _type_name(dtype: object) -> str:
     if dtype.NamespaceIndex == 0 and isinstance(ident, int) and 1 <= ident <= 25:
         return ua.VariantType(ident).name
     return dtype.to_string()
-
-
-def _load_cert(file: tuple[bytes, str]) -> x509.Certificate:
-    """A certificate file, PEM or DER (PortConnectError naming the file if neither)."""
-    data, what = file
-    try:
-        if data.lstrip().startswith(b"-----BEGIN"):
-            return x509.load_pem_x509_certificate(data)
-        return x509.load_der_x509_certificate(data)
-    except ValueError as exc:
-        raise PortConnectError(f"{what} is not a PEM or DER certificate: {exc}") from exc
-
-
-def _load_key(file: tuple[bytes, str]) -> bytes:
-    """A private key file (PEM or DER) as unencrypted PKCS#8 DER, the form asyncua loads."""
-    data, what = file
-    pem = data.lstrip().startswith(b"-----BEGIN")
-    try:
-        load = serialization.load_pem_private_key if pem else serialization.load_der_private_key
-        key = load(data, None)
-    except (ValueError, TypeError) as exc:
-        raise PortConnectError(f"{what} is not an unencrypted PEM or DER key: {exc}") from exc
-    return key.private_bytes(
-        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def _san_uris(cert: x509.Certificate) -> list[str]:
-    try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-    except x509.ExtensionNotFound:
-        return []
-    return list(san.value.get_values_for_type(x509.UniformResourceIdentifier))
-
-
-def _trusted(cert: x509.Certificate, trusted: list[x509.Certificate]) -> bool:
-    """In the trust list (exactly), or directly issued by a trusted certificate; and in date."""
-    now = datetime.now(UTC)
-    if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        return False
-    for anchor in trusted:
-        if anchor == cert:
-            return True
-        if _is_ca(anchor):
-            with contextlib.suppress(ValueError, TypeError, InvalidSignature):
-                cert.verify_directly_issued_by(anchor)
-                return True
-    return False
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False

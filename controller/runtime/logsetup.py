@@ -28,7 +28,7 @@ from typing import Any, Literal, TextIO
 from rich.console import Console
 from rich.logging import RichHandler
 
-from controller.errors import ConfigError, Problem
+from controller.errors import ConfigError, Problem, unknown_name
 
 LogFormat = Literal["text", "json"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
@@ -148,11 +148,11 @@ def setup_logging(
     """
     problems = []
     if level.lower() not in LOG_LEVELS:
-        allowed = f"allowed: {', '.join(LOG_LEVELS)}"
-        problems.append(Problem("command line", "--log-level", f"unknown level; {allowed}", level))
+        message = unknown_name("log level", level, LOG_LEVELS)
+        problems.append(Problem("command line", "--log-level", message, level))
     if fmt not in LOG_FORMATS:
-        allowed = f"allowed: {', '.join(LOG_FORMATS)}"
-        problems.append(Problem("command line", "--log-format", f"unknown format; {allowed}", fmt))
+        message = unknown_name("log format", fmt, LOG_FORMATS)
+        problems.append(Problem("command line", "--log-format", message, fmt))
     if problems:
         raise ConfigError(problems)
     while _installed:

@@ -7,178 +7,31 @@ problem with its file, key path and bad value. Relative paths (configs, certific
 lists) are relative to the site file. Passwords are never stored in the file: the site names
 the environment variable that holds it (``password_env``). The optional ``forecast`` section
 tells ``pharmatwin forecast`` when the batch ends, which CQAs to report and where the PLC's
-local recipe is (:class:`ForecastSection`, :mod:`controller.twin.forecast`).
+local recipe is (:class:`~controller.twin.forecast_spec.ForecastSection`). The ``hil`` section
+is the HIL bench's: kept as written, validated by :mod:`hil.site`, never here.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from controller.config import (
-    ControllerConfig,
-    Finite,
-    PositiveFinite,
-    Strict,
-    load_controller,
-    parse,
-    read_yaml,
-    resolve,
-)
+from controller.clock import Clock
+from controller.config import ControllerConfig
+from controller.configfile import Strict, parse, read_yaml, resolve
+from controller.controllerfile import load_controller
 from controller.errors import ConfigError, Problem, unknown_name
+from controller.ports.base import Port
+from controller.ports.factory import make_port
+from controller.ports.settings import Connection
 from controller.tags import Direction, TagMap, load_tag_map
+from controller.twin.forecast_spec import ForecastSection, forecast_names
 from plant_models import PlantModel
-
-Port = Annotated[int, Field(ge=1, le=65535)]
-
-
-class Backoff(Strict):
-    """Capped exponential backoff between reconnect attempts [s]."""
-
-    initial_s: PositiveFinite = 0.2
-    max_s: PositiveFinite = 5.0
-    factor: Annotated[float, Field(ge=1.0, le=10.0)] = 2.0
-
-    def delays(self) -> list[float]:
-        """The first few delays, for documentation and tests."""
-        out, d = [], self.initial_s
-        for _ in range(8):
-            out.append(min(d, self.max_s))
-            d *= self.factor
-        return out
-
-
-class ModbusTls(Strict):
-    """Modbus/TCP Security: TLS with a client certificate."""
-
-    ca_file: str
-    cert_file: str
-    key_file: str
-    server_hostname: str | None = None
-
-
-class ModbusOptions(Strict):
-    tls: ModbusTls | None = None
-
-
-class OpcUaSecurity(Strict):
-    policy: Literal["None", "Basic256Sha256", "Aes128_Sha256_RsaOaep", "Aes256_Sha256_RsaPss"] = (
-        "None"
-    )
-    mode: Literal["None", "Sign", "SignAndEncrypt"] = "None"
-    certificate: str | None = None  # client certificate (DER or PEM)
-    private_key: str | None = None  # client private key (PEM)
-    trust_list: tuple[str, ...] = ()  # server certificates (files) the client trusts
-
-    @model_validator(mode="after")
-    def _consistent(self) -> OpcUaSecurity:
-        if (self.policy == "None") != (self.mode == "None"):
-            raise ValueError(
-                "policy None goes with mode None, a secure policy with Sign/SignAndEncrypt"
-            )
-        if self.policy != "None" and not (self.certificate and self.private_key):
-            raise ValueError("a secure policy needs 'certificate' and 'private_key'")
-        if self.policy != "None" and not self.trust_list:
-            raise ValueError("a secure policy needs a 'trust_list' to check the server certificate")
-        return self
-
-
-class OpcUaOptions(Strict):
-    endpoint_path: str = "/pharmatwin/"
-    security: OpcUaSecurity = OpcUaSecurity()
-    username: str | None = None
-    password_env: str | None = None
-    subscription: bool = False
-    publishing_interval_ms: Annotated[int, Field(ge=10, le=60_000)] = 200
-
-    @model_validator(mode="after")
-    def _user(self) -> OpcUaOptions:
-        if (self.username is None) != (self.password_env is None):
-            raise ValueError("give both 'username' and 'password_env', or neither")
-        return self
-
-
-class Connection(Strict):
-    protocol: Literal["modbus", "opcua"]
-    host: str = "127.0.0.1"
-    port: Port
-    timeout_s: PositiveFinite = 1.0
-    backoff: Backoff = Backoff()
-    modbus: ModbusOptions = ModbusOptions()
-    opcua: OpcUaOptions = OpcUaOptions()
-
-    @property
-    def url(self) -> str:
-        if self.protocol == "opcua":
-            return f"opc.tcp://{self.host}:{self.port}{self.opcua.endpoint_path}"
-        return f"modbus+tcp://{self.host}:{self.port}"
-
-
-class Interlock(Strict):
-    """A PLC interlock: when a true-plant quantity crosses a limit, inputs are forced."""
-
-    name: str
-    expression: str  # a model output, state or named expression of the true plant
-    above: Finite | None = None
-    below: Finite | None = None
-    force: dict[str, Finite]  # model input -> forced value
-    description: str = ""
-
-    @model_validator(mode="after")
-    def _one_side(self) -> Interlock:
-        if (self.above is None) == (self.below is None):
-            raise ValueError("give exactly one of 'above' or 'below'")
-        return self
-
-
-class PlcBehaviour(Strict):
-    """The virtual PLC's side of the MPC contract (HIL only)."""
-
-    scan_period_s: PositiveFinite = 0.05  # wall-clock seconds between PLC scans
-    heartbeat_timeout: PositiveFinite  # process seconds without a heartbeat change
-    operator_reset_required: bool = True
-    rate_tolerance: Annotated[float, Field(ge=1.0, le=10.0)] = 1.25
-    interlocks: tuple[Interlock, ...] = ()
-
-
-#: What a user of the HIL OPC UA server may do; every role reads. ``viewer``: only reads;
-#: ``operator``: acknowledges (``operator_reset``); ``engineer``: takes control (``mpc_request``,
-#: ``mpc_heartbeat``) and writes setpoints; ``twin``: writes the publications.
-ServerRole = Literal["viewer", "operator", "engineer", "twin"]
-
-
-class ServerUser(Strict):
-    username: str
-    password_env: str
-    roles: tuple[ServerRole, ...] = ("viewer",)
-
-
-class HilSection(Strict):
-    """How ``pharmatwin-hil serve`` stands in for this site's PLC and plant.
-
-    A deployment ignores this section; it is the test bench's, switchable off by leaving it out.
-    """
-
-    scenario: str  # true plant: mismatch, noise, disturbances, faults; its recipe is local control
-    plant_step: PositiveFinite | None = None  # model time units; default: controller's / 5
-    plc: PlcBehaviour
-    users: tuple[ServerUser, ...] = ()
-    allow_anonymous: bool = False
-    state_dir: str = "../../runs/hil-state"  # server certificate (made on first start), logs
-    # A CA (certificate DER/PEM + private key PEM): signs the server certificate made on first
-    # start, and client certificates must be issued by it. Neither: self-signed, any client.
-    ca_certificate: str | None = None
-    ca_private_key: str | None = None
-
-    @model_validator(mode="after")
-    def _ca_pair(self) -> HilSection:
-        if (self.ca_certificate is None) != (self.ca_private_key is None):
-            raise ValueError("give both 'ca_certificate' and 'ca_private_key', or neither")
-        return self
 
 
 class RuntimeSettings(Strict):
@@ -198,56 +51,6 @@ class RuntimeSettings(Strict):
     shadow_only: bool = False
 
 
-#: Columns of a forecast's table besides the CQAs (:meth:`controller.twin.forecast.Forecast.table`).
-FORECAST_COLUMNS = ("plan", "kind", "end_time", "finished", "status", "notes")
-
-
-class ForecastCqa(Strict):
-    """One critical quality attribute of a forecast: an expression's value at the end, or its
-    largest or smallest value over the forecast.
-
-    ``expression`` names a state, algebraic state, input or model expression, a derived
-    quantity of :mod:`controller.twin.forecast` (e.g. ``fines_ratio``), or ``end_time``: the batch
-    time at which the forecast ends (the batch end) in the model's time unit.
-    """
-
-    name: str
-    expression: str
-    at: Literal["end", "max", "min"] = "end"
-
-
-class ForecastSection(Strict):
-    """How ``pharmatwin forecast`` predicts this site's batch (times in the model's unit).
-
-    The batch ends when the model says it is finished (e.g. primary drying complete), or at
-    ``batch_duration`` since the batch start, whichever comes first; ``max_duration`` is a
-    hard cap. For a ``continuous`` process both durations count from the forecast start (the
-    forecast horizon) instead of the batch start. ``local_recipe``: the PLC's local recipe, a
-    scenario file with a ``recipe:`` key or a bare recipe file, relative to the site file.
-    """
-
-    local_recipe: str | None = None
-    batch_duration: PositiveFinite | None = None
-    max_duration: PositiveFinite
-    continuous: bool = False
-    cqas: tuple[ForecastCqa, ...] = ()
-
-    @model_validator(mode="after")
-    def _consistent(self) -> ForecastSection:
-        if self.batch_duration is not None and self.batch_duration > self.max_duration:
-            raise ValueError(
-                f"batch_duration {self.batch_duration} is above max_duration {self.max_duration}"
-            )
-        names = [c.name for c in self.cqas]
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"CQA names must be unique; repeated: {repeated}")
-        reserved = sorted(set(names) & set(FORECAST_COLUMNS))
-        if reserved:
-            raise ValueError(f"CQA names {reserved} are taken by the forecast table's columns")
-        return self
-
-
 class SiteFile(Strict):
     name: str
     description: str = ""
@@ -256,7 +59,8 @@ class SiteFile(Strict):
     tags: str
     connection: Connection
     runtime: RuntimeSettings = RuntimeSettings()
-    hil: HilSection | None = None
+    #: the HIL bench's section: kept as written, validated by ``hil.site`` (not here)
+    hil: dict[str, Any] | None = None
     forecast: ForecastSection | None = None
 
 
@@ -271,7 +75,8 @@ class Site:
     model: PlantModel
     tags: TagMap
     connection: Connection
-    hil: HilSection | None = None
+    #: the site file's ``hil:`` section as written: the HIL bench's (``hil.site``), unchecked here
+    hil: Mapping[str, Any] | None = None
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     forecast: ForecastSection | None = None
 
@@ -286,6 +91,14 @@ class Site:
     def password(self) -> str | None:
         env = self.connection.opcua.password_env
         return os.environ.get(env) if env else None
+
+
+def port_for_site(site: Site, clock: Clock) -> Port:
+    """The Modbus or OPC UA port of ``site`` (not yet connected: use ``async with``), with the
+    site's password (from its environment variable) and its folder for certificate paths."""
+    return make_port(
+        site.tags, site.connection, clock, password=site.password(), base_dir=site.path.parent
+    )
 
 
 def load_site(path: Path) -> Site:
@@ -313,9 +126,9 @@ def load_site(path: Path) -> Site:
         problems += contract_problems(sf, tm, path)
     if tm is not None and model is not None and cfg is not None:
         problems += _check_twin(sf, cfg, tm, model, path)
+    if tm is not None and cfg is not None:
+        problems += _check_limits(sf, cfg, tm, path)
     problems += _check_files(sf, path)
-    if sf.hil is not None and model is not None and tm is not None:
-        problems += _check_hil(sf.hil, model, tm, path)
     if sf.forecast is not None and model is not None:
         problems += _check_forecast(sf.forecast, model, path)
     if problems:
@@ -409,6 +222,27 @@ def _check_tags(sf: SiteFile, tm: TagMap, model: PlantModel | None, path: Path) 
     return problems + _check_advisory(sf, tm, model, path)
 
 
+def _check_limits(sf: SiteFile, cfg: ControllerConfig, tm: TagMap, path: Path) -> list[Problem]:
+    """Every setpoint the safety layer passes (inside the controller's input limits) must be
+    one the port writes (inside the limits of the input's setpoint and advisory tags)."""
+    problems = []
+    for inp, spec in cfg.inputs.items():
+        tags = [sf.runtime.advisory_tags.get(inp), tm.setpoint_tag(inp)]
+        for name in dict.fromkeys(t for t in tags if t is not None and t in tm.tags):
+            limits = tm.tags[name].limits
+            if limits is None or (limits[0] <= spec.lower and spec.upper <= limits[1]):
+                continue
+            message = (
+                f"the controller's limits of input {inp!r} [{spec.lower:g}, {spec.upper:g}] "
+                f"(inputs.{inp} in {sf.controller}) are not inside the write limits "
+                f"[{limits[0]:g}, {limits[1]:g}] of its tag {name!r} (in {sf.tags}): the port "
+                "would refuse setpoints the safety layer passes; allowed: input limits within "
+                f"[{limits[0]:g}, {limits[1]:g}], or wider tag limits"
+            )
+            problems.append(Problem(str(path), "controller", message, [spec.lower, spec.upper]))
+    return problems
+
+
 def _check_advisory(
     sf: SiteFile, tm: TagMap, model: PlantModel | None, path: Path
 ) -> list[Problem]:
@@ -483,89 +317,10 @@ def contract_problems(sf: SiteFile, tm: TagMap, path: Path) -> list[Problem]:
     return problems
 
 
-#: Tags the virtual PLC of the HIL bench serves (see configs/tags/*.yaml headers): the
-#: closed-loop contract and the PLC's own status and pushbutton.
-CONTRACT_TAGS = (
-    "mpc_request",
-    "mpc_permissive",
-    "mpc_active",
-    "mpc_heartbeat",
-    "plc_heartbeat",
-    "plc_scan_counter",
-    "mpc_fallback_alarm",
-    "interlock_active",
-    "operator_reset",
-    "measurement_validity",
-)
-
-
-def _model_of(plant_file: Path) -> str:
-    """The model name a plant YAML file is for."""
-    from controller.config import load_parameter_set
-
-    return load_parameter_set(plant_file).model
-
-
-def _check_hil(hil: HilSection, model: PlantModel, tm: TagMap, path: Path) -> list[Problem]:
-    from controller.config import load_scenario
-
-    problems: list[Problem] = []
-    src = str(path)
-    try:
-        sc = load_scenario(resolve(path, hil.scenario))
-    except ConfigError as exc:
-        problems += exc.problems
-    else:
-        if sc.plant and _model_of(resolve(resolve(path, hil.scenario), sc.plant)) != model.name:
-            problems.append(
-                Problem(
-                    src,
-                    "hil.scenario",
-                    f"the scenario is not for model {model.name!r}",
-                    hil.scenario,
-                )
-            )
-    closed_loop = {c.tag for c in CLOSED_LOOP_CONTRACT}
-    for name in CONTRACT_TAGS:
-        if name not in tm.tags and name not in closed_loop:  # those: contract_problems
-            problems.append(
-                Problem(src, "hil", f"the virtual PLC needs the tag {name!r} in the tag map", name)
-            )
-    for inp in model.input_names:
-        if inp not in tm.reading_tags():
-            problems.append(
-                Problem(
-                    src, "hil", f"no read-only tag publishes the working setpoint of {inp!r}", inp
-                )
-            )
-    named = set(model.output_names) | set(model.state_names) | set(model.expression_names)
-    for i, lock in enumerate(hil.plc.interlocks):
-        if lock.expression not in named:
-            problems.append(
-                Problem(
-                    src,
-                    f"hil.plc.interlocks.{i}.expression",
-                    unknown_name("expression", lock.expression, sorted(named)),
-                    lock.expression,
-                )
-            )
-        for inp in lock.force:
-            if inp not in model.input_names:
-                problems.append(
-                    Problem(
-                        src,
-                        f"hil.plc.interlocks.{i}.force.{inp}",
-                        unknown_name("input", inp, model.input_names),
-                        inp,
-                    )
-                )
-    return problems
-
-
 def _check_forecast(fc: ForecastSection, model: PlantModel, path: Path) -> list[Problem]:
     """CQA expressions must name something the forecast computes; the local recipe must be a
     recipe of every input of the model."""
-    from controller.twin.forecast import forecast_names, recipe_problems
+    from controller.runtime.forecast_files import recipe_problems
 
     problems: list[Problem] = []
     named = forecast_names(model)
@@ -587,25 +342,8 @@ def _check_forecast(fc: ForecastSection, model: PlantModel, path: Path) -> list[
 
 
 def _check_files(sf: SiteFile, path: Path) -> list[Problem]:
-    refs: list[tuple[str, str]] = []
-    tls = sf.connection.modbus.tls
-    if tls is not None:
-        refs += [("connection.modbus.tls.ca_file", tls.ca_file)]
-        refs += [("connection.modbus.tls.cert_file", tls.cert_file)]
-        refs += [("connection.modbus.tls.key_file", tls.key_file)]
-    sec = sf.connection.opcua.security
-    for key in ("certificate", "private_key"):
-        ref = getattr(sec, key)
-        if ref:
-            refs.append((f"connection.opcua.security.{key}", ref))
-    refs += [(f"connection.opcua.security.trust_list.{i}", r) for i, r in enumerate(sec.trust_list)]
-    if sf.hil is not None:
-        for key in ("ca_certificate", "ca_private_key"):
-            ref = getattr(sf.hil, key)
-            if ref:
-                refs.append((f"hil.{key}", ref))
     return [
         Problem(str(path), key, "file not found", ref)
-        for key, ref in refs
+        for key, ref in sf.connection.file_refs()
         if not resolve(path, ref).is_file()
     ]

@@ -26,7 +26,7 @@ from typing import Literal
 
 import yaml
 
-from controller.errors import ConfigError, Problem
+from controller.errors import ConfigError, Problem, unknown_name
 
 Role = Literal["operator", "control"]
 ROLES: tuple[Role, ...] = ("operator", "control")
@@ -100,13 +100,21 @@ def load_users(path: Path) -> Users:
     users: dict[str, User] = {}
     for name, entry in entries.items():
         key = f"users.{name}"
-        if not isinstance(entry, dict) or set(entry) - {"roles", "password"}:
+        if not isinstance(entry, dict):
             problems.append(Problem(where, key, "allowed keys: [roles, password]", entry))
             continue
+        extra = sorted(str(k) for k in set(entry) - {"roles", "password"})
+        if extra:
+            message = unknown_name("key", extra[0], ["roles", "password"])
+            problems.append(Problem(where, f"{key}.{extra[0]}", message, entry))
+            continue
         roles = entry.get("roles") or []
-        bad = [r for r in roles if r not in ROLES] if isinstance(roles, list) else [roles]
-        if bad:
-            problems.append(Problem(where, f"{key}.roles", f"allowed: {list(ROLES)}", bad))
+        if not isinstance(roles, list):
+            message = f"must be a list of roles; allowed: {list(ROLES)}"
+            problems.append(Problem(where, f"{key}.roles", message, [roles]))
+        elif bad := [r for r in roles if r not in ROLES]:
+            message = "; ".join(unknown_name("role", r, ROLES) for r in bad)
+            problems.append(Problem(where, f"{key}.roles", message, bad))
         pw = entry.get("password")
         if not isinstance(pw, str) or not pw.startswith("scrypt$") or pw.count("$") != 5:
             msg = "must be a scrypt hash from `python -m controller.runtime.users`"

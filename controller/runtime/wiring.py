@@ -23,16 +23,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from controller.clock import Clock, RealClock, ScaledClock
-from controller.config import resolve
+from controller.configfile import resolve
 from controller.core.estimator import make_estimator
-from controller.core.mpc import ModelPredictiveController
 from controller.core.pipeline import ControlPipeline, Policy, input_limits
+from controller.core.policy import build_policy
 from controller.errors import ConfigError, PortError, Problem
 from controller.ports.base import Port, Quality, Snapshot
-from controller.ports.factory import make_port
-from controller.runtime.audit import AuditTrail, file_hash
-from controller.runtime.historian import Historian, cycle_record, open_historian, run_info
-from controller.runtime.site import Site, load_site
+from controller.runtime.audit import AuditTrail
+from controller.runtime.audit_chain import file_hash
+from controller.runtime.historian import Historian, open_historian
+from controller.runtime.historian_records import cycle_record
+from controller.runtime.historian_run import run_info
+from controller.runtime.site import Site, load_site, port_for_site
+from controller.runtime.solver_cache import LibraryCache
 from controller.runtime.supervisor import Counters, CycleView, Mode, State, Supervisor
 from controller.runtime.ui.bind import Bind
 
@@ -84,8 +87,8 @@ def config_files(site: Site) -> list[Path]:
 def build_pipeline(site: Site, policy: Policy | None = None) -> ControlPipeline:
     """Estimator, MPC (or the given policy) and safety limits for a site."""
     cfg, model = site.controller, site.model
-    mpc = policy or ModelPredictiveController(cfg, model, str(site.path))
-    estimator = make_estimator(model, cfg.estimator, cfg.sample_time)
+    mpc = policy or build_policy(cfg, model, compile=LibraryCache(), source=str(site.path))
+    estimator = make_estimator(model, cfg.estimator, cfg.sample_time, compile=LibraryCache())
     return ControlPipeline(model, estimator, mpc, input_limits(cfg))
 
 
@@ -170,7 +173,7 @@ async def run_site(
         detail={"config_hashes": info.config_hashes, "model_version": info.model_version},
     )
     pipeline = build_pipeline(site, policy)
-    port = port or make_port(site, clock)
+    port = port or port_for_site(site, clock)
     stop = stop or asyncio.Event()
     sup = Supervisor(
         site,

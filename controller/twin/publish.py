@@ -58,7 +58,7 @@ from controller.tags import (
 from plant_models import ModelError, PlantModel
 
 if TYPE_CHECKING:
-    from controller.core.estimator import Estimate
+    from controller.core.estimate import Estimate
 
 __all__ = [
     "EXTRA_PATTERNS",

@@ -32,13 +32,16 @@ and the writes.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from controller.core.estimator import Estimate
-from controller.runtime.site import Site
-from controller.twin.monitoring import Alarm, DriftMonitor, MaintenanceForecast
+from controller.core.estimate import Estimate
+from controller.monitoringspec import MonitoringSpec
+from controller.tags import TagMap
+from controller.twin.maintenance import MaintenanceForecast
+from controller.twin.monitoring import Alarm, DriftMonitor
 from controller.twin.publish import Publication, Publisher
+from plant_models import PlantModel
 
 __all__ = ["TwinCycle", "TwinServices"]
 
@@ -57,19 +60,32 @@ class TwinCycle:
 
 
 class TwinServices:
-    """Drift monitor and publisher of one site (either may be absent)."""
+    """Drift monitor and publisher of one site (either may be absent).
 
-    def __init__(self, site: Site, controller_file: str = "<controller config>") -> None:
-        cfg, model = site.controller, site.model
-        estimated = cfg.estimator.estimated
+    ``monitoring`` is the controller config's ``monitoring:`` section (None: no monitor),
+    ``estimated`` its estimated parameters (``estimator.estimated``), ``tags`` the site's tag
+    map (no ``publish`` tags: no publisher) and ``source`` the controller config's file, named
+    in problems. Raises :class:`~controller.errors.ConfigError` for a monitoring section that
+    does not fit the model.
+    """
+
+    def __init__(
+        self,
+        model: PlantModel,
+        tags: TagMap,
+        monitoring: MonitoringSpec | None,
+        estimated: Sequence[str],
+        *,
+        source: str = "<controller config>",
+    ) -> None:
         self.monitor = (
-            DriftMonitor(cfg.monitoring, model, estimated, source=controller_file)
-            if cfg.monitoring is not None
+            DriftMonitor(monitoring, model, estimated, source=source)
+            if monitoring is not None
             else None
         )
-        publishes = bool(site.tags.publication_tags())
-        self.publisher = Publisher(site.tags, model, estimated) if publishes else None
-        self.alarm_tag = cfg.monitoring.alarm_tag if cfg.monitoring is not None else None
+        publishes = bool(tags.publication_tags())
+        self.publisher = Publisher(tags, model, estimated) if publishes else None
+        self.alarm_tag = monitoring.alarm_tag if monitoring is not None else None
         self._active: list[Alarm] = []
         self._maintenance: list[MaintenanceForecast] = []
         self._statistics: dict[str, float] = {}
@@ -105,23 +121,31 @@ class TwinServices:
         out.alarm_word = self.monitor.alarm_word(out.active) if self.monitor is not None else 0
         monitor = out.monitor
         monitor.update({f"chart.{k}": float(v) for k, v in self._statistics.items()})
+        # a forecast made at an earlier cycle (bad data since) counts down from then on
+        elapsed = t - self._t_last if self._t_last is not None else 0.0
         for m in out.maintenance:
-            prefix = f"maintenance.{m.parameter}"
-            monitor[f"{prefix}.threshold"] = float(m.threshold)
-            monitor[f"{prefix}.estimate"] = float(m.estimate)
-            monitor[f"{prefix}.slope"] = float(m.slope)
-            # a forecast made at an earlier cycle (bad data since) counts down from then on
-            elapsed = t - self._t_last if self._t_last is not None else 0.0
-            times = tuple(max(v - elapsed, 0.0) for v in (m.time_to_threshold, m.low, m.high))
-            if m.status == "no trend":  # not in sight: a tag shows its upper limit
-                times = (math.inf, math.inf, math.inf)
-            elif m.status == "insufficient data":
-                times = (math.nan, math.nan, math.nan)
-            for name, v in zip(("time_to_threshold", "low", "high"), times, strict=True):
-                monitor[f"{prefix}.{name}"] = float(v)
+            monitor.update(_maintenance_figures(m, elapsed))
         if self.monitor is not None:
             monitor["alarm.active"] = float(len(out.active))
             monitor["alarm.word"] = float(out.alarm_word)
         if self.publisher is not None and estimate is not None:
             out.publication = self.publisher.publication(estimate, inputs, monitor)
         return out
+
+
+def _maintenance_figures(m: MaintenanceForecast, elapsed: float) -> dict[str, float]:
+    """``maintenance.<parameter>.*`` of one forecast made ``elapsed`` model time ago."""
+    prefix = f"maintenance.{m.parameter}"
+    out = {
+        f"{prefix}.threshold": float(m.threshold),
+        f"{prefix}.estimate": float(m.estimate),
+        f"{prefix}.slope": float(m.slope),
+    }
+    times = tuple(max(v - elapsed, 0.0) for v in (m.time_to_threshold, m.low, m.high))
+    if m.status == "no trend":  # not in sight: a tag shows its upper limit
+        times = (math.inf, math.inf, math.inf)
+    elif m.status == "insufficient data":
+        times = (math.nan, math.nan, math.nan)
+    for name, v in zip(("time_to_threshold", "low", "high"), times, strict=True):
+        out[f"{prefix}.{name}"] = float(v)
+    return out

@@ -46,7 +46,7 @@ from rich.progress import (
 )
 
 from controller.jsonfile import write_json
-from controller.runtime.historian import git_commit, library_versions
+from controller.runtime.historian_run import git_commit, library_versions
 from hil.campaign.runner import run_case, utc_now
 from hil.campaign.spec import Campaign, Case, describe_check
 

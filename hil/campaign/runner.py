@@ -39,12 +39,11 @@ import pyarrow.parquet as pq
 import yaml
 
 from controller.clock import Clock, Gate, ScaledClock, SteppedClock
-from controller.config import read_yaml, resolve
+from controller.configfile import read_yaml, resolve
 from controller.errors import PortConnectError
 from controller.jsonfile import write_json
 from controller.ports.base import Port, Snapshot, WriteReport
-from controller.ports.factory import make_port
-from controller.runtime.site import Site, load_site
+from controller.runtime.site import Site, port_for_site
 from controller.runtime.supervisor import CycleView, Mode
 from controller.runtime.wiring import RunOptions, run_site
 from hil.campaign.criteria import (
@@ -59,6 +58,7 @@ from hil.net import free_port
 from hil.rig import HilRig
 from hil.servers.base import PlcServer
 from hil.servers.memory import MemoryPlcServer
+from hil.site import hil_section, load_hil_site
 
 log = logging.getLogger("pharmatwin.hil.campaign")
 
@@ -160,8 +160,9 @@ class Recorder:
         m = site.model
         names = (*m.all_variables, *m.expression_names, *m.parameter_names)
         self.rec.units = {n: m.unit_of(n) for n in names if m.unit_of(n)}
-        if site.hil is not None:
-            self.rec.heartbeat_timeout_s = site.hil.plc.heartbeat_timeout
+        hil = hil_section(site)
+        if hil is not None:
+            self.rec.heartbeat_timeout_s = hil.plc.heartbeat_timeout
         self.inputs = site.model.input_names
         # true values of what the twin estimates (drift and maintenance are judged on them)
         self.tracked = site.controller.estimator.parameters
@@ -350,7 +351,7 @@ async def execute(
     site_path: Path, case: Case, case_dir: Path, mode: str, rate: float
 ) -> tuple[Recording, dict[str, Any]]:
     """Run one case's files to the end; return the recording and the runtime's counters."""
-    site = load_site(site_path)
+    site = load_hil_site(site_path)
     gate = Gate()
     clock: Clock = DrivenClock() if mode == "fast" else ScaledClock(rate, monotonic=gate)
     servers = await _servers(site, mode, clock, case_dir)
@@ -358,7 +359,7 @@ async def execute(
     recorder = Recorder(site, unit_s)
     rig = HilRig(site, clock, servers, on_scan=recorder.scan)
     first = servers[0]
-    inner: Port = first.port() if isinstance(first, MemoryPlcServer) else make_port(site, clock)
+    inner: Port = first.port() if isinstance(first, MemoryPlcServer) else port_for_site(site, clock)
     port = RecordingPort(inner, site, clock, recorder.rec)
     recorder.rec.loss_at = case.controller_loss_at
     opts = RunOptions(

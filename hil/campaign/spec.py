@@ -42,22 +42,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from controller.config import (
-    Disturbance,
-    FaultSpec,
-    Finite,
-    PositiveFinite,
-    ScenarioConfig,
-    Strict,
-    build_model,
-    check_scenario,
-    load_controller,
-    parse,
-    read_yaml,
-    resolve,
-)
+from controller.configfile import Finite, PositiveFinite, Strict, parse, read_yaml, resolve
+from controller.controllerfile import load_controller
 from controller.errors import ConfigError, Problem
-from controller.runtime.site import load_site
+from controller.plantfile import build_model
+from hil.faultspec import FaultSpec
+from hil.scenario import Disturbance, ScenarioConfig, check_scenario
+from hil.site import hil_section, load_hil_site
 from plant_models import PlantModel
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"
@@ -343,12 +334,13 @@ class Campaign:
 
     def files(self) -> list[Path]:
         """Every file that defines the campaign (hashed into the results)."""
-        site = load_site(self.site_path)
+        site = load_hil_site(self.site_path)
+        hil = hil_section(site)
         out = [self.path, self.site_path]
         out += [site.file(str(read_yaml(self.site_path)[k])) for k in ("controller", "tags")]
         out.append(resolve(out[2], site.controller.plant))
-        if site.hil is not None:
-            out.append(site.file(site.hil.scenario))
+        if hil is not None:
+            out.append(site.file(hil.scenario))
         if self.controller_path is not None:
             out.append(self.controller_path)
         return list(dict.fromkeys(p.resolve() for p in out))
@@ -485,9 +477,10 @@ def load_campaign(path: Path) -> Campaign:
     path = Path(path).resolve()
     spec = parse(CampaignFile, read_yaml(path), source)
     site_path = resolve(path, spec.site).resolve()
-    site = load_site(site_path)
+    site = load_hil_site(site_path)
+    hil = hil_section(site)
     problems: list[Problem] = []
-    if site.hil is None:
+    if hil is None:
         raise ConfigError(
             [Problem(source, "site", "the site has no 'hil' section to run against", spec.site)]
         )
@@ -510,7 +503,7 @@ def load_campaign(path: Path) -> Campaign:
                         spec.controller,
                     )
                 )
-    scen_path = site.file(site.hil.scenario)
+    scen_path = site.file(hil.scenario)
     base = read_yaml(scen_path)
     base["plant"] = str(resolve(scen_path, base["plant"]).resolve())
     base.pop("controller", None)

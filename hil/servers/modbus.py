@@ -76,6 +76,7 @@ from controller.tags import ModbusSpec, Table, TagMap, decode, encode
 from hil.net import LOOPBACK, check_bind_address, free_port
 from hil.servers.base import PlcServer, WriteHook
 from hil.servers.certs import CertificateAuthority, ensure_server_certificate
+from hil.site import hil_section
 
 if TYPE_CHECKING:
     from controller.runtime.site import Site
@@ -487,7 +488,7 @@ def site_tls_context(site: Site, folder: Path, host: str) -> ssl.SSLContext:
     must present a certificate the CA issued. ConfigError naming the site file and key if the
     site has no CA or it cannot be used.
     """
-    hil = site.hil
+    hil = hil_section(site)
     if hil is None or hil.ca_certificate is None or hil.ca_private_key is None:
         why = (
             "Modbus/TCP Security needs the site's test-bench CA (hil.ca_certificate and "

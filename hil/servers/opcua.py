@@ -96,7 +96,6 @@ from asyncua.ua.ua_binary import struct_from_binary, uatcp_to_binary
 from cryptography import x509
 
 from controller.errors import ConfigError, Problem
-from controller.runtime.site import ServerRole
 from controller.tags import OPCUA_INT_RANGE, Tag, TagMap
 from hil.net import LOOPBACK, check_bind_address, free_port
 from hil.servers.base import PlcServer, RefusalKind, WriteHook, refusal_kind
@@ -107,6 +106,7 @@ from hil.servers.certs import (
     load_certificate,
     load_crl,
 )
+from hil.site import HilSection, ServerRole, hil_section
 
 if TYPE_CHECKING:
     from controller.runtime.site import Site
@@ -1060,13 +1060,14 @@ async def opcua_server_for_site(
     (:func:`address_space_shelf`) unless ``shelf`` says otherwise. Nothing listens before
     ``start()``.
     """
-    if site.hil is None:
+    hil = hil_section(site)
+    if hil is None:
         raise ConfigError([Problem(str(site.path), "hil", "the site has no 'hil' section", None)])
     host = host if host is not None else site.connection.host
     check_bind_address(host, allow_remote)
-    users = site_users(site)
-    ca_files, ca, crls = await asyncio.to_thread(_site_ca, site)
-    state = state_dir if state_dir is not None else site.file(site.hil.state_dir)
+    users = site_users(site, hil)
+    ca_files, ca, crls = await asyncio.to_thread(_site_ca, site, hil)
+    state = state_dir if state_dir is not None else site.file(hil.state_dir)
     uri = f"urn:pharmatwin:hil:{site.name}"
     certificate, key = await asyncio.to_thread(
         ensure_server_certificate, state / site.name, uri, host, ca
@@ -1090,20 +1091,19 @@ async def opcua_server_for_site(
         endpoint_path=site.connection.opcua.endpoint_path,
         initial=initial,
         users=users,
-        allow_anonymous=site.hil.allow_anonymous,
+        allow_anonymous=hil.allow_anonymous,
         security=security,
         shelf=shelf if shelf is not None else await address_space_shelf(),
-        roles={u.username: u.roles for u in site.hil.users},
+        roles={u.username: u.roles for u in hil.users},
     )
 
 
 def _site_ca(
-    site: Site,
+    site: Site, hil: HilSection
 ) -> tuple[tuple[Path, ...], CertificateAuthority | None, tuple[Path, ...]]:
     """The site's HIL CA: its certificate file, the loaded pair and its CRL file (if any);
     ConfigError if unusable."""
-    hil = site.hil
-    if hil is None or hil.ca_certificate is None or hil.ca_private_key is None:
+    if hil.ca_certificate is None or hil.ca_private_key is None:
         return (), None, ()
     cert = site.file(hil.ca_certificate)
     try:
@@ -1169,10 +1169,12 @@ async def _client_validator(
     return validate
 
 
-def site_users(site: Site) -> dict[str, str]:
-    """username -> password for ``site.hil.users``, read from the named environment variables."""
+def site_users(site: Site, hil: HilSection | None = None) -> dict[str, str]:
+    """username -> password for ``hil.users`` (default: the site's ``hil`` section), read from
+    the named environment variables."""
     users, problems = {}, []
-    for i, user in enumerate(site.hil.users if site.hil else ()):
+    hil = hil if hil is not None else hil_section(site)
+    for i, user in enumerate(hil.users if hil else ()):
         password = os.environ.get(user.password_env)
         if password is None:
             message = (

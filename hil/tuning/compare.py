@@ -13,7 +13,8 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from controller.config import load_controller, read_yaml
+from controller.configfile import read_yaml
+from controller.controllerfile import load_controller
 from hil.campaign.spec import Campaign, load_campaign
 from hil.tuning.evaluate import CaseExecutor, ExecutorSettings, case_jobs
 from hil.tuning.report import html_table, trajectory_plot, write_html

@@ -11,6 +11,7 @@ import html
 import json
 import math
 import warnings
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,9 +30,22 @@ from hil.campaign.execute import software
 from hil.tuning.spec import Tuning, candidate_config
 
 if TYPE_CHECKING:
-    from hil.tuning.search import TuneOutcome
+    from hil.tuning.evaluate import Score
 
 RANKED = 10  # rows of the ranked table
+
+
+@dataclass
+class TuneOutcome:
+    """What a tuning run produced: the study, the start config's score, the best trial."""
+
+    out: Path
+    study: optuna.Study
+    baseline: Score
+    best: FrozenTrial | None
+    trials_run: int = 0
+    wall_time_s: float = 0.0
+    files: dict[str, Path] = field(default_factory=dict)
 
 
 def _fmt(v: Any) -> str:

@@ -29,10 +29,11 @@ from rich.progress import (
     Progress,
 )
 
-from controller.config import load_controller
+from controller.controllerfile import load_controller
 from controller.errors import ConfigError, Problem
 from controller.jsonfile import json_safe
 from hil.tuning.evaluate import CaseExecutor, ExecutorSettings, Score, case_jobs, score
+from hil.tuning.report import TuneOutcome, write_outputs
 from hil.tuning.spec import ParameterSpec, Tuning, candidate_config, grid_values
 
 log = logging.getLogger("pharmatwin.hil.tuning")
@@ -43,17 +44,6 @@ class TuneSettings:
     out: Path
     trials: int | None = None  # the study's total; default: the file's search.trials
     executor: ExecutorSettings = field(default_factory=ExecutorSettings)
-
-
-@dataclass
-class TuneOutcome:
-    out: Path
-    study: optuna.Study
-    baseline: Score
-    best: FrozenTrial | None
-    trials_run: int = 0
-    wall_time_s: float = 0.0
-    files: dict[str, Path] = field(default_factory=dict)
 
 
 def make_sampler(tuning: Tuning) -> optuna.samplers.BaseSampler:
@@ -300,7 +290,6 @@ def check_settings(settings: TuneSettings) -> None:
 
 def tune(tuning: Tuning, settings: TuneSettings, console: Console | None = None) -> TuneOutcome:
     """Run (or continue) the search, then write the table, plots, tuned config and HTML."""
-    from hil.tuning.report import write_outputs
 
     check_settings(settings)
     console = console or Console(stderr=True)

@@ -42,16 +42,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
-from controller.config import (
-    ControllerConfig,
-    Finite,
-    PositiveFinite,
-    Strict,
-    load_controller,
-    parse,
-    read_yaml,
-    resolve,
-)
+from controller.config import ControllerConfig
+from controller.configfile import Finite, PositiveFinite, Strict, parse, read_yaml, resolve
+from controller.controllerfile import load_controller
 from controller.errors import ConfigError, Problem
 from hil.campaign.spec import NAME, Block, Campaign, Criterion, load_campaign
 

@@ -1,5 +1,6 @@
-"""Tests of configuration loading (controller.config): every shipped file loads, and bad files
-fail with one ConfigError whose Problems each name the file, the key path and the bad value."""
+"""Tests of configuration loading (controller.configfile, plantfile, controllerfile): every
+shipped file loads, and bad files fail with one ConfigError whose Problems each name the file,
+the key path and the bad value."""
 
 from __future__ import annotations
 
@@ -10,14 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controller.config import (
-    ControllerConfig,
-    build_model,
-    load_controller,
-    load_parameter_set,
-    read_yaml,
-)
+from controller.config import ControllerConfig
+from controller.configfile import read_yaml
+from controller.controllerfile import load_controller
 from controller.errors import ConfigError, PharmaTwinError, Problem, brief
+from controller.plantfile import build_model, load_parameter_set
 from plant_models import MODELS, ParameterSet, PlantModel
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -399,14 +397,18 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 # Validation never uses assert (it would vanish under python -O)
 # ---------------------------------------------------------------------------------------------
 _ASSERT_LINE = re.compile(r"^\s*assert\b")
+#: the HIL's own config schemas (scenarios and faults) are held to the same rule
+HIL_SCHEMAS = ("scenario.py", "faultspec.py", "faultcheck.py")
 SOURCE_FILES = sorted(
-    p for pkg in ("controller", "plant_models") for p in (ROOT / pkg).rglob("*.py")
+    [p for pkg in ("controller", "plant_models") for p in (ROOT / pkg).rglob("*.py")]
+    + [ROOT / "hil" / name for name in HIL_SCHEMAS]
 )
 
 
 def test_source_files_found() -> None:
     names = {p.relative_to(ROOT).as_posix() for p in SOURCE_FILES}
-    assert {"controller/config.py", "plant_models/base.py", "plant_models/check.py"} <= names
+    config = {"controller/config.py", "controller/configfile.py", "controller/plantfile.py"}
+    assert {*config, "hil/scenario.py", "plant_models/base.py", "plant_models/check.py"} <= names
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,6 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from controller.config import FaultKind
 from controller.errors import ConfigError
 from controller.runtime.audit import AuditTrail
 from hil.campaign.criteria import Recording, judge
@@ -27,6 +26,7 @@ from hil.campaign.report import write_reports
 from hil.campaign.runner import CHAOS_ENV, run_case
 from hil.campaign.spec import Campaign, Criterion, load_campaign
 from hil.cli import main as hil_main
+from hil.faultspec import FaultKind
 
 ROOT = Path(__file__).resolve().parents[2]
 CAMPAIGNS = ROOT / "configs" / "campaigns"
@@ -224,6 +224,7 @@ def test_criteria_pass_and_fail_on_a_recording() -> None:
 
 
 # ---------------------------------------------------------------------- real campaigns
+@pytest.mark.slow
 def test_fast_campaign_on_a_process_pool(fast_run: Path, smoke: Campaign) -> None:
     assert _statuses(fast_run) == dict.fromkeys([c.id for c in smoke.cases], "passed")
     for case in smoke.cases:
@@ -251,6 +252,7 @@ def test_fast_campaign_on_a_process_pool(fast_run: Path, smoke: Campaign) -> Non
     assert loss["kpis"]["plc.fallbacks"] == 1
 
 
+@pytest.mark.slow
 def test_reports_are_well_formed(fast_run: Path, smoke: Campaign) -> None:
     root = ET.parse(fast_run / "junit.xml").getroot()
     cases = root.findall(".//testcase")
@@ -271,6 +273,7 @@ def test_reports_are_well_formed(fast_run: Path, smoke: Campaign) -> None:
     assert manifest["ended"] is not None and manifest["seeds"] == [7]
 
 
+@pytest.mark.slow
 def test_rerun_skips_done_cases_unless_forced(
     fast_run: Path, smoke: Campaign, tmp_path: Path
 ) -> None:
@@ -299,6 +302,7 @@ def test_the_same_seed_gives_the_same_kpis_bit_for_bit(
     assert a.schema == b.schema and _nan_safe(a.to_pydict()) == _nan_safe(b.to_pydict())
 
 
+@pytest.mark.slow
 def test_a_lost_pool_worker_is_retried(
     smoke: Campaign, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -311,6 +315,7 @@ def test_a_lost_pool_worker_is_retried(
     assert outcome.results["c000-none-s7"]["attempts"] == 2
 
 
+@pytest.mark.slow
 def test_dask_local_cluster_with_a_lost_worker(
     fast_run: Path, smoke: Campaign, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -326,6 +331,7 @@ def test_dask_local_cluster_with_a_lost_worker(
     assert json.loads((out / "campaign.json").read_text())["executor"] == "dask-local"
 
 
+@pytest.mark.slow
 def test_hil_mode_over_modbus_on_loopback(smoke: Campaign, tmp_path: Path) -> None:
     out = tmp_path / "hil"
     argv = ["campaign", "run", str(SMOKE), "--mode", "hil", "--rate", "1000", "--out", str(out)]
@@ -347,6 +353,7 @@ def test_hil_mode_over_modbus_on_loopback(smoke: Campaign, tmp_path: Path) -> No
     assert json.loads((out / "campaign.json").read_text())["mode"] == "hil"
 
 
+@pytest.mark.slow
 def test_a_bad_controller_fails_the_matching_requirements(tmp_path: Path) -> None:
     """No rate limit and no collapse margin: REQ-SAFE-01 and REQ-ROB-02 must fail."""
     ctl = yaml.safe_load((ROOT / "configs" / "controllers" / "lyophilizer.yaml").read_text())
@@ -375,6 +382,7 @@ def test_a_bad_controller_fails_the_matching_requirements(tmp_path: Path) -> Non
     assert spec["digest"] == campaign.cases[0].digest
 
 
+@pytest.mark.slow
 def test_cli_report_and_exit_codes(fast_run: Path, tmp_path: Path) -> None:
     (fast_run / "report.html").unlink()
     assert hil_main(["campaign", "report", str(fast_run)]) == 0
@@ -396,6 +404,7 @@ def _one_case_campaign(tmp_path: Path, site: str, name: str) -> Path:
     return _write(tmp_path, raw, f"{name}.yaml")
 
 
+@pytest.mark.slow
 def test_hil_mode_over_secured_opcua(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PHARMATWIN_OPCUA_PASSWORD", "campaign-test-password")
     path = _one_case_campaign(tmp_path, "lyophilizer-opcua.yaml", "opcua-one")
@@ -410,6 +419,7 @@ def test_hil_mode_over_secured_opcua(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert all(v["passed"] for v in result["verdicts"] if v["requirement"] == "REQ-SAFE-01")
 
 
+@pytest.mark.slow
 def test_an_existing_dask_scheduler(tmp_path: Path) -> None:
     from distributed import LocalCluster
 

@@ -13,7 +13,9 @@ import yaml
 
 from controller.errors import ConfigError
 from hil.cli import main as hil_main
-from hil.design_space import judge, load_design_space, point_cqas, run_design_space
+from hil.design_space import judge, run_design_space
+from hil.design_space_exec import point_cqas
+from hil.design_space_spec import load_design_space
 
 ROOT = Path(__file__).resolve().parents[2]
 DESIGN_SPACES = sorted((ROOT / "configs" / "design-space").glob("*.yaml"))
@@ -77,6 +79,7 @@ def test_shipped_lyophilizer_exists() -> None:
     assert ROOT / "configs" / "design-space" / "lyophilizer.yaml" in DESIGN_SPACES
 
 
+@pytest.mark.slow
 def test_sweep_writes_table_and_plot(swept: dict[str, Any]) -> None:
     out: Path = swept["out"]
     data = swept["data"]
@@ -96,6 +99,7 @@ def test_sweep_writes_table_and_plot(swept: dict[str, Any]) -> None:
         assert p["final_percent_dried"] == pytest.approx(100.0)
 
 
+@pytest.mark.slow
 def test_physics_hotter_shelf_hotter_product_faster_drying(swept: dict[str, Any]) -> None:
     points = swept["data"]["points"]
     for pch in SMALL["factors"][1]["values"]:
@@ -109,6 +113,7 @@ def test_physics_hotter_shelf_hotter_product_faster_drying(swept: dict[str, Any]
     assert by[(100.0, 0.15)]["max_Tbot"] > by[(100.0, 0.05)]["max_Tbot"]
 
 
+@pytest.mark.slow
 def test_acceptability_matches_limits(swept: dict[str, Any]) -> None:
     data = swept["data"]
     points = data["points"]
@@ -133,6 +138,7 @@ def test_acceptability_matches_limits(swept: dict[str, Any]) -> None:
     assert data["limits"]["max_Tbot"] == {"lower": None, "upper": T_CRIT}
 
 
+@pytest.mark.slow
 def test_dask_local_cluster_gives_the_same_table(swept: dict[str, Any], tmp_path: Path) -> None:
     space = load_design_space(swept["path"])
     outcome = run_design_space(space, tmp_path / "dask", executor="dask", workers=2, progress=False)

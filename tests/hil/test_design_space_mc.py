@@ -15,11 +15,13 @@ import pytest
 import yaml
 
 from hil.cli import main as hil_main
-from hil.design_space import load_design_space, run_design_space
+from hil.design_space import run_design_space
 from hil.design_space_mc import draw, run_probabilistic, uncertain_parameters, wilson
+from hil.design_space_spec import load_design_space
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "configs" / "design-space" / "lyophilizer.yaml"
+pytestmark = pytest.mark.slow
 
 
 def _small(tmp_path: Path, uncertainty: dict[str, object] | None = None) -> Path:

@@ -38,7 +38,7 @@ from controller.ports.base import Quality
 from controller.runtime.site import Site, load_site
 from hil.campaign.runner import Recorder, run_case, write_case_files
 from hil.campaign.spec import Case, load_campaign
-from hil.faults import FaultRefusedError, parse_fault
+from hil.faultcheck import FaultRefusedError, parse_fault
 from hil.rig import HilRig
 from hil.servers.base import PlcServer
 from hil.servers.memory import MemoryPlcServer

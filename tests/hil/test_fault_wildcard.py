@@ -14,11 +14,12 @@ from asyncua import Client
 from pymodbus.client import AsyncModbusTcpClient
 
 from controller.clock import SteppedClock
-from controller.config import FaultSpec
 from controller.ports.base import Quality
 from controller.runtime.site import Site, load_site
 from controller.tags import Table
-from hil.faults import FaultRefusedError, FaultSet, expand_tags, parse_fault
+from hil.faultcheck import FaultRefusedError, parse_fault
+from hil.faults import FaultSet
+from hil.faultspec import FaultSpec, expand_tags
 from hil.rig import HilRig
 from hil.servers.base import PlcServer
 from hil.servers.memory import MemoryPlcServer

@@ -10,19 +10,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from controller.config import FaultSpec, build_model
 from controller.errors import ScenarioError
-from hil.faults import (
-    CommState,
-    FaultEvent,
+from controller.plantfile import build_model
+from hil.faultcheck import (
     FaultRefusedError,
-    FaultSet,
     FaultTargets,
     check_fault,
     fault_problems,
     parse_fault,
     scheduled_fault_problems,
 )
+from hil.faults import CommState, FaultEvent, FaultSet
+from hil.faultspec import FaultSpec
 from hil.plant_runner import PlantRunner
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,8 @@ from asyncua import Client, ua
 from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from pymodbus.client import AsyncModbusTcpClient
 
+import hil.serve
+from controller.clock import SteppedClock
 from controller.tags import decode, encode, load_tag_map
 from hil.net import free_port
 from hil.serve import ServeOptions, admin_request, serve
@@ -102,12 +104,14 @@ class Plc:
             rr = await self.c.write_registers(spec.protocol_address, encode(tag, spec, value))
         return int(rr.exception_code) if rr.isError() else None
 
-    async def until(self, tag: str, want: bool, seconds: float = 5.0) -> None:
-        for _ in range(int(seconds / 0.02)):
-            if await self.bit(tag) == want:
-                return
+    async def until(self, tag: str, want: bool, seconds: float = 60.0) -> None:
+        """Wait for a bit (a generous wall-time bound: the rig's scans are paced on it)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while await self.bit(tag) != want:
+            if loop.time() > deadline:
+                raise AssertionError(f"{tag} did not become {want} within {seconds} s")
             await asyncio.sleep(0.02)
-        raise AssertionError(f"{tag} did not become {want} within {seconds} s")
 
 
 async def _heartbeat(plc: Plc, stop: asyncio.Event) -> None:
@@ -149,7 +153,9 @@ async def test_handshake_limits_watchdog_and_reengagement_over_modbus(modbus_rig
         status = (await modbus_rig.admin(LYO_MODBUS, {"cmd": "status"}))["status"]
         assert isinstance(status, dict)
         fallback = [e for e in status["recent_plc_events"] if e["what"] == "fallback"]
-        silent = float(re.search(r"unchanged for ([\d.]+) s", fallback[-1]["detail"]).group(1))
+        found = re.search(r"unchanged for ([\d.]+) s", fallback[-1]["detail"])
+        assert found is not None, fallback
+        silent = float(found.group(1))
         assert 1800.0 < silent <= 2 * 1800.0  # within two heartbeat timeouts (process time)
         # re-engaging: the request must be cycled and the operator must reset
         beat = asyncio.Event()
@@ -169,44 +175,80 @@ async def test_handshake_limits_watchdog_and_reengagement_over_modbus(modbus_rig
         client.close()
 
 
-async def test_faults_change_what_a_client_sees(modbus_rig: Rig) -> None:
-    client = AsyncModbusTcpClient("127.0.0.1", port=modbus_rig.port, timeout=2)
+async def _eventually(check: Callable[[], Awaitable[bool]], timeout: float = 60.0) -> None:
+    """Wait until ``check()`` holds: a generous wall-time bound that only a hang reaches (the
+    process time it may take is fixed by the test's clock, not by how busy the machine is)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"not seen within {timeout} s of wall time")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def stepped_rig(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Rig, SteppedClock]]:
+    """A served lyophilizer whose process time moves only when the test advances it: the rig
+    still scans on the loop's wall time, but the plant (and every reading) stands still
+    between two steps, however slow or late those scans are under load."""
+    clock = SteppedClock()
+    monkeypatch.setattr(hil.serve, "ScaledClock", lambda rate, monotonic: clock)
+    rig = await _start(LYO_MODBUS, tmp_path)
+    yield rig, clock
+    await _stop(rig)
+
+
+#: Process time one test step moves the stepped rig on [s]: more than one plant step (the
+#: controller's 0.1 h sample / 5), so the next scan takes a new, faulted, measurement.
+PLANT_STEPS_S = 0.05 * 3600.0
+
+
+async def test_faults_change_what_a_client_sees(stepped_rig: tuple[Rig, SteppedClock]) -> None:
+    rig, clock = stepped_rig
+    client = AsyncModbusTcpClient("127.0.0.1", port=rig.port, timeout=2)
     await client.connect()
     plc = Plc(client)
+
+    async def inject(fault: dict[str, object]) -> None:
+        answer = await rig.admin(LYO_MODBUS, {"cmd": "inject", "fault": fault})
+        assert answer["ok"], answer
+        clock.advance(PLANT_STEPS_S)  # the plant takes its next sample, under the fault
+
     try:
         before = await plc.value("product_temp_bottom")
         assert await plc.value("measurement_validity") == 1
-        fault = {"kind": "sensor_bias", "target": "Tbot", "start": 0.0, "magnitude": 50.0}
-        answer = await modbus_rig.admin(LYO_MODBUS, {"cmd": "inject", "fault": fault})
-        assert answer["ok"], answer
-        for _ in range(100):
-            if await plc.value("product_temp_bottom") > before + 40:
-                break
-            await asyncio.sleep(0.02)
-        assert await plc.value("product_temp_bottom") > before + 40
+        await inject({"kind": "sensor_bias", "target": "Tbot", "start": 0.0, "magnitude": 50.0})
+
+        async def biased() -> bool:
+            return await plc.value("product_temp_bottom") > before + 40
+
+        await _eventually(biased)
         # the biased reading crosses the collapse limit: the interlock cools the shelf
         await plc.until("interlock_active", True)
         assert await plc.value("shelf_temp_pv") == pytest.approx(-40.0)
-        await modbus_rig.admin(LYO_MODBUS, {"cmd": "clear", "kind": "sensor_bias"})
-        dropout = {"kind": "sensor_dropout", "target": "Tbot", "start": 0.0}
-        await modbus_rig.admin(LYO_MODBUS, {"cmd": "inject", "fault": dropout})
-        for _ in range(100):
-            if await plc.value("measurement_validity") == 0:
-                break
-            await asyncio.sleep(0.02)
-        assert await plc.value("measurement_validity") == 0  # Modbus's stand-in for quality
-        bad = {"kind": "comm_bad_status", "target": "product_temp_bottom", "start": 0.0}
-        await modbus_rig.admin(LYO_MODBUS, {"cmd": "inject", "fault": bad})
+        await rig.admin(LYO_MODBUS, {"cmd": "clear", "kind": "sensor_bias"})
+        await inject({"kind": "sensor_dropout", "target": "Tbot", "start": 0.0})
+
+        async def invalid() -> bool:
+            return await plc.value("measurement_validity") == 0
+
+        await _eventually(invalid)  # Modbus's stand-in for quality
+        await inject({"kind": "comm_bad_status", "target": "product_temp_bottom", "start": 0.0})
         spec = TAGS.tags["product_temp_bottom"].modbus
         assert spec is not None
-        for _ in range(100):
+
+        async def refused() -> bool:
             rr = await client.read_input_registers(spec.protocol_address, count=1)
-            if rr.isError():
-                break
-            await asyncio.sleep(0.02)
-        assert rr.isError() and rr.exception_code == 4
-        wrong = await modbus_rig.admin(LYO_MODBUS, {"cmd": "inject", "fault": {"kind": "nope"}})
+            return bool(rr.isError() and rr.exception_code == 4)
+
+        await _eventually(refused)
+        wrong = await rig.admin(LYO_MODBUS, {"cmd": "inject", "fault": {"kind": "nope"}})
         assert not wrong["ok"] and "kind" in str(wrong["error"])
+        status = (await rig.admin(LYO_MODBUS, {"cmd": "status"}))["status"]
+        assert isinstance(status, dict)  # the plant ran on the test's clock, and only on it
+        assert status["t_model"] == pytest.approx(3 * PLANT_STEPS_S / 3600.0, abs=0.021)
     finally:
         client.close()
 

@@ -63,6 +63,7 @@ from hil.servers.opcua import (
     default_cache_dir,
     opcua_server_for_site,
 )
+from hil.site import hil_section, with_hil
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -619,10 +620,9 @@ async def test_a_site_without_a_ca_serves_self_signed_and_any_client(
     site: Site, shelf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PHARMATWIN_OPCUA_PASSWORD", PASSWORD)
-    assert site.hil is not None
-    plain = dataclasses.replace(
-        site, hil=site.hil.model_copy(update={"ca_certificate": None, "ca_private_key": None})
-    )
+    hil = hil_section(site)
+    assert hil is not None
+    plain = with_hil(site, hil.model_copy(update={"ca_certificate": None, "ca_private_key": None}))
     server = await opcua_server_for_site(plain, free_port(), state_dir=tmp_path, shelf=shelf)
     cert_file = tmp_path / site.name / "server-cert.der"
     cert = load_certificate(cert_file)
@@ -651,20 +651,21 @@ async def test_an_unusable_ca_is_a_config_error(
     site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("PHARMATWIN_OPCUA_PASSWORD", PASSWORD)
-    assert site.hil is not None
+    hil = hil_section(site)
+    assert hil is not None
     other = make_test_pki(tmp_path / "other")
-    mixed = site.hil.model_copy(update={"ca_private_key": str(other["ca_private_key"])})
+    mixed = hil.model_copy(update={"ca_private_key": str(other["ca_private_key"])})
     with pytest.raises(ConfigError, match="is not the key of") as exc:
-        await opcua_server_for_site(dataclasses.replace(site, hil=mixed), state_dir=tmp_path)
+        await opcua_server_for_site(with_hil(site, mixed), state_dir=tmp_path)
     assert exc.value.problems[0].location == "hil.ca_certificate"
-    leaf = site.hil.model_copy(
+    leaf = hil.model_copy(
         update={
             "ca_certificate": str(other["client_certificate"]),
             "ca_private_key": str(other["client_private_key"]),
         }
     )
     with pytest.raises(ConfigError, match="not a CA certificate"):
-        await opcua_server_for_site(dataclasses.replace(site, hil=leaf), state_dir=tmp_path)
+        await opcua_server_for_site(with_hil(site, leaf), state_dir=tmp_path)
 
 
 def test_server_certificate_is_self_signed_for_the_uri_and_reused(tmp_path: Path) -> None:
@@ -847,6 +848,7 @@ def _shelf_entries(shelf: Path, every: int = 40) -> tuple[int, int]:
     return len(keys), bad
 
 
+@pytest.mark.slow
 async def test_two_servers_starting_at_once_build_one_cache(tmp_path: Path) -> None:
     """Two processes start a server on the same empty cache folder at the same moment: one
     builds the cache under the lock, the other waits and uses it; both serve."""
@@ -871,6 +873,7 @@ async def test_two_servers_starting_at_once_build_one_cache(tmp_path: Path) -> N
     assert [p.name for p in folder.iterdir() if p.name.startswith(".building")] == []
 
 
+@pytest.mark.slow
 async def test_a_corrupt_cache_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     shelf = await address_space_shelf(tmp_path)
     data = shelf.with_name(shelf.name + ".dat")
@@ -899,11 +902,12 @@ async def test_the_default_cache_does_not_depend_on_where_the_site_file_lives(
     cache = shelf.parent.parent  # the module's cache folder, built already
     monkeypatch.setenv("PHARMATWIN_CACHE_DIR", str(cache))
     assert default_cache_dir() == cache
-    assert site.hil is not None
-    plain = site.hil.model_copy(update={"ca_certificate": None, "ca_private_key": None})
+    hil = hil_section(site)
+    assert hil is not None
+    plain = hil.model_copy(update={"ca_certificate": None, "ca_private_key": None})
     shelves = set()
     for where in (site.path, tmp_path / "a" / "b" / "c" / "cstr-opcua.yaml", Path("site.yaml")):
-        moved = dataclasses.replace(site, path=where, hil=plain)
+        moved = dataclasses.replace(with_hil(site, plain), path=where)
         server = await opcua_server_for_site(moved, state_dir=tmp_path / "state")
         shelves.add(server.shelf)
     assert shelves == {shelf}

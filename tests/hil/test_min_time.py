@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import yaml
 
-from controller.config import load_controller
-from controller.core.fast_mpc import EndSchedule
-from controller.core.mpc import ModelPredictiveController
+from controller.controllerfile import load_controller
+from controller.core.end_schedule import EndSchedule
+from controller.core.policy import build_policy
 from controller.errors import ConfigError
 from hil.cli import main as hil_main
 from hil.kpis import compute_kpis
@@ -91,6 +91,7 @@ def test_open_loop_minimum_reaches_the_end_on_the_true_plant(optimum: MinimumTim
     assert tsh[0] == pytest.approx(120.0, abs=1e-3) and tsh[-1] < 100.0
 
 
+@pytest.mark.slow
 def test_a_finer_grid_only_lowers_the_minimum(optimum: MinimumTime) -> None:
     """A uniform grid of short intervals tends to the continuous-time optimum, below the
     sample grid's; the closed loop is held to the sample grid's (see the report)."""
@@ -120,7 +121,7 @@ def test_closed_loop_comes_within_two_percent_of_the_open_loop_minimum(
 
 def test_free_end_plans_say_when_the_batch_ends(tmp_path: Path) -> None:
     cfg, model = load_controller(_scenario_controller(tmp_path))
-    mpc = ModelPredictiveController(cfg, model)
+    mpc = build_policy(cfg, model)
     d = mpc.step(0.0, model.initial_state, u_prev=model.nominal_inputs)
     assert d.ok, d.return_status
     assert 1.5 < d.end_time < 3.0
@@ -195,7 +196,7 @@ def test_a_batch_end_that_depends_on_an_input_is_refused(tmp_path: Path) -> None
     )
     cfg = cfg.model_copy(update={"solver": cfg.solver.model_copy(update={"jit": False})})
     with pytest.raises(ConfigError, match="only depend on states and parameters"):
-        ModelPredictiveController(cfg, model, "bad.yaml")
+        build_policy(cfg, model, source="bad.yaml")
 
 
 def test_min_time_command_prints_and_writes_the_optimum(

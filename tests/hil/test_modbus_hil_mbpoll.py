@@ -22,6 +22,7 @@ from controller.runtime.commissioning import REFUSAL_TAGS, RefusalCode
 from controller.runtime.site import load_site
 from controller.tags import ModbusSpec, load_tag_map
 from hil.servers.modbus import ModbusPlcServer
+from hil.site import hil_section
 from hil.vplc import VirtualPlc
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,8 +60,9 @@ def values(output: str) -> dict[int, float]:
 @pytest.fixture
 async def lyophilizer() -> AsyncIterator[ModbusPlcServer]:
     """The lyophilizer's PLC: the virtual PLC's write checks behind the Modbus server."""
-    assert SITE.hil is not None
-    plc = VirtualPlc(SITE.tags, SITE.hil.plc, ("Tsh", "Pch"), {"Tsh": -35.0, "Pch": 0.15})
+    hil = hil_section(SITE)
+    assert hil is not None
+    plc = VirtualPlc(SITE.tags, hil.plc, ("Tsh", "Pch"), {"Tsh": -35.0, "Pch": 0.15})
     async with ModbusPlcServer(SITE.tags) as server:
         server.write_hook, server.write_check = plc.on_write, plc.check_write
         applied = plc.scan(0.0, 0.0, {"Tbot": -30.0})

@@ -23,6 +23,7 @@ from controller.runtime.site import load_site
 from controller.tags import ModbusSpec, Table, encode
 from hil.net import LOOPBACK
 from hil.servers.modbus import ModbusPlcServer
+from hil.site import hil_section
 from hil.vplc import VirtualPlc
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,8 +39,9 @@ class Bench:
 
     def __init__(self, server: ModbusPlcServer) -> None:
         self.now = 0.0
-        assert SITE.hil is not None
-        self.plc = VirtualPlc(TAGS, SITE.hil.plc, ("Tsh", "Pch"), WORKING, now=lambda: self.now)
+        hil = hil_section(SITE)
+        assert hil is not None
+        self.plc = VirtualPlc(TAGS, hil.plc, ("Tsh", "Pch"), WORKING, now=lambda: self.now)
         self.server = server
         server.write_hook, server.write_check = self.plc.on_write, self.plc.check_write
 

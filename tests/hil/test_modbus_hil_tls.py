@@ -169,6 +169,7 @@ async def test_a_plain_modbus_client_gets_nothing_from_the_tls_server(tls_rig: T
     assert "refused a Modbus/TLS client during the handshake" in tls_rig.log.read_text()
 
 
+@pytest.mark.slow
 async def test_pymodbus_tls_client_without_a_certificate_cannot_read(tls_rig: TlsRig) -> None:
     client = AsyncModbusTlsClient(
         LOOPBACK,

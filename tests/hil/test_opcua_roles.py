@@ -10,7 +10,6 @@ in over Basic256Sha256 SignAndEncrypt with the bench certificate, as the site pr
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -20,9 +19,10 @@ from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
 from conftest import free_port
 
 from controller.errors import ConfigError
-from controller.runtime.site import ServerUser, Site, load_site
+from controller.runtime.site import Site, load_site
 from hil.servers.certs import CLIENT_CERTIFICATE_FILE, CLIENT_KEY_FILE, CLIENT_URI
 from hil.servers.opcua import OpcUaPlcServer, address_space_shelf, opcua_server_for_site
+from hil.site import ServerUser, hil_section, load_hil_site, with_hil
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -51,14 +51,15 @@ async def server(
 ) -> AsyncIterator[tuple[OpcUaPlcServer, Path]]:
     """The cstr-opcua site with one user per role (and anonymous logins: viewer)."""
     site = load_site(ROOT / "configs/sites/cstr-opcua.yaml")
-    assert site.hil is not None
+    section = hil_section(site)
+    assert section is not None
     users = []
     for name, role in USERS.items():
         monkeypatch.setenv(f"PW_{name.upper()}", f"pw-{name}")
         users.append(ServerUser(username=name, password_env=f"PW_{name.upper()}", roles=(role,)))
-    hil = site.hil.model_copy(update={"users": tuple(users), "allow_anonymous": True})
+    hil = section.model_copy(update={"users": tuple(users), "allow_anonymous": True})
     plc = await opcua_server_for_site(
-        dataclasses.replace(site, hil=hil), free_port(), state_dir=tmp_path, shelf=shelf
+        with_hil(site, hil), free_port(), state_dir=tmp_path, shelf=shelf
     )
     async with plc:
         yield plc, tmp_path / site.name / "server-cert.der"
@@ -105,6 +106,7 @@ def _expected(role: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize(("user", "role"), list(USERS.items()), ids=list(USERS.values()))
+@pytest.mark.slow
 async def test_each_role_reads_and_writes_only_what_it_may(
     server: tuple[OpcUaPlcServer, Path], user: str, role: str
 ) -> None:
@@ -119,12 +121,14 @@ async def test_each_role_reads_and_writes_only_what_it_may(
         assert (plc.value(tag) != 0.0) == (tag in written), tag
 
 
+@pytest.mark.slow
 async def test_an_anonymous_login_is_a_viewer(server: tuple[OpcUaPlcServer, Path]) -> None:
     plc, cert = server
     async with await _client(plc.url, cert, None) as client:
         assert await _outcomes(client) == _expected("viewer")
 
 
+@pytest.mark.slow
 async def test_the_refusal_names_the_role_needed_in_the_log_and_diagnostics(
     server: tuple[OpcUaPlcServer, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -155,8 +159,9 @@ def test_the_shipped_sites_give_the_controllers_user_the_roles_it_needs() -> Non
     """The controller (connection.opcua.username) takes control and publishes."""
     for path in sorted((ROOT / "configs/sites").glob("*-opcua.yaml")):
         site: Site = load_site(path)
-        assert site.hil is not None
-        roles = {u.username: set(u.roles) for u in site.hil.users}
+        hil = hil_section(site)
+        assert hil is not None
+        roles = {u.username: set(u.roles) for u in hil.users}
         assert roles[str(site.connection.opcua.username)] == {"engineer", "twin"}, path.name
 
 
@@ -167,7 +172,7 @@ def test_an_unknown_role_is_a_config_error_naming_the_key(tmp_path: Path) -> Non
     bad = tmp_path / "cstr-opcua.yaml"
     bad.write_text(text.replace("../", f"{site_file.parent.parent}/"))
     with pytest.raises(ConfigError) as exc:
-        load_site(bad)
+        load_hil_site(bad)
     problem = exc.value.problems[0]
     assert problem.location.startswith("hil.users.0.roles")
     assert "viewer" in problem.message and "engineer" in problem.message

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.config import build_model
+from controller.plantfile import build_model
 from hil.campaign.execute import RunSettings, run_campaign
 from hil.campaign.spec import load_campaign
 from hil.cli import main as hil_main

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import hil.simulate as simulate
-from controller.core.estimator import Estimate
+from controller.core.estimate import Estimate
 from hil.kpis import compute_kpis
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,8 +29,15 @@ class FailingOn:
         self.rejecting = rejecting
         self.cycle = 0
 
-    def update(self, u_applied: Mapping[str, float] | None, y: Mapping[str, float]) -> Estimate:
-        est = self.inner.update(u_applied, y)
+    def update(
+        self,
+        u_applied: Mapping[str, float] | None,
+        y: Mapping[str, float],
+        states: Mapping[str, float] | None = None,
+        *,
+        exclude: Collection[str] = (),
+    ) -> Estimate:
+        est = self.inner.update(u_applied, y, states, exclude=exclude)
         self.cycle += 1
         if self.cycle in self.failing:
             return dataclasses.replace(est, ok=False, reason="prediction failed (test)")

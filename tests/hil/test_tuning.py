@@ -20,7 +20,7 @@ import pytest
 import yaml
 from rich.console import Console
 
-from controller.config import load_controller
+from controller.controllerfile import load_controller
 from controller.errors import ConfigError
 from hil.campaign.runner import run_case
 from hil.cli import main as hil_main
@@ -76,6 +76,7 @@ def grid_run(start: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_the_search_finds_the_known_optimum(grid_run: Path) -> None:
     study = _study(grid_run)
     assert len(study.trials) == 3
@@ -91,6 +92,7 @@ def test_the_search_finds_the_known_optimum(grid_run: Path) -> None:
     assert html.count("data:image/png;base64,") == 3 and "Before / after" in html
 
 
+@pytest.mark.slow
 def test_the_tuned_config_says_how_it_was_made_loads_and_runs(grid_run: Path) -> None:
     tuned = grid_run / "cstr-setpoint-tuned.yaml"
     text = tuned.read_text()
@@ -107,6 +109,7 @@ def test_the_tuned_config_says_how_it_was_made_loads_and_runs(grid_run: Path) ->
     assert abs(result["kpis"]["final.C_b"] - 0.7) < abs(result["kpis"]["final.C_b"] - 0.6)
 
 
+@pytest.mark.slow
 def test_compare_runs_both_configs_on_the_same_scenarios(
     grid_run: Path, start: Path, tmp_path: Path
 ) -> None:
@@ -120,6 +123,7 @@ def test_compare_runs_both_configs_on_the_same_scenarios(
     assert "data:image/png;base64," in (out / "compare.html").read_text()
 
 
+@pytest.mark.slow
 def test_rejected_candidates_never_win(start: Path, tmp_path: Path) -> None:
     # the best-tracking setpoint (0.7) overshoots a C_b bound: it must not be reported as best
     reject = {"kpis": [{"kpi": "final.C_b", "at_most": 0.68}]}
@@ -139,6 +143,7 @@ def test_rejected_candidates_never_win(start: Path, tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_resume_continues_the_stored_study(start: Path, tmp_path: Path) -> None:
     search = {"sampler": "tpe", "trials": 4, "seed": 3}
     params = [{"path": SETPOINT, "low": 0.5, "high": 0.75}]
@@ -155,6 +160,7 @@ def test_resume_continues_the_stored_study(start: Path, tmp_path: Path) -> None:
     assert json.loads((out / "tuning.json").read_text())["trials_run_now"] == 2
 
 
+@pytest.mark.slow
 def test_several_objectives_use_nsga2_on_dask(start: Path, tmp_path: Path) -> None:
     objectives = [
         {"name": "tracking", "terms": [{"signal": "C_b", "stat": "iae", "target": 0.7}]},
@@ -257,6 +263,7 @@ def test_output_from_c_goes_to_the_trial_log(
         assert line in kept
 
 
+@pytest.mark.slow
 def test_grid_trials_keep_their_solver_output(grid_run: Path) -> None:
     for trial in sorted((grid_run / "trials").iterdir()):
         assert (trial / TRIAL_LOG).read_text().startswith("--- case "), trial

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.runtime.site import Interlock, PlcBehaviour
 from controller.tags import load_tag_map
+from hil.site import Interlock, PlcBehaviour
 from hil.vplc import Mode, VirtualPlc
 
 ROOT = Path(__file__).resolve().parents[2]

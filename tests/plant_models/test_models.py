@@ -22,7 +22,7 @@ import yaml
 from scipy.integrate import solve_ivp
 from scipy.optimize import brentq
 
-from controller.config import build_model
+from controller.plantfile import build_model
 from plant_models import MODELS, Bioreactor, ModelError, PlantModel, Role
 from plant_models.check import check_model
 

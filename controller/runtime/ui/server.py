@@ -13,14 +13,11 @@ import asyncio
 import collections
 import json
 import logging
-import math
 import secrets
-import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,17 +26,20 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from controller.errors import ConfigError, PharmaTwinError
+from controller.errors import ConfigError, PharmaTwinError, unknown_name
+from controller.runtime.audit_chain import AuditError
+from controller.runtime.audit_verify import read_tail
 from controller.runtime.ui.bind import Bind, ThreadedServer, start_in_thread
+from controller.runtime.ui.content import HANDSHAKE, asset, describe, forecast_table, num, plotly_js
 from controller.runtime.users import Users
-from controller.twin.forecast import Forecast, ForecastError
+from controller.timebase import TimeBase
+from controller.twin.forecast_spec import ForecastError
 
 if TYPE_CHECKING:
     from controller.runtime.supervisor import CycleView, Supervisor
 
 log = logging.getLogger("pharmatwin.ui")
 
-HANDSHAKE = ("mpc_request", "mpc_permissive", "mpc_active", "mpc_heartbeat", "plc_heartbeat")
 SESSION_COOKIE = "pt_session"
 SESSION_S = 8 * 3600.0
 PUSH_PERIOD_S = 0.25  # at most four updates a second per browser
@@ -47,15 +47,6 @@ PUSH_PERIOD_S = 0.25  # at most four updates a second per browser
 
 class Refused(PharmaTwinError):
     """An operator action the runtime will not carry out (the message says why)."""
-
-
-def _num(v: Any) -> float | None:
-    """JSON-safe number: NaN and infinities become null."""
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 @dataclass
@@ -90,6 +81,7 @@ class OperatorView:
         self._control_loop: asyncio.AbstractEventLoop | None = None
         self._web: ThreadedServer | None = None
         self.meta: dict[str, Any] = {}
+        self._time = TimeBase("s", 1.0)  # the model's time base, once started
         self.port = bind.port
         self.app = self._app()
 
@@ -99,6 +91,7 @@ class OperatorView:
         self._sup, self._stop = sup, stop
         self._control_loop = asyncio.get_running_loop()
         self.meta = describe(sup)
+        self._time = TimeBase.of(sup.model)
         try:
             self._web = start_in_thread(self.app, self.bind, "pharmatwin-ui")
         except ConfigError as exc:
@@ -133,13 +126,12 @@ class OperatorView:
             return self._seq
 
     def _row(self, view: CycleView) -> dict[str, Any]:
-        spu = self.meta.get("seconds_per_unit", 1.0)
         snap = view.snapshot
         values: dict[str, float | None] = {}
         if snap is not None:
             for tag in self.meta.get("trend_tags", ()):
                 tv = snap.values.get(tag)
-                values[tag] = _num(tv.value) if tv is not None else None
+                values[tag] = num(tv.value) if tv is not None else None
         outcome = view.outcome
         for event in view.events:
             if event.kind == "drift.alarm":
@@ -149,23 +141,22 @@ class OperatorView:
                 self._alarms.pop(event.key, None)
         return {
             "cycle": view.cycle,
-            "t": view.t / spu,
+            "t": self._time.model_time(view.t),
             "state": view.state.value,
             "values": values,
-            "written": {k: _num(v) for k, v in view.written.items()},
+            "written": {k: num(v) for k, v in view.written.items()},
             "recommended": (
-                {k: _num(v) for k, v in outcome.setpoints.items()} if outcome is not None else {}
+                {k: num(v) for k, v in outcome.setpoints.items()} if outcome is not None else {}
             ),
             "held": bool(outcome.held) if outcome is not None else None,
-            "drift": {k: _num(v) for k, v in view.monitor.items() if k.startswith("chart.")},
+            "drift": {k: num(v) for k, v in view.monitor.items() if k.startswith("chart.")},
         }
 
     def _make_status(self, view: CycleView) -> dict[str, Any]:
         sup = self._sup
-        spu = self.meta.get("seconds_per_unit", 1.0)
         status: dict[str, Any] = {
             "cycle": view.cycle,
-            "t": view.t / spu,
+            "t": self._time.model_time(view.t),
             "state": view.state.value,
             "problems": list(view.problems),
             "mode": sup.mode.value if sup is not None else "",
@@ -173,18 +164,18 @@ class OperatorView:
         }
         snap = view.snapshot
         status["handshake"] = {
-            tag: (_num(snap.values[tag].value) if snap is not None and tag in snap.values else None)
+            tag: (num(snap.values[tag].value) if snap is not None and tag in snap.values else None)
             for tag in HANDSHAKE
         }
         est = view.estimate
         status["parameters"] = (
-            {k: [_num(est.parameters.get(k)), _num(s)] for k, s in est.parameter_std.items()}
+            {k: [num(est.parameters.get(k)), num(s)] for k, s in est.parameter_std.items()}
             if est is not None
             else {}
         )
         status["plan"] = self._plan(view)
         status["maintenance"] = {
-            k: _num(v) for k, v in view.monitor.items() if k.startswith("maintenance.")
+            k: num(v) for k, v in view.monitor.items() if k.startswith("maintenance.")
         }
         status["alarms"] = [
             a | {"acked_by": self._acked.get(a["key"])} for a in self._alarms.values()
@@ -197,12 +188,12 @@ class OperatorView:
         if d is None or not d.predicted_states:
             return {}
         dt = self.meta.get("sample_time", 1.0)
-        t0 = view.t / self.meta.get("seconds_per_unit", 1.0)
+        t0 = self._time.model_time(view.t)
         out: dict[str, Any] = {"status": d.status.value, "series": {}}
         for name, arr in (*d.predicted_states.items(), *d.predicted_inputs.items()):
             out["series"][name] = {
                 "t": [t0 + k * dt for k in range(len(arr))],
-                "v": [_num(x) for x in arr],
+                "v": [num(x) for x in arr],
             }
         return out
 
@@ -211,22 +202,10 @@ class OperatorView:
         sup = self._sup
         if sup is None:
             return "", []
-        path = Path(sup.audit.path)
         try:
-            conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
-            try:
-                cols = "id, ts_utc, actor, action, target, old_value, new_value, reason"
-                rows = conn.execute(f"SELECT {cols} FROM audit ORDER BY id DESC LIMIT ?", (n,))
-                names = [c.strip() for c in cols.split(",")]
-                records = [dict(zip(names, r, strict=True)) for r in rows.fetchall()]
-                why = conn.execute(
-                    "SELECT reason FROM audit WHERE action = 'mode.change' ORDER BY id DESC LIMIT 1"
-                ).fetchone()
-            finally:
-                conn.close()
-        except sqlite3.Error as exc:
+            return read_tail(Path(sup.audit.path), n)
+        except AuditError as exc:
             return f"(audit trail not readable: {exc})", []
-        return (why[0] if why else ""), records
 
     def snapshot(self, since: int = 0) -> dict[str, Any]:
         """Rows after sequence ``since`` (all kept ones for 0), and the newest status."""
@@ -255,14 +234,14 @@ class OperatorView:
         return Starlette(routes=routes)
 
     async def _index(self, request: Request) -> Response:
-        return HTMLResponse(_asset("index.html"))
+        return HTMLResponse(asset("index.html"))
 
     async def _static(self, request: Request) -> Response:
         name = request.path_params["name"]
         if name == "plotly.min.js":
-            return Response(_plotly_js(), media_type="text/javascript")
+            return Response(plotly_js(), media_type="text/javascript")
         if name == "app.js":
-            return Response(_asset("app.js"), media_type="text/javascript")
+            return Response(asset("app.js"), media_type="text/javascript")
         return JSONResponse({"error": f"unknown file {name!r}"}, status_code=404)
 
     async def _meta(self, request: Request) -> Response:
@@ -373,7 +352,7 @@ class OperatorView:
         body = await _json(request)
         action, reason = str(body.get("action", "")), str(body.get("reason", "")).strip()
         if action not in ("request", "release"):
-            return _refuse(400, f"unknown action {action!r}; allowed: ['request', 'release']")
+            return _refuse(400, unknown_name("action", action, ["request", "release"]))
         if not reason:
             return _refuse(400, "a reason is needed (it goes into the audit trail)")
         try:
@@ -425,65 +404,3 @@ async def _json(request: Request) -> dict[str, Any]:
 
 def _refuse(code: int, message: str) -> Response:
     return JSONResponse({"error": message}, status_code=code)
-
-
-def _asset(name: str) -> str:
-    return (resources.files("controller.runtime.ui") / "static" / name).read_text(encoding="utf-8")
-
-
-_PLOTLY: list[str] = []
-
-
-def _plotly_js() -> str:
-    """Plotly's own bundle, from the installed ``plotly`` package (nothing fetched)."""
-    if not _PLOTLY:
-        from plotly.offline import get_plotlyjs
-
-        _PLOTLY.append(get_plotlyjs())
-    return _PLOTLY[0]
-
-
-def forecast_table(fc: Forecast) -> dict[str, Any]:
-    """The page's what-if table: the start time, the CQAs (name, expression, at) and one row
-    per plan (its CQAs, end time, whether the batch finished, status). Non-finite numbers
-    are null."""
-    data = fc.to_dict()
-    cqas = [{k: c[k] for k in ("name", "expression", "at")} for c in data["cqas"]]
-    return {
-        "site": data["site"],
-        "time_unit": data["time_unit"],
-        "start_t": data["start"]["t"],
-        "cqas": cqas,
-        "rows": data["table"],
-    }
-
-
-def describe(sup: Supervisor) -> dict[str, Any]:
-    """What the page needs once: trends (tag, unit, limits), the estimated parameters."""
-    tags = sup.site.tags.tags
-    trends = []
-    for kind, mapping in (("CV", sup.y_tags), ("MV", sup.sp_tags)):
-        for var, tag in mapping.items():
-            spec = tags[tag]
-            trends.append(
-                {
-                    "kind": kind,
-                    "var": var,
-                    "tag": tag,
-                    "pv": sup.pv_tags.get(var) if kind == "MV" else None,
-                    "unit": spec.unit,
-                    "limits": list(spec.limits) if spec.limits else None,
-                }
-            )
-    trend_tags = sorted({str(t["tag"]) for t in trends} | {str(t["pv"]) for t in trends if t["pv"]})
-    return {
-        "site": sup.site.name,
-        "mode": sup.mode.value,
-        "run_id": sup.run_id,
-        "time_unit": sup.model.time_unit,
-        "seconds_per_unit": sup.model.seconds_per_unit,
-        "sample_time": sup.site.controller.sample_time,
-        "trends": trends,
-        "trend_tags": trend_tags,
-        "handshake": [t for t in HANDSHAKE if t in tags],
-    }

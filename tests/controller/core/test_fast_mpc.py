@@ -1,8 +1,8 @@
 """The fast NMPC path against the do-mpc reference: first moves, closed loops, fallback, cache.
 
-The compiled libraries go to the default cache (``$PHARMATWIN_CACHE`` or
-``~/.cache/pharmatwin``), so each model is compiled once, not once per test run; the cache
-tests use a small problem in a temporary folder.
+The compiled libraries go to the runtime's default cache (``$PHARMATWIN_CACHE`` or
+``~/.cache/pharmatwin``: :data:`CACHE`, handed in as ``compile``), so each model is compiled once,
+not once per test run; the cache tests use a small problem in a temporary folder.
 """
 
 from __future__ import annotations
@@ -19,10 +19,14 @@ import numpy as np
 import pytest
 import yaml
 
-from controller.config import ControllerConfig, SolverSpec, load_controller
+from controller.config import ControllerConfig, SolverSpec
+from controller.controllerfile import load_controller
+from controller.core.dompc import DoMpcController
 from controller.core.fast_mpc import FastController
-from controller.core.mpc import DoMpcController, ModelPredictiveController, SolveStatus
+from controller.core.mpc import ModelPredictiveController, SolveStatus
+from controller.core.policy import build_policy
 from controller.errors import ConfigError
+from controller.runtime.solver_cache import LibraryCache
 from hil.kpis import compute_kpis
 from hil.simulate import run_scenario
 from plant_models import PlantModel
@@ -37,6 +41,8 @@ STEPS = {"bioreactor": 15, "crystallizer": 8, "cstr": 15, "lyophilizer": 10}
 MOVE_TOL = 0.02
 #: Closed loop: objective within this relative difference (plus a small absolute floor).
 OBJ_RTOL = 0.02
+#: The library builder of the fast controllers (the default on-disk cache).
+CACHE = LibraryCache()
 
 
 def _with_solver(cfg: ControllerConfig, **solver: Any) -> ControllerConfig:
@@ -48,8 +54,8 @@ def _with_solver(cfg: ControllerConfig, **solver: Any) -> ControllerConfig:
 @pytest.fixture(scope="module", params=MODELS)
 def pair(request: pytest.FixtureRequest) -> tuple[DoMpcController, FastController]:
     cfg, model = load_controller(CONTROLLERS / f"{request.param}.yaml")
-    ref = ModelPredictiveController(_with_solver(cfg, backend="do-mpc"), model)
-    fast = ModelPredictiveController(_with_solver(cfg, backend="fast"), model)
+    ref = build_policy(_with_solver(cfg, backend="do-mpc"), model)
+    fast = build_policy(_with_solver(cfg, backend="fast"), model, compile=CACHE)
     assert isinstance(ref, DoMpcController) and isinstance(fast, FastController)
     return ref, fast
 
@@ -124,7 +130,7 @@ def _cstr(tmp_path: Path | None = None, **changes: Any) -> tuple[ControllerConfi
 
 def test_sqp_failure_falls_back_to_ipopt_in_the_same_cycle() -> None:
     cfg, model = _cstr(horizon=8, solver={"max_iter": 1, "cold_start": "sqp"})
-    mpc = ModelPredictiveController(cfg, model)
+    mpc = build_policy(cfg, model, compile=CACHE)
     assert isinstance(mpc, FastController)
     u = model.nominal_inputs
     d = mpc.step(0.0, model.initial_state, u_prev=u)
@@ -205,7 +211,7 @@ def _bench_run(**changes: Any) -> dict[str, Any]:
 def test_failed_fallback_is_a_failed_decision() -> None:
     # C_b >= 1.9 mol/L as a hard bound is unreachable from C_b = 0.5: both solvers fail.
     cfg, model = _cstr(horizon=8, state_bounds={"C_b": (1.9, 2.0)}, solver={"cold_start": "sqp"})
-    mpc = ModelPredictiveController(cfg, model)
+    mpc = build_policy(cfg, model, compile=CACHE)
     d = mpc.step(0.0, model.initial_state, u_prev=model.nominal_inputs)
     assert d.status is SolveStatus.FAILED and not d.ok and d.fallback
     assert d.return_status not in ("Solve_Succeeded", "Solved_To_Acceptable_Level")
@@ -214,7 +220,7 @@ def test_failed_fallback_is_a_failed_decision() -> None:
 
 def test_without_fallback_a_failed_sqp_is_a_failed_decision() -> None:
     cfg, model = _cstr(horizon=8, solver={"max_iter": 1, "fallback": "none"})
-    mpc = ModelPredictiveController(cfg, model)
+    mpc = build_policy(cfg, model, compile=CACHE)
     d = mpc.step(0.0, model.initial_state, u_prev=model.nominal_inputs)
     assert d.status is SolveStatus.FAILED and not d.fallback and mpc.fallbacks == 0
 
@@ -222,7 +228,7 @@ def test_without_fallback_a_failed_sqp_is_a_failed_decision() -> None:
 def test_a_controller_without_soft_constraints_builds_and_solves() -> None:
     cfg, model = load_controller(CONTROLLERS / "lyophilizer.yaml")
     cfg = cfg.model_copy(update={"constraints": (), "horizon": 6})
-    mpc = ModelPredictiveController(cfg, model)
+    mpc = build_policy(cfg, model, compile=CACHE)
     assert isinstance(mpc, FastController)
     d = mpc.step(0.0, model.initial_state, u_prev=model.nominal_inputs)
     assert d.ok and d.soft_slack == {}
@@ -232,25 +238,25 @@ def test_a_controller_without_soft_constraints_builds_and_solves() -> None:
 
 def test_non_finite_state_is_refused_without_solving() -> None:
     cfg, model = _cstr(horizon=3)
-    mpc = ModelPredictiveController(cfg, model)
+    mpc = build_policy(cfg, model, compile=CACHE)
     d = mpc.step(0.0, dict(model.initial_state, C_a=math.nan))
     assert d.status is SolveStatus.INVALID and d.inputs == {}
 
 
-def test_compiled_library_is_cached_on_disk(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("PHARMATWIN_CACHE", str(tmp_path / "cache"))
+@pytest.mark.slow
+def test_compiled_library_is_cached_on_disk(tmp_path: Path) -> None:
+    cache = LibraryCache(tmp_path / "cache")
     cfg, model = _cstr(horizon=3)
-    first = ModelPredictiveController(cfg, model)
+    first = build_policy(cfg, model, compile=cache)
     assert isinstance(first, FastController)
     # Two libraries: the SQP's (Gauss-Newton Hessian) and IPOPT's (exact Hessian).
-    assert first.cache.compiled == 2 and first.library is not None
+    assert cache.compiled == 2 and first.library is not None
     assert first.library in first.libraries and len(first.libraries) == 2
     assert all(lib.parent == tmp_path / "cache" and lib.exists() for lib in first.libraries)
-    second = ModelPredictiveController(cfg, model)
+    again = LibraryCache(tmp_path / "cache")  # another process: the same folder
+    second = build_policy(cfg, model, compile=again)
     assert isinstance(second, FastController)
-    assert second.cache.compiled == 0 and second.libraries == first.libraries
+    assert again.compiled == 0 and second.libraries == first.libraries
     assert sorted((tmp_path / "cache").iterdir()) == sorted(first.libraries)  # no temporary
     a = first.step(0.0, model.initial_state, u_prev=model.nominal_inputs)
     b = second.step(0.0, model.initial_state, u_prev=model.nominal_inputs)
@@ -260,20 +266,72 @@ def test_compiled_library_is_cached_on_disk(
 def test_compile_failure_falls_back_to_no_jit_with_a_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setenv("PHARMATWIN_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("PATH", str(tmp_path))  # no C compiler to be found
     cfg, model = _cstr(horizon=3)
     with caplog.at_level(logging.WARNING, logger="controller.core.fast_mpc"):
-        mpc = ModelPredictiveController(cfg, model)
+        mpc = build_policy(cfg, model, compile=LibraryCache(tmp_path / "cache"))
     assert isinstance(mpc, FastController) and mpc.library is None
     assert "jit compile failed" in caplog.text and "gcc" in caplog.text
     d = mpc.step(0.0, model.initial_state, u_prev=model.nominal_inputs)
     assert d.ok, d.return_status
 
 
+class CountingBuilder:
+    """A :class:`controller.core.jit.LibraryBuilder` that keeps the code it is asked to build
+    and builds nothing (OSError, as a cache without a compiler)."""
+
+    def __init__(self) -> None:
+        self.codes: list[str] = []
+
+    def library(self, code: str) -> Path:
+        self.codes.append(code)
+        raise OSError("counting builder: builds nothing")
+
+
+def test_build_policy_picks_the_backend_from_the_config() -> None:
+    cfg, model = _cstr(horizon=3)
+    fast = build_policy(cfg, model)
+    ref = build_policy(_with_solver(cfg, backend="do-mpc"), model, compile=CountingBuilder())
+    assert type(fast) is FastController and type(ref) is DoMpcController
+    assert isinstance(fast, ModelPredictiveController) and fast.config.solver.backend == "fast"
+    assert isinstance(ref, ModelPredictiveController) and ref.config.solver.backend == "do-mpc"
+
+
+def test_the_fast_controller_asks_its_builder_for_every_library(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cfg, model = _cstr(horizon=3)
+    builder = CountingBuilder()
+    with caplog.at_level(logging.WARNING, logger="controller.core.fast_mpc"):
+        mpc = build_policy(cfg, model, compile=builder)
+    assert isinstance(mpc, FastController)
+    # The SQP's code (Gauss-Newton Hessian), then IPOPT's for the fallback and the cold start
+    # (the same NLP and exact Hessian: the same code).
+    sqp, fallback, cold = builder.codes
+    assert sqp != fallback and fallback == cold and "casadi" in sqp
+    assert mpc.library is None and mpc.libraries == []  # nothing built: solved uncompiled
+    assert caplog.text.count("jit compile failed") == 3 and "counting builder" in caplog.text
+    d = mpc.step(0.0, model.initial_state, u_prev=model.nominal_inputs)
+    assert d.ok, d.return_status
+
+
+def test_without_a_builder_or_without_jit_nothing_is_built() -> None:
+    cfg, model = _cstr(horizon=3)
+    assert cfg.solver.jit
+    mpc = build_policy(cfg, model)  # no builder: the core compiles nothing itself
+    assert isinstance(mpc, FastController) and mpc.builder is None
+    assert mpc.library is None and mpc.libraries == []
+    d = mpc.step(0.0, model.initial_state, u_prev=model.nominal_inputs)
+    assert d.ok, d.return_status
+    builder = CountingBuilder()
+    no_jit = _with_solver(cfg, jit=False)
+    assert isinstance(build_policy(no_jit, model, compile=builder), FastController)
+    assert builder.codes == []
+
+
 def test_warm_start_is_shifted_and_parameters_flow_in() -> None:
     cfg, model = _cstr(horizon=8)
-    mpc = ModelPredictiveController(cfg, model)
+    mpc = build_policy(cfg, model, compile=CACHE)
     x, u = model.initial_state, model.nominal_inputs
     a = mpc.step(0.0, x, params={"C_A0": 5.1}, u_prev=u)
     b = mpc.step(0.0, x, params={"C_A0": 5.1}, u_prev=u)  # warm: converges at once

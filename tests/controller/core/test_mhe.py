@@ -18,10 +18,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from controller.config import ControllerConfig, build_model, load_controller
-from controller.core.estimator import Estimate, ExtendedKalmanFilter, make_estimator
+from controller.config import ControllerConfig
+from controller.controllerfile import load_controller
+from controller.core.ekf import ExtendedKalmanFilter
+from controller.core.estimate import Estimate
+from controller.core.estimator import make_estimator
 from controller.core.mhe import MovingHorizonEstimator
 from controller.errors import ConfigError
+from controller.plantfile import build_model
+from controller.runtime.solver_cache import LibraryCache
 from plant_models import PlantModel, Role
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -170,7 +175,7 @@ def test_mhe_is_selected_by_the_controller_config(tmp_path: Path) -> None:
     good.write_text(text.replace("  kind: ekf\n", f"  kind: mhe\n  horizon: {HORIZON}\n"))
     cfg, model = load_controller(good)
     assert cfg.estimator.kind == "mhe" and cfg.estimator.estimated == ("KC", "R0")
-    est = make_estimator(model, cfg.estimator, cfg.sample_time)
+    est = make_estimator(model, cfg.estimator, cfg.sample_time, compile=LibraryCache())
     assert isinstance(est, MovingHorizonEstimator) and est.mhe_library is not None
     bad = tmp_path / "bad.yaml"
     bad.write_text(text.replace("  kind: ekf\n", "  kind: mhe\n  horizon: 1\n"))

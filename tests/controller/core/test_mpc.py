@@ -9,19 +9,21 @@ import numpy as np
 import pytest
 import yaml
 
-from controller.config import SolverSpec, load_controller, load_scenario
+from controller.config import SolverSpec
+from controller.controllerfile import load_controller
+from controller.core.dompc import DoMpcController
 from controller.core.mpc import Decision, ModelPredictiveController, SolveStatus
+from controller.core.policy import build_policy
 from controller.core.safety import InputLimit, Reason, SafetyFilter
 from controller.errors import ConfigError
+from hil.scenario import load_scenario
 from hil.simulate import run_scenario
 
 ROOT = Path(__file__).resolve().parents[3]
 CONTROLLERS = ROOT / "configs" / "controllers"
 
 
-def _controller(
-    name: str, tmp_path: Path | None = None, **changes: object
-) -> ModelPredictiveController:
+def _controller(name: str, tmp_path: Path | None = None, **changes: object) -> DoMpcController:
     """The do-mpc backend (whatever the shipped config's default is); fast: test_fast_mpc."""
     path = CONTROLLERS / f"{name}.yaml"
     if changes:
@@ -33,11 +35,13 @@ def _controller(
         path.write_text(yaml.safe_dump(data))
     cfg, model = load_controller(path)
     cfg = cfg.model_copy(update={"solver": SolverSpec(backend="do-mpc")})
-    return ModelPredictiveController(cfg, model, str(path))
+    mpc = build_policy(cfg, model, source=str(path))
+    assert isinstance(mpc, DoMpcController)
+    return mpc
 
 
 @pytest.fixture(scope="module")
-def cstr() -> ModelPredictiveController:
+def cstr() -> DoMpcController:
     return _controller("cstr")
 
 
@@ -126,7 +130,7 @@ def test_non_finite_state_is_refused_without_solving(cstr: ModelPredictiveContro
     assert d.status is SolveStatus.INVALID and d.inputs == {}
 
 
-def test_initial_guess_is_set_so_do_mpc_never_sleeps(cstr: ModelPredictiveController) -> None:
+def test_initial_guess_is_set_so_do_mpc_never_sleeps(cstr: DoMpcController) -> None:
     cstr.reset(cstr.model.nominal_inputs)
     cstr.step(0.0, cstr.model.initial_state)
     assert cstr.mpc.flags["set_initial_guess"] is True

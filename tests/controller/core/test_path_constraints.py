@@ -19,10 +19,14 @@ import numpy as np
 import pytest
 import yaml
 
-from controller.config import SolverSpec, build_model, load_controller
-from controller.core.fast_mpc import _interval, points_per_interval, transcribe
-from controller.core.mpc import ModelPredictiveController, _element_weights
+from controller.config import SolverSpec
+from controller.controllerfile import load_controller
+from controller.core.dompc import element_weights
+from controller.core.ocp import transcribe
+from controller.core.ocp_stage import points_per_interval, rk4_interval
+from controller.core.policy import build_policy
 from controller.errors import ConfigError
+from controller.plantfile import build_model
 from hil.min_time import replay
 from hil.plant_runner import PlantRunner
 from hil.simulate import ScenarioRun, run_scenario
@@ -148,7 +152,7 @@ def test_inner_constraint_points_are_the_states_at_their_times() -> None:
     """The interval's segment ends (its constraint points) are the RK4 states at j/(N+1) of
     the interval; they agree with an exact integration to the integrator's accuracy."""
     model = build_model(PLANT, smooth=True)
-    f, n_blocks = _interval(model, 4, 4)  # 4 segments: 3 inner points and the end
+    f, n_blocks = rk4_interval(model, 4, 4)  # 4 segments: 3 inner points and the end
     x0 = np.array([0.2]) / model.scales(Role.STATE)
     u = np.array([20.0, 0.15])
     p = model.parameter_vector()
@@ -170,7 +174,7 @@ def test_collocation_weights_interpolate_the_element_polynomial_exactly() -> Non
     tau_root = [0.0, *ca.collocation_points(deg, "radau")]
     poly = np.poly1d([0.7, -1.1, 0.3, 2.0])  # degree 3 in the element's own time
     for tau in (0.2, 0.5, 0.8, 1.0):
-        i, w = _element_weights(tau, tau_root, elements)
+        i, w = element_weights(tau, tau_root, elements)
         assert i == min(int(tau * elements), elements - 1)
         local = tau * elements - i
         assert sum(wr * poly(tr) for wr, tr in zip(w, tau_root, strict=True)) == pytest.approx(
@@ -187,7 +191,7 @@ def test_first_move_holds_the_limit_to_the_end_of_its_interval(
     start overshoots: see the first test)."""
     cfg, model = load_controller(_controller_file(tmp_path, backend, 0))
     cfg = cfg.model_copy(update={"solver": cfg.solver.model_copy(update={"jit": False})})
-    mpc = ModelPredictiveController(cfg, model)
+    mpc = build_policy(cfg, model)
     x = {"Lck": 0.3}
     u_prev = {"Tsh": _tbot_limit_at_start(build_model(PLANT), 0.3) - 3.0, "Pch": 0.15}
     d = mpc.step(0.0, x, u_prev=u_prev)

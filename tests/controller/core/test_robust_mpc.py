@@ -1,6 +1,6 @@
 """Robust multi-stage NMPC (``robust:`` in a controller config) on both backends.
 
-The fast path's scenario tree (:func:`controller.core.fast_mpc.transcribe_robust`) against
+The fast path's scenario tree (:func:`controller.core.ocp.transcribe_robust`) against
 do-mpc's own (``n_robust`` and ``set_uncertainty_values``): the first move at the same
 state, non-anticipativity, the same short closed loop under the worst-case plant, and the config
 errors of the ``robust`` section. The compiled libraries go to the default cache (see
@@ -21,13 +21,15 @@ from controller.config import (
     ControllerConfig,
     RobustSpec,
     SolverSpec,
-    load_controller,
     robust_scenarios,
     robust_values,
 )
+from controller.controllerfile import load_controller
+from controller.core.dompc import DoMpcController
 from controller.core.fast_mpc import FastController
-from controller.core.mpc import DoMpcController, ModelPredictiveController
+from controller.core.policy import build_policy
 from controller.errors import ConfigError
+from controller.runtime.solver_cache import LibraryCache
 from hil.kpis import compute_kpis
 from hil.simulate import run_scenario
 
@@ -48,8 +50,8 @@ def _backend(cfg: ControllerConfig, backend: str) -> ControllerConfig:
 @pytest.fixture(scope="module")
 def pair() -> tuple[DoMpcController, FastController]:
     cfg, model = load_controller(ROBUST)
-    ref = ModelPredictiveController(_backend(cfg, "do-mpc"), model)
-    fast = ModelPredictiveController(_backend(cfg, "fast"), model)
+    ref = build_policy(_backend(cfg, "do-mpc"), model)
+    fast = build_policy(_backend(cfg, "fast"), model, compile=LibraryCache())
     assert isinstance(ref, DoMpcController) and isinstance(fast, FastController)
     return ref, fast
 
@@ -161,6 +163,7 @@ def _scenario(tmp: Path, controller: str, backend: str | None = None) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_robust_closed_loop_matches_do_mpc_robust_on_the_worst_case_plant(
     tmp_path: Path,
 ) -> None:

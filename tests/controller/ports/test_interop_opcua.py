@@ -13,7 +13,6 @@ server runs on the test's event loop.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -25,9 +24,10 @@ import pytest
 from conftest import free_port
 from opcua import ua as lua
 
-from controller.runtime.site import ServerUser, load_site
+from controller.runtime.site import load_site
 from hil.servers.certs import CLIENT_CERTIFICATE_FILE, CLIENT_KEY_FILE, CLIENT_URI
 from hil.servers.opcua import CEFACT, OpcUaPlcServer, address_space_shelf, opcua_server_for_site
+from hil.site import ServerUser, hil_section, with_hil
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -48,14 +48,15 @@ async def plc(
 ) -> AsyncIterator[tuple[OpcUaPlcServer, Path]]:
     """The shipped site, plus a viewer ``vera``; the PLC refuses setpoints (not active)."""
     site = load_site(ROOT / "configs/sites/cstr-opcua.yaml")
-    assert site.hil is not None
+    section = hil_section(site)
+    assert section is not None
     monkeypatch.setenv("PHARMATWIN_OPCUA_PASSWORD", PASSWORDS["operator"])
     monkeypatch.setenv("PW_VERA", PASSWORDS["vera"])
     viewer = ServerUser(username="vera", password_env="PW_VERA", roles=("viewer",))
-    hil = site.hil.model_copy(update={"users": (*site.hil.users, viewer)})
+    hil = section.model_copy(update={"users": (*section.users, viewer)})
     initial = {"reactor_temp": 85.25, "conc_a": 2.5}
     server = await opcua_server_for_site(
-        dataclasses.replace(site, hil=hil),
+        with_hil(site, hil),
         free_port(),
         state_dir=tmp_path,
         shelf=shelf,

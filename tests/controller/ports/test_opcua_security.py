@@ -10,7 +10,6 @@ reason of every refused write as status code and diagnostic info, and logs all o
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import time
@@ -46,6 +45,7 @@ from hil.servers.certs import (
     make_test_pki,
 )
 from hil.servers.opcua import NAMESPACE, OpcUaPlcServer, address_space_shelf, opcua_server_for_site
+from hil.site import hil_section, with_hil
 from hil.vplc import VirtualPlc
 
 pytestmark = pytest.mark.timeout(60)
@@ -302,9 +302,10 @@ async def test_a_password_in_clear_is_never_accepted(
     """Where None is offered (a site without a CA, a bench without security), a session
     over it is fine, but only with the password encrypted by the server's key."""
     monkeypatch.setenv(ENV, PASSWORD)
-    assert site.hil is not None
-    plain_site = dataclasses.replace(
-        site, hil=site.hil.model_copy(update={"ca_certificate": None, "ca_private_key": None})
+    hil = hil_section(site)
+    assert hil is not None
+    plain_site = with_hil(
+        site, hil.model_copy(update={"ca_certificate": None, "ca_private_key": None})
     )
     plain = await opcua_server_for_site(plain_site, free_port(), state_dir=tmp_path, shelf=shelf)
     bench = OpcUaPlcServer(site.tags, free_port(), shelf=shelf, users={"operator": PASSWORD})
@@ -390,10 +391,11 @@ async def test_every_refusal_reaches_the_client_and_the_hil_log(
     refuses outside limits. Status codes, diagnostic info (symbolic id, text, additional
     info) and log lines say which."""
     server, cert = secured
-    assert site.hil is not None
+    hil = hil_section(site)
+    assert hil is not None
     now = [0.0]
     vplc = VirtualPlc(
-        site.tags, site.hil.plc, ("F", "Q_dot"), {"F": 20.0, "Q_dot": -2000.0}, now=lambda: now[0]
+        site.tags, hil.plc, ("F", "Q_dot"), {"F": 20.0, "Q_dot": -2000.0}, now=lambda: now[0]
     )
     server.write_hook = vplc.on_write
     client = await _secure_client(server.url, cert)

@@ -5,7 +5,6 @@ not) to a real HIL server on loopback."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import ipaddress
 import shutil
 import stat
@@ -32,6 +31,7 @@ from hil.servers.certs import (
     make_test_pki,
 )
 from hil.servers.opcua import address_space_shelf, opcua_server_for_site
+from hil.site import hil_section, with_hil
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -83,14 +83,15 @@ def _bench(tmp_path: Path) -> Path:
 def _site_on(pki: Path, tmp_path: Path) -> Site:
     """The cstr-opcua site with its CA in ``pki`` (the CRL beside it)."""
     site = load_site(ROOT / "configs/sites/cstr-opcua.yaml")
-    assert site.hil is not None
-    hil = site.hil.model_copy(
+    section = hil_section(site)
+    assert section is not None
+    hil = section.model_copy(
         update={
             "ca_certificate": str(pki / CA_CERTIFICATE_FILE),
             "ca_private_key": str(pki / CA_KEY_FILE),
         }
     )
-    return dataclasses.replace(site, hil=hil)
+    return with_hil(site, hil)
 
 
 async def _connect(url: str, server_cert: Path, cert: Path, key: Path, uri: str) -> float:

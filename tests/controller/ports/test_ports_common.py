@@ -19,7 +19,8 @@ from controller.ports.base import Port, Quality, WriteStatus
 from controller.ports.memory import MemoryPort, table_from_tag_map
 from controller.ports.modbus import ModbusPort
 from controller.ports.opcua import OpcUaPort
-from controller.runtime.site import Backoff, Connection
+from controller.ports.settings import Backoff, Connection
+from controller.ports.writecheck import WriteCheck
 from controller.tags import load_tag_map
 from hil.servers.modbus import ModbusPlcServer
 from hil.servers.opcua import OpcUaPlcServer, address_space_shelf
@@ -67,7 +68,7 @@ async def _memory() -> AsyncIterator[Plc]:
     async def value(tag: str) -> float:
         return table.current(tag)
 
-    async with MemoryPort(table, SteppedClock(0.0)) as port:
+    async with MemoryPort(table, SteppedClock(0.0), TAGS) as port:
         yield Plc(port, value)
 
 
@@ -144,5 +145,34 @@ async def test_write_outside_tag_limits_is_refused(plc: Plc) -> None:
 
 
 async def test_unknown_tag_is_an_error_naming_it(plc: Plc) -> None:
-    with pytest.raises(PortError, match="no_such_tag"):
+    with pytest.raises(PortError, match="unknown tag 'no_such_tag' to read; allowed: "):
         await plc.port.read(["biomass", "no_such_tag"])
+
+
+@pytest.mark.parametrize(
+    ("tag", "value", "why"),
+    [
+        ("no_such_tag", 1.0, "unknown tag 'no_such_tag' to write; allowed: ['feed_rate_sp', "),
+        ("biomass", 2.0, "tag 'biomass' is read-only (direction read): the twin does not write"),
+        ("feed_rate_sp", math.nan, "tag 'feed_rate_sp': value nan is not a finite number"),
+        ("feed_rate_sp", math.inf, "tag 'feed_rate_sp': value inf is not a finite number"),
+        ("feed_rate_sp", 0.5, "tag 'feed_rate_sp': value 0.5 is outside the tag limits [0, 0.2]"),
+        (
+            "feed_rate_sp",
+            -0.01,
+            "tag 'feed_rate_sp': value -0.01 is outside the tag limits [0, 0.2]",
+        ),
+    ],
+    ids=["unknown", "read-only", "nan", "inf", "above", "below"],
+)
+async def test_one_write_check_refuses_in_the_same_words(
+    plc: Plc, tag: str, value: float, why: str
+) -> None:
+    """Every port runs the one write check: the same refusal, the same words, nothing sent."""
+    report = await plc.port.write({"mpc_heartbeat": 9, tag: value})
+    result = report.results[tag]
+    assert result.status is WriteStatus.REJECTED
+    assert result.detail.startswith(why), result.detail
+    assert result.detail == WriteCheck.of_tags(TAGS.tags).refusal(tag, value)
+    assert report.results["mpc_heartbeat"].status is WriteStatus.NOT_SENT
+    assert await plc.server_value("mpc_heartbeat") == 7

@@ -32,7 +32,7 @@ from controller.clock import SteppedClock
 from controller.errors import PortConnectError, PortError, PortTimeoutError
 from controller.ports.base import Quality, WriteStatus
 from controller.ports.modbus import ModbusPort
-from controller.runtime.site import Backoff, Connection, ModbusOptions, ModbusTls
+from controller.ports.settings import Backoff, Connection, ModbusOptions, ModbusTls
 from controller.tags import DataType, Direction, ModbusSpec, Table, Tag, TagMap, load_tag_map
 from hil.servers.modbus import ModbusPlcServer
 
@@ -52,8 +52,8 @@ def connection(port: int, timeout_s: float = 0.5) -> Connection:
     )
 
 
-def make_port(tags: TagMap, port: int) -> ModbusPort:
-    return ModbusPort(tags, connection(port), SteppedClock(NOW))
+def make_port(tags: TagMap, port: int, clock: SteppedClock | None = None) -> ModbusPort:
+    return ModbusPort(tags, connection(port), clock or SteppedClock(NOW))
 
 
 @pytest.fixture
@@ -204,7 +204,7 @@ async def test_writes_coalesce_into_blocks_of_at_most_123() -> None:
     [
         ("biomass", 1.0, "read-only"),
         ("no_such_tag", 1.0, "unknown tag 'no_such_tag'"),
-        ("feed_rate_sp", 0.5, r"outside its limits \[0.0, 0.2\]"),
+        ("feed_rate_sp", 0.5, r"outside the tag limits \[0, 0.2\]"),
         ("feed_rate_sp", math.nan, "not a finite number"),
         ("mpc_request", 0.5, "bool value must be 0 or 1"),
     ],
@@ -249,34 +249,37 @@ async def test_server_absent_at_start() -> None:
             pass
 
 
-async def test_reconnects_after_restart_with_backoff(
-    server: ModbusPlcServer, port: ModbusPort
-) -> None:
-    server.set_value("biomass", 2.5)
-    assert (await port.read(["biomass"]))["biomass"].value == 2.5
-    await server.stop()
-    await wait_until_disconnected(port)
-    with pytest.raises(
-        PortConnectError, match=r"cannot connect.*next reconnect attempt in 0\.20 s"
-    ):
-        await port.read(["biomass"])
-    await asyncio.sleep(0.25)
-    with pytest.raises(PortConnectError, match=r"next reconnect attempt in 0\.40 s"):
-        await port.read(["biomass"])  # the second failed attempt doubles the delay
-    await server.start()
-    with pytest.raises(
-        PortConnectError, match=r"not connected.*next reconnect attempt in 0\.\d+ s"
-    ):
-        await port.read(["biomass"])  # inside the backoff: not even tried, though it is back
-    assert server.requests[-1].function_code == 4  # the last request is the one before stop
-    await asyncio.sleep(0.45)
-    assert (await port.read(["biomass"]))["biomass"].value == 2.5
-    assert port.connected
-    assert port.reconnects == 1
-    await server.stop()
-    await wait_until_disconnected(port)
-    with pytest.raises(PortConnectError, match=r"cannot connect.*in 0\.20 s"):  # backoff reset
-        await port.read(["biomass"])
+async def test_reconnects_after_restart_with_backoff(server: ModbusPlcServer) -> None:
+    """The backoff waits on the port's clock: stepped here, with no wall-clock sleep."""
+    clock = SteppedClock(NOW)
+    port = make_port(TAGS, server.port, clock)
+    async with port:
+        server.set_value("biomass", 2.5)
+        assert (await port.read(["biomass"]))["biomass"].value == 2.5
+        await server.stop()
+        await wait_until_disconnected(port)
+        with pytest.raises(
+            PortConnectError, match=r"cannot connect.*next reconnect attempt in 0\.20 s"
+        ):
+            await port.read(["biomass"])
+        clock.advance(0.2)
+        with pytest.raises(PortConnectError, match=r"next reconnect attempt in 0\.40 s"):
+            await port.read(["biomass"])  # the second failed attempt doubles the delay
+        await server.start()
+        clock.advance(0.39)
+        with pytest.raises(
+            PortConnectError, match=r"not connected.*next reconnect attempt in 0\.01 s"
+        ):
+            await port.read(["biomass"])  # inside the backoff: not even tried, though it is back
+        assert server.requests[-1].function_code == 4  # the last request is the one before stop
+        clock.advance(0.02)
+        assert (await port.read(["biomass"]))["biomass"].value == 2.5
+        assert port.connected
+        assert port.reconnects == 1
+        await server.stop()
+        await wait_until_disconnected(port)
+        with pytest.raises(PortConnectError, match=r"cannot connect.*in 0\.20 s"):  # reset
+            await port.read(["biomass"])
 
 
 async def test_slow_server_times_out_and_recovers(

@@ -24,11 +24,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from controller.clock import RealClock
+from controller.clock import Clock, RealClock, SteppedClock
 from controller.errors import PortConnectError, PortError, PortTimeoutError
 from controller.ports.base import Quality, WriteStatus
 from controller.ports.opcua import OpcUaPort
-from controller.runtime.site import Backoff, Connection, OpcUaOptions, OpcUaSecurity
+from controller.ports.settings import Backoff, Connection, OpcUaOptions, OpcUaSecurity
 from controller.tags import Direction, OpcUaSpec, Tag, TagMap, load_tag_map
 from hil.servers.opcua import NAMESPACE, OpcUaPlcServer, ServerSecurity, address_space_shelf
 
@@ -175,8 +175,10 @@ def _port(
     connection: Connection,
     password: str | None = None,
     base_dir: Path | None = None,
+    clock: Clock | None = None,
 ) -> OpcUaPort:
-    return OpcUaPort(tag_map, connection, RealClock(), password=password, base_dir=base_dir)
+    clock = clock or RealClock()
+    return OpcUaPort(tag_map, connection, clock, password=password, base_dir=base_dir)
 
 
 def readable(tag_map: TagMap) -> list[str]:
@@ -387,7 +389,7 @@ async def test_invalid_writes_are_refused_before_anything_is_sent(
     }
     assert "read-only" in report.results["biomass"].detail
     assert "65535" in report.results["mpc_heartbeat"].detail
-    assert "not finite" in one.results["feed_rate_sp"].detail
+    assert "not a finite number" in one.results["feed_rate_sp"].detail
     assert "unknown tag" in one.results["no_such_tag"].detail
     assert "outside the tag limits" in two.results["feed_rate_sp"].detail
     assert "Boolean" in two.results["mpc_request"].detail
@@ -437,22 +439,35 @@ async def test_server_absent_at_start_is_a_connect_error(tag_map: TagMap) -> Non
 async def test_reconnects_with_backoff_after_the_server_comes_back(
     tag_map: TagMap, plc: OpcUaPlcServer
 ) -> None:
-    """Backoff 0.2 s, x2: the loss, a refused attempt, a wait without I/O, the server back."""
+    """Backoff 0.2 s, x2 on the port's (stepped) clock: the loss, a refused attempt, a wait
+    without I/O, the server back; no wall-clock sleep times the backoff."""
     backoff = Backoff(initial_s=0.2, max_s=1.0, factor=2.0)
-    async with _port(tag_map, _connection(plc.port, backoff=backoff)) as port:
+    clock = SteppedClock(0.0)
+    async with _port(tag_map, _connection(plc.port, backoff=backoff), clock=clock) as port:
         assert (await port.read(["biomass"]))["biomass"].value == 4.25
         await plc.stop()
-        await asyncio.sleep(0.02)
-        with pytest.raises(PortConnectError, match=r"lost the connection to .* next attempt in"):
-            await port.read(["biomass"])
-        await asyncio.sleep(0.25)  # the first delay (0.2 s) is over: a real attempt
+        deadline = time.monotonic() + 5.0
+        while True:  # the client notices the loss on its own (asyncua's connection watch)
+            try:
+                await port.read(["biomass"])
+            except PortConnectError as exc:
+                assert "lost the connection to" in str(exc), exc
+                assert "next attempt in 0.20 s" in str(exc), exc
+                break
+            assert time.monotonic() < deadline, "never noticed the loss"
+            await asyncio.sleep(0.02)
+        with pytest.raises(PortConnectError, match=r"next attempt in 0\.20 s"):
+            await port.read(["biomass"])  # the clock has not moved: no attempt
+        clock.advance(0.2)  # the first delay is over: a real attempt
         with pytest.raises(PortConnectError, match=re.escape(plc.url) + ".*ConnectionRefused"):
             await port.read(["biomass"])
-        with pytest.raises(PortConnectError, match=r"next attempt in 0\.[234]\d s"):
+        clock.advance(0.3)
+        with pytest.raises(PortConnectError, match=r"next attempt in 0\.10 s"):
             await port.write({"feed_rate_sp": 0.1})  # within the 0.4 s delay: no network
         await plc.start()
         deadline = time.monotonic() + 5.0
-        while True:
+        while True:  # the server may refuse while it finishes starting: a longer delay then
+            clock.advance(backoff.max_s)
             try:
                 snap = await port.read(["biomass"])
                 break

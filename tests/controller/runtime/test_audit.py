@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.runtime.audit import AuditError, AuditTrail, file_hash
+from controller.runtime.audit import AuditTrail
+from controller.runtime.audit_chain import AuditError, file_hash
 from controller.runtime.cli import main as cli_main
 
 
@@ -86,7 +87,7 @@ def test_file_hash_changes_with_content(tmp_path: Path) -> None:
 
 
 def test_record_all_is_one_transaction_in_the_chain(tmp_path: Path) -> None:
-    from controller.runtime.audit import AuditEntry
+    from controller.runtime.audit_chain import AuditEntry
 
     trail = AuditTrail(tmp_path / "a.db", config_hash="c")
     trail.record("run.start", "site", reason="start")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.runtime.audit import AuditTrail, read_records
+from controller.runtime.audit import AuditTrail
+from controller.runtime.audit_verify import read_records
 from controller.runtime.cli import main as cli_main
 
 LONG_REASON = (

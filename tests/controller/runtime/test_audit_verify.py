@@ -19,22 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from controller.runtime.audit import (
-    _FIELDS,
-    GENESIS,
-    KEY_ENV,
-    Anchor,
-    AnchorKey,
-    AuditError,
-    AuditMismatch,
-    AuditTrail,
-    _digest,
-    create_key,
-    load_key,
-    read_anchors,
-    read_records,
-    verify_file,
-)
+from controller.runtime.audit import AuditTrail
+from controller.runtime.audit_anchors import Anchor, read_anchors
+from controller.runtime.audit_chain import FIELDS as _FIELDS
+from controller.runtime.audit_chain import GENESIS, AuditError, AuditMismatch
+from controller.runtime.audit_chain import digest as _digest
+from controller.runtime.audit_keys import KEY_ENV, AnchorKey, create_key, load_key
+from controller.runtime.audit_verify import read_records, verify_file
 from controller.runtime.cli import main as cli_main
 
 RECORDS = 10

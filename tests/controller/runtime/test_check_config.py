@@ -1,8 +1,8 @@
 """``check-config`` knows every kind of file the project ships and checks each as that kind
 (issue 16): the controller's kinds with ``pharmatwin check-config``, every kind (the HIL's
-campaign, tuning and design-space files too) with ``pharmatwin-hil check-config``; a file of
-a kind a command cannot check is named, never reported "ok". A closed-loop site needs the PLC
-contract in its tag map, and the missing tags are named."""
+scenario, campaign, tuning and design-space files too) with ``pharmatwin-hil check-config``; a
+file of a kind a command cannot check is named, never reported "ok". A closed-loop site needs
+the PLC contract in its tag map, and the missing tags are named."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.config import read_yaml
+from controller.configfile import read_yaml
 from controller.errors import ConfigError
 from controller.filekinds import KINDS, detect
 from controller.runtime.cli import main as cli_main
@@ -59,12 +59,33 @@ def test_pharmatwin_checks_its_kinds_and_names_the_hil_ones_unchecked(
     assert cli_main(["check-config", *map(str, mine)]) == 0
     out = capsys.readouterr().out
     assert all(f"ok   {p} ({_kind_of_folder(p)})" in out for p in mine)
-    campaign = CONFIGS / "campaigns" / "lyophilizer-oq.yaml"
-    assert cli_main(["check-config", str(campaign)]) == 1  # never "ok" without a check
-    assert capsys.readouterr().out == (
-        f"not checked {campaign}: this is a campaign file; pharmatwin cannot check it: run "
-        f"`pharmatwin-hil check-config {campaign}`\n"
-    )
+    for folder, name in (("campaigns", "lyophilizer-oq"), ("scenarios", "cstr-mpc")):
+        path = CONFIGS / folder / f"{name}.yaml"
+        kind = _kind_of_folder(path)
+        assert cli_main(["check-config", str(path)]) == 1  # never "ok" without a check
+        assert capsys.readouterr().out == (
+            f"not checked {path}: this is a {kind} file; pharmatwin cannot check it: run "
+            f"`pharmatwin-hil check-config {path}`\n"
+        )
+
+
+def test_the_controller_does_not_validate_scenarios_the_hil_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A scenario is a HIL file: ``pharmatwin check-config`` names it and checks nothing in
+    it (a bad one is "not checked", never "ok"); ``pharmatwin-hil check-config`` finds the
+    problem."""
+    data = yaml.safe_load((CONFIGS / "scenarios" / "cstr-mpc.yaml").read_text())
+    for key in ("plant", "controller"):
+        data[key] = str((CONFIGS / "scenarios" / data[key]).resolve())
+    data["true_plant"]["noise_std"] = {"not_an_output": 1.0}
+    bad = _write(tmp_path / "scenario.yaml", data)
+    assert "scenario" in HIL_KINDS
+    assert cli_main(["check-config", str(bad)]) == 1
+    assert capsys.readouterr().out.startswith(f"not checked {bad}: this is a scenario file")
+    assert hil_main(["check-config", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"FAIL {bad}\n") and "true_plant.noise_std.not_an_output" in out
 
 
 def _copy_site(tmp_path: Path, name: str = "cstr-modbus") -> dict[str, Any]:

@@ -104,6 +104,7 @@ def test_tags_read_and_write_over_modbus(
     assert trail.verify() == 2
 
 
+@pytest.mark.slow
 def test_tags_read_over_opcua_with_a_user(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -27,13 +27,14 @@ import pytest
 import yaml
 
 from controller.clock import SteppedClock
-from controller.core.estimator import Estimate
+from controller.core.estimate import Estimate
 from controller.core.mpc import Decision, SolveStatus
 from controller.errors import ConfigError
 from controller.ports.base import Quality, TagValue, WriteReport, WriteResult, WriteStatus
 from controller.ports.memory import MemoryPort, TagTable, table_from_tag_map
 from controller.runtime.audit import AuditTrail
-from controller.runtime.historian import MemoryHistorian, run_info
+from controller.runtime.historian import MemoryHistorian
+from controller.runtime.historian_run import run_info
 from controller.runtime.site import Site, load_site
 from controller.runtime.supervisor import CycleView, Mode, State, Supervisor
 from controller.runtime.wiring import build_pipeline, config_files, historian_sink

@@ -27,8 +27,9 @@ from controller.ports.base import (
 from controller.ports.memory import MemoryPort, table_from_tag_map
 from controller.ports.modbus import ModbusPort
 from controller.ports.opcua import OpcUaPort
+from controller.ports.settings import Backoff, Connection
 from controller.runtime.cli import main as cli_main
-from controller.runtime.site import Backoff, Connection, load_site
+from controller.runtime.site import load_site
 from controller.tags import Table, load_tag_map
 from hil.servers.modbus import ModbusPlcServer
 from hil.servers.opcua import OpcUaPlcServer, address_space_shelf
@@ -103,6 +104,7 @@ async def test_the_modbus_port_flags_a_value_read_in_the_wrong_word_order(tmp_pa
             assert snap["broth_volume"].quality is Quality.GOOD
 
 
+@pytest.mark.slow
 async def test_the_opcua_port_flags_a_value_outside_limits_and_a_nan(tmp_path: Path) -> None:
     shelf = await address_space_shelf(tmp_path)
     initial = {"product_titer": 60.0, "biomass": math.nan, "substrate": 0.4}

@@ -55,7 +55,7 @@ from controller.tags import Tag
 ROOT = Path(__file__).resolve().parents[3]
 LYO = load_site(ROOT / "configs" / "sites" / "lyophilizer-modbus.yaml")
 CYCLES = 8
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
 #: values a rogue PLC sends
 GARBAGE = [math.nan, math.inf, -math.inf, 1e30, -1e30, 3e38, -3e38, 4.2e9, 0.0, -1.0]
 PROPERTY = settings(

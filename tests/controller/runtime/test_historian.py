@@ -20,30 +20,29 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from controller.config import build_model
-from controller.core.estimator import Estimate
+from controller.core.estimate import Estimate
 from controller.core.mpc import Decision, SolveStatus
 from controller.core.safety import Intervention, Reason, SafetyOutcome
+from controller.plantfile import build_model
 from controller.ports.base import Quality, Snapshot, TagValue
 from controller.runtime.audit import AuditTrail
 from controller.runtime.cli import main as cli_main
 from controller.runtime.historian import (
-    LIBRARIES,
-    CycleRecord,
     Historian,
+    MemoryHistorian,
+    SqliteHistorian,
+    open_historian,
+)
+from controller.runtime.historian_export import export_parquet, read_run_metadata
+from controller.runtime.historian_records import (
+    CycleRecord,
     HistorianError,
     HistorianEvent,
     Measurement,
-    MemoryHistorian,
     RunInfo,
-    SqliteHistorian,
     cycle_record,
-    export_parquet,
-    model_version,
-    open_historian,
-    read_run_metadata,
-    run_info,
 )
+from controller.runtime.historian_run import LIBRARIES, model_version, run_info
 
 ROOT = Path(__file__).resolve().parents[3]
 Factory = Callable[..., Historian]
@@ -221,7 +220,7 @@ def test_parquet_export_columns_and_metadata(make_historian: Factory, tmp_path: 
     everything = pq.read_table(export_parquet(h, tmp_path / "all.parquet"))
     assert everything.column("run_id").to_pylist() == ["a", "a", "a", "b"]
     assert read_run_metadata(tmp_path / "all.parquet") == [_info("a"), _info("b")]
-    with pytest.raises(HistorianError, match="no run 'zzz'"):
+    with pytest.raises(HistorianError, match="unknown run 'zzz' in the historian; allowed: "):
         export_parquet(h, tmp_path / "z.parquet", run_id="zzz")
 
 

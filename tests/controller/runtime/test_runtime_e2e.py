@@ -33,19 +33,23 @@ from pymodbus.client import AsyncModbusTcpClient
 
 import hil.simulate
 from controller.clock import ScaledClock
-from controller.config import FaultSpec
 from controller.core.mpc import Decision, ModelPredictiveController, SolveStatus
+from controller.core.policy import build_policy
 from controller.ports.modbus import ModbusPort
-from controller.runtime.historian import CycleRecord, SqliteHistorian
+from controller.runtime.historian import SqliteHistorian
+from controller.runtime.historian_records import CycleRecord
 from controller.runtime.site import Site, load_site
+from controller.runtime.solver_cache import LibraryCache
 from controller.runtime.supervisor import Mode, State
 from controller.runtime.wiring import RunOptions, run_site
 from controller.tags import Table
 from hil.campaign.runner import Gate  # the rig clock held until the controller runs
+from hil.faultspec import FaultSpec
 from hil.net import LOOPBACK, free_port
 from hil.plant_runner import PlantRunner
 from hil.rig import HilRig, PlcServer
 from hil.servers.modbus import ModbusPlcServer, modbus_server_for_site
+from hil.site import hil_section, with_hil
 
 ROOT = Path(__file__).resolve().parents[3]
 LYO_MODBUS = ROOT / "configs" / "sites" / "lyophilizer-modbus.yaml"
@@ -56,7 +60,7 @@ MODBUS_WRITES = {5, 6, 15, 16, 23}  # write coil(s), write register(s), read/wri
 HOLDING_WRITES = {6, 16, 23}
 SAMPLE_S = 360.0  # the lyophilizer's sample time, 0.1 h
 HEARTBEAT_TIMEOUT_S = 1800.0  # process seconds, configs/sites/lyophilizer-*.yaml
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
 
 # ------------------------------------------------------------------------------ the rig
@@ -82,9 +86,10 @@ def _bench_site(site: Site) -> Site:
     to a 1.25 tolerance. 1.6 absorbs about 110 ms and still refuses a double move. At rate 1
     the jitter is a few hundredths of a percent of the sample.
     """
-    assert site.hil is not None
-    plc = site.hil.plc.model_copy(update={"rate_tolerance": 1.6})
-    return dataclasses.replace(site, hil=site.hil.model_copy(update={"plc": plc}))
+    section = hil_section(site)
+    assert section is not None
+    plc = section.plc.model_copy(update={"rate_tolerance": 1.6})
+    return with_hil(site, section.model_copy(update={"plc": plc}))
 
 
 class Bench:
@@ -179,7 +184,7 @@ def on_port(site: Site, port: int, **runtime: Any) -> Site:
 
 def mpc_for(site: Site) -> ModelPredictiveController:
     """The site's MPC, built before the rig starts (building takes ~1.5 s of wall time)."""
-    return ModelPredictiveController(site.controller, site.model, str(site.path))
+    return build_policy(site.controller, site.model, compile=LibraryCache(), source=str(site.path))
 
 
 def history(path: Path) -> list[CycleRecord]:
@@ -532,12 +537,20 @@ async def test_bad_quality_input_holds_then_falls_back(tmp_path: Path) -> None:
     bad = [c for c in cycles if c.measurements["measurement_validity"].value == 0.0]
     assert bad, "the controller never saw the validity bit cleared"
     first = cycles.index(bad[0])
-    # hold for max_bad - 1 cycles (no setpoint written), then FALLBACK and the release
-    states = [c.state for c in cycles[first : first + max_bad]]
-    assert states == ["HOLD"] * (max_bad - 1) + ["FALLBACK"], states
+    # The run of bad cycles may start before the fault is seen: on a loaded machine a solve
+    # late just before it holds a cycle too (a HOLD is always a bad cycle). Count those.
+    lead = 0
+    while lead < first and cycles[first - lead - 1].state == "HOLD":
+        lead += 1
+    assert lead < max_bad - 1, [c.state for c in cycles[: first + 1]]
+    # hold (no setpoint written) until the max_bad-th bad cycle in a row, which is FALLBACK
+    # and releases mpc_request; then FALLBACK for good
+    fell = first + max_bad - 1 - lead
+    states = [c.state for c in cycles[first : fell + 1]]
+    assert states == ["HOLD"] * (fell - first) + ["FALLBACK"], (lead, states)
     assert all(not any(t in c.setpoints for t in SETPOINTS) for c in bad)
-    assert cycles[first + max_bad - 1].setpoints == {"mpc_request": 0.0}
-    assert all(c.state == "FALLBACK" for c in cycles[first + max_bad :])  # no re-engaging
+    assert cycles[fell].setpoints == {"mpc_request": 0.0}
+    assert all(c.state == "FALLBACK" for c in cycles[fell:])  # no re-engaging
     assert sup.counters.bad_data >= max_bad and sup.counters.fallbacks == 1
     # server side: the setpoint writes stop with the bad data, a write per good RUNNING cycle
     running = [c for c in cycles if c.state == "RUNNING" and "shelf_temp_sp" in c.setpoints]

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from controller.clock import SteppedClock
 from controller.errors import ConfigError
+from controller.ports.base import WriteStatus
+from controller.ports.memory import MemoryPort, table_from_tag_map
 from controller.runtime.cli import main as cli_main
 from controller.runtime.commissioning import parse_assignments
 from controller.runtime.site import load_site
@@ -84,36 +88,68 @@ def test_every_opcua_site_is_secured_with_the_test_pki() -> None:
         site = load_site(path)
         if site.connection.protocol != "opcua":
             continue
-        sec, hil = site.connection.opcua.security, site.hil
+        sec = site.connection.opcua.security
         assert (sec.policy, sec.mode) == ("Basic256Sha256", "SignAndEncrypt"), path.stem
         assert sec.certificate and sec.private_key and sec.trust_list, path.stem
         assert site.connection.opcua.username and site.connection.opcua.password_env
-        assert hil is not None and hil.ca_certificate and hil.ca_private_key, path.stem
-        assert site.file(hil.ca_certificate) in {site.file(ref) for ref in sec.trust_list}
 
 
-def test_the_hil_ca_is_a_pair_of_existing_files(tmp_path: Path) -> None:
-    data = yaml.safe_load((ROOT / "configs/sites/cstr-opcua.yaml").read_text())
+def test_the_hil_section_is_kept_as_written_and_not_checked(tmp_path: Path) -> None:
+    """The controller does not validate the HIL bench's section (``pharmatwin-hil`` does)."""
+    data = _copy_site("cstr-modbus")
+    data["hil"]["plc"]["interlocks"][0]["expression"] = "no_such_expression"
+    data["hil"]["no_such_key"] = 1
+    site = load_site(_write(tmp_path / "site.yaml", data))
+    assert site.hil is not None and site.hil["no_such_key"] == 1
+
+
+# ------------------------------------------------- controller limits vs tag limits
+def _copy_site(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((ROOT / "configs/sites" / f"{name}.yaml").read_text())
     for key in ("plant", "controller", "tags"):
         data[key] = str((ROOT / "configs/sites" / data[key]).resolve())
     data["hil"]["scenario"] = str((ROOT / "configs/sites" / data["hil"]["scenario"]).resolve())
-    security = data["connection"]["opcua"]["security"]
-    for key in ("certificate", "private_key"):
-        security[key] = str((ROOT / "configs/sites" / security[key]).resolve())
-    security["trust_list"] = [
-        str((ROOT / "configs/sites" / r).resolve()) for r in security["trust_list"]
-    ]
-    path = tmp_path / "site.yaml"
-    data["hil"]["ca_certificate"] = "nowhere/ca.der"
-    data["hil"]["ca_private_key"] = "nowhere/ca.key.pem"
-    path.write_text(yaml.safe_dump(data))
+    data.pop("forecast", None)
+    return data
+
+
+def _write(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return path
+
+
+async def test_controller_limits_outside_the_tag_limits_are_refused_at_load(
+    tmp_path: Path,
+) -> None:
+    """The failure first: the feed setpoint tag allows [5, 80] while the controller's input F
+    goes to 100, so a setpoint the safety layer passes (90, inside the controller's limits)
+    is refused at the port. Such a site is refused when it loads, naming both ranges."""
+    tags = yaml.safe_load((ROOT / "configs/tags/cstr.yaml").read_text())
+    tags["tags"]["feed_dilution_sp"]["limits"] = [5.0, 80.0]
+    narrow = load_tag_map(_write(tmp_path / "tags.yaml", tags))
+    cfg = load_site(ROOT / "configs/sites/cstr-modbus.yaml").controller
+    assert cfg.inputs["F"].lower <= 90.0 <= cfg.inputs["F"].upper  # the safety layer passes it
+    async with MemoryPort(table_from_tag_map(narrow), SteppedClock(), narrow) as port:
+        report = await port.write({"feed_dilution_sp": 90.0})
+    assert report.results["feed_dilution_sp"].status is WriteStatus.REJECTED  # the port does not
+
+    data = _copy_site("cstr-modbus")
+    data["tags"] = str(tmp_path / "tags.yaml")
+    site = _write(tmp_path / "site.yaml", data)
     with pytest.raises(ConfigError) as exc:
-        load_site(path)
-    assert {p.location for p in exc.value.problems} == {"hil.ca_certificate", "hil.ca_private_key"}
-    del data["hil"]["ca_private_key"]
-    path.write_text(yaml.safe_dump(data))
-    with pytest.raises(ConfigError, match="'ca_certificate' and 'ca_private_key'"):
-        load_site(path)
-    del data["hil"]["ca_certificate"]
-    path.write_text(yaml.safe_dump(data))
-    assert load_site(path).hil is not None  # neither: a self-signed server, as before
+        load_site(site)
+    (problem,) = exc.value.problems
+    assert (problem.file, problem.location, problem.value) == (str(site), "controller", [5, 100])
+    assert problem.message == (
+        "the controller's limits of input 'F' [5, 100] (inputs.F in "
+        f"{data['controller']}) are not inside the write limits [5, 80] of its tag "
+        f"'feed_dilution_sp' (in {data['tags']}): the port would refuse setpoints the safety "
+        "layer passes; allowed: input limits within [5, 80], or wider tag limits"
+    )
+    lines = site.read_text().splitlines()
+    assert problem.line == 1 + lines.index(f"controller: {data['controller']}")
+
+    data["runtime"] = {"advisory_tags": {"F": "feed_dilution_sp"}, "shadow_only": True}
+    with pytest.raises(ConfigError) as exc:  # one tag, one problem, even as the advisory tag
+        load_site(_write(tmp_path / "site.yaml", data))
+    assert len(exc.value.problems) == 1

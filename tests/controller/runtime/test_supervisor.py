@@ -23,7 +23,8 @@ from controller.clock import SteppedClock
 from controller.core.mpc import Decision, SolveStatus
 from controller.ports.base import Quality, Snapshot, WriteReport, WriteResult, WriteStatus
 from controller.ports.memory import MemoryPort, TagTable, table_from_tag_map
-from controller.runtime.audit import AuditRecord, AuditTrail
+from controller.runtime.audit import AuditTrail
+from controller.runtime.audit_chain import AuditRecord
 from controller.runtime.site import Site, load_site
 from controller.runtime.supervisor import ControlRefused, CycleView, Mode, State, Supervisor
 from controller.runtime.wiring import RunOptions, build_pipeline, run_site

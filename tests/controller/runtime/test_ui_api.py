@@ -18,7 +18,7 @@ import yaml
 
 from controller.clock import ScaledClock
 from controller.errors import ConfigError
-from controller.runtime.audit import read_records
+from controller.runtime.audit_verify import read_records
 from controller.runtime.cli import main
 from controller.runtime.site import load_site
 from controller.runtime.supervisor import Mode, Supervisor
@@ -107,6 +107,7 @@ async def _login(client: httpx.AsyncClient, user: str, password: str) -> httpx.R
     return await client.post("/api/login", json={"user": user, "password": password})
 
 
+@pytest.mark.slow
 async def test_read_only_without_login_and_roles_with_audit(tmp_path: Path) -> None:
     async with running_twin(tmp_path) as twin, httpx.AsyncClient(base_url=twin.view.url) as c:
         meta = (await c.get("/api/meta")).json()

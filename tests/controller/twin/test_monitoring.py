@@ -1,4 +1,5 @@
-"""Tests of drift detection and predictive maintenance (controller.twin.monitoring).
+"""Tests of drift detection and predictive maintenance (controller.twin.monitoring, charts,
+maintenance).
 
 Synthetic series on the CSTR model (sample time 0.005 h): residuals are i.i.d. N(0, 1)
 times an innovation std; parameter estimates are a reference plus AR(1) noise with
@@ -23,23 +24,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.signal import lfilter
 
-from controller.config import (
-    ChartSpec,
-    MonitoringSpec,
-    build_model,
-    load_controller,
-    parse,
-)
-from controller.core.estimator import Estimate, ExtendedKalmanFilter
+from controller.configfile import parse
+from controller.controllerfile import load_controller
+from controller.core.ekf import ExtendedKalmanFilter
+from controller.core.estimate import Estimate
 from controller.errors import ConfigError, Problem
-from controller.twin.monitoring import (
-    CUSUM_CAP,
-    Alarm,
-    DriftMonitor,
-    MonitoringError,
-    MonitorResult,
-    TrendForecaster,
-)
+from controller.monitoringspec import ChartSpec, MonitoringSpec
+from controller.plantfile import build_model
+from controller.runtime.solver_cache import LibraryCache
+from controller.twin.charts import CUSUM_CAP
+from controller.twin.maintenance import TrendForecaster
+from controller.twin.monitoring import Alarm, DriftMonitor, MonitoringError, MonitorResult
 from plant_models import PlantModel, Role
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -794,7 +789,7 @@ def test_a_fouling_jacket_seen_through_the_ekf_raises_kw_low_and_a_forecast() ->
         "maintenance": [{**FOULING, "window": 2.0, "confidence": 0.95}],
     }
     mon = DriftMonitor(parse(MonitoringSpec, spec, "cstr.yaml"), model, cfg.estimator.parameters)
-    ekf = ExtendedKalmanFilter(model, cfg.estimator, cfg.sample_time)
+    ekf = ExtendedKalmanFilter(model, cfg.estimator, cfg.sample_time, compile=LibraryCache())
     onset, rate = 0.5, -0.02 * KW_REF  # h, kJ/h/m^2/K per h
     sigma = 0.025 * KW_REF
     n_star = noise_free_delay("cusum", lambda n: rate * (n + 1) * DT / sigma, side="low")

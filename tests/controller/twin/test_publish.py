@@ -21,12 +21,16 @@ from conftest import LOOPBACK, free_port
 from pymodbus.client import AsyncModbusTcpClient
 
 from controller.clock import SteppedClock
-from controller.config import load_controller, parse
-from controller.core.estimator import Estimate, ExtendedKalmanFilter
+from controller.configfile import parse
+from controller.controllerfile import load_controller
+from controller.core.ekf import ExtendedKalmanFilter
+from controller.core.estimate import Estimate
 from controller.errors import ConfigError, PortError, Problem
 from controller.ports.modbus import ModbusPort
 from controller.ports.opcua import OpcUaPort
-from controller.runtime.site import Connection, OpcUaOptions, load_site
+from controller.ports.settings import Connection, OpcUaOptions
+from controller.runtime.site import load_site
+from controller.runtime.solver_cache import LibraryCache
 from controller.tags import DataType, Direction, Table, TagMap, decode, load_tag_map
 from controller.twin.publish import Publisher, Source, check_publications, source_of
 from hil.plant_runner import PlantRunner
@@ -194,7 +198,7 @@ def ekf_run(name: str, samples: int = 3) -> tuple[PlantModel, tuple[str, ...], E
     """An EKF on the controller's model after ``samples`` samples of the true plant (its
     estimated parameters 10 % off the model's)."""
     cfg, model = load_controller(ROOT / "configs/controllers" / f"{name}.yaml")
-    ekf = ExtendedKalmanFilter(model, cfg.estimator, cfg.sample_time)
+    ekf = ExtendedKalmanFilter(model, cfg.estimator, cfg.sample_time, compile=LibraryCache())
     plant = PlantRunner(model, cfg.sample_time)
     plant.set_parameters({p: 1.1 * model.parameters[p] for p in cfg.estimator.parameters})
     u = model.nominal_inputs

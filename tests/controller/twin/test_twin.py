@@ -103,6 +103,7 @@ def test_shipped_drift_campaigns_expand() -> None:
     assert "REQ-DRIFT-01" in {c.id for c in oq.spec.criteria}
 
 
+@pytest.mark.slow
 def test_cstr_nominal_runs_over_20_seeds_raise_no_alarm(cstr_run: Path) -> None:
     results = _results(cstr_run / "nominal")
     assert len(results) == 20
@@ -115,6 +116,7 @@ def test_cstr_nominal_runs_over_20_seeds_raise_no_alarm(cstr_run: Path) -> None:
     assert max(cycles["mon.alarm.active"]) == 0.0
 
 
+@pytest.mark.slow
 def test_cstr_jacket_fouling_is_detected_within_one_hour(cstr_run: Path) -> None:
     (result,) = _results(cstr_run / "fouling").values()
     assert result["status"] == "passed", result["verdicts"]
@@ -124,6 +126,7 @@ def test_cstr_jacket_fouling_is_detected_within_one_hour(cstr_run: Path) -> None
     assert "Kw" in detection["detail"] and "LOW" in detection["detail"]
 
 
+@pytest.mark.slow
 def test_cstr_time_to_threshold_forecast_brackets_the_true_crossing(cstr_run: Path) -> None:
     (case_dir,) = (cstr_run / "fouling" / "cases").iterdir()
     result = json.loads((case_dir / "result.json").read_text())
@@ -140,6 +143,7 @@ def test_cstr_time_to_threshold_forecast_brackets_the_true_crossing(cstr_run: Pa
     assert cycles["mon.pub.maintenance_kw_hours_low"][last] == pytest.approx(low)
 
 
+@pytest.mark.slow
 def test_an_alarm_is_audited_before_the_alarm_tag_and_kept_as_historian_event(
     cstr_run: Path,
 ) -> None:
@@ -178,6 +182,7 @@ def test_an_alarm_is_audited_before_the_alarm_tag_and_kept_as_historian_event(
     assert published["pub.drift_alarm_count"] >= 1.0
 
 
+@pytest.mark.slow
 def test_lyophilizer_nominal_batches_over_20_seeds_raise_no_alarm(lyo_run: Path) -> None:
     results = {k: v for k, v in _results(lyo_run).items() if "-none-" in k}
     assert len(results) == 20
@@ -186,6 +191,7 @@ def test_lyophilizer_nominal_batches_over_20_seeds_raise_no_alarm(lyo_run: Path)
         assert _verdict(result, "REQ-DRIFT-02")["value"] == 0.0
 
 
+@pytest.mark.slow
 def test_lyophilizer_kv_decline_is_detected_within_one_hour(lyo_run: Path) -> None:
     results = {k: v for k, v in _results(lyo_run).items() if "kv-decline" in k}
     assert len(results) == 6

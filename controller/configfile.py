@@ -1,0 +1,242 @@
+"""Config files: YAML read at the edge and validated into frozen, typed objects.
+
+What every schema shares. :func:`read_yaml` reads one UTF-8 YAML mapping and refuses binary
+text, other encodings, syntax errors and duplicate keys, each as one problem at its line and
+column. :func:`parse` validates the mapping against a pydantic schema and turns every
+validation error into a plain :class:`~controller.errors.Problem` (file, key path, bad value,
+what is allowed), all raised at once as one :class:`~controller.errors.ConfigError`; a file of
+another kind is named for what it is (:mod:`controller.filekinds`). :class:`Strict` is the base
+of every schema: frozen, unknown keys rejected. :func:`resolve` finds a path written in a file.
+Validation never uses ``assert``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+import types
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from controller import filekinds, yamlmarks
+from controller.errors import ConfigError, Problem, suggest, unknown_name
+
+__all__ = ["Finite", "PositiveFinite", "Strict", "parse", "read_yaml", "resolve"]
+
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+PositiveFinite = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class Strict(BaseModel):
+    """Base of every config object: frozen, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+S = TypeVar("S", bound=BaseModel)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read one YAML mapping; raise ConfigError naming the file, line and column on failure.
+
+    The file must be UTF-8 text: a binary file, or text in another encoding, is named with
+    the byte offset of the first byte that is not. A key given twice in one mapping is
+    refused (YAML would silently keep the last). The marks of the file's keys are kept
+    (:mod:`controller.yamlmarks`) so that later problems point at their line.
+    """
+    source = str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError([Problem(source, "", f"cannot read file: {exc.strerror}")]) from exc
+    text = _decode(raw, source)
+    try:
+        loaded = yamlmarks.load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([_yaml_problem(exc, source, raw)]) from exc
+    key = yamlmarks.cache_key(path)
+    if key is not None:
+        yamlmarks.remember(key, loaded.marks)
+    if loaded.duplicates:
+        raise ConfigError(
+            Problem(
+                source,
+                ".".join(d.path),
+                f"duplicate key {d.path[-1]!r} (first given at line {d.first_line}); "
+                "YAML would silently keep only the last",
+                None,
+                d.line,
+                d.column,
+            )
+            for d in loaded.duplicates
+        )
+    data = loaded.data
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [Problem(source, "", "the file must hold a YAML mapping", type(data).__name__, 1, 1)]
+        )
+    return data
+
+
+def _line_column(raw: bytes, offset: int) -> tuple[int, int]:
+    """1-based line and column (in bytes) of a byte offset."""
+    return raw.count(b"\n", 0, offset) + 1, offset - (raw.rfind(b"\n", 0, offset) + 1) + 1
+
+
+def _decode(raw: bytes, source: str) -> str:
+    """The UTF-8 text of a config file (a BOM is dropped); one clear problem otherwise."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        message = "this is UTF-16 text; save the file as UTF-8"
+        raise ConfigError([Problem(source, "", message, None, 1, 1)])
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        message = (
+            f"this is a binary file, not YAML text (a NUL byte at byte offset {nul}); "
+            "give a UTF-8 YAML config file"
+        )
+        raise ConfigError([Problem(source, "", message, None, *_line_column(raw, nul))])
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        message = (
+            f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at byte offset {exc.start} is not "
+            "valid UTF-8; save the file as UTF-8"
+        )
+        where = _line_column(raw, exc.start)
+        raise ConfigError([Problem(source, "", message, None, *where)]) from exc
+
+
+def _yaml_problem(exc: yaml.YAMLError, source: str, raw: bytes) -> Problem:
+    """A YAML syntax error as one sentence at its line and column."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        text = raw.decode("utf-8-sig")
+        offset = len(text[: exc.position].encode("utf-8"))
+        message = f"invalid YAML: the character {chr(exc.character)!r} is not allowed in YAML"
+        return Problem(source, "", message, None, *_line_column(raw, offset))
+    parts = [getattr(exc, "context", None), getattr(exc, "problem", None)]
+    what = ", ".join(str(p) for p in parts if p) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return Problem(source, "", f"invalid YAML: {what}")
+    return Problem(source, "", f"invalid YAML: {what}", None, mark.line + 1, mark.column + 1)
+
+
+def _problems_from(exc: ValidationError, source: str, schema: type[BaseModel]) -> list[Problem]:
+    """pydantic's errors as plain sentences, one per problem (the value quoted briefly).
+
+    A misspelt key whose suggestion is a required key missing beside it is one problem (the
+    misspelling), not two.
+    """
+    errors = exc.errors()
+    missing = {tuple(e["loc"]) for e in errors if e["type"] == "missing"}
+    misspelt = set()
+    for e in errors:
+        loc = tuple(e["loc"])
+        if e["type"] == "extra_forbidden" and loc:
+            best = suggest(str(loc[-1]), _keys_at(schema, loc[:-1]))
+            if best is not None and (*loc[:-1], best) in missing:
+                misspelt.add((*loc[:-1], best))
+    return [
+        _problem_from(err, source, schema) for err in errors if tuple(err["loc"]) not in misspelt
+    ]
+
+
+def _problem_from(err: Any, source: str, schema: type[BaseModel]) -> Problem:
+    loc = tuple(err["loc"])
+    where = ".".join(str(part) for part in loc)
+    key = str(loc[-1]) if loc else ""
+    value = err.get("input")
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return Problem(source, where, unknown_name("key", key, _keys_at(schema, loc[:-1])), value)
+    if kind == "missing":
+        return Problem(source, where, f"missing required key {key!r}")
+    if kind in ("literal_error", "enum"):
+        expected = str(err.get("ctx", {}).get("expected", ""))
+        options = re.findall(r"'([^']*)'", expected)
+        best = suggest(value, options) if isinstance(value, str) else None
+        hint = f"; did you mean {best!r}?" if best is not None else ""
+        return Problem(source, where, f"should be {expected}{hint}", value)
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    msg = re.sub(r"a valid dictionary( or instance of \w+)?", "a mapping (key: value)", msg)
+    msg = re.sub(r"^Input should be", "should be", msg)
+    if value is None and kind != "value_error":
+        msg += " (got null)"
+    return Problem(source, where, msg, value)
+
+
+def _keys_at(schema: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
+    """The keys a mapping at ``path`` (a pydantic ``loc``) of ``schema`` allows."""
+    types: list[Any] = [schema]
+    for part in path:
+        after = [t for each in types for t in _step(each, part)]
+        types = after or types  # a union member's tag in the loc: the same mapping
+    return [
+        field.alias or name
+        for t in types
+        for m in _members(t)
+        if isinstance(m, type) and issubclass(m, BaseModel)
+        for name, field in m.model_fields.items()
+    ]
+
+
+def _members(t: Any) -> list[Any]:
+    """The types a (possibly Annotated, optional or union) annotation stands for."""
+    origin = get_origin(t)
+    if origin is Annotated:
+        return _members(get_args(t)[0])
+    if origin is Union or origin is types.UnionType:
+        return [m for a in get_args(t) for m in _members(a)]
+    return [t]
+
+
+def _step(t: Any, part: Any) -> list[Any]:
+    """The annotation one ``loc`` part below ``t`` (a field, a dict value, a list item)."""
+    out: list[Any] = []
+    for m in _members(t):
+        origin, args = get_origin(m), get_args(m)
+        if isinstance(m, type) and issubclass(m, BaseModel):
+            out += [f.annotation for n, f in m.model_fields.items() if part in (n, f.alias)]
+        elif origin is dict and isinstance(part, str) and len(args) == 2:
+            out.append(args[1])
+        elif origin in (tuple, list) and isinstance(part, int) and args:
+            fixed = origin is tuple and not (len(args) == 2 and args[1] is Ellipsis)
+            out.append(args[part] if fixed and part < len(args) else args[0])
+    return out
+
+
+def parse(schema: type[S], data: Mapping[str, Any], source: str) -> S:
+    """Validate ``data`` against ``schema``; every problem goes into one ConfigError.
+
+    A file of another kind (a site file where a scenario is expected) is one problem that
+    names its kind and the commands that take it, not a list of missing keys.
+    """
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        wrong = _wrong_kind(schema, data, source)
+        raise ConfigError(wrong or _problems_from(exc, source, schema)) from exc
+
+
+def _wrong_kind(schema: type[BaseModel], data: Any, source: str) -> list[Problem]:
+    expected = filekinds.kind_of_schema(schema.__name__)
+    found = filekinds.detect(data) if isinstance(data, Mapping) else None
+    if expected is None or found is None or found is expected:
+        return []
+    marks = yamlmarks.marks_for(source)
+    mark = marks.find(filekinds.signature_key(data, found)) if marks is not None else None
+    message = filekinds.wrong_kind(found, expected)
+    return [Problem(source, "", message, None, *(mark or (None, None)))]
+
+
+def resolve(base: Path, ref: str) -> Path:
+    """A path written in a config file, relative to that file's folder."""
+    p = Path(ref)
+    return p if p.is_absolute() else (base.parent / p)

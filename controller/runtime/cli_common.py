@@ -1,0 +1,62 @@
+"""What every ``pharmatwin`` subcommand module shares: help texts, examples, ``--version``.
+
+The HIL tools' CLI (``pharmatwin-hil``) uses :class:`VersionAction` too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeAlias
+
+#: The subcommand registry a subcommand module adds its parser to.
+SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+#: The historian ``pharmatwin run`` writes unless told otherwise (``--historian``).
+DEFAULT_HISTORIAN = Path("pharmatwin-history.db")
+
+SITE_HELP = "configs/sites/<name>.yaml"
+AUDIT_DB_HELP = "the audit database (default: pharmatwin-audit.db)"
+
+
+class VersionAction(argparse.Action):
+    """``--version``: the installed package version and the git commit (looked up when asked)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kw: object):
+        super().__init__(
+            option_strings,
+            dest,
+            nargs=0,
+            default=argparse.SUPPRESS,
+            help="print the version (and git commit, if known) and exit",
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        sys.stdout.write(version_text(parser.prog) + "\n")
+        parser.exit()
+
+
+def version_text(prog: str) -> str:
+    """``prog 0.1.0 (git 1a2b3c4d5e6f)``; the commit is left out when git cannot tell."""
+    from controller.runtime.audit_chain import software_version
+    from controller.runtime.historian_run import git_commit
+
+    version = software_version().removeprefix("pharmatwin ")
+    commit = git_commit()
+    return f"{prog} {version}" + (f" (git {commit[:12]})" if commit else "")
+
+
+def examples(*lines: str) -> dict[str, Any]:
+    """A subcommand's own examples, as ``add_parser`` keywords (raw epilog, kept as written)."""
+    return {
+        "epilog": "examples:\n" + "\n".join(f"  {line}" for line in lines),
+        "formatter_class": argparse.RawDescriptionHelpFormatter,
+    }

@@ -1,0 +1,151 @@
+"""``pharmatwin check-config`` and ``pharmatwin describe``: check config files, show a model.
+
+:func:`check_config` checks each file as the kind it is (told apart by its keys, see
+:mod:`controller.filekinds`) with the checkers it is handed; ``pharmatwin-hil check-config``
+adds the HIL tools' kinds to :data:`CHECKERS`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from controller import filekinds
+from controller.configfile import read_yaml
+from controller.controllerfile import load_controller
+from controller.errors import ConfigError, PharmaTwinError, Problem
+from controller.plantfile import build_model
+from controller.runtime.cli_common import SubParsers, examples
+from controller.runtime.site import load_site
+from controller.tags import load_tag_map
+
+#: What checks each kind of file the controller reads (the HIL tools add their own kinds).
+Checker = Callable[[Path], object]
+CHECKERS: dict[str, Checker] = {
+    "site": load_site,
+    "tag map": load_tag_map,
+    "plant": build_model,
+    "controller": load_controller,
+}
+
+
+def check_config(
+    paths: Sequence[Path],
+    console: Console,
+    checkers: Mapping[str, Checker] = CHECKERS,
+    tool: str = "pharmatwin",
+) -> int:
+    """Check each file as the kind it is (and every file it names); print every problem.
+
+    0: every file checked and ok; 1: a file has problems, or is of a kind ``checkers`` does
+    not cover (it is named, with the command that checks it): never "ok" without a check.
+    """
+    counts = {"ok": 0, "failed": 0, "not checked": 0}
+    for path in paths:
+        outcome = _check_one(path, console, checkers, tool)
+        counts[outcome] += 1
+    if len(paths) > 1:
+        summary = ", ".join(f"{n} {what}" for what, n in counts.items() if n)
+        console.print(f"{len(paths)} files: {summary}", highlight=False)
+    return 0 if counts["ok"] == len(paths) else 1
+
+
+def _check_one(path: Path, console: Console, checkers: Mapping[str, Checker], tool: str) -> str:
+    name = escape(str(path))
+    try:
+        data = read_yaml(path)
+        kind = filekinds.detect(data)
+        if kind is None:
+            raise ConfigError([_unknown_kind(path, data)])
+        checker = checkers.get(kind.name)
+        if checker is None:
+            console.print(
+                f"[yellow]not checked[/yellow] {name}: this is a {kind.name} file; "
+                f"{tool} cannot check it: run `{escape(kind.checker.replace('FILE', str(path)))}`",
+                highlight=False,
+                soft_wrap=True,
+            )
+            return "not checked"
+        checker(path)
+    except ConfigError as exc:
+        console.print(f"[red]FAIL[/red] {name}", highlight=False)
+        for p in exc.problems:
+            console.print(f"  - {p}", highlight=False, markup=False, soft_wrap=True)
+        return "failed"
+    except PharmaTwinError as exc:
+        message = f"[red]FAIL[/red] {name}: {escape(str(exc))}"
+        console.print(message, highlight=False, soft_wrap=True)
+        return "failed"
+    console.print(f"[green]ok[/green]   {name} ({kind.name})", highlight=False)
+    return "ok"
+
+
+def _unknown_kind(path: Path, data: Mapping[str, object]) -> Problem:
+    kinds = "; ".join(
+        f"{k.name} ({', '.join(sorted(k.signature)) or 'tags: a mapping'})" for k in filekinds.KINDS
+    )
+    return Problem(
+        str(path),
+        "",
+        f"cannot tell which kind of config file this is from its top-level keys "
+        f"{sorted(data)}; each kind has one of these keys: {kinds}",
+    )
+
+
+def describe(path: Path, console: Console) -> int:
+    """Print a plant model's variables with units, bounds and roles, and its parameters."""
+    model = build_model(path)
+    table = Table(title=f"{model.name}: {model.description} (time in {model.time_unit})")
+    # valid: where the equations hold (a true state outside is a plant fault); operating: what
+    # the process must respect (constraints and checks; for a parameter, its plausible range)
+    for col in ("name", "role", "unit", "valid from", "valid to", "operating", "description"):
+        table.add_column(col)
+    for v in model.all_variables.values():
+        lo, hi = v.operating
+        op = "-" if not (math.isfinite(lo) or math.isfinite(hi)) else f"[{lo:g}, {hi:g}]"
+        table.add_row(
+            v.name, v.role.value, v.unit, f"{v.lower:g}", f"{v.upper:g}", op, v.description
+        )
+    for p in model.parameter_set.parameters.values():
+        table.add_row(
+            p.name,
+            "parameter",
+            p.unit,
+            "-",
+            "-",
+            f"plausible [{p.lower:g}, {p.upper:g}]",
+            f"{p.value:g}: {p.description}",
+        )
+    console.print(table)
+    return 0
+
+
+def add_parsers(sub: SubParsers) -> None:
+    """The ``check-config`` and ``describe`` subcommands."""
+    c = sub.add_parser(
+        "check-config",
+        help="validate config files and print every problem",
+        description="Check each file as the kind it is (site, tag map, plant, controller: "
+        "told apart by their keys), with every file it names. Scenario, campaign, tuning and "
+        "design-space files are the HIL tools': `pharmatwin-hil check-config` checks them (and "
+        "every other kind). Exit 0: every file ok; 1: a problem, or a file not checked here.",
+        **examples(
+            "pharmatwin check-config configs/sites/bioreactor-modbus.yaml",
+            "pharmatwin check-config configs/sites/*.yaml configs/controllers/cstr.yaml",
+        ),
+    )
+    c.add_argument("files", type=Path, nargs="+", help="config files of any kind the runtime reads")
+    d = sub.add_parser(
+        "describe",
+        help="show a plant model's variables and parameters",
+        **examples(
+            "pharmatwin describe configs/plants/lyophilizer.yaml",
+            "pharmatwin describe configs/plants/bioreactor.yaml",
+        ),
+    )
+    d.add_argument("plant", type=Path, help="configs/plants/<name>.yaml")

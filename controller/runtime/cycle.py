@@ -1,0 +1,91 @@
+"""The supervisor's vocabulary: its states and modes, its counters, and what one cycle saw.
+
+:class:`State` and :class:`Mode` name where the supervisor
+(:class:`controller.runtime.supervisor.Supervisor`) is and how it runs; :class:`Counters`
+count what went wrong, run-long; :class:`CycleView` is what one cycle saw and did, handed to
+the historian, the metrics, the status file and the tests. Plain data, no behaviour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from controller.core.estimate import Estimate
+from controller.core.mpc import Decision
+from controller.core.safety import SafetyOutcome
+from controller.ports.base import Snapshot
+from controller.runtime.historian_records import HistorianEvent
+
+__all__ = ["Counters", "CycleView", "Mode", "State"]
+
+
+class State(StrEnum):
+    INIT = "INIT"
+    SHADOW = "SHADOW"
+    REQUESTING = "REQUESTING"
+    RUNNING = "RUNNING"
+    HOLD = "HOLD"
+    FALLBACK = "FALLBACK"
+    #: an operator released control (:meth:`Supervisor.release_control`): ``mpc_request``
+    #: cleared, the PLC drives, the MPC only recommends, until an operator requests again
+    RELEASED = "RELEASED"
+    STOPPED = "STOPPED"
+
+
+class Mode(StrEnum):
+    SHADOW = "shadow"
+    CLOSED_LOOP = "closed-loop"
+
+
+@dataclass
+class Counters:
+    cycles: int = 0
+    bad_in_a_row: int = 0
+    bad_data: int = 0
+    stale_data: int = 0
+    failed_solves: int = 0
+    late_solves: int = 0
+    overruns: int = 0
+    failed_writes: int = 0
+    read_failures: int = 0
+    writes: int = 0
+    fallbacks: int = 0
+    drift_alarms: int = 0
+    publish_failures: int = 0
+    twin_failures: int = 0
+    #: data trust (see :mod:`controller.runtime.trust`): values outside their tag's ``valid_range``,
+    #: values that are not finite numbers, measurements the innovation gate rejected, cycles
+    #: riding on the model's prediction for a measurement, working setpoints not trusted
+    implausible_values: int = 0
+    non_finite_values: int = 0
+    gate_rejections: int = 0
+    predicted_cycles: int = 0
+    untrusted_working: int = 0
+    estimator_failures: int = 0
+    #: read-backs that were not a finite number within the tag's limits
+    readback_failures: int = 0
+    #: stalls (woke up more than half a sample late), the whole cycles they skipped, and
+    #: setpoint writes held because the last one was less than ``min_write_interval`` ago
+    stalls: int = 0
+    skipped_cycles: int = 0
+    write_spacing_holds: int = 0
+
+
+@dataclass
+class CycleView:
+    """What one cycle saw and did (handed to the historian and to tests)."""
+
+    cycle: int
+    t: float
+    state: State
+    snapshot: Snapshot | None
+    estimate: Estimate | None = None
+    decision: Decision | None = None
+    outcome: SafetyOutcome | None = None
+    written: dict[str, float] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    #: the twin's figures this cycle (drift statistics, maintenance forecasts, publications)
+    monitor: dict[str, float] = field(default_factory=dict)
+    #: what the twin noticed this cycle (drift alarms raised and cleared), for the historian
+    events: list[HistorianEvent] = field(default_factory=list)

@@ -1,0 +1,264 @@
+"""The forecast's files: plan and recipe files, and the historian a forecast starts from.
+
+The I/O half of the what-if forecast (:mod:`controller.twin.forecast` computes it):
+
+* :func:`load_plan` reads an alternative plan (``--plan FILE``, a :class:`PlanFile`);
+  :func:`recipe_problems` / :func:`load_recipe` read the PLC's local recipe (a scenario file's
+  ``recipe:`` or a bare recipe file); :func:`default_plans` gives the plans a forecast compares
+  (the MPC, the site's local recipe, the plan file's plan);
+* :func:`start_from_historian` reads a runtime's historian (SQLite, read only) for the newest
+  cycle with an estimate: the :class:`~controller.twin.forecast_spec.ForecastStart`.
+
+Every problem raises :class:`~controller.twin.forecast_spec.ForecastError` naming the file,
+key and value.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from controller.config import Recipe, recipe_input_problems
+from controller.configfile import parse, read_yaml, resolve
+from controller.errors import ConfigError, Problem, unknown_name
+from controller.runtime.historian import SqliteHistorian
+from controller.runtime.historian_records import CycleRecord, HistorianError
+from controller.tags import TagMap
+from controller.timebase import TimeBase
+from controller.twin.forecast_spec import (
+    ForecastError,
+    ForecastSection,
+    ForecastStart,
+    Plan,
+    table_problems,
+)
+from plant_models import PlantModel
+
+__all__ = [
+    "PlanFile",
+    "default_plans",
+    "load_plan",
+    "load_recipe",
+    "recipe_problems",
+    "start_from_historian",
+]
+
+
+# ---------------------------------------------------------------------- plans and recipes
+class PlanFile(Recipe):
+    """An alternative plan (``--plan FILE``): a named input table.
+
+    ``time_base: now`` (the default): t = 0 is the forecast start; ``batch``: batch time.
+    Inputs the table does not name hold their value at the start.
+    """
+
+    name: str
+    description: str = ""
+    time_base: Literal["now", "batch"] = "now"
+
+
+def _config_problems(exc: ConfigError, prefix: str) -> list[Problem]:
+    return [
+        Problem(
+            p.file,
+            f"{prefix}{p.location}" if p.location else prefix.rstrip("."),
+            p.message,
+            p.value,
+        )
+        for p in exc.problems
+    ]
+
+
+def recipe_problems(path: Path, model: PlantModel) -> tuple[Recipe | None, list[Problem]]:
+    """Read a recipe from a scenario file (its ``recipe:`` key) or a bare recipe file.
+
+    Every row must give every input of ``model`` (it is what the PLC applies). Returns the
+    recipe (None when it does not validate) and the problems found.
+    """
+    try:
+        data = read_yaml(path)
+    except ConfigError as exc:
+        return None, list(exc.problems)
+    scenario = "recipe" in data or "plant" in data  # else a bare recipe file
+    raw, prefix = (data.get("recipe"), "recipe.") if scenario else (data, "")
+    if not isinstance(raw, Mapping):
+        why = "a scenario used as a recipe needs a 'recipe' table (interpolation, table)"
+        return None, [Problem(str(path), "recipe", why, raw)]
+    try:
+        recipe = parse(Recipe, raw, str(path))
+    except ConfigError as exc:
+        return None, _config_problems(exc, prefix)
+    problems = recipe_input_problems(recipe, model, str(path), prefix)
+    return (None if problems else recipe), problems
+
+
+def load_recipe(path: Path, model: PlantModel) -> Recipe:
+    """:func:`recipe_problems`, raising ForecastError when there are any."""
+    if not Path(path).is_file():
+        raise ForecastError([Problem(str(path), "", "recipe file not found", str(path))])
+    recipe, problems = recipe_problems(Path(path), model)
+    if problems or recipe is None:
+        raise ForecastError(problems)
+    return recipe
+
+
+def load_plan(path: Path, model: PlantModel) -> Plan:
+    """Read ``--plan FILE`` (see :class:`PlanFile`); ForecastError names file, key and value."""
+    try:
+        pf = parse(PlanFile, read_yaml(Path(path)), str(path))
+    except ConfigError as exc:
+        raise ForecastError(exc.problems) from exc
+    recipe = Recipe(interpolation=pf.interpolation, table=pf.table)
+    problems = table_problems(recipe, model, str(path), "")
+    if problems:
+        raise ForecastError(problems)
+    return Plan(pf.name, "table", recipe, pf.time_base)
+
+
+def default_plans(
+    model: PlantModel,
+    section: ForecastSection | None,
+    site_path: Path,
+    plan_file: Path | None = None,
+) -> list[Plan]:
+    """``mpc``, ``recipe`` (the site's local recipe, if its forecast ``section`` names one;
+    relative to ``site_path``, the site file) and the plan file's plan."""
+    plans = [Plan("mpc", "mpc")]
+    if section is not None and section.local_recipe is not None:
+        path = resolve(site_path, section.local_recipe)
+        if not path.is_file():
+            why = f"file not found: {path}"
+            where = "forecast.local_recipe"
+            raise ForecastError([Problem(str(site_path), where, why, section.local_recipe)])
+        plans.append(Plan("recipe", "recipe", load_recipe(path, model)))
+    if plan_file is not None:
+        plan = load_plan(plan_file, model)
+        taken = [p.name for p in plans]
+        if plan.name in taken:
+            raise ForecastError(
+                [Problem(str(plan_file), "name", f"taken by a built-in plan {taken}", plan.name)]
+            )
+        plans.append(plan)
+    return plans
+
+
+# ---------------------------------------------------------------------- the historian
+def _last_estimated(hist: SqliteHistorian, run_id: str) -> CycleRecord | None:
+    """The newest cycle of ``run_id`` with an estimate (reading back in growing chunks)."""
+    limit = 64
+    while True:
+        cycles = hist.cycles(run_id, limit=limit)
+        for record in reversed(cycles):
+            if record.estimates:
+                return record
+        if len(cycles) < limit:
+            return None
+        limit *= 4
+
+
+def _input_value(tags: TagMap, record: CycleRecord, name: str) -> float | None:
+    """The input in place from the record's time on: the setpoint written in that cycle (closed
+    loop), else its PV tag, else its setpoint tag as read (both of good quality)."""
+    candidates = []
+    pv = tags.reading_tags().get(name)
+    if pv is not None:
+        candidates.append(record.measurements.get(pv))
+    sp = tags.setpoint_tag(name)
+    if sp is not None and sp in record.setpoints:
+        return float(record.setpoints[sp])
+    if sp is not None:
+        candidates.append(record.measurements.get(sp))
+    for m in candidates:
+        if m is not None and m.quality == "good" and math.isfinite(m.value):
+            return float(m.value)
+    return None
+
+
+def start_from_historian(
+    model: PlantModel, tags: TagMap, historian_path: Path, run_id: str | None = None
+) -> ForecastStart:
+    """The start of a forecast from a runtime's historian (a running one is fine: read only).
+
+    Takes the newest cycle with an estimate of ``run_id`` (default: the newest run): states
+    and estimated parameters from it (the others from the plant file), inputs in place (the
+    setpoints written in that cycle, else the input PV tags of the tag map ``tags``, else the
+    setpoint tags as read), ``t``: ``record.t`` (process seconds since the run started) as
+    model time. Raises ForecastError (or
+    HistorianError for a file that cannot be read) naming the file and what is missing.
+    """
+    path = Path(historian_path)
+    src = str(path)
+    if not path.is_file():
+        raise ForecastError([Problem(src, "", "historian file not found", src)])
+    try:
+        hist = SqliteHistorian(path)
+    except HistorianError as exc:
+        raise ForecastError([Problem(src, "", f"cannot open the historian: {exc}", src)]) from exc
+    with hist:
+        runs = hist.runs()
+        if not runs:
+            raise ForecastError([Problem(src, "runs", "the historian holds no run", [])])
+        known = [r.run_id for r in runs]
+        if run_id is None:
+            info = runs[-1]
+        else:
+            found = [r for r in runs if r.run_id == run_id]
+            if not found:
+                why = unknown_name("run", run_id, known)
+                raise ForecastError([Problem(src, "run_id", why, run_id)])
+            info = found[0]
+        if info.model != model.name:
+            raise ForecastError(
+                [
+                    Problem(
+                        src,
+                        f"runs.{info.run_id}.model",
+                        f"the run is of another model than the site's {model.name!r}",
+                        info.model,
+                    )
+                ]
+            )
+        record = _last_estimated(hist, info.run_id)
+    if record is None:
+        raise ForecastError(
+            [Problem(src, f"runs.{info.run_id}.cycles", "no cycle with an estimate yet", None)]
+        )
+    return _start_from_record(model, tags, record, src)
+
+
+def _start_from_record(
+    model: PlantModel, tags: TagMap, record: CycleRecord, src: str
+) -> ForecastStart:
+    key = f"runs.{record.run_id}.cycles.{record.cycle}"
+    missing = [n for n in model.state_names if n not in record.estimates]
+    if missing:
+        raise ForecastError(
+            [
+                Problem(
+                    src, f"{key}.estimates", f"missing state(s) {missing}", sorted(record.estimates)
+                )
+            ]
+        )
+    inputs = {n: _input_value(tags, record, n) for n in model.input_names}
+    unknown = [n for n, v in inputs.items() if v is None]
+    if unknown:
+        raise ForecastError(
+            [
+                Problem(
+                    src,
+                    f"{key}.measurements",
+                    f"no good PV or setpoint of the input(s) {unknown}",
+                    sorted(record.measurements),
+                )
+            ]
+        )
+    params = model.parameters
+    params.update({k: float(v) for k, v in record.estimates.items() if k in params})
+    return ForecastStart(
+        TimeBase.of(model).model_time(record.t),
+        {n: float(record.estimates[n]) for n in model.state_names},
+        params,
+        {n: float(v) for n, v in inputs.items() if v is not None},
+    )

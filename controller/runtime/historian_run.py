@@ -1,0 +1,118 @@
+"""Run metadata: what was running, enough to reproduce a run (21 CFR Part 11, GAMP 5).
+
+:func:`run_info` fills a :class:`~controller.runtime.historian_records.RunInfo` for a run
+starting now: software version, git commit, config file hashes, the plant model's version
+(:func:`model_version`), Python and library versions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import inspect
+import json
+import platform
+import re
+import subprocess
+import uuid
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from controller.runtime.audit_chain import software_version
+from controller.runtime.historian_records import HistorianError, RunInfo
+
+if TYPE_CHECKING:
+    from plant_models import PlantModel
+
+LIBRARIES = ("casadi", "do-mpc", "numpy", "pymodbus", "asyncua", "pydantic")
+_GIT_COMMIT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+def model_version(model: PlantModel) -> str:
+    """SHA-256 over the model's declaration, source, parameter data and options.
+
+    Changes when an equation, a variable, a bound, a unit or a parameter value changes.
+    """
+    ps = model.parameter_set
+    try:
+        source = inspect.getsource(type(model))
+    except (OSError, TypeError):  # no source (frozen build): the declaration still counts
+        source = ""
+    body = {
+        "name": model.name,
+        "time_unit": model.time_unit,
+        "variables": [dataclasses.asdict(v) for v in model.all_variables.values()],
+        "parameters": [dataclasses.asdict(p) for p in ps.parameters.values()],
+        "initial_state": dict(ps.initial_state),
+        "nominal_inputs": dict(ps.nominal_inputs),
+        "initial_algebraic": dict(ps.initial_algebraic),
+        "smooth": model.smooth,
+        "source": source,
+    }
+    text = json.dumps(body, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def git_commit(folder: Path | None = None) -> str | None:
+    """``git rev-parse HEAD`` in ``folder`` (default: this package's), or None if unknown."""
+    where = folder or Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out if _GIT_COMMIT.fullmatch(out) else None
+
+
+def library_versions(names: Sequence[str] = LIBRARIES) -> dict[str, str]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def run_info(
+    site_name: str,
+    mode: str,
+    config_paths: Sequence[Path],
+    model: PlantModel,
+    *,
+    run_id: str | None = None,
+) -> RunInfo:
+    """Fill a :class:`RunInfo` for a run starting now.
+
+    Raises HistorianError when a config file cannot be read.
+    """
+    now = dt.datetime.now(dt.UTC)
+    hashes: dict[str, str] = {}
+    for p in map(Path, config_paths):
+        try:
+            digest = hashlib.sha256(p.read_bytes()).hexdigest()
+        except OSError as exc:
+            raise HistorianError(f"cannot hash the config file {p}: {exc}") from exc
+        hashes[p.name if p.name not in hashes else str(p)] = digest
+    return RunInfo(
+        run_id=run_id or f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}",
+        started_utc=now.isoformat(timespec="microseconds"),
+        site=site_name,
+        mode=mode,
+        software_version=software_version(),
+        git_commit=git_commit(),
+        config_hashes=hashes,
+        model=model.name,
+        model_version=model_version(model),
+        python_version=f"{platform.python_implementation()} {platform.python_version()}",
+        library_versions=library_versions(),
+    )

@@ -1,0 +1,161 @@
+"""The twin's half of a supervisor cycle: drift charts, alarms and publications.
+
+:class:`TwinCycleWork` runs the twin's services (:class:`controller.twin.services.TwinServices`)
+on the cycle's estimate, audits and logs every drift alarm raised or cleared (and hands it to
+the historian as an event), and writes the soft-sensor publications and the alarm tag (the
+alarm tag after its audit record). A failed publication is logged and counted, never a
+problem of the control cycle. When the twin's work runs, and whether it publishes, is the
+supervisor's call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from controller.core.estimate import Estimate
+from controller.errors import PortError
+from controller.ports.base import Port, WriteReport, WriteStatus
+from controller.runtime.audit import AuditTrail
+from controller.runtime.cycle import Counters, CycleView
+from controller.runtime.historian_records import HistorianEvent
+from controller.twin.monitoring import Alarm
+from controller.twin.services import TwinCycle, TwinServices
+
+__all__ = ["TwinCycleWork"]
+
+log = logging.getLogger("pharmatwin.supervisor")
+
+
+class TwinCycleWork:
+    """The twin's work of each cycle and what it last wrote to the PLC."""
+
+    def __init__(
+        self,
+        twin: TwinServices,
+        port: Port,
+        counters: Counters,
+        audit: AuditTrail,
+        *,
+        run_id: str,
+        actor: str,
+    ) -> None:
+        self.twin, self.port, self.counters, self.audit = twin, port, counters, audit
+        self.run_id, self.actor = run_id, actor
+        #: this cycle's result of the twin's services (None: nothing to publish)
+        self.last: TwinCycle | None = None
+        self._alarm_written: float | None = None
+        self._alarm_audited: float | None = None
+        self._publish_warned: set[str] = set()
+
+    def watch(
+        self,
+        view: CycleView,
+        t_model: float,
+        estimate: Estimate | None,
+        inputs: Mapping[str, float],
+        *,
+        data_good: bool,
+    ) -> None:
+        """Drift charts, maintenance forecasts and publications on this cycle's estimate
+        (at model time ``t_model``, under ``inputs``); nothing when the twin is disabled."""
+        if not self.twin.enabled:
+            return
+        tc = self.twin.update(t_model, estimate, inputs, data_good=data_good)
+        self.last = tc
+        view.monitor = {**view.monitor, **tc.monitor}  # after the data-trust figures
+        for kind, alarms in (("drift.alarm", tc.raised), ("drift.clear", tc.cleared)):
+            for alarm in alarms:
+                self._alarm_event(kind, alarm, view)
+        for problem in tc.publication.problems():
+            tag = problem.split(":", 1)[0]
+            if tag not in self._publish_warned:  # once per tag, not every cycle
+                self._publish_warned.add(tag)
+                log.info("publication %s", problem)
+
+    def _alarm_event(self, kind: str, alarm: Alarm, view: CycleView) -> None:
+        detail = {
+            "run_id": self.run_id,
+            "cycle": view.cycle,
+            "signal": alarm.signal,
+            "side": alarm.side,
+            "chart": alarm.chart,
+            "statistic": alarm.statistic,
+            "limit": alarm.limit,
+            "value": alarm.value,
+            "reference": alarm.reference,
+            "raised_at": alarm.raised_at,
+            "since": alarm.since,
+        }
+        message = alarm.message
+        self.audit.record(
+            kind,
+            alarm.signal,
+            reason=message,
+            new_value=alarm.statistic,
+            actor=self.actor,
+            detail=detail,
+        )
+        if kind == "drift.alarm":
+            self.counters.drift_alarms += 1
+            log.warning("%s", message)
+        else:
+            log.info("%s", message)
+        view.events.append(HistorianEvent(self.run_id, view.t, kind, alarm.key, message, detail))
+
+    async def publish(self, view: CycleView) -> None:
+        """Write the soft sensors, then (in its own request) the alarm tag when it changed,
+        audited first. The historian's ``pub.<tag>`` figures are what the PLC accepted."""
+        tc = self.last
+        if tc is None:
+            return
+        values = dict(tc.publication.values)
+        tag = self.twin.alarm_tag
+        alarm = values.pop(tag, None) if tag is not None else None
+        if values:
+            report = await self._try_write(values, view, "publishing")
+            for name, written in report.results.items() if report is not None else ():
+                if written.status is WriteStatus.OK:
+                    view.monitor[f"pub.{name}"] = values[name]
+        if tag is None or alarm is None or alarm == self._alarm_written:
+            return
+        if alarm != self._alarm_audited:  # one record per change, not one per retry
+            self.audit.record(
+                "tag.write.alarm",
+                tag,
+                reason="drift alarm state changed",
+                old_value=self._alarm_written,
+                new_value=alarm,
+                actor=self.actor,
+                detail={
+                    "run_id": self.run_id,
+                    "cycle": view.cycle,
+                    "active": [a.key for a in tc.active],
+                },
+            )
+            self._alarm_audited = alarm
+        alarm_report = await self._try_write({tag: alarm}, view, "the alarm tag")
+        result = alarm_report.results.get(tag) if alarm_report is not None else None
+        if result is not None and result.status is WriteStatus.OK:
+            self._alarm_written = alarm
+            view.monitor[f"pub.{tag}"] = alarm
+        elif result is not None and result.status is WriteStatus.MISMATCH:
+            self._alarm_written = result.readback  # retried next cycle: the PLC has another
+
+    async def _try_write(
+        self, values: Mapping[str, float], view: CycleView, what: str
+    ) -> WriteReport | None:
+        """A write of the twin's own tags: a failure is logged and counted, never a problem
+        of the control cycle."""
+        try:
+            report = await self.port.write(values)
+        except PortError as exc:
+            self.counters.publish_failures += 1
+            log.warning("cycle %d: %s %s failed: %s", view.cycle, what, sorted(values), exc)
+            return None
+        if not report.ok:
+            self.counters.publish_failures += 1
+            log.warning(
+                "cycle %d: %s refused: %s", view.cycle, what, [r.detail for r in report.failed()]
+            )
+        return report

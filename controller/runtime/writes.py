@@ -1,0 +1,203 @@
+"""The supervisor's control writes: the heartbeat, the setpoints and their audit, the advice.
+
+:class:`ControlWriter` writes to the PLC on the supervisor's behalf. Every setpoint is audited
+*before* it is sent (one transaction for the whole decision), two setpoint writes are never
+closer than ``min_write_interval``, and the write's report says what the PLC has: a value it
+accepted, or its read-back when that is a finite number within the tag's limits (anything else
+is a problem of the cycle, never the new move origin). What the PLC has is handed to the
+pipeline (:meth:`controller.core.pipeline.ControlPipeline.resync`), its one owner. A failed or
+refused write is a problem of the cycle; what follows from it is the supervisor's call.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Mapping
+
+from controller.clock import Clock
+from controller.core.mpc import Decision
+from controller.core.pipeline import ControlPipeline
+from controller.core.safety import SafetyOutcome
+from controller.errors import PortError
+from controller.ports.base import Port, WriteReport, WriteStatus
+from controller.runtime.audit import AuditTrail
+from controller.runtime.audit_chain import AuditEntry
+from controller.runtime.cycle import Counters, CycleView, Mode, State
+from controller.tags import TagMap
+
+__all__ = ["ControlWriter"]
+
+log = logging.getLogger("pharmatwin.supervisor")
+
+#: the heartbeat counts modulo this (a 16-bit register)
+_WRAP = 65536
+
+
+class ControlWriter:
+    """Writes of the control loop: heartbeat, setpoints (audited first), advisory tags.
+
+    ``sp_tags`` maps each input to its setpoint tag; ``problem(view, text)`` records a
+    problem of the cycle.
+    """
+
+    def __init__(
+        self,
+        port: Port,
+        clock: Clock,
+        pipeline: ControlPipeline,
+        tags: TagMap,
+        sp_tags: Mapping[str, str],
+        counters: Counters,
+        audit: AuditTrail,
+        *,
+        min_write_interval_s: float,
+        run_id: str,
+        actor: str,
+        model_version: str,
+        problem: Callable[[CycleView, str], None],
+    ) -> None:
+        self.port, self.clock, self.pipeline = port, clock, pipeline
+        self.tags, self.sp_tags, self.counters, self.audit = tags, sp_tags, counters, audit
+        self.min_write_interval_s = min_write_interval_s
+        self.run_id, self.actor, self.model_version = run_id, actor, model_version
+        self._problem = problem
+        self._heartbeat = 0
+        self._last_write_t: float | None = None
+
+    async def write(self, values: Mapping[str, float], view: CycleView) -> WriteReport | None:
+        """A control write; a failure (None) or a refusal is a problem of the cycle."""
+        try:
+            report = await self.port.write(values)
+        except PortError as exc:
+            self.counters.failed_writes += 1
+            self._problem(view, f"write failed: {exc}")
+            return None
+        if not report.ok:
+            self.counters.failed_writes += 1
+            self._problem(view, f"write refused: {[r.detail for r in report.failed()]}")
+        return report
+
+    async def heartbeat(self, view: CycleView) -> None:
+        """The next heartbeat count."""
+        self._heartbeat = (self._heartbeat + 1) % _WRAP
+        await self.write({"mpc_heartbeat": float(self._heartbeat)}, view)
+
+    def too_soon(self, view: CycleView) -> bool:
+        """Two setpoint writes are never closer than ``min_write_interval``: a held cycle
+        (a problem; the move limits count from what the PLC has)."""
+        now = self.clock.now()
+        last = self._last_write_t
+        if last is None or now - last >= self.min_write_interval_s:
+            return False
+        self.counters.write_spacing_holds += 1
+        self._problem(
+            view,
+            f"setpoints last written {now - last:.3g} s ago, less than the minimum interval "
+            f"of {self.min_write_interval_s:.3g} s: held",
+        )
+        self.pipeline.resync(self.pipeline.working)
+        return True
+
+    async def setpoints(self, view: CycleView, mode: Mode, state: State) -> bool:
+        """Audit, then write the cycle's safe setpoints; False when the write failed, was
+        refused or its read-back cannot be trusted (a problem of the cycle)."""
+        if view.outcome is None or view.decision is None:
+            return True
+        values = {self.sp_tags[n]: v for n, v in view.outcome.setpoints.items()}
+        if not values:
+            return True
+        self._audit_setpoints(view.cycle, view.outcome, view.decision, mode, state)
+        self._last_write_t = self.clock.now()
+        report = await self.write(values, view)
+        have = dict(self.pipeline.working)
+        trusted = True
+        for name, value in view.outcome.setpoints.items():
+            result = report.results.get(self.sp_tags[name]) if report is not None else None
+            if result is not None and result.status is WriteStatus.OK:
+                have[name] = float(value)
+            elif result is not None and result.status is WriteStatus.MISMATCH:
+                trusted = self._take_readback(name, result.readback, have, view) and trusted
+        # The safety layer took its outcome as applied; when it was not (or not all of it),
+        # the move limits must count from what the PLC really has, or held cycles add up.
+        self.pipeline.resync(have)
+        if report is None or not report.ok or not trusted:
+            return False
+        self.counters.writes += 1
+        view.written.update(values)
+        return True
+
+    def _audit_setpoints(
+        self, cycle: int, outcome: SafetyOutcome, decision: Decision, mode: Mode, state: State
+    ) -> None:
+        """One transaction: every setpoint of the decision durable before the write."""
+        decision_id = f"{self.run_id}:{cycle}"
+        changes = [
+            {
+                "input": i.name,
+                "proposed": i.proposed,
+                "applied": i.applied,
+                "reason": i.reason.value,
+            }
+            for i in outcome.interventions
+        ]
+        detail = {
+            "decision_id": decision_id,
+            "mode": mode.value,
+            "state": state.value,
+            "solver_status": decision.status.value,
+            "return_status": decision.return_status,
+            "safety_changes": changes,
+            "config_hash": self.audit.config_hash,
+            "model": self.pipeline.model.name,
+            "model_version": self.model_version,
+        }
+        working = self.pipeline.working
+        self.audit.record_all(
+            [
+                AuditEntry(
+                    "setpoint.write",
+                    self.sp_tags[name],
+                    f"MPC decision {decision_id}",
+                    old_value=working.get(name),
+                    new_value=value,
+                    actor=self.actor,
+                    detail=dict(detail),
+                )
+                for name, value in outcome.setpoints.items()
+            ]
+        )
+
+    def _take_readback(
+        self, name: str, readback: float | None, have: dict[str, float], view: CycleView
+    ) -> bool:
+        """What the PLC reports it has (a write answered MISMATCH) becomes the move limits'
+        origin in ``have``, if it can be trusted: a finite number within the setpoint tag's
+        limits. Otherwise the last trusted value stays, and the cycle has a problem."""
+        tag = self.sp_tags[name]
+        limits = self.tags.tags[tag].limits
+        value = math.nan if readback is None else float(readback)
+        if math.isfinite(value) and (limits is None or limits[0] <= value <= limits[1]):
+            have[name] = value
+            return True
+        self.counters.readback_failures += 1
+        allowed = f"within {list(limits)}" if limits is not None else "finite"
+        self._problem(
+            view,
+            f"read-back of {tag} is {value!r}, not a number the PLC can hold ({allowed}); "
+            f"keeping {have.get(name)!r} as its value",
+        )
+        return False
+
+    async def advise(self, view: CycleView, advisory_tags: Mapping[str, str]) -> None:
+        """Shadow mode: recommendations go to the historian and, if configured, advisory tags."""
+        if view.outcome is None or not view.outcome.setpoints:
+            return
+        advisory = {
+            tag: view.outcome.setpoints[i]
+            for i, tag in advisory_tags.items()
+            if i in view.outcome.setpoints
+        }
+        if advisory:
+            await self.write(advisory, view)
+        log.info("cycle %d recommendation: %s", view.cycle, dict(view.outcome.setpoints))

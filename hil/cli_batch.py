@@ -1,0 +1,320 @@
+"""``pharmatwin-hil campaign``, ``tune``, ``compare``, ``design-space`` and ``check-config``.
+
+The batch commands: a campaign's scenario matrix judged against its criteria
+(:mod:`hil.campaign`), offline tuning and side-by-side comparison of controller configs
+(:mod:`hil.tuning`), the design space of two recipe knobs (:mod:`hil.design_space`, with
+``--monte-carlo`` :mod:`hil.design_space_mc`), and ``check-config`` of every kind of file
+(the controller's kinds through :func:`controller.runtime.cli_config.check_config`, and the
+HIL's).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from hil.tuning.evaluate import ExecutorSettings
+
+
+def add_parsers(sub: Any, epilog: str) -> None:
+    """The ``campaign``, ``tune``, ``compare``, ``design-space`` and ``check-config`` commands."""
+    _campaign_parser(sub, epilog)
+    _tuning_parsers(sub, epilog)
+    _design_space_parser(sub, epilog)
+    _check_config_parser(sub)
+
+
+def _campaign_parser(sub: Any, epilog: str) -> None:
+    """``campaign run|report``."""
+    camp = sub.add_parser(
+        "campaign",
+        help="HIL test campaigns: a scenario matrix judged against acceptance criteria",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    csub = camp.add_subparsers(dest="campaign_command", required=True)
+    crun = csub.add_parser("run", help="run a campaign (skips cases already done)")
+    crun.add_argument("campaign", type=Path, help="configs/campaigns/<name>.yaml")
+    crun.add_argument(
+        "--out", type=Path, default=None, help="results folder (runs/campaigns/<name>-<mode>)"
+    )
+    where = crun.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=None, help="worker processes (default 1)")
+    where.add_argument(
+        "--dask-scheduler", default=None, help="run on an existing Dask cluster (tcp://HOST:PORT)"
+    )
+    crun.add_argument(
+        "--executor",
+        choices=("process", "dask"),
+        default=None,
+        help="local process pool (default) or Dask (a LocalCluster of --workers)",
+    )
+    crun.add_argument("--mode", choices=("fast", "hil"), default=None, help="default: the file's")
+    crun.add_argument("--rate", type=float, default=None, help="hil mode: process s per wall s")
+    crun.add_argument("--force", action="store_true", help="rerun cases already done")
+    crun.add_argument("--quiet", action="store_true", help="no progress bar")
+    crep = csub.add_parser("report", help="write the HTML, JUnit XML and summary.json again")
+    crep.add_argument("results", type=Path, help="a campaign's results folder")
+
+
+def _tuning_parsers(sub: Any, epilog: str) -> None:
+    """``tune`` and ``compare``."""
+    tune = sub.add_parser(
+        "tune",
+        help="tune a controller config offline with Optuna over a scenario set (resumable)",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tune.add_argument("tuning", type=Path, help="configs/tuning/<name>.yaml")
+    tune.add_argument("--trials", type=int, default=None, help="the study's total trials")
+    tune.add_argument("--out", type=Path, default=None, help="results (runs/tuning/<name>)")
+    cmp_ = sub.add_parser(
+        "compare",
+        help="run two controller configs on the same scenarios and show them side by side",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cmp_.add_argument("config_a", type=Path, help="a controller config (e.g. the shipped one)")
+    cmp_.add_argument("config_b", type=Path, help="another controller config (e.g. the tuned one)")
+    cmp_.add_argument(
+        "--scenarios",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="campaign files or tuning files (their scenario set)",
+    )
+    cmp_.add_argument("--out", type=Path, default=Path("runs") / "compare", help="results")
+    for sp in (tune, cmp_):
+        where = sp.add_mutually_exclusive_group()
+        where.add_argument("--workers", type=int, default=None, help="worker processes (1)")
+        where.add_argument("--dask-scheduler", default=None, help="an existing Dask cluster")
+        sp.add_argument(
+            "--executor",
+            choices=("process", "dask"),
+            default=None,
+            help="local process pool (default) or Dask",
+        )
+
+
+def _design_space_parser(sub: Any, epilog: str) -> None:
+    """``design-space`` (with ``--monte-carlo``)."""
+    ds = sub.add_parser(
+        "design-space",
+        help="sweep two recipe knobs, judge each point's CQAs, plot the acceptable region",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ds.add_argument("design_space", type=Path, help="configs/design-space/<name>.yaml")
+    ds.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    ds.add_argument(
+        "--executor",
+        choices=("process", "dask"),
+        default="process",
+        help="local process pool (default) or a Dask LocalCluster of --workers on 127.0.0.1",
+    )
+    ds.add_argument("--out", type=Path, default=None, help="results (runs/design-space/<name>)")
+    ds.add_argument("--quiet", action="store_true", help="no progress bar")
+    ds.add_argument(
+        "--monte-carlo",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N draws of the uncertain parameters at every point: the probability map",
+    )
+    ds.add_argument(
+        "--probability",
+        type=float,
+        default=0.95,
+        help="with --monte-carlo: the probability whose contour bounds the design space (0.95)",
+    )
+
+
+def _check_config_parser(sub: Any) -> None:
+    """``check-config FILE...``."""
+    chk = sub.add_parser(
+        "check-config",
+        help="check config files of every kind, the HIL's (campaign, tuning, design space) too",
+    )
+    chk.add_argument(
+        "files", type=Path, nargs="+", help="config files of any kind the project ships"
+    )
+
+
+def campaign_command(args: argparse.Namespace, console: Console) -> int:
+    from hil.campaign.report import write_reports
+
+    if args.campaign_command == "report":
+        paths = write_reports(args.results)
+        console.print(f"wrote {paths.html}, {paths.junit}, {paths.summary}")
+        return 0
+    from hil.campaign.execute import RunSettings, run_campaign
+    from hil.campaign.spec import load_campaign
+
+    campaign = load_campaign(args.campaign)
+    mode = args.mode or campaign.spec.mode
+    executor: Literal["process", "dask"] = args.executor or (
+        "dask" if args.dask_scheduler else "process"
+    )
+    if args.dask_scheduler and executor != "dask":
+        console.print("[red]error:[/red] --dask-scheduler needs --executor dask (or none)")
+        return 2
+    settings = RunSettings(
+        out=args.out or Path("runs") / "campaigns" / f"{campaign.name}-{mode}",
+        mode=mode,
+        executor=executor,
+        workers=args.workers or 1,
+        scheduler=args.dask_scheduler,
+        force=args.force,
+        progress=not args.quiet,
+        rate=args.rate,
+    )
+    outcome = run_campaign(campaign, settings, console)
+    paths = write_reports(settings.out)
+    table = Table(title=f"campaign {campaign.name} ({mode}, {settings.executor})")
+    for col in ("passed", "failed", "errored", "skipped (done before)", "wall time"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        str(outcome.count("passed")),
+        str(outcome.count("failed")),
+        str(outcome.count("error")),
+        str(len(outcome.skipped)),
+        f"{outcome.wall_time_s:.1f} s",
+    )
+    console.print(table)
+    console.print(f"report: {paths.html}\njunit: {paths.junit}\nsummary: {paths.summary}")
+    return 0 if outcome.passed else 1
+
+
+def _executor_settings(args: argparse.Namespace) -> ExecutorSettings | None:
+    from hil.tuning.evaluate import ExecutorSettings
+
+    executor: Literal["process", "dask"] = args.executor or (
+        "dask" if args.dask_scheduler else "process"
+    )
+    if args.dask_scheduler and executor != "dask":
+        return None
+    return ExecutorSettings(executor, args.workers or 1, args.dask_scheduler)
+
+
+def tune_command(args: argparse.Namespace, console: Console) -> int:
+    from hil.tuning.search import TuneSettings, tune
+    from hil.tuning.spec import load_tuning
+
+    executor = _executor_settings(args)
+    if executor is None:
+        console.print("[red]error:[/red] --dask-scheduler needs --executor dask (or none)")
+        return 2
+    tuning = load_tuning(args.tuning)
+    out = args.out or Path("runs") / "tuning" / tuning.name
+    outcome = tune(tuning, TuneSettings(out, args.trials, executor), console)
+    console.print(
+        f"{len(outcome.study.trials)} trials in {out / 'study.db'} ({outcome.trials_run} run "
+        f"now, {outcome.wall_time_s:.1f} s)"
+    )
+    for key, path in outcome.files.items():
+        console.print(f"{key}: {path}", highlight=False)
+    return 0 if outcome.best is not None else 1
+
+
+def compare_command(args: argparse.Namespace, console: Console) -> int:
+    from hil.tuning.compare import compare
+
+    executor = _executor_settings(args)
+    if executor is None:
+        console.print("[red]error:[/red] --dask-scheduler needs --executor dask (or none)")
+        return 2
+    result = compare(args.config_a, args.config_b, args.scenarios, args.out, executor, console)
+    console.print(f"report: {result.html}\nkpis: {result.json}", highlight=False)
+    return 0
+
+
+def design_space_command(args: argparse.Namespace, console: Console) -> int:
+    from hil.design_space import run_design_space, summary_tables
+    from hil.design_space_spec import load_design_space
+
+    space = load_design_space(args.design_space)
+    out = args.out or Path("runs") / "design-space" / space.name
+    if args.monte_carlo:
+        return _probabilistic_design_space(args, space, out, console)
+    outcome = run_design_space(
+        space,
+        out,
+        executor=args.executor,
+        workers=args.workers,
+        progress=not args.quiet,
+        console=console,
+    )
+    for table in summary_tables(outcome):
+        console.print(table)
+    for key, path in outcome.files.items():
+        console.print(f"{key}: {path}", highlight=False)
+    return 0 if outcome.acceptable and not outcome.errors else 1
+
+
+def _probabilistic_design_space(
+    args: argparse.Namespace, space: Any, out: Path, console: Console
+) -> int:
+    from hil.design_space_mc import probability_table, run_probabilistic
+
+    if args.monte_carlo < 1 or not 0.0 < args.probability < 1.0:
+        console.print(
+            f"[red]error:[/] --monte-carlo must be at least 1 (got {args.monte_carlo}) and "
+            f"--probability strictly between 0 and 1 (got {args.probability})",
+            highlight=False,
+        )
+        return 2
+    outcome = run_probabilistic(
+        space,
+        out,
+        args.monte_carlo,
+        level=args.probability,
+        executor=args.executor,
+        workers=args.workers,
+        progress=not args.quiet,
+        console=console,
+    )
+    console.print(probability_table(outcome))
+    console.print(
+        f"{len(outcome.inside)}/{len(outcome.rows)} points meet every limit with probability "
+        f">= {args.probability:g} ({outcome.wall_time_s:.1f} s)",
+        highlight=False,
+    )
+    if outcome.errors:
+        first = next(r["first_error"] for r in outcome.rows if r["first_error"])
+        console.print(
+            f"[red]{outcome.errors} run(s) failed[/] and count as not acceptable; first: {first}",
+            highlight=False,
+        )
+    for key, path in outcome.files.items():
+        console.print(f"{key}: {path}", highlight=False)
+    return 0 if outcome.inside and not outcome.errors else 1
+
+
+def check_config_command(args: argparse.Namespace, console: Console) -> int:
+    """``check-config``: 0 when every file is checked and ok (see check_config)."""
+    return check_config(args.files, console)
+
+
+def check_config(files: Sequence[Path], console: Console) -> int:
+    """``pharmatwin check-config`` with the HIL tools' own kinds of file added."""
+    from controller.runtime.cli_config import CHECKERS, check_config
+    from hil.campaign.spec import load_campaign
+    from hil.design_space_spec import load_design_space
+    from hil.scenario import load_scenario
+    from hil.site import load_hil_site
+    from hil.tuning.spec import load_tuning
+
+    hil_kinds = {
+        "site": load_hil_site,  # with its 'hil:' section, which pharmatwin does not check
+        "scenario": load_scenario,
+        "campaign": load_campaign,
+        "tuning": load_tuning,
+        "design space": load_design_space,
+    }
+    return check_config(files, console, {**CHECKERS, **hil_kinds}, "pharmatwin-hil")

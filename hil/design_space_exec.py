@@ -1,0 +1,152 @@
+"""Running a design space's points: one point in a worker, and the executors that run them.
+
+:func:`run_point` writes a point's scenario, runs it offline (:func:`hil.simulate.run_scenario`)
+and returns its CQAs as plain data; :func:`run_pool` (a local spawned process pool) and
+:func:`run_dask` (a Dask ``LocalCluster`` on 127.0.0.1) run many, reporting each result (or a
+lost worker, :func:`lost`) as it comes. A failed point is a result with ``status: error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import multiprocessing
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+#: Where the points run: a local spawned process pool, or a Dask LocalCluster on 127.0.0.1.
+Executor = Literal["process", "dask"]
+#: Tolerance of "progress reached complete_at".
+EPS = 1e-9
+
+
+def _series(rows: list[dict[str, Any]], name: str) -> list[tuple[float, float]]:
+    out = []
+    for row in rows:
+        for prefix in ("x.", "z.", "e.", "y.", "u."):
+            value = row.get(prefix + name)
+            if isinstance(value, int | float) and math.isfinite(value):
+                out.append((float(row["t"]), float(value)))
+                break
+    return out
+
+
+def point_cqas(
+    rows: list[dict[str, Any]], temperature: str, progress: str, complete_at: float
+) -> dict[str, Any]:
+    """The CQAs of one run's rows (plain data)."""
+    temp = _series(rows, temperature)
+    prog = _series(rows, progress)
+    end = float(rows[-1]["t"]) if rows else math.nan
+    done = next((t for t, v in prog if v >= complete_at - EPS), None)
+    return {
+        f"max_{temperature}": max((v for _, v in temp), default=math.nan),
+        "drying_time": done if done is not None else end,
+        f"final_{progress}": prog[-1][1] if prog else math.nan,
+        "finished": done is not None,
+        "run_end": end,
+    }
+
+
+def run_point(job: dict[str, Any]) -> dict[str, Any]:
+    """Worker: write the point's scenario, run it offline, return its CQAs (plain data)."""
+    from hil.simulate import run_scenario
+
+    started = time.perf_counter()
+    result: dict[str, Any] = {"id": job["id"], "status": "ok", "error": None}
+    try:
+        path = Path(job["scenario_file"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(job["scenario"], sort_keys=False), encoding="utf-8")
+        run = asyncio.run(run_scenario(path))
+        cqa = job["cqas"]
+        result |= point_cqas(run.rows, cqa["temperature"], cqa["progress"], cqa["complete_at"])
+    except Exception as exc:  # one bad point must not sink the sweep
+        result |= {
+            "status": "error",
+            "error": f"{type(exc).__name__}: {exc}",
+            "traceback": traceback.format_exc(limit=5),
+        }
+    result["wall_time_s"] = time.perf_counter() - started
+    return result
+
+
+def run_pool(
+    jobs: list[dict[str, Any]], workers: int, on_result: Callable[[dict[str, Any]], None]
+) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures: dict[Future[dict[str, Any]], str] = {
+            pool.submit(run_point, job): job["id"] for job in jobs
+        }
+        remaining = set(futures)
+        while remaining:
+            done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+            for fut in done:
+                try:
+                    on_result(fut.result())
+                except Exception as exc:  # e.g. a worker lost (BrokenProcessPool)
+                    on_result(lost(futures[fut], exc))
+
+
+def run_dask(
+    jobs: list[dict[str, Any]], workers: int, on_result: Callable[[dict[str, Any]], None]
+) -> None:
+    import uuid
+
+    from distributed import Client, LocalCluster, as_completed
+
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        run = uuid.uuid4().hex[:8]
+        futures = {
+            client.submit(run_point, job, key=f"ds-{job['id']}-{run}", pure=False): job["id"]
+            for job in jobs
+        }
+        for fut in as_completed(list(futures)):
+            try:
+                on_result(fut.result())
+            except Exception as exc:  # KilledWorker, ...
+                on_result(lost(futures[fut], exc))
+
+
+def lost(pid: str, exc: BaseException) -> dict[str, Any]:
+    return {
+        "id": pid,
+        "status": "error",
+        "error": f"{type(exc).__name__}: {exc}",
+        "wall_time_s": 0.0,
+    }
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool, total: int, console: Console) -> Iterator[Callable[[], None]]:
+    with Progress(
+        TextColumn("[bold]design space"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not enabled,
+    ) as bar:
+        task = bar.add_task("points", total=total)
+        yield lambda: bar.update(task, advance=1)

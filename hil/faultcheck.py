@@ -1,0 +1,353 @@
+"""Checking a fault before it is held: against the site and the mode the rig runs in.
+
+:class:`FaultTargets` is what one site, in one mode, offers to faults: its outputs, inputs
+and parameters with their units, the PLC's input limits, its tags, and the kinds its servers
+cannot carry out. :func:`fault_problems` lists every reason a fault would not do what it says
+there: the target exists (unknown names are listed with what is allowed and a "did you
+mean"), a wildcard matches at least one tag, the stated ``unit`` is the one the magnitude or
+rate is in (:func:`magnitude_unit`), the magnitude can take effect (a saturation at or above
+the input's upper limit, a lag far shorter than a plant step, a drift of a parameter that is
+0, a window shorter than a plant step would all silently do nothing) and the servers of this
+mode can carry out the kind (the in-memory PLC of the fast mode cannot delay answers by
+wall-clock seconds: ``comm_latency`` is refused there). :func:`parse_fault` turns a raw
+request into a :class:`~hil.faultspec.FaultSpec` with plain-sentence errors. A refused fault
+raises :class:`FaultRefusedError`; nothing is held. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from controller.errors import ConfigError, Problem, ScenarioError, suggest, unknown_name
+from hil.faultspec import (
+    FAULT_KINDS,
+    FAULT_RATE_KINDS,
+    FAULT_SERVER_WIDE_KINDS,
+    FaultSpec,
+    expand_tags,
+    is_pattern,
+)
+
+if TYPE_CHECKING:
+    from controller.runtime.site import Site
+    from controller.tags import TagMap
+    from hil.servers.base import PlcServer
+    from plant_models import PlantModel
+
+__all__ = [
+    "FaultRefusedError",
+    "FaultTargets",
+    "check_clear",
+    "check_fault",
+    "check_scheduled",
+    "fault_problems",
+    "magnitude_unit",
+    "parse_fault",
+    "scheduled_fault_problems",
+]
+
+
+class FaultRefusedError(ScenarioError):
+    """A fault that would not do what it says, refused before anything is held.
+
+    ``problems`` are plain sentences, one per reason; ``allowed`` lists the names the field at
+    fault may take (the kinds for an unknown kind, the targets for an unknown target; empty
+    otherwise); ``suggestion`` is the allowed name closest to a mistyped one, or None.
+    """
+
+    def __init__(
+        self,
+        problems: Sequence[str],
+        *,
+        allowed: Sequence[str] = (),
+        suggestion: str | None = None,
+    ) -> None:
+        self.problems = tuple(problems)
+        self.allowed = tuple(allowed)
+        self.suggestion = suggestion
+        super().__init__("fault refused: " + "; ".join(self.problems))
+
+    def answer(self) -> dict[str, Any]:
+        """The refusal as the admin channel and ``fault --json`` give it."""
+        return {
+            "ok": False,
+            "error": str(self),
+            "problems": list(self.problems),
+            "allowed": list(self.allowed),
+            "did_you_mean": self.suggestion,
+        }
+
+
+_NOUN = {"sensor": "measured output", "actuator": "input", "parameter": "parameter"}
+
+
+@dataclass(frozen=True)
+class FaultTargets:
+    """What one site, in one mode, offers to faults (checked by :func:`fault_problems`).
+
+    Units are the model's. ``input_limits``: the PLC's range of each input's setpoint tag
+    (the model's bounds where the tag has none). ``parameter_units``: every parameter's unit;
+    ``parameters``: the true plant's values. ``plant_step``: the rig's integration step [time
+    unit]. ``parameters`` and ``plant_step`` are None where they are not known (the CLI, from
+    the site file alone: :meth:`for_site`), which leaves the checks that need them to the
+    serving rig. ``unsupported``: kind -> why the servers of this mode cannot carry it out.
+    """
+
+    time_unit: str
+    outputs: Mapping[str, str]
+    inputs: Mapping[str, str]
+    input_limits: Mapping[str, tuple[float, float]]
+    parameter_units: Mapping[str, str]
+    tags: tuple[str, ...]
+    parameters: Mapping[str, float] | None = None
+    plant_step: float | None = None
+    unsupported: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        model: PlantModel,
+        tags: TagMap,
+        *,
+        plant_step: float | None = None,
+        servers: Iterable[PlcServer] = (),
+    ) -> FaultTargets:
+        """The targets of ``model`` (with the true plant's parameter values) behind ``tags``;
+        ``servers`` say which kinds they cannot carry out (``unsupported_faults``)."""
+        limits: dict[str, tuple[float, float]] = {}
+        for name in model.input_names:
+            sp = tags.setpoint_tag(name)
+            tag_limits = tags.tags[sp].limits if sp is not None else None
+            var = model.variable(name)
+            lo, hi = tag_limits if tag_limits is not None else (var.lower, var.upper)
+            limits[name] = (float(lo), float(hi))
+        unsupported: dict[str, str] = {}
+        for server in servers:
+            unsupported.update(server.unsupported_faults)
+        return cls(
+            time_unit=model.time_unit,
+            outputs={n: model.variable(n).unit for n in model.output_names},
+            inputs={n: model.variable(n).unit for n in model.input_names},
+            input_limits=limits,
+            parameter_units=dict(model.parameter_units),
+            tags=tuple(tags.tags),
+            parameters=model.parameters,
+            plant_step=plant_step,
+            unsupported=unsupported,
+        )
+
+    @classmethod
+    def for_site(cls, site: Site) -> FaultTargets:
+        """What the site file alone says (names, units, the PLC's limits): the true plant's
+        parameter values, the rig's step and its servers are the serving rig's to check."""
+        return replace(cls.of(site.model, site.tags), parameters=None)
+
+    def allowed(self, kind: str) -> tuple[str, ...]:
+        """The targets a fault of ``kind`` may name (comm_bad_status: also patterns)."""
+        if kind in FAULT_SERVER_WIDE_KINDS:
+            return ("*",)
+        if kind == "comm_bad_status":
+            return self.tags
+        names = {"sensor": self.outputs, "actuator": self.inputs, "parameter": self.parameter_units}
+        return tuple(names.get(kind.split("_")[0], ()))
+
+    def every_name(self) -> tuple[str, ...]:
+        """Every name any fault may target, ``"*"`` included."""
+        names = [*self.outputs, *self.inputs, *self.parameter_units, *self.tags, "*"]
+        return tuple(dict.fromkeys(names))
+
+
+def magnitude_unit(spec: FaultSpec, targets: FaultTargets) -> str | None:
+    """The unit of ``spec``'s magnitude or rate on its target (None: it has neither, or the
+    target is unknown): the output's unit for a bias or noise, output unit per time unit for
+    a sensor drift, the input's unit for a saturation, the time unit for a lag, s (wall clock)
+    for a latency, 1 per time unit (relative) for a parameter drift."""
+    kind, target, per = spec.kind, spec.target, targets.time_unit
+    if kind in ("sensor_bias", "sensor_noise"):
+        return targets.outputs.get(target)
+    if kind == "sensor_drift":
+        unit = targets.outputs.get(target)
+        return None if unit is None else f"{unit}/{per}"
+    if kind == "actuator_saturation":
+        return targets.inputs.get(target)
+    if kind == "actuator_lag":
+        return per
+    if kind == "comm_latency":
+        return "s"
+    if kind == "parameter_drift":
+        return f"1/{per}"
+    return None
+
+
+def _target_problem(spec: FaultSpec, targets: FaultTargets) -> str | None:
+    kind, target = spec.kind, spec.target
+    context = f" for a {kind} fault"
+    if kind == "comm_bad_status":
+        if is_pattern(target):
+            if expand_tags(target, targets.tags):
+                return None
+            return f"the pattern {target!r}{context} matches no tag; tags: {list(targets.tags)}"
+        return (
+            None
+            if target in targets.tags
+            else unknown_name("tag", target, targets.tags, context=context)
+        )
+    allowed = targets.allowed(kind)
+    if target in allowed:
+        return None
+    return unknown_name(_NOUN.get(kind.split("_")[0], "target"), target, allowed, context=context)
+
+
+def _effect_problems(spec: FaultSpec, targets: FaultTargets) -> list[str]:
+    """Magnitudes and windows with which the fault could never act."""
+    problems: list[str] = []
+    step, per, kind, target = targets.plant_step, targets.time_unit, spec.kind, spec.target
+    if step is not None and spec.duration is not None and spec.duration < step:
+        problems.append(
+            f"a duration of {spec.duration:g} {per} is shorter than one plant step "
+            f"({step:g} {per}): the fault could begin and end between two steps and never act"
+        )
+    if kind == "actuator_saturation":
+        hi, unit = targets.input_limits[target][1], targets.inputs[target]
+        if spec.magnitude >= hi:
+            problems.append(
+                f"a saturation at {spec.magnitude:g} {unit} can never cap {target}: the PLC "
+                f"never applies more than {hi:g} {unit} (its upper limit)"
+            )
+    if kind == "actuator_lag" and step is not None and spec.magnitude < step / math.log(100):
+        problems.append(
+            f"a lag time constant of {spec.magnitude:g} {per} leaves less than 1 % of a change "
+            f"after one plant step of {step:g} {per}: it would not be seen; use at least "
+            f"{step / math.log(100):.3g} {per}"
+        )
+    if (
+        kind == "parameter_drift"
+        and targets.parameters is not None
+        and targets.parameters[target] == 0.0
+    ):
+        problems.append(f"{target} is 0 in the true plant: a relative drift cannot change it")
+    return problems
+
+
+def fault_problems(spec: FaultSpec, targets: FaultTargets) -> list[str]:
+    """Every reason ``spec`` would not do what it says on this site and in this mode, as plain
+    sentences (empty: the fault is valid)."""
+    problems: list[str] = []
+    why = targets.unsupported.get(spec.kind)
+    if why is not None:
+        problems.append(f"a {spec.kind} fault cannot take effect here: {why}")
+    target_problem = _target_problem(spec, targets)
+    if target_problem is not None:
+        return [*problems, target_problem]  # units and magnitudes depend on the target
+    unit = magnitude_unit(spec, targets)
+    if spec.unit and unit is not None and spec.unit != unit:
+        what = "rate" if spec.kind in FAULT_RATE_KINDS else "magnitude"
+        problems.append(
+            f"the {what} of a {spec.kind} fault on {spec.target} is in {unit!r}, not {spec.unit!r}"
+        )
+    return problems + _effect_problems(spec, targets)
+
+
+def check_fault(spec: FaultSpec, targets: FaultTargets) -> FaultSpec:
+    """``spec`` if it is valid here; else :class:`FaultRefusedError` with every reason, the
+    allowed targets and a "did you mean" when the target is unknown."""
+    problems = fault_problems(spec, targets)
+    if not problems:
+        return spec
+    if _target_problem(spec, targets) is None:
+        raise FaultRefusedError(problems)
+    allowed = targets.allowed(spec.kind)
+    raise FaultRefusedError(problems, allowed=allowed, suggestion=suggest(spec.target, allowed))
+
+
+def scheduled_fault_problems(
+    faults: Sequence[FaultSpec],
+    targets: FaultTargets,
+    source: str,
+    run_end: float | None = None,
+) -> list[Problem]:
+    """:func:`fault_problems` for a scenario's ``faults:``, as config problems; a fault that
+    starts at or after ``run_end`` [time unit] would never act either."""
+    out: list[Problem] = []
+    for i, spec in enumerate(faults):
+        sentences = fault_problems(spec, targets)
+        if run_end is not None and spec.start >= run_end:
+            sentences.append(
+                f"it starts at {spec.start:g} {targets.time_unit}, when the run "
+                f"({run_end:g} {targets.time_unit}) is over: it would never act"
+            )
+        out += [Problem(source, f"faults.{i}", text, spec.kind) for text in sentences]
+    return out
+
+
+_FIELDS: tuple[str, ...] = tuple(FaultSpec.model_fields)
+
+
+def _sentence(err: Mapping[str, Any]) -> str:
+    """One pydantic error on a fault, as a plain sentence."""
+    loc = ".".join(str(part) for part in err["loc"])
+    value, kind, msg = err.get("input"), err["type"], str(err["msg"])
+    if kind == "literal_error" and loc == "kind":
+        return unknown_name("fault kind", value, FAULT_KINDS)
+    if kind == "extra_forbidden":
+        return unknown_name("fault field", loc, _FIELDS)
+    if kind == "missing":
+        return f"the fault needs a {loc!r}"
+    if kind == "value_error":
+        return msg.removeprefix("Value error, ")
+    return f"{loc} = {value!r} is not allowed: {msg[:1].lower()}{msg[1:]}"
+
+
+def parse_fault(data: object) -> FaultSpec:
+    """A :class:`~hil.faultspec.FaultSpec` from a request's raw fields, or
+    :class:`FaultRefusedError` with one plain sentence per problem (no pydantic dump)."""
+    if not isinstance(data, Mapping):
+        raise FaultRefusedError([f"a fault is a mapping of {list(_FIELDS)}, not {data!r}"])
+    try:
+        return FaultSpec.model_validate(data)
+    except ValidationError as exc:
+        errors = exc.errors()
+        kind = data.get("kind")
+        if any(e["type"] == "literal_error" and e["loc"] == ("kind",) for e in errors):
+            raise FaultRefusedError(
+                [_sentence(e) for e in errors],
+                allowed=FAULT_KINDS,
+                suggestion=suggest(str(kind), FAULT_KINDS),
+            ) from exc
+        raise FaultRefusedError([_sentence(e) for e in errors]) from exc
+
+
+def check_clear(kind: str | None, target: str | None, targets: FaultTargets) -> None:
+    """Refuse (:class:`FaultRefusedError`) a clear request naming an unknown kind or target:
+    a typo would otherwise clear nothing and look fine."""
+    if kind is not None and kind not in FAULT_KINDS:
+        raise FaultRefusedError(
+            [unknown_name("fault kind", kind, FAULT_KINDS)],
+            allowed=FAULT_KINDS,
+            suggestion=suggest(kind, FAULT_KINDS),
+        )
+    names = targets.every_name()
+    if target is not None and target not in names and not is_pattern(target):
+        raise FaultRefusedError(
+            [unknown_name("fault target", target, names)],
+            allowed=names,
+            suggestion=suggest(target, names),
+        )
+
+
+def check_scheduled(
+    faults: Sequence[FaultSpec],
+    targets: FaultTargets,
+    source: str,
+    run_end: float | None = None,
+) -> None:
+    """Raise one :class:`~controller.errors.ConfigError` listing every problem of a
+    scenario's ``faults:`` (:func:`scheduled_fault_problems`); nothing if they are valid."""
+    problems = scheduled_fault_problems(faults, targets, source, run_end)
+    if problems:
+        raise ConfigError(problems)

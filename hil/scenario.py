@@ -1,0 +1,190 @@
+"""Scenario files (``configs/scenarios/<name>.yaml``): one run against a "true" plant.
+
+A scenario runs the closed loop (``controller``) or an open-loop recipe (``recipe``) against
+a true plant with its own parameters, initial state, measurement noise, input disturbances
+and scheduled faults (:mod:`hil.faultspec`), and names the CQAs and checks to judge it by.
+HIL owns this schema: the controller never reads a scenario file. :func:`load_scenario`
+checks every name against the plant model and, in closed loop, the initial inputs against
+the controller's input limits, and raises one ConfigError listing every problem.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, model_validator
+
+from controller.config import Constraint, Recipe, recipe_input_problems
+from controller.configfile import Finite, PositiveFinite, Strict, parse, read_yaml, resolve
+from controller.controllerfile import load_controller
+from controller.errors import ConfigError, Problem, unknown_name
+from controller.plantfile import build_model
+from hil.faultspec import FaultSpec, check_faults
+from plant_models import PlantModel
+
+__all__ = [
+    "Disturbance",
+    "ScenarioConfig",
+    "TruePlant",
+    "check_scenario",
+    "initial_input_problems",
+    "load_scenario",
+]
+
+
+class Disturbance(Strict):
+    """An additive input disturbance acting on the true plant from ``start`` to ``end``."""
+
+    input: str
+    start: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    end: Finite = math.inf
+    offset: Finite
+
+
+class TruePlant(Strict):
+    parameters: dict[str, Finite] = Field(default_factory=dict)
+    initial_state: dict[str, Finite] = Field(default_factory=dict)
+    noise_std: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
+        default_factory=dict
+    )
+    disturbances: tuple[Disturbance, ...] = ()
+    seed: Annotated[int, Field(ge=0)] = 0
+
+
+class ScenarioConfig(Strict):
+    """A closed-loop (``controller``) or open-loop (``recipe``) run against a true plant.
+
+    ``initial_inputs``: the setpoints the plant works with at the start (the PLC's working
+    setpoints before the controller's first write), by input name; inputs not given start at
+    the plant file's ``nominal_inputs``. They must lie within the controller's input limits
+    (the model's physical bounds for an open-loop run): they are never clamped.
+    """
+
+    name: str
+    description: str = ""
+    plant: str
+    controller: str | None = None
+    recipe: Recipe | None = None
+    sample_time: PositiveFinite | None = None
+    duration: PositiveFinite
+    true_plant: TruePlant = TruePlant()
+    cqas: tuple[str, ...] = ()
+    checks: tuple[Constraint, ...] = ()
+    faults: tuple[FaultSpec, ...] = ()
+    stop_when_finished: bool = True
+    initial_inputs: dict[str, Finite] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_driver(self) -> ScenarioConfig:
+        if (self.controller is None) == (self.recipe is None):
+            raise ValueError("give exactly one of 'controller' (closed loop) or 'recipe'")
+        if self.recipe is not None and self.sample_time is None:
+            raise ValueError("an open-loop recipe needs 'sample_time'")
+        return self
+
+
+#: One name a scenario uses: (key path, name, what it must be, the names allowed).
+_Name = tuple[str, str, str, Sequence[str]]
+
+
+def _unknown(names: Iterable[_Name], source: str) -> list[Problem]:
+    """A problem for each name that is not among those allowed."""
+    return [
+        Problem(source, loc, unknown_name(what, name, allowed), name)
+        for loc, name, what, allowed in names
+        if name not in allowed
+    ]
+
+
+def check_scenario(sc: ScenarioConfig, model: PlantModel, source: str) -> list[Problem]:
+    """Every name in a scenario must exist in its plant model; a recipe gives every input and
+    the initial inputs of an open loop lie within the model's physical bounds."""
+    tp = sc.true_plant
+    named = sorted(
+        {*model.state_names, *model.input_names, *model.algebraic_names, *model.expression_names}
+    )
+    true_plant: list[_Name] = [
+        *(
+            (f"true_plant.parameters.{n}", n, "parameter", model.parameter_names)
+            for n in tp.parameters
+        ),
+        *(
+            (f"true_plant.initial_state.{n}", n, "state", model.state_names)
+            for n in tp.initial_state
+        ),
+        *(
+            (f"true_plant.noise_std.{n}", n, "measured output", model.output_names)
+            for n in tp.noise_std
+        ),
+        *(
+            (f"true_plant.disturbances.{i}.input", d.input, "input", model.input_names)
+            for i, d in enumerate(tp.disturbances)
+        ),
+        *(
+            (f"checks.{i}.expression", c.expression, "expression", named)
+            for i, c in enumerate(sc.checks)
+        ),
+    ]
+    problems = _unknown(true_plant, source) + check_faults(sc.faults, model, source)
+    problems += _unknown(((f"cqas.{i}", n, "name", named) for i, n in enumerate(sc.cqas)), source)
+    if sc.recipe is not None:
+        problems += recipe_input_problems(sc.recipe, model, source, "recipe.")
+    # closed loop: load_scenario checks them against the controller's input limits
+    bounds = {n: (model.variable(n).lower, model.variable(n).upper) for n in model.input_names}
+    if sc.controller is not None:
+        bounds = {n: (-math.inf, math.inf) for n in bounds}
+    problems += initial_input_problems(sc.initial_inputs, bounds, source, "physical bounds")
+    return problems
+
+
+def initial_input_problems(
+    values: Mapping[str, float],
+    limits: Mapping[str, tuple[float, float]],
+    source: str,
+    what: str,
+) -> list[Problem]:
+    """``initial_inputs`` that name no input, or lie outside ``limits`` (``what`` they are)."""
+    problems: list[Problem] = []
+    for name, value in values.items():
+        loc = f"initial_inputs.{name}"
+        if name not in limits:
+            problems.append(Problem(source, loc, unknown_name("input", name, list(limits)), name))
+        elif not limits[name][0] <= value <= limits[name][1]:
+            lo, hi = limits[name]
+            problems.append(Problem(source, loc, f"outside the {what} [{lo:g}, {hi:g}]", value))
+    return problems
+
+
+def load_scenario(path: Path) -> ScenarioConfig:
+    """Load a scenario and check every name it uses against its plant model."""
+    sc = parse(ScenarioConfig, read_yaml(path), str(path))
+    model = build_model(resolve(path, sc.plant))
+    problems = check_scenario(sc, model, str(path))
+    if sc.controller is not None:
+        ctrl_path = resolve(path, sc.controller)
+        try:
+            cfg, cmodel = load_controller(ctrl_path)
+        except ConfigError as exc:
+            problems += list(exc.problems)
+        else:
+            limits = {n: (s.lower, s.upper) for n, s in cfg.inputs.items()}
+            known = {n: v for n, v in sc.initial_inputs.items() if n in limits}
+            problems += initial_input_problems(
+                known, limits, str(path), "controller's input limits"
+            )
+            if cmodel.name != model.name:
+                problems.append(
+                    Problem(
+                        str(path),
+                        "controller",
+                        f"controller is for model {cmodel.name!r}, scenario plant is "
+                        f"{model.name!r}",
+                        sc.controller,
+                    )
+                )
+    if problems:
+        raise ConfigError(problems)
+    return sc
