@@ -6,6 +6,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+WORKERS ?= 2
 .DEFAULT_GOAL := setup
 
 .PHONY: help setup demo test test-fast check bench clean
@@ -30,11 +31,14 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/python -m hil.demo
 
+# The quick tests run on $(WORKERS) processes (pytest-xdist); the slow ones (closed loops against
+# wall-clock deadlines, the demo under load, browsers) one at a time, as on the edge PC.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow" -n $(WORKERS)
+	$(BIN)/python -m pytest -q -m slow
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n $(WORKERS)
 
 check: setup
 	$(BIN)/ruff format --check .

@@ -29,6 +29,7 @@ from run import ROOT, case_failed, latency_stats, markdown_table, row
 
 from controller.configfile import read_yaml, resolve
 from controller.controllerfile import load_controller
+from controller.timebase import TimeBase
 from hil.scenario import load_scenario
 from hil.simulate import run_scenario
 
@@ -55,8 +56,8 @@ def one_run(scenario: Path) -> dict[str, Any]:
     started = time.perf_counter()
     result = asyncio.run(run_scenario(scenario))
     wall = time.perf_counter() - started
-    unit_s = result.model.seconds_per_unit
-    simulated_h = float(result.rows[-1]["t"]) * unit_s / 3600.0
+    simulated_s = TimeBase.of(result.model).seconds(float(result.rows[-1]["t"]))
+    simulated_h = simulated_s / 3600.0
     solves = [r for r in result.rows if "solve.time_s" in r]
     solve_s = [float(r["solve.time_s"]) for r in solves]
     failed = sum(r.get("solve.status") not in ("success", None) for r in solves)

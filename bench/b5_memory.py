@@ -12,7 +12,7 @@ Two cases, because 10^5 MPC solves (about 13 ms each with do-mpc) do not fit in 
 under 10 minutes:
 
 * **fixed decision, 10^3 -> 10^5 cycles**: the policy returns a precomputed MPC decision
-  (:class:`b2_cycle.FixedDecision`); everything else on the controller's side is the real
+  (:class:`b2_runtime.FixedDecision`); everything else on the controller's side is the real
   path. This is the target. The test bench's true plant stands still at its initial state
   (the virtual PLC still scans, counts and publishes every cycle, noise-free measurements):
   integrating it 10^5 times would add about a minute and measure nothing of the controller.
@@ -56,7 +56,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from b2_cycle import (
+from b2_runtime import (
     FixedDecision,
     Runtime,
     filesystem_of,
@@ -64,7 +64,7 @@ from b2_cycle import (
     runtime_for,
     site_for,
 )
-from b2_cycle import working_setpoints as plc_setpoints
+from b2_runtime import working_setpoints as plc_setpoints
 from run import case_failed, markdown_table, row
 
 from controller.core.policy import build_policy

@@ -1,12 +1,12 @@
 """B6: the closed-loop step budget, per model: the whole fast-mode step against solve + plant.
 
 What one timed step is: one controller sample of a campaign case in ``fast`` mode
-(:mod:`hil.campaign.runner`), with the same pieces :func:`hil.campaign.runner.execute` wires:
+(:mod:`hil.campaign.runner`), with the same pieces :func:`hil.campaign.drive.execute` wires:
 the site's HIL rig (true plant, virtual PLC) on the in-memory PLC image
-(:class:`~hil.servers.memory.MemoryPlcServer`) and a :class:`~hil.campaign.runner.DrivenClock`,
+(:class:`~hil.servers.memory.MemoryPlcServer`) and a :class:`~hil.campaign.drive.DrivenClock`,
 the edge runtime (:func:`controller.runtime.wiring.run_site`: supervisor, EKF, the site's MPC,
 safety, the SQLite audit trail with ``synchronous=FULL`` and the SQLite historian), the campaign's
-:class:`~hil.campaign.runner.RecordingPort` and :class:`~hil.campaign.runner.Recorder`. The
+:class:`~hil.campaign.recorder.RecordingPort` and :class:`~hil.campaign.recorder.Recorder`. The
 driver is the runner's own stepped loop (scan the PLC at each plant step, let the runtime
 settle, advance the clock), cut after a number of samples; a step is the wall time of every
 scan and settle from one controller cycle to the next.
@@ -114,7 +114,7 @@ def instrument(timer: Timer) -> list[Callable[[], None]]:
     from controller.ports.memory import MemoryPort
     from controller.runtime.audit import AuditTrail
     from controller.runtime.historian import SqliteHistorian
-    from hil.campaign.runner import Recorder
+    from hil.campaign.recorder import Recorder
     from hil.plant_runner import PlantRunner
     from hil.servers.memory import MemoryPlcServer
     from hil.vplc import VirtualPlc
@@ -146,7 +146,8 @@ async def drive(model: str, samples: int, tmp: Path, timer: Timer) -> list[dict[
     from controller.runtime.site import load_site
     from controller.runtime.supervisor import Mode
     from controller.runtime.wiring import RunOptions, run_site
-    from hil.campaign.runner import DrivenClock, Recorder, RecordingPort, _settle
+    from hil.campaign.drive import DrivenClock, settle
+    from hil.campaign.recorder import Recorder, RecordingPort
     from hil.rig import HilRig
     from hil.servers.memory import MemoryPlcServer
 
@@ -154,7 +155,7 @@ async def drive(model: str, samples: int, tmp: Path, timer: Timer) -> list[dict[
     site = load_site(SITES / f"{model}-modbus.yaml")
     clock = DrivenClock()
     server = MemoryPlcServer(site.tags, clock)
-    recorder = Recorder(site, site.model.seconds_per_unit)
+    recorder = Recorder(site)
     rig = HilRig(site, clock, [server], on_scan=recorder.scan)
     port = RecordingPort(server.port(), site, clock, recorder.rec)
     opts = RunOptions(
@@ -168,7 +169,7 @@ async def drive(model: str, samples: int, tmp: Path, timer: Timer) -> list[dict[
     task = asyncio.ensure_future(
         run_site(site, opts, port=port, clock=clock, stop=stop, observer=recorder.cycle)
     )
-    scan_s = rig.plant_step * rig.unit_s
+    scan_s = rig.timebase.seconds(rig.plant_step)
     steps: list[dict[str, float]] = []
     timer.take()
     k, wall, seen = 0, 0.0, 0
@@ -178,7 +179,7 @@ async def drive(model: str, samples: int, tmp: Path, timer: Timer) -> list[dict[
             await rig.scan()
             if rig.plant_fault is not None or task.done():
                 break
-            await _settle(clock, task)
+            await settle(clock, task)
             wall += time.perf_counter() - started
             if len(recorder.rec.cycles) > seen:  # a controller cycle ran: the step ends
                 seen = len(recorder.rec.cycles)
@@ -189,7 +190,7 @@ async def drive(model: str, samples: int, tmp: Path, timer: Timer) -> list[dict[
     finally:
         stop.set()
         if not task.done():
-            await _settle(clock, task)
+            await settle(clock, task)
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await server.close()

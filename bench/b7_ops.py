@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import httpx
-from b2_cycle import FixedDecision, precomputed_decision, runtime_for, site_for, working_setpoints
+from b2_runtime import FixedDecision, precomputed_decision, runtime_for, site_for, working_setpoints
 
 from controller.runtime.metrics import MetricsSink
 from controller.runtime.ui import OperatorView, parse_bind

@@ -27,7 +27,8 @@ from controller.ports.settings import Connection
 from controller.tags import TagMap
 from hil.net import free_port
 from hil.servers.modbus import ModbusPlcServer
-from hil.servers.opcua import OpcUaPlcServer, address_space_shelf
+from hil.servers.opcua import OpcUaPlcServer
+from hil.servers.opcua_cache import address_space_shelf
 
 
 def tag_map() -> TagMap:

@@ -1,4 +1,4 @@
-"""Tag maps (``configs/tags/*.yaml``) and the pure Modbus register codecs.
+"""Tag maps (``configs/tags/*.yaml``): the schema of a tag and the loading of a map.
 
 A tag is a value in the plant's own words (``feed_rate_sp``, ``product_temp_bottom``) with a
 unit, a direction, engineering limits, a write rate limit and a stale-after time, plus where
@@ -29,38 +29,22 @@ reads of a noisy measurement are a stuck transmitter; ``on_bad`` (``hold``, or `
 most ``predict_cycles`` cycles) and ``uncertain_is_good`` are the measurement's bad-data policy;
 ``min_write_interval`` is the shortest time between two writes of a setpoint.
 
-The codecs are pure functions (in the spirit of pymodbus's framers): engineering value <->
-16-bit registers. Word/byte orders for multi-register values, with A the most significant
-byte of the value:
-
-* ``ABCD``: big-endian words, big-endian bytes (Modbus's own order);
-* ``CDAB``: words swapped (low word first), big-endian bytes in each word;
-* ``BADC``: words in order, bytes swapped inside each word;
-* ``DCBA``: words swapped and bytes swapped (little-endian).
-
-For 64-bit values the same rule applies word-wise (ABCD -> AB CD EF GH). For 16-bit values
-only the byte swap matters. Codecs never mutate their arguments and raise
-:class:`CodecError` naming the tag, the bad value and what is allowed.
+The register codecs (value <-> registers) are in :mod:`controller.codecs`; which tag carries
+which model variable is read through :class:`controller.binding.Binding`.
 """
 
 from __future__ import annotations
 
-import math
 import re
-import struct
-from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from controller.codecs import REGISTERS, DataType, Order
 from controller.configfile import Finite, PositiveFinite, Strict, parse, read_yaml
-from controller.errors import ConfigError, PharmaTwinError, Problem
-
-
-class CodecError(PharmaTwinError):
-    """A value cannot be encoded into, or decoded from, its registers."""
+from controller.errors import ConfigError, Problem
 
 
 class Direction(StrEnum):
@@ -79,49 +63,6 @@ class Table(StrEnum):
     DISCRETE = "discrete"
 
 
-class DataType(StrEnum):
-    BOOL = "bool"
-    INT16 = "int16"
-    UINT16 = "uint16"
-    INT32 = "int32"
-    UINT32 = "uint32"
-    FLOAT32 = "float32"
-    FLOAT64 = "float64"
-
-
-class Order(StrEnum):
-    ABCD = "ABCD"
-    CDAB = "CDAB"
-    BADC = "BADC"
-    DCBA = "DCBA"
-
-
-#: Registers per data type; struct format (big-endian) for each.
-REGISTERS = {
-    DataType.BOOL: 1,
-    DataType.INT16: 1,
-    DataType.UINT16: 1,
-    DataType.INT32: 2,
-    DataType.UINT32: 2,
-    DataType.FLOAT32: 2,
-    DataType.FLOAT64: 4,
-}
-_FORMAT = {
-    DataType.INT16: ">h",
-    DataType.UINT16: ">H",
-    DataType.INT32: ">i",
-    DataType.UINT32: ">I",
-    DataType.FLOAT32: ">f",
-    DataType.FLOAT64: ">d",
-}
-INT_RANGE = {
-    DataType.INT16: (-(2**15), 2**15 - 1),
-    DataType.UINT16: (0, 2**16 - 1),
-    DataType.INT32: (-(2**31), 2**31 - 1),
-    DataType.UINT32: (0, 2**32 - 1),
-}
-#: Largest finite float32.
-FLOAT32_MAX = 3.4028234663852886e38
 #: What the runtime does with a measurement it cannot trust (see ``Tag.on_bad``).
 OnBad = Literal["hold", "predict"]
 #: Keys that mean nothing on a publication (the twin writes it and never reads it back).
@@ -335,26 +276,9 @@ class TagMap(Strict):
     description: str = ""
     tags: dict[str, Tag]
 
-    def setpoint_tag(self, variable: str) -> str | None:
-        """The writable tag that carries ``variable`` (a model input's remote setpoint)."""
-        return next((n for n, t in self.tags.items() if t.binds == variable and t.writable), None)
-
-    def reading_tags(self) -> dict[str, str]:
-        """Model variable -> the read-only tag that publishes it (measurements, working SPs)."""
-        return {t.binds: n for n, t in self.tags.items() if t.binds is not None and not t.writable}
-
     def publication_tags(self) -> dict[str, str]:
         """Tag -> what the twin publishes into it (direction ``publish``), in map order."""
         return {n: t.publishes for n, t in self.tags.items() if t.publishes is not None}
-
-    def measurement_tags(self, input_names: Sequence[str]) -> list[str]:
-        """Read-only tags bound to anything but an input, in map order: the order of the
-        ``measurement_validity`` bits."""
-        return [
-            n
-            for n, t in self.tags.items()
-            if not t.writable and t.binds is not None and t.binds not in input_names
-        ]
 
 
 def load_tag_map(path: Path) -> TagMap:
@@ -364,22 +288,6 @@ def load_tag_map(path: Path) -> TagMap:
     if problems:
         raise ConfigError(problems)
     return tm
-
-
-def bad_data_problems(tm: TagMap, input_names: Sequence[str], source: str) -> list[Problem]:
-    """``on_bad: predict`` needs a measurement: a tag that reads a model input (a working
-    setpoint) has no prediction to ride on (its bad value holds the writes)."""
-    return [
-        Problem(
-            source,
-            f"tags.{name}.on_bad",
-            f"the tag reads the working setpoint of input {tag.binds!r}, which the model does "
-            "not predict; allowed here: 'hold'",
-            tag.on_bad,
-        )
-        for name, tag in tm.tags.items()
-        if tag.on_bad == "predict" and tag.binds in input_names
-    ]
 
 
 def overlap_problems(tm: TagMap, source: str) -> list[Problem]:
@@ -405,109 +313,3 @@ def overlap_problems(tm: TagMap, source: str) -> list[Problem]:
                 break
             used[key] = name
     return problems
-
-
-# ---------------------------------------------------------------------- codecs
-def _bytes_to_registers(data: bytes, order: Order) -> list[int]:
-    """Big-endian bytes of a value -> registers in the wire order of ``order``."""
-    words = [data[i : i + 2] for i in range(0, len(data), 2)]
-    if order in (Order.BADC, Order.DCBA):
-        words = [w[::-1] for w in words]
-    if order in (Order.CDAB, Order.DCBA):
-        words = words[::-1]
-    return [int.from_bytes(w, "big") for w in words]
-
-
-def _registers_to_bytes(registers: Sequence[int], order: Order) -> bytes:
-    words = [int(r).to_bytes(2, "big") for r in registers]
-    if order in (Order.CDAB, Order.DCBA):
-        words = words[::-1]
-    if order in (Order.BADC, Order.DCBA):
-        words = [w[::-1] for w in words]
-    return b"".join(words)
-
-
-def encode(tag_name: str, spec: ModbusSpec, value: float) -> list[int]:
-    """Engineering value -> registers (or ``[0|1]`` for a bool) in wire order.
-
-    raw = (value - offset) / scale; integer types round to nearest and must fit their range.
-    Raises CodecError naming the tag, the value and the allowed range.
-    """
-    if not math.isfinite(value):
-        raise CodecError(f"tag {tag_name!r}: cannot encode non-finite value {value!r}")
-    if spec.type is DataType.BOOL:
-        if value not in (0, 1):
-            raise CodecError(f"tag {tag_name!r}: bool value must be 0 or 1, got {value!r}")
-        return [int(value)]
-    raw = (value - spec.offset) / spec.scale
-    if spec.type in INT_RANGE:
-        lo, hi = INT_RANGE[spec.type]
-        rounded = round(raw)
-        if not lo <= rounded <= hi:
-            allowed = (lo * spec.scale + spec.offset, hi * spec.scale + spec.offset)
-            raise CodecError(
-                f"tag {tag_name!r}: value {value!r} gives raw {rounded}, outside {spec.type} "
-                f"[{lo}, {hi}]; allowed engineering range [{min(allowed)}, {max(allowed)}]"
-            )
-        data = struct.pack(_FORMAT[spec.type], rounded)
-    else:
-        if spec.type is DataType.FLOAT32 and abs(raw) > FLOAT32_MAX:
-            raise CodecError(f"tag {tag_name!r}: value {value!r} overflows float32")
-        data = struct.pack(_FORMAT[spec.type], raw)
-    return _bytes_to_registers(data, spec.order)
-
-
-def encode_within(
-    tag_name: str, spec: ModbusSpec, value: float, limits: tuple[float, float] | None
-) -> list[int]:
-    """Like :func:`encode`, but the value on the wire never leaves ``limits``.
-
-    A limit may not be representable (0.3 in float32 is 0.30000001, a scaled integer rounds):
-    then the nearest representable value inside the limits is sent instead.
-    """
-    registers = encode(tag_name, spec, value)
-    if limits is None or spec.type is DataType.BOOL:
-        return registers
-    lo, hi = limits
-    if lo <= decode(tag_name, spec, registers) <= hi:
-        return registers
-    raw = (value - spec.offset) / spec.scale
-    if spec.type in INT_RANGE:
-        candidates = [float(math.floor(raw)), float(math.ceil(raw))]
-    elif spec.type is DataType.FLOAT32:
-        f = struct.unpack(">f", struct.pack(">f", raw))[0]
-        candidates = [f, *(_float32_neighbours(f))]
-    else:
-        candidates = [math.nextafter(raw, -math.inf), math.nextafter(raw, math.inf)]
-    for c in sorted(candidates, key=lambda c: abs(c - raw)):
-        regs = encode(tag_name, spec, c * spec.scale + spec.offset)
-        if lo <= decode(tag_name, spec, regs) <= hi:
-            return regs
-    raise CodecError(
-        f"tag {tag_name!r}: no {spec.type} value near {value!r} lies within {[lo, hi]}"
-    )
-
-
-def _float32_neighbours(f: float) -> list[float]:
-    """The float32 values just below and just above ``f`` (itself a float32)."""
-    (bits,) = struct.unpack(">i", struct.pack(">f", f))
-    out = []
-    for step in (-1, 1):
-        (g,) = struct.unpack(">f", struct.pack(">i", bits + step))
-        out.append(g)
-    return out
-
-
-def decode(tag_name: str, spec: ModbusSpec, registers: Sequence[int]) -> float:
-    """Registers in wire order (or one bit) -> engineering value (raw * scale + offset)."""
-    if len(registers) != spec.count:
-        raise CodecError(
-            f"tag {tag_name!r}: {spec.type} needs {spec.count} register(s), got {len(registers)}"
-        )
-    if spec.type is DataType.BOOL:
-        return 1.0 if registers[0] else 0.0
-    bad = [r for r in registers if not 0 <= int(r) <= 0xFFFF]
-    if bad:
-        raise CodecError(f"tag {tag_name!r}: register values must be 0..65535, got {bad}")
-    (raw,) = struct.unpack(_FORMAT[spec.type], _registers_to_bytes(registers, spec.order))
-    return float(raw) * spec.scale + spec.offset

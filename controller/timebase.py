@@ -3,6 +3,8 @@
 Every conversion between the model's clock (hours for the freeze dryer and the bioreactor,
 minutes or seconds for others: ``PlantModel.seconds_per_unit``) and the wall or process clock
 (seconds) goes through a :class:`TimeBase`; no module multiplies by ``seconds_per_unit`` itself.
+The other link between the model and the PLC, which tag carries which model name, sits
+beside it in :mod:`controller.binding`.
 """
 
 from __future__ import annotations

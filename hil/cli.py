@@ -108,7 +108,7 @@ Test-bench credentials for the loopback HIL only: never use them for a plant.
 
 
 def _pki_parser(sub: Any) -> None:
-    """``pki``: issue or revoke client certificates of the test-bench CA (hil.servers.certs)."""
+    """``pki``: issue or revoke client certificates of the test-bench CA (hil.servers.pki)."""
     kw: dict[str, Any] = {
         "epilog": PKI_EPILOG,
         "formatter_class": argparse.RawDescriptionHelpFormatter,
@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _pki(args: argparse.Namespace, console: Console) -> int:
-    from hil.servers.certs import command as pki_command
+    from hil.servers.pki import command as pki_command
 
     return pki_command(args, console)
 

@@ -33,9 +33,11 @@ from typing import Any
 
 import numpy as np
 
+from controller.binding import Binding
 from controller.runtime.historian import SqliteHistorian
 from controller.runtime.historian_records import CycleRecord
 from controller.runtime.site import Site
+from controller.timebase import TimeBase
 from hil.site import hil_section, load_hil_site
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,8 +75,9 @@ def kpis(site: Site, records: list[CycleRecord]) -> dict[str, Any]:
         "failed_or_skipped_solves": sum(s != "success" for s in statuses),
         "states_seen": sorted({r.state for r in records}),
     }
+    binding = Binding.of(site.tags, site.model)
     for tag, m in final.items():
-        if site.tags.tags[tag].binds in site.model.output_names:
+        if binding.is_output_tag(tag):
             out[f"final {tag} [{site.tags.tags[tag].unit}]"] = m.value
     return out
 
@@ -146,15 +149,15 @@ def verdict(
                 kept >= 0.95,
             )
         )
-    dt = site.controller.sample_time * site.model.seconds_per_unit
+    timebase = TimeBase.of(site.model)
+    dt = timebase.seconds(site.controller.sample_time)
     last = records[-1].t if records else 0.0
-    unit = site.model.time_unit
-    per = site.model.seconds_per_unit
+    unit = timebase.unit
     checks.append(
         Check(
             "batch completed",
-            f"last cycle at {last / per:.4g} {unit}",
-            f">= {(duration_s - 2 * dt) / per:.4g} {unit}",
+            f"last cycle at {timebase.model_time(last):.4g} {unit}",
+            f">= {timebase.model_time(duration_s - 2 * dt):.4g} {unit}",
             last >= duration_s - 2 * dt,
         )
     )
@@ -178,16 +181,11 @@ def verdict(
                 judged=False,
             )
         )
+    binding = Binding.of(site.tags, site.model)
     if reference is not None:
         name, ref = reference
-        tag = next(
-            (
-                t
-                for t, spec in site.tags.tags.items()
-                if spec.binds in (name, f"{name}_meas") and spec.direction == "read"
-            ),
-            None,
-        )
+        readings = binding.reading_tags()
+        tag = readings.get(name) or readings.get(f"{name}_meas")
         final = records[-1].measurements.get(tag) if tag and records else None
         if final is not None:
             checks.append(
@@ -198,10 +196,12 @@ def verdict(
                     final.value > ref,
                 )
             )
-    for name, spec in site.tags.tags.items():
-        if spec.direction != "read" or spec.binds not in site.model.output_names:
+    for name in binding.measurement_tags():
+        output = binding.variable_of(name)
+        if output not in binding.outputs:
             continue
-        state = spec.binds.removesuffix("_meas")
+        spec = site.tags.tags[name]
+        state = output.removesuffix("_meas")
         if state not in site.model.all_variables:
             continue
         hi = site.model.variable(state).operating[1]
@@ -252,14 +252,11 @@ def plot(site: Site, records: list[CycleRecord], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    unit = site.model.seconds_per_unit
-    t = np.array([r.t for r in records]) / unit
-    meas = [n for n, tag in site.tags.tags.items() if tag.binds in site.model.output_names]
-    sps = [
-        n
-        for n, tag in site.tags.tags.items()
-        if tag.writable and tag.binds in site.model.input_names
-    ]
+    timebase = TimeBase.of(site.model)
+    t = np.array([timebase.model_time(r.t) for r in records])
+    binding = Binding.of(site.tags, site.model)
+    meas = [n for n in site.tags.tags if binding.is_output_tag(n)]
+    sps = list(binding.setpoint_tags().values())
     panels = meas + sps
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.0 * len(panels)), sharex=True)
     for ax, tag in zip(np.atleast_1d(axes), panels, strict=True):
@@ -299,8 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     hil = hil_section(site)
     batch = load_scenario(site.file(hil.scenario)).duration if hil else 20.0
     whole = args.hours is None or args.hours >= batch
-    duration_s = (batch if args.hours is None else min(args.hours, batch)) * (
-        site.model.seconds_per_unit
+    duration_s = TimeBase.of(site.model).seconds(
+        batch if args.hours is None else min(args.hours, batch)
     )
     env = dict(os.environ)
     print(f"1. pharmatwin-hil serve {args.site} --rate {args.rate:g} (loopback)", flush=True)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from controller.binding import Binding
 from controller.errors import ConfigError, Problem, ScenarioError, suggest, unknown_name
 from hil.faultspec import (
     FAULT_KINDS,
@@ -120,8 +121,9 @@ class FaultTargets:
         """The targets of ``model`` (with the true plant's parameter values) behind ``tags``;
         ``servers`` say which kinds they cannot carry out (``unsupported_faults``)."""
         limits: dict[str, tuple[float, float]] = {}
+        binding = Binding.of(tags, model)
         for name in model.input_names:
-            sp = tags.setpoint_tag(name)
+            sp = binding.setpoint_tag(name)
             tag_limits = tags.tags[sp].limits if sp is not None else None
             var = model.variable(name)
             lo, hi = tag_limits if tag_limits is not None else (var.lower, var.upper)

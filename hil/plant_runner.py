@@ -27,10 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from controller.errors import ScenarioError
+from controller.errors import ScenarioError, unknown_name
 from hil.scenario import Disturbance
 from plant_models import PlantModel, Role
-from plant_models.base import DomainViolation
+from plant_models.variables import DomainViolation
 
 #: One piece of an input profile: (t_start, t_end, inputs at t_start, inputs at t_end); the
 #: inputs move linearly in between. Times in the model's unit.
@@ -322,10 +322,8 @@ class PlantRunner:
         names = self.model.parameter_names
         unknown = sorted(set(values) - set(names))
         if unknown:
-            raise ScenarioError(
-                f"true plant {self.model.name!r}: unknown parameter(s) {unknown}; "
-                f"known: {sorted(names)}"
-            )
+            what = "; ".join(unknown_name("parameter", n, sorted(names)) for n in unknown)
+            raise ScenarioError(f"true plant {self.model.name!r}: {what}")
         bad = {n: v for n, v in values.items() if not math.isfinite(float(v))}
         if bad:
             raise ScenarioError(

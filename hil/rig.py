@@ -22,11 +22,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from controller.binding import Binding
 from controller.clock import Clock
 from controller.configfile import resolve
 from controller.core.recipe import RecipePlayer
 from controller.plantfile import build_model
 from controller.runtime.site import Site
+from controller.timebase import TimeBase
 from hil.faultcheck import FaultTargets, check_fault, check_scheduled
 from hil.faults import FaultEvent, FaultSet
 from hil.faultspec import FaultSpec
@@ -74,7 +76,8 @@ class HilRig:
         scen_path = site.file(self.hil.scenario)
         base = build_model(resolve(scen_path, self.scenario.plant))
         self.model = type(base)(base.parameter_set.with_values(self.scenario.true_plant.parameters))
-        self.unit_s = self.model.seconds_per_unit
+        #: the plant's time unit <-> the clock's seconds
+        self.timebase = TimeBase.of(self.model)
         # the true plant moves in finer steps than the controller samples (default: 1/5)
         self.plant_step = self.hil.plant_step or site.controller.sample_time / 5
         tp = self.scenario.true_plant
@@ -115,12 +118,12 @@ class HilRig:
             local_recipe=recipe.inputs_at if recipe is not None else None,
             on_event=self.log.plc_events.append,
             now=clock.now,
-            rate_window_s=site.controller.sample_time * self.unit_s,
+            rate_window_s=self.timebase.seconds(site.controller.sample_time),
         )
         self._applied = dict(working)
         self._nominal_params = self.model.parameters
         self._servers_down = False
-        self._readings = site.tags.reading_tags()
+        self._readings = Binding.of(site.tags, self.model).reading_tags()
         self._measurements: dict[str, float] = {}
         self._truth: PlantState = self.plant.true_state()
         self._bad: set[str] = set()
@@ -202,7 +205,7 @@ class HilRig:
         return self.plant.fault
 
     def _advance_plant(self, now: float) -> None:
-        target = (now - self._t0_s) / self.unit_s
+        target = self.timebase.model_time(now - self._t0_s)
         while self.plant.fault is None and self.plant.t + self.plant_step <= target + 1e-12:
             if self.at_batch_end == "hold" and self.batch_over:
                 if self._held_since is None:

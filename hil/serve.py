@@ -26,7 +26,7 @@ Modbus/TCP Security: with ``modbus_tls`` (default: when the site's connection sa
 ``modbus.tls``) the Modbus server speaks TLS and requires a client certificate issued by the
 site's test-bench CA (``hil.ca_certificate``), which also signs the server certificate made on
 first start in ``<state_dir>/<site>/modbus/``
-(:func:`hil.servers.modbus.site_tls_context`).
+(:func:`hil.servers.modbus_tls.site_tls_context`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from controller.clock import Gate, ScaledClock
-from controller.errors import ConfigError, PharmaTwinError, Problem
+from controller.errors import ConfigError, PharmaTwinError, Problem, unknown_name
 from controller.runtime.site import Site
 from hil.faultcheck import FaultRefusedError, check_clear, magnitude_unit, parse_fault
 from hil.faultspec import FaultKind, expand_tags
@@ -55,6 +55,8 @@ from hil.site import hil_section, load_hil_site
 log = logging.getLogger("pharmatwin.hil.serve")
 #: The loggers whose records go to the HIL log file.
 LOGGERS = ("pharmatwin", "hil.servers")
+#: the admin socket's commands (one JSON object per line, see the module docstring)
+COMMANDS = ("status", "inject", "clear")
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,7 @@ class ServeOptions:
         from hil.servers.modbus import WRONG_UNIT_CHOICES
 
         if self.wrong_unit not in WRONG_UNIT_CHOICES:
-            why = f"allowed: {list(WRONG_UNIT_CHOICES)}"
+            why = unknown_name("wrong-unit answer", self.wrong_unit, WRONG_UNIT_CHOICES)
             problems.append(Problem("command line", "--wrong-unit", why, self.wrong_unit))
         if not is_loopback(self.host) and not self.allow_remote:
             why = "the HIL simulator binds loopback only unless --allow-remote is given"
@@ -128,7 +130,8 @@ def _ports(site: Site, opts: ServeOptions) -> dict[str, int]:
 
 
 async def _servers(site: Site, ports: dict[str, int], opts: ServeOptions) -> list[PlcServer]:
-    from hil.servers.modbus import modbus_server_for_site, site_tls_context
+    from hil.servers.modbus import modbus_server_for_site
+    from hil.servers.modbus_tls import site_tls_context
     from hil.servers.opcua import opcua_server_for_site
 
     servers: list[PlcServer] = []
@@ -192,7 +195,7 @@ class Admin:
                 return self._inject(req.get("fault"))
             if cmd == "clear":
                 return self._clear(req.get("kind"), req.get("target"))
-            return {"ok": False, "error": f"unknown cmd {cmd!r}; allowed: status, inject, clear"}
+            return {"ok": False, "error": unknown_name("cmd", cmd, COMMANDS)}
         except FaultRefusedError as exc:
             log.warning("runtime fault refused: %s", exc)
             return exc.answer()

@@ -29,6 +29,7 @@ from controller.core.safety import InputLimit
 from controller.plantfile import build_model
 from controller.ports.memory import MemoryPort, TagTable
 from controller.runtime.solver_cache import LibraryCache
+from controller.timebase import TimeBase
 from hil.plant_runner import PlantDomainError, PlantFault, PlantRunner, PlantState
 from hil.scenario import ScenarioConfig, load_scenario
 from plant_models import PlantModel
@@ -147,7 +148,7 @@ async def run_scenario(
     pipeline = ControlPipeline(ctl_model, estimator, policy, limits)
     pipeline.start(working)
     clock = SteppedClock()
-    unit = true_model.seconds_per_unit
+    timebase = TimeBase.of(true_model)
     table = TagTable()
     for name in ctl_model.input_names:
         table.allow_writes(name, true_model.variable(name).lower, true_model.variable(name).upper)
@@ -178,7 +179,7 @@ async def run_scenario(
             except PlantDomainError as exc:
                 run.plant_fault = exc.fault
                 break
-            clock.advance(dt * unit)
+            clock.advance(timebase.seconds(dt))
             if on_tick is not None:
                 on_tick(plant.t, sc.duration)
             if sc.stop_when_finished and plant.finished():

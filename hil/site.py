@@ -22,6 +22,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from controller.binding import Binding
 from controller.configfile import Finite, PositiveFinite, Strict, parse, resolve
 from controller.errors import ConfigError, Problem, unknown_name
 from controller.plantfile import load_parameter_set
@@ -171,7 +172,7 @@ def _tag_problems(site: Site) -> list[Problem]:
         for name in CONTRACT_TAGS
         if name not in tm.tags and name not in closed_loop
     ]
-    reading = tm.reading_tags()
+    reading = Binding.of(tm, site.model).working_setpoint_tags()
     return problems + [
         Problem(src, "hil", f"no read-only tag publishes the working setpoint of {inp!r}", inp)
         for inp in site.model.input_names

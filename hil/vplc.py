@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from controller.binding import Binding
 from controller.tags import TagMap
 from hil.site import PlcBehaviour
 
@@ -110,17 +111,18 @@ class VirtualPlc:
         self.mode = Mode.LOCAL
         self.scan_count = 0
         self._c = _Contract()
+        self.binding = Binding.of_inputs(tags, input_names)
         self._loops = {name: self._loop(name, working[name]) for name in input_names}
         self._by_sp = {lp.sp_tag: lp for lp in self._loops.values()}
-        self.measurement_tags = tags.measurement_tags(input_names)[:16]
-        self._publishes = tags.reading_tags()  # model variable -> tag, looked up every scan
+        self.measurement_tags = self.binding.measurement_tags()[:16]
+        self._publishes = self.binding.reading_tags()  # model variable -> tag, every scan
         self._now = 0.0
         self._clock = now
         self._rate_window = rate_window_s
         self._forced: dict[str, float] = {}
 
     def _loop(self, name: str, working: float) -> _Loop:
-        sp, pv = self.tags.setpoint_tag(name), self.tags.reading_tags().get(name)
+        sp, pv = self.binding.setpoint_tag(name), self.binding.working_setpoint_tag(name)
         if sp is None or pv is None:
             raise ValueError(f"input {name!r} needs a setpoint tag and a working-setpoint tag")
         tag = self.tags.tags[sp]
@@ -310,7 +312,7 @@ class VirtualPlc:
                 out[lp.sp_tag] = lp.working  # setpoint tracking for a bumpless start
         validity = 0
         for i, tag in enumerate(self.measurement_tags):
-            if self.tags.tags[tag].binds not in bad:
+            if self.binding.variable_of(tag) not in bad:
                 validity |= 1 << i
         out.update(
             {

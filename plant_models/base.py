@@ -5,13 +5,17 @@ measured outputs, parameters) and writes its right-hand side once, in CasADi sym
 units of its source. Parameter *values* never live in code: they come from
 ``configs/plants/<name>.yaml`` through :class:`ParameterSet`.
 
-Everything here is pure: no I/O, no clocks, no networking. The base class turns the
-declaration into
+Everything here is pure: no I/O, no clocks, no networking. The variables, roles and
+parameter data are declared with the types of :mod:`plant_models.variables`. The base class
+turns the declaration into
 
-* ``functions``: one CasADi ``Function`` ``(x, z, u, p) -> (xdot, alg, y, expr)``;
+* ``function``: one CasADi ``Function`` ``(x, z, u, p) -> (xdot, alg, y, expr)``;
 * :meth:`PlantModel.integrator`: a one-sample-step CasADi integrator (cvodes for ODEs, idas
   for DAEs) working on scaled states, with physical values at its boundary;
-* :meth:`PlantModel.do_mpc_model`: a do-mpc ``Model`` with every parameter as ``_p``.
+* :meth:`PlantModel.do_mpc_model`: a do-mpc ``Model`` with every parameter as ``_p``
+
+(the last ones, with :meth:`PlantModel.stepper` and :meth:`PlantModel.algebraic_solver`, are
+built in :mod:`plant_models.integrators`).
 
 Vectors are ordered as the declaration (``state_names``, ``input_names``, ...).
 """
@@ -19,156 +23,25 @@ Vectors are ordered as the declaration (``state_names``, ``input_names``, ...).
 from __future__ import annotations
 
 import math
-import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
 from functools import cache, cached_property
 from typing import Any, ClassVar
 
 import casadi as ca
 import numpy as np
 
-from plant_models.errors import ModelError
-
-Sym = ca.SX
-SymMap = Mapping[str, Any]
-
-#: Seconds per model time unit (clocks run in seconds, models in their sources' units).
-SECONDS_PER_UNIT: Mapping[str, float] = {"s": 1.0, "min": 60.0, "h": 3600.0}
-
-
-class Role(StrEnum):
-    """What a variable is to the model."""
-
-    STATE = "state"
-    ALGEBRAIC = "algebraic"
-    INPUT = "input"
-    OUTPUT = "output"
-    PARAMETER = "parameter"
-
-
-@dataclass(frozen=True)
-class Variable:
-    """A named quantity of a plant model.
-
-    Two kinds of limit, never mixed up:
-
-    * ``lower``/``upper``: the **physical validity domain**, where the equations hold
-      (concentrations >= 0, ice below 0 degC). For inputs, the actuator's physical range. The
-      true plant never clips to it: a state that leaves it is a plant fault
-      (:meth:`PlantModel.validity_violations`).
-    * ``operating``: the **operating limits** the process must respect (X <= 3.7 g/L,
-      T_R <= 140 degC). They belong to the controller's constraints, the scenario's checks and
-      the campaign criteria, never to the plant's integration.
-
-    ``scale`` is a typical magnitude used to scale the variable inside integrators and
-    optimizers (the crystallizer's moments span 1e0..1e9).
-    """
-
-    name: str
-    unit: str
-    role: Role
-    lower: float = -math.inf
-    upper: float = math.inf
-    description: str = ""
-    scale: float = 1.0
-    operating: tuple[float, float] = (-math.inf, math.inf)
-
-    @property
-    def operating_lower(self) -> float:
-        return max(self.operating[0], self.lower)
-
-    @property
-    def operating_upper(self) -> float:
-        return min(self.operating[1], self.upper)
-
-
-@dataclass(frozen=True)
-class DomainViolation:
-    """A variable outside the model's physical validity domain (a plant fault)."""
-
-    name: str
-    value: float
-    lower: float
-    upper: float
-    unit: str
-
-    def describe(self) -> str:
-        side = f"below {self.lower:g}" if self.value < self.lower else f"above {self.upper:g}"
-        return (
-            f"{self.name} = {self.value:.6g} {self.unit} is {side} {self.unit}, outside the "
-            f"model's validity domain [{self.lower:g}, {self.upper:g}]"
-        )
-
-
-@dataclass(frozen=True)
-class Parameter:
-    """A parameter value with its unit, as loaded from a plant YAML file.
-
-    ``lower``/``upper`` give the plausible range (used for estimation bounds and for
-    plant-model mismatch in scenarios).
-    """
-
-    name: str
-    value: float
-    unit: str
-    description: str = ""
-    lower: float = -math.inf
-    upper: float = math.inf
-
-
-@dataclass(frozen=True)
-class ParameterSet:
-    """The data half of a plant model: parameter values, nominal start and bound overrides."""
-
-    model: str
-    parameters: Mapping[str, Parameter]
-    initial_state: Mapping[str, float]
-    nominal_inputs: Mapping[str, float]
-    initial_algebraic: Mapping[str, float] = field(default_factory=dict)
-    bounds: Mapping[str, tuple[float, float]] = field(default_factory=dict)
-    source: str = "<memory>"
-
-    def values(self) -> dict[str, float]:
-        return {name: p.value for name, p in self.parameters.items()}
-
-    def with_values(self, overrides: Mapping[str, float]) -> ParameterSet:
-        """A copy with some parameter values replaced (plant-model mismatch)."""
-        unknown = sorted(set(overrides) - set(self.parameters))
-        if unknown:
-            raise ModelError(
-                f"{self.source}: unknown parameter(s) {unknown} for model {self.model!r}; "
-                f"known: {sorted(self.parameters)}"
-            )
-        params = {
-            name: (
-                Parameter(p.name, float(overrides[name]), p.unit, p.description, p.lower, p.upper)
-                if name in overrides
-                else p
-            )
-            for name, p in self.parameters.items()
-        }
-        return ParameterSet(
-            self.model,
-            params,
-            self.initial_state,
-            self.nominal_inputs,
-            self.initial_algebraic,
-            self.bounds,
-            self.source,
-        )
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Numeric values of one model evaluation, keyed by variable or expression name."""
-
-    xdot: dict[str, float]
-    alg: list[float]
-    outputs: dict[str, float]
-    expressions: dict[str, float]
+from plant_models import integrators
+from plant_models.errors import ModelError, unknown_name
+from plant_models.variables import (
+    SECONDS_PER_UNIT,
+    DomainViolation,
+    Evaluation,
+    ParameterSet,
+    Role,
+    SymMap,
+    Variable,
+)
 
 
 @cache
@@ -223,9 +96,7 @@ class PlantModel(ABC):
         if missing:
             problems.append(f"missing parameter(s): {missing}")
         if unknown:
-            problems.append(
-                f"unknown parameter(s): {unknown}; known: {sorted(self.parameter_units)}"
-            )
+            problems.append(unknown_name("parameter(s)", unknown, sorted(self.parameter_units)))
         for pname, unit in self.parameter_units.items():
             p = ps.parameters.get(pname)
             if p is not None and p.unit != unit:
@@ -239,10 +110,10 @@ class PlantModel(ABC):
         ):
             for vname in group:
                 if vname not in names:
-                    problems.append(f"{key}: unknown variable {vname!r}")
+                    problems.append(f"{key}: {unknown_name('variable', vname, sorted(names))}")
         for vname in ps.bounds:
             if vname not in names:
-                problems.append(f"bounds: unknown variable {vname!r}")
+                problems.append(f"bounds: {unknown_name('variable', vname, sorted(names))}")
         if set(ps.initial_state) != set(self.names(Role.STATE)):
             problems.append(
                 f"initial_state must give every state {list(self.names(Role.STATE))}, "
@@ -262,8 +133,9 @@ class PlantModel(ABC):
         try:
             return SECONDS_PER_UNIT[self.time_unit]
         except KeyError as exc:
+            known = list(SECONDS_PER_UNIT)
             raise ModelError(
-                f"model {self.name!r}: time unit {self.time_unit!r} not in {list(SECONDS_PER_UNIT)}"
+                f"model {self.name!r}: {unknown_name('time unit', self.time_unit, known)}"
             ) from exc
 
     @classmethod
@@ -298,8 +170,9 @@ class PlantModel(ABC):
         try:
             return self._vars[name]
         except KeyError as exc:
+            known = sorted(self._vars)
             raise ModelError(
-                f"model {self.name!r} has no variable {name!r}; known: {sorted(self._vars)}"
+                f"model {self.name!r}: {unknown_name('variable', name, known)}"
             ) from exc
 
     def unit_of(self, name: str) -> str:
@@ -463,86 +336,22 @@ class PlantModel(ABC):
         )
 
     def integrator(self, dt: float, *, rtol: float = 1e-8, atol: float = 1e-10) -> ca.Function:
-        """A CasADi integrator over one sample step ``dt`` (in ``time_unit``).
-
-        Returns ``F(x0, z0, u, p) -> (xf, zf)`` with physical values; inside, states are
-        divided by their ``scale``. cvodes for ODEs, idas for DAEs (``z0`` is only a guess:
-        idas computes consistent algebraic values).
-        """
-        if not (math.isfinite(dt) and dt > 0):
-            raise ModelError(f"model {self.name!r}: sample step must be > 0, got {dt!r}")
-        s = self.symbols
-        xs = ca.SX.sym("xs", len(self.state_names))
-        zs = ca.SX.sym("zs", len(self.algebraic_names))
-        u, p = s[Role.INPUT], s[Role.PARAMETER]
-        xsc, zsc = self.scales(Role.STATE), self.scales(Role.ALGEBRAIC)
-        xdot, alg, _, _ = self.evaluate_symbolic(xs * xsc, zs * zsc, u, p)
-        dae: dict[str, Any] = {"x": xs, "p": ca.vertcat(u, p), "ode": xdot / xsc}
-        opts: dict[str, Any] = {"reltol": rtol, "abstol": atol}
-        if self.is_dae:
-            dae.update(z=zs, alg=alg)
-            plugin = "idas"
-        else:
-            plugin = "cvodes"
-        raw = ca.integrator(f"{self.name}_F", plugin, dae, 0.0, float(dt), opts)
-        x0, z0 = ca.MX.sym("x0", len(self.state_names)), ca.MX.sym("z0", len(self.algebraic_names))
-        uu, pp = ca.MX.sym("u", len(self.input_names)), ca.MX.sym("p", len(self.parameter_names))
-        call: dict[str, Any] = {"x0": x0 / xsc, "p": ca.vertcat(uu, pp)}
-        if self.is_dae:
-            call["z0"] = z0 / zsc
-        r = raw(**call)
-        zf = r["zf"] * zsc if self.is_dae else ca.MX(0, 1)
-        return ca.Function(
-            f"{self.name}_step",
-            [x0, z0, uu, pp],
-            [r["xf"] * xsc, zf],
-            ["x0", "z0", "u", "p"],
-            ["xf", "zf"],
-        )
+        """A CasADi integrator over one sample step ``dt`` (in ``time_unit``):
+        ``F(x0, z0, u, p) -> (xf, zf)``; see :func:`plant_models.integrators.integrator`."""
+        return integrators.integrator(self, dt, rtol=rtol, atol=atol)
 
     def stepper(self, *, rtol: float = 1e-8, atol: float = 1e-10) -> ca.Function:
-        """An integrator over a step of any length, with inputs ramping inside it.
+        """An integrator over a step of any length with ramping inputs:
+        ``S(x0, z0, u0, u1, p, h) -> (xf, zf)``; see :func:`plant_models.integrators.stepper`."""
+        return integrators.stepper(self, rtol=rtol, atol=atol)
 
-        Returns ``S(x0, z0, u0, u1, p, h) -> (xf, zf)``: the exact (unclipped) equations are
-        integrated over ``h`` time units while the inputs move linearly from ``u0`` to ``u1``
-        (a ramp stays a ramp inside the step; ``u1 = u0`` holds them). Internally time is
-        scaled to [0, 1] and states by their ``scale``; values at the boundary are physical.
-        """
-        s = self.symbols
-        tau = ca.SX.sym("tau")
-        xs = ca.SX.sym("xs", len(self.state_names))
-        zs = ca.SX.sym("zs", len(self.algebraic_names))
-        u0 = ca.SX.sym("u0", len(self.input_names))
-        u1 = ca.SX.sym("u1", len(self.input_names))
-        h = ca.SX.sym("h")
-        p = s[Role.PARAMETER]
-        xsc, zsc = self.scales(Role.STATE), self.scales(Role.ALGEBRAIC)
-        u = u0 + (u1 - u0) * tau
-        xdot, alg, _, _ = self.evaluate_symbolic(xs * xsc, zs * zsc, u, p)
-        dae: dict[str, Any] = {"x": xs, "t": tau, "p": ca.vertcat(u0, u1, p, h)}
-        dae["ode"] = h * xdot / xsc
-        # the caller reports a failed step itself (with the time, the inputs, the domain)
-        opts: dict[str, Any] = {"reltol": rtol, "abstol": atol, "disable_internal_warnings": True}
-        if self.is_dae:
-            dae.update(z=zs, alg=alg)
-        raw = ca.integrator(
-            f"{self.name}_S", "idas" if self.is_dae else "cvodes", dae, 0.0, 1.0, opts
-        )
-        x0, z0 = ca.MX.sym("x0", len(self.state_names)), ca.MX.sym("z0", len(self.algebraic_names))
-        a, b = ca.MX.sym("u0", len(self.input_names)), ca.MX.sym("u1", len(self.input_names))
-        pp, hh = ca.MX.sym("p", len(self.parameter_names)), ca.MX.sym("h")
-        call: dict[str, Any] = {"x0": x0 / xsc, "p": ca.vertcat(a, b, pp, hh)}
-        if self.is_dae:
-            call["z0"] = z0 / zsc
-        r = raw(**call)
-        zf = r["zf"] * zsc if self.is_dae else ca.MX(0, 1)
-        return ca.Function(
-            f"{self.name}_stepper",
-            [x0, z0, a, b, pp, hh],
-            [r["xf"] * xsc, zf],
-            ["x0", "z0", "u0", "u1", "p", "h"],
-            ["xf", "zf"],
-        )
+    def algebraic_solver(self) -> ca.Function | None:
+        """``Z(z_guess, x, u, p) -> z`` solving the algebraic equations (None for ODEs)."""
+        return integrators.algebraic_solver(self)
+
+    def do_mpc_model(self) -> Any:
+        """A do-mpc continuous ``Model`` (every parameter is a ``_p`` so estimates flow in)."""
+        return integrators.do_mpc_model(self)
 
     def validity_violations(
         self, states: Mapping[str, float], algebraic: Mapping[str, float] | None = None
@@ -569,51 +378,3 @@ class PlantModel(ABC):
         step, so the end time is exact, not rounded to a sample.
         """
         return None
-
-    def algebraic_solver(self) -> ca.Function | None:
-        """``Z(z_guess, x, u, p) -> z`` solving the algebraic equations (None for ODEs)."""
-        if not self.is_dae:
-            return None
-        s = self.symbols
-        zs = ca.SX.sym("zs", len(self.algebraic_names))
-        xup = ca.vertcat(s[Role.STATE], s[Role.INPUT], s[Role.PARAMETER])
-        _, alg, _, _ = self.evaluate_symbolic(
-            s[Role.STATE], zs * self.scales(Role.ALGEBRAIC), s[Role.INPUT], s[Role.PARAMETER]
-        )
-        g = ca.Function("g", [zs, xup], [alg])
-        rf = ca.rootfinder(f"{self.name}_alg", "newton", g, {"abstol": 1e-10})
-        zg, x = ca.MX.sym("zg", len(self.algebraic_names)), ca.MX.sym("x", len(self.state_names))
-        u, p = ca.MX.sym("u", len(self.input_names)), ca.MX.sym("p", len(self.parameter_names))
-        zsol = rf(zg / self.scales(Role.ALGEBRAIC), ca.vertcat(x, u, p)) * self.scales(
-            Role.ALGEBRAIC
-        )
-        return ca.Function(
-            f"{self.name}_Z", [zg, x, u, p], [zsol], ["z_guess", "x", "u", "p"], ["z"]
-        )
-
-    # ----------------------------------------------------------------- do-mpc
-    def do_mpc_model(self) -> Any:
-        """A do-mpc continuous ``Model`` (every parameter is a ``_p`` so estimates flow in).
-
-        All named expressions are registered as aux expressions.
-        """
-        with warnings.catch_warnings():  # do-mpc warns about optional extras on import
-            warnings.simplefilter("ignore")
-            import do_mpc
-
-        m = do_mpc.model.Model("continuous", "SX")
-        x = ca.vertcat(*[m.set_variable("_x", n) for n in self.state_names])
-        z = ca.vertcat(*[m.set_variable("_z", n) for n in self.algebraic_names])
-        u = ca.vertcat(*[m.set_variable("_u", n) for n in self.input_names])
-        p = ca.vertcat(*[m.set_variable("_p", n) for n in self.parameter_names])
-        if not self.is_dae:
-            z = ca.SX(0, 1)
-        xdot, alg, _, expr = self.evaluate_symbolic(x, z, u, p)
-        for i, n in enumerate(self.state_names):
-            m.set_rhs(n, xdot[i])
-        for i in range(alg.shape[0]):
-            m.set_alg(f"alg_{i}", alg[i])
-        for i, n in enumerate(self.expression_names):
-            m.set_expression(n, expr[i])
-        m.setup()
-        return m

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from plant_models.base import PlantModel, Role, SymMap, Variable
+from plant_models.base import PlantModel
+from plant_models.variables import Role, SymMap, Variable
 
 _INF = float("inf")
 

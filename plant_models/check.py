@@ -10,8 +10,9 @@ import math
 
 import numpy as np
 
-from plant_models.base import Evaluation, PlantModel, Role
+from plant_models.base import PlantModel
 from plant_models.errors import ModelError
+from plant_models.variables import Evaluation, Role
 
 
 def check_model(model: PlantModel) -> None:

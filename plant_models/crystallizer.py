@@ -15,8 +15,9 @@ from typing import Any, ClassVar
 
 import casadi as ca
 
-from plant_models.base import PlantModel, Role, SymMap, Variable
+from plant_models.base import PlantModel
 from plant_models.smooth import positive_part
+from plant_models.variables import Role, SymMap, Variable
 
 _KELVIN = 273.15
 _INF = float("inf")

@@ -13,7 +13,8 @@ from typing import Any, ClassVar
 
 import casadi as ca
 
-from plant_models.base import PlantModel, Role, SymMap, Variable
+from plant_models.base import PlantModel
+from plant_models.variables import Role, SymMap, Variable
 
 _INF = float("inf")
 

@@ -395,7 +395,6 @@ PARSED_ONLY: tuple[Rule, ...] = (
     Rule((), "a template: a placeholder (SITE, NAME, ...) stands where a reader fills in", True),
     Rule(("make", "demo"), "a whole 150 h bioreactor batch in closed loop: beyond this budget"),
     Rule(("make", "test"), "the whole suite, which contains this file"),
-    Rule(("make", "test-fast"), "the suite without its slow tests, which contains this file"),
     Rule(("make", "check"), "ruff and mypy over the whole tree: minutes, and others' files"),
     Rule(("make", "bench"), "every benchmark: B5 alone takes 8 to 11 minutes (README)"),
     Rule(("python*", "bench/*.py"), "a benchmark: measures for minutes on a quiet machine"),
@@ -713,7 +712,7 @@ def test_the_readme_reader_follows_the_shell() -> None:
         "opc.tcp://u:/etc/k@h",
         "--security=x,/etc/k",
     )
-    _, _, refused = read_readme("```\npharmatwin run $SITE\n```\n```text\nout\n```\n")
+    _, _, refused = read_readme("```\npharmatwin run $SITE\n```\n```rust\nout\n```\n")
     assert [p.split(":")[1] for p in refused] == ["2", "4"]
 
 

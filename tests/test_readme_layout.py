@@ -2,9 +2,9 @@
 
 The ``## Layout`` section holds two ``text`` blocks:
 
-- the folders, one a line (``folder/   what it holds``): every package of plant_models,
-  controller and hil is there, every folder named exists, and the tests mirror the layers
-  (``tests/controller/core/`` for ``controller/core/``, ...);
+- the folders (``folder/   what it holds``, indented lines continue it): every package of
+  plant_models, controller and hil is there, every folder named exists, and the tests mirror
+  the layers (``tests/controller/core/`` for ``controller/core/``, ...);
 - the layers figure, one layer a line (``folder/   imports: a, b, c``): every import the code
   makes from one layer into another is one its line allows (grimp's import graph), and the
   layers are those of the ``layers`` contract in pyproject.toml.
@@ -38,7 +38,8 @@ def layout_blocks(text: str) -> list[list[str]]:
 
 
 def first_words(lines: Iterable[str]) -> list[str]:
-    return [line.split()[0] for line in lines]
+    """The folder each entry starts with (an indented line continues the entry above)."""
+    return [line.split()[0] for line in lines if not line[0].isspace()]
 
 
 def packages(root: Path = ROOT) -> set[str]:

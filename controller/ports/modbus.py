@@ -43,6 +43,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.pdu import ModbusPDU
 
 from controller.clock import Clock
+from controller.codecs import CodecError, DataType, decode, encode_within
 from controller.errors import PortConnectError, PortError, PortTimeoutError, ProtocolError
 from controller.ports.base import (
     Port,
@@ -57,15 +58,7 @@ from controller.ports.base import (
 from controller.ports.retry import RetrySchedule
 from controller.ports.settings import Connection, ModbusTls
 from controller.ports.writecheck import WriteCheck, refused_report, unreadable
-from controller.tags import (
-    CodecError,
-    DataType,
-    ModbusSpec,
-    Table,
-    TagMap,
-    decode,
-    encode_within,
-)
+from controller.tags import ModbusSpec, Table, TagMap
 
 if logging.getLogger("pymodbus").level == logging.NOTSET:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # its errors become ours

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import struct
 
-from controller.tags import FLOAT32_MAX, OPCUA_INT_RANGE
+from controller.codecs import FLOAT32_MAX
+from controller.tags import OPCUA_INT_RANGE
 
 #: Write statuses meaning "the PLC refused this value" (REJECTED); other Bad ones are FAILED.
 REFUSED = {"BadOutOfRange", "BadUserAccessDenied", "BadNotWritable", "BadTypeMismatch"}

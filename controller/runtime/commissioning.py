@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import getpass
-import math
 from collections.abc import Mapping, Sequence
 from enum import IntEnum
 from pathlib import Path
@@ -22,8 +21,9 @@ from rich.live import Live
 from rich.table import Table
 
 from controller.clock import RealClock
-from controller.errors import ConfigError, PortError, Problem, unknown_name
+from controller.errors import ConfigError, PortError, Problem
 from controller.ports.base import Port, Quality, Snapshot, WriteReport, WriteStatus
+from controller.ports.writecheck import WriteCheck
 from controller.runtime.audit import AuditTrail
 from controller.runtime.audit_chain import file_hash
 from controller.runtime.historian import SqliteHistorian
@@ -75,38 +75,33 @@ async def tags_read(
 
 
 def parse_assignments(site: Site, assignments: Sequence[str]) -> dict[str, float]:
-    """``TAG=VALUE`` pairs -> values; every problem (unknown, read-only, limits) at once."""
+    """``TAG=VALUE`` pairs -> values; every problem at once, as ConfigError.
+
+    Each value goes through the ports' own write check (:class:`WriteCheck`: unknown tag,
+    read-only, not a finite number, outside the tag limits), in the ports' words.
+    """
+    check = WriteCheck.of_tags(site.tags.tags)
     values: dict[str, float] = {}
     problems: list[Problem] = []
     for i, text in enumerate(assignments):
         name, sep, raw = text.partition("=")
-        tag = site.tags.tags.get(name)
-        where = f"argument {i + 1}"
-        if not sep:
-            problems.append(Problem("command line", where, "expected TAG=VALUE", text))
-            continue
-        if tag is None:
-            message = unknown_name("tag", name, sorted(site.tags.tags))
-            problems.append(Problem("command line", where, message, name))
-            continue
-        if not tag.writable:
-            problems.append(Problem("command line", where, f"tag {name} is read-only", name))
-            continue
-        try:
-            value = float(raw)
-        except ValueError:
-            problems.append(Problem("command line", where, f"{name}: not a number", raw))
-            continue
-        if not math.isfinite(value) or (
-            tag.limits is not None and not tag.limits[0] <= value <= tag.limits[1]
-        ):
-            allowed = f"[{tag.limits[0]}, {tag.limits[1]}] {tag.unit}" if tag.limits else "finite"
-            problems.append(Problem("command line", where, f"{name}: allowed {allowed}", value))
-            continue
-        values[name] = value
+        value = _number_or_text(raw)
+        why = check.refusal(name, value) if sep else "expected TAG=VALUE"
+        if why:
+            problems.append(Problem("command line", f"argument {i + 1}", why, text))
+        else:
+            values[name] = float(value)
     if problems:
         raise ConfigError(problems)
     return values
+
+
+def _number_or_text(raw: str) -> float | str:
+    """``raw`` as a number if it reads as one, else the text itself (for the message)."""
+    try:
+        return float(raw)
+    except ValueError:
+        return raw
 
 
 class RefusalCode(IntEnum):

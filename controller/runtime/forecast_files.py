@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
+from controller.binding import Binding
 from controller.config import Recipe, recipe_input_problems
 from controller.configfile import parse, read_yaml, resolve
 from controller.errors import ConfigError, Problem, unknown_name
@@ -158,14 +159,14 @@ def _last_estimated(hist: SqliteHistorian, run_id: str) -> CycleRecord | None:
         limit *= 4
 
 
-def _input_value(tags: TagMap, record: CycleRecord, name: str) -> float | None:
+def _input_value(binding: Binding, record: CycleRecord, name: str) -> float | None:
     """The input in place from the record's time on: the setpoint written in that cycle (closed
     loop), else its PV tag, else its setpoint tag as read (both of good quality)."""
     candidates = []
-    pv = tags.reading_tags().get(name)
+    pv = binding.working_setpoint_tag(name)
     if pv is not None:
         candidates.append(record.measurements.get(pv))
-    sp = tags.setpoint_tag(name)
+    sp = binding.setpoint_tag(name)
     if sp is not None and sp in record.setpoints:
         return float(record.setpoints[sp])
     if sp is not None:
@@ -241,7 +242,8 @@ def _start_from_record(
                 )
             ]
         )
-    inputs = {n: _input_value(tags, record, n) for n in model.input_names}
+    binding = Binding.of(tags, model)
+    inputs = {n: _input_value(binding, record, n) for n in model.input_names}
     unknown = [n for n, v in inputs.items() if v is None]
     if unknown:
         raise ForecastError(

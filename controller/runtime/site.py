@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
+from controller.binding import Binding
 from controller.clock import Clock
 from controller.config import ControllerConfig
 from controller.configfile import Strict, parse, read_yaml, resolve
@@ -214,8 +215,9 @@ def _check_tags(sf: SiteFile, tm: TagMap, model: PlantModel | None, path: Path) 
                 )
             )
     if model is not None:
+        binding = Binding.of(tm, model)
         for inp in model.input_names:
-            if tm.setpoint_tag(inp) is None:
+            if binding.setpoint_tag(inp) is None:
                 problems.append(
                     Problem(src, "tags", f"no writable tag binds the model input {inp!r}", inp)
                 )
@@ -226,8 +228,9 @@ def _check_limits(sf: SiteFile, cfg: ControllerConfig, tm: TagMap, path: Path) -
     """Every setpoint the safety layer passes (inside the controller's input limits) must be
     one the port writes (inside the limits of the input's setpoint and advisory tags)."""
     problems = []
+    binding = Binding.of_inputs(tm, tuple(cfg.inputs))
     for inp, spec in cfg.inputs.items():
-        tags = [sf.runtime.advisory_tags.get(inp), tm.setpoint_tag(inp)]
+        tags = [sf.runtime.advisory_tags.get(inp), binding.setpoint_tag(inp)]
         for name in dict.fromkeys(t for t in tags if t is not None and t in tm.tags):
             limits = tm.tags[name].limits
             if limits is None or (limits[0] <= spec.lower and spec.upper <= limits[1]):

@@ -39,6 +39,7 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 
+from controller.binding import Binding
 from controller.clock import Clock
 from controller.core.estimate import Estimate
 from controller.core.pipeline import ControlPipeline
@@ -58,7 +59,6 @@ from controller.runtime.trust import BadMeasurementPolicy, DataTrust, Judgement,
 from controller.runtime.trust_cycle import TrustCycle
 from controller.runtime.twin_cycle import TwinCycleWork
 from controller.runtime.writes import ControlWriter
-from controller.tags import bad_data_problems
 from controller.timebase import TimeBase
 from controller.twin.forecast import Forecast, forecast, start_from_estimate
 from controller.twin.forecast_spec import ForecastError, ForecastSetup, Plan
@@ -95,14 +95,14 @@ class Supervisor:
         self.dt_s = self.timebase.seconds(site.controller.sample_time)
         tags = site.tags.tags
         tm = site.tags
-        readings = tm.reading_tags()
-        self.sp_tags = {i: tag for i in self.model.input_names if (tag := tm.setpoint_tag(i))}
-        self.pv_tags = {i: readings[i] for i in self.model.input_names if i in readings}
-        self.y_tags = {o: readings[o] for o in self.model.output_names if o in readings}
-        problems = bad_data_problems(tm, self.model.input_names, str(site.referenced("tags")))
+        binding = Binding.of(tm, self.model)
+        self.sp_tags = binding.setpoint_tags()
+        self.pv_tags = binding.working_setpoint_tags()
+        self.y_tags = binding.output_tags()
+        problems = binding.bad_data_problems(str(site.referenced("tags")))
         if problems:
             raise ConfigError(problems)
-        self._validity_order = tm.measurement_tags(self.model.input_names)[:16]
+        self._validity_order = binding.measurement_tags()[:16]
         working = {i: self.pv_tags.get(i) or self.sp_tags[i] for i in self.model.input_names}
         self.trust = DataTrust(tm, self.y_tags, working, self._validity_order)
         self.trust.rate = float(getattr(clock, "rate", 1.0))  # the wall-time staleness floor

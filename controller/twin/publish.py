@@ -44,17 +44,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+from controller.codecs import FLOAT32_MAX, INT_RANGE, DataType
 from controller.errors import ConfigError, Problem
-from controller.tags import (
-    FLOAT32_MAX,
-    INT_RANGE,
-    OPCUA_INT_RANGE,
-    DataType,
-    ModbusSpec,
-    OpcUaSpec,
-    Tag,
-    TagMap,
-)
+from controller.tags import OPCUA_INT_RANGE, ModbusSpec, OpcUaSpec, Tag, TagMap
 from plant_models import ModelError, PlantModel
 
 if TYPE_CHECKING:

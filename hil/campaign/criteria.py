@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from hil.campaign.spec import (
+from controller.timebase import TimeBase
+from hil.campaign.checks import (
     ConsecutiveFailedSolves,
     ControlLosses,
     Criterion,
@@ -40,8 +41,7 @@ class Recording:
     cycles: list[dict[str, Any]] = field(default_factory=list)  # one per controller cycle
     sent: list[tuple[float, dict[str, float]]] = field(default_factory=list)  # setpoint writes
     loss_at: float | None = None  # when the controller was lost
-    unit_s: float = 1.0  # seconds per model time unit
-    time_unit: str = "h"
+    timebase: TimeBase = field(default_factory=lambda: TimeBase("h", 1.0))  # model time <-> s
     heartbeat_timeout_s: float = math.inf
     #: drift alarms the twin raised: (t, key, signal, side, message)
     alarms: list[tuple[float, str, str, str, str]] = field(default_factory=list)
@@ -51,6 +51,10 @@ class Recording:
     finished_at: float | None = None
     #: the unit of every model name (axes and tables are labelled with them)
     units: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def time_unit(self) -> str:
+        return self.timebase.unit
 
     def column(self, name: str) -> np.ndarray:
         return np.array([r.get(name, math.nan) for r in self.rows], dtype=float)
@@ -162,7 +166,7 @@ def _fallback(check: FallbackWithin, rec: Recording) -> tuple[float, float, str]
         return math.inf, limit, f"the MPC did not have control when lost (PLC {at_loss[-1:]})"
     for ti, m in zip(t, modes, strict=True):
         if ti > rec.loss_at and m == "fallback":
-            delay = (ti - rec.loss_at) * rec.unit_s
+            delay = rec.timebase.seconds(ti - rec.loss_at)
             return delay, limit, f"lost at t={rec.loss_at:g}, PLC fell back at t={ti:g}"
     return math.inf, limit, f"lost at t={rec.loss_at:g}; the PLC never fell back"
 

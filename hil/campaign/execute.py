@@ -47,8 +47,11 @@ from rich.progress import (
 
 from controller.jsonfile import write_json
 from controller.runtime.historian_run import git_commit, library_versions
-from hil.campaign.runner import run_case, utc_now
-from hil.campaign.spec import Campaign, Case, describe_check
+from hil.campaign.cases import Case
+from hil.campaign.checks import describe_check
+from hil.campaign.results import utc_now
+from hil.campaign.runner import run_case
+from hil.campaign.spec import Campaign
 
 log = logging.getLogger("pharmatwin.hil.campaign")
 

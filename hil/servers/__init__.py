@@ -6,7 +6,8 @@ see :mod:`hil.servers.modbus` and :mod:`hil.servers.opcua`.
 """
 
 from hil.servers.modbus import ModbusPlcServer, modbus_server_for_site
-from hil.servers.opcua import OpcUaPlcServer, ServerSecurity, opcua_server_for_site
+from hil.servers.opcua import OpcUaPlcServer, opcua_server_for_site
+from hil.servers.opcua_security import ServerSecurity
 
 __all__ = [
     "ModbusPlcServer",

@@ -1,4 +1,4 @@
-"""Certificates of the HIL test bench: the OPC UA server's, made on first start, and a test PKI.
+"""Certificates of the HIL servers: made on first start, reused after, signed by a CA or self.
 
 :func:`ensure_server_certificate` writes the server's application instance certificate (DER)
 and its private key (PEM, PKCS#8, mode 0600) into a state folder, and reuses them on every
@@ -10,18 +10,9 @@ trusts a certificate made on the server's first start). A pair is made anew only
 is missing, the key does not match, the certificate does not carry ``application_uri``, is
 not (or no longer) signed as asked, or is out of date (logged).
 
-:func:`make_test_pki` makes the loopback test bench's CA, its certificate revocation list
-(CRL, ``hil-test-ca.crl``) and the controller's client certificate (``configs/pki/``; see the
-README there). Regenerate them with::
-
-    python -m hil.servers.certs --regenerate configs/pki
-
-:func:`issue_client_certificate` issues another client's certificate from the bench CA (a
-UaExpert, ``uaread`` or node-opcua client), :func:`revoke` puts one on the CRL; both from the
-command line::
-
-    pharmatwin-hil pki issue-client uaexpert --uri urn:my-pc:UnifiedAutomation:UaExpert
-    pharmatwin-hil pki revoke runs/pki/uaexpert.der
+The x509 pieces here (:class:`CertificateAuthority`, :func:`leaf_certificate`, the key and
+file helpers) also make the test bench's CA, CRL and client certificates
+(:mod:`hil.servers.pki`).
 
 Every certificate made here carries what clients check: its application URI and the DNS name
 ``localhost`` and IP address 127.0.0.1 in its SubjectAltName, and an AuthorityKeyIdentifier
@@ -30,17 +21,13 @@ naming the CA, whose certificate the HIL server sends with its own.
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import logging
 import os
 import socket
-import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -53,18 +40,6 @@ log = logging.getLogger("pharmatwin.hil.certs")
 CERTIFICATE_FILE = "server-cert.der"
 KEY_FILE = "server-key.pem"
 VALID_FOR = timedelta(days=5 * 365)
-
-#: The test PKI's files (:func:`make_test_pki`) and the controller's application URI.
-CA_CERTIFICATE_FILE = "hil-test-ca.der"
-CA_KEY_FILE = "hil-test-ca.key.pem"
-CLIENT_CERTIFICATE_FILE = "pharmatwin-client.der"
-CLIENT_KEY_FILE = "pharmatwin-client.key.pem"
-CRL_FILE = "hil-test-ca.crl"
-CLIENT_URI = "urn:pharmatwin:controller"
-#: A CRL is reissued with this validity (its nextUpdate) whenever it changes.
-CRL_VALID_FOR = timedelta(days=5 * 365)
-CA_VALID_FOR = timedelta(days=20 * 365)
-CLIENT_VALID_FOR = timedelta(days=10 * 365)
 
 
 @dataclass(frozen=True)
@@ -81,7 +56,7 @@ class CertificateAuthority:
         ValueError saying what is wrong: unreadable, not a CA, or a key of another certificate.
         """
         cert = load_certificate(certificate)
-        data = _read(private_key)
+        data = read_file(private_key)
         try:
             if data.lstrip().startswith(b"-----BEGIN"):
                 key = serialization.load_pem_private_key(data, None)
@@ -101,7 +76,7 @@ class CertificateAuthority:
 def load_crl(path: Path, issuer: x509.Certificate | None = None) -> list[x509.RevokedCertificate]:
     """The certificates a CRL file (DER or PEM) revokes; ValueError naming the file if it is
     not a CRL, or (given ``issuer``) not signed by it. A CRL past its nextUpdate is logged."""
-    data = _read(path)
+    data = read_file(path)
     try:
         if data.lstrip().startswith(b"-----BEGIN"):
             crl = x509.load_pem_x509_crl(data)
@@ -122,7 +97,7 @@ def load_crl(path: Path, issuer: x509.Certificate | None = None) -> list[x509.Re
 
 def load_certificate(path: Path) -> x509.Certificate:
     """A certificate file, DER or PEM; ValueError naming the file if it is neither."""
-    data = _read(path)
+    data = read_file(path)
     try:
         if data.lstrip().startswith(b"-----BEGIN"):
             return x509.load_pem_x509_certificate(data)
@@ -146,10 +121,10 @@ def ensure_server_certificate(
         return cert_path, key_path
     log.info("making a new OPC UA server certificate in %s: %s", folder, why)
     folder.mkdir(parents=True, exist_ok=True)
-    key = _new_key()
+    key = new_key()
     cert = _server_certificate(key, application_uri, host, ca)
-    _write(key_path, _key_pem(key), mode=0o600)
-    _write(cert_path, cert.public_bytes(serialization.Encoding.DER), mode=0o644)
+    write_file(key_path, key_pem(key), mode=0o600)
+    write_file(cert_path, cert.public_bytes(serialization.Encoding.DER), mode=0o644)
     return cert_path, key_path
 
 
@@ -158,140 +133,8 @@ def ephemeral_certificate(
 ) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
     """A self-signed server certificate and key kept in memory only: what an unsecured bench
     server needs so that clients encrypt their passwords (never stored, never trusted)."""
-    key = _new_key()
+    key = new_key()
     return _server_certificate(key, application_uri, host, None), key
-
-
-def make_test_pki(folder: Path) -> dict[str, Path]:
-    """Write a new test-bench CA, its empty CRL and the controller's client certificate into
-    ``folder``.
-
-    Returns the five files by role (``ca_certificate``, ``ca_private_key``, ``crl``,
-    ``client_certificate``, ``client_private_key``). The client certificate is for
-    :data:`CLIENT_URI`, on localhost / 127.0.0.1, with the clientAuth usage, signed by the CA.
-    Existing files are overwritten; the servers' certificates signed by an older CA are then
-    made anew on their next start.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    now = datetime.now(UTC)
-    ca_key = _new_key()
-    ca_name = _name("PharmaTwin HIL test CA (loopback test bench only)")
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + CA_VALID_FOR)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_CA_USAGES, critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca = CertificateAuthority(ca_cert, ca_key)
-    files = {
-        "ca_certificate": folder / CA_CERTIFICATE_FILE,
-        "ca_private_key": folder / CA_KEY_FILE,
-        "crl": folder / CRL_FILE,
-        "client_certificate": folder / CLIENT_CERTIFICATE_FILE,
-        "client_private_key": folder / CLIENT_KEY_FILE,
-    }
-    _write(files["ca_private_key"], _key_pem(ca_key), mode=0o600)
-    _write(files["ca_certificate"], ca_cert.public_bytes(serialization.Encoding.DER), mode=0o644)
-    _write(files["crl"], _crl(ca, []), mode=0o644)
-    issue_client_certificate(
-        ca,
-        CLIENT_URI,
-        files["client_certificate"],
-        files["client_private_key"],
-        common_name="PharmaTwin controller (test bench)",
-    )
-    return files
-
-
-def issue_client_certificate(
-    ca: CertificateAuthority,
-    application_uri: str,
-    certificate: Path,
-    private_key: Path,
-    *,
-    common_name: str,
-    dns: Sequence[str] = ("localhost",),
-    ips: Sequence[str] = ("127.0.0.1",),
-) -> x509.Certificate:
-    """Issue an OPC UA client's application instance certificate from ``ca`` (RSA 2048,
-    SHA-256, the key usages every secure policy needs, clientAuth, SubjectAltName URI + DNS +
-    IP) and write it (DER) and its new key (PEM, PKCS#8, mode 0600). ValueError for an IP
-    address that is not one."""
-    names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(application_uri)]
-    names += [x509.DNSName(d) for d in dns]
-    try:
-        names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
-    except ValueError as exc:
-        raise ValueError(f"--ip: {exc}") from exc
-    key = _new_key()
-    until = datetime.now(UTC) + CLIENT_VALID_FOR
-    cert = _leaf(key, _name(common_name), names, [ExtendedKeyUsageOID.CLIENT_AUTH], ca, until)
-    certificate.parent.mkdir(parents=True, exist_ok=True)
-    private_key.parent.mkdir(parents=True, exist_ok=True)
-    _write(private_key, _key_pem(key), mode=0o600)
-    _write(certificate, cert.public_bytes(serialization.Encoding.DER), mode=0o644)
-    return cert
-
-
-def revoke(ca: CertificateAuthority, crl: Path, certificate: x509.Certificate) -> int:
-    """Put ``certificate`` (issued by ``ca``) on the CRL file ``crl``, reissued and signed by
-    ``ca``; returns how many certificates it revokes. ValueError if ``ca`` did not issue it."""
-    try:
-        certificate.verify_directly_issued_by(ca.certificate)
-    except (ValueError, TypeError, InvalidSignature) as exc:
-        raise ValueError(
-            f"the certificate {certificate.subject.rfc4514_string()} is not issued by the CA "
-            f"{ca.certificate.subject.rfc4514_string()}"
-        ) from exc
-    revoked = load_crl(crl, ca.certificate) if crl.is_file() else []
-    number = _crl_number(crl) + 1 if crl.is_file() else 1
-    serials = {r.serial_number: r for r in revoked}
-    if certificate.serial_number not in serials:
-        serials[certificate.serial_number] = (
-            x509.RevokedCertificateBuilder()
-            .serial_number(certificate.serial_number)
-            .revocation_date(datetime.now(UTC))
-            .build()
-        )
-    _write(crl, _crl(ca, list(serials.values()), number), mode=0o644)
-    return len(serials)
-
-
-def _crl_number(path: Path) -> int:
-    data = _read(path)
-    pem = data.lstrip().startswith(b"-----BEGIN")
-    crl = x509.load_pem_x509_crl(data) if pem else x509.load_der_x509_crl(data)
-    try:
-        return int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
-    except x509.ExtensionNotFound:
-        return 0
-
-
-def _crl(
-    ca: CertificateAuthority, revoked: list[x509.RevokedCertificate], number: int = 1
-) -> bytes:
-    """A CRL (DER) of ``revoked``, signed by ``ca``, valid :data:`CRL_VALID_FOR`, numbered."""
-    now = datetime.now(UTC)
-    issuer_key = ca.certificate.public_key()
-    assert isinstance(issuer_key, rsa.RSAPublicKey)
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(ca.certificate.subject)
-        .last_update(now - timedelta(minutes=5))
-        .next_update(min(now + CRL_VALID_FOR, ca.certificate.not_valid_after_utc))
-        .add_extension(x509.CRLNumber(number), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key), False)
-    )
-    for entry in revoked:
-        builder = builder.add_revoked_certificate(entry)
-    return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
 
 # ---------------------------------------------------------------------- helpers
@@ -326,13 +169,13 @@ def _unusable(
 def _server_certificate(
     key: rsa.RSAPrivateKey, application_uri: str, host: str, ca: CertificateAuthority | None
 ) -> x509.Certificate:
-    name = _name("PharmaTwin HIL PLC")
+    name = subject_name("PharmaTwin HIL PLC")
     extended = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
     until = datetime.now(UTC) + VALID_FOR
-    return _leaf(key, name, _alt_names(application_uri, host), extended, ca, until)
+    return leaf_certificate(key, name, _alt_names(application_uri, host), extended, ca, until)
 
 
-def _leaf(
+def leaf_certificate(
     key: rsa.RSAPrivateKey,
     name: x509.Name,
     alt_names: list[x509.GeneralName],
@@ -383,7 +226,7 @@ def _usages(*, cert_sign: bool) -> x509.KeyUsage:
     )
 
 
-_CA_USAGES = x509.KeyUsage(
+CA_USAGES = x509.KeyUsage(
     digital_signature=True,
     content_commitment=False,
     key_encipherment=False,
@@ -396,7 +239,7 @@ _CA_USAGES = x509.KeyUsage(
 )
 
 
-def _name(common_name: str) -> x509.Name:
+def subject_name(common_name: str) -> x509.Name:
     return x509.Name(
         [
             x509.NameAttribute(NameOID.COMMON_NAME, common_name),
@@ -435,11 +278,11 @@ def _same_key(cert: x509.Certificate, key: object) -> bool:
     )
 
 
-def _new_key() -> rsa.RSAPrivateKey:
+def new_key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
-def _key_pem(key: rsa.RSAPrivateKey) -> bytes:
+def key_pem(key: rsa.RSAPrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -447,78 +290,17 @@ def _key_pem(key: rsa.RSAPrivateKey) -> bytes:
     )
 
 
-def _read(path: Path) -> bytes:
+def read_file(path: Path) -> bytes:
     try:
         return path.read_bytes()
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
+def write_file(path: Path, data: bytes, mode: int) -> None:
     """Write atomically (a temporary file renamed), so a crash never leaves half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
-
-
-# ---------------------------------------------------------------------- pharmatwin-hil pki
-def command(args: argparse.Namespace, console: Any) -> int:
-    """Run ``pharmatwin-hil pki issue-client|revoke`` (the parser is :mod:`hil.cli`'s): 0 done,
-    2 for bad input (one line, no traceback)."""
-    folder: Path = args.ca_dir
-    try:
-        ca = CertificateAuthority.load(folder / CA_CERTIFICATE_FILE, folder / CA_KEY_FILE)
-        if args.pki_command == "revoke":
-            count = revoke(ca, folder / CRL_FILE, load_certificate(args.certificate))
-            console.print(f"revoked {args.certificate}; {folder / CRL_FILE} lists {count}")
-            return 0
-        stem = args.name
-        if not stem or "/" in stem or stem.startswith("."):
-            raise ValueError(f"NAME {stem!r}: a plain file name stem, e.g. uaexpert")
-        cert, key = args.out / f"{stem}.der", args.out / f"{stem}.key.pem"
-        issue_client_certificate(
-            ca,
-            args.uri,
-            cert,
-            key,
-            common_name=stem,
-            dns=args.dns or ["localhost"],
-            ips=args.ip or ["127.0.0.1"],
-        )
-    except ValueError as exc:
-        console.print(f"error: {exc}", markup=False, highlight=False)
-        return 2
-    console.print(f"certificate {cert}  (application URI {args.uri})", markup=False)
-    console.print(f"private key {key}  (mode 0600)", markup=False)
-    trust = f"trust the CA {folder / CA_CERTIFICATE_FILE}, CRL {folder / CRL_FILE}"
-    console.print(trust, markup=False)
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m hil.servers.certs",
-        description="Make the loopback HIL test bench's CA and client certificate "
-        "(test-bench credentials: never use them for a plant).",
-    )
-    parser.add_argument(
-        "--regenerate",
-        metavar="FOLDER",
-        type=Path,
-        required=True,
-        help="write a new CA and client certificate into FOLDER (e.g. configs/pki), "
-        "replacing the files there",
-    )
-    args = parser.parse_args(argv)
-    files = make_test_pki(args.regenerate)
-    for role, path in files.items():
-        print(f"{role:20} {path}")
-    print("HIL servers sign a new certificate with this CA on their next start.")
-    print("Client certificates issued by the old CA no longer connect: issue them anew.")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -56,27 +56,21 @@ import math
 import os
 import ssl
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
-from cryptography.hazmat.primitives.serialization import Encoding
-from pymodbus.constants import ExcCodes
-from pymodbus.pdu import ExceptionResponse, ModbusPDU
-from pymodbus.server import ModbusTcpServer, ModbusTlsServer
-from pymodbus.server.requesthandler import ServerRequestHandler
+from pymodbus.pdu import ModbusPDU
+from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
-from pymodbus.simulator.simcore import SimCore
 
-from controller.errors import ConfigError, Problem
+from controller.codecs import decode, encode
+from controller.errors import unknown_name
 from controller.runtime.commissioning import REFUSAL_TAGS, RefusalCode
-from controller.tags import DataType as TagType
-from controller.tags import ModbusSpec, Table, TagMap, decode, encode
+from controller.tags import ModbusSpec, Table, TagMap
 from hil.net import LOOPBACK, check_bind_address, free_port
 from hil.servers.base import PlcServer, WriteHook
-from hil.servers.certs import CertificateAuthority, ensure_server_certificate
-from hil.site import hil_section
+from hil.servers.modbus_refusals import Received, Refusal, classify, tolerance
+from hil.servers.modbus_wire import BITS, FC_TABLE, PlcCore, TcpServer, TlsServer
 
 if TYPE_CHECKING:
     from controller.runtime.site import Site
@@ -93,47 +87,8 @@ WRONG_UNIT_CHOICES: tuple[WrongUnit, ...] = ("gateway", "silent")
 DEFAULT_PORT = 5020
 
 _TABLE_KEY = {Table.COIL: "c", Table.DISCRETE: "d", Table.HOLDING: "h", Table.INPUT: "i"}
-_FC_TABLE = {1: Table.COIL, 5: Table.COIL, 15: Table.COIL, 2: Table.DISCRETE, 4: Table.INPUT}
-_FC_TABLE |= {3: Table.HOLDING, 6: Table.HOLDING, 16: Table.HOLDING, 23: Table.HOLDING}
-_BITS = (Table.COIL, Table.DISCRETE)
 _KEEP_REQUESTS = 10_000
 _WRAP = 65536
-_NOT_ACTIVE = "only while the MPC is active"  # the virtual PLC's words (hil.vplc)
-
-
-@dataclass(frozen=True)
-class Received:
-    """One request as the server received it."""
-
-    function_code: int
-    unit_id: int
-    address: int
-    count: int
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """Why the PLC refused a client write, and where: the refused tag's first register (or,
-    for an unmapped address, the first register no tag holds), 0-based."""
-
-    code: RefusalCode
-    table: Table
-    address: int
-    reason: str
-    tag: str | None = None
-    value: float | None = None
-
-
-def _tolerance(spec: ModbusSpec, bound: float) -> float:
-    """What the register type cannot resolve near ``bound`` (a float32 0.3 is 0.30000001):
-    a PLC compares in its own number format, so a limit value sent as a register passes."""
-    if not math.isfinite(bound):
-        return 0.0
-    if spec.type is TagType.FLOAT32:
-        return 1e-6 * max(1.0, abs(bound))
-    if spec.type is TagType.FLOAT64:
-        return 1e-12 * max(1.0, abs(bound))
-    return abs(spec.scale) / 2
 
 
 class ModbusPlcServer(PlcServer):
@@ -151,7 +106,7 @@ class ModbusPlcServer(PlcServer):
     ) -> None:
         check_bind_address(host, allow_remote)
         if wrong_unit not in WRONG_UNIT_CHOICES:
-            raise ValueError(f"wrong_unit {wrong_unit!r}; allowed: {list(WRONG_UNIT_CHOICES)}")
+            raise ValueError(unknown_name("wrong_unit", wrong_unit, WRONG_UNIT_CHOICES))
         self.tags, self.host, self.tls, self.wrong_unit = tags, host, tls, wrong_unit
         self.port = port if port is not None else free_port()
         self.write_hook: WriteHook | None = None
@@ -185,7 +140,7 @@ class ModbusPlcServer(PlcServer):
         self.refusals: list[Refusal] = []
         self._refusal_count = 0
         self._devices = [self._device(unit) for unit in units]
-        self._core = _PlcCore(self._devices, self)
+        self._core = PlcCore(self._devices, self)
         self._saved_flags: dict[tuple[int, Table, int], int] = {}
         self._server: ModbusTcpServer | None = None
 
@@ -199,7 +154,7 @@ class ModbusPlcServer(PlcServer):
                 if s.unit_id == unit and s.table is table
             ]
             size = max(ends, default=1)
-            if table in _BITS:
+            if table in BITS:
                 bits = -(-size // 16) * 16
                 tables.append([SimData(0, values=[False] * bits, datatype=DataType.BITS)])
             else:
@@ -217,7 +172,7 @@ class ModbusPlcServer(PlcServer):
     ) -> None:
         """Store raw values (registers, or 0/1 for bits) at 0-based ``address``."""
         registers, _ = self._block(unit, table)
-        if table in _BITS:
+        if table in BITS:
             for at, bit in enumerate(values, start=address):
                 mask = 1 << (at % 16)
                 word = registers[at // 16]
@@ -227,14 +182,14 @@ class ModbusPlcServer(PlcServer):
 
     def get_registers(self, table: Table, address: int, count: int, unit: int = 1) -> list[int]:
         registers, _ = self._block(unit, table)
-        if table in _BITS:
+        if table in BITS:
             return [(registers[a // 16] >> (a % 16)) & 1 for a in range(address, address + count)]
         return list(registers[address : address + count])
 
     def set_illegal(self, table: Table, address: int, unit: int = 1, illegal: bool = True) -> None:
         """Make ``address`` answer exception 02 (or valid again)."""
         _, flags = self._block(unit, table)
-        at = address // 16 if table in _BITS else address
+        at = address // 16 if table in BITS else address
         key = (unit, table, at)
         if illegal:
             self._saved_flags.setdefault(key, flags[at])
@@ -291,11 +246,11 @@ class ModbusPlcServer(PlcServer):
             if spec.protocol_address < end and address < spec.protocol_address + spec.count
         ]
 
-    def _failing(self, unit: int, function_code: int, address: int, count: int) -> bool:
+    def failing(self, unit: int, function_code: int, address: int, count: int) -> bool:
         """Whether the request touches a tag in ``bad_tags`` (answer exception 04)."""
         if not self.bad_tags:
             return False
-        names = self.touched(unit, _FC_TABLE[function_code], address, count)
+        names = self.touched(unit, FC_TABLE[function_code], address, count)
         failing = [n for n in names if n in self.bad_tags]
         for name in failing:
             log.debug(
@@ -303,12 +258,12 @@ class ModbusPlcServer(PlcServer):
             )
         return bool(failing)
 
-    def _unmapped(self, unit: int, table: Table, address: int, count: int) -> int | None:
+    def unmapped(self, unit: int, table: Table, address: int, count: int) -> int | None:
         """The first register of ``address .. address + count - 1`` that no tag holds."""
         mapped = self._mapped.get((unit, table), set())
         return next((a for a in range(address, address + count) if a not in mapped), None)
 
-    def _refuse_write(
+    def refuse_write(
         self, unit: int, table: Table, address: int, values: list[int]
     ) -> Refusal | None:
         """Unmapped registers, the PLC's range check, then ``write_hook``, for the tags the
@@ -318,7 +273,7 @@ class ModbusPlcServer(PlcServer):
         so the hook only hears of writes that pass it; ``write_check`` then sees every tag
         before the hook is called tag by tag, in address order, until one refuses.
         """
-        gap = self._unmapped(unit, table, address, len(values))
+        gap = self.unmapped(unit, table, address, len(values))
         if gap is not None:
             why = f"no tag holds {table} {gap} of unit {unit}"
             return Refusal(RefusalCode.UNMAPPED, table, gap, why)
@@ -327,7 +282,7 @@ class ModbusPlcServer(PlcServer):
             spec = self._specs[name]
             value = self._after_write(name, spec, address, values)
             lo, hi = self.plc_range.get(name, (-math.inf, math.inf))
-            if not lo - _tolerance(spec, lo) <= value <= hi + _tolerance(spec, hi):
+            if not lo - tolerance(spec, lo) <= value <= hi + tolerance(spec, hi):
                 if not self.clamp or math.isnan(value):
                     why = f"outside the PLC range [{lo}, {hi}]"
                     return Refusal(
@@ -347,18 +302,11 @@ class ModbusPlcServer(PlcServer):
         return None
 
     def _classify(self, reason: str) -> RefusalCode:
-        """The code of a reason the PLC logic (the write hook) gave, from its words; a refusal
-        for not being active while an interlock is active is the interlock's."""
-        if _NOT_ACTIVE in reason:
-            interlock = "interlock_active" in self._specs and self.value("interlock_active") != 0
-            return RefusalCode.INTERLOCK if interlock else RefusalCode.NOT_ACTIVE
-        if "outside the PLC range" in reason:
-            return RefusalCode.OUTSIDE_LIMITS
-        if "rate limit" in reason:
-            return RefusalCode.RATE_LIMIT
-        return RefusalCode.OTHER
+        """The code of the PLC logic's ``reason`` (see :func:`classify`)."""
+        interlock = "interlock_active" in self._specs and self.value("interlock_active") != 0
+        return classify(reason, interlock)
 
-    def _record(self, refusal: Refusal, function_code: int, unit: int) -> None:
+    def record_refusal(self, refusal: Refusal, function_code: int, unit: int) -> None:
         """Log a refusal and keep it in the diagnostic tags the map declares."""
         self._refusal_count += 1
         self.refusals.append(refusal)
@@ -414,9 +362,9 @@ class ModbusPlcServer(PlcServer):
             return
         where = (self.host, self.port)
         server: ModbusTcpServer = (
-            _TcpServer(self._devices, address=where, trace_pdu=self._trace)
+            TcpServer(self._devices, address=where, trace_pdu=self._trace)
             if self.tls is None
-            else _TlsServer(self._devices, address=where, sslctx=self.tls, trace_pdu=self._trace)
+            else TlsServer(self._devices, address=where, sslctx=self.tls, trace_pdu=self._trace)
         )
         server.plc = self  # type: ignore[attr-defined]
         server.context = self._core  # our datastore: keeps the registers across restarts
@@ -476,169 +424,3 @@ def modbus_server_for_site(
     return ModbusPlcServer(
         site.tags, port, host=host, allow_remote=allow_remote, tls=tls, wrong_unit=wrong_unit
     )
-
-
-def site_tls_context(site: Site, folder: Path, host: str) -> ssl.SSLContext:
-    """Modbus/TCP Security for ``site``'s HIL: the server's TLS context, from the site's test
-    bench CA (``hil.ca_certificate`` / ``hil.ca_private_key``).
-
-    The server certificate (application URI ``urn:pharmatwin:hil:<site>:modbus``, the host
-    names and addresses it serves under) is made on the first call in ``folder``, signed by
-    the CA, and reused after (:func:`~hil.servers.certs.ensure_server_certificate`); clients
-    must present a certificate the CA issued. ConfigError naming the site file and key if the
-    site has no CA or it cannot be used.
-    """
-    hil = hil_section(site)
-    if hil is None or hil.ca_certificate is None or hil.ca_private_key is None:
-        why = (
-            "Modbus/TCP Security needs the site's test-bench CA (hil.ca_certificate and "
-            "hil.ca_private_key): it signs the server certificate and issues the clients'"
-        )
-        raise ConfigError([Problem(str(site.path), "hil.ca_certificate", why, None)])
-    try:
-        ca = CertificateAuthority.load(site.file(hil.ca_certificate), site.file(hil.ca_private_key))
-    except ValueError as exc:
-        raise ConfigError(
-            [Problem(str(site.path), "hil.ca_certificate", str(exc), hil.ca_certificate)]
-        ) from exc
-    uri = f"urn:pharmatwin:hil:{site.name}:modbus"
-    certificate, key = ensure_server_certificate(folder, uri, host, ca)
-    pem = folder / "server-cert.pem"  # what ssl loads; the DER beside it is the one kept
-    pem.write_text(ssl.DER_cert_to_PEM_cert(certificate.read_bytes()))
-    return tls_server_context(pem, key, ca.certificate.public_bytes(Encoding.DER))
-
-
-def tls_server_context(certificate: Path, key: Path, client_ca: bytes) -> ssl.SSLContext:
-    """A Modbus/TCP Security server context: TLS 1.2 or later, the server's ``certificate``
-    (PEM) and ``key``, and a client certificate issued by ``client_ca`` (DER) required.
-    A client refused during the handshake is logged (WARNING) with the TLS reason."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(certificate), str(key))
-    ctx.load_verify_locations(cadata=client_ca)
-    ctx.verify_mode = ssl.CERT_REQUIRED  # mutual authentication, as the spec asks
-    ctx.sslobject_class = _LoggedHandshake
-    return ctx
-
-
-class _LoggedHandshake(ssl.SSLObject):
-    """asyncio's TLS object with the handshake's failure logged: asyncio itself drops it."""
-
-    def do_handshake(self) -> None:
-        try:
-            super().do_handshake()
-        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            raise
-        except ssl.SSLError as exc:
-            log.warning("refused a Modbus/TLS client during the handshake: %s", _tls_reason(exc))
-            raise
-
-
-def _tls_reason(exc: ssl.SSLError) -> str:
-    """``its certificate was rejected: certificate has expired``, ``peer did not return a
-    certificate``, ``wrong version number`` (not TLS at all)..."""
-    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
-        return f"its certificate was rejected: {exc.verify_message}"
-    return exc.reason.lower().replace("_", " ") if exc.reason else str(exc)
-
-
-# ------------------------------------------------------------ pymodbus plumbing
-class _PlcCore(SimCore):
-    """pymodbus's datastore, with the PLC's checks in front of every read and write."""
-
-    def __init__(self, devices: list[SimDevice], plc: ModbusPlcServer) -> None:
-        super().__init__(devices)
-        self.plc = plc
-
-    async def async_getValues(
-        self, device_id: int, func_code: int, address: int, count: int = 1
-    ) -> list[int] | list[bool] | ExcCodes:
-        if self.plc._failing(device_id, func_code, address, count):
-            return ExcCodes.DEVICE_FAILURE
-        return await super().async_getValues(device_id, func_code, address, count)
-
-    async def async_setValues(
-        self, device_id: int, func_code: int, address: int, values: list[int] | list[bool]
-    ) -> ExcCodes | None:
-        table = _FC_TABLE[func_code]
-        unmapped = self.plc._unmapped(device_id, table, address, len(values)) is not None
-        if not unmapped and self.plc._failing(device_id, func_code, address, len(values)):
-            return ExcCodes.DEVICE_FAILURE  # an unmapped address is refused as such first
-        words = [int(v) for v in values]
-        refusal = self.plc._refuse_write(device_id, table, address, words)
-        if refusal is not None:
-            self.plc._record(refusal, func_code, device_id)
-            bad_address = refusal.code is RefusalCode.UNMAPPED
-            return ExcCodes.ILLEGAL_ADDRESS if bad_address else ExcCodes.ILLEGAL_VALUE
-        stored = cast(list[Any], values)  # possibly clamped: store what was checked
-        stored[:] = [bool(w) for w in words] if table in _BITS else words
-        return await super().async_setValues(device_id, func_code, address, values)
-
-
-class _PlcHandler(ServerRequestHandler):
-    """pymodbus's per-connection request handler: answers ``plc.latency`` seconds late,
-    answers a wrong unit id as ``plc.wrong_unit`` says, and logs connects and disconnects."""
-
-    plc: ModbusPlcServer
-    peer: str | None = None  # "host:port" once connected (over TLS: once authenticated)
-
-    def callback_connected(self) -> None:
-        super().callback_connected()
-        transport = self.transport
-        host_port = transport.get_extra_info("peername") if transport is not None else None
-        self.peer = f"{host_port[0]}:{host_port[1]}" if host_port else "a client"
-        cert = transport.get_extra_info("peercert") if transport is not None else None
-        tls = f" over TLS as {_subject(cert)}" if cert else ""
-        log.info("%s connected to %s:%d%s", self.peer, self.plc.host, self.plc.port, tls)
-
-    def callback_disconnected(self, exc: Exception | None) -> None:
-        super().callback_disconnected(exc)
-        if self.peer is None:  # never connected: a refused TLS handshake (logged as such)
-            return
-        why = f" ({exc})" if exc is not None else ""
-        log.info("%s disconnected from %s:%d%s", self.peer, self.plc.host, self.plc.port, why)
-
-    async def handle_request(self) -> None:
-        pdu, addr = self.last_pdu, self.last_addr
-        if pdu is not None and self.plc.latency > 0:
-            await asyncio.sleep(self.plc.latency)
-            self.last_pdu, self.last_addr = pdu, addr  # a request may have come meanwhile
-        if pdu is not None and pdu.dev_id not in self.plc.units:
-            self._wrong_unit(pdu, addr)
-            return
-        await super().handle_request()
-
-    def _wrong_unit(self, pdu: ModbusPDU, addr: Any) -> None:
-        plc, unit, units = self.plc, pdu.dev_id, sorted(self.plc.units)
-        silent = plc.wrong_unit == "silent"
-        answer = "no answer" if silent else "exception 0B"
-        log.info(
-            "%s asked unit %d, which is not here (units %s): %s", self.peer, unit, units, answer
-        )
-        if not silent:
-            response = ExceptionResponse(pdu.function_code, ExcCodes.GATEWAY_NO_RESPONSE)
-            response.transaction_id, response.dev_id = pdu.transaction_id, unit
-            self.server_send(response, addr)
-
-
-def _subject(cert: Any) -> str:
-    """A peer certificate's subject (``getpeercert()`` form) as ``CN=..., O=...``."""
-    names = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU"}
-    parts = [f"{names.get(k, k)}={v}" for rdn in cert.get("subject", ()) for k, v in rdn]
-    return ", ".join(parts) or "a certificate without a subject"
-
-
-def _handler(server: ModbusTcpServer) -> ServerRequestHandler:
-    handler = _PlcHandler(server, server.trace_packet, server.trace_pdu, server.trace_connect)
-    handler.plc = server.plc  # type: ignore[attr-defined]
-    return handler
-
-
-class _TcpServer(ModbusTcpServer):
-    def callback_new_connection(self) -> ServerRequestHandler:
-        return _handler(self)
-
-
-class _TlsServer(ModbusTlsServer):
-    def callback_new_connection(self) -> ServerRequestHandler:
-        return _handler(self)

@@ -17,7 +17,7 @@ from controller.configfile import read_yaml
 from controller.controllerfile import load_controller
 from hil.campaign.spec import Campaign, load_campaign
 from hil.tuning.evaluate import CaseExecutor, ExecutorSettings, case_jobs
-from hil.tuning.report import html_table, trajectory_plot, write_html
+from hil.tuning.report import html_table, img_tag, trajectory_plot, write_html
 from hil.tuning.spec import load_tuning
 
 
@@ -93,10 +93,8 @@ def compare(
             k, f"{va:.6g}" if math.isfinite(va) else "-", f"{vb:.6g}" if math.isfinite(vb) else "-"
         )
     console.print(table)
-    from hil.tuning.report import _img
-
     body = [("KPIs (mean over the cases)", html_table(["KPI", "A", "B"], [list(r) for r in rows]))]
-    body += [(name, _img(p)) for name, p in sections]
+    body += [(name, img_tag(p)) for name, p in sections]
     html_path = write_html(
         out / "compare.html", f"Compare {config_a.name} vs {config_b.name}", body
     )

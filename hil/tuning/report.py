@@ -12,7 +12,6 @@ import json
 import math
 import warnings
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hil.campaign.execute import software
+from hil.campaign.results import utc_now
 from hil.tuning.spec import Tuning, candidate_config
 
 if TYPE_CHECKING:
@@ -228,7 +228,7 @@ def tuned_yaml(tuning: Tuning, best: FrozenTrial) -> str:
         f"#   trial {best.number}, objective(s) {objective} (lower is better), "
         f"sampler {tuning.sampler}",
         f"#   scenarios: {len(tuning.campaign.cases)} fast-mode cases of {tuning.campaign.name}",
-        f"#   date: {datetime.now(UTC).isoformat(timespec='seconds')}",
+        f"#   date: {utc_now()}",
         f"#   pharmatwin {sw['version']}, git commit {sw['git_commit'] or 'unknown'}, "
         f"optuna {optuna.__version__}",
         "#   tuned values: " + ", ".join(f"{k}={v:.6g}" for k, v in values.items()),
@@ -236,7 +236,7 @@ def tuned_yaml(tuning: Tuning, best: FrozenTrial) -> str:
     return "\n".join(header) + "\n" + candidate_config(tuning, values, jit=None)
 
 
-def _img(path: Path) -> str:
+def img_tag(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img alt="{path.stem}" src="data:image/png;base64,{data}">'
 
@@ -314,7 +314,7 @@ def write_outputs(tuning: Tuning, outcome: TuneOutcome, console: Console) -> dic
     sections.append(
         ("Ranked candidates", html_table(keys, [[r.get(k) for k in keys] for r in rows[:25]]))
     )
-    sections += [(name, _img(p)) for name, p in plots.items()]
+    sections += [(name, img_tag(p)) for name, p in plots.items()]
     if notes:
         sections.append(("Notes", "".join(f"<p>{html.escape(n)}</p>" for n in notes)))
         for n in notes:

@@ -45,8 +45,10 @@ from pydantic import Field, model_validator
 from controller.config import ControllerConfig
 from controller.configfile import Finite, PositiveFinite, Strict, parse, read_yaml, resolve
 from controller.controllerfile import load_controller
-from controller.errors import ConfigError, Problem
-from hil.campaign.spec import NAME, Block, Campaign, Criterion, load_campaign
+from controller.errors import ConfigError, Problem, unknown_name
+from hil.campaign.checks import Criterion
+from hil.campaign.schema import NAME, Block
+from hil.campaign.spec import Campaign, load_campaign
 
 #: KPIs every campaign case reports (``final.*``, ``max.*``, ``min.*`` depend on the scenario)
 FIXED_KPIS = (
@@ -313,36 +315,31 @@ def signal_names(campaign: Campaign) -> set[str]:
 
 
 def _check_names(spec: TuningFile, campaign: Campaign, source: str) -> list[Problem]:
+    """KPIs, signals and requirements the tuning file names that the scenario set lacks."""
     problems = []
-    kpis, signals = kpi_names(campaign), signal_names(campaign)
+    kpis, signals = sorted(kpi_names(campaign)), sorted(signal_names(campaign))
     for i, obj in enumerate(spec.objectives):
         for j, t in enumerate(obj.terms):
+            where = f"objectives.{i}.terms.{j}"
             if t.kpi is not None and t.kpi not in kpis:
-                where = f"objectives.{i}.terms.{j}.kpi"
                 problems.append(
-                    Problem(source, where, f"unknown KPI; allowed: {sorted(kpis)}", t.kpi)
+                    Problem(source, f"{where}.kpi", unknown_name("KPI", t.kpi, kpis), t.kpi)
                 )
             if t.signal is not None and t.signal not in signals:
-                where = f"objectives.{i}.terms.{j}.signal"
-                problems.append(
-                    Problem(source, where, f"unknown signal; allowed: {sorted(signals)}", t.signal)
-                )
+                message = unknown_name("signal", t.signal, signals)
+                problems.append(Problem(source, f"{where}.signal", message, t.signal))
     for i, b in enumerate(spec.reject.kpis):
         if b.kpi not in kpis:
-            where = f"reject.kpis.{i}.kpi"
-            problems.append(Problem(source, where, f"unknown KPI; allowed: {sorted(kpis)}", b.kpi))
+            problems.append(
+                Problem(source, f"reject.kpis.{i}.kpi", unknown_name("KPI", b.kpi, kpis), b.kpi)
+            )
     if spec.reject.requirements != "all":
         for req in spec.reject.requirements:
             if req not in campaign.criteria:
-                problems.append(
-                    Problem(
-                        source,
-                        "reject.requirements",
-                        f"no such requirement in the scenario set; allowed: "
-                        f"{sorted(campaign.criteria)}",
-                        req,
-                    )
+                message = unknown_name(
+                    "requirement", req, sorted(campaign.criteria), context=" in the scenario set"
                 )
+                problems.append(Problem(source, "reject.requirements", message, req))
     return problems
 
 

@@ -14,19 +14,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from controller.codecs import CodecError, DataType, Order, decode, encode, encode_within
 from controller.errors import ConfigError
-from controller.tags import (
-    CodecError,
-    DataType,
-    ModbusSpec,
-    Order,
-    Table,
-    TagMap,
-    decode,
-    encode,
-    encode_within,
-    load_tag_map,
-)
+from controller.tags import ModbusSpec, Table, TagMap, load_tag_map
 
 ROOT = Path(__file__).resolve().parents[2]
 TAG_FILES = sorted((ROOT / "configs" / "tags").glob("*.yaml"))

@@ -14,16 +14,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from hil.campaign.report import (
-    CampaignReportError,
-    _envelope,
-    _mode_spans,
-    _panels,
-    load_results,
-    write_junit,
-    write_reports,
-    write_summary,
-)
+from hil.campaign.report import write_reports, write_summary
+from hil.campaign.report_junit import write_junit
+from hil.campaign.report_plot import _envelope, _mode_spans, _panels
+from hil.campaign.results import CampaignReportError, load_results
 
 REQUIREMENTS = [
     {

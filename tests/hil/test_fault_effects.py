@@ -2,7 +2,7 @@
 
 The case is the campaign's fast mode cut down to the rig: the lyophilizer site's true plant,
 virtual PLC (following its local recipe, a shelf ramp of 60 degC/h) and faults on a stepped
-clock, the in-memory PLC server, the campaign's own :class:`~hil.campaign.runner.Recorder`,
+clock, the in-memory PLC server, the campaign's own :class:`~hil.campaign.recorder.Recorder`,
 and a client reading the PLC image through the server's port after every scan. 1.2 h of
 batch in 60 plant steps of 0.02 h (about 0.1 s a run).
 
@@ -32,12 +32,15 @@ import pytest
 import yaml
 from pymodbus.client import AsyncModbusTcpClient
 
+from controller.binding import Binding
 from controller.clock import SteppedClock
 from controller.errors import ConfigError, PortConnectError
 from controller.ports.base import Quality
 from controller.runtime.site import Site, load_site
-from hil.campaign.runner import Recorder, run_case, write_case_files
-from hil.campaign.spec import Case, load_campaign
+from hil.campaign.cases import Case
+from hil.campaign.recorder import Recorder
+from hil.campaign.runner import run_case, write_case_files
+from hil.campaign.spec import load_campaign
 from hil.faultcheck import FaultRefusedError, parse_fault
 from hil.rig import HilRig
 from hil.servers.base import PlcServer
@@ -65,11 +68,11 @@ async def _record_async(faults: Sequence[dict[str, Any]], server: PlcServer | No
     clock = SteppedClock()
     memory = server is None
     server = MemoryPlcServer(site.tags, clock) if server is None else server
-    recorder = Recorder(site, site.model.seconds_per_unit)
+    recorder = Recorder(site)
     rig = HilRig(site, clock, [server], on_scan=recorder.scan)
     for fault in faults:
         rig.inject(parse_fault(fault))  # at t = 0: its start is absolute
-    reading = [*site.tags.reading_tags().values(), "measurement_validity"]
+    reading = [*Binding.of(site.tags, site.model).reading_tags().values(), "measurement_validity"]
     await server.start()
     try:
         port = server.port() if isinstance(server, MemoryPlcServer) else None
@@ -89,7 +92,7 @@ async def _record_async(faults: Sequence[dict[str, Any]], server: PlcServer | No
                     row["client.error"] = ""
                     row.update({f"client.{t}": v.value for t, v in snap.values.items()})
                     row.update({f"quality.{t}": v.quality for t, v in snap.values.items()})
-            clock.advance_to((k + 1) * rig.plant_step * rig.unit_s)
+            clock.advance_to(rig.timebase.seconds((k + 1) * rig.plant_step))
     finally:
         await server.close()
     return recorder.rec.rows

@@ -21,7 +21,8 @@ from pymodbus.client import AsyncModbusTcpClient
 
 import hil.serve
 from controller.clock import SteppedClock
-from controller.tags import decode, encode, load_tag_map
+from controller.codecs import decode, encode
+from controller.tags import load_tag_map
 from hil.net import free_port
 from hil.serve import ServeOptions, admin_request, serve
 

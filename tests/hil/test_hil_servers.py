@@ -36,33 +36,25 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from controller.clock import RealClock
+from controller.codecs import DataType, Order
 from controller.errors import ConfigError, PortConnectError
 from controller.ports.opcua import OpcUaPort
 from controller.runtime.site import Site, load_site
-from controller.tags import DataType, ModbusSpec, Order, Table, TagMap, load_tag_map
-from hil.servers.certs import (
+from controller.tags import ModbusSpec, Table, TagMap, load_tag_map
+from hil.servers.certs import CertificateAuthority, ensure_server_certificate, load_certificate
+from hil.servers.modbus import ModbusPlcServer, modbus_server_for_site
+from hil.servers.opcua import OpcUaPlcServer, opcua_server_for_site
+from hil.servers.opcua_cache import address_space_shelf, cache_problem, default_cache_dir
+from hil.servers.opcua_nodes import CEFACT, NAMESPACE, UNECE_UNITS
+from hil.servers.pki import (
     CA_CERTIFICATE_FILE,
     CA_KEY_FILE,
     CLIENT_CERTIFICATE_FILE,
     CLIENT_KEY_FILE,
-    CertificateAuthority,
-    ensure_server_certificate,
-    load_certificate,
     make_test_pki,
 )
-from hil.servers.certs import CLIENT_URI as PKI_URI
-from hil.servers.certs import main as certs_main
-from hil.servers.modbus import ModbusPlcServer, modbus_server_for_site
-from hil.servers.opcua import (
-    CEFACT,
-    NAMESPACE,
-    UNECE_UNITS,
-    OpcUaPlcServer,
-    _cache_problem,
-    address_space_shelf,
-    default_cache_dir,
-    opcua_server_for_site,
-)
+from hil.servers.pki import CLIENT_URI as PKI_URI
+from hil.servers.pki import main as certs_main
 from hil.site import hil_section, with_hil
 
 pytestmark = pytest.mark.timeout(60)
@@ -891,8 +883,8 @@ async def test_a_corrupt_cache_is_rebuilt(tmp_path: Path, caplog: pytest.LogCapt
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "manifest.json").write_text("{not json")
-    assert "its manifest is unreadable" in str(_cache_problem(broken))
-    assert _cache_problem(tmp_path / "nothing") == "not built yet"
+    assert "its manifest is unreadable" in str(cache_problem(broken))
+    assert cache_problem(tmp_path / "nothing") == "not built yet"
 
 
 async def test_the_default_cache_does_not_depend_on_where_the_site_file_lives(

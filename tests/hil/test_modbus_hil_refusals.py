@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
+from controller.codecs import encode
 from controller.runtime.commissioning import REFUSAL_TAGS, RefusalCode
 from controller.runtime.site import load_site
-from controller.tags import ModbusSpec, Table, encode
+from controller.tags import ModbusSpec, Table
 from hil.net import LOOPBACK
 from hil.servers.modbus import ModbusPlcServer
 from hil.site import hil_section

@@ -1,7 +1,7 @@
 """``pharmatwin-hil serve`` speaking Modbus/TCP Security, against the controller's own TLS port
 and against plain TLS clients: mutual authentication with the test-bench CA, refusals logged.
 
-A fresh bench PKI is made for the test (:func:`hil.servers.certs.make_test_pki`); the site is
+A fresh bench PKI is made for the test (:func:`hil.servers.pki.make_test_pki`); the site is
 the shipped lyophilizer-modbus one, copied with the CA in its ``hil`` section and
 ``connection.modbus.tls`` naming the client's DER files, as the bench PKI ships them.
 """
@@ -27,7 +27,7 @@ from controller.ports.modbus import ModbusPort
 from controller.runtime.site import Site, load_site
 from hil.net import LOOPBACK, free_port
 from hil.serve import ServeOptions, serve
-from hil.servers.certs import make_test_pki
+from hil.servers.pki import make_test_pki
 
 ROOT = Path(__file__).resolve().parents[2]
 SITES = ROOT / "configs" / "sites"

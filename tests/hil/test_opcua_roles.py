@@ -20,8 +20,9 @@ from conftest import free_port
 
 from controller.errors import ConfigError
 from controller.runtime.site import Site, load_site
-from hil.servers.certs import CLIENT_CERTIFICATE_FILE, CLIENT_KEY_FILE, CLIENT_URI
-from hil.servers.opcua import OpcUaPlcServer, address_space_shelf, opcua_server_for_site
+from hil.servers.opcua import OpcUaPlcServer, opcua_server_for_site
+from hil.servers.opcua_cache import address_space_shelf
+from hil.servers.pki import CLIENT_CERTIFICATE_FILE, CLIENT_KEY_FILE, CLIENT_URI
 from hil.site import ServerUser, hil_section, load_hil_site, with_hil
 
 pytestmark = pytest.mark.timeout(60)
@@ -176,5 +177,5 @@ def test_an_unknown_role_is_a_config_error_naming_the_key(tmp_path: Path) -> Non
     problem = exc.value.problems[0]
     assert problem.location.startswith("hil.users.0.roles")
     assert "viewer" in problem.message and "engineer" in problem.message
-    with pytest.raises(ValueError, match=r"unknown role\(s\) \['admin'\]"):
+    with pytest.raises(ValueError, match=r"unknown role 'admin'; allowed: \['viewer', "):
         OpcUaPlcServer(load_site(site_file).tags, roles={"x": ("admin",)})  # type: ignore[dict-item]

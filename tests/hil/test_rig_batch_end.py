@@ -28,7 +28,7 @@ def _rig(clock: SteppedClock) -> HilRig:
 
 
 async def _scan_until(rig: HilRig, clock: SteppedClock, hours: float) -> None:
-    step_s = rig.plant_step * rig.unit_s
+    step_s = rig.timebase.seconds(rig.plant_step)
     while rig.t_model < hours - 1e-9:
         clock.advance(step_s)
         await rig.scan()
@@ -55,7 +55,7 @@ async def test_repeat_starts_a_new_batch_from_the_initial_state() -> None:
     clock = SteppedClock()
     rig = _rig(clock)
     rig.at_batch_end = "repeat"
-    step_s = rig.plant_step * rig.unit_s
+    step_s = rig.timebase.seconds(rig.plant_step)
     await rig.scan()
     while rig.batches == 1:  # what run() does after each scan
         clock.advance(step_s)

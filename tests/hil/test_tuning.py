@@ -81,7 +81,10 @@ def test_the_search_finds_the_known_optimum(grid_run: Path) -> None:
     study = _study(grid_run)
     assert len(study.trials) == 3
     assert study.best_trial.params[SETPOINT] == pytest.approx(0.7)
-    values = {t.params[SETPOINT]: t.value for t in study.trials}
+    values: dict[float, float] = {}
+    for t in study.trials:
+        assert t.value is not None, t  # every trial was scored
+        values[t.params[SETPOINT]] = t.value
     assert values[0.7] < values[0.6] < values[0.5]
     ranking = json.loads((grid_run / "ranking.json").read_text())
     assert [r["param." + SETPOINT] for r in ranking] == pytest.approx([0.7, 0.6, 0.5])

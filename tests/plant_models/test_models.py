@@ -462,3 +462,14 @@ def test_integrator_runs_are_bit_identical(name: str) -> None:
     assert np.all(np.isfinite(a))
     assert np.array_equal(a, b)
     assert np.array_equal(a, c)
+
+
+def test_unknown_names_are_worded_once_with_what_is_known() -> None:
+    model = _model("bioreactor")
+    with pytest.raises(ModelError) as info:
+        model.variable("Xx")
+    known = sorted(model.all_variables)
+    assert str(info.value) == f"model 'bioreactor': unknown variable 'Xx'; known: {known}"
+    with pytest.raises(ModelError) as info:
+        model.parameter_set.with_values({"bogus": 1.0})
+    assert "unknown parameter(s) ['bogus']; known: [" in str(info.value)

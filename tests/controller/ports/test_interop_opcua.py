@@ -25,8 +25,10 @@ from conftest import free_port
 from opcua import ua as lua
 
 from controller.runtime.site import load_site
-from hil.servers.certs import CLIENT_CERTIFICATE_FILE, CLIENT_KEY_FILE, CLIENT_URI
-from hil.servers.opcua import CEFACT, OpcUaPlcServer, address_space_shelf, opcua_server_for_site
+from hil.servers.opcua import OpcUaPlcServer, opcua_server_for_site
+from hil.servers.opcua_cache import address_space_shelf
+from hil.servers.opcua_nodes import CEFACT
+from hil.servers.pki import CLIENT_CERTIFICATE_FILE, CLIENT_KEY_FILE, CLIENT_URI
 from hil.site import ServerUser, hil_section, with_hil
 
 pytestmark = pytest.mark.timeout(60)

@@ -36,15 +36,17 @@ from cryptography import x509
 from controller.clock import RealClock
 from controller.ports.opcua import OpcUaPort
 from controller.runtime.site import Site, load_site
-from hil.servers.certs import (
+from hil.servers.certs import ensure_server_certificate
+from hil.servers.opcua import OpcUaPlcServer, opcua_server_for_site
+from hil.servers.opcua_cache import address_space_shelf
+from hil.servers.opcua_nodes import NAMESPACE
+from hil.servers.pki import (
     CA_CERTIFICATE_FILE,
     CLIENT_CERTIFICATE_FILE,
     CLIENT_KEY_FILE,
     CLIENT_URI,
-    ensure_server_certificate,
     make_test_pki,
 )
-from hil.servers.opcua import NAMESPACE, OpcUaPlcServer, address_space_shelf, opcua_server_for_site
 from hil.site import hil_section, with_hil
 from hil.vplc import VirtualPlc
 

@@ -20,17 +20,16 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from controller.errors import ConfigError
 from controller.runtime.site import Site, load_site
 from hil.cli import main as hil_main
-from hil.servers.certs import (
+from hil.servers.certs import CertificateAuthority, load_certificate, load_crl
+from hil.servers.opcua import opcua_server_for_site
+from hil.servers.opcua_cache import address_space_shelf
+from hil.servers.pki import (
     CA_CERTIFICATE_FILE,
     CA_KEY_FILE,
     CLIENT_CERTIFICATE_FILE,
     CRL_FILE,
-    CertificateAuthority,
-    load_certificate,
-    load_crl,
     make_test_pki,
 )
-from hil.servers.opcua import address_space_shelf, opcua_server_for_site
 from hil.site import hil_section, with_hil
 
 pytestmark = pytest.mark.timeout(60)

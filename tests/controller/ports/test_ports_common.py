@@ -23,7 +23,8 @@ from controller.ports.settings import Backoff, Connection
 from controller.ports.writecheck import WriteCheck
 from controller.tags import load_tag_map
 from hil.servers.modbus import ModbusPlcServer
-from hil.servers.opcua import OpcUaPlcServer, address_space_shelf
+from hil.servers.opcua import OpcUaPlcServer
+from hil.servers.opcua_cache import address_space_shelf
 
 ROOT = Path(__file__).resolve().parents[3]
 TAGS = load_tag_map(ROOT / "configs" / "tags" / "bioreactor.yaml")

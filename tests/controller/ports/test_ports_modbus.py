@@ -29,11 +29,12 @@ from pymodbus.datastore import (
 from pymodbus.server import ModbusTcpServer
 
 from controller.clock import SteppedClock
+from controller.codecs import DataType
 from controller.errors import PortConnectError, PortError, PortTimeoutError
 from controller.ports.base import Quality, WriteStatus
 from controller.ports.modbus import ModbusPort
 from controller.ports.settings import Backoff, Connection, ModbusOptions, ModbusTls
-from controller.tags import DataType, Direction, ModbusSpec, Table, Tag, TagMap, load_tag_map
+from controller.tags import Direction, ModbusSpec, Table, Tag, TagMap, load_tag_map
 from hil.servers.modbus import ModbusPlcServer
 
 ROOT = Path(__file__).resolve().parents[3]

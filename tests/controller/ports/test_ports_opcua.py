@@ -30,7 +30,10 @@ from controller.ports.base import Quality, WriteStatus
 from controller.ports.opcua import OpcUaPort
 from controller.ports.settings import Backoff, Connection, OpcUaOptions, OpcUaSecurity
 from controller.tags import Direction, OpcUaSpec, Tag, TagMap, load_tag_map
-from hil.servers.opcua import NAMESPACE, OpcUaPlcServer, ServerSecurity, address_space_shelf
+from hil.servers.opcua import OpcUaPlcServer
+from hil.servers.opcua_cache import address_space_shelf
+from hil.servers.opcua_nodes import NAMESPACE
+from hil.servers.opcua_security import ServerSecurity
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -75,7 +75,7 @@ def test_the_table_reads_at_100_columns(db: Path, tmp_path: Path) -> None:
     for word in LONG_REASON.split():
         assert word in flat
     assert "-40 -> -25" in flat and "j.doe.qa-lead" in flat and "shelf_temp_sp" in flat
-    assert lines[0].rstrip().endswith("audit.db: 7 records")
+    assert "audit.db: 7 records" in flat  # the title (it wraps with a long temporary path)
 
 
 def test_the_table_title_names_the_selection(db: Path, tmp_path: Path) -> None:

@@ -25,7 +25,8 @@ from controller.runtime.site import load_site
 from controller.tags import Table, load_tag_map
 from hil.serve import ServeOptions, serve
 from hil.servers.modbus import ModbusPlcServer
-from hil.servers.opcua import OpcUaPlcServer, address_space_shelf, opcua_server_for_site
+from hil.servers.opcua import OpcUaPlcServer, opcua_server_for_site
+from hil.servers.opcua_cache import address_space_shelf
 
 ROOT = Path(__file__).resolve().parents[3]
 SITES = ROOT / "configs" / "sites"
@@ -94,7 +95,7 @@ def test_tags_read_and_write_over_modbus(
         # refused before anything is sent: out of limits
         argv = ["tags", "write", str(site), "shelf_temp_sp=200", "--reason", "typo"]
         assert cli_main([*argv, "--audit", str(audit)]) == 2
-        assert "allowed [-45.0, 120.0]" in capsys.readouterr().out
+        assert "outside the tag limits [-45, 120]" in capsys.readouterr().out
         assert server.value("shelf_temp_sp") == -30.0
     trail = AuditTrail(audit)
     records = list(trail.records())

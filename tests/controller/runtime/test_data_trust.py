@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
+from controller.binding import Binding
 from controller.clock import SteppedClock
 from controller.core.estimate import Estimate
 from controller.core.mpc import Decision, SolveStatus
@@ -83,8 +84,9 @@ class Plc:
     ) -> None:
         self.table, self.clock = table, clock
         tm, model = site.tags, site.model
-        readings = tm.reading_tags()
-        self.sp = {i: t for i in model.input_names if (t := tm.setpoint_tag(i)) is not None}
+        binding = Binding.of(tm, model)
+        readings = binding.reading_tags()
+        self.sp = binding.setpoint_tags()
         self.pv = {i: readings[i] for i in model.input_names}
         self.meas = {o: readings[o] for o in model.output_names if o in readings}
         self.plant = PlantRunner(model, site.controller.sample_time, noise_std=noise, seed=5)
@@ -302,7 +304,8 @@ def test_every_shipped_measurement_is_range_checked_and_watched_for_freezing(pat
     write interval; and the model's own start lies inside every range."""
     site = load_site(path)
     tm, model = site.tags, site.model
-    readings = tm.reading_tags()
+    binding = Binding.of(tm, model)
+    readings = binding.reading_tags()
     outputs = model.output_names
     assert all(o in readings for o in outputs)
     for o in outputs:
@@ -316,7 +319,7 @@ def test_every_shipped_measurement_is_range_checked_and_watched_for_freezing(pat
         assert pv.valid_range is not None and pv.frozen_after is None
         lo, hi = pv.valid_range
         assert lo <= model.variable(i).lower and model.variable(i).upper <= hi  # the actuator
-        sp = tm.tags[tm.setpoint_tag(i) or ""]
+        sp = tm.tags[binding.setpoint_tag(i) or ""]
         assert sp.min_write_interval == pytest.approx(
             site.controller.sample_time * model.seconds_per_unit / 2
         )

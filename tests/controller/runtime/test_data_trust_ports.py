@@ -32,7 +32,8 @@ from controller.runtime.cli import main as cli_main
 from controller.runtime.site import load_site
 from controller.tags import Table, load_tag_map
 from hil.servers.modbus import ModbusPlcServer
-from hil.servers.opcua import OpcUaPlcServer, address_space_shelf
+from hil.servers.opcua import OpcUaPlcServer
+from hil.servers.opcua_cache import address_space_shelf
 
 ROOT = Path(__file__).resolve().parents[3]
 BIO_TAGS = load_tag_map(ROOT / "configs" / "tags" / "bioreactor.yaml")

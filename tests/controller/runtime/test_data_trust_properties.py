@@ -35,6 +35,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_data_trust import Target
 
+from controller.binding import Binding
 from controller.clock import SteppedClock
 from controller.core.pipeline import input_limits
 from controller.ports.base import (
@@ -148,7 +149,7 @@ class ScriptedPort(Port):
 
     def __init__(self, site: Site, clock: SteppedClock) -> None:
         self.clock = clock
-        self.setpoints = {t for i in site.model.input_names if (t := site.tags.setpoint_tag(i))}
+        self.setpoints = set(Binding.of(site.tags, site.model).setpoint_tags().values())
         self.cycle: Cycle | None = None
         self.log: list[tuple[float, dict[str, float], WriteReport]] = []
 
@@ -217,7 +218,7 @@ class Oracle:
         return not measurement or now - tv.source_time <= tag.stale_after
 
     def valid_bit(self, snap: Snapshot, tag: str) -> bool:
-        order = self.site.tags.measurement_tags(self.site.model.input_names)[:16]
+        order = Binding.of(self.site.tags, self.site.model).measurement_tags()[:16]
         word = snap.values.get("measurement_validity")
         if word is None or tag not in order:
             return True
@@ -227,17 +228,17 @@ class Oracle:
         return 0 <= v <= 0xFFFF and bool(int(v) >> order.index(tag) & 1)
 
     def working(self, snap: Snapshot) -> dict[str, float]:
-        tm, out = self.site.tags, {}
-        readings = tm.reading_tags()
+        binding, out = Binding.of(self.site.tags, self.site.model), {}
+        readings = binding.reading_tags()
         for i in self.site.model.input_names:
-            tag = readings.get(i) or tm.setpoint_tag(i) or ""
+            tag = readings.get(i) or binding.setpoint_tag(i) or ""
             tv = snap.values.get(tag)
             if self.trusted(tag, tv, snap.read_time, measurement=False) and tv is not None:
                 out[i] = tv.value
         return out
 
     def measured(self, snap: Snapshot) -> dict[str, float]:
-        readings = self.site.tags.reading_tags()
+        readings = Binding.of(self.site.tags, self.site.model).reading_tags()
         out = {}
         for o in self.site.model.output_names:
             tag = readings[o]
@@ -267,7 +268,8 @@ async def _drive(site: Site, cycles: list[Cycle], audit_dir: Path) -> None:
     sup = Supervisor(site, port, clock, pipeline, mode=Mode.CLOSED_LOOP, audit=audit)
     oracle = Oracle(site)
     limits = input_limits(site.controller)
-    sp = {i: site.tags.setpoint_tag(i) or "" for i in site.model.input_names}
+    binding = Binding.of(site.tags, site.model)
+    sp = {i: binding.setpoint_tag(i) or "" for i in site.model.input_names}
     last_write: float | None = None
     try:
         for k, cycle in enumerate(cycles):

@@ -35,8 +35,7 @@ from controller.runtime.supervisor import Mode
 from controller.runtime.wiring import RunOptions, run_site
 from controller.twin.forecast import forecast
 from controller.twin.forecast_spec import ForecastError, ForecastSetup, ForecastStart
-from hil.campaign.runner import DrivenClock
-from hil.campaign.runner import _settle as settle  # the campaign driver's own step
+from hil.campaign.drive import DrivenClock, settle  # settle: the campaign driver's own step
 from hil.rig import HilRig
 from hil.servers.memory import MemoryPlcServer
 from hil.site import hil_section
@@ -168,7 +167,7 @@ async def closed_loop_with_forecast(
     stop = asyncio.Event()
     await server.start()
     task = asyncio.ensure_future(run_site(site, opts, port=server.port(), clock=clock, stop=stop))
-    scan_s, k, max_tbot = rig.plant_step * rig.unit_s, 0, -math.inf
+    scan_s, k, max_tbot = rig.timebase.seconds(rig.plant_step), 0, -math.inf
 
     async def drive(until: float) -> None:
         nonlocal k, max_tbot

@@ -26,20 +26,13 @@ from pathlib import Path
 import pytest
 from test_cli_tags import _site
 
+from controller.binding import Binding
 from controller.clock import SteppedClock
+from controller.codecs import CodecError, DataType, decode, encode
 from controller.runtime.site import Site, load_site
 from controller.runtime.supervisor import CycleView, Mode, State
 from controller.runtime.wiring import RunOptions, run_site
-from controller.tags import (
-    CodecError,
-    DataType,
-    ModbusSpec,
-    Table,
-    Tag,
-    decode,
-    encode,
-    load_tag_map,
-)
+from controller.tags import ModbusSpec, Table, Tag, load_tag_map
 from hil.servers.modbus import ModbusPlcServer
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -91,7 +84,7 @@ class RoguePlc:
     def __init__(self, server: ModbusPlcServer, site: Site, sane_working: bool) -> None:
         self.server, self.site = server, site
         tm, model = site.tags, site.model
-        readings = tm.reading_tags()
+        readings = Binding.of(tm, model).reading_tags()
         self.garbage = {readings[o]: garbage_for(tm.tags[readings[o]]) for o in model.output_names}
         self.working = {readings[i]: v for i, v in WORKING[model.name].items()}
         if not sane_working:
@@ -124,7 +117,7 @@ class RoguePlc:
 async def _rogue_run(tmp_path: Path, name: str, sane_working: bool) -> dict[str, object]:
     server = ModbusPlcServer(load_tag_map(ROOT / "configs" / "tags" / f"{name}.yaml"))
     site = load_site(_site(tmp_path, f"{name}-modbus", server.port))
-    setpoints = {t for i in site.model.input_names if (t := site.tags.setpoint_tag(i))}
+    setpoints = set(Binding.of(site.tags, site.model).setpoint_tags().values())
     hooked: list[tuple[str, float]] = []
 
     def hook(tag: str, value: float) -> str | None:

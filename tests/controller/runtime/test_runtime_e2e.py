@@ -32,7 +32,7 @@ import yaml
 from pymodbus.client import AsyncModbusTcpClient
 
 import hil.simulate
-from controller.clock import ScaledClock
+from controller.clock import Gate, ScaledClock  # Gate: the rig clock held until the controller runs
 from controller.core.mpc import Decision, ModelPredictiveController, SolveStatus
 from controller.core.policy import build_policy
 from controller.ports.modbus import ModbusPort
@@ -43,7 +43,6 @@ from controller.runtime.solver_cache import LibraryCache
 from controller.runtime.supervisor import Mode, State
 from controller.runtime.wiring import RunOptions, run_site
 from controller.tags import Table
-from hil.campaign.runner import Gate  # the rig clock held until the controller runs
 from hil.faultspec import FaultSpec
 from hil.net import LOOPBACK, free_port
 from hil.plant_runner import PlantRunner

@@ -78,8 +78,11 @@ def test_tags_write_arguments_are_checked_before_connecting() -> None:
             site, ["feed_rate_sp=0.5", "biomass=1", "nope=2", "feed_rate_sp", "mpc_heartbeat=x"]
         )
     msgs = " | ".join(str(p) for p in exc.value.problems)
-    assert "allowed [0.0, 0.2]" in msgs and "read-only" in msgs and "unknown tag" in msgs
-    assert "expected TAG=VALUE" in msgs and "not a number" in msgs
+    # the ports' own write check words them (controller.ports.writecheck)
+    assert "tag 'feed_rate_sp': value 0.5 is outside the tag limits [0, 0.2]" in msgs
+    assert "tag 'biomass' is read-only (direction read): the twin does not write it" in msgs
+    assert "unknown tag 'nope' to write; allowed: [" in msgs
+    assert "expected TAG=VALUE" in msgs and "value 'x' is not a finite number" in msgs
     assert parse_assignments(site, ["feed_rate_sp=0.05"]) == {"feed_rate_sp": 0.05}
 
 

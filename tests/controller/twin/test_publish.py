@@ -20,7 +20,9 @@ from asyncua import Client, Node, ua
 from conftest import LOOPBACK, free_port
 from pymodbus.client import AsyncModbusTcpClient
 
+from controller.binding import Binding
 from controller.clock import SteppedClock
+from controller.codecs import DataType, decode
 from controller.configfile import parse
 from controller.controllerfile import load_controller
 from controller.core.ekf import ExtendedKalmanFilter
@@ -31,12 +33,13 @@ from controller.ports.opcua import OpcUaPort
 from controller.ports.settings import Connection, OpcUaOptions
 from controller.runtime.site import load_site
 from controller.runtime.solver_cache import LibraryCache
-from controller.tags import DataType, Direction, Table, TagMap, decode, load_tag_map
+from controller.tags import Direction, Table, TagMap, load_tag_map
 from controller.twin.publish import Publisher, Source, check_publications, source_of
 from hil.plant_runner import PlantRunner
 from hil.rig import HilRig
 from hil.servers.modbus import ModbusPlcServer
-from hil.servers.opcua import OpcUaPlcServer, address_space_shelf, opcua_server_for_site
+from hil.servers.opcua import OpcUaPlcServer, opcua_server_for_site
+from hil.servers.opcua_cache import address_space_shelf
 from plant_models import PlantModel
 
 pytestmark = pytest.mark.timeout(60)
@@ -169,9 +172,10 @@ def test_a_publication_is_written_by_the_twin_and_never_read_as_an_input() -> No
             assert t.modbus is not None and t.modbus.table is Table.HOLDING
             assert t.modbus.protocol_address >= 100
             assert t.opcua is not None and t.opcua.node_id == f"ns=2;s={name}.{tag}"
-        assert not published & set(tm.measurement_tags(model.input_names))
-        assert not published & set(tm.reading_tags().values())
-        assert not published & {tm.setpoint_tag(i) for i in model.input_names}
+        binding = Binding.of(tm, model)
+        assert not published & set(binding.measurement_tags())
+        assert not published & set(binding.reading_tags().values())
+        assert not published & {binding.setpoint_tag(i) for i in model.input_names}
 
 
 # ---------------------------------------------------------------------- shipped maps

@@ -1,0 +1,167 @@
+"""What a campaign case records: every setpoint sent, every PLC scan, every controller cycle.
+
+:class:`RecordingPort` wraps the runtime's port and notes each setpoint the controller asks to
+send (before the PLC can refuse it); it can be severed, as when the controller's process dies.
+:class:`Recorder` is the rig's scan hook and the supervisor's cycle observer: it fills one
+:class:`~hil.campaign.criteria.Recording` (trajectory rows, cycles, drift alarms, plant events).
+:func:`recording_table` turns rows into a Parquet-ready table and :func:`kpis` condenses a
+recording into the deterministic figures of ``result.json``. Times are in the model's unit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from controller.binding import Binding
+from controller.clock import Clock
+from controller.errors import PortConnectError
+from controller.ports.base import Port, Snapshot, WriteReport
+from controller.runtime.site import Site
+from controller.runtime.supervisor import CycleView
+from controller.timebase import TimeBase
+from hil.campaign.criteria import Recording, control_losses, longest_failed_run, plc_fallbacks
+from hil.rig import HilRig
+from hil.site import hil_section
+
+
+class RecordingPort(Port):
+    """Wraps the runtime's port: records every setpoint it is asked to send (before the
+    PLC can refuse it), and can be severed, as when the controller's process dies."""
+
+    def __init__(self, inner: Port, site: Site, clock: Clock, rec: Recording) -> None:
+        self.inner, self.clock, self.rec = inner, clock, rec
+        setpoints = Binding.of(site.tags, site.model).setpoint_tags()
+        self.inputs = {tag: i for i, tag in setpoints.items()}
+        self.severed = False
+
+    async def connect(self) -> None:
+        if self.severed:
+            raise PortConnectError("the controller was lost")
+        await self.inner.connect()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def read(self, tags: Iterable[str]) -> Snapshot:
+        if self.severed:
+            raise PortConnectError("the controller was lost")
+        return await self.inner.read(tags)
+
+    async def write(self, values: Mapping[str, float]) -> WriteReport:
+        if self.severed:
+            raise PortConnectError("the controller was lost")
+        sent = {self.inputs[t]: float(v) for t, v in values.items() if t in self.inputs}
+        if sent:
+            self.rec.sent.append((self.rec.timebase.model_time(self.clock.now()), sent))
+        return await self.inner.write(values)
+
+
+class Recorder:
+    """Collects the trajectory (every PLC scan) and the cycles (every controller cycle)."""
+
+    def __init__(self, site: Site) -> None:
+        self.rec = Recording(timebase=TimeBase.of(site.model))
+        m = site.model
+        names = (*m.all_variables, *m.expression_names, *m.parameter_names)
+        self.rec.units = {n: m.unit_of(n) for n in names if m.unit_of(n)}
+        hil = hil_section(site)
+        if hil is not None:
+            self.rec.heartbeat_timeout_s = hil.plc.heartbeat_timeout
+        self.inputs = site.model.input_names
+        # true values of what the twin estimates (drift and maintenance are judged on them)
+        self.tracked = site.controller.estimator.parameters
+        self._last_sent: dict[str, float] = {}
+
+    def scan(self, rig: HilRig) -> None:
+        truth = rig.truth
+        measured, bad = rig.measured
+        row: dict[str, Any] = {"t": truth.t}
+        row.update({f"x.{k}": v for k, v in truth.states.items()})
+        row.update({f"z.{k}": v for k, v in truth.algebraic.items()})
+        row.update({f"e.{k}": v for k, v in truth.expressions.items()})
+        row.update({f"y.{k}": (math.nan if k in bad else v) for k, v in measured.items()})
+        row.update({f"u.{k}": v for k, v in rig.applied.items()})
+        if self.tracked:
+            params = rig.plant.parameters
+            row.update({f"p.{k}": params[k] for k in self.tracked})
+        if self.rec.sent:
+            self._last_sent.update(self.rec.sent[-1][1])
+        row.update({f"sp.{k}": self._last_sent.get(k, math.nan) for k in self.inputs})
+        row["plc.mode"] = rig.vplc.mode.value
+        row["plc.alarm"] = bool(rig.vplc.alarm)
+        self.rec.rows.append(row)
+        self.rec.finished_at = rig.plant.finished_at
+        fault = rig.plant_fault
+        if fault is not None and not self.rec.events:
+            self.rec.events.append({"kind": "plant.validity"} | fault.as_dict())
+
+    def cycle(self, view: CycleView) -> None:
+        d = view.decision
+        row: dict[str, Any] = {
+            "t": self.rec.timebase.model_time(view.t),
+            "cycle": view.cycle,
+            "state": view.state.value,
+            "solve.status": d.status.value if d is not None else "none",
+            "solve.return_status": d.return_status if d is not None else "",
+            "solve.time_s": d.solve_time_s if d is not None else math.nan,
+            "wrote": bool(view.written),
+            "problems": "; ".join(view.problems),
+        }
+        if view.estimate is not None:
+            row.update({f"xhat.{k}": v for k, v in view.estimate.states.items()})
+            row.update({f"phat.{k}": view.estimate.parameters[k] for k in self.tracked})
+        row.update({f"mon.{k}": v for k, v in view.monitor.items()})
+        for ev in view.events:
+            if ev.kind == "drift.alarm":
+                info = ev.detail
+                alarm = (row["t"], ev.key, info["signal"], info["side"], ev.message)
+                self.rec.alarms.append(alarm)
+        if view.outcome is not None:
+            row.update({f"cmd.{k}": v for k, v in view.outcome.setpoints.items()})
+        self.rec.cycles.append(row)
+
+
+def recording_table(
+    rows: list[dict[str, Any]], time_unit: str, units: Mapping[str, str] | None = None
+) -> pa.Table:
+    """The rows as a table; the metadata hold the time unit and each model name's unit (the
+    reports label their axes with them)."""
+    names: dict[str, None] = {}
+    for r in rows:
+        names.update(dict.fromkeys(r))
+    table = pa.table({n: [r.get(n) for r in rows] for n in names})
+    meta = {"time_unit": time_unit, "units": json.dumps(dict(units or {}))}
+    return table.replace_schema_metadata(meta)
+
+
+def kpis(rec: Recording, scenario: Mapping[str, Any]) -> dict[str, Any]:
+    """Deterministic figures of a run (no wall times): the same seed gives the same KPIs."""
+    out: dict[str, Any] = {"scans": len(rec.rows), "cycles": len(rec.cycles)}
+    if rec.rows:
+        last = rec.rows[-1]
+        out["t_end"] = last["t"]
+        out["finished_at"] = rec.finished_at  # exact (not rounded up to the next scan)
+        for name in scenario.get("cqas", ()):
+            col = rec.find(name)
+            if col is not None:
+                out[f"final.{name}"] = last.get(col)
+        for chk in scenario.get("checks", ()):
+            col = rec.find(chk["expression"])
+            if col is not None:
+                values = [r[col] for r in rec.rows if math.isfinite(r.get(col, math.nan))]
+                if values:
+                    out[f"max.{chk['expression']}"] = max(values)
+                    out[f"min.{chk['expression']}"] = min(values)
+    statuses = [c["solve.status"] for c in rec.cycles]
+    out["solves.failed"] = sum(s in ("failed", "invalid") for s in statuses)
+    out["solves.longest_failed_run"] = longest_failed_run(rec.cycles)
+    out["setpoint_writes"] = len(rec.sent)
+    out["plc.fallbacks"] = plc_fallbacks(rec.rows)
+    out["mpc.control_losses"] = control_losses(rec.rows)
+    out["plc.active_scans"] = sum(r.get("plc.mode") == "active" for r in rec.rows)
+    return out

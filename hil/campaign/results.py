@@ -1,0 +1,312 @@
+"""The campaign's verdict data, read from its results directory (never from the runner)::
+
+    OUT/campaign.json                   manifest: campaign, software, config hashes, requirements,
+                                        case ids in matrix order
+    OUT/cases/<id>/spec.json            factors, seed, scenario, controller_loss_at
+    OUT/cases/<id>/result.json          status, wall time, attempts, KPIs, one verdict per criterion
+    OUT/cases/<id>/trajectory.parquet   one row per PLC scan: t, x.*, e.*, y.*, u.*, sp.*, plc.mode
+    OUT/cases/<id>/cycles.parquet       one row per controller cycle
+
+A partial directory is fine: a case without ``result.json`` is "not run"; an unreadable
+``result.json`` makes the case "error" (the evidence is missing). A requirement's verdict is
+"failed" if any case failed it, else "error" if a case that would test it errored (an errored
+case counts as testing every requirement of the manifest), else "passed" if a case passed it,
+else "not run". The campaign passes only when it has cases, every one ran and passed, and every
+requirement passed.
+
+A missing or malformed ``campaign.json`` raises ``CampaignReportError`` naming the directory
+and every problem found. The reports rendered from these data are :mod:`hil.campaign.report`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from controller.errors import PharmaTwinError
+from hil.campaign.criteria import Verdict  # the one record of a judgement, as result.json holds it
+
+__all__ = [
+    "CASE_FILES",
+    "STATUSES",
+    "CampaignReportError",
+    "CampaignResults",
+    "CaseRecord",
+    "Requirement",
+    "RequirementResult",
+    "Status",
+    "Verdict",
+    "fmt_value",
+    "load_results",
+    "utc_now",
+]
+
+Status = Literal["passed", "failed", "error", "not run"]
+STATUSES: tuple[Status, ...] = ("passed", "failed", "error", "not run")
+CASE_FILES = ("spec.json", "result.json", "trajectory.parquet", "cycles.parquet")
+
+
+class CampaignReportError(PharmaTwinError):
+    """The results directory cannot be reported on (no or malformed ``campaign.json``)."""
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """One acceptance criterion of the manifest; ``check`` is its human-readable form."""
+
+    id: str
+    description: str
+    check: str
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    """One case of the matrix as found on disk; ``problems`` lists unreadable evidence."""
+
+    id: str
+    index: int
+    directory: Path
+    status: Status
+    factors: dict[str, Any] = field(default_factory=dict)
+    seed: int | None = None
+    controller_loss_at: float | None = None
+    error: str | None = None
+    traceback: str | None = None
+    wall_time_s: float | None = None
+    attempts: int | None = None
+    started: str | None = None
+    ended: str | None = None
+    kpis: dict[str, Any] = field(default_factory=dict)
+    verdicts: tuple[Verdict, ...] = ()
+    problems: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RequirementResult:
+    """The campaign verdict on one requirement and the cases (ids, matrix order) behind it."""
+
+    requirement: Requirement
+    verdict: Status
+    passed_cases: tuple[str, ...]
+    failed_cases: tuple[str, ...]
+    error_cases: tuple[str, ...]
+    cases: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class CampaignResults:
+    """Everything read from one results directory."""
+
+    out: Path
+    manifest: dict[str, Any]
+    requirements: tuple[Requirement, ...]
+    cases: tuple[CaseRecord, ...]
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["campaign"])
+
+    def case_counts(self) -> dict[Status, int]:
+        return {s: sum(c.status == s for c in self.cases) for s in STATUSES}
+
+    def requirement_results(self) -> list[RequirementResult]:
+        return [_judge(r, self.cases) for r in self.requirements]
+
+    def requirement_counts(self) -> dict[Status, int]:
+        verdicts = [r.verdict for r in self.requirement_results()]
+        return {s: verdicts.count(s) for s in STATUSES}
+
+    def verdict(self) -> Status:
+        """The campaign verdict, worst first: failed, error, not run (incomplete), passed."""
+        found = {c.status for c in self.cases} | {r.verdict for r in self.requirement_results()}
+        if not self.cases:
+            return "not run"
+        return next(s for s in ("failed", "error", "not run", "passed") if s in found)
+
+
+# ---------------------------------------------------------------- reading the directory
+
+
+def load_results(out: Path) -> CampaignResults:
+    """Read ``out``; raises CampaignReportError if ``campaign.json`` is missing or malformed."""
+    out = Path(out)
+    manifest = _read_manifest(out)
+    requirements = tuple(
+        Requirement(str(r["id"]), str(r.get("description", "")), str(r.get("check", "")))
+        for r in manifest["requirements"]
+    )
+    ids = [str(c) for c in manifest["cases"]]
+    cases_dir = out / "cases"
+    extra = sorted(p.name for p in cases_dir.iterdir() if p.is_dir()) if cases_dir.is_dir() else []
+    listed = set(ids)
+    cases = [_read_case(cases_dir / cid, i, cid in listed) for i, cid in enumerate(ids)]
+    cases += [
+        _read_case(cases_dir / cid, len(ids) + i, False)
+        for i, cid in enumerate(c for c in extra if c not in listed)
+    ]
+    known = {r.id for r in requirements}
+    unlisted = {v.requirement: v for c in cases for v in c.verdicts if v.requirement not in known}
+    requirements += tuple(
+        Requirement(v.requirement, v.description, v.check) for v in unlisted.values()
+    )
+    return CampaignResults(out, manifest, requirements, tuple(cases))
+
+
+def _read_manifest(out: Path) -> dict[str, Any]:
+    path = out / "campaign.json"
+    if not out.is_dir():
+        raise CampaignReportError(f"{out}: no such results directory")
+    if not path.is_file():
+        raise CampaignReportError(
+            f"{out}: campaign.json is missing; is this a campaign results directory?"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CampaignReportError(f"{path}: cannot read the manifest: {exc}") from exc
+    problems = _manifest_problems(manifest)
+    if problems:
+        raise CampaignReportError(f"{path}: malformed manifest:\n  " + "\n  ".join(problems))
+    return dict(manifest)
+
+
+def _manifest_problems(manifest: Any) -> list[str]:
+    if not isinstance(manifest, dict):
+        return [f"expected a JSON object, got {type(manifest).__name__}"]
+    problems = []
+    if not isinstance(manifest.get("campaign"), str) or not manifest["campaign"]:
+        problems.append(f"campaign: expected a non-empty string (got {manifest.get('campaign')!r})")
+    cases = manifest.get("cases")
+    if not isinstance(cases, list) or not all(isinstance(c, str) and c for c in cases):
+        problems.append(f"cases: expected a list of case ids (got {cases!r:.80})")
+    reqs = manifest.get("requirements")
+    if not isinstance(reqs, list):
+        problems.append(f"requirements: expected a list (got {reqs!r:.80})")
+    else:
+        problems += [
+            f"requirements[{i}]: expected an object with a string 'id' (got {r!r:.80})"
+            for i, r in enumerate(reqs)
+            if not (isinstance(r, dict) and isinstance(r.get("id"), str) and r["id"])
+        ]
+    return problems
+
+
+def _read_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(object, None), (None, None) when absent, or (None, problem) when unreadable."""
+    if not path.is_file():
+        return None, None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return None, f"{path.name} unreadable: {exc}"
+    if not isinstance(data, dict):
+        return None, f"{path.name} is not a JSON object"
+    return data, None
+
+
+def _read_case(directory: Path, position: int, listed: bool) -> CaseRecord:
+    spec, spec_problem = _read_json(directory / "spec.json")
+    result, result_problem = _read_json(directory / "result.json")
+    problems = [p for p in (spec_problem, result_problem) if p]
+    if not listed:
+        problems.append("case directory not listed in campaign.json")
+    spec = spec or {}
+    result = result or {}
+    status = _case_status(result, result_problem, problems)
+    factors = spec.get("factors") if isinstance(spec.get("factors"), dict) else {}
+    seed = spec.get("seed", factors.get("seed") if factors else None)
+    return CaseRecord(
+        id=directory.name,
+        index=spec["index"] if isinstance(spec.get("index"), int) else position,
+        directory=directory,
+        status=status,
+        factors=dict(factors or {}),
+        seed=seed if isinstance(seed, int) else None,
+        controller_loss_at=_number(spec.get("controller_loss_at")),
+        error=result_problem if result_problem else _text_or_none(result.get("error")),
+        traceback=_text_or_none(result.get("traceback")),
+        wall_time_s=_number(result.get("wall_time_s")),
+        attempts=result.get("attempts") if isinstance(result.get("attempts"), int) else None,
+        started=_text_or_none(result.get("started")),
+        ended=_text_or_none(result.get("ended")),
+        kpis=dict(result["kpis"]) if isinstance(result.get("kpis"), dict) else {},
+        verdicts=tuple(_verdict(v) for v in result.get("verdicts") or () if isinstance(v, dict)),
+        problems=tuple(problems),
+    )
+
+
+_RESULT_STATUS: dict[str, Status] = {"passed": "passed", "failed": "failed", "error": "error"}
+
+
+def _case_status(result: dict[str, Any], unreadable: str | None, problems: list[str]) -> Status:
+    if unreadable:
+        return "error"
+    if not result:
+        return "not run"
+    status = _RESULT_STATUS.get(str(result.get("status")))
+    if status is not None:
+        return status
+    problems.append(f"result.json has an unknown status {result.get('status')!r}")
+    return "error"
+
+
+def _verdict(raw: dict[str, Any]) -> Verdict:
+    return Verdict(
+        requirement=str(raw.get("requirement", "?")),
+        description=str(raw.get("description") or ""),
+        check=str(raw.get("check") or ""),
+        passed=raw.get("passed") is True,
+        value=_number(raw.get("value"), finite=False),
+        limit=_number(raw.get("limit"), finite=False),
+        unit=str(raw.get("unit") or ""),
+        detail=str(raw.get("detail") or ""),
+    )
+
+
+def _number(v: Any, finite: bool = True) -> float | None:
+    """``v`` as a float, or None if it is not a number (or, with ``finite``, not finite)."""
+    ok = isinstance(v, int | float) and not isinstance(v, bool)
+    return float(v) if ok and (math.isfinite(v) or not finite) else None
+
+
+def _text_or_none(v: Any) -> str | None:
+    return None if v is None else str(v)
+
+
+def _judge(req: Requirement, cases: Sequence[CaseRecord]) -> RequirementResult:
+    """A failed verdict counts even in an errored case; an errored case tests every requirement."""
+    passed, failed, errored = [], [], []
+    for case in cases:
+        mine = [v for v in case.verdicts if v.requirement == req.id]
+        if any(not v.passed for v in mine):
+            failed.append(case.id)
+        elif case.status == "error":
+            errored.append(case.id)
+        elif mine:
+            passed.append(case.id)
+    verdict: Status = (
+        "failed" if failed else "error" if errored else "passed" if passed else "not run"
+    )
+    tested = [c.id for c in cases if c.id in {*passed, *failed, *errored}]
+    return RequirementResult(
+        req, verdict, tuple(passed), tuple(failed), tuple(errored), tuple(tested)
+    )
+
+
+def utc_now() -> str:
+    """The current UTC time to the second, ISO 8601 (run records and reports)."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def fmt_value(v: Any) -> str:
+    """A verdict's value or limit, a KPI or a duration as the reports print it."""
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
