@@ -31,11 +31,11 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/python -m hil.demo
 
-# The quick tests run on $(WORKERS) processes (pytest-xdist); the slow ones (closed loops against
-# wall-clock deadlines, the demo under load, browsers) one at a time, as on the edge PC.
+# Most tests run on $(WORKERS) processes (pytest-xdist); those marked serial (closed loops against
+# wall-clock deadlines, the demo under load, live servers, a browser) one at a time.
 test: setup
-	$(BIN)/python -m pytest -q -m "not slow" -n $(WORKERS)
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m "not serial" -n $(WORKERS)
+	$(BIN)/python -m pytest -q -m serial
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow" -n $(WORKERS)

@@ -19,7 +19,7 @@ import pytest
 from controller.runtime.historian import SqliteHistorian
 from hil.demo import main as demo
 
-pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]
+pytestmark = [pytest.mark.timeout(400), pytest.mark.slow, pytest.mark.serial]
 
 
 def _final_titer(out: Path) -> float:

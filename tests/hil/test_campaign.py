@@ -229,6 +229,7 @@ def test_criteria_pass_and_fail_on_a_recording() -> None:
 
 # ---------------------------------------------------------------------- real campaigns
 @pytest.mark.slow
+@pytest.mark.serial
 def test_fast_campaign_on_a_process_pool(fast_run: Path, smoke: Campaign) -> None:
     assert _statuses(fast_run) == dict.fromkeys([c.id for c in smoke.cases], "passed")
     for case in smoke.cases:
@@ -257,6 +258,9 @@ def test_fast_campaign_on_a_process_pool(fast_run: Path, smoke: Campaign) -> Non
 
 
 @pytest.mark.slow
+
+
+@pytest.mark.serial
 def test_reports_are_well_formed(fast_run: Path, smoke: Campaign) -> None:
     root = ET.parse(fast_run / "junit.xml").getroot()
     cases = root.findall(".//testcase")
@@ -278,6 +282,9 @@ def test_reports_are_well_formed(fast_run: Path, smoke: Campaign) -> None:
 
 
 @pytest.mark.slow
+
+
+@pytest.mark.serial
 def test_rerun_skips_done_cases_unless_forced(
     fast_run: Path, smoke: Campaign, tmp_path: Path
 ) -> None:
@@ -307,6 +314,9 @@ def test_the_same_seed_gives_the_same_kpis_bit_for_bit(
 
 
 @pytest.mark.slow
+
+
+@pytest.mark.serial
 def test_a_lost_pool_worker_is_retried(
     smoke: Campaign, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -320,6 +330,9 @@ def test_a_lost_pool_worker_is_retried(
 
 
 @pytest.mark.slow
+
+
+@pytest.mark.serial
 def test_dask_local_cluster_with_a_lost_worker(
     fast_run: Path, smoke: Campaign, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -336,6 +349,9 @@ def test_dask_local_cluster_with_a_lost_worker(
 
 
 @pytest.mark.slow
+
+
+@pytest.mark.serial
 def test_hil_mode_over_modbus_on_loopback(smoke: Campaign, tmp_path: Path) -> None:
     # In hil mode process time is scaled wall time (ScaledClock), so a worker the loaded machine
     # does not schedule for S wall seconds loses rate * S process seconds: its PLC scans late.
@@ -364,6 +380,9 @@ def test_hil_mode_over_modbus_on_loopback(smoke: Campaign, tmp_path: Path) -> No
 
 
 @pytest.mark.slow
+
+
+@pytest.mark.serial
 def test_a_bad_controller_fails_the_matching_requirements(tmp_path: Path) -> None:
     """No rate limit and no collapse margin: REQ-SAFE-01 and REQ-ROB-02 must fail."""
     ctl = yaml.safe_load((ROOT / "configs" / "controllers" / "lyophilizer.yaml").read_text())
@@ -393,6 +412,9 @@ def test_a_bad_controller_fails_the_matching_requirements(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
+
+
+@pytest.mark.serial
 def test_cli_report_and_exit_codes(fast_run: Path, tmp_path: Path) -> None:
     (fast_run / "report.html").unlink()
     assert hil_main(["campaign", "report", str(fast_run)]) == 0
@@ -415,6 +437,9 @@ def _one_case_campaign(tmp_path: Path, site: str, name: str) -> Path:
 
 
 @pytest.mark.slow
+
+
+@pytest.mark.serial
 def test_hil_mode_over_secured_opcua(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PHARMATWIN_OPCUA_PASSWORD", "campaign-test-password")
     path = _one_case_campaign(tmp_path, "lyophilizer-opcua.yaml", "opcua-one")
@@ -430,6 +455,9 @@ def test_hil_mode_over_secured_opcua(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 @pytest.mark.slow
+
+
+@pytest.mark.serial
 def test_an_existing_dask_scheduler(tmp_path: Path) -> None:
     from distributed import LocalCluster
 

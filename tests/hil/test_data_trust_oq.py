@@ -22,7 +22,7 @@ from hil.campaign.runner import run_case
 from hil.campaign.spec import load_campaign
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = [pytest.mark.timeout(300), pytest.mark.slow]
+pytestmark = [pytest.mark.timeout(300), pytest.mark.slow, pytest.mark.serial]
 
 
 def test_the_stuck_biomass_probe_holds_instead_of_writing(tmp_path: Path) -> None:

@@ -841,6 +841,9 @@ def _shelf_entries(shelf: Path, every: int = 40) -> tuple[int, int]:
 
 
 @pytest.mark.slow
+
+
+@pytest.mark.serial
 async def test_two_servers_starting_at_once_build_one_cache(tmp_path: Path) -> None:
     """Two processes start a server on the same empty cache folder at the same moment: one
     builds the cache under the lock, the other waits and uses it; both serve."""
@@ -866,6 +869,9 @@ async def test_two_servers_starting_at_once_build_one_cache(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
+
+
+@pytest.mark.serial
 async def test_a_corrupt_cache_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     shelf = await address_space_shelf(tmp_path)
     data = shelf.with_name(shelf.name + ".dat")

@@ -108,6 +108,7 @@ def _expected(role: str) -> dict[str, str]:
 
 @pytest.mark.parametrize(("user", "role"), list(USERS.items()), ids=list(USERS.values()))
 @pytest.mark.slow
+@pytest.mark.serial
 async def test_each_role_reads_and_writes_only_what_it_may(
     server: tuple[OpcUaPlcServer, Path], user: str, role: str
 ) -> None:
@@ -123,6 +124,9 @@ async def test_each_role_reads_and_writes_only_what_it_may(
 
 
 @pytest.mark.slow
+
+
+@pytest.mark.serial
 async def test_an_anonymous_login_is_a_viewer(server: tuple[OpcUaPlcServer, Path]) -> None:
     plc, cert = server
     async with await _client(plc.url, cert, None) as client:
@@ -130,6 +134,9 @@ async def test_an_anonymous_login_is_a_viewer(server: tuple[OpcUaPlcServer, Path
 
 
 @pytest.mark.slow
+
+
+@pytest.mark.serial
 async def test_the_refusal_names_the_role_needed_in_the_log_and_diagnostics(
     server: tuple[OpcUaPlcServer, Path], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -59,7 +59,7 @@ MODBUS_WRITES = {5, 6, 15, 16, 23}  # write coil(s), write register(s), read/wri
 HOLDING_WRITES = {6, 16, 23}
 SAMPLE_S = 360.0  # the lyophilizer's sample time, 0.1 h
 HEARTBEAT_TIMEOUT_S = 1800.0  # process seconds, configs/sites/lyophilizer-*.yaml
-pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow, pytest.mark.serial]
 
 
 # ------------------------------------------------------------------------------ the rig

@@ -16,6 +16,7 @@ import signal
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -228,6 +229,37 @@ async def test_init_reads_the_working_setpoints_and_the_first_move_is_bumpless(
     await env.cycles(3)
     moves = [w["shelf_temp_sp"] for w in env.port.setpoint_writes()]
     assert moves == pytest.approx([-17.0 + tsh.max_move * k for k in range(1, 5)])
+
+
+class SpyEstimator:
+    """Wraps the pipeline's estimator and notes the inputs each update predicts with."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.inputs: list[dict[str, float] | None] = []
+
+    def update(self, u: Any, y: Any, states: Any = None, *, exclude: Any = ()) -> Any:
+        self.inputs.append(None if u is None else dict(u))
+        return self.inner.update(u, y, states, exclude=exclude)
+
+    @property
+    def estimate(self) -> Any:
+        return self.inner.estimate
+
+
+async def test_the_estimator_predicts_over_every_sample_across_engagement(env: Env) -> None:
+    """Engaging restarts the policy and the move limits from the PLC's working setpoints,
+    but the process went on under those setpoints over the sample before: the estimator
+    must predict over it (an update without inputs corrects only, and the estimate, and the
+    MPC's first solve, would lag a sample behind the plant)."""
+    spy = SpyEstimator(env.sup.pipeline.estimator)
+    env.sup.pipeline.estimator = spy
+    env.plc.follow = False
+    assert await env.cycles(3) == [State.REQUESTING] * 3
+    env.plc.follow = True
+    assert await env.cycles(3) == [State.RUNNING] * 3
+    assert len(spy.inputs) == 6
+    assert [u is not None for u in spy.inputs] == [True] * 6, spy.inputs
 
 
 async def test_requesting_waits_for_mpc_active(env: Env) -> None:

@@ -24,7 +24,7 @@ ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
+pytestmark = [pytest.mark.timeout(120), pytest.mark.slow, pytest.mark.serial]
 
 
 async def test_page_updates_shows_limits_and_refuses_anonymous_ack(tmp_path: Path) -> None:
