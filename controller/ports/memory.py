@@ -65,6 +65,7 @@ class MemoryPort(Port):
         #: with a tag map, reads are flagged as every port flags them (not finite: BAD;
         #: outside the engineering limits: UNCERTAIN)
         self.tags = tags
+        self._check: WriteCheck | None = None  # built at the first write, then kept
 
     async def connect(self) -> None:
         self._open = True
@@ -116,12 +117,15 @@ class MemoryPort(Port):
 
     def _write_check(self) -> WriteCheck:
         """The tag map's write check; without a map, the table's (its writable tags and their
-        ranges: every other tag of the table is read-only)."""
-        if self.tags is not None:
-            return WriteCheck.of_tags(self.tags.tags)
-        rules = {t: WriteRule(False) for t in self.table.values}
-        rules |= {t: WriteRule(True, limits) for t, limits in self.table.writable.items()}
-        return WriteCheck(rules)
+        ranges: every other tag of the table is read-only). Built once: neither changes."""
+        if self._check is None:
+            if self.tags is not None:
+                self._check = WriteCheck.of_tags(self.tags.tags)
+            else:
+                rules = {t: WriteRule(False) for t in self.table.values}
+                rules |= {t: WriteRule(True, lim) for t, lim in self.table.writable.items()}
+                self._check = WriteCheck(rules)
+        return self._check
 
     def _plc_refusal(self, tag: str, requested: float) -> str:
         """The PLC side's own refusal: its write range, then its acceptance check."""
