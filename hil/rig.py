@@ -176,6 +176,12 @@ class HilRig:
         return self.plant.t
 
     @property
+    def scan_t(self) -> float:
+        """The last scan's process time on the batch's model-time axis (the plant's time
+        ``t_model`` is up to one plant step earlier: it moves in whole steps)."""
+        return self.timebase.model_time(self.vplc.scan_time - self._t0_s)
+
+    @property
     def truth(self) -> PlantState:
         """The true plant as of the last scan (evaluated once per scan)."""
         return self._truth

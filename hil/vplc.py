@@ -147,6 +147,11 @@ class VirtualPlc:
         return self.mode is Mode.ACTIVE
 
     @property
+    def scan_time(self) -> float:
+        """The process time [s] of the last scan (what its mode changes happened at)."""
+        return self._now
+
+    @property
     def alarm(self) -> bool:
         return self._c.alarm
 

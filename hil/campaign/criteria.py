@@ -3,6 +3,12 @@
 Pure functions over the recording: the PLC-scan trajectory (true plant, measurements, applied
 setpoints, PLC mode), the controller's cycles and every setpoint it sent. Each criterion gives
 a :class:`Verdict` with the value it was judged on and the limit, so a reviewer can see why.
+
+Delays are judged from the process times at which things happened: a row's ``t`` is the true
+plant's time, which in hil mode lags the scan by up to a plant step, so the PLC's own scan time
+(``plc.t``), the time the controller was actually lost (``lost_at``) and the end of the cycle
+that raised an alarm are recorded too. Where only a sampled time is known, a delay is judged on
+its upper bound, and the detail gives both bounds.
 """
 
 from __future__ import annotations
@@ -33,18 +39,37 @@ FAILED = frozenset({"failed", "invalid"})
 TOLERANCE = 1e-9
 
 
+@dataclass(frozen=True)
+class Alarm:
+    """A drift alarm the twin raised, in a cycle scheduled at ``t`` (its data were read no
+    earlier) that had ended by ``raised_by`` (NaN when unknown); both in model time."""
+
+    t: float
+    raised_by: float
+    key: str
+    signal: str
+    side: str
+    message: str
+
+
 @dataclass
 class Recording:
-    """What a case produced, in the plant model's time unit."""
+    """What a case produced, in the plant model's time unit.
+
+    A row's ``t`` is the true plant's time; its scan happened up to ``t_lag`` later (the plant
+    step in hil mode, 0 when ``t`` is the scan's time), unless the row says when (``plc.t``).
+    """
 
     rows: list[dict[str, Any]] = field(default_factory=list)  # one per PLC scan
     cycles: list[dict[str, Any]] = field(default_factory=list)  # one per controller cycle
     sent: list[tuple[float, dict[str, float]]] = field(default_factory=list)  # setpoint writes
-    loss_at: float | None = None  # when the controller was lost
+    loss_at: float | None = None  # when the controller was to be lost (the case's plan)
+    lost_at: float | None = None  # when it was lost (no earlier than planned), if recorded
     timebase: TimeBase = field(default_factory=lambda: TimeBase("h", 1.0))  # model time <-> s
     heartbeat_timeout_s: float = math.inf
-    #: drift alarms the twin raised: (t, key, signal, side, message)
-    alarms: list[tuple[float, str, str, str, str]] = field(default_factory=list)
+    t_lag: float = 0.0
+    #: drift alarms the twin raised
+    alarms: list[Alarm] = field(default_factory=list)
     #: events of the true plant (a validity-domain excursion: variable, value, time)
     events: list[dict[str, Any]] = field(default_factory=list)
     #: the exact time of the batch's natural end (located inside the plant's step), if reached
@@ -88,9 +113,25 @@ class Verdict:
         return d
 
 
-def _in_place(rec: Recording, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """The PLC's applied setpoint of ``name`` at each scan (times, values)."""
-    return rec.column("t"), rec.column(f"u.{name}")
+def scan_times(rec: Recording) -> tuple[np.ndarray, np.ndarray]:
+    """When each row's scan happened (model time): earliest and latest. Exact where the row
+    has the PLC's scan time (``plc.t``); else within ``t_lag`` after the plant's ``t``."""
+    t = rec.column("t")
+    scan = rec.column("plc.t")
+    exact = np.isfinite(scan)
+    return np.where(exact, scan, t), np.where(exact, scan, t + rec.t_lag)
+
+
+def _in_place(
+    scans: tuple[np.ndarray, np.ndarray], applied: np.ndarray, t_send: float
+) -> list[float]:
+    """The PLC's applied setpoint (at each scan: ``applied``) that may have been in place at
+    ``t_send``: at the last scan surely before it, and at every scan maybe before it."""
+    early, late = scans
+    before = np.nonzero(late <= t_send + 1e-9)[0]
+    maybe = np.nonzero((early <= t_send + 1e-9) & (late > t_send + 1e-9))[0]
+    rows = ([int(before[-1])] if len(before) else []) + [int(i) for i in maybe]
+    return [float(applied[i]) for i in rows if math.isfinite(applied[i])]
 
 
 def _resolution(*values: float) -> float:
@@ -100,12 +141,14 @@ def _resolution(*values: float) -> float:
 
 def _setpoints(check: SetpointsWithinLimits, rec: Recording) -> tuple[float, str]:
     """Worst excess over the limits, and over ``max_move`` from the value in place (the PLC's
-    setpoint at the scan before the send) or from the previous send one sample earlier; both
-    beyond the register resolution (:func:`_resolution`)."""
+    setpoint at the scan before the send, by the scans' process times: :func:`_in_place`) or
+    from the previous send one sample earlier; both beyond the register resolution
+    (:func:`_resolution`)."""
     worst, detail = 0.0, "every setpoint within its limits"
     last: dict[str, tuple[float, float]] = {}
     dt = rec.cycles[1]["t"] - rec.cycles[0]["t"] if len(rec.cycles) > 1 else math.inf
-    placed = {n: _in_place(rec, n) for n in check.max_move}
+    scans = scan_times(rec)
+    applied = {n: rec.column(f"u.{n}") for n in check.max_move}
     for t, values in rec.sent:
         for name, v in values.items():
             if name in check.limits:
@@ -114,11 +157,7 @@ def _setpoints(check: SetpointsWithinLimits, rec: Recording) -> tuple[float, str
                 if excess > worst:
                     worst, detail = excess, f"{name}={v:g} at t={t:g} outside [{lo:g}, {hi:g}]"
             if name in check.max_move:
-                before = []
-                times, applied = placed[name]
-                i = int(np.searchsorted(times, t + 1e-9)) - 1
-                if i >= 0 and math.isfinite(applied[i]):
-                    before.append(("in place", float(applied[i])))
+                before = [("in place", v0) for v0 in _in_place(scans, applied[name], t)]
                 if name in last and t - last[name][0] <= dt * 1.5:
                     before.append(("sent before", last[name][1]))
                 for what, v0 in before:
@@ -155,36 +194,70 @@ def _extremum(check: Extremum, rec: Recording) -> tuple[float, str]:
     return float(v[i]), f"{check.kind} {check.of} = {v[i]:g} at t={tv[i]:g}"
 
 
+def _loss_time(rec: Recording) -> tuple[float, str]:
+    """When the controller was lost: as recorded, else the planned time (no later than the
+    actual loss, so a delay from it is no shorter than the true one)."""
+    if rec.lost_at is not None:
+        return rec.lost_at, f"lost at t={rec.lost_at:g}"
+    assert rec.loss_at is not None
+    return rec.loss_at, f"lost at t={rec.loss_at:g} (the planned time; the loss was no earlier)"
+
+
 def _fallback(check: FallbackWithin, rec: Recording) -> tuple[float, float, str]:
+    """Delay from the loss to the PLC scan that fell back, in process seconds; judged on its
+    upper bound when the scan's time is known only from the plant's sampled ``t``."""
     limit = check.heartbeat_timeouts * rec.heartbeat_timeout_s
-    if rec.loss_at is None:
+    if rec.loss_at is None and rec.lost_at is None:
         return math.nan, limit, "the controller was not lost in this case"
-    t = rec.column("t")
+    lost, lost_text = _loss_time(rec)
+    early, late = scan_times(rec)
     modes = [r.get("plc.mode") for r in rec.rows]
-    at_loss = [m for ti, m in zip(t, modes, strict=True) if ti <= rec.loss_at]
+    at_loss = [m for e, m in zip(early, modes, strict=True) if e <= lost]
     if not at_loss or at_loss[-1] != "active":
         return math.inf, limit, f"the MPC did not have control when lost (PLC {at_loss[-1:]})"
-    for ti, m in zip(t, modes, strict=True):
-        if ti > rec.loss_at and m == "fallback":
-            delay = rec.timebase.seconds(ti - rec.loss_at)
-            return delay, limit, f"lost at t={rec.loss_at:g}, PLC fell back at t={ti:g}"
-    return math.inf, limit, f"lost at t={rec.loss_at:g}; the PLC never fell back"
+    for e, la, m in zip(early, late, modes, strict=True):
+        if e > lost and m == "fallback":
+            low, high = rec.timebase.seconds(e - lost), rec.timebase.seconds(la - lost)
+            if la == e:
+                return high, limit, f"{lost_text}, PLC fell back in its scan at t={e:g}"
+            return (
+                high,
+                limit,
+                (
+                    f"{lost_text}, PLC fell back between t={e:g} and t={la:g} (the scan's time is "
+                    f"known only to the plant's step): delay between {low:.6g} and {high:.6g} s, "
+                    "judged on the upper bound"
+                ),
+            )
+    return math.inf, limit, f"{lost_text}; the PLC never fell back"
 
 
 def _drift_alarm(check: DriftAlarm, rec: Recording) -> tuple[float, str]:
-    """Detection delay after ``check.after``; inf if an alarm came before it or none at all."""
-    early = [a for a in rec.alarms if a[0] < check.after]
+    """Detection delay after ``check.after``, up to the end of the cycle that raised the alarm
+    (its upper bound); inf if an alarm came before it (by its cycle's scheduled time, when its
+    data were read at the earliest) or none at all."""
+    early = [a for a in rec.alarms if a.t < check.after]
     if early:
-        t, _, _, _, message = early[0]
-        return math.inf, f"false alarm before the drift began, at t={t:g}: {message}"
+        a = early[0]
+        return math.inf, f"false alarm before the drift began, at t={a.t:g}: {a.message}"
     hits = [
-        a for a in rec.alarms if a[2] == check.signal and (check.side is None or a[3] == check.side)
+        a
+        for a in rec.alarms
+        if a.signal == check.signal and (check.side is None or a.side == check.side)
     ]
     if not hits:
-        others = ", ".join(sorted({a[1] for a in rec.alarms})) or "none"
+        others = ", ".join(sorted({a.key for a in rec.alarms})) or "none"
         return math.inf, f"no drift alarm on {check.signal} (alarms raised: {others})"
-    t, _, _, _, message = hits[0]
-    return t - check.after, f"raised at t={t:g}: {message}"
+    a = hits[0]
+    if math.isnan(a.raised_by):
+        return math.inf, f"raised in the cycle of t={a.t:g}, ended at an unrecorded time"
+    low, high = a.t - check.after, max(a.raised_by, a.t) - check.after
+    if high - low <= 1e-9 * max(1.0, abs(high)):  # on time (a stepped clock, for one)
+        return high, f"raised at t={a.t:g}: {a.message}"
+    return high, (
+        f"raised in the cycle of t={a.t:g}, ended by t={a.raised_by:g}: delay between "
+        f"{low:.6g} and {high:.6g}, judged on the upper bound: {a.message}"
+    )
 
 
 def true_crossing(rec: Recording, parameter: str, threshold: float) -> float:
@@ -313,15 +386,20 @@ def judge(c: Criterion, rec: Recording) -> Verdict:
         case NoDriftAlarm():
             value, limit = float(len(rec.alarms)), float(check.at_most)
             passed = value <= limit
-            detail = "; ".join(f"t={a[0]:g}: {a[4]}" for a in rec.alarms[:3]) or "no drift alarm"
+            detail = (
+                "; ".join(f"t={a.t:g}: {a.message}" for a in rec.alarms[:3]) or "no drift alarm"
+            )
             unit = "alarms"
         case MaintenanceForecast():
             value, detail = _maintenance(check, rec)
             limit, passed = check.at_least, value >= check.at_least
             unit = "fraction"
-    if isinstance(value, float) and math.isnan(value):
+    value = float(value)  # plain floats and bools in the evidence, not numpy scalars
+    if math.isnan(value):
         passed = False
-    return Verdict(c.id, c.description, describe_check(check), passed, value, limit, unit, detail)
+    return Verdict(
+        c.id, c.description, describe_check(check), bool(passed), value, limit, unit, detail
+    )
 
 
 def judge_all(criteria: Sequence[Criterion], rec: Recording) -> list[Verdict]:

@@ -66,7 +66,9 @@ async def settle(clock: DrivenClock, task: asyncio.Task[Any]) -> None:
 
 
 async def _lose(task: asyncio.Task[Any], port: RecordingPort) -> None:
-    """The controller's process dies: its link goes first, so nothing more reaches the PLC."""
+    """The controller's process dies: its link goes first, so nothing more reaches the PLC.
+    The recording notes when (the planned time is a lower bound)."""
+    port.rec.lost_at = port.rec.timebase.model_time(port.clock.now())
     port.severed = True
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -165,7 +167,7 @@ async def execute(
     gate = Gate()
     clock: Clock = DrivenClock() if mode == "fast" else ScaledClock(rate, monotonic=gate)
     servers = await _servers(site, mode, clock, case_dir)
-    recorder = Recorder(site)
+    recorder = Recorder(site, clock)
     rig = HilRig(site, clock, servers, on_scan=recorder.scan)
     first = servers[0]
     inner: Port = first.port() if isinstance(first, MemoryPlcServer) else port_for_site(site, clock)

@@ -6,6 +6,10 @@ send (before the PLC can refuse it); it can be severed, as when the controller's
 :class:`~hil.campaign.criteria.Recording` (trajectory rows, cycles, drift alarms, plant events).
 :func:`recording_table` turns rows into a Parquet-ready table and :func:`kpis` condenses a
 recording into the deterministic figures of ``result.json``. Times are in the model's unit.
+
+A row's ``t`` is the true plant's time; ``plc.t`` is the process time of the PLC scan (later by
+up to one plant step in hil mode). A cycle's ``t`` is its scheduled time; ``t_done`` is when it
+had ended (the runtime's clock, when the recorder has it): delays are judged on those.
 """
 
 from __future__ import annotations
@@ -24,7 +28,13 @@ from controller.ports.base import Port, Snapshot, WriteReport
 from controller.runtime.site import Site
 from controller.runtime.supervisor import CycleView
 from controller.timebase import TimeBase
-from hil.campaign.criteria import Recording, control_losses, longest_failed_run, plc_fallbacks
+from hil.campaign.criteria import (
+    Alarm,
+    Recording,
+    control_losses,
+    longest_failed_run,
+    plc_fallbacks,
+)
 from hil.rig import HilRig
 from hil.site import hil_section
 
@@ -64,8 +74,11 @@ class RecordingPort(Port):
 class Recorder:
     """Collects the trajectory (every PLC scan) and the cycles (every controller cycle)."""
 
-    def __init__(self, site: Site) -> None:
+    def __init__(self, site: Site, clock: Clock | None = None) -> None:
+        """``clock`` (the runtime's) stamps when each cycle ended; without it that time, and
+        so the latest time of a drift alarm, is not known (NaN)."""
         self.rec = Recording(timebase=TimeBase.of(site.model))
+        self.clock = clock
         m = site.model
         names = (*m.all_variables, *m.expression_names, *m.parameter_names)
         self.rec.units = {n: m.unit_of(n) for n in names if m.unit_of(n)}
@@ -80,7 +93,8 @@ class Recorder:
     def scan(self, rig: HilRig) -> None:
         truth = rig.truth
         measured, bad = rig.measured
-        row: dict[str, Any] = {"t": truth.t}
+        self.rec.t_lag = rig.plant_step
+        row: dict[str, Any] = {"t": truth.t, "plc.t": rig.scan_t}
         row.update({f"x.{k}": v for k, v in truth.states.items()})
         row.update({f"z.{k}": v for k, v in truth.algebraic.items()})
         row.update({f"e.{k}": v for k, v in truth.expressions.items()})
@@ -102,8 +116,10 @@ class Recorder:
 
     def cycle(self, view: CycleView) -> None:
         d = view.decision
+        done = math.nan if self.clock is None else self.rec.timebase.model_time(self.clock.now())
         row: dict[str, Any] = {
             "t": self.rec.timebase.model_time(view.t),
+            "t_done": done,
             "cycle": view.cycle,
             "state": view.state.value,
             "solve.status": d.status.value if d is not None else "none",
@@ -119,7 +135,7 @@ class Recorder:
         for ev in view.events:
             if ev.kind == "drift.alarm":
                 info = ev.detail
-                alarm = (row["t"], ev.key, info["signal"], info["side"], ev.message)
+                alarm = Alarm(row["t"], done, ev.key, info["signal"], info["side"], ev.message)
                 self.rec.alarms.append(alarm)
         if view.outcome is not None:
             row.update({f"cmd.{k}": v for k, v in view.outcome.setpoints.items()})

@@ -4,8 +4,9 @@
                                         case ids in matrix order
     OUT/cases/<id>/spec.json            factors, seed, scenario, controller_loss_at
     OUT/cases/<id>/result.json          status, wall time, attempts, KPIs, one verdict per criterion
-    OUT/cases/<id>/trajectory.parquet   one row per PLC scan: t, x.*, e.*, y.*, u.*, sp.*, plc.mode
-    OUT/cases/<id>/cycles.parquet       one row per controller cycle
+    OUT/cases/<id>/trajectory.parquet   one row per PLC scan: t (the plant's), plc.t (the scan's
+                                        process time), x.*, e.*, y.*, u.*, sp.*, plc.mode
+    OUT/cases/<id>/cycles.parquet       one row per controller cycle: t (scheduled), t_done, ...
 
 A partial directory is fine: a case without ``result.json`` is "not run"; an unreadable
 ``result.json`` makes the case "error" (the evidence is missing). A requirement's verdict is

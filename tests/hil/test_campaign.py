@@ -258,8 +258,6 @@ def test_fast_campaign_on_a_process_pool(fast_run: Path, smoke: Campaign) -> Non
 
 
 @pytest.mark.slow
-
-
 @pytest.mark.serial
 def test_reports_are_well_formed(fast_run: Path, smoke: Campaign) -> None:
     root = ET.parse(fast_run / "junit.xml").getroot()
@@ -282,8 +280,6 @@ def test_reports_are_well_formed(fast_run: Path, smoke: Campaign) -> None:
 
 
 @pytest.mark.slow
-
-
 @pytest.mark.serial
 def test_rerun_skips_done_cases_unless_forced(
     fast_run: Path, smoke: Campaign, tmp_path: Path
@@ -314,8 +310,6 @@ def test_the_same_seed_gives_the_same_kpis_bit_for_bit(
 
 
 @pytest.mark.slow
-
-
 @pytest.mark.serial
 def test_a_lost_pool_worker_is_retried(
     smoke: Campaign, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -330,8 +324,6 @@ def test_a_lost_pool_worker_is_retried(
 
 
 @pytest.mark.slow
-
-
 @pytest.mark.serial
 def test_dask_local_cluster_with_a_lost_worker(
     fast_run: Path, smoke: Campaign, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -349,15 +341,13 @@ def test_dask_local_cluster_with_a_lost_worker(
 
 
 @pytest.mark.slow
-
-
 @pytest.mark.serial
 def test_hil_mode_over_modbus_on_loopback(smoke: Campaign, tmp_path: Path) -> None:
     # In hil mode process time is scaled wall time (ScaledClock), so a worker the loaded machine
     # does not schedule for S wall seconds loses rate * S process seconds: its PLC scans late.
     # At rate 1000 a stall of ~2 s right after the heartbeat timeout (1800 s = 1.8 s wall) made
     # the PLC's fallback come out later than 2 timeouts (3600 s) after the loss, and REQ-SAFE-02
-    # fail (reproduced with SIGSTOP). At rate 400 the margin (3600 s - the 1440 s seen) is 5.4 s
+    # fail (reproduced with SIGSTOP). At rate 400 the margin (3600 s - the ~1460 s seen) is 5.3 s
     # of wall time: the check and its limits are unchanged, only a stall that long breaks them.
     out = tmp_path / "hil"
     argv = ["campaign", "run", str(SMOKE), "--mode", "hil", "--rate", "400", "--out", str(out)]
@@ -380,8 +370,6 @@ def test_hil_mode_over_modbus_on_loopback(smoke: Campaign, tmp_path: Path) -> No
 
 
 @pytest.mark.slow
-
-
 @pytest.mark.serial
 def test_a_bad_controller_fails_the_matching_requirements(tmp_path: Path) -> None:
     """No rate limit and no collapse margin: REQ-SAFE-01 and REQ-ROB-02 must fail."""
@@ -412,8 +400,6 @@ def test_a_bad_controller_fails_the_matching_requirements(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
-
-
 @pytest.mark.serial
 def test_cli_report_and_exit_codes(fast_run: Path, tmp_path: Path) -> None:
     (fast_run / "report.html").unlink()
@@ -437,8 +423,6 @@ def _one_case_campaign(tmp_path: Path, site: str, name: str) -> Path:
 
 
 @pytest.mark.slow
-
-
 @pytest.mark.serial
 def test_hil_mode_over_secured_opcua(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PHARMATWIN_OPCUA_PASSWORD", "campaign-test-password")
@@ -455,8 +439,6 @@ def test_hil_mode_over_secured_opcua(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 @pytest.mark.slow
-
-
 @pytest.mark.serial
 def test_an_existing_dask_scheduler(tmp_path: Path) -> None:
     from distributed import LocalCluster
