@@ -46,7 +46,15 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results.json"
-MODULES = ["b1_nmpc", "b2_cycle", "b3_simulation", "b4_campaign", "b5_memory", "b6_step"]
+MODULES = [
+    "b1_nmpc",
+    "b2_cycle",
+    "b3_simulation",
+    "b4_campaign",
+    "b5_memory",
+    "b6_step",
+    "b8_startup",
+]
 LIBRARIES = ("casadi", "do-mpc", "numpy", "scipy", "pymodbus", "asyncua", "pydantic", "dask")
 COLUMNS = ("benchmark", "case", "metric", "value", "unit", "target", "met")
 ROW_KEYS = ("case", "metric", "value", "unit", "target", "met")

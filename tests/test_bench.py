@@ -173,3 +173,84 @@ def test_b6_table_holds_step_budget_ratio_and_phases(runner: ModuleType) -> None
     phases = next(r for r in rows if r["metric"] == "median per phase")["value"]
     assert "audit 2.000" in phases and "other 3.800" in phases
     assert "b6_step" in runner.MODULES
+
+
+@pytest.fixture(scope="module")
+def b5(runner: ModuleType) -> ModuleType:
+    return importlib.import_module("b5_memory")
+
+
+def _fixed_policy(b5: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """B5's fixed case with a decision made here: no solver build (or compilation)."""
+    b2 = importlib.import_module("b2_runtime")
+    hold = b5.plc_setpoints("memory")
+    decision = Decision(0.0, hold, SolveStatus.SUCCESS, "Solve_Succeeded", 4, 1e-3)
+    monkeypatch.setattr(b5, "policy_for", lambda case, site, hold: b2.FixedDecision(decision))
+
+
+def test_b5_still_plant_keeps_the_loop_running(
+    b5: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The still plant's dithered measurements are never frozen: every cycle writes."""
+    _fixed_policy(b5, monkeypatch)
+    settle = b5.SETTLE_CYCLES
+    m = asyncio.run(b5.measure("fixed", (settle + 10, settle + 40), 5))
+    counters = m["counters"]
+    assert counters["stale_data"] == counters["bad_data"] == counters["fallbacks"] == 0
+    assert counters["writes"] == counters["cycles"] == settle + 40 + b5.TRACE_WARMUP + 5
+    assert m["checkpoints"][-1]["policy_steps"] == settle + 40
+    rows = b5.rows_for(m, quick=True)
+    assert {r["metric"] for r in rows} >= {"RSS growth", "decisions", "of it RssAnon (heap) growth"}
+    assert all(r["met"] is None for r in rows)  # not the 10^3 -> 10^5 run: no verdict
+
+
+def test_b5_fails_loudly_when_the_still_plant_reads_frozen(
+    b5: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the dither the data trust calls the still plant's transmitters stuck (it
+    must, frozen_after is not weakened for the bench), and the bench raises."""
+    _fixed_policy(b5, monkeypatch)
+    monkeypatch.setattr(b5, "DITHER_OF_NOISE", 0.0)
+    settle = b5.SETTLE_CYCLES
+    with pytest.raises(RuntimeError, match=r"did not stay RUNNING.*'stale_data': [1-9]"):
+        asyncio.run(b5.measure("fixed", (settle + 10,), 5))
+
+
+def test_b5_dither_beats_the_temperature_encoding_step(b5: ModuleType) -> None:
+    """A quarter of the noise std, and larger than an int16 x0.01 step for the temperatures."""
+    rig = SimpleNamespace(
+        scenario=SimpleNamespace(true_plant=SimpleNamespace(noise_std={"T": 0.05, "C": 0.002}))
+    )
+    a = b5.dither_amplitudes(rig, {"T": 130.0, "C": 0.8, "quiet": 2.0})
+    assert a == pytest.approx({"T": 0.0125, "C": 0.0005, "quiet": 2e-6})
+    assert a["T"] > 0.01
+
+
+def test_b8_site_copy_and_table(runner: ModuleType, tmp_path: Path) -> None:
+    import yaml
+
+    b8 = importlib.import_module("b8_startup")
+    copy = b8.site_on_port(b8.SITE, 15999, tmp_path)
+    data = yaml.safe_load(copy.read_text())
+    assert data["connection"]["port"] == 15999
+    assert Path(data["controller"]).is_absolute() and Path(data["controller"]).is_file()
+    assert Path(data["hil"]["scenario"]).is_file()
+    # two cold and two warm runs of known times (s), and a phase split
+    run_ = {"first_cycle_s": 7.0, "first_decision_s": 7.5, "exit_s": 9.0, "cycles": 3}
+    split = {"imports": 0.6, "site and models": 0.03, "pipeline": 6.0, "run records": 0.1}
+    split |= {"connect": 0.01, "first cycle": 0.2, "compiling (wall)": 5.0}
+    split |= {"compiler runs": 3, "compiler time summed": 9.5}
+    m = {
+        "cold": [run_, {**run_, "first_cycle_s": 12.0}],
+        "warm": [{**run_, "first_cycle_s": 1.0}] * 2,
+        "phases_s": split,
+    }
+    rows = b8.rows_for(m)
+    assert runner.problems_with({"name": "B8", "title": "t", "rows": rows, "raw": m}) == []
+    cold = next(r for r in rows if r["metric"] == "first cycle after start")
+    assert cold["case"] == "cold cache (every library compiled), median of 2"
+    assert cold["value"] == pytest.approx(9.5) and cold["met"] is True
+    assert cold["target"] == "<= 10 s"
+    phases = next(r for r in rows if r["metric"] == "seconds per phase")["value"]
+    assert "pipeline 6.00" in phases and "3 compiler runs" in phases
+    assert "b8_startup" in runner.MODULES

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from controller.clock import Clock, RealClock, ScaledClock
 from controller.configfile import resolve
 from controller.core.estimator import make_estimator
+from controller.core.jit import LibraryBuilder
 from controller.core.pipeline import ControlPipeline, Policy, input_limits
 from controller.core.policy import build_policy
 from controller.errors import ConfigError, PortError, Problem
@@ -35,7 +36,7 @@ from controller.runtime.historian import Historian, open_historian
 from controller.runtime.historian_records import cycle_record
 from controller.runtime.historian_run import run_info
 from controller.runtime.site import Site, load_site, port_for_site
-from controller.runtime.solver_cache import LibraryCache
+from controller.runtime.solver_cache import build_compiled
 from controller.runtime.supervisor import Counters, CycleView, Mode, State, Supervisor
 from controller.runtime.ui.bind import Bind
 
@@ -85,11 +86,18 @@ def config_files(site: Site) -> list[Path]:
 
 
 def build_pipeline(site: Site, policy: Policy | None = None) -> ControlPipeline:
-    """Estimator, MPC (or the given policy) and safety limits for a site."""
+    """Estimator, MPC (or the given policy) and safety limits for a site.
+
+    Their solver libraries come from the runtime's cache; on a first start the missing ones
+    are compiled all at once (:func:`build_compiled`), not one after the other."""
     cfg, model = site.controller, site.model
-    mpc = policy or build_policy(cfg, model, compile=LibraryCache(), source=str(site.path))
-    estimator = make_estimator(model, cfg.estimator, cfg.sample_time, compile=LibraryCache())
-    return ControlPipeline(model, estimator, mpc, input_limits(cfg))
+
+    def build(compile: LibraryBuilder) -> ControlPipeline:
+        mpc = policy or build_policy(cfg, model, compile=compile, source=str(site.path))
+        estimator = make_estimator(model, cfg.estimator, cfg.sample_time, compile=compile)
+        return ControlPipeline(model, estimator, mpc, input_limits(cfg))
+
+    return build_compiled(build)
 
 
 def historian_sink(historian: Historian, predict_steps: int) -> Any:
