@@ -885,8 +885,6 @@ def static_problems(command: Command, commands: Sequence[Command]) -> list[str]:
 
 
 @pytest.mark.slow
-
-
 @pytest.mark.serial
 def test_parse_only_commands_are_checked_statically(
     readme: tuple[list[Command], list[Block], list[str]],
@@ -921,8 +919,6 @@ def _written(result: Result) -> list[str]:
 
 
 @pytest.mark.slow
-
-
 @pytest.mark.serial
 def test_readme_offline_commands_run(
     scratch: Scratch, readme: tuple[list[Command], list[Block], list[str]]
@@ -1204,8 +1200,6 @@ def _audit(scratch: Scratch, c: Command) -> None:
 
 
 @pytest.mark.slow
-
-
 @pytest.mark.serial
 def test_readme_live_hil_workflow(
     scratch: Scratch, readme: tuple[list[Command], list[Block], list[str]]

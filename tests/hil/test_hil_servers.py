@@ -841,8 +841,6 @@ def _shelf_entries(shelf: Path, every: int = 40) -> tuple[int, int]:
 
 
 @pytest.mark.slow
-
-
 @pytest.mark.serial
 async def test_two_servers_starting_at_once_build_one_cache(tmp_path: Path) -> None:
     """Two processes start a server on the same empty cache folder at the same moment: one
@@ -869,8 +867,6 @@ async def test_two_servers_starting_at_once_build_one_cache(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-
-
 @pytest.mark.serial
 async def test_a_corrupt_cache_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     shelf = await address_space_shelf(tmp_path)

@@ -170,8 +170,6 @@ async def test_a_plain_modbus_client_gets_nothing_from_the_tls_server(tls_rig: T
 
 
 @pytest.mark.slow
-
-
 @pytest.mark.serial
 async def test_pymodbus_tls_client_without_a_certificate_cannot_read(tls_rig: TlsRig) -> None:
     client = AsyncModbusTlsClient(

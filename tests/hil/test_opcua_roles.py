@@ -124,8 +124,6 @@ async def test_each_role_reads_and_writes_only_what_it_may(
 
 
 @pytest.mark.slow
-
-
 @pytest.mark.serial
 async def test_an_anonymous_login_is_a_viewer(server: tuple[OpcUaPlcServer, Path]) -> None:
     plc, cert = server
@@ -134,8 +132,6 @@ async def test_an_anonymous_login_is_a_viewer(server: tuple[OpcUaPlcServer, Path
 
 
 @pytest.mark.slow
-
-
 @pytest.mark.serial
 async def test_the_refusal_names_the_role_needed_in_the_log_and_diagnostics(
     server: tuple[OpcUaPlcServer, Path], caplog: pytest.LogCaptureFixture

@@ -47,8 +47,6 @@ def _wait_for_state(tmp_path: Path, proc: subprocess.Popen[str]) -> dict[str, ob
 
 
 @pytest.mark.slow
-
-
 @pytest.mark.serial
 async def test_the_rig_page_shows_the_true_plant_live_and_is_read_only(tmp_path: Path) -> None:
     proc = _serve(tmp_path, free_port())

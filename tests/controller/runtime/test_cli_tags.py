@@ -106,8 +106,6 @@ def test_tags_read_and_write_over_modbus(
 
 
 @pytest.mark.slow
-
-
 @pytest.mark.serial
 def test_tags_read_over_opcua_with_a_user(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch

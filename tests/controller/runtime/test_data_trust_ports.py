@@ -106,8 +106,6 @@ async def test_the_modbus_port_flags_a_value_read_in_the_wrong_word_order(tmp_pa
 
 
 @pytest.mark.slow
-
-
 @pytest.mark.serial
 async def test_the_opcua_port_flags_a_value_outside_limits_and_a_nan(tmp_path: Path) -> None:
     shelf = await address_space_shelf(tmp_path)

@@ -108,8 +108,6 @@ async def _login(client: httpx.AsyncClient, user: str, password: str) -> httpx.R
 
 
 @pytest.mark.slow
-
-
 @pytest.mark.serial
 async def test_read_only_without_login_and_roles_with_audit(tmp_path: Path) -> None:
     async with running_twin(tmp_path) as twin, httpx.AsyncClient(base_url=twin.view.url) as c:
