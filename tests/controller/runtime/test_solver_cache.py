@@ -8,7 +8,6 @@ tested with the controller in tests/controller/core/test_fast_mpc.py.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +36,6 @@ def test_a_missing_compiler_is_an_os_error(tmp_path: Path) -> None:
     assert cache.compiled == 0
 
 
-@pytest.mark.skipif(shutil.which("false") is None, reason="needs the 'false' program")
 def test_a_failed_compiler_run_is_an_os_error_and_leaves_nothing(tmp_path: Path) -> None:
     cache = LibraryCache(tmp_path, compiler="false")
     with pytest.raises(OSError, match=r"false failed \(1\)"):
@@ -45,7 +43,6 @@ def test_a_failed_compiler_run_is_an_os_error_and_leaves_nothing(tmp_path: Path)
     assert cache.compiled == 0 and list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 def test_a_library_is_compiled_once_and_then_found(tmp_path: Path) -> None:
     cache = LibraryCache(tmp_path)
     code = "int pharmatwin_one(void) { return 1; }\n"
@@ -98,7 +95,6 @@ def like_the_core(codes: list[str], calls: list[str]) -> Callable[..., list[Path
 CODES = [f"int pharmatwin_f{i}(void) {{ return {i}; }}\n" for i in range(3)]
 
 
-@pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX shell")
 def test_compile_all_runs_the_compiler_on_every_missing_library_at_once(tmp_path: Path) -> None:
     cc, runs = fake_compiler(tmp_path)
     cache = LibraryCache(tmp_path / "cache", compiler=cc)
@@ -111,7 +107,6 @@ def test_compile_all_runs_the_compiler_on_every_missing_library_at_once(tmp_path
     assert cache.compile_all(CODES) == {} and cache.compiled == 3  # all cached: no run
 
 
-@pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX shell")
 def test_a_first_start_builds_twice_and_compiles_in_between(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -140,7 +135,6 @@ def test_a_first_start_builds_twice_and_compiles_in_between(
     assert runs.read_text().count("run") == 3
 
 
-@pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX shell")
 def test_a_failed_parallel_build_is_reported_once_and_not_rerun(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
