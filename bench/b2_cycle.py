@@ -11,11 +11,28 @@ historian record (SQLite, WAL).
 
 The PLC side is the real HIL rig (true plant, virtual PLC, the Modbus server or the secured
 OPC UA server, Basic256Sha256 SignAndEncrypt with the test-bench CA in ``configs/pki``) on
-127.0.0.1 free ports, in this process. The rig scans *between* cycles on a stepped clock
-(one controller sample per cycle), outside the timed window, so the plant's integration is
-not counted; the servers' handling of the cycle's requests is (they share this process's
-event loop, as in ``bench/port_latency.py``). The memory case uses the campaigns' fast-mode
-PLC (``hil.servers.memory``): a tag table that the PLC's range check and write hook guard.
+127.0.0.1 free ports, on a thread with its own event loop (``bench/plc_thread.py``), as a PLC
+answers from its own CPU. So the timed cycle is what the controller's process spends: its own
+code, the wire (loopback) and the time the PLC takes to answer each request. The rig scans
+*between* cycles on a stepped clock (one controller sample per cycle), handed to its thread
+and awaited outside the timed window, so neither the plant's integration nor the PLC's scan
+is counted. The two threads share one process, hence the GIL: the server's handling of a
+request runs while the controller's loop waits for the answer (its answer time), and any
+bookkeeping it does after answering can delay the controller's next step by as much. The
+memory case uses the campaigns' fast-mode PLC (``hil.servers.memory``), in the timed loop: a
+tag table that the PLC's range check and write hook guard, without a server.
+
+Two rows split the cycle's CPU: the CPU time of the timed loop's thread within the cycle (the
+controller's code on that thread: not the fsync's wait, not the worker threads), and over
+Modbus and OPC UA that of the PLC's thread within the cycle (its answers, and whatever else
+its server runs meanwhile: work a real PLC does on its own CPU). Wall time beyond both is
+waiting: the disk, the process's other threads, the machine's other load.
+
+The storage floor beside each port's cycle (``bench/storage_floor.py``): a bare pwrite of one
+audit-database page plus fdatasync, in the audit's folder, timed right after that port's
+cycles (as many samples): what one durable block costs on this disk, the least that "audited
+before sent" can cost per cycle. The targets are judged on the whole cycle's p99, floor
+included.
 
 The historian prunes by id range, so its cost per record does not grow with the rows it
 keeps (it did before: 0.8 ms per record with 10^3 rows, 7 ms with 10^4).
@@ -57,6 +74,8 @@ from b2_runtime import (
     working_setpoints,
 )
 from run import ROOT, case_failed, latency_stats, markdown_table, row
+from storage_floor import describe, page_size
+from storage_floor import measure as measure_floor
 
 from controller.controllerfile import load_controller
 from controller.core.estimator import make_estimator
@@ -107,6 +126,9 @@ async def measure(kind: PortKind, cycles: int, warmup: int, decision: Decision) 
             plc_events = [(e.t, e.what, e.detail) for e in rt.rig.log.plc_events]
             fs = filesystem_of(tmp)
             phases = rt.phases.per_cycle
+            cpu = rt.cpu_ms[warmup:]
+            plc_side = f"thread {rt.plc_thread.name}" if rt.plc_thread else "the timed loop"
+        floor = measure_floor(tmp, cycles, page_size(tmp / "audit.db"))
     running = sum(s is State.RUNNING for s in states)
     if running < 0.99 * cycles or wrote < 0.99 * cycles:
         raise RuntimeError(
@@ -117,22 +139,29 @@ async def measure(kind: PortKind, cycles: int, warmup: int, decision: Decision) 
     phase_stats = {n: latency_stats([p.get(n, 0.0) for p in phases]) for n in names}
     other = [t - sum(p.values()) for t, p in zip(times, phases, strict=True)]
     phase_stats["other"] = latency_stats(other)
+    plc_cpu = [c[1] for c in cpu if c[1] is not None]
     return {
         "port": kind,
         "cycles": cycles,
         "warmup": warmup,
         "cycle_ms": latency_stats(times),
         "phase_ms": phase_stats,
+        "cpu_ms": {
+            "timed_loop_thread": latency_stats([c[0] for c in cpu]),
+            **({"plc_thread": latency_stats(plc_cpu)} if plc_cpu else {}),
+        },
         "running_cycles": running,
         "cycles_with_setpoint_write": wrote,
         "counters": counters,
         "plc_events": plc_events,
+        "plc_runs_on": plc_side,
         "storage_filesystem": fs,
+        "storage_floor": floor,
     }
 
 
-def _breakdown(m: Mapping[str, Any]) -> str:
-    parts = [f"{n} {s['median']:.2f}" for n, s in m["phase_ms"].items()]
+def _breakdown(m: Mapping[str, Any], stat: str = "median") -> str:
+    parts = [f"{n} {s[stat]:.2f}" for n, s in m["phase_ms"].items()]
     return " / ".join(parts)
 
 
@@ -148,7 +177,28 @@ def rows_for(m: Mapping[str, Any]) -> list[dict[str, Any]]:
         row(case, "cycle p95", s["p95"], "ms"),
         row(case, "cycle p99", s["p99"], "ms", target, met),
         row(case, "median per phase", _breakdown(m), "ms"),
+        row(case, "p99 per phase", _breakdown(m, "p99"), "ms"),
+        *_cpu_rows(case, m["cpu_ms"]),
+        row(case, _floor_metric(m["storage_floor"]), describe(m["storage_floor"]), "ms"),
     ]
+
+
+def _cpu_rows(case: str, cpu: Mapping[str, Mapping[str, float]]) -> list[dict[str, Any]]:
+    """CPU time within the timed cycle: the timed loop's thread, the PLC's thread if any."""
+    names = {
+        "timed_loop_thread": "CPU of the timed loop's thread per cycle, median / p99",
+        "plc_thread": "CPU of the PLC's thread within the cycle, median / p99",
+    }
+    return [
+        row(case, names[k], f"{s['median']:.3f} / {s['p99']:.3f}", "ms") for k, s in cpu.items()
+    ]
+
+
+def _floor_metric(floor: Mapping[str, Any]) -> str:
+    return (
+        f"storage floor: write+fdatasync of {floor['block_bytes']} B in the audit's folder "
+        f"({floor['samples']} samples), median / p95 / p99"
+    )
 
 
 def _true_outputs(name: str, inputs: Mapping[str, float], n: int) -> list[dict[str, float]]:

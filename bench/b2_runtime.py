@@ -1,9 +1,15 @@
 """B2's runtime under test: the CSTR site's supervisor wired as ``run_site`` wires it.
 
 :func:`runtime_for` builds the supervisor on a memory, Modbus or OPC UA port against the HIL
-rig (in this process, on loopback), with a :class:`FixedDecision` policy in place of the solve
-and :class:`Phases` timing the named calls of each cycle. B2 (``bench/b2_cycle.py``), B5 and
+rig on loopback, with a :class:`FixedDecision` policy in place of the solve and
+:class:`Phases` timing the named calls of each cycle. B2 (``bench/b2_cycle.py``), B5 and
 B7 time cycles of it.
+
+Over Modbus and OPC UA the rig and its server run on a thread and event loop of their own
+(:class:`plc_thread.PlcThread`), as a PLC answers from its own CPU: the timed loop runs the
+controller's code only, and waits on the wire for the PLC's answers. The rig's scan between
+two cycles is handed to that thread and awaited (untimed). The memory port has no server:
+its PLC is a tag table the controller's calls reach directly, in the same loop.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import datetime as dt
 import functools
 import os
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
@@ -20,6 +27,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar
 
+from plc_thread import PlcThread
 from run import ROOT, git_commit
 
 from controller.clock import SteppedClock
@@ -28,6 +36,7 @@ from controller.core.policy import build_policy
 from controller.ports.base import Port
 from controller.runtime.audit import AuditTrail
 from controller.runtime.audit_chain import file_hash, software_version
+from controller.runtime.audit_writer import Pending
 from controller.runtime.historian import DEFAULT_MAX_CYCLES, Historian, SqliteHistorian
 from controller.runtime.historian_records import RunInfo
 from controller.runtime.historian_run import library_versions, model_version
@@ -123,6 +132,44 @@ class Phases:
 
         return timed
 
+    def wrap_submit(self, name: str, fn: Callable[P, Pending[T]]) -> Callable[P, TimedPending]:
+        """``fn`` submits work and returns a :class:`Pending`: time the call and the waits."""
+
+        @functools.wraps(fn)
+        def timed(*args: P.args, **kwargs: P.kwargs) -> TimedPending:
+            started = time.perf_counter()
+            try:
+                pending = fn(*args, **kwargs)
+            finally:
+                self.add(name, time.perf_counter() - started)
+            return TimedPending(pending, functools.partial(self.add, name))
+
+        return timed
+
+
+class TimedPending:
+    """A submitted audit group (:class:`Pending`) whose waits add to a phase of :class:`Phases`."""
+
+    def __init__(self, pending: Pending[Any], add: Callable[[float], None]) -> None:
+        self.pending, self.add = pending, add
+
+    def result(self) -> Any:
+        started = time.perf_counter()
+        try:
+            return self.pending.result()
+        finally:
+            self.add(time.perf_counter() - started)
+
+    async def durable(self) -> Any:
+        started = time.perf_counter()
+        try:
+            return await self.pending.durable()
+        finally:
+            self.add(time.perf_counter() - started)
+
+    def done(self) -> bool:
+        return self.pending.done()
+
 
 def filesystem_of(path: Path) -> str:
     """``<fstype> on <mount point>`` for the filesystem holding ``path`` (from /proc/mounts)."""
@@ -155,16 +202,34 @@ class Runtime:
     phases: Phases
     dt_s: float
     scan: Callable[[], Awaitable[None]] | None = None  # the PLC's scan (default: the rig's)
+    #: the thread the rig and its server run on (None: the memory PLC, on the timed loop)
+    plc_thread: threading.Thread | None = None
+    #: per cycle, the CPU time [ms] within the timed window of the timed loop's thread and of
+    #: the PLC's thread (None without one)
+    cpu_ms: list[tuple[float, float | None]] = dataclasses.field(default_factory=list)
 
     async def cycle(self, k: int) -> tuple[float, CycleView]:
         """Scan the PLC (untimed), run cycle ``k`` (timed, seconds), advance one sample."""
         await (self.scan or self.rig.scan)()
         t = self.clock.now()
+        plc_cpu = _cpu_clock(self.plc_thread)
+        cpu0, plc0 = time.thread_time(), plc_cpu()
         started = time.perf_counter()
         view = await self.supervisor.cycle(k, t)
         elapsed = time.perf_counter() - started
+        cpu, plc = time.thread_time() - cpu0, plc_cpu()
+        plc_ms = None if plc is None or plc0 is None else (plc - plc0) * 1e3
+        self.cpu_ms.append((cpu * 1e3, plc_ms))
         self.clock.advance(self.dt_s)
         return elapsed, view
+
+
+def _cpu_clock(thread: threading.Thread | None) -> Callable[[], float | None]:
+    """The CPU time [s] of ``thread`` so far, as a function (None without a thread)."""
+    if thread is None or thread.ident is None:
+        return lambda: None
+    clock_id = time.pthread_getcpuclockid(thread.ident)
+    return lambda: time.clock_gettime(clock_id)
 
 
 def site_for(kind: PortKind) -> Site:
@@ -198,6 +263,7 @@ def _run_info(site: Site, run_id: str) -> RunInfo:
 
 
 async def _plc_server(kind: PortKind, site: Site, tmp: Path, stack: AsyncExitStack) -> PlcServer:
+    """The site's Modbus or OPC UA server on a free loopback port, entered on ``stack``."""
     if kind == "modbus":
         from hil.servers.modbus import modbus_server_for_site
 
@@ -210,6 +276,35 @@ async def _plc_server(kind: PortKind, site: Site, tmp: Path, stack: AsyncExitSta
         )
     await stack.enter_async_context(server)
     return server
+
+
+async def _served_rig(
+    kind: PortKind, site: Site, clock: SteppedClock, tmp: Path, stack: AsyncExitStack
+) -> tuple[PlcServer, HilRig, Callable[[], Awaitable[None]], threading.Thread]:
+    """The server and the rig on a :class:`PlcThread` of their own (closed by ``stack``), and
+    the scan to await from the timed loop. The rig only reads the clock (``now``), which the
+    timed loop advances between cycles, while no scan runs."""
+    plc = PlcThread(f"hil-plc-{kind}").start()
+    served = AsyncExitStack()  # entered and closed on the PLC's loop
+
+    async def close() -> None:
+        try:
+            await plc.run(served.aclose())
+        finally:
+            await plc.close()
+
+    stack.push_async_callback(close)
+
+    async def serve() -> tuple[PlcServer, HilRig]:
+        server = await _plc_server(kind, site, tmp, served)
+        return server, HilRig(site, clock, [server])
+
+    server, rig = await plc.run(serve())
+
+    async def scan() -> None:
+        await plc.run(rig.scan())
+
+    return server, rig, scan, plc.thread
 
 
 @asynccontextmanager
@@ -234,15 +329,16 @@ async def runtime_for(
         site = with_hil(site, hil.model_copy(update={"plant_step": step}))
     clock = SteppedClock()
     async with AsyncExitStack() as stack:
+        scan: Callable[[], Awaitable[None]] | None = None
+        plc_thread: threading.Thread | None = None
         if kind == "memory":
             memory = MemoryPlcServer(site.tags, clock)  # the campaigns' fast-mode PLC
             await memory.start()
-            server: PlcServer = memory
             port: Port = memory.port()
+            rig = HilRig(site, clock, [memory])
         else:
-            server = await _plc_server(kind, site, tmp, stack)
+            server, rig, scan, plc_thread = await _served_rig(kind, site, clock, tmp, stack)
             port = port_for_site(_on_port(site, getattr(server, "port", 0)), clock)
-        rig = HilRig(site, clock, [server])
         files = config_files(site)
         audit = AuditTrail(
             tmp / "audit.db", config_hash=file_hash(*files), actor=site.runtime.service_identity
@@ -258,6 +354,8 @@ async def runtime_for(
         pipeline.guard = phases.wrap("safety", pipeline.guard)  # type: ignore[method-assign]
         # every audit record goes through record_all (record() calls it): time it there once
         audit.record_all = phases.wrap("audit", audit.record_all)  # type: ignore[method-assign]
+        # ... or go to the writer thread: the submission and the wait for durability, timed
+        audit.submit_all = phases.wrap_submit("audit", audit.submit_all)  # type: ignore[method-assign]
         sink = phases.wrap("historian", historian_sink(historian, site.runtime.predicted_steps))
         sup = Supervisor(
             site, port, clock, pipeline, mode=Mode.CLOSED_LOOP, audit=audit, historian=sink,
@@ -267,7 +365,9 @@ async def runtime_for(
         port.read = phases.wrap_async("read", port.read)  # type: ignore[method-assign]
         port.write = phases.wrap_async("write", port.write)  # type: ignore[method-assign]
         dt_s = TimeBase.of(site.model).seconds(site.controller.sample_time)
-        yield Runtime(site, clock, rig, sup, port, audit, historian, policy, phases, dt_s)
+        yield Runtime(
+            site, clock, rig, sup, port, audit, historian, policy, phases, dt_s, scan, plc_thread
+        )
 
 
 def working_setpoints(kind: PortKind) -> dict[str, float]:

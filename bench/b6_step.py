@@ -8,8 +8,13 @@ the edge runtime (:func:`controller.runtime.wiring.run_site`: supervisor, EKF, t
 safety, the SQLite audit trail with ``synchronous=FULL`` and the SQLite historian), the campaign's
 :class:`~hil.campaign.recorder.RecordingPort` and :class:`~hil.campaign.recorder.Recorder`. The
 driver is the runner's own stepped loop (scan the PLC at each plant step, let the runtime
-settle, advance the clock), cut after a number of samples; a step is the wall time of every
-scan and settle from one controller cycle to the next.
+settle, advance the clock), cut after a number of samples or, as the runner does, at the end
+of the batch (the scenario's duration, or its natural end: on its site the freeze dryer's
+primary drying is over after some 37 samples, the crystallizer's batch after 30), whichever
+comes first: after the end the plant holds and integrates nothing, and the budget would be the
+solve alone. A step is the wall time of every
+scan and settle from one controller cycle to the next. A run that ends (batch over, plant
+fault, runtime gone) with fewer than :data:`MIN_STEPS` timed steps is an error.
 
 The phases are timed by wrapping the calls in this process (the bench runs in a child
 process of its own): estimate (``ControlPipeline.estimate``), solve (the MPC's ``step``),
@@ -48,6 +53,7 @@ SITES = ROOT / "configs" / "sites"
 TARGET_RATIO = 2.0
 FULL_SAMPLES, QUICK_SAMPLES = 200, 20
 WARMUP = 3  # the first steps (compilation caches, the handshake) are left out
+MIN_STEPS = 10  # fewer timed steps (a batch that ended early) make no figure
 #: phases in print order; "solve" and "plant" make the budget (the denominator)
 PHASES = (
     "estimate",
@@ -170,14 +176,19 @@ async def drive(model: str, samples: int, tmp: Path, timer: Timer) -> list[dict[
         run_site(site, opts, port=port, clock=clock, stop=stop, observer=recorder.cycle)
     )
     scan_s = rig.timebase.seconds(rig.plant_step)
+    end = rig.scenario.duration - 1e-9
     steps: list[dict[str, float]] = []
     timer.take()
     k, wall, seen = 0, 0.0, 0
+    batch_over = False
     try:
         while len(steps) < samples + WARMUP:
             started = time.perf_counter()
             await rig.scan()
             if rig.plant_fault is not None or task.done():
+                break
+            if rig.plant.t >= end or (rig.scenario.stop_when_finished and rig.plant.finished()):
+                batch_over = True  # hil.campaign.drive stops here too
                 break
             await settle(clock, task)
             wall += time.perf_counter() - started
@@ -196,7 +207,8 @@ async def drive(model: str, samples: int, tmp: Path, timer: Timer) -> list[dict[
         await server.close()
     if task.done() and not task.cancelled() and task.exception() is not None:
         raise task.exception()  # type: ignore[misc]
-    if len(steps) < samples + WARMUP:
+    enough = MIN_STEPS if batch_over else samples  # only the batch's end cuts a run short
+    if len(steps) < enough + WARMUP:
         raise RuntimeError(f"{model}: the run ended after {len(steps)} steps")
     return steps[WARMUP:]
 

@@ -194,6 +194,8 @@ class SolverSpec(Strict):
     qpsol: Literal["qpoases", "qrqp"] = "qrqp"
     max_iter: Annotated[int, Field(ge=1, le=1000)] = 20
     tol: Annotated[float, Field(gt=0, le=1e-2, allow_inf_nan=False)] = 1e-6
+    #: the SQP's stationarity (dual infeasibility) tolerance; None: ``tol``
+    tol_du: Annotated[float | None, Field(gt=0, le=1e-2, allow_inf_nan=False)] = None
     integrator_steps: Annotated[int, Field(ge=1, le=20)] = 2
     jit: bool = True
     fallback: Literal["ipopt", "none"] = "ipopt"

@@ -13,8 +13,12 @@ Validation never uses ``assert``.
 from __future__ import annotations
 
 import codecs
+import copy
+import hashlib
 import re
+import threading
 import types
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
@@ -49,18 +53,15 @@ def read_yaml(path: Path) -> dict[str, Any]:
     The file must be UTF-8 text: a binary file, or text in another encoding, is named with
     the byte offset of the first byte that is not. A key given twice in one mapping is
     refused (YAML would silently keep the last). The marks of the file's keys are kept
-    (:mod:`controller.yamlmarks`) so that later problems point at their line.
+    (:mod:`controller.yamlmarks`) so that later problems point at their line. A text read
+    before is not parsed again (:func:`_parsed`); the data returned is always a fresh copy.
     """
     source = str(path)
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError([Problem(source, "", f"cannot read file: {exc.strerror}")]) from exc
-    text = _decode(raw, source)
-    try:
-        loaded = yamlmarks.load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError([_yaml_problem(exc, source, raw)]) from exc
+    loaded = _parsed(raw, source)
     key = yamlmarks.cache_key(path)
     if key is not None:
         yamlmarks.remember(key, loaded.marks)
@@ -82,7 +83,36 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(
             [Problem(source, "", "the file must hold a YAML mapping", type(data).__name__, 1, 1)]
         )
-    return data
+    return copy.deepcopy(data)  # the cached parse stays as read: no caller changes another's
+
+
+#: parsed texts by their content (a campaign worker reads the same plant, controller and tag
+#: files for every case): the bytes are read and compared every time, so a changed file is
+#: parsed again, and every caller gets its own copy of the data
+_parsed_cache: OrderedDict[bytes, yamlmarks.Loaded] = OrderedDict()
+_PARSED_CACHE_SIZE = 64
+_parsed_lock = threading.Lock()
+
+
+def _parsed(raw: bytes, source: str) -> yamlmarks.Loaded:
+    """The parse of a config file's bytes (cached by their SHA-256); ConfigError when the
+    text is no UTF-8 YAML. The cached parse must never be changed: copy its data."""
+    key = hashlib.sha256(raw).digest()
+    with _parsed_lock:
+        hit = _parsed_cache.get(key)
+        if hit is not None:
+            _parsed_cache.move_to_end(key)
+            return hit
+    text = _decode(raw, source)
+    try:
+        loaded = yamlmarks.load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([_yaml_problem(exc, source, raw)]) from exc
+    with _parsed_lock:
+        _parsed_cache[key] = loaded
+        while len(_parsed_cache) > _PARSED_CACHE_SIZE:
+            _parsed_cache.popitem(last=False)
+    return loaded
 
 
 def _line_column(raw: bytes, offset: int) -> tuple[int, int]:

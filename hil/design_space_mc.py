@@ -29,11 +29,12 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 from rich.table import Table
-from scipy.stats import qmc
 
 from controller.errors import ConfigError, Problem, unknown_name
 from controller.jsonfile import write_json as write_json_file
 from controller.plantfile import build_model
+from hil.campaign.montecarlo import Law
+from hil.campaign.montecarlo import draw as draw_laws
 from hil.design_space import fmt, judge
 from hil.design_space_exec import Executor, lost, progress_bar, run_dask, run_pool
 from hil.design_space_spec import DesignSpace
@@ -79,28 +80,10 @@ def _model(space: DesignSpace) -> PlantModel:
 def draw(
     ranges: dict[str, tuple[float, float, float]], n: int, distribution: str, seed: int
 ) -> list[dict[str, float]]:
-    """``n`` parameter sets: a Latin hypercube mapped through each parameter's distribution."""
-    if not ranges:
-        return [{} for _ in range(n)]
-    names = sorted(ranges)
-    u = qmc.LatinHypercube(d=len(names), seed=seed).random(n)
-    out = []
-    for row in u:
-        values = {}
-        for k, name in enumerate(names):
-            lo, mode, hi = ranges[name]
-            if distribution == "triangular" and hi > lo:
-                c = (mode - lo) / (hi - lo)
-                q = row[k]
-                values[name] = float(
-                    lo + math.sqrt(q * (hi - lo) * (mode - lo))
-                    if q < c
-                    else hi - math.sqrt((1 - q) * (hi - lo) * (hi - mode))
-                )
-            else:
-                values[name] = float(lo + row[k] * (hi - lo))
-        out.append(values)
-    return out
+    """``n`` parameter sets: a Latin hypercube mapped through each parameter's distribution
+    (the campaigns' Monte Carlo draws, :func:`hil.campaign.montecarlo.draw`)."""
+    laws = {name: Law(distribution, lo, hi, mode) for name, (lo, mode, hi) in ranges.items()}
+    return draw_laws(laws, n, seed)
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -27,7 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from controller.core.prediction import BufferedFunction
 from controller.errors import ScenarioError, unknown_name
+from hil.plant_functions import plant_functions
 from hil.scenario import Disturbance
 from plant_models import PlantModel, Role
 from plant_models.variables import DomainViolation
@@ -108,8 +110,20 @@ class PlantRunner:
             )
         self.model = model
         self.sample_time = sample_time
-        self._step = model.stepper()
+        # the model's functions (built once per model kind, hil.plant_functions), called on
+        # the plant's own vectors through buffers of its own (no DM round trip), and the
+        # names of its vectors, looked up once
+        fns = plant_functions(model)
+        self._step, self._f = BufferedFunction(fns.stepper), BufferedFunction(fns.function)
+        self._alg = BufferedFunction(fns.algebraic) if fns.algebraic is not None else None
+        self._names = {role: model.names(role) for role in (Role.STATE, Role.ALGEBRAIC, Role.INPUT)}
+        self._out_names, self._expr_names = model.output_names, fns.expression_names
+        self._param_names = model.parameter_names
+        self._has_margin = type(model).finish_margin is not PlantModel.finish_margin
+        self._has_end = type(model).finished is not PlantModel.finished
+        self._domain = _Domain(model, self._names[Role.STATE], self._names[Role.ALGEBRAIC])
         self._p = model.parameter_vector()
+        self._params = self._param_dict()
         self._x = model.vector(Role.STATE, {**model.initial_state, **(initial_state or {})})
         self._z = model.vector(Role.ALGEBRAIC, model.initial_algebraic)
         self._u = model.vector(Role.INPUT, {**model.nominal_inputs, **(initial_inputs or {})})
@@ -125,10 +139,8 @@ class PlantRunner:
         self.end_state: PlantState | None = None
         self._truth: PlantState | None = None  # the last true_state(), and its condition
         self._truth_key: tuple[float, bytes, bytes, bytes, bytes] | None = None
-        self._alg = model.algebraic_solver()
         if self._alg is not None:
-            z = self._alg(self._z, self._x, self._u, self._p)
-            self._z = np.asarray(z, dtype=float).ravel()
+            self._z = self._alg(self._z, self._x, self._u, self._p)[0]
         start = model.validity_violations(
             model.as_dict(Role.STATE, self._x), model.as_dict(Role.ALGEBRAIC, self._z)
         )
@@ -185,8 +197,8 @@ class PlantRunner:
         # at the disturbances' edges)
         mid = 0.5 * (ta + tb)
         offsets = {n: v - ua[n] for n, v in self.disturbed(ua, mid).items() if n in ua}
-        u0 = self.model.vector(Role.INPUT, {n: ua[n] + offsets.get(n, 0.0) for n in ua})
-        u1 = self.model.vector(Role.INPUT, {n: ub[n] + offsets.get(n, 0.0) for n in ub})
+        u0 = self._inputs({n: ua[n] + offsets.get(n, 0.0) for n in ua})
+        u1 = self._inputs({n: ub[n] + offsets.get(n, 0.0) for n in ub})
         x, z = self._solve(ta, tb - ta, u0, u1)
         margin0, margin1 = self._margin(self._x), self._margin(x)
         if margin0 is not None and margin1 is not None and margin0 > 0 >= margin1:
@@ -210,7 +222,7 @@ class PlantRunner:
         if self._alg is None:
             return z
         try:
-            zc = np.asarray(self._alg(z, x, u0, self._p), dtype=float).ravel()
+            zc = self._alg(z, x, u0, self._p)[0]
         except RuntimeError:
             return z  # the integrator's own initialisation has its chance
         return zc if np.all(np.isfinite(zc)) else z
@@ -237,7 +249,7 @@ class PlantRunner:
     ) -> tuple[np.ndarray, np.ndarray]:
         try:
             xf, zf = self._step(x, self._consistent_z(x, z, u0), u0, u1, self._p, h)
-            return np.asarray(xf, dtype=float).ravel(), np.asarray(zf, dtype=float).ravel()
+            return xf, zf
         except RuntimeError as exc:
             # Where the equations stop holding (the front temperature reaching 0 degC: meltback)
             # the integrator fails before any state is returned: the algebraic state consistent
@@ -261,7 +273,9 @@ class PlantRunner:
         return self._solve_from(xm, zm, ta + h / 2, h / 2, um, u1, depth + 1)
 
     def _margin(self, x: np.ndarray) -> float | None:
-        return self.model.finish_margin(self.model.as_dict(Role.STATE, x), self.parameters)
+        if not self._has_margin:  # the model has no natural end to locate
+            return None
+        return self.model.finish_margin(self._as_dict(Role.STATE, x), dict(self._params))
 
     def _locate_end(
         self, h: float, u0: np.ndarray, u1: np.ndarray, m0: float, m1: float, ta: float
@@ -292,6 +306,8 @@ class PlantRunner:
         return hi
 
     def _check_domain(self, x: np.ndarray, z: np.ndarray, t: float) -> None:
+        if self._domain.holds(x, z):
+            return
         found = self.model.validity_violations(
             self.model.as_dict(Role.STATE, x), self.model.as_dict(Role.ALGEBRAIC, z)
         )
@@ -311,7 +327,21 @@ class PlantRunner:
     @property
     def parameters(self) -> dict[str, float]:
         """The true plant's current parameter values (model units), as used by ``advance``."""
-        return dict(zip(self.model.parameter_names, map(float, self._p), strict=True))
+        return dict(self._params)
+
+    def _param_dict(self) -> dict[str, float]:
+        return dict(zip(self._param_names, self._p.tolist(), strict=True))
+
+    def _as_dict(self, role: Role, v: np.ndarray) -> dict[str, float]:
+        """A state, algebraic or input vector by name (as ``model.as_dict``)."""
+        return dict(zip(self._names[role], v.tolist(), strict=True))
+
+    def _inputs(self, values: Mapping[str, float]) -> np.ndarray:
+        """The input vector in declaration order (``model.vector``'s error when one is missing)."""
+        try:
+            return np.array([float(values[n]) for n in self._names[Role.INPUT]], dtype=float)
+        except KeyError:
+            return self.model.vector(Role.INPUT, values)
 
     def set_parameters(self, values: Mapping[str, float]) -> None:
         """Change some of the true plant's parameters (model units) from the next ``advance``.
@@ -333,6 +363,7 @@ class PlantRunner:
         for name, value in values.items():
             p[names.index(name)] = float(value)
         self._p = p
+        self._params = self._param_dict()
 
     # ------------------------------------------------------------------ observing
     def true_state(self, t: float | None = None) -> PlantState:
@@ -352,17 +383,15 @@ class PlantRunner:
     def _evaluate(self) -> PlantState:
         """The model's outputs and expressions at the current condition: the same call as
         :meth:`PlantModel.evaluate`, on the vectors the plant holds (no dict round trip)."""
-        m = self.model
-        z = self._z if m.is_dae else np.zeros(0)
-        res = m.function(self._x, z, self._u, self._p)
-        y, expr = (np.asarray(r, dtype=float).ravel() for r in res[2:4])
+        z = self._z if self._names[Role.ALGEBRAIC] else np.zeros(0)
+        y, expr = self._f(self._x, z, self._u, self._p)[2:4]
         return PlantState(
             self.t,
-            m.as_dict(Role.STATE, self._x),
-            m.as_dict(Role.ALGEBRAIC, self._z),
-            m.as_dict(Role.INPUT, self._u),
-            dict(zip(m.output_names, map(float, y), strict=True)),
-            dict(zip(m.expression_names, map(float, expr), strict=True)),
+            self._as_dict(Role.STATE, self._x),
+            self._as_dict(Role.ALGEBRAIC, self._z),
+            self._as_dict(Role.INPUT, self._u),
+            dict(zip(self._out_names, y.tolist(), strict=True)),
+            dict(zip(self._expr_names, expr.tolist(), strict=True)),
         )
 
     def measure(self) -> dict[str, float]:
@@ -374,8 +403,10 @@ class PlantRunner:
 
     def finished(self) -> bool:
         """The batch has reached its natural end (the plant holds its final state since)."""
-        return self.finished_at is not None or self.model.finished(
-            self.model.as_dict(Role.STATE, self._x), self.parameters
+        if self.finished_at is not None:
+            return True
+        return self._has_end and self.model.finished(
+            self._as_dict(Role.STATE, self._x), self.parameters
         )
 
 
@@ -385,3 +416,23 @@ def _lerp(
     """Inputs at ``t`` on the straight line from ``(ta, ua)`` to ``(tb, ub)``."""
     w = 0.0 if tb <= ta else (t - ta) / (tb - ta)
     return {n: ua[n] + (ub[n] - ua[n]) * w for n in ua}
+
+
+class _Domain:
+    """The validity domain as bounds, for the quick look of every step: ``holds`` is True
+    exactly when :meth:`PlantModel.validity_violations` finds nothing (the same bounds, the same
+    1e-6-of-scale margin, the same comparisons); the report itself is always the model's."""
+
+    def __init__(self, model: PlantModel, states: Sequence[str], algebraic: Sequence[str]) -> None:
+        v = model.all_variables
+        names = [*states, *algebraic]
+        self.bounds = [
+            (v[n].lower - 1e-6 * v[n].scale, v[n].upper + 1e-6 * v[n].scale) for n in names
+        ]
+
+    def holds(self, x: np.ndarray, z: np.ndarray) -> bool:
+        values = x.tolist() + z.tolist()  # a few numbers: a plain loop beats numpy's calls
+        return all(
+            math.isfinite(value) and lo <= value <= hi
+            for value, (lo, hi) in zip(values, self.bounds, strict=True)
+        )

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from functools import cache, cached_property
+from functools import cached_property
 from typing import Any, ClassVar
 
 import casadi as ca
@@ -43,11 +43,20 @@ from plant_models.variables import (
     Variable,
 )
 
+_NAMES: dict[tuple[int, Role], tuple[tuple[Variable, ...], tuple[str, ...]]] = {}
 
-@cache
+
 def _names_of(variables: tuple[Variable, ...], role: Role) -> tuple[str, ...]:
-    """The names of one role, in declaration order (declarations are class constants)."""
-    return tuple(v.name for v in variables if v.role is role)
+    """The names of one role, in declaration order (declarations are class constants).
+
+    Cached by the declaration's identity, which the cache keeps alive (a ``functools.cache``
+    hashed every variable of it on every call: the control loop asks many times a cycle)."""
+    hit = _NAMES.get((id(variables), role))
+    if hit is not None and hit[0] is variables:
+        return hit[1]
+    names = tuple(v.name for v in variables if v.role is role)
+    _NAMES[(id(variables), role)] = (variables, names)
+    return names
 
 
 class PlantModel(ABC):

@@ -7,6 +7,7 @@ import asyncio
 import importlib
 import json
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -152,6 +153,56 @@ def test_b2_memory_port_case_gives_well_formed_rows(runner: ModuleType) -> None:
     assert runner.problems_with(result) == []
     assert {r["metric"] for r in rows} >= {"cycle median", "cycle p99"}
     assert all(isinstance(r["value"], float) for r in rows if r["metric"].startswith("cycle"))
+    assert "CPU of the timed loop's thread per cycle, median / p99" in {r["metric"] for r in rows}
+    floor = next(r for r in rows if r["metric"].startswith("storage floor"))
+    assert floor["met"] is None and floor["target"] == ""  # shown, never judged
+    assert measured["storage_floor"]["write_fdatasync_ms"]["n"] == 12
+
+
+def test_b2_plc_answers_off_the_timed_loop(runner: ModuleType, tmp_path: Path) -> None:
+    """Over Modbus the PLC's server handles the controller's writes on a thread of its own,
+    not on the thread of the loop that times the cycle (a bench whose server shares that
+    loop charges the PLC's work to the controller's cycle)."""
+    b2 = importlib.import_module("b2_runtime")
+    hold = b2.working_setpoints("modbus")
+    decision = Decision(0.0, hold, SolveStatus.SUCCESS, "Solve_Succeeded", 4, 1e-3)
+
+    async def cycles() -> tuple[set[int], int, int]:
+        async with b2.runtime_for("modbus", tmp_path, b2.FixedDecision(decision)) as rt:
+            (server,) = rt.rig.servers
+            hook, handled_on = server.write_hook, set()
+
+            def spy(tag: str, value: float) -> str | None:
+                handled_on.add(threading.get_ident())
+                return hook(tag, value)
+
+            server.write_hook = spy
+            for k in range(4):
+                await rt.cycle(k)
+            return handled_on, threading.get_ident(), rt.supervisor.counters.writes
+
+    handled_on, timed_loop, writes = asyncio.run(cycles())
+    assert writes == 4 and handled_on  # the controller wrote, the PLC's hook heard it
+    assert timed_loop not in handled_on
+
+
+def test_b2_audit_phase_covers_a_group_sent_to_the_writer_thread(
+    runner: ModuleType, tmp_path: Path
+) -> None:
+    """A supervisor that hands its records to the audit's writer thread (``submit_all``) and
+    awaits durability still has that wait in the "audit" phase, not in "other"."""
+    from controller.runtime.audit import AuditTrail
+    from controller.runtime.audit_chain import AuditEntry
+
+    b2 = importlib.import_module("b2_runtime")
+    phases, audit = b2.Phases(), AuditTrail(tmp_path / "audit.db", actor="bench")
+    try:
+        submit = phases.wrap_submit("audit", audit.submit_all)
+        entry = AuditEntry("setpoint.write", "F", "bench", old_value=1.0, new_value=2.0)
+        records = asyncio.run(submit([entry]).durable())
+    finally:
+        audit.close()
+    assert len(records) == 1 and list(phases.current) == ["audit"]
 
 
 def test_b6_table_holds_step_budget_ratio_and_phases(runner: ModuleType) -> None:
@@ -224,6 +275,20 @@ def test_b5_dither_beats_the_temperature_encoding_step(b5: ModuleType) -> None:
     a = b5.dither_amplitudes(rig, {"T": 130.0, "C": 0.8, "quiet": 2.0})
     assert a == pytest.approx({"T": 0.0125, "C": 0.0005, "quiet": 2e-6})
     assert a["T"] > 0.01
+
+
+def test_b5_keeps_none_of_the_harness_per_cycle_records(b5: ModuleType) -> None:
+    """B2's per-cycle CPU record on the harness's Runtime grew B5's RSS by ~9 MB over 10^5
+    cycles; B5 measures the runtime, so its cycles leave that record empty."""
+    record: list[tuple[float, float | None]] = []
+
+    async def cycle(k: int) -> None:
+        record.append((1.0, None))
+
+    phases = SimpleNamespace(close_cycle=lambda timed: None)
+    rt = SimpleNamespace(cycle=cycle, cpu_ms=record, phases=phases)
+    assert asyncio.run(b5.run_cycles(rt, 7, 50)) == 57
+    assert record == []
 
 
 def test_b8_site_copy_and_table(runner: ModuleType, tmp_path: Path) -> None:

@@ -195,7 +195,7 @@ class ExtendedKalmanFilter:
         """The outputs of ``correct``/``step`` as a posterior, or what is wrong with them
         (``step`` has one more output: the prediction's estimated error)."""
         nt = len(self._names)
-        if not all(np.all(np.isfinite(o)) for o in out):
+        if not np.isfinite(np.concatenate(out)).all():  # one look at every output
             return "non-finite values"
         if out[7][0] > ALGEBRAIC_TOL:
             return f"algebraic equations unsolved (residual {out[7][0]:.3g})"

@@ -79,7 +79,7 @@ from controller.core.fast_solver import (
     solve_plain,
     sqp_options,
 )
-from controller.core.jit import LibraryBuilder, compiled_nlpsol
+from controller.core.jit import LibraryBuilder, keyed_nlpsol
 from controller.core.mpc import (
     ACCEPTED_STATUSES,
     Decision,
@@ -135,7 +135,12 @@ class FastController(ModelPredictiveController):
         if spec.fallback == "ipopt":
             opts = {**ipopt_options(config), "calc_lam_p": False}
             self.ipopt = self._build("fast_fallback", "ipopt", {**opts, **WARM_IPOPT})
-            self.ipopt_cold = self._build("fast_cold", "ipopt", opts)
+            shared = self._library  # the same NLP and functions: the fallback's library
+            self.ipopt_cold = (
+                ca.nlpsol("fast_cold", "ipopt", str(shared), opts)
+                if shared is not None
+                else self._build("fast_cold", "ipopt", opts)
+            )
         self._guess: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         # Constants of the hot path (step), computed once.
         self._x_names, self._u_names = model.state_names, model.input_names
@@ -144,6 +149,9 @@ class FastController(ModelPredictiveController):
         self._tol_x, self._tol_g = active_tol(o.lbx, o.ubx), active_tol(o.lbg, o.ubg)
         self._shift_w, self._shift_g = shift_index(o, config.horizon)
         self._u_lo, self._u_hi = input_limits(config, model)
+        # As Python floats: a check of a few inputs costs less than numpy's calls.
+        self._u_limits = list(zip(self._u_lo.tolist(), self._u_hi.tolist(), strict=True))
+        self._is_dae = model.is_dae
         self._sqp_call = BufferedSolver(self.sqp, o)
         n_steps, n_soft = o.eps_idx.shape  # n_soft may be 0: no soft constraints
         self._eps_all = o.scenario_index(o.eps_idx).reshape(o.n_scenarios * n_steps, n_soft)
@@ -177,15 +185,16 @@ class FastController(ModelPredictiveController):
         ``extra`` options (such as a custom ``hess_lag``) only shape the generated code: the
         library holds every function the solver evaluates under its standard name.
         """
-        plain = ca.nlpsol(name, plugin, self.ocp.nlp, {**opts, **(extra or {})})
         self._library: Path | None = None
         if not self.config.solver.jit or self.builder is None:
-            return plain
-        try:
-            solver, self._library = compiled_nlpsol(self.builder, name, plugin, plain, opts)
-        except (OSError, RuntimeError) as exc:
+            return ca.nlpsol(name, plugin, self.ocp.nlp, {**opts, **(extra or {})})
+        rare = plugin == "ipopt"  # the fallback and the cold start: rarely run
+        solver, self._library, exc = keyed_nlpsol(
+            self.builder, name, plugin, self.ocp.nlp, opts, extra, rarely_run=rare
+        )
+        if exc is not None or self._library is None:
             log.warning("%s: jit compile failed, solving without it: %s", self.source, exc)
-            return plain
+            return solver
         if self._library not in self.libraries:
             self.libraries.append(self._library)
         return solver
@@ -397,11 +406,14 @@ class FastController(ModelPredictiveController):
         us = w[o.u_idx] * self._usc
         u0 = us[0]
         status_text = str(stats.get("return_status", "unknown"))
-        inputs = dict(zip(self._u_names, u0.tolist(), strict=True))
+        u0_list = u0.tolist()
+        inputs = dict(zip(self._u_names, u0_list, strict=True))
+        # False for NaN too (every comparison with NaN is)
+        within = all(lo <= v <= hi for v, (lo, hi) in zip(u0_list, self._u_limits, strict=True))
         status = SolveStatus.SUCCESS
         if not stats.get("success", False) and status_text not in ACCEPTED_STATUSES:
             status = SolveStatus.FAILED
-        elif not np.all(np.isfinite(u0)) or (np.any(u0 < self._u_lo) or np.any(u0 > self._u_hi)):
+        elif not within:
             status, status_text = (
                 SolveStatus.INVALID,
                 f"{status_text}; input outside limits {inputs}",
@@ -411,7 +423,7 @@ class FastController(ModelPredictiveController):
         eps_idx = o.eps_idx if o.n_scenarios == 1 else self._eps_all
         eps = w[eps_idx] * o.eps_scale  # robust: the largest slack over every scenario
         slack = dict(zip(o.soft_names, eps.max(axis=0).tolist(), strict=True))
-        if self.model.is_dae and status is SolveStatus.SUCCESS:
+        if self._is_dae and status is SolveStatus.SUCCESS:
             self._z_guess = w[o.z_idx[0, : self._zsc.shape[0]]] * self._zsc
         decision = Decision(
             t=t,

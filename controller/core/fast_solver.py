@@ -17,6 +17,7 @@ import numpy as np
 
 from controller.config import ControllerConfig, SolverSpec
 from controller.core.ocp import Transcription
+from controller.core.solver_stats import read_stats
 from plant_models import PlantModel
 
 #: The solver arguments that never change.
@@ -28,9 +29,20 @@ ROW_MAX = 10.0
 #: Iteration cap of one qrqp solve (a warm-started QP takes a few; a cycling one is cut off).
 QRQP_MAX_ITER = 100
 
-#: A multiplier is kept in the warm start only where its bound or constraint is active to
-#: this (scaled) tolerance; IPOPT leaves small nonzero multipliers on inactive ones, which an
-#: active-set QP would take as active.
+#: Multipliers at or below this magnitude are no active constraint, in a warm start
+#: (:func:`clean_multipliers`) and in qrqp's initial active set (its ``min_lam``, 0 by
+#: default). qrqp marks a weakly active constraint (on its bound with a zero multiplier) with
+#: a multiplier of DBL_MIN (2.2e-308); sqpmethod hands it to the next iteration's QP, which
+#: took it as active. When the bound should be left there (the lyophilizer's chamber pressure
+#: meeting its upper bound in the plan's ramp-up), qrqp cycled between adding and dropping
+#: another row until its iteration cap, and the SQP ended with Maximum_Iterations_Exceeded or
+#: Search_Direction_Becomes_Too_Small: an IPOPT fallback in most OQ campaign cases.
+MIN_MULTIPLIER = 1e-12
+
+#: A multiplier is kept in the warm start only where its bound or constraint is active: within
+#: this (scaled) tolerance of it, or nearer to it than the multiplier's magnitude (an interior
+#: point's complementarity, see :func:`clean_multipliers`). IPOPT leaves small nonzero
+#: multipliers on inactive ones, which an active-set QP would take as active.
 ACTIVE_TOL = 1e-6
 
 #: Extra IPOPT options of the fallback: start from the SQP's warm start and multipliers.
@@ -75,11 +87,7 @@ class BufferedSolver:
         self._eval()
         r = self.res
         sol = {k: r[k].copy() for k in ("x", "f", "g", "lam_x", "lam_g")}
-        try:
-            stats = dict(self._buf.stats())
-        except RuntimeError as exc:  # sqpmethod leaves no status when e.g. its QP setup fails
-            stats = {"success": False, "return_status": f"no status ({exc})".splitlines()[0]}
-        return sol, stats
+        return sol, read_stats(self._buf)
 
 
 def active_tol(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -141,18 +149,27 @@ def solve_plain(
     """One plain call of an nlpsol (``args`` by name): its solution as numpy vectors, and its
     stats (a failure status when the solver left none)."""
     sol = solver(**args)
-    try:
-        stats = dict(solver.stats())
-    except RuntimeError as exc:  # sqpmethod leaves no status when e.g. its QP setup fails
-        stats = {"success": False, "return_status": f"no status ({exc})".splitlines()[0]}
-    return numpy_solution(sol), stats
+    return numpy_solution(sol), read_stats(solver)
 
 
 def clean_multipliers(
     sol: Mapping[str, np.ndarray], ocp: Transcription, tol_x: np.ndarray, tol_g: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The solution ``(x, lam_x, lam_g)`` with the multipliers of inactive bounds and
-    constraints (farther than ``tol_x``/``tol_g`` from them: :func:`active_tol`) set to 0.
+    constraints set to 0.
+
+    A multiplier is kept when the bound its sign names (positive: the upper one) lies within
+    ``tol_x``/``tol_g`` of the value (:func:`active_tol`) or nearer to it than the multiplier's
+    magnitude; one of the wrong side for the bound at hand is dropped (an active-set QP would
+    take it for the other bound). The second test is IPOPT's: an interior point ends with
+    slack times multiplier near its barrier parameter ``mu`` on every bound, so an active bound
+    keeps a slack of about ``mu / lam`` (the lyophilizer's pressure at its upper bound: 1.6e-6
+    to 7e-6 scaled, multipliers 0.04 to 0.16) and an inactive one a multiplier of
+    ``mu / slack`` (1e-6 at a slack of 0.04). With the tolerance alone those active bounds
+    lost their multipliers: the first SQP warm-started from an IPOPT solution (after every cold
+    start and fallback) began with the wrong active set, and qrqp cycled on it until the SQP
+    gave up.
+    An active-set (SQP) solution has exact zeros off its active set: unchanged by the test.
 
     ``sol`` holds fresh 1-D vectors owned by the caller: the multipliers are cleaned in place.
     """
@@ -163,8 +180,11 @@ def clean_multipliers(
             (w, o.lbx, o.ubx, tol_x, lam_x),
             (g, o.lbg, o.ubg, tol_g, lam_g),
         ):
-            active = (val - lo <= tol) | (hi - val <= tol)
-            lam[~active | (np.abs(lam) < 1e-12)] = 0.0
+            size = np.abs(lam)
+            to_named = np.where(lam > 0, hi - val, val - lo)  # to the bound lam's sign names
+            keep = to_named <= np.maximum(tol, size)
+            keep &= size > MIN_MULTIPLIER
+            lam[~keep] = 0.0
     return w, lam_x, lam_g
 
 
@@ -175,12 +195,15 @@ def sqp_options(spec: SolverSpec) -> dict[str, Any]:
     qp_opts.update(quiet if spec.qpsol == "qrqp" else {"printLevel": "none"})
     if spec.qpsol == "qrqp":
         qp_opts["max_iter"] = QRQP_MAX_ITER
+        qp_opts["min_lam"] = MIN_MULTIPLIER
     return {
         "qpsol": spec.qpsol,
         "qpsol_options": qp_opts,
         "max_iter": spec.max_iter,
         "tol_pr": spec.tol,
-        "tol_du": spec.tol,
+        # A Gauss-Newton SQP's last iterations often only catch the multipliers of bounds up
+        # (one iteration behind the exact ones); ``tol_du`` may stop them earlier.
+        "tol_du": spec.tol if spec.tol_du is None else spec.tol_du,
         # Full steps: the multipliers stay exactly the QP's, so the QP's active set is
         # warm-started from clean signs (a partial step leaves tiny nonzero multipliers
         # that qrqp takes as active constraints). Warm-started MPC steps need no

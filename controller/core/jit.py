@@ -6,16 +6,43 @@ compiled solver or filter passes an object with ``library(code) -> Path`` (the r
 with CasADi, asks the builder for the library and loads it. Without a builder the core
 evaluates the same CasADi functions uncompiled (a ``solver.jit`` or estimator ``jit``
 config then runs uncompiled: same results, slower).
+
+Generating the code of an NLP's derivatives costs a tenth of a second per solver, paid
+again by every build even when the library is cached. A builder that also has
+``keyed_library(key, code)`` (:class:`KeyedLibraryBuilder`) is asked by a digest of the
+problem first (:func:`problem_key`: the serialized NLP, the plugin and every option), and
+calls ``code()`` only when it has not seen that key: a second build of the same problem in
+one process generates nothing.
+
+Code whose first line is :data:`RARELY_RUN` is the code of a solver that rarely runs (the
+IPOPT fallback and cold start): a builder may compile it for compile time rather than speed.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import casadi as ca
+import numpy as np
 
-__all__ = ["LibraryBuilder", "compiled_nlpsol", "nlp_code"]
+__all__ = [
+    "RARELY_RUN",
+    "KeyedLibraryBuilder",
+    "LibraryBuilder",
+    "compiled_nlpsol",
+    "keyed_nlpsol",
+    "nlp_code",
+    "problem_key",
+]
+
+#: The first line of the code of a rarely run solver (see the module's docstring).
+RARELY_RUN = "/* pharmatwin: rarely run */\n"
+#: Bumped whenever :func:`nlp_code` generates differently: part of every problem key.
+GENERATOR = "nlp_code 2"
 
 
 class LibraryBuilder(Protocol):
@@ -29,13 +56,28 @@ class LibraryBuilder(Protocol):
     def library(self, code: str) -> Path: ...
 
 
-def nlp_code(solver: ca.Function) -> str:
-    """C code of every function the nlpsol ``solver`` evaluates (its oracle and derivatives)."""
+@runtime_checkable
+class KeyedLibraryBuilder(Protocol):
+    """A :class:`LibraryBuilder` that can also find a library by a key of the problem.
+
+    ``keyed_library(key, code)`` returns the library of ``code()``; it calls ``code`` only
+    for a key it has not resolved before (the same key always means the same code). Raises
+    what ``library`` raises.
+    """
+
+    def library(self, code: str) -> Path: ...
+
+    def keyed_library(self, key: str, code: Callable[[], str]) -> Path: ...
+
+
+def nlp_code(solver: ca.Function, rarely_run: bool = False) -> str:
+    """C code of every function the nlpsol ``solver`` evaluates (its oracle and derivatives);
+    with ``rarely_run``, headed by :data:`RARELY_RUN`."""
     gen = ca.CodeGenerator("nlp.c")
     gen.add(solver.oracle())
     for name in solver.get_function():
         gen.add(solver.get_function(name))
-    return str(gen.dump())
+    return (RARELY_RUN if rarely_run else "") + str(gen.dump())
 
 
 def compiled_nlpsol(
@@ -49,3 +91,77 @@ def compiled_nlpsol(
     """
     path = builder.library(nlp_code(plain))
     return ca.nlpsol(name, plugin, str(path), opts), path
+
+
+def keyed_nlpsol(
+    builder: LibraryBuilder,
+    name: str,
+    plugin: str,
+    nlp: Mapping[str, ca.MX],
+    opts: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    *,
+    rarely_run: bool = False,
+) -> tuple[ca.Function, Path | None, Exception | None]:
+    """The nlpsol of ``nlp`` (a dict of ``x``, ``p``, ``f``, ``g``) with options ``opts`` and
+    code-shaping ``extra`` ones (such as ``hess_lag``), loaded from its compiled library.
+
+    Returns the solver, its library and None; or, when the library cannot be built or
+    loaded (OSError, RuntimeError), the uncompiled solver, None and that error (the caller
+    logs it). A :class:`KeyedLibraryBuilder` is asked by :func:`problem_key` first, so the
+    code (and the uncompiled solver it comes from) is generated only on its first sight.
+    """
+    made: list[ca.Function] = []
+
+    def plain() -> ca.Function:
+        if not made:
+            made.append(ca.nlpsol(name, plugin, dict(nlp), {**opts, **(extra or {})}))
+        return made[0]
+
+    def code() -> str:
+        return nlp_code(plain(), rarely_run)
+
+    try:
+        key = problem_key(plugin, nlp, {**opts, **(extra or {})}, rarely_run)
+        if key is not None and isinstance(builder, KeyedLibraryBuilder):
+            path = builder.keyed_library(key, code)
+        else:
+            path = builder.library(code())
+        return ca.nlpsol(name, plugin, str(path), opts), path, None
+    except (OSError, RuntimeError) as exc:
+        return plain(), None, exc
+
+
+def problem_key(
+    plugin: str, nlp: Mapping[str, ca.MX], opts: Mapping[str, Any], rarely_run: bool
+) -> str | None:
+    """A digest of everything the code of the nlpsol ``plugin`` of ``nlp`` with ``opts``
+    depends on: the generator, CasADi's version, the plugin, the serialized NLP and every
+    option (Functions serialized); None when an option's value cannot be written out
+    exactly (no key then: the code is generated and hashed)."""
+    try:
+        options = json.dumps(_canonical(dict(opts)), sort_keys=True)
+    except TypeError:
+        return None
+    names = [k for k in ("x", "p") if k in nlp]
+    outs = [k for k in ("f", "g") if k in nlp]
+    fn = ca.Function("nlp", [nlp[k] for k in names], [nlp[k] for k in outs], names, outs)
+    head = f"{GENERATOR}\n{ca.CasadiMeta.version()}\n{plugin}\n{rarely_run}\n{options}\n"
+    return hashlib.sha256((head + fn.serialize()).encode()).hexdigest()
+
+
+def _canonical(value: Any) -> Any:
+    """``value`` as plain JSON data, exactly; TypeError for anything else."""
+    if isinstance(value, ca.Function):
+        return {"casadi.Function": value.serialize()}
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    if isinstance(value, np.ndarray | ca.DM):
+        return {"array": np.asarray(value, dtype=float).tolist(), "shape": np.shape(value)}
+    if isinstance(value, bool | int | str) or value is None:
+        return value
+    if isinstance(value, float):
+        return {"float": value.hex()}
+    raise TypeError(f"cannot key an option of type {type(value).__name__}")

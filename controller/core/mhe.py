@@ -55,6 +55,7 @@ from controller.core.prediction import (
     algebraic_newton,
     discrete_step,
 )
+from controller.core.solver_stats import read_stats
 from plant_models import PlantModel, Role
 
 log = logging.getLogger(__name__)
@@ -284,7 +285,7 @@ class MovingHorizonEstimator(ExtendedKalmanFilter):
         try:
             pv = self._parameters()
             sol = self._solver(x0=w0, p=pv, lbx=lbw, ubx=ubw)
-            stats = self._solver.stats()
+            stats = read_stats(self._solver)
         except (RuntimeError, np.linalg.LinAlgError) as exc:
             return self._fell_back(where, f"{type(exc).__name__}: {exc}")
         w = np.asarray(sol["x"], dtype=float).ravel()

@@ -321,6 +321,8 @@ def _clip(
 
 def _as_float(value: object) -> float | None:
     """``float(value)`` or None when the value is not a real number."""
+    if type(value) is float:  # the common case, without the protocol check's cost
+        return value
     if isinstance(value, bool) or not isinstance(value, SupportsFloat):
         return None
     try:

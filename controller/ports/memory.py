@@ -81,8 +81,9 @@ class MemoryPort(Port):
         self._require_open()
         now = self.clock.now()
         names = list(tags)
-        problems = unreadable(dict.fromkeys(self.table.values, True), names)
-        if problems:
+        table = self.table.values
+        if not all(t in table for t in names):  # every tag of the table is readable
+            problems = unreadable(dict.fromkeys(table, True), names)
             raise PortError(f"cannot read from the memory port: {'; '.join(problems)}")
         values = {
             t: TagValue(v.value, v.quality, v.source_time, now, v.detail)

@@ -87,10 +87,10 @@ def refused_report(
 def unreadable(readable: Mapping[str, bool], names: Iterable[str]) -> list[str]:
     """Why each of ``names`` cannot be read: not a tag of ``readable`` (tag -> whether the twin
     may read it), or a write-only tag. Empty when every name can be read."""
-    allowed = [n for n, ok in readable.items() if ok]
     problems = []
     for name in names:
         if name not in readable:
+            allowed = [n for n, ok in readable.items() if ok]
             problems.append(unknown_name("tag", name, allowed, context=" to read"))
         elif not readable[name]:
             problems.append(f"tag {name!r} is write-only")

@@ -6,6 +6,14 @@ covers the previous one); triggers refuse UPDATE and DELETE. The database runs i
 with ``synchronous=FULL``, so a record is on disk before the call returns: callers write the
 audit record *before* they send a value to a PLC.
 
+One connection per trail, used under a lock. :meth:`AuditTrail.record_all` commits on the
+caller's thread (measured: a hop to another thread only adds its wake-up to the fsync when
+the CPUs are busy); :meth:`AuditTrail.submit_all` hands the records to the trail's writer
+thread (:mod:`~controller.runtime.audit_writer`), so an asyncio caller awaits durability
+without blocking its loop, and groups submitted while a commit is in flight share the next
+transaction (group commit, one fsync). Commit order is chain order. WAL checkpoints run on a
+second thread and connection (passive: they never block a commit), never inside a commit.
+
 A chain alone cannot show that its end was cut off, or that a record was edited and every
 hash after it recomputed. So the chain is anchored outside the database. After its first
 write, every ``anchor_every`` records and at close, the writer appends one line to the anchor
@@ -32,7 +40,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import sqlite3
+import threading
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -59,8 +70,15 @@ from controller.runtime.audit_chain import (
 )
 from controller.runtime.audit_keys import resolve_key
 from controller.runtime.audit_verify import iter_records, verify_chain
+from controller.runtime.audit_writer import Pending, WriterThread
 
 DEFAULT_ANCHOR_EVERY = 16
+#: commits between two background WAL checkpoints
+CHECKPOINT_EVERY = 64
+
+log = logging.getLogger("pharmatwin.audit")
+#: ``json.dumps(x, sort_keys=True, default=str)``, built once (the same text, less per call)
+_DETAIL = json.JSONEncoder(sort_keys=True, default=str)
 
 
 @dataclass
@@ -104,23 +122,67 @@ class AuditTrail:
         self.anchor_every = anchor_every
         self.key = resolve_key(anchor_key)
         self._head: _Head | None = None  # learnt at the first write
+        self._commits = 0
+        self._closed = False
         path.parent.mkdir(parents=True, exist_ok=True)
         self.anchor_file.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = WriterThread(f"audit-writer {path.name}")
+        self._checkpointer = WriterThread(f"audit-checkpoint {path.name}")
+        self._ckpt_db: sqlite3.Connection | None = None
+        for thread in (self._writer, self._checkpointer):
+            weakref.finalize(self, thread.stop)
+        self._lock = threading.Lock()
+        self._db = self._open()
+
+    def _open(self) -> sqlite3.Connection:
+        """The connection (any thread), WAL, ``synchronous=FULL``, no auto-checkpoint
+        (the checkpoint thread takes them)."""
         try:
-            self._db = sqlite3.connect(path, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA wal_autocheckpoint=0")
+            db.executescript(SCHEMA)
         except sqlite3.Error as exc:
-            raise AuditError(f"cannot open the audit trail {path}: {exc}") from exc
+            raise AuditError(f"cannot open the audit trail {self.path}: {exc}") from exc
+        return db
 
     def close(self) -> None:
-        """Anchor the records this writer has not anchored yet, then close. Raises AuditError."""
+        """Anchor the records this writer has not anchored yet, then close (a second call does
+        nothing). Raises AuditError."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            with self._lock:
+                self._close_db()
+        finally:
+            self._writer.stop()
+            if self._commits >= CHECKPOINT_EVERY:  # the checkpoint thread was started
+                self._checkpointer.call(self._close_checkpointer)
+            self._checkpointer.stop()
+
+    def _close_db(self) -> None:
         try:
             if self._head is not None and self._head.count > self._head.anchored:
                 self._anchor(self._head)
         finally:
             self._db.close()
+
+    def _checkpoint(self) -> None:
+        """On the checkpoint thread: a passive WAL checkpoint (it never blocks the writer)."""
+        try:
+            if self._ckpt_db is None:
+                self._ckpt_db = sqlite3.connect(self.path, isolation_level=None)
+                self._ckpt_db.execute("PRAGMA synchronous=FULL")
+            self._ckpt_db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:  # a later checkpoint (or the close) copies the WAL
+            log.warning("audit trail %s: WAL checkpoint failed: %s", self.path, exc)
+
+    def _close_checkpointer(self) -> None:
+        if self._ckpt_db is not None:
+            self._ckpt_db.close()
+            self._ckpt_db = None
 
     def record(
         self,
@@ -141,13 +203,28 @@ class AuditTrail:
         """Append several records in one transaction: all are durable on return (one fsync),
         or none is written. Anchors after the commit when due. Raises AuditError (AuditMismatch:
         the trail no longer matches its anchor); callers must not go on."""
-        for e in entries:
-            if not e.reason.strip():
-                raise AuditError(f"audit record for {e.action} {e.target}: a reason is required")
+        _check_reasons(entries)
+        with self._lock:
+            return self._commit([list(entries)])[0]
+
+    def submit_all(self, entries: Sequence[AuditEntry]) -> Pending[list[AuditRecord]]:
+        """Queue ``entries`` for the writer thread; the :class:`Pending` resolves (``result()``,
+        ``await durable()``) once they are committed, durable, in one transaction (possibly
+        with other groups queued meanwhile), and raises AuditError if they are not. Send
+        nothing they cover before it resolved. A missing reason raises here, nothing queued."""
+        _check_reasons(entries)
+        return self._writer.submit_group(list(entries), self._commit_locked)
+
+    def _commit_locked(self, groups: list[list[AuditEntry]]) -> list[list[AuditRecord]]:
+        with self._lock:
+            return self._commit(groups)
+
+    def _commit(self, groups: list[list[AuditEntry]]) -> list[list[AuditRecord]]:
+        """Under the lock: every group in one transaction; the records per group."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
             head, prologue, moved = self._sync()
-            out = self._insert(head, self._rows([*prologue, *entries]))
+            out = self._insert(head, self._rows([*prologue, *(e for g in groups for e in g)]))
             self._db.execute("COMMIT")
         except (sqlite3.Error, AuditError) as exc:
             if self._db.in_transaction:
@@ -156,7 +233,14 @@ class AuditTrail:
                 raise
             raise AuditError(f"cannot append to the audit trail {self.path}: {exc}") from exc
         self._after_commit(head, moved)
-        return out[len(prologue) :]
+        self._commits += 1
+        if self._commits % CHECKPOINT_EVERY == 0:
+            self._checkpointer.submit_call(self._checkpoint)
+        per_group, at = [], len(prologue)
+        for g in groups:
+            per_group.append(out[at : at + len(g)])
+            at += len(g)
+        return per_group
 
     def _rows(self, entries: Sequence[AuditEntry]) -> list[dict[str, Any]]:
         return [
@@ -170,7 +254,7 @@ class AuditTrail:
                 "reason": e.reason,
                 "software_version": software_version(),
                 "config_hash": self.config_hash,
-                "detail": json.dumps(dict(e.detail or {}), sort_keys=True, default=str),
+                "detail": _DETAIL.encode(dict(e.detail or {})),
             }
             for e in entries
         ]
@@ -285,13 +369,22 @@ class AuditTrail:
         head.anchored = head.count
 
     def records(self) -> Iterator[AuditRecord]:
-        yield from iter_records(self._db, self.path)
+        with self._lock:
+            records = list(iter_records(self._db, self.path))
+        yield from records
 
     def verify(self) -> int:
         """Recompute the hash chain and check it against every anchor (and their signatures
         with this writer's key); returns the number of records. Raises AuditMismatch naming
         the first record altered, removed or inserted, a deleted tail or a rewritten chain."""
         try:
-            return verify_chain(self._db, self.path, self.anchor_file, self.key).records
+            with self._lock:
+                return verify_chain(self._db, self.path, self.anchor_file, self.key).records
         except sqlite3.Error as exc:
             raise AuditError(f"cannot read the audit trail {self.path}: {exc}") from exc
+
+
+def _check_reasons(entries: Sequence[AuditEntry]) -> None:
+    for e in entries:
+        if not e.reason.strip():
+            raise AuditError(f"audit record for {e.action} {e.target}: a reason is required")

@@ -62,6 +62,8 @@ class Historian(ABC):
             raise HistorianError(f"max_cycles must be at least 1, got {max_cycles}")
         self.max_cycles = max_cycles
         self._lock = threading.Lock()
+        #: run ids known to be stored (runs are never deleted): no lookup per cycle
+        self._started: set[str] = set()
 
     def __enter__(self) -> Historian:
         return self
@@ -80,12 +82,13 @@ class Historian(ABC):
             if self._has_run(info.run_id):
                 raise HistorianError(f"run {info.run_id!r} is already in the historian")
             self._store_run(info.run_id, dump_run(info))
+            self._started.add(info.run_id)
 
     def record(self, cycle: CycleRecord) -> None:
         """Store one cycle of a started run, then drop the oldest beyond ``max_cycles``."""
         row = encode_cycle(cycle)
         with self._lock:
-            if not self._has_run(cycle.run_id):
+            if not self._run_started(cycle.run_id):
                 raise HistorianError(
                     f"cycle {cycle.cycle} names run {cycle.run_id!r}, which was not started"
                 )
@@ -104,6 +107,15 @@ class Historian(ABC):
         with self._lock:
             return [load_run(text) for text in self._load_runs()]
 
+    def _run_started(self, run_id: str) -> bool:
+        """Under the lock: is the run stored (asked of the backend once per run)?"""
+        if run_id in self._started:
+            return True
+        if self._has_run(run_id):
+            self._started.add(run_id)
+            return True
+        return False
+
     def record_event(self, event: HistorianEvent) -> None:
         """Store one event of a started run (stamped with the UTC time if it has none)."""
         if not event.utc:
@@ -118,7 +130,7 @@ class Historian(ABC):
             json.dumps(event.detail, separators=(",", ":"), default=str),
         )
         with self._lock:
-            if not self._has_run(event.run_id):
+            if not self._run_started(event.run_id):
                 raise HistorianError(
                     f"event {event.kind!r} names run {event.run_id!r}, which was not started"
                 )
@@ -222,6 +234,9 @@ _EVENT_COLUMNS = "run_id, t, utc, kind, key, message, detail"
 # the ids above lastrowid - max_cycles: a range delete on the primary key, whatever the table's
 # size (an OFFSET scan cost grew with every retained row: 63 ms an insert at 10^5 rows).
 _PRUNE = "DELETE FROM cycles WHERE id <= ?"
+_INSERT_CYCLE = (
+    f"INSERT INTO cycles ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+)
 
 
 class SqliteHistorian(Historian):
@@ -262,10 +277,9 @@ class SqliteHistorian(Historian):
         self._run("store a run", "INSERT INTO runs (run_id, info) VALUES (?, ?)", run_id, info)
 
     def _store_cycle(self, row: Row) -> None:
-        insert = f"INSERT INTO cycles ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(row))})"
         try:
             self._db.execute("BEGIN")
-            newest = self._db.execute(insert, row).lastrowid or 0
+            newest = self._db.execute(_INSERT_CYCLE, row).lastrowid or 0
             self._db.execute(_PRUNE, (newest - self.max_cycles,))
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:

@@ -210,13 +210,15 @@ COLUMNS = (*SCALARS, *JSON_FIELDS, "safety", "monitor")
 Row = tuple[Any, ...]
 
 
+#: ``json.dumps(x, separators=(",", ":"))``, built once (the same text, less per call)
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def encode_cycle(c: CycleRecord) -> Row:
     """The row every backend stores for a cycle (its dict fields as JSON text)."""
     scalars = (c.run_id, int(c.cycle), float(c.t), c.utc, c.state, int(c.wrote))
-    blobs = (
-        json.dumps(getattr(c, name), separators=(",", ":"))
-        for name in (*JSON_FIELDS, "safety", "monitor")
-    )
+    encode = _COMPACT.encode
+    blobs = (encode(getattr(c, name)) for name in (*JSON_FIELDS, "safety", "monitor"))
     return (*scalars, *blobs)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import inspect
 import json
@@ -37,10 +38,7 @@ def model_version(model: PlantModel) -> str:
     Changes when an equation, a variable, a bound, a unit or a parameter value changes.
     """
     ps = model.parameter_set
-    try:
-        source = inspect.getsource(type(model))
-    except (OSError, TypeError):  # no source (frozen build): the declaration still counts
-        source = ""
+    source = _class_source(type(model))
     body = {
         "name": model.name,
         "time_unit": model.time_unit,
@@ -56,9 +54,24 @@ def model_version(model: PlantModel) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@functools.cache
+def _class_source(cls: type) -> str:
+    """The source of a model class, read once per process (the code this process runs; a
+    campaign worker asks for it every case). Empty without source (a frozen build)."""
+    try:
+        return inspect.getsource(cls)
+    except (OSError, TypeError):  # no source (frozen build): the declaration still counts
+        return ""
+
+
 def git_commit(folder: Path | None = None) -> str | None:
-    """``git rev-parse HEAD`` in ``folder`` (default: this package's), or None if unknown."""
-    where = folder or Path(__file__).resolve().parent
+    """``git rev-parse HEAD`` in ``folder`` (default: this package's), or None if unknown.
+    Asked once per folder and process: the commit of the code this process loaded."""
+    return _git_commit(folder or Path(__file__).resolve().parent)
+
+
+@functools.lru_cache(maxsize=16)
+def _git_commit(where: Path) -> str | None:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from typing import Any
 
 from controller.clock import Clock
 from controller.runtime.cycle import Counters
@@ -19,16 +20,25 @@ __all__ = ["stall_shift", "wait_until"]
 log = logging.getLogger("pharmatwin.supervisor")
 
 
-async def wait_until(clock: Clock, t: float, stop: asyncio.Event) -> bool:
-    """Sleep until process time ``t``; False when ``stop`` was set meanwhile."""
+async def wait_until(
+    clock: Clock, t: float, stop: asyncio.Event, stopper: asyncio.Future[Any] | None = None
+) -> bool:
+    """Sleep until process time ``t``; False when ``stop`` was set meanwhile.
+
+    ``stopper``: a task waiting on ``stop`` that the caller keeps across cycles (saves one
+    task, and its cancellation, per cycle); without it one is made for this wait."""
+    if stop.is_set():
+        return False
+    own = stopper is None
+    stopping = asyncio.ensure_future(stop.wait()) if stopper is None else stopper
     sleeper = asyncio.ensure_future(clock.sleep_until(t))
-    stopper = asyncio.ensure_future(stop.wait())
-    done, pending = await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    for task in pending:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    return sleeper in done and not stop.is_set()
+    await asyncio.wait({sleeper, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (sleeper, stopping) if own else (sleeper,):
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return sleeper.done() and not sleeper.cancelled() and not stop.is_set()
 
 
 def stall_shift(clock: Clock, counters: Counters, k: int, due: float, sample_s: float) -> float:

@@ -2,10 +2,13 @@
 
 :class:`SolveRunner` runs :meth:`controller.core.pipeline.ControlPipeline.decide` off the event
 loop. A solve that misses its deadline (``solve_deadline_fraction`` of a sample, in wall
-seconds on a scaled clock; none on a stepped clock) is a late solve: the cycle holds and the
-solve runs on; a cycle that finds it still running is an overrun and holds too. A solver that
-raises or fails gives a failed decision, never a crash. Each is counted and is a problem of the
-cycle.
+seconds on a scaled clock) is a late solve: the cycle holds and the solve runs on; a cycle that
+finds it still running is an overrun and holds too. A solver that raises or fails gives a
+failed decision, never a crash. Each is counted and is a problem of the cycle.
+
+On a stepped clock there is no deadline: process time stands still while the loop waits for
+the solve, so the solve runs on the loop's own thread, without the hop to a worker thread and
+back (campaigns in fast mode; a solve cannot be late or overrun there).
 """
 
 from __future__ import annotations
@@ -61,12 +64,9 @@ class SolveRunner:
             self.counters.overruns += 1
             self._problem(view, "overrun: the previous solve is still running; cycle skipped")
             return Decision(t_model, {}, SolveStatus.ERROR, "overrun", 0, 0.0)
-        self._solving = asyncio.ensure_future(
-            asyncio.to_thread(self.pipeline.decide, t_model, estimate)
-        )
         deadline = self.deadline_s()
         try:
-            decision = await asyncio.wait_for(asyncio.shield(self._solving), deadline)
+            decision = await self._decide(t_model, estimate, deadline)
         except TimeoutError:
             self.counters.late_solves += 1
             self._problem(view, f"solve missed its deadline of {deadline:.3g} s")
@@ -79,6 +79,25 @@ class SolveRunner:
             self.counters.failed_solves += 1
             self._problem(view, f"solve failed: {decision.status} {decision.return_status}")
         return decision
+
+    async def _decide(self, t_model: float, estimate: Estimate, deadline: float | None) -> Decision:
+        """The policy's decision: in a worker thread, awaited at most ``deadline`` wall
+        seconds (TimeoutError past it); with no deadline (a stepped clock: process time
+        stands still while the loop waits for the solve) on the loop's own thread, without
+        the hop to a worker and back. Either way one solve at a time, and what the policy
+        raises propagates."""
+        if deadline is None:
+            return self._policy(t_model, estimate)
+        self._solving = asyncio.ensure_future(asyncio.to_thread(self._policy, t_model, estimate))
+        return await asyncio.wait_for(asyncio.shield(self._solving), deadline)
+
+    def _policy(self, t_model: float, estimate: Estimate) -> Decision:
+        """The pipeline's decision; a TimeoutError the policy raises itself is not a missed
+        deadline: it comes out as a RuntimeError (a solver that raised)."""
+        try:
+            return self.pipeline.decide(t_model, estimate)
+        except TimeoutError as exc:
+            raise RuntimeError(f"TimeoutError: {exc}") from exc
 
     async def settle(self, timeout_s: float) -> None:
         """Wait (at most ``timeout_s`` wall seconds) for a solve still running; its result and

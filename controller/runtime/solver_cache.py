@@ -13,9 +13,19 @@ gcc at -O2). :func:`build_compiled` builds a controller twice instead: a first p
 cached libraries and only collects the code of the missing ones (the core builds those pieces
 uncompiled, a few tenths of a second), the compiler then runs on all of them at once
 (:meth:`LibraryCache.compile_all`), and a second pass loads them from the cache. With a warm
-cache the first pass is the build. -O2 stays: -O1 compiles in 2/3 of the time but made the
-CSTR's fast step ~8 % slower (B1's tightest model), -O0 in 1/5 of the time but solves 2-3x
-slower.
+cache the first pass is the build. The first pass starts the compiler on each missing
+library as soon as its code is known, and a :class:`controller.core.jit.KeyedLibraryBuilder`
+pass finds the libraries of problems this process has seen by their key, without generating
+their code again (a second build of the same controller: no code generated).
+
+Flags: the hot path (the SQP, the filters) stays at -O2: -O1 compiles in 2/3 of the time but
+made the CSTR's fast step ~8 % slower (B1's tightest model), -O0 in 1/5 of the time but
+solves 2-3x slower (the bioreactor's SQP call: 0.21 ms at -O0, 0.07 ms at -O2). The rarely
+run IPOPT fallback and cold start (code headed by :data:`controller.core.jit.RARELY_RUN`)
+are compiled at -O0: IPOPT's time is its own (MUMPS and the interior point), not the NLP
+functions' (the bioreactor's cold IPOPT solve, CPU-time medians: 11.5-12.0 ms at -O0 against
+11.5-14.5 ms at -O2, the warm fallback 8.2-8.9 against 8.5-10.1 ms), and its library
+compiles in ~1/5 of the time, which takes ~5 s of gcc off a first start.
 """
 
 from __future__ import annotations
@@ -30,16 +40,17 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import casadi as ca
 
-from controller.core.jit import LibraryBuilder
+from controller.core.jit import RARELY_RUN, LibraryBuilder
 
 __all__ = [
     "COMPILE_FLAGS",
+    "RARE_FLAGS",
     "LibraryCache",
     "LibraryDeferred",
     "available_cpus",
@@ -52,6 +63,8 @@ T = TypeVar("T")
 
 #: C compiler flags of the compiled libraries.
 COMPILE_FLAGS: tuple[str, ...] = ("-O2",)
+#: ... and of the rarely run ones (code headed by :data:`controller.core.jit.RARELY_RUN`)
+RARE_FLAGS: tuple[str, ...] = ("-O0",)
 
 
 def available_cpus() -> int:
@@ -74,24 +87,40 @@ class LibraryCache:
     A library is compiled to a temporary file in the cache folder and moved into place with
     ``os.replace``, so two processes compiling the same problem at once both end up loading a
     complete file. ``compiled`` counts the compiler runs of this instance (several may run
-    at once: :meth:`compile_all`).
+    at once: :meth:`compile_all`). Code headed by :data:`controller.core.jit.RARELY_RUN` (the
+    IPOPT fallback and cold start) is compiled with ``rare_flags``.
+
+    :meth:`keyed_library` remembers, for this process, which library each problem key
+    (:func:`controller.core.jit.problem_key`) resolved to, per cache folder, compiler and
+    flags: a second build of the same problem generates no code.
     """
+
+    #: problem key -> library, per (folder, compiler, flags); shared by every instance
+    _resolved: ClassVar[dict[tuple[str, str], Path]] = {}
 
     def __init__(
         self,
         directory: Path | None = None,
         compiler: str = "gcc",
         flags: tuple[str, ...] = COMPILE_FLAGS,
+        rare_flags: tuple[str, ...] = RARE_FLAGS,
     ) -> None:
         self.directory = directory if directory is not None else default_cache_dir()
         self.compiler = compiler
         self.flags = flags
+        self.rare_flags = rare_flags
         self.compiled = 0
+        self.generated = 0  # codes generated for keyed_library (misses of the process memo)
         self._lock = threading.Lock()
+
+    def flags_for(self, code: str) -> tuple[str, ...]:
+        """The compiler flags of ``code``'s library."""
+        return self.rare_flags if code.startswith(RARELY_RUN) else self.flags
 
     def path_for(self, code: str) -> Path:
         """Where the library of C ``code`` is (or will be) in the cache."""
-        head = f"casadi {ca.CasadiMeta.version()} {self.compiler} {' '.join(self.flags)}\n"
+        flags = " ".join(self.flags_for(code))
+        head = f"casadi {ca.CasadiMeta.version()} {self.compiler} {flags}\n"
         key = hashlib.sha256(f"{head}{code}".encode()).hexdigest()[:32]
         return self.directory / f"nlp_{key}.so"
 
@@ -110,6 +139,29 @@ class LibraryCache:
             self._compile(code, path)
         return path
 
+    def keyed_library(self, key: str, code: Callable[[], str]) -> Path:
+        """The library of the problem ``key``: :meth:`library` of ``code()``, with ``code``
+        called only when this process has not resolved ``key`` to an existing library."""
+        known = self.known(key)
+        if known is not None and known.exists():
+            return known
+        return self.library(self.resolve(key, code))
+
+    def known(self, key: str) -> Path | None:
+        """The library this process resolved problem ``key`` to (None: not seen yet)."""
+        return self._resolved.get((self._identity(), key))
+
+    def resolve(self, key: str, code: Callable[[], str]) -> str:
+        """``code()``, remembered as the code of problem ``key``."""
+        text = code()
+        self.generated += 1
+        self._resolved[(self._identity(), key)] = self.path_for(text)
+        return text
+
+    def _identity(self) -> str:
+        where = os.path.abspath(self.directory)
+        return f"{where}\0{self.compiler}\0{self.flags}\0{self.rare_flags}"
+
     def compile_all(self, codes: Iterable[str], workers: int | None = None) -> dict[Path, OSError]:
         """Build every library of ``codes`` not in the cache yet, ``workers`` compiler runs at
         once (default: all of them, up to two per available CPU: three gcc runs on two CPUs
@@ -123,14 +175,7 @@ class LibraryCache:
         n = workers or min(len(todo), 2 * available_cpus())
         with ThreadPoolExecutor(max_workers=n, thread_name_prefix="pharmatwin-cc") as pool:
             done = {path: pool.submit(self._compile, code, path) for path, code in todo.items()}
-        failed: dict[Path, OSError] = {}
-        for path, future in done.items():
-            exc = future.exception()
-            if isinstance(exc, OSError):
-                failed[path] = exc
-            elif exc is not None:
-                raise exc
-        return failed
+        return failures(done)
 
     def _compile(self, code: str, path: Path) -> None:
         """Compile ``code`` into ``path`` (a temporary file moved into place)."""
@@ -140,7 +185,8 @@ class LibraryCache:
         with tempfile.TemporaryDirectory(dir=self.directory) as tmp:
             src, lib = Path(tmp) / "nlp.c", Path(tmp) / "nlp.so"
             src.write_text(code, encoding="utf-8")
-            cmd = [self.compiler, *self.flags, "-fPIC", "-shared", str(src), "-o", str(lib)]
+            flags = self.flags_for(code)
+            cmd = [self.compiler, *flags, "-fPIC", "-shared", str(src), "-o", str(lib)]
             try:
                 subprocess.run(cmd, check=True, capture_output=True, timeout=600)
             except subprocess.CalledProcessError as exc:
@@ -153,6 +199,19 @@ class LibraryCache:
             os.replace(lib, path)
 
 
+def failures(done: dict[Path, Future[None]]) -> dict[Path, OSError]:
+    """The compiler runs of ``done`` (waited for) that failed, by library path; an error
+    that is not an OSError is raised."""
+    failed: dict[Path, OSError] = {}
+    for path, future in done.items():
+        exc = future.exception()
+        if isinstance(exc, OSError):
+            failed[path] = exc
+        elif exc is not None:
+            raise exc
+    return failed
+
+
 # ---------------------------------------------------------------------- two-pass build
 class LibraryDeferred(OSError):
     """A library not in the cache yet, its code kept for :func:`build_compiled`. The core
@@ -160,32 +219,50 @@ class LibraryDeferred(OSError):
 
 
 class _Deferring:
-    """The first pass's builder: cached libraries as they are; every miss collected."""
+    """The first pass's builder: cached libraries as they are; every miss collected and its
+    compiler run started at once in ``pool`` (while the pass goes on)."""
 
-    def __init__(self, cache: LibraryCache) -> None:
-        self.cache = cache
-        self.codes: dict[Path, str] = {}
+    def __init__(self, cache: LibraryCache, pool: ThreadPoolExecutor) -> None:
+        self.cache, self.pool = cache, pool
+        self.started: dict[Path, Future[None]] = {}
 
     def library(self, code: str) -> Path:
         path = self.cache.path_for(code)
         if path.exists():
             return path
-        self.codes[path] = code
+        if path not in self.started:
+            self.started[path] = self.pool.submit(self.cache._compile, code, path)
         raise LibraryDeferred(f"{path.name} is compiled after this pass")
+
+    def keyed_library(self, key: str, code: Callable[[], str]) -> Path:
+        known = self.cache.known(key)
+        if known is not None and known.exists():
+            return known
+        return self.library(self.cache.resolve(key, code))
 
 
 class _Compiled:
     """The second pass's builder: the cache, except that a library whose build failed in
-    :meth:`LibraryCache.compile_all` raises that failure again (no second compiler run)."""
+    the first pass's compiler runs raises that failure again (no second compiler run)."""
 
     def __init__(self, cache: LibraryCache, failed: dict[Path, OSError]) -> None:
         self.cache, self.failed = cache, failed
 
     def library(self, code: str) -> Path:
-        exc = self.failed.get(self.cache.path_for(code))
+        return self._checked(self.cache.path_for(code)) or self.cache.library(code)
+
+    def keyed_library(self, key: str, code: Callable[[], str]) -> Path:
+        known = self.cache.known(key)
+        if known is not None and self._checked(known) is not None:
+            return known
+        return self.library(self.cache.resolve(key, code))
+
+    def _checked(self, path: Path) -> Path | None:
+        """``path`` when it exists; raises its first-pass failure; else None."""
+        exc = self.failed.get(path)
         if exc is not None:
             raise exc
-        return self.cache.library(code)
+        return path if path.exists() else None
 
 
 def build_compiled(build: Callable[[LibraryBuilder], T], cache: LibraryCache | None = None) -> T:
@@ -193,29 +270,35 @@ def build_compiled(build: Callable[[LibraryBuilder], T], cache: LibraryCache | N
 
     ``build`` takes a :class:`controller.core.jit.LibraryBuilder` and builds the objects
     that use it (e.g. a policy and an estimator). A first pass runs it with a builder that
-    returns cached libraries and collects the code of the missing ones; when none is
-    missing, that pass's result is returned (the usual start, nothing done twice). Otherwise
-    the compiler runs on every missing library at once (:meth:`LibraryCache.compile_all`)
-    and ``build`` runs again, loading them. The first pass's log records under
-    ``controller`` (the core's "built uncompiled" warnings among them) are held back, and
-    emitted only when that pass is the one kept; a build that failed is reported by the
-    second pass as the core reports it (it falls back to the uncompiled function).
+    returns cached libraries and starts the compiler on each missing one as soon as its code
+    is known (up to two runs per available CPU; the pass goes on meanwhile, building those
+    pieces uncompiled); when none is missing, that pass's result is returned (the usual
+    start, nothing done twice). Otherwise, once every compiler run has ended, ``build`` runs
+    again, loading them (a :class:`controller.core.jit.KeyedLibraryBuilder` pass generates
+    no code again). The first pass's log records under ``controller`` (the core's "built
+    uncompiled" warnings among them) are held back, and emitted only when that pass is the
+    one kept; a build that failed is reported by the second pass as the core reports it (it
+    falls back to the uncompiled function).
     """
     cache = cache or LibraryCache()
-    deferring = _Deferring(cache)
-    with _held_back("controller") as held:
-        first = build(deferring)
-    if not deferring.codes:
-        held.pass_on()
-        return first
+    workers = 2 * available_cpus()
     started = time.perf_counter()
-    failed = cache.compile_all(deferring.codes.values())
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pharmatwin-cc") as pool:
+        deferring = _Deferring(cache, pool)
+        with _held_back("controller") as held:
+            first = build(deferring)
+        if not deferring.started:
+            held.pass_on()
+            return first
+    failed = failures(deferring.started)
+    n = len(deferring.started) - len(failed)
     log.info(
-        "compiled %d solver librar%s in %.1f s, up to %d at once, into %s",
-        len(deferring.codes) - len(failed),
-        "y" if len(deferring.codes) - len(failed) == 1 else "ies",
+        "compiled %d solver librar%s in %.1f s (from the first pass's start), up to %d at "
+        "once, into %s",
+        n,
+        "y" if n == 1 else "ies",
         time.perf_counter() - started,
-        min(len(deferring.codes), 2 * available_cpus()),
+        min(len(deferring.started), workers),
         cache.directory,
     )
     return build(_Compiled(cache, failed))

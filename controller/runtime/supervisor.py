@@ -187,6 +187,7 @@ class Supervisor:
         )
         start = t0 = self.clock.now()
         k = 0
+        stopper = asyncio.ensure_future(stop.wait())  # one for the run, not one per cycle
         try:
             while not stop.is_set():
                 due = t0 + k * self.dt_s
@@ -194,12 +195,13 @@ class Supervisor:
                     break
                 if duration_s is not None and due - start >= duration_s:
                     break
-                if not await wait_until(self.clock, due, stop):
+                if not await wait_until(self.clock, due, stop, stopper):
                     break
                 t0 += stall_shift(self.clock, self.counters, k, due, self.dt_s)
                 await self.cycle(k, t0 + k * self.dt_s)
                 k += 1
         finally:
+            stopper.cancel()
             await self.shutdown("stop requested" if stop.is_set() else "run complete")
         return self.counters
 

@@ -242,6 +242,8 @@ class DriftMonitor:
         self.spec = spec
         self._time_unit = model.time_unit
         self._charts = [Chart(c, resolve_signal(c, model)) for c in spec.charts]
+        #: chart key -> its bit in the alarm word (the charts never change after this)
+        self._bits = {chart_key(c.spec): i for i, c in enumerate(self._charts) if i < 32}
         params = model.parameter_set.parameters
         self._forecasters = [
             TrendForecaster(m, unit=params[m.parameter].unit, time_unit=model.time_unit)
@@ -259,7 +261,7 @@ class DriftMonitor:
     def alarm_word(self, alarms: Sequence[Alarm]) -> int:
         """Bit i set: chart i of ``spec.charts`` (either side) has an alarm in ``alarms``
         (charts beyond the 32nd share no bit)."""
-        index = {chart_key(c.spec): i for i, c in enumerate(self._charts) if i < 32}
+        index = self._bits
         word = 0
         for a in alarms:
             i = index.get(f"{a.chart}:{a.signal}")

@@ -44,10 +44,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from controller.codecs import FLOAT32_MAX, INT_RANGE, DataType
+from controller.core.prediction import BufferedFunction
 from controller.errors import ConfigError, Problem
 from controller.tags import OPCUA_INT_RANGE, ModbusSpec, OpcUaSpec, Tag, TagMap
-from plant_models import ModelError, PlantModel
+from plant_models import ModelError, PlantModel, Role
 
 if TYPE_CHECKING:
     from controller.core.estimate import Estimate
@@ -276,6 +279,8 @@ class Publisher:
             if tag.publishes is not None
         ]
         self._needs_model = any(t.source is Source.EXPRESSION for t in self._targets)
+        # the model's evaluation, called through a buffer (no DM round trip every cycle)
+        self._evaluate = BufferedFunction(model.function) if self._needs_model else None
 
     def names(self) -> dict[str, str]:
         """Tag -> what it publishes, in map order."""
@@ -321,18 +326,20 @@ class Publisher:
         self, estimate: Estimate, inputs: Mapping[str, float]
     ) -> tuple[dict[str, float], str]:
         """The model's expressions at the estimate, or ({}, why they cannot be evaluated)."""
-        if not self._needs_model:
+        if self._evaluate is None:
             return {}, ""
-        try:
-            evaluation = self.model.evaluate(
-                x=estimate.states,
-                u=inputs,
-                z=dict(estimate.algebraic) if estimate.algebraic else None,
-                p=estimate.parameters,
-            )
+        m = self.model
+        try:  # PlantModel.evaluate's vectors and its call, on the buffered function
+            z = dict(estimate.algebraic) if estimate.algebraic else m.initial_algebraic
+            expr = self._evaluate(
+                m.vector(Role.STATE, estimate.states),
+                m.vector(Role.ALGEBRAIC, z) if m.is_dae else np.zeros(0),
+                m.vector(Role.INPUT, inputs),
+                m.parameter_vector(estimate.parameters),
+            )[3]
         except (ModelError, RuntimeError, ValueError, TypeError) as exc:
-            return {}, f"model {self.model.name!r} could not be evaluated: {exc}"
-        return evaluation.expressions, ""
+            return {}, f"model {m.name!r} could not be evaluated: {exc}"
+        return dict(zip(m.expression_names, expr.tolist(), strict=True)), ""
 
 
 def _target(

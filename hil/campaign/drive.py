@@ -46,23 +46,37 @@ class DrivenClock(SteppedClock):
 
     def __init__(self) -> None:
         super().__init__()
-        self.parked = asyncio.Event()
+        self._on_park: asyncio.Future[None] | None = None
+
+    def on_park(self) -> asyncio.Future[None]:
+        """A future done when the next task parks on the clock (one per caller)."""
+        self._on_park = asyncio.get_running_loop().create_future()
+        return self._on_park
 
     async def sleep_until(self, t: float) -> None:
-        if t > self.now():
-            self.parked.set()  # the sleeper registers before anything else runs
+        # the sleeper registers (below) before the woken driver runs
+        if t > self.now() and self._on_park is not None and not self._on_park.done():
+            self._on_park.set_result(None)
         await super().sleep_until(t)
 
 
 async def settle(clock: DrivenClock, task: asyncio.Task[Any]) -> None:
-    """Let the runtime finish all it has to do at this instant (until it sleeps on the clock)."""
+    """Let the runtime finish all it has to do at this instant (until it sleeps on the clock).
+
+    Waits on one future that the clock (a task parks) or the runtime's end completes: no
+    helper task per wait."""
     while clock.waiting == 0 and not task.done():
-        clock.parked.clear()
-        parked = asyncio.ensure_future(clock.parked.wait())
-        await asyncio.wait({parked, task}, return_when=asyncio.FIRST_COMPLETED)
-        parked.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        parked = clock.on_park()
+
+        def wake(_: object, parked: asyncio.Future[None] = parked) -> None:
+            if not parked.done():
+                parked.set_result(None)
+
+        task.add_done_callback(wake)
+        try:
             await parked
+        finally:
+            task.remove_done_callback(wake)
 
 
 async def _lose(task: asyncio.Task[Any], port: RecordingPort) -> None:

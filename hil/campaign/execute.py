@@ -28,7 +28,7 @@ import socket
 import sys
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -213,20 +213,17 @@ def _run_pool(
                 pool.submit(run_case, job): cid for cid, job in pending.items()
             }
             broken = False
-            remaining = set(futures)
-            while remaining:
-                done, remaining = wait(remaining, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    cid = futures[fut]
-                    try:
-                        result = fut.result()
-                    except BrokenProcessPool:
-                        broken = True
-                        continue
-                    except Exception as exc:  # the worker raised outside run_case's guard
-                        result = _error(pending[cid], f"{type(exc).__name__}: {exc}")
-                    pending.pop(cid)
-                    on_result(result)
+            for fut in as_completed(futures):  # one waiter for all: O(cases), not O(cases^2)
+                cid = futures[fut]
+                try:
+                    result = fut.result()
+                except BrokenProcessPool:
+                    broken = True
+                    continue
+                except Exception as exc:  # the worker raised outside run_case's guard
+                    result = _error(pending[cid], f"{type(exc).__name__}: {exc}")
+                pending.pop(cid)
+                on_result(result)
         if broken:
             for cid in list(pending):
                 lost[cid] += 1

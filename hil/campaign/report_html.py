@@ -2,7 +2,10 @@
 
 Sections: the run record (software, libraries, configuration hashes, seeds), the summary
 counts, the requirement traceability matrix, the case overview, then one section per case
-with its evidence files, acceptance criteria, KPIs and trajectory figure.
+with its evidence files, acceptance criteria, KPIs (and a Monte Carlo case's drawn
+parameters) and trajectory figure. A campaign of more than :data:`MAX_PLOTS` cases (a Monte
+Carlo one) gets that many figures, the cases that did not pass first; every case keeps its
+recording on disk.
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ from hil.campaign.results import (
     utc_now,
 )
 
-__all__ = ["write_html"]
+__all__ = ["MAX_PLOTS", "plotted_cases", "write_html"]
+
+#: the most trajectory figures one report draws (each costs a plot and about 60 kB)
+MAX_PLOTS = 60
 
 
 CSS = """
@@ -68,6 +74,7 @@ def _kv_table(pairs: Iterable[tuple[str, object]]) -> str:
 def write_html(results: CampaignResults, path: Path) -> Path:
     """The single-file HTML report (inline CSS, plots as base64 PNG data URIs)."""
     title = f"Campaign report: {results.name}"
+    plotted = plotted_cases(results)
     parts = [
         f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>',
         f"<style>{CSS}</style></head><body>",
@@ -77,7 +84,7 @@ def write_html(results: CampaignResults, path: Path) -> Path:
         _html_summary(results),
         _html_traceability(results),
         _html_case_overview(results),
-        *(_html_case(results, case) for case in results.cases),
+        *(_html_case(results, case, case.id in plotted) for case in results.cases),
         f"<hr><p>Report generated {_e(utc_now())} from <code>{_e(results.out)}</code>.</p>",
         "</body></html>\n",
     ]
@@ -168,7 +175,15 @@ def _html_case_overview(results: CampaignResults) -> str:
     return '<section id="cases"><h2>Cases</h2>' + _table(head, rows) + "</section>"
 
 
-def _html_case(results: CampaignResults, case: CaseRecord) -> str:
+def plotted_cases(results: CampaignResults) -> set[str]:
+    """The cases whose trajectory the report plots: all of a campaign of at most
+    :data:`MAX_PLOTS` cases; of a larger one (a Monte Carlo campaign), the first
+    :data:`MAX_PLOTS` in matrix order of those that did not pass, then of those that did."""
+    ranked = sorted(results.cases, key=lambda c: (c.status == "passed", c.index))
+    return {c.id for c in ranked[:MAX_PLOTS]}
+
+
+def _html_case(results: CampaignResults, case: CaseRecord, plot: bool = True) -> str:
     info: list[tuple[str, object]] = [
         ("status", case.status),
         ("seed", case.seed),
@@ -177,6 +192,7 @@ def _html_case(results: CampaignResults, case: CaseRecord) -> str:
     info += [("attempts", case.attempts), ("started", case.started), ("ended", case.ended)]
     info += [("controller lost at", case.controller_loss_at)]
     info += [(f"factor: {k}", v) for k, v in case.factors.items()]
+    info += [(f"drawn: {k}", fmt_value(v)) for k, v in case.drawn.items()]
     parts = [
         f'<section class="case" id="case-{_e(quote(case.id, safe=""))}">',
         f"<h3>{_e(case.id)} {_badge(case.status)}</h3>",
@@ -190,7 +206,7 @@ def _html_case(results: CampaignResults, case: CaseRecord) -> str:
     if case.kpis:
         kpi_rows = ([_e(k), _e(fmt_value(v))] for k, v in case.kpis.items())
         parts += ["<h4>KPIs</h4>", _table(["KPI", "value"], kpi_rows)]
-    parts += [_html_plot(results, case), "</section>"]
+    parts += [_html_plot(results, case) if plot else _no_plot(results), "</section>"]
     return "\n".join(parts)
 
 
@@ -227,6 +243,14 @@ def _html_criteria(case: CaseRecord) -> str:
     ]
     head = ["requirement", "description", "check", "value", "limit", "unit", "result", "detail"]
     return "<h4>Acceptance criteria</h4>" + _table(head, rows)
+
+
+def _no_plot(results: CampaignResults) -> str:
+    return (
+        f"<p>Trajectory not plotted: the report plots {MAX_PLOTS} of the "
+        f"{len(results.cases)} cases, those that did not pass first; this case's recording is "
+        "in its trajectory.parquet (linked above).</p>"
+    )
 
 
 def _html_plot(results: CampaignResults, case: CaseRecord) -> str:

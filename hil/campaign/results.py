@@ -85,6 +85,8 @@ class CaseRecord:
     kpis: dict[str, Any] = field(default_factory=dict)
     verdicts: tuple[Verdict, ...] = ()
     problems: tuple[str, ...] = ()
+    #: a Monte Carlo case's drawn parameters (name -> value; empty for any other case)
+    drawn: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -238,7 +240,16 @@ def _read_case(directory: Path, position: int, listed: bool) -> CaseRecord:
         kpis=dict(result["kpis"]) if isinstance(result.get("kpis"), dict) else {},
         verdicts=tuple(_verdict(v) for v in result.get("verdicts") or () if isinstance(v, dict)),
         problems=tuple(problems),
+        drawn=_drawn(spec.get("draw")),
     )
+
+
+def _drawn(draw: Any) -> dict[str, float]:
+    """The drawn parameters of a Monte Carlo case's ``spec.json`` (empty for others)."""
+    params = draw.get("parameters") if isinstance(draw, dict) else None
+    if not isinstance(params, dict):
+        return {}
+    return {str(k): float(v) for k, v in params.items() if isinstance(v, int | float)}
 
 
 _RESULT_STATUS: dict[str, Status] = {"passed": "passed", "failed": "failed", "error": "error"}

@@ -41,6 +41,7 @@ log = logging.getLogger("pharmatwin.hil.campaign")
 CHAOS_ENV = "PHARMATWIN_CHAOS_KILL_ONCE"
 
 STALE_AUDIT = ("audit.db", "audit.db-wal", "audit.db-shm", "audit.db.anchor")
+_DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 def _absolute(base: Path, ref: str | None) -> str | None:
@@ -58,7 +59,7 @@ def write_case_files(
     the site file. In hil mode the site listens on a free loopback port."""
     case_dir.mkdir(parents=True, exist_ok=True)
     scenario = case_dir / "scenario.yaml"
-    scenario.write_text(yaml.safe_dump(case.scenario, sort_keys=False), encoding="utf-8")
+    scenario.write_text(_dump(case.scenario), encoding="utf-8")
     raw = read_yaml(site_path)
     _site_references(raw, site_path, controller_path, scenario, case_dir)
     conn = raw["connection"]
@@ -66,8 +67,14 @@ def write_case_files(
     if mode == "hil":
         conn["port"] = free_port()
     out = case_dir / "site.yaml"
-    out.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    out.write_text(_dump(raw), encoding="utf-8")
     return out
+
+
+def _dump(data: dict[str, Any]) -> str:
+    """``data`` as YAML, keys in their order (libyaml's emitter when there: the same text as
+    ``yaml.safe_dump``, about 4x faster)."""
+    return yaml.dump(data, Dumper=_DUMPER, sort_keys=False, allow_unicode=False)
 
 
 def _site_references(
@@ -130,6 +137,8 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
     attempt = _start(case, case_dir, job["mode"])
     started, t0 = utc_now(), time.perf_counter()
     result: dict[str, Any] = {"id": case.id, "attempts": attempt}
+    if case.draw is not None:
+        result["draw"] = case.draw  # a Monte Carlo case: its seed and drawn parameters
     with _case_log(case_dir / "run.log"):
         try:
             _chaos(case)

@@ -76,7 +76,7 @@ def load_campaign(path: Path) -> Campaign:
     base = _base_scenario(site.file(hil.scenario))
     model = build_model(Path(base["plant"]))
     problems += check_criteria(spec, model, source)
-    cases, more = expand_matrix(spec, base, source)
+    cases, more = expand_matrix(spec, base, source, model)
     problems += more
     problems += _case_problems(cases, model, source)
     if problems:

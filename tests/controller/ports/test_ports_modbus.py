@@ -180,13 +180,29 @@ async def test_reads_coalesce_into_blocks_of_at_most_125() -> None:
         assert reads == [(0, 125), (125, 125), (250, 50)]
 
 
-async def test_reads_merge_gaps_of_up_to_8_registers() -> None:
+async def test_reads_merge_gaps_of_up_to_16_registers() -> None:
     tags = generated_map(30, Table.INPUT, Direction.READ)
     async with ModbusPlcServer(tags) as srv, make_port(tags, srv.port) as port:
-        await port.read(["r0", "r9"])  # 8 unused registers between them: one request
-        await port.read(["r0", "r10"])  # 9 unused: two requests
+        await port.read(["r0", "r17"])  # 16 unused registers between them: one request
+        await port.read(["r0", "r18"])  # 17 unused: two requests
         reads = [(r.address, r.count) for r in srv.requests if r.function_code == 4]
-        assert reads == [(0, 10), (0, 1), (10, 1)]
+        assert reads == [(0, 18), (0, 1), (18, 1)]
+
+
+async def test_a_gap_the_plc_refuses_is_not_read_again() -> None:
+    """A PLC without the gap registers answers 02 to the merged read: the tags are read one
+    by one that cycle (all good), and from then on without the gap: one refused request in
+    all, not one per cycle."""
+    tags = generated_map(30, Table.INPUT, Direction.READ)
+    async with ModbusPlcServer(tags) as srv, make_port(tags, srv.port) as port:
+        srv.set_value("r0", 7)
+        srv.set_value("r12", 9)
+        srv.set_illegal(Table.INPUT, 5)  # a gap register the PLC does not have
+        for _ in range(3):
+            snap = await port.read(["r0", "r12"])
+            assert snap.numbers() == {"r0": 7.0, "r12": 9.0}
+        reads = [(r.address, r.count) for r in srv.requests if r.function_code == 4]
+        assert reads == [(0, 13), (0, 1), (12, 1), (0, 1), (12, 1), (0, 1), (12, 1)]
 
 
 async def test_writes_coalesce_into_blocks_of_at_most_123() -> None:

@@ -456,3 +456,21 @@ def test_sqlite_file_without_monitor_column_is_upgraded(tmp_path: Path) -> None:
         h.start_run(_info("r1"))
         h.record(_cycle("r1", 1))
         assert h.cycles("r1")[0].monitor["cusum:Kw:low"] == 0.25
+
+
+def test_a_run_started_by_another_writer_of_the_file_is_found(tmp_path: Path) -> None:
+    """The historian remembers the runs it has stored or seen, and asks the file about any
+    other: a run another writer started is found, a run nobody started is still refused."""
+    first, second = SqliteHistorian(tmp_path / "h.db"), SqliteHistorian(tmp_path / "h.db")
+    try:
+        with pytest.raises(HistorianError, match="not started"):
+            second.record(_cycle("r1", 0))
+        first.start_run(_info("r1"))
+        second.record(_cycle("r1", 0))
+        second.record(_cycle("r1", 1))
+        with pytest.raises(HistorianError, match="not started"):
+            second.record(_cycle("r2", 0))
+        assert [c.cycle for c in first.cycles("r1")] == [0, 1]
+    finally:
+        first.close()
+        second.close()

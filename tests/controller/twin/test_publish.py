@@ -226,6 +226,8 @@ def test_values_from_a_real_ekf_estimate(name: str) -> None:
     assert set(pub.values) == set(tm.publication_tags())
     z = dict(est.algebraic) or None
     expr = model.evaluate(x=est.states, u=u, z=z, p=est.parameters).expressions
+    if publisher._evaluate is not None:  # the buffered evaluation: the same bits
+        assert publisher._expressions(est, u) == (expr, "")
     std = {f"{k}.std": v for k, v in {**est.state_std, **est.parameter_std}.items()}
     where = {
         Source.STATE: est.states,

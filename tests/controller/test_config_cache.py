@@ -1,0 +1,125 @@
+"""The parse cache of config files: one parse per content, a fresh copy for every caller.
+
+A campaign worker reads the same plant, controller and tag files for every case, so
+:func:`controller.configfile.read_yaml` keeps the parse of a text it has seen. These tests
+pin down what the cache must never change: no caller sees another's changes to the data, a
+changed file is read as it is now, errors are reported every time, and libyaml's parse
+(:func:`controller.yamlmarks.load`) gives exactly PyYAML's data and marks.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from controller import configfile, yamlmarks
+from controller.configfile import read_yaml
+from controller.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_a_caller_changing_the_data_does_not_change_what_the_next_caller_reads(
+    tmp_path: Path,
+) -> None:
+    path = _write(tmp_path / "p.yaml", "parameters: {R0: {value: 1.4, range: [0.5, 3.0]}}\n")
+    first = read_yaml(path)
+    first["parameters"]["R0"]["value"] = 99.0
+    first["parameters"]["R0"]["range"].append(7.0)
+    first["extra"] = True
+    second = read_yaml(path)
+    assert second == {"parameters": {"R0": {"value": 1.4, "range": [0.5, 3.0]}}}
+
+
+def test_a_file_changed_in_place_is_read_as_it_is_now(tmp_path: Path) -> None:
+    path = _write(tmp_path / "p.yaml", "a: 1\n")
+    stat = path.stat()
+    assert read_yaml(path) == {"a": 1}
+    _write(path, "a: 2\n")  # same size, and the old modification time put back
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert read_yaml(path) == {"a": 2}
+
+
+def test_the_same_text_is_parsed_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    real = yamlmarks.load
+
+    def counting(text: str) -> yamlmarks.Loaded:
+        calls.append(text)
+        return real(text)
+
+    monkeypatch.setattr(configfile.yamlmarks, "load", counting)
+    text = "unique_key_for_this_test: [1, 2, 3]\n"
+    a = _write(tmp_path / "a.yaml", text)
+    b = _write(tmp_path / "b.yaml", text)
+    for _ in range(3):
+        assert read_yaml(a) == read_yaml(b) == {"unique_key_for_this_test": [1, 2, 3]}
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("a: 1\na: 2\n", "duplicate key 'a'"),
+        ("- 1\n- 2\n", "must hold a YAML mapping"),
+        ("a: [1, 2\n", "invalid YAML"),
+    ],
+)
+def test_a_bad_file_is_refused_every_time_it_is_read(
+    tmp_path: Path, text: str, needle: str
+) -> None:
+    path = _write(tmp_path / "bad.yaml", text)
+    for _ in range(2):
+        with pytest.raises(ConfigError, match=needle):
+            read_yaml(path)
+
+
+def _pure(text: str) -> yamlmarks.Loaded:
+    return yamlmarks._load(text, yaml.SafeLoader)
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((ROOT / "configs").rglob("*.yaml")),
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_libyaml_parses_every_shipped_config_exactly_as_pyyaml(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    fast, pure = yamlmarks.load(text), _pure(text)
+    assert fast.data == pure.data
+    assert fast.marks == pure.marks
+    assert fast.duplicates == pure.duplicates
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: 1\nb:\n  c: [1, 2]\n  c: 3\n",  # a duplicate, its line and the first one's
+        "base: &b {x: 1}\nother:\n  <<: *b\n  y: 2\n",  # merge keys and aliases
+        "a: 'caf\u00e9'\n'key.with.dots': {b: 1}\n",
+        "a: \x07\n",  # a character PyYAML's reader refuses (libyaml would not)
+        "a: [1, 2\n",  # a syntax error: PyYAML's message and mark
+    ],
+)
+def test_libyaml_and_pyyaml_agree_on_marks_duplicates_and_errors(text: str) -> None:
+    try:
+        expected = _pure(text)
+    except yaml.YAMLError as exc:
+        with pytest.raises(type(exc)) as got:
+            yamlmarks.load(text)
+        assert str(got.value) == str(exc)
+        return
+    loaded = yamlmarks.load(text)
+    assert (loaded.data, loaded.marks, loaded.duplicates) == (
+        expected.data,
+        expected.marks,
+        expected.duplicates,
+    )
