@@ -22,6 +22,10 @@ bookkeeping it does after answering can delay the controller's next step by as m
 memory case uses the campaigns' fast-mode PLC (``hil.servers.memory``), in the timed loop: a
 tag table that the PLC's range check and write hook guard, without a server.
 
+A row counts the requests the PLC's server received per timed cycle: Modbus requests (a
+Read/Write Multiple Registers request, FC 23, is one: a write and its read-back), or OPC UA
+Read and Write service calls.
+
 Two rows split the cycle's CPU: the CPU time of the timed loop's thread within the cycle (the
 controller's code on that thread: not the fsync's wait, not the worker threads), and over
 Modbus and OPC UA that of the PLC's thread within the cycle (its answers, and whatever else
@@ -127,6 +131,7 @@ async def measure(kind: PortKind, cycles: int, warmup: int, decision: Decision) 
             fs = filesystem_of(tmp)
             phases = rt.phases.per_cycle
             cpu = rt.cpu_ms[warmup:]
+            requests = rt.requests[warmup:] if rt.plc_requests is not None else []
             plc_side = f"thread {rt.plc_thread.name}" if rt.plc_thread else "the timed loop"
         floor = measure_floor(tmp, cycles, page_size(tmp / "audit.db"))
     running = sum(s is State.RUNNING for s in states)
@@ -150,6 +155,7 @@ async def measure(kind: PortKind, cycles: int, warmup: int, decision: Decision) 
             "timed_loop_thread": latency_stats([c[0] for c in cpu]),
             **({"plc_thread": latency_stats(plc_cpu)} if plc_cpu else {}),
         },
+        **({"plc_requests_per_cycle": _counts(requests)} if requests else {}),
         "running_cycles": running,
         "cycles_with_setpoint_write": wrote,
         "counters": counters,
@@ -157,6 +163,17 @@ async def measure(kind: PortKind, cycles: int, warmup: int, decision: Decision) 
         "plc_runs_on": plc_side,
         "storage_filesystem": fs,
         "storage_floor": floor,
+    }
+
+
+def _counts(requests: list[int]) -> dict[str, float]:
+    """Median, min, max and mean of the PLC requests per cycle."""
+    ordered = sorted(requests)
+    return {
+        "median": float(ordered[len(ordered) // 2]),
+        "min": float(ordered[0]),
+        "max": float(ordered[-1]),
+        "mean": sum(ordered) / len(ordered),
     }
 
 
@@ -179,6 +196,7 @@ def rows_for(m: Mapping[str, Any]) -> list[dict[str, Any]]:
         row(case, "median per phase", _breakdown(m), "ms"),
         row(case, "p99 per phase", _breakdown(m, "p99"), "ms"),
         *_cpu_rows(case, m["cpu_ms"]),
+        *_request_rows(case, kind, m.get("plc_requests_per_cycle")),
         row(case, _floor_metric(m["storage_floor"]), describe(m["storage_floor"]), "ms"),
     ]
 
@@ -192,6 +210,17 @@ def _cpu_rows(case: str, cpu: Mapping[str, Mapping[str, float]]) -> list[dict[st
     return [
         row(case, names[k], f"{s['median']:.3f} / {s['p99']:.3f}", "ms") for k, s in cpu.items()
     ]
+
+
+def _request_rows(
+    case: str, kind: PortKind, counts: Mapping[str, float] | None
+) -> list[dict[str, Any]]:
+    """The requests the PLC's server received per timed cycle (none over the memory port)."""
+    if counts is None:
+        return []
+    what = "Modbus requests" if kind == "modbus" else "OPC UA Read and Write calls"
+    value = f"{counts['median']:g} / {counts['min']:g} / {counts['max']:g}"
+    return [row(case, f"{what} to the PLC per cycle, median / min / max", value)]
 
 
 def _floor_metric(floor: Mapping[str, Any]) -> str:

@@ -207,17 +207,24 @@ class Runtime:
     #: per cycle, the CPU time [ms] within the timed window of the timed loop's thread and of
     #: the PLC's thread (None without one)
     cpu_ms: list[tuple[float, float | None]] = dataclasses.field(default_factory=list)
+    #: the PLC server's count of requests so far (None: the memory PLC, no wire)
+    plc_requests: Callable[[], int] | None = None
+    #: per cycle, the requests the PLC's server received within the timed window
+    requests: list[int] = dataclasses.field(default_factory=list)
 
     async def cycle(self, k: int) -> tuple[float, CycleView]:
         """Scan the PLC (untimed), run cycle ``k`` (timed, seconds), advance one sample."""
         await (self.scan or self.rig.scan)()
         t = self.clock.now()
         plc_cpu = _cpu_clock(self.plc_thread)
+        count = self.plc_requests or (lambda: 0)
+        requests0 = count()
         cpu0, plc0 = time.thread_time(), plc_cpu()
         started = time.perf_counter()
         view = await self.supervisor.cycle(k, t)
         elapsed = time.perf_counter() - started
         cpu, plc = time.thread_time() - cpu0, plc_cpu()
+        self.requests.append(count() - requests0)
         plc_ms = None if plc is None or plc0 is None else (plc - plc0) * 1e3
         self.cpu_ms.append((cpu * 1e3, plc_ms))
         self.clock.advance(self.dt_s)
@@ -278,6 +285,21 @@ async def _plc_server(kind: PortKind, site: Site, tmp: Path, stack: AsyncExitSta
     return server
 
 
+def request_counter(server: PlcServer) -> Callable[[], int]:
+    """The server's requests so far: Modbus requests, or OPC UA Read and Write calls (those
+    touching the site's nodes)."""
+    from hil.servers.modbus import ModbusPlcServer
+    from hil.servers.opcua import OpcUaPlcServer
+
+    if isinstance(server, ModbusPlcServer):
+        modbus = server
+        return lambda: modbus.request_count
+    if isinstance(server, OpcUaPlcServer):
+        opcua = server
+        return lambda: opcua.read_requests + opcua.write_requests
+    raise TypeError(f"no request count for a {type(server).__name__}")
+
+
 async def _served_rig(
     kind: PortKind, site: Site, clock: SteppedClock, tmp: Path, stack: AsyncExitStack
 ) -> tuple[PlcServer, HilRig, Callable[[], Awaitable[None]], threading.Thread]:
@@ -331,6 +353,7 @@ async def runtime_for(
     async with AsyncExitStack() as stack:
         scan: Callable[[], Awaitable[None]] | None = None
         plc_thread: threading.Thread | None = None
+        requests: Callable[[], int] | None = None
         if kind == "memory":
             memory = MemoryPlcServer(site.tags, clock)  # the campaigns' fast-mode PLC
             await memory.start()
@@ -338,6 +361,7 @@ async def runtime_for(
             rig = HilRig(site, clock, [memory])
         else:
             server, rig, scan, plc_thread = await _served_rig(kind, site, clock, tmp, stack)
+            requests = request_counter(server)
             port = port_for_site(_on_port(site, getattr(server, "port", 0)), clock)
         files = config_files(site)
         audit = AuditTrail(
@@ -366,8 +390,9 @@ async def runtime_for(
         port.write = phases.wrap_async("write", port.write)  # type: ignore[method-assign]
         dt_s = TimeBase.of(site.model).seconds(site.controller.sample_time)
         yield Runtime(
-            site, clock, rig, sup, port, audit, historian, policy, phases, dt_s, scan, plc_thread
-        )
+            site, clock, rig, sup, port, audit, historian, policy, phases, dt_s, scan, plc_thread,
+            plc_requests=requests,
+        )  # fmt: skip
 
 
 def working_setpoints(kind: PortKind) -> dict[str, float]:

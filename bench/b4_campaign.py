@@ -6,7 +6,8 @@ without faults) in fast mode four times, side by side in one run: on the local p
 and on a Dask LocalCluster, each with 1 and with 2 workers, every time into a fresh results
 folder (nothing skipped). Wall time is the whole :func:`hil.campaign.execute.run_campaign`
 call, start-up of the pool or cluster included; the reports are not part of it. Every case's
-evidence is then counted (``spec.json`` with its draw, ``audit.db``, ``trajectory.parquet``,
+evidence is then counted (``spec.json`` with its draw, ``audit.db`` durable (its WAL
+checkpointed: nothing left in an ``audit.db-wal``) and verifying, ``trajectory.parquet``,
 ``cycles.parquet``, ``run.log``, ``result.json`` with its verdicts): a run whose evidence is
 incomplete fails its row.
 
@@ -34,6 +35,8 @@ from typing import Any, Literal
 
 from run import ROOT, markdown_table, row
 
+from controller.runtime.audit_chain import AuditError
+from controller.runtime.audit_verify import verify_file
 from hil.campaign.execute import RunSettings, run_campaign
 from hil.campaign.spec import Campaign, load_campaign
 
@@ -77,8 +80,20 @@ def evidence_complete(out: Path, campaign: Campaign) -> int:
         files = all((folder / name).is_file() for name in EVIDENCE)
         drawn = spec.get("draw") == case.draw and result.get("draw") == case.draw
         judged = result.get("status") in ("passed", "failed") and bool(result.get("verdicts"))
-        n += files and drawn and judged
+        n += files and drawn and judged and audit_durable(folder / "audit.db")
     return n
+
+
+def audit_durable(db: Path) -> bool:
+    """The case's audit trail is wholly in its database file (no WAL content left: it was
+    checkpointed before ``result.json``) and verifies against its anchors."""
+    wal = db.with_name(db.name + "-wal")
+    if wal.exists() and wal.stat().st_size > 0:
+        return False
+    try:
+        return verify_file(db).records > 0
+    except AuditError:
+        return False
 
 
 def _once(executor: Executor, workers: int, campaign: Campaign) -> dict[str, Any]:
@@ -92,6 +107,7 @@ def _once(executor: Executor, workers: int, campaign: Campaign) -> dict[str, Any
         complete = evidence_complete(Path(tmp), campaign)
     n = len(outcome.results)
     case_times = sorted(r.get("wall_time_s", 0.0) for r in outcome.results.values())
+    cpu_times = sorted(r.get("cpu_time_s", 0.0) for r in outcome.results.values())
     busy = sum(case_times) / workers  # the cases' own time, spread over the workers
     return {
         "executor": executor,
@@ -105,6 +121,7 @@ def _once(executor: Executor, workers: int, campaign: Campaign) -> dict[str, Any
         "evidence_complete": complete,
         "case_wall_median_s": case_times[len(case_times) // 2] if case_times else None,
         "case_wall_mean_s": sum(case_times) / n if n else None,
+        "case_cpu_median_s": cpu_times[len(cpu_times) // 2] if cpu_times else None,
         "overhead_s": wall - busy,  # start-up of the executor, warm-up, idle workers
         "load_average_after": os.getloadavg()[0],
     }
@@ -121,6 +138,7 @@ def _run_rows(r: dict[str, Any], stem: str, judged: bool) -> list[dict[str, Any]
         row(case, "wall time", r["wall_s"], "s"),
         row(case, "throughput", r["per_minute"], "scenarios/min"),
         row(case, "median case wall time (in its worker)", r["case_wall_median_s"] or 0.0, "s"),
+        row(case, "median case CPU time (its worker process)", r["case_cpu_median_s"] or 0.0, "s"),
         row(case, "overhead (wall - case time / workers)", r["overhead_s"], "s"),
         row(case, "passed / failed / errored", f"{r['passed']} / {r['failed']} / {r['errored']}"),
         row(

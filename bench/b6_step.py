@@ -5,7 +5,9 @@ What one timed step is: one controller sample of a campaign case in ``fast`` mod
 the site's HIL rig (true plant, virtual PLC) on the in-memory PLC image
 (:class:`~hil.servers.memory.MemoryPlcServer`) and a :class:`~hil.campaign.drive.DrivenClock`,
 the edge runtime (:func:`controller.runtime.wiring.run_site`: supervisor, EKF, the site's MPC,
-safety, the SQLite audit trail with ``synchronous=FULL`` and the SQLite historian), the campaign's
+safety, the SQLite audit trail committed as a fast-mode case commits it (``synchronous`` of
+:data:`hil.campaign.drive.AUDIT_SYNCHRONOUS`, ``--audit-sync`` to measure another: ``FULL``,
+every commit fsynced, is the edge runtime's) and the SQLite historian), the campaign's
 :class:`~hil.campaign.recorder.RecordingPort` and :class:`~hil.campaign.recorder.Recorder`. The
 driver is the runner's own stepped loop (scan the PLC at each plant step, let the runtime
 settle, advance the clock), cut after a number of samples or, as the runner does, at the end
@@ -28,7 +30,7 @@ trajectory and cycle rows), and other (the rest: supervisor bookkeeping, the asy
 Figure: per model, median(step) / median(solve + plant), both medians over the same steps of
 the same run. Target <= 2. The machine (platform, CPU count) is printed with the table.
 
-    python bench/b6_step.py [--quick] [--model cstr ...] [--samples N]
+    python bench/b6_step.py [--quick] [--model cstr ...] [--samples N] [--audit-sync FULL]
 """
 
 from __future__ import annotations
@@ -71,7 +73,11 @@ PASSWORD_ENV = "PHARMATWIN_OPCUA_PASSWORD"
 
 
 class Timer:
-    """Wall time spent in named calls (seconds), summed until :meth:`take` empties it."""
+    """Wall time spent in named calls (seconds), summed until :meth:`take` empties it.
+
+    A wrapped call costs two ``perf_counter`` reads and one dict update (some 45 calls a
+    step): the wrappers bind the one ``current`` dict, which :meth:`take` copies and clears.
+    """
 
     def __init__(self) -> None:
         self.current: dict[str, float] = {}
@@ -80,33 +86,35 @@ class Timer:
         self.current[name] = self.current.get(name, 0.0) + seconds
 
     def take(self) -> dict[str, float]:
-        out, self.current = self.current, {}
+        out = dict(self.current)
+        self.current.clear()
         return out
 
     def patch(self, owner: Any, attr: str, name: str) -> Callable[[], None]:
         """Time every call of ``owner.attr`` (a method or coroutine method) under ``name``;
         returns the undo."""
         fn = getattr(owner, attr)
+        current, get, clock = self.current, self.current.get, time.perf_counter
         if asyncio.iscoroutinefunction(fn):
 
             @functools.wraps(fn)
             async def timed_async(*args: Any, **kwargs: Any) -> Any:
-                started = time.perf_counter()
+                started = clock()
                 try:
                     return await fn(*args, **kwargs)
                 finally:
-                    self.add(name, time.perf_counter() - started)
+                    current[name] = get(name, 0.0) + (clock() - started)
 
             setattr(owner, attr, timed_async)
         else:
 
             @functools.wraps(fn)
             def timed(*args: Any, **kwargs: Any) -> Any:
-                started = time.perf_counter()
+                started = clock()
                 try:
                     return fn(*args, **kwargs)
                 finally:
-                    self.add(name, time.perf_counter() - started)
+                    current[name] = get(name, 0.0) + (clock() - started)
 
             setattr(owner, attr, timed)
         return lambda: setattr(owner, attr, fn)
@@ -146,9 +154,12 @@ def instrument(timer: Timer) -> list[Callable[[], None]]:
     return [timer.patch(owner, attr, name) for owner, attr, name in wraps]
 
 
-async def drive(model: str, samples: int, tmp: Path, timer: Timer) -> list[dict[str, float]]:
+async def drive(
+    model: str, samples: int, tmp: Path, timer: Timer, audit_sync: str | None = None
+) -> list[dict[str, float]]:
     """The campaign runner's fast mode on the model's site for ``samples`` controller
-    samples; per step the wall time (``step``) and its phases, seconds."""
+    samples; per step the wall time (``step``) and its phases, seconds. ``audit_sync``: the
+    audit trail's ``synchronous`` (default: a fast-mode campaign case's)."""
     from controller.runtime.site import load_site
     from controller.runtime.supervisor import Mode
     from controller.runtime.wiring import RunOptions, run_site
@@ -169,6 +180,7 @@ async def drive(model: str, samples: int, tmp: Path, timer: Timer) -> list[dict[
         rate=1.0,
         audit_path=tmp / "audit.db",
         historian_path=tmp / "history.db",
+        audit_synchronous=audit_sync or campaign_audit_sync(),
     )
     stop = asyncio.Event()
     await server.start()
@@ -234,16 +246,24 @@ def summarize(steps: Sequence[dict[str, float]]) -> dict[str, Any]:
     }
 
 
-def measure(model: str, samples: int) -> dict[str, Any]:
+def campaign_audit_sync() -> str:
+    """The audit trail's ``synchronous`` in a fast-mode campaign case (what B6 times)."""
+    from hil.campaign.drive import AUDIT_SYNCHRONOUS
+
+    return AUDIT_SYNCHRONOUS["fast"]
+
+
+def measure(model: str, samples: int, audit_sync: str | None = None) -> dict[str, Any]:
     timer = Timer()
     undo = instrument(timer)
     try:
         with tempfile.TemporaryDirectory(prefix="pharmatwin-b6-") as tmp:
-            steps = asyncio.run(drive(model, samples, Path(tmp), timer))
+            steps = asyncio.run(drive(model, samples, Path(tmp), timer, audit_sync))
     finally:
         for u in reversed(undo):
             u()
-    return {"model": model, "site": f"configs/sites/{model}-modbus.yaml"} | summarize(steps)
+    site = {"model": model, "site": f"configs/sites/{model}-modbus.yaml"}
+    return site | {"audit_synchronous": audit_sync or campaign_audit_sync()} | summarize(steps)
 
 
 def machine() -> str:
@@ -255,7 +275,8 @@ def breakdown(m: dict[str, Any]) -> str:
 
 
 def rows_for(m: dict[str, Any]) -> list[dict[str, Any]]:
-    case = f"{m['model']}, fast mode, {m['steps']} steps"
+    audit = f", audit {m['audit_synchronous']}" if "audit_synchronous" in m else ""
+    case = f"{m['model']}, fast mode{audit}, {m['steps']} steps"
     ratio = m["ratio"]
     return [
         row(case, "median step (full loop)", m["step_ms"]["median"], "ms"),
@@ -266,7 +287,10 @@ def rows_for(m: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def run(
-    quick: bool = False, models: Sequence[str] = MODELS, samples: int | None = None
+    quick: bool = False,
+    models: Sequence[str] = MODELS,
+    samples: int | None = None,
+    audit_sync: str | None = None,
 ) -> dict[str, Any]:
     n = samples or (QUICK_SAMPLES if quick else FULL_SAMPLES)
     raw: dict[str, Any] = {
@@ -279,7 +303,7 @@ def run(
     failed = False
     for model in models:
         try:
-            m = measure(model, n)
+            m = measure(model, n, audit_sync)
         except Exception as exc:
             bad, raw[model] = case_failed(model, exc)
             rows.append(bad)
@@ -296,8 +320,14 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--model", choices=MODELS, action="append")
     ap.add_argument("--samples", type=int, help="steps timed per model (after the warm-up)")
+    ap.add_argument(
+        "--audit-sync",
+        choices=("FULL", "NORMAL"),
+        help="the audit trail's synchronous (default: a fast-mode campaign case's)",
+    )
     args = ap.parse_args()
-    print(markdown_table([run(args.quick, args.model or MODELS, args.samples)]))
+    table = run(args.quick, args.model or MODELS, args.samples, args.audit_sync)
+    print(markdown_table([table]))
 
 
 if __name__ == "__main__":

@@ -112,6 +112,10 @@ class Constraint(Strict):
     upper: Finite | None = None
     soft: bool = False
     penalty: PositiveFinite = 1e3
+    #: the fast path's typical magnitude of the row (and its slack), in the expression's unit;
+    #: None: the derived one (``controller.core.ocp_stage.constraint_scales``). The NLP is the
+    #: same; only the QP's coefficients change (the do-mpc backend ignores it).
+    scale: PositiveFinite | None = None
 
     @model_validator(mode="after")
     def _some_bound(self) -> Constraint:

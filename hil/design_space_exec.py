@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 import multiprocessing
 import time
@@ -104,19 +103,11 @@ def run_dask(
 ) -> None:
     import uuid
 
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import as_completed
 
-    with (
-        LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    from hil.campaign.execute import local_dask_client  # its workers: QUIET_WORKERS
+
+    with local_dask_client(workers) as client:
         run = uuid.uuid4().hex[:8]
         futures = {
             client.submit(run_point, job, key=f"ds-{job['id']}-{run}", pure=False): job["id"]

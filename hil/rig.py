@@ -61,7 +61,10 @@ class HilRig:
         servers: list[PlcServer],
         *,
         on_scan: Callable[[HilRig], None] | None = None,
+        scenario: ScenarioConfig | None = None,
     ) -> None:
+        """``scenario``: the site's scenario, already loaded and checked
+        (:func:`~hil.site.load_hil_site_and_scenario`); default: loaded here."""
         hil = hil_section(site)
         if hil is None:
             raise ValueError(f"site {site.name!r} has no 'hil' section to serve")
@@ -72,7 +75,9 @@ class HilRig:
         self.log = RigLog()
         #: called at the end of every scan (a campaign records its trajectory there)
         self.on_scan = on_scan
-        self.scenario: ScenarioConfig = load_scenario(site.file(self.hil.scenario))
+        if scenario is None:
+            scenario = load_scenario(site.file(self.hil.scenario))
+        self.scenario: ScenarioConfig = scenario
         scen_path = site.file(self.hil.scenario)
         base = build_model(resolve(scen_path, self.scenario.plant))
         self.model = type(base)(base.parameter_set.with_values(self.scenario.true_plant.parameters))

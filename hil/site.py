@@ -27,7 +27,7 @@ from controller.configfile import Finite, PositiveFinite, Strict, parse, resolve
 from controller.errors import ConfigError, Problem, unknown_name
 from controller.plantfile import load_parameter_set
 from controller.runtime.site import CLOSED_LOOP_CONTRACT, Site, load_site
-from hil.scenario import load_scenario
+from hil.scenario import ScenarioConfig, load_scenario
 
 
 class Interlock(Strict):
@@ -131,35 +131,43 @@ def with_hil(site: Site, section: HilSection) -> Site:
 def load_hil_site(path: Path) -> Site:
     """Load a site file for the HIL bench: the site (:func:`load_site`) and its ``hil:``
     section, cross-checked; one ConfigError lists every problem of the section."""
+    return load_hil_site_and_scenario(path)[0]
+
+
+def load_hil_site_and_scenario(path: Path) -> tuple[Site, ScenarioConfig | None]:
+    """:func:`load_hil_site`, and the scenario it checked (None without a ``hil:`` section),
+    for a :class:`~hil.rig.HilRig` of this site now (a campaign case: loaded once, not twice)."""
     site = load_site(path)
     section = hil_section(site)
-    if section is not None:
-        problems = hil_problems(site, section)
-        if problems:
-            raise ConfigError(problems)
-    return site
+    if section is None:
+        return site, None
+    scenario, problems = _checked_scenario(site, section)
+    problems += _other_problems(site, section)
+    if problems:
+        raise ConfigError(problems)
+    return site, scenario
 
 
 def hil_problems(site: Site, hil: HilSection) -> list[Problem]:
     """What the section must agree with: its scenario, the tag map, the model, its CA files."""
-    return [
-        *_scenario_problems(site, hil),
-        *_tag_problems(site),
-        *_interlock_problems(site, hil),
-        *_file_problems(site, hil),
-    ]
+    return [*_checked_scenario(site, hil)[1], *_other_problems(site, hil)]
 
 
-def _scenario_problems(site: Site, hil: HilSection) -> list[Problem]:
+def _other_problems(site: Site, hil: HilSection) -> list[Problem]:
+    return [*_tag_problems(site), *_interlock_problems(site, hil), *_file_problems(site, hil)]
+
+
+def _checked_scenario(site: Site, hil: HilSection) -> tuple[ScenarioConfig | None, list[Problem]]:
+    """The section's scenario (None when it does not load) and its problems."""
     path = site.file(hil.scenario)
     try:
         sc = load_scenario(path)
     except ConfigError as exc:
-        return list(exc.problems)
+        return None, list(exc.problems)
     if sc.plant and load_parameter_set(resolve(path, sc.plant)).model != site.model.name:
         message = f"the scenario is not for model {site.model.name!r}"
-        return [Problem(str(site.path), "hil.scenario", message, hil.scenario)]
-    return []
+        return sc, [Problem(str(site.path), "hil.scenario", message, hil.scenario)]
+    return sc, []
 
 
 def _tag_problems(site: Site) -> list[Problem]:

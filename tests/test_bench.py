@@ -186,6 +186,28 @@ def test_b2_plc_answers_off_the_timed_loop(runner: ModuleType, tmp_path: Path) -
     assert timed_loop not in handled_on
 
 
+def test_b2_counts_the_requests_the_plc_received_in_each_cycle(
+    runner: ModuleType, tmp_path: Path
+) -> None:
+    """B2's requests per cycle are the ones the PLC's server logged within each timed cycle."""
+    b2 = importlib.import_module("b2_runtime")
+    hold = b2.working_setpoints("modbus")
+    decision = Decision(0.0, hold, SolveStatus.SUCCESS, "Solve_Succeeded", 4, 1e-3)
+
+    async def cycles() -> tuple[list[int], list[int]]:
+        async with b2.runtime_for("modbus", tmp_path, b2.FixedDecision(decision)) as rt:
+            (server,) = rt.rig.servers
+            logged = []
+            for k in range(4):
+                before = len(server.requests)
+                await rt.cycle(k)
+                logged.append(len(server.requests) - before)
+            return rt.requests, logged
+
+    counted, logged = asyncio.run(cycles())
+    assert counted == logged and min(counted) >= 4  # at least one read per table
+
+
 def test_b2_audit_phase_covers_a_group_sent_to_the_writer_thread(
     runner: ModuleType, tmp_path: Path
 ) -> None:

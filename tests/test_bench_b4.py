@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from controller.runtime.audit import AuditTrail
 from hil.campaign.spec import load_campaign
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -38,6 +39,7 @@ def _figures(wall: float, workers: int, cases: int = 1000, complete: int = 1000)
         "evidence_complete": complete,
         "case_wall_median_s": 0.5,
         "case_wall_mean_s": 0.5,
+        "case_cpu_median_s": 0.4,
         "overhead_s": 2.0,
     }
 
@@ -72,6 +74,10 @@ def test_the_evidence_count_checks_files_draw_and_verdicts(b4: ModuleType, tmp_p
     folder.mkdir(parents=True)
     for name in b4.EVIDENCE:
         (folder / name).write_text("x")
+    (folder / "audit.db").unlink()
+    trail = AuditTrail(folder / "audit.db", synchronous="NORMAL")
+    trail.record("setpoint.write", "Tsh_sp", reason="a decision", new_value=-20.0)
+    trail.close()  # checkpointed and made durable
     spec = case.to_json()
     (folder / "spec.json").write_text(json.dumps(spec))
     result = {"status": "passed", "draw": case.draw, "verdicts": [{"passed": True}]}

@@ -75,11 +75,11 @@ import casadi as ca
 import numpy as np
 
 from controller.config import EstimatorSpec
+from controller.core.ekf_memo import built_filter, mark_checked, was_checked
 from controller.core.ekf_model import (
     AugmentedState,
     check_prediction,
     covariances,
-    filter_functions,
     first_line,
     reference_step,
 )
@@ -90,7 +90,6 @@ from controller.core.prediction import (
     ALGEBRAIC_TOL,
     PREDICTION_TOL,
     BufferedFunction,
-    compiled_or_plain,
 )
 from controller.errors import EstimatorError, unknown_name
 from plant_models import PlantModel, Role
@@ -172,11 +171,9 @@ class ExtendedKalmanFilter:
         self._innovation_std: dict[str, float] = {}
         self._rejected: tuple[str, ...] = ()
         self._ok, self._reason = True, ""
-        functions = filter_functions(aug, spec, self._dt)
-        loaded, self.library = compiled_or_plain(
-            list(functions.values()), spec.jit, f"model {model.name!r} estimator", compile
-        )
-        calls = {k: BufferedFunction(f) for k, f in zip(functions, loaded, strict=True)}
+        build = built_filter(aug, spec, self._dt, compile)  # once per configuration
+        self.library = build.library
+        calls = {k: BufferedFunction(f) for k, f in build.functions.items()}
         self._correct_call = calls["correct"]
         self._z_call = calls.get("z_solve")
         self._step_call = calls.get("step")
@@ -187,8 +184,9 @@ class ExtendedKalmanFilter:
                 f"state {states} and inputs {model.nominal_inputs}"
             )
         self._z = z
-        if "predict" in calls:
+        if "predict" in calls and not was_checked(build):
             check_prediction(aug, spec, self._dt, calls["predict"])
+            mark_checked(build)
 
     # ------------------------------------------------------------------ filter steps
     def _posterior(self, out: list[FloatArray]) -> _Posterior | str:

@@ -35,6 +35,10 @@ differs is the transcription and the solver:
   warm-started from the previous primal solution and its multipliers shifted one interval
   (multipliers of inactive bounds and constraints zeroed: qrqp takes any nonzero one as an
   active constraint);
+* the SQP's gradient, constraint Jacobian and exact Hessian are assembled from one
+  interval's SX derivatives, mapped (:mod:`controller.core.ocp_jacobian`; not for robust or
+  minimum-time problems): the same values and sparsity as CasADi's own, at a third of the
+  cost (:data:`JAC_FG`);
 * a step without a warm start (the first, or after a failure) is solved by IPOPT from a
   simulation of the model (``solver.cold_start: ipopt``); ``cold_starts`` counts them;
 * with ``jit`` and a :class:`~controller.core.jit.LibraryBuilder` handed in (``compile``,
@@ -55,7 +59,6 @@ Times are in the plant model's time unit; values at the interface are physical.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -66,31 +69,49 @@ import numpy as np
 
 from controller.config import ControllerConfig
 from controller.core.end_schedule import EndSchedule
-from controller.core.fast_guess import simulated_guess, stage_root
+from controller.core.fast_decision import DecisionReader
+from controller.core.fast_guess import simulated_guess
 from controller.core.fast_solver import (
     BOUNDS,
+    CONVEXIFY,
     WARM_IPOPT,
     BufferedSolver,
     active_tol,
     clean_multipliers,
-    input_limits,
     row_scaled,
     shift_index,
     solve_plain,
     sqp_options,
+    structured_hess_l,
+    structured_jac_fg,
 )
-from controller.core.jit import LibraryBuilder, keyed_nlpsol
+from controller.core.jit import Deferred, LibraryBuilder, keyed_nlpsol, resolved
 from controller.core.mpc import (
-    ACCEPTED_STATUSES,
     Decision,
     ModelPredictiveController,
     SolveStatus,
     ipopt_options,
 )
-from controller.core.ocp import Transcription, transcribe
+from controller.core.ocp import Transcription
+from controller.core.ocp_memo import transcribed
 from plant_models import PlantModel, Role
 
 log = logging.getLogger(__name__)
+
+#: A step after a reset keeps the warm start when it comes one sample (within this fraction
+#: of it) after the last successful solve (:meth:`FastController.reset`).
+RESUME_TOL = 1e-6
+
+#: The key of the SQP's gradient and Jacobian code (:func:`structured_jac_fg`, made only when
+#: the code is generated): assembled from one interval's SX derivatives, mapped
+#: (:mod:`controller.core.ocp_jacobian`). The bioreactor's SQP, compiled: ``nlp_jac_fg`` 48 ->
+#: 17 us and ``nlp_hess_l`` 54 -> 25 us per evaluation (stats), its library's C code 685k ->
+#: 261k characters (gcc -O2 3.7 -> 1.3 s); B1 step median 1.31-1.37 -> 1.12-1.20 ms (A/B
+#: interleaved, load 2.2-2.5). The whole NLP expanded to SX (``expand``) instead saved ~13 %
+#: but made that C code 4x longer (gcc 5.8 -> 31 s; B8's cold start is <= 10 s).
+JAC_FG = "nlp_jac_fg structured 2"
+#: The key of the exact Hessian's code (:func:`structured_hess_l`), assembled likewise.
+HESS_L = "nlp_hess_l structured 1"
 
 
 class FastController(ModelPredictiveController):
@@ -114,10 +135,10 @@ class FastController(ModelPredictiveController):
         #: minimum time: the interval lengths of the plans (None: every one a sample)
         self.schedule = self._schedule(config)
         self._t_end: float | None = None  # the last plan's time to the batch end
-        self.ocp = transcribe(config, model, source, spec.integrator_steps)
         self._z_guess = model.vector(Role.ALGEBRAIC, model.initial_algebraic)
-        self._z_root = stage_root(self.ocp, model)
-        self.ocp = self._row_scaled(self.ocp)
+        # transcribed, root-finder built and rows scaled once per configuration in a process
+        # (controller.core.ocp_memo); this controller gets its own copy of the arrays
+        self.ocp, self._z_root = transcribed(self, spec.integrator_steps)
         # Converted once: a numpy vector costs ~30 us to convert at every call.
         o = self.ocp
         self._bounds = {
@@ -130,6 +151,8 @@ class FastController(ModelPredictiveController):
         self.library: Path | None = None  # the SQP's library
         self.libraries: list[Path] = []  # every library loaded (the SQP's, IPOPT's)
         self.sqp = self._build_sqp()
+        self.sqp_retries = 0  # failed SQP solves retried with the convexified Hessian
+        self.sqp_convex = self._build_convex() if spec.hessian == "exact" else None
         self.ipopt: ca.Function | None = None
         self.ipopt_cold: ca.Function | None = None
         if spec.fallback == "ipopt":
@@ -142,19 +165,15 @@ class FastController(ModelPredictiveController):
                 else self._build("fast_cold", "ipopt", opts)
             )
         self._guess: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._solved_at: float | None = None  # the time of the last successful solve
+        self._resumable: bool | None = None  # set by reset (None: no reset pending)
         # Constants of the hot path (step), computed once.
-        self._x_names, self._u_names = model.state_names, model.input_names
-        self._xsc, self._usc = model.scales(Role.STATE), model.scales(Role.INPUT)
-        self._zsc = model.scales(Role.ALGEBRAIC)
+        self._usc = model.scales(Role.INPUT)
         self._tol_x, self._tol_g = active_tol(o.lbx, o.ubx), active_tol(o.lbg, o.ubg)
         self._shift_w, self._shift_g = shift_index(o, config.horizon)
-        self._u_lo, self._u_hi = input_limits(config, model)
-        # As Python floats: a check of a few inputs costs less than numpy's calls.
-        self._u_limits = list(zip(self._u_lo.tolist(), self._u_hi.tolist(), strict=True))
-        self._is_dae = model.is_dae
+        self._read = DecisionReader(config, model, o)
         self._sqp_call = BufferedSolver(self.sqp, o)
-        n_steps, n_soft = o.eps_idx.shape  # n_soft may be 0: no soft constraints
-        self._eps_all = o.scenario_index(o.eps_idx).reshape(o.n_scenarios * n_steps, n_soft)
+        self._convex_call: BufferedSolver | None = None  # built at the first retry
 
     # ------------------------------------------------------------------ building
     def _schedule(self, config: ControllerConfig) -> EndSchedule | None:
@@ -170,12 +189,33 @@ class FastController(ModelPredictiveController):
         return row_scaled(ocp, self._cold_guess(x0, p, ocp), self._parameters(x0, p))
 
     def _build_sqp(self) -> ca.Function:
-        extra = {}
+        extra = self._sqp_code()
         if self.config.solver.hessian == "gauss-newton":
             extra["hess_lag"] = self.ocp.gauss_newton
         sqp = self._build("fast_sqp", "sqpmethod", sqp_options(self.config.solver), extra)
         self.library = self._library
         return sqp
+
+    def _build_convex(self) -> ca.Function:
+        """The SQP with its exact Hessian convexified (:data:`CONVEXIFY`), loaded from the
+        SQP's library when there is one (the same functions; the convexification is the
+        solver's own numerics)."""
+        opts = {**sqp_options(self.config.solver), **CONVEXIFY}
+        if self.library is not None:
+            return ca.nlpsol("fast_sqp_convex", "sqpmethod", str(self.library), opts)
+        code = resolved(self._sqp_code())
+        return ca.nlpsol("fast_sqp_convex", "sqpmethod", self.ocp.nlp, {**opts, **code})
+
+    def _sqp_code(self) -> dict[str, Any]:
+        """The SQP's code-shaping options: its derivatives assembled from one interval's
+        (:data:`JAC_FG`, and :data:`HESS_L` for the exact Hessian), when the transcription
+        has them."""
+        ocp, code = self.ocp, {}
+        if ocp.jac_fg is not None:
+            code["jac_fg"] = Deferred(JAC_FG, lambda: structured_jac_fg(ocp))
+        if ocp.hess_l is not None and self.config.solver.hessian == "exact":
+            code["hess_lag"] = Deferred(HESS_L, lambda: structured_hess_l(ocp))
+        return code
 
     def _build(
         self, name: str, plugin: str, opts: dict[str, Any], extra: dict[str, Any] | None = None
@@ -187,7 +227,7 @@ class FastController(ModelPredictiveController):
         """
         self._library: Path | None = None
         if not self.config.solver.jit or self.builder is None:
-            return ca.nlpsol(name, plugin, self.ocp.nlp, {**opts, **(extra or {})})
+            return ca.nlpsol(name, plugin, self.ocp.nlp, {**opts, **resolved(extra or {})})
         rare = plugin == "ipopt"  # the fallback and the cold start: rarely run
         solver, self._library, exc = keyed_nlpsol(
             self.builder, name, plugin, self.ocp.nlp, opts, extra, rarely_run=rare
@@ -201,9 +241,27 @@ class FastController(ModelPredictiveController):
 
     # ------------------------------------------------------------------ running
     def reset(self, u_prev: Mapping[str, float]) -> None:
-        """Forget the warm start; the next step starts from the working setpoints ``u_prev``."""
+        """Forget the warm start; the next step starts from the working setpoints ``u_prev``.
+
+        Unless that step is the very next sample after the last successful solve: then the
+        last solution, shifted as in every cycle, still warm-starts the SQP (the setpoints in
+        force are the NLP's parameters, not its guess). The supervisor starts the pipeline
+        twice in a row (INIT, then the PLC's handover one sample later): that second start
+        cost every campaign case a second cold IPOPT solve (30 to 60 ms of a 0.45 s case).
+        A step at any other time starts cold, as before.
+        """
         self._u_prev = self.model.vector(Role.INPUT, u_prev)
-        self._guess = None
+        self._resumable = self._guess is not None and self._solved_at is not None
+
+    def _resume_or_forget(self, t: float) -> None:
+        """After :meth:`reset`: keep the warm start only when ``t`` is one sample on from the
+        last successful solve."""
+        if not self._resumable:
+            self._guess = None
+            return
+        dt = self.config.sample_time
+        if self._solved_at is None or abs(t - self._solved_at - dt) > RESUME_TOL * dt:
+            self._guess = None
 
     def _cold_guess(
         self, x0: np.ndarray, p: np.ndarray, ocp: Transcription | None = None
@@ -256,6 +314,9 @@ class FastController(ModelPredictiveController):
             return x0
         p = self.model.parameter_vector(self._params)
         self.cycles += 1
+        if self._resumable is not None:  # the first step after a reset
+            self._resume_or_forget(t)
+            self._resumable = None
         decision = self._attempt(t, x0, p)
         if self.schedule is None:
             return decision
@@ -331,12 +392,15 @@ class FastController(ModelPredictiveController):
         cold_solver = cold_solver if self._guess is None else None
         started = time.perf_counter()
         fallback: str | None = None  # the SQP's status when IPOPT took over
+        note = ""  # the convexified SQP's retry, when it produced the solution
         try:
             if cold_solver is not None:  # no warm start: IPOPT from the simulated guess
                 self.cold_starts += 1
                 sol, stats = solve_plain(cold_solver, self._args(w0, lam_x0, lam_g0, p_all))
             else:
                 sol, stats = self._sqp_call(w0, lam_x0, lam_g0, p_all)
+                if not stats.get("success", False) and self.sqp_convex is not None:
+                    sol, stats, note = self._retry_convex(t, stats, (w0, lam_x0, lam_g0, p_all))
                 if not stats.get("success", False) and self.ipopt is not None:
                     fallback = str(stats.get("return_status", "unknown"))
                     warm = (w0, lam_x0, lam_g0, p_all)
@@ -345,15 +409,56 @@ class FastController(ModelPredictiveController):
             self._guess = None
             return self._failed(t, SolveStatus.ERROR, f"{type(exc).__name__}: {exc}")
         elapsed = time.perf_counter() - started
-        decision, u0 = self._decision(t, sol, stats, elapsed, fallback)
+        decision, u0, z_first = self._read(t, sol, stats, elapsed, fallback, note)
+        if z_first is not None:
+            self._z_guess = z_first
         if decision.ok:
+            self._solved_at = t
             self._u_prev = u0.copy()  # decision.inputs' values, in input order
             self._guess = clean_multipliers(sol, self.ocp, self._tol_x, self._tol_g)
             self._t_end = decision.end_time - t if self.schedule is not None else None
         else:
             self._guess = None
             self._t_end = None
+            self._solved_at = None
         return decision
+
+    def _retry_convex(
+        self,
+        t: float,
+        sqp_stats: dict[str, Any],
+        warm: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any], str]:
+        """The convexified SQP from the same warm start, after the exact-Hessian SQP failed
+        (counted in ``sqp_retries``), and a note for the Decision's return status; the
+        failed SQP's stats (and no note) when the retry fails too.
+
+        The full-step SQP with the exact Lagrangian Hessian diverged on the bioreactor while
+        the biomass rode its soft cap and the substrate its bound (cycles 86-149: 7 IPOPT
+        fallbacks, 40 to 140 ms each): the QPs' indefinite Hessians sent it away. With the
+        Hessian's blocks convexified it converges from the same warm start.
+        """
+        convex = self.sqp_convex
+        if convex is None:  # callers check first: only an exact-Hessian SQP has one
+            raise RuntimeError("no convexified SQP to retry with (hessian is not exact)")
+        if self._convex_call is None or self._convex_call.solver is not convex:
+            self._convex_call = BufferedSolver(convex, self.ocp)
+        self.sqp_retries += 1
+        sol, stats = self._convex_call(*warm)
+        log.info(
+            "%s: cycle %d (t=%g %s): the SQP did not converge (%s); convexified SQP: %s",
+            self.source,
+            self.cycles,
+            t,
+            self.model.time_unit,
+            sqp_stats.get("return_status", "unknown"),
+            stats.get("return_status", "unknown"),
+        )
+        if not stats.get("success", False):
+            return sol, sqp_stats, ""
+        stats["iter_count"] = int(sqp_stats.get("iter_count", 0)) + int(stats.get("iter_count", 0))
+        failed = sqp_stats.get("return_status", "unknown")
+        return sol, stats, f" (convexified SQP retry; SQP: {failed})"
 
     def _fall_back(
         self,
@@ -389,58 +494,3 @@ class FastController(ModelPredictiveController):
     ) -> dict[str, Any]:
         """The arguments of a plain (IPOPT) solver call."""
         return {"x0": x0, "lam_x0": lam_x0, "lam_g0": lam_g0, "p": p, **self._bounds}
-
-    def _decision(
-        self,
-        t: float,
-        sol: Mapping[str, np.ndarray],
-        stats: Mapping[str, Any],
-        elapsed: float,
-        fallback: str | None,
-    ) -> tuple[Decision, np.ndarray]:
-        """The Decision of a solution, and its first move as a vector (input order);
-        ``fallback`` is the SQP's status when IPOPT produced the solution."""
-        o = self.ocp
-        w = sol["x"]
-        xs = w[o.x_idx] * self._xsc
-        us = w[o.u_idx] * self._usc
-        u0 = us[0]
-        status_text = str(stats.get("return_status", "unknown"))
-        u0_list = u0.tolist()
-        inputs = dict(zip(self._u_names, u0_list, strict=True))
-        # False for NaN too (every comparison with NaN is)
-        within = all(lo <= v <= hi for v, (lo, hi) in zip(u0_list, self._u_limits, strict=True))
-        status = SolveStatus.SUCCESS
-        if not stats.get("success", False) and status_text not in ACCEPTED_STATUSES:
-            status = SolveStatus.FAILED
-        elif not within:
-            status, status_text = (
-                SolveStatus.INVALID,
-                f"{status_text}; input outside limits {inputs}",
-            )
-        if fallback is not None:
-            status_text = f"{status_text} (IPOPT fallback; SQP: {fallback})"
-        eps_idx = o.eps_idx if o.n_scenarios == 1 else self._eps_all
-        eps = w[eps_idx] * o.eps_scale  # robust: the largest slack over every scenario
-        slack = dict(zip(o.soft_names, eps.max(axis=0).tolist(), strict=True))
-        if self._is_dae and status is SolveStatus.SUCCESS:
-            self._z_guess = w[o.z_idx[0, : self._zsc.shape[0]]] * self._zsc
-        decision = Decision(
-            t=t,
-            inputs=inputs,
-            status=status,
-            return_status=status_text,
-            iterations=int(stats.get("iter_count", -1)),
-            solve_time_s=elapsed,
-            objective=float(sol["f"][0]),
-            predicted_states=dict(zip(self._x_names, xs.T, strict=True)),
-            predicted_inputs=dict(zip(self._u_names, us.T, strict=True)),
-            soft_slack=slack,
-            fallback=fallback is not None,
-            end_time=(
-                t + float(w[o.t_end_idx]) * self.config.sample_time
-                if o.t_end_idx is not None
-                else math.nan
-            ),
-        )
-        return decision, u0

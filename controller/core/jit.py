@@ -23,26 +23,46 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import casadi as ca
 import numpy as np
 
+from controller.core.memo import Lru
+
 __all__ = [
     "RARELY_RUN",
+    "Deferred",
     "KeyedLibraryBuilder",
     "LibraryBuilder",
     "compiled_nlpsol",
     "keyed_nlpsol",
     "nlp_code",
     "problem_key",
+    "resolved",
 ]
 
 #: The first line of the code of a rarely run solver (see the module's docstring).
 RARELY_RUN = "/* pharmatwin: rarely run */\n"
 #: Bumped whenever :func:`nlp_code` generates differently: part of every problem key.
 GENERATOR = "nlp_code 2"
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """A code-shaping option computed by ``make()`` only when the code is generated (e.g. an
+    expanded derivative, tens of ms to build and to serialize). Keyed by ``name``: its value
+    must follow from the NLP and the name alone (rename it when ``make`` changes)."""
+
+    name: str
+    make: Callable[[], Any]
+
+
+def resolved(opts: Mapping[str, Any]) -> dict[str, Any]:
+    """``opts`` with every :class:`Deferred` value made."""
+    return {k: v.make() if isinstance(v, Deferred) else v for k, v in opts.items()}
 
 
 class LibraryBuilder(Protocol):
@@ -115,7 +135,7 @@ def keyed_nlpsol(
 
     def plain() -> ca.Function:
         if not made:
-            made.append(ca.nlpsol(name, plugin, dict(nlp), {**opts, **(extra or {})}))
+            made.append(ca.nlpsol(name, plugin, dict(nlp), {**opts, **resolved(extra or {})}))
         return made[0]
 
     def code() -> str:
@@ -138,7 +158,53 @@ def problem_key(
     """A digest of everything the code of the nlpsol ``plugin`` of ``nlp`` with ``opts``
     depends on: the generator, CasADi's version, the plugin, the serialized NLP and every
     option (Functions serialized); None when an option's value cannot be written out
-    exactly (no key then: the code is generated and hashed)."""
+    exactly (no key then: the code is generated and hashed).
+
+    Remembered per process (:data:`_KEYS`) by the identity of the NLP's expressions and of
+    the options' Functions (held, so their ids cannot be reused; CasADi expressions and
+    Functions never change) and the exact value of every other option: a controller built
+    again from the memoized transcription (:mod:`controller.core.ocp_memo`) does not
+    serialize its NLP again (~3 ms a case)."""
+    held: list[object] = []
+    try:
+        ident = (plugin, rarely_run, _identity(dict(nlp), held), _identity(dict(opts), held))
+    except TypeError:
+        return None
+    hit = _KEYS.get(ident)
+    if hit is not None:
+        return hit[1]
+    key = _problem_key(plugin, nlp, opts, rarely_run)
+    _KEYS.put(ident, (held, key))
+    return key
+
+
+#: :func:`problem_key`'s digests by identity, each with the CasADi objects it names
+_KEYS: Lru[tuple[Any, ...], tuple[list[object], str | None]] = Lru(32)
+
+
+def _identity(value: Any, held: list[object]) -> Any:
+    """``value`` as a hashable token: CasADi objects by identity (appended to ``held``),
+    everything else by type and exact value; TypeError for what :func:`_canonical` refuses."""
+    if isinstance(value, ca.Function | ca.MX | ca.SX):
+        held.append(value)
+        return ("casadi", id(value))
+    if isinstance(value, Deferred):
+        return ("deferred", value.name)
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted((str(k), _identity(v, held)) for k, v in value.items())))
+    if isinstance(value, list | tuple):
+        return ("list", tuple(_identity(v, held) for v in value))
+    if isinstance(value, np.ndarray | ca.DM):
+        array = np.asarray(value, dtype=float)
+        return ("array", array.shape, array.tobytes())
+    if isinstance(value, bool | int | str | float) or value is None:
+        return (type(value).__name__, value.hex() if isinstance(value, float) else value)
+    raise TypeError(f"cannot key an option of type {type(value).__name__}")
+
+
+def _problem_key(
+    plugin: str, nlp: Mapping[str, ca.MX], opts: Mapping[str, Any], rarely_run: bool
+) -> str | None:
     try:
         options = json.dumps(_canonical(dict(opts)), sort_keys=True)
     except TypeError:
@@ -154,6 +220,8 @@ def _canonical(value: Any) -> Any:
     """``value`` as plain JSON data, exactly; TypeError for anything else."""
     if isinstance(value, ca.Function):
         return {"casadi.Function": value.serialize()}
+    if isinstance(value, Deferred):
+        return {"deferred": value.name}
     if isinstance(value, dict):
         return {str(k): _canonical(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

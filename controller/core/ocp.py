@@ -20,6 +20,7 @@ import numpy as np
 
 from controller.config import ControllerConfig, robust_scenarios
 from controller.core.mpc import move_limits, nl_constraints
+from controller.core.ocp_jacobian import stage_gradient, stage_hessian, stage_jacobian
 from controller.core.ocp_stage import (
     constraint_scales,
     end_condition,
@@ -71,6 +72,13 @@ class Transcription:
     n_nonanticipative: int = 0
     fixed: tuple[dict[str, float], ...] = ({},)
     scenario_combo: tuple[tuple[int, ...], ...] = ()
+    # ``(x, p) -> (grad_f_x, jac_g_x)``: the objective's gradient and g's Jacobian (rows not
+    # scaled) assembled from one interval's (:mod:`controller.core.ocp_jacobian`); None:
+    # CasADi's own are used.
+    jac_fg: ca.Function | None = None
+    # ``(x, p, lam_f, lam_g) -> hess_gamma_x_x``: the Lagrangian's exact Hessian (``lam_g`` of
+    # the rows not scaled) assembled likewise; None: CasADi's own.
+    hess_l: ca.Function | None = None
 
     def scenario_index(self, idx: np.ndarray) -> np.ndarray:
         """``idx`` (scenario 0's indices into the decision vector) for every scenario,
@@ -103,6 +111,9 @@ def transcribe(
 
     The intervals are one SX ``stage`` Function mapped over the horizon, so the NLP's
     derivatives (and its generated C code) hold one interval's code, not ``N`` copies.
+    Without minimum time the objective's gradient, the constraints' Jacobian and the exact
+    Lagrangian Hessian are also assembled from one interval's, mapped (``jac_fg``,
+    ``hess_l``: :mod:`controller.core.ocp_jacobian`), instead of CasADi's MX derivatives.
     A config with a ``robust`` section is transcribed by :func:`transcribe_robust`.
     """
     if config.robust is not None:
@@ -141,7 +152,7 @@ def transcribe(
         end_row, _ = end_condition(config, model, source)
         end_rows = [end_row(xs[n], p)]
         cost_time = mt.weight * t_end * config.sample_time
-    g_map, f_map = stage.map(n)(
+    stage_args = [
         ca.horzcat(*xs[:-1]),
         ca.horzcat(*us),
         ca.horzcat(*vs[:-1]),
@@ -151,7 +162,8 @@ def transcribe(
         ca.horzcat(*vs[1:]),
         ca.repmat(p, 1, n),
         durations,
-    )
+    ]
+    g_map, f_map = stage.map(n)(*stage_args)
     g = ca.vertcat(xs[0] - x0 / xsc, vs[0] - u_prev / usc, ca.vec(g_map), *end_rows)
     f = ca.sum2(f_map) + terminal(xs[n], p) + cost_time
     p_all = ca.vertcat(x0, u_prev, p, *p_timing)
@@ -180,6 +192,19 @@ def transcribe(
 
     w_block = nx + 2 * nu + nz * n_stage + n_eps
     n_w = w_block * n + nx + nu + (1 if mt is not None else 0)
+    # Minimum time: T enters every interval (CasADi's own derivatives then).
+    jac_fg = hess_l = None
+    if mt is None:
+        layout = (n, nx, nu, w_block, n_w)
+        j = stage_jacobian(stage, stage_args, *layout)
+        grad = stage_gradient(stage, stage_args, *layout)
+        grad += ca.gradient(terminal(xs[n], p), w_all)
+        names = (["x", "p"], ["grad_f_x", "jac_g_x"])
+        jac_fg = ca.Function("jac_fg", [w_all, p_all], [grad, j], *names)
+        lam = (lam_f, lam_g)
+        h = stage_hessian(stage, terminal, stage_args, xs[n], p, lam, layout)
+        names = (["x", "p", "lam_f", "lam_g"], ["hess_gamma_x_x"])
+        hess_l = ca.Function("hess_l", [w_all, p_all, lam_f, lam_g], [h], *names)
     idx = np.arange(n_w)
     blocks = idx[: w_block * n].reshape(n, w_block)
     x_idx = np.vstack([blocks[:, :nx], idx[w_block * n : w_block * n + nx][None, :]])
@@ -232,6 +257,8 @@ def transcribe(
         interval=interval,
         t_end_idx=n_w - 1 if mt is not None else None,
         n_end_rows=len(end_rows),
+        jac_fg=jac_fg,
+        hess_l=hess_l,
     )
 
 
@@ -356,4 +383,6 @@ def transcribe_robust(
         n_nonanticipative=n_na,
         fixed=tuple(combos),
         scenario_combo=stage_combo,
+        jac_fg=None,  # the nominal's assembled derivatives are not this NLP's
+        hess_l=None,
     )

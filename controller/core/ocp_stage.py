@@ -223,7 +223,12 @@ def constraint_scales(config: ControllerConfig, model: PlantModel) -> list[float
     expr = np.asarray(model.function(x, z, u, model.parameter_vector())[3], dtype=float).ravel()
     values = dict(zip(model.expression_names, expr, strict=True))
     out: list[float] = []
-    for c in nl_constraints(config):
+    # a configured ``scale`` wins (nl_constraints' order: each constraint's upper, then lower)
+    given = [c.scale for c in config.constraints for b in (c.upper, c.lower) if b is not None]
+    for c, scale in zip(nl_constraints(config), given, strict=True):
+        if scale is not None:
+            out.append(float(scale))
+            continue
         var = model.all_variables.get(c.expression)
         if var is not None and var.role is not Role.OUTPUT:
             out.append(float(var.scale))

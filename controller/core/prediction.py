@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import casadi as ca
@@ -47,8 +48,11 @@ __all__ = [
     "PREDICTION_TOL",
     "BufferedFunction",
     "algebraic_newton",
+    "c_code",
     "compiled",
     "discrete_step",
+    "load",
+    "uncompiled",
 ]
 
 #: Largest algebraic residual (in the model's residual units) a prediction may leave.
@@ -168,6 +172,20 @@ def discrete_step(model: PlantModel, dt: float, steps: int, name: str = "") -> c
     )
 
 
+def c_code(functions: Sequence[ca.Function]) -> str:
+    """The C code of ``functions``, in one file."""
+    gen = ca.CodeGenerator("prediction.c")
+    for fn in functions:
+        gen.add(fn)
+    return str(gen.dump())
+
+
+def load(names: Sequence[str], path: str | Path) -> list[ca.Function]:
+    """The Functions ``names`` from the compiled library ``path`` (RuntimeError when CasADi
+    cannot load one)."""
+    return [ca.external(name, str(path)) for name in names]
+
+
 def compiled(
     functions: Sequence[ca.Function], builder: LibraryBuilder
 ) -> tuple[list[ca.Function], str]:
@@ -177,11 +195,13 @@ def compiled(
     or RuntimeError when the code cannot be built or loaded (the caller decides whether
     CasADi's virtual machine will do instead).
     """
-    gen = ca.CodeGenerator("prediction.c")
-    for fn in functions:
-        gen.add(fn)
-    path = builder.library(str(gen.dump()))
-    return [ca.external(fn.name(), str(path)) for fn in functions], str(path)
+    path = builder.library(c_code(functions))
+    return load([fn.name() for fn in functions], path), str(path)
+
+
+def uncompiled(what: str, exc: Exception) -> None:
+    """Log that ``what``'s prediction runs uncompiled because building it failed (``exc``)."""
+    log.warning("%s: compiling the prediction failed, running it uncompiled: %s", what, exc)
 
 
 def compiled_or_plain(
@@ -195,7 +215,7 @@ def compiled_or_plain(
     try:
         loaded, path = compiled(functions, builder)
     except (OSError, RuntimeError) as exc:
-        log.warning("%s: compiling the prediction failed, running it uncompiled: %s", what, exc)
+        uncompiled(what, exc)
         return list(functions), None
     return loaded, path
 

@@ -16,13 +16,22 @@ decodes to NaN or infinity is BAD, one outside its tag's engineering ``limits`` 
 
 Writes: every value is checked first (known, writable, finite, within the tag's ``limits``,
 encodable); if any is refused nothing is sent and the others are NOT_SENT. Contiguous tags are
-written together (at most 123 registers per request), then every written tag is read back and
-compared with ``decode(encode(requested))``, the value the codec can represent. A Modbus
+written together (:mod:`~controller.ports.modbus_plan`), and every written tag is read back and
+compared with ``decode(encode(requested))``, the value the codec can represent. How holding
+registers are read back is ``connection.modbus.write_readback``: by default (``auto``) each
+block goes as ONE Read/Write Multiple Registers request (FC 23, at most 121 registers), whose
+read part the PLC performs after the write, over the same registers: the answer is the
+read-back, with no second round trip. A PLC that answers FC 23 with exception 01 (illegal
+function: it did not execute it, nothing was written) is written with FC 16 from then on, and
+that block is sent again with it; ``fc23`` never falls back (01 is a refusal), ``separate``
+always writes with FC 16 (at most 123 registers) and reads every written tag back afterwards
+(FC 3, merged as reads are). Coils are written with FC 15 and read back with FC 1. A Modbus
 exception to a write makes its tags REJECTED (e.g. 03 illegal data value: the PLC's own range
 check); the other blocks of the write are still sent.
 
 Connection: one request at a time (an :class:`asyncio.Lock`; pymodbus does not match
-transaction ids strictly). Each request and connect has ``timeout_s``; a timeout raises
+transaction ids strictly). Each request and connect has ``timeout_s`` (``asyncio.timeout``:
+no task per request); a timeout raises
 PortTimeoutError and drops the connection, so a late answer cannot be taken for the next
 request's. A lost connection raises PortConnectError; the next call reconnects, with capped
 exponential backoff on the port's clock after failed attempts (:mod:`controller.ports.retry`).
@@ -37,7 +46,6 @@ import math
 import ssl
 import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from pymodbus.client import AsyncModbusTcpClient, AsyncModbusTlsClient
@@ -45,7 +53,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from pymodbus.pdu import ModbusPDU
 
 from controller.clock import Clock
-from controller.codecs import CodecError, DataType, decode, encode_within
+from controller.codecs import CodecError, decode, encode_within
 from controller.errors import PortConnectError, PortError, PortTimeoutError, ProtocolError
 from controller.ports.base import (
     Port,
@@ -57,104 +65,28 @@ from controller.ports.base import (
     WriteStatus,
     flag_implausible,
 )
+from controller.ports.modbus_plan import (
+    ILLEGAL_FUNCTION,
+    Block,
+    BlockKey,
+    Member,
+    block_of,
+    exception_text,
+    read_plan,
+    split_without_gaps,
+    write_plan,
+)
 from controller.ports.retry import RetrySchedule
 from controller.ports.settings import Connection, ModbusTls
 from controller.ports.writecheck import WriteCheck, refused_report, unreadable
 from controller.tags import ModbusSpec, Table, TagMap
 
+__all__ = ["ModbusPort", "exception_text"]
+
 if logging.getLogger("pymodbus").level == logging.NOTSET:
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # its errors become ours
 
-MAX_READ_REGISTERS = 125
-MAX_READ_BITS = 2000
-MAX_WRITE_REGISTERS = 123
-MAX_WRITE_BITS = 1968
-MAX_GAP = 16
-
-EXCEPTION_NAMES = {
-    0x01: "illegal function",
-    0x02: "illegal data address",
-    0x03: "illegal data value",
-    0x04: "server device failure",
-    0x05: "acknowledge",
-    0x06: "server device busy",
-    0x07: "negative acknowledge",
-    0x08: "memory parity error",
-    0x0A: "gateway path unavailable",
-    0x0B: "gateway target device failed to respond",
-}
-
-Member = tuple[str, ModbusSpec]
 Request = Callable[[AsyncModbusTcpClient], Awaitable[ModbusPDU]]
-
-
-def exception_text(code: int) -> str:
-    """``"02 illegal data address"``."""
-    return f"Modbus exception {code:02X} {EXCEPTION_NAMES.get(code, 'unknown')}"
-
-
-@dataclass(frozen=True)
-class Block:
-    """One request: a run of registers (or bits) of one table of one unit, 0-based."""
-
-    unit_id: int
-    table: Table
-    start: int
-    count: int
-    members: tuple[Member, ...]
-
-    @property
-    def bits(self) -> bool:
-        return self.table in (Table.COIL, Table.DISCRETE)
-
-    def describe(self) -> str:
-        names = ", ".join(name for name, _ in self.members)
-        end = self.start + self.count - 1
-        return f"{self.table} {self.start}..{end} (0-based) of unit {self.unit_id} [{names}]"
-
-
-def plan_blocks(
-    members: Iterable[Member], max_registers: int, max_bits: int, gap: int
-) -> list[Block]:
-    """Group tags into requests per (unit, table): runs within the size limit and ``gap``."""
-    blocks: list[Block] = []
-    run: list[Member] = []
-    ordered = sorted(members, key=lambda m: (m[1].unit_id, m[1].table, m[1].protocol_address))
-    for member in ordered:
-        if run and not _joins(run, member[1], max_registers, max_bits, gap):
-            blocks.append(_block(run))
-            run = []
-        run.append(member)
-    return [*blocks, _block(run)] if run else blocks
-
-
-def _end(run: list[Member]) -> int:
-    return max(s.protocol_address + s.count for _, s in run)
-
-
-def _joins(
-    run: list[Member], spec: ModbusSpec, max_registers: int, max_bits: int, gap: int
-) -> bool:
-    first = run[0][1]
-    if (first.unit_id, first.table) != (spec.unit_id, spec.table):
-        return False
-    limit = max_bits if spec.type is DataType.BOOL else max_registers
-    new_end = max(_end(run), spec.protocol_address + spec.count)
-    return spec.protocol_address - _end(run) <= gap and new_end - first.protocol_address <= limit
-
-
-def _block(run: list[Member]) -> Block:
-    first = run[0][1]
-    start = first.protocol_address
-    return Block(first.unit_id, first.table, start, _end(run) - start, tuple(run))
-
-
-def _read_plan(members: list[Member]) -> list[Block]:
-    return plan_blocks(members, MAX_READ_REGISTERS, MAX_READ_BITS, MAX_GAP)
-
-
-def _key(block: Block) -> tuple[int, Table, int, int]:
-    return (block.unit_id, block.table, block.start, block.count)
 
 
 def _read_request(block: Block) -> Request:
@@ -175,6 +107,21 @@ def _write_request(block: Block, payload: list[int]) -> Request:
         if block.bits:
             return c.write_coils(block.start, [bool(v) for v in payload], device_id=block.unit_id)
         return c.write_registers(block.start, payload, device_id=block.unit_id)
+
+    return send
+
+
+def _read_write_request(block: Block, payload: list[int]) -> Request:
+    """FC 23: write ``payload`` at the block, then read the block back, in one request."""
+
+    def send(c: AsyncModbusTcpClient) -> Awaitable[ModbusPDU]:
+        return c.readwrite_registers(
+            read_address=block.start,
+            read_count=block.count,
+            write_address=block.start,
+            values=payload,
+            device_id=block.unit_id,
+        )
 
     return send
 
@@ -223,7 +170,17 @@ class ModbusPort(Port):
         self._client: AsyncModbusTcpClient | None = None
         self._retry = RetrySchedule(connection.backoff, clock)
         #: merged read blocks the PLC answered with exception 02: read without gaps since
-        self._no_gaps: set[tuple[int, Table, int, int]] = set()
+        self._no_gaps: set[BlockKey] = set()
+        #: the read requests of each list of tags read so far (the tags are fixed per cycle)
+        self._read_plans: dict[tuple[str, ...], list[Block]] = {}
+        #: the tags the twin may read over Modbus (the map is fixed), and their addresses
+        self._readable_tags = {n: t.readable for n, t in tags.tags.items()}
+        self._read_specs = {
+            n: t.modbus for n, t in tags.tags.items() if t.readable and t.modbus is not None
+        }
+        #: write holding registers with FC 23 (the write and its read-back in one request);
+        #: False once the PLC answered exception 01 to it (``write_readback: auto``)
+        self.read_write = connection.modbus.write_readback != "separate"
         self._was_connected = False
         self.reconnects = 0
         self.address = f"{connection.host}:{connection.port}"
@@ -249,17 +206,23 @@ class ModbusPort(Port):
 
     def _read_plan(self, members: list[Member]) -> list[Block]:
         """The read blocks, a block the PLC refused (02) split into runs without gaps."""
-        out: list[Block] = []
-        for block in _read_plan(members):
-            if _key(block) in self._no_gaps:
-                out += plan_blocks(block.members, MAX_READ_REGISTERS, MAX_READ_BITS, 0)
-            else:
-                out.append(block)
-        return out
+        key = tuple(name for name, _ in members)  # names: cheap to hash, unlike the specs
+        plan = self._read_plans.get(key)
+        if plan is None:
+            plan = []
+            for block in read_plan(members):
+                plan += split_without_gaps(block) if block.key in self._no_gaps else [block]
+            if len(self._read_plans) > 64:  # bounded: the reads of a runtime are few
+                self._read_plans.clear()
+            self._read_plans[key] = plan
+        return plan
 
     def _readable(self, names: list[str]) -> list[Member]:
+        specs = self._read_specs
+        if all(n in specs for n in names):
+            return [(n, specs[n]) for n in names]
         tags = self._tags.tags
-        problems = unreadable({n: t.readable for n, t in tags.items()}, names)
+        problems = unreadable(self._readable_tags, names)
         problems += [
             f"tag {n!r} has no Modbus address"
             for n in names
@@ -276,21 +239,30 @@ class ModbusPort(Port):
         return values
 
     async def _read_block(self, block: Block) -> dict[str, TagValue]:
-        answer = await self._request(f"read of {block.describe()}", _read_request(block))
+        answer = await self._request("read", block, _read_request(block))
         now = self._clock.now()
         if answer.isError():
             if answer.exception_code == 0x02 and len(block.members) > 1:
-                self._no_gaps.add(_key(block))
-                return await self._read_blocks([_block([m]) for m in block.members])
+                self._no_gaps.add(block.key)
+                self._read_plans.clear()
+                return await self._read_blocks([block_of([m]) for m in block.members])
             return {
                 name: TagValue(
                     math.nan, Quality.BAD, now, now, _refused(name, spec, block, answer, "read")
                 )
                 for name, spec in block.members
             }
-        data = list(answer.bits if block.bits else answer.registers)
+        return self._decoded(block, answer, now, "read")
+
+    def _decoded(
+        self, block: Block, answer: ModbusPDU, now: float, verb: str
+    ) -> dict[str, TagValue]:
+        """The tags of ``block`` from an answer carrying its values (a read, or FC 23)."""
+        data = answer.bits if block.bits else answer.registers
         if len(data) < block.count:
-            raise ProtocolError(f"short answer ({len(data)} values) to read of {block.describe()}")
+            raise ProtocolError(
+                f"short answer ({len(data)} values) to {verb} of {block.describe()}"
+            )
         tags = self._tags.tags
         return {
             name: flag_implausible(
@@ -330,32 +302,52 @@ class ModbusPort(Port):
     ) -> dict[str, WriteResult]:
         results: dict[str, WriteResult] = {}
         written: list[Member] = []
+        readback: dict[str, TagValue] = {}
         members = [(name, spec) for name, (spec, _) in encoded.items()]
-        for block in plan_blocks(members, MAX_WRITE_REGISTERS, MAX_WRITE_BITS, 0):
+        for block in write_plan(members, self.read_write):
             payload = [r for name, _ in block.members for r in encoded[name][1]]
-            what = f"write of {block.describe()}"
-            answer = await self._request(what, _write_request(block, payload))
-            if not answer.isError():
-                written.extend(block.members)
+            verb, answer = await self._write_block(block, payload)
+            if answer.isError():
+                for name, spec in block.members:
+                    why = _refused(name, spec, block, answer, verb)
+                    results[name] = WriteResult(name, values[name], WriteStatus.REJECTED, None, why)
                 continue
-            for name, spec in block.members:
-                why = _refused(name, spec, block, answer, "write")
-                results[name] = WriteResult(name, values[name], WriteStatus.REJECTED, None, why)
-        readback = await self._read_blocks(self._read_plan(written))
+            written.extend(block.members)
+            if verb != "write":  # FC 23: the answer is the block as read after the write
+                readback.update(self._decoded(block, answer, self._clock.now(), verb))
+        unread = [m for m in written if m[0] not in readback]
+        if unread:
+            readback.update(await self._read_blocks(self._read_plan(unread)))
         for name, spec in written:
             expected = decode(name, spec, encoded[name][1])
             results[name] = _verify(name, values[name], expected, readback[name])
         return results
 
+    async def _write_block(self, block: Block, payload: list[int]) -> tuple[str, ModbusPDU]:
+        """Send one block's write: FC 23 (the write and its read-back) for holding registers
+        unless the PLC refused that function, else FC 15/16. (What was sent, the answer.)"""
+        if block.bits or not self.read_write:
+            return "write", await self._request("write", block, _write_request(block, payload))
+        verb = "write and read-back (FC 23)"
+        answer = await self._request(verb, block, _read_write_request(block, payload))
+        auto = self._conn.modbus.write_readback == "auto"
+        if auto and answer.isError() and answer.exception_code == ILLEGAL_FUNCTION:
+            self.read_write = False  # nothing was written: this PLC has no FC 23
+            return await self._write_block(block, payload)
+        return verb, answer
+
     # ------------------------------------------------------------- connection
-    async def _request(self, what: str, send: Request) -> ModbusPDU:
+    async def _request(self, verb: str, block: Block, send: Request) -> ModbusPDU:
         client = self._client
         if client is None or not client.connected:
             self._drop()
+            what = f"{verb} of {block.describe()}"
             raise PortConnectError(f"lost the connection to {self.address} before the {what}")
         try:
-            return await asyncio.wait_for(send(client), self._conn.timeout_s)
+            async with asyncio.timeout(self._conn.timeout_s):  # no task per request
+                return await send(client)
         except TimeoutError as exc:
+            what = f"{verb} of {block.describe()}"
             lost = not client.connected
             self._drop()
             if lost:
@@ -366,11 +358,13 @@ class ModbusPort(Port):
                 f"no answer from {self.address} within {self._conn.timeout_s} s to the {what}"
             ) from exc
         except (ConnectionException, ModbusIOException) as exc:
+            what = f"{verb} of {block.describe()}"
             self._drop()
             raise PortConnectError(
                 f"lost the connection to {self.address} during {what}: {exc}"
             ) from exc
         except (ModbusException, ValueError) as exc:
+            what = f"{verb} of {block.describe()}"
             raise ProtocolError(f"pymodbus refused the {what}: {exc}") from exc
 
     async def _ensure_connected(self) -> None:

@@ -140,6 +140,7 @@ class OpcUaPort(Port):
         self._specs = {n: t.opcua for n, t in tags.tags.items() if t.opcua is not None}
         self.tags = {n: tags.tags[n] for n in self._specs}  # the tags with an OPC UA address
         self._check = WriteCheck.of_tags(self.tags)
+        self._readable = {n: t.readable for n, t in self.tags.items()}  # the map is fixed
         self.connection, self.clock, self.url = connection, clock, connection.url
         self._password, self._base = password, base_dir or Path.cwd()
         self._client: Client | None = None
@@ -332,7 +333,7 @@ class OpcUaPort(Port):
     # ------------------------------------------------------------------ read
     async def read(self, tags: Iterable[str]) -> Snapshot:
         names = list(dict.fromkeys(tags))
-        problems = unreadable({n: t.readable for n, t in self.tags.items()}, names)
+        problems = unreadable(self._readable, names)
         if problems:
             raise PortError(f"cannot read from {self.url}: {'; '.join(problems)}")
         if not names:

@@ -46,6 +46,11 @@ class ModbusTls(Strict):
 
 class ModbusOptions(Strict):
     tls: ModbusTls | None = None
+    #: How a write of holding registers is read back (:mod:`controller.ports.modbus`):
+    #: ``auto``, FC 23 (Read/Write Multiple Registers: the write and its read-back in one
+    #: request), and FC 16 then FC 3 from the first exception 01 (illegal function) on;
+    #: ``fc23``, FC 23 only; ``separate``, FC 16 then FC 3.
+    write_readback: Literal["auto", "fc23", "separate"] = "auto"
 
 
 class OpcUaSecurity(Strict):

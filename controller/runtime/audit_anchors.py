@@ -140,9 +140,11 @@ def _cut_torn_tail(fd: int, anchor_file: Path) -> None:
     os.ftruncate(fd, keep)
 
 
-def append_anchor(anchor_file: Path, anchor: Anchor) -> None:
+def append_anchor(anchor_file: Path, anchor: Anchor, *, sync: bool = True) -> None:
     """Append one anchor line in a single write under an exclusive lock, and fsync it; the
-    folder is synced too when the file is new. Raises AuditError."""
+    folder is synced too when the file is new. ``sync=False`` (a trail with
+    ``synchronous="NORMAL"``): no fsync here, the trail's ``make_durable`` syncs the file.
+    Raises AuditError."""
     data = anchor.to_line()
     try:
         created = not anchor_file.exists()
@@ -151,10 +153,11 @@ def append_anchor(anchor_file: Path, anchor: Anchor) -> None:
             fcntl.flock(fd, fcntl.LOCK_EX)  # writers of one trail anchor one at a time
             _cut_torn_tail(fd, anchor_file)
             written = os.write(fd, data)
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
-        if created:
+        if created and sync:
             folder = os.open(anchor_file.parent, os.O_RDONLY)
             try:
                 os.fsync(folder)

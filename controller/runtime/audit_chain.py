@@ -25,9 +25,15 @@ from typing import Any
 
 from controller.errors import PharmaTwinError
 
+#: The table a new trail gets. ``id`` is the rowid (no AUTOINCREMENT: its ``sqlite_sequence``
+#: row cost every commit a second page and fsync'd bytes); the trail is append-only (the
+#: triggers refuse DELETE), so a new id is the largest so far plus one, and the writer refuses
+#: one that is not (:meth:`~controller.runtime.audit.AuditTrail.record_all`). A trail created
+#: with ``id INTEGER PRIMARY KEY AUTOINCREMENT`` (before issue 19) keeps its table and is read,
+#: appended to and verified the same way.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     ts_utc TEXT NOT NULL,
     actor TEXT NOT NULL,
     action TEXT NOT NULL,

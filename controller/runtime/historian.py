@@ -280,7 +280,8 @@ class SqliteHistorian(Historian):
         try:
             self._db.execute("BEGIN")
             newest = self._db.execute(_INSERT_CYCLE, row).lastrowid or 0
-            self._db.execute(_PRUNE, (newest - self.max_cycles,))
+            if newest > self.max_cycles:  # ids start at 1: below this none is old enough
+                self._db.execute(_PRUNE, (newest - self.max_cycles,))
             self._db.execute("COMMIT")
         except sqlite3.Error as exc:
             if self._db.in_transaction:

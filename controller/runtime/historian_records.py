@@ -13,11 +13,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from controller.errors import PharmaTwinError
+from controller.ports.base import Quality
 
 if TYPE_CHECKING:
     from controller.core.estimate import Estimate
@@ -151,9 +152,16 @@ def cycle_record(
     )
 
 
+#: each quality's name as stored (an enum's ``.value`` is a slow property: 22 tags a cycle)
+_QUALITY_NAME = {q: q.value for q in Quality}
+
+
 def _measurements(snapshot: Snapshot | None) -> dict[str, Measurement]:
+    name = _QUALITY_NAME
     return {
-        tag: Measurement(float(v.value), v.quality.value, float(v.source_time))
+        tag: Measurement(
+            float(v.value), name.get(v.quality) or v.quality.value, float(v.source_time)
+        )
         for tag, v in (snapshot.values.items() if snapshot else ())
     }
 
@@ -210,16 +218,54 @@ COLUMNS = (*SCALARS, *JSON_FIELDS, "safety", "monitor")
 Row = tuple[Any, ...]
 
 
-#: ``json.dumps(x, separators=(",", ":"))``, built once (the same text, less per call)
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
+_BLOBS = (*JSON_FIELDS, "safety", "monitor")
+
+
+def _compact_encoder() -> Callable[[Any], str]:
+    """``json.dumps(x, separators=(",", ":"))`` of a record's fields: the same text.
+
+    ``JSONEncoder.encode`` builds a C encoder for every call (eight a cycle); this one is
+    built once. It skips the circular-reference check (``check_circular=False``): a record
+    holds plain numbers, strings, lists and dicts (:func:`cycle_record` builds them), never
+    a cycle. Without the C accelerator, the plain encoder."""
+    compact = json.JSONEncoder(separators=(",", ":"))
+    make = json.encoder.c_make_encoder  # type: ignore[attr-defined]
+    if make is None:
+        return compact.encode
+    iterencode = make(
+        None,  # markers: no circular check
+        compact.default,
+        json.encoder.encode_basestring_ascii,  # ensure_ascii, as json.dumps
+        None,  # indent
+        compact.key_separator,
+        compact.item_separator,
+        False,  # sort_keys
+        False,  # skipkeys
+        True,  # allow_nan (NaN, Infinity)
+    )
+    join = "".join
+
+    def encode(o: Any) -> str:
+        return join(iterencode(o, 0))
+
+    return encode
+
+
+_COMPACT = _compact_encoder()
 
 
 def encode_cycle(c: CycleRecord) -> Row:
     """The row every backend stores for a cycle (its dict fields as JSON text)."""
-    scalars = (c.run_id, int(c.cycle), float(c.t), c.utc, c.state, int(c.wrote))
-    encode = _COMPACT.encode
-    blobs = (encode(getattr(c, name)) for name in (*JSON_FIELDS, "safety", "monitor"))
-    return (*scalars, *blobs)
+    encode = _COMPACT
+    return (
+        c.run_id,
+        int(c.cycle),
+        float(c.t),
+        c.utc,
+        c.state,
+        int(c.wrote),
+        *[encode(getattr(c, name)) for name in _BLOBS],
+    )
 
 
 def decode_cycle(row: Row) -> CycleRecord:

@@ -18,8 +18,8 @@ as historian events; working setpoints that cannot be trusted at start keep the 
 in INIT); the twin's drift charts and maintenance forecasts on the estimate
 (:mod:`~controller.runtime.twin_cycle`); solve in a worker thread with a deadline, never two
 at once (:mod:`~controller.runtime.solve`); pass the result through the safety layer; write
-the heartbeat, then the setpoints, audited before they are sent, never twice within
-``min_write_interval``, their read-back checked (:mod:`~controller.runtime.writes`); then
+the heartbeat and the setpoints (in one write), audited before they are sent, never twice
+within ``min_write_interval``, their read-back checked (:mod:`~controller.runtime.writes`); then
 the twin's publications (in shadow mode only if ``runtime.publish_in_shadow``; a failed one
 never holds control). Bad or stale data, a failed estimator, a failed or late solve, or a
 failed write hold the last safe setpoints and count (:class:`Counters`); after
@@ -363,16 +363,21 @@ class Supervisor:
             self._follow_working(view)
             await self._write_request(False, view)
             return
+        if self.state is State.RUNNING and view.outcome is not None and not view.outcome.held:
+            # the heartbeat goes in the setpoints' write (ControlWriter.setpoints)
+            beat = self.writer.next_heartbeat()
+            if self.writer.too_soon(view):
+                await self.writer.write(beat, view)
+                self._after_problem(view)
+            elif not await self.writer.setpoints(view, self.mode, self.state, beat):
+                self._after_problem(view)
+            return
         await self.writer.heartbeat(view)
         if self.state is State.REQUESTING:
             self._follow_working(view)
             await self._write_request(True, view)
             return
-        if self.state is State.RUNNING and view.outcome is not None and not view.outcome.held:
-            written = not self.writer.too_soon(view)
-            if not written or not await self.writer.setpoints(view, self.mode, self.state):
-                self._after_problem(view)
-        elif view.outcome is not None:
+        if view.outcome is not None:
             self.pipeline.resync(self.pipeline.working)  # nothing written: moves count from it
 
     def _problem(self, view: CycleView, text: str) -> None:

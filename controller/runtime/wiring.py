@@ -53,6 +53,9 @@ class RunOptions:
     cycles: int | None = None
     duration_s: float | None = None  # process seconds
     audit_path: Path = Path("pharmatwin-audit.db")
+    #: the audit trail's commits: "FULL" (each fsynced: the edge runtime, hil mode) or "NORMAL"
+    #: (a fast-mode campaign case: durable when the trail closes; see controller.runtime.audit)
+    audit_synchronous: str = "FULL"
     historian_path: Path | None = Path("pharmatwin-history.db")
     #: the operator side, never on the control path (see :class:`Sink`)
     ui: Bind | None = None  # the web view (controller.runtime.ui)
@@ -169,6 +172,7 @@ async def run_site(
         opts.audit_path,
         config_hash=file_hash(*files),
         actor=site.runtime.service_identity,
+        synchronous=opts.audit_synchronous,
     )
     historian = open_historian(opts.historian_path)
     info = run_info(site.name, opts.mode.value, files, site.model)

@@ -7,6 +7,8 @@ accepted, or its read-back when that is a finite number within the tag's limits 
 is a problem of the cycle, never the new move origin). What the PLC has is handed to the
 pipeline (:meth:`controller.core.pipeline.ControlPipeline.resync`), its one owner. A failed or
 refused write is a problem of the cycle; what follows from it is the supervisor's call.
+While RUNNING the heartbeat goes in the setpoints' write (:meth:`ControlWriter.setpoints`),
+and alone whenever nothing of that write was sent, so it never depends on the setpoints.
 """
 
 from __future__ import annotations
@@ -78,10 +80,14 @@ class ControlWriter:
             self._problem(view, f"write refused: {[r.detail for r in report.failed()]}")
         return report
 
-    async def heartbeat(self, view: CycleView) -> None:
-        """The next heartbeat count."""
+    def next_heartbeat(self) -> dict[str, float]:
+        """The next heartbeat count, as the values of a write."""
         self._heartbeat = (self._heartbeat + 1) % _WRAP
-        await self.write({"mpc_heartbeat": float(self._heartbeat)}, view)
+        return {"mpc_heartbeat": float(self._heartbeat)}
+
+    async def heartbeat(self, view: CycleView) -> None:
+        """The next heartbeat count, written alone."""
+        await self.write(self.next_heartbeat(), view)
 
     def too_soon(self, view: CycleView) -> bool:
         """Two setpoint writes are never closer than ``min_write_interval``: a held cycle
@@ -99,17 +105,26 @@ class ControlWriter:
         self.pipeline.resync(self.pipeline.working)
         return True
 
-    async def setpoints(self, view: CycleView, mode: Mode, state: State) -> bool:
-        """Audit, then write the cycle's safe setpoints; False when the write failed, was
-        refused or its read-back cannot be trusted (a problem of the cycle)."""
-        if view.outcome is None or view.decision is None:
+    async def setpoints(
+        self,
+        view: CycleView,
+        mode: Mode,
+        state: State,
+        heartbeat: Mapping[str, float] | None = None,
+    ) -> bool:
+        """Audit, then write the cycle's safe setpoints, with the ``heartbeat`` if given (one
+        write: :meth:`_with_heartbeat`); False when the setpoints' write failed, was refused
+        or their read-back cannot be trusted (a problem of the cycle, as is a failed
+        heartbeat)."""
+        beat = dict(heartbeat or {})
+        if view.outcome is None or view.decision is None or not view.outcome.setpoints:
+            if beat:
+                await self.write(beat, view)
             return True
         values = {self.sp_tags[n]: v for n, v in view.outcome.setpoints.items()}
-        if not values:
-            return True
         self._audit_setpoints(view.cycle, view.outcome, view.decision, mode, state)
         self._last_write_t = self.clock.now()
-        report = await self.write(values, view)
+        report = await self._with_heartbeat(beat, values, view)
         have = dict(self.pipeline.working)
         trusted = True
         for name, value in view.outcome.setpoints.items():
@@ -121,11 +136,26 @@ class ControlWriter:
         # The safety layer took its outcome as applied; when it was not (or not all of it),
         # the move limits must count from what the PLC really has, or held cycles add up.
         self.pipeline.resync(have)
-        if report is None or not report.ok or not trusted:
+        results = report.results if report is not None else {}
+        sent = all(t in results and results[t].status is WriteStatus.OK for t in values)
+        if not sent or not trusted:
             return False
         self.counters.writes += 1
         view.written.update(values)
         return True
+
+    async def _with_heartbeat(
+        self, beat: Mapping[str, float], values: Mapping[str, float], view: CycleView
+    ) -> WriteReport | None:
+        """The heartbeat and the setpoints in one write: over OPC UA one Write and one Read
+        call fewer per cycle (over Modbus their registers are apart: a request each still).
+        The heartbeat never depends on the setpoints: when a refused setpoint kept the port
+        from sending any of the write (the heartbeat NOT_SENT), the heartbeat goes alone."""
+        report = await self.write({**beat, **values}, view)
+        results = report.results if report is not None else {}
+        if any(t in results and results[t].status is WriteStatus.NOT_SENT for t in beat):
+            await self.write(beat, view)
+        return report
 
     def _audit_setpoints(
         self, cycle: int, outcome: SafetyOutcome, decision: Decision, mode: Mode, state: State

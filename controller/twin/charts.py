@@ -102,6 +102,7 @@ __all__ = [
 ]
 
 Side = Literal["high", "low"]
+_SIDES: tuple[Side, ...] = ("high", "low")
 
 #: A baseline keeps collecting past its time until it has this many usable samples.
 BASELINE_MIN_SAMPLES = 3
@@ -173,6 +174,9 @@ class Chart:
         self.limit = spec.limit * ewma_std if spec.chart == "ewma" else spec.h
         self.onset_level = ewma_std if spec.chart == "ewma" else 0.0
         self._configured = signal
+        #: the chart's keys (its spec never changes): not formatted again every cycle
+        self._chart_key = chart_key(spec)
+        self._keys: dict[Side, str] = {side: f"{self._chart_key}:{side}" for side in _SIDES}
         self._learned = False
         self._baseline: list[float] = []
         self.running = False
@@ -226,7 +230,7 @@ class Chart:
         self.z, self.value = math.nan, math.nan
 
     def key(self, side: Side) -> str:
-        return f"{chart_key(self.spec)}:{side}"
+        return self._keys[side]
 
     def observe(self, t: float, z: float, value: float) -> None:
         spec = self.spec
@@ -258,10 +262,9 @@ class Chart:
     def statistics(self) -> dict[str, float]:
         """Each statistic; NaN while the chart is not running yet (warm-up, baseline)."""
         if self.spec.chart == "ewma":
-            return {chart_key(self.spec): self.ewma if self.running else math.nan}
-        return {
-            self.key(side): self.sums[side] if self.running else math.nan for side in self.sides
-        }
+            return {self._chart_key: self.ewma if self.running else math.nan}
+        keys = self._keys
+        return {keys[side]: self.sums[side] if self.running else math.nan for side in self.sides}
 
 
 def num(x: float, digits: int = 4) -> str:

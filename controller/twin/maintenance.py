@@ -41,8 +41,9 @@ does), the open-ended confidence set ``[low, inf)``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any, Literal
 
 import numpy as np
 from scipy import special
@@ -107,18 +108,27 @@ class _Trend:
         return math.sqrt(self.long_run_var / self.sxx)
 
 
-def _fit(t: np.ndarray, y: np.ndarray, confidence: float) -> _Trend | None:
-    """The trend of ``y(t)`` with AR(1)-corrected uncertainty; None when it cannot be told."""
+_SUM, _MAX = np.add.reduce, np.maximum.reduce
+
+
+def _fit(
+    t: np.ndarray, y: np.ndarray, confidence: float, estimate_var: float = 0.0
+) -> _Trend | None:
+    """The trend of ``y(t)`` with AR(1)-corrected uncertainty; None when it cannot be told.
+    ``estimate_var``: the estimator's own variance of the parameter (see :func:`_band_times`)."""
     n = len(t)
-    u = t - t.mean()
+    # ``np.add.reduce(x) / n`` is what ``x.mean()`` computes (the same pairwise sum, one
+    # division), without its Python wrapper: this runs every cycle
+    t_mean = _SUM(t) / n if n else math.nan
+    u = t - t_mean
     sxx = float(u @ u)
     if n < 3 or sxx <= 0.0:
         return None
-    mean = float(y.mean())
+    mean = float(_SUM(y) / n)
     slope = float(u @ (y - mean)) / sxx
     res = y - mean - slope * u
     sse = float(res @ res)
-    rounding = n * (1e-12 * float(np.max(np.abs(y)))) ** 2  # an exact line leaves only this
+    rounding = n * (1e-12 * float(_MAX(np.abs(y)))) ** 2  # an exact line leaves only this
     r = float(res[1:] @ res[:-1]) / sse if sse > rounding else 0.0
     r = min(max(r + (1.0 + 4.0 * r) / n, 0.0), MAX_AUTOCORRELATION)
     inflation = (1.0 + r) / (1.0 - r)
@@ -127,7 +137,7 @@ def _fit(t: np.ndarray, y: np.ndarray, confidence: float) -> _Trend | None:
         return None
     long_run_var = inflation * sse / (n - 2.0 * inflation)
     q = float(special.stdtrit(n_eff - 2.0, 0.5 + confidence / 2.0))  # Student-t quantile
-    return _Trend(float(t.mean()), mean, slope, long_run_var, sxx, n, n_eff, q)
+    return _Trend(float(t_mean), mean, slope, long_run_var, sxx, n, n_eff, q, estimate_var)
 
 
 def _band_times(trend: _Trend, threshold: float, t: float) -> tuple[float, float]:
@@ -191,10 +201,13 @@ class _History:
         self._lo += int(np.searchsorted(self._buf[self._lo : self._hi, 0], t, side="left"))
 
     def since(self, t: float) -> tuple[np.ndarray, np.ndarray]:
-        """Copies of the times and values at or after ``t``."""
+        """The times and values at or after ``t``: read-only views of the buffer, valid until
+        the next :meth:`append` (a fit reads them at once; no copy every cycle)."""
         view = self._buf[self._lo : self._hi]
         view = view[int(np.searchsorted(view[:, 0], t, side="left")) :]
-        return view[:, 0].copy(), view[:, 1].copy()
+        ts, ys = view[:, 0], view[:, 1]
+        ts.flags.writeable = ys.flags.writeable = False
+        return ts, ys
 
 
 class TrendForecaster:
@@ -243,11 +256,10 @@ class TrendForecaster:
         spec = self.spec
         ts, ys = self._history.since(t - spec.window)
         estimate = float(ys[-1]) if len(ys) else math.nan
-        trend = _fit(ts, ys, spec.confidence) if len(ts) >= spec.min_points else None
-        if trend is not None and self._std > 0:
-            trend = replace(trend, estimate_var=self._std**2)
+        var = self._std**2 if self._std > 0 else 0.0
+        trend = _fit(ts, ys, spec.confidence, var) if len(ts) >= spec.min_points else None
         status, (time_to, low, high, t_cross) = self._status(t, estimate, trend)
-        forecast = MaintenanceForecast(
+        figures: dict[str, Any] = dict(
             parameter=spec.parameter,
             label=spec.label,
             threshold=spec.threshold,
@@ -261,10 +273,11 @@ class TrendForecaster:
             confidence=spec.confidence,
             points=len(ts),
             effective_points=trend.n_eff if trend is not None else 0.0,
-            message="",
         )
-        message = _forecast_message(forecast, spec.min_points, self._unit, self._time_unit)
-        return replace(forecast, message=message)
+        message = _forecast_message(
+            SimpleNamespace(**figures), spec.min_points, self._unit, self._time_unit
+        )
+        return MaintenanceForecast(**figures, message=message)
 
     def _status(
         self, t: float, estimate: float, trend: _Trend | None
@@ -287,7 +300,9 @@ class TrendForecaster:
         return "approaching", (expected, first, last, t + expected)
 
 
-def _forecast_message(f: MaintenanceForecast, min_points: int, unit: str, time_unit: str) -> str:
+def _forecast_message(f: Any, min_points: int, unit: str, time_unit: str) -> str:
+    """The forecast's one line; ``f`` has the figures of a :class:`MaintenanceForecast`
+    (the forecast itself, or its figures before it is built: it is built once, with this)."""
     head = f"{f.label or 'maintenance'}: {f.parameter} threshold {num(f.threshold)}"
     unit = f" {unit}" if unit and unit != "-" else ""
     sign = "+" if f.slope > 0 else ""

@@ -36,9 +36,15 @@ from hil.campaign.recorder import Recorder, RecordingPort
 from hil.rig import HilRig
 from hil.servers.base import PlcServer
 from hil.servers.memory import MemoryPlcServer
-from hil.site import load_hil_site
+from hil.site import load_hil_site_and_scenario
 
 LOOPBACK = "127.0.0.1"
+#: the audit trail's commits per mode. fast: the PLC is virtual and in this process, so a
+#: crash loses both and the case (no ``result.json``) is run again; each record is committed
+#: (in the WAL) before its write is sent, and the trail is made durable (checkpointed, fsynced)
+#: when it closes, before the case's ``result.json`` is written. hil: every commit fsynced,
+#: as on site.
+AUDIT_SYNCHRONOUS = {"fast": "NORMAL", "hil": "FULL"}
 
 
 class DrivenClock(SteppedClock):
@@ -177,12 +183,12 @@ async def execute(
     site_path: Path, case: Case, case_dir: Path, mode: str, rate: float
 ) -> tuple[Recording, dict[str, Any]]:
     """Run one case's files to the end; return the recording and the runtime's counters."""
-    site = load_hil_site(site_path)
+    site, scenario = load_hil_site_and_scenario(site_path)
     gate = Gate()
     clock: Clock = DrivenClock() if mode == "fast" else ScaledClock(rate, monotonic=gate)
     servers = await _servers(site, mode, clock, case_dir)
     recorder = Recorder(site, clock)
-    rig = HilRig(site, clock, servers, on_scan=recorder.scan)
+    rig = HilRig(site, clock, servers, on_scan=recorder.scan, scenario=scenario)
     first = servers[0]
     inner: Port = first.port() if isinstance(first, MemoryPlcServer) else port_for_site(site, clock)
     port = RecordingPort(inner, site, clock, recorder.rec)
@@ -191,6 +197,7 @@ async def execute(
         mode=Mode.CLOSED_LOOP,
         rate=rate if mode == "hil" else 1.0,
         audit_path=case_dir / "audit.db",
+        audit_synchronous=AUDIT_SYNCHRONOUS.get(mode, "FULL"),  # FULL unless fast
         historian_path=case_dir / "history.db",  # cycles and the twin's events, as on site
     )
     try:

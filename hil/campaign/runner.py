@@ -6,7 +6,11 @@ everything themselves (do-mpc objects cannot be pickled). :func:`run_case` write
 (:func:`hil.campaign.drive.execute`: rig, runtime, recording), and the case's directory
 receives ``audit.db`` (every write, audited before it was sent), ``trajectory.parquet`` (one
 row per PLC scan), ``cycles.parquet`` (one row per controller cycle), and last
-``result.json`` (status, KPIs, verdicts): a case with a ``result.json`` is done.
+``result.json`` (status, KPIs, verdicts): a case with a ``result.json`` is done. Its audit
+trail was made durable (checkpointed, fsynced) when the run closed it, before ``result.json``
+was written; in fast mode its commits before that are not fsynced (see
+:data:`hil.campaign.drive.AUDIT_SYNCHRONOUS`), and a case that dies first has no
+``result.json`` and runs again.
 """
 
 from __future__ import annotations
@@ -135,7 +139,7 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
     criteria = [c for c in criteria if c.id in case.criteria]
     case_dir = Path(job["out"]) / "cases" / case.id
     attempt = _start(case, case_dir, job["mode"])
-    started, t0 = utc_now(), time.perf_counter()
+    started, t0, cpu0 = utc_now(), time.perf_counter(), time.process_time()
     result: dict[str, Any] = {"id": case.id, "attempts": attempt}
     if case.draw is not None:
         result["draw"] = case.draw  # a Monte Carlo case: its seed and drawn parameters
@@ -158,6 +162,7 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
         "started": started,
         "ended": utc_now(),
         "wall_time_s": time.perf_counter() - t0,
+        "cpu_time_s": time.process_time() - cpu0,  # the worker process's, all its threads
     }
     write_json(case_dir / "result.json", result)
     return result

@@ -35,6 +35,8 @@ answer at all (the client times out), as a device that ignores other unit ids do
 Communication faults, injected on the server side:
 
 * ``latency``: seconds added to every answer;
+* ``unsupported_functions``: function codes answered with exception 01 (illegal function),
+  unexecuted, as by a PLC that does not implement them (e.g. ``{23}``);
 * ``bad_tags`` (tag -> reason): any request touching the tag's registers, read or write,
   answers exception 04 (server device failure);
 * :meth:`drop_connections`: every client connection is closed, the server keeps listening;
@@ -45,7 +47,9 @@ With ``tls`` (a server-side :class:`ssl.SSLContext`, e.g. :func:`tls_server_cont
 speaks Modbus/TCP Security; a client whose certificate the context refuses is logged
 (WARNING), as is every connect and disconnect (INFO, with the client's address and, over TLS,
 its certificate subject). The last requests received are kept in ``requests`` (function code,
-unit, address, count), the last refusals in ``refusals``.
+unit, address, count; a Read/Write Multiple Registers request, FC 23, as the address and count
+of its write), the last refusals in ``refusals``. FC 23 goes through the same checks as a
+write (FC 16) before its read part is answered.
 """
 
 from __future__ import annotations
@@ -88,6 +92,9 @@ DEFAULT_PORT = 5020
 
 _TABLE_KEY = {Table.COIL: "c", Table.DISCRETE: "d", Table.HOLDING: "h", Table.INPUT: "i"}
 _KEEP_REQUESTS = 10_000
+#: FC 23, Read/Write Multiple Registers: traced as the write it carries (its read part reads
+#: the same registers back, as the twin's port sends it)
+READ_WRITE_REGISTERS = 23
 _WRAP = 65536
 
 
@@ -114,6 +121,7 @@ class ModbusPlcServer(PlcServer):
         #: any is applied, so a request refused with exception 03 changes nothing in the PLC.
         self.write_check: WriteHook | None = None
         self.latency = 0.0
+        self.unsupported_functions: set[int] = set()
         self.bad_tags = {}
         self.clamp = False
         self.plc_range: dict[str, tuple[float, float]] = {
@@ -122,6 +130,8 @@ class ModbusPlcServer(PlcServer):
             if tag.writable and tag.limits is not None
         }
         self.requests: list[Received] = []
+        #: requests received since the server was made (``requests`` keeps only the last ones)
+        self.request_count = 0
         self._specs = {n: t.modbus for n, t in tags.tags.items() if t.modbus is not None}
         self._by_table: dict[tuple[int, Table], list[tuple[str, ModbusSpec]]] = {}
         for name, spec in sorted(self._specs.items(), key=lambda item: item[1].protocol_address):
@@ -346,8 +356,11 @@ class ModbusPlcServer(PlcServer):
 
     def _trace(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
         if not sending:
-            count = pdu.count or len(pdu.bits) or len(pdu.registers)
-            self.requests.append(Received(pdu.function_code, pdu.dev_id, pdu.address, count))
+            address, count = pdu.address, pdu.count or len(pdu.bits) or len(pdu.registers)
+            if pdu.function_code == READ_WRITE_REGISTERS:  # kept as the write it carries
+                address, count = pdu.write_address, pdu.write_count  # type: ignore[attr-defined]
+            self.requests.append(Received(pdu.function_code, pdu.dev_id, address, count))
+            self.request_count += 1
             if len(self.requests) > _KEEP_REQUESTS:
                 del self.requests[: _KEEP_REQUESTS // 2]
         return pdu

@@ -3,7 +3,8 @@
 :class:`PlcCore` is pymodbus's datastore with the PLC's checks (communication faults,
 unmapped addresses, range check, write hook) in front of every read and write;
 :class:`PlcHandler` answers late (``latency``), answers a unit id the map does not have as
-``wrong_unit`` says, and logs connects and disconnects (logger ``hil.servers.modbus``).
+``wrong_unit`` says, answers the ``unsupported_functions`` with exception 01, and logs
+connects and disconnects (logger ``hil.servers.modbus``).
 :class:`TcpServer` and :class:`TlsServer` are pymodbus's listeners using that handler. The PLC
 is a :class:`WirePlc` (:class:`~hil.servers.modbus.ModbusPlcServer`).
 """
@@ -47,6 +48,8 @@ class WirePlc(Protocol):
     def units(self) -> frozenset[int]: ...
     @property
     def wrong_unit(self) -> str: ...
+    @property
+    def unsupported_functions(self) -> set[int]: ...
     def failing(self, unit: int, function_code: int, address: int, count: int) -> bool: ...
     def unmapped(self, unit: int, table: Table, address: int, count: int) -> int | None: ...
     def refuse_write(
@@ -118,6 +121,9 @@ class PlcHandler(ServerRequestHandler):
         if pdu is not None and pdu.dev_id not in self.plc.units:
             self._wrong_unit(pdu, addr)
             return
+        if pdu is not None and pdu.function_code in self.plc.unsupported_functions:
+            self._answer(pdu, addr, ExcCodes.ILLEGAL_FUNCTION)  # not executed
+            return
         await super().handle_request()
 
     def _wrong_unit(self, pdu: ModbusPDU, addr: Any) -> None:
@@ -128,9 +134,13 @@ class PlcHandler(ServerRequestHandler):
             "%s asked unit %d, which is not here (units %s): %s", self.peer, unit, units, answer
         )
         if not silent:
-            response = ExceptionResponse(pdu.function_code, ExcCodes.GATEWAY_NO_RESPONSE)
-            response.transaction_id, response.dev_id = pdu.transaction_id, unit
-            self.server_send(response, addr)
+            self._answer(pdu, addr, ExcCodes.GATEWAY_NO_RESPONSE)
+
+    def _answer(self, pdu: ModbusPDU, addr: Any, code: ExcCodes) -> None:
+        """Answer ``pdu`` with exception ``code``."""
+        response = ExceptionResponse(pdu.function_code, code)
+        response.transaction_id, response.dev_id = pdu.transaction_id, pdu.dev_id
+        self.server_send(response, addr)
 
 
 def _subject(cert: Any) -> str:

@@ -136,24 +136,12 @@ class CaseExecutor:
         self._stack.close()
 
     def _dask_client(self) -> Any:
-        import dask
-        from distributed import Client, LocalCluster
+        """The campaign's Dask client (a quiet LocalCluster, or the given scheduler)."""
+        from hil.campaign.execute import local_dask_client
 
-        cfg = {"distributed.scheduler.allowed-failures": self.retries}
-        self._stack.enter_context(dask.config.set(cfg))
-        if self.settings.scheduler:
-            return self._stack.enter_context(Client(self.settings.scheduler))
-        cluster = self._stack.enter_context(
-            LocalCluster(
-                n_workers=max(1, self.settings.workers),
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address=None,
-                silence_logs=logging.ERROR,
-            )
-        )
-        return self._stack.enter_context(Client(cluster))
+        workers, scheduler = max(1, self.settings.workers), self.settings.scheduler
+        client = local_dask_client(workers, scheduler=scheduler, retries=self.retries)
+        return self._stack.enter_context(client)
 
     def run(self, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Every job's result, in the order of ``jobs``."""

@@ -16,7 +16,8 @@ from controller.errors import ConfigError
 from controller.runtime.cli import main as cli_main
 from controller.runtime.site import load_site
 from hil.cli import main as hil_main
-from hil.site import HilSection, hil_section, load_hil_site, with_hil
+from hil.scenario import load_scenario
+from hil.site import HilSection, hil_section, load_hil_site, load_hil_site_and_scenario, with_hil
 
 ROOT = Path(__file__).resolve().parents[2]
 SITES = sorted((ROOT / "configs" / "sites").glob("*.yaml"))
@@ -119,3 +120,15 @@ def test_pharmatwin_hil_checks_the_section_pharmatwin_does_not(
     assert hil_main(["check-config", str(path)]) == 1
     out = capsys.readouterr().out
     assert f"FAIL {path}" in out and "hil.plc.interlocks.0.expression: unknown expression" in out
+
+
+@pytest.mark.parametrize("path", SITES, ids=lambda p: p.stem)
+def test_the_site_comes_with_the_scenario_it_checked(path: Path) -> None:
+    """A campaign case loads its scenario once: the one the check loaded, equal to a fresh
+    load of the section's scenario file (the rig's default)."""
+    site, scenario = load_hil_site_and_scenario(path)
+    section = hil_section(site)
+    if section is None:
+        assert scenario is None
+        return
+    assert scenario == load_scenario(site.file(section.scenario))

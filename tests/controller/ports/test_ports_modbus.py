@@ -42,19 +42,28 @@ TAGS = load_tag_map(ROOT / "configs" / "tags" / "bioreactor.yaml")
 READABLE = [name for name, tag in TAGS.tags.items() if tag.readable]
 NOW = 1000.0
 BACKOFF = Backoff(initial_s=0.2, factor=2.0, max_s=1.0)
-WRITE_CODES = {5, 6, 15, 16}
+WRITE_CODES = {5, 6, 15, 16, 23}  # 23: Read/Write Multiple Registers (a write, then a read)
+READ_BACKS = ["auto", "separate"]  # connection.modbus.write_readback
 
 pytestmark = pytest.mark.timeout(60)
 
 
-def connection(port: int, timeout_s: float = 0.5) -> Connection:
+def connection(port: int, timeout_s: float = 0.5, write_readback: str = "auto") -> Connection:
     return Connection(
-        protocol="modbus", host=LOOPBACK, port=port, timeout_s=timeout_s, backoff=BACKOFF
+        protocol="modbus",
+        host=LOOPBACK,
+        port=port,
+        timeout_s=timeout_s,
+        backoff=BACKOFF,
+        modbus=ModbusOptions.model_validate({"write_readback": write_readback}),
     )
 
 
-def make_port(tags: TagMap, port: int, clock: SteppedClock | None = None) -> ModbusPort:
-    return ModbusPort(tags, connection(port), clock or SteppedClock(NOW))
+def make_port(
+    tags: TagMap, port: int, clock: SteppedClock | None = None, write_readback: str = "auto"
+) -> ModbusPort:
+    conn = connection(port, write_readback=write_readback)
+    return ModbusPort(tags, conn, clock or SteppedClock(NOW))
 
 
 @pytest.fixture
@@ -205,14 +214,56 @@ async def test_a_gap_the_plc_refuses_is_not_read_again() -> None:
         assert reads == [(0, 13), (0, 1), (12, 1), (0, 1), (12, 1), (0, 1), (12, 1)]
 
 
-async def test_writes_coalesce_into_blocks_of_at_most_123() -> None:
+@pytest.mark.parametrize(
+    ("write_readback", "requests"),
+    [
+        # FC 16 writes of at most 123 registers, then the read-back (FC 3, at most 125)
+        ("separate", [(16, 0, 123), (16, 123, 77), (3, 0, 125), (3, 125, 75)]),
+        # FC 23: at most 121 registers written and read back per request, nothing else
+        ("auto", [(23, 0, 121), (23, 121, 79)]),
+    ],
+)
+async def test_writes_coalesce_into_blocks_of_at_most_123(
+    write_readback: str, requests: list[tuple[int, int, int]]
+) -> None:
     tags = generated_map(200, Table.HOLDING, Direction.READ_WRITE)
-    async with ModbusPlcServer(tags) as srv, make_port(tags, srv.port) as port:
+    async with (
+        ModbusPlcServer(tags) as srv,
+        make_port(tags, srv.port, write_readback=write_readback) as port,
+    ):
         report = await port.write({f"r{a}": 2 * a for a in range(200)})
         assert report.ok, report.failed()[:3]
+        assert [report.results[f"r{a}"].readback for a in range(200)] == [2 * a for a in range(200)]
         assert [srv.value(f"r{a}") for a in range(200)] == [2 * a for a in range(200)]
-        writes = [(r.address, r.count) for r in srv.requests if r.function_code == 16]
-        assert writes == [(0, 123), (123, 77)]
+        assert [(r.function_code, r.address, r.count) for r in srv.requests] == requests
+
+
+async def test_a_plc_without_fc23_is_written_with_fc16() -> None:
+    """A PLC that does not implement FC 23 answers it with exception 01 and writes nothing:
+    strictly (``fc23``) that is a refusal; by default (``auto``) the port sends the block
+    again with FC 16 and reads it back, and writes with FC 16 from then on."""
+    tags = generated_map(4, Table.HOLDING, Direction.READ_WRITE)
+    async with ModbusPlcServer(tags) as srv:
+        srv.unsupported_functions = {23}
+        async with make_port(tags, srv.port, write_readback="fc23") as strict:
+            report = await strict.write({"r0": 5, "r1": 6})
+        assert {r.status for r in report.results.values()} == {WriteStatus.REJECTED}
+        assert "01 illegal function" in report.results["r0"].detail
+        assert "FC 23" in report.results["r0"].detail
+        assert srv.value("r0") == 0  # nothing written
+        srv.requests.clear()
+        async with make_port(tags, srv.port) as port:
+            first = await port.write({"r0": 5, "r1": 6})
+            second = await port.write({"r2": 7})
+        assert first.ok and second.ok, (first.failed(), second.failed())
+        assert [srv.value(f"r{a}") for a in range(3)] == [5, 6, 7]
+        assert [(r.function_code, r.address, r.count) for r in srv.requests] == [
+            (23, 0, 2),  # refused unexecuted (01)
+            (16, 0, 2),
+            (3, 0, 2),
+            (16, 2, 1),  # no FC 23 tried again
+            (3, 2, 1),
+        ]
 
 
 # --------------------------------------------------------------- refused writes
@@ -347,12 +398,15 @@ async def test_unknown_unit_id_is_bad_quality(server: ModbusPlcServer) -> None:
     assert "unit 9" in tv.detail and "0B gateway target device failed to respond" in tv.detail
 
 
+@pytest.mark.parametrize("write_readback", READ_BACKS)
 async def test_plc_refusing_an_out_of_range_write_is_rejected(
-    server: ModbusPlcServer, port: ModbusPort
+    server: ModbusPlcServer, write_readback: str
 ) -> None:
+    port = make_port(TAGS, server.port, write_readback=write_readback)
     server.set_value("feed_rate_sp", 0.0625)
     server.plc_range["feed_rate_sp"] = (0.0, 0.15)  # narrower than the tag's [0, 0.2]
-    report = await port.write({"feed_rate_sp": 0.18, "mpc_heartbeat": 3})
+    async with port:
+        report = await port.write({"feed_rate_sp": 0.18, "mpc_heartbeat": 3})
     refused = report.results["feed_rate_sp"]
     assert refused.status is WriteStatus.REJECTED
     for part in ("feed_rate_sp", "holding 0", "03", "illegal data value"):
@@ -362,12 +416,17 @@ async def test_plc_refusing_an_out_of_range_write_is_rejected(
     assert [r.status for r in report.failed()] == [WriteStatus.REJECTED]
 
 
+@pytest.mark.parametrize("write_readback", READ_BACKS)
 async def test_plc_clamping_a_write_is_a_mismatch(
-    server: ModbusPlcServer, port: ModbusPort
+    server: ModbusPlcServer, write_readback: str
 ) -> None:
+    """The read-back (FC 23's read part, or FC 3 after FC 16) shows what the PLC stored."""
     server.plc_range["feed_rate_sp"] = (0.0, 0.125)
     server.clamp = True  # this PLC clamps remote setpoints instead of refusing them
-    report = await port.write({"feed_rate_sp": 0.18, "mpc_heartbeat": 4})
+    async with make_port(TAGS, server.port, write_readback=write_readback) as port:
+        report = await port.write({"feed_rate_sp": 0.18, "mpc_heartbeat": 4})
+    codes = {r.function_code for r in server.requests}
+    assert (23 in codes) == (write_readback == "auto") and (16 in codes) != (23 in codes)
     clamped = report.results["feed_rate_sp"]
     assert clamped.status is WriteStatus.MISMATCH
     assert clamped.readback == 0.125
