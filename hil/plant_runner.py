@@ -138,7 +138,9 @@ class PlantRunner:
         #: the true state at the exact time of the batch's natural end, once reached
         self.end_state: PlantState | None = None
         self._truth: PlantState | None = None  # the last true_state(), and its condition
-        self._truth_key: tuple[float, bytes, bytes, bytes, bytes] | None = None
+        # the condition it was evaluated at: the time and the very vectors (never changed in
+        # place: every step, algebraic solve and parameter change assigns new arrays)
+        self._truth_key: tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         if self._alg is not None:
             self._z = self._alg(self._z, self._x, self._u, self._p)[0]
         start = model.validity_violations(
@@ -370,9 +372,18 @@ class PlantRunner:
         """The true state now (stamped ``t`` if given): the model evaluated at the current
         state, inputs and parameters. Evaluated once per distinct condition: a second call
         with nothing changed returns the same numbers without evaluating again."""
-        key = (self.t, self._x.tobytes(), self._z.tobytes(), self._u.tobytes(), self._p.tobytes())
-        if self._truth_key != key or self._truth is None:
-            self._truth, self._truth_key = self._evaluate(), key
+        key = self._truth_key
+        if (
+            self._truth is None
+            or key is None
+            or key[0] != self.t
+            or key[1] is not self._x
+            or key[2] is not self._z
+            or key[3] is not self._u
+            or key[4] is not self._p
+        ):
+            self._truth = self._evaluate()
+            self._truth_key = (self.t, self._x, self._z, self._u, self._p)
         truth = self._truth
         if t is None or t == truth.t:
             return truth

@@ -280,10 +280,14 @@ class HilRig:
         if self._servers_down:
             return
         readings = self._readings
-        bad_tags = {readings[v] for v in bad if v in readings}
+        bad_tags = {readings[v] for v in bad if v in readings} if bad else set()
+        # no comms fault and none held: the servers' empty bad_tags stay as they are (the
+        # setter checks every name against the tag map: not a cost to pay every scan)
+        comm_bad = {t: "communication fault" for t in comm.bad_tags}
         for server in self.servers:
             server.latency = comm.latency_s
-            server.bad_tags = {t: "communication fault" for t in comm.bad_tags}
+            if comm_bad or server.bad_tags:
+                server.bad_tags = comm_bad
             if comm.drop_now:
                 await server.drop_connections()
             await server.publish(image, bad=bad_tags)

@@ -116,6 +116,11 @@ class VirtualPlc:
         self._by_sp = {lp.sp_tag: lp for lp in self._loops.values()}
         self.measurement_tags = self.binding.measurement_tags()[:16]
         self._publishes = self.binding.reading_tags()  # model variable -> tag, every scan
+        # bit i of measurement_validity <- the variable of measurement_tags[i] (looked up once)
+        self._validity_bits = [
+            (1 << i, self.binding.variable_of(tag)) for i, tag in enumerate(self.measurement_tags)
+        ]
+        self._all_valid = sum(bit for bit, _ in self._validity_bits)
         self._now = 0.0
         self._clock = now
         self._rate_window = rate_window_s
@@ -308,17 +313,21 @@ class VirtualPlc:
     ) -> dict[str, float]:
         """Tag values to publish: measurements, working setpoints and contract status."""
         out: dict[str, float] = {}
+        publishes = self._publishes
         for var, value in measurements.items():
-            if var in self._publishes:
-                out[self._publishes[var]] = value
+            tag = publishes.get(var)
+            if tag is not None:
+                out[tag] = value
         for name, lp in self._loops.items():
             out[lp.pv_tag] = applied[name]
             if self.mode is not Mode.ACTIVE:
                 out[lp.sp_tag] = lp.working  # setpoint tracking for a bumpless start
-        validity = 0
-        for i, tag in enumerate(self.measurement_tags):
-            if self.binding.variable_of(tag) not in bad:
-                validity |= 1 << i
+        validity = self._all_valid
+        if bad:
+            validity = 0
+            for bit, bound in self._validity_bits:
+                if bound not in bad:
+                    validity |= bit
         out.update(
             {
                 "mpc_permissive": float(self.permissive),

@@ -89,6 +89,9 @@ class Recorder:
         # true values of what the twin estimates (drift and maintenance are judged on them)
         self.tracked = site.controller.estimator.parameters
         self._last_sent: dict[str, float] = {}
+        # the row keys of the fixed name lists, built once
+        self._p_keys = [(f"p.{k}", k) for k in self.tracked]
+        self._sp_keys = [(f"sp.{k}", k) for k in self.inputs]
 
     def scan(self, rig: HilRig) -> None:
         truth = rig.truth
@@ -100,12 +103,13 @@ class Recorder:
         row.update({f"e.{k}": v for k, v in truth.expressions.items()})
         row.update({f"y.{k}": (math.nan if k in bad else v) for k, v in measured.items()})
         row.update({f"u.{k}": v for k, v in rig.applied.items()})
-        if self.tracked:
+        if self._p_keys:
             params = rig.plant.parameters
-            row.update({f"p.{k}": params[k] for k in self.tracked})
+            row.update({key: params[k] for key, k in self._p_keys})
         if self.rec.sent:
             self._last_sent.update(self.rec.sent[-1][1])
-        row.update({f"sp.{k}": self._last_sent.get(k, math.nan) for k in self.inputs})
+        last = self._last_sent
+        row.update({key: last.get(k, math.nan) for key, k in self._sp_keys})
         row["plc.mode"] = rig.vplc.mode.value
         row["plc.alarm"] = bool(rig.vplc.alarm)
         self.rec.rows.append(row)

@@ -19,7 +19,10 @@ Communication faults, as far as they mean anything without a network:
   server cannot delay anything: the kind is in :attr:`unsupported_faults` (the rig refuses
   such a fault at load and at injection) and a non-zero ``latency`` raises ValueError.
 
-Values are stored in engineering units, unquantized (no register codec).
+Values are stored in engineering units, unquantized (no register codec). A publication is
+laid into the table when it is next looked at (the port's read or write, :meth:`value`,
+:meth:`MemoryPlcServer.flush`), each value with the quality and time of its own publication:
+what a reader sees is what publishing every scan at once would give.
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ from controller.ports.base import Quality, Snapshot, TagValue, WriteReport
 from controller.ports.memory import MemoryPort, TagTable, table_from_tag_map
 from controller.tags import TagMap
 from hil.servers.base import PlcServer, WriteHook
+
+_NONE: frozenset[str] = frozenset()
+#: publications kept at most before they are laid into the table (a PLC nobody reads)
+_MAX_PENDING = 32
 
 
 class MemoryPlcServer(PlcServer):
@@ -59,6 +66,8 @@ class MemoryPlcServer(PlcServer):
         self._dropped = False
         self.table.write_check = self._check
         self.table.write_hook = self._hook
+        #: publications not yet laid into the table: (values, bad, process time)
+        self._pending: list[tuple[dict[str, float], frozenset[str], float]] = []
 
     @property
     def latency(self) -> float:
@@ -96,14 +105,31 @@ class MemoryPlcServer(PlcServer):
         bad: Collection[str] = (),
         source_time: datetime | None = None,
     ) -> None:
-        now = self.clock.now()
-        for tag, v in values.items():
-            if tag not in self.table.values:
-                continue
-            quality = Quality.BAD if tag in bad else Quality.GOOD
-            self.table.values[tag] = TagValue(float(v), quality, now, now)
+        # kept as given and laid into the table when it is next looked at (a read, a write,
+        # :meth:`value`): the fast mode publishes every scan, the controller reads once a
+        # sample; each value keeps the time of the publication that set it
+        self._pending.append((dict(values), frozenset(bad) if bad else _NONE, self.clock.now()))
+        if len(self._pending) >= _MAX_PENDING:
+            self.flush()
+
+    def flush(self) -> None:
+        """Lay the pending publications into the table: each tag gets its latest value, of the
+        quality and the time of the publication that set it (as if published one by one)."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        table = self.table.values
+        good, poor = Quality.GOOD, Quality.BAD
+        done: set[str] = set()
+        for values, bad, now in reversed(pending):
+            for tag, v in values.items():
+                if tag in done or tag not in table:
+                    continue
+                done.add(tag)
+                table[tag] = TagValue(float(v), poor if tag in bad else good, now, now)
 
     def value(self, tag: str) -> float:
+        self.flush()
         return self.table.current(tag)
 
     def port(self) -> MemoryPort:
@@ -126,6 +152,7 @@ class _ServerPort(MemoryPort):
 
     async def read(self, tags: Iterable[str]) -> Snapshot:
         self.server._connection()
+        self.server.flush()
         snap = await super().read(tags)
         bad = self.server.bad_tags
         if not bad:
@@ -140,4 +167,5 @@ class _ServerPort(MemoryPort):
 
     async def write(self, values: Mapping[str, float]) -> WriteReport:
         self.server._connection()
+        self.server.flush()  # the publications before the write come before it
         return await super().write(values)
