@@ -190,7 +190,9 @@ class SolverSpec(Strict):
     Gauss-Newton model has no curvature left but the move penalties). ``regularization`` is
     added to the Gauss-Newton diagonal (scaled variables). ``cold_start: ipopt`` solves a step
     without a warm start (the first, or after a failure) with IPOPT, whose solution then
-    warm-starts the SQP. ``line_search`` enables sqpmethod's line search (off: full steps).
+    warm-starts the SQP; ``sqp-ipopt`` tries the SQP from the same guess first (IPOPT when it
+    does not converge; :mod:`controller.core.fast_guess`). ``line_search`` enables
+    sqpmethod's line search (off: full steps).
     The other options are ignored by the do-mpc backend.
     """
 
@@ -205,7 +207,7 @@ class SolverSpec(Strict):
     fallback: Literal["ipopt", "none"] = "ipopt"
     hessian: Literal["gauss-newton", "exact"] = "gauss-newton"
     regularization: Annotated[float, Field(ge=0, le=1.0, allow_inf_nan=False)] = 1e-4
-    cold_start: Literal["ipopt", "sqp"] = "ipopt"
+    cold_start: Literal["ipopt", "sqp", "sqp-ipopt"] = "ipopt"
     line_search: bool = False
 
 

@@ -11,7 +11,9 @@ campaign (each with its own parameter draw) can share them.
 Only the models shipped in :mod:`plant_models` are shared (their equations read parameters
 from ``p`` alone; ``tests/hil/test_plant_functions.py`` checks it for each); a model from a
 plugin gets its own functions, built for it. The functions are shared, never their call
-buffers: each :class:`~hil.plant_runner.PlantRunner` makes its own.
+buffers: each :class:`~hil.plant_runner.PlantRunner` makes its own. The shared functions run
+compiled code from the runtime's library cache (:mod:`hil.plant_compiled`: the same numbers,
+bit for bit), or the symbolic functions when nothing can be compiled.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from dataclasses import dataclass
 
 import casadi as ca
 
+from controller.runtime.solver_cache import LibraryCache
+from hil.plant_compiled import compile_plant, first_look
 from plant_models import PlantModel
 
 __all__ = ["PlantFunctions", "plant_functions"]
@@ -37,6 +41,10 @@ class PlantFunctions:
     function: ca.Function
     algebraic: ca.Function | None
     expression_names: tuple[str, ...]
+    #: the algebraic solver's first look (:func:`hil.plant_compiled.first_look`), if any
+    first_look: ca.Function | None = None
+    #: the compiled library ``stepper`` and ``function`` run from (None: uncompiled)
+    library: str | None = None
 
 
 _SHARED: dict[tuple[type[PlantModel], bool], PlantFunctions] = {}
@@ -53,9 +61,20 @@ def plant_functions(model: PlantModel) -> PlantFunctions:
     key = (type(model), bool(model.smooth))
     if shared(model) and key in _SHARED:
         return _SHARED[key]
-    built = PlantFunctions(
-        model.stepper(), model.function, model.algebraic_solver(), model.expression_names
-    )
+    algebraic = model.algebraic_solver()
+    look = first_look(algebraic) if algebraic is not None else None
+    built = PlantFunctions(model.stepper(), model.function, algebraic, model.expression_names, look)
     if shared(model):
+        # compiled once per kind (hil.plant_compiled: the same numbers, bit for bit)
+        done = compile_plant(model, algebraic, LibraryCache())
+        if done is not None:
+            built = PlantFunctions(
+                done.stepper,
+                done.function,
+                algebraic,
+                model.expression_names,
+                done.first_look,
+                done.library,
+            )
         _SHARED[key] = built
     return built

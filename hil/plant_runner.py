@@ -24,11 +24,15 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 
 from controller.core.prediction import BufferedFunction
 from controller.errors import ScenarioError, unknown_name
+from hil.plant_ahead import Window
+from hil.plant_compiled import AlgebraicStart, grid_stepper
+from hil.plant_domain import Domain
 from hil.plant_functions import plant_functions
 from hil.scenario import Disturbance
 from plant_models import PlantModel, Role
@@ -90,7 +94,8 @@ class PlantDomainError(ScenarioError):
 
 
 class PlantRunner:
-    """Integrates the true plant one sample at a time (time in the model's unit)."""
+    """Integrates the true plant one sample at a time (time in the model's unit); with a
+    ``lookahead`` > 1, held inputs over several at once (:mod:`hil.plant_ahead`)."""
 
     def __init__(
         self,
@@ -103,27 +108,35 @@ class PlantRunner:
         seed: int = 0,
         t0: float = 0.0,
         initial_inputs: Mapping[str, float] | None = None,
+        lookahead: int = 1,
     ) -> None:
         if not (math.isfinite(sample_time) and sample_time > 0):
             raise ScenarioError(
                 f"true plant {model.name!r}: sample step must be > 0, got {sample_time!r}"
             )
+        if not (isinstance(lookahead, int) and lookahead >= 1):
+            raise ScenarioError(
+                f"true plant {model.name!r}: lookahead must be an integer >= 1, got {lookahead!r}"
+            )
         self.model = model
         self.sample_time = sample_time
-        # the model's functions (built once per model kind, hil.plant_functions), called on
-        # the plant's own vectors through buffers of its own (no DM round trip), and the
-        # names of its vectors, looked up once
+        # the model's functions (built once per model kind, hil.plant_functions) called on its
+        # own vectors through buffers of its own (no DM round trip); names looked up once
         fns = plant_functions(model)
         self._step, self._f = BufferedFunction(fns.stepper), BufferedFunction(fns.function)
-        self._alg = BufferedFunction(fns.algebraic) if fns.algebraic is not None else None
+        alg, scales = fns.algebraic, model.scales(Role.ALGEBRAIC)
+        self._alg = AlgebraicStart(alg, fns.first_look, scales) if alg is not None else None
         self._names = {role: model.names(role) for role in (Role.STATE, Role.ALGEBRAIC, Role.INPUT)}
+        grid = grid_stepper(model, fns.library, lookahead) if lookahead > 1 else None
+        self.ahead = Window(None if grid is None else BufferedFunction(grid), lookahead)
         self._out_names, self._expr_names = model.output_names, fns.expression_names
         self._param_names = model.parameter_names
         self._has_margin = type(model).finish_margin is not PlantModel.finish_margin
         self._has_end = type(model).finished is not PlantModel.finished
-        self._domain = _Domain(model, self._names[Role.STATE], self._names[Role.ALGEBRAIC])
+        self._domain = Domain(model, self._names[Role.STATE], self._names[Role.ALGEBRAIC])
         self._p = model.parameter_vector()
-        self._params = self._param_dict()
+        self._params = self._param_dict()  # and read-only, for the model's hooks:
+        self._params_view = MappingProxyType(self._params)
         self._x = model.vector(Role.STATE, {**model.initial_state, **(initial_state or {})})
         self._z = model.vector(Role.ALGEBRAIC, model.initial_algebraic)
         self._u = model.vector(Role.INPUT, {**model.nominal_inputs, **(initial_inputs or {})})
@@ -141,8 +154,10 @@ class PlantRunner:
         # the condition it was evaluated at: the time and the very vectors (never changed in
         # place: every step, algebraic solve and parameter change assigns new arrays)
         self._truth_key: tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._margin_key: tuple[np.ndarray, np.ndarray] | None = None  # _margin_now's x, p
+        self._margin_value: float | None = None
         if self._alg is not None:
-            self._z = self._alg(self._z, self._x, self._u, self._p)[0]
+            self._z = self._alg(self._z, self._x, self._u, self._p)
         start = model.validity_violations(
             model.as_dict(Role.STATE, self._x), model.as_dict(Role.ALGEBRAIC, self._z)
         )
@@ -174,6 +189,17 @@ class PlantRunner:
         if self.fault is not None:
             raise PlantDomainError(self.fault)
         t0, t1 = self.t, self.t + self.sample_time
+        if not segments and not self._disturbances:
+            # inputs held, nothing switching inside the step: the general path's arithmetic
+            # (a ramp between equal ends, a zero offset) on the vector, without its dicts
+            if self.finished_at is None and t1 - t0 > 0:
+                v = self._inputs(inputs)
+                u = v + (v - v) * 0.0
+                u = u + (u - u)
+                if not self._step_ahead(u, t1 - t0):
+                    self._integrate_vectors(t0, t1, u, u)
+            self.t = t1
+            return
         pieces = list(segments) if segments else [(t0, t1, inputs, inputs)]
         for ta, tb, ua, ub in self._split_at_disturbances(pieces):
             if self.finished_at is not None:
@@ -201,8 +227,13 @@ class PlantRunner:
         offsets = {n: v - ua[n] for n, v in self.disturbed(ua, mid).items() if n in ua}
         u0 = self._inputs({n: ua[n] + offsets.get(n, 0.0) for n in ua})
         u1 = self._inputs({n: ub[n] + offsets.get(n, 0.0) for n in ub})
+        self._integrate_vectors(ta, tb, u0, u1)
+
+    def _integrate_vectors(self, ta: float, tb: float, u0: np.ndarray, u1: np.ndarray) -> None:
+        """Integrate from ``ta`` to ``tb`` (> ``ta``), the input vectors ramping from ``u0``
+        to ``u1``; locates the batch's natural end inside the piece."""
         x, z = self._solve(ta, tb - ta, u0, u1)
-        margin0, margin1 = self._margin(self._x), self._margin(x)
+        margin0, margin1 = self._margin_now(), self._margin(x)
         if margin0 is not None and margin1 is not None and margin0 > 0 >= margin1:
             h = self._locate_end(tb - ta, u0, u1, margin0, margin1, ta)
             x, z = self._solve(ta, h, u0, u0 + (u1 - u0) * (h / (tb - ta)))
@@ -215,6 +246,36 @@ class PlantRunner:
         self._check_domain(x, z, tb)
         self._x, self._z, self._u = x, z, u1
 
+    def _step_ahead(self, u: np.ndarray, h: float) -> bool:
+        """Take this held-input step of length ``h`` from the look-ahead window
+        (:mod:`hil.plant_ahead`); False when it must be integrated on its own: no
+        look-ahead, a window not worth opening or failed, or a step that crosses the batch's
+        natural end or leaves the validity domain (the single step locates the end, or
+        reports the fault, with its own numbers)."""
+        ahead = self.ahead
+        if ahead.grid is None:
+            return False
+        held = ahead.note(self._u, u)
+        if not ahead.follows(self._x, self._p, u):
+            if not ahead.worth_opening(held):
+                ahead.close()
+                return False
+            z = self._consistent_z(self._x, self._z, u)
+            if not ahead.open(self._x, z, u, self._p, h):
+                return False
+        got = ahead.take()
+        if got is None:  # pragma: no cover - an opened window has every step
+            return False
+        x, z = got
+        margin0, margin1 = self._margin_now(), self._margin(x)
+        crosses = margin0 is not None and margin1 is not None and margin0 > 0 >= margin1
+        if crosses or not self._domain.holds(x, z):
+            ahead.close()
+            return False
+        self._x, self._z, self._u = x, z, u
+        ahead.mark(x, self._p, u)
+        return True
+
     def _consistent_z(self, x: np.ndarray, z: np.ndarray, u0: np.ndarray) -> np.ndarray:
         """The algebraic state consistent with ``x`` and the inputs at the step's start.
 
@@ -224,7 +285,7 @@ class PlantRunner:
         if self._alg is None:
             return z
         try:
-            zc = self._alg(z, x, u0, self._p)[0]
+            zc = self._alg(z, x, u0, self._p)
         except RuntimeError:
             return z  # the integrator's own initialisation has its chance
         return zc if np.all(np.isfinite(zc)) else z
@@ -277,7 +338,16 @@ class PlantRunner:
     def _margin(self, x: np.ndarray) -> float | None:
         if not self._has_margin:  # the model has no natural end to locate
             return None
-        return self.model.finish_margin(self._as_dict(Role.STATE, x), dict(self._params))
+        return self.model.finish_margin(self._as_dict(Role.STATE, x), self._params_view)
+
+    def _margin_now(self) -> float | None:
+        """:meth:`_margin` of the current state, evaluated once per state and parameters
+        (both are replaced, never changed in place)."""
+        key = self._margin_key
+        if key is None or key[0] is not self._x or key[1] is not self._p:
+            self._margin_value = self._margin(self._x)
+            self._margin_key = (self._x, self._p)
+        return self._margin_value
 
     def _locate_end(
         self, h: float, u0: np.ndarray, u1: np.ndarray, m0: float, m1: float, ta: float
@@ -366,6 +436,7 @@ class PlantRunner:
             p[names.index(name)] = float(value)
         self._p = p
         self._params = self._param_dict()
+        self._params_view = MappingProxyType(self._params)
 
     # ------------------------------------------------------------------ observing
     def true_state(self, t: float | None = None) -> PlantState:
@@ -417,7 +488,7 @@ class PlantRunner:
         if self.finished_at is not None:
             return True
         return self._has_end and self.model.finished(
-            self._as_dict(Role.STATE, self._x), self.parameters
+            self._as_dict(Role.STATE, self._x), self._params_view
         )
 
 
@@ -427,23 +498,3 @@ def _lerp(
     """Inputs at ``t`` on the straight line from ``(ta, ua)`` to ``(tb, ub)``."""
     w = 0.0 if tb <= ta else (t - ta) / (tb - ta)
     return {n: ua[n] + (ub[n] - ua[n]) * w for n in ua}
-
-
-class _Domain:
-    """The validity domain as bounds, for the quick look of every step: ``holds`` is True
-    exactly when :meth:`PlantModel.validity_violations` finds nothing (the same bounds, the same
-    1e-6-of-scale margin, the same comparisons); the report itself is always the model's."""
-
-    def __init__(self, model: PlantModel, states: Sequence[str], algebraic: Sequence[str]) -> None:
-        v = model.all_variables
-        names = [*states, *algebraic]
-        self.bounds = [
-            (v[n].lower - 1e-6 * v[n].scale, v[n].upper + 1e-6 * v[n].scale) for n in names
-        ]
-
-    def holds(self, x: np.ndarray, z: np.ndarray) -> bool:
-        values = x.tolist() + z.tolist()  # a few numbers: a plain loop beats numpy's calls
-        return all(
-            math.isfinite(value) and lo <= value <= hi
-            for value, (lo, hi) in zip(values, self.bounds, strict=True)
-        )

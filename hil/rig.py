@@ -15,6 +15,7 @@ Controller writes reach the PLC through the servers' write hook, synchronously.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import math
@@ -49,6 +50,30 @@ class RigLog:
     fault_events: list[FaultEvent] = field(default_factory=list)
     #: the true plant left its validity domain (it stops there: the equations no longer hold)
     plant_faults: list[PlantFault] = field(default_factory=list)
+
+
+class _RecipeStart:
+    """``RecipePlayer.inputs_at``, looked up once per table row for a ``previous`` recipe (its
+    inputs hold from one row's time to the next): the rig asks at every plant step."""
+
+    def __init__(self, player: RecipePlayer) -> None:
+        self._player = player
+        held = player.recipe.interpolation == "previous"
+        self._times = [float(r.t) for r in player.recipe.table] if held else []
+        self._lo, self._hi = math.inf, -math.inf  # the rows' span of ``_inputs``: none yet
+        self._inputs: dict[str, float] = {}
+
+    def inputs_at(self, t: float) -> dict[str, float]:
+        """What ``inputs_at(t)`` returns (not to be changed: kept for the next call)."""
+        if not self._times:
+            return self._player.inputs_at(t)
+        if not self._lo <= t < self._hi:
+            times = self._times
+            i = max(bisect.bisect_right(times, t) - 1, 0)  # inputs_at's row
+            self._lo = times[i] if i > 0 else -math.inf
+            self._hi = times[i + 1] if i + 1 < len(times) else math.inf
+            self._inputs = self._player.inputs_at(t)
+        return self._inputs
 
 
 class HilRig:
@@ -113,6 +138,7 @@ class HilRig:
             else None
         )
         self._recipe = recipe
+        self._recipe_start = _RecipeStart(recipe) if recipe is not None else None
         working = recipe.inputs_at(0.0) if recipe is not None else self.model.nominal_inputs
         working = {**working, **self.scenario.initial_inputs}
         self.vplc = VirtualPlc(
@@ -245,10 +271,12 @@ class HilRig:
 
         A ramp of the PLC's own recipe stays a ramp inside the step; anything else (the MPC's
         setpoints, an actuator fault) is held over the step, as the PLC holds it."""
-        if self._recipe is None or self.faults.acts_on_inputs(self.plant.t):
+        if self._recipe is None or self._recipe_start is None:
+            return None
+        if self.faults.acts_on_inputs(self.plant.t):
             return None
         t = self.plant.t
-        start = self._recipe.inputs_at(t)
+        start = self._recipe_start.inputs_at(t)
         if any(abs(start[n] - v) > 1e-9 * max(1.0, abs(v)) for n, v in actual.items()):
             return None
         return list(self._recipe.segments(t, t + self.plant_step))

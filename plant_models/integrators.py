@@ -24,7 +24,19 @@ import numpy as np
 from plant_models.errors import ModelError
 from plant_models.variables import Role
 
-__all__ = ["SymbolicModel", "algebraic_solver", "do_mpc_model", "integrator", "stepper"]
+__all__ = [
+    "ALGEBRAIC_ABSTOL",
+    "SymbolicModel",
+    "algebraic_solver",
+    "do_mpc_model",
+    "integrator",
+    "stepper",
+    "stepper_integrator",
+]
+
+#: The largest residual (of the scaled algebraic equations) at which the algebraic solver's
+#: Newton iteration stops, leaving its guess as it is.
+ALGEBRAIC_ABSTOL = 1e-10
 
 
 class SymbolicModel(Protocol):
@@ -100,14 +112,64 @@ def integrator(
     )
 
 
-def stepper(model: SymbolicModel, *, rtol: float = 1e-8, atol: float = 1e-10) -> ca.Function:
+def stepper(
+    model: SymbolicModel,
+    *,
+    rtol: float = 1e-8,
+    atol: float = 1e-10,
+    dae: ca.Function | None = None,
+    grid: int = 1,
+) -> ca.Function:
     """An integrator over a step of any length, with inputs ramping inside it.
 
     Returns ``S(x0, z0, u0, u1, p, h) -> (xf, zf)``: the exact (unclipped) equations are
     integrated over ``h`` time units while the inputs move linearly from ``u0`` to ``u1``
     (a ramp stays a ramp inside the step; ``u1 = u0`` holds them). Internally time is
     scaled to [0, 1] and states by their ``scale``; values at the boundary are physical.
+    ``dae`` replaces the right-hand side by the same one in another form (the ``oracle()``
+    of :func:`stepper_integrator`'s integrator, compiled: the same numbers, faster).
+    With ``grid`` > 1 the step is taken in one integration with ``grid`` equal output
+    intervals: ``xf`` and ``zf`` have a column per interval's end (not the numbers of
+    ``grid`` separate steps: the integrator is not restarted at the interval ends).
     """
+    raw = stepper_integrator(model, rtol=rtol, atol=atol, dae=dae, grid=grid)
+    xsc, zsc = model.scales(Role.STATE), model.scales(Role.ALGEBRAIC)
+    xsc_end = xsc if grid == 1 else ca.repmat(ca.DM(xsc), 1, grid)
+    zsc_end = zsc if grid == 1 else ca.repmat(ca.DM(zsc), 1, grid)
+    x0, z0 = ca.MX.sym("x0", len(model.state_names)), ca.MX.sym("z0", len(model.algebraic_names))
+    a, b = ca.MX.sym("u0", len(model.input_names)), ca.MX.sym("u1", len(model.input_names))
+    pp, hh = ca.MX.sym("p", len(model.parameter_names)), ca.MX.sym("h")
+    call: dict[str, Any] = {"x0": x0 / xsc, "p": ca.vertcat(a, b, pp, hh)}
+    if model.is_dae:
+        call["z0"] = z0 / zsc
+    r = raw(**call)
+    zf = r["zf"] * zsc_end if model.is_dae else ca.MX(0, grid)
+    return ca.Function(
+        f"{model.name}_stepper",
+        [x0, z0, a, b, pp, hh],
+        [r["xf"] * xsc_end, zf],
+        ["x0", "z0", "u0", "u1", "p", "h"],
+        ["xf", "zf"],
+    )
+
+
+def stepper_integrator(
+    model: SymbolicModel,
+    *,
+    rtol: float = 1e-8,
+    atol: float = 1e-10,
+    dae: ca.Function | None = None,
+    grid: int = 1,
+) -> ca.Function:
+    """The CasADi integrator inside :func:`stepper`: scaled states, time scaled to [0, 1],
+    ``p = [u0; u1; p; h]``. With ``dae`` (its own ``oracle()``, e.g. compiled) it is built
+    on that function instead of the symbolic equations; ``grid`` equal output intervals."""
+    # the caller reports a failed step itself (with the time, the inputs, the domain)
+    opts: dict[str, Any] = {"reltol": rtol, "abstol": atol, "disable_internal_warnings": True}
+    plugin = "idas" if model.is_dae else "cvodes"
+    tout: float | list[float] = 1.0 if grid == 1 else [k / grid for k in range(1, grid + 1)]
+    if dae is not None:
+        return ca.integrator(f"{model.name}_S", plugin, dae, 0.0, tout, opts)
     s = model.symbols
     tau = ca.SX.sym("tau")
     xs = ca.SX.sym("xs", len(model.state_names))
@@ -119,30 +181,11 @@ def stepper(model: SymbolicModel, *, rtol: float = 1e-8, atol: float = 1e-10) ->
     xsc, zsc = model.scales(Role.STATE), model.scales(Role.ALGEBRAIC)
     u = u0 + (u1 - u0) * tau
     xdot, alg, _, _ = model.evaluate_symbolic(xs * xsc, zs * zsc, u, p)
-    dae: dict[str, Any] = {"x": xs, "t": tau, "p": ca.vertcat(u0, u1, p, h)}
-    dae["ode"] = h * xdot / xsc
-    # the caller reports a failed step itself (with the time, the inputs, the domain)
-    opts: dict[str, Any] = {"reltol": rtol, "abstol": atol, "disable_internal_warnings": True}
+    problem: dict[str, Any] = {"x": xs, "t": tau, "p": ca.vertcat(u0, u1, p, h)}
+    problem["ode"] = h * xdot / xsc
     if model.is_dae:
-        dae.update(z=zs, alg=alg)
-    raw = ca.integrator(
-        f"{model.name}_S", "idas" if model.is_dae else "cvodes", dae, 0.0, 1.0, opts
-    )
-    x0, z0 = ca.MX.sym("x0", len(model.state_names)), ca.MX.sym("z0", len(model.algebraic_names))
-    a, b = ca.MX.sym("u0", len(model.input_names)), ca.MX.sym("u1", len(model.input_names))
-    pp, hh = ca.MX.sym("p", len(model.parameter_names)), ca.MX.sym("h")
-    call: dict[str, Any] = {"x0": x0 / xsc, "p": ca.vertcat(a, b, pp, hh)}
-    if model.is_dae:
-        call["z0"] = z0 / zsc
-    r = raw(**call)
-    zf = r["zf"] * zsc if model.is_dae else ca.MX(0, 1)
-    return ca.Function(
-        f"{model.name}_stepper",
-        [x0, z0, a, b, pp, hh],
-        [r["xf"] * xsc, zf],
-        ["x0", "z0", "u0", "u1", "p", "h"],
-        ["xf", "zf"],
-    )
+        problem.update(z=zs, alg=alg)
+    return ca.integrator(f"{model.name}_S", plugin, problem, 0.0, tout, opts)
 
 
 def algebraic_solver(model: SymbolicModel) -> ca.Function | None:
@@ -156,7 +199,7 @@ def algebraic_solver(model: SymbolicModel) -> ca.Function | None:
         s[Role.STATE], zs * model.scales(Role.ALGEBRAIC), s[Role.INPUT], s[Role.PARAMETER]
     )
     g = ca.Function("g", [zs, xup], [alg])
-    rf = ca.rootfinder(f"{model.name}_alg", "newton", g, {"abstol": 1e-10})
+    rf = ca.rootfinder(f"{model.name}_alg", "newton", g, {"abstol": ALGEBRAIC_ABSTOL})
     zg, x = ca.MX.sym("zg", len(model.algebraic_names)), ca.MX.sym("x", len(model.state_names))
     u, p = ca.MX.sym("u", len(model.input_names)), ca.MX.sym("p", len(model.parameter_names))
     zsc = model.scales(Role.ALGEBRAIC)

@@ -150,6 +150,7 @@ class ExtendedKalmanFilter:
         self._model, self._spec, self._dt, self._time = model, spec, float(sample_time), 0.0
         self._aug = aug = AugmentedState.of(model, spec)
         self._names, self._n, self._est_index = aug.names, aug.n, aug.est_index
+        self._role_names = (model.state_names, model.algebraic_names, model.parameter_names)
         self._scale, self._y_scale = aug.scale, aug.y_scale
         params = merged(model, model.parameters, initial_parameters, "parameter")
         states = merged(model, model.initial_state, initial_state, "state")
@@ -333,7 +334,7 @@ class ExtendedKalmanFilter:
         y_vec, use = measured(model, y, exclude)
         u = self._u if u_applied is None else vector_of(model, Role.INPUT, u_applied, "input")
         u1 = u if u_end is None else vector_of(model, Role.INPUT, u_end, "input at the end")
-        where = f"model {model.name!r} at t={self._time:g} {model.time_unit}"
+        t = self._time  # the time the problems below are reported at
         if u_applied is None:
             got = self._correct(self._xi, self._P, self._z, u1, y_vec, use)
             post, problem = (got, "") if isinstance(got, _Posterior) else (None, got)
@@ -347,6 +348,7 @@ class ExtendedKalmanFilter:
         else:
             self._hold(predicted=u_applied is not None)
         self._ok = not problems
+        where = f"model {model.name!r} at t={t:g} {model.time_unit}" if problems else ""
         self._reason = f"{where}: {'; '.join(problems)}" if problems else ""
         self.failures += bool(problems)
         return self.estimate
@@ -394,19 +396,20 @@ class ExtendedKalmanFilter:
     @property
     def estimate(self) -> Estimate:
         """The current estimate (the prior, before the first ``update``)."""
-        model, n = self._model, self._n
+        n, (states, algebraic, parameters) = self._n, self._role_names
         phys = self._xi * self._scale
-        std = np.sqrt(np.clip(np.diag(self._P), 0.0, None)) * self._scale
-        params = dict(zip(model.parameter_names, self._p.tolist(), strict=True))
+        # (the values of np.clip(np.diag(P), 0, None) and model.as_dict, fewer calls)
+        std = np.sqrt(self._P.diagonal().clip(0.0, None)) * self._scale
+        params = dict(zip(parameters, self._p.tolist(), strict=True))
         theta_names = self._names[n:]
         params.update(zip(theta_names, phys[n:].tolist(), strict=True))
         return Estimate(
-            states=model.as_dict(Role.STATE, phys[:n]),
+            states=dict(zip(states, phys[:n].tolist(), strict=True)),
             parameters=params,
-            state_std=model.as_dict(Role.STATE, std[:n]),
+            state_std=dict(zip(states, std[:n].tolist(), strict=True)),
             parameter_std=dict(zip(theta_names, std[n:].tolist(), strict=True)),
             innovation=dict(self._innovation),
-            algebraic=model.as_dict(Role.ALGEBRAIC, self._z),
+            algebraic=dict(zip(algebraic, self._z.tolist(), strict=True)),
             innovation_std=dict(self._innovation_std),
             rejected=self._rejected,
             ok=self._ok,

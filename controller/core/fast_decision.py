@@ -36,6 +36,15 @@ class DecisionReader:
         n_steps, n_soft = ocp.eps_idx.shape  # n_soft may be 0: no soft constraints
         eps_all = ocp.scenario_index(ocp.eps_idx).reshape(ocp.n_scenarios * n_steps, n_soft)
         self.eps_idx = ocp.eps_idx if ocp.n_scenarios == 1 else eps_all
+        # Every state's, input's and slack's trajectory gathered and scaled in one numpy
+        # call each (a trajectory a contiguous row): (nx, N + 1), (nu, N), (n_soft, steps).
+        rows = (ocp.x_idx.T, ocp.u_idx.T, self.eps_idx.T)
+        self.gather = np.concatenate([r.ravel() for r in rows])
+        scales = (self.xsc, self.usc, ocp.eps_scale)
+        pairs = zip(scales, rows, strict=True)
+        self.scale = np.concatenate([np.repeat(sc, r.shape[1]) for sc, r in pairs])
+        self.shapes = [r.shape for r in rows]
+        self.ends = np.cumsum([r.size for r in rows]).tolist()
 
     def __call__(
         self,
@@ -52,9 +61,11 @@ class DecisionReader:
         appended to the return status."""
         o = self.ocp
         w = sol["x"]
-        xs = w[o.x_idx] * self.xsc
-        us = w[o.u_idx] * self.usc
-        u0 = us[0]
+        vals = w[self.gather] * self.scale
+        (x_shape, u_shape, eps_shape), (nxs, nus, _) = self.shapes, self.ends
+        xs = vals[:nxs].reshape(x_shape)
+        us = vals[nxs:nus].reshape(u_shape)
+        u0 = us[:, 0]
         status_text = str(stats.get("return_status", "unknown"))
         u0_list = u0.tolist()
         inputs = dict(zip(self.u_names, u0_list, strict=True))
@@ -71,8 +82,8 @@ class DecisionReader:
         if fallback is not None:
             status_text = f"{status_text} (IPOPT fallback; SQP: {fallback})"
         status_text += note
-        eps = w[self.eps_idx] * o.eps_scale  # robust: the largest slack over every scenario
-        slack = dict(zip(o.soft_names, eps.max(axis=0).tolist(), strict=True))
+        eps = vals[nus:].reshape(eps_shape)  # robust: the largest slack over every scenario
+        slack = dict(zip(o.soft_names, eps.max(axis=1).tolist(), strict=True))
         z_first = None
         if self.is_dae and status is SolveStatus.SUCCESS:
             z_first = w[o.z_idx[0, : self.zsc.shape[0]]] * self.zsc
@@ -84,8 +95,8 @@ class DecisionReader:
             iterations=int(stats.get("iter_count", -1)),
             solve_time_s=elapsed,
             objective=float(sol["f"][0]),
-            predicted_states=dict(zip(self.x_names, xs.T, strict=True)),
-            predicted_inputs=dict(zip(self.u_names, us.T, strict=True)),
+            predicted_states=dict(zip(self.x_names, xs, strict=True)),
+            predicted_inputs=dict(zip(self.u_names, us, strict=True)),
             soft_slack=slack,
             fallback=fallback is not None,
             end_time=(

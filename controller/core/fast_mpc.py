@@ -1,8 +1,7 @@
 """Fast NMPC: SQP with a sparse QP solver on a multiple-shooting transcription.
 
-The transcription is :mod:`controller.core.ocp` (with :mod:`controller.core.ocp_stage`), the
-solver pieces :mod:`controller.core.fast_solver`, the minimum-time schedule
-:mod:`controller.core.end_schedule`; this module is the controller that runs them.
+The transcription is :mod:`controller.core.ocp` (and ``ocp_stage``), the solver pieces
+:mod:`controller.core.fast_solver`, the minimum-time schedule ``end_schedule``.
 
 :class:`FastController` is the ``solver.backend: fast`` implementation of
 :class:`~controller.core.mpc.ModelPredictiveController`. It solves the same problem as the do-mpc
@@ -39,17 +38,18 @@ differs is the transcription and the solver:
   interval's SX derivatives, mapped (:mod:`controller.core.ocp_jacobian`; not for robust or
   minimum-time problems): the same values and sparsity as CasADi's own, at a third of the
   cost (:data:`JAC_FG`);
-* a step without a warm start (the first, or after a failure) is solved by IPOPT from a
-  simulation of the model (``solver.cold_start: ipopt``); ``cold_starts`` counts them;
+* a step without a warm start (the first, or after a failure) is solved from a simulation
+  of the model by IPOPT (``solver.cold_start: ipopt``), or by the SQP first and IPOPT when it
+  fails (``sqp-ipopt``, :mod:`controller.core.fast_guess`); ``cold_starts`` counts them;
 * with ``jit`` and a :class:`~controller.core.jit.LibraryBuilder` handed in (``compile``,
   e.g. the runtime's :class:`~controller.runtime.solver_cache.LibraryCache`), the SQP's and
   IPOPT's functions are generated as C code, built into shared libraries by it and loaded at
   construction; a failed build falls back to CasADi's virtual machine with a logged warning.
-  Without a builder the solvers run uncompiled (same results, slower): this module does no
-  I/O;
+  Without a builder they run uncompiled (same results, slower): this module does no I/O;
 * when the SQP does not converge, IPOPT solves the same NLP in the same cycle from the same
-  warm start (``warm_start_init_point``); ``fallbacks`` counts those cycles, each is logged
-  as a warning naming the cycle, and the Decision says so (``fallback``, and a
+  warm start (``warm_start_init_point``; from the simulated guess when the warm start is a
+  plan :data:`STALE_SAMPLES` old: cycles were skipped); ``fallbacks`` counts those cycles,
+  each is logged as a warning naming the cycle, and the Decision says so (``fallback``, and a
   ``return_status`` naming IPOPT's result and the SQP's failure). When IPOPT fails too, the
   Decision is FAILED, exactly as with the do-mpc backend.
 
@@ -70,14 +70,15 @@ import numpy as np
 from controller.config import ControllerConfig
 from controller.core.end_schedule import EndSchedule
 from controller.core.fast_decision import DecisionReader
-from controller.core.fast_guess import simulated_guess
-from controller.core.fast_solver import (
+from controller.core.fast_guess import cold_solve, cold_sqp, simulated_guess
+from controller.core.fast_solver import (  # JAC_FG, HESS_L: the derivatives' code keys
     BOUNDS,
     CONVEXIFY,
+    HESS_L,
+    JAC_FG,
     WARM_IPOPT,
     BufferedSolver,
-    active_tol,
-    clean_multipliers,
+    Cleaner,
     row_scaled,
     shift_index,
     solve_plain,
@@ -102,16 +103,8 @@ log = logging.getLogger(__name__)
 #: of it) after the last successful solve (:meth:`FastController.reset`).
 RESUME_TOL = 1e-6
 
-#: The key of the SQP's gradient and Jacobian code (:func:`structured_jac_fg`, made only when
-#: the code is generated): assembled from one interval's SX derivatives, mapped
-#: (:mod:`controller.core.ocp_jacobian`). The bioreactor's SQP, compiled: ``nlp_jac_fg`` 48 ->
-#: 17 us and ``nlp_hess_l`` 54 -> 25 us per evaluation (stats), its library's C code 685k ->
-#: 261k characters (gcc -O2 3.7 -> 1.3 s); B1 step median 1.31-1.37 -> 1.12-1.20 ms (A/B
-#: interleaved, load 2.2-2.5). The whole NLP expanded to SX (``expand``) instead saved ~13 %
-#: but made that C code 4x longer (gcc 5.8 -> 31 s; B8's cold start is <= 10 s).
-JAC_FG = "nlp_jac_fg structured 2"
-#: The key of the exact Hessian's code (:func:`structured_hess_l`), assembled likewise.
-HESS_L = "nlp_hess_l structured 1"
+#: A warm start this many samples old or more is stale: IPOPT does not start from it.
+STALE_SAMPLES = 1.5
 
 
 class FastController(ModelPredictiveController):
@@ -139,20 +132,20 @@ class FastController(ModelPredictiveController):
         # transcribed, root-finder built and rows scaled once per configuration in a process
         # (controller.core.ocp_memo); this controller gets its own copy of the arrays
         self.ocp, self._z_root = transcribed(self, spec.integrator_steps)
-        # Converted once: a numpy vector costs ~30 us to convert at every call.
-        o = self.ocp
-        self._bounds = {
-            k: ca.DM(v) for k, v in zip(BOUNDS, (o.lbx, o.ubx, o.lbg, o.ubg), strict=True)
-        }
+        o = self.ocp  # its bounds converted once: a numpy vector costs ~30 us at every call
+        bounds = zip(BOUNDS, (o.lbx, o.ubx, o.lbg, o.ubg), strict=True)
+        self._bounds = {k: ca.DM(v) for k, v in bounds}
         self.fallbacks = 0
         self.cycles = 0  # step calls (the log names a fallback's cycle by it)
-        self.cold_starts = 0  # steps without a warm start, solved by IPOPT (cold_start: ipopt)
+        self.cold_starts = 0  # steps without a warm start (solved as cold_start says)
         self.builder = compile
         self.library: Path | None = None  # the SQP's library
         self.libraries: list[Path] = []  # every library loaded (the SQP's, IPOPT's)
         self.sqp = self._build_sqp()
         self.sqp_retries = 0  # failed SQP solves retried with the convexified Hessian
         self.sqp_convex = self._build_convex() if spec.hessian == "exact" else None
+        sqp_first = spec.cold_start == "sqp-ipopt"  # the SQP tried first on cold starts
+        self.sqp_cold = cold_sqp(spec, o, self.library, self._sqp_code()) if sqp_first else None
         self.ipopt: ca.Function | None = None
         self.ipopt_cold: ca.Function | None = None
         if spec.fallback == "ipopt":
@@ -167,9 +160,10 @@ class FastController(ModelPredictiveController):
         self._guess: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._solved_at: float | None = None  # the time of the last successful solve
         self._resumable: bool | None = None  # set by reset (None: no reset pending)
+        self._stale = False  # this step's warm start is an old plan (cycles were skipped)
         # Constants of the hot path (step), computed once.
         self._usc = model.scales(Role.INPUT)
-        self._tol_x, self._tol_g = active_tol(o.lbx, o.ubx), active_tol(o.lbg, o.ubg)
+        self._clean = Cleaner(o)  # the multipliers of inactive bounds and rows dropped
         self._shift_w, self._shift_g = shift_index(o, config.horizon)
         self._read = DecisionReader(config, model, o)
         self._sqp_call = BufferedSolver(self.sqp, o)
@@ -183,9 +177,8 @@ class FastController(ModelPredictiveController):
     def _row_scaled(self, ocp: Transcription) -> Transcription:
         """``ocp`` with its large constraint rows normalised (:func:`row_scaled`) at the
         cold guess from the model's initial state."""
-        m = self.model
-        x0 = m.vector(Role.STATE, m.initial_state)
-        p = m.parameter_vector(self._params)
+        x0 = self.model.vector(Role.STATE, self.model.initial_state)
+        p = self.model.parameter_vector(self._params)
         return row_scaled(ocp, self._cold_guess(x0, p, ocp), self._parameters(x0, p))
 
     def _build_sqp(self) -> ca.Function:
@@ -255,11 +248,17 @@ class FastController(ModelPredictiveController):
 
     def _resume_or_forget(self, t: float) -> None:
         """After :meth:`reset`: keep the warm start only when ``t`` is one sample on from the
-        last successful solve."""
+        last successful solve. Without a reset, a plan :data:`STALE_SAMPLES` old or more
+        (the pipeline skipped solves on bad data) is ``_stale``: the SQP still starts from it,
+        but IPOPT, when the SQP fails, from the simulated guess (test_fast_gap.py)."""
+        dt, solved = self.config.sample_time, self._solved_at
+        old = solved is not None and t - solved >= STALE_SAMPLES * dt
+        self._stale = self._resumable is None and old
+        if self._resumable is None:
+            return
         if not self._resumable:
             self._guess = None
             return
-        dt = self.config.sample_time
         if self._solved_at is None or abs(t - self._solved_at - dt) > RESUME_TOL * dt:
             self._guess = None
 
@@ -314,9 +313,8 @@ class FastController(ModelPredictiveController):
             return x0
         p = self.model.parameter_vector(self._params)
         self.cycles += 1
-        if self._resumable is not None:  # the first step after a reset
-            self._resume_or_forget(t)
-            self._resumable = None
+        self._resume_or_forget(t)
+        self._resumable = None
         decision = self._attempt(t, x0, p)
         if self.schedule is None:
             return decision
@@ -365,6 +363,7 @@ class FastController(ModelPredictiveController):
         _, _, lo, hi = schedule.timing()
         dt = self.config.sample_time
         o.lbx[o.t_end_idx], o.ubx[o.t_end_idx] = lo / dt, hi / dt
+        self._clean.lo[o.t_end_idx], self._clean.hi[o.t_end_idx] = lo / dt, hi / dt
         self._sqp_call.args["lbx"][o.t_end_idx] = lo / dt
         self._sqp_call.args["ubx"][o.t_end_idx] = hi / dt
         self._bounds["lbx"], self._bounds["ubx"] = ca.DM(o.lbx), ca.DM(o.ubx)
@@ -388,23 +387,28 @@ class FastController(ModelPredictiveController):
             if t_end is not None and self.ocp.t_end_idx is not None:
                 w0[self.ocp.t_end_idx] = t_end
         p_all = self._parameters(x0, p)
-        cold_solver = self.ipopt_cold if self.config.solver.cold_start == "ipopt" else None
+        cold_solver = self.ipopt_cold if self.config.solver.cold_start != "sqp" else None
         cold_solver = cold_solver if self._guess is None else None
         started = time.perf_counter()
         fallback: str | None = None  # the SQP's status when IPOPT took over
         note = ""  # the convexified SQP's retry, when it produced the solution
         try:
-            if cold_solver is not None:  # no warm start: IPOPT from the simulated guess
+            if cold_solver is not None:  # no warm start: from the simulated guess
                 self.cold_starts += 1
-                sol, stats = solve_plain(cold_solver, self._args(w0, lam_x0, lam_g0, p_all))
+                args = self._args(w0, lam_x0, lam_g0, p_all)
+                sol, stats = cold_solve(self.sqp_cold, cold_solver, args)
             else:
                 sol, stats = self._sqp_call(w0, lam_x0, lam_g0, p_all)
                 if not stats.get("success", False) and self.sqp_convex is not None:
                     sol, stats, note = self._retry_convex(t, stats, (w0, lam_x0, lam_g0, p_all))
                 if not stats.get("success", False) and self.ipopt is not None:
                     fallback = str(stats.get("return_status", "unknown"))
-                    warm = (w0, lam_x0, lam_g0, p_all)
-                    sol, stats = self._fall_back(self.ipopt, t, stats, started, warm)
+                    ipopt, warm = self.ipopt, (w0, lam_x0, lam_g0, p_all)
+                    if self._stale and self.ipopt_cold is not None:  # not from an old plan
+                        w_c = self._cold_guess(x0, p)
+                        zeros = np.zeros_like(w_c), np.zeros_like(lam_g0)
+                        ipopt, warm = self.ipopt_cold, (w_c, *zeros, p_all)
+                    sol, stats = self._fall_back(ipopt, t, stats, started, warm)
         except RuntimeError as exc:
             self._guess = None
             return self._failed(t, SolveStatus.ERROR, f"{type(exc).__name__}: {exc}")
@@ -415,7 +419,7 @@ class FastController(ModelPredictiveController):
         if decision.ok:
             self._solved_at = t
             self._u_prev = u0.copy()  # decision.inputs' values, in input order
-            self._guess = clean_multipliers(sol, self.ocp, self._tol_x, self._tol_g)
+            self._guess = self._clean(sol)
             self._t_end = decision.end_time - t if self.schedule is not None else None
         else:
             self._guess = None

@@ -17,7 +17,7 @@ import numpy as np
 
 from controller.config import ControllerConfig, SolverSpec
 from controller.core.ocp import Transcription
-from controller.core.solver_stats import read_stats
+from controller.core.solver_stats import pin_keys, read_stats
 from plant_models import PlantModel
 
 #: The solver arguments that never change.
@@ -58,6 +58,19 @@ WARM_IPOPT: dict[str, Any] = {
 }
 
 
+#: The key of the SQP's gradient and Jacobian code (:func:`structured_jac_fg`, made only when
+#: the code is generated, ``FastController._sqp_code``): assembled from one interval's SX
+#: derivatives, mapped (:mod:`controller.core.ocp_jacobian`). The bioreactor's SQP, compiled:
+#: ``nlp_jac_fg`` 48 -> 17 us and ``nlp_hess_l`` 54 -> 25 us per evaluation (stats), its
+#: library's C code 685k -> 261k characters (gcc -O2 3.7 -> 1.3 s); B1 step median 1.31-1.37
+#: -> 1.12-1.20 ms (A/B interleaved, load 2.2-2.5). The whole NLP expanded to SX (``expand``)
+#: instead saved ~13 % but made that C code 4x longer (gcc 5.8 -> 31 s; B8's cold start is
+#: <= 10 s).
+JAC_FG = "nlp_jac_fg structured 2"
+#: The key of the exact Hessian's code (:func:`structured_hess_l`), assembled likewise.
+HESS_L = "nlp_hess_l structured 1"
+
+
 class BufferedSolver:
     """An nlpsol called through a CasADi ``FunctionBuffer`` on preallocated numpy vectors.
 
@@ -71,6 +84,12 @@ class BufferedSolver:
         self.solver = solver
         self.args = {n: np.zeros(solver.nnz_in(n)) for n in solver.name_in()}
         self.res = {n: np.zeros(solver.nnz_out(n)) for n in solver.name_out()}
+        # x and g, lam_x and lam_g written side by side: each pair copied (and its
+        # multipliers cleaned, drop_inactive) in one numpy call, not two.
+        n_x, n_xg = solver.nnz_out("x"), solver.nnz_out("x") + solver.nnz_out("g")
+        self.n_x, self._primal, self._dual = n_x, np.zeros(n_xg), np.zeros(n_xg)
+        self.res["x"], self.res["g"] = self._primal[:n_x], self._primal[n_x:]
+        self.res["lam_x"], self.res["lam_g"] = self._dual[:n_x], self._dual[n_x:]
         for name, value in zip(BOUNDS, (ocp.lbx, ocp.ubx, ocp.lbg, ocp.ubg), strict=True):
             self.args[name][:] = value
         buf, self._eval = solver.buffer()
@@ -81,17 +100,34 @@ class BufferedSolver:
             self._buf.set_arg(i, self.args[name].data)
         for i, name in enumerate(solver.name_out()):
             self._buf.set_res(i, self.res[name].data)
+        self._pinned: frozenset[str] = frozenset()  # the stats keys pinned (see _stats)
 
     def __call__(
         self, x0: np.ndarray, lam_x0: np.ndarray, lam_g0: np.ndarray, p: np.ndarray
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """The solution (fresh 1-D arrays ``x``, ``f``, ``g``, ``lam_x``, ``lam_g``), stats."""
+        """The solution (fresh 1-D arrays ``x``, ``f``, ``g``, ``lam_x``, ``lam_g``; ``x`` and
+        ``g`` views of a fresh ``primal`` ``[x, g]``, the multipliers of ``dual``), stats."""
         a = self.args
         a["x0"][:], a["lam_x0"][:], a["lam_g0"][:], a["p"][:] = x0, lam_x0, lam_g0, p
         self._eval()
-        r = self.res
-        sol = {k: r[k].copy() for k in ("x", "f", "g", "lam_x", "lam_g")}
-        return sol, read_stats(self._buf)
+        n_x, primal, dual = self.n_x, self._primal.copy(), self._dual.copy()
+        sol = {"x": primal[:n_x], "f": self.res["f"].copy(), "g": primal[n_x:]}
+        sol |= {"lam_x": dual[:n_x], "lam_g": dual[n_x:], "primal": primal, "dual": dual}
+        return sol, self._stats()
+
+    def _stats(self) -> dict[str, Any]:
+        """The solver's stats, as :func:`read_stats` reads them, with its keys pinned only
+        when they are not the last call's (a solver's stats names are the same every call:
+        one set comparison instead of pinning 25 keys at every solve)."""
+        try:
+            stats = self._buf.stats()  # a fresh dict of CasADi's conversion
+        except RuntimeError:
+            return read_stats(self._buf)  # no stats: the failure status naming why
+        if stats.keys() != self._pinned:
+            pin_keys(stats)
+            nested = any(isinstance(v, dict) for v in stats.values())  # pinned at every call
+            self._pinned = frozenset() if nested else frozenset(stats)
+        return cast(dict[str, Any], stats)
 
 
 def active_tol(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -156,6 +192,20 @@ def solve_plain(
     return numpy_solution(sol), read_stats(solver)
 
 
+def drop_inactive(
+    val: np.ndarray, lam: np.ndarray, lo: np.ndarray, hi: np.ndarray, tol: np.ndarray
+) -> None:
+    """Set to 0, in place, every multiplier ``lam`` of a bound or constraint ``lo <= val <=
+    hi`` that is not active (the test of :func:`clean_multipliers`). The vectors may hold
+    the decisions and the constraint rows joined (:class:`BufferedSolver`): one pass."""
+    with np.errstate(invalid="ignore"):
+        size = np.abs(lam)
+        to_named = np.where(lam > 0, hi - val, val - lo)  # to the bound lam's sign names
+        keep = to_named <= np.maximum(tol, size)
+        keep &= size > MIN_MULTIPLIER
+        lam[~keep] = 0.0
+
+
 def clean_multipliers(
     sol: Mapping[str, np.ndarray], ocp: Transcription, tol_x: np.ndarray, tol_g: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -179,23 +229,37 @@ def clean_multipliers(
     """
     o = ocp
     w, g, lam_x, lam_g = sol["x"], sol["g"], sol["lam_x"], sol["lam_g"]
-    with np.errstate(invalid="ignore"):
-        for val, lo, hi, tol, lam in (
-            (w, o.lbx, o.ubx, tol_x, lam_x),
-            (g, o.lbg, o.ubg, tol_g, lam_g),
-        ):
-            size = np.abs(lam)
-            to_named = np.where(lam > 0, hi - val, val - lo)  # to the bound lam's sign names
-            keep = to_named <= np.maximum(tol, size)
-            keep &= size > MIN_MULTIPLIER
-            lam[~keep] = 0.0
+    drop_inactive(w, lam_x, o.lbx, o.ubx, tol_x)
+    drop_inactive(g, lam_g, o.lbg, o.ubg, tol_g)
     return w, lam_x, lam_g
+
+
+class Cleaner:
+    """A solution's multipliers of inactive bounds and rows set to 0 (:func:`clean_multipliers`),
+    for the warm start of the next solve. ``lo``, ``hi`` and ``tol`` are the transcription's
+    bounds and :func:`active_tol` joined ``[decisions, rows]``, as :class:`BufferedSolver`
+    joins its results: those are cleaned in one pass (the bounds of a decision that change
+    between solves, such as the time to the batch end, are updated here too)."""
+
+    def __init__(self, ocp: Transcription) -> None:
+        self.ocp = ocp
+        self.tol_x, self.tol_g = active_tol(ocp.lbx, ocp.ubx), active_tol(ocp.lbg, ocp.ubg)
+        self.lo = np.concatenate([ocp.lbx, ocp.lbg])
+        self.hi = np.concatenate([ocp.ubx, ocp.ubg])
+        self.tol = np.concatenate([self.tol_x, self.tol_g])
+
+    def __call__(self, sol: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(x, lam_x, lam_g)`` of ``sol`` (fresh vectors: cleaned in place)."""
+        if "dual" not in sol:  # not a BufferedSolver's (IPOPT's): the vectors apart
+            return clean_multipliers(sol, self.ocp, self.tol_x, self.tol_g)
+        drop_inactive(sol["primal"], sol["dual"], self.lo, self.hi, self.tol)
+        return sol["x"], sol["lam_x"], sol["lam_g"]
 
 
 def structured_jac_fg(ocp: Transcription) -> ca.Function:
     """The SQP's ``nlp_jac_fg`` (``f``, its gradient, ``g`` and its Jacobian) with the
     gradient and Jacobian assembled from one interval's (``ocp.jac_fg``; the Jacobian's rows
-    scaled as ``g``): the same derivatives as CasADi's own, in less time (``fast_mpc.JAC_FG``)."""
+    scaled as ``g``): the same derivatives as CasADi's own, in less time (:data:`JAC_FG`)."""
     if ocp.jac_fg is None:
         raise ValueError("this transcription has no assembled derivatives (jac_fg is None)")
     nlp = ocp.nlp

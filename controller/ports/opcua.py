@@ -1,43 +1,42 @@
 """The OPC UA port: a :class:`~controller.ports.base.Port` onto a PLC's OPC UA server (asyncua).
 
-The only module of ours that imports asyncua; every asyncua/ua/socket exception is translated
-here into the :class:`~controller.errors.PortError` tree with ``raise ... from exc``.
+The only module of ours that imports asyncua; every asyncua/ua/socket exception is translated here
+into the :class:`~controller.errors.PortError` tree with ``raise ... from exc``.
 
-* **Connect**: an asyncua client with request timeout ``connection.timeout_s`` (asyncua's
-  own default is 60 s) and security policy None, or Basic256Sha256, Aes128_Sha256_RsaOaep or
-  Aes256_Sha256_RsaPss with Sign/SignAndEncrypt. The client certificate and key are PEM or
-  DER files relative to ``base_dir``; the client's application URI is the certificate's
-  SubjectAltName URI. The server certificate must be in the ``trust_list`` files (or be
-  issued by a CA among them) and in date, else PortConnectError. Username/password if
-  configured. Every tag's node (node id ``ns=<index>;...`` or ``nsu=<namespace URI>;...``, or
-  browse path of ``"ns:Name"`` elements from the Root folder) is resolved and its DataType
-  read once; ``nsu=`` is looked up in the server's NamespaceArray first, so a node id never
-  goes on the wire with a URI the server would have to guess. Malformed node ids, namespace
-  URIs or indexes the server does not have, unknown nodes and types other than the tag's
-  ``data_type`` are one PortError naming tags, nodes and types (never a timeout).
-* **Roles** the user (``connection.opcua.username``) needs on the HIL server (site
-  ``hil.users``): ``engineer`` to take control (``mpc_request``, ``mpc_heartbeat``) and write
-  setpoints and advisory tags, ``twin`` to write publications; shadow mode without
-  publications needs ``viewer`` only (every role reads). Without the role a write answers
-  BadUserAccessDenied (REJECTED).
-* **Read**: ONE Read service call per cycle (Value, both timestamps), or with
-  ``subscription: true`` a data-change subscription cache (seeded by one Read at connect).
-  Good/Uncertain/Bad status -> :class:`Quality` with detail = status name; booleans -> 0/1;
-  a Good value that is not finite is BAD, one outside the tag's engineering ``limits``
-  UNCERTAIN ("outside limits: wrong word order or scale?").
-  ``source_time = read_time - (now_utc - SourceTimestamp)`` (else ServerTimestamp, else the
-  notification's arrival, else ``read_time``): the process-time equivalent of the value's age.
-* **Write**: everything is validated first (unknown, read-only, not finite, outside the tag
-  limits, not representable in the node's type); if anything is REJECTED nothing is sent and
-  the rest is NOT_SENT. Then ONE Write call with the variant type read at connect, a status
-  per tag (refusals such as BadOutOfRange -> REJECTED, other Bad -> FAILED), and ONE Read to
-  compare the read-back (OK or MISMATCH; Float nodes at float32 precision).
-* **Failures**: timeouts -> PortTimeoutError (the connection is kept); refused or lost
-  connections and refused logins or certificates -> PortConnectError naming the URL. After a
-  loss the next call reconnects with capped exponential backoff (``connection.backoff``, on
-  the port's clock: :mod:`controller.ports.retry`); before the delay is over it raises
-  PortConnectError "next attempt in X s" without network I/O. A write whose read-back fails
-  raises. Certificates: :mod:`controller.ports.opcua_certs`; type fits and status names:
+* **Connect**: an asyncua client with request timeout ``connection.timeout_s`` (asyncua's own
+  default is 60 s) and security policy None, or Basic256Sha256, Aes128_Sha256_RsaOaep or
+  Aes256_Sha256_RsaPss with Sign/SignAndEncrypt. The client certificate and key are PEM or DER
+  files relative to ``base_dir``; the client's application URI is the certificate's SubjectAltName
+  URI. The server certificate must be in the ``trust_list`` files (or be issued by a CA among them)
+  and in date, else PortConnectError. Username/password if configured. Every tag's node (node id
+  ``ns=<index>;...`` or ``nsu=<namespace URI>;...``, or browse path of ``"ns:Name"`` elements from
+  the Root folder) is resolved and its DataType read once; ``nsu=`` is looked up in the server's
+  NamespaceArray first, so a node id never goes on the wire with a URI the server would have to
+  guess. Malformed node ids, namespace URIs or indexes the server does not have, unknown nodes and
+  types other than the tag's ``data_type`` are one PortError naming tags, nodes and types (never a
+  timeout).
+* **Roles** the user (``connection.opcua.username``) needs on the HIL server (site ``hil.users``):
+  ``engineer`` to take control (``mpc_request``, ``mpc_heartbeat``) and write setpoints and
+  advisory tags, ``twin`` to write publications; shadow mode without publications needs ``viewer``
+  only (every role reads). Without the role a write answers BadUserAccessDenied (REJECTED).
+* **Read**: ONE Read service call per cycle (Value, both timestamps), or with ``subscription:
+  true`` a data-change subscription cache (seeded by one Read at connect). Good/Uncertain/Bad
+  status -> :class:`Quality` with detail = status name; booleans -> 0/1; a Good value that is not
+  finite is BAD, one outside the tag's engineering ``limits`` UNCERTAIN ("outside limits: wrong
+  word order or scale?"). ``source_time = read_time - (now_utc - SourceTimestamp)`` (else
+  ServerTimestamp, else the notification's arrival, else ``read_time``): the process-time
+  equivalent of the value's age.
+* **Write**: everything is validated first (unknown, read-only, not finite, outside the tag limits,
+  not representable in the node's type); if anything is REJECTED nothing is sent and the rest is
+  NOT_SENT. Then ONE Write call with the variant type read at connect, a status per tag (refusals
+  such as BadOutOfRange -> REJECTED, other Bad -> FAILED), and ONE Read to compare the read-back
+  (OK or MISMATCH; Float nodes at float32 precision).
+* **Failures**: timeouts -> PortTimeoutError (the connection is kept); refused or lost connections
+  and refused logins or certificates -> PortConnectError naming the URL. After a loss the next call
+  reconnects with capped exponential backoff (``connection.backoff``, on the port's clock:
+  :mod:`controller.ports.retry`); before the delay is over it raises PortConnectError "next attempt
+  in X s" without network I/O. A write whose read-back fails raises. Certificates:
+  :mod:`controller.ports.opcua_certs`; type fits and status names:
   :mod:`controller.ports.opcua_types`.
 """
 
@@ -95,6 +94,7 @@ _NO_DATA = ua.DataValue(
 _UA_ERRORS = (TimeoutError, OSError, ua.UaError)
 #: asyncua asks for 1 h; a vanished controller should free the PLC's session slot sooner.
 _SESSION_TIMEOUT_MS = 60_000
+_MAX_READ_PLANS = 64  # lists of tags whose Read parameters are kept (a runtime reads few)
 #: The secure policies a site may name (``connection.opcua.security.policy``).
 _POLICIES: dict[str, type[SecurityPolicy]] = {
     "Basic256Sha256": SecurityPolicyBasic256Sha256,
@@ -145,6 +145,7 @@ class OpcUaPort(Port):
         self._password, self._base = password, base_dir or Path.cwd()
         self._client: Client | None = None
         self._points: dict[str, _Point] = {}
+        self._reads: dict[tuple[str, ...], ua.ReadParameters] = {}  # per list of tags read
         self._cache: _Cache | None = None
         self._lock = asyncio.Lock()
         self._wanted = False  # connect() was called and close() was not
@@ -186,7 +187,7 @@ class OpcUaPort(Port):
             async with self._translate("connecting to", connecting=True):
                 await self._configure(client)
                 await client.connect()
-                self._points = await self._resolve(client)
+                self._points, self._reads = await self._resolve(client), {}
                 if self.connection.opcua.subscription:
                     self._cache = await self._subscribe(client)
         except BaseException:
@@ -357,17 +358,22 @@ class OpcUaPort(Port):
 
     async def _read_values(self, client: Client, names: list[str]) -> list[ua.DataValue]:
         """ONE Read service call for the Value attribute of ``names``, with both timestamps."""
-        params = ua.ReadParameters(
-            TimestampsToReturn=ua.TimestampsToReturn.Both,
-            NodesToRead=[
-                ua.ReadValueId(NodeId=self._points[n].node, AttributeId=ua.AttributeIds.Value)
-                for n in names
-            ],
-        )
-        results = await client.uaclient.read(params)
+        results = await client.uaclient.read(self._read_params(names))
         if len(results) != len(names):
             raise ProtocolError(f"{self.url}: asked for {len(names)} values, got {len(results)}")
         return results
+
+    def _read_params(self, names: list[str]) -> ua.ReadParameters:
+        """The Read's parameters for ``names``, built once per list of names and connection."""
+        if (params := self._reads.get(key := tuple(names))) is None:
+            if len(self._reads) >= _MAX_READ_PLANS:
+                self._reads.clear()
+            value, both = ua.AttributeIds.Value, ua.TimestampsToReturn.Both
+            nodes = [ua.ReadValueId(NodeId=self._points[n].node, AttributeId=value) for n in names]
+            params = self._reads[key] = ua.ReadParameters(
+                TimestampsToReturn=both, NodesToRead=nodes
+            )
+        return params
 
     # ------------------------------------------------------------------ write
     async def write(self, values: Mapping[str, float]) -> WriteReport:

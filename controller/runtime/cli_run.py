@@ -1,9 +1,15 @@
-"""``pharmatwin run``: the edge runtime from the command line, its summary and its verdict."""
+"""``pharmatwin run``: the edge runtime from the command line, its summary and its verdict.
+
+The process runs one run, for as long as the plant runs: before it starts, its start-up heap is
+settled (:func:`settle_heap`), so that the collector's full passes walk only what the run keeps;
+it is unfrozen when the run ends.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -149,8 +155,10 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
             metrics=bind("--metrics", args.metrics),
             status=terminal if show_status else None,
         )
+        settle_heap()
         result = asyncio.run(run_runtime(args.site, opts))
     finally:
+        gc.unfreeze()  # the heap is the collector's again (a caller that goes on: tests)
         logs.close()
     console.print(run_summary(result, args))
     console.print(result.engagement.summary(), highlight=False)
@@ -160,6 +168,19 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
         )
         return 1
     return 0
+
+
+def settle_heap() -> int:
+    """Collect the start-up garbage, then move every object still alive (the modules, classes
+    and libraries loaded at start-up: about 10^5 objects) out of the cyclic collector's reach;
+    returns how many. Without it each full collection of the long-running loop walks them all
+    (measured here: a 140-200 ms pause, loaded machine), a stall of the cycle it falls in.
+
+    A frozen object is never collected: only for the span of ONE run (``gc.unfreeze()`` after
+    it); never in a process that builds and drops runs meanwhile (campaigns)."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
 
 
 #: the counters always shown in the summary (every other one shows when it is not 0)

@@ -258,6 +258,10 @@ class SqliteHistorian(Historian):
             columns = {r[1] for r in self._db.execute("PRAGMA table_info(cycles)")}
             if "monitor" not in columns:  # a file written before cycles had monitor figures
                 self._db.execute("ALTER TABLE cycles ADD COLUMN monitor TEXT NOT NULL DEFAULT '{}'")
+            #: the id the next insert is expected to get (ids only grow, one per insert)
+            self._next_id = self._db.execute(
+                "SELECT coalesce(max(id), 0) + 1 FROM cycles"
+            ).fetchone()[0]
         except (OSError, sqlite3.Error) as exc:
             raise HistorianError(f"cannot open the historian {self.path}: {exc}") from exc
 
@@ -277,15 +281,33 @@ class SqliteHistorian(Historian):
         self._run("store a run", "INSERT INTO runs (run_id, info) VALUES (?, ?)", run_id, info)
 
     def _store_cycle(self, row: Row) -> None:
+        # While no id above ``max_cycles`` is due, nothing can be old enough to prune: the
+        # insert commits alone (autocommit, two statements fewer a cycle). From then on the
+        # insert and its prune commit together.
+        if self._next_id <= self.max_cycles:
+            self._insert_alone(row)
+            return
         try:
             self._db.execute("BEGIN")
             newest = self._db.execute(_INSERT_CYCLE, row).lastrowid or 0
             if newest > self.max_cycles:  # ids start at 1: below this none is old enough
                 self._db.execute(_PRUNE, (newest - self.max_cycles,))
             self._db.execute("COMMIT")
+            self._next_id = newest + 1
         except sqlite3.Error as exc:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
+            raise HistorianError(f"historian {self.path}: cannot store a cycle: {exc}") from exc
+
+    def _insert_alone(self, row: Row) -> None:
+        """One insert in its own transaction; a prune after it if its id came out above
+        ``max_cycles`` after all (another writer of the file took ids meanwhile)."""
+        try:
+            newest = self._db.execute(_INSERT_CYCLE, row).lastrowid or 0
+            self._next_id = newest + 1
+            if newest > self.max_cycles:
+                self._db.execute(_PRUNE, (newest - self.max_cycles,))
+        except sqlite3.Error as exc:
             raise HistorianError(f"historian {self.path}: cannot store a cycle: {exc}") from exc
 
     def _load_cycles(self, run_id: str | None, limit: int | None) -> list[Row]:

@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import numpy as np
+
 from controller.errors import PharmaTwinError
 from controller.ports.base import Quality
 
@@ -181,11 +183,13 @@ def _plan(
     """The first steps of the planned trajectory, and the solve's figures."""
     if decision is None:
         return {}, {}
+    # ``asarray(..., float).tolist()``: the floats ``[float(v) for v in ...]`` gives, made in C
+    # (some 120 a cycle; numpy scalars one by one cost ~20 us)
     predicted: dict[str, list[float]] = {}
     for name, arr in decision.predicted_states.items():
-        predicted[name] = [float(v) for v in arr[: predict_steps + 1]]
+        predicted[name] = np.asarray(arr[: predict_steps + 1], dtype=float).tolist()
     for name, arr in decision.predicted_inputs.items():
-        predicted[name] = [float(v) for v in arr[:predict_steps]]
+        predicted[name] = np.asarray(arr[:predict_steps], dtype=float).tolist()
     solve = {
         "inputs": {k: float(v) for k, v in decision.inputs.items()},
         "status": decision.status.value,

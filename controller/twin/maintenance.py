@@ -40,9 +40,9 @@ does), the open-ended confidence set ``[low, inf)``.
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass
-from types import SimpleNamespace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -85,7 +85,14 @@ class MaintenanceForecast:
     confidence: float
     points: int
     effective_points: float
-    message: str
+    #: what the message needs besides the figures: ``(min_points, unit, time_unit)``
+    message_context: tuple[int, str, str] = field(default=(0, "", "h"), repr=False, compare=False)
+
+    @functools.cached_property
+    def message(self) -> str:
+        """The forecast's one line, built when first asked for (the control cycle never
+        reads it; formatting it every cycle cost some 10 us)."""
+        return _forecast_message(self, *self.message_context)
 
 
 # ---------------------------------------------------------------------- trends
@@ -125,8 +132,9 @@ def _fit(
     if n < 3 or sxx <= 0.0:
         return None
     mean = float(_SUM(y) / n)
-    slope = float(u @ (y - mean)) / sxx
-    res = y - mean - slope * u
+    dev = y - mean
+    slope = float(u @ dev) / sxx
+    res = dev - slope * u  # what ``y - mean - slope * u`` computes
     sse = float(res @ res)
     rounding = n * (1e-12 * float(_MAX(np.abs(y)))) ** 2  # an exact line leaves only this
     r = float(res[1:] @ res[:-1]) / sse if sse > rounding else 0.0
@@ -274,10 +282,8 @@ class TrendForecaster:
             points=len(ts),
             effective_points=trend.n_eff if trend is not None else 0.0,
         )
-        message = _forecast_message(
-            SimpleNamespace(**figures), spec.min_points, self._unit, self._time_unit
-        )
-        return MaintenanceForecast(**figures, message=message)
+        context = (spec.min_points, self._unit, self._time_unit)
+        return MaintenanceForecast(**figures, message_context=context)
 
     def _status(
         self, t: float, estimate: float, trend: _Trend | None
@@ -301,8 +307,7 @@ class TrendForecaster:
 
 
 def _forecast_message(f: Any, min_points: int, unit: str, time_unit: str) -> str:
-    """The forecast's one line; ``f`` has the figures of a :class:`MaintenanceForecast`
-    (the forecast itself, or its figures before it is built: it is built once, with this)."""
+    """The forecast's one line; ``f`` has the figures of a :class:`MaintenanceForecast`."""
     head = f"{f.label or 'maintenance'}: {f.parameter} threshold {num(f.threshold)}"
     unit = f" {unit}" if unit and unit != "-" else ""
     sign = "+" if f.slope > 0 else ""

@@ -4,7 +4,8 @@
 unmapped addresses, range check, write hook) in front of every read and write;
 :class:`PlcHandler` answers late (``latency``), answers a unit id the map does not have as
 ``wrong_unit`` says, answers the ``unsupported_functions`` with exception 01, and logs
-connects and disconnects (logger ``hil.servers.modbus``).
+connects and disconnects (logger ``hil.servers.modbus``). It runs each request as a task of
+its own loop, without pymodbus's thread-safe hop (a self-pipe wake-up per request).
 :class:`TcpServer` and :class:`TlsServer` are pymodbus's listeners using that handler. The PLC
 is a :class:`WirePlc` (:class:`~hil.servers.modbus.ModbusPlcServer`).
 """
@@ -33,6 +34,8 @@ FC_TABLE = {1: Table.COIL, 5: Table.COIL, 15: Table.COIL, 2: Table.DISCRETE, 4: 
 FC_TABLE |= {3: Table.HOLDING, 6: Table.HOLDING, 16: Table.HOLDING, 23: Table.HOLDING}
 #: The tables of single bits.
 BITS = (Table.COIL, Table.DISCRETE)
+#: The requests being answered (a task must be referenced until it is done).
+_ANSWERING: set[asyncio.Task[None]] = set()
 
 
 class WirePlc(Protocol):
@@ -113,6 +116,14 @@ class PlcHandler(ServerRequestHandler):
         why = f" ({exc})" if exc is not None else ""
         log.info("%s disconnected from %s:%d%s", self.peer, self.plc.host, self.plc.port, why)
 
+    def handle_later(self) -> None:
+        """The request just received, answered by a task of this loop. pymodbus calls this
+        from the loop itself, yet hands the request over with ``run_coroutine_threadsafe``: a
+        thread-safe future and a self-pipe write and wake-up per request, for nothing."""
+        task = self.loop.create_task(self.handle_request())
+        _ANSWERING.add(task)
+        task.add_done_callback(_answered)
+
     async def handle_request(self) -> None:
         pdu, addr = self.last_pdu, self.last_addr
         if pdu is not None and self.plc.latency > 0:
@@ -141,6 +152,13 @@ class PlcHandler(ServerRequestHandler):
         response = ExceptionResponse(pdu.function_code, code)
         response.transaction_id, response.dev_id = pdu.transaction_id, pdu.dev_id
         self.server_send(response, addr)
+
+
+def _answered(task: asyncio.Task[None]) -> None:
+    """A request's task is done: forget it, and log what it raised (nobody awaits it)."""
+    _ANSWERING.discard(task)
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("answering a request failed: %r", exc, exc_info=exc)
 
 
 def _subject(cert: Any) -> str:

@@ -12,11 +12,16 @@ A refused write's reason reaches the client as diagnostic info when the request 
 operation-level diagnostics (``RequestHeader.ReturnDiagnostics``: 0x20 symbolic id, 0x40
 localized text, 0x80 additional info). :class:`GuardedServer` is asyncua's Server listening
 through all this, sending the CA chain with its certificate.
+
+A Read is served as asyncua serves it, with the same checks, except that its parameters are
+decoded once per distinct request body and kept (per connection, a few): a client reads the
+same nodes every cycle, and decoding them is most of the server's work on a Read.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Protocol, cast
 
 from asyncua import Server, ua
@@ -59,7 +64,10 @@ def _request(name: str) -> ua.NodeId:
 
 #: Requests a channel may carry whatever its policy: discovery, and closing it.
 _DISCOVERY = frozenset(_request(n) for n in ("GetEndpoints", "FindServers", "CloseSecureChannel"))
-_ACTIVATE, _WRITE = _request("ActivateSession"), _request("Write")
+_ACTIVATE, _WRITE, _READ = _request("ActivateSession"), _request("Write"), _request("Read")
+#: Distinct Read request bodies whose decoded parameters a connection keeps (a client reads
+#: the same few lists of nodes every cycle).
+_READ_BODIES = 16
 
 
 class _GuardedProcessor(UaProcessor):
@@ -72,6 +80,7 @@ class _GuardedProcessor(UaProcessor):
         super().__init__(iserver, transport, limits)
         self.plc = plc
         self._diagnostics: tuple[int, list[tuple[str, str]]] | None = None
+        self._reads: dict[bytes, ua.ReadParameters] = {}
 
     @property
     def peer(self) -> str:
@@ -124,6 +133,8 @@ class _GuardedProcessor(UaProcessor):
             raise ServiceError(ua.StatusCodes.BadSecurityPolicyRejected)
         if typeid == _ACTIVATE:
             self._check_identity(body)
+        if typeid == _READ and self.session is not None:
+            return await self._read(requesthdr, seqhdr, body)
         if typeid != _WRITE:
             result = await super()._process_message(typeid, requesthdr, seqhdr, body)
             if typeid == _ACTIVATE and self.session is not None and self.session.is_activated():
@@ -137,6 +148,28 @@ class _GuardedProcessor(UaProcessor):
         finally:
             REASONS.reset(token)
             self._diagnostics = None
+
+    async def _read(self, requesthdr: ua.RequestHeader, seqhdr: Any, body: Buffer) -> bool:
+        """asyncua's Read service (the same checks and steps), its parameters decoded once per
+        distinct request body: a client reads the same nodes every cycle, and a decoded
+        request is only read, never modified (by asyncua, the attribute service, the hooks)."""
+        assert self.session is not None
+        rules = self._connection.security_policy.permissions
+        if rules is not None and rules.check_validity(self.session.user, _READ, body) is False:
+            raise ua.uaerrors.BadUserAccessDenied
+        self.session_last_activity = time.monotonic()
+        self.session.touch()
+        key = bytes(body.copy().read(len(body)))
+        params = self._reads.get(key)
+        if params is None:
+            params = struct_from_binary(ua.ReadParameters, body)
+            if len(self._reads) >= _READ_BODIES:
+                self._reads.clear()
+            self._reads[key] = params
+        response = ua.ReadResponse()
+        response.Results = await self.session.read(params)
+        self.send_response(requesthdr.RequestHandle, seqhdr, response)
+        return True
 
     def _check_identity(self, body: Buffer) -> None:
         """A password is taken only encrypted: by the token's policy, or by the channel."""

@@ -164,8 +164,11 @@ class PlcAttributes(AttributeService):
         return results
 
     async def write(self, params: ua.WriteParameters, user: User = ADMIN) -> list[ua.StatusCode]:
-        results: list[ua.StatusCode] = []
+        """The checks item by item; the items they let through go to asyncua in ONE write
+        (in request order), each stamped; the statuses come back in request order."""
+        results: list[ua.StatusCode | None] = []
         reasons: list[tuple[str, str]] = []
+        passed: list[ua.WriteValue] = []
         for item in params.NodesToWrite:
             found = None
             if item.AttributeId == ua.AttributeIds.Value:
@@ -175,10 +178,13 @@ class PlcAttributes(AttributeService):
                 results.append(code)
                 reasons.append((symbol, reason))
                 continue
-            single = ua.WriteParameters(NodesToWrite=[stamped(item)])
-            results.extend(await super().write(single, user))
+            passed.append(stamped(item))
+            results.append(None)
             reasons.append(("", ""))
+        if passed:
+            done = iter(await super().write(ua.WriteParameters(NodesToWrite=passed), user))
+            results = [r if r is not None else next(done) for r in results]
         sink = REASONS.get()
         if sink is not None:
             sink.extend(reasons)
-        return results
+        return [r for r in results if r is not None]

@@ -318,6 +318,22 @@ def test_sqlite_survives_reopen(tmp_path: Path) -> None:
         assert [c.cycle for c in h.cycles()] == [3, 4, 5, 6]
 
 
+def test_sqlite_retention_holds_with_two_writers_of_one_file(tmp_path: Path) -> None:
+    """Inserts commit alone while no id above max_cycles is due; another writer taking ids
+    meanwhile must not leave more than max_cycles cycles behind."""
+    path = tmp_path / "h.db"
+    with SqliteHistorian(path, max_cycles=4) as a, SqliteHistorian(path, max_cycles=4) as b:
+        a.start_run(_info("r1"))
+        for i in range(3):
+            a.record(_cycle("r1", i))  # b still expects id 1 next
+        for i in range(3, 6):
+            b.record(_cycle("r1", i))
+            assert len(b.cycles()) <= 4
+        assert [c.cycle for c in a.cycles()] == [2, 3, 4, 5]
+        a.record(_cycle("r1", 6))
+        assert [c.cycle for c in b.cycles()] == [3, 4, 5, 6]
+
+
 def test_open_historian_picks_the_backend(tmp_path: Path) -> None:
     assert isinstance(open_historian(None), MemoryHistorian)
     h = open_historian(tmp_path / "x.db", max_cycles=3)
