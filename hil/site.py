@@ -17,6 +17,7 @@ and checks it here:
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -31,12 +32,20 @@ from hil.scenario import ScenarioConfig, load_scenario
 
 
 class Interlock(Strict):
-    """A PLC interlock: when a true-plant quantity crosses a limit, inputs are forced."""
+    """A PLC interlock: when a true-plant quantity crosses a limit, inputs are forced.
+
+    ``release`` is its hysteresis: a tripped interlock clears only once the quantity is back
+    at or below it (``above``) or at or above it (``below``); without it the interlock clears
+    as soon as the quantity is back within the limit. A quantity that answers the forced
+    input within one scan (the freeze dryer's Tbot to its shelf) makes an interlock without
+    hysteresis trip and clear at every scan, which no PLC would be commissioned with.
+    """
 
     name: str
     expression: str  # a model output, state or named expression of the true plant
     above: Finite | None = None
     below: Finite | None = None
+    release: Finite | None = None
     force: dict[str, Finite]  # model input -> forced value
     description: str = ""
 
@@ -44,7 +53,30 @@ class Interlock(Strict):
     def _one_side(self) -> Interlock:
         if (self.above is None) == (self.below is None):
             raise ValueError("give exactly one of 'above' or 'below'")
+        if self.release is None:
+            return self
+        if self.above is not None and self.release > self.above:
+            raise ValueError(
+                f"release {self.release:g} must be at or below 'above' ({self.above:g}): "
+                "the interlock clears on the safe side of its limit"
+            )
+        if self.below is not None and self.release < self.below:
+            raise ValueError(
+                f"release {self.release:g} must be at or above 'below' ({self.below:g}): "
+                "the interlock clears on the safe side of its limit"
+            )
         return self
+
+    def tripped(self, value: float, was_tripped: bool) -> bool:
+        """Whether the interlock holds at ``value``, given whether it held at the last scan
+        (NaN, an unknown quantity, never trips it and never clears it)."""
+        if math.isnan(value):
+            return was_tripped
+        hold = self.release if was_tripped and self.release is not None else None
+        if self.above is not None:
+            return value > (self.above if hold is None else hold)
+        below = self.below if self.below is not None else -math.inf  # one side is given
+        return value < (below if hold is None else hold)
 
 
 class PlcBehaviour(Strict):

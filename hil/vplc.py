@@ -125,6 +125,7 @@ class VirtualPlc:
         self._clock = now
         self._rate_window = rate_window_s
         self._forced: dict[str, float] = {}
+        self._held: set[str] = set()  # the interlocks tripped at the last scan
 
     def _loop(self, name: str, working: float) -> _Loop:
         sp, pv = self.binding.setpoint_tag(name), self.binding.working_setpoint_tag(name)
@@ -234,14 +235,15 @@ class VirtualPlc:
     def _interlocks(self, plant: Mapping[str, float]) -> None:
         tripped = ""
         forced: dict[str, float] = {}
+        held = self._held
         for lock in self.behaviour.interlocks:
-            value = plant.get(lock.expression, math.nan)
-            hit = (lock.above is not None and value > lock.above) or (
-                lock.below is not None and value < lock.below
-            )
-            if hit:
-                tripped = tripped or lock.name
-                forced.update(lock.force)
+            hit = lock.tripped(plant.get(lock.expression, math.nan), lock.name in held)
+            if not hit:
+                held.discard(lock.name)
+                continue
+            held.add(lock.name)
+            tripped = tripped or lock.name
+            forced.update(lock.force)
         if tripped and not self._c.interlock:
             self._event("interlock", f"{tripped} tripped; forcing {forced}")
             if self.mode is Mode.ACTIVE:

@@ -126,6 +126,50 @@ def test_interlock_drops_an_active_mpc() -> None:
     assert any("interlock" in e.detail for e in p.events)
 
 
+def _trips(p: VirtualPlc, tbot: list[float]) -> list[bool]:
+    """Whether the interlock holds after each scan at the given Tbot values."""
+    out = []
+    for k, value in enumerate(tbot):
+        applied = p.scan(float(k), 0.0, {"Tbot": value})
+        out.append(p.image({"Tbot": value}, set(), applied)["interlock_active"] == 1.0)
+    return out
+
+
+#: Tbot as the freeze dryer answers the forced shelf: within a scan, then back up.
+CHATTER = [-4.0, -5.5, -4.5, -5.5, -6.0, -8.5, -4.0]
+
+
+def test_an_interlock_without_hysteresis_chatters_at_every_scan() -> None:
+    # the failure hysteresis protects against: the lock clears as soon as Tbot is back
+    # within its limit, the local recipe heats again, it trips again (c003, c010 in MC)
+    assert _trips(plc(), CHATTER) == [True, False, True, False, False, False, True]
+
+
+def test_a_tripped_interlock_holds_until_the_quantity_reaches_its_release() -> None:
+    lock = COLLAPSE.model_copy(update={"release": -8.0})
+    p = plc(interlocks=[lock])
+    assert _trips(p, CHATTER) == [True, True, True, True, True, False, True]
+    events = [e.detail for e in p.events if "interlock" in e.detail or "collapse" in e.detail]
+    assert len(events) == 3  # tripped, cleared at -8.5, tripped again: no chatter
+
+
+def test_a_below_interlock_releases_above_its_release_and_nan_never_clears() -> None:
+    lock = Interlock(name="low", expression="Tbot", below=-50.0, release=-45.0, force={"Tsh": 0.0})
+    p = plc(interlocks=[lock])
+    assert _trips(p, [-51.0, -47.0, float("nan"), -44.0, -49.0]) == [True, True, True, False, False]
+
+
+@pytest.mark.parametrize(
+    ("side", "release", "message"),
+    [("above", -4.0, "at or below 'above'"), ("below", -6.0, "at or above 'below'")],
+)
+def test_a_release_on_the_unsafe_side_is_refused(side: str, release: float, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Interlock.model_validate(
+            {"name": "x", "expression": "Tbot", side: -5.0, "release": release, "force": {}}
+        )
+
+
 def test_release_hands_back_bumplessly() -> None:
     p = plc()
     engage(p)
