@@ -42,6 +42,7 @@ def _site(tmp_path: Path, port: int, *, interlocked: bool) -> Path:
     data["connection"]["port"] = port
     if interlocked:  # the reactor is always above 20 degC: the interlock holds from the start
         data["hil"]["plc"]["interlocks"][0]["above"] = 20.0
+        data["hil"]["plc"]["interlocks"][0]["release"] = 15.0  # on the safe side of 20
     path = tmp_path / "site.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
