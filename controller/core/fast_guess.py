@@ -4,7 +4,7 @@ A solve without a warm start (the first, after a failure or after skipped cycles
 from :func:`simulated_guess`: the model run over the horizon with the setpoints in force
 held, the algebraic states of a DAE solved at every interval by :func:`stage_root`. With
 ``solver.cold_start: sqp-ipopt`` :func:`cold_solve` tries the SQP from it first (its own
-iteration cap, :data:`COLD_MAX_ITER`; :func:`cold_sqp`) and IPOPT only when that fails.
+iteration cap, :data:`COLD_MAX_ITER`) and IPOPT only when that fails.
 Pure computing on a :class:`controller.core.ocp.Transcription`; times are in the plant
 model's time unit.
 """
@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import casadi as ca
 import numpy as np
 
-from controller.config import SolverSpec
-from controller.core.fast_solver import solve_plain, sqp_options
-from controller.core.jit import resolved
+from controller.core.fast_solver import solve_plain
 from controller.core.ocp import Transcription
 from plant_models import PlantModel, Role
 
-__all__ = ["COLD_MAX_ITER", "cold_solve", "cold_sqp", "simulated_guess", "stage_root"]
+__all__ = ["COLD_MAX_ITER", "cold_solve", "simulated_guess", "stage_root"]
 
 #: The iteration cap of the SQP from a simulated guess (``cold_start: sqp-ipopt``). The
 #: freeze dryer's cold starts (51 in 40 Monte Carlo OQ cases) took 2 to 7 SQP iterations
@@ -91,21 +88,6 @@ def simulated_guess(
             xs = nxt if np.all(np.isfinite(nxt)) else xs
         w[off + o.x_idx[-1]] = xs
     return w
-
-
-def cold_sqp(
-    spec: SolverSpec, ocp: Transcription, library: Path | None, code: Mapping[str, Any]
-) -> ca.Function:
-    """The fast controller's SQP with the cold start's iteration cap (:data:`COLD_MAX_ITER`):
-    loaded from the SQP's ``library`` when there is one (the same functions), else built on
-    ``ocp`` with the SQP's code-shaping options ``code`` (and its Gauss-Newton Hessian)."""
-    opts = {**sqp_options(spec), "max_iter": max(spec.max_iter, COLD_MAX_ITER)}
-    if library is not None:
-        return ca.nlpsol("fast_sqp_cold", "sqpmethod", str(library), opts)
-    extra = resolved(code)
-    if spec.hessian == "gauss-newton":
-        extra["hess_lag"] = ocp.gauss_newton
-    return ca.nlpsol("fast_sqp_cold", "sqpmethod", ocp.nlp, {**opts, **extra})
 
 
 def cold_solve(

@@ -25,9 +25,8 @@ differs is the transcription and the solver:
   cost is ``weight * T`` and the batch-end condition a last constraint row;
 * every constraint row is scaled for the QP: move rows act on scaled moves, a soft
   constraint's row and slack are divided by a typical magnitude (``constraint_scales``), and
-  rows with Jacobian entries above ``ROW_MAX`` are normalised. Unscaled rows (move
-  coefficients of 1000) left qrqp's KKT matrix near-singular: it cycled for its 1000
-  iterations and the SQP ended with ``Search_Direction_Becomes_Too_Small``;
+  rows with Jacobian entries above ``ROW_MAX`` are normalised (unscaled, move coefficients
+  of 1000 left qrqp's KKT matrix near-singular: it cycled for its 1000 iterations);
 * the NLP is built once and solved by ``sqpmethod`` with ``qpsol`` (qrqp) in full steps,
   with the exact Lagrangian Hessian or a Gauss-Newton one (``solver.hessian``: tracking
   residuals J'J, move penalties and a small diagonal ``regularization``; always convex),
@@ -70,7 +69,7 @@ import numpy as np
 from controller.config import ControllerConfig
 from controller.core.end_schedule import EndSchedule
 from controller.core.fast_decision import DecisionReader
-from controller.core.fast_guess import cold_solve, cold_sqp, simulated_guess
+from controller.core.fast_guess import COLD_MAX_ITER, cold_solve, simulated_guess
 from controller.core.fast_solver import (  # JAC_FG, HESS_L: the derivatives' code keys
     BOUNDS,
     CONVEXIFY,
@@ -143,9 +142,10 @@ class FastController(ModelPredictiveController):
         self.libraries: list[Path] = []  # every library loaded (the SQP's, IPOPT's)
         self.sqp = self._build_sqp()
         self.sqp_retries = 0  # failed SQP solves retried with the convexified Hessian
-        self.sqp_convex = self._build_convex() if spec.hessian == "exact" else None
+        exact, cold = spec.hessian == "exact", {"max_iter": max(spec.max_iter, COLD_MAX_ITER)}
+        self.sqp_convex = self._sqp_variant("fast_sqp_convex", CONVEXIFY) if exact else None
         sqp_first = spec.cold_start == "sqp-ipopt"  # the SQP tried first on cold starts
-        self.sqp_cold = cold_sqp(spec, o, self.library, self._sqp_code()) if sqp_first else None
+        self.sqp_cold = self._sqp_variant("fast_sqp_cold", cold) if sqp_first else None
         self.ipopt: ca.Function | None = None
         self.ipopt_cold: ca.Function | None = None
         if spec.fallback == "ipopt":
@@ -182,32 +182,32 @@ class FastController(ModelPredictiveController):
         return row_scaled(ocp, self._cold_guess(x0, p, ocp), self._parameters(x0, p))
 
     def _build_sqp(self) -> ca.Function:
-        extra = self._sqp_code()
-        if self.config.solver.hessian == "gauss-newton":
-            extra["hess_lag"] = self.ocp.gauss_newton
+        extra = self._sqp_code(with_hessian=True)
         sqp = self._build("fast_sqp", "sqpmethod", sqp_options(self.config.solver), extra)
         self.library = self._library
         return sqp
 
-    def _build_convex(self) -> ca.Function:
-        """The SQP with its exact Hessian convexified (:data:`CONVEXIFY`), loaded from the
-        SQP's library when there is one (the same functions; the convexification is the
-        solver's own numerics)."""
-        opts = {**sqp_options(self.config.solver), **CONVEXIFY}
+    def _sqp_variant(self, name: str, overrides: Mapping[str, Any]) -> ca.Function:
+        """The SQP with options overridden (:data:`CONVEXIFY`, :data:`COLD_MAX_ITER`): loaded
+        from its library when there is one (the same functions), else built alike."""
+        opts = {**sqp_options(self.config.solver), **overrides}
         if self.library is not None:
-            return ca.nlpsol("fast_sqp_convex", "sqpmethod", str(self.library), opts)
-        code = resolved(self._sqp_code())
-        return ca.nlpsol("fast_sqp_convex", "sqpmethod", self.ocp.nlp, {**opts, **code})
+            return ca.nlpsol(name, "sqpmethod", str(self.library), opts)
+        code = resolved(self._sqp_code(with_hessian=True))
+        return ca.nlpsol(name, "sqpmethod", self.ocp.nlp, {**opts, **code})
 
-    def _sqp_code(self) -> dict[str, Any]:
+    def _sqp_code(self, with_hessian: bool = False) -> dict[str, Any]:
         """The SQP's code-shaping options: its derivatives assembled from one interval's
         (:data:`JAC_FG`, and :data:`HESS_L` for the exact Hessian), when the transcription
-        has them."""
-        ocp, code = self.ocp, {}
+        has them; ``with_hessian``: and its Gauss-Newton Hessian when it uses one."""
+        ocp, hessian = self.ocp, self.config.solver.hessian
+        code: dict[str, Any] = {}
         if ocp.jac_fg is not None:
             code["jac_fg"] = Deferred(JAC_FG, lambda: structured_jac_fg(ocp))
-        if ocp.hess_l is not None and self.config.solver.hessian == "exact":
+        if ocp.hess_l is not None and hessian == "exact":
             code["hess_lag"] = Deferred(HESS_L, lambda: structured_hess_l(ocp))
+        if with_hessian and hessian == "gauss-newton":
+            code["hess_lag"] = ocp.gauss_newton
         return code
 
     def _build(
