@@ -362,22 +362,39 @@ class PlantModel(ABC):
         """A do-mpc continuous ``Model`` (every parameter is a ``_p`` so estimates flow in)."""
         return integrators.do_mpc_model(self)
 
+    def state_bounds(self, p: Mapping[str, float]) -> dict[str, tuple[float, float, str]]:
+        """Validity bounds of states that depend on the parameters ``p`` (all of them, by name).
+
+        ``name -> (lower, upper, what the bound is)``; they take the place of the variable's
+        ``lower/upper`` in :meth:`validity_violations` when it is given the parameters (the
+        freeze dryer's dried cake is at most as thick as the frozen product was). None by
+        default.
+        """
+        return {}
+
     def validity_violations(
-        self, states: Mapping[str, float], algebraic: Mapping[str, float] | None = None
+        self,
+        states: Mapping[str, float],
+        algebraic: Mapping[str, float] | None = None,
+        parameters: Mapping[str, float] | None = None,
     ) -> list[DomainViolation]:
         """States and algebraic states outside the physical validity domain (``lower/upper``).
 
-        A margin of 1e-6 of each variable's scale absorbs the integrator's round-off (a
-        substrate at -1e-12 g/L is not a fault); anything beyond it is reported, never
-        corrected. Operating limits are not looked at here.
+        With ``parameters`` (every parameter, by name), the bounds that depend on them
+        (:meth:`state_bounds`) are checked too. A margin of 1e-6 of each variable's scale
+        absorbs the integrator's round-off (a substrate at -1e-12 g/L is not a fault);
+        anything beyond it is reported, never corrected. Operating limits are not looked at
+        here.
         """
         found: list[DomainViolation] = []
+        tight = self.state_bounds(parameters) if parameters is not None else {}
         for values in (states, algebraic or {}):
             for name, value in values.items():
                 v = self._vars[name]
+                lower, upper, note = tight.get(name, (v.lower, v.upper, ""))
                 tol = 1e-6 * v.scale
-                if not math.isfinite(value) or value < v.lower - tol or value > v.upper + tol:
-                    found.append(DomainViolation(name, float(value), v.lower, v.upper, v.unit))
+                if not math.isfinite(value) or value < lower - tol or value > upper + tol:
+                    found.append(DomainViolation(name, float(value), lower, upper, v.unit, note))
         return found
 
     def finish_margin(self, x: Mapping[str, float], p: Mapping[str, float]) -> float | None:

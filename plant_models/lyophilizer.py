@@ -153,6 +153,10 @@ class Lyophilizer(PlantModel):
             "drying_progress": x["Lck"],
         }
 
+    def state_bounds(self, p: Mapping[str, float]) -> dict[str, tuple[float, float, str]]:
+        """The dried cake is at most as thick as the frozen product was (Lck <= Lpr0)."""
+        return {"Lck": (0.0, float(self.lpr0(p)), "at most Lpr0, the frozen product's thickness")}
+
     def finished(self, x: Mapping[str, float], p: Mapping[str, float]) -> bool:
         return float(x["Lck"]) >= float(self.lpr0(p))
 

@@ -78,12 +78,15 @@ class DomainViolation:
     lower: float
     upper: float
     unit: str
+    #: what a bound that depends on the parameters is (:meth:`PlantModel.state_bounds`)
+    note: str = ""
 
     def describe(self) -> str:
         side = f"below {self.lower:g}" if self.value < self.lower else f"above {self.upper:g}"
+        note = f" ({self.note})" if self.note else ""
         return (
             f"{self.name} = {self.value:.6g} {self.unit} is {side} {self.unit}, outside the "
-            f"model's validity domain [{self.lower:g}, {self.upper:g}]"
+            f"model's validity domain [{self.lower:g}, {self.upper:g}]{note}"
         )
 
 

@@ -32,7 +32,12 @@ Every other parameter stays fixed at its value (nominal, or as given). One call 
    Outputs the caller passes in ``exclude`` (bad quality) take no part either, and are not
    listed. The covariance update uses the Joseph form and is kept symmetric. Afterwards
    states are clipped into their physical bounds (``model.variable(name).lower/upper``) and
-   parameters into their plausible range (``Parameter.lower/upper``).
+   parameters into their plausible range (``Parameter.lower/upper``). A corrected estimate
+   still outside the model's validity domain (an algebraic state beyond its bounds, or a
+   state beyond a bound that depends on the parameters, :meth:`PlantModel.state_bounds`:
+   the freeze dryer's cake thicker than the frozen product was) is kept, never corrected
+   to fit, and reported not ``ok``: the model's equations do not hold there, so nothing may
+   be computed from it.
 
 The input used in ``h`` is the one in effect when ``y`` was sampled: ``u_end`` (default
 ``u_applied``), or the last applied input (the model's ``nominal_inputs`` before any) on the
@@ -345,6 +350,7 @@ class ExtendedKalmanFilter:
         problems = [f"estimator failed: {problem}"] if problem else []
         if post is not None:
             problems += self._accept(post, use)
+            problems += self._outside_domain()
         else:
             self._hold(predicted=u_applied is not None)
         self._ok = not problems
@@ -385,6 +391,22 @@ class ExtendedKalmanFilter:
             f"re-acquiring {what}: outside the innovation gate ({self._gate:g} sigma) for "
             f"more than {cycles} cycle(s) in a row, used again (covariance widened "
             f"x{post.inflation:.3g})"
+        ]
+
+    def _outside_domain(self) -> list[str]:
+        """The posterior's states and algebraic states outside the model's validity domain,
+        its bounds that depend on the (estimated) parameters included; each is a problem."""
+        model, n = self._model, self._n
+        phys = (self._xi * self._scale).tolist()
+        params = dict(zip(model.parameter_names, self._p.tolist(), strict=True))
+        params.update(zip(self._names[n:], phys[n:], strict=True))
+        found = model.validity_violations(
+            dict(zip(model.state_names, phys[:n], strict=True)),
+            dict(zip(model.algebraic_names, self._z.tolist(), strict=True)),
+            params,
+        )
+        return [
+            f"the estimate is outside the model's validity domain: {v.describe()}" for v in found
         ]
 
     def _hold(self, *, predicted: bool) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from controller.config import ControllerConfig
+from controller.config import ControllerConfig, EstimatorSpec
 from controller.controllerfile import load_controller
 from controller.core.estimate import Estimate, Estimator
 from controller.plantfile import build_model
@@ -93,3 +93,16 @@ def controller(name: str) -> tuple[ControllerConfig, PlantModel]:
 #: The freeze dryer's closed runs: samples, and the inputs held over them.
 LYO_STEPS = 40
 LYO_INPUTS = {"Tsh": -10.0, "Pch": 0.1}
+
+
+def kc_r0(spec: EstimatorSpec) -> EstimatorSpec:
+    """The freeze dryer's filter as shipped before A1 was estimated too (KC and R0 only):
+    the studies whose figures were measured with it keep it."""
+    keep = {"Lck", "KC", "R0"}
+    return spec.model_copy(
+        update={
+            "parameters": ("KC", "R0"),
+            "process_noise_std": {k: v for k, v in spec.process_noise_std.items() if k in keep},
+            "initial_std": {k: v for k, v in spec.initial_std.items() if k in keep},
+        }
+    )

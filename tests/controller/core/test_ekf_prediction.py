@@ -10,7 +10,7 @@ from __future__ import annotations
 import casadi as ca
 import numpy as np
 import pytest
-from estimation_runs import PLANTS, controller, simulate, true_plant
+from estimation_runs import PLANTS, controller, kc_r0, simulate, true_plant
 
 from controller.config import EstimatorSpec
 from controller.core.ekf import ExtendedKalmanFilter
@@ -139,7 +139,8 @@ def test_freeze_dryer_filter_keeps_estimating_after_the_shelf_jumps_to_120(
     prediction: str,
 ) -> None:
     cfg, model = controller("lyophilizer")
-    spec = cfg.estimator.model_copy(update={"prediction": prediction})
+    # the KC-and-R0 filter these figures were measured with (see the next test for A1)
+    spec = kc_r0(cfg.estimator).model_copy(update={"prediction": prediction})
     ekf = ExtendedKalmanFilter(model, spec, cfg.sample_time, initial_parameters={"R0": 0.5})
     plant = true_plant("lyophilizer", LYO_STEP_TRUTH)
     noise = cfg.estimator.measurement_noise_std
@@ -161,6 +162,29 @@ def test_freeze_dryer_filter_keeps_estimating_after_the_shelf_jumps_to_120(
         assert tsub == pytest.approx(run.algebraic[k]["Tsub"], abs=0.5), k
     assert run.states[-1]["Lck"] > 0.45 and run.algebraic[-1]["Tsub"] < -5.0  # still frozen
     assert run.estimates[-1].parameters["KC"] == pytest.approx(LYO_STEP_TRUTH["KC"], rel=0.05)
+
+
+def test_the_shipped_filter_with_a1_survives_the_jump_but_its_front_lags() -> None:
+    """The shipped filter (KC, R0 and A1) through the same jump: it keeps estimating (ok,
+    no failure, no rejection), but the jump's error goes partly into A1 (to ~25 against the
+    plant's 16) and KC (~2.1e-4 against 3.0e-4): its front falls behind the plant's, by up to
+    0.094 cm at the end (measured on this seed; 0.01 without A1). Behind, not ahead: the
+    estimated cake is never drier than the real one here. A trade-off of estimating A1 (in
+    the Monte Carlo OQ it removed every collapse), kept in view by this test."""
+    cfg, model = controller("lyophilizer")
+    assert "A1" in cfg.estimator.parameters
+    ekf = ExtendedKalmanFilter(
+        model, cfg.estimator, cfg.sample_time, initial_parameters={"R0": 0.5}
+    )
+    plant = true_plant("lyophilizer", LYO_STEP_TRUTH)
+    noise = cfg.estimator.measurement_noise_std
+    run = simulate(plant, ekf, cfg.sample_time, LYO_STEP, len(LYO_STEP), noise, seed=3)
+    for k, est in enumerate(run.estimates):
+        assert est.ok and not est.rejected, (k, est.reason)
+    assert ekf.failures == 0
+    errors = [run.error(k, "Lck") for k in range(6, len(LYO_STEP) + 1)]
+    assert all(-0.1 <= e <= 0.005 for e in errors), errors
+    assert min(errors) < -0.05  # the lag is real: were it gone, this docstring is out of date
 
 
 # ---------------------------------------------------------------------------------------------
