@@ -33,6 +33,7 @@ from controller.timebase import TimeBase
 from hil.faultcheck import FaultTargets, check_fault, check_scheduled
 from hil.faults import FaultEvent, FaultSet
 from hil.faultspec import FaultSpec
+from hil.plant_ahead import lookahead_for
 from hil.plant_runner import PlantDomainError, PlantFault, PlantRunner, PlantState
 from hil.scenario import ScenarioConfig, load_scenario
 from hil.servers.base import PlcServer
@@ -87,9 +88,14 @@ class HilRig:
         *,
         on_scan: Callable[[HilRig], None] | None = None,
         scenario: ScenarioConfig | None = None,
+        lookahead: bool = False,
     ) -> None:
         """``scenario``: the site's scenario, already loaded and checked
-        (:func:`~hil.site.load_hil_site_and_scenario`); default: loaded here."""
+        (:func:`~hil.site.load_hil_site_and_scenario`); default: loaded here. ``lookahead``:
+        the true plant integrates held inputs a controller sample ahead (:mod:`hil.plant_ahead`:
+        the same equations to the same tolerances, not bit for bit the step-by-step numbers);
+        campaigns' fast mode uses it."""
+        self._lookahead = lookahead
         hil = hil_section(site)
         if hil is None:
             raise ValueError(f"site {site.name!r} has no 'hil' section to serve")
@@ -165,6 +171,7 @@ class HilRig:
 
     def _new_plant(self) -> PlantRunner:
         tp = self.scenario.true_plant
+        ahead = lookahead_for(self.site.controller.sample_time, self.plant_step)
         return PlantRunner(
             self.model,
             self.plant_step,
@@ -173,6 +180,7 @@ class HilRig:
             disturbances=tp.disturbances,
             seed=tp.seed,
             initial_inputs=self.scenario.initial_inputs,
+            lookahead=ahead if self._lookahead else 1,
         )
 
     @property

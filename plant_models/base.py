@@ -44,6 +44,16 @@ from plant_models.variables import (
 )
 
 _NAMES: dict[tuple[int, Role], tuple[tuple[Variable, ...], tuple[str, ...]]] = {}
+#: The shipped models' evaluation functions, by class and ``smooth`` (:attr:`function`),
+#: and their expressions' names, by class (:attr:`expression_names`).
+_FUNCTIONS: dict[tuple[type, bool], ca.Function] = {}
+_EXPRESSION_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _shipped(model: object) -> bool:
+    """Whether ``model``'s class is one of this package's: its equations are its class's
+    alone (the parameters are symbols), so what is built of them is shared per process."""
+    return type(model).__module__.split(".")[0] == __name__.split(".")[0]
 
 
 def _names_of(variables: tuple[Variable, ...], role: Role) -> tuple[str, ...]:
@@ -299,6 +309,17 @@ class PlantModel(ABC):
 
     @cached_property
     def expression_names(self) -> tuple[str, ...]:
+        """The outputs' and expressions' names, in order: a shipped model's (of this
+        package) once per class and process, any other model's for the instance."""
+        shared = _shipped(self)
+        hit = _EXPRESSION_NAMES.get(type(self)) if shared else None
+        if hit is None:
+            hit = self._expression_names()
+            if shared:
+                _EXPRESSION_NAMES[type(self)] = hit
+        return hit
+
+    def _expression_names(self) -> tuple[str, ...]:
         s = self.symbols
         xd, zd = (
             self._split(Role.STATE, s[Role.STATE]),
@@ -313,13 +334,24 @@ class PlantModel(ABC):
 
     @cached_property
     def function(self) -> ca.Function:
-        """``f(x, z, u, p) -> (xdot, alg, y, expr)`` in physical units."""
+        """``f(x, z, u, p) -> (xdot, alg, y, expr)`` in physical units.
+
+        A shipped model's (of this package) depends on its class and ``smooth`` alone (the
+        parameters are its input ``p``): built once per process for each (:data:`_FUNCTIONS`;
+        a campaign builds a model per case). Any other model's is built for the instance."""
+        shared = _shipped(self)
+        key = (type(self), bool(self.smooth))
+        if shared and key in _FUNCTIONS:
+            return _FUNCTIONS[key]
         s = self.symbols
         args = [s[Role.STATE], s[Role.ALGEBRAIC], s[Role.INPUT], s[Role.PARAMETER]]
         outs = self.evaluate_symbolic(*args)
-        return ca.Function(
+        built = ca.Function(
             f"{self.name}_f", args, list(outs), ["x", "z", "u", "p"], ["xdot", "alg", "y", "expr"]
         )
+        if shared:
+            _FUNCTIONS[key] = built
+        return built
 
     def evaluate(
         self,

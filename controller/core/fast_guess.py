@@ -12,7 +12,7 @@ model's time unit.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import casadi as ca
@@ -91,12 +91,23 @@ def simulated_guess(
 
 
 def cold_solve(
-    sqp: ca.Function | None, ipopt: ca.Function, args: Mapping[str, Any]
-) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """A cold start from ``args`` (the simulated guess, zero multipliers): the SQP when there
-    is one and it converges, else IPOPT from the same arguments."""
-    if sqp is not None:
-        sol, stats = solve_plain(sqp, args)
-        if stats.get("success", False):
-            return sol, stats
-    return solve_plain(ipopt, args)
+    sqp: ca.Function | None,
+    ipopt: ca.Function,
+    args: Mapping[str, Any],
+    first: Callable[[], tuple[dict[str, Any], dict[str, Any]]] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A cold start from ``args`` (the simulated guess, zero multipliers): ``first`` (a warm
+    solve from the reference solution, :func:`controller.core.ocp_memo.reference_first`)
+    when given and it converges, else the SQP when there is one and it converges, else
+    IPOPT from the same arguments. The result's ``iter_count`` counts every attempt's."""
+    spent = 0
+    for attempt in (first, (lambda: solve_plain(sqp, args)) if sqp is not None else None):
+        if attempt is not None:
+            sol, stats = attempt()
+            if stats.get("success", False):
+                stats["iter_count"] = spent + int(stats.get("iter_count", 0))
+                return sol, stats
+            spent += int(stats.get("iter_count", 0))
+    sol, stats = solve_plain(ipopt, args)
+    stats["iter_count"] = spent + int(stats.get("iter_count", 0))
+    return sol, stats

@@ -93,7 +93,7 @@ from controller.core.mpc import (
     ipopt_options,
 )
 from controller.core.ocp import Transcription
-from controller.core.ocp_memo import transcribed
+from controller.core.ocp_memo import reference_first, transcribed
 from plant_models import PlantModel, Role
 
 log = logging.getLogger(__name__)
@@ -393,10 +393,10 @@ class FastController(ModelPredictiveController):
         fallback: str | None = None  # the SQP's status when IPOPT took over
         note = ""  # the convexified SQP's retry, when it produced the solution
         try:
-            if cold_solver is not None:  # no warm start: from the simulated guess
+            if cold_solver is not None:  # no warm start: the reference's, or the simulated guess
                 self.cold_starts += 1
-                args = self._args(w0, lam_x0, lam_g0, p_all)
-                sol, stats = cold_solve(self.sqp_cold, cold_solver, args)
+                args, first = self._args(w0, lam_x0, lam_g0, p_all), reference_first(self, p_all)
+                sol, stats = cold_solve(self.sqp_cold, cold_solver, args, first)
             else:
                 sol, stats = self._sqp_call(w0, lam_x0, lam_g0, p_all)
                 if not stats.get("success", False) and self.sqp_convex is not None:

@@ -25,18 +25,20 @@ import copy
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import casadi as ca
 import numpy as np
 
 from controller.config import ControllerConfig
-from controller.core.fast_guess import stage_root
+from controller.core.fast_guess import cold_solve, stage_root
+from controller.core.fast_solver import BufferedSolver, Cleaner
 from controller.core.memo import Lru, model_data
 from controller.core.ocp import Transcription, transcribe
-from plant_models import PlantModel
+from plant_models import PlantModel, Role
 
-__all__ = ["clear", "controller_key", "transcribed"]
+__all__ = ["clear", "controller_key", "reference_first", "transcribed"]
 
 #: Bumped whenever a controller's problem is built differently: part of every key.
 GENERATOR = "ocp_memo 1"
@@ -111,5 +113,84 @@ def transcribed(ctrl: Controller, steps: int) -> tuple[Transcription, ca.Functio
 
 
 def clear() -> None:
-    """Forget every problem built in this process (tests)."""
+    """Forget every problem and reference solution built in this process (tests)."""
     _BUILT.data.clear()
+    _REFERENCES.data.clear()
+
+
+class Referenced(Controller, Protocol):
+    """What :func:`reference_first` needs of the controller (a
+    :class:`~controller.core.fast_mpc.FastController`)."""
+
+    cold_starts: int
+    sqp_cold: ca.Function | None
+    ipopt_cold: ca.Function | None
+    _u_prev: np.ndarray
+    _sqp_call: BufferedSolver
+    _clean: Cleaner
+
+    @property
+    def schedule(self) -> object | None: ...
+
+    def _cold_guess(self, x0: np.ndarray, p: np.ndarray) -> np.ndarray: ...
+
+    def _parameters(self, x0: np.ndarray, p: np.ndarray) -> np.ndarray: ...
+
+    def _args(
+        self, x0: np.ndarray, lam_x0: np.ndarray, lam_g0: np.ndarray, p: np.ndarray
+    ) -> dict[str, Any]: ...
+
+
+#: How near the model's initial state (in each state's scale) a first step's state must be
+#: for the reference solution to be tried (the freeze dryer's front: 0.05 cm of 0.69).
+REFERENCE_NEAR = 0.05
+
+#: Reference solutions by controller (:func:`controller_key`) and
+#: setpoints in force; None: its cold start did not converge (not tried again).
+_REFERENCES: Lru[tuple[str, tuple[float, ...]], tuple[Any, ...]] = Lru(16)
+
+
+def reference_first(
+    ctrl: Referenced, p_all: np.ndarray
+) -> Callable[[], tuple[dict[str, Any], dict[str, Any]]] | None:
+    """The first cold start of a controller's life (its batch's first solve), with
+    ``solver.cold_start: sqp-ipopt``: the warm SQP from the *reference solution*, the problem
+    solved cold at the model's initial state and nominal parameters with the same setpoints
+    in force. None (the cold start as configured) for any later cold start, for a first one
+    whose state (the head of ``p_all``) is farther than :data:`REFERENCE_NEAR` of a scale
+    from the initial state (a controller taking over mid-batch: the simulated guess serves
+    better), with minimum time, or when the reference's own cold start failed.
+
+    Each case of a campaign builds its own controller and solves its first step cold from a
+    problem close to every other case's (the same start, the parameters after one
+    correction): ~28 ms of the freeze dryer's ~250 ms case. The reference is solved once per
+    process and kept (:data:`_REFERENCES`); it depends on nothing but the configuration, the
+    model and the setpoints, never on which case came first, so a case's result does not
+    depend on the worker or the order it ran in. The controller that solves it does so with
+    its own cold-start solvers, so only a QP solver that keeps nothing from one call to the
+    next may be used (qrqp; qpOASES hot-starts from its last QP: that controller's own cold
+    path would then start elsewhere than a later one's).
+    """
+    sqp, ipopt, model = ctrl.sqp_cold, ctrl.ipopt_cold, ctrl.model
+    if ctrl.cold_starts != 1 or ctrl.schedule is not None or sqp is None or ipopt is None:
+        return None
+    if ctrl.config.solver.qpsol != "qrqp":  # see below
+        return None
+    x0 = model.vector(Role.STATE, model.initial_state)
+    near = REFERENCE_NEAR * model.scales(Role.STATE)
+    if np.any(np.abs(p_all[: len(x0)] - x0) > near):  # not at the start: no use
+        return None
+    key = (controller_key(ctrl, ctrl.config.solver.integrator_steps), tuple(ctrl._u_prev))
+    ref = _REFERENCES.get(key)
+    if ref is None:
+        p = model.parameter_vector()
+        w = ctrl._cold_guess(x0, p)
+        args = ctrl._args(w, np.zeros_like(w), np.zeros(0), ctrl._parameters(x0, p))
+        args["lam_g0"] = np.zeros(args["lbg"].numel())
+        sol, stats = cold_solve(sqp, ipopt, args)
+        ref = tuple(v.copy() for v in ctrl._clean(sol)) if stats.get("success") else ()
+        _REFERENCES.put(key, ref)
+    if not ref:
+        return None
+    w, lam_x, lam_g = (v.copy() for v in ref)
+    return lambda: ctrl._sqp_call(w, lam_x, lam_g, p_all)

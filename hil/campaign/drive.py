@@ -188,7 +188,8 @@ async def execute(
     clock: Clock = DrivenClock() if mode == "fast" else ScaledClock(rate, monotonic=gate)
     servers = await _servers(site, mode, clock, case_dir)
     recorder = Recorder(site, clock)
-    rig = HilRig(site, clock, servers, on_scan=recorder.scan, scenario=scenario)
+    fast = mode == "fast"
+    rig = HilRig(site, clock, servers, on_scan=recorder.scan, scenario=scenario, lookahead=fast)
     first = servers[0]
     inner: Port = first.port() if isinstance(first, MemoryPlcServer) else port_for_site(site, clock)
     port = RecordingPort(inner, site, clock, recorder.rec)

@@ -5,15 +5,24 @@ domain excursion, new inputs or parameters."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import numpy as np
 import pytest
 
+from controller.clock import SteppedClock
 from controller.errors import ScenarioError
 from controller.plantfile import build_model
+from controller.runtime.site import load_site
+from hil.campaign import drive
+from hil.campaign.cases import Case
 from hil.plant_ahead import lookahead_for
 from hil.plant_runner import PlantDomainError, PlantRunner
+from hil.rig import HilRig
+from hil.servers.memory import MemoryPlcServer
 
 PLANTS = Path(__file__).resolve().parents[2] / "configs" / "plants"
 HELD = {"Tsh": 10.0, "Pch": 0.15}
@@ -102,3 +111,44 @@ def test_a_domain_excursion_is_reported_at_its_own_step_as_without_the_lookahead
     (a,), (b,) = faults[0].violations, faults[1].violations
     assert faults[0].t == faults[1].t and a.name == b.name == "Tsub"
     assert ahead.true_state().algebraic["Tsub"] == b.value > 0.0  # kept as it was
+
+
+# ---------------------------------------------------------------------------------------------
+# The rig: campaigns' fast mode looks ahead, the rig that serves a PLC in real time does not
+# ---------------------------------------------------------------------------------------------
+SITE = Path(__file__).resolve().parents[2] / "configs" / "sites" / "lyophilizer-modbus.yaml"
+
+
+def _rig(**kwargs: object) -> HilRig:
+    site = load_site(SITE)
+    clock = SteppedClock()
+    return HilRig(site, clock, [MemoryPlcServer(site.tags, clock)], **kwargs)  # type: ignore[arg-type]
+
+
+def test_the_rig_looks_ahead_one_controller_sample_only_when_asked() -> None:
+    ahead = _rig(lookahead=True).plant.ahead
+    assert ahead.grid is not None and ahead.steps == 5  # 5 scans per 0.1 h sample
+    assert _rig().plant.ahead.grid is None
+
+
+class _Built(Exception):
+    """Raised by the spy once the rig's arguments are seen (the case goes no further)."""
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("fast", True), ("hil", False)])
+def test_a_fast_mode_case_asks_for_it_and_a_hil_mode_case_does_not(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, mode: str, expected: bool
+) -> None:
+    """The campaign's case driver builds its rig with ``lookahead`` in fast mode only (a spy
+    records the argument and stops the case there, before any server starts)."""
+    asked: list[bool] = []
+
+    def spy(*args: object, lookahead: bool = False, **kwargs: object) -> HilRig:
+        asked.append(lookahead)
+        raise _Built
+
+    monkeypatch.setattr(drive, "HilRig", spy)
+    case = cast(Case, SimpleNamespace(controller_loss_at=None))
+    with pytest.raises(_Built):
+        asyncio.run(drive.execute(SITE, case, tmp_path, mode, 1.0))
+    assert asked == [expected]
