@@ -173,7 +173,7 @@ async def drive(
     clock = DrivenClock()
     server = MemoryPlcServer(site.tags, clock)
     recorder = Recorder(site)
-    rig = HilRig(site, clock, [server], on_scan=recorder.scan)
+    rig = HilRig(site, clock, [server], on_scan=recorder.scan, lookahead=True)  # as drive.execute
     port = RecordingPort(server.port(), site, clock, recorder.rec)
     opts = RunOptions(
         mode=Mode.CLOSED_LOOP,
