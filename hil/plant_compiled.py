@@ -30,7 +30,7 @@ import numpy as np
 
 from controller.core.jit import LibraryBuilder
 from controller.core.prediction import BufferedFunction, c_code
-from plant_models import PlantModel
+from plant_models import PlantModel, is_shipped
 from plant_models.integrators import ALGEBRAIC_ABSTOL, stepper, stepper_integrator
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ def grid_stepper(model: PlantModel, library: str | None, grid: int) -> ca.Functi
     kind, library and grid in a process (like :func:`hil.plant_functions.plant_functions`,
     for the shipped models; a plugin's model gets its own)."""
     key = (type(model), bool(model.smooth), library, grid)
-    shipped = type(model).__module__.split(".")[0] == "plant_models"
+    shipped = is_shipped(model)
     if shipped and key in _GRIDS:
         return _GRIDS[key]
     dae = ca.external(DAE, library) if library is not None else None

@@ -24,11 +24,9 @@ import casadi as ca
 
 from controller.runtime.solver_cache import LibraryCache
 from hil.plant_compiled import compile_plant, first_look
-from plant_models import PlantModel
+from plant_models import PlantModel, is_shipped
 
 __all__ = ["PlantFunctions", "plant_functions"]
-
-SHARED_PACKAGE = "plant_models"
 
 
 @dataclass(frozen=True)
@@ -52,7 +50,7 @@ _SHARED: dict[tuple[type[PlantModel], bool], PlantFunctions] = {}
 
 def shared(model: PlantModel) -> bool:
     """Whether ``model``'s functions are shared between instances (a shipped model)."""
-    return type(model).__module__.split(".")[0] == SHARED_PACKAGE
+    return is_shipped(model)
 
 
 def plant_functions(model: PlantModel) -> PlantFunctions:

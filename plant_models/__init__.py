@@ -6,7 +6,7 @@ This package imports nothing else of PharmaTwin and does no I/O.
 
 from __future__ import annotations
 
-from plant_models.base import PlantModel
+from plant_models.base import PlantModel, is_shipped
 from plant_models.bioreactor import Bioreactor
 from plant_models.crystallizer import Crystallizer
 from plant_models.cstr import VanDeVusseCSTR
@@ -30,4 +30,5 @@ __all__ = [
     "Role",
     "VanDeVusseCSTR",
     "Variable",
+    "is_shipped",
 ]

@@ -50,9 +50,10 @@ _FUNCTIONS: dict[tuple[type, bool], ca.Function] = {}
 _EXPRESSION_NAMES: dict[type, tuple[str, ...]] = {}
 
 
-def _shipped(model: object) -> bool:
-    """Whether ``model``'s class is one of this package's: its equations are its class's
-    alone (the parameters are symbols), so what is built of them is shared per process."""
+def is_shipped(model: object) -> bool:
+    """Whether ``model``'s class is one of this package's (a shipped model): made of its
+    class, parameter data and ``smooth`` flag only, its equations its class's alone (the
+    parameters are symbols), so what is built of them may be shared per process."""
     return type(model).__module__.split(".")[0] == __name__.split(".")[0]
 
 
@@ -311,7 +312,7 @@ class PlantModel(ABC):
     def expression_names(self) -> tuple[str, ...]:
         """The outputs' and expressions' names, in order: a shipped model's (of this
         package) once per class and process, any other model's for the instance."""
-        shared = _shipped(self)
+        shared = is_shipped(self)
         hit = _EXPRESSION_NAMES.get(type(self)) if shared else None
         if hit is None:
             hit = self._expression_names()
@@ -339,7 +340,7 @@ class PlantModel(ABC):
         A shipped model's (of this package) depends on its class and ``smooth`` alone (the
         parameters are its input ``p``): built once per process for each (:data:`_FUNCTIONS`;
         a campaign builds a model per case). Any other model's is built for the instance."""
-        shared = _shipped(self)
+        shared = is_shipped(self)
         key = (type(self), bool(self.smooth))
         if shared and key in _FUNCTIONS:
             return _FUNCTIONS[key]

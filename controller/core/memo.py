@@ -13,12 +13,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Generic, TypeVar
 
-from plant_models import PlantModel
+from plant_models import PlantModel, is_shipped
 
-__all__ = ["SHARED_PACKAGE", "Lru", "model_data"]
-
-#: Models of this package are made of their class, parameter data and ``smooth`` flag only.
-SHARED_PACKAGE = "plant_models"
+__all__ = ["Lru", "model_data"]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -47,9 +44,9 @@ def model_data(model: PlantModel) -> dict[str, Any]:
     """Everything ``model`` is made of, as plain data: its class (by name and identity in
     this process), ``smooth``, every variable (bounds and scale after the plant file's
     overrides), every parameter (value, unit, range), the initial state, algebraic guesses
-    and nominal inputs. A shipped model (:data:`SHARED_PACKAGE`) is made of these alone: its
-    class takes nothing else. Any other model's equations are added, serialized (a plugin's
-    class may keep more than its parameter data)."""
+    and nominal inputs. A shipped model (:func:`plant_models.is_shipped`) is made of these
+    alone: its class takes nothing else. Any other model's equations are added, serialized
+    (a plugin's class may keep more than its parameter data)."""
     cls = type(model)
     ps = model.parameter_set
     data = {
@@ -63,6 +60,6 @@ def model_data(model: PlantModel) -> dict[str, Any]:
         "nominal_inputs": repr(sorted(ps.nominal_inputs.items())),
         "bounds": repr(sorted(ps.bounds.items())),
     }
-    if cls.__module__.split(".")[0] != SHARED_PACKAGE:
+    if not is_shipped(model):
         data["function"] = model.function.serialize()
     return data
