@@ -122,6 +122,7 @@ class Referenced(Controller, Protocol):
     """What :func:`reference_first` needs of the controller (a
     :class:`~controller.core.fast_mpc.FastController`)."""
 
+    ocp: Transcription
     cold_starts: int
     sqp_cold: ca.Function | None
     ipopt_cold: ca.Function | None
@@ -185,9 +186,8 @@ def reference_first(
     if ref is None:
         p = model.parameter_vector()
         w = ctrl._cold_guess(x0, p)
-        args = ctrl._args(w, np.zeros_like(w), np.zeros(0), ctrl._parameters(x0, p))
-        args["lam_g0"] = np.zeros(args["lbg"].numel())
-        sol, stats = cold_solve(sqp, ipopt, args)
+        zeros = np.zeros_like(w), np.zeros_like(ctrl.ocp.lbg)
+        sol, stats = cold_solve(sqp, ipopt, ctrl._args(w, *zeros, ctrl._parameters(x0, p)))
         ref = tuple(v.copy() for v in ctrl._clean(sol)) if stats.get("success") else ()
         _REFERENCES.put(key, ref)
     if not ref:
