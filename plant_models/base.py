@@ -398,10 +398,10 @@ class PlantModel(ABC):
     def state_bounds(self, p: Mapping[str, float]) -> dict[str, tuple[float, float, str]]:
         """Validity bounds of states that depend on the parameters ``p`` (all of them, by name).
 
-        ``name -> (lower, upper, what the bound is)``; they take the place of the variable's
-        ``lower/upper`` in :meth:`validity_violations` when it is given the parameters (the
-        freeze dryer's dried cake is at most as thick as the frozen product was). None by
-        default.
+        ``name -> (lower, upper, what the bound is)``; :meth:`validity_violations`, given the
+        parameters, checks them together with the variable's ``lower/upper`` (they can only
+        narrow the domain: the freeze dryer's dried cake is at most as thick as the frozen
+        product was). None by default.
         """
         return {}
 
@@ -424,10 +424,14 @@ class PlantModel(ABC):
         for values in (states, algebraic or {}):
             for name, value in values.items():
                 v = self._vars[name]
-                lower, upper, note = tight.get(name, (v.lower, v.upper, ""))
+                lo, hi, note = tight.get(name, (v.lower, v.upper, ""))
+                lower, upper = max(lo, v.lower), min(hi, v.upper)  # never wider than the static
                 tol = 1e-6 * v.scale
                 if not math.isfinite(value) or value < lower - tol or value > upper + tol:
-                    found.append(DomainViolation(name, float(value), lower, upper, v.unit, note))
+                    # the note names the parameter bound only when it is the one crossed
+                    crossed = (value < lower and lower == lo) or (value > upper and upper == hi)
+                    why = note if crossed else ""
+                    found.append(DomainViolation(name, float(value), lower, upper, v.unit, why))
         return found
 
     def finish_margin(self, x: Mapping[str, float], p: Mapping[str, float]) -> float | None:

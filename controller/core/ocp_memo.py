@@ -146,8 +146,8 @@ class Referenced(Controller, Protocol):
 #: for the reference solution to be tried (the freeze dryer's front: 0.05 cm of 0.69).
 REFERENCE_NEAR = 0.05
 
-#: Reference solutions by controller (:func:`controller_key`) and
-#: setpoints in force; None: its cold start did not converge (not tried again).
+#: Reference solutions by controller (:func:`controller_key`) and setpoints in force; an
+#: empty tuple: its cold start did not converge (not tried again in this process).
 _REFERENCES: Lru[tuple[str, tuple[float, ...]], tuple[Any, ...]] = Lru(16)
 
 

@@ -11,6 +11,8 @@ decide on it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pytest
 from estimation_runs import controller
 
@@ -18,6 +20,7 @@ from controller.config import ControllerConfig
 from controller.core.ekf import ExtendedKalmanFilter
 from controller.core.pipeline import ControlPipeline, input_limits
 from plant_models import PlantModel
+from plant_models.lyophilizer import Lyophilizer
 
 TBOT = {"Tbot": -30.0}
 
@@ -106,3 +109,20 @@ def test_the_pipeline_holds_instead_of_deciding_on_it(
     assert not result.decision.ok
     assert result.outcome.held
     assert dict(result.outcome.setpoints) == {"Tsh": -25.0, "Pch": 0.1}  # the last safe ones
+
+
+class _Loose(Lyophilizer):
+    """A model whose parameter-dependent bound is wider than its static one (Lck <= 5 cm)."""
+
+    def state_bounds(self, p: Mapping[str, float]) -> dict[str, tuple[float, float, str]]:
+        return {"Lck": (0.0, 10.0, "a looser bound")}
+
+
+def test_a_parameter_bound_never_widens_the_static_domain(
+    lyo: tuple[ControllerConfig, PlantModel, float],
+) -> None:
+    _, model, _ = lyo
+    loose = _Loose(model.parameter_set)
+    found = loose.validity_violations({"Lck": 6.0}, parameters=loose.parameters)
+    assert [(v.name, v.upper, v.note) for v in found] == [("Lck", 5.0, "")]
+    assert "looser" not in found[0].describe()
