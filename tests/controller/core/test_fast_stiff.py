@@ -1,0 +1,70 @@
+"""The fast path's RK4 steps on the bioreactor at the low edge of its plausible yield.
+
+Near S = 0 the substrate's consumption is stiff: dS/dt ~ -mu_m X S / (Y_x K_m), some -4.8 /h
+at X 3.7 g/L (the soft cap) and Y_x 0.307 (the plausible range is 0.3 to 0.5). With two RK4
+steps per hour (z = -2.4, near the edge of RK4's stability interval, -2.79) the
+discretization was wrong there: in ``bioreactor-oq`` the low-edge cases c002, c003 and c008
+had 21, 12 and 5 solves that ended ``Infeasible_Problem_Detected`` (the IPOPT fallback
+after the SQP), and from S = 0.01 g/L the SQP "succeeded" with no feed at all where the
+accurate answer feeds 0.008 L/h. The state below is c002's EKF estimate at t = 104 h.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from controller.config import ControllerConfig
+from controller.controllerfile import load_controller
+from controller.core.fast_mpc import FastController
+from plant_models.base import PlantModel
+
+ROOT = Path(__file__).resolve().parents[3]
+CONFIG = ROOT / "configs" / "controllers" / "bioreactor.yaml"
+STATE = {"X": 3.7005761389842458, "P": 0.9878179953033613, "V": 126.69686398434612}
+PARAMETERS = {"S_in": 180.35936102863602, "Y_x": 0.30709186737991834}  # as c002 estimated
+PREVIOUS_FEED = {"u": 0.0014}  # L/h, c002's last written feed
+REFERENCE_STEPS = 6
+
+
+def _config(steps: int | None = None) -> tuple[ControllerConfig, PlantModel]:
+    cfg, model = load_controller(CONFIG)
+    if steps is not None:
+        solver = cfg.solver.model_copy(update={"integrator_steps": steps})
+        cfg = cfg.model_copy(update={"solver": solver})
+    return cfg, model
+
+
+def _first_move(steps: int | None, substrate: float) -> tuple[str, float]:
+    cfg, model = _config(steps)
+    ctl = FastController(cfg, model, f"bioreactor-{steps}")
+    d = ctl.step(104.0, {**STATE, "S": substrate}, PARAMETERS, PREVIOUS_FEED)
+    return str(d.return_status), float(d.inputs["u"])
+
+
+def test_the_shipped_steps_keep_rk4_stable_at_the_plausible_edge() -> None:
+    cfg, _ = _config()
+    steps = cfg.solver.integrator_steps
+    h = cfg.sample_time / steps
+    stiffness = 0.02 * 3.7 / (0.3 * 0.05)  # mu_m X_cap / (Y_x,min K_m), 1/h
+    # the first stage's substrate keeps its sign: 1 - h*lambda/2 > 0
+    assert 1.0 - h * stiffness / 2.0 > 0.0, (steps, h * stiffness)
+
+
+def test_two_rk4_steps_an_hour_made_the_feasible_problem_infeasible() -> None:
+    """The failure the shipped setting protects against (kept as evidence of the cause)."""
+    status, _ = _first_move(2, 0.0)
+    assert status == "Infeasible_Problem_Detected"
+
+
+@pytest.mark.parametrize("substrate", [-0.00096, 0.0, 0.01])
+def test_the_shipped_controller_solves_and_agrees_with_a_finer_discretization(
+    substrate: float,
+) -> None:
+    status, u = _first_move(None, substrate)
+    ref_status, ref_u = _first_move(REFERENCE_STEPS, substrate)
+    assert ref_status == "Solve_Succeeded"
+    assert status == "Solve_Succeeded"
+    assert u > 0.005  # it feeds: the starving plan of two steps (u = 0 at S 0.01) is gone
+    assert abs(u - ref_u) <= 5e-4, (u, ref_u)
