@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import casadi as ca
 import pytest
 
 from controller.config import ControllerConfig
@@ -43,13 +44,26 @@ def _first_move(steps: int | None, substrate: float) -> tuple[str, float]:
     return str(d.return_status), float(d.inputs["u"])
 
 
+def _substrate_rate(model: PlantModel, biomass: float, yield_x: float) -> float:
+    """d(dS/dt)/dS at S = 0 and no feed (1/h): the stiffness of the substrate's consumption,
+    from the model's own equations."""
+    s = ca.SX.sym("S")
+    x = {**STATE, "X": biomass, "S": s}
+    p = {**model.parameters, **PARAMETERS, "Y_x": yield_x}
+    rate = model.ode(x, {}, {"u": 0.0}, p)["S"]
+    return float(ca.Function("dsds", [s], [ca.jacobian(rate, s)])(0.0))
+
+
 def test_the_shipped_steps_keep_rk4_stable_at_the_plausible_edge() -> None:
-    cfg, _ = _config()
-    steps = cfg.solver.integrator_steps
-    h = cfg.sample_time / steps
-    stiffness = 0.02 * 3.7 / (0.3 * 0.05)  # mu_m X_cap / (Y_x,min K_m), 1/h
-    # the first stage's substrate keeps its sign: 1 - h*lambda/2 > 0
-    assert 1.0 - h * stiffness / 2.0 > 0.0, (steps, h * stiffness)
+    cfg, model = _config()
+    cap = next(c.upper for c in cfg.constraints if c.expression == "X")
+    lowest_yield = model.parameter_set.parameters["Y_x"].lower
+    lam = _substrate_rate(model, cap, lowest_yield)
+    assert lam < -4.0  # stiff: about -4.9 /h at X 3.7 and Y_x 0.3
+    h = cfg.sample_time / cfg.solver.integrator_steps
+    # RK4's second stage keeps the substrate's sign: 1 + h*lambda/2 > 0 (with two steps an
+    # hour it is 1 - 1.23: the stage's substrate is negative)
+    assert 1.0 + h * lam / 2.0 > 0.0, (cfg.solver.integrator_steps, h * lam)
 
 
 def test_two_rk4_steps_an_hour_made_the_feasible_problem_infeasible() -> None:
