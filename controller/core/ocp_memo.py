@@ -5,7 +5,8 @@ root-finder (:func:`controller.core.fast_guess.stage_root`) and scaling its cons
 the cold guess (:meth:`controller.core.fast_mpc.FastController._row_scaled`) takes ~30 ms for
 the freeze dryer, for every controller built: every case of a Monte Carlo campaign paid it,
 though all of them run the same controller file. :func:`transcribed` keeps the result per
-process, keyed by everything a controller is built from (:func:`controller_key`): the
+process, and checks its RK4 steps first (:func:`controller.core.rk4_check.check_rk4_steps`),
+keyed by everything a controller is built from (:func:`controller_key`): the
 controller's class, the whole config, the RK4 steps, and the model instance's defining data
 (:func:`controller.core.memo.model_data`: class, ``smooth``, every variable with its bounds
 and scale, every parameter, the initial state, algebraic guesses and nominal inputs; a
@@ -36,6 +37,7 @@ from controller.core.fast_guess import cold_solve, stage_root
 from controller.core.fast_solver import BufferedSolver, Cleaner
 from controller.core.memo import Lru, model_data
 from controller.core.ocp import Transcription, transcribe
+from controller.core.rk4_check import check_rk4_steps
 from plant_models import PlantModel, Role
 
 __all__ = ["clear", "controller_key", "reference_first", "transcribed"]
@@ -105,6 +107,8 @@ def transcribed(ctrl: Controller, steps: int) -> tuple[Transcription, ca.Functio
     key = controller_key(ctrl, steps)
     hit = _BUILT.get(key)
     if hit is None:
+        # the RK4 steps must hold where the plan goes (ConfigError when too few)
+        check_rk4_steps(ctrl.config, ctrl.model, ctrl.source, steps)
         ocp = transcribe(ctrl.config, ctrl.model, ctrl.source, steps)
         ctrl._z_root = root = stage_root(ocp, ctrl.model)
         hit = (ctrl._row_scaled(ocp), root)

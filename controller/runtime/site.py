@@ -26,6 +26,7 @@ from controller.clock import Clock
 from controller.config import ControllerConfig
 from controller.configfile import Strict, parse, read_yaml, resolve
 from controller.controllerfile import load_controller
+from controller.core.rk4_check import check_rk4_steps
 from controller.errors import ConfigError, Problem, unknown_name
 from controller.ports.base import Port
 from controller.ports.factory import make_port
@@ -109,6 +110,7 @@ def load_site(path: Path) -> Site:
     cfg = model = tm = None
     try:
         cfg, model = load_controller(resolve(path, sf.controller))
+        check_rk4_steps(cfg, model, str(resolve(path, sf.controller)))
     except ConfigError as exc:
         problems += exc.problems
     try:

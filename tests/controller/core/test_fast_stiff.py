@@ -18,6 +18,7 @@ import pytest
 
 from controller.config import ControllerConfig
 from controller.controllerfile import load_controller
+from controller.core import ocp_memo
 from controller.core.fast_mpc import FastController
 from plant_models.base import PlantModel
 
@@ -66,9 +67,16 @@ def test_the_shipped_steps_keep_rk4_stable_at_the_plausible_edge() -> None:
     assert 1.0 + h * lam / 2.0 > 0.0, (cfg.solver.integrator_steps, h * lam)
 
 
-def test_two_rk4_steps_an_hour_made_the_feasible_problem_infeasible() -> None:
-    """The failure the shipped setting protects against (kept as evidence of the cause)."""
+def test_two_rk4_steps_an_hour_made_the_feasible_problem_infeasible(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The failure the shipped setting protects against (kept as evidence of the cause). A
+    controller of two steps is refused since (tests/controller/core/test_rk4_check.py): the
+    load-time check is turned off here to show what it protects against."""
+    monkeypatch.setattr(ocp_memo, "check_rk4_steps", lambda *args, **kwargs: None)
+    ocp_memo.clear()
     status, _ = _first_move(2, 0.0)
+    ocp_memo.clear()
     assert status == "Infeasible_Problem_Detected"
 
 
