@@ -13,7 +13,8 @@ took three steps).
 :func:`rk4_margin` samples the planning region (:func:`planning_box`: each state between
 its tightest lower and upper bound of the validity domain, the operating range, the
 controller's ``state_bounds`` and its constraints on the state itself; each parameter over
-its plausible range; each input between the controller's bounds), keeps the points where
+its plausible range, widened to a robust controller's scenario values; each input between
+the controller's bounds), keeps the points where
 every constraint of the controller holds (the crystallizer's supersaturation band: its
 concentration's validity domain reaches far beyond where the plan may go), evaluates the
 model's Jacobian ``d xdot / d x`` there (a DAE's reduced one, ``f_x - f_z g_z^-1 g_x``, at
@@ -34,6 +35,10 @@ value) to its initial value on that side: the check cannot speak for what lies b
 its report names such states (:attr:`Rk4Margin.unbounded`). The bioreactor's substrate is
 sampled over [0, 0.5] g/L and its volume over [0, 120] L, the crystallizer's moments from 0
 to their seeded values.
+
+``h`` is the longest interval over the RK4 steps (:func:`longest_interval`): a sample, or a
+free-end minimum-time plan's stretched intervals when ``max_time`` bounds them; without it
+their length is each solve's decision, and only the sample is checked.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from dataclasses import dataclass
 import casadi as ca
 import numpy as np
 
-from controller.config import ControllerConfig
+from controller.config import ControllerConfig, robust_values
 from controller.core.memo import Lru, model_data
 from controller.core.mpc import nl_constraints
 from controller.core.ocp_stage import named
@@ -60,6 +65,7 @@ __all__ = [
     "Box",
     "Rk4Margin",
     "check_rk4_steps",
+    "longest_interval",
     "planning_box",
     "rk4_margin",
     "rk4_steps",
@@ -159,6 +165,10 @@ def planning_box(config: ControllerConfig, model: PlantModel) -> Box:
         for n, p in model.parameter_set.parameters.items()
         if math.isfinite(p.lower) and math.isfinite(p.upper)
     }
+    # a robust controller plans with its scenarios' values too, which may lie beyond them
+    for name, values in robust_values(config, model).items():
+        lo, hi = parameters.get(name, (min(values), max(values)))
+        parameters[name] = (min(lo, *values), max(hi, *values))
     inputs: dict[str, tuple[float, float]] = {}
     for name in model.input_names:
         v = model.variable(name)
@@ -262,6 +272,17 @@ class _Evaluator:
         return mats, good, np.where(good, worst, np.nan)
 
 
+def longest_interval(config: ControllerConfig) -> float:
+    """The longest interval of a plan whose length is known at load time: a sample, or a
+    free-end minimum-time plan's stretched intervals when ``max_time`` bounds them (the
+    first lasts a sample, the other ``horizon - 1`` share the rest). Without ``max_time``
+    their length is the solve's decision and the sample is all that can be checked."""
+    mt, dt = config.objective.min_time, config.sample_time
+    if mt is None or mt.mode != "free_end" or mt.max_time is None or config.horizon < 2:
+        return dt
+    return max(dt, (mt.max_time - dt) / (config.horizon - 1))
+
+
 def rk4_margin(config: ControllerConfig, model: PlantModel, steps: int) -> Rk4Margin:
     """The largest ``|h lambda|`` of the model's Jacobian over the planning region, with
     ``h`` the sample time over ``steps`` RK4 steps (see the module docstring)."""
@@ -287,7 +308,7 @@ def rk4_margin(config: ControllerConfig, model: PlantModel, steps: int) -> Rk4Ma
             break
         candidates = lows + rng.random((BATCH, len(lows))) * (highs - lows)
     pts, mats = np.vstack(kept_pts), np.concatenate(kept_mats)
-    h = config.sample_time / steps
+    h = longest_interval(config) / steps
     if len(pts) == 0:
         return Rk4Margin(h, 0.0, 0j, {}, {}, {}, 0, skipped, outside, box.unbounded)
     eig = np.linalg.eigvals(mats)
@@ -348,8 +369,8 @@ def check_rk4_steps(
     given = config.solver.integrator_steps if steps is None else steps
     taken = f" (taken as {n})" if n != given else ""
     message = (
-        f"{given} RK4 step{'s' if given != 1 else ''}{taken} per sample of "
-        f"{config.sample_time:g} {unit} are too few for model {model.name!r}: at {where} "
+        f"{given} RK4 step{'s' if given != 1 else ''}{taken} per interval of "
+        f"{m.h * n:g} {unit} are too few for model {model.name!r}: at {where} "
         f"its Jacobian has an eigenvalue of {shown} per {unit}, so |h lambda| = {m.worst:.3g} "
         f"(allowed <= {RK4_STAGE_LIMIT:g}: beyond it RK4's stages overshoot and the plan is "
         f"computed on a wrong model); use integrator_steps >= {m.steps_needed(n)}"

@@ -24,6 +24,7 @@ from controller.core.fast_mpc import FastController
 from controller.core.rk4_check import (
     RK4_STAGE_LIMIT,
     check_rk4_steps,
+    longest_interval,
     planning_box,
     rk4_margin,
     rk4_steps,
@@ -186,3 +187,43 @@ def test_the_do_mpc_backend_is_not_checked() -> None:
         update={"solver": cfg.solver.model_copy(update={"backend": "do-mpc"})}
     )
     assert check_rk4_steps(_with_steps(reference, 1), model, "x") is None
+
+
+def test_a_robust_controllers_scenarios_widen_the_parameter_range() -> None:
+    """Scenarios beyond the plausible range are planned with too: a yield of 0.2 (plausible
+    0.3-0.5) makes the substrate stiffer (-7.4 /h at X 3.7), and three steps no longer do."""
+    cfg, model = load_controller(CONTROLLERS / "bioreactor-robust.yaml")
+    assert cfg.robust is not None
+    assert rk4_margin(cfg, model, 3).ok  # the shipped scenarios: the plausible range's ends
+    robust = cfg.robust.model_copy(update={"parameters": {"Y_x": [0.5, 0.2], "S_in": "range"}})
+    wide = cfg.model_copy(update={"robust": robust})
+    assert planning_box(wide, model).parameters["Y_x"] == (0.2, 0.5)
+    m = rk4_margin(wide, model, 3)
+    assert not m.ok and m.parameters["Y_x"] == pytest.approx(0.2)
+    assert m.steps_needed(3) == 4
+
+
+def test_a_bounded_free_end_plan_is_checked_on_its_longest_interval() -> None:
+    """The freeze dryer's minimum-time plan: the first interval lasts a sample (0.1 h), the
+    other 19 share the rest of the time to the end. Bounded by ``max_time`` they are checked
+    at their longest; unbounded, only the sample can be."""
+    cfg, model = load_controller(CONTROLLERS / "lyophilizer-min-time.yaml")
+    mt = cfg.objective.min_time
+    assert mt is not None and mt.mode == "free_end" and mt.max_time is None
+    assert longest_interval(cfg) == cfg.sample_time
+    sample = rk4_margin(cfg, model, 1)
+    bounded = cfg.model_copy(
+        update={
+            "objective": cfg.objective.model_copy(
+                update={"min_time": mt.model_copy(update={"max_time": 40.0})}
+            )
+        }
+    )
+    longest = (40.0 - cfg.sample_time) / (cfg.horizon - 1)
+    assert longest_interval(bounded) == pytest.approx(longest)
+    m = rk4_margin(bounded, model, 1)
+    assert m.h == pytest.approx(longest)
+    assert m.worst == pytest.approx(sample.worst * longest / cfg.sample_time)
+    assert not m.ok  # 2.1 h per RK4 step is too long for the dryer's fastest mode
+    with pytest.raises(ConfigError, match=r"per interval of 2\.1 h are too few"):
+        check_rk4_steps(bounded, model, "x")
