@@ -5,14 +5,15 @@ root-finder (:func:`controller.core.fast_guess.stage_root`) and scaling its cons
 the cold guess (:meth:`controller.core.fast_mpc.FastController._row_scaled`) takes ~30 ms for
 the freeze dryer, for every controller built: every case of a Monte Carlo campaign paid it,
 though all of them run the same controller file. :func:`transcribed` keeps the result per
-process, and checks its RK4 steps first (:func:`controller.core.rk4_check.check_rk4_steps`),
-keyed by everything a controller is built from (:func:`controller_key`): the
+process, keyed by everything a controller is built from (:func:`controller_key`): the
 controller's class, the whole config, the RK4 steps, and the model instance's defining data
 (:func:`controller.core.memo.model_data`: class, ``smooth``, every variable with its bounds
 and scale, every parameter, the initial state, algebraic guesses and nominal inputs; a
 plugin model's equations too). Not its source's name: it
 only names the config in the errors of a problem that cannot be transcribed (nothing is
-kept then), and each campaign case has its own site file.
+kept then), and each campaign case has its own site file. A configuration's RK4 steps are
+checked before it is first transcribed (:func:`controller.core.rk4_check.check_rk4_steps`:
+ConfigError when they are too few), so nothing kept here skipped that check.
 
 No state is shared: each controller gets its own copies of the problem's arrays and dicts
 (a controller moves its own bounds in place, e.g. the time to the batch end of a

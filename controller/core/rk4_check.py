@@ -4,37 +4,53 @@ The fast MPC (:mod:`controller.core.fast_mpc`) carries the state over an interva
 ``integrator_steps`` explicit RK4 steps of length ``h``. Where the model is stiff (a mode
 ``lambda`` of its Jacobian with ``|h lambda|`` large), that discretization is wrong, and
 the SQP plans on it without knowing: on the bioreactor at the low edge of its plausible
-yield the substrate's consumption decays at -4.9 /h near S = 0, and with two steps an hour
-(``h lambda = -2.46``) RK4's second stage flipped the substrate's sign. The problem came out
+yield the substrate's consumption decays at -4.93 /h near S = 0, and with two steps an hour
+(``h lambda = -2.47``) RK4's second stage flipped the substrate's sign. The problem came out
 infeasible (IPOPT's ``Infeasible_Problem_Detected``) where it was feasible, or "solved" with
 no feed at all where the accurate answer feeds (bioreactor-oq, before the shipped config
 took three steps).
 
-:func:`rk4_margin` samples the planning region (:func:`planning_box`: each state between
-its tightest lower and upper bound of the validity domain, the operating range, the
-controller's ``state_bounds`` and its constraints on the state itself; each parameter over
-its plausible range, widened to a robust controller's scenario values; each input between
-the controller's bounds), keeps the points where
-every constraint of the controller holds (the crystallizer's supersaturation band: its
-concentration's validity domain reaches far beyond where the plan may go), evaluates the
-model's Jacobian ``d xdot / d x`` there (a DAE's reduced one, ``f_x - f_z g_z^-1 g_x``, at
-algebraic states solved for each point) and returns the largest ``|h lambda|`` found.
+:func:`rk4_margin` samples the planning region and returns the largest ``|h lambda|`` of
+the model's Jacobian ``d xdot / d x`` found there (a DAE's reduced one,
+``f_x - f_z g_z^-1 g_x``, at algebraic states solved for each point). The region
+(:func:`planning_box`, then a filter):
+
+* each state between its tightest bounds of the validity domain, the controller's
+  ``state_bounds`` and its constraints on the state itself (operating limits are the
+  process's, enforced by the PLC, not by the plan: they are not used);
+* each parameter over its plausible range; a robust controller's scenario values of a
+  parameter without one (the plant file's check keeps scenario values inside a range);
+  an estimated parameter with neither is held at its nominal value, and the report says so
+  (:attr:`Rk4Margin.held`);
+* each input between the controller's limits;
+* of the points drawn, those where every constraint of the controller holds (the
+  crystallizer's supersaturation band: its concentration's validity domain reaches far
+  beyond where the plan may go). A soft constraint's bound is widened by
+  :data:`SOFT_MARGIN` of its magnitude (at least of its scale): the plan may cross it, paying
+  its penalty, and the estimate may sit beyond it (the bioreactor's X cap of 3.7 is
+  checked up to 4.07).
+
+A state with no finite bound on a side is sampled from its finite bound (or its initial
+value) to its initial value on that side, and from its initial value only when the model
+never moves it towards that bound anywhere in the region
+(:func:`controller.core.rk4_region.monotone`: the bioreactor's volume only grows, so it is
+held at its initial 120 L rather than sampled down to the empty vessel, where the dilution
+rate ``u / V`` is singular). The check cannot
+speak for what lies beyond, and its report names such states (:attr:`Rk4Margin.unbounded`).
+The bioreactor's substrate is sampled over [0, 0.5] g/L, the crystallizer's moments at their
+seeded values.
 
 :data:`RK4_STAGE_LIMIT` is the limit: ``|h lambda| <= 2``. On a decaying real mode that is
 where RK4's second stage ``x + h/2 k1`` stops keeping the sign of the deviation
 (``1 + h lambda / 2 >= 0``); every complex ``h lambda`` of that magnitude in the left
 half-plane is inside RK4's stability region too (its amplification at most 1 there), and a
-growing mode (an exothermic reactor's runaway) is held to the same magnitude, where RK4's
-growth factor is within 6 % of the exact one. It is a sufficient condition, not a
-necessary one: a model stiffer than that somewhere in the box may still plan well where
-it really goes, but no one can tell that at load time, so :func:`check_rk4_steps` refuses
-the configuration and says how many steps would do.
-
-A state with no finite bound on a side is sampled from its finite bound (or its initial
-value) to its initial value on that side: the check cannot speak for what lies beyond, and
-its report names such states (:attr:`Rk4Margin.unbounded`). The bioreactor's substrate is
-sampled over [0, 0.5] g/L and its volume over [0, 120] L, the crystallizer's moments from 0
-to their seeded values.
+real growing mode (an exothermic reactor's runaway) is held to the same magnitude, where
+RK4's growth factor is within 6 % of the exact one (an oscillating growing mode of that
+magnitude is less accurate). It is a sufficient condition, not a necessary one: a model
+stiffer than that somewhere in the region may still plan well where it really goes, but no
+one can tell that at load time, so :func:`check_rk4_steps` refuses the configuration and
+says how many steps would do. It refuses too when it could not look: no point of the region
+evaluated, or a point where the Jacobian is not finite (a singularity inside the region).
 
 ``h`` is the longest interval over the RK4 steps (:func:`longest_interval`): a sample, or a
 free-end minimum-time plan's stretched intervals when ``max_time`` bounds them; without it
@@ -44,21 +60,32 @@ their length is each solve's decision, and only the sample is checked.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
+import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-import casadi as ca
 import numpy as np
 
-from controller.config import ControllerConfig, robust_values
+from controller.config import ControllerConfig
 from controller.core.memo import Lru, model_data
-from controller.core.mpc import nl_constraints
-from controller.core.ocp_stage import named
+from controller.core.rk4_region import (
+    MAX_CANDIDATES,
+    MIN_INSIDE,
+    SEED,
+    Box,
+    Evaluated,
+    Evaluator,
+    bounds_of,
+    corners,
+    monotone,
+    planning_box,
+    random_points,
+)
 from controller.errors import ConfigError, Problem
-from plant_models import PlantModel, Role
+from plant_models import PlantModel
 
 __all__ = [
     "RK4_STAGE_LIMIT",
@@ -73,31 +100,8 @@ __all__ = [
 
 #: The largest ``|h lambda|`` accepted (see the module docstring).
 RK4_STAGE_LIMIT = 2.0
-#: Every corner of the box is sampled up to this many dimensions; beyond, random corners.
-MAX_CORNER_DIMS = 12
-#: Random points inside the box (and random corners beyond :data:`MAX_CORNER_DIMS`).
-INTERIOR_POINTS = 512
-#: Candidate points are drawn (in batches of :data:`BATCH`) until this many lie inside the
-#: controller's constraints, or :data:`MAX_CANDIDATES` were drawn.
-MIN_INSIDE = 256
-BATCH = 2048
-MAX_CANDIDATES = 65536
-SEED = 20261206
-#: A DAE point counts when its algebraic residual is at most this (a solved z).
-ALGEBRAIC_TOL = 1e-6
 #: Configurations whose margin is remembered per process.
 MEMO_SIZE = 16
-
-
-@dataclass(frozen=True)
-class Box:
-    """The planning region: per state, parameter and input, ``name -> (low, high)``."""
-
-    states: dict[str, tuple[float, float]]
-    parameters: dict[str, tuple[float, float]]
-    inputs: dict[str, tuple[float, float]]
-    #: states with no finite bound on one side or both (sampled around the initial value)
-    unbounded: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -111,165 +115,38 @@ class Rk4Margin:
     parameters: dict[str, float]
     inputs: dict[str, float]
     points: int  # points inside the controller's constraints, evaluated
-    skipped: int  # of those, where the Jacobian was not finite (or a DAE's z not solved)
+    unsolved: int  # a DAE's points where the algebraic states were not solved (not counted)
+    singular: int  # points where the Jacobian was not finite (the check then fails)
     outside: int  # candidates drawn outside the controller's constraints (not evaluated)
     unbounded: tuple[str, ...]
+    held: tuple[str, ...] = ()
+
+    def coverage(self) -> str:
+        """What the check looked at, for its report."""
+        parts = [f"{self.points} points of the planning region"]
+        if self.outside:
+            parts.append(f"{self.outside} drawn outside the controller's constraints")
+        if self.unsolved:
+            parts.append(f"{self.unsolved} with the algebraic states not solved")
+        if self.unbounded:
+            parts.append(f"{', '.join(self.unbounded)} sampled only up to the initial value")
+        if self.held:
+            parts.append(f"{', '.join(self.held)} held at nominal (no plausible range)")
+        return "; ".join(parts)
 
     @property
     def ok(self) -> bool:
-        return self.worst <= RK4_STAGE_LIMIT
+        """Looked at some of the region, found no singularity and no mode too fast."""
+        return self.points > 0 and self.singular == 0 and self.worst <= RK4_STAGE_LIMIT
 
     def steps_needed(self, steps: int) -> int:
         """The fewest RK4 steps per interval that would meet the limit."""
         return max(steps, math.ceil(steps * self.worst / RK4_STAGE_LIMIT))
 
 
+log = logging.getLogger(__name__)
+
 _CHECKED: Lru[str, Rk4Margin] = Lru(MEMO_SIZE)
-
-
-def _tightest(pairs: Sequence[tuple[float | None, float | None]]) -> tuple[float, float]:
-    lo, hi = -math.inf, math.inf
-    for a, b in pairs:
-        if a is not None:
-            lo = max(lo, float(a))
-        if b is not None:
-            hi = min(hi, float(b))
-    return lo, hi
-
-
-def planning_box(config: ControllerConfig, model: PlantModel) -> Box:
-    """The box the controller plans in (see the module docstring); its constraints on
-    expressions are not in it (:func:`rk4_margin` filters the points by them)."""
-    caps: dict[str, list[tuple[float | None, float | None]]] = {}
-    for c in config.constraints:
-        if c.expression in model.state_names:
-            caps.setdefault(c.expression, []).append((c.lower, c.upper))
-    states: dict[str, tuple[float, float]] = {}
-    unbounded: list[str] = []
-    for name in model.state_names:
-        v = model.variable(name)
-        pairs = [(v.lower, v.upper), v.operating, *caps.get(name, [])]
-        if name in config.state_bounds:
-            pairs.append(config.state_bounds[name])
-        lo, hi = _tightest(pairs)
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            unbounded.append(name)
-            x0 = float(model.initial_state.get(name, 0.0))
-            lo, hi = (
-                (lo if math.isfinite(lo) else min(x0, hi)),
-                (hi if math.isfinite(hi) else max(x0, lo)),
-            )
-        states[name] = (lo, hi)
-    parameters = {
-        n: (float(p.lower), float(p.upper))
-        for n, p in model.parameter_set.parameters.items()
-        if math.isfinite(p.lower) and math.isfinite(p.upper)
-    }
-    # a robust controller plans with its scenarios' values too, which may lie beyond them
-    for name, values in robust_values(config, model).items():
-        lo, hi = parameters.get(name, (min(values), max(values)))
-        parameters[name] = (min(lo, *values), max(hi, *values))
-    inputs: dict[str, tuple[float, float]] = {}
-    for name in model.input_names:
-        v = model.variable(name)
-        spec = config.inputs.get(name)
-        lo, hi = _tightest([(v.lower, v.upper)] + ([(spec.lower, spec.upper)] if spec else []))
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            u0 = float(model.nominal_inputs.get(name, 0.0))
-            lo, hi = (lo, lo) if math.isfinite(lo) else (hi, hi) if math.isfinite(hi) else (u0, u0)
-        inputs[name] = (lo, hi)
-    return Box(states, parameters, inputs, tuple(unbounded))
-
-
-def _corners(lows: np.ndarray, highs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Every corner of the box up to :data:`MAX_CORNER_DIMS` varying dimensions (else
-    :data:`BATCH` random ones) and its centre; one point per row."""
-    varying = np.flatnonzero(highs > lows)
-    if len(varying) <= MAX_CORNER_DIMS:
-        picks = np.array(list(itertools.product((0.0, 1.0), repeat=len(varying))))
-    else:
-        picks = rng.integers(0, 2, size=(BATCH, len(varying))).astype(float)
-    corners = np.tile(lows, (len(picks), 1))
-    corners[:, varying] = lows[varying] + picks * (highs - lows)[varying]
-    return np.vstack([corners, (lows + highs) / 2.0])
-
-
-class _Evaluator:
-    """The model's reduced Jacobian, its algebraic residual and the worst constraint
-    violation (``max sign * (expression - bound)``, <= 0 inside) at points given as rows of
-    ``[states, parameters in the box, inputs]``, a DAE's algebraic states solved first."""
-
-    def __init__(self, config: ControllerConfig, model: PlantModel, box: Box) -> None:
-        self.model, self.box = model, box
-        s = model.symbols
-        x, z, u, p = s[Role.STATE], s[Role.ALGEBRAIC], s[Role.INPUT], s[Role.PARAMETER]
-        xdot, alg, _, expr = model.evaluate_symbolic(x, z, u, p)
-        jac = ca.jacobian(xdot, x)
-        res = ca.SX.zeros(1)
-        if model.algebraic_names:
-            jac = jac - ca.mtimes(
-                ca.jacobian(xdot, z), ca.solve(ca.jacobian(alg, z), ca.jacobian(alg, x))
-            )
-            res = ca.norm_inf(alg)
-        sides = [
-            c.sign * (named(model, c.expression, x, z, u, expr) - c.bound)
-            for c in nl_constraints(config)
-        ]
-        worst = ca.mmax(ca.vertcat(*sides)) if sides else ca.SX.zeros(1) - 1.0
-        self.f = ca.Function("rk4_check", [x, z, u, p], [jac, res, worst])
-        self.z_solve: ca.Function | None = None
-        if model.algebraic_names:
-            zs = ca.SX.sym("zs", len(model.algebraic_names))
-            zsc = model.scales(Role.ALGEBRAIC)
-            _, alg_s, _, _ = model.evaluate_symbolic(x, zs * zsc, u, p)
-            g = ca.Function("g", [zs, ca.vertcat(x, u, p)], [alg_s])
-            rf = ca.rootfinder("rk4_check_z", "newton", g, {"error_on_fail": False})
-            zg = ca.MX.sym("zg", len(model.algebraic_names))
-            xm, um, pm = (
-                ca.MX.sym(n, len(v))
-                for n, v in (
-                    ("x", model.state_names),
-                    ("u", model.input_names),
-                    ("p", model.parameter_names),
-                )
-            )
-            zsol = rf(zg / zsc, ca.vertcat(xm, um, pm)) * zsc
-            self.z_solve = ca.Function("rk4_check_Z", [zg, xm, um, pm], [zsol])
-        nx, nq = len(box.states), len(box.parameters)
-        self._slices = (nx, nq)
-        self._p_index = [model.parameter_names.index(n) for n in box.parameters]
-        self._u_index = [model.input_names.index(n) for n in box.inputs]
-        self._p0 = model.parameter_vector(model.parameters)
-        self._z0 = model.vector(Role.ALGEBRAIC, model.initial_algebraic)
-
-    def split(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(x, z, u, p), one point per row."""
-        nx, nq = self._slices
-        n = len(pts)
-        p = np.tile(self._p0, (n, 1))
-        p[:, self._p_index] = pts[:, nx : nx + nq]
-        u = np.zeros((n, len(self.model.input_names)))
-        u[:, self._u_index] = pts[:, nx + nq :]
-        x = pts[:, :nx]
-        z = np.zeros((n, 0))
-        if self.z_solve is not None:
-            z0 = np.tile(self._z0, (n, 1))
-            z = np.asarray(self.z_solve.map(n)(z0.T, x.T, u.T, p.T), dtype=float).T
-        return x, z, u, p
-
-    def __call__(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Per point: the Jacobian (n x n), whether it was evaluated (finite, z solved), and
-        the worst constraint violation (NaN where not evaluated)."""
-        x, z, u, p = self.split(pts)
-        n_pts, n = len(pts), len(self.model.state_names)
-        j_all, res, worst = self.f.map(n_pts)(x.T, z.T, u.T, p.T)
-        # the map's Jacobians are side by side: n x (n * points), column-major
-        mats = np.asarray(j_all, dtype=float).reshape((n, n, n_pts), order="F").transpose(2, 0, 1)
-        worst = np.asarray(worst, dtype=float).ravel()
-        good = np.all(np.isfinite(mats), axis=(1, 2)) & np.isfinite(worst)
-        if self.z_solve is not None:
-            good &= np.asarray(res, dtype=float).ravel() <= ALGEBRAIC_TOL
-        return mats, good, np.where(good, worst, np.nan)
 
 
 def longest_interval(config: ControllerConfig) -> float:
@@ -285,48 +162,71 @@ def longest_interval(config: ControllerConfig) -> float:
 
 def rk4_margin(config: ControllerConfig, model: PlantModel, steps: int) -> Rk4Margin:
     """The largest ``|h lambda|`` of the model's Jacobian over the planning region, with
-    ``h`` the sample time over ``steps`` RK4 steps (see the module docstring)."""
+    ``h`` the longest interval over ``steps`` RK4 steps (see the module docstring)."""
     box = planning_box(config, model)
-    names = [*box.states, *box.parameters, *box.inputs]
-    bounds = [*box.states.values(), *box.parameters.values(), *box.inputs.values()]
-    lows = np.array([b[0] for b in bounds], dtype=float)
-    highs = np.array([b[1] for b in bounds], dtype=float)
     rng = np.random.default_rng(SEED)
-    evaluate = _Evaluator(config, model, box)
-    kept_pts, kept_mats = [], []
-    drawn, skipped, outside = 0, 0, 0
-    candidates = _corners(lows, highs, rng)
+    evaluate = Evaluator(config, model, box)
+    if box.unbounded:  # a first look, to hold monotone unbounded states (_monotone)
+        _, lows, highs = bounds_of(box)
+        first = np.vstack([corners(lows, highs, rng), random_points(lows, highs, rng)])
+        box = monotone(box, model, evaluate(first))
+    names, lows, highs = bounds_of(box)
+    kept: list[Evaluated] = []
+    drawn = 0
+    candidates = corners(lows, highs, rng)
     while True:
-        mats, good, worst = evaluate(candidates)
-        inside = good & (worst <= 0.0)
-        skipped += int((~good).sum())
-        outside += int((good & ~inside).sum())
-        kept_pts.append(candidates[inside])
-        kept_mats.append(mats[inside])
+        seen = evaluate(candidates)
+        kept.append(seen)
         drawn += len(candidates)
-        if sum(len(k) for k in kept_pts) >= MIN_INSIDE or drawn >= MAX_CANDIDATES:
+        if sum(int(e.inside.sum()) for e in kept) >= MIN_INSIDE or drawn >= MAX_CANDIDATES:
             break
-        candidates = lows + rng.random((BATCH, len(lows))) * (highs - lows)
-    pts, mats = np.vstack(kept_pts), np.concatenate(kept_mats)
+        candidates = random_points(lows, highs, rng)
+    pts = np.vstack([e.pts for e in kept])
+    mats = np.concatenate([e.mats for e in kept])
+    inside = np.concatenate([e.inside for e in kept])
+    finite = np.concatenate([e.finite for e in kept])
+    solved = np.concatenate([e.solved for e in kept])
+    singular = inside & ~finite
+    good = inside & finite
     h = longest_interval(config) / steps
-    if len(pts) == 0:
-        return Rk4Margin(h, 0.0, 0j, {}, {}, {}, 0, skipped, outside, box.unbounded)
-    eig = np.linalg.eigvals(mats)
+    counts = {
+        "points": int(good.sum()),
+        "unsolved": int((~solved).sum()),
+        "singular": int(singular.sum()),
+        "outside": int((solved & ~inside).sum()),
+        "unbounded": box.unbounded,
+        "held": box.held,
+    }
+    if singular.any():  # the first singular point is the report's
+        k = int(np.flatnonzero(singular)[0])
+        return _margin(h, math.inf, complex(math.nan), names, pts[k], box, counts)
+    if not good.any():
+        return _margin(h, 0.0, 0j, names, None, box, counts)
+    eig = np.linalg.eigvals(mats[good])
     each = np.abs(eig).argmax(axis=1)
     lam = eig[np.arange(len(eig)), each]
     k = int(np.abs(lam).argmax())
-    values = dict(zip(names, pts[k], strict=True))
+    return _margin(h, float(abs(lam[k]) * h), complex(lam[k]), names, pts[good][k], box, counts)
+
+
+def _margin(
+    h: float,
+    worst: float,
+    lam: complex,
+    names: list[str],
+    point: np.ndarray | None,
+    box: Box,
+    counts: dict[str, Any],
+) -> Rk4Margin:
+    values = dict(zip(names, point, strict=True)) if point is not None else {}
     return Rk4Margin(
         h=h,
-        worst=float(abs(lam[k]) * h),
-        eigenvalue=complex(lam[k]),
-        state={n: float(values[n]) for n in box.states},
-        parameters={n: float(values[n]) for n in box.parameters},
-        inputs={n: float(values[n]) for n in box.inputs},
-        points=len(pts),
-        skipped=skipped,
-        outside=outside,
-        unbounded=box.unbounded,
+        worst=worst,
+        eigenvalue=lam,
+        state={n: float(values[n]) for n in box.states if n in values},
+        parameters={n: float(values[n]) for n in box.parameters if n in values},
+        inputs={n: float(values[n]) for n in box.inputs if n in values},
+        **counts,
     )
 
 
@@ -361,18 +261,45 @@ def check_rk4_steps(
         m = rk4_margin(config, model, n)
         _CHECKED.put(key, m)
     if m.ok:
+        if m.points < MIN_INSIDE:
+            log.warning(
+                "%s: the RK4 check of model %r looked at only %d points (%s)",
+                source,
+                model.name,
+                m.points,
+                m.coverage(),
+            )
         return m
+    given = config.solver.integrator_steps if steps is None else steps
+    raise ConfigError(
+        [Problem(source, "solver.integrator_steps", _refusal(m, model, given, n), given)]
+    )
+
+
+def _refusal(m: Rk4Margin, model: PlantModel, given: int, n: int) -> str:
+    """Why ``given`` RK4 steps (``n`` taken) are refused, naming the point and what would do."""
+    unit = model.time_unit
+    steps = f"{given} RK4 step{'s' if given != 1 else ''}{f' (taken as {n})' if n != given else ''}"
+    where = "; ".join(p for p in (_point(m.state), _point(m.parameters), _point(m.inputs)) if p)
+    looked = f" (the check looked at {m.coverage()})"
+    if m.singular:
+        return (
+            f"cannot check {steps} for model {model.name!r}: its Jacobian is not finite at "
+            f"{where}, inside the planning region: narrow state_bounds or the constraints so "
+            f"that the plan keeps away from the singularity{looked}"
+        )
+    if m.points == 0:
+        return (
+            f"cannot check {steps} for model {model.name!r}: no point of the planning region "
+            f"could be evaluated (the constraints hold nowhere in the box drawn, or the "
+            f"algebraic states were not solved){looked}"
+        )
     lam = m.eigenvalue
     shown = f"{lam.real:.3g}" if abs(lam.imag) < 1e-12 else f"{lam:.3g}"
-    where = "; ".join(p for p in (_point(m.state), _point(m.parameters), _point(m.inputs)) if p)
-    unit = model.time_unit
-    given = config.solver.integrator_steps if steps is None else steps
-    taken = f" (taken as {n})" if n != given else ""
-    message = (
-        f"{given} RK4 step{'s' if given != 1 else ''}{taken} per interval of "
-        f"{m.h * n:g} {unit} are too few for model {model.name!r}: at {where} "
-        f"its Jacobian has an eigenvalue of {shown} per {unit}, so |h lambda| = {m.worst:.3g} "
-        f"(allowed <= {RK4_STAGE_LIMIT:g}: beyond it RK4's stages overshoot and the plan is "
-        f"computed on a wrong model); use integrator_steps >= {m.steps_needed(n)}"
+    return (
+        f"{steps} per interval of {m.h * n:g} {unit} are too few for model {model.name!r}: "
+        f"at {where} its Jacobian has an eigenvalue of {shown} per {unit}, so "
+        f"|h lambda| = {m.worst:.3g} (allowed <= {RK4_STAGE_LIMIT:g}: beyond it RK4's stages "
+        f"overshoot and the plan is computed on a wrong model); use integrator_steps >= "
+        f"{m.steps_needed(n)}{looked}"
     )
-    raise ConfigError([Problem(source, "solver.integrator_steps", message, given)])

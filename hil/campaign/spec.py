@@ -15,6 +15,7 @@ from typing import Any
 
 from controller.configfile import parse, read_yaml, resolve
 from controller.controllerfile import load_controller
+from controller.core.rk4_check import check_rk4_steps
 from controller.errors import ConfigError, Problem, unknown_name
 from controller.plantfile import build_model
 from hil.campaign.cases import Case, expand_matrix
@@ -92,7 +93,8 @@ def _controller_problems(
     if controller_path is None:
         return []
     try:
-        _, cmodel = load_controller(controller_path)
+        cfg, cmodel = load_controller(controller_path)
+        check_rk4_steps(cfg, cmodel, str(controller_path))
     except ConfigError as exc:
         return list(exc.problems)
     if cmodel.name == site_model:

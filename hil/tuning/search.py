@@ -30,6 +30,7 @@ from rich.progress import (
 )
 
 from controller.controllerfile import load_controller
+from controller.core.rk4_check import check_rk4_steps
 from controller.errors import ConfigError, Problem
 from controller.jsonfile import json_safe
 from hil.tuning.evaluate import CaseExecutor, ExecutorSettings, Score, case_jobs, score
@@ -126,7 +127,7 @@ def evaluate_many(
     for values, folder in candidates:
         path = _write_candidate(tuning, values, folder, jit)
         try:
-            load_controller(path)
+            check_rk4_steps(*load_controller(path), str(path))
         except ConfigError as exc:
             spans.append(exc)
             continue

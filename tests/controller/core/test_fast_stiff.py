@@ -11,6 +11,7 @@ accurate answer feeds 0.008 L/h. The state below is c002's EKF estimate at t = 1
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import casadi as ca
@@ -67,16 +68,23 @@ def test_the_shipped_steps_keep_rk4_stable_at_the_plausible_edge() -> None:
     assert 1.0 + h * lam / 2.0 > 0.0, (cfg.solver.integrator_steps, h * lam)
 
 
-def test_two_rk4_steps_an_hour_made_the_feasible_problem_infeasible(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+def unchecked(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The load-time RK4 check turned off, and no problem built without it left cached."""
+    monkeypatch.setattr(ocp_memo, "check_rk4_steps", lambda *args, **kwargs: None)
+    ocp_memo.clear()
+    try:
+        yield
+    finally:
+        ocp_memo.clear()
+
+
+@pytest.mark.usefixtures("unchecked")
+def test_two_rk4_steps_an_hour_made_the_feasible_problem_infeasible() -> None:
     """The failure the shipped setting protects against (kept as evidence of the cause). A
     controller of two steps is refused since (tests/controller/core/test_rk4_check.py): the
     load-time check is turned off here to show what it protects against."""
-    monkeypatch.setattr(ocp_memo, "check_rk4_steps", lambda *args, **kwargs: None)
-    ocp_memo.clear()
     status, _ = _first_move(2, 0.0)
-    ocp_memo.clear()
     assert status == "Infeasible_Problem_Detected"
 
 

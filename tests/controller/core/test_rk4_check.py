@@ -9,7 +9,9 @@ margin is what the model's own equations say.
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import math
 from pathlib import Path
 
 import casadi as ca
@@ -19,8 +21,9 @@ from rich.console import Console
 
 from controller.config import ControllerConfig
 from controller.controllerfile import load_controller
-from controller.core import ocp_memo, rk4_check
+from controller.core import ocp_memo
 from controller.core.fast_mpc import FastController
+from controller.core.ocp_stage import rk4_interval
 from controller.core.rk4_check import (
     RK4_STAGE_LIMIT,
     check_rk4_steps,
@@ -29,6 +32,7 @@ from controller.core.rk4_check import (
     rk4_margin,
     rk4_steps,
 )
+from controller.core.rk4_region import EDGE, MIN_INSIDE, SOFT_MARGIN, Evaluator
 from controller.errors import ConfigError
 from controller.runtime.cli_config import CHECKERS, check_config
 from controller.runtime.site import load_site
@@ -63,7 +67,8 @@ def test_every_shipped_fast_controller_passes(name: str) -> None:
     cfg, model = load_controller(CONTROLLERS / name)
     m = check_rk4_steps(cfg, model, name)
     assert m is not None and m.ok
-    assert m.points >= rk4_check.MIN_INSIDE  # the check looked at enough of the region
+    assert m.points >= MIN_INSIDE  # the check looked at enough of the region
+    assert m.singular == 0 and m.unsolved == 0  # every point drawn inside was evaluated
     assert 0.0 < m.worst <= RK4_STAGE_LIMIT
 
 
@@ -72,7 +77,7 @@ def test_the_bioreactor_margin_is_its_substrate_stiffness_at_the_plausible_edge(
     cap, the lowest plausible yield; lambda is the model's own d(dS/dt)/dS there."""
     cfg, model = load_controller(CONTROLLERS / "bioreactor.yaml")
     m = rk4_margin(cfg, model, 2)
-    assert m.state["S"] == 0.0 and m.state["X"] == pytest.approx(3.7)
+    assert m.state["S"] == 0.0 and m.state["X"] == pytest.approx(4.07)  # the soft cap, widened
     assert m.parameters["Y_x"] == pytest.approx(0.3)
     s = ca.SX.sym("S")
     x = {**m.state, "S": s}
@@ -85,6 +90,43 @@ def test_the_bioreactor_margin_is_its_substrate_stiffness_at_the_plausible_edge(
     assert not m.ok and m.steps_needed(2) == 3
     assert rk4_margin(cfg, model, 3).ok
     assert set(m.unbounded) == {"S", "V"}  # sampled up to their initial values, and said so
+    assert m.state["V"] == 120.0  # the volume only grows: held at its initial value
+
+
+def test_the_region_widens_soft_caps_and_ignores_operating_limits() -> None:
+    """X <= 3.7 is soft: the estimate may sit above it (the plan pays its penalty), so the
+    region reaches 10 % beyond (4.07). X's operating limit (also 3.7) is the PLC's to
+    enforce, not the plan's: it does not narrow the region."""
+    cfg, model = load_controller(CONTROLLERS / "bioreactor.yaml")
+    assert model.variable("X").operating[1] == pytest.approx(3.7)
+    box = planning_box(cfg, model)
+    assert box.states["X"] == (EDGE, pytest.approx(3.7 + SOFT_MARGIN * 3.7))  # validity: 0
+    assert box.states["S"] == (0.0, 0.5)  # S >= 0 by state_bounds (validity: -0.01)
+    assert box.states["V"] == (EDGE * 100.0, 120.0)  # validity 0, V's scale 100 L
+    m = rk4_margin(cfg, model, 3)
+    assert m.ok and m.state["X"] == pytest.approx(4.07)  # stiffest at the widened cap
+
+
+def test_a_singularity_inside_the_region_is_refused() -> None:
+    """A validity bound is sampled just inside (EDGE of the scale): the empty vessel of the
+    shipped bioreactor (V = 0, dilution u / V infinite) is at its validity bound. A plant
+    file that widens V's validity below 0 while the controller bounds V from 0 puts the
+    empty vessel inside the region: the Jacobian is not finite there, and the check says
+    it cannot vouch for it rather than skipping the point."""
+    cfg, model = load_controller(CONTROLLERS / "bioreactor.yaml")
+    wide = type(model)(
+        dataclasses.replace(model.parameter_set, bounds={"V": (-10.0, math.inf)}), smooth=True
+    )
+    bounded = cfg.model_copy(update={"state_bounds": {**cfg.state_bounds, "V": (0.0, 200.0)}})
+    m = rk4_margin(bounded, wide, 3)
+    assert not m.ok and m.singular > 0 and m.state["V"] == 0.0
+    with pytest.raises(ConfigError, match=r"its Jacobian is not finite at .*V 0"):
+        check_rk4_steps(bounded, wide, "x")
+    # with the shipped validity (V >= 0) the same bounds sample V from 1e-4 L: not singular,
+    # but far too stiff there (u / V = 2000 /h), which is refused as such
+    edge = rk4_margin(bounded, model, 3)
+    assert edge.singular == 0 and edge.state["V"] == pytest.approx(EDGE * 100.0)
+    assert not edge.ok and edge.worst > 100.0
 
 
 def test_a_controller_file_with_too_few_steps_is_refused_by_check_config(
@@ -97,7 +139,7 @@ def test_a_controller_file_with_too_few_steps_is_refused_by_check_config(
     text = out.getvalue()
     assert rc == 1 and "FAIL" in text, text
     assert f"{path}:40:" in text and "solver.integrator_steps: 2 RK4 steps" in text
-    assert "-4.93 per h" in text and "|h lambda| = 2.47" in text
+    assert "X 4.07, S 0" in text and "-5.43 per h" in text and "|h lambda| = 2.71" in text
     assert "use integrator_steps >= 3" in text
     assert "Traceback" not in text
 
@@ -127,12 +169,21 @@ def test_the_fast_controller_is_not_built_with_too_few_steps() -> None:
 
 
 def test_steps_are_counted_as_the_transcription_rounds_them() -> None:
+    """With a constraint point inside each interval (two segments), one step asked is two
+    taken (one per segment): two are refused on the bioreactor, and the message says so."""
     cfg, model = load_controller(CONTROLLERS / "bioreactor.yaml")
-    two_points = cfg.model_copy(update={"constraint_points": 1})  # two segments an interval
-    assert rk4_steps(two_points, 3) == 4 and rk4_steps(two_points, 2) == 2
+    two_points = cfg.model_copy(update={"constraint_points": 1})
+    assert rk4_steps(two_points, 3) == 4 and rk4_steps(two_points, 1) == 2
     assert rk4_steps(cfg, 2) == 2
-    # one RK4 step asked, two taken (one per segment): 2 would be refused, this is not
-    m = check_rk4_steps(_with_steps(two_points, 3), model, "x")
+    # the transcription's own count, read off a DAE's stage blocks (4 per RK4 step, 1 per
+    # segment end): the freeze dryer with two segments takes 2 steps for 1 asked
+    lyo, lyo_model = load_controller(CONTROLLERS / "lyophilizer.yaml")
+    lyo_two = lyo.model_copy(update={"constraint_points": 1})
+    _, blocks = rk4_interval(lyo_model, 1, 2)
+    assert blocks == 4 * rk4_steps(lyo_two, 1) + 2
+    with pytest.raises(ConfigError, match=r"1 RK4 step \(taken as 2\) per interval of 1 h"):
+        check_rk4_steps(_with_steps(two_points, 1), model, "x")
+    m = check_rk4_steps(_with_steps(two_points, 3), model, "x")  # taken as 4
     assert m is not None and m.h == pytest.approx(0.25)
 
 
@@ -142,7 +193,7 @@ def test_the_constraints_bound_the_region_the_crystallizer_is_checked_in() -> No
     the box's corners (C 1.0, far above the metastable limit) would refuse the shipped
     controller: a false refusal is what the filter protects against."""
     cfg, model = load_controller(CONTROLLERS / "crystallizer.yaml")
-    assert planning_box(cfg, model).states["C"] == (0.0, 1.0)
+    assert planning_box(cfg, model).states["C"] == (0.1 * EDGE, 1.0 - 0.1 * EDGE)  # scale 0.1
     with_constraints = rk4_margin(cfg, model, 1)
     assert with_constraints.ok and with_constraints.outside > 0
     bare = rk4_margin(cfg.model_copy(update={"constraints": []}), model, 1)
@@ -155,7 +206,7 @@ def test_a_dae_is_checked_on_its_reduced_jacobian() -> None:
     difference with z solved again at each side)."""
     cfg, model = load_controller(CONTROLLERS / "lyophilizer.yaml")
     box = planning_box(cfg, model)
-    ev = rk4_check._Evaluator(cfg, model, box)
+    ev = Evaluator(cfg, model, box)
     lows = np.array(
         [b[0] for b in [*box.states.values(), *box.parameters.values(), *box.inputs.values()]]
     )
@@ -163,8 +214,9 @@ def test_a_dae_is_checked_on_its_reduced_jacobian() -> None:
         [b[1] for b in [*box.states.values(), *box.parameters.values(), *box.inputs.values()]]
     )
     point = (lows + highs) / 2.0
-    mats, good, _ = ev(point[None, :])
-    assert good[0]
+    seen = ev(point[None, :])
+    assert seen.solved[0] and seen.finite[0]  # (the centre is outside the constraints)
+    mats = seen.mats
     x, z, u, p = ev.split(point[None, :])
     f = model.function
     solve = ev.z_solve
@@ -189,18 +241,32 @@ def test_the_do_mpc_backend_is_not_checked() -> None:
     assert check_rk4_steps(_with_steps(reference, 1), model, "x") is None
 
 
-def test_a_robust_controllers_scenarios_widen_the_parameter_range() -> None:
-    """Scenarios beyond the plausible range are planned with too: a yield of 0.2 (plausible
-    0.3-0.5) makes the substrate stiffer (-7.4 /h at X 3.7), and three steps no longer do."""
-    cfg, model = load_controller(CONTROLLERS / "bioreactor-robust.yaml")
-    assert cfg.robust is not None
-    assert rk4_margin(cfg, model, 3).ok  # the shipped scenarios: the plausible range's ends
-    robust = cfg.robust.model_copy(update={"parameters": {"Y_x": [0.5, 0.2], "S_in": "range"}})
-    wide = cfg.model_copy(update={"robust": robust})
-    assert planning_box(wide, model).parameters["Y_x"] == (0.2, 0.5)
-    m = rk4_margin(wide, model, 3)
-    assert not m.ok and m.parameters["Y_x"] == pytest.approx(0.2)
-    assert m.steps_needed(3) == 4
+def test_a_robust_scenario_parameter_without_a_range_is_sampled(tmp_path: Path) -> None:
+    """The controller file's check keeps scenario values inside a plausible range; a
+    parameter with none (mu_m) is sampled over its scenario values. mu_m 0.03 1/h (nominal
+    0.02) makes the substrate stiffer (-8.1 /h at X 4.07, the widened soft cap, and Y_x 0.3),
+    and three steps no longer do. An estimated parameter without a range is held at
+    nominal, and the report says so."""
+    text = (CONTROLLERS / "bioreactor-robust.yaml").read_text(encoding="utf-8")
+    plant = (ROOT / "configs" / "plants" / "bioreactor.yaml").as_posix()
+    text = text.replace("plant: ../plants/bioreactor.yaml", f"plant: {plant}")
+    text = text.replace(
+        "    Y_x: [0.5, 0.4, 0.3]\n", "    Y_x: [0.5, 0.4, 0.3]\n    mu_m: [0.02, 0.03]\n"
+    )
+    assert "mu_m: [0.02, 0.03]" in text
+    path = tmp_path / "robust-mu.yaml"
+    path.write_text(text, encoding="utf-8")
+    cfg, model = load_controller(path)  # a loadable file: mu_m has no plausible range
+    assert not math.isfinite(model.parameter_set.parameters["mu_m"].upper)
+    assert planning_box(cfg, model).parameters["mu_m"] == (0.02, 0.03)
+    m = rk4_margin(cfg, model, 3)
+    assert not m.ok and m.parameters["mu_m"] == pytest.approx(0.03)
+    assert m.steps_needed(3) == 5
+    with pytest.raises(ConfigError, match="use integrator_steps >= 5"):
+        check_rk4_steps(cfg, model, str(path))
+    est = cfg.estimator.model_copy(update={"parameters": ("S_in", "Y_x", "K_m")})
+    held = rk4_margin(cfg.model_copy(update={"estimator": est}), model, 4)
+    assert held.held == ("K_m",) and "K_m held at nominal" in held.coverage()
 
 
 def test_a_bounded_free_end_plan_is_checked_on_its_longest_interval() -> None:
@@ -227,3 +293,20 @@ def test_a_bounded_free_end_plan_is_checked_on_its_longest_interval() -> None:
     assert not m.ok  # 2.1 h per RK4 step is too long for the dryer's fastest mode
     with pytest.raises(ConfigError, match=r"per interval of 2\.1 h are too few"):
         check_rk4_steps(bounded, model, "x")
+
+
+def test_a_scenario_naming_such_a_controller_is_refused(tmp_path: Path) -> None:
+    """The HIL tools' loaders check it too (a scenario here; campaigns and tuning candidates
+    go through the same call): a refused controller is a problem of the file naming it."""
+    from hil.scenario import load_scenario
+
+    controller = _bad_bioreactor(tmp_path)
+    text = (ROOT / "configs" / "scenarios" / "bioreactor-mpc.yaml").read_text(encoding="utf-8")
+    text = text.replace("../plants/", f"{(ROOT / 'configs').as_posix()}/plants/")
+    text = text.replace("../controllers/bioreactor.yaml", controller.as_posix())
+    path = tmp_path / "scenario.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_scenario(path)
+    [problem] = [p for p in err.value.problems if p.location == "solver.integrator_steps"]
+    assert problem.file == str(controller) and "use integrator_steps >= 3" in problem.message
