@@ -19,10 +19,9 @@ from pydantic import Field, model_validator
 
 from controller.config import Constraint, Recipe, recipe_input_problems
 from controller.configfile import Finite, PositiveFinite, Strict, parse, read_yaml, resolve
-from controller.controllerfile import load_controller
-from controller.core.rk4_check import check_rk4_steps
 from controller.errors import ConfigError, Problem, unknown_name
 from controller.plantfile import build_model
+from controller.runtime.site import load_checked_controller
 from hil.faultspec import FaultSpec, check_faults
 from plant_models import PlantModel
 
@@ -167,8 +166,7 @@ def load_scenario(path: Path) -> ScenarioConfig:
     if sc.controller is not None:
         ctrl_path = resolve(path, sc.controller)
         try:
-            cfg, cmodel = load_controller(ctrl_path)
-            check_rk4_steps(cfg, cmodel, str(ctrl_path))
+            cfg, cmodel = load_checked_controller(ctrl_path)
         except ConfigError as exc:
             problems += list(exc.problems)
         else:

@@ -16,25 +16,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from controller import filekinds
-from controller.config import ControllerConfig
 from controller.configfile import read_yaml
-from controller.controllerfile import load_controller
-from controller.core.rk4_check import check_rk4_steps
 from controller.errors import ConfigError, PharmaTwinError, Problem
 from controller.plantfile import build_model
 from controller.runtime.cli_common import SubParsers, examples
-from controller.runtime.site import load_site
+from controller.runtime.site import load_checked_controller, load_site
 from controller.tags import load_tag_map
-from plant_models import PlantModel
-
-
-def load_checked_controller(path: Path) -> tuple[ControllerConfig, PlantModel]:
-    """A controller file loaded (:func:`load_controller`) and its fast path's RK4 steps
-    checked against its model (:func:`controller.core.rk4_check.check_rk4_steps`)."""
-    cfg, model = load_controller(path)
-    check_rk4_steps(cfg, model, str(path))
-    return cfg, model
-
 
 #: What checks each kind of file the controller reads (the HIL tools add their own kinds).
 Checker = Callable[[Path], object]

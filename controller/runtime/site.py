@@ -103,14 +103,23 @@ def port_for_site(site: Site, clock: Clock) -> Port:
     )
 
 
+def load_checked_controller(path: Path) -> tuple[ControllerConfig, PlantModel]:
+    """A controller file loaded (:func:`load_controller`) and its fast path's RK4 steps
+    checked against its model (:func:`controller.core.rk4_check.check_rk4_steps`): what
+    every tool that loads a controller to run it calls (sites, check-config, the HIL
+    tools' scenarios, campaigns and tuning candidates). One ConfigError either way."""
+    cfg, model = load_controller(path)
+    check_rk4_steps(cfg, model, str(path))
+    return cfg, model
+
+
 def load_site(path: Path) -> Site:
     """Load a site file and every file it names; one ConfigError lists every problem."""
     sf = parse(SiteFile, read_yaml(path), str(path))
     problems: list[Problem] = []
     cfg = model = tm = None
     try:
-        cfg, model = load_controller(resolve(path, sf.controller))
-        check_rk4_steps(cfg, model, str(resolve(path, sf.controller)))
+        cfg, model = load_checked_controller(resolve(path, sf.controller))
     except ConfigError as exc:
         problems += exc.problems
     try:

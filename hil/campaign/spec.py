@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from controller.configfile import parse, read_yaml, resolve
-from controller.controllerfile import load_controller
-from controller.core.rk4_check import check_rk4_steps
 from controller.errors import ConfigError, Problem, unknown_name
 from controller.plantfile import build_model
+from controller.runtime.site import load_checked_controller
 from hil.campaign.cases import Case, expand_matrix
 from hil.campaign.checks import Criterion, Extremum, SetpointsWithinLimits
 from hil.campaign.schema import CampaignFile
@@ -93,8 +92,7 @@ def _controller_problems(
     if controller_path is None:
         return []
     try:
-        cfg, cmodel = load_controller(controller_path)
-        check_rk4_steps(cfg, cmodel, str(controller_path))
+        _, cmodel = load_checked_controller(controller_path)
     except ConfigError as exc:
         return list(exc.problems)
     if cmodel.name == site_model:

@@ -29,10 +29,9 @@ from rich.progress import (
     Progress,
 )
 
-from controller.controllerfile import load_controller
-from controller.core.rk4_check import check_rk4_steps
 from controller.errors import ConfigError, Problem
 from controller.jsonfile import json_safe
+from controller.runtime.site import load_checked_controller
 from hil.tuning.evaluate import CaseExecutor, ExecutorSettings, Score, case_jobs, score
 from hil.tuning.report import TuneOutcome, write_outputs
 from hil.tuning.spec import ParameterSpec, Tuning, candidate_config, grid_values
@@ -127,7 +126,7 @@ def evaluate_many(
     for values, folder in candidates:
         path = _write_candidate(tuning, values, folder, jit)
         try:
-            check_rk4_steps(*load_controller(path), str(path))
+            load_checked_controller(path)
         except ConfigError as exc:
             spans.append(exc)
             continue

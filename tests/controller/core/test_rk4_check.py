@@ -33,7 +33,7 @@ from controller.core.rk4_check import (
     rk4_steps,
 )
 from controller.core.rk4_region import EDGE, MIN_INSIDE, SOFT_MARGIN, Evaluator
-from controller.errors import ConfigError
+from controller.errors import ConfigError, Problem
 from controller.runtime.cli_config import CHECKERS, check_config
 from controller.runtime.site import load_site
 from plant_models import Role
@@ -51,15 +51,33 @@ def _with_steps(cfg: ControllerConfig, steps: int) -> ControllerConfig:
     )
 
 
+def _copied(src: Path, dest: Path, *changes: tuple[str, str]) -> Path:
+    """``src`` written to ``dest`` with each ``(old, new)`` of ``changes`` made (each must be
+    there), then every ``../`` reference made absolute (into ``configs/``)."""
+    text = src.read_text(encoding="utf-8")
+    for old, new in changes:
+        assert old in text, old
+        text = text.replace(old, new)
+    dest.write_text(text.replace("../", f"{(ROOT / 'configs').as_posix()}/"), encoding="utf-8")
+    return dest
+
+
 def _bad_bioreactor(tmp_path: Path) -> Path:
     """The shipped bioreactor controller with two RK4 steps an hour, in its own folder."""
-    text = (CONTROLLERS / "bioreactor.yaml").read_text(encoding="utf-8")
-    plant = (ROOT / "configs" / "plants" / "bioreactor.yaml").as_posix()
-    text = text.replace("plant: ../plants/bioreactor.yaml", f"plant: {plant}")
-    assert "integrator_steps: 3}" in text
-    path = tmp_path / "bioreactor-2.yaml"
-    path.write_text(text.replace("integrator_steps: 3}", "integrator_steps: 2}"), encoding="utf-8")
-    return path
+    two = ("integrator_steps: 3}", "integrator_steps: 2}")
+    return _copied(CONTROLLERS / "bioreactor.yaml", tmp_path / "bioreactor-2.yaml", two)
+
+
+def _naming(tmp_path: Path, src: Path, controller: Path) -> Path:
+    """A copy of ``src`` (a site or scenario naming the shipped bioreactor controller) that
+    names ``controller`` instead."""
+    named = ("../controllers/bioreactor.yaml", controller.as_posix())
+    return _copied(src, tmp_path / src.name, named)
+
+
+def _steps_problem(err: pytest.ExceptionInfo[ConfigError]) -> Problem:
+    [problem] = [p for p in err.value.problems if p.location == "solver.integrator_steps"]
+    return problem
 
 
 @pytest.mark.parametrize("name", SHIPPED_FAST)
@@ -146,16 +164,10 @@ def test_a_controller_file_with_too_few_steps_is_refused_by_check_config(
 
 def test_a_site_naming_such_a_controller_is_refused(tmp_path: Path) -> None:
     controller = _bad_bioreactor(tmp_path)
-    site = (ROOT / "configs" / "sites" / "bioreactor-modbus.yaml").read_text(encoding="utf-8")
-    folder = (ROOT / "configs").as_posix()
-    site = site.replace("../plants/", f"{folder}/plants/").replace("../tags/", f"{folder}/tags/")
-    site = site.replace("../scenarios/", f"{folder}/scenarios/")
-    site = site.replace("../controllers/bioreactor.yaml", controller.as_posix())
-    path = tmp_path / "site.yaml"
-    path.write_text(site, encoding="utf-8")
+    site = _naming(tmp_path, ROOT / "configs" / "sites" / "bioreactor-modbus.yaml", controller)
     with pytest.raises(ConfigError) as err:
-        load_site(path)
-    [problem] = [p for p in err.value.problems if p.location == "solver.integrator_steps"]
+        load_site(site)
+    problem = _steps_problem(err)
     assert problem.file == str(controller) and problem.value == 2
 
 
@@ -247,15 +259,8 @@ def test_a_robust_scenario_parameter_without_a_range_is_sampled(tmp_path: Path) 
     0.02) makes the substrate stiffer (-8.1 /h at X 4.07, the widened soft cap, and Y_x 0.3),
     and three steps no longer do. An estimated parameter without a range is held at
     nominal, and the report says so."""
-    text = (CONTROLLERS / "bioreactor-robust.yaml").read_text(encoding="utf-8")
-    plant = (ROOT / "configs" / "plants" / "bioreactor.yaml").as_posix()
-    text = text.replace("plant: ../plants/bioreactor.yaml", f"plant: {plant}")
-    text = text.replace(
-        "    Y_x: [0.5, 0.4, 0.3]\n", "    Y_x: [0.5, 0.4, 0.3]\n    mu_m: [0.02, 0.03]\n"
-    )
-    assert "mu_m: [0.02, 0.03]" in text
-    path = tmp_path / "robust-mu.yaml"
-    path.write_text(text, encoding="utf-8")
+    mu = ("    Y_x: [0.5, 0.4, 0.3]\n", "    Y_x: [0.5, 0.4, 0.3]\n    mu_m: [0.02, 0.03]\n")
+    path = _copied(CONTROLLERS / "bioreactor-robust.yaml", tmp_path / "robust-mu.yaml", mu)
     cfg, model = load_controller(path)  # a loadable file: mu_m has no plausible range
     assert not math.isfinite(model.parameter_set.parameters["mu_m"].upper)
     assert planning_box(cfg, model).parameters["mu_m"] == (0.02, 0.03)
@@ -301,12 +306,8 @@ def test_a_scenario_naming_such_a_controller_is_refused(tmp_path: Path) -> None:
     from hil.scenario import load_scenario
 
     controller = _bad_bioreactor(tmp_path)
-    text = (ROOT / "configs" / "scenarios" / "bioreactor-mpc.yaml").read_text(encoding="utf-8")
-    text = text.replace("../plants/", f"{(ROOT / 'configs').as_posix()}/plants/")
-    text = text.replace("../controllers/bioreactor.yaml", controller.as_posix())
-    path = tmp_path / "scenario.yaml"
-    path.write_text(text, encoding="utf-8")
+    scenario = _naming(tmp_path, ROOT / "configs" / "scenarios" / "bioreactor-mpc.yaml", controller)
     with pytest.raises(ConfigError) as err:
-        load_scenario(path)
-    [problem] = [p for p in err.value.problems if p.location == "solver.integrator_steps"]
+        load_scenario(scenario)
+    problem = _steps_problem(err)
     assert problem.file == str(controller) and "use integrator_steps >= 3" in problem.message
