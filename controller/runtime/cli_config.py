@@ -17,19 +17,37 @@ from rich.table import Table
 
 from controller import filekinds
 from controller.configfile import read_yaml
+from controller.core.rk4_check import RK4_STAGE_LIMIT, check_rk4_steps, rk4_steps
 from controller.errors import ConfigError, PharmaTwinError, Problem
 from controller.plantfile import build_model
 from controller.runtime.cli_common import SubParsers, examples
 from controller.runtime.site import load_checked_controller, load_site
 from controller.tags import load_tag_map
 
+
+def check_controller_file(path: Path) -> str:
+    """A controller file loaded and its RK4 steps checked (:func:`load_checked_controller`);
+    what the RK4 check found, for the "ok" line: how near the limit the steps are."""
+    cfg, model = load_checked_controller(path)
+    m = check_rk4_steps(cfg, model, str(path))  # remembered: the margin just checked
+    if m is None:
+        return "do-mpc backend: collocation, no RK4 steps to check"
+    steps = rk4_steps(cfg)
+    return (
+        f"RK4 |h lambda| {m.worst:.3g} of {RK4_STAGE_LIMIT:g} with {steps} "
+        f"step{'s' if steps != 1 else ''} per {m.h * steps:g} {model.time_unit}, "
+        f"{m.points} points"
+    )
+
+
 #: What checks each kind of file the controller reads (the HIL tools add their own kinds).
+#: A checker may return a line of what it found (printed after the kind on the "ok" line).
 Checker = Callable[[Path], object]
 CHECKERS: dict[str, Checker] = {
     "site": load_site,
     "tag map": load_tag_map,
     "plant": build_model,
-    "controller": load_checked_controller,
+    "controller": check_controller_file,
 }
 
 
@@ -70,7 +88,7 @@ def _check_one(path: Path, console: Console, checkers: Mapping[str, Checker], to
                 soft_wrap=True,
             )
             return "not checked"
-        checker(path)
+        found = checker(path)
     except ConfigError as exc:
         console.print(f"[red]FAIL[/red] {name}", highlight=False)
         for p in exc.problems:
@@ -80,7 +98,8 @@ def _check_one(path: Path, console: Console, checkers: Mapping[str, Checker], to
         message = f"[red]FAIL[/red] {name}: {escape(str(exc))}"
         console.print(message, highlight=False, soft_wrap=True)
         return "failed"
-    console.print(f"[green]ok[/green]   {name} ({kind.name})", highlight=False)
+    what = f"{kind.name}; {escape(found)}" if isinstance(found, str) else kind.name
+    console.print(f"[green]ok[/green]   {name} ({what})", highlight=False, soft_wrap=True)
     return "ok"
 
 

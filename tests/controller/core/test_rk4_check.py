@@ -162,6 +162,15 @@ def test_a_controller_file_with_too_few_steps_is_refused_by_check_config(
     assert "Traceback" not in text
 
 
+def test_check_config_says_how_near_the_limit_a_controller_is() -> None:
+    """The "ok" of a controller file says what the RK4 check found, not only that it ran."""
+    out = io.StringIO()
+    path = CONTROLLERS / "bioreactor.yaml"
+    assert check_config([path], Console(file=out, width=400), CHECKERS) == 0
+    expected = f"ok   {path} (controller; RK4 |h lambda| 1.81 of 2 with 3 steps per 1 h, "
+    assert out.getvalue().startswith(expected), out.getvalue()
+
+
 def test_a_site_naming_such_a_controller_is_refused(tmp_path: Path) -> None:
     controller = _bad_bioreactor(tmp_path)
     site = _naming(tmp_path, ROOT / "configs" / "sites" / "bioreactor-modbus.yaml", controller)

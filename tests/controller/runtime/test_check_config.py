@@ -41,6 +41,12 @@ def test_every_shipped_file_is_detected_as_its_folders_kind(path: Path) -> None:
     assert kind is not None and kind.name == _kind_of_folder(path)
 
 
+def _ok_line(path: Path) -> str:
+    """The start of a file's "ok" line: its kind, then (a controller) what its check found."""
+    kind = _kind_of_folder(path)
+    return f"ok   {path} ({kind}{'; RK4 |h lambda| ' if kind == 'controller' else ')'}"
+
+
 def test_pharmatwin_hil_checks_every_shipped_file_as_its_kind(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -48,7 +54,7 @@ def test_pharmatwin_hil_checks_every_shipped_file_as_its_kind(
     out = capsys.readouterr().out
     assert code == 0, out
     for path in SHIPPED:
-        assert f"ok   {path} ({_kind_of_folder(path)})" in out
+        assert _ok_line(path) in out
     assert out.rstrip().endswith(f"{len(SHIPPED)} files: {len(SHIPPED)} ok")
 
 
@@ -58,7 +64,7 @@ def test_pharmatwin_checks_its_kinds_and_names_the_hil_ones_unchecked(
     mine = [p for p in SHIPPED if _kind_of_folder(p) not in HIL_KINDS]
     assert cli_main(["check-config", *map(str, mine)]) == 0
     out = capsys.readouterr().out
-    assert all(f"ok   {p} ({_kind_of_folder(p)})" in out for p in mine)
+    assert all(_ok_line(p) in out for p in mine)
     for folder, name in (("campaigns", "lyophilizer-oq"), ("scenarios", "cstr-mpc")):
         path = CONFIGS / folder / f"{name}.yaml"
         kind = _kind_of_folder(path)
