@@ -70,6 +70,7 @@ from typing import Any
 import numpy as np
 
 from controller.config import ControllerConfig
+from controller.core.end_schedule import EndSchedule
 from controller.core.memo import Lru, model_data
 from controller.core.rk4_region import (
     MAX_CANDIDATES,
@@ -151,13 +152,15 @@ _CHECKED: Lru[str, Rk4Margin] = Lru(MEMO_SIZE)
 
 def longest_interval(config: ControllerConfig) -> float:
     """The longest interval of a plan whose length is known at load time: a sample, or a
-    free-end minimum-time plan's stretched intervals when ``max_time`` bounds them (the
-    first lasts a sample, the other ``horizon - 1`` share the rest). Without ``max_time``
-    their length is the solve's decision and the sample is all that can be checked."""
-    mt, dt = config.objective.min_time, config.sample_time
-    if mt is None or mt.mode != "free_end" or mt.max_time is None or config.horizon < 2:
+    minimum-time plan's longest interval at its schedule's largest time to the end
+    (:class:`~controller.core.end_schedule.EndSchedule`; a free-end plan's stretched
+    intervals when ``max_time`` bounds them). Without such a bound their length is the
+    solve's decision and the sample is all that can be checked."""
+    dt, schedule = config.sample_time, EndSchedule.of(config)
+    if schedule is None:
         return dt
-    return max(dt, (mt.max_time - dt) / (config.horizon - 1))
+    a, b, _, t_max = schedule.timing()
+    return max(dt, float(np.max(a + b * t_max))) if math.isfinite(t_max) else dt
 
 
 def rk4_margin(config: ControllerConfig, model: PlantModel, steps: int) -> Rk4Margin:
@@ -166,7 +169,7 @@ def rk4_margin(config: ControllerConfig, model: PlantModel, steps: int) -> Rk4Ma
     box = planning_box(config, model)
     rng = np.random.default_rng(SEED)
     evaluate = Evaluator(config, model, box)
-    if box.unbounded:  # a first look, to hold monotone unbounded states (_monotone)
+    if box.unbounded:  # a first look, to hold monotone unbounded states (see monotone)
         _, lows, highs = bounds_of(box)
         first = np.vstack([corners(lows, highs, rng), random_points(lows, highs, rng)])
         box = monotone(box, model, evaluate(first))

@@ -17,6 +17,7 @@ import numpy as np
 from controller.config import ControllerConfig, robust_values
 from controller.core.mpc import NlConstraint, nl_constraints
 from controller.core.ocp_stage import constraint_scales, named
+from controller.core.prediction import algebraic_newton
 from plant_models import PlantModel, Role
 
 __all__ = [
@@ -177,24 +178,9 @@ class Evaluator:
         ]
         worst = ca.mmax(ca.vertcat(*sides)) if sides else ca.SX.zeros(1) - 1.0
         self.f = ca.Function("rk4_check", [x, z, u, p], [jac, res, worst, xdot])
-        self.z_solve: ca.Function | None = None
-        if model.algebraic_names:
-            zs = ca.SX.sym("zs", len(model.algebraic_names))
-            zsc = model.scales(Role.ALGEBRAIC)
-            _, alg_s, _, _ = model.evaluate_symbolic(x, zs * zsc, u, p)
-            g = ca.Function("g", [zs, ca.vertcat(x, u, p)], [alg_s])
-            rf = ca.rootfinder("rk4_check_z", "newton", g, {"error_on_fail": False})
-            zg = ca.MX.sym("zg", len(model.algebraic_names))
-            xm, um, pm = (
-                ca.MX.sym(n, len(v))
-                for n, v in (
-                    ("x", model.state_names),
-                    ("u", model.input_names),
-                    ("p", model.parameter_names),
-                )
-            )
-            zsol = rf(zg / zsc, ca.vertcat(xm, um, pm)) * zsc
-            self.z_solve = ca.Function("rk4_check_Z", [zg, xm, um, pm], [zsol])
+        # a DAE's algebraic states: the Newton solve of the EKF's compiled prediction
+        # (``(z, residual)``, never raises; the residual is checked in ``f``'s own units)
+        self.z_solve = algebraic_newton(model, f"{model.name}_rk4_check_z")
         nx, nq = len(box.states), len(box.parameters)
         self._slices = (nx, nq)
         self._p_index = [model.parameter_names.index(n) for n in box.parameters]
@@ -214,7 +200,7 @@ class Evaluator:
         z = np.zeros((n, 0))
         if self.z_solve is not None:
             z0 = np.tile(self._z0, (n, 1))
-            z = np.asarray(self.z_solve.map(n)(z0.T, x.T, u.T, p.T), dtype=float).T
+            z = np.asarray(self.z_solve.map(n)(z0.T, x.T, u.T, p.T)[0], dtype=float).T
         return x, z, u, p
 
     def __call__(self, pts: np.ndarray) -> Evaluated:

@@ -247,7 +247,7 @@ def test_a_dae_is_checked_on_its_reduced_jacobian() -> None:
     for sign in (1.0, -1.0):
         xs = x[0].copy()
         xs[0] += sign * d
-        zs = np.asarray(solve(z[0], xs, u[0], p[0])).ravel()
+        zs = np.asarray(solve(z[0], xs, u[0], p[0])[0]).ravel()
         slopes.append(float(np.asarray(f(xs, zs, u[0], p[0])[0]).ravel()[0]))
     assert mats[0, 0, 0] == pytest.approx((slopes[0] - slopes[1]) / (2 * d), rel=1e-5)
     assert len(model.vector(Role.ALGEBRAIC, model.initial_algebraic)) > 0
