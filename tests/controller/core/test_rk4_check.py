@@ -156,7 +156,8 @@ def test_a_controller_file_with_too_few_steps_is_refused_by_check_config(
     rc = check_config([path], Console(file=out, width=400), CHECKERS)
     text = out.getvalue()
     assert rc == 1 and "FAIL" in text, text
-    assert f"{path}:40:" in text and "solver.integrator_steps: 2 RK4 steps" in text
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "steps: 2}" in t)
+    assert f"{path}:{line}:" in text and "solver.integrator_steps: 2 RK4 steps" in text
     assert "X 4.07, S 0" in text and "-5.43 per h" in text and "|h lambda| = 2.71" in text
     assert "use integrator_steps >= 3" in text
     assert "Traceback" not in text
