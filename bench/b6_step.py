@@ -7,7 +7,8 @@ the site's HIL rig (true plant, virtual PLC) on the in-memory PLC image
 the edge runtime (:func:`controller.runtime.wiring.run_site`: supervisor, EKF, the site's MPC,
 safety, the SQLite audit trail committed as a fast-mode case commits it (``synchronous`` of
 :data:`hil.campaign.drive.AUDIT_SYNCHRONOUS`, ``--audit-sync`` to measure another: ``FULL``,
-every commit fsynced, is the edge runtime's) and the SQLite historian), the campaign's
+every commit fsynced, is the edge runtime's) and the SQLite historian (``synchronous`` of
+:data:`hil.campaign.drive.HISTORIAN_SYNCHRONOUS`)), the campaign's
 :class:`~hil.campaign.recorder.RecordingPort` and :class:`~hil.campaign.recorder.Recorder`. The
 driver is the runner's own stepped loop (scan the PLC at each plant step, let the runtime
 settle, advance the clock), cut after a number of samples or, as the runner does, at the end
@@ -181,6 +182,7 @@ async def drive(
         audit_path=tmp / "audit.db",
         historian_path=tmp / "history.db",
         audit_synchronous=audit_sync or campaign_audit_sync(),
+        historian_synchronous=campaign_historian_sync(),
     )
     stop = asyncio.Event()
     await server.start()
@@ -251,6 +253,13 @@ def campaign_audit_sync() -> str:
     from hil.campaign.drive import AUDIT_SYNCHRONOUS
 
     return AUDIT_SYNCHRONOUS["fast"]
+
+
+def campaign_historian_sync() -> str:
+    """The historian's ``synchronous`` in a fast-mode campaign case."""
+    from hil.campaign.drive import HISTORIAN_SYNCHRONOUS
+
+    return HISTORIAN_SYNCHRONOUS["fast"]
 
 
 def measure(model: str, samples: int, audit_sync: str | None = None) -> dict[str, Any]:

@@ -158,13 +158,16 @@ class AuditTrail:
 
     def _open(self) -> sqlite3.Connection:
         """The connection (any thread), WAL, ``synchronous`` (FULL unless told), no
-        auto-checkpoint (the checkpoint thread takes them)."""
+        auto-checkpoint (the checkpoint thread takes them). ``synchronous`` is set before the
+        switch to WAL (at SQLite's default, FULL, the switch is fsynced: a NORMAL trail's
+        first durable point is its :meth:`make_durable`), and the schema is created in one
+        transaction (one commit, one fsync on a FULL trail, not one a statement)."""
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self.synchronous}")
+            db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA wal_autocheckpoint=0")
-            db.executescript(SCHEMA)
+            db.executescript(f"BEGIN;{SCHEMA}COMMIT;")
         except sqlite3.Error as exc:
             raise AuditError(f"cannot open the audit trail {self.path}: {exc}") from exc
         return db

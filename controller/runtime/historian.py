@@ -239,22 +239,44 @@ _INSERT_CYCLE = (
 )
 
 
+#: the ``synchronous`` settings a historian file may be written with (see :class:`SqliteHistorian`)
+HISTORIAN_SYNCHRONOUS = ("NORMAL", "OFF")
+
+
 class SqliteHistorian(Historian):
     """One SQLite file in WAL mode, ``synchronous=NORMAL`` (fast; the audit trail is FULL).
+
+    ``synchronous="OFF"``: nothing is ever fsynced, not even when the file is closed (SQLite's
+    closing checkpoint copies the WAL into the file unsynced). A process that dies loses
+    nothing the OS was handed; a power cut can lose or tear the file. For a fast-mode
+    campaign case, whose other evidence besides the audit trail (recordings, result) is
+    written unsynced too and which runs again from a clean folder when it did not finish
+    (:data:`hil.campaign.drive.HISTORIAN_SYNCHRONOUS`); its two fsyncs at close were about a
+    fifth of a freeze-dryer case's SQLite cost.
 
     Old cycles are deleted only by :meth:`record`: opening a file to read or export it
     never deletes anything, whatever ``max_cycles`` is.
     """
 
-    def __init__(self, path: Path, *, max_cycles: int = DEFAULT_MAX_CYCLES) -> None:
+    def __init__(
+        self, path: Path, *, max_cycles: int = DEFAULT_MAX_CYCLES, synchronous: str = "NORMAL"
+    ) -> None:
         super().__init__(max_cycles=max_cycles)
+        if synchronous not in HISTORIAN_SYNCHRONOUS:
+            raise HistorianError(
+                f"historian {path}: synchronous {synchronous!r} is not allowed; allowed: "
+                f"{', '.join(HISTORIAN_SYNCHRONOUS)}"
+            )
         self.path = Path(path)
+        self.synchronous = synchronous
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            # synchronous before the switch to WAL: at SQLite's default (FULL) the switch
+            # itself is fsynced. The schema is one transaction (one commit, not one a table).
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            self._db.executescript(f"BEGIN;{_SCHEMA}COMMIT;")
             columns = {r[1] for r in self._db.execute("PRAGMA table_info(cycles)")}
             if "monitor" not in columns:  # a file written before cycles had monitor figures
                 self._db.execute("ALTER TABLE cycles ADD COLUMN monitor TEXT NOT NULL DEFAULT '{}'")
@@ -333,8 +355,11 @@ class SqliteHistorian(Historian):
         return [tuple(r) for r in self._run("read events", sql)]
 
 
-def open_historian(path: Path | None, max_cycles: int = DEFAULT_MAX_CYCLES) -> Historian:
-    """A SQLite historian at ``path``, or a memory one when ``path`` is None."""
+def open_historian(
+    path: Path | None, max_cycles: int = DEFAULT_MAX_CYCLES, synchronous: str = "NORMAL"
+) -> Historian:
+    """A SQLite historian at ``path`` (``synchronous``: see :class:`SqliteHistorian`), or a
+    memory one when ``path`` is None."""
     if path is None:
         return MemoryHistorian(max_cycles=max_cycles)
-    return SqliteHistorian(path, max_cycles=max_cycles)
+    return SqliteHistorian(path, max_cycles=max_cycles, synchronous=synchronous)

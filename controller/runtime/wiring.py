@@ -57,6 +57,9 @@ class RunOptions:
     #: (a fast-mode campaign case: durable when the trail closes; see controller.runtime.audit)
     audit_synchronous: str = "FULL"
     historian_path: Path | None = Path("pharmatwin-history.db")
+    #: the historian file's ``synchronous``: "NORMAL" (the edge runtime) or "OFF" (a fast-mode
+    #: campaign case; see :class:`controller.runtime.historian.SqliteHistorian`)
+    historian_synchronous: str = "NORMAL"
     #: the operator side, never on the control path (see :class:`Sink`)
     ui: Bind | None = None  # the web view (controller.runtime.ui)
     users_path: Path | None = None  # who may act in the web view (controller.runtime.users)
@@ -174,7 +177,7 @@ async def run_site(
         actor=site.runtime.service_identity,
         synchronous=opts.audit_synchronous,
     )
-    historian = open_historian(opts.historian_path)
+    historian = open_historian(opts.historian_path, synchronous=opts.historian_synchronous)
     info = run_info(site.name, opts.mode.value, files, site.model)
     historian.start_run(info)
     audit.record(

@@ -45,6 +45,10 @@ LOOPBACK = "127.0.0.1"
 #: when it closes, before the case's ``result.json`` is written. hil: every commit fsynced,
 #: as on site.
 AUDIT_SYNCHRONOUS = {"fast": "NORMAL", "hil": "FULL"}
+#: the historian file's ``synchronous`` per mode. fast: never fsynced, like the case's other
+#: evidence besides its audit trail (recordings, ``result.json``); a case that did not finish
+#: runs again with a fresh historian (:data:`hil.campaign.runner.STALE_FILES`). hil: as on site.
+HISTORIAN_SYNCHRONOUS = {"fast": "OFF", "hil": "NORMAL"}
 
 
 class DrivenClock(SteppedClock):
@@ -200,6 +204,7 @@ async def execute(
         audit_path=case_dir / "audit.db",
         audit_synchronous=AUDIT_SYNCHRONOUS.get(mode, "FULL"),  # FULL unless fast
         historian_path=case_dir / "history.db",  # cycles and the twin's events, as on site
+        historian_synchronous=HISTORIAN_SYNCHRONOUS.get(mode, "NORMAL"),
     )
     try:
         for server in servers:

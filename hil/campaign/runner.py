@@ -4,13 +4,15 @@ Workers get a case as plain data (:meth:`~hil.campaign.cases.Case.to_json`) and 
 everything themselves (do-mpc objects cannot be pickled). :func:`run_case` writes the case's
 ``site.yaml`` and ``scenario.yaml`` (the exact files run, :func:`write_case_files`), runs them
 (:func:`hil.campaign.drive.execute`: rig, runtime, recording), and the case's directory
-receives ``audit.db`` (every write, audited before it was sent), ``trajectory.parquet`` (one
-row per PLC scan), ``cycles.parquet`` (one row per controller cycle), and last
+receives ``audit.db`` (every write, audited before it was sent), ``history.db`` (the runtime's
+historian; in fast mode never fsynced, see :data:`hil.campaign.drive.HISTORIAN_SYNCHRONOUS`),
+``trajectory.parquet`` (one row per PLC scan), ``cycles.parquet`` (one row per controller
+cycle), and last
 ``result.json`` (status, KPIs, verdicts): a case with a ``result.json`` is done. Its audit
 trail was made durable (checkpointed, fsynced) when the run closed it, before ``result.json``
 was written; in fast mode its commits before that are not fsynced (see
 :data:`hil.campaign.drive.AUDIT_SYNCHRONOUS`), and a case that dies first has no
-``result.json`` and runs again.
+``result.json`` and runs again, from a folder cleared of its audit trail and historian.
 """
 
 from __future__ import annotations
@@ -44,7 +46,17 @@ log = logging.getLogger("pharmatwin.hil.campaign")
 #: test hook: "<case id>:<marker file>" makes the worker running that case die once
 CHAOS_ENV = "PHARMATWIN_CHAOS_KILL_ONCE"
 
-STALE_AUDIT = ("audit.db", "audit.db-wal", "audit.db-shm", "audit.db.anchor")
+#: what an attempt that did not finish leaves behind, removed before the case runs again: its
+#: audit trail (and anchor) and its historian, so a case's files hold one run
+STALE_FILES = (
+    "audit.db",
+    "audit.db-wal",
+    "audit.db-shm",
+    "audit.db.anchor",
+    "history.db",
+    "history.db-wal",
+    "history.db-shm",
+)
 _DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
@@ -169,10 +181,11 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def _start(case: Case, case_dir: Path, mode: str) -> int:
-    """Clear the case's previous result and audit trail, write ``spec.json``, count the attempt."""
+    """Clear the case's previous result, audit trail and historian, write ``spec.json``, count
+    the attempt."""
     case_dir.mkdir(parents=True, exist_ok=True)
     (case_dir / "result.json").unlink(missing_ok=True)
-    for stale in STALE_AUDIT:
+    for stale in STALE_FILES:
         (case_dir / stale).unlink(missing_ok=True)
     spec = case.to_json() | {"mode": mode, "digest": case.digest}
     (case_dir / "spec.json").write_text(json.dumps(spec, indent=2), encoding="utf-8")

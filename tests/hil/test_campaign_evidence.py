@@ -27,7 +27,8 @@ import hil.campaign.runner as runner_module
 from controller.ports.base import WriteReport
 from controller.runtime.audit import AuditTrail
 from controller.runtime.audit_verify import verify_file
-from hil.campaign.drive import AUDIT_SYNCHRONOUS
+from controller.runtime.historian import SqliteHistorian
+from hil.campaign.drive import AUDIT_SYNCHRONOUS, HISTORIAN_SYNCHRONOUS
 from hil.campaign.execute import previous_result
 from hil.campaign.runner import run_case
 from hil.campaign.spec import Campaign, load_campaign
@@ -68,6 +69,54 @@ def _newest(db: Path, tag: str) -> float | None:
 
 def test_only_hil_mode_fsyncs_every_commit() -> None:
     assert AUDIT_SYNCHRONOUS == {"fast": "NORMAL", "hil": "FULL"}
+    assert HISTORIAN_SYNCHRONOUS == {"fast": "OFF", "hil": "NORMAL"}
+
+
+@pytest.mark.slow
+def test_a_fast_case_keeps_its_historian_unsynced_and_whole(
+    smoke: Campaign, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    modes: list[str] = []
+    real_init = SqliteHistorian.__init__
+
+    def init(self: SqliteHistorian, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        modes.append(self.synchronous)
+
+    monkeypatch.setattr(SqliteHistorian, "__init__", init)
+    result = run_case(_job(smoke, tmp_path))
+    assert result["status"] == "passed", result.get("error")
+    assert modes == ["OFF"]
+    history = tmp_path / "cases" / smoke.cases[0].id / "history.db"
+    with sqlite3.connect(f"file:{history}?mode=ro", uri=True) as con:
+        cycles = con.execute("SELECT count(*) FROM cycles").fetchone()[0]
+    assert cycles == result["kpis"]["cycles"] > 0  # closed: every cycle is in the file
+
+
+@pytest.mark.slow
+def test_a_rerun_case_starts_a_fresh_historian(
+    smoke: Campaign, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attempt that died can leave a torn historian (in fast mode it is never fsynced): the
+    case's next attempt removes it, as it removes the dead attempt's audit trail."""
+    job = _job(smoke, tmp_path)
+    folder = tmp_path / "cases" / smoke.cases[0].id
+    folder.mkdir(parents=True)
+    torn = b"SQLite format 3\x00" + b"\xff" * 4000  # a header, then no valid page
+    (folder / "history.db").write_bytes(torn)
+    # without the clean-up the torn file is opened, and the case cannot run
+    audit_only = tuple(f for f in runner_module.STALE_FILES if not f.startswith("history"))
+    monkeypatch.setattr(runner_module, "STALE_FILES", audit_only)
+    first = run_case(job)
+    assert first["status"] == "error" and "historian" in first["error"], first
+    monkeypatch.undo()
+    (folder / "history.db").write_bytes(torn)
+    again = run_case(job)
+    assert again["status"] == "passed", again.get("error")
+    assert again["attempts"] == 2
+    with sqlite3.connect(f"file:{folder / 'history.db'}?mode=ro", uri=True) as con:
+        runs = con.execute("SELECT count(*) FROM runs").fetchone()[0]
+    assert runs == 1  # one run: this attempt's
 
 
 @pytest.mark.slow

@@ -176,8 +176,13 @@ def test_after_a_checkpoint_the_wal_is_rewritten_in_place(tmp_path: Path) -> Non
         trail.record("setpoint.write", "sp", reason=f"MPC decision {i}", new_value=i)
         trail._checkpointer.call(lambda: None)  # the checkpoint (if one was due) is done
         sizes.append(_wal_frames(path))
-    assert sizes[-1] == max(sizes) == max(sizes[: 2 * CHECKPOINT_EVERY])
-    assert max(sizes) <= 2 * CHECKPOINT_EVERY  # the schema's pages, a page split or two
+    # Never restarted, the WAL would hold a frame or more per record (6 * CHECKPOINT_EVERY).
+    # Restarted, it stays within about two checkpoints' commits: the schema's pages and a page
+    # split or two (a split adds a frame to every later commit: where it falls depends on the
+    # file's layout, so the plateau's level may be reached after the first checkpoints).
+    later = sizes[len(sizes) // 2 :]
+    assert max(later) - min(later) <= 1  # flat over the last 24 records, a split at most
+    assert max(sizes) <= 2 * CHECKPOINT_EVERY < len(sizes)
     assert trail.verify() == 6 * CHECKPOINT_EVERY
     trail.close()
 

@@ -490,3 +490,23 @@ def test_a_run_started_by_another_writer_of_the_file_is_found(tmp_path: Path) ->
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.parametrize(("synchronous", "level"), [("NORMAL", 1), ("OFF", 0)])
+def test_sqlite_historian_synchronous(tmp_path: Path, synchronous: str, level: int) -> None:
+    path = tmp_path / "h.db"
+    with SqliteHistorian(path, synchronous=synchronous) as hist:
+        assert hist._db.execute("PRAGMA synchronous").fetchone()[0] == level
+        assert hist._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        hist.start_run(_info("r1"))
+        hist.record(_cycle("r1", 1))
+    with SqliteHistorian(path) as again:  # closed: another connection reads it all
+        assert [c.cycle for c in again.cycles("r1")] == [1]
+
+
+def test_sqlite_historian_refuses_an_unknown_synchronous(tmp_path: Path) -> None:
+    with pytest.raises(
+        HistorianError, match=r"synchronous 'FAST' is not allowed; allowed: NORMAL, OFF"
+    ):
+        SqliteHistorian(tmp_path / "h.db", synchronous="FAST")
+    assert not (tmp_path / "h.db").exists()
