@@ -39,6 +39,24 @@ def test_a_caller_changing_the_data_does_not_change_what_the_next_caller_reads(
     assert second == {"parameters": {"R0": {"value": 1.4, "range": [0.5, 3.0]}}}
 
 
+def test_every_kind_of_node_comes_out_fresh(tmp_path: Path) -> None:
+    """Sets, anchors and dates too: what one caller changes, the next does not see."""
+    text = (
+        "base: &b {lower: 0.0, upper: [1.0, 2.0]}\n"
+        "copy: *b\n"
+        "tags: !!set {a, b}\n"
+        "when: 2026-12-06\n"
+    )
+    path = _write(tmp_path / "k.yaml", text)
+    first = read_yaml(path)
+    first["base"]["upper"].append(3.0)
+    first["copy"]["lower"] = -1.0
+    first["tags"].add("c")
+    second = read_yaml(path)
+    assert second["base"] == second["copy"] == {"lower": 0.0, "upper": [1.0, 2.0]}
+    assert second["tags"] == {"a", "b"} and str(second["when"]) == "2026-12-06"
+
+
 def test_a_file_changed_in_place_is_read_as_it_is_now(tmp_path: Path) -> None:
     path = _write(tmp_path / "p.yaml", "a: 1\n")
     stat = path.stat()
