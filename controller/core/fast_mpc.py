@@ -85,7 +85,7 @@ from controller.core.fast_solver import (  # JAC_FG, HESS_L: the derivatives' co
     structured_hess_l,
     structured_jac_fg,
 )
-from controller.core.jit import Deferred, LibraryBuilder, keyed_nlpsol, resolved
+from controller.core.jit import Deferred, LibraryBuilder, keyed_nlpsol, loaded_nlpsol, resolved
 from controller.core.mpc import (
     Decision,
     ModelPredictiveController,
@@ -153,7 +153,7 @@ class FastController(ModelPredictiveController):
             self.ipopt = self._build("fast_fallback", "ipopt", {**opts, **WARM_IPOPT})
             shared = self._library  # the same NLP and functions: the fallback's library
             self.ipopt_cold = (
-                ca.nlpsol("fast_cold", "ipopt", str(shared), opts)
+                loaded_nlpsol("fast_cold", "ipopt", shared, opts)
                 if shared is not None
                 else self._build("fast_cold", "ipopt", opts)
             )
@@ -192,7 +192,7 @@ class FastController(ModelPredictiveController):
         from its library when there is one (the same functions), else built alike."""
         opts = {**sqp_options(self.config.solver), **overrides}
         if self.library is not None:
-            return ca.nlpsol(name, "sqpmethod", str(self.library), opts)
+            return loaded_nlpsol(name, "sqpmethod", self.library, opts)
         code = resolved(self._sqp_code(with_hessian=True))
         return ca.nlpsol(name, "sqpmethod", self.ocp.nlp, {**opts, **code})
 

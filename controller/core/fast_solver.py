@@ -16,6 +16,7 @@ import casadi as ca
 import numpy as np
 
 from controller.config import ControllerConfig, SolverSpec
+from controller.core.jit import exclusive
 from controller.core.ocp import Transcription
 from controller.core.solver_stats import pin_keys, read_stats
 from plant_models import PlantModel
@@ -93,6 +94,7 @@ class BufferedSolver:
         for name, value in zip(BOUNDS, (ocp.lbx, ocp.ubx, ocp.lbg, ocp.ubg), strict=True):
             self.args[name][:] = value
         buf, self._eval = solver.buffer()
+        self._exclusive = exclusive(solver)  # a shared solver runs one call at a time
         # CasADi's stubs miss set_arg's and set_res's buffer-protocol overload.
         self._buf = cast(Any, buf)
         # The buffer keeps raw pointers: these arrays are only ever written in place.
@@ -109,11 +111,13 @@ class BufferedSolver:
         ``g`` views of a fresh ``primal`` ``[x, g]``, the multipliers of ``dual``), stats."""
         a = self.args
         a["x0"][:], a["lam_x0"][:], a["lam_g0"][:], a["p"][:] = x0, lam_x0, lam_g0, p
-        self._eval()
+        with self._exclusive:
+            self._eval()
+            stats = self._stats()
         n_x, primal, dual = self.n_x, self._primal.copy(), self._dual.copy()
         sol = {"x": primal[:n_x], "f": self.res["f"].copy(), "g": primal[n_x:]}
         sol |= {"lam_x": dual[:n_x], "lam_g": dual[n_x:], "primal": primal, "dual": dual}
-        return sol, self._stats()
+        return sol, stats
 
     def _stats(self) -> dict[str, Any]:
         """The solver's stats, as :func:`read_stats` reads them, with its keys pinned only
@@ -187,9 +191,12 @@ def solve_plain(
     solver: ca.Function, args: Mapping[str, Any]
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """One plain call of an nlpsol (``args`` by name): its solution as numpy vectors, and its
-    stats (a failure status when the solver left none)."""
-    sol = solver(**args)
-    return numpy_solution(sol), read_stats(solver)
+    stats (a failure status when the solver left none). The solver is held meanwhile
+    (:func:`controller.core.jit.exclusive`): a shared one's stats are this call's."""
+    with exclusive(solver):
+        sol = solver(**args)
+        stats = read_stats(solver)
+    return numpy_solution(sol), stats
 
 
 def drop_inactive(

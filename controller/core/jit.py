@@ -16,12 +16,22 @@ one process generates nothing.
 
 Code whose first line is :data:`RARELY_RUN` is the code of a solver that rarely runs (the
 IPOPT fallback and cold start): a builder may compile it for compile time rather than speed.
+
+A solver loaded from a library is kept for the process (:func:`loaded_nlpsol`): a controller
+built again (a campaign worker's next case) shares it instead of loading it again (~0.5-1 ms
+a solver, four a freeze-dryer controller). CasADi Functions never change, but an nlpsol is
+not safe to call from two threads at once (seen: two threads calling one IPOPT solver
+corrupted its Jacobian's work memory and crashed the process), and a plain call's
+``stats()`` reads a memory of the solver's, not the call's. So every call of a solver that
+may be shared, and the reading of its stats, holds the solver's lock (:func:`exclusive`):
+two controllers of one configuration in one process take turns, each call whole.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +48,9 @@ __all__ = [
     "KeyedLibraryBuilder",
     "LibraryBuilder",
     "compiled_nlpsol",
+    "exclusive",
     "keyed_nlpsol",
+    "loaded_nlpsol",
     "nlp_code",
     "problem_key",
     "resolved",
@@ -110,7 +122,45 @@ def compiled_nlpsol(
     Raises what ``builder.library`` raises, or RuntimeError when CasADi cannot load it.
     """
     path = builder.library(nlp_code(plain))
-    return ca.nlpsol(name, plugin, str(path), opts), path
+    return loaded_nlpsol(name, plugin, path, opts), path
+
+
+#: :func:`loaded_nlpsol`'s solvers by name, plugin, library and options (each with the CasADi
+#: objects its key names by identity)
+_LOADED: Lru[tuple[Any, ...], tuple[list[object], ca.Function]] = Lru(64)
+_LOADED_LOCK = threading.Lock()
+#: the attribute of a shared solver that holds its :func:`exclusive` lock
+_EXCLUSIVE = "_pharmatwin_exclusive"
+
+
+def loaded_nlpsol(name: str, plugin: str, path: Path, opts: Mapping[str, Any]) -> ca.Function:
+    """The nlpsol ``plugin`` named ``name`` loaded from the library ``path`` with ``opts``:
+    loaded at the first call with these in this process, the same solver after it.
+
+    The library's name holds its code's digest (the builder's key), so a path names one code.
+    A shared solver is called by several controllers: every call, with the reading of its
+    stats, holds :func:`exclusive`. Raises what ``ca.nlpsol`` raises."""
+    held: list[object] = []
+    try:
+        key = (name, plugin, str(path), _identity(dict(opts), held))
+    except TypeError:
+        return ca.nlpsol(name, plugin, str(path), dict(opts))
+    with _LOADED_LOCK:
+        hit = _LOADED.get(key)
+    if hit is not None:
+        return hit[1]
+    solver = ca.nlpsol(name, plugin, str(path), dict(opts))
+    setattr(solver, _EXCLUSIVE, threading.Lock())
+    with _LOADED_LOCK:
+        _LOADED.put(key, (held, solver))
+    return solver
+
+
+def exclusive(solver: ca.Function) -> threading.Lock:
+    """The lock to hold around a call of ``solver`` and the reading of its stats, when it may
+    be shared (:func:`loaded_nlpsol`); a lock nobody else holds otherwise."""
+    lock = getattr(solver, _EXCLUSIVE, None)
+    return lock if lock is not None else threading.Lock()
 
 
 def keyed_nlpsol(
@@ -147,7 +197,7 @@ def keyed_nlpsol(
             path = builder.keyed_library(key, code)
         else:
             path = builder.library(code())
-        return ca.nlpsol(name, plugin, str(path), opts), path, None
+        return loaded_nlpsol(name, plugin, path, opts), path, None
     except (OSError, RuntimeError) as exc:
         return plain(), None, exc
 

@@ -47,7 +47,7 @@ import numpy as np
 from controller.config import EstimatorSpec
 from controller.core.ekf import ExtendedKalmanFilter
 from controller.core.estimate import Estimate, FloatArray
-from controller.core.jit import LibraryBuilder, compiled_nlpsol
+from controller.core.jit import LibraryBuilder, compiled_nlpsol, exclusive
 from controller.core.named_values import measured, vector_of
 from controller.core.prediction import (
     ALGEBRAIC_TOL,
@@ -284,8 +284,9 @@ class MovingHorizonEstimator(ExtendedKalmanFilter):
         where = f"model {self._model.name!r} MHE at t={self._time:g} {self._model.time_unit}"
         try:
             pv = self._parameters()
-            sol = self._solver(x0=w0, p=pv, lbx=lbw, ubx=ubw)
-            stats = read_stats(self._solver)
+            with exclusive(self._solver):  # a loaded solver may be shared: these stats are ours
+                sol = self._solver(x0=w0, p=pv, lbx=lbw, ubx=ubw)
+                stats = read_stats(self._solver)
         except (RuntimeError, np.linalg.LinAlgError) as exc:
             return self._fell_back(where, f"{type(exc).__name__}: {exc}")
         w = np.asarray(sol["x"], dtype=float).ravel()

@@ -42,10 +42,7 @@ def test_a_caller_changing_the_data_does_not_change_what_the_next_caller_reads(
 def test_every_kind_of_node_comes_out_fresh(tmp_path: Path) -> None:
     """Sets, anchors and dates too: what one caller changes, the next does not see."""
     text = (
-        "base: &b {lower: 0.0, upper: [1.0, 2.0]}\n"
-        "copy: *b\n"
-        "tags: !!set {a, b}\n"
-        "when: 2026-12-06\n"
+        "base: &b {lower: 0.0, upper: [1.0, 2.0]}\ncopy: *b\ntags: !!set {a, b}\nwhen: 2026-12-06\n"
     )
     path = _write(tmp_path / "k.yaml", text)
     first = read_yaml(path)

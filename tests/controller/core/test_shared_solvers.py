@@ -1,0 +1,159 @@
+"""Solvers loaded from a compiled library are loaded once per process and shared
+(:func:`controller.core.jit.loaded_nlpsol`): a campaign worker's next case builds its
+controller without loading its four solvers again. Sharing is safe because every call works
+in a memory of its own; only a plain call's ``stats()`` reads the solver's first memory, so
+plain calls hold the solver's lock (:func:`controller.core.jit.exclusive`) around the call and
+the reading of its stats."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import casadi as ca
+import numpy as np
+import pytest
+
+import controller.core.fast_solver as fast_solver
+from controller.controllerfile import load_controller
+from controller.core.fast_mpc import FastController
+from controller.core.jit import compiled_nlpsol, exclusive, loaded_nlpsol
+from controller.core.policy import build_policy
+from controller.runtime.solver_cache import LibraryCache
+
+ROOT = Path(__file__).resolve().parents[3]
+LYO = ROOT / "configs" / "controllers" / "lyophilizer.yaml"
+CACHE = LibraryCache()
+QUIET = {"print_time": False, "ipopt": {"print_level": 0, "sb": "yes"}}
+SOLVERS = ("sqp", "sqp_cold", "ipopt", "ipopt_cold")
+
+
+def _tiny() -> tuple[ca.Function, Path]:
+    """min (x - 1)^2 + (y - 2)^2 with x + y = p over a box: a solver compiled and loaded
+    (shared)."""
+    x, p = ca.MX.sym("x", 2), ca.MX.sym("p")
+    nlp = {"x": x, "p": p, "f": ca.sumsqr(x - ca.DM([1.0, 2.0])), "g": x[0] + x[1] - p}
+    plain = ca.nlpsol("tiny", "ipopt", nlp, QUIET)
+    return compiled_nlpsol(CACHE, "tiny", "ipopt", plain, QUIET)
+
+
+def test_controllers_of_one_configuration_share_their_solvers_not_their_buffers() -> None:
+    cfg, model = load_controller(LYO)
+    a = build_policy(cfg, model, compile=CACHE)
+    b = build_policy(cfg, model, compile=CACHE)
+    assert isinstance(a, FastController) and isinstance(b, FastController)
+    assert a.library is not None and a.library == b.library
+    for name in SOLVERS:
+        assert getattr(a, name) is not None and getattr(a, name) is getattr(b, name), name
+    assert a._sqp_call is not b._sqp_call  # each its own buffer: its own memory
+    # each solves its own problem: b's cold first step is a's, and a's next step is its own
+    u, x0 = model.nominal_inputs, model.initial_state
+    da = a.step(0.0, x0, u_prev=u)
+    db = b.step(0.0, x0, u_prev=u)
+    assert da.ok and db.ok and da.inputs == db.inputs
+    moved = {**x0, "Lck": x0["Lck"] + 0.05}
+    da2 = a.step(0.1, moved, u_prev=da.inputs)
+    fresh = build_policy(cfg, model, compile=CACHE)
+    fresh.step(0.0, x0, u_prev=u)
+    assert fresh.step(0.1, moved, u_prev=da.inputs).inputs == da2.inputs
+
+
+RACE = """
+import sys, threading
+import casadi as ca
+from controller.core.fast_solver import solve_plain
+
+x, p = ca.MX.sym("x", 2), ca.MX.sym("p")
+nlp = {"x": x, "p": p, "f": ca.sumsqr(x - ca.DM([1.0, 2.0])), "g": x[0] + x[1] - p}
+s = ca.nlpsol("tiny", "ipopt", nlp, {"print_time": False, "ipopt": {"print_level": 0, "sb": "yes"}})
+setattr(s, "_pharmatwin_exclusive", threading.Lock())  # as loaded_nlpsol marks a shared one
+ok = dict(x0=[0, 0], p=3, lbx=[-5, -5], ubx=[5, 5], lbg=0, ubg=0)
+bad = dict(x0=[0, 0], p=5, lbx=[0, 0], ubx=[1, 1], lbg=0, ubg=0)
+locked = sys.argv[1] == "locked"
+wrong, calls, stop = [0], [0], threading.Event()
+
+def call(args):
+    if locked:
+        return solve_plain(s, args)[1]
+    s(**args)
+    return s.stats()
+
+def worker(args, want):
+    while not stop.is_set() and calls[0] < 4000:
+        calls[0] += 1
+        if call(args)["return_status"] != want:
+            wrong[0] += 1
+            stop.set()
+
+pairs = ((ok, "Solve_Succeeded"), (bad, "Infeasible_Problem_Detected"))
+threads = [threading.Thread(target=worker, args=a) for a in pairs]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(f"calls {calls[0]} wrong {wrong[0]}")
+sys.exit(3 if wrong[0] else 0)
+"""
+
+
+def _race(mode: str) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-c", RACE, mode], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.slow
+def test_two_threads_in_one_solver_break_it_unless_each_call_holds_its_lock() -> None:
+    """The failure the lock protects against: two threads calling one IPOPT solver at once
+    (in a child process: it can crash) get each other's stats or corrupt the solver's work
+    memory (seen: "Memory corruption detected for output jac_g_x", then a segfault). It is a
+    race: a child that happened not to collide is run again (at most 5 children)."""
+    broken = []
+    for _ in range(5):
+        child = _race("unlocked")
+        broken.append(child.returncode != 0)
+        if broken[-1]:
+            break
+    assert any(broken), "two unlocked threads never collided in 5 x 4000 calls"
+    guarded = _race("locked")  # the same calls through solve_plain: one at a time
+    assert guarded.returncode == 0, guarded.stdout + guarded.stderr[-2000:]
+    assert "calls 4000 wrong 0" in guarded.stdout
+
+
+def test_every_call_of_a_shared_solver_holds_its_lock() -> None:
+    solver, path = _tiny()
+    assert loaded_nlpsol("tiny", "ipopt", path, QUIET) is solver  # loaded once, shared
+    assert exclusive(solver) is exclusive(solver)  # one lock per shared solver
+    ok = {"x0": [0.0, 0.0], "p": 3.0, "lbx": [-5.0, -5.0], "ubx": [5.0, 5.0], "lbg": 0, "ubg": 0}
+    seen: list[bool] = []
+    real = fast_solver.read_stats
+
+    def read_stats(source: Any) -> dict[str, Any]:
+        seen.append(exclusive(solver).locked())
+        return real(source)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fast_solver, "read_stats", read_stats)
+        sol, stats = fast_solver.solve_plain(solver, ok)
+    assert seen == [True] and not exclusive(solver).locked()
+    assert stats["return_status"] == "Solve_Succeeded"
+    assert np.allclose(sol["x"], [1.0, 2.0], atol=1e-6)
+    # a controller's buffered SQP: its evaluation and stats under the lock too
+    cfg, model = load_controller(LYO)
+    ctrl = build_policy(cfg, model, compile=CACHE)
+    assert isinstance(ctrl, FastController)
+    call, lock = ctrl._sqp_call, exclusive(ctrl.sqp)
+    assert call._exclusive is lock
+    evaluate = call._eval
+
+    def watched() -> None:
+        seen.append(lock.locked())
+        evaluate()
+
+    call._eval = watched
+    d = ctrl.step(0.0, model.initial_state, u_prev=model.nominal_inputs)
+    assert d.ok and seen[1:] and all(seen) and not lock.locked()
