@@ -54,6 +54,7 @@ __all__ = [
     "nlp_code",
     "problem_key",
     "resolved",
+    "stateless",
 ]
 
 #: The first line of the code of a rarely run solver (see the module's docstring).
@@ -139,11 +140,15 @@ def loaded_nlpsol(name: str, plugin: str, path: Path, opts: Mapping[str, Any]) -
 
     The library's name holds its code's digest (the builder's key), so a path names one code.
     A shared solver is called by several controllers: every call, with the reading of its
-    stats, holds :func:`exclusive`. Raises what ``ca.nlpsol`` raises."""
+    stats, holds :func:`exclusive`. Only a solver that keeps nothing from one call to the next
+    is shared (:func:`stateless`): a controller's result must not depend on which other
+    controller of its configuration solved before it. Raises what ``ca.nlpsol`` raises."""
     held: list[object] = []
     try:
         key = (name, plugin, str(path), _identity(dict(opts), held))
     except TypeError:
+        return ca.nlpsol(name, plugin, str(path), dict(opts))
+    if not stateless(plugin, opts):
         return ca.nlpsol(name, plugin, str(path), dict(opts))
     with _LOADED_LOCK:
         hit = _LOADED.get(key)
@@ -154,6 +159,15 @@ def loaded_nlpsol(name: str, plugin: str, path: Path, opts: Mapping[str, Any]) -
     with _LOADED_LOCK:
         _LOADED.put(key, (held, solver))
     return solver
+
+
+def stateless(plugin: str, opts: Mapping[str, Any]) -> bool:
+    """Whether the nlpsol ``plugin`` with ``opts`` starts every call from its arguments alone:
+    IPOPT (its warm start is the arguments), and an SQP whose QP solver is qrqp. Not an SQP on
+    qpOASES (sqpmethod's default), which hot-starts each QP from its last one."""
+    if plugin == "ipopt":
+        return True
+    return plugin == "sqpmethod" and opts.get("qpsol") == "qrqp"
 
 
 def exclusive(solver: ca.Function) -> threading.Lock:

@@ -20,7 +20,7 @@ import pytest
 import controller.core.fast_solver as fast_solver
 from controller.controllerfile import load_controller
 from controller.core.fast_mpc import FastController
-from controller.core.jit import compiled_nlpsol, exclusive, loaded_nlpsol
+from controller.core.jit import compiled_nlpsol, exclusive, loaded_nlpsol, stateless
 from controller.core.policy import build_policy
 from controller.runtime.solver_cache import LibraryCache
 
@@ -157,3 +157,23 @@ def test_every_call_of_a_shared_solver_holds_its_lock() -> None:
     call._eval = watched
     d = ctrl.step(0.0, model.initial_state, u_prev=model.nominal_inputs)
     assert d.ok and seen[1:] and all(seen) and not lock.locked()
+
+
+def test_only_solvers_that_keep_nothing_between_calls_are_shared() -> None:
+    """An SQP on qpOASES hot-starts each QP from its last one: shared, a controller's result
+    would depend on which controller solved before it. It is loaded for each controller."""
+    x = ca.MX.sym("x", 2)
+    nlp = {"x": x, "f": ca.sumsqr(x - ca.DM([1.0, 2.0]))}
+    quiet = {"print_time": False, "print_header": False, "print_iteration": False}
+    quiet |= {"print_status": False}
+    qrqp = {**quiet, "qpsol": "qrqp", "qpsol_options": {"print_iter": False, "print_header": False}}
+    plain = ca.nlpsol("tiny_sqp", "sqpmethod", nlp, qrqp)
+    solver, path = compiled_nlpsol(CACHE, "tiny_sqp", "sqpmethod", plain, qrqp)
+    assert stateless("sqpmethod", qrqp) and stateless("ipopt", QUIET)
+    assert loaded_nlpsol("tiny_sqp", "sqpmethod", path, qrqp) is solver
+    qpoases = {**quiet, "qpsol": "qpoases", "qpsol_options": {"printLevel": "none"}}
+    assert not stateless("sqpmethod", qpoases) and not stateless("sqpmethod", quiet)
+    first = loaded_nlpsol("tiny_sqp", "sqpmethod", path, qpoases)
+    assert loaded_nlpsol("tiny_sqp", "sqpmethod", path, qpoases) is not first
+    sol = first(x0=[0.0, 0.0])
+    assert np.allclose(np.asarray(sol["x"]).ravel(), [1.0, 2.0], atol=1e-6)

@@ -74,9 +74,24 @@ async def server() -> AsyncIterator[ModbusPlcServer]:
 
 @pytest.fixture
 async def port(server: ModbusPlcServer) -> AsyncIterator[ModbusPort]:
-    p = make_port(TAGS, server.port)
-    async with p:
-        yield p
+    """A port connected to ``server`` (0.5 s requests, as the tests expect). Its first
+    connect is retried up to 3 times: on a machine busy with other tests the connect to
+    this loopback server has missed the 0.5 s (seen once in a full run); connecting is
+    not what the tests using this fixture test (the connect tests build their own port)."""
+    for attempt in range(3):
+        p = make_port(TAGS, server.port)
+        try:
+            await p.connect()
+        except PortConnectError:
+            await p.close()
+            if attempt == 2:
+                raise
+            continue
+        try:
+            yield p
+        finally:
+            await p.close()
+        return
 
 
 def generated_map(count: int, table: Table, direction: Direction, start: int = 0) -> TagMap:
