@@ -16,7 +16,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import qmc, truncnorm
 
 from controller.errors import Problem, unknown_name
 from hil.campaign.schema import Distribution, MonteCarlo
@@ -45,6 +44,8 @@ class Law:
                 else hi - math.sqrt((1 - q) * (hi - lo) * (hi - mode))
             )
         if self.distribution == "normal":
+            from scipy.stats import truncnorm  # here: scipy.stats costs a worker 0.6 s to import
+
             a, b = (lo - mode) / self.std, (hi - mode) / self.std
             value = float(truncnorm.ppf(q, a, b, loc=mode, scale=self.std))
             return min(max(value, lo), hi)
@@ -55,6 +56,8 @@ def draw(laws: dict[str, Law], n: int, seed: int) -> list[dict[str, float]]:
     """``n`` parameter sets: a Latin hypercube from ``seed`` through each law (names sorted)."""
     if not laws:
         return [{} for _ in range(n)]
+    from scipy.stats import qmc  # here: scipy.stats costs a worker 0.6 s to import
+
     names = sorted(laws)
     u = qmc.LatinHypercube(d=len(names), seed=seed).random(n)
     return [{name: laws[name].quantile(row[k]) for k, name in enumerate(names)} for row in u]
