@@ -91,19 +91,33 @@ def read_yaml(path: Path) -> dict[str, Any]:
 _IMMUTABLE = frozenset({str, int, float, bool, type(None), bytes, datetime.date, datetime.datetime})
 
 
-def _fresh(value: Any) -> Any:
+def _fresh(value: Any, memo: dict[int, Any] | None = None) -> Any:
     """A copy of parsed YAML data: new dicts and lists all the way down, the immutable
-    scalars shared, anything else (a ``!!set``) deep-copied. About 3x faster than
-    ``copy.deepcopy`` on the shipped configs (a campaign worker reads ~14 files a case).
-    Unlike ``deepcopy``, a node YAML aliased (``*anchor``) comes out as separate copies."""
+    scalars shared, anything else (a ``!!set``) deep-copied. About 2x faster than
+    ``copy.deepcopy`` on the shipped configs (a campaign worker reads ~14 files a case). As
+    ``deepcopy``, it copies a node YAML aliased (``*anchor``) once (``memo``, by identity):
+    nested aliases stay one node each (no "billion laughs" blow-up) and a node that holds
+    itself is copied as such (no endless recursion)."""
     kind = type(value)
-    if kind is dict:
-        return {k: _fresh(v) for k, v in value.items()}
-    if kind is list:
-        return [_fresh(v) for v in value]
     if kind in _IMMUTABLE:
         return value
-    return copy.deepcopy(value)
+    if memo is None:
+        memo = {}
+    done = memo.get(id(value))
+    if done is not None:
+        return done
+    if kind is dict:
+        out: dict[Any, Any] = {}
+        memo[id(value)] = out
+        for k, v in value.items():
+            out[k] = _fresh(v, memo)
+        return out
+    if kind is list:
+        items: list[Any] = []
+        memo[id(value)] = items
+        items.extend(_fresh(v, memo) for v in value)
+        return items
+    return copy.deepcopy(value, memo)
 
 
 #: parsed texts by their content (a campaign worker reads the same plant, controller and tag

@@ -17,22 +17,25 @@ one process generates nothing.
 Code whose first line is :data:`RARELY_RUN` is the code of a solver that rarely runs (the
 IPOPT fallback and cold start): a builder may compile it for compile time rather than speed.
 
-A solver loaded from a library is kept for the process (:func:`loaded_nlpsol`): a controller
-built again (a campaign worker's next case) shares it instead of loading it again (~0.5-1 ms
-a solver, four a freeze-dryer controller). CasADi Functions never change, but an nlpsol is
-not safe to call from two threads at once (seen: two threads calling one IPOPT solver
-corrupted its Jacobian's work memory and crashed the process), and a plain call's
-``stats()`` reads a memory of the solver's, not the call's. So every call of a solver that
-may be shared, and the reading of its stats, holds the solver's lock (:func:`exclusive`):
-two controllers of one configuration in one process take turns, each call whole.
+Inside :func:`shared_solvers` (a campaign worker's case), a solver loaded from a library is
+kept (:func:`loaded_nlpsol`): the next case's controller of the same configuration shares it
+instead of loading it again (~0.5-1 ms a solver, four a freeze-dryer controller). Sharing is
+opt-in: on an edge PC the web view's what-if forecast builds a second controller of the
+site's configuration, and sharing would make the live solve, which has a deadline, wait for
+the forecast's solves. CasADi Functions never change, but an nlpsol is not safe to call from
+two threads at once (seen: two threads calling one IPOPT solver corrupted its Jacobian's
+work memory and crashed the process), and a plain call's ``stats()`` reads a memory of the
+solver's, not the call's. So every call of a solver that may be shared, and the reading of
+its stats, holds the solver's lock (:func:`exclusive`): each call whole, one at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -54,6 +57,7 @@ __all__ = [
     "nlp_code",
     "problem_key",
     "resolved",
+    "shared_solvers",
     "stateless",
 ]
 
@@ -134,21 +138,40 @@ _LOADED_LOCK = threading.Lock()
 _EXCLUSIVE = "_pharmatwin_exclusive"
 
 
+#: whether :func:`loaded_nlpsol` shares solvers now (:func:`shared_solvers`)
+_SHARING = threading.local()
+
+
+@contextlib.contextmanager
+def shared_solvers() -> Iterator[None]:
+    """Meanwhile (in this thread), controllers built share the solvers they load
+    (:func:`loaded_nlpsol`). For a process that runs one case at a time, each with its own
+    controller: a campaign worker."""
+    before = getattr(_SHARING, "on", False)
+    _SHARING.on = True
+    try:
+        yield
+    finally:
+        _SHARING.on = before
+
+
 def loaded_nlpsol(name: str, plugin: str, path: Path, opts: Mapping[str, Any]) -> ca.Function:
-    """The nlpsol ``plugin`` named ``name`` loaded from the library ``path`` with ``opts``:
-    loaded at the first call with these in this process, the same solver after it.
+    """The nlpsol ``plugin`` named ``name`` loaded from the library ``path`` with ``opts``.
+    Inside :func:`shared_solvers`: loaded at the first call with these in this process, the
+    same solver after it (outside it, a solver of the caller's own, loaded now).
 
     The library's name holds its code's digest (the builder's key), so a path names one code.
     A shared solver is called by several controllers: every call, with the reading of its
     stats, holds :func:`exclusive`. Only a solver that keeps nothing from one call to the next
-    is shared (:func:`stateless`): a controller's result must not depend on which other
-    controller of its configuration solved before it. Raises what ``ca.nlpsol`` raises."""
+    is shared (:func:`stateless`), a precaution: a controller's result must not depend on
+    which other controller of its configuration solved before it. Raises what
+    ``ca.nlpsol`` raises."""
+    if not getattr(_SHARING, "on", False) or not stateless(plugin, opts):
+        return ca.nlpsol(name, plugin, str(path), dict(opts))
     held: list[object] = []
     try:
         key = (name, plugin, str(path), _identity(dict(opts), held))
     except TypeError:
-        return ca.nlpsol(name, plugin, str(path), dict(opts))
-    if not stateless(plugin, opts):
         return ca.nlpsol(name, plugin, str(path), dict(opts))
     with _LOADED_LOCK:
         hit = _LOADED.get(key)
@@ -164,7 +187,8 @@ def loaded_nlpsol(name: str, plugin: str, path: Path, opts: Mapping[str, Any]) -
 def stateless(plugin: str, opts: Mapping[str, Any]) -> bool:
     """Whether the nlpsol ``plugin`` with ``opts`` starts every call from its arguments alone:
     IPOPT (its warm start is the arguments), and an SQP whose QP solver is qrqp. Not an SQP on
-    qpOASES (sqpmethod's default), which hot-starts each QP from its last one."""
+    qpOASES (sqpmethod's default), which can hot-start a QP from its last one: not shared,
+    as a precaution (not shown to leak through the separate memories of two buffers)."""
     if plugin == "ipopt":
         return True
     return plugin == "sqpmethod" and opts.get("qpsol") == "qrqp"

@@ -173,9 +173,10 @@ def reference_first(
     process and kept (:data:`_REFERENCES`); it depends on nothing but the configuration, the
     model and the setpoints, never on which case came first, so a case's result does not
     depend on the worker or the order it ran in. The controller that solves it does so with
-    its own cold-start solvers, so only a QP solver that keeps nothing from one call to the
-    next may be used (qrqp; qpOASES hot-starts from its last QP: that controller's own cold
-    path would then start elsewhere than a later one's).
+    its cold-start solvers (in a campaign worker, shared with the other cases' controllers:
+    :func:`controller.core.jit.shared_solvers`), so only a QP solver that keeps nothing from
+    one call to the next may be used (qrqp; qpOASES hot-starts from its last QP: that
+    controller's own cold path would then start elsewhere than a later one's).
     """
     sqp, ipopt, model = ctrl.sqp_cold, ctrl.ipopt_cold, ctrl.model
     if ctrl.cold_starts != 1 or ctrl.schedule is not None or sqp is None or ipopt is None:

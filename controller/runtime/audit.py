@@ -162,6 +162,7 @@ class AuditTrail:
         switch to WAL (at SQLite's default, FULL, the switch is fsynced: a NORMAL trail's
         first durable point is its :meth:`make_durable`), and the schema is created in one
         transaction (one commit, one fsync on a FULL trail, not one a statement)."""
+        db: sqlite3.Connection | None = None
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute(f"PRAGMA synchronous={self.synchronous}")
@@ -169,6 +170,8 @@ class AuditTrail:
             db.execute("PRAGMA wal_autocheckpoint=0")
             db.executescript(f"BEGIN;{SCHEMA}COMMIT;")
         except sqlite3.Error as exc:
+            if db is not None:
+                db.close()  # rolls back a schema transaction left open: no lock held
             raise AuditError(f"cannot open the audit trail {self.path}: {exc}") from exc
         return db
 

@@ -248,11 +248,13 @@ class SqliteHistorian(Historian):
 
     ``synchronous="OFF"``: nothing is ever fsynced, not even when the file is closed (SQLite's
     closing checkpoint copies the WAL into the file unsynced). A process that dies loses
-    nothing the OS was handed; a power cut can lose or tear the file. For a fast-mode
-    campaign case, whose other evidence besides the audit trail (recordings, result) is
-    written unsynced too and which runs again from a clean folder when it did not finish
-    (:data:`hil.campaign.drive.HISTORIAN_SYNCHRONOUS`); its two fsyncs at close were about a
-    fifth of a freeze-dryer case's SQLite cost.
+    nothing the OS was handed; a power cut can lose or tear the file, also after a case's
+    ``result.json`` was written (itself unsynced). For a fast-mode campaign case, whose other
+    evidence besides the audit trail (recordings, result) is written unsynced too: a case
+    that did not finish runs again from a clean folder, and a finished one is not protected
+    against a power cut beyond its audit trail
+    (:data:`hil.campaign.drive.HISTORIAN_SYNCHRONOUS`); the historian's two fsyncs at close
+    were about a fifth of a freeze-dryer case's SQLite cost.
 
     Old cycles are deleted only by :meth:`record`: opening a file to read or export it
     never deletes anything, whatever ``max_cycles`` is.
@@ -269,9 +271,12 @@ class SqliteHistorian(Historian):
             )
         self.path = Path(path)
         self.synchronous = synchronous
+        db: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db = db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False
+            )
             # synchronous before the switch to WAL: at SQLite's default (FULL) the switch
             # itself is fsynced. The schema is one transaction (one commit, not one a table).
             self._db.execute(f"PRAGMA synchronous={synchronous}")
@@ -285,6 +290,8 @@ class SqliteHistorian(Historian):
                 "SELECT coalesce(max(id), 0) + 1 FROM cycles"
             ).fetchone()[0]
         except (OSError, sqlite3.Error) as exc:
+            if db is not None:
+                db.close()  # rolls back a schema transaction left open: no lock held
             raise HistorianError(f"cannot open the historian {self.path}: {exc}") from exc
 
     def close(self) -> None:

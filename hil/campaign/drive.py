@@ -47,7 +47,9 @@ LOOPBACK = "127.0.0.1"
 AUDIT_SYNCHRONOUS = {"fast": "NORMAL", "hil": "FULL"}
 #: the historian file's ``synchronous`` per mode. fast: never fsynced, like the case's other
 #: evidence besides its audit trail (recordings, ``result.json``); a case that did not finish
-#: runs again with a fresh historian (:data:`hil.campaign.runner.STALE_FILES`). hil: as on site.
+#: runs again with a fresh historian (:data:`hil.campaign.runner.STALE_FILES`), a finished
+#: case's files other than its audit trail are not protected against a power cut. hil: as on
+#: site.
 HISTORIAN_SYNCHRONOUS = {"fast": "OFF", "hil": "NORMAL"}
 
 

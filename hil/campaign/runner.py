@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from controller.configfile import read_yaml, resolve
+from controller.core.jit import shared_solvers
 from controller.jsonfile import write_json
 from hil.campaign.cases import Case
 from hil.campaign.checks import Criterion
@@ -155,7 +156,9 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {"id": case.id, "attempts": attempt}
     if case.draw is not None:
         result["draw"] = case.draw  # a Monte Carlo case: its seed and drawn parameters
-    with _case_log(case_dir / "run.log"):
+    # one case at a time in this thread, each with its own controller: the controllers of
+    # the worker's cases share the solvers they load (controller.core.jit.shared_solvers)
+    with _case_log(case_dir / "run.log"), shared_solvers():
         try:
             _chaos(case)
             _run_and_judge(job, case, case_dir, criteria, result)

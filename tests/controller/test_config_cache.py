@@ -9,6 +9,7 @@ changed file is read as it is now, errors are reported every time, and libyaml's
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import yaml
 
 from controller import configfile, yamlmarks
 from controller.configfile import read_yaml
+from controller.controllerfile import load_controller
 from controller.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +54,30 @@ def test_every_kind_of_node_comes_out_fresh(tmp_path: Path) -> None:
     second = read_yaml(path)
     assert second["base"] == second["copy"] == {"lower": 0.0, "upper": [1.0, 2.0]}
     assert second["tags"] == {"a", "b"} and str(second["when"]) == "2026-12-06"
+
+
+def test_aliased_nodes_are_copied_once_and_a_node_holding_itself_is_refused_clearly(
+    tmp_path: Path,
+) -> None:
+    """Nested aliases ("billion laughs") stay one node each in the copy, as in the parse;
+    a node that holds itself gives the usual error for an unknown key, not a RecursionError."""
+    levels = "abcdefgh"
+    text = "a: &a [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\n" + "".join(
+        f"{n}: &{n} [{', '.join(['*' + p] * 10)}]\n" for p, n in itertools.pairwise(levels)
+    )
+    data = read_yaml(_write(tmp_path / "laughs.yaml", text))
+    assert data["h"][0] is data["h"][9] and data["b"][0] is data["a"]  # 10^8 leaves, 80 nodes
+    data["a"].append(11)
+    assert read_yaml(tmp_path / "laughs.yaml")["a"] == list(range(1, 11))
+    controller = ROOT / "configs" / "controllers" / "cstr.yaml"
+    looped = controller.read_text(encoding="utf-8").replace(
+        "plant: ../plants/cstr.yaml", f"plant: {ROOT}/configs/plants/cstr.yaml"
+    )
+    path = _write(tmp_path / "looped.yaml", looped + "x: &r [*r]\n")
+    copied = read_yaml(path)["x"]
+    assert copied[0] is copied  # the loop, copied as a loop
+    with pytest.raises(ConfigError, match="x"):
+        load_controller(path)
 
 
 def test_a_file_changed_in_place_is_read_as_it_is_now(tmp_path: Path) -> None:

@@ -510,3 +510,20 @@ def test_sqlite_historian_refuses_an_unknown_synchronous(tmp_path: Path) -> None
     ):
         SqliteHistorian(tmp_path / "h.db", synchronous="FAST")
     assert not (tmp_path / "h.db").exists()
+
+
+def test_a_schema_that_fails_halfway_is_rolled_back_and_holds_no_lock(tmp_path: Path) -> None:
+    """The schema is one transaction: a file it cannot be made in (here a ``cycles`` table of
+    another program) is refused with its reason, nothing half-made stays, and the refused
+    file is not left locked for its other users."""
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE cycles (x)")
+    with pytest.raises(HistorianError, match=r"cannot open the historian .*other\.db.*run_id"):
+        SqliteHistorian(path)
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # would be "database is locked" with the schema's open
+    tables = {r[0] for r in other.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    other.execute("ROLLBACK")
+    other.close()
+    assert tables == {"cycles"}  # the runs table made before the failure was rolled back
