@@ -47,7 +47,8 @@ import numpy as np
 from controller.config import EstimatorSpec
 from controller.core.ekf import ExtendedKalmanFilter
 from controller.core.estimate import Estimate, FloatArray
-from controller.core.jit import LibraryBuilder, compiled_nlpsol, exclusive
+from controller.core.fast_solver import solve_plain
+from controller.core.jit import LibraryBuilder, compiled_nlpsol
 from controller.core.named_values import measured, vector_of
 from controller.core.prediction import (
     ALGEBRAIC_TOL,
@@ -55,7 +56,6 @@ from controller.core.prediction import (
     algebraic_newton,
     discrete_step,
 )
-from controller.core.solver_stats import read_stats
 from plant_models import PlantModel, Role
 
 log = logging.getLogger(__name__)
@@ -284,12 +284,11 @@ class MovingHorizonEstimator(ExtendedKalmanFilter):
         where = f"model {self._model.name!r} MHE at t={self._time:g} {self._model.time_unit}"
         try:
             pv = self._parameters()
-            with exclusive(self._solver):  # a loaded solver may be shared: these stats are ours
-                sol = self._solver(x0=w0, p=pv, lbx=lbw, ubx=ubw)
-                stats = read_stats(self._solver)
+            # held meanwhile (a loaded solver may be shared): these stats are this call's
+            sol, stats = solve_plain(self._solver, {"x0": w0, "p": pv, "lbx": lbw, "ubx": ubw})
         except (RuntimeError, np.linalg.LinAlgError) as exc:
             return self._fell_back(where, f"{type(exc).__name__}: {exc}")
-        w = np.asarray(sol["x"], dtype=float).ravel()
+        w = sol["x"]
         status = str(stats.get("return_status", "unknown"))
         converged = stats.get("success", False) or status in STALLED_AT_SOLUTION
         if not converged or not np.all(np.isfinite(w)):
