@@ -8,7 +8,8 @@ the edge runtime (:func:`controller.runtime.wiring.run_site`: supervisor, EKF, t
 safety, the SQLite audit trail committed as a fast-mode case commits it (``synchronous`` of
 :data:`hil.campaign.drive.AUDIT_SYNCHRONOUS`, ``--audit-sync`` to measure another: ``FULL``,
 every commit fsynced, is the edge runtime's) and the SQLite historian (``synchronous`` of
-:data:`hil.campaign.drive.HISTORIAN_SYNCHRONOUS`)), the campaign's
+:data:`hil.campaign.drive.HISTORIAN_SYNCHRONOUS`, committed every
+:data:`hil.campaign.drive.HISTORIAN_COMMIT_EVERY` cycles)), the campaign's
 :class:`~hil.campaign.recorder.RecordingPort` and :class:`~hil.campaign.recorder.Recorder`. The
 driver is the runner's own stepped loop (scan the PLC at each plant step, let the runtime
 settle, advance the clock), cut after a number of samples or, as the runner does, at the end
@@ -183,6 +184,7 @@ async def drive(
         historian_path=tmp / "history.db",
         audit_synchronous=audit_sync or campaign_audit_sync(),
         historian_synchronous=campaign_historian_sync(),
+        historian_commit_every=campaign_historian_commit_every(),
     )
     stop = asyncio.Event()
     await server.start()
@@ -260,6 +262,13 @@ def campaign_historian_sync() -> str:
     from hil.campaign.drive import HISTORIAN_SYNCHRONOUS
 
     return HISTORIAN_SYNCHRONOUS["fast"]
+
+
+def campaign_historian_commit_every() -> int:
+    """Cycles per historian commit in a fast-mode campaign case."""
+    from hil.campaign.drive import HISTORIAN_COMMIT_EVERY
+
+    return HISTORIAN_COMMIT_EVERY["fast"]
 
 
 def measure(model: str, samples: int, audit_sync: str | None = None) -> dict[str, Any]:

@@ -149,7 +149,8 @@ class Historian(ABC):
 
     @abstractmethod
     def close(self) -> None:
-        """Release the storage; never raises."""
+        """Release the storage. Never raises, except a SQLite historian that batches its
+        commits (``commit_every`` > 1) and cannot commit its last batch (HistorianError)."""
 
     @abstractmethod
     def _has_run(self, run_id: str) -> bool: ...
@@ -256,12 +257,25 @@ class SqliteHistorian(Historian):
     (:data:`hil.campaign.drive.HISTORIAN_SYNCHRONOUS`); the historian's two fsyncs at close
     were about a fifth of a freeze-dryer case's SQLite cost.
 
+    ``commit_every`` > 1: cycles are committed in batches of that many (and the open batch
+    at :meth:`close` or :meth:`flush`), not one transaction each: a commit rewrites the
+    table's last page and its index's, and batching cut a CSTR cycle's historian time from
+    0.14 to 0.09 ms. Until its batch commits, a cycle is seen by this object's queries but
+    not by other connections, and a process that dies loses it; meanwhile the file's write
+    lock is held. For a fast-mode campaign case (:data:`hil.campaign.drive.HISTORIAN_COMMIT_EVERY`),
+    whose unfinished run is rerun from a fresh historian; never for a historian read live.
+
     Old cycles are deleted only by :meth:`record`: opening a file to read or export it
     never deletes anything, whatever ``max_cycles`` is.
     """
 
     def __init__(
-        self, path: Path, *, max_cycles: int = DEFAULT_MAX_CYCLES, synchronous: str = "NORMAL"
+        self,
+        path: Path,
+        *,
+        max_cycles: int = DEFAULT_MAX_CYCLES,
+        synchronous: str = "NORMAL",
+        commit_every: int = 1,
     ) -> None:
         super().__init__(max_cycles=max_cycles)
         if synchronous not in HISTORIAN_SYNCHRONOUS:
@@ -269,8 +283,16 @@ class SqliteHistorian(Historian):
                 f"historian {path}: synchronous {synchronous!r} is not allowed; allowed: "
                 f"{', '.join(HISTORIAN_SYNCHRONOUS)}"
             )
+        if isinstance(commit_every, bool) or not isinstance(commit_every, int) or commit_every < 1:
+            raise HistorianError(
+                f"historian {path}: commit_every {commit_every!r} is not allowed; allowed: a "
+                "whole number of cycles, at least 1"
+            )
         self.path = Path(path)
         self.synchronous = synchronous
+        self.commit_every = commit_every
+        #: cycles stored in the open batch (``commit_every`` > 1), not committed yet
+        self._uncommitted = 0
         db: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -295,7 +317,34 @@ class SqliteHistorian(Historian):
             raise HistorianError(f"cannot open the historian {self.path}: {exc}") from exc
 
     def close(self) -> None:
-        self._db.close()
+        """Commit the open batch (``commit_every`` > 1) and close. Raises HistorianError when
+        that last commit fails (the connection is closed all the same); never otherwise."""
+        try:
+            with self._lock:
+                self._commit_batch()
+        finally:
+            self._db.close()
+
+    def flush(self) -> None:
+        """Commit the cycles of the open batch now (nothing to do with ``commit_every`` 1).
+        Raises HistorianError when the commit fails."""
+        with self._lock:
+            self._commit_batch()
+
+    def _commit_batch(self) -> None:
+        """Under the lock: commit the open batch, if any."""
+        if not self._db.in_transaction:
+            self._uncommitted = 0
+            return
+        n, self._uncommitted = self._uncommitted, 0
+        try:
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise HistorianError(
+                f"historian {self.path}: cannot commit the last {n} cycle(s); they are lost: {exc}"
+            ) from exc
 
     def _run(self, what: str, sql: str, *params: Any) -> list[Any]:
         try:
@@ -310,6 +359,9 @@ class SqliteHistorian(Historian):
         self._run("store a run", "INSERT INTO runs (run_id, info) VALUES (?, ?)", run_id, info)
 
     def _store_cycle(self, row: Row) -> None:
+        if self.commit_every > 1:
+            self._store_batched(row)
+            return
         # While no id above ``max_cycles`` is due, nothing can be old enough to prune: the
         # insert commits alone (autocommit, two statements fewer a cycle). From then on the
         # insert and its prune commit together.
@@ -327,6 +379,35 @@ class SqliteHistorian(Historian):
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise HistorianError(f"historian {self.path}: cannot store a cycle: {exc}") from exc
+
+    def _store_batched(self, row: Row) -> None:
+        """The insert (and its prune) in the open batch, which commits every ``commit_every``
+        cycles. A failed statement is undone alone; if SQLite gave up the whole transaction,
+        the error says how many cycles that lost."""
+        db = self._db
+        pending = self._uncommitted
+        try:
+            if not db.in_transaction:
+                db.execute("BEGIN")
+                pending = 0
+            newest = db.execute(_INSERT_CYCLE, row).lastrowid or 0
+            if newest > self.max_cycles:
+                db.execute(_PRUNE, (newest - self.max_cycles,))
+            self._next_id = newest + 1
+        except sqlite3.Error as exc:
+            lost = (
+                ""
+                if db.in_transaction or not pending
+                else f"; SQLite rolled back the open batch: the {pending} cycle(s) before it "
+                "are lost too"
+            )
+            self._uncommitted = pending if db.in_transaction else 0
+            raise HistorianError(
+                f"historian {self.path}: cannot store a cycle: {exc}{lost}"
+            ) from exc
+        self._uncommitted = pending + 1
+        if self._uncommitted >= self.commit_every:
+            self._commit_batch()
 
     def _insert_alone(self, row: Row) -> None:
         """One insert in its own transaction; a prune after it if its id came out above
@@ -363,10 +444,15 @@ class SqliteHistorian(Historian):
 
 
 def open_historian(
-    path: Path | None, max_cycles: int = DEFAULT_MAX_CYCLES, synchronous: str = "NORMAL"
+    path: Path | None,
+    max_cycles: int = DEFAULT_MAX_CYCLES,
+    synchronous: str = "NORMAL",
+    commit_every: int = 1,
 ) -> Historian:
-    """A SQLite historian at ``path`` (``synchronous``: see :class:`SqliteHistorian`), or a
-    memory one when ``path`` is None."""
+    """A SQLite historian at ``path`` (``synchronous``, ``commit_every``: see
+    :class:`SqliteHistorian`), or a memory one when ``path`` is None."""
     if path is None:
         return MemoryHistorian(max_cycles=max_cycles)
-    return SqliteHistorian(path, max_cycles=max_cycles, synchronous=synchronous)
+    return SqliteHistorian(
+        path, max_cycles=max_cycles, synchronous=synchronous, commit_every=commit_every
+    )

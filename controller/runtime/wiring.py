@@ -60,6 +60,10 @@ class RunOptions:
     #: the historian file's ``synchronous``: "NORMAL" (the edge runtime) or "OFF" (a fast-mode
     #: campaign case; see :class:`controller.runtime.historian.SqliteHistorian`)
     historian_synchronous: str = "NORMAL"
+    #: cycles per historian commit: 1 (the edge runtime: each cycle visible to readers at
+    #: once) or more (a fast-mode campaign case; see
+    #: :class:`controller.runtime.historian.SqliteHistorian`)
+    historian_commit_every: int = 1
     #: the operator side, never on the control path (see :class:`Sink`)
     ui: Bind | None = None  # the web view (controller.runtime.ui)
     users_path: Path | None = None  # who may act in the web view (controller.runtime.users)
@@ -177,7 +181,11 @@ async def run_site(
         actor=site.runtime.service_identity,
         synchronous=opts.audit_synchronous,
     )
-    historian = open_historian(opts.historian_path, synchronous=opts.historian_synchronous)
+    historian = open_historian(
+        opts.historian_path,
+        synchronous=opts.historian_synchronous,
+        commit_every=opts.historian_commit_every,
+    )
     info = run_info(site.name, opts.mode.value, files, site.model)
     historian.start_run(info)
     audit.record(
@@ -224,8 +232,10 @@ async def run_site(
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(sig)
-        historian.close()
-        audit.close()
+        try:
+            historian.close()  # a batched historian commits its last cycles here
+        finally:
+            audit.close()
     return sup
 
 

@@ -51,6 +51,9 @@ AUDIT_SYNCHRONOUS = {"fast": "NORMAL", "hil": "FULL"}
 #: case's files other than its audit trail are not protected against a power cut. hil: as on
 #: site.
 HISTORIAN_SYNCHRONOUS = {"fast": "OFF", "hil": "NORMAL"}
+#: cycles per historian commit per mode. fast: in batches (a case is read after it ends, and
+#: one that did not finish runs again with a fresh historian); hil: each cycle, as on site.
+HISTORIAN_COMMIT_EVERY = {"fast": 64, "hil": 1}
 
 
 class DrivenClock(SteppedClock):
@@ -207,6 +210,7 @@ async def execute(
         audit_synchronous=AUDIT_SYNCHRONOUS.get(mode, "FULL"),  # FULL unless fast
         historian_path=case_dir / "history.db",  # cycles and the twin's events, as on site
         historian_synchronous=HISTORIAN_SYNCHRONOUS.get(mode, "NORMAL"),
+        historian_commit_every=HISTORIAN_COMMIT_EVERY.get(mode, 1),
     )
     try:
         for server in servers:

@@ -28,7 +28,7 @@ from controller.ports.base import WriteReport
 from controller.runtime.audit import AuditTrail
 from controller.runtime.audit_verify import verify_file
 from controller.runtime.historian import SqliteHistorian
-from hil.campaign.drive import AUDIT_SYNCHRONOUS, HISTORIAN_SYNCHRONOUS
+from hil.campaign.drive import AUDIT_SYNCHRONOUS, HISTORIAN_COMMIT_EVERY, HISTORIAN_SYNCHRONOUS
 from hil.campaign.execute import previous_result
 from hil.campaign.runner import run_case
 from hil.campaign.spec import Campaign, load_campaign
@@ -70,6 +70,7 @@ def _newest(db: Path, tag: str) -> float | None:
 def test_only_hil_mode_fsyncs_every_commit() -> None:
     assert AUDIT_SYNCHRONOUS == {"fast": "NORMAL", "hil": "FULL"}
     assert HISTORIAN_SYNCHRONOUS == {"fast": "OFF", "hil": "NORMAL"}
+    assert HISTORIAN_COMMIT_EVERY == {"fast": 64, "hil": 1}  # hil: each cycle, as on site
 
 
 @pytest.mark.slow
@@ -81,16 +82,16 @@ def test_a_fast_case_keeps_its_historian_unsynced_and_whole(
 
     def init(self: SqliteHistorian, *args: Any, **kwargs: Any) -> None:
         real_init(self, *args, **kwargs)
-        modes.append(self.synchronous)
+        modes.append(f"{self.synchronous} every {self.commit_every}")
 
     monkeypatch.setattr(SqliteHistorian, "__init__", init)
     result = run_case(_job(smoke, tmp_path))
     assert result["status"] == "passed", result.get("error")
-    assert modes == ["OFF"]
+    assert modes == ["OFF every 64"]
     history = tmp_path / "cases" / smoke.cases[0].id / "history.db"
     with sqlite3.connect(f"file:{history}?mode=ro", uri=True) as con:
         cycles = con.execute("SELECT count(*) FROM cycles").fetchone()[0]
-    assert cycles == result["kpis"]["cycles"] > 0  # closed: every cycle is in the file
+    assert cycles == result["kpis"]["cycles"] > 0  # closed: every batch committed
 
 
 @pytest.mark.slow

@@ -48,14 +48,16 @@ ROOT = Path(__file__).resolve().parents[3]
 Factory = Callable[..., Historian]
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "sqlite-batched"])
 def make_historian(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
-    """Builds historians of one backend; closes them all afterwards."""
+    """Builds historians of one backend (SQLite also committing in batches of 3, as a
+    fast-mode campaign case does in batches of 64); closes them all afterwards."""
     opened: list[Historian] = []
 
     def make(max_cycles: int = 100_000) -> Historian:
         path = None if request.param == "memory" else tmp_path / "history.db"
-        h = open_historian(path, max_cycles=max_cycles)
+        every = 3 if request.param == "sqlite-batched" else 1
+        h = open_historian(path, max_cycles=max_cycles, commit_every=every)
         opened.append(h)
         return h
 
@@ -527,3 +529,62 @@ def test_a_schema_that_fails_halfway_is_rolled_back_and_holds_no_lock(tmp_path: 
     other.execute("ROLLBACK")
     other.close()
     assert tables == {"cycles"}  # the runs table made before the failure was rolled back
+
+
+# ---------------------------------------------------------------------- batched commits
+def _committed(path: Path) -> int:
+    """The cycles another connection sees (committed ones)."""
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        return int(db.execute("SELECT count(*) FROM cycles").fetchone()[0])
+
+
+def test_a_batched_historian_commits_every_n_cycles_and_at_close(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    h = SqliteHistorian(path, synchronous="OFF", commit_every=3)
+    h.start_run(_info("r1"))
+    seen = []
+    for i in range(7):
+        h.record(_cycle("r1", i))
+        seen.append(_committed(path))
+    assert seen == [0, 0, 3, 3, 3, 6, 6]
+    assert len(h.cycles()) == 7  # its own queries see the open batch
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        other.execute("BEGIN IMMEDIATE")  # the open batch holds the write lock (documented)
+    h.flush()
+    assert _committed(path) == 7
+    other.execute("BEGIN IMMEDIATE")  # committed: the lock is free
+    other.execute("ROLLBACK")
+    h.record(_cycle("r1", 7))
+    h.close()
+    assert _committed(path) == 8  # the last batch is committed at close
+    other.close()
+
+
+def test_a_batch_that_sqlite_rolls_back_says_how_many_cycles_it_lost(tmp_path: Path) -> None:
+    """A full disk makes SQLite give up the whole transaction: the uncommitted cycles before
+    the failing one are gone, and the error must say so (not only "cannot store a cycle")."""
+    path = tmp_path / "h.db"
+    h = SqliteHistorian(path, synchronous="OFF", commit_every=1000)
+    h.start_run(_info("r1"))
+    pages = h._db.execute("PRAGMA page_count").fetchone()[0]
+    h._db.execute(f"PRAGMA max_page_count={pages + 3}")  # a disk that fills after a few
+    stored = 0
+    with pytest.raises(HistorianError) as err:
+        for i in range(200):
+            h.record(_cycle("r1", i))
+            stored += 1
+    assert stored > 0
+    assert (
+        f"SQLite rolled back the open batch: the {stored} cycle(s) before it are lost too"
+        in str(err.value)
+    )
+    assert "database or disk is full" in str(err.value)
+    assert h.cycles() == []  # what the message says: nothing of the batch is stored
+    h.close()  # nothing left to commit: no second error
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "8"])
+def test_a_batched_historian_refuses_a_bad_commit_every(tmp_path: Path, bad: object) -> None:
+    with pytest.raises(HistorianError, match=r"commit_every .* is not allowed; allowed: a whole"):
+        SqliteHistorian(tmp_path / "h.db", commit_every=bad)  # type: ignore[arg-type]
