@@ -248,6 +248,20 @@ def test_b6_table_holds_step_budget_ratio_and_phases(runner: ModuleType) -> None
     assert "b6_step" in runner.MODULES
 
 
+def test_b6_prints_the_means_that_a_rare_costly_step_moves(runner: ModuleType) -> None:
+    """A cost paid once every many steps (a batched commit) leaves the medians: the means
+    show it."""
+    b6 = importlib.import_module("b6_step")
+    plain = {"step": 0.010, "solve": 0.001, "plant": 0.003}
+    steps = [plain, plain, {**plain, "step": 0.040}]  # the third commits a batch: 30 ms more
+    m = {"model": "cstr", "site": "x"} | b6.summarize(steps)
+    assert m["ratio"] == pytest.approx(2.5)  # the median does not see it
+    assert m["mean_ms"]["step"] == pytest.approx(20.0)
+    assert m["mean_ratio"] == pytest.approx(5.0)
+    means = next(r for r in b6.rows_for(m) if r["metric"].startswith("mean step"))
+    assert means["value"] == "20.000 / 4.000 (5)" and means["met"] is None
+
+
 @pytest.fixture(scope="module")
 def b5(runner: ModuleType) -> ModuleType:
     return importlib.import_module("b5_memory")
