@@ -259,7 +259,7 @@ def test_b6_prints_the_means_that_a_rare_costly_step_moves(runner: ModuleType) -
     assert m["mean_ms"]["step"] == pytest.approx(20.0)
     assert m["mean_ratio"] == pytest.approx(5.0)
     means = next(r for r in b6.rows_for(m) if r["metric"].startswith("mean step"))
-    assert means["value"] == "20.000 / 4.000 (5)" and means["met"] is None
+    assert means["value"] == "20.000 / 4.000 (5x)" and means["met"] is None
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ from controller.ports.base import Port, Quality, Snapshot
 from controller.runtime.audit import AuditTrail
 from controller.runtime.audit_chain import file_hash
 from controller.runtime.historian import Historian, open_historian
-from controller.runtime.historian_records import cycle_record
+from controller.runtime.historian_records import HistorianError, cycle_record
 from controller.runtime.historian_run import run_info
 from controller.runtime.site import Site, load_site, port_for_site
 from controller.runtime.solver_cache import build_compiled
@@ -213,6 +213,7 @@ async def run_site(
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
     started: list[Sink] = []
+    failure: BaseException | None = None
     try:
         for s in sinks:
             s.start(sup, stop)
@@ -222,6 +223,9 @@ async def run_site(
         except PortError as exc:  # the loop keeps trying, with the port's backoff
             log.warning("cannot connect at start: %s; retrying every cycle with backoff", exc)
         await sup.run(stop, cycles=opts.cycles, duration_s=opts.duration_s)
+    except BaseException as exc:
+        failure = exc
+        raise
     finally:
         await port.close()
         for s in started:
@@ -233,10 +237,23 @@ async def run_site(
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(sig)
         try:
-            historian.close()  # a batched historian commits its last cycles here
+            close_historian(historian, failure)
         finally:
             audit.close()
     return sup
+
+
+def close_historian(historian: Historian, failure: BaseException | None) -> None:
+    """Close the historian (a batched one commits its last cycles here). When the run has
+    already failed (``failure``), a failure to close is noted on that error, which stays the
+    one raised (and logged); otherwise it is raised."""
+    try:
+        historian.close()
+    except HistorianError as exc:
+        if failure is None:
+            raise
+        failure.add_note(f"closing the historian failed too: {exc}")
+        log.error("closing the historian failed too: %s", exc)
 
 
 #: the supervisor's states in which the MPC has control (HOLD: in control, holding)

@@ -6,6 +6,7 @@ Then the Parquet export, the run record, and the ``history export`` / ``audit ex
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -534,8 +535,15 @@ def test_a_schema_that_fails_halfway_is_rolled_back_and_holds_no_lock(tmp_path: 
 # ---------------------------------------------------------------------- batched commits
 def _committed(path: Path) -> int:
     """The cycles another connection sees (committed ones)."""
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
         return int(db.execute("SELECT count(*) FROM cycles").fetchone()[0])
+
+
+def _lost(cycles: int, records: int) -> str:
+    return (
+        f"nothing of the open batch is stored: {cycles} cycle(s) and {records} event(s)/run(s) "
+        "written since its last commit are lost"
+    )
 
 
 def test_a_batched_historian_commits_every_n_cycles_and_at_close(tmp_path: Path) -> None:
@@ -575,16 +583,117 @@ def test_a_batch_that_sqlite_rolls_back_says_how_many_cycles_it_lost(tmp_path: P
             h.record(_cycle("r1", i))
             stored += 1
     assert stored > 0
-    assert (
-        f"SQLite rolled back the open batch: the {stored} cycle(s) before it are lost too"
-        in str(err.value)
-    )
-    assert "database or disk is full" in str(err.value)
-    assert h.cycles() == []  # what the message says: nothing of the batch is stored
+    assert "cannot store a cycle: database or disk is full" in str(err.value)
+    assert _lost(stored, 1) in str(err.value)  # the run's row was in the batch too
+    assert h.cycles() == [] and h.runs() == []  # what the message says: nothing is stored
+    with pytest.raises(HistorianError, match="which was not started"):
+        h.record(_cycle("r1", 0))  # the lost run is not taken as stored
     h.close()  # nothing left to commit: no second error
+
+
+def _full_after_cycles(path: Path, n: int) -> SqliteHistorian:
+    """A batched historian holding ``n`` uncommitted cycles of run r1 (the run committed),
+    on a file that cannot grow any more."""
+    h = SqliteHistorian(path, synchronous="OFF", commit_every=1000)
+    h.start_run(_info("r1"))
+    h.flush()
+    for i in range(n):
+        h.record(_cycle("r1", i))
+    pages = h._db.execute("PRAGMA page_count").fetchone()[0]
+    h._db.execute(f"PRAGMA max_page_count={pages}")
+    return h
+
+
+def test_an_event_that_loses_the_batch_counts_its_cycles(tmp_path: Path) -> None:
+    """Events go in the open batch: one that makes SQLite give up the transaction takes the
+    batch's cycles with it, and its error must count them."""
+    h = _full_after_cycles(tmp_path / "h.db", 4)
+    big = HistorianEvent("r1", 1.0, "drift.alarm", "k", "x" * 200_000, {})
+    with pytest.raises(HistorianError) as err:
+        h.record_event(big)
+    assert "cannot store an event" in str(err.value) and _lost(4, 0) in str(err.value)
+    assert h.cycles() == [] and h.runs() == [_info("r1")]
+    h.close()
+    assert _committed(tmp_path / "h.db") == 0
+
+
+def test_a_failed_prune_loses_the_batch_not_the_limit(tmp_path: Path) -> None:
+    """Insert and prune are one cycle's statements: when the prune fails the cycle must not
+    stay (it would exceed max_cycles while the error says it was not stored)."""
+    path = tmp_path / "h.db"
+    h = SqliteHistorian(path, max_cycles=2, commit_every=10)
+    h._db.execute(
+        "CREATE TRIGGER no_prune BEFORE DELETE ON cycles BEGIN SELECT RAISE(ABORT, 'prune "
+        "refused'); END"
+    )
+    h.start_run(_info("r1"))
+    h.record(_cycle("r1", 0))
+    h.record(_cycle("r1", 1))
+    with pytest.raises(HistorianError, match="cannot store a cycle: prune refused") as err:
+        h.record(_cycle("r1", 2))
+    assert _lost(2, 1) in str(err.value)
+    h.close()
+    assert _committed(path) == 0  # not 3 cycles with max_cycles 2
+
+
+def test_a_batch_sqlite_rolled_back_on_its_own_is_reported(tmp_path: Path) -> None:
+    h = SqliteHistorian(tmp_path / "h.db", commit_every=10)
+    h.start_run(_info("r1"))
+    h.record(_cycle("r1", 0))
+    h.record(_cycle("r1", 1))
+    h._db.execute("ROLLBACK")  # as SQLite does on some errors, outside the batch's own calls
+    with pytest.raises(HistorianError, match="rolled back by SQLite") as err:
+        h.record(_cycle("r1", 2))
+    assert _lost(2, 1) in str(err.value)
+    h.close()
+
+
+def test_a_last_batch_that_cannot_commit_fails_the_close_and_closes(tmp_path: Path) -> None:
+    """A deferred constraint fails only at COMMIT: close must say the batch is lost (and
+    still close the file)."""
+    path = tmp_path / "h.db"
+    h = SqliteHistorian(path, commit_every=10)
+    h._db.execute("PRAGMA foreign_keys=ON")
+    h._db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    h._db.execute(
+        "CREATE TABLE child (p INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)"
+    )
+    h.start_run(_info("r1"))
+    h.record(_cycle("r1", 0))
+    h.record(_cycle("r1", 1))
+    h._db.execute("INSERT INTO child VALUES (7)")  # no parent 7: refused at COMMIT
+    with pytest.raises(HistorianError, match="cannot commit the open batch") as err:
+        h.close()
+    assert _lost(2, 1) in str(err.value)
+    h.close()  # closed all the same: a second close does nothing
+    with pytest.raises(HistorianError, match=r"h\.db is closed"):
+        h.record(_cycle("r1", 2))
+    assert _committed(path) == 0
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_closing_twice_does_nothing_and_a_closed_historian_refuses_writes(
+    tmp_path: Path, every: int
+) -> None:
+    h = SqliteHistorian(tmp_path / "h.db", commit_every=every)
+    h.start_run(_info("r1"))
+    h.record(_cycle("r1", 0))
+    h.close()
+    h.close()
+    writes: list[Callable[[], object]] = [
+        lambda: h.record(_cycle("r1", 1)),
+        lambda: h.record_event(HistorianEvent("r1", 1.0, "k", "k", "m", {})),
+        h.flush,
+    ]
+    for write in writes:
+        with pytest.raises(HistorianError, match="is closed"):
+            write()
+    assert _committed(tmp_path / "h.db") == 1
 
 
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True, "8"])
 def test_a_batched_historian_refuses_a_bad_commit_every(tmp_path: Path, bad: object) -> None:
     with pytest.raises(HistorianError, match=r"commit_every .* is not allowed; allowed: a whole"):
         SqliteHistorian(tmp_path / "h.db", commit_every=bad)  # type: ignore[arg-type]
+    with pytest.raises(HistorianError, match=r"in-memory historian: commit_every"):
+        open_historian(None, commit_every=bad)  # type: ignore[arg-type]
