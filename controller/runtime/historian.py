@@ -261,13 +261,12 @@ class SqliteHistorian(Historian):
     ``commit_every`` > 1: cycles are committed in batches of that many (and the open batch
     at :meth:`close` or :meth:`flush`), not one transaction each: a commit rewrites the
     table's last page and its index's, and batching cut a CSTR cycle's historian time from
-    0.125-0.130 to 0.088 ms (B6). A failure inside a batch rolls the whole batch back, and the
-    error counts the cycles lost with it (:mod:`controller.runtime.historian_batch`). Until
-    its batch commits, a cycle is seen by this object's queries but
-    not by other connections, and a process that dies loses it; meanwhile the file's write
-    lock is held. For a fast-mode campaign case
-    (:data:`hil.campaign.drive.HISTORIAN_COMMIT_EVERY`), whose unfinished run is rerun from a
-    fresh historian; never for a historian read live.
+    0.125-0.130 to 0.088 ms (B6). A failure inside a batch rolls the whole batch back, and
+    the error counts the cycles lost with it (:mod:`controller.runtime.historian_batch`).
+    Until its batch commits, a cycle is seen by this object's queries but not by other
+    connections, and a process that dies loses it; meanwhile the file's write lock is held.
+    For a fast-mode campaign case (:data:`hil.campaign.drive.HISTORIAN_COMMIT_EVERY`), whose
+    unfinished run is rerun from a fresh historian; never for a historian read live.
 
     Old cycles are deleted only by :meth:`record`: opening a file to read or export it
     never deletes anything, whatever ``max_cycles`` is.
@@ -314,9 +313,9 @@ class SqliteHistorian(Historian):
             if db is not None:
                 db.close()  # rolls back a schema transaction left open: no lock held
             raise HistorianError(f"cannot open the historian {self.path}: {exc}") from exc
-        #: the open transaction of batched commits (None: each cycle commits alone)
         # a lost batch may have held a run's row: the runs known to be stored are asked again
         lost = self._started.clear
+        #: the open transaction of batched commits (None: each cycle commits alone)
         self._batch = Batch(db, self.path, commit_every, lost) if commit_every > 1 else None
 
     def close(self) -> None:

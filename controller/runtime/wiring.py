@@ -244,9 +244,9 @@ async def run_site(
 
 
 def close_historian(historian: Historian, failure: BaseException | None) -> None:
-    """Close the historian (a batched one commits its last cycles here). When the run has
-    already failed (``failure``), a failure to close is noted on that error, which stays the
-    one raised (and logged); otherwise it is raised."""
+    """Close the historian (a batched one commits its last cycles here). A failure to close
+    is raised; when the run has already failed (``failure``), it is logged and noted on that
+    error instead, which stays the one raised."""
     try:
         historian.close()
     except HistorianError as exc:
