@@ -71,6 +71,18 @@ class RecordingPort(Port):
         return await self.inner.write(values)
 
 
+class _Columns(dict[str, str]):
+    """Name -> ``prefix + name``, each made once (a recording row is built at every scan)."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def __missing__(self, name: str) -> str:
+        key = self[name] = self.prefix + name
+        return key
+
+
 class Recorder:
     """Collects the trajectory (every PLC scan) and the cycles (every controller cycle)."""
 
@@ -92,17 +104,27 @@ class Recorder:
         # the row keys of the fixed name lists, built once
         self._p_keys = [(f"p.{k}", k) for k in self.tracked]
         self._sp_keys = [(f"sp.{k}", k) for k in self.inputs]
+        self._x, self._z, self._e = _Columns("x."), _Columns("z."), _Columns("e.")
+        self._y, self._u = _Columns("y."), _Columns("u.")
 
     def scan(self, rig: HilRig) -> None:
         truth = rig.truth
         measured, bad = rig.measured
         self.rec.t_lag = rig.plant_step
         row: dict[str, Any] = {"t": truth.t, "plc.t": rig.scan_t}
-        row.update({f"x.{k}": v for k, v in truth.states.items()})
-        row.update({f"z.{k}": v for k, v in truth.algebraic.items()})
-        row.update({f"e.{k}": v for k, v in truth.expressions.items()})
-        row.update({f"y.{k}": (math.nan if k in bad else v) for k, v in measured.items()})
-        row.update({f"u.{k}": v for k, v in rig.applied.items()})
+        # every PLC scan (several per controller cycle): the column names come from a cache
+        x, z, e, y, u = self._x, self._z, self._e, self._y, self._u
+        row.update(zip(map(x.__getitem__, truth.states), truth.states.values(), strict=True))
+        row.update(zip(map(z.__getitem__, truth.algebraic), truth.algebraic.values(), strict=True))
+        row.update(
+            zip(map(e.__getitem__, truth.expressions), truth.expressions.values(), strict=True)
+        )
+        if bad:
+            row.update({y[k]: (math.nan if k in bad else v) for k, v in measured.items()})
+        else:
+            row.update(zip(map(y.__getitem__, measured), measured.values(), strict=True))
+        applied = rig.applied
+        row.update(zip(map(u.__getitem__, applied), applied.values(), strict=True))
         if self._p_keys:
             params = rig.plant.parameters
             row.update({key: params[k] for key, k in self._p_keys})
