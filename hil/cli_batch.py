@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -123,15 +124,16 @@ def _design_space_parser(sub: Any, epilog: str) -> None:
     ds.add_argument(
         "--monte-carlo",
         type=int,
-        default=0,
+        default=None,
         metavar="N",
         help="N draws of the uncertain parameters at every point: the probability map",
     )
     ds.add_argument(
         "--probability",
         type=float,
-        default=0.95,
-        help="with --monte-carlo: the probability whose contour bounds the design space (0.95)",
+        default=None,
+        help="with --monte-carlo: the probability whose contour bounds the design space; a "
+        "point is inside when its 95 %% interval lies at or above it (0.95)",
     )
 
 
@@ -240,8 +242,15 @@ def design_space_command(args: argparse.Namespace, console: Console) -> int:
 
     space = load_design_space(args.design_space)
     out = args.out or Path("runs") / "design-space" / space.name
-    if args.monte_carlo:
+    if args.monte_carlo is not None:
         return _probabilistic_design_space(args, space, out, console)
+    if args.probability is not None:
+        console.print(
+            f"[red]error:[/] command line: --probability {args.probability:g}: applies to "
+            "--monte-carlo N runs only (the deterministic design space has no probability)",
+            highlight=False,
+        )
+        return 2
     outcome = run_design_space(
         space,
         out,
@@ -262,38 +271,71 @@ def _probabilistic_design_space(
 ) -> int:
     from hil.design_space_mc import probability_table, run_probabilistic
 
-    if args.monte_carlo < 1 or not 0.0 < args.probability < 1.0:
-        console.print(
-            f"[red]error:[/] --monte-carlo must be at least 1 (got {args.monte_carlo}) and "
-            f"--probability strictly between 0 and 1 (got {args.probability})",
-            highlight=False,
-        )
+    level = 0.95 if args.probability is None else args.probability
+    wrong = []
+    if args.monte_carlo < 1:
+        wrong.append(f"--monte-carlo {args.monte_carlo}: must be at least 1 draw")
+    if not 0.0 < level < 1.0:  # NaN too
+        wrong.append(f"--probability {level:g}: must lie strictly between 0 and 1")
+    for text in wrong:
+        console.print(f"[red]error:[/] command line: {text}", highlight=False)
+    if wrong:
         return 2
     outcome = run_probabilistic(
         space,
         out,
         args.monte_carlo,
-        level=args.probability,
+        level=level,
         executor=args.executor,
         workers=args.workers,
         progress=not args.quiet,
         console=console,
     )
     console.print(probability_table(outcome))
-    console.print(
-        f"{len(outcome.inside)}/{len(outcome.rows)} points meet every limit with probability "
-        f">= {args.probability:g} ({outcome.wall_time_s:.1f} s)",
-        highlight=False,
-    )
+    for line in probabilistic_summary(outcome):
+        console.print(line, highlight=False, markup=False)
     if outcome.errors:
         first = next(r["first_error"] for r in outcome.rows if r["first_error"])
         console.print(
-            f"[red]{outcome.errors} run(s) failed[/] and count as not acceptable; first: {first}",
+            f"[red]{outcome.errors} run(s) failed[/] and count as not acceptable; first: "
+            f"{escape(str(first))}",
             highlight=False,
         )
     for key, path in outcome.files.items():
         console.print(f"{key}: {path}", highlight=False)
     return 0 if outcome.inside and not outcome.errors else 1
+
+
+def probabilistic_summary(outcome: Any) -> list[str]:
+    """What a probabilistic design space showed, in plain lines (see
+    :mod:`hil.design_space_mc` for the verdicts)."""
+    from hil.design_space_mc import min_draws
+
+    pct, n = f"{outcome.level:g}", outcome.n
+    lines = [
+        f"{len(outcome.inside)}/{len(outcome.rows)} points meet every limit with probability "
+        f">= {pct}, shown by their 95 % interval ({n} draws a point, "
+        f"{outcome.wall_time_s:.1f} s); {len(outcome.undecided)} undecided (the interval "
+        f"straddles {pct}: more draws tell); {len(outcome.estimated_inside)} with an "
+        f"estimate >= {pct}",
+        f"contour: {outcome.contour}",
+    ]
+    need = min_draws(outcome.level)
+    exact = not outcome.draws or not outcome.draws[0]
+    if n < need and not exact:
+        lines.append(
+            f"with {n} draws no point can be shown inside at {pct}: a point whose every draw "
+            f"is acceptable is shown inside from {need} draws on"
+        )
+    if exact:
+        lines.append(
+            "no uncertain parameter (uncertainty.parameters: []): every draw is the same run, "
+            "every probability 0 or 1 and each verdict the deterministic design space's"
+        )
+    if outcome.overridden:
+        given = ", ".join(f"{k} = {v:g}" for k, v in outcome.overridden.items())
+        lines.append(f"drawn over their ranges instead of the scenario's true plant: {given}")
+    return lines
 
 
 def check_config_command(args: argparse.Namespace, console: Console) -> int:

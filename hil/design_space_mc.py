@@ -3,16 +3,28 @@
 ``pharmatwin-hil design-space FILE --monte-carlo N`` runs the deterministic grid of
 :mod:`hil.design_space` N times per point, each time with the true plant's uncertain
 parameters drawn over their plausible ranges (the plant file's ``range``; the design-space
-file's ``uncertainty`` section says which parameters and which distribution). Every point
-gets the probability that all its CQA limits hold (the share of draws that were acceptable,
-with a 95 % Wilson interval), and the map is drawn with the contour of the probability the
-user asks for (``--probability``, default 0.95): the probability-map form of a QbD design
-space (Peterson's Bayesian design space; Fissore's and Pisano's freeze-drying maps).
+file's ``uncertainty`` section says which parameters and which distribution; a drawn value
+replaces the scenario's own ``true_plant`` value of that parameter). Every point gets the
+probability that all its CQA limits hold: the share of its N draws that were acceptable (a
+draw whose run failed or was lost counts as not acceptable and stays in the N), with its 95 %
+Wilson interval. The map is drawn with the contour of the probability the user asks for
+(``--probability``, default 0.95): the probability-map form of a QbD design space (Peterson's
+Bayesian design space; Fissore's and Pisano's freeze-drying maps).
+
+A point's verdict does not rest on the estimate alone (N draws estimate the probability; they
+do not measure it): ``inside`` when its whole 95 % interval lies at or above the level,
+``outside`` when it lies wholly below, ``undecided`` otherwise (more draws tell). So with few
+draws nothing is shown inside: a point whose every draw was acceptable is inside from
+:func:`min_draws` draws on (73 for 0.95). The draws are a Latin hypercube, not independent, so
+the binomial interval is an approximation (for a stratified sample, usually a cautious one).
 
 The draws are the same at every point (common random numbers: a Latin hypercube from
-``uncertainty.seed``), so neighbouring points differ by the recipe, not by luck. With no
-uncertain parameter the map is the deterministic design space: every probability is 0 or 1.
-Runs go to the same executors as the deterministic grid (a local process pool or Dask).
+``uncertainty.seed``), so neighbouring points differ by the recipe, not by luck. With
+``parameters: []`` (no uncertain parameter, on purpose) every draw is the same run and the map
+is the deterministic design space: every probability is 0 or 1, with no interval around it,
+and each verdict is the grid's. With the ``parameters`` left out, every parameter with a
+range is drawn; a plant file with none is an error, not a map of nothing drawn. Runs go to the
+same executors as the deterministic grid (a local process pool or Dask).
 """
 
 from __future__ import annotations
@@ -30,46 +42,27 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from controller.errors import ConfigError, Problem, unknown_name
+from controller.errors import ConfigError
 from controller.jsonfile import write_json as write_json_file
 from controller.plantfile import build_model
 from hil.campaign.montecarlo import Law
 from hil.campaign.montecarlo import draw as draw_laws
 from hil.design_space import fmt, judge
 from hil.design_space_exec import Executor, lost, progress_bar, run_dask, run_pool
-from hil.design_space_spec import DesignSpace
+from hil.design_space_spec import DesignSpace, Point, ranged_parameters, uncertainty_problems
 from plant_models import PlantModel
 
 
 def uncertain_parameters(space: DesignSpace) -> dict[str, tuple[float, float, float]]:
-    """name -> (lower, mode, upper) of the parameters drawn; ConfigError for unusable names."""
+    """name -> (lower, mode, upper) of the parameters drawn; ConfigError for unusable names,
+    or for nothing to draw when none is named and the plant file gives no range."""
     model = _model(space)
     spec = space.spec.uncertainty
-    params = model.parameter_set.parameters
-    ranged = [n for n, p in params.items() if math.isfinite(p.lower) and math.isfinite(p.upper)]
-    names = list(spec.parameters) if spec.parameters is not None else ranged
-    problems = []
-    for i, name in enumerate(names):
-        if name not in params:
-            problems.append(
-                Problem(
-                    str(space.path),
-                    f"uncertainty.parameters.{i}",
-                    unknown_name("parameter", name, sorted(params)),
-                    name,
-                )
-            )
-        elif name not in ranged:
-            problems.append(
-                Problem(
-                    str(space.path),
-                    f"uncertainty.parameters.{i}",
-                    "has no plausible range in the plant file (give 'range: [low, high]')",
-                    name,
-                )
-            )
+    problems = uncertainty_problems(spec, model, str(space.path), drawing=True)
     if problems:
         raise ConfigError(problems)
+    params = model.parameter_set.parameters
+    names = list(spec.parameters) if spec.parameters is not None else ranged_parameters(model)
     return {n: (params[n].lower, params[n].value, params[n].upper) for n in names}
 
 
@@ -96,6 +89,26 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def verdict(acceptable: int, n: int, level: float) -> str:
+    """``inside`` (the 95 % Wilson interval of acceptable/n at or above ``level``),
+    ``outside`` (wholly below it) or ``undecided`` (across it: more draws tell)."""
+    lo, hi = wilson(acceptable, n)
+    if lo >= level:
+        return "inside"
+    return "outside" if hi < level else "undecided"
+
+
+def min_draws(level: float) -> int:
+    """The fewest draws with which a point whose every draw is acceptable is ``inside``
+    (the Wilson lower bound of n/n is n / (n + z^2))."""
+    n = max(1, math.ceil(level * 1.96**2 / (1.0 - level)))
+    while wilson(n, n)[0] < level:  # the closed form's rounding
+        n += 1
+    while n > 1 and wilson(n - 1, n - 1)[0] >= level:
+        n -= 1
+    return n
+
+
 @dataclass
 class ProbabilisticOutcome:
     space: DesignSpace
@@ -108,6 +121,10 @@ class ProbabilisticOutcome:
     rows: list[dict[str, Any]] = field(default_factory=list)  # grid order
     wall_time_s: float = 0.0
     files: dict[str, Path] = field(default_factory=dict)
+    #: drawn parameters that the scenario's true plant set to a value of its own (replaced)
+    overridden: dict[str, float] = field(default_factory=dict)
+    #: what the plot shows of the level: the contour, or why there is none
+    contour: str = ""
 
     @property
     def errors(self) -> int:
@@ -116,7 +133,18 @@ class ProbabilisticOutcome:
 
     @property
     def inside(self) -> list[dict[str, Any]]:
-        """The points whose probability of meeting every limit reaches the level."""
+        """The points shown to meet every limit with probability >= the level: their 95 %
+        interval lies at or above it."""
+        return [r for r in self.rows if r["verdict"] == "inside"]
+
+    @property
+    def undecided(self) -> list[dict[str, Any]]:
+        """The points whose 95 % interval straddles the level (more draws tell)."""
+        return [r for r in self.rows if r["verdict"] == "undecided"]
+
+    @property
+    def estimated_inside(self) -> list[dict[str, Any]]:
+        """The points whose estimate (acceptable share) reaches the level, shown or not."""
         return [r for r in self.rows if r["probability"] >= self.level]
 
 
@@ -137,8 +165,8 @@ def run_probabilistic(
     if not 0.0 < level < 1.0:
         raise ValueError(f"--probability must lie strictly between 0 and 1, got {level}")
     console = console or Console(stderr=True)
-    out.mkdir(parents=True, exist_ok=True)
     ranges = uncertain_parameters(space)
+    out.mkdir(parents=True, exist_ok=True)
     spec = space.spec.uncertainty
     draws = draw(ranges, n, spec.distribution, spec.seed)
     cqa = space.spec.cqas.model_dump()
@@ -170,44 +198,80 @@ def run_probabilistic(
     outcome = ProbabilisticOutcome(
         space, out, n, level, executor, workers, draws, wall_time_s=time.perf_counter() - t0
     )
+    own = (space.points[0].scenario.get("true_plant") or {}).get("parameters") or {}
+    outcome.overridden = {k: float(v) for k, v in own.items() if k in ranges}
     for p in space.points:
         runs = [
             results.get(f"{p.id}-d{k:03d}") or lost(f"{p.id}-d{k:03d}", RuntimeError("no result"))
             for k in range(n)
         ]
-        verdicts = [judge(r, space.limits) for r in runs]
-        ok = sum(v for v, _ in verdicts)
-        errors = sum(r.get("status") != "ok" for r in runs)
-        lo, hi = wilson(ok, n)
-        row: dict[str, Any] = {"id": p.id, **p.values}
-        row |= {"draws": n, "acceptable_draws": ok, "errors": errors}
-        row["first_error"] = next((r.get("error") for r in runs if r.get("status") != "ok"), None)
-        row |= {"probability": ok / n, "ci_low": lo, "ci_high": hi}
-        for name in space.cqa_names:
-            seen = [float(r[name]) for r in runs if isinstance(r.get(name), int | float)]
-            finite = [v for v in seen if math.isfinite(v)]
-            row[f"mean_{name}"] = float(np.mean(finite)) if finite else math.nan
-            row[f"worst_{name}"] = float(max(finite)) if finite else math.nan
-        reasons: dict[str, int] = {}
-        for _, why in verdicts:
-            for text in why:
-                key = text.split(" ")[0]
-                reasons[key] = reasons.get(key, 0) + 1
-        row["failed_limits"] = reasons
-        outcome.rows.append(row)
+        outcome.rows.append(point_row(space, p, runs, level, exact=not ranges))
     outcome.files = {
         "csv": _write_csv(outcome, out / "design_space_probability.csv"),
-        "json": _write_json(outcome, out / "design_space_probability.json"),
         "png": write_probability_plot(outcome, out / "design_space_probability.png"),
     }
+    outcome.files["json"] = _write_json(outcome, out / "design_space_probability.json")
     return outcome
+
+
+def point_row(
+    space: DesignSpace,
+    p: Point,
+    runs: Sequence[dict[str, Any]],
+    level: float,
+    *,
+    exact: bool = False,
+) -> dict[str, Any]:
+    """One grid point's row from its runs (one per draw, a failed or lost one included):
+    the acceptable share, its interval and verdict, each CQA's mean and worst value, and how
+    often each limit was broken. ``exact``: nothing was drawn, every run is the same run, so
+    the share is no estimate (its interval is itself; the verdict the deterministic one)."""
+    n = len(runs)
+    verdicts = [judge(r, space.limits) for r in runs]
+    ok = sum(v for v, _ in verdicts)
+    lo, hi = (ok / n, ok / n) if exact else wilson(ok, n)
+    row: dict[str, Any] = {"id": p.id, **p.values}
+    row |= {
+        "draws": n,
+        "acceptable_draws": ok,
+        "errors": sum(r.get("status") != "ok" for r in runs),
+    }
+    row["first_error"] = next((r.get("error") for r in runs if r.get("status") != "ok"), None)
+    judged = ("inside" if ok / n >= level else "outside") if exact else verdict(ok, n, level)
+    row |= {"probability": ok / n, "ci_low": lo, "ci_high": hi, "verdict": judged}
+    for name in space.cqa_names:
+        seen = [float(r[name]) for r in runs if isinstance(r.get(name), int | float)]
+        finite = [v for v in seen if math.isfinite(v)]
+        row[f"mean_{name}"] = float(np.mean(finite)) if finite else math.nan
+        row[f"worst_{name}"] = worst(finite, space.limits.get(name))
+    reasons: dict[str, int] = {}
+    for _, why in verdicts:
+        for text in why:
+            key = text.split(" ")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+    row["failed_limits"] = reasons
+    return row
+
+
+def worst(values: Sequence[float], limit: tuple[float | None, float | None] | None) -> float:
+    """The value nearest its limit, or furthest past it: the largest under an upper limit, the
+    smallest over a lower one, the one with the least margin between both. NaN without a
+    limit (no side is worse) or without values (every run failed)."""
+    if not values or limit is None or limit == (None, None):
+        return math.nan
+    lo, hi = limit
+    if lo is None:
+        return max(values)
+    if hi is None:
+        return min(values)
+    return min(values, key=lambda v: min(v - lo, hi - v))
 
 
 def _columns(outcome: ProbabilisticOutcome) -> list[str]:
     names = [f.name for f in outcome.space.spec.factors]
     cqas = [f"{k}_{c}" for c in outcome.space.cqa_names for k in ("mean", "worst")]
     return ["id", *names, "draws", "acceptable_draws", "errors", "probability", "ci_low",
-            "ci_high", *cqas]  # fmt: skip
+            "ci_high", "verdict", *cqas]  # fmt: skip
 
 
 def _write_csv(outcome: ProbabilisticOutcome, path: Path) -> Path:
@@ -227,21 +291,42 @@ def _write_json(outcome: ProbabilisticOutcome, path: Path) -> Path:
         "file": str(space.path),
         "monte_carlo": outcome.n,
         "probability_level": outcome.level,
+        "verdict_rule": (
+            "inside: the 95 % Wilson interval of the acceptable share lies at or above the "
+            "level; outside: wholly below it; undecided: across it"
+        ),
+        "min_draws_to_show_inside": min_draws(outcome.level),
         "uncertainty": space.spec.uncertainty.model_dump(),
         "draws": outcome.draws,
+        "overridden_true_plant_parameters": outcome.overridden,
         "limits": {k: {"lower": lo, "upper": hi} for k, (lo, hi) in space.limits.items()},
         "executor": outcome.executor,
         "workers": outcome.workers,
         "wall_time_s": outcome.wall_time_s,
         "n_points": len(outcome.rows),
         "n_inside": len(outcome.inside),
+        "n_undecided": len(outcome.undecided),
+        "n_estimated_inside": len(outcome.estimated_inside),
+        "contour": outcome.contour,
         "points": outcome.rows,
     }
     return write_json_file(path, data)
 
 
+def contour_level(z: np.ndarray, level: float) -> float | None:
+    """The value to draw the contour of ``P >= level`` at: just below the level, so that a
+    point exactly at it (19 of 20 draws at 0.95) lies inside the line; None when no point or
+    every point reaches the level (there is no boundary on the grid to draw)."""
+    at = float(np.nextafter(level, -np.inf))
+    finite = z[np.isfinite(z)]
+    if finite.size == 0 or not finite.min() < at < finite.max():
+        return None
+    return at
+
+
 def write_probability_plot(outcome: ProbabilisticOutcome, path: Path) -> Path:
-    """The probability map (0..1) with the contour of the asked probability, labelled."""
+    """The probability map (0..1) with the contour of the asked probability, labelled, and
+    each point's verdict marked; ``outcome.contour`` says what was drawn of the level."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -253,23 +338,41 @@ def write_probability_plot(outcome: ProbabilisticOutcome, path: Path) -> Path:
     z = np.full((len(y), len(x)), np.nan)
     for p, r in zip(space.points, outcome.rows, strict=True):
         z[p.j, p.i] = r["probability"]
-    fig, ax = plt.subplots(figsize=(7.5, 5.6), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(7.5, 5.8), constrained_layout=True)
     cs = ax.contourf(x, y, z, levels=np.linspace(0.0, 1.0, 11), cmap="RdYlGn", vmin=0, vmax=1)
     fig.colorbar(cs, ax=ax, label="probability that every CQA limit holds [-]")
-    if np.nanmin(z) < outcome.level < np.nanmax(z):
-        line = ax.contour(x, y, z, levels=[outcome.level], colors="k", linewidths=2.2)
-        ax.clabel(line, fmt={outcome.level: f"P = {100 * outcome.level:g} %"}, fontsize=9)
+    pct = f"{100 * outcome.level:g} %"
+    at = contour_level(z, outcome.level)
+    if at is not None:
+        line = ax.contour(x, y, z, levels=[at], colors="k", linewidths=2.2)
+        ax.clabel(line, fmt={at: f"P = {pct}"}, fontsize=9)
+        outcome.contour = f"drawn: the line of the estimated P = {pct}"
+    else:
+        side = "no point's" if np.nanmax(z) < outcome.level else "every point's"
+        why = f"{side} estimate reaches P = {pct}"
+        outcome.contour = f"none: {why}"
+        ax.text(0.5, 0.02, f"no contour: {why}", transform=ax.transAxes, ha="center",
+                va="bottom", fontsize=9,
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.5"})  # fmt: skip
     xx, yy = np.meshgrid(x, y)
     for xi, yi, zi in zip(xx.ravel(), yy.ravel(), z.ravel(), strict=True):
         ax.annotate(fmt(zi), (xi, yi), ha="center", va="center", fontsize=7)
+    marks = {"inside": ("k", "-"), "undecided": ("0.35", "--")}
+    for kind, (colour, style) in marks.items():
+        pts = [(r[fx.name], r[fy.name]) for r in outcome.rows if r["verdict"] == kind]
+        ax.scatter([a for a, _ in pts], [b for _, b in pts], s=520, facecolors="none",
+                   edgecolors=colour, linestyles=style, linewidths=1.4,
+                   label=f"{kind} ({len(pts)})")  # fmt: skip
+    ax.legend(loc="upper right", fontsize=8, title=f"95 % interval vs {pct}", title_fontsize=8)
     model = _model(space)
     ax.set_xlabel(fx.label or model.label(fx.input))
     ax.set_ylabel(fy.label or model.label(fy.input))
-    drawn = ", ".join(sorted(outcome.draws[0])) if outcome.draws and outcome.draws[0] else "none"
+    drawn = ", ".join(sorted(outcome.draws[0])) if outcome.draws and outcome.draws[0] else ""
+    what = drawn or "no parameter (zero uncertainty: the deterministic design space)"
     ax.set_title(
-        f"probabilistic design space {space.name}: {outcome.n} draws per point of "
-        f"{drawn}\n{len(outcome.inside)}/{len(outcome.rows)} points at P >= "
-        f"{100 * outcome.level:g} %",
+        f"probabilistic design space {space.name}: {outcome.n} draws per point of {what}\n"
+        f"{len(outcome.inside)}/{len(outcome.rows)} points inside at {pct} (their 95 % "
+        f"interval at or above it), {len(outcome.undecided)} undecided",
         fontsize=9,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -278,13 +381,19 @@ def write_probability_plot(outcome: ProbabilisticOutcome, path: Path) -> Path:
     return path
 
 
+#: the table's colour per verdict
+_COLOUR = {"inside": "green", "undecided": "yellow", "outside": "red"}
+
+
 def probability_table(outcome: ProbabilisticOutcome) -> Table:
-    """The probability per grid point (rows: second factor, columns: first)."""
+    """The probability per grid point (rows: second factor, columns: first), coloured by
+    verdict."""
     space = outcome.space
     fx, fy = space.spec.factors
+    pct = f"{100 * outcome.level:g} %"
     table = Table(
-        title=f"P(every CQA limit holds), {outcome.n} draws per point "
-        f"(green: >= {100 * outcome.level:g} %)"
+        title=f"P(every CQA limit holds), {outcome.n} draws per point (green: inside, its 95 % "
+        f"interval at or above {pct}; yellow: undecided; red: outside)"
     )
     table.add_column(f"{fy.name} \\ {fx.name}")
     for v in fx.values:
@@ -292,8 +401,7 @@ def probability_table(outcome: ProbabilisticOutcome) -> Table:
     cells = {(p.i, p.j): r for p, r in zip(space.points, outcome.rows, strict=True)}
     for j, vy in enumerate(fy.values):
         row: Sequence[str] = [
-            f"[{'green' if cells[(i, j)]['probability'] >= outcome.level else 'red'}]"
-            f"{cells[(i, j)]['probability']:.2f}[/]"
+            f"[{_COLOUR[cells[(i, j)]['verdict']]}]{cells[(i, j)]['probability']:.2f}[/]"
             for i in range(len(fx.values))
         ]
         table.add_row(f"{vy:g}", *row)

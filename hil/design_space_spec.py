@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -70,7 +71,8 @@ class Uncertainty(Strict):
     """What ``--monte-carlo N`` draws at every grid point (see :mod:`hil.design_space_mc`).
 
     ``parameters``: true-plant parameters drawn over their plausible ranges in the plant file
-    (None: every parameter with a range; ``[]``: none, the zero-uncertainty limit).
+    (None: every parameter with a range, and a ``--monte-carlo`` run refuses a plant file with
+    none; ``[]``: none, the zero-uncertainty limit). Checked when the file is loaded.
     ``distribution``: ``uniform`` (Latin hypercube over the ranges) or ``triangular`` (mode at
     the plant file's value).
     """
@@ -204,6 +206,7 @@ def load_design_space(path: Path) -> DesignSpace:
     if problems:
         raise ConfigError(problems)
     problems = _factor_problems(spec, model, source) + _cqa_problems(spec, model, source)
+    problems += uncertainty_problems(spec.uncertainty, model, source)
     params = model.parameter_set.with_values(base.true_plant.parameters).values()
     limits, limit_problems = _limits(spec, params, source)
     if problems or limit_problems:
@@ -231,6 +234,46 @@ def _factor_problems(spec: DesignSpaceFile, model: PlantModel, source: str) -> l
                 why = f"outside the bounds of input {f.input}; allowed: {bounds}"
                 problems.append(Problem(source, f"factors.{i}.values.{k}", why, v))
     return problems
+
+
+def uncertainty_problems(
+    spec: Uncertainty, model: PlantModel, source: str, *, drawing: bool = False
+) -> list[Problem]:
+    """The ``uncertainty`` section's parameters are the model's, each with a plausible range
+    in the plant file. ``drawing`` (a ``--monte-carlo`` run): with no ``parameters`` given,
+    some parameter must have a range, or there is nothing to draw (``parameters: []`` asks for
+    the zero-uncertainty limit on purpose)."""
+    params = model.parameter_set.parameters
+    ranged = ranged_parameters(model)
+    problems: list[Problem] = []
+    if spec.parameters is None:
+        if drawing and not ranged:
+            why = (
+                "no parameter of the plant file has a plausible range, so there is nothing to "
+                "draw: give some a 'range: [low, high]' there, name them here, or write "
+                "'parameters: []' for the zero-uncertainty limit (the deterministic design space)"
+            )
+            problems.append(Problem(source, "uncertainty.parameters", why, None))
+        return problems
+    for i, name in enumerate(spec.parameters):
+        key = f"uncertainty.parameters.{i}"
+        if name not in params:
+            problems.append(
+                Problem(source, key, unknown_name("parameter", name, sorted(params)), name)
+            )
+        elif name not in ranged:
+            why = "has no plausible range in the plant file (give it 'range: [low, high]' there)"
+            problems.append(Problem(source, key, why, name))
+    return problems
+
+
+def ranged_parameters(model: PlantModel) -> list[str]:
+    """The plant parameters with a finite plausible range, in the plant file's order."""
+    return [
+        n
+        for n, p in model.parameter_set.parameters.items()
+        if math.isfinite(p.lower) and math.isfinite(p.upper)
+    ]
 
 
 def _cqa_problems(spec: DesignSpaceFile, model: PlantModel, source: str) -> list[Problem]:

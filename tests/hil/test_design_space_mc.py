@@ -45,6 +45,8 @@ def test_without_uncertainty_the_map_is_the_deterministic_design_space(tmp_path:
     verdicts = [r["acceptable"] for r in det.rows]
     assert any(verdicts) and not all(verdicts)  # the grid crosses the edge
     assert [r["probability"] for r in prob.rows] == [1.0 if v else 0.0 for v in verdicts]
+    # nothing drawn: every run is the same run, so the verdicts are the grid's own
+    assert [r["verdict"] == "inside" for r in prob.rows] == verdicts
 
 
 def test_drawn_parameters_turn_the_edge_into_probabilities(tmp_path: Path) -> None:
@@ -92,4 +94,18 @@ def test_the_cli_prints_the_map_and_refuses_bad_arguments(
     )  # fmt: skip
     text = capsys.readouterr().out
     assert "P(every CQA limit holds)" in text and code == 0
+    assert "no uncertain parameter (uncertainty.parameters: [])" in text
     assert (out / "design_space_probability.csv").exists()
+    # drawn parameters, few draws: the estimate may reach 0.95, no point is shown inside
+    drawn = _small(tmp_path, {"parameters": ["KC"], "seed": 1})
+    code = hil_main(
+        ["design-space", str(drawn), "--monte-carlo", "2", "--workers", "2", "--quiet",
+         "--out", str(tmp_path / "few")]
+    )  # fmt: skip
+    text = capsys.readouterr().out
+    assert code == 1 and "0/6 points meet every limit with probability >= 0.95" in text
+    assert "with 2 draws no point can be shown inside at 0.95" in text
+    assert "from 73 draws on" in text
+    saved = json.loads((tmp_path / "few" / "design_space_probability.json").read_text())
+    assert saved["n_inside"] == 0 and saved["min_draws_to_show_inside"] == 73
+    assert {r["verdict"] for r in saved["points"]} <= {"outside", "undecided"}
