@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,57 @@ def add_parsers(sub: Any, epilog: str) -> None:
 
 
 def simulate(args: argparse.Namespace, console: Console) -> int:
-    """``simulate``: 0 when the run ends without a plant fault, 1 with one."""
+    """``simulate``: 0 when the run ends without a plant fault, 1 with one, 2 when refused
+    (a bad argument, found before simulating; an output that cannot be written)."""
+    problem = simulate_argument_problem(args)
+    if problem is not None:
+        _refuse(console, problem)
+        return 2
     return asyncio.run(_simulate(args, console))
+
+
+def simulate_argument_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with ``simulate``'s arguments, as ``--flag: must be ... (got ...)``.
+
+    ``--max-steps`` must be 1 or more (0 or fewer samples would report an empty run as a
+    result); ``--out`` must be a folder that exists or can be made (not a file, nor under
+    one). The scenario itself is checked when it is loaded (a ConfigError).
+    """
+    if args.max_steps is not None and args.max_steps < 1:
+        return f"--max-steps: must be 1 or more (got {args.max_steps})"
+    if args.out is not None:
+        return out_problem(args.out)
+    return None
+
+
+def out_problem(out: Path, *, default: bool = False) -> str | None:
+    """Why ``out`` cannot be the output folder (``--out: ...``), or None when it can.
+
+    It may exist as a directory or not exist yet; its nearest existing ancestor must then be
+    a writable directory (so the folder can be made).
+    """
+    got = f"{out} (the default)" if default else str(out)
+    allowed = "--out: must be a directory or not exist yet"
+    if out.exists() and not out.is_dir():
+        return f"{allowed} (got {got}: it is {_kind(out)})"
+    existing = out
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{allowed} (got {got}: {existing} is {_kind(existing)})"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"--out: must be a folder that can be written (got {got}: {existing} is not)"
+    return None
+
+
+def _kind(path: Path) -> str:
+    return "a file" if path.is_file() else "not a directory"
+
+
+def _refuse(console: Console, problem: str) -> None:
+    """One line, as ``hil.cli.main`` words its own refusals (never wrapped)."""
+    text = f"[red]error:[/] command line: {escape(problem)}"
+    console.print(text, highlight=False, soft_wrap=True)
 
 
 def serve(args: argparse.Namespace, console: Console) -> int:
@@ -155,6 +205,10 @@ async def _simulate(args: argparse.Namespace, console: Console) -> int:
         progress.update(task, sim=f"t = {run.rows[-1]['t']:.4g} {run.model.time_unit}")
     kpis = compute_kpis(run)
     out: Path = args.out or Path("runs") / run.scenario.name
+    problem = out_problem(out, default=args.out is None)  # an explicit --out is checked before
+    if problem is not None:
+        _refuse(console, problem)
+        return 2
     console.print(kpi_table(kpis))
     files = [write_parquet(run, out / "trajectory.parquet"), write_kpis(kpis, out / "kpis.json")]
     if not args.no_plot:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import textwrap
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +13,47 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from controller.errors import PharmaTwinError
 from controller.jsonfile import write_json
 from hil.kpis import Kpis
 from hil.simulate import ScenarioRun
+
+__all__ = ["OutputError", "write_kpis", "write_parquet", "write_plot"]
+
+
+class OutputError(PharmaTwinError):
+    """A run output cannot be written: its folder cannot be made, or the file cannot be."""
+
+
+@contextmanager
+def _writing(path: Path, cleanup: Callable[[], None] | None = None) -> Iterator[None]:
+    """Make ``path``'s folder, then let the caller write ``path``; an :class:`OSError` on the
+    way (a parent that is a file, no permission, a full disk, a directory in the file's place)
+    becomes one :class:`OutputError` naming the file and the reason, never a traceback."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot write {path}: its folder {path.parent} cannot be made ({_reason(exc)})"
+        ) from exc
+    try:
+        yield
+    except OSError as exc:
+        if cleanup is not None:
+            with suppress(OSError):  # the first problem is the one to report
+                cleanup()
+        raise OutputError(f"cannot write {path}: {_reason(exc)}") from exc
+
+
+def _reason(exc: OSError) -> str:
+    """``[Errno 17] File exists: 'x'`` as ``File exists: x``: the reason and the path(s)."""
+    if exc.strerror is None:
+        return str(exc)
+    if exc.filename is None:
+        return exc.strerror
+    if exc.filename2 is not None:  # a rename: from -> to
+        return f"{exc.strerror}: {exc.filename} -> {exc.filename2}"
+    return f"{exc.strerror}: {exc.filename}"
 
 
 def write_parquet(run: ScenarioRun, path: Path) -> Path:
@@ -29,13 +69,17 @@ def write_parquet(run: ScenarioRun, path: Path) -> Path:
         b"time_unit": run.model.time_unit.encode(),
     }
     table = table.replace_schema_metadata(meta)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path)
+    with _writing(path):
+        pq.write_table(table, path)
     return path
 
 
 def write_kpis(kpis: Kpis, path: Path) -> Path:
-    return write_json(path, kpis.as_dict())
+    # write_json writes <name>.tmp and renames it: a failed rename leaves no stray .tmp here
+    tmp = path.with_name(path.name + ".tmp")
+    with _writing(path, cleanup=lambda: tmp.unlink(missing_ok=True)):
+        write_json(path, kpis.as_dict())
+    return path
 
 
 def _bounds(run: ScenarioRun, name: str) -> tuple[float | None, float | None]:
@@ -95,7 +139,9 @@ def write_plot(run: ScenarioRun, path: Path) -> Path:
     title = f"{run.scenario.name}: {run.scenario.description}"
     fig.suptitle(textwrap.fill(title, width=int(38 * cols)), fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    try:
+        with _writing(path):
+            fig.savefig(path, dpi=90)
+    finally:
+        plt.close(fig)
     return path
