@@ -11,7 +11,8 @@ HIL's).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -148,6 +149,19 @@ def _check_config_parser(sub: Any) -> None:
     )
 
 
+#: errored cases whose error the campaign's summary prints (the rest are in summary.json)
+ERRORS_SHOWN = 3
+
+
+def errored_lines(results: Iterable[Mapping[str, Any]], summary: Path) -> list[str]:
+    """Why cases errored: the first :data:`ERRORS_SHOWN`, one line each, then how many more."""
+    errored = [r for r in results if r.get("status") == "error"]
+    lines = [f"errored {r.get('id')}: {r.get('error')}" for r in errored[:ERRORS_SHOWN]]
+    if len(errored) > ERRORS_SHOWN:
+        lines.append(f"... and {len(errored) - ERRORS_SHOWN} more errored case(s): see {summary}")
+    return lines
+
+
 def campaign_command(args: argparse.Namespace, console: Console) -> int:
     from hil.campaign.report import write_reports
 
@@ -165,6 +179,13 @@ def campaign_command(args: argparse.Namespace, console: Console) -> int:
     )
     if args.dask_scheduler and executor != "dask":
         console.print("[red]error:[/red] --dask-scheduler needs --executor dask (or none)")
+        return 2
+    if args.rate is not None and not (math.isfinite(args.rate) and args.rate > 0):
+        console.print(
+            f"[red]error:[/] command line: --rate {args.rate:g}: must be a positive number of "
+            "process seconds per wall second",
+            highlight=False,
+        )
         return 2
     settings = RunSettings(
         out=args.out or Path("runs") / "campaigns" / f"{campaign.name}-{mode}",
@@ -189,6 +210,8 @@ def campaign_command(args: argparse.Namespace, console: Console) -> int:
         f"{outcome.wall_time_s:.1f} s",
     )
     console.print(table)
+    for line in errored_lines(outcome.results.values(), paths.summary):
+        console.print(line, highlight=False, markup=False)
     console.print(f"report: {paths.html}\njunit: {paths.junit}\nsummary: {paths.summary}")
     return 0 if outcome.passed else 1
 
@@ -232,8 +255,14 @@ def compare_command(args: argparse.Namespace, console: Console) -> int:
         console.print("[red]error:[/red] --dask-scheduler needs --executor dask (or none)")
         return 2
     result = compare(args.config_a, args.config_b, args.scenarios, args.out, executor, console)
+    for side, why in result.errored.items():
+        name = args.config_a if side == "A" else args.config_b
+        cases = [{"id": c, "status": "error", "error": e} for c, e in why.items()]
+        for line in errored_lines(cases, result.json):
+            console.print(f"{side} ({name}): {line}", highlight=False, markup=False)
     console.print(f"report: {result.html}\nkpis: {result.json}", highlight=False)
-    return 0
+    # a config whose cases errored has no KPIs to compare: not a comparison
+    return 1 if any(result.errored.values()) else 0
 
 
 def design_space_command(args: argparse.Namespace, console: Console) -> int:

@@ -49,6 +49,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from controller.errors import PortConnectError
 from controller.jsonfile import write_json
 from controller.runtime.historian_run import git_commit, library_versions
 from hil.campaign.cases import Case
@@ -278,7 +279,7 @@ def local_dask_client(
             config["distributed.scheduler.allowed-failures"] = retries
         stack.enter_context(dask.config.set(config))
         if scheduler:
-            yield stack.enter_context(Client(scheduler))
+            yield stack.enter_context(_connect(Client, scheduler))
             return
         cluster = stack.enter_context(
             LocalCluster(
@@ -291,6 +292,21 @@ def local_dask_client(
             )
         )
         yield stack.enter_context(Client(cluster))
+
+
+def _connect(client: Any, scheduler: str) -> Any:
+    """A client of the Dask scheduler at ``scheduler``; a malformed address or one with no
+    scheduler answering is a :class:`~controller.errors.PortConnectError` naming it (Dask
+    waits its ``distributed.comm.timeouts.connect``, 30 s by default, before giving up)."""
+    try:
+        return client(scheduler)
+    except (OSError, TimeoutError, ValueError, TypeError) as exc:
+        why = " ".join(str(exc).split()) or type(exc).__name__
+        raise PortConnectError(
+            f"--dask-scheduler {scheduler}: no Dask scheduler reached there ({why}); "
+            "give the address of a running one, tcp://HOST:PORT (start one with "
+            "`dask scheduler --host 127.0.0.1`), or leave the option out for a local cluster"
+        ) from exc
 
 
 def _run_dask(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ class Comparison:
     kpis: list[tuple[str, float, float]]  # KPI, mean for A, mean for B
     html: Path
     json: Path
+    #: per config (A, B): the cases that errored, case id -> why (no KPIs: no comparison)
+    errored: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def scenario_campaigns(paths: list[Path]) -> list[Campaign]:
@@ -82,9 +84,13 @@ def compare(
             sections.append((camp.name, png))
     a, b = _means(results["A"]), _means(results["B"])
     rows = [(k, a.get(k, math.nan), b.get(k, math.nan)) for k in sorted(set(a) | set(b))]
-    for k, res in results.items():
-        bad = [r["id"] for r in res if r.get("status") != "passed"]
-        rows.append((f"cases not passed ({k})", float(len(bad)), math.nan))
+    bad = {k: float(sum(r.get("status") != "passed" for r in res)) for k, res in results.items()}
+    rows.append(("cases not passed", bad["A"], bad["B"]))
+    errored = {
+        k: {str(r["id"]): str(r.get("error")) for r in res if r.get("status") == "error"}
+        for k, res in results.items()
+    }
+    rows.append(("cases errored", float(len(errored["A"])), float(len(errored["B"]))))
     table = Table(title=f"A = {config_a}  vs  B = {config_b} (mean over {len(results['A'])} cases)")
     for col in ("KPI", "A", "B"):
         table.add_column(col, justify="right")
@@ -102,10 +108,16 @@ def compare(
     json_path = out / "compare.json"
     json_path.write_text(
         json.dumps(
-            {"A": str(config_a), "B": str(config_b), "mean": {"A": a, "B": b}, "cases": per_case},
+            {
+                "A": str(config_a),
+                "B": str(config_b),
+                "mean": {"A": a, "B": b},
+                "cases": per_case,
+                "errored": errored,
+            },
             indent=2,
             default=str,
         ),
         encoding="utf-8",
     )
-    return Comparison(rows, html_path, json_path)
+    return Comparison(rows, html_path, json_path, errored)

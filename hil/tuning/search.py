@@ -7,7 +7,9 @@ rejected candidate (a case errored, a named requirement failed, a KPI bound was 
 candidate config is invalid) is told as PRUNED with its reasons in the trial's user
 attributes: Optuna never reports a pruned trial as best. ``trials`` is the study's total, so
 rerunning the same command after an interruption continues where it stopped; trials left
-RUNNING by a killed run are marked FAIL.
+RUNNING by a killed run are marked FAIL. A loaded study's sampler is seeded from the file's
+seed and the number of trials stored (:func:`resumed_seed`), so the continued run draws new
+candidates, the same ones for the same history.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 from rich.console import Console
@@ -46,8 +49,23 @@ class TuneSettings:
     executor: ExecutorSettings = field(default_factory=ExecutorSettings)
 
 
-def make_sampler(tuning: Tuning) -> optuna.samplers.BaseSampler:
-    seed = tuning.spec.search.seed
+def resumed_seed(seed: int, history: int) -> int:
+    """The sampler's seed for a study that already holds ``history`` trials.
+
+    A new study uses ``seed`` itself. A loaded one gets a seed drawn from (seed, history):
+    a sampler seeded as the first run's would replay that run's draws, so a resumed run
+    would repeat its candidates. Only the stored trials and the seed decide it, so the
+    same history and seed give the same next candidates (even after a killed run, which
+    saving the sampler's state between rounds would not).
+    """
+    if history == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, history]).generate_state(1)[0])
+
+
+def make_sampler(tuning: Tuning, history: int = 0) -> optuna.samplers.BaseSampler:
+    """The file's sampler, for a study already holding ``history`` trials."""
+    seed = resumed_seed(tuning.spec.search.seed, history)
     match tuning.sampler:
         case "grid":
             space = {
@@ -87,6 +105,8 @@ def open_study(tuning: Tuning, out: Path) -> optuna.Study:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         log.warning("trial %d was left running by an earlier run: marked failed", t.number)
         study.tell(t.number, state=TrialState.FAIL)
+    if study.trials:  # a loaded study continues with new draws (see resumed_seed)
+        study.sampler = make_sampler(tuning, len(study.trials))
     if not study.user_attrs:
         study.set_user_attr("tuning_file", str(tuning.path))
         study.set_user_attr("objectives", [o.name for o in tuning.spec.objectives])
@@ -231,6 +251,20 @@ def _tally(counts: dict[str, int], best: float) -> str:
     return f"[green]{counts['accepted']} accepted[/] [red]{counts['rejected']} rejected[/]{shown}"
 
 
+def _nothing_to_run(tuning: Tuning, settings: TuneSettings, already: int, total: int) -> str:
+    asked = settings.trials or tuning.spec.search.trials
+    if tuning.sampler == "grid" and total < asked:
+        return (
+            f"the grid's {total} points are all tried ({already} finished trials in the "
+            "study): nothing more is run"
+        )
+    return (
+        f"the study already has {already} finished trials and {asked} were asked for in all "
+        f"(--trials is the study's total): nothing more is run; ask for more than {already} "
+        "to continue"
+    )
+
+
 def run_search(
     tuning: Tuning, settings: TuneSettings, executor: CaseExecutor, console: Console
 ) -> tuple[optuna.Study, int]:
@@ -247,6 +281,9 @@ def run_search(
     best = math.inf
     done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     already = len(study.get_trials(deepcopy=False, states=done))
+    if already >= total:
+        console.print(_nothing_to_run(tuning, settings, already, total), highlight=False)
+        return study, 0
     with warnings.catch_warnings(), _trial_progress(console, total) as bar:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         task = bar.add_task("trials", total=max(0, total - already), tally=_tally(counts, best))

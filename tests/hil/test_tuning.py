@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from controller.errors import ConfigError
 from hil.campaign.runner import run_case
 from hil.cli import main as hil_main
 from hil.tuning.evaluate import TRIAL_LOG, ExecutorSettings, case_jobs, output_to
-from hil.tuning.search import TuneSettings, tune
+from hil.tuning.search import TuneSettings, open_study, suggest, tune
 from hil.tuning.spec import load_tuning
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -127,6 +128,23 @@ def test_compare_runs_both_configs_on_the_same_scenarios(
 
 
 @pytest.mark.slow
+def test_compare_fails_when_a_configs_cases_errored(
+    grid_run: Path, start: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # B is the freeze dryer's controller on the CSTR's scenarios: every B case errors (no
+    # KPIs), which is no comparison: before, the table showed "-" and the exit code was 0
+    other = ROOT / "configs" / "controllers" / "lyophilizer.yaml"
+    out = tmp_path / "cmp"
+    argv = ["compare", str(start), str(other), "--scenarios", str(grid_run.parent / "tuning.yaml")]
+    assert hil_main([*argv, "--out", str(out)]) == 1
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"B ({other}): errored" in text and "A (" not in text
+    data = json.loads((out / "compare.json").read_text())
+    assert data["errored"]["A"] == {} and len(data["errored"]["B"]) == len(data["cases"]["B"]) > 0
+    assert all("ConfigError" in why for why in data["errored"]["B"].values())
+
+
+@pytest.mark.slow
 def test_rejected_candidates_never_win(start: Path, tmp_path: Path) -> None:
     # the best-tracking setpoint (0.7) overshoots a C_b bound: it must not be reported as best
     reject = {"kpis": [{"kpi": "final.C_b", "at_most": 0.68}]}
@@ -161,6 +179,40 @@ def test_resume_continues_the_stored_study(start: Path, tmp_path: Path) -> None:
     assert len(study.trials) == 4
     assert [(t.number, t.params, t.values) for t in study.trials[:2]] == first
     assert json.loads((out / "tuning.json").read_text())["trials_run_now"] == 2
+
+
+@pytest.mark.slow
+def test_resume_draws_new_candidates_reproducibly(
+    start: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # before: the loaded study got a sampler with the same seed, which replayed its draws:
+    # trial 3 had trial 1's setpoint and trial 4 trial 2's, and both were simulated again
+    search = {"sampler": "tpe", "trials": 3, "seed": 3}
+    params = [{"path": SETPOINT, "low": 0.5, "high": 0.75}]
+    tfile = _tuning(tmp_path, start, search=search, parameters=params)
+    out = tmp_path / "out"
+    argv = ["tune", str(tfile), "--workers", "2", "--out", str(out)]
+    assert hil_main([*argv, "--trials", "3"]) == 0
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    shutil.copy(out / "study.db", stopped / "study.db")  # the history the resume starts from
+    assert hil_main([*argv, "--trials", "5"]) == 0
+    trials = _study(out).trials
+    assert len(trials) == 5 and trials[0].params[SETPOINT] == pytest.approx(0.6)
+    drawn = [t.params[SETPOINT] for t in trials[1:]]
+    assert len(set(drawn)) == 4, drawn
+    # reproducible: the same history and seed give the same next candidates
+    tuning = load_tuning(tfile)
+    again = open_study(tuning, stopped)
+    asked = [again.ask() for _ in range(2)]  # one round of 2 workers, as the resume asked
+    assert [suggest(t, tuning.spec.parameters[0]) for t in asked] == drawn[2:]
+    # asking for fewer trials than the study holds says so (before: a silent "0/0")
+    capsys.readouterr()
+    assert hil_main([*argv, "--trials", "3"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "the study already has 5 finished trials" in said and "nothing more is run" in said
+    assert len(_study(out).trials) == 5
+    assert json.loads((out / "tuning.json").read_text())["trials_run_now"] == 0
 
 
 @pytest.mark.slow
