@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import math
 import multiprocessing
+import os
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -22,6 +23,8 @@ from typing import Any, Literal
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from hil.output_capture import output_to
 
 #: Where the points run: a local spawned process pool, or a Dask LocalCluster on 127.0.0.1.
 Executor = Literal["process", "dask"]
@@ -57,6 +60,10 @@ def point_cqas(
     }
 
 
+#: each run's log beside its scenario.yaml: what its solvers printed (from C too)
+RUN_LOG = "run.log"
+
+
 def run_point(job: dict[str, Any]) -> dict[str, Any]:
     """Worker: write the point's scenario, run it offline, return its CQAs (plain data)."""
     from hil.simulate import run_scenario
@@ -67,7 +74,9 @@ def run_point(job: dict[str, Any]) -> dict[str, Any]:
         path = Path(job["scenario_file"])
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(job["scenario"], sort_keys=False), encoding="utf-8")
-        run = asyncio.run(run_scenario(path))
+        # what the solvers print from C goes to the run's own log, not to the sweep's terminal
+        with output_to(path.parent / RUN_LOG, f"--- {job['id']} (pid {os.getpid()})\n"):
+            run = asyncio.run(run_scenario(path))
         cqa = job["cqas"]
         result |= point_cqas(run.rows, cqa["temperature"], cqa["progress"], cqa["complete_at"])
     except Exception as exc:  # one bad point must not sink the sweep

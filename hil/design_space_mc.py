@@ -363,7 +363,8 @@ def write_probability_plot(outcome: ProbabilisticOutcome, path: Path) -> Path:
         ax.scatter([a for a, _ in pts], [b for _, b in pts], s=520, facecolors="none",
                    edgecolors=colour, linestyles=style, linewidths=1.4,
                    label=f"{kind} ({len(pts)})")  # fmt: skip
-    ax.legend(loc="upper right", fontsize=8, title=f"95 % interval vs {pct}", title_fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=8,
+              title=f"95 % interval vs {pct}", title_fontsize=8)  # fmt: skip
     model = _model(space)
     ax.set_xlabel(fx.label or model.label(fx.input))
     ax.set_ylabel(fy.label or model.label(fy.input))

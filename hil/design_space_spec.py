@@ -257,10 +257,9 @@ def uncertainty_problems(
         return problems
     for i, name in enumerate(spec.parameters):
         key = f"uncertainty.parameters.{i}"
-        if name not in params:
-            problems.append(
-                Problem(source, key, unknown_name("parameter", name, sorted(params)), name)
-            )
+        if name not in params:  # the names it can be: those with a range (drawn over it)
+            what = unknown_name("parameter with a plausible range", name, ranged)
+            problems.append(Problem(source, key, what, name))
         elif name not in ranged:
             why = "has no plausible range in the plant file (give it 'range: [low, high]' there)"
             problems.append(Problem(source, key, why, name))

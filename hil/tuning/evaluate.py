@@ -14,14 +14,11 @@ and the reasons, if any, for rejecting it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import logging
 import math
 import multiprocessing
 import os
-import sys
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -34,6 +31,7 @@ import pyarrow.parquet as pq
 
 from hil.campaign.runner import run_case
 from hil.campaign.spec import Campaign
+from hil.output_capture import output_to
 from hil.tuning.spec import ObjectiveSpec, Reject, Term
 
 log = logging.getLogger("pharmatwin.hil.tuning")
@@ -68,39 +66,6 @@ def case_jobs(campaign: Campaign, controller: Path, out: Path) -> list[dict[str,
 #: each candidate folder's log of its cases: the solvers' prints (IPOPT, CasADi, from C) and
 #: the workers' own log lines, instead of the terminal
 TRIAL_LOG = "trial.log"
-
-
-def _flush_c_stdio() -> None:
-    """Flush C's stdio buffers (IPOPT and CasADi print through them, not through Python)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None).fflush(None)
-
-
-@contextlib.contextmanager
-def output_to(path: Path, header: str) -> Iterator[None]:
-    """Send this process's file descriptors 1 and 2 to ``path`` (appended) for the block.
-
-    Solvers print from C, under ``sys.stdout``; only a ``dup2`` of the descriptors catches
-    that. Buffers are flushed before and after, so nothing leaks to the terminal late."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    _flush_c_stdio()
-    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    saved = (os.dup(1), os.dup(2))
-    try:
-        os.write(target, header.encode())
-        os.dup2(target, 1)
-        os.dup2(target, 2)
-        yield
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        _flush_c_stdio()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, target):
-            os.close(fd)
 
 
 def run_case_logged(job: dict[str, Any]) -> dict[str, Any]:

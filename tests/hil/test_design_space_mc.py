@@ -80,19 +80,19 @@ def test_draws_cover_the_plausible_ranges_and_repeat_with_the_seed() -> None:
 
 
 def test_the_cli_prints_the_map_and_refuses_bad_arguments(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     path = _small(tmp_path, {"parameters": []})
     bad = hil_main(
         ["design-space", str(path), "--monte-carlo", "2", "--probability", "1.5", "--quiet"]
     )
-    assert bad == 2 and "strictly between 0 and 1" in capsys.readouterr().out
+    assert bad == 2 and "strictly between 0 and 1" in capfd.readouterr().out
     out = tmp_path / "cli"
     code = hil_main(
         ["design-space", str(path), "--monte-carlo", "1", "--workers", "2", "--quiet",
          "--out", str(out)]
     )  # fmt: skip
-    text = capsys.readouterr().out
+    text = capfd.readouterr().out
     assert "P(every CQA limit holds)" in text and code == 0
     assert "no uncertain parameter (uncertainty.parameters: [])" in text
     assert (out / "design_space_probability.csv").exists()
@@ -102,10 +102,14 @@ def test_the_cli_prints_the_map_and_refuses_bad_arguments(
         ["design-space", str(drawn), "--monte-carlo", "2", "--workers", "2", "--quiet",
          "--out", str(tmp_path / "few")]
     )  # fmt: skip
-    text = capsys.readouterr().out
+    text = capfd.readouterr().out
     assert code == 1 and "0/6 points meet every limit with probability >= 0.95" in text
     assert "with 2 draws no point can be shown inside at 0.95" in text
     assert "from 73 draws on" in text
     saved = json.loads((tmp_path / "few" / "design_space_probability.json").read_text())
     assert saved["n_inside"] == 0 and saved["min_draws_to_show_inside"] == 73
+    # the solvers' prints (from C, in the workers) are in each run's log, not on the terminal
+    logs = sorted((tmp_path / "few" / "runs").glob("*/run.log"))
+    assert len(logs) == 12 and all(p.read_text().startswith("--- p") for p in logs)
+    assert "linesearch" not in text and "IDAS" not in text
     assert {r["verdict"] for r in saved["points"]} <= {"outside", "undecided"}

@@ -148,6 +148,8 @@ def test_check_config_refuses_an_unknown_or_rangeless_uncertain_parameter(
         load_design_space(path)
     where = {p.location: p for p in info.value.problems}
     assert "did you mean 'KC'" in where["uncertainty.parameters.0"].message
+    # it offers only what can be drawn: the parameters with a range
+    assert "T_crit" not in where["uncertainty.parameters.0"].message
     assert "range: [low, high]" in where["uncertainty.parameters.1"].message
     assert hil_main(["check-config", str(path)]) != 0
     text = capsys.readouterr().out
