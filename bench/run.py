@@ -352,7 +352,8 @@ def select(only: str | None, modules: Sequence[str] = MODULES) -> list[str]:
     known = {m.lower(): m for m in modules} | {label(m).lower(): m for m in modules}
     unknown = [w for w in wanted if w.lower() not in known]
     if unknown:
-        raise SystemExit(f"--only: unknown benchmark(s) {unknown}; known: {modules}")
+        names = ", ".join(f"{label(m)} ({m})" for m in modules)
+        raise SystemExit(f"--only: unknown benchmark(s) {unknown}; known: {names}")
     picked = {known[w.lower()] for w in wanted}
     chosen = [m for m in modules if m in picked]
     return chosen

@@ -338,7 +338,7 @@ def write_probability_plot(outcome: ProbabilisticOutcome, path: Path) -> Path:
     z = np.full((len(y), len(x)), np.nan)
     for p, r in zip(space.points, outcome.rows, strict=True):
         z[p.j, p.i] = r["probability"]
-    fig, ax = plt.subplots(figsize=(7.5, 5.8), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(7.5, 6.2), constrained_layout=True)
     cs = ax.contourf(x, y, z, levels=np.linspace(0.0, 1.0, 11), cmap="RdYlGn", vmin=0, vmax=1)
     fig.colorbar(cs, ax=ax, label="probability that every CQA limit holds [-]")
     pct = f"{100 * outcome.level:g} %"
@@ -363,7 +363,7 @@ def write_probability_plot(outcome: ProbabilisticOutcome, path: Path) -> Path:
         ax.scatter([a for a, _ in pts], [b for _, b in pts], s=520, facecolors="none",
                    edgecolors=colour, linestyles=style, linewidths=1.4,
                    label=f"{kind} ({len(pts)})")  # fmt: skip
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=8,
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=8, markerscale=0.5,
               title=f"95 % interval vs {pct}", title_fontsize=8)  # fmt: skip
     model = _model(space)
     ax.set_xlabel(fx.label or model.label(fx.input))

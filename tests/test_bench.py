@@ -135,8 +135,9 @@ def test_only_selects_by_label_or_module_name(runner: ModuleType) -> None:
     assert runner.select(None) == runner.MODULES
     assert runner.select("B5,b2") == ["b2_cycle", "b5_memory"]
     assert runner.select("b3_simulation") == ["b3_simulation"]
-    with pytest.raises(SystemExit, match="B9"):
+    with pytest.raises(SystemExit, match="B9") as refused:
         runner.select("B9")
+    assert "B1 (b1_nmpc)" in str(refused.value) and "B8 (b8_startup)" in str(refused.value)
 
 
 def test_b2_memory_port_case_gives_well_formed_rows(runner: ModuleType) -> None:

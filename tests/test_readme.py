@@ -410,7 +410,7 @@ PARSED_ONLY: tuple[Rule, ...] = (
     Rule(("pharmatwin-hil", "compare"), "needs the tuned config that `tune` writes"),
     Rule(
         ("pharmatwin-hil", "design-space"),
-        "30 grid points, x 20 draws with --monte-carlo (135 s here, README); test_design_space*",
+        "30 grid points, x 80 draws with --monte-carlo (158 s here, README); test_design_space*",
     ),
 )
 
