@@ -137,7 +137,11 @@ def verdict(
     """What the demo shows, each judged by a check that could fail."""
     checks: list[Check] = []
     running = [r for r in records if r.state == "RUNNING"]
-    writes = sum(bool(r.setpoints) for r in records)
+    binding = Binding.of(site.tags, site.model)
+    # cycles that wrote setpoints: a cycle's written tags also hold the PLC handshake's own
+    # (the mpc_request flag), which is no setpoint (and is audited as a tag.write.request)
+    sp_tags = set(binding.setpoint_tags().values())
+    writes = sum(any(tag in sp_tags for tag in r.setpoints) for r in records)
     checks.append(
         Check(
             "closed loop engaged",
@@ -189,7 +193,6 @@ def verdict(
                 judged=False,
             )
         )
-    binding = Binding.of(site.tags, site.model)
     if reference is not None:
         name, ref = reference
         readings = binding.reading_tags()
