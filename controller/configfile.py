@@ -196,7 +196,8 @@ def _problems_from(exc: ValidationError, source: str, schema: type[BaseModel]) -
     """pydantic's errors as plain sentences, one per problem (the value quoted briefly).
 
     A misspelt key whose suggestion is a required key missing beside it is one problem (the
-    misspelling), not two.
+    misspelling), not two; a list too short only because its items were refused is their
+    problems alone.
     """
     errors = exc.errors()
     missing = {tuple(e["loc"]) for e in errors if e["type"] == "missing"}
@@ -207,8 +208,16 @@ def _problems_from(exc: ValidationError, source: str, schema: type[BaseModel]) -
             best = suggest(str(loc[-1]), _keys_at(schema, loc[:-1]))
             if best is not None and (*loc[:-1], best) in missing:
                 misspelt.add((*loc[:-1], best))
+    # a list whose items were all refused is "too short" after validation: the items' own
+    # problems say it, pydantic's count of what survived would only confuse
+    parents = {tuple(e["loc"])[:i] for e in errors for i in range(len(e["loc"]))}
+    consequence = {
+        tuple(e["loc"]) for e in errors if e["type"] == "too_short" and tuple(e["loc"]) in parents
+    }
     return [
-        _problem_from(err, source, schema) for err in errors if tuple(err["loc"]) not in misspelt
+        _problem_from(err, source, schema)
+        for err in errors
+        if tuple(err["loc"]) not in misspelt | consequence
     ]
 
 

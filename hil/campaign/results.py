@@ -162,6 +162,11 @@ def load_results(out: Path) -> CampaignResults:
 
 def _read_manifest(out: Path) -> dict[str, Any]:
     path = out / "campaign.json"
+    if out.is_file():
+        raise CampaignReportError(
+            f"{out}: is a file; give a campaign's results directory (what `campaign run` "
+            "wrote: runs/campaigns/<name>-<mode>, or its --out)"
+        )
     if not out.is_dir():
         raise CampaignReportError(f"{out}: no such results directory")
     if not path.is_file():

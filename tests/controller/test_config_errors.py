@@ -289,3 +289,25 @@ def test_marks_map_key_paths_onto_lines() -> None:
     assert marks.find("a.d.1.missing") == (5, 7)  # the deepest key the file has: the item
     assert marks.find("nowhere") == (1, 1)  # a missing top-level key: the root mapping
     assert marks.find("--historian") is None  # free text is no key path
+
+
+def test_a_list_too_short_only_because_its_items_were_refused_is_their_problems() -> None:
+    from typing import Annotated
+
+    from pydantic import Field
+
+    from controller.configfile import Strict, parse
+
+    class Item(Strict):
+        scale: Annotated[str, Field(pattern="^(linear|log)$")]
+
+    class Spec(Strict):
+        items: Annotated[tuple[Item, ...], Field(min_length=1)]
+
+    with pytest.raises(ConfigError) as info:
+        parse(Spec, {"items": [{"scale": "logarithmic"}, {"scale": "lin"}]}, "t.yaml")
+    assert [p.location for p in info.value.problems] == ["items.0.scale", "items.1.scale"]
+    with pytest.raises(ConfigError) as empty:  # a list that is short on its own still says so
+        parse(Spec, {"items": []}, "t.yaml")
+    (problem,) = empty.value.problems
+    assert problem.location == "items" and "at least 1 item" in problem.message

@@ -59,3 +59,13 @@ def test_the_first_errored_cases_say_why() -> None:
     assert len(lines) == ERRORS_SHOWN + 1
     assert lines[-1] == "... and 2 more errored case(s): see runs/x/summary.json"
     assert errored_lines(results[:1], Path("s.json")) == []
+
+
+def test_campaign_report_of_a_campaign_file_says_what_to_give(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert hil_main(["campaign", "report", str(SMOKE)]) == 2
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"{SMOKE}: is a file; give a campaign's results directory" in text
+    assert hil_main(["campaign", "report", str(tmp_path / "none")]) == 2
+    assert "no such results directory" in capsys.readouterr().out
