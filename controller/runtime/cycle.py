@@ -89,3 +89,6 @@ class CycleView:
     monitor: dict[str, float] = field(default_factory=dict)
     #: what the twin noticed this cycle (drift alarms raised and cleared), for the historian
     events: list[HistorianEvent] = field(default_factory=list)
+    #: the solve did not deliver: the solver failed or raised, was late, or overran (as the
+    #: runtime counts it; a cycle held for bad data is no failed solve)
+    solve_failed: bool = False

@@ -62,6 +62,7 @@ class SolveRunner:
             return Decision(t_model, {}, SolveStatus.ERROR, problem or "no estimate", 0, 0.0)
         if self._solving is not None and not self._solving.done():
             self.counters.overruns += 1
+            view.solve_failed = True
             self._problem(view, "overrun: the previous solve is still running; cycle skipped")
             return Decision(t_model, {}, SolveStatus.ERROR, "overrun", 0, 0.0)
         deadline = self.deadline_s()
@@ -69,14 +70,17 @@ class SolveRunner:
             decision = await self._decide(t_model, estimate, deadline)
         except TimeoutError:
             self.counters.late_solves += 1
+            view.solve_failed = True
             self._problem(view, f"solve missed its deadline of {deadline:.3g} s")
             return Decision(t_model, {}, SolveStatus.ERROR, "late solve", 0, 0.0)
         except Exception as exc:  # a solver that raised is a failed decision, never a crash
             self.counters.failed_solves += 1
+            view.solve_failed = True
             self._problem(view, f"solver raised {type(exc).__name__}: {exc}")
             return Decision(t_model, {}, SolveStatus.ERROR, f"solver raised: {exc}", 0, 0.0)
         if not decision.ok:
             self.counters.failed_solves += 1
+            view.solve_failed = True
             self._problem(view, f"solve failed: {decision.status} {decision.return_status}")
         return decision
 

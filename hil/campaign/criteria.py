@@ -34,7 +34,8 @@ from hil.campaign.checks import (
     describe_check,
 )
 
-#: solve outcomes that count as a failed solve (bad data or a held cycle do not)
+#: solve outcomes that count as a failed solve (bad data or a held cycle do not), in a
+#: recording made before cycles carried ``solve.failed`` (the runtime's own count)
 FAILED = frozenset({"failed", "invalid"})
 TOLERANCE = 1e-9
 
@@ -169,8 +170,11 @@ def _setpoints(check: SetpointsWithinLimits, rec: Recording) -> tuple[float, str
                             f"{what} (max_move {check.max_move[name]:g})"
                         )
             last[name] = (t, v)
-    if not rec.sent:
-        detail = "no setpoint was sent"
+    if not rec.sent:  # never exercised: nothing says the limits would have held
+        return math.nan, "no setpoint was sent: the requirement was not exercised"
+    unsent = sorted(set(check.limits) - {n for _, values in rec.sent for n in values})
+    if unsent:
+        return math.nan, f"{', '.join(unsent)} never sent: its limits were not exercised"
     return worst, detail
 
 
@@ -180,18 +184,25 @@ def _extremum(check: Extremum, rec: Recording) -> tuple[float, str]:
         return math.nan, f"{check.of} was not recorded"
     t = rec.column("t")
     values = rec.column(col)
-    keep = np.isfinite(values)
+    window = np.ones(len(values), dtype=bool)
     if check.after is not None:
-        keep &= t >= check.after
+        window &= t >= check.after
     if check.before is not None:
-        keep &= t <= check.before
+        window &= t <= check.before
     if check.while_mpc_active:
-        keep &= np.array([r.get("plc.mode") == "active" for r in rec.rows], dtype=bool)
+        window &= np.array([r.get("plc.mode") == "active" for r in rec.rows], dtype=bool)
+    missing = window & np.isnan(values)  # an infinite value is a value: it is judged
+    if missing.any() and not col.startswith("y."):  # the true plant has no missing values
+        return math.nan, f"{int(missing.sum())} values of {col} in the window are not a number"
+    keep = window & ~missing
     if not keep.any():
-        return math.nan, f"no finite value of {check.of} in the window"
+        return math.nan, f"no value of {check.of} in the window"
     v, tv = values[keep], t[keep]
     i = {"max": int(np.argmax(v)), "min": int(np.argmin(v)), "final": len(v) - 1}[check.kind]
-    return float(v[i]), f"{check.kind} {check.of} = {v[i]:g} at t={tv[i]:g}"
+    detail = f"{check.kind} {check.of} = {v[i]:g} at t={tv[i]:g}"
+    if missing.any():  # a measurement of bad quality is recorded as NaN
+        detail += f" ({int(missing.sum())} samples without a good measurement left out)"
+    return float(v[i]), detail
 
 
 def _loss_time(rec: Recording) -> tuple[float, str]:
@@ -207,6 +218,8 @@ def _fallback(check: FallbackWithin, rec: Recording) -> tuple[float, float, str]
     """Delay from the loss to the PLC scan that fell back, in process seconds; judged on its
     upper bound when the scan's time is known only from the plant's sampled ``t``."""
     limit = check.heartbeat_timeouts * rec.heartbeat_timeout_s
+    if not math.isfinite(limit):  # inf <= inf would pass a PLC that never fell back
+        return math.nan, limit, "no heartbeat timeout is known for this site's PLC"
     if rec.loss_at is None and rec.lost_at is None:
         return math.nan, limit, "the controller was not lost in this case"
     lost, lost_text = _loss_time(rec)
@@ -317,10 +330,19 @@ def _maintenance(check: MaintenanceForecast, rec: Recording) -> tuple[float, str
     )
 
 
+def failed_solve(cycle: Mapping[str, Any]) -> bool:
+    """The cycle's solve did not deliver, as the runtime counted it (``solve.failed``: the
+    solver failed or raised, was late or overran); in an older recording, its status."""
+    flag = cycle.get("solve.failed")
+    if isinstance(flag, bool):
+        return flag
+    return cycle.get("solve.status") in FAILED
+
+
 def longest_failed_run(cycles: Sequence[Mapping[str, Any]]) -> int:
     run = best = 0
     for c in cycles:
-        run = run + 1 if c.get("solve.status") in FAILED else 0
+        run = run + 1 if failed_solve(c) else 0
         best = max(best, run)
     return best
 
@@ -361,9 +383,9 @@ def judge(c: Criterion, rec: Recording) -> Verdict:
             value, detail = _extremum(check, rec)
             if check.at_most is not None:
                 limit, passed = check.at_most, value <= check.at_most + TOLERANCE
-            else:
-                assert check.at_least is not None
-                limit, passed = check.at_least, value >= check.at_least - TOLERANCE
+            else:  # the schema asks for one of the two
+                limit = check.at_least if check.at_least is not None else math.nan
+                passed = value >= limit - TOLERANCE
             unit = check.unit
         case FallbackWithin():
             value, limit, detail = _fallback(check, rec)
@@ -373,12 +395,16 @@ def judge(c: Criterion, rec: Recording) -> Verdict:
             value, limit = float(longest_failed_run(rec.cycles)), float(check.at_most)
             passed, detail = value <= limit, f"longest run of failed solves: {value:g} cycles"
             unit = "cycles"
+            if not any("solve.status" in c for c in rec.cycles):  # nothing to count
+                value, detail = math.nan, "no controller cycle with a solve was recorded"
         case ControlLosses():
             value, limit = float(control_losses(rec.rows)), float(check.at_most)
             passed = value <= limit
             detail = (
                 f"the MPC lost control {value:g} times (PLC fallbacks: {plc_fallbacks(rec.rows)})"
             )
+            if not any(r.get("plc.mode") == "active" for r in rec.rows):  # never had it
+                value, detail = math.nan, "the MPC never had control (no scan in plc.mode active)"
         case DriftAlarm():
             value, detail = _drift_alarm(check, rec)
             limit, passed = check.within, value <= check.within
@@ -390,6 +416,8 @@ def judge(c: Criterion, rec: Recording) -> Verdict:
                 "; ".join(f"t={a.t:g}: {a.message}" for a in rec.alarms[:3]) or "no drift alarm"
             )
             unit = "alarms"
+            if not any(k.startswith("mon.") for c in rec.cycles for k in c):  # nobody watched
+                value, detail = math.nan, "no drift monitor output was recorded: nothing watched"
         case MaintenanceForecast():
             value, detail = _maintenance(check, rec)
             limit, passed = check.at_least, value >= check.at_least

@@ -32,6 +32,7 @@ from hil.campaign.criteria import (
     Alarm,
     Recording,
     control_losses,
+    failed_solve,
     longest_failed_run,
     plc_fallbacks,
 )
@@ -151,6 +152,7 @@ class Recorder:
             "solve.status": d.status.value if d is not None else "none",
             "solve.return_status": d.return_status if d is not None else "",
             "solve.time_s": d.solve_time_s if d is not None else math.nan,
+            "solve.failed": view.solve_failed,
             "wrote": bool(view.written),
             "problems": "; ".join(view.problems),
         }
@@ -199,8 +201,7 @@ def kpis(rec: Recording, scenario: Mapping[str, Any]) -> dict[str, Any]:
                 if values:
                     out[f"max.{chk['expression']}"] = max(values)
                     out[f"min.{chk['expression']}"] = min(values)
-    statuses = [c["solve.status"] for c in rec.cycles]
-    out["solves.failed"] = sum(s in ("failed", "invalid") for s in statuses)
+    out["solves.failed"] = sum(failed_solve(c) for c in rec.cycles)
     out["solves.longest_failed_run"] = longest_failed_run(rec.cycles)
     out["setpoint_writes"] = len(rec.sent)
     out["plc.fallbacks"] = plc_fallbacks(rec.rows)

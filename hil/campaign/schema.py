@@ -186,7 +186,7 @@ class CampaignFile(Strict):
     hil: HilSettings = HilSettings()
     retries: Annotated[int, Field(ge=0, le=10)] = 2  # a case whose worker is lost is rerun
     matrix: tuple[Block, ...]
-    criteria: tuple[Criterion, ...]
+    criteria: tuple[Criterion, ...]  # a campaign needs some (spec.load_campaign)
 
     @model_validator(mode="after")
     def _unique(self) -> CampaignFile:

@@ -55,9 +55,11 @@ class Campaign:
         return list(dict.fromkeys(p.resolve() for p in out))
 
 
-def load_campaign(path: Path) -> Campaign:
+def load_campaign(path: Path, *, judged: bool = True) -> Campaign:
     """Load a campaign, its site, and check every case it expands to.
 
+    ``judged``: its verdicts are the evidence (a campaign run), so every case must be judged
+    by some requirement; a tuning's scenario set (judged by its objectives) need not be.
     Raises ConfigError listing every problem of the file, its controller and its cases."""
     source = str(path)
     path = Path(path).resolve()
@@ -79,6 +81,7 @@ def load_campaign(path: Path) -> Campaign:
     cases, more = expand_matrix(spec, base, source, model)
     problems += more
     problems += _case_problems(cases, model, source)
+    problems += _exercise_problems(spec, cases, source, judged=judged)
     if problems:
         raise ConfigError(problems)
     criteria = {c.id: c for c in spec.criteria}
@@ -99,6 +102,45 @@ def _controller_problems(
         return []
     message = f"controller is for model {cmodel.name!r}, the site's is {site_model!r}"
     return [Problem(source, "controller", message, spec.controller)]
+
+
+def _exercise_problems(
+    spec: CampaignFile, cases: list[Case], source: str, *, judged: bool = True
+) -> list[Problem]:
+    """What would pass without being looked at: a requirement no case judges (it would be
+    "not run" in a report that passes), a case no requirement judges (it would pass on
+    nothing), and a fault or controller loss planned at or after its case's end (it would
+    never act, and its case would pass as if it had)."""
+    problems: list[Problem] = []
+    for i, c in enumerate(spec.criteria):
+        if cases and not any(c.id in case.criteria for case in cases):
+            why = (
+                f"requirement {c.id} judges no case of the matrix (its applies_to, or a "
+                "fallback check without a controller loss, matches none): it would never be run"
+            )
+            problems.append(Problem(source, f"criteria.{i}", why, c.id))
+    if judged and not spec.criteria:
+        problems.append(
+            Problem(source, "criteria", "no criterion: every case would pass on nothing")
+        )
+    for case in cases:
+        where = f"{source} (case {case.id})"
+        if judged and spec.criteria and not case.criteria:
+            why = "no requirement judges this case: it would pass on nothing"
+            problems.append(Problem(where, "criteria", why, case.id))
+        end = case.scenario.get("duration")
+        if not isinstance(end, int | float):
+            continue
+        for k, fault in enumerate(case.scenario.get("faults") or []):
+            start = fault.get("start", 0.0) if isinstance(fault, dict) else 0.0
+            if isinstance(start, int | float) and start >= end:
+                why = f"starts at t={start:g}, at or after the run's end (t={end:g}): it never acts"
+                problems.append(Problem(where, f"faults.{k}.start", why, start))
+        loss = case.controller_loss_at
+        if loss is not None and loss >= end:
+            why = f"t={loss:g}, at or after the run's end (t={end:g}): it is never lost"
+            problems.append(Problem(where, "controller_loss_at", why, loss))
+    return problems
 
 
 def _base_scenario(scen_path: Path) -> dict[str, Any]:

@@ -366,7 +366,7 @@ def _campaign(spec: TuningFile, path: Path) -> Campaign:
         file = Path(tmp) / f"{spec.name}-scenarios.yaml"
         file.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
         try:
-            campaign = load_campaign(file)
+            campaign = load_campaign(file, judged=False)  # judged by the objectives
         except ConfigError as exc:  # name the tuning file, not the temporary one
             raise ConfigError(
                 dataclasses.replace(p, file=str(path), location=f"scenarios: {p.location}")

@@ -57,8 +57,13 @@ async def test_on_a_stepped_clock_the_solve_runs_on_the_loops_thread() -> None:
     policy, counters, problems = Policy(), Counters(), list[str]()
     solver = runner(policy, SteppedClock(), counters, problems)
     assert solver.deadline_s() is None
-    decision = await solver.solve(0.5, ESTIMATE, "", view())
+    seen = view()
+    decision = await solver.solve(0.5, ESTIMATE, "", seen)
     assert decision.ok and decision.inputs == {"u": 2.0} and decision.t == 0.5
+    assert not seen.solve_failed
+    held = view()  # bad data: no solve was tried, so none failed
+    assert not (await solver.solve(0.5, ESTIMATE, "stale data", held)).ok
+    assert not held.solve_failed
     assert policy.threads == [threading.get_ident()]
     assert problems == [] and counters.failed_solves == 0
 
@@ -71,8 +76,10 @@ async def test_on_a_scaled_clock_the_solve_runs_in_a_worker_with_a_deadline() ->
     assert len(policy.threads) == 1 and policy.threads[0] != threading.get_ident()
     slow = Policy(sleep_s=0.3)  # the deadline: 0.5 of a 1 s sample at rate 50 = 10 ms
     late = runner(slow, ScaledClock(50.0), counters, problems)
-    decision = await late.solve(0.5, ESTIMATE, "", view())
+    missed = view()
+    decision = await late.solve(0.5, ESTIMATE, "", missed)
     assert decision.status is SolveStatus.ERROR and decision.return_status == "late solve"
+    assert missed.solve_failed  # the campaign's failed-solve count takes it
     assert counters.late_solves == 1 and "missed its deadline" in problems[-1]
     await late.settle(5.0)
 
@@ -82,8 +89,10 @@ async def test_a_raising_solver_is_a_failed_decision_on_either_clock() -> None:
         for error in (ValueError("singular KKT"), TimeoutError("the solver's own timer")):
             counters, problems = Counters(), list[str]()
             solver = runner(Policy(raises=error), clock, counters, problems)
-            decision: Any = await solver.solve(0.5, ESTIMATE, "", view())
+            raised = view()
+            decision: Any = await solver.solve(0.5, ESTIMATE, "", raised)
             assert decision.status is SolveStatus.ERROR, (clock, error)
+            assert raised.solve_failed, (clock, error)
             assert str(error) in decision.return_status
             assert counters.failed_solves == 1 and counters.late_solves == 0, (clock, error)
             assert problems and "solver raised" in problems[0]
