@@ -5,12 +5,17 @@
 combine) and writes ``OUT/report.html`` (:mod:`hil.campaign.report_html`), ``OUT/junit.xml``
 (:mod:`hil.campaign.report_junit`) and ``OUT/summary.json`` (:func:`write_summary`).
 
+Only the cases ``campaign.json`` lists are reported on; case folders it does not list (left by
+an earlier run in a reused directory) are named in all three reports, and in a warning logged
+(``pharmatwin.hil.campaign``), as not part of this campaign run, and count nowhere.
+
 A missing or malformed ``campaign.json`` raises ``CampaignReportError`` naming the directory
 and every problem found.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,8 @@ from hil.campaign.results import (
 
 __all__ = ["ReportPaths", "write_reports", "write_summary"]
 
+log = logging.getLogger("pharmatwin.hil.campaign")
+
 
 @dataclass(frozen=True)
 class ReportPaths:
@@ -42,6 +49,9 @@ class ReportPaths:
 def write_reports(out: Path) -> ReportPaths:
     """Write ``report.html``, ``junit.xml`` and ``summary.json`` into ``out``; see module doc."""
     results = load_results(Path(out))
+    note = results.unlisted_note()
+    if note:  # with no logging configured (the CLI), Python prints this line on stderr
+        log.warning("campaign report: %s", note)
     return ReportPaths(
         html=write_html(results, results.out / "report.html"),
         junit=write_junit(results, results.out / "junit.xml"),
@@ -65,6 +75,8 @@ def write_summary(results: CampaignResults, path: Path) -> Path:
         "requirement_counts": _counts_json(results.requirement_counts()),
         "requirements": [_requirement_json(r) for r in results.requirement_results()],
         "cases": [_case_json(c) for c in results.cases],
+        "unlisted_case_folders": list(results.unlisted_cases),
+        "notes": [n for n in (results.unlisted_note(),) if n],
     }
     return write_json(path, summary)
 

@@ -125,10 +125,13 @@ def _html_summary(results: CampaignResults) -> str:
         [_e(label), *(_e(n[s]) for s in STATUSES), _e(sum(n.values()))]
         for label, n in (("cases", cases), ("requirements", reqs))
     ]
+    note = results.unlisted_note()
     return (
         '<section id="summary"><h2>Summary</h2>'
         + _table(["", "passed", "failed", "error", "not run", "total"], rows)
-        + f"<p>Campaign verdict: {_badge(results.verdict())}</p></section>"
+        + f"<p>Campaign verdict: {_badge(results.verdict())}</p>"
+        + (f'<p class="problem" id="unlisted-cases">{_e(note)}</p>' if note else "")
+        + "</section>"
     )
 
 

@@ -1,7 +1,9 @@
 """The campaign's JUnit XML: one ``<testcase>`` per case x criterion, for CI dashboards.
 
 A failed criterion has a ``<failure>``, an errored case one ``<error>`` per requirement, a case
-not run one ``<skipped>`` per requirement (see :func:`write_junit`).
+not run one ``<error>`` per requirement, and a requirement no case judged a testcase of its own
+with an ``<error>`` (see :func:`write_junit`). Nothing is ``<skipped>``: a dashboard shows a skip
+as not failing, and everything in a campaign's matrix is meant to run.
 """
 
 from __future__ import annotations
@@ -25,10 +27,20 @@ def _x(text: object) -> str:
 
 def write_junit(results: CampaignResults, path: Path) -> Path:
     """One ``<testsuite>``; a ``<testcase classname="<campaign>.<case>" name="<REQ>">`` per
-    case x criterion. A failed criterion has a ``<failure>``, an errored case one ``<error>`` per
-    requirement, a case not run one ``<skipped>`` per requirement. A case's wall time is shared
-    evenly among its testcases, so the suite time is the campaign's summed case time."""
+    case x criterion of the cases ``campaign.json`` lists. A failed criterion has a
+    ``<failure>``, an errored case one ``<error>`` per requirement, a case not run one ``<error
+    type="CaseNotRun">`` per requirement; a requirement no case judged gets a ``<testcase
+    classname="<campaign>" name="<REQ>">`` with an ``<error type="RequirementNotRun">``, so every
+    requirement is in the suite. A case's wall time is shared evenly among its testcases, so the
+    suite time is the campaign's summed case time. Case folders not listed (an earlier run's)
+    are left out, named in the property ``unlisted_case_folders``.
+
+    No testcase is ``<skipped>`` (the attribute stays, 0, for tools that read it): the only
+    cases a campaign skips are those a re-run found done, and those are reported with the
+    result they have; a case or requirement that should have run and did not is an error, as
+    a skip would show green on a CI dashboard."""
     testcases = [tc for case in results.cases for tc in _case_testcases(results, case)]
+    testcases += _not_run_requirements(results)
     suite = ET.Element(
         "testsuite",
         name=_x(results.name),
@@ -40,7 +52,7 @@ def write_junit(results: CampaignResults, path: Path) -> Path:
         timestamp=_x(results.manifest.get("started") or ""),
         hostname=_x((results.manifest.get("software") or {}).get("hostname") or ""),
     )
-    suite.append(_junit_properties(results.manifest))
+    suite.append(_junit_properties(results))
     suite.extend(testcases)
     tree = ET.ElementTree(suite)
     ET.indent(tree)
@@ -48,15 +60,34 @@ def write_junit(results: CampaignResults, path: Path) -> Path:
     return path
 
 
-def _junit_properties(m: dict[str, Any]) -> ET.Element:
+def _junit_properties(results: CampaignResults) -> ET.Element:
     props = ET.Element("properties")
+    m: dict[str, Any] = results.manifest
     software = m.get("software") or {}
     pairs = [(k, m.get(k)) for k in ("file", "mode", "executor", "workers", "ended")]
     pairs += [(f"software.{k}", software.get(k)) for k in ("version", "git_commit", "python")]
     pairs += [(f"config_hash.{k}", v) for k, v in (m.get("config_hashes") or {}).items()]
+    if results.unlisted_cases:
+        pairs += [("unlisted_case_folders", ", ".join(results.unlisted_cases))]
+        pairs += [("unlisted_case_folders.note", results.unlisted_note())]
     for name, value in pairs:
         ET.SubElement(props, "property", name=_x(name), value=_x("" if value is None else value))
     return props
+
+
+def _not_run_requirements(results: CampaignResults) -> list[ET.Element]:
+    """A failing testcase per requirement that no case judged (its verdict is "not run")."""
+    out = []
+    for r in results.requirement_results():
+        if r.verdict != "not run":
+            continue
+        tc = ET.Element("testcase", classname=_x(results.name), name=_x(r.requirement.id))
+        tc.set("time", "0.000")
+        el = ET.SubElement(tc, "error", type="RequirementNotRun")
+        el.set("message", _x(f"{r.requirement.id} not run: no case judged it"))
+        el.text = _x(f"{r.requirement.description}\ncheck: {r.requirement.check}")
+        out.append(tc)
+    return out
 
 
 def _case_testcases(results: CampaignResults, case: CaseRecord) -> list[ET.Element]:
@@ -84,7 +115,9 @@ def _junit_outcome(tc: ET.Element, case: CaseRecord, verdict: Verdict | None) ->
         lines = [f"attempts: {case.attempts}", *case.problems, evidence, case.traceback or ""]
         el.text = _x("\n".join(lines))
     elif case.status == "not run":
-        ET.SubElement(tc, "skipped", message="case not run (no result.json)")
+        el = ET.SubElement(tc, "error", type="CaseNotRun")
+        el.set("message", _x(f"case not run: no result.json in cases/{case.id}/"))
+        el.text = _x(f"the campaign lists {case.id} but it has no result (interrupted run?)")
     elif verdict is not None and not verdict.passed:
         el = ET.SubElement(tc, "failure", type="CriterionFailed")
         el.set("message", _x(_verdict_line(verdict)))

@@ -8,8 +8,14 @@
                                         process time), x.*, e.*, y.*, u.*, sp.*, plc.mode
     OUT/cases/<id>/cycles.parquet       one row per controller cycle: t (scheduled), t_done, ...
 
-A partial directory is fine: a case without ``result.json`` is "not run"; an unreadable
-``result.json`` makes the case "error" (the evidence is missing). A requirement's verdict is
+Only the cases ``campaign.json`` lists are this run's evidence. The results directory is reused
+across runs, so ``cases/`` may hold folders of earlier runs (other matrices): those are named in
+``CampaignResults.unlisted_cases`` and nothing else; they count toward no count and no verdict.
+
+A partial directory is fine: a listed case without ``result.json`` is "not run". A
+``result.json`` that is unreadable, not a JSON object, empty (``{}``), of an unknown status, or
+that says "passed" with no verdicts (nothing was judged) makes the case "error", with a reason
+naming the file. A requirement's verdict is
 "failed" if any case failed it, else "error" if a case that would test it errored (an errored
 case counts as testing every requirement of the manifest), else "passed" if a case passed it,
 else "not run". The campaign passes only when it has cases, every one ran and passed, and every
@@ -109,6 +115,9 @@ class CampaignResults:
     manifest: dict[str, Any]
     requirements: tuple[Requirement, ...]
     cases: tuple[CaseRecord, ...]
+    #: folders under ``cases/`` that ``campaign.json`` does not list (an earlier run's):
+    #: not part of this campaign run, excluded from every count and verdict
+    unlisted_cases: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -131,6 +140,17 @@ class CampaignResults:
             return "not run"
         return next(s for s in ("failed", "error", "not run", "passed") if s in found)
 
+    def unlisted_note(self) -> str | None:
+        """The plain sentence the reports give about :attr:`unlisted_cases` (None if none)."""
+        if not self.unlisted_cases:
+            return None
+        n = len(self.unlisted_cases)
+        return (
+            f"{n} case folder(s) in {self.out / 'cases'} not listed in campaign.json are not "
+            "part of this campaign run (left by an earlier run?) and are excluded from every "
+            "count and verdict: " + ", ".join(self.unlisted_cases)
+        )
+
 
 # ---------------------------------------------------------------- reading the directory
 
@@ -145,19 +165,16 @@ def load_results(out: Path) -> CampaignResults:
     )
     ids = [str(c) for c in manifest["cases"]]
     cases_dir = out / "cases"
-    extra = sorted(p.name for p in cases_dir.iterdir() if p.is_dir()) if cases_dir.is_dir() else []
+    found = sorted(p.name for p in cases_dir.iterdir() if p.is_dir()) if cases_dir.is_dir() else []
     listed = set(ids)
-    cases = [_read_case(cases_dir / cid, i, cid in listed) for i, cid in enumerate(ids)]
-    cases += [
-        _read_case(cases_dir / cid, len(ids) + i, False)
-        for i, cid in enumerate(c for c in extra if c not in listed)
-    ]
+    cases = tuple(_read_case(cases_dir / cid, i, True) for i, cid in enumerate(ids))
     known = {r.id for r in requirements}
-    unlisted = {v.requirement: v for c in cases for v in c.verdicts if v.requirement not in known}
+    extra = {v.requirement: v for c in cases for v in c.verdicts if v.requirement not in known}
     requirements += tuple(
-        Requirement(v.requirement, v.description, v.check) for v in unlisted.values()
+        Requirement(v.requirement, v.description, v.check) for v in extra.values()
     )
-    return CampaignResults(out, manifest, requirements, tuple(cases))
+    unlisted = tuple(c for c in found if c not in listed)
+    return CampaignResults(out, manifest, requirements, cases, unlisted)
 
 
 def _read_manifest(out: Path) -> dict[str, Any]:
@@ -205,15 +222,18 @@ def _manifest_problems(manifest: Any) -> list[str]:
 
 
 def _read_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """(object, None), (None, None) when absent, or (None, problem) when unreadable."""
+    """(object, None), (None, None) when absent, or (None, problem naming ``path``) when
+    unreadable, not a JSON object or an empty one (a file that records nothing is no record)."""
     if not path.is_file():
         return None, None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, f"{path.name} unreadable: {exc}"
+        return None, f"{path} unreadable: {exc}"
     if not isinstance(data, dict):
-        return None, f"{path.name} is not a JSON object"
+        return None, f"{path} is not a JSON object"
+    if not data:
+        return None, f"{path} is empty ({{}}): it records nothing"
     return data, None
 
 
@@ -225,7 +245,11 @@ def _read_case(directory: Path, position: int, listed: bool) -> CaseRecord:
         problems.append("case directory not listed in campaign.json")
     spec = spec or {}
     result = result or {}
-    status = _case_status(result, result_problem, problems)
+    verdicts, verdict_problem = _verdicts(result, directory / "result.json")
+    status, status_problem = _case_status(result, result_problem or verdict_problem)
+    problems += [p for p in (verdict_problem, status_problem) if p]
+    recorded = None if result_problem else _text_or_none(result.get("error"))
+    reasons = [r for r in (result_problem, verdict_problem, status_problem, recorded) if r]
     factors = spec.get("factors") if isinstance(spec.get("factors"), dict) else {}
     seed = spec.get("seed", factors.get("seed") if factors else None)
     return CaseRecord(
@@ -236,14 +260,14 @@ def _read_case(directory: Path, position: int, listed: bool) -> CaseRecord:
         factors=dict(factors or {}),
         seed=seed if isinstance(seed, int) else None,
         controller_loss_at=_number(spec.get("controller_loss_at")),
-        error=result_problem if result_problem else _text_or_none(result.get("error")),
+        error="; ".join(reasons) or None,
         traceback=_text_or_none(result.get("traceback")),
         wall_time_s=_number(result.get("wall_time_s")),
         attempts=result.get("attempts") if isinstance(result.get("attempts"), int) else None,
         started=_text_or_none(result.get("started")),
         ended=_text_or_none(result.get("ended")),
         kpis=dict(result["kpis"]) if isinstance(result.get("kpis"), dict) else {},
-        verdicts=tuple(_verdict(v) for v in result.get("verdicts") or () if isinstance(v, dict)),
+        verdicts=verdicts,
         problems=tuple(problems),
         drawn=_drawn(spec.get("draw")),
     )
@@ -260,16 +284,36 @@ def _drawn(draw: Any) -> dict[str, float]:
 _RESULT_STATUS: dict[str, Status] = {"passed": "passed", "failed": "failed", "error": "error"}
 
 
-def _case_status(result: dict[str, Any], unreadable: str | None, problems: list[str]) -> Status:
+def _verdicts(result: dict[str, Any], path: Path) -> tuple[tuple[Verdict, ...], str | None]:
+    """The verdicts of a ``result.json``, and the problem that makes its case "error": a
+    "passed" with no verdicts (nothing was judged, so nothing passed), or verdicts that are not
+    a list of objects (a verdict dropped unread could be the one that failed)."""
+    raw = result.get("verdicts")
+    raw = [] if raw is None else raw
+    if not isinstance(raw, list):
+        return (), f"{path}: verdicts is not a list ({raw!r:.80})"
+    verdicts = tuple(_verdict(v) for v in raw if isinstance(v, dict))
+    if len(verdicts) < len(raw):  # the ones read still count (a failed one fails)
+        return verdicts, f"{path}: {len(raw) - len(verdicts)} verdict(s) are not JSON objects"
+    if not verdicts and result.get("status") == "passed":
+        return (), f"{path}: status passed but no verdicts recorded"
+    failed = [v.requirement for v in verdicts if not v.passed]
+    if failed and result.get("status") == "passed":  # a record that contradicts itself
+        return verdicts, f"{path}: status passed but {', '.join(failed)} failed"
+    return verdicts, None
+
+
+def _case_status(result: dict[str, Any], unreadable: str | None) -> tuple[Status, str | None]:
+    """The case's status and, for an unknown one, why it is "error"; ``result`` is empty only
+    when there is no ``result.json`` (an empty one is ``unreadable``)."""
     if unreadable:
-        return "error"
+        return "error", None
     if not result:
-        return "not run"
+        return "not run", None
     status = _RESULT_STATUS.get(str(result.get("status")))
     if status is not None:
-        return status
-    problems.append(f"result.json has an unknown status {result.get('status')!r}")
-    return "error"
+        return status, None
+    return "error", f"result.json has an unknown status {result.get('status')!r}"
 
 
 def _verdict(raw: dict[str, Any]) -> Verdict:
