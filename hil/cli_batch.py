@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from hil.design_space_mc import ProbabilisticOutcome
     from hil.tuning.evaluate import ExecutorSettings
 
 
@@ -335,7 +336,7 @@ def _probabilistic_design_space(
     return 0 if outcome.inside and not outcome.errors else 1
 
 
-def probabilistic_summary(outcome: Any) -> list[str]:
+def probabilistic_summary(outcome: ProbabilisticOutcome) -> list[str]:
     """What a probabilistic design space showed, in plain lines (see
     :mod:`hil.design_space_mc` for the verdicts)."""
     from hil.design_space_mc import min_draws
