@@ -217,7 +217,10 @@ def trajectory_plot(
 
 
 # ---------------------------------------------------------------------- tuned config
-def tuned_yaml(tuning: Tuning, best: FrozenTrial) -> str:
+def tuned_yaml(tuning: Tuning, best: FrozenTrial, folder: Path) -> str:
+    """The best candidate's controller YAML, to be written in ``folder`` (its plant path
+    relative to it when they share a project, see :func:`hil.tuning.spec.portable_path`),
+    with a header saying how it was made."""
     sw = software()
     values = {p.path: float(best.params[p.path]) for p in tuning.spec.parameters}
     objective = ", ".join(f"{v:.6g}" for v in best.values)
@@ -233,7 +236,8 @@ def tuned_yaml(tuning: Tuning, best: FrozenTrial) -> str:
         f"optuna {optuna.__version__}",
         "#   tuned values: " + ", ".join(f"{k}={v:.6g}" for k, v in values.items()),
     ]
-    return "\n".join(header) + "\n" + candidate_config(tuning, values, jit=None)
+    config = candidate_config(tuning, values, jit=None, folder=folder)
+    return "\n".join(header) + "\n" + config
 
 
 def img_tag(path: Path) -> str:
@@ -285,7 +289,7 @@ def write_outputs(tuning: Tuning, outcome: TuneOutcome, console: Console) -> dic
     if outcome.best is not None:
         best_dir = out / "trials" / f"{outcome.best.number:04d}"
         files["tuned"] = out / f"{tuning.name}-tuned.yaml"
-        files["tuned"].write_text(tuned_yaml(tuning, outcome.best), encoding="utf-8")
+        files["tuned"].write_text(tuned_yaml(tuning, outcome.best, out), encoding="utf-8")
         ids = [c.id for c in tuning.campaign.cases]
         plots["trajectories"] = trajectory_plot(
             {"start": out / "baseline", f"trial {outcome.best.number}": best_dir},

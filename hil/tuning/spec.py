@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,16 +256,33 @@ def set_path(data: dict[str, Any], path: str, value: Any) -> None:
         node[keys[-1]] = value
 
 
-def candidate_config(tuning: Tuning, values: dict[str, float], *, jit: bool | None) -> str:
-    """The controller YAML of a candidate (absolute plant path); ``jit`` None keeps the
-    start's solver setting."""
+def candidate_config(
+    tuning: Tuning, values: dict[str, float], *, jit: bool | None, folder: Path | None = None
+) -> str:
+    """The controller YAML of a candidate; ``jit`` None keeps the start's solver setting.
+
+    Its plant path is absolute, or, with ``folder`` (where the YAML is written), relative to
+    it (:func:`portable_path`): a tuned config kept with its project still loads once the
+    project is cloned or moved elsewhere."""
     raw = yaml.safe_load(yaml.safe_dump(tuning.start_raw, sort_keys=False))
+    if folder is not None:
+        raw["plant"] = portable_path(Path(raw["plant"]), folder)
     for p in tuning.spec.parameters:
         v = values[p.path]
         set_path(raw, p.path, round(v) if p.type == "int" else float(v))
     if jit is not None:
         raw.setdefault("solver", {})["jit"] = jit
     return yaml.safe_dump(raw, sort_keys=False)
+
+
+def portable_path(target: Path, folder: Path) -> str:
+    """``target`` (absolute) as a config in ``folder`` names it: relative to ``folder`` when
+    the two share a folder below the file system's root (a project and its ``runs/``),
+    absolute otherwise (a path climbing to the root would only move the trap)."""
+    folder = folder.resolve()
+    if os.path.commonpath([target, folder]) == target.anchor:
+        return str(target)
+    return Path(os.path.relpath(target, folder)).as_posix()
 
 
 # ---------------------------------------------------------------------- checks

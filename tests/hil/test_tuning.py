@@ -8,6 +8,7 @@ C_b at a setpoint, the integral of |C_b - 0.7| is smallest for the setpoint 0.7.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import io
 import json
 import math
@@ -27,7 +28,7 @@ from hil.campaign.runner import run_case
 from hil.cli import main as hil_main
 from hil.tuning.evaluate import TRIAL_LOG, ExecutorSettings, case_jobs, output_to
 from hil.tuning.search import TuneSettings, open_study, suggest, tune
-from hil.tuning.spec import load_tuning
+from hil.tuning.spec import candidate_config, load_tuning, portable_path
 
 ROOT = Path(__file__).resolve().parents[2]
 SETPOINT = "objective.tracking.0.setpoint"
@@ -111,6 +112,28 @@ def test_the_tuned_config_says_how_it_was_made_loads_and_runs(grid_run: Path) ->
     assert result["status"] == "passed", result.get("error")
     assert result["kpis"]["solves.failed"] == 0
     assert abs(result["kpis"]["final.C_b"] - 0.7) < abs(result["kpis"]["final.C_b"] - 0.6)
+
+
+def test_the_tuned_config_names_its_plant_relative_to_itself(start: Path, tmp_path: Path) -> None:
+    # a tuned config written in the project's runs/ names the plant file relative to itself:
+    # the project cloned or moved elsewhere still loads it (an absolute path pointed into
+    # the old place, and the config no longer loaded there)
+    tuning = load_tuning(_tuning(tmp_path, start))
+    project = tmp_path / "project"
+    plant = project / "configs" / "plants" / "cstr.yaml"
+    plant.parent.mkdir(parents=True)
+    shutil.copy(tuning.start_raw["plant"], plant)
+    tuning = dataclasses.replace(tuning, start_raw={**tuning.start_raw, "plant": str(plant)})
+    out = project / "runs" / "tuning" / "cstr"
+    out.mkdir(parents=True)
+    text = candidate_config(tuning, {SETPOINT: 0.65}, jit=None, folder=out)
+    assert yaml.safe_load(text)["plant"] == "../../../configs/plants/cstr.yaml"
+    (out / "tuned.yaml").write_text(text)
+    moved = shutil.move(project, tmp_path / "clone")
+    cfg, model = load_controller(Path(moved) / "runs" / "tuning" / "cstr" / "tuned.yaml")
+    assert cfg.objective.tracking[0].setpoint == 0.65 and model.name == "cstr"
+    # with nothing in common but the root, the path stays absolute (no climb to "/")
+    assert portable_path(plant, Path("/var")) == str(plant)
 
 
 @pytest.mark.slow
