@@ -281,12 +281,15 @@ async def tags_write(
 
 def history_export(db: Path, parquet: Path, run_id: str | None, console: Console) -> int:
     """Export a historian database to Parquet: one flat row per cycle, RunInfo as metadata."""
-    if not db.is_file():
-        raise HistorianError(f"no historian database at {db}")
     import pyarrow.parquet as pq
 
-    with SqliteHistorian(db) as historian:
-        runs = [r.run_id for r in historian.runs() if run_id is None or r.run_id == run_id]
+    # read-only: an export never changes the file it reads (it once created the historian's
+    # tables in whatever file it was given, an audit trail included, and switched it to WAL)
+    with SqliteHistorian(db, read_only=True) as historian:
+        stored = historian.runs()
+        if not stored:
+            raise HistorianError(f"the historian {db} holds no run: nothing to export")
+        runs = [r.run_id for r in stored if run_id is None or r.run_id == run_id]
         export_parquet(historian, parquet, run_id)
     rows = pq.read_metadata(parquet).num_rows
     console.print(

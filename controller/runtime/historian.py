@@ -279,8 +279,12 @@ class SqliteHistorian(Historian):
         max_cycles: int = DEFAULT_MAX_CYCLES,
         synchronous: str = "NORMAL",
         commit_every: int = 1,
+        read_only: bool = False,
     ) -> None:
         super().__init__(max_cycles=max_cycles)
+        if read_only:
+            self._open_read_only(Path(path))
+            return
         if synchronous not in HISTORIAN_SYNCHRONOUS:
             raise HistorianError(
                 f"historian {path}: synchronous {synchronous!r} is not allowed; allowed: "
@@ -317,6 +321,35 @@ class SqliteHistorian(Historian):
         lost = self._started.clear
         #: the open transaction of batched commits (None: each cycle commits alone)
         self._batch = Batch(db, self.path, commit_every, lost) if commit_every > 1 else None
+
+    def _open_read_only(self, path: Path) -> None:
+        """``read_only``: the file as it is (SQLite's ``mode=ro``): nothing created, changed
+        or converted (an export must not touch the evidence it reads); a file that is not a
+        historian (no ``runs`` and ``cycles`` tables) is a HistorianError naming it."""
+        self.path, self.synchronous, self.commit_every = path, "OFF", 1
+        self._closed, self._batch, self._next_id = False, None, 0
+        if not path.is_file():
+            raise HistorianError(f"no historian database at {path} (no such file)")
+        db: sqlite3.Connection | None = None
+        try:
+            uri = path.resolve().as_uri() + "?mode=ro"
+            db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+            self._db = db
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            columns = {r[1] for r in db.execute("PRAGMA table_info(cycles)")}
+        except sqlite3.Error as exc:
+            if db is not None:
+                db.close()
+            raise HistorianError(f"cannot read the historian {path}: {exc}") from exc
+        missing = sorted({"runs", "cycles", "events"} - tables)
+        if missing or "monitor" not in columns:
+            db.close()
+            what = f"no {', '.join(missing)} table" if missing else "cycles without monitor figures"
+            raise HistorianError(
+                f"{path} is not a PharmaTwin historian database that can be read as it is "
+                f"({what}; tables found: {', '.join(sorted(tables)) or 'none'}): give the "
+                "historian file of a run (runtime.historian in the site file)"
+            )
 
     def close(self) -> None:
         """Commit the open batch (``commit_every`` > 1) and close; a second call does

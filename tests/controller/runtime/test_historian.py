@@ -367,6 +367,35 @@ def test_cli_history_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert not (tmp_path / "none.db").exists()
 
 
+def test_cli_history_export_never_changes_the_file_it_reads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # it opened any file as a historian: created its tables in an audit trail (or an empty
+    # YAML file), switched it to WAL, and reported "wrote 0 cycles" with exit 0
+    audit = _audit_db(tmp_path)
+    empty = tmp_path / "empty.yaml"
+    empty.write_bytes(b"")
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"\xff\xfe not sqlite at all")
+    for db, why in (
+        (audit, "no cycles, events, runs table; tables found: audit"),
+        (empty, "tables found: none"),
+        (garbage, "file is not a database"),
+    ):
+        before = db.read_bytes()
+        out = tmp_path / f"{db.stem}.parquet"
+        assert cli_main(["history", "export", str(db), "--parquet", str(out)]) == 2
+        assert why in " ".join(capsys.readouterr().out.split())
+        assert db.read_bytes() == before and not out.exists()
+    with sqlite3.connect(audit) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+    assert "cycles" not in tables
+    db = tmp_path / "h.db"  # a historian with no run: nothing to export is an error
+    SqliteHistorian(db).close()
+    assert cli_main(["history", "export", str(db), "--parquet", str(tmp_path / "x.pq")]) == 2
+    assert "holds no run: nothing to export" in capsys.readouterr().out
+
+
 def _audit_db(tmp_path: Path) -> Path:
     trail = AuditTrail(tmp_path / "audit.db", config_hash="abc", actor="alice")
     trail.record(
