@@ -11,6 +11,7 @@ HIL's).
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -375,15 +376,16 @@ def check_config_command(args: argparse.Namespace, console: Console) -> int:
 
 def check_config(files: Sequence[Path], console: Console) -> int:
     """``pharmatwin check-config`` with the HIL tools' own kinds of file added."""
-    from controller.runtime.cli_config import CHECKERS, check_config
+    from controller.runtime.cli_config import CHECKERS, Checker, check_config, check_site_file
     from hil.campaign.spec import load_campaign
     from hil.design_space_spec import load_design_space
     from hil.scenario import load_scenario
     from hil.site import load_hil_site
     from hil.tuning.spec import load_tuning
 
-    hil_kinds = {
-        "site": load_hil_site,  # with its 'hil:' section, which pharmatwin does not check
+    hil_kinds: dict[str, Checker] = {
+        # with its 'hil:' section, which pharmatwin does not check
+        "site": functools.partial(check_site_file, load=load_hil_site),
         "scenario": load_scenario,
         "campaign": load_campaign,
         "tuning": load_tuning,

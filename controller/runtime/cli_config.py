@@ -16,12 +16,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from controller import filekinds
-from controller.configfile import read_yaml
+from controller.configfile import read_yaml, resolve
 from controller.core.rk4_check import RK4_STAGE_LIMIT, check_rk4_steps, rk4_steps
 from controller.errors import ConfigError, PharmaTwinError, Problem
 from controller.plantfile import build_model
 from controller.runtime.cli_common import SubParsers, examples
-from controller.runtime.site import load_checked_controller, load_site
+from controller.runtime.site import Site, load_checked_controller, load_site
 from controller.tags import load_tag_map
 
 
@@ -40,11 +40,26 @@ def check_controller_file(path: Path) -> str:
     )
 
 
+def check_site_file(path: Path, load: Callable[[Path], Site] = load_site) -> str | None:
+    """A site file as ``load`` (:func:`load_site`, or the HIL tools' own) loads it, and what
+    only a later command would find: the forecast's local recipe must exist (``load_site``
+    lets a copy of the site without it run; ``pharmatwin forecast`` needs it). The ``hil:``
+    section, which :func:`load_site` keeps unchecked, is named on the "ok" line."""
+    site = load(path)
+    fc = site.forecast
+    recipe = fc.local_recipe if fc is not None else None
+    if recipe is not None and not resolve(path, recipe).is_file():
+        raise ConfigError([Problem(str(path), "forecast.local_recipe", "file not found", recipe)])
+    if site.hil is not None and load is load_site:
+        return "its hil section not checked: run `pharmatwin-hil check-config FILE`"
+    return None
+
+
 #: What checks each kind of file the controller reads (the HIL tools add their own kinds).
 #: A checker may return a line of what it found (printed after the kind on the "ok" line).
 Checker = Callable[[Path], object]
 CHECKERS: dict[str, Checker] = {
-    "site": load_site,
+    "site": check_site_file,
     "tag map": load_tag_map,
     "plant": build_model,
     "controller": check_controller_file,

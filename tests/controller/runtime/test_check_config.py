@@ -63,8 +63,13 @@ def test_pharmatwin_checks_its_kinds_and_names_the_hil_ones_unchecked(
 ) -> None:
     mine = [p for p in SHIPPED if _kind_of_folder(p) not in HIL_KINDS]
     assert cli_main(["check-config", *map(str, mine)]) == 0
-    out = capsys.readouterr().out
-    assert all(_ok_line(p) in out for p in mine)
+    out = " ".join(capsys.readouterr().out.split())
+    hil_unchecked = "its hil section not checked: run `pharmatwin-hil check-config FILE`)"
+    for p in mine:
+        site = _kind_of_folder(p) == "site" and "hil" in yaml.safe_load(p.read_text())
+        assert (
+            f"ok {p} (site; {hil_unchecked}" if site else _ok_line(p).replace("   ", " ")
+        ) in out
     for folder, name in (("campaigns", "lyophilizer-oq"), ("scenarios", "cstr-mpc")):
         path = CONFIGS / folder / f"{name}.yaml"
         kind = _kind_of_folder(path)
@@ -195,3 +200,21 @@ def test_a_contract_tag_in_the_wrong_direction_is_named(tmp_path: Path) -> None:
     assert "needs a direction in which the twin writes it; allowed: ['read_write', 'write']" in (
         problem.message
     )
+
+
+def test_a_site_whose_forecast_recipe_is_missing_fails_with_both_tools(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # load_site lets a site copy without its recipe run (campaign cases); check-config said
+    # "ok" for it, and `pharmatwin forecast` failed on the missing file later
+    raw = yaml.safe_load((CONFIGS / "sites" / "lyophilizer-modbus.yaml").read_text())
+    for key in ("plant", "controller", "tags"):
+        raw[key] = str((CONFIGS / "sites" / raw[key]).resolve())
+    raw.pop("hil", None)
+    raw.setdefault("forecast", {})["local_recipe"] = "no-such-recipe.yaml"
+    site = tmp_path / "site.yaml"
+    site.write_text(yaml.safe_dump(raw, sort_keys=False))
+    for main in (cli_main, hil_main):
+        assert main(["check-config", str(site)]) == 1
+        out = " ".join(capsys.readouterr().out.split())
+        assert f"FAIL {site}" in out and "forecast.local_recipe: file not found" in out
