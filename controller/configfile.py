@@ -237,6 +237,11 @@ def _problem_from(err: Any, source: str, schema: type[BaseModel]) -> Problem:
         best = suggest(value, options) if isinstance(value, str) else None
         hint = f"; did you mean {best!r}?" if best is not None else ""
         return Problem(source, where, f"should be {expected}{hint}", value)
+    if kind == "too_short":  # pydantic's "List should have at least 1 item after validation"
+        ctx = err.get("ctx", {})
+        least, got = ctx.get("min_length"), ctx.get("actual_length")
+        what = f"at least {least} item{'' if least == 1 else 's'}"
+        return Problem(source, where, f"should have {what}; it has {got}", value)
     msg = str(err["msg"]).removeprefix("Value error, ")
     msg = re.sub(r"a valid dictionary( or instance of \w+)?", "a mapping (key: value)", msg)
     msg = re.sub(r"^Input should be", "should be", msg)

@@ -221,6 +221,11 @@ class Tag(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> Tag:
+        if self.modbus is None and self.opcua is None:
+            raise ValueError(
+                "the tag has no address: give 'modbus' (its register or coil), 'opcua' (its "
+                "node id), or both"
+            )
         if self.limits is not None and self.limits[0] > self.limits[1]:
             raise ValueError(f"limits lower {self.limits[0]} is above upper {self.limits[1]}")
         if self.modbus is not None and self.writable and not self.modbus.writable_table:
@@ -274,7 +279,7 @@ class TagMap(Strict):
 
     name: str
     description: str = ""
-    tags: dict[str, Tag]
+    tags: Annotated[dict[str, Tag], Field(min_length=1)]  # a map of nothing checks nothing
 
     def publication_tags(self) -> dict[str, str]:
         """Tag -> what the twin publishes into it (direction ``publish``), in map order."""

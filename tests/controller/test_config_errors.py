@@ -311,3 +311,19 @@ def test_a_list_too_short_only_because_its_items_were_refused_is_their_problems(
         parse(Spec, {"items": []}, "t.yaml")
     (problem,) = empty.value.problems
     assert problem.location == "items" and "at least 1 item" in problem.message
+
+
+def test_a_tag_map_of_nothing_or_a_tag_without_address_fails_check_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # both were "ok (tag map)": a map of no tag checks nothing, and a tag with neither a
+    # Modbus nor an OPC UA address was only refused once a site used the map
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("name: x\ntags: {}\n")
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("name: x\ntags:\n  temp: {unit: degC, direction: read}\n")
+    assert cli_main(["check-config", str(empty), str(bare)]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"FAIL {empty}" in out and "tags: should have at least 1 item; it has 0" in out
+    assert f"FAIL {bare}" in out and "tags.temp: the tag has no address: give 'modbus'" in out
+    assert "ok" not in out.replace("2 files: 2 failed", "")
