@@ -10,6 +10,7 @@ AuditMismatch (it does not verify).
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -22,6 +23,7 @@ from controller.runtime.audit_chain import (
     FIELDS,
     GENESIS,
     NULLABLE,
+    SCHEMA,
     TRIGGERS,
     AuditError,
     AuditMismatch,
@@ -255,10 +257,27 @@ def _open_read_only(db: Path) -> sqlite3.Connection:
     return conn
 
 
+def _normal_sql(text: str) -> str:
+    """A CREATE statement as SQLite keeps it in ``sqlite_master`` (without IF NOT EXISTS and
+    the final semicolon), its whitespace collapsed."""
+    return " ".join(text.replace(" IF NOT EXISTS ", " ").split()).rstrip(";").rstrip()
+
+
+#: the append-only triggers as the writer creates them (:data:`audit_chain.SCHEMA`)
+_TRIGGER_SQL = {
+    name: _normal_sql(text)
+    for text, name in re.findall(r"(CREATE TRIGGER IF NOT EXISTS (\w+) .*?END;)", SCHEMA, re.S)
+}
+
+
 def _check_schema(conn: sqlite3.Connection, db: Path) -> list[str]:
-    """Raise AuditError unless ``db`` has an audit table; return the missing triggers."""
-    query = "SELECT type, name FROM sqlite_master WHERE type IN ('table', 'trigger')"
-    names = conn.execute(query).fetchall()
+    """Raise AuditError unless ``db`` has an audit table; return what is wrong with its
+    append-only triggers: each one missing (dropped) or not the writer's own (replaced: a
+    trigger of that name that may let an UPDATE or a DELETE through)."""
+    query = "SELECT type, name, sql FROM sqlite_master WHERE type IN ('table', 'trigger')"
+    rows = conn.execute(query).fetchall()
+    names = {(t, n) for t, n, _ in rows}
+    triggers = {n: sql or "" for t, n, sql in rows if t == "trigger"}
     tables = sorted(n for t, n in names if t == "table")
     if "audit" not in tables:
         listed = ", ".join(tables) or "none"
@@ -272,7 +291,20 @@ def _check_schema(conn: sqlite3.Connection, db: Path) -> list[str]:
         raise AuditError(
             f"{db} is not an audit trail: its table 'audit' lacks {', '.join(missing)}"
         )
-    return [t for t in TRIGGERS if ("trigger", t) not in names]
+    dropped = [t for t in TRIGGERS if t not in triggers]
+    replaced = [
+        t for t in TRIGGERS if t in triggers and _normal_sql(triggers[t]) != _TRIGGER_SQL[t]
+    ]
+    out = (
+        [f"the append-only triggers {', '.join(dropped)} are missing (dropped)"] if dropped else []
+    )
+    out += [
+        f"the append-only trigger {t} is not the writer's own (replaced): it may let "
+        f"{'an UPDATE' if 'update' in t else 'a DELETE'} through; it reads "
+        f"{_normal_sql(triggers[t])!r}"
+        for t in replaced
+    ]
+    return out
 
 
 def verify_file(
@@ -300,8 +332,7 @@ def verify_file(
     if report.records == 0:
         raise AuditError(f"audit trail {db} holds no records: nothing to verify")
     if missing:
-        dropped = f"the append-only triggers {', '.join(missing)} are missing (dropped)"
-        report = replace(report, warnings=(*report.warnings, dropped))
+        report = replace(report, warnings=(*report.warnings, *missing))
     return report
 
 

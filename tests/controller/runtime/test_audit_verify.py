@@ -140,6 +140,25 @@ def test_the_key_can_come_from_the_environment(
     assert rc == 0 and f"signed with key {key.key_id}" in out
 
 
+def test_a_replaced_append_only_trigger_is_named(
+    tmp_path: Path, key: AnchorKey, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # triggers of the same names that refuse nothing passed as intact: only their names
+    # were checked (the writer's CREATE TRIGGER IF NOT EXISTS does not restore them either)
+    db = build(tmp_path / "trail", key)
+    sql(
+        db,
+        "DROP TRIGGER audit_no_delete",
+        "CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT 1; END",
+    )
+    rc, out = verify(capsys, db, "--key", key.path)
+    assert rc == 0 and "hash chain intact" in out
+    assert "the append-only trigger audit_no_delete is not the writer's own (replaced)" in out
+    assert "it may let a DELETE through" in out and "audit_no_update" not in out
+    rc, out = verify(capsys, build(tmp_path / "clean", key), "--key", key.path)
+    assert rc == 0 and "trigger" not in out
+
+
 def test_a_deleted_tail_fails(
     tmp_path: Path, key: AnchorKey, capsys: pytest.CaptureFixture[str]
 ) -> None:
