@@ -21,6 +21,7 @@ from typing import Literal
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from controller.errors import ConfigError, Problem
@@ -149,12 +150,12 @@ def audit_table(records: Sequence[AuditRecord], title: str) -> Table:
     table.add_column("why", overflow="fold", ratio=2)
     for r in records:
         when = r.ts_utc[:19].replace("T", " ")
-        table.add_row(
+        table.add_row(  # as text: brackets in a reason are the record's, not markup
             str(r.id),
-            f"{when}\n{r.actor}",
-            f"{r.action}\n{r.target}",
-            _change(r.old_value, r.new_value),
-            r.reason,
+            escape(f"{when}\n{r.actor}"),
+            escape(f"{r.action}\n{r.target}"),
+            escape(_change(r.old_value, r.new_value)),
+            escape(r.reason),
         )
     return table
 
@@ -168,7 +169,7 @@ def _audit_table(
 ) -> int:
     chosen = selection.describe()
     title = f"audit trail {db}: {len(records)} record{'s' if len(records) != 1 else ''}"
-    table = audit_table(records, title + (f" ({chosen})" if chosen else ""))
+    table = audit_table(records, escape(title + (f" ({chosen})" if chosen else "")))
     if out is None:
         console.print(table)
     else:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from controller.clock import RealClock
@@ -35,20 +36,20 @@ _QUALITY_STYLE = {Quality.GOOD: "green", Quality.UNCERTAIN: "yellow", Quality.BA
 
 
 def snapshot_table(site: Site, snap: Snapshot) -> Table:
-    table = Table(title=f"{site.name}: {site.connection.url}")
+    table = Table(title=escape(f"{site.name}: {site.connection.url}"))
     for col in ("tag", "value", "unit", "quality", "age [s]", "description"):
         table.add_column(col, justify="right" if col in ("value", "age [s]") else "left")
     for name, tv in snap.values.items():
         tag = site.tags.tags[name]
         style = _QUALITY_STYLE[tv.quality]
         quality = tv.quality.value + (f" ({tv.detail})" if tv.detail else "")
-        table.add_row(
+        table.add_row(  # the PLC's and the tag map's texts as text, never markup
             name,
             f"{tv.value:.6g}",
-            tag.unit,
-            f"[{style}]{quality}[/{style}]",
+            escape(tag.unit),
+            f"[{style}]{escape(quality)}[/{style}]",
             f"{tv.age(snap.read_time):.1f}",
-            tag.description,
+            escape(tag.description),
         )
     return table
 
@@ -262,7 +263,9 @@ async def tags_write(
             )
     finally:
         audit.close()
-    table = Table(title=f"write to {site.name} ({site.connection.url}), audited in {audit_path}")
+    table = Table(
+        title=escape(f"write to {site.name} ({site.connection.url}), audited in {audit_path}")
+    )
     for col in ("tag", "before", "requested", "read back", "status", "detail"):
         table.add_column(col)
     for name, res in report.results.items():
@@ -273,7 +276,7 @@ async def tags_write(
             f"{res.requested:.6g}",
             "-" if res.readback is None else f"{res.readback:.6g}",
             f"[{style}]{res.status.value}[/{style}]",
-            res.detail,
+            escape(res.detail),
         )
     console.print(table)
     return 0 if report.ok else 1

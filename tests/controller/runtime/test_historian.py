@@ -455,6 +455,21 @@ def test_cli_audit_export_table_stays_the_default(
     assert not (tmp_path / "none.db").exists()
 
 
+def test_cli_audit_export_table_prints_brackets_as_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # reasons are free text: "[admin]" and "[b]...[/b]" were eaten as rich markup (the
+    # printed record differed from the stored one) and "[/valve]" ended in a traceback
+    trail = AuditTrail(tmp_path / "audit.db", actor="op [night]")
+    trail.record("setpoint.write", "t1", reason="operator [admin] set [b]bold[/b] ok")
+    trail.record("setpoint.write", "t2", reason="closing [/valve] early", new_value="[x]")
+    trail.close()
+    assert cli_main(["audit", "export", str(tmp_path / "audit.db")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for text in ("[admin]", "[b]bold[/b]", "[/valve]", "op [night]", "- -> [x]"):
+        assert text in out
+
+
 def test_events_round_trip_by_run_and_kind(make_historian: Factory) -> None:
     h = make_historian(max_cycles=2)
     h.start_run(_info("r1"))
