@@ -11,7 +11,8 @@ Each :class:`~controller.monitoringspec.ChartSpec` watches one signal of every
 
 * a measured output: a *residual chart* on ``z = innovation / innovation_std``, which is
   N(0, 1) and white while the model and the filter's noise settings hold. A cycle without an
-  innovation (the first, full-state feedback) or with a zero/non-finite std is skipped;
+  innovation (the first, full-state feedback), with a zero/non-finite std or with a ``z``
+  that is not finite (a huge innovation over a tiny std) is skipped;
 * an estimated parameter (``EstimatorSpec.parameters``): a *parameter chart* on
   ``z = (estimate - reference) / sigma``; ``reference`` defaults to the plant file's value.
 
@@ -124,7 +125,10 @@ class Signal:
     offset: float = 0.0  # residual charts: the learned mean z of the baseline
 
     def sample(self, estimate: Estimate) -> tuple[float, float] | None:
-        """``(z, value)`` of this cycle, or None when the estimate has no usable value."""
+        """``(z, value)`` of this cycle, or None when the estimate has no usable value.
+
+        A ``z`` that is not finite (a finite innovation over a tiny std overflows) is no
+        usable value either: it would leave an EWMA at inf or NaN for good."""
         if self.kind == "residual":
             value, std = estimate.innovation.get(self.name), estimate.innovation_std.get(self.name)
             if value is None or std is None:
@@ -132,12 +136,14 @@ class Signal:
             value, std = float(value), float(std)
             if not (math.isfinite(value) and math.isfinite(std) and std > 0):
                 return None
-            return value / std - self.offset, value
-        raw = estimate.parameters.get(self.name)
-        if raw is None or not math.isfinite(float(raw)):
-            return None
-        value = float(raw)
-        return (value - self.reference) / self.sigma, value
+            z = value / std - self.offset
+        else:
+            raw = estimate.parameters.get(self.name)
+            if raw is None or not math.isfinite(float(raw)):
+                return None
+            value = float(raw)
+            z = (value - self.reference) / self.sigma
+        return (z, value) if math.isfinite(z) else None
 
 
 def chart_key(spec: ChartSpec) -> str:

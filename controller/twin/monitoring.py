@@ -37,7 +37,10 @@ Failure behaviour
   parameter's plausible range (the estimator never leaves it).
 * :meth:`DriftMonitor.update` raises :class:`MonitoringError` for a non-finite ``t`` or one
   not after the previous update, and leaves the monitor unchanged. Missing or non-finite
-  values in the estimate are skipped (that chart is not updated), never raised.
+  values in the estimate are skipped (that chart is not updated), never raised. An estimate
+  with ``ok`` False (the estimator failed) is skipped whole: no chart or forecast sees it
+  (not raised either: the estimator's failure is the supervisor's to count, not the
+  monitor's).
 """
 
 from __future__ import annotations
@@ -254,6 +257,18 @@ class DriftMonitor:
         self._t_last: float | None = None
 
     @property
+    def charts(self) -> int:
+        """How many charts are configured."""
+        return len(self._charts)
+
+    @property
+    def evaluated(self) -> int:
+        """How many charts have evaluated at least one sample since the start or the last
+        :meth:`reset` (a chart in warm-up, learning its baseline or never given a usable
+        value has not: it cannot tell that nothing drifts)."""
+        return sum(1 for c in self._charts if c.running)
+
+    @property
     def active(self) -> list[Alarm]:
         """The alarms raised and not yet cleared."""
         return list(self._active.values())
@@ -284,7 +299,12 @@ class DriftMonitor:
         return dropped
 
     def update(self, t: float, estimate: Estimate) -> MonitorResult:
-        """Evaluate every chart and forecast on the estimate at model time ``t``."""
+        """Evaluate every chart and forecast on the estimate at model time ``t``.
+
+        An estimate that is not ``ok`` (the estimator failed: its values must not be acted
+        on) is checked for its time and otherwise skipped: no chart, warm-up or trend history
+        sees it, nothing is raised or cleared, and the result carries the current alarms,
+        statistics and the forecasts at ``t`` from the history fed so far."""
         t = float(t)
         if not math.isfinite(t) or (self._t_last is not None and t <= self._t_last):
             raise MonitoringError(
@@ -292,6 +312,8 @@ class DriftMonitor:
                 f"update (t={self._t_last!r} {self._time_unit})"
             )
         self._t_last = t
+        if not estimate.ok:  # a failed estimate must not be acted on: nothing is charted
+            return MonitorResult([], [], self.active, self._statistics(), self._forecasts(t))
         if self._t_first is None:
             self._t_first = t
         raised: list[Alarm] = []
@@ -315,8 +337,14 @@ class DriftMonitor:
             )
             for f in self._forecasters
         ]
-        statistics = {k: v for c in self._charts for k, v in c.statistics().items()}
-        return MonitorResult(raised, cleared, self.active, statistics, maintenance)
+        return MonitorResult(raised, cleared, self.active, self._statistics(), maintenance)
+
+    def _statistics(self) -> dict[str, float]:
+        return {k: v for c in self._charts for k, v in c.statistics().items()}
+
+    def _forecasts(self, t: float) -> list[MaintenanceForecast]:
+        """Each forecast at ``t`` from the history already fed (nothing added)."""
+        return [f.forecast(t) for f in self._forecasters]
 
     def _judge(
         self, t: float, chart: Chart, side: Side, raised: list[Alarm], cleared: list[Alarm]

@@ -24,6 +24,9 @@ Failure behaviour: a value is never written unless it is a finite number the tag
 
 * NaN, or a value the estimate / ``extra`` does not have this cycle, or every expression when
   the model cannot be evaluated: *omitted* (the tag keeps its last value), with the reason;
+* every value of an estimate that is not ``ok`` (the estimator failed: "must not be acted
+  on"): *omitted*, with ``estimate.reason``; the ``extra`` values, which do not come from
+  that estimate, still go out, except those the caller withholds (with its reason);
 * outside the tag's ``limits``, or outside what its Modbus type / OPC UA type can hold (a
   value the port would refuse, and with it the whole write): *clipped* to the nearest bound,
   reported with the value computed. ``+inf`` / ``-inf`` (e.g. a time to threshold when
@@ -291,24 +294,42 @@ class Publisher:
         estimate: Estimate,
         inputs: Mapping[str, float],
         extra: Mapping[str, float] | None = None,
+        *,
+        withheld: Mapping[str, str] | None = None,
     ) -> dict[str, float]:
         """Tag -> engineering value to write this cycle (see :meth:`publication`)."""
-        return self.publication(estimate, inputs, extra).values
+        return self.publication(estimate, inputs, extra, withheld=withheld).values
 
     def publication(
         self,
         estimate: Estimate,
         inputs: Mapping[str, float],
         extra: Mapping[str, float] | None = None,
+        *,
+        withheld: Mapping[str, str] | None = None,
     ) -> Publication:
         """This cycle's values, and the clipped and omitted ones with their reasons.
 
         ``inputs``: the model inputs in effect (every input of the model, for expressions);
-        ``extra``: the twin-intelligence values of this cycle (name -> value).
+        ``extra``: the twin-intelligence values of this cycle (name -> value);
+        ``withheld``: twin-intelligence names not to publish this cycle -> why (omitted).
+        An estimate that is not ``ok`` (the estimator failed; its values must not be acted
+        on) publishes nothing of its own: every state, parameter, std and expression is
+        omitted with ``estimate.reason``; only the ``extra`` values may still go out.
         """
-        expressions, failure = self._expressions(estimate, inputs)
+        failed = "" if estimate.ok else (estimate.reason or "the estimator failed this cycle")
+        expressions: dict[str, float] = {}
+        failure = failed
+        if not failed:
+            expressions, failure = self._expressions(estimate, inputs)
         out = Publication()
         for t in self._targets:
+            if t.source is not Source.EXTRA and failed:
+                out.omitted[t.tag] = failed
+                continue
+            if t.source is Source.EXTRA and withheld and t.key in withheld:
+                out.omitted[t.tag] = withheld[t.key]
+                continue
             raw, why = _raw(t, estimate, expressions, failure, extra or {})
             if raw is None:
                 out.omitted[t.tag] = why

@@ -79,7 +79,12 @@ def test_twin_services_from_model_sections_and_tag_map(
     inputs = model.nominal_inputs
     for k in range(5):
         out = twin.update(0.005 * k, estimate(model, 4032.0), inputs, data_good=True)
-    assert out.monitor["alarm.active"] == 0.0
+    assert out.monitor["alarm.active"] == 0.0  # the historian's count: no alarm is active
+    # but no chart has run yet (warm-up): the PLC is not told "no drift"
+    why = f"drift monitor not running yet: 0 of {len(cfg.monitoring.charts)} charts evaluated"
+    for tag in ("drift_alarm_count", "drift_alarm_word"):
+        assert tag not in out.publication.values
+        assert out.publication.omitted[tag] == why
     assert math.isnan(out.monitor["maintenance.Kw.time_to_threshold"])  # too few points yet
     kw_tags = [n for n, t in tags.publication_tags().items() if t == "Kw"]
     assert kw_tags and all(out.publication.values[n] == pytest.approx(4032.0) for n in kw_tags)
