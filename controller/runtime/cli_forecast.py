@@ -1,4 +1,9 @@
-"""``pharmatwin forecast``: what-if, from a runtime's historian, to the batch's end."""
+"""``pharmatwin forecast``: what-if, from a runtime's historian, to the batch's end.
+
+Exit codes: 0 the forecast was made (a plan that failed is shown failed, with its reason);
+1 a plan was not applied (nothing left to forecast: the batch ended at the start); 2 the
+forecast could not be made (an error naming the file, key and value).
+"""
 
 from __future__ import annotations
 
@@ -86,7 +91,8 @@ def forecast_command(
                 ]
             )
         historian = DEFAULT_HISTORIAN
-    start = forecast_files.start_from_historian(site.model, site.tags, historian, run_id)
+    read = forecast_files.read_start(site.model, site.tags, historian, run_id)
+    start = read.start
     plans = forecast_files.default_plans(site.model, site.forecast, site.path, plan)
     setup = ForecastSetup(
         site.model, site.controller, site.forecast, site.name, str(site.path), LibraryCache()
@@ -99,6 +105,8 @@ def forecast_command(
         highlight=False,
         markup=False,
     )
+    for note in read.notes:
+        console.print(f"  note: {note}", highlight=False, markup=False)
     console.print(_forecast_table(result))
     for row in result.table():
         for text in (row["status"] if row["status"] != "ok" else "", row["notes"]):
@@ -110,6 +118,14 @@ def forecast_command(
     units = {n: m.unit_of(n) for n in names}
     png_path = forecast_report.plot_forecast(result, out / "forecast.png", units)
     console.print(f"wrote {json_path} and {png_path}", highlight=False, markup=False)
+    not_applied = [pf.plan.name for pf in result.plans if pf.not_applied]
+    if not_applied:
+        console.print(
+            f"[red]error:[/red] not applied: {escape(', '.join(not_applied))}: nothing was "
+            "forecast for them (see their status)",
+            highlight=False,
+        )
+        return 1
     return 0
 
 
@@ -126,10 +142,15 @@ def _forecast_table(result: Forecast) -> Table:
         table.add_row(escape(f"{c.name} ({what})"), *(f"{row[c.name]:.5g}" for row in rows))
     table.add_row(escape(f"forecast end [{unit}]"), *(f"{row['end_time']:.5g}" for row in rows))
     table.add_row("batch finished", *("yes" if row["finished"] else "no" for row in rows))
-    table.add_row(
-        "status", *(row["status"] if row["status"] == "ok" else "[red]failed[/red]" for row in rows)
-    )
+    table.add_row("status", *(_status_cell(row["status"]) for row in rows))
     return table
+
+
+def _status_cell(status: str) -> str:
+    """``ok``, or the status's first words (``failed``, ``not applied``) in red."""
+    if status == "ok":
+        return status
+    return f"[red]{escape(status.split(':', 1)[0])}[/red]"
 
 
 def command(args: argparse.Namespace, console: Console) -> int:

@@ -6,8 +6,9 @@ The I/O half of the what-if forecast (:mod:`controller.twin.forecast` computes i
   :func:`recipe_problems` / :func:`load_recipe` read the PLC's local recipe (a scenario file's
   ``recipe:`` or a bare recipe file); :func:`default_plans` gives the plans a forecast compares
   (the MPC, the site's local recipe, the plan file's plan);
-* :func:`start_from_historian` reads a runtime's historian (SQLite, read only) for the newest
-  cycle with an estimate: the :class:`~controller.twin.forecast_spec.ForecastStart`.
+* :func:`read_start` (:func:`start_from_historian`) reads a runtime's historian (SQLite) for
+  the newest cycle with an estimate that did not fail: the
+  :class:`~controller.twin.forecast_spec.ForecastStart` (and notes on the cycles skipped).
 
 Every problem raises :class:`~controller.twin.forecast_spec.ForecastError` naming the file,
 key and value.
@@ -16,7 +17,8 @@ key and value.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -25,7 +27,12 @@ from controller.config import Recipe, recipe_input_problems
 from controller.configfile import parse, read_yaml, resolve
 from controller.errors import ConfigError, Problem, unknown_name
 from controller.runtime.historian import SqliteHistorian
-from controller.runtime.historian_records import CycleRecord, HistorianError
+from controller.runtime.historian_records import (
+    CycleRecord,
+    HistorianError,
+    HistorianRecordError,
+    RunInfo,
+)
 from controller.tags import TagMap
 from controller.timebase import TimeBase
 from controller.twin.forecast_spec import (
@@ -38,10 +45,12 @@ from controller.twin.forecast_spec import (
 from plant_models import PlantModel
 
 __all__ = [
+    "HistorianStart",
     "PlanFile",
     "default_plans",
     "load_plan",
     "load_recipe",
+    "read_start",
     "recipe_problems",
     "start_from_historian",
 ]
@@ -146,17 +155,64 @@ def default_plans(
 
 
 # ---------------------------------------------------------------------- the historian
-def _last_estimated(hist: SqliteHistorian, run_id: str) -> CycleRecord | None:
-    """The newest cycle of ``run_id`` with an estimate (reading back in growing chunks)."""
+@dataclass(frozen=True)
+class HistorianStart:
+    """Where a forecast starts in a historian: the start, the cycle it was taken from, and
+    ``notes`` for the console (newer cycles skipped and why; an estimate of unknown status)."""
+
+    start: ForecastStart
+    record: CycleRecord
+    notes: tuple[str, ...] = ()
+
+
+@dataclass
+class _Scan:
+    """The newest usable cycle of a run, and the newer ones passed over."""
+
+    record: CycleRecord | None = None
+    newest: CycleRecord | None = None
+    failed: list[CycleRecord] = field(default_factory=list)
+    no_estimate: int = 0
+
+
+def _usable(record: CycleRecord) -> bool:
+    """A cycle a forecast may start from: it has an estimate, not known to have failed."""
+    return bool(record.estimates) and record.estimate_ok is not False
+
+
+def _last_estimated(hist: SqliteHistorian, run_id: str) -> _Scan:
+    """The newest cycle of ``run_id`` with an estimate that did not fail, and the newer cycles
+    passed over (reading back in growing chunks)."""
     limit = 64
     while True:
         cycles = hist.cycles(run_id, limit=limit)
+        scan = _Scan(newest=cycles[-1] if cycles else None)
         for record in reversed(cycles):
+            if _usable(record):
+                scan.record = record
+                return scan
             if record.estimates:
-                return record
+                scan.failed.append(record)
+            else:
+                scan.no_estimate += 1
         if len(cycles) < limit:
-            return None
+            return scan
         limit *= 4
+
+
+def _skipped(scan: _Scan, unit: str, timebase: TimeBase) -> str:
+    """Why the cycles newer than the start were passed over."""
+    parts = []
+    if scan.failed:
+        newest = scan.failed[0]
+        reason = newest.estimate_reason or "no reason recorded"
+        parts.append(
+            f"{len(scan.failed)} with a failed estimate (newest: cycle {newest.cycle} at "
+            f"t = {timebase.model_time(newest.t):.4g} {unit}, state {newest.state}: {reason})"
+        )
+    if scan.no_estimate:
+        parts.append(f"{scan.no_estimate} without an estimate")
+    return " and ".join(parts)
 
 
 def _input_value(binding: Binding, record: CycleRecord, name: str) -> float | None:
@@ -180,14 +236,25 @@ def _input_value(binding: Binding, record: CycleRecord, name: str) -> float | No
 def start_from_historian(
     model: PlantModel, tags: TagMap, historian_path: Path, run_id: str | None = None
 ) -> ForecastStart:
+    """The start of a forecast from a runtime's historian: :func:`read_start`'s start."""
+    return read_start(model, tags, historian_path, run_id).start
+
+
+def read_start(
+    model: PlantModel, tags: TagMap, historian_path: Path, run_id: str | None = None
+) -> HistorianStart:
     """The start of a forecast from a runtime's historian (a running one is fine: read only).
 
-    Takes the newest cycle with an estimate of ``run_id`` (default: the newest run): states
-    and estimated parameters from it (the others from the plant file), inputs in place (the
-    setpoints written in that cycle, else the input PV tags of the tag map ``tags``, else the
-    setpoint tags as read), ``t``: ``record.t`` (process seconds since the run started) as
-    model time. Raises ForecastError (or
-    HistorianError for a file that cannot be read) naming the file and what is missing.
+    Takes the newest cycle of ``run_id`` (default: the newest run) with an estimate that did
+    not fail (``estimate_ok`` False: the estimator failed and held its last states, which
+    must not be acted on; a file that did not record it counts as unknown, is used and said
+    so in the notes): states and estimated parameters from it (the others from the plant
+    file), inputs in place (the setpoints written in that cycle, else the input PV tags of
+    the tag map ``tags``, else the setpoint tags as read), ``t``: ``record.t`` (process
+    seconds since the run started) as model time. Newer cycles passed over are said in the
+    notes. Raises ForecastError naming the file, the key (``runs.<id>.cycles.<n>.<column>``)
+    and the value: a file that cannot be read, a malformed run or cycle, no usable cycle, a
+    value that is not a finite number.
     """
     path = Path(historian_path)
     src = str(path)
@@ -197,36 +264,71 @@ def start_from_historian(
         hist = SqliteHistorian(path)
     except HistorianError as exc:
         raise ForecastError([Problem(src, "", f"cannot open the historian: {exc}", src)]) from exc
-    with hist:
-        runs = hist.runs()
-        if not runs:
-            raise ForecastError([Problem(src, "runs", "the historian holds no run", [])])
-        known = [r.run_id for r in runs]
-        if run_id is None:
-            info = runs[-1]
-        else:
-            found = [r for r in runs if r.run_id == run_id]
-            if not found:
-                why = unknown_name("run", run_id, known)
-                raise ForecastError([Problem(src, "run_id", why, run_id)])
-            info = found[0]
-        if info.model != model.name:
-            raise ForecastError(
-                [
-                    Problem(
-                        src,
-                        f"runs.{info.run_id}.model",
-                        f"the run is of another model than the site's {model.name!r}",
-                        info.model,
-                    )
-                ]
-            )
-        record = _last_estimated(hist, info.run_id)
+    try:
+        with hist:
+            info, scan = _read_run(hist, model, src, run_id)
+    except HistorianRecordError as exc:
+        raise ForecastError([exc.problem(src)]) from exc
+    except HistorianError as exc:
+        raise ForecastError([Problem(src, "", f"cannot read the historian: {exc}", src)]) from exc
+    record = scan.record
+    timebase = TimeBase.of(model)
+    unit = model.time_unit
     if record is None:
-        raise ForecastError(
-            [Problem(src, f"runs.{info.run_id}.cycles", "no cycle with an estimate yet", None)]
+        where = f"runs.{info.run_id}.cycles"
+        if not scan.failed:
+            raise ForecastError([Problem(src, where, "no cycle with an estimate yet", None)])
+        why = f"no cycle with a usable estimate: {_skipped(scan, unit, timebase)}"
+        raise ForecastError([Problem(src, where, why, None)])
+    start = _start_from_record(model, tags, record, src)
+    notes = []
+    if scan.newest is not None and scan.newest is not record:
+        notes.append(
+            f"starting from cycle {record.cycle} at t = {start.t:.4g} {unit}, not from the "
+            f"newest cycle {scan.newest.cycle} at t = {timebase.model_time(scan.newest.t):.4g} "
+            f"{unit}: the {len(scan.failed) + scan.no_estimate} newer cycle(s) were skipped, "
+            f"{_skipped(scan, unit, timebase)}"
         )
-    return _start_from_record(model, tags, record, src)
+    if record.estimate_ok is None:
+        notes.append(
+            f"cycle {record.cycle}: the historian does not say whether this estimate was ok "
+            "(written before estimate status was recorded); it is used as it is"
+        )
+    return HistorianStart(start, record, tuple(notes))
+
+
+def _read_run(
+    hist: SqliteHistorian, model: PlantModel, src: str, run_id: str | None
+) -> tuple[RunInfo, _Scan]:
+    """The run asked for (default: the newest) and its newest usable cycle."""
+    runs = hist.runs()
+    if not runs:
+        raise ForecastError([Problem(src, "runs", "the historian holds no run", [])])
+    known = [r.run_id for r in runs]
+    if run_id is None:
+        info = runs[-1]
+    else:
+        found = [r for r in runs if r.run_id == run_id]
+        if not found:
+            why = unknown_name("run", run_id, known)
+            raise ForecastError([Problem(src, "run_id", why, run_id)])
+        info = found[0]
+    if info.model != model.name:
+        why = f"the run is of another model than the site's {model.name!r}"
+        raise ForecastError([Problem(src, f"runs.{info.run_id}.model", why, info.model)])
+    return info, _last_estimated(hist, info.run_id)
+
+
+def _finite_values(
+    src: str, key: str, values: Mapping[str, float], names: Sequence[str]
+) -> list[Problem]:
+    """Problems for the ``names`` in ``values`` that are not finite numbers."""
+    problems = []
+    for n in names:
+        v = values.get(n)
+        if v is not None and not (isinstance(v, int | float) and math.isfinite(v)):
+            problems.append(Problem(src, f"{key}.{n}", "not a finite number", v))
+    return problems
 
 
 def _start_from_record(
@@ -242,6 +344,13 @@ def _start_from_record(
                 )
             ]
         )
+    params = model.parameters
+    estimated = [k for k in record.estimates if k in params or k in model.state_names]
+    problems = _finite_values(src, f"{key}.estimates", record.estimates, estimated)
+    if not math.isfinite(record.t):
+        problems.append(Problem(src, f"{key}.t", "not a finite number", record.t))
+    if problems:
+        raise ForecastError(problems)
     binding = Binding.of(tags, model)
     inputs = {n: _input_value(binding, record, n) for n in model.input_names}
     unknown = [n for n, v in inputs.items() if v is None]
@@ -256,7 +365,6 @@ def _start_from_record(
                 )
             ]
         )
-    params = model.parameters
     params.update({k: float(v) for k, v in record.estimates.items() if k in params})
     return ForecastStart(
         TimeBase.of(model).model_time(record.t),

@@ -33,6 +33,8 @@ def _key_expressions(fc: Forecast) -> list[str]:
 def _label(pf: PlanForecast) -> str:
     if pf.failed:
         return f"{pf.plan.name}: FAILED"
+    if pf.not_applied:
+        return f"{pf.plan.name}: NOT APPLIED"
     values = ", ".join(f"{k}={v:.4g}" for k, v in pf.cqas.items())
     return f"{pf.plan.name}: {values}" if values else pf.plan.name
 
@@ -88,6 +90,8 @@ def _plot_nothing_ahead(fc: Forecast, path: Path) -> Path:
 
     if not fc.plans:
         why = "no plan was forecast"
+    elif all(pf.not_applied for pf in fc.plans):
+        why = f"no plan applied: {fc.plans[0].not_applied}"
     elif all(pf.failed for pf in fc.plans):
         why = "every plan failed: " + "; ".join(f"{pf.plan.name}: {pf.failed}" for pf in fc.plans)
     else:

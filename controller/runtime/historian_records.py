@@ -13,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from controller.errors import PharmaTwinError
+from controller.errors import PharmaTwinError, Problem, brief
 from controller.ports.base import Quality
 
 if TYPE_CHECKING:
@@ -33,6 +34,20 @@ DEFAULT_PREDICT_STEPS = 5
 
 class HistorianError(PharmaTwinError):
     """The historian cannot be opened, written, read or exported."""
+
+
+class HistorianRecordError(HistorianError):
+    """A stored run or cycle is malformed: ``location`` (``runs.<id>.cycles.<n>.<column>``
+    or ``runs.<id>.info``), what is wrong and the bad ``value``; whoever knows the file adds it
+    (see :meth:`problem`)."""
+
+    def __init__(self, location: str, message: str, value: object) -> None:
+        self.location, self.message, self.value = location, message, value
+        super().__init__(f"{location}: {message} (got {brief(value)})")
+
+    def problem(self, file: str) -> Problem:
+        """This error as a :class:`~controller.errors.Problem` of ``file``."""
+        return Problem(file, self.location, self.message, self.value)
 
 
 class Measurement(NamedTuple):
@@ -73,7 +88,10 @@ class CycleRecord:
     steps of the planned trajectory (states from the current time on, then inputs).
     ``decision``: the MPC's inputs, status, return_status, iterations, solve_time_s and
     objective. ``setpoints``: what was written (empty when nothing was). ``safety``: the
-    interventions (name, proposed, applied, reason, detail).
+    interventions (name, proposed, applied, reason, detail). ``estimate_ok``: whether the
+    estimator succeeded this cycle (None: unknown, no estimate or a file written before this
+    was recorded); ``estimate_reason`` why not. They are stored inside the ``decision`` JSON
+    under the key ``estimate`` (no new column: see :func:`encode_cycle`).
     """
 
     run_id: str
@@ -90,6 +108,8 @@ class CycleRecord:
     safety: list[dict[str, Any]] = field(default_factory=list)
     wrote: bool = False
     monitor: dict[str, float] = field(default_factory=dict)
+    estimate_ok: bool | None = None
+    estimate_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -151,6 +171,8 @@ def cycle_record(
         safety=_interventions(outcome),
         wrote=wrote,
         monitor={k: float(v) for k, v in (monitor or {}).items()},
+        estimate_ok=None if estimate is None else bool(estimate.ok),
+        estimate_reason="" if estimate is None else str(estimate.reason),
     )
 
 
@@ -258,9 +280,21 @@ def _compact_encoder() -> Callable[[Any], str]:
 _COMPACT = _compact_encoder()
 
 
+#: the key of the ``decision`` JSON that holds the estimate's ok and reason (a record's
+#: ``estimate_ok`` / ``estimate_reason``): a field added without a new column, so files
+#: written before it stay readable (no key: unknown) and older readers ignore it
+ESTIMATE_KEY = "estimate"
+
+
 def encode_cycle(c: CycleRecord) -> Row:
     """The row every backend stores for a cycle (its dict fields as JSON text)."""
     encode = _COMPACT
+    decision = c.decision
+    if c.estimate_ok is not None:
+        estimate: dict[str, Any] = {"ok": bool(c.estimate_ok)}
+        if c.estimate_reason:
+            estimate["reason"] = c.estimate_reason
+        decision = {**decision, ESTIMATE_KEY: estimate}
     return (
         c.run_id,
         int(c.cycle),
@@ -268,18 +302,107 @@ def encode_cycle(c: CycleRecord) -> Row:
         c.utc,
         c.state,
         int(c.wrote),
-        *[encode(getattr(c, name)) for name in _BLOBS],
+        *[encode(decision if name == "decision" else getattr(c, name)) for name in _BLOBS],
     )
 
 
+def _bad(where: str, why: str, value: Any) -> HistorianRecordError:
+    return HistorianRecordError(where, why, value)
+
+
+def _text_dict(where: str, name: str, text: Any) -> Any:
+    """The JSON a column holds, which must be an object (a list for ``safety``)."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise _bad(f"{where}.{name}", f"not JSON: {exc}", text) from exc
+    kind, what = (list, "array") if name == "safety" else (dict, "object")
+    if not isinstance(value, kind):
+        raise _bad(f"{where}.{name}", f"not a JSON {what}", text)
+    return value
+
+
+#: the types of a JSON number as :func:`json.loads` gives them (not bool: ``type`` is exact)
+_NUMBER = frozenset((int, float))
+
+
+def _measurement(where: str, m: Any) -> Measurement:
+    """A stored measurement that is not plain ``[number, str, number]``: null numbers read as
+    NaN; anything else raises."""
+    if not (isinstance(m, list) and len(m) == 3):
+        raise _bad(where, "not a [value, quality, source time] triple", m)
+    value, quality, source_time = m
+    if not isinstance(quality, str):
+        raise _bad(where, "quality is not a string", m)
+    try:
+        return Measurement(_number(value), quality, _number(source_time))
+    except TypeError as exc:
+        raise _bad(where, "value and source time must be numbers", m) from exc
+
+
+def _measurements_of(where: str, raw: dict[str, Any]) -> dict[str, Measurement]:
+    number = _NUMBER
+    out = {}
+    for k, m in raw.items():
+        if (
+            type(m) is list
+            and len(m) == 3
+            and type(m[0]) in number
+            and type(m[1]) is str
+            and type(m[2]) in number
+        ):
+            out[k] = Measurement(*m)  # the common case, checked fast (22 tags a cycle)
+        else:
+            out[k] = _measurement(f"{where}.measurements.{k}", m)
+    return out
+
+
+def _number(v: Any) -> float:
+    """A stored number: a JSON number (NaN and infinities included), or null (NaN)."""
+    if v is None:
+        return math.nan
+    if type(v) not in _NUMBER:
+        raise TypeError(f"not a number: {v!r}")
+    return float(v)
+
+
+def _numbers(where: str, values: dict[str, Any]) -> dict[str, float]:
+    number = _NUMBER
+    if all(type(v) in number for v in values.values()):
+        return values
+    out = {}
+    for k, v in values.items():
+        try:
+            out[k] = _number(v)
+        except TypeError as exc:
+            raise _bad(f"{where}.{k}", "not a number", v) from exc
+    return out
+
+
 def decode_cycle(row: Row) -> CycleRecord:
-    """The cycle a stored row holds (the inverse of :func:`encode_cycle`)."""
+    """The cycle a stored row holds (the inverse of :func:`encode_cycle`).
+
+    A malformed row raises HistorianError naming ``cycles.<n>.<column>`` (the row's cycle
+    number, with its run) and the bad value; the caller adds the file."""
     values = dict(zip(COLUMNS, row, strict=True))
+    where = f"runs.{values['run_id']}.cycles.{values['cycle']}"
     for name in (*JSON_FIELDS, "safety", "monitor"):
-        values[name] = json.loads(values[name])
-    values["measurements"] = {k: Measurement(*m) for k, m in values["measurements"].items()}
+        values[name] = _text_dict(where, name, values[name])
+    values["measurements"] = _measurements_of(where, values["measurements"])
+    for name in ("estimates", "estimate_std", "setpoints", "monitor"):
+        values[name] = _numbers(f"{where}.{name}", values[name])
+    estimate = values["decision"].pop(ESTIMATE_KEY, None)
+    if estimate is not None:
+        ok = estimate.get("ok") if isinstance(estimate, dict) else None
+        reason = estimate.get("reason", "") if isinstance(estimate, dict) else None
+        if not isinstance(ok, bool) or not isinstance(reason, str):
+            raise _bad(f"{where}.decision.{ESTIMATE_KEY}", "not {ok: bool, reason: str}", estimate)
+        values["estimate_ok"], values["estimate_reason"] = ok, reason
     values["wrote"] = bool(values["wrote"])
-    values["t"] = float("nan") if values["t"] is None else values["t"]  # SQLite: NaN -> NULL
+    t = values["t"]
+    if t is not None and (isinstance(t, bool) or not isinstance(t, int | float)):
+        raise _bad(f"{where}.t", "not a number", t)
+    values["t"] = math.nan if t is None else float(t)  # SQLite: NaN -> NULL
     return CycleRecord(**values)
 
 
@@ -287,5 +410,24 @@ def dump_run(info: RunInfo) -> str:
     return json.dumps(dataclasses.asdict(info), sort_keys=True)
 
 
+_RUN_FIELDS = tuple(f.name for f in dataclasses.fields(RunInfo))
+
+
 def load_run(text: str) -> RunInfo:
-    return RunInfo(**json.loads(text))
+    """The run a stored ``runs.info`` holds; a malformed one raises HistorianError naming
+    ``runs.<id>`` (``runs.?`` when even its id is unreadable) and the bad value."""
+    try:
+        data = json.loads(text)
+    except (TypeError, ValueError) as exc:
+        raise _bad("runs.?.info", f"not JSON: {exc}", text) from exc
+    if not isinstance(data, dict):
+        raise _bad("runs.?.info", "not a JSON object", text)
+    where = f"runs.{data.get('run_id', '?')}.info"
+    missing = [f for f in _RUN_FIELDS if f not in data]
+    unknown = sorted(set(data) - set(_RUN_FIELDS))
+    if missing or unknown:
+        why = f"missing field(s) {missing}" if missing else f"unknown field(s) {unknown}"
+        raise _bad(where, why, text)
+    if not isinstance(data["run_id"], str) or not isinstance(data["model"], str):
+        raise _bad(where, "run_id and model must be strings", text)
+    return RunInfo(**data)

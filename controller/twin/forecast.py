@@ -37,6 +37,10 @@ included), derived quantities (:data:`DERIVED`, e.g. the crystallizer's ``fines_
 Every value at a time point is evaluated with the input applied from that point on (the last
 input at the end). Times are batch times in the model's time unit; values are physical.
 
+Nothing ahead. From a start where the batch has already ended (the model finished, or at or
+past its duration), no plan is applied: each is reported ``not applied`` (its ``not_applied``
+says why), with the start point alone and NaN CQAs, never as an ``ok`` plan.
+
 Failure behaviour. A plan whose simulation fails (integrator or algebraic solver error,
 non-finite states, an MPC that cannot be built) is reported with ``failed`` set, its
 trajectory up to the failure and NaN CQAs; the other plans are not affected. Bad input (a
@@ -70,8 +74,10 @@ from controller.twin.forecast_sim import (
     Trajectory,
     columns,
     evaluate,
+    nothing_ahead,
     policy,
     simulate,
+    start_point,
 )
 from controller.twin.forecast_spec import (
     END_TIME,
@@ -105,6 +111,17 @@ class PlanForecast:
     finished: bool
     failed: str | None
     notes: tuple[str, ...] = ()
+    not_applied: str | None = None
+
+    @property
+    def status(self) -> str:
+        """``ok``, ``failed: <why>`` or ``not applied: <why>`` (no input of the plan was
+        applied: nothing was left to forecast from the start)."""
+        if self.failed:
+            return "failed: " + self.failed
+        if self.not_applied:
+            return "not applied: " + self.not_applied
+        return "ok"
 
 
 @dataclass(frozen=True)
@@ -125,7 +142,7 @@ class Forecast:
             row.update(pf.cqas)
             row["end_time"] = pf.end_time
             row["finished"] = pf.finished
-            row["status"] = "failed: " + pf.failed if pf.failed else "ok"
+            row["status"] = pf.status
             row["notes"] = "; ".join(pf.notes)
             rows.append(row)
         return rows
@@ -159,6 +176,8 @@ def _plan_dict(pf: PlanForecast) -> dict[str, Any]:
         "end_time": pf.end_time,
         "finished": pf.finished,
         "failed": pf.failed,
+        "not_applied": pf.not_applied,
+        "status": pf.status,
         "notes": list(pf.notes),
         "t": pf.t,
         "inputs": dict(pf.inputs),
@@ -196,20 +215,46 @@ def _cqa_values(
     return out
 
 
+def _not_applied(
+    fc: ForecastSection, sim: Simulator, start: ForecastStart, plan: Plan, why: str
+) -> PlanForecast:
+    """A plan none of whose inputs was applied: the start point alone, no CQA attributed."""
+    model = sim.model
+    traj = start_point(sim, start)
+    return PlanForecast(
+        plan,
+        np.array(traj.t, dtype=float),
+        columns(model.state_names, traj.x),
+        columns(model.input_names, traj.u),
+        evaluate(sim, traj),
+        {c.name: math.nan for c in fc.cqas},
+        float(start.t),
+        False,
+        None,
+        (),
+        why,
+    )
+
+
 def _run_plan(
     setup: ForecastSetup, fc: ForecastSection, sim: Simulator, start: ForecastStart, plan: Plan
 ) -> PlanForecast:
     model = sim.model
     failed: str | None = None
     notes: list[str] = []
+    dt = setup.controller.sample_time
+    ended = nothing_ahead(sim, start, dt, fc)
+    if ended is not None:
+        return _not_applied(fc, sim, start, plan, ended)
     try:
         inputs_of = policy(setup, plan, start)
     except (PharmaTwinError, RuntimeError) as exc:  # e.g. an MPC that cannot be built
         traj, finished, failed = Trajectory(), False, f"cannot start the plan: {exc}"
     else:
-        dt = setup.controller.sample_time
         traj, finished, failed = simulate(sim, inputs_of, start, dt, fc)
         notes = inputs_of.notes()
+        if failed is None and len(traj.t) < 2:  # not one step: nothing of the plan applied
+            return _not_applied(fc, sim, start, plan, "nothing left to forecast (no step made)")
     states = columns(model.state_names, traj.x)
     inputs = columns(model.input_names, traj.u)
     expressions = evaluate(sim, traj) if traj.t else {}

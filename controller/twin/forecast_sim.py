@@ -45,9 +45,11 @@ __all__ = [
     "Trajectory",
     "columns",
     "evaluate",
+    "nothing_ahead",
     "policy",
     "simulate",
     "solver_message",
+    "start_point",
 ]
 
 #: Halvings of the last sample that locate the batch end (resolution sample_time / 128).
@@ -244,6 +246,41 @@ def _limits(fc: ForecastSection, t0: float) -> tuple[float, float]:
     return by_duration, base + fc.max_duration
 
 
+def nothing_ahead(
+    sim: Simulator, start: ForecastStart, dt: float, fc: ForecastSection
+) -> str | None:
+    """Why no plan can be applied from ``start`` (the batch has ended there), else None.
+
+    The same tests :func:`simulate` makes before its first step: a plan simulated from such a
+    start would be its start point alone, never applied."""
+    model = sim.model
+    unit = f" {model.time_unit}".rstrip()
+    x = model.vector(Role.STATE, start.states)
+    if sim.finished(x):
+        return (
+            "nothing left to forecast: the model is finished at the start "
+            f"(t = {start.t:.6g}{unit})"
+        )
+    t_batch, t_cap = _limits(fc, start.t)
+    t_end = min(t_batch, t_cap)
+    if start.t >= t_end - 1e-9 * dt:
+        which = "batch_duration" if t_batch <= t_cap else "max_duration"
+        return (
+            f"nothing left to forecast: the batch ended at the start (t = {start.t:.6g}{unit}; "
+            f"{which} ends it at {t_end:.6g}{unit})"
+        )
+    return None
+
+
+def start_point(sim: Simulator, start: ForecastStart) -> Trajectory:
+    """The start alone, with the inputs in place (the trajectory of a plan never applied)."""
+    model = sim.model
+    x = model.vector(Role.STATE, start.states)
+    z = model.vector(Role.ALGEBRAIC, model.initial_algebraic)
+    u = model.vector(Role.INPUT, start.inputs)
+    return _close(Trajectory(), sim, start.t, x, z, u)
+
+
 def simulate(
     sim: Simulator,
     policy: Policy,
@@ -251,7 +288,10 @@ def simulate(
     dt: float,
     fc: ForecastSection,
 ) -> tuple[Trajectory, bool, str | None]:
-    """Run one plan to the batch end; returns the trajectory, finished, failure (or None)."""
+    """Run one plan to the batch end; returns the trajectory, finished, failure (or None).
+
+    From a start where the batch has ended (:func:`nothing_ahead`) the trajectory is the start
+    point alone and no input of the plan was applied: the caller reports that."""
     model = sim.model
     t_batch, t_cap = _limits(fc, start.t)
     t_end = min(t_batch, t_cap)
