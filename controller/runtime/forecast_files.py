@@ -261,7 +261,7 @@ def read_start(
     if not path.is_file():
         raise ForecastError([Problem(src, "", "historian file not found", src)])
     try:
-        hist = SqliteHistorian(path)
+        hist = SqliteHistorian(path, read_only=True)  # a forecast never changes the file
     except HistorianError as exc:
         raise ForecastError([Problem(src, "", f"cannot open the historian: {exc}", src)]) from exc
     try:

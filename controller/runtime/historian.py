@@ -309,6 +309,7 @@ class SqliteHistorian(Historian):
             columns = {r[1] for r in self._db.execute("PRAGMA table_info(cycles)")}
             if "monitor" not in columns:  # a file written before cycles had monitor figures
                 self._db.execute("ALTER TABLE cycles ADD COLUMN monitor TEXT NOT NULL DEFAULT '{}'")
+            self._monitor_column = "monitor"
             #: the id the next insert is expected to get (ids only grow, one per insert)
             self._next_id = self._db.execute(
                 "SELECT coalesce(max(id), 0) + 1 FROM cycles"
@@ -342,9 +343,11 @@ class SqliteHistorian(Historian):
                 db.close()
             raise HistorianError(f"cannot read the historian {path}: {exc}") from exc
         missing = sorted({"runs", "cycles", "events"} - tables)
-        if missing or "monitor" not in columns:
+        #: a file written before cycles had monitor figures: read them as none (not added)
+        self._monitor_column = "monitor" if "monitor" in columns else "'{}' AS monitor"
+        if missing:
             db.close()
-            what = f"no {', '.join(missing)} table" if missing else "cycles without monitor figures"
+            what = f"no {', '.join(missing)} table"
             raise HistorianError(
                 f"{path} is not a PharmaTwin historian database that can be read as it is "
                 f"({what}; tables found: {', '.join(sorted(tables)) or 'none'}): give the "
@@ -444,8 +447,9 @@ class SqliteHistorian(Historian):
     def _load_cycles(self, run_id: str | None, limit: int | None) -> list[Row]:
         where = "" if run_id is None else "WHERE run_id = ?"
         params = () if run_id is None else (run_id,)
+        columns = [self._monitor_column if c == "monitor" else c for c in COLUMNS]
         sql = (
-            f"SELECT {', '.join(COLUMNS)} FROM (SELECT * FROM cycles {where} "
+            f"SELECT {', '.join(columns)} FROM (SELECT * FROM cycles {where} "
             "ORDER BY id DESC LIMIT ?) ORDER BY id"
         )
         return [

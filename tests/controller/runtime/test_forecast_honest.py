@@ -112,8 +112,10 @@ def test_forecast_skips_failed_estimates_and_says_so(
                 estimate_reason="estimate outside the model's domain"),
         ],
     )  # fmt: skip
+    before = db.read_bytes()
     code, text = cli(db, tmp_path / "out", capsys)
     assert code == 0, text
+    assert db.read_bytes() == before  # read-only: the forecast never changes the historian
     flat = " ".join(text.split())
     assert "starting from cycle 0 at t = 1 h, not from the newest cycle 2 at t = 1.2 h" in flat
     assert "2 with a failed estimate (newest: cycle 2 at t = 1.2 h, state HOLD:" in flat

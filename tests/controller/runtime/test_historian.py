@@ -396,6 +396,27 @@ def test_cli_history_export_never_changes_the_file_it_reads(
     assert "holds no run: nothing to export" in capsys.readouterr().out
 
 
+def test_a_historian_written_before_monitor_figures_reads_as_it_is(tmp_path: Path) -> None:
+    # a file whose cycles table predates the monitor column: read-only, its cycles read with
+    # no monitor figures and the file stays as it was (the writer adds the column)
+    db = tmp_path / "old.db"
+    with SqliteHistorian(db) as h:
+        h.start_run(_info("a"))
+        for i in range(3):
+            h.record(_cycle("a", i))
+    with sqlite3.connect(db) as conn:
+        conn.execute("ALTER TABLE cycles DROP COLUMN monitor")
+    before = db.read_bytes()
+    with SqliteHistorian(db, read_only=True) as h:
+        cycles = h.cycles("a")
+    assert [c.cycle for c in cycles] == [0, 1, 2] and all(c.monitor == {} for c in cycles)
+    assert db.read_bytes() == before
+    with SqliteHistorian(db) as h:  # the writer upgrades it
+        assert [c.monitor for c in h.cycles("a")] == [{}, {}, {}]
+    with sqlite3.connect(db) as conn:
+        assert "monitor" in {r[1] for r in conn.execute("PRAGMA table_info(cycles)")}
+
+
 def _audit_db(tmp_path: Path) -> Path:
     trail = AuditTrail(tmp_path / "audit.db", config_hash="abc", actor="alice")
     trail.record(
