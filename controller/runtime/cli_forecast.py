@@ -1,8 +1,9 @@
 """``pharmatwin forecast``: what-if, from a runtime's historian, to the batch's end.
 
-Exit codes: 0 the forecast was made (a plan that failed is shown failed, with its reason);
-1 a plan was not applied (nothing left to forecast: the batch ended at the start); 2 the
-forecast could not be made (an error naming the file, key and value).
+Exit codes: 0 every plan was forecast; 1 a plan failed (its solver or simulation; shown
+failed, with its reason) or was not applied (nothing left to forecast: the batch ended at the
+start), the others are still shown; 2 the forecast could not be made (an error naming the
+file, key and value).
 """
 
 from __future__ import annotations
@@ -118,11 +119,11 @@ def forecast_command(
     units = {n: m.unit_of(n) for n in names}
     png_path = forecast_report.plot_forecast(result, out / "forecast.png", units)
     console.print(f"wrote {json_path} and {png_path}", highlight=False, markup=False)
-    not_applied = [pf.plan.name for pf in result.plans if pf.not_applied]
-    if not_applied:
+    bad = {pf.plan.name: pf.status.split(":", 1)[0] for pf in result.plans if pf.status != "ok"}
+    if bad:
+        what = "; ".join(f"{name} ({status})" for name, status in bad.items())
         console.print(
-            f"[red]error:[/red] not applied: {escape(', '.join(not_applied))}: nothing was "
-            "forecast for them (see their status)",
+            f"[red]error:[/red] not forecast: {escape(what)}: see their status above",
             highlight=False,
         )
         return 1

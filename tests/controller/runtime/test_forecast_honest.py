@@ -182,7 +182,7 @@ def test_cli_from_the_batch_end_exits_1_and_says_not_applied(
     assert code == 1, text
     flat = " ".join(text.split())
     assert "mpc: not applied: nothing left to forecast: the batch ended at the start" in flat
-    assert "error: not applied: mpc, recipe" in flat
+    assert "error: not forecast: mpc (not applied); recipe (not applied)" in flat
     data = json.loads((tmp_path / "out" / "forecast.json").read_text(encoding="utf-8"))
     assert {row["status"].split(":")[0] for row in data["table"]} == {"not applied"}
 
