@@ -20,7 +20,8 @@ from rich.table import Table
 
 
 def fault(args: argparse.Namespace, console: Console) -> int:
-    """``fault``: 0 when the rig did what was asked, 2 when it (or the site file) refused."""
+    """``fault``: 0 when the rig did what was asked, 2 when it (or the site file) refused,
+    or when a clear matched no held fault (nothing was done)."""
     return asyncio.run(_fault(args, console))
 
 
@@ -57,7 +58,12 @@ def add_parser(sub: Any, epilog: str) -> None:
     fsub.add_parser("status", parents=[machine], help="the rig's state and its active faults")
     clr = fsub.add_parser("clear", parents=[machine], help="remove faults (all by default)")
     clr.add_argument("--kind", default=None, help="clear only faults of this kind")
-    clr.add_argument("--target", default=None, help="clear only faults on this target")
+    clr.add_argument(
+        "--target",
+        default=None,
+        help="clear only faults on this target, or on the targets a wildcard pattern matches "
+        "('T*', 'product_temp_*'; '*' matches every target); exit code 2 when nothing matched",
+    )
 
 
 def _fault_request(args: argparse.Namespace) -> dict[str, Any]:
@@ -156,7 +162,7 @@ def _fault_tables(command: str, answer: dict[str, Any]) -> list[Table]:
         return [table]
     if command == "clear":
         cleared = answer.get("cleared", [])
-        title = f"{len(cleared)} fault(s) cleared" if cleared else "no held fault matched"
+        title = f"{len(cleared)} fault(s) cleared"
         return [_faults_table(title, cleared, answer.get("time_unit", ""))]
     status = answer["status"]
     unit = status.get("time_unit", "")

@@ -16,6 +16,7 @@ raises :class:`FaultRefusedError`; nothing is held. Pure: no I/O.
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -326,7 +327,13 @@ def parse_fault(data: object) -> FaultSpec:
 
 def check_clear(kind: str | None, target: str | None, targets: FaultTargets) -> None:
     """Refuse (:class:`FaultRefusedError`) a clear request naming an unknown kind or target:
-    a typo would otherwise clear nothing and look fine."""
+    a typo would otherwise clear nothing and look fine.
+
+    A ``target`` with wildcard characters is a pattern matched against the held faults'
+    targets (:meth:`~hil.faults.FaultSet.clear`: ``"T*"`` clears the faults on ``Tbot``;
+    ``"*"`` matches every target); one that matches no name a fault may target on this site
+    is refused. Whether it matches a fault held now is the serving rig's to say (a clear that
+    removes nothing answers ``ok: false``)."""
     if kind is not None and kind not in FAULT_KINDS:
         raise FaultRefusedError(
             [unknown_name("fault kind", kind, FAULT_KINDS)],
@@ -334,11 +341,21 @@ def check_clear(kind: str | None, target: str | None, targets: FaultTargets) -> 
             suggestion=suggest(kind, FAULT_KINDS),
         )
     names = targets.every_name()
-    if target is not None and target not in names and not is_pattern(target):
+    if target is None or target in names:
+        return
+    if not is_pattern(target):
         raise FaultRefusedError(
             [unknown_name("fault target", target, names)],
             allowed=names,
             suggestion=suggest(target, names),
+        )
+    if not any(fnmatch.fnmatchcase(name, target) for name in names):
+        raise FaultRefusedError(
+            [
+                f"the clear pattern {target!r} matches no name a fault may target on this site; "
+                f"targets: {list(names)}"
+            ],
+            allowed=names,
         )
 
 

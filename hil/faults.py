@@ -21,6 +21,14 @@ A fault is active on ``[start, start + duration)`` (``duration`` None: to the en
 as :meth:`FaultSpec.active` says. Every activation and deactivation, runtime injection and
 clear is reported to ``on_event`` as a :class:`FaultEvent`, so the rig can log and audit it.
 
+Batches. A rig that repeats its batch (``serve --repeat``) starts a new set for each batch from
+the scenario's schedule and moves into it, with :meth:`FaultSet.carry_into`, every runtime fault
+that still acts (pending, active, or a ``parameter_drift`` whose degradation stays), its times
+re-based on the new batch's time axis: a fault active when the batch ended has a start <= 0
+(it began before this batch did) and keeps its remaining duration, its drift and any held
+value. Each one is reported as a ``"carry"`` event; a scheduled fault still active at the end
+gets an ``"end"`` event saying the batch restarted (the schedule starts again).
+
 Targets. A sensor fault targets a measured output, an actuator fault an input, a
 ``parameter_drift`` a parameter of the true plant. ``comm_latency``, ``comm_drop`` and
 ``comm_restart`` act on the whole server: their target is ``"*"``. ``comm_bad_status`` targets
@@ -39,6 +47,7 @@ should not decrease from one call to the next: transitions are reported once and
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -52,7 +61,7 @@ from hil.faultspec import FaultKind, FaultSpec, expand_tags, is_pattern
 
 __all__ = ["CommState", "FaultAction", "FaultEvent", "FaultSet", "FaultSource"]
 
-FaultAction = Literal["start", "end", "inject", "clear"]
+FaultAction = Literal["start", "end", "inject", "clear", "carry"]
 FaultSource = Literal["schedule", "runtime"]
 
 
@@ -61,7 +70,8 @@ class FaultEvent:
     """One thing that happened to a fault, for the run's log and audit trail.
 
     ``t`` is in the model's time unit: the fault's own start (``"start"``) or end (``"end"``)
-    time, or the time of the request (``"inject"``, ``"clear"``).
+    time, or the time of the request (``"inject"``, ``"clear"``); ``"carry"``: 0, the start
+    of the new batch a runtime fault was carried into (:meth:`FaultSet.carry_into`).
     """
 
     t: float
@@ -120,6 +130,12 @@ class _Fault:
         if t < self.spec.start:
             return _Phase.PENDING
         return _Phase.ACTIVE if t < self.end else _Phase.ENDED
+
+
+def _target_matches(held: str, target: str) -> bool:
+    """Whether a clear request's ``target`` names a fault held on ``held``: the same text, or a
+    wildcard pattern that matches it."""
+    return held == target or (is_pattern(target) and fnmatch.fnmatchcase(held, target))
 
 
 def _describe(spec: FaultSpec) -> str:
@@ -217,18 +233,21 @@ class FaultSet:
     ) -> list[FaultSpec]:
         """Remove every fault (scheduled or runtime, pending, active or ended) that matches.
 
-        ``kind`` and ``target`` narrow the match (None matches all). A cleared fault stops at
-        once and entirely, as if repaired: a cleared ``parameter_drift`` no longer degrades
-        the parameter (its nominal value is back). Each removal is reported as a ``"clear"``
-        event at ``now`` [time unit] (default: the latest time the set has seen). Returns the
-        removed faults.
+        ``kind`` and ``target`` narrow the match (None matches all). ``target`` matches a held
+        fault whose target is that very text, or, when it is a wildcard pattern
+        (:func:`~hil.faultspec.is_pattern`), whose target the pattern matches
+        (:func:`fnmatch.fnmatchcase`: ``"T*"`` matches ``Tbot``; ``"*"`` every target). A
+        cleared fault stops at once and entirely, as if repaired: a cleared ``parameter_drift``
+        no longer degrades the parameter (its nominal value is back). Each removal is reported
+        as a ``"clear"`` event at ``now`` [time unit] (default: the latest time the set has
+        seen). Returns the removed faults (empty: nothing matched, nothing changed).
         """
         t = self._last_t if now is None else now
         removed: list[FaultSpec] = []
         kept: list[_Fault] = []
         for f in self._faults:
             if (kind is None or f.spec.kind == kind) and (
-                target is None or f.spec.target == target
+                target is None or _target_matches(f.spec.target, target)
             ):
                 self._emit(t, f, "clear", _describe(f.spec))
                 removed.append(f.spec)
@@ -236,6 +255,46 @@ class FaultSet:
                 kept.append(f)
         self._faults = kept
         return removed
+
+    def carry_into(self, new: FaultSet, t_end: float, *, batch: int) -> list[FaultSpec]:
+        """Move the runtime faults that still act at ``t_end`` (the end of batch ``batch``, on
+        this set's time axis) into ``new``, the set of the next batch, whose time 0 is
+        ``t_end``; returns them as ``new`` holds them.
+
+        Still acting: pending, active (a ``comm_drop`` only until it has dropped), or a
+        ``parameter_drift`` (its degradation stays after its end). Times are re-based
+        (``start - t_end``: a fault active at ``t_end`` starts at or before 0 and ends when it
+        would have); held values (a stuck sensor or actuator, a lag's position) go with them.
+        Each is reported as a ``"carry"`` event of ``new`` at 0. A scheduled fault still
+        active at ``t_end`` gets an ``"end"`` event here, at ``t_end``: the next batch's
+        schedule starts again. Runtime faults that ended before ``t_end`` stay behind (their
+        ``"end"`` event has been reported).
+        """
+        self._advance(t_end)
+        carried: list[FaultSpec] = []
+        for f in self._faults:
+            if f.source == "schedule":
+                dropped = f.spec.kind == "comm_drop" and f.drop_reported
+                if f.phase is _Phase.ACTIVE and not dropped:
+                    why = f"batch {batch} ended (repeat): the schedule starts again"
+                    self._emit(t_end, f, "end", why)
+                    f.phase = _Phase.ENDED
+                continue
+            ended = f.phase is _Phase.ENDED or (f.spec.kind == "comm_drop" and f.drop_reported)
+            if ended and f.spec.kind != "parameter_drift":
+                continue
+            # model_copy: a start < 0 (before the batch began) is this set's own bookkeeping
+            spec = f.spec.model_copy(update={"start": f.spec.start - t_end})
+            g = _Fault(spec, "runtime")
+            g.phase, g.held, g.lag_y, g.drop_reported = f.phase, f.held, f.lag_y, f.drop_reported
+            new._faults.append(g)
+            until = "until cleared" if spec.duration is None else f"until t={g.end:g}"
+            why = f"carried from batch {batch} (batch restart): start={spec.start:g}, {until}"
+            new._emit(0.0, g, "carry", why)
+            carried.append(spec)
+        for name, value in self._last_applied.items():  # what the plant was receiving
+            new._last_applied.setdefault(name, value)
+        return carried
 
     def active(self, t: float) -> list[FaultSpec]:
         """The faults active at ``t`` [time unit], in the order they were added."""

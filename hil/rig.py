@@ -190,21 +190,35 @@ class HilRig:
         return ended or self.plant.t >= self.scenario.duration - 1e-9
 
     def _restart_batch(self, now: float) -> None:
-        """``repeat``: a new batch from the initial state, its time starting now."""
+        """``repeat``: a new batch from the initial state, its time starting now.
+
+        The scenario's schedule starts again; the runtime faults that still act (injected
+        "until cleared", or not yet over) go on in the new batch, their times re-based
+        (:meth:`FaultSet.carry_into`: a ``"carry"`` event each, in the log and the HIL log
+        file), as an operator who injected them expects: a new batch does not repair them.
+        """
         import numpy as np
 
+        t_end = self.plant.t
         self.plant = self._new_plant()
-        self.faults = FaultSet(
+        faults = FaultSet(
             self.scenario.faults,
             np.random.default_rng(self.scenario.true_plant.seed + self.batches + 1),
             on_event=self._fault_event,
             tags=self.fault_targets.tags,
         )
+        carried = self.faults.carry_into(faults, t_end, batch=self.batches)
+        self.faults = faults
         self._t0_s = now
         self._held_since = None
         self.batches += 1
         self._measurements = {}
-        log.info("batch %d starts at process time %g s (--repeat)", self.batches, now)
+        log.info(
+            "batch %d starts at process time %g s (--repeat); %d runtime fault(s) carried over",
+            self.batches,
+            now,
+            len(carried),
+        )
 
     def _fault_event(self, ev: FaultEvent) -> None:
         self.log.fault_events.append(ev)

@@ -15,6 +15,10 @@ The serving process validates every injection against its site and servers itsel
 "did_you_mean": <name or null>}``; a refused fault is not held. An injection's answer gives
 the fault as held (absolute start), the real ``tags`` a ``comm_bad_status`` pattern expanded
 to, the ``unit`` of its magnitude or rate, and the model time ``t_model`` it was injected at.
+A clear's ``target`` may be a wildcard pattern matched against the held faults' targets
+(:meth:`~hil.faults.FaultSet.clear`); its answer lists the ``cleared`` faults and how many
+``matched``. A clear that removes nothing answers ``ok: false``, naming what it asked for and
+the faults held: nothing changed, so nothing is reported as done.
 
 The log file (``<state_dir>/<site>.log``) gets the rig's own messages (``pharmatwin.*``) and
 the servers' (``hil.servers.*``): refused writes with their reason, refused TLS clients and
@@ -38,6 +42,7 @@ import logging
 import math
 import os
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -46,7 +51,7 @@ from controller.clock import Gate, ScaledClock
 from controller.errors import ConfigError, PharmaTwinError, Problem, unknown_name
 from controller.runtime.site import Site
 from hil.faultcheck import FaultRefusedError, check_clear, magnitude_unit, parse_fault
-from hil.faultspec import FaultKind, expand_tags
+from hil.faultspec import FaultKind, FaultSpec, expand_tags
 from hil.net import LOOPBACK, free_port, is_loopback
 from hil.rig import HilRig
 from hil.servers.base import PlcServer
@@ -220,10 +225,31 @@ class Admin:
     def _clear(self, raw_kind: object, raw_target: object) -> dict[str, Any]:
         kind, target = _text("kind", raw_kind), _text("target", raw_target)
         check_clear(kind, target, self.rig.fault_targets)  # a typo would clear nothing
+        held = self.rig.faults.faults
         removed = self.rig.faults.clear(cast("FaultKind | None", kind), target)
         log.warning("runtime clear (kind=%s, target=%s): %d fault(s)", kind, target, len(removed))
+        if not removed:  # nothing changed: never an ok
+            raise FaultRefusedError([_nothing_cleared(kind, target, held)])
         cleared = [f.model_dump() for f in removed]
-        return {"ok": True, "cleared": cleared, "time_unit": self.rig.fault_targets.time_unit}
+        return {
+            "ok": True,
+            "cleared": cleared,
+            "matched": len(removed),
+            "time_unit": self.rig.fault_targets.time_unit,
+        }
+
+
+def _nothing_cleared(kind: str | None, target: str | None, held: Sequence[FaultSpec]) -> str:
+    """Why a clear request removed nothing: what it asked for, and the faults held."""
+    asked = ", ".join(
+        f"{name} {value!r}" for name, value in (("kind", kind), ("target", target)) if value
+    )
+    if not asked:
+        return "no fault is held: nothing was cleared"
+    if not held:
+        return f"no held fault matches {asked}: nothing was cleared (no fault is held)"
+    listed = ", ".join(f"{f.kind} on {f.target!r}" for f in held)
+    return f"no held fault matches {asked}: nothing was cleared; held: {listed}"
 
 
 def _text(name: str, value: object) -> str | None:

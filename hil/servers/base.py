@@ -9,20 +9,29 @@ OPC UA a status code by :func:`refusal_kind`, with the reason as diagnostic info
 wildcard such as ``"*"`` that was not expanded against the tag map) raises KeyError instead of
 silently matching nothing. ``unsupported_faults`` names the fault kinds a server cannot carry
 out, with the reason, so the rig refuses them instead of running them as no-ops.
+
+:class:`DelayLine` holds back what a server publishes while it has a ``latency``, so that
+clients that are pushed data (OPC UA subscriptions) see the latency as well as those that ask.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from datetime import datetime
 from enum import StrEnum
 from types import TracebackType
 from typing import ClassVar, Self
 
+from controller.clock import Clock
 from controller.tags import TagMap
 
 WriteHook = Callable[[str, float], "str | None"]
+log = logging.getLogger("hil.servers")
 
 
 class RefusalKind(StrEnum):
@@ -116,3 +125,52 @@ class PlcServer(ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+class DelayLine:
+    """Deliveries held back by a communication latency, made in order on ``clock``.
+
+    :meth:`put` with a latency > 0 delivers ``latency`` seconds of ``clock`` later (a
+    background task waits for it); with no latency, at once, unless earlier deliveries are
+    still waiting: then right after them, so a value never goes back to an older one. A
+    delivery that fails is logged and the line goes on. :meth:`close` drops what waits.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._queue: deque[tuple[float, Callable[[], Awaitable[None]]]] = deque()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def waiting(self) -> int:
+        """How many deliveries are held back now."""
+        return len(self._queue)
+
+    async def put(self, latency: float, deliver: Callable[[], Awaitable[None]]) -> None:
+        if latency <= 0 and not self._queue:
+            await deliver()
+            return
+        due = self.clock.now() + max(latency, 0.0)
+        if self._queue:
+            due = max(due, self._queue[-1][0])
+        self._queue.append((due, deliver))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while self._queue:
+            due, deliver = self._queue[0]
+            await self.clock.sleep_until(due)
+            self._queue.popleft()
+            try:
+                await deliver()
+            except Exception:
+                log.exception("a delayed publication failed")
+
+    async def close(self) -> None:
+        self._queue.clear()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

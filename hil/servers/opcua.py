@@ -20,8 +20,11 @@ revocation lists.
 
 The PLC side (the virtual PLC) drives it through the interface both HIL servers share:
 :meth:`publish` (tags named ``bad`` get ``BadSensorFailure``), :meth:`value`, ``write_hook``.
-Communication faults: ``latency``, ``bad_tags`` (``BadCommunicationError``),
-:meth:`drop_connections`, :meth:`stop` / :meth:`start`. Other hooks: :meth:`set_value`,
+Communication faults: ``latency`` (Read and Write answers wait that long, and, while it is
+> 0, a publication reaches the address space, and so the subscriptions, that long after
+:meth:`publish`, in order: :class:`~hil.servers.base.DelayLine` on the server's ``clock``, wall
+time by default), ``bad_tags`` (``BadCommunicationError``), :meth:`drop_connections`,
+:meth:`stop` / :meth:`start`. Other hooks: :meth:`set_value`,
 :meth:`set_data_type`, ``read_requests`` / ``write_requests``. The standard address space
 comes from the per-user cache (:func:`~hil.servers.opcua_cache.address_space_shelf`).
 """
@@ -40,10 +43,11 @@ from asyncua import Node, ua
 from asyncua.common.callback import CallbackType, ServerItemCallback
 from asyncua.crypto.permission_rules import User, UserRole
 
+from controller.clock import Clock, RealClock
 from controller.errors import ConfigError, Problem
 from controller.tags import TagMap
 from hil.net import LOOPBACK, check_bind_address, free_port
-from hil.servers.base import PlcServer, WriteHook
+from hil.servers.base import DelayLine, PlcServer, WriteHook
 from hil.servers.certs import ensure_server_certificate, ephemeral_certificate, load_certificate
 from hil.servers.opcua_cache import address_space_shelf
 from hil.servers.opcua_guard import GuardedServer, policy_name
@@ -99,11 +103,13 @@ class OpcUaPlcServer(PlcServer):
         publishers: Collection[str] | None = None,
         roles: Mapping[str, Collection[ServerRole]] | None = None,
         anonymous_roles: Collection[ServerRole] = VIEWER,
+        clock: Clock | None = None,
     ) -> None:
         """``shelf``: a file from :func:`address_space_shelf`, or a folder to keep the cache
         in (made if missing; default: :func:`default_cache_dir`); ``roles``: user -> roles
         (None: no role checks); ``publishers``: without ``roles``, the users who may write
-        publications (None: all)."""
+        publications (None: all); ``clock``: the one ``latency`` is counted on, in seconds
+        (default: wall time)."""
         check_bind_address(host, allow_remote)
         check_roles(roles)
         self.tags, self.host = tags, host
@@ -118,6 +124,7 @@ class OpcUaPlcServer(PlcServer):
         self.allow_anonymous = allow_anonymous
         self.write_hook: WriteHook | None = None
         self.latency = 0.0
+        self.delay = DelayLine(clock if clock is not None else RealClock())
         self.bad_tags = {}
         self.ranges: dict[ua.NodeId, tuple[float, float]] = {}
         self.types: dict[str, ua.VariantType] = {}
@@ -149,7 +156,8 @@ class OpcUaPlcServer(PlcServer):
     async def start(self) -> None:
         """Build and start the server; after :meth:`stop`, listen again on the same port."""
         if self._built:
-            assert self.server.bserver is not None
+            if self.server.bserver is None:
+                raise RuntimeError(f"OPC UA server {self.url}: built, but it has no listener")
             await self.server.bserver.start()
             return
         await self._build()
@@ -163,6 +171,7 @@ class OpcUaPlcServer(PlcServer):
             await self.server.bserver.stop()
 
     async def close(self) -> None:
+        await self.delay.close()
         if self._built:
             await self.server.stop()
             self._built = False
@@ -266,6 +275,7 @@ class OpcUaPlcServer(PlcServer):
         Tags in ``bad`` get BadSensorFailure, tags in ``bad_tags`` BadCommunicationError (the
         value is then null). Tags of the map without a node are skipped; unknown tags raise
         KeyError and values the node's type cannot hold ValueError, before anything is set.
+        While ``latency`` > 0 the values are set ``latency`` s later (stamps as of now).
         """
         now = cast(ua.DateTime, datetime.now(UTC))
         stamp = cast(ua.DateTime, source_time or now)
@@ -285,8 +295,12 @@ class OpcUaPlcServer(PlcServer):
                 variant = ua.Variant(fitting(tag, v, self.types[tag]), self.types[tag])
                 dv = ua.DataValue(variant, GOOD, SourceTimestamp=stamp, ServerTimestamp=now)
             updates.append((self.node_id(tag), dv))
-        for node_id, dv in updates:
-            await self.server.write_attribute_value(node_id, dv)
+
+        async def deliver() -> None:
+            for node_id, dv in updates:
+                await self.server.write_attribute_value(node_id, dv)
+
+        await self.delay.put(self.latency, deliver)
 
     def read(self, tag: str) -> ua.DataValue:
         """The tag's current DataValue, read server-side."""
@@ -375,7 +389,7 @@ class OpcUaPlcServer(PlcServer):
             if ours(event.request_params.NodesToRead):
                 self.read_requests += 1
             if self.latency > 0:
-                await asyncio.sleep(self.latency)
+                await self.delay.clock.sleep(self.latency)
 
     async def _post_read(self, event: ServerItemCallback, _: Any) -> None:
         """UserAccessLevel as the reading user has it: no CurrentWrite where they may not."""
@@ -395,7 +409,7 @@ class OpcUaPlcServer(PlcServer):
             if ours(event.request_params.NodesToWrite):
                 self.write_requests += 1
             if self.latency > 0:
-                await asyncio.sleep(self.latency)
+                await self.delay.clock.sleep(self.latency)
 
 
 async def opcua_server_for_site(
