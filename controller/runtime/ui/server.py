@@ -5,6 +5,11 @@ everything else (turning views into rows, reading the audit trail read-only, ser
 and Server-Sent Events) runs in the UI thread, off the control path. Operator actions
 (acknowledging an alarm, requesting or releasing control) need a login with the role for it
 and are audited on the control loop's thread (the audit trail's own connection).
+
+Liveness: every snapshot and, while no cycle comes, a ``live`` event each second say how long
+ago the newest cycle reached the view (``age_s``, wall seconds) and whether that is more than
+:data:`STALE_CYCLES` cycle periods (and at least :data:`STALE_MIN_S`): a stalled loop shows as
+stalled on the page, never as its last state alone.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +48,9 @@ log = logging.getLogger("pharmatwin.ui")
 SESSION_COOKIE = "pt_session"
 SESSION_S = 8 * 3600.0
 PUSH_PERIOD_S = 0.25  # at most four updates a second per browser
+LIVE_EVERY = 4  # pushes: while no cycle comes, a liveness event each second
+STALE_CYCLES = 3.0  # the loop is stalled after this many cycle periods without a cycle
+STALE_MIN_S = 2.0  # ... and never sooner (a fast scaled clock)
 
 
 class Refused(PharmaTwinError):
@@ -65,8 +73,12 @@ class OperatorView:
         *,
         users: Users | None = None,
         history: int = 2000,
+        now: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``now``: the wall-clock source (seconds) of the liveness figures."""
         self.bind, self.users = bind, users
+        self._now = now
+        self._last_cycle_at: float | None = None  # ``now()`` when the newest cycle came
         self._stop: asyncio.Event | None = None
         self._views: collections.deque[CycleView] = collections.deque(maxlen=history)
         self._rows: collections.deque[dict[str, Any]] = collections.deque(maxlen=history)
@@ -91,6 +103,8 @@ class OperatorView:
         self._sup, self._stop = sup, stop
         self._control_loop = asyncio.get_running_loop()
         self.meta = describe(sup)
+        # wall seconds between cycles: the sample time over the clock's rate (a scaled HIL)
+        self.meta["cycle_period_s"] = sup.dt_s / float(getattr(sup.clock, "rate", 1.0))
         self._time = TimeBase.of(sup.model)
         try:
             self._web = start_in_thread(self.app, self.bind, "pharmatwin-ui")
@@ -100,8 +114,18 @@ class OperatorView:
         log.info("operator view at %s", self.url)
 
     def cycle(self, sup: Supervisor, view: CycleView) -> None:
-        """The only call on the control path: keep a reference to the view."""
+        """The only call on the control path: keep a reference to the view (and when)."""
         self._views.append(view)
+        self._last_cycle_at = self._now()
+
+    def liveness(self) -> dict[str, Any]:
+        """``age_s``: wall seconds since the newest cycle came (None before the first);
+        ``stale_after_s``; ``stalled``: the age is beyond it (the loop may be stuck)."""
+        period = float(self.meta.get("cycle_period_s", 1.0))
+        after = max(STALE_CYCLES * period, STALE_MIN_S)
+        last = self._last_cycle_at
+        age = None if last is None else max(self._now() - last, 0.0)
+        return {"age_s": age, "stale_after_s": after, "stalled": age is not None and age > after}
 
     def close(self) -> None:
         if self._web is not None:
@@ -214,7 +238,7 @@ class OperatorView:
             rows = list(self._rows)
             first = seq - len(rows)
             new = rows[max(0, since - first) :]
-            return {"seq": seq, "rows": new, "status": self._status}
+            return {"seq": seq, "rows": new, "status": self._status, "live": self.liveness()}
 
     # ------------------------------------------------------------------ web (UI thread)
     def _app(self) -> Starlette:
@@ -252,16 +276,20 @@ class OperatorView:
 
     async def _events(self, request: Request) -> Response:
         async def stream() -> AsyncIterator[str]:
-            sent = 0
+            sent, idle = 0, 0
             while self._web is None or not self._web.exiting:
                 if await request.is_disconnected():
                     return
                 seq = self.drain()
                 if seq != sent:
                     data = self.snapshot(sent)
-                    sent = data["seq"]
+                    sent, idle = data["seq"], 0
                     yield f"data: {json.dumps(data)}\n\n"
+                elif idle % LIVE_EVERY == 0:  # no new cycle: how long since the last one
+                    idle += 1
+                    yield f"event: live\ndata: {json.dumps(self.liveness())}\n\n"
                 else:
+                    idle += 1
                     yield ": idle\n\n"
                 await asyncio.sleep(PUSH_PERIOD_S)
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -73,16 +75,45 @@ def users_file(tmp: Path) -> Path:
     return path
 
 
+class Pausable:
+    """A monotonic time source the test can hold still (the process clock stops: no cycle
+    comes, as when the control loop is stuck) and let go again."""
+
+    def __init__(self) -> None:
+        self._offset = 0.0
+        self._held_at: float | None = None
+
+    def __call__(self) -> float:
+        held = self._held_at
+        return held if held is not None else time.monotonic() - self._offset
+
+    def hold(self) -> None:
+        self._held_at = self()
+
+    def release(self) -> None:
+        held = self._held_at
+        if held is not None:
+            self._offset, self._held_at = time.monotonic() - held, None
+
+
 @contextlib.asynccontextmanager
 async def running_twin(
-    tmp: Path, *, mode: Mode = Mode.CLOSED_LOOP, extra: tuple[Sink, ...] = (), cycles: int = 3
+    tmp: Path,
+    *,
+    mode: Mode = Mode.CLOSED_LOOP,
+    extra: tuple[Sink, ...] = (),
+    cycles: int = 3,
+    monotonic: Callable[[], float] = time.monotonic,
+    ui_now: Callable[[], float] = time.monotonic,
 ) -> AsyncIterator[Twin]:
-    """The in-memory HIL and the runtime with an operator view, until the block ends."""
+    """The in-memory HIL and the runtime with an operator view, until the block ends;
+    ``monotonic``: the source of the process clock, ``ui_now``: the view's wall clock."""
     site = load_site(CSTR)
-    clock = ScaledClock(RATE)
+    clock = ScaledClock(RATE, monotonic=monotonic)
     server = MemoryPlcServer(site.tags, clock)
     rig = HilRig(site, clock, [server])
-    view = OperatorView(parse_bind("--ui", "127.0.0.1:0"), users=load_users(users_file(tmp)))
+    users = load_users(users_file(tmp))
+    view = OperatorView(parse_bind("--ui", "127.0.0.1:0"), users=users, now=ui_now)
     first = _FirstCycle(cycles)
     opts = RunOptions(mode=mode, audit_path=tmp / "audit.db", historian_path=tmp / "h.db")
     stop = asyncio.Event()
@@ -221,8 +252,13 @@ async def test_sse_pushes_new_cycles(tmp_path: Path) -> None:
         seen: list[int] = []
         async with c.stream("GET", "/api/events") as resp:
             assert resp.headers["content-type"].startswith("text/event-stream")
+            event = "message"
             async for line in resp.aiter_lines():
-                if line.startswith("data: "):
+                if line.startswith("event: "):
+                    event = line[len("event: ") :]
+                elif line.startswith("data: ") and event != "message":
+                    event = "message"  # a liveness event between cycles: not a cycle
+                elif line.startswith("data: "):
                     data = json.loads(line[6:])
                     seen.append(data["status"]["cycle"])
                     if len(seen) == 3:
@@ -262,3 +298,46 @@ def test_remote_bind_needs_allow_remote_and_tls(
     assert main(argv) == 2
     out = capsys.readouterr().out
     assert "--allow-remote" in out and "Traceback" not in out
+
+
+async def stalled_view(twin: Twin, hold: Pausable, wall: list[float]) -> dict[str, Any]:
+    """Hold the process clock (no cycle comes any more), then move the view's wall clock on
+    until the view calls the loop stalled: a catch-up cycle may still come after the hold and
+    reset the age (each try moves it on again, so this ends once the loop is parked)."""
+    hold.hold()
+    for _ in range(200):
+        wall[0] += 1000.0
+        live = twin.view.liveness()
+        if live["stalled"]:
+            return live
+        await asyncio.sleep(0.01)  # a turn of the loop for a cycle still on its way
+    raise AssertionError(f"the view never called the held loop stalled: {live}")
+
+
+async def test_a_stalled_loop_is_shown_stalled_not_as_its_last_state(tmp_path: Path) -> None:
+    # the page kept showing the last state (RUNNING) of a loop that had stopped cycling
+    wall, hold = [0.0], Pausable()
+    async with running_twin(tmp_path, monotonic=hold, ui_now=lambda: wall[0]) as twin:
+        live = twin.view.snapshot()["live"]
+        assert live == {"age_s": 0.0, "stale_after_s": live["stale_after_s"], "stalled": False}
+        period = twin.view.meta["cycle_period_s"]
+        assert period == pytest.approx(18.0 / RATE)
+        assert live["stale_after_s"] == max(3 * period, 2.0)
+        stalled = await stalled_view(twin, hold, wall)
+        assert stalled["age_s"] >= 1000.0
+        async with httpx.AsyncClient(base_url=twin.view.url) as c:
+            assert (await c.get("/api/state")).json()["live"]["stalled"] is True
+            async with c.stream("GET", "/api/events") as resp:
+                lines = resp.aiter_lines()
+                async for line in lines:  # no new cycle: the stream says how long since
+                    if line == "event: live":
+                        data = json.loads((await anext(lines))[len("data: ") :])
+                        assert data["stalled"] is True and data["age_s"] >= 1000.0
+                        break
+        hold.release()  # cycles come again: no longer stalled
+        seen = twin.sup.counters.cycles if twin.sup is not None else 0
+        for _ in range(2000):
+            if twin.sup is not None and twin.sup.counters.cycles > seen:
+                break
+            await asyncio.sleep(0.01)
+        assert twin.view.liveness()["stalled"] is False

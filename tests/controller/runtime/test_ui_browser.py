@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from playwright.async_api import async_playwright
-from test_ui_api import running_twin
+from test_ui_api import Pausable, running_twin, stalled_view
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -67,5 +67,28 @@ async def test_page_updates_shows_limits_and_refuses_anonymous_ack(tmp_path: Pat
             shot = os.environ.get("PHARMATWIN_SCREENSHOT")
             if shot:
                 await page.screenshot(path=shot, full_page=True)
+        finally:
+            await browser.close()
+
+
+async def test_a_stalled_loop_is_shown_stalled_on_the_page(tmp_path: Path) -> None:
+    # the page kept showing the last state of a loop that no longer cycled, as if live
+    wall, hold = [0.0], Pausable()
+    twin_cm = running_twin(tmp_path, monotonic=hold, ui_now=lambda: wall[0])
+    async with twin_cm as twin, async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(twin.view.url + "/")
+            await page.wait_for_function("document.body.dataset.stale === '0'", timeout=20000)
+            assert await page.is_hidden("#stale")
+            await stalled_view(twin, hold, wall)
+            await page.wait_for_function("document.body.dataset.stale === '1'", timeout=20000)
+            banner = await page.text_content("#stale") or ""
+            assert banner.startswith("NO NEW CYCLE for ") and "may be stalled" in banner
+            assert "STALE" in (await page.get_attribute("#state", "class") or "")
+            hold.release()  # cycles come again: the banner goes
+            await page.wait_for_function("document.body.dataset.stale === '0'", timeout=20000)
+            assert await page.is_hidden("#stale")
         finally:
             await browser.close()

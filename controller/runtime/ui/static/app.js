@@ -120,6 +120,21 @@ async function main() {
     if (rows.length > 2000) rows.splice(0, rows.length - 2000);
     status = data.status;
     render();
+    if (data.live) showLive(data.live);
   };
+  source.addEventListener("live", (ev) => showLive(JSON.parse(ev.data)));
+}
+
+// A loop that stopped cycling must not keep showing its last state as if live.
+function showLive(live) {
+  const el = $("stale");
+  const stalled = !!live.stalled;
+  el.hidden = !stalled;
+  el.textContent = stalled
+    ? `NO NEW CYCLE for ${fmt(live.age_s)} s (one is due every ${fmt(meta.cycle_period_s)} s): ` +
+      `the control loop may be stalled; what is shown is from cycle ${status.cycle ?? "–"}`
+    : "";
+  $("state").classList.toggle("STALE", stalled);
+  document.body.dataset.stale = stalled ? "1" : "0";
 }
 main();
