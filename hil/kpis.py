@@ -13,7 +13,12 @@ run has no solver, so its table shows no solver rows. A plant that left its vali
 is reported as such: its KPIs describe a run that stopped there. What the loop could not
 vouch for is counted, never folded into a success: the fast path's fallbacks to IPOPT
 (``solver_fallbacks``: the solve succeeded, at many times the cost), the estimator's failures
-and the measurements its innovation gate rejected (those cycles held).
+and the measurements its innovation gate rejected (those cycles held). A true value that is
+not a number (NaN) is never read as "no violation": a check with one in its run is
+*undetermined* (its count and worst are NaN, ``violation.<check>.not_a_number`` says how
+many), and so are the totals, the objective terms over such a series and a CQA's range, as
+the campaign criteria judge NaN in a true-plant column (:mod:`hil.campaign.criteria`).
+An infinite value is a value: it is judged.
 """
 
 from __future__ import annotations
@@ -32,10 +37,22 @@ _TOL = 1e-6
 @dataclass(frozen=True)
 class Violation:
     what: str
-    count: int
+    #: samples over the limit; NaN when undetermined (a true value in the run is NaN)
+    count: float
+    #: the largest excess; NaN when undetermined
     worst: float
-    #: when the true trajectory first crossed the limit (interpolated between samples)
+    #: when the true trajectory first crossed the limit (interpolated between samples);
+    #: None when it never did, or when undetermined
     first_at: float | None = None
+    #: samples whose true value is not a number: the check cannot say they were inside
+    not_a_number: int = 0
+    #: samples over the limit, and the worst excess, among those that are numbers
+    known_count: int = 0
+    known_worst: float = 0.0
+
+    @property
+    def determined(self) -> bool:
+        return self.not_a_number == 0
 
 
 @dataclass(frozen=True)
@@ -68,13 +85,27 @@ class Kpis:
     #: measurements the estimator's innovation gate kept out of its correction
     innovation_rejections: int = 0
 
+    #: samples of each CQA whose true value is not a number (only those with any)
+    cqa_not_a_number: dict[str, int] = field(default_factory=dict)
+
     @property
-    def violation_count(self) -> int:
-        return sum(v.count for v in self.violations)
+    def undetermined(self) -> tuple[Violation, ...]:
+        """The checks with a true value that is not a number in their run."""
+        return tuple(v for v in self.violations if not v.determined)
+
+    @property
+    def violation_count(self) -> float:
+        """Samples over a limit, summed over the checks; NaN when any check is undetermined."""
+        if self.undetermined:
+            return math.nan
+        return sum(v.known_count for v in self.violations)
 
     @property
     def worst_violation(self) -> float:
-        return max((v.worst for v in self.violations), default=0.0)
+        """The largest excess over all checks; NaN when any check is undetermined."""
+        if self.undetermined:
+            return math.nan
+        return max((v.known_worst for v in self.violations), default=0.0)
 
     def as_dict(self) -> dict[str, Any]:
         u = self.time_unit
@@ -95,7 +126,9 @@ class Kpis:
             **{f"objective.{k}": v for k, v in self.objective_terms.items()},
             "constraint_violations": self.violation_count,
             "worst_violation": self.worst_violation,
+            "undetermined_checks": len(self.undetermined),
             **{f"violation.{v.what}": _describe(v, u) for v in self.violations},
+            **{f"violation.{v.what}.not_a_number": v.not_a_number for v in self.undetermined},
             **({} if self.open_loop else solver),
             "estimator_failures": self.estimator_failures,
             "innovation_rejections": self.innovation_rejections,
@@ -103,12 +136,18 @@ class Kpis:
             **{f"cqa.{k}": v for k, v in self.cqas.items()},
             **{f"cqa.{k}.max": hi for k, (_, hi) in self.cqa_range.items()},
             **{f"cqa.{k}.min": lo for k, (lo, _) in self.cqa_range.items()},
+            **{f"cqa.{k}.not_a_number": n for k, n in self.cqa_not_a_number.items()},
             "wall_time_s": self.wall_time_s,
         }
 
 
 def _describe(v: Violation, unit: str) -> str:
-    text = f"{v.count} (worst {v.worst:.4g})"
+    if not v.determined:
+        return (
+            f"undetermined: {v.not_a_number} true values are not a number "
+            f"({v.known_count} over the limit among the others, worst {v.known_worst:.4g})"
+        )
+    text = f"{v.known_count} (worst {v.known_worst:.4g})"
     if v.first_at is not None:
         text += f", first at {v.first_at:.6g} {unit}"
     return text
@@ -155,12 +194,16 @@ def _violations(run: ScenarioRun, rows: list[dict[str, Any]]) -> list[Violation]
             excess = np.maximum(excess, values - hi)
         if lo is not None:
             excess = np.maximum(excess, lo - values)
-        excess = np.nan_to_num(excess, nan=0.0)
+        missing = int(np.sum(np.isnan(values)))  # an infinite value is a value: judged
         scale = max(abs(hi or 0.0), abs(lo or 0.0), 1.0)
-        over = excess > _TOL * scale
+        over = excess > _TOL * scale  # False where NaN: counted apart, never as inside
         count = int(np.sum(over))
+        worst = float(np.nanmax(excess, initial=0.0)) if missing < len(excess) else 0.0
+        if missing:
+            out.append(Violation(label, math.nan, math.nan, None, missing, count, worst))
+            continue
         first = _first_crossing(times, values, lo, hi, over) if count else None
-        out.append(Violation(label, count, float(excess.max(initial=0.0)), first))
+        out.append(Violation(label, count, worst, first, 0, count, worst))
     return out
 
 
@@ -192,7 +235,7 @@ def compute_kpis(run: ScenarioRun) -> Kpis:
                 terms[f"{e.sense} {e.expression} (end)"] = float(series[-1])
             value = 0.0
             if e.where in ("stage", "both"):
-                value += sign * e.weight * float(np.nansum(series[1:]))
+                value += sign * e.weight * float(np.sum(series[1:]))  # NaN stays NaN
             if e.where in ("terminal", "both"):
                 value += sign * e.weight * float(series[-1])
             terms[f"{e.sense} {e.expression} (cost)"] = value
@@ -200,8 +243,8 @@ def compute_kpis(run: ScenarioRun) -> Kpis:
             series = _series(run, tr.variable, run.rows)[1:]
             scale = run.model.all_variables.get(tr.variable)
             err = (series - tr.setpoint) / (scale.scale if scale else 1.0)
-            terms[f"track {tr.variable} (cost)"] = float(tr.weight * np.nansum(err**2))
-            terms[f"track {tr.variable} IAE"] = float(np.nansum(np.abs(series - tr.setpoint)))
+            terms[f"track {tr.variable} (cost)"] = float(tr.weight * np.sum(err**2))
+            terms[f"track {tr.variable} IAE"] = float(np.sum(np.abs(series - tr.setpoint)))
     objective = (
         float(sum(v for k, v in terms.items() if k.endswith("(cost)"))) if terms else math.nan
     )
@@ -215,11 +258,16 @@ def compute_kpis(run: ScenarioRun) -> Kpis:
     # CQAs at the event that ended the run (the last row is the true state at that instant:
     # the exact end of primary drying, or the batch's end), and their range over the run
     cqas = {name: float(_series(run, name, run.rows)[-1]) for name in run.scenario.cqas}
-    ranges = {}
+    # a range over a run with a value that is not a number is undetermined (NaN, NaN)
+    ranges, cqa_nan = {}, {}
     for name in run.scenario.cqas:
         series = _series(run, name, run.rows)
-        if np.any(np.isfinite(series)):
-            ranges[name] = (float(np.nanmin(series)), float(np.nanmax(series)))
+        missing = int(np.sum(np.isnan(series)))
+        if missing:
+            cqa_nan[name] = missing
+        ranges[name] = (
+            (math.nan, math.nan) if missing else (float(np.min(series)), float(np.max(series)))
+        )
     return Kpis(
         scenario=run.scenario.name,
         steps=len(rows),
@@ -237,6 +285,7 @@ def compute_kpis(run: ScenarioRun) -> Kpis:
         cqas=cqas,
         wall_time_s=run.wall_time_s,
         cqa_range=ranges,
+        cqa_not_a_number=cqa_nan,
         open_loop=run.controller is None,
         plant_fault=run.plant_fault.describe() if run.plant_fault is not None else None,
         solver_fallbacks=int(sum(bool(r.get("solve.fallback", False)) for r in rows)),

@@ -137,6 +137,7 @@ class PlantRunner:
         self._p = model.parameter_vector()
         self._params = self._param_dict()  # and read-only, for the model's hooks:
         self._params_view = MappingProxyType(self._params)
+        self._domain.use(self._p, self._params_view)  # its bounds that depend on them
         self._x = model.vector(Role.STATE, {**model.initial_state, **(initial_state or {})})
         self._z = model.vector(Role.ALGEBRAIC, model.initial_algebraic)
         self._u = model.vector(Role.INPUT, {**model.nominal_inputs, **(initial_inputs or {})})
@@ -158,9 +159,7 @@ class PlantRunner:
         self._margin_value: float | None = None
         if self._alg is not None:
             self._z = self._alg(self._z, self._x, self._u, self._p)
-        start = model.validity_violations(
-            model.as_dict(Role.STATE, self._x), model.as_dict(Role.ALGEBRAIC, self._z)
-        )
+        start = self._domain.violations(self._x, self._z)
         if start:
             raise PlantDomainError(PlantFault(t0, model.time_unit, tuple(start)))
         margin = self._margin(self._x)
@@ -318,9 +317,7 @@ class PlantRunner:
             # the integrator fails before any state is returned: the algebraic state consistent
             # with the step's start tells whether it failed on the domain's edge.
             zc = self._consistent_z(x, z, u0)
-            edge = self.model.validity_violations(
-                self.model.as_dict(Role.STATE, x), self.model.as_dict(Role.ALGEBRAIC, zc)
-            )
+            edge = self._domain.violations(x, zc)
             if edge:
                 self._x, self._z, self.t = x, zc, ta
                 self.fault = PlantFault(ta, self.model.time_unit, tuple(edge))
@@ -378,11 +375,7 @@ class PlantRunner:
         return hi
 
     def _check_domain(self, x: np.ndarray, z: np.ndarray, t: float) -> None:
-        if self._domain.holds(x, z):
-            return
-        found = self.model.validity_violations(
-            self.model.as_dict(Role.STATE, x), self.model.as_dict(Role.ALGEBRAIC, z)
-        )
+        found = self._domain.outside(x, z)
         if found:
             # keep the state the equations gave: the recording shows the excursion as it was
             self._x, self._z, self.t = x, z, t
@@ -419,7 +412,8 @@ class PlantRunner:
         """Change some of the true plant's parameters (model units) from the next ``advance``.
 
         Names not given keep their current values. Unknown names or non-finite values raise
-        :class:`ScenarioError` naming them; nothing is changed then.
+        :class:`ScenarioError` naming them; nothing is changed then. The state outside a bound
+        that depends on them (Lck <= Lpr0) is a fault: raised by the next ``advance``.
         """
         names = self.model.parameter_names
         unknown = sorted(set(values) - set(names))
@@ -437,6 +431,12 @@ class PlantRunner:
         self._p = p
         self._params = self._param_dict()
         self._params_view = MappingProxyType(self._params)
+        self._domain.use(p, self._params_view)
+        found = self._domain.outside(self._x, self._z) if self.fault is None else []
+        if found:
+            self.fault = PlantFault(self.t, self.model.time_unit, tuple(found))
+        elif self.finished_at is None and self.finished():  # the change ended the batch
+            self.finished_at, self.end_state = self.t, self.true_state()
 
     # ------------------------------------------------------------------ observing
     def true_state(self, t: float | None = None) -> PlantState:

@@ -26,6 +26,7 @@ from controller.core.pipeline import ControlPipeline, CycleResult, Policy, input
 from controller.core.policy import build_policy
 from controller.core.recipe import RecipePlayer
 from controller.core.safety import InputLimit
+from controller.errors import ScenarioError
 from controller.plantfile import build_model
 from controller.ports.memory import MemoryPort, TagTable
 from controller.runtime.solver_cache import LibraryCache
@@ -89,6 +90,15 @@ def _row(t: float, plant: PlantState, y: dict[str, float], cycle: CycleResult) -
     return row
 
 
+def faults_refusal(path: Path, sc: ScenarioConfig) -> str:
+    """Why ``simulate`` refuses a scenario with faults, and where they do act (one line)."""
+    kinds = ", ".join(dict.fromkeys(f"{f.kind} on {f.target}" for f in sc.faults))
+    return (
+        f"{path}: faults: {kinds}: simulate cannot apply them; run it as a site's hil "
+        "scenario (`pharmatwin-hil serve`) or in a campaign, where faults act"
+    )
+
+
 def initial_inputs(
     sc: ScenarioConfig, model: PlantModel, limits: dict[str, InputLimit]
 ) -> dict[str, float]:
@@ -110,8 +120,13 @@ async def run_scenario(
     max_steps: int | None = None,
     on_tick: Callable[[float, float], None] | None = None,
 ) -> ScenarioRun:
-    """Run the scenario at ``path`` to its end (or ``max_steps`` samples)."""
+    """Run the scenario at ``path`` to its end (or ``max_steps`` samples).
+
+    A scenario with ``faults:`` is refused (:class:`ScenarioError`): the offline loop has no
+    virtual PLC, servers or fault schedule, so its faults would silently do nothing."""
     sc = load_scenario(path)
+    if sc.faults:
+        raise ScenarioError(faults_refusal(path, sc))
     true_model = build_model(resolve(path, sc.plant))
     true_model = type(true_model)(true_model.parameter_set.with_values(sc.true_plant.parameters))
     cfg: ControllerConfig | None = None

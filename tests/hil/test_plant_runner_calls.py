@@ -61,6 +61,8 @@ def test_the_quick_domain_look_agrees_with_the_models_check_at_the_edges(name: s
             else:
                 z[i - len(states)] = value
             found = model.validity_violations(
-                dict(zip(states, x.tolist(), strict=True)), dict(zip(alg, z.tolist(), strict=True))
+                dict(zip(states, x.tolist(), strict=True)),
+                dict(zip(alg, z.tolist(), strict=True)),
+                parameters=plant.parameters,  # and the bounds that depend on them (Lck <= Lpr0)
             )
             assert plant._domain.holds(x, z) is (not found), (n, value)
