@@ -172,9 +172,19 @@ class DataTrust:
             return Distrust(name, Reason.IMPLAUSIBLE, tv.value, what)
         if tv.quality is Quality.UNCERTAIN and not tag.uncertain_is_good:
             return Distrust(name, Reason.UNCERTAIN, tv.value, tv.detail)
-        if measurement and not self._fresh(tv.age(now), tag.stale_after):  # NaN age: stale
-            age = f"{tv.age(now):.3g} s old, allowed {tag.stale_after:g} s"
-            return Distrust(name, Reason.STALE, tv.value, age)
+        age = tv.age(now)
+        if measurement and not self._fresh(age, tag.stale_after):  # NaN age: stale
+            what = f"{age:.3g} s old, allowed {tag.stale_after:g} s"
+            return Distrust(name, Reason.STALE, tv.value, what)
+        if measurement and not self._fresh(-age, tag.stale_after):
+            # a stamp ahead of this clock by more than the staleness allowance (the PLC's clock
+            # is ahead, or this one stepped back): how old the value is cannot be known, and a
+            # value stuck for an hour would pass as fresh for that hour
+            what = (
+                f"its source timestamp is {-age:.3g} s in the future (allowed "
+                f"{tag.stale_after:g} s): its age cannot be known; check the clocks"
+            )
+            return Distrust(name, Reason.STALE, tv.value, what)
         return frozen
 
     def _fresh(self, age: float, stale_after: float) -> bool:
@@ -184,10 +194,16 @@ class DataTrust:
         return self.rate > 1.0 and age / self.rate <= self.wall_floor_s  # False for NaN
 
     def _frozen(self, name: str, tag: Tag, tv: TagValue) -> Distrust | None:
-        """``frozen_after`` GOOD reads in a row with exactly the same value."""
+        """``frozen_after`` reads in a row with exactly the same value, among the reads the
+        tag trusts: GOOD, or UNCERTAIN when ``uncertain_is_good`` (a stuck value read
+        UNCERTAIN, or alternating between the two, is as stuck). An untrusted read ends the
+        run; a change of quality alone does not."""
         if tag.frozen_after is None:
             return None
-        if tv.quality is not Quality.GOOD or not math.isfinite(tv.value):
+        trusted = tv.quality is Quality.GOOD or (
+            tv.quality is Quality.UNCERTAIN and tag.uncertain_is_good
+        )
+        if not trusted or not math.isfinite(tv.value):
             self._repeats.pop(name, None)
             return None
         last, count = self._repeats.get(name, (math.nan, 0))

@@ -101,7 +101,16 @@ def _tag_value(draw: st.DrawFn, tag: Tag, now: float, clean: bool) -> TagValue:
     if clean:
         return TagValue(draw(_plausible(tag)), Quality.GOOD, now, now)
     quality = draw(st.sampled_from([Quality.GOOD, Quality.GOOD, Quality.UNCERTAIN, Quality.BAD]))
-    age = draw(st.one_of(st.just(0.0), st.floats(0.0, 2 * tag.stale_after), st.floats(0.0, 1e9)))
+    # negative: a source stamp ahead of the controller's clock (a PLC clock ahead, or ours
+    # stepped back): its age cannot be known
+    ages = (0.0, 2 * tag.stale_after, 1e9)
+    age = draw(
+        st.one_of(
+            st.just(0.0),
+            st.floats(-ages[1], ages[1]),
+            st.floats(-ages[2], ages[2]),
+        )
+    )
     return TagValue(draw(_value(tag)), quality, now - age, now)
 
 
@@ -215,7 +224,7 @@ class Oracle:
         for rng in (tag.limits, tag.valid_range):
             if rng is not None and not rng[0] <= tv.value <= rng[1]:
                 return False
-        return not measurement or now - tv.source_time <= tag.stale_after
+        return not measurement or abs(now - tv.source_time) <= tag.stale_after
 
     def valid_bit(self, snap: Snapshot, tag: str) -> bool:
         order = Binding.of(self.site.tags, self.site.model).measurement_tags()[:16]
