@@ -16,6 +16,12 @@ What the PLC has is one fact with one owner, the pipeline (:attr:`ControlPipelin
 estimator's applied inputs and the safety filter's reference for the move limits. Between
 :meth:`~ControlPipeline.guard` and the caller's resync the safety filter's reference runs
 ahead: it counts the outcome it let through as applied.
+
+A write whose outcome is unknown (no answer, a failed read-back: the PLC may or may not have
+applied it) leaves what the PLC has unknown for its inputs (:meth:`~ControlPipeline.unknown`,
+:attr:`~ControlPipeline.unsure`): the move limits have no origin for them until the PLC's
+trusted working setpoints say what it has (:meth:`~ControlPipeline.settle`, or
+:meth:`~ControlPipeline.start` on engaging), and nothing may be written from them meanwhile.
 """
 
 from __future__ import annotations
@@ -103,6 +109,8 @@ class ControlPipeline:
         #: with known inputs precedes the estimator's next update (it does not predict)
         self._in_place = False
         self._estimate: Estimate | None = None
+        #: inputs whose value at the PLC is unknown (a write of them had an unknown outcome)
+        self._unsure: set[str] = set()
 
     @property
     def working(self) -> Mapping[str, float]:
@@ -117,6 +125,33 @@ class ControlPipeline:
         self.policy.reset(working_setpoints)
         self._working = _finite(working_setpoints)
         self._in_place = False
+        self._unsure.clear()
+
+    @property
+    def unsure(self) -> frozenset[str]:
+        """The inputs whose value at the PLC is unknown (:meth:`unknown`): their move limits
+        have no origin, nothing may be written until :meth:`settle` or :meth:`start`."""
+        return frozenset(self._unsure)
+
+    def unknown(self, names: Collection[str]) -> None:
+        """The outcome of a write of ``names`` is unknown: the PLC may have applied it or not.
+        :attr:`working` keeps their last known values (the estimator's best guess) until
+        :meth:`settle` learns what the PLC has; :meth:`resync` does not clear this."""
+        self._unsure.update(names)
+
+    def settle(self, read: Mapping[str, float]) -> frozenset[str]:
+        """What the PLC has, from its trusted working setpoints as read this cycle (``read``):
+        where it differs from what the pipeline holds (a write of unknown outcome, a PLC or
+        operator that moved a setpoint while the MPC held control, a register's resolution),
+        it becomes what the PLC has: the move limits' origin and the estimator's inputs.
+        Returns the inputs still unknown (a write of unknown outcome, and not in ``read`` or
+        not finite there); nothing changes when ``read`` says what the pipeline holds."""
+        known = {n: float(v) for n, v in read.items() if math.isfinite(v)}
+        working = dict(self._working or {})
+        if any(working.get(n) != v for n, v in known.items()):
+            self.resync({**working, **known})
+        self._unsure.difference_update(known)
+        return frozenset(self._unsure)
 
     def resync(self, working: Mapping[str, float]) -> None:
         """The PLC has ``working`` (read back, written, or its own working setpoints): the

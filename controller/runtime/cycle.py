@@ -3,7 +3,8 @@
 :class:`State` and :class:`Mode` name where the supervisor
 (:class:`controller.runtime.supervisor.Supervisor`) is and how it runs; :class:`Counters`
 count what went wrong, run-long; :class:`CycleView` is what one cycle saw and did, handed to
-the historian, the metrics, the status file and the tests. Plain data, no behaviour.
+the historian, the metrics, the status file and the tests. Plain data, and :func:`flag`: how
+the supervisor reads a flag of the PLC's handshake (``mpc_active``, ``mpc_permissive``).
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from enum import StrEnum
 from controller.core.estimate import Estimate
 from controller.core.mpc import Decision
 from controller.core.safety import SafetyOutcome
-from controller.ports.base import Snapshot
+from controller.ports.base import Quality, Snapshot
 from controller.runtime.historian_records import HistorianEvent
 
-__all__ = ["Counters", "CycleView", "Mode", "State"]
+__all__ = ["Counters", "CycleView", "Mode", "State", "flag", "flag_reading"]
 
 
 class State(StrEnum):
@@ -92,3 +93,18 @@ class CycleView:
     #: the solve did not deliver: the solver failed or raised, was late, or overran (as the
     #: runtime counts it; a cycle held for bad data is no failed solve)
     solve_failed: bool = False
+
+
+def flag(snap: Snapshot, tag: str) -> bool | None:
+    """A handshake flag as the PLC reports it; None when it cannot be trusted (missing, not
+    GOOD, or neither 0 nor 1)."""
+    tv = snap.values.get(tag)
+    if tv is None or tv.quality is not Quality.GOOD or tv.value not in (0.0, 1.0):
+        return None
+    return bool(tv.value)
+
+
+def flag_reading(snap: Snapshot, tag: str) -> str:
+    """What was read of a flag, for a problem's text."""
+    tv = snap.values.get(tag)
+    return "not read" if tv is None else f"read {tv.value!r} with {tv.quality.value} quality"

@@ -21,8 +21,10 @@ at once (:mod:`~controller.runtime.solve`); pass the result through the safety l
 the heartbeat and the setpoints (in one write), audited before they are sent, never twice
 within ``min_write_interval``, their read-back checked (:mod:`~controller.runtime.writes`); then
 the twin's publications (in shadow mode only if ``runtime.publish_in_shadow``; a failed one
-never holds control). Bad or stale data, a failed estimator, a failed or late solve, or a
-failed write hold the last safe setpoints and count (:class:`Counters`); after
+never holds control). Bad or stale data, a failed estimator, a failed or late solve, a
+failed write, an untrusted ``mpc_active`` while RUNNING, or a write of unknown outcome whose
+working setpoints cannot be trusted yet (the move limits' origin: ``ControlWriter.settle``)
+hold the last safe setpoints and count (:class:`Counters`); after
 ``max_bad_cycles`` in a row the supervisor releases ``mpc_request`` so that the PLC takes
 over, and goes to FALLBACK. A lost connection holds too: no heartbeat reaches the PLC, which
 falls back by itself. Every transition is logged and audited with its cause.
@@ -44,10 +46,10 @@ from controller.clock import Clock
 from controller.core.estimate import Estimate
 from controller.core.pipeline import ControlPipeline
 from controller.errors import ConfigError, PortError, Problem
-from controller.ports.base import Port, Quality, Snapshot
+from controller.ports.base import Port
 from controller.runtime.audit import AuditTrail
 from controller.runtime.audit_chain import AuditError
-from controller.runtime.cycle import Counters, CycleView, Mode, State
+from controller.runtime.cycle import Counters, CycleView, Mode, State, flag, flag_reading
 from controller.runtime.forecast_files import default_plans
 from controller.runtime.historian_run import model_version
 from controller.runtime.operator import Action, ControlRefused, record, refusal
@@ -222,6 +224,8 @@ class Supervisor:
         if self.state is State.INIT and not self._initialize(judged, view):
             return self._done(view)
         self._follow_plc(judged, view)
+        if self.state in (State.RUNNING, State.HOLD):  # after a write of unknown outcome
+            self.writer.settle(self._working_now, view)
         estimate, problem, data_ok, fresh = self.trust_cycle.estimate(judged, view)
         view.estimate = estimate
         try:
@@ -278,9 +282,11 @@ class Supervisor:
         return True
 
     def _follow_plc(self, judged: Judgement, view: CycleView) -> None:
-        """React to what the PLC reports: activation, or being dropped."""
+        """React to what the PLC reports: activation, or being dropped. A flag that cannot be
+        trusted grants nothing; while RUNNING/HOLD an untrusted ``mpc_active`` is a problem of
+        the cycle (held: nobody can tell whether the PLC still gives the MPC control)."""
         snap = judged.snapshot
-        active = self._flag(snap, "mpc_active")
+        active = flag(snap, "mpc_active")
         # "active" counts only as the answer to our own request: a PLC that claims it before
         # we asked (a stale flag, a rogue PLC) is not handing over control
         if self.state is State.REQUESTING and active and self._requested:
@@ -297,18 +303,13 @@ class Supervisor:
             self.counters.fallbacks += 1
             self._to(State.FALLBACK, "the PLC dropped the MPC (mpc_active cleared)")
             self._pending_release = True  # cycle the request, as the PLC's rules ask
+        elif self.state in (State.RUNNING, State.HOLD) and active is None:
+            why = flag_reading(snap, "mpc_active")
+            self._problem(view, f"mpc_active {why}: not known whether the MPC has control, held")
         elif self.state is State.FALLBACK and self.settings.reengage:
-            permissive = self._flag(snap, "mpc_permissive")
+            permissive = flag(snap, "mpc_permissive")
             if permissive and self.counters.bad_in_a_row == 0:
                 self._to(State.REQUESTING, "the PLC permits re-engaging")
-
-    @staticmethod
-    def _flag(snap: Snapshot, tag: str) -> bool | None:
-        """A contract flag as the PLC reports it; None when it cannot be trusted."""
-        tv = snap.values.get(tag)
-        if tv is None or tv.quality is not Quality.GOOD or tv.value not in (0.0, 1.0):
-            return None
-        return bool(tv.value)
 
     # ------------------------------------------------------------------ the twin
     def _watch(self, view: CycleView, estimate: Estimate | None, *, data_good: bool) -> None:

@@ -6,7 +6,10 @@ closer than ``min_write_interval``, and the write's report says what the PLC has
 accepted, or its read-back when that is a finite number within the tag's limits (anything else
 is a problem of the cycle, never the new move origin). What the PLC has is handed to the
 pipeline (:meth:`controller.core.pipeline.ControlPipeline.resync`), its one owner. A failed or
-refused write is a problem of the cycle; what follows from it is the supervisor's call.
+refused write is a problem of the cycle; what follows from it is the supervisor's call. A write
+whose outcome is unknown (no answer, a failed read-back: the PLC may have applied it) leaves
+its inputs unknown to the pipeline; the next cycle takes the PLC's trusted working setpoints
+as what it has (:meth:`ControlWriter.settle`) and holds while they cannot be trusted.
 While RUNNING the heartbeat goes in the setpoints' write (:meth:`ControlWriter.setpoints`),
 and alone whenever nothing of that write was sent, so it never depends on the setpoints.
 """
@@ -115,27 +118,40 @@ class ControlWriter:
         """Audit, then write the cycle's safe setpoints, with the ``heartbeat`` if given (one
         write: :meth:`_with_heartbeat`); False when the setpoints' write failed, was refused
         or their read-back cannot be trusted (a problem of the cycle, as is a failed
-        heartbeat)."""
+        heartbeat). Setpoints the PLC may or may not have applied (no answer, a failed or
+        untrusted read-back) are unknown to the pipeline until :meth:`settle`."""
         beat = dict(heartbeat or {})
         if view.outcome is None or view.decision is None or not view.outcome.setpoints:
             if beat:
                 await self.write(beat, view)
             return True
+        if self.pipeline.unsure:  # the supervisor holds first (settle): never reached
+            self._problem(view, f"the PLC's {sorted(self.pipeline.unsure)} unknown: held")
+            if beat:
+                await self.write(beat, view)
+            return False
         values = {self.sp_tags[n]: v for n, v in view.outcome.setpoints.items()}
         self._audit_setpoints(view.cycle, view.outcome, view.decision, mode, state)
         self._last_write_t = self.clock.now()
         report = await self._with_heartbeat(beat, values, view)
         have = dict(self.pipeline.working)
-        trusted = True
+        trusted, unknown = True, []
         for name, value in view.outcome.setpoints.items():
             result = report.results.get(self.sp_tags[name]) if report is not None else None
-            if result is not None and result.status is WriteStatus.OK:
+            if result is None or result.status is WriteStatus.FAILED:
+                unknown.append(name)  # no answer, or sent but not confirmed: applied or not
+            elif result.status is WriteStatus.OK:
                 have[name] = float(value)
-            elif result is not None and result.status is WriteStatus.MISMATCH:
-                trusted = self._take_readback(name, result.readback, have, view) and trusted
+            elif result.status is WriteStatus.MISMATCH and not self._take_readback(
+                name, result.readback, have, view
+            ):  # a trusted read-back is what the PLC has (in ``have``)
+                trusted = False
+                unknown.append(name)
         # The safety layer took its outcome as applied; when it was not (or not all of it),
         # the move limits must count from what the PLC really has, or held cycles add up.
+        # When nobody knows (the outcome is unknown), the next cycle learns it (settle).
         self.pipeline.resync(have)
+        self.pipeline.unknown(unknown)
         results = report.results if report is not None else {}
         sent = all(t in results and results[t].status is WriteStatus.OK for t in values)
         if not sent or not trusted:
@@ -156,6 +172,43 @@ class ControlWriter:
         if any(t in results and results[t].status is WriteStatus.NOT_SENT for t in beat):
             await self.write(beat, view)
         return report
+
+    def settle(self, working_now: Mapping[str, float], view: CycleView) -> None:
+        """While the MPC has control, what the PLC has is its trusted working setpoint as
+        read this cycle (``working_now``): the move limits count from it and the next write's
+        audit names it as the old value (it is what was written, unless the PLC or someone
+        moved it, or a write's outcome was unknown). After a write of unknown outcome whose
+        working setpoint cannot be trusted the move limits have no origin: a problem of the
+        cycle (held, nothing written)."""
+        unsure = self.pipeline.unsure
+        before = dict(self.pipeline.working)
+        left = self.pipeline.settle(working_now)
+        for name, value in working_now.items():
+            held = before.get(name)
+            if name not in unsure and held is not None and value != held:
+                log.info(
+                    "cycle %d: the PLC has %s = %r where %r was assumed: the move limits count "
+                    "from what it has",
+                    view.cycle,
+                    self.sp_tags.get(name, name),
+                    value,
+                    held,
+                )
+        for name in sorted(unsure - left):
+            log.warning(
+                "cycle %d: the outcome of the last write of %s was unknown; the PLC has %r "
+                "(its working setpoint; %r was assumed): the move limits count from it",
+                view.cycle,
+                self.sp_tags.get(name, name),
+                self.pipeline.working.get(name),
+                before.get(name),
+            )
+        if left:
+            self._problem(
+                view,
+                f"the outcome of the last write of {sorted(left)} is unknown and their working "
+                "setpoints cannot be trusted: no origin for the move limits, held",
+            )
 
     def _audit_setpoints(
         self, cycle: int, outcome: SafetyOutcome, decision: Decision, mode: Mode, state: State

@@ -456,7 +456,9 @@ async def test_a_nan_read_back_holds_and_the_next_move_counts_from_what_was_trus
     assert rig.sup.pipeline.safety.last["Tsh"] == in_place  # not the NaN, not the request
     rig.port.tamper = None
     assert (await rig.cycle()).state is State.RUNNING
-    assert rig.port.writes[-1]["shelf_temp_sp"] == pytest.approx(in_place + 6.0)
+    # the PLC did apply the write whose read-back was NaN (in_place + 6): the next move
+    # counts from what its working setpoint says it has, not from what was assumed
+    assert rig.port.writes[-1]["shelf_temp_sp"] == pytest.approx(in_place + 12.0)
 
 
 async def test_a_nan_validity_word_or_scan_counter_holds_and_never_crashes(

@@ -26,7 +26,7 @@ import dataclasses
 import math
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from controller.ports.base import (
 )
 from controller.runtime.audit import AuditTrail
 from controller.runtime.site import Site, load_site
-from controller.runtime.supervisor import Mode, State, Supervisor
+from controller.runtime.supervisor import Mode, Supervisor
 from controller.runtime.wiring import build_pipeline
 from controller.tags import Tag
 
@@ -215,7 +215,6 @@ class Oracle:
     """What the specification allows, computed from the raw snapshots."""
 
     site: Site
-    known: dict[str, float] = field(default_factory=dict)
 
     def trusted(self, name: str, tv: TagValue | None, now: float, measurement: bool) -> bool:
         tag = self.site.tags.tags[name]
@@ -284,8 +283,8 @@ async def _drive(site: Site, cycles: list[Cycle], audit_dir: Path) -> None:
         for k, cycle in enumerate(cycles):
             k_now = k
             port.cycle = cycle
-            before, writes, solves = sup.state, len(port.log), len(policy.seen)
-            view = await sup.cycle(k, clock.now())
+            writes, solves = len(port.log), len(policy.seen)
+            await sup.cycle(k, clock.now())
             snap = await port.read(cycle.tags)
             # every value the estimator corrected with was trusted in this cycle's snapshot
             trusted = oracle.measured(snap)
@@ -296,27 +295,22 @@ async def _drive(site: Site, cycles: list[Cycle], audit_dir: Path) -> None:
                     if o not in exclude:
                         assert o in trusted and v == trusted[o], (o, v, snap.values)
             if len(port.log) == writes:
-                if view.state in (State.REQUESTING, State.FALLBACK) and oracle.known:
-                    oracle.known.update(oracle.working(snap))
-                elif before is State.INIT and view.state is not State.INIT:
-                    oracle.known = oracle.working(snap)
                 clock.advance(cycle.advance)
                 continue
             # a setpoint write: computed from trusted data only ...
-            now, values, report = port.log[-1]
+            now, values, _ = port.log[-1]
             assert len(policy.seen) == solves + 1
             updates = [s for s in seen if s[0] == k]
             assert updates and updates[-1][2] == () and updates[-1][3].ok
             assert not updates[-1][3].rejected
             working = oracle.working(snap)
             assert set(working) == set(site.model.input_names)
-            # ... within limits and one move of what the PLC has ...
-            if before is State.REQUESTING or not oracle.known:
-                oracle.known = dict(working)
+            # ... within limits and one move of what the PLC reports it has in this cycle
+            # (its trusted working setpoints: what it has, whatever was written before) ...
             for i, tag in sp.items():
                 if tag not in values:  # no safe value: not written (the PLC keeps its own)
                     continue
-                v, lim, base = values[tag], limits[i], oracle.known[i]
+                v, lim, base = values[tag], limits[i], working[i]
                 assert lim.lower <= v <= lim.upper
                 assert base - lim.max_down - 1e-9 <= v <= base + lim.max_up + 1e-9, (i, base, v)
                 tag_limits = site.tags.tags[tag].limits
@@ -324,21 +318,6 @@ async def _drive(site: Site, cycles: list[Cycle], audit_dir: Path) -> None:
             # ... and never within the minimum interval of the last one
             assert last_write is None or now - last_write >= sup.min_write_interval_s
             last_write = now
-            for i, tag in sp.items():
-                if tag not in values:
-                    continue
-                result = report.results[tag]
-                rb = result.readback
-                tl = site.tags.tags[tag].limits
-                if result.status is WriteStatus.OK:
-                    oracle.known[i] = values[tag]
-                elif (
-                    result.status is WriteStatus.MISMATCH
-                    and rb is not None
-                    and math.isfinite(rb)
-                    and (tl is None or tl[0] <= rb <= tl[1])
-                ):
-                    oracle.known[i] = rb
             clock.advance(cycle.advance)
     finally:
         audit.close()
