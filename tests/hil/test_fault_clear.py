@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import test_fault_inject
 
 from controller.clock import SteppedClock
 from controller.runtime.site import load_site
@@ -24,7 +24,7 @@ from hil.cli import main
 from hil.faultcheck import FaultRefusedError, FaultTargets, check_clear, check_fault, parse_fault
 from hil.faults import FaultSet
 from hil.rig import HilRig
-from hil.serve import Admin, ServeOptions, serve
+from hil.serve import Admin
 from hil.servers.memory import MemoryPlcServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,22 +103,8 @@ def test_a_clear_that_removes_nothing_is_not_ok() -> None:
     assert answer["problems"] == ["no fault is held: nothing was cleared"]
 
 
-@pytest.fixture
-async def served(tmp_path: Path, port_number: int) -> AsyncIterator[Path]:
-    """``pharmatwin-hil serve`` for the freeze dryer, in this process; yields its state dir."""
-    opts = ServeOptions(rate=600.0, modbus_port=port_number, state_dir=tmp_path)
-    task = asyncio.create_task(serve(LYO, opts, announce=lambda _: None))
-    state = tmp_path / "lyophilizer-modbus.json"
-    for _ in range(400):  # polls for the server to announce itself (bounded, not a pace)
-        if state.exists() or task.done():
-            break
-        await asyncio.sleep(0.02)
-    if task.done():
-        task.result()
-    yield tmp_path
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+#: ``pharmatwin-hil serve`` for the freeze dryer in this process (the fault CLI's own fixture)
+served = test_fault_inject.served
 
 
 async def test_the_cli_exits_2_when_a_clear_matched_nothing(
