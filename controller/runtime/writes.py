@@ -6,10 +6,11 @@ closer than ``min_write_interval``, and the write's report says what the PLC has
 accepted, or its read-back when that is a finite number within the tag's limits (anything else
 is a problem of the cycle, never the new move origin). What the PLC has is handed to the
 pipeline (:meth:`controller.core.pipeline.ControlPipeline.resync`), its one owner. A failed or
-refused write is a problem of the cycle; what follows from it is the supervisor's call. A write
-whose outcome is unknown (no answer, a failed read-back: the PLC may have applied it) leaves
-its inputs unknown to the pipeline; the next cycle takes the PLC's trusted working setpoints
-as what it has (:meth:`ControlWriter.settle`) and holds while they cannot be trusted.
+refused write is a problem of the cycle; what follows from it is the supervisor's call. While
+the MPC has control, every cycle takes the PLC's trusted working setpoints as what it has
+(:meth:`ControlWriter.settle`: they differ from what was written only when the PLC or someone
+moved them, or a write's outcome was unknown). A write whose outcome is unknown (no answer, a
+failed read-back: the PLC may have applied it) holds while they cannot be trusted.
 While RUNNING the heartbeat goes in the setpoints' write (:meth:`ControlWriter.setpoints`),
 and alone whenever nothing of that write was sent, so it never depends on the setpoints.
 """
@@ -141,7 +142,10 @@ class ControlWriter:
             if result is None or result.status is WriteStatus.FAILED:
                 unknown.append(name)  # no answer, or sent but not confirmed: applied or not
             elif result.status is WriteStatus.OK:
-                have[name] = float(value)
+                # what the PLC stores (a register's resolution, a float32 node), as its working
+                # setpoint will read next cycle; the request when the port gives no read-back
+                rb = result.readback
+                have[name] = float(rb) if rb is not None and math.isfinite(rb) else float(value)
             elif result.status is WriteStatus.MISMATCH and not self._take_readback(
                 name, result.readback, have, view
             ):  # a trusted read-back is what the PLC has (in ``have``)
