@@ -5,9 +5,10 @@ closed loop, RUNNING under the virtual PLC's handshake, exactly as ``pharmatwin 
 (:func:`runtime_for` mirrors :func:`controller.runtime.wiring.run_site`): read every readable tag,
 check quality and staleness, EKF update, the "solve" (a worker-thread hop to a policy that
 returns a precomputed decision, so the solve itself is excluded), safety, the heartbeat write,
-one ``setpoint.write`` audit record per input, all in one transaction (SQLite, hash-chained,
-``synchronous=FULL``: one fsync per cycle), the setpoint write with read-back, and the
-historian record (SQLite, WAL).
+one ``setpoint.write`` audit record per input, with the heartbeat's (``heartbeat.write``) and
+the soft sensors' (``publication.write``), all in one transaction (SQLite, hash-chained,
+``synchronous=FULL``: one fsync per cycle), the setpoint write with read-back, the soft
+sensors' write, and the historian record (SQLite, WAL).
 
 The PLC side is the real HIL rig (true plant, virtual PLC, the Modbus server or the secured
 OPC UA server, Basic256Sha256 SignAndEncrypt with the test-bench CA in ``configs/pki``) on

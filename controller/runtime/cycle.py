@@ -16,6 +16,7 @@ from controller.core.estimate import Estimate
 from controller.core.mpc import Decision
 from controller.core.safety import SafetyOutcome
 from controller.ports.base import Quality, Snapshot
+from controller.runtime.audit_chain import AuditEntry
 from controller.runtime.historian_records import HistorianEvent
 
 __all__ = ["Counters", "CycleView", "Mode", "State", "flag", "flag_reading"]
@@ -93,6 +94,9 @@ class CycleView:
     #: the solve did not deliver: the solver failed or raised, was late, or overran (as the
     #: runtime counts it; a cycle held for bad data is no failed solve)
     solve_failed: bool = False
+    #: audit records of writes later in this cycle (the twin's publication), committed with
+    #: the cycle's first audited write, or before their own (one transaction, not two)
+    audit_first: list[AuditEntry] = field(default_factory=list)
 
 
 def flag(snap: Snapshot, tag: str) -> bool | None:

@@ -260,9 +260,23 @@ def _check_limits(sf: SiteFile, cfg: ControllerConfig, tm: TagMap, path: Path) -
 def _check_advisory(
     sf: SiteFile, tm: TagMap, model: PlantModel | None, path: Path
 ) -> list[Problem]:
-    """``runtime.advisory_tags``: a model input -> a tag of the map the twin may write."""
+    """``runtime.advisory_tags``: a model input -> a tag of the map the twin may write. Not a
+    tag the process acts on: advice written to a setpoint tag (one that binds a model input)
+    or to a tag of the PLC contract would be a control write in shadow mode, which never
+    writes one; nor a publication of the twin's (two writers of one tag)."""
     problems = []
     writable = [n for n, t in tm.tags.items() if t.writable]
+    bound = {
+        n: f"a setpoint tag (it binds the model variable {t.binds!r})"
+        for n, t in tm.tags.items()
+        if t.binds is not None and t.writable
+    }
+    bound |= {c.tag: f"a tag of the PLC contract ({c.role})" for c in CLOSED_LOOP_CONTRACT}
+    bound |= {
+        n: f"a publication of the twin (it publishes {t.publishes!r})"
+        for n, t in tm.tags.items()
+        if t.publishes is not None
+    }
     for inp, tag in sf.runtime.advisory_tags.items():
         loc = f"runtime.advisory_tags.{inp}"
         if model is not None and inp not in model.input_names:
@@ -272,6 +286,13 @@ def _check_advisory(
             problems.append(Problem(str(path), loc, message, tag))
         elif not tm.tags[tag].writable:
             message = f"the tag {tag!r} is read-only; an advisory tag must be writable"
+            problems.append(Problem(str(path), loc, message, tag))
+        elif tag in bound:
+            message = (
+                f"the tag {tag!r} is {bound[tag]}; an advisory tag must be one the process does "
+                "not act on (shadow mode never writes a control tag); allowed: a writable tag "
+                "of its own, such as <input>_advice"
+            )
             problems.append(Problem(str(path), loc, message, tag))
     return problems
 

@@ -20,12 +20,12 @@ in INIT); the twin's drift charts and maintenance forecasts on the estimate
 at once (:mod:`~controller.runtime.solve`); pass the result through the safety layer; write
 the heartbeat and the setpoints (in one write), audited before they are sent, never twice
 within ``min_write_interval``, their read-back checked (:mod:`~controller.runtime.writes`); then
-the twin's publications (in shadow mode only if ``runtime.publish_in_shadow``; a failed one
-never holds control). Bad or stale data, a failed estimator, a failed or late solve, a
-failed write, an untrusted ``mpc_active`` while RUNNING, or a write of unknown outcome whose
-working setpoints cannot be trusted yet (the move limits' origin: ``ControlWriter.settle``)
-hold the last safe setpoints and count (:class:`Counters`); after
-``max_bad_cycles`` in a row the supervisor releases ``mpc_request`` so that the PLC takes
+the twin's publications, audited first too (in shadow mode only if
+``runtime.publish_in_shadow``; a failed one never holds control). Bad or stale data, a failed
+estimator, a failed or late solve, a failed write, an untrusted ``mpc_active`` while RUNNING,
+or a write of unknown outcome whose working setpoints cannot be trusted yet (the move limits'
+origin: ``ControlWriter.settle``) hold the last safe setpoints and count (:class:`Counters`);
+after ``max_bad_cycles`` in a row the supervisor releases ``mpc_request`` so that the PLC takes
 over, and goes to FALLBACK. A lost connection holds too: no heartbeat reaches the PLC, which
 falls back by itself. Every transition is logged and audited with its cause.
 
@@ -145,7 +145,10 @@ class Supervisor:
             site.controller.estimator.estimated,
             source=str(site.referenced("controller")),
         )
-        self.twin_work = TwinCycleWork(self.twin, port, self.counters, audit, **who)
+        publishes = mode is not Mode.SHADOW or site.runtime.publish_in_shadow
+        self.twin_work = TwinCycleWork(
+            self.twin, port, self.counters, audit, **who, publishes=publishes
+        )
         self.solver = SolveRunner(
             pipeline,
             clock,
@@ -325,7 +328,7 @@ class Supervisor:
         shadow mode unless ``runtime.publish_in_shadow``."""
         if self.state in (State.INIT, State.STOPPED):
             return
-        if self.mode is Mode.SHADOW and not self.settings.publish_in_shadow:
+        if not self.twin_work.publishes:
             return
         await self.twin_work.publish(view)
 
@@ -368,7 +371,7 @@ class Supervisor:
             # the heartbeat goes in the setpoints' write (ControlWriter.setpoints)
             beat = self.writer.next_heartbeat()
             if self.writer.too_soon(view):
-                await self.writer.write(beat, view)
+                await self.writer.heartbeat(view, beat)
                 self._after_problem(view)
             elif not await self.writer.setpoints(view, self.mode, self.state, beat):
                 self._after_problem(view)

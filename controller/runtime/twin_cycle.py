@@ -2,14 +2,19 @@
 
 :class:`TwinCycleWork` runs the twin's services (:class:`controller.twin.services.TwinServices`)
 on the cycle's estimate, audits and logs every drift alarm raised or cleared (and hands it to
-the historian as an event), and writes the soft-sensor publications and the alarm tag (the
-alarm tag after its audit record). A failed publication is logged and counted, never a
+the historian as an event), and writes the soft-sensor publications and the alarm tag, each
+audited before it is sent (``publication.write``: one record for the cycle's soft sensors,
+their values by tag as JSON, staged by :meth:`TwinCycleWork.watch` in the cycle's
+``audit_first`` so that it goes in the setpoints' transaction, or in one of its own before
+the write; ``tag.write.alarm`` once per change of the alarm tag, its retries covered by that
+record). A failed publication is logged and counted, never a
 problem of the control cycle. When the twin's work runs, and whether it publishes, is the
 supervisor's call.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 
@@ -17,6 +22,7 @@ from controller.core.estimate import Estimate
 from controller.errors import PortError
 from controller.ports.base import Port, WriteReport, WriteStatus
 from controller.runtime.audit import AuditTrail
+from controller.runtime.audit_chain import AuditEntry
 from controller.runtime.cycle import Counters, CycleView
 from controller.runtime.historian_records import HistorianEvent
 from controller.twin.monitoring import Alarm
@@ -25,6 +31,14 @@ from controller.twin.services import TwinCycle, TwinServices
 __all__ = ["TwinCycleWork"]
 
 log = logging.getLogger("pharmatwin.supervisor")
+
+#: the target of a ``publication.write`` record (its values name each tag)
+PUBLICATIONS = "twin publications"
+
+
+def _json(values: Mapping[str, float]) -> str:
+    """``{"tag": value, ...}`` as JSON (non-finite numbers as NaN/Infinity, as written)."""
+    return json.dumps(dict(values), separators=(", ", ": "))
 
 
 class TwinCycleWork:
@@ -39,14 +53,19 @@ class TwinCycleWork:
         *,
         run_id: str,
         actor: str,
+        publishes: bool = True,
     ) -> None:
         self.twin, self.port, self.counters, self.audit = twin, port, counters, audit
         self.run_id, self.actor = run_id, actor
+        #: whether the supervisor has :meth:`publish` called after :meth:`watch` (its mode)
+        self.publishes = publishes
         #: this cycle's result of the twin's services (None: nothing to publish)
         self.last: TwinCycle | None = None
         self._alarm_written: float | None = None
         self._alarm_audited: float | None = None
         self._publish_warned: set[str] = set()
+        self._published: dict[str, float] = {}  # soft-sensor tag -> the value the PLC took
+        self._staged: int | None = None  # the cycle whose publication record watch staged
 
     def watch(
         self,
@@ -72,6 +91,17 @@ class TwinCycleWork:
             if tag not in self._publish_warned:  # once per tag, not every cycle
                 self._publish_warned.add(tag)
                 log.info("publication %s", problem)
+        values = self._soft_sensors(tc)
+        if self.publishes and values:  # last: nothing after it can fail the twin's work
+            view.audit_first.append(self._publication_entry(values, view))
+            self._staged = view.cycle
+
+    def _soft_sensors(self, tc: TwinCycle) -> dict[str, float]:
+        """The values of the cycle's publication that go in one write (not the alarm tag)."""
+        values = dict(tc.publication.values)
+        if self.twin.alarm_tag is not None:
+            values.pop(self.twin.alarm_tag, None)
+        return values
 
     def _alarm_event(self, kind: str, alarm: Alarm, view: CycleView) -> None:
         detail = {
@@ -109,14 +139,20 @@ class TwinCycleWork:
         tc = self.last
         if tc is None:
             return
-        values = dict(tc.publication.values)
+        values = self._soft_sensors(tc)
         tag = self.twin.alarm_tag
-        alarm = values.pop(tag, None) if tag is not None else None
+        alarm = tc.publication.values.get(tag) if tag is not None else None
         if values:
+            if self._staged != view.cycle:  # not staged by watch: audited here
+                view.audit_first.append(self._publication_entry(values, view))
+            if view.audit_first:  # not committed with the cycle's setpoints: on its own
+                first, view.audit_first = view.audit_first, []
+                self.audit.record_all(first)
             report = await self._try_write(values, view, "publishing")
             for name, written in report.results.items() if report is not None else ():
                 if written.status is WriteStatus.OK:
                     view.monitor[f"pub.{name}"] = values[name]
+                    self._published[name] = values[name]
         if tag is None or alarm is None or alarm == self._alarm_written:
             return
         if alarm != self._alarm_audited:  # one record per change, not one per retry
@@ -141,6 +177,21 @@ class TwinCycleWork:
             view.monitor[f"pub.{tag}"] = alarm
         elif result is not None and result.status is WriteStatus.MISMATCH:
             self._alarm_written = result.readback  # retried next cycle: the PLC has another
+
+    def _publication_entry(self, values: Mapping[str, float], view: CycleView) -> AuditEntry:
+        """The ``publication.write`` record of the cycle's soft sensors (one write): their
+        values by tag, and what the PLC last took of them."""
+        published = self._published
+        old = {t: published[t] for t in values if t in published}
+        return AuditEntry(
+            "publication.write",
+            PUBLICATIONS,
+            f"twin publication of cycle {view.cycle} (estimate and monitor figures)",
+            old_value=_json(old) if old else None,
+            new_value=_json(values),
+            actor=self.actor,
+            detail={"run_id": self.run_id, "cycle": view.cycle},
+        )
 
     async def _try_write(
         self, values: Mapping[str, float], view: CycleView, what: str

@@ -1,7 +1,10 @@
 """The supervisor's control writes: the heartbeat, the setpoints and their audit, the advice.
 
-:class:`ControlWriter` writes to the PLC on the supervisor's behalf. Every setpoint is audited
-*before* it is sent (one transaction for the whole decision), two setpoint writes are never
+:class:`ControlWriter` writes to the PLC on the supervisor's behalf. Every value it writes is
+audited *before* it is sent: each setpoint (``setpoint.write``, one transaction for the whole
+decision, the heartbeat that goes with it included), the heartbeat written alone
+(``heartbeat.write``) and each advisory value of shadow mode (``advisory.write``; the site
+refuses a setpoint or contract tag as an advisory tag). Two setpoint writes are never
 closer than ``min_write_interval``, and the write's report says what the PLC has: a value it
 accepted, or its read-back when that is a finite number within the tag's limits (anything else
 is a problem of the cycle, never the new move origin). What the PLC has is handed to the
@@ -70,6 +73,7 @@ class ControlWriter:
         self._problem = problem
         self._heartbeat = 0
         self._last_write_t: float | None = None
+        self._advised: dict[str, float] = {}  # advisory tag -> the value last written
 
     async def write(self, values: Mapping[str, float], view: CycleView) -> WriteReport | None:
         """A control write; a failure (None) or a refusal is a problem of the cycle."""
@@ -89,9 +93,32 @@ class ControlWriter:
         self._heartbeat = (self._heartbeat + 1) % _WRAP
         return {"mpc_heartbeat": float(self._heartbeat)}
 
-    async def heartbeat(self, view: CycleView) -> None:
-        """The next heartbeat count, written alone."""
-        await self.write(self.next_heartbeat(), view)
+    async def heartbeat(self, view: CycleView, beat: Mapping[str, float] | None = None) -> None:
+        """The heartbeat ``beat`` (default: the next count) written alone, audited first."""
+        beat = dict(beat) if beat is not None else self.next_heartbeat()
+        self._commit(view, self._beat_entries(beat, view.cycle))
+        await self.write(beat, view)
+
+    def _commit(self, view: CycleView, entries: list[AuditEntry]) -> None:
+        """One transaction: ``entries`` and the records the cycle staged for writes later in
+        it (``view.audit_first``: the twin's publication), durable on return."""
+        first, view.audit_first = view.audit_first, []
+        self.audit.record_all([*first, *entries])
+
+    def _beat_entries(self, beat: Mapping[str, float], cycle: int) -> list[AuditEntry]:
+        """``heartbeat.write`` records of ``beat`` (none for no heartbeat)."""
+        detail = {"run_id": self.run_id, "cycle": cycle}
+        return [
+            AuditEntry(
+                "heartbeat.write",
+                tag,
+                f"watchdog heartbeat of cycle {cycle}",
+                new_value=value,
+                actor=self.actor,
+                detail=detail,
+            )
+            for tag, value in beat.items()
+        ]
 
     def too_soon(self, view: CycleView) -> bool:
         """Two setpoint writes are never closer than ``min_write_interval``: a held cycle
@@ -124,15 +151,15 @@ class ControlWriter:
         beat = dict(heartbeat or {})
         if view.outcome is None or view.decision is None or not view.outcome.setpoints:
             if beat:
-                await self.write(beat, view)
+                await self.heartbeat(view, beat)
             return True
         if self.pipeline.unsure:  # the supervisor holds first (settle): never reached
             self._problem(view, f"the PLC's {sorted(self.pipeline.unsure)} unknown: held")
             if beat:
-                await self.write(beat, view)
+                await self.heartbeat(view, beat)
             return False
         values = {self.sp_tags[n]: v for n, v in view.outcome.setpoints.items()}
-        self._audit_setpoints(view.cycle, view.outcome, view.decision, mode, state)
+        self._audit_setpoints(view, view.outcome, view.decision, mode, state, beat)
         self._last_write_t = self.clock.now()
         report = await self._with_heartbeat(beat, values, view)
         have = dict(self.pipeline.working)
@@ -170,7 +197,8 @@ class ControlWriter:
         """The heartbeat and the setpoints in one write: over OPC UA one Write and one Read
         call fewer per cycle (over Modbus their registers are apart: a request each still).
         The heartbeat never depends on the setpoints: when a refused setpoint kept the port
-        from sending any of the write (the heartbeat NOT_SENT), the heartbeat goes alone."""
+        from sending any of the write (the heartbeat NOT_SENT), the heartbeat goes alone (it
+        was audited with the setpoints)."""
         report = await self.write({**beat, **values}, view)
         results = report.results if report is not None else {}
         if any(t in results and results[t].status is WriteStatus.NOT_SENT for t in beat):
@@ -215,9 +243,17 @@ class ControlWriter:
             )
 
     def _audit_setpoints(
-        self, cycle: int, outcome: SafetyOutcome, decision: Decision, mode: Mode, state: State
+        self,
+        view: CycleView,
+        outcome: SafetyOutcome,
+        decision: Decision,
+        mode: Mode,
+        state: State,
+        beat: Mapping[str, float],
     ) -> None:
-        """One transaction: every setpoint of the decision durable before the write."""
+        """One transaction: every setpoint of the decision, and the heartbeat written with
+        them (and what the cycle staged), durable before the write."""
+        cycle = view.cycle
         decision_id = f"{self.run_id}:{cycle}"
         changes = [
             {
@@ -240,7 +276,8 @@ class ControlWriter:
             "model_version": self.model_version,
         }
         working = self.pipeline.working
-        self.audit.record_all(
+        self._commit(
+            view,
             [
                 AuditEntry(
                     "setpoint.write",
@@ -253,6 +290,7 @@ class ControlWriter:
                 )
                 for name, value in outcome.setpoints.items()
             ]
+            + self._beat_entries(beat, cycle),
         )
 
     def _take_readback(
@@ -277,7 +315,8 @@ class ControlWriter:
         return False
 
     async def advise(self, view: CycleView, advisory_tags: Mapping[str, str]) -> None:
-        """Shadow mode: recommendations go to the historian and, if configured, advisory tags."""
+        """Shadow mode: recommendations go to the historian and, if configured, advisory tags
+        (each value audited before it is sent, ``advisory.write``)."""
         if view.outcome is None or not view.outcome.setpoints:
             return
         advisory = {
@@ -286,5 +325,25 @@ class ControlWriter:
             if i in view.outcome.setpoints
         }
         if advisory:
-            await self.write(advisory, view)
+            detail = {"run_id": self.run_id, "cycle": view.cycle, "mode": Mode.SHADOW.value}
+            reason = f"recommendation of cycle {view.cycle} (shadow mode: advice, not control)"
+            self._commit(
+                view,
+                [
+                    AuditEntry(
+                        "advisory.write",
+                        tag,
+                        reason,
+                        old_value=self._advised.get(tag),
+                        new_value=value,
+                        actor=self.actor,
+                        detail=detail,
+                    )
+                    for tag, value in advisory.items()
+                ],
+            )
+            report = await self.write(advisory, view)
+            for tag, result in report.results.items() if report is not None else ():
+                if result.status is WriteStatus.OK:
+                    self._advised[tag] = advisory[tag]
         log.info("cycle %d recommendation: %s", view.cycle, dict(view.outcome.setpoints))

@@ -153,6 +153,7 @@ async def test_controller_limits_outside_the_tag_limits_are_refused_at_load(
     assert problem.line == 1 + lines.index(f"controller: {data['controller']}")
 
     data["runtime"] = {"advisory_tags": {"F": "feed_dilution_sp"}, "shadow_only": True}
-    with pytest.raises(ConfigError) as exc:  # one tag, one problem, even as the advisory tag
+    with pytest.raises(ConfigError) as exc:  # one limits problem a tag, even as the advisory tag
         load_site(_write(tmp_path / "site.yaml", data))
-    assert len(exc.value.problems) == 1
+    locations = sorted(p.location for p in exc.value.problems)
+    assert locations == ["controller", "runtime.advisory_tags.F"]  # and a setpoint is no advice

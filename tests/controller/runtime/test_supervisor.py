@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -112,6 +113,29 @@ class Plc:
         t.publish(now, {"product_temp_bottom": tbot}, self.tbot_quality)
 
 
+def unaudited_writes(
+    values: Mapping[str, float], records: Iterable[AuditRecord]
+) -> list[tuple[str, float]]:
+    """The tags of a write whose value no audit record holds yet: for each tag the newest
+    record naming it (any action; a ``publication.write`` names its tags in its JSON value)
+    must carry the value sent (a retry of the same value is covered by the record before its
+    first send)."""
+    newest: dict[str, object] = {}
+    for rec in records:
+        if rec.action == "publication.write":
+            newest.update(json.loads(rec.new_value or "{}"))
+        else:
+            newest[rec.target] = rec.new_value
+    return [(t, v) for t, v in values.items() if not _same(newest.get(t), v)]
+
+
+def _same(recorded: object, sent: float) -> bool:
+    try:
+        return float(recorded) == float(sent)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+
+
 class RecordingPort(MemoryPort):
     """A memory port that notes, at each write, what the audit trail held at that moment;
     ``refuse`` > 0 makes the PLC refuse that many setpoint writes (exception 03 style)."""
@@ -123,6 +147,8 @@ class RecordingPort(MemoryPort):
         self.reads = 0
         self.refuse = 0
         self.published: list[dict[str, float]] = []
+        #: (tag, value) of every write with no audit record of that value before it was sent
+        self.unaudited: list[tuple[str, float]] = []
 
     async def read(self, tags: Iterable[str]) -> Snapshot:
         self.reads += 1
@@ -130,6 +156,7 @@ class RecordingPort(MemoryPort):
 
     async def write(self, values: Mapping[str, float]) -> WriteReport:
         assert self.audit is not None
+        self.unaudited += unaudited_writes(values, list(self.audit.records()))
         if all(TAGS_PUBLISHED.get(t) for t in values):  # soft sensors: apart from the contract
             self.published.append(dict(values))
             return await super().write(values)
@@ -280,6 +307,11 @@ async def test_requesting_waits_for_mpc_active(env: Env) -> None:
 
 async def test_every_write_is_audited_before_it_is_sent(env: Env) -> None:
     await env.cycles(6)
+    # every tag of every write: the heartbeat (alone, or in the setpoints' write), the
+    # request, the setpoints and the twin's soft sensors
+    assert env.port.unaudited == []
+    actions = {r.action for r in env.audit.records()}
+    assert {"heartbeat.write", "publication.write", "setpoint.write"} <= actions
     setpoint_writes = 0
     for values, records in env.port.writes:
         if "mpc_request" in values:

@@ -1,0 +1,132 @@
+"""Every value the runtime writes to the PLC is in the audit trail before it is sent, in
+shadow mode as in closed loop: the advice of shadow mode (``advisory.write``), the twin's
+soft sensors (``publication.write``), the heartbeat (``heartbeat.write``, alone or with the
+setpoints) as much as the setpoints and the request. Before, a shadow run with advisory tags
+and ``publish_in_shadow`` wrote 8 cycles of advice and soft sensors with no record at all,
+and the heartbeat was never audited. A site may not name a setpoint, contract or
+publication tag as an advisory tag (shadow mode would write a control tag).
+
+On the in-memory port with the PLC stand-in of ``test_supervisor.py``, whose recording port
+checks each tag of each write against the audit trail as it is at that moment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from test_supervisor import (  # noqa: F401 - site is a fixture
+    LYO_MODBUS,
+    Plc,
+    RecordingPort,
+    StubPolicy,
+    _table,
+    site,
+)
+
+from controller.clock import SteppedClock
+from controller.errors import ConfigError
+from controller.runtime.audit import AuditTrail
+from controller.runtime.site import Site, load_site
+from controller.runtime.supervisor import Mode, State, Supervisor
+from controller.runtime.wiring import build_pipeline
+
+ADVICE = {"Tsh": "shelf_temp_advice", "Pch": "chamber_pressure_advice"}
+pytestmark = pytest.mark.timeout(60)
+
+
+def _advisory_site(tmp_path: Path, advisory: dict[str, str]) -> Path:
+    """The lyophilizer Modbus site with two advisory tags of its own (holding 200-203),
+    ``runtime.advisory_tags`` set to ``advisory`` and ``publish_in_shadow``."""
+    data: dict[str, Any] = yaml.safe_load(LYO_MODBUS.read_text())
+    for key in ("plant", "controller", "tags"):
+        data[key] = str((LYO_MODBUS.parent / data[key]).resolve())
+    for key in ("scenario",):
+        data["hil"][key] = str((LYO_MODBUS.parent / data["hil"][key]).resolve())
+    data["forecast"]["local_recipe"] = str(
+        (LYO_MODBUS.parent / data["forecast"]["local_recipe"]).resolve()
+    )
+    tags = yaml.safe_load(Path(data["tags"]).read_text())
+    for k, (inp, name) in enumerate(ADVICE.items()):
+        tags["tags"][name] = {
+            "description": f"the twin's recommended {inp} (shadow mode), for the HMI",
+            "unit": "-",
+            "direction": "write",
+            "modbus": {"table": "holding", "address": 200 + 2 * k, "type": "float32"},
+        }
+    tag_file = tmp_path / "tags.yaml"
+    tag_file.write_text(yaml.safe_dump(tags, sort_keys=False))
+    data["tags"] = str(tag_file)
+    data["runtime"] = {**data.get("runtime", {}), "advisory_tags": advisory}
+    data["runtime"]["publish_in_shadow"] = True
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+async def test_shadow_advice_and_publications_are_audited_before_they_are_sent(
+    site: Site,  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    loaded = load_site(_advisory_site(tmp_path, ADVICE))
+    # the module's site turns the innovation gate off (the stand-in's ramp is no plant)
+    shadow = dataclasses.replace(loaded, controller=site.controller)
+    clock = SteppedClock()
+    table = _table(shadow)
+    port = RecordingPort(table, clock)
+    await port.connect()
+    audit = AuditTrail(tmp_path / "audit.db", config_hash="cfg", actor="pharmatwin-service")
+    port.audit = audit
+    policy = StubPolicy({"Tsh": 100.0, "Pch": 0.3})
+    pipeline = build_pipeline(shadow, policy)
+    sup = Supervisor(shadow, port, clock, pipeline, mode=Mode.SHADOW, audit=audit)
+    plc = Plc(table, clock)
+    states = []
+    for k in range(6):
+        plc.scan()
+        states.append((await sup.cycle(k, clock.now())).state)
+        clock.advance(360.0)
+    assert states == [State.SHADOW] * 6
+    written = [w for w, _ in port.writes] + port.published
+    advice = [w for w in written if set(w) & set(ADVICE.values())]
+    assert len(advice) == 6  # a recommendation every cycle, and it was written
+    assert port.published  # so were the soft sensors
+    assert port.unaudited == []  # ... each value audited before it was sent
+    records = list(audit.records())
+    advised = [r for r in records if r.action == "advisory.write"]
+    assert len(advised) == 12 and {r.target for r in advised} == set(ADVICE.values())
+    assert advised[-1].old_value is not None  # what the tag held before: the last advice
+    assert "shadow mode" in advised[0].reason
+    assert any(r.action == "publication.write" for r in records)
+    # shadow mode never writes a setpoint, the heartbeat or the request
+    assert not [w for w in written if {"shelf_temp_sp", "mpc_heartbeat", "mpc_request"} & set(w)]
+    assert audit.verify() == len(records)
+    audit.close()
+
+
+@pytest.mark.parametrize(
+    ("tag", "what"),
+    [
+        ("shelf_temp_sp", "a setpoint tag (it binds the model variable 'Tsh')"),
+        ("mpc_heartbeat", "a tag of the PLC contract (heartbeat to the PLC"),
+        ("percent_dried", "a publication of the twin (it publishes"),
+    ],
+)
+def test_an_advisory_tag_may_not_be_one_the_process_acts_on(
+    tmp_path: Path, tag: str, what: str
+) -> None:
+    path = _advisory_site(tmp_path, {"Tsh": tag})
+    with pytest.raises(ConfigError) as exc:
+        load_site(path)
+    # (the heartbeat's write limits are not the shelf's either: a problem of its own)
+    (problem,) = [p for p in exc.value.problems if p.location.startswith("runtime.")]
+    assert (problem.file, problem.location, problem.value) == (
+        str(path),
+        "runtime.advisory_tags.Tsh",
+        tag,
+    )
+    assert f"the tag {tag!r} is {what}" in problem.message
+    assert "shadow mode never writes a control tag" in problem.message
