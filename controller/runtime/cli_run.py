@@ -201,6 +201,8 @@ def run_summary(result: RunResult, args: argparse.Namespace) -> Table:
     table.add_row("cycles read the PLC", f"{e.reads} of {e.cycles}")
     if e.mode.value == "closed-loop":
         table.add_row("MPC in control", f"{e.in_control} of {e.cycles} cycles")
+    else:
+        table.add_row("recommendations", f"{e.advised} of {e.cycles} cycles")
     for name, value in vars(result.counters).items():
         if name in SUMMARY_COUNTERS or (value and name != "bad_in_a_row"):
             table.add_row(name.replace("_", " "), str(value))

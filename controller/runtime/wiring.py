@@ -5,9 +5,8 @@ safety limits, the audit trail and the historian; records the run (software vers
 commit, config and model hashes, library versions); and handles SIGINT/SIGTERM by
 releasing control to the PLC and writing a final audit record.
 
-A run ends with a verdict (:class:`Engagement`): a closed-loop run that never had control
-(the PLC never permitted it, never reported it active, or could not be read) failed, and
-says why in one sentence; so did a run that never read the PLC at all.
+A run ends with a verdict (:class:`~controller.runtime.engagement.Engagement`: what fails a
+run, and why, is said there in one sentence).
 """
 
 from __future__ import annotations
@@ -29,15 +28,16 @@ from controller.core.jit import LibraryBuilder
 from controller.core.pipeline import ControlPipeline, Policy, input_limits
 from controller.core.policy import build_policy
 from controller.errors import ConfigError, PortError, Problem
-from controller.ports.base import Port, Quality, Snapshot
+from controller.ports.base import Port
 from controller.runtime.audit import AuditTrail
 from controller.runtime.audit_chain import file_hash
+from controller.runtime.engagement import Engagement
 from controller.runtime.historian import Historian, open_historian
 from controller.runtime.historian_records import HistorianError, cycle_record
 from controller.runtime.historian_run import run_info
 from controller.runtime.site import Site, load_site, port_for_site
 from controller.runtime.solver_cache import build_compiled
-from controller.runtime.supervisor import Counters, CycleView, Mode, State, Supervisor
+from controller.runtime.supervisor import Counters, CycleView, Mode, Supervisor
 from controller.runtime.ui.bind import Bind
 
 if TYPE_CHECKING:
@@ -254,79 +254,6 @@ def close_historian(historian: Historian, failure: BaseException | None) -> None
             raise
         failure.add_note(f"closing the historian failed too: {exc}")
         log.error("closing the historian failed too: %s", exc)
-
-
-#: the supervisor's states in which the MPC has control (HOLD: in control, holding)
-IN_CONTROL = frozenset({State.RUNNING, State.HOLD})
-
-
-@dataclass
-class Engagement:
-    """What a run saw of the PLC and its handshake, cycle by cycle, for the run's verdict."""
-
-    mode: Mode
-    where: str  # the PLC's address, for the sentences
-    cycles: int = 0
-    reads: int = 0  # cycles whose read of the PLC succeeded
-    initialized: int = 0  # cycles past INIT (the working setpoints were known)
-    in_control: int = 0  # cycles ending in RUNNING or HOLD
-    permitted: int = 0  # cycles that read mpc_permissive set (GOOD)
-    permissive_read: int = 0  # cycles that read mpc_permissive with GOOD quality
-    interlocked: int = 0  # cycles that read interlock_active set
-    alarmed: int = 0  # cycles that read mpc_fallback_alarm set
-    last_problem: str = ""
-
-    def observe(self, view: CycleView) -> None:
-        self.cycles += 1
-        self.in_control += view.state in IN_CONTROL
-        self.initialized += view.state is not State.INIT
-        if view.problems:
-            self.last_problem = view.problems[-1]
-        snap = view.snapshot
-        if snap is None:
-            return
-        self.reads += 1
-        permissive = _flag(snap, "mpc_permissive")
-        self.permissive_read += permissive is not None
-        self.permitted += bool(permissive)
-        self.interlocked += bool(_flag(snap, "interlock_active"))
-        self.alarmed += bool(_flag(snap, "mpc_fallback_alarm"))
-
-    def verdict(self) -> str | None:
-        """None when the run did what its mode promises; else one sentence saying why not."""
-        n = f"{self.cycles} cycle{'s' if self.cycles != 1 else ''}"
-        last = f" (last problem: {self.last_problem})" if self.last_problem else ""
-        if self.reads == 0:
-            return f"no read of the PLC at {self.where} succeeded in {n}{last}"
-        if self.mode is Mode.SHADOW or self.in_control:
-            return None
-        lead = f"the MPC never got control in {n}: "
-        if not self.initialized:
-            return f"{lead}the PLC's working setpoints were never readable, so it stayed in INIT"
-        if not self.permissive_read:
-            return f"{lead}mpc_permissive was never read with good quality{last}"
-        if not self.permitted:
-            why = []
-            if self.interlocked:
-                why.append("interlock_active was set")
-            if self.alarmed:
-                why.append("mpc_fallback_alarm was latched: an operator reset is needed")
-            because = f" ({'; '.join(why)})" if why else ""
-            return f"{lead}the PLC never granted mpc_permissive{because}"
-        short = " (the PLC answers a request on a later cycle)" if self.cycles < 3 else ""
-        return f"{lead}the PLC granted mpc_permissive but never reported mpc_active{short}{last}"
-
-    def summary(self) -> str:
-        if self.mode is Mode.SHADOW:
-            return f"shadow: {self.reads} of {self.cycles} cycles read the PLC"
-        return f"closed loop: the MPC had control in {self.in_control} of {self.cycles} cycles"
-
-
-def _flag(snap: Snapshot, tag: str) -> bool | None:
-    tv = snap.values.get(tag)
-    if tv is None or tv.quality is not Quality.GOOD:
-        return None
-    return bool(tv.value)
 
 
 @dataclass(frozen=True)

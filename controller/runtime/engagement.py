@@ -1,0 +1,147 @@
+"""A run's verdict: what ``pharmatwin run`` saw of the PLC, cycle by cycle, and whether the run
+did what its mode promises (pure: fed the supervisor's cycle views, no I/O).
+
+A run fails, with one sentence saying why, when:
+
+- no read of the PLC succeeded;
+- the PLC could not be read in the run's last cycles (it ended out of touch with the PLC);
+- the PLC was read in fewer than half of its cycles (most of the run saw nothing);
+- shadow mode: no cycle gave a recommendation (every one was held, or failed);
+- closed loop: the MPC never got control (the PLC never permitted it, never reported it
+  active, or its working setpoints were never readable), or it lost control (FALLBACK) and
+  had not got it back when the run ended.
+
+A run the MPC controlled to its end, with fallbacks on the way that it recovered from,
+did its job; the summary counts the fallbacks. An operator's release is not a failure.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from controller.ports.base import Quality, Snapshot
+from controller.runtime.cycle import CycleView, Mode, State
+
+__all__ = ["IN_CONTROL", "Engagement"]
+
+#: the supervisor's states in which the MPC has control (HOLD: in control, holding)
+IN_CONTROL = frozenset({State.RUNNING, State.HOLD})
+
+
+@dataclass
+class Engagement:
+    """What a run saw of the PLC and its handshake, cycle by cycle, for the run's verdict."""
+
+    mode: Mode
+    where: str  # the PLC's address, for the sentences
+    cycles: int = 0
+    reads: int = 0  # cycles whose read of the PLC succeeded
+    unread_in_a_row: int = 0  # the cycles since the last one that read the PLC
+    initialized: int = 0  # cycles past INIT (the working setpoints were known)
+    in_control: int = 0  # cycles ending in RUNNING or HOLD
+    advised: int = 0  # shadow cycles that gave a recommendation (nothing held)
+    permitted: int = 0  # cycles that read mpc_permissive set (GOOD)
+    permissive_read: int = 0  # cycles that read mpc_permissive with GOOD quality
+    interlocked: int = 0  # cycles that read interlock_active set
+    alarmed: int = 0  # cycles that read mpc_fallback_alarm set
+    lost_control_at: int | None = None  # the cycle that fell back, until control is back
+    last_problem: str = ""
+
+    def observe(self, view: CycleView) -> None:
+        self.cycles += 1
+        in_control = view.state in IN_CONTROL
+        self.in_control += in_control
+        self.initialized += view.state is not State.INIT
+        if in_control:
+            self.lost_control_at = None
+        elif view.state is State.FALLBACK and self.lost_control_at is None:
+            self.lost_control_at = view.cycle
+        elif view.state is State.RELEASED:
+            self.lost_control_at = None  # an operator's decision, not a lost loop
+        outcome = view.outcome
+        if (
+            view.state is State.SHADOW
+            and outcome is not None
+            and outcome.setpoints
+            and not outcome.held
+        ):
+            self.advised += 1
+        if view.problems:
+            self.last_problem = view.problems[-1]
+        snap = view.snapshot
+        if snap is None:
+            self.unread_in_a_row += 1
+            return
+        self.reads += 1
+        self.unread_in_a_row = 0
+        permissive = _flag(snap, "mpc_permissive")
+        self.permissive_read += permissive is not None
+        self.permitted += bool(permissive)
+        self.interlocked += bool(_flag(snap, "interlock_active"))
+        self.alarmed += bool(_flag(snap, "mpc_fallback_alarm"))
+
+    def verdict(self) -> str | None:
+        """None when the run did what its mode promises; else one sentence saying why not."""
+        n = _cycles(self.cycles)
+        last = f" (last problem: {self.last_problem})" if self.last_problem else ""
+        if self.reads == 0:
+            return f"no read of the PLC at {self.where} succeeded in {n}{last}"
+        if self.unread_in_a_row:
+            return (
+                f"the PLC at {self.where} could not be read in the last "
+                f"{_cycles(self.unread_in_a_row)} of the run: it ended out of touch with the "
+                f"PLC{last}"
+            )
+        if 2 * self.reads < self.cycles:
+            return (
+                f"the PLC at {self.where} was read in only {self.reads} of {n}; a run must read "
+                f"it in at least half of its cycles{last}"
+            )
+        if self.mode is Mode.SHADOW:
+            if self.advised:
+                return None
+            return f"no recommendation in {n}: every cycle was held or failed{last}"
+        if self.in_control:
+            if self.lost_control_at is None:
+                return None
+            return (
+                f"the MPC lost control (FALLBACK) at cycle {self.lost_control_at} and had not "
+                f"got it back when the run ended{last}"
+            )
+        return self._never_engaged(n, last)
+
+    def _never_engaged(self, n: str, last: str) -> str:
+        lead = f"the MPC never got control in {n}: "
+        if not self.initialized:
+            return f"{lead}the PLC's working setpoints were never readable, so it stayed in INIT"
+        if not self.permissive_read:
+            return f"{lead}mpc_permissive was never read with good quality{last}"
+        if not self.permitted:
+            why = []
+            if self.interlocked:
+                why.append("interlock_active was set")
+            if self.alarmed:
+                why.append("mpc_fallback_alarm was latched: an operator reset is needed")
+            because = f" ({'; '.join(why)})" if why else ""
+            return f"{lead}the PLC never granted mpc_permissive{because}"
+        short = " (the PLC answers a request on a later cycle)" if self.cycles < 3 else ""
+        return f"{lead}the PLC granted mpc_permissive but never reported mpc_active{short}{last}"
+
+    def summary(self) -> str:
+        if self.mode is Mode.SHADOW:
+            return (
+                f"shadow: {self.reads} of {self.cycles} cycles read the PLC, "
+                f"{self.advised} gave a recommendation"
+            )
+        return f"closed loop: the MPC had control in {self.in_control} of {self.cycles} cycles"
+
+
+def _cycles(k: int) -> str:
+    return f"{k} cycle{'s' if k != 1 else ''}"
+
+
+def _flag(snap: Snapshot, tag: str) -> bool | None:
+    tv = snap.values.get(tag)
+    if tv is None or tv.quality is not Quality.GOOD:
+        return None
+    return bool(tv.value)
