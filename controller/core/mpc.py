@@ -211,12 +211,18 @@ class ModelPredictiveController:
         raise NotImplementedError
 
     def set_parameters(self, values: Mapping[str, float]) -> None:
-        """Use new parameter values (e.g. online estimates) from the next solve on."""
+        """Use new parameter values (e.g. online estimates) from the next solve on. Raises
+        SolverError, nothing changed, for an unknown name or a value that is not a finite
+        number (a solve would fail on it, or worse, carry it on to a later step)."""
         unknown = sorted(set(values) - set(self.model.parameter_names))
         if unknown:
             names = self.model.parameter_names
             raise SolverError("; ".join(unknown_name("parameter", n, names) for n in unknown))
-        self._params = {**self._params, **{k: float(v) for k, v in values.items()}}
+        new = {k: float(v) for k, v in values.items()}
+        bad = _non_finite(new)
+        if bad:
+            raise SolverError(f"parameters must be finite numbers; got {bad}")
+        self._params = {**self._params, **new}
 
     def _within_input_limits(self, inputs: Mapping[str, float], tol: float = 1e-6) -> bool:
         for name, value in inputs.items():
@@ -242,7 +248,15 @@ class ModelPredictiveController:
         if not np.all(np.isfinite(x0)):
             return self._failed(t, SolveStatus.INVALID, f"non-finite state estimate {x0}")
         if params:
+            bad = _non_finite(params)
+            if bad:  # kept from the solver, and from the parameters of the next steps
+                return self._failed(t, SolveStatus.INVALID, f"non-finite parameters {bad}")
             self.set_parameters(params)
         if u_prev is not None:
             self._u_prev = self.model.vector(Role.INPUT, u_prev)
         return x0
+
+
+def _non_finite(values: Mapping[str, float]) -> dict[str, float]:
+    """The entries of ``values`` that are not finite numbers."""
+    return {k: float(v) for k, v in values.items() if not math.isfinite(v)}
