@@ -4,7 +4,7 @@
 audited *before* it is sent: each setpoint (``setpoint.write``, one transaction for the whole
 decision, the heartbeat that goes with it included), the heartbeat written alone
 (``heartbeat.write``) and each advisory value of shadow mode (``advisory.write``; the site
-refuses a setpoint or contract tag as an advisory tag). Two setpoint writes are never
+refuses a setpoint, contract or publication tag as one). Two setpoint writes are never
 closer than ``min_write_interval``, and the write's report says what the PLC has: a value it
 accepted, or its read-back when that is a finite number within the tag's limits (anything else
 is a problem of the cycle, never the new move origin). What the PLC has is handed to the
