@@ -21,16 +21,19 @@ into the :class:`~controller.errors.PortError` tree with ``raise ... from exc``.
   only (every role reads). Without the role a write answers BadUserAccessDenied (REJECTED).
 * **Read**: ONE Read service call per cycle (Value, both timestamps), or with ``subscription:
   true`` a data-change subscription cache (seeded by one Read at connect). Good/Uncertain/Bad
-  status -> :class:`Quality` with detail = status name; booleans -> 0/1; a Good value that is not
-  finite is BAD, one outside the tag's engineering ``limits`` UNCERTAIN ("outside limits: wrong
-  word order or scale?"). ``source_time = read_time - (now_utc - SourceTimestamp)`` (else
+  status -> :class:`Quality` with detail = status name; booleans -> 0/1; a value that is not one
+  value of the node's own type in its range (a Boolean from a Double node, an array, a String)
+  is BAD naming what was sent and what is allowed; so is a Good value that is not finite; one
+  outside the tag's engineering ``limits`` is UNCERTAIN ("outside limits: wrong word order or
+  scale?"). ``source_time = read_time - (now_utc - SourceTimestamp)`` (else
   ServerTimestamp, else the notification's arrival, else ``read_time``): the process-time
   equivalent of the value's age.
 * **Write**: everything is validated first (unknown, read-only, not finite, outside the tag limits,
   not representable in the node's type); if anything is REJECTED nothing is sent and the rest is
   NOT_SENT. Then ONE Write call with the variant type read at connect, a status per tag (refusals
   such as BadOutOfRange -> REJECTED, other Bad -> FAILED), and ONE Read to compare the read-back
-  (OK or MISMATCH; Float nodes at float32 precision).
+  (OK or MISMATCH; Float nodes at float32 precision; FAILED if it is not Good or not the node's
+  type: written, outcome not confirmed).
 * **Failures**: timeouts -> PortTimeoutError (the connection is kept); refused or lost connections
   and refused logins or certificates -> PortConnectError naming the URL. After a loss the next call
   reconnects with capped exponential backoff (``connection.backoff``, on the port's clock:
@@ -81,6 +84,7 @@ from controller.ports.opcua_types import (
     TIMEOUT,
     as_stored,
     python_value,
+    read_number,
     type_refusal,
 )
 from controller.ports.retry import RetrySchedule
@@ -351,7 +355,7 @@ class OpcUaPort(Port):
                 arrived = [c[1] if c else None for c in cached]
         now, utc = self.clock.now(), datetime.now(UTC)
         values = {
-            n: flag_implausible(_tag_value(dv, now, utc, a), self.tags[n])
+            n: flag_implausible(_tag_value(dv, self._type(n), now, utc, a), self.tags[n])
             for n, dv, a in zip(names, dvs, arrived, strict=True)
         }
         return Snapshot(values, now)
@@ -420,11 +424,13 @@ class OpcUaPort(Port):
         )
 
     def _compare(self, name: str, requested: float, dv: ua.DataValue) -> WriteResult:
+        """OK, MISMATCH, or FAILED (written, outcome not confirmed) if the read-back is not a
+        Good, finite value of the node's own type."""
         status = dv.StatusCode or ua.StatusCode()
-        readback = _number(dv.Value)
-        if status.is_bad() or readback is None or not math.isfinite(readback):
-            why = status.name if status.is_bad() else f"no finite number ({readback!r})"
-            why = f"read-back of {self._where(name)}: {why}"
+        readback, misfit = read_number(self._type(name), dv.Value)
+        if not status.is_good() or misfit or not math.isfinite(readback):
+            why = status.name if not status.is_good() else misfit or f"not finite ({readback!r})"
+            why = f"written, but the read-back of {self._where(name)} is not confirmed: {why}"
             return WriteResult(name, requested, WriteStatus.FAILED, None, why)
         if readback == as_stored(self._type(name), requested):
             return WriteResult(name, requested, WriteStatus.OK, readback)
@@ -441,22 +447,23 @@ class OpcUaPort(Port):
 
 
 def _tag_value(
-    dv: ua.DataValue, read_time: float, utc: datetime, arrived: datetime | None
+    dv: ua.DataValue, data_type: str, read_time: float, utc: datetime, arrived: datetime | None
 ) -> TagValue:
-    """A DataValue as a TagValue: quality from the status, source time from its timestamps."""
+    """A DataValue of a ``data_type`` node as a TagValue: quality from the status (BAD if the
+    value is not the node's type), source time from its timestamps."""
     status = dv.StatusCode or ua.StatusCode()
     stamp = dv.SourceTimestamp or dv.ServerTimestamp or arrived
     if stamp is not None and stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=UTC)
     source_time = read_time if stamp is None else read_time - (utc - stamp).total_seconds()
-    value = _number(dv.Value)
-    if status.is_good() and value is not None:
+    value, misfit = read_number(data_type, dv.Value)
+    if status.is_good() and not misfit:
         return TagValue(value, Quality.GOOD, source_time, read_time)
-    quality = Quality.UNCERTAIN if status.is_uncertain() else Quality.BAD
-    detail = status.name if not status.is_good() else "the value is not a number"
-    if value is None:
-        quality = Quality.BAD
-    return TagValue(math.nan if value is None else value, quality, source_time, read_time, detail)
+    if status.is_bad() or not misfit:  # a Bad value may be nulled: the status says why
+        quality = Quality.BAD if status.is_bad() else Quality.UNCERTAIN
+        return TagValue(value, quality, source_time, read_time, status.name)
+    detail = misfit if status.is_good() else f"{status.name}; {misfit}"
+    return TagValue(value, Quality.BAD, source_time, read_time, detail)
 
 
 def _in_namespace(node_id: str, namespaces: list[str]) -> ua.NodeId:
@@ -481,13 +488,6 @@ def _in_namespace(node_id: str, namespaces: list[str]) -> ua.NodeId:
                 f"{dict(enumerate(namespaces))}"
             )
     return ua.NodeId(node.Identifier, ua.Int16(index), node.NodeIdType)
-
-
-def _number(variant: ua.Variant | None) -> float | None:
-    v = None if variant is None else variant.Value
-    if isinstance(v, bool):
-        return 1.0 if v else 0.0
-    return float(v) if isinstance(v, int | float) else None
 
 
 def _type_name(dtype: object) -> str:

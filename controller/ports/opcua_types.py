@@ -4,12 +4,19 @@
   (the port maps asyncua's status codes to our errors and write statuses with them);
 * whether a value fits a node's built-in type (:func:`type_refusal`), the Python value it is
   written as (:func:`python_value`) and the value a read-back should then equal
-  (:func:`as_stored`: a Float node keeps float32 precision).
+  (:func:`as_stored`: a Float node keeps float32 precision);
+* what a value read from a node stands for (:func:`read_number`): a number only if the node
+  sent one value of its own built-in type (the DataType checked at connect) within that type's
+  range; a Boolean from a Double node, a Double or an Int32 from a Boolean node, a float or -5
+  from a UInt16 node, an array, a String or Null is refused with a reason naming what the node
+  sent and what the node's type allows.
 """
 
 from __future__ import annotations
 
+import math
 import struct
+from typing import Any, Protocol, TypeGuard
 
 from controller.codecs import FLOAT32_MAX
 from controller.tags import OPCUA_INT_RANGE
@@ -52,3 +59,53 @@ def as_stored(data_type: str, value: float) -> float:
     if data_type == "Float":
         return float(struct.unpack("<f", struct.pack("<f", value))[0])
     return value
+
+
+_SHOWN = 40  # characters of a refused read value shown in its reason
+
+
+class ReadVariant(Protocol):
+    """What :func:`read_number` looks at in a read value (asyncua's ``ua.Variant``)."""
+
+    Value: Any
+    VariantType: Any  # a ua.VariantType (or VariantTypeCustom): ``.name`` is the type's name
+    is_array: bool | None
+
+
+def read_number(data_type: str, variant: ReadVariant | None) -> tuple[float, str]:
+    """The number a read ``variant`` (None: no value) stands for in a node of built-in type
+    ``data_type``, and ""; or NaN and why it stands for none. Allowed is one value (not an
+    array) of the node's own variant type: a bool for Boolean only, an int within the type's
+    range for the integer types, a float for Float and Double (``True`` is not 1.0 there)."""
+    sent_type = "Null" if variant is None else str(variant.VariantType.name)
+    value = None if variant is None else variant.Value
+    array = variant is not None and bool(variant.is_array)
+    if not array and sent_type == data_type and _fits(value, data_type):
+        return float(value), ""
+    shown = repr(value) if len(repr(value)) <= _SHOWN else repr(value)[: _SHOWN - 3] + "..."
+    sent = f"an array of {sent_type} {shown}" if array else f"{sent_type} {shown}"
+    if value is None:
+        sent = f"{sent_type} (no value)"
+    return math.nan, f"the node sent {sent}; the tag's node is {data_type}: {_allowed(data_type)}"
+
+
+def _fits(value: object, data_type: str) -> TypeGuard[float]:
+    """Whether one ``value`` of the node's own variant type is one the type can hold."""
+    if data_type == "Boolean":
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if data_type in OPCUA_INT_RANGE:
+        lo, hi = OPCUA_INT_RANGE[data_type]
+        return isinstance(value, int) and lo <= value <= hi
+    return isinstance(value, int | float)
+
+
+def _allowed(data_type: str) -> str:
+    """What a node of ``data_type`` may send, in words."""
+    if data_type == "Boolean":
+        return "one Boolean (true or false)"
+    if data_type in OPCUA_INT_RANGE:
+        lo, hi = OPCUA_INT_RANGE[data_type]
+        return f"one {data_type} integer in [{lo}, {hi}]"
+    return f"one {data_type} number"
