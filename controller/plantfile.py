@@ -74,6 +74,7 @@ def load_parameter_set(path: Path) -> ParameterSet:
             problems.append(
                 Problem(str(path), f"parameters.{name}.unit", f"unit must be {unit!r}", entry.unit)
             )
+        problems += _domain_problems(path, cls, name, entry)
     for name in sorted(set(cls.parameter_units) - set(pf.parameters)):
         problems.append(Problem(str(path), f"parameters.{name}", "missing parameter", None))
     problems += _check_names(
@@ -143,3 +144,22 @@ def build_model(path: Path, *, smooth: bool = False) -> PlantModel:
     """Load a plant YAML file and bind it to its model class."""
     ps = load_parameter_set(path)
     return MODELS[ps.model](ps, smooth=smooth)
+
+
+def _domain_problems(
+    path: Path, cls: type[PlantModel], name: str, entry: ParameterEntry
+) -> list[Problem]:
+    """A value, or a plausible range (Monte Carlo draws from it), outside the domain where
+    the model's equations hold (:attr:`PlantModel.parameter_domain`)."""
+    domain = cls.parameter_domain.get(name)
+    if domain is None:
+        return []
+    allowed = f"allowed: {domain.describe()} (where the model's equations hold)"
+    out = []
+    if not domain.contains(entry.value):
+        message = f"parameter {name} = {entry.value:g} is outside its physical domain; {allowed}"
+        out.append(Problem(str(path), f"parameters.{name}.value", message, entry.value))
+    if entry.range is not None and not all(domain.contains(v) for v in entry.range):
+        message = f"the plausible range of {name} reaches outside its physical domain; {allowed}"
+        out.append(Problem(str(path), f"parameters.{name}.range", message, list(entry.range)))
+    return out

@@ -33,10 +33,10 @@ from controller.errors import ScenarioError, unknown_name
 from hil.plant_ahead import Window
 from hil.plant_compiled import AlgebraicStart, grid_stepper
 from hil.plant_domain import Domain
+from hil.plant_fault import PlantDomainError, PlantFault
 from hil.plant_functions import plant_functions
 from hil.scenario import Disturbance
 from plant_models import PlantModel, Role
-from plant_models.variables import DomainViolation
 
 #: One piece of an input profile: (t_start, t_end, inputs at t_start, inputs at t_end); the
 #: inputs move linearly in between. Times in the model's unit.
@@ -53,44 +53,6 @@ class PlantState:
     inputs: Mapping[str, float]
     outputs: Mapping[str, float]
     expressions: Mapping[str, float]
-
-
-@dataclass(frozen=True)
-class PlantFault:
-    """The true plant left its validity domain: the equations no longer describe it."""
-
-    t: float
-    time_unit: str
-    violations: tuple[DomainViolation, ...]
-
-    def describe(self) -> str:
-        what = "; ".join(v.describe() for v in self.violations)
-        return f"true plant left its validity domain at t={self.t:g} {self.time_unit}: {what}"
-
-    def as_dict(self) -> dict[str, object]:
-        return {
-            "t": self.t,
-            "time_unit": self.time_unit,
-            "violations": [
-                {
-                    "variable": v.name,
-                    "value": v.value,
-                    "lower": v.lower,
-                    "upper": v.upper,
-                    "unit": v.unit,
-                }
-                for v in self.violations
-            ],
-            "detail": self.describe(),
-        }
-
-
-class PlantDomainError(ScenarioError):
-    """The true plant left its physical validity domain (see :class:`PlantFault`)."""
-
-    def __init__(self, fault: PlantFault) -> None:
-        super().__init__(fault.describe())
-        self.fault = fault
 
 
 class PlantRunner:
@@ -412,7 +374,9 @@ class PlantRunner:
         """Change some of the true plant's parameters (model units) from the next ``advance``.
 
         Names not given keep their current values. Unknown names or non-finite values raise
-        :class:`ScenarioError` naming them; nothing is changed then. The state outside a bound
+        :class:`ScenarioError` naming them; nothing is changed then. A value outside the
+        parameter's physical domain (:attr:`plant_models.PlantModel.parameter_domain`) is a
+        plant fault (:class:`PlantDomainError`, the plant stops). The state outside a bound
         that depends on them (Lck <= Lpr0) is a fault: raised by the next ``advance``.
         """
         names = self.model.parameter_names
@@ -425,6 +389,10 @@ class PlantRunner:
             raise ScenarioError(
                 f"true plant {self.model.name!r}: parameter value(s) not finite: {bad}"
             )
+        outside = self.model.parameter_violations(values)
+        if outside:  # where the equations do not hold: a plant fault, never a clipped value
+            self.fault = PlantFault(self.t, self.model.time_unit, tuple(outside))
+            raise PlantDomainError(self.fault)
         p = self._p.copy()
         for name, value in values.items():
             p[names.index(name)] = float(value)

@@ -278,10 +278,10 @@ class HilRig:
                 self._measurements = {}
                 continue
             params = self.faults.parameters(self.plant.t, self._nominal_params)
-            if params != self.plant.parameters:
-                self.plant.set_parameters(params)
             actual = self.faults.actuators(self.plant.t, self._applied, self.plant_step)
-            try:
+            try:  # a drift out of a parameter's physical domain is a plant fault too
+                if params != self.plant.parameters:
+                    self.plant.set_parameters(params)
                 self.plant.advance(actual, segments=self._recipe_segments(actual))
             except PlantDomainError as exc:
                 self.log.plant_faults.append(exc.fault)

@@ -129,6 +129,15 @@ def check_scenario(sc: ScenarioConfig, model: PlantModel, source: str) -> list[P
         ),
     ]
     problems = _unknown(true_plant, source) + check_faults(sc.faults, model, source)
+    problems += [
+        Problem(
+            source,
+            f"true_plant.parameters.{v.name}",
+            f"{v.describe()}; allowed: {v.rule}",
+            v.value,
+        )
+        for v in model.parameter_violations(tp.parameters)
+    ]
     problems += _unknown(((f"cqas.{i}", n, "name", named) for i, n in enumerate(sc.cqas)), source)
     if sc.recipe is not None:
         problems += recipe_input_problems(sc.recipe, model, source, "recipe.")

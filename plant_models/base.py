@@ -37,6 +37,7 @@ from plant_models.variables import (
     SECONDS_PER_UNIT,
     DomainViolation,
     Evaluation,
+    Interval,
     ParameterSet,
     Role,
     SymMap,
@@ -86,6 +87,9 @@ class PlantModel(ABC):
     parameter_units: ClassVar[Mapping[str, str]]
     #: the unit of every named expression (plots, KPI tables and reports label axes with it)
     expression_units: ClassVar[Mapping[str, str]] = {}
+    #: where each parameter's value lets the equations hold (a parameter not named: any
+    #: finite value); a value outside is refused, never clipped
+    parameter_domain: ClassVar[Mapping[str, Interval]] = {}
 
     def __init__(self, parameter_set: ParameterSet, *, smooth: bool = False) -> None:
         """Bind the declaration to parameter data.
@@ -123,6 +127,8 @@ class PlantModel(ABC):
                 problems.append(f"parameter {pname!r} has unit {p.unit!r}, expected {unit!r}")
             if p is not None and not math.isfinite(p.value):
                 problems.append(f"parameter {pname!r} is not finite: {p.value!r}")
+        values = {n: p.value for n, p in ps.parameters.items() if math.isfinite(p.value)}
+        problems += [v.describe() for v in self.parameter_violations(values)]
         names = {v.name for v in self.variables}
         for key, group in (
             ("initial_state", ps.initial_state),
@@ -146,6 +152,16 @@ class PlantModel(ABC):
             )
         if problems:
             raise ModelError(f"{ps.source}: " + "; ".join(problems))
+
+    @classmethod
+    def parameter_violations(cls, values: Mapping[str, float]) -> list[DomainViolation]:
+        """The parameters of ``values`` outside their :attr:`parameter_domain`."""
+        domain, units = cls.parameter_domain, cls.parameter_units
+        return [
+            DomainViolation(n, float(v), iv.lower, iv.upper, units.get(n, ""), rule=iv.describe())
+            for n, v in values.items()
+            if (iv := domain.get(n)) is not None and not iv.contains(float(v))
+        ]
 
     @property
     def seconds_per_unit(self) -> float:

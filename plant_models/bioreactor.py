@@ -11,7 +11,14 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from plant_models.base import PlantModel
-from plant_models.variables import Role, SymMap, Variable
+from plant_models.variables import (
+    NON_NEGATIVE,
+    POSITIVE,
+    Interval,
+    Role,
+    SymMap,
+    Variable,
+)
 
 _INF = float("inf")
 
@@ -56,6 +63,11 @@ class Bioreactor(PlantModel):
         "Y_p": "-",
         "Y_x": "-",
         "S_in": "g/L",
+    }
+    #: where the equations hold (a density, an area, a rate constant ... is positive)
+    parameter_domain: ClassVar[Mapping[str, Interval]] = {
+        **dict.fromkeys(("mu_m", "K_m", "K_i", "Y_p", "Y_x"), POSITIVE),
+        **dict.fromkeys(("v", "S_in"), NON_NEGATIVE),
     }
 
     def ode(self, x: SymMap, z: SymMap, u: SymMap, p: SymMap) -> dict[str, Any]:

@@ -17,7 +17,14 @@ import casadi as ca
 
 from plant_models.base import PlantModel
 from plant_models.smooth import positive_part
-from plant_models.variables import Role, SymMap, Variable
+from plant_models.variables import (
+    NON_NEGATIVE,
+    POSITIVE,
+    Interval,
+    Role,
+    SymMap,
+    Variable,
+)
 
 _KELVIN = 273.15
 _INF = float("inf")
@@ -76,6 +83,11 @@ class Crystallizer(PlantModel):
         "kg": "um/s",
         "g": "-",
         "Eg_R": "K",
+    }
+    #: where the equations hold (a density, an area, a rate constant ... is positive)
+    parameter_domain: ClassVar[Mapping[str, Interval]] = {
+        **dict.fromkeys(("rho", "kv"), POSITIVE),
+        **dict.fromkeys(("kb", "b", "kg", "g"), NON_NEGATIVE),
     }
 
     @staticmethod

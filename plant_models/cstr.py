@@ -14,7 +14,14 @@ from typing import Any, ClassVar
 import casadi as ca
 
 from plant_models.base import PlantModel
-from plant_models.variables import Role, SymMap, Variable
+from plant_models.variables import (
+    NON_NEGATIVE,
+    POSITIVE,
+    Interval,
+    Role,
+    SymMap,
+    Variable,
+)
 
 _INF = float("inf")
 
@@ -98,6 +105,11 @@ class VanDeVusseCSTR(PlantModel):
         "T_in": "degC",
         "alpha": "-",
         "beta": "-",
+    }
+    #: where the equations hold (a density, an area, a rate constant ... is positive)
+    parameter_domain: ClassVar[Mapping[str, Interval]] = {
+        **dict.fromkeys(("k0_ab", "rho", "Cp", "Cp_k", "A_R", "V_R", "m_k"), POSITIVE),
+        **dict.fromkeys(("k0_ad", "Kw", "C_A0", "alpha", "beta"), NON_NEGATIVE),
     }
 
     def _rates(self, x: SymMap, p: SymMap) -> tuple[Any, Any, Any]:

@@ -18,7 +18,15 @@ import casadi as ca
 
 from plant_models.base import PlantModel
 from plant_models.smooth import positive_part
-from plant_models.variables import Role, SymMap, Variable
+from plant_models.variables import (
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    Interval,
+    Role,
+    SymMap,
+    Variable,
+)
 
 #: Unit conversions (not parameters): s per h, g per kg, K offset of degC.
 _S_PER_H = 3600.0
@@ -78,6 +86,15 @@ class Lyophilizer(PlantModel):
         "n_vial": "-",
         "a_cap": "kg/h",
         "b_cap": "kg/h/Torr",
+    }
+    #: where the equations hold (a density, an area, a rate constant ... is positive)
+    parameter_domain: ClassVar[Mapping[str, Interval]] = {
+        **dict.fromkeys(
+            ("rho_ice", "rho_solute", "rho_soln", "dHs", "k_ice", "psub_A", "psub_B"), POSITIVE
+        ),
+        **dict.fromkeys(("Av", "Ap", "Vfill", "R0", "KC", "n_vial"), POSITIVE),
+        **dict.fromkeys(("A1", "A2", "KP", "KD"), NON_NEGATIVE),
+        "cSolid": FRACTION,
     }
 
     # ------------------------------------------------------------------ sub-models
