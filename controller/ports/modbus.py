@@ -29,6 +29,12 @@ always writes with FC 16 (at most 123 registers) and reads every written tag bac
 exception to a write makes its tags REJECTED (e.g. 03 illegal data value: the PLC's own range
 check); the other blocks of the write are still sent.
 
+Answers: every answer is checked to be the request's (function code, transaction id, count:
+:mod:`~controller.ports.modbus_answers`); one that is not raises ProtocolError and drops the
+connection (the stream is out of step). A frame pymodbus cannot decode raises ProtocolError
+"malformed answer" at once, with pymodbus's reason, and drops the connection: the failure is
+caught in the client's receive path, never left to asyncio (which logs it with a traceback).
+
 Connection: one request at a time (an :class:`asyncio.Lock`; pymodbus does not match
 transaction ids strictly). Each request and connect has ``timeout_s`` (``asyncio.timeout``:
 no task per request); a timeout raises
@@ -47,6 +53,7 @@ import ssl
 import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from pymodbus.client import AsyncModbusTcpClient, AsyncModbusTlsClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
@@ -64,6 +71,17 @@ from controller.ports.base import (
     WriteResult,
     WriteStatus,
     flag_implausible,
+)
+from controller.ports.modbus_answers import (
+    READ_FUNCTION,
+    READ_WRITE_REGISTERS,
+    WRITE_COILS,
+    WRITE_REGISTERS,
+    Answer,
+    MalformedAnswer,
+    mismatch,
+    quote_received,
+    refusal,
 )
 from controller.ports.modbus_plan import (
     ILLEGAL_FUNCTION,
@@ -239,30 +257,26 @@ class ModbusPort(Port):
         return values
 
     async def _read_block(self, block: Block) -> dict[str, TagValue]:
-        answer = await self._request("read", block, _read_request(block))
+        function = READ_FUNCTION[block.table]
+        answer = await self._request("read", block, function, _read_request(block))
         now = self._clock.now()
         if answer.isError():
             if answer.exception_code == 0x02 and len(block.members) > 1:
                 self._no_gaps.add(block.key)
                 self._read_plans.clear()
                 return await self._read_blocks([block_of([m]) for m in block.members])
+            code = answer.exception_code
             return {
                 name: TagValue(
-                    math.nan, Quality.BAD, now, now, _refused(name, spec, block, answer, "read")
+                    math.nan, Quality.BAD, now, now, refusal(name, spec, block, code, "read")
                 )
                 for name, spec in block.members
             }
-        return self._decoded(block, answer, now, "read")
+        return self._decoded(block, answer, now)
 
-    def _decoded(
-        self, block: Block, answer: ModbusPDU, now: float, verb: str
-    ) -> dict[str, TagValue]:
+    def _decoded(self, block: Block, answer: ModbusPDU, now: float) -> dict[str, TagValue]:
         """The tags of ``block`` from an answer carrying its values (a read, or FC 23)."""
         data = answer.bits if block.bits else answer.registers
-        if len(data) < block.count:
-            raise ProtocolError(
-                f"short answer ({len(data)} values) to {verb} of {block.describe()}"
-            )
         tags = self._tags.tags
         return {
             name: flag_implausible(
@@ -309,12 +323,12 @@ class ModbusPort(Port):
             verb, answer = await self._write_block(block, payload)
             if answer.isError():
                 for name, spec in block.members:
-                    why = _refused(name, spec, block, answer, verb)
+                    why = refusal(name, spec, block, answer.exception_code, verb)
                     results[name] = WriteResult(name, values[name], WriteStatus.REJECTED, None, why)
                 continue
             written.extend(block.members)
             if verb != "write":  # FC 23: the answer is the block as read after the write
-                readback.update(self._decoded(block, answer, self._clock.now(), verb))
+                readback.update(self._decoded(block, answer, self._clock.now()))
         unread = [m for m in written if m[0] not in readback]
         if unread:
             readback.update(await self._read_blocks(self._read_plan(unread)))
@@ -327,9 +341,12 @@ class ModbusPort(Port):
         """Send one block's write: FC 23 (the write and its read-back) for holding registers
         unless the PLC refused that function, else FC 15/16. (What was sent, the answer.)"""
         if block.bits or not self.read_write:
-            return "write", await self._request("write", block, _write_request(block, payload))
+            function = WRITE_COILS if block.bits else WRITE_REGISTERS
+            send = _write_request(block, payload)
+            return "write", await self._request("write", block, function, send)
         verb = "write and read-back (FC 23)"
-        answer = await self._request(verb, block, _read_write_request(block, payload))
+        send = _read_write_request(block, payload)
+        answer = await self._request(verb, block, READ_WRITE_REGISTERS, send)
         auto = self._conn.modbus.write_readback == "auto"
         if auto and answer.isError() and answer.exception_code == ILLEGAL_FUNCTION:
             self.read_write = False  # nothing was written: this PLC has no FC 23
@@ -337,7 +354,11 @@ class ModbusPort(Port):
         return verb, answer
 
     # ------------------------------------------------------------- connection
-    async def _request(self, verb: str, block: Block, send: Request) -> ModbusPDU:
+    async def _request(self, verb: str, block: Block, function: int, send: Request) -> ModbusPDU:
+        """Send one request (function code ``function``) and return its answer, checked to be
+        the answer to it; a Modbus exception answer to it is returned as is. Raises
+        PortConnectError, PortTimeoutError, or ProtocolError (an answer that is not the
+        request's, or a malformed one: the connection is dropped)."""
         client = self._client
         if client is None or not client.connected:
             self._drop()
@@ -345,7 +366,13 @@ class ModbusPort(Port):
             raise PortConnectError(f"lost the connection to {self.address} before the {what}")
         try:
             async with asyncio.timeout(self._conn.timeout_s):  # no task per request
-                return await send(client)
+                answer = await send(client)
+        except MalformedAnswer as exc:
+            self._drop()
+            what = f"{verb} of {block.describe()}"
+            raise ProtocolError(
+                f"malformed answer from {self.address} to the {what}: {exc}"
+            ) from exc
         except TimeoutError as exc:
             what = f"{verb} of {block.describe()}"
             lost = not client.connected
@@ -366,6 +393,17 @@ class ModbusPort(Port):
         except (ModbusException, ValueError) as exc:
             what = f"{verb} of {block.describe()}"
             raise ProtocolError(f"pymodbus refused the {what}: {exc}") from exc
+        values = len(answer.bits if block.bits else answer.registers)
+        got = Answer(answer.function_code, answer.transaction_id, values)
+        problem = mismatch(block, function, client.ctx.request_transaction_id, got)
+        if problem is not None:
+            self._drop()  # out of step: the real answer (or more strays) may still come
+            what = f"{verb} of {block.describe()}"
+            raise ProtocolError(
+                f"the answer from {self.address} to the {what} is not its answer: {problem}; "
+                "connection dropped"
+            )
+        return answer
 
     async def _ensure_connected(self) -> None:
         if self.connected:
@@ -402,9 +440,10 @@ class ModbusPort(Port):
         # retries=0 and our own wait_for: timeouts are ours; reconnect_delay=0: so are reconnects.
         c, backstop = self._conn, 2 * self._conn.timeout_s
         if self._ssl is None:
-            return AsyncModbusTcpClient(
+            plain = AsyncModbusTcpClient(
                 c.host, port=c.port, retries=0, reconnect_delay=0, timeout=backstop
             )
+            return _guard_decoding(plain)
         client = AsyncModbusTlsClient(
             c.host, port=c.port, retries=0, reconnect_delay=0, timeout=backstop, sslctx=self._ssl
         )
@@ -415,7 +454,7 @@ class ModbusPort(Port):
                 t.loop.create_connection, t.handle_new_connection, c.host, c.port,
                 ssl=self._ssl, server_hostname=tls.server_hostname,
             )  # fmt: skip
-        return client
+        return _guard_decoding(client)
 
     def _drop(self) -> None:
         client, self._client = self._client, None
@@ -423,16 +462,34 @@ class ModbusPort(Port):
             client.close()
 
 
+def _guard_decoding(client: AsyncModbusTcpClient) -> AsyncModbusTcpClient:
+    """``client``, with a frame it cannot decode caught in its receive path.
+
+    pymodbus raises the decode failure out of asyncio's ``data_received``; asyncio logs that
+    at ERROR with a traceback and closes the connection, and the request waits for its
+    timeout. Instead: close the connection and fail the pending request at once with
+    :class:`MalformedAnswer` (which :meth:`ModbusPort._request` turns into ProtocolError)."""
+    ctx = client.ctx
+    handle = ctx.callback_data
+
+    def callback_data(data: bytes, addr: tuple[Any, ...] | None = None) -> int:
+        try:
+            return handle(data, addr)
+        except Exception as exc:  # any: escaping, it would be logged with a traceback
+            ctx.close()
+            pending = ctx.response_future
+            if not pending.done():
+                pending.set_exception(
+                    MalformedAnswer(f"pymodbus could not decode it ({exc}; {quote_received(data)})")
+                )
+                pending.exception()  # retrieved: no "never retrieved" log if none awaits it
+            return len(data)
+
+    ctx.callback_data = callback_data  # type: ignore[method-assign]
+    return client
+
+
 # ----------------------------------------------------------------- results
-def _refused(name: str, spec: ModbusSpec, block: Block, answer: ModbusPDU, verb: str) -> str:
-    """Why the PLC refused a request, for one tag of its block."""
-    where = f"{spec.table} {spec.protocol_address} (0-based) of unit {spec.unit_id}"
-    span = f"{block.table} {block.start}..{block.start + block.count - 1}"
-    return (
-        f"tag {name!r} at {where}: {exception_text(answer.exception_code)} to the {verb} of {span}"
-    )
-
-
 def _verify(name: str, requested: float, expected: float, readback: TagValue) -> WriteResult:
     if readback.quality is not Quality.GOOD:
         why = f"written, but the read-back failed: {readback.detail}"
