@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from controller.configfile import Finite, PositiveFinite, Strict
 from controller.errors import Problem
@@ -240,6 +240,22 @@ class RobustSpec(Strict):
         return self
 
 
+#: the shortest sample time (in the model's time unit, hours or seconds): a microsecond of
+#: seconds already is far below any PLC cycle; a shorter one would make a run's step count
+#: (duration / sample_time) overflow or never end
+MIN_SAMPLE_TIME = 1e-6
+
+
+def sample_time_long_enough(value: float) -> float:
+    """``value``, a sample time; ValueError (for a pydantic validator) below the minimum."""
+    if value < MIN_SAMPLE_TIME:
+        raise ValueError(
+            "too short: a run could not count its steps; allowed: "
+            f"{MIN_SAMPLE_TIME:g} or more (in the model's time unit)"
+        )
+    return value
+
+
 class ControllerConfig(Strict):
     """An MPC strategy for one plant model (times in the model's time unit).
 
@@ -265,6 +281,11 @@ class ControllerConfig(Strict):
     solver: SolverSpec = SolverSpec()
     robust: RobustSpec | None = None
     monitoring: MonitoringSpec | None = None
+
+    @field_validator("sample_time")
+    @classmethod
+    def _not_too_short(cls, value: float) -> float:
+        return sample_time_long_enough(value)
 
 
 class RecipeRow(Strict):

@@ -6,8 +6,10 @@ column. :func:`parse` validates the mapping against a pydantic schema and turns 
 validation error into a plain :class:`~controller.errors.Problem` (file, key path, bad value,
 what is allowed), all raised at once as one :class:`~controller.errors.ConfigError`; a file of
 another kind is named for what it is (:mod:`controller.filekinds`). :class:`Strict` is the base
-of every schema: frozen, unknown keys rejected. :func:`resolve` finds a path written in a file.
-Validation never uses ``assert``.
+of every schema: frozen, unknown keys rejected. :func:`resolve` finds a path written in a file;
+:func:`real` resolves it to its real path (a symlink loop is a ConfigError). :data:`NAME` is
+the pattern of a name that becomes a file name (a site's, a campaign's). Validation never
+uses ``assert``.
 """
 
 from __future__ import annotations
@@ -30,7 +32,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from controller import filekinds, yamlmarks
 from controller.errors import ConfigError, Problem, suggest, unknown_name
 
-__all__ = ["Finite", "PositiveFinite", "Strict", "parse", "read_yaml", "resolve"]
+__all__ = ["NAME", "Finite", "PositiveFinite", "Strict", "parse", "read_yaml", "real", "resolve"]
+
+
+#: a name that becomes a file or folder name (a site's log, a campaign's results): no path
+#: separator, no leading dot, nothing a shell would have to quote
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"
 
 
 Finite = Annotated[float, Field(allow_inf_nan=False)]
@@ -318,3 +325,20 @@ def resolve(base: Path, ref: str) -> Path:
     """A path written in a config file, relative to that file's folder."""
     p = Path(ref)
     return p if p.is_absolute() else (base.parent / p)
+
+
+def real(path: Path, source: str, key: str) -> Path:
+    """``path`` (written in ``source`` under ``key``) resolved to its real, absolute path.
+
+    A symlink loop, or a path the system cannot resolve, is one ConfigError naming the file,
+    the key and the path, never a RuntimeError or an OSError.
+    """
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "a symlink loop"
+        message = (
+            f"cannot resolve the path: {why}; allowed: a path to an existing file "
+            "(a symlink must end at a file, not loop)"
+        )
+        raise ConfigError([Problem(source, key, message, str(path))]) from exc

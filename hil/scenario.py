@@ -15,9 +15,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from controller.config import Constraint, Recipe, recipe_input_problems
+from controller.config import Constraint, Recipe, recipe_input_problems, sample_time_long_enough
 from controller.configfile import Finite, PositiveFinite, Strict, parse, read_yaml, resolve
 from controller.errors import ConfigError, Problem, unknown_name
 from controller.plantfile import build_model
@@ -76,6 +76,11 @@ class ScenarioConfig(Strict):
     faults: tuple[FaultSpec, ...] = ()
     stop_when_finished: bool = True
     initial_inputs: dict[str, Finite] = Field(default_factory=dict)
+
+    @field_validator("sample_time")
+    @classmethod
+    def _not_too_short(cls, value: float | None) -> float | None:
+        return None if value is None else sample_time_long_enough(value)
 
     @model_validator(mode="after")
     def _one_driver(self) -> ScenarioConfig:

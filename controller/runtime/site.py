@@ -24,7 +24,7 @@ from pydantic import Field
 from controller.binding import Binding
 from controller.clock import Clock
 from controller.config import ControllerConfig
-from controller.configfile import Strict, parse, read_yaml, resolve
+from controller.configfile import NAME, Strict, parse, read_yaml, real, resolve
 from controller.controllerfile import load_controller
 from controller.core.rk4_check import check_rk4_steps
 from controller.errors import ConfigError, Problem, unknown_name
@@ -54,7 +54,8 @@ class RuntimeSettings(Strict):
 
 
 class SiteFile(Strict):
-    name: str
+    #: names the site's log and state files (``pharmatwin-hil serve``): no path in it
+    name: Annotated[str, Field(pattern=NAME)]
     description: str = ""
     plant: str
     controller: str
@@ -127,12 +128,17 @@ def load_site(path: Path) -> Site:
     except ConfigError as exc:
         problems += exc.problems
     if model is not None and cfg is not None:
-        plant_path = resolve(path, sf.plant).resolve()
-        ctl_plant = resolve(resolve(path, sf.controller), cfg.plant).resolve()
-        if plant_path != ctl_plant:
-            problems.append(
-                Problem(str(path), "plant", f"the controller uses {ctl_plant}", sf.plant)
-            )
+        ctl_path = resolve(path, sf.controller)
+        try:
+            plant_path = real(resolve(path, sf.plant), str(path), "plant")
+            ctl_plant = real(resolve(ctl_path, cfg.plant), str(ctl_path), "plant")
+        except ConfigError as exc:
+            problems += exc.problems
+        else:
+            if plant_path != ctl_plant:
+                problems.append(
+                    Problem(str(path), "plant", f"the controller uses {ctl_plant}", sf.plant)
+                )
     if tm is not None:
         problems += _check_tags(sf, tm, model, path)
         problems += contract_problems(sf, tm, path)

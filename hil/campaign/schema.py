@@ -40,12 +40,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from controller.configfile import Finite, PositiveFinite, Strict
+from controller.configfile import NAME, Finite, PositiveFinite, Strict
 from hil.campaign.checks import Criterion
 from hil.faultspec import FaultSpec
 from hil.scenario import Disturbance
-
-NAME = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"
 
 
 class Overlay(Strict):

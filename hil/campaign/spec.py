@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.configfile import parse, read_yaml, resolve
+from controller.configfile import parse, read_yaml, real, resolve
 from controller.errors import ConfigError, Problem, unknown_name
 from controller.plantfile import build_model
 from controller.runtime.site import load_checked_controller
@@ -62,9 +62,9 @@ def load_campaign(path: Path, *, judged: bool = True) -> Campaign:
     by some requirement; a tuning's scenario set (judged by its objectives) need not be.
     Raises ConfigError listing every problem of the file, its controller and its cases."""
     source = str(path)
-    path = Path(path).resolve()
+    path = real(Path(path), source, "")
     spec = parse(CampaignFile, read_yaml(path), source)
-    site_path = resolve(path, spec.site).resolve()
+    site_path = real(resolve(path, spec.site), source, "site")
     site = load_hil_site(site_path)
     hil = hil_section(site)
     if hil is None:
@@ -72,7 +72,9 @@ def load_campaign(path: Path, *, judged: bool = True) -> Campaign:
             [Problem(source, "site", "the site has no 'hil' section to run against", spec.site)]
         )
     controller_path = (
-        resolve(path, spec.controller).resolve() if spec.controller is not None else None
+        real(resolve(path, spec.controller), source, "controller")
+        if spec.controller is not None
+        else None
     )
     problems = _controller_problems(spec, controller_path, site.model.name, source)
     base = _base_scenario(site.file(hil.scenario))

@@ -44,11 +44,20 @@ import yaml
 from pydantic import Field, model_validator
 
 from controller.config import ControllerConfig
-from controller.configfile import Finite, PositiveFinite, Strict, parse, read_yaml, resolve
+from controller.configfile import (
+    NAME,
+    Finite,
+    PositiveFinite,
+    Strict,
+    parse,
+    read_yaml,
+    real,
+    resolve,
+)
 from controller.controllerfile import load_controller
 from controller.errors import ConfigError, Problem, unknown_name
 from hil.campaign.checks import Criterion
-from hil.campaign.schema import NAME, Block
+from hil.campaign.schema import Block
 from hil.campaign.spec import Campaign, load_campaign
 
 #: KPIs every campaign case reports (``final.*``, ``max.*``, ``min.*`` depend on the scenario)
@@ -365,15 +374,15 @@ def _campaign(spec: TuningFile, path: Path) -> Campaign:
     """The scenario set as a campaign (fast mode), through :func:`load_campaign`."""
     sc = spec.scenarios
     if sc.campaign is not None:
-        camp_path = resolve(path, sc.campaign).resolve()
+        camp_path = real(resolve(path, sc.campaign), str(path), "scenarios.campaign")
         raw = read_yaml(camp_path)
-        raw["site"] = str(resolve(camp_path, raw["site"]).resolve())
+        raw["site"] = str(real(resolve(camp_path, raw["site"]), str(camp_path), "site"))
         raw.pop("controller", None)
     else:
         assert sc.site is not None  # checked by Scenarios
         raw = {
             "name": f"{spec.name}-scenarios",
-            "site": str(resolve(path, sc.site).resolve()),
+            "site": str(real(resolve(path, sc.site), str(path), "scenarios.site")),
             "matrix": [b.model_dump(mode="json", exclude_defaults=True) for b in sc.matrix],
             "criteria": [c.model_dump(mode="json", exclude_defaults=True) for c in sc.criteria],
         }
@@ -398,13 +407,15 @@ def _campaign(spec: TuningFile, path: Path) -> Campaign:
 def load_tuning(path: Path) -> Tuning:
     """Load and check a tuning file, its start config and its scenario set."""
     source = str(path)
-    path = Path(path).resolve()
+    path = real(Path(path), source, "")
     text = path.read_bytes() if path.is_file() else b""
     spec = parse(TuningFile, read_yaml(path), source)
-    start_path = resolve(path, spec.start).resolve()
+    start_path = real(resolve(path, spec.start), source, "start")
     start_config, _ = load_controller(start_path)
     start_raw = read_yaml(start_path)
-    start_raw["plant"] = str(resolve(start_path, start_config.plant).resolve())
+    start_raw["plant"] = str(
+        real(resolve(start_path, start_config.plant), str(start_path), "plant")
+    )
     problems = _check_parameters(spec, start_config, source, spec.start)
     campaign = _campaign(spec, path)
     problems += _check_names(spec, campaign, source)

@@ -1,0 +1,87 @@
+"""A symlink loop where a campaign or a tuning file names a file (or as the file itself) is a
+ConfigError naming the file and the key, never a RuntimeError from resolving the path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from controller.errors import ConfigError
+from hil.campaign.spec import load_campaign
+from hil.tuning.spec import load_tuning
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "configs"
+
+
+@pytest.fixture
+def loop(tmp_path: Path) -> Path:
+    path = tmp_path / "loop.yaml"
+    os.symlink(path, path)
+    return path
+
+
+def _copy(src: Path, dst: Path, paths: tuple[str, ...], **changes: Any) -> Path:
+    """``src`` copied to ``dst`` with its ``paths`` (dotted keys) made absolute, then changed
+    (``changes``: dotted keys with ``__`` for ``.``)."""
+    data = yaml.safe_load(src.read_text(encoding="utf-8"))
+    for dotted in paths:
+        *parents, key = dotted.split(".")
+        node = data
+        for part in parents:
+            node = node[part]
+        node[key] = str((src.parent / node[key]).resolve())
+    for dotted, value in changes.items():
+        *parents, key = dotted.split("__")
+        node = data
+        for part in parents:
+            node = node[part]
+        node[key] = value
+    dst.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    return dst
+
+
+def _locations(exc: pytest.ExceptionInfo[ConfigError], path: Path) -> list[str]:
+    return [p.location for p in exc.value.problems if p.file == str(path)]
+
+
+@pytest.mark.parametrize("key", ["site", "controller"])
+def test_a_campaign_naming_a_symlink_loop_is_a_config_error(
+    tmp_path: Path, loop: Path, key: str
+) -> None:
+    src = CONFIGS / "campaigns" / "lyophilizer-smoke.yaml"
+    path = _copy(src, tmp_path / "campaign.yaml", ("site",), **{key: str(loop)})
+    with pytest.raises(ConfigError) as exc:
+        load_campaign(path)
+    [problem] = [p for p in exc.value.problems if p.location == key]
+    assert problem.file == str(path)
+    assert problem.value == str(loop) and "symlink loop" in problem.message, problem
+
+
+def test_a_campaign_file_that_is_a_symlink_loop_is_a_config_error(loop: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_campaign(loop)
+    assert _locations(exc, loop) == [""], exc.value.problems
+
+
+@pytest.mark.parametrize("key", ["start", "scenarios__site"])
+def test_a_tuning_naming_a_symlink_loop_is_a_config_error(
+    tmp_path: Path, loop: Path, key: str
+) -> None:
+    src = CONFIGS / "tuning" / "lyophilizer.yaml"
+    paths = ("start", "scenarios.site")
+    path = _copy(src, tmp_path / "tuning.yaml", paths, **{key: str(loop)})
+    with pytest.raises(ConfigError) as exc:
+        load_tuning(path)
+    assert key.replace("__", ".") in _locations(exc, path), exc.value.problems
+    assert "symlink loop" in str(exc.value)
+
+
+def test_a_tuning_file_that_is_a_symlink_loop_is_a_config_error(loop: Path) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_tuning(loop)
+    assert _locations(exc, loop) == [""], exc.value.problems
