@@ -107,6 +107,10 @@ class _Head:
     anchored: int
 
 
+#: The tables a file already holds (SQLite's own excluded): one query when a trail opens.
+_TABLES = "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite%'"
+
+
 class AuditTrail:
     """The audit table of one SQLite database file, anchored in ``anchor_file``.
 
@@ -165,6 +169,14 @@ class AuditTrail:
         db: sqlite3.Connection | None = None
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            tables = {r[0] for r in db.execute(_TABLES)}
+            if tables and "audit" not in tables:  # another kind of database: leave it untouched
+                db.close()
+                raise AuditError(
+                    f"{self.path} is not an audit trail: it holds other tables "
+                    f"({', '.join(sorted(tables))}), e.g. a historian; allowed: an audit trail "
+                    "or a new file of its own (not the --historian file)"
+                )
             db.execute(f"PRAGMA synchronous={self.synchronous}")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA wal_autocheckpoint=0")

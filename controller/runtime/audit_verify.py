@@ -202,15 +202,25 @@ def verify_chain(
         check.add(rec)
     check.finish()
     if check.count and not anchors:
-        state = "is empty" if anchor_file.exists() else "does not exist"
         raise AuditMismatch(
-            f"audit trail {db}: its anchor file {anchor_file} {state}: the hash chain of "
-            f"{check.count} records is intact, but a deleted tail or a recomputed chain "
-            "cannot be ruled out"
+            f"audit trail {db}: its anchor file {anchor_file} {_anchor_state(anchor_file)}: "
+            f"the hash chain of {check.count} records is intact, but a deleted tail or a "
+            "recomputed chain cannot be ruled out" + "".join(f"; {w}" for w in warnings)
         )
     newest = max(anchors, key=lambda a: a.count, default=None)
     found = (*warnings, *check.warnings)
     return VerifyReport(db, anchor_file, check.count, len(anchors), newest, key_id, found)
+
+
+def _anchor_state(anchor_file: Path) -> str:
+    """What an anchor file without one anchor holds, for the message that says so."""
+    try:
+        size = anchor_file.stat().st_size
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    return "is empty (0 bytes)" if not size else f"holds {size} bytes but no complete anchor line"
 
 
 def _check_is_sqlite(db: Path, anchor_file: Path) -> None:

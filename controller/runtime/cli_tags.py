@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 from pathlib import Path
 
 from rich.console import Console
 
+from controller.errors import ConfigError, Problem
 from controller.runtime.cli_common import AUDIT_DB_HELP, SITE_HELP, SubParsers, examples
 
 
@@ -88,6 +90,7 @@ def tags_command(args: argparse.Namespace, console: Console) -> int:
     from controller.runtime import commissioning
 
     if args.tags_command == "read":
+        check_watch(args.interval, args.count)
         try:
             return asyncio.run(
                 commissioning.tags_read(args.site, console, args.watch, args.interval, args.count)
@@ -100,6 +103,19 @@ def tags_command(args: argparse.Namespace, console: Console) -> int:
             args.site, args.assignments, args.reason, args.user, args.audit, console
         )
     )
+
+
+def check_watch(interval: float, count: int | None) -> None:
+    """``--interval`` and ``--count`` of ``tags read``, checked before connecting: ConfigError
+    (CLI exit 2) naming every bad one."""
+    problems = []
+    if not (math.isfinite(interval) and interval > 0):
+        message = "allowed: a positive finite number of seconds"
+        problems.append(Problem("command line", "--interval", message, interval))
+    if count is not None and count < 1:
+        problems.append(Problem("command line", "--count", "allowed: 1 or more", count))
+    if problems:
+        raise ConfigError(problems)
 
 
 def history_command(args: argparse.Namespace, console: Console) -> int:

@@ -230,6 +230,9 @@ CREATE TABLE IF NOT EXISTS events (
     message TEXT NOT NULL, detail TEXT NOT NULL
 );
 """
+#: The tables a file already holds (SQLite's own excluded): one query when it opens.
+_TABLES = "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite%'"
+_OWN = frozenset({"runs", "cycles", "events"})
 _EVENT_COLUMNS = "run_id, t, utc, kind, key, message, detail"
 # Delete every cycle older than the newest max_cycles. Ids only grow, one per insert
 # (AUTOINCREMENT; a rolled-back insert rolls its id back too), so the newest max_cycles rows are
@@ -301,6 +304,14 @@ class SqliteHistorian(Historian):
             self._db = db = sqlite3.connect(
                 self.path, isolation_level=None, check_same_thread=False
             )
+            tables = {r[0] for r in db.execute(_TABLES)}
+            if tables and tables.isdisjoint(_OWN):  # another kind of database: left untouched
+                db.close()
+                raise HistorianError(
+                    f"{self.path} is not a historian: it holds other tables "
+                    f"({', '.join(sorted(tables))}), e.g. an audit trail; allowed: a historian "
+                    "or a new file of its own (not the --audit file)"
+                )
             # synchronous before the switch to WAL: at SQLite's default (FULL) the switch
             # itself is fsynced. The schema is one transaction (one commit, not one a table).
             self._db.execute(f"PRAGMA synchronous={synchronous}")

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from controller.runtime.ui.bind import Bind
+from controller.runtime.ui.bind import Bind, check_tls, listen_error
 
 if TYPE_CHECKING:
     from controller.runtime.supervisor import CycleView, Supervisor
@@ -90,14 +90,20 @@ class MetricsSink:
         self._server: object | None = None
 
     def start(self, sup: Supervisor, stop: asyncio.Event) -> None:
+        """Listen on ``bind``; raises ListenError naming ``--metrics`` (port in use, ...) or
+        ``--tls-cert``/``--tls-key`` (not a certificate and its key)."""
         self.collector.sup = sup
-        server, _thread = start_http_server(
-            self.bind.port,
-            addr=self.bind.host,
-            registry=self.registry,
-            certfile=str(self.bind.tls_cert) if self.bind.tls_cert else None,
-            keyfile=str(self.bind.tls_key) if self.bind.tls_key else None,
-        )
+        check_tls(self.bind)
+        try:
+            server, _thread = start_http_server(
+                self.bind.port,
+                addr=self.bind.host,
+                registry=self.registry,
+                certfile=str(self.bind.tls_cert) if self.bind.tls_cert else None,
+                keyfile=str(self.bind.tls_key) if self.bind.tls_key else None,
+            )
+        except OSError as exc:
+            raise listen_error("--metrics", self.bind, exc) from exc
         self._server = server
         self.port = int(server.server_address[1])
 

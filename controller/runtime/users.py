@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import yaml
-
+from controller.configfile import read_yaml
 from controller.errors import ConfigError, Problem, unknown_name
 
 Role = Literal["operator", "control"]
@@ -89,10 +88,7 @@ def load_users(path: Path) -> Users:
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         msg = "group or others may access this credentials file; allowed: mode 0600 or 0400"
         raise ConfigError([Problem(where, "(file mode)", msg, oct(mode & 0o777))])
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError([Problem(where, "", f"not readable YAML: {exc}", None)]) from exc
+    data = read_yaml(path)  # UTF-8 YAML mapping, or a ConfigError naming file, line and byte
     problems: list[Problem] = []
     entries = data.get("users") if isinstance(data, dict) else None
     if not isinstance(entries, dict) or not entries:

@@ -270,7 +270,7 @@ class RunResult:
 
 def check_options(site: Site, opts: RunOptions) -> list[Problem]:
     """Options a run cannot honour: a closed loop on a shadow-only site, a rate, cycle count
-    or duration that is not a positive finite number."""
+    or duration that is not a positive finite number, one file for audit and historian."""
     problems = []
     if opts.mode is Mode.CLOSED_LOOP and site.runtime.shadow_only:
         problems.append(
@@ -287,6 +287,10 @@ def check_options(site: Site, opts: RunOptions) -> list[Problem]:
             problems.append(Problem("command line", flag, message, value))
     if opts.cycles is not None and opts.cycles < 1:
         problems.append(Problem("command line", "--cycles", "must be 1 or more", opts.cycles))
+    hist = opts.historian_path
+    if hist is not None and hist.resolve() == opts.audit_path.resolve():
+        message = f"{hist} is given for both; allowed: two different files"
+        problems.append(Problem("command line", "--audit/--historian", message))
     return problems
 
 

@@ -7,13 +7,15 @@ its key): anything else is refused with one sentence naming the flag and the val
 from __future__ import annotations
 
 import ipaddress
+import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from controller.errors import ConfigError, Problem
+from controller.errors import ConfigError, PharmaTwinError, Problem
 
 
 @dataclass(frozen=True)
@@ -56,11 +58,18 @@ class ThreadedServer:
 def start_in_thread(app: Any, bind: Bind, name: str) -> ThreadedServer:
     """Serve ``app`` with uvicorn in a daemon thread.
 
-    Returns once it listens; raises ConfigError naming ``--ui`` if it cannot listen there
-    within 15 s."""
+    Returns once it listens; raises ListenError naming ``--ui`` (port in use, ...) or
+    ``--tls-cert``/``--tls-key``, or ConfigError if it does not listen within 15 s."""
     import asyncio
 
     import uvicorn
+
+    check_tls(bind)
+    try:
+        family = socket.AF_INET6 if ":" in bind.host else socket.AF_INET
+        sock = socket.create_server((bind.host, bind.port), family=family)
+    except OSError as exc:
+        raise listen_error("--ui", bind, exc) from exc
 
     config = uvicorn.Config(
         app,
@@ -74,15 +83,50 @@ def start_in_thread(app: Any, bind: Bind, name: str) -> ThreadedServer:
         ssl_keyfile=str(bind.tls_key) if bind.tls_key else None,
     )
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), name=name, daemon=True)
+    serve = server.serve(sockets=[sock])
+    thread = threading.Thread(target=lambda: asyncio.run(serve), name=name, daemon=True)
     thread.start()
     deadline = time.monotonic() + 15.0
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
+            sock.close()
             why = "cannot listen there"
             raise ConfigError([Problem("command line", "--ui", why, f"{bind.host}:{bind.port}")])
         time.sleep(0.005)
     return ThreadedServer(bind, server, thread, int(server.servers[0].sockets[0].getsockname()[1]))
+
+
+class ListenError(PharmaTwinError):
+    """An endpoint cannot listen where it was told (a port in use, TLS files that are not a
+    certificate and its key); names the flag, the value and the reason (CLI exit 2). Not a
+    ConfigError, so that no caller's "cannot listen there" hides the reason."""
+
+
+def listen_error(flag: str, bind: Bind, exc: OSError) -> ListenError:
+    """The error for an endpoint that cannot listen on ``bind`` (port in use, ...)."""
+    why = f"cannot listen there: {exc.strerror or exc}; allowed: a free port on this machine"
+    return ListenError(f"{flag} {bind.host}:{bind.port}: {why}")
+
+
+def check_tls(bind: Bind) -> None:
+    """Raises ListenError naming ``--tls-cert`` or ``--tls-key`` when they are not a PEM
+    certificate and its private key (checked before any server is started)."""
+    if bind.tls_cert is None or bind.tls_key is None:
+        return
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    cert, key = str(bind.tls_cert), str(bind.tls_key)
+    for flag, path, allowed in (
+        ("--tls-cert", cert, "a PEM certificate"),
+        ("--tls-key", key, "the PEM private key of --tls-cert"),
+    ):
+        try:
+            if flag == "--tls-cert":
+                context.load_verify_locations(cert)
+            else:
+                context.load_cert_chain(cert, key)
+        except (OSError, ValueError) as exc:
+            why = f"cannot be used ({getattr(exc, 'reason', None) or exc}); allowed: {allowed}"
+            raise ListenError(f"{flag} {path}: {why}") from exc
 
 
 def is_loopback(host: str) -> bool:

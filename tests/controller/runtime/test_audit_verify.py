@@ -336,8 +336,9 @@ def test_verify_creates_no_table_and_leaves_the_database_bytes_alone(
     assert sha256(other) == before
     tables = sqlite3.connect(other).execute("SELECT name FROM sqlite_master").fetchall()
     assert tables == [("batches",)]
-    AuditTrail(other).close()  # the writer, by contrast, adds its table: the hash would show it
-    assert sha256(other) != before
+    with pytest.raises(AuditError, match="not an audit trail|another kind"):
+        AuditTrail(other)  # nor does the writer: another program's database is refused
+    assert sha256(other) == before
     db = build(tmp_path / "trail", key)
     before, anchors = sha256(db), sha256(db.with_name("audit.db.anchor"))
     assert verify(capsys, db, "--key", key.path)[0] == 0
