@@ -181,11 +181,15 @@ async def run_site(
         actor=site.runtime.service_identity,
         synchronous=opts.audit_synchronous,
     )
-    historian = open_historian(
-        opts.historian_path,
-        synchronous=opts.historian_synchronous,
-        commit_every=opts.historian_commit_every,
-    )
+    try:
+        historian = open_historian(
+            opts.historian_path,
+            synchronous=opts.historian_synchronous,
+            commit_every=opts.historian_commit_every,
+        )
+    except BaseException:  # a refused historian (another kind of database): no trail left open
+        audit.close()
+        raise
     info = run_info(site.name, opts.mode.value, files, site.model)
     historian.start_run(info)
     audit.record(
