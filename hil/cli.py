@@ -153,6 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _pki(args: argparse.Namespace, console: Console) -> int:
     from hil.servers.pki import command as pki_command
 
+    if args.pki_command == "issue-client" and cli_serve.refuse_output(
+        console, [cli_serve.out_problem(args.out)]
+    ):
+        return 2
     return pki_command(args, console)
 
 

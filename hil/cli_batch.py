@@ -164,10 +164,34 @@ def errored_lines(results: Iterable[Mapping[str, Any]], summary: Path) -> list[s
     return lines
 
 
+#: the files a campaign's results folder gets from ``write_reports``
+REPORT_FILES = ("report.html", "junit.xml", "summary.json")
+
+
+def outputs_refused(
+    console: Console, flag: str, out: Path, *, default: bool = False, files: Sequence[str] = ()
+) -> bool:
+    """Print why ``out`` (given by ``flag``) or its ``files`` cannot be written; True if so.
+
+    Checked before any work, so a bad output path costs no simulation.
+    """
+    from hil.cli_serve import file_problem, out_problem, refuse_output
+
+    problem = out_problem(out, default=default, flag=flag)
+    if problem is not None:
+        return refuse_output(console, [problem])
+    return refuse_output(console, [file_problem(out / name, flag) for name in files])
+
+
 def campaign_command(args: argparse.Namespace, console: Console) -> int:
     from hil.campaign.report import write_reports
 
     if args.campaign_command == "report":
+        # a RESULTS that is no folder is named by write_reports (what to give instead)
+        if args.results.is_dir() and outputs_refused(
+            console, "RESULTS", args.results, files=REPORT_FILES
+        ):
+            return 2
         paths = write_reports(args.results)
         console.print(f"wrote {paths.html}, {paths.junit}, {paths.summary}")
         return 0
@@ -189,8 +213,12 @@ def campaign_command(args: argparse.Namespace, console: Console) -> int:
             highlight=False,
         )
         return 2
+    out = args.out or Path("runs") / "campaigns" / f"{campaign.name}-{mode}"
+    files = ("campaign.json", *REPORT_FILES)
+    if outputs_refused(console, "--out", out, default=args.out is None, files=files):
+        return 2
     settings = RunSettings(
-        out=args.out or Path("runs") / "campaigns" / f"{campaign.name}-{mode}",
+        out=out,
         mode=mode,
         executor=executor,
         workers=args.workers or 1,
@@ -239,6 +267,8 @@ def tune_command(args: argparse.Namespace, console: Console) -> int:
         return 2
     tuning = load_tuning(args.tuning)
     out = args.out or Path("runs") / "tuning" / tuning.name
+    if outputs_refused(console, "--out", out, default=args.out is None):
+        return 2
     outcome = tune(tuning, TuneSettings(out, args.trials, executor), console)
     console.print(
         f"{len(outcome.study.trials)} trials in {out / 'study.db'} ({outcome.trials_run} run "
@@ -255,6 +285,8 @@ def compare_command(args: argparse.Namespace, console: Console) -> int:
     executor = _executor_settings(args)
     if executor is None:
         console.print("[red]error:[/red] --dask-scheduler needs --executor dask (or none)")
+        return 2
+    if outputs_refused(console, "--out", args.out):
         return 2
     result = compare(args.config_a, args.config_b, args.scenarios, args.out, executor, console)
     for side, why in result.errored.items():
@@ -273,6 +305,8 @@ def design_space_command(args: argparse.Namespace, console: Console) -> int:
 
     space = load_design_space(args.design_space)
     out = args.out or Path("runs") / "design-space" / space.name
+    if outputs_refused(console, "--out", out, default=args.out is None):
+        return 2
     if args.monte_carlo is not None:
         return _probabilistic_design_space(args, space, out, console)
     if args.probability is not None:

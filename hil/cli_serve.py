@@ -55,27 +55,54 @@ def simulate_argument_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
-def out_problem(out: Path, *, default: bool = False) -> str | None:
-    """Why ``out`` cannot be the output folder (``--out: ...``), or None when it can.
+def out_problem(out: Path, *, default: bool = False, flag: str = "--out") -> str | None:
+    """Why ``out`` cannot be the output folder (``FLAG: ...``), or None when it can.
 
     It may exist as a directory or not exist yet; its nearest existing ancestor must then be
     a writable directory (so the folder can be made).
     """
     got = f"{out} (the default)" if default else str(out)
-    allowed = "--out: must be a directory or not exist yet"
+    allowed = f"{flag}: must be a directory or not exist yet"
     if out.exists() and not out.is_dir():
         return f"{allowed} (got {got}: it is {_kind(out)})"
-    existing = out
+    return _ancestor_problem(out, got, flag, allowed)
+
+
+def file_problem(path: Path, flag: str) -> str | None:
+    """Why ``path`` cannot be the output file ``flag`` names, or None when it can.
+
+    It may be a file or not exist yet; its folder is made when missing, so its nearest
+    existing ancestor must be a writable directory.
+    """
+    allowed = f"{flag}: must be a file or not exist yet"
+    if path.exists() and not path.is_file():
+        return f"{allowed} (got {path}: it is {_kind(path)})"
+    return _ancestor_problem(path, str(path), flag, allowed)
+
+
+def _ancestor_problem(path: Path, got: str, flag: str, allowed: str) -> str | None:
+    """Why ``path``'s nearest existing ancestor cannot hold it, or None when it can."""
+    existing = path if path.is_dir() else path.parent
     while not existing.exists() and existing.parent != existing:
         existing = existing.parent
     if not existing.is_dir():
         return f"{allowed} (got {got}: {existing} is {_kind(existing)})"
     if not os.access(existing, os.W_OK | os.X_OK):
-        return f"--out: must be a folder that can be written (got {got}: {existing} is not)"
+        return f"{flag}: must be a folder that can be written (got {got}: {existing} is not)"
     return None
 
 
+def refuse_output(console: Console, problems: list[str | None]) -> bool:
+    """Print each problem found in ``problems`` (None: no problem); True when any was."""
+    found = [p for p in problems if p is not None]
+    for problem in found:
+        _refuse(console, problem)
+    return bool(found)
+
+
 def _kind(path: Path) -> str:
+    if path.is_dir():
+        return "a directory"
     return "a file" if path.is_file() else "not a directory"
 
 
@@ -87,6 +114,10 @@ def _refuse(console: Console, problem: str) -> None:
 
 def serve(args: argparse.Namespace, console: Console) -> int:
     """``serve``: 0 when the servers stop normally, 2 on a problem (one line each)."""
+    if args.state_dir is not None and refuse_output(
+        console, [out_problem(args.state_dir, flag="--state-dir")]
+    ):
+        return 2
     return asyncio.run(_serve(args, console))
 
 

@@ -361,6 +361,11 @@ def command(args: argparse.Namespace, console: Console) -> int:
         )
     if not 1 <= args.steps <= 20:
         raise ConfigError([Problem("--steps", "", "must be between 1 and 20", args.steps)])
+    if args.json is not None:
+        from hil.cli_serve import file_problem, refuse_output
+
+        if refuse_output(console, [file_problem(args.json, "--json")]):
+            return 2
     result = open_loop_minimum(args.file, intervals=args.intervals, steps=args.steps)
     u = result.time_unit
     end = f"{result.end:.6g} {u}" if result.end is not None else "not reached"
@@ -373,5 +378,6 @@ def command(args: argparse.Namespace, console: Console) -> int:
     for label, excess in result.worst_excess.items():
         console.print(f"  worst excess over '{label}' (fine grid): {excess:.4g}")
     if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)  # checked above: it can be made
         args.json.write_text(json.dumps(asdict(result), indent=1), encoding="utf-8")
     return 0 if result.end is not None else 1

@@ -389,11 +389,35 @@ async def admin_request(
         raise PharmaTwinError(
             f"no running 'pharmatwin-hil serve' for {site.name} (no {state_file})"
         )
-    state = json.loads(state_file.read_text())
-    reader, writer = await asyncio.open_connection(LOOPBACK, int(state["admin_port"]))
+    port = _admin_port(state_file)
+    try:
+        reader, writer = await asyncio.open_connection(LOOPBACK, port)
+    except OSError as exc:  # serve was killed (-9) and left its state file behind
+        raise PharmaTwinError(
+            f"no serve answers on {LOOPBACK}:{port}; the state file {state_file} is stale "
+            "(remove it, or start serve again)"
+        ) from exc
     try:
         writer.write(json.dumps(request).encode() + b"\n")
         await writer.drain()
         return json.loads(await reader.readline())
     finally:
         writer.close()
+
+
+def _admin_port(state_file: Path) -> int:
+    """The admin port a state file names; PharmaTwinError when the file is not serve's."""
+    try:
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        why = f"not UTF-8 JSON ({exc})"
+    else:
+        port = state.get("admin_port") if isinstance(state, dict) else None
+        if isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535:
+            return port
+        got = f"'admin_port': {port!r}" if isinstance(state, dict) else type(state).__name__
+        why = f"not a JSON object with 'admin_port': 1..65535 (got {got})"
+    raise PharmaTwinError(
+        f"the state file {state_file} is {why}, so not one 'pharmatwin-hil serve' wrote "
+        "(remove it, or start serve again)"
+    )

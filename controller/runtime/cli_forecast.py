@@ -77,6 +77,9 @@ def forecast_command(
     from controller.twin.forecast import forecast
     from controller.twin.forecast_spec import ForecastError, ForecastSetup
 
+    why = out_problem(out)
+    if why is not None:  # before any work: the forecast's solves would be lost
+        raise ForecastError([Problem("command line", "--out", why, str(out))])
     site = load_site(site_path)
     if historian is None:
         if not DEFAULT_HISTORIAN.is_file():
@@ -128,6 +131,23 @@ def forecast_command(
         )
         return 1
     return 0
+
+
+def out_problem(out: Path) -> str | None:
+    """Why ``out`` cannot be the output folder, or None: it must be a directory or not exist
+    yet, and its nearest existing ancestor a directory it can be made in."""
+    import os
+
+    allowed = "must be a directory or not exist yet"
+    existing = out
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        kind = "a file" if existing.is_file() else "not a directory"
+        return f"{allowed} ({existing} is {kind})"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"must be a folder that can be written ({existing} is not)"
+    return None
 
 
 def _forecast_table(result: Forecast) -> Table:

@@ -196,6 +196,12 @@ def trajectory_plot(
         time_unit = meta.get(b"time_unit", b"").decode(errors="replace") or time_unit
         with contextlib.suppress(ValueError):
             units.update(json.loads(meta.get(b"units", b"{}").decode()))
+    if not cols:  # every case errored (or none ran): say so, not a zero-sized figure
+        fig, ax = plt.subplots(figsize=(6.0, 1.5))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no trajectory to plot: every case errored", ha="center", va="center")
+        fig.suptitle(title, fontsize=9)
+        return _save(fig, path)
     fig, axes = plt.subplots(
         len(cols) or 1, len(cases) or 1, figsize=(4.2 * len(cases), 1.9 * len(cols)), squeeze=False
     )
