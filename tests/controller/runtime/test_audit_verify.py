@@ -336,7 +336,7 @@ def test_verify_creates_no_table_and_leaves_the_database_bytes_alone(
     assert sha256(other) == before
     tables = sqlite3.connect(other).execute("SELECT name FROM sqlite_master").fetchall()
     assert tables == [("batches",)]
-    with pytest.raises(AuditError, match="not an audit trail|another kind"):
+    with pytest.raises(AuditError, match=r"is not an audit trail"):
         AuditTrail(other)  # nor does the writer: another program's database is refused
     assert sha256(other) == before
     db = build(tmp_path / "trail", key)
