@@ -243,7 +243,7 @@ def campaign_command(args: argparse.Namespace, console: Console) -> int:
     for line in errored_lines(outcome.results.values(), paths.summary):
         console.print(line, highlight=False, markup=False)
     console.print(f"report: {paths.html}\njunit: {paths.junit}\nsummary: {paths.summary}")
-    return 0 if outcome.passed else 1
+    return 0 if outcome.passed and paths.verdict == "passed" else 1  # as the reports say
 
 
 def _executor_settings(args: argparse.Namespace) -> ExecutorSettings | None:

@@ -237,7 +237,9 @@ def point_row(
         "errors": sum(r.get("status") != "ok" for r in runs),
     }
     row["first_error"] = next((r.get("error") for r in runs if r.get("status") != "ok"), None)
-    judged = ("inside" if ok / n >= level else "outside") if exact else verdict(ok, n, level)
+    # exact: every run is the same run, so one that failed (or was lost) decides the point:
+    # it is not acceptable, whatever share the others make
+    judged = ("inside" if ok == n else "outside") if exact else verdict(ok, n, level)
     row |= {"probability": ok / n, "ci_low": lo, "ci_high": hi, "verdict": judged}
     for name in space.cqa_names:
         seen = [float(r[name]) for r in runs if isinstance(r.get(name), int | float)]

@@ -54,7 +54,7 @@ from controller.jsonfile import write_json
 from controller.runtime.historian_run import git_commit, library_versions
 from hil.campaign.cases import Case
 from hil.campaign.checks import describe_check
-from hil.campaign.results import utc_now
+from hil.campaign.results import record_problem, utc_now
 from hil.campaign.runner import run_case
 from hil.campaign.spec import Campaign
 
@@ -176,7 +176,8 @@ def _rate(campaign: Campaign, settings: RunSettings) -> float:
 
 # ---------------------------------------------------------------------- resume
 def previous_result(out: Path, case: Case, mode: str) -> dict[str, Any] | None:
-    """The case's finished result if it was run with the same definition and mode."""
+    """The case's finished result if it was run with the same definition and mode, and its
+    record stands (:func:`~hil.campaign.results.record_problem`); else None: run it again."""
     folder = out / "cases" / case.id
     try:
         spec = json.loads((folder / "spec.json").read_text(encoding="utf-8"))
@@ -187,6 +188,8 @@ def previous_result(out: Path, case: Case, mode: str) -> dict[str, Any] | None:
         return None
     if result.get("status") not in ("passed", "failed"):
         return None  # errored cases run again
+    if record_problem(result, folder / "result.json") is not None:
+        return None  # a record the report would call an error is no finished case
     return dict(result)
 
 

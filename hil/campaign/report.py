@@ -44,6 +44,8 @@ class ReportPaths:
     html: Path
     junit: Path
     summary: Path
+    #: the campaign's verdict the three say ("passed", "failed", ...)
+    verdict: str = ""
 
 
 def write_reports(out: Path) -> ReportPaths:
@@ -56,6 +58,7 @@ def write_reports(out: Path) -> ReportPaths:
         html=write_html(results, results.out / "report.html"),
         junit=write_junit(results, results.out / "junit.xml"),
         summary=write_summary(results, results.out / "summary.json"),
+        verdict=results.verdict(),
     )
 
 

@@ -286,8 +286,9 @@ _RESULT_STATUS: dict[str, Status] = {"passed": "passed", "failed": "failed", "er
 
 def _verdicts(result: dict[str, Any], path: Path) -> tuple[tuple[Verdict, ...], str | None]:
     """The verdicts of a ``result.json``, and the problem that makes its case "error": a
-    "passed" with no verdicts (nothing was judged, so nothing passed), or verdicts that are not
-    a list of objects (a verdict dropped unread could be the one that failed)."""
+    "passed" with no verdicts (nothing was judged, so nothing passed), a status its verdicts
+    contradict, or verdicts that are not a list of objects (a verdict dropped unread could be
+    the one that failed)."""
     raw = result.get("verdicts")
     raw = [] if raw is None else raw
     if not isinstance(raw, list):
@@ -300,7 +301,15 @@ def _verdicts(result: dict[str, Any], path: Path) -> tuple[tuple[Verdict, ...], 
     failed = [v.requirement for v in verdicts if not v.passed]
     if failed and result.get("status") == "passed":  # a record that contradicts itself
         return verdicts, f"{path}: status passed but {', '.join(failed)} failed"
+    if not failed and result.get("status") == "failed":  # ... the other way round
+        return verdicts, f"{path}: status failed but no verdict failed"
     return verdicts, None
+
+
+def record_problem(result: dict[str, Any], path: Path) -> str | None:
+    """Why a case's ``result.json`` (read as ``result``) makes its case "error" (a record
+    that contradicts itself or judged nothing), or None for a record that stands."""
+    return _verdicts(result, path)[1]
 
 
 def _case_status(result: dict[str, Any], unreadable: str | None) -> tuple[Status, str | None]:

@@ -338,3 +338,44 @@ def test_a_pass_whose_own_verdict_failed_is_an_error(tmp_path: Path) -> None:
     assert c1["status"] == "error" and "status passed but REQ-B failed" in (c1["error"] or "")
     assert summary["passed"] is False
     assert {r["id"]: r["verdict"] for r in summary["requirements"]}["REQ-B"] == "failed"
+
+
+def test_a_failed_status_that_no_verdict_explains_is_an_error_in_every_report(
+    tmp_path: Path,
+) -> None:
+    """Before: a result.json saying "failed" with every verdict passed was counted failed in
+    summary.json and report.html, and junit.xml showed 0 failures and 0 errors."""
+    out = _folder(tmp_path, ["REQ-A"], ["c0", "c1"])
+    _case(out, "c0", _passed("REQ-A"))
+    _case(out, "c1", {"status": "failed", "wall_time_s": 1.0, "verdicts": [_v("REQ-A", True)]})
+    summary, html, junit = _reports(out)
+    assert summary["verdict"] == "error" and not summary["passed"]
+    assert "status failed but no verdict failed" in json.dumps(summary)
+    assert int(junit.get("errors") or 0) + int(junit.get("failures") or 0) >= 1
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"status": "passed", "verdicts": []},
+        {"status": "passed", "verdicts": [_v("REQ-A", False)]},
+        {"status": "failed", "verdicts": [_v("REQ-A", True)]},
+    ],
+)
+def test_a_record_the_reports_call_an_error_is_run_again_not_reused(
+    tmp_path: Path, result: dict[str, Any]
+) -> None:
+    """Before: ``campaign run`` (without --force) took these records as finished cases and
+    exited 0 with "6 passed, 0 errored" while its own summary.json said failed."""
+    from types import SimpleNamespace
+
+    from hil.campaign.execute import previous_result
+
+    case = SimpleNamespace(id="c0", digest="D")
+    folder = tmp_path / "cases" / "c0"
+    folder.mkdir(parents=True)
+    (folder / "spec.json").write_text(json.dumps({"digest": "D", "mode": "fast"}))
+    (folder / "result.json").write_text(json.dumps(result))
+    assert previous_result(tmp_path, case, "fast") is None  # type: ignore[arg-type]
+    (folder / "result.json").write_text(json.dumps(_passed("REQ-A")))  # one that stands
+    assert previous_result(tmp_path, case, "fast") == _passed("REQ-A")  # type: ignore[arg-type]

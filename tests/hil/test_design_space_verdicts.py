@@ -84,6 +84,11 @@ def test_failed_and_lost_runs_count_against_the_point(tmp_path: Path) -> None:
     # the same share with nothing drawn (every run the same run) is no estimate
     exact = point_row(space, p, good, 0.95, exact=True)
     assert (exact["ci_low"], exact["ci_high"], exact["verdict"]) == (1.0, 1.0, "inside")
+    # ... and with nothing drawn one failed run decides the point (before: 19 good runs and
+    # 1 failed one made 0.95, "inside", though every run is the same run)
+    many = [_run(f"d{k}", -30.0, 5.0, 99.95) for k in range(19)]
+    exact = point_row(space, p, [*many, failed], 0.95, exact=True)
+    assert (exact["probability"], exact["errors"], exact["verdict"]) == (0.95, 1, "outside")
 
 
 def test_the_worst_value_is_the_one_nearest_its_limit(tmp_path: Path) -> None:
