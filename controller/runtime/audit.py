@@ -50,6 +50,7 @@ import logging
 import os
 import sqlite3
 import threading
+import unicodedata
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -474,7 +475,16 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def reason_is_blank(reason: str) -> bool:
+    """True when ``reason`` says nothing: no letter or digit once whitespace and Unicode
+    format characters (category Cf: U+200B zero-width space, U+2060, ...) are removed."""
+    return not any(ch.isalnum() for ch in reason if unicodedata.category(ch) != "Cf")
+
+
 def _check_reasons(entries: Sequence[AuditEntry]) -> None:
     for e in entries:
-        if not e.reason.strip():
-            raise AuditError(f"audit record for {e.action} {e.target}: a reason is required")
+        if reason_is_blank(e.reason):
+            raise AuditError(
+                f"audit record for {e.action} {e.target}: a reason is required "
+                "(at least one letter or digit)"
+            )

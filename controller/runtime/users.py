@@ -1,7 +1,8 @@
 """Operator-view users: a credentials file of scrypt password hashes and roles.
 
-The file (YAML) is read once at start; it must not be readable or writable by group or others
-(like an SSH key), or it is refused::
+The file (YAML) is read at start, and again by the operator view whenever it changed (see
+:attr:`Users.stamp`); it must not be readable or writable by group or others (like an SSH
+key), or it is refused::
 
     users:
       alice: {roles: [operator], password: "scrypt$16384$8$1$<salt b64>$<hash b64>"}
@@ -9,6 +10,7 @@ The file (YAML) is read once at start; it must not be readable or writable by gr
 
 Roles: ``operator`` acknowledges alarms; ``control`` requests and releases MPC control.
 Make a hash with ``python -m controller.runtime.users`` (it prompts; a password never goes in argv).
+A hash weaker than ``scrypt$16384$8$1`` with a 16-byte salt and a 32-byte digest is refused.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import os
 import stat
 import sys
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +33,10 @@ from controller.errors import ConfigError, Problem, unknown_name
 Role = Literal["operator", "control"]
 ROLES: tuple[Role, ...] = ("operator", "control")
 _N, _R, _P = 2**14, 8, 1
+_SALT_MIN, _DIGEST = 16, 32  # bytes
+#: (st_mtime_ns, st_ctime_ns, st_size, st_ino) of a users file: when it differs, the file
+#: changed (its text, its mode, or it was replaced).
+Stamp = tuple[int, int, int, int]
 
 
 def hash_password(password: str, *, salt: bytes | None = None) -> str:
@@ -59,6 +66,35 @@ def check_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(got, base64.b64decode(digest))
 
 
+@cache
+def _dummy_hash() -> str:
+    """A hash no password is checked against except for an unknown user (computed once)."""
+    return hash_password(os.urandom(16).hex())
+
+
+def _kdf_problem(stored: str) -> tuple[str, str] | None:
+    """Why a ``scrypt$N$r$p$salt$hash`` is too weak or malformed, as (message, value shown);
+    None when it is at least ``scrypt$16384$8$1`` with a 16-byte salt and a 32-byte digest."""
+    _, n_text, r_text, p_text, salt_b64, digest_b64 = stored.split("$")
+    try:
+        n, r, p = int(n_text), int(r_text), int(p_text)
+        salt = base64.b64decode(salt_b64, validate=True)
+        digest = base64.b64decode(digest_b64, validate=True)
+    except ValueError:
+        return "N, r and p must be integers, the salt and hash base64", "(not shown)"
+    checks = (
+        (n >= _N and n & (n - 1) == 0, f"N={n}", f"N a power of 2 >= {_N}"),
+        (r >= _R, f"r={r}", f"r >= {_R}"),
+        (p >= _P, f"p={p}", f"p >= {_P}"),
+        (len(salt) >= _SALT_MIN, f"salt of {len(salt)} bytes", f"a salt of >= {_SALT_MIN} bytes"),
+        (len(digest) == _DIGEST, f"hash of {len(digest)} bytes", f"a hash of {_DIGEST} bytes"),
+    )
+    for ok, value, allowed in checks:
+        if not ok:
+            return f"scrypt parameters too weak; allowed: {allowed}", value
+    return None
+
+
 @dataclass(frozen=True)
 class User:
     name: str
@@ -68,21 +104,39 @@ class User:
 
 @dataclass(frozen=True)
 class Users:
+    """``source``: the file read (None when made in code); ``stamp``: its stat at that read."""
+
     by_name: dict[str, User]
+    source: Path | None = None
+    stamp: Stamp | None = None
+
+    def __post_init__(self) -> None:
+        _dummy_hash()  # made now, so that no login pays for it (one scrypt per login)
 
     def login(self, name: str, password: str) -> User | None:
-        """The user when name and password match; None otherwise (same cost either way)."""
+        """The user when name and password match; None otherwise (one scrypt either way)."""
         user = self.by_name.get(name)
-        stored = user.password_hash if user else hash_password("x", salt=b"0" * 16)
+        stored = user.password_hash if user else _dummy_hash()
         ok = check_password(password, stored)
         return user if ok and user is not None else None
 
 
+def file_stamp(path: Path) -> Stamp | None:
+    """The file's :data:`Stamp`; None when it cannot be stat'ed."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino
+
+
 def load_users(path: Path) -> Users:
-    """Read and check a credentials file. Raises ConfigError naming the file, key and value."""
+    """Read and check a credentials file. Raises ConfigError naming the file, key and value
+    (a weak scrypt hash names the user, the parameter and what is allowed)."""
     where = str(path)
     try:
-        mode = path.stat().st_mode
+        st = path.stat()
+        mode, stamp = st.st_mode, (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
     except OSError as exc:
         raise ConfigError([Problem(where, "", f"cannot read the users file: {exc}", None)]) from exc
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -116,10 +170,14 @@ def load_users(path: Path) -> Users:
             msg = "must be a scrypt hash from `python -m controller.runtime.users`"
             problems.append(Problem(where, f"{key}.password", msg, "(not shown)"))
             continue
+        weak = _kdf_problem(pw)
+        if weak is not None:
+            problems.append(Problem(where, f"{key}.password", weak[0], weak[1]))
+            continue
         users[str(name)] = User(str(name), frozenset(roles), pw)
     if problems:
         raise ConfigError(problems)
-    return Users(users)
+    return Users(users, path, stamp)
 
 
 def main() -> int:

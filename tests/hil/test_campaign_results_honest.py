@@ -351,6 +351,7 @@ def test_a_failed_status_that_no_verdict_explains_is_an_error_in_every_report(
     summary, html, junit = _reports(out)
     assert summary["verdict"] == "error" and not summary["passed"]
     assert "status failed but no verdict failed" in json.dumps(summary)
+    assert "status failed but no verdict failed" in html
     assert int(junit.get("errors") or 0) + int(junit.get("failures") or 0) >= 1
 
 

@@ -4,7 +4,8 @@ The control loop only appends each :class:`CycleView` to a bounded deque (:meth:
 everything else (turning views into rows, reading the audit trail read-only, serving pages
 and Server-Sent Events) runs in the UI thread, off the control path. Operator actions
 (acknowledging an alarm, requesting or releasing control) need a login with the role for it
-and are audited on the control loop's thread (the audit trail's own connection).
+and are audited on the control loop's thread (the audit trail's own connection), refused ones
+too (``refused: <why>``). Sessions, the users file and cross-site refusals: :mod:`.access`.
 
 Liveness: every snapshot and, while no cycle comes, a ``live`` event each second say how long
 ago the newest cycle reached the view (``age_s``, wall seconds) and whether that is more than
@@ -18,24 +19,42 @@ import asyncio
 import collections
 import json
 import logging
-import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from controller.errors import ConfigError, PharmaTwinError, unknown_name
+from controller.runtime.audit import reason_is_blank
 from controller.runtime.audit_chain import AuditError
 from controller.runtime.audit_verify import read_tail
-from controller.runtime.ui.bind import Bind, ThreadedServer, start_in_thread
-from controller.runtime.ui.content import HANDSHAKE, asset, describe, forecast_table, num, plotly_js
+from controller.runtime.ui.access import (
+    SESSION_S,
+    SecurityHeaders,
+    Session,
+    Sessions,
+    audit_failed,
+    cross_site_refusal,
+    own_origins,
+    read_json,
+    refuse,
+)
+from controller.runtime.ui.bind import Bind, ThreadedServer, is_loopback, start_in_thread
+from controller.runtime.ui.content import (
+    HANDSHAKE,
+    asset,
+    describe,
+    forecast_table,
+    num,
+    plotly_js,
+)
 from controller.runtime.users import Users
 from controller.timebase import TimeBase
 from controller.twin.forecast_spec import ForecastError
@@ -46,7 +65,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pharmatwin.ui")
 
 SESSION_COOKIE = "pt_session"
-SESSION_S = 8 * 3600.0
+REASON_NEEDED = "a reason is needed (it goes into the audit trail): at least one letter or digit"
 PUSH_PERIOD_S = 0.25  # at most four updates a second per browser
 LIVE_EVERY = 4  # pushes: while no cycle comes, a liveness event each second
 STALE_CYCLES = 3.0  # the loop is stalled after this many cycle periods without a cycle
@@ -55,13 +74,6 @@ STALE_MIN_S = 2.0  # ... and never sooner (a fast scaled clock)
 
 class Refused(PharmaTwinError):
     """An operator action the runtime will not carry out (the message says why)."""
-
-
-@dataclass
-class _Session:
-    user: str
-    roles: frozenset[str]
-    expires: float
 
 
 class OperatorView:
@@ -76,7 +88,7 @@ class OperatorView:
         now: Callable[[], float] = time.monotonic,
     ) -> None:
         """``now``: the wall-clock source (seconds) of the liveness figures."""
-        self.bind, self.users = bind, users
+        self.bind = bind
         self._now = now
         self._last_cycle_at: float | None = None  # ``now()`` when the newest cycle came
         self._stop: asyncio.Event | None = None
@@ -86,7 +98,7 @@ class OperatorView:
         self._status: dict[str, Any] = {}
         self._acked: dict[str, str] = {}  # alarm key -> who acknowledged it
         self._alarms: dict[str, dict[str, Any]] = {}  # active drift alarms by key
-        self._sessions: dict[str, _Session] = {}
+        self._sessions = Sessions(users)
         self._lock = threading.Lock()
         self._forecasting = threading.Lock()
         self._sup: Supervisor | None = None
@@ -134,6 +146,11 @@ class OperatorView:
     @property
     def url(self) -> str:
         return self._web.url if self._web is not None else self.bind.url
+
+    @property
+    def users(self) -> Users | None:
+        """Who may log in: the users file as last loaded (None: no --users, read-only)."""
+        return self._sessions.users
 
     # ------------------------------------------------------------------ rows (UI thread)
     def drain(self) -> int:
@@ -255,7 +272,11 @@ class OperatorView:
             Route("/api/control", self._control, methods=["POST"]),
             Route("/api/forecast", self._forecast, methods=["POST"]),
         ]
-        return Starlette(routes=routes)
+        return Starlette(
+            routes=routes,
+            middleware=[Middleware(SecurityHeaders)],
+            exception_handlers={AuditError: audit_failed},
+        )
 
     async def _index(self, request: Request) -> Response:
         return HTMLResponse(asset("index.html"))
@@ -299,41 +320,55 @@ class OperatorView:
     async def _forecast(self, request: Request) -> Response:
         """The what-if forecast from the live estimate (read-only: no login), computed in a
         worker thread of the UI's loop; one at a time (409 while one runs)."""
+        forged = self._forged(request, need_json=False)
+        if forged:
+            return refuse(403, forged)
         sup = self._sup
         if sup is None:
-            return _refuse(503, "the operator view is not attached to a running supervisor")
+            return refuse(503, "the operator view is not attached to a running supervisor")
         if not self._forecasting.acquire(blocking=False):
-            return _refuse(409, "a forecast is already being computed; wait for it")
+            return refuse(409, "a forecast is already being computed; wait for it")
         try:
             fc = await asyncio.to_thread(sup.forecast)
         except ForecastError as exc:
-            return _refuse(409, str(exc))
+            return refuse(409, str(exc))
         finally:
             self._forecasting.release()
         return JSONResponse(forecast_table(fc))
 
     # ------------------------------------------------------------------ access
-    def _session(self, request: Request) -> _Session | None:
-        token = request.cookies.get(SESSION_COOKIE, "")
-        s = self._sessions.get(token)
-        if s is None or s.expires < time.monotonic():
-            return None
-        return s
+    def _forged(self, request: Request, *, need_json: bool = True) -> str:
+        """Why a POST is refused as a possible cross-site request ("" when it is not)."""
+        remote = not is_loopback(self.bind.host)
+        own = own_origins(self.url, loopback=not remote)
+        return cross_site_refusal(request, own, remote=remote, need_json=need_json)
+
+    def _session(self, request: Request) -> Session | None:
+        return self._sessions.get(request.cookies.get(SESSION_COOKIE, ""))
 
     async def _whoami(self, request: Request) -> Response:
+        locked = self._sessions.refresh()
+        if locked:
+            return refuse(503, locked)
         s = self._session(request)
         return JSONResponse({"user": s.user, "roles": sorted(s.roles)} if s else {"user": None})
 
     async def _login(self, request: Request) -> Response:
-        body = await _json(request)
-        if self.users is None:
-            return _refuse(403, "no users file was given (--users FILE): the view is read-only")
+        forged = self._forged(request)
+        if forged:
+            return refuse(403, forged)
+        body = await read_json(request)
+        locked = self._sessions.refresh()
+        if locked:
+            return refuse(503, locked)
+        users = self.users
+        if users is None:
+            return refuse(403, "no users file was given (--users FILE): the view is read-only")
         name, password = str(body.get("user", "")), str(body.get("password", ""))
-        user = await asyncio.to_thread(self.users.login, name, password)
+        user = await asyncio.to_thread(users.login, name, password)
         if user is None:
-            return _refuse(401, "unknown user or wrong password")
-        token = secrets.token_urlsafe(32)
-        self._sessions[token] = _Session(user.name, user.roles, time.monotonic() + SESSION_S)
+            return refuse(401, "unknown user or wrong password")
+        token = self._sessions.login(user, request.cookies.get(SESSION_COOKIE, ""))
         resp = JSONResponse({"user": user.name, "roles": sorted(user.roles)})
         resp.set_cookie(
             SESSION_COOKIE,
@@ -346,47 +381,73 @@ class OperatorView:
         return resp
 
     async def _logout(self, request: Request) -> Response:
-        self._sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
+        forged = self._forged(request)
+        if forged:
+            return refuse(403, forged)
+        self._sessions.logout(request.cookies.get(SESSION_COOKIE, ""))
         resp = JSONResponse({"user": None})
         resp.delete_cookie(SESSION_COOKIE)
         return resp
 
-    def _authorize(self, request: Request, role: str) -> _Session | Response:
+    async def _authorize(
+        self, request: Request, role: str
+    ) -> tuple[Session, dict[str, Any]] | Response:
+        """The session and the JSON body of an action, or the refusal (403 cross-site, 503
+        users file locked, 401 no login, 400 no reason): none of these is audited."""
+        forged = self._forged(request)
+        if forged:
+            return refuse(403, forged)
+        locked = self._sessions.refresh()
+        if locked:
+            return refuse(503, locked)
         s = self._session(request)
         if s is None:
-            return _refuse(401, "log in first: this action needs a user with the role " + role)
-        if role not in s.roles:
-            return _refuse(403, f"user {s.user!r} lacks the role {role!r}")
-        return s
+            return refuse(401, "log in first: this action needs a user with the role " + role)
+        body = await read_json(request)
+        body["reason"] = str(body.get("reason", "")).strip()
+        if reason_is_blank(body["reason"]):
+            return refuse(400, REASON_NEEDED)
+        return s, body
 
     async def _ack(self, request: Request) -> Response:
-        s = self._authorize(request, "operator")
-        if isinstance(s, Response):
-            return s
-        body = await _json(request)
-        key, reason = str(body.get("key", "")), str(body.get("reason", "")).strip()
-        if not reason:
-            return _refuse(400, "a reason is needed (it goes into the audit trail)")
-        if key not in self._alarms:
-            return _refuse(404, f"no active alarm {key!r}; active: {sorted(self._alarms)}")
-        await self._on_control_loop(self._audit("alarm.ack", key, s.user, reason))
+        got = await self._authorize(request, "operator")
+        if isinstance(got, Response):
+            return got
+        s, body = got
+        key, reason = str(body.get("key", "")), body["reason"]
+        why, code = "", 200
+        if "operator" not in s.roles:
+            why, code = f"user {s.user!r} lacks the role 'operator'", 403
+        elif key not in self._alarms:
+            why, code = f"no active alarm {key!r}; active: {sorted(self._alarms)}", 404
+        new = f"refused: {why}" if why else None
+        await self._on_control_loop(self._audit("alarm.ack", key, s.user, reason, new))
+        if why:
+            return refuse(code, why)
         self._acked[key] = s.user
         return JSONResponse({"acknowledged": key, "by": s.user})
 
     async def _control(self, request: Request) -> Response:
-        s = self._authorize(request, "control")
-        if isinstance(s, Response):
-            return s
-        body = await _json(request)
-        action, reason = str(body.get("action", "")), str(body.get("reason", "")).strip()
+        got = await self._authorize(request, "control")
+        if isinstance(got, Response):
+            return got
+        s, body = got
+        action, reason = str(body.get("action", "")), body["reason"]
         if action not in ("request", "release"):
-            return _refuse(400, unknown_name("action", action, ["request", "release"]))
-        if not reason:
-            return _refuse(400, "a reason is needed (it goes into the audit trail)")
+            return refuse(400, unknown_name("action", action, ["request", "release"]))
+        if "control" not in s.roles:
+            why = f"user {s.user!r} lacks the role 'control'"
+            sup = self._sup
+            site, old = (sup.site.name, sup.state.value) if sup is not None else ("", None)
+            refused = self._audit(
+                f"operator.{action}", site, s.user, reason, f"refused: {why}", old
+            )
+            await self._on_control_loop(refused)
+            return refuse(403, why)
         try:
             done = await self._on_control_loop(self._command(action, s.user, reason))
         except Refused as exc:
-            return _refuse(409, str(exc))
+            return refuse(409, str(exc))
         return JSONResponse({"action": action, "by": s.user, "result": done})
 
     async def _command(self, action: str, user: str, reason: str) -> str:
@@ -405,10 +466,15 @@ class OperatorView:
         except ControlRefused as exc:
             raise Refused(str(exc)) from exc
 
-    async def _audit(self, action: str, target: str, user: str, reason: str) -> str:
-        if not (self._sup is not None):
-            raise RuntimeError("the operator view is not started: self._sup is not None")
-        self._sup.audit.record(action, target, reason=reason, actor=user)
+    async def _audit(
+        self, action: str, target: str, user: str, reason: str, new: str | None, old: Any = None
+    ) -> str:
+        """Record an operator's action (``new``: ``refused: <why>`` when refused). Raises
+        AuditError, which answers 500 (:func:`_audit_failed`): nothing was done."""
+        sup = self._sup
+        if sup is None:
+            raise RuntimeError("the operator view is not started: no supervisor")
+        sup.audit.record(action, target, reason=reason, old_value=old, new_value=new, actor=user)
         return action
 
     async def _on_control_loop(self, coro: Awaitable[str]) -> str:
@@ -420,15 +486,3 @@ class OperatorView:
 
 async def _await(coro: Awaitable[str]) -> str:
     return await coro
-
-
-async def _json(request: Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
-def _refuse(code: int, message: str) -> Response:
-    return JSONResponse({"error": message}, status_code=code)

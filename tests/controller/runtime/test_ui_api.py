@@ -182,6 +182,12 @@ async def test_read_only_without_login_and_roles_with_audit(tmp_path: Path) -> N
         n = sup.counters.cycles
         await wait_until(lambda: sup.counters.cycles >= n + 2)
     records = read_records(twin.audit)
+    refused = [r for r in records if r.actor == "olga"]  # olga's refusals are audited too
+    assert [(r.action, r.new_value[:8]) for r in refused] == [
+        ("operator.release", "refused:"),
+        ("alarm.ack", "refused:"),
+    ]
+    records = [r for r in records if r.actor != "olga"]
     ours = [(r.actor, r.action, r.reason) for r in records if r.action.startswith("operator.")]
     assert ours == [
         ("carl", "operator.request", "try"),

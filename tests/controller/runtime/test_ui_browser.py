@@ -3,7 +3,9 @@ async API (no browser of Playwright's own), against the in-memory HIL and the ru
 
 Checks that the values on the page update, that a trend draws its limit, and that an
 acknowledge without a login is refused on the page. ``.ci/run`` installs /usr/bin/chromium
-when it is missing. Set PHARMATWIN_SCREENSHOT=FILE to keep a picture of the page."""
+when it is missing. Set PHARMATWIN_SCREENSHOT=FILE to keep a picture of the page. The pages
+open with ``bypass_csp``: Playwright's ``wait_for_function`` evaluates strings with ``eval``,
+which the page's policy refuses; test_ui_security_browser.py checks the page under it."""
 
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ async def test_page_updates_shows_limits_and_refuses_anonymous_ack(tmp_path: Pat
     async with running_twin(tmp_path) as twin, async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
-            page = await browser.new_page(viewport={"width": 1400, "height": 1500})
+            page = await browser.new_page(viewport={"width": 1400, "height": 1500}, bypass_csp=True)
             await page.goto(twin.view.url + "/")
             # values update: the cycle on the page moves on, without a reload
             await page.wait_for_function("document.body.dataset.cycle !== ''", timeout=20000)
@@ -78,7 +80,7 @@ async def test_a_stalled_loop_is_shown_stalled_on_the_page(tmp_path: Path) -> No
     async with twin_cm as twin, async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         try:
-            page = await browser.new_page()
+            page = await browser.new_page(bypass_csp=True)
             await page.goto(twin.view.url + "/")
             await page.wait_for_function("document.body.dataset.stale === '0'", timeout=20000)
             assert await page.is_hidden("#stale")
