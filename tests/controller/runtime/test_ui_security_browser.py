@@ -1,28 +1,20 @@
 """The operator page under its Content-Security-Policy, in headless Chromium: it draws, its
 stylesheet applies, no policy violation is reported, and its own login and control POSTs
-pass the cross-site checks (JSON from the view's origin). Waits poll with
-``page.evaluate`` (CDP), since Playwright's ``wait_for_function`` evaluates strings with
-``eval``, which the policy refuses."""
+pass the cross-site checks (JSON from the view's origin). Waits use Playwright's selectors
+and assertions, not ``wait_for_function``, which evaluates strings with ``eval`` (the policy
+refuses it)."""
 
 from __future__ import annotations
 
-import asyncio
+import re
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Page, async_playwright
+from playwright.async_api import async_playwright, expect
 from test_ui_api import running_twin, wait_state
 from test_ui_browser import ARGS, CHROMIUM
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow, pytest.mark.serial]
-
-
-async def _until(page: Page, expression: str, timeout: float = 20.0) -> None:
-    for _ in range(int(timeout / 0.1)):
-        if await page.evaluate(expression):
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"not true within {timeout} s: {expression}")
 
 
 async def test_the_page_works_under_its_policy_and_acts_from_its_origin(tmp_path: Path) -> None:
@@ -35,9 +27,8 @@ async def test_the_page_works_under_its_policy_and_acts_from_its_origin(tmp_path
             page.on("console", lambda m: console.append(m.text))
             policy = await (await page.goto(twin.view.url + "/")).all_headers()  # type: ignore[union-attr]
             assert "default-src 'self'" in policy["content-security-policy"]
-            await _until(page, "document.body.dataset.cycle > 1")
-            tag = "feed_dilution_sp"
-            await _until(page, f"!!document.querySelector('#trend-{tag} .annotation-text')")
+            tag = "feed_dilution_sp"  # a trend drew its limit: cycles came in and were shown
+            await page.wait_for_selector(f"#trend-{tag} .annotation-text", timeout=20000)
             background = await page.evaluate(
                 "getComputedStyle(document.querySelector('section')).backgroundColor"
             )
@@ -45,11 +36,11 @@ async def test_the_page_works_under_its_policy_and_acts_from_its_origin(tmp_path
             await page.fill("#user", "carl")
             await page.fill("#password", "carl-pass-1")
             await page.click("#login")
-            await _until(page, "document.getElementById('who').textContent.startsWith('carl')")
+            await expect(page.locator("#who")).to_have_text(re.compile("^carl"), timeout=20000)
             await wait_state(twin, "RUNNING")
             await page.fill("#reason", "browser release")
             await page.click("#release")
-            await _until(page, "document.getElementById('state').textContent === 'RELEASED'")
+            await expect(page.locator("#state")).to_have_text("RELEASED", timeout=20000)
             assert await page.text_content("#message") == ""
             violations = [t for t in console if "Content Security Policy" in t]
             assert not violations, violations
