@@ -32,12 +32,12 @@ import casadi as ca
 import numpy as np
 
 from plant_models import integrators
+from plant_models.domains import Interval
 from plant_models.errors import ModelError, unknown_name
 from plant_models.variables import (
     SECONDS_PER_UNIT,
     DomainViolation,
     Evaluation,
-    Interval,
     ParameterSet,
     Role,
     SymMap,

@@ -11,14 +11,8 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from plant_models.base import PlantModel
-from plant_models.variables import (
-    NON_NEGATIVE,
-    POSITIVE,
-    Interval,
-    Role,
-    SymMap,
-    Variable,
-)
+from plant_models.domains import NON_NEGATIVE, POSITIVE, Interval
+from plant_models.variables import Role, SymMap, Variable
 
 _INF = float("inf")
 

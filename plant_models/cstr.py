@@ -14,14 +14,8 @@ from typing import Any, ClassVar
 import casadi as ca
 
 from plant_models.base import PlantModel
-from plant_models.variables import (
-    NON_NEGATIVE,
-    POSITIVE,
-    Interval,
-    Role,
-    SymMap,
-    Variable,
-)
+from plant_models.domains import NON_NEGATIVE, POSITIVE, Interval
+from plant_models.variables import Role, SymMap, Variable
 
 _INF = float("inf")
 

@@ -17,16 +17,9 @@ from typing import Any, ClassVar
 import casadi as ca
 
 from plant_models.base import PlantModel
+from plant_models.domains import FRACTION, NON_NEGATIVE, POSITIVE, Interval
 from plant_models.smooth import positive_part
-from plant_models.variables import (
-    FRACTION,
-    NON_NEGATIVE,
-    POSITIVE,
-    Interval,
-    Role,
-    SymMap,
-    Variable,
-)
+from plant_models.variables import Role, SymMap, Variable
 
 #: Unit conversions (not parameters): s per h, g per kg, K offset of degC.
 _S_PER_H = 3600.0

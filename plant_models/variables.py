@@ -70,35 +70,6 @@ class Variable:
 
 
 @dataclass(frozen=True)
-class Interval:
-    """Where a parameter's value lets the model's equations hold (its physical validity: a
-    density, an area, a volume is positive), not a plausible range nor an operating limit."""
-
-    lower: float = -math.inf
-    upper: float = math.inf
-    lower_open: bool = False
-    upper_open: bool = False
-
-    def contains(self, value: float) -> bool:
-        lo, hi = self.lower, self.upper
-        above = value > lo if self.lower_open else value >= lo
-        below = value < hi if self.upper_open else value <= hi
-        return above and below
-
-    def describe(self) -> str:
-        """``> 0``, ``>= 0``, ``in [0, 1)``."""
-        if math.isinf(self.upper):
-            return f"{'>' if self.lower_open else '>='} {self.lower:g}"
-        left, right = "(" if self.lower_open else "[", ")" if self.upper_open else "]"
-        return f"in {left}{self.lower:g}, {self.upper:g}{right}"
-
-
-POSITIVE = Interval(0.0, lower_open=True)
-NON_NEGATIVE = Interval(0.0)
-FRACTION = Interval(0.0, 1.0, upper_open=True)
-
-
-@dataclass(frozen=True)
 class DomainViolation:
     """A variable outside the model's physical validity domain (a plant fault)."""
 
@@ -109,7 +80,7 @@ class DomainViolation:
     unit: str
     #: what a bound that depends on the parameters is (:meth:`PlantModel.state_bounds`)
     note: str = ""
-    #: a parameter outside its :class:`Interval` (said as the interval: it may be open)
+    #: a parameter outside its :class:`~plant_models.domains.Interval` (said as the interval)
     rule: str = ""
 
     def describe(self) -> str:

@@ -22,7 +22,7 @@ from controller.plantfile import build_model, load_parameter_set
 from hil.cli import main as hil_main
 from hil.plant_runner import PlantDomainError, PlantRunner
 from plant_models import MODELS
-from plant_models.variables import FRACTION, NON_NEGATIVE, POSITIVE, Interval
+from plant_models.domains import FRACTION, NON_NEGATIVE, POSITIVE, Interval
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PLANTS = CONFIGS / "plants"
