@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from controller.errors import PharmaTwinError
+from controller.outpaths import out_problem
 from hil import cli_batch, cli_fault, cli_serve, min_time
 
 EPILOG = """examples:
@@ -154,7 +155,7 @@ def _pki(args: argparse.Namespace, console: Console) -> int:
     from hil.servers.pki import command as pki_command
 
     if args.pki_command == "issue-client" and cli_serve.refuse_output(
-        console, [cli_serve.out_problem(args.out)]
+        console, [out_problem(args.out)]
     ):
         return 2
     return pki_command(args, console)

@@ -175,7 +175,8 @@ def outputs_refused(
 
     Checked before any work, so a bad output path costs no simulation.
     """
-    from hil.cli_serve import file_problem, out_problem, refuse_output
+    from controller.outpaths import file_problem, out_problem
+    from hil.cli_serve import refuse_output
 
     problem = out_problem(out, default=default, flag=flag)
     if problem is not None:

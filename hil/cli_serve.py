@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from controller.errors import ConfigError, PharmaTwinError
+from controller.outpaths import out_problem
 from hil.kpis import Kpis, compute_kpis
 from hil.reports import write_kpis, write_parquet, write_plot
 from hil.simulate import run_scenario
@@ -55,55 +55,12 @@ def simulate_argument_problem(args: argparse.Namespace) -> str | None:
     return None
 
 
-def out_problem(out: Path, *, default: bool = False, flag: str = "--out") -> str | None:
-    """Why ``out`` cannot be the output folder (``FLAG: ...``), or None when it can.
-
-    It may exist as a directory or not exist yet; its nearest existing ancestor must then be
-    a writable directory (so the folder can be made).
-    """
-    got = f"{out} (the default)" if default else str(out)
-    allowed = f"{flag}: must be a directory or not exist yet"
-    if out.exists() and not out.is_dir():
-        return f"{allowed} (got {got}: it is {_kind(out)})"
-    return _ancestor_problem(out, got, flag, allowed)
-
-
-def file_problem(path: Path, flag: str) -> str | None:
-    """Why ``path`` cannot be the output file ``flag`` names, or None when it can.
-
-    It may be a file or not exist yet; its folder is made when missing, so its nearest
-    existing ancestor must be a writable directory.
-    """
-    allowed = f"{flag}: must be a file or not exist yet"
-    if path.exists() and not path.is_file():
-        return f"{allowed} (got {path}: it is {_kind(path)})"
-    return _ancestor_problem(path, str(path), flag, allowed)
-
-
-def _ancestor_problem(path: Path, got: str, flag: str, allowed: str) -> str | None:
-    """Why ``path``'s nearest existing ancestor cannot hold it, or None when it can."""
-    existing = path if path.is_dir() else path.parent
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{allowed} (got {got}: {existing} is {_kind(existing)})"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{flag}: must be a folder that can be written (got {got}: {existing} is not)"
-    return None
-
-
 def refuse_output(console: Console, problems: list[str | None]) -> bool:
     """Print each problem found in ``problems`` (None: no problem); True when any was."""
     found = [p for p in problems if p is not None]
     for problem in found:
         _refuse(console, problem)
     return bool(found)
-
-
-def _kind(path: Path) -> str:
-    if path.is_dir():
-        return "a directory"
-    return "a file" if path.is_file() else "not a directory"
 
 
 def _refuse(console: Console, problem: str) -> None:

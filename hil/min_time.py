@@ -362,7 +362,8 @@ def command(args: argparse.Namespace, console: Console) -> int:
     if not 1 <= args.steps <= 20:
         raise ConfigError([Problem("--steps", "", "must be between 1 and 20", args.steps)])
     if args.json is not None:
-        from hil.cli_serve import file_problem, refuse_output
+        from controller.outpaths import file_problem
+        from hil.cli_serve import refuse_output
 
         if refuse_output(console, [file_problem(args.json, "--json")]):
             return 2

@@ -72,6 +72,7 @@ def forecast_command(
 ) -> int:
     """Forecast the batch from a runtime's historian; print the CQAs, write JSON and a plot."""
     from controller.errors import Problem
+    from controller.outpaths import out_problem
     from controller.runtime import forecast_files, forecast_report
     from controller.runtime.solver_cache import LibraryCache
     from controller.twin.forecast import forecast
@@ -79,7 +80,8 @@ def forecast_command(
 
     why = out_problem(out)
     if why is not None:  # before any work: the forecast's solves would be lost
-        raise ForecastError([Problem("command line", "--out", why, str(out))])
+        message = why.removeprefix("--out: ")  # the message names the path it got
+        raise ForecastError([Problem("command line", "--out", message)])
     site = load_site(site_path)
     if historian is None:
         if not DEFAULT_HISTORIAN.is_file():
@@ -131,23 +133,6 @@ def forecast_command(
         )
         return 1
     return 0
-
-
-def out_problem(out: Path) -> str | None:
-    """Why ``out`` cannot be the output folder, or None: it must be a directory or not exist
-    yet, and its nearest existing ancestor a directory it can be made in."""
-    import os
-
-    allowed = "must be a directory or not exist yet"
-    existing = out
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    if not existing.is_dir():
-        kind = "a file" if existing.is_file() else "not a directory"
-        return f"{allowed} ({existing} is {kind})"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"must be a folder that can be written ({existing} is not)"
-    return None
 
 
 def _forecast_table(result: Forecast) -> Table:
