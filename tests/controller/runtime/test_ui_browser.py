@@ -37,7 +37,7 @@ async def test_page_updates_shows_limits_and_refuses_anonymous_ack(tmp_path: Pat
             page = await browser.new_page(viewport={"width": 1400, "height": 1500}, bypass_csp=True)
             await page.goto(twin.view.url + "/")
             # values update: the cycle on the page moves on, without a reload
-            await page.wait_for_function("document.body.dataset.cycle !== ''", timeout=20000)
+            await page.wait_for_function("!!document.body.dataset.cycle", timeout=20000)
             first = int(await page.eval_on_selector("body", "b => b.dataset.cycle"))
             await page.wait_for_function(
                 f"Number(document.body.dataset.cycle) > {first + 1}", timeout=20000
