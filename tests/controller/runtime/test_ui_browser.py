@@ -13,8 +13,8 @@ import os
 from pathlib import Path
 
 import pytest
-from playwright.async_api import async_playwright
-from test_ui_api import Pausable, running_twin, stalled_view
+from playwright.async_api import async_playwright, expect
+from test_ui_api import Pausable, running_twin, shown_stalled
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -84,8 +84,16 @@ async def test_a_stalled_loop_is_shown_stalled_on_the_page(tmp_path: Path) -> No
             await page.goto(twin.view.url + "/")
             await page.wait_for_function("document.body.dataset.stale === '0'", timeout=20000)
             assert await page.is_hidden("#stale")
-            await stalled_view(twin, hold, wall)
-            await page.wait_for_function("document.body.dataset.stale === '1'", timeout=20000)
+            body = page.locator("body")
+
+            async def page_shows_it() -> bool:
+                try:  # the page hears of liveness once a second
+                    await expect(body).to_have_attribute("data-stale", "1", timeout=4000)
+                except AssertionError:
+                    return False
+                return True
+
+            await shown_stalled(twin, hold, wall, page_shows_it)
             banner = await page.text_content("#stale") or ""
             assert banner.startswith("NO NEW CYCLE for ") and "may be stalled" in banner
             assert "STALE" in (await page.get_attribute("#state", "class") or "")
