@@ -10,7 +10,8 @@ key), or it is refused::
 
 Roles: ``operator`` acknowledges alarms; ``control`` requests and releases MPC control.
 Make a hash with ``python -m controller.runtime.users`` (it prompts; a password never goes in argv).
-A hash weaker than ``scrypt$16384$8$1`` with a 16-byte salt and a 32-byte digest is refused.
+A hash weaker than ``scrypt$16384$8$1`` with a 16-byte salt and a 32-byte digest is refused,
+and so is one that needs more than :data:`MAX_KDF_MEMORY` per login.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ Role = Literal["operator", "control"]
 ROLES: tuple[Role, ...] = ("operator", "control")
 _N, _R, _P = 2**14, 8, 1
 _SALT_MIN, _DIGEST = 16, 32  # bytes
+#: the most memory one login's scrypt may take (N, r and p set it: ``128 r (N + p + 2)``)
+MAX_KDF_MEMORY = 1 << 30
 #: (st_mtime_ns, st_ctime_ns, st_size, st_ino) of a users file: when it differs, the file
 #: changed (its text, its mode, or it was replaced).
 Stamp = tuple[int, int, int, int]
@@ -47,18 +50,27 @@ def hash_password(password: str, *, salt: bytes | None = None) -> str:
     return f"scrypt${_N}${_R}${_P}${b64(salt).decode()}${b64(digest).decode()}"
 
 
+def kdf_memory(n: int, r: int, p: int) -> int:
+    """Bytes one scrypt with these parameters needs (OpenSSL's own estimate), with 1 MiB to
+    spare. Passed as ``maxmem``: OpenSSL's default limit, 32 MiB, refuses N >= 2^15 at r = 8
+    (every login with such a hash failed)."""
+    return 128 * r * (n + p + 2) + (1 << 20)
+
+
 def check_password(password: str, stored: str) -> bool:
     """True when ``password`` matches the stored scrypt hash (constant-time compare)."""
     try:
-        kind, n, r, p, salt, digest = stored.split("$")
+        kind, n_text, r_text, p_text, salt, digest = stored.split("$")
         if kind != "scrypt":
             return False
+        n, r, p = int(n_text), int(r_text), int(p_text)
         got = hashlib.scrypt(
             password.encode(),
             salt=base64.b64decode(salt),
-            n=int(n),
-            r=int(r),
-            p=int(p),
+            n=n,
+            r=r,
+            p=p,
+            maxmem=min(kdf_memory(n, r, p), MAX_KDF_MEMORY),
             dklen=len(base64.b64decode(digest)),
         )
     except (ValueError, TypeError):
@@ -92,6 +104,12 @@ def _kdf_problem(stored: str) -> tuple[str, str] | None:
     for ok, value, allowed in checks:
         if not ok:
             return f"scrypt parameters too weak; allowed: {allowed}", value
+    if kdf_memory(n, r, p) > MAX_KDF_MEMORY:
+        mib = kdf_memory(n, r, p) / (1 << 20)
+        allowed = f"N, r and p that need at most {MAX_KDF_MEMORY >> 20} MiB (128 r (N + p + 2))"
+        return f"scrypt parameters too costly for every login; allowed: {allowed}", (
+            f"N={n}, r={r}, p={p} ({mib:.0f} MiB)"
+        )
     return None
 
 

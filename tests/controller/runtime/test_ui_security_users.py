@@ -80,3 +80,32 @@ def test_a_login_costs_one_scrypt_known_user_or_not(monkeypatch: pytest.MonkeyPa
         assert users.login(name, "wrong-pass") is None
         costs[name] = len(calls)
     assert costs == {"nobody": 1, "olga": 1}, costs
+
+
+def _strong_hash(password: str, n: int, r: int = 8, p: int = 1) -> str:
+    salt = b"s" * 16
+    digest = hashlib.scrypt(
+        password.encode(), salt=salt, n=n, r=r, p=p, maxmem=130 * r * (n + p + 2), dklen=32
+    )
+    b64 = base64.b64encode
+    return f"scrypt${n}${r}${p}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+@pytest.mark.parametrize("n", [2**15, 2**16])
+def test_stronger_parameters_than_the_minimum_log_in(tmp_path: Path, n: int) -> None:
+    # such a hash loaded, then every login failed: OpenSSL's default scrypt memory limit
+    # (32 MiB) refused N >= 2^15 at r = 8, and the error was taken as a wrong password
+    users = load_users(_file(tmp_path, _strong_hash("pw", n)))
+    assert users.login("eve", "pw") is not None
+    assert users.login("eve", "not-pw") is None
+
+
+def test_parameters_too_costly_for_a_login_are_refused(tmp_path: Path) -> None:
+    # N = 2^24 at r = 8 needs 16 GiB per login: refused when loaded, naming what is allowed
+    fake = base64.b64encode(b"d" * 32).decode()
+    salt = base64.b64encode(b"s" * 16).decode()
+    path = _file(tmp_path, f"scrypt${2**24}$8$1${salt}${fake}")
+    with pytest.raises(ConfigError) as info:
+        load_users(path)
+    text = str(info.value)
+    assert "users.eve.password" in text and "N=16777216" in text and "1024 MiB" in text, text
