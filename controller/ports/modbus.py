@@ -77,8 +77,8 @@ from controller.ports.modbus_answers import (
     READ_WRITE_REGISTERS,
     WRITE_COILS,
     WRITE_REGISTERS,
-    Answer,
     MalformedAnswer,
+    answer_of,
     mismatch,
     quote_received,
     refusal,
@@ -393,8 +393,7 @@ class ModbusPort(Port):
         except (ModbusException, ValueError) as exc:
             what = f"{verb} of {block.describe()}"
             raise ProtocolError(f"pymodbus refused the {what}: {exc}") from exc
-        values = len(answer.bits if block.bits else answer.registers)
-        got = Answer(answer.function_code, answer.transaction_id, values)
+        got = answer_of(answer, block)
         problem = mismatch(block, function, client.ctx.request_transaction_id, got)
         if problem is not None:
             self._drop()  # out of step: the real answer (or more strays) may still come

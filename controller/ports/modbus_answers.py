@@ -9,7 +9,9 @@ many registers as the frame holds. The port checks every answer here before usin
 - its transaction id is the request's (never 0: pymodbus numbers TCP requests from 1);
 - an answer carrying data (FC 1-4, FC 23) carries the block's count of registers exactly, or
   of bits at least the count and at most the next multiple of 8 (whole bytes: pymodbus unpacks
-  the padding bits too).
+  the padding bits too);
+- a write's answer (FC 15, FC 16) echoes the block's start address and count (an echo of
+  another span is the answer to another write).
 
 A Modbus exception answer to the request passes (its callers handle it: tags BAD or REJECTED,
 exception 01 to FC 23, exception 02 to a merged block).
@@ -18,6 +20,7 @@ exception 01 to FC 23, exception 02 to a merged block).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from controller.ports.modbus_plan import Block, exception_text
 from controller.tags import ModbusSpec, Table
@@ -52,6 +55,14 @@ class Answer:
     function: int
     transaction_id: int
     values: int
+    echo: tuple[int, int] = (-1, -1)  # a write's answer: the start address and count it names
+
+
+def answer_of(pdu: Any, block: Block) -> Answer:
+    """The checked parts of a decoded answer (a pymodbus PDU, read by its attributes)."""
+    values = len(pdu.bits if block.bits else pdu.registers)
+    echo = (getattr(pdu, "address", -1), getattr(pdu, "count", -1))
+    return Answer(pdu.function_code, pdu.transaction_id, values, echo)
 
 
 def function_text(code: int) -> str:
@@ -68,7 +79,17 @@ def mismatch(block: Block, function: int, transaction_id: int, answer: Answer) -
         return f"expected {function_text(function)}, got {exception}{function_text(got)}"
     if answer.transaction_id != transaction_id:
         return f"expected transaction id {transaction_id}, got {answer.transaction_id}"
-    if answer.function & EXCEPTION_BIT or function not in _CARRY_VALUES:
+    if answer.function & EXCEPTION_BIT:
+        return None
+    if function in (WRITE_COILS, WRITE_REGISTERS):
+        if answer.echo == (block.start, block.count):
+            return None
+        address, count = answer.echo
+        return (
+            f"expected the echo of start {block.start}, count {block.count}, "
+            f"got start {address}, count {count}"
+        )
+    if function not in _CARRY_VALUES:
         return None
     low, high = block.count, block.count
     what = "registers"

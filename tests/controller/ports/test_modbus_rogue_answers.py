@@ -73,10 +73,22 @@ class RoguePlc:
         self.port = free_port()
         self.requests: list[int] = []  # function codes received
         self.stores_writes = True
+        self.has_fc23 = True
 
     def answer(self, request: bytes) -> bytes:
         """The honest answer PDU to ``request``."""
         function = request[0]
+        if function == 23 and not self.has_fc23:
+            return bytes([function | 0x80, 0x01])  # illegal function: the port uses FC 16
+        if function in (15, 16):  # store, then echo the start address and count
+            start, count = struct.unpack(">HH", request[1:5])
+            if function == 16:
+                values = struct.unpack(f">{count}H", request[6 : 6 + 2 * count])
+                self.registers[Table.HOLDING].update(zip(range(start, start + count), values))
+            else:
+                for i in range(count):
+                    self.bits[Table.COIL][start + i] = (request[6 + i // 8] >> (i % 8)) & 1
+            return request[:5]
         if function in (3, 4, 23):
             table = self.registers[Table.HOLDING if function != 4 else Table.INPUT]
             start, count = struct.unpack(">HH", request[1:5])
@@ -200,6 +212,32 @@ async def test_an_fc3_answer_to_an_fc23_write_is_not_reported_ok() -> None:
         with pytest.raises(ProtocolError, match=r"expected FC 23 .*, got FC 3 "):
             await port.write(SETPOINTS)
     assert rogue.requests == [23] and rogue.registers[Table.HOLDING] == {}
+
+
+async def test_an_fc16_write_answer_echoing_another_span_is_refused() -> None:
+    """A PLC without FC 23: the port writes the setpoints with FC 16. The PLC stores them but
+    its answer echoes another start address (the answer to another write): not OK."""
+
+    def elsewhere(tid: int, unit: int, request: bytes, answer: bytes) -> bytes:
+        return frame(tid, unit, answer[:1] + struct.pack(">H", 40) + answer[3:5])
+
+    async with rogue_and_port(only(16, elsewhere)) as (rogue, port):
+        rogue.has_fc23 = False
+        with pytest.raises(
+            ProtocolError, match="expected the echo of start 0, count 4, got start 40"
+        ):
+            await port.write(SETPOINTS)
+        assert not port.connected
+    assert rogue.requests == [23, 16]
+
+
+async def test_an_honest_fc16_write_is_ok() -> None:
+    async with rogue_and_port(honest) as (rogue, port):
+        rogue.has_fc23 = False
+        report = await port.write(SETPOINTS)
+    assert report.ok and set(report.results) == set(SETPOINTS), report.failed()
+    assert rogue.requests[:2] == [23, 16]
+    assert len(rogue.registers[Table.HOLDING]) == 4  # the two floats, stored by FC 16
 
 
 def _byte_count_beyond_data(tid: int, unit: int, request: bytes, answer: bytes) -> bytes:
