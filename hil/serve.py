@@ -49,6 +49,7 @@ from typing import Any, Literal, cast
 
 from controller.clock import Gate, ScaledClock
 from controller.errors import ConfigError, PharmaTwinError, Problem, unknown_name
+from controller.outpaths import out_problem
 from controller.runtime.site import Site
 from hil.faultcheck import FaultRefusedError, check_clear, magnitude_unit, parse_fault
 from hil.faultspec import FaultKind, FaultSpec, expand_tags
@@ -119,6 +120,19 @@ def state_dir(site: Site, override: Path | None = None) -> Path:
     if hil is None:
         raise ConfigError([Problem(str(site.path), "hil", "the site has no 'hil' section", None)])
     return site.file(hil.state_dir).resolve()
+
+
+def usable_state_dir(site: Site, override: Path | None = None) -> Path:
+    """:func:`state_dir`, made: a site's ``hil.state_dir`` that cannot be a folder (a file
+    is there, or its parent cannot be written) is a ConfigError naming the site file and the
+    key (``--state-dir``, the override, is checked on the command line)."""
+    folder = state_dir(site, override)
+    why = out_problem(folder, flag="hil.state_dir") if override is None else None
+    if why is not None:
+        message = why.removeprefix("hil.state_dir: ")  # it names the folder it resolved to
+        raise ConfigError([Problem(str(site.path), "hil.state_dir", message)])
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _ports(site: Site, opts: ServeOptions) -> dict[str, int]:
@@ -266,8 +280,7 @@ async def serve(site_path: Path, opts: ServeOptions, announce: Any = print) -> d
     """
     opts.check()
     site = load_hil_site(site_path)
-    folder = state_dir(site, opts.state_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = usable_state_dir(site, opts.state_dir)
     log_path = folder / f"{site.name}.log"
     handler = logging.FileHandler(log_path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -116,3 +116,23 @@ def test_a_missing_site_file_is_one_line(
     assert lines == [
         f"error: {tmp_path / 'nowhere.yaml'}: cannot read file: No such file or directory"
     ]
+
+
+def test_a_site_state_dir_that_is_a_file_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the site's own hil.state_dir (no --state-dir) on a file: serve crashed with a
+    # FileExistsError traceback from mkdir
+    for kind in ("plants", "controllers", "tags", "scenarios"):
+        (tmp_path / kind).symlink_to(ROOT / "configs" / kind)
+    (tmp_path / "sites").mkdir()
+    (tmp_path / "afile").write_text("not a folder\n")
+    text = LYO_MODBUS.read_text(encoding="utf-8")
+    assert "\nhil:\n" in text
+    site = tmp_path / "sites" / "lyo.yaml"
+    site.write_text(text.replace("\nhil:\n", "\nhil:\n  state_dir: ../afile\n", 1))
+    code, lines = run(["serve", str(site), "--rate", "600"], capsys)
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith(f"error: {site}:"), lines
+    assert "hil.state_dir: must be a directory or not exist yet" in lines[0]
+    assert f"{tmp_path / 'afile'}: it is a file" in lines[0]
