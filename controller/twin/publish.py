@@ -175,12 +175,17 @@ def _clashes(tm: TagMap, name: str, tag: Tag, model: PlantModel, source: str) ->
     for other, o in tm.tags.items():
         if other == name:
             continue
+        ours, theirs = tag.modbus, o.modbus
+        modbus_clash = ours is not None and theirs is not None and _overlap(ours, theirs)
+        node_clash = tag.opcua is not None and _same_node(tag.opcua, o.opcua)
+        if not (modbus_clash or node_clash):  # the usual case: nothing to word (every case
+            continue  # of a campaign checks its site's publications)
         what = (
             f"the model input {o.binds!r}: a publication must never write a control input"
             if o.binds in model.input_names
             else "it: a publication must have a register and a node of its own"
         )
-        if tag.modbus is not None and o.modbus is not None and _overlap(tag.modbus, o.modbus):
+        if modbus_clash and tag.modbus is not None:
             problems.append(
                 Problem(
                     source,
@@ -190,7 +195,7 @@ def _clashes(tm: TagMap, name: str, tag: Tag, model: PlantModel, source: str) ->
                     tag.modbus.address,
                 )
             )
-        if tag.opcua is not None and _same_node(tag.opcua, o.opcua):
+        if node_clash and tag.opcua is not None:
             problems.append(
                 Problem(
                     source,
