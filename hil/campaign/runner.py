@@ -44,7 +44,8 @@ from hil.net import free_port
 
 log = logging.getLogger("pharmatwin.hil.campaign")
 
-#: test hook: "<case id>:<marker file>" makes the worker running that case die once
+#: test hook: "<case id>:<marker file>" makes the worker running that case die once (the
+#: marker says it did); "<case id>:always" makes every worker running it die
 CHAOS_ENV = "PHARMATWIN_CHAOS_KILL_ONCE"
 
 #: what an attempt that did not finish leaves behind, removed before the case runs again: its
@@ -134,6 +135,8 @@ def _chaos(case: Case) -> None:
     if not spec:
         return
     case_id, _, marker = spec.partition(":")
+    if case_id == case.id and marker == "always":
+        os._exit(17)
     if case_id == case.id and marker and not Path(marker).exists():
         Path(marker).write_text(f"killed worker pid {os.getpid()} running {case.id}\n")
         os._exit(17)  # a worker lost mid-run: no cleanup, no answer
@@ -181,6 +184,35 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
     }
     write_json(case_dir / "result.json", result)
     return result
+
+
+def run_cases(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Several cases in turn (:func:`run_case` each): one task of a Dask worker, so that the
+    scheduler, the worker and the client handle a task per few cases, not per case. When the
+    scheduler runs the task again after its worker was lost, a case that already finished in
+    this campaign run is not run again: its result is read back (:func:`finished_result`)."""
+    return [finished_result(job) or run_case(job) for job in jobs]
+
+
+def finished_result(job: dict[str, Any]) -> dict[str, Any] | None:
+    """The result of ``job``'s case if it finished in this campaign run, else None.
+
+    The campaign removes a case's ``attempts`` file before it submits the case; a run
+    removes ``result.json`` first (:func:`_start`), then counts the attempt, and writes
+    ``result.json`` (atomically) last. Both files there: the case finished in this run."""
+    case_dir = Path(job["out"]) / "cases" / job["case"]["id"]
+    if not (case_dir / "attempts").exists():
+        return None
+    try:
+        result = json.loads((case_dir / "result.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) and result.get("id") == job["case"]["id"] else None
+
+
+def started(job: dict[str, Any]) -> bool:
+    """``job``'s case was started in this campaign run (its ``attempts`` file is there)."""
+    return (Path(job["out"]) / "cases" / job["case"]["id"] / "attempts").exists()
 
 
 def _start(case: Case, case_dir: Path, mode: str) -> int:
