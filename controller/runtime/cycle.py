@@ -14,7 +14,7 @@ from enum import StrEnum
 
 from controller.core.estimate import Estimate
 from controller.core.mpc import Decision
-from controller.core.safety import SafetyOutcome
+from controller.core.safety import Reason, SafetyOutcome
 from controller.ports.base import Quality, Snapshot
 from controller.runtime.audit_chain import AuditEntry
 from controller.runtime.historian_records import HistorianEvent
@@ -112,3 +112,18 @@ def flag_reading(snap: Snapshot, tag: str) -> str:
     """What was read of a flag, for a problem's text."""
     tv = snap.values.get(tag)
     return "not read" if tv is None else f"read {tv.value!r} with {tv.quality.value} quality"
+
+
+def unreachable(outcome: SafetyOutcome | None) -> str | None:
+    """Why the cycle cannot set an input (the safety layer found no safe value for it: its
+    last value outside the limits and out of reach within one move, or unknown), or None.
+
+    While the MPC has control this is a problem of the cycle: without it the controller
+    stayed RUNNING, feeding the PLC's watchdog, while an input it cannot set sat where the
+    PLC left it, outside the controller's limits, cycle after cycle."""
+    stuck = [
+        i for i in (outcome.interventions if outcome else ()) if i.reason is Reason.NO_SAFE_VALUE
+    ]
+    if not stuck:
+        return None
+    return "cannot set " + "; ".join(i.detail for i in stuck)

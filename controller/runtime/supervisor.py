@@ -47,6 +47,7 @@ from controller.core.estimate import Estimate
 from controller.core.pipeline import ControlPipeline
 from controller.errors import ConfigError, PortError, Problem
 from controller.ports.base import Port
+from controller.runtime import cycle as cycles
 from controller.runtime.audit import AuditTrail
 from controller.runtime.audit_chain import AuditError
 from controller.runtime.cycle import Counters, CycleView, Mode, State, flag, flag_reading
@@ -334,6 +335,9 @@ class Supervisor:
 
     # ------------------------------------------------------------------ writing
     async def _act(self, view: CycleView) -> None:
+        stuck = cycles.unreachable(view.outcome)  # an input it cannot set: no clean cycle
+        if stuck and self.state in (State.RUNNING, State.HOLD) and not view.problems:
+            self._problem(view, stuck)
         if view.problems:
             self._after_problem(view)
         elif self.state is State.HOLD:
