@@ -34,6 +34,7 @@ from typing import Protocol
 
 from controller.config import ControllerConfig
 from controller.core.estimate import Estimate, Estimator
+from controller.core.limits import Grid
 from controller.core.mpc import Decision, SolveStatus
 from controller.core.safety import InputLimit, SafetyFilter, SafetyOutcome
 from controller.errors import EstimatorError, SafetyOrderError
@@ -81,10 +82,14 @@ def rejected_outputs(estimate: Estimate | None) -> tuple[str, ...]:
     return tuple(getattr(estimate, "rejected", ()) or ()) if estimate is not None else ()
 
 
-def input_limits(cfg: ControllerConfig) -> dict[str, InputLimit]:
-    """The safety layer's limits: the same input limits the MPC is built with."""
+def input_limits(
+    cfg: ControllerConfig, grids: Mapping[str, Grid] | None = None
+) -> dict[str, InputLimit]:
+    """The safety layer's limits: the same input limits the MPC is built with; ``grids``:
+    per input, the values the PLC can hold (the runtime's, from its setpoint tags)."""
+    grids = grids or {}
     return {
-        n: InputLimit(n, s.lower, s.upper, s.max_move, s.max_rise, s.max_fall)
+        n: InputLimit(n, s.lower, s.upper, s.max_move, s.max_rise, s.max_fall, grids.get(n))
         for n, s in cfg.inputs.items()
     }
 

@@ -43,13 +43,13 @@ Failure behaviour
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from types import MappingProxyType
 from typing import SupportsFloat
 
+from controller.core.limits import InputLimit
 from controller.errors import SafetyOrderError
 
 __all__ = [
@@ -67,95 +67,6 @@ def _fmt(x: float | None) -> str:
     if x is None:
         return "none"
     return f"{x:.6g}"
-
-
-@dataclass(frozen=True)
-class InputLimit:
-    """Hard limits of one manipulated input (all in the input's engineering unit).
-
-    Attributes:
-        name: Input name, as used in the ``limits``/``last``/``proposed`` mappings.
-        lower: Lowest value that may ever be written (finite).
-        upper: Highest value that may ever be written (finite, ``>= lower``).
-        max_move: Largest allowed ``|change|`` per cycle (``> 0``, may be ``math.inf``).
-        max_rise: Optional largest allowed increase per cycle (``>= 0``, may be ``math.inf``);
-            ``0.0`` means the input must never rise (e.g. a cooling crystallizer).
-        max_fall: Optional largest allowed decrease per cycle (``>= 0``, may be ``math.inf``).
-
-    Raises:
-        ValueError: on construction, naming the input, the bad value and what is allowed.
-    """
-
-    name: str
-    lower: float
-    upper: float
-    max_move: float
-    max_rise: float | None = None
-    max_fall: float | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"InputLimit name must be a non-empty string, got {self.name!r}")
-        who = f"InputLimit {self.name!r}"
-        # Normalise every number to a Python float so the invariant holds exactly in float math.
-        lower = _real_or_none(self.lower)
-        if lower is None or not math.isfinite(lower):
-            raise ValueError(f"{who}: lower={self.lower!r} is not allowed; must be a finite number")
-        upper = _real_or_none(self.upper)
-        if upper is None or not math.isfinite(upper):
-            raise ValueError(f"{who}: upper={self.upper!r} is not allowed; must be a finite number")
-        if lower > upper:
-            raise ValueError(
-                f"{who}: lower={self.lower!r} is above upper={self.upper!r}; lower must be <= upper"
-            )
-        max_move = _real_or_none(self.max_move)
-        if max_move is None or math.isnan(max_move) or max_move <= 0:
-            raise ValueError(
-                f"{who}: max_move={self.max_move!r} is not allowed; "
-                "must be > 0 (math.inf for no move limit)"
-            )
-        object.__setattr__(self, "lower", lower)
-        object.__setattr__(self, "upper", upper)
-        object.__setattr__(self, "max_move", max_move)
-        for field in ("max_rise", "max_fall"):
-            raw = getattr(self, field)
-            if raw is None:
-                continue
-            value = _real_or_none(raw)
-            if value is None or math.isnan(value) or value < 0:
-                raise ValueError(
-                    f"{who}: {field}={raw!r} is not allowed; "
-                    "must be None or >= 0 (math.inf for no limit)"
-                )
-            object.__setattr__(self, field, value)
-
-    @property
-    def max_up(self) -> float:
-        """Effective largest increase per cycle: ``min(max_move, max_rise)`` (``>= 0``)."""
-        if self.max_rise is None:
-            return self.max_move
-        return min(self.max_move, self.max_rise)
-
-    @property
-    def max_down(self) -> float:
-        """Effective largest decrease per cycle: ``min(max_move, max_fall)`` (``>= 0``)."""
-        if self.max_fall is None:
-            return self.max_move
-        return min(self.max_move, self.max_fall)
-
-    def contains(self, value: float) -> bool:
-        """True when ``value`` is finite and within ``[lower, upper]``."""
-        return math.isfinite(value) and self.lower <= value <= self.upper
-
-
-def _real_or_none(value: object) -> float | None:
-    """``float(value)`` for a real number (not bool), None for anything else or on overflow."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    try:
-        return float(value)
-    except (OverflowError, ValueError):
-        return None
 
 
 class Reason(StrEnum):
@@ -291,6 +202,27 @@ def _clip(
             f"[{_fmt(lim.lower)}, {_fmt(lim.upper)}] and they are not reachable within one move "
             f"(down {_fmt(down)}, up {_fmt(up)}); nothing written",
         )
+    if lim.grid is not None:  # what the PLC will hold, inside [lo, hi] too
+        return _on_grid(lim, p, lo, hi, *_clipped(lim, prev, p, lo, hi))
+    return _clipped(lim, prev, p, lo, hi)
+
+
+def _on_grid(
+    lim: InputLimit, p: float, lo: float, hi: float, value: float, note: Intervention | None
+) -> tuple[float | None, Intervention | None]:
+    held = lim.grid(value, lo, hi) if lim.grid is not None else value
+    if held is None:
+        why = f"{lim.name}: the PLC holds no value within [{_fmt(lo)}, {_fmt(hi)}] (resolution)"
+        return None, Intervention(
+            lim.name, p, None, Reason.NO_SAFE_VALUE, f"{why}; nothing written"
+        )
+    return held, None if note is None else replace(note, applied=held)
+
+
+def _clipped(
+    lim: InputLimit, prev: float | None, p: float, lo: float, hi: float
+) -> tuple[float, Intervention | None]:
+    name, up, down = lim.name, lim.max_up, lim.max_down
     in_limits = min(max(p, lim.lower), lim.upper)
     value = min(max(p, lo), hi)
     if value == p:

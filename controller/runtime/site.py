@@ -23,7 +23,7 @@ from pydantic import Field
 
 from controller.binding import Binding
 from controller.clock import Clock
-from controller.config import ControllerConfig
+from controller.config import ControllerConfig, InputSpec
 from controller.configfile import NAME, Strict, parse, read_yaml, real, resolve
 from controller.controllerfile import load_controller
 from controller.core.rk4_check import check_rk4_steps
@@ -31,6 +31,7 @@ from controller.errors import ConfigError, Problem, unknown_name
 from controller.ports.base import Port
 from controller.ports.factory import make_port
 from controller.ports.settings import Connection
+from controller.ports.wire import grid_for, resolution
 from controller.tags import Direction, TagMap, load_tag_map
 from controller.twin.forecast_spec import ForecastSection, forecast_names
 from plant_models import PlantModel
@@ -260,7 +261,42 @@ def _check_limits(sf: SiteFile, cfg: ControllerConfig, tm: TagMap, path: Path) -
                 f"[{limits[0]:g}, {limits[1]:g}], or wider tag limits"
             )
             problems.append(Problem(str(path), "controller", message, [spec.lower, spec.upper]))
+        problems += _resolution_problems(sf, inp, spec, tm, binding.setpoint_tag(inp), path)
     return problems
+
+
+def _resolution_problems(
+    sf: SiteFile, inp: str, spec: InputSpec, tm: TagMap, name: str | None, path: Path
+) -> list[Problem]:
+    """The input's setpoint tag must hold a value within its limits, in steps no coarser than
+    its move limits: the safety layer writes only what the PLC holds within both
+    (:mod:`controller.ports.wire`), so a coarser step would leave the input unable to move."""
+    tag, proto = tm.tags.get(name or ""), sf.connection.protocol
+    grid = grid_for(name or "", tag, proto) if tag is not None else None
+    if tag is None or grid is None:
+        return []
+    where = f"its setpoint tag {name!r} (in {sf.tags}) over {proto}"
+    if grid(spec.lower, spec.lower, spec.upper) is None:
+        message = (
+            f"{where} holds no value within the limits [{spec.lower:g}, {spec.upper:g}] of "
+            f"input {inp!r} (inputs.{inp} in {sf.controller}); allowed: limits that contain "
+            "a value the register or node can hold"
+        )
+        return [Problem(str(path), "controller", message, [spec.lower, spec.upper])]
+    step = resolution(name or "", tag, proto, max(abs(spec.lower), abs(spec.upper)))
+    moves = {"max_move": spec.max_move, "max_rise": spec.max_rise, "max_fall": spec.max_fall}
+    fine = {k: v for k, v in moves.items() if v is not None and 0.0 < v < step}
+    return [
+        Problem(
+            str(path),
+            "controller",
+            f"input {inp!r}: {key} {value:g} (inputs.{inp} in {sf.controller}) is finer than "
+            f"{where} can move (steps of {step:g}): the input could never move; allowed: "
+            f"{key} >= {step:g}, or a finer register",
+            value,
+        )
+        for key, value in fine.items()
+    ]
 
 
 def _check_advisory(

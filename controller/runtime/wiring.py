@@ -21,14 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from controller.binding import Binding
 from controller.clock import Clock, RealClock, ScaledClock
 from controller.configfile import resolve
 from controller.core.estimator import make_estimator
 from controller.core.jit import LibraryBuilder
+from controller.core.limits import Grid
 from controller.core.pipeline import ControlPipeline, Policy, input_limits
 from controller.core.policy import build_policy
 from controller.errors import ConfigError, PortError, Problem
 from controller.ports.base import Port
+from controller.ports.wire import grid_for
 from controller.runtime.audit import AuditTrail
 from controller.runtime.audit_chain import file_hash
 from controller.runtime.engagement import Engagement
@@ -105,9 +108,18 @@ def build_pipeline(site: Site, policy: Policy | None = None) -> ControlPipeline:
     def build(compile: LibraryBuilder) -> ControlPipeline:
         mpc = policy or build_policy(cfg, model, compile=compile, source=str(site.path))
         estimator = make_estimator(model, cfg.estimator, cfg.sample_time, compile=compile)
-        return ControlPipeline(model, estimator, mpc, input_limits(cfg))
+        return ControlPipeline(model, estimator, mpc, input_limits(cfg, setpoint_grids(site)))
 
     return build_compiled(build)
+
+
+def setpoint_grids(site: Site) -> dict[str, Grid]:
+    """Per input, the values its setpoint tag holds over the site's protocol (see
+    :mod:`controller.ports.wire`): the safety layer writes only those."""
+    tags = Binding.of_inputs(site.tags, tuple(site.controller.inputs)).setpoint_tags()
+    proto = site.connection.protocol
+    grids = {inp: grid_for(name, site.tags.tags[name], proto) for inp, name in tags.items()}
+    return {inp: grid for inp, grid in grids.items() if grid is not None}
 
 
 def historian_sink(historian: Historian, predict_steps: int) -> Any:

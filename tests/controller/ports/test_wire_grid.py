@@ -1,0 +1,190 @@
+"""What reaches the PLC stays inside the controller's limits and move limits.
+
+A register or node holds only some values: float32(0.3) is 0.30000001, a x0.1 integer
+register turns +0.26 into +0.3. The safety layer checked the value it was given, and the port
+kept the wire value within the *tag's* limits only: over Modbus a x0.1 register moved 15 %
+more than max_move every cycle, and the PLC held 10.3 under a controller limit of 10.27; over
+OPC UA a Float node at the controller's upper limit 0.3 was sent as 0.30000001, which the PLC
+refused (a PLC that does not check would have stored it). Each test first shows the hazard
+without the setpoint grid, then that with it (:func:`controller.ports.wire.grid_for`, which
+:func:`controller.runtime.wiring.build_pipeline` gives the safety layer) the PLC holds a value
+inside both. Real servers on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import LOOPBACK, free_port
+
+from controller.clock import RealClock, SteppedClock
+from controller.core.safety import InputLimit, SafetyFilter
+from controller.errors import ConfigError
+from controller.ports.base import WriteStatus
+from controller.ports.modbus import ModbusPort
+from controller.ports.opcua import OpcUaPort
+from controller.ports.settings import Backoff, Connection, ModbusOptions, OpcUaOptions
+from controller.ports.wire import grid_for
+from controller.runtime.site import load_site
+from controller.tags import TagMap
+from hil.servers.modbus import ModbusPlcServer
+from hil.servers.opcua import OpcUaPlcServer
+
+ROOT = Path(__file__).resolve().parents[3]
+SCALED = TagMap.model_validate(
+    {
+        "name": "t",
+        "tags": {
+            "temp_sp": {
+                "unit": "degC",
+                "direction": "read_write",
+                "binds": "T",
+                "limits": [0.0, 100.0],
+                "modbus": {"table": "holding", "address": 0, "type": "int16", "scale": 0.1},
+            }
+        },
+    }
+)
+FLOAT_NODE = TagMap.model_validate(
+    {
+        "name": "t",
+        "tags": {
+            "pressure_sp": {
+                "unit": "Torr",
+                "direction": "read_write",
+                "binds": "Pch",
+                "limits": [0.05, 0.3],
+                "opcua": {"node_id": "ns=2;s=t.pressure_sp", "data_type": "Float"},
+            }
+        },
+    }
+)
+BACKOFF = Backoff(initial_s=0.2, factor=2.0, max_s=1.0)
+
+
+def _modbus(port: int) -> Connection:
+    options = ModbusOptions.model_validate({})
+    return Connection(
+        protocol="modbus", host=LOOPBACK, port=port, timeout_s=1.0, backoff=BACKOFF, modbus=options
+    )
+
+
+async def _moves_on_the_wire(limit: InputLimit, cycles: int) -> list[float]:
+    """The values the PLC holds after each cycle of a safety filter asking for far above."""
+    safety = SafetyFilter({"T": limit})
+    safety.reset({"T": 10.0})
+    held = [10.0]
+    async with ModbusPlcServer(SCALED) as server:
+        server.set_value("temp_sp", 10.0)
+        async with ModbusPort(SCALED, _modbus(server.port), SteppedClock(0.0)) as port:
+            for _ in range(cycles):
+                value = safety.step({"T": 40.0}, solve_ok=True).setpoints["T"]
+                result = (await port.write({"temp_sp": value})).results["temp_sp"]
+                assert result.status is WriteStatus.OK and result.readback is not None
+                held.append(server.value("temp_sp"))
+                safety.reset({"T": result.readback})  # what the PLC has: the next origin
+    return [b - a for a, b in itertools.pairwise(held)]
+
+
+async def test_a_scaled_register_never_moves_more_than_max_move() -> None:
+    grid = grid_for("temp_sp", SCALED.tags["temp_sp"], "modbus")
+    assert grid is not None
+    hazard = await _moves_on_the_wire(InputLimit("T", 0.0, 50.0, 0.26), 3)
+    assert all(m == pytest.approx(0.3) for m in hazard)  # 15 % over max_move, every cycle
+    moves = await _moves_on_the_wire(InputLimit("T", 0.0, 50.0, 0.26, grid=grid), 3)
+    assert all(m == pytest.approx(0.2) for m in moves), moves  # the register's step inside
+
+
+async def test_a_scaled_register_never_goes_past_the_controllers_limit() -> None:
+    grid = grid_for("temp_sp", SCALED.tags["temp_sp"], "modbus")
+    for limit, expected in ((InputLimit("T", 0.0, 10.27, 1.0), 10.3),
+                            (InputLimit("T", 0.0, 10.27, 1.0, grid=grid), 10.2)):  # fmt: skip
+        safety = SafetyFilter({"T": limit})
+        safety.reset({"T": 10.0})
+        value = safety.step({"T": 40.0}, solve_ok=True).setpoints["T"]
+        async with ModbusPlcServer(SCALED) as server:
+            async with ModbusPort(SCALED, _modbus(server.port), SteppedClock(0.0)) as port:
+                await port.write({"temp_sp": value})
+            assert server.value("temp_sp") == pytest.approx(expected)
+
+
+async def test_a_float_node_at_the_upper_limit_is_written_inside_it(tmp_path: Path) -> None:
+    grid = grid_for("pressure_sp", FLOAT_NODE.tags["pressure_sp"], "opcua")
+    assert grid is not None
+    number = free_port()
+    conn = Connection(
+        protocol="opcua",
+        host=LOOPBACK,
+        port=number,
+        timeout_s=2.0,
+        backoff=BACKOFF,
+        opcua=OpcUaOptions(),
+    )
+    initial = {"pressure_sp": 0.1}
+    async with (
+        OpcUaPlcServer(FLOAT_NODE, number, initial=initial, shelf=tmp_path, roles=None),
+        OpcUaPort(FLOAT_NODE, conn, RealClock()) as port,
+    ):
+        outcomes = []
+        for limit in (
+            InputLimit("Pch", 0.05, 0.3, 1.0),
+            InputLimit("Pch", 0.05, 0.3, 1.0, grid=grid),
+        ):
+            safety = SafetyFilter({"Pch": limit})
+            safety.reset({"Pch": 0.1})
+            value = safety.step({"Pch": 1.0}, solve_ok=True).setpoints["Pch"]
+            result = (await port.write({"pressure_sp": value})).results["pressure_sp"]
+            outcomes.append((value, result.status, result.readback))
+    (sent, status, _), (on_grid, ok, readback) = outcomes
+    assert sent == 0.3 and status is not WriteStatus.OK  # float32(0.3) > 0.3: refused
+    assert ok is WriteStatus.OK and readback == on_grid and on_grid < 0.3
+    assert on_grid == pytest.approx(0.3, rel=1e-7)
+
+
+def _site_with(tmp_path: Path, tag_changes: dict[str, object], inputs: dict[str, object]) -> Path:
+    """A copy of the CSTR Modbus site with its feed setpoint tag and input F changed."""
+    for kind in ("plants", "scenarios"):
+        (tmp_path / kind).symlink_to(ROOT / "configs" / kind)
+    for kind, name, key, changes in (
+        ("tags", "cstr.yaml", ("tags", "feed_dilution_sp"), tag_changes),
+        ("controllers", "cstr.yaml", ("inputs", "F"), inputs),
+    ):
+        (tmp_path / kind).mkdir()
+        data = yaml.safe_load((ROOT / "configs" / kind / name).read_text(encoding="utf-8"))
+        data[key[0]][key[1]].update(changes)
+        (tmp_path / kind / name).write_text(yaml.safe_dump(data), encoding="utf-8")
+    (tmp_path / "sites").mkdir()
+    site = tmp_path / "sites" / "cstr-modbus.yaml"
+    shutil.copy(ROOT / "configs" / "sites" / "cstr-modbus.yaml", site)
+    return site
+
+
+def test_a_setpoint_register_coarser_than_the_move_limit_is_refused(tmp_path: Path) -> None:
+    spec = {"table": "holding", "address": 0, "type": "int16", "scale": 1.0}
+    site = _site_with(tmp_path, {"modbus": spec}, {"max_move": 0.5})
+    with pytest.raises(ConfigError) as info:
+        load_site(site)
+    text = str(info.value)
+    assert "max_move 0.5" in text and "steps of 1" in text and "allowed: max_move >= 1" in text
+
+
+def test_input_limits_no_register_value_lies_in_are_refused(tmp_path: Path) -> None:
+    spec = {"table": "holding", "address": 0, "type": "int16", "scale": 1.0}
+    site = _site_with(tmp_path, {"modbus": spec}, {"lower": 5.2, "upper": 5.7, "max_move": 1.0})
+    with pytest.raises(ConfigError) as info:
+        load_site(site)
+    assert "holds no value within the limits [5.2, 5.7] of input 'F'" in str(info.value)
+
+
+def test_the_runtime_gives_the_safety_layer_the_setpoint_grids() -> None:
+    from controller.runtime.wiring import setpoint_grids
+
+    site = load_site(ROOT / "configs" / "sites" / "lyophilizer-modbus.yaml")
+    grids = setpoint_grids(site)
+    assert set(grids) == {"Tsh", "Pch"}  # both setpoints are float32 registers
+    held = grids["Pch"](0.3, 0.05, 0.3)
+    assert held is not None and held < 0.3 and held == pytest.approx(0.3, rel=1e-7)
