@@ -25,9 +25,9 @@ into the :class:`~controller.errors.PortError` tree with ``raise ... from exc``.
   value of the node's own type in its range (a Boolean from a Double node, an array, a String)
   is BAD naming what was sent and what is allowed; so is a Good value that is not finite; one
   outside the tag's engineering ``limits`` is UNCERTAIN ("outside limits: wrong word order or
-  scale?"). ``source_time = read_time - (now_utc - SourceTimestamp)`` (else
-  ServerTimestamp, else the notification's arrival, else ``read_time``): the process-time
-  equivalent of the value's age.
+  scale?"). ``source_time = read_time - rate (now_utc - SourceTimestamp)`` (else
+  ServerTimestamp, else the notification's arrival, else ``read_time``; ``rate``: a scaled
+  clock's process seconds per wall second): the process-time equivalent of the value's age.
 * **Write**: everything is validated first (unknown, read-only, not finite, outside the tag limits,
   not representable in the node's type); if anything is REJECTED nothing is sent and the rest is
   NOT_SENT. Then ONE Write call with the variant type read at connect, a status per tag (refusals
@@ -353,9 +353,9 @@ class OpcUaPort(Port):
                 cached = [self._cache.values.get(self._points[n].node) for n in names]
                 dvs = [c[0] if c else _NO_DATA for c in cached]
                 arrived = [c[1] if c else None for c in cached]
-        now, utc = self.clock.now(), datetime.now(UTC)
+        now, utc, rate = self.clock.now(), datetime.now(UTC), getattr(self.clock, "rate", 1.0)
         values = {
-            n: flag_implausible(_tag_value(dv, self._type(n), now, utc, a), self.tags[n])
+            n: flag_implausible(_tag_value(dv, self._type(n), now, utc, a, rate), self.tags[n])
             for n, dv, a in zip(names, dvs, arrived, strict=True)
         }
         return Snapshot(values, now)
@@ -447,23 +447,23 @@ class OpcUaPort(Port):
 
 
 def _tag_value(
-    dv: ua.DataValue, data_type: str, read_time: float, utc: datetime, arrived: datetime | None
+    dv: ua.DataValue, kind: str, now: float, utc: datetime, got: datetime | None, rate: float
 ) -> TagValue:
-    """A DataValue of a ``data_type`` node as a TagValue: quality from the status (BAD if the
-    value is not the node's type), source time from its timestamps."""
+    """A DataValue of a ``kind`` node as a TagValue: quality from the status (BAD if the value
+    is not the node's type), source time from its timestamps (a wall age times ``rate``)."""
     status = dv.StatusCode or ua.StatusCode()
-    stamp = dv.SourceTimestamp or dv.ServerTimestamp or arrived
+    stamp = dv.SourceTimestamp or dv.ServerTimestamp or got
     if stamp is not None and stamp.tzinfo is None:
         stamp = stamp.replace(tzinfo=UTC)
-    source_time = read_time if stamp is None else read_time - (utc - stamp).total_seconds()
-    value, misfit = read_number(data_type, dv.Value)
+    source_time = now if stamp is None else now - (utc - stamp).total_seconds() * rate
+    value, misfit = read_number(kind, dv.Value)
     if status.is_good() and not misfit:
-        return TagValue(value, Quality.GOOD, source_time, read_time)
+        return TagValue(value, Quality.GOOD, source_time, now)
     if status.is_bad() or not misfit:  # a Bad value may be nulled: the status says why
         quality = Quality.BAD if status.is_bad() else Quality.UNCERTAIN
-        return TagValue(value, quality, source_time, read_time, status.name)
+        return TagValue(value, quality, source_time, now, status.name)
     detail = misfit if status.is_good() else f"{status.name}; {misfit}"
-    return TagValue(value, Quality.BAD, source_time, read_time, detail)
+    return TagValue(value, Quality.BAD, source_time, now, detail)
 
 
 def _in_namespace(node_id: str, namespaces: list[str]) -> ua.NodeId:
