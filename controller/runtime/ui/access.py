@@ -12,12 +12,17 @@ file on every use, the refusal of cross-site POSTs, and the headers every answer
   ``application/json``).
 - :class:`SecurityHeaders`: Content-Security-Policy (scripts from the view only, none inline,
   no framing), ``nosniff``, no referrer, nothing cached.
+- :class:`Attempts`: when a refused attempt with no logged-in user (a failed login, an action
+  without a login) is audited: at most once a minute per kind and client address, the next
+  record counting those left out (detected and reported, without letting a flood of wrong
+  passwords flood the trail).
 - :func:`refuse`, :func:`read_json`, :func:`audit_failed`: the JSON answers of the actions.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable
@@ -204,3 +209,35 @@ async def audit_failed(request: Request, exc: Exception) -> Response:
         "operator action %s not carried out: the audit trail failed: %s", request.url.path, exc
     )
     return refuse(500, f"not carried out: the audit trail could not record it: {exc}")
+
+
+class Attempts:
+    """Which refused anonymous attempts to audit: the first of a kind from a client address,
+    then at most one every ``every_s`` seconds, saying how many were left out in between."""
+
+    def __init__(self, every_s: float = 60.0, keep: int = 1024) -> None:
+        self.every_s, self.keep = every_s, keep
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}  # -> last recorded, left out
+
+    def due(self, kind: str, host: str, now: float) -> int | None:
+        """The attempts left out since the last record, when this one is to be recorded;
+        None when it is left out (counted for the next record)."""
+        key = (kind, host)
+        last, skipped = self._seen.get(key, (-math.inf, 0))
+        if now - last < self.every_s:
+            self._seen[key] = (last, skipped + 1)
+            return None
+        if len(self._seen) >= self.keep:  # many addresses: forget the quiet ones
+            self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.every_s}
+        self._seen[key] = (now, 0)
+        return skipped
+
+    def note(self, request: Request, kind: str, why: str, now: float) -> str | None:
+        """The audit note of this attempt (``refused: <why>, from <address>``, with the count
+        left out since the last record), or None when it is left out."""
+        host = request.client.host if request.client is not None else "unknown address"
+        skipped = self.due(kind, host, now)
+        if skipped is None:
+            return None
+        more = f"; {skipped} more since the last record" if skipped else ""
+        return f"refused: {why}, from {host}{more}"

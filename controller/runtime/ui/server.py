@@ -37,6 +37,7 @@ from controller.runtime.audit_chain import AuditError
 from controller.runtime.audit_verify import read_tail
 from controller.runtime.ui.access import (
     SESSION_S,
+    Attempts,
     SecurityHeaders,
     Session,
     Sessions,
@@ -99,6 +100,7 @@ class OperatorView:
         self._acked: dict[str, str] = {}  # alarm key -> who acknowledged it
         self._alarms: dict[str, dict[str, Any]] = {}  # active drift alarms by key
         self._sessions = Sessions(users)
+        self._attempts = Attempts()
         self._lock = threading.Lock()
         self._forecasting = threading.Lock()
         self._sup: Supervisor | None = None
@@ -367,6 +369,9 @@ class OperatorView:
         name, password = str(body.get("user", "")), str(body.get("password", ""))
         user = await asyncio.to_thread(users.login, name, password)
         if user is None:
+            await self._anonymous(
+                request, "login.failed", name[:64], "unknown user or wrong password"
+            )
             return refuse(401, "unknown user or wrong password")
         token = self._sessions.login(user, request.cookies.get(SESSION_COOKIE, ""))
         resp = JSONResponse({"user": user.name, "roles": sorted(user.roles)})
@@ -393,7 +398,7 @@ class OperatorView:
         self, request: Request, role: str
     ) -> tuple[Session, dict[str, Any]] | Response:
         """The session and the JSON body of an action, or the refusal (403 cross-site, 503
-        users file locked, 401 no login, 400 no reason): none of these is audited."""
+        users file locked, 401 no login: audited, throttled; 400 no reason: not audited)."""
         forged = self._forged(request)
         if forged:
             return refuse(403, forged)
@@ -402,6 +407,8 @@ class OperatorView:
             return refuse(503, locked)
         s = self._session(request)
         if s is None:
+            action = "operator" + request.url.path.removeprefix("/api").replace("/", ".")
+            await self._anonymous(request, action, role, "no login")
             return refuse(401, "log in first: this action needs a user with the role " + role)
         body = await read_json(request)
         body["reason"] = str(body.get("reason", "")).strip()
@@ -476,6 +483,11 @@ class OperatorView:
             raise RuntimeError("the operator view is not started: no supervisor")
         sup.audit.record(action, target, reason=reason, old_value=old, new_value=new, actor=user)
         return action
+
+    async def _anonymous(self, request: Request, action: str, target: str, why: str) -> None:
+        note = self._attempts.note(request, action, why, self._now())  # see access.Attempts
+        if note is not None and self._sup is not None:
+            await self._on_control_loop(self._audit(action, target, "anonymous", note, note))
 
     async def _on_control_loop(self, coro: Awaitable[str]) -> str:
         if not (self._control_loop is not None):

@@ -87,3 +87,38 @@ def test_the_audit_trail_refuses_an_invisible_reason(tmp_path: Path, reason: str
     with pytest.raises(AuditError, match="a reason is required"):
         trail.record("tag.write.request", "x", reason=reason)
     assert list(trail.records()) == []
+
+
+def _anonymous(audit: Path) -> list[tuple[Any, ...]]:
+    return [
+        (r.action, r.target, r.new_value) for r in read_records(audit) if r.actor == "anonymous"
+    ]
+
+
+async def test_failed_logins_and_actions_without_login_are_audited_throttled(
+    tmp_path: Path,
+) -> None:
+    # a wrong password or an action with no login was answered 401 and left no trace: tries
+    # at a password went undetected. Now the first of each kind from an address is recorded,
+    # then one a minute at most (the view's clock), counting those left out.
+    wall = [0.0]
+    async with (
+        running_twin(tmp_path, ui_now=lambda: wall[0]) as twin,
+        httpx.AsyncClient(base_url=twin.view.url) as c,
+    ):
+        for _ in range(3):
+            assert (await _login(c, "olga", "not-her-password")).status_code == 401
+            body = {"action": "release", "reason": "who am I"}
+            assert (await c.post("/api/control", json=body)).status_code == 401
+        wall[0] += 61.0
+        assert (await _login(c, "olga", "still-not-it")).status_code == 401
+        assert (await _login(c, "olga", "olga-pass-1")).status_code == 200
+    assert _anonymous(twin.audit) == [
+        ("login.failed", "olga", "refused: unknown user or wrong password, from 127.0.0.1"),
+        ("operator.control", "control", "refused: no login, from 127.0.0.1"),
+        (
+            "login.failed",
+            "olga",
+            "refused: unknown user or wrong password, from 127.0.0.1; 2 more since the last record",
+        ),
+    ]
