@@ -22,7 +22,9 @@ from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
+    from controller.runtime.site import Site
     from hil.design_space_mc import ProbabilisticOutcome
+    from hil.scenario import ScenarioConfig
     from hil.tuning.evaluate import ExecutorSettings
 
 
@@ -414,16 +416,48 @@ def check_config(files: Sequence[Path], console: Console) -> int:
     from controller.runtime.cli_config import CHECKERS, Checker, check_config, check_site_file
     from hil.campaign.spec import load_campaign
     from hil.design_space_spec import load_design_space
-    from hil.scenario import load_scenario
-    from hil.site import load_hil_site
     from hil.tuning.spec import load_tuning
 
     hil_kinds: dict[str, Checker] = {
-        # with its 'hil:' section, which pharmatwin does not check
-        "site": functools.partial(check_site_file, load=load_hil_site),
-        "scenario": load_scenario,
+        # with its 'hil:' section, which pharmatwin does not check, and its scenario's faults
+        "site": functools.partial(check_site_file, load=_hil_site_with_faults),
+        "scenario": _scenario_with_faults,
         "campaign": load_campaign,
         "tuning": load_tuning,
         "design space": load_design_space,
     }
     return check_config(files, console, {**CHECKERS, **hil_kinds}, "pharmatwin-hil")
+
+
+def _hil_site_with_faults(path: Path) -> Site:
+    """A site file as the HIL bench loads it, with its scenario's scheduled faults checked as
+    the serving rig checks them (:func:`hil.faultcheck.check_scheduled`: targets, units,
+    magnitudes, the controller's sample time, and a start before the scenario's end); what
+    only the rig knows (its plant step, servers, true parameters) is left to it."""
+    from hil.faultcheck import FaultTargets, check_scheduled
+    from hil.site import hil_section, load_hil_site_and_scenario
+
+    site, scenario = load_hil_site_and_scenario(path)
+    section = hil_section(site)
+    if scenario is not None and section is not None and scenario.faults:
+        source = str(site.file(section.scenario))
+        targets = FaultTargets.for_site(site)
+        check_scheduled(scenario.faults, targets, source, run_end=scenario.duration)
+    return site
+
+
+def _scenario_with_faults(path: Path) -> ScenarioConfig:
+    """A scenario file, and no scheduled fault starting at or after its end (it would never
+    act); its faults' effects on a site are checked with the site file."""
+    from controller.configfile import resolve
+    from controller.errors import ConfigError
+    from controller.plantfile import build_model
+    from hil.faultcheck import late_fault_problems
+    from hil.scenario import load_scenario
+
+    sc = load_scenario(path)
+    if any(f.start >= sc.duration for f in sc.faults):
+        unit = build_model(resolve(path, sc.plant)).time_unit
+        problems = late_fault_problems(sc.faults, sc.duration, unit, str(path))
+        raise ConfigError(problems)
+    return sc

@@ -7,7 +7,10 @@ there: the target exists (unknown names are listed with what is allowed and a "d
 mean"), a wildcard matches at least one tag, the stated ``unit`` is the one the magnitude or
 rate is in (:func:`magnitude_unit`), the magnitude can take effect (a saturation at or above
 the input's upper limit, a lag far shorter than a plant step, a drift of a parameter that is
-0, a window shorter than a plant step would all silently do nothing) and the servers of this
+0, a window shorter than a plant step would all silently do nothing; a saturation outside the
+input's physical range is a value the plant could never receive; a sensor or
+``comm_bad_status`` window shorter than the controller's sample time could fall between two
+reads and never be seen) and the servers of this
 mode can carry out the kind (the in-memory PLC of the fast mode cannot delay answers by
 wall-clock seconds: ``comm_latency`` is refused there). :func:`parse_fault` turns a raw
 request into a :class:`~hil.faultspec.FaultSpec` with plain-sentence errors. A refused fault
@@ -29,6 +32,7 @@ from controller.errors import ConfigError, Problem, ScenarioError, suggest, unkn
 from hil.faultspec import (
     FAULT_KINDS,
     FAULT_RATE_KINDS,
+    FAULT_READ_KINDS,
     FAULT_SERVER_WIDE_KINDS,
     FaultSpec,
     expand_tags,
@@ -48,6 +52,7 @@ __all__ = [
     "check_fault",
     "check_scheduled",
     "fault_problems",
+    "late_fault_problems",
     "magnitude_unit",
     "parse_fault",
     "scheduled_fault_problems",
@@ -93,11 +98,14 @@ class FaultTargets:
     """What one site, in one mode, offers to faults (checked by :func:`fault_problems`).
 
     Units are the model's. ``input_limits``: the PLC's range of each input's setpoint tag
-    (the model's bounds where the tag has none). ``parameter_units``: every parameter's unit;
-    ``parameters``: the true plant's values. ``plant_step``: the rig's integration step [time
-    unit]. ``parameters`` and ``plant_step`` are None where they are not known (the CLI, from
-    the site file alone: :meth:`for_site`), which leaves the checks that need them to the
-    serving rig. ``unsupported``: kind -> why the servers of this mode cannot carry it out.
+    (the model's bounds where the tag has none). ``input_ranges``: each input's physical range
+    (the model's ``Variable.lower``/``upper``; empty: not known). ``parameter_units``: every
+    parameter's unit; ``parameters``: the true plant's values. ``plant_step``: the rig's
+    integration step [time unit]; ``sample_time``: the controller's [time unit]. ``parameters``
+    and ``plant_step`` are None where they are not known (the CLI, from the site file alone:
+    :meth:`for_site`), which leaves the checks that need them to the serving rig; so is
+    ``sample_time`` where no controller is known. ``unsupported``: kind -> why the servers of
+    this mode cannot carry it out.
     """
 
     time_unit: str
@@ -109,6 +117,8 @@ class FaultTargets:
     parameters: Mapping[str, float] | None = None
     plant_step: float | None = None
     unsupported: Mapping[str, str] = field(default_factory=dict)
+    input_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    sample_time: float | None = None
 
     @classmethod
     def of(
@@ -117,11 +127,14 @@ class FaultTargets:
         tags: TagMap,
         *,
         plant_step: float | None = None,
+        sample_time: float | None = None,
         servers: Iterable[PlcServer] = (),
     ) -> FaultTargets:
         """The targets of ``model`` (with the true plant's parameter values) behind ``tags``;
-        ``servers`` say which kinds they cannot carry out (``unsupported_faults``)."""
+        ``sample_time``: the controller's [time unit]; ``servers`` say which kinds they cannot
+        carry out (``unsupported_faults``)."""
         limits: dict[str, tuple[float, float]] = {}
+        ranges: dict[str, tuple[float, float]] = {}
         binding = Binding.of(tags, model)
         for name in model.input_names:
             sp = binding.setpoint_tag(name)
@@ -129,6 +142,7 @@ class FaultTargets:
             var = model.variable(name)
             lo, hi = tag_limits if tag_limits is not None else (var.lower, var.upper)
             limits[name] = (float(lo), float(hi))
+            ranges[name] = (float(var.lower), float(var.upper))
         unsupported: dict[str, str] = {}
         for server in servers:
             unsupported.update(server.unsupported_faults)
@@ -142,13 +156,17 @@ class FaultTargets:
             parameters=model.parameters,
             plant_step=plant_step,
             unsupported=unsupported,
+            input_ranges=ranges,
+            sample_time=sample_time,
         )
 
     @classmethod
     def for_site(cls, site: Site) -> FaultTargets:
-        """What the site file alone says (names, units, the PLC's limits): the true plant's
-        parameter values, the rig's step and its servers are the serving rig's to check."""
-        return replace(cls.of(site.model, site.tags), parameters=None)
+        """What the site file alone says (names, units, the PLC's limits, the controller's
+        sample time): the true plant's parameter values, the rig's step and its servers are the
+        serving rig's to check."""
+        targets = cls.of(site.model, site.tags, sample_time=site.controller.sample_time)
+        return replace(targets, parameters=None)
 
     def allowed(self, kind: str) -> tuple[str, ...]:
         """The targets a fault of ``kind`` may name (comm_bad_status: also patterns)."""
@@ -206,22 +224,56 @@ def _target_problem(spec: FaultSpec, targets: FaultTargets) -> str | None:
     return unknown_name(_NOUN.get(kind.split("_")[0], "target"), target, allowed, context=context)
 
 
+def _window_problems(spec: FaultSpec, targets: FaultTargets) -> list[str]:
+    """A window too short to act on the plant, or to be seen by the controller."""
+    step, ts, per, duration = (
+        targets.plant_step,
+        targets.sample_time,
+        targets.time_unit,
+        spec.duration,
+    )
+    if duration is None:
+        return []
+    if step is not None and duration < step:
+        return [
+            f"a duration of {duration:g} {per} is shorter than one plant step "
+            f"({step:g} {per}): the fault could begin and end between two steps and never act"
+        ]
+    if ts is not None and spec.kind in FAULT_READ_KINDS and duration < ts * (1.0 - 1e-9):
+        return [
+            f"a {spec.kind} fault on {spec.target} lasting {duration:g} {per} is shorter than "
+            f"the controller's sample time ({ts:g} {per}): it could begin and end between two "
+            f"controller reads and never be seen; allowed: a duration of at least {ts:g} {per}"
+        ]
+    return []
+
+
+def _saturation_problems(spec: FaultSpec, targets: FaultTargets) -> list[str]:
+    """A cap the PLC never reaches, or a value the plant could never physically receive."""
+    target, cap = spec.target, spec.magnitude
+    plc_hi, unit = targets.input_limits[target][1], targets.inputs[target]
+    lo, hi = targets.input_ranges.get(target, (-math.inf, math.inf))
+    problems: list[str] = []
+    if cap >= plc_hi:
+        problems.append(
+            f"a saturation at {cap:g} {unit} can never cap {target}: the PLC "
+            f"never applies more than {plc_hi:g} {unit} (its upper limit)"
+        )
+    elif cap > hi or cap < lo:
+        problems.append(
+            f"a saturation at {cap:g} {unit} is outside {target}'s physical range "
+            f"[{lo:g}, {hi:g}] {unit}: the plant could never receive it; allowed: a magnitude "
+            f"in [{lo:g}, {min(hi, plc_hi):g}) {unit}"
+        )
+    return problems
+
+
 def _effect_problems(spec: FaultSpec, targets: FaultTargets) -> list[str]:
     """Magnitudes and windows with which the fault could never act."""
-    problems: list[str] = []
+    problems = _window_problems(spec, targets)
     step, per, kind, target = targets.plant_step, targets.time_unit, spec.kind, spec.target
-    if step is not None and spec.duration is not None and spec.duration < step:
-        problems.append(
-            f"a duration of {spec.duration:g} {per} is shorter than one plant step "
-            f"({step:g} {per}): the fault could begin and end between two steps and never act"
-        )
     if kind == "actuator_saturation":
-        hi, unit = targets.input_limits[target][1], targets.inputs[target]
-        if spec.magnitude >= hi:
-            problems.append(
-                f"a saturation at {spec.magnitude:g} {unit} can never cap {target}: the PLC "
-                f"never applies more than {hi:g} {unit} (its upper limit)"
-            )
+        problems += _saturation_problems(spec, targets)
     if kind == "actuator_lag" and step is not None and spec.magnitude < step / math.log(100):
         problems.append(
             f"a lag time constant of {spec.magnitude:g} {per} leaves less than 1 % of a change "
@@ -275,16 +327,37 @@ def scheduled_fault_problems(
     run_end: float | None = None,
 ) -> list[Problem]:
     """:func:`fault_problems` for a scenario's ``faults:``, as config problems; a fault that
-    starts at or after ``run_end`` [time unit] would never act either."""
+    starts at or after ``run_end`` [time unit] would never act either
+    (:func:`late_fault_problems`)."""
     out: list[Problem] = []
     for i, spec in enumerate(faults):
         sentences = fault_problems(spec, targets)
-        if run_end is not None and spec.start >= run_end:
-            sentences.append(
-                f"it starts at {spec.start:g} {targets.time_unit}, when the run "
-                f"({run_end:g} {targets.time_unit}) is over: it would never act"
-            )
+        late = _late(spec, run_end, targets.time_unit)
+        sentences += [late] if late is not None else []
         out += [Problem(source, f"faults.{i}", text, spec.kind) for text in sentences]
+    return out
+
+
+def _late(spec: FaultSpec, run_end: float | None, unit: str) -> str | None:
+    if run_end is None or spec.start < run_end:
+        return None
+    return (
+        f"a {spec.kind} fault on {spec.target}: it starts at {spec.start:g} {unit}, when the run "
+        f"({run_end:g} {unit}) is over: it would never act; allowed: a start before "
+        f"{run_end:g} {unit}"
+    )
+
+
+def late_fault_problems(
+    faults: Sequence[FaultSpec], run_end: float, time_unit: str, source: str
+) -> list[Problem]:
+    """A scenario's faults that start at or after ``run_end`` [``time_unit``], the end of its
+    run: they would never act (what a scenario file alone says, without its site)."""
+    out: list[Problem] = []
+    for i, spec in enumerate(faults):
+        late = _late(spec, run_end, time_unit)
+        if late is not None:
+            out.append(Problem(source, f"faults.{i}.start", late, spec.start))
     return out
 
 

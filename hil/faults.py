@@ -296,6 +296,11 @@ class FaultSet:
             new._last_applied.setdefault(name, value)
         return carried
 
+    def pending(self) -> list[FaultSpec]:
+        """The faults not yet active as of the latest time the set has seen (their start is
+        later): at the end of a batch, the ones that never acted."""
+        return [f.spec for f in self._faults if f.phase is _Phase.PENDING]
+
     def active(self, t: float) -> list[FaultSpec]:
         """The faults active at ``t`` [time unit], in the order they were added."""
         self._advance(t)
@@ -407,8 +412,11 @@ class FaultSet:
         ``parameter_drift`` fault gives ``value * (1 + rate * (t - start))`` on its target,
         ``rate`` being relative per time unit. Degradation does not heal: after the fault's
         end the parameter stays at the value it reached then (``t`` is capped at the end).
-        Several drifts on one parameter add their relative changes. The factor never goes
-        below 0 (a coefficient cannot change sign). Returns a new dict with every name of
+        Several drifts on one parameter add their relative changes. The prescribed value is
+        given as is, never floored or clipped: past -100 % it changes sign, and a value outside
+        the parameter's physical domain is the true plant's to refuse (a plant fault:
+        :meth:`hil.plant_runner.PlantRunner.set_parameters` raises ``PlantDomainError`` and the
+        plant stops), never silently made to fit. Returns a new dict with every name of
         ``nominal``; ``nominal`` is never mutated.
         """
         self._advance(t)
@@ -421,7 +429,7 @@ class FaultSet:
             elapsed = min(t, f.end) - spec.start
             relative[spec.target] = relative.get(spec.target, 0.0) + spec.rate * elapsed
         for name, change in relative.items():
-            out[name] = nominal[name] * max(0.0, 1.0 + change)
+            out[name] = nominal[name] * (1.0 + change)
         return out
 
     # ------------------------------------------------------------------ communications

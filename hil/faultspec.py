@@ -23,6 +23,7 @@ __all__ = [
     "FAULT_KINDS",
     "FAULT_MAGNITUDE_KINDS",
     "FAULT_RATE_KINDS",
+    "FAULT_READ_KINDS",
     "FAULT_SERVER_WIDE_KINDS",
     "FaultKind",
     "FaultSpec",
@@ -69,6 +70,13 @@ FAULT_RATE_KINDS = frozenset({"sensor_drift", "parameter_drift"})
 
 #: the kinds that act on a whole server at once: their target is "*"
 FAULT_SERVER_WIDE_KINDS = frozenset({"comm_latency", "comm_drop", "comm_restart"})
+
+
+#: the kinds that change what the controller reads (a value or its quality): the controller
+#: sees them only at its reads, once per sample time, so a shorter window may never be seen
+FAULT_READ_KINDS = frozenset(
+    {k for k in FAULT_KINDS if k.startswith("sensor_")} | {"comm_bad_status"}
+)
 
 
 class FaultSpec(Strict):

@@ -129,9 +129,19 @@ class HilRig:
 
         #: what faults may target on this site, and the kinds these servers cannot carry out
         self.fault_targets = FaultTargets.of(
-            self.model, site.tags, plant_step=self.plant_step, servers=servers
+            self.model,
+            site.tags,
+            plant_step=self.plant_step,
+            sample_time=site.controller.sample_time,
+            servers=servers,
         )
-        check_scheduled(self.scenario.faults, self.fault_targets, str(scen_path))
+        # a fault that starts when the run is over would never act: refused with the others
+        check_scheduled(
+            self.scenario.faults,
+            self.fault_targets,
+            str(scen_path),
+            run_end=self.scenario.duration,
+        )
         self.faults = FaultSet(
             self.scenario.faults,
             np.random.default_rng(tp.seed + 1),
@@ -219,6 +229,22 @@ class HilRig:
             now,
             len(carried),
         )
+
+    def _warn_never_active(self) -> None:
+        """Log every fault that was still to start when the batch ended: it never acted."""
+        end = self.plant.finished_at if self.plant.finished_at is not None else self.plant.t
+        unit = self.model.time_unit
+        for spec in self.faults.pending():
+            log.warning(
+                "fault %s on %s scheduled at t=%g %s never became active: the batch ended at "
+                "t=%g %s",
+                spec.kind,
+                spec.target,
+                spec.start,
+                unit,
+                end,
+                unit,
+            )
 
     def _fault_event(self, ev: FaultEvent) -> None:
         self.log.fault_events.append(ev)
@@ -356,8 +382,10 @@ class HilRig:
                 break
             if self.batch_over and self.at_batch_end == "exit":
                 log.info("the batch ended at t=%g %s", self.plant.t, self.model.time_unit)
+                self._warn_never_active()
                 break
             if self.batch_over and self.at_batch_end == "repeat":
+                self._warn_never_active()
                 self._restart_batch(self.clock.now())
             next_scan += period
             delay = next_scan - loop.time()

@@ -6,6 +6,11 @@ offline loop uses the same interfaces as the networked one. Each tick: the plant
 its measurements, the controller reads a snapshot, estimates, solves, passes the result
 through safety and writes the setpoints; the plant then integrates one sample with the
 setpoints in place and the clock advances.
+
+A row's ``u.<input>`` is the setpoint in place at ``t`` (what the PLC port holds, for the step
+from ``t``); ``i.<input>`` is what the true plant had at ``t``, the end of its previous step
+(its state's inputs: disturbances included), so the two differ where the plant did not get
+what was asked (and, for one row, after a setpoint changes).
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ def _row(t: float, plant: PlantState, y: dict[str, float], cycle: CycleResult) -
             {f"phat.{k}": cycle.estimate.parameters[k] for k in cycle.estimate.parameter_std}
         )
     row.update({f"u.{k}": v for k, v in cycle.outcome.setpoints.items()})
+    row.update({f"i.{k}": v for k, v in plant.inputs.items()})  # what the plant received
     row.update({f"mpc.{k}": v for k, v in d.inputs.items()})
     row["solve.status"] = d.status.value
     row["solve.return_status"] = d.return_status
@@ -229,5 +235,6 @@ def _final_row(plant: PlantState) -> dict[str, Any]:
     row.update({f"o.{k}": v for k, v in plant.outputs.items()})
     row.update({f"e.{k}": v for k, v in plant.expressions.items() if k not in plant.outputs})
     row.update({f"u.{k}": v for k, v in plant.inputs.items()})
+    row.update({f"i.{k}": v for k, v in plant.inputs.items()})
     row["solve.status"] = "end"
     return row

@@ -1,7 +1,8 @@
 """Judging a recorded run against the acceptance criteria of a campaign.
 
-Pure functions over the recording: the PLC-scan trajectory (true plant, measurements, applied
-setpoints, PLC mode), the controller's cycles and every setpoint it sent. Each criterion gives
+Pure functions over the recording: the PLC-scan trajectory (true plant, measurements, the
+setpoints the PLC applied, the inputs the plant received, PLC mode), the controller's cycles,
+every setpoint it sent and every fault event of the rig. Each criterion gives
 a :class:`Verdict` with the value it was judged on and the limit, so a reviewer can see why.
 
 Delays are judged from the process times at which things happened: a row's ``t`` is the true
@@ -77,6 +78,11 @@ class Recording:
     finished_at: float | None = None
     #: the unit of every model name (axes and tables are labelled with them)
     units: dict[str, str] = field(default_factory=dict)
+    #: the rig's fault events in order (:class:`hil.faults.FaultEvent` as dicts: t, kind,
+    #: target, action "start"/"end"/"inject"/"clear"/"carry", source, detail)
+    faults: list[dict[str, Any]] = field(default_factory=list)
+    #: the scenario's scheduled faults (``FaultSpec`` as dicts), to tell which never acted
+    scheduled_faults: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def time_unit(self) -> str:
@@ -86,7 +92,11 @@ class Recording:
         return np.array([r.get(name, math.nan) for r in self.rows], dtype=float)
 
     def find(self, name: str) -> str | None:
-        """The trajectory column of a model name (true state, expression, output, input)."""
+        """The trajectory column of a model name (true state, expression, output, input).
+
+        An input's column is ``u.<input>``: the setpoint the PLC applied, before any actuator
+        fault. What the plant really received (after actuator faults and disturbances) is
+        ``i.<input>``, recorded beside it; :func:`find` never returns it."""
         keys = self.rows[0].keys() if self.rows else ()
         for prefix in ("x.", "e.", "z.", "y.", "u."):
             if prefix + name in keys:
@@ -179,6 +189,8 @@ def _setpoints(check: SetpointsWithinLimits, rec: Recording) -> tuple[float, str
 
 
 def _extremum(check: Extremum, rec: Recording) -> tuple[float, str]:
+    """Judged on :meth:`Recording.find`'s column: for an input, ``u.<input>``, the setpoint the
+    PLC applied (its value before actuator faults), not ``i.<input>``, what the plant received."""
     col = rec.find(check.of)
     if col is None:
         return math.nan, f"{check.of} was not recorded"

@@ -10,6 +10,12 @@ recording into the deterministic figures of ``result.json``. Times are in the mo
 A row's ``t`` is the true plant's time; ``plc.t`` is the process time of the PLC scan (later by
 up to one plant step in hil mode). A cycle's ``t`` is its scheduled time; ``t_done`` is when it
 had ended (the runtime's clock, when the recorder has it): delays are judged on those.
+
+Inputs have two columns: ``u.<input>`` is the setpoint the PLC applies (before actuator
+faults), ``i.<input>`` what the true plant received (``rig.truth.inputs``: after actuator
+faults and disturbances, at the end of its last step, ``t``). The rig's fault events go into
+``Recording.faults`` as they happen; :func:`never_active` names the scheduled faults that never
+acted before the batch ended (the case is then an error, not a pass).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from hil.campaign.criteria import (
     longest_failed_run,
     plc_fallbacks,
 )
+from hil.faults import FaultEvent
 from hil.rig import HilRig
 from hil.site import hil_section
 
@@ -106,7 +113,9 @@ class Recorder:
         self._p_keys = [(f"p.{k}", k) for k in self.tracked]
         self._sp_keys = [(f"sp.{k}", k) for k in self.inputs]
         self._x, self._z, self._e = _Columns("x."), _Columns("z."), _Columns("e.")
-        self._y, self._u = _Columns("y."), _Columns("u.")
+        self._y, self._u, self._i = _Columns("y."), _Columns("u."), _Columns("i.")
+        self._fault_events = 0  # how many of the rig's fault events are recorded
+        self._schedule_seen = False
 
     def scan(self, rig: HilRig) -> None:
         truth = rig.truth
@@ -126,6 +135,8 @@ class Recorder:
             row.update(zip(map(y.__getitem__, measured), measured.values(), strict=True))
         applied = rig.applied
         row.update(zip(map(u.__getitem__, applied), applied.values(), strict=True))
+        received = truth.inputs  # after actuator faults and disturbances
+        row.update(zip(map(self._i.__getitem__, received), received.values(), strict=True))
         if self._p_keys:
             params = rig.plant.parameters
             row.update({key: params[k] for key, k in self._p_keys})
@@ -136,10 +147,22 @@ class Recorder:
         row["plc.mode"] = rig.vplc.mode.value
         row["plc.alarm"] = bool(rig.vplc.alarm)
         self.rec.rows.append(row)
+        self._faults(rig)
         self.rec.finished_at = rig.plant.finished_at
         fault = rig.plant_fault
         if fault is not None and not self.rec.events:
             self.rec.events.append({"kind": "plant.validity"} | fault.as_dict())
+
+    def _faults(self, rig: HilRig) -> None:
+        """The scenario's schedule (once) and the rig's fault events not yet recorded."""
+        if not self._schedule_seen:
+            self._schedule_seen = True
+            scheduled = rig.scenario.faults
+            self.rec.scheduled_faults = [f.model_dump(mode="json") for f in scheduled]
+        events = rig.log.fault_events
+        if len(events) > self._fault_events:
+            self.rec.faults += [fault_event(ev) for ev in events[self._fault_events :]]
+            self._fault_events = len(events)
 
     def cycle(self, view: CycleView) -> None:
         d = view.decision
@@ -181,6 +204,52 @@ def recording_table(
     table = pa.table({n: [r.get(n) for r in rows] for n in names})
     meta = {"time_unit": time_unit, "units": json.dumps(dict(units or {}))}
     return table.replace_schema_metadata(meta)
+
+
+def fault_event(ev: FaultEvent) -> dict[str, Any]:
+    """A fault event as ``Recording.faults`` and ``result.json`` hold it (``t`` in model time)."""
+    return {
+        "t": ev.t,
+        "kind": ev.kind,
+        "target": ev.target,
+        "action": ev.action,
+        "source": ev.source,
+        "detail": ev.detail,
+    }
+
+
+def batch_end(rec: Recording) -> float | None:
+    """When the batch ended [time unit]: its natural end if reached, else the last scan's
+    plant time (None: nothing recorded)."""
+    if rec.finished_at is not None:
+        return rec.finished_at
+    return float(rec.rows[-1]["t"]) if rec.rows else None
+
+
+def never_active(rec: Recording) -> list[str]:
+    """One sentence per scheduled fault that never became active before the batch ended.
+
+    Active: the rig reported its ``"start"`` and it started before the batch's end
+    (:func:`batch_end`); a fault starting at or after it acted on no step of the batch."""
+    end = batch_end(rec)
+    started: dict[tuple[str, str, float], int] = {}
+    for ev in rec.faults:
+        if ev["action"] == "start" and ev["source"] == "schedule":
+            key = (ev["kind"], ev["target"], float(ev["t"]))
+            started[key] = started.get(key, 0) + 1
+    unit = rec.time_unit
+    out = []
+    for f in rec.scheduled_faults:
+        key = (f["kind"], f["target"], float(f["start"]))
+        if started.get(key, 0) > 0 and end is not None and key[2] < end:
+            started[key] -= 1
+            continue
+        ended = "nothing was recorded" if end is None else f"the batch ended at t={end:g} {unit}"
+        out.append(
+            f"fault {f['kind']} on {f['target']} scheduled at t={f['start']:g} {unit} never "
+            f"became active: {ended}"
+        )
+    return out
 
 
 def kpis(rec: Recording, scenario: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,10 @@ receives ``audit.db`` (every write, audited before it was sent), ``history.db`` 
 historian; in fast mode never fsynced, see :data:`hil.campaign.drive.HISTORIAN_SYNCHRONOUS`),
 ``trajectory.parquet`` (one row per PLC scan), ``cycles.parquet`` (one row per controller
 cycle), and last
-``result.json`` (status, KPIs, verdicts): a case with a ``result.json`` is done. Its audit
+``result.json`` (status, KPIs, verdicts, and ``faults``: every fault event of the rig, with its
+time): a case with a ``result.json`` is done. A case whose scheduled fault never became active
+before the batch ended (:func:`hil.campaign.recorder.never_active`: it started after the
+batch's natural end) is an error, never a pass: it did not test what it says. Its audit
 trail was made durable (checkpointed, fsynced) when the run closed it, before ``result.json``
 was written; in fast mode its commits before that are not fsynced (see
 :data:`hil.campaign.drive.AUDIT_SYNCHRONOUS`), and a case that dies first has no
@@ -38,7 +41,7 @@ from hil.campaign.cases import Case
 from hil.campaign.checks import Criterion
 from hil.campaign.criteria import Recording, judge_all
 from hil.campaign.drive import LOOPBACK, execute
-from hil.campaign.recorder import kpis, recording_table
+from hil.campaign.recorder import kpis, never_active, recording_table
 from hil.campaign.results import utc_now
 from hil.net import free_port
 
@@ -257,11 +260,13 @@ def _run_and_judge(
     """Run the case's files, save the recording and judge it, into ``result``.
 
     Raises PlantFaultError when the true plant left its validity domain, RuntimeError when the
-    controller never completed a cycle (nothing to judge in either case)."""
+    controller never completed a cycle (nothing to judge in either case). A scheduled fault
+    that never became active makes the case "error" (its verdicts and KPIs kept as evidence)."""
     controller = Path(job["controller"]) if job.get("controller") else None
     site_file = write_case_files(case, case_dir, Path(job["site"]), controller, job["mode"])
     rec, counters = asyncio.run(execute(site_file, case, case_dir, job["mode"], float(job["rate"])))
     _save(rec, case_dir)
+    result["faults"] = rec.faults
     if rec.events:
         result["events"] = rec.events
     plant_faults = [e for e in rec.events if e["kind"] == "plant.validity"]
@@ -270,9 +275,13 @@ def _run_and_judge(
     if not rec.cycles:
         raise RuntimeError("the controller never completed a cycle (see run.log): nothing to judge")
     verdicts = judge_all(criteria, rec)
+    inactive = never_active(rec)
+    for sentence in inactive:
+        log.error("case %s: %s", case.id, sentence)
+    status = "passed" if all(v.passed for v in verdicts) else "failed"
     result |= {
-        "status": "passed" if all(v.passed for v in verdicts) else "failed",
-        "error": None,
+        "status": "error" if inactive else status,
+        "error": "; ".join(inactive) or None,
         "kpis": kpis(rec, case.scenario),
         "counters": counters,
         "verdicts": [v.to_json() for v in verdicts],

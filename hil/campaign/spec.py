@@ -3,8 +3,11 @@
 :func:`load_campaign` parses the file (:mod:`hil.campaign.schema`), loads the site under test
 and its base HIL scenario, checks the criteria's names against the true plant's model and the
 matrix (:func:`check_criteria`), expands the matrix (:mod:`hil.campaign.cases`) and validates
-every case's scenario. It raises one :class:`~controller.errors.ConfigError` listing every
-problem with its file, key, bad value and what is allowed.
+every case's scenario, its scheduled faults checked against the site as its rig will check
+them (:func:`hil.faultcheck.scheduled_fault_problems`: a fault that could not act, or that the
+controller could never see, is refused here rather than erroring every case). It raises one
+:class:`~controller.errors.ConfigError` listing every problem with its file, key, bad value
+and what is allowed.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from controller.runtime.site import load_checked_controller
 from hil.campaign.cases import Case, expand_matrix
 from hil.campaign.checks import Criterion, Extremum, SetpointsWithinLimits
 from hil.campaign.schema import CampaignFile
+from hil.faultcheck import FaultTargets, scheduled_fault_problems
 from hil.scenario import ScenarioConfig, check_scenario
 from hil.site import hil_section, load_hil_site
 from plant_models import PlantModel
@@ -82,7 +86,7 @@ def load_campaign(path: Path, *, judged: bool = True) -> Campaign:
     problems += check_criteria(spec, model, source)
     cases, more = expand_matrix(spec, base, source, model)
     problems += more
-    problems += _case_problems(cases, model, source)
+    problems += _case_problems(cases, model, source, FaultTargets.for_site(site))
     problems += _exercise_problems(spec, cases, source, judged=judged)
     if problems:
         raise ConfigError(problems)
@@ -153,8 +157,11 @@ def _base_scenario(scen_path: Path) -> dict[str, Any]:
     return base
 
 
-def _case_problems(cases: list[Case], model: PlantModel, source: str) -> list[Problem]:
-    """Every problem of every case's scenario (each named by its case)."""
+def _case_problems(
+    cases: list[Case], model: PlantModel, source: str, targets: FaultTargets
+) -> list[Problem]:
+    """Every problem of every case's scenario (each named by its case), its faults checked
+    against the site's ``targets`` (a late start is :func:`_exercise_problems`'s to say)."""
     problems: list[Problem] = []
     for case in cases:
         where = f"{source} (case {case.id})"
@@ -163,7 +170,10 @@ def _case_problems(cases: list[Case], model: PlantModel, source: str) -> list[Pr
         except ConfigError as exc:
             problems += exc.problems
             continue
-        problems += check_scenario(sc, model, where)
+        found = check_scenario(sc, model, where)
+        if sc.faults and not found:
+            found = scheduled_fault_problems(sc.faults, targets, where)
+        problems += found
     return problems
 
 

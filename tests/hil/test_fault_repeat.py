@@ -93,9 +93,9 @@ async def test_times_are_rebased_and_ended_faults_stay_behind() -> None:
          "duration": 0.15},
         # pending at the end: starts 0.15 h into the next batch
         {"kind": "sensor_dropout", "target": "Tbot", "start": 0.25},
-        # over before the end: stays behind
-        {"kind": "sensor_noise", "target": "Tbot", "start": 0.0, "magnitude": 1.0,
-         "duration": 0.04},
+        # over before the end: stays behind (an actuator fault: a sensor fault this short,
+        # under the controller's sample time of 0.1 h, is refused as never seen)
+        {"kind": "actuator_stuck", "target": "Tsh", "start": 0.0, "duration": 0.04},
     ]  # fmt: skip
     for raw in inject:
         rig.inject(parse_fault(raw))
