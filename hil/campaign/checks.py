@@ -28,8 +28,10 @@ class SetpointsWithinLimits(Strict):
 
 class Extremum(Strict):
     """The maximum, minimum or final value of a true-plant quantity (state, expression, output
-    or applied input), within ``[after, before]`` if given (and only while the MPC had control
-    if ``while_mpc_active``), against ``at_most``/``at_least``."""
+    or input: an input is judged on ``u.<input>``, the setpoint the PLC applied, before any
+    actuator fault; ``i.<input>`` records what the plant received), within ``[after, before]``
+    if given (and only while the MPC had control if ``while_mpc_active``), against
+    ``at_most``/``at_least``."""
 
     kind: Literal["max", "min", "final"]
     of: str

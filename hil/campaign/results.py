@@ -3,9 +3,11 @@
     OUT/campaign.json                   manifest: campaign, software, config hashes, requirements,
                                         case ids in matrix order
     OUT/cases/<id>/spec.json            factors, seed, scenario, controller_loss_at
-    OUT/cases/<id>/result.json          status, wall time, attempts, KPIs, one verdict per criterion
+    OUT/cases/<id>/result.json          status, wall time, attempts, KPIs, one verdict per
+                                        criterion, faults (every fault event, with its time)
     OUT/cases/<id>/trajectory.parquet   one row per PLC scan: t (the plant's), plc.t (the scan's
-                                        process time), x.*, e.*, y.*, u.*, sp.*, plc.mode
+                                        process time), x.*, e.*, y.*, u.* (the PLC's), i.* (what
+                                        the plant received), sp.*, plc.mode
     OUT/cases/<id>/cycles.parquet       one row per controller cycle: t (scheduled), t_done, ...
 
 Only the cases ``campaign.json`` lists are this run's evidence. The results directory is reused
