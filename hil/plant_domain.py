@@ -9,6 +9,13 @@ dryer's dried cake is at most as thick as the frozen product was, Lck <= Lpr0(p)
 that drifts moves them, so the domain is told the parameters in force (:meth:`Domain.use`)
 and narrows its bounds to theirs. Only a model that has such bounds pays for them, and only
 once per parameter vector (the bounds of the last few vectors are kept).
+
+It also holds the inputs' bounds (their actuator's physical range: an input outside it is a
+plant fault, never a clipped value; :meth:`Domain.inputs_hold`) and the bounds of the outputs
+and expressions the model declares in :attr:`plant_models.PlantModel.expression_domain` (the
+freeze dryer's Tbot <= 0 degC; :meth:`Domain.expressions_hold`, on the model's expression
+vector). Each quick look compares a few floats the plant already holds: no dict is built
+unless something is outside, and then the report is the model's.
 """
 
 from __future__ import annotations
@@ -33,7 +40,16 @@ class Domain:
     (:meth:`use`) finds nothing (the same bounds, the same 1e-6-of-scale margin, the same
     comparisons); the report itself is always the model's (:meth:`violations`)."""
 
-    def __init__(self, model: PlantModel, states: Sequence[str], algebraic: Sequence[str]) -> None:
+    def __init__(
+        self,
+        model: PlantModel,
+        states: Sequence[str],
+        algebraic: Sequence[str],
+        inputs: Sequence[str] = (),
+        expressions: Sequence[str] = (),
+    ) -> None:
+        """``states``, ``algebraic``, ``inputs``: the names of the plant's vectors, in order;
+        ``expressions``: the names of the model's expression vector (outputs first)."""
         v = model.all_variables
         self._model = model
         self._names = [*states, *algebraic]
@@ -41,6 +57,20 @@ class Domain:
         self._static: _Bounds = [
             (v[n].lower - 1e-6 * v[n].scale, v[n].upper + 1e-6 * v[n].scale) for n in self._names
         ]
+        self._inputs = tuple(inputs)
+        self._input_bounds: _Bounds = [
+            (v[n].lower - 1e-6 * v[n].scale, v[n].upper + 1e-6 * v[n].scale) for n in self._inputs
+        ]
+        self._expressions = tuple(expressions)
+        #: (index in the expression vector, lower, upper) of every bounded output/expression
+        self._expression_bounds: list[tuple[int, float, float]] = []
+        for i, name in enumerate(self._expressions):
+            if name in model.expression_domain:
+                lo, hi, _ = model.expression_domain[name]
+                tol = 1e-6 * (v[name].scale if name in v else 1.0)  # as the model's check
+                self._expression_bounds.append((i, lo - tol, hi + tol))
+        #: some outputs or expressions are bounded: the plant evaluates them after each step
+        self.watches_expressions = bool(self._expression_bounds)
         self.bounds = self._static
         #: the model narrows some bounds with its parameters (else they are never looked at)
         self.parameter_dependent = type(model).state_bounds is not PlantModel.state_bounds
@@ -76,21 +106,52 @@ class Domain:
                 out[i] = (max(lo, v[n].lower) - tol, min(hi, v[n].upper) + tol)
         return out
 
-    def holds(self, x: np.ndarray, z: np.ndarray) -> bool:
+    def holds(self, x: np.ndarray, z: np.ndarray, expr: np.ndarray | None = None) -> bool:
+        """The states (and, given ``expr``, the bounded expressions) are inside."""
         values = x.tolist() + z.tolist()  # a few numbers: a plain loop beats numpy's calls
-        return all(
+        inside = all(
             math.isfinite(value) and lo <= value <= hi
             for value, (lo, hi) in zip(values, self.bounds, strict=True)
         )
+        return inside and (expr is None or self.expressions_hold(expr))
 
-    def violations(self, x: np.ndarray, z: np.ndarray) -> list[DomainViolation]:
-        """The model's own report of what is outside (with the parameters in force)."""
+    def expressions_hold(self, expr: np.ndarray) -> bool:
+        """The bounded outputs and expressions of ``expr`` (the model's expression vector)
+        are inside (a NaN is not)."""
+        values = expr.tolist()
+        return all(lo <= values[i] <= hi for i, lo, hi in self._expression_bounds)
+
+    def inputs_hold(self, u: np.ndarray) -> bool:
+        """The input vector ``u`` is inside its actuators' physical ranges (a NaN is not)."""
+        return all(
+            lo <= value <= hi
+            for value, (lo, hi) in zip(u.tolist(), self._input_bounds, strict=True)
+        )
+
+    def violations(
+        self, x: np.ndarray, z: np.ndarray, expr: np.ndarray | None = None
+    ) -> list[DomainViolation]:
+        """The model's own report of what is outside (with the parameters in force; the
+        bounded expressions too, given ``expr``)."""
         return self._model.validity_violations(
             dict(zip(self._states, x.tolist(), strict=True)),
             dict(zip(self._algebraic, z.tolist(), strict=True)),
             parameters=self._parameters if self.parameter_dependent else None,
+            expressions=None if expr is None else self._expression_values(expr),
         )
 
-    def outside(self, x: np.ndarray, z: np.ndarray) -> list[DomainViolation]:
+    def input_violations(self, u: np.ndarray) -> list[DomainViolation]:
+        """The model's own report of the inputs of ``u`` outside their physical range."""
+        return self._model.validity_violations(
+            {}, inputs=dict(zip(self._inputs, u.tolist(), strict=True))
+        )
+
+    def outside(
+        self, x: np.ndarray, z: np.ndarray, expr: np.ndarray | None = None
+    ) -> list[DomainViolation]:
         """:meth:`violations` when the quick look finds the state outside, else nothing."""
-        return [] if self.holds(x, z) else self.violations(x, z)
+        return [] if self.holds(x, z, expr) else self.violations(x, z, expr)
+
+    def _expression_values(self, expr: np.ndarray) -> dict[str, float]:
+        values = expr.tolist()
+        return {self._expressions[i]: values[i] for i, _, _ in self._expression_bounds}

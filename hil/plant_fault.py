@@ -1,8 +1,10 @@
 """A fault of the true plant: it left the domain where its equations hold.
 
-A state or algebraic variable outside the model's physical validity domain, or a parameter
-outside its physical domain (:attr:`plant_models.PlantModel.parameter_domain`), stops the
-true plant: :class:`PlantFault` says what, where and when, :class:`PlantDomainError` carries
+A state or algebraic variable outside the model's physical validity domain, an input outside
+its actuator's physical range (the input's ``lower``/``upper``), an output or expression
+outside its bound (:attr:`plant_models.PlantModel.expression_domain`: the freeze dryer's
+Tbot <= 0 degC), or a parameter outside its physical domain
+(:attr:`plant_models.PlantModel.parameter_domain`) stops the true plant: :class:`PlantFault` says what, where and when, :class:`PlantDomainError` carries
 it (:class:`hil.plant_runner.PlantRunner` raises it and keeps it as ``fault``).
 """
 

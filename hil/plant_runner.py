@@ -11,7 +11,12 @@ Honesty rules (validation teams file what it says as evidence):
   constraints, checks and campaign criteria; the plant integrates through them.
 * A state that leaves the model's physical validity domain (where the equations hold) is a
   plant fault: it is kept as :attr:`PlantRunner.fault` and raised as
-  :class:`PlantDomainError`, naming the variable, the value and the time.
+  :class:`PlantDomainError`, naming the variable, the value and the time. So is an output or
+  expression outside the model's ``expression_domain`` (the freeze dryer's Tbot > 0 degC:
+  meltback), and an input, disturbance included, outside its actuator's physical range
+  (``lower``/``upper``): it is not integrated, and the fault is stamped at the start of the
+  piece of step that would have applied it (a ramp leaving the range inside a piece: at that
+  piece's start).
 * Inputs are applied exactly inside a step: a ramp (a recipe's, or a disturbance starting
   mid-step) is integrated as a ramp, not sampled at the step's start.
 * The batch's natural end (the end of primary drying) is located inside the step, so its time
@@ -20,7 +25,6 @@ Honesty rules (validation teams file what it says as evidence):
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,12 +39,8 @@ from hil.plant_compiled import AlgebraicStart, grid_stepper
 from hil.plant_domain import Domain
 from hil.plant_fault import PlantDomainError, PlantFault
 from hil.plant_functions import plant_functions
-from hil.scenario import Disturbance
+from hil.scenario import Disturbance, Segment, split_at_disturbances
 from plant_models import PlantModel, Role
-
-#: One piece of an input profile: (t_start, t_end, inputs at t_start, inputs at t_end); the
-#: inputs move linearly in between. Times in the model's unit.
-Segment = tuple[float, float, Mapping[str, float], Mapping[str, float]]
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,10 @@ class PlantRunner:
         self._param_names = model.parameter_names
         self._has_margin = type(model).finish_margin is not PlantModel.finish_margin
         self._has_end = type(model).finished is not PlantModel.finished
-        self._domain = Domain(model, self._names[Role.STATE], self._names[Role.ALGEBRAIC])
+        names = self._names
+        self._domain = Domain(
+            model, names[Role.STATE], names[Role.ALGEBRAIC], names[Role.INPUT], self._expr_names
+        )
         self._p = model.parameter_vector()
         self._params = self._param_dict()  # and read-only, for the model's hooks:
         self._params_view = MappingProxyType(self._params)
@@ -119,9 +122,13 @@ class PlantRunner:
         self._truth_key: tuple[float, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self._margin_key: tuple[np.ndarray, np.ndarray] | None = None  # _margin_now's x, p
         self._margin_value: float | None = None
+        # the outputs and expressions at the last condition looked at: (x, z, u, p), (y, expr)
+        self._seen: tuple[tuple[np.ndarray, ...], tuple[np.ndarray, np.ndarray]] | None = None
         if self._alg is not None:
             self._z = self._alg(self._z, self._x, self._u, self._p)
-        start = self._domain.violations(self._x, self._z)
+        start = self._domain.input_violations(self._u) + self._domain.violations(
+            self._x, self._z, self._outputs(self._x, self._z, self._u)[1]
+        )
         if start:
             raise PlantDomainError(PlantFault(t0, model.time_unit, tuple(start)))
         margin = self._margin(self._x)
@@ -155,6 +162,7 @@ class PlantRunner:
             # (a ramp between equal ends, a zero offset) on the vector, without its dicts
             if self.finished_at is None and t1 - t0 > 0:
                 v = self._inputs(inputs)
+                self._check_inputs(v, v, t0)
                 u = v + (v - v) * 0.0
                 u = u + (u - u)
                 if not self._step_ahead(u, t1 - t0):
@@ -162,20 +170,11 @@ class PlantRunner:
             self.t = t1
             return
         pieces = list(segments) if segments else [(t0, t1, inputs, inputs)]
-        for ta, tb, ua, ub in self._split_at_disturbances(pieces):
+        for ta, tb, ua, ub in split_at_disturbances(pieces, self._disturbances):
             if self.finished_at is not None:
                 break
             self._integrate(ta, tb, ua, ub)
         self.t = t1
-
-    def _split_at_disturbances(self, pieces: list[Segment]) -> list[Segment]:
-        edges = sorted({e for d in self._disturbances for e in (d.start, d.end)})
-        out: list[Segment] = []
-        for ta, tb, ua, ub in pieces:
-            cuts = [ta, *(e for e in edges if ta < e < tb), tb]
-            for a, b in itertools.pairwise(cuts):
-                out.append((a, b, _lerp(ta, tb, ua, ub, a), _lerp(ta, tb, ua, ub, b)))
-        return out
 
     def _integrate(
         self, ta: float, tb: float, ua: Mapping[str, float], ub: Mapping[str, float]
@@ -188,7 +187,19 @@ class PlantRunner:
         offsets = {n: v - ua[n] for n, v in self.disturbed(ua, mid).items() if n in ua}
         u0 = self._inputs({n: ua[n] + offsets.get(n, 0.0) for n in ua})
         u1 = self._inputs({n: ub[n] + offsets.get(n, 0.0) for n in ub})
+        self._check_inputs(u0, u1, ta)
         self._integrate_vectors(ta, tb, u0, u1)
+
+    def _check_inputs(self, u0: np.ndarray, u1: np.ndarray, t: float) -> None:
+        """Inputs ramping from ``u0`` to ``u1`` from ``t`` on must lie in their physical
+        range (the ends suffice for a straight line), else a plant fault at ``t``."""
+        domain = self._domain
+        if domain.inputs_hold(u0) and (u1 is u0 or domain.inputs_hold(u1)):
+            return
+        bad = u0 if not domain.inputs_hold(u0) else u1
+        self.t = t  # nothing integrated with them: the state stays the one at t
+        self.fault = PlantFault(t, self.model.time_unit, tuple(domain.input_violations(bad)))
+        raise PlantDomainError(self.fault)
 
     def _integrate_vectors(self, ta: float, tb: float, u0: np.ndarray, u1: np.ndarray) -> None:
         """Integrate from ``ta`` to ``tb`` (> ``ta``), the input vectors ramping from ``u0``
@@ -199,12 +210,12 @@ class PlantRunner:
             h = self._locate_end(tb - ta, u0, u1, margin0, margin1, ta)
             x, z = self._solve(ta, h, u0, u0 + (u1 - u0) * (h / (tb - ta)))
             tb, u1 = ta + h, u0 + (u1 - u0) * (h / (tb - ta))
-            self._check_domain(x, z, tb)
+            self._check_domain(x, z, u1, tb)
             self._x, self._z, self._u = x, z, u1
             self.finished_at = tb
             self.end_state = self.true_state(t=tb)
             return
-        self._check_domain(x, z, tb)
+        self._check_domain(x, z, u1, tb)
         self._x, self._z, self._u = x, z, u1
 
     def _step_ahead(self, u: np.ndarray, h: float) -> bool:
@@ -230,7 +241,7 @@ class PlantRunner:
         x, z = got
         margin0, margin1 = self._margin_now(), self._margin(x)
         crosses = margin0 is not None and margin1 is not None and margin0 > 0 >= margin1
-        if crosses or not self._domain.holds(x, z):
+        if crosses or not self._domain.holds(x, z, self._bounded(x, z, u)):
             ahead.close()
             return False
         self._x, self._z, self._u = x, z, u
@@ -279,7 +290,7 @@ class PlantRunner:
             # the integrator fails before any state is returned: the algebraic state consistent
             # with the step's start tells whether it failed on the domain's edge.
             zc = self._consistent_z(x, z, u0)
-            edge = self._domain.violations(x, zc)
+            edge = self._domain.violations(x, zc, self._bounded(x, zc, u0))
             if edge:
                 self._x, self._z, self.t = x, zc, ta
                 self.fault = PlantFault(ta, self.model.time_unit, tuple(edge))
@@ -336,11 +347,11 @@ class PlantRunner:
                 side = -1
         return hi
 
-    def _check_domain(self, x: np.ndarray, z: np.ndarray, t: float) -> None:
-        found = self._domain.outside(x, z)
+    def _check_domain(self, x: np.ndarray, z: np.ndarray, u: np.ndarray, t: float) -> None:
+        found = self._domain.outside(x, z, self._bounded(x, z, u))
         if found:
             # keep the state the equations gave: the recording shows the excursion as it was
-            self._x, self._z, self.t = x, z, t
+            self._x, self._z, self._u, self.t = x, z, u, t
             self.fault = PlantFault(t, self.model.time_unit, tuple(found))
             raise PlantDomainError(self.fault)
 
@@ -400,7 +411,8 @@ class PlantRunner:
         self._params = self._param_dict()
         self._params_view = MappingProxyType(self._params)
         self._domain.use(p, self._params_view)
-        found = self._domain.outside(self._x, self._z) if self.fault is None else []
+        bounded = self._bounded(self._x, self._z, self._u)
+        found = self._domain.outside(self._x, self._z, bounded) if self.fault is None else []
         if found:
             self.fault = PlantFault(self.t, self.model.time_unit, tuple(found))
         elif self.finished_at is None and self.finished():  # the change ended the batch
@@ -433,8 +445,7 @@ class PlantRunner:
     def _evaluate(self) -> PlantState:
         """The model's outputs and expressions at the current condition: the same call as
         :meth:`PlantModel.evaluate`, on the vectors the plant holds (no dict round trip)."""
-        z = self._z if self._names[Role.ALGEBRAIC] else np.zeros(0)
-        y, expr = self._f(self._x, z, self._u, self._p)[2:4]
+        y, expr = self._outputs(self._x, self._z, self._u)
         return PlantState(
             self.t,
             self._as_dict(Role.STATE, self._x),
@@ -443,6 +454,26 @@ class PlantRunner:
             dict(zip(self._out_names, y.tolist(), strict=True)),
             dict(zip(self._expr_names, expr.tolist(), strict=True)),
         )
+
+    def _outputs(
+        self, x: np.ndarray, z: np.ndarray, u: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The outputs and expressions at ``x, z, u`` and the parameters in force; kept for
+        the same vectors (never changed in place), so the domain's look after a step and
+        the true state's evaluation of it cost one call."""
+        seen = self._seen
+        if seen is not None:
+            k = seen[0]
+            if k[0] is x and k[1] is z and k[2] is u and k[3] is self._p:
+                return seen[1]
+        zz = z if self._names[Role.ALGEBRAIC] else np.zeros(0)
+        y, expr = self._f(x, zz, u, self._p)[2:4]
+        self._seen = ((x, z, u, self._p), (y, expr))
+        return y, expr
+
+    def _bounded(self, x: np.ndarray, z: np.ndarray, u: np.ndarray) -> np.ndarray | None:
+        """The expression vector at ``x, z, u`` when the model bounds some (else None)."""
+        return self._outputs(x, z, u)[1] if self._domain.watches_expressions else None
 
     def measure(self) -> dict[str, float]:
         """Measured outputs with seeded Gaussian noise."""
@@ -458,11 +489,3 @@ class PlantRunner:
         return self._has_end and self.model.finished(
             self._as_dict(Role.STATE, self._x), self._params_view
         )
-
-
-def _lerp(
-    ta: float, tb: float, ua: Mapping[str, float], ub: Mapping[str, float], t: float
-) -> dict[str, float]:
-    """Inputs at ``t`` on the straight line from ``(ta, ua)`` to ``(tb, ub)``."""
-    w = 0.0 if tb <= ta else (t - ta) / (tb - ta)
-    return {n: ua[n] + (ub[n] - ua[n]) * w for n in ua}

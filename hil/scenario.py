@@ -5,11 +5,14 @@ a true plant with its own parameters, initial state, measurement noise, input di
 and scheduled faults (:mod:`hil.faultspec`), and names the CQAs and checks to judge it by.
 HIL owns this schema: the controller never reads a scenario file. :func:`load_scenario`
 checks every name against the plant model and, in closed loop, the initial inputs against
-the controller's input limits, and raises one ConfigError listing every problem.
+the controller's input limits; it refuses disturbances that would take an input out of its
+physical (actuator) range (:func:`disturbance_problems`), and raises one ConfigError listing
+every problem.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -19,6 +22,7 @@ from pydantic import Field, field_validator, model_validator
 
 from controller.config import Constraint, Recipe, recipe_input_problems, sample_time_long_enough
 from controller.configfile import Finite, PositiveFinite, Strict, parse, read_yaml, resolve
+from controller.core.recipe import RecipePlayer
 from controller.errors import ConfigError, Problem, unknown_name
 from controller.plantfile import build_model
 from controller.runtime.site import load_checked_controller
@@ -28,11 +32,18 @@ from plant_models import PlantModel
 __all__ = [
     "Disturbance",
     "ScenarioConfig",
+    "Segment",
     "TruePlant",
     "check_scenario",
+    "disturbance_problems",
     "initial_input_problems",
     "load_scenario",
+    "split_at_disturbances",
 ]
+
+#: One piece of an input profile: (t_start, t_end, inputs at t_start, inputs at t_end); the
+#: inputs move linearly in between. Times in the model's unit.
+Segment = tuple[float, float, Mapping[str, float], Mapping[str, float]]
 
 
 class Disturbance(Strict):
@@ -42,6 +53,28 @@ class Disturbance(Strict):
     start: Annotated[float, Field(ge=0, allow_inf_nan=False)]
     end: Finite = math.inf
     offset: Finite
+
+
+def split_at_disturbances(
+    pieces: Sequence[Segment], disturbances: Sequence[Disturbance]
+) -> list[Segment]:
+    """``pieces`` cut at every disturbance's start and end (a disturbance then acts on a
+    piece's whole length or not at all); the inputs at a cut are on the piece's line."""
+    edges = sorted({e for d in disturbances for e in (d.start, d.end)})
+    out: list[Segment] = []
+    for ta, tb, ua, ub in pieces:
+        cuts = [ta, *(e for e in edges if ta < e < tb), tb]
+        for a, b in itertools.pairwise(cuts):
+            out.append((a, b, _lerp(ta, tb, ua, ub, a), _lerp(ta, tb, ua, ub, b)))
+    return out
+
+
+def _lerp(
+    ta: float, tb: float, ua: Mapping[str, float], ub: Mapping[str, float], t: float
+) -> dict[str, float]:
+    """Inputs at ``t`` on the straight line from ``(ta, ua)`` to ``(tb, ub)``."""
+    w = 0.0 if tb <= ta else (t - ta) / (tb - ta)
+    return {n: ua[n] + (ub[n] - ua[n]) * w for n in ua}
 
 
 class TruePlant(Strict):
@@ -104,9 +137,13 @@ def _unknown(names: Iterable[_Name], source: str) -> list[Problem]:
     ]
 
 
-def check_scenario(sc: ScenarioConfig, model: PlantModel, source: str) -> list[Problem]:
+def check_scenario(
+    sc: ScenarioConfig, model: PlantModel, source: str, *, recipe_drives: bool = True
+) -> list[Problem]:
     """Every name in a scenario must exist in its plant model; a recipe gives every input and
-    the initial inputs of an open loop lie within the model's physical bounds."""
+    the initial inputs of an open loop lie within the model's physical bounds; no
+    disturbance takes an input out of its physical range (:func:`disturbance_problems`;
+    ``recipe_drives``: whether the scenario's recipe is what the plant gets)."""
     tp = sc.true_plant
     named = sorted(
         {*model.state_names, *model.input_names, *model.algebraic_names, *model.expression_names}
@@ -144,14 +181,83 @@ def check_scenario(sc: ScenarioConfig, model: PlantModel, source: str) -> list[P
         for v in model.parameter_violations(tp.parameters)
     ]
     problems += _unknown(((f"cqas.{i}", n, "name", named) for i, n in enumerate(sc.cqas)), source)
+    recipe_ok = True
     if sc.recipe is not None:
-        problems += recipe_input_problems(sc.recipe, model, source, "recipe.")
+        bad_rows = recipe_input_problems(sc.recipe, model, source, "recipe.")
+        recipe_ok, problems = not bad_rows, problems + bad_rows
+    problems += disturbance_problems(sc, model, source, recipe_ok=recipe_ok and recipe_drives)
     # closed loop: load_scenario checks them against the controller's input limits
     bounds = {n: (model.variable(n).lower, model.variable(n).upper) for n in model.input_names}
     if sc.controller is not None:
         bounds = {n: (-math.inf, math.inf) for n in bounds}
     problems += initial_input_problems(sc.initial_inputs, bounds, source, "physical bounds")
     return problems
+
+
+def disturbance_problems(
+    sc: ScenarioConfig, model: PlantModel, source: str, *, recipe_ok: bool = True
+) -> list[Problem]:
+    """Disturbances that would push an input outside its physical (actuator) range, as far
+    as the scenario tells statically (the true plant faults on the rest at run time).
+
+    On each stretch of ``[0, duration)`` where the disturbances on an input add up to a
+    constant offset: a recipe (``recipe_ok``: every row gives every input, and it is what the
+    plant gets) is clipped to the physical range by safety, so any value of it that the
+    offset takes out of the range is refused (even if the batch might end before). A site's
+    scenario has a recipe too: the PLC's local recipe, which the plant gets in local mode or
+    on fallback, so it is judged the same way unless the caller says the controller drives
+    (``recipe_ok=False``). Without a recipe the setpoints are not known statically, so only
+    an offset larger than the range's width (no value in range stays in it) is refused.
+    One problem per disturbance.
+    """
+    found: dict[int, Problem] = {}
+    player = RecipePlayer(sc.recipe, model.input_names) if sc.recipe and recipe_ok else None
+    dist = list(enumerate(sc.true_plant.disturbances))
+    for name in model.input_names:
+        mine = [(i, d) for i, d in dist if d.input == name]
+        cuts = {0.0, sc.duration, *(min(e, sc.duration) for _, d in mine for e in (d.start, d.end))}
+        for a, b in itertools.pairwise(sorted(cuts)):
+            acting = [(i, d) for i, d in mine if d.start <= a < d.end]
+            if acting and acting[0][0] not in found:
+                why = _pushed_out(name, sum(d.offset for _, d in acting), a, b, model, player)
+                if why:
+                    i, d = acting[0]
+                    loc = f"true_plant.disturbances.{i}.offset"
+                    found[i] = Problem(source, loc, why, d.offset)
+    return [found[i] for i in sorted(found)]
+
+
+def _pushed_out(
+    name: str,
+    offset: float,
+    a: float,
+    b: float,
+    model: PlantModel,
+    player: RecipePlayer | None,
+) -> str:
+    """Why ``offset`` on input ``name`` over ``[a, b)`` leaves its physical range ("" if it
+    may not): against the recipe's values there, or (no recipe) any value in the range."""
+    var = model.variable(name)
+    lo, hi, tol, unit = var.lower, var.upper, 1e-6 * var.scale, var.unit
+    span = f"from t={a:g} to {b:g} {model.time_unit}"
+    where = f"outside its physical (actuator) range [{lo:g}, {hi:g}] {unit}"
+    if player is None:
+        if abs(offset) <= hi - lo + 2 * tol:
+            return ""
+        return (
+            f"offset {offset:g} {unit} on {name} {span} puts every value of {name} {where}; "
+            f"allowed: at most {hi - lo:g} {unit} in size"
+        )
+    ends = [v for piece in player.segments(a, b) for v in (piece[2][name], piece[3][name])]
+    low, high = (min(max(v, lo), hi) for v in (min(ends), max(ends)))  # as safety clips
+    if low + offset >= lo - tol and high + offset <= hi + tol:
+        return ""
+    worst = low + offset if low + offset < lo - tol else high + offset
+    return (
+        f"offset {offset:g} {unit} on {name} {span} takes the recipe's {name} "
+        f"(from {low:g} to {high:g} {unit}) to {worst:g} {unit}, {where}; allowed there: "
+        f"offsets from {lo - low:g} to {hi - high:g} {unit}"
+    )
 
 
 def initial_input_problems(

@@ -90,6 +90,10 @@ class PlantModel(ABC):
     #: where each parameter's value lets the equations hold (a parameter not named: any
     #: finite value); a value outside is refused, never clipped
     parameter_domain: ClassVar[Mapping[str, Interval]] = {}
+    #: validity bounds of outputs and expressions, ``name -> (lower, upper, what it is)``:
+    #: where the equations hold (the freeze dryer's frozen layer is ice, Tbot <= 0 degC);
+    #: checked by :meth:`validity_violations` given the expressions' values
+    expression_domain: ClassVar[Mapping[str, tuple[float, float, str]]] = {}
 
     def __init__(self, parameter_set: ParameterSet, *, smooth: bool = False) -> None:
         """Bind the declaration to parameter data.
@@ -426,8 +430,13 @@ class PlantModel(ABC):
         states: Mapping[str, float],
         algebraic: Mapping[str, float] | None = None,
         parameters: Mapping[str, float] | None = None,
+        *,
+        inputs: Mapping[str, float] | None = None,
+        expressions: Mapping[str, float] | None = None,
     ) -> list[DomainViolation]:
-        """States and algebraic states outside the physical validity domain (``lower/upper``).
+        """States, algebraic states and inputs outside the physical validity domain
+        (``lower/upper``; an input's is its actuator's physical range), and outputs or
+        expressions outside :attr:`expression_domain` (those named in ``expressions``).
 
         With ``parameters`` (every parameter, by name), the bounds that depend on them
         (:meth:`state_bounds`) are checked too. A margin of 1e-6 of each variable's scale
@@ -437,10 +446,12 @@ class PlantModel(ABC):
         """
         found: list[DomainViolation] = []
         tight = self.state_bounds(parameters) if parameters is not None else {}
-        for values in (states, algebraic or {}):
+        for values in (states, algebraic or {}, inputs or {}):
             for name, value in values.items():
                 v = self._vars[name]
                 lo, hi, note = tight.get(name, (v.lower, v.upper, ""))
+                if v.role is Role.INPUT:
+                    note = "the actuator's physical range"
                 lower, upper = max(lo, v.lower), min(hi, v.upper)  # never wider than the static
                 tol = 1e-6 * v.scale
                 if not math.isfinite(value) or value < lower - tol or value > upper + tol:
@@ -448,6 +459,14 @@ class PlantModel(ABC):
                     crossed = (value < lower and lower == lo) or (value > upper and upper == hi)
                     why = note if crossed else ""
                     found.append(DomainViolation(name, float(value), lower, upper, v.unit, why))
+        for name, (lower, upper, note) in self.expression_domain.items():
+            got = (expressions or {}).get(name)
+            var = self._vars.get(name)
+            tol = 1e-6 * (var.scale if var is not None else 1.0)
+            if got is not None and not lower - tol <= got <= upper + tol:
+                found.append(
+                    DomainViolation(name, float(got), lower, upper, self.unit_of(name), note)
+                )
         return found
 
     def finish_margin(self, x: Mapping[str, float], p: Mapping[str, float]) -> float | None:

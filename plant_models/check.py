@@ -54,6 +54,11 @@ def _check_declaration(model: PlantModel) -> list[str]:
     for name in model.expression_names:
         if not model.unit_of(name):
             problems.append(f"expression {name!r} has no unit (expression_units)")
+    for name, (lo, hi, _) in model.expression_domain.items():
+        if name not in model.expression_names:
+            problems.append(f"expression_domain names {name!r}, not an output or expression")
+        if math.isnan(lo) or math.isnan(hi) or lo > hi:
+            problems.append(f"expression_domain of {name!r} has unordered bounds [{lo}, {hi}]")
     if not model.state_names:
         problems.append("the model declares no state")
     if not model.input_names:

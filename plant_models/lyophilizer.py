@@ -6,11 +6,20 @@ PharmSciTech 20:328, 2019). Time in hours. Differential state: dried-cake thickn
 temperature ``Tsh`` [degC] and chamber pressure ``Pch`` [Torr]; measured output: vial-bottom
 product temperature ``Tbot`` [degC]. Primary drying ends when ``Lck`` reaches ``Lpr0``.
 
+Validity domain (where the equations hold): the product below the front is frozen. The
+sublimation front is ice (``Tsub <= 0 degC``), and so is the whole frozen layer down to the
+vial bottom, its warmest point: ``Tbot <= 0 degC`` (:attr:`expression_domain`). Above 0 degC the
+ice at the vial bottom melts (meltback) and the conduction equation through a frozen layer no
+longer holds, so the true plant reports a plant fault. It does not carry on, and it never
+clips. This is physical validity, not the operating limit: the collapse limit
+``Tbot <= T_crit - margin`` (-5 degC) is a constraint for the controller and the checks.
+
 Online estimation targets: ``Kv`` (KC, KP, KD), ``Rp`` (R0, A1), capability ``a_cap``/``b_cap``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -79,6 +88,11 @@ class Lyophilizer(PlantModel):
         "n_vial": "-",
         "a_cap": "kg/h",
         "b_cap": "kg/h/Torr",
+    }
+    #: the frozen layer is ice down to the vial bottom (its warmest point): above 0 degC it
+    #: melts and the equations no longer hold (a plant fault, never a clipped value)
+    expression_domain: ClassVar[Mapping[str, tuple[float, float, str]]] = {
+        "Tbot": (-math.inf, 0.0, "ice at the vial bottom melts above 0 degC: meltback"),
     }
     #: where the equations hold (a density, an area, a rate constant ... is positive)
     parameter_domain: ClassVar[Mapping[str, Interval]] = {

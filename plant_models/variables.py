@@ -41,8 +41,11 @@ class Variable:
 
     * ``lower``/``upper``: the **physical validity domain**, where the equations hold
       (concentrations >= 0, ice below 0 degC). For inputs, the actuator's physical range. The
-      true plant never clips to it: a state that leaves it is a plant fault
-      (:meth:`PlantModel.validity_violations`).
+      true plant never clips to it: a state that leaves it, or an input it is given outside
+      it, is a plant fault (:meth:`PlantModel.validity_violations`). Outputs and expressions
+      whose values bound the validity (the freeze dryer's Tbot <= 0 degC) are declared in
+      :attr:`PlantModel.expression_domain`, not here: an output's ``lower``/``upper`` are
+      not checked by the true plant.
     * ``operating``: the **operating limits** the process must respect (X <= 3.7 g/L,
       T_R <= 140 degC). They belong to the controller's constraints, the scenario's checks and
       the campaign criteria, never to the plant's integration.

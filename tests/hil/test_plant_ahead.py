@@ -109,8 +109,8 @@ def test_a_domain_excursion_is_reported_at_its_own_step_as_without_the_lookahead
         faults.append(info.value.fault)
     assert ahead.ahead.taken > 0
     (a,), (b,) = faults[0].violations, faults[1].violations
-    assert faults[0].t == faults[1].t and a.name == b.name == "Tsub"
-    assert ahead.true_state().algebraic["Tsub"] == b.value > 0.0  # kept as it was
+    assert faults[0].t == faults[1].t and a.name == b.name == "Tbot"  # meltback at the bottom
+    assert ahead.true_state().outputs["Tbot"] == b.value > 0.0  # kept as it was
 
 
 # ---------------------------------------------------------------------------------------------

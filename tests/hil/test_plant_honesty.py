@@ -81,8 +81,9 @@ def test_bioreactor_biomass_above_its_operating_limit_is_recorded_and_counted(
 def test_leaving_the_validity_domain_is_a_plant_fault_with_variable_value_and_time(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A shelf at 120 degC and 0.5 Torr melts the ice (Tsub > 0 degC): the sublimation model
-    no longer holds. `simulate` says so and exits 1; the KPI file names the fault."""
+    """A shelf at 120 degC and 0.5 Torr melts the ice at the vial bottom (Tbot > 0 degC, before
+    the front itself reaches 0 degC): the frozen-layer model no longer holds. `simulate` says
+    so and exits 1; the KPI file names the fault."""
     path = _scenario(
         tmp_path,
         "meltback",
@@ -97,9 +98,9 @@ def test_leaving_the_validity_domain_is_a_plant_fault_with_variable_value_and_ti
     code = hil_main(["simulate", str(path), "--out", str(out), "--no-plot", "--quiet"])
     text = capsys.readouterr().out
     assert code == 1
-    assert "plant fault" in text and "Tsub" in text and "above 0 degC" in text
+    assert "plant fault" in text and "Tbot" in text and "above 0 degC" in text
     kpis = json.loads((out / "kpis.json").read_text())
-    assert "Tsub" in kpis["plant_fault"] and "t=0.8" in kpis["plant_fault"]
+    assert "Tbot" in kpis["plant_fault"] and "t=0.25" in kpis["plant_fault"]
 
 
 def test_the_runner_keeps_the_excursion_as_it_was_and_refuses_to_go_on() -> None:
@@ -110,17 +111,20 @@ def test_the_runner_keeps_the_excursion_as_it_was_and_refuses_to_go_on() -> None
             plant.advance({"Tsh": 120.0, "Pch": 0.5})
     fault = info.value.fault
     (v,) = fault.violations
-    assert v.name == "Tsub" and v.value > 0.0 and v.upper == 0.0
-    assert plant.true_state().algebraic["Tsub"] == v.value  # not corrected to 0
-    assert 0.5 < fault.t < 1.0
+    assert v.name == "Tbot" and v.value > 0.0 and v.upper == 0.0
+    assert plant.true_state().outputs["Tbot"] == v.value  # not corrected to 0
+    assert 0.2 < fault.t < 1.0
     with pytest.raises(PlantDomainError):
         plant.advance({"Tsh": -40.0, "Pch": 0.1})  # a stopped plant stays stopped
 
 
 def test_a_campaign_case_whose_plant_leaves_its_domain_is_an_error(tmp_path: Path) -> None:
-    """A shelf-heater fault (+160 degC on Tsh) on a high-resistance cake (R0, A1 at the top of
-    their plausible ranges) melts the product: the case errors with the variable, value and
-    time, and the event is in the case's evidence."""
+    """A shelf-heater fault (+100 degC on Tsh) and a leaking chamber (+0.3 Torr on Pch), the
+    inputs staying within their physical ranges, on a high-resistance cake (R0, A1 at the top
+    of their plausible ranges) melt the product at the vial bottom: the case errors with the
+    variable, value and time, and the event is in the case's evidence. (The +160 degC this
+    test used took the shelf past 120 degC, its physical range: now refused at load,
+    tests/hil/test_input_validity_scenario.py.)"""
     spec = {
         "name": "meltback",
         "site": str(ROOT / "configs" / "sites" / "lyophilizer-modbus.yaml"),
@@ -133,7 +137,8 @@ def test_a_campaign_case_whose_plant_leaves_its_domain_is_an_error(tmp_path: Pat
                         "heater-fault": {
                             "parameters": {"R0": 3.0, "A1": 30.0},
                             "disturbances": [
-                                {"input": "Tsh", "start": 0.2, "end": 2.0, "offset": 160.0}
+                                {"input": "Tsh", "start": 0.2, "end": 2.0, "offset": 100.0},
+                                {"input": "Pch", "start": 0.2, "end": 2.0, "offset": 0.3},
                             ],
                         }
                     }
@@ -156,11 +161,11 @@ def test_a_campaign_case_whose_plant_leaves_its_domain_is_an_error(tmp_path: Pat
     (result_file,) = (out / "cases").glob("*/result.json")
     result = json.loads(result_file.read_text())
     assert result["status"] == "error"
-    assert "Tsub" in result["error"] and "validity domain" in result["error"]
+    assert "Tbot" in result["error"] and "validity domain" in result["error"]
     (event,) = json.loads((result_file.parent / "events.json").read_text())
     assert event["kind"] == "plant.validity"
     (v,) = event["violations"]
-    assert v["variable"] == "Tsub" and v["value"] > 0 and 0.2 < event["t"] <= 2.0
+    assert v["variable"] == "Tbot" and v["value"] > 0 and 0.2 < event["t"] <= 2.0
 
 
 # ---------------------------------------------------------------------- recipes and KPIs
