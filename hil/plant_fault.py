@@ -4,8 +4,9 @@ A state or algebraic variable outside the model's physical validity domain, an i
 its actuator's physical range (the input's ``lower``/``upper``), an output or expression
 outside its bound (:attr:`plant_models.PlantModel.expression_domain`: the freeze dryer's
 Tbot <= 0 degC), or a parameter outside its physical domain
-(:attr:`plant_models.PlantModel.parameter_domain`) stops the true plant: :class:`PlantFault` says what, where and when, :class:`PlantDomainError` carries
-it (:class:`hil.plant_runner.PlantRunner` raises it and keeps it as ``fault``).
+(:attr:`plant_models.PlantModel.parameter_domain`) stops the true plant: :class:`PlantFault`
+says what, where and when, :class:`PlantDomainError` carries it
+(:class:`hil.plant_runner.PlantRunner` raises it and keeps it as ``fault``).
 """
 
 from __future__ import annotations
