@@ -30,6 +30,10 @@ def grid_for(name: str, tag: Tag, protocol: str) -> Grid | None:
     """The grid of setpoint tag ``name`` over ``protocol`` (None: any float64 is held as is)."""
     if protocol == "modbus" and tag.modbus is not None:
         spec = tag.modbus
+        if spec.scale == 1.0 and spec.offset == 0.0 and spec.type is DataType.FLOAT64:
+            return None
+        if spec.scale == 1.0 and spec.offset == 0.0 and spec.type is DataType.FLOAT32:
+            return _snap_float32  # the common register, 20x faster than encoding it
 
         def snap_register(value: float, lo: float, hi: float) -> float | None:
             try:
