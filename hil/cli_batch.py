@@ -196,8 +196,10 @@ def campaign_command(args: argparse.Namespace, console: Console) -> int:
         ):
             return 2
         paths = write_reports(args.results)
-        console.print(f"wrote {paths.html}, {paths.junit}, {paths.summary}")
-        return 0
+        console.print(
+            f"verdict: {paths.verdict}; wrote {paths.html}, {paths.junit}, {paths.summary}"
+        )
+        return 0 if paths.verdict == "passed" else 1  # as the reports say (run's exit code too)
     from hil.campaign.execute import RunSettings, run_campaign
     from hil.campaign.spec import load_campaign
 

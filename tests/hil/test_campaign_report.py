@@ -276,3 +276,22 @@ def test_long_trajectories_are_thinned_without_losing_an_excursion() -> None:
     assert len(t_kept) <= 2002 and np.all(np.diff(t_kept) > 0)
     assert 54_321.0 in t_kept and 77_777.0 in t_kept
     assert np.nanmax(y_kept) == 5.0 and np.nanmin(y_kept) == -3.0
+
+
+def test_campaign_report_exits_by_the_verdict_it_writes(
+    results_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `campaign report` said nothing of the verdict and exited 0 for a failed campaign, so a
+    # script that regenerated the reports took them as passed
+    from hil.cli import main as hil_main
+
+    assert hil_main(["campaign", "report", str(results_dir)]) == 1
+    assert "verdict: failed" in capsys.readouterr().out
+    passing = tmp_path / "passing"
+    _manifest(passing, cases=IDS[:2], ended="2025-01-01T01:00:00+00:00")
+    for i in range(2):
+        _write_case(
+            passing, i, "passed", verdicts=[_verdict(r, True, 0.0, 1.0) for r in REQUIREMENTS]
+        )
+    assert hil_main(["campaign", "report", str(passing)]) == 0
+    assert "verdict: passed" in capsys.readouterr().out
