@@ -179,9 +179,27 @@ def _rate(campaign: Campaign, settings: RunSettings) -> float:
 
 
 # ---------------------------------------------------------------------- resume
-def previous_result(out: Path, case: Case, mode: str) -> dict[str, Any] | None:
-    """The case's finished result if it was run with the same definition and mode, and its
-    record stands (:func:`~hil.campaign.results.record_problem`); else None: run it again."""
+def case_configuration(info: dict[str, Any], criteria: list[dict[str, Any]], case: Case) -> str:
+    """What a case's result depends on beyond its own definition (:attr:`Case.digest`): the
+    files of the site, controller, tag map, plant and scenario (their hashes in the manifest
+    ``info``, the campaign file's own left out), the definitions of the criteria that judge the
+    case, and the software (version, commit, Python, libraries). A rerun reuses a result only
+    when this is the same: a changed controller or a tightened criterion ran again, not passed
+    on the old results."""
+    files = {k: v for k, v in info["config_hashes"].items() if k != info.get("file")}
+    sw = info["software"]
+    body = {
+        "files": files,
+        "criteria": [c for c in criteria if c["id"] in case.criteria],
+        "software": {k: sw.get(k) for k in ("version", "git_commit", "python", "libraries")},
+    }
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def previous_result(out: Path, case: Case, mode: str, config: str) -> dict[str, Any] | None:
+    """The case's finished result if it was run with the same definition, mode and
+    configuration (:func:`case_configuration`), and its record stands
+    (:func:`~hil.campaign.results.record_problem`); else None: run it again."""
     folder = out / "cases" / case.id
     try:
         spec = json.loads((folder / "spec.json").read_text(encoding="utf-8"))
@@ -190,6 +208,8 @@ def previous_result(out: Path, case: Case, mode: str) -> dict[str, Any] | None:
         return None
     if spec.get("digest") != case.digest or spec.get("mode") != mode:
         return None
+    if spec.get("configuration") != config:
+        return None  # another controller, site, criterion or software made that result
     if result.get("status") not in ("passed", "failed"):
         return None  # errored cases run again
     if record_problem(result, folder / "result.json") is not None:
@@ -341,7 +361,8 @@ def _run_dask(
         run = uuid.uuid4().hex[:8]  # keys unique per run: a cluster may remember old ones
         size = chunk_size(len(jobs), sum(client.nthreads().values()))
         pending = [jobs[i : i + size] for i in range(0, len(jobs), size)]
-        for round_ in range(len(jobs) + 1):  # a round only resubmits cases never started
+        why: dict[str, str] = {}
+        for round_ in range(retries + 2):  # a round resubmits only cases never started
             if not pending:
                 break
             futures = {
@@ -359,22 +380,26 @@ def _run_dask(
                 except Exception as exc:  # KilledWorker after too many lost workers, or a crash
                     results, unstarted = _salvage(chunk, f"{type(exc).__name__}: {exc}")
                     pending += [[job] for job in unstarted]
+                    why |= {job["case"]["id"]: f"{type(exc).__name__}: {exc}" for job in unstarted}
                 for result in results:
                     on_result(result)
+        for job in (job for chunk in pending for job in chunk):  # never started, every round
+            on_result(_error(job, f"never started: its task failed {retries + 2} times "
+                                  f"({why.get(job['case']['id'], 'no answer')})"))  # fmt: skip
 
 
 def _salvage(
     chunk: list[dict[str, Any]], why: str
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """A failed task's results: its cases that finished, an error for each that was started
-    and did not finish (``why``); and its cases never started (a single case is never left
-    unstarted: its task failing again would resubmit it forever)."""
+    and did not finish (``why``); and its cases never started (to go again: a case queued on
+    a worker that another case kept killing counts the deaths too, though it never ran)."""
     results, unstarted = [], []
     for job in chunk:
         done = finished_result(job)
         if done is not None:
             results.append(done)
-        elif started(job) or len(chunk) == 1:
+        elif started(job):
             results.append(_error(job, why))
         else:
             unstarted.append(job)
@@ -431,7 +456,8 @@ def run_campaign(
     jobs = []
     for case in campaign.cases:
         mode = case.run_mode(settings.mode)
-        if not settings.force and (prev := previous_result(out, case, mode)):
+        config = case_configuration(info, criteria, case)
+        if not settings.force and (prev := previous_result(out, case, mode, config)):
             outcome.results[case.id] = prev
             outcome.skipped.append(case.id)
             continue
@@ -445,6 +471,7 @@ def run_campaign(
                 "controller": str(campaign.controller_path) if campaign.controller_path else None,
                 "mode": mode,
                 "rate": _rate(campaign, settings),
+                "configuration": config,
             }
         )
     if outcome.skipped:

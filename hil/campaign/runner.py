@@ -157,7 +157,7 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
     criteria = [Criterion.model_validate(c) for c in job["criteria"]]
     criteria = [c for c in criteria if c.id in case.criteria]
     case_dir = Path(job["out"]) / "cases" / case.id
-    attempt = _start(case, case_dir, job["mode"])
+    attempt = _start(case, case_dir, job["mode"], job.get("configuration"))
     started, t0, cpu0 = utc_now(), time.perf_counter(), time.process_time()
     result: dict[str, Any] = {"id": case.id, "attempts": attempt}
     if case.draw is not None:
@@ -218,14 +218,14 @@ def started(job: dict[str, Any]) -> bool:
     return (Path(job["out"]) / "cases" / job["case"]["id"] / "attempts").exists()
 
 
-def _start(case: Case, case_dir: Path, mode: str) -> int:
+def _start(case: Case, case_dir: Path, mode: str, config: str | None = None) -> int:
     """Clear the case's previous result, audit trail and historian, write ``spec.json``, count
     the attempt."""
     case_dir.mkdir(parents=True, exist_ok=True)
     (case_dir / "result.json").unlink(missing_ok=True)
     for stale in STALE_FILES:
         (case_dir / stale).unlink(missing_ok=True)
-    spec = case.to_json() | {"mode": mode, "digest": case.digest}
+    spec = case.to_json() | {"mode": mode, "digest": case.digest, "configuration": config}
     (case_dir / "spec.json").write_text(json.dumps(spec, indent=2), encoding="utf-8")
     counter = case_dir / "attempts"  # cleared by the campaign before it submits the case
     attempt = int(counter.read_text() or 0) + 1 if counter.exists() else 1

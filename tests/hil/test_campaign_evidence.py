@@ -234,7 +234,7 @@ def test_a_worker_killed_mid_case_leaves_no_result_and_the_case_reruns(
     with sqlite3.connect(f"file:{folder / 'audit.db'}?mode=ro", uri=True) as con:
         committed = con.execute("SELECT count(*) FROM audit").fetchone()[0]
     assert committed >= 12  # what was committed survived the process's crash
-    assert previous_result(tmp_path, smoke.cases[0], "fast") is None  # not done: runs again
+    assert previous_result(tmp_path, smoke.cases[0], "fast", "") is None  # runs again
     again = run_case(job)
     assert again["status"] == "passed" and again["attempts"] == 2
     assert verify_file(folder / "audit.db").records > 0  # a fresh trail, durable, verifying

@@ -375,8 +375,9 @@ def test_a_record_the_reports_call_an_error_is_run_again_not_reused(
     case = SimpleNamespace(id="c0", digest="D")
     folder = tmp_path / "cases" / "c0"
     folder.mkdir(parents=True)
-    (folder / "spec.json").write_text(json.dumps({"digest": "D", "mode": "fast"}))
+    spec = {"digest": "D", "mode": "fast", "configuration": "C"}
+    (folder / "spec.json").write_text(json.dumps(spec))
     (folder / "result.json").write_text(json.dumps(result))
-    assert previous_result(tmp_path, case, "fast") is None  # type: ignore[arg-type]
+    assert previous_result(tmp_path, case, "fast", "C") is None  # type: ignore[arg-type]
     (folder / "result.json").write_text(json.dumps(_passed("REQ-A")))  # one that stands
-    assert previous_result(tmp_path, case, "fast") == _passed("REQ-A")  # type: ignore[arg-type]
+    assert previous_result(tmp_path, case, "fast", "C") == _passed("REQ-A")  # type: ignore[arg-type]
