@@ -14,6 +14,7 @@ candidates, the same ones for the same history.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -105,12 +106,40 @@ def open_study(tuning: Tuning, out: Path) -> optuna.Study:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         log.warning("trial %d was left running by an earlier run: marked failed", t.number)
         study.tell(t.number, state=TrialState.FAIL)
+    made_with = study.user_attrs.get("definition")
+    if study.trials and made_with != definition(tuning):
+        why = "another tuning definition" if made_with else "a definition it did not record"
+        raise ConfigError([Problem(
+            str(out / "study.db"), "",
+            f"its {len(study.trials)} trials were made with {why} "
+            f"({study.user_attrs.get('tuning_file', 'unknown file')}): their scores do not "
+            f"belong to {tuning.path}'s parameters, objectives, scenarios and start config; "
+            "allowed: the same definition (only search: may change), or another --out",
+        )])  # fmt: skip
     if study.trials:  # a loaded study continues with new draws (see resumed_seed)
         study.sampler = make_sampler(tuning, len(study.trials))
     if not study.user_attrs:
         study.set_user_attr("tuning_file", str(tuning.path))
         study.set_user_attr("objectives", [o.name for o in tuning.spec.objectives])
+        study.set_user_attr("definition", definition(tuning))
     return study
+
+
+def definition(tuning: Tuning) -> str:
+    """What a trial's score depends on: the tuning file less its ``search`` section (the
+    sampler and the number of trials may change between runs of one study), the start
+    config and the files of its scenario campaign."""
+    spec = tuning.spec.model_dump(mode="json")
+    spec.pop("search", None)
+    own = tuning.path.resolve()  # its campaign is made from the tuning file: spec covers it
+    files = {
+        str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in tuning.campaign.files()
+        if p != own
+    }
+    start = hashlib.sha256(tuning.start_path.read_bytes()).hexdigest()
+    body = json.dumps({"spec": spec, "start": start, "files": files}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 def suggest(trial: Trial, p: ParameterSpec) -> float:

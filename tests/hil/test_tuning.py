@@ -345,3 +345,29 @@ def test_output_from_c_goes_to_the_trial_log(
 def test_grid_trials_keep_their_solver_output(grid_run: Path) -> None:
     for trial in sorted((grid_run / "trials").iterdir()):
         assert (trial / TRIAL_LOG).read_text().startswith("--- case "), trial
+
+
+def test_a_study_is_continued_only_with_its_own_definition(start: Path, tmp_path: Path) -> None:
+    # before: `tune` silently added trials to a study made with another tuning file; its
+    # ranking then mixed rules (old rejections, old parameter ranges) under the new file's name
+    params = [{"path": SETPOINT, "low": 0.5, "high": 0.75}]
+    search = {"sampler": "tpe", "trials": 2, "seed": 3}
+    first = load_tuning(_tuning(tmp_path, start, search=search, parameters=params))
+    out = tmp_path / "out"
+    study = open_study(first, out)
+    dist = optuna.distributions.FloatDistribution(0.5, 0.75)
+    study.add_trial(
+        optuna.trial.create_trial(params={SETPOINT: 0.6}, distributions={SETPOINT: dist}, value=1.0)
+    )
+    # a change of search: only (more trials, another seed) continues the study
+    more = load_tuning(
+        _tuning(tmp_path, start, search=search | {"trials": 5, "seed": 4}, parameters=params)
+    )
+    assert len(open_study(more, out).trials) == 1
+    # another range of the tuned parameter: refused, naming the study and what is allowed
+    other = [{"path": SETPOINT, "low": 0.6, "high": 0.9}]
+    changed = load_tuning(_tuning(tmp_path, start, search=search, parameters=other))
+    with pytest.raises(ConfigError) as info:
+        open_study(changed, out)
+    text = str(info.value)
+    assert "study.db" in text and "another tuning definition" in text and "another --out" in text
