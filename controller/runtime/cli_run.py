@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from controller.errors import ConfigError, Problem
 from controller.runtime.cli_common import (
     AUDIT_DB_HELP,
     DEFAULT_HISTORIAN,
@@ -143,6 +144,9 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
         args.log_level, args.log_file, args.log_format, console=terminal if show_status else None
     )
     try:
+        if args.users is not None and args.ui is None:  # it was ignored, even a missing file
+            why = "is read by the operator view only; allowed: with --ui HOST:PORT, or left out"
+            raise ConfigError([Problem("command line", "--users", why, str(args.users))])
         opts = RunOptions(
             mode=Mode(args.mode),
             rate=args.rate,

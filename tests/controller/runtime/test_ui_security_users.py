@@ -109,3 +109,17 @@ def test_parameters_too_costly_for_a_login_are_refused(tmp_path: Path) -> None:
         load_users(path)
     text = str(info.value)
     assert "users.eve.password" in text and "N=16777216" in text and "1024 MiB" in text, text
+
+
+def test_users_without_the_operator_view_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `run --users FILE` without --ui ran on and read nothing, not even a missing file: the
+    # operator thought the users file was in force
+    from controller.runtime.cli import main
+
+    site = Path(__file__).resolve().parents[3] / "configs" / "sites" / "cstr-modbus.yaml"
+    argv = ["run", str(site), "--mode", "shadow", "--cycles", "1", "--users", "missing.yaml"]
+    assert main(argv) == 2
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--users" in out and "--ui" in out and "missing.yaml" in out and "Traceback" not in out
