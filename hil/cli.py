@@ -39,7 +39,7 @@ EPILOG = """examples:
   pharmatwin-hil fault configs/sites/lyophilizer-modbus.yaml clear --kind comm_bad_status
   pharmatwin-hil campaign run configs/campaigns/lyophilizer-oq.yaml --workers 2
   pharmatwin-hil campaign run configs/campaigns/bioreactor-oq.yaml --executor dask --workers 2
-  pharmatwin-hil campaign run configs/campaigns/smoke.yaml --mode hil --out runs/smoke-hil
+  pharmatwin-hil campaign run configs/campaigns/lyophilizer-smoke.yaml --mode hil --out runs/smoke-hil
   pharmatwin-hil campaign report runs/campaigns/lyophilizer-oq-fast
   pharmatwin-hil tune configs/tuning/lyophilizer.yaml --trials 12 --workers 2
   pharmatwin-hil tune configs/tuning/bioreactor.yaml --executor dask --workers 2 --out runs/tune-bio
@@ -77,6 +77,7 @@ def _own_examples(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -
             own = _examples_of(here, (sub.epilog or "") + "\n" + EPILOG)
             if own:
                 sub.epilog = "examples:\n" + "\n".join(dict.fromkeys(own)) + "\n"
+                sub.formatter_class = argparse.RawDescriptionHelpFormatter  # one per line
             _own_examples(sub, here)
 
 

@@ -81,3 +81,26 @@ def test_every_argument_of_pharmatwin_hil_has_help_and_each_subcommand_its_examp
             continue
         assert p.epilog and p.epilog.startswith("examples:"), path
         assert _examples_of(path, p.epilog), (path, p.epilog)  # examples of this very command
+
+
+def test_the_examples_print_one_per_line_and_name_files_that_exist() -> None:
+    # `campaign run --help` wrapped its examples into one paragraph, and named a campaign
+    # file (configs/campaigns/smoke.yaml) that does not exist
+    from pathlib import Path
+
+    from hil.cli import _own_examples
+    from hil.cli import _parser as hil_parser
+
+    root = Path(__file__).resolve().parents[1]
+    parser = hil_parser()
+    _own_examples(parser)
+    for path, p in _walk(parser, ()):
+        if not path or not p.epilog:
+            continue
+        shown = p.format_help().split("examples:", 1)[1].splitlines()
+        examples = [ln.strip() for ln in shown if ln.strip()]
+        assert all(ln.startswith("pharmatwin-hil ") for ln in examples), (path, examples)
+        for ln in examples:
+            for word in ln.split():
+                if word.startswith("configs/"):  # a glob names files that exist too
+                    assert list(root.glob(word)), (path, word)
