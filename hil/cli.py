@@ -39,7 +39,8 @@ EPILOG = """examples:
   pharmatwin-hil fault configs/sites/lyophilizer-modbus.yaml clear --kind comm_bad_status
   pharmatwin-hil campaign run configs/campaigns/lyophilizer-oq.yaml --workers 2
   pharmatwin-hil campaign run configs/campaigns/bioreactor-oq.yaml --executor dask --workers 2
-  pharmatwin-hil campaign run configs/campaigns/lyophilizer-smoke.yaml --mode hil --out runs/smoke-hil
+  pharmatwin-hil campaign run configs/campaigns/lyophilizer-smoke.yaml --mode hil \
+      --out runs/smoke-hil
   pharmatwin-hil campaign report runs/campaigns/lyophilizer-oq-fast
   pharmatwin-hil tune configs/tuning/lyophilizer.yaml --trials 12 --workers 2
   pharmatwin-hil tune configs/tuning/bioreactor.yaml --executor dask --workers 2 --out runs/tune-bio

@@ -16,9 +16,9 @@ cannot be pickled); a worker builds a configuration's estimator functions and MP
 once and keeps them for its next cases (:mod:`controller.core.ekf_memo`,
 :mod:`controller.core.ocp_memo`: keyed by all they are made of, no state shared). A case
 whose ``result.json`` says passed or failed for the same case definition (its digest), mode
-and configuration (:func:`case_configuration`) is skipped on a re-run unless ``force``. The results directory gets ``campaign.json``
-(the manifest: software, machine, config hashes, requirements, cases, start and end), then
-the reports.
+and configuration (:func:`case_configuration`) is skipped on a re-run unless ``force``. The
+results directory gets ``campaign.json`` (the manifest: software, machine, config hashes,
+requirements, cases, start and end), then the reports.
 """
 
 from __future__ import annotations

@@ -84,7 +84,9 @@ class RoguePlc:
             start, count = struct.unpack(">HH", request[1:5])
             if function == 16:
                 values = struct.unpack(f">{count}H", request[6 : 6 + 2 * count])
-                self.registers[Table.HOLDING].update(zip(range(start, start + count), values))
+                self.registers[Table.HOLDING].update(
+                    zip(range(start, start + count), values, strict=True)
+                )
             else:
                 for i in range(count):
                     self.bits[Table.COIL][start + i] = (request[6 + i // 8] >> (i % 8)) & 1
