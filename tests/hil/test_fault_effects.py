@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from lyo_cases import case_site
 from pymodbus.client import AsyncModbusTcpClient
 
 from controller.binding import Binding
@@ -37,9 +37,8 @@ from controller.clock import SteppedClock
 from controller.errors import ConfigError, PortConnectError
 from controller.ports.base import Quality
 from controller.runtime.site import Site, load_site
-from hil.campaign.cases import Case
 from hil.campaign.recorder import Recorder
-from hil.campaign.runner import run_case, write_case_files
+from hil.campaign.runner import run_case
 from hil.campaign.spec import load_campaign
 from hil.faultcheck import FaultRefusedError, parse_fault
 from hil.rig import HilRig
@@ -349,18 +348,9 @@ def test_comm_latency_is_refused_in_fast_mode_at_injection() -> None:
         rig.servers[0].latency = 0.05  # and the in-memory server cannot be told to
 
 
-def _case_site(tmp_path: Path, faults: list[dict[str, Any]]) -> Path:
-    """A site whose HIL scenario schedules ``faults`` (the campaign's case files)."""
-    scenario = yaml.safe_load((ROOT / "configs" / "scenarios" / "lyophilizer-hil.yaml").read_text())
-    scenario["plant"] = str(ROOT / "configs" / "plants" / "lyophilizer.yaml")
-    scenario["faults"] = faults
-    case = Case("c000-test", 0, {}, 1, scenario, None, ())
-    return write_case_files(case, tmp_path, LYO, None, "fast")
-
-
 def test_comm_latency_is_refused_at_load_by_a_fast_mode_rig(tmp_path: Path) -> None:
     latency = {"kind": "comm_latency", "target": "*", "start": 1.0, "magnitude": 0.05}
-    site = load_site(_case_site(tmp_path, [latency]))
+    site = load_site(case_site(tmp_path, [latency]))
     clock = SteppedClock()
     with pytest.raises(ConfigError) as info:
         HilRig(site, clock, [MemoryPlcServer(site.tags, clock)])

@@ -19,12 +19,11 @@ from typing import Any
 
 import pytest
 import yaml
+from lyo_cases import case_site
 
 from controller.clock import SteppedClock
 from controller.errors import ConfigError
 from controller.runtime.site import load_site
-from hil.campaign.cases import Case
-from hil.campaign.runner import write_case_files
 from hil.campaign.spec import load_campaign
 from hil.cli import main as hil_main
 from hil.faultcheck import FaultRefusedError, FaultTargets, fault_problems, parse_fault
@@ -37,15 +36,6 @@ LYO = SITES / "lyophilizer-modbus.yaml"
 pytestmark = pytest.mark.timeout(120)
 
 
-def _case_site(tmp_path: Path, faults: list[dict[str, Any]]) -> Path:
-    """The lyophilizer site, its HIL scenario scheduling ``faults`` (a campaign case's files)."""
-    scenario = yaml.safe_load((ROOT / "configs" / "scenarios" / "lyophilizer-hil.yaml").read_text())
-    scenario["plant"] = str(ROOT / "configs" / "plants" / "lyophilizer.yaml")
-    scenario["faults"] = faults
-    case = Case("c000-test", 0, {}, 1, scenario, None, ())
-    return write_case_files(case, tmp_path, LYO, None, "fast")
-
-
 def _rig(site_file: Path) -> HilRig:
     site = load_site(site_file)
     clock = SteppedClock()
@@ -54,7 +44,7 @@ def _rig(site_file: Path) -> HilRig:
 
 def _refused_by_rig(tmp_path: Path, fault: dict[str, Any]) -> str:
     with pytest.raises(ConfigError) as info:
-        _rig(_case_site(tmp_path, [fault]))
+        _rig(case_site(tmp_path, [fault]))
     (problem,) = info.value.problems
     assert problem.file.endswith("scenario.yaml") and problem.location.startswith("faults.0")
     assert "\n" not in str(problem)  # one line
@@ -81,7 +71,7 @@ def test_a_read_fault_shorter_than_a_controller_sample_is_refused_by_the_rig(
 
 
 def test_a_short_read_fault_is_refused_at_injection_and_nothing_is_held(tmp_path: Path) -> None:
-    rig = _rig(_case_site(tmp_path, []))
+    rig = _rig(case_site(tmp_path, []))
     with pytest.raises(FaultRefusedError, match="shorter than the controller's sample time"):
         rig.inject(parse_fault(SHORT[3] | {"start": 0.0}))
     assert rig.faults.faults == ()
@@ -92,7 +82,7 @@ def test_a_window_of_one_sample_and_a_short_actuator_fault_are_accepted(tmp_path
         SHORT[0] | {"duration": 0.1},  # one whole sample: one controller read falls in it
         {"kind": "actuator_stuck", "target": "Tsh", "start": 1.0, "duration": 0.05},  # plant
     ]
-    rig = _rig(_case_site(tmp_path, ok))
+    rig = _rig(case_site(tmp_path, ok))
     assert [f.kind for f in rig.faults.faults] == ["sensor_bias", "actuator_stuck"]
 
 
@@ -137,7 +127,7 @@ def test_a_fault_starting_after_the_scenario_end_is_refused_by_the_rig(tmp_path:
 def test_check_config_refuses_a_fault_after_the_scenario_end(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    site = _case_site(tmp_path, [LATE])
+    site = case_site(tmp_path, [LATE])
     scenario = tmp_path / "scenario.yaml"
     assert hil_main(["check-config", str(site), str(scenario)]) == 1
     out = capsys.readouterr().out
@@ -150,7 +140,7 @@ def test_check_config_refuses_a_fault_after_the_scenario_end(
 def test_check_config_refuses_a_short_read_fault_of_a_site(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    site = _case_site(tmp_path, [SHORT[0]])
+    site = case_site(tmp_path, [SHORT[0]])
     assert hil_main(["check-config", str(site)]) == 1
     assert "shorter than the controller's sample time (0.1 h)" in capsys.readouterr().out
 
@@ -158,7 +148,7 @@ def test_check_config_refuses_a_short_read_fault_of_a_site(
 def test_check_config_still_passes_a_valid_fault(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    site = _case_site(tmp_path, [LATE | {"start": 5.0}])
+    site = case_site(tmp_path, [LATE | {"start": 5.0}])
     assert hil_main(["check-config", str(site), str(tmp_path / "scenario.yaml")]) == 0, (
         capsys.readouterr().out
     )
@@ -187,7 +177,7 @@ def test_a_saturation_below_the_physical_range_is_refused(
 
 
 def test_a_saturation_below_the_range_is_refused_at_injection(tmp_path: Path) -> None:
-    rig = _rig(_case_site(tmp_path, []))
+    rig = _rig(case_site(tmp_path, []))
     low = {"kind": "actuator_saturation", "target": "Tsh", "start": 0.0, "magnitude": -100.0}
     with pytest.raises(FaultRefusedError, match=r"outside Tsh's physical range \[-45, 120\]"):
         rig.inject(parse_fault(low))

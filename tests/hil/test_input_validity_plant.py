@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
+from lyo_cases import disturbed_campaign
 
 from controller.plantfile import build_model
 from hil.campaign.execute import RunSettings, run_campaign
@@ -118,35 +118,8 @@ def test_a_campaign_case_whose_disturbance_overdrives_the_chamber_is_an_error(
     stay in range, so the case loads, but the MPC's own setpoint (0.204 Torr) takes the
     chamber above 0.5 Torr: the case errors naming Pch, its value and its physical range,
     and the event is evidence."""
-    spec = {
-        "name": "overdrive",
-        "site": str(ROOT / "configs" / "sites" / "lyophilizer-modbus.yaml"),
-        "duration": 1.0,
-        "mode": "fast",
-        "matrix": [
-            {
-                "factors": {
-                    "shelf": {
-                        "heater-fault": {
-                            "disturbances": [
-                                {"input": "Pch", "start": 0.2, "end": 2.0, "offset": 0.35}
-                            ],
-                        }
-                    }
-                },
-                "seeds": [3],
-            }
-        ],
-        "criteria": [
-            {
-                "id": "REQ-ROB-01",
-                "description": "No more than 3 failed solves in a row",
-                "check": {"kind": "consecutive_failed_solves", "at_most": 3},
-            }
-        ],
-    }
-    path = tmp_path / "overdrive.yaml"
-    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    leak = [{"input": "Pch", "start": 0.2, "end": 2.0, "offset": 0.35}]
+    path = disturbed_campaign(tmp_path, "overdrive", leak, duration=1.0)
     out = tmp_path / "out"
     run_campaign(load_campaign(path), RunSettings(out=out, workers=1, progress=False))
     (result_file,) = (out / "cases").glob("*/result.json")

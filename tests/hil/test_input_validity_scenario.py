@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from lyo_cases import disturbed_campaign
 
 from controller.configfile import parse
 from controller.errors import ConfigError
@@ -131,35 +132,8 @@ def test_a_campaign_case_whose_disturbance_overdrives_the_local_recipe_is_refuse
 ) -> None:
     """+160 degC on the shelf of the lyophilizer site: its PLC's local recipe reaches
     20 degC, so the shelf would be at 180 degC whenever the PLC runs it."""
-    spec = {
-        "name": "overdrive",
-        "site": str(ROOT / "configs" / "sites" / "lyophilizer-modbus.yaml"),
-        "duration": 2.0,
-        "mode": "fast",
-        "matrix": [
-            {
-                "factors": {
-                    "shelf": {
-                        "heater-fault": {
-                            "disturbances": [
-                                {"input": "Tsh", "start": 0.2, "end": 2.0, "offset": 160.0}
-                            ]
-                        }
-                    }
-                },
-                "seeds": [3],
-            }
-        ],
-        "criteria": [
-            {
-                "id": "REQ-ROB-01",
-                "description": "No more than 3 failed solves in a row",
-                "check": {"kind": "consecutive_failed_solves", "at_most": 3},
-            }
-        ],
-    }
-    path = tmp_path / "overdrive.yaml"
-    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    heater = [{"input": "Tsh", "start": 0.2, "end": 2.0, "offset": 160.0}]
+    path = disturbed_campaign(tmp_path, "overdrive", heater, duration=2.0)
     with pytest.raises(ConfigError) as info:
         load_campaign(path)
     (problem,) = info.value.problems

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from lyo_cases import disturbed_campaign
 
 from controller.plantfile import build_model
 from hil.campaign.execute import RunSettings, run_campaign
@@ -125,37 +126,12 @@ def test_a_campaign_case_whose_plant_leaves_its_domain_is_an_error(tmp_path: Pat
     variable, value and time, and the event is in the case's evidence. (The +160 degC this
     test used took the shelf past 120 degC, its physical range: now refused at load,
     tests/hil/test_input_validity_scenario.py.)"""
-    spec = {
-        "name": "meltback",
-        "site": str(ROOT / "configs" / "sites" / "lyophilizer-modbus.yaml"),
-        "duration": 2.0,
-        "mode": "fast",
-        "matrix": [
-            {
-                "factors": {
-                    "shelf": {
-                        "heater-fault": {
-                            "parameters": {"R0": 3.0, "A1": 30.0},
-                            "disturbances": [
-                                {"input": "Tsh", "start": 0.2, "end": 2.0, "offset": 100.0},
-                                {"input": "Pch", "start": 0.2, "end": 2.0, "offset": 0.3},
-                            ],
-                        }
-                    }
-                },
-                "seeds": [3],
-            }
-        ],
-        "criteria": [
-            {
-                "id": "REQ-ROB-01",
-                "description": "No more than 3 failed solves in a row",
-                "check": {"kind": "consecutive_failed_solves", "at_most": 3},
-            }
-        ],
-    }
-    path = tmp_path / "meltback.yaml"
-    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    faults = [
+        {"input": "Tsh", "start": 0.2, "end": 2.0, "offset": 100.0},
+        {"input": "Pch", "start": 0.2, "end": 2.0, "offset": 0.3},
+    ]
+    cake = {"R0": 3.0, "A1": 30.0}
+    path = disturbed_campaign(tmp_path, "meltback", faults, duration=2.0, parameters=cake)
     out = tmp_path / "out"
     run_campaign(load_campaign(path), RunSettings(out=out, workers=1, progress=False))
     (result_file,) = (out / "cases").glob("*/result.json")
