@@ -13,12 +13,12 @@ refuses a setpoint register coarser than its input's move limit).
 from __future__ import annotations
 
 import math
-import struct
 from collections.abc import Callable
 
 import numpy as np
 
 from controller.codecs import CodecError, DataType, decode, encode_within
+from controller.ports.opcua_types import as_stored
 from controller.tags import OPCUA_INT_RANGE, Tag
 
 #: ``snap(value, lo, hi)``: the value the PLC holds nearest to ``value`` within
@@ -67,10 +67,6 @@ def resolution(name: str, tag: Tag, protocol: str, near: float) -> float:
     return 0.0
 
 
-def _float32(x: float) -> float:
-    return float(struct.unpack(">f", struct.pack(">f", x))[0])
-
-
 def _float32_ulp(x: float) -> float:
     return float(np.spacing(np.float32(min(max(abs(x), 0.0), 3.0e38))))
 
@@ -79,7 +75,7 @@ def _snap_float32(value: float, lo: float, hi: float) -> float | None:
     """The float32 nearest to ``value`` within ``[lo, hi]``."""
     if not -3.0e38 < value < 3.0e38:
         return None
-    f = _float32(value)
+    f = as_stored("Float", value)  # what a float32 holds of it
     if lo <= f <= hi:
         return f
     toward = np.float32(-np.inf if f > hi else np.inf)  # one float32 step inward

@@ -73,24 +73,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console()
     if args.command != "run":  # run sets up its logging (--log-level, --log-file)
+        from controller.runtime.logsetup import quiet_libraries
+
         quiet_libraries()
     try:
         return COMMANDS[args.command](args, console)
     except PharmaTwinError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         return 2
-
-
-def quiet_libraries() -> None:
-    """Only the libraries' ERRORs reach the terminal (asyncua warned of a closed secure
-    channel and of host names in certificates at every ``tags read``), as on ``run``."""
-    import logging
-
-    from controller.runtime.logsetup import LIBRARY_LOGGERS
-
-    for name in LIBRARY_LOGGERS:
-        logger = logging.getLogger(name)
-        logger.setLevel(max(logger.getEffectiveLevel(), logging.ERROR))
 
 
 if __name__ == "__main__":

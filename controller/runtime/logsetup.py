@@ -79,6 +79,15 @@ def _is_library(name: str, libraries: Sequence[str]) -> bool:
     return any(name == lib or name.startswith(lib + ".") for lib in libraries)
 
 
+def quiet_libraries(libraries: Sequence[str] = LIBRARY_LOGGERS) -> None:
+    """Without :func:`setup_logging` (the CLI's commands other than ``run``): only the
+    libraries' ERRORs are passed on, so none of their warnings reach the terminal (asyncua
+    warned of a closed secure channel and of certificate host names at every ``tags read``)."""
+    for name in libraries:
+        logger = logging.getLogger(name)
+        logger.setLevel(max(logger.getEffectiveLevel(), logging.ERROR))
+
+
 class QuietLibraries(logging.Filter):
     """Keeps the libraries' records below ERROR off a handler (the terminal's)."""
 
