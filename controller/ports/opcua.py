@@ -30,17 +30,15 @@ into the :class:`~controller.errors.PortError` tree with ``raise ... from exc``.
   clock's process seconds per wall second): the process-time equivalent of the value's age.
 * **Write**: everything is validated first (unknown, read-only, not finite, outside the tag limits,
   not representable in the node's type); if anything is REJECTED nothing is sent and the rest is
-  NOT_SENT. Then ONE Write call with the variant type read at connect, a status per tag (refusals
-  such as BadOutOfRange -> REJECTED, other Bad -> FAILED), and ONE Read to compare the read-back
-  (OK or MISMATCH; Float nodes at float32 precision; FAILED if it is not Good or not the node's
-  type: written, outcome not confirmed).
+  NOT_SENT. ONE Write call with the variant type read at connect (a Float node: the float32 nearest
+  the value within the tag limits), a status per tag (BadOutOfRange... -> REJECTED, other Bad ->
+  FAILED), ONE Read to compare the read-back (OK or MISMATCH; FAILED if not Good or not its type).
 * **Failures**: timeouts -> PortTimeoutError (the connection is kept); refused or lost connections
   and refused logins or certificates -> PortConnectError naming the URL. After a loss the next call
   reconnects with capped exponential backoff (``connection.backoff``, on the port's clock:
   :mod:`controller.ports.retry`); before the delay is over it raises PortConnectError "next attempt
   in X s" without network I/O. A write whose read-back fails raises. Certificates:
-  :mod:`controller.ports.opcua_certs`; type fits and status names:
-  :mod:`controller.ports.opcua_types`.
+  :mod:`controller.ports.opcua_certs`; type fits, status names: :mod:`controller.ports.opcua_types`.
 """
 
 from __future__ import annotations
@@ -82,9 +80,9 @@ from controller.ports.opcua_types import (
     LOST,
     REFUSED,
     TIMEOUT,
-    as_stored,
     python_value,
     read_number,
+    stored,
     type_refusal,
 )
 from controller.ports.retry import RetrySchedule
@@ -384,7 +382,8 @@ class OpcUaPort(Port):
         requested = dict(values)
         refused = self._check.refusals(requested)
         fit = {t: v for t, v in requested.items() if t not in refused}
-        refused |= {t: why for t, v in fit.items() if (why := type_refusal(self._type(t), t, v))}
+        why = {t: type_refusal(self._type(t), t, v, self.tags[t].limits) for t, v in fit.items()}
+        refused |= {t: w for t, w in why.items() if w}
         if refused:
             return refused_report(requested, refused, self.clock.now())
         if not requested:
@@ -418,6 +417,7 @@ class OpcUaPort(Port):
 
     def _write_value(self, name: str, value: float) -> ua.WriteValue:
         vtype = self._points[name].vtype
+        value = stored(self._type(name), value, self.tags[name].limits)  # inside the limits
         dv = ua.DataValue(Value=ua.Variant(python_value(vtype.name, value), vtype))
         return ua.WriteValue(
             NodeId=self._points[name].node, AttributeId=ua.AttributeIds.Value, Value=dv
@@ -432,7 +432,7 @@ class OpcUaPort(Port):
             why = status.name if not status.is_good() else misfit or f"not finite ({readback!r})"
             why = f"written, but the read-back of {self._where(name)} is not confirmed: {why}"
             return WriteResult(name, requested, WriteStatus.FAILED, None, why)
-        if readback == as_stored(self._type(name), requested):
+        if readback == stored(self._type(name), requested, self.tags[name].limits):
             return WriteResult(name, requested, WriteStatus.OK, readback)
         detail = f"node {self._where(name)} reads back {readback}, requested {requested}"
         return WriteResult(name, requested, WriteStatus.MISMATCH, readback, detail)

@@ -4,7 +4,9 @@
   (the port maps asyncua's status codes to our errors and write statuses with them);
 * whether a value fits a node's built-in type (:func:`type_refusal`), the Python value it is
   written as (:func:`python_value`) and the value a read-back should then equal
-  (:func:`as_stored`: a Float node keeps float32 precision);
+  (:func:`as_stored`: a Float node keeps float32 precision); a Float node with engineering
+  ``limits`` is written the float32 nearest the value INSIDE them (:func:`stored`: the limit
+  0.3 is sent as 0.29999998, not 0.30000001, which a PLC checking its range refuses);
 * what a value read from a node stands for (:func:`read_number`): a number only if the node
   sent one value of its own built-in type (the DataType checked at connect) within that type's
   range; a Boolean from a Double node, a Double or an Int32 from a Boolean node, a float or -5
@@ -17,6 +19,8 @@ from __future__ import annotations
 import math
 import struct
 from typing import Any, Protocol, TypeGuard
+
+import numpy as np
 
 from controller.codecs import FLOAT32_MAX
 from controller.tags import OPCUA_INT_RANGE
@@ -33,9 +37,12 @@ LOST |= {"BadSecureChannelClosed", "BadSecureChannelIdInvalid", "BadConnectionCl
 LOST |= {"BadServerNotConnected", "BadNoCommunication", "BadCommunicationError"}
 
 
-def type_refusal(data_type: str, name: str, value: float) -> str:
+def type_refusal(
+    data_type: str, name: str, value: float, limits: tuple[float, float] | None = None
+) -> str:
     """Why ``value`` does not fit a node of built-in type ``data_type`` (``Double``,
-    ``Boolean``, ``Int16``...), or "" when it does."""
+    ``Boolean``, ``Int16``...), or "" when it does. A Float node with ``limits`` takes it
+    only when a float32 near it lies within them (see :func:`stored`)."""
     if data_type == "Boolean" and value not in (0, 1):
         return f"{name}={value}: the node is Boolean, which takes 0 or 1"
     if data_type in OPCUA_INT_RANGE:
@@ -44,6 +51,9 @@ def type_refusal(data_type: str, name: str, value: float) -> str:
             return f"{name}={value} does not fit the node's {data_type}: integers in [{lo}, {hi}]"
     if data_type == "Float" and abs(value) > FLOAT32_MAX:
         return f"{name}={value} overflows the node's Float (float32)"
+    if data_type == "Float" and limits is not None and float32_within(value, *limits) is None:
+        lo, hi = limits
+        return f"{name}={value}: no Float (float32) value near it lies within [{lo:g}, {hi:g}]"
     return ""
 
 
@@ -59,6 +69,27 @@ def as_stored(data_type: str, value: float) -> float:
     if data_type == "Float":
         return float(struct.unpack("<f", struct.pack("<f", value))[0])
     return value
+
+
+def float32_within(value: float, lo: float, hi: float) -> float | None:
+    """The float32 nearest to ``value`` within ``[lo, hi]`` (None: there is none near it)."""
+    if not -3.0e38 < value < 3.0e38:
+        return None
+    f = as_stored("Float", value)  # what a float32 holds of it
+    if lo <= f <= hi:
+        return f
+    toward = np.float32(-np.inf if f > hi else np.inf)  # one float32 step inward
+    g = float(np.nextafter(np.float32(f), toward))
+    return g if lo <= g <= hi else None
+
+
+def stored(data_type: str, value: float, limits: tuple[float, float] | None = None) -> float:
+    """The value a node of ``data_type`` holds once the port wrote ``value``: a Float node's
+    float32, the nearest one inside ``limits`` when the nearest of all lies outside them."""
+    if data_type != "Float" or limits is None:
+        return as_stored(data_type, value)
+    inside = float32_within(value, *limits)
+    return as_stored(data_type, value) if inside is None else inside
 
 
 _SHOWN = 40  # characters of a refused read value shown in its reason

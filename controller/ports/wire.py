@@ -18,7 +18,7 @@ from collections.abc import Callable
 import numpy as np
 
 from controller.codecs import CodecError, DataType, decode, encode_within
-from controller.ports.opcua_types import as_stored
+from controller.ports.opcua_types import float32_within
 from controller.tags import OPCUA_INT_RANGE, Tag
 
 #: ``snap(value, lo, hi)``: the value the PLC holds nearest to ``value`` within
@@ -33,7 +33,7 @@ def grid_for(name: str, tag: Tag, protocol: str) -> Grid | None:
         if spec.scale == 1.0 and spec.offset == 0.0 and spec.type is DataType.FLOAT64:
             return None
         if spec.scale == 1.0 and spec.offset == 0.0 and spec.type is DataType.FLOAT32:
-            return _snap_float32  # the common register, 20x faster than encoding it
+            return float32_within  # the common register, 20x faster than encoding it
 
         def snap_register(value: float, lo: float, hi: float) -> float | None:
             try:
@@ -44,7 +44,7 @@ def grid_for(name: str, tag: Tag, protocol: str) -> Grid | None:
         return snap_register
     if protocol == "opcua" and tag.opcua is not None:
         if tag.opcua.data_type == "Float":
-            return _snap_float32
+            return float32_within
         if tag.opcua.data_type in OPCUA_INT_RANGE:
             return _snap_integer
     return None
@@ -69,18 +69,6 @@ def resolution(name: str, tag: Tag, protocol: str, near: float) -> float:
 
 def _float32_ulp(x: float) -> float:
     return float(np.spacing(np.float32(min(max(abs(x), 0.0), 3.0e38))))
-
-
-def _snap_float32(value: float, lo: float, hi: float) -> float | None:
-    """The float32 nearest to ``value`` within ``[lo, hi]``."""
-    if not -3.0e38 < value < 3.0e38:
-        return None
-    f = as_stored("Float", value)  # what a float32 holds of it
-    if lo <= f <= hi:
-        return f
-    toward = np.float32(-np.inf if f > hi else np.inf)  # one float32 step inward
-    g = float(np.nextafter(np.float32(f), toward))
-    return g if lo <= g <= hi else None
 
 
 def _snap_integer(value: float, lo: float, hi: float) -> float | None:

@@ -9,6 +9,10 @@ refused (a PLC that does not check would have stored it). Each test first shows 
 without the setpoint grid, then that with it (:func:`controller.ports.wire.grid_for`, which
 :func:`controller.runtime.wiring.build_pipeline` gives the safety layer) the PLC holds a value
 inside both. Real servers on 127.0.0.1.
+
+The OPC UA port itself keeps a Float node's value inside the TAG's limits (as the Modbus codec
+does for a float32 register): a publication or an advisory value at a tag limit, which no
+safety layer rounds, was refused the same way.
 """
 
 from __future__ import annotations
@@ -52,20 +56,27 @@ SCALED = TagMap.model_validate(
         },
     }
 )
-FLOAT_NODE = TagMap.model_validate(
-    {
-        "name": "t",
-        "tags": {
-            "pressure_sp": {
-                "unit": "Torr",
-                "direction": "read_write",
-                "binds": "Pch",
-                "limits": [0.05, 0.3],
-                "opcua": {"node_id": "ns=2;s=t.pressure_sp", "data_type": "Float"},
-            }
-        },
-    }
-)
+
+
+def _float_node(upper: float) -> TagMap:
+    return TagMap.model_validate(
+        {
+            "name": "t",
+            "tags": {
+                "pressure_sp": {
+                    "unit": "Torr",
+                    "direction": "read_write",
+                    "binds": "Pch",
+                    "limits": [0.05, upper],
+                    "opcua": {"node_id": "ns=2;s=t.pressure_sp", "data_type": "Float"},
+                }
+            },
+        }
+    )
+
+
+FLOAT_NODE = _float_node(0.3)  # the tag's limit is the controller's
+WIDE_FLOAT_NODE = _float_node(0.5)  # the controller's limit (0.3) is inside the tag's
 BACKOFF = Backoff(initial_s=0.2, factor=2.0, max_s=1.0)
 
 
@@ -115,11 +126,8 @@ async def test_a_scaled_register_never_goes_past_the_controllers_limit() -> None
             assert server.value("temp_sp") == pytest.approx(expected)
 
 
-async def test_a_float_node_at_the_upper_limit_is_written_inside_it(tmp_path: Path) -> None:
-    grid = grid_for("pressure_sp", FLOAT_NODE.tags["pressure_sp"], "opcua")
-    assert grid is not None
-    number = free_port()
-    conn = Connection(
+def _opcua(number: int) -> Connection:
+    return Connection(
         protocol="opcua",
         host=LOOPBACK,
         port=number,
@@ -127,10 +135,21 @@ async def test_a_float_node_at_the_upper_limit_is_written_inside_it(tmp_path: Pa
         backoff=BACKOFF,
         opcua=OpcUaOptions(),
     )
+
+
+async def test_a_float_node_at_the_controllers_upper_limit_is_written_inside_it(
+    tmp_path: Path,
+) -> None:
+    """The controller's limit 0.3 inside the tag's 0.5: only the setpoint grid keeps the node
+    at or below 0.3 (the port keeps it inside the tag's limits, which 0.30000001 is)."""
+    tags = WIDE_FLOAT_NODE
+    grid = grid_for("pressure_sp", tags.tags["pressure_sp"], "opcua")
+    assert grid is not None
+    number = free_port()
     initial = {"pressure_sp": 0.1}
     async with (
-        OpcUaPlcServer(FLOAT_NODE, number, initial=initial, shelf=tmp_path, roles=None),
-        OpcUaPort(FLOAT_NODE, conn, RealClock()) as port,
+        OpcUaPlcServer(tags, number, initial=initial, shelf=tmp_path, roles=None) as server,
+        OpcUaPort(tags, _opcua(number), RealClock()) as port,
     ):
         outcomes = []
         for limit in (
@@ -141,11 +160,41 @@ async def test_a_float_node_at_the_upper_limit_is_written_inside_it(tmp_path: Pa
             safety.reset({"Pch": 0.1})
             value = safety.step({"Pch": 1.0}, solve_ok=True).setpoints["Pch"]
             result = (await port.write({"pressure_sp": value})).results["pressure_sp"]
-            outcomes.append((value, result.status, result.readback))
-    (sent, status, _), (on_grid, ok, readback) = outcomes
-    assert sent == 0.3 and status is not WriteStatus.OK  # float32(0.3) > 0.3: refused
-    assert ok is WriteStatus.OK and readback == on_grid and on_grid < 0.3
+            outcomes.append((value, result.status, result.readback, server.value("pressure_sp")))
+    (sent, status, _, held), (on_grid, ok, readback, held_on_grid) = outcomes
+    assert sent == 0.3 and status is WriteStatus.OK and held > 0.3  # float32(0.3): 0.30000001
+    assert ok is WriteStatus.OK and readback == on_grid == held_on_grid and on_grid < 0.3
     assert on_grid == pytest.approx(0.3, rel=1e-7)
+
+
+async def test_the_opcua_port_writes_a_float_node_inside_the_tags_limits(tmp_path: Path) -> None:
+    """A value at a tag limit that float32 cannot hold (a publication, an advisory value: no
+    safety grid) is written as the float32 next to it on the inside: the HIL PLC, which checks
+    the tag's range, refused 0.30000001 before (REJECTED); it now holds 0.29999998."""
+    number = free_port()
+    initial = {"pressure_sp": 0.1}
+    async with (
+        OpcUaPlcServer(FLOAT_NODE, number, initial=initial, shelf=tmp_path, roles=None) as plc,
+        OpcUaPort(FLOAT_NODE, _opcua(number), RealClock()) as port,
+    ):
+        result = (await port.write({"pressure_sp": 0.3})).results["pressure_sp"]
+        held = plc.value("pressure_sp")
+    assert result.status is WriteStatus.OK, result.detail
+    assert held < 0.3 and held == result.readback
+    assert held == pytest.approx(0.3, rel=1e-7)  # the next float32 inward
+
+
+def test_a_float_node_with_no_float32_inside_its_limits_is_refused_before_sending() -> None:
+    from controller.ports.opcua_types import stored, type_refusal
+
+    assert type_refusal("Float", "p", 0.1, (0.1, 0.1)) != ""  # 0.1 is not a float32
+    assert "no Float (float32) value" in type_refusal("Float", "p", 0.1, (0.1, 0.1))
+    assert type_refusal("Float", "p", 0.25, (0.1, 0.3)) == ""  # 0.25 is one: sent as it is
+    assert stored("Float", 0.25, (0.1, 0.3)) == 0.25
+    assert stored("Double", 0.3, (0.0, 0.3)) == 0.3  # a Double node holds it exactly
+    low = stored("Float", 0.7, (0.7, 1.0))  # float32(0.7) is 0.69999999: below the limit
+    assert 0.7 < low == pytest.approx(0.7, rel=1e-7)
+    assert stored("Float", 0.7, None) < 0.7  # no limits: the nearest float32
 
 
 def _site_with(tmp_path: Path, tag_changes: dict[str, object], inputs: dict[str, object]) -> Path:
