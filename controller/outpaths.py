@@ -1,8 +1,10 @@
-"""Output paths checked before any work: a folder or a file a command is told to write.
+"""Paths checked before any work: a folder or a file a command is told to write, a file it reads.
 
 A command that writes its results (a campaign, a tuning, a forecast, a simulation) checks its
 output path first, so that a bad one is one clear error up front, never a traceback after
-minutes of solves. Messages read ``FLAG: must be ... (got PATH: why)``.
+minutes of solves. Messages read ``FLAG: must be ... (got PATH: why)``. A file a command reads
+that exists but is not a file (a directory) is named for what it is, with what is allowed
+(:func:`input_file_problem`), never reported as "not found".
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["file_problem", "out_problem"]
+__all__ = ["file_problem", "input_file_problem", "out_problem"]
 
 
 def out_problem(out: Path, *, default: bool = False, flag: str = "--out") -> str | None:
@@ -36,6 +38,16 @@ def file_problem(path: Path, flag: str) -> str | None:
     if path.exists() and not path.is_file():
         return f"{allowed} (got {path}: it is {_kind(path)})"
     return _ancestor_problem(path, str(path), flag, allowed)
+
+
+def input_file_problem(path: Path, allowed: str) -> str | None:
+    """Why ``path``, a file a command reads, cannot be read: ``"is a directory, not a file;
+    allowed: ALLOWED"`` (the caller names the path, e.g. as a Problem's file); None when it is
+    a file or does not exist (the caller says a missing file in its own words)."""
+    if not path.exists() or path.is_file():
+        return None
+    kind = "a directory" if path.is_dir() else "not a regular file"
+    return f"is {kind}, not a file; allowed: {allowed}"
 
 
 def _ancestor_problem(path: Path, got: str, flag: str, allowed: str) -> str | None:

@@ -16,6 +16,10 @@ SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 #: The historian ``pharmatwin run`` writes unless told otherwise (``--historian``).
 DEFAULT_HISTORIAN = Path("pharmatwin-history.db")
+#: What a command that reads a historian is allowed to be given (in its error messages).
+HISTORIAN_FILE = "the historian database file of a run (`pharmatwin run SITE --historian DB`)"
+#: What a site's ``forecast.local_recipe`` may name (in the error for one that is not a file).
+RECIPE_FILE = "a recipe file (a scenario file with a 'recipe:' table, or a bare recipe file)"
 
 SITE_HELP = "configs/sites/<name>.yaml"
 AUDIT_DB_HELP = "the audit database (default: pharmatwin-audit.db)"

@@ -19,8 +19,9 @@ from controller import filekinds
 from controller.configfile import read_yaml, resolve
 from controller.core.rk4_check import RK4_STAGE_LIMIT, check_rk4_steps, rk4_steps
 from controller.errors import ConfigError, PharmaTwinError, Problem
+from controller.outpaths import input_file_problem
 from controller.plantfile import build_model
-from controller.runtime.cli_common import SubParsers, examples
+from controller.runtime.cli_common import RECIPE_FILE, SubParsers, examples
 from controller.runtime.site import Site, load_checked_controller, load_site
 from controller.tags import load_tag_map
 
@@ -49,7 +50,10 @@ def check_site_file(path: Path, load: Callable[[Path], Site] = load_site) -> str
     fc = site.forecast
     recipe = fc.local_recipe if fc is not None else None
     if recipe is not None and not resolve(path, recipe).is_file():
-        raise ConfigError([Problem(str(path), "forecast.local_recipe", "file not found", recipe)])
+        found = resolve(path, recipe)
+        why = input_file_problem(found, RECIPE_FILE)
+        message = "file not found" if why is None else f"{found} {why}"
+        raise ConfigError([Problem(str(path), "forecast.local_recipe", message, recipe)])
     if site.hil is not None and load is load_site:
         return "its hil section not checked: run `pharmatwin-hil check-config FILE`"
     return None

@@ -16,7 +16,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from controller.runtime.cli_common import DEFAULT_HISTORIAN, SubParsers, examples
+from controller.runtime.cli_common import (
+    DEFAULT_HISTORIAN,
+    HISTORIAN_FILE,
+    SubParsers,
+    examples,
+)
 from controller.runtime.site import load_site
 
 if TYPE_CHECKING:
@@ -72,7 +77,7 @@ def forecast_command(
 ) -> int:
     """Forecast the batch from a runtime's historian; print the CQAs, write JSON and a plot."""
     from controller.errors import Problem
-    from controller.outpaths import out_problem
+    from controller.outpaths import input_file_problem, out_problem
     from controller.runtime import forecast_files, forecast_report
     from controller.runtime.solver_cache import LibraryCache
     from controller.twin.forecast import forecast
@@ -84,6 +89,9 @@ def forecast_command(
         raise ForecastError([Problem("command line", "--out", message)])
     site = load_site(site_path)
     if historian is None:
+        why = input_file_problem(DEFAULT_HISTORIAN, f"give --historian DB, {HISTORIAN_FILE}")
+        if why is not None:
+            raise ForecastError([Problem(str(DEFAULT_HISTORIAN), "--historian", why)])
         if not DEFAULT_HISTORIAN.is_file():
             raise ForecastError(
                 [

@@ -23,10 +23,12 @@ from rich.table import Table
 
 from controller.clock import RealClock
 from controller.errors import ConfigError, PortError, Problem
+from controller.outpaths import file_problem, input_file_problem
 from controller.ports.base import Port, Quality, Snapshot, WriteReport, WriteStatus
 from controller.ports.writecheck import WriteCheck
 from controller.runtime.audit import AuditTrail
 from controller.runtime.audit_chain import file_hash
+from controller.runtime.cli_common import HISTORIAN_FILE
 from controller.runtime.historian import SqliteHistorian
 from controller.runtime.historian_export import export_parquet
 from controller.runtime.historian_records import HistorianError
@@ -286,6 +288,14 @@ def history_export(db: Path, parquet: Path, run_id: str | None, console: Console
     """Export a historian database to Parquet: one flat row per cycle, RunInfo as metadata."""
     import pyarrow.parquet as pq
 
+    why = input_file_problem(db, HISTORIAN_FILE)
+    if why is not None:
+        raise HistorianError(f"{db} {why}")
+    out_why = file_problem(parquet, "--parquet")
+    if out_why is not None:  # before the export, which would fail half-way with a traceback
+        raise ConfigError(
+            [Problem("command line", "--parquet", out_why.removeprefix("--parquet: "))]
+        )
     # read-only: an export never changes the file it reads (it once created the historian's
     # tables in whatever file it was given, an audit trail included, and switched it to WAL)
     with SqliteHistorian(db, read_only=True) as historian:

@@ -26,6 +26,8 @@ from controller.binding import Binding
 from controller.config import Recipe, recipe_input_problems
 from controller.configfile import parse, read_yaml, resolve
 from controller.errors import ConfigError, Problem, unknown_name
+from controller.outpaths import input_file_problem
+from controller.runtime.cli_common import HISTORIAN_FILE, RECIPE_FILE
 from controller.runtime.historian import SqliteHistorian
 from controller.runtime.historian_records import (
     CycleRecord,
@@ -106,6 +108,9 @@ def recipe_problems(path: Path, model: PlantModel) -> tuple[Recipe | None, list[
 
 def load_recipe(path: Path, model: PlantModel) -> Recipe:
     """:func:`recipe_problems`, raising ForecastError when there are any."""
+    why = input_file_problem(Path(path), RECIPE_FILE)
+    if why is not None:
+        raise ForecastError([Problem(str(path), "", why)])
     if not Path(path).is_file():
         raise ForecastError([Problem(str(path), "", "recipe file not found", str(path))])
     recipe, problems = recipe_problems(Path(path), model)
@@ -116,6 +121,9 @@ def load_recipe(path: Path, model: PlantModel) -> Recipe:
 
 def load_plan(path: Path, model: PlantModel) -> Plan:
     """Read ``--plan FILE`` (see :class:`PlanFile`); ForecastError names file, key and value."""
+    why = input_file_problem(Path(path), "a YAML plan file (name, time_base, table)")
+    if why is not None:
+        raise ForecastError([Problem(str(path), "--plan", why)])
     try:
         pf = parse(PlanFile, read_yaml(Path(path)), str(path))
     except ConfigError as exc:
@@ -138,6 +146,10 @@ def default_plans(
     plans = [Plan("mpc", "mpc")]
     if section is not None and section.local_recipe is not None:
         path = resolve(site_path, section.local_recipe)
+        why = input_file_problem(path, RECIPE_FILE)
+        if why is not None:
+            where, value = "forecast.local_recipe", section.local_recipe
+            raise ForecastError([Problem(str(site_path), where, f"{path} {why}", value)])
         if not path.is_file():
             why = f"file not found: {path}"
             where = "forecast.local_recipe"
@@ -258,6 +270,9 @@ def read_start(
     """
     path = Path(historian_path)
     src = str(path)
+    why = input_file_problem(path, HISTORIAN_FILE)
+    if why is not None:
+        raise ForecastError([Problem(src, "", why)])
     if not path.is_file():
         raise ForecastError([Problem(src, "", "historian file not found", src)])
     try:
