@@ -1,6 +1,9 @@
 """Verification of an audit trail: the hash chain, checked against every anchor.
 
 :func:`verify_file` opens the database read-only and checks the chain against every anchor.
+Every read here (:func:`read_as_is`) leaves the trail's folder as it was found: SQLite's
+read-only reader of a WAL database would otherwise make a ``-wal`` and a ``-shm`` file beside
+a closed trail and leave them there, in the evidence it was asked to check.
 The records written after the newest anchor (fewer than ``anchor_every`` plus one batch,
 unless the writer died) are not covered: a cut there cannot be seen. :func:`read_records`
 reads the records for an export and :func:`read_tail` the newest ones for the operator view
@@ -12,10 +15,10 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from controller.runtime.audit_anchors import Anchor, anchor_path_for, read_anchors
 from controller.runtime.audit_chain import (
@@ -33,6 +36,7 @@ from controller.runtime.audit_chain import (
 from controller.runtime.audit_keys import KEY_ENV, AnchorKey
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -258,9 +262,47 @@ def _is_text(path: Path) -> bool:
     return True
 
 
-def _open_read_only(db: Path) -> sqlite3.Connection:
+def _writer_files(db: Path) -> bool:
+    """A ``-wal`` (or a rollback ``-journal``) beside ``db``: a writer is running, or died,
+    and records may be in that file rather than in ``db`` itself."""
+    return any(db.with_name(db.name + suffix).exists() for suffix in ("-wal", "-journal"))
+
+
+def read_as_is(db: Path, read: Callable[[sqlite3.Connection], _T]) -> _T:
+    """``read(conn)`` on ``db`` opened read-only, its folder left as it was found.
+
+    With no writer's file beside it (:func:`_writer_files`: a closed trail) the database file
+    holds every record and is opened ``immutable``: SQLite then makes no ``-wal`` or ``-shm``
+    file. Otherwise it is opened read-only the usual way, through the writer's ``-wal`` (its
+    ``-shm`` is the writer's own). A writer that appears while a closed trail is read may
+    change the file under the read: the read is then made again the usual way (its error, if
+    it failed, is not kept). Raises AuditError when ``db`` cannot be opened; whatever ``read``
+    raises otherwise.
+    """
+    immutable = not _writer_files(db)
     try:
-        conn = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None)
+        result = _read_once(db, read, immutable)
+    except (AuditError, sqlite3.Error):
+        if not (immutable and _writer_files(db)):
+            raise
+    else:
+        if not (immutable and _writer_files(db)):
+            return result
+    return _read_once(db, read, immutable=False)
+
+
+def _read_once(db: Path, read: Callable[[sqlite3.Connection], _T], immutable: bool) -> _T:
+    conn = _open_read_only(db, immutable)
+    try:
+        return read(conn)
+    finally:
+        conn.close()
+
+
+def _open_read_only(db: Path, immutable: bool) -> sqlite3.Connection:
+    uri = db.resolve().as_uri() + ("?mode=ro&immutable=1" if immutable else "?mode=ro")
+    try:
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
         conn.execute("PRAGMA query_only=ON")
     except sqlite3.Error as exc:
         raise AuditError(f"cannot open {db} read-only: {exc}") from exc
@@ -329,16 +371,14 @@ def verify_file(
     """
     anchor_file = anchor_file or anchor_path_for(db)
     _check_is_sqlite(db, anchor_file)
-    conn = _open_read_only(db)
-    try:
-        missing = _check_schema(conn, db)
-        report = verify_chain(conn, db, anchor_file, key)
-    except AuditError:
-        raise
-    except sqlite3.Error as exc:
-        raise AuditError(f"{db}: cannot read it as an audit database: {exc}") from exc
-    finally:
-        conn.close()
+
+    def check(conn: sqlite3.Connection) -> tuple[list[str], VerifyReport]:
+        try:
+            return _check_schema(conn, db), verify_chain(conn, db, anchor_file, key)
+        except sqlite3.Error as exc:
+            raise AuditError(f"{db}: cannot read it as an audit database: {exc}") from exc
+
+    missing, report = read_as_is(db, check)
     if report.records == 0:
         raise AuditError(f"audit trail {db} holds no records: nothing to verify")
     if missing:
@@ -350,14 +390,15 @@ def read_records(db: Path) -> list[AuditRecord]:
     """Every record of the audit trail in ``db``, read-only (for exports; not a verification).
     Raises AuditError for a file that is not an audit trail or cannot be read."""
     _check_is_sqlite(db, anchor_path_for(db))
-    conn = _open_read_only(db)
-    try:
-        _check_schema(conn, db)
-        return list(iter_records(conn, db))
-    except sqlite3.Error as exc:
-        raise AuditError(f"{db}: cannot read it as an audit database: {exc}") from exc
-    finally:
-        conn.close()
+
+    def records(conn: sqlite3.Connection) -> list[AuditRecord]:
+        try:
+            _check_schema(conn, db)
+            return list(iter_records(conn, db))
+        except sqlite3.Error as exc:
+            raise AuditError(f"{db}: cannot read it as an audit database: {exc}") from exc
+
+    return read_as_is(db, records)
 
 
 #: The fields of a record the operator view shows (not the hashes, not the detail JSON).
@@ -367,17 +408,19 @@ TAIL_FIELDS = ("id", "ts_utc", "actor", "action", "target", "old_value", "new_va
 def read_tail(db: Path, n: int) -> tuple[str, list[dict[str, Any]]]:
     """The newest mode change's reason ("" when none) and the newest ``n`` records, newest
     first, with :data:`TAIL_FIELDS` (for a display, read-only; not a verification). Raises
-    AuditError, whose text is the database's own error, when the trail cannot be read."""
+    AuditError when the trail cannot be opened or read (a read error: the database's own
+    text)."""
+
+    def tail(conn: sqlite3.Connection) -> tuple[list[Any], Any]:
+        query = f"SELECT {', '.join(TAIL_FIELDS)} FROM audit ORDER BY id DESC LIMIT ?"
+        rows = conn.execute(query, (n,)).fetchall()
+        why = conn.execute(
+            "SELECT reason FROM audit WHERE action = 'mode.change' ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        return rows, why
+
     try:
-        conn = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)
-        try:
-            query = f"SELECT {', '.join(TAIL_FIELDS)} FROM audit ORDER BY id DESC LIMIT ?"
-            rows = conn.execute(query, (n,)).fetchall()
-            why = conn.execute(
-                "SELECT reason FROM audit WHERE action = 'mode.change' ORDER BY id DESC LIMIT 1"
-            ).fetchone()
-        finally:
-            conn.close()
+        rows, why = read_as_is(db, tail)
     except sqlite3.Error as exc:
         raise AuditError(str(exc)) from exc
     records = [dict(zip(TAIL_FIELDS, r, strict=True)) for r in rows]
