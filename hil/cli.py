@@ -123,10 +123,15 @@ def _pki_parser(sub: Any) -> None:
         "issue-client", help="a client certificate (DER) and key (PEM) from the bench CA", **kw
     )
     issue.add_argument("name", help="file name stem and certificate common name")
-    issue.add_argument("--uri", required=True, help="the client's OPC UA application URI")
+    issue.add_argument(
+        "--uri", required=True, help="the client's OPC UA application URI (urn:HOST:APP)"
+    )
     issue.add_argument("--out", type=Path, default=Path("runs") / "pki", help="(runs/pki)")
     issue.add_argument("--dns", action="append", default=None, help="SAN DNS name (localhost)")
     issue.add_argument("--ip", action="append", default=None, help="SAN IP address (127.0.0.1)")
+    issue.add_argument(
+        "--force", action="store_true", help="replace NAME's key and certificate if they exist"
+    )
     rev = actions.add_parser("revoke", help="put a certificate of the CA on its CRL", **kw)
     rev.add_argument("certificate", type=Path, help="the certificate (DER or PEM)")
     for action in (issue, rev):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import re
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -57,6 +58,42 @@ CLIENT_URI = "urn:pharmatwin:controller"
 CRL_VALID_FOR = timedelta(days=5 * 365)
 CA_VALID_FOR = timedelta(days=20 * 365)
 CLIENT_VALID_FOR = timedelta(days=10 * 365)
+
+#: RFC 3986: a scheme (a letter, then letters, digits, "+", "-", "."), ":", then at least one
+#: character a URI may hold as it is (unreserved or reserved) or a %HH escape
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+_URI_CHAR = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2}")
+_URI_ALLOWED = (
+    "allowed: an absolute URI (RFC 3986: a scheme, ':', then no spaces; other characters "
+    "%-escaped), e.g. urn:my-pc:UnifiedAutomation:UaExpert; it must be the client's own "
+    "ApplicationUri, which the server checks against the certificate"
+)
+
+
+def uri_problem(uri: str) -> str | None:
+    """Why ``uri`` cannot be an OPC UA application URI (the SubjectAltName URI of a client
+    certificate, which a server checks against the client's ApplicationUri), as one line
+    naming ``--uri`` and what is allowed; None when it is an absolute URI (RFC 3986)."""
+    scheme = _SCHEME.match(uri)
+    why = (
+        "it has no scheme, such as urn: or http:"
+        if scheme is None
+        else _rest_problem(uri[scheme.end() :])
+    )
+    return None if why is None else f"--uri {uri!r} is not a valid URI ({why}); {_URI_ALLOWED}"
+
+
+def _rest_problem(rest: str) -> str | None:
+    """What is wrong with what follows a URI's scheme, or None."""
+    if not rest:
+        return "nothing after its scheme"
+    at = 0
+    while at < len(rest):
+        char = _URI_CHAR.match(rest, at)
+        if char is None:
+            return f"it holds {rest[at]!r}, which a URI may not hold unescaped"
+        at = char.end()
+    return None
 
 
 def make_test_pki(folder: Path) -> dict[str, Path]:
@@ -105,6 +142,7 @@ def make_test_pki(folder: Path) -> dict[str, Path]:
         files["client_certificate"],
         files["client_private_key"],
         common_name="PharmaTwin controller (test bench)",
+        replace=True,  # a regeneration replaces the files there (see above)
     )
     return files
 
@@ -118,11 +156,18 @@ def issue_client_certificate(
     common_name: str,
     dns: Sequence[str] = ("localhost",),
     ips: Sequence[str] = ("127.0.0.1",),
+    replace: bool = False,
 ) -> x509.Certificate:
     """Issue an OPC UA client's application instance certificate from ``ca`` (RSA 2048,
     SHA-256, the key usages every secure policy needs, clientAuth, SubjectAltName URI + DNS +
-    IP) and write it (DER) and its new key (PEM, PKCS#8, mode 0600). ValueError for an IP
-    address that is not one."""
+    IP) and write it (DER) and its new key (PEM, PKCS#8, mode 0600). ValueError, before
+    anything is written, for an application URI that is not a URI (:func:`uri_problem`), an
+    IP address that is not one, and a ``certificate`` or ``private_key`` that exists unless
+    ``replace`` (``--force``; a directory is never replaced)."""
+    why = uri_problem(application_uri)
+    if why is not None:
+        raise ValueError(why)
+    _check_replace((certificate, private_key), replace)
     names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(application_uri)]
     names += [x509.DNSName(d) for d in dns]
     try:
@@ -139,6 +184,20 @@ def issue_client_certificate(
     write_file(private_key, key_pem(key), mode=0o600)
     write_file(certificate, cert.public_bytes(serialization.Encoding.DER), mode=0o644)
     return cert
+
+
+def _check_replace(paths: Sequence[Path], replace: bool) -> None:
+    """ValueError for a directory in the way, or for files that exist unless ``replace``."""
+    for path in paths:
+        if path.is_dir():
+            raise ValueError(f"{path} is a directory; allowed: another NAME or --out")
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not replace:
+        raise ValueError(
+            f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: "
+            "refusing to overwrite (a client may use that key); allowed: another NAME or "
+            "--out, or --force to replace"
+        )
 
 
 def revoke(ca: CertificateAuthority, crl: Path, certificate: x509.Certificate) -> int:
@@ -181,7 +240,9 @@ def _crl(
     """A CRL (DER) of ``revoked``, signed by ``ca``, valid :data:`CRL_VALID_FOR`, numbered."""
     now = datetime.now(UTC)
     issuer_key = ca.certificate.public_key()
-    assert isinstance(issuer_key, rsa.RSAPublicKey)
+    if not isinstance(issuer_key, rsa.RSAPublicKey):  # the bench CA's (make_test_pki)
+        subject = ca.certificate.subject.rfc4514_string()
+        raise ValueError(f"the CA {subject} has no RSA key; allowed: the bench CA (RSA 2048)")
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca.certificate.subject)
@@ -218,9 +279,10 @@ def command(args: argparse.Namespace, console: Any) -> int:
             common_name=stem,
             dns=args.dns or ["localhost"],
             ips=args.ip or ["127.0.0.1"],
+            replace=args.force,
         )
     except ValueError as exc:
-        console.print(f"error: {exc}", markup=False, highlight=False)
+        console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
         return 2
     console.print(f"certificate {cert}  (application URI {args.uri})", markup=False)
     console.print(f"private key {key}  (mode 0600)", markup=False)
