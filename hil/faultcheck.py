@@ -8,8 +8,8 @@ mean"), a wildcard matches at least one tag, the stated ``unit`` is the one the 
 rate is in (:func:`magnitude_unit`), the magnitude can take effect (a saturation at or above
 the input's upper limit, a lag far shorter than a plant step, a drift of a parameter that is
 0, a window shorter than a plant step would all silently do nothing; a saturation outside the
-input's physical range is a value the plant could never receive; a sensor or
-``comm_bad_status`` window shorter than the controller's sample time could fall between two
+input's physical range is a value the plant could never receive; a sensor, ``comm_bad_status``
+or ``comm_latency`` window shorter than the controller's sample time could fall between two
 reads and never be seen) and the servers of this
 mode can carry out the kind (the in-memory PLC of the fast mode cannot delay answers by
 wall-clock seconds: ``comm_latency`` is refused there). :func:`parse_fault` turns a raw

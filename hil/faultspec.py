@@ -72,10 +72,11 @@ FAULT_RATE_KINDS = frozenset({"sensor_drift", "parameter_drift"})
 FAULT_SERVER_WIDE_KINDS = frozenset({"comm_latency", "comm_drop", "comm_restart"})
 
 
-#: the kinds that change what the controller reads (a value or its quality): the controller
-#: sees them only at its reads, once per sample time, so a shorter window may never be seen
+#: the kinds that change what the controller reads (a value, its quality, or how late the
+#: answer comes): the controller sees them only at its reads, once per sample time, so a
+#: shorter window may never be seen
 FAULT_READ_KINDS = frozenset(
-    {k for k in FAULT_KINDS if k.startswith("sensor_")} | {"comm_bad_status"}
+    {k for k in FAULT_KINDS if k.startswith("sensor_")} | {"comm_bad_status", "comm_latency"}
 )
 
 
