@@ -29,11 +29,13 @@ always writes with FC 16 (at most 123 registers) and reads every written tag bac
 exception to a write makes its tags REJECTED (e.g. 03 illegal data value: the PLC's own range
 check); the other blocks of the write are still sent.
 
-Answers: every answer is checked to be the request's (function code, transaction id, count:
-:mod:`~controller.ports.modbus_answers`); one that is not raises ProtocolError and drops the
-connection (the stream is out of step). A frame pymodbus cannot decode raises ProtocolError
-"malformed answer" at once, with pymodbus's reason, and drops the connection: the failure is
-caught in the client's receive path, never left to asyncio (which logs it with a traceback).
+Answers: every answer is checked to be the request's (function code, transaction and unit id,
+count: :mod:`~controller.ports.modbus_answers`); one that is not raises ProtocolError and drops
+the connection (the stream is out of step). The ids are checked in the client's receive path,
+as each frame arrives (pymodbus would skip a frame of another id and wait for a timeout). A
+frame pymodbus cannot decode raises ProtocolError "malformed answer" at once, with pymodbus's
+reason, and drops the connection: caught in the receive path too, never left to asyncio (which
+logs it with a traceback).
 
 Connection: one request at a time (an :class:`asyncio.Lock`; pymodbus does not match
 transaction ids strictly). Each request and connect has ``timeout_s`` (``asyncio.timeout``:
@@ -49,8 +51,6 @@ import asyncio
 import functools
 import logging
 import math
-import ssl
-import tempfile
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -78,7 +78,9 @@ from controller.ports.modbus_answers import (
     WRITE_COILS,
     WRITE_REGISTERS,
     MalformedAnswer,
+    WrongAnswer,
     answer_of,
+    frame_mismatch,
     mismatch,
     quote_received,
     refusal,
@@ -94,8 +96,9 @@ from controller.ports.modbus_plan import (
     split_without_gaps,
     write_plan,
 )
+from controller.ports.modbus_tls import tls_context
 from controller.ports.retry import RetrySchedule
-from controller.ports.settings import Connection, ModbusTls
+from controller.ports.settings import Connection
 from controller.ports.writecheck import WriteCheck, refused_report, unreadable
 from controller.tags import ModbusSpec, Table, TagMap
 
@@ -144,34 +147,6 @@ def _read_write_request(block: Block, payload: list[int]) -> Request:
     return send
 
 
-def _tls_context(tls: ModbusTls, base_dir: Path | None) -> ssl.SSLContext:
-    """The client's TLS context; certificates in PEM or DER (as the test-bench PKI ships)."""
-
-    def path(ref: str) -> Path:
-        p = Path(ref)
-        return p if p.is_absolute() or base_dir is None else base_dir / p
-
-    try:
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-        ctx.load_verify_locations(cadata=_pem(path(tls.ca_file)))
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        with tempfile.TemporaryDirectory() as folder:  # ssl loads a chain from files only
-            chain = Path(folder) / "client.pem"
-            chain.write_text(_pem(path(tls.cert_file)))
-            ctx.load_cert_chain(chain, path(tls.key_file))
-    except OSError as exc:  # ssl.SSLError is an OSError
-        raise PortError(f"cannot load the Modbus/TLS certificate files: {exc}") from exc
-    return ctx
-
-
-def _pem(certificate: Path) -> str:
-    """A certificate file's text as PEM (a DER file is converted)."""
-    data = certificate.read_bytes()
-    if b"-----BEGIN" in data:
-        return data.decode("latin-1")
-    return ssl.DER_cert_to_PEM_cert(data)
-
-
 class ModbusPort(Port):
     """A :class:`Port` onto one Modbus TCP server (a PLC or a gateway)."""
 
@@ -183,7 +158,7 @@ class ModbusPort(Port):
         self._clock = clock
         self._check = WriteCheck.of_tags(tags.tags)
         tls = connection.modbus.tls
-        self._ssl = _tls_context(tls, base_dir) if tls is not None else None
+        self._ssl = tls_context(tls, base_dir) if tls is not None else None
         self._lock = asyncio.Lock()
         self._client: AsyncModbusTcpClient | None = None
         self._retry = RetrySchedule(connection.backoff, clock)
@@ -367,6 +342,8 @@ class ModbusPort(Port):
         try:
             async with asyncio.timeout(self._conn.timeout_s):  # no task per request
                 answer = await send(client)
+        except WrongAnswer as exc:
+            raise self._out_of_step(verb, block, str(exc)) from exc
         except MalformedAnswer as exc:
             self._drop()
             what = f"{verb} of {block.describe()}"
@@ -396,13 +373,17 @@ class ModbusPort(Port):
         got = answer_of(answer, block)
         problem = mismatch(block, function, client.ctx.request_transaction_id, got)
         if problem is not None:
-            self._drop()  # out of step: the real answer (or more strays) may still come
-            what = f"{verb} of {block.describe()}"
-            raise ProtocolError(
-                f"the answer from {self.address} to the {what} is not its answer: {problem}; "
-                "connection dropped"
-            )
+            raise self._out_of_step(verb, block, problem)
         return answer
+
+    def _out_of_step(self, verb: str, block: Block, problem: str) -> ProtocolError:
+        """Drop the connection (the real answer, or more strays, may still come) and say why."""
+        self._drop()
+        what = f"{verb} of {block.describe()}"
+        return ProtocolError(
+            f"the answer from {self.address} to the {what} is not its answer: {problem}; "
+            "connection dropped"
+        )
 
     async def _ensure_connected(self) -> None:
         if self.connected:
@@ -462,27 +443,35 @@ class ModbusPort(Port):
 
 
 def _guard_decoding(client: AsyncModbusTcpClient) -> AsyncModbusTcpClient:
-    """``client``, with a frame it cannot decode caught in its receive path.
+    """``client``, with a frame of another transaction or unit id, and one it cannot decode,
+    caught in its receive path.
 
-    pymodbus raises the decode failure out of asyncio's ``data_received``; asyncio logs that
-    at ERROR with a traceback and closes the connection, and the request waits for its
-    timeout. Instead: close the connection and fail the pending request at once with
-    :class:`MalformedAnswer` (which :meth:`ModbusPort._request` turns into ProtocolError)."""
+    pymodbus skips a frame of another id and waits on (the request ends as a timeout), and
+    raises a decode failure out of asyncio's ``data_received`` (asyncio logs it with a
+    traceback, and the request waits for its timeout). Instead: close the connection and fail
+    the pending request at once with :class:`WrongAnswer` or :class:`MalformedAnswer` (which
+    :meth:`ModbusPort._request` turns into ProtocolError)."""
     ctx = client.ctx
     handle = ctx.callback_data
 
+    def fail(data: bytes, error: Exception) -> int:
+        ctx.close()
+        pending = ctx.response_future
+        if not pending.done():
+            pending.set_exception(error)
+            pending.exception()  # retrieved: no "never retrieved" log if none awaits it
+        return len(data)
+
     def callback_data(data: bytes, addr: tuple[Any, ...] | None = None) -> int:
+        pending = not ctx.response_future.done()
+        wrong = frame_mismatch(data, ctx.request_transaction_id, ctx.request_dev_id)
+        if pending and wrong is not None:
+            return fail(data, WrongAnswer(wrong))
         try:
             return handle(data, addr)
         except Exception as exc:  # any: escaping, it would be logged with a traceback
-            ctx.close()
-            pending = ctx.response_future
-            if not pending.done():
-                pending.set_exception(
-                    MalformedAnswer(f"pymodbus could not decode it ({exc}; {quote_received(data)})")
-                )
-                pending.exception()  # retrieved: no "never retrieved" log if none awaits it
-            return len(data)
+            why = f"pymodbus could not decode it ({exc}; {quote_received(data)})"
+            return fail(data, MalformedAnswer(why))
 
     ctx.callback_data = callback_data  # type: ignore[method-assign]
     return client

@@ -13,12 +13,18 @@ many registers as the frame holds. The port checks every answer here before usin
 - a write's answer (FC 15, FC 16) echoes the block's start address and count (an echo of
   another span is the answer to another write).
 
+pymodbus also skips, and waits on past, a frame whose non-zero transaction id or whose unit id
+is not the request's: the request would end as a timeout although the PLC answered, wrongly.
+The port's receive path checks the MBAP header of every frame first (:func:`frame_mismatch`)
+and fails the request at once with :class:`WrongAnswer`.
+
 A Modbus exception answer to the request passes (its callers handle it: tags BAD or REJECTED,
 exception 01 to FC 23, exception 02 to a merged block).
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,6 +105,31 @@ def mismatch(block: Block, function: int, transaction_id: int, answer: Answer) -
         return None
     expected = f"{low}" if low == high else f"{low} to {high}"
     return f"expected {expected} {what}, got {answer.values}"
+
+
+#: the MBAP header of a Modbus TCP frame: transaction id, protocol id, length, unit id
+MBAP = struct.Struct(">HHHB")
+
+
+def frame_mismatch(data: bytes, transaction_id: int, unit_id: int) -> str | None:
+    """Why the frame at the start of ``data`` (received bytes, MBAP header first) is not the
+    answer to the request sent with ``transaction_id`` and ``unit_id``, in words ("expected
+    ..., got ..."); None when it may be: its header is not all there yet, its ids are the
+    request's, or its transaction id is 0 (pymodbus takes it; :func:`mismatch` refuses it once
+    decoded). A request id of 0 (nothing sent; unit id 0: any unit answers) is not compared."""
+    if len(data) < MBAP.size:
+        return None
+    tid, _, _, unit = MBAP.unpack_from(data)
+    if tid and transaction_id and tid != transaction_id:
+        return f"expected transaction id {transaction_id}, got {tid}"
+    if unit_id and unit != unit_id:
+        return f"expected unit id {unit_id}, got {unit}"
+    return None
+
+
+class WrongAnswer(Exception):
+    """A frame from the PLC that is not the answer to the pending request (another transaction
+    or unit id: :func:`frame_mismatch`), seen before pymodbus would skip it."""
 
 
 class MalformedAnswer(Exception):
