@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import fcntl
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -31,6 +32,16 @@ _SHELF = "standard_address_space"
 _MANIFEST = "manifest.json"
 
 
+def dbm_backend() -> str:
+    """The dbm module a new shelf is written with here (``dbm.open``'s first importable one:
+    ``gnu``, ``ndbm`` or ``dumb``)."""
+    for name in ("gnu", "ndbm"):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(f"dbm.{name}")
+            return name
+    return "dumb"
+
+
 def default_cache_dir() -> Path:
     """``$PHARMATWIN_CACHE_DIR``, else ``$XDG_CACHE_HOME/pharmatwin``, else ``~/.cache/pharmatwin``:
     the same for every site file, wherever it lives."""
@@ -44,15 +55,18 @@ async def address_space_shelf(folder: Path | None = None) -> Path:
     """asyncua's standard address space as a shelf in ``folder`` (default
     :func:`default_cache_dir`), built on first use; returns the path to give asyncua.
 
-    The cache lives in ``<folder>/opcua-address-space-<asyncua version>/``. It is built in a
-    private folder and renamed into place under an exclusive lock (``.lock``), so servers
-    starting at once (threads, processes) build it once and never see half of it. Its
+    The cache lives in ``<folder>/opcua-address-space-<asyncua version>-<dbm backend>/``: a
+    shelf is read with the dbm module that wrote it (:func:`dbm_backend`), which another
+    Python may not have (Debian's has ``dbm.ndbm``, a source build without Berkeley DB only
+    ``dbm.dumb``), so each backend keeps its own. It is built in a private folder and renamed
+    into place under an exclusive lock (``.lock``), so servers starting at once (threads,
+    processes) build it once and never see half of it. Its
     manifest holds the files' SHA-256; a cache that does not match is set aside and rebuilt
     (logged). asyncua reuses a shelf only if ``path`` (or ``path.db``) is a file, but the
     dbm.dumb backend writes ``path.dat``/``path.dir``: an empty marker file at ``path`` does.
     """
     base = folder if folder is not None else default_cache_dir()
-    final = base / f"opcua-address-space-{version('asyncua')}"
+    final = base / f"opcua-address-space-{version('asyncua')}-{dbm_backend()}"
     why = await asyncio.to_thread(cache_problem, final)
     if why is None:
         return final / _SHELF
