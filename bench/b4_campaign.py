@@ -15,8 +15,8 @@ Targets (issue 19): the 1000 cases in at most 90 s on each executor with 2 worke
 scaling efficiency ``throughput(2) / (2 * throughput(1))`` of at least 85 % on both. Only the
 full campaign is judged against them: ``--quick`` runs the first 8 cases, prints the same
 rows with the 1000-case time extrapolated (its overhead, plus 1000 cases at its mean case
-time over the workers), and judges nothing. The machine and its load average are printed
-with the table.
+time over the workers), and judges nothing. The machine, its load average and the Python are
+printed with the table.
 
     python bench/b4_campaign.py [--quick] [--cases N]
 """
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from run import ROOT, markdown_table, row
+from run import ROOT, interpreter, markdown_table, row
 
 from controller.runtime.audit_chain import AuditError
 from controller.runtime.audit_verify import verify_file
@@ -174,6 +174,7 @@ def run(quick: bool = False, cases: int | None = None) -> dict[str, Any]:
     load = f"load average {before['load_average'][0]:.2f} before, "
     load += f"{after['load_average'][0]:.2f} after"
     rows = [row("machine", "platform, CPUs", where), row("machine", "load", load)]
+    rows.append(row("machine", "Python", interpreter()))
     for r in runs.values():
         rows += _run_rows(r, CAMPAIGN.stem, judged)
     for ex in ("process", "dask"):

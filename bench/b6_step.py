@@ -32,7 +32,7 @@ trajectory and cycle rows), and other (the rest: supervisor bookkeeping, the asy
 Figure: per model, median(step) / median(solve + plant), both medians over the same steps of
 the same run. Target <= 2. The means and their ratio are printed too (not the target): work
 done once every many steps, such as the historian's batched commit, is in them only. The
-machine (platform, CPU count) is printed with the table.
+machine (platform, CPU count) and the Python (:func:`run.interpreter`) are printed with the table.
 
     python bench/b6_step.py [--quick] [--model cstr ...] [--samples N] [--audit-sync FULL]
 """
@@ -52,7 +52,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from run import ROOT, case_failed, latency_stats, markdown_table, row
+from run import ROOT, case_failed, interpreter, latency_stats, markdown_table, row
 
 MODELS = ("lyophilizer", "bioreactor", "crystallizer", "cstr")
 SITES = ROOT / "configs" / "sites"
@@ -327,11 +327,12 @@ def run(
     n = samples or (QUICK_SAMPLES if quick else FULL_SAMPLES)
     raw: dict[str, Any] = {
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+        "python": interpreter(),
         "samples": n,
         "warmup": WARMUP,
         "load_average_at_start": os.getloadavg()[0],
     }
-    rows = [row("machine", "platform, CPUs", machine())]
+    rows = [row("machine", "platform, CPUs", machine()), row("machine", "Python", interpreter())]
     failed = False
     for model in models:
         try:

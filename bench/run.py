@@ -286,6 +286,21 @@ def _proc_field(path: str, key: str) -> str | None:
     return None
 
 
+def interpreter() -> str:
+    """The Python that runs the figures: version, executable and how libpython is linked.
+
+    A build whose executable loads ``libpython3.x.so`` (``--enable-shared``, pyenv's default
+    here) runs the interpreter through position-independent calls; a distribution's
+    ``/usr/bin/python3.x`` has it built into the executable: on this machine Debian's ran
+    B6's step 7-10 % faster than pyenv's (README.md, "The interpreter")."""
+    shared = False
+    with contextlib.suppress(OSError):
+        shared = "libpython" in Path("/proc/self/maps").read_text()
+    linked = "shared libpython" if shared else "libpython built into the executable"
+    exe = os.path.realpath(sys.executable)
+    return f"{platform.python_implementation()} {platform.python_version()} ({exe}, {linked})"
+
+
 def environment() -> dict[str, Any]:
     """Machine, Python, library versions, git commit and UTC date of this run."""
     from importlib import metadata
@@ -306,7 +321,7 @@ def environment() -> dict[str, Any]:
             "memory": _proc_field("/proc/meminfo", "MemTotal"),
             "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
         },
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "python": interpreter(),
         "libraries": libraries,
         "git_commit": git_commit(),
     }
