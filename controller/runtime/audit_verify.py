@@ -34,6 +34,7 @@ from controller.runtime.audit_chain import (
     digest,
 )
 from controller.runtime.audit_keys import KEY_ENV, AnchorKey
+from controller.runtime.sqlite_ro import connect_read_only, writer_files
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _T = TypeVar("_T")
@@ -262,31 +263,25 @@ def _is_text(path: Path) -> bool:
     return True
 
 
-def _writer_files(db: Path) -> bool:
-    """A ``-wal`` (or a rollback ``-journal``) beside ``db``: a writer is running, or died,
-    and records may be in that file rather than in ``db`` itself."""
-    return any(db.with_name(db.name + suffix).exists() for suffix in ("-wal", "-journal"))
-
-
 def read_as_is(db: Path, read: Callable[[sqlite3.Connection], _T]) -> _T:
     """``read(conn)`` on ``db`` opened read-only, its folder left as it was found.
 
-    With no writer's file beside it (:func:`_writer_files`: a closed trail) the database file
-    holds every record and is opened ``immutable``: SQLite then makes no ``-wal`` or ``-shm``
-    file. Otherwise it is opened read-only the usual way, through the writer's ``-wal`` (its
-    ``-shm`` is the writer's own). A writer that appears while a closed trail is read may
-    change the file under the read: the read is then made again the usual way (its error, if
-    it failed, is not kept). Raises AuditError when ``db`` cannot be opened; whatever ``read``
-    raises otherwise.
+    With no writer's file beside it (a closed trail, :func:`~controller.runtime.sqlite_ro.
+    writer_files`), the database file holds every record and is opened ``immutable``: SQLite
+    then makes no ``-wal`` or ``-shm`` file. Otherwise it is opened read-only the usual way,
+    through the writer's ``-wal`` (its ``-shm`` is the writer's own). A writer that appears
+    while a closed trail is read may change the file under the read: the read is then made
+    again the usual way (its error, if it failed, is not kept). Raises AuditError when ``db``
+    cannot be opened; whatever ``read`` raises otherwise.
     """
-    immutable = not _writer_files(db)
+    immutable = not writer_files(db)
     try:
         result = _read_once(db, read, immutable)
     except (AuditError, sqlite3.Error):
-        if not (immutable and _writer_files(db)):
+        if not (immutable and writer_files(db)):
             raise
     else:
-        if not (immutable and _writer_files(db)):
+        if not (immutable and writer_files(db)):
             return result
     return _read_once(db, read, immutable=False)
 
@@ -300,13 +295,10 @@ def _read_once(db: Path, read: Callable[[sqlite3.Connection], _T], immutable: bo
 
 
 def _open_read_only(db: Path, immutable: bool) -> sqlite3.Connection:
-    uri = db.resolve().as_uri() + ("?mode=ro&immutable=1" if immutable else "?mode=ro")
     try:
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
-        conn.execute("PRAGMA query_only=ON")
+        return connect_read_only(db, immutable)
     except sqlite3.Error as exc:
         raise AuditError(f"cannot open {db} read-only: {exc}") from exc
-    return conn
 
 
 def _normal_sql(text: str) -> str:

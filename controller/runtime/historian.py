@@ -50,6 +50,7 @@ from controller.runtime.historian_records import (
     load_run,
     utc_now,
 )
+from controller.runtime.sqlite_ro import AsIsReader
 
 DEFAULT_MAX_CYCLES = 100_000
 
@@ -275,6 +276,8 @@ class SqliteHistorian(Historian):
     never deletes anything, whatever ``max_cycles`` is.
     """
 
+    _reader: AsIsReader | None = None  # read_only: queries made again if a writer appears
+
     def __init__(
         self,
         path: Path,
@@ -335,29 +338,25 @@ class SqliteHistorian(Historian):
         self._batch = Batch(db, self.path, commit_every, lost) if commit_every > 1 else None
 
     def _open_read_only(self, path: Path) -> None:
-        """``read_only``: the file as it is (SQLite's ``mode=ro``): nothing created, changed
-        or converted (an export must not touch the evidence it reads); a file that is not a
-        historian (no ``runs`` and ``cycles`` tables) is a HistorianError naming it."""
+        """``read_only``: the file as it is (:class:`AsIsReader`): nothing created, changed
+        or converted (an export must not touch the evidence it reads), a live writer's rows
+        read; a file that is not a historian (no ``runs`` and ``cycles`` tables) is a
+        HistorianError naming it."""
         self.path, self.synchronous, self.commit_every = path, "OFF", 1
         self._closed, self._batch, self._next_id = False, None, 0
         if not path.is_file():
             raise HistorianError(f"no historian database at {path} (no such file)")
-        db: sqlite3.Connection | None = None
         try:
-            uri = path.resolve().as_uri() + "?mode=ro"
-            db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-            self._db = db
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            columns = {r[1] for r in db.execute("PRAGMA table_info(cycles)")}
+            self._reader = reader = AsIsReader(path, check_same_thread=False)
         except sqlite3.Error as exc:
-            if db is not None:
-                db.close()
             raise HistorianError(f"cannot read the historian {path}: {exc}") from exc
+        self._db = reader.conn
+        tables, columns = set(reader.tables), reader.tables.get("cycles", set())
         missing = sorted({"runs", "cycles", "events"} - tables)
         #: a file written before cycles had monitor figures: read them as none (not added)
         self._monitor_column = "monitor" if "monitor" in columns else "'{}' AS monitor"
         if missing:
-            db.close()
+            reader.close()
             what = f"no {', '.join(missing)} table"
             raise HistorianError(
                 f"{path} is not a PharmaTwin historian database that can be read as it is "
@@ -377,7 +376,7 @@ class SqliteHistorian(Historian):
                 if self._batch is not None:
                     self._batch.commit()
             finally:
-                self._db.close()
+                (self._reader or self._db).close()
 
     def flush(self) -> None:
         """Commit the open batch now (nothing to do with ``commit_every`` 1). Raises
@@ -394,6 +393,8 @@ class SqliteHistorian(Historian):
     def _run(self, what: str, sql: str, *params: Any) -> list[Any]:
         self._check_open()
         try:
+            if self._reader is not None:  # read-only: made again if a writer appears
+                return self._reader.query(sql, params)
             return self._db.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise HistorianError(f"historian {self.path}: cannot {what}: {exc}") from exc
