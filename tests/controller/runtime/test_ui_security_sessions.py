@@ -2,18 +2,19 @@
 user, or one whose roles changed, loses their session at once; a file that no longer loads
 locks every action, never falling back to the old users); a login ends the browser's previous
 session and purges expired ones; a logout ends every session of that user. Through the view's
-Starlette app (no supervisor: whoami, login and logout only), and one running twin."""
+Starlette app in process (httpx's ASGITransport, no socket; no supervisor: whoami, login and
+logout only), and one running twin."""
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
-from starlette.testclient import TestClient
 from test_ui_api import _login, running_twin, users_file
 
 from controller.runtime.ui import OperatorView, parse_bind
@@ -38,43 +39,73 @@ def _view(tmp_path: Path) -> tuple[OperatorView, Path]:
     return OperatorView(parse_bind("--ui", "127.0.0.1:0"), users=load_users(path)), path
 
 
-def _client(view: OperatorView, user: dict[str, str]) -> TestClient:
-    client = TestClient(view.app)
-    assert client.post("/api/login", json=user).status_code == 200
+#: a new client (its own cookie jar: one browser) of a view's app, closed after the test
+Clients = Callable[..., httpx.AsyncClient]
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[Clients]:
+    opened: list[httpx.AsyncClient] = []
+
+    def new(view: OperatorView, cookies: dict[str, str] | None = None) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=view.app)  # the app in process, no socket
+        client = httpx.AsyncClient(
+            transport=transport, base_url="http://127.0.0.1", cookies=cookies
+        )
+        opened.append(client)
+        return client
+
+    yield new
+    for client in opened:
+        await client.aclose()
+
+
+async def _client(clients: Clients, view: OperatorView, user: dict[str, str]) -> httpx.AsyncClient:
+    """A new browser of ``view`` logged in as ``user``."""
+    client = clients(view)
+    assert (await client.post("/api/login", json=user)).status_code == 200
     return client
 
 
-def test_a_removed_user_loses_the_session_and_cannot_log_in(tmp_path: Path) -> None:
+async def _whoami(client: httpx.AsyncClient) -> dict[str, object]:
+    resp = await client.get("/api/whoami")
+    body: dict[str, object] = resp.json()
+    return body
+
+
+async def test_a_removed_user_loses_the_session_and_cannot_log_in(
+    tmp_path: Path, clients: Clients
+) -> None:
     view, path = _view(tmp_path)
-    carl, olga = _client(view, CARL), _client(view, OLGA)
+    carl, olga = await _client(clients, view, CARL), await _client(clients, view, OLGA)
     _write(path, {"olga": ["operator"], "carl": ["operator", "control"]})  # new hashes
-    assert carl.get("/api/whoami").json()["user"] is None  # the password changed
-    carl = _client(view, CARL)
-    olga = _client(view, OLGA)
+    assert (await _whoami(carl))["user"] is None  # the password changed
+    carl = await _client(clients, view, CARL)
+    olga = await _client(clients, view, OLGA)
     _write(path, {"olga": ["operator"]})
-    assert carl.get("/api/whoami").json() == {"user": None}
-    assert carl.post("/api/login", json=CARL).status_code == 401
-    olga_now = olga.get("/api/whoami").json()
+    assert await _whoami(carl) == {"user": None}
+    assert (await carl.post("/api/login", json=CARL)).status_code == 401
+    olga_now = await _whoami(olga)
     assert olga_now["user"] is None  # rewritten with a new hash: logged out too
-    olga = _client(view, OLGA)
-    assert olga.get("/api/whoami").json()["user"] == "olga"
+    olga = await _client(clients, view, OLGA)
+    assert (await _whoami(olga))["user"] == "olga"
 
 
-def test_a_role_change_ends_the_session(tmp_path: Path) -> None:
+async def test_a_role_change_ends_the_session(tmp_path: Path, clients: Clients) -> None:
     view, path = _view(tmp_path)
-    carl = _client(view, CARL)
+    carl = await _client(clients, view, CARL)
     data = yaml.safe_load(path.read_text())
     data["users"]["carl"]["roles"] = ["operator"]  # same password hash, one role less
     path.write_text(yaml.safe_dump(data))
-    assert carl.get("/api/whoami").json() == {"user": None}
-    assert carl.post("/api/login", json=CARL).json()["roles"] == ["operator"]
+    assert await _whoami(carl) == {"user": None}
+    assert (await carl.post("/api/login", json=CARL)).json()["roles"] == ["operator"]
 
 
-def test_a_users_file_that_no_longer_loads_locks_every_action(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+async def test_a_users_file_that_no_longer_loads_locks_every_action(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, clients: Clients
 ) -> None:
     view, path = _view(tmp_path)
-    carl = _client(view, CARL)
+    carl = await _client(clients, view, CARL)
     for broken in ("mode", "garbage", "missing"):
         if broken == "mode":
             path.chmod(0o644)
@@ -84,32 +115,34 @@ def test_a_users_file_that_no_longer_loads_locks_every_action(
         else:
             path.unlink()
         with caplog.at_level(logging.ERROR, logger="pharmatwin.ui"):
-            who = carl.get("/api/whoami")
-            login = carl.post("/api/login", json=OLGA)
-            ack = carl.post("/api/alarms/ack", json={"key": "k", "reason": "seen"})
-            control = carl.post("/api/control", json={"action": "release", "reason": "r"})
+            who = await carl.get("/api/whoami")
+            login = await carl.post("/api/login", json=OLGA)
+            ack = await carl.post("/api/alarms/ack", json={"key": "k", "reason": "seen"})
+            control = await carl.post("/api/control", json={"action": "release", "reason": "r"})
         for resp in (who, login, ack, control):
             assert resp.status_code == 503, (broken, resp.status_code, resp.text)
             assert "no longer loads" in resp.json()["error"] and str(path) in resp.json()["error"]
     assert any("no longer loads" in r.getMessage() for r in caplog.records), caplog.text
     _write(path, {"olga": ["operator"], "carl": ["operator", "control"]})
-    assert carl.get("/api/whoami").status_code == 200
-    assert carl.post("/api/login", json=CARL).status_code == 200
+    assert (await carl.get("/api/whoami")).status_code == 200
+    assert (await carl.post("/api/login", json=CARL)).status_code == 200
 
 
-def test_login_ends_the_previous_session_and_logout_ends_them_all(tmp_path: Path) -> None:
+async def test_login_ends_the_previous_session_and_logout_ends_them_all(
+    tmp_path: Path, clients: Clients
+) -> None:
     view, _ = _view(tmp_path)
-    browser = _client(view, OLGA)
+    browser = await _client(clients, view, OLGA)
     first = browser.cookies["pt_session"]
-    assert browser.post("/api/login", json=OLGA).status_code == 200
+    assert (await browser.post("/api/login", json=OLGA)).status_code == 200
     assert browser.cookies["pt_session"] != first
-    stale = TestClient(view.app, cookies={"pt_session": first})
-    assert stale.get("/api/whoami").json() == {"user": None}
-    other = _client(view, OLGA)  # olga in a second browser
-    carl = _client(view, CARL)
-    assert browser.post("/api/logout", json={}).status_code == 200
-    assert other.get("/api/whoami").json() == {"user": None}
-    assert carl.get("/api/whoami").json()["user"] == "carl"
+    stale = clients(view, cookies={"pt_session": first})
+    assert await _whoami(stale) == {"user": None}
+    other = await _client(clients, view, OLGA)  # olga in a second browser
+    carl = await _client(clients, view, CARL)
+    assert (await browser.post("/api/logout", json={})).status_code == 200
+    assert await _whoami(other) == {"user": None}
+    assert (await _whoami(carl))["user"] == "carl"
     assert len(view._sessions) == 1
 
 
