@@ -34,7 +34,7 @@ from controller.runtime.audit_chain import (
     digest,
 )
 from controller.runtime.audit_keys import KEY_ENV, AnchorKey
-from controller.runtime.sqlite_ro import connect_read_only, writer_files
+from controller.runtime.sqlite_ro import connect_read_only, file_state
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _T = TypeVar("_T")
@@ -269,19 +269,22 @@ def read_as_is(db: Path, read: Callable[[sqlite3.Connection], _T]) -> _T:
     With no writer's file beside it (a closed trail, :func:`~controller.runtime.sqlite_ro.
     writer_files`), the database file holds every record and is opened ``immutable``: SQLite
     then makes no ``-wal`` or ``-shm`` file. Otherwise it is opened read-only the usual way,
-    through the writer's ``-wal`` (its ``-shm`` is the writer's own). A writer that appears
-    while a closed trail is read may change the file under the read: the read is then made
-    again the usual way (its error, if it failed, is not kept). Raises AuditError when ``db``
-    cannot be opened; whatever ``read`` raises otherwise.
+    through the writer's ``-wal`` (its ``-shm`` is the writer's own). A writer that opens
+    the trail while it is read as a closed one may change the file under the read, and may
+    be gone again (checkpointed, its ``-wal`` deleted) when the read ends: when the file or
+    its writer's files changed at all during the read (:func:`~controller.runtime.sqlite_ro.
+    file_state`), the read is made again the usual way (its error, if it failed, is not
+    kept). Raises AuditError when ``db`` cannot be opened; whatever ``read`` raises otherwise.
     """
-    immutable = not writer_files(db)
+    before = file_state(db)
+    immutable = not before[0]
     try:
         result = _read_once(db, read, immutable)
     except (AuditError, sqlite3.Error):
-        if not (immutable and writer_files(db)):
+        if not (immutable and file_state(db) != before):
             raise
     else:
-        if not (immutable and writer_files(db)):
+        if not (immutable and file_state(db) != before):
             return result
     return _read_once(db, read, immutable=False)
 

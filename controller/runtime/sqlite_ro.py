@@ -30,6 +30,18 @@ def writer_files(db: Path) -> bool:
     return any(db.with_name(db.name + suffix).exists() for suffix in ("-wal", "-journal"))
 
 
+def file_state(db: Path) -> tuple[object, ...]:
+    """What changes when anyone writes ``db``: its writer's files (:func:`writer_files`) and
+    the file's identity, size and modification times. A writer that opens the database,
+    writes, checkpoints and closes while an immutable read runs leaves no ``-wal`` behind,
+    but changes these: the read is then not to be trusted."""
+    try:
+        st = db.stat()
+    except OSError:
+        return (writer_files(db),)
+    return (writer_files(db), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def connect_read_only(
     db: Path, immutable: bool, *, check_same_thread: bool = True
 ) -> sqlite3.Connection:
@@ -49,9 +61,11 @@ class AsIsReader:
     """One read-only connection to ``db`` kept across many queries, its folder left as found.
 
     Opened ``immutable`` when no writer's file is beside ``db`` (:func:`writer_files`),
-    else the usual read-only way. A writer that appears while an immutable query runs may
-    change the file under it: the query is then made again the usual way, and so are all
-    the next ones (the first one's error, if it failed, is not kept). ``tables``: each
+    else the usual read-only way. A writer may open the file after it was opened immutable,
+    change it under a query and be gone again (its ``-wal`` checkpointed and deleted): when
+    the file or its writer's files changed at all (:func:`file_state`), the query is made
+    again the usual way, and so are all the next ones (the first one's error, if it failed,
+    is not kept). ``tables``: each
     table's name and its column names, read when it opens. Raises sqlite3.Error (when it
     cannot open or read the schema, with nothing left open).
     """
@@ -59,7 +73,8 @@ class AsIsReader:
     def __init__(self, db: Path, *, check_same_thread: bool = True) -> None:
         self.db = db
         self._same_thread = check_same_thread
-        self.immutable = not writer_files(db)
+        self._state = file_state(db)
+        self.immutable = not self._state[0]
         self.conn = connect_read_only(db, self.immutable, check_same_thread=check_same_thread)
         try:
             rows = self.query(_SCHEMA)
@@ -86,7 +101,8 @@ class AsIsReader:
         return self.conn.execute(sql, params).fetchall()
 
     def _writer_appeared(self) -> bool:
-        return self.immutable and writer_files(self.db)
+        """Someone wrote the file (or holds it open) since it was opened immutable."""
+        return self.immutable and file_state(self.db) != self._state
 
     def close(self) -> None:
         self.conn.close()

@@ -126,6 +126,56 @@ def test_a_writer_that_opens_the_trail_during_a_read_is_read_through(tmp_path: P
         writers[0].close()
 
 
+def test_a_writer_that_writes_and_closes_during_a_read_is_not_missed(tmp_path: Path) -> None:
+    """A short writer (``pharmatwin tags write`` opens the trail, records and closes in ~0.1 s)
+    that opens the closed trail during the read, appends and closes again leaves no -wal: it
+    checkpointed into the file. The immutable read saw a file changing under it (a review
+    saw ``audit verify`` call 200 000 intact records "deleted from the end", and ``audit
+    export`` drop 1 667 records without a word); the change is seen and the read made again."""
+    from controller.runtime.audit_verify import read_as_is
+
+    db = _trail(tmp_path / "evidence", records=4)
+    done: list[bool] = []
+
+    def count_around_a_short_writer(conn: sqlite3.Connection) -> int:
+        first = int(conn.execute("SELECT count(*) FROM audit").fetchone()[0])
+        if not done:
+            done.append(True)
+            writer = AuditTrail(db, anchor_every=100)
+            writer.record("setpoint.write", "x", reason="a short writer", new_value=9)
+            writer.close()
+            assert not db.with_name("audit.db-wal").exists()  # gone again, checkpointed
+        return first
+
+    assert read_as_is(db, count_around_a_short_writer) == 5  # read again: not the stale 4
+
+
+def test_verify_made_while_a_short_writer_appends_is_not_a_false_tamper_verdict(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole ``audit verify`` with a short writer appending in the middle of the chain
+    check: the verdict is the trail's (intact, with the new record), not "records were
+    deleted"."""
+    import controller.runtime.audit_verify as verify
+
+    db = _trail(tmp_path / "evidence", records=8)
+    real = verify.verify_chain
+    done: list[bool] = []
+
+    def chain_with_a_writer_meanwhile(conn: sqlite3.Connection, *args: object) -> object:
+        conn.execute("SELECT count(*) FROM audit").fetchone()  # the read has begun
+        if not done:
+            done.append(True)
+            writer = AuditTrail(db, anchor_every=1)  # anchors its record too
+            writer.record("setpoint.write", "x", reason="a short writer", new_value=9)
+            writer.close()
+        return real(conn, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(verify, "verify_chain", chain_with_a_writer_meanwhile)
+    rc, out = _verify(db, capsys)
+    assert rc == 0 and "9 records" in out, out
+
+
 def test_a_folder_and_a_missing_file_are_still_errors(tmp_path: Path) -> None:
     with pytest.raises(AuditError, match="is a folder"):
         verify_file(tmp_path)

@@ -159,6 +159,22 @@ def test_a_writer_that_opens_the_historian_during_a_read_is_read_through(
             writer.close()
 
 
+def test_a_writer_that_records_and_closes_between_two_reads_is_not_missed(
+    tmp_path: Path,
+) -> None:
+    """A writer that opens the closed historian, records a cycle and closes again leaves no
+    -wal (it checkpointed into the file): the reader opened as the file is sees that the file
+    changed and reads again through SQLite's usual read-only way, not its stale pages."""
+    db = _closed(tmp_path / "h.db", cycles=3)
+    with SqliteHistorian(db, read_only=True) as reader:
+        assert [c.cycle for c in reader.cycles()] == [0, 1, 2]
+        writer = SqliteHistorian(db)
+        writer.record(_cycle(3))
+        writer.close()
+        assert not db.with_name("h.db-wal").exists()  # gone again, checkpointed
+        assert [c.cycle for c in reader.cycles()] == [0, 1, 2, 3]
+
+
 def test_a_file_that_is_not_a_historian_is_an_error_in_a_folder_left_as_it_was(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
