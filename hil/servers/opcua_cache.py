@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dbm
 import fcntl
 import hashlib
 import importlib
@@ -33,12 +34,13 @@ _MANIFEST = "manifest.json"
 
 
 def dbm_backend() -> str:
-    """The dbm module a new shelf is written with here (``dbm.open``'s first importable one:
-    ``gnu``, ``ndbm`` or ``dumb``)."""
-    for name in ("gnu", "ndbm"):
+    """The dbm module a new shelf is written with here: ``dbm.open``'s first importable one,
+    in its own order (``sqlite3`` from Python 3.13, then ``gnu``, ``ndbm``, ``dumb``)."""
+    names = getattr(dbm, "_names", ["dbm.gnu", "dbm.ndbm", "dbm.dumb"])
+    for name in names:
         with contextlib.suppress(ImportError):
-            importlib.import_module(f"dbm.{name}")
-            return name
+            importlib.import_module(name)
+            return str(name).removeprefix("dbm.")
     return "dumb"
 
 
@@ -120,12 +122,8 @@ async def _rebuild(base: Path, final: Path, why: str) -> None:
     work = Path(tempfile.mkdtemp(prefix=".building-", dir=base))
     try:
         await Server().iserver.load_standard_address_space(work / _SHELF)
-        (work / _SHELF).touch()
-        files = {
-            p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(work.iterdir())
-            if p.name != _SHELF
-        }
+        (work / _SHELF).touch()  # dbm.dumb's marker; with the other backends, the shelf itself
+        files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(work.iterdir())}
         (work / _MANIFEST).write_text(json.dumps({"asyncua": version("asyncua"), "files": files}))
         if final.exists():
             aside = Path(tempfile.mkdtemp(prefix=".corrupt-", dir=base))

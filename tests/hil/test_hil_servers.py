@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import dbm
 import ipaddress
+import json
 import logging
 import math
 import os
@@ -876,11 +877,25 @@ async def test_two_servers_starting_at_once_build_one_cache(tmp_path: Path) -> N
     assert [p.name for p in folder.iterdir() if p.name.startswith(".building")] == []
 
 
+def test_the_cache_is_named_after_the_dbm_module_dbm_open_would_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """dbm.open takes the first importable module of ``dbm._names`` (Python 3.13 puts
+    ``dbm.sqlite3`` first): the cache's name follows that order, not a fixed list."""
+    monkeypatch.setattr(dbm, "_names", ["dbm.no_such_backend", "dbm.dumb", "dbm.ndbm"])
+    assert dbm_backend() == "dumb"
+
+
 @pytest.mark.slow
 @pytest.mark.serial
 async def test_a_corrupt_cache_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     shelf = await address_space_shelf(tmp_path)
     assert shelf.parent.name.endswith(f"-{dbm_backend()}")  # one cache per dbm backend
+    # the manifest covers every file, the shelf's own name too: with a one-file backend
+    # (dbm.gnu, Python 3.13's dbm.sqlite3) it holds the data; left out, such a cache had an
+    # empty manifest and was rebuilt at every server start
+    manifest = json.loads((shelf.parent / "manifest.json").read_text())
+    assert set(manifest["files"]) == {p.name for p in shelf.parent.iterdir()} - {"manifest.json"}
     entries, _ = _shelf_entries(shelf)
     # the shelf's data file: .dat (dbm.dumb), .db (dbm.ndbm) or the shelf itself (dbm.gnu)
     data = max((p for p in shelf.parent.iterdir() if p.name != "manifest.json"), key=_size)
