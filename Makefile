@@ -6,8 +6,10 @@
 # (Debian's /usr/bin/python3.x has libpython built into the executable: the control loop runs
 # 7-10 % faster on it than on a source build with a shared libpython, such as pyenv's; see
 # "The interpreter" in README.md), else python3 from PATH.
-# `make PY=python3.12 setup` chooses another; an existing .venv keeps its own.
+# `make PY=python3.12 setup` chooses another (used as it is: no fallback); an existing .venv
+# keeps its own. If the default's venv fails (Debian without python3.x-venv), python3 makes it.
 PY ?= $(firstword $(wildcard /usr/bin/python3.13 /usr/bin/python3.12 /usr/bin/python3.11) python3)
+VENV_FALLBACK := $(if $(filter default file,$(origin PY)),python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -28,7 +30,11 @@ help:
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PY) -m venv $(VENV) || { rm -rf $(VENV); python3 -m venv $(VENV); }
+	@$(BIN)/python -m pip --version >/dev/null 2>&1 || { \
+	    rm -rf $(VENV); echo "making $(VENV) with $(PY)"; \
+	    $(PY) -m venv $(VENV) || { rm -rf $(VENV); test -n "$(VENV_FALLBACK)" || exit 1; \
+	        echo "$(PY) could not make $(VENV); making it with $(VENV_FALLBACK)"; \
+	        $(VENV_FALLBACK) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }; }; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
 	@touch $(STAMP)
