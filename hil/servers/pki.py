@@ -23,6 +23,7 @@ import argparse
 import ipaddress
 import re
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -78,7 +79,7 @@ def uri_problem(uri: str) -> str | None:
     why = (
         "it has no scheme, such as urn: or http:"
         if scheme is None
-        else _rest_problem(uri[scheme.end() :])
+        else _rest_problem(uri[scheme.end() :]) or _structure_problem(uri)
     )
     return None if why is None else f"--uri {uri!r} is not a valid URI ({why}); {_URI_ALLOWED}"
 
@@ -93,6 +94,17 @@ def _rest_problem(rest: str) -> str | None:
         if char is None:
             return f"it holds {rest[at]!r}, which a URI may not hold unescaped"
         at = char.end()
+    return None
+
+
+def _structure_problem(uri: str) -> str | None:
+    """What RFC 3986's structure refuses in a URI of allowed characters (an unclosed IPv6
+    host such as ``http://[::1``, a port that is not a number), or None."""
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        parts.port  # noqa: B018 - parsed here: raises ValueError when it is not a number
+    except ValueError as exc:
+        return str(exc)
     return None
 
 
@@ -265,7 +277,7 @@ def command(args: argparse.Namespace, console: Any) -> int:
         ca = CertificateAuthority.load(folder / CA_CERTIFICATE_FILE, folder / CA_KEY_FILE)
         if args.pki_command == "revoke":
             count = revoke(ca, folder / CRL_FILE, load_certificate(args.certificate))
-            console.print(f"revoked {args.certificate}; {folder / CRL_FILE} lists {count}")
+            _say(console, f"revoked {args.certificate}; {folder / CRL_FILE} lists {count}")
             return 0
         stem = args.name
         if not stem or "/" in stem or stem.startswith("."):
@@ -282,13 +294,20 @@ def command(args: argparse.Namespace, console: Any) -> int:
             replace=args.force,
         )
     except ValueError as exc:
-        console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        _say(console, f"error: {exc}")
         return 2
-    console.print(f"certificate {cert}  (application URI {args.uri})", markup=False)
-    console.print(f"private key {key}  (mode 0600)", markup=False)
-    trust = f"trust the CA {folder / CA_CERTIFICATE_FILE}, CRL {folder / CRL_FILE}"
-    console.print(trust, markup=False)
+    except OSError as exc:  # an --out or CA folder that cannot be read or written
+        _say(console, f"error: {exc.filename or args.out}: {exc.strerror or exc}")
+        return 2
+    _say(console, f"certificate {cert}  (application URI {args.uri})")
+    _say(console, f"private key {key}  (mode 0600)")
+    _say(console, f"trust the CA {folder / CA_CERTIFICATE_FILE}, CRL {folder / CRL_FILE}")
     return 0
+
+
+def _say(console: Any, text: str) -> None:
+    """One line as it is: no markup, highlighting or emoji codes (``urn:a:b`` is not 🅰)."""
+    console.print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -101,6 +101,8 @@ def test_a_directory_in_the_way_is_refused_even_with_force(
         ("urn:my pc:UaExpert", "' '"),
         ("urn:my-pc:Ua\u00e9xpert", "'\u00e9'"),
         ("urn:my-pc:%zz", "'%'"),
+        ("http://[::1", "Invalid IPv6 URL"),  # allowed characters, not a URI's structure
+        ("opc.tcp://127.0.0.1:48x0/client", "Port could not be cast"),
     ],
 )
 def test_a_uri_that_is_not_one_is_refused(
@@ -126,3 +128,26 @@ def test_valid_uris_are_issued_and_carried_in_the_certificate(
     cert = load_certificate(out / "uaexpert.der")
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == [uri]
+
+
+def test_the_output_names_the_uri_as_it_is(
+    tmp_path: Path, ca_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rich turned ``:x:`` and ``:a:`` of a URI into emoji in what it printed (``urn:x:c1``
+    became ``urn❌c1``): the operator copies the URI from this line into the client."""
+    out = tmp_path / "issued"
+    assert hil_main(_issue(ca_dir, out, "urn:x:a:c1")) == 0
+    printed = capsys.readouterr().out
+    assert "(application URI urn:x:a:c1)" in printed, printed
+    text = _refused(_issue(ca_dir, tmp_path / "other", "urn:x:a:%zz"), capsys)
+    assert "'urn:x:a:%zz'" in text, text
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_line(
+    tmp_path: Path, ca_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An ``--out`` that cannot be made (here under /proc, where no folder can be made): a
+    FileNotFoundError traceback from mkdir before; one line naming it, exit 2."""
+    out = Path("/proc/pharmatwin-no-such-folder/issued")
+    text = _refused(_issue(ca_dir, out, URI), capsys)
+    assert text.startswith("error: ") and "/proc/pharmatwin-no-such-folder" in text, text
