@@ -73,7 +73,7 @@ def as_stored(data_type: str, value: float) -> float:
 
 def float32_within(value: float, lo: float, hi: float) -> float | None:
     """The float32 nearest to ``value`` within ``[lo, hi]`` (None: there is none near it)."""
-    if not -3.0e38 < value < 3.0e38:
+    if not -FLOAT32_MAX <= value <= FLOAT32_MAX:  # past it a float32 holds infinity
         return None
     f = as_stored("Float", value)  # what a float32 holds of it
     if lo <= f <= hi:

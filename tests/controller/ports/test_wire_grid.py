@@ -195,6 +195,8 @@ def test_a_float_node_with_no_float32_inside_its_limits_is_refused_before_sendin
     low = stored("Float", 0.7, (0.7, 1.0))  # float32(0.7) is 0.69999999: below the limit
     assert 0.7 < low == pytest.approx(0.7, rel=1e-7)
     assert stored("Float", 0.7, None) < 0.7  # no limits: the nearest float32
+    assert type_refusal("Float", "p", 3.1e38, (0.0, 3.2e38)) == ""  # a float32 holds 3.1e38
+    assert "overflows" in type_refusal("Float", "p", 3.5e38, (0.0, 4e38))
 
 
 def _site_with(tmp_path: Path, tag_changes: dict[str, object], inputs: dict[str, object]) -> Path:
