@@ -1,6 +1,6 @@
 """Case files and one-case campaigns on the lyophilizer site, for the HIL tests (not a test
-module): a site whose HIL scenario schedules given faults, and a campaign of one case whose
-true plant is disturbed."""
+module): a site whose HIL scenario schedules given faults, a campaign of a clean case and a
+faulted one, and a campaign of one case whose true plant is disturbed."""
 
 from __future__ import annotations
 
@@ -53,5 +53,27 @@ def disturbed_campaign(
         ],
     }
     path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec), encoding="utf-8")
+    return path
+
+
+def faulted_campaign(tmp_path: Path, fault: dict[str, Any], *, mode: str, name: str) -> Path:
+    """A campaign (2 h, seed 1) of two cases: ``none``, and ``name`` scheduling ``fault``
+    (case ``c001-<name>-s1``), judged by REQ-ROB-01 only; the file written in ``tmp_path``."""
+    spec = {
+        "name": f"{name}-fault",
+        "site": str(LYO),
+        "duration": 2.0,
+        "mode": mode,
+        "matrix": [{"factors": {"faults": {"none": {}, name: {"faults": [fault]}}}, "seeds": [1]}],
+        "criteria": [
+            {
+                "id": "REQ-ROB-01",
+                "description": "solves",
+                "check": {"kind": "consecutive_failed_solves", "at_most": 3},
+            }
+        ],
+    }
+    path = tmp_path / "camp.yaml"
     path.write_text(yaml.safe_dump(spec), encoding="utf-8")
     return path

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from lyo_cases import case_site
+from lyo_cases import case_site, faulted_campaign
 
 from controller.clock import SteppedClock
 from controller.errors import ConfigError
@@ -87,24 +86,7 @@ def test_a_window_of_one_sample_and_a_short_actuator_fault_are_accepted(tmp_path
 
 
 def test_a_campaign_with_a_short_read_fault_is_refused_at_load(tmp_path: Path) -> None:
-    raw = {
-        "name": "short",
-        "site": str(LYO),
-        "duration": 2.0,
-        "mode": "fast",
-        "matrix": [
-            {
-                "factors": {"faults": {"none": {}, "short": {"faults": [SHORT[1]]}}},
-                "seeds": [1],
-            }
-        ],
-        "criteria": [
-            {"id": "REQ-ROB-01", "description": "solves", "check": {
-                "kind": "consecutive_failed_solves", "at_most": 3}},
-        ],
-    }  # fmt: skip
-    path = tmp_path / "camp.yaml"
-    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    path = faulted_campaign(tmp_path, SHORT[1], mode="fast", name="short")
     with pytest.raises(ConfigError) as info:
         load_campaign(path)
     texts = [str(p) for p in info.value.problems]

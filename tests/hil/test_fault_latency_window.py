@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from lyo_cases import LYO, case_site
+from lyo_cases import case_site, faulted_campaign
 
 from controller.clock import SteppedClock
 from controller.errors import ConfigError
@@ -70,21 +69,7 @@ def test_a_latency_of_one_whole_sample_or_open_ended_is_accepted(tmp_path: Path)
 
 
 def test_a_hil_campaign_with_a_short_latency_window_is_refused_at_load(tmp_path: Path) -> None:
-    raw = {
-        "name": "short-latency",
-        "site": str(LYO),
-        "duration": 2.0,
-        "mode": "hil",
-        "matrix": [
-            {"factors": {"comm": {"none": {}, "slow": {"faults": [SHORT]}}}, "seeds": [1]}
-        ],
-        "criteria": [
-            {"id": "REQ-ROB-01", "description": "solves", "check": {
-                "kind": "consecutive_failed_solves", "at_most": 3}},
-        ],
-    }  # fmt: skip
-    path = tmp_path / "camp.yaml"
-    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    path = faulted_campaign(tmp_path, SHORT, mode="hil", name="slow")
     with pytest.raises(ConfigError) as info:
         load_campaign(path)
     texts = [str(p) for p in info.value.problems]
