@@ -348,7 +348,7 @@ def _probabilistic_design_space(
     if not 0.0 < level < 1.0:  # NaN too
         wrong.append(f"--probability {level:g}: must lie strictly between 0 and 1")
     for text in wrong:
-        console.print(f"[red]error:[/] command line: {text}", highlight=False)
+        console.print(f"[red]error:[/] command line: {text}", highlight=False, soft_wrap=True)
     if wrong:
         return 2
     outcome = run_probabilistic(

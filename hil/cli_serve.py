@@ -203,7 +203,9 @@ async def _simulate(args: argparse.Namespace, console: Console) -> int:
         files.append(write_plot(run, out / "trajectory.png"))
     console.print("wrote " + ", ".join(str(f) for f in files))
     if run.plant_fault is not None:
-        console.print(f"[red]plant fault:[/] {run.plant_fault.describe()}", highlight=False)
+        console.print(
+            f"[red]plant fault:[/] {run.plant_fault.describe()}", highlight=False, soft_wrap=True
+        )
         return 1
     return 0
 
