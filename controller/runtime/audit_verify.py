@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from controller.runtime import sqlite_ro
 from controller.runtime.audit_anchors import Anchor, anchor_path_for, read_anchors
 from controller.runtime.audit_chain import (
     COLUMNS,
@@ -34,7 +35,6 @@ from controller.runtime.audit_chain import (
     digest,
 )
 from controller.runtime.audit_keys import KEY_ENV, AnchorKey
-from controller.runtime.sqlite_ro import connect_read_only, file_state
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _T = TypeVar("_T")
@@ -264,42 +264,16 @@ def _is_text(path: Path) -> bool:
 
 
 def read_as_is(db: Path, read: Callable[[sqlite3.Connection], _T]) -> _T:
-    """``read(conn)`` on ``db`` opened read-only, its folder left as it was found.
-
-    With no writer's file beside it (a closed trail, :func:`~controller.runtime.sqlite_ro.
-    writer_files`), the database file holds every record and is opened ``immutable``: SQLite
-    then makes no ``-wal`` or ``-shm`` file. Otherwise it is opened read-only the usual way,
-    through the writer's ``-wal`` (its ``-shm`` is the writer's own). A writer that opens
-    the trail while it is read as a closed one may change the file under the read, and may
-    be gone again (checkpointed, its ``-wal`` deleted) when the read ends: when the file or
-    its writer's files changed at all during the read (:func:`~controller.runtime.sqlite_ro.
-    file_state`), the read is made again the usual way (its error, if it failed, is not
-    kept). Raises AuditError when ``db`` cannot be opened; whatever ``read`` raises otherwise.
-    """
-    before = file_state(db)
-    immutable = not before[0]
-    try:
-        result = _read_once(db, read, immutable)
-    except (AuditError, sqlite3.Error):
-        if not (immutable and file_state(db) != before):
-            raise
-    else:
-        if not (immutable and file_state(db) != before):
-            return result
-    return _read_once(db, read, immutable=False)
-
-
-def _read_once(db: Path, read: Callable[[sqlite3.Connection], _T], immutable: bool) -> _T:
-    conn = _open_read_only(db, immutable)
-    try:
-        return read(conn)
-    finally:
-        conn.close()
+    """``read(conn)`` on ``db`` opened read-only, its folder left as it was found: a closed
+    trail (no writer's file beside it) is read ``immutable``, and read again the usual way if
+    a writer changed it meanwhile (:func:`controller.runtime.sqlite_ro.read_as_is`). Raises
+    AuditError when ``db`` cannot be opened; whatever ``read`` raises otherwise."""
+    return sqlite_ro.read_as_is(db, read, _open_read_only)
 
 
 def _open_read_only(db: Path, immutable: bool) -> sqlite3.Connection:
     try:
-        return connect_read_only(db, immutable)
+        return sqlite_ro.connect_read_only(db, immutable)
     except sqlite3.Error as exc:
         raise AuditError(f"cannot open {db} read-only: {exc}") from exc
 

@@ -49,8 +49,8 @@ def check_site_file(path: Path, load: Callable[[Path], Site] = load_site) -> str
     site = load(path)
     fc = site.forecast
     recipe = fc.local_recipe if fc is not None else None
-    if recipe is not None and not resolve(path, recipe).is_file():
-        found = resolve(path, recipe)
+    found = resolve(path, recipe) if recipe is not None else None
+    if found is not None and not found.is_file():
         why = input_file_problem(found, RECIPE_FILE)
         message = "file not found" if why is None else f"{found} {why}"
         raise ConfigError([Problem(str(path), "forecast.local_recipe", message, recipe)])

@@ -3,10 +3,10 @@
 SQLite's read-only reader (``mode=ro``) of a WAL database makes a ``-wal`` and a ``-shm``
 file beside it when there are none, and cannot remove them when it closes: every read of a
 closed historian (``pharmatwin history export``, ``pharmatwin forecast``) left two files
-beside it. The audit trail's readers (:func:`controller.runtime.audit_verify.read_as_is`)
-open with :func:`connect_read_only` too: a database with no writer's file beside it is opened
-``immutable`` (SQLite then makes no file); one with a live (or dead) writer's ``-wal`` is read
-the usual read-only way, through that ``-wal``.
+beside it. Here, a database with no writer's file beside it is opened ``immutable`` (SQLite
+then makes no file); one with a live (or dead) writer's ``-wal`` is read the usual read-only
+way, through that ``-wal``: one read at a time (:func:`read_as_is`, the audit trail's readers)
+or a connection kept across queries (:class:`AsIsReader`, the historian's).
 
 Errors are ``sqlite3.Error``: the caller words them with its own file and key.
 """
@@ -14,8 +14,11 @@ Errors are ``sqlite3.Error``: the caller words them with its own file and key.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
 
 #: every table's columns, one row a column
 _SCHEMA = (
@@ -57,6 +60,47 @@ def connect_read_only(
     return conn
 
 
+def read_as_is(
+    db: Path,
+    read: Callable[[sqlite3.Connection], _T],
+    connect: Callable[[Path, bool], sqlite3.Connection] = connect_read_only,
+) -> _T:
+    """``read(conn)`` on ``db`` opened read-only by ``connect(db, immutable)`` and closed
+    after, the folder left as it was found.
+
+    Opened ``immutable`` when no writer's file is beside ``db`` (:func:`writer_files`), else
+    the usual read-only way, through the writer's ``-wal``. A writer may open the file during
+    an immutable read, change it under the read and be gone again (its ``-wal`` checkpointed
+    and deleted): when the file or its writer's files changed at all (:func:`file_state`),
+    the read is made again the usual way (its result or error is not kept). Raises what
+    ``connect`` or ``read`` raise.
+    """
+    before = file_state(db)
+    immutable = not before[0]
+    try:
+        result = _read_once(db, read, connect, immutable)
+    except Exception:
+        if not (immutable and file_state(db) != before):
+            raise
+    else:
+        if not (immutable and file_state(db) != before):
+            return result
+    return _read_once(db, read, connect, False)
+
+
+def _read_once(
+    db: Path,
+    read: Callable[[sqlite3.Connection], _T],
+    connect: Callable[[Path, bool], sqlite3.Connection],
+    immutable: bool,
+) -> _T:
+    conn = connect(db, immutable)
+    try:
+        return read(conn)
+    finally:
+        conn.close()
+
+
 class AsIsReader:
     """One read-only connection to ``db`` kept across many queries, its folder left as found.
 
@@ -65,9 +109,8 @@ class AsIsReader:
     change it under a query and be gone again (its ``-wal`` checkpointed and deleted): when
     the file or its writer's files changed at all (:func:`file_state`), the query is made
     again the usual way, and so are all the next ones (the first one's error, if it failed,
-    is not kept). ``tables``: each
-    table's name and its column names, read when it opens. Raises sqlite3.Error (when it
-    cannot open or read the schema, with nothing left open).
+    is not kept). ``tables``: each table's name and its column names, read when it opens.
+    Raises sqlite3.Error (when it cannot open or read the schema, with nothing left open).
     """
 
     def __init__(self, db: Path, *, check_same_thread: bool = True) -> None:
