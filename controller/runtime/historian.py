@@ -338,10 +338,9 @@ class SqliteHistorian(Historian):
         self._batch = Batch(db, self.path, commit_every, lost) if commit_every > 1 else None
 
     def _open_read_only(self, path: Path) -> None:
-        """``read_only``: the file as it is (:class:`AsIsReader`): nothing created, changed
-        or converted (an export must not touch the evidence it reads), a live writer's rows
-        read; a file that is not a historian (no ``runs`` and ``cycles`` tables) is a
-        HistorianError naming it."""
+        """``read_only``: the file as it is (:class:`AsIsReader`): nothing created, changed,
+        converted or stored (an export must not touch the evidence it reads), a live writer's
+        rows read; a file that is not a historian (no ``runs``, ``cycles``) is a HistorianError."""
         self.path, self.synchronous, self.commit_every = path, "OFF", 1
         self._closed, self._batch, self._next_id = False, None, 0
         if not path.is_file():
@@ -386,9 +385,11 @@ class SqliteHistorian(Historian):
             if self._batch is not None:
                 self._batch.commit()
 
-    def _check_open(self) -> None:
+    def _check_open(self, store: str = "") -> None:  # ``store``: what is to be stored, if any
         if self._closed:
             raise HistorianError(f"historian {self.path} is closed")
+        if store and self._reader is not None:
+            raise HistorianError(f"historian {self.path} is opened read-only: cannot {store}")
 
     def _run(self, what: str, sql: str, *params: Any) -> list[Any]:
         self._check_open()
@@ -403,7 +404,7 @@ class SqliteHistorian(Historian):
         return bool(self._run("read runs", "SELECT 1 FROM runs WHERE run_id = ?", run_id))
 
     def _store_run(self, run_id: str, info: str) -> None:
-        self._check_open()
+        self._check_open("store a run")
         sql = "INSERT INTO runs (run_id, info) VALUES (?, ?)"
         if self._batch is not None:
             self._batch.write(
@@ -413,15 +414,14 @@ class SqliteHistorian(Historian):
         self._run("store a run", sql, run_id, info)
 
     def _store_cycle(self, row: Row) -> None:
-        self._check_open()
+        self._check_open("store a cycle")
         if self._batch is not None:
             self._batch.write("store a cycle", "cycle", lambda: self._insert_and_prune(row))
             if self._batch.due:
                 self._batch.commit()
             return
-        # While no id above ``max_cycles`` is due, nothing can be old enough to prune: the
-        # insert commits alone (autocommit, two statements fewer a cycle). From then on the
-        # insert and its prune commit together.
+        # Until an id above ``max_cycles`` is due nothing can be pruned: the insert commits
+        # alone (autocommit, two statements fewer). Then the insert and its prune commit together.
         if self._next_id <= self.max_cycles:
             self._insert_alone(row)
             return
@@ -472,7 +472,7 @@ class SqliteHistorian(Historian):
         return [r[0] for r in self._run("read runs", "SELECT info FROM runs ORDER BY seq")]
 
     def _store_event(self, row: Row) -> None:
-        self._check_open()
+        self._check_open("store an event")
         sql = f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
         if self._batch is not None:
             self._batch.write("store an event", "record", lambda: self._db.execute(sql, row))

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from controller.runtime.cli import main as cli_main
-from controller.runtime.historian import SqliteHistorian
+from controller.runtime.historian import HistorianError, SqliteHistorian
 from controller.runtime.historian_records import CycleRecord, Measurement
 from controller.runtime.historian_run import run_info
 from controller.runtime.site import load_site
@@ -173,6 +173,28 @@ def test_a_writer_that_records_and_closes_between_two_reads_is_not_missed(
         writer.close()
         assert not db.with_name("h.db-wal").exists()  # gone again, checkpointed
         assert [c.cycle for c in reader.cycles()] == [0, 1, 2, 3]
+
+
+def test_a_read_only_historian_refuses_to_store_and_says_it_is_read_only(tmp_path: Path) -> None:
+    """Storing through a historian opened read-only is refused as that, before and after its
+    reads were made again through a writer's changes (it said "closed database" then: its
+    write path still held the first connection, closed when the reads were made again)."""
+    db = _closed(tmp_path / "h.db", cycles=3)
+    with SqliteHistorian(db, read_only=True) as reader:
+        for k in range(2):
+            with pytest.raises(HistorianError, match="opened read-only") as err:
+                reader.record(_cycle(9))
+            assert "closed" not in str(err.value)
+            with pytest.raises(HistorianError, match="opened read-only"):
+                reader.start_run(
+                    run_info("lyo", "shadow", [LYO], load_site(LYO).model, run_id="r2")
+                )
+            writer = SqliteHistorian(db)  # a writer changes the file: the reads are made again
+            writer.record(_cycle(3 + k))
+            writer.close()
+            assert [c.cycle for c in reader.cycles()][-1] == 3 + k
+    with SqliteHistorian(db, read_only=True) as again:  # nothing of the refused ones stored
+        assert [c.cycle for c in again.cycles()] == [0, 1, 2, 3, 4] and len(again.runs()) == 1
 
 
 def test_a_file_that_is_not_a_historian_is_an_error_in_a_folder_left_as_it_was(
