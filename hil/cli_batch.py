@@ -168,6 +168,8 @@ def errored_lines(results: Iterable[Mapping[str, Any]], summary: Path) -> list[s
 
 #: the files a campaign's results folder gets from ``write_reports``
 REPORT_FILES = ("report.html", "junit.xml", "summary.json")
+#: The most draws a point of ``design-space --monte-carlo`` (a campaign's Monte Carlo's cap).
+MAX_DRAWS = 100_000
 
 
 def outputs_refused(
@@ -310,7 +312,9 @@ def design_space_command(args: argparse.Namespace, console: Console) -> int:
 
     space = load_design_space(args.design_space)
     out = args.out or Path("runs") / "design-space" / space.name
-    if outputs_refused(console, "--out", out, default=args.out is None):
+    stem = "design_space" if args.monte_carlo is None else "design_space_probability"
+    files = tuple(f"{stem}.{ext}" for ext in ("csv", "json", "png"))
+    if outputs_refused(console, "--out", out, default=args.out is None, files=files):
         return 2
     if args.monte_carlo is not None:
         return _probabilistic_design_space(args, space, out, console)
@@ -343,8 +347,11 @@ def _probabilistic_design_space(
 
     level = 0.95 if args.probability is None else args.probability
     wrong = []
-    if args.monte_carlo < 1:
-        wrong.append(f"--monte-carlo {args.monte_carlo}: must be at least 1 draw")
+    if not 1 <= args.monte_carlo <= MAX_DRAWS:
+        wrong.append(
+            f"--monte-carlo {args.monte_carlo}: allowed: 1 to {MAX_DRAWS} draws a point "
+            "(as a campaign's Monte Carlo)"
+        )
     if not 0.0 < level < 1.0:  # NaN too
         wrong.append(f"--probability {level:g}: must lie strictly between 0 and 1")
     for text in wrong:

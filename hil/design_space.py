@@ -19,9 +19,9 @@ A factor sets one recipe input: ``set: constant`` in every row of the recipe tab
 ``set: hold`` in every row after the first (the value held after the ramp); with
 ``ramp_rate`` [input unit per time unit] the time of the second row is moved so the ramp from
 the first row's value keeps that rate. The CQAs of a run are ``max_<temperature>`` (its maximum
-over the run), ``drying_time`` (the first time ``progress`` reaches ``complete_at``, or the end of
-the run) and ``final_<progress>``. A point is acceptable when every limit holds and its run
-finished without error.
+over the run), ``drying_time`` (the first time ``progress`` reaches ``complete_at``; not known
+when it never does) and ``final_<progress>``. A point is acceptable when every limit holds and
+its run completed drying without error, its true plant inside its validity domain throughout.
 
 Every point's scenario is built as a dict and validated when the file is loaded
 (:mod:`hil.design_space_spec`), then run offline, open loop, on a local spawned process pool
@@ -51,14 +51,22 @@ from hil.design_space_spec import DesignSpace
 def judge(
     cqas: dict[str, Any], limits: dict[str, tuple[float | None, float | None]]
 ) -> tuple[bool, list[str]]:
-    """Acceptable or not, and why not (one reason per limit broken)."""
+    """Acceptable or not, and why not (one reason per limit broken). A run whose true plant
+    left its validity domain (``plant_fault``: it stopped there) or whose drying did not
+    finish is not acceptable, whatever its limits say of what it reached."""
     if cqas.get("status", "ok") != "ok":
         return False, [f"run failed: {cqas.get('error')}"]
     reasons = []
+    if cqas.get("plant_fault"):
+        reasons.append(f"plant_fault: the {cqas['plant_fault']}")
+    if not cqas.get("finished", False):
+        end = cqas.get("run_end", math.nan)
+        reasons.append(f"unfinished: drying did not finish by the end of the run (t = {end:.4g})")
     for name, (lo, hi) in limits.items():
         value = cqas.get(name)
         if not isinstance(value, int | float) or not math.isfinite(value):
-            reasons.append(f"{name} not computed")
+            if name != "drying_time" or cqas.get("finished", False):  # else: said above
+                reasons.append(f"{name} not computed")
             continue
         if hi is not None and value > hi:
             reasons.append(f"{name} {value:.4g} > {hi:g}")

@@ -46,14 +46,15 @@ def _series(rows: list[dict[str, Any]], name: str) -> list[tuple[float, float]]:
 def point_cqas(
     rows: list[dict[str, Any]], temperature: str, progress: str, complete_at: float
 ) -> dict[str, Any]:
-    """The CQAs of one run's rows (plain data)."""
+    """The CQAs of one run's rows (plain data); ``drying_time`` NaN when drying did not finish
+    (its end is not known: ``run_end`` is when the run stopped)."""
     temp = _series(rows, temperature)
     prog = _series(rows, progress)
     end = float(rows[-1]["t"]) if rows else math.nan
     done = next((t for t, v in prog if v >= complete_at - EPS), None)
     return {
         f"max_{temperature}": max((v for _, v in temp), default=math.nan),
-        "drying_time": done if done is not None else end,
+        "drying_time": done if done is not None else math.nan,  # not known: it did not finish
         f"final_{progress}": prog[-1][1] if prog else math.nan,
         "finished": done is not None,
         "run_end": end,
@@ -79,6 +80,8 @@ def run_point(job: dict[str, Any]) -> dict[str, Any]:
             run = asyncio.run(run_scenario(path))
         cqa = job["cqas"]
         result |= point_cqas(run.rows, cqa["temperature"], cqa["progress"], cqa["complete_at"])
+        if run.plant_fault is not None:  # the run stopped there: what it reached is no batch
+            result["plant_fault"] = run.plant_fault.describe()
     except Exception as exc:  # one bad point must not sink the sweep
         result |= {
             "status": "error",

@@ -205,7 +205,7 @@ def run_probabilistic(
             results.get(f"{p.id}-d{k:03d}") or lost(f"{p.id}-d{k:03d}", RuntimeError("no result"))
             for k in range(n)
         ]
-        outcome.rows.append(point_row(space, p, runs, level, exact=not ranges))
+        outcome.rows.append(point_row(space, p, runs, level, exact=not ranges, draws=draws))
     outcome.files = {
         "csv": _write_csv(outcome, out / "design_space_probability.csv"),
         "png": write_probability_plot(outcome, out / "design_space_probability.png"),
@@ -221,13 +221,16 @@ def point_row(
     level: float,
     *,
     exact: bool = False,
+    draws: Sequence[dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """One grid point's row from its runs (one per draw, a failed or lost one included):
     the acceptable share, its interval and verdict, each CQA's mean and worst value, and how
     often each limit was broken. ``exact``: nothing was drawn, every run is the same run, so
-    the share is no estimate (its interval is itself; the verdict the deterministic one)."""
+    the share is no estimate (its interval is itself; the verdict the deterministic one).
+    ``draws``: each run's drawn parameters, for the limits that name one (``T_crit``)."""
     n = len(runs)
-    verdicts = [judge(r, space.limits) for r in runs]
+    limits = [space.limits_for(d) for d in draws] if draws else [space.limits] * n
+    verdicts = [judge(r, lim) for r, lim in zip(runs, limits, strict=True)]
     ok = sum(v for v, _ in verdicts)
     lo, hi = (ok / n, ok / n) if exact else wilson(ok, n)
     row: dict[str, Any] = {"id": p.id, **p.values}
@@ -249,7 +252,7 @@ def point_row(
     reasons: dict[str, int] = {}
     for _, why in verdicts:
         for text in why:
-            key = text.split(" ")[0]
+            key = text.replace(":", " ").split(" ")[0]  # the CQA, plant_fault, unfinished, run
             reasons[key] = reasons.get(key, 0) + 1
     row["failed_limits"] = reasons
     return row
@@ -302,6 +305,13 @@ def _write_json(outcome: ProbabilisticOutcome, path: Path) -> Path:
         "draws": outcome.draws,
         "overridden_true_plant_parameters": outcome.overridden,
         "limits": {k: {"lower": lo, "upper": hi} for k, (lo, hi) in space.limits.items()},
+        # bounds named by a drawn parameter: each draw is judged against its own value
+        "limits_from_draws": {
+            f"{k}.{side}": name
+            for k, lim in space.spec.limits.items()
+            for side, name in (("lower", lim.lower), ("upper", lim.upper))
+            if isinstance(name, str) and outcome.draws and name in outcome.draws[0]
+        },
         "executor": outcome.executor,
         "workers": outcome.workers,
         "wall_time_s": outcome.wall_time_s,

@@ -90,11 +90,16 @@ class DesignSpaceFile(Strict):
     noise: bool = False  # keep the base scenario's measurement noise
     factors: tuple[Factor, Factor]
     cqas: CqaSpec = CqaSpec()
-    limits: dict[str, Limit] = Field(default_factory=dict)
+    limits: dict[str, Limit]
     uncertainty: Uncertainty = Uncertainty()
 
     @model_validator(mode="after")
     def _distinct(self) -> DesignSpaceFile:
+        if not self.limits:  # nothing to judge: every point would be "acceptable"
+            raise ValueError(
+                "'limits' is empty: give at least one CQA limit to judge the points by, e.g. "
+                "max_Tbot: {upper: T_crit}"
+            )
         a, b = self.factors
         if a.name == b.name:
             raise ValueError(f"the two factors need different names, both are {a.name!r}")
@@ -120,6 +125,20 @@ class DesignSpace:
     scenario_path: Path
     points: tuple[Point, ...]
     limits: dict[str, tuple[float | None, float | None]]
+
+    def limits_for(self, drawn: dict[str, float]) -> dict[str, tuple[float | None, float | None]]:
+        """The limits with the bounds given as a parameter's name taken from ``drawn`` (one
+        Monte Carlo draw's true-plant parameters) where it holds that parameter: a draw's
+        product collapses at its own ``T_crit``, not at the plant file's."""
+        out = dict(self.limits)
+        for key, lim in self.spec.limits.items():
+            lo, hi = out[key]
+            if isinstance(lim.lower, str) and lim.lower in drawn:
+                lo = float(drawn[lim.lower])
+            if isinstance(lim.upper, str) and lim.upper in drawn:
+                hi = float(drawn[lim.upper])
+            out[key] = (lo, hi)
+        return out
 
     @property
     def temperature_cqa(self) -> str:

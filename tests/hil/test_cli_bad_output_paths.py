@@ -37,6 +37,13 @@ def _results_with_report_folder(tmp: Path) -> str:
     return str(results)
 
 
+def _folder_holding(tmp: Path, name: str) -> str:
+    """An output folder in which ``name``, a file the command writes, is a folder."""
+    out = tmp / "out"
+    (out / name).mkdir(parents=True)
+    return str(out)
+
+
 #: (id, main, argv from (a file, a folder, tmp_path), the flag, what is allowed)
 CASES: list[tuple[str, Main, Callable[[str, str, Path], list[str]], str, str]] = [
     (
@@ -72,6 +79,36 @@ CASES: list[tuple[str, Main, Callable[[str, str, Path], list[str]], str, str]] =
         ],
         "--out",
         "must be a directory or not exist yet",
+    ),
+    (
+        # its table or plot a folder: refused before the simulations (it was an
+        # IsADirectoryError traceback after all of them, the CSV written, the JSON not)
+        "design-space-monte-carlo-plot-folder",
+        hil_main,
+        lambda f, d, t: [
+            "design-space",
+            str(CONFIGS / "design-space" / "lyophilizer.yaml"),
+            "--monte-carlo",
+            "2",
+            "--out",
+            _folder_holding(t, "design_space_probability.png"),
+            "--quiet",
+        ],
+        "design_space_probability.png",
+        "must be a file or not exist yet",
+    ),
+    (
+        "design-space-csv-folder",
+        hil_main,
+        lambda f, d, t: [
+            "design-space",
+            str(CONFIGS / "design-space" / "lyophilizer.yaml"),
+            "--out",
+            _folder_holding(t, "design_space.csv"),
+            "--quiet",
+        ],
+        "design_space.csv",
+        "must be a file or not exist yet",
     ),
     (
         "pki-issue-client",

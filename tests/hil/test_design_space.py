@@ -156,10 +156,28 @@ def test_cqas_of_an_unfinished_run() -> None:
         {"t": 2.0, "y.Tbot": -25.0, "e.percent_dried": 80.0},
     ]
     cqas = point_cqas(rows, "Tbot", "percent_dried", 100.0)
-    assert cqas["max_Tbot"] == -20.0 and cqas["drying_time"] == 2.0
+    # its drying time is not known (it was reported as the run's end, 2.0: a time the batch
+    # did not dry in, which passed a drying-time limit)
+    assert cqas["max_Tbot"] == -20.0 and math.isnan(cqas["drying_time"])
+    assert cqas["run_end"] == 2.0
     assert cqas["final_percent_dried"] == 80.0 and cqas["finished"] is False
+    unfinished = "unfinished: drying did not finish by the end of the run (t = 2)"
     ok, why = judge(cqas, {"final_percent_dried": (99.9, None), "max_Tbot": (None, -5.0)})
-    assert not ok and why == ["final_percent_dried 80 < 99.9"]
+    assert not ok and why == [unfinished, "final_percent_dried 80 < 99.9"]
+    # an unfinished run is not acceptable whatever limits are given (it passed with these)
+    ok, why = judge(cqas, {"drying_time": (None, 6.0), "max_Tbot": (None, -5.0)})
+    assert not ok and why == [unfinished]
+    # a run stopped by a plant fault (meltback) reached a state that is no batch at all
+    melted = point_cqas(
+        [*rows[:2], {**rows[2], "e.percent_dried": 100.0}], "Tbot", "percent_dried", 100.0
+    )
+    melted["plant_fault"] = "true plant left its validity domain at t=2 h: Tbot 0.06 > 0"
+    ok, why = judge(melted, {"drying_time": (None, 6.0)})
+    assert not ok and why == [
+        "plant_fault: the true plant left its validity domain at t=2 h: Tbot 0.06 > 0"
+    ]
+    del melted["plant_fault"]
+    assert judge(melted, {"drying_time": (None, 6.0)}) == (True, [])
     ok, why = judge({"status": "error", "error": "boom"}, {})
     assert not ok and "boom" in why[0]
     assert math.isnan(point_cqas([], "Tbot", "percent_dried", 100.0)["max_Tbot"])

@@ -9,6 +9,7 @@ checked when the file is loaded, and a plant with no range is no silent map of n
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from pathlib import Path
@@ -20,7 +21,8 @@ import yaml
 from controller.errors import ConfigError
 from controller.plantfile import build_model
 from hil.cli import main as hil_main
-from hil.design_space_exec import lost
+from hil.design_space import judge
+from hil.design_space_exec import lost, run_point
 from hil.design_space_mc import (
     ProbabilisticOutcome,
     contour_level,
@@ -67,7 +69,7 @@ def test_the_verdict_rests_on_the_interval_not_on_the_estimate() -> None:
 
 def _run(pid: str, tbot: float, time_h: float, dried: float) -> dict[str, object]:
     return {"id": pid, "status": "ok", "max_Tbot": tbot, "drying_time": time_h,
-            "final_percent_dried": dried}  # fmt: skip
+            "final_percent_dried": dried, "finished": True, "run_end": time_h}  # fmt: skip
 
 
 def test_failed_and_lost_runs_count_against_the_point(tmp_path: Path) -> None:
@@ -170,10 +172,59 @@ def test_the_cli_refuses_each_bad_flag_on_its_own(
     path = str(_file(tmp_path))
     assert hil_main(["design-space", path, "--monte-carlo", "0", "--quiet"]) == 2
     text = capsys.readouterr().out
-    assert "--monte-carlo 0: must be at least 1 draw" in text and "--probability" not in text
+    assert "--monte-carlo 0: allowed: 1 to 100000 draws a point" in text
+    assert "--probability" not in text
+    assert hil_main(["design-space", path, "--monte-carlo", "100001", "--quiet"]) == 2
+    assert "--monte-carlo 100001: allowed: 1 to 100000" in capsys.readouterr().out
     assert hil_main(["design-space", path, "--monte-carlo", "2", "--probability", "0"]) == 2
     text = capsys.readouterr().out
     assert "--probability 0: must lie strictly between 0 and 1" in text
     assert "--monte-carlo" not in text
     assert hil_main(["design-space", path, "--probability", "0.9", "--quiet"]) == 2
     assert "applies to --monte-carlo N runs only" in capsys.readouterr().out
+
+
+def test_a_run_that_melted_back_is_not_acceptable(tmp_path: Path) -> None:
+    """A draw whose true plant melts back (Tbot above 0 degC: the run stops there, its
+    plant outside its validity domain) is not acceptable, even against a drying-time limit
+    alone: it was an acceptable run that "dried" in 3.4 h."""
+    space = load_design_space(_file(tmp_path))
+    point = space.points[-1]  # Tsh held at 100 degC, Pch 0.1 Torr
+    scenario = copy.deepcopy(point.scenario)
+    scenario["true_plant"]["parameters"] = {"A1": 28.0, "KC": 3.1e-4, "KP": 7.0e-4, "R0": 2.0}
+    job = {"id": "melt", "scenario": scenario, "cqas": space.spec.cqas.model_dump()}
+    result = run_point(job | {"scenario_file": str(tmp_path / "melt" / "scenario.yaml")})
+    assert result["status"] == "ok" and "meltback" in result["plant_fault"]
+    assert result["finished"] is False and math.isnan(result["drying_time"])
+    ok, why = judge(result, {"drying_time": (None, 6.0)})
+    assert not ok and why[0].startswith("plant_fault: the true plant left its validity domain")
+    row = point_row(space, point, [result, result], 0.5)
+    assert row["acceptable_draws"] == 0 and row["failed_limits"]["plant_fault"] == 2
+
+
+def test_a_limit_named_by_a_drawn_parameter_follows_each_draw(tmp_path: Path) -> None:
+    """``max_Tbot: {upper: T_crit}`` with T_crit drawn: each draw is judged against its own
+    collapse temperature (it was judged against the plant file's -5 degC: a draw collapsing
+    at -9.5 degC with the product at -8.5 degC passed)."""
+    space = load_design_space(_file(tmp_path))
+    assert space.limits["max_Tbot"] == (None, -5.0)
+    assert space.limits_for({"T_crit": -9.5})["max_Tbot"] == (None, -9.5)
+    assert space.limits_for({"KC": 3e-4}) == space.limits  # not a limit's parameter
+    runs = [_run(f"d{k}", -8.5, 4.0, 100.0) for k in range(3)]
+    draws = [{"T_crit": -9.5}, {"T_crit": -5.0}, {"T_crit": -8.0}]
+    row = point_row(space, space.points[0], runs, 0.5, draws=draws)
+    assert row["acceptable_draws"] == 2 and row["failed_limits"] == {"max_Tbot": 1}
+    assert point_row(space, space.points[0], runs, 0.5)["acceptable_draws"] == 3  # nominal
+
+
+def test_a_design_space_without_limits_is_refused(tmp_path: Path) -> None:
+    """With no limit every point was acceptable: "4/4 points meet every limit" of none."""
+    for limits in ({}, None):
+        path = _file(tmp_path, limits=limits) if limits is not None else _file(tmp_path)
+        if limits is None:
+            data = yaml.safe_load(path.read_text())
+            del data["limits"]
+            path.write_text(yaml.safe_dump(data), encoding="utf-8")
+        with pytest.raises(ConfigError) as err:
+            load_design_space(path)
+        assert "limits" in str(err.value)
