@@ -388,7 +388,7 @@ def probabilistic_summary(outcome: ProbabilisticOutcome) -> list[str]:
     :mod:`hil.design_space_mc` for the verdicts)."""
     from hil.design_space_mc import min_draws
 
-    pct, n = f"{outcome.level:g}", outcome.n
+    pct, n = f"{outcome.level:.10g}", outcome.n
     lines = [
         f"{len(outcome.inside)}/{len(outcome.rows)} points meet every limit with probability "
         f">= {pct}, shown by their 95 % interval ({n} draws a point, "

@@ -47,7 +47,7 @@ from controller.jsonfile import write_json as write_json_file
 from controller.plantfile import build_model
 from hil.campaign.montecarlo import Law
 from hil.campaign.montecarlo import draw as draw_laws
-from hil.design_space import fmt, judge
+from hil.design_space import judge
 from hil.design_space_exec import Executor, lost, progress_bar, run_dask, run_pool
 from hil.design_space_spec import DesignSpace, Point, ranged_parameters, uncertainty_problems
 from plant_models import PlantModel
@@ -353,11 +353,11 @@ def write_probability_plot(outcome: ProbabilisticOutcome, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7.5, 6.2), constrained_layout=True)
     cs = ax.contourf(x, y, z, levels=np.linspace(0.0, 1.0, 11), cmap="RdYlGn", vmin=0, vmax=1)
     fig.colorbar(cs, ax=ax, label="probability that every CQA limit holds [-]")
-    pct = f"{100 * outcome.level:g} %"
+    pct = percent(outcome.level)
     at = contour_level(z, outcome.level)
     if at is not None:
         line = ax.contour(x, y, z, levels=[at], colors="k", linewidths=2.2)
-        ax.clabel(line, fmt={at: f"P = {pct}"}, fontsize=9)
+        ax.clabel(line, fmt={at: f"estimated P = {pct}"}, fontsize=9)
         outcome.contour = f"drawn: the line of the estimated P = {pct}"
     else:
         side = "no point's" if np.nanmax(z) < outcome.level else "every point's"
@@ -366,9 +366,19 @@ def write_probability_plot(outcome: ProbabilisticOutcome, path: Path) -> Path:
         ax.text(0.5, 0.02, f"no contour: {why}", transform=ax.transAxes, ha="center",
                 va="bottom", fontsize=9,
                 bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.5"})  # fmt: skip
-    xx, yy = np.meshgrid(x, y)
-    for xi, yi, zi in zip(xx.ravel(), yy.ravel(), z.ravel(), strict=True):
-        ax.annotate(fmt(zi), (xi, yi), ha="center", va="center", fontsize=7)
+    for p, r in zip(space.points, outcome.rows, strict=True):
+        ax.annotate(share(r), (x[p.i], y[p.j]), ha="center", va="center", fontsize=7)
+    notes = []
+    if any(r["errors"] for r in outcome.rows):
+        notes.append("!: some draws of the point failed (counted as not acceptable)")
+    need, exact = min_draws(outcome.level), not outcome.draws or not outcome.draws[0]
+    if outcome.n < need and not exact:
+        notes.append(f"{outcome.n} draws a point: no point can be shown inside at {pct} "
+                     f"(from {need} on)")  # fmt: skip
+    if notes:
+        box = {"facecolor": "white", "alpha": 0.85, "edgecolor": "0.5"}
+        ax.text(0.5, 0.98, "\n".join(notes), transform=ax.transAxes, ha="center", va="top",
+                fontsize=8, bbox=box)  # fmt: skip
     marks = {"inside": ("k", "-"), "undecided": ("0.35", "--")}
     for kind, (colour, style) in marks.items():
         pts = [(r[fx.name], r[fy.name]) for r in outcome.rows if r["verdict"] == kind]
@@ -394,6 +404,27 @@ def write_probability_plot(outcome: ProbabilisticOutcome, path: Path) -> Path:
     return path
 
 
+def percent(level: float) -> str:
+    """A probability level in percent, with every digit it was given (0.9999999 is not 100 %)."""
+    return f"{100 * level:.10g} %"
+
+
+def share(row: dict[str, Any]) -> str:
+    """A point's acceptable share for the table and the map: two decimals, never rounded to 1
+    or 0 when it is not (249 of 250 is ">0.99"), and "!" when some of its draws failed."""
+    ok, n = row["acceptable_draws"], row["draws"]
+    text = f"{ok / n:.2f}"
+    if text == "1.00" and ok < n:
+        text = ">0.99"
+    elif text == "0.00" and ok > 0:
+        text = "<0.01"
+    elif ok == n:
+        text = "1"
+    elif ok == 0:
+        text = "0"
+    return text + ("!" if row["errors"] else "")
+
+
 #: the table's colour per verdict
 _COLOUR = {"inside": "green", "undecided": "yellow", "outside": "red"}
 
@@ -403,10 +434,10 @@ def probability_table(outcome: ProbabilisticOutcome) -> Table:
     verdict."""
     space = outcome.space
     fx, fy = space.spec.factors
-    pct = f"{100 * outcome.level:g} %"
+    pct = percent(outcome.level)
     table = Table(
         title=f"P(every CQA limit holds), {outcome.n} draws per point (green: inside, its 95 % "
-        f"interval at or above {pct}; yellow: undecided; red: outside)"
+        f"interval at or above {pct}; yellow: undecided; red: outside; !: some draws failed)"
     )
     table.add_column(f"{fy.name} \\ {fx.name}")
     for v in fx.values:
@@ -414,7 +445,7 @@ def probability_table(outcome: ProbabilisticOutcome) -> Table:
     cells = {(p.i, p.j): r for p, r in zip(space.points, outcome.rows, strict=True)}
     for j, vy in enumerate(fy.values):
         row: Sequence[str] = [
-            f"[{_COLOUR[cells[(i, j)]['verdict']]}]{cells[(i, j)]['probability']:.2f}[/]"
+            f"[{_COLOUR[cells[(i, j)]['verdict']]}]{share(cells[(i, j)])}[/]"
             for i in range(len(fx.values))
         ]
         table.add_row(f"{vy:g}", *row)

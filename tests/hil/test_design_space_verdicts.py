@@ -27,7 +27,9 @@ from hil.design_space_mc import (
     ProbabilisticOutcome,
     contour_level,
     min_draws,
+    percent,
     point_row,
+    share,
     uncertain_parameters,
     verdict,
     wilson,
@@ -113,7 +115,8 @@ def _outcome(tmp_path: Path, probabilities: list[float], n: int) -> Probabilisti
         ok = round(prob * n)
         lo, hi = wilson(ok, n)
         out.rows.append({"id": p.id, **p.values, "probability": prob, "ci_low": lo,
-                         "ci_high": hi, "verdict": verdict(ok, n, 0.95)})  # fmt: skip
+                         "ci_high": hi, "verdict": verdict(ok, n, 0.95), "draws": n,
+                         "acceptable_draws": ok, "errors": 0})  # fmt: skip
     return out
 
 
@@ -228,3 +231,17 @@ def test_a_design_space_without_limits_is_refused(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as err:
             load_design_space(path)
         assert "limits" in str(err.value)
+
+
+def test_a_share_is_never_rounded_to_all_or_none_and_failed_draws_show() -> None:
+    """249 of 250 acceptable draws showed as "1.00" in the table (the same as 250 of 250),
+    and a point whose every draw failed as a plain "0.00", like a measured zero."""
+
+    def row(ok: int, n: int, errors: int = 0) -> dict[str, int]:
+        return {"acceptable_draws": ok, "draws": n, "errors": errors}
+
+    assert share(row(249, 250)) == ">0.99" and share(row(250, 250)) == "1"
+    assert share(row(1, 250)) == "<0.01" and share(row(0, 250)) == "0"
+    assert share(row(125, 250)) == "0.50" and share(row(0, 3, errors=3)) == "0!"
+    assert share(row(200, 250, errors=1)) == "0.80!"
+    assert percent(0.95) == "95 %" and percent(0.9999999) == "99.99999 %"
