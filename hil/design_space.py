@@ -44,7 +44,7 @@ from rich.table import Table
 from controller.jsonfile import json_safe
 from controller.jsonfile import write_json as write_json_file
 from controller.plantfile import build_model
-from hil.design_space_exec import Executor, lost, progress_bar, run_dask, run_pool
+from hil.design_space_exec import Executor, clear_stale, lost, progress_bar, run_dask, run_pool
 from hil.design_space_spec import DesignSpace
 
 
@@ -124,6 +124,9 @@ def run_design_space(
         }
         for p in space.points
     ]
+    stale = clear_stale(out / "points", jobs)
+    if stale:
+        console.print(f"removed {len(stale)} point folder(s) of an earlier sweep in {out}")
     results: dict[str, dict[str, Any]] = {}
     t0 = time.perf_counter()
     with progress_bar(progress, len(jobs), console) as advance:

@@ -13,6 +13,8 @@ import contextlib
 import math
 import multiprocessing
 import os
+import re
+import shutil
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -63,6 +65,23 @@ def point_cqas(
 
 #: each run's log beside its scenario.yaml: what its solvers printed (from C too)
 RUN_LOG = "run.log"
+#: the folders a sweep writes its runs in: ``points/p00-01`` and ``runs/p00-01-d003``
+RUN_FOLDER = re.compile(r"p\d{2}-\d{2}(-d\d{3,})?")
+
+
+def clear_stale(folder: Path, jobs: list[dict[str, Any]]) -> list[str]:
+    """Remove the run folders in ``folder`` that a sweep wrote (named as :data:`RUN_FOLDER`)
+    and that are not among ``jobs``: an earlier sweep's into the same ``--out`` (with more
+    draws or points), which would read as this one's. Returns their names."""
+    keep = {Path(j["scenario_file"]).parent.name for j in jobs}
+    stale = sorted(
+        d.name
+        for d in (folder.iterdir() if folder.is_dir() else ())
+        if d.is_dir() and RUN_FOLDER.fullmatch(d.name) and d.name not in keep
+    )
+    for name in stale:
+        shutil.rmtree(folder / name)
+    return stale
 
 
 def run_point(job: dict[str, Any]) -> dict[str, Any]:
@@ -76,6 +95,7 @@ def run_point(job: dict[str, Any]) -> dict[str, Any]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(job["scenario"], sort_keys=False), encoding="utf-8")
         # what the solvers print from C goes to the run's own log, not to the sweep's terminal
+        (path.parent / RUN_LOG).unlink(missing_ok=True)  # this run's, not an earlier one's too
         with output_to(path.parent / RUN_LOG, f"--- {job['id']} (pid {os.getpid()})\n"):
             run = asyncio.run(run_scenario(path))
         cqa = job["cqas"]

@@ -48,7 +48,14 @@ from controller.plantfile import build_model
 from hil.campaign.montecarlo import Law
 from hil.campaign.montecarlo import draw as draw_laws
 from hil.design_space import judge
-from hil.design_space_exec import Executor, lost, progress_bar, run_dask, run_pool
+from hil.design_space_exec import (
+    Executor,
+    clear_stale,
+    lost,
+    progress_bar,
+    run_dask,
+    run_pool,
+)
 from hil.design_space_spec import DesignSpace, Point, ranged_parameters, uncertainty_problems
 from plant_models import PlantModel
 
@@ -186,6 +193,9 @@ def run_probabilistic(
                     "cqas": cqa,
                 }
             )
+    stale = clear_stale(out / "runs", jobs)
+    if stale:
+        console.print(f"removed {len(stale)} run folder(s) of an earlier sweep in {out / 'runs'}")
     results: dict[str, dict[str, Any]] = {}
     t0 = time.perf_counter()
     with progress_bar(progress, len(jobs), console) as advance:

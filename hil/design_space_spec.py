@@ -79,7 +79,15 @@ class Uncertainty(Strict):
 
     parameters: tuple[str, ...] | None = None
     distribution: Literal["uniform", "triangular"] = "uniform"
-    seed: Annotated[int, Field(ge=0)] = 0
+    seed: Annotated[int, Field(ge=0, strict=True)] = 0  # not ``true`` read as 1
+
+    @field_validator("parameters")
+    @classmethod
+    def _once_each(cls, names: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        twice = sorted({n for n in names or () if names and names.count(n) > 1})
+        if twice:
+            raise ValueError(f"each parameter once; named more than once: {', '.join(twice)}")
+        return names
 
 
 class DesignSpaceFile(Strict):

@@ -66,6 +66,27 @@ def test_drawn_parameters_turn_the_edge_into_probabilities(tmp_path: Path) -> No
     assert (tmp_path / "mc" / "design_space_probability.png").stat().st_size > 10_000
 
 
+def test_a_second_sweep_into_the_same_folder_leaves_nothing_of_the_first(tmp_path: Path) -> None:
+    """Run again with fewer draws into the same --out: the first sweep's extra run folders
+    were left beside the new ones (d002 of 3 draws read as part of a 2-draw map) and each
+    run's log held both sweeps' output."""
+    space = load_design_space(_small(tmp_path, {"parameters": ["KC"], "seed": 3}))
+    out = tmp_path / "mc"
+    run_probabilistic(space, out, 3, workers=2, progress=False)
+    assert (out / "runs" / "p00-00-d002").is_dir()
+    (out / "runs" / "notes").mkdir()  # not a run folder: left alone
+    run_probabilistic(space, out, 2, workers=2, progress=False)
+    runs = sorted(d.name for d in (out / "runs").iterdir())
+    assert runs == sorted([f"{p.id}-d{k:03d}" for p in space.points for k in range(2)] + ["notes"])
+    log = (out / "runs" / "p00-00-d000" / "run.log").read_text(encoding="utf-8")
+    assert log.count("--- p00-00-d000") == 1
+    det = tmp_path / "det"
+    run_design_space(space, det, workers=2, progress=False)
+    (det / "points" / "p09-09").mkdir()  # as an earlier, bigger grid left it
+    run_design_space(space, det, workers=2, progress=False)
+    assert sorted(d.name for d in (det / "points").iterdir()) == [p.id for p in space.points]
+
+
 def test_draws_cover_the_plausible_ranges_and_repeat_with_the_seed() -> None:
     ranges = {"KC": (1.5e-4, 2.75e-4, 4.0e-4), "R0": (0.5, 1.4, 3.0)}
     a = draw(ranges, 20, "uniform", seed=5)

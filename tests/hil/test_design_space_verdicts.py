@@ -245,3 +245,17 @@ def test_a_share_is_never_rounded_to_all_or_none_and_failed_draws_show() -> None
     assert share(row(125, 250)) == "0.50" and share(row(0, 3, errors=3)) == "0!"
     assert share(row(200, 250, errors=1)) == "0.80!"
     assert percent(0.95) == "95 %" and percent(0.9999999) == "99.99999 %"
+
+
+def test_the_uncertainty_section_refuses_a_boolean_seed_and_a_parameter_named_twice(
+    tmp_path: Path,
+) -> None:
+    """``seed: true`` was read as seed 1 and ``[KC, KC]`` was taken silently."""
+    for uncertainty, key, text in (
+        ({"parameters": ["KC"], "seed": True}, "uncertainty.seed", "integer"),
+        ({"parameters": ["KC", "R0", "KC"]}, "uncertainty.parameters", "more than once: KC"),
+    ):
+        with pytest.raises(ConfigError) as err:
+            load_design_space(_file(tmp_path, uncertainty=uncertainty))
+        problems = {p.location: p.message for p in err.value.problems}
+        assert key in problems and text in problems[key], problems
