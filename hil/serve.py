@@ -346,6 +346,7 @@ async def _serve(
             loop.add_signal_handler(sig, stop.set)
     started = []
     view = None
+    announced = False  # the state file is this serve's only once it wrote it
     try:
         if opts.ui is not None:
             from controller.runtime.ui.bind import parse_bind
@@ -366,6 +367,7 @@ async def _serve(
                 ) from exc
             started.append(server)
         state_file.write_text(json.dumps(state, indent=2))  # announced once it answers
+        announced = True
         log.info("serving %s on %s at rate %g", site.name, ports, opts.rate)
         announce(
             f"serving {site.name}: "
@@ -385,7 +387,8 @@ async def _serve(
             view.close()
         for server in started:
             await server.stop()
-        state_file.unlink(missing_ok=True)
+        if announced and _is_ours(state_file, admin_port):  # not a running one's (same site)
+            state_file.unlink(missing_ok=True)
     summary = rig.summary()
     log.info("stopped: %s", summary)
     announce(f"stopped at t={summary['t_model']:.4g} {summary['time_unit']}; log: {log_path}")
@@ -416,6 +419,15 @@ async def admin_request(
         return json.loads(await reader.readline())
     finally:
         writer.close()
+
+
+def _is_ours(state_file: Path, admin_port: int) -> bool:
+    """The state file still announces this serve (another of the same site may since have
+    written its own over it)."""
+    try:
+        return bool(json.loads(state_file.read_text(encoding="utf-8"))["admin_port"] == admin_port)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def _admin_port(state_file: Path) -> int:

@@ -48,6 +48,21 @@ def test_a_busy_modbus_port_is_one_line(
     assert not (tmp_path / "lyophilizer-modbus.json").exists()  # never announced
 
 
+def test_a_second_serve_that_cannot_start_leaves_the_running_ones_state_file(
+    busy_port: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The state file of the serve already running (``fault`` finds it through it) was
+    deleted by a second serve of the same site that failed to start: ``fault status`` then
+    said no serve was running."""
+    state = tmp_path / "lyophilizer-modbus.json"
+    running = '{"site": "lyophilizer-modbus", "admin_port": 1}'
+    state.write_text(running, encoding="utf-8")
+    argv = ["serve", str(LYO_MODBUS), "--modbus-port", str(busy_port)]
+    code, _ = run([*argv, "--state-dir", str(tmp_path), "--rate", "600"], capsys)
+    assert code == 2
+    assert state.read_text(encoding="utf-8") == running
+
+
 def test_a_busy_opcua_port_is_one_line(
     busy_port: int,
     tmp_path: Path,
