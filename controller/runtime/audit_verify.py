@@ -162,10 +162,16 @@ def _check_signatures(
                 f"the key file with --key or ${KEY_ENV} to check them"
             )
         return None
+    if anchors and all(a.mac is None for a in anchors):  # it cannot tell which: it says both
+        raise AuditMismatch(
+            f"no anchor of {anchor_file} is signed, but a key was given ({key.path}): a trail "
+            f"written before that key was set up is verified without it (no --key, ${KEY_ENV} "
+            "unset); if this trail was written with the key, its signatures were removed"
+        )
     for a in anchors:
         where = a.where(anchor_file)
         if a.mac is None:
-            raise AuditMismatch(f"{where} is not signed, but {key.path} signs this trail")
+            raise AuditMismatch(f"{where} is not signed, while other anchors of it are")
         if a.key_id != key.key_id:
             raise AuditMismatch(
                 f"{where} is signed with key {a.key_id}, not with {key.key_id} ({key.path}): "

@@ -222,7 +222,10 @@ def test_forged_anchors_fail(
 
     own = AnchorKey(tmp_path / "attacker.key", os.urandom(32))
     forgeries = {
-        "is not signed": [matching(a) for a in honest],
+        "no anchor of": [matching(a) for a in honest],
+        "is not signed, while other anchors of it are": [
+            matching(a) if k == 0 else matching(a).signed(key) for k, a in enumerate(honest)
+        ],
         f"signed with key {own.key_id}, not with {key.key_id}": [
             matching(a).signed(own) for a in honest
         ],
@@ -238,6 +241,19 @@ def test_forged_anchors_fail(
     anchor.write_bytes(b"".join(matching(a).to_line() for a in honest))
     rc, out = verify(capsys, db)
     assert rc == 0 and "UNSIGNED" in out
+
+
+def test_an_unsigned_trail_checked_with_a_key_says_both_what_it_may_be(
+    tmp_path: Path, key: AnchorKey, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trail written before the key was set up (the README's order: the demo, then
+    ``audit keygen``), verified with the key: it said the key "signs this trail", which it
+    never did, as if the trail were forged."""
+    db = build(tmp_path / "trail", key=None)
+    rc, out = verify(capsys, db, "--key", key.path)
+    assert rc == 1 and "signs this trail" not in out
+    assert "no anchor of" in out and "verified without it" in out and KEY_ENV in out
+    assert verify(capsys, db)[0] == 0
 
 
 def test_unsigned_anchors_still_catch_a_cut_and_say_they_are_unsigned(
