@@ -85,9 +85,11 @@ def resolve_key(path: Path | None) -> AnchorKey | None:
 
 
 def create_key(path: Path) -> AnchorKey:
-    """Write a new random key to ``path`` (mode 600); never overwrites. Raises AuditError."""
+    """Write a new random key to ``path`` (mode 600; a missing folder is made, mode 700);
+    never overwrites. Raises AuditError."""
     text = (secrets.token_hex(32) + "\n").encode()
     try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.fchmod(fd, 0o600)

@@ -203,14 +203,19 @@ async def run_site(
         audit.close()
         raise
     info = run_info(site.name, opts.mode.value, files, site.model)
-    historian.start_run(info)
-    audit.record(
-        "config.load",
-        site.name,
-        reason=f"pharmatwin run --mode {opts.mode.value}",
-        new_value=info.run_id,
-        detail={"config_hashes": info.config_hashes, "model_version": info.model_version},
-    )
+    try:  # audited first: a start the trail refuses leaves no run in the historian
+        audit.record(
+            "config.load",
+            site.name,
+            reason=f"pharmatwin run --mode {opts.mode.value}",
+            new_value=info.run_id,
+            detail={"config_hashes": info.config_hashes, "model_version": info.model_version},
+        )
+        historian.start_run(info)
+    except BaseException:
+        historian.close()
+        audit.close()
+        raise
     pipeline = build_pipeline(site, policy)
     port = port or port_for_site(site, clock)
     stop = stop or asyncio.Event()

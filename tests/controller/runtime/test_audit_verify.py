@@ -492,6 +492,12 @@ def test_key_files_must_be_private_and_well_formed(
     made = tmp_path / "keys" / "new.key"
     assert cli_main(["audit", "keygen", str(made)]) == 0
     assert f"key {load_key(made).key_id}, mode 600" in capsys.readouterr().out
+    # into a folder not made yet (the README's /etc/pharmatwin/audit.key on a fresh machine:
+    # it was "No such file or directory"): made, private
+    fresh = tmp_path / "etc" / "pharmatwin" / "audit.key"
+    assert cli_main(["audit", "keygen", str(fresh)]) == 0
+    assert fresh.stat().st_mode & 0o777 == 0o600 and len(load_key(fresh).secret) == 32
+    assert fresh.parent.stat().st_mode & 0o777 == 0o700
 
 
 def test_a_writer_keeps_the_trails_key(tmp_path: Path, key: AnchorKey) -> None:

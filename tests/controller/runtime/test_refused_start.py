@@ -1,0 +1,41 @@
+"""A runtime start that the audit trail refuses leaves nothing behind in the historian.
+
+Seen by a newcomer following the README (the demo first, then ``audit keygen`` and the key
+exported): ``pharmatwin run`` was refused ("the anchors of ... are unsigned, this writer has
+key ...; nothing was written") but the historian had got a new run with no cycles, and
+``pharmatwin forecast`` then took that newest run and failed on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from controller.clock import SteppedClock
+from controller.runtime.audit import AuditTrail
+from controller.runtime.audit_chain import AuditError
+from controller.runtime.audit_keys import KEY_ENV, create_key
+from controller.runtime.historian import SqliteHistorian
+from controller.runtime.site import load_site
+from controller.runtime.supervisor import Mode
+from controller.runtime.wiring import RunOptions, run_site
+
+ROOT = Path(__file__).resolve().parents[3]
+SITE = ROOT / "configs" / "sites" / "lyophilizer-modbus.yaml"
+
+
+def test_a_start_refused_by_the_audit_trail_writes_no_run_to_the_historian(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    audit_db, history_db = tmp_path / "audit.db", tmp_path / "history.db"
+    trail = AuditTrail(audit_db)  # an earlier run's trail, written without a key
+    trail.record("mode.change", "supervisor", reason="an earlier run", new_value="SHADOW")
+    trail.close()
+    monkeypatch.setenv(KEY_ENV, str(create_key(tmp_path / "keys" / "audit.key").path))
+    opts = RunOptions(mode=Mode.SHADOW, audit_path=audit_db, historian_path=history_db)
+    with pytest.raises(AuditError, match="nothing was written"):
+        asyncio.run(run_site(load_site(SITE), opts, clock=SteppedClock()))
+    with SqliteHistorian(history_db, read_only=True) as historian:
+        assert historian.runs() == []
