@@ -125,7 +125,20 @@ class Engagement:
             because = f" ({'; '.join(why)})" if why else ""
             return f"{lead}the PLC never granted mpc_permissive{because}"
         short = " (the PLC answers a request on a later cycle)" if self.cycles < 3 else ""
-        return f"{lead}the PLC granted mpc_permissive but never reported mpc_active{short}{last}"
+        granted = "the PLC granted mpc_permissive"
+        if self.permitted < self.reads:  # and took it back
+            granted += f" in only {self.permitted} of {_cycles(self.reads)}"
+        why = []  # what took the permissive away again
+        if self.alarmed:
+            why.append(
+                f"mpc_fallback_alarm was latched in {_cycles(self.alarmed)} (an operator reset "
+                "is needed; the PLC latches it when the MPC's heartbeat stays unchanged past its "
+                "timeout, e.g. a runtime --rate below the HIL's)"
+            )
+        if self.interlocked:
+            why.append(f"interlock_active was set in {_cycles(self.interlocked)}")
+        because = "".join(f"; {w}" for w in why)
+        return f"{lead}{granted} but never reported mpc_active{short}{because}{last}"
 
     def summary(self) -> str:
         if self.mode is Mode.SHADOW:

@@ -116,3 +116,23 @@ def test_a_closed_loop_run_that_never_engaged_still_says_why() -> None:
         "the MPC never got control in 4 cycles: the PLC granted mpc_permissive but never "
         "reported mpc_active"
     )
+
+
+def test_a_latched_fallback_alarm_after_one_permissive_read_is_named() -> None:
+    """Permitted at the first cycle, then the PLC latched mpc_fallback_alarm (the MPC's
+    heartbeat too slow for it: a runtime --rate below the HIL's) and withdrew the permissive:
+    the verdict said only "granted mpc_permissive but never reported mpc_active"."""
+    views = []
+    for k in range(15):
+        view = CycleView(k, float(k), State.REQUESTING, _snap(permissive=k == 0))
+        if k:
+            alarm = TagValue(1.0, Quality.GOOD, 0.0, 0.0)
+            view.snapshot = Snapshot({**view.snapshot.values, "mpc_fallback_alarm": alarm}, 0.0)
+        views.append(view)
+    verdict = _judge(Mode.CLOSED_LOOP, views).verdict()
+    assert verdict is not None
+    assert verdict.startswith(
+        "the MPC never got control in 15 cycles: the PLC granted mpc_permissive in only 1 of 15 "
+        "cycles but never reported mpc_active; mpc_fallback_alarm was latched in 14 cycles"
+    )
+    assert "heartbeat" in verdict and "operator reset" in verdict
