@@ -314,6 +314,7 @@ def design_space_command(args: argparse.Namespace, console: Console) -> int:
     out = args.out or Path("runs") / "design-space" / space.name
     stem = "design_space" if args.monte_carlo is None else "design_space_probability"
     files = tuple(f"{stem}.{ext}" for ext in ("csv", "json", "png"))
+    files += ("design_space_runs.csv",) if args.monte_carlo is not None else ()
     if outputs_refused(console, "--out", out, default=args.out is None, files=files):
         return 2
     if args.monte_carlo is not None:

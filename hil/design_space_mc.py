@@ -210,13 +210,16 @@ def run_probabilistic(
     )
     own = (space.points[0].scenario.get("true_plant") or {}).get("parameters") or {}
     outcome.overridden = {k: float(v) for k, v in own.items() if k in ranges}
+    every: list[tuple[Point, int, dict[str, Any]]] = []  # (point, draw, its run), the evidence
     for p in space.points:
         runs = [
             results.get(f"{p.id}-d{k:03d}") or lost(f"{p.id}-d{k:03d}", RuntimeError("no result"))
             for k in range(n)
         ]
+        every += [(p, k, r) for k, r in enumerate(runs)]
         outcome.rows.append(point_row(space, p, runs, level, exact=not ranges, draws=draws))
     outcome.files = {
+        "runs": _write_runs(outcome, every, out / "design_space_runs.csv"),
         "csv": _write_csv(outcome, out / "design_space_probability.csv"),
         "png": write_probability_plot(outcome, out / "design_space_probability.png"),
     }
@@ -296,6 +299,29 @@ def _write_csv(outcome: ProbabilisticOutcome, path: Path) -> Path:
         w.writerow(cols)
         for r in outcome.rows:
             w.writerow([r[c] for c in cols])
+    return path
+
+
+def _write_runs(
+    outcome: ProbabilisticOutcome, every: Sequence[tuple[Point, int, dict[str, Any]]], path: Path
+) -> Path:
+    """One row per run: its point and draw, the drawn values, its CQAs and its verdict, judged
+    as :func:`point_row` judges it (what each point's share is made of)."""
+    space = outcome.space
+    factors = [f.name for f in space.spec.factors]
+    drawn = sorted(outcome.draws[0]) if outcome.draws else []
+    cols = ["point", "draw", *factors, *drawn, *space.cqa_names, "finished", "status",
+            "acceptable", "reasons"]  # fmt: skip
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(cols)
+        for p, k, r in every:
+            values = outcome.draws[k]
+            ok, why = judge(r, space.limits_for(values))
+            cqas = [r.get(c, "") for c in space.cqa_names]
+            w.writerow([p.id, k, *(p.values[f] for f in factors), *(values[d] for d in drawn),
+                        *cqas, r.get("finished", ""), r.get("status", "error"), ok,
+                        "; ".join(why)])  # fmt: skip
     return path
 
 

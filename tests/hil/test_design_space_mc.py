@@ -8,6 +8,7 @@ while points deep inside keep it; the CLI prints the map and refuses bad argumen
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -63,6 +64,16 @@ def test_drawn_parameters_turn_the_edge_into_probabilities(tmp_path: Path) -> No
         assert r["draws"] == 6 and r["errors"] == 0
     saved = json.loads((tmp_path / "mc" / "design_space_probability.json").read_text())
     assert len(saved["draws"]) == 6 and saved["n_points"] == 6
+    # each run's evidence: its draw, its CQAs, its verdict and why (only the aggregates and
+    # the first error per point were kept)
+    with (tmp_path / "mc" / "design_space_runs.csv").open(encoding="utf-8") as fh:
+        runs = list(csv.DictReader(fh))
+    assert len(runs) == 36 and {"KC", "R0", "max_Tbot", "reasons"} <= set(runs[0])
+    for r in prob.rows:
+        mine = [x for x in runs if x["point"] == r["id"]]
+        assert sum(x["acceptable"] == "True" for x in mine) == r["acceptable_draws"]
+        assert [float(x["KC"]) for x in mine] == [d["KC"] for d in prob.draws]
+        assert all(x["reasons"] for x in mine if x["acceptable"] == "False")
     assert (tmp_path / "mc" / "design_space_probability.png").stat().st_size > 10_000
 
 
