@@ -27,6 +27,7 @@ from rich.table import Table
 from controller.errors import ConfigError, Problem
 from controller.runtime.audit_chain import AuditError, AuditRecord
 from controller.runtime.audit_verify import read_records
+from controller.runtime.cli_common import print_table
 
 AuditFormat = Literal["table", "csv", "json"]
 
@@ -170,8 +171,8 @@ def _audit_table(
     chosen = selection.describe()
     title = f"audit trail {db}: {len(records)} record{'s' if len(records) != 1 else ''}"
     table = audit_table(records, escape(title + (f" ({chosen})" if chosen else "")))
-    if out is None:
-        console.print(table)
+    if out is None:  # into a pipe or a log as into a file (rich would lay it out for 80)
+        print_table(console, table, AUDIT_TABLE_WIDTH)
     else:
         buf = io.StringIO()
         Console(file=buf, width=AUDIT_TABLE_WIDTH).print(table)

@@ -11,6 +11,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeAlias
 
+#: The width a table is laid out for in a pipe or a log (rich takes 80 there, and cut the
+#: names in ``tags read`` and ``describe``; a terminal lays it out for its own width).
+PIPE_WIDTH = 160
+
+
+def print_table(console: Any, table: Any, width: int | None = None) -> None:
+    """Print ``table`` on ``console`` (a rich Console): at the terminal's width; into a pipe
+    or a log at ``width`` columns, or at least :data:`PIPE_WIDTH` (``print``'s own
+    ``width`` only narrows)."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    before = console.width
+    console.width = width or max(before, PIPE_WIDTH)
+    try:
+        console.print(table)
+    finally:
+        console.width = before
+
+
 #: The subcommand registry a subcommand module adds its parser to.
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 

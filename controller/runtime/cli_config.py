@@ -21,7 +21,7 @@ from controller.core.rk4_check import RK4_STAGE_LIMIT, check_rk4_steps, rk4_step
 from controller.errors import ConfigError, PharmaTwinError, Problem
 from controller.outpaths import input_file_problem
 from controller.plantfile import build_model
-from controller.runtime.cli_common import RECIPE_FILE, SubParsers, examples
+from controller.runtime.cli_common import RECIPE_FILE, SubParsers, examples, print_table
 from controller.runtime.site import Site, load_checked_controller, load_site
 from controller.tags import load_tag_map
 
@@ -158,7 +158,7 @@ def describe(path: Path, console: Console) -> int:
             f"plausible [{p.lower:g}, {p.upper:g}]",
             f"{p.value:g}: {p.description}",
         )
-    console.print(table)
+    print_table(console, table)
     return 0
 
 

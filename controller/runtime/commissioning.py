@@ -28,7 +28,7 @@ from controller.ports.base import Port, Quality, Snapshot, WriteReport, WriteSta
 from controller.ports.writecheck import WriteCheck
 from controller.runtime.audit import AuditTrail
 from controller.runtime.audit_chain import file_hash
-from controller.runtime.cli_common import HISTORIAN_FILE
+from controller.runtime.cli_common import HISTORIAN_FILE, print_table
 from controller.runtime.historian import SqliteHistorian
 from controller.runtime.historian_export import export_parquet
 from controller.runtime.historian_records import HistorianError
@@ -65,7 +65,7 @@ async def tags_read(
     async with port_for_site(site, clock) as port:
         snap = await port.read(names)
         if not watch:
-            console.print(snapshot_table(site, snap))
+            print_table(console, snapshot_table(site, snap))
             return 0
         done = 1
         with Live(snapshot_table(site, snap), console=console, auto_refresh=False) as live:
@@ -280,7 +280,7 @@ async def tags_write(
             f"[{style}]{res.status.value}[/{style}]",
             escape(res.detail),
         )
-    console.print(table)
+    print_table(console, table)
     return 0 if report.ok else 1
 
 

@@ -78,6 +78,18 @@ def test_the_table_reads_at_100_columns(db: Path, tmp_path: Path) -> None:
     assert "audit.db: 7 records" in flat  # the title (it wraps with a long temporary path)
 
 
+def test_the_table_into_a_pipe_is_laid_out_as_into_a_file(
+    db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Into a pipe or a log rich laid the table out for 80 columns: 8 for "old -> new",
+    which split REQUESTING and long numbers in two. It is now the written table's layout."""
+    out = tmp_path / "audit.txt"
+    assert cli_main(["audit", "export", str(db), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert cli_main(["audit", "export", str(db)]) == 0
+    assert capsys.readouterr().out == out.read_text()
+
+
 def test_the_table_title_names_the_selection(db: Path, tmp_path: Path) -> None:
     out = tmp_path / "audit.txt"
     argv = ["audit", "export", str(db), "--out", str(out), "--action", "mode.*", "--last", "1"]
