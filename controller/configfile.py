@@ -67,6 +67,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     source = str(path)
     try:
         raw = path.read_bytes()
+    except IsADirectoryError as exc:  # said only "Is a directory"
+        why = "is a directory, not a file; allowed: a YAML file (UTF-8 text)"
+        raise ConfigError([Problem(source, "", why)]) from exc
     except OSError as exc:
         raise ConfigError([Problem(source, "", f"cannot read file: {exc.strerror}")]) from exc
     loaded = _parsed(raw, source)

@@ -148,3 +148,24 @@ def test_check_config_names_a_local_recipe_that_is_a_directory(
     text = " ".join(capsys.readouterr().out.split())
     assert "forecast.local_recipe" in text and "is a directory, not a file" in text, text
     assert "file not found" not in text
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "{d}", "--mode", "shadow"],
+        ["check-config", "{d}"],
+        ["describe", "{d}"],
+    ],
+)
+def test_a_config_file_that_is_a_directory_is_named_as_one(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every config file is read by one reader: a directory said only "cannot read file: Is
+    a directory", not what is expected instead."""
+    folder = tmp_path / "site.yaml"
+    folder.mkdir()
+    code = main([a.format(d=folder) for a in argv])
+    out = " ".join(capsys.readouterr().out.split())
+    assert code in (1, 2) and "Traceback" not in out
+    assert f"{folder}: is a directory, not a file; allowed: a YAML file (UTF-8 text)" in out
