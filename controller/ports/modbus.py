@@ -393,14 +393,14 @@ class ModbusPort(Port):
         if wait > 0:
             raise PortConnectError(
                 f"not connected to the Modbus server at {self.address}; "
-                f"next reconnect attempt in {wait:.2f} s"
+                f"next reconnect attempt on a read after {wait:.2f} s"
             )
         client = self._new_client()
         if not await self._open(client):
             delay = self._retry.failed()
             raise PortConnectError(
                 f"cannot connect to the Modbus server at {self.address} ({self._conn.url}); "
-                f"next reconnect attempt in {delay:.2f} s"
+                f"next reconnect attempt on a read after {delay:.2f} s"
             )
         self._client = client
         self._retry.succeeded()

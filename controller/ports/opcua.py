@@ -179,7 +179,7 @@ class OpcUaPort(Port):
         wait = self._retry.wait()
         if wait > 0:
             state = "lost the connection to" if client else "no connection to"
-            raise PortConnectError(f"{state} {self.url}; next attempt in {wait:.2f} s")
+            raise PortConnectError(f"{state} {self.url}; next attempt on a read after {wait:.2f} s")
         return await self._attempt()
 
     async def _attempt(self) -> Client:

@@ -342,16 +342,20 @@ async def test_reconnects_after_restart_with_backoff(server: ModbusPlcServer) ->
         await server.stop()
         await wait_until_disconnected(port)
         with pytest.raises(
-            PortConnectError, match=r"cannot connect.*next reconnect attempt in 0\.20 s"
+            PortConnectError,
+            match=r"cannot connect.*next reconnect attempt on a read after 0\.20 s",
         ):
             await port.read(["biomass"])
         clock.advance(0.2)
-        with pytest.raises(PortConnectError, match=r"next reconnect attempt in 0\.40 s"):
+        with pytest.raises(
+            PortConnectError, match=r"next reconnect attempt on a read after 0\.40 s"
+        ):
             await port.read(["biomass"])  # the second failed attempt doubles the delay
         await server.start()
         clock.advance(0.39)
         with pytest.raises(
-            PortConnectError, match=r"not connected.*next reconnect attempt in 0\.01 s"
+            PortConnectError,
+            match=r"not connected.*next reconnect attempt on a read after 0\.01 s",
         ):
             await port.read(["biomass"])  # inside the backoff: not even tried, though it is back
         assert server.requests[-1].function_code == 4  # the last request is the one before stop
@@ -361,7 +365,7 @@ async def test_reconnects_after_restart_with_backoff(server: ModbusPlcServer) ->
         assert port.reconnects == 1
         await server.stop()
         await wait_until_disconnected(port)
-        with pytest.raises(PortConnectError, match=r"cannot connect.*in 0\.20 s"):  # reset
+        with pytest.raises(PortConnectError, match=r"cannot connect.*after 0\.20 s"):  # reset
             await port.read(["biomass"])
 
 

@@ -455,17 +455,17 @@ async def test_reconnects_with_backoff_after_the_server_comes_back(
                 await port.read(["biomass"])
             except PortConnectError as exc:
                 assert "lost the connection to" in str(exc), exc
-                assert "next attempt in 0.20 s" in str(exc), exc
+                assert "next attempt on a read after 0.20 s" in str(exc), exc
                 break
             assert time.monotonic() < deadline, "never noticed the loss"
             await asyncio.sleep(0.02)
-        with pytest.raises(PortConnectError, match=r"next attempt in 0\.20 s"):
+        with pytest.raises(PortConnectError, match=r"next attempt on a read after 0\.20 s"):
             await port.read(["biomass"])  # the clock has not moved: no attempt
         clock.advance(0.2)  # the first delay is over: a real attempt
         with pytest.raises(PortConnectError, match=re.escape(plc.url) + ".*ConnectionRefused"):
             await port.read(["biomass"])
         clock.advance(0.3)
-        with pytest.raises(PortConnectError, match=r"next attempt in 0\.10 s"):
+        with pytest.raises(PortConnectError, match=r"next attempt on a read after 0\.10 s"):
             await port.write({"feed_rate_sp": 0.1})  # within the 0.4 s delay: no network
         await plc.start()
         deadline = time.monotonic() + 5.0
