@@ -168,8 +168,6 @@ def errored_lines(results: Iterable[Mapping[str, Any]], summary: Path) -> list[s
 
 #: the files a campaign's results folder gets from ``write_reports``
 REPORT_FILES = ("report.html", "junit.xml", "summary.json")
-#: The most draws a point of ``design-space --monte-carlo`` (a campaign's Monte Carlo's cap).
-MAX_DRAWS = 100_000
 
 
 def outputs_refused(
@@ -344,6 +342,7 @@ def design_space_command(args: argparse.Namespace, console: Console) -> int:
 def _probabilistic_design_space(
     args: argparse.Namespace, space: Any, out: Path, console: Console
 ) -> int:
+    from hil.campaign.schema import MAX_DRAWS
     from hil.design_space_mc import probability_table, run_probabilistic
 
     level = 0.95 if args.probability is None else args.probability

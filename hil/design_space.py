@@ -44,7 +44,15 @@ from rich.table import Table
 from controller.jsonfile import json_safe
 from controller.jsonfile import write_json as write_json_file
 from controller.plantfile import build_model
-from hil.design_space_exec import Executor, clear_stale, lost, progress_bar, run_dask, run_pool
+from hil.design_space_exec import (
+    POINT_FOLDER,
+    Executor,
+    clear_stale,
+    lost,
+    progress_bar,
+    run_dask,
+    run_pool,
+)
 from hil.design_space_spec import DesignSpace
 
 
@@ -124,9 +132,6 @@ def run_design_space(
         }
         for p in space.points
     ]
-    stale = clear_stale(out / "points", jobs)
-    if stale:
-        console.print(f"removed {len(stale)} point folder(s) of an earlier sweep in {out}")
     results: dict[str, dict[str, Any]] = {}
     t0 = time.perf_counter()
     with progress_bar(progress, len(jobs), console) as advance:
@@ -140,6 +145,9 @@ def run_design_space(
         else:
             run_pool(jobs, workers, on_result)
     outcome = Outcome(space, out, executor, workers, wall_time_s=time.perf_counter() - t0)
+    stale = clear_stale(out / "points", jobs, POINT_FOLDER)  # now that this sweep's are all in
+    if stale:
+        console.print(f"removed {len(stale)} point folder(s) of an earlier sweep in {out}")
     for p in space.points:
         r = results.get(p.id) or lost(p.id, RuntimeError("no result"))
         acceptable, reasons = judge(r, space.limits)
@@ -305,6 +313,8 @@ def summary_tables(outcome: Outcome) -> list[Table]:
             text = f"{fmt(r[temp])} / {fmt(r['drying_time'])}"
             if r["status"] != "ok":
                 text = "error"
+            elif any(why.startswith("plant_fault") for why in r["reasons"]):
+                text += " (plant fault)"
             elif not r["finished"]:
                 text += " (unfinished)"
             cells.append(f"[green]{text}[/]" if r["acceptable"] else f"[red]{text}[/]")

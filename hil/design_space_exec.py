@@ -14,7 +14,6 @@ import math
 import multiprocessing
 import os
 import re
-import shutil
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -65,22 +64,29 @@ def point_cqas(
 
 #: each run's log beside its scenario.yaml: what its solvers printed (from C too)
 RUN_LOG = "run.log"
-#: the folders a sweep writes its runs in: ``points/p00-01`` and ``runs/p00-01-d003``
-RUN_FOLDER = re.compile(r"p\d{2}-\d{2}(-d\d{3,})?")
+#: the names of a sweep's run folders: ``points/p00-01`` (deterministic), ``runs/p00-01-d003``
+#: (Monte Carlo)
+POINT_FOLDER, DRAW_FOLDER = re.compile(r"p\d{2}-\d{2}"), re.compile(r"p\d{2}-\d{2}-d\d{3,}")
+#: all a sweep writes in a run folder
+RUN_FILES = frozenset({"scenario.yaml", RUN_LOG})
 
 
-def clear_stale(folder: Path, jobs: list[dict[str, Any]]) -> list[str]:
-    """Remove the run folders in ``folder`` that a sweep wrote (named as :data:`RUN_FOLDER`)
-    and that are not among ``jobs``: an earlier sweep's into the same ``--out`` (with more
-    draws or points), which would read as this one's. Returns their names."""
+def clear_stale(folder: Path, jobs: list[dict[str, Any]], names: re.Pattern[str]) -> list[str]:
+    """Remove the run folders in ``folder`` that an earlier sweep into the same ``--out``
+    wrote and this one (``jobs``) did not (more draws or points then): they would read as
+    this one's. Only a folder that is exactly one: named as ``names``, not a link, holding
+    nothing but :data:`RUN_FILES`; anything else is left. Returns the names removed."""
     keep = {Path(j["scenario_file"]).parent.name for j in jobs}
-    stale = sorted(
-        d.name
-        for d in (folder.iterdir() if folder.is_dir() else ())
-        if d.is_dir() and RUN_FOLDER.fullmatch(d.name) and d.name not in keep
-    )
-    for name in stale:
-        shutil.rmtree(folder / name)
+    stale = []
+    for d in sorted(folder.iterdir()) if folder.is_dir() else ():
+        if d.name in keep or not names.fullmatch(d.name) or d.is_symlink() or not d.is_dir():
+            continue
+        inside = list(d.iterdir())
+        if all(f.name in RUN_FILES and f.is_file() and not f.is_symlink() for f in inside):
+            for f in inside:
+                f.unlink()
+            d.rmdir()
+            stale.append(d.name)
     return stale
 
 

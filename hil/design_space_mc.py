@@ -47,8 +47,10 @@ from controller.jsonfile import write_json as write_json_file
 from controller.plantfile import build_model
 from hil.campaign.montecarlo import Law
 from hil.campaign.montecarlo import draw as draw_laws
+from hil.campaign.schema import MAX_DRAWS
 from hil.design_space import judge
 from hil.design_space_exec import (
+    DRAW_FOLDER,
     Executor,
     clear_stale,
     lost,
@@ -58,6 +60,8 @@ from hil.design_space_exec import (
 )
 from hil.design_space_spec import DesignSpace, Point, ranged_parameters, uncertainty_problems
 from plant_models import PlantModel
+
+Verdict = tuple[bool, list[str]]  #: a run acceptable or not, and why not (``judge``)
 
 
 def uncertain_parameters(space: DesignSpace) -> dict[str, tuple[float, float, float]]:
@@ -167,8 +171,8 @@ def run_probabilistic(
     console: Console | None = None,
 ) -> ProbabilisticOutcome:
     """Run ``n`` draws at every grid point; judge each run; write the map, table and plot."""
-    if n < 1:
-        raise ValueError(f"--monte-carlo needs at least 1 draw, got {n}")
+    if not 1 <= n <= MAX_DRAWS:
+        raise ValueError(f"--monte-carlo needs 1 to {MAX_DRAWS} draws, got {n}")
     if not 0.0 < level < 1.0:
         raise ValueError(f"--probability must lie strictly between 0 and 1, got {level}")
     console = console or Console(stderr=True)
@@ -193,9 +197,6 @@ def run_probabilistic(
                     "cqas": cqa,
                 }
             )
-    stale = clear_stale(out / "runs", jobs)
-    if stale:
-        console.print(f"removed {len(stale)} run folder(s) of an earlier sweep in {out / 'runs'}")
     results: dict[str, dict[str, Any]] = {}
     t0 = time.perf_counter()
     with progress_bar(progress, len(jobs), console) as advance:
@@ -208,16 +209,20 @@ def run_probabilistic(
     outcome = ProbabilisticOutcome(
         space, out, n, level, executor, workers, draws, wall_time_s=time.perf_counter() - t0
     )
+    stale = clear_stale(out / "runs", jobs, DRAW_FOLDER)  # now that this sweep's are all in
+    if stale:
+        console.print(f"removed {len(stale)} run folder(s) of an earlier sweep in {out / 'runs'}")
     own = (space.points[0].scenario.get("true_plant") or {}).get("parameters") or {}
     outcome.overridden = {k: float(v) for k, v in own.items() if k in ranges}
-    every: list[tuple[Point, int, dict[str, Any]]] = []  # (point, draw, its run), the evidence
+    every: list[tuple[Point, int, dict[str, Any], Verdict]] = []  # each run, the evidence
     for p in space.points:
         runs = [
             results.get(f"{p.id}-d{k:03d}") or lost(f"{p.id}-d{k:03d}", RuntimeError("no result"))
             for k in range(n)
         ]
-        every += [(p, k, r) for k, r in enumerate(runs)]
-        outcome.rows.append(point_row(space, p, runs, level, exact=not ranges, draws=draws))
+        verdicts = judge_runs(space, runs, draws)
+        every += [(p, k, r, v) for k, (r, v) in enumerate(zip(runs, verdicts, strict=True))]
+        outcome.rows.append(point_row(space, p, runs, level, exact=not ranges, verdicts=verdicts))
     outcome.files = {
         "runs": _write_runs(outcome, every, out / "design_space_runs.csv"),
         "csv": _write_csv(outcome, out / "design_space_probability.csv"),
@@ -235,15 +240,15 @@ def point_row(
     *,
     exact: bool = False,
     draws: Sequence[dict[str, float]] | None = None,
+    verdicts: Sequence[Verdict] | None = None,
 ) -> dict[str, Any]:
     """One grid point's row from its runs (one per draw, a failed or lost one included):
     the acceptable share, its interval and verdict, each CQA's mean and worst value, and how
     often each limit was broken. ``exact``: nothing was drawn, every run is the same run, so
     the share is no estimate (its interval is itself; the verdict the deterministic one).
-    ``draws``: each run's drawn parameters, for the limits that name one (``T_crit``)."""
+    ``draws``/``verdicts``: as :func:`judge_runs` takes them / gave them."""
     n = len(runs)
-    limits = [space.limits_for(d) for d in draws] if draws else [space.limits] * n
-    verdicts = [judge(r, lim) for r, lim in zip(runs, limits, strict=True)]
+    verdicts = verdicts if verdicts is not None else judge_runs(space, runs, draws)
     ok = sum(v for v, _ in verdicts)
     lo, hi = (ok / n, ok / n) if exact else wilson(ok, n)
     row: dict[str, Any] = {"id": p.id, **p.values}
@@ -269,6 +274,14 @@ def point_row(
             reasons[key] = reasons.get(key, 0) + 1
     row["failed_limits"] = reasons
     return row
+
+
+def judge_runs(
+    space: DesignSpace, runs: Sequence[dict[str, Any]], draws: Sequence[dict[str, float]] | None
+) -> list[Verdict]:
+    """Each run judged against the limits of its own draw (``draws``: for ``T_crit``)."""
+    limits = [space.limits_for(d) for d in draws] if draws else [space.limits] * len(runs)
+    return [judge(r, lim) for r, lim in zip(runs, limits, strict=True)]
 
 
 def worst(values: Sequence[float], limit: tuple[float | None, float | None] | None) -> float:
@@ -303,10 +316,11 @@ def _write_csv(outcome: ProbabilisticOutcome, path: Path) -> Path:
 
 
 def _write_runs(
-    outcome: ProbabilisticOutcome, every: Sequence[tuple[Point, int, dict[str, Any]]], path: Path
+    outcome: ProbabilisticOutcome,
+    every: Sequence[tuple[Point, int, dict[str, Any], Verdict]],
+    path: Path,
 ) -> Path:
-    """One row per run: its point and draw, the drawn values, its CQAs and its verdict, judged
-    as :func:`point_row` judges it (what each point's share is made of)."""
+    """One row per run: its point, draw, drawn values, CQAs and verdict (the shares' parts)."""
     space = outcome.space
     factors = [f.name for f in space.spec.factors]
     drawn = sorted(outcome.draws[0]) if outcome.draws else []
@@ -315,13 +329,10 @@ def _write_runs(
     with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(cols)
-        for p, k, r in every:
-            values = outcome.draws[k]
-            ok, why = judge(r, space.limits_for(values))
-            cqas = [r.get(c, "") for c in space.cqa_names]
-            w.writerow([p.id, k, *(p.values[f] for f in factors), *(values[d] for d in drawn),
-                        *cqas, r.get("finished", ""), r.get("status", "error"), ok,
-                        "; ".join(why)])  # fmt: skip
+        for p, k, r, (ok, why) in every:
+            w.writerow([p.id, k, *(p.values[f] for f in factors), *map(outcome.draws[k].get, drawn),
+                        *(r.get(c, "") for c in space.cqa_names), r.get("finished", ""),
+                        r.get("status", "error"), ok, "; ".join(why)])  # fmt: skip
     return path
 
 

@@ -101,13 +101,18 @@ class DesignSpaceFile(Strict):
     limits: dict[str, Limit]
     uncertainty: Uncertainty = Uncertainty()
 
-    @model_validator(mode="after")
-    def _distinct(self) -> DesignSpaceFile:
-        if not self.limits:  # nothing to judge: every point would be "acceptable"
+    @field_validator("limits")
+    @classmethod
+    def _some_limit(cls, limits: dict[str, Limit]) -> dict[str, Limit]:
+        if not limits:  # nothing to judge: every point would be "acceptable"
             raise ValueError(
-                "'limits' is empty: give at least one CQA limit to judge the points by, e.g. "
+                "no limit: give at least one CQA limit to judge the points by, e.g. "
                 "max_Tbot: {upper: T_crit}"
             )
+        return limits
+
+    @model_validator(mode="after")
+    def _distinct(self) -> DesignSpaceFile:
         a, b = self.factors
         if a.name == b.name:
             raise ValueError(f"the two factors need different names, both are {a.name!r}")

@@ -45,6 +45,9 @@ from hil.campaign.checks import Criterion
 from hil.faultspec import FaultSpec
 from hil.scenario import Disturbance
 
+#: The most Monte Carlo draws: a campaign's, and a design-space point's (``--monte-carlo``).
+MAX_DRAWS = 100_000
+
 
 class Overlay(Strict):
     """What one variant of a factor changes in the base scenario's true plant."""
@@ -119,7 +122,7 @@ class MonteCarlo(Strict):
     (:mod:`hil.campaign.montecarlo`), reproducible from it.
     """
 
-    draws: Annotated[int, Field(ge=1, le=100_000)]
+    draws: Annotated[int, Field(ge=1, le=MAX_DRAWS)]
     seed: Annotated[int, Field(ge=0)] = 0
     distribution: Literal["uniform", "triangular"] = "uniform"  # of ``plausible`` parameters
     parameters: dict[str, Distribution] | None = None  # None: ``plausible``

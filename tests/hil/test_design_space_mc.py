@@ -85,17 +85,28 @@ def test_a_second_sweep_into_the_same_folder_leaves_nothing_of_the_first(tmp_pat
     out = tmp_path / "mc"
     run_probabilistic(space, out, 3, workers=2, progress=False)
     assert (out / "runs" / "p00-00-d002").is_dir()
-    (out / "runs" / "notes").mkdir()  # not a run folder: left alone
+    # what is not exactly an earlier sweep's run folder is left alone: another name, a
+    # name a Monte Carlo sweep never writes, a run folder holding the user's own file
+    user = {"notes": "", "p03-07": "", "p00-00-d099": "", "p00-01-d002": "mine.txt"}
+    for name, extra in user.items():
+        (out / "runs" / name).mkdir(exist_ok=True)
+        (out / "runs" / name / (extra or "notes.txt")).write_text("my analysis\n")
     run_probabilistic(space, out, 2, workers=2, progress=False)
     runs = sorted(d.name for d in (out / "runs").iterdir())
-    assert runs == sorted([f"{p.id}-d{k:03d}" for p in space.points for k in range(2)] + ["notes"])
+    mine = sorted(user)
+    assert runs == sorted({f"{p.id}-d{k:03d}" for p in space.points for k in range(2)} | set(mine))
+    assert (out / "runs" / "p00-01-d002" / "mine.txt").is_file()
+    assert not (out / "runs" / "p00-00-d002").exists()  # the earlier sweep's own: removed
     log = (out / "runs" / "p00-00-d000" / "run.log").read_text(encoding="utf-8")
     assert log.count("--- p00-00-d000") == 1
     det = tmp_path / "det"
     run_design_space(space, det, workers=2, progress=False)
     (det / "points" / "p09-09").mkdir()  # as an earlier, bigger grid left it
+    (det / "points" / "p08-08").symlink_to(tmp_path)  # a link: left (it was a traceback)
+    (det / "points" / "p00-00-d001").mkdir()  # a Monte Carlo name: not this sweep's
     run_design_space(space, det, workers=2, progress=False)
-    assert sorted(d.name for d in (det / "points").iterdir()) == [p.id for p in space.points]
+    left = sorted(d.name for d in (det / "points").iterdir())
+    assert left == sorted([p.id for p in space.points] + ["p00-00-d001", "p08-08"])
 
 
 def test_draws_cover_the_plausible_ranges_and_repeat_with_the_seed() -> None:

@@ -230,7 +230,9 @@ def test_a_design_space_without_limits_is_refused(tmp_path: Path) -> None:
             path.write_text(yaml.safe_dump(data), encoding="utf-8")
         with pytest.raises(ConfigError) as err:
             load_design_space(path)
-        assert "limits" in str(err.value)
+        (problem,) = err.value.problems
+        assert problem.location == "limits", problem  # the key, not the whole file
+        assert "required" in problem.message or "no limit" in problem.message
 
 
 def test_a_share_is_never_rounded_to_all_or_none_and_failed_draws_show() -> None:
