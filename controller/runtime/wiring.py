@@ -187,6 +187,9 @@ async def run_site(
     """
     clock = clock or (RealClock() if opts.rate == 1.0 else ScaledClock(opts.rate))
     files = config_files(site)
+    # built before anything is recorded: an interrupted compile leaves no trail of a start
+    pipeline = build_pipeline(site, policy)
+    port = port or port_for_site(site, clock)
     audit = AuditTrail(
         opts.audit_path,
         config_hash=file_hash(*files),
@@ -212,23 +215,23 @@ async def run_site(
             detail={"config_hashes": info.config_hashes, "model_version": info.model_version},
         )
         historian.start_run(info)
-    except BaseException:
+        stop = stop or asyncio.Event()
+        sup = Supervisor(
+            site,
+            port,
+            clock,
+            pipeline,
+            mode=opts.mode,
+            audit=audit,
+            historian=_sinks(
+                historian_sink(historian, site.runtime.predicted_steps), observer, sinks
+            ),
+            run_id=info.run_id,
+        )
+    except BaseException:  # nothing left open
         historian.close()
         audit.close()
         raise
-    pipeline = build_pipeline(site, policy)
-    port = port or port_for_site(site, clock)
-    stop = stop or asyncio.Event()
-    sup = Supervisor(
-        site,
-        port,
-        clock,
-        pipeline,
-        mode=opts.mode,
-        audit=audit,
-        historian=_sinks(historian_sink(historian, site.runtime.predicted_steps), observer, sinks),
-        run_id=info.run_id,
-    )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):

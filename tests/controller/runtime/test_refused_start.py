@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from controller.clock import SteppedClock
+from controller.runtime import wiring
 from controller.runtime.audit import AuditTrail
 from controller.runtime.audit_chain import AuditError
 from controller.runtime.audit_keys import KEY_ENV, create_key
@@ -39,3 +40,21 @@ def test_a_start_refused_by_the_audit_trail_writes_no_run_to_the_historian(
         asyncio.run(run_site(load_site(SITE), opts, clock=SteppedClock()))
     with SqliteHistorian(history_db, read_only=True) as historian:
         assert historian.runs() == []
+
+
+def test_a_start_interrupted_while_the_solver_compiles_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C during the first start's compile (the pipeline is built before the loop): the
+    trail got ``config.load`` and the historian a run with no cycle (``forecast`` then failed
+    on it), and neither was closed. The pipeline is now built before anything is recorded."""
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(wiring, "build_pipeline", interrupted)
+    audit_db, history_db = tmp_path / "audit.db", tmp_path / "history.db"
+    opts = RunOptions(mode=Mode.SHADOW, audit_path=audit_db, historian_path=history_db)
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(run_site(load_site(SITE), opts, clock=SteppedClock()))
+    assert not audit_db.exists() and not history_db.exists()
