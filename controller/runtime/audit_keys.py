@@ -85,11 +85,17 @@ def resolve_key(path: Path | None) -> AnchorKey | None:
 
 
 def create_key(path: Path) -> AnchorKey:
-    """Write a new random key to ``path`` (mode 600; a missing folder is made, mode 700);
-    never overwrites. Raises AuditError."""
+    """Write a new random key to ``path`` (mode 600; each missing folder above it is made,
+    mode 700); never overwrites. Raises AuditError."""
     text = (secrets.token_hex(32) + "\n").encode()
+    missing = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except OSError as exc:
+            why = f"cannot make the folder {folder} for the audit key file {path}: {exc.strerror}"
+            raise AuditError(why) from exc
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.fchmod(fd, 0o600)

@@ -497,7 +497,14 @@ def test_key_files_must_be_private_and_well_formed(
     fresh = tmp_path / "etc" / "pharmatwin" / "audit.key"
     assert cli_main(["audit", "keygen", str(fresh)]) == 0
     assert fresh.stat().st_mode & 0o777 == 0o600 and len(load_key(fresh).secret) == 32
-    assert fresh.parent.stat().st_mode & 0o777 == 0o700
+    for made in (fresh.parent, fresh.parent.parent):  # every folder it made is private
+        assert made.stat().st_mode & 0o777 == 0o700
+    capsys.readouterr()
+    # a file where a folder should be is named as that, not as a key that exists
+    (tmp_path / "run.out").write_text("x\n")
+    assert cli_main(["audit", "keygen", str(tmp_path / "run.out" / "x.key")]) == 2
+    out = " ".join(capsys.readouterr().out.split())
+    assert "x.key: Not a directory" in out and "exists: refusing" not in out
 
 
 def test_a_writer_keeps_the_trails_key(tmp_path: Path, key: AnchorKey) -> None:
