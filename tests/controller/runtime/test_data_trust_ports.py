@@ -121,13 +121,17 @@ async def test_the_opcua_port_flags_a_value_outside_limits_and_a_nan(tmp_path: P
     assert snap["substrate"].quality is Quality.GOOD
 
 
-def test_tags_read_shows_the_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_tags_read_shows_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")  # as in a pipe or a log: laid out wider, names whole
     with server_thread(_wrong_word_order_server) as server:
         site = _site(tmp_path, "bioreactor-modbus", server.port)
         assert cli_main(["tags", "read", str(site)]) == 0
     lines = capsys.readouterr().out.splitlines()
+    assert max(len(line) for line in lines) > 80 and "…" not in "".join(lines)
     titer = next(line for line in lines if "product_titer" in line)
-    assert "uncertain (outside limits: wrong word order or scale?" in titer
+    assert "uncertain (outside limits: wrong word order" in titer  # the rest wraps
     biomass = next(line for line in lines if " biomass " in line)
     assert "bad (not a finite number (nan))" in biomass
     volume = next(line for line in lines if "broth_volume" in line)
