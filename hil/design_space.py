@@ -52,6 +52,7 @@ from hil.design_space_exec import (
     progress_bar,
     run_dask,
     run_pool,
+    say_stale,
 )
 from hil.design_space_spec import DesignSpace
 
@@ -145,9 +146,7 @@ def run_design_space(
         else:
             run_pool(jobs, workers, on_result)
     outcome = Outcome(space, out, executor, workers, wall_time_s=time.perf_counter() - t0)
-    stale = clear_stale(out / "points", jobs, POINT_FOLDER)  # now that this sweep's are all in
-    if stale:
-        console.print(f"removed {len(stale)} point folder(s) of an earlier sweep in {out}")
+    say_stale(console, out / "points", clear_stale(out / "points", jobs, POINT_FOLDER))
     for p in space.points:
         r = results.get(p.id) or lost(p.id, RuntimeError("no result"))
         acceptable, reasons = judge(r, space.limits)

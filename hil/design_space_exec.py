@@ -71,23 +71,55 @@ POINT_FOLDER, DRAW_FOLDER = re.compile(r"p\d{2}-\d{2}"), re.compile(r"p\d{2}-\d{
 RUN_FILES = frozenset({"scenario.yaml", RUN_LOG})
 
 
-def clear_stale(folder: Path, jobs: list[dict[str, Any]], names: re.Pattern[str]) -> list[str]:
+def clear_stale(
+    folder: Path, jobs: list[dict[str, Any]], names: re.Pattern[str]
+) -> tuple[list[str], list[str]]:
     """Remove the run folders in ``folder`` that an earlier sweep into the same ``--out``
     wrote and this one (``jobs``) did not (more draws or points then): they would read as
     this one's. Only a folder that is exactly one: named as ``names``, not a link, holding
-    nothing but :data:`RUN_FILES`; anything else is left. Returns the names removed."""
+    its ``scenario.yaml`` and nothing but :data:`RUN_FILES`, and removable (this user may
+    write in it and in ``folder``). Never raises: the folders it could not tell or remove are
+    left. Returns the names removed, and those left that are named as a run folder."""
     keep = {Path(j["scenario_file"]).parent.name for j in jobs}
-    stale = []
-    for d in sorted(folder.iterdir()) if folder.is_dir() else ():
-        if d.name in keep or not names.fullmatch(d.name) or d.is_symlink() or not d.is_dir():
+    removed: list[str] = []
+    left: list[str] = []
+    try:
+        candidates = sorted(d for d in folder.iterdir() if d.name not in keep)
+    except OSError:  # no folder, or not one this user may list: nothing to tell
+        return removed, left
+    writable = os.access(folder, os.W_OK | os.X_OK)
+    for d in candidates:
+        if not names.fullmatch(d.name):
             continue
-        inside = list(d.iterdir())
-        if all(f.name in RUN_FILES and f.is_file() and not f.is_symlink() for f in inside):
+        try:
+            inside = [] if d.is_symlink() or not d.is_dir() else list(d.iterdir())
+            exact = "scenario.yaml" in {f.name for f in inside} and all(
+                f.name in RUN_FILES and f.is_file() and not f.is_symlink() for f in inside
+            )
+            if not (exact and writable and os.access(d, os.W_OK | os.X_OK)):
+                left.append(d.name)
+                continue
             for f in inside:
                 f.unlink()
             d.rmdir()
-            stale.append(d.name)
-    return stale
+            removed.append(d.name)
+        except OSError:
+            left.append(d.name)
+    return removed, left
+
+
+def say_stale(console: Console, folder: Path, stale: tuple[list[str], list[str]]) -> None:
+    """One line each for what :func:`clear_stale` removed and what it left, once this
+    sweep's runs are all in (the sweep's tables do not count the ones left)."""
+    removed, left = stale
+    if removed:
+        console.print(f"removed {len(removed)} run folder(s) of an earlier sweep in {folder}")
+    if left:
+        names = ", ".join(left[:5]) + (", ..." if len(left) > 5 else "")
+        console.print(
+            f"left {len(left)} folder(s) in {folder} named like an earlier sweep's runs but "
+            f"not only its files, or not removable ({names}): they are not part of this sweep"
+        )
 
 
 def run_point(job: dict[str, Any]) -> dict[str, Any]:

@@ -57,6 +57,7 @@ from hil.design_space_exec import (
     progress_bar,
     run_dask,
     run_pool,
+    say_stale,
 )
 from hil.design_space_spec import DesignSpace, Point, ranged_parameters, uncertainty_problems
 from plant_models import PlantModel
@@ -209,9 +210,7 @@ def run_probabilistic(
     outcome = ProbabilisticOutcome(
         space, out, n, level, executor, workers, draws, wall_time_s=time.perf_counter() - t0
     )
-    stale = clear_stale(out / "runs", jobs, DRAW_FOLDER)  # now that this sweep's are all in
-    if stale:
-        console.print(f"removed {len(stale)} run folder(s) of an earlier sweep in {out / 'runs'}")
+    say_stale(console, out / "runs", clear_stale(out / "runs", jobs, DRAW_FOLDER))
     own = (space.points[0].scenario.get("true_plant") or {}).get("parameters") or {}
     outcome.overridden = {k: float(v) for k, v in own.items() if k in ranges}
     every: list[tuple[Point, int, dict[str, Any], Verdict]] = []  # each run, the evidence

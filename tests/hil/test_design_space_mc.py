@@ -102,6 +102,7 @@ def test_a_second_sweep_into_the_same_folder_leaves_nothing_of_the_first(tmp_pat
     det = tmp_path / "det"
     run_design_space(space, det, workers=2, progress=False)
     (det / "points" / "p09-09").mkdir()  # as an earlier, bigger grid left it
+    (det / "points" / "p09-09" / "scenario.yaml").write_text("name: p09-09\n")
     (det / "points" / "p08-08").symlink_to(tmp_path)  # a link: left (it was a traceback)
     (det / "points" / "p00-00-d001").mkdir()  # a Monte Carlo name: not this sweep's
     run_design_space(space, det, workers=2, progress=False)

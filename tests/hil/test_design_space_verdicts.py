@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from controller.errors import ConfigError
 from controller.plantfile import build_model
 from hil.cli import main as hil_main
 from hil.design_space import judge
-from hil.design_space_exec import lost, run_point
+from hil.design_space_exec import DRAW_FOLDER, clear_stale, lost, run_point
 from hil.design_space_mc import (
     ProbabilisticOutcome,
     contour_level,
@@ -261,3 +262,38 @@ def test_the_uncertainty_section_refuses_a_boolean_seed_and_a_parameter_named_tw
             load_design_space(_file(tmp_path, uncertainty=uncertainty))
         problems = {p.location: p.message for p in err.value.problems}
         assert key in problems and text in problems[key], problems
+
+
+def test_clear_stale_removes_only_exact_removable_run_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An earlier sweep's run folder is removed only when it is exactly one and removable;
+    anything else is left and named, and nothing raises once the sweep's runs are done (a
+    PermissionError there lost the finished sweep's tables)."""
+    runs = tmp_path / "runs"
+    folders = {
+        "p00-00-d000": ["scenario.yaml", "run.log"],  # this sweep's: kept
+        "p00-00-d005": ["scenario.yaml", "run.log"],  # an earlier sweep's: removed
+        "p00-00-d006": ["scenario.yaml"],  # removed too
+        "p00-00-d007": [],  # empty: not known to be a run folder
+        "p00-00-d008": ["scenario.yaml", ".notes"],  # the user's file in it
+        "p00-00-d009": ["scenario.yaml", "run.log"],  # not removable
+        "p01-01": ["scenario.yaml"],  # not a Monte Carlo run's name
+    }
+    for name, files in folders.items():
+        (runs / name).mkdir(parents=True)
+        for f in files:
+            (runs / name / f).write_text("x\n")
+    real_access = os.access
+
+    def access(path: object, mode: int) -> bool:  # as a folder another user owns
+        return False if str(path).endswith("p00-00-d009") else real_access(path, mode)
+
+    monkeypatch.setattr(os, "access", access)
+    jobs = [{"scenario_file": str(runs / "p00-00-d000" / "scenario.yaml")}]
+    removed, left = clear_stale(runs, jobs, DRAW_FOLDER)
+    assert removed == ["p00-00-d005", "p00-00-d006"]
+    assert left == ["p00-00-d007", "p00-00-d008", "p00-00-d009"]
+    assert sorted(d.name for d in runs.iterdir()) == sorted(set(folders) - set(removed))
+    assert (runs / "p00-00-d009" / "run.log").is_file()  # nothing of it deleted
+    assert clear_stale(tmp_path / "none", jobs, DRAW_FOLDER) == ([], [])
