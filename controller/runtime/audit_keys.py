@@ -84,17 +84,35 @@ def resolve_key(path: Path | None) -> AnchorKey | None:
     return load_key(named) if named else None
 
 
+def _make_folders(folder: Path) -> None:
+    """Make ``folder`` and each missing one above it, mode 700 (raises OSError)."""
+    missing: list[Path] = []
+    while not _exists(folder) and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    for made in reversed(missing):
+        made.mkdir(mode=0o700, exist_ok=True)
+
+
+def _exists(path: Path) -> bool:
+    """``path.exists()``, whose PermissionError on Python 3.11 is raised as the OSError it is."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def create_key(path: Path) -> AnchorKey:
     """Write a new random key to ``path`` (mode 600; each missing folder above it is made,
     mode 700); never overwrites. Raises AuditError."""
     text = (secrets.token_hex(32) + "\n").encode()
-    missing = [d for d in (path.parent, *path.parent.parents) if not d.exists()]
-    for folder in reversed(missing):
-        try:
-            folder.mkdir(mode=0o700)
-        except OSError as exc:
-            why = f"cannot make the folder {folder} for the audit key file {path}: {exc.strerror}"
-            raise AuditError(why) from exc
+    path = Path(os.path.normpath(path))  # "a/../k.key" is "k.key": no folder "a" made
+    try:
+        _make_folders(path.parent)
+    except OSError as exc:
+        why = f"cannot make the folder {exc.filename} for the audit key file {path}"
+        raise AuditError(f"{why}: {exc.strerror}") from exc
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:

@@ -505,6 +505,30 @@ def test_key_files_must_be_private_and_well_formed(
     assert cli_main(["audit", "keygen", str(tmp_path / "run.out" / "x.key")]) == 2
     out = " ".join(capsys.readouterr().out.split())
     assert "x.key: Not a directory" in out and "exists: refusing" not in out
+    # "a/../k.key" is k.key beside a: no folder a made ("File exists" on a/.. before)
+    dotted = tmp_path / "a" / ".." / "k.key"
+    assert cli_main(["audit", "keygen", str(dotted)]) == 0
+    assert (tmp_path / "k.key").is_file() and not (tmp_path / "a").exists()
+
+
+def test_keygen_under_a_folder_it_may_not_look_into_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Path.exists() raises PermissionError on Python 3.11 (a folder this user may not
+    search): it was a traceback, exit 1."""
+    locked = tmp_path / "locked"
+    real_stat = Path.stat
+
+    def stat(self: Path, **kwargs: object) -> os.stat_result:
+        if self == locked / "sub":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_stat(self, **kwargs)  # type: ignore[arg-type]
+
+    locked.mkdir()
+    monkeypatch.setattr(Path, "stat", stat)
+    assert cli_main(["audit", "keygen", str(locked / "sub" / "k.key")]) == 2
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"cannot make the folder {locked / 'sub'}" in out and "Permission denied" in out
 
 
 def test_a_writer_keeps_the_trails_key(tmp_path: Path, key: AnchorKey) -> None:
