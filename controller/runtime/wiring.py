@@ -206,15 +206,7 @@ async def run_site(
         audit.close()
         raise
     info = run_info(site.name, opts.mode.value, files, site.model)
-    try:  # audited first: a start the trail refuses leaves no run in the historian
-        audit.record(
-            "config.load",
-            site.name,
-            reason=f"pharmatwin run --mode {opts.mode.value}",
-            new_value=info.run_id,
-            detail={"config_hashes": info.config_hashes, "model_version": info.model_version},
-        )
-        historian.start_run(info)
+    try:  # the supervisor first (it refuses some sites), then audited, then the historian's
         stop = stop or asyncio.Event()
         sup = Supervisor(
             site,
@@ -228,6 +220,14 @@ async def run_site(
             ),
             run_id=info.run_id,
         )
+        audit.record(  # a start the trail refuses leaves no run in the historian
+            "config.load",
+            site.name,
+            reason=f"pharmatwin run --mode {opts.mode.value}",
+            new_value=info.run_id,
+            detail={"config_hashes": info.config_hashes, "model_version": info.model_version},
+        )
+        historian.start_run(info)
     except BaseException:  # nothing left open
         historian.close()
         audit.close()

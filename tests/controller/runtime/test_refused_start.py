@@ -9,11 +9,13 @@ key ...; nothing was written") but the historian had got a new run with no cycle
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from controller.clock import SteppedClock
+from controller.errors import ConfigError
 from controller.runtime import wiring
 from controller.runtime.audit import AuditTrail
 from controller.runtime.audit_chain import AuditError
@@ -22,6 +24,7 @@ from controller.runtime.historian import SqliteHistorian
 from controller.runtime.site import load_site
 from controller.runtime.supervisor import Mode
 from controller.runtime.wiring import RunOptions, run_site
+from controller.tags import Tag
 
 ROOT = Path(__file__).resolve().parents[3]
 SITE = ROOT / "configs" / "sites" / "lyophilizer-modbus.yaml"
@@ -58,3 +61,22 @@ def test_a_start_interrupted_while_the_solver_compiles_leaves_nothing(
     with pytest.raises(KeyboardInterrupt):
         asyncio.run(run_site(load_site(SITE), opts, clock=SteppedClock()))
     assert not audit_db.exists() and not history_db.exists()
+
+
+def test_a_site_the_supervisor_refuses_leaves_no_recorded_start(tmp_path: Path) -> None:
+    """``on_bad: predict`` on a working setpoint passes ``check-config`` but the supervisor
+    refuses it: the trail got ``config.load`` and the historian a run with no cycle."""
+    cstr = load_site(ROOT / "configs" / "sites" / "cstr-modbus.yaml")
+    tags = dict(cstr.tags.tags)
+    bad = {"on_bad": "predict", "predict_cycles": 3}
+    tags["feed_dilution_pv"] = Tag.model_validate({**tags["feed_dilution_pv"].model_dump(), **bad})
+    site = dataclasses.replace(cstr, tags=cstr.tags.model_copy(update={"tags": tags}))
+    audit_db, history_db = tmp_path / "audit.db", tmp_path / "history.db"
+    opts = RunOptions(mode=Mode.SHADOW, audit_path=audit_db, historian_path=history_db)
+    with pytest.raises(ConfigError, match=r"tags\.feed_dilution_pv\.on_bad"):
+        asyncio.run(run_site(site, opts, clock=SteppedClock()))
+    trail = AuditTrail(audit_db)
+    assert list(trail.records()) == []
+    trail.close()
+    with SqliteHistorian(history_db, read_only=True) as historian:
+        assert historian.runs() == []
