@@ -305,15 +305,15 @@ def compare_command(args: argparse.Namespace, console: Console) -> int:
 
 
 def design_space_command(args: argparse.Namespace, console: Console) -> int:
+    from hil.design_space import FILES as DETERMINISTIC_FILES
     from hil.design_space import run_design_space, summary_tables
+    from hil.design_space_mc import FILES as MONTE_CARLO_FILES
     from hil.design_space_spec import load_design_space
 
     space = load_design_space(args.design_space)
     out = args.out or Path("runs") / "design-space" / space.name
-    stem = "design_space" if args.monte_carlo is None else "design_space_probability"
-    files = tuple(f"{stem}.{ext}" for ext in ("csv", "json", "png"))
-    files += ("design_space_runs.csv",) if args.monte_carlo is not None else ()
-    if outputs_refused(console, "--out", out, default=args.out is None, files=files):
+    files = (DETERMINISTIC_FILES if args.monte_carlo is None else MONTE_CARLO_FILES).values()
+    if outputs_refused(console, "--out", out, default=args.out is None, files=tuple(files)):
         return 2
     if args.monte_carlo is not None:
         return _probabilistic_design_space(args, space, out, console)

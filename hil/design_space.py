@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import csv
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,17 +43,11 @@ from rich.table import Table
 from controller.jsonfile import json_safe
 from controller.jsonfile import write_json as write_json_file
 from controller.plantfile import build_model
-from hil.design_space_exec import (
-    POINT_FOLDER,
-    Executor,
-    clear_stale,
-    lost,
-    progress_bar,
-    run_dask,
-    run_pool,
-    say_stale,
-)
+from hil.design_space_exec import POINT_FOLDER, Executor, lost, run_sweep
 from hil.design_space_spec import DesignSpace
+
+#: what a deterministic sweep writes in its ``--out`` (the CLI refuses a path in the way first)
+FILES = {"csv": "design_space.csv", "json": "design_space.json", "png": "design_space.png"}
 
 
 def judge(
@@ -133,20 +126,10 @@ def run_design_space(
         }
         for p in space.points
     ]
-    results: dict[str, dict[str, Any]] = {}
-    t0 = time.perf_counter()
-    with progress_bar(progress, len(jobs), console) as advance:
-
-        def on_result(result: dict[str, Any]) -> None:
-            results[result["id"]] = result
-            advance()
-
-        if executor == "dask":
-            run_dask(jobs, workers, on_result)
-        else:
-            run_pool(jobs, workers, on_result)
-    outcome = Outcome(space, out, executor, workers, wall_time_s=time.perf_counter() - t0)
-    say_stale(console, out / "points", clear_stale(out / "points", jobs, POINT_FOLDER))
+    results, wall = run_sweep(
+        jobs, executor, workers, progress=progress, console=console, names=POINT_FOLDER
+    )
+    outcome = Outcome(space, out, executor, workers, wall_time_s=wall)
     for p in space.points:
         r = results.get(p.id) or lost(p.id, RuntimeError("no result"))
         acceptable, reasons = judge(r, space.limits)
@@ -163,9 +146,9 @@ def run_design_space(
         }
         outcome.rows.append(row)
     outcome.files = {
-        "csv": write_csv(outcome, out / "design_space.csv"),
-        "json": write_json(outcome, out / "design_space.json"),
-        "png": write_plot(outcome, out / "design_space.png"),
+        "csv": write_csv(outcome, out / FILES["csv"]),
+        "json": write_json(outcome, out / FILES["json"]),
+        "png": write_plot(outcome, out / FILES["png"]),
     }
     return outcome
 

@@ -108,7 +108,35 @@ def clear_stale(
     return removed, left
 
 
-def say_stale(console: Console, folder: Path, stale: tuple[list[str], list[str]]) -> None:
+def run_sweep(
+    jobs: list[dict[str, Any]],
+    executor: Executor,
+    workers: int,
+    *,
+    progress: bool,
+    console: Console,
+    names: re.Pattern[str],
+) -> tuple[dict[str, dict[str, Any]], float]:
+    """Run ``jobs`` on ``executor`` (a progress bar on ``console``), then clear the folder of
+    their run folders of an earlier sweep's (:func:`clear_stale`, named as ``names``, and said
+    so). Returns each job's result by id (a lost one is missing) and the wall time [s]."""
+    results: dict[str, dict[str, Any]] = {}
+    t0 = time.perf_counter()
+    with progress_bar(progress, len(jobs), console) as advance:
+
+        def on_result(result: dict[str, Any]) -> None:
+            results[result["id"]] = result
+            advance()
+
+        (run_dask if executor == "dask" else run_pool)(jobs, max(1, workers), on_result)
+    wall = time.perf_counter() - t0
+    if jobs:
+        folder = Path(jobs[0]["scenario_file"]).parent.parent
+        _say_stale(console, folder, clear_stale(folder, jobs, names))
+    return results, wall
+
+
+def _say_stale(console: Console, folder: Path, stale: tuple[list[str], list[str]]) -> None:
     """One line each for what :func:`clear_stale` removed and what it left, once this
     sweep's runs are all in (the sweep's tables do not count the ones left)."""
     removed, left = stale

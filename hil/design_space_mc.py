@@ -32,7 +32,6 @@ from __future__ import annotations
 import copy
 import csv
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,20 +48,18 @@ from hil.campaign.montecarlo import Law
 from hil.campaign.montecarlo import draw as draw_laws
 from hil.campaign.schema import MAX_DRAWS
 from hil.design_space import judge
-from hil.design_space_exec import (
-    DRAW_FOLDER,
-    Executor,
-    clear_stale,
-    lost,
-    progress_bar,
-    run_dask,
-    run_pool,
-    say_stale,
-)
+from hil.design_space_exec import DRAW_FOLDER, Executor, lost, run_sweep
 from hil.design_space_spec import DesignSpace, Point, ranged_parameters, uncertainty_problems
 from plant_models import PlantModel
 
 Verdict = tuple[bool, list[str]]  #: a run acceptable or not, and why not (``judge``)
+#: what a Monte Carlo sweep writes in its ``--out`` (the CLI refuses a path in the way first)
+FILES = {
+    "runs": "design_space_runs.csv",
+    "csv": "design_space_probability.csv",
+    "png": "design_space_probability.png",
+    "json": "design_space_probability.json",
+}
 
 
 def uncertain_parameters(space: DesignSpace) -> dict[str, tuple[float, float, float]]:
@@ -198,19 +195,10 @@ def run_probabilistic(
                     "cqas": cqa,
                 }
             )
-    results: dict[str, dict[str, Any]] = {}
-    t0 = time.perf_counter()
-    with progress_bar(progress, len(jobs), console) as advance:
-
-        def on_result(result: dict[str, Any]) -> None:
-            results[result["id"]] = result
-            advance()
-
-        (run_dask if executor == "dask" else run_pool)(jobs, max(1, workers), on_result)
-    outcome = ProbabilisticOutcome(
-        space, out, n, level, executor, workers, draws, wall_time_s=time.perf_counter() - t0
+    results, wall = run_sweep(
+        jobs, executor, workers, progress=progress, console=console, names=DRAW_FOLDER
     )
-    say_stale(console, out / "runs", clear_stale(out / "runs", jobs, DRAW_FOLDER))
+    outcome = ProbabilisticOutcome(space, out, n, level, executor, workers, draws, wall_time_s=wall)
     own = (space.points[0].scenario.get("true_plant") or {}).get("parameters") or {}
     outcome.overridden = {k: float(v) for k, v in own.items() if k in ranges}
     every: list[tuple[Point, int, dict[str, Any], Verdict]] = []  # each run, the evidence
@@ -223,11 +211,11 @@ def run_probabilistic(
         every += [(p, k, r, v) for k, (r, v) in enumerate(zip(runs, verdicts, strict=True))]
         outcome.rows.append(point_row(space, p, runs, level, exact=not ranges, verdicts=verdicts))
     outcome.files = {
-        "runs": _write_runs(outcome, every, out / "design_space_runs.csv"),
-        "csv": _write_csv(outcome, out / "design_space_probability.csv"),
-        "png": write_probability_plot(outcome, out / "design_space_probability.png"),
+        "runs": _write_runs(outcome, every, out / FILES["runs"]),
+        "csv": _write_csv(outcome, out / FILES["csv"]),
+        "png": write_probability_plot(outcome, out / FILES["png"]),
     }
-    outcome.files["json"] = _write_json(outcome, out / "design_space_probability.json")
+    outcome.files["json"] = _write_json(outcome, out / FILES["json"])
     return outcome
 
 
