@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from controller import filekinds
 from controller.configfile import read_yaml, resolve
@@ -21,7 +22,13 @@ from controller.core.rk4_check import RK4_STAGE_LIMIT, check_rk4_steps, rk4_step
 from controller.errors import ConfigError, PharmaTwinError, Problem
 from controller.outpaths import input_file_problem
 from controller.plantfile import build_model
-from controller.runtime.cli_common import RECIPE_FILE, SubParsers, examples, print_table
+from controller.runtime.cli_common import (
+    PIPE_WIDTH,
+    RECIPE_FILE,
+    SubParsers,
+    examples,
+    print_table,
+)
 from controller.runtime.site import Site, load_checked_controller, load_site
 from controller.tags import load_tag_map
 
@@ -134,32 +141,70 @@ def _unknown_kind(path: Path, data: Mapping[str, object]) -> Problem:
     )
 
 
-def describe(path: Path, console: Console) -> int:
-    """Print a plant model's variables with units, bounds and roles, and its parameters."""
+#: the columns of ``describe``'s table; the last (the description) wraps, the others never
+DESCRIBE_COLUMNS = ("name", "role", "unit", "valid from", "valid to", "operating", "description")
+#: the fewest columns of a description in the table: a terminal too narrow for it and every
+#: other column whole gets one block per variable instead (names are never cut)
+DESCRIPTION_MIN = 24
+
+
+def _span(lo: float, hi: float) -> str:
+    """``[lo, hi]``, or "-" when neither end is declared (both infinite)."""
+    return "-" if not (math.isfinite(lo) or math.isfinite(hi)) else f"[{lo:g}, {hi:g}]"
+
+
+def describe_rows(path: Path) -> tuple[str, list[tuple[str, ...]]]:
+    """The title and the rows of ``describe`` (:data:`DESCRIBE_COLUMNS`): each variable's
+    validity domain (where the equations hold: a true state outside is a plant fault) and
+    operating limits (what the process must respect); each parameter's plausible range."""
     model = build_model(path)
-    table = Table(title=f"{model.name}: {model.description} (time in {model.time_unit})")
-    # valid: where the equations hold (a true state outside is a plant fault); operating: what
-    # the process must respect (constraints and checks; for a parameter, its plausible range)
-    for col in ("name", "role", "unit", "valid from", "valid to", "operating", "description"):
-        table.add_column(col)
-    for v in model.all_variables.values():
-        lo, hi = v.operating
-        op = "-" if not (math.isfinite(lo) or math.isfinite(hi)) else f"[{lo:g}, {hi:g}]"
-        table.add_row(
-            v.name, v.role.value, v.unit, f"{v.lower:g}", f"{v.upper:g}", op, v.description
-        )
+    title = f"{model.name}: {model.description} (time in {model.time_unit})"
+    rows: list[tuple[str, ...]] = [
+        (v.name, v.role.value, v.unit, f"{v.lower:g}", f"{v.upper:g}", _span(*v.operating),
+         v.description)
+        for v in model.all_variables.values()
+    ]  # fmt: skip
     for p in model.parameter_set.parameters.values():
-        table.add_row(
-            p.name,
-            "parameter",
-            p.unit,
-            "-",
-            "-",
-            f"plausible [{p.lower:g}, {p.upper:g}]",
-            f"{p.value:g}: {p.description}",
-        )
+        span = _span(p.lower, p.upper)
+        plausible = "-" if span == "-" else f"plausible {span}"
+        rows.append((p.name, "parameter", p.unit, "-", "-", plausible,
+                     f"{p.value:g}: {p.description}"))  # fmt: skip
+    return title, rows
+
+
+def describe(path: Path, console: Console) -> int:
+    """Print a plant model's variables with units, bounds and roles, and its parameters: a
+    table, or one block per variable in a terminal too narrow for the table's columns whole."""
+    title, rows = describe_rows(path)
+    fixed = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(DESCRIBE_COLUMNS[:-1])]
+    borders = 3 * len(DESCRIBE_COLUMNS) + 1
+    width = console.width if console.is_terminal else max(console.width, PIPE_WIDTH)
+    if sum(fixed) + borders + DESCRIPTION_MIN > width:
+        _describe_blocks(console, title, rows)
+        return 0
+    table = Table(title=title)
+    for i, col in enumerate(DESCRIBE_COLUMNS):
+        last = i == len(DESCRIBE_COLUMNS) - 1
+        table.add_column(col, no_wrap=not last, min_width=None if last else fixed[i])
+    for r in rows:
+        table.add_row(*r)
     print_table(console, table)
     return 0
+
+
+def _describe_blocks(console: Console, title: str, rows: Sequence[tuple[str, ...]]) -> None:
+    """``describe`` for a narrow terminal: per variable its name, role and unit on one line,
+    then its ranges and its description, indented (wrapped at words, nothing cut)."""
+    console.print(Text(title, style="italic"))
+    for name, role, unit, lo, hi, operating, description in rows:
+        console.print(Text.assemble((name, "bold"), f"  {role}, {unit}"))
+        if role == "parameter":
+            ranges = operating if operating != "-" else "no plausible range declared"
+        else:
+            limits = operating if operating != "-" else "none"
+            ranges = f"valid [{lo}, {hi}]; operating limits {limits}"
+        console.print(Text(f"    {ranges}"))
+        console.print(Text(f"    {description}"))
 
 
 def add_parsers(sub: SubParsers) -> None:

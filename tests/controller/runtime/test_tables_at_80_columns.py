@@ -3,7 +3,8 @@
 ``tags read`` cut the names of tags to "chamber_pressure_…" and "write_refusal_fun…", the
 names ``tags write`` must be given; ``describe`` cut roles and descriptions to "algebra…",
 "paramet…" (seen by a newcomer piping them). Into a pipe they are now laid out for
-:data:`PIPE_WIDTH` columns; a terminal still lays them out for its own width.
+:data:`PIPE_WIDTH` columns; a terminal still lays them out for its own width, and
+``describe`` in a terminal too narrow for its table prints one block per variable.
 """
 
 from __future__ import annotations
@@ -55,3 +56,51 @@ def test_describe_prints_names_and_roles_whole_into_a_pipe() -> None:
         assert any(f" {v.name} " in line and v.role.value in line for line in lines), v.name
     for name in model.parameter_set.parameters:
         assert any(f" {name} " in line and "parameter" in line for line in lines), name
+
+
+def _terminal(width: int) -> tuple[Console, io.StringIO]:
+    buf = io.StringIO()
+    return Console(file=buf, width=width, force_terminal=True, color_system=None), buf
+
+
+def test_describe_in_an_80_column_terminal_cuts_no_name() -> None:
+    """In an 80-column terminal the 7-column table cut names to "rho_sol…" and roles to
+    "paramet…"; it now prints one block per variable, nothing cut."""
+    path = ROOT / "configs" / "plants" / "lyophilizer.yaml"
+    console, buf = _terminal(80)
+    assert describe(path, console) == 0
+    text = buf.getvalue()
+    assert "…" not in text
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    model = build_model(path)
+    for v in model.all_variables.values():
+        head = f"{v.name}  {v.role.value}, {v.unit}"
+        at = lines.index(head)
+        lo, hi = f"{v.lower:g}", f"{v.upper:g}"
+        assert lines[at + 1].strip().startswith(f"valid [{lo}, {hi}]; operating limits "), v.name
+        assert lines[at + 2].strip() == v.description
+    params = model.parameter_set.parameters
+    for name, p in params.items():
+        at = lines.index(f"{name}  parameter, {p.unit}")
+        assert lines[at + 2].strip() == f"{p.value:g}: {p.description}"
+    # a declared plausible range is shown; an undeclared one is said to be undeclared
+    assert lines[lines.index("KC  parameter, cal/s/K/cm^2") + 1].strip() == (
+        "plausible [0.00015, 0.0004]"
+    )
+    assert lines[lines.index("rho_ice  parameter, g/mL") + 1].strip() == (
+        "no plausible range declared"
+    )
+
+
+def test_describe_in_a_wide_terminal_is_a_table_with_every_cell_whole() -> None:
+    path = ROOT / "configs" / "plants" / "lyophilizer.yaml"
+    console, buf = _terminal(200)
+    assert describe(path, console) == 0
+    text = buf.getvalue()
+    assert "…" not in text and "┃ name" in text
+    model = build_model(path)
+    for name in model.parameter_set.parameters:
+        assert any(f"│ {name} " in line and "parameter" in line for line in text.splitlines())
+    # no range declared: "-", not "plausible [-inf, inf]" (which reads as "anything goes")
+    assert "[-inf, inf]" not in text
