@@ -55,6 +55,12 @@ class Policy(Protocol):
     def reset(self, u_prev: Mapping[str, float]) -> None: ...
 
 
+def open_loop(policy: Policy) -> bool:
+    """The policy sets its inputs from a table alone (an open-loop recipe: its class says
+    ``open_loop = True``): neither the data nor the estimate go into what it sets."""
+    return bool(getattr(policy, "open_loop", False))
+
+
 #: How :meth:`ControlPipeline.estimate` words an estimator failure (the problem's start).
 ESTIMATOR_FAILED = "estimator"
 
@@ -64,7 +70,8 @@ class CycleResult:
     """What one cycle saw, decided and let through.
 
     ``rejected``: the outputs the estimator's innovation gate rejected (the cycle held);
-    ``estimator_failed``: the estimator failed (the cycle held).
+    ``estimator_failed``: the estimator failed (the cycle held). An open-loop policy
+    (:func:`open_loop`) is held by neither, nor by bad or stale data: they are still reported.
     """
 
     t: float
@@ -181,11 +188,20 @@ class ControlPipeline:
 
         Bad or stale data hold the last safe setpoints and skip the solve. A failed
         estimator, a measurement rejected by the innovation gate and a failed solve hold too.
-        Raises SafetyOrderError when :meth:`start` was not called.
+        An open-loop recipe (:func:`open_loop`) is held by none of them but a failed decision
+        (its inputs come from its table, not from the data or the estimate: the estimator is
+        a bystander, whose troubles are still reported); the safety filter's limits and move
+        limits still apply. Raises SafetyOrderError when :meth:`start` was not called.
         """
         estimate, problem = self.estimate(y, data_ok=data_ok, data_fresh=data_fresh, states=states)
         failed = problem.startswith(ESTIMATOR_FAILED)
         rejected = () if problem else rejected_outputs(estimate)
+        if open_loop(self.policy):
+            decision = self.policy.step(t, {}, None, u_prev=dict(self.safety.last))
+            outcome = self.guard(decision, data_ok=True, data_fresh=True)
+            return CycleResult(
+                t, estimate, decision, outcome, data_ok, data_fresh, rejected, failed
+            )
         if rejected:
             problem = f"measurement(s) {list(rejected)} rejected by the innovation gate"
         if problem or estimate is None:

@@ -10,6 +10,7 @@ import bisect
 import itertools
 import math
 from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import numpy as np
 
@@ -19,6 +20,10 @@ from controller.core.mpc import Decision, SolveStatus
 
 class RecipePlayer:
     """Interpolates a recipe table (linear or previous-value) at the start of each sample."""
+
+    #: its inputs come from the table alone: bad data or a failed estimator do not hold it
+    #: (:func:`controller.core.pipeline.open_loop`)
+    open_loop: ClassVar[bool] = True
 
     def __init__(self, recipe: Recipe, input_names: tuple[str, ...]) -> None:
         self.recipe = recipe
