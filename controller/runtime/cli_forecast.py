@@ -132,7 +132,18 @@ def forecast_command(
     units = {n: m.unit_of(n) for n in names}
     png_path = forecast_report.plot_forecast(result, out / "forecast.png", units)
     console.print(f"wrote {json_path} and {png_path}", highlight=False, markup=False)
-    bad = {pf.plan.name: pf.status.split(":", 1)[0] for pf in result.plans if pf.status != "ok"}
+    for pf in result.plans:
+        if pf.outside:
+            console.print(
+                f"[red]warning:[/red] plan {escape(pf.plan.name)} predicts CQAs outside their "
+                f"limits: {escape('; '.join(pf.outside))}",
+                highlight=False,
+            )
+    bad = {
+        pf.plan.name: pf.status.split(":", 1)[0]
+        for pf in result.plans
+        if pf.failed or pf.not_applied
+    }
     if bad:
         what = "; ".join(f"{name} ({status})" for name, status in bad.items())
         console.print(
@@ -153,7 +164,8 @@ def _forecast_table(result: Forecast) -> Table:
         table.add_column(f"{row['plan']} ({row['kind']})", justify="right")
     for c in result.cqas:
         what = f"{c.at} of {c.expression}" if c.expression != "end_time" else f"batch end [{unit}]"
-        table.add_row(escape(f"{c.name} ({what})"), *(f"{row[c.name]:.5g}" for row in rows))
+        label = f"{c.name} ({what}), {c.limits()}"
+        table.add_row(escape(label), *(f"{row[c.name]:.5g}" for row in rows))
     table.add_row(escape(f"forecast end [{unit}]"), *(f"{row['end_time']:.5g}" for row in rows))
     table.add_row("batch finished", *("yes" if row["finished"] else "no" for row in rows))
     table.add_row("status", *(_status_cell(row["status"]) for row in rows))
@@ -161,7 +173,8 @@ def _forecast_table(result: Forecast) -> Table:
 
 
 def _status_cell(status: str) -> str:
-    """``ok``, or the status's first words (``failed``, ``not applied``) in red."""
+    """``ok``, or the status's first words (``failed``, ``not applied``, ``outside limits``)
+    in red."""
     if status == "ok":
         return status
     return f"[red]{escape(status.split(':', 1)[0])}[/red]"

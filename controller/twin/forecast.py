@@ -19,9 +19,10 @@ algebraic states are re-solved at every sample from the last values, so the gues
 at the controller's sample time. Inputs are held over each sample: a ``linear`` table at its
 mean over the sample (the PLC follows a ramp continuously; the mean delivers the same amount),
 a ``previous``-value table at the value in force at the start of the sample. Table inputs are
-clipped to the controller config's input limits: the clipped values are the ones reported,
-and the notes say how often each input was clipped. After each step the states are clipped
-into their physical bounds, as the HIL plant does.
+clipped to the controller config's input limits (what the PLC would take): the clipped values
+are the ones reported, and the notes say how often each input was clipped. A step that takes
+the model out of its validity domain (where its equations hold) fails the plan there, as the
+HIL's true plant stops at a plant fault: the states are never clipped back.
 
 Batch end. The batch ends when the model says it is finished (``PlantModel.finished``, e.g.
 primary drying complete), or at ``forecast.batch_duration`` since the batch start, whichever
@@ -29,13 +30,15 @@ comes first; ``forecast.max_duration`` is a hard cap (``finished`` is then False
 ``continuous`` site both durations count from the forecast start. Inside the sample in which
 the model finishes, the end is located by bisection to ``sample_time / 2**7``.
 
-CQAs. Each of the site's ``forecast.cqas`` is an expression's value at the end (``at: end``)
-or its largest/smallest value over the forecast (``max``/``min``; the start, every sample and
-the end). Expressions are states, algebraic states, inputs, model expressions (outputs
-included), derived quantities (:data:`DERIVED`, e.g. the crystallizer's ``fines_ratio`` =
-``mu3n / (mu3 + mu3n)`` when the model has none), or ``end_time``: the batch time of the end.
-Every value at a time point is evaluated with the input applied from that point on (the last
-input at the end). Times are batch times in the model's time unit; values are physical.
+CQAs. Each of the site's ``forecast.cqas`` is an expression's value at the end (``at: end``) or its
+largest/smallest value over the forecast (``max``/``min``; the start, every sample and the end). A
+CQA with ``lower``/``upper`` limits is judged: a plan whose value falls outside (or cannot be told)
+has the status ``outside limits`` naming it; one without is shown, not judged. Expressions are
+states, algebraic states, inputs, model expressions (outputs included), derived quantities
+(:data:`DERIVED`, e.g. the crystallizer's ``fines_ratio`` = ``mu3n / (mu3 + mu3n)`` when the model
+has none), or ``end_time``: the batch time of the end. Every value at a time point is evaluated
+with the input applied from that point on (the last input at the end). Times are batch times in the
+model's time unit; values are physical.
 
 Nothing ahead. From a start where the batch has already ended (the model finished, or at or
 past its duration), no plan is applied: each is reported ``not applied`` (its ``not_applied``
@@ -112,15 +115,20 @@ class PlanForecast:
     failed: str | None
     notes: tuple[str, ...] = ()
     not_applied: str | None = None
+    #: the CQAs outside their limits (:meth:`ForecastCqa.outside`), each with its value
+    outside: tuple[str, ...] = ()
 
     @property
     def status(self) -> str:
-        """``ok``, ``failed: <why>`` or ``not applied: <why>`` (no input of the plan was
-        applied: nothing was left to forecast from the start)."""
+        """``failed: <why>``, ``not applied: <why>`` (no input of the plan was applied:
+        nothing was left to forecast from the start), ``outside limits: <which>`` (a CQA
+        predicted outside its limits), or ``ok`` (forecast, every judged CQA within)."""
         if self.failed:
             return "failed: " + self.failed
         if self.not_applied:
             return "not applied: " + self.not_applied
+        if self.outside:
+            return "outside limits: " + "; ".join(self.outside)
         return "ok"
 
 
@@ -177,6 +185,7 @@ def _plan_dict(pf: PlanForecast) -> dict[str, Any]:
         "finished": pf.finished,
         "failed": pf.failed,
         "not_applied": pf.not_applied,
+        "outside": list(pf.outside),
         "status": pf.status,
         "notes": list(pf.notes),
         "t": pf.t,
@@ -259,8 +268,10 @@ def _run_plan(
     inputs = columns(model.input_names, traj.u)
     expressions = evaluate(sim, traj) if traj.t else {}
     end_time = traj.t[-1] if traj.t else start.t
+    outside: tuple[str, ...] = ()
     if failed is None:
         cqas = _cqa_values(fc.cqas, {**states, **inputs, **expressions}, end_time)
+        outside = tuple(w for c in fc.cqas if (w := c.outside(cqas[c.name])) is not None)
     else:
         cqas = {c.name: math.nan for c in fc.cqas}
     return PlanForecast(
@@ -274,6 +285,7 @@ def _run_plan(
         finished and failed is None,
         failed,
         tuple(notes),
+        outside=outside,
     )
 
 

@@ -2,12 +2,14 @@
 
 :class:`Simulator` integrates the plant's own (non-smoothed) equations with fixed parameters
 (cvodes; idas for the DAEs, whose algebraic states are re-solved at every sample from the last
-values) and clips the states into their physical bounds after every step, as the HIL plant
-does. A :class:`Policy` gives the inputs of each sample: :class:`TablePolicy` (a recipe or an
-alternative plan, clipped to the controller's input limits) or :class:`MpcPolicy` (the site's
-MPC through the same safety limits as on the plant). :func:`simulate` runs one plan to the
-batch end (the model's ``finished``, the section's durations), locating the end inside the
-last sample by bisection; :func:`evaluate` gives the model's expressions along the result.
+values). A step that takes the model out of its validity domain (where its equations hold:
+:meth:`~plant_models.PlantModel.validity_violations`) fails the plan there, as it is a plant fault
+of the HIL's true plant: nothing is clipped back. A :class:`Policy` gives the inputs of each
+sample: :class:`TablePolicy` (a recipe or an alternative plan, clipped to the controller's input
+limits) or :class:`MpcPolicy` (the site's MPC through the same safety limits as on the plant).
+:func:`simulate` runs one plan to the batch end (the model's ``finished``, the section's
+durations), locating the end inside the last sample by bisection; :func:`evaluate` gives the
+model's expressions along the result.
 
 Pure computing: no I/O. See :mod:`controller.twin.forecast` for the rules in full.
 """
@@ -78,8 +80,8 @@ class Simulator:
         self.p = model.parameter_vector(parameters)
         self._steps: dict[float, ca.Function] = {}
         self._alg = model.algebraic_solver()
-        self._lo = np.array([model.variable(n).lower for n in model.state_names])
-        self._hi = np.array([model.variable(n).upper for n in model.state_names])
+        self._all_parameters = dict(zip(model.parameter_names, self.p.tolist(), strict=True))
+        self._watch_expressions = bool(model.expression_domain)
 
     def step(
         self, x: FloatArray, z: FloatArray, u: FloatArray, h: float, t: float
@@ -94,7 +96,7 @@ class Simulator:
             raise _SimulationFailed(
                 self._where(t, u, f"integration failed: {solver_message(exc)}")
             ) from exc
-        x_new = np.clip(np.asarray(xf, dtype=float).ravel(), self._lo, self._hi)
+        x_new = np.asarray(xf, dtype=float).ravel()
         z_new = np.asarray(zf, dtype=float).ravel()
         if not (np.all(np.isfinite(x_new)) and np.all(np.isfinite(z_new))):
             raise _SimulationFailed(self._where(t, u, "integration gave non-finite values"))
@@ -113,6 +115,28 @@ class Simulator:
         if not np.all(np.isfinite(z_new)):
             raise _SimulationFailed(self._where(t, u, "algebraic solve gave non-finite values"))
         return z_new
+
+    def check_domain(self, x: FloatArray, z: FloatArray, u: FloatArray, t: float) -> None:
+        """Raise (the plan fails) when ``x, z`` (under ``u``, at ``t``) lie outside the
+        model's validity domain, with the parameters' bounds (the integrator's round-off, 1e-6
+        of a variable's scale, is not a fault)."""
+        m = self.model
+        expressions = None
+        if self._watch_expressions:
+            expr = np.asarray(m.function(x, z if m.is_dae else np.zeros(0), u, self.p)[3])
+            expressions = dict(zip(m.expression_names, expr.ravel().tolist(), strict=True))
+        found = m.validity_violations(
+            m.as_dict(Role.STATE, x),
+            m.as_dict(Role.ALGEBRAIC, z) if m.is_dae else None,
+            self._all_parameters,
+            expressions=expressions,
+        )
+        if found:
+            what = "; ".join(v.describe() for v in found)
+            raise _SimulationFailed(
+                self._where(t, u, f"the model left its validity domain (where its equations "
+                                  f"hold; nothing is corrected): {what}")
+            )  # fmt: skip
 
     def finished(self, x: FloatArray) -> bool:
         return bool(self.model.finished(self.model.as_dict(Role.STATE, x), self.parameters))
@@ -314,11 +338,13 @@ def simulate(
             z = sim.consistent(x, z, u, t)
             traj.add(t, x, z, u)
             x_next, z_next = sim.step(x, z, u, h, t)
-            if sim.finished(x_next):
+            if sim.finished(x_next):  # the end, located inside the step: its state is the end's
                 h, x_next, z_next = _bisect(sim, x, z, u, h, t, x_next, z_next)
                 t_next = t + h
-            elif h != dt:
-                t_next = t_end
+            else:
+                if h != dt:
+                    t_next = t_end
+                sim.check_domain(x_next, z_next, u, t_next)
             k += 1
             t, x, z = t_next, x_next, z_next
     except _SimulationFailed as exc:

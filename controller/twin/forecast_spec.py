@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import model_validator
 
 from controller.config import ControllerConfig, Recipe
-from controller.configfile import PositiveFinite, Strict
+from controller.configfile import Finite, PositiveFinite, Strict
 from controller.core.jit import LibraryBuilder
 from controller.errors import PharmaTwinError, Problem, unknown_name
 from plant_models import PlantModel
@@ -72,6 +72,39 @@ class ForecastCqa(Strict):
     name: str
     expression: str
     at: Literal["end", "max", "min"] = "end"
+    #: the acceptable range (either end may be left out): a plan whose value falls outside,
+    #: or cannot be told, says so in its status; a CQA with neither is shown, not judged
+    lower: Finite | None = None
+    upper: Finite | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ForecastCqa:
+        if self.lower is not None and self.upper is not None and self.lower > self.upper:
+            raise ValueError(f"lower {self.lower:g} is above upper {self.upper:g}")
+        return self
+
+    @property
+    def judged(self) -> bool:
+        return self.lower is not None or self.upper is not None
+
+    def limits(self) -> str:
+        """``>= lower``, ``<= upper``, ``in [lower, upper]``, or "not judged"."""
+        if self.lower is not None and self.upper is not None:
+            return f"in [{self.lower:g}, {self.upper:g}]"
+        if self.lower is not None:
+            return f">= {self.lower:g}"
+        return f"<= {self.upper:g}" if self.upper is not None else "not judged"
+
+    def outside(self, value: float) -> str | None:
+        """Why ``value`` is not acceptable; None when it is, or when nothing is judged."""
+        if not self.judged:
+            return None
+        if not math.isfinite(value):
+            return f"{self.name} cannot be told ({value}), limit {self.limits()}"
+        low = self.lower is not None and value < self.lower
+        if low or (self.upper is not None and value > self.upper):
+            return f"{self.name} {value:.5g} not {self.limits()}"
+        return None
 
 
 class ForecastSection(Strict):
