@@ -4,7 +4,10 @@
 and parameters with their units, the PLC's input limits, its tags, and the kinds its servers
 cannot carry out. :func:`fault_problems` lists every reason a fault would not do what it says
 there: the target exists (unknown names are listed with what is allowed and a "did you
-mean"), a wildcard matches at least one tag, the stated ``unit`` is the one the magnitude or
+mean"), a ``comm_bad_status`` names a tag the controller reads and acts on
+(:func:`controller_reads`: a bad status on a publication of the twin, or on a diagnostic no
+decision depends on, would change nothing; a wildcard must match at least one such tag), the
+stated ``unit`` is the one the magnitude or
 rate is in (:func:`magnitude_unit`), the magnitude can take effect (a saturation at or above
 the input's upper limit, a lag far shorter than a plant step, a drift of a parameter that is
 0, a window shorter than a plant step would all silently do nothing; a saturation outside the
@@ -29,6 +32,8 @@ from pydantic import ValidationError
 
 from controller.binding import Binding
 from controller.errors import ConfigError, Problem, ScenarioError, suggest, unknown_name
+from controller.runtime.site import CLOSED_LOOP_CONTRACT
+from controller.tags import Direction
 from hil.faultspec import (
     FAULT_KINDS,
     FAULT_RATE_KINDS,
@@ -51,6 +56,7 @@ __all__ = [
     "check_clear",
     "check_fault",
     "check_scheduled",
+    "controller_reads",
     "fault_problems",
     "late_fault_problems",
     "magnitude_unit",
@@ -105,7 +111,9 @@ class FaultTargets:
     and ``plant_step`` are None where they are not known (the CLI, from the site file alone:
     :meth:`for_site`), which leaves the checks that need them to the serving rig; so is
     ``sample_time`` where no controller is known. ``unsupported``: kind -> why the servers of
-    this mode cannot carry it out.
+    this mode cannot carry it out. ``reads``: the tags the controller reads and acts on
+    (:func:`controller_reads`), the only ones a ``comm_bad_status`` may target (None: not
+    known, every tag may be targeted); ``directions``: each tag's.
     """
 
     time_unit: str
@@ -119,6 +127,8 @@ class FaultTargets:
     unsupported: Mapping[str, str] = field(default_factory=dict)
     input_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     sample_time: float | None = None
+    reads: tuple[str, ...] | None = None
+    directions: Mapping[str, Direction] = field(default_factory=dict)  # tag -> its direction
 
     @classmethod
     def of(
@@ -158,6 +168,8 @@ class FaultTargets:
             unsupported=unsupported,
             input_ranges=ranges,
             sample_time=sample_time,
+            reads=controller_reads(tags, model),
+            directions={n: t.direction for n, t in tags.tags.items()},
         )
 
     @classmethod
@@ -173,7 +185,7 @@ class FaultTargets:
         if kind in FAULT_SERVER_WIDE_KINDS:
             return ("*",)
         if kind == "comm_bad_status":
-            return self.tags
+            return self.tags if self.reads is None else self.reads
         names = {"sensor": self.outputs, "actuator": self.inputs, "parameter": self.parameter_units}
         return tuple(names.get(kind.split("_")[0], ()))
 
@@ -181,6 +193,28 @@ class FaultTargets:
         """Every name any fault may target, ``"*"`` included."""
         names = [*self.outputs, *self.inputs, *self.parameter_units, *self.tags, "*"]
         return tuple(dict.fromkeys(names))
+
+
+def controller_reads(tags: TagMap, model: PlantModel) -> tuple[str, ...]:
+    """The tags the controller reads and acts on, in map order: the measurements of the
+    model's outputs, the working setpoints and the setpoints it writes and reads back, and the
+    PLC contract's flags and words it reads (``mpc_active``, ``measurement_validity``, ...).
+    Its own publications it never reads; other readable tags (diagnostics such as
+    ``write_refusal_count``) it fetches, but no decision depends on them."""
+    binding = Binding.of(tags, model)
+    acted = {c.tag for c in CLOSED_LOOP_CONTRACT if not c.twin_writes}
+    acted.update(binding.output_tags().values(), binding.working_setpoint_tags().values())
+    acted.update(binding.setpoint_tags().values())
+    return tuple(n for n, t in tags.tags.items() if t.readable and n in acted)
+
+
+def _unread_why(tag: str, targets: FaultTargets) -> str:
+    direction = targets.directions.get(tag)
+    if direction is Direction.PUBLISH:
+        return "the twin publishes it (direction publish) and never reads it back"
+    if direction is Direction.WRITE:
+        return "the twin only writes it (direction write)"
+    return "the runtime fetches it, but no decision depends on it"
 
 
 def magnitude_unit(spec: FaultSpec, targets: FaultTargets) -> str | None:
@@ -207,21 +241,40 @@ def magnitude_unit(spec: FaultSpec, targets: FaultTargets) -> str | None:
 
 def _target_problem(spec: FaultSpec, targets: FaultTargets) -> str | None:
     kind, target = spec.kind, spec.target
-    context = f" for a {kind} fault"
     if kind == "comm_bad_status":
-        if is_pattern(target):
-            if expand_tags(target, targets.tags):
-                return None
-            return f"the pattern {target!r}{context} matches no tag; tags: {list(targets.tags)}"
-        return (
-            None
-            if target in targets.tags
-            else unknown_name("tag", target, targets.tags, context=context)
-        )
+        return _tag_problem(spec, targets)
     allowed = targets.allowed(kind)
     if target in allowed:
         return None
+    context = f" for a {kind} fault"
     return unknown_name(_NOUN.get(kind.split("_")[0], "target"), target, allowed, context=context)
+
+
+def _tag_problem(spec: FaultSpec, targets: FaultTargets) -> str | None:
+    """A ``comm_bad_status`` target that is no tag, or no tag the controller reads (a pattern:
+    matches none)."""
+    kind, target = spec.kind, spec.target
+    context = f" for a {kind} fault"
+    reads = targets.allowed(kind)
+    allowed = f"allowed: the tags the controller reads: {list(reads)}"
+    if is_pattern(target):
+        matched = expand_tags(target, targets.tags)
+        if not matched:
+            return f"the pattern {target!r}{context} matches no tag; {allowed}"
+        if set(matched) & set(reads):
+            return None
+        return (
+            f"the pattern {target!r}{context} matches no tag the controller reads (it "
+            f"matches {list(matched)}): it would do nothing; {allowed}"
+        )
+    if target not in targets.tags:
+        return unknown_name("tag", target, reads, context=context)
+    if target in reads:
+        return None
+    return (
+        f"a {kind} fault on {target!r} would do nothing: the controller never reads "
+        f"{target!r} for anything it does: {_unread_why(target, targets)}; {allowed}"
+    )
 
 
 def _window_problems(spec: FaultSpec, targets: FaultTargets) -> list[str]:

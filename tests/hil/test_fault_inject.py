@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from controller.runtime.site import load_site
 from controller.tags import load_tag_map
 from hil.cli import main
 from hil.serve import ServeOptions, admin_request, serve
@@ -20,6 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 LYO = ROOT / "configs" / "sites" / "lyophilizer-modbus.yaml"
 #: every tag of the site's tag map (what a wildcard expands to)
 N_TAGS = len(load_tag_map(ROOT / "configs" / "tags" / "lyophilizer.yaml").tags)
+#: every name a fault may target on the site (what a clear may name): Tbot, Tsh, Pch, every
+#: parameter, every tag and "*"
+N_NAMES = 3 + len(load_site(LYO).model.parameter_names) + N_TAGS + 1
 pytestmark = pytest.mark.timeout(60)
 PYDANTIC_DUMP = ("validation error", "input_value", "errors.pydantic.dev", "Traceback")
 
@@ -74,16 +78,30 @@ def test_a_typo_in_the_target_is_refused_with_the_allowed_targets(
 def test_a_long_list_of_allowed_targets_is_listed_on_its_own_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    code, out = cli(capsys, "--state-dir", str(tmp_path), "inject", "comm_bad_status",
+    code, out = cli(capsys, "--state-dir", str(tmp_path), "clear", "--target",
                     "product_temp_botom")  # fmt: skip
     assert code == 2
     error, allowed = out.strip().splitlines()
     assert error == (
-        "error: unknown tag 'product_temp_botom' for a comm_bad_status fault; did you mean "
-        f"'product_temp_bottom'? (one of {N_TAGS} allowed)"
+        "error: unknown fault target 'product_temp_botom'; did you mean "
+        f"'product_temp_bottom'? (one of {N_NAMES} allowed)"
     )
-    assert allowed.startswith("allowed: shelf_temp_sp, chamber_pressure_sp, ")
-    assert len(allowed.split(", ")) == N_TAGS
+    assert allowed.startswith("allowed: Tbot, Tsh, Pch, ")
+    assert len(allowed.split(", ")) == N_NAMES
+
+
+def test_a_bad_status_typo_lists_the_tags_the_controller_reads(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, out = cli(capsys, "--state-dir", str(tmp_path), "inject", "comm_bad_status",
+                    "product_temp_botom")  # fmt: skip
+    assert code == 2
+    assert out.strip() == (
+        "error: unknown tag 'product_temp_botom' for a comm_bad_status fault; did you mean "
+        "'product_temp_bottom'? allowed: ['shelf_temp_sp', 'chamber_pressure_sp', "
+        "'shelf_temp_pv', 'chamber_pressure_pv', 'product_temp_bottom', 'plc_scan_counter', "
+        "'mpc_permissive', 'mpc_active', 'measurement_validity']"
+    )
 
 
 @pytest.mark.parametrize(
