@@ -4,22 +4,26 @@
 and its base HIL scenario, checks the criteria's names against the true plant's model and the
 matrix (:func:`check_criteria`), expands the matrix (:mod:`hil.campaign.cases`) and validates
 every case's scenario, its scheduled faults checked against the site as its rig will check
-them (:func:`hil.faultcheck.scheduled_fault_problems`: a fault that could not act, or that the
-controller could never see, is refused here rather than erroring every case). It raises one
+them, in the mode the case runs in (its block's, else the campaign's)
+(:func:`hil.faultcheck.scheduled_fault_problems`: a fault that could not act, that the
+controller could never see, or that the servers of the case's mode cannot carry out, such as
+``comm_latency`` on the in-memory PLC of the fast mode, is refused here rather than erroring
+its case after the others have run). It raises one
 :class:`~controller.errors.ConfigError` listing every problem with its file, key, bad value
 and what is allowed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from controller.configfile import parse, read_yaml, real, resolve
 from controller.errors import ConfigError, Problem, unknown_name
 from controller.plantfile import build_model
-from controller.runtime.site import load_checked_controller
+from controller.runtime.site import Site, load_checked_controller
 from hil.campaign.cases import Case, expand_matrix
 from hil.campaign.checks import Criterion, Extremum, SetpointsWithinLimits
 from hil.campaign.schema import CampaignFile
@@ -59,11 +63,13 @@ class Campaign:
         return list(dict.fromkeys(p.resolve() for p in out))
 
 
-def load_campaign(path: Path, *, judged: bool = True) -> Campaign:
+def load_campaign(path: Path, *, judged: bool = True, mode: str | None = None) -> Campaign:
     """Load a campaign, its site, and check every case it expands to.
 
     ``judged``: its verdicts are the evidence (a campaign run), so every case must be judged
     by some requirement; a tuning's scenario set (judged by its objectives) need not be.
+    ``mode``: the mode the campaign is to run in (``campaign run --mode``; default the file's):
+    a case's faults are checked in it, or in its block's own mode.
     Raises ConfigError listing every problem of the file, its controller and its cases."""
     source = str(path)
     path = real(Path(path), source, "")
@@ -86,7 +92,7 @@ def load_campaign(path: Path, *, judged: bool = True) -> Campaign:
     problems += check_criteria(spec, model, source)
     cases, more = expand_matrix(spec, base, source, model)
     problems += more
-    problems += _case_problems(cases, model, source, FaultTargets.for_site(site))
+    problems += _case_problems(cases, model, source, site, mode or spec.mode)
     problems += _exercise_problems(spec, cases, source, judged=judged)
     if problems:
         raise ConfigError(problems)
@@ -158,11 +164,13 @@ def _base_scenario(scen_path: Path) -> dict[str, Any]:
 
 
 def _case_problems(
-    cases: list[Case], model: PlantModel, source: str, targets: FaultTargets
+    cases: list[Case], model: PlantModel, source: str, site: Site, campaign_mode: str
 ) -> list[Problem]:
     """Every problem of every case's scenario (each named by its case), its faults checked
-    against the site's ``targets`` (a late start is :func:`_exercise_problems`'s to say)."""
+    against what the site offers in the mode the case runs in (:func:`_mode_targets`; a late
+    start is :func:`_exercise_problems`'s to say)."""
     problems: list[Problem] = []
+    targets: dict[str, FaultTargets] = {}
     for case in cases:
         where = f"{source} (case {case.id})"
         try:
@@ -172,9 +180,48 @@ def _case_problems(
             continue
         found = check_scenario(sc, model, where)
         if sc.faults and not found:
-            found = scheduled_fault_problems(sc.faults, targets, where)
+            mode = case.run_mode(campaign_mode)
+            if mode not in targets:
+                targets[mode] = _mode_targets(site, mode)
+            found = scheduled_fault_problems(sc.faults, targets[mode], where)
         problems += found
     return problems
+
+
+_MODES = ("fast", "hil")
+
+
+def _mode_targets(site: Site, mode: str) -> FaultTargets:
+    """What the site offers to faults in ``mode``: a kind the servers of that mode cannot carry
+    out is refused, with the modes whose servers can (as the case's rig would refuse it when the
+    case runs, after the others)."""
+    unsupported: dict[str, str] = {}
+    for kind, why in _unsupported(site, mode).items():
+        can = [m for m in _MODES if m != mode and kind not in _unsupported(site, m)]
+        allowed = (
+            f"allowed: mode: {' or '.join(can)} for this case (the campaign's mode, or its block's)"
+            if can
+            else "no mode of this site can carry it out"
+        )
+        unsupported[kind] = f"{why}; {allowed}"
+    return replace(FaultTargets.for_site(site), unsupported=unsupported)
+
+
+def _unsupported(site: Site, mode: str) -> Mapping[str, str]:
+    """Kind -> why the servers a case of ``mode`` runs on cannot carry it out
+    (:func:`hil.campaign.drive.execute`: the in-memory PLC in fast mode, else the site's
+    protocol)."""
+    if mode == "fast":
+        from hil.servers.memory import MemoryPlcServer
+
+        return MemoryPlcServer.unsupported_faults
+    if site.connection.protocol == "modbus":
+        from hil.servers.modbus import ModbusPlcServer
+
+        return ModbusPlcServer.unsupported_faults
+    from hil.servers.opcua import OpcUaPlcServer
+
+    return OpcUaPlcServer.unsupported_faults
 
 
 def check_criteria(spec: CampaignFile, model: PlantModel, source: str) -> list[Problem]:
