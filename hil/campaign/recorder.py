@@ -15,7 +15,8 @@ Inputs have two columns: ``u.<input>`` is the setpoint the PLC applies (before a
 faults), ``i.<input>`` what the true plant received (``rig.truth.inputs``: after actuator
 faults and disturbances, at the end of its last step, ``t``). The rig's fault events go into
 ``Recording.faults`` as they happen; :func:`never_active` names the scheduled faults that never
-acted before the batch ended (the case is then an error, not a pass).
+acted before the batch ended, and a planned controller loss that never happened
+(:func:`loss_never_happened`): the case is then an error, not a pass.
 """
 
 from __future__ import annotations
@@ -227,7 +228,8 @@ def batch_end(rec: Recording) -> float | None:
 
 
 def never_active(rec: Recording) -> list[str]:
-    """One sentence per scheduled fault that never became active before the batch ended.
+    """One sentence per scheduled fault that never became active before the batch ended, and
+    one for a planned controller loss that never happened (:func:`loss_never_happened`).
 
     Active: the rig reported its ``"start"`` and it started before the batch's end
     (:func:`batch_end`); a fault starting at or after it acted on no step of the batch."""
@@ -249,7 +251,25 @@ def never_active(rec: Recording) -> list[str]:
             f"fault {f['kind']} on {f['target']} scheduled at t={f['start']:g} {unit} never "
             f"became active: {ended}"
         )
-    return out
+    loss = loss_never_happened(rec)
+    return [*out, loss] if loss is not None else out
+
+
+def loss_never_happened(rec: Recording) -> str | None:
+    """Why the planned controller loss (``loss_at``) never happened, or None (none was
+    planned, or it happened): the runtime was never lost (``lost_at`` is None: the batch
+    ended first) or it was lost only at or after the batch's end (:func:`batch_end`)."""
+    if rec.loss_at is None:
+        return None
+    end = batch_end(rec)
+    if rec.lost_at is not None and end is not None and rec.lost_at < end:
+        return None
+    unit = rec.time_unit
+    ended = "nothing was recorded" if end is None else f"the batch ended at t={end:g} {unit}"
+    return (
+        f"controller loss planned at t={rec.loss_at:g} {unit} never happened: {ended} "
+        "before the controller was lost"
+    )
 
 
 def kpis(rec: Recording, scenario: Mapping[str, Any]) -> dict[str, Any]:
