@@ -36,6 +36,7 @@ __all__ = [
     "TruePlant",
     "check_scenario",
     "disturbance_problems",
+    "duration_problems",
     "initial_input_problems",
     "load_scenario",
     "split_at_disturbances",
@@ -191,7 +192,43 @@ def check_scenario(
     if sc.controller is not None:
         bounds = {n: (-math.inf, math.inf) for n in bounds}
     problems += initial_input_problems(sc.initial_inputs, bounds, source, "physical bounds")
+    if sc.controller is None and sc.sample_time is not None:  # closed loop: load_scenario
+        where = "the scenario's sample_time"
+        problems += duration_problems(sc.duration, sc.sample_time, model, source, where)
     return problems
+
+
+#: how far from a whole number of samples a duration may be (relative): round-off only
+DURATION_RTOL = 1e-9
+
+
+def duration_problems(
+    duration: float, sample_time: float, model: PlantModel, source: str, whence: str
+) -> list[Problem]:
+    """A ``duration`` that is not a whole number (one or more) of samples of ``sample_time``
+    (``whence``: where that sample time comes from). A run steps whole samples: a shorter
+    duration would run no step (an empty run reported as a clean one), any other would be
+    cut short or overrun."""
+    unit = model.time_unit
+    samples = duration / sample_time
+    n = round(samples)
+    if n >= 1 and abs(n * sample_time - duration) <= DURATION_RTOL * duration:
+        return []
+    dt = f"sample_time {sample_time:g} {unit} ({whence})"
+    if samples < 1:
+        why = (
+            f"{duration:g} {unit} is shorter than one sample, {dt}: the run would have no "
+            f"step; allowed: a whole number of samples ({sample_time:g} {unit}, "
+            f"{2 * sample_time:g} {unit}, ...)"
+        )
+    else:
+        below = math.floor(samples) * sample_time
+        why = (
+            f"{duration:g} {unit} is not a whole number of samples: {samples:.6g} samples of "
+            f"{dt}; allowed: a whole number of samples, the nearest: "
+            f"{below:g} {unit} or {below + sample_time:g} {unit}"
+        )
+    return [Problem(source, "duration", why, duration)]
 
 
 def disturbance_problems(
@@ -290,6 +327,8 @@ def load_scenario(path: Path) -> ScenarioConfig:
         except ConfigError as exc:
             problems += list(exc.problems)
         else:
+            whence = f"the controller's, {ctrl_path}"
+            problems += duration_problems(sc.duration, cfg.sample_time, model, str(path), whence)
             limits = {n: (s.lower, s.upper) for n, s in cfg.inputs.items()}
             known = {n: v for n, v in sc.initial_inputs.items() if n in limits}
             problems += initial_input_problems(
