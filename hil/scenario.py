@@ -5,9 +5,11 @@ a true plant with its own parameters, initial state, measurement noise, input di
 and scheduled faults (:mod:`hil.faultspec`), and names the CQAs and checks to judge it by.
 HIL owns this schema: the controller never reads a scenario file. :func:`load_scenario`
 checks every name against the plant model and, in closed loop, the initial inputs against
-the controller's input limits; it refuses disturbances that would take an input out of its
-physical (actuator) range (:func:`disturbance_problems`), and raises one ConfigError listing
-every problem.
+the controller's input limits; it refuses a recipe value outside its input's physical
+(actuator) range (:func:`recipe_range_problems`), a duration that is not a whole number of
+samples (:func:`duration_problems`) and disturbances that would take an input out of its
+physical range (:func:`disturbance_problems`), and raises one ConfigError listing every
+problem.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ __all__ = [
     "duration_problems",
     "initial_input_problems",
     "load_scenario",
+    "recipe_range_problems",
     "split_at_disturbances",
 ]
 
@@ -141,8 +144,9 @@ def _unknown(names: Iterable[_Name], source: str) -> list[Problem]:
 def check_scenario(
     sc: ScenarioConfig, model: PlantModel, source: str, *, recipe_drives: bool = True
 ) -> list[Problem]:
-    """Every name in a scenario must exist in its plant model; a recipe gives every input and
-    the initial inputs of an open loop lie within the model's physical bounds; no
+    """Every name in a scenario must exist in its plant model; a recipe gives every input
+    within its physical range, and the initial inputs of an open loop lie within the model's
+    physical bounds; an open loop's duration is a whole number of samples; no
     disturbance takes an input out of its physical range (:func:`disturbance_problems`;
     ``recipe_drives``: whether the scenario's recipe is what the plant gets)."""
     tp = sc.true_plant
@@ -185,6 +189,7 @@ def check_scenario(
     recipe_ok = True
     if sc.recipe is not None:
         bad_rows = recipe_input_problems(sc.recipe, model, source, "recipe.")
+        bad_rows += recipe_range_problems(sc.recipe, model, source)
         recipe_ok, problems = not bad_rows, problems + bad_rows
     problems += disturbance_problems(sc, model, source, recipe_ok=recipe_ok and recipe_drives)
     # closed loop: load_scenario checks them against the controller's input limits
@@ -229,6 +234,28 @@ def duration_problems(
             f"{below:g} {unit} or {below + sample_time:g} {unit}"
         )
     return [Problem(source, "duration", why, duration)]
+
+
+def recipe_range_problems(recipe: Recipe, model: PlantModel, source: str) -> list[Problem]:
+    """Recipe values outside their input's physical (actuator) range: the limits a recipe
+    run enforces (safety would clip the value, so the plant would not get what the recipe
+    says), and where the true plant's equations hold. One problem per value."""
+    problems: list[Problem] = []
+    for j, row in enumerate(recipe.table):
+        for name, value in row.inputs.items():
+            if name not in model.input_names:
+                continue  # recipe_input_problems names it
+            var = model.variable(name)
+            if var.lower <= value <= var.upper:
+                continue
+            lo, hi, unit = var.lower, var.upper, var.unit
+            why = (
+                f"{name} = {value:g} {unit} at t={row.t:g} {model.time_unit} is outside "
+                f"{name}'s physical (actuator) range [{lo:g}, {hi:g}] {unit}, the limits a "
+                f"recipe run enforces; allowed: {lo:g} to {hi:g} {unit}"
+            )
+            problems.append(Problem(source, f"recipe.table.{j}.inputs.{name}", why, value))
+    return problems
 
 
 def disturbance_problems(
