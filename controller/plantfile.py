@@ -3,8 +3,9 @@
 A plant file gives the model's parameter values (with their units and plausible ranges), its
 nominal initial state and inputs, and bound overrides. :func:`load_parameter_set` checks it
 against the model's declaration (every parameter with its declared unit, every state and
-input named) into a :class:`plant_models.ParameterSet`; :func:`build_model` binds that to its
-model class.
+input named, the initial state and nominal inputs inside the model's validity domain:
+:func:`start_problems`) into a :class:`plant_models.ParameterSet`; :func:`build_model` binds
+that to its model class.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from controller.configfile import Finite, Strict, parse, read_yaml
 from controller.errors import ConfigError, Problem, unknown_name
 from plant_models import MODELS, Parameter, ParameterSet, PlantModel, Role
 
-__all__ = ["ParameterEntry", "PlantFile", "build_model", "load_parameter_set"]
+__all__ = [
+    "ParameterEntry",
+    "PlantFile",
+    "build_model",
+    "load_parameter_set",
+    "start_problems",
+]
 
 
 class ParameterEntry(Strict):
@@ -106,7 +113,7 @@ def load_parameter_set(path: Path) -> ParameterSet:
         )
         for name, e in pf.parameters.items()
     }
-    return ParameterSet(
+    ps = ParameterSet(
         pf.model,
         params,
         dict(pf.initial_state),
@@ -115,6 +122,50 @@ def load_parameter_set(path: Path) -> ParameterSet:
         dict(pf.bounds),
         str(path),
     )
+    problems = start_problems(cls(ps), str(path))
+    if problems:
+        raise ConfigError(problems)
+    return ps
+
+
+def start_problems(
+    model: PlantModel,
+    source: str,
+    states: Mapping[str, float] | None = None,
+    inputs: Mapping[str, float] | None = None,
+    parameters: Mapping[str, float] | None = None,
+    *,
+    keys: tuple[str, str] = ("initial_state", "nominal_inputs"),
+) -> list[Problem]:
+    """Initial states and inputs outside the model's validity domain, where its equations hold
+    (:meth:`PlantModel.validity_violations`: the variables' ``lower/upper``, an input's
+    actuator range, and the state bounds that depend on the ``parameters``); the plant file's
+    own by default. ``keys``: where the states and the inputs are given. Operating limits are
+    not looked at."""
+    if states is None and inputs is None:
+        states, inputs = model.initial_state, model.nominal_inputs
+    p = model.parameter_set.values() if parameters is None else parameters
+    found = [(keys[0], v) for v in model.validity_violations(states or {}, parameters=p)] + [
+        (keys[1], v) for v in model.validity_violations({}, inputs=inputs or {})
+    ]
+    return [
+        Problem(
+            source,
+            f"{key}.{v.name}",
+            f"{v.describe()}; allowed: {_span(v.lower, v.upper, v.unit)}",
+            v.value,
+        )
+        for key, v in found
+    ]
+
+
+def _span(lower: float, upper: float, unit: str) -> str:
+    """The values from ``lower`` to ``upper`` in words (an infinite end left out)."""
+    if math.isinf(upper):
+        return f"{lower:g} {unit} or more"
+    if math.isinf(lower):
+        return f"{upper:g} {unit} or less"
+    return f"{lower:g} to {upper:g} {unit}"
 
 
 def _check_names(

@@ -5,7 +5,8 @@ a true plant with its own parameters, initial state, measurement noise, input di
 and scheduled faults (:mod:`hil.faultspec`), and names the CQAs and checks to judge it by.
 HIL owns this schema: the controller never reads a scenario file. :func:`load_scenario`
 checks every name against the plant model and, in closed loop, the initial inputs against
-the controller's input limits; it refuses a recipe value outside its input's physical
+the controller's input limits; it refuses a true-plant initial state outside the model's
+validity domain (:func:`initial_state_problems`), a recipe value outside its input's physical
 (actuator) range (:func:`recipe_range_problems`), a duration that is not a whole number of
 samples (:func:`duration_problems`) and disturbances that would take an input out of its
 physical range (:func:`disturbance_problems`), and raises one ConfigError listing every
@@ -26,7 +27,7 @@ from controller.config import Constraint, Recipe, recipe_input_problems, sample_
 from controller.configfile import Finite, PositiveFinite, Strict, parse, read_yaml, resolve
 from controller.core.recipe import RecipePlayer
 from controller.errors import ConfigError, Problem, unknown_name
-from controller.plantfile import build_model
+from controller.plantfile import build_model, start_problems
 from controller.runtime.site import load_checked_controller
 from hil.faultspec import FaultSpec, check_faults
 from plant_models import PlantModel
@@ -40,6 +41,7 @@ __all__ = [
     "disturbance_problems",
     "duration_problems",
     "initial_input_problems",
+    "initial_state_problems",
     "load_scenario",
     "recipe_range_problems",
     "split_at_disturbances",
@@ -97,7 +99,8 @@ class ScenarioConfig(Strict):
     ``initial_inputs``: the setpoints the plant works with at the start (the PLC's working
     setpoints before the controller's first write), by input name; inputs not given start at
     the plant file's ``nominal_inputs``. They must lie within the controller's input limits
-    (the model's physical bounds for an open-loop run): they are never clamped.
+    and the model's physical bounds (for an open-loop run, those bounds alone): they are never
+    clamped.
     """
 
     name: str
@@ -144,7 +147,8 @@ def _unknown(names: Iterable[_Name], source: str) -> list[Problem]:
 def check_scenario(
     sc: ScenarioConfig, model: PlantModel, source: str, *, recipe_drives: bool = True
 ) -> list[Problem]:
-    """Every name in a scenario must exist in its plant model; a recipe gives every input
+    """Every name in a scenario must exist in its plant model; the true plant starts inside
+    its validity domain (:func:`initial_state_problems`); a recipe gives every input
     within its physical range, and the initial inputs of an open loop lie within the model's
     physical bounds; an open loop's duration is a whole number of samples; no
     disturbance takes an input out of its physical range (:func:`disturbance_problems`;
@@ -186,6 +190,7 @@ def check_scenario(
         for v in model.parameter_violations(tp.parameters)
     ]
     problems += _unknown(((f"cqas.{i}", n, "name", named) for i, n in enumerate(sc.cqas)), source)
+    problems += initial_state_problems(sc, model, source)
     recipe_ok = True
     if sc.recipe is not None:
         bad_rows = recipe_input_problems(sc.recipe, model, source, "recipe.")
@@ -200,6 +205,32 @@ def check_scenario(
     if sc.controller is None and sc.sample_time is not None:  # closed loop: load_scenario
         where = "the scenario's sample_time"
         problems += duration_problems(sc.duration, sc.sample_time, model, source, where)
+    return problems
+
+
+#: where a scenario gives the true plant's initial states and inputs
+_START_KEYS = ("true_plant.initial_state", "initial_inputs")
+
+
+def initial_state_problems(sc: ScenarioConfig, model: PlantModel, source: str) -> list[Problem]:
+    """The true plant's initial state (the plant file's, with ``true_plant.initial_state``
+    over it) outside the model's validity domain, with the true plant's parameters: the
+    plant would fault at t = 0. A state the scenario does not give is outside only through
+    a bound that depends on the parameters (Lck <= Lpr0): that is the parameters' problem."""
+    tp = sc.true_plant
+    given = {n: v for n, v in tp.initial_state.items() if n in model.state_names}
+    known = {n: v for n, v in tp.parameters.items() if n in model.parameter_names}
+    params = model.parameter_set.values()
+    if len(known) == len(tp.parameters) and not model.parameter_violations(known):
+        params |= known  # else the parameters' own problems are reported
+    states = {**model.initial_state, **given}
+    problems = []
+    for p in start_problems(model, source, states, {}, params, keys=_START_KEYS):
+        if p.location.rsplit(".", 1)[-1] in given:
+            problems.append(p)
+        else:
+            why = f"with these parameters the plant file's initial state is outside: {p.message}"
+            problems.append(Problem(source, "true_plant.parameters", why, tp.parameters))
     return problems
 
 
@@ -361,6 +392,9 @@ def load_scenario(path: Path) -> ScenarioConfig:
             problems += initial_input_problems(
                 known, limits, str(path), "controller's input limits"
             )
+            # the scenario's plant file may narrow an input's physical range (``bounds``)
+            inside = {n: v for n, v in known.items() if limits[n][0] <= v <= limits[n][1]}
+            problems += start_problems(model, str(path), {}, inside, keys=_START_KEYS)
             if cmodel.name != model.name:
                 problems.append(
                     Problem(
