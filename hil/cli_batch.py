@@ -203,7 +203,7 @@ def campaign_command(args: argparse.Namespace, console: Console) -> int:
     from hil.campaign.execute import RunSettings, run_campaign
     from hil.campaign.spec import load_campaign
 
-    campaign = load_campaign(args.campaign)
+    campaign = load_campaign(args.campaign, mode=args.mode)  # its faults checked in that mode
     mode = args.mode or campaign.spec.mode
     executor: Literal["process", "dask"] = args.executor or (
         "dask" if args.dask_scheduler else "process"

@@ -84,3 +84,19 @@ def test_the_mode_the_campaign_is_run_in_overrides_the_files(tmp_path: Path) -> 
     assert len(load_campaign(path, mode="hil").cases) == 2
     with pytest.raises(ConfigError):
         load_campaign(_campaign(tmp_path, "hil", [_block()]), mode="fast")
+
+
+def test_campaign_run_with_mode_fast_refuses_a_comm_latency_before_any_case_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``campaign run --mode fast`` on a hil-mode file: the file loads in hil mode, and the
+    run's own mode is the one its faults are checked in (the CLI passes it on)."""
+    from hil.cli import main as hil_main
+
+    path = _campaign(tmp_path, "hil", [_block()])
+    out = tmp_path / "out"
+    code = hil_main(["campaign", "run", str(path), "--mode", "fast", "--out", str(out)])
+    err = capsys.readouterr()
+    assert code == 2, err
+    assert "comm_latency fault cannot take effect here" in err.out + err.err
+    assert not (out / "cases").exists()  # refused before any case ran
