@@ -5,7 +5,8 @@ model: the objective, the input limits the MPC and the safety layer share, const
 estimator, the solver, robust scenarios and monitoring (:mod:`controller.monitoringspec`).
 :func:`robust_values` and :func:`robust_scenarios` derive a robust MPC's scenario tree from
 it. :class:`Recipe` is an open-loop input table (a scenario's, a forecast's plan, the PLC's
-local recipe), checked against a model by :func:`recipe_input_problems`.
+local recipe), checked against a model by :func:`recipe_input_problems` (every input given)
+and :func:`recipe_range_problems` (each value within its input's physical range).
 
 Loading a controller file and checking its names against its plant model is
 :mod:`controller.controllerfile`; reading and validating YAML is :mod:`controller.configfile`.
@@ -347,3 +348,28 @@ def recipe_input_problems(
         for j, row in enumerate(recipe.table)
         if set(row.inputs) != set(allowed)
     ]
+
+
+def recipe_range_problems(
+    recipe: Recipe, model: PlantModel, source: str, prefix: str = ""
+) -> list[Problem]:
+    """Recipe values outside their input's physical (actuator) range: the limits a recipe
+    run enforces (safety would clip the value, so the plant would not get what the recipe
+    says), and where the true plant's equations hold; the PLC's local recipe of a
+    forecast too. One problem per value."""
+    problems: list[Problem] = []
+    for j, row in enumerate(recipe.table):
+        for name, value in row.inputs.items():
+            if name not in model.input_names:
+                continue  # recipe_input_problems names it
+            var = model.variable(name)
+            if var.lower <= value <= var.upper:
+                continue
+            lo, hi, unit = var.lower, var.upper, var.unit
+            why = (
+                f"{name} = {value:g} {unit} at t={row.t:g} {model.time_unit} is outside "
+                f"{name}'s physical (actuator) range [{lo:g}, {hi:g}] {unit}, the limits a "
+                f"recipe run enforces; allowed: {lo:g} to {hi:g} {unit}"
+            )
+            problems.append(Problem(source, f"{prefix}table.{j}.inputs.{name}", why, value))
+    return problems

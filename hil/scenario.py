@@ -23,7 +23,13 @@ from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
-from controller.config import Constraint, Recipe, recipe_input_problems, sample_time_long_enough
+from controller.config import (
+    Constraint,
+    Recipe,
+    recipe_input_problems,
+    recipe_range_problems,
+    sample_time_long_enough,
+)
 from controller.configfile import Finite, PositiveFinite, Strict, parse, read_yaml, resolve
 from controller.core.recipe import RecipePlayer
 from controller.errors import ConfigError, Problem, unknown_name
@@ -194,7 +200,7 @@ def check_scenario(
     recipe_ok = True
     if sc.recipe is not None:
         bad_rows = recipe_input_problems(sc.recipe, model, source, "recipe.")
-        bad_rows += recipe_range_problems(sc.recipe, model, source)
+        bad_rows += recipe_range_problems(sc.recipe, model, source, "recipe.")
         recipe_ok, problems = not bad_rows, problems + bad_rows
     problems += disturbance_problems(sc, model, source, recipe_ok=recipe_ok and recipe_drives)
     # closed loop: load_scenario checks them against the controller's input limits
@@ -265,28 +271,6 @@ def duration_problems(
             f"{below:g} {unit} or {below + sample_time:g} {unit}"
         )
     return [Problem(source, "duration", why, duration)]
-
-
-def recipe_range_problems(recipe: Recipe, model: PlantModel, source: str) -> list[Problem]:
-    """Recipe values outside their input's physical (actuator) range: the limits a recipe
-    run enforces (safety would clip the value, so the plant would not get what the recipe
-    says), and where the true plant's equations hold. One problem per value."""
-    problems: list[Problem] = []
-    for j, row in enumerate(recipe.table):
-        for name, value in row.inputs.items():
-            if name not in model.input_names:
-                continue  # recipe_input_problems names it
-            var = model.variable(name)
-            if var.lower <= value <= var.upper:
-                continue
-            lo, hi, unit = var.lower, var.upper, var.unit
-            why = (
-                f"{name} = {value:g} {unit} at t={row.t:g} {model.time_unit} is outside "
-                f"{name}'s physical (actuator) range [{lo:g}, {hi:g}] {unit}, the limits a "
-                f"recipe run enforces; allowed: {lo:g} to {hi:g} {unit}"
-            )
-            problems.append(Problem(source, f"recipe.table.{j}.inputs.{name}", why, value))
-    return problems
 
 
 def disturbance_problems(

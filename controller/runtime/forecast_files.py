@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from controller.binding import Binding
-from controller.config import Recipe, recipe_input_problems
+from controller.config import Recipe, recipe_input_problems, recipe_range_problems
 from controller.configfile import parse, read_yaml, resolve
 from controller.errors import ConfigError, Problem, unknown_name
 from controller.outpaths import input_file_problem
@@ -86,7 +86,8 @@ def _config_problems(exc: ConfigError, prefix: str) -> list[Problem]:
 def recipe_problems(path: Path, model: PlantModel) -> tuple[Recipe | None, list[Problem]]:
     """Read a recipe from a scenario file (its ``recipe:`` key) or a bare recipe file.
 
-    Every row must give every input of ``model`` (it is what the PLC applies). Returns the
+    Every row must give every input of ``model`` (it is what the PLC applies), each within
+    its physical (actuator) range. Returns the
     recipe (None when it does not validate) and the problems found.
     """
     try:
@@ -103,6 +104,7 @@ def recipe_problems(path: Path, model: PlantModel) -> tuple[Recipe | None, list[
     except ConfigError as exc:
         return None, _config_problems(exc, prefix)
     problems = recipe_input_problems(recipe, model, str(path), prefix)
+    problems += recipe_range_problems(recipe, model, str(path), prefix)
     return (None if problems else recipe), problems
 
 

@@ -381,6 +381,26 @@ def test_a_local_recipe_that_misses_an_input_is_named(tmp_path: Path) -> None:
     )
 
 
+def test_a_local_recipe_value_outside_its_physical_range_is_named(tmp_path: Path) -> None:
+    """A bare recipe file (the PLC's local recipe of a forecast) with Tsh -135 degC (the
+    shelf reaches -45..120) loaded, and the forecast clipped it without a word."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "interpolation: linear\ntable:\n  - {t: 0, inputs: {Tsh: -135, Pch: 0.1}}\n",
+        encoding="utf-8",
+    )
+    path = site_file(tmp_path, {"local_recipe": str(recipe), "max_duration": 30.0})
+    with pytest.raises(ConfigError) as info:
+        load_site(path)
+    (problem,) = info.value.problems
+    assert (problem.file, problem.location, problem.value) == (
+        str(recipe),
+        "table.0.inputs.Tsh",
+        -135,
+    )
+    assert "physical (actuator) range [-45, 120] degC" in problem.message
+
+
 # ---------------------------------------------------------------------- shipped sites
 @pytest.mark.parametrize("path", sorted(SITES.glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_shipped_site_has_a_forecast_with_its_local_recipe(path: Path) -> None:
