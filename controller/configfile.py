@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controller import filekinds, yamlmarks
 from controller.errors import ConfigError, Problem, suggest, unknown_name
+from controller.nocoerce import Coercion, coercions, refusal
 
 __all__ = ["NAME", "Finite", "PositiveFinite", "Strict", "parse", "read_yaml", "real", "resolve"]
 
@@ -303,14 +304,30 @@ def _step(t: Any, part: Any) -> list[Any]:
 def parse(schema: type[S], data: Mapping[str, Any], source: str) -> S:
     """Validate ``data`` against ``schema``; every problem goes into one ConfigError.
 
+    A value pydantic would silently coerce into a number or a flag (``true`` for a count,
+    ``"100"`` for a weight, ``1`` for a flag) is a problem too (:mod:`controller.nocoerce`).
+
     A file of another kind (a site file where a scenario is expected) is one problem that
     names its kind and the commands that take it, not a list of missing keys.
     """
+    coerced = coercions(schema, data)
+    flagged = {".".join(loc) for loc, _, _ in coerced}
     try:
-        return schema.model_validate(data)
+        model = schema.model_validate(data)
     except ValidationError as exc:
         wrong = _wrong_kind(schema, data, source)
-        raise ConfigError(wrong or _problems_from(exc, source, schema)) from exc
+        if wrong:
+            raise ConfigError(wrong) from exc
+        found = [p for p in _problems_from(exc, source, schema) if p.location not in flagged]
+        raise ConfigError(_coercion_problems(coerced, source) + found) from exc
+    if coerced:
+        raise ConfigError(_coercion_problems(coerced, source))
+    return model
+
+
+def _coercion_problems(found: list[Coercion], source: str) -> list[Problem]:
+    """Values pydantic would coerce into a number or a flag (:mod:`controller.nocoerce`)."""
+    return [Problem(source, ".".join(loc), refusal(v, allowed), v) for loc, v, allowed in found]
 
 
 def _wrong_kind(schema: type[BaseModel], data: Any, source: str) -> list[Problem]:

@@ -32,8 +32,24 @@ _KEY_PATH = re.compile(r"[A-Za-z_][\w-]*(\.[\w-]+)*")
 _CACHE_SIZE = 64
 #: the largest file :func:`marks_for` parses by itself [bytes]
 MAX_BYTES = 4_000_000
-#: libyaml's safe loader (None without libyaml), and what PyYAML's reader refuses
-_FAST_LOADER: Any = getattr(yaml, "CSafeLoader", None)
+#: ``1e-4``, ``-2E5``, ``3.5e2``: a float in YAML 1.2, a string in PyYAML's YAML 1.1 (which
+#: wants a dot: ``1.0e-4``); a config's number is never meant as a string
+_EXPONENT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+
+
+def _with_exponent_floats(base: Any) -> Any:
+    """``base`` (a PyYAML safe loader class) that also reads :data:`_EXPONENT` as floats."""
+    if base is None:
+        return None
+    loader: Any = type(f"Config{base.__name__}", (base,), {})
+    loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT, list("-+0123456789"))
+    return loader
+
+
+#: libyaml's safe loader (None without libyaml) and PyYAML's own, each reading 1e-4 as a
+#: number; and what PyYAML's reader refuses
+_FAST_LOADER: Any = _with_exponent_floats(getattr(yaml, "CSafeLoader", None))
+_SAFE_LOADER: Any = _with_exponent_floats(yaml.SafeLoader)
 _NON_PRINTABLE = yaml.reader.Reader.NON_PRINTABLE
 
 
@@ -99,7 +115,7 @@ def load(text: str) -> Loaded:
     if _FAST_LOADER is not None and not _NON_PRINTABLE.search(text):
         with contextlib.suppress(yaml.YAMLError):
             return _load(text, _FAST_LOADER)
-    return _load(text, yaml.SafeLoader)
+    return _load(text, _SAFE_LOADER)
 
 
 def _load(text: str, loader_class: Any) -> Loaded:

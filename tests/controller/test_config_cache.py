@@ -124,7 +124,8 @@ def test_a_bad_file_is_refused_every_time_it_is_read(
 
 
 def _pure(text: str) -> yamlmarks.Loaded:
-    return yamlmarks._load(text, yaml.SafeLoader)
+    """PyYAML's own parser, with the same resolvers (1e-4 is a float: controller.nocoerce)."""
+    return yamlmarks._load(text, yamlmarks._SAFE_LOADER)
 
 
 @pytest.mark.parametrize(

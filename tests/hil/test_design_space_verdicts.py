@@ -255,7 +255,11 @@ def test_the_uncertainty_section_refuses_a_boolean_seed_and_a_parameter_named_tw
 ) -> None:
     """``seed: true`` was read as seed 1 and ``[KC, KC]`` was taken silently."""
     for uncertainty, key, text in (
-        ({"parameters": ["KC"], "seed": True}, "uncertainty.seed", "integer"),
+        (
+            {"parameters": ["KC"], "seed": True},
+            "uncertainty.seed",
+            "true (a YAML true/false) is not a number",
+        ),
         ({"parameters": ["KC", "R0", "KC"]}, "uncertainty.parameters", "more than once: KC"),
     ):
         with pytest.raises(ConfigError) as err:
