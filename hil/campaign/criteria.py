@@ -342,6 +342,39 @@ def _maintenance(check: MaintenanceForecast, rec: Recording) -> tuple[float, str
     )
 
 
+CHART = "mon.chart."  # a cycle's drift-chart statistics: NaN while the chart is not running
+
+
+def charts_watched(rec: Recording) -> tuple[str, str]:
+    """(what watched the run, "") when the drift monitor had every one of its charts
+    evaluating (every ``mon.chart.*`` statistic finite) in some recorded cycle; else ("", why
+    not). Until then the twin withholds ``alarm.active`` ("drift monitor not running yet"):
+    its 0, like any other ``mon.*`` figure, says nothing about drift."""
+    charts = sorted({k for c in rec.cycles for k in c if k.startswith(CHART)})
+    if not charts:
+        why = "no drift chart statistic (mon.chart.*) was recorded: no drift chart ran"
+        return "", f"{why} in any of the {len(rec.cycles)} controller cycles"
+
+    def running(c: Mapping[str, Any]) -> int:
+        return sum(isinstance(v := c.get(k), int | float) and math.isfinite(v) for k in charts)
+
+    counts = [running(c) for c in rec.cycles]
+    whole = [c["t"] for c, n in zip(rec.cycles, counts, strict=True) if n == len(charts)]
+    if whole:
+        return (
+            f"every drift chart ({len(charts)}) evaluated from t={whole[0]:g} "
+            f"({len(whole)} of {len(rec.cycles)} cycles)",
+            "",
+        )
+    names = ", ".join(k.removeprefix(CHART) for k in charts)
+    end = f"t={rec.cycles[-1]['t']:g}" if rec.cycles else "its start"
+    return "", (
+        f"at most {max(counts)} of {len(charts)} drift charts ({names}) evaluated a sample "
+        f"in any of the {len(rec.cycles)} controller cycles (still in warm-up or learning "
+        f"the baseline when the run ended at {end}; the drift monitor was not running)"
+    )
+
+
 def failed_solve(cycle: Mapping[str, Any]) -> bool:
     """The cycle's solve did not deliver, as the runtime counted it (``solve.failed``: the
     solver failed or raised, was late or overran); in an older recording, its status."""
@@ -423,13 +456,12 @@ def judge(c: Criterion, rec: Recording) -> Verdict:
             unit = rec.time_unit
         case NoDriftAlarm():
             value, limit = float(len(rec.alarms)), float(check.at_most)
-            passed = value <= limit
-            detail = (
-                "; ".join(f"t={a.t:g}: {a.message}" for a in rec.alarms[:3]) or "no drift alarm"
-            )
-            unit = "alarms"
-            if not any(k.startswith("mon.") for c in rec.cycles for k in c):  # nobody watched
-                value, detail = math.nan, "no drift monitor output was recorded: nothing watched"
+            passed, unit = value <= limit, "alarms"
+            raised = "; ".join(f"t={a.t:g}: {a.message}" for a in rec.alarms[:3])
+            watched, why = charts_watched(rec)
+            detail = "; ".join(t for t in (raised or "no drift alarm", watched) if t)
+            if passed and not watched:  # an alarm raised is real; no alarm needs a watcher
+                value, detail = math.nan, f"nothing was judged: {why}"
         case MaintenanceForecast():
             value, detail = _maintenance(check, rec)
             limit, passed = check.at_least, value >= check.at_least

@@ -55,10 +55,14 @@ def test_control_is_not_kept_by_an_mpc_that_never_had_it() -> None:
 
 def test_no_drift_alarm_needs_a_monitor_that_watched() -> None:
     check = _criterion({"kind": "no_drift_alarm"})
-    watched = [{"t": 0.0, "solve.status": "success", "mon.cusum:KC:low": 0.4}]
+    watched = [{"t": 0.0, "solve.status": "success", "mon.chart.cusum:KC:low": 0.4}]
     assert judge(check, Recording(_rows(), watched)).passed
     blind = judge(check, Recording(_rows(), [{"t": 0.0, "solve.status": "success"}]))
-    assert not blind.passed and "no drift monitor output" in blind.detail
+    assert not blind.passed and "no drift chart statistic" in blind.detail
+    # the twin's other figures (an unwatched alarm.active = 0) are no watcher: charts in warm-up
+    warming = [{"t": 0.0, "mon.chart.cusum:KC:low": math.nan, "mon.alarm.active": 0.0}]
+    unwatched = judge(check, Recording(_rows(), warming))
+    assert not unwatched.passed and "0 of 1 drift charts" in unwatched.detail
 
 
 def test_setpoint_limits_are_judged_on_setpoints_sent() -> None:
