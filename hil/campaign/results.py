@@ -15,9 +15,15 @@ across runs, so ``cases/`` may hold folders of earlier runs (other matrices): th
 ``CampaignResults.unlisted_cases`` and nothing else; they count toward no count and no verdict.
 
 A partial directory is fine: a listed case without ``result.json`` is "not run". A
-``result.json`` that is unreadable, not a JSON object, empty (``{}``), of an unknown status, or
-that says "passed" with no verdicts (nothing was judged) makes the case "error", with a reason
-naming the file. A requirement's verdict is
+``result.json`` that is unreadable, not a JSON object, empty (``{}``), of an unknown status,
+that says "passed" with no verdicts (nothing was judged), or whose status its verdicts
+contradict, makes the case "error",
+with a reason naming the file. So does, for a case with verdicts (judged on its run), evidence
+that is missing or does not stand (:data:`EVIDENCE`): ``audit.db``, ``trajectory.parquet`` or
+``cycles.parquet`` absent, a recording that is no readable Parquet table with rows, an audit
+trail that does not verify (:func:`controller.runtime.audit_verify.verify_file`, the anchor key
+from ``$PHARMATWIN_AUDIT_KEY`` if set) or cannot be checked. A case that errored before it was
+judged (no verdicts) may lack them. A requirement's verdict is
 "failed" if any case failed it, else "error" if a case that would test it errored (an errored
 case counts as testing every requirement of the manifest), else "passed" if a case passed it,
 else "not run". The campaign passes only when it has cases, every one ran and passed, and every
@@ -37,7 +43,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from controller.errors import PharmaTwinError
+from controller.runtime.audit_chain import AuditError, AuditMismatch
+from controller.runtime.audit_keys import resolve_key
+from controller.runtime.audit_verify import verify_file
 from hil.campaign.criteria import Verdict  # the one record of a judgement, as result.json holds it
 
 __all__ = [
@@ -57,7 +69,10 @@ __all__ = [
 
 Status = Literal["passed", "failed", "error", "not run"]
 STATUSES: tuple[Status, ...] = ("passed", "failed", "error", "not run")
-CASE_FILES = ("spec.json", "result.json", "trajectory.parquet", "cycles.parquet")
+CASE_FILES = ("spec.json", "result.json", "audit.db", "trajectory.parquet", "cycles.parquet")
+#: what a case judged on its run leaves (hil.campaign.runner.run_case), without which its
+#: verdicts are no evidence: the audit trail of every write, and the recordings judged
+EVIDENCE = ("audit.db", "trajectory.parquet", "cycles.parquet")
 
 
 class CampaignReportError(PharmaTwinError):
@@ -248,10 +263,13 @@ def _read_case(directory: Path, position: int, listed: bool) -> CaseRecord:
     spec = spec or {}
     result = result or {}
     verdicts, verdict_problem = _verdicts(result, directory / "result.json")
-    status, status_problem = _case_status(result, result_problem or verdict_problem)
-    problems += [p for p in (verdict_problem, status_problem) if p]
+    evidence = "; ".join(_evidence_problems(directory)) if verdicts else None
+    status, status_problem = _case_status(result, result_problem or verdict_problem or evidence)
+    problems += [p for p in (verdict_problem, evidence, status_problem) if p]
     recorded = None if result_problem else _text_or_none(result.get("error"))
-    reasons = [r for r in (result_problem, verdict_problem, status_problem, recorded) if r]
+    reasons = [
+        r for r in (result_problem, verdict_problem, evidence, status_problem, recorded) if r
+    ]
     factors = spec.get("factors") if isinstance(spec.get("factors"), dict) else {}
     seed = spec.get("seed", factors.get("seed") if factors else None)
     return CaseRecord(
@@ -273,6 +291,34 @@ def _read_case(directory: Path, position: int, listed: bool) -> CaseRecord:
         problems=tuple(problems),
         drawn=_drawn(spec.get("draw")),
     )
+
+
+def _evidence_problems(directory: Path) -> list[str]:
+    """What is wrong with the evidence of a case that was judged (it has verdicts): each of
+    :data:`EVIDENCE` missing, a recording that is no readable Parquet table, an audit trail
+    that does not verify (:func:`~controller.runtime.audit_verify.verify_file`, with the
+    anchor key of ``$PHARMATWIN_AUDIT_KEY`` if set) or cannot be checked."""
+    problems = [f"{directory / n} is missing: the case's evidence is incomplete"
+                for n in EVIDENCE if not (directory / n).is_file()]  # fmt: skip
+    for name in ("trajectory.parquet", "cycles.parquet"):
+        path = directory / name
+        if path.is_file():
+            try:
+                rows = pq.read_metadata(path).num_rows
+            except (OSError, ValueError, pa.ArrowException) as exc:
+                problems.append(f"{path} is not a readable Parquet table: {exc}")
+                continue
+            if rows == 0:
+                problems.append(f"{path} holds no rows: nothing was recorded")
+    db = directory / "audit.db"
+    if db.is_file():
+        try:
+            verify_file(db, key=resolve_key(None))
+        except AuditMismatch as exc:
+            problems.append(f"{db} does not verify (altered, cut or rewritten): {exc}")
+        except AuditError as exc:
+            problems.append(f"{db} cannot be verified: {exc}")
+    return problems
 
 
 def _drawn(draw: Any) -> dict[str, float]:

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from case_evidence import write_evidence
 
 from hil.campaign.report import write_reports, write_summary
 from hil.campaign.report_junit import write_junit
@@ -107,6 +108,7 @@ def _write_case(out: Path, index: int, status: str | None, **result: Any) -> Non
     if status != "error":
         _trajectory(d / "trajectory.parquet", fallback=index == 1)
         pq.write_table(pa.table({"t": [0.0, 1.0], "state": ["RUNNING"] * 2}), d / "cycles.parquet")
+        write_evidence(d)  # and its audit trail
 
 
 def _manifest(out: Path, **extra: Any) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from case_evidence import write_evidence
 
 from hil.campaign.report import write_reports
 from hil.campaign.results import load_results
@@ -56,14 +57,15 @@ def _folder(out: Path, reqs: list[str], listed: list[str]) -> Path:
 
 
 def _case(out: Path, cid: str, result: dict[str, Any] | str | None) -> Path:
-    """A case folder with ``spec.json`` and (unless None) ``result.json``, as the runner
-    writes them; ``result`` a string is written verbatim."""
+    """A case folder with ``spec.json`` and (unless None) ``result.json``, its audit trail and
+    recordings, as the runner writes them; ``result`` a string is written verbatim."""
     d = out / "cases" / cid
     d.mkdir()
     (d / "spec.json").write_text(json.dumps({"id": cid, "factors": {}, "seed": 1}))
     if result is not None:
         text = result if isinstance(result, str) else json.dumps(result)
         (d / "result.json").write_text(text)
+        write_evidence(d)  # its audit trail and recordings: a judged case has them
     return d
 
 

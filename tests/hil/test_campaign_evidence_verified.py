@@ -1,0 +1,140 @@
+"""A case passes only on evidence that is there and that verifies.
+
+Before, on real fast-mode result folders: deleting a passed case's ``audit.db``,
+``trajectory.parquet`` and ``cycles.parquet`` left the report "passed" (rc 0; the HTML only
+marked the Parquet files "(absent)"); an ``audit.db`` altered behind its hash chain (which
+``pharmatwin audit verify`` catches) still reported "passed".
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from controller.runtime.audit_chain import AuditMismatch
+from controller.runtime.audit_verify import verify_file
+from hil.campaign.execute import RunSettings, run_campaign
+from hil.campaign.results import load_results
+from hil.campaign.spec import Campaign, load_campaign
+from hil.cli import main as hil_main
+
+ROOT = Path(__file__).resolve().parents[2]
+LYO = ROOT / "configs" / "sites" / "lyophilizer-modbus.yaml"
+RECORDINGS = ("audit.db", "trajectory.parquet", "cycles.parquet")
+pytestmark = pytest.mark.timeout(300)
+
+ROB_01 = {"id": "REQ-ROB-01", "description": "No more than 3 failed solves in a row",
+          "check": {"kind": "consecutive_failed_solves", "at_most": 3}}  # fmt: skip
+ROB_02 = {"id": "REQ-ROB-02", "description": "MPC never loses control",
+          "check": {"kind": "control_losses", "at_most": 0}}  # fmt: skip
+
+
+def _campaign(tmp: Path, name: str, variants: dict[str, Any], criteria: list[Any]) -> Campaign:
+    raw = {
+        "name": name,
+        "site": str(LYO),
+        "duration": 1.5,
+        "mode": "fast",
+        "retries": 0,
+        "matrix": [{"factors": {"faults": variants}, "seeds": [7]}],
+        "criteria": criteria,
+    }
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return load_campaign(path)
+
+
+@pytest.fixture(scope="module")
+def passing(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real one-case campaign that passes."""
+    tmp = tmp_path_factory.mktemp("passing")
+    campaign = _campaign(tmp, "passing", {"none": {}}, [ROB_01])
+    out = tmp / "out"
+    run_campaign(campaign, RunSettings(out=out, workers=1, progress=False))
+    return out
+
+
+def _copy(out: Path, tmp: Path) -> Path:
+    copy = tmp / "copy"
+    shutil.copytree(out, copy)
+    return copy
+
+
+def _report(out: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    rc = hil_main(["campaign", "report", str(out)])
+    return rc, capsys.readouterr().out
+
+
+# ------------------------------------------------------------ 2. evidence missing or altered
+
+
+@pytest.mark.parametrize("gone", [RECORDINGS, *((name,) for name in RECORDINGS)])
+def test_a_case_whose_evidence_is_gone_is_an_error(
+    passing: Path, tmp_path: Path, gone: tuple[str, ...], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = _copy(passing, tmp_path)
+    assert load_results(out).verdict() == "passed"  # as the run left it
+    (case,) = load_results(out).cases
+    for name in gone:
+        (case.directory / name).unlink()
+    (case,) = load_results(out).cases
+    assert case.status == "error"
+    for name in gone:
+        assert any(str(case.directory / name) in p and "missing" in p for p in case.problems)
+    assert name in (case.error or "")
+    rc, text = _report(out, capsys)
+    assert rc != 0 and "verdict: error" in text
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["passed"] is False and summary["verdict"] == "error"
+
+
+def _tamper(db: Path) -> None:
+    """Change a record behind the trail's back (its guard triggers dropped first)."""
+    con = sqlite3.connect(db)
+    try:
+        query = "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+        for (name,) in con.execute(query).fetchall():
+            con.execute(f'DROP TRIGGER "{name}"')
+        con.execute("UPDATE audit SET reason = 'edited' WHERE id = (SELECT MAX(id) FROM audit)")
+        con.commit()
+    finally:
+        con.close()
+
+
+def test_a_case_whose_audit_trail_does_not_verify_is_an_error(
+    passing: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = _copy(passing, tmp_path)
+    (case,) = load_results(out).cases
+    db = case.directory / "audit.db"
+    verify_file(db)  # the run's trail verifies
+    _tamper(db)
+    with pytest.raises(AuditMismatch):  # what `pharmatwin audit verify` says
+        verify_file(db)
+    (case,) = load_results(out).cases
+    assert case.status == "error"
+    assert any(str(db) in p and "does not verify" in p for p in case.problems)
+    rc, text = _report(out, capsys)
+    assert rc != 0 and "verdict: error" in text
+
+
+def test_an_errored_case_without_recordings_keeps_its_own_error(
+    passing: Path, tmp_path: Path
+) -> None:
+    """A case no worker answered has only ``result.json`` (hil.campaign.execute._error): its
+    error is the reason given, with no complaint about recordings it never made."""
+    out = _copy(passing, tmp_path)
+    (case,) = load_results(out).cases
+    for name in RECORDINGS:
+        (case.directory / name).unlink()
+    error = {"id": case.id, "status": "error", "error": "worker lost twice", "verdicts": []}
+    (case.directory / "result.json").write_text(json.dumps(error), encoding="utf-8")
+    (case,) = load_results(out).cases
+    assert case.status == "error" and case.error == "worker lost twice"
+    assert case.problems == ()
