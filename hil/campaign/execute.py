@@ -212,8 +212,9 @@ def previous_result(out: Path, case: Case, mode: str, config: str) -> dict[str, 
         return None  # another controller, site, criterion or software made that result
     if result.get("status") not in ("passed", "failed"):
         return None  # errored cases run again
-    if record_problem(result, folder / "result.json") is not None:
-        return None  # a record the report would call an error is no finished case
+    if record_problem(result, folder / "result.json", spec.get("criteria")) is not None:
+        return None  # a record the report would call an error (or lacking a verdict for a
+        # criterion its spec.json lists) is no finished case
     return dict(result)
 
 

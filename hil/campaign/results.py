@@ -16,8 +16,8 @@ across runs, so ``cases/`` may hold folders of earlier runs (other matrices): th
 
 A partial directory is fine: a listed case without ``result.json`` is "not run". A
 ``result.json`` that is unreadable, not a JSON object, empty (``{}``), of an unknown status,
-that says "passed" with no verdicts (nothing was judged), or whose status its verdicts
-contradict, makes the case "error",
+that says "passed" with no verdicts (nothing was judged), whose status its verdicts contradict,
+or that has no verdict for a criterion the case's ``spec.json`` lists, makes the case "error",
 with a reason naming the file. So does, for a case with verdicts (judged on its run), evidence
 that is missing or does not stand (:data:`EVIDENCE`): ``audit.db``, ``trajectory.parquet`` or
 ``cycles.parquet`` absent, a recording that is no readable Parquet table with rows, an audit
@@ -262,7 +262,7 @@ def _read_case(directory: Path, position: int, listed: bool) -> CaseRecord:
         problems.append("case directory not listed in campaign.json")
     spec = spec or {}
     result = result or {}
-    verdicts, verdict_problem = _verdicts(result, directory / "result.json")
+    verdicts, verdict_problem = _verdicts(result, directory / "result.json", _listed(spec))
     evidence = "; ".join(_evidence_problems(directory)) if verdicts else None
     status, status_problem = _case_status(result, result_problem or verdict_problem or evidence)
     problems += [p for p in (verdict_problem, evidence, status_problem) if p]
@@ -291,6 +291,12 @@ def _read_case(directory: Path, position: int, listed: bool) -> CaseRecord:
         problems=tuple(problems),
         drawn=_drawn(spec.get("draw")),
     )
+
+
+def _listed(spec: dict[str, Any]) -> tuple[str, ...] | None:
+    """The criterion ids a case's ``spec.json`` lists (None when it lists none)."""
+    criteria = spec.get("criteria")
+    return tuple(str(c) for c in criteria) if isinstance(criteria, list) else None
 
 
 def _evidence_problems(directory: Path) -> list[str]:
@@ -332,11 +338,14 @@ def _drawn(draw: Any) -> dict[str, float]:
 _RESULT_STATUS: dict[str, Status] = {"passed": "passed", "failed": "failed", "error": "error"}
 
 
-def _verdicts(result: dict[str, Any], path: Path) -> tuple[tuple[Verdict, ...], str | None]:
+def _verdicts(
+    result: dict[str, Any], path: Path, listed: Sequence[str] | None = None
+) -> tuple[tuple[Verdict, ...], str | None]:
     """The verdicts of a ``result.json``, and the problem that makes its case "error": a
     "passed" with no verdicts (nothing was judged, so nothing passed), a status its verdicts
-    contradict, or verdicts that are not a list of objects (a verdict dropped unread could be
-    the one that failed)."""
+    contradict, verdicts that are not a list of objects (a verdict dropped unread could be
+    the one that failed), or no verdict for a criterion the case's ``spec.json`` lists
+    (``listed``: one deleted could be the one that failed)."""
     raw = result.get("verdicts")
     raw = [] if raw is None else raw
     if not isinstance(raw, list):
@@ -346,6 +355,12 @@ def _verdicts(result: dict[str, Any], path: Path) -> tuple[tuple[Verdict, ...], 
         return verdicts, f"{path}: {len(raw) - len(verdicts)} verdict(s) are not JSON objects"
     if not verdicts and result.get("status") == "passed":
         return (), f"{path}: status passed but no verdicts recorded"
+    missing = [c for c in listed or () if c not in {v.requirement for v in verdicts}]
+    if missing and result.get("status") in ("passed", "failed"):
+        return verdicts, (
+            f"{path}: no verdict for {', '.join(missing)}, which spec.json lists among the "
+            f"case's criteria ({', '.join(listed or ())}): a judged case has one for each"
+        )
     failed = [v.requirement for v in verdicts if not v.passed]
     if failed and result.get("status") == "passed":  # a record that contradicts itself
         return verdicts, f"{path}: status passed but {', '.join(failed)} failed"
@@ -354,10 +369,13 @@ def _verdicts(result: dict[str, Any], path: Path) -> tuple[tuple[Verdict, ...], 
     return verdicts, None
 
 
-def record_problem(result: dict[str, Any], path: Path) -> str | None:
+def record_problem(
+    result: dict[str, Any], path: Path, criteria: Sequence[str] | None = None
+) -> str | None:
     """Why a case's ``result.json`` (read as ``result``) makes its case "error" (a record
-    that contradicts itself or judged nothing), or None for a record that stands."""
-    return _verdicts(result, path)[1]
+    that contradicts itself, judged nothing, or lacks a verdict for one of ``criteria``, the
+    ids its ``spec.json`` lists), or None for a record that stands."""
+    return _verdicts(result, path, criteria)[1]
 
 
 def _case_status(result: dict[str, Any], unreadable: str | None) -> tuple[Status, str | None]:

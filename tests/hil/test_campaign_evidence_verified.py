@@ -1,9 +1,12 @@
-"""A case passes only on evidence that is there and that verifies.
+"""A case passes only on evidence that is there and that verifies, and only with a verdict for
+every criterion its ``spec.json`` lists.
 
 Before, on real fast-mode result folders: deleting a passed case's ``audit.db``,
 ``trajectory.parquet`` and ``cycles.parquet`` left the report "passed" (rc 0; the HTML only
 marked the Parquet files "(absent)"); an ``audit.db`` altered behind its hash chain (which
-``pharmatwin audit verify`` catches) still reported "passed".
+``pharmatwin audit verify`` catches) still reported "passed"; and a failed verdict deleted from
+``result.json`` (its status set to "passed") went unnoticed by the report and by a rerun
+without ``--force``, which took the case as done.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import yaml
 from controller.runtime.audit_chain import AuditMismatch
 from controller.runtime.audit_verify import verify_file
 from hil.campaign.execute import RunSettings, run_campaign
+from hil.campaign.report import write_reports
 from hil.campaign.results import load_results
 from hil.campaign.spec import Campaign, load_campaign
 from hil.cli import main as hil_main
@@ -58,6 +62,17 @@ def passing(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp / "out"
     run_campaign(campaign, RunSettings(out=out, workers=1, progress=False))
     return out
+
+
+@pytest.fixture(scope="module")
+def dropped(tmp_path_factory: pytest.TempPathFactory) -> tuple[Campaign, Path]:
+    """A real two-case campaign whose controller-loss case fails REQ-ROB-02."""
+    tmp = tmp_path_factory.mktemp("dropped")
+    variants = {"none": {}, "controller-loss": {"controller_loss_at": 1.0}}
+    campaign = _campaign(tmp, "drop", variants, [ROB_01, ROB_02])
+    out = tmp / "out"
+    run_campaign(campaign, RunSettings(out=out, workers=1, progress=False))
+    return campaign, out
 
 
 def _copy(out: Path, tmp: Path) -> Path:
@@ -138,3 +153,48 @@ def test_an_errored_case_without_recordings_keeps_its_own_error(
     (case,) = load_results(out).cases
     assert case.status == "error" and case.error == "worker lost twice"
     assert case.problems == ()
+
+
+# ------------------------------------------------------ 3. a verdict dropped from result.json
+
+
+def _drop_failed_verdict(out: Path) -> str:
+    """Delete the controller-loss case's failed verdict and call it passed; its id."""
+    (path,) = (out / "cases").glob("*-controller-loss-s7/result.json")
+    result = json.loads(path.read_text(encoding="utf-8"))
+    failed = [v["requirement"] for v in result["verdicts"] if not v["passed"]]
+    assert result["status"] == "failed" and failed == ["REQ-ROB-02"]  # as the run left it
+    result["verdicts"] = [v for v in result["verdicts"] if v["passed"]]
+    result["status"] = "passed"
+    path.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    return path.parent.name
+
+
+def test_a_case_missing_a_verdict_its_spec_lists_is_an_error(
+    dropped: tuple[Campaign, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = _copy(dropped[1], tmp_path)
+    assert load_results(out).verdict() == "failed"
+    cid = _drop_failed_verdict(out)
+    case = next(c for c in load_results(out).cases if c.id == cid)
+    assert case.status == "error"
+    assert any("REQ-ROB-02" in p and "result.json" in p for p in case.problems), case.problems
+    rc, text = _report(out, capsys)
+    assert rc != 0 and "verdict: passed" not in text
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["passed"] is False
+    assert {r["id"]: r["verdict"] for r in summary["requirements"]}["REQ-ROB-02"] == "error"
+
+
+def test_a_case_missing_a_verdict_is_run_again_not_reused(
+    dropped: tuple[Campaign, Path], tmp_path: Path
+) -> None:
+    campaign, original = dropped
+    out = _copy(original, tmp_path)
+    cid = _drop_failed_verdict(out)
+    outcome = run_campaign(campaign, RunSettings(out=out, workers=1, progress=False))
+    assert cid not in outcome.skipped and len(outcome.skipped) == 1
+    rerun = json.loads((out / "cases" / cid / "result.json").read_text(encoding="utf-8"))
+    assert rerun["status"] == "failed"
+    assert [v["requirement"] for v in rerun["verdicts"] if not v["passed"]] == ["REQ-ROB-02"]
+    assert write_reports(out) and load_results(out).verdict() == "failed"
