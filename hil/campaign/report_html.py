@@ -193,7 +193,7 @@ def _html_case(results: CampaignResults, case: CaseRecord, plot: bool = True) ->
         ("wall time [s]", fmt_value(case.wall_time_s)),
     ]
     info += [("attempts", case.attempts), ("started", case.started), ("ended", case.ended)]
-    info += [("controller lost at", case.controller_loss_at)]
+    info += [("controller loss planned at", case.controller_loss_at)]
     info += [(f"factor: {k}", v) for k, v in case.factors.items()]
     info += [(f"drawn: {k}", fmt_value(v)) for k, v in case.drawn.items()]
     parts = [

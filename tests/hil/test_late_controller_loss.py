@@ -94,3 +94,6 @@ def test_the_summary_counts_the_late_loss_as_an_error(campaign_out: Path) -> Non
     summary = json.loads((campaign_out / "summary.json").read_text(encoding="utf-8"))
     assert summary["passed"] is False
     assert summary["counts"]["error"] == 1
+    html = (campaign_out / "report.html").read_text(encoding="utf-8")
+    assert "controller lost at" not in html  # the plan is no record that it happened
+    assert "controller loss planned at" in html
