@@ -86,6 +86,52 @@ def _git_commit(where: Path) -> str | None:
     return out if _GIT_COMMIT.fullmatch(out) else None
 
 
+#: the packages whose source a run's results depend on (a campaign's, a tuning's)
+SOURCE_PACKAGES = ("controller", "plant_models", "hil")
+
+
+def source_changes(folder: Path | None = None) -> str | None:
+    """Uncommitted changes to the packages' source in ``folder``'s git work tree (default:
+    this package's), as ``"N file(s) changed since the commit (digest D)"``, D a hash of
+    the changes (tracked files' diff and untracked files' contents); None when there are
+    none or there is no git. The commit alone does not name code that was edited after it:
+    a campaign rerun on edited code reused the results of other code. Asked once per folder
+    and process."""
+    return _source_changes(folder or Path(__file__).resolve().parent)
+
+
+def _git(where: Path, *args: str) -> bytes:
+    return subprocess.run(
+        ["git", *args], cwd=where, capture_output=True, timeout=10, check=True
+    ).stdout
+
+
+@functools.lru_cache(maxsize=16)
+def _source_changes(where: Path) -> str | None:
+    try:
+        root = Path(_git(where, "rev-parse", "--show-toplevel").decode().strip())
+        paths = [p for p in SOURCE_PACKAGES if (root / p).is_dir()]
+        if not paths:
+            return None
+        diff = _git(root, "diff", "HEAD", "--binary", "--", *paths)
+        changed = _git(root, "diff", "HEAD", "--name-only", "--", *paths).decode().split()
+        others = _git(root, "ls-files", "--others", "--exclude-standard", "--", *paths)
+        untracked = sorted(others.decode().split())
+    except (OSError, subprocess.SubprocessError, UnicodeDecodeError):
+        return None
+    if not changed and not untracked:
+        return None
+    h = hashlib.sha256(diff)
+    for name in untracked:
+        h.update(name.encode())
+        try:
+            h.update((root / name).read_bytes())
+        except OSError:
+            h.update(b"<unreadable>")
+    n = len(changed) + len(untracked)
+    return f"{n} file{'s' * (n != 1)} changed since the commit (digest {h.hexdigest()[:16]})"
+
+
 def library_versions(names: Sequence[str] = LIBRARIES) -> dict[str, str]:
     """The installed version of each library (or "not installed"), a new dict each call.
     Asked once per list and process (~2.5 ms: every campaign case asked): the libraries this

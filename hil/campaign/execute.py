@@ -53,7 +53,7 @@ from rich.progress import (
 
 from controller.errors import PortConnectError
 from controller.jsonfile import write_json
-from controller.runtime.historian_run import git_commit, library_versions
+from controller.runtime.historian_run import git_commit, library_versions, source_changes
 from hil.campaign.cases import Case
 from hil.campaign.checks import describe_check
 from hil.campaign.results import record_problem, utc_now
@@ -135,6 +135,7 @@ def software() -> dict[str, Any]:
     return {
         "version": version,
         "git_commit": git_commit(Path(__file__).resolve().parent),
+        "source_changes": source_changes(Path(__file__).resolve().parent),  # None: clean
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "machine": platform.machine(),
@@ -183,15 +184,15 @@ def case_configuration(info: dict[str, Any], criteria: list[dict[str, Any]], cas
     """What a case's result depends on beyond its own definition (:attr:`Case.digest`): the
     files of the site, controller, tag map, plant and scenario (their hashes in the manifest
     ``info``, the campaign file's own left out), the definitions of the criteria that judge the
-    case, and the software (version, commit, Python, libraries). A rerun reuses a result only
-    when this is the same: a changed controller or a tightened criterion ran again, not passed
-    on the old results."""
+    case, and the software (version, commit, uncommitted source changes, Python, libraries).
+    A rerun reuses a result only when this is the same: a changed controller, a tightened
+    criterion or edited code ran again, not passed on the old results."""
     files = {k: v for k, v in info["config_hashes"].items() if k != info.get("file")}
-    sw = info["software"]
+    sw, keys = info["software"], ("version", "git_commit", "source_changes", "python", "libraries")
     body = {
         "files": files,
         "criteria": [c for c in criteria if c["id"] in case.criteria],
-        "software": {k: sw.get(k) for k in ("version", "git_commit", "python", "libraries")},
+        "software": {k: sw.get(k) for k in keys},
     }
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 

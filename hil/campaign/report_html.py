@@ -23,6 +23,7 @@ from hil.campaign.results import (
     CampaignResults,
     CaseRecord,
     fmt_value,
+    software_rows,
     utc_now,
 )
 
@@ -98,7 +99,7 @@ def _html_header(results: CampaignResults) -> str:
     run = [("campaign", m.get("campaign")), ("campaign file", m.get("file"))]
     run += [(k, m.get(k)) for k in ("mode", "executor", "workers", "started")]
     run += [("ended", m.get("ended") or "not recorded (still running or interrupted)")]
-    run += [(f"software {k}", sw.get(k)) for k in ("version", "git_commit", "python")]
+    run += [(f"software {k}", v) for k, v in software_rows(sw)]
     run += [(k, sw.get(k)) for k in ("platform", "machine", "hostname")]
     libs = sorted((sw.get("libraries") or {}).items())
     hashes = sorted((m.get("config_hashes") or {}).items())

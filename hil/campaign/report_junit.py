@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from hil.campaign.results import CampaignResults, CaseRecord, Verdict, fmt_value
+from hil.campaign.results import CampaignResults, CaseRecord, Verdict, fmt_value, software_rows
 
 __all__ = ["write_junit"]
 
@@ -65,7 +65,7 @@ def _junit_properties(results: CampaignResults) -> ET.Element:
     m: dict[str, Any] = results.manifest
     software = m.get("software") or {}
     pairs = [(k, m.get(k)) for k in ("file", "mode", "executor", "workers", "ended")]
-    pairs += [(f"software.{k}", software.get(k)) for k in ("version", "git_commit", "python")]
+    pairs += [(f"software.{k}", v) for k, v in software_rows(software)]
     pairs += [(f"config_hash.{k}", v) for k, v in (m.get("config_hashes") or {}).items()]
     if results.unlisted_cases:
         pairs += [("unlisted_case_folders", ", ".join(results.unlisted_cases))]

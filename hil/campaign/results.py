@@ -446,3 +446,19 @@ def fmt_value(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.6g}"
     return str(v)
+
+
+#: the software a campaign ran, as its reports name it (``campaign.json``'s ``software``)
+SOFTWARE_KEYS = ("version", "git_commit", "source_changes", "python")
+
+
+def software_rows(software: dict[str, Any]) -> list[tuple[str, str]]:
+    """:data:`SOFTWARE_KEYS` of a manifest's ``software``; ``source_changes``: what was
+    edited since the commit, "none" (the commit's code), or "not recorded" (an older run)."""
+    rows = []
+    for k in SOFTWARE_KEYS:
+        v = software.get(k)
+        if k == "source_changes" and v is None:
+            v = "none (the commit's code)" if k in software else "not recorded"
+        rows.append((k, "n/a" if v is None else str(v)))
+    return rows
