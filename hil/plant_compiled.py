@@ -133,7 +133,8 @@ class AlgebraicStart:
 
     def _residual(self, zs: np.ndarray, x: np.ndarray, u: np.ndarray, p: np.ndarray) -> float:
         """The largest absolute residual at ``zs`` (NaN when the look cannot tell)."""
-        assert self._look is not None
+        if self._look is None:
+            return math.nan  # no look: it cannot tell
         try:
             residual = self._look(zs, np.concatenate((x, u, p)))[1]
         except RuntimeError:

@@ -222,7 +222,8 @@ def _loss_time(rec: Recording) -> tuple[float, str]:
     actual loss, so a delay from it is no shorter than the true one)."""
     if rec.lost_at is not None:
         return rec.lost_at, f"lost at t={rec.lost_at:g}"
-    assert rec.loss_at is not None
+    if rec.loss_at is None:
+        raise ValueError("no controller loss: it was neither recorded nor planned")
     return rec.loss_at, f"lost at t={rec.loss_at:g} (the planned time; the loss was no earlier)"
 
 

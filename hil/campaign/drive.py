@@ -142,7 +142,8 @@ async def _drive_scaled(
     stop = asyncio.Event()
 
     async def lose_later() -> None:
-        assert loss_at is not None
+        if loss_at is None:  # only scheduled for a planned loss
+            raise RuntimeError("controller loss scheduled without a time")
         await clock.sleep_until(rig.timebase.seconds(loss_at))
         await _lose(task, port)
 

@@ -200,7 +200,10 @@ def leaf_certificate(
     if ca is None:
         return builder.issuer_name(name).not_valid_after(until).sign(key, hashes.SHA256())
     issuer_key = ca.certificate.public_key()
-    assert isinstance(issuer_key, rsa.RSAPublicKey)
+    if not isinstance(issuer_key, rsa.RSAPublicKey):
+        raise ValueError(
+            f"the CA's key is {type(issuer_key).__name__}, not RSA: it cannot sign here"
+        )
     return (
         builder.issuer_name(ca.certificate.subject)
         .not_valid_after(min(until, ca.certificate.not_valid_after_utc))

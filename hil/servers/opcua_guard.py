@@ -153,7 +153,8 @@ class _GuardedProcessor(UaProcessor):
         """asyncua's Read service (the same checks and steps), its parameters decoded once per
         distinct request body: a client reads the same nodes every cycle, and a decoded
         request is only read, never modified (by asyncua, the attribute service, the hooks)."""
-        assert self.session is not None
+        if self.session is None:  # asyncua opens the session before any service call
+            raise ServiceError(ua.StatusCodes.BadSessionIdInvalid)
         rules = self._connection.security_policy.permissions
         if rules is not None and rules.check_validity(self.session.user, _READ, body) is False:
             raise ua.uaerrors.BadUserAccessDenied
@@ -189,7 +190,8 @@ class _GuardedProcessor(UaProcessor):
             raise ServiceError(ua.StatusCodes.BadIdentityTokenRejected)
 
     def _log_login(self) -> None:
-        assert self.session is not None
+        if self.session is None:
+            return  # nothing to log: no session
         user = self.session.user
         name = getattr(user, "name", None)
         roles = self.plc.user_roles(user) if isinstance(user, User) else None

@@ -379,7 +379,8 @@ def _campaign(spec: TuningFile, path: Path) -> Campaign:
         raw["site"] = str(real(resolve(camp_path, raw["site"]), str(camp_path), "site"))
         raw.pop("controller", None)
     else:
-        assert sc.site is not None  # checked by Scenarios
+        if sc.site is None:  # Scenarios requires a campaign or a site
+            raise ValueError("a tuning scenario set names neither a campaign nor a site")
         raw = {
             "name": f"{spec.name}-scenarios",
             "site": str(real(resolve(path, sc.site), str(path), "scenarios.site")),
