@@ -350,11 +350,13 @@ def resolve(base: Path, ref: str) -> Path:
 def real(path: Path, source: str, key: str) -> Path:
     """``path`` (written in ``source`` under ``key``) resolved to its real, absolute path.
 
-    A symlink loop, or a path the system cannot resolve, is one ConfigError naming the file,
-    the key and the path, never a RuntimeError or an OSError.
+    A symlink loop, a path the system cannot resolve, no file there, or a directory, is one
+    ConfigError naming the file, the key and the path (where the missing file's own name
+    alone said "cannot read file", not which file named it), never a RuntimeError or an
+    OSError.
     """
     try:
-        return path.resolve()
+        found = path.resolve()
     except (RuntimeError, OSError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "a symlink loop"
         message = (
@@ -362,3 +364,11 @@ def real(path: Path, source: str, key: str) -> Path:
             "(a symlink must end at a file, not loop)"
         )
         raise ConfigError([Problem(source, key, message, str(path))]) from exc
+    if key and not found.is_file():
+        what = "a directory, not a file" if found.is_dir() else "no such file"
+        message = (
+            f"{what}; allowed: a path to an existing file (a relative path is read from the "
+            f"folder of {Path(source).name})"
+        )
+        raise ConfigError([Problem(source, key, message, str(found))])
+    return found

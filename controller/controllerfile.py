@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.config import MAX_ROBUST_SCENARIOS, ControllerConfig, robust_values
-from controller.configfile import parse, read_yaml, resolve
+from controller.configfile import parse, read_yaml, real, resolve
 from controller.errors import ConfigError, Problem, unknown_name
 from controller.plantfile import build_model
 from plant_models import PlantModel, Role
@@ -197,11 +197,12 @@ def load_controller(path: Path) -> tuple[ControllerConfig, PlantModel]:
         plant_ref = data.get("plant")
         if isinstance(plant_ref, str):
             try:
-                extra = _raw_name_problems(data, build_model(resolve(path, plant_ref)), str(path))
+                plant = real(resolve(path, plant_ref), str(path), "plant")
+                extra = _raw_name_problems(data, build_model(plant), str(path))
             except ConfigError as inner:
                 extra = list(inner.problems)
         raise ConfigError([*exc.problems, *extra]) from exc
-    model = build_model(resolve(path, cfg.plant), smooth=True)
+    model = build_model(real(resolve(path, cfg.plant), str(path), "plant"), smooth=True)
     problems = check_controller(cfg, model, str(path))
     if problems:
         raise ConfigError(problems)

@@ -30,7 +30,15 @@ from controller.config import (
     recipe_range_problems,
     sample_time_long_enough,
 )
-from controller.configfile import Finite, PositiveFinite, Strict, parse, read_yaml, resolve
+from controller.configfile import (
+    Finite,
+    PositiveFinite,
+    Strict,
+    parse,
+    read_yaml,
+    real,
+    resolve,
+)
 from controller.core.recipe import RecipePlayer
 from controller.errors import ConfigError, Problem, unknown_name
 from controller.plantfile import build_model, start_problems
@@ -360,10 +368,10 @@ def initial_input_problems(
 def load_scenario(path: Path) -> ScenarioConfig:
     """Load a scenario and check every name it uses against its plant model."""
     sc = parse(ScenarioConfig, read_yaml(path), str(path))
-    model = build_model(resolve(path, sc.plant))
+    model = build_model(real(resolve(path, sc.plant), str(path), "plant"))
     problems = check_scenario(sc, model, str(path))
     if sc.controller is not None:
-        ctrl_path = resolve(path, sc.controller)
+        ctrl_path = real(resolve(path, sc.controller), str(path), "controller")
         try:
             cfg, cmodel = load_checked_controller(ctrl_path)
         except ConfigError as exc:

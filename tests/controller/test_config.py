@@ -309,8 +309,10 @@ def test_controller_with_missing_plant_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         load_controller(ctrl)
     (problem,) = exc.value.problems
-    assert problem.file == str(tmp_path / "no_such_plant.yaml")
-    assert "cannot read file" in problem.message
+    # the file and key that name it (the missing file's own name alone did not say which)
+    assert (problem.file, problem.location) == (str(ctrl), "plant")
+    assert problem.value == str(tmp_path / "no_such_plant.yaml")
+    assert problem.message.startswith("no such file; allowed: a path to an existing file")
 
 
 def test_controller_schema_and_model_problems_in_one_error(

@@ -85,3 +85,25 @@ def test_a_tuning_file_that_is_a_symlink_loop_is_a_config_error(loop: Path) -> N
     with pytest.raises(ConfigError) as exc:
         load_tuning(loop)
     assert _locations(exc, loop) == [""], exc.value.problems
+
+
+def test_a_campaign_naming_a_missing_site_or_a_folder_names_its_file_and_key(
+    tmp_path: Path,
+) -> None:
+    """The error named only the missing path ("…/sites/nope.yaml: cannot read file"), not
+    the campaign file or its ``site:`` key."""
+    from controller.errors import ConfigError
+    from hil.campaign.spec import load_campaign
+
+    (tmp_path / "sites").mkdir()
+    for ref, what in (("sites/nope.yaml", "no such file"), ("sites", "a directory, not a file")):
+        text = (ROOT / "configs" / "campaigns" / "lyophilizer-smoke.yaml").read_text("utf-8")
+        text = text.replace("site: ../sites/lyophilizer-modbus.yaml", f"site: {ref}")
+        path = tmp_path / "camp.yaml"
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(ConfigError) as info:
+            load_campaign(path)
+        (problem,) = info.value.problems
+        assert (problem.file, problem.location) == (str(path), "site")
+        assert problem.value == str(tmp_path / ref) and problem.message.startswith(what)
+        assert problem.line == 5
