@@ -5,7 +5,9 @@ pydantic's lax mode turns ``true`` into 1 for an ``int`` field (``horizon: true`
 file each is a typo or a misunderstanding, never intent. :func:`coercions` walks a file's
 data along its schema (fields, nested models, mappings' values, lists' items) and lists every
 such value with its key path and what is allowed; :func:`controller.configfile.parse`
-refuses them. A number written ``1e-4`` is a number: PyYAML reads YAML 1.1, where it is a
+refuses them. In a union (``Finite | str``: a number or a parameter's name) a flag is refused
+unless the union takes flags, and a quoted number unless it takes text as text; a model's
+short form (``[low, high]``) is checked as the mapping its own validators make of it. A number written ``1e-4`` is a number: PyYAML reads YAML 1.1, where it is a
 string, and :mod:`controller.yamlmarks` resolves it as a float, as YAML 1.2 does.
 """
 
@@ -54,26 +56,57 @@ def _walk(annotation: Any, value: Any, loc: tuple[str, ...]) -> list[Coercion]:
         return []
     if all(m is bool for m in members):
         return [(loc, value, FLAG)] if _flag_like(value) else []
-    if all(m in (int, float) for m in members):
-        return [(loc, value, NUMBER)] if _number_like(value) else []
+    if any(m in (int, float) for m in members) and isinstance(value, bool | str):
+        # a union takes the value as a number unless it has a member for it as it is
+        kept = bool in members if isinstance(value, bool) else _kept_as_text(members, value)
+        return [] if kept or not _number_like(value) else [(loc, value, NUMBER)]
     models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
-    if models and isinstance(value, Mapping):
-        chosen = _pick(models, value)
-        return coercions(chosen, value, loc) if chosen is not None else []
-    if len(members) != 1:
+    if isinstance(value, Mapping):
+        if models:
+            chosen = _pick(models, value)
+            return coercions(chosen, value, loc) if chosen is not None else []
+        maps = [m for m in members if get_origin(m) in (dict, Mapping)]
+        if len(maps) == 1 and len(get_args(maps[0])) == 2:
+            item = get_args(maps[0])[1]
+            return [c for k, v in value.items() for c in _walk(item, v, (*loc, str(k)))]
         return []
-    origin, args = get_origin(members[0]), get_args(members[0])
-    if origin in (dict, Mapping) and len(args) == 2 and isinstance(value, Mapping):
-        return [c for k, v in value.items() for c in _walk(args[1], v, (*loc, str(k)))]
-    if origin in (list, tuple, Sequence) and args and isinstance(value, list | tuple):
-        fixed = origin is tuple and not (len(args) == 2 and args[1] is Ellipsis)
-        out: list[Coercion] = []
-        for i, v in enumerate(value):
-            if fixed and i >= len(args):
-                break
-            out += _walk(args[i] if fixed else args[0], v, (*loc, str(i)))
-        return out
+    if isinstance(value, list | tuple):
+        seqs = [m for m in members if get_origin(m) in (list, tuple, Sequence) and get_args(m)]
+        if len(seqs) == 1:
+            return _items(seqs[0], value, loc)
+        if not seqs and len(models) == 1:  # a model's short form (``[low, high]``)
+            mapped = _short_form(models[0], value)
+            return coercions(models[0], mapped, loc) if mapped is not None else []
     return []
+
+
+def _kept_as_text(members: list[Any], value: str) -> bool:
+    """A union with a ``str`` member, or a literal of ``value``, keeps a string as it is."""
+    literals = [a for m in members if get_origin(m) is Literal for a in get_args(m)]
+    return str in members or value in literals
+
+
+def _items(seq: Any, value: list[Any] | tuple[Any, ...], loc: tuple[str, ...]) -> list[Coercion]:
+    origin, args = get_origin(seq), get_args(seq)
+    fixed = origin is tuple and not (len(args) == 2 and args[1] is Ellipsis)
+    out: list[Coercion] = []
+    for i, v in enumerate(value):
+        if fixed and i >= len(args):
+            break
+        out += _walk(args[i] if fixed else args[0], v, (*loc, str(i)))
+    return out
+
+
+def _short_form(model: type[BaseModel], value: Any) -> Mapping[str, Any] | None:
+    """The mapping ``model``'s own "before" validators make of ``value`` (None: none)."""
+    for dec in model.__pydantic_decorators__.model_validators.values():
+        if dec.info.mode != "before":
+            continue
+        try:
+            value = dec.func(value)  # bound to the model (a classmethod)
+        except Exception:  # its refusal is pydantic's to report
+            return None
+    return value if isinstance(value, Mapping) else None
 
 
 def _number_like(value: Any) -> bool:

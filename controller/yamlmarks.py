@@ -32,9 +32,11 @@ _KEY_PATH = re.compile(r"[A-Za-z_][\w-]*(\.[\w-]+)*")
 _CACHE_SIZE = 64
 #: the largest file :func:`marks_for` parses by itself [bytes]
 MAX_BYTES = 4_000_000
-#: ``1e-4``, ``-2E5``, ``3.5e2``: a float in YAML 1.2, a string in PyYAML's YAML 1.1 (which
-#: wants a dot: ``1.0e-4``); a config's number is never meant as a string
-_EXPONENT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+#: ``1e-4``, ``1.0e4``, ``-.5``, ``.5e3``: floats in YAML 1.2, strings in PyYAML's YAML 1.1
+#: (which wants a dot and a signed exponent, and no sign before a leading dot); a config's
+#: number is never meant as a string. Plain integers and YAML 1.1's own floats are resolved
+#: before this (the earlier resolvers match first).
+_EXPONENT = re.compile(r"^[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?$")
 
 
 def _with_exponent_floats(base: Any) -> Any:
@@ -42,7 +44,7 @@ def _with_exponent_floats(base: Any) -> Any:
     if base is None:
         return None
     loader: Any = type(f"Config{base.__name__}", (base,), {})
-    loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT, list("-+0123456789"))
+    loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT, list("-+.0123456789"))
     return loader
 
 

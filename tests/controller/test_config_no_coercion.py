@@ -82,3 +82,65 @@ def test_a_scenario_seed_that_is_a_flag_is_refused(tmp_path: Path) -> None:
         load_scenario(path)
     problems = {p.location: p.message for p in info.value.problems}
     assert problems.get("true_plant.seed") == f"true (a YAML true/false) {NUMBER}", problems
+
+
+# a review found holes: unions with a member for text, and a model's short form
+@pytest.mark.parametrize(
+    ("schema", "data", "key", "message"),
+    [
+        ("hil.design_space_spec:Limit", {"upper": True}, "upper", f"{FLAG} {NUMBER}"),
+        ("controller.config:MinTime",
+         {"mode": "free_end", "expression": "Lck", "target": True}, "target", f"{FLAG} {NUMBER}"),
+        ("controller.config:RobustSpec", {"parameters": {"S_in": [200.0, "180", 220.0]}},
+         "parameters.S_in.1", f"'180' {STR} {NUMBER}"),
+        ("hil.campaign.schema:MonteCarlo", {"draws": 4, "parameters": {"R0": ["0.5", 3.0]}},
+         "parameters.R0.low", f"'0.5' {STR} {NUMBER}"),
+    ],
+)  # fmt: skip
+def test_a_union_or_a_short_form_takes_no_flag_or_quoted_number(
+    schema: str, data: object, key: str, message: str
+) -> None:
+    import importlib
+
+    from controller.configfile import parse
+
+    module, name = schema.split(":")
+    model = getattr(importlib.import_module(module), name)
+    with pytest.raises(ConfigError) as info:
+        parse(model, data, "file.yaml")  # type: ignore[arg-type]
+    problems = {p.location: p.message for p in info.value.problems}
+    assert problems.get(key) == message, problems
+
+
+@pytest.mark.parametrize(
+    ("schema", "data"),
+    [
+        ("hil.design_space_spec:Limit", {"upper": "T_crit"}),  # a parameter's name
+        ("controller.config:RobustSpec", {"parameters": {"S_in": "range"}}),
+        ("hil.campaign.schema:MonteCarlo", {"draws": 4, "parameters": {"R0": [0.5, 3.0]}}),
+    ],
+)
+def test_text_a_union_takes_as_text_and_numbers_still_load(schema: str, data: object) -> None:
+    import importlib
+
+    from controller.configfile import parse
+
+    module, name = schema.split(":")
+    parse(getattr(importlib.import_module(module), name), data, "file.yaml")  # type: ignore[arg-type]
+
+
+def test_a_signed_number_with_a_leading_dot_is_a_number(tmp_path: Path) -> None:
+    """``-.5`` (a float in YAML 1.2, a string in PyYAML's YAML 1.1) was refused as a string."""
+    from controller.configfile import read_yaml
+
+    path = tmp_path / "v.yaml"
+    path.write_text("a: -.5\nb: +.5\nc: .5e3\nd: 5\ne: '-.5'\n", encoding="utf-8")
+    assert read_yaml(path) == {"a": -0.5, "b": 0.5, "c": 500.0, "d": 5, "e": "-.5"}
+    assert isinstance(read_yaml(path)["d"], int)
+
+
+def test_an_ipopt_option_takes_no_flag(tmp_path: Path) -> None:
+    path = _controller(tmp_path, "horizon: 20", "horizon: 20\nipopt: {max_iter: true}")
+    assert _problems(path).get("ipopt.max_iter") == f"{FLAG} {NUMBER}"
+    fine = _controller(tmp_path, "horizon: 20", "horizon: 20\nipopt: {mu_strategy: adaptive}")
+    assert load_controller(fine)[0].ipopt == {"mu_strategy": "adaptive"}
