@@ -103,7 +103,7 @@ class ForecastCqa(Strict):
             return f"{self.name} cannot be told ({value}), limit {self.limits()}"
         low = self.lower is not None and value < self.lower
         if low or (self.upper is not None and value > self.upper):
-            return f"{self.name} {value:.5g} not {self.limits()}"
+            return f"{self.name} {value:.7g} not {self.limits()}"
         return None
 
 
