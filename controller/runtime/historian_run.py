@@ -88,15 +88,19 @@ def _git_commit(where: Path) -> str | None:
 
 #: the packages whose source a run's results depend on (a campaign's, a tuning's)
 SOURCE_PACKAGES = ("controller", "plant_models", "hil")
+#: :func:`source_changes` outside a git work tree
+NOT_A_WORK_TREE = "not a git work tree (an installed package: its version names the code)"
 
 
 def source_changes(folder: Path | None = None) -> str | None:
     """Uncommitted changes to the packages' source in ``folder``'s git work tree (default:
-    this package's), as ``"N file(s) changed since the commit (digest D)"``, D a hash of
-    the changes (tracked files' diff and untracked files' contents); None when there are
-    none or there is no git. The commit alone does not name code that was edited after it:
-    a campaign rerun on edited code reused the results of other code. Asked once per folder
-    and process."""
+    this package's): ``"N file(s) changed since the commit (digest D)"``, D a hash of the
+    changes (tracked files' diff, untracked files' contents); None when there are none. The
+    commit alone does not name code edited after it: a campaign rerun on edited code reused
+    the results of other code. Outside a work tree (an installed package, which its version
+    names) it says so; a work tree git cannot read (no git, an error, no answer in 10 s) is
+    ``"unknown: ..."`` with a token of this process, so that nothing made now is taken for
+    the result of known code. Asked once per folder and process."""
     return _source_changes(folder or Path(__file__).resolve().parent)
 
 
@@ -108,6 +112,8 @@ def _git(where: Path, *args: str) -> bytes:
 
 @functools.lru_cache(maxsize=16)
 def _source_changes(where: Path) -> str | None:
+    if not any((d / ".git").exists() for d in (where, *where.parents)):
+        return NOT_A_WORK_TREE
     try:
         root = Path(_git(where, "rev-parse", "--show-toplevel").decode().strip())
         paths = [p for p in SOURCE_PACKAGES if (root / p).is_dir()]
@@ -117,8 +123,13 @@ def _source_changes(where: Path) -> str | None:
         changed = _git(root, "diff", "HEAD", "--name-only", "--", *paths).decode().split()
         others = _git(root, "ls-files", "--others", "--exclude-standard", "--", *paths)
         untracked = sorted(others.decode().split())
-    except (OSError, subprocess.SubprocessError, UnicodeDecodeError):
-        return None
+    except (OSError, subprocess.SubprocessError, UnicodeDecodeError) as exc:
+        why = (
+            "git did not answer in 10 s"
+            if isinstance(exc, subprocess.TimeoutExpired)
+            else (f"git failed ({type(exc).__name__})")
+        )
+        return f"unknown: {why}; results made now are not reused (run {uuid.uuid4().hex[:12]})"
     if not changed and not untracked:
         return None
     h = hashlib.sha256(diff)

@@ -11,6 +11,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from controller.runtime import historian_run
 from hil.campaign.cases import Case
 from hil.campaign.execute import case_configuration
@@ -51,8 +53,28 @@ def test_edits_to_the_source_are_named_and_told_apart(tmp_path: Path) -> None:
     assert both is not None and both.startswith("2 files changed since the commit")
 
 
-def test_no_git_is_no_claim(tmp_path: Path) -> None:
-    assert changes(tmp_path) is None
+def test_outside_a_work_tree_it_says_so(tmp_path: Path) -> None:
+    assert changes(tmp_path) == historian_run.NOT_A_WORK_TREE
+
+
+def test_a_work_tree_git_cannot_read_is_unknown_and_never_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review found "none (the commit's code)" for a tree with 3 edited files when git
+    was slow or missing: the reuse the check is for came back."""
+    root = _repo(tmp_path)
+    (root / "controller" / "criteria.py").write_text("PASS = True\n", encoding="utf-8")
+    broken = tmp_path / "bin"
+    broken.mkdir()
+    fake = broken / "git"
+    fake.write_text("#!/bin/sh\nexit 1\n", encoding="utf-8")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(broken))
+    first, second = changes(root / "controller"), changes(root / "controller")
+    assert first is not None and first.startswith("unknown: git failed (CalledProcessError)")
+    assert "not reused" in first and first != second  # a token of the run: no match
+    clean = {"version": "1", "git_commit": None, "source_changes": None}
+    assert _configuration(clean | {"source_changes": first}) != _configuration(clean)
 
 
 def _configuration(software: dict[str, Any]) -> str:
