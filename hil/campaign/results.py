@@ -21,13 +21,13 @@ or that has no verdict for a criterion the case's ``spec.json`` lists, makes the
 with a reason naming the file. So does, for a case with verdicts (judged on its run), evidence
 that is missing or does not stand (:data:`EVIDENCE`): ``audit.db``, ``trajectory.parquet`` or
 ``cycles.parquet`` absent, a recording that is no readable Parquet table with rows, an audit
-trail that does not verify (:func:`controller.runtime.audit_verify.verify_file`, the anchor key
-from ``$PHARMATWIN_AUDIT_KEY`` if set) or cannot be checked. A case that errored before it was
-judged (no verdicts) may lack them. A requirement's verdict is
-"failed" if any case failed it, else "error" if a case that would test it errored (an errored
-case counts as testing every requirement of the manifest), else "passed" if a case passed it,
-else "not run". The campaign passes only when it has cases, every one ran and passed, and every
-requirement passed.
+trail that does not verify (:func:`controller.runtime.audit_verify.verify_file`; a signed one
+with its own key, from ``$PHARMATWIN_AUDIT_KEY``) or cannot be checked. A case that errored
+before it was judged (no verdicts) may lack them. A requirement's verdict is "failed" if any
+case failed it, else "error" if a case that would test it errored (an errored case counts as
+testing every requirement of the manifest), else "passed" if a case passed it, else "not run".
+The campaign passes only when it has cases, every one ran and passed, and every requirement
+passed.
 
 A missing or malformed ``campaign.json`` raises ``CampaignReportError`` naming the directory
 and every problem found. The reports rendered from these data are :mod:`hil.campaign.report`.
@@ -47,6 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from controller.errors import PharmaTwinError
+from controller.runtime.audit_anchors import anchor_path_for, read_anchors
 from controller.runtime.audit_chain import AuditError, AuditMismatch
 from controller.runtime.audit_keys import resolve_key
 from controller.runtime.audit_verify import verify_file
@@ -302,8 +303,7 @@ def _listed(spec: dict[str, Any]) -> tuple[str, ...] | None:
 def _evidence_problems(directory: Path) -> list[str]:
     """What is wrong with the evidence of a case that was judged (it has verdicts): each of
     :data:`EVIDENCE` missing, a recording that is no readable Parquet table, an audit trail
-    that does not verify (:func:`~controller.runtime.audit_verify.verify_file`, with the
-    anchor key of ``$PHARMATWIN_AUDIT_KEY`` if set) or cannot be checked."""
+    that does not verify or cannot be checked (:func:`_audit_problem`)."""
     problems = [f"{directory / n} is missing: the case's evidence is incomplete"
                 for n in EVIDENCE if not (directory / n).is_file()]  # fmt: skip
     for name in ("trajectory.parquet", "cycles.parquet"):
@@ -318,13 +318,38 @@ def _evidence_problems(directory: Path) -> list[str]:
                 problems.append(f"{path} holds no rows: nothing was recorded")
     db = directory / "audit.db"
     if db.is_file():
-        try:
-            verify_file(db, key=resolve_key(None))
-        except AuditMismatch as exc:
-            problems.append(f"{db} does not verify (altered, cut or rewritten): {exc}")
-        except AuditError as exc:
-            problems.append(f"{db} cannot be verified: {exc}")
+        why = _audit_problem(db)
+        if why is not None:
+            problems.append(why)
     return problems
+
+
+def _audit_problem(db: Path) -> str | None:
+    """Why a case's audit trail does not verify or cannot be checked (None: it verifies),
+    checked with the key its anchors were signed with: an unsigned trail without a key, a
+    signed one with ``$PHARMATWIN_AUDIT_KEY`` when that is its key (the report's environment
+    does not decide: a key set in the reporter's shell called untouched trails altered)."""
+    try:
+        anchors, _ = read_anchors(anchor_path_for(db))
+        signed = sorted({a.key_id for a in anchors if a.key_id})
+        key = resolve_key(None) if signed else None
+    except AuditMismatch as exc:
+        return f"{db} does not verify (altered, cut or rewritten): {exc}"
+    except AuditError as exc:
+        return f"{db} cannot be verified: {exc}"
+    if signed and (key is None or key.key_id not in signed):
+        have = f"key {key.key_id}" if key is not None else "no key"
+        return (
+            f"{db} cannot be verified: its anchors are signed with key {', '.join(signed)} and "
+            f"this report has {have}; give that key in $PHARMATWIN_AUDIT_KEY"
+        )
+    try:
+        verify_file(db, key=key)
+    except AuditMismatch as exc:
+        return f"{db} does not verify (altered, cut or rewritten): {exc}"
+    except AuditError as exc:
+        return f"{db} cannot be verified: {exc}"
+    return None
 
 
 def _drawn(draw: Any) -> dict[str, float]:

@@ -198,3 +198,46 @@ def test_a_case_missing_a_verdict_is_run_again_not_reused(
     assert rerun["status"] == "failed"
     assert [v["requirement"] for v in rerun["verdicts"] if not v["passed"]] == ["REQ-ROB-02"]
     assert write_reports(out) and load_results(out).verdict() == "failed"
+
+
+# ------------------------------------------------------------ the key the trails were signed with
+
+
+def test_a_key_in_the_reporters_environment_does_not_make_an_unsigned_trail_altered(
+    passing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: with $PHARMATWIN_AUDIT_KEY set in the shell that wrote the report, every
+    untouched, unsigned trail was "altered, cut or rewritten" and the campaign an error."""
+    from controller.runtime.audit_keys import KEY_ENV, create_key
+
+    out = _copy(passing, tmp_path)
+    create_key(tmp_path / "k.key")
+    monkeypatch.setenv(KEY_ENV, str(tmp_path / "k.key"))
+    (case,) = load_results(out).cases
+    assert case.status == "passed" and not case.problems
+    assert load_results(out).verdict() == "passed"
+
+
+def test_a_signed_trail_is_checked_with_its_own_key_and_said_so_without_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from controller.runtime.audit_keys import KEY_ENV, create_key
+
+    key = create_key(tmp_path / "k.key")
+    monkeypatch.setenv(KEY_ENV, str(tmp_path / "k.key"))
+    campaign = _campaign(tmp_path, "signed", {"none": {}}, [ROB_01])
+    out = tmp_path / "out"
+    run_campaign(campaign, RunSettings(out=out, workers=1, progress=False))
+    assert load_results(out).verdict() == "passed"  # its own key: verified, signatures too
+    monkeypatch.delenv(KEY_ENV)
+    (case,) = load_results(out).cases
+    assert case.status == "error"
+    (why,) = case.problems
+    assert why.endswith(
+        f"cannot be verified: its anchors are signed with key {key.key_id} and this report "
+        "has no key; give that key in $PHARMATWIN_AUDIT_KEY"
+    ), why
+    other = create_key(tmp_path / "other.key")
+    monkeypatch.setenv(KEY_ENV, str(tmp_path / "other.key"))
+    (case,) = load_results(out).cases
+    assert case.status == "error" and f"this report has key {other.key_id}" in case.problems[0]
