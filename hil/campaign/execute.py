@@ -18,8 +18,7 @@ once and keeps them for its next cases (:mod:`controller.core.ekf_memo`,
 whose ``result.json`` says passed or failed for the same case definition (its digest), mode
 and configuration (:func:`case_configuration`) is skipped on a re-run unless ``force``. The
 results directory gets ``campaign.json`` (the manifest: software, machine, config hashes,
-requirements, cases, start and end), then the reports.
-"""
+the audit key, requirements, cases, start and end), then the reports."""
 
 from __future__ import annotations
 
@@ -32,6 +31,7 @@ import os
 import platform
 import socket
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
@@ -56,6 +56,7 @@ from controller.jsonfile import write_json
 from controller.runtime.historian_run import git_commit, library_versions, source_changes
 from hil.campaign.cases import Case
 from hil.campaign.checks import describe_check
+from hil.campaign.evidence_audit import run_audit_key
 from hil.campaign.results import record_problem, utc_now
 from hil.campaign.runner import finished_result, run_case, run_cases, started
 from hil.campaign.spec import Campaign
@@ -70,8 +71,7 @@ Executor = Literal["process", "dask"]
 #: system every 500 ms: on a case (one thread of Python and CasADi, ~0.35 s of CPU) that cost
 #: ~10 % (1 worker, 20 cases, the case thread's CPU time and the other threads': 0.39 and
 #: 0.65 s/20 cases with Dask's defaults, 0.34 and 0.13 with these; the pool 0.34 and 0.06).
-#: The memory limit is still enforced, once a second. An existing cluster's workers keep
-#: their own settings (set them in its Dask config).
+#: The memory limit is still enforced, once a second. An existing cluster keeps its own.
 QUIET_WORKERS: dict[str, object] = {
     "distributed.worker.profile.enabled": False,
     "distributed.admin.tick.interval": "1s",
@@ -159,6 +159,7 @@ def manifest(campaign: Campaign, settings: RunSettings, started: str) -> dict[st
         "started": started,
         "ended": None,
         "software": software(),
+        "audit_key": run_audit_key(),  # the key the cases' trails are signed with (None: none)
         "config_hashes": {_relative(p): sha256(p) for p in campaign.files()},
         "requirements": [
             {"id": c.id, "description": c.description, "check": describe_check(c.check)}
@@ -184,15 +185,16 @@ def case_configuration(info: dict[str, Any], criteria: list[dict[str, Any]], cas
     """What a case's result depends on beyond its own definition (:attr:`Case.digest`): the
     files of the site, controller, tag map, plant and scenario (their hashes in the manifest
     ``info``, the campaign file's own left out), the definitions of the criteria that judge the
-    case, and the software (version, commit, uncommitted source changes, Python, libraries).
-    A rerun reuses a result only when this is the same: a changed controller, a tightened
-    criterion or edited code ran again, not passed on the old results."""
+    case, the software (version, commit, uncommitted source changes, Python, libraries) and
+    the audit key. A rerun reuses a result only when this is the same: a changed controller, a
+    tightened criterion, edited code or another key ran again, not passed on the old results."""
     files = {k: v for k, v in info["config_hashes"].items() if k != info.get("file")}
     sw, keys = info["software"], ("version", "git_commit", "source_changes", "python", "libraries")
     body = {
         "files": files,
         "criteria": [c for c in criteria if c["id"] in case.criteria],
         "software": {k: sw.get(k) for k in keys},
+        "audit_key": info.get("audit_key"),  # trails signed with another key: run again
     }
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
@@ -445,8 +447,6 @@ def run_campaign(
     campaign: Campaign, settings: RunSettings, console: Console | None = None
 ) -> Outcome:
     """Run every case not already done; write the manifest, the results and the reports."""
-    import time
-
     console = console or Console(stderr=True)
     out = settings.out
     (out / "cases").mkdir(parents=True, exist_ok=True)

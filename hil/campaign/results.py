@@ -47,11 +47,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from controller.errors import PharmaTwinError
-from controller.runtime.audit_anchors import anchor_path_for, read_anchors
-from controller.runtime.audit_chain import AuditError, AuditMismatch
-from controller.runtime.audit_keys import resolve_key
-from controller.runtime.audit_verify import verify_file
 from hil.campaign.criteria import Verdict  # the one record of a judgement, as result.json holds it
+from hil.campaign.evidence_audit import NOT_RECORDED, audit_problem
 
 __all__ = [
     "CASE_FILES",
@@ -185,7 +182,8 @@ def load_results(out: Path) -> CampaignResults:
     cases_dir = out / "cases"
     found = sorted(p.name for p in cases_dir.iterdir() if p.is_dir()) if cases_dir.is_dir() else []
     listed = set(ids)
-    cases = tuple(_read_case(cases_dir / cid, i, True) for i, cid in enumerate(ids))
+    ran_with = manifest.get("audit_key", NOT_RECORDED)  # the key the run signed with
+    cases = tuple(_read_case(cases_dir / cid, i, True, ran_with) for i, cid in enumerate(ids))
     known = {r.id for r in requirements}
     extra = {v.requirement: v for c in cases for v in c.verdicts if v.requirement not in known}
     requirements += tuple(
@@ -255,7 +253,9 @@ def _read_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     return data, None
 
 
-def _read_case(directory: Path, position: int, listed: bool) -> CaseRecord:
+def _read_case(
+    directory: Path, position: int, listed: bool, ran_with: object = NOT_RECORDED
+) -> CaseRecord:
     spec, spec_problem = _read_json(directory / "spec.json")
     result, result_problem = _read_json(directory / "result.json")
     problems = [p for p in (spec_problem, result_problem) if p]
@@ -264,7 +264,7 @@ def _read_case(directory: Path, position: int, listed: bool) -> CaseRecord:
     spec = spec or {}
     result = result or {}
     verdicts, verdict_problem = _verdicts(result, directory / "result.json", _listed(spec))
-    evidence = "; ".join(_evidence_problems(directory)) if verdicts else None
+    evidence = "; ".join(_evidence_problems(directory, ran_with)) if verdicts else None
     status, status_problem = _case_status(result, result_problem or verdict_problem or evidence)
     problems += [p for p in (verdict_problem, evidence, status_problem) if p]
     recorded = None if result_problem else _text_or_none(result.get("error"))
@@ -300,10 +300,11 @@ def _listed(spec: dict[str, Any]) -> tuple[str, ...] | None:
     return tuple(str(c) for c in criteria) if isinstance(criteria, list) else None
 
 
-def _evidence_problems(directory: Path) -> list[str]:
+def _evidence_problems(directory: Path, ran_with: object = NOT_RECORDED) -> list[str]:
     """What is wrong with the evidence of a case that was judged (it has verdicts): each of
     :data:`EVIDENCE` missing, a recording that is no readable Parquet table, an audit trail
-    that does not verify or cannot be checked (:func:`_audit_problem`)."""
+    that does not verify or cannot be checked (:func:`~hil.campaign.evidence_audit.audit_problem`,
+    ``ran_with`` the key id ``campaign.json`` records)."""
     problems = [f"{directory / n} is missing: the case's evidence is incomplete"
                 for n in EVIDENCE if not (directory / n).is_file()]  # fmt: skip
     for name in ("trajectory.parquet", "cycles.parquet"):
@@ -318,38 +319,10 @@ def _evidence_problems(directory: Path) -> list[str]:
                 problems.append(f"{path} holds no rows: nothing was recorded")
     db = directory / "audit.db"
     if db.is_file():
-        why = _audit_problem(db)
+        why = audit_problem(db, ran_with)
         if why is not None:
             problems.append(why)
     return problems
-
-
-def _audit_problem(db: Path) -> str | None:
-    """Why a case's audit trail does not verify or cannot be checked (None: it verifies),
-    checked with the key its anchors were signed with: an unsigned trail without a key, a
-    signed one with ``$PHARMATWIN_AUDIT_KEY`` when that is its key (the report's environment
-    does not decide: a key set in the reporter's shell called untouched trails altered)."""
-    try:
-        anchors, _ = read_anchors(anchor_path_for(db))
-        signed = sorted({a.key_id for a in anchors if a.key_id})
-        key = resolve_key(None) if signed else None
-    except AuditMismatch as exc:
-        return f"{db} does not verify (altered, cut or rewritten): {exc}"
-    except AuditError as exc:
-        return f"{db} cannot be verified: {exc}"
-    if signed and (key is None or key.key_id not in signed):
-        have = f"key {key.key_id}" if key is not None else "no key"
-        return (
-            f"{db} cannot be verified: its anchors are signed with key {', '.join(signed)} and "
-            f"this report has {have}; give that key in $PHARMATWIN_AUDIT_KEY"
-        )
-    try:
-        verify_file(db, key=key)
-    except AuditMismatch as exc:
-        return f"{db} does not verify (altered, cut or rewritten): {exc}"
-    except AuditError as exc:
-        return f"{db} cannot be verified: {exc}"
-    return None
 
 
 def _drawn(draw: Any) -> dict[str, float]:

@@ -241,3 +241,58 @@ def test_a_signed_trail_is_checked_with_its_own_key_and_said_so_without_it(
     monkeypatch.setenv(KEY_ENV, str(tmp_path / "other.key"))
     (case,) = load_results(out).cases
     assert case.status == "error" and f"this report has key {other.key_id}" in case.problems[0]
+
+
+def test_a_signed_trail_swapped_for_an_unsigned_one_does_not_verify(
+    passing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: with the key to check with read from the anchors themselves, a signed
+    case's trail replaced by an unsigned one (from another run) passed. campaign.json now
+    records the key the run signed with, and the trail must be signed with it."""
+    from controller.runtime.audit_keys import KEY_ENV, create_key
+
+    key = create_key(tmp_path / "k.key")
+    monkeypatch.setenv(KEY_ENV, str(tmp_path / "k.key"))
+    campaign = _campaign(tmp_path, "signed", {"none": {}}, [ROB_01])
+    out = tmp_path / "out"
+    run_campaign(campaign, RunSettings(out=out, workers=1, progress=False))
+    manifest = json.loads((out / "campaign.json").read_text(encoding="utf-8"))
+    assert manifest["audit_key"] == key.key_id
+    (case,) = load_results(out).cases
+    assert case.status == "passed"
+    (unsigned,) = load_results(passing).cases  # an unsigned run's trail, swapped in
+    for name in ("audit.db", "audit.db.anchor"):
+        shutil.copyfile(unsigned.directory / name, case.directory / name)
+    (case,) = load_results(out).cases
+    assert case.status == "error"
+    (why,) = case.problems
+    assert f"the campaign ran signed with key {key.key_id}" in why
+    assert "its anchors are unsigned: the trail was replaced" in why
+    # and the other way: an unsigned campaign's trail swapped for a signed one
+    signed_run = tmp_path / "signed-run"
+    run_campaign(campaign, RunSettings(out=signed_run, workers=1, progress=False))
+    (signed,) = load_results(signed_run).cases
+    other = _copy(passing, tmp_path / "other")
+    (target,) = load_results(other).cases
+    for name in ("audit.db", "audit.db.anchor"):
+        shutil.copyfile(signed.directory / name, target.directory / name)
+    (target,) = load_results(other).cases
+    assert target.status == "error"
+    assert "the campaign ran unsigned" in target.problems[0]
+    assert f"its anchors are signed with key {key.key_id}" in target.problems[0]
+
+
+def test_a_rerun_with_another_key_runs_the_cases_again(
+    passing: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cases signed with no key (or another) are not reused by a run that signs with this
+    one: the report would call their trails replaced."""
+    from controller.runtime.audit_keys import KEY_ENV, create_key
+
+    out = _copy(passing, tmp_path)
+    create_key(tmp_path / "k.key")
+    monkeypatch.setenv(KEY_ENV, str(tmp_path / "k.key"))
+    campaign = _campaign(tmp_path, "passing", {"none": {}}, [ROB_01])
+    outcome = run_campaign(campaign, RunSettings(out=out, workers=1, progress=False))
+    assert outcome.skipped == []
+    assert load_results(out).verdict() == "passed"
