@@ -1,14 +1,15 @@
 """No silent coercion of a config value into a number or a flag.
 
-pydantic's lax mode turns ``true`` into 1 for an ``int`` field (``horizon: true`` ran a
-1-step horizon), ``"100"`` into 100.0, and ``1`` into ``True`` for a ``bool``. In a config
-file each is a typo or a misunderstanding, never intent. :func:`coercions` walks a file's
-data along its schema (fields, nested models, mappings' values, lists' items) and lists every
-such value with its key path and what is allowed; :func:`controller.configfile.parse`
-refuses them. In a union (``Finite | str``: a number or a parameter's name) a flag is refused
-unless the union takes flags, and a quoted number unless it takes text as text; a model's
-short form (``[low, high]``) is checked as the mapping its own validators make of it. A number written ``1e-4`` is a number: PyYAML reads YAML 1.1, where it is a
-string, and :mod:`controller.yamlmarks` resolves it as a float, as YAML 1.2 does.
+pydantic's lax mode turns ``true`` into 1 for an ``int`` field (``horizon: true`` ran a 1-step
+horizon), ``"100"`` into 100.0, and ``1`` into ``True`` for a ``bool``. In a config file each
+is a typo or a misunderstanding, never intent. :func:`coercions` walks a file's data along its
+schema (fields, nested models, mappings' values, lists' items) and lists every such value with
+its key path and what is allowed; :func:`controller.configfile.parse` refuses them. In a union
+(``Finite | str``: a number or a parameter's name) a flag is refused unless the union takes
+flags, and a quoted number unless it takes text as text; a model's short form (``[low, high]``)
+is checked as the mapping its own validators make of it. A number written ``1e-4`` is a number:
+PyYAML reads YAML 1.1, where it is a string, and :mod:`controller.yamlmarks` resolves it as a
+float, as YAML 1.2 does.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = ["Coercion", "coercions", "refusal"]
 #: (key path, the value, what is allowed)
 Coercion = tuple[tuple[str, ...], Any, str]
 NUMBER = "a number, written without quotes"
+NUMBER_OR_TEXT = "a number, or text in quotes"
 FLAG = "true or false"
 
 
@@ -59,7 +61,8 @@ def _walk(annotation: Any, value: Any, loc: tuple[str, ...]) -> list[Coercion]:
     if any(m in (int, float) for m in members) and isinstance(value, bool | str):
         # a union takes the value as a number unless it has a member for it as it is
         kept = bool in members if isinstance(value, bool) else _kept_as_text(members, value)
-        return [] if kept or not _number_like(value) else [(loc, value, NUMBER)]
+        allowed = NUMBER_OR_TEXT if str in members else NUMBER
+        return [] if kept or not _number_like(value) else [(loc, value, allowed)]
     models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
     if isinstance(value, Mapping):
         if models:

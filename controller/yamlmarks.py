@@ -36,7 +36,9 @@ MAX_BYTES = 4_000_000
 #: (which wants a dot and a signed exponent, and no sign before a leading dot); a config's
 #: number is never meant as a string. Plain integers and YAML 1.1's own floats are resolved
 #: before this (the earlier resolvers match first).
-_EXPONENT = re.compile(r"^[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+]?[0-9]+)?$")
+_EXPONENT = re.compile(
+    r"^[-+]?(?:\.[0-9]+(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+)$"
+)  # a leading dot or an exponent: digits alone (``0815``, a name) stay as YAML 1.1 has them
 
 
 def _with_exponent_floats(base: Any) -> Any:

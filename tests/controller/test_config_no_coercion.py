@@ -18,6 +18,7 @@ from hil.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 NUMBER = "is not a number; allowed: a number, written without quotes"
+OR_TEXT = "is not a number; allowed: a number, or text in quotes"  # a union taking text too
 FLAG, STR, TRACK = "true (a YAML true/false)", "(a string)", "objective.tracking.0"
 
 
@@ -88,9 +89,9 @@ def test_a_scenario_seed_that_is_a_flag_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("schema", "data", "key", "message"),
     [
-        ("hil.design_space_spec:Limit", {"upper": True}, "upper", f"{FLAG} {NUMBER}"),
+        ("hil.design_space_spec:Limit", {"upper": True}, "upper", f"{FLAG} {OR_TEXT}"),
         ("controller.config:MinTime",
-         {"mode": "free_end", "expression": "Lck", "target": True}, "target", f"{FLAG} {NUMBER}"),
+         {"mode": "free_end", "expression": "Lck", "target": True}, "target", f"{FLAG} {OR_TEXT}"),
         ("controller.config:RobustSpec", {"parameters": {"S_in": [200.0, "180", 220.0]}},
          "parameters.S_in.1", f"'180' {STR} {NUMBER}"),
         ("hil.campaign.schema:MonteCarlo", {"draws": 4, "parameters": {"R0": ["0.5", 3.0]}},
@@ -134,13 +135,15 @@ def test_a_signed_number_with_a_leading_dot_is_a_number(tmp_path: Path) -> None:
     from controller.configfile import read_yaml
 
     path = tmp_path / "v.yaml"
-    path.write_text("a: -.5\nb: +.5\nc: .5e3\nd: 5\ne: '-.5'\n", encoding="utf-8")
-    assert read_yaml(path) == {"a": -0.5, "b": 0.5, "c": 500.0, "d": 5, "e": "-.5"}
-    assert isinstance(read_yaml(path)["d"], int)
+    path.write_text("a: -.5\nb: +.5\nc: .5e3\nd: 5\ne: '-.5'\nf: 0815\ng: 08\n", encoding="utf-8")
+    got = read_yaml(path)
+    assert got == {"a": -0.5, "b": 0.5, "c": 500.0, "d": 5, "e": "-.5", "f": "0815", "g": "08"}
+    assert isinstance(got["d"], int)  # and a user named 0815 is not user "815.0" (a review)
 
 
 def test_an_ipopt_option_takes_no_flag(tmp_path: Path) -> None:
-    path = _controller(tmp_path, "horizon: 20", "horizon: 20\nipopt: {max_iter: true}")
-    assert _problems(path).get("ipopt.max_iter") == f"{FLAG} {NUMBER}"
+    path = _controller(tmp_path, "horizon: 20", "horizon: 20\nipopt: {warm_start_init_point: yes}")
+    text = "is not a number; allowed: a number, or text in quotes"  # the union takes text too
+    assert _problems(path).get("ipopt.warm_start_init_point") == f"{FLAG} {text}"
     fine = _controller(tmp_path, "horizon: 20", "horizon: 20\nipopt: {mu_strategy: adaptive}")
     assert load_controller(fine)[0].ipopt == {"mu_strategy": "adaptive"}
