@@ -33,7 +33,17 @@ from controller import filekinds, yamlmarks
 from controller.errors import ConfigError, Problem, suggest, unknown_name
 from controller.nocoerce import Coercion, coercions, refusal
 
-__all__ = ["NAME", "Finite", "PositiveFinite", "Strict", "parse", "read_yaml", "real", "resolve"]
+__all__ = [
+    "NAME",
+    "Finite",
+    "PositiveFinite",
+    "Strict",
+    "existing",
+    "parse",
+    "read_yaml",
+    "real",
+    "resolve",
+]
 
 
 #: a name that becomes a file or folder name (a site's log, a campaign's results): no path
@@ -345,6 +355,14 @@ def resolve(base: Path, ref: str) -> Path:
     """A path written in a config file, relative to that file's folder."""
     p = Path(ref)
     return p if p.is_absolute() else (base.parent / p)
+
+
+def existing(path: Path, source: str, key: str) -> Path:
+    """``path`` as written, once :func:`real` found an existing file there (else its
+    ConfigError, at ``source``'s ``key``). Loading by the path as written keeps a symlinked
+    file's own relative references where they were written, as loading it always did."""
+    real(path, source, key)
+    return path
 
 
 def real(path: Path, source: str, key: str) -> Path:

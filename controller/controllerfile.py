@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.config import MAX_ROBUST_SCENARIOS, ControllerConfig, robust_values
-from controller.configfile import parse, read_yaml, real, resolve
+from controller.configfile import existing, parse, read_yaml, resolve
 from controller.errors import ConfigError, Problem, unknown_name
 from controller.plantfile import build_model
 from plant_models import PlantModel, Role
@@ -197,12 +197,12 @@ def load_controller(path: Path) -> tuple[ControllerConfig, PlantModel]:
         plant_ref = data.get("plant")
         if isinstance(plant_ref, str):
             try:
-                plant = real(resolve(path, plant_ref), str(path), "plant")
+                plant = existing(resolve(path, plant_ref), str(path), "plant")
                 extra = _raw_name_problems(data, build_model(plant), str(path))
             except ConfigError as inner:
                 extra = list(inner.problems)
         raise ConfigError([*exc.problems, *extra]) from exc
-    model = build_model(real(resolve(path, cfg.plant), str(path), "plant"), smooth=True)
+    model = build_model(existing(resolve(path, cfg.plant), str(path), "plant"), smooth=True)
     problems = check_controller(cfg, model, str(path))
     if problems:
         raise ConfigError(problems)

@@ -34,9 +34,9 @@ from controller.configfile import (
     Finite,
     PositiveFinite,
     Strict,
+    existing,
     parse,
     read_yaml,
-    real,
     resolve,
 )
 from controller.core.recipe import RecipePlayer
@@ -368,10 +368,10 @@ def initial_input_problems(
 def load_scenario(path: Path) -> ScenarioConfig:
     """Load a scenario and check every name it uses against its plant model."""
     sc = parse(ScenarioConfig, read_yaml(path), str(path))
-    model = build_model(real(resolve(path, sc.plant), str(path), "plant"))
+    model = build_model(existing(resolve(path, sc.plant), str(path), "plant"))
     problems = check_scenario(sc, model, str(path))
     if sc.controller is not None:
-        ctrl_path = real(resolve(path, sc.controller), str(path), "controller")
+        ctrl_path = existing(resolve(path, sc.controller), str(path), "controller")
         try:
             cfg, cmodel = load_checked_controller(ctrl_path)
         except ConfigError as exc:

@@ -376,7 +376,12 @@ def _campaign(spec: TuningFile, path: Path) -> Campaign:
     if sc.campaign is not None:
         camp_path = real(resolve(path, sc.campaign), str(path), "scenarios.campaign")
         raw = read_yaml(camp_path)
-        raw["site"] = str(real(resolve(camp_path, raw["site"]), str(camp_path), "site"))
+        site = raw.get("site")
+        if not isinstance(site, str):  # a KeyError or a TypeError traceback before
+            why = "missing" if site is None else f"{site!r} is not a path"
+            allowed = f"{why}; allowed: the path of a site file"
+            raise ConfigError([Problem(str(camp_path), "site", allowed, site)])
+        raw["site"] = str(real(resolve(camp_path, site), str(camp_path), "site"))
         raw.pop("controller", None)
     else:
         if sc.site is None:  # Scenarios requires a campaign or a site

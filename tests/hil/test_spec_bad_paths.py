@@ -107,3 +107,54 @@ def test_a_campaign_naming_a_missing_site_or_a_folder_names_its_file_and_key(
         assert (problem.file, problem.location) == (str(path), "site")
         assert problem.value == str(tmp_path / ref) and problem.message.startswith(what)
         assert problem.line == 5
+
+
+def test_a_scenario_naming_a_symlinked_controller_loads_it_where_it_is_named(
+    tmp_path: Path,
+) -> None:
+    """A review: checking the controller's path resolved the symlink, and its relative
+    ``plant:`` was then looked for beside the link's target, not beside the link."""
+    from hil.scenario import load_scenario
+
+    proj, real_dir = tmp_path / "proj", tmp_path / "real"
+    proj.mkdir()
+    real_dir.mkdir()
+    plant = (ROOT / "configs" / "plants" / "cstr.yaml").read_text("utf-8")
+    (proj / "cstr.yaml").write_text(plant, encoding="utf-8")
+    ctl = (ROOT / "configs" / "controllers" / "cstr.yaml").read_text("utf-8")
+    (real_dir / "cstr-ctl.yaml").write_text(
+        ctl.replace("plant: ../plants/cstr.yaml", "plant: cstr.yaml"), encoding="utf-8"
+    )
+    (proj / "ctl.yaml").symlink_to(Path("..") / "real" / "cstr-ctl.yaml")
+    scen = (ROOT / "configs" / "scenarios" / "cstr-mpc.yaml").read_text("utf-8")
+    scen = scen.replace("../plants/cstr.yaml", "cstr.yaml").replace(
+        "../controllers/cstr.yaml", "ctl.yaml"
+    )
+    (proj / "scen.yaml").write_text(scen, encoding="utf-8")
+    sc = load_scenario(proj / "scen.yaml")
+    assert sc.controller == "ctl.yaml"
+
+
+@pytest.mark.parametrize(("site_line", "why"), [("", "missing"), ("site: 5\n", "5 is not a path")])
+def test_a_tuning_campaign_without_a_site_path_is_named(
+    tmp_path: Path, site_line: str, why: str
+) -> None:
+    """A review: ``scenarios.campaign`` naming a campaign with no ``site:`` (or ``site: 5``)
+    ended in a KeyError / TypeError traceback."""
+    from controller.errors import ConfigError
+    from hil.tuning.spec import load_tuning
+
+    camp = (ROOT / "configs" / "campaigns" / "lyophilizer-smoke.yaml").read_text("utf-8")
+    camp = camp.replace("site: ../sites/lyophilizer-modbus.yaml\n", site_line)
+    (tmp_path / "camp.yaml").write_text(camp, encoding="utf-8")
+    tuning = (ROOT / "configs" / "tuning" / "lyophilizer.yaml").read_text("utf-8")
+    head, rest = tuning.split("scenarios:\n", 1)
+    tail = rest[rest.index("objectives:") :]
+    text = head.replace("start: ../controllers/", f"start: {ROOT}/configs/controllers/")
+    text += "scenarios:\n  campaign: camp.yaml\n" + tail
+    (tmp_path / "tune.yaml").write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_tuning(tmp_path / "tune.yaml")
+    (problem,) = info.value.problems
+    assert (problem.file, problem.location) == (str(tmp_path / "camp.yaml"), "site")
+    assert problem.message == f"{why}; allowed: the path of a site file"
