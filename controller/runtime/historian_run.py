@@ -65,25 +65,29 @@ def _class_source(cls: type) -> str:
 
 
 def git_commit(folder: Path | None = None) -> str | None:
-    """``git rev-parse HEAD`` in ``folder`` (default: this package's), or None if unknown.
-    Asked once per folder and process: the commit of the code this process loaded."""
+    """``git rev-parse HEAD`` in ``folder`` (default: this package's), or None if unknown:
+    also for a copy installed inside another project's work tree (a venv in a repo), whose
+    HEAD is not this code's. Asked once per folder and process: the commit of the code this
+    process loaded."""
     return _git_commit(folder or Path(__file__).resolve().parent)
 
 
 @functools.lru_cache(maxsize=16)
 def _git_commit(where: Path) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=where,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
+        top, out = _git(where, "rev-parse", "--show-toplevel", "HEAD").decode().split()
+    except (OSError, subprocess.SubprocessError, UnicodeDecodeError, ValueError):
+        return None
+    if not _ours(Path(top), where):
         return None
     return out if _GIT_COMMIT.fullmatch(out) else None
+
+
+def _ours(root: Path, where: Path) -> bool:
+    """``where`` is inside one of :data:`SOURCE_PACKAGES` of the work tree at ``root`` (not a
+    copy installed somewhere in another project's tree)."""
+    here = where.resolve()
+    return any(here.is_relative_to((root / p).resolve()) for p in SOURCE_PACKAGES)
 
 
 #: the packages whose source a run's results depend on (a campaign's, a tuning's)
@@ -116,9 +120,9 @@ def _source_changes(where: Path) -> str | None:
         return NOT_A_WORK_TREE
     try:
         root = Path(_git(where, "rev-parse", "--show-toplevel").decode().strip())
+        if not _ours(root, where):  # installed inside another project's work tree
+            return NOT_A_WORK_TREE
         paths = [p for p in SOURCE_PACKAGES if (root / p).is_dir()]
-        if not paths:
-            return None
         diff = _git(root, "diff", "HEAD", "--binary", "--", *paths)
         changed = _git(root, "diff", "HEAD", "--name-only", "--", *paths).decode().split()
         others = _git(root, "ls-files", "--others", "--exclude-standard", "--", *paths)

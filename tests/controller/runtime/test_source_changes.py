@@ -97,3 +97,18 @@ def test_the_reports_say_what_was_edited() -> None:
     assert dict(software_rows({"version": "1"}))["source_changes"] == "not recorded"
     edited = dict(software_rows({"source_changes": "2 files changed since the commit (x)"}))
     assert edited["source_changes"] == "2 files changed since the commit (x)"
+
+
+def test_a_copy_installed_inside_another_projects_work_tree_is_not_that_projects_code(
+    tmp_path: Path,
+) -> None:
+    """A review: the package installed in a venv inside a user's repo reported that repo's
+    HEAD as its commit and "none (the commit's code)"."""
+    root = _repo(tmp_path)
+    installed = root / ".venv" / "lib" / "site-packages" / "hil" / "campaign"
+    installed.mkdir(parents=True)
+    (root / ".gitignore").write_text(".venv/\n", encoding="utf-8")
+    assert changes(installed) == historian_run.NOT_A_WORK_TREE
+    assert historian_run._git_commit.__wrapped__(installed) is None
+    # the repo's own package folder is its code
+    assert historian_run._git_commit.__wrapped__(root / "controller") is not None
