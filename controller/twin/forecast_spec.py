@@ -87,13 +87,13 @@ class ForecastCqa(Strict):
     def judged(self) -> bool:
         return self.lower is not None or self.upper is not None
 
-    def limits(self) -> str:
+    def limits(self, digits: int = 7) -> str:
         """``>= lower``, ``<= upper``, ``in [lower, upper]``, or "not judged"."""
         if self.lower is not None and self.upper is not None:
-            return f"in [{self.lower:g}, {self.upper:g}]"
+            return f"in [{self.lower:.{digits}g}, {self.upper:.{digits}g}]"
         if self.lower is not None:
-            return f">= {self.lower:g}"
-        return f"<= {self.upper:g}" if self.upper is not None else "not judged"
+            return f">= {self.lower:.{digits}g}"
+        return f"<= {self.upper:.{digits}g}" if self.upper is not None else "not judged"
 
     def outside(self, value: float) -> str | None:
         """Why ``value`` is not acceptable; None when it is, or when nothing is judged."""
@@ -103,7 +103,10 @@ class ForecastCqa(Strict):
             return f"{self.name} cannot be told ({value}), limit {self.limits()}"
         low = self.lower is not None and value < self.lower
         if low or (self.upper is not None and value > self.upper):
-            return f"{self.name} {value:.7g} not {self.limits()}"
+            bound = float(self.lower if low else self.upper)  # type: ignore[arg-type]
+            # as many digits as tell the value from its limit ("3.75 not <= 3.75" did not)
+            d = next((d for d in range(7, 18) if f"{value:.{d}g}" != f"{bound:.{d}g}"), 17)
+            return f"{self.name} {value:.{d}g} not {self.limits(d)}"
         return None
 
 

@@ -62,6 +62,13 @@ def test_cqa_limits_are_judged_at_both_ends_and_undetermined_values_are_not_with
     assert both.outside(0.5) == "c 0.5 not in [1, 2]"
     assert both.outside(2.5) == "c 2.5 not in [1, 2]"
     assert both.outside(math.nan) == "c cannot be told (nan), limit in [1, 2]"
+    # as many digits as tell a value from its limit (a review: "3.75 not <= 3.75")
+    assert ForecastCqa(name="b", expression="X", upper=3.75).outside(3.7500001) == (
+        "b 3.7500001 not <= 3.75"
+    )
+    assert ForecastCqa(name="b", expression="X", upper=1234567.5).outside(1234568.0) == (
+        "b 1234568 not <= 1234567.5"
+    )
     free = ForecastCqa(name="c", expression="x")
     assert free.outside(math.nan) is None and free.limits() == "not judged"
     with pytest.raises(ValueError, match="lower 3 is above upper 2"):
