@@ -248,7 +248,23 @@ def campaign_command(args: argparse.Namespace, console: Console) -> int:
     for line in errored_lines(outcome.results.values(), paths.summary):
         console.print(line, highlight=False, markup=False)
     console.print(f"report: {paths.html}\njunit: {paths.junit}\nsummary: {paths.summary}")
+    for line in report_disagreements(settings.out, outcome.results):
+        console.print(line, highlight=False, markup=False)
+    console.print(f"verdict: {paths.verdict}", highlight=False)
     return 0 if outcome.passed and paths.verdict == "passed" else 1  # as the reports say
+
+
+def report_disagreements(out: Path, results: dict[str, dict[str, Any]]) -> list[str]:
+    """The cases the report judges otherwise than their workers did (the evidence missing
+    or not verifying, a verdict missing): the table above shows the workers' statuses, and a
+    run that printed "passed 2" then exited 1 said nothing of why."""
+    from hil.campaign.results import load_results
+
+    return [
+        f"{case.id}: the report says {case.status}: {case.error}"
+        for case in load_results(out).cases
+        if case.id in results and results[case.id].get("status") != case.status
+    ]
 
 
 def _executor_settings(args: argparse.Namespace) -> ExecutorSettings | None:

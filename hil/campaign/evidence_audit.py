@@ -47,7 +47,9 @@ def audit_problem(db: Path, ran_with: object = NOT_RECORDED) -> str | None:
         now = f"signed with key {', '.join(signed)}" if signed else "unsigned"
         return (
             f"{db} does not verify: the campaign ran {run} (campaign.json's audit_key) and "
-            f"its anchors are {now}: the trail was replaced or its signatures changed"
+            f"its anchors are {now}: the trail was replaced or its signatures changed, or an "
+            "earlier run with another key made it and this run did not redo it (run the case "
+            "again)"
         )
     try:
         key = resolve_key(None) if signed else None

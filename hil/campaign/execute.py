@@ -112,7 +112,6 @@ class Outcome:
         return all(r.get("status") == "passed" for r in self.results.values())
 
 
-# ---------------------------------------------------------------------- manifest
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -469,11 +468,12 @@ def run_campaign(
                 "case": case.to_json(),
                 "criteria": criteria,
                 "out": str(out.resolve()),
-                "site": str(campaign.site_path.resolve()),
+                "site": str(campaign.site_path.absolute()),
                 "controller": str(campaign.controller_path) if campaign.controller_path else None,
                 "mode": mode,
                 "rate": _rate(campaign, settings),
                 "configuration": config,
+                "audit_key": info["audit_key"],  # the worker must sign with it (runner)
             }
         )
     if outcome.skipped:

@@ -41,6 +41,7 @@ from hil.campaign.cases import Case
 from hil.campaign.checks import Criterion
 from hil.campaign.criteria import Recording, judge_all
 from hil.campaign.drive import LOOPBACK, execute
+from hil.campaign.evidence_audit import run_audit_key
 from hil.campaign.recorder import kpis, never_active, recording_table
 from hil.campaign.results import utc_now
 from hil.net import free_port
@@ -129,6 +130,10 @@ def _site_references(
         forecast["local_recipe"] = _absolute(site_path, forecast["local_recipe"])
 
 
+class CampaignKeyError(RuntimeError):
+    """A worker signs audit trails with another key than the campaign records."""
+
+
 class PlantFaultError(RuntimeError):
     """The case's true plant left its validity domain: its verdicts would judge fiction."""
 
@@ -167,6 +172,7 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
     with _case_log(case_dir / "run.log"), shared_solvers():
         try:
             _chaos(case)
+            _same_key(job)
             _run_and_judge(job, case, case_dir, criteria, result)
         except (
             Exception
@@ -187,6 +193,25 @@ def run_case(job: dict[str, Any]) -> dict[str, Any]:
     }
     write_json(case_dir / "result.json", result)
     return result
+
+
+def _same_key(job: dict[str, Any]) -> None:
+    """Raise unless this worker signs audit trails with the key the campaign records (a
+    worker of an existing Dask cluster has its own environment: its unsigned trails were
+    then reported as replaced)."""
+    if "audit_key" not in job:
+        return
+    mine, theirs = run_audit_key(), job["audit_key"]
+    if mine != theirs:
+        raise CampaignKeyError(
+            f"this worker signs audit trails with {_key(mine)} ($PHARMATWIN_AUDIT_KEY in its "
+            f"environment), the campaign with {_key(theirs)} (campaign.json's audit_key): give "
+            "every worker the campaign's key file, or none to all"
+        )
+
+
+def _key(key_id: str | None) -> str:
+    return f"key {key_id}" if key_id else "no key"
 
 
 def run_cases(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -296,3 +296,50 @@ def test_a_rerun_with_another_key_runs_the_cases_again(
     outcome = run_campaign(campaign, RunSettings(out=out, workers=1, progress=False))
     assert outcome.skipped == []
     assert load_results(out).verdict() == "passed"
+
+
+def test_a_worker_with_another_key_errors_its_case_naming_both(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: a worker of an existing Dask cluster (its own environment, no key) signed
+    nothing while campaign.json recorded the client's key, and the report called every trail
+    replaced. The job carries the campaign's key id; a worker with another one errors."""
+    from controller.runtime.audit_keys import KEY_ENV
+    from hil.campaign.runner import run_case
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    campaign = _campaign(tmp_path, "keyed", {"none": {}}, [ROB_01])
+    (case,) = campaign.cases
+    job = {
+        "case": case.to_json(),
+        "criteria": [c.model_dump(mode="json") for c in campaign.spec.criteria],
+        "out": str(tmp_path / "out"),
+        "site": str(campaign.site_path),
+        "controller": None,
+        "mode": "fast",
+        "rate": None,
+        "audit_key": "0123456789abcdef",
+    }
+    result = run_case(job)
+    assert result["status"] == "error"
+    assert result["error"] == (
+        "CampaignKeyError: this worker signs audit trails with no key ($PHARMATWIN_AUDIT_KEY "
+        "in its environment), the campaign with key 0123456789abcdef (campaign.json's "
+        "audit_key): give every worker the campaign's key file, or none to all"
+    )
+
+
+def test_campaign_run_names_the_cases_its_report_judges_otherwise(
+    passing: Path, tmp_path: Path
+) -> None:
+    """A review: the run's table said "passed 2" and the command exited 1 without a word of
+    why (the report, reading the evidence, said error)."""
+    from hil.cli_batch import report_disagreements
+
+    out = _copy(passing, tmp_path)
+    (case,) = load_results(out).cases
+    (case.directory / "audit.db").unlink()
+    lines = report_disagreements(out, {case.id: {"status": "passed"}})
+    assert len(lines) == 1 and lines[0].startswith(f"{case.id}: the report says error: ")
+    assert "audit.db is missing" in lines[0]
+    assert report_disagreements(out, {case.id: {"status": "error"}}) == []
