@@ -14,6 +14,7 @@ float, as YAML 1.2 does.
 
 from __future__ import annotations
 
+import re
 import types
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -25,6 +26,7 @@ __all__ = ["Coercion", "coercions", "refusal"]
 #: (key path, the value, what is allowed)
 Coercion = tuple[tuple[str, ...], Any, str]
 NUMBER = "a number, written without quotes"
+_LEADING_ZERO = re.compile(r"[-+]?0[0-9_]+")
 NUMBER_OR_TEXT = "a number, or text in quotes"
 FLAG = "true or false"
 
@@ -162,6 +164,9 @@ def refusal(value: Any, allowed: str) -> str:
     """The message for one coercion."""
     if isinstance(value, bool):
         what = f"{str(value).lower()} (a YAML true/false)"
+    elif isinstance(value, str) and _LEADING_ZERO.fullmatch(value):
+        what = f"{value!r} (text: YAML reads digits with a leading zero as text)"
+        allowed = f"{allowed}, without a leading zero" if allowed != FLAG else allowed
     elif isinstance(value, str):
         what = f"{value!r} (a string)"
     else:

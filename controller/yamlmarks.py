@@ -47,7 +47,24 @@ def _with_exponent_floats(base: Any) -> Any:
         return None
     loader: Any = type(f"Config{base.__name__}", (base,), {})
     loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT, list("-+.0123456789"))
+    for first, resolvers in loader.yaml_implicit_resolvers.items():  # a copy: the class's own
+        loader.yaml_implicit_resolvers[first] = [
+            (tag, _INT if tag == _INT_TAG else rx) for tag, rx in resolvers
+        ]
     return loader
+
+
+_FLOAT_TAG, _STR_TAG = "tag:yaml.org,2002:float", "tag:yaml.org,2002:str"
+#: YAML 1.1's integers without its octal form: ``010`` was 8 (``horizon: 010`` ran 8
+#: intervals); with a leading zero it is text, which a number field refuses, named
+_INT_TAG = "tag:yaml.org,2002:int"
+_INT = re.compile(
+    r"""^(?:[-+]?0b[0-1_]+
+    |[-+]?(?:0|[1-9][0-9_]*)
+    |[-+]?0x[0-9a-fA-F_]+
+    |[-+]?[1-9][0-9_]*(?::[0-5]?[0-9])+)$""",
+    re.X,
+)
 
 
 #: libyaml's safe loader (None without libyaml) and PyYAML's own, each reading 1e-4 as a
@@ -157,6 +174,8 @@ def _walk(
         for key, value in node.value:
             if not isinstance(key, yaml.ScalarNode) or key.value == _MERGE:
                 continue
+            if key.tag == _FLOAT_TAG and not key.style and _EXPONENT.match(key.value):
+                key.tag = _STR_TAG  # a key (a level's name) stays text, as YAML 1.1 had it
             here = (*path, str(key.value))
             if here in marks:
                 first = marks[here][0]

@@ -147,3 +147,18 @@ def test_an_ipopt_option_takes_no_flag(tmp_path: Path) -> None:
     assert _problems(path).get("ipopt.warm_start_init_point") == f"{FLAG} {text}"
     fine = _controller(tmp_path, "horizon: 20", "horizon: 20\nipopt: {mu_strategy: adaptive}")
     assert load_controller(fine)[0].ipopt == {"mu_strategy": "adaptive"}
+
+
+def test_a_leading_zero_is_no_octal_and_a_key_stays_text(tmp_path: Path) -> None:
+    """A review: ``horizon: 010`` ran 8 intervals (YAML 1.1's octal); a factor level named
+    ``1e-3:`` became the number 0.001 once exponents were numbers."""
+    problems = _problems(_controller(tmp_path, "horizon: 20", "horizon: 010"))
+    assert problems["horizon"] == (
+        "'010' (text: YAML reads digits with a leading zero as text) is not a number; allowed: "
+        "a number, written without quotes, without a leading zero"
+    )
+    from controller.configfile import read_yaml
+
+    path = tmp_path / "k.yaml"
+    path.write_text("1e-3: a\nlevels: {-.5: b}\nv: 1e-3\n", encoding="utf-8")
+    assert read_yaml(path) == {"1e-3": "a", "levels": {"-.5": "b"}, "v": 0.001}
