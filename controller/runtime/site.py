@@ -24,7 +24,7 @@ from pydantic import Field
 from controller.binding import Binding
 from controller.clock import Clock
 from controller.config import ControllerConfig, InputSpec
-from controller.configfile import NAME, Strict, parse, read_yaml, real, resolve
+from controller.configfile import NAME, Strict, existing, parse, read_yaml, real, resolve
 from controller.controllerfile import load_controller
 from controller.core.rk4_check import check_rk4_steps
 from controller.errors import ConfigError, Problem, unknown_name
@@ -121,11 +121,13 @@ def load_site(path: Path) -> Site:
     problems: list[Problem] = []
     cfg = model = tm = None
     try:
-        cfg, model = load_checked_controller(resolve(path, sf.controller))
+        cfg, model = load_checked_controller(
+            existing(resolve(path, sf.controller), str(path), "controller")
+        )
     except ConfigError as exc:
         problems += exc.problems
     try:
-        tm = load_tag_map(resolve(path, sf.tags))
+        tm = load_tag_map(existing(resolve(path, sf.tags), str(path), "tags"))
     except ConfigError as exc:
         problems += exc.problems
     if model is not None and cfg is not None:

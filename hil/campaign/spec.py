@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from controller.configfile import parse, read_yaml, real, resolve
+from controller.configfile import existing, parse, read_yaml, real, resolve
 from controller.errors import ConfigError, Problem, unknown_name
 from controller.plantfile import build_model
 from controller.runtime.site import Site, load_checked_controller
@@ -72,9 +72,10 @@ def load_campaign(path: Path, *, judged: bool = True, mode: str | None = None) -
     a case's faults are checked in it, or in its block's own mode.
     Raises ConfigError listing every problem of the file, its controller and its cases."""
     source = str(path)
-    path = real(Path(path), source, "")
+    real(Path(path), source, "")  # a symlink loop is a clear error
+    path = Path(path).absolute()  # as written: a symlink's relative paths from where it is
     spec = parse(CampaignFile, read_yaml(path), source)
-    site_path = real(resolve(path, spec.site), source, "site")
+    site_path = existing(resolve(path, spec.site), source, "site")
     site = load_hil_site(site_path)
     hil = hil_section(site)
     if hil is None:
@@ -82,7 +83,7 @@ def load_campaign(path: Path, *, judged: bool = True, mode: str | None = None) -
             [Problem(source, "site", "the site has no 'hil' section to run against", spec.site)]
         )
     controller_path = (
-        real(resolve(path, spec.controller), source, "controller")
+        existing(resolve(path, spec.controller), source, "controller")
         if spec.controller is not None
         else None
     )

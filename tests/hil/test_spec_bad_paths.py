@@ -158,3 +158,28 @@ def test_a_tuning_campaign_without_a_site_path_is_named(
     (problem,) = info.value.problems
     assert (problem.file, problem.location) == (str(tmp_path / "camp.yaml"), "site")
     assert problem.message == f"{why}; allowed: the path of a site file"
+
+
+def test_a_symlinked_site_is_read_as_check_config_reads_it(tmp_path: Path) -> None:
+    """A review: ``check-config`` read a symlinked site's relative files beside the link,
+    a campaign beside the link's target: a campaign could run other files than the ones the
+    site check validated. Both read it as written now, and the site's missing controller is
+    named at the site's ``controller:`` key."""
+    from controller.errors import ConfigError
+    from controller.runtime.site import load_site
+    from hil.campaign.spec import load_campaign
+
+    (tmp_path / "sl").mkdir()
+    link = tmp_path / "sl" / "site.yaml"
+    link.symlink_to(ROOT / "configs" / "sites" / "lyophilizer-modbus.yaml")
+    with pytest.raises(ConfigError) as by_site:
+        load_site(link)
+    camp = (ROOT / "configs" / "campaigns" / "lyophilizer-smoke.yaml").read_text("utf-8")
+    camp = camp.replace("site: ../sites/lyophilizer-modbus.yaml", f"site: {link}")
+    (tmp_path / "camp.yaml").write_text(camp, encoding="utf-8")
+    with pytest.raises(ConfigError) as by_campaign:
+        load_campaign(tmp_path / "camp.yaml")
+    for info in (by_site, by_campaign):
+        first = info.value.problems[0]
+        assert (first.file, first.location) == (str(link), "controller")
+        assert first.message.startswith("no such file")
