@@ -75,7 +75,7 @@ def git_commit(folder: Path | None = None) -> str | None:
 @functools.lru_cache(maxsize=16)
 def _git_commit(where: Path) -> str | None:
     try:
-        top, out = _git(where, "rev-parse", "--show-toplevel", "HEAD").decode().split()
+        top, out = _git(where, "rev-parse", "--show-toplevel", "HEAD").decode().splitlines()
     except (OSError, subprocess.SubprocessError, UnicodeDecodeError, ValueError):
         return None
     if not _ours(Path(top), where):
@@ -116,24 +116,26 @@ def _git(where: Path, *args: str) -> bytes:
 
 @functools.lru_cache(maxsize=16)
 def _source_changes(where: Path) -> str | None:
-    if not any((d / ".git").exists() for d in (where, *where.parents)):
+    try:  # git itself says whether this is a work tree (GIT_DIR and worktrees included)
+        root = Path(_git(where, "rev-parse", "--show-toplevel").decode().strip())
+    except subprocess.CalledProcessError:
+        if not any((d / ".git").exists() for d in (where, *where.parents)):
+            return NOT_A_WORK_TREE  # git answered: not a repository
+        return _unknown("git failed (CalledProcessError)")
+    except (OSError, subprocess.SubprocessError, UnicodeDecodeError) as exc:
+        if not any((d / ".git").exists() for d in (where, *where.parents)):
+            return NOT_A_WORK_TREE  # no git, and no repository either
+        return _unknown(_why(exc))
+    if not _ours(root, where):  # installed inside another project's work tree
         return NOT_A_WORK_TREE
     try:
-        root = Path(_git(where, "rev-parse", "--show-toplevel").decode().strip())
-        if not _ours(root, where):  # installed inside another project's work tree
-            return NOT_A_WORK_TREE
         paths = [p for p in SOURCE_PACKAGES if (root / p).is_dir()]
         diff = _git(root, "diff", "HEAD", "--binary", "--", *paths)
         changed = _git(root, "diff", "HEAD", "--name-only", "--", *paths).decode().split()
         others = _git(root, "ls-files", "--others", "--exclude-standard", "--", *paths)
         untracked = sorted(others.decode().split())
     except (OSError, subprocess.SubprocessError, UnicodeDecodeError) as exc:
-        why = (
-            "git did not answer in 10 s"
-            if isinstance(exc, subprocess.TimeoutExpired)
-            else (f"git failed ({type(exc).__name__})")
-        )
-        return f"unknown: {why}; results made now are not reused (run {uuid.uuid4().hex[:12]})"
+        return _unknown(_why(exc))
     if not changed and not untracked:
         return None
     h = hashlib.sha256(diff)
@@ -145,6 +147,17 @@ def _source_changes(where: Path) -> str | None:
             h.update(b"<unreadable>")
     n = len(changed) + len(untracked)
     return f"{n} file{'s' * (n != 1)} changed since the commit (digest {h.hexdigest()[:16]})"
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, subprocess.TimeoutExpired):
+        return "git did not answer in 10 s"
+    return f"git failed ({type(exc).__name__})"
+
+
+def _unknown(why: str) -> str:
+    """A state git could not tell, with a token of this run: nothing made now is reused."""
+    return f"unknown: {why}; results made now are not reused (run {uuid.uuid4().hex[:12]})"
 
 
 def library_versions(names: Sequence[str] = LIBRARIES) -> dict[str, str]:

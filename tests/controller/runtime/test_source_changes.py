@@ -112,3 +112,23 @@ def test_a_copy_installed_inside_another_projects_work_tree_is_not_that_projects
     assert historian_run._git_commit.__wrapped__(installed) is None
     # the repo's own package folder is its code
     assert historian_run._git_commit.__wrapped__(root / "controller") is not None
+
+
+def test_a_repo_path_with_a_space_keeps_its_commit(tmp_path: Path) -> None:
+    """A review: the commit was lost (None) when the repo's path had a space."""
+    root = _repo(tmp_path / "sp ace")
+    assert historian_run._git_commit.__wrapped__(root / "controller") is not None
+
+
+def test_a_work_tree_named_by_git_dir_is_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review: with GIT_DIR/GIT_WORK_TREE (no .git beside the tree) an edit was missed."""
+    root = _repo(tmp_path)
+    gitdir = tmp_path / "elsewhere.git"
+    (root / ".git").rename(gitdir)
+    monkeypatch.setenv("GIT_DIR", str(gitdir))
+    monkeypatch.setenv("GIT_WORK_TREE", str(root))
+    (root / "controller" / "criteria.py").write_text("PASS = True\n", encoding="utf-8")
+    found = changes(root / "controller")
+    assert found is not None and found.startswith("1 file changed since the commit")
