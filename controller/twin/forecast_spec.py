@@ -103,9 +103,11 @@ class ForecastCqa(Strict):
             return f"{self.name} cannot be told ({value}), limit {self.limits()}"
         low = self.lower is not None and value < self.lower
         if low or (self.upper is not None and value > self.upper):
-            bound = float(self.lower if low else self.upper)  # type: ignore[arg-type]
-            # as many digits as tell the value from its limit ("3.75 not <= 3.75" did not)
-            d = next((d for d in range(7, 18) if f"{value:.{d}g}" != f"{bound:.{d}g}"), 17)
+            # as many digits as tell the value and the limits apart ("3.75 not <= 3.75" did not)
+            shown = {float(v) for v in (value, self.lower, self.upper) if v is not None}
+            d = next(
+                (d for d in range(7, 18) if len({f"{v:.{d}g}" for v in shown}) == len(shown)), 17
+            )
             return f"{self.name} {value:.{d}g} not {self.limits(d)}"
         return None
 

@@ -69,6 +69,8 @@ def test_cqa_limits_are_judged_at_both_ends_and_undetermined_values_are_not_with
     assert ForecastCqa(name="b", expression="X", upper=1234567.5).outside(1234568.0) == (
         "b 1234568 not <= 1234567.5"
     )
+    both_close = ForecastCqa(name="b", expression="X", lower=1.25, upper=1.2500001)
+    assert both_close.outside(-0.0) == "b -0 not in [1.25, 1.2500001]"
     free = ForecastCqa(name="c", expression="x")
     assert free.outside(math.nan) is None and free.limits() == "not judged"
     with pytest.raises(ValueError, match="lower 3 is above upper 2"):
