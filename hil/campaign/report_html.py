@@ -22,6 +22,7 @@ from hil.campaign.results import (
     STATUSES,
     CampaignResults,
     CaseRecord,
+    audit_key_text,
     fmt_value,
     software_rows,
     utc_now,
@@ -100,6 +101,7 @@ def _html_header(results: CampaignResults) -> str:
     run += [(k, m.get(k)) for k in ("mode", "executor", "workers", "started")]
     run += [("ended", m.get("ended") or "not recorded (still running or interrupted)")]
     run += [(f"software {k}", v) for k, v in software_rows(sw)]
+    run += [("audit trails signed with", audit_key_text(m))]
     run += [(k, sw.get(k)) for k in ("platform", "machine", "hostname")]
     libs = sorted((sw.get("libraries") or {}).items())
     hashes = sorted((m.get("config_hashes") or {}).items())

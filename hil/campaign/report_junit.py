@@ -13,7 +13,14 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from hil.campaign.results import CampaignResults, CaseRecord, Verdict, fmt_value, software_rows
+from hil.campaign.results import (
+    CampaignResults,
+    CaseRecord,
+    Verdict,
+    audit_key_text,
+    fmt_value,
+    software_rows,
+)
 
 __all__ = ["write_junit"]
 
@@ -66,6 +73,7 @@ def _junit_properties(results: CampaignResults) -> ET.Element:
     software = m.get("software") or {}
     pairs = [(k, m.get(k)) for k in ("file", "mode", "executor", "workers", "ended")]
     pairs += [(f"software.{k}", v) for k, v in software_rows(software)]
+    pairs += [("audit_key", audit_key_text(m))]
     pairs += [(f"config_hash.{k}", v) for k, v in (m.get("config_hashes") or {}).items()]
     if results.unlisted_cases:
         pairs += [("unlisted_case_folders", ", ".join(results.unlisted_cases))]

@@ -460,3 +460,11 @@ def software_rows(software: dict[str, Any]) -> list[tuple[str, str]]:
             v = "none (the commit's code)" if k in software else "not recorded"
         rows.append((k, "n/a" if v is None else str(v)))
     return rows
+
+
+def audit_key_text(manifest: dict[str, Any]) -> str:
+    """The key the run signed its cases' audit trails with, as the reports name it."""
+    if "audit_key" not in manifest:
+        return "not recorded (a run before the key was recorded)"
+    key = manifest["audit_key"]
+    return f"key {key}" if key else "none: the trails are unsigned"

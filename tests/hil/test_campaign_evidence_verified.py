@@ -216,6 +216,10 @@ def test_a_key_in_the_reporters_environment_does_not_make_an_unsigned_trail_alte
     (case,) = load_results(out).cases
     assert case.status == "passed" and not case.problems
     assert load_results(out).verdict() == "passed"
+    from hil.campaign.report import write_reports
+
+    html = write_reports(out).html.read_text("utf-8")
+    assert "audit trails signed with</th><td>none: the trails are unsigned" in html
 
 
 def test_a_signed_trail_is_checked_with_its_own_key_and_said_so_without_it(
@@ -229,6 +233,11 @@ def test_a_signed_trail_is_checked_with_its_own_key_and_said_so_without_it(
     out = tmp_path / "out"
     run_campaign(campaign, RunSettings(out=out, workers=1, progress=False))
     assert load_results(out).verdict() == "passed"  # its own key: verified, signatures too
+    from hil.campaign.report import write_reports
+
+    paths = write_reports(out)  # the reports say which key (a review: neither did)
+    assert f"audit trails signed with</th><td>key {key.key_id}" in paths.html.read_text("utf-8")
+    assert f'name="audit_key" value="key {key.key_id}"' in paths.junit.read_text("utf-8")
     monkeypatch.delenv(KEY_ENV)
     (case,) = load_results(out).cases
     assert case.status == "error"
