@@ -20,18 +20,17 @@ import datetime
 import hashlib
 import re
 import threading
-import types
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controller import filekinds, yamlmarks
 from controller.errors import ConfigError, Problem, suggest, unknown_name
-from controller.nocoerce import Coercion, coercions, refusal
+from controller.nocoerce import Coercion, coercions, refusal, union_members
 
 __all__ = [
     "NAME",
@@ -280,26 +279,16 @@ def _keys_at(schema: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
     return [
         field.alias or name
         for t in types
-        for m in _members(t)
+        for m in union_members(t)
         if isinstance(m, type) and issubclass(m, BaseModel)
         for name, field in m.model_fields.items()
     ]
 
 
-def _members(t: Any) -> list[Any]:
-    """The types a (possibly Annotated, optional or union) annotation stands for."""
-    origin = get_origin(t)
-    if origin is Annotated:
-        return _members(get_args(t)[0])
-    if origin is Union or origin is types.UnionType:
-        return [m for a in get_args(t) for m in _members(a)]
-    return [t]
-
-
 def _step(t: Any, part: Any) -> list[Any]:
     """The annotation one ``loc`` part below ``t`` (a field, a dict value, a list item)."""
     out: list[Any] = []
-    for m in _members(t):
+    for m in union_members(t):
         origin, args = get_origin(m), get_args(m)
         if isinstance(m, type) and issubclass(m, BaseModel):
             out += [f.annotation for n, f in m.model_fields.items() if part in (n, f.alias)]

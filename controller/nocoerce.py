@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
-__all__ = ["Coercion", "coercions", "refusal"]
+__all__ = ["Coercion", "coercions", "refusal", "union_members"]
 
 #: (key path, the value, what is allowed)
 Coercion = tuple[tuple[str, ...], Any, str]
@@ -31,12 +31,14 @@ NUMBER_OR_TEXT = "a number, or text in quotes"
 FLAG = "true or false"
 
 
-def _members(t: Any) -> list[Any]:
+def union_members(t: Any) -> list[Any]:
+    """The types a (possibly Annotated, optional or union) annotation stands for, None left
+    out (also what :mod:`controller.configfile` walks a schema by)."""
     origin = get_origin(t)
     if origin is Annotated:
-        return _members(get_args(t)[0])
+        return union_members(get_args(t)[0])
     if origin is Union or origin is types.UnionType:
-        return [m for a in get_args(t) for m in _members(a) if m is not type(None)]
+        return [m for a in get_args(t) for m in union_members(a) if m is not type(None)]
     return [t]
 
 
@@ -55,7 +57,7 @@ def coercions(schema: type[BaseModel], data: Any, loc: tuple[str, ...] = ()) -> 
 
 
 def _walk(annotation: Any, value: Any, loc: tuple[str, ...]) -> list[Coercion]:
-    members = _members(annotation)
+    members = union_members(annotation)
     if not members:
         return []
     if all(m is bool for m in members):
@@ -152,7 +154,7 @@ def _pick(models: list[type[BaseModel]], value: Mapping[str, Any]) -> type[BaseM
             (k, get_args(a))
             for k, f in keys.items()
             if k in value
-            for a in _members(f.annotation)
+            for a in union_members(f.annotation)
             if get_origin(a) is Literal
         ]
         if all(value[k] in allowed for k, allowed in literal):

@@ -37,10 +37,8 @@ def audit_problem(db: Path, ran_with: object = NOT_RECORDED) -> str | None:
     ``ran_with``: the key id ``campaign.json`` records (None: the run signed nothing)."""
     try:
         anchors, _ = read_anchors(anchor_path_for(db))
-    except AuditMismatch as exc:
-        return f"{db} does not verify (altered, cut or rewritten): {exc}"
     except AuditError as exc:
-        return f"{db} cannot be verified: {exc}"
+        return _failed(db, exc)
     signed = sorted({a.key_id for a in anchors if a.key_id})
     if ran_with is not NOT_RECORDED and signed != ([ran_with] if ran_with else []):
         run = f"signed with key {ran_with}" if ran_with else "unsigned"
@@ -54,7 +52,7 @@ def audit_problem(db: Path, ran_with: object = NOT_RECORDED) -> str | None:
     try:
         key = resolve_key(None) if signed else None
     except AuditError as exc:
-        return f"{db} cannot be verified: {exc}"
+        return _failed(db, exc)
     if signed and (key is None or key.key_id not in signed):
         have = f"key {key.key_id}" if key is not None else "no key"
         return (
@@ -63,8 +61,13 @@ def audit_problem(db: Path, ran_with: object = NOT_RECORDED) -> str | None:
         )
     try:
         verify_file(db, key=key)
-    except AuditMismatch as exc:
-        return f"{db} does not verify (altered, cut or rewritten): {exc}"
     except AuditError as exc:
-        return f"{db} cannot be verified: {exc}"
+        return _failed(db, exc)
     return None
+
+
+def _failed(db: Path, exc: AuditError) -> str:
+    """A trail that does not verify (AuditMismatch), or that cannot be checked."""
+    if isinstance(exc, AuditMismatch):
+        return f"{db} does not verify (altered, cut or rewritten): {exc}"
+    return f"{db} cannot be verified: {exc}"
