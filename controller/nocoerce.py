@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import types
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
@@ -34,12 +35,76 @@ FLAG = "true or false"
 def union_members(t: Any) -> list[Any]:
     """The types a (possibly Annotated, optional or union) annotation stands for, None left
     out (also what :mod:`controller.configfile` walks a schema by)."""
+    return list(_shape(t).members)
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What :func:`_walk` needs of one annotation, worked out once per annotation: a campaign
+    loads its site's files again for every case, and walking the schema's typing objects
+    every time was about half of that load."""
+
+    members: tuple[Any, ...]
+    flags_only: bool  # every member a bool
+    numeric: bool  # a member int or float
+    has_bool: bool
+    has_str: bool
+    literals: tuple[Any, ...]  # the values of its Literal members
+    models: tuple[type[BaseModel], ...]
+    map_item: Any  # the value annotation of its one mapping member, else _NONE
+    seq: Any  # its one parametrised sequence member, else _NONE
+    n_seqs: int
+
+
+_NONE = object()
+#: id(annotation) -> (annotation, its shape); the annotation is kept, so its id is not reused
+_SHAPES: dict[int, tuple[Any, _Shape]] = {}
+#: id(model) -> (model, its fields as (key, annotation), {key: a Literal field's values})
+_MODELS: dict[int, tuple[Any, list[tuple[str, Any]], dict[str, tuple[Any, ...]]]] = {}
+
+
+def _members(t: Any) -> list[Any]:
     origin = get_origin(t)
     if origin is Annotated:
-        return union_members(get_args(t)[0])
+        return _members(get_args(t)[0])
     if origin is Union or origin is types.UnionType:
-        return [m for a in get_args(t) for m in union_members(a) if m is not type(None)]
+        return [m for a in get_args(t) for m in _members(a) if m is not type(None)]
     return [t]
+
+
+def _shape(t: Any) -> _Shape:
+    known = _SHAPES.get(id(t))
+    if known is not None and known[0] is t:
+        return known[1]
+    members = tuple(_members(t))
+    maps = [m for m in members if get_origin(m) in (dict, Mapping)]
+    seqs = [m for m in members if get_origin(m) in (list, tuple, Sequence) and get_args(m)]
+    one_map = len(maps) == 1 and len(get_args(maps[0])) == 2
+    shape = _Shape(
+        members=members,
+        flags_only=bool(members) and all(m is bool for m in members),
+        numeric=any(m in (int, float) for m in members),
+        has_bool=bool in members,
+        has_str=str in members,
+        literals=tuple(a for m in members if get_origin(m) is Literal for a in get_args(m)),
+        models=tuple(m for m in members if isinstance(m, type) and issubclass(m, BaseModel)),
+        map_item=get_args(maps[0])[1] if one_map else _NONE,
+        seq=seqs[0] if len(seqs) == 1 else _NONE,
+        n_seqs=len(seqs),
+    )
+    _SHAPES[id(t)] = (t, shape)
+    return shape
+
+
+def _model(schema: type[BaseModel]) -> tuple[list[tuple[str, Any]], dict[str, tuple[Any, ...]]]:
+    """A model's fields as (key, annotation), and the values each Literal field allows."""
+    known = _MODELS.get(id(schema))
+    if known is not None and known[0] is schema:
+        return known[1], known[2]
+    fields = [(f.alias or n, f.annotation) for n, f in schema.model_fields.items()]
+    literal = {key: _shape(a).literals for key, a in fields if _shape(a).literals}
+    _MODELS[id(schema)] = (schema, fields, literal)
+    return fields, literal
 
 
 def coercions(schema: type[BaseModel], data: Any, loc: tuple[str, ...] = ()) -> list[Coercion]:
@@ -49,48 +114,43 @@ def coercions(schema: type[BaseModel], data: Any, loc: tuple[str, ...] = ()) -> 
     if not isinstance(data, Mapping):
         return []
     out: list[Coercion] = []
-    for name, field in schema.model_fields.items():
-        key = field.alias or name
+    for key, annotation in _model(schema)[0]:
         if key in data:
-            out += _walk(field.annotation, data[key], (*loc, key))
+            out += _walk(annotation, data[key], (*loc, key))
     return out
 
 
 def _walk(annotation: Any, value: Any, loc: tuple[str, ...]) -> list[Coercion]:
-    members = union_members(annotation)
-    if not members:
+    shape = _shape(annotation)
+    if not shape.members:
         return []
-    if all(m is bool for m in members):
+    if shape.flags_only:
         return [(loc, value, FLAG)] if _flag_like(value) else []
-    if any(m in (int, float) for m in members) and isinstance(value, bool | str):
-        # a union takes the value as a number unless it has a member for it as it is
-        kept = bool in members if isinstance(value, bool) else _kept_as_text(members, value)
-        allowed = NUMBER_OR_TEXT if str in members else NUMBER
+    if shape.numeric and isinstance(value, bool | str):
+        # a union takes the value as a number unless it has a member for it as it is: a
+        # bool member for a flag, a str member or a literal of the value for a string
+        if isinstance(value, bool):
+            kept = shape.has_bool
+        else:
+            kept = shape.has_str or value in shape.literals
+        allowed = NUMBER_OR_TEXT if shape.has_str else NUMBER
         return [] if kept or not _number_like(value) else [(loc, value, allowed)]
-    models = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
+    models = shape.models
     if isinstance(value, Mapping):
         if models:
             chosen = _pick(models, value)
             return coercions(chosen, value, loc) if chosen is not None else []
-        maps = [m for m in members if get_origin(m) in (dict, Mapping)]
-        if len(maps) == 1 and len(get_args(maps[0])) == 2:
-            item = get_args(maps[0])[1]
+        if shape.map_item is not _NONE:
+            item = shape.map_item
             return [c for k, v in value.items() for c in _walk(item, v, (*loc, str(k)))]
         return []
     if isinstance(value, list | tuple):
-        seqs = [m for m in members if get_origin(m) in (list, tuple, Sequence) and get_args(m)]
-        if len(seqs) == 1:
-            return _items(seqs[0], value, loc)
-        if not seqs and len(models) == 1:  # a model's short form (``[low, high]``)
+        if shape.seq is not _NONE:
+            return _items(shape.seq, value, loc)
+        if not shape.n_seqs and len(models) == 1:  # a model's short form (``[low, high]``)
             mapped = _short_form(models[0], value)
             return coercions(models[0], mapped, loc) if mapped is not None else []
     return []
-
-
-def _kept_as_text(members: list[Any], value: str) -> bool:
-    """A union with a ``str`` member, or a literal of ``value``, keeps a string as it is."""
-    literals = [a for m in members if get_origin(m) is Literal for a in get_args(m)]
-    return str in members or value in literals
 
 
 def _items(seq: Any, value: list[Any] | tuple[Any, ...], loc: tuple[str, ...]) -> list[Coercion]:
@@ -142,22 +202,15 @@ def _flag_like(value: Any) -> bool:
     return isinstance(value, str) and value.strip().lower() in _FLAG_WORDS
 
 
-def _pick(models: list[type[BaseModel]], value: Mapping[str, Any]) -> type[BaseModel] | None:
+def _pick(models: Sequence[type[BaseModel]], value: Mapping[str, Any]) -> type[BaseModel] | None:
     """The one model of a union that ``value`` can be: its keys all fields of it, and each
     literal field it gives (a discriminator such as ``kind``) one of the literal's values."""
     fits = []
     for m in models:
-        keys = {f.alias or n: f for n, f in m.model_fields.items()}
-        if not set(value) <= set(keys):
+        fields, literal = _model(m)
+        if not set(value) <= {k for k, _ in fields}:
             continue
-        literal = [
-            (k, get_args(a))
-            for k, f in keys.items()
-            if k in value
-            for a in union_members(f.annotation)
-            if get_origin(a) is Literal
-        ]
-        if all(value[k] in allowed for k, allowed in literal):
+        if all(value[k] in allowed for k, allowed in literal.items() if k in value):
             fits.append(m)
     return fits[0] if len(fits) == 1 else None
 
