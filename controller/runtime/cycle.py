@@ -72,6 +72,9 @@ class Counters:
     stalls: int = 0
     skipped_cycles: int = 0
     write_spacing_holds: int = 0
+    #: cycles waiting, writing nothing, while the PLC reported mpc_active this runtime had not
+    #: asked for (another controller had the MPC)
+    taken_cycles: int = 0
 
 
 @dataclass

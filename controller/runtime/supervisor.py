@@ -45,31 +45,37 @@ from controller.binding import Binding
 from controller.clock import Clock
 from controller.core.estimate import Estimate
 from controller.core.pipeline import ControlPipeline
-from controller.errors import ConfigError, PortError, Problem
+from controller.errors import ConfigError, PortError
 from controller.ports.base import Port
 from controller.runtime import cycle as cycles
 from controller.runtime.audit import AuditTrail
 from controller.runtime.audit_chain import AuditError
 from controller.runtime.cycle import Counters, CycleView, Mode, State, flag, flag_reading
-from controller.runtime.forecast_files import default_plans
 from controller.runtime.historian_run import model_version
+from controller.runtime.live_forecast import Live, live_forecast
 from controller.runtime.operator import Action, ControlRefused, record, refusal
 from controller.runtime.schedule import stall_shift, wait_until
 from controller.runtime.site import Site
 from controller.runtime.solve import SolveRunner
-from controller.runtime.solver_cache import LibraryCache
 from controller.runtime.trust import BadMeasurementPolicy, DataTrust, Judgement, MeasurementPolicy
 from controller.runtime.trust_cycle import TrustCycle
 from controller.runtime.twin_cycle import TwinCycleWork
 from controller.runtime.writes import ControlWriter
 from controller.timebase import TimeBase
-from controller.twin.forecast import Forecast, forecast, start_from_estimate
-from controller.twin.forecast_spec import ForecastError, ForecastSetup, Plan
+from controller.twin.forecast import Forecast
+from controller.twin.forecast_spec import Plan
 from controller.twin.services import TwinServices
 
 __all__ = ["ControlRefused", "Counters", "CycleView", "Mode", "State", "Supervisor"]
 
 log = logging.getLogger("pharmatwin.supervisor")
+
+
+TAKEN = (
+    "the PLC reports mpc_active before this runtime asked for control: another controller "
+    "(or a stale flag) has the MPC; writing nothing, not the heartbeat nor mpc_request, "
+    "until the PLC clears mpc_active"
+)
 
 
 class Supervisor:
@@ -118,6 +124,7 @@ class Supervisor:
         self.min_write_interval_s = max(given) if given else self.dt_s / 2
         self.read_tags = [n for n, t in tags.items() if t.readable]
         self._requested = False
+        self._taken = False  # this cycle: the PLC reports mpc_active we did not ask for
         self._pending_release = False
         self.views: list[CycleView] = []  # the last few cycles, for inspection
         self.actor = self.settings.service_identity
@@ -158,7 +165,7 @@ class Supervisor:
             deadline_fraction=self.settings.solve_deadline_fraction,
             problem=self._problem,
         )
-        self._live: tuple[float, Estimate, dict[str, float]] | None = None  # for forecast()
+        self._live: Live | None = None  # for forecast()
 
     # ------------------------------------------------------------------ transitions
     def _to(self, state: State, cause: str) -> None:
@@ -258,6 +265,7 @@ class Supervisor:
 
     def _done(self, view: CycleView) -> CycleView:
         view.state = self.state
+        self._taken = False
         self.views = [*self.views[-9:], view]
         if self.historian is not None:
             self.historian(self, view)
@@ -292,8 +300,13 @@ class Supervisor:
         snap = judged.snapshot
         active = flag(snap, "mpc_active")
         # "active" counts only as the answer to our own request: a PLC that claims it before
-        # we asked (a stale flag, a rogue PLC) is not handing over control
-        if self.state is State.REQUESTING and active and self._requested:
+        # we asked (another controller has it, a stale flag, a rogue PLC) is not handing over
+        # control, and the handshake is not ours to touch: nothing is written (_send)
+        self._taken = self.state is State.REQUESTING and bool(active) and not self._requested
+        if self._taken:
+            self.counters.taken_cycles += 1
+            self._problem(view, TAKEN)
+        elif self.state is State.REQUESTING and active and self._requested:
             unknown = [n for n in self.model.input_names if n not in judged.working]
             if unknown:
                 self._problem(view, f"working setpoints of {unknown} not trusted; not engaging")
@@ -338,7 +351,7 @@ class Supervisor:
         stuck = cycles.unreachable(view.outcome)  # an input it cannot set: no clean cycle
         if stuck and self.state in (State.RUNNING, State.HOLD) and not view.problems:
             self._problem(view, stuck)
-        if view.problems:
+        if view.problems and not self._taken:  # waiting for another controller: no bad cycle
             self._after_problem(view)
         elif self.state is State.HOLD:
             self._to(State.RUNNING, "inputs and solve are good again")
@@ -379,6 +392,9 @@ class Supervisor:
                 self._after_problem(view)
             elif not await self.writer.setpoints(view, self.mode, self.state, beat):
                 self._after_problem(view)
+            return
+        if self._taken:  # another controller's heartbeat and request: not ours to write
+            self._follow_working(view)
             return
         await self.writer.heartbeat(view)
         if self.state is State.REQUESTING:
@@ -458,26 +474,7 @@ class Supervisor:
         """What-if from the live estimate: the batch to its end under each plan (default: the
         MPC's, the PLC's local recipe). Seconds of CPU for a whole batch: call it off the
         control loop (``asyncio.to_thread``); it reads the estimate and changes nothing."""
-        if self._live is None:
-            raise ForecastError(
-                [
-                    Problem(
-                        self.site.name,
-                        "forecast",
-                        "no estimate yet: the runtime has not completed a good cycle",
-                        None,
-                    )
-                ]
-            )
-        t, estimate, inputs = self._live  # taken on the loop's thread at the end of a cycle
-        start = start_from_estimate(t, estimate, inputs or self.model.nominal_inputs)
-        site = self.site
-        setup = ForecastSetup(
-            site.model, site.controller, site.forecast, site.name, str(site.path), LibraryCache()
-        )
-        if plans is None:
-            plans = default_plans(site.model, site.forecast, site.path)
-        return forecast(setup, start, plans)
+        return live_forecast(self.site, self._live, plans)  # taken at the end of a cycle
 
     # ------------------------------------------------------------------ stopping
     async def shutdown(self, cause: str) -> None:

@@ -5,10 +5,10 @@ server on a free loopback port. Before every cycle the rogue PLC fills each meas
 registers with a value that cannot be a reading of the process: NaN, infinities, 1e30, 3e38,
 a register's extreme (0x7FFF, 0x8000, 0xFFFF), or a number beyond the tag's physical range
 (a biomass of 50 g/L). It claims every measurement valid (validity word 0xFFFF), keeps its
-scan counter moving and grants control (``mpc_permissive``, ``mpc_active``): nothing but the
-values themselves tells the runtime not to act. The writes are counted at the server, twice:
-the write requests the server received on the setpoint registers, and the values its write
-hook saw. Both must be zero.
+scan counter moving and grants control (``mpc_permissive``, and ``mpc_active`` once asked):
+nothing but the values themselves tells the runtime not to act. The writes are counted at
+the server, twice: the write requests the server received on the setpoint registers, and the
+values its write hook saw. Both must be zero.
 
 In the first case the working setpoints are sane, so the runtime engages and must hold; in
 the second they are garbage too, so it must never leave INIT.
@@ -98,7 +98,9 @@ class RoguePlc:
         self.scans += 1
         server = self.server
         server.set_value("mpc_permissive", 1.0)
-        server.set_value("mpc_active", 1.0)  # "you are in control": please write
+        # "you are in control": please write (the answer to the runtime's request: an
+        # mpc_active before the request is not one, test_second_controller)
+        server.set_value("mpc_active", server.value("mpc_request"))
         server.set_value("plc_scan_counter", float(self.scans))
         server.set_value("measurement_validity", 65535.0)  # "every measurement is valid"
         for tag, value in self.working.items():

@@ -1,0 +1,101 @@
+"""A second closed-loop runtime on a PLC whose MPC is already engaged writes nothing.
+
+The handshake is one ``mpc_request`` coil, one ``mpc_heartbeat`` register and one
+``mpc_active`` flag per PLC. A runtime started while another one has control (a second edge
+PC, a copy started by mistake) used to go INIT -> REQUESTING, write the heartbeat and
+``mpc_request`` = 1 (already 1), read ``mpc_active`` (already 1) as the answer to its own
+request and engage: two controllers wrote setpoints to one PLC, and the second one's release
+at its stop dropped the first (a review ran exactly this over Modbus; both runs exited 0).
+
+Now an ``mpc_active`` the PLC reports before this runtime asked for control is not an answer:
+the runtime waits in REQUESTING and writes nothing (no heartbeat, no request, no setpoint),
+counting the cycles and saying why, until the PLC clears the flag; then it asks and engages
+as usual. The freeze dryer rig of ``test_data_trust`` (in-memory PLC, true plant).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_data_trust import LYO, Port, Rig, Target, lyo_rig
+
+from controller.runtime.audit import AuditTrail
+from controller.runtime.historian import MemoryHistorian
+from controller.runtime.historian_run import run_info
+from controller.runtime.site import Site, load_site
+from controller.runtime.supervisor import Mode, State, Supervisor
+from controller.runtime.wiring import build_pipeline, config_files, historian_sink
+
+pytestmark = pytest.mark.timeout(120)
+TAKEN = "the PLC reports mpc_active before this runtime asked for control"
+
+
+@pytest.fixture(scope="module")
+def lyo() -> Site:
+    return load_site(LYO)
+
+
+async def second(rig: Rig, tmp_path: Path) -> tuple[Supervisor, AuditTrail, Port]:
+    """Another closed-loop runtime on the same PLC (its own port, audit trail, policy)."""
+    site = rig.site
+    port = Port(rig.port.table, rig.clock, site)
+    await port.connect()
+    audit = AuditTrail(tmp_path / "second.db", config_hash="cfg", actor="second-edge-pc")
+    historian = MemoryHistorian()
+    info = run_info(site.name, "closed-loop", config_files(site), site.model)
+    historian.start_run(info)
+    sup = Supervisor(
+        site,
+        port,
+        rig.clock,
+        build_pipeline(site, Target({"Tsh": 0.0, "Pch": 0.1})),
+        mode=Mode.CLOSED_LOOP,
+        audit=audit,
+        historian=historian_sink(historian, 0),
+        run_id=info.run_id,
+    )
+    return sup, audit, port
+
+
+async def test_a_second_runtime_writes_nothing_while_another_has_control(
+    lyo: Site, tmp_path: Path
+) -> None:
+    rig = await lyo_rig(lyo, tmp_path)
+    assert (await rig.cycles(3))[-1] is State.RUNNING  # the first runtime has control
+    table = rig.port.table
+    b, b_audit, b_port = await second(rig, tmp_path)
+    beat, request = table.current("mpc_heartbeat"), table.current("mpc_request")
+    for k in range(6):
+        rig.plc.scan()
+        view = await b.cycle(k, rig.clock.now())
+        assert view.state is State.REQUESTING, view.problems
+        assert not view.written, view.written
+        assert any(p.startswith(TAKEN) for p in view.problems), view.problems
+        rig.clock.advance(rig.sup.dt_s)
+    assert b_port.writes == []  # not a setpoint
+    writes = {"setpoint.write", "heartbeat.write", "tag.write.request"}
+    assert not [r.action for r in b_audit.records() if r.action in writes]
+    assert table.current("mpc_heartbeat") == beat and table.current("mpc_request") == request
+    assert b.counters.taken_cycles == 6 and b.counters.fallbacks == 0
+    await b.shutdown("run complete")  # it never asked: it releases nothing either
+    assert table.current("mpc_request") == request
+    assert (await rig.cycle()).state is State.RUNNING  # the first one still has control
+
+
+async def test_it_asks_and_engages_once_the_plc_has_cleared_mpc_active(
+    lyo: Site, tmp_path: Path
+) -> None:
+    rig = await lyo_rig(lyo, tmp_path)
+    assert (await rig.cycles(3))[-1] is State.RUNNING
+    await rig.sup.shutdown("handing over")  # the first runtime releases mpc_request
+    b, b_audit, _ = await second(rig, tmp_path)
+    states = []
+    for k in range(4):
+        rig.plc.scan()
+        states.append((await b.cycle(k, rig.clock.now())).state)
+        rig.clock.advance(rig.sup.dt_s)
+    # the release is seen at the first scan; the second runtime asks, then engages
+    assert states[-1] is State.RUNNING, states
+    assert b.counters.taken_cycles == 0
+    assert [r.new_value for r in b_audit.records() if r.action == "tag.write.request"] == ["1.0"]
