@@ -35,7 +35,10 @@ which model variable is read through :class:`controller.binding.Binding`.
 
 from __future__ import annotations
 
+import binascii
 import re
+import uuid
+from base64 import b64decode
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
@@ -296,7 +299,9 @@ def load_tag_map(path: Path) -> TagMap:
 
 
 def overlap_problems(tm: TagMap, source: str) -> list[Problem]:
-    """Two tags that share a Modbus register (same unit, table and address) are an error."""
+    """Two tags that share a Modbus register (same unit, table and address) or an OPC UA node
+    (the same node id, as the port reads it, or the same browse path) are an error: writing
+    one would write the other."""
     used: dict[tuple[int, Table, int], str] = {}
     problems = []
     for name, tag in tm.tags.items():
@@ -317,4 +322,80 @@ def overlap_problems(tm: TagMap, source: str) -> list[Problem]:
                 )
                 break
             used[key] = name
+    return problems + _node_problems(tm, source)
+
+
+def _node_problems(tm: TagMap, source: str) -> list[Problem]:
+    """Two tags on one OPC UA node: the second (in map order) names the first."""
+    nodes: dict[object, tuple[str, str]] = {}  # node -> (first tag, its node id as written)
+    problems = []
+    for name, tag in tm.tags.items():
+        spec = tag.opcua
+        if spec is None:
+            continue
+        if spec.node_id is not None:
+            key, written, what = same_node_key(spec.node_id), spec.node_id, "node_id"
+            value: object = spec.node_id
+        else:
+            path = spec.browse_path or ()
+            key, written, what = ("browse_path", path), "/".join(path), "browse_path"
+            value = list(path)
+        first = nodes.setdefault(key, (name, written))
+        if first[0] == name:
+            continue
+        problems.append(
+            Problem(
+                source,
+                f"tags.{name}.opcua.{what}",
+                f"names the OPC UA node of tag {first[0]!r} ({first[1]!r}): writing one tag "
+                "would write the other; allowed: a node no other tag of the map uses",
+                value,
+            )
+        )
     return problems
+
+
+def same_node_key(node_id: str) -> object:
+    """What tells OPC UA nodes apart in ``node_id``, read as asyncua's ``ua.NodeId.from_string``
+    reads it (the port's reading: keys and numbers stripped, ``ns=2;i=05`` is ``ns=2;i=5``, a
+    string identifier kept to the end with its spaces), without importing asyncua; with the
+    namespace URI and server index of an ``nsu=``/``srv=`` id. A node id that does not parse
+    (the port refuses it when it connects) is compared as written, stripped."""
+    namespace, kind = 0, ""
+    identifier: int | str | uuid.UUID | bytes | None = None
+    extra: dict[str, object] = {}
+    elements = node_id.split(";")
+    try:
+        while elements:
+            element = elements.pop(0)
+            if not element:
+                continue
+            k, v = element.split("=", 1)
+            k = k.strip()
+            if k == "ns":
+                namespace = int(v.strip())
+            elif k == "i":
+                kind, identifier = k, int(v.strip())
+            elif k == "s":  # the rest of the id, semicolons included
+                kind, identifier, elements = k, ";".join((v, *elements)), []
+            elif k == "g":
+                kind, identifier = k, uuid.UUID(f"urn:uuid:{v}")
+            elif k == "b":
+                kind, identifier = k, _byte_string(v)
+            elif k in ("srv", "nsu"):
+                extra[k] = int(v.strip()) if k == "srv" else v
+    except ValueError:  # binascii.Error and UnicodeError too
+        return node_id.strip()
+    if identifier is None:
+        return node_id.strip()
+    return (extra.get("nsu"), extra.get("srv"), namespace, kind, identifier)
+
+
+def _byte_string(text: str) -> bytes:
+    """A ``b=`` identifier as asyncua reads it: ``0x`` hex, else base64, else the text."""
+    if text[0:2] == "0x":
+        return bytes.fromhex(text[2:])
+    try:
+        return b64decode(text.encode("ascii"))
+    except (binascii.Error, ValueError):
+        return text.encode("ascii")
