@@ -23,6 +23,7 @@ from pydantic import Field
 
 from controller.binding import Binding
 from controller.clock import Clock
+from controller.codecs import DataType
 from controller.config import ControllerConfig, InputSpec
 from controller.configfile import NAME, Strict, existing, parse, read_yaml, real, resolve
 from controller.controllerfile import load_controller
@@ -304,41 +305,67 @@ def _resolution_problems(
 def _check_advisory(
     sf: SiteFile, tm: TagMap, model: PlantModel | None, path: Path
 ) -> list[Problem]:
-    """``runtime.advisory_tags``: a model input -> a tag of the map the twin may write. Not a
-    tag the process acts on: advice written to a setpoint tag (one that binds a model input)
-    or to a tag of the PLC contract would be a control write in shadow mode, which never
-    writes one; nor a publication of the twin's (two writers of one tag)."""
+    """``runtime.advisory_tags``: a model input -> a writable numeric tag of the map that no
+    other role uses. Not a tag the process acts on: advice written to a setpoint tag (one that
+    binds a model input), a handshake or command tag (the PLC contract, the operator's reset)
+    or any bool (a coil, an OPC UA Boolean: a command or status bit, never a number) would be
+    a control write in shadow mode, which never writes one; nor a publication of the twin's
+    or another input's advice (two writers of one tag)."""
     problems = []
     writable = [n for n, t in tm.tags.items() if t.writable]
-    bound = {
-        n: f"a setpoint tag (it binds the model variable {t.binds!r})"
-        for n, t in tm.tags.items()
-        if t.binds is not None and t.writable
-    }
-    bound |= {c.tag: f"a tag of the PLC contract ({c.role})" for c in CLOSED_LOOP_CONTRACT}
-    bound |= {
-        n: f"a publication of the twin (it publishes {t.publishes!r})"
-        for n, t in tm.tags.items()
-        if t.publishes is not None
-    }
+    taken = _not_advice(tm)
+    first: dict[str, str] = {}  # advisory tag -> the first input it advises
     for inp, tag in sf.runtime.advisory_tags.items():
         loc = f"runtime.advisory_tags.{inp}"
         if model is not None and inp not in model.input_names:
             problems.append(Problem(str(path), loc, unknown_name("input", inp, model.input_names)))
+        other = first.setdefault(tag, inp)
+        what = taken.get(tag) or (
+            f"already the advisory tag of input {other!r}" if other != inp else None
+        )
         if tag not in tm.tags:
             message = unknown_name("tag", tag, writable, context=f" in the tag map {sf.tags}")
             problems.append(Problem(str(path), loc, message, tag))
         elif not tm.tags[tag].writable:
-            message = f"the tag {tag!r} is read-only; an advisory tag must be writable"
+            message = f"the tag {tag!r} is read-only; an advisory tag must be writable; {_ADVICE}"
             problems.append(Problem(str(path), loc, message, tag))
-        elif tag in bound:
+        elif what is not None:
             message = (
-                f"the tag {tag!r} is {bound[tag]}; an advisory tag must be one the process does "
-                "not act on (shadow mode never writes a control tag); allowed: a writable tag "
-                "of its own, such as <input>_advice"
+                f"the tag {tag!r} is {what}; an advisory tag must be one the process does "
+                f"not act on (shadow mode never writes a control tag); {_ADVICE}"
             )
             problems.append(Problem(str(path), loc, message, tag))
     return problems
+
+
+#: What an advisory tag may be (the end of every ``runtime.advisory_tags`` problem).
+_ADVICE = (
+    "allowed: a writable numeric tag that no other role uses (not bool, no 'binds', not "
+    "a publication, not a handshake or command tag), such as <input>_advice"
+)
+
+
+def _not_advice(tm: TagMap) -> dict[str, str]:
+    """Tag -> the role that makes it no advisory tag (what it is, for the message)."""
+    out = {
+        n: "a bool (a coil or an OPC UA Boolean: a command or status bit, not a number)"
+        for n, t in tm.tags.items()
+        if (t.modbus is not None and t.modbus.type is DataType.BOOL)
+        or (t.opcua is not None and t.opcua.data_type == "Boolean")
+    }
+    out |= {
+        n: f"a publication of the twin (it publishes {t.publishes!r})"
+        for n, t in tm.tags.items()
+        if t.publishes is not None
+    }
+    out |= {
+        n: f"a setpoint tag (it binds the model variable {t.binds!r})"
+        for n, t in tm.tags.items()
+        if t.binds is not None and t.writable
+    }
+    out |= {n: f"{role}, a PLC command or status tag" for n, role in PLC_TAGS.items()}
+    out |= {c.tag: f"a tag of the PLC contract ({c.role})" for c in CLOSED_LOOP_CONTRACT}
+    return out
 
 
 @dataclass(frozen=True)
@@ -362,6 +389,16 @@ CLOSED_LOOP_CONTRACT = (
     ContractTag("plc_scan_counter", "heartbeat from the PLC: its scan counter", False),
     ContractTag("measurement_validity", "validity: the PLC's bit per measurement", False),
 )
+
+
+#: The PLC's own handshake, command and status tags besides :data:`CLOSED_LOOP_CONTRACT` (see
+#: the configs/tags/*.yaml headers): never a target of the twin's advice.
+PLC_TAGS = {
+    "operator_reset": "the operator's reset of a fallback alarm (an HMI pushbutton)",
+    "plc_heartbeat": "the PLC's heartbeat",
+    "mpc_fallback_alarm": "the PLC's fallback alarm",
+    "interlock_active": "the PLC's interlock flag",
+}
 
 
 def contract_problems(sf: SiteFile, tm: TagMap, path: Path) -> list[Problem]:
