@@ -9,13 +9,29 @@ on the runtime's clock), ``pharmatwin_solve_seconds``, ``pharmatwin_holds_total`
 the safety layer held), ``pharmatwin_state{state}`` (1 for the current one),
 ``pharmatwin_<counter>_total`` for every supervisor counter (cycles, writes, fallbacks,
 stale_data, bad_data, read_failures, drift_alarms, ...) and ``pharmatwin_drift{statistic}``.
+
+Liveness: the state and the counters keep their last values when the loop stops cycling, and
+the state stays SHADOW while no read reaches the PLC; these gauges say so, on the sink's wall
+clock (``now``: unix seconds, injected in tests):
+
+* ``pharmatwin_last_cycle_timestamp_seconds``: when the newest cycle completed;
+* ``pharmatwin_last_good_read_timestamp_seconds``: when the newest cycle whose read of the PLC
+  returned values (of any quality) completed;
+* ``pharmatwin_plc_read_ok``: 1 if the newest cycle's read returned values, 0 if it failed;
+* ``pharmatwin_stalled``: 1 if no cycle has completed for longer than the operator view
+  allows, as of the scrape, by the view's own rule
+  (:meth:`controller.runtime.ui.server.OperatorView.liveness`).
+
+The first three are absent until there is something to say (no cycle yet, no read that
+worked yet); ``pharmatwin_stalled`` is 0 before the first cycle, as on the operator page.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -23,6 +39,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from controller.runtime.ui.bind import Bind, check_tls, listen_error
+from controller.runtime.ui.server import OperatorView
 
 if TYPE_CHECKING:
     from controller.runtime.supervisor import CycleView, Supervisor
@@ -31,14 +48,35 @@ _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 
 
 class _SupervisorCollector(Collector):
-    def __init__(self) -> None:
+    def __init__(self, bind: Bind, now: Callable[[], float]) -> None:
         self.sup: Supervisor | None = None
         self.monitor: dict[str, float] = {}
+        self.now = now
+        self.last_cycle_at: float | None = None  # ``now()`` when the newest cycle completed
+        self.last_good_read_at: float | None = None  # ... the newest whose PLC read worked
+        self.read_ok: bool | None = None  # the newest cycle's read of the PLC worked
+        # the operator view's liveness rule, on this clock: a view that is never served
+        # (history=1: it keeps the newest view only), fed every cycle and the cycle period
+        self.live = OperatorView(bind, history=1, now=now)
+
+    def pace(self, sup: Supervisor) -> None:
+        """The stall rule's cycle period: wall seconds between cycles, the sample time over
+        the clock's rate, as the operator view works it out when it starts."""
+        self.live.meta["cycle_period_s"] = sup.dt_s / float(getattr(sup.clock, "rate", 1.0))
+
+    def cycle(self, sup: Supervisor, view: CycleView) -> None:
+        at = self.now()
+        self.live.cycle(sup, view)
+        self.read_ok = view.snapshot is not None  # only a failed read leaves a cycle none
+        if self.read_ok:
+            self.last_good_read_at = at
+        self.last_cycle_at = at
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         sup = self.sup
         if sup is None:
             return
+        yield from self._liveness()
         for name, value in vars(sup.counters).items():
             if name == "bad_in_a_row":
                 yield GaugeMetricFamily(
@@ -62,11 +100,48 @@ class _SupervisorCollector(Collector):
                 drift.add_metric([key.removeprefix("chart.")], value)
         yield drift
 
+    def _liveness(self) -> Iterator[GaugeMetricFamily]:
+        """The liveness gauges (see the module docstring), ``stalled`` as of now."""
+        for name, at, what in (
+            ("pharmatwin_last_cycle_timestamp_seconds", self.last_cycle_at, "a cycle"),
+            (
+                "pharmatwin_last_good_read_timestamp_seconds",
+                self.last_good_read_at,
+                "a cycle whose read of the PLC returned values",
+            ),
+        ):
+            if at is not None:
+                yield GaugeMetricFamily(
+                    name, f"unix time (s) at which {what} last completed", value=at
+                )
+        if self.read_ok is not None:
+            yield GaugeMetricFamily(
+                "pharmatwin_plc_read_ok",
+                "1 if the newest cycle's read of the PLC returned values (of any quality),"
+                " 0 if it failed (no connection, timeout, refused)",
+                value=1.0 if self.read_ok else 0.0,
+            )
+        live = self.live.liveness()
+        yield GaugeMetricFamily(
+            "pharmatwin_stalled",
+            f"1 if no cycle has completed for more than {live['stale_after_s']:g} s"
+            " (the operator view's stall limit), as of this scrape; 0 otherwise and before"
+            " the first cycle",
+            value=1.0 if live["stalled"] else 0.0,
+        )
+
 
 class MetricsSink:
     """The runtime sink that exports Prometheus metrics over HTTP on ``bind``."""
 
-    def __init__(self, bind: Bind, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        bind: Bind,
+        registry: CollectorRegistry | None = None,
+        *,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        """``now``: the wall clock (unix seconds) of the liveness gauges."""
         self.bind = bind
         self.registry = registry or CollectorRegistry()
         self.cycle_time = Histogram(
@@ -84,7 +159,7 @@ class MetricsSink:
         self.holds = Counter(
             "pharmatwin_holds", "cycles the safety layer held", registry=self.registry
         )
-        self.collector = _SupervisorCollector()
+        self.collector = _SupervisorCollector(bind, now)
         self.registry.register(self.collector)
         self.port = bind.port
         self._server: object | None = None
@@ -106,6 +181,7 @@ class MetricsSink:
             raise listen_error("--metrics", self.bind, exc) from exc
         self._server = server
         self.port = int(server.server_address[1])
+        self.collector.pace(sup)  # no cycle before it: nothing stalled yet
 
     def cycle(self, sup: Supervisor, view: CycleView) -> None:
         self.cycle_time.observe(max(0.0, sup.clock.now() - view.t))
@@ -116,6 +192,7 @@ class MetricsSink:
             self.holds.inc()
         if view.monitor:
             self.collector.monitor = view.monitor
+        self.collector.cycle(sup, view)
 
     def close(self) -> None:
         server = self._server
