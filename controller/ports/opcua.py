@@ -449,8 +449,8 @@ class OpcUaPort(Port):
 def _tag_value(
     dv: ua.DataValue, kind: str, now: float, utc: datetime, got: datetime | None, rate: float
 ) -> TagValue:
-    """A DataValue of a ``kind`` node as a TagValue: quality from the status (BAD if the value
-    is not the node's type), source time from its timestamps (a wall age times ``rate``)."""
+    """A DataValue of a ``kind`` node as a TagValue: quality and detail from the status (and
+    NaN, BAD, what was sent if not one value of the node's type), source time from stamps."""
     status = dv.StatusCode or ua.StatusCode()
     stamp = dv.SourceTimestamp or dv.ServerTimestamp or got
     if stamp is not None and stamp.tzinfo is None:
@@ -459,7 +459,7 @@ def _tag_value(
     value, misfit = read_number(kind, dv.Value)
     if status.is_good() and not misfit:
         return TagValue(value, Quality.GOOD, source_time, now)
-    if status.is_bad() or not misfit:  # a Bad value may be nulled: the status says why
+    if not misfit or (status.is_bad() and getattr(dv.Value, "Value", None) is None):
         quality = Quality.BAD if status.is_bad() else Quality.UNCERTAIN
         return TagValue(value, quality, source_time, now, status.name)
     detail = misfit if status.is_good() else f"{status.name}; {misfit}"
