@@ -74,9 +74,21 @@ class Distrust:
     value: float
     detail: str = ""
 
+    @property
+    def sent_non_finite(self) -> bool:
+        """A NaN or infinity the PLC sent as a value (GOOD or UNCERTAIN; a port or the
+        judgement made it BAD saying :data:`NOT_FINITE`), not a NaN standing for none."""
+        return self.reason is Reason.NON_FINITE or (
+            not math.isfinite(self.value) and self.detail.startswith(NOT_FINITE)
+        )
+
     def __str__(self) -> str:
+        """In words. A NaN that stands for no usable value (a Bad status, a value of the
+        wrong type, nothing read) is not shown as "nan": the detail says what was sent."""
         extra = f": {self.detail}" if self.detail else ""
-        return f"{self.tag} = {self.value:.6g} {self.reason.value}{extra}"
+        if math.isfinite(self.value) or self.sent_non_finite:
+            return f"{self.tag} = {self.value:.6g} {self.reason.value}{extra}"
+        return f"{self.tag} (no usable value) {self.reason.value}{extra}"
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,10 @@ of use (``data.use``) and, once per run, the policy in force (``data.policy``).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterable, Mapping
 
 from controller.core.estimate import Estimate
 from controller.core.pipeline import ESTIMATOR_FAILED, ControlPipeline, rejected_outputs
-from controller.ports.base import NOT_FINITE
 from controller.runtime.audit import AuditTrail
 from controller.runtime.cycle import Counters, CycleView
 from controller.runtime.historian_records import HistorianEvent
@@ -136,7 +134,7 @@ class TrustCycle:
         for d in distrusted:
             if d.reason is Reason.IMPLAUSIBLE:
                 self.counters.implausible_values += 1
-            elif _sent_non_finite(d):
+            elif d.sent_non_finite:
                 self.counters.non_finite_values += 1
 
     def record(
@@ -148,7 +146,7 @@ class TrustCycle:
         for d in distrusted:
             kind = f"data.{d.reason.name.lower()}"
             detail = {"value": d.value, "reason": d.reason.value, "detail": d.detail}
-            said = _said(d)
+            said = str(d)
             view.events.append(HistorianEvent(self.run_id, view.t, kind, d.tag, said, detail))
             log.warning("cycle %d: not trusted: %s", view.cycle, said)
         view.monitor = {
@@ -202,23 +200,6 @@ class TrustCycle:
             view.events.append(
                 HistorianEvent(self.run_id, view.t, "data.policy", tag, message, detail)
             )
-
-
-def _sent_non_finite(d: Distrust) -> bool:
-    """Whether ``d`` is a NaN or infinity the PLC sent as a value (GOOD or UNCERTAIN; a port
-    or the judgement made it BAD saying :data:`NOT_FINITE`), not a NaN standing for none."""
-    return d.reason is Reason.NON_FINITE or (
-        not math.isfinite(d.value) and d.detail.startswith(NOT_FINITE)
-    )
-
-
-def _said(d: Distrust) -> str:
-    """``d`` in words. A NaN that stands for no usable value (a Bad status, a value of the
-    wrong type, nothing read) is not shown as "nan": the detail says what the PLC sent."""
-    if math.isfinite(d.value) or _sent_non_finite(d):
-        return str(d)
-    extra = f": {d.detail}" if d.detail else ""
-    return f"{d.tag} (no usable value) {d.reason.value}{extra}"
 
 
 def _tags(distrusted: Iterable[Distrust]) -> list[str]:
