@@ -101,7 +101,8 @@ class StatusSink:
             table.add_column(col, justify="right" if col in ("value", "setpoint") else "left")
         snap = view.snapshot
         written = view.written
-        recommended = view.outcome.setpoints if view.outcome is not None else {}
+        outcome = view.outcome  # a held cycle recommends (plans) nothing
+        recommended = outcome.setpoints if outcome is not None and not outcome.held else {}
         sp_tags: Mapping[str, str] = getattr(sup, "sp_tags", {})
         rows: dict[str, str] = {
             **getattr(sup, "y_tags", {}),

@@ -316,8 +316,14 @@ class ControlWriter:
 
     async def advise(self, view: CycleView, advisory_tags: Mapping[str, str]) -> None:
         """Shadow mode: recommendations go to the historian and, if configured, advisory tags
-        (each value audited before it is sent, ``advisory.write``)."""
+        (each value audited before it is sent, ``advisory.write``). A held cycle (the solve
+        failed, the data could not be trusted) recommends nothing: its "setpoints" are the
+        held ones, the PLC's own; the advisory tags keep the last advice."""
         if view.outcome is None or not view.outcome.setpoints:
+            return
+        if view.outcome.held:
+            why = sorted({i.reason.value for i in view.outcome.interventions}) or ["held"]
+            log.info("cycle %d: no recommendation (%s)", view.cycle, ", ".join(why))
             return
         advisory = {
             tag: view.outcome.setpoints[i]

@@ -65,3 +65,31 @@ def test_no_table_without_a_console(tmp_path: Path) -> None:
     assert not any(isinstance(s, StatusSink) for s in operator_sinks(base))
     with_console = RunOptions(mode=Mode.SHADOW, sd_notify=False, status=Console())
     assert [type(s) for s in operator_sinks(with_console)] == [StatusSink]
+
+
+@pytest.mark.parametrize("held", [False, True])
+def test_a_held_cycle_recommends_nothing(held: bool) -> None:
+    """A review: on a held shadow cycle the table said "recommends <value>" (the held value,
+    the PLC's own working setpoint) as if the twin advised it."""
+    from types import SimpleNamespace
+
+    from controller.core.safety import Intervention, Reason, SafetyOutcome
+    from controller.runtime.supervisor import Counters, CycleView, State
+
+    sup = SimpleNamespace(
+        site=SimpleNamespace(name="cstr-modbus"),
+        mode=Mode.SHADOW,
+        state=State.SHADOW,
+        dt_s=18.0,
+        counters=Counters(),
+        sp_tags={"F": "feed_dilution_sp"},
+    )
+    failed = Intervention("F", 12.5, 18.25, Reason.HELD_SOLVER_FAILED, "the solver failed")
+    why = (failed,) if held else ()
+    sink = StatusSink(Console(file=io.StringIO()))
+    sink.sup = sup  # type: ignore[assignment]
+    view = CycleView(5, 90.0, State.SHADOW, None)
+    view.outcome = SafetyOutcome({"F": 18.25}, held, why)
+    sink.view = view
+    text = _text(sink)
+    assert ("recommends 18.25" in text) is not held, text

@@ -13,6 +13,7 @@ checks each tag of each write against the audit trail as it is at that moment.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from test_supervisor import (  # noqa: F401 - site is a fixture
 )
 
 from controller.clock import SteppedClock
+from controller.core.mpc import Decision, SolveStatus
 from controller.errors import ConfigError
 from controller.runtime.audit import AuditTrail
 from controller.runtime.site import Site, load_site
@@ -130,3 +132,53 @@ def test_an_advisory_tag_may_not_be_one_the_process_acts_on(
     )
     assert f"the tag {tag!r} is {what}" in problem.message
     assert "shadow mode never writes a control tag" in problem.message
+
+
+class FailingEvery(StubPolicy):
+    """Fails the solve on the cycles named (counted from 0), succeeds on the others."""
+
+    def __init__(self, target: dict[str, float], failing: set[int]) -> None:
+        super().__init__(target)
+        self.failing, self.calls = failing, 0
+
+    def step(self, t: float, *args: Any, **kwargs: Any) -> Decision:
+        k, self.calls = self.calls, self.calls + 1
+        if k in self.failing:
+            return Decision(t, {}, SolveStatus.FAILED, "Infeasible_Problem_Detected", 9, 1e-3)
+        return super().step(t, *args, **kwargs)
+
+
+async def test_a_held_shadow_cycle_writes_no_advice(
+    site: Site,  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    """A review: on cycles the shadow run held (the solve failed, the data was bad) the
+    runtime still wrote "advice" (the held values: the PLC's own working setpoints), audited
+    and logged as the recommendation of the cycle. A held cycle recommends nothing."""
+    loaded = load_site(_advisory_site(tmp_path, ADVICE))
+    shadow = dataclasses.replace(loaded, controller=site.controller)
+    clock = SteppedClock()
+    table = _table(shadow)
+    port = RecordingPort(table, clock)
+    await port.connect()
+    audit = AuditTrail(tmp_path / "audit.db", config_hash="cfg", actor="pharmatwin-service")
+    port.audit = audit
+    policy = FailingEvery({"Tsh": 100.0, "Pch": 0.3}, failing={2, 3})
+    sup = Supervisor(
+        shadow, port, clock, build_pipeline(shadow, policy), mode=Mode.SHADOW, audit=audit
+    )
+    plc = Plc(table, clock)
+    views = []
+    for k in range(6):
+        plc.scan()
+        views.append(await sup.cycle(k, clock.now()))
+        clock.advance(360.0)
+    held = [v.cycle for v in views if v.outcome is not None and v.outcome.held]
+    assert held == [2, 3], held
+    records = [r for r in audit.records() if r.action == "advisory.write"]
+    advised = {json.loads(r.detail)["cycle"] for r in records}
+    assert advised == {0, 1, 4, 5}, advised
+    written = [w for w, _ in port.writes if set(w) & set(ADVICE.values())]
+    assert len(written) == 4
+    assert port.unaudited == []
+    audit.close()
