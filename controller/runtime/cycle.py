@@ -75,6 +75,9 @@ class Counters:
     #: cycles waiting, writing nothing, while the PLC reported mpc_active this runtime had not
     #: asked for (another controller had the MPC)
     taken_cycles: int = 0
+    #: cycles in which the PLC, reporting the MPC active, ran a setpoint other than the one
+    #: written and confirmed (held)
+    unapplied_setpoints: int = 0
 
 
 @dataclass

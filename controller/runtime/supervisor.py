@@ -315,6 +315,7 @@ class Supervisor:
             self.pipeline.start(working)  # bumpless: start from what the PLC is doing
             # the process ran under these over the last sample: the estimator predicts over it
             self.pipeline.resync(working)
+            self.writer.engaged()
             self._to(State.RUNNING, "the PLC reports mpc_active")
         elif self.state in (State.RUNNING, State.HOLD) and active is False:
             self.counters.fallbacks += 1

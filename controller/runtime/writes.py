@@ -24,12 +24,14 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 
+from controller.binding import Binding
 from controller.clock import Clock
 from controller.core.mpc import Decision
 from controller.core.pipeline import ControlPipeline
 from controller.core.safety import SafetyOutcome
 from controller.errors import PortError
 from controller.ports.base import Port, WriteReport, WriteStatus
+from controller.ports.wire import resolution
 from controller.runtime.audit import AuditTrail
 from controller.runtime.audit_chain import AuditEntry
 from controller.runtime.cycle import Counters, CycleView, Mode, State
@@ -74,6 +76,12 @@ class ControlWriter:
         self._heartbeat = 0
         self._last_write_t: float | None = None
         self._advised: dict[str, float] = {}  # advisory tag -> the value last written
+        working = Binding.of_inputs(tags, list(sp_tags)).working_setpoint_tags()
+        #: per input, its setpoint tag and its working-setpoint tag (what the PLC reports)
+        self._pair = {i: (sp, working.get(i)) for i, sp in sp_tags.items()}
+        #: since it engaged, the PLC ran a setpoint other than the one written and confirmed
+        #: (the first time, in words): every cycle holds until it hands control back
+        self._unapplied: str | None = None
 
     async def write(self, values: Mapping[str, float], view: CycleView) -> WriteReport | None:
         """A control write; a failure (None) or a refusal is a problem of the cycle."""
@@ -205,6 +213,10 @@ class ControlWriter:
             await self.write(beat, view)
         return report
 
+    def engaged(self) -> None:
+        """The PLC handed control to the MPC (again): what it ran before is past."""
+        self._unapplied = None
+
     def settle(self, working_now: Mapping[str, float], view: CycleView) -> None:
         """While the MPC has control, what the PLC has is its trusted working setpoint as
         read this cycle (``working_now``): the move limits count from it and the next write's
@@ -215,17 +227,38 @@ class ControlWriter:
         unsure = self.pipeline.unsure
         before = dict(self.pipeline.working)
         left = self.pipeline.settle(working_now)
+        moved = []
         for name, value in working_now.items():
             held = before.get(name)
-            if name not in unsure and held is not None and value != held:
-                log.info(
-                    "cycle %d: the PLC has %s = %r where %r was assumed: the move limits count "
-                    "from what it has",
-                    view.cycle,
-                    self.sp_tags.get(name, name),
-                    value,
-                    held,
-                )
+            if name in unsure or held is None or value == held:
+                continue
+            tag = self.sp_tags.get(name, name)
+            if abs(value - held) > self._step(name, held):
+                moved.append(f"{tag} = {value!r} where {held!r} was written and confirmed")
+                continue
+            log.info(  # what the working-setpoint tag can hold differs from the setpoint's
+                "cycle %d: the PLC has %s = %r where %r was assumed: the move limits count "
+                "from what it has",
+                view.cycle,
+                tag,
+                value,
+                held,
+            )
+        if moved:
+            self.counters.unapplied_setpoints += 1
+            self._unapplied = self._unapplied or f"cycle {view.cycle}: {'; '.join(moved)}"
+            self._problem(
+                view,
+                f"the PLC runs {'; '.join(moved)}: it does not run the MPC's setpoints (or "
+                "someone moved them) while it reports the MPC active: held until it hands "
+                "control back; the move limits count from what it has",
+            )
+        elif self._unapplied is not None:
+            self._problem(
+                view,
+                f"the PLC did not run the MPC's setpoints ({self._unapplied}): held until it "
+                "hands control back",
+            )
         for name in sorted(unsure - left):
             log.warning(
                 "cycle %d: the outcome of the last write of %s was unknown; the PLC has %r "
@@ -241,6 +274,16 @@ class ControlWriter:
                 f"the outcome of the last write of {sorted(left)} is unknown and their working "
                 "setpoints cannot be trusted: no origin for the move limits, held",
             )
+
+    def _step(self, name: str, near: float) -> float:
+        """How far the PLC's working setpoint of ``name`` may read from the value written and
+        confirmed without saying anything: the coarser step of the two tags (the setpoint's
+        and the working setpoint's, on either protocol they have) near it."""
+        steps = [1e-9 * abs(near)]
+        for tag in (t for t in self._pair.get(name, ()) if t is not None):
+            spec = self.tags.tags[tag]
+            steps += [resolution(tag, spec, protocol, near) for protocol in ("modbus", "opcua")]
+        return max(steps)
 
     def _audit_setpoints(
         self,
