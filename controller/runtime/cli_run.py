@@ -27,7 +27,7 @@ from controller.runtime.cli_common import (
 )
 
 if TYPE_CHECKING:
-    from controller.runtime.wiring import RunResult
+    from controller.runtime.wiring import RunOptions, RunResult
 
 
 def add_parser(sub: SubParsers) -> None:
@@ -125,7 +125,6 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
     from controller.runtime.supervisor import Mode
     from controller.runtime.ui.bind import Bind, parse_bind
     from controller.runtime.wiring import RunOptions
-    from controller.runtime.wiring import run as run_runtime
 
     def bind(flag: str, text: str | None) -> Bind | None:
         if text is None:
@@ -172,6 +171,24 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
         )
         return 1
     return 0
+
+
+async def run_runtime(site_path: Path, opts: RunOptions) -> RunResult:
+    """Load the site, run it until stopped, and judge the run (:meth:`Engagement.verdict`):
+    ``wiring.run``, with the site's ``runtime.max_bad_cycles`` in the verdict's rules."""
+    from controller.runtime import wiring
+    from controller.runtime.engagement import Engagement
+    from controller.runtime.site import load_site
+
+    site = load_site(site_path)
+    problems = wiring.check_options(site, opts)
+    if problems:
+        raise ConfigError(problems)
+    where, bad = site.connection.url, site.runtime.max_bad_cycles
+    engagement = Engagement(opts.mode, where, max_bad_cycles=bad)
+    sinks = wiring.operator_sinks(opts)
+    sup = await wiring.run_site(site, opts, observer=engagement.observe, sinks=sinks)
+    return wiring.RunResult(sup.counters, engagement)
 
 
 def settle_heap() -> int:

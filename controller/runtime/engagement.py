@@ -6,13 +6,22 @@ A run fails, with one sentence saying why, when:
 - no read of the PLC succeeded;
 - the PLC could not be read in the run's last cycles (it ended out of touch with the PLC);
 - the PLC was read in fewer than half of its cycles (most of the run saw nothing);
-- shadow mode: no cycle gave a recommendation (every one was held, or failed);
+- shadow mode: no cycle gave a recommendation (every one was held, or failed), or the run
+  ended without advising: its last ``max_bad_cycles`` cycles (the site's
+  ``runtime.max_bad_cycles``, the bad cycles in a row that make a closed loop fall back) or
+  more gave no recommendation, or gave one whose advisory write failed or was refused (the
+  shadow run's counterpart of a closed loop that ended in FALLBACK);
 - closed loop: the MPC never got control (the PLC never permitted it, never reported it
   active, or its working setpoints were never readable), or it lost control (FALLBACK) and
   had not got it back when the run ended.
 
 A run the MPC controlled to its end, with fallbacks on the way that it recovered from,
-did its job; the summary counts the fallbacks. An operator's release is not a failure.
+did its job; the summary counts the fallbacks. An operator's release is not a failure. So does
+a shadow run that advised at its end after held cycles or refused advisory writes on the way.
+
+A failed or refused advisory write is seen as the cycle's problem (``ControlWriter.write``:
+``write failed: ...`` / ``write refused: ...``; in shadow mode the advisory tags are the only
+writes that report there: the twin's publications are counted apart, never a problem).
 """
 
 from __future__ import annotations
@@ -21,11 +30,16 @@ from dataclasses import dataclass
 
 from controller.ports.base import Quality, Snapshot
 from controller.runtime.cycle import CycleView, Mode, State
+from controller.runtime.site import RuntimeSettings
 
 __all__ = ["IN_CONTROL", "Engagement"]
 
 #: the supervisor's states in which the MPC has control (HOLD: in control, holding)
 IN_CONTROL = frozenset({State.RUNNING, State.HOLD})
+#: how ``ControlWriter.write`` words a failed or refused write among the cycle's problems
+WRITE_PROBLEMS = ("write failed: ", "write refused: ")
+#: ``runtime.max_bad_cycles`` of a site that does not set it
+MAX_BAD_CYCLES: int = RuntimeSettings.model_fields["max_bad_cycles"].default
 
 
 @dataclass
@@ -46,6 +60,13 @@ class Engagement:
     alarmed: int = 0  # cycles that read mpc_fallback_alarm set
     lost_control_at: int | None = None  # the cycle that fell back, until control is back
     last_problem: str = ""
+    #: the site's runtime.max_bad_cycles: as many cycles in a row without advice (or whose
+    #: advisory writes failed) at the end fail a shadow run, as they make a closed loop fall back
+    max_bad_cycles: int = MAX_BAD_CYCLES
+    unadvised_in_a_row: int = 0  # shadow: the cycles since the last one that recommended
+    undelivered_in_a_row: int = 0  # shadow: ... that recommended and wrote its advice (if any)
+    advice_unwritten: int = 0  # shadow cycles that recommended but whose advisory write failed
+    last_write_problem: str = ""  # the last failed or refused advisory write
 
     def observe(self, view: CycleView) -> None:
         self.cycles += 1
@@ -58,14 +79,8 @@ class Engagement:
             self.lost_control_at = view.cycle
         elif view.state is State.RELEASED:
             self.lost_control_at = None  # an operator's decision, not a lost loop
-        outcome = view.outcome
-        if (
-            view.state is State.SHADOW
-            and outcome is not None
-            and outcome.setpoints
-            and not outcome.held
-        ):
-            self.advised += 1
+        if self.mode is Mode.SHADOW:
+            self._advice(view)
         if view.problems:
             self.last_problem = view.problems[-1]
         snap = view.snapshot
@@ -79,6 +94,24 @@ class Engagement:
         self.permitted += bool(permissive)
         self.interlocked += bool(_flag(snap, "interlock_active"))
         self.alarmed += bool(_flag(snap, "mpc_fallback_alarm"))
+
+    def _advice(self, view: CycleView) -> None:
+        """A shadow cycle: did it recommend, and did its advice reach the advisory tags?"""
+        outcome = view.outcome
+        advised = (
+            view.state is State.SHADOW
+            and outcome is not None
+            and bool(outcome.setpoints)
+            and not outcome.held
+        )
+        unwritten = [p for p in view.problems if p.startswith(WRITE_PROBLEMS)]
+        if unwritten:
+            self.last_write_problem = unwritten[-1]
+        self.advised += advised
+        self.advice_unwritten += advised and bool(unwritten)
+        self.unadvised_in_a_row = 0 if advised else self.unadvised_in_a_row + 1
+        delivered = advised and not unwritten
+        self.undelivered_in_a_row = 0 if delivered else self.undelivered_in_a_row + 1
 
     def verdict(self) -> str | None:
         """None when the run did what its mode promises; else one sentence saying why not."""
@@ -98,9 +131,9 @@ class Engagement:
                 f"it in at least half of its cycles{last}"
             )
         if self.mode is Mode.SHADOW:
-            if self.advised:
-                return None
-            return f"no recommendation in {n}: every cycle was held or failed{last}"
+            if not self.advised:
+                return f"no recommendation in {n}: every cycle was held or failed{last}"
+            return self._ended_advising(last)
         if self.in_control:
             if self.lost_control_at is None:
                 return None
@@ -109,6 +142,27 @@ class Engagement:
                 f"got it back when the run ended{last}"
             )
         return self._never_engaged(n, last)
+
+    def _ended_advising(self, last: str) -> str | None:
+        """None when the shadow run was still recommending, and writing its advice, at its end."""
+        k = self.max_bad_cycles
+        rule = (
+            f"{_cycles(k)} in a row{{}} fail a shadow run, as {k} bad cycles in a row make a "
+            "closed loop fall back: runtime.max_bad_cycles"
+        )
+        if self.unadvised_in_a_row >= k:
+            return (
+                f"no recommendation in the last {_cycles(self.unadvised_in_a_row)} of the run: "
+                f"it ended without advising ({rule.format(' without one')}){last}"
+            )
+        if self.undelivered_in_a_row >= k:
+            problem = f" (last problem: {self.last_write_problem})"
+            return (
+                f"the advisory writes of the last {_cycles(self.undelivered_in_a_row)} of the "
+                "run failed or were refused: its recommendations did not reach the PLC "
+                f"({rule.format('')}){problem}"
+            )
+        return None
 
     def _never_engaged(self, n: str, last: str) -> str:
         lead = f"the MPC never got control in {n}: "
@@ -142,9 +196,11 @@ class Engagement:
 
     def summary(self) -> str:
         if self.mode is Mode.SHADOW:
+            unwritten = self.advice_unwritten
             return (
                 f"shadow: {self.reads} of {self.cycles} cycles read the PLC, "
                 f"{self.advised} gave a recommendation"
+                + (f", {unwritten} of them not written to the advisory tags" if unwritten else "")
             )
         return f"closed loop: the MPC had control in {self.in_control} of {self.cycles} cycles"
 
