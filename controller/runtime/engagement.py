@@ -3,6 +3,8 @@ did what its mode promises (pure: fed the supervisor's cycle views, no I/O).
 
 A run fails, with one sentence saying why, when:
 
+- a failure aborted it once it had started (:attr:`Engagement.aborted`: e.g. the audit trail
+  could not be written);
 - no read of the PLC succeeded;
 - the PLC could not be read in the run's last cycles (it ended out of touch with the PLC);
 - the PLC was read in fewer than half of its cycles (most of the run saw nothing);
@@ -67,6 +69,7 @@ class Engagement:
     undelivered_in_a_row: int = 0  # shadow: ... that recommended and wrote its advice (if any)
     advice_unwritten: int = 0  # shadow cycles that recommended but whose advisory write failed
     last_write_problem: str = ""  # the last failed or refused advisory write
+    aborted: str = ""  # the failure that aborted the run once started (none: it was not)
 
     def observe(self, view: CycleView) -> None:
         self.cycles += 1
@@ -117,6 +120,8 @@ class Engagement:
         """None when the run did what its mode promises; else one sentence saying why not."""
         n = _cycles(self.cycles)
         last = f" (last problem: {self.last_problem})" if self.last_problem else ""
+        if self.aborted:
+            return f"the run was aborted after {n}: {self.aborted}"
         if self.reads == 0:
             return f"no read of the PLC at {self.where} succeeded in {n}{last}"
         if self.unread_in_a_row:

@@ -190,6 +190,8 @@ class Supervisor:
         self, stop: asyncio.Event, *, cycles: int | None = None, duration_s: float | None = None
     ) -> Counters:
         """Cycle on the clock until ``stop`` (or ``cycles`` / ``duration_s`` process seconds)."""
+        from controller.runtime.run_end import abort_cause
+
         self.audit.record(
             "run.start",
             self.site.name,
@@ -213,9 +215,12 @@ class Supervisor:
                 t0 += stall_shift(self.clock, self.counters, k, due, self.dt_s)
                 await self.cycle(k, t0 + k * self.dt_s)
                 k += 1
-        finally:
+        except BaseException as exc:  # aborted: the stop says so and why, never "run complete"
             stopper.cancel()
-            await self.shutdown("stop requested" if stop.is_set() else "run complete")
+            await self.shutdown(abort_cause(exc, k), exc)
+            raise
+        stopper.cancel()
+        await self.shutdown("stop requested" if stop.is_set() else "run complete")
         return self.counters
 
     async def cycle(self, k: int, t: float) -> CycleView:
@@ -478,21 +483,19 @@ class Supervisor:
         return live_forecast(self.site, self._live, plans)  # taken at the end of a cycle
 
     # ------------------------------------------------------------------ stopping
-    async def shutdown(self, cause: str) -> None:
-        """Release control so the PLC takes over bumplessly; final audit record."""
+    async def shutdown(self, cause: str, failure: BaseException | None = None) -> None:
+        """Release control so the PLC takes over bumplessly; final audit record. After a
+        ``failure`` (the run aborted) a step that fails is logged, not raised (StopSteps)."""
+        from controller.runtime.run_end import StopSteps
+
         if self.state is State.STOPPED:
             return
         await self.solver.settle(5.0)
+        step = StopSteps(cause, failure)
         if self.mode is Mode.CLOSED_LOOP and self._requested:
             view = CycleView(-1, self.clock.now(), self.state, None)
             self._pending_release = True
-            await self._write_request(False, view)
-        self._to(State.STOPPED, cause)
-        self.audit.record(
-            "run.stop",
-            self.site.name,
-            reason=cause,
-            old_value=self.run_id,
-            actor=self.actor,
-            detail={k: v for k, v in vars(self.counters).items()},
-        )
+            await step.wait("the release of mpc_request", self._write_request(False, view))
+        step("the mode.change to STOPPED", self._to, State.STOPPED, cause)
+        who = {"old_value": self.run_id, "actor": self.actor, "detail": dict(vars(self.counters))}
+        step("run.stop", self.audit.record, "run.stop", self.site.name, reason=cause, **who)
