@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from controller.errors import ConfigError, PharmaTwinError, Problem
+from controller.errors import ConfigError, Problem
 from controller.runtime.cli_common import (
     AUDIT_DB_HELP,
     DEFAULT_HISTORIAN,
@@ -27,8 +27,7 @@ from controller.runtime.cli_common import (
 )
 
 if TYPE_CHECKING:
-    from controller.runtime.supervisor import CycleView, Supervisor
-    from controller.runtime.wiring import RunOptions, RunResult
+    from controller.runtime.wiring import RunResult
 
 
 def add_parser(sub: SubParsers) -> None:
@@ -128,6 +127,7 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
     from controller.runtime.supervisor import Mode
     from controller.runtime.ui.bind import Bind, parse_bind
     from controller.runtime.wiring import RunOptions
+    from controller.runtime.wiring import run as run_runtime
 
     def bind(flag: str, text: str | None) -> Bind | None:
         if text is None:
@@ -174,54 +174,6 @@ def run_command(args: argparse.Namespace, console: Console) -> int:
         )
         return 1
     return 0
-
-
-async def run_runtime(site_path: Path, opts: RunOptions) -> RunResult:
-    """Load the site, run it until stopped, and judge the run (:meth:`Engagement.verdict`):
-    ``wiring.run``, with the site's ``runtime.max_bad_cycles`` in the verdict's rules.
-
-    A :class:`PharmaTwinError` before the run started (the site, the options, the audit trail
-    or historian refused, ...) is raised: bad input. One after it started (e.g. the audit
-    trail could not be written) aborted the run: its verdict says so (:attr:`Engagement.aborted`)
-    and the result is returned, for the summary and exit 1."""
-    from controller.runtime import wiring
-    from controller.runtime.engagement import Engagement
-    from controller.runtime.site import load_site
-
-    site = load_site(site_path)
-    problems = wiring.check_options(site, opts)
-    if problems:
-        raise ConfigError(problems)
-    where, bad = site.connection.url, site.runtime.max_bad_cycles
-    engagement = Engagement(opts.mode, where, max_bad_cycles=bad)
-    started = Started()  # the last sink: started once everything before the loop was
-    sinks = [*wiring.operator_sinks(opts), started]
-    try:
-        sup = await wiring.run_site(site, opts, observer=engagement.observe, sinks=sinks)
-    except PharmaTwinError as exc:
-        if started.sup is None:
-            raise
-        engagement.aborted = str(exc) or type(exc).__name__
-        return wiring.RunResult(started.sup.counters, engagement)
-    return wiring.RunResult(sup.counters, engagement)
-
-
-class Started:
-    """A sink of the run that notes only that it started (the supervisor built, the audit
-    trail and historian open and recorded, the other sinks started): a failure after that is
-    the run's (exit 1), not bad input (exit 2)."""
-
-    def __init__(self) -> None:
-        self.sup: Supervisor | None = None
-
-    def start(self, sup: Supervisor, stop: asyncio.Event) -> None:
-        self.sup = sup
-
-    def cycle(self, sup: Supervisor, view: CycleView) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def settle_heap() -> int:

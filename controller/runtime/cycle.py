@@ -103,6 +103,9 @@ class CycleView:
     #: audit records of writes later in this cycle (the twin's publication), committed with
     #: the cycle's first audited write, or before their own (one transaction, not two)
     audit_first: list[AuditEntry] = field(default_factory=list)
+    #: shadow mode: the advisory tags of the cycle's advice that were not written (the write
+    #: failed or was refused; the problem says why)
+    advice_unwritten: list[str] = field(default_factory=list)
 
 
 def flag(snap: Snapshot, tag: str) -> bool | None:

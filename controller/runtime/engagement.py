@@ -21,9 +21,9 @@ A run the MPC controlled to its end, with fallbacks on the way that it recovered
 did its job; the summary counts the fallbacks. An operator's release is not a failure. So does
 a shadow run that advised at its end after held cycles or refused advisory writes on the way.
 
-A failed or refused advisory write is seen as the cycle's problem (``ControlWriter.write``:
-``write failed: ...`` / ``write refused: ...``; in shadow mode the advisory tags are the only
-writes that report there: the twin's publications are counted apart, never a problem).
+A failed or refused advisory write is the cycle's ``advice_unwritten`` (the advisory tags
+:meth:`ControlWriter.advise <controller.runtime.writes.ControlWriter.advise>` could not write),
+the cycle's problem says why.
 """
 
 from __future__ import annotations
@@ -38,8 +38,6 @@ __all__ = ["IN_CONTROL", "Engagement"]
 
 #: the supervisor's states in which the MPC has control (HOLD: in control, holding)
 IN_CONTROL = frozenset({State.RUNNING, State.HOLD})
-#: how ``ControlWriter.write`` words a failed or refused write among the cycle's problems
-WRITE_PROBLEMS = ("write failed: ", "write refused: ")
 #: ``runtime.max_bad_cycles`` of a site that does not set it
 MAX_BAD_CYCLES: int = RuntimeSettings.model_fields["max_bad_cycles"].default
 
@@ -107,9 +105,10 @@ class Engagement:
             and bool(outcome.setpoints)
             and not outcome.held
         )
-        unwritten = [p for p in view.problems if p.startswith(WRITE_PROBLEMS)]
+        unwritten = view.advice_unwritten
         if unwritten:
-            self.last_write_problem = unwritten[-1]
+            why = view.problems[-1] if view.problems else "no answer"
+            self.last_write_problem = f"{', '.join(unwritten)} not written: {why}"
         self.advised += advised
         self.advice_unwritten += advised and bool(unwritten)
         self.unadvised_in_a_row = 0 if advised else self.unadvised_in_a_row + 1

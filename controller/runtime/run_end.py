@@ -11,6 +11,7 @@ stop's (:class:`StopSteps`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,7 +25,12 @@ log = logging.getLogger("pharmatwin.supervisor")
 
 def abort_cause(failure: BaseException, cycle: int) -> str:
     """The stop's cause of a run ``failure`` aborted in ``cycle`` (logged, as an error)."""
-    why = str(failure) or type(failure).__name__
+    if isinstance(failure, asyncio.CancelledError):  # a campaign's controller loss
+        why = "cancelled"
+    elif isinstance(failure, KeyboardInterrupt):
+        why = "interrupted"
+    else:
+        why = str(failure) or type(failure).__name__
     log.error("run aborted in cycle %d: %s", cycle, why)
     return f"aborted: {why}"
 

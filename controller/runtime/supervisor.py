@@ -123,8 +123,7 @@ class Supervisor:
         given = [i for i in intervals if i is not None]
         self.min_write_interval_s = max(given) if given else self.dt_s / 2
         self.read_tags = [n for n, t in tags.items() if t.readable]
-        self._requested = False
-        self._taken = False  # this cycle: the PLC reports mpc_active we did not ask for
+        self._requested = self._taken = False  # _taken: mpc_active we did not ask for
         self._pending_release = False
         self.views: list[CycleView] = []  # the last few cycles, for inspection
         self.actor = self.settings.service_identity

@@ -29,7 +29,7 @@ from controller.core.jit import LibraryBuilder
 from controller.core.limits import Grid
 from controller.core.pipeline import ControlPipeline, Policy, input_limits
 from controller.core.policy import build_policy
-from controller.errors import ConfigError, PortError, Problem
+from controller.errors import ConfigError, PharmaTwinError, PortError, Problem
 from controller.ports.base import Port
 from controller.ports.wire import grid_for
 from controller.runtime.audit import AuditTrail
@@ -343,11 +343,44 @@ def operator_sinks(opts: RunOptions) -> list[Sink]:
 
 
 async def run(site_path: Path, opts: RunOptions) -> RunResult:
-    """Load the site, run it until stopped, and judge the run (:meth:`Engagement.verdict`)."""
+    """Load the site, run it until stopped, and judge the run (:meth:`Engagement.verdict`,
+    with the site's ``runtime.max_bad_cycles`` in its rules).
+
+    A :class:`PharmaTwinError` before the run started (the site, the options, the audit trail
+    or historian refused, ...) is raised: bad input. One after it started (e.g. the audit
+    trail could not be written) aborted the run: its verdict says so (:attr:`Engagement.aborted`)
+    and the result is returned, for the summary and exit 1."""
     site = load_site(site_path)
     problems = check_options(site, opts)
     if problems:
         raise ConfigError(problems)
-    engagement = Engagement(opts.mode, site.connection.url)
-    sup = await run_site(site, opts, observer=engagement.observe, sinks=operator_sinks(opts))
+    bad = site.runtime.max_bad_cycles
+    engagement = Engagement(opts.mode, site.connection.url, max_bad_cycles=bad)
+    started = Started()  # the last sink: started once everything before the loop was
+    sinks = [*operator_sinks(opts), started]
+    try:
+        sup = await run_site(site, opts, observer=engagement.observe, sinks=sinks)
+    except PharmaTwinError as exc:
+        if started.sup is None:
+            raise
+        engagement.aborted = str(exc) or type(exc).__name__
+        return RunResult(started.sup.counters, engagement)
     return RunResult(sup.counters, engagement)
+
+
+class Started:
+    """A sink of the run that notes only that it started (the supervisor built, the audit
+    trail and historian open and recorded, the other sinks started): a failure after that is
+    the run's (exit 1), not bad input (exit 2)."""
+
+    def __init__(self) -> None:
+        self.sup: Supervisor | None = None
+
+    def start(self, sup: Supervisor, stop: asyncio.Event) -> None:
+        self.sup = sup
+
+    def cycle(self, sup: Supervisor, view: CycleView) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

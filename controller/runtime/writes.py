@@ -392,7 +392,11 @@ class ControlWriter:
                 ],
             )
             report = await self.write(advisory, view)
-            for tag, result in report.results.items() if report is not None else ():
+            results = report.results if report is not None else {}
+            for tag, result in results.items():
                 if result.status is WriteStatus.OK:
                     self._advised[tag] = advisory[tag]
+            view.advice_unwritten = sorted(
+                t for t in advisory if t not in results or results[t].status is not WriteStatus.OK
+            )
         log.info("cycle %d recommendation: %s", view.cycle, dict(view.outcome.setpoints))

@@ -45,6 +45,8 @@ def _view(k: int, *, advice: bool = True, problem: str = "") -> CycleView:
     view.outcome = SafetyOutcome(sp, held=not advice, interventions=())
     if problem:
         view.problems.append(problem)
+    if problem.startswith(("write refused: ", "write failed: ")):  # as ControlWriter.advise
+        view.advice_unwritten = ["feed_rate_advice"]
     return view
 
 
@@ -81,7 +83,7 @@ def test_a_shadow_run_whose_advisory_writes_were_all_refused_fails() -> None:
         "the advisory writes of the last 10 cycles of the run failed or were refused: its "
         "recommendations did not reach the PLC (3 cycles in a row fail a shadow run, as 3 bad "
         f"cycles in a row make a closed loop fall back: runtime.max_bad_cycles) (last problem: "
-        f"{REFUSED})"
+        f"feed_rate_advice not written: {REFUSED})"
     )
 
 
@@ -92,7 +94,9 @@ def test_failed_advisory_writes_and_held_cycles_at_the_end_add_up() -> None:
     verdict = _judge(views).verdict()
     assert verdict is not None
     assert verdict.startswith("the advisory writes of the last 3 cycles of the run failed")
-    assert verdict.endswith("(last problem: write failed: connection reset)")
+    assert verdict.endswith(
+        "(last problem: feed_rate_advice not written: write failed: connection reset)"
+    )
     # held and refused cycles on the way, as a closed loop's HOLDs it recovered from: passes
     views = [_view(k, advice=False, problem=ESTIMATOR) for k in range(20)]
     views += [_view(k, problem=REFUSED) for k in range(20, 30)]
