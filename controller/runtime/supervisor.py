@@ -54,6 +54,7 @@ from controller.runtime.cycle import Counters, CycleView, Mode, State, flag, fla
 from controller.runtime.historian_run import model_version
 from controller.runtime.live_forecast import Live, live_forecast
 from controller.runtime.operator import Action, ControlRefused, record, refusal
+from controller.runtime.reengage import TAKEN, Reengagement
 from controller.runtime.schedule import stall_shift, wait_until
 from controller.runtime.site import Site
 from controller.runtime.solve import SolveRunner
@@ -69,13 +70,6 @@ from controller.twin.services import TwinServices
 __all__ = ["ControlRefused", "Counters", "CycleView", "Mode", "State", "Supervisor"]
 
 log = logging.getLogger("pharmatwin.supervisor")
-
-
-TAKEN = (
-    "the PLC reports mpc_active before this runtime asked for control: another controller "
-    "(or a stale flag) has the MPC; writing nothing, not the heartbeat nor mpc_request, "
-    "until the PLC clears mpc_active"
-)
 
 
 class Supervisor:
@@ -127,6 +121,8 @@ class Supervisor:
         self._pending_release = False
         self.views: list[CycleView] = []  # the last few cycles, for inspection
         self.actor = self.settings.service_identity
+        rt = self.settings
+        self.reengage = Reengagement(rt.reengage, rt.max_bad_cycles, rt.reengage_limit)
         self.model_version = model_version(self.model)
         who = {"run_id": self.run_id, "actor": self.actor}
         self.trust_cycle = TrustCycle(
@@ -172,6 +168,8 @@ class Supervisor:
             return
         old = self.state
         self.state = state
+        if state is State.FALLBACK:
+            self.reengage.fell_back()
         level = logging.WARNING if state in (State.FALLBACK, State.HOLD) else logging.INFO
         log.log(level, "state %s -> %s: %s", old, state, cause)
         self.audit.record(
@@ -320,6 +318,7 @@ class Supervisor:
             # the process ran under these over the last sample: the estimator predicts over it
             self.pipeline.resync(working)
             self.writer.engaged()
+            self.counters.bad_in_a_row = 0  # not the cycles it spent asking
             self._to(State.RUNNING, "the PLC reports mpc_active")
         elif self.state in (State.RUNNING, State.HOLD) and active is False:
             self.counters.fallbacks += 1
@@ -328,10 +327,10 @@ class Supervisor:
         elif self.state in (State.RUNNING, State.HOLD) and active is None:
             why = flag_reading(snap, "mpc_active")
             self._problem(view, f"mpc_active {why}: not known whether the MPC has control, held")
-        elif self.state is State.FALLBACK and self.settings.reengage:
-            permissive = flag(snap, "mpc_permissive")
-            if permissive and self.counters.bad_in_a_row == 0:
-                self._to(State.REQUESTING, "the PLC permits re-engaging")
+        elif self.state is State.FALLBACK:
+            clean = self.counters.bad_in_a_row == 0  # the last cycle
+            if self.reengage.ready(flag(snap, "mpc_permissive"), clean):
+                self._to(State.REQUESTING, self.reengage.why())
 
     # ------------------------------------------------------------------ the twin
     def _watch(self, view: CycleView, estimate: Estimate | None, *, data_good: bool) -> None:
@@ -404,7 +403,8 @@ class Supervisor:
         await self.writer.heartbeat(view)
         if self.state is State.REQUESTING:
             self._follow_working(view)
-            await self._write_request(True, view)
+            if not view.problems:  # asked on a clean cycle only
+                await self._write_request(True, view)
             return
         if view.outcome is not None:
             self.pipeline.resync(self.pipeline.working)  # nothing written: moves count from it

@@ -348,8 +348,9 @@ async def test_transitions_are_audited_with_their_cause(env: Env, site: Site) ->
     assert len(held) == 2  # nothing written while bad
     assert {"mpc_request": 0.0} in [v for v, _ in env.port.writes]  # released to the PLC
     assert not env.plc.active
-    env.plc.tbot_quality = Quality.GOOD  # good again: one clean cycle, then re-engage
-    assert await env.cycles(3) == [State.FALLBACK, State.REQUESTING, State.RUNNING]
+    env.plc.tbot_quality = Quality.GOOD  # good again: max_bad clean cycles, then re-engage
+    clean = [State.FALLBACK] * max_bad  # asks once the last max_bad cycles were clean
+    assert await env.cycles(max_bad + 2) == [*clean, State.REQUESTING, State.RUNNING]
     # the PLC drops the MPC on its own (e.g. an interlock)
     env.plc.follow = False
     env.plc.active = False
