@@ -19,14 +19,14 @@ import asyncio
 import json
 import logging
 import sqlite3
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_rogue_plc import ParkingClock
+from test_wiring_close import HoldPolicy
 
 from controller.clock import SteppedClock
-from controller.core.mpc import Decision, SolveStatus
 from controller.ports.memory import MemoryPort, TagTable, table_from_tag_map
 from controller.runtime import wiring
 from controller.runtime.audit import AuditTrail
@@ -40,35 +40,6 @@ ROOT = Path(__file__).resolve().parents[3]
 LYO = ROOT / "configs" / "sites" / "lyophilizer-modbus.yaml"
 LOCK_AT = 11  # the cycle whose audit record meets the lock
 pytestmark = pytest.mark.timeout(120)
-
-
-class HoldPolicy:
-    """A policy that recommends nothing (the runs here never get control: REQUESTING)."""
-
-    def reset(self, u_prev: Mapping[str, float]) -> None:
-        pass
-
-    def step(
-        self,
-        t: float,
-        x_hat: Mapping[str, float],
-        params: Mapping[str, float] | None = None,
-        u_prev: Mapping[str, float] | None = None,
-    ) -> Decision:
-        return Decision(t, {}, SolveStatus.SUCCESS, "Solve_Succeeded", 0, 0.0)
-
-
-class ParkingClock(SteppedClock):
-    """A stepped clock that says when the runtime parks on it (no polling)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.parked = asyncio.Event()
-
-    async def sleep_until(self, t: float) -> None:
-        if t > self.now():
-            self.parked.set()
-        await super().sleep_until(t)
 
 
 class Locker:

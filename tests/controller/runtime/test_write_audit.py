@@ -33,7 +33,7 @@ from controller.core.mpc import Decision, SolveStatus
 from controller.errors import ConfigError
 from controller.runtime.audit import AuditTrail
 from controller.runtime.site import Site, load_site
-from controller.runtime.supervisor import Mode, State, Supervisor
+from controller.runtime.supervisor import CycleView, Mode, State, Supervisor
 from controller.runtime.wiring import build_pipeline
 
 ADVICE = {"Tsh": "shelf_temp_advice", "Pch": "chamber_pressure_advice"}
@@ -69,29 +69,37 @@ def _advisory_site(tmp_path: Path, advisory: dict[str, str]) -> Path:
     return path
 
 
-async def test_shadow_advice_and_publications_are_audited_before_they_are_sent(
-    site: Site,  # noqa: F811 - the fixture
-    tmp_path: Path,
-) -> None:
+async def _shadow_run(
+    base: Site, tmp_path: Path, policy: StubPolicy, cycles: int = 6
+) -> tuple[list[CycleView], RecordingPort, AuditTrail]:
+    """``cycles`` shadow cycles of the advisory site, the stand-in PLC scanned before each."""
     loaded = load_site(_advisory_site(tmp_path, ADVICE))
     # the module's site turns the innovation gate off (the stand-in's ramp is no plant)
-    shadow = dataclasses.replace(loaded, controller=site.controller)
+    shadow = dataclasses.replace(loaded, controller=base.controller)
     clock = SteppedClock()
     table = _table(shadow)
     port = RecordingPort(table, clock)
     await port.connect()
     audit = AuditTrail(tmp_path / "audit.db", config_hash="cfg", actor="pharmatwin-service")
     port.audit = audit
-    policy = StubPolicy({"Tsh": 100.0, "Pch": 0.3})
-    pipeline = build_pipeline(shadow, policy)
-    sup = Supervisor(shadow, port, clock, pipeline, mode=Mode.SHADOW, audit=audit)
+    sup = Supervisor(
+        shadow, port, clock, build_pipeline(shadow, policy), mode=Mode.SHADOW, audit=audit
+    )
     plc = Plc(table, clock)
-    states = []
-    for k in range(6):
+    views = []
+    for k in range(cycles):
         plc.scan()
-        states.append((await sup.cycle(k, clock.now())).state)
+        views.append(await sup.cycle(k, clock.now()))
         clock.advance(360.0)
-    assert states == [State.SHADOW] * 6
+    return views, port, audit
+
+
+async def test_shadow_advice_and_publications_are_audited_before_they_are_sent(
+    site: Site,  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    views, port, audit = await _shadow_run(site, tmp_path, StubPolicy({"Tsh": 100.0, "Pch": 0.3}))
+    assert [v.state for v in views] == [State.SHADOW] * 6
     written = [w for w, _ in port.writes] + port.published
     advice = [w for w in written if set(w) & set(ADVICE.values())]
     assert len(advice) == 6  # a recommendation every cycle, and it was written
@@ -155,24 +163,8 @@ async def test_a_held_shadow_cycle_writes_no_advice(
     """A review: on cycles the shadow run held (the solve failed, the data was bad) the
     runtime still wrote "advice" (the held values: the PLC's own working setpoints), audited
     and logged as the recommendation of the cycle. A held cycle recommends nothing."""
-    loaded = load_site(_advisory_site(tmp_path, ADVICE))
-    shadow = dataclasses.replace(loaded, controller=site.controller)
-    clock = SteppedClock()
-    table = _table(shadow)
-    port = RecordingPort(table, clock)
-    await port.connect()
-    audit = AuditTrail(tmp_path / "audit.db", config_hash="cfg", actor="pharmatwin-service")
-    port.audit = audit
     policy = FailingEvery({"Tsh": 100.0, "Pch": 0.3}, failing={2, 3})
-    sup = Supervisor(
-        shadow, port, clock, build_pipeline(shadow, policy), mode=Mode.SHADOW, audit=audit
-    )
-    plc = Plc(table, clock)
-    views = []
-    for k in range(6):
-        plc.scan()
-        views.append(await sup.cycle(k, clock.now()))
-        clock.advance(360.0)
+    views, port, audit = await _shadow_run(site, tmp_path, policy)
     held = [v.cycle for v in views if v.outcome is not None and v.outcome.held]
     assert held == [2, 3], held
     records = [r for r in audit.records() if r.action == "advisory.write"]
