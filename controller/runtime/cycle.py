@@ -106,6 +106,8 @@ class CycleView:
     #: shadow mode: the advisory tags of the cycle's advice that were not written (the write
     #: failed or was refused; the problem says why)
     advice_unwritten: list[str] = field(default_factory=list)
+    #: the PLC reported an mpc_active this runtime had not asked for: it wrote nothing
+    taken: bool = False
 
 
 def flag(snap: Snapshot, tag: str) -> bool | None:

@@ -68,12 +68,14 @@ class Engagement:
     advice_unwritten: int = 0  # shadow cycles that recommended but whose advisory write failed
     last_write_problem: str = ""  # the last failed or refused advisory write
     aborted: str = ""  # the failure that aborted the run once started (none: it was not)
+    taken: int = 0  # cycles the PLC reported an mpc_active this runtime had not asked for
 
     def observe(self, view: CycleView) -> None:
         self.cycles += 1
         in_control = view.state in IN_CONTROL
         self.in_control += in_control
         self.initialized += view.state is not State.INIT
+        self.taken += view.taken
         if in_control:
             self.lost_control_at = None
         elif view.state is State.FALLBACK and self.lost_control_at is None:
@@ -172,6 +174,12 @@ class Engagement:
         lead = f"the MPC never got control in {n}: "
         if not self.initialized:
             return f"{lead}the PLC's working setpoints were never readable, so it stayed in INIT"
+        if self.taken:
+            return (
+                f"{lead}the PLC reported mpc_active before this runtime asked for control in "
+                f"{_cycles(self.taken)} (another controller, a stale flag, or this runtime's "
+                f"own earlier instance had the MPC) and it wrote nothing then{last}"
+            )
         if not self.permissive_read:
             return f"{lead}mpc_permissive was never read with good quality{last}"
         if not self.permitted:

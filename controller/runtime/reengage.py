@@ -15,14 +15,37 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from controller.runtime.site import RuntimeSettings
+
 log = logging.getLogger("pharmatwin.supervisor")
 
 #: the problem of a cycle in which the PLC reports an mpc_active nobody here asked for
 TAKEN = (
-    "the PLC reports mpc_active before this runtime asked for control: another controller "
-    "(or a stale flag) has the MPC; writing nothing, not the heartbeat nor mpc_request, "
-    "until the PLC clears mpc_active"
+    "the PLC reports mpc_active before this runtime asked for control: another controller, "
+    "a stale flag, or this runtime's own earlier instance that stopped without releasing it "
+    "has the MPC; writing nothing, not the heartbeat nor mpc_request, until the PLC clears "
+    "mpc_active (it drops a controller whose heartbeat stops: after its heartbeat timeout, "
+    "and with its fallback alarm, which may need an operator reset)"
 )
+
+
+@dataclass
+class Takeover:
+    """An ``mpc_active`` this runtime did not ask for, cycle by cycle (:data:`TAKEN`)."""
+
+    seen: bool = False  # in this episode: until the PLC clears the flag
+
+    def judge(self, requesting: bool, active: bool | None, requested: bool) -> tuple[bool, bool]:
+        """(taken this cycle, release first): once the PLC has cleared the flag, the request
+        coil still holds the other controller's (or the earlier instance's) 1, so this runtime
+        writes 0 before its own 1: the PLC sees a new request, as its rules ask."""
+        if requesting and active and not requested:
+            self.seen = True
+            return True, False
+        if self.seen and active is False:
+            self.seen = False
+            return False, True
+        return False, False
 
 
 @dataclass
@@ -35,6 +58,10 @@ class Reengagement:
     clean: int = 0  # clean cycles in a row in this FALLBACK
     done: int = 0  # automatic re-engagements so far
     told: bool = False  # the limit was logged
+
+    @classmethod
+    def of(cls, settings: RuntimeSettings) -> Reengagement:
+        return cls(settings.reengage, settings.max_bad_cycles, settings.reengage_limit)
 
     def fell_back(self) -> None:
         self.clean = 0

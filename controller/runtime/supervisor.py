@@ -29,9 +29,8 @@ after ``max_bad_cycles`` in a row the supervisor releases ``mpc_request`` so tha
 over, and goes to FALLBACK. A lost connection holds too: no heartbeat reaches the PLC, which
 falls back by itself. Every transition is logged and audited with its cause.
 
-What the PLC has is the pipeline's (:attr:`ControlPipeline.working`): the supervisor hands
-it what it learns (:meth:`ControlPipeline.start` on engaging, ``resync`` after a write or a
-held cycle) and keeps no copy of its own.
+What the PLC has is the pipeline's (:attr:`ControlPipeline.working`); the supervisor keeps
+no copy of its own.
 """
 
 from __future__ import annotations
@@ -54,7 +53,7 @@ from controller.runtime.cycle import Counters, CycleView, Mode, State, flag, fla
 from controller.runtime.historian_run import model_version
 from controller.runtime.live_forecast import Live, live_forecast
 from controller.runtime.operator import Action, ControlRefused, record, refusal
-from controller.runtime.reengage import TAKEN, Reengagement
+from controller.runtime.reengage import TAKEN, Reengagement, Takeover
 from controller.runtime.schedule import stall_shift, wait_until
 from controller.runtime.site import Site
 from controller.runtime.solve import SolveRunner
@@ -121,8 +120,7 @@ class Supervisor:
         self._pending_release = False
         self.views: list[CycleView] = []  # the last few cycles, for inspection
         self.actor = self.settings.service_identity
-        rt = self.settings
-        self.reengage = Reengagement(rt.reengage, rt.max_bad_cycles, rt.reengage_limit)
+        self.reengage, self.takeover = Reengagement.of(self.settings), Takeover()
         self.model_version = model_version(self.model)
         who = {"run_id": self.run_id, "actor": self.actor}
         self.trust_cycle = TrustCycle(
@@ -304,7 +302,9 @@ class Supervisor:
         # "active" counts only as the answer to our own request: a PLC that claims it before
         # we asked (another controller has it, a stale flag, a rogue PLC) is not handing over
         # control, and the handshake is not ours to touch: nothing is written (_send)
-        self._taken = self.state is State.REQUESTING and bool(active) and not self._requested
+        requesting = self.state is State.REQUESTING
+        view.taken, release = self.takeover.judge(requesting, active, self._requested)
+        self._taken, self._pending_release = view.taken, self._pending_release or release
         if self._taken:
             self.counters.taken_cycles += 1
             self._problem(view, TAKEN)
@@ -403,8 +403,8 @@ class Supervisor:
         await self.writer.heartbeat(view)
         if self.state is State.REQUESTING:
             self._follow_working(view)
-            if not view.problems:  # asked on a clean cycle only
-                await self._write_request(True, view)
+            if not view.problems:  # asked on a clean cycle only (after a release owed)
+                await self._write_request(not self._pending_release, view)
             return
         if view.outcome is not None:
             self.pipeline.resync(self.pipeline.working)  # nothing written: moves count from it

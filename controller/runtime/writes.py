@@ -82,6 +82,7 @@ class ControlWriter:
         #: since it engaged, the PLC ran a setpoint other than the one written and confirmed
         #: (the first time, in words): every cycle holds until it hands control back
         self._unapplied: str | None = None
+        self._moved_before = False  # the last settled cycle had such a working setpoint
 
     async def write(self, values: Mapping[str, float], view: CycleView) -> WriteReport | None:
         """A control write; a failure (None) or a refusal is a problem of the cycle."""
@@ -215,7 +216,7 @@ class ControlWriter:
 
     def engaged(self) -> None:
         """The PLC handed control to the MPC (again): what it ran before is past."""
-        self._unapplied = None
+        self._unapplied, self._moved_before = None, False
 
     def settle(self, working_now: Mapping[str, float], view: CycleView) -> None:
         """While the MPC has control, what the PLC has is its trusted working setpoint as
@@ -244,21 +245,7 @@ class ControlWriter:
                 value,
                 held,
             )
-        if moved:
-            self.counters.unapplied_setpoints += 1
-            self._unapplied = self._unapplied or f"cycle {view.cycle}: {'; '.join(moved)}"
-            self._problem(
-                view,
-                f"the PLC runs {'; '.join(moved)}: it does not run the MPC's setpoints (or "
-                "someone moved them) while it reports the MPC active: held until it hands "
-                "control back; the move limits count from what it has",
-            )
-        elif self._unapplied is not None:
-            self._problem(
-                view,
-                f"the PLC did not run the MPC's setpoints ({self._unapplied}): held until it "
-                "hands control back",
-            )
+        self._check_applied(moved, view)
         for name in sorted(unsure - left):
             log.warning(
                 "cycle %d: the outcome of the last write of %s was unknown; the PLC has %r "
@@ -275,11 +262,42 @@ class ControlWriter:
                 "setpoints cannot be trusted: no origin for the move limits, held",
             )
 
+    def _check_applied(self, moved: list[str], view: CycleView) -> None:
+        """``moved``: this cycle's working setpoints other than the values written and
+        confirmed. One such cycle is a warning (a PLC that publishes its working setpoint a
+        scan late, a value moved once); two in a row are a problem (counted in
+        ``unapplied_setpoints``), and so is every cycle after it until the PLC hands control
+        back (:meth:`engaged` forgets it)."""
+        text = "; ".join(moved)
+        if moved and not self._moved_before:
+            log.warning(
+                "cycle %d: the PLC has %s: if it does not run the MPC's setpoints next cycle "
+                "either, the runtime holds until it hands control back",
+                view.cycle,
+                text,
+            )
+        elif moved:
+            self.counters.unapplied_setpoints += 1
+            self._unapplied = self._unapplied or f"cycle {view.cycle}: {text}"
+            self._problem(
+                view,
+                f"the PLC runs {text}, as in the cycle before: it does not run the MPC's "
+                "setpoints (or someone moves them) while it reports the MPC active: held until "
+                "it hands control back; the move limits count from what it has",
+            )
+        elif self._unapplied is not None:
+            self._problem(
+                view,
+                f"the PLC did not run the MPC's setpoints ({self._unapplied}): held until it "
+                "hands control back",
+            )
+        self._moved_before = bool(moved)
+
     def _step(self, name: str, near: float) -> float:
         """How far the PLC's working setpoint of ``name`` may read from the value written and
         confirmed without saying anything: the coarser step of the two tags (the setpoint's
         and the working setpoint's, on either protocol they have) near it."""
-        steps = [1e-9 * abs(near)]
+        steps = [1e-9 * max(1.0, abs(near))]  # as the PLC's own check (hil.vplc)
         for tag in (t for t in self._pair.get(name, ()) if t is not None):
             spec = self.tags.tags[tag]
             steps += [resolution(tag, spec, protocol, near) for protocol in ("modbus", "opcua")]

@@ -21,6 +21,7 @@ import pytest
 from test_data_trust import LYO, Port, Rig, Target, lyo_rig
 
 from controller.runtime.audit import AuditTrail
+from controller.runtime.engagement import Engagement
 from controller.runtime.historian import MemoryHistorian
 from controller.runtime.historian_run import run_info
 from controller.runtime.site import Site, load_site
@@ -99,3 +100,39 @@ async def test_it_asks_and_engages_once_the_plc_has_cleared_mpc_active(
     assert states[-1] is State.RUNNING, states
     assert b.counters.taken_cycles == 0
     assert [r.new_value for r in b_audit.records() if r.action == "tag.write.request"] == ["1.0"]
+
+
+async def test_a_restarted_runtime_cycles_the_request_once_the_plc_dropped_its_predecessor(
+    lyo: Site, tmp_path: Path
+) -> None:
+    """A review restarted the runtime (kill -9, start again) while the PLC still had its
+    predecessor's mpc_active: the new one waits (it cannot tell itself from another
+    controller), the PLC drops the silent predecessor at its heartbeat timeout, and the
+    request coil still holds the predecessor's 1. The new runtime now writes 0 before its own
+    1, so that the PLC sees a new request; it had written 1 over 1, which the PLC's rules
+    (``request_seen_low``) never take as one. The run's verdict names the taken cycles."""
+    rig = await lyo_rig(lyo, tmp_path)
+    assert (await rig.cycles(3))[-1] is State.RUNNING  # the predecessor, then killed
+    b, b_audit, _ = await second(rig, tmp_path)
+    engagement = Engagement(Mode.CLOSED_LOOP, "memory")
+
+    async def cycle() -> State:
+        rig.plc.scan()
+        view = await b.cycle(len(b.views), rig.clock.now())
+        engagement.observe(view)
+        rig.clock.advance(rig.sup.dt_s)
+        return view.state
+
+    assert [await cycle() for _ in range(2)] == [State.REQUESTING] * 2  # taken: waits
+    verdict = engagement.verdict()
+    assert verdict is not None and "reported mpc_active before this runtime asked" in verdict
+    rig.plc.follow, rig.plc.active = False, False  # the PLC's heartbeat timeout drops it
+    assert rig.port.table.current("mpc_request") == 1.0  # the predecessor's request stays
+    await cycle()  # the flag is clear: the new runtime releases first ...
+    await cycle()  # ... then asks
+    requests = [r.new_value for r in b_audit.records() if r.action == "tag.write.request"]
+    assert requests == ["0.0", "1.0"], requests
+    rig.plc.follow = True  # the PLC takes the new request
+    states = [await cycle() for _ in range(2)]
+    assert states[-1] is State.RUNNING, states
+    assert engagement.verdict() is None
