@@ -4,16 +4,17 @@ A review watched a closed loop flap: FALLBACK -> REQUESTING on the first clean c
 permitted, a request written on a cycle of bad data, RUNNING, HOLD, FALLBACK again (the bad
 cycles counted from before it engaged), 15 times in 100 s. Now, after a fallback, the
 supervisor asks again only when the PLC permits it and the last ``max_bad_cycles`` cycles in a
-row were clean (:meth:`Reengagement.ready`), at most ``runtime.reengage_limit`` times in a run
-(then an operator asks, from the operator view: "Default to operator re-enable after a
-fallback", the field notes say), and only on a clean cycle (:meth:`Supervisor._send`); the
-bad cycles count from zero when it engages.
+row were clean (:meth:`Reengagement.ready`), at most ``runtime.reengage_limit`` times within
+``runtime.reengage_window_s`` of the runtime's clock (beyond it an operator asks, from the
+operator view: "Default to operator re-enable after a fallback", the field notes say), and
+only on a clean cycle (:meth:`Supervisor._send`); the bad cycles count from zero when it
+engages.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from controller.runtime.site import RuntimeSettings
 
@@ -55,39 +56,52 @@ class Reengagement:
     enabled: bool
     clean_needed: int  # runtime.max_bad_cycles
     limit: int  # runtime.reengage_limit
+    window_s: float  # runtime.reengage_window_s
     clean: int = 0  # clean cycles in a row in this FALLBACK
-    done: int = 0  # automatic re-engagements so far
-    told: bool = False  # the limit was logged
+    times: list[float] = field(default_factory=list)  # automatic re-engagements, clock s
+    told: bool = False  # the limit was logged in this FALLBACK
 
     @classmethod
     def of(cls, settings: RuntimeSettings) -> Reengagement:
-        return cls(settings.reengage, settings.max_bad_cycles, settings.reengage_limit)
+        return cls(
+            settings.reengage,
+            settings.max_bad_cycles,
+            settings.reengage_limit,
+            settings.reengage_window_s,
+        )
 
     def fell_back(self) -> None:
-        self.clean = 0
+        self.clean, self.told = 0, False
 
-    def ready(self, permissive: bool | None, clean: bool) -> bool:
-        """In FALLBACK, once per cycle: ask for control again now? ``clean``: the last cycle
-        had no problem."""
+    def ready(self, permissive: bool | None, clean: bool, now: float) -> bool:
+        """In FALLBACK, once per cycle at ``now`` (the runtime's clock, s): ask for control
+        again? ``clean``: the last cycle had no problem."""
         self.clean = self.clean + 1 if clean else 0
         if not (self.enabled and permissive) or self.clean < self.clean_needed:
             return False
-        if self.done >= self.limit:
+        self.times = [t for t in self.times if now - t < self.window_s]
+        if len(self.times) >= self.limit:
             if not self.told:
                 self.told = True
                 log.warning(
                     "not asking for control again by itself: %d automatic re-engagements in "
-                    "this run (runtime.reengage_limit %d); an operator may request control",
-                    self.done,
+                    "the last %g s (runtime.reengage_limit %d in runtime.reengage_window_s "
+                    "%g); an operator may request control, or it asks again once the oldest "
+                    "is %g s old",
+                    len(self.times),
+                    self.window_s,
                     self.limit,
+                    self.window_s,
+                    self.window_s,
                 )
             return False
-        self.done += 1
+        self.times.append(now)
         self.clean = 0
         return True
 
     def why(self) -> str:
         return (
             f"the PLC permits re-engaging after {self.clean_needed} clean cycles in a row "
-            f"(automatic re-engagement {self.done} of {self.limit})"
+            f"(automatic re-engagement {len(self.times)} of {self.limit} in "
+            f"{self.window_s:g} s)"
         )

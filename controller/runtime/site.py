@@ -44,8 +44,9 @@ class RuntimeSettings(Strict):
     solve_deadline_fraction: Annotated[float, Field(gt=0, le=1)] = 0.5
     max_bad_cycles: Annotated[int, Field(ge=1, le=1000)] = 3
     reengage: bool = True  # request control again when the PLC permits after a fallback
-    #: ... at most this many times in a run (then an operator requests it)
+    #: ... at most this many times within reengage_window_s (then an operator requests it)
     reengage_limit: Annotated[int, Field(ge=0, le=1000)] = 3
+    reengage_window_s: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 3600.0
     service_identity: str = "pharmatwin-service"
     predicted_steps: Annotated[int, Field(ge=0, le=100)] = 5
     advisory_tags: dict[str, str] = Field(default_factory=dict)  # input -> tag (shadow mode)

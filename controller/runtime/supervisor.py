@@ -13,9 +13,8 @@ Every cycle, on the clock (:mod:`~controller.runtime.schedule`: after a stall th
 cycles are skipped, not run back to back): read a snapshot; judge every tag the decision
 depends on (:mod:`controller.runtime.trust`); update the estimator with the trusted
 measurements only and apply each measurement's bad-data policy
-(:mod:`~controller.runtime.trust_cycle`: untrusted data are counted, logged, and recorded
-as historian events; working setpoints that cannot be trusted at start keep the supervisor
-in INIT); the twin's drift charts and maintenance forecasts on the estimate
+(:mod:`~controller.runtime.trust_cycle`: counted, logged, historian events; untrusted working
+setpoints at start keep it in INIT); the twin's drift charts and maintenance forecasts
 (:mod:`~controller.runtime.twin_cycle`); solve in a worker thread with a deadline, never two
 at once (:mod:`~controller.runtime.solve`); pass the result through the safety layer; write
 the heartbeat and the setpoints (in one write), audited before they are sent, never twice
@@ -26,11 +25,9 @@ estimator, a failed or late solve, a failed write, an untrusted ``mpc_active`` w
 or a write of unknown outcome whose working setpoints cannot be trusted yet (the move limits'
 origin: ``ControlWriter.settle``) hold the last safe setpoints and count (:class:`Counters`);
 after ``max_bad_cycles`` in a row the supervisor releases ``mpc_request`` so that the PLC takes
-over, and goes to FALLBACK. A lost connection holds too: no heartbeat reaches the PLC, which
-falls back by itself. Every transition is logged and audited with its cause.
+over, and goes to FALLBACK. Every transition is logged and audited with its cause.
 
-What the PLC has is the pipeline's (:attr:`ControlPipeline.working`); the supervisor keeps
-no copy of its own.
+What the PLC has is the pipeline's (:attr:`ControlPipeline.working`), not a copy here.
 """
 
 from __future__ import annotations
@@ -116,7 +113,9 @@ class Supervisor:
         given = [i for i in intervals if i is not None]
         self.min_write_interval_s = max(given) if given else self.dt_s / 2
         self.read_tags = [n for n, t in tags.items() if t.readable]
-        self._requested = self._taken = False  # _taken: mpc_active we did not ask for
+        # _asked: mpc_request 1 sent, maybe applied (until a 0 is confirmed); _taken: an
+        # mpc_active this runtime did not ask for
+        self._requested = self._asked = self._taken = False
         self._pending_release = False
         self.views: list[CycleView] = []  # the last few cycles, for inspection
         self.actor = self.settings.service_identity
@@ -303,7 +302,7 @@ class Supervisor:
         # we asked (another controller has it, a stale flag, a rogue PLC) is not handing over
         # control, and the handshake is not ours to touch: nothing is written (_send)
         requesting = self.state is State.REQUESTING
-        view.taken, release = self.takeover.judge(requesting, active, self._requested)
+        view.taken, release = self.takeover.judge(requesting, active, self._asked)
         self._taken, self._pending_release = view.taken, self._pending_release or release
         if self._taken:
             self.counters.taken_cycles += 1
@@ -329,7 +328,7 @@ class Supervisor:
             self._problem(view, f"mpc_active {why}: not known whether the MPC has control, held")
         elif self.state is State.FALLBACK:
             clean = self.counters.bad_in_a_row == 0  # the last cycle
-            if self.reengage.ready(flag(snap, "mpc_permissive"), clean):
+            if self.reengage.ready(flag(snap, "mpc_permissive"), clean, self.clock.now()):
                 self._to(State.REQUESTING, self.reengage.why())
 
     # ------------------------------------------------------------------ the twin
@@ -440,9 +439,10 @@ class Supervisor:
             actor=self.actor,
             detail={"run_id": self.run_id, "cycle": view.cycle},
         )
+        self._asked = self._asked or value  # a 1 whose answer is lost may still be applied
         report = await self.writer.write({"mpc_request": float(value)}, view)
         if report is not None and report.ok:
-            self._requested = value
+            self._requested = self._asked = value
             self._pending_release = False
             self.counters.writes += 1
             view.written["mpc_request"] = float(value)
@@ -491,7 +491,7 @@ class Supervisor:
             return
         await self.solver.settle(5.0)
         step = StopSteps(cause, failure)
-        if self.mode is Mode.CLOSED_LOOP and self._requested:
+        if self.mode is Mode.CLOSED_LOOP and self._asked:  # a request, even unconfirmed
             view = CycleView(-1, self.clock.now(), self.state, None)
             self._pending_release = True
             await step.wait("the release of mpc_request", self._write_request(False, view))

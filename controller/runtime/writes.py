@@ -83,6 +83,8 @@ class ControlWriter:
         #: (the first time, in words): every cycle holds until it hands control back
         self._unapplied: str | None = None
         self._moved_before = False  # the last settled cycle had such a working setpoint
+        #: per input, the value last written and confirmed (its read-back) since engaging
+        self._confirmed: dict[str, float] = {}
 
     async def write(self, values: Mapping[str, float], view: CycleView) -> WriteReport | None:
         """A control write; a failure (None) or a refusal is a problem of the cycle."""
@@ -187,6 +189,11 @@ class ControlWriter:
             ):  # a trusted read-back is what the PLC has (in ``have``)
                 trusted = False
                 unknown.append(name)
+        for name in view.outcome.setpoints:  # what the PLC confirmed it has; unknown: none
+            if name in unknown:
+                self._confirmed.pop(name, None)
+            elif name in have:
+                self._confirmed[name] = have[name]
         # The safety layer took its outcome as applied; when it was not (or not all of it),
         # the move limits must count from what the PLC really has, or held cycles add up.
         # When nobody knows (the outcome is unknown), the next cycle learns it (settle).
@@ -217,6 +224,7 @@ class ControlWriter:
     def engaged(self) -> None:
         """The PLC handed control to the MPC (again): what it ran before is past."""
         self._unapplied, self._moved_before = None, False
+        self._confirmed.clear()
 
     def settle(self, working_now: Mapping[str, float], view: CycleView) -> None:
         """While the MPC has control, what the PLC has is its trusted working setpoint as
@@ -230,12 +238,15 @@ class ControlWriter:
         left = self.pipeline.settle(working_now)
         moved = []
         for name, value in working_now.items():
-            held = before.get(name)
-            if name in unsure or held is None or value == held:
+            if name in unsure:
                 continue
             tag = self.sp_tags.get(name, name)
-            if abs(value - held) > self._step(name, held):
-                moved.append(f"{tag} = {value!r} where {held!r} was written and confirmed")
+            confirmed = self._confirmed.get(name)  # not the move origin: a late scan catches up
+            if confirmed is not None and abs(value - confirmed) > self._step(name, confirmed):
+                moved.append(f"{tag} = {value!r} where {confirmed!r} was written and confirmed")
+                continue
+            held = before.get(name)
+            if held is None or value == held:
                 continue
             log.info(  # what the working-setpoint tag can hold differs from the setpoint's
                 "cycle %d: the PLC has %s = %r where %r was assumed: the move limits count "

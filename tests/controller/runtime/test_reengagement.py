@@ -97,7 +97,8 @@ async def test_the_bad_cycles_count_from_zero_when_it_engages(lyo: Site, tmp_pat
 async def test_after_reengage_limit_automatic_re_engagements_an_operator_asks(
     lyo: Site, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    limited = dataclasses.replace(lyo, runtime=lyo.runtime.model_copy(update={"reengage_limit": 2}))
+    window = {"reengage_limit": 2, "reengage_window_s": 1e9}
+    limited = dataclasses.replace(lyo, runtime=lyo.runtime.model_copy(update=window))
     rig = await lyo_rig(limited, tmp_path)
     assert (await rig.cycles(3))[-1] is State.RUNNING
     n = limited.runtime.max_bad_cycles
@@ -109,7 +110,29 @@ async def test_after_reengage_limit_automatic_re_engagements_an_operator_asks(
         engagements += State.RUNNING in states
     assert engagements == 2  # the limit
     assert rig.sup.state is State.FALLBACK
-    assert "automatic re-engagements in this run (runtime.reengage_limit 2)" in caplog.text
+    assert "(runtime.reengage_limit 2 in runtime.reengage_window_s 1e+09)" in caplog.text
     rig.sup.request_control("operator", "checked the probe")  # an operator still may
     states = await rig.cycles(2)
     assert states[-1] is State.RUNNING, states
+
+
+async def test_the_limit_is_per_window_of_the_runtime_s_clock(lyo: Site, tmp_path: Path) -> None:
+    """A second review: a lifetime count left a long-running continuous process to an operator
+    for every blip after its third. The limit counts the re-engagements of the last
+    ``reengage_window_s``: once the oldest is older, it asks again by itself."""
+    dt = 360.0  # the freeze dryer's sample, s
+    window = {"reengage_limit": 1, "reengage_window_s": 20 * dt}
+    limited = dataclasses.replace(lyo, runtime=lyo.runtime.model_copy(update=window))
+    rig = await lyo_rig(limited, tmp_path)
+    assert rig.sup.dt_s == dt
+    assert (await rig.cycles(3))[-1] is State.RUNNING
+    n = limited.runtime.max_bad_cycles
+    await fall_back(rig)
+    bad(rig, False)
+    assert State.RUNNING in await rig.cycles(n + 3)  # the one re-engagement of the window
+    await fall_back(rig)
+    bad(rig, False)
+    waited = await rig.cycles(8)
+    assert State.REQUESTING not in waited  # the limit: within the window
+    states = await rig.cycles(20)  # the first re-engagement leaves the window meanwhile
+    assert State.RUNNING in states, states

@@ -15,11 +15,14 @@ as usual. The freeze dryer rig of ``test_data_trust`` (in-memory PLC, true plant
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 from test_data_trust import LYO, Port, Rig, Target, lyo_rig
 
+from controller.errors import PortError
+from controller.ports.base import WriteReport
 from controller.runtime.audit import AuditTrail
 from controller.runtime.engagement import Engagement
 from controller.runtime.historian import MemoryHistorian
@@ -136,3 +139,28 @@ async def test_a_restarted_runtime_cycles_the_request_once_the_plc_dropped_its_p
     states = [await cycle() for _ in range(2)]
     assert states[-1] is State.RUNNING, states
     assert engagement.verdict() is None
+
+
+async def test_its_own_request_whose_answer_was_lost_is_not_another_controller(
+    lyo: Site, tmp_path: Path
+) -> None:
+    """A second review: the PLC applied the runtime's mpc_request = 1 but the answer was lost
+    (a timeout); the PLC's mpc_active next cycle was taken for another controller's, and the
+    runtime went silent (no heartbeat) while the PLC had handed it control. A request sent,
+    its outcome unknown, counts as asked: it asks again and engages."""
+    rig = await lyo_rig(lyo, tmp_path)
+    write, lost = rig.port.write, []
+
+    async def losing(values: Mapping[str, float]) -> WriteReport:
+        report = await write(values)
+        if values.get("mpc_request") == 1.0 and not lost:
+            lost.append(values)
+            raise PortError("no answer within 1.0 s to the write (timeout)")
+        return report
+
+    rig.port.write = losing  # type: ignore[method-assign]
+    views = [await rig.cycle() for _ in range(4)]
+    assert lost, "the request's answer was never lost"
+    assert not any(v.taken for v in views), [v.problems for v in views]
+    assert views[-1].state is State.RUNNING, [(v.state, v.problems) for v in views]
+    assert rig.sup.counters.taken_cycles == 0
