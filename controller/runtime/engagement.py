@@ -69,6 +69,7 @@ class Engagement:
     last_write_problem: str = ""  # the last failed or refused advisory write
     aborted: str = ""  # the failure that aborted the run once started (none: it was not)
     taken: int = 0  # cycles the PLC reported an mpc_active this runtime had not asked for
+    taken_last: bool = False  # ... and the last cycle was one
 
     def observe(self, view: CycleView) -> None:
         self.cycles += 1
@@ -76,6 +77,7 @@ class Engagement:
         self.in_control += in_control
         self.initialized += view.state is not State.INIT
         self.taken += view.taken
+        self.taken_last = view.taken
         if in_control:
             self.lost_control_at = None
         elif view.state is State.FALLBACK and self.lost_control_at is None:
@@ -174,11 +176,12 @@ class Engagement:
         lead = f"the MPC never got control in {n}: "
         if not self.initialized:
             return f"{lead}the PLC's working setpoints were never readable, so it stayed in INIT"
-        if self.taken:
+        if self.taken_last:  # still waiting at the end (an earlier episode is no reason)
             return (
                 f"{lead}the PLC reported mpc_active before this runtime asked for control in "
-                f"{_cycles(self.taken)} (another controller, a stale flag, or this runtime's "
-                f"own earlier instance had the MPC) and it wrote nothing then{last}"
+                f"{_cycles(self.taken)}, the last ones included (another controller, a stale "
+                f"flag, or this runtime's own earlier instance had the MPC): it wrote nothing"
+                f"{last}"
             )
         if not self.permissive_read:
             return f"{lead}mpc_permissive was never read with good quality{last}"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from controller.ports.base import WriteReport, WriteStatus
 from controller.runtime.site import RuntimeSettings
 
 log = logging.getLogger("pharmatwin.supervisor")
@@ -40,13 +41,19 @@ class Takeover:
         """(taken this cycle, release first): once the PLC has cleared the flag, the request
         coil still holds the other controller's (or the earlier instance's) 1, so this runtime
         writes 0 before its own 1: the PLC sees a new request, as its rules ask."""
-        if requesting and active and not requested:
-            self.seen = True
+        if requesting and not requested and (active or (self.seen and active is None)):
+            self.seen = True  # an untrusted flag does not end it: only a trusted 0 does
             return True, False
         if self.seen and active is False:
             self.seen = False
             return False, True
         return False, False
+
+
+def not_applied(report: WriteReport, tag: str) -> bool:
+    """The write of ``tag`` certainly did not reach the PLC's value: refused, or not sent."""
+    result = report.results.get(tag)
+    return result is not None and result.status in (WriteStatus.REJECTED, WriteStatus.NOT_SENT)
 
 
 @dataclass

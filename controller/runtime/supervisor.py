@@ -50,7 +50,7 @@ from controller.runtime.cycle import Counters, CycleView, Mode, State, flag, fla
 from controller.runtime.historian_run import model_version
 from controller.runtime.live_forecast import Live, live_forecast
 from controller.runtime.operator import Action, ControlRefused, record, refusal
-from controller.runtime.reengage import TAKEN, Reengagement, Takeover
+from controller.runtime.reengage import TAKEN, Reengagement, Takeover, not_applied
 from controller.runtime.schedule import stall_shift, wait_until
 from controller.runtime.site import Site
 from controller.runtime.solve import SolveRunner
@@ -364,11 +364,8 @@ class Supervisor:
 
     def _follow_working(self, view: CycleView) -> None:
         """While the PLC drives the inputs (shadow, fallback, before engaging), the estimator
-        predicts with the PLC's working setpoints as read, not with what the twin last wrote
-        (without this a shadow run's estimate drifts away: it thinks the inputs never moved).
-        In shadow mode the move limits count from them too, so that the recommendations are
-        moves from where the plant is; in closed loop nothing is written from these cycles'
-        outcomes, and engaging restarts the move limits from the working setpoints."""
+        predicts with its working setpoints as read (else a shadow run's estimate drifts
+        away); in shadow mode the move limits count from them too."""
         if view.snapshot is None or self.state is State.INIT:
             return
         working = {**self.pipeline.working, **self._working_now}  # the trusted ones only
@@ -439,13 +436,15 @@ class Supervisor:
             actor=self.actor,
             detail={"run_id": self.run_id, "cycle": view.cycle},
         )
-        self._asked = self._asked or value  # a 1 whose answer is lost may still be applied
+        asked, self._asked = self._asked, self._asked or value  # a lost answer: maybe applied
         report = await self.writer.write({"mpc_request": float(value)}, view)
         if report is not None and report.ok:
             self._requested = self._asked = value
             self._pending_release = False
             self.counters.writes += 1
             view.written["mpc_request"] = float(value)
+        elif report is not None and not_applied(report, "mpc_request"):
+            self._asked = asked  # refused, or never sent: certainly not applied
 
     # ------------------------------------------------------------------ operator control
     def release_control(self, user: str, reason: str) -> str:
@@ -455,7 +454,7 @@ class Supervisor:
         out or refused; call it on the control loop's thread. Raises :class:`ControlRefused`
         in shadow mode, before initialization, when stopped, or when already released."""
         self._operator("release", user, reason, (State.RELEASED,))
-        self._pending_release = True  # written as cleared, whatever we think the PLC has
+        self._pending_release = self._asked  # cleared, unless it never asked (taken)
         self._to(State.RELEASED, f"operator {user} released control: {reason}")
         return "control released to the PLC: mpc_request is cleared on the next cycle"
 

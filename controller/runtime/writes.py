@@ -174,7 +174,7 @@ class ControlWriter:
         self._last_write_t = self.clock.now()
         report = await self._with_heartbeat(beat, values, view)
         have = dict(self.pipeline.working)
-        trusted, unknown = True, []
+        trusted, unknown, confirmed = True, [], []
         for name, value in view.outcome.setpoints.items():
             result = report.results.get(self.sp_tags[name]) if report is not None else None
             if result is None or result.status is WriteStatus.FAILED:
@@ -184,16 +184,17 @@ class ControlWriter:
                 # setpoint will read next cycle; the request when the port gives no read-back
                 rb = result.readback
                 have[name] = float(rb) if rb is not None and math.isfinite(rb) else float(value)
-            elif result.status is WriteStatus.MISMATCH and not self._take_readback(
-                name, result.readback, have, view
-            ):  # a trusted read-back is what the PLC has (in ``have``)
-                trusted = False
-                unknown.append(name)
-        for name in view.outcome.setpoints:  # what the PLC confirmed it has; unknown: none
-            if name in unknown:
-                self._confirmed.pop(name, None)
-            elif name in have:
-                self._confirmed[name] = have[name]
+                confirmed.append(name)
+            elif result.status is WriteStatus.MISMATCH:
+                if self._take_readback(name, result.readback, have, view):
+                    confirmed.append(name)  # a trusted read-back is what the PLC has
+                else:
+                    trusted = False
+                    unknown.append(name)
+        # what the PLC confirmed it has; unknown: nothing; refused or not sent: as it was
+        self._confirmed |= {name: have[name] for name in confirmed}
+        for name in unknown:
+            self._confirmed.pop(name, None)
         # The safety layer took its outcome as applied; when it was not (or not all of it),
         # the move limits must count from what the PLC really has, or held cycles add up.
         # When nobody knows (the outcome is unknown), the next cycle learns it (settle).
@@ -236,12 +237,13 @@ class ControlWriter:
         unsure = self.pipeline.unsure
         before = dict(self.pipeline.working)
         left = self.pipeline.settle(working_now)
-        moved = []
+        moved, compared = [], False
         for name, value in working_now.items():
             if name in unsure:
                 continue
             tag = self.sp_tags.get(name, name)
             confirmed = self._confirmed.get(name)  # not the move origin: a late scan catches up
+            compared = compared or confirmed is not None
             if confirmed is not None and abs(value - confirmed) > self._step(name, confirmed):
                 moved.append(f"{tag} = {value!r} where {confirmed!r} was written and confirmed")
                 continue
@@ -256,7 +258,7 @@ class ControlWriter:
                 value,
                 held,
             )
-        self._check_applied(moved, view)
+        self._check_applied(moved, view, compared)
         for name in sorted(unsure - left):
             log.warning(
                 "cycle %d: the outcome of the last write of %s was unknown; the PLC has %r "
@@ -273,12 +275,13 @@ class ControlWriter:
                 "setpoints cannot be trusted: no origin for the move limits, held",
             )
 
-    def _check_applied(self, moved: list[str], view: CycleView) -> None:
+    def _check_applied(self, moved: list[str], view: CycleView, compared: bool) -> None:
         """``moved``: this cycle's working setpoints other than the values written and
         confirmed. One such cycle is a warning (a PLC that publishes its working setpoint a
         scan late, a value moved once); two in a row are a problem (counted in
         ``unapplied_setpoints``), and so is every cycle after it until the PLC hands control
-        back (:meth:`engaged` forgets it)."""
+        back (:meth:`engaged` forgets it). A cycle that could compare nothing (``compared``
+        False: the outcome of the last write unknown) neither counts nor breaks the row."""
         text = "; ".join(moved)
         if moved and not self._moved_before:
             log.warning(
@@ -302,7 +305,7 @@ class ControlWriter:
                 f"the PLC did not run the MPC's setpoints ({self._unapplied}): held until it "
                 "hands control back",
             )
-        self._moved_before = bool(moved)
+        self._moved_before = bool(moved) if compared else self._moved_before
 
     def _step(self, name: str, near: float) -> float:
         """How far the PLC's working setpoint of ``name`` may read from the value written and

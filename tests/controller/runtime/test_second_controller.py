@@ -17,18 +17,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_data_trust import LYO, Port, Rig, Target, lyo_rig
 
 from controller.errors import PortError
-from controller.ports.base import WriteReport
+from controller.ports.base import Quality, Snapshot, TagValue, WriteReport, WriteResult, WriteStatus
 from controller.runtime.audit import AuditTrail
 from controller.runtime.engagement import Engagement
 from controller.runtime.historian import MemoryHistorian
 from controller.runtime.historian_run import run_info
 from controller.runtime.site import Site, load_site
-from controller.runtime.supervisor import Mode, State, Supervisor
+from controller.runtime.supervisor import CycleView, Mode, State, Supervisor
 from controller.runtime.wiring import build_pipeline, config_files, historian_sink
 
 pytestmark = pytest.mark.timeout(120)
@@ -164,3 +165,93 @@ async def test_its_own_request_whose_answer_was_lost_is_not_another_controller(
     assert not any(v.taken for v in views), [v.problems for v in views]
     assert views[-1].state is State.RUNNING, [(v.state, v.problems) for v in views]
     assert rig.sup.counters.taken_cycles == 0
+
+
+async def b_cycles(rig: Rig, b: Supervisor, n: int, before: Any = None) -> list[CycleView]:
+    """``n`` cycles of the second runtime, the PLC scanned before each (then ``before``)."""
+    views = []
+    for _ in range(n):
+        rig.plc.scan()
+        if before is not None:
+            before()
+        views.append(await b.cycle(len(views), rig.clock.now()))
+        rig.clock.advance(rig.sup.dt_s)
+    return views
+
+
+async def test_an_untrusted_mpc_active_does_not_end_the_wait(lyo: Site, tmp_path: Path) -> None:
+    """A third review: one read of mpc_active with BAD quality while the other controller
+    had the PLC ended the wait; the runtime asked, took the other's flag as its answer, and
+    both wrote setpoints. Only a trusted 0 ends it."""
+    rig = await lyo_rig(lyo, tmp_path)
+    assert (await rig.cycles(3))[-1] is State.RUNNING
+    b, _, b_port = await second(rig, tmp_path)
+    await b_cycles(rig, b, 2)
+    table = rig.port.table
+
+    def untrusted() -> None:
+        now = rig.clock.now()
+        table.values["mpc_active"] = TagValue(1.0, Quality.BAD, now, now)
+
+    views = await b_cycles(rig, b, 1, untrusted) + await b_cycles(rig, b, 3)
+    assert all(v.taken and not v.written for v in views), [(v.state, v.written) for v in views]
+    assert b_port.writes == [] and b.state is State.REQUESTING
+
+
+async def test_a_refused_request_is_not_one_it_made(lyo: Site, tmp_path: Path) -> None:
+    """A third review: the runtime's request was refused (certainly not applied); another
+    controller's mpc_active then counted as its answer. A refused or unsent request is no
+    request: the flag is taken."""
+    rig = await lyo_rig(lyo, tmp_path)
+    rig.plc.follow = False  # the PLC hands control to nobody yet
+    b, _, b_port = await second(rig, tmp_path)
+    write = b_port.write
+
+    async def refusing(values: Mapping[str, float]) -> WriteReport:
+        if "mpc_request" in values:
+            refused = WriteStatus.REJECTED
+            return WriteReport(
+                {t: WriteResult(t, v, refused, detail="no") for t, v in values.items()}
+            )
+        return await write(values)
+
+    b_port.write = refusing  # type: ignore[method-assign]
+    await b_cycles(rig, b, 2)
+    b_port.write = write  # type: ignore[method-assign]
+    rig.port.table.publish(rig.clock.now(), {"mpc_request": 1.0})  # another controller asks
+    rig.plc.follow = True
+    views = await b_cycles(rig, b, 4)
+    assert all(v.state is State.REQUESTING for v in views), [v.state for v in views]
+    assert any(v.taken for v in views) and b_port.writes == []
+
+
+async def test_an_operator_release_of_a_waiting_runtime_drops_nobody(
+    lyo: Site, tmp_path: Path
+) -> None:
+    """A third review: an operator released the second runtime while it waited; it wrote
+    mpc_request 0 over the first one's 1 and the PLC dropped the first one."""
+    rig = await lyo_rig(lyo, tmp_path)
+    assert (await rig.cycles(3))[-1] is State.RUNNING
+    b, b_audit, _ = await second(rig, tmp_path)
+    await b_cycles(rig, b, 2)
+    b.release_control("operator", "not this one")
+    views = await b_cycles(rig, b, 2)
+    assert all(v.state is State.RELEASED and not v.written for v in views)
+    assert not [r for r in b_audit.records() if r.action == "tag.write.request"]
+    assert rig.port.table.current("mpc_request") == 1.0
+    assert (await rig.cycle()).state is State.RUNNING  # the first one still has control
+
+
+def test_the_verdict_names_the_wait_only_when_the_run_ended_waiting() -> None:
+    """A third review: two taken cycles early on, then a PLC that never permitted the MPC:
+    the verdict blamed the taken cycles."""
+    e = Engagement(Mode.CLOSED_LOOP, "memory")
+    good, off = TagValue(1.0, Quality.GOOD, 0.0, 0.0), TagValue(0.0, Quality.GOOD, 0.0, 0.0)
+    for k in range(22):
+        view = CycleView(k, float(k), State.REQUESTING, Snapshot({}, 0.0))
+        view.snapshot = Snapshot({"mpc_permissive": good if k < 2 else off}, 0.0)
+        view.taken = k < 2
+        e.observe(view)
+    verdict = e.verdict()
+    assert verdict is not None and "before this runtime asked" not in verdict, verdict
+    assert "mpc_permissive" in verdict

@@ -16,12 +16,15 @@ freeze dryer rig of ``test_data_trust`` (in-memory PLC, true plant).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pytest
 from test_data_trust import LYO, Rig, lyo_rig
 
+from controller.errors import PortError
+from controller.ports.base import WriteReport, WriteResult, WriteStatus
 from controller.runtime.site import Site, load_site
 from controller.runtime.supervisor import CycleView, State
 
@@ -124,3 +127,35 @@ async def test_a_working_setpoint_read_a_scan_late_is_no_move(lyo: Site, tmp_pat
     views = [await rig.cycle() for _ in range(4)]
     assert [v.state for v in views] == [State.RUNNING] * 4, [v.problems for v in views]
     assert rig.sup.counters.unapplied_setpoints == 0 and rig.sup.counters.fallbacks == 0
+
+
+@pytest.mark.parametrize("failure", ["timeout", "refused"])
+async def test_failed_writes_in_between_do_not_hide_a_plc_running_another_setpoint(
+    lyo: Site, tmp_path: Path, failure: str
+) -> None:
+    """A third review: with every other write timed out (its outcome unknown: that input is
+    not compared next cycle) or refused (the last confirmed value is what the PLC should
+    run), two cycles in a row of a different working setpoint never came: 12 cycles "in
+    control" of a PLC that echoes the written value and runs it + 3."""
+    rig = await lyo_rig(lyo, tmp_path)
+    assert (await rig.cycles(3))[-1] is State.RUNNING
+    write, table, calls = rig.port.write, rig.port.table, []
+
+    async def rogue(values: Mapping[str, float]) -> WriteReport:
+        if SP not in values:
+            return await write(values)
+        calls.append(values)
+        if len(calls) % 2 == 0 and failure == "refused":
+            no = WriteStatus.REJECTED
+            return WriteReport({t: WriteResult(t, v, no, detail="rate") for t, v in values.items()})
+        report = await write(values)
+        table.publish(rig.clock.now(), {SP: values[SP] + 3.0})  # what it runs
+        if len(calls) % 2 == 0:
+            raise PortError("no answer within 1.0 s to the write (timeout)")
+        echo = WriteResult(SP, values[SP], WriteStatus.OK, values[SP])  # what it says
+        return WriteReport({**report.results, SP: echo})
+
+    rig.port.write = rogue  # type: ignore[method-assign]
+    views = [await rig.cycle() for _ in range(12)]
+    assert rig.sup.counters.unapplied_setpoints >= 1, [v.problems for v in views]
+    assert rig.sup.counters.fallbacks >= 1
