@@ -15,7 +15,16 @@ if TYPE_CHECKING:
     from controller.twin.forecast import Forecast
 
 #: The handshake tags the page shows (those the site's tag map has).
-HANDSHAKE = ("mpc_request", "mpc_permissive", "mpc_active", "mpc_heartbeat", "plc_heartbeat")
+#: the handshake as read, with why the PLC would not (or no longer) give the MPC control
+HANDSHAKE = (
+    "mpc_request",
+    "mpc_permissive",
+    "mpc_active",
+    "mpc_fallback_alarm",
+    "interlock_active",
+    "mpc_heartbeat",
+    "plc_heartbeat",
+)
 
 
 def num(v: Any) -> float | None:

@@ -150,6 +150,9 @@ async def test_read_only_without_login_and_roles_with_audit(tmp_path: Path) -> N
         assert state["rows"] and state["status"]["state"] in ("REQUESTING", "RUNNING", "HOLD")
         assert "mpc_active" in state["status"]["why"] or "initialized" in state["status"]["why"]
         assert state["status"]["audit"][0]["id"] > 1
+        # a review: after an interlock trip the block showed only mpc_permissive 0, not why
+        handshake = state["status"]["handshake"]
+        assert handshake["mpc_fallback_alarm"] == 0 and handshake["interlock_active"] == 0
         # acting without a login is refused, and so is acting without the role
         ack = await c.post("/api/alarms/ack", json={"key": "x", "reason": "seen"})
         assert ack.status_code == 401 and "log in" in ack.json()["error"]
