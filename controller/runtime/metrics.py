@@ -20,7 +20,7 @@ clock (``now``: unix seconds, injected in tests):
 * ``pharmatwin_plc_read_ok``: 1 if the newest cycle's read returned values, 0 if it failed;
 * ``pharmatwin_stalled``: 1 if no cycle has completed for longer than the operator view
   allows, as of the scrape, by the view's own rule
-  (:meth:`controller.runtime.ui.server.OperatorView.liveness`).
+  (:func:`controller.runtime.liveness.liveness`).
 
 The first three are absent until there is something to say (no cycle yet, no read that
 worked yet); ``pharmatwin_stalled`` is 0 before the first cycle, as on the operator page.
@@ -38,8 +38,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from controller.runtime.liveness import cycle_period_s, liveness
 from controller.runtime.ui.bind import Bind, check_tls, listen_error
-from controller.runtime.ui.server import OperatorView
 
 if TYPE_CHECKING:
     from controller.runtime.supervisor import CycleView, Supervisor
@@ -48,25 +48,17 @@ _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 
 
 class _SupervisorCollector(Collector):
-    def __init__(self, bind: Bind, now: Callable[[], float]) -> None:
+    def __init__(self, now: Callable[[], float]) -> None:
         self.sup: Supervisor | None = None
         self.monitor: dict[str, float] = {}
         self.now = now
         self.last_cycle_at: float | None = None  # ``now()`` when the newest cycle completed
         self.last_good_read_at: float | None = None  # ... the newest whose PLC read worked
         self.read_ok: bool | None = None  # the newest cycle's read of the PLC worked
-        # the operator view's liveness rule, on this clock: a view that is never served
-        # (history=1: it keeps the newest view only), fed every cycle and the cycle period
-        self.live = OperatorView(bind, history=1, now=now)
-
-    def pace(self, sup: Supervisor) -> None:
-        """The stall rule's cycle period: wall seconds between cycles, the sample time over
-        the clock's rate, as the operator view works it out when it starts."""
-        self.live.meta["cycle_period_s"] = sup.dt_s / float(getattr(sup.clock, "rate", 1.0))
+        self.period_s = 1.0  # wall seconds between cycles (the stall rule's), once started
 
     def cycle(self, sup: Supervisor, view: CycleView) -> None:
         at = self.now()
-        self.live.cycle(sup, view)
         self.read_ok = view.snapshot is not None  # only a failed read leaves a cycle none
         if self.read_ok:
             self.last_good_read_at = at
@@ -121,7 +113,7 @@ class _SupervisorCollector(Collector):
                 " 0 if it failed (no connection, timeout, refused)",
                 value=1.0 if self.read_ok else 0.0,
             )
-        live = self.live.liveness()
+        live = liveness(self.last_cycle_at, self.now(), self.period_s)  # the view's rule
         yield GaugeMetricFamily(
             "pharmatwin_stalled",
             f"1 if no cycle has completed for more than {live['stale_after_s']:g} s"
@@ -159,7 +151,7 @@ class MetricsSink:
         self.holds = Counter(
             "pharmatwin_holds", "cycles the safety layer held", registry=self.registry
         )
-        self.collector = _SupervisorCollector(bind, now)
+        self.collector = _SupervisorCollector(now)
         self.registry.register(self.collector)
         self.port = bind.port
         self._server: object | None = None
@@ -181,7 +173,7 @@ class MetricsSink:
             raise listen_error("--metrics", self.bind, exc) from exc
         self._server = server
         self.port = int(server.server_address[1])
-        self.collector.pace(sup)  # no cycle before it: nothing stalled yet
+        self.collector.period_s = cycle_period_s(sup)  # no cycle before it: not stalled
 
     def cycle(self, sup: Supervisor, view: CycleView) -> None:
         self.cycle_time.observe(max(0.0, sup.clock.now() - view.t))

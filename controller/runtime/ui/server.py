@@ -9,8 +9,8 @@ too (``refused: <why>``). Sessions, the users file and cross-site refusals: :mod
 
 Liveness: every snapshot and, while no cycle comes, a ``live`` event each second say how long
 ago the newest cycle reached the view (``age_s``, wall seconds) and whether that is more than
-:data:`STALE_CYCLES` cycle periods (and at least :data:`STALE_MIN_S`): a stalled loop shows as
-stalled on the page, never as its last state alone.
+the stall rule of :mod:`controller.runtime.liveness`: a stalled loop shows as stalled on the
+page, never as its last state alone.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from controller.errors import ConfigError, PharmaTwinError, unknown_name
 from controller.runtime.audit import reason_is_blank
 from controller.runtime.audit_chain import AuditError
 from controller.runtime.audit_verify import read_tail
+from controller.runtime.liveness import cycle_period_s, liveness
 from controller.runtime.ui.access import (
     SESSION_S,
     Attempts,
@@ -69,8 +70,6 @@ SESSION_COOKIE = "pt_session"
 REASON_NEEDED = "a reason is needed (it goes into the audit trail): at least one letter or digit"
 PUSH_PERIOD_S = 0.25  # at most four updates a second per browser
 LIVE_EVERY = 4  # pushes: while no cycle comes, a liveness event each second
-STALE_CYCLES = 3.0  # the loop is stalled after this many cycle periods without a cycle
-STALE_MIN_S = 2.0  # ... and never sooner (a fast scaled clock)
 
 
 class Refused(PharmaTwinError):
@@ -117,8 +116,7 @@ class OperatorView:
         self._sup, self._stop = sup, stop
         self._control_loop = asyncio.get_running_loop()
         self.meta = describe(sup)
-        # wall seconds between cycles: the sample time over the clock's rate (a scaled HIL)
-        self.meta["cycle_period_s"] = sup.dt_s / float(getattr(sup.clock, "rate", 1.0))
+        self.meta["cycle_period_s"] = cycle_period_s(sup)  # wall seconds between cycles
         self._time = TimeBase.of(sup.model)
         try:
             self._web = start_in_thread(self.app, self.bind, "pharmatwin-ui")
@@ -136,10 +134,7 @@ class OperatorView:
         """``age_s``: wall seconds since the newest cycle came (None before the first);
         ``stale_after_s``; ``stalled``: the age is beyond it (the loop may be stuck)."""
         period = float(self.meta.get("cycle_period_s", 1.0))
-        after = max(STALE_CYCLES * period, STALE_MIN_S)
-        last = self._last_cycle_at
-        age = None if last is None else max(self._now() - last, 0.0)
-        return {"age_s": age, "stale_after_s": after, "stalled": age is not None and age > after}
+        return liveness(self._last_cycle_at, self._now(), period)
 
     def close(self) -> None:
         if self._web is not None:
