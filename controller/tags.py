@@ -25,7 +25,8 @@ What the twin may trust of a value it reads (see :mod:`controller.runtime.trust`
 ``limits`` of a read tag is the instrument's span as the PLC scales it (a value read outside is
 flagged UNCERTAIN by every port: "outside limits: wrong word order or scale?"); ``valid_range`` is
 what the quantity can physically be (outside: bad data for that cycle); ``frozen_after`` identical
-reads of a noisy measurement are a stuck transmitter; ``on_bad`` (``hold``, or ``predict`` for at
+reads of a noisy measurement are a stuck transmitter (or reads taking at most ``frozen_values``
+different values: one whose last digit flickers); ``on_bad`` (``hold``, or ``predict`` for at
 most ``predict_cycles`` cycles) and ``uncertain_is_good`` are the measurement's bad-data policy;
 ``min_write_interval`` is the shortest time between two writes of a setpoint.
 
@@ -156,6 +157,11 @@ class Tag(Strict):
     #: a noisy analog measurement read this many times in a row with exactly the same value is
     #: frozen (a stuck transmitter or a PLC holding its last value): treated as stale
     frozen_after: Annotated[int, Field(ge=2, le=1000)] | None = None
+    #: with ``frozen_after``: those reads in a row taking at most this many different values
+    #: are frozen too: a stuck transmitter whose last digit flickers between two codes
+    #: (2). A live float32 measurement under noise almost never repeats a value; a quantised
+    #: one repeats by chance, and more often the more values are allowed (see the README)
+    frozen_values: Annotated[int, Field(ge=1, le=10)] = 1
     #: the values the measured quantity can physically take (a fed batch's biomass cannot
     #: reach 50 g/L by mass balance): a value read outside is bad data for that cycle. Not the
     #: engineering ``limits`` (the transmitter's span, the PLC's scaling, the write range: a
@@ -246,6 +252,7 @@ class Tag(Strict):
         if self.valid_range is not None and not self.valid_range[0] < self.valid_range[1]:
             lo, hi = self.valid_range
             out.append(f"valid_range lower {lo} must be below upper {hi}")
+        out.extend(self._frozen_problems())
         if self.valid_range is not None and not self.readable:
             out.append("'valid_range' applies to tags the twin reads; remove it")
         if self.on_bad == "predict" and self.predict_cycles is None:
@@ -266,6 +273,23 @@ class Tag(Strict):
         ):
             out.append("'min_write_interval' applies to setpoints the twin writes; remove it")
         return out
+
+    def _frozen_problems(self) -> list[str]:
+        """``frozen_values`` means something only with ``frozen_after``, and below it."""
+        k, n = self.frozen_values, self.frozen_after
+        if k == 1:
+            return []
+        if n is None:
+            return [
+                f"frozen_values {k} needs 'frozen_after': how many reads in a row taking at "
+                f"most {k} different values make the value frozen"
+            ]
+        if k >= n:
+            return [
+                f"frozen_values {k} is not below frozen_after {n}: every {n} reads in a row "
+                f"would read as frozen; allowed: 1 to {n - 1}"
+            ]
+        return []
 
     @property
     def writable(self) -> bool:

@@ -219,11 +219,11 @@ def _unread_why(tag: str, targets: FaultTargets) -> str:
 
 def magnitude_unit(spec: FaultSpec, targets: FaultTargets) -> str | None:
     """The unit of ``spec``'s magnitude or rate on its target (None: it has neither, or the
-    target is unknown): the output's unit for a bias or noise, output unit per time unit for
-    a sensor drift, the input's unit for a saturation, the time unit for a lag, s (wall clock)
-    for a latency, 1 per time unit (relative) for a parameter drift."""
+    target is unknown): the output's unit for a bias, noise or a stuck sensor's flicker, output
+    unit per time unit for a sensor drift, the input's unit for a saturation, the time unit for
+    a lag, s (wall clock) for a latency, 1 per time unit (relative) for a parameter drift."""
     kind, target, per = spec.kind, spec.target, targets.time_unit
-    if kind in ("sensor_bias", "sensor_noise"):
+    if kind in ("sensor_bias", "sensor_noise", "sensor_stuck"):
         return targets.outputs.get(target)
     if kind == "sensor_drift":
         unit = targets.outputs.get(target)

@@ -319,7 +319,9 @@ class FaultSet:
         * ``sensor_noise``: ``+ N(0, magnitude)`` (standard deviation ``magnitude``);
         * ``sensor_stuck``: the value shown at the fault's first call after it became active
           (with the other sensor faults of that moment applied), then held; while it is stuck
-          the other faults do not move it;
+          the other faults do not move it. With a ``magnitude`` it flickers: at each call the
+          held value or, at random (one in two), the held value + ``magnitude`` (a stuck
+          transmitter whose last digit still toggles between two codes);
         * ``sensor_dropout``: the name goes into ``bad`` (bad quality); the value is left as
           the other faults make it.
 
@@ -346,7 +348,8 @@ class FaultSet:
         for f in stuck:
             if f.held is None:
                 f.held = out[f.spec.target]
-            out[f.spec.target] = f.held
+            flicker = f.spec.magnitude != 0.0 and bool(self._rng.integers(2))
+            out[f.spec.target] = f.held + f.spec.magnitude if flicker else f.held
         return out, bad
 
     # ------------------------------------------------------------------ actuators

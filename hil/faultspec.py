@@ -22,6 +22,7 @@ from plant_models import PlantModel
 __all__ = [
     "FAULT_KINDS",
     "FAULT_MAGNITUDE_KINDS",
+    "FAULT_OPTIONAL_MAGNITUDE_KINDS",
     "FAULT_RATE_KINDS",
     "FAULT_READ_KINDS",
     "FAULT_SERVER_WIDE_KINDS",
@@ -38,7 +39,7 @@ FaultKind = Literal[
     "sensor_bias",  # magnitude: added offset
     "sensor_drift",  # rate: offset growing per time unit from start
     "sensor_noise",  # magnitude: extra Gaussian noise std
-    "sensor_stuck",  # the value freezes at its value at start
+    "sensor_stuck",  # the value freezes at its value at start; magnitude (optional): flicker
     "sensor_dropout",  # the value goes bad quality
     # actuators (target: a model input)
     "actuator_stuck",  # the input freezes at its value at start
@@ -58,10 +59,14 @@ FaultKind = Literal[
 #: every fault kind, in the order :data:`FaultKind` declares them
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 
-#: the kinds whose ``magnitude`` means something (every other kind refuses one)
+#: the kinds whose ``magnitude`` means something and is needed (the kinds in neither this
+#: nor :data:`FAULT_OPTIONAL_MAGNITUDE_KINDS` refuse one)
 FAULT_MAGNITUDE_KINDS = frozenset(
     {"sensor_bias", "sensor_noise", "actuator_saturation", "actuator_lag", "comm_latency"}
 )
+
+#: the kinds whose ``magnitude`` may be left out (0): a stuck sensor's flicker
+FAULT_OPTIONAL_MAGNITUDE_KINDS = frozenset({"sensor_stuck"})
 
 
 #: the kinds whose ``rate`` means something (every other kind refuses one)
@@ -104,14 +109,19 @@ class FaultSpec(Strict):
         kind = self.kind
         if kind in FAULT_MAGNITUDE_KINDS and self.magnitude == 0.0:
             raise ValueError(f"a {kind} fault needs a non-zero 'magnitude'")
-        if kind not in FAULT_MAGNITUDE_KINDS and self.magnitude != 0.0:
+        takes_magnitude = FAULT_MAGNITUDE_KINDS | FAULT_OPTIONAL_MAGNITUDE_KINDS
+        if kind not in takes_magnitude and self.magnitude != 0.0:
             raise ValueError(f"a {kind} fault takes no 'magnitude' (got {self.magnitude:g})")
         if kind in FAULT_RATE_KINDS and self.rate == 0.0:
             raise ValueError(f"a {kind} fault needs a non-zero 'rate'")
         if kind not in FAULT_RATE_KINDS and self.rate != 0.0:
             raise ValueError(f"a {kind} fault takes no 'rate' (got {self.rate:g})")
-        if self.unit and kind not in FAULT_MAGNITUDE_KINDS | FAULT_RATE_KINDS:
+        if self.unit and kind not in takes_magnitude | FAULT_RATE_KINDS:
             raise ValueError(f"a {kind} fault has no magnitude or rate to give a 'unit' to")
+        if self.unit and kind in FAULT_OPTIONAL_MAGNITUDE_KINDS and self.magnitude == 0.0:
+            raise ValueError(
+                f"a {kind} fault without a 'magnitude' has nothing to give a 'unit' to"
+            )
         if kind in {"sensor_noise", "actuator_lag", "comm_latency"} and self.magnitude < 0:
             raise ValueError(f"a {kind} fault needs a positive 'magnitude'")
         if kind == "comm_restart" and self.duration is None:

@@ -16,8 +16,9 @@ A value is trusted when it is present, GOOD (or UNCERTAIN where its tag says
 value outside them UNCERTAIN; it is flagged again here whatever the port), inside its
 ``valid_range``, marked valid by its ``measurement_validity`` bit (an unreadable validity word
 vouches for nothing), fresh (``stale_after``; measurements only, a setpoint legitimately keeps
-its value and timestamp), and not frozen (``frozen_after`` identical GOOD reads in a row). A
-frozen or unreadable ``plc_scan_counter`` makes every measurement stale.
+its value and timestamp), and not frozen (``frozen_after`` identical GOOD reads in a row, or
+taking at most ``frozen_values`` different values: a stuck transmitter whose last digit
+flickers). A frozen or unreadable ``plc_scan_counter`` makes every measurement stale.
 
 Each distrusted tag is a :class:`Distrust` naming the tag, the value and the reason, in words a
 person can act on.
@@ -26,6 +27,7 @@ person can act on.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -114,6 +116,30 @@ class Judgement:
         return [*self.contract, *self.outputs.values(), *self.inputs.values()]
 
 
+@dataclass
+class _Repeats:
+    """A tag's latest trusted reads (at most ``frozen_after``) and how long they have been
+    frozen."""
+
+    window: deque[float]
+    count: int = 0  # reads in the current frozen run (0: not frozen)
+
+    def add(self, value: float, values: int) -> int:
+        """Add a read; the reads in a row that are frozen so far: every ``frozen_after`` of
+        them in a row taking at most ``values`` different values (1: all the same)."""
+        w = self.window
+        w.append(value)
+        if len(w) == w.maxlen and len(set(w)) <= values:
+            self.count = self.count + 1 if self.count else len(w)
+        else:
+            self.count = 0
+        return self.count
+
+
+def _values(window: Iterable[float]) -> str:
+    return " / ".join(f"{v:.9g}" for v in sorted(set(window)))
+
+
 class DataTrust:
     """Judges every tag the decision depends on (remembers repeats for ``frozen_after``).
 
@@ -131,7 +157,7 @@ class DataTrust:
         self.tags = tags.tags
         self.outputs, self.working = dict(outputs), dict(working)
         self.validity_order = list(validity_order)
-        self._repeats: dict[str, tuple[float, int]] = {}  # tag -> (last value, reads with it)
+        self._repeats: dict[str, _Repeats] = {}  # tag -> its latest trusted reads
         self._last_scan: float | None = None
         self._scan_repeats = 0
         #: process seconds per wall second of the run's clock (a scaled HIL run: > 1)
@@ -206,10 +232,11 @@ class DataTrust:
         return self.rate > 1.0 and age / self.rate <= self.wall_floor_s  # False for NaN
 
     def _frozen(self, name: str, tag: Tag, tv: TagValue) -> Distrust | None:
-        """``frozen_after`` reads in a row with exactly the same value, among the reads the
-        tag trusts: GOOD, or UNCERTAIN when ``uncertain_is_good`` (a stuck value read
-        UNCERTAIN, or alternating between the two, is as stuck). An untrusted read ends the
-        run; a change of quality alone does not."""
+        """``frozen_after`` reads in a row with exactly the same value (or taking at most the
+        tag's ``frozen_values`` different values), among the reads the tag trusts: GOOD, or
+        UNCERTAIN when ``uncertain_is_good`` (a stuck value read UNCERTAIN, or alternating
+        between the two, is as stuck). An untrusted read ends the run; a change of quality
+        alone does not."""
         if tag.frozen_after is None:
             return None
         trusted = tv.quality is Quality.GOOD or (
@@ -218,12 +245,20 @@ class DataTrust:
         if not trusted or not math.isfinite(tv.value):
             self._repeats.pop(name, None)
             return None
-        last, count = self._repeats.get(name, (math.nan, 0))
-        count = count + 1 if tv.value == last else 1
-        self._repeats[name] = (tv.value, count)
+        seen = self._repeats.get(name)
+        if seen is None:
+            seen = self._repeats[name] = _Repeats(deque(maxlen=tag.frozen_after))
+        count = seen.add(tv.value, tag.frozen_values)
         if count < tag.frozen_after:
             return None
-        detail = f"the same value for {count} reads (frozen_after {tag.frozen_after})"
+        if tag.frozen_values == 1:
+            detail = f"the same value for {count} reads (frozen_after {tag.frozen_after})"
+        else:
+            detail = (
+                f"{count} reads in a row, every {tag.frozen_after} of them taking at most "
+                f"{tag.frozen_values} values ({_values(seen.window)}; frozen_after "
+                f"{tag.frozen_after}, frozen_values {tag.frozen_values})"
+            )
         return Distrust(name, Reason.FROZEN, tv.value, detail)
 
     # ------------------------------------------------------------------ contract words

@@ -188,6 +188,20 @@ def test_sensor_stuck_repeats_its_value_then_reads_true_again() -> None:
         assert w[f"client.{TBOT_TAG}"] == w["y.Tbot"]
 
 
+def test_sensor_stuck_with_a_magnitude_flickers_between_two_values() -> None:
+    """A stuck transmitter whose last digit toggles: the held value or it + magnitude."""
+    flicker = 0.01  # degC: one count of the int16 x0.01 register
+    rows = record(fault("sensor_stuck", "Tbot", magnitude=flicker, unit="degC"))
+    held = [w["y.Tbot"] for w in rows if sampled_in_window(w)]
+    steady = [w["y.Tbot"] for w in record(fault("sensor_stuck", "Tbot")) if sampled_in_window(w)]
+    assert len(held) == 20 and set(held) == {steady[0], steady[0] + flicker}
+    assert 3 <= held.count(steady[0]) <= 17  # at random, both codes seen
+    for w, b, _ in pairs(rows, record()):
+        if not sampled_in_window(w):
+            assert w["y.Tbot"] == b["y.Tbot"]
+        assert w[f"client.{TBOT_TAG}"] == pytest.approx(w["y.Tbot"], abs=1e-9)
+
+
 def test_sensor_dropout_shows_bad_quality_at_the_client() -> None:
     for w, b, _ in pairs(record(fault("sensor_dropout", "Tbot")), record()):
         assert b[f"quality.{TBOT_TAG}"] is Quality.GOOD

@@ -117,8 +117,8 @@ def test_a_bad_status_typo_lists_the_tags_the_controller_reads(
         ),
         (["inject", "sensor_bias", "Tbot"], "a sensor_bias fault needs a non-zero 'magnitude'"),
         (
-            ["inject", "sensor_stuck", "Tbot", "--magnitude", "3"],
-            "a sensor_stuck fault takes no 'magnitude' (got 3)",
+            ["inject", "sensor_dropout", "Tbot", "--magnitude", "3"],
+            "a sensor_dropout fault takes no 'magnitude' (got 3)",
         ),
         (
             ["inject", "comm_latency", "Tbot", "--magnitude", "0.1"],

@@ -379,7 +379,14 @@ def test_unsupported_kinds_are_refused_with_the_servers_reason() -> None:
 @pytest.mark.parametrize(
     ("fields", "sentence"),
     [
-        ({"kind": "sensor_stuck", "magnitude": 1.0}, "a sensor_stuck fault takes no 'magnitude'"),
+        (
+            {"kind": "sensor_dropout", "magnitude": 1.0},
+            "a sensor_dropout fault takes no 'magnitude'",
+        ),
+        (
+            {"kind": "sensor_stuck", "unit": "degC"},
+            "without a 'magnitude' has nothing to give a 'unit'",
+        ),
         ({"kind": "sensor_bias", "magnitude": 1.0, "rate": 1.0}, "takes no 'rate'"),
         ({"kind": "sensor_dropout", "unit": "degC"}, "has no magnitude or rate to give a 'unit'"),
         ({"kind": "comm_drop", "target": "*", "duration": 1.0}, "it takes no 'duration'"),

@@ -1,0 +1,130 @@
+"""A stuck transmitter whose last digit flickers between two codes is as stuck as one that
+repeats one value (``frozen_values`` in the tag map).
+
+Found by a review: an analyser stuck at one reading but toggling its last digit never read
+the same value twice in a row, so ``frozen_after`` (identical reads) never caught it and the
+MPC wrote setpoints computed from it for as long as it was stuck. The first test shows that
+failure with a tag that counts identical reads only; the shipped CSTR analysers count reads
+taking at most two values."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from controller.binding import Binding
+from controller.configfile import ConfigError
+from controller.ports.base import Quality, Snapshot, TagValue
+from controller.runtime.site import Site, load_site
+from controller.runtime.trust import DataTrust, Reason
+from controller.tags import Tag, TagMap, load_tag_map
+
+ROOT = Path(__file__).resolve().parents[3]
+CSTR = ROOT / "configs" / "sites" / "cstr-modbus.yaml"
+TAG = "conc_a"
+STUCK, CODE = 1.234567, 1.2345671  # a float32 reading and the next one up: the toggling digit
+
+
+def _trust(site: Site, tags: TagMap | None = None) -> DataTrust:
+    tm = tags or site.tags
+    binding = Binding.of(tm, site.model)
+    sp, pv = binding.setpoint_tags(), binding.working_setpoint_tags()
+    working = {i: pv.get(i) or sp[i] for i in site.model.input_names}
+    return DataTrust(tm, binding.output_tags(), working, binding.measurement_tags()[:16])
+
+
+def _with(site: Site, **update: object) -> TagMap:
+    tags = dict(site.tags.tags)
+    tags[TAG] = tags[TAG].model_copy(update=update)
+    return site.tags.model_copy(update={"tags": tags})
+
+
+def _reasons(trust: DataTrust, values: list[float]) -> list[tuple[Reason | None, str]]:
+    out: list[tuple[Reason | None, str]] = []
+    for k, value in enumerate(values):
+        now = 18.0 * k  # a fresh stamp each read: only the value is stuck
+        judged = trust.judge(Snapshot({TAG: TagValue(value, Quality.GOOD, now, now)}, now))
+        why = [d for d in judged.outputs.values() if d.tag == TAG]
+        out.append((why[0].reason, why[0].detail) if why else (None, ""))
+    return out
+
+
+def test_counting_identical_reads_never_catches_a_flickering_analyser() -> None:
+    """The failure the rule protects against: 40 reads of a stuck analyser, all trusted."""
+    site = load_site(CSTR)
+    trust = _trust(site, _with(site, frozen_after=3, frozen_values=1))
+    flicker = [STUCK, CODE, STUCK, STUCK, CODE] * 8
+    assert all(reason is None for reason, _ in _reasons(trust, flicker))
+
+
+def test_the_shipped_analyser_is_frozen_after_four_reads_of_two_values() -> None:
+    site = load_site(CSTR)
+    tag = site.tags.tags[TAG]
+    assert (tag.frozen_after, tag.frozen_values) == (4, 2)
+    trust = _trust(site)
+    got = _reasons(trust, [STUCK, CODE, STUCK, STUCK, CODE, CODE])
+    assert [r for r, _ in got] == [None, None, None, Reason.FROZEN, Reason.FROZEN, Reason.FROZEN]
+    detail = got[3][1]
+    assert "4 reads in a row" in detail and "at most 2 values" in detail
+    assert "1.234567 / 1.2345671" in detail and "frozen_values 2" in detail
+    assert "6 reads in a row" in got[5][1]  # the run keeps counting
+    # one read elsewhere ends it; the next three reads cannot be frozen yet
+    again = _reasons(trust, [1.25, STUCK, CODE])
+    assert [r for r, _ in again] == [None, None, None]
+
+
+def test_a_stuck_value_is_still_frozen_and_named_as_before() -> None:
+    site = load_site(CSTR)
+    got = _reasons(_trust(site), [STUCK] * 5)
+    assert [r for r, _ in got] == [None, None, None, Reason.FROZEN, Reason.FROZEN]
+    assert got[4][1].startswith("5 reads in a row")
+    one = _reasons(_trust(site, _with(site, frozen_after=3, frozen_values=1)), [STUCK] * 4)
+    assert one[2][1] == "the same value for 3 reads (frozen_after 3)"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0.0, 5.0, allow_nan=False), min_size=4, max_size=40, unique=True))
+def test_a_live_reading_that_never_repeats_is_never_frozen(values: list[float]) -> None:
+    site = load_site(CSTR)
+    assert all(r is None for r, _ in _reasons(_trust(site), values))
+
+
+@pytest.mark.parametrize("period", [2, 3])
+def test_three_values_in_turn_are_alive_to_a_two_value_rule(period: int) -> None:
+    """Two values in turn are stuck; the B5 bench's still plant dithers over three."""
+    site = load_site(CSTR)
+    cycle = [STUCK, CODE, 1.2345673][:period]
+    got = [r for r, _ in _reasons(_trust(site), list(itertools.islice(itertools.cycle(cycle), 12)))]
+    assert (Reason.FROZEN in got) is (period == 2)
+
+
+@pytest.mark.parametrize(
+    ("update", "message"),
+    [
+        ({"frozen_after": None, "frozen_values": 2}, "frozen_values 2 needs 'frozen_after'"),
+        ({"frozen_after": 3, "frozen_values": 3}, "frozen_values 3 is not below frozen_after 3"),
+    ],
+)
+def test_a_frozen_values_that_would_do_nothing_or_hold_everything_is_refused(
+    tmp_path: Path, update: dict[str, object], message: str
+) -> None:
+    source = (ROOT / "configs" / "tags" / "cstr.yaml").read_text()
+    tag = load_tag_map(ROOT / "configs" / "tags" / "cstr.yaml").tags[TAG]
+    with pytest.raises(ValueError, match=message):
+        Tag.model_validate({**tag.model_dump(exclude_none=True), **update})
+    bad = source.replace(
+        "    frozen_after: 4\n    frozen_values: 2\n",
+        "".join(f"    {k}: {v}\n" for k, v in update.items() if v is not None),
+        1,
+    )
+    assert bad != source
+    path = tmp_path / "cstr.yaml"
+    path.write_text(bad)
+    with pytest.raises(ConfigError) as err:
+        load_tag_map(path)
+    text = str(err.value)
+    assert str(path) in text and "conc_a" in text and message in text
