@@ -105,11 +105,13 @@ async def running_twin(
     cycles: int = 3,
     monotonic: Callable[[], float] = time.monotonic,
     ui_now: Callable[[], float] = time.monotonic,
+    rate: float = RATE,
 ) -> AsyncIterator[Twin]:
     """The in-memory HIL and the runtime with an operator view, until the block ends;
-    ``monotonic``: the source of the process clock, ``ui_now``: the view's wall clock."""
+    ``monotonic``: the source of the process clock, ``ui_now``: the view's wall clock;
+    ``rate``: process seconds per wall second (a solve's deadline is half a sample of it)."""
     site = load_site(CSTR)
-    clock = ScaledClock(RATE, monotonic=monotonic)
+    clock = ScaledClock(rate, monotonic=monotonic)
     server = MemoryPlcServer(site.tags, clock)
     rig = HilRig(site, clock, [server])
     users = load_users(users_file(tmp))
