@@ -22,7 +22,8 @@ from the first to the last against the 10 MB target; ``--quick`` runs a few hund
   the steady state of the held inputs, then stands still there (the virtual PLC still scans,
   counts and publishes every cycle). Its measurements are the still plant's noise-free
   outputs plus a deterministic dither (``-a, 0, +a`` in turn, ``a`` a quarter of the
-  scenario's noise std): a reading repeated exactly scan after scan is what the runtime's data
+  scenario's noise std): a reading repeated exactly scan after scan, or taking two values
+  only (the CSTR's analysers: ``frozen_values`` 2 over four reads), is what the runtime's data
   trust calls a stuck transmitter (``frozen_after`` in the tag map), and holds on.
 
 Either case raises (an error row) unless the loop stayed RUNNING: no fallback, no cycle held
@@ -230,8 +231,9 @@ def still_plant_scan(rig: HilRig) -> Callable[[], Awaitable[None]]:
 
     The measurements are the frozen plant's noise-free outputs plus a deterministic dither,
     ``-a, 0, +a`` in turn (``a`` from :func:`dither_amplitudes`), so no two consecutive reads
-    are equal: a live transmitter's reading never repeats exactly, and the runtime's data trust
-    (rightly) calls one that does a stuck transmitter (``frozen_after`` in the tag map) and holds.
+    are equal and every three take three values: a live transmitter's reading never repeats
+    exactly, and the runtime's data trust (rightly) calls one that does, or one flickering
+    between two values, a stuck transmitter (``frozen_after``, ``frozen_values``) and holds.
     """
     truth = rig.plant.true_state()
     still = dict(truth.outputs)

@@ -160,6 +160,9 @@ class DataTrust:
         self._repeats: dict[str, _Repeats] = {}  # tag -> its latest trusted reads
         self._last_scan: float | None = None
         self._scan_repeats = 0
+        #: this read's PLC image is the previous read's (the scan counter did not move): a
+        #: value read again from it is no new sample of the transmitter
+        self._same_image = False
         #: process seconds per wall second of the run's clock (a scaled HIL run: > 1)
         self.rate = 1.0
         #: in a scaled-clock run a measurement is stale only when it is older than its
@@ -233,22 +236,25 @@ class DataTrust:
 
     def _frozen(self, name: str, tag: Tag, tv: TagValue) -> Distrust | None:
         """``frozen_after`` reads in a row with exactly the same value (or taking at most the
-        tag's ``frozen_values`` different values), among the reads the tag trusts: GOOD, or
-        UNCERTAIN when ``uncertain_is_good`` (a stuck value read UNCERTAIN, or alternating
-        between the two, is as stuck). An untrusted read ends the run; a change of quality
-        alone does not."""
+        tag's ``frozen_values`` different values), among the reads of new PLC images (a value
+        read again while the scan counter stood still is not counted) that carry a value: GOOD
+        or UNCERTAIN, trusted or not. A stuck value read UNCERTAIN, or alternating between the
+        two, is as stuck: on a tag that does not trust UNCERTAIN, ending the run there let the
+        GOOD reads between write from a stuck transmitter. A BAD or non-finite read ends the
+        run; a change of quality alone does not."""
         if tag.frozen_after is None:
             return None
-        trusted = tv.quality is Quality.GOOD or (
-            tv.quality is Quality.UNCERTAIN and tag.uncertain_is_good
-        )
-        if not trusted or not math.isfinite(tv.value):
+        if tv.quality is Quality.BAD or not math.isfinite(tv.value):
             self._repeats.pop(name, None)
             return None
         seen = self._repeats.get(name)
         if seen is None:
             seen = self._repeats[name] = _Repeats(deque(maxlen=tag.frozen_after))
-        count = seen.add(tv.value, tag.frozen_values)
+        # The same value read again from the same PLC image (the scan counter did not move: the
+        # controller reads faster than the PLC publishes, as a HIL at rate 600 does) is no new
+        # sample: counting it held live analysers (four reads of two images are two values).
+        again = self._same_image and bool(seen.window) and seen.window[-1] == tv.value
+        count = seen.count if again else seen.add(tv.value, tag.frozen_values)
         if count < tag.frozen_after:
             return None
         if tag.frozen_values == 1:
@@ -278,6 +284,7 @@ class DataTrust:
     def _scan_stale(self, values: Mapping[str, TagValue], contract: list[Distrust]) -> bool:
         """True when the PLC's scan counter froze or cannot be read (nothing is fresh)."""
         scan = values.get(SCAN_TAG)
+        self._same_image = False
         if scan is None:
             return False
         if scan.quality is not Quality.GOOD or not math.isfinite(scan.value):
@@ -285,6 +292,7 @@ class DataTrust:
             contract.append(Distrust(SCAN_TAG, _reason(scan), scan.value, scan.detail))
             return True
         same = scan.value == self._last_scan
+        self._same_image = same
         self._scan_repeats = self._scan_repeats + 1 if same else 1
         self._last_scan = scan.value
         if self._scan_repeats < SCAN_FROZEN_AFTER:

@@ -83,11 +83,27 @@ def test_a_stuck_value_read_uncertain_on_a_tag_that_trusts_it_is_frozen(
     assert reasons[:5] == [None] * 5 and reasons[5] is Reason.FROZEN
 
 
-def test_an_untrusted_read_still_ends_a_run_of_repeats() -> None:
+def test_a_stuck_value_alternating_good_and_uncertain_is_frozen_on_a_tag_not_trusting_it() -> None:
+    """A review: an UNCERTAIN read ended the run, so a stuck transmitter read GOOD and
+    UNCERTAIN in turn was never frozen, and every GOOD cycle wrote from it (the UNCERTAIN
+    cycles held)."""
     site = load_site(BIO)
-    trust = _trust(site)  # the shipped tag: UNCERTAIN is not trusted
+    assert not site.tags.tags[TAG].uncertain_is_good
+    trust = _trust(site)
     reasons = []
-    for k, quality in enumerate([Quality.GOOD] * 5 + [Quality.UNCERTAIN] + [Quality.GOOD] * 5):
+    for k, quality in enumerate([Quality.GOOD, Quality.UNCERTAIN] * 5):
         now = 1800.0 * k
         reasons.append(_distrust(trust, _read(120.05, quality, now, now)))
-    assert reasons[5] is Reason.UNCERTAIN and Reason.FROZEN not in reasons
+    assert reasons[:5] == [None, Reason.UNCERTAIN] * 2 + [None]
+    assert reasons[5] is Reason.UNCERTAIN  # its own quality first
+    assert reasons[6::2] == [Reason.FROZEN] * 2  # the GOOD reads from the sixth on
+
+
+def test_a_bad_read_still_ends_a_run_of_repeats() -> None:
+    site = load_site(BIO)
+    trust = _trust(site)
+    reasons = []
+    for k, quality in enumerate([Quality.GOOD] * 5 + [Quality.BAD] + [Quality.GOOD] * 5):
+        now = 1800.0 * k
+        reasons.append(_distrust(trust, _read(120.05, quality, now, now)))
+    assert reasons[5] is Reason.BAD and Reason.FROZEN not in reasons
