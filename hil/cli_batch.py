@@ -203,20 +203,21 @@ def campaign_command(args: argparse.Namespace, console: Console) -> int:
     from hil.campaign.execute import RunSettings, run_campaign
     from hil.campaign.spec import load_campaign
 
-    campaign = load_campaign(args.campaign, mode=args.mode)  # its faults checked in that mode
-    mode = args.mode or campaign.spec.mode
-    executor: Literal["process", "dask"] = args.executor or (
-        "dask" if args.dask_scheduler else "process"
-    )
-    if args.dask_scheduler and executor != "dask":
-        console.print("[red]error:[/red] --dask-scheduler needs --executor dask (or none)")
-        return 2
     if args.rate is not None and not (math.isfinite(args.rate) and args.rate > 0):
         console.print(
             f"[red]error:[/] command line: --rate {args.rate:g}: must be a positive number of "
             "process seconds per wall second",
             highlight=False,
         )
+        return 2
+    # its faults checked in that mode, its rate against the virtual PLC's scan
+    campaign = load_campaign(args.campaign, mode=args.mode, rate=args.rate)
+    mode = args.mode or campaign.spec.mode
+    executor: Literal["process", "dask"] = args.executor or (
+        "dask" if args.dask_scheduler else "process"
+    )
+    if args.dask_scheduler and executor != "dask":
+        console.print("[red]error:[/red] --dask-scheduler needs --executor dask (or none)")
         return 2
     out = args.out or Path("runs") / "campaigns" / f"{campaign.name}-{mode}"
     files = ("campaign.json", *REPORT_FILES)

@@ -56,7 +56,7 @@ from hil.faultspec import FaultKind, FaultSpec, expand_tags
 from hil.net import LOOPBACK, free_port, is_loopback
 from hil.rig import HilRig
 from hil.servers.base import PlcServer
-from hil.site import hil_section, load_hil_site
+from hil.site import hil_section, load_hil_site, scan_rate_problem
 
 log = logging.getLogger("pharmatwin.hil.serve")
 #: The loggers whose records go to the HIL log file.
@@ -280,6 +280,13 @@ async def serve(site_path: Path, opts: ServeOptions, announce: Any = print) -> d
     """
     opts.check()
     site = load_hil_site(site_path)
+    # a warning, not a refusal: the rig alone may run fast (to a batch's end); a controller
+    # connected to it would run on a plant that is not the one it will run (campaigns refuse)
+    too_fast = scan_rate_problem(
+        site, opts.rate, site.controller.sample_time, file="command line", location="--rate"
+    )
+    if too_fast is not None:
+        announce(f"warning: --rate {opts.rate:g}: {too_fast.message}; for closed-loop tests")
     folder = usable_state_dir(site, opts.state_dir)
     log_path = folder / f"{site.name}.log"
     handler = logging.FileHandler(log_path, encoding="utf-8")

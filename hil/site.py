@@ -28,6 +28,7 @@ from controller.configfile import Finite, PositiveFinite, Strict, parse, resolve
 from controller.errors import ConfigError, Problem, unknown_name
 from controller.plantfile import load_parameter_set
 from controller.runtime.site import CLOSED_LOOP_CONTRACT, Site, load_site
+from controller.timebase import TimeBase
 from hil.scenario import ScenarioConfig, load_scenario
 
 
@@ -244,3 +245,35 @@ def _file_problems(site: Site, hil: HilSection) -> list[Problem]:
         for key, ref in refs
         if ref and not site.file(ref).is_file()
     ]
+
+
+#: a scaled-clock HIL run lets the virtual PLC scan at least this many times per controller
+#: sample: slower, the controller reads PLC images up to a scan old and its writes reach the
+#: plant up to a scan late (the CSTR at rate 600, a scan every 30 s of an 18 s sample: a
+#: healthy plant's estimator rejected readings and the loop fell back)
+MIN_SCANS_PER_SAMPLE = 2.0
+
+
+def scan_rate_problem(
+    site: Site, rate: float, sample_time: float, *, file: str, location: str
+) -> Problem | None:
+    """Why ``rate`` (process s per wall s) is too fast for the site's virtual PLC to serve a
+    controller sampling every ``sample_time`` (model time unit), or None."""
+    hil = hil_section(site)
+    if hil is None or not math.isfinite(rate) or rate <= 0:
+        return None
+    sample_s = TimeBase.of(site.model).seconds(sample_time)
+    scan_wall = hil.plc.scan_period_s
+    scan_s = scan_wall * rate
+    if scan_s * MIN_SCANS_PER_SAMPLE <= sample_s:
+        return None
+    most = sample_s / (MIN_SCANS_PER_SAMPLE * scan_wall)
+    why = (
+        f"at {rate:g} process s per wall s the virtual PLC scans every {scan_s:.3g} s of "
+        f"process time (hil.plc.scan_period_s {scan_wall:g} s of wall time), more than half "
+        f"of the controller's sample ({sample_s:.3g} s): the controller would read PLC images "
+        "up to a scan old and its writes would reach the plant up to a scan late, not the "
+        f"plant it will run; allowed: a rate of at most {most:.4g} (or a shorter "
+        f"hil.plc.scan_period_s in {site.path})"
+    )
+    return Problem(file, location, why, rate)

@@ -29,7 +29,7 @@ from hil.campaign.checks import Criterion, Extremum, SetpointsWithinLimits
 from hil.campaign.schema import CampaignFile
 from hil.faultcheck import FaultTargets, scheduled_fault_problems
 from hil.scenario import ScenarioConfig, check_scenario
-from hil.site import hil_section, load_hil_site
+from hil.site import hil_section, load_hil_site, scan_rate_problem
 from plant_models import PlantModel
 
 
@@ -63,7 +63,9 @@ class Campaign:
         return list(dict.fromkeys(p.resolve() for p in out))
 
 
-def load_campaign(path: Path, *, judged: bool = True, mode: str | None = None) -> Campaign:
+def load_campaign(
+    path: Path, *, judged: bool = True, mode: str | None = None, rate: float | None = None
+) -> Campaign:
     """Load a campaign, its site, and check every case it expands to.
 
     ``judged``: its verdicts are the evidence (a campaign run), so every case must be judged
@@ -95,6 +97,7 @@ def load_campaign(path: Path, *, judged: bool = True, mode: str | None = None) -
     problems += more
     problems += _case_problems(cases, model, source, site, mode or spec.mode)
     problems += _exercise_problems(spec, cases, source, judged=judged)
+    problems += _rate_problems(spec, cases, site, controller_path, source, mode or spec.mode, rate)
     if problems:
         raise ConfigError(problems)
     criteria = {c.id: c for c in spec.criteria}
@@ -115,6 +118,31 @@ def _controller_problems(
         return []
     message = f"controller is for model {cmodel.name!r}, the site's is {site_model!r}"
     return [Problem(source, "controller", message, spec.controller)]
+
+
+def _rate_problems(
+    spec: CampaignFile,
+    cases: list[Case],
+    site: Site,
+    controller_path: Path | None,
+    source: str,
+    campaign_mode: str,
+    rate: float | None,
+) -> list[Problem]:
+    """A rate (the command line's ``rate``, else the file's ``hil.rate``) too fast for the
+    virtual PLC to serve the controller, when any case runs in hil mode."""
+    if not any(c.run_mode(campaign_mode) == "hil" for c in cases):
+        return []
+    sample_time = site.controller.sample_time
+    if controller_path is not None:
+        try:
+            sample_time = load_checked_controller(controller_path)[0].sample_time
+        except ConfigError:
+            return []  # said by _controller_problems
+    where = ("command line", "--rate") if rate is not None else (source, "hil.rate")
+    effective = spec.hil.rate if rate is None else rate
+    problem = scan_rate_problem(site, effective, sample_time, file=where[0], location=where[1])
+    return [] if problem is None else [problem]
 
 
 def _exercise_problems(
