@@ -42,7 +42,7 @@ from controller.runtime.historian_records import CycleRecord, HistorianError
 from controller.runtime.site import Site
 from controller.runtime.solver_cache import LibraryCache
 from controller.timebase import TimeBase
-from hil.site import hil_section, load_hil_site
+from hil.site import hil_section, load_hil_site, scan_rate_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -345,6 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "runs/demo")
     args = ap.parse_args(argv)
     site = load_hil_site(args.site)
+    too_fast = scan_rate_problem(
+        site, args.rate, site.controller.sample_time, file="command line", location="--rate"
+    )
+    if too_fast is not None:  # the demo's verdict would judge a plant that is not the site's
+        print(f"error: {too_fast.file}: {too_fast.location}: {too_fast.message}", file=sys.stderr)
+        return 2
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     for old in ("audit.db", "history.db"):

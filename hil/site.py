@@ -267,13 +267,14 @@ def scan_rate_problem(
     scan_s = scan_wall * rate
     if scan_s * MIN_SCANS_PER_SAMPLE <= sample_s:
         return None
-    most = sample_s / (MIN_SCANS_PER_SAMPLE * scan_wall)
+    # printed rounded down, so that the rate it names is accepted
+    most = math.floor(sample_s / (MIN_SCANS_PER_SAMPLE * scan_wall) * 1e3) / 1e3
     why = (
-        f"at {rate:g} process s per wall s the virtual PLC scans every {scan_s:.3g} s of "
+        f"at {rate:.10g} process s per wall s the virtual PLC scans every {scan_s:.10g} s of "
         f"process time (hil.plc.scan_period_s {scan_wall:g} s of wall time), more than half "
-        f"of the controller's sample ({sample_s:.3g} s): the controller would read PLC images "
+        f"of the controller's sample ({sample_s:.10g} s): the controller would read PLC images "
         "up to a scan old and its writes would reach the plant up to a scan late, not the "
-        f"plant it will run; allowed: a rate of at most {most:.4g} (or a shorter "
-        f"hil.plc.scan_period_s in {site.path})"
+        f"plant it will run; allowed: a rate of at most {most:.10g} (or a shorter "
+        f"hil.plc.scan_period_s in {site.path.resolve()})"
     )
     return Problem(file, location, why, rate)

@@ -16,9 +16,10 @@ A value is trusted when it is present, GOOD (or UNCERTAIN where its tag says
 value outside them UNCERTAIN; it is flagged again here whatever the port), inside its
 ``valid_range``, marked valid by its ``measurement_validity`` bit (an unreadable validity word
 vouches for nothing), fresh (``stale_after``; measurements only, a setpoint legitimately keeps
-its value and timestamp), and not frozen (``frozen_after`` identical GOOD reads in a row, or
-taking at most ``frozen_values`` different values: a stuck transmitter whose last digit
-flickers). A frozen or unreadable ``plc_scan_counter`` makes every measurement stale.
+its value and timestamp), and not frozen (``frozen_after`` reads of new PLC images in a row,
+GOOD or UNCERTAIN, with the same value, or taking at most ``frozen_values`` different values:
+a stuck transmitter whose last digit flickers). A frozen or unreadable ``plc_scan_counter``
+makes every measurement stale.
 
 Each distrusted tag is a :class:`Distrust` naming the tag, the value and the reason, in words a
 person can act on.
@@ -118,11 +119,12 @@ class Judgement:
 
 @dataclass
 class _Repeats:
-    """A tag's latest trusted reads (at most ``frozen_after``) and how long they have been
-    frozen."""
+    """A tag's latest reads that carry a value (at most ``frozen_after``) and how long they
+    have been frozen."""
 
     window: deque[float]
     count: int = 0  # reads in the current frozen run (0: not frozen)
+    untrusted: bool = False  # the latest counted read was one the tag does not trust
 
     def add(self, value: float, values: int) -> int:
         """Add a read; the reads in a row that are frozen so far: every ``frozen_after`` of
@@ -157,7 +159,7 @@ class DataTrust:
         self.tags = tags.tags
         self.outputs, self.working = dict(outputs), dict(working)
         self.validity_order = list(validity_order)
-        self._repeats: dict[str, _Repeats] = {}  # tag -> its latest trusted reads
+        self._repeats: dict[str, _Repeats] = {}  # tag -> its latest reads with a value
         self._last_scan: float | None = None
         self._scan_repeats = 0
         #: this read's PLC image is the previous read's (the scan counter did not move): a
@@ -241,7 +243,8 @@ class DataTrust:
         or UNCERTAIN, trusted or not. A stuck value read UNCERTAIN, or alternating between the
         two, is as stuck: on a tag that does not trust UNCERTAIN, ending the run there let the
         GOOD reads between write from a stuck transmitter. A BAD or non-finite read ends the
-        run; a change of quality alone does not."""
+        run; a change of quality alone does not, and a trusted read of a value the run has not
+        seen, after an untrusted one, starts a new run."""
         if tag.frozen_after is None:
             return None
         if tv.quality is Quality.BAD or not math.isfinite(tv.value):
@@ -254,6 +257,18 @@ class DataTrust:
         # controller reads faster than the PLC publishes, as a HIL at rate 600 does) is no new
         # sample: counting it held live analysers (four reads of two images are two values).
         again = self._same_image and bool(seen.window) and seen.window[-1] == tv.value
+        rng = tag.valid_range
+        trusted = (tv.quality is Quality.GOOD or tag.uncertain_is_good) and (
+            rng is None or rng[0] <= tv.value <= rng[1]
+        )
+        if trusted and seen.untrusted and tv.value not in seen.window:
+            # a new value after a stretch it did not trust (an analyser held at its last
+            # value, flagged UNCERTAIN, through a calibration, or pinned outside its range) is
+            # live again: a new run
+            seen.window.clear()
+            seen.count = 0
+        if not again:
+            seen.untrusted = not trusted
         count = seen.count if again else seen.add(tv.value, tag.frozen_values)
         if count < tag.frozen_after:
             return None

@@ -16,15 +16,15 @@ cannot be pickled); a worker builds a configuration's estimator functions and MP
 once and keeps them for its next cases (:mod:`controller.core.ekf_memo`,
 :mod:`controller.core.ocp_memo`: keyed by all they are made of, no state shared). A case
 whose ``result.json`` says passed or failed for the same case definition (its digest), mode
-and configuration (:func:`case_configuration`) is skipped on a re-run unless ``force``. The
-results directory gets ``campaign.json`` (the manifest: software, machine, config hashes,
-the audit key, requirements, cases, start and end), then the reports."""
+and configuration (:func:`~hil.campaign.resume.case_configuration`) is skipped on a re-run
+unless ``force``. The results directory gets ``campaign.json`` (the manifest: software,
+machine, config hashes, the audit key, the hil rate, requirements, cases, start and end), then
+the reports."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import multiprocessing
 import os
@@ -54,10 +54,10 @@ from rich.progress import (
 from controller.errors import PortConnectError
 from controller.jsonfile import write_json
 from controller.runtime.historian_run import git_commit, library_versions, source_changes
-from hil.campaign.cases import Case
 from hil.campaign.checks import describe_check
 from hil.campaign.evidence_audit import run_audit_key
-from hil.campaign.results import record_problem, utc_now
+from hil.campaign.results import utc_now
+from hil.campaign.resume import case_configuration, previous_result
 from hil.campaign.runner import finished_result, run_case, run_cases, started
 from hil.campaign.spec import Campaign
 
@@ -154,7 +154,7 @@ def manifest(campaign: Campaign, settings: RunSettings, started: str) -> dict[st
         "executor": _executor_name(settings),
         "workers": settings.workers,
         "scheduler": settings.scheduler,
-        "rate": _rate(campaign, settings) if settings.mode == "hil" else None,
+        "rate": _rate(campaign, settings) if _hil_cases(campaign, settings) else None,
         "started": started,
         "ended": None,
         "software": software(),
@@ -179,45 +179,8 @@ def _rate(campaign: Campaign, settings: RunSettings) -> float:
     return settings.rate if settings.rate is not None else campaign.spec.hil.rate
 
 
-# ---------------------------------------------------------------------- resume
-def case_configuration(info: dict[str, Any], criteria: list[dict[str, Any]], case: Case) -> str:
-    """What a case's result depends on beyond its own definition (:attr:`Case.digest`): the
-    files of the site, controller, tag map, plant and scenario (their hashes in the manifest
-    ``info``, the campaign file's own left out), the definitions of the criteria that judge the
-    case, the software (version, commit, uncommitted source changes, Python, libraries) and
-    the audit key. A rerun reuses a result only when this is the same: a changed controller, a
-    tightened criterion, edited code or another key ran again, not passed on the old results."""
-    files = {k: v for k, v in info["config_hashes"].items() if k != info.get("file")}
-    sw, keys = info["software"], ("version", "git_commit", "source_changes", "python", "libraries")
-    body = {
-        "files": files,
-        "criteria": [c for c in criteria if c["id"] in case.criteria],
-        "software": {k: sw.get(k) for k in keys},
-        "audit_key": info.get("audit_key"),  # trails signed with another key: run again
-    }
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
-
-
-def previous_result(out: Path, case: Case, mode: str, config: str) -> dict[str, Any] | None:
-    """The case's finished result if it was run with the same definition, mode and
-    configuration (:func:`case_configuration`), and its record stands
-    (:func:`~hil.campaign.results.record_problem`); else None: run it again."""
-    folder = out / "cases" / case.id
-    try:
-        spec = json.loads((folder / "spec.json").read_text(encoding="utf-8"))
-        result = json.loads((folder / "result.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if spec.get("digest") != case.digest or spec.get("mode") != mode:
-        return None
-    if spec.get("configuration") != config:
-        return None  # another controller, site, criterion or software made that result
-    if result.get("status") not in ("passed", "failed"):
-        return None  # errored cases run again
-    if record_problem(result, folder / "result.json", spec.get("criteria")) is not None:
-        return None  # a record the report would call an error (or lacking a verdict for a
-        # criterion its spec.json lists) is no finished case
-    return dict(result)
+def _hil_cases(campaign: Campaign, settings: RunSettings) -> bool:
+    return any(c.run_mode(settings.mode) == "hil" for c in campaign.cases)
 
 
 # ---------------------------------------------------------------------- executors

@@ -29,7 +29,7 @@ from controller.runtime.audit import AuditTrail
 from controller.runtime.audit_verify import verify_file
 from controller.runtime.historian import SqliteHistorian
 from hil.campaign.drive import AUDIT_SYNCHRONOUS, HISTORIAN_COMMIT_EVERY, HISTORIAN_SYNCHRONOUS
-from hil.campaign.execute import previous_result
+from hil.campaign.resume import previous_result
 from hil.campaign.runner import run_case
 from hil.campaign.spec import Campaign, load_campaign
 from hil.servers.memory import _ServerPort

@@ -372,7 +372,7 @@ def test_a_record_the_reports_call_an_error_is_run_again_not_reused(
     exited 0 with "6 passed, 0 errored" while its own summary.json said failed."""
     from types import SimpleNamespace
 
-    from hil.campaign.execute import previous_result
+    from hil.campaign.resume import previous_result
 
     case = SimpleNamespace(id="c0", digest="D")
     folder = tmp_path / "cases" / "c0"

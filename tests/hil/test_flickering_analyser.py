@@ -129,6 +129,7 @@ def test_with_the_shipped_rule_the_flickering_analyser_holds_and_writes_nothing(
     assert any(r["state"] == "RUNNING" for r in cycles if r["t"] >= START + DURATION + 5 * DT)
 
 
+@pytest.mark.serial  # a closed loop on the scaled wall clock
 def test_live_analysers_read_over_modbus_faster_than_the_plc_publishes_are_not_frozen(
     tmp_path: Path,
 ) -> None:

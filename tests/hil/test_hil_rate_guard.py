@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from controller.errors import ConfigError
+from hil.campaign.resume import case_configuration
 from hil.campaign.runner import run_case
 from hil.campaign.spec import load_campaign
 from hil.net import free_port
@@ -32,7 +33,7 @@ SITE = ROOT / "configs" / "sites" / "cstr-modbus.yaml"
 pytestmark = pytest.mark.timeout(240)
 
 
-def _healthy_run(tmp: Path, rate: float) -> list[dict[str, Any]]:
+def _healthy_run(tmp: Path, rate: float) -> tuple[list[dict[str, Any]], str]:
     """A healthy CSTR case (no fault, 0.15 h) in hil mode at ``rate``, through run_case
     (which does not check the rate), on a free loopback port."""
     sites = ROOT / "configs" / "sites"
@@ -56,20 +57,25 @@ def _healthy_run(tmp: Path, rate: float) -> list[dict[str, Any]]:
     }
     result = run_case(job)
     assert result["status"] in ("passed", "failed"), result.get("error")
-    return pq.read_table(tmp / "cases" / case.id / "cycles.parquet").to_pylist()
+    folder = tmp / "cases" / case.id
+    return pq.read_table(folder / "cycles.parquet").to_pylist(), (folder / "run.log").read_text()
 
 
+GATE = "rejected by the estimator's innovation gate"
+
+
+@pytest.mark.serial  # on the scaled wall clock: a loaded machine adds late cycles of its own
 def test_a_plc_scanning_slower_than_the_controller_samples_fails_a_healthy_plant(
     tmp_path: Path,
 ) -> None:
-    too_fast = _healthy_run(tmp_path / "600", 600.0)
-    held = [r for r in too_fast if r["state"] in ("HOLD", "FALLBACK")]
-    assert len(held) >= 3, [r["state"] for r in too_fast]  # 11 of 31 when it was found
-    assert any("conc_a" in r["problems"] for r in held)  # the estimator's gate refused it
-    ok = _healthy_run(tmp_path / "150", load_campaign(CAMPAIGN).spec.hil.rate)
-    states = [r["state"] for r in ok]
-    assert "HOLD" not in states and "FALLBACK" not in states, states
-    assert states.count("RUNNING") >= len(states) - 3
+    """The mechanism, not every symptom: at 600 readings a scan old (up to 30 s) are refused
+    by the estimator on a healthy plant and the loop holds; at 150 none is."""
+    too_fast, log = _healthy_run(tmp_path / "600", 600.0)
+    assert log.count(GATE) >= 2, [r["state"] for r in too_fast]  # 9 in 31 cycles when found
+    assert any(r["state"] in ("HOLD", "FALLBACK") for r in too_fast)
+    ok, log = _healthy_run(tmp_path / "150", load_campaign(CAMPAIGN).spec.hil.rate)
+    assert GATE not in log, [r["state"] for r in ok]
+    assert sum(r["state"] == "RUNNING" for r in ok) >= len(ok) // 2
 
 
 def test_the_campaign_file_rate_is_checked_against_the_plc_scan(tmp_path: Path) -> None:
@@ -121,3 +127,29 @@ def test_the_cli_says_so_without_a_traceback(tmp_path: Path) -> None:
     text = " ".join((done.stdout + done.stderr).split())
     assert "--rate" in text and "allowed: a rate of at most 180" in text
     assert "Traceback" not in text
+
+
+def test_a_rerun_at_another_rate_does_not_reuse_hil_results() -> None:
+    """A review: the configuration a finished result is reused for left the rate out, so a
+    re-run with another --rate into the same folder kept the results of the old rate."""
+    case = load_campaign(CAMPAIGN).cases[0]
+    info: dict[str, Any] = {"config_hashes": {}, "software": {}, "mode": "hil", "rate": 150.0}
+    at_150 = case_configuration(info, [], case)
+    assert case_configuration({**info, "rate": 180.0}, [], case) != at_150
+    assert case_configuration(dict(info), [], case) == at_150
+    fast = {**info, "mode": "fast", "rate": None}  # fast: no rate, digests as they were
+    assert case_configuration(fast, [], case) == case_configuration({**fast, "rate": 9.0}, [], case)
+
+
+def test_the_demo_refuses_a_rate_the_site_plc_cannot_serve(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A review: the demo (a PASS/FAIL verdict) ran any site at its default rate 3600; the
+    CSTR's PLC then scans every 180 s of an 18 s sample."""
+    from hil.demo import main as demo
+
+    assert demo(["--site", str(SITE), "--out", str(tmp_path / "demo")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.startswith("error: command line: --rate: at 3600 process s per wall s")
+    assert "allowed: a rate of at most 180" in err
+    assert not (tmp_path / "demo").exists()  # refused before anything was made

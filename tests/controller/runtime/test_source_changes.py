@@ -15,8 +15,8 @@ import pytest
 
 from controller.runtime import historian_run
 from hil.campaign.cases import Case
-from hil.campaign.execute import case_configuration
 from hil.campaign.results import software_rows
+from hil.campaign.resume import case_configuration
 
 changes = historian_run._source_changes.__wrapped__  # uncached: the tree changes in the test
 

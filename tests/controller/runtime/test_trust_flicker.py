@@ -113,6 +113,28 @@ def test_a_value_read_again_from_the_same_plc_image_is_no_new_sample() -> None:
     assert reasons[len(images) :] == [[], [], [], [], [Reason.FROZEN]]
 
 
+def _judged(trust: DataTrust, reads: list[tuple[float, Quality]]) -> list[Reason | None]:
+    out = []
+    for k, (value, quality) in enumerate(reads):
+        now = 18.0 * k
+        judged = trust.judge(Snapshot({TAG: TagValue(value, quality, now, now)}, now))
+        why = [d.reason for d in judged.outputs.values() if d.tag == TAG]
+        out.append(why[0] if why else None)
+    return out
+
+
+@pytest.mark.parametrize(("held", "reason"), [(0.81, Reason.UNCERTAIN), (10.5, Reason.IMPLAUSIBLE)])
+def test_a_live_value_after_a_held_stretch_is_not_frozen(held: float, reason: Reason) -> None:
+    """A review: an analyser held at its last value through a calibration (flagged UNCERTAIN),
+    or pinned outside its range, then live again: its first live read was called frozen (the
+    held reads and it took two values)."""
+    site = load_site(CSTR)
+    live = [(0.80 + 0.0013 * k, Quality.GOOD) for k in range(5)]
+    again = [(0.83 + 0.0011 * k, Quality.GOOD) for k in range(5)]
+    got = _judged(_trust(site), [*live, *[(held, Quality.UNCERTAIN)] * 5, *again])
+    assert got == [None] * 5 + [reason] * 5 + [None] * 5
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from([0.8, 0.81, 0.82, 0.83]), min_size=1, max_size=40))
 def test_frozen_is_exactly_four_reads_in_a_row_taking_at_most_two_values(
