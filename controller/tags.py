@@ -73,6 +73,7 @@ OnBad = Literal["hold", "predict"]
 _NOT_PUBLISHED = (
     "max_rate",
     "frozen_after",
+    "frozen_values",
     "valid_range",
     "on_bad",
     "predict_cycles",
@@ -161,7 +162,7 @@ class Tag(Strict):
     #: are frozen too: a stuck transmitter whose last digit flickers between two codes
     #: (2). A live float32 measurement under noise almost never repeats a value; a quantised
     #: one repeats by chance, and more often the more values are allowed (see the README)
-    frozen_values: Annotated[int, Field(ge=1, le=10)] = 1
+    frozen_values: Annotated[int, Field(ge=1, le=10)] | None = None  # None: 1
     #: the values the measured quantity can physically take (a fed batch's biomass cannot
     #: reach 50 g/L by mass balance): a value read outside is bad data for that cycle. Not the
     #: engineering ``limits`` (the transmitter's span, the PLC's scaling, the write range: a
@@ -277,7 +278,7 @@ class Tag(Strict):
     def _frozen_problems(self) -> list[str]:
         """``frozen_values`` means something only with ``frozen_after``, and below it."""
         k, n = self.frozen_values, self.frozen_after
-        if k == 1:
+        if k is None or k == 1:
             return []
         if n is None:
             return [

@@ -120,7 +120,8 @@ class FaultSpec(Strict):
             raise ValueError(f"a {kind} fault has no magnitude or rate to give a 'unit' to")
         if self.unit and kind in FAULT_OPTIONAL_MAGNITUDE_KINDS and self.magnitude == 0.0:
             raise ValueError(
-                f"a {kind} fault without a 'magnitude' has nothing to give a 'unit' to"
+                f"a {kind} fault without a 'magnitude' has nothing to give a 'unit' "
+                f"({self.unit!r}) to"
             )
         if kind in {"sensor_noise", "actuator_lag", "comm_latency"} and self.magnitude < 0:
             raise ValueError(f"a {kind} fault needs a positive 'magnitude'")

@@ -285,8 +285,10 @@ async def serve(site_path: Path, opts: ServeOptions, announce: Any = print) -> d
     too_fast = scan_rate_problem(
         site, opts.rate, site.controller.sample_time, file="command line", location="--rate"
     )
+    warning = None
     if too_fast is not None:
-        announce(f"warning: --rate {opts.rate:g}: {too_fast.message}; for closed-loop tests")
+        warning = f"--rate {opts.rate:g}: {too_fast.message}; for closed-loop tests"
+        announce(f"warning: {warning}")
     folder = usable_state_dir(site, opts.state_dir)
     log_path = folder / f"{site.name}.log"
     handler = logging.FileHandler(log_path, encoding="utf-8")
@@ -298,6 +300,8 @@ async def serve(site_path: Path, opts: ServeOptions, announce: Any = print) -> d
         lg.addHandler(handler)
         if lg.getEffectiveLevel() > logging.INFO:
             lg.setLevel(logging.INFO)
+    if warning is not None:
+        log.warning("%s", warning)  # in the HIL log too, beside what the rig did
     try:
         return await _serve(site, opts, folder, log_path, announce)
     finally:

@@ -125,11 +125,13 @@ class _Repeats:
     window: deque[float]
     count: int = 0  # reads in the current frozen run (0: not frozen)
     untrusted: bool = False  # the latest counted read was one the tag does not trust
+    same: int = 0  # the latest counted reads in a row with the latest's value
 
     def add(self, value: float, values: int) -> int:
         """Add a read; the reads in a row that are frozen so far: every ``frozen_after`` of
         them in a row taking at most ``values`` different values (1: all the same)."""
         w = self.window
+        self.same = self.same + 1 if w and w[-1] == value else 1
         w.append(value)
         if len(w) == w.maxlen and len(set(w)) <= values:
             self.count = self.count + 1 if self.count else len(w)
@@ -269,11 +271,11 @@ class DataTrust:
             seen.count = 0
         if not again:
             seen.untrusted = not trusted
-        count = seen.count if again else seen.add(tv.value, tag.frozen_values)
+        count = seen.count if again else seen.add(tv.value, tag.frozen_values or 1)
         if count < tag.frozen_after:
             return None
-        if tag.frozen_values == 1:
-            detail = f"the same value for {count} reads (frozen_after {tag.frozen_after})"
+        if len(set(seen.window)) == 1:
+            detail = f"the same value for {seen.same} reads (frozen_after {tag.frozen_after})"
         else:
             detail = (
                 f"{count} reads in a row, every {tag.frozen_after} of them taking at most "

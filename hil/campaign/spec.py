@@ -139,7 +139,9 @@ def _rate_problems(
             sample_time = load_checked_controller(controller_path)[0].sample_time
         except ConfigError:
             return []  # said by _controller_problems
-    where = ("command line", "--rate") if rate is not None else (source, "hil.rate")
+    default = "rate" not in spec.hil.model_fields_set  # the file does not set it
+    key = "hil.rate (not set: the default)" if default else "hil.rate"
+    where = ("command line", "--rate") if rate is not None else (source, key)
     effective = spec.hil.rate if rate is None else rate
     problem = scan_rate_problem(site, effective, sample_time, file=where[0], location=where[1])
     return [] if problem is None else [problem]

@@ -32,9 +32,12 @@ def test_the_stuck_biomass_probe_holds_instead_of_writing(tmp_path: Path) -> Non
     assert (fault["kind"], fault["target"]) == ("sensor_stuck", "X_meas")
     site = load_site(campaign.site_path)
     frozen_after = site.tags.tags["biomass"].frozen_after
-    assert frozen_after == 3
+    assert frozen_after == 4
     start, end = fault["start"], fault["start"] + fault["duration"]  # h; one read an hour
-    detected = start + frozen_after - 1  # the third identical read
+    # the third stuck read: with the live read before it, four reads taking two values
+    # (frozen_values 2), as soon as three identical reads were before it
+    assert site.tags.tags["biomass"].frozen_values == 2
+    detected = start + 2
 
     job = {
         "case": case.to_json(),
@@ -54,7 +57,8 @@ def test_the_stuck_biomass_probe_holds_instead_of_writing(tmp_path: Path) -> Non
     assert all(r["state"] in ("HOLD", "FALLBACK") for r in stuck)
     assert all(r["problems"] == "stale inputs ['biomass']" for r in stuck)
     log = (folder / "run.log").read_text()  # each cycle logs why
-    assert f"frozen: the same value for {frozen_after} reads" in log
+    assert "frozen: 4 reads in a row, every 4 of them taking at most 2 values" in log
+    assert "frozen: the same value for 4 reads (frozen_after 4)" in log  # the next read
     trail = AuditTrail(folder / "audit.db")
     written = {
         int(json.loads(r.detail)["decision_id"].rsplit(":", 1)[1])

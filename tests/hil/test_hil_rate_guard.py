@@ -93,6 +93,13 @@ def test_the_campaign_file_rate_is_checked_against_the_plc_scan(tmp_path: Path) 
     assert "scans every 30 s of process time" in problem.message
     assert "more than half of the controller's sample (18 s)" in problem.message
     assert "allowed: a rate of at most 180" in problem.message
+    # a file without hil.rate gets the default (1000), and is told so
+    path.write_text(re.sub(r"^hil: .*\n", "", text, count=1, flags=re.M))
+    with pytest.raises(ConfigError) as err:
+        load_campaign(path, mode="hil")
+    (problem,) = err.value.problems
+    assert problem.location == "hil.rate (not set: the default)" and problem.value == 1000.0
+    assert "at 1000 process s per wall s" in str(err.value)
 
 
 def test_the_command_line_rate_is_checked_too() -> None:
@@ -103,6 +110,7 @@ def test_the_command_line_rate_is_checked_too() -> None:
     load_campaign(CAMPAIGN, mode="hil", rate=180.0)  # the most allowed
 
 
+@pytest.mark.serial  # live servers
 async def test_serve_warns_of_a_rate_its_plc_cannot_serve_a_controller_at(
     tmp_path: Path,
 ) -> None:
@@ -113,6 +121,8 @@ async def test_serve_warns_of_a_rate_its_plc_cannot_serve_a_controller_at(
     await serve(SITE, opts, announce=lambda *a: said.append(" ".join(map(str, a))))
     warned = [line for line in said if line.startswith("warning: --rate 600:")]
     assert len(warned) == 1 and "allowed: a rate of at most 180" in warned[0], said
+    logged = (tmp_path / "cstr-modbus.log").read_text()
+    assert "WARNING" in logged and "allowed: a rate of at most 180" in logged
     said.clear()
     await serve(SITE, ServeOptions(rate=150.0, state_dir=tmp_path, duration=60.0, modbus_port=port),
                 announce=lambda *a: said.append(" ".join(map(str, a))))  # fmt: skip
