@@ -182,3 +182,12 @@ def test_a_frozen_values_that_would_do_nothing_or_hold_everything_is_refused(
         load_tag_map(path)
     text = str(err.value)
     assert str(path) in text and "conc_a" in text and message in text
+
+
+def test_frozen_values_on_a_publication_is_refused() -> None:
+    """A review: it was taken for a measurement's key and asked for 'frozen_after' (which a
+    publication refuses)."""
+    tag = load_tag_map(ROOT / "configs" / "tags" / "cstr.yaml").tags["conc_b_estimate"]
+    data = {**tag.model_dump(exclude_none=True), "frozen_values": 2}
+    with pytest.raises(ValueError, match="'frozen_values' applies to setpoints and measurements"):
+        Tag.model_validate(data)
