@@ -25,6 +25,19 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.timeout(300), pytest.mark.slow, pytest.mark.serial]
 
 
+def written_cycles(folder: Path) -> set[int]:
+    """The cycles whose setpoints a case's audit trail (``folder/audit.db``) wrote."""
+    trail = AuditTrail(folder / "audit.db")
+    try:
+        return {
+            int(json.loads(r.detail)["decision_id"].rsplit(":", 1)[1])
+            for r in trail.records()
+            if r.action == "setpoint.write"
+        }
+    finally:
+        trail.close()
+
+
 def test_the_stuck_biomass_probe_holds_instead_of_writing(tmp_path: Path) -> None:
     campaign = load_campaign(ROOT / "configs" / "campaigns" / "bioreactor-oq.yaml")
     case = next(c for c in campaign.cases if c.factors["faults"] == "sensor-stuck")
@@ -59,13 +72,7 @@ def test_the_stuck_biomass_probe_holds_instead_of_writing(tmp_path: Path) -> Non
     log = (folder / "run.log").read_text()  # each cycle logs why
     assert "frozen: 4 reads in a row, every 4 of them taking at most 2 values" in log
     assert "frozen: the same value for 4 reads (frozen_after 4)" in log  # the next read
-    trail = AuditTrail(folder / "audit.db")
-    written = {
-        int(json.loads(r.detail)["decision_id"].rsplit(":", 1)[1])
-        for r in trail.records()
-        if r.action == "setpoint.write"
-    }
-    trail.close()
+    written = written_cycles(folder)
     assert written  # the MPC wrote before and after the fault
     assert not written & {r["cycle"] for r in stuck}  # zero setpoints on the frozen probe
     assert result["counters"]["stale_data"] >= len(stuck)

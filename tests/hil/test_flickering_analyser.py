@@ -11,15 +11,14 @@ in a row still happen by chance and hold a cycle now and then; in the other cycl
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+from test_data_trust_oq import written_cycles
 
-from controller.runtime.audit import AuditTrail
 from hil.campaign.runner import run_case
 from hil.campaign.spec import load_campaign
 from hil.net import free_port
@@ -85,14 +84,7 @@ def _run(
     assert result["status"] in ("passed", "failed"), result.get("error")
     folder = tmp / "cases" / case.id
     cycles = pq.read_table(folder / "cycles.parquet").to_pylist()
-    trail = AuditTrail(folder / "audit.db")
-    written = {
-        int(json.loads(r.detail)["decision_id"].rsplit(":", 1)[1])
-        for r in trail.records()
-        if r.action == "setpoint.write"
-    }
-    trail.close()
-    return cycles, written, (folder / "run.log").read_text(), result
+    return cycles, written_cycles(folder), (folder / "run.log").read_text(), result
 
 
 def _stuck(cycles: list[dict[str, Any]], after_reads: int) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ BIO = ROOT / "configs" / "sites" / "bioreactor-modbus.yaml"
 TAG = "broth_volume"  # stale_after 30 s, frozen_after 6
 
 
-def _trust(site: Site, tags: TagMap | None = None) -> DataTrust:
+def trust_for(site: Site, tags: TagMap | None = None) -> DataTrust:
     tm = tags or site.tags
     binding = Binding.of(tm, site.model)
     sp, pv = binding.setpoint_tags(), binding.working_setpoint_tags()
@@ -42,7 +42,7 @@ def _distrust(trust: DataTrust, snap: Snapshot) -> Reason | None:
 
 def test_a_source_timestamp_in_the_future_is_not_fresh() -> None:
     site = load_site(BIO)
-    trust = _trust(site)
+    trust = trust_for(site)
     now = 10_000.0
     assert _distrust(trust, _read(120.0, Quality.GOOD, now, now)) is None
     assert _distrust(trust, _read(120.0, Quality.GOOD, now + 20.0, now)) is None  # within 30 s
@@ -55,7 +55,7 @@ def test_a_source_timestamp_in_the_future_is_not_fresh() -> None:
 def test_a_scaled_clock_tolerates_a_tiny_wall_skew_in_the_future() -> None:
     # at 3600 x, 1 ms of wall skew is 3.6 process seconds: the wall-time floor applies both ways
     site = load_site(BIO)
-    trust = _trust(site)
+    trust = trust_for(site)
     trust.rate = 3600.0
     now = 10_000.0
     assert _distrust(trust, _read(120.0, Quality.GOOD, now + 100.0, now)) is None
@@ -75,7 +75,7 @@ def test_a_stuck_value_read_uncertain_on_a_tag_that_trusts_it_is_frozen(
     site = load_site(BIO)
     tags = dict(site.tags.tags)
     tags[TAG] = tags[TAG].model_copy(update={"uncertain_is_good": True})
-    trust = _trust(site, site.tags.model_copy(update={"tags": tags}))
+    trust = trust_for(site, site.tags.model_copy(update={"tags": tags}))
     reasons = []
     for k, quality in enumerate(qualities):
         now = 1800.0 * k  # a fresh stamp each read: only the value is stuck
@@ -89,7 +89,7 @@ def test_a_stuck_value_alternating_good_and_uncertain_is_frozen_on_a_tag_not_tru
     cycles held)."""
     site = load_site(BIO)
     assert not site.tags.tags[TAG].uncertain_is_good
-    trust = _trust(site)
+    trust = trust_for(site)
     reasons = []
     for k, quality in enumerate([Quality.GOOD, Quality.UNCERTAIN] * 5):
         now = 1800.0 * k
@@ -101,7 +101,7 @@ def test_a_stuck_value_alternating_good_and_uncertain_is_frozen_on_a_tag_not_tru
 
 def test_a_bad_read_still_ends_a_run_of_repeats() -> None:
     site = load_site(BIO)
-    trust = _trust(site)
+    trust = trust_for(site)
     reasons = []
     for k, quality in enumerate([Quality.GOOD] * 5 + [Quality.BAD] + [Quality.GOOD] * 5):
         now = 1800.0 * k

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_trust_clock_and_stuck import trust_for
 
-from controller.binding import Binding
 from controller.configfile import ConfigError
 from controller.ports.base import Quality, Snapshot, TagValue
 from controller.runtime.site import Site, load_site
@@ -27,14 +27,6 @@ ROOT = Path(__file__).resolve().parents[3]
 CSTR = ROOT / "configs" / "sites" / "cstr-modbus.yaml"
 TAG = "conc_a"
 STUCK, CODE = 1.234567, 1.2345671  # a float32 reading and the next one up: the toggling digit
-
-
-def _trust(site: Site, tags: TagMap | None = None) -> DataTrust:
-    tm = tags or site.tags
-    binding = Binding.of(tm, site.model)
-    sp, pv = binding.setpoint_tags(), binding.working_setpoint_tags()
-    working = {i: pv.get(i) or sp[i] for i in site.model.input_names}
-    return DataTrust(tm, binding.output_tags(), working, binding.measurement_tags()[:16])
 
 
 def _with(site: Site, **update: object) -> TagMap:
@@ -56,7 +48,7 @@ def _reasons(trust: DataTrust, values: list[float]) -> list[tuple[Reason | None,
 def test_counting_identical_reads_never_catches_a_flickering_analyser() -> None:
     """The failure the rule protects against: 40 reads of a stuck analyser, all trusted."""
     site = load_site(CSTR)
-    trust = _trust(site, _with(site, frozen_after=3, frozen_values=1))
+    trust = trust_for(site, _with(site, frozen_after=3, frozen_values=1))
     flicker = [STUCK, CODE, STUCK, STUCK, CODE] * 8
     assert all(reason is None for reason, _ in _reasons(trust, flicker))
 
@@ -65,7 +57,7 @@ def test_the_shipped_analyser_is_frozen_after_four_reads_of_two_values() -> None
     site = load_site(CSTR)
     tag = site.tags.tags[TAG]
     assert (tag.frozen_after, tag.frozen_values) == (4, 2)
-    trust = _trust(site)
+    trust = trust_for(site)
     got = _reasons(trust, [STUCK, CODE, STUCK, STUCK, CODE, CODE])
     assert [r for r, _ in got] == [None, None, None, Reason.FROZEN, Reason.FROZEN, Reason.FROZEN]
     detail = got[3][1]
@@ -79,10 +71,10 @@ def test_the_shipped_analyser_is_frozen_after_four_reads_of_two_values() -> None
 
 def test_a_stuck_value_is_still_frozen_and_named_as_before() -> None:
     site = load_site(CSTR)
-    got = _reasons(_trust(site), [STUCK] * 5)
+    got = _reasons(trust_for(site), [STUCK] * 5)
     assert [r for r, _ in got] == [None, None, None, Reason.FROZEN, Reason.FROZEN]
     assert got[4][1] == "the same value for 5 reads (frozen_after 4)"
-    one = _reasons(_trust(site, _with(site, frozen_after=3, frozen_values=1)), [STUCK] * 4)
+    one = _reasons(trust_for(site, _with(site, frozen_after=3, frozen_values=1)), [STUCK] * 4)
     assert one[2][1] == "the same value for 3 reads (frozen_after 3)"
 
 
@@ -92,7 +84,7 @@ def test_a_value_read_again_from_the_same_plc_image_is_no_new_sample() -> None:
     are two values, and the live analysers were held in a fifth of the cycles. A read whose
     scan counter did not move is not counted."""
     site = load_site(CSTR)
-    trust = _trust(site)
+    trust = trust_for(site)
     images = [(1, 0.81), (1, 0.81), (2, 0.83), (2, 0.83), (3, 0.8), (4, 0.82), (4, 0.82)]
     images += [(5, 0.84), (5, 0.84), (6, 0.79), (7, 0.85), (7, 0.85)]
     reads = [*images, (8, STUCK), (8, STUCK), (9, CODE), (10, STUCK), (11, CODE)]
@@ -131,7 +123,7 @@ def test_a_live_value_after_a_held_stretch_is_not_frozen(held: float, reason: Re
     site = load_site(CSTR)
     live = [(0.80 + 0.0013 * k, Quality.GOOD) for k in range(5)]
     again = [(0.83 + 0.0011 * k, Quality.GOOD) for k in range(5)]
-    got = _judged(_trust(site), [*live, *[(held, Quality.UNCERTAIN)] * 5, *again])
+    got = _judged(trust_for(site), [*live, *[(held, Quality.UNCERTAIN)] * 5, *again])
     assert got == [None] * 5 + [reason] * 5 + [None] * 5
 
 
@@ -142,7 +134,7 @@ def test_frozen_is_exactly_four_reads_in_a_row_taking_at_most_two_values(
 ) -> None:
     """Against a brute-force oracle, on readings that repeat often."""
     site = load_site(CSTR)
-    got = [r is Reason.FROZEN for r, _ in _reasons(_trust(site), values)]
+    got = [r is Reason.FROZEN for r, _ in _reasons(trust_for(site), values)]
     want = [k >= 3 and len(set(values[k - 3 : k + 1])) <= 2 for k in range(len(values))]
     assert got == want
 
@@ -152,7 +144,9 @@ def test_three_values_in_turn_are_alive_to_a_two_value_rule(period: int) -> None
     """Two values in turn are stuck; the B5 bench's still plant dithers over three."""
     site = load_site(CSTR)
     cycle = [STUCK, CODE, 1.2345673][:period]
-    got = [r for r, _ in _reasons(_trust(site), list(itertools.islice(itertools.cycle(cycle), 12)))]
+    got = [
+        r for r, _ in _reasons(trust_for(site), list(itertools.islice(itertools.cycle(cycle), 12)))
+    ]
     assert (Reason.FROZEN in got) is (period == 2)
 
 
