@@ -104,9 +104,14 @@ class TrustCycle:
             o: d for o in step.held if (d := distrust[o]).reason in (Reason.STALE, Reason.FROZEN)
         }
         bad = {o: distrust[o] for o in step.held if o not in stale}
+        gated = [d for d in bad.values() if d.reason is Reason.REJECTED]
         if bad:
             self.counters.bad_data += 1
-            self._problem(view, f"bad-quality inputs {_tags(bad.values())}")
+        if len(gated) < len(bad):
+            quality = [d for d in bad.values() if d.reason is not Reason.REJECTED]
+            self._problem(view, f"bad-quality inputs {_tags(quality)}")
+        if gated:  # good quality, but the model cannot explain them (not "bad quality")
+            self._problem(view, f"inputs the estimator's innovation gate rejected {_tags(gated)}")
         if stale:
             self.counters.stale_data += 1
             self._problem(view, f"stale inputs {_tags(stale.values())}")

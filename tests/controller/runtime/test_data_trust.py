@@ -556,7 +556,10 @@ async def test_a_measurement_the_innovation_gate_rejects_is_counted_logged_recor
     assert view.estimate is not None and view.estimate.rejected == ("Tbot",)
     assert view.state is State.HOLD and len(rig.port.writes) == writes
     assert rig.sup.counters.gate_rejections == 1
-    assert view.problems == ["bad-quality inputs ['product_temp_bottom']"]
+    # a review: it said "bad-quality inputs" of a GOOD value the model could not explain
+    assert view.problems == [
+        "inputs the estimator's innovation gate rejected ['product_temp_bottom']"
+    ]
     assert "product_temp_bottom = 30 rejected by the estimator's innovation gate" in why(view)
     assert "standard deviations" in why(view) and "rejected" in caplog.text
     rejected = rig.historian.events(rig.sup.run_id, "data.rejected")
