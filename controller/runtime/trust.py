@@ -205,18 +205,10 @@ class DataTrust:
         tag = self.tags[name]
         if tv is None:
             return Distrust(name, Reason.MISSING, math.nan, "not in the read")
-        frozen = self._frozen(name, tag, tv) if measurement else None
-        if tv.quality is Quality.BAD and not tv.detail.startswith(NOT_FINITE):
-            return Distrust(name, Reason.BAD, tv.value, tv.detail)
-        if not math.isfinite(tv.value):  # read GOOD or UNCERTAIN, flagged BAD by the port
-            return Distrust(name, Reason.NON_FINITE, tv.value, tv.detail)
-        rng = tag.valid_range
-        if rng is not None and not rng[0] <= tv.value <= rng[1]:
-            what = f"physically possible: [{rng[0]:g}, {rng[1]:g}] {tag.unit}"
-            what += f"; {tv.detail}" if tv.detail else ""
-            return Distrust(name, Reason.IMPLAUSIBLE, tv.value, what)
-        if tv.quality is Quality.UNCERTAIN and not tag.uncertain_is_good:
-            return Distrust(name, Reason.UNCERTAIN, tv.value, tv.detail)
+        why = self._doubt(name, tag, tv)
+        frozen = self._frozen(name, tag, tv, trusted=why is None) if measurement else None
+        if why is not None:
+            return why
         age = tv.age(now)
         if measurement and not self._fresh(age, tag.stale_after):  # NaN age: stale
             what = f"{age:.3g} s old, allowed {tag.stale_after:g} s"
@@ -232,21 +224,39 @@ class DataTrust:
             return Distrust(name, Reason.STALE, tv.value, what)
         return frozen
 
+    @staticmethod
+    def _doubt(name: str, tag: Tag, tv: TagValue) -> Distrust | None:
+        """What is wrong with the value itself: its quality, a non-finite number, outside its
+        ``valid_range`` (None: nothing)."""
+        if tv.quality is Quality.BAD and not tv.detail.startswith(NOT_FINITE):
+            return Distrust(name, Reason.BAD, tv.value, tv.detail)
+        if not math.isfinite(tv.value):  # read GOOD or UNCERTAIN, flagged BAD by the port
+            return Distrust(name, Reason.NON_FINITE, tv.value, tv.detail)
+        rng = tag.valid_range
+        if rng is not None and not rng[0] <= tv.value <= rng[1]:
+            what = f"physically possible: [{rng[0]:g}, {rng[1]:g}] {tag.unit}"
+            what += f"; {tv.detail}" if tv.detail else ""
+            return Distrust(name, Reason.IMPLAUSIBLE, tv.value, what)
+        if tv.quality is Quality.UNCERTAIN and not tag.uncertain_is_good:
+            return Distrust(name, Reason.UNCERTAIN, tv.value, tv.detail)
+        return None
+
     def _fresh(self, age: float, stale_after: float) -> bool:
         """Fresh in process time, or (scaled clock) still within the wall-time floor."""
         if age <= stale_after:
             return True
         return self.rate > 1.0 and age / self.rate <= self.wall_floor_s  # False for NaN
 
-    def _frozen(self, name: str, tag: Tag, tv: TagValue) -> Distrust | None:
+    def _frozen(self, name: str, tag: Tag, tv: TagValue, *, trusted: bool) -> Distrust | None:
         """``frozen_after`` reads in a row with exactly the same value (or taking at most the
         tag's ``frozen_values`` different values), among the reads of new PLC images (a value
         read again while the scan counter stood still is not counted) that carry a value: GOOD
         or UNCERTAIN, trusted or not. A stuck value read UNCERTAIN, or alternating between the
         two, is as stuck: on a tag that does not trust UNCERTAIN, ending the run there let the
         GOOD reads between write from a stuck transmitter. A BAD or non-finite read ends the
-        run; a change of quality alone does not, and a trusted read of a value the run has not
-        seen, after an untrusted one, starts a new run."""
+        run; a change of quality alone does not, and a ``trusted`` read (nothing wrong with
+        its value itself: :meth:`_doubt`) of a value the run has not seen, after an untrusted
+        one, starts a new run."""
         if tag.frozen_after is None:
             return None
         if tv.quality is Quality.BAD or not math.isfinite(tv.value):
@@ -259,10 +269,6 @@ class DataTrust:
         # controller reads faster than the PLC publishes, as a HIL at rate 600 does) is no new
         # sample: counting it held live analysers (four reads of two images are two values).
         again = self._same_image and bool(seen.window) and seen.window[-1] == tv.value
-        rng = tag.valid_range
-        trusted = (tv.quality is Quality.GOOD or tag.uncertain_is_good) and (
-            rng is None or rng[0] <= tv.value <= rng[1]
-        )
         if trusted and seen.untrusted and tv.value not in seen.window:
             # a new value after a stretch it did not trust (an analyser held at its last
             # value, flagged UNCERTAIN, through a calibration, or pinned outside its range) is

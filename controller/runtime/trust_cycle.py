@@ -105,10 +105,10 @@ class TrustCycle:
         }
         bad = {o: distrust[o] for o in step.held if o not in stale}
         gated = [d for d in bad.values() if d.reason is Reason.REJECTED]
+        quality = [d for d in bad.values() if d.reason is not Reason.REJECTED]
         if bad:
             self.counters.bad_data += 1
-        if len(gated) < len(bad):
-            quality = [d for d in bad.values() if d.reason is not Reason.REJECTED]
+        if quality:
             self._problem(view, f"bad-quality inputs {_tags(quality)}")
         if gated:  # good quality, but the model cannot explain them (not "bad quality")
             self._problem(view, f"inputs the estimator's innovation gate rejected {_tags(gated)}")
