@@ -14,11 +14,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
 from typing import TYPE_CHECKING
+
+from controller.errors import PortError
 
 if TYPE_CHECKING:
     from controller.tags import Tag
@@ -170,3 +172,19 @@ class Port(ABC):
     @abstractmethod
     async def write(self, values: Mapping[str, float]) -> WriteReport:
         """Write ``values`` and read each back; refused tags are REJECTED before sending."""
+
+    async def write_each(
+        self, groups: Sequence[Mapping[str, float]]
+    ) -> list[WriteReport | PortError]:
+        """Several independent writes: each group checked and reported as one :meth:`write`
+        (a refusal in one sends nothing of it and holds no other), in order. Per group, its
+        report, or the :class:`PortError` that kept it from being sent or confirmed. A port
+        that can send them in fewer requests does (OPC UA: one Write call and one Read of
+        the read-backs for all of them); this one writes them one after the other."""
+        outcomes: list[WriteReport | PortError] = []
+        for group in groups:
+            try:
+                outcomes.append(await self.write(group))
+            except PortError as exc:
+                outcomes.append(exc)
+        return outcomes

@@ -4,17 +4,16 @@ The only module of ours that imports asyncua; every asyncua/ua/socket exception 
 into the :class:`~controller.errors.PortError` tree with ``raise ... from exc``.
 
 * **Connect**: an asyncua client with request timeout ``connection.timeout_s`` (asyncua's own
-  default is 60 s) and security policy None, or Basic256Sha256, Aes128_Sha256_RsaOaep or
-  Aes256_Sha256_RsaPss with Sign/SignAndEncrypt. The client certificate and key are PEM or DER
-  files relative to ``base_dir``; the client's application URI is the certificate's SubjectAltName
-  URI. The server certificate must be in the ``trust_list`` files (or be issued by a CA among them)
-  and in date, else PortConnectError. Username/password if configured. Every tag's node (node id
-  ``ns=<index>;...`` or ``nsu=<namespace URI>;...``, or browse path of ``"ns:Name"`` elements from
-  the Root folder) is resolved and its DataType read once; ``nsu=`` is looked up in the server's
-  NamespaceArray first, so a node id never goes on the wire with a URI the server would have to
-  guess. Malformed node ids, namespace URIs or indexes the server does not have, unknown nodes and
-  types other than the tag's ``data_type`` are one PortError naming tags, nodes and types (never a
-  timeout).
+  default is 60 s), security policy None, Basic256Sha256, Aes128_Sha256_RsaOaep or
+  Aes256_Sha256_RsaPss with Sign/SignAndEncrypt; client certificate and key (PEM or DER, relative
+  to ``base_dir``; the application URI is the certificate's SubjectAltName URI); the server
+  certificate must be in the ``trust_list`` files (or issued by a CA among them) and in date,
+  else PortConnectError; username/password if configured. Every tag's node (``ns=<index>;...``,
+  ``nsu=<namespace URI>;...`` looked up in the server's NamespaceArray so that no URI goes on the
+  wire for the server to guess, or a browse path of ``"ns:Name"`` from the Root folder) is
+  resolved and its DataType read once. Malformed node ids, namespaces the server does not have,
+  unknown nodes and types other than the tag's ``data_type`` are one PortError naming tags,
+  nodes and types (never a timeout).
 * **Roles** the user (``connection.opcua.username``) needs on the HIL server (site ``hil.users``):
   ``engineer`` to take control (``mpc_request``, ``mpc_heartbeat``) and write setpoints and
   advisory tags, ``twin`` to write publications; shadow mode without publications needs ``viewer``
@@ -33,8 +32,9 @@ into the :class:`~controller.errors.PortError` tree with ``raise ... from exc``.
   NOT_SENT. ONE Write call with the variant type read at connect (a Float node: the float32 nearest
   the value within the tag limits), a status per tag (BadOutOfRange... -> REJECTED, other Bad ->
   FAILED), ONE Read to compare the read-back (OK or MISMATCH; FAILED if not Good or not its type).
-* **Failures**: timeouts -> PortTimeoutError (the connection is kept); refused or lost connections
-  and refused logins or certificates -> PortConnectError naming the URL. After a loss the next call
+  ``write_each``: independent writes, each validated on its own, in that one Write and one Read.
+* **Failures**: timeouts -> PortTimeoutError (the connection is kept); refused or lost connections,
+  logins or certificates -> PortConnectError naming the URL. After a loss the next call
   reconnects with capped exponential backoff (``connection.backoff``, on the port's clock:
   :mod:`controller.ports.retry`); before the delay is over it raises PortConnectError "next attempt
   in X s" without network I/O. A write whose read-back fails raises. Certificates:
@@ -45,8 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,9 +65,7 @@ from controller.clock import Clock
 from controller.errors import PortConnectError, PortError, PortTimeoutError, ProtocolError
 from controller.ports.base import (
     Port,
-    Quality,
     Snapshot,
-    TagValue,
     WriteReport,
     WriteResult,
     WriteStatus,
@@ -81,13 +78,14 @@ from controller.ports.opcua_types import (
     REFUSED,
     TIMEOUT,
     python_value,
-    read_number,
+    readback_result,
     stored,
+    tag_value,
     type_refusal,
 )
 from controller.ports.retry import RetrySchedule
 from controller.ports.settings import Connection
-from controller.ports.writecheck import WriteCheck, refused_report, unreadable
+from controller.ports.writecheck import GroupedWrite, WriteCheck, unreadable
 from controller.tags import TagMap
 
 _NO_DATA = ua.DataValue(
@@ -353,7 +351,7 @@ class OpcUaPort(Port):
                 arrived = [c[1] if c else None for c in cached]
         now, utc, rate = self.clock.now(), datetime.now(UTC), getattr(self.clock, "rate", 1.0)
         values = {
-            n: flag_implausible(_tag_value(dv, self._type(n), now, utc, a, rate), self.tags[n])
+            n: flag_implausible(tag_value(dv, self._type(n), now, utc, a, rate), self.tags[n])
             for n, dv, a in zip(names, dvs, arrived, strict=True)
         }
         return Snapshot(values, now)
@@ -379,15 +377,36 @@ class OpcUaPort(Port):
 
     # ------------------------------------------------------------------ write
     async def write(self, values: Mapping[str, float]) -> WriteReport:
-        requested = dict(values)
+        (outcome,) = await self._write_groups([values])
+        if isinstance(outcome, PortError):
+            raise outcome
+        return outcome
+
+    async def write_each(
+        self, groups: Sequence[Mapping[str, float]]
+    ) -> list[WriteReport | PortError]:
+        """Every group that passes its checks in ONE Write call and ONE Read of read-backs."""
+        return await self._write_groups(groups)
+
+    async def _write_groups(
+        self, groups: Sequence[Mapping[str, float]]
+    ) -> list[WriteReport | PortError]:
+        plan = GroupedWrite(groups, self._refusals, self.clock.now())
+        if not plan.values:
+            return plan.reports({}, 0.0)
+        try:
+            return plan.reports(*await self._send(plan.values))
+        except PortError as exc:
+            return plan.failed(exc)
+
+    def _refusals(self, requested: Mapping[str, float]) -> dict[str, str]:
         refused = self._check.refusals(requested)
         fit = {t: v for t, v in requested.items() if t not in refused}
         why = {t: type_refusal(self._type(t), t, v, self.tags[t].limits) for t, v in fit.items()}
-        refused |= {t: w for t, w in why.items() if w}
-        if refused:
-            return refused_report(requested, refused, self.clock.now())
-        if not requested:
-            return WriteReport({}, self.clock.now())
+        return refused | {t: w for t, w in why.items() if w}
+
+    async def _send(self, requested: dict[str, float]) -> tuple[dict[str, WriteResult], float]:
+        """ONE Write call of ``requested`` (checked), ONE Read of the read-backs."""
         async with self._lock:
             client = await self._ensure()
             names = list(requested)
@@ -413,7 +432,7 @@ class OpcUaPort(Port):
         unread = "write-only tag: no read-back"
         for name in (n for n in names if n not in results):
             results[name] = WriteResult(name, requested[name], WriteStatus.OK, None, unread)
-        return WriteReport({n: results[n] for n in names}, write_time)
+        return {n: results[n] for n in names}, write_time
 
     def _write_value(self, name: str, value: float) -> ua.WriteValue:
         vtype = self._points[name].vtype
@@ -424,18 +443,9 @@ class OpcUaPort(Port):
         )
 
     def _compare(self, name: str, requested: float, dv: ua.DataValue) -> WriteResult:
-        """OK, MISMATCH, or FAILED (written, outcome not confirmed) if the read-back is not a
-        Good, finite value of the node's own type."""
-        status = dv.StatusCode or ua.StatusCode()
-        readback, misfit = read_number(self._type(name), dv.Value)
-        if not status.is_good() or misfit or not math.isfinite(readback):
-            why = status.name if not status.is_good() else misfit or f"not finite ({readback!r})"
-            why = f"written, but the read-back of {self._where(name)} is not confirmed: {why}"
-            return WriteResult(name, requested, WriteStatus.FAILED, None, why)
-        if readback == stored(self._type(name), requested, self.tags[name].limits):
-            return WriteResult(name, requested, WriteStatus.OK, readback)
-        detail = f"node {self._where(name)} reads back {readback}, requested {requested}"
-        return WriteResult(name, requested, WriteStatus.MISMATCH, readback, detail)
+        """OK, MISMATCH, or FAILED (written, outcome not confirmed): :func:`readback_result`."""
+        limits, where = self.tags[name].limits, self._where(name)
+        return readback_result(name, requested, self._type(name), limits, where, dv)
 
     # ------------------------------------------------------------------ helpers
     def _type(self, name: str) -> str:
@@ -444,26 +454,6 @@ class OpcUaPort(Port):
     def _where(self, name: str) -> str:
         spec = self._specs[name]
         return spec.node_id or "/".join(spec.browse_path or ())
-
-
-def _tag_value(
-    dv: ua.DataValue, kind: str, now: float, utc: datetime, got: datetime | None, rate: float
-) -> TagValue:
-    """A DataValue of a ``kind`` node as a TagValue: quality and detail from the status (and
-    NaN, BAD, what was sent if not one value of the node's type), source time from stamps."""
-    status = dv.StatusCode or ua.StatusCode()
-    stamp = dv.SourceTimestamp or dv.ServerTimestamp or got
-    if stamp is not None and stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=UTC)
-    source_time = now if stamp is None else now - (utc - stamp).total_seconds() * rate
-    value, misfit = read_number(kind, dv.Value)
-    if status.is_good() and not misfit:
-        return TagValue(value, Quality.GOOD, source_time, now)
-    if not misfit or (status.is_bad() and getattr(dv.Value, "Value", None) is None):
-        quality = Quality.BAD if status.is_bad() else Quality.UNCERTAIN
-        return TagValue(value, quality, source_time, now, status.name)
-    detail = misfit if status.is_good() else f"{status.name}; {misfit}"
-    return TagValue(value, Quality.BAD, source_time, now, detail)
 
 
 def _in_namespace(node_id: str, namespaces: list[str]) -> ua.NodeId:

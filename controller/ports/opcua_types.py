@@ -11,18 +11,22 @@
   sent one value of its own built-in type (the DataType checked at connect) within that type's
   range; a Boolean from a Double node, a Double or an Int32 from a Boolean node, a float or -5
   from a UInt16 node, an array, a String or Null is refused with a reason naming what the node
-  sent and what the node's type allows.
+  sent and what the node's type allows;
+* a read value with its status and stamps as a :class:`TagValue` (:func:`tag_value`), and a
+  write's read-back as its :class:`WriteResult` (:func:`readback_result`).
 """
 
 from __future__ import annotations
 
 import math
 import struct
+from datetime import UTC, datetime
 from typing import Any, Protocol, TypeGuard
 
 import numpy as np
 
 from controller.codecs import FLOAT32_MAX
+from controller.ports.base import Quality, TagValue, WriteResult, WriteStatus
 from controller.tags import OPCUA_INT_RANGE
 
 #: Write statuses meaning "the PLC refused this value" (REJECTED); other Bad ones are FAILED.
@@ -140,3 +144,85 @@ def _allowed(data_type: str) -> str:
         lo, hi = OPCUA_INT_RANGE[data_type]
         return f"one {data_type} integer in [{lo}, {hi}]"
     return f"one {data_type} number"
+
+
+class ReadStatus(Protocol):
+    """What is looked at in a read's status (asyncua's ``ua.StatusCode``)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def is_good(self) -> bool: ...
+
+    def is_bad(self) -> bool: ...
+
+
+class ReadValue(Protocol):
+    """What is looked at in a read value with its stamps (asyncua's ``ua.DataValue``)."""
+
+    @property
+    def Value(self) -> ReadVariant | None: ...  # asyncua's names
+
+    @property
+    def StatusCode(self) -> ReadStatus | None: ...  # None: Good
+
+    @property
+    def SourceTimestamp(self) -> datetime | None: ...
+
+    @property
+    def ServerTimestamp(self) -> datetime | None: ...
+
+
+class _Good:
+    """The status of a value read without one (OPC UA: Good)."""
+
+    name = "Good"
+
+    def is_good(self) -> bool:
+        return True
+
+    def is_bad(self) -> bool:
+        return False
+
+
+def tag_value(
+    dv: ReadValue, kind: str, now: float, utc: datetime, got: datetime | None, rate: float
+) -> TagValue:
+    """A DataValue of a ``kind`` node as a TagValue: quality and detail from the status (and
+    NaN, BAD, what was sent if not one value of the node's type), source time from stamps."""
+    status = dv.StatusCode or _Good()
+    stamp = dv.SourceTimestamp or dv.ServerTimestamp or got
+    if stamp is not None and stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
+    source_time = now if stamp is None else now - (utc - stamp).total_seconds() * rate
+    value, misfit = read_number(kind, dv.Value)
+    if status.is_good() and not misfit:
+        return TagValue(value, Quality.GOOD, source_time, now)
+    if not misfit or (status.is_bad() and getattr(dv.Value, "Value", None) is None):
+        quality = Quality.BAD if status.is_bad() else Quality.UNCERTAIN
+        return TagValue(value, quality, source_time, now, status.name)
+    detail = misfit if status.is_good() else f"{status.name}; {misfit}"
+    return TagValue(value, Quality.BAD, source_time, now, detail)
+
+
+def readback_result(
+    name: str,
+    requested: float,
+    kind: str,
+    limits: tuple[float, float] | None,
+    where: str,
+    dv: ReadValue,
+) -> WriteResult:
+    """The write of ``requested`` to the ``kind`` node ``where`` (its node id or browse path)
+    as its read-back ``dv`` shows it: OK (the value stored), MISMATCH, or FAILED (written,
+    outcome not confirmed) if the read-back is not a Good, finite value of the node's type."""
+    status = dv.StatusCode or _Good()
+    readback, misfit = read_number(kind, dv.Value)
+    if not status.is_good() or misfit or not math.isfinite(readback):
+        why = status.name if not status.is_good() else misfit or f"not finite ({readback!r})"
+        why = f"written, but the read-back of {where} is not confirmed: {why}"
+        return WriteResult(name, requested, WriteStatus.FAILED, None, why)
+    if readback == stored(kind, requested, limits):
+        return WriteResult(name, requested, WriteStatus.OK, readback)
+    detail = f"node {where} reads back {readback}, requested {requested}"
+    return WriteResult(name, requested, WriteStatus.MISMATCH, readback, detail)

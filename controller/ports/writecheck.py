@@ -12,16 +12,18 @@ A value is refused, with one wording for every port (memory, Modbus, OPC UA), wh
 tags and NOT_SENT for the others, so nothing of a write is sent unless all of it can be. What
 only one protocol can refuse (a value the register codec or the node's type cannot hold) is
 checked by that port after this check. :func:`unreadable` words the refusals of a read
-(unknown and write-only tags) the same way for every port.
+(unknown and write-only tags) the same way for every port. :class:`GroupedWrite` is the same
+rule for several independent writes sent in one request (``Port.write_each``): each group is
+refused or sent as a whole, whatever the others are.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from controller.errors import unknown_name
+from controller.errors import PortError, unknown_name
 from controller.ports.base import WriteReport, WriteResult, WriteStatus
 from controller.tags import Tag
 
@@ -82,6 +84,47 @@ def refused_report(
         },
         now,
     )
+
+
+class GroupedWrite:
+    """Independent writes (``groups``) to send in one request: each group checked on its own
+    by ``refusals`` (``tag -> reason``; a group with one refused is :func:`refused_report`'d
+    and nothing of it is sent), ``values`` the groups' values to send, and each group's
+    report or error once the port has sent them. A tag in two groups is a ValueError."""
+
+    def __init__(
+        self,
+        groups: Sequence[Mapping[str, float]],
+        refusals: Callable[[Mapping[str, float]], Mapping[str, str]],
+        now: float,
+    ) -> None:
+        self.groups = [dict(g) for g in groups]
+        self.values: dict[str, float] = {}
+        self._settled: list[WriteReport | None] = []  # per group: its report, if not sent
+        seen: set[str] = set()
+        for group in self.groups:
+            if twice := sorted(seen & set(group)):
+                raise ValueError(f"tags {twice} are in two groups of one write")
+            seen |= set(group)
+            refused = refusals(group) if group else {}
+            if refused or not group:
+                self._settled.append(refused_report(group, refused, now))
+            else:
+                self._settled.append(None)
+                self.values |= group
+
+    def reports(
+        self, results: Mapping[str, WriteResult], write_time: float
+    ) -> list[WriteReport | PortError]:
+        """Each group's report, the sent ones' from ``results`` (every sent tag's)."""
+        return [
+            done if done is not None else WriteReport({n: results[n] for n in g}, write_time)
+            for done, g in zip(self._settled, self.groups, strict=True)
+        ]
+
+    def failed(self, exc: PortError) -> list[WriteReport | PortError]:
+        """Each group's report, ``exc`` for the sent ones (their request failed)."""
+        return [done if done is not None else exc for done in self._settled]
 
 
 def unreadable(readable: Mapping[str, bool], names: Iterable[str]) -> list[str]:

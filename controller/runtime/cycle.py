@@ -9,17 +9,19 @@ the supervisor reads a flag of the PLC's handshake (``mpc_active``, ``mpc_permis
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from controller.core.estimate import Estimate
 from controller.core.mpc import Decision
 from controller.core.safety import Reason, SafetyOutcome
-from controller.ports.base import Quality, Snapshot
+from controller.errors import PortError
+from controller.ports.base import Quality, Snapshot, WriteReport
 from controller.runtime.audit_chain import AuditEntry
 from controller.runtime.historian_records import HistorianEvent
 
-__all__ = ["Counters", "CycleView", "Mode", "State", "flag", "flag_reading"]
+__all__ = ["Counters", "CycleView", "Mode", "Rider", "State", "flag", "flag_reading"]
 
 
 class State(StrEnum):
@@ -80,6 +82,19 @@ class Counters:
     unapplied_setpoints: int = 0
 
 
+@dataclass(frozen=True)
+class Rider:
+    """A write of the twin's own tags (its publication) that goes with the cycle's first
+    control write sent once the rider's audit record is committed (``audit_first`` empty):
+    in the same request where the port can (:meth:`controller.ports.base.Port.write_each`:
+    one OPC UA Write and one Read for both), checked and reported on its own, never a
+    problem of the control cycle. ``sent`` takes its report, or the error that kept it from
+    being sent."""
+
+    values: Mapping[str, float]
+    sent: Callable[[WriteReport | PortError], None]
+
+
 @dataclass
 class CycleView:
     """What one cycle saw and did (handed to the historian and to tests)."""
@@ -103,6 +118,8 @@ class CycleView:
     #: audit records of writes later in this cycle (the twin's publication), committed with
     #: the cycle's first audited write, or before their own (one transaction, not two)
     audit_first: list[AuditEntry] = field(default_factory=list)
+    #: the twin's publication, to go with the cycle's first control write (None: none, or gone)
+    rider: Rider | None = None
     #: shadow mode: the advisory tags of the cycle's advice that were not written (the write
     #: failed or was refused; the problem says why)
     advice_unwritten: list[str] = field(default_factory=list)

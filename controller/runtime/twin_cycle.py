@@ -7,9 +7,11 @@ audited before it is sent (``publication.write``: one record for the cycle's sof
 their values by tag as JSON, staged by :meth:`TwinCycleWork.watch` in the cycle's
 ``audit_first`` so that it goes in the setpoints' transaction, or in one of its own before
 the write; ``tag.write.alarm`` once per change of the alarm tag, its retries covered by that
-record). A failed publication is logged and counted, never a
-problem of the control cycle. When the twin's work runs, and whether it publishes, is the
-supervisor's call.
+record). The staged soft sensors ride with the cycle's first control write sent after that
+transaction (:class:`~controller.runtime.cycle.Rider`: one OPC UA Write and one Read for
+both, each reported apart); written on their own when no control write took them. A failed
+publication is logged and counted, never a problem of the control cycle. When the twin's
+work runs, and whether it publishes, is the supervisor's call.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from controller.errors import PortError
 from controller.ports.base import Port, WriteReport, WriteStatus
 from controller.runtime.audit import AuditTrail
 from controller.runtime.audit_chain import AuditEntry
-from controller.runtime.cycle import Counters, CycleView
+from controller.runtime.cycle import Counters, CycleView, Rider
 from controller.runtime.historian_records import HistorianEvent
 from controller.twin.monitoring import Alarm
 from controller.twin.services import TwinCycle, TwinServices
@@ -66,6 +68,7 @@ class TwinCycleWork:
         self._publish_warned: set[str] = set()
         self._published: dict[str, float] = {}  # soft-sensor tag -> the value the PLC took
         self._staged: int | None = None  # the cycle whose publication record watch staged
+        self._rode: int | None = None  # the cycle whose soft sensors went with a control write
 
     def watch(
         self,
@@ -95,6 +98,14 @@ class TwinCycleWork:
         if self.publishes and values:  # last: nothing after it can fail the twin's work
             view.audit_first.append(self._publication_entry(values, view))
             self._staged = view.cycle
+            view.rider = Rider(values, lambda outcome: self._ridden(values, view, outcome))
+
+    def _ridden(
+        self, values: Mapping[str, float], view: CycleView, outcome: WriteReport | PortError
+    ) -> None:
+        """The soft sensors went with a control write: what came of them."""
+        self._rode = view.cycle
+        self._took(values, view, self._outcome(values, view, outcome, "publishing"))
 
     def _soft_sensors(self, tc: TwinCycle) -> dict[str, float]:
         """The values of the cycle's publication that go in one write (not the alarm tag)."""
@@ -142,17 +153,14 @@ class TwinCycleWork:
         values = self._soft_sensors(tc)
         tag = self.twin.alarm_tag
         alarm = tc.publication.values.get(tag) if tag is not None else None
-        if values:
+        view.rider = None  # gone with a control write, or not: written here
+        if values and self._rode != view.cycle:
             if self._staged != view.cycle:  # not staged by watch: audited here
                 view.audit_first.append(self._publication_entry(values, view))
             if view.audit_first:  # not committed with the cycle's setpoints: on its own
                 first, view.audit_first = view.audit_first, []
                 self.audit.record_all(first)
-            report = await self._try_write(values, view, "publishing")
-            for name, written in report.results.items() if report is not None else ():
-                if written.status is WriteStatus.OK:
-                    view.monitor[f"pub.{name}"] = values[name]
-                    self._published[name] = values[name]
+            self._took(values, view, await self._try_write(values, view, "publishing"))
         if tag is None or alarm is None or alarm == self._alarm_written:
             return
         if alarm != self._alarm_audited:  # one record per change, not one per retry
@@ -196,17 +204,38 @@ class TwinCycleWork:
     async def _try_write(
         self, values: Mapping[str, float], view: CycleView, what: str
     ) -> WriteReport | None:
-        """A write of the twin's own tags: a failure is logged and counted, never a problem
-        of the control cycle."""
+        """A write of the twin's own tags (:meth:`_outcome`)."""
         try:
-            report = await self.port.write(values)
+            outcome: WriteReport | PortError = await self.port.write(values)
         except PortError as exc:
+            outcome = exc
+        return self._outcome(values, view, outcome, what)
+
+    def _outcome(
+        self,
+        values: Mapping[str, float],
+        view: CycleView,
+        outcome: WriteReport | PortError,
+        what: str,
+    ) -> WriteReport | None:
+        """The report of a write of the twin's own tags (None: it failed); a failure or a
+        refusal is logged and counted, never a problem of the control cycle."""
+        if isinstance(outcome, PortError):
             self.counters.publish_failures += 1
-            log.warning("cycle %d: %s %s failed: %s", view.cycle, what, sorted(values), exc)
+            log.warning("cycle %d: %s %s failed: %s", view.cycle, what, sorted(values), outcome)
             return None
-        if not report.ok:
+        if not outcome.ok:
             self.counters.publish_failures += 1
             log.warning(
-                "cycle %d: %s refused: %s", view.cycle, what, [r.detail for r in report.failed()]
+                "cycle %d: %s refused: %s", view.cycle, what, [r.detail for r in outcome.failed()]
             )
-        return report
+        return outcome
+
+    def _took(
+        self, values: Mapping[str, float], view: CycleView, report: WriteReport | None
+    ) -> None:
+        """What the PLC took of the soft sensors (``values``): the historian's ``pub.<tag>``."""
+        for name, written in report.results.items() if report is not None else ():
+            if written.status is WriteStatus.OK:
+                view.monitor[f"pub.{name}"] = values[name]
+                self._published[name] = values[name]

@@ -15,7 +15,11 @@ the MPC has control, every cycle takes the PLC's trusted working setpoints as wh
 moved them, or a write's outcome was unknown). A write whose outcome is unknown (no answer, a
 failed read-back: the PLC may have applied it) holds while they cannot be trusted.
 While RUNNING the heartbeat goes in the setpoints' write (:meth:`ControlWriter.setpoints`),
-and alone whenever nothing of that write was sent, so it never depends on the setpoints.
+and alone whenever nothing of that write was sent, so it never depends on the setpoints. The
+cycle's first control write sent after the twin's publication record is committed takes the
+soft sensors along (``CycleView.rider``, :meth:`controller.ports.base.Port.write_each`: one
+OPC UA Write and one Read for both), checked and reported apart: what comes of them is the
+twin's (``Rider.sent``), never a problem of the control cycle.
 """
 
 from __future__ import annotations
@@ -88,15 +92,28 @@ class ControlWriter:
 
     async def write(self, values: Mapping[str, float], view: CycleView) -> WriteReport | None:
         """A control write; a failure (None) or a refusal is a problem of the cycle."""
-        try:
-            report = await self.port.write(values)
-        except PortError as exc:
+        report = await self._send(values, view)
+        if isinstance(report, PortError):
             self.counters.failed_writes += 1
-            self._problem(view, f"write failed: {exc}")
+            self._problem(view, f"write failed: {report}")
             return None
         if not report.ok:
             self.counters.failed_writes += 1
             self._problem(view, f"write refused: {[r.detail for r in report.failed()]}")
+        return report
+
+    async def _send(self, values: Mapping[str, float], view: CycleView) -> WriteReport | PortError:
+        """``values`` sent, with the cycle's rider (the twin's publication) once its audit
+        record is committed: both in one request where the port can, each reported apart."""
+        rider = view.rider if not view.audit_first else None
+        if rider is None:
+            try:
+                return await self.port.write(values)
+            except PortError as exc:
+                return exc
+        view.rider = None
+        report, ridden = await self.port.write_each([values, rider.values])
+        rider.sent(ridden)
         return report
 
     def next_heartbeat(self) -> dict[str, float]:
