@@ -99,9 +99,14 @@ class Binding:
 
     # ----------------------------------------------------------------- checks
     def bad_data_problems(self, source: str) -> list[Problem]:
-        """``on_bad: predict`` needs a measurement: a tag that reads a model input (a working
-        setpoint) has no prediction to ride on (its bad value holds the writes)."""
-        return [
+        """The bad-data keys a tag may not carry, named in ``source`` (the tag file):
+
+        * ``on_bad: predict`` needs a measurement: a tag that reads a model input (a working
+          setpoint) has no prediction to ride on (its bad value holds the writes);
+        * ``frozen_after`` is judged on the measurements of the model's outputs only: on any
+          other tag it would do nothing (a working setpoint rightly holds still).
+        """
+        problems = [
             Problem(
                 source,
                 f"tags.{name}.on_bad",
@@ -112,3 +117,15 @@ class Binding:
             for name, tag in self.tags.tags.items()
             if tag.on_bad == "predict" and tag.binds in self.inputs
         ]
+        measured = set(self.output_tags().values())
+        for name, tag in self.tags.tags.items():
+            if tag.frozen_after is None or name in measured:
+                continue
+            if tag.binds in self.inputs:
+                what = f"the tag reads input {tag.binds!r} (the PLC's setpoint: it rightly holds)"
+            else:
+                what = "the tag measures none of the model's outputs"
+            allowed = sorted(measured) or "none"
+            message = f"{what}; frozen_after is judged on the outputs' measurements only: {allowed}"
+            problems.append(Problem(source, f"tags.{name}.frozen_after", message, tag.frozen_after))
+        return problems

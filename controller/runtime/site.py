@@ -240,6 +240,7 @@ def _check_tags(sf: SiteFile, tm: TagMap, model: PlantModel | None, path: Path) 
             )
     if model is not None:
         binding = Binding.of(tm, model)
+        problems += binding.bad_data_problems(src)
         for inp in model.input_names:
             if binding.setpoint_tag(inp) is None:
                 problems.append(
