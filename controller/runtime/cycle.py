@@ -88,11 +88,12 @@ class Rider:
     control write sent once the rider's audit record is committed (``audit_first`` empty):
     in the same request where the port can (:meth:`controller.ports.base.Port.write_each`:
     one OPC UA Write and one Read for both), checked and reported on its own, never a
-    problem of the control cycle. ``sent`` takes its report, or the error that kept it from
-    being sent."""
+    problem of the control cycle. ``sent`` takes the cycle's view and the rider's report, or
+    the error that kept it from being sent (the view is handed in, not held: no reference
+    cycle between a view and its rider)."""
 
     values: Mapping[str, float]
-    sent: Callable[[WriteReport | PortError], None]
+    sent: Callable[[CycleView, WriteReport | PortError], None]
 
 
 @dataclass

@@ -16,6 +16,7 @@ work runs, and whether it publishes, is the supervisor's call.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Mapping
@@ -98,7 +99,7 @@ class TwinCycleWork:
         if self.publishes and values:  # last: nothing after it can fail the twin's work
             view.audit_first.append(self._publication_entry(values, view))
             self._staged = view.cycle
-            view.rider = Rider(values, lambda outcome: self._ridden(values, view, outcome))
+            view.rider = Rider(values, functools.partial(self._ridden, values))
 
     def _ridden(
         self, values: Mapping[str, float], view: CycleView, outcome: WriteReport | PortError

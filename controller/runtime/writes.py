@@ -113,7 +113,7 @@ class ControlWriter:
                 return exc
         view.rider = None
         report, ridden = await self.port.write_each([values, rider.values])
-        rider.sent(ridden)
+        rider.sent(view, ridden)
         return report
 
     def next_heartbeat(self) -> dict[str, float]:
