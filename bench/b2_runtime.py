@@ -388,7 +388,8 @@ async def runtime_for(
         await stack.enter_async_context(port)
         port.read = phases.wrap_async("read", port.read)  # type: ignore[method-assign]
         port.write = phases.wrap_async("write", port.write)  # type: ignore[method-assign]
-        port.write_each = phases.wrap_async("write", port.write_each)  # type: ignore[method-assign]
+        if port.batches_writes:  # else write_each calls the timed write per group
+            port.write_each = phases.wrap_async("write", port.write_each)  # type: ignore[method-assign]
         dt_s = TimeBase.of(site.model).seconds(site.controller.sample_time)
         yield Runtime(
             site, clock, rig, sup, port, audit, historian, policy, phases, dt_s, scan, plc_thread,

@@ -147,6 +147,11 @@ class WriteReport:
 class Port(ABC):
     """The interface every PLC connection implements."""
 
+    #: :meth:`write_each` sends its groups in fewer requests than one per group (OPC UA): a
+    #: caller may then send independent writes together; on other ports it writes them apart,
+    #: at their own places in its cycle
+    batches_writes: bool = False
+
     async def __aenter__(self) -> Port:
         await self.connect()
         return self

@@ -128,6 +128,8 @@ class _Cache:
 class OpcUaPort(Port):
     """A :class:`Port` onto one OPC UA server, for the tags of ``tags`` that have an address."""
 
+    batches_writes = True
+
     def __init__(
         self,
         tags: TagMap,

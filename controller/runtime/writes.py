@@ -15,11 +15,12 @@ the MPC has control, every cycle takes the PLC's trusted working setpoints as wh
 moved them, or a write's outcome was unknown). A write whose outcome is unknown (no answer, a
 failed read-back: the PLC may have applied it) holds while they cannot be trusted.
 While RUNNING the heartbeat goes in the setpoints' write (:meth:`ControlWriter.setpoints`),
-and alone whenever nothing of that write was sent, so it never depends on the setpoints. The
-cycle's first control write sent after the twin's publication record is committed takes the
-soft sensors along (``CycleView.rider``, :meth:`controller.ports.base.Port.write_each`: one
-OPC UA Write and one Read for both), checked and reported apart: what comes of them is the
-twin's (``Rider.sent``), never a problem of the control cycle.
+and alone whenever nothing of that write was sent, so it never depends on the setpoints. On a port
+that batches writes (OPC UA), the cycle's first control write sent after the twin's
+publication record is committed takes the soft sensors along (``CycleView.rider``,
+:meth:`controller.ports.base.Port.write_each`: one Write and one Read for both), checked and
+reported apart: what comes of them is the twin's (``Rider.sent``), never a problem of the
+control cycle; on the others the twin writes them after the control writes, as before.
 """
 
 from __future__ import annotations
@@ -33,12 +34,12 @@ from controller.clock import Clock
 from controller.core.mpc import Decision
 from controller.core.pipeline import ControlPipeline
 from controller.core.safety import SafetyOutcome
-from controller.errors import PortError
+from controller.errors import PortConnectError, PortError, PortTimeoutError
 from controller.ports.base import Port, WriteReport, WriteStatus
 from controller.ports.wire import resolution
 from controller.runtime.audit import AuditTrail
 from controller.runtime.audit_chain import AuditEntry
-from controller.runtime.cycle import Counters, CycleView, Mode, State
+from controller.runtime.cycle import Counters, CycleView, Mode, Rider, State
 from controller.tags import TagMap
 
 __all__ = ["ControlWriter"]
@@ -103,18 +104,44 @@ class ControlWriter:
         return report
 
     async def _send(self, values: Mapping[str, float], view: CycleView) -> WriteReport | PortError:
-        """``values`` sent, with the cycle's rider (the twin's publication) once its audit
-        record is committed: both in one request where the port can, each reported apart."""
-        rider = view.rider if not view.audit_first else None
-        if rider is None:
+        """``values`` sent, with the cycle's rider (the twin's publication) when the port sends
+        both in one request (``Port.batches_writes``) and the rider's audit record is
+        committed; each reported apart. A batched request that fails as a whole for another
+        reason than a timeout or a lost connection (a PLC refusing its size, a fault of ours)
+        is sent again without the rider, which the twin then writes on its own: the twin's
+        writes never cost the control write."""
+        rider = view.rider if self.port.batches_writes and not view.audit_first else None
+        if rider is not None:
+            view.rider = None  # offered once: if the batch fails, the twin writes it alone
             try:
-                return await self.port.write(values)
-            except PortError as exc:
-                return exc
-        view.rider = None
-        report, ridden = await self.port.write_each([values, rider.values])
-        rider.sent(view, ridden)
-        return report
+                report, ridden = await self.port.write_each([values, rider.values])
+            except Exception:  # a fault of the batching: the write goes alone
+                self.counters.twin_failures += 1
+                log.exception("cycle %d: the write with the twin's publication failed", view.cycle)
+            else:
+                if not isinstance(report, PortError) or isinstance(
+                    report, PortTimeoutError | PortConnectError
+                ):
+                    self._hand_back(rider, view, ridden)
+                    return report
+                log.warning(
+                    "cycle %d: the write with the twin's publication failed (%s): sent again "
+                    "without it",
+                    view.cycle,
+                    report,
+                )
+        try:
+            return await self.port.write(values)
+        except PortError as exc:
+            return exc
+
+    def _hand_back(self, rider: Rider, view: CycleView, ridden: WriteReport | PortError) -> None:
+        """What came of the rider, to the twin (whose fault never reaches the control cycle)."""
+        try:
+            rider.sent(view, ridden)
+        except Exception:  # the twin's work never stops the control loop
+            self.counters.twin_failures += 1
+            log.exception("cycle %d: the twin's publication report failed", view.cycle)
 
     def next_heartbeat(self) -> dict[str, float]:
         """The next heartbeat count, as the values of a write."""

@@ -1,4 +1,5 @@
-"""``frozen_after`` where it would do nothing is refused when the site loads.
+"""``frozen_after`` where it would do nothing is refused when the site loads (and so is
+``on_bad: predict`` on a working setpoint, which only the supervisor refused before).
 
 The frozen rule is judged on the measurements of the model's outputs only (a working
 setpoint is the PLC's own value and rightly holds still for hours). A tag file that put
@@ -26,8 +27,9 @@ CSTR = ROOT / "configs" / "sites" / "cstr-modbus.yaml"
 WORKING = "jacket_duty_pv"  # the CSTR's working setpoint of its input Q_dot
 
 
-def _site_with(tmp_path: Path, tag: str, frozen_after: int) -> Path:
-    """The CSTR Modbus site with ``frozen_after`` on ``tag`` of a copy of its tag file."""
+def _site_with(tmp_path: Path, tag: str, frozen_after: int, **more: object) -> Path:
+    """The CSTR Modbus site with ``frozen_after`` (0: none) and ``more`` keys on ``tag`` of a
+    copy of its tag file."""
     site = yaml.safe_load(CSTR.read_text())
     for key in ("plant", "controller"):
         site[key] = str((CSTR.parent / site[key]).resolve())
@@ -35,7 +37,9 @@ def _site_with(tmp_path: Path, tag: str, frozen_after: int) -> Path:
     recipe = site["forecast"]["local_recipe"]
     site["forecast"]["local_recipe"] = str((CSTR.parent / recipe).resolve())
     tags = yaml.safe_load((CSTR.parent / site["tags"]).resolve().read_text())
-    tags["tags"][tag]["frozen_after"] = frozen_after
+    if frozen_after:
+        tags["tags"][tag]["frozen_after"] = frozen_after
+    tags["tags"][tag].update(more)
     tag_file = tmp_path / "tags.yaml"
     tag_file.write_text(yaml.safe_dump(tags, sort_keys=False))
     site["tags"] = str(tag_file)
@@ -84,3 +88,16 @@ def test_the_site_is_refused_naming_the_file_the_key_and_the_value(
 def test_on_a_measurement_it_is_taken(tmp_path: Path) -> None:
     site = load_site(_site_with(tmp_path, "conc_a", 5))
     assert site.tags.tags["conc_a"].frozen_after == 5
+
+
+def test_predict_on_a_working_setpoint_is_refused_when_the_site_loads(tmp_path: Path) -> None:
+    path = _site_with(tmp_path, WORKING, 0, on_bad="predict", predict_cycles=3)
+    with pytest.raises(ConfigError) as err:
+        load_site(path)
+    (problem,) = err.value.problems
+    assert (problem.file, problem.location, problem.value) == (
+        str(tmp_path / "tags.yaml"),
+        f"tags.{WORKING}.on_bad",
+        "predict",
+    )
+    assert "allowed here: 'hold'" in problem.message

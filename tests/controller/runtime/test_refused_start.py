@@ -64,8 +64,9 @@ def test_a_start_interrupted_while_the_solver_compiles_leaves_nothing(
 
 
 def test_a_site_the_supervisor_refuses_leaves_no_recorded_start(tmp_path: Path) -> None:
-    """``on_bad: predict`` on a working setpoint passes ``check-config`` but the supervisor
-    refuses it: the trail got ``config.load`` and the historian a run with no cycle."""
+    """A site the supervisor refuses (``on_bad: predict`` on a working setpoint, built here
+    past the site check, which refuses it when the site loads) leaves no recorded start: no
+    audit record."""
     cstr = load_site(ROOT / "configs" / "sites" / "cstr-modbus.yaml")
     tags = dict(cstr.tags.tags)
     bad = {"on_bad": "predict", "predict_cycles": 3}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import pytest
 import yaml
 from test_supervisor import (  # noqa: F401 - site is a fixture
     LYO_MODBUS,
+    TAGS_PUBLISHED,
     Plc,
     RecordingPort,
     StubPolicy,
@@ -30,7 +32,8 @@ from test_supervisor import (  # noqa: F401 - site is a fixture
 
 from controller.clock import SteppedClock
 from controller.core.mpc import Decision, SolveStatus
-from controller.errors import ConfigError
+from controller.errors import ConfigError, PortError, ProtocolError
+from controller.ports.base import Quality, WriteReport
 from controller.runtime.audit import AuditTrail
 from controller.runtime.site import Site, load_site
 from controller.runtime.supervisor import CycleView, Mode, State, Supervisor
@@ -172,5 +175,102 @@ async def test_a_held_shadow_cycle_writes_no_advice(
     assert advised == {0, 1, 4, 5}, advised
     written = [w for w, _ in port.writes if set(w) & set(ADVICE.values())]
     assert len(written) == 4
+    assert port.unaudited == []
+    audit.close()
+
+
+class BatchingPort(RecordingPort):
+    """The recording port, saying it batches writes: the twin's soft sensors ride with the
+    cycle's first control write (as over OPC UA), each write still checked against the
+    audit trail as it is sent."""
+
+    batches_writes = True
+
+
+async def test_soft_sensors_riding_a_control_write_are_audited_first_in_every_state(
+    site: Site,  # noqa: F811 - the fixture
+    tmp_path: Path,
+) -> None:
+    """Through REQUESTING, RUNNING, HOLD, FALLBACK (whose release of ``mpc_request`` is
+    audited on its own, before the cycle's publication record is committed: the soft sensors
+    may not ride with it) and back: every value audited before it was sent, and the soft
+    sensors written once per cycle."""
+    clock = SteppedClock()
+    table = _table(site)
+    port = BatchingPort(table, clock)
+    await port.connect()
+    audit = AuditTrail(tmp_path / "audit.db", config_hash="cfg", actor="pharmatwin-service")
+    port.audit = audit
+    policy = StubPolicy({"Tsh": 100.0, "Pch": 0.3})
+    sup = Supervisor(
+        site, port, clock, build_pipeline(site, policy), mode=Mode.CLOSED_LOOP, audit=audit
+    )
+    plc = Plc(table, clock)
+    max_bad = site.runtime.max_bad_cycles
+    states = []
+    for k in range(3 + max_bad + 1 + max_bad + 2):
+        plc.tbot_quality = Quality.BAD if 3 <= k < 3 + max_bad + 1 else Quality.GOOD
+        plc.scan()
+        states.append((await sup.cycle(k, clock.now())).state)
+        clock.advance(360.0)
+    assert State.FALLBACK in states and states[-1] is State.RUNNING
+    assert {"mpc_request": 0.0} in [v for v, _ in port.writes]  # the release was sent
+    assert port.unaudited == []
+    published = [r for r in audit.records() if r.action == "publication.write"]
+    assert len(port.published) == len(published) == len(states)  # once per cycle
+    assert sup.counters.publish_failures == 0
+    audit.close()
+
+
+class RefusesTheBatch(BatchingPort):
+    """A PLC that refuses a write request with the soft sensors in it as a whole (as an OPC
+    UA server answers BadTooManyOperations past its MaxNodesPerWrite), or a fault of ours
+    (``fault``) in the batched write; each group alone goes through."""
+
+    fault: type[Exception] = ProtocolError
+    batches = 0
+
+    async def write_each(
+        self, groups: Sequence[Mapping[str, float]]
+    ) -> list[WriteReport | PortError]:
+        self.batches += 1
+        if any(set(g) & set(TAGS_PUBLISHED) for g in groups):
+            if self.fault is ProtocolError:
+                error = ProtocolError("the server answered BadTooManyOperations")
+                return [error for _ in groups]
+            raise self.fault("a fault of the batching")
+        return await super().write_each(groups)
+
+
+@pytest.mark.parametrize("fault", [ProtocolError, RuntimeError])
+async def test_a_batch_that_fails_whole_sends_the_control_write_and_the_soft_sensors_apart(
+    site: Site,  # noqa: F811 - the fixture
+    tmp_path: Path,
+    fault: type[Exception],
+) -> None:
+    clock = SteppedClock()
+    table = _table(site)
+    port = RefusesTheBatch(table, clock)
+    port.fault = fault
+    await port.connect()
+    audit = AuditTrail(tmp_path / "audit.db", config_hash="cfg", actor="pharmatwin-service")
+    port.audit = audit
+    policy = StubPolicy({"Tsh": 100.0, "Pch": 0.3})
+    sup = Supervisor(
+        site, port, clock, build_pipeline(site, policy), mode=Mode.CLOSED_LOOP, audit=audit
+    )
+    plc = Plc(table, clock)
+    views = []
+    for k in range(5):
+        plc.scan()
+        views.append(await sup.cycle(k, clock.now()))
+        clock.advance(360.0)
+    assert [v.state for v in views] == [State.REQUESTING] + [State.RUNNING] * 4
+    assert all(not v.problems for v in views)  # the control writes went through
+    assert len(port.setpoint_writes()) == 4 and port.batches == 5  # one try per cycle
+    assert sup.counters.failed_writes == 0 and sup.counters.publish_failures == 0
+    assert sup.counters.twin_failures == (5 if fault is RuntimeError else 0)
+    assert len(port.published) == 5  # the soft sensors, each cycle on their own
+    assert all(any(k.startswith("pub.") for k in v.monitor) for v in views)
     assert port.unaudited == []
     audit.close()
