@@ -185,7 +185,9 @@ class Port(ABC):
         (a refusal in one sends nothing of it and holds no other), in order. Per group, its
         report, or the :class:`PortError` that kept it from being sent or confirmed. A port
         that can send them in fewer requests does (OPC UA: one Write call and one Read of
-        the read-backs for all of them); this one writes them one after the other."""
+        the read-backs for all of them); this one writes them one after the other. A tag in
+        two groups is a ValueError, nothing sent."""
+        disjoint(groups)
         outcomes: list[WriteReport | PortError] = []
         for group in groups:
             try:
@@ -193,3 +195,12 @@ class Port(ABC):
             except PortError as exc:
                 outcomes.append(exc)
         return outcomes
+
+
+def disjoint(groups: Sequence[Mapping[str, float]]) -> None:
+    """ValueError if a tag is in two of ``groups`` (independent writes of one request)."""
+    seen: set[str] = set()
+    for group in groups:
+        if twice := sorted(seen & set(group)):
+            raise ValueError(f"tags {twice} are in two groups of one write")
+        seen |= set(group)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from controller.errors import PortError, unknown_name
-from controller.ports.base import WriteReport, WriteResult, WriteStatus
+from controller.ports.base import WriteReport, WriteResult, WriteStatus, disjoint
 from controller.tags import Tag
 
 
@@ -101,11 +101,8 @@ class GroupedWrite:
         self.groups = [dict(g) for g in groups]
         self.values: dict[str, float] = {}
         self._settled: list[WriteReport | None] = []  # per group: its report, if not sent
-        seen: set[str] = set()
+        disjoint(self.groups)
         for group in self.groups:
-            if twice := sorted(seen & set(group)):
-                raise ValueError(f"tags {twice} are in two groups of one write")
-            seen |= set(group)
             refused = refusals(group) if group else {}
             if refused or not group:
                 self._settled.append(refused_report(group, refused, now))

@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
 
 from controller.binding import Binding
 from controller.clock import Clock
-from controller.errors import PortConnectError
+from controller.errors import PortConnectError, PortError
 from controller.ports.base import Port, Snapshot, WriteReport
 from controller.runtime.site import Site
 from controller.runtime.supervisor import CycleView
@@ -57,6 +57,7 @@ class RecordingPort(Port):
         setpoints = Binding.of(site.tags, site.model).setpoint_tags()
         self.inputs = {tag: i for i, tag in setpoints.items()}
         self.severed = False
+        self.batches_writes = inner.batches_writes  # the runtime batches as it would without us
 
     async def connect(self) -> None:
         if self.severed:
@@ -74,10 +75,23 @@ class RecordingPort(Port):
     async def write(self, values: Mapping[str, float]) -> WriteReport:
         if self.severed:
             raise PortConnectError("the controller was lost")
+        self._note(values)
+        return await self.inner.write(values)
+
+    async def write_each(
+        self, groups: Sequence[Mapping[str, float]]
+    ) -> list[WriteReport | PortError]:
+        if self.severed:
+            return [PortConnectError("the controller was lost") for _ in groups]
+        for group in groups:
+            self._note(group)
+        return await self.inner.write_each(groups)
+
+    def _note(self, values: Mapping[str, float]) -> None:
+        """The setpoints among ``values``, as asked (before the PLC can refuse them)."""
         sent = {self.inputs[t]: float(v) for t, v in values.items() if t in self.inputs}
         if sent:
             self.rec.sent.append((self.rec.timebase.model_time(self.clock.now()), sent))
-        return await self.inner.write(values)
 
 
 class _Columns(dict[str, str]):

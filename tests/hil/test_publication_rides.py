@@ -29,11 +29,13 @@ from controller.clock import SteppedClock
 from controller.core.mpc import Decision, SolveStatus
 from controller.errors import PortError
 from controller.ports.base import Port, WriteReport
+from controller.ports.memory import MemoryPort, table_from_tag_map
 from controller.runtime.audit import AuditTrail
 from controller.runtime.site import Site, load_site, port_for_site
 from controller.runtime.supervisor import CycleView, Mode, State, Supervisor
 from controller.runtime.wiring import build_pipeline
 from controller.timebase import TimeBase
+from hil.campaign.recorder import Recorder, RecordingPort
 from hil.net import LOOPBACK, free_port
 from hil.rig import HilRig
 from hil.servers.opcua import OpcUaPlcServer, opcua_server_for_site
@@ -188,3 +190,41 @@ async def test_the_publication_rides_the_control_write_and_a_refused_one_holds_n
         assert run.server.value("conc_b_estimate") == 0.0
     # and the setpoints went as in the run whose PLC took every soft sensor
     assert [sorted(v.written) for v, _, _ in running] == wrote[: len(running)]
+
+
+async def test_a_campaign_recording_port_batches_as_the_port_it_wraps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a hil-mode campaign over OPC UA the runtime's port is wrapped to record what it
+    is asked to send: it batches as the OPC UA port does, and still records the setpoints."""
+    monkeypatch.setenv("PHARMATWIN_OPCUA_PASSWORD", "loopback-bench-only")
+    site = load_site(SITE)
+    clock = SteppedClock()
+    server = await opcua_server_for_site(
+        site, port=free_port(), host=LOOPBACK, state_dir=tmp_path / "hil", shelf=tmp_path
+    )
+    async with server:
+        on_port = dataclasses.replace(
+            site, connection=site.connection.model_copy(update={"port": server.port})
+        )
+        inner = port_for_site(on_port, clock)
+        recorder = Recorder(site, clock)
+        port = RecordingPort(inner, site, clock, recorder.rec)
+        assert (
+            port.batches_writes
+            and not RecordingPort(
+                MemoryPort(table_from_tag_map(site.tags, {}), clock), site, clock, recorder.rec
+            ).batches_writes
+        )
+        async with port:
+            writes = server.write_requests
+            control, soft = await port.write_each(
+                [{"feed_dilution_sp": 20.0}, {"conc_b_estimate": 0.25}]
+            )
+            assert server.write_requests - writes == 1
+        port.severed = True
+        lost = await port.write_each([{"feed_dilution_sp": 21.0}])
+    assert isinstance(control, WriteReport) and control.ok
+    assert isinstance(soft, WriteReport) and soft.ok
+    assert recorder.rec.sent == [(0.0, {"F": 20.0})]  # recorded as asked, once
+    assert [type(e).__name__ for e in lost] == ["PortConnectError"]

@@ -28,6 +28,7 @@ from controller.clock import RealClock
 from controller.errors import PortConnectError, PortError
 from controller.ports.base import WriteReport, WriteStatus
 from controller.ports.memory import MemoryPort, table_from_tag_map
+from controller.ports.opcua import OpcUaPort
 from controller.tags import TagMap
 from hil.servers.opcua import OpcUaPlcServer
 
@@ -148,3 +149,8 @@ async def test_the_base_port_writes_each_group_on_its_own(tag_map: TagMap) -> No
     assert isinstance(soft, PortConnectError)  # its own failure, not the control write's
     assert _statuses(refused) == {"biomass": WriteStatus.REJECTED}
     assert table.current("feed_rate_sp") == 0.125
+    async with MemoryPort(table, RealClock(), tag_map) as port:  # the same contract as OPC UA's
+        with pytest.raises(ValueError, match=r"\['feed_rate_sp'\] are in two groups"):
+            await port.write_each([{"feed_rate_sp": 0.1}, {"feed_rate_sp": 0.2}])
+    assert table.current("feed_rate_sp") == 0.125  # nothing sent
+    assert not MemoryPort.batches_writes and OpcUaPort.batches_writes
