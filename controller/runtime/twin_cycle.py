@@ -7,9 +7,10 @@ audited before it is sent (``publication.write``: one record for the cycle's sof
 their values by tag as JSON, staged by :meth:`TwinCycleWork.watch` in the cycle's
 ``audit_first`` so that it goes in the setpoints' transaction, or in one of its own before
 the write; ``tag.write.alarm`` once per change of the alarm tag, its retries covered by that
-record). The staged soft sensors ride with the cycle's first control write sent after that
-transaction (:class:`~controller.runtime.cycle.Rider`: one OPC UA Write and one Read for
-both, each reported apart); written on their own when no control write took them. A failed
+record). On a port that batches writes (OPC UA) the staged soft sensors ride with the
+cycle's first control write sent after that transaction
+(:class:`~controller.runtime.cycle.Rider`: one Write and one Read for both, each reported
+apart); they are written on their own when no control write took them. A failed
 publication is logged and counted, never a problem of the control cycle. When the twin's
 work runs, and whether it publishes, is the supervisor's call.
 """

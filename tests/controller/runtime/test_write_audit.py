@@ -16,7 +16,7 @@ import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import yaml
@@ -40,6 +40,7 @@ from controller.runtime.supervisor import CycleView, Mode, State, Supervisor
 from controller.runtime.wiring import build_pipeline
 
 ADVICE = {"Tsh": "shelf_temp_advice", "Pch": "chamber_pressure_advice"}
+P = TypeVar("P", bound=RecordingPort)
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -72,6 +73,30 @@ def _advisory_site(tmp_path: Path, advisory: dict[str, str]) -> Path:
     return path
 
 
+async def _supervised(
+    site: Site,  # noqa: F811 - not the fixture: the site to run
+    tmp_path: Path,
+    kind: type[P],
+    policy: StubPolicy,
+    mode: Mode = Mode.CLOSED_LOOP,
+) -> tuple[Supervisor, P, Plc, SteppedClock, AuditTrail]:
+    """A supervisor on a recording port of ``kind`` (its audit trail in ``tmp_path``) and
+    the stand-in PLC."""
+    clock = SteppedClock()
+    table = _table(site)
+    port = kind(table, clock)
+    await port.connect()
+    audit = AuditTrail(tmp_path / "audit.db", config_hash="cfg", actor="pharmatwin-service")
+    port.audit = audit
+    sup = Supervisor(site, port, clock, build_pipeline(site, policy), mode=mode, audit=audit)
+    return sup, port, Plc(table, clock), clock, audit
+
+
+def _hot() -> StubPolicy:
+    """Far-away inputs every cycle: the safety layer limits the moves."""
+    return StubPolicy({"Tsh": 100.0, "Pch": 0.3})
+
+
 async def _shadow_run(
     base: Site, tmp_path: Path, policy: StubPolicy, cycles: int = 6
 ) -> tuple[list[CycleView], RecordingPort, AuditTrail]:
@@ -79,16 +104,9 @@ async def _shadow_run(
     loaded = load_site(_advisory_site(tmp_path, ADVICE))
     # the module's site turns the innovation gate off (the stand-in's ramp is no plant)
     shadow = dataclasses.replace(loaded, controller=base.controller)
-    clock = SteppedClock()
-    table = _table(shadow)
-    port = RecordingPort(table, clock)
-    await port.connect()
-    audit = AuditTrail(tmp_path / "audit.db", config_hash="cfg", actor="pharmatwin-service")
-    port.audit = audit
-    sup = Supervisor(
-        shadow, port, clock, build_pipeline(shadow, policy), mode=Mode.SHADOW, audit=audit
+    sup, port, plc, clock, audit = await _supervised(
+        shadow, tmp_path, RecordingPort, policy, Mode.SHADOW
     )
-    plc = Plc(table, clock)
     views = []
     for k in range(cycles):
         plc.scan()
@@ -195,17 +213,7 @@ async def test_soft_sensors_riding_a_control_write_are_audited_first_in_every_st
     audited on its own, before the cycle's publication record is committed: the soft sensors
     may not ride with it) and back: every value audited before it was sent, and the soft
     sensors written once per cycle."""
-    clock = SteppedClock()
-    table = _table(site)
-    port = BatchingPort(table, clock)
-    await port.connect()
-    audit = AuditTrail(tmp_path / "audit.db", config_hash="cfg", actor="pharmatwin-service")
-    port.audit = audit
-    policy = StubPolicy({"Tsh": 100.0, "Pch": 0.3})
-    sup = Supervisor(
-        site, port, clock, build_pipeline(site, policy), mode=Mode.CLOSED_LOOP, audit=audit
-    )
-    plc = Plc(table, clock)
+    sup, port, plc, clock, audit = await _supervised(site, tmp_path, BatchingPort, _hot())
     max_bad = site.runtime.max_bad_cycles
     states = []
     for k in range(3 + max_bad + 1 + max_bad + 2):
@@ -248,18 +256,8 @@ async def test_a_batch_that_fails_whole_sends_the_control_write_and_the_soft_sen
     tmp_path: Path,
     fault: type[Exception],
 ) -> None:
-    clock = SteppedClock()
-    table = _table(site)
-    port = RefusesTheBatch(table, clock)
+    sup, port, plc, clock, audit = await _supervised(site, tmp_path, RefusesTheBatch, _hot())
     port.fault = fault
-    await port.connect()
-    audit = AuditTrail(tmp_path / "audit.db", config_hash="cfg", actor="pharmatwin-service")
-    port.audit = audit
-    policy = StubPolicy({"Tsh": 100.0, "Pch": 0.3})
-    sup = Supervisor(
-        site, port, clock, build_pipeline(site, policy), mode=Mode.CLOSED_LOOP, audit=audit
-    )
-    plc = Plc(table, clock)
     views = []
     for k in range(5):
         plc.scan()
