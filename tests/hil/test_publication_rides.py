@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from conftest import FixedPolicy
 
 from controller.clock import SteppedClock
-from controller.core.mpc import Decision, SolveStatus
 from controller.errors import PortError
 from controller.ports.base import Port, WriteReport
 from controller.ports.memory import MemoryPort, table_from_tag_map
@@ -45,26 +45,6 @@ pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parents[2]
 SITE = ROOT / "configs" / "sites" / "cstr-opcua.yaml"
 CYCLES = 8
-
-
-class HoldPolicy:
-    """Asks for the same inputs every cycle (the PLC's own at the start): setpoints every
-    RUNNING cycle, with no solve to wait for."""
-
-    def __init__(self, inputs: Mapping[str, float]) -> None:
-        self.inputs = dict(inputs)
-
-    def reset(self, u_prev: Mapping[str, float]) -> None:
-        pass
-
-    def step(
-        self,
-        t: float,
-        x_hat: Mapping[str, float],
-        params: Mapping[str, float] | None = None,
-        u_prev: Mapping[str, float] | None = None,
-    ) -> Decision:
-        return Decision(t, dict(self.inputs), SolveStatus.SUCCESS, "Solve_Succeeded", 3, 1e-3)
 
 
 @dataclass
@@ -121,7 +101,7 @@ async def _running(
         if refused is not None:
             server.set_range(refused, 0.0, 1e-9)
         rig = HilRig(site, clock, [server])
-        policy = HoldPolicy(rig.summary()["applied"])
+        policy = FixedPolicy(rig.summary()["applied"])  # the PLC's own inputs: they hold
         on_port = dataclasses.replace(
             site, connection=site.connection.model_copy(update={"port": server.port})
         )

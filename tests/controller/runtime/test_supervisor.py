@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import FixedPolicy
 
 from controller.clock import SteppedClock
-from controller.core.mpc import Decision, SolveStatus
 from controller.ports.base import Quality, Snapshot, WriteReport, WriteResult, WriteStatus
 from controller.ports.memory import MemoryPort, TagTable, table_from_tag_map
 from controller.runtime.audit import AuditTrail
@@ -54,24 +54,7 @@ def site() -> Site:
     return dataclasses.replace(site, controller=controller)
 
 
-class StubPolicy:
-    """Asks for the same far-away inputs every cycle; the safety layer limits the moves."""
-
-    def __init__(self, target: Mapping[str, float]) -> None:
-        self.target = dict(target)
-        self.resets: list[dict[str, float]] = []
-
-    def reset(self, u_prev: Mapping[str, float]) -> None:
-        self.resets.append(dict(u_prev))
-
-    def step(
-        self,
-        t: float,
-        x_hat: Mapping[str, float],
-        params: Mapping[str, float] | None = None,
-        u_prev: Mapping[str, float] | None = None,
-    ) -> Decision:
-        return Decision(t, dict(self.target), SolveStatus.SUCCESS, "Solve_Succeeded", 3, 1e-3)
+StubPolicy = FixedPolicy  # the name its neighbours import
 
 
 class Plc:
