@@ -21,12 +21,13 @@ import math
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveInt, model_validator
 
 from controller.binding import Binding
 from controller.configfile import Finite, PositiveFinite, Strict, parse, resolve
 from controller.errors import ConfigError, Problem, unknown_name
 from controller.plantfile import load_parameter_set
+from controller.ports.opcua_limits import OperationLimits
 from controller.runtime.site import CLOSED_LOOP_CONTRACT, Site, load_site
 from controller.timebase import TimeBase
 from hil.scenario import ScenarioConfig, load_scenario
@@ -102,6 +103,24 @@ class ServerUser(Strict):
     roles: tuple[ServerRole, ...] = ("viewer",)
 
 
+class OpcUaLimits(Strict):
+    """Nodes per request the HIL OPC UA server advertises and enforces, as an embedded PLC's
+    server does (:mod:`hil.servers.opcua_limits`); unset: asyncua's 10000, not enforced."""
+
+    max_nodes_per_read: PositiveInt | None = None
+    max_nodes_per_write: PositiveInt | None = None
+    max_nodes_per_translate_browse_paths: PositiveInt | None = None
+    max_monitored_items_per_call: PositiveInt | None = None
+
+    def operation_limits(self) -> OperationLimits:
+        return OperationLimits(
+            read=self.max_nodes_per_read,
+            write=self.max_nodes_per_write,
+            translate=self.max_nodes_per_translate_browse_paths,
+            monitored_items=self.max_monitored_items_per_call,
+        )
+
+
 class HilSection(Strict):
     """How ``pharmatwin-hil serve`` stands in for this site's PLC and plant.
 
@@ -118,6 +137,7 @@ class HilSection(Strict):
     # start, and client certificates must be issued by it. Neither: self-signed, any client.
     ca_certificate: str | None = None
     ca_private_key: str | None = None
+    opcua_limits: OpcUaLimits = OpcUaLimits()  # the OPC UA server's OperationLimits
 
     @model_validator(mode="after")
     def _ca_pair(self) -> HilSection:

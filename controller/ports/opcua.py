@@ -3,42 +3,38 @@
 The only module of ours that imports asyncua; every asyncua/ua/socket exception is translated here
 into the :class:`~controller.errors.PortError` tree with ``raise ... from exc``.
 
-* **Connect**: an asyncua client with request timeout ``connection.timeout_s`` (asyncua's own
-  default is 60 s), security policy None, Basic256Sha256, Aes128_Sha256_RsaOaep or
-  Aes256_Sha256_RsaPss with Sign/SignAndEncrypt; client certificate and key (PEM or DER, relative
-  to ``base_dir``; the application URI is the certificate's SubjectAltName URI); the server
-  certificate must be in the ``trust_list`` files (or issued by a CA among them) and in date,
-  else PortConnectError; username/password if configured. Every tag's node (``ns=<index>;...``,
-  ``nsu=<namespace URI>;...`` looked up in the server's NamespaceArray so that no URI goes on the
-  wire for the server to guess, or a browse path of ``"ns:Name"`` from the Root folder) is
-  resolved and its DataType read once. Malformed node ids, namespaces the server does not have,
-  unknown nodes and types other than the tag's ``data_type`` are one PortError naming tags,
-  nodes and types (never a timeout).
-* **Roles** the user (``connection.opcua.username``) needs on the HIL server (site ``hil.users``):
-  ``engineer`` to take control (``mpc_request``, ``mpc_heartbeat``) and write setpoints and
-  advisory tags, ``twin`` to write publications; shadow mode without publications needs ``viewer``
-  only (every role reads). Without the role a write answers BadUserAccessDenied (REJECTED).
+* **Connect**: an asyncua client with request timeout ``connection.timeout_s``, security policy
+  None, Basic256Sha256, Aes128_Sha256_RsaOaep or Aes256_Sha256_RsaPss with Sign/SignAndEncrypt;
+  client certificate and key (:mod:`controller.ports.opcua_certs`); the server certificate must
+  be in the ``trust_list`` files (or issued by a CA among them) and in date, else
+  PortConnectError; username/password if configured. The server's OperationLimits are read
+  (:mod:`controller.ports.opcua_limits`: a longer list of nodes goes in several requests).
+  Every tag's node (``ns=<index>;...``, ``nsu=<namespace URI>;...`` looked up in the server's
+  NamespaceArray, or a browse path of ``"ns:Name"`` from the Root folder) is resolved and its
+  DataType read once. Malformed node ids, namespaces the server does not have, unknown nodes
+  and types other than the tag's ``data_type`` are one PortError naming tags, nodes and types.
+* **Roles** (the HIL server's ``hil.users``): ``engineer`` takes control and writes setpoints and
+  advisory tags, ``twin`` writes publications, every role reads; a write without its role
+  answers BadUserAccessDenied (REJECTED).
 * **Read**: ONE Read service call per cycle (Value, both timestamps), or with ``subscription:
   true`` a data-change subscription cache (seeded by one Read at connect). Good/Uncertain/Bad
   status -> :class:`Quality` with detail = status name; booleans -> 0/1; a value that is not one
-  value of the node's own type in its range (a Boolean from a Double node, an array, a String)
-  is BAD naming what was sent and what is allowed; so is a Good value that is not finite; one
-  outside the tag's engineering ``limits`` is UNCERTAIN ("outside limits: wrong word order or
-  scale?"). ``source_time = read_time - rate (now_utc - SourceTimestamp)`` (else
-  ServerTimestamp, else the notification's arrival, else ``read_time``; ``rate``: a scaled
-  clock's process seconds per wall second): the process-time equivalent of the value's age.
+  value of the node's own type in its range is BAD naming what was sent and what is allowed
+  (:func:`~controller.ports.opcua_types.read_number`); so is a Good value that is not finite;
+  one outside the tag's engineering ``limits`` is UNCERTAIN. ``source_time = read_time - rate
+  (now_utc - SourceTimestamp)`` (else ServerTimestamp, else the notification's arrival, else
+  ``read_time``; ``rate``: a scaled clock's process seconds per wall second).
 * **Write**: everything is validated first (unknown, read-only, not finite, outside the tag limits,
   not representable in the node's type); if anything is REJECTED nothing is sent and the rest is
   NOT_SENT. ONE Write call with the variant type read at connect (a Float node: the float32 nearest
   the value within the tag limits), a status per tag (BadOutOfRange... -> REJECTED, other Bad ->
   FAILED), ONE Read to compare the read-back (OK or MISMATCH; FAILED if not Good or not its type).
   ``write_each``: independent writes, each validated on its own, in that one Write and one Read.
+  A request cut to the server's limits that fails part-way raises: all of it is of unknown outcome.
 * **Failures**: timeouts -> PortTimeoutError (the connection is kept); refused or lost connections,
-  logins or certificates -> PortConnectError naming the URL. After a loss the next call
-  reconnects with capped exponential backoff (``connection.backoff``, on the port's clock:
-  :mod:`controller.ports.retry`); before the delay is over it raises PortConnectError "next attempt
-  in X s" without network I/O. A write whose read-back fails raises. Certificates:
-  :mod:`controller.ports.opcua_certs`; type fits, status names: :mod:`controller.ports.opcua_types`.
+  logins or certificates -> PortConnectError naming the URL; after a loss, reconnects with capped
+  exponential backoff (:mod:`controller.ports.retry`; before the delay is over, PortConnectError
+  "next attempt in X s" without network I/O). A write whose read-back fails raises.
 """
 
 from __future__ import annotations
@@ -72,6 +68,7 @@ from controller.ports.base import (
     flag_implausible,
 )
 from controller.ports.opcua_certs import ClientCredentials
+from controller.ports.opcua_limits import LIMIT_IDS, OperationLimits, chunks
 from controller.ports.opcua_types import (
     LOGIN_REFUSED,
     LOST,
@@ -81,6 +78,7 @@ from controller.ports.opcua_types import (
     readback_result,
     stored,
     tag_value,
+    type_name,
     type_refusal,
 )
 from controller.ports.retry import RetrySchedule
@@ -149,6 +147,7 @@ class OpcUaPort(Port):
         self._points: dict[str, _Point] = {}
         self._reads: dict[tuple[str, ...], ua.ReadParameters] = {}  # per list of tags read
         self._cache: _Cache | None = None
+        self.limits = OperationLimits()  # the server's, read at every connect
         self._lock = asyncio.Lock()
         self._wanted = False  # connect() was called and close() was not
         self._retry = RetrySchedule(connection.backoff, clock)
@@ -189,6 +188,7 @@ class OpcUaPort(Port):
             async with self._translate("connecting to", connecting=True):
                 await self._configure(client)
                 await client.connect()
+                self.limits = await self._operation_limits(client)
                 self._points, self._reads = await self._resolve(client), {}
                 if self.connection.opcua.subscription:
                     self._cache = await self._subscribe(client)
@@ -282,24 +282,24 @@ class OpcUaPort(Port):
                     nodes[name] = _in_namespace(spec.node_id, namespaces)
                 except (ValueError, ua.UaStringParsingError) as exc:
                     problems.append(f"tag {name!r}: {exc}")
-        if paths:
-            found = await client.nodes.root.get_children_by_path(
-                [list(p) for p in paths.values()], raise_on_partial_error=False
-            )
-            for name, hit in zip(paths, found, strict=True):
-                if hit and hit[0] is not None:
-                    nodes[name] = hit[0].nodeid
-                else:
-                    problems.append(f"tag {name!r}: browse path {self._where(name)} not found")
-        read = [
-            ua.ReadValueId(NodeId=n, AttributeId=ua.AttributeIds.DataType) for n in nodes.values()
-        ]
-        results = await client.uaclient.read(ua.ReadParameters(NodesToRead=read)) if read else []
+        found: list[list[Node | None]] = []
+        for part in chunks([list(p) for p in paths.values()], self.limits.translate):
+            root = client.nodes.root
+            found += await root.get_children_by_path(part, raise_on_partial_error=False)
+        for name, hit in zip(paths, found, strict=True):
+            if hit and hit[0] is not None:
+                nodes[name] = hit[0].nodeid
+            else:
+                problems.append(f"tag {name!r}: browse path {self._where(name)} not found")
+        dtype, results = ua.AttributeIds.DataType, []
+        read = [ua.ReadValueId(NodeId=n, AttributeId=dtype) for n in nodes.values()]
+        for ids in chunks(read, self.limits.read):
+            results += await client.uaclient.read(ua.ReadParameters(NodesToRead=list(ids)))
         points = {}
         for (name, node), dv in zip(nodes.items(), results, strict=True):
             where = f"tag {name!r} (node {self._where(name)})"
             status = dv.StatusCode or ua.StatusCode()
-            actual, expected = _type_name(dv.Value.Value if dv.Value else None), self._type(name)
+            actual, expected = type_name(dv.Value.Value if dv.Value else None), self._type(name)
             if not status.is_good():
                 problems.append(f"{where}: {status.name}")
             elif actual != expected:
@@ -320,10 +320,9 @@ class OpcUaPort(Port):
             cache.values[self._points[name].node] = (dv, arrived)
         interval = self.connection.opcua.publishing_interval_ms
         sub = await client.create_subscription(interval, cache)
-        handles = await sub.subscribe_data_change(
-            [client.get_node(self._points[n].node) for n in names],
-            sampling_interval=ua.Double(interval),
-        )
+        items, handles = [client.get_node(self._points[n].node) for n in names], []
+        for part in chunks(items, self.limits.monitored_items):
+            handles += await sub.subscribe_data_change(part, sampling_interval=ua.Double(interval))
         bad = [
             f"{n}: {h.name}"
             for n, h in zip(names, handles, strict=True)
@@ -358,9 +357,23 @@ class OpcUaPort(Port):
         }
         return Snapshot(values, now)
 
+    async def _operation_limits(self, client: Client) -> OperationLimits:
+        """The server's OperationLimits (:mod:`~controller.ports.opcua_limits`): one Read (one
+        per limit if the server refuses the four at once)."""
+        value, read = ua.AttributeIds.Value, client.uaclient.read
+        ids = [ua.ReadValueId(NodeId=ua.NodeId(ua.Int32(i)), AttributeId=value) for i in LIMIT_IDS]
+        try:
+            dvs = await read(ua.ReadParameters(NodesToRead=ids))
+        except ua.UaStatusCodeError:
+            dvs = [(await read(ua.ReadParameters(NodesToRead=[i])))[0] for i in ids]
+        return OperationLimits.read_from(dvs)
+
     async def _read_values(self, client: Client, names: list[str]) -> list[ua.DataValue]:
-        """ONE Read service call for the Value attribute of ``names``, with both timestamps."""
-        results = await client.uaclient.read(self._read_params(names))
+        """ONE Read service call (one per ``limits.read`` nodes) for the Value attribute of
+        ``names``, with both timestamps."""
+        results: list[ua.DataValue] = []
+        for part in chunks(names, self.limits.read):
+            results += await client.uaclient.read(self._read_params(list(part)))
         if len(results) != len(names):
             raise ProtocolError(f"{self.url}: asked for {len(names)} values, got {len(results)}")
         return results
@@ -412,11 +425,12 @@ class OpcUaPort(Port):
         async with self._lock:
             client = await self._ensure()
             names = list(requested)
-            params = ua.WriteParameters(
-                NodesToWrite=[self._write_value(n, requested[n]) for n in names]
-            )
-            async with self._translate("writing to"):
-                statuses = await client.uaclient.write(params)
+            nodes = [self._write_value(n, requested[n]) for n in names]
+            statuses: list[ua.StatusCode] = []
+            async with self._translate("writing to"):  # one Write per limits.write nodes
+                for part in chunks(nodes, self.limits.write):
+                    params = ua.WriteParameters(NodesToWrite=list(part))
+                    statuses += await client.uaclient.write(params)
             if len(statuses) != len(names):
                 raise ProtocolError(f"{self.url}: wrote {len(names)} values, got {len(statuses)}")
             write_time = self.clock.now()
@@ -480,13 +494,3 @@ def _in_namespace(node_id: str, namespaces: list[str]) -> ua.NodeId:
                 f"{dict(enumerate(namespaces))}"
             )
     return ua.NodeId(node.Identifier, ua.Int16(index), node.NodeIdType)
-
-
-def _type_name(dtype: object) -> str:
-    """The built-in type name of a DataType node id (``Double``), else the node id itself."""
-    if not isinstance(dtype, ua.NodeId):
-        return repr(dtype)
-    ident = dtype.Identifier
-    if dtype.NamespaceIndex == 0 and isinstance(ident, int) and 1 <= ident <= 25:
-        return ua.VariantType(ident).name
-    return dtype.to_string()

@@ -226,3 +226,24 @@ def readback_result(
         return WriteResult(name, requested, WriteStatus.OK, readback)
     detail = f"node {where} reads back {readback}, requested {requested}"
     return WriteResult(name, requested, WriteStatus.MISMATCH, readback, detail)
+
+
+#: OPC UA's built-in types by DataType id, 1 to 25 (Part 6, 5.1.2): asyncua's ``VariantType``.
+BUILTIN_TYPES = (
+    "Boolean", "SByte", "Byte", "Int16", "UInt16", "Int32", "UInt32", "Int64", "UInt64",
+    "Float", "Double", "String", "DateTime", "Guid", "ByteString", "XmlElement", "NodeId",
+    "ExpandedNodeId", "StatusCode", "QualifiedName", "LocalizedText", "ExtensionObject",
+    "DataValue", "Variant", "DiagnosticInfo",
+)  # fmt: skip
+
+
+def type_name(dtype: object) -> str:
+    """The built-in type name of a DataType node id (``Double``), else the node id itself
+    (``to_string()``; the ``repr`` of what is not a node id)."""
+    ns, to_string = getattr(dtype, "NamespaceIndex", None), getattr(dtype, "to_string", None)
+    if ns is None or to_string is None:
+        return repr(dtype)
+    ident = getattr(dtype, "Identifier", None)
+    if ns == 0 and isinstance(ident, int) and 1 <= ident <= len(BUILTIN_TYPES):
+        return BUILTIN_TYPES[ident - 1]
+    return str(to_string())

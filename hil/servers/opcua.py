@@ -45,12 +45,14 @@ from asyncua.crypto.permission_rules import User, UserRole
 
 from controller.clock import Clock, RealClock
 from controller.errors import ConfigError, Problem
+from controller.ports.opcua_limits import OperationLimits
 from controller.tags import TagMap
 from hil.net import LOOPBACK, check_bind_address, free_port
 from hil.servers.base import DelayLine, PlcServer, WriteHook
 from hil.servers.certs import ensure_server_certificate, ephemeral_certificate, load_certificate
 from hil.servers.opcua_cache import address_space_shelf
 from hil.servers.opcua_guard import GuardedServer, policy_name
+from hil.servers.opcua_limits import advertise
 from hil.servers.opcua_nodes import (
     COMMUNICATION,
     GOOD,
@@ -104,8 +106,10 @@ class OpcUaPlcServer(PlcServer):
         roles: Mapping[str, Collection[ServerRole]] | None = None,
         anonymous_roles: Collection[ServerRole] = VIEWER,
         clock: Clock | None = None,
+        limits: OperationLimits | None = None,
     ) -> None:
-        """``shelf``: a file from :func:`address_space_shelf`, or a folder to keep the cache
+        """``limits``: nodes per request, advertised and enforced (:mod:`.opcua_limits`);
+        ``shelf``: a file from :func:`address_space_shelf`, or a folder to keep the cache
         in (made if missing; default: :func:`default_cache_dir`); ``roles``: user -> roles
         (None: no role checks); ``publishers``: without ``roles``, the users who may write
         publications (None: all); ``clock``: the one ``latency`` is counted on, in seconds
@@ -119,6 +123,7 @@ class OpcUaPlcServer(PlcServer):
         self.url = f"opc.tcp://{where}:{self.port}{endpoint_path}"
         self.initial = dict(initial or {})
         self.security, self.shelf = security, shelf
+        self.limits = limits or OperationLimits()
         self.users = dict(users or {})
         self.server = GuardedServer(self, PasswordUsers(self.users, allow_anonymous))
         self.allow_anonymous = allow_anonymous
@@ -196,6 +201,7 @@ class OpcUaPlcServer(PlcServer):
         server.disable_clock()  # its 1 s clock task would delay stop() by up to a second
         server.set_endpoint(self.url)
         server.set_server_name("PharmaTwin HIL PLC")
+        await advertise(server, self.limits)
         await self._secure()
         idx = await server.register_namespace(NAMESPACE)
         if idx != 2:
@@ -475,4 +481,5 @@ async def opcua_server_for_site(
         security=security,
         shelf=shelf if shelf is not None else await address_space_shelf(),
         roles={u.username: u.roles for u in hil.users},
+        limits=hil.opcua_limits.operation_limits(),
     )

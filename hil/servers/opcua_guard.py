@@ -36,7 +36,9 @@ from asyncua.server.user_managers import UserManager
 from asyncua.ua.ua_binary import struct_from_binary, uatcp_to_binary
 from cryptography import x509
 
+from controller.ports.opcua_limits import OperationLimits
 from hil.net import LOOPBACK
+from hil.servers.opcua_limits import check as check_limits
 from hil.servers.opcua_nodes import status_code
 from hil.servers.opcua_writes import REASONS
 
@@ -48,6 +50,8 @@ class GuardedPlc(Protocol):
 
     #: (policy URI, mode) pairs the server accepts sessions over, set at start
     offered: frozenset[tuple[str, ua.MessageSecurityMode]]
+    #: nodes per request (``hil.opcua_limits``), enforced: :mod:`hil.servers.opcua_limits`
+    limits: OperationLimits
 
     def user_roles(self, user: User) -> frozenset[str] | None: ...
 
@@ -131,6 +135,7 @@ class _GuardedProcessor(UaProcessor):
                 policy_name(*self._channel()),
             )
             raise ServiceError(ua.StatusCodes.BadSecurityPolicyRejected)
+        check_limits(self.plc.limits, typeid, body, self.peer)
         if typeid == _ACTIVATE:
             self._check_identity(body)
         if typeid == _READ and self.session is not None:

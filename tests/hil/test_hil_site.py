@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from controller.errors import ConfigError
+from controller.ports.opcua_limits import OperationLimits
 from controller.runtime.cli import main as cli_main
 from controller.runtime.site import load_site
 from hil.cli import main as hil_main
@@ -133,3 +134,23 @@ def test_the_site_comes_with_the_scenario_it_checked(path: Path) -> None:
         assert scenario is None
         return
     assert scenario == load_scenario(site.file(section.scenario))
+
+
+def test_opcua_limits_are_counts_named_by_their_key(tmp_path: Path) -> None:
+    """``hil.opcua_limits``: nodes per request the HIL OPC UA server advertises and enforces
+    (``tests/controller/ports/test_opcua_limits.py``); each a count of at least 1."""
+    data = _copy_site("cstr-opcua")
+    data["hil"]["opcua_limits"] = {"max_nodes_per_read": 0, "max_nodes_per_wirte": 2}
+    path = _write(tmp_path / "site.yaml", data)
+    with pytest.raises(ConfigError) as exc:
+        load_hil_site(path)
+    found = {p.location: p.message for p in exc.value.problems}
+    assert set(found) == {
+        "hil.opcua_limits.max_nodes_per_read",
+        "hil.opcua_limits.max_nodes_per_wirte",
+    }
+    assert "greater than 0" in found["hil.opcua_limits.max_nodes_per_read"]
+    data["hil"]["opcua_limits"] = {"max_nodes_per_read": 8, "max_monitored_items_per_call": 3}
+    section = hil_section(load_hil_site(_write(path, data)))
+    assert section is not None
+    assert section.opcua_limits.operation_limits() == OperationLimits(read=8, monitored_items=3)

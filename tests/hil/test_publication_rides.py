@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from hil.campaign.recorder import Recorder, RecordingPort
 from hil.net import LOOPBACK, free_port
 from hil.rig import HilRig
 from hil.servers.opcua import OpcUaPlcServer, opcua_server_for_site
+from hil.site import OpcUaLimits, hil_section, with_hil
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -87,12 +89,20 @@ def _audit_checked(port: Port, audit: AuditTrail, pubs: frozenset[str], run: Run
 
 @asynccontextmanager
 async def _running(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused: str | None = None
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    refused: str | None = None,
+    limits: OpcUaLimits | None = None,
 ) -> AsyncIterator[Run]:
     """``CYCLES`` cycles from the start; ``refused``: a soft sensor the PLC refuses (its
-    range on the server: BadOutOfRange for every value)."""
+    range on the server: BadOutOfRange for every value); ``limits``: the site's
+    ``hil.opcua_limits``."""
     monkeypatch.setenv("PHARMATWIN_OPCUA_PASSWORD", "loopback-bench-only")
     site = load_site(SITE)
+    if limits is not None:
+        section = hil_section(site)
+        assert section is not None
+        site = with_hil(site, section.model_copy(update={"opcua_limits": limits}))
     clock = SteppedClock()
     server = await opcua_server_for_site(
         site, port=free_port(), host=LOOPBACK, state_dir=tmp_path / "hil", shelf=tmp_path
@@ -170,6 +180,30 @@ async def test_the_publication_rides_the_control_write_and_a_refused_one_holds_n
         assert run.server.value("conc_b_estimate") == 0.0
     # and the setpoints went as in the run whose PLC took every soft sensor
     assert [sorted(v.written) for v, _, _ in running] == wrote[: len(running)]
+
+
+async def test_closed_loop_on_a_plc_that_takes_few_nodes_per_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PLC whose server takes 5 nodes per Read and 2 per Write (``hil.opcua_limits``,
+    advertised and enforced): the port cuts every request to fit, and the loop runs as on
+    one that takes them all (a request over a limit is refused whole: without the cut, the
+    port could not even connect, ``test_opcua_limits.py``)."""
+    limits = OpcUaLimits(max_nodes_per_read=5, max_nodes_per_write=2)
+    async with _running(tmp_path, monkeypatch, limits=limits) as run:
+        running = _running_cycles(run)
+        sup, server = run.supervisor, run.server
+        assert len(running) >= 4, [(v.state, v.problems) for v, _, _ in run.cycles]
+        assert all(not v.problems for v, _, _ in running)
+        assert sup.counters.failed_writes == 0 and sup.counters.publish_failures == 0
+        for view, writes, reads in running:
+            sent = len(view.written) + len(_published(view))  # setpoints, heartbeat, soft
+            assert writes == math.ceil(sent / 2) > 1, (sorted(view.written), writes)
+            assert reads > 2  # the inputs and the read-backs, 5 nodes a Read
+        last = _published(running[-1][0])
+        assert "conc_b_estimate" in last
+        assert {t: server.value(t) for t in last} == pytest.approx(last)
+        assert run.unaudited == []
 
 
 async def test_a_campaign_recording_port_batches_as_the_port_it_wraps(
