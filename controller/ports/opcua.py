@@ -16,21 +16,22 @@ into the :class:`~controller.errors.PortError` tree with ``raise ... from exc``.
 * **Roles** (the HIL server's ``hil.users``): ``engineer`` takes control and writes setpoints and
   advisory tags, ``twin`` writes publications, every role reads; a write without its role
   answers BadUserAccessDenied (REJECTED).
-* **Read**: ONE Read service call per cycle (Value, both timestamps), or with ``subscription:
-  true`` a data-change subscription cache (seeded by one Read at connect). Good/Uncertain/Bad
-  status -> :class:`Quality` with detail = status name; booleans -> 0/1; a value that is not one
-  value of the node's own type in its range is BAD naming what was sent and what is allowed
-  (:func:`~controller.ports.opcua_types.read_number`); so is a Good value that is not finite;
-  one outside the tag's engineering ``limits`` is UNCERTAIN. ``source_time = read_time - rate
-  (now_utc - SourceTimestamp)`` (else ServerTimestamp, else the notification's arrival, else
+* **Read**: ONE Read call per cycle (Value, both timestamps; more past MaxNodesPerRead), or with
+  ``subscription: true`` a data-change subscription cache (seeded by one Read at connect).
+  Good/Uncertain/Bad status -> :class:`Quality` with detail = status name; booleans -> 0/1; a value
+  that is not one value of the node's own type in its range is BAD naming what was sent and what is
+  allowed (:func:`~controller.ports.opcua_types.read_number`); so is a Good value that is not
+  finite; one outside the tag's engineering ``limits`` is UNCERTAIN. ``source_time = read_time -
+  rate (now_utc - SourceTimestamp)`` (else ServerTimestamp, else the notification's arrival, else
   ``read_time``; ``rate``: a scaled clock's process seconds per wall second).
 * **Write**: everything is validated first (unknown, read-only, not finite, outside the tag limits,
   not representable in the node's type); if anything is REJECTED nothing is sent and the rest is
-  NOT_SENT. ONE Write call with the variant type read at connect (a Float node: the float32 nearest
-  the value within the tag limits), a status per tag (BadOutOfRange... -> REJECTED, other Bad ->
-  FAILED), ONE Read to compare the read-back (OK or MISMATCH; FAILED if not Good or not its type).
-  ``write_each``: independent writes, each validated on its own, in that one Write and one Read.
-  A request cut to the server's limits that fails part-way raises: all of it is of unknown outcome.
+  NOT_SENT. ONE Write call (more past MaxNodesPerWrite) with the variant type read at connect (a
+  Float node: the float32 nearest the value within the tag limits), a status per tag
+  (BadOutOfRange... -> REJECTED, other Bad -> FAILED), ONE Read to compare the read-back (OK or
+  MISMATCH; FAILED if not Good or not its type). ``write_each``: independent writes, each validated
+  on its own, in that one Write and one Read. A Write cut to the server's limit that fails part-way
+  reports what was written, FAILED for the failed part (outcome unknown), NOT_SENT after it.
 * **Failures**: timeouts -> PortTimeoutError (the connection is kept); refused or lost connections,
   logins or certificates -> PortConnectError naming the URL; after a loss, reconnects with capped
   exponential backoff (:mod:`controller.ports.retry`; before the delay is over, PortConnectError
@@ -45,11 +46,9 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from asyncua import Client, Node, ua
 from asyncua.client.ua_client import UaClientState
-from asyncua.common.subscription import DataChangeNotif
 from asyncua.crypto.security_policies import (
     SecurityPolicy,
     SecurityPolicyAes128Sha256RsaOaep,
@@ -68,18 +67,21 @@ from controller.ports.base import (
     flag_implausible,
 )
 from controller.ports.opcua_certs import ClientCredentials
-from controller.ports.opcua_limits import LIMIT_IDS, OperationLimits, chunks
+from controller.ports.opcua_limits import LIMIT_IDS, OperationLimits, chunks, first_of
 from controller.ports.opcua_types import (
     LOGIN_REFUSED,
     LOST,
-    REFUSED,
     TIMEOUT,
+    SubscriptionCache,
+    cut_short,
     python_value,
     readback_result,
     stored,
     tag_value,
     type_name,
     type_refusal,
+    unconfirmed,
+    write_statuses,
 )
 from controller.ports.retry import RetrySchedule
 from controller.ports.settings import Connection
@@ -109,20 +111,6 @@ class _Point:
     vtype: ua.VariantType
 
 
-class _Cache:
-    """Subscription handler: the latest DataValue (and its arrival time) per node."""
-
-    def __init__(self) -> None:
-        self.values: dict[ua.NodeId, tuple[ua.DataValue, datetime]] = {}
-        self.lost: str | None = None
-
-    def datachange_notification(self, node: Node, val: Any, data: DataChangeNotif) -> None:
-        self.values[node.nodeid] = (data.monitored_item.Value, datetime.now(UTC))
-
-    def status_change_notification(self, status: ua.StatusChangeNotification) -> None:
-        self.lost = status.Status.name
-
-
 class OpcUaPort(Port):
     """A :class:`Port` onto one OPC UA server, for the tags of ``tags`` that have an address."""
 
@@ -146,7 +134,7 @@ class OpcUaPort(Port):
         self._client: Client | None = None
         self._points: dict[str, _Point] = {}
         self._reads: dict[tuple[str, ...], ua.ReadParameters] = {}  # per list of tags read
-        self._cache: _Cache | None = None
+        self._cache: SubscriptionCache | None = None
         self.limits = OperationLimits()  # the server's, read at every connect
         self._lock = asyncio.Lock()
         self._wanted = False  # connect() was called and close() was not
@@ -310,9 +298,9 @@ class OpcUaPort(Port):
             raise PortError(f"address check on {self.url} failed:\n  - " + "\n  - ".join(problems))
         return points
 
-    async def _subscribe(self, client: Client) -> _Cache:
+    async def _subscribe(self, client: Client) -> SubscriptionCache:
         """Seed the cache with one Read, then keep it fresh with a data-change subscription."""
-        cache, names = _Cache(), [n for n in self._points if self.tags[n].readable]
+        cache, names = SubscriptionCache(), [n for n in self._points if self.tags[n].readable]
         if not names:
             return cache
         arrived = datetime.now(UTC)
@@ -358,19 +346,18 @@ class OpcUaPort(Port):
         return Snapshot(values, now)
 
     async def _operation_limits(self, client: Client) -> OperationLimits:
-        """The server's OperationLimits (:mod:`~controller.ports.opcua_limits`): one Read (one
-        per limit if the server refuses the four at once)."""
-        value, read = ua.AttributeIds.Value, client.uaclient.read
+        """The server's OperationLimits (:mod:`~controller.ports.opcua_limits`): one Read, one
+        per limit if the server refuses the four at once; a limit it does not tell is none."""
+        value, read, params = ua.AttributeIds.Value, client.uaclient.read, ua.ReadParameters
         ids = [ua.ReadValueId(NodeId=ua.NodeId(ua.Int32(i)), AttributeId=value) for i in LIMIT_IDS]
         try:
-            dvs = await read(ua.ReadParameters(NodesToRead=ids))
+            dvs = list(await read(params(NodesToRead=ids)))
         except ua.UaStatusCodeError:
-            dvs = [(await read(ua.ReadParameters(NodesToRead=[i])))[0] for i in ids]
+            dvs = [await first_of(read(params(NodesToRead=[i])), ua.UaStatusCodeError) for i in ids]
         return OperationLimits.read_from(dvs)
 
     async def _read_values(self, client: Client, names: list[str]) -> list[ua.DataValue]:
-        """ONE Read service call (one per ``limits.read`` nodes) for the Value attribute of
-        ``names``, with both timestamps."""
+        """ONE Read (one per ``limits.read`` nodes) of the Value of ``names``, both stamps."""
         results: list[ua.DataValue] = []
         for part in chunks(names, self.limits.read):
             results += await client.uaclient.read(self._read_params(list(part)))
@@ -400,7 +387,7 @@ class OpcUaPort(Port):
     async def write_each(
         self, groups: Sequence[Mapping[str, float]]
     ) -> list[WriteReport | PortError]:
-        """Every group that passes its checks in ONE Write call and ONE Read of read-backs."""
+        """Every group that passes its checks in one Write and one Read (:meth:`_send`)."""
         return await self._write_groups(groups)
 
     async def _write_groups(
@@ -421,34 +408,51 @@ class OpcUaPort(Port):
         return refused | {t: w for t, w in why.items() if w}
 
     async def _send(self, requested: dict[str, float]) -> tuple[dict[str, WriteResult], float]:
-        """ONE Write call of ``requested`` (checked), ONE Read of the read-backs."""
+        """The Write of ``requested`` (checked; one call per ``limits.write`` nodes), ONE Read
+        of the read-backs. A part that fails after others were written raises nothing: the
+        report says what was written (read back if it can be), FAILED (outcome unknown) for
+        the failed part, NOT_SENT after it."""
         async with self._lock:
             client = await self._ensure()
             names = list(requested)
             nodes = [self._write_value(n, requested[n]) for n in names]
-            statuses: list[ua.StatusCode] = []
-            async with self._translate("writing to"):  # one Write per limits.write nodes
-                for part in chunks(nodes, self.limits.write):
-                    params = ua.WriteParameters(NodesToWrite=list(part))
-                    statuses += await client.uaclient.write(params)
-            if len(statuses) != len(names):
-                raise ProtocolError(f"{self.url}: wrote {len(names)} values, got {len(statuses)}")
-            write_time = self.clock.now()
-            results: dict[str, WriteResult] = {}
-            for name, st in zip(names, statuses, strict=True):
-                if st.is_bad():
-                    kind = WriteStatus.REJECTED if st.name in REFUSED else WriteStatus.FAILED
-                    msg = f"{name}={requested[name]} to node {self._where(name)}: {st.name}"
-                    results[name] = WriteResult(name, requested[name], kind, None, msg)
+            statuses, failure = await self._write_parts(client, nodes)
+            write_time, done = self.clock.now(), len(statuses)
+            results = write_statuses(names, requested, statuses, self._where)
+            results |= cut_short(names[done:], requested, failure, self.limits.write)
             back = [n for n in names if n not in results and self.tags[n].readable]
-            async with self._translate("reading back from"):
-                dvs = await self._read_values(client, back) if back else []
-        for name, dv in zip(back, dvs, strict=True):
+            try:
+                async with self._translate("reading back from"):
+                    dvs = await self._read_values(client, back) if back else []
+            except PortError as exc:
+                if failure is None:
+                    raise
+                dvs, results = [], results | unconfirmed(back, requested, exc)
+        for name, dv in zip(back, dvs, strict=False):
             results[name] = self._compare(name, requested[name], dv)
         unread = "write-only tag: no read-back"
         for name in (n for n in names if n not in results):
             results[name] = WriteResult(name, requested[name], WriteStatus.OK, None, unread)
         return {n: results[n] for n in names}, write_time
+
+    async def _write_parts(
+        self, client: Client, nodes: list[ua.WriteValue]
+    ) -> tuple[list[ua.StatusCode], PortError | None]:
+        """One Write per ``limits.write`` nodes, in order: the statuses of the parts written
+        and the error of the part that failed (raised when it is the first)."""
+        statuses: list[ua.StatusCode] = []
+        for part in chunks(nodes, self.limits.write):
+            try:
+                async with self._translate("writing to"):
+                    got = await client.uaclient.write(ua.WriteParameters(NodesToWrite=list(part)))
+                if len(got) != len(part):
+                    raise ProtocolError(f"{self.url}: wrote {len(part)} values, got {len(got)}")
+            except PortError as exc:
+                if not statuses:
+                    raise
+                return statuses, exc
+            statuses += got
+        return statuses, None
 
     def _write_value(self, name: str, value: float) -> ua.WriteValue:
         vtype = self._points[name].vtype

@@ -6,17 +6,17 @@ CreateMonitoredItems. A request over its limit is refused whole with ``BadTooMan
 an embedded PLC server with a small limit would refuse every cycle's one Read of all the tags.
 The OPC UA port (:mod:`controller.ports.opcua`) reads the limits at every connect and sends a
 longer list in consecutive requests of at most the limit each, in order. A limit of 0, a node
-the server does not have, or a value that is not a count means no limit (Part 5: 0 is "no
-limit"); a count is never below 1.
+the server does not have or will not read, or a value that is not a count means no limit
+(Part 5: 0 is "no limit"); a count is never below 1.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-__all__ = ["LIMIT_IDS", "LIMIT_NODES", "OperationLimits", "chunks"]
+__all__ = ["LIMIT_IDS", "LIMIT_NODES", "OperationLimits", "chunks", "first_of"]
 
 #: The limits the port heeds -> the numeric ids (namespace 0) of their Property nodes.
 LIMIT_NODES: dict[str, int] = {
@@ -63,7 +63,10 @@ class OperationLimits:
 
 
 def _count(value: object) -> int | None:
-    """A limit as the server gave it: a positive int, or None (no limit)."""
+    """A limit as the server gave it (a UInt32; a whole float is taken too): a positive int,
+    or None (no limit)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         return None
     return value
@@ -80,3 +83,12 @@ def chunks(items: Sequence[T], size: int | None) -> Iterator[Sequence[T]]:
         raise ValueError(f"a request limit of {size!r} nodes; allowed: >= 1 or None")
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+async def first_of(request: Awaitable[Sequence[Any]], refused: type[BaseException]) -> Any:
+    """The first result of ``request``; None when it has none or is refused (``refused``)."""
+    try:
+        got = await request
+    except refused:
+        return None
+    return got[0] if got else None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeGuard
 
@@ -247,3 +248,72 @@ def type_name(dtype: object) -> str:
     if ns == 0 and isinstance(ident, int) and 1 <= ident <= len(BUILTIN_TYPES):
         return BUILTIN_TYPES[ident - 1]
     return str(to_string())
+
+
+class _Status(Protocol):
+    """What :func:`write_statuses` needs of asyncua's StatusCode."""
+
+    @property
+    def name(self) -> str: ...
+
+    def is_bad(self) -> bool: ...
+
+
+def write_statuses(
+    names: Sequence[str],
+    requested: Mapping[str, float],
+    statuses: Sequence[_Status],
+    where: Callable[[str], str],
+) -> dict[str, WriteResult]:
+    """The results of the Bad statuses a Write answered for the first ``len(statuses)`` of
+    ``names`` (REJECTED for a refusal, FAILED otherwise); ``where``: a tag's node, for the
+    message. A Good one is judged by its read-back."""
+    out: dict[str, WriteResult] = {}
+    for name, st in zip(names, statuses, strict=False):
+        if st.is_bad():
+            kind = WriteStatus.REJECTED if st.name in REFUSED else WriteStatus.FAILED
+            msg = f"{name}={requested[name]} to node {where(name)}: {st.name}"
+            out[name] = WriteResult(name, requested[name], kind, None, msg)
+    return out
+
+
+def cut_short(
+    left: Sequence[str], requested: Mapping[str, float], failure: object, size: int | None
+) -> dict[str, WriteResult]:
+    """A write sent in parts of ``size`` nodes (the server's MaxNodesPerWrite) whose part for
+    the first ``size`` of ``left`` failed with ``failure`` after the parts before it were
+    written: those are FAILED (sent, outcome unknown), the rest NOT_SENT."""
+    out: dict[str, WriteResult] = {}
+    for i, name in enumerate(left):
+        value = requested[name]
+        if size is None or i < size:
+            why = f"outcome unknown: its part of the write failed ({failure})"
+            out[name] = WriteResult(name, value, WriteStatus.FAILED, None, why)
+        else:
+            why = f"not sent: an earlier part of the write failed ({failure})"
+            out[name] = WriteResult(name, value, WriteStatus.NOT_SENT, None, why)
+    return out
+
+
+def unconfirmed(
+    names: Sequence[str], requested: Mapping[str, float], failure: object
+) -> dict[str, WriteResult]:
+    """Tags the server answered Good for whose read-back failed with ``failure``: FAILED
+    (written, not confirmed)."""
+    why = f"written (Good), but the read-back failed: {failure}"
+    return {n: WriteResult(n, requested[n], WriteStatus.FAILED, None, why) for n in names}
+
+
+class SubscriptionCache:
+    """The OPC UA port's subscription handler: the latest DataValue (and its arrival time)
+    per node; ``lost``: the status that ended the subscription, if one did."""
+
+    def __init__(self) -> None:
+        self.values: dict[Any, tuple[Any, datetime]] = {}
+        self.lost: str | None = None
+
+    def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
+        self.values[node.nodeid] = (data.monitored_item.Value, datetime.now(UTC))
+
+    def status_change_notification(self, status: Any) -> None:
+        self.lost = str(status.Status.name)

@@ -14,13 +14,14 @@ the MPC has control, every cycle takes the PLC's trusted working setpoints as wh
 (:meth:`ControlWriter.settle`: they differ from what was written only when the PLC or someone
 moved them, or a write's outcome was unknown). A write whose outcome is unknown (no answer, a
 failed read-back: the PLC may have applied it) holds while they cannot be trusted.
-While RUNNING the heartbeat goes in the setpoints' write (:meth:`ControlWriter.setpoints`),
-and alone whenever nothing of that write was sent, so it never depends on the setpoints. On a port
-that batches writes (OPC UA), the cycle's first control write sent after the twin's
-publication record is committed takes the soft sensors along (``CycleView.rider``,
-:meth:`controller.ports.base.Port.write_each`: one Write and one Read for both), checked and
-reported apart: what comes of them is the twin's (``Rider.sent``), never a problem of the
-control cycle; on the others the twin writes them after the control writes, as before.
+While RUNNING the heartbeat goes in the setpoints' write (:meth:`ControlWriter.setpoints`), and
+alone whenever nothing of that write was sent, so it never depends on the setpoints. On a port that
+batches writes (OPC UA), the cycle's first control write sent after the twin's publication record is
+committed takes the soft sensors along (``CycleView.rider``,
+:meth:`controller.ports.base.Port.write_each`: one Write and one Read for both, within the PLC's
+limits), checked and reported apart: what comes of them is the twin's (``Rider.sent``), never a
+problem of the control cycle; on the others the twin writes them after the control writes, as
+before.
 """
 
 from __future__ import annotations

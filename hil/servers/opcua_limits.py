@@ -14,8 +14,7 @@ from __future__ import annotations
 import logging
 
 from asyncua import Server, ua
-from asyncua.common.utils import Buffer, ServiceError
-from asyncua.ua.ua_binary import struct_from_binary
+from asyncua.common.utils import Buffer, NotEnoughData, ServiceError
 
 from controller.ports.opcua_limits import LIMIT_NODES, OperationLimits
 
@@ -26,20 +25,14 @@ def _request(service: str) -> ua.NodeId:
     return ua.NodeId(ua.Int32(getattr(ua.ObjectIds, f"{service}Request_Encoding_DefaultBinary")))
 
 
-#: request type -> (its parameters, the field holding its nodes, the limit's name)
-_REQUESTS: dict[ua.NodeId, tuple[type, str, str]] = {
-    _request("Read"): (ua.ReadParameters, "NodesToRead", "read"),
-    _request("Write"): (ua.WriteParameters, "NodesToWrite", "write"),
-    _request("TranslateBrowsePathsToNodeIds"): (
-        ua.TranslateBrowsePathsToNodeIdsParameters,
-        "BrowsePaths",
-        "translate",
-    ),
-    _request("CreateMonitoredItems"): (
-        ua.CreateMonitoredItemsParameters,
-        "ItemsToCreate",
-        "monitored_items",
-    ),
+#: request type -> (the byte offset of its array of nodes in the request body, after the request
+#: header: an Int32 count, -1 for a null array; the limit's name)
+_REQUESTS: dict[ua.NodeId, tuple[int, str]] = {
+    _request("Read"): (12, "read"),  # MaxAge (Double), TimestampsToReturn (UInt32), NodesToRead
+    _request("Write"): (0, "write"),  # NodesToWrite
+    _request("TranslateBrowsePathsToNodeIds"): (0, "translate"),  # BrowsePaths
+    # SubscriptionId (UInt32), TimestampsToReturn (UInt32), ItemsToCreate
+    _request("CreateMonitoredItems"): (8, "monitored_items"),
 }
 #: the OPC UA names of the limits, for the log
 NAMES = {
@@ -60,16 +53,21 @@ async def advertise(server: Server, limits: OperationLimits) -> None:
 
 
 def check(limits: OperationLimits, typeid: ua.NodeId, body: Buffer, peer: str) -> None:
-    """Refuse (ServiceError BadTooManyOperations) a request with more nodes than its limit;
-    decodes a copy of the body only for a request whose limit is set."""
+    """Refuse (ServiceError BadTooManyOperations) a request with more nodes than its limit.
+    Reads only the count of its nodes (a body too short for one is left to asyncua's decoding,
+    which answers it)."""
     known = _REQUESTS.get(typeid)
     if known is None:
         return
-    params_type, field, name = known
+    offset, name = known
     limit = getattr(limits, name)
     if limit is None:
         return
-    count = len(getattr(struct_from_binary(params_type, body.copy()), field) or ())
+    try:
+        head = body.copy().read(offset + 4)
+    except NotEnoughData:
+        return
+    count = int.from_bytes(head[offset:], "little", signed=True)
     if count > limit:
         log.warning(
             "refused a request of %d nodes from %s: %s is %d (BadTooManyOperations)",

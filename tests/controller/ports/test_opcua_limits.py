@@ -157,11 +157,75 @@ async def test_browse_paths_and_monitored_items_go_in_requests_that_fit(
         assert {n: snap[n].value for n in INITIAL} == pytest.approx(INITIAL)
 
 
+async def test_a_write_cut_in_parts_that_fails_part_way_reports_each_value(
+    tag_map: TagMap,  # noqa: F811
+    shelf: Path,  # noqa: F811
+) -> None:
+    """One node per Write; the server stalls from the second Write on (its answers wait
+    1.5 s, the port waits 0.5 s). The first value went and its read-back timed out: FAILED,
+    written but not confirmed; the second's request timed out: FAILED, outcome unknown (the
+    server does apply it, late); the third was never sent: NOT_SENT. Nothing is raised, no
+    group is reported as not written when some of it was, and nothing is sent again."""
+    one = OperationLimits(write=1)
+    async with OpcUaPlcServer(
+        tag_map, free_port(), initial=INITIAL, shelf=shelf, limits=one
+    ) as server:
+
+        def stall_after_first(tag: str, value: float) -> str | None:
+            if tag == "feed_rate_sp":
+                server.latency = 1.5
+            return None
+
+        server.write_hook = stall_after_first
+        async with _port(tag_map, _connection(server.port, timeout_s=0.5)) as port:
+            writes = server.write_requests
+            first, second = await port.write_each(
+                [{"feed_rate_sp": 0.125, "mpc_heartbeat": 42}, {"mpc_request": 1}]
+            )
+            assert server.write_requests - writes == 2  # the third part never went
+        server.latency = 0.0
+        assert server.value("feed_rate_sp") == 0.125
+        assert server.value("mpc_request") == INITIAL["mpc_request"]
+    assert not isinstance(first, PortError) and not isinstance(second, PortError)
+    got = {t: (r.status, r.detail) for rep in (first, second) for t, r in rep.results.items()}
+    assert got["feed_rate_sp"][0] is WriteStatus.FAILED
+    assert got["feed_rate_sp"][1].startswith("written (Good), but the read-back failed")
+    assert got["mpc_heartbeat"][0] is WriteStatus.FAILED
+    assert got["mpc_heartbeat"][1].startswith("outcome unknown: its part of the write failed")
+    assert got["mpc_request"][0] is WriteStatus.NOT_SENT
+
+
+async def test_limits_below_four_and_limits_the_server_does_not_have(
+    tag_map: TagMap,  # noqa: F811
+    shelf: Path,  # noqa: F811
+) -> None:
+    """A server that takes one node per Read refuses the four limits read at once: the port
+    reads them one by one. A limit node the server does not have is no limit."""
+    ones = OperationLimits(read=1, write=1, translate=1, monitored_items=1)
+    async with OpcUaPlcServer(
+        tag_map, free_port(), initial=INITIAL, shelf=shelf, limits=ones
+    ) as server:
+        async with _port(tag_map, _connection(server.port, subscription=True)) as port:
+            assert port.limits == ones
+            snap = await port.read(readable(tag_map))
+            assert {n: snap[n].value for n in INITIAL} == pytest.approx(INITIAL)
+        node = server.server.get_node(ua.NodeId(ua.Int32(LIMIT_IDS[1])))  # MaxNodesPerWrite
+        await server.server.delete_nodes([node])
+        server.limits = OperationLimits(read=1, translate=1, monitored_items=1)  # not enforced
+        async with _port(tag_map, _connection(server.port)) as port:
+            assert port.limits == OperationLimits(read=1, translate=1, monitored_items=1)
+            writes = server.write_requests
+            report = await port.write(WRITES)
+            assert server.write_requests - writes == 1  # no limit: one Write of 3
+        assert report.ok
+
+
 # ---------------------------------------------------------------------------- pure parts
 def test_limits_of_zero_missing_or_not_a_count_are_no_limit() -> None:
     got = OperationLimits.of({"read": 0, "write": True, "translate": "5", "monitored_items": -1})
     assert got == OperationLimits()
-    assert OperationLimits.of({"read": 7}) == OperationLimits(read=7)
+    assert OperationLimits.of({"read": 7, "write": 3.0}) == OperationLimits(read=7, write=3)
+    assert OperationLimits.of({"read": 2.5}) == OperationLimits()
     assert OperationLimits().describe() == "none"
     assert LIMITS.describe() == "read 4, write 2, translate 2, monitored_items 3"
 
