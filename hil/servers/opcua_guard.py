@@ -70,8 +70,8 @@ def _request(name: str) -> ua.NodeId:
 _DISCOVERY = frozenset(_request(n) for n in ("GetEndpoints", "FindServers", "CloseSecureChannel"))
 _ACTIVATE, _WRITE, _READ = _request("ActivateSession"), _request("Write"), _request("Read")
 #: Distinct Read request bodies whose decoded parameters a connection keeps (a client reads
-#: the same few lists of nodes every cycle).
-_READ_BODIES = 16
+#: the same few lists of nodes every cycle; more under a small MaxNodesPerRead).
+_READ_BODIES = 64
 
 
 class _GuardedProcessor(UaProcessor):
