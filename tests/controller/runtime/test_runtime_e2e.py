@@ -737,5 +737,11 @@ async def test_server_restart_reconnects_and_reengages_after_operator_reset(tmp_
     changes = [
         (r["old_value"], r["new_value"]) for r in audit_rows(tmp_path / "a.db", "mode.change")
     ]
-    assert ("FALLBACK", "REQUESTING") in changes and changes[-1] == ("RUNNING", "STOPPED")
+    back = changes.index(("FALLBACK", "REQUESTING"))
+    assert ("REQUESTING", "RUNNING") in changes[back:]  # engaged again after the reset
+    # stopped from RUNNING; or from HOLD when a read that came late against the scaled clock
+    # (a busy machine) was held by the innovation gate: counted, never silent
+    c = sup.counters
+    held = c.gate_rejections + c.bad_data + c.stale_data + c.late_solves
+    assert changes[-1] == ("RUNNING", "STOPPED") or (changes[-1] == ("HOLD", "STOPPED") and held)
     assert len(check_setpoints(bench)) <= 2  # the first move after each engagement
