@@ -24,9 +24,11 @@ import pytest
 from conftest import free_port
 from opcua import ua as lua
 
+from controller.ports.opcua_limits import OperationLimits
 from controller.runtime.site import load_site
 from hil.servers.opcua import OpcUaPlcServer, opcua_server_for_site
 from hil.servers.opcua_cache import address_space_shelf
+from hil.servers.opcua_limits import advertise
 from hil.servers.opcua_nodes import CEFACT
 from hil.servers.pki import CLIENT_CERTIFICATE_FILE, CLIENT_KEY_FILE, CLIENT_URI
 from hil.site import ServerUser, hil_section, with_hil
@@ -198,3 +200,25 @@ async def test_legacy_client_over_policy_none_is_refused(
 
     assert await _in_thread(plain) == "BadSecurityPolicyRejected"
     assert server.value("mpc_request") == 0.0
+
+
+async def test_legacy_client_sees_and_meets_the_operation_limits(
+    plc: tuple[OpcUaPlcServer, Path],
+) -> None:
+    """The HIL server's MaxNodesPerRead (``hil.opcua_limits``) as another stack reads it: the
+    advertised value, and a Read over it refused whole with BadTooManyOperations."""
+    server, cert = plc
+    server.limits = OperationLimits(read=3)
+    await advertise(server.server, server.limits)
+    tags = ["reactor_temp", "conc_a", "conc_b", "jacket_temp"]
+
+    def session() -> tuple[int, str, list[float]]:
+        with _legacy(server.url, cert, "operator") as client:
+            limit = client.get_node(lua.NodeId(11705, 0)).get_value()  # MaxNodesPerRead
+            nodes = [client.get_node(f"ns=2;s=cstr.{t}") for t in tags]
+            over = _status_of(lambda: client.get_values(nodes))
+            return int(limit), over, list(client.get_values(nodes[:3]))
+
+    limit, over, values = await _in_thread(session)
+    assert (limit, over) == (3, "BadTooManyOperations")
+    assert values[:2] == [85.25, 2.5]
