@@ -427,8 +427,8 @@ class OpcUaPort(Port):
             except PortError as exc:
                 if failure is None:
                     raise
-                dvs, results = [], results | unconfirmed(back, requested, exc)
-        for name, dv in zip(back, dvs, strict=False):
+                dvs, back, results = [], [], results | unconfirmed(back, requested, exc)
+        for name, dv in zip(back, dvs, strict=True):
             results[name] = self._compare(name, requested[name], dv)
         unread = "write-only tag: no read-back"
         for name in (n for n in names if n not in results):

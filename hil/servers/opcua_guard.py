@@ -39,7 +39,7 @@ from cryptography import x509
 from controller.ports.opcua_limits import OperationLimits
 from hil.net import LOOPBACK
 from hil.servers.opcua_limits import check as check_limits
-from hil.servers.opcua_nodes import status_code
+from hil.servers.opcua_nodes import request_type, status_code
 from hil.servers.opcua_writes import REASONS
 
 log = logging.getLogger("pharmatwin.hil.opcua")  # the OPC UA server's log, which serve keeps
@@ -62,13 +62,15 @@ _SIGN_AND_ENCRYPT = ua.MessageSecurityMode.SignAndEncrypt
 _DIAG_SYMBOL, _DIAG_TEXT, _DIAG_INFO = 0x20, 0x40, 0x80
 
 
-def _request(name: str) -> ua.NodeId:
-    return ua.NodeId(getattr(ua.ObjectIds, f"{name}Request_Encoding_DefaultBinary"))
-
-
 #: Requests a channel may carry whatever its policy: discovery, and closing it.
-_DISCOVERY = frozenset(_request(n) for n in ("GetEndpoints", "FindServers", "CloseSecureChannel"))
-_ACTIVATE, _WRITE, _READ = _request("ActivateSession"), _request("Write"), _request("Read")
+_DISCOVERY = frozenset(
+    request_type(n) for n in ("GetEndpoints", "FindServers", "CloseSecureChannel")
+)
+_ACTIVATE, _WRITE, _READ = (
+    request_type("ActivateSession"),
+    request_type("Write"),
+    request_type("Read"),
+)
 #: Distinct Read request bodies whose decoded parameters a connection keeps (a client reads
 #: the same few lists of nodes every cycle; more under a small MaxNodesPerRead).
 _READ_BODIES = 64

@@ -17,22 +17,19 @@ from asyncua import Server, ua
 from asyncua.common.utils import Buffer, NotEnoughData, ServiceError
 
 from controller.ports.opcua_limits import LIMIT_NODES, OperationLimits
+from hil.servers.opcua_nodes import request_type
 
 log = logging.getLogger("pharmatwin.hil.opcua")
-
-
-def _request(service: str) -> ua.NodeId:
-    return ua.NodeId(ua.Int32(getattr(ua.ObjectIds, f"{service}Request_Encoding_DefaultBinary")))
 
 
 #: request type -> (the byte offset of its array of nodes in the request body, after the request
 #: header: an Int32 count, -1 for a null array; the limit's name)
 _REQUESTS: dict[ua.NodeId, tuple[int, str]] = {
-    _request("Read"): (12, "read"),  # MaxAge (Double), TimestampsToReturn (UInt32), NodesToRead
-    _request("Write"): (0, "write"),  # NodesToWrite
-    _request("TranslateBrowsePathsToNodeIds"): (0, "translate"),  # BrowsePaths
+    request_type("Read"): (12, "read"),  # MaxAge (Double), TimestampsToReturn (UInt32), NodesToRead
+    request_type("Write"): (0, "write"),  # NodesToWrite
+    request_type("TranslateBrowsePathsToNodeIds"): (0, "translate"),  # BrowsePaths
     # SubscriptionId (UInt32), TimestampsToReturn (UInt32), ItemsToCreate
-    _request("CreateMonitoredItems"): (8, "monitored_items"),
+    request_type("CreateMonitoredItems"): (8, "monitored_items"),
 }
 #: the OPC UA names of the limits, for the log
 NAMES = {

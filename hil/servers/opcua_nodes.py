@@ -46,6 +46,11 @@ def status_code(name: str) -> ua.StatusCode:
     return ua.StatusCode(ua.UInt32(getattr(ua.StatusCodes, name)))
 
 
+def request_type(service: str) -> ua.NodeId:
+    """The type id of a service's request (``Read``: ReadRequest_Encoding_DefaultBinary)."""
+    return ua.NodeId(ua.Int32(getattr(ua.ObjectIds, f"{service}Request_Encoding_DefaultBinary")))
+
+
 GOOD = status_code("Good")
 OUT_OF_RANGE = status_code("BadOutOfRange")
 COMMUNICATION = status_code("BadCommunicationError")
