@@ -14,11 +14,13 @@ __all__ = ["LOOPBACK", "FixedPolicy", "free_port"]
 
 class FixedPolicy:
     """Asks for the same inputs every cycle, with no solve: the safety layer limits the
-    moves (a far-away target), or the inputs hold (the PLC's own)."""
+    moves (a far-away target), or the inputs hold (the PLC's own). Records the resets and
+    the estimates it was asked with (``seen``)."""
 
     def __init__(self, target: Mapping[str, float]) -> None:
         self.target = dict(target)
         self.resets: list[dict[str, float]] = []
+        self.seen: list[dict[str, float]] = []
 
     def reset(self, u_prev: Mapping[str, float]) -> None:
         self.resets.append(dict(u_prev))
@@ -30,6 +32,7 @@ class FixedPolicy:
         params: Mapping[str, float] | None = None,
         u_prev: Mapping[str, float] | None = None,
     ) -> Decision:
+        self.seen.append(dict(x_hat))
         return Decision(t, dict(self.target), SolveStatus.SUCCESS, "Solve_Succeeded", 3, 1e-3)
 
 

@@ -25,11 +25,11 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import FixedPolicy
 
 from controller.binding import Binding
 from controller.clock import SteppedClock
 from controller.core.estimate import Estimate
-from controller.core.mpc import Decision, SolveStatus
 from controller.errors import ConfigError
 from controller.ports.base import Quality, TagValue, WriteReport, WriteResult, WriteStatus
 from controller.ports.memory import MemoryPort, TagTable, table_from_tag_map
@@ -50,25 +50,8 @@ pytestmark = pytest.mark.timeout(120)
 
 
 # ------------------------------------------------------------------------------ the rig
-class Target:
-    """Asks for the same far-away inputs every cycle; records the estimates it was given."""
-
-    def __init__(self, target: Mapping[str, float]) -> None:
-        self.target = dict(target)
-        self.seen: list[dict[str, float]] = []
-
-    def reset(self, u_prev: Mapping[str, float]) -> None:
-        return None
-
-    def step(
-        self,
-        t: float,
-        x_hat: Mapping[str, float],
-        params: Mapping[str, float] | None = None,
-        u_prev: Mapping[str, float] | None = None,
-    ) -> Decision:
-        self.seen.append(dict(x_hat))
-        return Decision(t, dict(self.target), SolveStatus.SUCCESS, "Solve_Succeeded", 1, 1e-3)
+#: asks for the same far-away inputs every cycle; records the estimates it was given
+Target = FixedPolicy
 
 
 class Plc:
